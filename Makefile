@@ -1,0 +1,70 @@
+# Thin wrapper over CMake so a fresh Debian machine needs one command.
+#   make test    install missing packages (as root), build, run every test suite
+#   make demo    build and run the demo: control plane + agent + demo game server
+#   make bench   run the benchmarks and rewrite docs/performance.md
+#   make torture long crash-consistency run (200+ kills per job)
+# SANITIZE=1 builds with ASan+UBSan into build-asan/.
+
+SANITIZE ?= 0
+ifeq ($(SANITIZE),1)
+BUILD ?= build-asan
+CMAKE_FLAGS += -DJV_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+else
+BUILD ?= build
+endif
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+CTEST_FLAGS ?=
+
+DEB_PACKAGES = build-essential cmake pkg-config python3 zstd xz-utils gzip tar zip curl \
+	libcurl4-openssl-dev libcjson-dev liblua5.4-dev lua5.4 libarchive-dev \
+	libcriterion-dev libcivetweb-dev libsqlite3-dev libssl-dev
+
+.PHONY: all deps configure build test test-unit test-e2e demo bench torture install clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "missing packages:$$missing"; \
+	    echo "run as root: apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+
+configure: deps $(BUILD)/CMakeCache.txt
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) $(CTEST_FLAGS)
+
+test-unit: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L unit
+
+test-e2e: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L e2e
+
+demo: build
+	./examples/demo/run-demo.sh $(BUILD)
+
+bench: build
+	./tests/bench/run-all.sh $(BUILD)
+
+torture: build
+	JV_TORTURE_KILLS=200 cd $(BUILD) && JV_TORTURE_KILLS=200 ctest --output-on-failure -L fault
+
+install: build
+	cmake --install $(BUILD)
+
+clean:
+	rm -rf build build-asan

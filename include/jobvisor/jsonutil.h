@@ -1,0 +1,25 @@
+/* jsonutil.h — small helpers over cJSON, so cJSON use reads the same everywhere.
+ *
+ * Getters borrow from the object; they return the fallback when the member is
+ * missing or has another type. */
+#ifndef JOBVISOR_JSONUTIL_H
+#define JOBVISOR_JSONUTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cjson/cJSON.h>
+
+const char *jv_json_str(const cJSON *obj, const char *key, const char *fallback);
+double jv_json_num(const cJSON *obj, const char *key, double fallback);
+bool jv_json_has_num(const cJSON *obj, const char *key);
+int64_t jv_json_int(const cJSON *obj, const char *key, int64_t fallback);
+bool jv_json_bool(const cJSON *obj, const char *key, bool fallback);
+
+/* Parse with a length (no NUL needed) and a nesting cap; NULL on error. Returned-owned: cJSON_Delete. */
+cJSON *jv_json_parse(const char *data, size_t len);
+
+/* Serialize unformatted; returned-owned: free(). NULL on ENOMEM. */
+char *jv_json_print(const cJSON *obj);
+
+#endif

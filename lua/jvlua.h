@@ -1,0 +1,94 @@
+/* jvlua.h — internal interface of lua/: the per-run context and the helpers
+ * every Lua binding uses (cancellation, progress, events, errors).
+ *
+ * Only files in lua/ include this (and lua.h). The context lives in the Lua
+ * registry under JV_CTX_KEY and is owned by the job-run child's main
+ * (lua/child_main.c); bindings borrow it through jv_ctx(L). */
+#ifndef JOBVISOR_JVLUA_H
+#define JOBVISOR_JVLUA_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <cjson/cJSON.h>
+
+struct jv_run_ctx {
+	/* Identity of this run (borrowed from the spec JSON, valid for the run). */
+	const char *job_id;
+	const char *run_id;
+	const char *instance_id;
+	const char *type;
+	int attempt;
+
+	/* Absolute paths, no trailing slash. */
+	const char *data_dir;     /* <data-dir> */
+	const char *instance_dir; /* <data-dir>/instances/<instanceId> */
+
+	/* Directory descriptors (O_DIRECTORY|O_CLOEXEC), owned by the child main. */
+	int data_fd;     /* the data dir: for cache/ */
+	int instance_fd; /* the instance root: every fs path resolves beneath it */
+
+	int event_fd; /* JSON lines to the parent */
+
+	/* Set by the SIGTERM/SIGINT handler; read at safe points. */
+	volatile sig_atomic_t *cancel_flag;
+
+	/* Agent settings passed down in the spec (borrowed, may be NULL). */
+	const cJSON *settings; /* e.g. allowed_executables, user, console log sizes */
+	const cJSON *spec;     /* the whole spec */
+};
+
+/* The context of the running job (never NULL inside a job run). */
+struct jv_run_ctx *jv_ctx(lua_State *L);
+void jv_ctx_install(lua_State *L, struct jv_run_ctx *ctx);
+
+/* Cancellation. jv_cancelled() is cheap; jv_checkpoint() raises the
+ * cancellation error (see jv_is_cancel_error) when cancel was requested. */
+bool jv_cancelled(const struct jv_run_ctx *ctx);
+void jv_checkpoint(lua_State *L);
+int jv_raise_cancel(lua_State *L); /* never returns */
+bool jv_is_cancel_error(lua_State *L, int idx);
+
+/* Events to the parent. percent < 0 means "unknown" (step message only).
+ * Progress is coalesced in the child (at most ~50 per second); the parent
+ * applies the real throttle. message may be NULL. */
+void jv_emit_progress(struct jv_run_ctx *ctx, double percent, const char *message);
+void jv_emit_log(struct jv_run_ctx *ctx, const char *level, const char *message);
+/* Any other event object (consumed). */
+void jv_emit_event(struct jv_run_ctx *ctx, cJSON *event);
+void jv_emit_flush(struct jv_run_ctx *ctx);
+
+/* Progress mapping for long API calls: opts.progress = {from, to} (percent of
+ * the job) maps the call's own fraction done into the job's percent. */
+struct jv_progress {
+	double from, to;  /* < 0 when the call should not report percent */
+	int64_t last_ms;  /* monotonic ms of the last report */
+	const char *what; /* message prefix, e.g. "archiving" */
+};
+void jv_progress_init(lua_State *L, int opts_idx, struct jv_progress *p, const char *what);
+/* Report fraction (0..1) with an optional detail; rate-limited to ~4/s. */
+void jv_progress_report(struct jv_run_ctx *ctx, struct jv_progress *p, double fraction,
+                        const char *detail);
+
+/* Expected failure: push nil, "message" and return 2 (luaL_fileresult style). */
+int jv_push_fail(lua_State *L, const char *fmt, ...);
+
+/* Lua <-> cJSON (lua/api_json.c). jv_lua_to_json returns NULL and pushes nothing
+ * on failure, with a message in err. */
+cJSON *jv_lua_to_json(lua_State *L, int idx, char *err, size_t errlen);
+void jv_json_to_lua(lua_State *L, const cJSON *v);
+
+/* Module openers: each pushes its module table. */
+int luaopen_jv_job(lua_State *L);
+int luaopen_jv_log(lua_State *L);
+int luaopen_jv_json(lua_State *L);
+int luaopen_jv_fs(lua_State *L);
+int luaopen_jv_archive(lua_State *L);
+int luaopen_jv_http(lua_State *L);
+int luaopen_jv_instance(lua_State *L);
+
+#endif
