@@ -1,0 +1,85 @@
+/* jobrun.h — one job run as its parent sees it (used by `jobvisor run` and the agent).
+ *
+ * jobrun spawns the job-run child (fork, exec self in child mode, own process
+ * group, rlimits, no-new-privs, parent-death signal), reads its JSON-line
+ * events from a pipe, numbers them (seq from 1), throttles progress (at most a
+ * few per second; every status change and the final percent always go out),
+ * enforces the wall-clock timeout, cancels (SIGTERM to the group, SIGKILL after
+ * the grace period) and turns the child's exit into the final result.
+ *
+ * It never blocks and owns no event loop: the caller polls jobrun_fd() for
+ * POLLIN, reaps children (waitpid) and hands their status to
+ * jobrun_on_exit(), and calls jobrun_on_timer() at jobrun_next_deadline(). */
+#ifndef JOBVISOR_JOBRUN_H
+#define JOBVISOR_JOBRUN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <cjson/cJSON.h>
+
+struct jobrun;
+
+struct jobrun_spec {
+	const char *job_id;      /* borrowed */
+	const char *run_id;      /* borrowed */
+	const char *instance_id; /* borrowed, validated identifier */
+	const char *type;        /* borrowed, job type (for events/logs) */
+	int attempt;
+	const cJSON *params;   /* borrowed, a JSON object (NULL = {}) */
+	const char *data_dir;  /* borrowed, absolute */
+	const char *script;    /* borrowed, absolute path of the resolved script */
+	const char *jobs_dir;  /* borrowed, admin jobs dir (for require of lib/), may be NULL */
+	int timeout_s;         /* wall clock; 0 = none */
+	int cancel_grace_s;    /* SIGTERM -> SIGKILL; 0 = default 10 s */
+	size_t mem_limit;      /* Lua allocator cap in bytes; 0 = default 256 MiB */
+	const cJSON *settings; /* borrowed agent settings passed to the child, may be NULL */
+	const char *created_at; /* borrowed, may be NULL */
+};
+
+struct jobrun_ops {
+	/* A wire event {seq, kind, jobId, jobRunId, instanceId, status, percent,
+	 * message, level, timestamp}; consumed (cJSON_Delete it). */
+	void (*event)(void *ud, struct jobrun *run, cJSON *event);
+	/* The final result {status, output, error, finishedAt, lastSeq}; consumed.
+	 * Called once, after the last event. */
+	void (*done)(void *ud, struct jobrun *run, cJSON *result);
+};
+
+/* Spawn the child. On success *out is returned-owned (jobrun_free) and the
+ * RUNNING status event has been emitted. Returns 0 or -errno. */
+int jobrun_start(const struct jobrun_spec *spec, const struct jobrun_ops *ops, void *ud,
+                 struct jobrun **out);
+
+int jobrun_fd(const struct jobrun *run);   /* -1 once the pipe is closed */
+pid_t jobrun_pid(const struct jobrun *run); /* also the process group id; 0 once reaped */
+const char *jobrun_run_id(const struct jobrun *run);
+const char *jobrun_job_id(const struct jobrun *run);
+const char *jobrun_instance_id(const struct jobrun *run);
+uint64_t jobrun_last_seq(const struct jobrun *run);
+
+void jobrun_on_readable(struct jobrun *run);
+void jobrun_on_exit(struct jobrun *run, int wstatus);
+/* Monotonic ms of the next timer (throttle flush, grace, timeout), or INT64_MAX. */
+int64_t jobrun_next_deadline(const struct jobrun *run);
+void jobrun_on_timer(struct jobrun *run, int64_t now_ms);
+
+/* Ask the run to stop. reason: "cancelled" (user request; a non-cancellable job
+ * only logs why it cannot), "timeout" (reported FAILED, reason timeout),
+ * "shutdown" / "lost" (reported FAILED, retryable). Idempotent. */
+void jobrun_cancel(struct jobrun *run, const char *reason);
+/* SIGKILL the whole group now (409: the run is no longer ours). */
+void jobrun_kill(struct jobrun *run);
+
+bool jobrun_finished(const struct jobrun *run); /* done() has been called */
+void jobrun_free(struct jobrun *run);           /* kills a live child first; NULL ok */
+
+/* Find the script for TYPE (BACKUP_INSTANCE -> backup_instance.lua) in jobs_dir,
+ * then the built-in jobs directory; or take a *.lua path as given. Writes an
+ * absolute path. Returns 0, -ENOENT (unknown job type) or -EINVAL (bad name). */
+int jobrun_resolve_script(const char *type_or_path, const char *jobs_dir, char *out, size_t outlen);
+/* The built-in jobs directory this binary uses (source tree when run from its build dir). */
+const char *jobrun_builtin_jobs_dir(void);
+
+#endif
