@@ -234,8 +234,10 @@ int main(int argc, char **argv)
 	cp.cfg = (struct cp_config){.lease_s = 60, .ack_s = 30, .poll_interval_s = 3, .max_wait_s = 25,
 	                            .retry_backoff_s = 5, .threads = 64};
 	jv_log_set_component("cp");
-	if (parse_args(argc, argv, &cp.cfg) < 0)
+	if (parse_args(argc, argv, &cp.cfg) < 0) {
+		free(cp.cfg.job_types);
 		return 2;
+	}
 	int status = 2;
 	struct mg_context *ctx = NULL;
 	char err[512];
