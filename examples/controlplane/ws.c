@@ -366,7 +366,9 @@ int ws_on_data(struct mg_connection *conn, int bits, char *data, size_t len, voi
 	struct cp *cp = cbdata;
 	struct ws_client *c = mg_get_user_connection_data(conn);
 	int opcode = bits & 0x0f;
-	if (!c || opcode == MG_WEBSOCKET_OPCODE_CONNECTION_CLOSE)
+	/* A client whose writes failed (or that fell behind the ring) is closed
+	 * at its next frame: returning 0 makes civetweb end the connection. */
+	if (!c || c->dead || opcode == MG_WEBSOCKET_OPCODE_CONNECTION_CLOSE)
 		return 0;
 	if (opcode != MG_WEBSOCKET_OPCODE_TEXT || len > CLIENT_FRAME_MAX)
 		return 1; /* pings are answered by civetweb; binary and huge frames are ignored */
