@@ -12,11 +12,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "jobvisor/durable.h"
 #include "jobvisor/ident.h"
 #include "jobvisor/jsonutil.h"
+#include "jobvisor/util.h"
 
 #define MAX_MARKER_BYTES (1 << 20)
 
@@ -112,6 +114,27 @@ static int l_job_checkpoint(lua_State *L)
 	return 0;
 }
 
+/* job.sleep(seconds): wait without burning CPU; raises the cancellation
+ * error as soon as cancel is requested. At most one day. */
+static int l_job_sleep(lua_State *L)
+{
+	lua_Number secs = luaL_checknumber(L, 1);
+	luaL_argcheck(L, !isnan(secs) && secs >= 0 && secs <= 86400, 1, "seconds must be within 0..86400");
+	struct jv_run_ctx *ctx = jv_ctx(L);
+	int64_t until = jv_now_mono_ms() + (int64_t)(secs * 1000);
+	for (;;) {
+		if (jv_cancelled(ctx))
+			return jv_raise_cancel(L);
+		int64_t left = until - jv_now_mono_ms();
+		if (left <= 0)
+			return 0;
+		if (left > 50)
+			left = 50;
+		struct timespec ts = {0, (long)left * 1000000L};
+		nanosleep(&ts, NULL); /* EINTR on SIGTERM: checked above */
+	}
+}
+
 static int l_job_cancelled(lua_State *L)
 {
 	lua_pushboolean(L, jv_cancelled(jv_ctx(L)));
@@ -197,6 +220,7 @@ static const luaL_Reg job_funcs[] = {
 	{"step", l_job_step},
 	{"checkpoint", l_job_checkpoint},
 	{"cancelled", l_job_cancelled},
+	{"sleep", l_job_sleep},
 	{"fail", l_job_fail},
 	{"mark", l_job_mark},
 	{"marker", l_job_marker},

@@ -236,6 +236,7 @@ static int traceback_handler(lua_State *L)
 static int finish_error(struct child *c, lua_State *L, int idx)
 {
 	jv_sandbox_mem_grace(L);
+	idx = lua_absindex(L, idx);
 	struct jv_run_ctx *ctx = &c->ctx;
 	const char *stack = NULL;
 	if (lua_istable(L, idx)) {
