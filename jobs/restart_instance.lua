@@ -25,7 +25,7 @@ return {
     stopped, err = instance.stop({ timeoutSeconds = p.timeoutSeconds, force = p.force == true,
                                    progress = { 0, 45 } })
     if not stopped then job.fail(err) end
-    job.step(stopped.already and "it was not running" or
+    log.info(stopped.already and "it was not running" or
              ("stopped: " .. tostring(stopped.lastExit and stopped.lastExit.reason)))
     job.checkpoint()
 
@@ -33,7 +33,7 @@ return {
     local st
     st, err = instance.start()
     if not st then job.fail(err) end
-    job.step(string.format("started pid %s", tostring(st.pid)))
+    log.info(string.format("started pid %s", tostring(st.pid)))
     if p.waitReady ~= false and st.state ~= "RUNNING" then
       local timeout = p.timeoutSeconds or ((spec.ready.timeoutSeconds or 120) + 10)
       local ready

@@ -28,14 +28,18 @@ return {
     local st
     st, err = instance.start()
     if not st then job.fail(err) end
+    -- log lines, not only steps: quick successive steps may be coalesced.
+    local what
     if st.already then
-      job.step(string.format("already %s (pid %s); nothing to start", st.state, tostring(st.pid)))
+      what = string.format("already %s (pid %s); nothing to start", st.state, tostring(st.pid))
     elseif st.adopted then
-      job.step(string.format("found the server running without a monitor (pid %s); adopted it",
-        tostring(st.pid)))
+      what = string.format("found the server running without a monitor (pid %s); adopted it",
+        tostring(st.pid))
     else
-      job.step(string.format("started pid %s", tostring(st.pid)))
+      what = string.format("started pid %s", tostring(st.pid))
     end
+    log.info(what)
+    job.step(what)
 
     if p.waitReady ~= false and st.state ~= "RUNNING" then
       local timeout = p.timeoutSeconds or ((spec.ready.timeoutSeconds or 120) + 10)
@@ -43,7 +47,7 @@ return {
       ready, err = instance.wait_ready(timeout, { progress = { 10, 99 } })
       if not ready then job.fail(err) end
       st = ready
-      job.step(string.format("ready (pid %s)", tostring(st.pid)))
+      log.info(string.format("ready (pid %s)", tostring(st.pid)))
     end
     job.progress(100, "started")
     return { pid = st.pid, state = st.state, already = st.already == true,

@@ -24,9 +24,9 @@ return {
                                    progress = { 5, 99 } })
     if not r then job.fail(err) end
     if r.already then
-      job.step("already " .. r.state .. "; nothing to stop")
+      log.info("already " .. r.state .. "; nothing to stop")
     elseif r.lastExit then
-      job.step("stopped: " .. tostring(r.lastExit.reason))
+      log.info("stopped: " .. tostring(r.lastExit.reason))
     end
     job.progress(100, "stopped")
     return { exitCode = r.exitCode, signal = r.signal, state = r.state,
