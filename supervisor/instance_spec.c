@@ -85,7 +85,7 @@ static int get_num(const cJSON *obj, const char *key, const char *where, double 
 static int get_int(const cJSON *obj, const char *key, const char *where, long long min,
                    long long max, long long def, long long *out, char *err, size_t errlen)
 {
-	double d;
+	double d = 0;
 	int rc = get_num(obj, key, where, (double)min, (double)max, (double)def, &d, err, errlen);
 	if (rc)
 		return rc;
