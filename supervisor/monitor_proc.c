@@ -57,10 +57,16 @@ void proc_shed_inheritance(void)
 		if (root && res[i] != RLIMIT_NOFILE && res[i] != RLIMIT_NPROC &&
 		    res[i] != RLIMIT_SIGPENDING && res[i] != RLIMIT_MSGQUEUE)
 			rl.rlim_max = RLIM_INFINITY;
+		if (root && res[i] == RLIMIT_NOFILE && rl.rlim_max < 1048576)
+			rl.rlim_max = 1048576; /* the kernel's default nr_open */
 		rl.rlim_cur = rl.rlim_max;
 		if (res[i] == RLIMIT_NOFILE && rl.rlim_cur > 65536)
 			rl.rlim_cur = 65536; /* some servers loop over every possible fd */
-		setrlimit(res[i], &rl);
+		if (setrlimit(res[i], &rl) < 0 && getrlimit(res[i], &rl) == 0) {
+			/* could not raise the hard limit: soft = hard */
+			rl.rlim_cur = res[i] == RLIMIT_NOFILE && rl.rlim_max > 65536 ? 65536 : rl.rlim_max;
+			setrlimit(res[i], &rl);
+		}
 	}
 	umask(022);
 	setsid(); /* leave the job's session and process group (EPERM if already a leader) */
