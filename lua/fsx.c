@@ -66,8 +66,7 @@ static int dirent_cmp(const void *a, const void *b)
 	return strcmp(((const struct fsx_dirent *)a)->name, ((const struct fsx_dirent *)b)->name);
 }
 
-/* List an open directory (the descriptor is borrowed). */
-static int list_dirfd(int dfd, struct fsx_list *out)
+int fsx_list_fd(int dfd, struct fsx_list *out)
 {
 	out->v = NULL;
 	out->n = 0;
@@ -79,6 +78,8 @@ static int list_dirfd(int dfd, struct fsx_list *out)
 		close(dup);
 		return -errno;
 	}
+	/* The duplicate shares the read position with dfd: start from the top. */
+	rewinddir(d);
 	size_t cap = 0;
 	int rc = 0;
 	struct dirent *de;
@@ -133,7 +134,7 @@ int fsx_list(const struct fsx *fx, const char *norm, struct fsx_list *out)
 	int rc = fsx_open(fx, norm, O_RDONLY | O_DIRECTORY, 0, 0, &fd);
 	if (rc < 0)
 		return rc;
-	rc = list_dirfd(fd, out);
+	rc = fsx_list_fd(fd, out);
 	close(fd);
 	return rc;
 }
@@ -318,7 +319,7 @@ static int clear_dir(int dfd, int depth, uint64_t *count, const struct jv_io_hoo
 		fchmod(dfd, (dst.st_mode & 07777) | 0700);
 	for (int pass = 0; pass < 3; pass++) {
 		struct fsx_list l;
-		int rc = list_dirfd(dfd, &l);
+		int rc = fsx_list_fd(dfd, &l);
 		if (rc < 0)
 			return rc;
 		if (l.n == 0) {
@@ -400,7 +401,7 @@ static int fsync_dir_tree(int dfd, int depth, const struct jv_io_hooks *hooks)
 	if (depth > FSX_MAX_DEPTH)
 		return -ELOOP;
 	struct fsx_list l;
-	int rc = list_dirfd(dfd, &l);
+	int rc = fsx_list_fd(dfd, &l);
 	if (rc < 0)
 		return rc;
 	for (size_t i = 0; i < l.n && rc == 0; i++) {
@@ -541,9 +542,7 @@ int fsx_swap(const struct fsx *fx, const char *a, const char *b)
 	return rc;
 }
 
-/* Join the directory of link (a normalised path) with a relative symlink target,
- * lexically, refusing anything that climbs above the root. */
-static int join_target(const char *link, const char *target, char *out)
+int fsx_join(const char *link, const char *target, char *out)
 {
 	if (target[0] == '\0')
 		return FSX_EEMPTY;
@@ -586,7 +585,7 @@ static int join_target(const char *link, const char *target, char *out)
 int fsx_link_swap(const struct fsx *fx, const char *link, const char *target)
 {
 	char joined[FSX_PATH_MAX];
-	int rc = join_target(link, target, joined);
+	int rc = fsx_join(link, target, joined);
 	if (rc < 0)
 		return rc;
 	int tfd;

@@ -48,6 +48,7 @@ struct fsx {
 	int root_fd;        /* borrowed directory descriptor everything resolves beneath */
 	bool walk_only;     /* use the userspace walk (set on ENOSYS; tests force it) */
 	bool no_exchange;   /* swap() uses its rename fallback (tests force it) */
+	unsigned force_how; /* ORed into every resolution (archive extraction: FSX_NO_SYMLINKS) */
 };
 
 void fsx_init(struct fsx *fx, int root_fd);
@@ -94,6 +95,8 @@ struct fsx_list {
 	size_t n;
 };
 int fsx_list(const struct fsx *fx, const char *norm, struct fsx_list *out);
+/* Same for an open directory descriptor (borrowed). */
+int fsx_list_fd(int dirfd, struct fsx_list *out);
 void fsx_list_free(struct fsx_list *l);
 
 /* mkdir; with parents, like mkdir -p (existing directories are fine). */
@@ -127,6 +130,11 @@ int fsx_fsync_tree(const struct fsx *fx, const char *norm, const struct jv_io_ho
  * the way rename(2) does; a non-empty directory at dst fails (-ENOTEMPTY). */
 int fsx_commit(const struct fsx *fx, const char *src, const char *dst,
                const struct jv_io_hooks *hooks);
+
+/* Join the directory of `from` (a normalised path) with a relative symlink
+ * target, lexically, into out (FSX_PATH_MAX bytes, normalised); FSX_EESCAPE
+ * when the target climbs above the root, FSX_EABSOLUTE for an absolute one. */
+int fsx_join(const char *from, const char *target, char *out);
 
 /* Atomically exchange two existing paths (renameat2 RENAME_EXCHANGE), then
  * fsync both parents. On a filesystem without RENAME_EXCHANGE (EINVAL) it

@@ -24,6 +24,7 @@ void fsx_init(struct fsx *fx, int root_fd)
 	fx->root_fd = root_fd;
 	fx->walk_only = false;
 	fx->no_exchange = false;
+	fx->force_how = 0;
 }
 
 const char *fsx_strerror(int rc)
@@ -309,6 +310,7 @@ int fsx_open(const struct fsx *fx, const char *norm, int oflags, mode_t mode, un
 {
 	*fd = -1;
 	int rc = -ENOSYS;
+	how |= fx->force_how;
 	if (!fx->walk_only) {
 		rc = openat2_beneath(fx->root_fd, norm, oflags, mode, how);
 		if (rc >= 0) {
@@ -347,5 +349,6 @@ int fsx_parent(const struct fsx *fx, const char *norm, unsigned how, int *dirfd,
 		dir[0] = '.';
 		dir[1] = '\0';
 	}
-	return fsx_open(fx, dir, O_RDONLY | O_DIRECTORY, 0, how & FSX_NO_SYMLINKS, dirfd);
+	return fsx_open(fx, dir, O_RDONLY | O_DIRECTORY, 0, (how | fx->force_how) & FSX_NO_SYMLINKS,
+	                dirfd);
 }
