@@ -334,6 +334,11 @@ int arch_list(int file_dirfd, const char *file_name, struct arch_manifest *out,
 		if (rc < 0)
 			break;
 		const char *p = archive_entry_pathname(ae);
+		char norm[FSX_PATH_MAX], nerr[8];
+		bool skip;
+		/* Clean names ("world" rather than "./world/") where the name is safe. */
+		if (arch_entry_path(p, 0, norm, &skip, nerr, sizeof(nerr)) == 0 && !skip)
+			p = norm;
 		struct arch_entry e = {
 			.path = (char *)(p ? p : ""),
 			.type = arch_entry_kind(ae),
