@@ -1,3 +1,451 @@
+/* child_main.c — the job-run child: `jobvisor __jobrun` after fork+exec.
+ *
+ * Reads its spec (JSON) from JV_CHILD_SPEC_FD, prepares the instance
+ * directory, takes the instance lock, builds the sandbox, loads the job script
+ * as text, validates its table and the params, calls run(job) and writes the
+ * result as the last event line on JV_CHILD_EVENT_FD. It exits with 0/1/3
+ * (COMPLETED/FAILED/CANCELLED) through _exit: the Lua state is never closed,
+ * so a hostile __gc finalizer cannot hang the exit.
+ *
+ * Signals: SIGTERM/SIGINT only set the cancel flag; the script sees it at
+ * job.checkpoint() and inside long API calls. The parent SIGKILLs the process
+ * group after the grace period. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "jobvisor/durable.h"
+#include "jobvisor/ident.h"
 #include "jobvisor/jobchild.h"
-int jv_jobrun_child_main(int argc, char **argv) { return 2; }
-int jv_check_script(const char *path) { return 2; }
+#include "jobvisor/jsonutil.h"
+#include "jobvisor/log.h"
+#include "jobvisor/util.h"
+#include "sandbox.h"
+#include "scriptdef.h"
+
+#define MAX_SPEC_BYTES (16u << 20)
+
+static volatile sig_atomic_t cancel_requested;
+
+static void on_cancel_signal(int sig)
+{
+	(void)sig;
+	cancel_requested = 1;
+}
+
+struct child {
+	struct jv_run_ctx ctx;
+	cJSON *spec;
+	char data_dir[4096];
+	char instance_dir[4200];
+	char run_marker[128];
+	int64_t last_step_mark_ms;
+	cJSON *run_marker_json;
+};
+
+static struct child *the_child; /* for jv_run_marker_step(); one run per process */
+
+static void emit_result(struct jv_run_ctx *ctx, const char *status, cJSON *output,
+                        const char *message, const char *stack, bool retryable,
+                        const char *reason)
+{
+	cJSON *ev = cJSON_CreateObject();
+	cJSON_AddStringToObject(ev, "k", "result");
+	cJSON_AddStringToObject(ev, "status", status);
+	if (output)
+		cJSON_AddItemToObject(ev, "output", output);
+	else
+		cJSON_AddItemToObject(ev, "output", cJSON_CreateObject());
+	if (message) {
+		cJSON *err = cJSON_AddObjectToObject(ev, "error");
+		cJSON_AddStringToObject(err, "message", message);
+		cJSON_AddStringToObject(err, "stack", stack ? stack : "");
+		cJSON_AddBoolToObject(err, "retryable", retryable);
+		if (reason)
+			cJSON_AddStringToObject(err, "reason", reason);
+	} else {
+		cJSON_AddNullToObject(ev, "error");
+	}
+	jv_emit_event(ctx, ev);
+}
+
+static int fail_early(struct jv_run_ctx *ctx, const char *message, bool retryable)
+{
+	emit_result(ctx, "FAILED", NULL, message, NULL, retryable, NULL);
+	return JV_EXIT_FAILED;
+}
+
+static int read_spec(cJSON **out)
+{
+	struct stat st;
+	if (fstat(JV_CHILD_SPEC_FD, &st) < 0)
+		return -errno;
+	if (lseek(JV_CHILD_SPEC_FD, 0, SEEK_SET) < 0)
+		return -errno;
+	struct jv_buf b;
+	jv_buf_init(&b, MAX_SPEC_BYTES);
+	char chunk[65536];
+	for (;;) {
+		ssize_t r = read(JV_CHILD_SPEC_FD, chunk, sizeof(chunk));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			jv_buf_free(&b);
+			return -errno;
+		}
+		if (r == 0)
+			break;
+		if (jv_buf_append(&b, chunk, (size_t)r) < 0) {
+			jv_buf_free(&b);
+			return -EFBIG;
+		}
+	}
+	close(JV_CHILD_SPEC_FD);
+	*out = b.data ? jv_json_parse(b.data, b.len) : NULL;
+	jv_buf_free(&b);
+	return *out ? 0 : -EBADMSG;
+}
+
+static int open_dir_nofollow(int at, const char *name, bool create)
+{
+	if (create && mkdirat(at, name, 0750) < 0 && errno != EEXIST)
+		return -errno;
+	int fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+/* <data>/instances/<id>/.jobvisor/{markers,staging}; the lock. */
+static int prepare_instance(struct child *c, char *err, size_t errlen)
+{
+	int rc = jv_mkdir_p(c->data_dir, 0750);
+	if (rc < 0) {
+		snprintf(err, errlen, "cannot create data dir '%s': %s", c->data_dir, strerror(-rc));
+		return rc;
+	}
+	int dfd = open(c->data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0) {
+		snprintf(err, errlen, "cannot open data dir '%s': %s", c->data_dir, strerror(errno));
+		return -errno;
+	}
+	c->ctx.data_fd = dfd;
+	int ifd = open_dir_nofollow(dfd, "instances", true);
+	int root = ifd < 0 ? ifd : open_dir_nofollow(ifd, c->ctx.instance_id, true);
+	if (ifd >= 0)
+		close(ifd);
+	if (root < 0) {
+		snprintf(err, errlen, "cannot open instance directory '%s': %s", c->instance_dir,
+		         strerror(-root));
+		return root;
+	}
+	c->ctx.instance_fd = root;
+	int jfd = open_dir_nofollow(root, ".jobvisor", true);
+	if (jfd < 0) {
+		snprintf(err, errlen, "cannot create '.jobvisor' in instance '%s': %s",
+		         c->ctx.instance_id, strerror(-jfd));
+		return jfd;
+	}
+	const char *subs[] = {"markers", "staging"};
+	for (size_t i = 0; i < JV_ARRAY_LEN(subs); i++) {
+		int s = open_dir_nofollow(jfd, subs[i], true);
+		if (s < 0) {
+			snprintf(err, errlen, "cannot create '.jobvisor/%s': %s", subs[i], strerror(-s));
+			close(jfd);
+			return s;
+		}
+		close(s);
+	}
+	/* The instance lock: one job run per instance at a time. Held until exit;
+	 * not inherited by monitors (they close every descriptor). */
+	int lfd = openat(jfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
+	close(jfd);
+	if (lfd < 0) {
+		snprintf(err, errlen, "cannot open instance lock: %s", strerror(errno));
+		return -errno;
+	}
+	if (flock(lfd, LOCK_EX | LOCK_NB) < 0) {
+		snprintf(err, errlen, "instance '%s' is busy: another job run holds its lock",
+		         c->ctx.instance_id);
+		return -EBUSY;
+	}
+	return 0;
+}
+
+void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step)
+{
+	struct child *c = the_child;
+	if (!c || !c->run_marker_json || &c->ctx != ctx)
+		return;
+	int64_t now = jv_now_mono_ms();
+	cJSON_ReplaceItemInObject(c->run_marker_json, "step", cJSON_CreateString(step));
+	/* A durable write per step costs fsyncs: at most one per second. */
+	if (now - c->last_step_mark_ms < 1000)
+		return;
+	c->last_step_mark_ms = now;
+	jv_marker_write(ctx, c->run_marker, c->run_marker_json);
+}
+
+/* The run marker: written at start, removed on success. A retry finds the one
+ * an interrupted run left and exposes it as job.previous. */
+static void start_run_marker(struct child *c, lua_State *L, int job_idx)
+{
+	snprintf(c->run_marker, sizeof(c->run_marker), "run.%s.json", c->ctx.type);
+	cJSON *prev = NULL;
+	if (jv_marker_read(&c->ctx, c->run_marker, &prev) == 0 && cJSON_IsObject(prev)) {
+		jv_json_to_lua(L, prev);
+		lua_setfield(L, job_idx, "previous");
+		char msg[512];
+		snprintf(msg, sizeof(msg),
+		         "an earlier run of this job (run %s, attempt %lld) stopped during step '%s'",
+		         jv_json_str(prev, "runId", "?"), (long long)jv_json_int(prev, "attempt", 0),
+		         jv_json_str(prev, "step", "start"));
+		jv_emit_log(&c->ctx, "warn", msg);
+	}
+	cJSON_Delete(prev);
+	char ts[JV_ISO8601_LEN];
+	jv_iso8601(jv_now_real_ms(), ts);
+	cJSON *m = cJSON_CreateObject();
+	cJSON_AddStringToObject(m, "jobId", c->ctx.job_id);
+	cJSON_AddStringToObject(m, "runId", c->ctx.run_id);
+	cJSON_AddNumberToObject(m, "attempt", c->ctx.attempt);
+	cJSON_AddStringToObject(m, "type", c->ctx.type);
+	cJSON_AddStringToObject(m, "startedAt", ts);
+	cJSON_AddStringToObject(m, "step", "start");
+	c->run_marker_json = m;
+	jv_marker_write(&c->ctx, c->run_marker, m);
+	c->last_step_mark_ms = jv_now_mono_ms();
+}
+
+static int traceback_handler(lua_State *L)
+{
+	jv_sandbox_mem_grace(L);
+	lua_newtable(L); /* {err = original, tb = traceback} */
+	lua_pushvalue(L, 1);
+	lua_setfield(L, -2, "err");
+	luaL_traceback(L, L, NULL, 1);
+	lua_setfield(L, -2, "tb");
+	return 1;
+}
+
+/* Turn the error at idx (from traceback_handler) into the run's result. */
+static int finish_error(struct child *c, lua_State *L, int idx)
+{
+	jv_sandbox_mem_grace(L);
+	idx = lua_absindex(L, idx);
+	struct jv_run_ctx *ctx = &c->ctx;
+	const char *stack = NULL;
+	if (lua_istable(L, idx)) {
+		lua_getfield(L, idx, "tb");
+		stack = lua_tostring(L, -1);
+		lua_getfield(L, idx, "err");
+		idx = lua_gettop(L);
+	}
+	char sstack[8192] = "";
+	if (stack)
+		jv_sanitize(sstack, sizeof(sstack), stack, c->data_dir);
+
+	if (jv_is_cancel_error(L, idx)) {
+		emit_result(ctx, "CANCELLED", NULL, "job cancelled", sstack, false, "cancelled");
+		return JV_EXIT_CANCELLED;
+	}
+	bool retryable = false;
+	const char *msg = NULL;
+	if (lua_istable(L, idx)) {
+		lua_getfield(L, idx, "jobvisor_fail");
+		bool is_fail = lua_toboolean(L, -1);
+		lua_pop(L, 1);
+		if (is_fail) {
+			lua_getfield(L, idx, "retryable");
+			retryable = lua_toboolean(L, -1);
+			lua_getfield(L, idx, "message");
+			msg = lua_tostring(L, -1);
+		}
+	}
+	if (!msg) {
+		if (lua_type(L, idx) == LUA_TSTRING) {
+			msg = lua_tostring(L, idx);
+		} else {
+			msg = luaL_tolstring(L, idx, NULL);
+		}
+	}
+	char smsg[4096];
+	if (msg && strstr(msg, "not enough memory")) {
+		snprintf(smsg, sizeof(smsg), "memory limit of %zu MiB exceeded (not enough memory)",
+		         jv_sandbox_mem_limit(L) >> 20);
+	} else {
+		jv_sanitize(smsg, sizeof(smsg), msg ? msg : "error", c->data_dir);
+	}
+	emit_result(ctx, "FAILED", NULL, smsg, sstack, retryable, NULL);
+	return JV_EXIT_FAILED;
+}
+
+static void setup_signals(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_cancel_signal;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_RESTART;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	sigset_t all;
+	sigemptyset(&all);
+	sigprocmask(SIG_SETMASK, &all, NULL);
+}
+
+static int run_child(struct child *c)
+{
+	struct jv_run_ctx *ctx = &c->ctx;
+	cJSON *spec = c->spec;
+	ctx->job_id = jv_json_str(spec, "jobId", "-");
+	ctx->run_id = jv_json_str(spec, "jobRunId", "-");
+	ctx->instance_id = jv_json_str(spec, "instanceId", "");
+	ctx->type = jv_json_str(spec, "type", "");
+	ctx->attempt = (int)jv_json_int(spec, "attempt", 1);
+	ctx->settings = cJSON_GetObjectItemCaseSensitive(spec, "settings");
+	ctx->spec = spec;
+	jv_log_set_component("job");
+
+	if (!jv_ident_valid(ctx->instance_id))
+		return fail_early(ctx, "invalid instanceId: must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+		                  false);
+	const char *dd = jv_json_str(spec, "dataDir", NULL);
+	const char *script = jv_json_str(spec, "script", NULL);
+	if (!dd || dd[0] != '/' || !script)
+		return fail_early(ctx, "internal error: incomplete job-run spec", false);
+	snprintf(c->data_dir, sizeof(c->data_dir), "%s", dd);
+	snprintf(c->instance_dir, sizeof(c->instance_dir), "%s/instances/%s", dd, ctx->instance_id);
+	ctx->data_dir = c->data_dir;
+	ctx->instance_dir = c->instance_dir;
+
+	char err[1024];
+	int rc = prepare_instance(c, err, sizeof(err));
+	if (rc < 0)
+		return fail_early(ctx, err, rc == -EBUSY);
+
+	struct jv_sandbox_opts so = {.ctx = ctx};
+	so.mem_limit = (size_t)jv_json_num(spec, "memLimit", 0);
+	int nlib = 0;
+	const char *jobs_dir = jv_json_str(spec, "jobsDir", NULL);
+	char lib1[4200], lib2[4200];
+	if (jobs_dir) {
+		snprintf(lib1, sizeof(lib1), "%s/lib", jobs_dir);
+		so.lib_dirs[nlib++] = lib1;
+	}
+	const char *builtin = jv_json_str(spec, "builtinJobsDir", NULL);
+	if (builtin) {
+		snprintf(lib2, sizeof(lib2), "%s/lib", builtin);
+		so.lib_dirs[nlib++] = lib2;
+	}
+	so.lib_dirs[nlib] = NULL;
+	lua_State *L = jv_sandbox_new(&so);
+	if (!L)
+		return fail_early(ctx, "cannot create Lua state: out of memory", true);
+
+	static struct jv_scriptdef def; /* ctx->type may point into it until exit */
+	if (jv_scriptdef_load(L, script, NULL, &def, err, sizeof(err)) != 0) {
+		char serr[1024];
+		jv_sanitize(serr, sizeof(serr), err, c->data_dir);
+		return fail_early(ctx, serr, false);
+	}
+	if (!ctx->type[0])
+		ctx->type = def.type; /* run by path: the script names its type */
+	if (!def.cancellable) {
+		cJSON *meta = cJSON_CreateObject();
+		cJSON_AddStringToObject(meta, "k", "meta");
+		cJSON_AddBoolToObject(meta, "cancellable", false);
+		cJSON_AddStringToObject(meta, "why", def.why);
+		jv_emit_event(ctx, meta);
+	}
+	const char *want_type = jv_json_str(spec, "expectType", NULL);
+	if (want_type && strcmp(want_type, def.type) != 0) {
+		snprintf(err, sizeof(err), "script '%s' declares type '%s' but was run as '%s'",
+		         def.chunkname, def.type, want_type);
+		return fail_early(ctx, err, false);
+	}
+
+	/* job table */
+	lua_pushcfunction(L, luaopen_jv_job);
+	lua_call(L, 0, 1);
+	int job_idx = lua_gettop(L);
+	const cJSON *params = cJSON_GetObjectItemCaseSensitive(spec, "params");
+	if (jv_scriptdef_check_params(L, &def, params, err, sizeof(err)) != 0)
+		return fail_early(ctx, err, false);
+	if (params && cJSON_IsObject(params))
+		jv_json_to_lua(L, params);
+	else
+		lua_newtable(L);
+	lua_setfield(L, job_idx, "params");
+	start_run_marker(c, L, job_idx);
+
+	lua_pushcfunction(L, traceback_handler);
+	int handler = lua_gettop(L);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, def.run_ref);
+	lua_pushvalue(L, job_idx);
+	int status = lua_pcall(L, 1, 1, handler);
+	if (status != LUA_OK)
+		return finish_error(c, L, -1);
+
+	/* The returned table is the output; nil means {}. */
+	cJSON *output = NULL;
+	if (lua_isnil(L, -1)) {
+		output = cJSON_CreateObject();
+	} else if (lua_istable(L, -1)) {
+		output = jv_lua_to_json(L, -1, err, sizeof(err));
+		if (!output) {
+			char msg[1200];
+			snprintf(msg, sizeof(msg), "run() returned an output that is not JSON: %s", err);
+			return fail_early(ctx, msg, false);
+		}
+		if (!cJSON_IsObject(output)) {
+			/* A Lua sequence encodes as an array; outputs are objects. */
+			cJSON *wrap = cJSON_CreateObject();
+			cJSON_AddItemToObject(wrap, "result", output);
+			output = wrap;
+		}
+	} else {
+		snprintf(err, sizeof(err), "run() must return a table or nil, got %s",
+		         luaL_typename(L, -1));
+		return fail_early(ctx, err, false);
+	}
+	jv_marker_remove(ctx, c->run_marker);
+	jv_staging_cleanup(ctx);
+	emit_result(ctx, "COMPLETED", output, NULL, NULL, false, NULL);
+	return JV_EXIT_COMPLETED;
+}
+
+int jv_jobrun_child_main(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	setup_signals();
+	jv_set_cloexec(JV_CHILD_EVENT_FD);
+	static struct child c;
+	memset(&c, 0, sizeof(c));
+	c.ctx.event_fd = JV_CHILD_EVENT_FD;
+	c.ctx.data_fd = -1;
+	c.ctx.instance_fd = -1;
+	c.ctx.cancel_flag = &cancel_requested;
+	c.ctx.job_id = "-";
+	c.ctx.run_id = "-";
+	the_child = &c;
+	int code;
+	if (read_spec(&c.spec) < 0) {
+		c.ctx.instance_id = "";
+		c.ctx.type = "";
+		code = fail_early(&c.ctx, "internal error: cannot read job-run spec", false);
+	} else {
+		int lvl = jv_log_level_parse(jv_json_str(c.spec, "logLevel", "info"));
+		int fmt = jv_log_format_parse(jv_json_str(c.spec, "logFormat", "logfmt"));
+		jv_log_setup(fmt < 0 ? JV_LOG_LOGFMT : fmt, lvl < 0 ? JV_LOG_INFO : lvl);
+		code = run_child(&c);
+	}
+	jv_emit_flush(&c.ctx);
+	_exit(code);
+}

@@ -82,6 +82,18 @@ int jv_push_fail(lua_State *L, const char *fmt, ...);
 cJSON *jv_lua_to_json(lua_State *L, int idx, char *err, size_t errlen);
 void jv_json_to_lua(lua_State *L, const cJSON *v);
 
+/* Marker files under <instance>/.jobvisor/markers (lua/api_job.c). file is
+ * "<name>.json". Return 0 or -errno (-ENOENT: no such marker). */
+int jv_markers_dir(struct jv_run_ctx *ctx);
+int jv_marker_write(struct jv_run_ctx *ctx, const char *file, const cJSON *value);
+int jv_marker_read(struct jv_run_ctx *ctx, const char *file, cJSON **out);
+int jv_marker_remove(struct jv_run_ctx *ctx, const char *file);
+/* Record the current step in the run marker (rate-limited; lua/child_main.c). */
+void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step);
+
+/* print() replacement (lua/api_log.c). */
+int jv_lua_print(lua_State *L);
+
 /* Module openers: each pushes its module table. */
 int luaopen_jv_job(lua_State *L);
 int luaopen_jv_log(lua_State *L);

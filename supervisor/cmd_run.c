@@ -1,3 +1,350 @@
+/* cmd_run.c — `jobvisor run`: one job run locally, with no control plane.
+ *
+ * (`jobvisor check` is dispatched by main.c straight into lua/.)
+ * The run command is a tiny event loop around one jobrun: poll() on the event
+ * pipe and a signalfd (SIGINT/SIGTERM cancel gracefully, a second one kills,
+ * SIGCHLD reaps). Output: a progress bar on a TTY, plain log lines otherwise,
+ * or with --json one event object per line on stdout and the result last.
+ * Exit: 0 COMPLETED, 1 FAILED, 2 usage/configuration, 3 CANCELLED. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
 #include "commands.h"
-int cmd_run(int argc, char **argv) { return 2; }
-int cmd_check(int argc, char **argv) { return 2; }
+#include "jobrun.h"
+#include "jobvisor/durable.h"
+#include "jobvisor/ident.h"
+#include "jobvisor/jobchild.h"
+#include "jobvisor/jsonutil.h"
+#include "jobvisor/log.h"
+#include "jobvisor/util.h"
+
+#define DEFAULT_DATA_DIR "/var/lib/jobvisor"
+#define MAX_PARAMS_FILE (16u << 20)
+
+struct run_out {
+	bool json;
+	bool tty;
+	bool bar_drawn;
+	cJSON *result;
+	double percent;
+	char message[256];
+};
+
+static void clear_bar(struct run_out *o)
+{
+	if (o->bar_drawn) {
+		fputs("\r\033[K", stderr);
+		o->bar_drawn = false;
+	}
+}
+
+static void draw_bar(struct run_out *o)
+{
+	const int width = 30;
+	int filled = o->percent >= 0 ? (int)(o->percent * width / 100) : 0;
+	char bar[64];
+	for (int i = 0; i < width; i++)
+		bar[i] = i < filled ? '#' : (o->percent >= 0 ? '.' : ' ');
+	bar[width] = '\0';
+	char pct[8] = "  ?%";
+	if (o->percent >= 0)
+		snprintf(pct, sizeof(pct), "%3.0f%%", o->percent);
+	fprintf(stderr, "\r\033[K[%s] %s %.60s", bar, pct, o->message);
+	o->bar_drawn = true;
+}
+
+static void on_event(void *ud, struct jobrun *run, cJSON *ev)
+{
+	(void)run;
+	struct run_out *o = ud;
+	if (o->json) {
+		char *s = cJSON_PrintUnformatted(ev);
+		if (s) {
+			printf("%s\n", s);
+			fflush(stdout);
+			free(s);
+		}
+	} else if (o->tty) {
+		const char *kind = jv_json_str(ev, "kind", "");
+		if (jv_json_has_num(ev, "percent"))
+			o->percent = jv_json_num(ev, "percent", -1);
+		const char *msg = jv_json_str(ev, "message", NULL);
+		if (strcmp(kind, "log") == 0) {
+			clear_bar(o);
+			fprintf(stderr, "%-5s %s\n", jv_json_str(ev, "level", "info"), msg ? msg : "");
+		} else if (msg && strcmp(kind, "progress") == 0) {
+			snprintf(o->message, sizeof(o->message), "%s", msg);
+		}
+		draw_bar(o);
+	}
+	cJSON_Delete(ev);
+}
+
+static void on_done(void *ud, struct jobrun *run, cJSON *result)
+{
+	(void)run;
+	struct run_out *o = ud;
+	o->result = result;
+}
+
+static int run_usage(const char *msg)
+{
+	if (msg)
+		fprintf(stderr, "jobvisor run: %s\n", msg);
+	fprintf(stderr,
+	        "usage: jobvisor run TYPE|SCRIPT.lua --instance ID [--data-dir DIR] [--params JSON|@FILE]\n"
+	        "                    [--jobs-dir DIR] [--timeout S] [--cancel-grace S] [--memory-limit MIB]\n"
+	        "                    [--json]\n");
+	return JV_EXIT_USAGE;
+}
+
+static int parse_seconds(const char *s, int *out)
+{
+	char *end;
+	errno = 0;
+	long v = strtol(s, &end, 10);
+	if (errno || *end || v < 0 || v > 7 * 24 * 3600)
+		return -1;
+	*out = (int)v;
+	return 0;
+}
+
+static cJSON *load_params(const char *arg, char *err, size_t errlen)
+{
+	char *text = NULL;
+	size_t len = 0;
+	if (arg[0] == '@') {
+		int rc = jv_read_file_at(AT_FDCWD, arg + 1, MAX_PARAMS_FILE, &text, &len);
+		if (rc < 0) {
+			snprintf(err, errlen, "cannot read params file '%s': %s", arg + 1, strerror(-rc));
+			return NULL;
+		}
+	} else {
+		text = strdup(arg);
+		len = strlen(arg);
+	}
+	cJSON *p = text ? jv_json_parse(text, len) : NULL;
+	free(text);
+	if (!p) {
+		snprintf(err, errlen, "--params is not valid JSON");
+		return NULL;
+	}
+	if (!cJSON_IsObject(p)) {
+		cJSON_Delete(p);
+		snprintf(err, errlen, "--params must be a JSON object");
+		return NULL;
+	}
+	return p;
+}
+
+static int exit_for(const char *status)
+{
+	if (strcmp(status, "COMPLETED") == 0)
+		return JV_EXIT_COMPLETED;
+	if (strcmp(status, "CANCELLED") == 0)
+		return JV_EXIT_CANCELLED;
+	return JV_EXIT_FAILED;
+}
+
+/* The event loop of one local run. Returns the exit status. */
+static int drive(struct jobrun *run, struct run_out *o, int sfd)
+{
+	int interrupts = 0;
+	while (!jobrun_finished(run)) {
+		int64_t now = jv_now_mono_ms();
+		int64_t dl = jobrun_next_deadline(run);
+		int timeout = -1;
+		if (dl != INT64_MAX)
+			timeout = dl <= now ? 0 : (int)(dl - now > 60000 ? 60000 : dl - now);
+		struct pollfd pfd[2] = {{.fd = sfd, .events = POLLIN},
+		                        {.fd = jobrun_fd(run), .events = POLLIN}};
+		int n = poll(pfd, jobrun_fd(run) >= 0 ? 2 : 1, timeout);
+		if (n < 0 && errno != EINTR)
+			break;
+		if (n > 0 && (pfd[0].revents & POLLIN)) {
+			struct signalfd_siginfo si;
+			while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+				if (si.ssi_signo == SIGCHLD) {
+					jobrun_reap(run);
+				} else if (++interrupts == 1) {
+					clear_bar(o);
+					jv_warn(NULL, NULL, "%s: cancelling the job (again to kill it)",
+					        jv_signal_name((int)si.ssi_signo));
+					jobrun_cancel(run, "cancelled");
+				} else {
+					jobrun_kill(run);
+				}
+			}
+		}
+		if (n > 0 && jobrun_fd(run) >= 0 && (pfd[1].revents & (POLLIN | POLLHUP | POLLERR)))
+			jobrun_on_readable(run);
+		jobrun_reap(run);
+		jobrun_on_timer(run, jv_now_mono_ms());
+	}
+	clear_bar(o);
+	if (!o->result)
+		return JV_EXIT_FAILED;
+	const char *status = jv_json_str(o->result, "status", "FAILED");
+	if (o->json) {
+		cJSON *r = cJSON_CreateObject();
+		cJSON_AddStringToObject(r, "status", status);
+		cJSON_AddItemReferenceToObject(r, "output", cJSON_GetObjectItem(o->result, "output"));
+		cJSON_AddItemReferenceToObject(r, "error", cJSON_GetObjectItem(o->result, "error"));
+		char *s = cJSON_PrintUnformatted(r);
+		if (s)
+			printf("%s\n", s);
+		free(s);
+		cJSON_Delete(r);
+	} else {
+		const cJSON *err = cJSON_GetObjectItem(o->result, "error");
+		if (strcmp(status, "COMPLETED") == 0) {
+			char *s = cJSON_PrintUnformatted(cJSON_GetObjectItem(o->result, "output"));
+			fprintf(stderr, "COMPLETED %s\n", s ? s : "{}");
+			free(s);
+		} else {
+			fprintf(stderr, "%s: %s\n", status, jv_json_str(err, "message", "-"));
+			const char *stack = jv_json_str(err, "stack", "");
+			if (*stack)
+				fprintf(stderr, "%s\n", stack);
+		}
+	}
+	fflush(stdout);
+	return exit_for(status);
+}
+
+int cmd_run(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"instance", required_argument, NULL, 'i'}, {"data-dir", required_argument, NULL, 'd'},
+		{"params", required_argument, NULL, 'p'},   {"jobs-dir", required_argument, NULL, 'j'},
+		{"timeout", required_argument, NULL, 't'},  {"cancel-grace", required_argument, NULL, 'g'},
+		{"memory-limit", required_argument, NULL, 'm'}, {"json", no_argument, NULL, 'J'},
+		{"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+	};
+	const char *instance = NULL, *data_dir = getenv("JOBVISOR_DATA_DIR"), *params_arg = NULL;
+	const char *jobs_dir = getenv("JOBVISOR_JOBS_DIR");
+	int timeout = 0, grace = 10, mem_mib = 256;
+	bool json = false;
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'i': instance = optarg; break;
+		case 'd': data_dir = optarg; break;
+		case 'p': params_arg = optarg; break;
+		case 'j': jobs_dir = optarg; break;
+		case 't':
+			if (parse_seconds(optarg, &timeout) < 0)
+				return run_usage("--timeout must be a number of seconds");
+			break;
+		case 'g':
+			if (parse_seconds(optarg, &grace) < 0 || grace < 1)
+				return run_usage("--cancel-grace must be a positive number of seconds");
+			break;
+		case 'm':
+			if (parse_seconds(optarg, &mem_mib) < 0 || mem_mib < 4 || mem_mib > 65536)
+				return run_usage("--memory-limit must be 4..65536 MiB");
+			break;
+		case 'J': json = true; break;
+		case 'h': run_usage(NULL); return 0;
+		default: return run_usage(NULL);
+		}
+	}
+	if (optind >= argc)
+		return run_usage("missing job type or script");
+	const char *what = argv[optind];
+	if (optind + 1 < argc)
+		return run_usage("too many arguments");
+	if (!instance)
+		return run_usage("--instance is required");
+	if (!jv_ident_valid(instance)) {
+		fprintf(stderr, "jobvisor run: invalid instance id '%s': must match "
+		                "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\n", instance);
+		return JV_EXIT_USAGE;
+	}
+	if (!data_dir || !*data_dir)
+		data_dir = DEFAULT_DATA_DIR;
+
+	char err[512];
+	cJSON *params = NULL;
+	if (params_arg) {
+		params = load_params(params_arg, err, sizeof(err));
+		if (!params) {
+			fprintf(stderr, "jobvisor run: %s\n", err);
+			return JV_EXIT_USAGE;
+		}
+	}
+	char script[PATH_MAX];
+	int rc = jobrun_resolve_script(what, jobs_dir, script, sizeof(script));
+	if (rc < 0) {
+		if (rc == -EINVAL)
+			fprintf(stderr, "jobvisor run: '%s' is neither a job type (like BACKUP_INSTANCE) nor a .lua script\n", what);
+		else if (strstr(what, ".lua"))
+			fprintf(stderr, "jobvisor run: cannot open script '%s': %s\n", what, strerror(-rc));
+		else
+			fprintf(stderr, "jobvisor run: unknown job type '%s' (no %s script in %s%s%s)\n", what,
+			        "matching", jobs_dir ? jobs_dir : "", jobs_dir ? " or " : "",
+			        jobrun_builtin_jobs_dir());
+		cJSON_Delete(params);
+		return JV_EXIT_USAGE;
+	}
+	rc = jv_mkdir_p(data_dir, 0750);
+	char abs_data[PATH_MAX];
+	if (rc < 0 || !realpath(data_dir, abs_data)) {
+		fprintf(stderr, "jobvisor run: cannot create data dir '%s': %s\n", data_dir,
+		        strerror(rc < 0 ? -rc : errno));
+		cJSON_Delete(params);
+		return JV_EXIT_USAGE;
+	}
+
+	char job_id[JV_UUID_LEN], run_id[JV_UUID_LEN];
+	jv_uuid4(job_id);
+	jv_uuid4(run_id);
+	struct run_out out = {.json = json, .tty = !json && isatty(STDERR_FILENO), .percent = -1};
+	if (out.tty)
+		jv_log_setup(JV_LOG_LOGFMT, JV_LOG_WARN);
+
+	sigset_t mask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sfd < 0) {
+		fprintf(stderr, "jobvisor run: signalfd: %s\n", strerror(errno));
+		cJSON_Delete(params);
+		return JV_EXIT_USAGE;
+	}
+
+	bool by_type = !strstr(what, ".lua");
+	struct jobrun_spec spec = {
+		.job_id = job_id, .run_id = run_id, .instance_id = instance,
+		.type = by_type ? what : NULL, .by_type = by_type, .attempt = 1, .params = params,
+		.data_dir = abs_data, .script = script, .jobs_dir = jobs_dir, .timeout_s = timeout,
+		.cancel_grace_s = grace, .mem_limit = (size_t)mem_mib << 20, .run_uid = -1, .run_gid = -1,
+	};
+	static const struct jobrun_ops ops = {.event = on_event, .done = on_done};
+	struct jobrun *run = NULL;
+	rc = jobrun_start(&spec, &ops, &out, &run);
+	cJSON_Delete(params);
+	if (rc < 0) {
+		fprintf(stderr, "jobvisor run: cannot start the job-run child: %s\n", strerror(-rc));
+		close(sfd);
+		return JV_EXIT_FAILED;
+	}
+	int code = drive(run, &out, sfd);
+	jobrun_free(run);
+	cJSON_Delete(out.result);
+	close(sfd);
+	return code;
+}

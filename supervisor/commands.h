@@ -6,7 +6,6 @@
 
 int cmd_agent(int argc, char **argv);   /* supervisor/agent.c */
 int cmd_run(int argc, char **argv);     /* supervisor/cmd_run.c */
-int cmd_check(int argc, char **argv);   /* supervisor/cmd_run.c (enters lua/) */
 int cmd_status(int argc, char **argv);  /* supervisor/cmd_status.c */
 int cmd_monitor(int argc, char **argv); /* supervisor/monitor.c */
 

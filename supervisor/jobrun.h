@@ -8,8 +8,8 @@
  * the grace period) and turns the child's exit into the final result.
  *
  * It never blocks and owns no event loop: the caller polls jobrun_fd() for
- * POLLIN, reaps children (waitpid) and hands their status to
- * jobrun_on_exit(), and calls jobrun_on_timer() at jobrun_next_deadline(). */
+ * POLLIN, calls jobrun_reap() on SIGCHLD, and calls jobrun_on_timer() at
+ * jobrun_next_deadline(). */
 #ifndef JOBVISOR_JOBRUN_H
 #define JOBVISOR_JOBRUN_H
 
@@ -36,6 +36,10 @@ struct jobrun_spec {
 	size_t mem_limit;      /* Lua allocator cap in bytes; 0 = default 256 MiB */
 	const cJSON *settings; /* borrowed agent settings passed to the child, may be NULL */
 	const char *created_at; /* borrowed, may be NULL */
+	bool by_type;          /* resolved from the job type: the script must declare it */
+	int run_uid, run_gid;  /* switch the child to this user when >= 0 (agent as root) */
+	const char *log_format; /* "logfmt"/"json" for the child's own log lines, may be NULL */
+	const char *log_level;
 };
 
 struct jobrun_ops {
@@ -60,6 +64,11 @@ const char *jobrun_instance_id(const struct jobrun *run);
 uint64_t jobrun_last_seq(const struct jobrun *run);
 
 void jobrun_on_readable(struct jobrun *run);
+/* On SIGCHLD: if this run's child has exited, kill what is left of its process
+ * group (while the zombie still reserves the group id), reap it and go on as
+ * jobrun_on_exit(). Waits for its own child only; never blocks. */
+void jobrun_reap(struct jobrun *run);
+/* For callers that reaped the child themselves. */
 void jobrun_on_exit(struct jobrun *run, int wstatus);
 /* Monotonic ms of the next timer (throttle flush, grace, timeout), or INT64_MAX. */
 int64_t jobrun_next_deadline(const struct jobrun *run);

@@ -34,8 +34,13 @@ int main(int argc, char **argv)
 		return jv_jobrun_child_main(argc - 1, argv + 1);
 	if (strcmp(cmd, "run") == 0)
 		return cmd_run(argc - 1, argv + 1);
-	if (strcmp(cmd, "check") == 0)
-		return cmd_check(argc - 1, argv + 1);
+	if (strcmp(cmd, "check") == 0) {
+		if (argc != 3 || argv[2][0] == '-') {
+			fprintf(stderr, "usage: jobvisor check SCRIPT.lua\n");
+			return JV_EXIT_USAGE;
+		}
+		return jv_check_script(argv[2]);
+	}
 	if (strcmp(cmd, "agent") == 0)
 		return cmd_agent(argc - 1, argv + 1);
 	if (strcmp(cmd, "status") == 0)

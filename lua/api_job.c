@@ -1,0 +1,248 @@
+/* api_job.c — the `job` table handed to run(job): identity, progress, steps,
+ * cancellation, failure and marker files.
+ *
+ * Markers live in <instance>/.jobvisor/markers/<name>.json and are written
+ * with the one durability helper, so a retry after kill -9 reads either the
+ * old or the new marker, never half of one. */
+#include "jvlua.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "jobvisor/durable.h"
+#include "jobvisor/ident.h"
+#include "jobvisor/jsonutil.h"
+#include "jobvisor/util.h"
+
+#define MAX_MARKER_BYTES (1 << 20)
+
+/* Open <instance>/.jobvisor/markers without following symlinks. */
+int jv_markers_dir(struct jv_run_ctx *ctx)
+{
+	int jfd = openat(ctx->instance_fd, ".jobvisor", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (jfd < 0)
+		return -errno;
+	int mfd = openat(jfd, "markers", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	int rc = mfd < 0 ? -errno : mfd;
+	close(jfd);
+	return rc;
+}
+
+static const char *check_marker_name(lua_State *L, int idx, char *file, size_t filelen)
+{
+	const char *name = luaL_checkstring(L, idx);
+	luaL_argcheck(L, jv_ident_valid(name), idx,
+	              "marker name must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$");
+	snprintf(file, filelen, "%s.json", name);
+	return name;
+}
+
+int jv_marker_write(struct jv_run_ctx *ctx, const char *file, const cJSON *value)
+{
+	char *s = cJSON_PrintUnformatted(value);
+	if (!s)
+		return -ENOMEM;
+	int dfd = jv_markers_dir(ctx);
+	if (dfd < 0) {
+		free(s);
+		return dfd;
+	}
+	int rc = jv_durable_write_at(dfd, file, s, strlen(s), 0640);
+	close(dfd);
+	free(s);
+	return rc;
+}
+
+int jv_marker_read(struct jv_run_ctx *ctx, const char *file, cJSON **out)
+{
+	*out = NULL;
+	int dfd = jv_markers_dir(ctx);
+	if (dfd < 0)
+		return dfd;
+	char *data = NULL;
+	size_t len = 0;
+	int rc = jv_read_file_at(dfd, file, MAX_MARKER_BYTES, &data, &len);
+	close(dfd);
+	if (rc < 0)
+		return rc;
+	*out = jv_json_parse(data, len);
+	free(data);
+	return *out ? 0 : -EBADMSG;
+}
+
+int jv_marker_remove(struct jv_run_ctx *ctx, const char *file)
+{
+	int dfd = jv_markers_dir(ctx);
+	if (dfd < 0)
+		return dfd;
+	int rc = 0;
+	if (unlinkat(dfd, file, 0) < 0)
+		rc = errno == ENOENT ? 0 : -errno;
+	else
+		rc = jv_fsync_dirfd(dfd);
+	close(dfd);
+	return rc;
+}
+
+static int l_job_progress(lua_State *L)
+{
+	lua_Number pct = luaL_checknumber(L, 1);
+	luaL_argcheck(L, !isnan(pct) && pct >= 0 && pct <= 100, 1, "percent must be within 0..100");
+	const char *msg = luaL_optstring(L, 2, NULL);
+	jv_emit_progress(jv_ctx(L), pct, msg);
+	return 0;
+}
+
+static int l_job_step(lua_State *L)
+{
+	const char *msg = luaL_checkstring(L, 1);
+	struct jv_run_ctx *ctx = jv_ctx(L);
+	jv_emit_progress(ctx, -1, msg);
+	jv_run_marker_step(ctx, msg);
+	return 0;
+}
+
+static int l_job_checkpoint(lua_State *L)
+{
+	jv_checkpoint(L);
+	return 0;
+}
+
+/* job.sleep(seconds): wait without burning CPU; raises the cancellation
+ * error as soon as cancel is requested. At most one day. */
+static int l_job_sleep(lua_State *L)
+{
+	lua_Number secs = luaL_checknumber(L, 1);
+	luaL_argcheck(L, !isnan(secs) && secs >= 0 && secs <= 86400, 1, "seconds must be within 0..86400");
+	struct jv_run_ctx *ctx = jv_ctx(L);
+	int64_t until = jv_now_mono_ms() + (int64_t)(secs * 1000);
+	for (;;) {
+		if (jv_cancelled(ctx))
+			return jv_raise_cancel(L);
+		int64_t left = until - jv_now_mono_ms();
+		if (left <= 0)
+			return 0;
+		if (left > 50)
+			left = 50;
+		struct timespec ts = {0, (long)left * 1000000L};
+		nanosleep(&ts, NULL); /* EINTR on SIGTERM: checked above */
+	}
+}
+
+static int l_job_cancelled(lua_State *L)
+{
+	lua_pushboolean(L, jv_cancelled(jv_ctx(L)));
+	return 1;
+}
+
+static int fail_tostring(lua_State *L)
+{
+	lua_getfield(L, 1, "message");
+	return 1;
+}
+
+/* job.fail(message [, {retryable = bool}]): fail the run with exactly this message. */
+static int l_job_fail(lua_State *L)
+{
+	const char *msg = luaL_checkstring(L, 1);
+	bool retryable = false;
+	if (lua_istable(L, 2)) {
+		lua_getfield(L, 2, "retryable");
+		retryable = lua_toboolean(L, -1);
+		lua_pop(L, 1);
+	}
+	lua_newtable(L);
+	lua_pushstring(L, msg);
+	lua_setfield(L, -2, "message");
+	lua_pushboolean(L, retryable);
+	lua_setfield(L, -2, "retryable");
+	lua_pushboolean(L, 1);
+	lua_setfield(L, -2, "jobvisor_fail");
+	lua_newtable(L);
+	lua_pushcfunction(L, fail_tostring);
+	lua_setfield(L, -2, "__tostring");
+	lua_setmetatable(L, -2);
+	return lua_error(L);
+}
+
+static int l_job_mark(lua_State *L)
+{
+	char file[80];
+	const char *name = check_marker_name(L, 1, file, sizeof(file));
+	luaL_checktype(L, 2, LUA_TTABLE);
+	char err[256];
+	cJSON *j = jv_lua_to_json(L, 2, err, sizeof(err));
+	if (!j)
+		return luaL_error(L, "job.mark('%s'): %s", name, err);
+	int rc = jv_marker_write(jv_ctx(L), file, j);
+	cJSON_Delete(j);
+	if (rc < 0)
+		return luaL_error(L, "cannot write marker '%s': %s", name, strerror(-rc));
+	return 0;
+}
+
+static int l_job_marker(lua_State *L)
+{
+	char file[80];
+	const char *name = check_marker_name(L, 1, file, sizeof(file));
+	cJSON *j = NULL;
+	int rc = jv_marker_read(jv_ctx(L), file, &j);
+	if (rc == -ENOENT) {
+		lua_pushnil(L);
+		return 1;
+	}
+	if (rc < 0)
+		return jv_push_fail(L, "cannot read marker '%s': %s", name,
+		                    rc == -EBADMSG ? "not valid JSON" : strerror(-rc));
+	jv_json_to_lua(L, j);
+	cJSON_Delete(j);
+	return 1;
+}
+
+static int l_job_unmark(lua_State *L)
+{
+	char file[80];
+	const char *name = check_marker_name(L, 1, file, sizeof(file));
+	int rc = jv_marker_remove(jv_ctx(L), file);
+	if (rc < 0)
+		return luaL_error(L, "cannot remove marker '%s': %s", name, strerror(-rc));
+	return 0;
+}
+
+static const luaL_Reg job_funcs[] = {
+	{"progress", l_job_progress},
+	{"step", l_job_step},
+	{"checkpoint", l_job_checkpoint},
+	{"cancelled", l_job_cancelled},
+	{"sleep", l_job_sleep},
+	{"fail", l_job_fail},
+	{"mark", l_job_mark},
+	{"marker", l_job_marker},
+	{"unmark", l_job_unmark},
+	{NULL, NULL},
+};
+
+/* The job table: functions plus identity fields from the context. params and
+ * previous are set by the child main. */
+int luaopen_jv_job(lua_State *L)
+{
+	struct jv_run_ctx *ctx = jv_ctx(L);
+	luaL_newlib(L, job_funcs);
+	lua_pushstring(L, ctx->job_id);
+	lua_setfield(L, -2, "id");
+	lua_pushstring(L, ctx->run_id);
+	lua_setfield(L, -2, "run_id");
+	lua_pushinteger(L, ctx->attempt);
+	lua_setfield(L, -2, "attempt");
+	lua_pushstring(L, ctx->type);
+	lua_setfield(L, -2, "type");
+	lua_pushstring(L, ctx->instance_id);
+	lua_setfield(L, -2, "instance_id");
+	return 1;
+}

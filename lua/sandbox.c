@@ -1,0 +1,283 @@
+/* sandbox.c — the Lua state a job script runs in: an allow-list, not a deny-list.
+ *
+ * Only base (minus dofile/loadfile/collectgarbage/warn; load forced to text),
+ * string (minus dump; its metatable hidden), table, math, utf8, coroutine and
+ * os.clock/time/date are opened, plus the jobvisor modules. require() loads
+ * pure-Lua helpers from jobs/lib only, as text, in the same sandbox. A capped
+ * allocator turns memory bombs into ordinary Lua errors. Runaway CPU is the
+ * parent's business (wall-clock timeout, then SIGKILL). */
+#include "sandbox.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lualib.h>
+
+#include "jobvisor/durable.h"
+
+#define MAX_SCRIPT_BYTES (4u << 20)
+#define MEM_GRACE ((size_t)4 << 20)
+
+struct alloc_state {
+	size_t used;
+	size_t limit;
+	struct jv_sandbox_opts opts;
+};
+
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+	struct alloc_state *st = ud;
+	if (nsize == 0) {
+		if (ptr)
+			st->used -= osize;
+		free(ptr);
+		return NULL;
+	}
+	size_t old = ptr ? osize : 0;
+	if (nsize > old && st->used - old + nsize > st->limit)
+		return NULL;
+	void *np = realloc(ptr, nsize);
+	if (!np)
+		return NULL;
+	st->used = st->used - old + nsize;
+	return np;
+}
+
+static struct alloc_state *alloc_of(lua_State *L)
+{
+	void *ud = NULL;
+	lua_getallocf(L, &ud);
+	return ud;
+}
+
+size_t jv_sandbox_mem_used(lua_State *L)
+{
+	return alloc_of(L)->used;
+}
+
+size_t jv_sandbox_mem_limit(lua_State *L)
+{
+	return alloc_of(L)->opts.mem_limit;
+}
+
+void jv_sandbox_mem_grace(lua_State *L)
+{
+	struct alloc_state *st = alloc_of(L);
+	st->limit = st->opts.mem_limit + MEM_GRACE;
+}
+
+/* load(chunk [, chunkname [, mode [, env]]]): always text mode. */
+static int l_load(lua_State *L)
+{
+	int n = lua_gettop(L);
+	lua_pushvalue(L, lua_upvalueindex(1)); /* the real load */
+	lua_pushvalue(L, 1);
+	if (n >= 2)
+		lua_pushvalue(L, 2);
+	else
+		lua_pushnil(L);
+	lua_pushliteral(L, "t");
+	int nargs = 3;
+	if (n >= 4) {
+		lua_pushvalue(L, 4);
+		nargs = 4;
+	}
+	lua_call(L, nargs, LUA_MULTRET);
+	return lua_gettop(L) - n;
+}
+
+static int l_collectgarbage(lua_State *L)
+{
+	const char *opt = luaL_optstring(L, 1, "collect");
+	if (strcmp(opt, "count") != 0)
+		return luaL_error(L, "collectgarbage('%s') is not allowed in job scripts", opt);
+	int kb = lua_gc(L, LUA_GCCOUNT, 0), b = lua_gc(L, LUA_GCCOUNTB, 0);
+	lua_pushnumber(L, (lua_Number)kb + ((lua_Number)b / 1024));
+	return 1;
+}
+
+static bool valid_module_name(const char *s)
+{
+	if (!*s || *s == '.')
+		return false;
+	for (const char *p = s; *p; p++) {
+		bool ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		          *p == '_' || (*p == '.' && p[1] && p[1] != '.');
+		if (!ok)
+			return false;
+	}
+	return true;
+}
+
+static const char loaded_key = 'l';
+
+/* require("lib.name") or require("name"): jobs/lib/name.lua, text only. */
+static int l_require(lua_State *L)
+{
+	const char *name = luaL_checkstring(L, 1);
+	if (!valid_module_name(name))
+		return luaL_error(L, "require: invalid module name '%s'", name);
+	const char *rel = strncmp(name, "lib.", 4) == 0 ? name + 4 : name;
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &loaded_key);
+	int loaded = lua_gettop(L);
+	if (lua_getfield(L, loaded, rel) != LUA_TNIL)
+		return 1;
+	lua_pop(L, 1);
+
+	char relpath[256];
+	snprintf(relpath, sizeof(relpath), "%s", rel);
+	for (char *p = relpath; *p; p++)
+		if (*p == '.')
+			*p = '/';
+	struct alloc_state *st = alloc_of(L);
+	for (int i = 0; st->opts.lib_dirs[i]; i++) {
+		char path[4096], chunk[300];
+		snprintf(path, sizeof(path), "%s/%s.lua", st->opts.lib_dirs[i], relpath);
+		if (access(path, R_OK) != 0)
+			continue;
+		snprintf(chunk, sizeof(chunk), "lib/%s.lua", relpath);
+		if (jv_sandbox_loadfile(L, path, chunk) != LUA_OK)
+			return lua_error(L);
+		lua_pushstring(L, name);
+		lua_call(L, 1, 1);
+		if (lua_isnil(L, -1)) {
+			lua_pop(L, 1);
+			lua_pushboolean(L, 1);
+		}
+		lua_pushvalue(L, -1);
+		lua_setfield(L, loaded, rel);
+		return 1;
+	}
+	return luaL_error(L, "module '%s' not found (only helpers in jobs/lib/ can be required)",
+	                  name);
+}
+
+int jv_sandbox_loadfile(lua_State *L, const char *path, const char *chunkname)
+{
+	char *src = NULL;
+	size_t len = 0;
+	int rc = jv_read_file_at(AT_FDCWD, path, MAX_SCRIPT_BYTES, &src, &len);
+	if (rc < 0) {
+		lua_pushfstring(L, "cannot read '%s': %s", chunkname,
+		                rc == -EFBIG ? "script larger than 4 MiB" : strerror(-rc));
+		return LUA_ERRFILE;
+	}
+	char name[320];
+	snprintf(name, sizeof(name), "@%s", chunkname);
+	/* Skip a #! line like lua.c does, keeping line numbers. */
+	const char *body = src;
+	if (len > 0 && src[0] == '#') {
+		size_t i = 0;
+		while (i < len && src[i] != '\n')
+			i++;
+		body = src + i;
+		len -= i;
+	}
+	int status = luaL_loadbufferx(L, body, len, name, "t");
+	free(src);
+	return status;
+}
+
+static void set_global_module(lua_State *L, const char *name, lua_CFunction open)
+{
+	lua_pushcfunction(L, open);
+	lua_call(L, 0, 1);
+	lua_setglobal(L, name);
+}
+
+static void remove_field(lua_State *L, int t, const char *name)
+{
+	lua_pushnil(L);
+	lua_setfield(L, t, name);
+}
+
+lua_State *jv_sandbox_new(const struct jv_sandbox_opts *opts)
+{
+	struct alloc_state *st = calloc(1, sizeof(*st));
+	if (!st)
+		return NULL;
+	st->opts = *opts;
+	if (!st->opts.mem_limit)
+		st->opts.mem_limit = JV_DEFAULT_MEM_LIMIT;
+	st->limit = st->opts.mem_limit;
+	lua_State *L = lua_newstate(capped_alloc, st);
+	if (!L) {
+		free(st);
+		return NULL;
+	}
+	static const luaL_Reg libs[] = {
+		{LUA_GNAME, luaopen_base},       {LUA_STRLIBNAME, luaopen_string},
+		{LUA_TABLIBNAME, luaopen_table}, {LUA_MATHLIBNAME, luaopen_math},
+		{LUA_UTF8LIBNAME, luaopen_utf8}, {LUA_COLIBNAME, luaopen_coroutine},
+		{NULL, NULL},
+	};
+	for (const luaL_Reg *lib = libs; lib->func; lib++) {
+		luaL_requiref(L, lib->name, lib->func, 1);
+		lua_pop(L, 1);
+	}
+	/* Drop the package.loaded table luaL_requiref filled: require is ours. */
+	lua_pushnil(L);
+	lua_setfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+
+	lua_pushglobaltable(L);
+	int g = lua_gettop(L);
+	remove_field(L, g, "dofile");
+	remove_field(L, g, "loadfile");
+	remove_field(L, g, "warn");
+	lua_getfield(L, g, "load");
+	lua_pushcclosure(L, l_load, 1);
+	lua_setfield(L, g, "load");
+	lua_pushcfunction(L, l_collectgarbage);
+	lua_setfield(L, g, "collectgarbage");
+	lua_pushcfunction(L, jv_lua_print);
+	lua_setfield(L, g, "print");
+	lua_pushcfunction(L, l_require);
+	lua_setfield(L, g, "require");
+
+	/* string.dump gone; the shared string metatable hidden from getmetatable. */
+	lua_getfield(L, g, "string");
+	remove_field(L, lua_gettop(L), "dump");
+	lua_pop(L, 1);
+	lua_pushliteral(L, "");
+	lua_getmetatable(L, -1);
+	lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "__metatable");
+	lua_pop(L, 2);
+
+	/* os: clock, time, date only (from a private copy of the real library). */
+	luaL_requiref(L, "os_full", luaopen_os, 0);
+	lua_newtable(L);
+	const char *keep[] = {"clock", "time", "date"};
+	for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++) {
+		lua_getfield(L, -2, keep[i]);
+		lua_setfield(L, -2, keep[i]);
+	}
+	lua_setfield(L, g, "os");
+	lua_pop(L, 1);
+
+	lua_newtable(L);
+	lua_rawsetp(L, LUA_REGISTRYINDEX, &loaded_key);
+
+	jv_ctx_install(L, opts->ctx);
+	set_global_module(L, "log", luaopen_jv_log);
+	set_global_module(L, "json", luaopen_jv_json);
+	set_global_module(L, "fs", luaopen_jv_fs);
+	set_global_module(L, "archive", luaopen_jv_archive);
+	set_global_module(L, "http", luaopen_jv_http);
+	set_global_module(L, "instance", luaopen_jv_instance);
+	lua_pop(L, 1); /* globals */
+	return L;
+}
+
+void jv_sandbox_close(lua_State *L)
+{
+	if (!L)
+		return;
+	struct alloc_state *st = alloc_of(L);
+	lua_close(L);
+	free(st);
+}

@@ -1,0 +1,34 @@
+/* sandbox.h — building the sandboxed Lua state a job script runs in. */
+#ifndef JOBVISOR_SANDBOX_H
+#define JOBVISOR_SANDBOX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "jvlua.h"
+
+struct jv_sandbox_opts {
+	size_t mem_limit;           /* bytes; 0 = JV_DEFAULT_MEM_LIMIT */
+	const char *lib_dirs[4];    /* directories searched by require("lib.x"), NULL-terminated */
+	struct jv_run_ctx *ctx;     /* borrowed; installed in the registry */
+};
+
+#define JV_DEFAULT_MEM_LIMIT ((size_t)256 << 20)
+
+/* A fresh state with only the allow-listed libraries and the jobvisor modules
+ * as globals. Returned-owned; never lua_close()d by the child (see child_main.c),
+ * but jv_sandbox_close() exists for `check`. NULL on allocation failure. */
+lua_State *jv_sandbox_new(const struct jv_sandbox_opts *opts);
+void jv_sandbox_close(lua_State *L);
+
+/* Memory accounting of the capped allocator. */
+size_t jv_sandbox_mem_used(lua_State *L);
+size_t jv_sandbox_mem_limit(lua_State *L);
+/* Let the error path allocate a little beyond the cap (to build the result). */
+void jv_sandbox_mem_grace(lua_State *L);
+
+/* Load a script file as text (never bytecode) with a short chunk name.
+ * Pushes the chunk; returns LUA_OK or an error code with the message pushed. */
+int jv_sandbox_loadfile(lua_State *L, const char *path, const char *chunkname);
+
+#endif

@@ -1,0 +1,665 @@
+/* jobrun.c — the parent side of one job run: spawn, events, throttle, cancel,
+ * timeout, result. See jobrun.h for the contract.
+ *
+ * Fork constraints: the child branch runs between fork() and execv() in a
+ * single-threaded parent, so it only makes system calls and never allocates.
+ * Everything it needs (argv, the spec memfd) is prepared before fork(). */
+#include "jobrun.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "jobvisor/durable.h"
+#include "jobvisor/jobchild.h"
+#include "jobvisor/jsonutil.h"
+#include "jobvisor/log.h"
+#include "jobvisor/util.h"
+
+#define THROTTLE_MS 250          /* at most 4 progress events per second per run */
+#define LOG_BURST 100            /* log events: token bucket */
+#define LOG_PER_SECOND 20
+#define MAX_EVENT_LINE (8u << 20) /* one event line (the result may be large) */
+#define EXIT_DRAIN_MS 2000        /* wait for EOF after the child exited */
+#define DEFAULT_GRACE_S 10
+#define CHILD_NOFILE 1024
+
+struct jobrun {
+	char *job_id, *run_id, *instance_id, *type;
+	const struct jobrun_ops *ops;
+	void *ud;
+	pid_t pid;
+	int fd;
+	struct jv_buf in;
+	uint64_t seq;
+
+	double percent; /* last known, -1 = unknown */
+	char *message;  /* last progress message sent */
+
+	bool pending;
+	double pending_percent;
+	char *pending_msg;
+	int64_t pending_ts;
+	int64_t last_progress_ms;
+
+	double log_tokens;
+	int64_t log_refill_ms;
+	unsigned suppressed;
+
+	bool cancellable;
+	char *why;
+
+	char *cancel_reason;
+	bool term_sent, kill_sent, refused_logged;
+	int64_t kill_at;
+	int64_t timeout_at;
+	int grace_s;
+
+	int64_t started_mono;
+	bool exited, eof, done;
+	int wstatus;
+	int64_t drain_until;
+
+	cJSON *result; /* the child's result event */
+	char *protocol_error;
+};
+
+static char *xstrdup(const char *s)
+{
+	return s ? strdup(s) : NULL;
+}
+
+static void set_str(char **dst, const char *s)
+{
+	free(*dst);
+	*dst = xstrdup(s);
+}
+
+/* ---- wire events ---- */
+
+static void emit(struct jobrun *r, const char *kind, const char *status, double percent,
+                 const char *message, const char *level, int64_t ts_ms)
+{
+	cJSON *ev = cJSON_CreateObject();
+	char ts[JV_ISO8601_LEN];
+	jv_iso8601(ts_ms > 0 ? ts_ms : jv_now_real_ms(), ts);
+	cJSON_AddNumberToObject(ev, "seq", (double)++r->seq);
+	cJSON_AddStringToObject(ev, "kind", kind);
+	cJSON_AddStringToObject(ev, "jobId", r->job_id);
+	cJSON_AddStringToObject(ev, "jobRunId", r->run_id);
+	if (r->instance_id && *r->instance_id)
+		cJSON_AddStringToObject(ev, "instanceId", r->instance_id);
+	else
+		cJSON_AddNullToObject(ev, "instanceId");
+	cJSON_AddStringToObject(ev, "status", status);
+	if (percent >= 0)
+		cJSON_AddNumberToObject(ev, "percent", round(percent * 10) / 10);
+	else
+		cJSON_AddNullToObject(ev, "percent");
+	if (message)
+		cJSON_AddStringToObject(ev, "message", message);
+	else
+		cJSON_AddNullToObject(ev, "message");
+	if (level)
+		cJSON_AddStringToObject(ev, "level", level);
+	cJSON_AddStringToObject(ev, "timestamp", ts);
+	r->ops->event(r->ud, r, ev);
+}
+
+static void send_progress(struct jobrun *r, double percent, const char *msg, int64_t ts)
+{
+	if (percent >= 0)
+		r->percent = percent;
+	bool new_msg = msg && (!r->message || strcmp(msg, r->message) != 0);
+	if (new_msg) {
+		set_str(&r->message, msg);
+		jv_info(r->job_id, r->run_id, "step: %s", msg);
+	}
+	r->last_progress_ms = jv_now_mono_ms();
+	emit(r, "progress", "RUNNING", r->percent, msg ? msg : r->message, NULL, ts);
+}
+
+static void flush_pending(struct jobrun *r)
+{
+	if (!r->pending)
+		return;
+	r->pending = false;
+	send_progress(r, r->pending_percent, r->pending_msg, r->pending_ts);
+	set_str(&r->pending_msg, NULL);
+}
+
+static void on_progress(struct jobrun *r, const cJSON *ev, int64_t ts)
+{
+	double pct = jv_json_has_num(ev, "percent") ? jv_json_num(ev, "percent", -1) : -1;
+	if (pct > 100)
+		pct = 100;
+	const char *msg = jv_json_str(ev, "message", NULL);
+	int64_t now = jv_now_mono_ms();
+	if (!r->pending && now - r->last_progress_ms >= THROTTLE_MS) {
+		send_progress(r, pct, msg, ts);
+		return;
+	}
+	/* Within the window: keep the newest; a percent survives a later step-only update. */
+	if (pct < 0 && r->pending)
+		pct = r->pending_percent;
+	r->pending = true;
+	r->pending_percent = pct;
+	if (msg)
+		set_str(&r->pending_msg, msg);
+	r->pending_ts = ts;
+}
+
+static void on_log(struct jobrun *r, const cJSON *ev, int64_t ts)
+{
+	int64_t now = jv_now_mono_ms();
+	r->log_tokens += (double)(now - r->log_refill_ms) * LOG_PER_SECOND / 1000.0;
+	if (r->log_tokens > LOG_BURST)
+		r->log_tokens = LOG_BURST;
+	r->log_refill_ms = now;
+	if (r->log_tokens < 1) {
+		r->suppressed++;
+		return;
+	}
+	flush_pending(r);
+	if (r->suppressed) {
+		char msg[96];
+		snprintf(msg, sizeof(msg), "%u log lines suppressed (more than %d per second)",
+		         r->suppressed, LOG_PER_SECOND);
+		jv_warn(r->job_id, r->run_id, "%s", msg);
+		emit(r, "log", "RUNNING", r->percent, msg, "warn", 0);
+		r->suppressed = 0;
+		r->log_tokens -= 1;
+	}
+	r->log_tokens -= 1;
+	const char *level = jv_json_str(ev, "level", "info");
+	int lvl = jv_log_level_parse(level);
+	if (lvl < 0) {
+		level = "info";
+		lvl = JV_LOG_INFO;
+	}
+	const char *msg = jv_json_str(ev, "message", "");
+	jv_log((enum jv_log_level)lvl, r->job_id, r->run_id, "script: %s", msg);
+	emit(r, "log", "RUNNING", r->percent, msg, level, ts);
+}
+
+static void protocol_error(struct jobrun *r, const char *msg)
+{
+	if (!r->protocol_error)
+		r->protocol_error = strdup(msg);
+	jv_error(r->job_id, r->run_id, "%s", msg);
+	jobrun_kill(r);
+}
+
+static void handle_line(struct jobrun *r, const char *line, size_t len)
+{
+	cJSON *ev = jv_json_parse(line, len);
+	if (!cJSON_IsObject(ev)) {
+		cJSON_Delete(ev);
+		protocol_error(r, "job-run child wrote a malformed event line");
+		return;
+	}
+	const char *k = jv_json_str(ev, "k", "");
+	int64_t ts = jv_json_int(ev, "ts", 0);
+	if (strcmp(k, "progress") == 0) {
+		on_progress(r, ev, ts);
+	} else if (strcmp(k, "log") == 0) {
+		on_log(r, ev, ts);
+	} else if (strcmp(k, "meta") == 0) {
+		r->cancellable = jv_json_bool(ev, "cancellable", true);
+		set_str(&r->why, jv_json_str(ev, "why", NULL));
+		if (r->cancel_reason && strcmp(r->cancel_reason, "cancelled") == 0 && !r->cancellable) {
+			/* A cancel raced the meta line: the signal is already out. */
+			jv_warn(r->job_id, r->run_id, "cancel was sent before the script said it is not cancellable");
+		}
+	} else if (strcmp(k, "result") == 0) {
+		if (!r->result) {
+			r->result = ev;
+			ev = NULL;
+		}
+	}
+	cJSON_Delete(ev);
+}
+
+void jobrun_on_readable(struct jobrun *r)
+{
+	if (r->fd < 0)
+		return;
+	char chunk[65536];
+	for (;;) {
+		ssize_t n = read(r->fd, chunk, sizeof(chunk));
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN)
+				break;
+			n = 0; /* treat errors as EOF */
+		}
+		if (n == 0) {
+			r->eof = true;
+			close(r->fd);
+			r->fd = -1;
+			break;
+		}
+		if (jv_buf_append(&r->in, chunk, (size_t)n) < 0) {
+			protocol_error(r, "job-run child wrote an event line larger than 8 MiB");
+			jv_buf_consume(&r->in, r->in.len);
+			break;
+		}
+		size_t start = 0;
+		for (size_t i = r->in.len - (size_t)n; i < r->in.len; i++) {
+			if (r->in.data[i] != '\n')
+				continue;
+			if (i > start)
+				handle_line(r, r->in.data + start, i - start);
+			start = i + 1;
+		}
+		jv_buf_consume(&r->in, start);
+	}
+	if (r->eof && r->exited)
+		jobrun_on_timer(r, jv_now_mono_ms());
+}
+
+/* ---- result ---- */
+
+static cJSON *make_error(const char *message, const char *stack, bool retryable, const char *reason)
+{
+	cJSON *e = cJSON_CreateObject();
+	cJSON_AddStringToObject(e, "message", message);
+	cJSON_AddStringToObject(e, "stack", stack ? stack : "");
+	cJSON_AddBoolToObject(e, "retryable", retryable);
+	if (reason)
+		cJSON_AddStringToObject(e, "reason", reason);
+	return e;
+}
+
+static bool reason_is(const struct jobrun *r, const char *reason)
+{
+	return r->cancel_reason && strcmp(r->cancel_reason, reason) == 0;
+}
+
+static void finish(struct jobrun *r)
+{
+	if (r->done)
+		return;
+	r->done = true;
+	flush_pending(r);
+	if (r->fd >= 0) {
+		close(r->fd);
+		r->fd = -1;
+	}
+
+	const char *status = "FAILED";
+	cJSON *output = NULL, *error = NULL;
+	const char *child_status = r->result ? jv_json_str(r->result, "status", "") : NULL;
+	bool completed = child_status && strcmp(child_status, "COMPLETED") == 0;
+	char msg[512];
+
+	if (r->protocol_error) {
+		error = make_error(r->protocol_error, NULL, false, "protocol");
+	} else if (reason_is(r, "timeout") && !completed) {
+		snprintf(msg, sizeof(msg), "job run timed out after %lld s",
+		         (long long)((r->timeout_at - r->started_mono) / 1000));
+		error = make_error(msg, NULL, true, "timeout");
+	} else if ((reason_is(r, "shutdown") || reason_is(r, "lost")) && !completed) {
+		snprintf(msg, sizeof(msg), "job run interrupted: %s",
+		         reason_is(r, "shutdown") ? "the agent is shutting down" : "the run was lost");
+		error = make_error(msg, NULL, true, r->cancel_reason);
+	} else if (r->result) {
+		status = child_status;
+		if (strcmp(status, "COMPLETED") != 0 && strcmp(status, "CANCELLED") != 0)
+			status = "FAILED";
+		output = cJSON_DetachItemFromObjectCaseSensitive(r->result, "output");
+		cJSON *e = cJSON_DetachItemFromObjectCaseSensitive(r->result, "error");
+		if (cJSON_IsObject(e))
+			error = e;
+		else
+			cJSON_Delete(e);
+	} else if (reason_is(r, "cancelled")) {
+		status = "CANCELLED";
+		if (r->kill_sent)
+			snprintf(msg, sizeof(msg),
+			         "job cancelled; the script did not stop within %d s and was killed", r->grace_s);
+		else
+			snprintf(msg, sizeof(msg), "job cancelled");
+		error = make_error(msg, NULL, false, "cancelled");
+	} else if (r->exited && WIFSIGNALED(r->wstatus)) {
+		int sig = WTERMSIG(r->wstatus);
+		snprintf(msg, sizeof(msg), "job-run child was killed by %s%s", jv_signal_name(sig),
+		         sig == SIGKILL ? " (killed from outside, or out of memory)" : "");
+		error = make_error(msg, NULL, true, "killed");
+	} else {
+		snprintf(msg, sizeof(msg), "job-run child exited with status %d without reporting a result",
+		         r->exited && WIFEXITED(r->wstatus) ? WEXITSTATUS(r->wstatus) : -1);
+		error = make_error(msg, NULL, false, "crashed");
+	}
+	if (!output)
+		output = cJSON_CreateObject();
+
+	const char *emsg = error ? jv_json_str(error, "message", NULL) : NULL;
+	double pct = strcmp(status, "COMPLETED") == 0 ? 100 : r->percent;
+	emit(r, "status", status, pct, emsg ? emsg : (strcmp(status, "COMPLETED") == 0 ? "completed" : NULL),
+	     NULL, 0);
+	double secs = (double)(jv_now_mono_ms() - r->started_mono) / 1000.0;
+	if (strcmp(status, "COMPLETED") == 0)
+		jv_info(r->job_id, r->run_id, "job run COMPLETED in %.2f s", secs);
+	else
+		jv_log(strcmp(status, "CANCELLED") == 0 ? JV_LOG_WARN : JV_LOG_ERROR, r->job_id, r->run_id,
+		       "job run %s after %.2f s: %s", status, secs, emsg ? emsg : "-");
+
+	cJSON *res = cJSON_CreateObject();
+	char ts[JV_ISO8601_LEN];
+	jv_iso8601(jv_now_real_ms(), ts);
+	cJSON_AddStringToObject(res, "status", status);
+	cJSON_AddItemToObject(res, "output", output);
+	if (error)
+		cJSON_AddItemToObject(res, "error", error);
+	else
+		cJSON_AddNullToObject(res, "error");
+	cJSON_AddStringToObject(res, "finishedAt", ts);
+	cJSON_AddNumberToObject(res, "lastSeq", (double)r->seq);
+	r->ops->done(r->ud, r, res);
+}
+
+/* ---- lifecycle ---- */
+
+static void signal_group(struct jobrun *r, int sig)
+{
+	if (r->pid > 0 && !r->exited)
+		kill(-r->pid, sig);
+}
+
+void jobrun_cancel(struct jobrun *r, const char *reason)
+{
+	if (r->done || r->cancel_reason)
+		return;
+	if (strcmp(reason, "cancelled") == 0 && !r->cancellable) {
+		if (!r->refused_logged) {
+			char msg[700];
+			snprintf(msg, sizeof(msg), "cancel requested, but this job is not cancellable: %s",
+			         r->why ? r->why : "(no reason given)");
+			jv_warn(r->job_id, r->run_id, "%s", msg);
+			emit(r, "log", "RUNNING", r->percent, msg, "warn", 0);
+			r->refused_logged = true;
+		}
+		return;
+	}
+	r->cancel_reason = strdup(reason);
+	jv_info(r->job_id, r->run_id, "cancelling job run (%s): SIGTERM, SIGKILL after %d s", reason,
+	        r->grace_s);
+	signal_group(r, SIGTERM);
+	r->term_sent = true;
+	r->kill_at = jv_now_mono_ms() + (int64_t)r->grace_s * 1000;
+}
+
+void jobrun_kill(struct jobrun *r)
+{
+	if (!r->kill_sent) {
+		signal_group(r, SIGKILL);
+		r->kill_sent = true;
+	}
+}
+
+void jobrun_on_exit(struct jobrun *r, int wstatus)
+{
+	if (r->exited)
+		return;
+	r->exited = true;
+	r->wstatus = wstatus;
+	r->drain_until = jv_now_mono_ms() + EXIT_DRAIN_MS;
+	if (r->fd >= 0)
+		jobrun_on_readable(r); /* read what is left; may finish */
+	if (r->eof)
+		finish(r);
+}
+
+void jobrun_reap(struct jobrun *r)
+{
+	if (r->pid <= 0 || r->exited)
+		return;
+	siginfo_t si;
+	memset(&si, 0, sizeof(si));
+	if (waitid(P_PID, (id_t)r->pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0 || si.si_pid == 0)
+		return;
+	/* The zombie leader still reserves the group id: stragglers can be killed
+	 * without any risk of hitting a reused id. */
+	kill(-r->pid, SIGKILL);
+	int st = 0;
+	while (waitpid(r->pid, &st, 0) < 0 && errno == EINTR)
+		;
+	jobrun_on_exit(r, st);
+}
+
+int64_t jobrun_next_deadline(const struct jobrun *r)
+{
+	if (r->done)
+		return INT64_MAX;
+	int64_t d = INT64_MAX;
+	if (r->pending && r->last_progress_ms + THROTTLE_MS < d)
+		d = r->last_progress_ms + THROTTLE_MS;
+	if (r->term_sent && !r->kill_sent && !r->exited && r->kill_at < d)
+		d = r->kill_at;
+	if (r->timeout_at && !r->cancel_reason && r->timeout_at < d)
+		d = r->timeout_at;
+	if (r->exited && r->drain_until < d)
+		d = r->drain_until;
+	return d;
+}
+
+void jobrun_on_timer(struct jobrun *r, int64_t now)
+{
+	if (r->done)
+		return;
+	if (r->pending && now >= r->last_progress_ms + THROTTLE_MS)
+		flush_pending(r);
+	if (r->timeout_at && !r->cancel_reason && now >= r->timeout_at) {
+		jv_warn(r->job_id, r->run_id, "job run exceeded its timeout of %lld s",
+		        (long long)((r->timeout_at - r->started_mono) / 1000));
+		jobrun_cancel(r, "timeout");
+	}
+	if (r->term_sent && !r->kill_sent && !r->exited && now >= r->kill_at) {
+		jv_warn(r->job_id, r->run_id, "job run did not stop within %d s: SIGKILL to its process group",
+		        r->grace_s);
+		jobrun_kill(r);
+	}
+	if (r->exited && (r->eof || now >= r->drain_until))
+		finish(r);
+}
+
+/* ---- spawn ---- */
+
+static cJSON *build_spec(const struct jobrun_spec *s)
+{
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "jobId", s->job_id);
+	cJSON_AddStringToObject(j, "jobRunId", s->run_id);
+	cJSON_AddStringToObject(j, "instanceId", s->instance_id ? s->instance_id : "");
+	cJSON_AddStringToObject(j, "type", s->by_type && s->type ? s->type : "");
+	if (s->by_type && s->type)
+		cJSON_AddStringToObject(j, "expectType", s->type);
+	cJSON_AddNumberToObject(j, "attempt", s->attempt > 0 ? s->attempt : 1);
+	cJSON_AddItemToObject(j, "params",
+	                      s->params ? cJSON_Duplicate(s->params, true) : cJSON_CreateObject());
+	cJSON_AddStringToObject(j, "dataDir", s->data_dir);
+	cJSON_AddStringToObject(j, "script", s->script);
+	if (s->jobs_dir)
+		cJSON_AddStringToObject(j, "jobsDir", s->jobs_dir);
+	cJSON_AddStringToObject(j, "builtinJobsDir", jobrun_builtin_jobs_dir());
+	if (s->mem_limit)
+		cJSON_AddNumberToObject(j, "memLimit", (double)s->mem_limit);
+	if (s->settings)
+		cJSON_AddItemToObject(j, "settings", cJSON_Duplicate(s->settings, true));
+	if (s->created_at)
+		cJSON_AddStringToObject(j, "createdAt", s->created_at);
+	if (s->log_format)
+		cJSON_AddStringToObject(j, "logFormat", s->log_format);
+	if (s->log_level)
+		cJSON_AddStringToObject(j, "logLevel", s->log_level);
+	return j;
+}
+
+/* Between fork and exec: system calls only. */
+static void child_exec(int spec_fd, int ev_fd, pid_t parent, int uid, int gid, char **argv)
+{
+	setpgid(0, 0);
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != parent)
+		_exit(127);
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	for (int s = 1; s < NSIG; s++)
+		signal(s, SIG_DFL);
+	struct rlimit rl = {0, 0};
+	setrlimit(RLIMIT_CORE, &rl);
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+		if (rl.rlim_max > CHILD_NOFILE)
+			rl.rlim_max = CHILD_NOFILE;
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	int s2 = fcntl(spec_fd, F_DUPFD, 10);
+	int e2 = fcntl(ev_fd, F_DUPFD, 10);
+	int devnull = open("/dev/null", O_RDWR);
+	if (s2 < 0 || e2 < 0 || devnull < 0)
+		_exit(127);
+	dup2(devnull, STDIN_FILENO);
+	dup2(STDERR_FILENO, STDOUT_FILENO);
+	dup2(s2, JV_CHILD_SPEC_FD);
+	dup2(e2, JV_CHILD_EVENT_FD);
+	jv_close_fds_from(JV_CHILD_EVENT_FD + 1, NULL, 0);
+	if (chdir("/") < 0)
+		_exit(127);
+	if (gid >= 0 && getuid() == 0) {
+		if (setgroups(0, NULL) < 0 || setgid((gid_t)gid) < 0)
+			_exit(126);
+	}
+	if (uid >= 0 && getuid() == 0) {
+		if (setuid((uid_t)uid) < 0)
+			_exit(126);
+	}
+	prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+	execv("/proc/self/exe", argv);
+	_exit(127);
+}
+
+int jobrun_start(const struct jobrun_spec *spec, const struct jobrun_ops *ops, void *ud,
+                 struct jobrun **out)
+{
+	*out = NULL;
+	struct jobrun *r = calloc(1, sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	r->fd = -1;
+	r->percent = -1;
+	r->cancellable = true;
+	r->ops = ops;
+	r->ud = ud;
+	r->job_id = xstrdup(spec->job_id);
+	r->run_id = xstrdup(spec->run_id);
+	r->instance_id = xstrdup(spec->instance_id ? spec->instance_id : "");
+	r->type = xstrdup(spec->type ? spec->type : "");
+	r->grace_s = spec->cancel_grace_s > 0 ? spec->cancel_grace_s : DEFAULT_GRACE_S;
+	r->log_tokens = LOG_BURST;
+	jv_buf_init(&r->in, MAX_EVENT_LINE);
+	int rc = 0, spec_fd = -1, pipefd[2] = {-1, -1};
+
+	cJSON *sj = build_spec(spec);
+	char *stext = sj ? cJSON_PrintUnformatted(sj) : NULL;
+	cJSON_Delete(sj);
+	if (!stext) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	spec_fd = memfd_create("jobvisor-spec", MFD_CLOEXEC);
+	if (spec_fd < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	rc = jv_write_all(spec_fd, stext, strlen(stext));
+	if (rc < 0)
+		goto fail;
+	if (pipe2(pipefd, O_CLOEXEC) < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	char arg0[] = "jobvisor", arg1[] = "__jobrun";
+	char *argv[] = {arg0, arg1, NULL};
+	pid_t parent = getpid();
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	if (pid == 0)
+		child_exec(spec_fd, pipefd[1], parent, spec->run_uid, spec->run_gid, argv);
+	setpgid(pid, pid); /* also in the parent: no window where a signal misses the group */
+	close(pipefd[1]);
+	close(spec_fd);
+	free(stext);
+	r->pid = pid;
+	r->fd = pipefd[0];
+	jv_set_nonblock(r->fd);
+	r->started_mono = jv_now_mono_ms();
+	r->log_refill_ms = r->started_mono;
+	if (spec->timeout_s > 0)
+		r->timeout_at = r->started_mono + (int64_t)spec->timeout_s * 1000;
+	jv_info(r->job_id, r->run_id, "job run started: type=%s instance=%s attempt=%d pid=%d",
+	        r->type[0] ? r->type : "-", r->instance_id, spec->attempt > 0 ? spec->attempt : 1, (int)pid);
+	*out = r;
+	emit(r, "status", "RUNNING", -1, "started", NULL, 0);
+	return 0;
+fail:
+	if (pipefd[0] >= 0)
+		close(pipefd[0]);
+	if (pipefd[1] >= 0)
+		close(pipefd[1]);
+	if (spec_fd >= 0)
+		close(spec_fd);
+	free(stext);
+	jobrun_free(r);
+	return rc;
+}
+
+int jobrun_fd(const struct jobrun *r) { return r->fd; }
+pid_t jobrun_pid(const struct jobrun *r) { return r->exited ? 0 : r->pid; }
+const char *jobrun_run_id(const struct jobrun *r) { return r->run_id; }
+const char *jobrun_job_id(const struct jobrun *r) { return r->job_id; }
+const char *jobrun_instance_id(const struct jobrun *r) { return r->instance_id; }
+uint64_t jobrun_last_seq(const struct jobrun *r) { return r->seq; }
+bool jobrun_finished(const struct jobrun *r) { return r->done; }
+
+void jobrun_free(struct jobrun *r)
+{
+	if (!r)
+		return;
+	if (r->pid > 0 && !r->exited) {
+		kill(-r->pid, SIGKILL);
+		while (waitpid(r->pid, NULL, 0) < 0 && errno == EINTR)
+			;
+	}
+	if (r->fd >= 0)
+		close(r->fd);
+	jv_buf_free(&r->in);
+	cJSON_Delete(r->result);
+	free(r->job_id);
+	free(r->run_id);
+	free(r->instance_id);
+	free(r->type);
+	free(r->message);
+	free(r->pending_msg);
+	free(r->why);
+	free(r->cancel_reason);
+	free(r->protocol_error);
+	free(r);
+}
