@@ -276,16 +276,12 @@ int transport_wait(struct transport *tp, struct pollfd *fds, unsigned nfds, int 
 		wfds[i].revents = 0;
 	}
 	CURLMcode mc = curl_multi_poll(tp->multi, wfds, nfds, timeout_ms < 0 ? 0 : timeout_ms, NULL);
-	for (unsigned i = 0; i < nfds; i++) {
-		short rev = 0;
-		if (wfds[i].revents & CURL_WAIT_POLLIN)
-			rev |= POLLIN;
-		if (wfds[i].revents & CURL_WAIT_POLLOUT)
-			rev |= POLLOUT;
-		if (wfds[i].revents & CURL_WAIT_POLLPRI)
-			rev |= POLLPRI;
-		fds[i].revents = rev;
-	}
+	/* curl reports only POLLIN/POLLOUT/POLLPRI for extra descriptors, and a
+	 * pipe whose writer is gone signals POLLHUP alone: ask the kernel
+	 * directly (no wait) so a hang-up is seen and does not spin the loop. */
+	if (nfds > 0 && poll(fds, nfds, 0) < 0)
+		for (unsigned i = 0; i < nfds; i++)
+			fds[i].revents = 0;
 	return mc == CURLM_OK ? 0 : -EIO;
 }
 
