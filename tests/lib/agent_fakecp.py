@@ -70,6 +70,7 @@ class FakeCP:
         self.faults = {}             # endpoint -> [mode, remaining or None]
         self.retry_after = 1
         self.requests = []           # (time, endpoint, path)
+        self.conns = set()           # open client connections (closed by go_down)
         self._server = None
         self.port = 0
         self._start()
@@ -83,6 +84,24 @@ class FakeCP:
 
             def log_message(self, *a):
                 pass
+
+            def setup(self):
+                super().setup()
+                with cp.lock:
+                    cp.conns.add(self.connection)
+
+            def finish(self):
+                try:
+                    super().finish()
+                finally:
+                    with cp.lock:
+                        cp.conns.discard(self.connection)
+
+            def handle(self):
+                try:
+                    super().handle()
+                except OSError:
+                    pass  # the agent hung up (timeouts, size caps): expected here
 
             def do_POST(self):
                 cp._handle(self)
@@ -122,6 +141,15 @@ class FakeCP:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        # Keep-alive connections would go on being served: cut them too.
+        with self.lock:
+            conns = list(self.conns)
+            self.lock.notify_all()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def come_up(self):
         if not self._server:
@@ -248,6 +276,9 @@ class FakeCP:
             h._reply(404, {"error": "no such endpoint"})
             return
         with self.lock:
+            if self._server is None:
+                h.close_connection = True
+                return
             self.requests.append((time.time(), endpoint, path))
         if h.headers.get("Authorization") != f"Bearer {self.token}":
             with self.lock:

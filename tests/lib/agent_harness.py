@@ -59,6 +59,17 @@ SCRIPTS = {
     while true do job.sleep(0.05) end
   end,
 }""",
+    "TICKER": """return {
+  type = "TICKER",
+  run = function(job)
+    local i = 0
+    while true do
+      i = i + 1
+      job.progress(i % 100, "tick " .. i)
+      job.sleep(0.3)
+    end
+  end,
+}""",
     "FAILER": """return {
   type = "FAILER",
   run = function(job) job.fail("it went wrong", { retryable = true }) end,
