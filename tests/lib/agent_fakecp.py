@@ -63,6 +63,7 @@ class FakeCP:
         self.lock = threading.Condition()
         self.queue = []              # assignments not yet handed out
         self.raw_queue = []          # raw JSON values to hand out as-is
+        self.forced_queue = []       # ... even beyond the agent's capacity
         self.runs = {}               # jobRunId -> Run
         self.polls = []              # (time, body) of every poll
         self.unauthorized = 0
@@ -182,13 +183,14 @@ class FakeCP:
             self.lock.notify_all()
         return run_id
 
-    def add_raw(self, value, run_id=None):
+    def add_raw(self, value, run_id=None, force=False):
         """Hand out value as an assignment as-is (garbage tests). run_id, if
-        given, is registered so events/results for it are accepted."""
+        given, is registered so events/results for it are accepted. force:
+        hand it out even when the agent says it has no capacity."""
         with self.lock:
             if run_id:
                 self.runs[run_id] = Run(value)
-            self.raw_queue.append(value)
+            (self.forced_queue if force else self.raw_queue).append(value)
             self.lock.notify_all()
 
     def cancel(self, run_id):
@@ -368,11 +370,12 @@ class FakeCP:
 
             def work():
                 cancels = [rid for rid, r in self.runs.items() if r.cancel and rid in running]
-                return (capacity > 0 and (self.queue or self.raw_queue)) or cancels
+                return (capacity > 0 and (self.queue or self.raw_queue)) or cancels or self.forced_queue
 
             while wait > 0 and not work() and time.time() < deadline and self._server:
                 self.lock.wait(min(0.05, max(0.0, deadline - time.time())))
-            jobs = []
+            jobs = self.forced_queue
+            self.forced_queue = []
             while self.raw_queue and len(jobs) < max(capacity, 0):
                 jobs.append(self.raw_queue.pop(0))
             while self.queue and len(jobs) < capacity:

@@ -131,6 +131,10 @@ class AgentTestCase(unittest.TestCase):
                 p.kill()
                 p.wait(10)
         self.cp.stop()
+        log = self.log()
+        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            if bad in log:
+                self.fail(f"sanitizer report in the agent log:\n{log[-6000:]}")
         if os.environ.get("JV_KEEP_TMP"):
             print("kept", self.tmp)
         else:
