@@ -93,7 +93,7 @@ void agent_reload(struct agent *ag)
 		char *keep = ag->cfg.data_dir;
 		ag->cfg.data_dir = nc.data_dir;
 		nc.data_dir = keep;
-		cJSON_ReplaceItemInObjectCaseSensitive(settings, "dataDir",
+		cJSON_ReplaceItemInObjectCaseSensitive(settings, "data_dir",
 		                                       cJSON_CreateString(nc.data_dir));
 	}
 	/* Runs that are going already copied their spec; new runs get the new settings. */

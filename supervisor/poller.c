@@ -33,7 +33,10 @@ void poller_init(struct agent *ag)
 static int64_t interval_ms(const struct agent *ag)
 {
 	const struct poller *p = &ag->poller;
-	int64_t base = p->server_interval_ms > 0 ? p->server_interval_ms : ag->cfg.poll_interval_ms;
+	/* The control plane may ask for slower polling, never for faster. */
+	int64_t base = ag->cfg.poll_interval_ms;
+	if (p->server_interval_ms > base)
+		base = p->server_interval_ms;
 	int64_t jitter = ag->cfg.poll_jitter_ms;
 	return base + (jitter > 0 ? (int64_t)(jv_random_u64() % (uint64_t)(jitter + 1)) : 0);
 }
@@ -177,7 +180,9 @@ void poller_tick(struct agent *ag, int64_t now_ms)
 	cJSON *running = scheduler_running_json(ag);
 	char *text = NULL;
 	if (body && running) {
-		cJSON_AddNumberToObject(body, "capacity", free_slots);
+		/* The agent's whole capacity: the control plane subtracts the runs it
+		 * has assigned and not yet seen finished. */
+		cJSON_AddNumberToObject(body, "capacity", ag->stopping ? 0 : ag->cfg.capacity);
 		cJSON_AddItemToObject(body, "running", running);
 		running = NULL;
 		cJSON_AddNumberToObject(body, "waitSeconds", wait);

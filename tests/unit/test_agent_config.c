@@ -276,10 +276,15 @@ Test(config, child_settings_carry_allowed_executables_and_user)
 	cr_assert_eq(config_load(NULL, envp, &cfg, err, sizeof(err)), 0, "%s", err);
 	cJSON *s = config_child_settings(&cfg);
 	cr_assert(s);
-	cJSON *arr = cJSON_GetObjectItem(s, "allowedExecutables");
+	cJSON *arr = cJSON_GetObjectItem(s, "allowed_executables");
 	cr_assert_eq(cJSON_GetArraySize(arr), 2);
 	cr_assert_str_eq(cJSON_GetArrayItem(arr, 1)->valuestring, "/opt/srv/run");
-	cr_assert_str_eq(cJSON_GetObjectItem(s, "dataDir")->valuestring, dir);
+	cr_assert_str_eq(cJSON_GetObjectItem(s, "data_dir")->valuestring, dir);
+	/* What the instance monitors read (docs/operations.md, "Agent settings the monitor uses"). */
+	cr_assert_eq(cJSON_GetObjectItem(s, "console_log_max_bytes")->valuedouble, 10 << 20);
+	cr_assert_eq(cJSON_GetObjectItem(s, "console_log_keep")->valueint, 5);
+	cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(s, "cgroups")));
+	cr_assert_str_eq(cJSON_GetObjectItem(s, "log_format")->valuestring, "logfmt");
 	cJSON_Delete(s);
 	config_free(&cfg);
 }
