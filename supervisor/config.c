@@ -61,7 +61,7 @@ static const struct setting settings[] = {
 	 "random extra delay added to each poll interval (0 to this)"},
 	{"poll_wait", "JOBVISOR_POLL_WAIT", K_INT, OFF(poll_wait_s), "25", 0, 300, false,
 	 "long poll: seconds the control plane may hold a poll open (0 = off)"},
-	{"capacity", "JOBVISOR_CAPACITY", K_INT, OFF(capacity), "2", 1, 256, false,
+	{"capacity", "JOBVISOR_CAPACITY", K_INT, OFF(capacity), "2", 1, CONFIG_CAPACITY_MAX, false,
 	 "job runs at the same time"},
 	{"job_timeout", "JOBVISOR_JOB_TIMEOUT", K_INT, OFF(job_timeout_s), "3600", 1, 604800, false,
 	 "seconds a run may take when its assignment gives no timeoutSeconds"},

@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <cjson/cJSON.h>
 
+#define CONFIG_CAPACITY_MAX 256
+
 struct config {
 	char *url;          /* base URL, no trailing slash */
 	char *agent_id;     /* identifier */

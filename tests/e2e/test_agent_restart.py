@@ -91,8 +91,9 @@ class Restart(AgentTestCase):
         with open(os.path.join(self.data, "runs", "junkfile"), "w") as f:
             f.write("x")
         p = self.start_agent()
+        aside = os.path.join(self.data, "runs", ".rejected", "half-made")
+        self.cp.wait(lambda: os.path.isdir(aside), timeout=10, what="record set aside")
         self.wait_log("cannot load run record")
-        self.assertTrue(os.path.isdir(os.path.join(self.data, "runs", ".rejected", "half-made")))
         rid = self.cp.add_job("SLEEPY", params={"steps": 1, "delay": 0})
         self.cp.wait_result(rid)
         self.assertEqual(self.stop_agent(p), 0)
