@@ -31,6 +31,8 @@ class Run:
     def __init__(self, assignment):
         self.assignment = assignment
         self.events = {}          # seq -> event (first copy kept)
+        self.arrived = {}         # seq -> time.time() when first stored
+        self.created = time.time()
         self.event_posts = []     # list of [seq, ...] per POST, in arrival order
         self.duplicates = 0       # events received again after being stored
         self.results = []         # every result body received
@@ -88,6 +90,9 @@ class FakeCP:
 
             def setup(self):
                 super().setup()
+                # Headers and body go out as separate writes: without this,
+                # Nagle + the client's delayed ACK add ~40 ms to every answer.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with cp.lock:
                     cp.conns.add(self.connection)
 
@@ -417,6 +422,7 @@ class FakeCP:
                     run.duplicates += 1
                 else:
                     run.events[seq] = e
+                    run.arrived[seq] = time.time()
             run.event_posts.append(seqs)
             ack = run.contiguous()
             cancel = run.cancel
