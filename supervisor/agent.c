@@ -161,7 +161,7 @@ static int prepare_data_dir(const struct config *cfg, int uid, int gid, char *er
 	return 0;
 }
 
-static int setup(struct agent *ag, char *err, size_t errlen)
+static int setup(struct agent *ag, bool check_only, char *err, size_t errlen)
 {
 	if (config_load(ag->config_path, NULL, &ag->cfg, err, errlen))
 		return 2;
@@ -169,6 +169,11 @@ static int setup(struct agent *ag, char *err, size_t errlen)
 	char *token = NULL;
 	if (config_read_token(&ag->cfg, &token, err, errlen))
 		return 2;
+	if (check_only) {
+		/* No side effects: a running agent keeps its data dir lock. */
+		config_free_token(token);
+		return 0;
+	}
 	if (transport_global_init()) {
 		config_free_token(token);
 		snprintf(err, errlen, "cannot initialise libcurl");
@@ -246,7 +251,7 @@ int cmd_agent(int argc, char **argv)
 	}
 	jv_log_set_component("agent");
 	char err[768] = "";
-	int code = setup(&ag, err, sizeof(err));
+	int code = setup(&ag, check_only, err, sizeof(err));
 	if (code) {
 		jv_error(NULL, NULL, "cannot start the agent: %s", err);
 		teardown(&ag);

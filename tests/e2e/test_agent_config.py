@@ -70,6 +70,14 @@ class BadConfig(AgentTestCase):
         r = self.run_agent_once(["--check-config"])
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("configuration is valid", r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.data, "runs")), "check changed the data dir")
+        p = self.start_agent()
+        self.cp.wait(lambda: self.cp.polls, what="agent polling")
+        r = self.run_agent_once(["--check-config"])  # beside a running agent
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.run_agent_once(["--check-config"], CAPACITY="0")
+        self.assertEqual(r.returncode, 2)
+        self.assertEqual(self.stop_agent(p), 0)
 
 
 class GoodConfig(AgentTestCase):
