@@ -56,7 +56,9 @@ class Run:
 
 class FakeCP:
     def __init__(self, agent_id="agent-1", token="agent-token-123", long_poll=True,
-                 poll_interval=None, lease=None):
+                 poll_interval=None, lease=None, tls=None):
+        """tls: (certfile, keyfile) to serve https instead of http."""
+        self.tls = tls
         self.agent_id = agent_id
         self.token = token
         self.long_poll = long_poll
@@ -133,13 +135,18 @@ class FakeCP:
             allow_reuse_address = True
 
         self._server = Server(("127.0.0.1", self.port), Handler)
+        if self.tls:
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*self.tls)
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def go_down(self):
         """Close the listening socket: the agent sees connection refused."""
