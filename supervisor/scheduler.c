@@ -27,9 +27,9 @@
 
 #define RESTART_MESSAGE "agent restarted during run"
 
-static void seterr(char *err, size_t errlen, const char *msg, const char *detail)
+static void seterr(char *err, size_t errlen, const char *msg)
 {
-	snprintf(err, errlen, msg, detail ? detail : "");
+	snprintf(err, errlen, "%s", msg);
 }
 
 /* Seconds from the assignment: absent or null -> def; a positive whole
@@ -53,56 +53,55 @@ int scheduler_parse_assignment(const cJSON *a, const struct config *cfg, struct 
 {
 	memset(out, 0, sizeof(*out));
 	if (!cJSON_IsObject(a)) {
-		seterr(err, errlen, "assignment is not a JSON object%s", NULL);
+		seterr(err, errlen, "assignment is not a JSON object");
 		return -EINVAL;
 	}
 	const char *run_id = jv_json_str(a, "jobRunId", NULL);
 	if (!jv_run_id_valid(run_id)) {
-		seterr(err, errlen, "assignment has no valid jobRunId%s", NULL);
+		seterr(err, errlen, "assignment has no valid jobRunId");
 		return -EINVAL;
 	}
 	out->run_id = run_id;
 	const char *job_id = jv_json_str(a, "jobId", NULL);
 	if (!jv_run_id_valid(job_id)) {
-		seterr(err, errlen, "assignment has no valid jobId%s", NULL);
+		seterr(err, errlen, "assignment has no valid jobId");
 		return -EINVAL;
 	}
 	out->job_id = job_id;
 	const char *type = jv_json_str(a, "type", NULL);
 	if (!jv_job_type_valid(type)) {
-		seterr(err, errlen, "job type is missing or not of the form [A-Z][A-Z0-9_]*%s", NULL);
+		seterr(err, errlen, "job type is missing or not of the form [A-Z][A-Z0-9_]*");
 		return -EINVAL;
 	}
 	out->type = type;
 	const char *inst = jv_json_str(a, "instanceId", NULL);
 	if (!jv_ident_valid(inst)) {
 		seterr(err, errlen,
-		       "instanceId is missing or not an identifier ([A-Za-z0-9][A-Za-z0-9._-]{0,63})%s",
-		       NULL);
+		       "instanceId is missing or not an identifier ([A-Za-z0-9][A-Za-z0-9._-]{0,63})");
 		return -EINVAL;
 	}
 	out->instance_id = inst;
 	const cJSON *params = cJSON_GetObjectItemCaseSensitive(a, "params");
 	if (params && !cJSON_IsNull(params) && !cJSON_IsObject(params)) {
-		seterr(err, errlen, "params must be a JSON object%s", NULL);
+		seterr(err, errlen, "params must be a JSON object");
 		return -EINVAL;
 	}
 	out->params = cJSON_IsObject(params) ? params : NULL;
 	const cJSON *att = cJSON_GetObjectItemCaseSensitive(a, "attempt");
 	int64_t attempt = att && !cJSON_IsNull(att) ? jv_json_int(a, "attempt", -1) : 1;
 	if (attempt < 1 || attempt > 1000000) {
-		seterr(err, errlen, "attempt must be a positive whole number%s", NULL);
+		seterr(err, errlen, "attempt must be a positive whole number");
 		return -EINVAL;
 	}
 	out->attempt = (int)attempt;
 	if (seconds_field(a, "timeoutSeconds", cfg->job_timeout_s, cfg->job_timeout_max_s,
 	                  &out->timeout_s)) {
-		seterr(err, errlen, "timeoutSeconds must be a non-negative whole number%s", NULL);
+		seterr(err, errlen, "timeoutSeconds must be a non-negative whole number");
 		return -EINVAL;
 	}
 	if (seconds_field(a, "cancelGraceSeconds", cfg->cancel_grace_s, cfg->cancel_grace_max_s,
 	                  &out->cancel_grace_s)) {
-		seterr(err, errlen, "cancelGraceSeconds must be a non-negative whole number%s", NULL);
+		seterr(err, errlen, "cancelGraceSeconds must be a non-negative whole number");
 		return -EINVAL;
 	}
 	const cJSON *created = cJSON_GetObjectItemCaseSensitive(a, "createdAt");
