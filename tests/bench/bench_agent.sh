@@ -31,7 +31,7 @@ SLOW_PICKUPS=${JV_BENCH_SLOW_PICKUPS:-12}
 ITER=${JV_BENCH_ITER:-200000}
 
 OUT=$(PYTHONPATH=tests/lib python3 - "$JV" "$WINDOW" "$PICKUPS" "$SLOW_PICKUPS" "$ITER" <<'EOF'
-import os, shutil, statistics, subprocess, sys, tempfile, time
+import os, random, shutil, statistics, subprocess, sys, tempfile, time
 from agent_fakecp import FakeCP
 from agent_harness import agent_env
 
@@ -131,7 +131,11 @@ def pickup(n, long_poll, env):
     cp.wait(lambda: cp.polls, timeout=20, what="first poll")
     lat = []
     for i in range(n):
-        time.sleep(0.3 if long_poll else 0.05)  # let the agent settle into its next poll
+        # Long poll: let the agent park in its next poll. Interval polling: a
+        # random moment within the interval, as jobs arrive in real life (the
+        # agent also polls at once when a run ends, so a fixed pause would
+        # always land right after a poll).
+        time.sleep(0.3 if long_poll else random.uniform(0, 5))
         rid = cp.add_job("QUICK", instance=f"b{i}")
         cp.wait(lambda: 1 in cp.runs[rid].events, timeout=30, what="RUNNING")
         lat.append((cp.runs[rid].arrived[1] - cp.runs[rid].created) * 1000)
