@@ -205,11 +205,6 @@ static int setup(struct agent *ag, bool check_only, char *err, size_t errlen)
 		snprintf(err, errlen, "out of memory");
 		return 1;
 	}
-	rc = loop_signals_init(ag);
-	if (rc) {
-		snprintf(err, errlen, "cannot set up signal handling: %s", strerror(-rc));
-		return 1;
-	}
 	return 0;
 }
 
@@ -251,7 +246,15 @@ int cmd_agent(int argc, char **argv)
 	}
 	jv_log_set_component("agent");
 	char err[768] = "";
-	int code = setup(&ag, check_only, err, sizeof(err));
+	/* Block the loop's signals first: a SIGTERM that arrives while the agent
+	 * is still starting is then handled as a clean shutdown, not a kill. */
+	int code = 0, rc = check_only ? 0 : loop_signals_init(&ag);
+	if (rc) {
+		snprintf(err, sizeof(err), "cannot set up signal handling: %s", strerror(-rc));
+		code = 1;
+	}
+	if (code == 0)
+		code = setup(&ag, check_only, err, sizeof(err));
 	if (code) {
 		jv_error(NULL, NULL, "cannot start the agent: %s", err);
 		teardown(&ag);
