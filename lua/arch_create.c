@@ -286,7 +286,11 @@ static int write_file(struct archive *a, struct archive_entry *ae, const struct 
 		unsigned char *buf = hashq_acquire(q);
 		ssize_t n = read(fd, buf, want);
 		int e_ = errno;
-		hashq_submit(q, st, buf, n > 0 ? (size_t)n : 0); /* the worker hashes it meanwhile */
+		/* The worker hashes the block while libarchive compresses it; we hold
+		 * it until archive_write_data is done (its output sink takes blocks too). */
+		hashq_submit_keep(q, st, buf, n > 0 ? (size_t)n : 0);
+		bool written = n > 0 && archive_write_data(a, buf, (size_t)n) == n;
+		hashq_release(q, buf);
 		if (n < 0 && e_ == EINTR)
 			continue;
 		if (n < 0) {
@@ -300,7 +304,7 @@ static int write_file(struct archive *a, struct archive_entry *ae, const struct 
 			     it->rel);
 			break;
 		}
-		if (archive_write_data(a, buf, (size_t)n) != n) {
+		if (!written) {
 			rc = -EIO;
 			errf(err, errlen, "cannot write archive: %s", archive_error_string(a));
 			break;

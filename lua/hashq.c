@@ -35,6 +35,7 @@ struct hashq {
 	struct op ops[HASHQ_OPS];
 	size_t head, count;
 	unsigned char **free_blocks;
+	unsigned char *refs; /* per block: holders (worker, caller) */
 	size_t nfree, nblocks;
 	unsigned char *mem;
 	bool busy, stop;
@@ -77,6 +78,16 @@ static void run_op(struct hashq *q, const struct op *op)
 	}
 }
 
+/* Drop one holder of a block (mutex held); the last one returns it to the pool. */
+static void unref(struct hashq *q, unsigned char *block)
+{
+	size_t i = (size_t)(block - q->mem) / HASHQ_BLOCK;
+	if (--q->refs[i] == 0) {
+		q->free_blocks[q->nfree++] = block;
+		pthread_cond_signal(&q->space);
+	}
+}
+
 static void *worker(void *arg)
 {
 	struct hashq *q = arg;
@@ -97,10 +108,8 @@ static void *worker(void *arg)
 		pthread_mutex_unlock(&q->mu);
 		run_op(q, &op);
 		pthread_mutex_lock(&q->mu);
-		if (op.block) {
-			q->free_blocks[q->nfree++] = op.block;
-			pthread_cond_signal(&q->space);
-		}
+		if (op.block)
+			unref(q, op.block);
 	}
 	q->busy = false;
 	pthread_cond_broadcast(&q->idle);
@@ -117,9 +126,11 @@ int hashq_new(struct hashq **out, size_t nblocks)
 	q->nblocks = nblocks ? nblocks : 1;
 	q->mem = malloc(q->nblocks * HASHQ_BLOCK);
 	q->free_blocks = malloc(q->nblocks * sizeof(*q->free_blocks));
-	if (!q->mem || !q->free_blocks) {
+	q->refs = calloc(q->nblocks, 1);
+	if (!q->mem || !q->free_blocks || !q->refs) {
 		free(q->mem);
 		free(q->free_blocks);
+		free(q->refs);
 		free(q);
 		return -ENOMEM;
 	}
@@ -142,6 +153,7 @@ int hashq_new(struct hashq **out, size_t nblocks)
 		pthread_cond_destroy(&q->idle);
 		free(q->mem);
 		free(q->free_blocks);
+		free(q->refs);
 		free(q);
 		return -rc;
 	}
@@ -164,6 +176,7 @@ void hashq_free(struct hashq *q)
 	pthread_cond_destroy(&q->idle);
 	free(q->mem);
 	free(q->free_blocks);
+	free(q->refs);
 	free(q);
 }
 
@@ -189,7 +202,8 @@ void *hashq_acquire(struct hashq *q)
 	pthread_mutex_lock(&q->mu);
 	while (q->nfree == 0)
 		pthread_cond_wait(&q->space, &q->mu);
-	void *b = q->free_blocks[--q->nfree];
+	unsigned char *b = q->free_blocks[--q->nfree];
+	q->refs[(size_t)(b - q->mem) / HASHQ_BLOCK] = 1; /* the worker's hold, from submit on */
 	pthread_mutex_unlock(&q->mu);
 	return b;
 }
@@ -198,6 +212,21 @@ int hashq_submit(struct hashq *q, struct hashq_stream *s, void *block, size_t le
 {
 	push(q, &(struct op){.kind = OP_DATA, .s = s, .block = block, .len = len});
 	return 0;
+}
+
+int hashq_submit_keep(struct hashq *q, struct hashq_stream *s, void *block, size_t len)
+{
+	pthread_mutex_lock(&q->mu);
+	q->refs[(size_t)((unsigned char *)block - q->mem) / HASHQ_BLOCK]++;
+	pthread_mutex_unlock(&q->mu);
+	return hashq_submit(q, s, block, len);
+}
+
+void hashq_release(struct hashq *q, void *block)
+{
+	pthread_mutex_lock(&q->mu);
+	unref(q, block);
+	pthread_mutex_unlock(&q->mu);
 }
 
 int hashq_update(struct hashq *q, struct hashq_stream *s, const void *data, size_t len)

@@ -39,10 +39,14 @@ int hashq_begin(struct hashq *q, struct hashq_stream *s);
 /* Queue a copy of data for s (blocks while every pool block is in use). */
 int hashq_update(struct hashq *q, struct hashq_stream *s, const void *data, size_t len);
 /* Zero-copy variant: take a free block to fill (HASHQ_BLOCK bytes), then
- * queue len bytes of it with hashq_submit (the block must not be written
- * after that; reading it until the next hashq_acquire is fine). */
+ * queue len bytes of it with hashq_submit; the block goes back to the pool
+ * when hashed and must not be touched after the call. hashq_submit_keep
+ * queues it the same way but lets the caller keep reading it until it calls
+ * hashq_release (the block returns to the pool when both are done). */
 void *hashq_acquire(struct hashq *q);
 int hashq_submit(struct hashq *q, struct hashq_stream *s, void *block, size_t len);
+int hashq_submit_keep(struct hashq *q, struct hashq_stream *s, void *block, size_t len);
+void hashq_release(struct hashq *q, void *block);
 /* Queue the end of s; s->hex is filled by the worker. */
 int hashq_final(struct hashq *q, struct hashq_stream *s);
 /* Wait until everything queued so far is done; -ENOMEM if a digest could

@@ -59,3 +59,32 @@ Test(hashq, interleaved_streams_match_one_shot_digests)
 	free(a);
 	free(b);
 }
+
+Test(hashq, a_kept_block_is_not_handed_out_again_until_released)
+{
+	struct hashq *q;
+	cr_assert_eq(hashq_new(&q, 2), 0);
+	struct hashq_stream s1 = {0}, s2 = {0};
+	hashq_begin(q, &s1);
+	hashq_begin(q, &s2);
+	unsigned char *held = hashq_acquire(q);
+	memset(held, 0xAB, 4096);
+	hashq_submit_keep(q, &s1, held, 4096);
+	hashq_wait(q); /* the worker is done with it; the caller still holds it */
+	unsigned char *junk = calloc(1, 3 * HASHQ_BLOCK);
+	hashq_update(q, &s2, junk, 3 * HASHQ_BLOCK); /* cycles the pool */
+	hashq_wait(q);
+	for (int i = 0; i < 4096; i++)
+		cr_assert_eq(held[i], 0xAB, "a kept block was reused at byte %d", i);
+	hashq_release(q, held);
+	hashq_final(q, &s1);
+	hashq_final(q, &s2);
+	hashq_wait(q);
+	unsigned char ab[4096];
+	memset(ab, 0xAB, sizeof(ab));
+	char want[JV_SHA256_HEX];
+	oneshot(ab, sizeof(ab), want);
+	cr_expect_str_eq(s1.hex, want);
+	hashq_free(q);
+	free(junk);
+}
