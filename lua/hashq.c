@@ -191,8 +191,19 @@ static void push(struct hashq *q, const struct op *op)
 	pthread_mutex_unlock(&q->mu);
 }
 
+static void flush_cur(struct hashq *q, struct hashq_stream *s)
+{
+	if (!s->cur)
+		return;
+	push(q, &(struct op){.kind = OP_DATA, .s = s, .block = s->cur, .len = s->cur_len});
+	s->cur = NULL;
+	s->cur_len = 0;
+}
+
 int hashq_begin(struct hashq *q, struct hashq_stream *s)
 {
+	s->cur = NULL;
+	s->cur_len = 0;
 	push(q, &(struct op){.kind = OP_BEGIN, .s = s});
 	return 0;
 }
@@ -210,6 +221,7 @@ void *hashq_acquire(struct hashq *q)
 
 int hashq_submit(struct hashq *q, struct hashq_stream *s, void *block, size_t len)
 {
+	flush_cur(q, s); /* keep the stream's bytes in order */
 	push(q, &(struct op){.kind = OP_DATA, .s = s, .block = block, .len = len});
 	return 0;
 }
@@ -233,18 +245,26 @@ int hashq_update(struct hashq *q, struct hashq_stream *s, const void *data, size
 {
 	const unsigned char *p = data;
 	while (len > 0) {
-		size_t n = len < HASHQ_BLOCK ? len : HASHQ_BLOCK;
-		void *b = hashq_acquire(q);
-		memcpy(b, p, n);
-		hashq_submit(q, s, b, n);
+		if (!s->cur) {
+			s->cur = hashq_acquire(q);
+			s->cur_len = 0;
+		}
+		size_t n = HASHQ_BLOCK - s->cur_len;
+		if (n > len)
+			n = len;
+		memcpy(s->cur + s->cur_len, p, n);
+		s->cur_len += n;
 		p += n;
 		len -= n;
+		if (s->cur_len == HASHQ_BLOCK)
+			flush_cur(q, s);
 	}
 	return 0;
 }
 
 int hashq_final(struct hashq *q, struct hashq_stream *s)
 {
+	flush_cur(q, s);
 	push(q, &(struct op){.kind = OP_FINAL, .s = s});
 	return 0;
 }
@@ -261,7 +281,11 @@ int hashq_wait(struct hashq *q)
 
 void hashq_discard(struct hashq *q, struct hashq_stream *s)
 {
-	(void)q; /* the worker is idle for s (precondition), so this thread may free it */
+	/* The worker is idle for s (precondition), so this thread may free it. */
+	if (q && s->cur)
+		hashq_release(q, s->cur);
+	s->cur = NULL;
+	s->cur_len = 0;
 	EVP_MD_CTX_free(s->md);
 	s->md = NULL;
 }

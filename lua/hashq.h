@@ -27,6 +27,9 @@ struct hashq_stream {
 	void *md;                  /* worker-side digest state (EVP_MD_CTX) */
 	char hex[JV_SHA256_HEX];   /* after hashq_wait() following hashq_final() */
 	uint64_t bytes;            /* bytes hashed */
+	/* caller side: hashq_update fills a block before queueing it */
+	unsigned char *cur;
+	size_t cur_len;
 };
 
 /* nblocks pool blocks of HASHQ_BLOCK bytes. Returns-owned *q: hashq_free(). */
@@ -36,7 +39,8 @@ void hashq_free(struct hashq *q);
 
 /* Start a stream (resets it). */
 int hashq_begin(struct hashq *q, struct hashq_stream *s);
-/* Queue a copy of data for s (blocks while every pool block is in use). */
+/* Queue a copy of data for s (blocks while every pool block is in use).
+ * Small updates are gathered into one block before it is queued. */
 int hashq_update(struct hashq *q, struct hashq_stream *s, const void *data, size_t len);
 /* Zero-copy variant: take a free block to fill (HASHQ_BLOCK bytes), then
  * queue len bytes of it with hashq_submit; the block goes back to the pool
@@ -53,7 +57,8 @@ int hashq_final(struct hashq *q, struct hashq_stream *s);
  * not be set up (its stream then has no hex). */
 int hashq_wait(struct hashq *q);
 /* Drop a stream that was begun but will not be finished; only after
- * hashq_wait() or hashq_free(), when the worker no longer touches it. */
+ * hashq_wait() (pass q) or hashq_free() (pass NULL), when the worker no
+ * longer touches it. */
 void hashq_discard(struct hashq *q, struct hashq_stream *s);
 
 #endif
