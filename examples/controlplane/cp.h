@@ -104,6 +104,9 @@ void tokens_free_agents(struct cp_agent *agents, size_t n);
 /* ---- db.c ---- */
 int db_open(const char *path, bool sync_full, sqlite3 **out, char *err, size_t errlen);
 void db_close(sqlite3 *db);
+/* A second connection used only by the main thread for WAL checkpoints. */
+int db_open_checkpointer(const char *path, sqlite3 **out);
+void db_checkpoint(sqlite3 *ck, bool truncate);
 int db_begin(sqlite3 *db);
 int db_commit(sqlite3 *db);
 void db_rollback(sqlite3 *db);
@@ -112,7 +115,7 @@ sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql);
 /* Step a statement that returns no rows (or ignore them); 0 or -EIO (logged). */
 int db_step_done(sqlite3 *db, sqlite3_stmt *st);
 int db_schema_version(sqlite3 *db);
-#define DB_SCHEMA_VERSION 1
+#define DB_SCHEMA_VERSION 2
 
 /* ---- store.c: rows -> JSON (mu held) ---- */
 /* A job with its runs; NULL when unknown or on error. Returned-owned. */
