@@ -30,6 +30,8 @@ struct ws_hub;
 #define CP_EVENTS_PER_POST 1000       /* events in one POST .../events */
 #define CP_MESSAGE_MAX 4096           /* event/step message, error message */
 #define CP_STACK_MAX 65536            /* error stack */
+#define CP_PARAMS_MAX 65536          /* a job's params, as JSON */
+#define CP_OUTPUT_MAX 262144         /* a result's output, as JSON; larger is replaced by a note */
 #define CP_TOKEN_MAX 512
 #define CP_ID_MAX 129                 /* job and run ids: jv_run_id_valid, 128 chars + NUL */
 #define CP_SNAPSHOT_JOBS 200          /* jobs in a WebSocket snapshot */
