@@ -155,6 +155,35 @@ class RestartPolicy(unittest.TestCase):
         self.assertEqual(st["lastExit"]["code"], 1)
         self.assertIsNone(st["lastExit"]["signal"])
 
+    def test_restart_uses_the_new_build_and_spec(self):
+        inst = Instance(self, spec=default_spec(restart={"policy": "on-failure",
+                                                         "backoffSeconds": 0.1}))
+        inst.start()
+        pid = inst.wait_state("RUNNING")["pid"]
+        b2 = os.path.join(inst.dir, "builds", "b2")
+        os.makedirs(b2)
+        os.link(os.path.join(inst.dir, "builds", "b1", "server"), os.path.join(b2, "server"))
+        tmp = os.path.join(inst.dir, "current.tmp")
+        os.symlink("builds/b2", tmp)
+        os.replace(tmp, os.path.join(inst.dir, "current"))
+        inst.call({"op": "send", "line": "crash"})
+        wait_until(lambda: (inst.state() or {}).get("restarts") == 1 and
+                   inst.state()["state"] == "RUNNING", 20, what="restart")
+        new = inst.status()["pid"]
+        self.assertNotEqual(new, pid)
+        self.assertEqual(os.readlink("/proc/%d/exe" % new), os.path.realpath(os.path.join(b2, "server")))
+
+    def test_a_spec_broken_before_a_restart_makes_it_crashed(self):
+        inst = Instance(self, spec=default_spec(restart={"policy": "on-failure",
+                                                         "backoffSeconds": 0.1}))
+        inst.start()
+        inst.wait_state("RUNNING")
+        inst.write_spec({"cwd": "data"})
+        inst.call({"op": "send", "line": "crash"})
+        st = inst.wait_state("CRASHED")
+        self.assertIn("restart failed: instance.json: 'command' is missing", st["message"])
+        self.assertIn("restart failed", inst.console())
+
     def test_stop_during_backoff_stops_without_restart(self):
         spec = default_spec(restart={"policy": "on-failure", "backoffSeconds": 30,
                                      "backoffMaxSeconds": 60})

@@ -90,6 +90,19 @@ class StopLadder(unittest.TestCase):
         self.assertTrue(st["lastExit"]["requested"])
         self.assertEqual(st["restarts"], 0)
 
+    def test_sigterm_to_the_monitor_stops_the_server(self):
+        inst = Instance(self)
+        inst.start()
+        pid = inst.wait_state("RUNNING")["pid"]
+        inst.monitors[0].terminate()
+        inst.monitors[0].wait(30)
+        self.assertEqual(inst.monitors[0].returncode, 0)
+        st = inst.state()
+        self.assertEqual(st["state"], "STOPPED")
+        self.assertTrue(st["lastExit"]["requested"])
+        self.assertEqual(st["lastExit"]["code"], 0)
+        self.assertFalse(proc_alive(pid))
+
     def _tree(self, settings):
         spec = default_spec(["--fork-child"], stop={"command": "stop", "timeoutSeconds": 5,
                                                       "signalTimeoutSeconds": 5})
