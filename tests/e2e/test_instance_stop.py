@@ -131,7 +131,7 @@ class StopLadder(unittest.TestCase):
         inst = self._tree({})
         cg = inst.running_cgroup
         self.assertEqual(cg, cgroup_leaf(inst.dir, inst.id))
-        self.assertFalse(os.path.exists(cg), "cgroup leaf left behind")
+        self.assertFalse(os.path.exists(cg), "cgroup leaf still there when STOPPED was reported")
 
     def test_whole_tree_is_killed_without_cgroup(self):
         inst = self._tree({"cgroups": False})
