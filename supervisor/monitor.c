@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -395,6 +396,31 @@ static void on_signalfd(struct monitor *m)
 		after_exit(m);
 }
 
+static void on_inotify(struct monitor *m)
+{
+	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+	const char *base = strrchr(m->instance_dir, '/');
+	base = base ? base + 1 : m->instance_dir;
+	bool deleted = false;
+	ssize_t n;
+	while ((n = read(m->ino_fd, buf, sizeof(buf))) > 0) {
+		for (char *p = buf; p < buf + n;) {
+			const struct inotify_event *ev = (const struct inotify_event *)p;
+			if ((ev->mask & IN_DELETE) && (ev->mask & IN_ISDIR) && ev->len &&
+			    strcmp(ev->name, base) == 0)
+				deleted = true;
+			p += sizeof(*ev) + ev->len;
+		}
+	}
+	if (!deleted)
+		return;
+	close(m->ino_fd);
+	m->ino_fd = -1;
+	jv_warn(NULL, NULL, "instance %s: instance directory '%s' was deleted; stopping the server",
+	        m->instance_id, m->instance_dir);
+	mon_request_stop(m, false, -1);
+}
+
 static int64_t earliest(int64_t a, int64_t b)
 {
 	if (a < 0)
@@ -414,8 +440,8 @@ static bool clients_pending(struct monitor *m)
 
 int mon_run_loop(struct monitor *m)
 {
-	struct pollfd p[4 + MON_MAX_CLIENTS];
-	int who[4 + MON_MAX_CLIENTS];
+	struct pollfd p[5 + MON_MAX_CLIENTS];
+	int who[5 + MON_MAX_CLIENTS];
 	for (;;) {
 		int64_t now = jv_now_mono_ms();
 		on_timers(m, now);
@@ -431,6 +457,8 @@ int mon_run_loop(struct monitor *m)
 		bool watch_pidfd = m->adopted && m->pidfd >= 0 && !m->leader_exited;
 		p[n] = (struct pollfd){.fd = watch_pidfd ? m->pidfd : -1, .events = POLLIN};
 		who[n++] = -4;
+		p[n] = (struct pollfd){.fd = m->ino_fd, .events = POLLIN};
+		who[n++] = -5;
 		for (int i = 0; i < MON_MAX_CLIENTS; i++) {
 			struct mon_client *c = &m->clients[i];
 			if (c->fd < 0)
@@ -460,6 +488,7 @@ int mon_run_loop(struct monitor *m)
 				if (proc_on_pidfd(m))
 					on_leader_exit(m);
 				break;
+			case -5: on_inotify(m); break;
 			default: sock_on_client(m, &m->clients[who[i]], p[i].revents); break;
 			}
 		}

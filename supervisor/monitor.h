@@ -92,6 +92,7 @@ struct monitor {
 	char instance_id[65];
 	int inst_fd, jv_fd, logs_fd;
 	int lock_fd, listen_fd, sig_fd;
+	int ino_fd; /* inotify on the instance dir: deleted means decommissioned */
 	int status_fd; /* --status-fd: one line to the starter, then closed */
 	cJSON *settings;
 	const cJSON *allowed; /* borrowed from settings */

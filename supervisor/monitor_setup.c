@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/inotify.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -159,6 +160,20 @@ static int setup_signals(struct monitor *m)
 	m->sig_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (m->sig_fd < 0)
 		return -errno;
+	/* An instance directory removed under a running server (decommissioned
+	 * without a stop) must not leave the server running forever. The parent
+	 * is watched: our own open descriptors below the instance directory keep
+	 * it from ever reporting IN_DELETE_SELF. */
+	char parent[PATH_MAX];
+	snprintf(parent, sizeof(parent), "%s", m->instance_dir);
+	char *slash = strrchr(parent, '/');
+	if (slash && slash != parent)
+		*slash = '\0';
+	m->ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (m->ino_fd >= 0 && inotify_add_watch(m->ino_fd, parent, IN_DELETE | IN_ONLYDIR) < 0) {
+		close(m->ino_fd);
+		m->ino_fd = -1;
+	}
 	/* Orphans of the server's tree reparent to us, so we can kill and reap them. */
 	if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
 		return -errno;
@@ -207,6 +222,8 @@ static void monitor_free(struct monitor *m)
 		close(m->pidfd);
 	if (m->sig_fd >= 0)
 		close(m->sig_fd);
+	if (m->ino_fd >= 0)
+		close(m->ino_fd);
 	if (m->lock_fd >= 0)
 		close(m->lock_fd); /* releases the lock last: the socket is gone by now */
 	if (m->logs_fd >= 0)
@@ -224,6 +241,7 @@ static int monitor_new(const struct mon_args *a, struct monitor **out)
 	if (!m)
 		return -ENOMEM;
 	m->inst_fd = m->jv_fd = m->logs_fd = m->lock_fd = m->listen_fd = m->sig_fd = -1;
+	m->ino_fd = -1;
 	m->pidfd = -1;
 	m->status_fd = a->status_fd;
 	m->con.in_fd = m->con.out_fd = m->con.log_fd = -1;

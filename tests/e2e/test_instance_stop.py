@@ -4,6 +4,7 @@ The demo server misbehaves on request: a stop command it does not know,
 `hang` (ignores the console and SIGTERM), children that sleep, double-forked
 daemons that leave its process group, and stubborn ones that ignore SIGTERM."""
 import os
+import shutil
 import time
 import unittest
 
@@ -101,6 +102,14 @@ class StopLadder(unittest.TestCase):
         self.assertEqual(st["state"], "STOPPED")
         self.assertTrue(st["lastExit"]["requested"])
         self.assertEqual(st["lastExit"]["code"], 0)
+        self.assertFalse(proc_alive(pid))
+
+    def test_deleting_the_instance_dir_stops_the_server(self):
+        inst = Instance(self)
+        inst.start()
+        pid = inst.wait_state("RUNNING")["pid"]
+        shutil.rmtree(inst.dir)
+        inst.wait_monitor_exit(timeout=30)
         self.assertFalse(proc_alive(pid))
 
     def _tree(self, settings):
