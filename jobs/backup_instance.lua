@@ -69,7 +69,7 @@ return {
 
     -- Which backup is this job making? A retry of the same job reuses the id.
     local mark = job.marker("backup")
-    local mine = type(mark) == "table" and mark.jobId == job.id and common.ident_ok(mark.backupId)
+    local mine = common.adopts(job, mark) and common.ident_ok(mark.backupId)
     local id = p.backupId or (mine and mark.backupId) or choose_id(job)
     if mine and p.backupId and mark.backupId ~= p.backupId then mine = false end
 
@@ -110,8 +110,15 @@ return {
       end
       job.checkpoint()
       job.step("archiving data/")
-      manifest = common.must(job, "cannot archive data/", archive.create("data", tmp_archive,
-        { exclude = exclude, progress = { from = 5, to = 90 } }))
+      local m, err = archive.create("data", tmp_archive,
+        { exclude = exclude, progress = { from = 5, to = 90 } })
+      if not m then job.fail("cannot back up data/: " .. tostring(err), { retryable = true }) end
+      manifest = m
+      local stats = err
+      if type(stats) == "table" and type(stats.skipped) == "table" and #stats.skipped > 0 then
+        log.warn(string.format("%d entries were not archived (sockets, FIFOs, devices or symlinks "
+          .. "leading outside data/), e.g. '%s'", #stats.skipped, stats.skipped[1]))
+      end
       job.checkpoint()
     end, function()
       if quiesced and #after > 0 then send_lines(job, after, "after (on failure)") end

@@ -41,8 +41,9 @@ return {
 
     local mark = job.marker("prune")
     local plan
-    if type(mark) == "table" and mark.jobId == job.id and type(mark.remove) == "table" then
+    if common.adopts(job, mark) and type(mark.remove) == "table" and mark.policy == policy.text then
       plan = mark
+      plan.jobId = job.id
       log.info(string.format("resuming the plan of an earlier run of this job: %d to remove", #plan.remove))
     else
       local items = {}

@@ -29,7 +29,7 @@ return {
     if not m then job.fail(err) end
 
     local mark = job.marker("restore")
-    local mine = type(mark) == "table" and mark.jobId == job.id and mark.backupId == id
+    local mine = common.adopts(job, mark) and mark.backupId == id
     local running = common.is_running(common.instance_state(job))
     if running and not restart then
       job.fail(string.format("instance '%s' is running: stop it first, or run the restore with "

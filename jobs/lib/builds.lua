@@ -76,7 +76,7 @@ function M.stage(job, id, src, from, to)
   local mid = from + (to - from) * 0.6
   common.guard(function()
     job.progress(from, "downloading build '" .. id .. "'")
-    local res, derr = http.download(src.url, file, { sha256 = src.sha256, resume = true, cache = true,
+    local res, derr = http.download(src.url, file, { sha256 = src.sha256, resume = true,
       progress = { from = from, to = mid } })
     if not res then
       job.fail(string.format("cannot download build '%s': %s", id, tostring(derr)), { retryable = true })
@@ -106,7 +106,7 @@ function M.activate(job, id, opts)
   end
   local cur = common.current_build()
   local mark = job.marker("activate")
-  local mine = type(mark) == "table" and mark.jobId == job.id and mark.build == id
+  local mine = common.adopts(job, mark) and mark.build == id
   local state = common.instance_state(job)
   local running = common.is_running(state)
 
@@ -124,6 +124,8 @@ function M.activate(job, id, opts)
   local plan
   if mine then
     plan = mark
+    plan.jobId = job.id
+    job.mark("activate", plan)
     log.info(string.format("finishing the activation of build '%s' an earlier run began (phase %s)",
       id, tostring(mark.phase)))
   else

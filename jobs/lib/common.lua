@@ -91,13 +91,11 @@ end
 -- instance lock guarantees that no other run is using them). `keep` is a
 -- set of run ids to leave alone.
 function M.clean_stale_staging(job, keep)
-  local runs = fs.list(".jobvisor/staging")
-  if not runs then return 0 end
+  local runs = M.must(job, "cannot list staging directories", fs.stale_staging())
   local n = 0
-  for _, e in ipairs(runs) do
-    local name = type(e) == "table" and e.name or e
-    if name ~= job.run_id and not (keep and keep[name]) then
-      M.must(job, "cannot remove stale staging '" .. name .. "'", fs.staging_clean(name))
+  for _, run in ipairs(runs) do
+    if not (keep and keep[run]) then
+      M.must(job, "cannot remove stale staging '" .. run .. "'", fs.clean_staging(run))
       n = n + 1
     end
   end
@@ -112,7 +110,7 @@ function M.clean_temp_files(job, dir)
   if not entries then return 0 end
   local n = 0
   for _, e in ipairs(entries) do
-    local name = type(e) == "table" and e.name or e
+    local name = e.name
     if name:match("^%..+%.tmp%.%d+$") or name:match("^%..+%.swap%.%d+$")
       or name:match("^%..+%.lnk%.%d+$") or name:match("%.part$") then
       local p = dir == "." and name or (dir .. "/" .. name)
@@ -121,6 +119,17 @@ function M.clean_temp_files(job, dir)
     end
   end
   return n
+end
+
+-- Did this job write marker m? True for a retry of the same job (the
+-- agent gives it the same job id) and for the run right after an
+-- interrupted run whose run marker (job.previous) names the marker's job:
+-- that run was killed mid-way and this one takes over its work.
+function M.adopts(job, m)
+  if type(m) ~= "table" or type(m.jobId) ~= "string" then return false end
+  if m.jobId == job.id then return true end
+  local prev = job.previous
+  return type(prev) == "table" and prev.jobId == m.jobId
 end
 
 function M.read_json(path)
@@ -161,7 +170,7 @@ end
 function M.current_build(link)
   local st = fs.stat(link or "current")
   if not st or st.type ~= "symlink" then return nil end
-  local target = st.target or fs.readlink(link or "current")
+  local target = st.target
   if type(target) ~= "string" then return nil end
   return target:match("^builds/([^/]+)/?$") or target:match("^%./builds/([^/]+)/?$")
 end
