@@ -208,18 +208,21 @@ class FaultRunner:
         inst = os.path.join(self.template, "instances", self.s.instance)
         self.s.old_data = tree_digest(os.path.join(inst, "data"))
         times = []
-        for i in range(2):
+        for i in range(3):
             d = self.fresh(f"cal{i}")
-            t0 = time.monotonic()
-            r = run_job(d, self.s.job, self.s.instance, self.s.params)
+            proc = subprocess.Popen(run_cmd(d, self.s.job, self.s.instance, self.s.params),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            child, t0 = self.find_child(proc)
+            out, err = proc.communicate(timeout=300)
             times.append(time.monotonic() - t0)
+            r = RunResult(proc.returncode, out, err)
             self.tc.assertEqual(r.status, "COMPLETED", f"calibration run of {self.s.job}: {r!r}")
             cinst = os.path.join(d, "instances", self.s.instance)
             if i == 0:
                 self.s.capture_new(cinst)
                 self.calibration_output = r.result["output"]
             shutil.rmtree(d)
-        self.duration = max(times)
+        self.duration = sorted(times)[1]  # from the child's birth to the run's end
 
     def check(self, data_dir, final, result=None):
         inst = os.path.join(data_dir, "instances", self.s.instance)
@@ -243,20 +246,25 @@ class FaultRunner:
         v += self.s.extra_violations(inst, final, result)
         return v
 
+    @staticmethod
+    def find_child(proc):
+        """The job-run child of a `jobvisor run` process (None if it ended first) and the
+        monotonic time it was seen."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            kids = children_of(proc.pid)
+            if kids:
+                return kids[0], time.monotonic()
+            if proc.poll() is not None:
+                break
+            time.sleep(0.001)
+        return None, time.monotonic()
+
     def trial(self, i):
         d = self.fresh("trial")
         proc = subprocess.Popen(run_cmd(d, self.s.job, self.s.instance, self.s.params),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        child = None
-        deadline = time.monotonic() + 10
-        while child is None and time.monotonic() < deadline:
-            kids = children_of(proc.pid)
-            if kids:
-                child = kids[0]
-            elif proc.poll() is not None:
-                break
-            else:
-                time.sleep(0.002)
+        child, _ = self.find_child(proc)
         delay = self.rng.uniform(0, self.duration * 1.05)
         time.sleep(delay)
         killed = False
