@@ -51,11 +51,19 @@ return {
       end
     end
     local q = p.quiesce or {}
+    local QKEYS = { before = true, after = true, waitLog = true, timeoutSeconds = true }
     for k in pairs(q) do
-      if k ~= "before" and k ~= "after" then
-        job.fail("invalid quiesce: only 'before' and 'after' (arrays of console lines) are allowed, got '"
-          .. tostring(k) .. "'")
+      if not QKEYS[k] then
+        job.fail("invalid quiesce: only 'before' and 'after' (arrays of console lines), 'waitLog' "
+          .. "and 'timeoutSeconds' are allowed, got '" .. tostring(k) .. "'")
       end
+    end
+    if q.waitLog ~= nil and (type(q.waitLog) ~= "string" or q.waitLog == "") then
+      job.fail("invalid quiesce.waitLog: must be a regular expression (e.g. \"Saved the game\")")
+    end
+    local wait_timeout = q.timeoutSeconds or 60
+    if type(wait_timeout) ~= "number" or wait_timeout <= 0 or wait_timeout > 3600 then
+      job.fail("invalid quiesce.timeoutSeconds: must be a number of seconds within (0, 3600]")
     end
     local before = common.check_string_array(job, "quiesce.before", q.before, 32)
     local after = common.check_string_array(job, "quiesce.after", q.after, 32)
@@ -107,6 +115,14 @@ return {
       if running and #before > 0 then
         quiesced = true
         send_lines(job, before, "before")
+        if q.waitLog then
+          job.step("waiting for the server to confirm: " .. q.waitLog)
+          local line, werr = instance.wait_log(q.waitLog, wait_timeout)
+          if not line then
+            job.fail("the server did not confirm the quiesce (" .. q.waitLog .. "): " .. tostring(werr),
+              { retryable = true })
+          end
+        end
       end
       job.checkpoint()
       job.step("archiving data/")

@@ -12,7 +12,7 @@ local common = require("lib.common")
 local builds = require("lib.builds")
 
 local SPEC_KEYS = { command = true, cwd = true, env = true, stop = true, ready = true, restart = true,
-                    limits = true }
+                    limits = true, name = true, description = true }
 
 local function check_spec(job, spec)
   if type(spec) ~= "table" or #spec > 0 then
@@ -37,8 +37,9 @@ local function check_spec(job, spec)
     end
   end
   for k in pairs(spec) do
-    if not SPEC_KEYS[k] then
-      log.warn(string.format("instance spec field '%s' is not one jobvisor knows; it is kept as given", tostring(k)))
+    if type(k) ~= "string" or not (SPEC_KEYS[k] or k:match("^x%-")) then
+      job.fail(string.format("unknown field '%s' in instance (expected command, cwd, env, stop, ready, "
+        .. "restart, limits, name, description or x-*)", tostring(k)))
     end
   end
   return spec
@@ -68,6 +69,9 @@ return {
       end
     end
 
+    if data and data.type ~= "dir" then
+      job.fail("'data' exists in the instance but is not a directory")
+    end
     if cur and cur ~= build and common.is_running(common.instance_state(job)) then
       job.fail(string.format("instance '%s' is running build '%s': stop it first, or use UPDATE_SERVER "
         .. "with activate to switch builds", job.instance_id, cur))
@@ -79,19 +83,25 @@ return {
     local staged = builds.stage(job, build, src, 2, 85)
     job.checkpoint()
 
-    if not common.same(existing, spec) then
-      job.progress(88, "writing instance.json")
-      common.write_json(job, "instance.json", spec)
-    end
     if not (data and data.type == "dir") then
-      if data then
-        job.fail("'data' exists in the instance but is not a directory")
-      end
-      job.progress(92, "creating data/")
+      job.progress(88, "creating data/")
       common.must(job, "cannot create data/", fs.mkdir("data"))
     end
-    job.progress(96, "activating build '" .. build .. "'")
+    job.progress(92, "activating build '" .. build .. "'")
     local act = builds.activate(job, build, { restart = false })
+
+    if not common.same(existing, spec) then
+      job.progress(96, "writing instance.json")
+      local old_text = fs.exists("instance.json") and fs.read("instance.json") or nil
+      common.write_json(job, "instance.json", spec)
+      -- The monitor's own parser has the last word (field types, ranges, the
+      -- executable rule); a refused spec is put back as it was.
+      local ok, serr = instance.spec()
+      if not ok then
+        if old_text then fs.write("instance.json", old_text) else fs.remove("instance.json") end
+        job.fail("the instance spec was refused: " .. tostring(serr))
+      end
+    end
     log.info(string.format("build '%s' installed%s", build, staged and "" or " (it was already staged)"))
     return { build = build, alreadyInstalled = false, previous = act.previous }
   end,

@@ -63,7 +63,7 @@ return {
 
     if running then
       job.progress(88, "stopping the server for the restore")
-      common.must(job, "cannot stop the server", instance.stop())
+      common.stop(job, 86, 90)
     end
 
     -- From here the previous data lives in this run's staging directory.
@@ -81,7 +81,7 @@ return {
 
     if restart and was_running then
       job.progress(96, "starting the server")
-      local ok, serr = instance.start()
+      local ok, serr = common.start_and_wait(job, 96, 99)
       if not ok then
         job.fail(string.format("backup '%s' was restored, but the server did not start: %s "
           .. "(the previous data is kept in .jobvisor/staging/%s/data until another job runs)",

@@ -130,7 +130,8 @@ function M.activate(job, id, opts)
       id, tostring(mark.phase)))
   else
     plan = { jobId = job.id, build = id, previous = cur or json.null, wasRunning = stop,
-             restart = opts.restart == true, phase = "stopping" }
+             restart = opts.restart == true, phase = "stopping",
+             previousLink = common.current_build("previous") or json.null }
     job.mark("activate", plan)
   end
   local previous = plan.previous ~= json.null and plan.previous or nil
@@ -141,7 +142,7 @@ function M.activate(job, id, opts)
   else
     if stop then
       job.step("stopping the server")
-      common.must(job, "cannot stop the server", instance.stop())
+      common.stop(job, 80, 85)
     end
     if previous and common.current_build("previous") ~= previous then
       common.must(job, "cannot record the previous build", fs.link_swap("previous", M.path(previous)))
@@ -157,20 +158,28 @@ function M.activate(job, id, opts)
 
   if need_start then
     job.step("starting the server on build '" .. id .. "'")
-    local ok, serr = instance.start({ waitReady = true })
+    local ok, serr = common.start_and_wait(job, 90, 99)
     if not ok then
-      if previous then
-        log.error(string.format("the server did not start on build '%s' (%s): rolling back to '%s'",
-          id, tostring(serr), previous))
-        common.must(job, "cannot roll back current", fs.link_swap("current", M.path(previous)))
-        local ok2, serr2 = instance.start({ waitReady = true })
+      if not previous then
         job.unmark("activate")
-        job.fail(string.format("build '%s' did not start (%s); rolled back to build '%s'%s", id,
-          tostring(serr), previous, ok2 and ", which is running again"
-            or (", which did not start either: " .. tostring(serr2))), { retryable = false })
+        job.fail(string.format("build '%s' did not start: %s", id, tostring(serr)))
       end
+      log.error(string.format("the server did not start on build '%s' (%s): rolling back to '%s'",
+        id, tostring(serr), previous))
+      -- end any restart-policy retries of the failed build before swapping back
+      instance.stop({ force = true })
+      common.must(job, "cannot roll back current", fs.link_swap("current", M.path(previous)))
+      local before = plan.previousLink ~= json.null and plan.previousLink or nil
+      if before and common.current_build("previous") ~= before then
+        fs.link_swap("previous", M.path(before))
+      elseif not before then
+        fs.remove("previous")
+      end
+      local ok2, serr2 = common.start_and_wait(job, 90, 99)
       job.unmark("activate")
-      job.fail(string.format("build '%s' did not start: %s", id, tostring(serr)))
+      job.fail(string.format("build '%s' did not start (%s); rolled back to build '%s'%s", id,
+        tostring(serr), previous, ok2 and ", which is running again"
+          or (", which did not start either: " .. tostring(serr2))), { retryable = false })
     end
   end
   job.unmark("activate")

@@ -148,22 +148,43 @@ function M.now_iso()
   return os.date("!%Y-%m-%dT%H:%M:%SZ")
 end
 
--- Is the instance's server running? An instance without instance.json or
--- without a monitor counts as stopped.
+-- The instance's server state (instance.status().state: STARTING, RUNNING,
+-- STOPPING, STOPPED, CRASHED, BACKOFF). An instance without instance.json
+-- has no server and counts as STOPPED.
 function M.instance_state(job)
   if not fs.exists("instance.json") or type(instance) ~= "table" or type(instance.status) ~= "function" then
-    return "stopped"
+    return "STOPPED"
   end
   local st, err = instance.status()
   if st == nil then
     job.fail("cannot query the instance state: " .. tostring(err), { retryable = true })
   end
-  return type(st) == "table" and (st.state or "stopped") or tostring(st)
+  return type(st) == "table" and tostring(st.state or "STOPPED"):upper() or "STOPPED"
 end
 
+-- States with a server process that may write data/ (BACKOFF will restart one).
 function M.is_running(state)
-  return state == "running" or state == "starting" or state == "ready" or state == "stopping"
-    or state == "backoff"
+  return state == "RUNNING" or state == "STARTING" or state == "STOPPING" or state == "BACKOFF"
+end
+
+-- Start the server and wait until it is ready (the spec's ready pattern).
+-- Returns the status table, or nil and a message.
+function M.start_and_wait(job, from, to)
+  local spec, err = instance.spec()
+  if not spec then return nil, err end
+  local st
+  st, err = instance.start()
+  if not st then return nil, err end
+  if st.state == "RUNNING" then return st end
+  local timeout = ((type(spec.ready) == "table" and spec.ready.timeoutSeconds) or 120) + 10
+  return instance.wait_ready(timeout, { progress = { from, to } })
+end
+
+-- Stop the server (the spec's stop ladder); fails the run if it cannot.
+function M.stop(job, from, to)
+  local st, err = instance.stop({ progress = { from, to } })
+  if not st then job.fail("cannot stop the server: " .. tostring(err), { retryable = true }) end
+  return st
 end
 
 -- The build `current` points at ("builds/<id>" -> "<id>"), or nil.

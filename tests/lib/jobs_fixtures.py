@@ -104,6 +104,9 @@ def make_tar(src_dir, out_path, compression="zst", prefix=""):
 def make_zip(src_dir, out_path):
     with zipfile.ZipFile(out_path, "w", zipfile.ZIP_DEFLATED) as zf:
         for dirpath, dirnames, filenames in os.walk(src_dir):
+            for name in sorted(dirnames):
+                p = os.path.join(dirpath, name)
+                zf.write(p, os.path.relpath(p, src_dir))
             for name in sorted(filenames):
                 p = os.path.join(dirpath, name)
                 zf.write(p, os.path.relpath(p, src_dir))
@@ -114,15 +117,22 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        super().do_GET()
+
 
 class FileServer:
-    """python http.server serving a directory on 127.0.0.1 with an OS-assigned port."""
+    """python http.server serving a directory on 127.0.0.1 with an OS-assigned port.
+    `requests` lists the paths asked for."""
 
     def __init__(self, directory):
         self.directory = directory
         handler = functools.partial(_QuietHandler, directory=directory)
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
+        self.httpd.requests = []
+        self.requests = self.httpd.requests
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
