@@ -128,3 +128,125 @@ class PruneScenario(Scenario):
             if result and sorted(result["kept"]) != self.keep:
                 v.append(f"retry reports kept {result['kept']}")
         return v
+
+
+# --- builds and mods: served by a loopback HTTP server for the whole test ---
+
+from jobs_fixtures import FileServer, make_tar, sha256_bytes  # noqa: E402
+
+SPEC = {"command": ["${build}/server", "--port", "0"], "cwd": "data", "restart": {"policy": "never"}}
+
+
+def serve_builds(tc, tags, big=4 << 20):
+    """Build trees and tar.zst archives for tags; returns (server, {tag: source}, {tag: digest})."""
+    www = os.path.join(tc.tmp, "www")
+    os.makedirs(www, exist_ok=True)
+    srv = FileServer(www)
+    tc.addCleanup(srv.close)
+    sources, digests = {}, {}
+    for i, tag in enumerate(tags):
+        tree = os.path.join(tc.tmp, "trees", tag)
+        write_file(os.path.join(tree, "server"), "#!/bin/sh\necho %s\n" % tag, 0o755)
+        write_file(os.path.join(tree, "lib", "engine.bin"), os.urandom(big))
+        for j in range(30):
+            write_file(os.path.join(tree, "assets", f"a{j}.dat"), os.urandom(2000 + j), 0o644)
+        write_file(os.path.join(tree, "VERSION"), tag)
+        digests[tag] = tree_digest(tree)
+        name = tag + ".tar.zst"
+        sha = make_tar(tree, os.path.join(www, name))
+        sources[tag] = {"url": srv.url(name), "sha256": sha}
+    return srv, sources, digests
+
+
+def link_of(inst, name):
+    p = os.path.join(inst, name)
+    return os.readlink(p) if os.path.islink(p) else None
+
+
+class InstallScenario(Scenario):
+    job = "INSTALL_SERVER"
+
+    def prepare(self, data_dir, tc):
+        os.makedirs(inst_dir(data_dir))
+        _, src, self.builds = serve_builds(tc, ["b1"])
+        self.params = {"source": src["b1"], "build": "b1", "instance": SPEC}
+
+    def extra_violations(self, inst, final, result):
+        v = []
+        spec = os.path.join(inst, "instance.json")
+        if os.path.exists(spec):
+            try:
+                if read_json(spec) != SPEC:
+                    v.append("instance.json differs from the spec")
+            except ValueError:
+                v.append("instance.json is not valid JSON (half-written)")
+        if final:
+            if link_of(inst, "current") != "builds/b1":
+                v.append("current does not point at builds/b1 after the retry")
+            if not os.path.exists(spec):
+                v.append("no instance.json after the retry")
+        return v
+
+
+class UpdateScenario(Scenario):
+    job = "UPDATE_SERVER"
+
+    def prepare(self, data_dir, tc):
+        inst = inst_dir(data_dir)
+        _, src, self.builds = serve_builds(tc, ["b1", "b2"])
+        must(tc, run_job(data_dir, "INSTALL_SERVER", INST, {"source": src["b1"], "build": "b1",
+                                                            "instance": SPEC}))
+        populate(os.path.join(inst, "data"), seed=21, files=20)
+        self.params = {"source": src["b2"], "build": "b2", "activate": True}
+
+    def extra_violations(self, inst, final, result):
+        if final:
+            got = (link_of(inst, "current"), link_of(inst, "previous"))
+            if got != ("builds/b2", "builds/b1"):
+                return [f"after the retry (current, previous) = {got}"]
+            if result and not result.get("activated"):
+                return ["the retry did not report activated"]
+        return []
+
+
+class ActivateScenario(UpdateScenario):
+    job = "ACTIVATE_BUILD"
+
+    def prepare(self, data_dir, tc):
+        super().prepare(data_dir, tc)
+        src = self.params["source"]
+        must(tc, run_job(data_dir, "UPDATE_SERVER", INST, {"source": src, "build": "b2"}))
+        self.params = {"build": "b2"}
+
+    def extra_violations(self, inst, final, result):
+        if final:
+            got = (link_of(inst, "current"), link_of(inst, "previous"))
+            if got != ("builds/b2", "builds/b1"):
+                return [f"after the retry (current, previous) = {got}"]
+        return []
+
+
+class SyncModsScenario(Scenario):
+    job = "SYNC_MODS"
+
+    def prepare(self, data_dir, tc):
+        data = os.path.join(inst_dir(data_dir), "data")
+        www = os.path.join(tc.tmp, "mods-www")
+        os.makedirs(www)
+        srv = FileServer(www)
+        tc.addCleanup(srv.close)
+        mods = []
+        for name, size in (("alpha.jar", 300000), ("beta.jar", 50000), ("gamma.jar", 3 << 20),
+                           ("delta.jar", 1 << 20)):
+            blob = os.urandom(size)
+            write_file(os.path.join(www, name), blob)
+            mods.append({"name": name, "url": srv.url(name), "sha256": sha256_bytes(blob)})
+            if name == "beta.jar":
+                write_file(os.path.join(data, "mods", name), blob)  # unchanged
+        write_file(os.path.join(data, "mods", "alpha.jar"), b"old alpha")  # updated
+        write_file(os.path.join(data, "mods", "handmade.jar"), os.urandom(200000), 0o600)  # kept
+        for j in range(20):
+            write_file(os.path.join(data, "mods", "config", f"c{j}.toml"), f"x={j}\n")
+        os.symlink("c0.toml", os.path.join(data, "mods", "config", "main.toml"))
+        populate(os.path.join(data, "world"), seed=22, files=10)
+        self.params = {"mods": mods}
