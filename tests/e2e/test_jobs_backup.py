@@ -342,5 +342,94 @@ class Restore(BackupBase):
         self.assertEqual(tree_digest(self.datadir), self.digest)
 
 
+DEMO = os.environ.get("JV_DEMO_SERVER_BIN", "")
+
+
+@unittest.skipUnless(DEMO, "needs JV_DEMO_SERVER_BIN (the demo game server)")
+class WithServer(BackupBase):
+    """Backups and restores of a running demo game server."""
+
+    def setUp(self):
+        super().setUp()
+        build = os.path.join(self.inst, "builds", "b1")
+        os.makedirs(build)
+        shutil.copy2(DEMO, os.path.join(build, "server"))
+        os.symlink("builds/b1", os.path.join(self.inst, "current"))
+        spec = {"command": ["${build}/server", "--port", "0", "--ready-delay-ms", "100",
+                            "--autosave-ms", "600000"],
+                "cwd": "data", "stop": {"command": "stop", "timeoutSeconds": 10},
+                "ready": {"logPattern": "Done \\(", "timeoutSeconds": 15},
+                "restart": {"policy": "never"}}
+        write_file(os.path.join(self.inst, "instance.json"), json.dumps(spec))
+        self.addCleanup(self.stop_server)
+        r = self.run_job("START_INSTANCE")
+        self.assertEqual(r.status, "COMPLETED", r)
+        self.pid = r.result["output"]["pid"]
+
+    def stop_server(self):
+        if os.path.exists(os.path.join(self.inst, ".jobvisor", "monitor.sock")):
+            self.run_job("STOP_INSTANCE", params={"force": True}, timeout=60)
+
+    def console(self):
+        with open(os.path.join(self.inst, "logs", "console.log"), errors="replace") as f:
+            return f.read()
+
+    def state(self):
+        return read_json(os.path.join(self.inst, ".jobvisor", "state.json"))
+
+    def test_quiesce_lines_around_the_archive(self):
+        r = self.run_job("BACKUP_INSTANCE", params={"backupId": "live", "quiesce": {
+            "before": ["save-off", "save-all"], "after": ["save-on"],
+            "waitLog": "Saved the game \\(save-all", "timeoutSeconds": 20}})
+        self.assertEqual(r.status, "COMPLETED", r)
+        con = self.console()
+        off = con.index("Automatic saving is now disabled")
+        saved = con.index("Saved the game (save-all")
+        on = con.index("Automatic saving is now enabled")
+        self.assertLess(off, saved)
+        self.assertLess(saved, on)
+        paths = {f["path"] for f in self.manifest("live")["files"]}
+        self.assertIn("world/level.dat", paths)  # what save-all wrote is in the backup
+        self.assertIsNone(tar_matches_manifest(self.archive("live"), self.manifest("live")))
+
+    def test_quiesce_after_lines_are_sent_even_when_the_wait_fails(self):
+        r = self.run_job("BACKUP_INSTANCE", params={"backupId": "nowait", "quiesce": {
+            "before": ["save-off"], "after": ["save-on"], "waitLog": "never printed",
+            "timeoutSeconds": 1}})
+        self.assertEqual(r.status, "FAILED", r)
+        self.assertIn("the server did not confirm the quiesce (never printed)", r.error_message)
+        time.sleep(0.3)
+        self.assertIn("Automatic saving is now enabled", self.console())
+        self.assertFalse(os.path.exists(self.archive("nowait")))
+
+    def test_restore_of_a_running_server_needs_restart(self):
+        self.backup(backupId="b1")
+        write_file(os.path.join(self.datadir, "server.properties"), "changed")
+        r = self.run_job("RESTORE_BACKUP", params={"backupId": "b1"})
+        self.assertEqual(r.status, "FAILED")
+        self.assertIn("instance 'test1' is running: stop it first, or run the restore with restart = true",
+                      r.error_message)
+        with open(os.path.join(self.datadir, "server.properties")) as f:
+            self.assertEqual(f.read(), "changed")
+        self.assertEqual(self.state()["state"], "RUNNING")
+
+    def test_restore_with_restart_stops_swaps_and_starts(self):
+        self.backup(backupId="b1")
+        wanted = tree_digest(self.datadir)
+        write_file(os.path.join(self.datadir, "server.properties"), "changed")
+        write_file(os.path.join(self.datadir, "extra.txt"), "gone after the restore")
+        r = self.run_job("RESTORE_BACKUP", params={"backupId": "b1", "restart": True}, timeout=120)
+        self.assertEqual(r.status, "COMPLETED", r)
+        st = self.state()
+        self.assertEqual(st["state"], "RUNNING")
+        self.assertNotEqual(st["pid"], self.pid)
+        got = tree_digest(self.datadir)
+        # the restarted server rewrites its world files; everything else is the backup
+        strip = lambda d: {k: v for k, v in d.items() if not k.startswith("world/") and k != "world"}
+        self.assertEqual(strip(got), strip(wanted))
+        self.assertNotIn("extra.txt", got)
+        self.assert_clean()
+
+
 if __name__ == "__main__":
     unittest.main()
