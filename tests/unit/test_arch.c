@@ -435,7 +435,7 @@ Test(arch, extract_with_manifest_reproduces_the_tree)
 	cr_assert_eq(extract("b.tar.zst", "restored", &o, err, &er), 0, "%s", err);
 	cr_expect_eq(er.files, r.files);
 	char p[PATH_MAX], q[PATH_MAX];
-	size_t l1, l2;
+	size_t l1 = 0, l2 = 0;
 	char *a = slurp(inpath(&S, "data/world/region/r.0.0.mca", p), &l1);
 	char *b = slurp(inpath(&S, "restored/world/region/r.0.0.mca", q), &l2);
 	cr_expect(l1 == l2 && memcmp(a, b, l1) == 0);

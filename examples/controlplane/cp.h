@@ -1,0 +1,258 @@
+/* cp.h — the reference control plane's internal interfaces.
+ *
+ * jobvisor-cp is a small multi-threaded program: civetweb worker threads run
+ * the HTTP handlers, one broadcaster thread feeds WebSocket clients, and the
+ * main thread waits for signals and runs the lease/ack/backoff sweep. All
+ * durable state lives in SQLite (one connection); `struct cp.mu` serialises
+ * every use of that connection together with the small in-memory state (agent
+ * wake-ups, the WebSocket ring, long-poll accounting). Functions documented as
+ * "mu held" must be called with cp->mu locked; the others take it themselves.
+ *
+ * The wire protocol is docs/protocol.md; this header only wires modules. */
+#ifndef JV_CP_H
+#define JV_CP_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+#include <sqlite3.h>
+
+#include "jobvisor/ident.h"
+
+struct mg_connection;
+struct ws_hub;
+
+#define CP_BODY_MAX (1024 * 1024)     /* any request body */
+#define CP_EVENTS_PER_POST 1000       /* events in one POST .../events */
+#define CP_MESSAGE_MAX 4096           /* event/step message, error message */
+#define CP_STACK_MAX 65536            /* error stack */
+#define CP_PARAMS_MAX 65536          /* a job's params, as JSON */
+#define CP_OUTPUT_MAX 262144         /* a result's output, as JSON; larger is replaced by a note */
+#define CP_TOKEN_MAX 512
+#define CP_ID_MAX 129                 /* job and run ids: jv_run_id_valid, 128 chars + NUL */
+#define CP_SNAPSHOT_JOBS 200          /* jobs in a WebSocket snapshot */
+#define CP_LIST_DEFAULT 50
+#define CP_LIST_MAX 500
+
+/* One agent from the agents file. Only id and token are fixed after start;
+ * the rest is guarded by cp->mu. */
+struct cp_agent {
+	char id[JV_IDENT_MAX + 1];
+	char *token;
+	size_t token_len;
+	pthread_cond_t cond;    /* long polls of this agent wait here (CLOCK_MONOTONIC) */
+	uint64_t gen;           /* bumped when work or a cancel for this agent appears */
+	int64_t last_seen_ms;   /* wall clock, 0 = never */
+	int64_t pushed_seen_ms; /* last lastSeen pushed to WebSocket clients */
+	int64_t stored_seen_ms; /* last lastSeen written to the database */
+	int capacity;           /* from its last poll */
+};
+
+struct cp_config {
+	const char *listen;
+	const char *db_path;
+	const char *admin_token_file;
+	const char *agents_file;
+	int lease_s;          /* a run not listed in polls for this long is lost */
+	int ack_s;            /* an assignment without a first event for this long is lost */
+	int poll_interval_s;  /* told to agents */
+	int max_wait_s;       /* cap on a long poll's waitSeconds */
+	int retry_backoff_s;  /* automatic retry delay: base * 2^(attempt-1), capped */
+	int threads;          /* civetweb worker threads */
+	bool sync_full;       /* PRAGMA synchronous=FULL instead of NORMAL */
+	char **job_types;     /* extra accepted job types (--job-types), owned */
+	size_t njob_types;
+};
+
+struct cp {
+	struct cp_config cfg;
+	pthread_mutex_t mu;
+	sqlite3 *db;
+	char *admin_token;
+	size_t admin_token_len;
+	struct cp_agent *agents;
+	size_t nagents;
+	int long_polls;     /* polls currently waiting (mu held) */
+	int long_polls_max; /* beyond this a poll is answered at once */
+	int ws_max;         /* WebSocket clients (each pins a worker thread) */
+	int64_t last_sweep_ms; /* wall clock of the previous sweep (main thread only) */
+	struct ws_hub *hub;
+	atomic_bool stopping;
+	char epoch[17];     /* random per process: WebSocket sequence numbers restart with it */
+};
+
+/* An error for the HTTP layer: status (400, 403, 404, 409, 500) and a message. */
+struct cp_err {
+	int status;
+	char msg[256];
+};
+void cp_err_set(struct cp_err *e, int status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* ---- tokens.c ---- */
+/* Read the admin token file / agents file; both refused when group/other can access them. */
+int tokens_load_admin(const char *path, char **token, size_t *len, char *err, size_t errlen);
+int tokens_load_agents(const char *path, struct cp_agent **agents, size_t *n, char *err, size_t errlen);
+/* Constant-time equality (time depends only on the lengths). */
+bool tokens_equal(const char *a, size_t alen, const char *b, size_t blen);
+/* Agent by id (borrowed), NULL when unknown. */
+struct cp_agent *cp_agent_find(struct cp *cp, const char *id);
+void tokens_free_agents(struct cp_agent *agents, size_t n);
+
+/* ---- db.c ---- */
+int db_open(const char *path, bool sync_full, sqlite3 **out, char *err, size_t errlen);
+void db_close(sqlite3 *db);
+/* A second connection used only by the main thread for WAL checkpoints. */
+int db_open_checkpointer(const char *path, sqlite3 **out);
+void db_checkpoint(sqlite3 *ck, bool truncate);
+int db_begin(sqlite3 *db);
+int db_commit(sqlite3 *db);
+void db_rollback(sqlite3 *db);
+/* Prepare; logs and returns NULL on failure. */
+sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql);
+/* Step a statement that returns no rows (or ignore them); 0 or -EIO (logged). */
+int db_step_done(sqlite3 *db, sqlite3_stmt *st);
+int db_schema_version(sqlite3 *db);
+#define DB_SCHEMA_VERSION 2
+
+/* ---- store.c: rows -> JSON (mu held) ---- */
+/* A job with its runs; NULL when unknown or on error. Returned-owned. */
+cJSON *store_job_json(struct cp *cp, const char *job_id);
+cJSON *store_run_json(struct cp *cp, const char *run_id);
+/* Jobs newest first, filtered; cursor = a job's seq to continue below (0 = from the top). */
+struct store_filter {
+	const char *status[8];
+	size_t nstatus;
+	const char *agent_id;
+	const char *instance_id;
+	const char *type;
+	int64_t before_seq;
+	int limit;
+};
+int store_list_jobs(struct cp *cp, const struct store_filter *f, cJSON **jobs, int64_t *next_seq);
+cJSON *store_agents_json(struct cp *cp);
+cJSON *store_agent_json(struct cp *cp, const struct cp_agent *a);
+/* Events of a run with seq > after, ascending, at most limit. */
+int store_events(struct cp *cp, const char *run_id, int64_t after, int limit, cJSON **events);
+/* ISO-8601 string or JSON null for 0. */
+cJSON *store_time(int64_t ms);
+/* Look up a run's owner and state. Returns 0, -ENOENT or -EIO. */
+struct store_run_state {
+	char job_id[CP_ID_MAX];
+	char agent_id[JV_IDENT_MAX + 1];
+	char instance_id[JV_IDENT_MAX + 1];
+	char status[16];
+	char finished_by[16];
+	int attempt;
+	bool acked;
+	bool cancel_requested;
+	int64_t last_seq;
+};
+int store_run_state(struct cp *cp, const char *run_id, struct store_run_state *out);
+
+/* ---- lifecycle.c: every state change, one transaction each (mu held) ---- */
+struct lc_new_job {
+	const char *job_id; /* NULL = generate */
+	const char *type;
+	const char *agent_id;
+	const char *instance_id;
+	const cJSON *params;
+	int max_attempts;
+	int timeout_s;       /* 0 = agent default */
+	int cancel_grace_s;  /* 0 = agent default */
+};
+/* Create (CREATED) then enqueue (QUEUED). *job is the new job (returned-owned);
+ * *created is false when job_id already named an identical job. */
+int lc_job_create(struct cp *cp, const struct lc_new_job *nj, cJSON **job, bool *created, struct cp_err *err);
+int lc_job_enqueue(struct cp *cp, const char *job_id);
+int lc_job_cancel(struct cp *cp, const char *job_id, struct cp_err *err);
+int lc_job_retry(struct cp *cp, const char *job_id, struct cp_err *err);
+/* End a run: status COMPLETED/FAILED/CANCELLED, by "agent" or "server".
+ * output and error are borrowed (may be NULL). Decides the job's next state
+ * (terminal, or RETRIED with a new run) and wakes the agent. */
+int lc_run_finish(struct cp *cp, const char *run_id, const char *status, const cJSON *output,
+                  const cJSON *error, const char *finished_by);
+/* Publish the current state of a job to WebSocket clients. */
+void lc_publish_job(struct cp *cp, const char *job_id);
+/* Bump the agent's wake generation and wake its long polls. */
+void lc_wake_agent(struct cp *cp, const char *agent_id);
+bool lc_job_type_allowed(const struct cp *cp, const char *type);
+bool lc_status_valid(const char *status);
+bool lc_status_terminal(const char *status);
+
+/* ---- dispatch.c ---- */
+struct poll_running {
+	const char *run_id; /* borrowed from the request JSON */
+	int64_t last_seq;
+};
+struct poll_req {
+	int capacity;
+	int wait_s;
+	struct poll_running *running;
+	size_t nrunning;
+};
+/* Renew leases, assign work, collect cancels, maybe wait. Takes mu. *answer returned-owned. */
+int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *req, cJSON **answer);
+/* Lost runs (ack deadline, lease), retries whose backoff ended. Takes mu. */
+void dispatch_sweep(struct cp *cp);
+/* After a restart: give every active run a fresh lease and ack window, queue CREATED jobs. */
+int dispatch_recover(struct cp *cp);
+
+/* ---- events.c (mu held) ---- */
+/* Store validated events of a run (each (run, seq) once), update the run's
+ * progress and ack, publish new ones. *ack_seq = highest contiguous seq. */
+int events_store(struct cp *cp, const char *run_id, const struct store_run_state *rs,
+                 const cJSON *events, int64_t *ack_seq);
+/* Validate one event object against its run; NULL when fine, else a static message. */
+const char *events_validate(const cJSON *ev, const char *run_id, const struct store_run_state *rs);
+
+/* ---- http.c ---- */
+enum http_auth { AUTH_NONE = 0, AUTH_ADMIN, AUTH_AGENT };
+enum http_auth http_authenticate(struct cp *cp, const struct mg_connection *conn, const char *query_token,
+                                 struct cp_agent **agent);
+int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err);
+void http_send_json(struct mg_connection *conn, int status, const cJSON *body);
+void http_send_error(struct mg_connection *conn, int status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+void http_send_unauthorized(struct mg_connection *conn);
+/* The request router registered with civetweb for "/v1" and "/". */
+int http_handle(struct mg_connection *conn, void *cbdata);
+int http_handle_page(struct mg_connection *conn, void *cbdata);
+/* Query parameter into buf; 1 found, 0 absent, -1 too long. */
+int http_query(const struct mg_connection *conn, const char *name, char *buf, size_t len);
+
+/* ---- api_agent.c / api_ui.c: handlers; path segments after /v1 ---- */
+void api_agent_poll(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
+void api_agent_events(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *run_id);
+void api_agent_result(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *run_id);
+void api_ui_create_job(struct cp *cp, struct mg_connection *conn);
+void api_ui_list_jobs(struct cp *cp, struct mg_connection *conn);
+void api_ui_get_job(struct cp *cp, struct mg_connection *conn, const char *job_id);
+void api_ui_cancel_job(struct cp *cp, struct mg_connection *conn, const char *job_id);
+void api_ui_retry_job(struct cp *cp, struct mg_connection *conn, const char *job_id);
+void api_ui_get_run(struct cp *cp, struct mg_connection *conn, const char *run_id);
+void api_ui_run_events(struct cp *cp, struct mg_connection *conn, const char *run_id);
+void api_ui_agents(struct cp *cp, struct mg_connection *conn);
+
+/* ---- ws.c ---- */
+int ws_hub_start(struct cp *cp, struct ws_hub **out);
+/* Stop the broadcaster thread (before mg_stop); free the hub after mg_stop. */
+void ws_hub_stop(struct ws_hub *hub);
+void ws_hub_free(struct ws_hub *hub);
+/* Stamp msg with the next sequence number and queue it for every client. Consumes msg. mu held. */
+void ws_publish(struct cp *cp, cJSON *msg);
+/* civetweb callbacks (cbdata = struct cp *). */
+int ws_on_connect(const struct mg_connection *conn, void *cbdata);
+void ws_on_ready(struct mg_connection *conn, void *cbdata);
+int ws_on_data(struct mg_connection *conn, int bits, char *data, size_t len, void *cbdata);
+void ws_on_close(const struct mg_connection *conn, void *cbdata);
+
+/* ---- ui_page (generated from ui_page.html at build time) ---- */
+extern const char cp_ui_page[];
+extern const size_t cp_ui_page_len;
+
+#endif

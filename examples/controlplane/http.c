@@ -1,0 +1,334 @@
+/* http.c — the HTTP edge: routing, authentication, bodies in and JSON out.
+ *
+ * Every request goes through http_handle(): it splits the path, checks the
+ * token (401 without detail when missing or wrong), checks the role (an agent
+ * token on a UI call or an admin token on an agent call is 403), checks the
+ * identifiers in the path (400), and hands over to api_agent.c or api_ui.c.
+ * Bodies are read with a hard cap and must be one JSON object. Answers are
+ * always JSON, with `Connection: close`: keep-alive would pin a civetweb
+ * worker thread per idle agent connection. */
+#include "cp.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <civetweb.h>
+
+#include "jobvisor/jsonutil.h"
+#include "jobvisor/log.h"
+#include "jobvisor/util.h"
+
+#define SEGMENTS_MAX 5
+
+static const char *extract_bearer(const struct mg_connection *conn)
+{
+	const char *h = mg_get_header(conn, "Authorization");
+	if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+		return NULL;
+	h += 7;
+	while (*h == ' ')
+		h++;
+	return *h ? h : NULL;
+}
+
+enum http_auth http_authenticate(struct cp *cp, const struct mg_connection *conn, const char *query_token,
+                                 struct cp_agent **agent)
+{
+	const char *tok = extract_bearer(conn);
+	if (!tok)
+		tok = query_token;
+	*agent = NULL;
+	if (!tok || !*tok)
+		return AUTH_NONE;
+	size_t len = strnlen(tok, CP_TOKEN_MAX + 1);
+	if (len > CP_TOKEN_MAX)
+		return AUTH_NONE;
+	/* Compare against every principal without stopping early, so timing says
+	 * nothing about which (if any) token came close. */
+	bool admin = tokens_equal(tok, len, cp->admin_token, cp->admin_token_len);
+	struct cp_agent *found = NULL;
+	for (size_t i = 0; i < cp->nagents; i++) {
+		bool eq = tokens_equal(tok, len, cp->agents[i].token, cp->agents[i].token_len);
+		if (eq && !found)
+			found = &cp->agents[i];
+	}
+	if (admin)
+		return AUTH_ADMIN;
+	if (found) {
+		*agent = found;
+		return AUTH_AGENT;
+	}
+	return AUTH_NONE;
+}
+
+static void send_raw(struct mg_connection *conn, int status, const char *extra_headers, const char *body,
+                     size_t len)
+{
+	mg_printf(conn,
+	          "HTTP/1.1 %d %s\r\n"
+	          "Content-Type: application/json\r\n"
+	          "Content-Length: %zu\r\n"
+	          "Cache-Control: no-store\r\n"
+	          "X-Content-Type-Options: nosniff\r\n"
+	          "%s"
+	          "Connection: close\r\n\r\n",
+	          status, mg_get_response_code_text(conn, status), len, extra_headers ? extra_headers : "");
+	if (len)
+		mg_write(conn, body, len);
+}
+
+void http_send_json(struct mg_connection *conn, int status, const cJSON *body)
+{
+	char *text = jv_json_print(body);
+	if (!text) {
+		static const char oom[] = "{\"error\":\"out of memory\"}";
+		send_raw(conn, 500, NULL, oom, sizeof(oom) - 1);
+		return;
+	}
+	send_raw(conn, status, NULL, text, strlen(text));
+	free(text);
+}
+
+void http_send_error(struct mg_connection *conn, int status, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	cJSON *o = cJSON_CreateObject();
+	if (o && cJSON_AddStringToObject(o, "error", msg)) {
+		http_send_json(conn, status, o);
+	} else {
+		static const char oom[] = "{\"error\":\"out of memory\"}";
+		send_raw(conn, 500, NULL, oom, sizeof(oom) - 1);
+	}
+	cJSON_Delete(o);
+}
+
+void http_send_unauthorized(struct mg_connection *conn)
+{
+	static const char body[] = "{\"error\":\"unauthorized\"}";
+	send_raw(conn, 401, "WWW-Authenticate: Bearer\r\n", body, sizeof(body) - 1);
+}
+
+int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err)
+{
+	const struct mg_request_info *ri = mg_get_request_info(conn);
+	if (ri->content_length > CP_BODY_MAX) {
+		cp_err_set(err, 400, "request body larger than %d bytes", CP_BODY_MAX);
+		return -EFBIG;
+	}
+	struct jv_buf b;
+	jv_buf_init(&b, CP_BODY_MAX);
+	char chunk[16384];
+	int n;
+	while ((n = mg_read(conn, chunk, sizeof(chunk))) > 0) {
+		int rc = jv_buf_append(&b, chunk, (size_t)n);
+		if (rc < 0) {
+			jv_buf_free(&b);
+			if (rc == -EFBIG)
+				cp_err_set(err, 400, "request body larger than %d bytes", CP_BODY_MAX);
+			else
+				cp_err_set(err, 500, "out of memory");
+			return rc;
+		}
+	}
+	if (n < 0 || b.len == 0) {
+		jv_buf_free(&b);
+		cp_err_set(err, 400, n < 0 ? "cannot read the request body" : "request body is empty; expected a JSON object");
+		return -EINVAL;
+	}
+	cJSON *v = jv_json_parse(b.data, b.len);
+	jv_buf_free(&b);
+	if (!v) {
+		cp_err_set(err, 400, "request body is not valid JSON");
+		return -EINVAL;
+	}
+	if (!cJSON_IsObject(v)) {
+		cJSON_Delete(v);
+		cp_err_set(err, 400, "request body must be a JSON object");
+		return -EINVAL;
+	}
+	*out = v;
+	return 0;
+}
+
+int http_query(const struct mg_connection *conn, const char *name, char *buf, size_t len)
+{
+	const struct mg_request_info *ri = mg_get_request_info(conn);
+	if (!ri->query_string)
+		return 0;
+	int n = mg_get_var(ri->query_string, strlen(ri->query_string), name, buf, len);
+	if (n == -1)
+		return 0;
+	return n < 0 ? -1 : 1;
+}
+
+/* Split "/v1/a/b/c" into segments after "v1"; 0 on success. */
+static int split_path(const char *uri, char seg[SEGMENTS_MAX][CP_ID_MAX], int *nseg)
+{
+	if (strncmp(uri, "/v1/", 4) != 0)
+		return -1;
+	const char *p = uri + 4;
+	*nseg = 0;
+	while (*p) {
+		const char *slash = strchr(p, '/');
+		size_t n = slash ? (size_t)(slash - p) : strlen(p);
+		if (n == 0 || n >= CP_ID_MAX || *nseg >= SEGMENTS_MAX)
+			return -1;
+		memcpy(seg[*nseg], p, n);
+		seg[*nseg][n] = '\0';
+		(*nseg)++;
+		p += n;
+		if (*p == '/') {
+			p++;
+			if (!*p)
+				return -1; /* trailing slash */
+		}
+	}
+	return *nseg > 0 ? 0 : -1;
+}
+
+/* The endpoint table: which path shapes exist, their method and role. */
+enum role { ROLE_ADMIN, ROLE_AGENT };
+struct route {
+	const char *method;
+	int nseg;
+	const char *s0, *s2;
+	enum role role;
+	int id_kind; /* 0 none, 1 agent id, 2 job/run id */
+};
+static const struct route routes[] = {
+	{"POST", 3, "agents", "poll", ROLE_AGENT, 1},
+	{"POST", 3, "runs", "events", ROLE_AGENT, 2},
+	{"POST", 3, "runs", "result", ROLE_AGENT, 2},
+	{"GET", 3, "runs", "events", ROLE_ADMIN, 2},
+	{"GET", 2, "runs", NULL, ROLE_ADMIN, 2},
+	{"POST", 1, "jobs", NULL, ROLE_ADMIN, 0},
+	{"GET", 1, "jobs", NULL, ROLE_ADMIN, 0},
+	{"GET", 2, "jobs", NULL, ROLE_ADMIN, 2},
+	{"POST", 3, "jobs", "cancel", ROLE_ADMIN, 2},
+	{"POST", 3, "jobs", "retry", ROLE_ADMIN, 2},
+	{"GET", 1, "agents", NULL, ROLE_ADMIN, 0},
+};
+
+static bool path_matches(const struct route *r, int nseg, char seg[SEGMENTS_MAX][CP_ID_MAX])
+{
+	return nseg == r->nseg && strcmp(seg[0], r->s0) == 0 && (!r->s2 || strcmp(seg[2], r->s2) == 0);
+}
+
+static void dispatch_route(struct cp *cp, struct mg_connection *conn, const struct route *r,
+                           char seg[SEGMENTS_MAX][CP_ID_MAX], struct cp_agent *agent)
+{
+	const char *id = r->nseg >= 2 ? seg[1] : NULL;
+	if (strcmp(r->s0, "agents") == 0 && r->nseg == 3)
+		api_agent_poll(cp, conn, agent, id);
+	else if (strcmp(r->s0, "runs") == 0 && r->role == ROLE_AGENT && strcmp(r->s2, "events") == 0)
+		api_agent_events(cp, conn, agent, id);
+	else if (strcmp(r->s0, "runs") == 0 && r->role == ROLE_AGENT)
+		api_agent_result(cp, conn, agent, id);
+	else if (strcmp(r->s0, "runs") == 0 && r->nseg == 3)
+		api_ui_run_events(cp, conn, id);
+	else if (strcmp(r->s0, "runs") == 0)
+		api_ui_get_run(cp, conn, id);
+	else if (strcmp(r->s0, "jobs") == 0 && r->nseg == 1)
+		strcmp(r->method, "POST") == 0 ? api_ui_create_job(cp, conn) : api_ui_list_jobs(cp, conn);
+	else if (strcmp(r->s0, "jobs") == 0 && r->nseg == 2)
+		api_ui_get_job(cp, conn, id);
+	else if (strcmp(r->s0, "jobs") == 0 && strcmp(r->s2, "cancel") == 0)
+		api_ui_cancel_job(cp, conn, id);
+	else if (strcmp(r->s0, "jobs") == 0)
+		api_ui_retry_job(cp, conn, id);
+	else
+		api_ui_agents(cp, conn);
+}
+
+int http_handle(struct mg_connection *conn, void *cbdata)
+{
+	struct cp *cp = cbdata;
+	const struct mg_request_info *ri = mg_get_request_info(conn);
+	char seg[SEGMENTS_MAX][CP_ID_MAX];
+	int nseg = 0;
+	if (!ri->local_uri || split_path(ri->local_uri, seg, &nseg) < 0) {
+		http_send_error(conn, 404, "no such endpoint");
+		return 1;
+	}
+	const struct route *match = NULL;
+	bool path_known = false;
+	for (size_t i = 0; i < JV_ARRAY_LEN(routes); i++) {
+		const struct route *r = &routes[i];
+		if (!path_matches(r, nseg, seg))
+			continue;
+		path_known = true;
+		if (strcmp(ri->request_method, r->method) == 0)
+			match = r;
+	}
+	if (!path_known) {
+		http_send_error(conn, 404, "no such endpoint");
+		return 1;
+	}
+	struct cp_agent *agent = NULL;
+	enum http_auth auth = http_authenticate(cp, conn, NULL, &agent);
+	if (auth == AUTH_NONE) {
+		http_send_unauthorized(conn);
+		return 1;
+	}
+	if (!match) {
+		http_send_error(conn, 405, "method %s not allowed here", ri->request_method);
+		return 1;
+	}
+	if (match->role == ROLE_ADMIN && auth != AUTH_ADMIN) {
+		http_send_error(conn, 403, "this call needs the admin token");
+		return 1;
+	}
+	if (match->role == ROLE_AGENT && auth != AUTH_AGENT) {
+		http_send_error(conn, 403, "this call needs an agent token");
+		return 1;
+	}
+	if (match->id_kind == 1 && !jv_ident_valid(seg[1])) {
+		http_send_error(conn, 400, "bad agent id in the path");
+		return 1;
+	}
+	if (match->id_kind == 2 && !jv_run_id_valid(seg[1])) {
+		http_send_error(conn, 400, "bad id in the path");
+		return 1;
+	}
+	dispatch_route(cp, conn, match, seg, agent);
+	return 1;
+}
+
+int http_handle_page(struct mg_connection *conn, void *cbdata)
+{
+	const struct mg_request_info *ri = mg_get_request_info(conn);
+	if (!ri->local_uri || strcmp(ri->local_uri, "/") != 0) {
+		http_send_error(conn, 404, "not found");
+		return 1;
+	}
+	if (strcmp(ri->request_method, "GET") != 0 && strcmp(ri->request_method, "HEAD") != 0) {
+		http_send_error(conn, 405, "method %s not allowed here", ri->request_method);
+		return 1;
+	}
+	/* The page is inline HTML/JS/CSS; it may talk only to this origin. */
+	mg_printf(conn,
+	          "HTTP/1.1 200 OK\r\n"
+	          "Content-Type: text/html; charset=utf-8\r\n"
+	          "Content-Length: %zu\r\n"
+	          "Cache-Control: no-store\r\n"
+	          "X-Content-Type-Options: nosniff\r\n"
+	          "X-Frame-Options: DENY\r\n"
+	          "Referrer-Policy: no-referrer\r\n"
+	          "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "
+	          "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; "
+	          "form-action 'none'; frame-ancestors 'none'\r\n"
+	          "Connection: close\r\n\r\n",
+	          cp_ui_page_len);
+	if (strcmp(ri->request_method, "GET") == 0)
+		mg_write(conn, cp_ui_page, cp_ui_page_len);
+	(void)cbdata;
+	return 1;
+}

@@ -1,0 +1,321 @@
+/* main.c — jobvisor-cp: command line, wiring, signals, the sweep timer.
+ *
+ *   jobvisor-cp --listen ADDR:PORT --db FILE.sqlite --admin-token-file F --agents-file F [options]
+ *
+ * The composition root of the reference control plane: it loads the token
+ * files, opens the database (migrating it), starts the WebSocket hub and
+ * civetweb, prints "listening on http://ADDR:PORT" on stdout (the real port
+ * when PORT is 0, so tests can use OS-assigned ports), then waits for SIGINT
+ * or SIGTERM while running the lease/ack sweep and a WAL checkpoint twice a
+ * second. Signals are
+ * blocked in every thread and taken with sigtimedwait here, so no work is
+ * done in a handler. Exit status: 0 after a signal, 1 runtime failure, 2 usage
+ * or configuration error. */
+#include "cp.h"
+
+#include <civetweb.h>
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "jobvisor/log.h"
+#include "jobvisor/util.h"
+
+#define SWEEP_MS 500
+
+static void usage(FILE *f)
+{
+	fputs("usage: jobvisor-cp --listen ADDR:PORT --db FILE.sqlite --admin-token-file F --agents-file F\n"
+	      "                   [--job-types T1,T2] [--lease-seconds N] [--ack-seconds N]\n"
+	      "                   [--poll-interval N] [--max-wait N] [--retry-backoff N] [--threads N]\n"
+	      "                   [--sync normal|full] [--log-level L] [--log-format logfmt|json]\n"
+	      "\n"
+	      "  --listen ADDR:PORT      IPv4 address and port; port 0 picks a free port, printed on stdout\n"
+	      "  --db FILE               SQLite database (created and migrated as needed)\n"
+	      "  --admin-token-file F    one token for UI and panel calls (mode 0600)\n"
+	      "  --agents-file F         'agentId token' per line, '#' comments (mode 0600)\n"
+	      "  --job-types LIST        custom job types accepted besides the 11 standard ones\n"
+	      "  --lease-seconds N       a run not listed in its agent's polls for N s is lost (60)\n"
+	      "  --ack-seconds N         an assignment without a first event for N s is lost (30)\n"
+	      "  --poll-interval N       poll interval told to agents (3)\n"
+	      "  --max-wait N            longest long poll in seconds (25)\n"
+	      "  --retry-backoff N       automatic retry delay N * 2^(attempt-1) s, capped at 300 (5)\n"
+	      "  --threads N             HTTP worker threads (64); see docs/protocol.md, long poll\n"
+	      "  --sync normal|full      SQLite synchronous mode (normal)\n",
+	      f);
+}
+
+static int parse_int(const char *s, int lo, int hi, int *out)
+{
+	char *end = NULL;
+	errno = 0;
+	long v = strtol(s, &end, 10);
+	if (errno || !*s || *end || v < lo || v > hi)
+		return -1;
+	*out = (int)v;
+	return 0;
+}
+
+/* "A.B.C.D:PORT" -> civetweb's listening_ports value (same text). */
+static int check_listen(const char *s)
+{
+	const char *colon = strrchr(s, ':');
+	if (!colon || colon == s || strchr(s, '[') || colon - s > 15)
+		return -1;
+	int port;
+	if (parse_int(colon + 1, 0, 65535, &port) < 0)
+		return -1;
+	unsigned a, b, c, d;
+	char tail;
+	char host[16];
+	memcpy(host, s, (size_t)(colon - s));
+	host[colon - s] = '\0';
+	if (sscanf(host, "%u.%u.%u.%u%c", &a, &b, &c, &d, &tail) != 4 || a > 255 || b > 255 || c > 255 || d > 255)
+		return -1;
+	return 0;
+}
+
+static int parse_job_types(char *list, struct cp_config *cfg)
+{
+	size_t n = 1;
+	for (const char *p = list; *p; p++)
+		n += *p == ',';
+	cfg->job_types = calloc(n, sizeof(char *));
+	if (!cfg->job_types)
+		return -1;
+	char *save = NULL;
+	for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		if (!jv_job_type_valid(t)) {
+			fprintf(stderr, "jobvisor-cp: bad job type '%s' (must match ^[A-Z][A-Z0-9_]{0,63}$)\n", t);
+			return -1;
+		}
+		cfg->job_types[cfg->njob_types++] = t;
+	}
+	return 0;
+}
+
+static int parse_args(int argc, char **argv, struct cp_config *cfg)
+{
+	static const struct option opts[] = {
+		{"listen", required_argument, NULL, 'l'},
+		{"db", required_argument, NULL, 'd'},
+		{"admin-token-file", required_argument, NULL, 'a'},
+		{"agents-file", required_argument, NULL, 'g'},
+		{"job-types", required_argument, NULL, 'j'},
+		{"lease-seconds", required_argument, NULL, 'L'},
+		{"ack-seconds", required_argument, NULL, 'A'},
+		{"poll-interval", required_argument, NULL, 'p'},
+		{"max-wait", required_argument, NULL, 'w'},
+		{"retry-backoff", required_argument, NULL, 'b'},
+		{"threads", required_argument, NULL, 't'},
+		{"sync", required_argument, NULL, 's'},
+		{"log-level", required_argument, NULL, 'v'},
+		{"log-format", required_argument, NULL, 'f'},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
+		{NULL, 0, NULL, 0},
+	};
+	int level = JV_LOG_INFO, format = JV_LOG_LOGFMT, c;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		int bad = 0;
+		switch (c) {
+		case 'l': cfg->listen = optarg; bad = check_listen(optarg); break;
+		case 'd': cfg->db_path = optarg; break;
+		case 'a': cfg->admin_token_file = optarg; break;
+		case 'g': cfg->agents_file = optarg; break;
+		case 'j': bad = parse_job_types(optarg, cfg); break;
+		case 'L': bad = parse_int(optarg, 1, 86400, &cfg->lease_s); break;
+		case 'A': bad = parse_int(optarg, 1, 86400, &cfg->ack_s); break;
+		case 'p': bad = parse_int(optarg, 1, 300, &cfg->poll_interval_s); break;
+		case 'w': bad = parse_int(optarg, 0, 300, &cfg->max_wait_s); break;
+		case 'b': bad = parse_int(optarg, 0, 3600, &cfg->retry_backoff_s); break;
+		case 't': bad = parse_int(optarg, 8, 1024, &cfg->threads); break;
+		case 's':
+			bad = strcmp(optarg, "full") != 0 && strcmp(optarg, "normal") != 0;
+			cfg->sync_full = strcmp(optarg, "full") == 0;
+			break;
+		case 'v': bad = (level = jv_log_level_parse(optarg)) < 0; break;
+		case 'f': bad = (format = jv_log_format_parse(optarg)) < 0; break;
+		case 'h': usage(stdout); exit(0);
+		case 'V': printf("jobvisor-cp %s\n", JV_VERSION); exit(0);
+		default: usage(stderr); return -1;
+		}
+		if (bad) {
+			const char *name = "?";
+			for (const struct option *o = opts; o->name; o++)
+				if (o->val == c)
+					name = o->name;
+			fprintf(stderr, "jobvisor-cp: bad value '%s' for --%s (see --help)\n", optarg, name);
+			return -1;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "jobvisor-cp: unexpected argument '%s'\n", argv[optind]);
+		return -1;
+	}
+	if (!cfg->listen || !cfg->db_path || !cfg->admin_token_file || !cfg->agents_file) {
+		fputs("jobvisor-cp: --listen, --db, --admin-token-file and --agents-file are required\n", stderr);
+		usage(stderr);
+		return -1;
+	}
+	jv_log_setup((enum jv_log_format)format, (enum jv_log_level)level);
+	return 0;
+}
+
+static int log_from_civetweb(const struct mg_connection *conn, const char *message)
+{
+	(void)conn;
+	jv_warn(NULL, NULL, "http: %s", message);
+	return 1;
+}
+
+static int start_http(struct cp *cp, struct mg_context **out)
+{
+	char threads[16], queue[16];
+	snprintf(threads, sizeof(threads), "%d", cp->cfg.threads);
+	snprintf(queue, sizeof(queue), "%d", cp->cfg.threads * 16);
+	const char *options[] = {
+		"listening_ports", cp->cfg.listen,
+		"num_threads", threads,
+		"connection_queue", queue,
+		"listen_backlog", "1024",
+		"request_timeout_ms", "10000",
+		"enable_keep_alive", "no",
+		"websocket_timeout_ms", "30000",
+		"enable_websocket_ping_pong", "yes",
+		"max_request_size", "16384",
+		NULL,
+	};
+	struct mg_callbacks cb;
+	memset(&cb, 0, sizeof(cb));
+	cb.log_message = log_from_civetweb;
+	struct mg_init_data init = {.callbacks = &cb, .user_data = cp, .configuration_options = options};
+	char errtxt[256] = "";
+	struct mg_error_data errd = {.text = errtxt, .text_buffer_size = sizeof(errtxt)};
+	struct mg_context *ctx = mg_start2(&init, &errd);
+	if (!ctx) {
+		jv_error(NULL, NULL, "cannot listen on '%s': %s", cp->cfg.listen, errtxt[0] ? errtxt : "unknown error");
+		return -1;
+	}
+	mg_set_request_handler(ctx, "/v1", http_handle, cp);
+	mg_set_request_handler(ctx, "/", http_handle_page, cp);
+	mg_set_websocket_handler(ctx, "/v1/ws", ws_on_connect, ws_on_ready, ws_on_data, ws_on_close, cp);
+	*out = ctx;
+	return 0;
+}
+
+static void announce(struct mg_context *ctx, const char *listen)
+{
+	struct mg_server_port ports[4];
+	int n = mg_get_server_ports(ctx, 4, ports);
+	const char *colon = strrchr(listen, ':');
+	int host_len = (int)(colon - listen);
+	for (int i = 0; i < n; i++)
+		printf("listening on http://%.*s:%d\n", host_len, listen, ports[i].port);
+	fflush(stdout);
+}
+
+static void shutdown_wake(struct cp *cp)
+{
+	atomic_store(&cp->stopping, true);
+	pthread_mutex_lock(&cp->mu);
+	for (size_t i = 0; i < cp->nagents; i++)
+		pthread_cond_broadcast(&cp->agents[i].cond);
+	pthread_mutex_unlock(&cp->mu);
+}
+
+int main(int argc, char **argv)
+{
+	struct cp cp;
+	memset(&cp, 0, sizeof(cp));
+	cp.cfg = (struct cp_config){.lease_s = 60, .ack_s = 30, .poll_interval_s = 3, .max_wait_s = 25,
+	                            .retry_backoff_s = 5, .threads = 64};
+	jv_log_set_component("cp");
+	if (parse_args(argc, argv, &cp.cfg) < 0) {
+		free(cp.cfg.job_types);
+		return 2;
+	}
+	int status = 2;
+	struct mg_context *ctx = NULL;
+	sqlite3 *ck = NULL;
+	char err[512];
+	pthread_mutex_init(&cp.mu, NULL);
+	if (tokens_load_admin(cp.cfg.admin_token_file, &cp.admin_token, &cp.admin_token_len, err, sizeof(err)) < 0 ||
+	    tokens_load_agents(cp.cfg.agents_file, &cp.agents, &cp.nagents, err, sizeof(err)) < 0) {
+		jv_error(NULL, NULL, "%s", err);
+		goto out;
+	}
+	for (size_t i = 0; i < cp.nagents; i++) {
+		if (tokens_equal(cp.admin_token, cp.admin_token_len, cp.agents[i].token, cp.agents[i].token_len)) {
+			jv_error(NULL, NULL, "agent '%s' uses the admin token; give it its own", cp.agents[i].id);
+			goto out;
+		}
+	}
+	snprintf(cp.epoch, sizeof(cp.epoch), "%016llx", (unsigned long long)jv_random_u64());
+	cp.ws_max = cp.cfg.threads / 8 > 2 ? cp.cfg.threads / 8 : 2;
+	int reserve = cp.cfg.threads / 4 > 4 ? cp.cfg.threads / 4 : 4;
+	cp.long_polls_max = cp.cfg.threads - cp.ws_max - reserve;
+
+	/* Every thread started from here on inherits the blocked signals. */
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if (db_open(cp.cfg.db_path, cp.cfg.sync_full, &cp.db, err, sizeof(err)) < 0) {
+		jv_error(NULL, NULL, "%s", err);
+		goto out;
+	}
+	status = 1;
+	if (db_open_checkpointer(cp.cfg.db_path, &ck) < 0)
+		goto out;
+	if (ws_hub_start(&cp, &cp.hub) < 0) {
+		jv_error(NULL, NULL, "cannot start the WebSocket broadcaster");
+		goto out;
+	}
+	if (dispatch_recover(&cp) < 0) {
+		jv_error(NULL, NULL, "cannot recover the state in '%s'", cp.cfg.db_path);
+		goto out;
+	}
+	mg_init_library(0);
+	if (start_http(&cp, &ctx) < 0)
+		goto out;
+	announce(ctx, cp.cfg.listen);
+	jv_info(NULL, NULL, "jobvisor-cp %s: %zu agents, %d threads (long polls up to %d, WebSocket clients up to %d)",
+	        JV_VERSION, cp.nagents, cp.cfg.threads, cp.long_polls_max, cp.ws_max);
+
+	struct timespec tick = {.tv_sec = SWEEP_MS / 1000, .tv_nsec = (SWEEP_MS % 1000) * 1000000L};
+	for (;;) {
+		int sig = sigtimedwait(&sigs, NULL, &tick);
+		if (sig == SIGINT || sig == SIGTERM) {
+			jv_info(NULL, NULL, "%s: stopping", jv_signal_name(sig));
+			break;
+		}
+		dispatch_sweep(&cp);
+		db_checkpoint(ck, false);
+	}
+	status = 0;
+out:
+	shutdown_wake(&cp);
+	ws_hub_stop(cp.hub);
+	if (ctx)
+		mg_stop(ctx);
+	ws_hub_free(cp.hub);
+	if (ck && status == 0)
+		db_checkpoint(ck, true);
+	db_close(ck);
+	db_close(cp.db);
+	if (cp.admin_token)
+		explicit_bzero(cp.admin_token, cp.admin_token_len);
+	free(cp.admin_token);
+	tokens_free_agents(cp.agents, cp.nagents);
+	free(cp.cfg.job_types);
+	pthread_mutex_destroy(&cp.mu);
+	return status;
+}

@@ -1,0 +1,434 @@
+/* ws.c — GET /v1/ws: the WebSocket stream of job changes and events.
+ *
+ * Every published message gets the next sequence number and lands in a
+ * bounded in-memory ring (RING_SIZE messages, RING_BYTES of text at most:
+ * the oldest are dropped first). One broadcaster thread sends
+ * new ring entries to every client in order. A client connecting with
+ * ?since=N&epoch=E (the last seq it saw and the epoch from its hello) gets
+ * the missed messages replayed from the ring; a new client, one from another
+ * process lifetime (epoch), or one that fell out of the ring gets a snapshot
+ * (recent jobs and all agents) instead and continues from there. A client
+ * that falls more than the ring behind while connected is closed and
+ * reconnects. Sequence numbers restart with the process; the epoch says so.
+ *
+ * Locks, always in this order: hub.list_mu -> client.wmu -> cp->mu. The ring
+ * is guarded by cp->mu (publishers hold it anyway). Each connected client
+ * pins one civetweb worker thread (civetweb's design), so their number is
+ * capped (cp->ws_max) to leave threads for HTTP. */
+#include "cp.h"
+
+#include <civetweb.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "jobvisor/jsonutil.h"
+#include "jobvisor/log.h"
+#include "jobvisor/util.h"
+
+#define RING_SIZE 8192
+#define RING_BYTES (64u * 1024 * 1024)
+#define CLIENT_FRAME_MAX 65536
+
+struct ws_msg {
+	char *text;
+	size_t len;
+};
+
+struct ws_client {
+	struct mg_connection *conn;
+	pthread_mutex_t wmu;   /* one writer at a time on this connection */
+	uint64_t next;         /* next sequence number to send */
+	int64_t since;         /* -1 = none */
+	bool epoch_ok;
+	bool dead;             /* write failed or closed for lagging: send nothing more */
+	struct ws_client *next_client;
+};
+
+struct ws_hub {
+	struct cp *cp;
+	struct ws_msg ring[RING_SIZE]; /* seq s lives at ring[s % RING_SIZE]; cp->mu */
+	uint64_t head;                 /* last published seq, 0 = none; cp->mu */
+	uint64_t oldest;               /* oldest seq still held (byte budget); cp->mu */
+	size_t bytes;                  /* text held in the ring; cp->mu */
+	bool kick;                     /* a client joined: look again; cp->mu */
+	bool stop;                     /* cp->mu */
+	pthread_cond_t cond;           /* broadcaster waits here with cp->mu */
+	pthread_mutex_t list_mu;
+	struct ws_client *clients;     /* list_mu */
+	int nclients;                  /* connected or connecting; list_mu */
+	pthread_t thread;
+};
+
+static uint64_t oldest_seq(const struct ws_hub *h)
+{
+	uint64_t by_count = h->head >= RING_SIZE ? h->head - RING_SIZE + 1 : 1;
+	return h->oldest > by_count ? h->oldest : by_count;
+}
+
+static void drop_slot(struct ws_hub *h, uint64_t seq)
+{
+	struct ws_msg *m = &h->ring[seq % RING_SIZE];
+	h->bytes -= m->len;
+	free(m->text);
+	m->text = NULL;
+	m->len = 0;
+}
+
+void ws_publish(struct cp *cp, cJSON *msg)
+{
+	struct ws_hub *h = cp->hub;
+	if (!h) {
+		cJSON_Delete(msg);
+		return;
+	}
+	uint64_t seq = h->head + 1;
+	cJSON_AddNumberToObject(msg, "seq", (double)seq);
+	char *text = jv_json_print(msg);
+	cJSON_Delete(msg);
+	if (!text)
+		return; /* out of memory: the message is lost, sequence numbers stay dense */
+	if (seq > RING_SIZE)
+		drop_slot(h, seq - RING_SIZE); /* the slot we are about to reuse */
+	struct ws_msg *slot = &h->ring[seq % RING_SIZE];
+	slot->text = text;
+	slot->len = strlen(text);
+	h->bytes += slot->len;
+	h->head = seq;
+	if (h->oldest == 0)
+		h->oldest = 1;
+	/* Large messages (big params or outputs) must not make the ring unbounded. */
+	while (h->bytes > RING_BYTES && h->oldest < h->head) {
+		uint64_t o = oldest_seq(h);
+		drop_slot(h, o);
+		h->oldest = o + 1;
+	}
+	pthread_cond_signal(&h->cond);
+}
+
+/* Copies of ring messages [from, head] (cp->mu held). */
+static struct ws_msg *copy_range(struct ws_hub *h, uint64_t from, size_t *n)
+{
+	*n = 0;
+	if (from > h->head)
+		return NULL;
+	size_t count = (size_t)(h->head - from + 1);
+	struct ws_msg *out = calloc(count, sizeof(*out));
+	if (!out)
+		return NULL;
+	for (uint64_t s = from; s <= h->head; s++) {
+		const struct ws_msg *m = &h->ring[s % RING_SIZE];
+		if (!m->text)
+			continue;
+		out[*n].text = strdup(m->text);
+		out[*n].len = m->len;
+		if (out[*n].text)
+			(*n)++;
+	}
+	return out;
+}
+
+static void send_copies(struct ws_client *c, struct ws_msg *msgs, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (!c->dead && mg_websocket_write(c->conn, MG_WEBSOCKET_OPCODE_TEXT, msgs[i].text, msgs[i].len) <= 0)
+			c->dead = true;
+		free(msgs[i].text);
+	}
+	free(msgs);
+}
+
+static void send_json(struct ws_client *c, cJSON *o)
+{
+	char *text = o ? jv_json_print(o) : NULL;
+	if (text && !c->dead && mg_websocket_write(c->conn, MG_WEBSOCKET_OPCODE_TEXT, text, strlen(text)) <= 0)
+		c->dead = true;
+	free(text);
+}
+
+static void *broadcaster(void *arg)
+{
+	struct ws_hub *h = arg;
+	struct cp *cp = h->cp;
+	uint64_t seen = 0;
+	pthread_mutex_lock(&cp->mu);
+	seen = h->head;
+	for (;;) {
+		while (!h->stop && h->head == seen && !h->kick)
+			pthread_cond_wait(&h->cond, &cp->mu);
+		if (h->stop)
+			break;
+		seen = h->head;
+		h->kick = false;
+		pthread_mutex_unlock(&cp->mu);
+
+		pthread_mutex_lock(&h->list_mu);
+		for (struct ws_client *c = h->clients; c; c = c->next_client) {
+			pthread_mutex_lock(&c->wmu);
+			size_t n = 0;
+			struct ws_msg *msgs = NULL;
+			bool lagging = false;
+			pthread_mutex_lock(&cp->mu);
+			if (!c->dead && c->next < oldest_seq(h))
+				lagging = true;
+			else if (!c->dead && c->next <= h->head)
+				msgs = copy_range(h, c->next, &n);
+			c->next = h->head + 1;
+			pthread_mutex_unlock(&cp->mu);
+			if (lagging) {
+				/* Too far behind to catch up from the ring: it reconnects and gets a snapshot. */
+				static const char bye[] = "{\"type\":\"overflow\"}";
+				mg_websocket_write(c->conn, MG_WEBSOCKET_OPCODE_TEXT, bye, sizeof(bye) - 1);
+				mg_websocket_write(c->conn, MG_WEBSOCKET_OPCODE_CONNECTION_CLOSE, "\x03\xf0", 2);
+				c->dead = true;
+			}
+			send_copies(c, msgs, n);
+			pthread_mutex_unlock(&c->wmu);
+		}
+		pthread_mutex_unlock(&h->list_mu);
+		pthread_mutex_lock(&cp->mu);
+	}
+	pthread_mutex_unlock(&cp->mu);
+	return NULL;
+}
+
+int ws_hub_start(struct cp *cp, struct ws_hub **out)
+{
+	struct ws_hub *h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	h->cp = cp;
+	pthread_cond_init(&h->cond, NULL);
+	pthread_mutex_init(&h->list_mu, NULL);
+	int rc = pthread_create(&h->thread, NULL, broadcaster, h);
+	if (rc != 0) {
+		pthread_cond_destroy(&h->cond);
+		pthread_mutex_destroy(&h->list_mu);
+		free(h);
+		return -rc;
+	}
+	*out = h;
+	return 0;
+}
+
+void ws_hub_stop(struct ws_hub *h)
+{
+	if (!h)
+		return;
+	struct cp *cp = h->cp;
+	pthread_mutex_lock(&cp->mu);
+	h->stop = true;
+	pthread_cond_signal(&h->cond);
+	pthread_mutex_unlock(&cp->mu);
+	pthread_join(h->thread, NULL);
+}
+
+void ws_hub_free(struct ws_hub *h)
+{
+	if (!h)
+		return;
+	for (size_t i = 0; i < RING_SIZE; i++)
+		free(h->ring[i].text);
+	pthread_cond_destroy(&h->cond);
+	pthread_mutex_destroy(&h->list_mu);
+	free(h);
+}
+
+static void reject(const struct mg_connection *conn, int status, const char *body, const char *extra)
+{
+	mg_printf((struct mg_connection *)conn,
+	          "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n%s"
+	          "Connection: close\r\n\r\n%s",
+	          status, mg_get_response_code_text(conn, status), strlen(body), extra ? extra : "", body);
+}
+
+int ws_on_connect(const struct mg_connection *conn, void *cbdata)
+{
+	struct cp *cp = cbdata;
+	struct ws_hub *h = cp->hub;
+	char token[CP_TOKEN_MAX + 1] = "", since[32] = "", epoch[sizeof(cp->epoch) + 1] = "";
+	struct cp_agent *agent = NULL;
+	int q = http_query(conn, "token", token, sizeof(token));
+	enum http_auth auth = http_authenticate(cp, conn, q > 0 ? token : NULL, &agent);
+	explicit_bzero(token, sizeof(token));
+	if (auth == AUTH_NONE) {
+		reject(conn, 401, "{\"error\":\"unauthorized\"}", "WWW-Authenticate: Bearer\r\n");
+		return 1;
+	}
+	if (auth != AUTH_ADMIN) {
+		reject(conn, 403, "{\"error\":\"the stream needs the admin token\"}", NULL);
+		return 1;
+	}
+	struct ws_client *c = calloc(1, sizeof(*c));
+	if (!c) {
+		reject(conn, 500, "{\"error\":\"out of memory\"}", NULL);
+		return 1;
+	}
+	c->since = -1;
+	if (http_query(conn, "since", since, sizeof(since)) > 0) {
+		char *end = NULL;
+		long long v = strtoll(since, &end, 10);
+		if (!*end && v >= 0)
+			c->since = v;
+	}
+	c->epoch_ok = http_query(conn, "epoch", epoch, sizeof(epoch)) > 0 && strcmp(epoch, cp->epoch) == 0;
+	pthread_mutex_lock(&h->list_mu);
+	bool full = h->nclients >= cp->ws_max;
+	if (!full)
+		h->nclients++;
+	pthread_mutex_unlock(&h->list_mu);
+	if (full) {
+		free(c);
+		reject(conn, 503, "{\"error\":\"too many WebSocket clients\"}", "Retry-After: 5\r\n");
+		return 1;
+	}
+	pthread_mutex_init(&c->wmu, NULL);
+	c->conn = (struct mg_connection *)conn;
+	mg_set_user_connection_data(conn, c);
+	return 0;
+}
+
+static cJSON *snapshot(struct cp *cp)
+{
+	struct store_filter f = {.limit = CP_SNAPSHOT_JOBS};
+	cJSON *jobs = NULL;
+	int64_t next = 0;
+	cJSON *o = cJSON_CreateObject();
+	if (!o || store_list_jobs(cp, &f, &jobs, &next) < 0) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	cJSON_AddStringToObject(o, "type", "snapshot");
+	cJSON_AddNumberToObject(o, "seq", (double)cp->hub->head);
+	cJSON_AddItemToObject(o, "jobs", jobs);
+	cJSON *agents = store_agents_json(cp);
+	cJSON_AddItemToObject(o, "agents", agents ? agents : cJSON_CreateArray());
+	return o;
+}
+
+void ws_on_ready(struct mg_connection *conn, void *cbdata)
+{
+	struct cp *cp = cbdata;
+	struct ws_hub *h = cp->hub;
+	struct ws_client *c = mg_get_user_connection_data(conn);
+	if (!c)
+		return;
+	pthread_mutex_lock(&c->wmu);
+	pthread_mutex_lock(&cp->mu);
+	uint64_t oldest = oldest_seq(h);
+	bool replay = c->since >= 0 && c->epoch_ok && (uint64_t)c->since + 1 >= oldest &&
+	              (uint64_t)c->since <= h->head;
+	cJSON *hello = cJSON_CreateObject();
+	cJSON_AddStringToObject(hello, "type", "hello");
+	cJSON_AddStringToObject(hello, "epoch", cp->epoch);
+	cJSON_AddNumberToObject(hello, "seq", (double)h->head);
+	cJSON_AddNumberToObject(hello, "oldestSeq", (double)oldest);
+	cJSON_AddStringToObject(hello, "replay", replay ? "ring" : "snapshot");
+	size_t n = 0;
+	struct ws_msg *msgs = NULL;
+	cJSON *snap = NULL;
+	if (replay)
+		msgs = copy_range(h, (uint64_t)c->since + 1, &n);
+	else
+		snap = snapshot(cp);
+	c->next = h->head + 1;
+	pthread_mutex_unlock(&cp->mu);
+	send_json(c, hello);
+	if (snap)
+		send_json(c, snap);
+	send_copies(c, msgs, n);
+	cJSON_Delete(hello);
+	cJSON_Delete(snap);
+	pthread_mutex_unlock(&c->wmu);
+
+	pthread_mutex_lock(&h->list_mu);
+	c->next_client = h->clients;
+	h->clients = c;
+	pthread_mutex_unlock(&h->list_mu);
+	/* Messages published since we read head: let the broadcaster send them. */
+	pthread_mutex_lock(&cp->mu);
+	h->kick = true;
+	pthread_cond_signal(&h->cond);
+	pthread_mutex_unlock(&cp->mu);
+}
+
+/* Requests from the page: {"op":"events","jobRunId":ID,"after":N} -> the run's stored events. */
+static void answer_op(struct cp *cp, struct ws_client *c, const cJSON *req)
+{
+	const char *op = jv_json_str(req, "op", "");
+	cJSON *ans = cJSON_CreateObject();
+	if (!ans)
+		return;
+	if (strcmp(op, "events") == 0) {
+		const char *run_id = jv_json_str(req, "jobRunId", "");
+		int64_t after = jv_json_int(req, "after", 0);
+		cJSON *events = NULL;
+		int rc = -EINVAL;
+		if (jv_run_id_valid(run_id) && after >= 0) {
+			pthread_mutex_lock(&cp->mu);
+			rc = store_events(cp, run_id, after, 1000, &events);
+			pthread_mutex_unlock(&cp->mu);
+		}
+		cJSON_AddStringToObject(ans, "type", "events");
+		cJSON_AddStringToObject(ans, "jobRunId", run_id);
+		if (rc == 0)
+			cJSON_AddItemToObject(ans, "events", events);
+		else
+			cJSON_AddStringToObject(ans, "error", "cannot read the run's events");
+	} else {
+		cJSON_AddStringToObject(ans, "type", "error");
+		cJSON_AddStringToObject(ans, "error", "unknown op (known: events)");
+	}
+	send_json(c, ans);
+	cJSON_Delete(ans);
+}
+
+int ws_on_data(struct mg_connection *conn, int bits, char *data, size_t len, void *cbdata)
+{
+	struct cp *cp = cbdata;
+	struct ws_client *c = mg_get_user_connection_data(conn);
+	int opcode = bits & 0x0f;
+	/* A client whose writes failed (or that fell behind the ring) is closed
+	 * at its next frame: returning 0 makes civetweb end the connection. */
+	if (!c || c->dead || opcode == MG_WEBSOCKET_OPCODE_CONNECTION_CLOSE)
+		return 0;
+	if (opcode != MG_WEBSOCKET_OPCODE_TEXT || len > CLIENT_FRAME_MAX)
+		return 1; /* pings are answered by civetweb; binary and huge frames are ignored */
+	cJSON *req = jv_json_parse(data, len);
+	pthread_mutex_lock(&c->wmu);
+	if (cJSON_IsObject(req)) {
+		answer_op(cp, c, req);
+	} else {
+		cJSON *e = cJSON_CreateObject();
+		cJSON_AddStringToObject(e, "type", "error");
+		cJSON_AddStringToObject(e, "error", "expected a JSON object");
+		send_json(c, e);
+		cJSON_Delete(e);
+	}
+	pthread_mutex_unlock(&c->wmu);
+	cJSON_Delete(req);
+	return 1;
+}
+
+void ws_on_close(const struct mg_connection *conn, void *cbdata)
+{
+	struct cp *cp = cbdata;
+	struct ws_hub *h = cp->hub;
+	struct ws_client *c = mg_get_user_connection_data(conn);
+	if (!c)
+		return;
+	pthread_mutex_lock(&h->list_mu);
+	for (struct ws_client **pp = &h->clients; *pp; pp = &(*pp)->next_client) {
+		if (*pp == c) {
+			*pp = c->next_client;
+			break;
+		}
+	}
+	h->nclients--;
+	pthread_mutex_unlock(&h->list_mu);
+	mg_set_user_connection_data(conn, NULL);
+	pthread_mutex_destroy(&c->wmu);
+	free(c);
+}

@@ -1,0 +1,132 @@
+"""jobvisor-cp: restarts (clean and kill -9) keep every acknowledged state change.
+
+Also checks the database itself with Python's sqlite3: WAL mode, the schema
+version, refusal of a newer schema, and recovery of a job stored as CREATED
+but never queued (a crash between the two transactions).
+"""
+
+import signal
+import sqlite3
+import subprocess
+import time
+import unittest
+
+from cp_harness import ControlPlane
+
+
+class Restart(unittest.TestCase):
+    def setUp(self):
+        self.cp = ControlPlane(["--lease-seconds", "30"]).start()
+        self.addCleanup(self.cp.close)
+
+    def build_state(self):
+        cp = self.cp
+        agent = cp.agent()
+        done = cp.create_job(instance="i-done")
+        running = cp.create_job(instance="i-run")
+        queued = cp.create_job(instance="i-run")  # waits behind `running`
+        cancelled = cp.create_job(instance="i-cancel", agent=cp.second_agent)
+        cp.api("POST", "/v1/jobs/%s/cancel" % cancelled["jobId"])
+        got = {a["jobId"]: a for a in agent.take(capacity=5)}
+        self.assertEqual(set(got), {done["jobId"], running["jobId"]})
+        a_done, a_run = got[done["jobId"]], got[running["jobId"]]
+        agent.progress(a_done, 50, "half")
+        agent.result(a_done["jobRunId"], "COMPLETED", output={"ok": True})
+        agent.progress(a_run, 10, "one")
+        agent.progress(a_run, 20, "two")
+        return agent, done, running, queued, cancelled, a_run
+
+    def check_after_restart(self, agent, done, running, queued, cancelled, a_run):
+        cp = self.cp
+        d = cp.job(done["jobId"])
+        self.assertEqual(d["status"], "COMPLETED")
+        self.assertEqual(d["runs"][0]["output"], {"ok": True})
+        self.assertEqual(cp.job(cancelled["jobId"])["status"], "CANCELLED")
+        self.assertEqual(cp.job(queued["jobId"])["status"], "QUEUED")
+        r = cp.job(running["jobId"])
+        self.assertEqual(r["status"], "RUNNING")
+        self.assertEqual(r["runs"][0]["lastSeq"], 2)
+        self.assertEqual(r["runs"][0]["message"], "two")
+        events = cp.api("GET", "/v1/runs/%s/events" % a_run["jobRunId"]).json["events"]
+        self.assertEqual([e["message"] for e in events], ["one", "two"])
+        # The agent carries on where it was: resends are deduplicated, new seqs continue.
+        resend = [{"seq": 2, "kind": "progress", "percent": 20, "message": "two"}]
+        self.assertEqual(agent.events(a_run["jobRunId"], resend).json["ackSeq"], 2)
+        self.assertEqual(agent.poll(running=[a_run["jobRunId"]]).json["jobs"], [])
+        agent.progress(a_run, 90, "three")
+        self.assertEqual(agent.result(a_run["jobRunId"], "COMPLETED").status, 200)
+        [nxt] = agent.take(capacity=5)
+        self.assertEqual(nxt["jobId"], queued["jobId"])
+        agents = {a["agentId"]: a for a in cp.api("GET", "/v1/agents").json["agents"]}
+        self.assertIsNotNone(agents[cp.default_agent]["lastSeen"])
+
+    def test_clean_restart_keeps_state(self):
+        state = self.build_state()
+        self.cp.restart()
+        self.check_after_restart(*state)
+
+    def test_kill_9_keeps_every_acknowledged_change(self):
+        state = self.build_state()
+        self.cp.stop(sig=signal.SIGKILL)
+        self.cp.start()
+        self.check_after_restart(*state)
+
+    def test_database_is_wal_with_a_schema_version(self):
+        self.cp.create_job()
+        con = sqlite3.connect(self.cp.db, timeout=10)
+        try:
+            self.assertEqual(con.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 2)
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            self.assertTrue({"agents", "jobs", "job_runs", "events"} <= tables)
+        finally:
+            con.close()
+
+    def test_a_job_stored_but_never_queued_is_queued_at_start(self):
+        self.cp.stop()
+        con = sqlite3.connect(self.cp.db)
+        now = int(time.time() * 1000)
+        con.execute("INSERT INTO jobs (job_id, type, agent_id, instance_id, params, status, max_attempts,"
+                    " created_at, updated_at) VALUES ('crashed-job', 'START_INSTANCE', ?, 'mc', '{}',"
+                    " 'CREATED', 1, ?, ?)", (self.cp.default_agent, now, now))
+        con.commit()
+        con.close()
+        self.cp.start()
+        j = self.cp.job("crashed-job")
+        self.assertEqual(j["status"], "QUEUED")
+        self.assertEqual(len(j["runs"]), 1)
+        self.assertEqual(self.cp.agent().take()[0]["jobId"], "crashed-job")
+
+    def test_an_older_schema_is_migrated_with_data_intact(self):
+        job = self.cp.create_job()
+        self.cp.stop()
+        # Take the database back to schema version 1 (before the jobs_active index).
+        con = sqlite3.connect(self.cp.db)
+        con.execute("DROP INDEX jobs_active")
+        con.execute("PRAGMA user_version = 1")
+        con.commit()
+        con.close()
+        self.cp.start()
+        self.assertIn("schema migrated to version 2", self.cp.stderr_text())
+        self.assertEqual(self.cp.job(job["jobId"])["status"], "QUEUED")
+        con = sqlite3.connect(self.cp.db, timeout=10)
+        try:
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 2)
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+            self.assertIn("jobs_active", names)
+        finally:
+            con.close()
+
+    def test_a_newer_schema_is_refused(self):
+        self.cp.stop()
+        con = sqlite3.connect(self.cp.db)
+        con.execute("PRAGMA user_version = 99")
+        con.commit()
+        con.close()
+        r = subprocess.run(self.cp.command(), capture_output=True, timeout=30)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn(b"newer than this jobvisor-cp", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
