@@ -196,14 +196,14 @@ EOF
 echo "$RESULTS"
 
 if [ "$WRITE_DOCS" = 1 ]; then
-	python3 - "$SRC/docs/performance.md" "$RESULTS" <<'EOF'
+	python3 - "$SRC/docs/performance.md" "$RESULTS" "$SRC/tests/bench/bench_archive.md" <<'EOF'
 import re, sys
 path, results = sys.argv[1], sys.argv[2]
 doc = open(path).read()
 section = ("## Archive and download\n\n"
            "`tests/bench/bench_archive.sh BUILD_DIR --write-docs`: the archive and download\n"
            "modules through `jobvisor run` against the standard tools, on a generated game-world\n"
-           "data set in /tmp.\n\n" + results + "\n")
+           "data set in /tmp.\n\n" + results + "\n\n" + open(sys.argv[3]).read())
 pat = re.compile(r"^## Archive and download\n.*?(?=^## |\Z)", re.S | re.M)
 doc = pat.sub(lambda m: section + "\n", doc) if pat.search(doc) else doc.rstrip("\n") + "\n\n" + section
 open(path, "w").write(doc)
