@@ -1,8 +1,271 @@
-/* api_archive.c — the `archive` module (placeholder until its issue lands: an empty table). */
-#include "jvlua.h"
+/* api_archive.c — the `archive` module: create, extract, verify, list.
+ *
+ * A thin binding over lua/arch*.c. Paths are instance paths (see api_fs.c);
+ * the source directory and the archive file are resolved beneath the
+ * instance, the destinations are created there. Manifests cross the boundary
+ * as Lua tables in the JSON shape of docs/lua-api.md (json.encode/decode
+ * round-trip them). */
+#include "apiutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "arch.h"
+
+#define ARCHIVE_MAX_EXCLUDES 1024
+#define ARCHIVE_DEFAULT_RESERVE (128ll << 20)
+
+/* Manifest from the Lua value at idx; pushes nothing. 0 or -EINVAL with err. */
+static int manifest_arg(lua_State *L, int idx, struct arch_manifest *m, char *err, size_t errlen)
+{
+	if (lua_type(L, idx) != LUA_TTABLE) {
+		snprintf(err, errlen, "a manifest must be a table (as returned by archive.create)");
+		return -EINVAL;
+	}
+	char jerr[256];
+	cJSON *j = jv_lua_to_json(L, idx, jerr, sizeof(jerr));
+	if (!j) {
+		snprintf(err, errlen, "manifest is not JSON data: %s", jerr);
+		return -EINVAL;
+	}
+	int rc = arch_manifest_from_json(j, m, err, errlen);
+	cJSON_Delete(j);
+	return rc;
+}
+
+static int l_archive_create(lua_State *L)
+{
+	static const char *const keys[] = {"level", "threads", "exclude", "progress", NULL};
+	char src[FSX_PATH_MAX], dst[FSX_PATH_MAX];
+	apiutil_path(L, 1, src, false);
+	apiutil_path(L, 2, dst, true);
+	apiutil_opts(L, 3, "archive.create", keys);
+	struct arch_create_opts o = {0};
+	o.level = (int)apiutil_opt_int(L, 3, "level", 3, 1, 19);
+	o.threads = (int)apiutil_opt_int(L, 3, "threads", 0, 0, 256);
+	const char *pats[ARCHIVE_MAX_EXCLUDES];
+	if (!lua_isnoneornil(L, 3) && lua_getfield(L, 3, "exclude") != LUA_TNIL) {
+		luaL_argcheck(L, lua_istable(L, -1), 3, "exclude must be an array of patterns");
+		lua_Integer n = luaL_len(L, -1);
+		luaL_argcheck(L, n <= ARCHIVE_MAX_EXCLUDES, 3, "too many exclude patterns");
+		for (lua_Integer i = 1; i <= n; i++) {
+			lua_rawgeti(L, -1, i);
+			luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 3, "exclude patterns must be strings");
+			pats[o.nexclude++] = lua_tostring(L, -1); /* kept alive by the table */
+			lua_pop(L, 1);
+		}
+		o.exclude = pats;
+	}
+	struct fsx fx;
+	apiutil_fsx(L, &fx);
+	struct apiutil_tick t;
+	apiutil_tick_init(L, 3, &t, "archiving");
+	o.hooks = &t.hooks;
+	int sfd = -1, dfd = -1;
+	const char *dlast;
+	int rc = fsx_open(&fx, src, O_RDONLY | O_DIRECTORY, 0, 0, &sfd);
+	if (rc < 0)
+		return apiutil_fail(L, rc, "archive", src);
+	rc = apiutil_parent(&fx, dst, &dfd, &dlast);
+	if (rc < 0) {
+		close(sfd);
+		return apiutil_fail(L, rc, "create archive", dst);
+	}
+	struct arch_create_result r;
+	char err[1024];
+	char prefix[FSX_PATH_MAX + 64];
+	rc = arch_create(sfd, dfd, dlast, &o, &r, err, sizeof(err));
+	close(sfd);
+	close(dfd);
+	if (rc < 0) {
+		arch_create_result_free(&r);
+		snprintf(prefix, sizeof(prefix), "cannot create archive '%s'", dst);
+		return apiutil_fail_msg(L, rc, prefix, err);
+	}
+	apiutil_tick_done(&t);
+	cJSON *j = arch_manifest_to_json(&r.manifest);
+	if (!j) {
+		arch_create_result_free(&r);
+		return luaL_error(L, "out of memory");
+	}
+	jv_json_to_lua(L, j);
+	cJSON_Delete(j);
+	lua_createtable(L, 0, 5);
+	lua_pushinteger(L, (lua_Integer)r.files);
+	lua_setfield(L, -2, "files");
+	lua_pushinteger(L, (lua_Integer)r.dirs);
+	lua_setfield(L, -2, "dirs");
+	lua_pushinteger(L, (lua_Integer)r.symlinks);
+	lua_setfield(L, -2, "symlinks");
+	lua_pushinteger(L, (lua_Integer)r.data_bytes);
+	lua_setfield(L, -2, "bytes");
+	apiutil_push_array(L);
+	for (size_t i = 0; i < r.nskipped; i++) {
+		lua_pushstring(L, r.skipped[i]);
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+	}
+	lua_setfield(L, -2, "skipped");
+	arch_create_result_free(&r);
+	return 2;
+}
+
+static int l_archive_extract(lua_State *L)
+{
+	static const char *const keys[] = {"strip_components", "max_bytes", "reserve_bytes",
+	                                   "manifest", "progress", NULL};
+	char file[FSX_PATH_MAX], dst[FSX_PATH_MAX];
+	apiutil_path(L, 1, file, false);
+	apiutil_path(L, 2, dst, true);
+	apiutil_opts(L, 3, "archive.extract", keys);
+	struct arch_extract_opts o = {0};
+	o.strip = (int)apiutil_opt_int(L, 3, "strip_components", 0, 0, 64);
+	o.max_bytes = (uint64_t)apiutil_opt_int(L, 3, "max_bytes", 0, 0, INT64_MAX);
+	o.reserve_bytes =
+	    (uint64_t)apiutil_opt_int(L, 3, "reserve_bytes", ARCHIVE_DEFAULT_RESERVE, 0, INT64_MAX);
+	struct arch_manifest m;
+	arch_manifest_init(&m);
+	char err[1024];
+	char prefix[FSX_PATH_MAX + 64];
+	snprintf(prefix, sizeof(prefix), "cannot extract '%s'", file);
+	if (!lua_isnoneornil(L, 3) && lua_getfield(L, 3, "manifest") != LUA_TNIL) {
+		int rc = manifest_arg(L, -1, &m, err, sizeof(err));
+		lua_pop(L, 1);
+		if (rc < 0)
+			return apiutil_fail_msg(L, rc, prefix, err);
+		o.manifest = &m;
+	}
+	struct fsx fx;
+	apiutil_fsx(L, &fx);
+	struct apiutil_tick t;
+	apiutil_tick_init(L, 3, &t, "extracting");
+	o.hooks = &t.hooks;
+	int afd = -1, dfd = -1;
+	const char *alast, *dlast;
+	int rc = fsx_parent(&fx, file, 0, &afd, &alast);
+	if (rc < 0) {
+		arch_manifest_free(&m);
+		return apiutil_fail(L, rc, "extract", file);
+	}
+	rc = apiutil_parent(&fx, dst, &dfd, &dlast);
+	if (rc < 0) {
+		close(afd);
+		arch_manifest_free(&m);
+		return apiutil_fail(L, rc, "extract into", dst);
+	}
+	struct arch_extract_result r;
+	rc = arch_extract(afd, alast, dfd, dlast, &o, &r, err, sizeof(err));
+	close(afd);
+	close(dfd);
+	arch_manifest_free(&m);
+	if (rc < 0)
+		return apiutil_fail_msg(L, rc, prefix, err);
+	apiutil_tick_done(&t);
+	lua_createtable(L, 0, 5);
+	lua_pushinteger(L, (lua_Integer)r.files);
+	lua_setfield(L, -2, "files");
+	lua_pushinteger(L, (lua_Integer)r.dirs);
+	lua_setfield(L, -2, "dirs");
+	lua_pushinteger(L, (lua_Integer)r.symlinks);
+	lua_setfield(L, -2, "symlinks");
+	lua_pushinteger(L, (lua_Integer)r.hardlinks);
+	lua_setfield(L, -2, "hardlinks");
+	lua_pushinteger(L, (lua_Integer)r.bytes);
+	lua_setfield(L, -2, "bytes");
+	return 1;
+}
+
+static int l_archive_verify(lua_State *L)
+{
+	static const char *const keys[] = {"progress", NULL};
+	char file[FSX_PATH_MAX];
+	apiutil_path(L, 1, file, false);
+	luaL_checktype(L, 2, LUA_TTABLE);
+	apiutil_opts(L, 3, "archive.verify", keys);
+	char err[1024], prefix[FSX_PATH_MAX + 64];
+	snprintf(prefix, sizeof(prefix), "archive '%s' failed verification", file);
+	struct arch_manifest m;
+	int rc = manifest_arg(L, 2, &m, err, sizeof(err));
+	if (rc < 0)
+		return apiutil_fail_msg(L, rc, prefix, err);
+	struct fsx fx;
+	apiutil_fsx(L, &fx);
+	struct apiutil_tick t;
+	apiutil_tick_init(L, 3, &t, "verifying");
+	int afd;
+	const char *alast;
+	rc = fsx_parent(&fx, file, 0, &afd, &alast);
+	if (rc < 0) {
+		arch_manifest_free(&m);
+		return apiutil_fail(L, rc, "verify", file);
+	}
+	rc = arch_verify(afd, alast, &m, &t.hooks, err, sizeof(err));
+	close(afd);
+	arch_manifest_free(&m);
+	if (rc < 0)
+		return apiutil_fail_msg(L, rc, prefix, err);
+	apiutil_tick_done(&t);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int l_archive_list(lua_State *L)
+{
+	char file[FSX_PATH_MAX];
+	apiutil_path(L, 1, file, false);
+	struct fsx fx;
+	apiutil_fsx(L, &fx);
+	struct apiutil_tick t;
+	apiutil_tick_init(L, 0, &t, "listing");
+	int afd;
+	const char *alast;
+	int rc = fsx_parent(&fx, file, 0, &afd, &alast);
+	if (rc < 0)
+		return apiutil_fail(L, rc, "list", file);
+	struct arch_manifest l;
+	char err[1024], prefix[FSX_PATH_MAX + 64];
+	rc = arch_list(afd, alast, &l, &t.hooks, err, sizeof(err));
+	close(afd);
+	if (rc < 0) {
+		snprintf(prefix, sizeof(prefix), "cannot list '%s'", file);
+		return apiutil_fail_msg(L, rc, prefix, err);
+	}
+	apiutil_push_array(L);
+	for (size_t i = 0; i < l.n; i++) {
+		const struct arch_entry *e = &l.v[i];
+		lua_createtable(L, 0, 6);
+		lua_pushstring(L, e->path);
+		lua_setfield(L, -2, "path");
+		lua_pushstring(L, arch_type_name(e->type));
+		lua_setfield(L, -2, "type");
+		lua_pushinteger(L, (lua_Integer)e->size);
+		lua_setfield(L, -2, "size");
+		lua_pushinteger(L, (lua_Integer)e->mode);
+		lua_setfield(L, -2, "mode");
+		lua_pushinteger(L, (lua_Integer)e->mtime);
+		lua_setfield(L, -2, "mtime");
+		if (e->target) {
+			lua_pushstring(L, e->target);
+			lua_setfield(L, -2, "target");
+		}
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+	}
+	arch_manifest_free(&l);
+	return 1;
+}
+
+static const luaL_Reg archive_funcs[] = {
+	{"create", l_archive_create},
+	{"extract", l_archive_extract},
+	{"verify", l_archive_verify},
+	{"list", l_archive_list},
+	{NULL, NULL},
+};
 
 int luaopen_jv_archive(lua_State *L)
 {
-	lua_newtable(L);
+	luaL_newlib(L, archive_funcs);
 	return 1;
 }

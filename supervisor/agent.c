@@ -1,10 +1,248 @@
-/* agent.c — `jobvisor agent` (placeholder until its issue lands). */
+/* agent.c — `jobvisor agent`: set up, run the loop, reload, shut down.
+ *
+ * Everything that can be wrong with the configuration (settings, token file,
+ * data dir, another agent on the same data dir) is found before the agent
+ * reports READY, and ends it with exit status 2 and one clear message —
+ * never a half-started agent. After that, nothing but a clean shutdown ends
+ * it: failures of the control plane, the disk or a job run are logged and
+ * retried. The token is read here, handed to the transport, and wiped. */
+#include <errno.h>
+#include <pwd.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
+#include "agent.h"
 #include "commands.h"
+#include "delivery.h"
+#include "jobvisor/log.h"
+#include "jobvisor/util.h"
+#include "loop.h"
+#include "poller.h"
+#include "scheduler.h"
+#include "spool.h"
+#include "transport.h"
+
+static int usage(void)
+{
+	fprintf(stderr, "usage: jobvisor agent [--config FILE] [--check-config]\n"
+	                "  settings come from FILE (key = value lines) and JOBVISOR_* variables,\n"
+	                "  which override the file; see docs/operations.md\n");
+	return 2;
+}
+
+static void transport_opts_from(const struct config *cfg, const char *token,
+                                struct transport_opts *o)
+{
+	*o = (struct transport_opts){
+		.base_url = cfg->url,
+		.token = token,
+		.ca_file = cfg->tls_ca_file,
+		.insecure = cfg->tls_insecure_loopback,
+		.connect_timeout_ms = (long)cfg->connect_timeout_s * 1000,
+		.max_response = (size_t)cfg->max_response,
+	};
+}
+
+/* uid/gid for job runs: only when running as root with `user` set. */
+static void resolve_run_user(const struct config *cfg, int *uid, int *gid)
+{
+	*uid = *gid = -1;
+	if (!cfg->user || geteuid() != 0)
+		return;
+	struct passwd *pw = getpwnam(cfg->user);
+	if (pw) {
+		*uid = (int)pw->pw_uid;
+		*gid = (int)pw->pw_gid;
+	}
+}
+
+void agent_reload(struct agent *ag)
+{
+	char err[512];
+	struct config nc;
+	sdnotify_send(&ag->notify, "RELOADING=1");
+	if (config_load(ag->config_path, NULL, &nc, err, sizeof(err))) {
+		jv_error(NULL, NULL, "reload failed, keeping the current configuration: %s", err);
+		sdnotify_send(&ag->notify, "READY=1");
+		return;
+	}
+	char *token = NULL;
+	if (config_read_token(&nc, &token, err, sizeof(err))) {
+		jv_error(NULL, NULL, "reload failed, keeping the current configuration: %s", err);
+		config_free(&nc);
+		sdnotify_send(&ag->notify, "READY=1");
+		return;
+	}
+	cJSON *settings = config_child_settings(&nc);
+	struct transport_opts o;
+	transport_opts_from(&nc, token, &o);
+	if (!settings || transport_configure(ag->tp, &o)) {
+		jv_error(NULL, NULL, "reload failed, keeping the current configuration: out of memory");
+		cJSON_Delete(settings);
+		config_free_token(token);
+		config_free(&nc);
+		sdnotify_send(&ag->notify, "READY=1");
+		return;
+	}
+	config_free_token(token);
+	if (strcmp(nc.data_dir, ag->cfg.data_dir) != 0) {
+		jv_warn(NULL, NULL, "data_dir cannot change while running; keeping '%s' until a restart",
+		        ag->cfg.data_dir);
+		char *keep = ag->cfg.data_dir;
+		ag->cfg.data_dir = nc.data_dir;
+		nc.data_dir = keep;
+		cJSON_ReplaceItemInObjectCaseSensitive(settings, "dataDir",
+		                                       cJSON_CreateString(nc.data_dir));
+	}
+	/* Runs that are going already copied their spec; new runs get the new settings. */
+	struct config old = ag->cfg;
+	ag->cfg = nc;
+	config_free(&old);
+	cJSON_Delete(ag->child_settings);
+	ag->child_settings = settings;
+	resolve_run_user(&ag->cfg, &ag->run_uid, &ag->run_gid);
+	jv_log_setup((enum jv_log_format)ag->cfg.log_format, (enum jv_log_level)ag->cfg.log_level);
+	ag->poller.bo.max_ms = ag->cfg.backoff_max_ms;
+	for (struct srun *r = ag->runs; r; r = r->next)
+		r->bo.max_ms = ag->cfg.backoff_max_ms;
+	poller_poll_now(ag);
+	jv_info(NULL, NULL, "configuration reloaded: url=%s capacity=%d poll_interval=%.1fs",
+	        ag->cfg.url, ag->cfg.capacity, (double)ag->cfg.poll_interval_ms / 1000.0);
+	sdnotify_send(&ag->notify, "READY=1");
+}
+
+void agent_begin_shutdown(struct agent *ag)
+{
+	int64_t now = jv_now_mono_ms();
+	ag->stopping = true;
+	ag->stop_at_ms = now;
+	ag->kill_at_ms = now + (int64_t)ag->cfg.shutdown_grace_s * 1000;
+	ag->exit_by_ms = ag->kill_at_ms + 2000;
+	sdnotify_send(&ag->notify, "STOPPING=1\nSTATUS=shutting down");
+	poller_abort(ag);
+	scheduler_cancel_all(ag, "shutdown");
+	/* One last delivery attempt for everything, now, whatever its backoff. */
+	for (struct srun *r = ag->runs; r; r = r->next)
+		r->retry_at_ms = 0;
+}
+
+static int setup(struct agent *ag, char *err, size_t errlen)
+{
+	if (config_load(ag->config_path, NULL, &ag->cfg, err, errlen))
+		return 2;
+	jv_log_setup((enum jv_log_format)ag->cfg.log_format, (enum jv_log_level)ag->cfg.log_level);
+	char *token = NULL;
+	if (config_read_token(&ag->cfg, &token, err, errlen))
+		return 2;
+	if (transport_global_init()) {
+		config_free_token(token);
+		snprintf(err, errlen, "cannot initialise libcurl");
+		return 1;
+	}
+	struct transport_opts o;
+	transport_opts_from(&ag->cfg, token, &o);
+	int rc = transport_new(&o, &ag->tp);
+	config_free_token(token);
+	if (rc) {
+		snprintf(err, errlen, "cannot set up HTTP: %s", strerror(-rc));
+		return 1;
+	}
+	rc = spool_open(ag->cfg.data_dir, &ag->spool);
+	if (rc == -EBUSY) {
+		snprintf(err, errlen, "another agent is using data_dir '%s' (runs/.agent.lock is held)",
+		         ag->cfg.data_dir);
+		return 2;
+	}
+	if (rc) {
+		snprintf(err, errlen, "cannot use data_dir '%s': %s", ag->cfg.data_dir, strerror(-rc));
+		return 2;
+	}
+	ag->child_settings = config_child_settings(&ag->cfg);
+	if (!ag->child_settings) {
+		snprintf(err, errlen, "out of memory");
+		return 1;
+	}
+	resolve_run_user(&ag->cfg, &ag->run_uid, &ag->run_gid);
+	rc = loop_signals_init(ag);
+	if (rc) {
+		snprintf(err, errlen, "cannot set up signal handling: %s", strerror(-rc));
+		return 1;
+	}
+	return 0;
+}
+
+static void teardown(struct agent *ag)
+{
+	scheduler_free_all(ag); /* closes records; the spool stays on disk */
+	poller_abort(ag);
+	transport_free(ag->tp);
+	transport_global_cleanup();
+	spool_close(ag->spool);
+	loop_signals_close(ag);
+	sdnotify_close(&ag->notify);
+	cJSON_Delete(ag->child_settings);
+	config_free(&ag->cfg);
+}
 
 int cmd_agent(int argc, char **argv)
 {
-	fprintf(stderr, "jobvisor: 'agent' is not built yet\n");
-	return 2;
+	struct agent ag;
+	memset(&ag, 0, sizeof(ag));
+	ag.sigfd = -1;
+	ag.run_uid = ag.run_gid = -1;
+	ag.notify.fd = -1;
+	bool check_only = false;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+			ag.config_path = argv[++i];
+		} else if (strncmp(argv[i], "--config=", 9) == 0) {
+			ag.config_path = argv[i] + 9;
+		} else if (strcmp(argv[i], "--check-config") == 0) {
+			check_only = true;
+		} else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			usage();
+			return 0;
+		} else {
+			fprintf(stderr, "jobvisor agent: unknown argument '%s'\n", argv[i]);
+			return usage();
+		}
+	}
+	jv_log_set_component("agent");
+	char err[768] = "";
+	int code = setup(&ag, err, sizeof(err));
+	if (code) {
+		jv_error(NULL, NULL, "cannot start the agent: %s", err);
+		teardown(&ag);
+		return code;
+	}
+	if (check_only) {
+		fprintf(stderr, "jobvisor agent: configuration is valid\n");
+		teardown(&ag);
+		return 0;
+	}
+	sdnotify_open(&ag.notify);
+	poller_init(&ag);
+	size_t replayed = scheduler_replay(&ag);
+	jv_info(NULL, NULL,
+	        "agent %s started: url=%s data_dir=%s capacity=%d poll_interval=%.1fs poll_wait=%ds "
+	        "runs_in_spool=%zu",
+	        ag.cfg.agent_id, ag.cfg.url, ag.cfg.data_dir, ag.cfg.capacity,
+	        (double)ag.cfg.poll_interval_ms / 1000.0, ag.cfg.poll_wait_s, replayed);
+	if (!ag.cfg.url_is_loopback && strncmp(ag.cfg.url, "http://", 7) == 0)
+		jv_warn(NULL, NULL, "the control plane URL is plain http: the agent token travels unencrypted");
+	sdnotify_send(&ag.notify, "READY=1\nSTATUS=polling");
+	ag.watchdog_at_ms = jv_now_mono_ms();
+	code = loop_run(&ag);
+	size_t left = 0;
+	for (struct srun *r = ag.runs; r; r = r->next)
+		if (delivery_has_work(r))
+			left++;
+	if (left)
+		jv_warn(NULL, NULL, "stopped with %zu runs not yet delivered; they stay in '%s/runs'",
+		        left, ag.cfg.data_dir);
+	jv_info(NULL, NULL, "agent stopped");
+	teardown(&ag);
+	return code;
 }

@@ -1,0 +1,161 @@
+/* apiutil.c — argument and option checking, the progress/cancel hook and
+ * error mapping shared by api_fs.c, api_archive.c and api_http.c. */
+#include "apiutil.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+void apiutil_fsx(lua_State *L, struct fsx *fx)
+{
+	struct jv_run_ctx *ctx = jv_ctx(L);
+	if (ctx->instance_fd < 0)
+		luaL_error(L, "no instance directory for this run");
+	fsx_init(fx, ctx->instance_fd);
+}
+
+const char *apiutil_path(lua_State *L, int idx, char *out, bool write)
+{
+	size_t len;
+	const char *p = luaL_checklstring(L, idx, &len);
+	int rc = fsx_norm(p, len, out);
+	if (rc < 0)
+		luaL_error(L, "bad path '%s': %s", p, fsx_strerror(rc));
+	if (write && fsx_reserved(out))
+		luaL_error(L, "bad path '%s': %s", p, fsx_strerror(FSX_ERESERVED));
+	return out;
+}
+
+void apiutil_opts(lua_State *L, int idx, const char *fn, const char *const *keys)
+{
+	if (lua_isnoneornil(L, idx))
+		return;
+	luaL_checktype(L, idx, LUA_TTABLE);
+	idx = lua_absindex(L, idx);
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		lua_pop(L, 1);
+		bool ok = false;
+		if (lua_type(L, -1) == LUA_TSTRING) {
+			const char *k = lua_tostring(L, -1);
+			for (const char *const *p = keys; *p && !ok; p++)
+				ok = strcmp(*p, k) == 0;
+			if (!ok)
+				luaL_error(L, "%s: unknown option '%s'", fn, k);
+		} else {
+			luaL_error(L, "%s: option names must be strings", fn);
+		}
+	}
+}
+
+bool apiutil_opt_bool(lua_State *L, int idx, const char *key, bool def)
+{
+	if (lua_isnoneornil(L, idx))
+		return def;
+	int t = lua_getfield(L, idx, key);
+	bool v = def;
+	if (t == LUA_TBOOLEAN)
+		v = lua_toboolean(L, -1);
+	else if (t != LUA_TNIL)
+		luaL_error(L, "option '%s' must be a boolean", key);
+	lua_pop(L, 1);
+	return v;
+}
+
+int64_t apiutil_opt_int(lua_State *L, int idx, const char *key, int64_t def, int64_t min,
+                        int64_t max)
+{
+	if (lua_isnoneornil(L, idx))
+		return def;
+	int t = lua_getfield(L, idx, key);
+	int64_t v = def;
+	if (t != LUA_TNIL) {
+		int isnum = 0;
+		lua_Integer i = lua_tointegerx(L, -1, &isnum);
+		if (!isnum || i < min || i > max)
+			luaL_error(L, "option '%s' must be an integer from %I to %I", key, (lua_Integer)min,
+			           (lua_Integer)max);
+		v = i;
+	}
+	lua_pop(L, 1);
+	return v;
+}
+
+/* The string stays valid while the options table is on the stack (it is kept there). */
+const char *apiutil_opt_str(lua_State *L, int idx, const char *key, const char *def)
+{
+	if (lua_isnoneornil(L, idx))
+		return def;
+	int t = lua_getfield(L, idx, key);
+	const char *v = def;
+	if (t == LUA_TSTRING)
+		v = lua_tostring(L, -1);
+	else if (t != LUA_TNIL)
+		luaL_error(L, "option '%s' must be a string", key);
+	lua_pop(L, 1);
+	return v;
+}
+
+static bool tick(void *arg, uint64_t done, uint64_t total)
+{
+	struct apiutil_tick *t = arg;
+	if (jv_cancelled(t->ctx))
+		return true;
+	if (t->p.from >= 0 && total > 0)
+		jv_progress_report(t->ctx, &t->p, (double)done / (double)total, NULL);
+	return false;
+}
+
+void apiutil_tick_init(lua_State *L, int opts_idx, struct apiutil_tick *t, const char *what)
+{
+	t->ctx = jv_ctx(L);
+	jv_progress_init(L, opts_idx, &t->p, what);
+	t->hooks.tick = tick;
+	t->hooks.arg = t;
+}
+
+void apiutil_tick_done(struct apiutil_tick *t)
+{
+	if (t->p.from >= 0)
+		jv_progress_report(t->ctx, &t->p, 1.0, NULL);
+}
+
+void apiutil_push_array(lua_State *L)
+{
+	cJSON *a = cJSON_CreateArray();
+	if (!a)
+		luaL_error(L, "out of memory");
+	jv_json_to_lua(L, a);
+	cJSON_Delete(a);
+}
+
+int apiutil_fail(lua_State *L, int rc, const char *verb, const char *path)
+{
+	if (rc == -ECANCELED)
+		return jv_raise_cancel(L);
+	if (fsx_is_policy_error(rc))
+		return luaL_error(L, "cannot %s '%s': %s", verb, path, fsx_strerror(rc));
+	return jv_push_fail(L, "cannot %s '%s': %s", verb, path, fsx_strerror(rc));
+}
+
+int apiutil_fail_msg(lua_State *L, int rc, const char *prefix, const char *err)
+{
+	if (rc == -ECANCELED)
+		return jv_raise_cancel(L);
+	return jv_push_fail(L, "%s: %s", prefix, err);
+}
+
+int apiutil_parent(const struct fsx *fx, const char *norm, int *dirfd, const char **last)
+{
+	int rc = fsx_parent(fx, norm, 0, dirfd, last);
+	const char *slash = strrchr(norm, '/');
+	if (rc == -ENOENT && slash) {
+		char dir[FSX_PATH_MAX];
+		memcpy(dir, norm, (size_t)(slash - norm));
+		dir[slash - norm] = '\0';
+		rc = fsx_mkdir(fx, dir, 0755, true);
+		if (rc == 0)
+			rc = fsx_parent(fx, norm, 0, dirfd, last);
+	}
+	return rc;
+}

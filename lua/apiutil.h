@@ -1,0 +1,62 @@
+/* apiutil.h — what the fs, archive and http bindings share: checking script
+ * paths and option tables, the progress/cancel hook handed to the C cores,
+ * and turning core error codes into Lua errors or `nil, message`.
+ *
+ * Conventions (docs/lua-api.md): misuse raises (a wrong argument type, an
+ * unknown option, a path that is absolute, has '..', leads outside the
+ * instance through a symlink or writes into .jobvisor/); an expected failure
+ * (missing file, full disk, a bad archive, an HTTP error) returns nil and a
+ * message; a cancel request raises the cancellation error after the core has
+ * removed its partial output. */
+#ifndef JOBVISOR_APIUTIL_H
+#define JOBVISOR_APIUTIL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "fsx.h"
+#include "jvlua.h"
+
+/* A confined view of the instance directory for this run. */
+void apiutil_fsx(lua_State *L, struct fsx *fx);
+
+/* Check argument idx as a script path into out (FSX_PATH_MAX bytes); raises on
+ * misuse. write = the call creates, changes or removes something there. */
+const char *apiutil_path(lua_State *L, int idx, char *out, bool write);
+
+/* Raise "<fn>: unknown option 'x'" for keys of the table at idx outside keys
+ * (NULL-terminated); nil/none is fine; anything but a table raises. */
+void apiutil_opts(lua_State *L, int idx, const char *fn, const char *const *keys);
+bool apiutil_opt_bool(lua_State *L, int idx, const char *key, bool def);
+int64_t apiutil_opt_int(lua_State *L, int idx, const char *key, int64_t def, int64_t min,
+                        int64_t max);
+const char *apiutil_opt_str(lua_State *L, int idx, const char *key, const char *def);
+
+/* Progress + cancel hook for a core call; opts.progress = {from, to}. */
+struct apiutil_tick {
+	struct jv_run_ctx *ctx;
+	struct jv_progress p;
+	struct jv_io_hooks hooks;
+};
+void apiutil_tick_init(lua_State *L, int opts_idx, struct apiutil_tick *t, const char *what);
+
+/* Report 100% at the end of a call that was given opts.progress. */
+void apiutil_tick_done(struct apiutil_tick *t);
+
+/* Push an empty table marked as a JSON array (json.encode keeps it "[]"). */
+void apiutil_push_array(lua_State *L);
+
+/* After an fsx call failed with rc: raises for -ECANCELED (cancellation
+ * error) and policy refusals; otherwise pushes nil, "cannot <verb> '<path>':
+ * <reason>" and returns 2. */
+int apiutil_fail(lua_State *L, int rc, const char *verb, const char *path);
+
+/* After an archive/download core failed with rc and message err: raises for
+ * -ECANCELED, else pushes nil, "<prefix>: <err>" and returns 2. */
+int apiutil_fail_msg(lua_State *L, int rc, const char *prefix, const char *err);
+
+/* Open the directory that will hold norm (creating missing parents) and point
+ * *last at the final component. Returns 0 or an fsx code. */
+int apiutil_parent(const struct fsx *fx, const char *norm, int *dirfd, const char **last);
+
+#endif

@@ -1,0 +1,133 @@
+/* arch.h — archives for backups, builds and mods: create (pax tar + zstd with
+ * a per-file SHA-256 manifest), extract (hostile input expected), verify, list.
+ *
+ * The pure-C core of the `archive` Lua module (lua/api_archive.c); libarchive
+ * is used only here (arch_create.c, arch_read.c, arch_extract.c), the
+ * manifest format only in arch_manifest.c. Directory arguments are
+ * descriptors the caller resolved beneath the instance root (fsx); names are
+ * single components. Errors come back as 0 / -errno (-ECANCELED when the hook
+ * asked to stop) with a lower-case message in err naming the entry at fault.
+ *
+ * Manifest (JSON, documented in docs/lua-api.md):
+ *   {"format":1, "sha256":"<hex of the archive file>", "bytes":<archive size>,
+ *    "files":[{"path":"rel/path", "type":"file|dir|symlink", "size":N,
+ *              "sha256":"hex", "mode":420, "target":"for symlinks"}, ...]} */
+#ifndef JOBVISOR_ARCH_H
+#define JOBVISOR_ARCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cjson/cJSON.h>
+
+#include "iohooks.h"
+
+enum arch_type { ARCH_FILE = 0, ARCH_DIR, ARCH_SYMLINK, ARCH_HARDLINK, ARCH_OTHER };
+
+struct arch_entry {
+	char *path;        /* relative, normalised */
+	enum arch_type type;
+	uint64_t size;     /* files */
+	char sha256[JV_SHA256_HEX]; /* files; "" when unknown */
+	unsigned mode;     /* permission bits */
+	char *target;      /* symlink target, or hard link target path; NULL otherwise */
+	int64_t mtime;     /* seconds (list only) */
+};
+
+struct arch_manifest {
+	char sha256[JV_SHA256_HEX]; /* of the archive file; "" when not given */
+	bool has_bytes;
+	uint64_t bytes;
+	struct arch_entry *v;
+	size_t n, cap;
+	struct arch_entry **index; /* sorted by path (arch_manifest_index) */
+};
+
+void arch_manifest_init(struct arch_manifest *m);
+void arch_manifest_free(struct arch_manifest *m);
+/* Append (path and target are copied). Returns 0 or -ENOMEM. */
+int arch_manifest_add(struct arch_manifest *m, const struct arch_entry *e);
+/* Build the lookup index; -EINVAL with err naming a duplicate path. */
+int arch_manifest_index(struct arch_manifest *m, char *err, size_t errlen);
+struct arch_entry *arch_manifest_find(const struct arch_manifest *m, const char *path);
+/* JSON <-> struct. from_json validates every field and indexes. Returned-owned
+ * cJSON from to_json: cJSON_Delete. */
+int arch_manifest_from_json(const cJSON *j, struct arch_manifest *m, char *err, size_t errlen);
+cJSON *arch_manifest_to_json(const struct arch_manifest *m);
+const char *arch_type_name(enum arch_type t);
+
+/* Lexical check of an entry path from an archive: strips a leading "./",
+ * refuses absolute paths and '..', drops strip leading components. *skip is
+ * set when nothing is left (the entry is ignored). out: FSX_PATH_MAX bytes. */
+int arch_entry_path(const char *in, int strip, char *out, bool *skip, char *err, size_t errlen);
+
+struct arch_create_opts {
+	int level;                   /* zstd level; 0 = default 3 */
+	int threads;                 /* zstd workers; 0 = number of online CPUs */
+	const char *const *exclude;  /* fnmatch patterns (see arch_excluded) */
+	size_t nexclude;
+	const struct jv_io_hooks *hooks;
+};
+
+struct arch_create_result {
+	struct arch_manifest manifest;
+	uint64_t files, dirs, symlinks, data_bytes;
+	char **skipped; /* relative paths left out (sockets, FIFOs, devices, links leading out) */
+	size_t nskipped;
+};
+void arch_create_result_free(struct arch_create_result *r);
+
+/* Pattern semantics: a pattern without '/' matches the name of an entry at
+ * any depth ("*.log"); one with '/' matches the whole relative path from the
+ * source root ("world/session.lock", "logs/old-?"; a leading '/' is ignored). A matched directory is
+ * left out with everything below it. */
+bool arch_excluded(const char *rel, const char *const *pats, size_t n);
+
+/* Archive the tree under src_dirfd into dst_dirfd/dst_name (pax tar + zstd).
+ * result is filled in (manifest with the archive's sha256 and bytes); free it
+ * with arch_create_result_free() whatever the outcome.
+ * Symlinks are stored as symlinks, never followed; those leading outside the
+ * tree, sockets, FIFOs and devices are skipped (listed in result->skipped). A
+ * top-level ".jobvisor" and the output file itself are never archived. The
+ * archive is written to a temp name beside dst, fsynced, renamed, and the
+ * directory fsynced; on any failure or cancel the temp file is removed. */
+int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
+                const struct arch_create_opts *o, struct arch_create_result *result,
+                char *err, size_t errlen);
+
+struct arch_extract_opts {
+	int strip;                        /* strip_components */
+	uint64_t max_bytes;               /* total uncompressed size cap; 0 = none */
+	uint64_t reserve_bytes;           /* free space to leave on the filesystem */
+	const struct arch_manifest *manifest; /* optional: check while extracting */
+	const struct jv_io_hooks *hooks;
+};
+
+struct arch_extract_result {
+	uint64_t files, dirs, symlinks, hardlinks, bytes;
+};
+
+/* Extract archive file (file_dirfd/file_name; tar with none/gzip/xz/zstd, or
+ * zip) into dst_parent_fd/dst_name, which must not exist: it is created for
+ * this extraction and removed again on any failure or cancel. Entries are
+ * written through beneath-resolution that refuses every symlink, so nothing
+ * can land outside dst; allowed: regular files, directories, symlinks whose
+ * target stays inside, hard links to files already extracted. With a manifest,
+ * each file's SHA-256 and size, each type and symlink target are checked as
+ * they stream, an extra or missing entry fails, and so does an archive whose
+ * own SHA-256/size differs. */
+int arch_extract(int file_dirfd, const char *file_name, int dst_parent_fd, const char *dst_name,
+                 const struct arch_extract_opts *o, struct arch_extract_result *result,
+                 char *err, size_t errlen);
+
+/* Re-read the archive and check it against the manifest: the archive's own
+ * SHA-256 and size, then every entry's type, size and SHA-256; missing and
+ * extra entries fail. err names the first bad entry. */
+int arch_verify(int file_dirfd, const char *file_name, const struct arch_manifest *m,
+                const struct jv_io_hooks *hooks, char *err, size_t errlen);
+
+/* The entries of an archive (no hashes). */
+int arch_list(int file_dirfd, const char *file_name, struct arch_manifest *out,
+              const struct jv_io_hooks *hooks, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,478 @@
+/* arch_create.c — archive a directory tree: pax tar + zstd, one pass.
+ *
+ * The tree is scanned first (for the byte total that drives progress, and to
+ * decide what is left out), then each entry is written while its SHA-256 is
+ * computed; the compressed output goes through a write callback that hashes
+ * it on its way to the temp file, so the manifest and the archive's own
+ * digest come out of the same pass with no re-read. Files are opened again
+ * through fsx beneath the source with FSX_NO_SYMLINKS, so a directory swapped
+ * for a symlink during the backup cannot redirect the read. */
+#include "arch.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include "fsx.h"
+#include "jobvisor/durable.h"
+
+#define CREATE_CHUNK (1u << 20)
+#define CREATE_MAX_DEPTH 512
+
+struct item {
+	char *rel;
+	struct stat st;
+	char *target; /* symlinks */
+};
+
+struct scan {
+	struct item *v;
+	size_t n, cap;
+	uint64_t total;
+	dev_t skip_dev[2];
+	ino_t skip_ino[2];
+	int nskip;
+	const struct arch_create_opts *o;
+	struct arch_create_result *r;
+};
+
+struct sink {
+	int fd;
+	EVP_MD_CTX *md;
+	uint64_t bytes;
+	int err;
+	bool discard; /* failing: swallow what closing the archive still writes */
+};
+
+static void errf(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+void arch_create_result_free(struct arch_create_result *r)
+{
+	if (!r)
+		return;
+	arch_manifest_free(&r->manifest);
+	for (size_t i = 0; i < r->nskipped; i++)
+		free(r->skipped[i]);
+	free(r->skipped);
+	memset(r, 0, sizeof(*r));
+}
+
+static int add_skipped(struct arch_create_result *r, const char *rel)
+{
+	char **v = realloc(r->skipped, (r->nskipped + 1) * sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	r->skipped = v;
+	if (!(v[r->nskipped] = strdup(rel)))
+		return -ENOMEM;
+	r->nskipped++;
+	return 0;
+}
+
+static int add_item(struct scan *s, const char *rel, const struct stat *st, const char *target)
+{
+	if (s->n == s->cap) {
+		size_t cap = s->cap ? s->cap * 2 : 256;
+		struct item *v = realloc(s->v, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		s->v = v;
+		s->cap = cap;
+	}
+	struct item *it = &s->v[s->n];
+	it->rel = strdup(rel);
+	it->target = target ? strdup(target) : NULL;
+	it->st = *st;
+	if (!it->rel || (target && !it->target)) {
+		free(it->rel);
+		free(it->target);
+		return -ENOMEM;
+	}
+	s->n++;
+	if (S_ISREG(st->st_mode))
+		s->total += (uint64_t)st->st_size;
+	return 0;
+}
+
+static void free_items(struct scan *s)
+{
+	for (size_t i = 0; i < s->n; i++) {
+		free(s->v[i].rel);
+		free(s->v[i].target);
+	}
+	free(s->v);
+}
+
+static bool is_own_output(const struct scan *s, const struct stat *st)
+{
+	for (int i = 0; i < s->nskip; i++)
+		if (st->st_dev == s->skip_dev[i] && st->st_ino == s->skip_ino[i])
+			return true;
+	return false;
+}
+
+static int scan_dir(struct scan *s, int dfd, const char *rel, int depth, char *err, size_t errlen)
+{
+	if (depth > CREATE_MAX_DEPTH) {
+		errf(err, errlen, "directory '%s' is nested too deeply", rel);
+		return -ELOOP;
+	}
+	struct fsx_list l;
+	int rc = fsx_list_fd(dfd, &l);
+	if (rc < 0) {
+		errf(err, errlen, "cannot list '%s': %s", rel[0] ? rel : ".", strerror(-rc));
+		return rc;
+	}
+	char child[FSX_PATH_MAX];
+	for (size_t i = 0; i < l.n && rc == 0; i++) {
+		const char *name = l.v[i].name;
+		const struct stat *st = &l.v[i].st;
+		int n = snprintf(child, sizeof(child), "%s%s%s", rel, rel[0] ? "/" : "", name);
+		if (n < 0 || (size_t)n >= sizeof(child)) {
+			errf(err, errlen, "path too long under '%s'", rel);
+			rc = -ENAMETOOLONG;
+			break;
+		}
+		if ((depth == 0 && strcmp(name, ".jobvisor") == 0) || is_own_output(s, st) ||
+		    arch_excluded(child, s->o->exclude, s->o->nexclude))
+			continue;
+		if (S_ISREG(st->st_mode)) {
+			rc = add_item(s, child, st, NULL);
+		} else if (S_ISDIR(st->st_mode)) {
+			rc = add_item(s, child, st, NULL);
+			if (rc < 0)
+				break;
+			int sub = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (sub < 0) {
+				rc = -errno;
+				errf(err, errlen, "cannot open '%s': %s", child, strerror(errno));
+				break;
+			}
+			rc = scan_dir(s, sub, child, depth + 1, err, errlen);
+			close(sub);
+		} else if (S_ISLNK(st->st_mode)) {
+			char target[FSX_PATH_MAX], joined[FSX_PATH_MAX];
+			ssize_t tl = readlinkat(dfd, name, target, sizeof(target) - 1);
+			if (tl < 0) {
+				rc = -errno;
+				errf(err, errlen, "cannot read symlink '%s': %s", child, strerror(errno));
+				break;
+			}
+			target[tl] = '\0';
+			/* A link leading out of the tree would be refused on restore: leave it out now. */
+			if (fsx_join(child, target, joined) < 0)
+				rc = add_skipped(s->r, child);
+			else
+				rc = add_item(s, child, st, target);
+		} else {
+			rc = add_skipped(s->r, child);
+		}
+		if (rc == -ENOMEM)
+			errf(err, errlen, "out of memory while scanning '%s'", child);
+	}
+	fsx_list_free(&l);
+	return rc;
+}
+
+static la_ssize_t sink_write(struct archive *a, void *ud, const void *buf, size_t n)
+{
+	struct sink *w = ud;
+	if (w->discard)
+		return (la_ssize_t)n;
+	int rc = jv_write_all(w->fd, buf, n);
+	if (rc < 0) {
+		w->err = rc;
+		archive_set_error(a, -rc, "%s", strerror(-rc));
+		return -1;
+	}
+	EVP_DigestUpdate(w->md, buf, n);
+	w->bytes += n;
+	return (la_ssize_t)n;
+}
+
+static int set_options(struct archive *a, const struct arch_create_opts *o, char *err, size_t errlen)
+{
+	char v[32];
+	int level = o->level ? o->level : 3;
+	long threads = o->threads > 0 ? o->threads : sysconf(_SC_NPROCESSORS_ONLN);
+	if (threads < 1)
+		threads = 1;
+	if (archive_write_set_format_pax_restricted(a) != ARCHIVE_OK ||
+	    archive_write_add_filter_zstd(a) != ARCHIVE_OK) {
+		errf(err, errlen, "cannot set up tar+zstd: %s", archive_error_string(a));
+		return -EINVAL;
+	}
+	snprintf(v, sizeof(v), "%d", level);
+	if (archive_write_set_filter_option(a, "zstd", "compression-level", v) != ARCHIVE_OK) {
+		errf(err, errlen, "bad zstd level %d: %s", level, archive_error_string(a));
+		return -EINVAL;
+	}
+	/* Older libarchive lacks the option: compress single-threaded then. */
+	snprintf(v, sizeof(v), "%ld", threads);
+	archive_write_set_filter_option(a, "zstd", "threads", v);
+	archive_write_set_bytes_per_block(a, 64 * 1024);
+	/* No zero padding after the zstd frame (libarchive pads the last block
+	 * of custom writers by default, which zstd tools reject). */
+	archive_write_set_bytes_in_last_block(a, 1);
+	return 0;
+}
+
+/* Write one file's header and data; hash it into e->sha256. */
+static int write_file(struct archive *a, struct archive_entry *ae, const struct fsx *src,
+                      struct item *it, struct arch_entry *e, unsigned char *buf, uint64_t *done,
+                      uint64_t total, const struct jv_io_hooks *hooks, struct arch_create_result *r,
+                      bool *skipped, char *err, size_t errlen)
+{
+	int fd;
+	*skipped = false;
+	int rc = fsx_open(src, it->rel, O_RDONLY | O_NONBLOCK | O_NOCTTY, 0, FSX_NOFOLLOW, &fd);
+	if (rc == -ENOENT) { /* removed since the scan: nothing to keep */
+		*skipped = true;
+		return add_skipped(r, it->rel);
+	}
+	if (rc < 0) {
+		errf(err, errlen, "cannot open '%s': %s", it->rel, fsx_strerror(rc));
+		return rc;
+	}
+	struct stat st;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		errf(err, errlen, "'%s' changed type while being archived", it->rel);
+		return -EAGAIN;
+	}
+	posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+	archive_entry_set_filetype(ae, AE_IFREG);
+	archive_entry_set_size(ae, st.st_size);
+	archive_entry_set_perm(ae, st.st_mode & 07777);
+	archive_entry_set_mtime(ae, st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+	if (archive_write_header(a, ae) < ARCHIVE_WARN) {
+		errf(err, errlen, "cannot write header of '%s': %s", it->rel, archive_error_string(a));
+		close(fd);
+		return -EIO;
+	}
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+		EVP_MD_CTX_free(md);
+		close(fd);
+		return -ENOMEM;
+	}
+	uint64_t left = (uint64_t)st.st_size;
+	rc = 0;
+	while (left > 0) {
+		size_t want = left < CREATE_CHUNK ? (size_t)left : CREATE_CHUNK;
+		ssize_t n = read(fd, buf, want);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			rc = -errno;
+			errf(err, errlen, "cannot read '%s': %s", it->rel, strerror(errno));
+			break;
+		}
+		if (n == 0) {
+			rc = -EAGAIN;
+			errf(err, errlen, "'%s' shrank while being archived (stop the server or exclude it)",
+			     it->rel);
+			break;
+		}
+		EVP_DigestUpdate(md, buf, (size_t)n);
+		if (archive_write_data(a, buf, (size_t)n) != n) {
+			rc = -EIO;
+			errf(err, errlen, "cannot write archive: %s", archive_error_string(a));
+			break;
+		}
+		left -= (uint64_t)n;
+		*done += (uint64_t)n;
+		if (jv_io_tick(hooks, *done, total)) {
+			rc = -ECANCELED;
+			errf(err, errlen, "cancelled");
+			break;
+		}
+	}
+	close(fd);
+	if (rc == 0) {
+		unsigned char dg[EVP_MAX_MD_SIZE];
+		unsigned int dl = 0;
+		EVP_DigestFinal_ex(md, dg, &dl);
+		jv_hex(dg, dl, e->sha256);
+		e->size = (uint64_t)st.st_size;
+		e->mode = st.st_mode & 07777;
+		r->files++;
+		r->data_bytes += e->size;
+	}
+	EVP_MD_CTX_free(md);
+	return rc;
+}
+
+static int write_items(struct archive *a, const struct fsx *src, struct scan *s,
+                       struct arch_create_result *r, char *err, size_t errlen)
+{
+	const struct jv_io_hooks *hooks = s->o->hooks;
+	unsigned char *buf = malloc(CREATE_CHUNK);
+	struct archive_entry *ae = archive_entry_new();
+	uint64_t done = 0;
+	int rc = (!buf || !ae) ? -ENOMEM : 0;
+	for (size_t i = 0; i < s->n && rc == 0; i++) {
+		struct item *it = &s->v[i];
+		if (jv_io_tick(hooks, done, s->total)) {
+			errf(err, errlen, "cancelled");
+			rc = -ECANCELED;
+			break;
+		}
+		struct arch_entry e = {.path = it->rel, .mode = it->st.st_mode & 07777};
+		archive_entry_clear(ae);
+		archive_entry_copy_pathname(ae, it->rel);
+		archive_entry_set_uid(ae, it->st.st_uid);
+		archive_entry_set_gid(ae, it->st.st_gid);
+		bool skipped = false;
+		if (S_ISREG(it->st.st_mode)) {
+			e.type = ARCH_FILE;
+			rc = write_file(a, ae, src, it, &e, buf, &done, s->total, hooks, r, &skipped, err,
+			                errlen);
+		} else {
+			archive_entry_set_perm(ae, it->st.st_mode & 07777);
+			archive_entry_set_mtime(ae, it->st.st_mtim.tv_sec, it->st.st_mtim.tv_nsec);
+			if (S_ISDIR(it->st.st_mode)) {
+				e.type = ARCH_DIR;
+				archive_entry_set_filetype(ae, AE_IFDIR);
+				r->dirs++;
+			} else {
+				e.type = ARCH_SYMLINK;
+				e.target = it->target;
+				archive_entry_set_filetype(ae, AE_IFLNK);
+				archive_entry_copy_symlink(ae, it->target);
+				r->symlinks++;
+			}
+			if (archive_write_header(a, ae) < ARCHIVE_WARN) {
+				errf(err, errlen, "cannot write header of '%s': %s", it->rel,
+				     archive_error_string(a));
+				rc = -EIO;
+			}
+		}
+		if (rc == 0 && !skipped) {
+			rc = arch_manifest_add(&r->manifest, &e);
+			if (rc < 0)
+				errf(err, errlen, "out of memory");
+		}
+	}
+	archive_entry_free(ae);
+	free(buf);
+	return rc;
+}
+
+int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
+                const struct arch_create_opts *o, struct arch_create_result *r, char *err,
+                size_t errlen)
+{
+	memset(r, 0, sizeof(*r));
+	arch_manifest_init(&r->manifest);
+	err[0] = '\0';
+	char tmp[512];
+	int n = snprintf(tmp, sizeof(tmp), ".%s.tmp.%ld", dst_name, (long)getpid());
+	if (n < 0 || (size_t)n >= sizeof(tmp) || strchr(dst_name, '/')) {
+		errf(err, errlen, "bad archive name '%s'", dst_name);
+		return -EINVAL;
+	}
+	struct scan s = {.o = o, .r = r};
+	struct sink w = {.fd = -1};
+	struct archive *a = NULL;
+	struct fsx src;
+	fsx_init(&src, src_dirfd);
+	src.force_how = FSX_NO_SYMLINKS;
+	int rc = 0;
+	unlinkat(dst_dirfd, tmp, 0); /* left by a killed run with our pid */
+	w.fd = openat(dst_dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (w.fd < 0) {
+		rc = -errno;
+		errf(err, errlen, "cannot create '%s': %s", tmp, strerror(errno));
+		goto fail;
+	}
+	struct stat st;
+	if (fstat(w.fd, &st) == 0) {
+		s.skip_dev[s.nskip] = st.st_dev;
+		s.skip_ino[s.nskip++] = st.st_ino;
+	}
+	if (fstatat(dst_dirfd, dst_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+		s.skip_dev[s.nskip] = st.st_dev;
+		s.skip_ino[s.nskip++] = st.st_ino;
+	}
+	rc = scan_dir(&s, src_dirfd, "", 0, err, errlen);
+	if (rc < 0)
+		goto fail;
+	w.md = EVP_MD_CTX_new();
+	a = archive_write_new();
+	if (!w.md || !a || EVP_DigestInit_ex(w.md, EVP_sha256(), NULL) != 1) {
+		rc = -ENOMEM;
+		errf(err, errlen, "out of memory");
+		goto fail;
+	}
+	rc = set_options(a, o, err, errlen);
+	if (rc < 0)
+		goto fail;
+	if (archive_write_open(a, &w, NULL, sink_write, NULL) != ARCHIVE_OK) {
+		rc = w.err ? w.err : -EIO;
+		errf(err, errlen, "cannot start archive: %s", archive_error_string(a));
+		goto fail;
+	}
+	rc = write_items(a, &src, &s, r, err, errlen);
+	if (rc < 0)
+		goto fail;
+	if (archive_write_close(a) != ARCHIVE_OK) {
+		rc = w.err ? w.err : -EIO;
+		errf(err, errlen, "cannot finish archive: %s", archive_error_string(a));
+		goto fail;
+	}
+	archive_write_free(a);
+	a = NULL;
+	if (fsync(w.fd) < 0 || close(w.fd) < 0) {
+		rc = -errno;
+		w.fd = -1;
+		errf(err, errlen, "cannot write '%s': %s", dst_name, strerror(-rc));
+		goto fail;
+	}
+	w.fd = -1;
+	unsigned char dg[EVP_MAX_MD_SIZE];
+	unsigned int dl = 0;
+	EVP_DigestFinal_ex(w.md, dg, &dl);
+	jv_hex(dg, dl, r->manifest.sha256);
+	r->manifest.bytes = w.bytes;
+	r->manifest.has_bytes = true;
+	rc = arch_manifest_index(&r->manifest, err, errlen);
+	if (rc < 0)
+		goto fail;
+	rc = jv_durable_rename_at(dst_dirfd, tmp, dst_dirfd, dst_name);
+	if (rc < 0) {
+		errf(err, errlen, "cannot move archive into place as '%s': %s", dst_name, strerror(-rc));
+		goto fail;
+	}
+	free_items(&s);
+	EVP_MD_CTX_free(w.md);
+	return 0;
+fail:
+	if (a) {
+		/* Not archive_write_fail(): with it libarchive skips the close that
+		 * frees its block buffer. */
+		w.discard = true;
+		archive_write_free(a);
+	}
+	if (w.fd >= 0)
+		close(w.fd);
+	unlinkat(dst_dirfd, tmp, 0);
+	EVP_MD_CTX_free(w.md);
+	free_items(&s);
+	return rc;
+}

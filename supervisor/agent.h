@@ -1,0 +1,97 @@
+/* agent.h — the state of `jobvisor agent`, shared by its modules.
+ *
+ * One struct agent lives on cmd_agent's stack for the life of the daemon;
+ * every module gets it by pointer (no globals). The modules split the work:
+ *   loop.c       waits on signals, child pipes, timers and the network
+ *   poller.c     asks the control plane for work and cancellations
+ *   scheduler.c  admits assignments, starts and tracks job runs
+ *   delivery.c   sends each run's events and result, in order, with retries
+ *   spool.c      keeps each run's record on disk until it is delivered
+ *   transport.c  HTTP; config.c settings; sdnotify.c systemd notifications
+ */
+#ifndef JOBVISOR_AGENT_H
+#define JOBVISOR_AGENT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <cjson/cJSON.h>
+
+#include "backoff.h"
+#include "config.h"
+#include "sdnotify.h"
+
+struct jobrun;
+struct spool;
+struct spool_run;
+struct transport;
+struct transport_req;
+
+enum delivery_kind { DELIVER_NONE = 0, DELIVER_EVENTS, DELIVER_RESULT };
+
+/* One run the agent holds: running, or finished with events or a result not
+ * yet acknowledged by the control plane. */
+struct srun {
+	struct agent *ag;
+	char run_id[132];
+	char job_id[132];
+	char instance_id[68];
+	char type[68];
+
+	struct spool_run *sr; /* the durable record; NULL once removed (delivered or dropped) */
+	struct jobrun *jr;    /* the child; NULL when none (replayed, refused, reaped) */
+	bool finished;        /* the result is known (in sr) */
+	bool dropped;         /* 409: the run is no longer ours; forget it once reaped */
+	bool cancel_sent;     /* jobrun_cancel called (cancels repeat in every poll answer) */
+
+	/* Delivery state (delivery.c). */
+	struct transport_req *req;
+	enum delivery_kind req_kind;
+	uint64_t req_last;   /* highest seq in the events request in flight */
+	int64_t retry_at_ms; /* monotonic; 0 = now */
+	struct backoff bo;
+	unsigned rejects;    /* consecutive 4xx answers */
+	bool failing;        /* the last attempt failed (logged once per streak) */
+	bool failed_in_shutdown;
+
+	struct srun *next;
+};
+
+struct poller {
+	struct transport_req *req;
+	int64_t next_at_ms;      /* monotonic */
+	int64_t sent_at_ms;
+	int sent_wait_s;
+	struct backoff bo;
+	bool failing;
+	unsigned failures;
+	int64_t server_interval_ms; /* pollIntervalSeconds from the control plane, 0 = none */
+	int64_t lease_ms;           /* leaseSeconds, 0 = unknown */
+};
+
+struct agent {
+	struct config cfg;
+	const char *config_path; /* borrowed from argv, may be NULL */
+	cJSON *child_settings;   /* owned */
+	int run_uid, run_gid;    /* job runs switch to cfg.user (agent as root), else -1 */
+
+	struct transport *tp;
+	struct spool *spool;
+	struct poller poller;
+	struct sdnotify notify;
+	struct srun *runs;
+
+	int sigfd;
+	bool stopping;     /* SIGTERM/SIGINT seen: take no work, wind down */
+	bool hard_stop;    /* second signal: kill everything now */
+	bool killed;       /* the shutdown grace ran out and children were killed */
+	int64_t stop_at_ms;
+	int64_t kill_at_ms;
+	int64_t exit_by_ms;
+	int64_t watchdog_at_ms;
+};
+
+/* agent.c */
+void agent_reload(struct agent *ag);
+void agent_begin_shutdown(struct agent *ag);
+
+#endif

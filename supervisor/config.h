@@ -1,0 +1,75 @@
+/* config.h — the agent's settings: a `key = value` file plus JOBVISOR_* overrides.
+ *
+ * Every setting can be given both ways; the environment wins. Loading either
+ * yields a fully validated configuration or an error message naming the
+ * setting, where it came from and why it is wrong (the caller exits 2). The
+ * token is not part of the configuration: only its file name is, and
+ * config_read_token() reads it on demand so it never sits in a struct that
+ * might be printed. */
+#ifndef JOBVISOR_CONFIG_H
+#define JOBVISOR_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cjson/cJSON.h>
+
+struct config {
+	char *url;          /* base URL, no trailing slash */
+	char *agent_id;     /* identifier */
+	char *token_file;   /* path */
+	char *data_dir;     /* absolute */
+	char *jobs_dir;     /* absolute, NULL = built-in jobs only */
+	char *user;         /* NULL = the agent's own user */
+	char *tls_ca_file;  /* NULL = system store */
+	char *allowed_executables; /* ':'-separated absolute paths, NULL = none */
+	bool tls_insecure_loopback;
+	bool url_is_loopback; /* derived */
+
+	int64_t poll_interval_ms;
+	int64_t poll_jitter_ms;
+	int poll_wait_s; /* long poll; 0 = off */
+	int capacity;
+
+	int job_timeout_s;
+	int job_timeout_max_s;
+	int cancel_grace_s;
+	int cancel_grace_max_s;
+	int shutdown_grace_s;
+	int64_t job_memory;  /* bytes, Lua allocator cap */
+
+	int request_timeout_s;
+	int connect_timeout_s;
+	int64_t backoff_max_ms;
+	int64_t max_response; /* bytes */
+
+	int log_format; /* enum jv_log_format */
+	int log_level;  /* enum jv_log_level */
+};
+
+/* Load defaults, then the file at path (NULL = none), then the environment
+ * (envp: NULL-terminated "KEY=VALUE" strings; NULL = environ). On success
+ * *cfg is filled (config_free it) and 0 returned. On failure returns -EINVAL
+ * (or -errno reading the file), writes a one-line message to err and leaves
+ * *cfg empty. */
+int config_load(const char *path, char *const *envp, struct config *cfg, char *err, size_t errlen);
+void config_free(struct config *cfg);
+
+/* Read the agent token from cfg->token_file: refused unless a regular file not
+ * readable or writable by group or others, holding one line of 1..1024
+ * visible ASCII characters. On success *token is returned-owned (free it with
+ * config_free_token, which wipes it). The token never appears in err. */
+int config_read_token(const struct config *cfg, char **token, char *err, size_t errlen);
+void config_free_token(char *token);
+
+/* The settings a job-run child needs ({allowedExecutables:[...], user, dataDir,
+ * jobsDir}); returned-owned: cJSON_Delete. NULL on ENOMEM. */
+cJSON *config_child_settings(const struct config *cfg);
+
+/* Number of settings and the i-th (file key, env name, default as text,
+ * description) — drives documentation tests so the docs match the code. */
+size_t config_setting_count(void);
+void config_setting_info(size_t i, const char **key, const char **env, const char **def,
+                         const char **help);
+
+#endif

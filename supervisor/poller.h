@@ -1,0 +1,28 @@
+/* poller.h — asking the control plane for work.
+ *
+ * POST /v1/agents/{agentId}/poll with {capacity, running, waitSeconds}:
+ * capacity is the number of runs the agent will start now, running lists
+ * every run it holds with its last seq (renewing their leases). The answer's
+ * jobs go to the scheduler, its cancel list to the runs. Polls repeat every
+ * poll_interval plus up to poll_jitter (or the control plane's
+ * pollIntervalSeconds); with poll_wait > 0 the agent asks for a long poll
+ * and, if the control plane held the request, polls again at once. Failed
+ * polls back off exponentially, honouring Retry-After. */
+#ifndef JOBVISOR_POLLER_H
+#define JOBVISOR_POLLER_H
+
+#include <stdint.h>
+
+#include "agent.h"
+
+void poller_init(struct agent *ag);
+/* Send a poll if one is due and none is in flight (never while stopping). */
+void poller_tick(struct agent *ag, int64_t now_ms);
+/* Monotonic time of the next poll, INT64_MAX while one is in flight or stopping. */
+int64_t poller_next_deadline(const struct agent *ag);
+/* Abandon a poll in flight (shutdown). */
+void poller_abort(struct agent *ag);
+/* Poll soon (e.g. capacity freed up while idle on a short interval). */
+void poller_poll_now(struct agent *ag);
+
+#endif

@@ -1,0 +1,85 @@
+/* transport.h — HTTP requests to the control plane (the agent's only libcurl user).
+ *
+ * Non-blocking: requests run on one curl multi handle that the event loop
+ * waits on through transport_wait() together with its own descriptors, and
+ * transport_perform() drives transfers and calls each completion callback
+ * once. Every request carries the Bearer token, verifies TLS (unless the
+ * configuration explicitly disabled it for a loopback URL), has connect and
+ * total timeouts and a cap on the answer's size. Nothing here retries:
+ * transport_classify() tells the caller what an answer means and backoff.h
+ * says when to try again. */
+#ifndef JOBVISOR_TRANSPORT_H
+#define JOBVISOR_TRANSPORT_H
+
+#include <poll.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct transport;
+struct transport_req;
+
+struct transport_opts {
+	const char *base_url;  /* borrowed; copied */
+	const char *token;     /* borrowed; copied and wiped on free */
+	const char *ca_file;   /* borrowed, may be NULL */
+	bool insecure;         /* skip TLS verification (loopback test URLs only) */
+	long connect_timeout_ms;
+	size_t max_response;   /* bytes */
+};
+
+struct transport_response {
+	long status;            /* HTTP status, 0 when no answer arrived */
+	const char *error;      /* transport error text when status == 0 or the body was cut */
+	const char *body;       /* borrowed for the callback; NUL-terminated */
+	size_t len;
+	bool too_large;         /* the answer passed max_response and was dropped */
+	int64_t retry_after_ms; /* Retry-After header, -1 when absent */
+	int64_t elapsed_ms;
+};
+
+enum transport_class {
+	TRANSPORT_OK,       /* 2xx with a complete body */
+	TRANSPORT_RETRY,    /* no answer, 408, 429, 5xx, cut body: back off and retry */
+	TRANSPORT_GONE,     /* 409: this agent no longer holds the run */
+	TRANSPORT_REJECTED, /* any other status: a bug on one side; do not retry forever */
+};
+
+/* resp is borrowed for the duration of the call; the request is gone after it. */
+typedef void (*transport_cb)(void *ud, const struct transport_response *resp);
+
+int transport_new(const struct transport_opts *opts, struct transport **out);
+/* Replace URL, token and TLS settings for requests started from now on. */
+int transport_configure(struct transport *tp, const struct transport_opts *opts);
+/* Abort every request (no callbacks) and free. NULL ok. */
+void transport_free(struct transport *tp);
+
+/* POST body (consumed: freed by the transport) as JSON to base_url + path.
+ * timeout_ms bounds the whole request. *out (optional) is a borrowed handle
+ * for transport_abort(), valid until the callback runs. Returns 0 or -errno
+ * (the callback is then never called). */
+int transport_post(struct transport *tp, const char *path, char *body, long timeout_ms,
+                   transport_cb cb, void *ud, struct transport_req **out);
+/* Cancel a request; its callback is not called. */
+void transport_abort(struct transport *tp, struct transport_req *req);
+size_t transport_active(const struct transport *tp);
+
+/* Wait up to timeout_ms for network activity or one of fds (revents filled).
+ * Returns 0 or -errno. */
+int transport_wait(struct transport *tp, struct pollfd *fds, unsigned nfds, int timeout_ms);
+/* Run transfers and call the callbacks of finished requests. */
+void transport_perform(struct transport *tp);
+
+enum transport_class transport_classify(const struct transport_response *resp);
+const char *transport_class_name(enum transport_class c);
+
+/* Validate a control plane URL: http or https, a host, no user info, query or
+ * fragment. *loopback tells whether the host is 127.0.0.0/8, ::1 or
+ * localhost. Returns 0 or -EINVAL with a message in err. */
+int transport_check_url(const char *url, bool *loopback, char *err, size_t errlen);
+
+/* Global init/cleanup of libcurl; call once from the agent's main. */
+int transport_global_init(void);
+void transport_global_cleanup(void);
+
+#endif
