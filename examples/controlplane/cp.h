@@ -100,7 +100,7 @@ int tokens_load_agents(const char *path, struct cp_agent **agents, size_t *n, ch
 /* Constant-time equality (time depends only on the lengths). */
 bool tokens_equal(const char *a, size_t alen, const char *b, size_t blen);
 /* Agent by id (borrowed), NULL when unknown. */
-struct cp_agent *cp_agent_find(struct cp *cp, const char *id);
+struct cp_agent *tokens_agent_find(struct cp *cp, const char *id);
 void tokens_free_agents(struct cp_agent *agents, size_t n);
 
 /* ---- db.c ---- */
