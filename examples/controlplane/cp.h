@@ -33,6 +33,7 @@ struct ws_hub;
 #define CP_PARAMS_MAX 65536          /* a job's params, as JSON */
 #define CP_OUTPUT_MAX 262144         /* a result's output, as JSON; larger is replaced by a note */
 #define CP_TOKEN_MAX 512
+#define CP_JSON_DEPTH_MAX 64          /* nesting of any JSON we parse from a client */
 #define CP_ID_MAX 129                 /* job and run ids: jv_run_id_valid, 128 chars + NUL */
 #define CP_SNAPSHOT_JOBS 200          /* jobs in a WebSocket snapshot */
 #define CP_LIST_DEFAULT 50
@@ -215,6 +216,8 @@ enum http_auth { AUTH_NONE = 0, AUTH_ADMIN, AUTH_AGENT };
 enum http_auth http_authenticate(struct cp *cp, const struct mg_connection *conn, const char *query_token,
                                  struct cp_agent **agent);
 int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err);
+/* False when s nests arrays/objects deeper than max (checked before parsing). */
+bool http_json_depth_ok(const char *s, size_t len, int max);
 void http_send_json(struct mg_connection *conn, int status, const cJSON *body);
 void http_send_error(struct mg_connection *conn, int status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
