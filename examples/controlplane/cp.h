@@ -253,6 +253,8 @@ int ws_on_connect(const struct mg_connection *conn, void *cbdata);
 void ws_on_ready(struct mg_connection *conn, void *cbdata);
 int ws_on_data(struct mg_connection *conn, int bits, char *data, size_t len, void *cbdata);
 void ws_on_close(const struct mg_connection *conn, void *cbdata);
+/* From civetweb's connection_close callback: releases a client's slot and memory. */
+void ws_on_connection_closed(struct cp *cp, const struct mg_connection *conn);
 
 /* ---- ui_page (generated from ui_page.html at build time) ---- */
 extern const char cp_ui_page[];

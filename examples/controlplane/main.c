@@ -173,6 +173,12 @@ static int log_from_civetweb(const struct mg_connection *conn, const char *messa
 	return 1;
 }
 
+static void on_connection_close(const struct mg_connection *conn)
+{
+	struct cp *cp = mg_get_user_data(mg_get_context(conn));
+	ws_on_connection_closed(cp, conn);
+}
+
 static int start_http(struct cp *cp, struct mg_context **out)
 {
 	char threads[16], queue[16];
@@ -193,6 +199,7 @@ static int start_http(struct cp *cp, struct mg_context **out)
 	struct mg_callbacks cb;
 	memset(&cb, 0, sizeof(cb));
 	cb.log_message = log_from_civetweb;
+	cb.connection_close = on_connection_close;
 	struct mg_init_data init = {.callbacks = &cb, .user_data = cp, .configuration_options = options};
 	char errtxt[256] = "";
 	struct mg_error_data errd = {.text = errtxt, .text_buffer_size = sizeof(errtxt)};

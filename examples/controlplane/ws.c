@@ -426,6 +426,20 @@ void ws_on_close(const struct mg_connection *conn, void *cbdata)
 			break;
 		}
 	}
+	pthread_mutex_unlock(&h->list_mu);
+}
+
+void ws_on_connection_closed(struct cp *cp, const struct mg_connection *conn)
+{
+	/* civetweb calls its close handler only for connections whose handshake
+	 * went out; this runs for every connection, so the slot and memory taken
+	 * in ws_on_connect are always given back. */
+	struct ws_hub *h = cp->hub;
+	struct ws_client *c = mg_get_user_connection_data(conn);
+	if (!c || !h)
+		return;
+	ws_on_close(conn, cp);
+	pthread_mutex_lock(&h->list_mu);
 	h->nclients--;
 	pthread_mutex_unlock(&h->list_mu);
 	mg_set_user_connection_data(conn, NULL);
