@@ -134,6 +134,11 @@ def ctx_switches(pid):
     with open("/proc/%d/status" % pid) as f:
         return sum(int(l.split()[1]) for l in f if "ctxt_switches" in l)
 
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+load0 = loadavg()
 try:
     # 2. start-to-ready, interleaved so drift hits both sides alike.
     d = make("ready")
@@ -196,6 +201,8 @@ try:
     print("| %d idle supervised instances: CPU of all monitors over %.0f s | %.3f %% of one core | under 1 %% |"
           % (N_IDLE, t1 - t0, cpu_pct))
     print("| %d idle monitors: context switches per second, all together | %.1f | |" % (N_IDLE, wakeups))
+    print("\nHost load average (1 min) at the start and the end of the run: %.1f, %.1f (%d cores)."
+          % (load0, loadavg(), os.cpu_count()))
 finally:
     for p, dd in monitors:
         if p.poll() is None:
