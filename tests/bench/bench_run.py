@@ -44,6 +44,7 @@ def main():
     jv = args[0]
     runs = int(args[1]) if len(args) > 1 else 300
     tmp = tempfile.mkdtemp(prefix="jv-bench-")
+    shm = None
     try:
         script = os.path.join(tmp, "noop.lua")
         with open(script, "w") as f:
@@ -54,6 +55,13 @@ def main():
             cases.append(("lua5.4 -e ''", [lua, "-e", ""]))
         cases.append(("jobvisor run noop.lua", [jv, "run", script, "--instance", "bench",
                                                  "--data-dir", os.path.join(tmp, "data")]))
+        # The same with the data dir on tmpfs: what the run costs without the disk's
+        # fsync latency (the run marker is written and removed durably every run).
+        shm = None
+        if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+            shm = tempfile.mkdtemp(prefix="jv-bench-", dir="/dev/shm")
+            cases.append(("jobvisor run noop.lua (data dir on tmpfs)",
+                          [jv, "run", script, "--instance", "bench", "--data-dir", shm]))
         # warm up caches once each
         for _, argv in cases:
             subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -72,6 +80,8 @@ def main():
             update(target, table)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if shm:
+            shutil.rmtree(shm, ignore_errors=True)
 
 
 if __name__ == "__main__":
