@@ -455,6 +455,31 @@ Test(arch, extract_with_manifest_reproduces_the_tree)
 	arch_create_result_free(&r);
 }
 
+Test(arch, big_poorly_compressible_files_round_trip)
+{
+	/* Regression: blocks shared with the hashing worker while libarchive
+	 * compresses them must not be reused by the output sink meanwhile. */
+	char p[PATH_MAX];
+	cr_assert(mkdir(inpath(&S, "big", p), 0755) == 0);
+	for (int i = 0; i < 12; i++) {
+		char rel[64];
+		snprintf(rel, sizeof(rel), "big/f%02d.bin", i);
+		random_file(rel, (4u << 20) + (size_t)i * 4099, i % 2);
+	}
+	int src = open(inpath(&S, "big", p), O_RDONLY | O_DIRECTORY);
+	struct arch_create_opts co = {.threads = 2};
+	struct arch_create_result r;
+	char err[512];
+	cr_assert_eq(arch_create(src, S.root_fd, "big.tar.zst", &co, &r, err, sizeof(err)), 0, "%s",
+	             err);
+	close(src);
+	cr_expect_eq(arch_verify(S.root_fd, "big.tar.zst", &r.manifest, NULL, err, sizeof(err)), 0,
+	             "%s", err);
+	struct arch_extract_opts o = {.manifest = &r.manifest};
+	cr_expect_eq(extract("big.tar.zst", "out", &o, err, NULL), 0, "%s", err);
+	arch_create_result_free(&r);
+}
+
 Test(arch, manifest_mismatch_fails_extract_and_verify_naming_the_entry)
 {
 	struct arch_create_result r;
