@@ -85,6 +85,7 @@ return {
       local m, err = backups.load(id)
       if m and mine then
         log.info(string.format("backup '%s' was completed by an earlier run of this job", id))
+        common.clean_stale_staging(job)
         job.unmark("backup")
         return result_of(id, m)
       end

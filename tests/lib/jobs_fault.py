@@ -220,22 +220,28 @@ class FaultRunner:
         self.s.prepare(self.template, self.tc)
         inst = os.path.join(self.template, "instances", self.s.instance)
         self.s.old_data = tree_digest(os.path.join(inst, "data"))
-        times = []
+        self.times = []
         for i in range(3):
-            d = self.fresh(f"cal{i}")
-            proc = subprocess.Popen(run_cmd(d, self.s.job, self.s.instance, self.s.params),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            child, t0 = self.find_child(proc)
-            out, err = proc.communicate(timeout=300)
-            times.append(time.monotonic() - t0)
-            r = RunResult(proc.returncode, out, err)
-            self.tc.assertEqual(r.status, "COMPLETED", f"calibration run of {self.s.job}: {r!r}")
-            cinst = os.path.join(d, "instances", self.s.instance)
-            if i == 0:
-                self.s.capture_new(cinst)
-                self.calibration_output = r.result["output"]
-            shutil.rmtree(d)
-        self.duration = sorted(times)[1]  # from the child's birth to the run's end
+            self.measure(capture=(i == 0))
+
+    def measure(self, capture=False):
+        """One uninterrupted run on a fresh copy: its duration from the child's birth to the
+        run's end. The kill delays follow the median of the last three (the machine's load
+        drifts during a long torture run)."""
+        d = self.fresh("cal")
+        proc = subprocess.Popen(run_cmd(d, self.s.job, self.s.instance, self.s.params),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child, t0 = self.find_child(proc)
+        out, err = proc.communicate(timeout=300)
+        self.times.append(time.monotonic() - t0)
+        r = RunResult(proc.returncode, out, err)
+        self.tc.assertEqual(r.status, "COMPLETED", f"calibration run of {self.s.job}: {r!r}")
+        if capture:
+            self.s.capture_new(os.path.join(d, "instances", self.s.instance))
+            self.calibration_output = r.result["output"]
+        shutil.rmtree(d)
+        last = sorted(self.times[-3:])
+        self.duration = last[len(last) // 2]
 
     def check(self, data_dir, final, result=None):
         inst = os.path.join(data_dir, "instances", self.s.instance)
@@ -314,6 +320,8 @@ class FaultRunner:
         trials = interrupted = 0
         violations = []
         for i in range(self.kills):
+            if i and i % 10 == 0:
+                self.measure()
             was_killed, delay, v = self.trial(i)
             trials += 1
             interrupted += was_killed
