@@ -138,6 +138,7 @@ function M.activate(job, id, opts)
   if not fs.exists(M.path(id)) then
     job.fail(string.format("build '%s' does not exist (stage it with UPDATE_SERVER first)", id))
   end
+  common.clean_temp_files(job, ".") -- a symlink swap's temp link left by a killed run
   local cur = common.current_build()
   local mark = job.marker("activate")
   local mine = common.adopts(job, mark) and mark.build == id
