@@ -18,6 +18,7 @@ JV_TORTURE_KILLS sets the number of kills per job (default 10).
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -176,6 +177,15 @@ def cache_leftovers(data_dir):
     return [n for n in os.listdir(cdir) if n.startswith(".") or n.endswith(".part") or ".tmp" in n]
 
 
+def violation_kind(v):
+    """A violation message without the trial, time, pid and run-id details, for counting."""
+    v = re.sub(r"^trial \d+ \(kill at \d+ ms\): ", "", v)
+    v = re.sub(r"\.tmp\.\d+", ".tmp.PID", v)
+    v = re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "RUN", v)
+    v = re.sub(r"\.(run\.[A-Z_]+|[a-z]+)\.json\.tmp\.PID", ".MARKER.json.tmp.PID", v)
+    return v
+
+
 class Scenario:
     """One job under test. Subclasses fill in prepare() and the expected states."""
     job = None
@@ -326,8 +336,14 @@ class FaultRunner:
             interrupted += was_killed
             for x in v:
                 violations.append(f"trial {i} (kill at {delay * 1000:.0f} ms): {x}")
+        kinds = {}
+        for x in violations:
+            k = violation_kind(x)
+            kinds[k] = kinds.get(k, 0) + 1
         summary = (f"fault {self.s.job}: {trials} trials, {interrupted} killed mid-run, "
                    f"job takes ~{self.duration * 1000:.0f} ms, {len(violations)} violations")
+        if kinds:
+            summary += " (" + "; ".join(f"{n} x {k}" for k, n in sorted(kinds.items())) + ")"
         print(summary, flush=True)
         out_dir = os.environ.get("JV_BUILD_DIR")
         if out_dir and os.path.isdir(out_dir):
