@@ -55,7 +55,7 @@ test-e2e: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L e2e
 
 demo: build
-	./examples/demo/run-demo.sh $(BUILD)
+	python3 examples/demo/demo.py --build-dir $(BUILD)
 
 bench: build
 	./tests/bench/run-all.sh $(BUILD)

@@ -130,6 +130,13 @@ void agent_begin_shutdown(struct agent *ag)
 
 static int setup(struct agent *ag, char *err, size_t errlen)
 {
+	/* Block the signals first: a thread started later (libcurl's resolver)
+	 * inherits the mask, so SIGTERM can only ever arrive through the signalfd. */
+	int rc = loop_signals_init(ag);
+	if (rc) {
+		snprintf(err, errlen, "cannot set up signal handling: %s", strerror(-rc));
+		return 1;
+	}
 	if (config_load(ag->config_path, NULL, &ag->cfg, err, errlen))
 		return 2;
 	jv_log_setup((enum jv_log_format)ag->cfg.log_format, (enum jv_log_level)ag->cfg.log_level);
@@ -143,7 +150,7 @@ static int setup(struct agent *ag, char *err, size_t errlen)
 	}
 	struct transport_opts o;
 	transport_opts_from(&ag->cfg, token, &o);
-	int rc = transport_new(&o, &ag->tp);
+	rc = transport_new(&o, &ag->tp);
 	config_free_token(token);
 	if (rc) {
 		snprintf(err, errlen, "cannot set up HTTP: %s", strerror(-rc));
@@ -165,11 +172,6 @@ static int setup(struct agent *ag, char *err, size_t errlen)
 		return 1;
 	}
 	resolve_run_user(&ag->cfg, &ag->run_uid, &ag->run_gid);
-	rc = loop_signals_init(ag);
-	if (rc) {
-		snprintf(err, errlen, "cannot set up signal handling: %s", strerror(-rc));
-		return 1;
-	}
 	return 0;
 }
 

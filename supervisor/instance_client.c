@@ -227,10 +227,26 @@ int jv_instance_status(const char *instance_dir, cJSON **out)
 		*out = st;
 		return 0;
 	}
-	if (rc != -ENOENT && rc != -ECONNREFUSED && rc != -ECONNRESET)
+	bool denied = rc == -EACCES || rc == -EPERM;
+	if (rc != -ENOENT && rc != -ECONNREFUSED && rc != -ECONNRESET && !denied)
 		return rc;
 	cJSON *st = NULL;
 	rc = jv_instance_read_state(instance_dir, &st);
+	if (rc == 0 && denied) {
+		/* Another user's monitor: say what state.json says, and whether that
+		 * monitor (pid + start time) is alive, but judge nothing else. */
+		pid_t mpid = (pid_t)jv_json_int(st, "monitorPid", 0);
+		int64_t mstart = jv_json_int(st, "monitorStartTime", -1);
+		int mfd = -1;
+		bool alive = mpid > 1 && mstart >= 0 &&
+		             jv_proc_open_verified(mpid, (uint64_t)mstart, NULL, &mfd) == 0;
+		if (mfd >= 0)
+			close(mfd);
+		set_item(st, "monitor", cJSON_CreateBool(alive));
+		set_item(st, "error", cJSON_CreateString("the monitor's socket is not accessible to this user"));
+		*out = st;
+		return 0;
+	}
 	if (rc == -ENOENT) {
 		st = cJSON_CreateObject();
 		if (!st)

@@ -207,12 +207,11 @@ static void emit_line(struct monitor *m, const char *s, size_t n, bool from_serv
 	sock_broadcast_line(m, line, n, c->lines);
 }
 
-void con_on_readable(struct monitor *m)
+static void read_output(struct monitor *m, int rounds)
 {
 	struct mon_console *c = &m->con;
 	char buf[16384];
-	/* Bounded per wakeup so a chatty server cannot starve the socket. */
-	for (int round = 0; round < 16 && c->out_fd >= 0; round++) {
+	for (int round = 0; round < rounds && c->out_fd >= 0; round++) {
 		ssize_t n = read(c->out_fd, buf, sizeof(buf));
 		if (n <= 0)
 			return;
@@ -232,6 +231,19 @@ void con_on_readable(struct monitor *m)
 			}
 		}
 	}
+}
+
+void con_on_readable(struct monitor *m)
+{
+	/* Bounded per wakeup so a chatty server cannot starve the socket. */
+	read_output(m, 16);
+}
+
+void con_drain_output(struct monitor *m)
+{
+	/* Everything still in the FIFO (at most its 1 MiB), so the last words of
+	 * an exiting server are logged before its exit is. */
+	read_output(m, 80);
 }
 
 void con_log_note(struct monitor *m, const char *fmt, ...)

@@ -30,6 +30,8 @@ struct ws_hub;
 #define CP_EVENTS_PER_POST 1000       /* events in one POST .../events */
 #define CP_MESSAGE_MAX 4096           /* event/step message, error message */
 #define CP_STACK_MAX 65536            /* error stack */
+#define CP_PARAMS_MAX 65536          /* a job's params, as JSON */
+#define CP_OUTPUT_MAX 262144         /* a result's output, as JSON; larger is replaced by a note */
 #define CP_TOKEN_MAX 512
 #define CP_ID_MAX 129                 /* job and run ids: jv_run_id_valid, 128 chars + NUL */
 #define CP_SNAPSHOT_JOBS 200          /* jobs in a WebSocket snapshot */
@@ -104,6 +106,9 @@ void tokens_free_agents(struct cp_agent *agents, size_t n);
 /* ---- db.c ---- */
 int db_open(const char *path, bool sync_full, sqlite3 **out, char *err, size_t errlen);
 void db_close(sqlite3 *db);
+/* A second connection used only by the main thread for WAL checkpoints. */
+int db_open_checkpointer(const char *path, sqlite3 **out);
+void db_checkpoint(sqlite3 *ck, bool truncate);
 int db_begin(sqlite3 *db);
 int db_commit(sqlite3 *db);
 void db_rollback(sqlite3 *db);
@@ -112,7 +117,7 @@ sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql);
 /* Step a statement that returns no rows (or ignore them); 0 or -EIO (logged). */
 int db_step_done(sqlite3 *db, sqlite3_stmt *st);
 int db_schema_version(sqlite3 *db);
-#define DB_SCHEMA_VERSION 1
+#define DB_SCHEMA_VERSION 2
 
 /* ---- store.c: rows -> JSON (mu held) ---- */
 /* A job with its runs; NULL when unknown or on error. Returned-owned. */

@@ -29,7 +29,7 @@
 #include "jobvisor/util.h"
 
 #define AGENT_PUSH_MS 10000  /* lastSeen pushed to WebSocket clients at most this often */
-#define AGENT_STORE_MS 1000  /* and written to the database at most this often */
+#define AGENT_STORE_MS 30000 /* and written to the database at most this often (memory is authoritative) */
 
 static void touch_agent(struct cp *cp, struct cp_agent *a, int capacity, int64_t now)
 {

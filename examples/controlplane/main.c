@@ -6,7 +6,8 @@
  * files, opens the database (migrating it), starts the WebSocket hub and
  * civetweb, prints "listening on http://ADDR:PORT" on stdout (the real port
  * when PORT is 0, so tests can use OS-assigned ports), then waits for SIGINT
- * or SIGTERM while running the lease/ack sweep twice a second. Signals are
+ * or SIGTERM while running the lease/ack sweep and a WAL checkpoint twice a
+ * second. Signals are
  * blocked in every thread and taken with sigtimedwait here, so no work is
  * done in a handler. Exit status: 0 after a signal, 1 runtime failure, 2 usage
  * or configuration error. */
@@ -240,6 +241,7 @@ int main(int argc, char **argv)
 	}
 	int status = 2;
 	struct mg_context *ctx = NULL;
+	sqlite3 *ck = NULL;
 	char err[512];
 	pthread_mutex_init(&cp.mu, NULL);
 	if (tokens_load_admin(cp.cfg.admin_token_file, &cp.admin_token, &cp.admin_token_len, err, sizeof(err)) < 0 ||
@@ -271,6 +273,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	status = 1;
+	if (db_open_checkpointer(cp.cfg.db_path, &ck) < 0)
+		goto out;
 	if (ws_hub_start(&cp, &cp.hub) < 0) {
 		jv_error(NULL, NULL, "cannot start the WebSocket broadcaster");
 		goto out;
@@ -294,6 +298,7 @@ int main(int argc, char **argv)
 			break;
 		}
 		dispatch_sweep(&cp);
+		db_checkpoint(ck, false);
 	}
 	status = 0;
 out:
@@ -302,6 +307,9 @@ out:
 	if (ctx)
 		mg_stop(ctx);
 	ws_hub_free(cp.hub);
+	if (ck && status == 0)
+		db_checkpoint(ck, true);
+	db_close(ck);
 	db_close(cp.db);
 	if (cp.admin_token)
 		explicit_bzero(cp.admin_token, cp.admin_token_len);

@@ -44,7 +44,9 @@ int jv_instance_read_state(const char *instance_dir, cJSON **out);
  * is still running (pid + start time verified through a pidfd), and a state
  * that claims a running server that is gone becomes "CRASHED" with
  * "stale": true and the recorded state in "recordedState". Never started:
- * {"state": "STOPPED", "neverStarted": true}. Returns 0 (*out returned-owned)
+ * {"state": "STOPPED", "neverStarted": true}. A monitor whose socket this user
+ * may not open: state.json as it is, "monitor" from its pid + start time, and
+ * "error" saying why. Returns 0 (*out returned-owned)
  * or -errno (-ETIMEDOUT: a monitor is there but does not answer). */
 int jv_instance_status(const char *instance_dir, cJSON **out);
 

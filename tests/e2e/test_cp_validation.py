@@ -221,6 +221,21 @@ class Malformed(CpTestCase):
         listed = self.cp.api("GET", "/v1/jobs?agentId=" + self.cp.default_agent).json["jobs"]
         self.assertEqual(listed, [])
 
+    def test_huge_params_are_refused_and_huge_outputs_replaced_by_a_note(self):
+        r = self.cp.api("POST", "/v1/jobs", {"type": "SYNC_MODS", "agentId": self.cp.default_agent,
+                                             "instanceId": "mc", "params": {"blob": "x" * 70000}})
+        self.assert400(r, "params")
+        self.cp.create_job()
+        agent = self.cp.agent()
+        [a] = agent.take()
+        agent.progress(a, 1, "x")
+        r = agent.result(a["jobRunId"], "COMPLETED", output={"blob": "y" * 300000})
+        self.assertEqual(r.status, 200)
+        run = self.cp.api("GET", "/v1/runs/" + a["jobRunId"]).json
+        self.assertEqual(run["status"], "COMPLETED")
+        self.assertEqual(run["output"]["outputTooLarge"], True)
+        self.assertGreater(run["output"]["bytes"], 300000)
+
     def test_create_with_a_client_job_id_is_idempotent(self):
         body = {"jobId": "panel-42", "type": "START_INSTANCE", "agentId": self.cp.default_agent,
                 "instanceId": "mc1"}
