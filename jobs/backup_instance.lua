@@ -78,6 +78,10 @@ return {
     for i, l in ipairs(after) do common.check_line(job, "quiesce.after[" .. i .. "]", l) end
 
     local st = fs.stat("data")
+    if st and st.type == "symlink" then
+      job.fail(string.format("data/ of instance '%s' is a symlink (to '%s'): jobvisor backs up a real "
+        .. "data/ directory only", job.instance_id, tostring(st.target)))
+    end
     if not st or st.type ~= "dir" then
       job.fail(string.format("instance '%s' has no data/ directory to back up", job.instance_id))
     end

@@ -28,6 +28,12 @@ return {
     local m, err = backups.load(id)
     if not m then job.fail(err) end
 
+    local dst = fs.stat("data")
+    if dst and dst.type ~= "dir" then
+      job.fail(string.format("data/ of instance '%s' is a %s, not a directory: refusing to replace it",
+        job.instance_id, dst.type))
+    end
+
     local mark = job.marker("restore")
     local mine = common.adopts(job, mark) and mark.backupId == id
     local running = common.is_running(common.instance_state(job))
