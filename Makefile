@@ -61,7 +61,8 @@ bench: build
 	./tests/bench/run-all.sh $(BUILD)
 
 torture: build
-	JV_TORTURE_KILLS=200 cd $(BUILD) && JV_TORTURE_KILLS=200 ctest --output-on-failure -L fault
+	cd $(BUILD) && rm -f fault-summary.txt && { JV_TORTURE_KILLS=200 ctest --output-on-failure -L fault; \
+	  rc=$$?; cat fault-summary.txt; exit $$rc; }
 
 install: build
 	cmake --install $(BUILD)

@@ -16,6 +16,7 @@ return {
   run = function(job)
     local build = common.check_ident(job, "build", job.params.build)
     local act = builds.activate(job, build, { restart = job.params.restart == true })
+    common.clean_stale_staging(job)
     return { build = act.build, previous = act.previous, changed = act.changed }
   end,
 }

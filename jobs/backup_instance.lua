@@ -29,10 +29,17 @@ local function result_of(id, m)
            sha256 = m.sha256 }
 end
 
-local function send_lines(job, lines, when)
+-- The `before` lines must arrive (or the backup may not be consistent); an
+-- `after` line that cannot be sent (the server stopped meanwhile) is only
+-- worth a warning: the backup itself is fine.
+local function send_lines(job, lines, when, must)
   for _, line in ipairs(lines) do
     log.info(string.format("quiesce %s: sending '%s'", when, line))
-    common.must(job, "cannot send '" .. line .. "' to the server", instance.send(line))
+    local ok, err = instance.send(line)
+    if not ok then
+      if must then job.fail("cannot send '" .. line .. "' to the server: " .. tostring(err), { retryable = true }) end
+      log.warn(string.format("cannot send '%s' to the server: %s", line, tostring(err)))
+    end
   end
 end
 
@@ -71,6 +78,10 @@ return {
     for i, l in ipairs(after) do common.check_line(job, "quiesce.after[" .. i .. "]", l) end
 
     local st = fs.stat("data")
+    if st and st.type == "symlink" then
+      job.fail(string.format("data/ of instance '%s' is a symlink (to '%s'): jobvisor backs up a real "
+        .. "data/ directory only", job.instance_id, tostring(st.target)))
+    end
     if not st or st.type ~= "dir" then
       job.fail(string.format("instance '%s' has no data/ directory to back up", job.instance_id))
     end
@@ -85,6 +96,7 @@ return {
       local m, err = backups.load(id)
       if m and mine then
         log.info(string.format("backup '%s' was completed by an earlier run of this job", id))
+        common.clean_stale_staging(job)
         job.unmark("backup")
         return result_of(id, m)
       end
@@ -114,7 +126,7 @@ return {
     common.guard(function()
       if running and #before > 0 then
         quiesced = true
-        send_lines(job, before, "before")
+        send_lines(job, before, "before", true)
         if q.waitLog then
           job.step("waiting for the server to confirm: " .. q.waitLog)
           local line, werr = instance.wait_log(q.waitLog, wait_timeout)

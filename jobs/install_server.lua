@@ -63,6 +63,8 @@ return {
       and data and data.type == "dir" then
       local rec = builds.source_of(job, build)
       if not (type(rec) == "table" and type(rec.sha256) == "string" and rec.sha256:lower() ~= src.sha256) then
+        common.clean_stale_staging(job)
+        job.unmark("download")
         job.step(string.format("build '%s' is already installed and active: nothing to do", build))
         log.info(string.format("build '%s' is already installed and active with this spec: nothing to do", build))
         return { build = build, alreadyInstalled = true }
@@ -76,11 +78,12 @@ return {
       job.fail(string.format("instance '%s' is running build '%s': stop it first, or use UPDATE_SERVER "
         .. "with activate to switch builds", job.instance_id, cur))
     end
-    common.clean_stale_staging(job)
+    local keep, resume = builds.resumable(job, src)
+    common.clean_stale_staging(job, keep)
     common.clean_temp_files(job, ".")
     common.clean_temp_files(job, "builds")
 
-    local staged = builds.stage(job, build, src, 2, 85)
+    local staged = builds.stage(job, build, src, 2, 85, resume)
     job.checkpoint()
 
     if not (data and data.type == "dir") then
@@ -102,6 +105,7 @@ return {
         job.fail("the instance spec was refused: " .. tostring(serr))
       end
     end
+    common.clean_stale_staging(job)
     log.info(string.format("build '%s' installed%s", build, staged and "" or " (it was already staged)"))
     return { build = build, alreadyInstalled = false, previous = act.previous }
   end,

@@ -28,6 +28,12 @@ return {
     local m, err = backups.load(id)
     if not m then job.fail(err) end
 
+    local dst = fs.stat("data")
+    if dst and dst.type ~= "dir" then
+      job.fail(string.format("data/ of instance '%s' is a %s, not a directory: refusing to replace it",
+        job.instance_id, dst.type))
+    end
+
     local mark = job.marker("restore")
     local mine = common.adopts(job, mark) and mark.backupId == id
     local running = common.is_running(common.instance_state(job))
@@ -37,15 +43,21 @@ return {
     end
     local was_running = running or (mine and mark.wasRunning == true) or false
 
-    -- Staging left by interrupted runs goes, except the one holding the data
-    -- an earlier run of this job swapped out: it is kept until we complete.
-    local keep = {}
-    local prev_run = mine and type(mark.previousRun) == "string" and mark.previousRun or nil
-    if prev_run then keep[prev_run] = true end
+    -- Staging left by interrupted runs goes, except what holds data that
+    -- earlier runs of this job swapped out: kept until we complete.
+    local keep, held = {}, json.array()
+    if mine and type(mark.previousRuns) == "table" then
+      for _, r in ipairs(mark.previousRuns) do
+        if type(r) == "string" and not keep[r] then
+          keep[r] = true
+          held[#held + 1] = r
+        end
+      end
+    end
     common.clean_stale_staging(job, keep)
 
     local state = { jobId = job.id, runId = job.run_id, backupId = id, wasRunning = was_running,
-                    previousRun = prev_run or json.null, phase = "extracting" }
+                    previousRuns = held, phase = "extracting" }
     job.mark("restore", state)
 
     local stage = common.must(job, "cannot create a staging directory", fs.staging())
@@ -68,7 +80,7 @@ return {
 
     -- From here the previous data lives in this run's staging directory.
     state.phase = "swapping"
-    state.previousRun = job.run_id
+    held[#held + 1] = job.run_id
     job.mark("restore", state)
     job.progress(92, "swapping the restored tree into data/")
     if fs.exists("data") then

@@ -19,10 +19,11 @@ return {
     local p = job.params
     local build = common.check_ident(job, "build", p.build)
     local src = builds.check_source(job, p.source, true)
-    common.clean_stale_staging(job)
+    local keep, resume = builds.resumable(job, src)
+    common.clean_stale_staging(job, keep)
     common.clean_temp_files(job, "builds")
 
-    local staged = builds.stage(job, build, src, 1, p.activate and 80 or 99)
+    local staged = builds.stage(job, build, src, 1, p.activate and 80 or 99, resume)
     local out = { build = build, staged = staged, activated = false }
     if p.activate then
       job.checkpoint()
@@ -32,6 +33,7 @@ return {
       out.activated = true
       out.previous = act.previous
     end
+    common.clean_stale_staging(job)
     return out
   end,
 }

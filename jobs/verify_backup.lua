@@ -19,6 +19,7 @@ return {
     if not ok then
       job.fail(string.format("backup '%s' is corrupt: %s", id, tostring(verr)))
     end
+    common.clean_stale_staging(job)
     log.info(string.format("backup '%s' verified: %d files, %d bytes", id, backups.file_count(m), m.bytes))
     return { backupId = id, files = backups.file_count(m), entries = #m.files, bytes = m.bytes }
   end,

@@ -11,11 +11,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "agent.h"
 #include "commands.h"
 #include "delivery.h"
+#include "jobvisor/durable.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
 #include "loop.h"
@@ -93,7 +95,7 @@ void agent_reload(struct agent *ag)
 		char *keep = ag->cfg.data_dir;
 		ag->cfg.data_dir = nc.data_dir;
 		nc.data_dir = keep;
-		cJSON_ReplaceItemInObjectCaseSensitive(settings, "dataDir",
+		cJSON_ReplaceItemInObjectCaseSensitive(settings, "data_dir",
 		                                       cJSON_CreateString(nc.data_dir));
 	}
 	/* Runs that are going already copied their spec; new runs get the new settings. */
@@ -128,8 +130,46 @@ void agent_begin_shutdown(struct agent *ag)
 		r->retry_at_ms = 0;
 }
 
+/* The data dir must be usable by job runs that switch to `user`: it is
+ * created world-traversable, and the directories job runs create entries in
+ * (instances/, cache/) are handed to that user when the agent creates them.
+ * runs/ stays the agent's own (spool_open makes it 0700). */
+static int prepare_data_dir(const struct config *cfg, int uid, int gid, char *err, size_t errlen)
+{
+	int rc = jv_mkdir_p(cfg->data_dir, 0755);
+	if (rc) {
+		snprintf(err, errlen, "cannot create data_dir '%s': %s", cfg->data_dir, strerror(-rc));
+		return rc;
+	}
+	if (uid < 0)
+		return 0;
+	static const char *const subdirs[] = {"instances", "cache"};
+	for (size_t i = 0; i < JV_ARRAY_LEN(subdirs); i++) {
+		char path[4096];
+		snprintf(path, sizeof(path), "%s/%s", cfg->data_dir, subdirs[i]);
+		if (mkdir(path, 0750) == 0) {
+			if (chown(path, (uid_t)uid, (gid_t)gid) < 0) {
+				snprintf(err, errlen, "cannot hand '%s' to user '%s': %s", path, cfg->user,
+				         strerror(errno));
+				return -errno;
+			}
+		} else if (errno != EEXIST) {
+			snprintf(err, errlen, "cannot create '%s': %s", path, strerror(errno));
+			return -errno;
+		}
+	}
+	return 0;
+}
+
 static int setup(struct agent *ag, char *err, size_t errlen)
 {
+	/* Block the signals first: a thread started later (libcurl's resolver)
+	 * inherits the mask, so SIGTERM can only ever arrive through the signalfd. */
+	int rc = loop_signals_init(ag);
+	if (rc) {
+		snprintf(err, errlen, "cannot set up signal handling: %s", strerror(-rc));
+		return 1;
+	}
 	if (config_load(ag->config_path, NULL, &ag->cfg, err, errlen))
 		return 2;
 	jv_log_setup((enum jv_log_format)ag->cfg.log_format, (enum jv_log_level)ag->cfg.log_level);
@@ -143,12 +183,15 @@ static int setup(struct agent *ag, char *err, size_t errlen)
 	}
 	struct transport_opts o;
 	transport_opts_from(&ag->cfg, token, &o);
-	int rc = transport_new(&o, &ag->tp);
+	rc = transport_new(&o, &ag->tp);
 	config_free_token(token);
 	if (rc) {
 		snprintf(err, errlen, "cannot set up HTTP: %s", strerror(-rc));
 		return 1;
 	}
+	resolve_run_user(&ag->cfg, &ag->run_uid, &ag->run_gid);
+	if (prepare_data_dir(&ag->cfg, ag->run_uid, ag->run_gid, err, errlen))
+		return 2;
 	rc = spool_open(ag->cfg.data_dir, &ag->spool);
 	if (rc == -EBUSY) {
 		snprintf(err, errlen, "another agent is using data_dir '%s' (runs/.agent.lock is held)",
@@ -162,12 +205,6 @@ static int setup(struct agent *ag, char *err, size_t errlen)
 	ag->child_settings = config_child_settings(&ag->cfg);
 	if (!ag->child_settings) {
 		snprintf(err, errlen, "out of memory");
-		return 1;
-	}
-	resolve_run_user(&ag->cfg, &ag->run_uid, &ag->run_gid);
-	rc = loop_signals_init(ag);
-	if (rc) {
-		snprintf(err, errlen, "cannot set up signal handling: %s", strerror(-rc));
 		return 1;
 	}
 	return 0;

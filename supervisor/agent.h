@@ -42,6 +42,7 @@ struct srun {
 	bool finished;        /* the result is known (in sr) */
 	bool dropped;         /* 409: the run is no longer ours; forget it once reaped */
 	bool cancel_sent;     /* jobrun_cancel called (cancels repeat in every poll answer) */
+	bool spool_warned;    /* a spool write failed (logged once) */
 
 	/* Delivery state (delivery.c). */
 	struct transport_req *req;
@@ -66,6 +67,7 @@ struct poller {
 	unsigned failures;
 	int64_t server_interval_ms; /* pollIntervalSeconds from the control plane, 0 = none */
 	int64_t lease_ms;           /* leaseSeconds, 0 = unknown */
+	bool again;                 /* poll again as soon as the poll in flight answers */
 };
 
 struct agent {

@@ -61,7 +61,7 @@ static const struct setting settings[] = {
 	 "random extra delay added to each poll interval (0 to this)"},
 	{"poll_wait", "JOBVISOR_POLL_WAIT", K_INT, OFF(poll_wait_s), "25", 0, 300, false,
 	 "long poll: seconds the control plane may hold a poll open (0 = off)"},
-	{"capacity", "JOBVISOR_CAPACITY", K_INT, OFF(capacity), "2", 1, 256, false,
+	{"capacity", "JOBVISOR_CAPACITY", K_INT, OFF(capacity), "2", 1, CONFIG_CAPACITY_MAX, false,
 	 "job runs at the same time"},
 	{"job_timeout", "JOBVISOR_JOB_TIMEOUT", K_INT, OFF(job_timeout_s), "3600", 1, 604800, false,
 	 "seconds a run may take when its assignment gives no timeoutSeconds"},
@@ -95,6 +95,14 @@ static const struct setting settings[] = {
 	 "CA bundle for the control plane's certificate"},
 	{"tls_insecure_loopback", "JOBVISOR_TLS_INSECURE_LOOPBACK", K_BOOL, OFF(tls_insecure_loopback),
 	 "false", 0, 0, false, "skip TLS verification; only for a loopback URL (tests)"},
+	{"console_log_max_bytes", "JOBVISOR_CONSOLE_LOG_MAX_BYTES", K_SIZE, OFF(console_log_max_bytes),
+	 "10M", 4096, (double)(1LL << 40), false, "rotate a game server's console.log at this size"},
+	{"console_log_keep", "JOBVISOR_CONSOLE_LOG_KEEP", K_INT, OFF(console_log_keep), "5", 1, 100,
+	 false, "rotated console logs kept per instance"},
+	{"cgroups", "JOBVISOR_CGROUPS", K_BOOL, OFF(cgroups), "true", 0, 0, false,
+	 "put game servers in cgroups when cgroup v2 is delegated"},
+	{"cgroup_parent", "JOBVISOR_CGROUP_PARENT", K_PATH, OFF(cgroup_parent), NULL, 0, 0, false,
+	 "delegated cgroup v2 directory for instance cgroups"},
 };
 
 size_t config_setting_count(void)
@@ -658,7 +666,7 @@ int config_read_token(const struct config *cfg, char **token, char *err, size_t 
 cJSON *config_child_settings(const struct config *cfg)
 {
 	cJSON *o = cJSON_CreateObject();
-	cJSON *arr = cJSON_AddArrayToObject(o, "allowedExecutables");
+	cJSON *arr = cJSON_AddArrayToObject(o, "allowed_executables");
 	if (!o || !arr)
 		goto fail;
 	for (const char *p = cfg->allowed_executables; p && *p;) {
@@ -677,9 +685,18 @@ cJSON *config_child_settings(const struct config *cfg)
 	}
 	if (cfg->user && !cJSON_AddStringToObject(o, "user", cfg->user))
 		goto fail;
-	if (!cJSON_AddStringToObject(o, "dataDir", cfg->data_dir))
+	if (!cJSON_AddNumberToObject(o, "console_log_max_bytes", (double)cfg->console_log_max_bytes) ||
+	    !cJSON_AddNumberToObject(o, "console_log_keep", cfg->console_log_keep) ||
+	    !cJSON_AddBoolToObject(o, "cgroups", cfg->cgroups))
 		goto fail;
-	if (cfg->jobs_dir && !cJSON_AddStringToObject(o, "jobsDir", cfg->jobs_dir))
+	if (cfg->cgroup_parent && !cJSON_AddStringToObject(o, "cgroup_parent", cfg->cgroup_parent))
+		goto fail;
+	if (!cJSON_AddStringToObject(o, "log_level", jv_log_level_name((enum jv_log_level)cfg->log_level)) ||
+	    !cJSON_AddStringToObject(o, "log_format", cfg->log_format == JV_LOG_JSON ? "json" : "logfmt"))
+		goto fail;
+	if (!cJSON_AddStringToObject(o, "data_dir", cfg->data_dir))
+		goto fail;
+	if (cfg->jobs_dir && !cJSON_AddStringToObject(o, "jobs_dir", cfg->jobs_dir))
 		goto fail;
 	return o;
 fail:

@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <cjson/cJSON.h>
 
+#define CONFIG_CAPACITY_MAX 256
+
 struct config {
 	char *url;          /* base URL, no trailing slash */
 	char *agent_id;     /* identifier */
@@ -25,6 +27,12 @@ struct config {
 	char *allowed_executables; /* ':'-separated absolute paths, NULL = none */
 	bool tls_insecure_loopback;
 	bool url_is_loopback; /* derived */
+
+	/* For instance monitors (passed down through job runs). */
+	int64_t console_log_max_bytes;
+	int console_log_keep;
+	bool cgroups;
+	char *cgroup_parent; /* NULL = automatic */
 
 	int64_t poll_interval_ms;
 	int64_t poll_jitter_ms;
@@ -62,8 +70,10 @@ void config_free(struct config *cfg);
 int config_read_token(const struct config *cfg, char **token, char *err, size_t errlen);
 void config_free_token(char *token);
 
-/* The settings a job-run child needs ({allowedExecutables:[...], user, dataDir,
- * jobsDir}); returned-owned: cJSON_Delete. NULL on ENOMEM. */
+/* The settings a job-run child and the monitors it starts need, keyed by the
+ * setting names: {allowed_executables:[...], user, console_log_max_bytes,
+ * console_log_keep, cgroups, cgroup_parent, log_level, log_format, data_dir,
+ * jobs_dir}. Returned-owned: cJSON_Delete. NULL on ENOMEM. */
 cJSON *config_child_settings(const struct config *cfg);
 
 /* Number of settings and the i-th (file key, env name, default as text,

@@ -21,7 +21,7 @@
 #include "scheduler.h"
 #include "transport.h"
 
-#define MAX_FDS 64
+#define MAX_FDS (1 + CONFIG_CAPACITY_MAX + 15) /* signalfd + one pipe per run */
 #define MAX_SLEEP_MS (3600 * 1000)
 
 int loop_signals_init(struct agent *ag)

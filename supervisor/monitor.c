@@ -69,10 +69,16 @@ void mon_set_state(struct monitor *m, enum mon_state st, const char *fmt, ...)
 	}
 	jv_info(NULL, NULL, "instance %s: %s%s%s", m->instance_id, mon_state_name(st),
 	        m->message[0] ? ": " : "", m->message);
-	state_write(m);
-	sock_broadcast_state(m);
-	if (final)
+	if (final) {
+		/* Durable first: a client told "done" may read state.json at once. */
+		state_write(m);
+		sock_broadcast_state(m);
 		sock_finish_stop(m);
+	} else {
+		/* Subscribers first: waiting for RUNNING should not include fsyncs. */
+		sock_broadcast_state(m);
+		state_write(m);
+	}
 }
 
 static double stop_timeout(const struct monitor *m)

@@ -21,6 +21,7 @@
 #define BASE_DELAY_MS 1000
 #define HELD_MS 1000       /* an answer this slow means the server held the long poll */
 #define AFTER_WORK_MS 200  /* pause before polling again after an answer with work */
+#define MAX_JOBS_EXTRA 16  /* assignments taken per answer beyond capacity (to refuse them) */
 
 void poller_init(struct agent *ag)
 {
@@ -33,7 +34,10 @@ void poller_init(struct agent *ag)
 static int64_t interval_ms(const struct agent *ag)
 {
 	const struct poller *p = &ag->poller;
-	int64_t base = p->server_interval_ms > 0 ? p->server_interval_ms : ag->cfg.poll_interval_ms;
+	/* The control plane may ask for slower polling, never for faster. */
+	int64_t base = ag->cfg.poll_interval_ms;
+	if (p->server_interval_ms > base)
+		base = p->server_interval_ms;
 	int64_t jitter = ag->cfg.poll_jitter_ms;
 	return base + (jitter > 0 ? (int64_t)(jv_random_u64() % (uint64_t)(jitter + 1)) : 0);
 }
@@ -56,7 +60,9 @@ void poller_abort(struct agent *ag)
 void poller_poll_now(struct agent *ag)
 {
 	int64_t now = jv_now_mono_ms();
-	if (!ag->poller.failing && ag->poller.next_at_ms > now)
+	if (ag->poller.req)
+		ag->poller.again = true;
+	else if (!ag->poller.failing && ag->poller.next_at_ms > now)
 		ag->poller.next_at_ms = now;
 }
 
@@ -69,6 +75,7 @@ static void failed(struct agent *ag, const char *why, int64_t retry_after_ms, bo
 		delay = ag->cfg.poll_interval_ms;
 	p->next_at_ms = jv_now_mono_ms() + delay;
 	p->failures++;
+	p->again = false;
 	if (loud)
 		jv_error(NULL, NULL, "poll failed: %s; next poll in %.1fs", why, (double)delay / 1000.0);
 	else if (!p->failing)
@@ -109,14 +116,26 @@ static void handle_answer(struct agent *ag, const cJSON *o, int64_t elapsed_ms)
 	if (jobs && !cJSON_IsNull(jobs) && !cJSON_IsArray(jobs))
 		jv_warn(NULL, NULL, "poll answer: 'jobs' is not an array; ignored");
 	if (cJSON_IsArray(jobs)) {
+		/* A control plane that ignores capacity gets the extra runs refused,
+		 * but only a few per answer: each refusal is a record on disk. */
+		int limit = ag->cfg.capacity + MAX_JOBS_EXTRA, n = cJSON_GetArraySize(jobs), taken = 0;
 		cJSON_ArrayForEach(c, jobs)
 		{
+			if (taken++ >= limit)
+				break;
 			scheduler_assign(ag, c);
 			work++;
 		}
+		if (n > limit)
+			jv_warn(NULL, NULL, "poll answer carried %d jobs for a capacity of %d; ignored %d",
+			        n, ag->cfg.capacity, n - limit);
 	}
+	jv_debug(NULL, NULL, "poll answered in %lld ms: %zu jobs and cancels, %zu runs held",
+	         (long long)elapsed_ms, work, scheduler_held(ag));
 	int64_t now = jv_now_mono_ms();
-	if (p->sent_wait_s > 0 && elapsed_ms >= HELD_MS)
+	if (p->again)
+		p->next_at_ms = now + AFTER_WORK_MS; /* a slot freed up while this poll was out */
+	else if (p->sent_wait_s > 0 && elapsed_ms >= HELD_MS)
 		p->next_at_ms = now; /* the server holds long polls: go straight back */
 	else if (p->sent_wait_s > 0 && work > 0)
 		p->next_at_ms = now + AFTER_WORK_MS;
@@ -155,10 +174,12 @@ static void on_answer(void *ud, const struct transport_response *resp)
 	}
 	if (p->failing)
 		jv_info(NULL, NULL, "control plane reachable again after %u failed polls", p->failures);
+
 	p->failing = false;
 	p->failures = 0;
 	backoff_reset(&p->bo);
 	handle_answer(ag, o, resp->elapsed_ms);
+	p->again = false;
 	cJSON_Delete(o);
 }
 
@@ -177,7 +198,9 @@ void poller_tick(struct agent *ag, int64_t now_ms)
 	cJSON *running = scheduler_running_json(ag);
 	char *text = NULL;
 	if (body && running) {
-		cJSON_AddNumberToObject(body, "capacity", free_slots);
+		/* The agent's whole capacity: the control plane subtracts the runs it
+		 * has assigned and not yet seen finished. */
+		cJSON_AddNumberToObject(body, "capacity", ag->stopping ? 0 : ag->cfg.capacity);
 		cJSON_AddItemToObject(body, "running", running);
 		running = NULL;
 		cJSON_AddNumberToObject(body, "waitSeconds", wait);

@@ -1,13 +1,15 @@
 /* poller.h — asking the control plane for work.
  *
  * POST /v1/agents/{agentId}/poll with {capacity, running, waitSeconds}:
- * capacity is the number of runs the agent will start now, running lists
+ * capacity is how many runs the agent runs at once (the control plane
+ * subtracts those it has assigned and not yet seen finished), running lists
  * every run it holds with its last seq (renewing their leases). The answer's
  * jobs go to the scheduler, its cancel list to the runs. Polls repeat every
- * poll_interval plus up to poll_jitter (or the control plane's
- * pollIntervalSeconds); with poll_wait > 0 the agent asks for a long poll
- * and, if the control plane held the request, polls again at once. Failed
- * polls back off exponentially, honouring Retry-After. */
+ * poll_interval plus up to poll_jitter (the control plane's
+ * pollIntervalSeconds can slow that down, not speed it up); with
+ * poll_wait > 0 the agent asks for a long poll while it has a free slot and,
+ * if the control plane held the request, polls again at once. Failed polls
+ * back off exponentially, honouring Retry-After. */
 #ifndef JOBVISOR_POLLER_H
 #define JOBVISOR_POLLER_H
 

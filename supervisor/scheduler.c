@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "delivery.h"
+#include "poller.h"
 #include "jobrun.h"
 #include "jobvisor/ident.h"
 #include "jobvisor/jsonutil.h"
@@ -246,8 +247,12 @@ static void on_event(void *ud, struct jobrun *jr, cJSON *event)
 	struct srun *run = ud;
 	if (!run->dropped && run->sr) {
 		int rc = spool_run_append(run->sr, event);
-		if (rc)
-			jv_warn(run->job_id, run->run_id, "cannot spool event: %s", strerror(-rc));
+		if (rc && !run->spool_warned) {
+			/* Once per run: a full disk would otherwise log every event. The
+			 * event is still queued for delivery; only its durability is lost. */
+			jv_warn(run->job_id, run->run_id, "cannot write event to the spool: %s", strerror(-rc));
+			run->spool_warned = true;
+		}
 	}
 	cJSON_Delete(event);
 }
@@ -272,6 +277,15 @@ size_t scheduler_live_children(const struct agent *ag)
 	size_t n = 0;
 	for (const struct srun *r = ag->runs; r; r = r->next)
 		if (r->jr)
+			n++;
+	return n;
+}
+
+size_t scheduler_held(const struct agent *ag)
+{
+	size_t n = 0;
+	for (const struct srun *r = ag->runs; r; r = r->next)
+		if (r->sr && !r->dropped)
 			n++;
 	return n;
 }
@@ -497,6 +511,8 @@ void scheduler_housekeeping(struct agent *ag)
 		if (r->jr && jobrun_pid(r->jr) == 0 && (jobrun_finished(r->jr) || r->dropped)) {
 			jobrun_free(r->jr);
 			r->jr = NULL;
+			if (!ag->stopping)
+				poller_poll_now(ag); /* a slot is free: ask for more work now */
 		}
 		if (!r->jr && !r->sr)
 			run_unlink_free(ag, r);

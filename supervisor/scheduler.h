@@ -50,6 +50,7 @@ void scheduler_reject(struct srun *run, const char *why);
 /* Free slots for new runs (0 while stopping). */
 int scheduler_free_slots(const struct agent *ag);
 size_t scheduler_live_children(const struct agent *ag);
+size_t scheduler_held(const struct agent *ag); /* runs with a record (running or undelivered) */
 /* [{jobRunId, lastSeq}] for every run held; returned-owned (cJSON_Delete). */
 cJSON *scheduler_running_json(const struct agent *ag);
 

@@ -265,7 +265,7 @@ fail:
 
 int transport_wait(struct transport *tp, struct pollfd *fds, unsigned nfds, int timeout_ms)
 {
-	struct curl_waitfd wfds[64];
+	struct curl_waitfd wfds[TRANSPORT_MAX_EXTRA_FDS];
 	if (nfds > JV_ARRAY_LEN(wfds))
 		nfds = JV_ARRAY_LEN(wfds);
 	for (unsigned i = 0; i < nfds; i++) {

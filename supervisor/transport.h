@@ -64,8 +64,9 @@ int transport_post(struct transport *tp, const char *path, char *body, long time
 void transport_abort(struct transport *tp, struct transport_req *req);
 size_t transport_active(const struct transport *tp);
 
-/* Wait up to timeout_ms for network activity or one of fds (revents filled).
- * Returns 0 or -errno. */
+/* Wait up to timeout_ms for network activity or one of fds (revents filled;
+ * at most TRANSPORT_MAX_EXTRA_FDS). Returns 0 or -errno. */
+#define TRANSPORT_MAX_EXTRA_FDS 512
 int transport_wait(struct transport *tp, struct pollfd *fds, unsigned nfds, int timeout_ms);
 /* Run transfers and call the callbacks of finished requests. */
 void transport_perform(struct transport *tp);

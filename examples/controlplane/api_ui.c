@@ -63,7 +63,7 @@ static const char *validate_create(struct cp *cp, const cJSON *body, struct lc_n
 	nj->agent_id = jv_json_str(body, "agentId", NULL);
 	if (!nj->agent_id || !jv_ident_valid(nj->agent_id))
 		return "'agentId' must be an agent id";
-	if (!cp_agent_find(cp, nj->agent_id)) {
+	if (!tokens_agent_find(cp, nj->agent_id)) {
 		snprintf(why, len, "unknown agent '%s'", nj->agent_id);
 		return why;
 	}

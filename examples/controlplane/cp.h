@@ -33,6 +33,7 @@ struct ws_hub;
 #define CP_PARAMS_MAX 65536          /* a job's params, as JSON */
 #define CP_OUTPUT_MAX 262144         /* a result's output, as JSON; larger is replaced by a note */
 #define CP_TOKEN_MAX 512
+#define CP_JSON_DEPTH_MAX 64          /* nesting of any JSON we parse from a client */
 #define CP_ID_MAX 129                 /* job and run ids: jv_run_id_valid, 128 chars + NUL */
 #define CP_SNAPSHOT_JOBS 200          /* jobs in a WebSocket snapshot */
 #define CP_LIST_DEFAULT 50
@@ -82,6 +83,7 @@ struct cp {
 	int64_t last_sweep_ms; /* wall clock of the previous sweep (main thread only) */
 	struct ws_hub *hub;
 	atomic_bool stopping;
+	atomic_int http_active; /* HTTP handlers running now (drained before mg_stop) */
 	char epoch[17];     /* random per process: WebSocket sequence numbers restart with it */
 };
 
@@ -100,7 +102,7 @@ int tokens_load_agents(const char *path, struct cp_agent **agents, size_t *n, ch
 /* Constant-time equality (time depends only on the lengths). */
 bool tokens_equal(const char *a, size_t alen, const char *b, size_t blen);
 /* Agent by id (borrowed), NULL when unknown. */
-struct cp_agent *cp_agent_find(struct cp *cp, const char *id);
+struct cp_agent *tokens_agent_find(struct cp *cp, const char *id);
 void tokens_free_agents(struct cp_agent *agents, size_t n);
 
 /* ---- db.c ---- */
@@ -215,6 +217,8 @@ enum http_auth { AUTH_NONE = 0, AUTH_ADMIN, AUTH_AGENT };
 enum http_auth http_authenticate(struct cp *cp, const struct mg_connection *conn, const char *query_token,
                                  struct cp_agent **agent);
 int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err);
+/* False when s nests arrays/objects deeper than max (checked before parsing). */
+bool http_json_depth_ok(const char *s, size_t len, int max);
 void http_send_json(struct mg_connection *conn, int status, const cJSON *body);
 void http_send_error(struct mg_connection *conn, int status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -250,6 +254,8 @@ int ws_on_connect(const struct mg_connection *conn, void *cbdata);
 void ws_on_ready(struct mg_connection *conn, void *cbdata);
 int ws_on_data(struct mg_connection *conn, int bits, char *data, size_t len, void *cbdata);
 void ws_on_close(const struct mg_connection *conn, void *cbdata);
+/* From civetweb's connection_close callback: releases a client's slot and memory. */
+void ws_on_connection_closed(struct cp *cp, const struct mg_connection *conn);
 
 /* ---- ui_page (generated from ui_page.html at build time) ---- */
 extern const char cp_ui_page[];

@@ -403,7 +403,7 @@ int dispatch_recover(struct cp *cp)
 	/* Last seen times, and jobs stored but not yet queued when we stopped. */
 	st = rc == 0 ? db_prepare(cp->db, "SELECT agent_id, last_seen, capacity FROM agents") : NULL;
 	while (st && sqlite3_step(st) == SQLITE_ROW) {
-		struct cp_agent *a = cp_agent_find(cp, (const char *)sqlite3_column_text(st, 0));
+		struct cp_agent *a = tokens_agent_find(cp, (const char *)sqlite3_column_text(st, 0));
 		if (a) {
 			a->last_seen_ms = a->stored_seen_ms = sqlite3_column_int64(st, 1);
 			a->capacity = sqlite3_column_int(st, 2);

@@ -173,6 +173,12 @@ static int log_from_civetweb(const struct mg_connection *conn, const char *messa
 	return 1;
 }
 
+static void on_connection_close(const struct mg_connection *conn)
+{
+	struct cp *cp = mg_get_user_data(mg_get_context(conn));
+	ws_on_connection_closed(cp, conn);
+}
+
 static int start_http(struct cp *cp, struct mg_context **out)
 {
 	char threads[16], queue[16];
@@ -193,6 +199,7 @@ static int start_http(struct cp *cp, struct mg_context **out)
 	struct mg_callbacks cb;
 	memset(&cb, 0, sizeof(cb));
 	cb.log_message = log_from_civetweb;
+	cb.connection_close = on_connection_close;
 	struct mg_init_data init = {.callbacks = &cb, .user_data = cp, .configuration_options = options};
 	char errtxt[256] = "";
 	struct mg_error_data errd = {.text = errtxt, .text_buffer_size = sizeof(errtxt)};
@@ -219,13 +226,18 @@ static void announce(struct mg_context *ctx, const char *listen)
 	fflush(stdout);
 }
 
-static void shutdown_wake(struct cp *cp)
+/* Answer waiting long polls and let running handlers finish (at most 5 s):
+ * once mg_stop starts, civetweb refuses to write answers. */
+static void shutdown_drain(struct cp *cp)
 {
 	atomic_store(&cp->stopping, true);
 	pthread_mutex_lock(&cp->mu);
 	for (size_t i = 0; i < cp->nagents; i++)
 		pthread_cond_broadcast(&cp->agents[i].cond);
 	pthread_mutex_unlock(&cp->mu);
+	struct timespec step = {.tv_sec = 0, .tv_nsec = 20 * 1000000L};
+	for (int i = 0; i < 250 && atomic_load(&cp->http_active) > 0; i++)
+		nanosleep(&step, NULL);
 }
 
 int main(int argc, char **argv)
@@ -302,7 +314,7 @@ int main(int argc, char **argv)
 	}
 	status = 0;
 out:
-	shutdown_wake(&cp);
+	shutdown_drain(&cp);
 	ws_hub_stop(cp.hub);
 	if (ctx)
 		mg_stop(ctx);

@@ -396,7 +396,7 @@ int ws_on_data(struct mg_connection *conn, int bits, char *data, size_t len, voi
 		return 0;
 	if (opcode != MG_WEBSOCKET_OPCODE_TEXT || len > CLIENT_FRAME_MAX)
 		return 1; /* pings are answered by civetweb; binary and huge frames are ignored */
-	cJSON *req = jv_json_parse(data, len);
+	cJSON *req = http_json_depth_ok(data, len, CP_JSON_DEPTH_MAX) ? jv_json_parse(data, len) : NULL;
 	pthread_mutex_lock(&c->wmu);
 	if (cJSON_IsObject(req)) {
 		answer_op(cp, c, req);
@@ -426,6 +426,20 @@ void ws_on_close(const struct mg_connection *conn, void *cbdata)
 			break;
 		}
 	}
+	pthread_mutex_unlock(&h->list_mu);
+}
+
+void ws_on_connection_closed(struct cp *cp, const struct mg_connection *conn)
+{
+	/* civetweb calls its close handler only for connections whose handshake
+	 * went out; this runs for every connection, so the slot and memory taken
+	 * in ws_on_connect are always given back. */
+	struct ws_hub *h = cp->hub;
+	struct ws_client *c = mg_get_user_connection_data(conn);
+	if (!c || !h)
+		return;
+	ws_on_close(conn, cp);
+	pthread_mutex_lock(&h->list_mu);
 	h->nclients--;
 	pthread_mutex_unlock(&h->list_mu);
 	mg_set_user_connection_data(conn, NULL);

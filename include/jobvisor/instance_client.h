@@ -6,7 +6,7 @@
  * socket is documented in supervisor/monitor_sock.c and docs/operations.md.
  *
  * A monitor is started with jv_monitor_launch(): double fork, setsid, exec of
- * `jobvisor monitor`, which reports one line on a pipe once it holds the
+ * `jobvisor-monitor` (or `jobvisor monitor`), which reports one line on a pipe once it holds the
  * instance lock and has started (or adopted) the server. Two concurrent
  * launches for one instance yield one monitor; the loser reports -EBUSY and
  * the caller talks to the winner. */
@@ -56,7 +56,9 @@ struct jv_monitor_launch {
 	const cJSON *settings;    /* borrowed agent settings, may be NULL; only the keys the
 	                             monitor uses are passed on */
 	bool adopt_only;          /* adopt an orphaned server, never start one */
-	const char *exe;          /* the jobvisor binary; NULL: /proc/self/exe */
+	const char *exe;          /* NULL: jobvisor-monitor beside the running binary,
+	                             else `/proc/self/exe monitor`; or a jobvisor binary
+	                             to run as `EXE monitor` */
 };
 
 /* Start a detached monitor. *status_fd (returned-owned) delivers its one

@@ -11,6 +11,9 @@ local M = {}
 
 M.DIR = "backups"
 
+-- A manifest lists every file of data/ (about 150 bytes each): allow big worlds.
+M.MANIFEST_MAX = 256 * 1024 * 1024
+
 function M.archive_path(id) return M.DIR .. "/" .. id .. ".tar.zst" end
 function M.manifest_path(id) return M.DIR .. "/" .. id .. ".json" end
 
@@ -24,7 +27,7 @@ function M.load(id)
     end
     return nil, string.format("backup '%s' does not exist", id)
   end
-  local m, err = common.read_json(path)
+  local m, err = common.read_json(path, M.MANIFEST_MAX)
   if not m then return nil, string.format("backup '%s' has an unreadable manifest: %s", id, err) end
   if type(m) ~= "table" or m.complete ~= true then
     return nil, string.format("backup '%s' is incomplete: its manifest is not marked complete", id)
@@ -61,9 +64,10 @@ function M.scan()
     local name = e.name
     local id = name:match("^(.+)%.json$")
     if id and common.ident_ok(id) then
-      local m, err = common.read_json(M.DIR .. "/" .. name)
+      local m, err = common.read_json(M.DIR .. "/" .. name, M.MANIFEST_MAX)
       if m and type(m) == "table" and m.complete == true then
-        complete[id] = { id = id, manifest = m, mtime = e.mtime or 0 }
+        -- keep only what retention needs; the file list can be large
+        complete[id] = { id = id, manifest = { createdAt = m.createdAt }, mtime = e.mtime or 0 }
       elseif m and type(m) == "table" then
         leftovers[#leftovers + 1] = { name = name, mtime = e.mtime or 0, why = "manifest not complete" }
       else

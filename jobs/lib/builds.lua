@@ -56,9 +56,24 @@ local function record_source(job, id, src)
   job.mark("builds", m)
 end
 
--- Make builds/<id> exist, downloading and extracting src if needed. Returns
--- true when it was staged now, false when it was already there.
-function M.stage(job, id, src, from, to)
+-- A download of src's digest that an earlier run left unfinished: the set of
+-- run ids whose staging must survive the stale-staging cleanup, and the
+-- staging directory holding the ".part" to resume. The download marker is
+-- keyed by digest, not by job: the content is the same whoever fetches it.
+function M.resumable(job, src)
+  local m = job.marker("download")
+  if type(m) == "table" and m.sha256 == src.sha256 and type(m.stage) == "string"
+    and fs.exists(m.stage) then
+    local run = m.stage:match("^%.jobvisor/staging/([^/]+)/[^/]+$")
+    if run then return { [run] = true }, m.stage end
+  end
+  return {}, nil
+end
+
+-- Make builds/<id> exist, downloading and extracting src if needed. resume is
+-- the staging directory from M.resumable (or nil). Returns true when the
+-- build was staged now, false when it was already there.
+function M.stage(job, id, src, from, to, resume)
   local have = fs.exists(M.path(id))
   local rec = M.source_of(job, id)
   if have then
@@ -66,21 +81,32 @@ function M.stage(job, id, src, from, to)
       job.fail(string.format("build '%s' already exists, made from a different archive (sha256 %s); "
         .. "use a new build id", id, rec.sha256))
     end
+    if resume then job.unmark("download") end
     log.info(string.format("build '%s' is already staged", id))
     return false
   end
   record_source(job, id, src)
-  local stage = common.must(job, "cannot create a staging directory", fs.staging())
+  local stage = resume
+  if stage then
+    log.info("resuming the download of build '" .. id .. "' an earlier run began")
+    fs.remove_tree(stage .. "/build") -- a partial extraction of the killed run
+  else
+    stage = common.must(job, "cannot create a staging directory", fs.staging())
+  end
+  job.mark("download", { sha256 = src.sha256, url = src.url, stage = stage })
   local ext = src.format or (src.url:match("%.(tar%.%w+)$") or src.url:match("%.(zip)$") or "archive")
   local file = stage .. "/source." .. ext
   local mid = from + (to - from) * 0.6
+  local downloading = false
   common.guard(function()
     job.progress(from, "downloading build '" .. id .. "'")
+    downloading = true
     local res, derr = http.download(src.url, file, { sha256 = src.sha256, resume = true,
       progress = { from = from, to = mid } })
     if not res then
       job.fail(string.format("cannot download build '%s': %s", id, tostring(derr)), { retryable = true })
     end
+    downloading = false
     job.checkpoint()
     job.progress(mid, "extracting build '" .. id .. "'")
     local x, xerr = archive.extract(file, stage .. "/build", { progress = { from = mid, to = to - 1 } })
@@ -90,8 +116,16 @@ function M.stage(job, id, src, from, to)
     fs.remove(file)
     job.checkpoint()
     common.must(job, "cannot move the build into builds/", fs.commit(stage .. "/build", M.path(id)))
-  end, function() fs.remove_tree(stage) end)
+  end, function()
+    -- A download that broke off keeps its ".part" for the next run to resume;
+    -- anything else of this attempt goes.
+    if not (downloading and fs.exists(file .. ".part")) then
+      fs.remove_tree(stage)
+      job.unmark("download")
+    end
+  end)
   fs.remove_tree(stage)
+  job.unmark("download")
   log.info(string.format("build '%s' staged into builds/%s", id, id))
   return true
 end
@@ -104,6 +138,7 @@ function M.activate(job, id, opts)
   if not fs.exists(M.path(id)) then
     job.fail(string.format("build '%s' does not exist (stage it with UPDATE_SERVER first)", id))
   end
+  common.clean_temp_files(job, ".") -- a symlink swap's temp link left by a killed run
   local cur = common.current_build()
   local mark = job.marker("activate")
   local mine = common.adopts(job, mark) and mark.build == id

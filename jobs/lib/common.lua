@@ -104,17 +104,24 @@ function M.clean_stale_staging(job, keep)
   return n
 end
 
--- Remove temp files (".<name>.tmp.<pid>" and friends) a killed run left in dir.
+-- Remove the temp files a killed run left in dir: ".<name>.tmp.<pid>" (an
+-- atomic write or an archive being written) and ".<name>.lnk.<pid>" (a
+-- symlink swap).
 function M.clean_temp_files(job, dir)
   local entries = fs.list(dir)
   if not entries then return 0 end
   local n = 0
   for _, e in ipairs(entries) do
     local name = e.name
-    if name:match("^%..+%.tmp%.%d+$") or name:match("^%..+%.swap%.%d+$")
-      or name:match("^%..+%.lnk%.%d+$") or name:match("%.part$") then
+    -- Not ".<name>.swap.<pid>": that is a whole tree parked by the non-atomic
+    -- swap fallback (filesystems without RENAME_EXCHANGE) and needs a human.
+    if name:match("^%..+%.tmp%.%d+$") or name:match("^%..+%.lnk%.%d+$") then
       local p = dir == "." and name or (dir .. "/" .. name)
-      M.must(job, "cannot remove leftover '" .. p .. "'", fs.remove_tree(p))
+      if e.type == "dir" then
+        M.must(job, "cannot remove leftover '" .. p .. "'", fs.remove_tree(p))
+      else
+        M.must(job, "cannot remove leftover '" .. p .. "'", fs.remove(p))
+      end
       n = n + 1
     end
   end
@@ -132,8 +139,8 @@ function M.adopts(job, m)
   return type(prev) == "table" and prev.jobId == m.jobId
 end
 
-function M.read_json(path)
-  local text, err = fs.read(path)
+function M.read_json(path, max_bytes)
+  local text, err = fs.read(path, max_bytes and { max_bytes = max_bytes } or nil)
   if not text then return nil, err end
   local v, jerr = json.decode(text)
   if v == nil then return nil, "'" .. path .. "' is not valid JSON" .. (jerr and (": " .. jerr) or "") end

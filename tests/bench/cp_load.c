@@ -1,7 +1,7 @@
 /* cp_load.c — load generator for jobvisor-cp (docs/performance.md, "Control plane").
  *
  *   cp_load --cp PATH/jobvisor-cp [--agents 500[,1000,...]] [--interval 3] [--duration 30]
- *           [--jobs-per-sec 20] [--events-per-job 20] [--batch 5] [--threads 64]
+ *           [--jobs-per-sec 20] [--events-per-job 20] [--batch 5] [--threads 64] [--dir /tmp]
  *
  * For each agent count it starts a fresh jobvisor-cp on 127.0.0.1 (OS-assigned
  * port, temp database and token files), then drives it from one thread with
@@ -10,10 +10,11 @@
  * panel creates --jobs-per-sec jobs spread over the agents (4 instances each);
  * an agent that gets a run posts its events in batches every 250 ms, then the
  * result. Poll answer latency (request start to last byte, which includes the
- * TCP connect since jobvisor-cp closes every connection), events/s acknowledged
- * and the error count are measured after the first interval (warm-up) and
- * printed as one Markdown table row per agent count. Bounded: --duration plus
- * a few seconds of drain. Not run by ctest. */
+ * TCP connect since jobvisor-cp closes every connection), events/s
+ * acknowledged, the server's CPU share and the whole host's iowait share (the
+ * machine is shared; iowait explains most outliers) are measured after the
+ * first interval (warm-up) and printed as one Markdown table row per agent
+ * count. Bounded: --duration plus a few seconds of drain. Not run by ctest. */
 #include <curl/curl.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -61,6 +62,7 @@ struct samples {
 
 struct opts {
 	const char *cp;
+	const char *dir; /* parent of the temp directory (database, token files) */
 	int interval_s, duration_s, jobs_per_sec, events_per_job, batch, threads;
 };
 
@@ -399,6 +401,43 @@ static pid_t spawn_cp(struct load *L, const char *dir, int n)
 	return pid;
 }
 
+/* Machine-wide jiffies from /proc/stat: total and iowait (for the noise column). */
+static void machine_jiffies(unsigned long long *total, unsigned long long *iowait)
+{
+	unsigned long long v[8] = {0};
+	FILE *f = fopen("/proc/stat", "r");
+	*total = *iowait = 0;
+	if (!f)
+		return;
+	if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6],
+	           &v[7]) == 8) {
+		for (int i = 0; i < 8; i++)
+			*total += v[i];
+		*iowait = v[4];
+	}
+	fclose(f);
+}
+
+/* CPU seconds (user + system) used so far by pid, from /proc; -1 when unknown. */
+static double cpu_seconds(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = '\0';
+	const char *p = strrchr(buf, ')'); /* the command name may contain spaces */
+	unsigned long long ut = 0, st = 0;
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+		return -1;
+	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
 static int run_once(const struct opts *o, int nagents)
 {
 	struct load L = {.o = *o, .nagents = nagents};
@@ -408,7 +447,8 @@ static int run_once(const struct opts *o, int nagents)
 		snprintf(L.agents[i].token, sizeof(L.agents[i].token), "tok-%04d-%016llx", i,
 		         (unsigned long long)jv_random_u64());
 	}
-	char dir[] = "/tmp/cp-load-XXXXXX";
+	char dir[512];
+	snprintf(dir, sizeof(dir), "%s/cp-load-XXXXXX", o->dir);
 	if (!mkdtemp(dir)) {
 		perror("mkdtemp");
 		return 1;
@@ -425,10 +465,18 @@ static int run_once(const struct opts *o, int nagents)
 	L.end_ms = L.start_ms + (int64_t)o->duration_s * 1000;
 	for (int i = 0; i < nagents; i++)
 		L.agents[i].next_poll = L.start_ms + interval * i / nagents;
+	double cpu_start = -1;
+	unsigned long long tot0 = 0, io0 = 0, tot1 = 0, io1 = 0;
 	int64_t next_job = L.start_ms, job_gap = o->jobs_per_sec > 0 ? 1000 / o->jobs_per_sec : 0;
 	for (;;) {
 		int64_t t = now_ms();
 		bool running = t < L.end_ms;
+		if (cpu_start < 0 && t >= L.measure_from) {
+			cpu_start = cpu_seconds(cp);
+			machine_jiffies(&tot0, &io0);
+		}
+		if (tot1 == 0 && !running)
+			machine_jiffies(&tot1, &io1);
 		if (!running && (L.in_flight == 0 || t > L.end_ms + 5000))
 			break;
 		for (int i = 0; running && i < nagents; i++) {
@@ -462,12 +510,16 @@ static int run_once(const struct opts *o, int nagents)
 		curl_multi_poll(L.multi, NULL, 0, 5, NULL);
 	}
 	double secs = (double)(L.end_ms - L.measure_from) / 1000.0;
+	double cpu = cpu_seconds(cp) - cpu_start; /* includes the few seconds of drain: an upper bound */
 	qsort(L.poll_lat.v, L.poll_lat.n, sizeof(double), cmp_double);
 	qsort(L.event_lat.v, L.event_lat.n, sizeof(double), cmp_double);
-	printf("| %d | %d s | %.0f | %.1f | %.1f | %.1f | %.1f | %.0f | %.0f | %ld |\n", nagents, o->interval_s,
+	double iowait = tot1 > tot0 ? 100.0 * (double)(io1 - io0) / (double)(tot1 - tot0) : 0;
+	printf("| %d | %d | %d s | %.0f | %.1f | %.1f | %.1f | %.1f | %.0f | %.0f | %.0f%% | %.0f%% | %ld |\n", nagents,
+	       o->jobs_per_sec, o->interval_s,
 	       (double)L.poll_lat.n / secs, pct(&L.poll_lat, 0.5), pct(&L.poll_lat, 0.99),
 	       L.poll_lat.n ? L.poll_lat.v[L.poll_lat.n - 1] : 0.0, pct(&L.event_lat, 0.99),
-	       (double)L.events_acked / secs, (double)L.results / secs, L.errors);
+	       (double)L.events_acked / secs, (double)L.results / secs, cpu_start < 0 ? -1.0 : 100.0 * cpu / secs,
+	       iowait, L.errors);
 	fflush(stdout);
 	curl_multi_cleanup(L.multi);
 	kill(cp, SIGTERM);
@@ -497,7 +549,7 @@ static int int_arg(const char *s, int lo, int hi, int *out)
 
 int main(int argc, char **argv)
 {
-	struct opts o = {.interval_s = 3, .duration_s = 30, .jobs_per_sec = 20, .events_per_job = 20,
+	struct opts o = {.dir = "/tmp", .interval_s = 3, .duration_s = 30, .jobs_per_sec = 20, .events_per_job = 20,
 	                 .batch = 5, .threads = 64};
 	const char *agents = "500";
 	for (int i = 1; i + 1 < argc; i += 2) {
@@ -505,6 +557,8 @@ int main(int argc, char **argv)
 		int bad = 0;
 		if (strcmp(k, "--cp") == 0)
 			o.cp = v;
+		else if (strcmp(k, "--dir") == 0)
+			o.dir = v;
 		else if (strcmp(k, "--agents") == 0)
 			agents = v;
 		else if (strcmp(k, "--interval") == 0)
@@ -528,14 +582,14 @@ int main(int argc, char **argv)
 	}
 	if (!o.cp || argc % 2 == 0) {
 		fprintf(stderr, "usage: cp_load --cp PATH/jobvisor-cp [--agents 500[,1000]] [--interval 3] "
-		                "[--duration 30] [--jobs-per-sec 20] [--events-per-job 20] [--batch 5] [--threads 64]\n");
+		                "[--duration 30] [--jobs-per-sec 20] [--events-per-job 20] [--batch 5] [--threads 64] [--dir /tmp]\n");
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
 	curl_global_init(CURL_GLOBAL_DEFAULT);
-	printf("| agents | interval | polls/s | poll p50 ms | poll p99 ms | poll max ms | events POST p99 ms |"
-	       " events/s | results/s | errors |\n");
-	printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+	printf("| agents | jobs/s | interval | polls/s | poll p50 ms | poll p99 ms | poll max ms |"
+	       " events POST p99 ms | events/s | results/s | cp CPU | host iowait | errors |\n");
+	printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
 	char *list = strdup(agents);
 	char *save = NULL;
 	int rc = 0;

@@ -50,7 +50,7 @@ class BadConfig(AgentTestCase):
         path = os.path.join(self.tmp, "afile")
         with open(path, "w") as f:
             f.write("x")
-        self.expect_exit2("cannot use data_dir", DATA_DIR=path)
+        self.expect_exit2("data_dir", DATA_DIR=path)
 
     def test_second_agent_on_same_data_dir(self):
         p = self.start_agent()

@@ -91,8 +91,9 @@ class Restart(AgentTestCase):
         with open(os.path.join(self.data, "runs", "junkfile"), "w") as f:
             f.write("x")
         p = self.start_agent()
+        aside = os.path.join(self.data, "runs", ".rejected", "half-made")
+        self.cp.wait(lambda: os.path.isdir(aside), timeout=10, what="record set aside")
         self.wait_log("cannot load run record")
-        self.assertTrue(os.path.isdir(os.path.join(self.data, "runs", ".rejected", "half-made")))
         rid = self.cp.add_job("SLEEPY", params={"steps": 1, "delay": 0})
         self.cp.wait_result(rid)
         self.assertEqual(self.stop_agent(p), 0)
@@ -100,3 +101,39 @@ class Restart(AgentTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+try:
+    from instance_helpers import DEMO, Instance, proc_start_time
+except ImportError:  # the instance helpers are not in this tree yet
+    DEMO = ""
+
+
+@unittest.skipUnless(DEMO, "needs JV_DEMO_SERVER_BIN")
+class RestartWithGameServer(AgentTestCase):
+    def test_kill9_mid_job_leaves_running_game_server_alone(self):
+        inst = Instance(self, iid="srv1", data_dir=self.data)
+        p = self.start_agent()
+        start = self.cp.add_job("START_INSTANCE", instance="srv1")
+        res = self.cp.wait_result(start, timeout=60)
+        self.assertEqual(res["status"], "COMPLETED", res)
+        pid = res["output"]["pid"]
+        born = proc_start_time(pid)
+
+        rid = self.cp.add_job("TICKER", instance="other")
+        self.cp.wait(lambda: len(self.cp.run(rid).events) >= 3, what="ticks")
+        child = self.job_child(p)
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+        self.cp.wait(lambda: not pid_alive(child), timeout=5, what="job child died with the agent")
+
+        p2 = self.start_agent()
+        res = self.cp.wait_result(rid)
+        self.assertEqual(res["error"]["message"], RESTART_MSG)
+        self.assertEqual(proc_start_time(pid), born, "the game server was restarted or killed")
+        self.assertEqual(inst.state()["state"], "RUNNING")
+
+        stop = self.cp.add_job("STOP_INSTANCE", instance="srv1")
+        res = self.cp.wait_result(stop, timeout=60)
+        self.assertEqual(res["status"], "COMPLETED", res)
+        self.assertEqual(self.stop_agent(p2), 0)

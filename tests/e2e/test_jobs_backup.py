@@ -141,6 +141,14 @@ class Backup(BackupBase):
         self.assertEqual(r.status, "FAILED")
         self.assertEqual(r.error_message, "instance 'test1' has no data/ directory to back up")
 
+    def test_a_symlinked_data_dir_is_refused(self):
+        os.rename(self.datadir, os.path.join(self.inst, "real-data"))
+        os.symlink("real-data", self.datadir)
+        r = self.run_job("BACKUP_INSTANCE")
+        self.assertEqual(r.status, "FAILED")
+        self.assertIn("data/ of instance 'test1' is a symlink (to 'real-data')", r.error_message)
+        self.assertFalse(os.path.exists(os.path.join(self.inst, "backups")))
+
     def test_leftover_of_an_interrupted_backup_is_replaced(self):
         write_file(self.archive("again"), b"half an archive")
         write_file(os.path.join(self.inst, "backups", ".again.json.tmp.4242"), b"{\"comp")
@@ -325,6 +333,14 @@ class Restore(BackupBase):
         self.assertEqual(r.status, "FAILED", r)
         self.assertIn(victim["path"], r.error_message)
         self.assertEqual(tree_digest(self.datadir), current)
+
+    def test_a_data_path_that_is_not_a_directory_is_refused(self):
+        os.rename(self.datadir, os.path.join(self.inst, "real-data"))
+        os.symlink("real-data", self.datadir)
+        r = self.run_job("RESTORE_BACKUP", params={"backupId": "b1"})
+        self.assertEqual(r.status, "FAILED")
+        self.assertIn("data/ of instance 'test1' is a symlink, not a directory", r.error_message)
+        self.assertEqual(os.readlink(self.datadir), "real-data")
 
     def test_missing_backup_and_bad_params(self):
         r = self.run_job("RESTORE_BACKUP", params={"backupId": "nope"})

@@ -5,6 +5,7 @@ start."""
 import json
 import os
 import shutil
+import signal
 import time
 import unittest
 
@@ -199,6 +200,33 @@ class Install(BuildsBase):
         # fixing the spec completes the install without downloading again
         self.ok(self.install())
         self.assertEqual(self.srv.requests, ["/b1.tar.zst"])
+
+    def test_a_killed_download_is_resumed_by_the_retry(self):
+        slow = FileServer(self.www, rate=1 << 20)
+        self.addCleanup(slow.close)
+        tree = os.path.join(self.tmp, "trees", "big")
+        self.trees["big"] = make_build_tree(tree, "big")
+        write_file(os.path.join(tree, "blob.bin"), os.urandom(3 << 20))
+        self.trees["big"] = tree_digest(tree)
+        sha = make_tar(tree, os.path.join(self.www, "big.tar.gz"), compression="gz")
+        params = {"source": {"url": slow.url("big.tar.gz"), "sha256": sha}, "build": "big",
+                  "instance": self.SPEC}
+        p = self.start_job("INSTALL_SERVER", params=params)
+        child = self.wait_child(p)
+        time.sleep(1.2)
+        os.killpg(child, signal.SIGKILL)
+        r = self.finish(p)
+        self.assertEqual(r.status, "FAILED")
+        parts = [f for d, _, fs in os.walk(os.path.join(self.inst, ".jobvisor", "staging"))
+                 for f in fs if f.endswith(".part")]
+        self.assertEqual(len(parts), 1, parts)
+        out = self.ok(self.run_job("INSTALL_SERVER", params=params, timeout=60))
+        self.assertEqual(out["build"], "big")
+        self.assertEqual(tree_digest(os.path.join(self.inst, "builds", "big")), self.trees["big"])
+        self.assertEqual(len(slow.requests), 2)
+        self.assertIsNone(slow.ranges[0])
+        self.assertRegex(slow.ranges[1] or "", r"^bytes=[1-9]\d*-$")
+        self.assert_no_leftovers()
 
     def test_same_build_id_from_another_archive_is_refused(self):
         self.ok(self.install())

@@ -363,8 +363,9 @@ class FakeCP:
             if not self._check_poll_body(body):
                 h._reply(400, {"error": "bad poll body"})
                 return
-            capacity = body["capacity"]
             running = {r["jobRunId"] for r in body["running"]}
+            # Like jobvisor-cp: capacity is the agent's total; runs it holds count.
+            capacity = body["capacity"] - len(running)
             wait = body["waitSeconds"] if self.long_poll else 0
             deadline = time.time() + min(wait, 30)
 

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import tarfile
 import threading
+import time
 import zipfile
 
 
@@ -119,20 +120,58 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self):
         self.server.requests.append(self.path)
-        super().do_GET()
+        self.server.ranges.append(self.headers.get("Range"))
+        try:
+            rng = self.headers.get("Range")
+            if rng and rng.startswith("bytes=") and rng.endswith("-"):
+                self.send_range(int(rng[6:-1]))
+            else:
+                super().do_GET()
+        except (ConnectionError, BrokenPipeError):
+            pass  # the client was killed mid-download (crash trials)
+
+    def send_range(self, start):
+        path = self.translate_path(self.path)
+        size = os.path.getsize(path)
+        if start >= size:
+            self.send_error(416)
+            return
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size - start))
+        self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        self.end_headers()
+        with open(path, "rb") as f:
+            f.seek(start)
+            self.copyfile(f, self.wfile)
+
+    def copyfile(self, source, outputfile):
+        rate = self.server.rate
+        if not rate:
+            return super().copyfile(source, outputfile)
+        chunk = max(1024, rate // 20)
+        while True:
+            buf = source.read(chunk)
+            if not buf:
+                return
+            outputfile.write(buf)
+            time.sleep(len(buf) / rate)
 
 
 class FileServer:
     """python http.server serving a directory on 127.0.0.1 with an OS-assigned port.
     `requests` lists the paths asked for."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, rate=0):
         self.directory = directory
         handler = functools.partial(_QuietHandler, directory=directory)
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.httpd.requests = []
+        self.httpd.ranges = []
+        self.httpd.rate = rate  # bytes per second, 0 = unthrottled
         self.requests = self.httpd.requests
+        self.ranges = self.httpd.ranges
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()

@@ -276,10 +276,84 @@ Test(config, child_settings_carry_allowed_executables_and_user)
 	cr_assert_eq(config_load(NULL, envp, &cfg, err, sizeof(err)), 0, "%s", err);
 	cJSON *s = config_child_settings(&cfg);
 	cr_assert(s);
-	cJSON *arr = cJSON_GetObjectItem(s, "allowedExecutables");
+	cJSON *arr = cJSON_GetObjectItem(s, "allowed_executables");
 	cr_assert_eq(cJSON_GetArraySize(arr), 2);
 	cr_assert_str_eq(cJSON_GetArrayItem(arr, 1)->valuestring, "/opt/srv/run");
-	cr_assert_str_eq(cJSON_GetObjectItem(s, "dataDir")->valuestring, dir);
+	cr_assert_str_eq(cJSON_GetObjectItem(s, "data_dir")->valuestring, dir);
+	/* What the instance monitors read (docs/operations.md, "Agent settings the monitor uses"). */
+	cr_assert_eq(cJSON_GetObjectItem(s, "console_log_max_bytes")->valuedouble, 10 << 20);
+	cr_assert_eq(cJSON_GetObjectItem(s, "console_log_keep")->valueint, 5);
+	cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(s, "cgroups")));
+	cr_assert_str_eq(cJSON_GetObjectItem(s, "log_format")->valuestring, "logfmt");
 	cJSON_Delete(s);
+	config_free(&cfg);
+}
+
+static char *read_source_file(const char *rel)
+{
+	const char *src = getenv("JV_SOURCE_DIR");
+	cr_assert(src, "JV_SOURCE_DIR is not set (run through ctest)");
+	char path[1024];
+	snprintf(path, sizeof(path), "%s/%s", src, rel);
+	FILE *f = fopen(path, "r");
+	cr_assert(f, "cannot open %s", path);
+	static char buf[1 << 20];
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	return strdup(buf);
+}
+
+Test(config, reference_table_in_docs_matches_the_code)
+{
+	char *doc = read_source_file("docs/operations.md");
+	char *sec = strstr(doc, "## The agent");
+	cr_assert(sec, "docs/operations.md has no '## The agent' section");
+	size_t rows = 0;
+	for (char *p = sec; (p = strstr(p, "| `JOBVISOR_")); p++)
+		rows++;
+	cr_assert_eq(rows, config_setting_count(), "table rows %zu, settings %zu", rows,
+	             config_setting_count());
+	for (size_t i = 0; i < config_setting_count(); i++) {
+		const char *key, *env, *def, *help;
+		config_setting_info(i, &key, &env, &def, &help);
+		char row[256];
+		snprintf(row, sizeof(row), "| `%s` | `%s` | ", key, env);
+		char *r = strstr(sec, row);
+		cr_assert(r, "docs table lacks the row for %s", key);
+		if (def) {
+			char want[128];
+			snprintf(want, sizeof(want), "| `%s` |", def);
+			char *eol = strchr(r, '\n');
+			char *d = strstr(r + strlen(row) - 2, want);
+			cr_assert(d && (!eol || d < eol), "docs give another default for %s (code: %s)", key, def);
+		}
+	}
+	free(doc);
+}
+
+Test(config, example_file_lists_every_setting_and_loads)
+{
+	char *ex = read_source_file("examples/agent.conf.example");
+	for (size_t i = 0; i < config_setting_count(); i++) {
+		const char *key, *env, *def, *help;
+		config_setting_info(i, &key, &env, &def, &help);
+		char line[128];
+		snprintf(line, sizeof(line), "\n%s = ", key);
+		char commented[128];
+		snprintf(commented, sizeof(commented), "\n# %s = ", key);
+		cr_assert(strstr(ex, line) || strstr(ex, commented), "example lacks '%s'", key);
+	}
+	free(ex);
+	char path[1024];
+	snprintf(path, sizeof(path), "%s/examples/agent.conf.example", getenv("JV_SOURCE_DIR"));
+	char tok[600], data[600];
+	snprintf(tok, sizeof(tok), "JOBVISOR_TOKEN_FILE=%s", token_path);
+	snprintf(data, sizeof(data), "JOBVISOR_DATA_DIR=%s", dir);
+	char *envp[] = {tok, data, NULL};
+	struct config cfg;
+	char err[256] = "";
+	cr_assert_eq(config_load(path, envp, &cfg, err, sizeof(err)), 0, "%s", err);
+	cr_assert_str_eq(cfg.agent_id, "host-01");
 	config_free(&cfg);
 }

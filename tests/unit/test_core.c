@@ -216,3 +216,16 @@ Test(durable, cleanup_removes_only_temps_of_killed_writers)
 	close(dfd);
 	free(dir);
 }
+
+Test(jsonutil, parse_refuses_hostile_nesting)
+{
+	char deep[4001];
+	memset(deep, '[', 2000);
+	memset(deep + 2000, ']', 2000);
+	deep[4000] = '\0';
+	cr_assert_null(jv_json_parse(deep, 4000));
+	const char *ok = "{\"s\":\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\",\"a\":[[1]]}";
+	cJSON *j = jv_json_parse(ok, strlen(ok));
+	cr_assert_not_null(j);
+	cJSON_Delete(j);
+}

@@ -137,7 +137,7 @@ Test(instance_state, stale_socket_means_no_monitor)
 	snprintf(p, sizeof(p), "%s/.jobvisor/monitor.sock", dir);
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	cr_assert_lt(strlen(p), sizeof(sa.sun_path));
-	strcpy(sa.sun_path, p);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", p);
 	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
 	cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	close(fd); /* the file stays, nobody listens */
