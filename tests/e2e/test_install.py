@@ -22,6 +22,10 @@ class Install(unittest.TestCase):
             for name in os.listdir(src_jobs):
                 if name.endswith(".lua"):
                     self.assertTrue(os.path.exists(os.path.join(jobs, name)), name)
+            examples = os.path.join(prefix, "share", "doc", "jobvisor", "examples")
+            for name in ("agent.conf.example", "jobvisor.service", "jobs/depot_update.lua"):
+                self.assertTrue(os.path.exists(os.path.join(examples, name)), name)
+            self.assertTrue(os.access(os.path.join(prefix, "bin", "jobvisor-monitor"), os.X_OK))
             data = os.path.join(prefix, "data")
             p = subprocess.run([jv, "run", "STOP_INSTANCE", "--instance", "i1", "--data-dir", data, "--json"],
                                capture_output=True, text=True, timeout=60)
