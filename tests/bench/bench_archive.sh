@@ -4,7 +4,7 @@
 # shaped like a game world (a few hundred region files of several MiB, partly
 # compressible, plus thousands of small files).
 #
-#   tests/bench/bench_archive.sh [BUILD_DIR] [--write-docs]
+#   tests/bench/bench_archive.sh [BUILD_DIR] [--write-docs | --update docs/performance.md]
 #
 # BUILD_DIR defaults to build/ (use a non-sanitizer build). Each measurement is the best
 # of BENCH_REPS runs (default 3; tar -czf runs once: it is slow). --write-docs replaces
@@ -16,6 +16,7 @@ SRC=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${1:-build}
 WRITE_DOCS=0
 [ "${2:-}" = "--write-docs" ] && WRITE_DOCS=1
+[ "${2:-}" = "--update" ] && WRITE_DOCS=1  # the form tests/bench/run-all.sh uses
 [ "${1:-}" = "--write-docs" ] && { BUILD=build; WRITE_DOCS=1; }
 JV=$(cd "$BUILD" && pwd)/jobvisor
 REPS=${BENCH_REPS:-3}
