@@ -13,7 +13,23 @@ from agent_harness import AgentTestCase, pid_alive
 from cp_harness import AGENT_TOKENS, ControlPlane
 
 CP_BIN = os.environ.get("JOBVISOR_CP_BIN", "")
-TYPES = "SLEEPY,WAITER,TICKER,CHATTY,STUBBORN,FAILER"
+TYPES = "SLEEPY,WAITER,TICKER,CHATTY,STUBBORN,FAILER,GATED"
+
+# Waits until the test creates the file "gate" in its instance directory, then
+# talks: what it says happens only when the test decides.
+GATED = """return {
+  type = "GATED",
+  params = { lines = "integer?" },
+  run = function(job)
+    job.step("waiting for the gate")
+    while not fs.exists("gate") do job.sleep(0.05) end
+    for i = 1, (job.params.lines or 20) do
+      log.info("line " .. i)
+      job.step("step " .. i)
+    end
+    return { done = true }
+  end,
+}"""
 
 
 class FixedPortCP(ControlPlane):
@@ -40,6 +56,8 @@ class AgentWithRealControlPlane(AgentTestCase):
         with open(self.token_file, "w") as f:
             f.write(AGENT_TOKENS[self.AGENT] + "\n")
         os.chmod(self.token_file, 0o600)
+        with open(os.path.join(self.jobs, "gated.lua"), "w") as f:
+            f.write(GATED)
 
     def tearDown(self):
         for p in self.agents:
@@ -97,11 +115,21 @@ class AgentWithRealControlPlane(AgentTestCase):
 
     def test_control_plane_down_mid_jobs_then_back(self):
         p = self.start_agent(CAPACITY=3, BACKOFF_MAX="0.5")
-        jobs = [self.create("CHATTY", instance=f"i{n}", params={"lines": 40}) for n in range(3)]
+        jobs = [self.create("GATED", instance=f"i{n}", params={"lines": 40}) for n in range(3)]
         for jid in jobs:
             self.wait_job(jid, "RUNNING")
         self.real.stop()
-        time.sleep(3)  # the jobs finish while the control plane is down
+        # Only now do the jobs log their 40 lines and finish: all of it happens
+        # while the control plane is down, so it all waits in the spool.
+        for n in range(3):
+            with open(os.path.join(self.data, "instances", f"i{n}", "gate"), "w"):
+                pass
+        runs = os.path.join(self.data, "runs")
+        deadline = time.time() + 60
+        while not (len(self.spool_runs()) == 3 and all(
+                os.path.exists(os.path.join(runs, r, "result.json")) for r in self.spool_runs())):
+            self.assertLess(time.time(), deadline, f"runs in the spool: {self.spool_runs()}")
+            time.sleep(0.05)
         self.assertEqual(len(self.spool_runs()), 3)
         self.real.start()
         for jid in jobs:
