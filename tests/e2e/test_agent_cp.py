@@ -15,22 +15,6 @@ from cp_harness import AGENT_TOKENS, ControlPlane
 CP_BIN = os.environ.get("JOBVISOR_CP_BIN", "")
 TYPES = "SLEEPY,WAITER,TICKER,CHATTY,STUBBORN,FAILER,GATED"
 
-# Waits until the test creates the file "gate" in its instance directory, then
-# talks: what it says happens only when the test decides.
-GATED = """return {
-  type = "GATED",
-  params = { lines = "integer?" },
-  run = function(job)
-    job.step("waiting for the gate")
-    while not fs.exists("gate") do job.sleep(0.05) end
-    for i = 1, (job.params.lines or 20) do
-      log.info("line " .. i)
-      job.step("step " .. i)
-    end
-    return { done = true }
-  end,
-}"""
-
 
 class FixedPortCP(ControlPlane):
     """Restarts on the same port, so the agent's URL stays valid."""
@@ -56,8 +40,6 @@ class AgentWithRealControlPlane(AgentTestCase):
         with open(self.token_file, "w") as f:
             f.write(AGENT_TOKENS[self.AGENT] + "\n")
         os.chmod(self.token_file, 0o600)
-        with open(os.path.join(self.jobs, "gated.lua"), "w") as f:
-            f.write(GATED)
 
     def tearDown(self):
         for p in self.agents:
@@ -121,16 +103,8 @@ class AgentWithRealControlPlane(AgentTestCase):
         self.real.stop()
         # Only now do the jobs log their 40 lines and finish: all of it happens
         # while the control plane is down, so it all waits in the spool.
-        for n in range(3):
-            with open(os.path.join(self.data, "instances", f"i{n}", "gate"), "w"):
-                pass
-        runs = os.path.join(self.data, "runs")
-        deadline = time.time() + 60
-        while not (len(self.spool_runs()) == 3 and all(
-                os.path.exists(os.path.join(runs, r, "result.json")) for r in self.spool_runs())):
-            self.assertLess(time.time(), deadline, f"runs in the spool: {self.spool_runs()}")
-            time.sleep(0.05)
-        self.assertEqual(len(self.spool_runs()), 3)
+        self.open_gates(f"i{n}" for n in range(3))
+        self.assertEqual(len(self.wait_spool_results(3)), 3)
         self.real.start()
         for jid in jobs:
             job = self.wait_job(jid, "COMPLETED", timeout=40)
