@@ -189,6 +189,7 @@ int con_send(struct monitor *m, const char *line);
 cJSON *con_tail(struct monitor *m, int n, uint64_t since, uint64_t *first_seq);
 void con_log_note(struct monitor *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void con_close(struct monitor *m);
+bool con_ready_in_log(struct monitor *m);
 
 /* monitor_state.c */
 cJSON *state_object(struct monitor *m);

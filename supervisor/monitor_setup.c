@@ -335,9 +335,13 @@ int cmd_monitor(int argc, char **argv)
 		goto out;
 	}
 	if (adopted) {
-		con_log_note(m, "monitor restarted; adopted the running server (pid %ld)", (long)m->pid);
+		/* Before our own note: the scan reads console.log. */
+		bool starting = strcmp(prev, "STARTING") == 0 && m->spec && m->spec->ready_pattern;
+		bool ready_logged = starting && con_ready_in_log(m);
+		con_log_note(m, "monitor restarted; adopted the running server (pid %ld)%s", (long)m->pid,
+		             ready_logged ? "; its ready line is already in the log" : "");
 		m->phase = PH_NONE;
-		if (strcmp(prev, "STARTING") == 0 && m->spec && m->spec->ready_pattern) {
+		if (starting && !ready_logged) {
 			/* Its ready line may still sit unread in the console FIFO. */
 			m->deadline = jv_now_mono_ms() + (int64_t)(m->spec->ready_timeout_s * 1000);
 			mon_set_state(m, MON_STARTING, "adopted starting server (pid %ld)", (long)m->pid);
