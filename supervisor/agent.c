@@ -148,7 +148,7 @@ static int prepare_data_dir(const struct config *cfg, int uid, int gid, char *er
 	return 0;
 }
 
-static int setup(struct agent *ag, char *err, size_t errlen)
+static int setup(struct agent *ag, bool check_only, char *err, size_t errlen)
 {
 	/* Block the signals first: a thread started later (libcurl's resolver)
 	 * inherits the mask, so SIGTERM can only ever arrive through the signalfd. */
@@ -163,6 +163,11 @@ static int setup(struct agent *ag, char *err, size_t errlen)
 	char *token = NULL;
 	if (config_read_token(&ag->cfg, &token, err, errlen))
 		return 2;
+	if (check_only) {
+		/* No side effects: a running agent keeps its data dir lock. */
+		config_free_token(token);
+		return 0;
+	}
 	if (transport_global_init()) {
 		config_free_token(token);
 		snprintf(err, errlen, "cannot initialise libcurl");
@@ -235,7 +240,15 @@ int cmd_agent(int argc, char **argv)
 	}
 	jv_log_set_component("agent");
 	char err[768] = "";
-	int code = setup(&ag, err, sizeof(err));
+	/* Block the loop's signals first: a SIGTERM that arrives while the agent
+	 * is still starting is then handled as a clean shutdown, not a kill. */
+	int code = 0, rc = check_only ? 0 : loop_signals_init(&ag);
+	if (rc) {
+		snprintf(err, sizeof(err), "cannot set up signal handling: %s", strerror(-rc));
+		code = 1;
+	}
+	if (code == 0)
+		code = setup(&ag, check_only, err, sizeof(err));
 	if (code) {
 		jv_error(NULL, NULL, "cannot start the agent: %s", err);
 		teardown(&ag);

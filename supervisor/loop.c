@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "delivery.h"
@@ -136,8 +137,12 @@ int loop_run(struct agent *ag)
 		owners[0] = NULL;
 		size_t n = 1 + scheduler_pollfds(ag, fds + 1, owners + 1, MAX_FDS - 1);
 		int rc = transport_wait(ag->tp, fds, (unsigned)n, (int)wait);
-		if (rc)
+		if (rc) {
+			/* Should not happen; never let it turn into a busy loop. */
 			jv_warn(NULL, NULL, "waiting for events failed: %s", strerror(-rc));
+			struct timespec pause = {0, 100 * 1000 * 1000};
+			nanosleep(&pause, NULL);
+		}
 
 		if (fds[0].revents & POLLIN)
 			on_signals(ag);

@@ -105,8 +105,10 @@ static void handle_answer(struct agent *ag, const cJSON *o, int64_t elapsed_ms)
 		cJSON_ArrayForEach(c, cancel)
 		{
 			if (cJSON_IsString(c) && jv_run_id_valid(c->valuestring)) {
-				scheduler_cancel(ag, c->valuestring);
-				work++;
+				/* A cancel stays in every answer until the run ends: only a
+				 * new one counts as work (else long polls would repeat fast). */
+				if (scheduler_cancel(ag, c->valuestring))
+					work++;
 			} else {
 				jv_warn(NULL, NULL, "poll answer: ignoring a cancel entry that is not a run id");
 			}
@@ -123,8 +125,8 @@ static void handle_answer(struct agent *ag, const cJSON *o, int64_t elapsed_ms)
 		{
 			if (taken++ >= limit)
 				break;
-			scheduler_assign(ag, c);
-			work++;
+			if (scheduler_assign(ag, c))
+				work++;
 		}
 		if (n > limit)
 			jv_warn(NULL, NULL, "poll answer carried %d jobs for a capacity of %d; ignored %d",

@@ -27,9 +27,9 @@
 
 #define RESTART_MESSAGE "agent restarted during run"
 
-static void seterr(char *err, size_t errlen, const char *msg, const char *detail)
+static void seterr(char *err, size_t errlen, const char *msg)
 {
-	snprintf(err, errlen, msg, detail ? detail : "");
+	snprintf(err, errlen, "%s", msg);
 }
 
 /* Seconds from the assignment: absent or null -> def; a positive whole
@@ -53,56 +53,55 @@ int scheduler_parse_assignment(const cJSON *a, const struct config *cfg, struct 
 {
 	memset(out, 0, sizeof(*out));
 	if (!cJSON_IsObject(a)) {
-		seterr(err, errlen, "assignment is not a JSON object%s", NULL);
+		seterr(err, errlen, "assignment is not a JSON object");
 		return -EINVAL;
 	}
 	const char *run_id = jv_json_str(a, "jobRunId", NULL);
 	if (!jv_run_id_valid(run_id)) {
-		seterr(err, errlen, "assignment has no valid jobRunId%s", NULL);
+		seterr(err, errlen, "assignment has no valid jobRunId");
 		return -EINVAL;
 	}
 	out->run_id = run_id;
 	const char *job_id = jv_json_str(a, "jobId", NULL);
 	if (!jv_run_id_valid(job_id)) {
-		seterr(err, errlen, "assignment has no valid jobId%s", NULL);
+		seterr(err, errlen, "assignment has no valid jobId");
 		return -EINVAL;
 	}
 	out->job_id = job_id;
 	const char *type = jv_json_str(a, "type", NULL);
 	if (!jv_job_type_valid(type)) {
-		seterr(err, errlen, "job type is missing or not of the form [A-Z][A-Z0-9_]*%s", NULL);
+		seterr(err, errlen, "job type is missing or not of the form [A-Z][A-Z0-9_]*");
 		return -EINVAL;
 	}
 	out->type = type;
 	const char *inst = jv_json_str(a, "instanceId", NULL);
 	if (!jv_ident_valid(inst)) {
 		seterr(err, errlen,
-		       "instanceId is missing or not an identifier ([A-Za-z0-9][A-Za-z0-9._-]{0,63})%s",
-		       NULL);
+		       "instanceId is missing or not an identifier ([A-Za-z0-9][A-Za-z0-9._-]{0,63})");
 		return -EINVAL;
 	}
 	out->instance_id = inst;
 	const cJSON *params = cJSON_GetObjectItemCaseSensitive(a, "params");
 	if (params && !cJSON_IsNull(params) && !cJSON_IsObject(params)) {
-		seterr(err, errlen, "params must be a JSON object%s", NULL);
+		seterr(err, errlen, "params must be a JSON object");
 		return -EINVAL;
 	}
 	out->params = cJSON_IsObject(params) ? params : NULL;
 	const cJSON *att = cJSON_GetObjectItemCaseSensitive(a, "attempt");
 	int64_t attempt = att && !cJSON_IsNull(att) ? jv_json_int(a, "attempt", -1) : 1;
 	if (attempt < 1 || attempt > 1000000) {
-		seterr(err, errlen, "attempt must be a positive whole number%s", NULL);
+		seterr(err, errlen, "attempt must be a positive whole number");
 		return -EINVAL;
 	}
 	out->attempt = (int)attempt;
 	if (seconds_field(a, "timeoutSeconds", cfg->job_timeout_s, cfg->job_timeout_max_s,
 	                  &out->timeout_s)) {
-		seterr(err, errlen, "timeoutSeconds must be a non-negative whole number%s", NULL);
+		seterr(err, errlen, "timeoutSeconds must be a non-negative whole number");
 		return -EINVAL;
 	}
 	if (seconds_field(a, "cancelGraceSeconds", cfg->cancel_grace_s, cfg->cancel_grace_max_s,
 	                  &out->cancel_grace_s)) {
-		seterr(err, errlen, "cancelGraceSeconds must be a non-negative whole number%s", NULL);
+		seterr(err, errlen, "cancelGraceSeconds must be a non-negative whole number");
 		return -EINVAL;
 	}
 	const cJSON *created = cJSON_GetObjectItemCaseSensitive(a, "createdAt");
@@ -212,7 +211,7 @@ static void finish_failed(struct srun *run, const char *message, bool retryable)
 	run->finished = true;
 }
 
-static void refuse(struct agent *ag, const cJSON *a, const char *run_id, const char *message,
+static bool refuse(struct agent *ag, const cJSON *a, const char *run_id, const char *message,
                    bool retryable)
 {
 	const char *job_id = jv_json_str(a, "jobId", NULL);
@@ -222,24 +221,25 @@ static void refuse(struct agent *ag, const cJSON *a, const char *run_id, const c
 	if (!run_id) {
 		jv_error(log_job, NULL, "refusing assignment: %s (cannot report it without a valid jobRunId)",
 		         message);
-		return;
+		return true;
 	}
 	if (find_run(ag, run_id)) {
 		jv_debug(log_job, run_id, "refused assignment repeated; already reported");
-		return;
+		return false;
 	}
 	jv_error(log_job, run_id, "refusing assignment: %s", message);
 	struct srun *run = run_new(ag, run_id, job_id, inst, type);
 	if (!run)
-		return;
+		return false;
 	int rc = spool_run_create(ag->spool, run_id, a, &run->sr);
 	if (rc) {
 		jv_error(log_job, run_id, "cannot record run in '%s/runs': %s", ag->cfg.data_dir,
 		         strerror(-rc));
 		run_unlink_free(ag, run);
-		return;
+		return false;
 	}
 	finish_failed(run, message, retryable);
+	return true;
 }
 
 static void on_event(void *ud, struct jobrun *jr, cJSON *event)
@@ -298,47 +298,42 @@ int scheduler_free_slots(const struct agent *ag)
 	return free_slots > 0 ? free_slots : 0;
 }
 
-void scheduler_assign(struct agent *ag, const cJSON *a)
+bool scheduler_assign(struct agent *ag, const cJSON *a)
 {
 	struct assignment as;
 	char err[256];
 	if (scheduler_parse_assignment(a, &ag->cfg, &as, err, sizeof(err))) {
-		refuse(ag, a, as.run_id, err, false);
-		return;
+		return refuse(ag, a, as.run_id, err, false);
 	}
 	if (find_run(ag, as.run_id)) {
 		jv_debug(as.job_id, as.run_id, "assignment repeated; already held");
-		return;
+		return false;
 	}
 	if (ag->stopping) {
-		refuse(ag, a, as.run_id, "agent is shutting down", true);
-		return;
+		return refuse(ag, a, as.run_id, "agent is shutting down", true);
 	}
 	for (struct srun *r = ag->runs; r; r = r->next) {
 		if (r->jr && !r->dropped && strcmp(r->instance_id, as.instance_id) == 0) {
 			snprintf(err, sizeof(err), "instance '%s' is busy with run '%s'", as.instance_id,
 			         r->run_id);
-			refuse(ag, a, as.run_id, err, true);
-			return;
+			return refuse(ag, a, as.run_id, err, true);
 		}
 	}
 	if (scheduler_free_slots(ag) <= 0) {
 		snprintf(err, sizeof(err), "agent is at capacity (%d runs)", ag->cfg.capacity);
-		refuse(ag, a, as.run_id, err, true);
-		return;
+		return refuse(ag, a, as.run_id, err, true);
 	}
 	char script[PATH_MAX];
 	int rc = jobrun_resolve_script(as.type, ag->cfg.jobs_dir, script, sizeof(script));
 	if (rc) {
 		snprintf(err, sizeof(err), rc == -ENOENT ? "unknown job type '%s'" : "bad job type '%s'",
 		         as.type);
-		refuse(ag, a, as.run_id, err, false);
-		return;
+		return refuse(ag, a, as.run_id, err, false);
 	}
 
 	struct srun *run = run_new(ag, as.run_id, as.job_id, as.instance_id, as.type);
 	if (!run)
-		return;
+		return false;
 	rc = spool_run_create(ag->spool, as.run_id, a, &run->sr);
 	if (rc) {
 		/* Without a durable record the run must not start: its events could
@@ -346,7 +341,7 @@ void scheduler_assign(struct agent *ag, const cJSON *a)
 		jv_error(as.job_id, as.run_id, "cannot record run in '%s/runs': %s; not starting it",
 		         ag->cfg.data_dir, strerror(-rc));
 		run_unlink_free(ag, run);
-		return;
+		return false;
 	}
 	struct jobrun_spec spec = {
 		.job_id = as.job_id,
@@ -378,20 +373,22 @@ void scheduler_assign(struct agent *ag, const cJSON *a)
 		jv_error(as.job_id, as.run_id, "%s", err);
 		finish_failed(run, err, true);
 	}
+	return true;
 }
 
-void scheduler_cancel(struct agent *ag, const char *run_id)
+bool scheduler_cancel(struct agent *ag, const char *run_id)
 {
 	struct srun *run = find_run(ag, run_id);
 	if (!run) {
 		jv_debug(NULL, run_id, "cancel for a run this agent does not hold");
-		return;
+		return false;
 	}
 	if (!run->jr || run->finished || run->cancel_sent)
-		return;
+		return false;
 	run->cancel_sent = true;
 	jv_info(run->job_id, run->run_id, "cancel requested by the control plane");
 	jobrun_cancel(run->jr, "cancelled");
+	return true;
 }
 
 static void stop_child(struct srun *run)

@@ -37,10 +37,12 @@ int scheduler_parse_assignment(const cJSON *a, const struct config *cfg, struct 
                                char *err, size_t errlen);
 
 /* Take one assignment from a poll answer (borrowed). Never fails: refused
- * assignments are logged and, when they carry a usable run id, reported FAILED. */
-void scheduler_assign(struct agent *ag, const cJSON *assignment);
-/* The control plane asked to cancel run_id. */
-void scheduler_cancel(struct agent *ag, const char *run_id);
+ * assignments are logged and, when they carry a usable run id, reported
+ * FAILED. Returns false for a repeat of a run already held. */
+bool scheduler_assign(struct agent *ag, const cJSON *assignment);
+/* The control plane asked to cancel run_id. Returns true when this is news
+ * (a live run not yet asked to stop). */
+bool scheduler_cancel(struct agent *ag, const char *run_id);
 /* The control plane answered 409: stop the child, drop the record. */
 void scheduler_drop(struct srun *run, const char *why);
 /* Give up on a run the control plane keeps refusing (other 4xx): stop the

@@ -125,6 +125,20 @@ class AgentRunsJobs(AgentTestCase):
         self.assertIsNone(p.poll())
         self.assertEqual(self.stop_agent(p), 0)
 
+    def test_sighup_rotates_the_token(self):
+        p = self.start_agent(BACKOFF_MAX="0.3")
+        self.cp.wait(lambda: self.cp.polls, what="first poll")
+        self.cp.token = "rotated-token-456"
+        self.cp.wait(lambda: self.cp.unauthorized >= 1, what="old token refused")
+        with open(self.token_file, "w") as f:
+            f.write("rotated-token-456\n")
+        p.send_signal(signal.SIGHUP)
+        self.wait_log("configuration reloaded")
+        rid = self.cp.add_job("SLEEPY", params={"steps": 1, "delay": 0})
+        self.cp.wait_result(rid, timeout=15)
+        self.assertEqual(self.stop_agent(p), 0)
+        self.assertNotIn("rotated-token-456", self.log())
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -70,6 +70,14 @@ class BadConfig(AgentTestCase):
         r = self.run_agent_once(["--check-config"])
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("configuration is valid", r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.data, "runs")), "check changed the data dir")
+        p = self.start_agent()
+        self.cp.wait(lambda: self.cp.polls, what="agent polling")
+        r = self.run_agent_once(["--check-config"])  # beside a running agent
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.run_agent_once(["--check-config"], CAPACITY="0")
+        self.assertEqual(r.returncode, 2)
+        self.assertEqual(self.stop_agent(p), 0)
 
 
 class GoodConfig(AgentTestCase):
@@ -145,3 +153,35 @@ poll_jitter = 0
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Tls(AgentTestCase):
+    def setUp(self):
+        super().setUp()
+        self.cert = os.path.join(self.tmp, "cert.pem")
+        self.key = os.path.join(self.tmp, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", self.key, "-out", self.cert], check=True,
+                       capture_output=True, timeout=60)
+        self.cp.stop()
+        from agent_fakecp import FakeCP
+        self.cp = FakeCP(token=self.TOKEN, tls=(self.cert, self.key))
+
+    def test_certificate_is_verified(self):
+        p = self.start_agent(BACKOFF_MAX="0.5")
+        self.wait_log("cannot reach the control plane", timeout=15)
+        self.assertEqual(self.cp.poll_count(), 0, "a poll got through an unverified certificate")
+        self.assertEqual(self.stop_agent(p), 0)
+
+    def test_ca_file_makes_it_trusted(self):
+        p = self.start_agent(TLS_CA_FILE=self.cert)
+        rid = self.cp.add_job("SLEEPY", params={"steps": 1, "delay": 0})
+        self.cp.wait_result(rid)
+        self.assertEqual(self.stop_agent(p), 0)
+
+    def test_insecure_loopback_skips_verification(self):
+        p = self.start_agent(TLS_INSECURE_LOOPBACK="true")
+        rid = self.cp.add_job("SLEEPY", params={"steps": 1, "delay": 0})
+        self.cp.wait_result(rid)
+        self.assertEqual(self.stop_agent(p), 0)

@@ -105,6 +105,19 @@ class Cancellation(AgentTestCase):
         self.assertLess(time.time() - t0, 1.0)
         self.assertEqual(self.stop_agent(p), 0)
 
+    def test_pending_cancel_does_not_make_long_polls_spin(self):
+        # The control plane repeats a cancel in every answer until the run
+        # ends; a long poll answered at once must not be repeated at once.
+        p = self.start_agent(POLL_INTERVAL=1, POLL_WAIT=20)
+        rid = self.cp.add_job("STUBBORN", cancelGraceSeconds=3)
+        self.cp.wait(lambda: len(self.cp.run(rid).events) >= 2, what="script running")
+        self.cp.cancel(rid)
+        n0 = self.cp.poll_count()
+        self.cp.wait_result(rid, timeout=15)
+        polls = self.cp.poll_count() - n0
+        self.assertLessEqual(polls, 8, f"{polls} polls during a 3 s grace period")
+        self.assertEqual(self.stop_agent(p), 0)
+
     def test_script_ignoring_cancel_is_killed_after_grace(self):
         p = self.start_agent()
         rid = self.cp.add_job("STUBBORN", cancelGraceSeconds=1)

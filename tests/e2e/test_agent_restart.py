@@ -51,7 +51,7 @@ class Restart(AgentTestCase):
 
     def test_kill9_with_control_plane_down_then_restart_delivers_everything_once(self):
         p = self.start_agent(BACKOFF_MAX="0.3")
-        rid = self.cp.add_job("CHATTY", params={"lines": 60})
+        rid = self.cp.add_job("CHATTY", params={"lines": 250})  # ~5 s: still running at the kill
         self.cp.wait_status(rid, "RUNNING")
         self.cp.go_down()
         time.sleep(1.0)  # events pile up in the spool
@@ -66,8 +66,9 @@ class Restart(AgentTestCase):
         self.assertEqual(self.stop_agent(p2), 0)
         self.assertEqual(self.spool_runs(), [])
         n = len(self.cp.requests)
+        polls = self.cp.poll_count()
         p3 = self.start_agent()
-        self.cp.wait(lambda: self.cp.poll_count() >= 3, what="polls")
+        self.cp.wait(lambda: self.cp.poll_count() >= polls + 3, what="polls")
         self.assertEqual([r for r in self.cp.requests[n:] if r[1] != "poll"], [])
         self.assertEqual(self.stop_agent(p3), 0)
 

@@ -31,6 +31,8 @@ class Run:
     def __init__(self, assignment):
         self.assignment = assignment
         self.events = {}          # seq -> event (first copy kept)
+        self.arrived = {}         # seq -> time.time() when first stored
+        self.created = time.time()
         self.event_posts = []     # list of [seq, ...] per POST, in arrival order
         self.duplicates = 0       # events received again after being stored
         self.results = []         # every result body received
@@ -54,7 +56,9 @@ class Run:
 
 class FakeCP:
     def __init__(self, agent_id="agent-1", token="agent-token-123", long_poll=True,
-                 poll_interval=None, lease=None):
+                 poll_interval=None, lease=None, tls=None):
+        """tls: (certfile, keyfile) to serve https instead of http."""
+        self.tls = tls
         self.agent_id = agent_id
         self.token = token
         self.long_poll = long_poll
@@ -88,6 +92,9 @@ class FakeCP:
 
             def setup(self):
                 super().setup()
+                # Headers and body go out as separate writes: without this,
+                # Nagle + the client's delayed ACK add ~40 ms to every answer.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with cp.lock:
                     cp.conns.add(self.connection)
 
@@ -128,13 +135,18 @@ class FakeCP:
             allow_reuse_address = True
 
         self._server = Server(("127.0.0.1", self.port), Handler)
+        if self.tls:
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*self.tls)
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def go_down(self):
         """Close the listening socket: the agent sees connection refused."""
@@ -417,6 +429,7 @@ class FakeCP:
                     run.duplicates += 1
                 else:
                     run.events[seq] = e
+                    run.arrived[seq] = time.time()
             run.event_posts.append(seqs)
             ack = run.contiguous()
             cancel = run.cancel
