@@ -17,7 +17,7 @@ CTEST_FLAGS ?=
 
 DEB_PACKAGES = build-essential cmake pkg-config python3 zstd xz-utils gzip tar zip curl \
 	libcurl4-openssl-dev libcjson-dev liblua5.4-dev lua5.4 libarchive-dev \
-	libcriterion-dev libcivetweb-dev libsqlite3-dev libssl-dev chromium
+	libcriterion-dev libcivetweb-dev libsqlite3-dev libssl-dev openssl ca-certificates chromium
 
 .PHONY: all deps configure build test test-unit test-e2e demo bench torture install clean
 
@@ -55,13 +55,14 @@ test-e2e: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L e2e
 
 demo: build
-	./examples/demo/run-demo.sh $(BUILD)
+	python3 examples/demo/demo.py --build-dir $(BUILD)
 
 bench: build
 	./tests/bench/run-all.sh $(BUILD)
 
 torture: build
-	JV_TORTURE_KILLS=200 cd $(BUILD) && JV_TORTURE_KILLS=200 ctest --output-on-failure -L fault
+	cd $(BUILD) && rm -f fault-summary.txt && { JV_TORTURE_KILLS=200 ctest --output-on-failure -L fault; \
+	  rc=$$?; cat fault-summary.txt; exit $$rc; }
 
 install: build
 	cmake --install $(BUILD)

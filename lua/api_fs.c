@@ -190,6 +190,8 @@ static int l_fs_remove_tree(lua_State *L)
 	apiutil_fsx(L, &fx);
 	struct apiutil_tick t;
 	apiutil_tick_init(L, 2, &t, "removing");
+	/* Removal is what cleanup after a cancel does: a pending cancel must not stop it. */
+	t.cancellable = false;
 	bool removed;
 	int rc = fsx_remove_tree(&fx, p, &removed, &t.hooks);
 	if (rc < 0)

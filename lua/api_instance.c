@@ -47,6 +47,13 @@ static bool state_final(const cJSON *st)
 	return state_is(st, "STOPPED") || state_is(st, "CRASHED");
 }
 
+/* An optional options table at idx: nil/none or a table, anything else raises. */
+static void check_opts(lua_State *L, int idx)
+{
+	if (!lua_isnoneornil(L, idx))
+		luaL_checktype(L, idx, LUA_TTABLE);
+}
+
 static double opt_seconds(lua_State *L, int idx, const char *key, double def, double max)
 {
 	if (!lua_istable(L, idx))
@@ -274,6 +281,7 @@ static cJSON *fetch_status(lua_State *L, struct jv_run_ctx *ctx, char *msg, size
 static int l_instance_start(lua_State *L)
 {
 	struct jv_run_ctx *ctx = jv_ctx(L);
+	check_opts(L, 1);
 	double timeout = opt_seconds(L, 1, "timeoutSeconds", DEFAULT_START_TIMEOUT_S, 86400);
 	/* Refuse a bad spec here, with its message, before any process exists. */
 	const cJSON *allowed = cJSON_GetObjectItemCaseSensitive(ctx->settings, "allowed_executables");
@@ -360,6 +368,7 @@ static void push_stop_result(lua_State *L, const cJSON *st, bool already)
 static int l_instance_stop(lua_State *L)
 {
 	struct jv_run_ctx *ctx = jv_ctx(L);
+	check_opts(L, 1);
 	double timeout = opt_seconds(L, 1, "timeoutSeconds", -1, 86400);
 	bool force = opt_bool(L, 1, "force");
 	char msg[600];
@@ -560,6 +569,7 @@ static int l_instance_wait_ready(lua_State *L)
 	lua_Number timeout = luaL_checknumber(L, 1);
 	luaL_argcheck(L, !isnan(timeout) && timeout > 0 && timeout <= 86400, 1,
 	              "timeoutSeconds must be within (0, 86400]");
+	check_opts(L, 2);
 	struct jv_progress p;
 	jv_progress_init(L, 2, &p, "waiting for the server to be ready");
 	struct jv_monconn *c;
@@ -623,6 +633,7 @@ static int l_instance_wait_log(lua_State *L)
 	lua_Number timeout = luaL_checknumber(L, 2);
 	luaL_argcheck(L, !isnan(timeout) && timeout > 0 && timeout <= 86400, 2,
 	              "timeoutSeconds must be within (0, 86400]");
+	check_opts(L, 3);
 	long long since = -1;
 	lua_getfield(L, LUA_REGISTRYINDEX, LASTSEQ_KEY);
 	if (lua_isinteger(L, -1))

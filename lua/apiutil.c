@@ -99,7 +99,7 @@ const char *apiutil_opt_str(lua_State *L, int idx, const char *key, const char *
 static bool tick(void *arg, uint64_t done, uint64_t total)
 {
 	struct apiutil_tick *t = arg;
-	if (jv_cancelled(t->ctx))
+	if (t->cancellable && jv_cancelled(t->ctx))
 		return true;
 	if (t->p.from >= 0 && total > 0)
 		jv_progress_report(t->ctx, &t->p, (double)done / (double)total, NULL);
@@ -112,6 +112,7 @@ void apiutil_tick_init(lua_State *L, int opts_idx, struct apiutil_tick *t, const
 	jv_progress_init(L, opts_idx, &t->p, what);
 	t->hooks.tick = tick;
 	t->hooks.arg = t;
+	t->cancellable = true;
 }
 
 void apiutil_tick_done(struct apiutil_tick *t)

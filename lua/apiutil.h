@@ -37,6 +37,7 @@ struct apiutil_tick {
 	struct jv_run_ctx *ctx;
 	struct jv_progress p;
 	struct jv_io_hooks hooks;
+	bool cancellable; /* false: report progress only (cleanup calls such as remove_tree) */
 };
 void apiutil_tick_init(lua_State *L, int opts_idx, struct apiutil_tick *t, const char *what);
 

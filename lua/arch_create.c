@@ -20,12 +20,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-
 #include "fsx.h"
+#include "hashq.h"
 #include "jobvisor/durable.h"
 
-#define CREATE_CHUNK (1u << 20)
 #define CREATE_MAX_DEPTH 512
 
 struct item {
@@ -47,10 +45,18 @@ struct scan {
 
 struct sink {
 	int fd;
-	EVP_MD_CTX *md;
-	uint64_t bytes;
+	struct hashq *q;
+	struct hashq_stream st; /* the compressed archive */
+	uint64_t bytes, synced;
 	int err;
 	bool discard; /* failing: swallow what closing the archive still writes */
+};
+
+/* Per-file digests, filled by the hashq worker; manifest index of each item. */
+struct digests {
+	struct hashq *q;
+	struct hashq_stream *st;
+	size_t *mpos;
 };
 
 static void errf(char *err, size_t errlen, const char *fmt, ...)
@@ -200,8 +206,14 @@ static la_ssize_t sink_write(struct archive *a, void *ud, const void *buf, size_
 		archive_set_error(a, -rc, "%s", strerror(-rc));
 		return -1;
 	}
-	EVP_DigestUpdate(w->md, buf, n);
+	hashq_update(w->q, &w->st, buf, n);
 	w->bytes += n;
+	/* Start writeback as we go so the final fsync does not stall on gigabytes. */
+	if (w->bytes - w->synced >= (32u << 20)) {
+		sync_file_range(w->fd, (off_t)w->synced, (off_t)(w->bytes - w->synced),
+		                SYNC_FILE_RANGE_WRITE);
+		w->synced = w->bytes;
+	}
 	return (la_ssize_t)n;
 }
 
@@ -232,10 +244,11 @@ static int set_options(struct archive *a, const struct arch_create_opts *o, char
 	return 0;
 }
 
-/* Write one file's header and data; hash it into e->sha256. */
+/* Write one file's header and data; its digest is queued on st. */
 static int write_file(struct archive *a, struct archive_entry *ae, const struct fsx *src,
-                      struct item *it, struct arch_entry *e, unsigned char *buf, uint64_t *done,
-                      uint64_t total, const struct jv_io_hooks *hooks, struct arch_create_result *r,
+                      struct item *it, struct arch_entry *e, struct hashq *q,
+                      struct hashq_stream *st, uint64_t *done, uint64_t total,
+                      const struct jv_io_hooks *hooks, struct arch_create_result *r,
                       bool *skipped, char *err, size_t errlen)
 {
 	int fd;
@@ -249,38 +262,40 @@ static int write_file(struct archive *a, struct archive_entry *ae, const struct 
 		errf(err, errlen, "cannot open '%s': %s", it->rel, fsx_strerror(rc));
 		return rc;
 	}
-	struct stat st;
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+	struct stat st_;
+	if (fstat(fd, &st_) < 0 || !S_ISREG(st_.st_mode)) {
 		close(fd);
 		errf(err, errlen, "'%s' changed type while being archived", it->rel);
 		return -EAGAIN;
 	}
 	posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	archive_entry_set_filetype(ae, AE_IFREG);
-	archive_entry_set_size(ae, st.st_size);
-	archive_entry_set_perm(ae, st.st_mode & 07777);
-	archive_entry_set_mtime(ae, st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+	archive_entry_set_size(ae, st_.st_size);
+	archive_entry_set_perm(ae, st_.st_mode & 07777);
+	archive_entry_set_mtime(ae, st_.st_mtim.tv_sec, st_.st_mtim.tv_nsec);
 	if (archive_write_header(a, ae) < ARCHIVE_WARN) {
 		errf(err, errlen, "cannot write header of '%s': %s", it->rel, archive_error_string(a));
 		close(fd);
 		return -EIO;
 	}
-	EVP_MD_CTX *md = EVP_MD_CTX_new();
-	if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
-		EVP_MD_CTX_free(md);
-		close(fd);
-		return -ENOMEM;
-	}
-	uint64_t left = (uint64_t)st.st_size;
+	hashq_begin(q, st);
+	uint64_t left = (uint64_t)st_.st_size;
 	rc = 0;
 	while (left > 0) {
-		size_t want = left < CREATE_CHUNK ? (size_t)left : CREATE_CHUNK;
+		size_t want = left < HASHQ_BLOCK ? (size_t)left : HASHQ_BLOCK;
+		unsigned char *buf = hashq_acquire(q);
 		ssize_t n = read(fd, buf, want);
-		if (n < 0 && errno == EINTR)
+		int e_ = errno;
+		/* The worker hashes the block while libarchive compresses it; we hold
+		 * it until archive_write_data is done (its output sink takes blocks too). */
+		hashq_submit_keep(q, st, buf, n > 0 ? (size_t)n : 0);
+		bool written = n > 0 && archive_write_data(a, buf, (size_t)n) == n;
+		hashq_release(q, buf);
+		if (n < 0 && e_ == EINTR)
 			continue;
 		if (n < 0) {
-			rc = -errno;
-			errf(err, errlen, "cannot read '%s': %s", it->rel, strerror(errno));
+			rc = -e_;
+			errf(err, errlen, "cannot read '%s': %s", it->rel, strerror(e_));
 			break;
 		}
 		if (n == 0) {
@@ -289,8 +304,7 @@ static int write_file(struct archive *a, struct archive_entry *ae, const struct 
 			     it->rel);
 			break;
 		}
-		EVP_DigestUpdate(md, buf, (size_t)n);
-		if (archive_write_data(a, buf, (size_t)n) != n) {
+		if (!written) {
 			rc = -EIO;
 			errf(err, errlen, "cannot write archive: %s", archive_error_string(a));
 			break;
@@ -304,28 +318,23 @@ static int write_file(struct archive *a, struct archive_entry *ae, const struct 
 		}
 	}
 	close(fd);
+	hashq_final(q, st);
 	if (rc == 0) {
-		unsigned char dg[EVP_MAX_MD_SIZE];
-		unsigned int dl = 0;
-		EVP_DigestFinal_ex(md, dg, &dl);
-		jv_hex(dg, dl, e->sha256);
-		e->size = (uint64_t)st.st_size;
-		e->mode = st.st_mode & 07777;
+		e->size = (uint64_t)st_.st_size;
+		e->mode = st_.st_mode & 07777;
 		r->files++;
 		r->data_bytes += e->size;
 	}
-	EVP_MD_CTX_free(md);
 	return rc;
 }
 
 static int write_items(struct archive *a, const struct fsx *src, struct scan *s,
-                       struct arch_create_result *r, char *err, size_t errlen)
+                       struct digests *d, struct arch_create_result *r, char *err, size_t errlen)
 {
 	const struct jv_io_hooks *hooks = s->o->hooks;
-	unsigned char *buf = malloc(CREATE_CHUNK);
 	struct archive_entry *ae = archive_entry_new();
 	uint64_t done = 0;
-	int rc = (!buf || !ae) ? -ENOMEM : 0;
+	int rc = !ae ? -ENOMEM : 0;
 	for (size_t i = 0; i < s->n && rc == 0; i++) {
 		struct item *it = &s->v[i];
 		if (jv_io_tick(hooks, done, s->total)) {
@@ -341,8 +350,8 @@ static int write_items(struct archive *a, const struct fsx *src, struct scan *s,
 		bool skipped = false;
 		if (S_ISREG(it->st.st_mode)) {
 			e.type = ARCH_FILE;
-			rc = write_file(a, ae, src, it, &e, buf, &done, s->total, hooks, r, &skipped, err,
-			                errlen);
+			rc = write_file(a, ae, src, it, &e, d->q, &d->st[i], &done, s->total, hooks, r,
+			                &skipped, err, errlen);
 		} else {
 			archive_entry_set_perm(ae, it->st.st_mode & 07777);
 			archive_entry_set_mtime(ae, it->st.st_mtim.tv_sec, it->st.st_mtim.tv_nsec);
@@ -364,14 +373,25 @@ static int write_items(struct archive *a, const struct fsx *src, struct scan *s,
 			}
 		}
 		if (rc == 0 && !skipped) {
+			d->mpos[i] = r->manifest.n;
 			rc = arch_manifest_add(&r->manifest, &e);
 			if (rc < 0)
 				errf(err, errlen, "out of memory");
 		}
 	}
 	archive_entry_free(ae);
-	free(buf);
 	return rc;
+}
+
+/* After the worker is done: per-file digests into the manifest. */
+static void collect_digests(const struct scan *s, const struct digests *d,
+                            struct arch_create_result *r)
+{
+	for (size_t i = 0; i < s->n; i++) {
+		size_t m = d->mpos[i];
+		if (m != SIZE_MAX && r->manifest.v[m].type == ARCH_FILE)
+			memcpy(r->manifest.v[m].sha256, d->st[i].hex, JV_SHA256_HEX);
+	}
 }
 
 int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
@@ -389,6 +409,7 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 	}
 	struct scan s = {.o = o, .r = r};
 	struct sink w = {.fd = -1};
+	struct digests d = {0};
 	struct archive *a = NULL;
 	struct fsx src;
 	fsx_init(&src, src_dirfd);
@@ -413,13 +434,18 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 	rc = scan_dir(&s, src_dirfd, "", 0, err, errlen);
 	if (rc < 0)
 		goto fail;
-	w.md = EVP_MD_CTX_new();
+	d.st = calloc(s.n ? s.n : 1, sizeof(*d.st));
+	d.mpos = malloc((s.n ? s.n : 1) * sizeof(*d.mpos));
 	a = archive_write_new();
-	if (!w.md || !a || EVP_DigestInit_ex(w.md, EVP_sha256(), NULL) != 1) {
-		rc = -ENOMEM;
+	if (!d.st || !d.mpos || !a || (rc = hashq_new(&d.q, 8)) < 0) {
+		rc = rc < 0 ? rc : -ENOMEM;
 		errf(err, errlen, "out of memory");
 		goto fail;
 	}
+	for (size_t i = 0; i < s.n; i++)
+		d.mpos[i] = SIZE_MAX;
+	w.q = d.q;
+	hashq_begin(d.q, &w.st);
 	rc = set_options(a, o, err, errlen);
 	if (rc < 0)
 		goto fail;
@@ -428,7 +454,7 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 		errf(err, errlen, "cannot start archive: %s", archive_error_string(a));
 		goto fail;
 	}
-	rc = write_items(a, &src, &s, r, err, errlen);
+	rc = write_items(a, &src, &s, &d, r, err, errlen);
 	if (rc < 0)
 		goto fail;
 	if (archive_write_close(a) != ARCHIVE_OK) {
@@ -438,6 +464,12 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 	}
 	archive_write_free(a);
 	a = NULL;
+	hashq_final(d.q, &w.st);
+	if (hashq_wait(d.q) < 0) {
+		rc = -ENOMEM;
+		errf(err, errlen, "out of memory");
+		goto fail;
+	}
 	if (fsync(w.fd) < 0 || close(w.fd) < 0) {
 		rc = -errno;
 		w.fd = -1;
@@ -445,10 +477,8 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 		goto fail;
 	}
 	w.fd = -1;
-	unsigned char dg[EVP_MAX_MD_SIZE];
-	unsigned int dl = 0;
-	EVP_DigestFinal_ex(w.md, dg, &dl);
-	jv_hex(dg, dl, r->manifest.sha256);
+	collect_digests(&s, &d, r);
+	memcpy(r->manifest.sha256, w.st.hex, JV_SHA256_HEX);
 	r->manifest.bytes = w.bytes;
 	r->manifest.has_bytes = true;
 	rc = arch_manifest_index(&r->manifest, err, errlen);
@@ -459,8 +489,10 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 		errf(err, errlen, "cannot move archive into place as '%s': %s", dst_name, strerror(-rc));
 		goto fail;
 	}
+	hashq_free(d.q);
+	free(d.st);
+	free(d.mpos);
 	free_items(&s);
-	EVP_MD_CTX_free(w.md);
 	return 0;
 fail:
 	if (a) {
@@ -472,7 +504,12 @@ fail:
 	if (w.fd >= 0)
 		close(w.fd);
 	unlinkat(dst_dirfd, tmp, 0);
-	EVP_MD_CTX_free(w.md);
+	hashq_free(d.q);
+	for (size_t i = 0; d.st && i < s.n; i++)
+		hashq_discard(NULL, &d.st[i]);
+	hashq_discard(NULL, &w.st);
+	free(d.st);
+	free(d.mpos);
 	free_items(&s);
 	return rc;
 }

@@ -6,15 +6,16 @@
 
 #include <archive.h>
 #include <archive_entry.h>
-#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
 
 #include "arch.h"
+#include "hashq.h"
 
 struct arch_src {
 	int fd;
-	EVP_MD_CTX *md;  /* over the archive file's bytes, in read order */
+	struct hashq *q;        /* SHA-256 runs on its worker */
+	struct hashq_stream st; /* over the archive file's bytes, in read order */
 	uint64_t bytes;  /* read so far */
 	uint64_t size;   /* file size at open (progress) */
 	unsigned char *buf;

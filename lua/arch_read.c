@@ -33,7 +33,7 @@ static la_ssize_t src_read(struct archive *a, void *ud, const void **out)
 			archive_set_error(a, errno, "%s", strerror(errno));
 			return -1;
 		}
-		EVP_DigestUpdate(s->md, s->buf, (size_t)n);
+		hashq_update(s->q, &s->st, s->buf, (size_t)n);
 		s->bytes += (uint64_t)n;
 		*out = s->buf;
 		return n;
@@ -62,12 +62,12 @@ int arch_src_open(struct arch_src *s, int dirfd, const char *name,
 	s->size = (uint64_t)st.st_size;
 	posix_fadvise(s->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	s->buf = malloc(READ_CHUNK);
-	s->md = EVP_MD_CTX_new();
 	s->a = archive_read_new();
-	if (!s->buf || !s->md || !s->a || EVP_DigestInit_ex(s->md, EVP_sha256(), NULL) != 1) {
+	if (!s->buf || !s->a || hashq_new(&s->q, 8) < 0) {
 		arch_errf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
+	hashq_begin(s->q, &s->st);
 	archive_read_support_filter_gzip(s->a);
 	archive_read_support_filter_xz(s->a);
 	archive_read_support_filter_zstd(s->a);
@@ -121,14 +121,15 @@ int arch_src_check(struct arch_src *s, const struct arch_manifest *m, char *err,
 		}
 		if (n == 0)
 			break;
-		EVP_DigestUpdate(s->md, s->buf, (size_t)n);
+		hashq_update(s->q, &s->st, s->buf, (size_t)n);
 		s->bytes += (uint64_t)n;
 	}
-	unsigned char dg[EVP_MAX_MD_SIZE];
-	unsigned int dl = 0;
-	char hex[JV_SHA256_HEX];
-	EVP_DigestFinal_ex(s->md, dg, &dl);
-	jv_hex(dg, dl, hex);
+	hashq_final(s->q, &s->st);
+	if (hashq_wait(s->q) < 0) {
+		arch_errf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	const char *hex = s->st.hex;
 	if (!m)
 		return 0;
 	if (m->has_bytes && m->bytes != s->bytes) {
@@ -148,7 +149,8 @@ void arch_src_close(struct arch_src *s)
 {
 	if (s->a)
 		archive_read_free(s->a);
-	EVP_MD_CTX_free(s->md);
+	hashq_free(s->q);
+	hashq_discard(NULL, &s->st);
 	free(s->buf);
 	if (s->fd >= 0)
 		close(s->fd);
@@ -230,12 +232,12 @@ static int budget_charge(struct arch_budget *b, const char *path, uint64_t n, ch
 	return 0;
 }
 
-static void hash_zeros(EVP_MD_CTX *md, uint64_t n)
+static void hash_zeros(struct hashq *q, struct hashq_stream *st, uint64_t n)
 {
 	static const unsigned char zeros[65536];
 	while (n > 0) {
 		size_t k = n < sizeof(zeros) ? (size_t)n : sizeof(zeros);
-		EVP_DigestUpdate(md, zeros, k);
+		hashq_update(q, st, zeros, k);
 		n -= k;
 	}
 }
@@ -244,12 +246,9 @@ int arch_stream_entry(struct arch_src *s, const char *path, uint64_t declared, i
                       struct arch_budget *b, char hex[JV_SHA256_HEX], uint64_t *size, char *err,
                       size_t errlen)
 {
-	EVP_MD_CTX *md = EVP_MD_CTX_new();
-	if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
-		EVP_MD_CTX_free(md);
-		arch_errf(err, errlen, "out of memory");
-		return -ENOMEM;
-	}
+	/* The worker hashes each block while this thread decompresses and writes the next. */
+	struct hashq_stream est = {0};
+	hashq_begin(s->q, &est);
 	uint64_t pos = 0;
 	int rc = 0;
 	for (;;) {
@@ -275,7 +274,7 @@ int arch_stream_entry(struct arch_src *s, const char *path, uint64_t declared, i
 			uint64_t gap = (uint64_t)off - pos;
 			if (b && (rc = budget_charge(b, path, gap, err, errlen)) < 0)
 				break;
-			hash_zeros(md, gap);
+			hash_zeros(s->q, &est, gap);
 			if (out_fd >= 0 && lseek(out_fd, off, SEEK_SET) < 0) {
 				rc = -errno;
 				arch_errf(err, errlen, "cannot write '%s': %s", path, strerror(errno));
@@ -285,7 +284,7 @@ int arch_stream_entry(struct arch_src *s, const char *path, uint64_t declared, i
 		}
 		if (b && (rc = budget_charge(b, path, len, err, errlen)) < 0)
 			break;
-		EVP_DigestUpdate(md, buf, len);
+		hashq_update(s->q, &est, buf, len);
 		if (out_fd >= 0 && (rc = jv_write_all(out_fd, buf, len)) < 0) {
 			arch_errf(err, errlen, "cannot write '%s': %s", path, strerror(-rc));
 			break;
@@ -299,7 +298,7 @@ int arch_stream_entry(struct arch_src *s, const char *path, uint64_t declared, i
 	}
 	if (rc == 0 && declared > pos) { /* trailing hole */
 		if (b && (rc = budget_charge(b, path, declared - pos, err, errlen)) == 0) {
-			hash_zeros(md, declared - pos);
+			hash_zeros(s->q, &est, declared - pos);
 			if (out_fd >= 0 && ftruncate(out_fd, (off_t)declared) < 0) {
 				rc = -errno;
 				arch_errf(err, errlen, "cannot write '%s': %s", path, strerror(errno));
@@ -307,14 +306,16 @@ int arch_stream_entry(struct arch_src *s, const char *path, uint64_t declared, i
 			pos = declared;
 		}
 	}
+	hashq_final(s->q, &est);
+	if (hashq_wait(s->q) < 0 && rc == 0) {
+		arch_errf(err, errlen, "out of memory");
+		rc = -ENOMEM;
+	}
 	if (rc == 0) {
-		unsigned char dg[EVP_MAX_MD_SIZE];
-		unsigned int dl = 0;
-		EVP_DigestFinal_ex(md, dg, &dl);
-		jv_hex(dg, dl, hex);
+		memcpy(hex, est.hex, JV_SHA256_HEX);
 		*size = pos;
 	}
-	EVP_MD_CTX_free(md);
+	hashq_discard(NULL, &est);
 	return rc;
 }
 

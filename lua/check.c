@@ -8,7 +8,7 @@
 #include "sandbox.h"
 #include "scriptdef.h"
 
-int jv_check_script(const char *path)
+int jv_check_script(const char *path, const char *builtin_jobs_dir)
 {
 	static volatile sig_atomic_t never;
 	struct jv_run_ctx ctx = {
@@ -16,7 +16,15 @@ int jv_check_script(const char *path)
 		.data_dir = "", .instance_dir = "", .data_fd = -1, .instance_fd = -1, .event_fd = -1,
 		.cancel_flag = &never,
 	};
-	struct jv_sandbox_opts so = {.ctx = &ctx};
+	/* require() sees the script's own lib/ first, then the built-in one. */
+	char own_lib[4096], builtin_lib[4096];
+	const char *slash = strrchr(path, '/');
+	if (slash)
+		snprintf(own_lib, sizeof(own_lib), "%.*s/lib", (int)(slash - path), path);
+	else
+		snprintf(own_lib, sizeof(own_lib), "lib");
+	snprintf(builtin_lib, sizeof(builtin_lib), "%s/lib", builtin_jobs_dir ? builtin_jobs_dir : ".");
+	struct jv_sandbox_opts so = {.ctx = &ctx, .lib_dirs = {own_lib, builtin_lib, NULL}};
 	lua_State *L = jv_sandbox_new(&so);
 	if (!L) {
 		fprintf(stderr, "jobvisor check: out of memory\n");

@@ -173,6 +173,12 @@ static int prepare_instance(struct child *c, char *err, size_t errlen)
 		         c->ctx.instance_id);
 		return -EBUSY;
 	}
+	/* With the lock held, temp files in markers/ belong to a killed run. */
+	int mfd = jv_markers_dir(&c->ctx);
+	if (mfd >= 0) {
+		jv_durable_cleanup_temps(mfd);
+		close(mfd);
+	}
 	return 0;
 }
 

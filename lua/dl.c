@@ -20,14 +20,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-
 #include "fsx.h"
+#include "hashq.h"
 #include "jobvisor/durable.h"
 
 #define DL_MAX_REDIRS 5L
 #define DL_BACKOFF_CAP_MS 30000L
 #define DL_RETRY_AFTER_CAP_S 60L
+#define DL_WRITEBACK_EVERY (32ull << 20) /* start writeback early: the final fsync stays short */
 
 static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void errf(char *err, size_t errlen, const char *fmt, ...)
@@ -71,7 +71,9 @@ int dl_check_url(const char *url, char *err, size_t errlen)
 struct xfer {
 	int fd;             /* the .part file, or -1 */
 	struct jv_buf *mem; /* dl_get */
-	EVP_MD_CTX *md;
+	struct hashq *q;    /* downloads: the digest runs on the hashq worker */
+	struct hashq_stream st;
+	uint64_t synced;    /* file offset up to which writeback was started */
 	uint64_t offset;    /* bytes already in the file before this response */
 	uint64_t written;   /* bytes of this response taken */
 	uint64_t cap;
@@ -87,10 +89,13 @@ struct xfer {
 
 static int restart_file(struct xfer *x)
 {
+	hashq_wait(x->q);
+	hashq_discard(x->q, &x->st);
 	if (ftruncate(x->fd, 0) < 0 || lseek(x->fd, 0, SEEK_SET) < 0)
 		return -errno;
 	x->offset = 0;
-	return EVP_DigestInit_ex(x->md, EVP_sha256(), NULL) == 1 ? 0 : -ENOMEM;
+	x->synced = 0;
+	return hashq_begin(x->q, &x->st);
 }
 
 static size_t on_header(char *buf, size_t size, size_t n, void *ud)
@@ -148,9 +153,14 @@ static size_t on_body(char *buf, size_t size, size_t n, void *ud)
 		x->write_err = rc;
 		return 0;
 	}
-	if (x->md)
-		EVP_DigestUpdate(x->md, buf, len);
+	if (x->q)
+		hashq_update(x->q, &x->st, buf, len);
 	x->written += len;
+	uint64_t end = x->offset + x->written;
+	if (x->fd >= 0 && end - x->synced >= DL_WRITEBACK_EVERY) {
+		sync_file_range(x->fd, (off_t)x->synced, (off_t)(end - x->synced), SYNC_FILE_RANGE_WRITE);
+		x->synced = end;
+	}
 	return len;
 }
 
@@ -464,14 +474,13 @@ static int from_cache(const struct dl_opts *o, const char *hex, int dst_dirfd,
 /* Final digest of the .part into r. */
 static void finish_digest(struct xfer *x, struct dl_result *r)
 {
-	unsigned char dg[EVP_MAX_MD_SIZE];
-	unsigned int dl = 0;
-	EVP_DigestFinal_ex(x->md, dg, &dl);
-	jv_hex(dg, dl, r->sha256);
+	hashq_final(x->q, &x->st);
+	hashq_wait(x->q);
+	memcpy(r->sha256, x->st.hex, sizeof(r->sha256));
 	r->bytes = x->offset;
 }
 
-/* Hash an existing .part prefix into x->md; truncate it when it cannot be a prefix. */
+/* Queue an existing .part prefix for hashing; truncate it when it cannot be a prefix. */
 static int load_part(struct xfer *x, const struct dl_opts *o)
 {
 	struct stat st;
@@ -480,30 +489,25 @@ static int load_part(struct xfer *x, const struct dl_opts *o)
 	uint64_t n = (uint64_t)st.st_size;
 	if (!o->resume || n == 0 || n > x->cap)
 		return restart_file(x);
-	unsigned char *buf = malloc(1 << 20);
-	if (!buf)
-		return -ENOMEM;
 	uint64_t done = 0;
-	int rc = 0;
 	if (lseek(x->fd, 0, SEEK_SET) < 0)
-		rc = -errno;
-	while (rc == 0 && done < n) {
-		ssize_t k = read(x->fd, buf, 1 << 20);
-		if (k < 0 && errno == EINTR)
+		return -errno;
+	while (done < n) {
+		void *b = hashq_acquire(x->q);
+		ssize_t k = read(x->fd, b, HASHQ_BLOCK);
+		if (k < 0 && errno == EINTR) {
+			hashq_submit(x->q, &x->st, b, 0);
 			continue;
-		if (k <= 0) {
-			rc = k < 0 ? -errno : -EIO;
-			break;
 		}
-		EVP_DigestUpdate(x->md, buf, (size_t)k);
+		hashq_submit(x->q, &x->st, b, k > 0 ? (size_t)k : 0);
+		if (k <= 0)
+			return k < 0 ? -errno : -EIO;
 		done += (uint64_t)k;
 		if (jv_io_tick(o->hooks, done, x->expect_total))
-			rc = -ECANCELED;
+			return -ECANCELED;
 	}
-	free(buf);
-	if (rc < 0)
-		return rc;
 	x->offset = done;
+	x->synced = done;
 	return 0;
 }
 
@@ -553,19 +557,18 @@ int dl_download(const char *url, const struct dl_opts *o, int dst_dirfd, const c
 		if ((uint64_t)o->size < x.cap)
 			x.cap = (uint64_t)o->size;
 	}
-	x.md = EVP_MD_CTX_new();
-	if (!x.md || EVP_DigestInit_ex(x.md, EVP_sha256(), NULL) != 1) {
-		EVP_MD_CTX_free(x.md);
-		errf(err, errlen, "out of memory");
-		return -ENOMEM;
+	rc = hashq_new(&x.q, 8);
+	if (rc < 0) {
+		errf(err, errlen, "cannot start hashing: %s", strerror(-rc));
+		return rc;
 	}
+	hashq_begin(x.q, &x.st);
 	x.fd = openat(dst_dirfd, part, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
 	if (x.fd < 0) {
 		rc = -errno;
 		errf(err, errlen, "cannot create '%s': %s", part, rc == -ELOOP ? "it is a symlink"
 		                                                            : strerror(errno));
-		EVP_MD_CTX_free(x.md);
-		return rc;
+		goto out;
 	}
 	rc = load_part(&x, o);
 	if (rc < 0) {
@@ -626,7 +629,8 @@ out:
 		if (!o->resume || empty || rc == -EBADMSG)
 			unlinkat(dst_dirfd, part, 0);
 	}
-	EVP_MD_CTX_free(x.md);
+	hashq_free(x.q);
+	hashq_discard(NULL, &x.st);
 	return rc;
 }
 

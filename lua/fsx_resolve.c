@@ -181,11 +181,12 @@ static int walk_open(int root, const char *path, int oflags, mode_t mode, unsign
 	int links = 0, rc;
 	if (!rem)
 		return -ENOMEM;
-	if (strlen(path) >= FSX_PATH_MAX) {
+	size_t plen = strlen(path);
+	if (plen >= FSX_PATH_MAX) {
 		free(rem);
 		return -ENAMETOOLONG;
 	}
-	strncpy(rem, path, FSX_PATH_MAX);
+	memcpy(rem, path, plen + 1);
 	rc = walk_push(&w, root);
 	if (rc < 0)
 		goto fail;

@@ -47,19 +47,6 @@ static void transport_opts_from(const struct config *cfg, const char *token,
 	};
 }
 
-/* uid/gid for job runs: only when running as root with `user` set. */
-static void resolve_run_user(const struct config *cfg, int *uid, int *gid)
-{
-	*uid = *gid = -1;
-	if (!cfg->user || geteuid() != 0)
-		return;
-	struct passwd *pw = getpwnam(cfg->user);
-	if (pw) {
-		*uid = (int)pw->pw_uid;
-		*gid = (int)pw->pw_gid;
-	}
-}
-
 void agent_reload(struct agent *ag)
 {
 	char err[512];
@@ -104,7 +91,7 @@ void agent_reload(struct agent *ag)
 	config_free(&old);
 	cJSON_Delete(ag->child_settings);
 	ag->child_settings = settings;
-	resolve_run_user(&ag->cfg, &ag->run_uid, &ag->run_gid);
+	config_run_user(&ag->cfg, &ag->run_uid, &ag->run_gid);
 	jv_log_setup((enum jv_log_format)ag->cfg.log_format, (enum jv_log_level)ag->cfg.log_level);
 	ag->poller.bo.max_ms = ag->cfg.backoff_max_ms;
 	for (struct srun *r = ag->runs; r; r = r->next)
@@ -163,6 +150,13 @@ static int prepare_data_dir(const struct config *cfg, int uid, int gid, char *er
 
 static int setup(struct agent *ag, bool check_only, char *err, size_t errlen)
 {
+	/* Block the signals first: a thread started later (libcurl's resolver)
+	 * inherits the mask, so SIGTERM can only ever arrive through the signalfd. */
+	int rc = loop_signals_init(ag);
+	if (rc) {
+		snprintf(err, errlen, "cannot set up signal handling: %s", strerror(-rc));
+		return 1;
+	}
 	if (config_load(ag->config_path, NULL, &ag->cfg, err, errlen))
 		return 2;
 	jv_log_setup((enum jv_log_format)ag->cfg.log_format, (enum jv_log_level)ag->cfg.log_level);
@@ -181,13 +175,13 @@ static int setup(struct agent *ag, bool check_only, char *err, size_t errlen)
 	}
 	struct transport_opts o;
 	transport_opts_from(&ag->cfg, token, &o);
-	int rc = transport_new(&o, &ag->tp);
+	rc = transport_new(&o, &ag->tp);
 	config_free_token(token);
 	if (rc) {
 		snprintf(err, errlen, "cannot set up HTTP: %s", strerror(-rc));
 		return 1;
 	}
-	resolve_run_user(&ag->cfg, &ag->run_uid, &ag->run_gid);
+	config_run_user(&ag->cfg, &ag->run_uid, &ag->run_gid);
 	if (prepare_data_dir(&ag->cfg, ag->run_uid, ag->run_gid, err, errlen))
 		return 2;
 	rc = spool_open(ag->cfg.data_dir, &ag->spool);

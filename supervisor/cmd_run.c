@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "commands.h"
+#include "config.h"
 #include "jobrun.h"
 #include "jobvisor/durable.h"
 #include "jobvisor/ident.h"
@@ -103,7 +104,9 @@ static int run_usage(const char *msg)
 	fprintf(stderr,
 	        "usage: jobvisor run TYPE|SCRIPT.lua --instance ID [--data-dir DIR] [--params JSON|@FILE]\n"
 	        "                    [--jobs-dir DIR] [--timeout S] [--cancel-grace S] [--memory-limit MIB]\n"
-	        "                    [--json]\n");
+	        "                    [--config FILE] [--json]\n"
+	        "Agent settings job runs use (allowed_executables, user, job_memory, data_dir, jobs_dir)\n"
+	        "come from --config FILE and JOBVISOR_* variables, as for the agent; options win.\n");
 	return JV_EXIT_USAGE;
 }
 
@@ -228,13 +231,14 @@ int cmd_run(int argc, char **argv)
 		{"params", required_argument, NULL, 'p'},   {"jobs-dir", required_argument, NULL, 'j'},
 		{"timeout", required_argument, NULL, 't'},  {"cancel-grace", required_argument, NULL, 'g'},
 		{"memory-limit", required_argument, NULL, 'm'}, {"json", no_argument, NULL, 'J'},
+		{"config", required_argument, NULL, 'c'},
 		{"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
 	};
-	const char *instance = NULL, *data_dir = getenv("JOBVISOR_DATA_DIR"), *params_arg = NULL;
-	const char *jobs_dir = getenv("JOBVISOR_JOBS_DIR");
-	int timeout = 0, grace = 10, mem_mib = 256;
+	const char *instance = NULL, *data_dir = NULL, *params_arg = NULL, *config_path = NULL;
+	const char *jobs_dir = NULL;
+	int timeout = 0, grace = 10, mem_mib = 0;
 	bool json = false;
-	int c;
+	int c, code = JV_EXIT_USAGE;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
@@ -255,6 +259,7 @@ int cmd_run(int argc, char **argv)
 				return run_usage("--memory-limit must be 4..65536 MiB");
 			break;
 		case 'J': json = true; break;
+		case 'c': config_path = optarg; break;
 		case 'h': run_usage(NULL); return 0;
 		default: return run_usage(NULL);
 		}
@@ -271,16 +276,27 @@ int cmd_run(int argc, char **argv)
 		                "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\n", instance);
 		return JV_EXIT_USAGE;
 	}
-	if (!data_dir || !*data_dir)
-		data_dir = DEFAULT_DATA_DIR;
-
 	char err[512];
+	struct config cfg;
+	if (config_load_local(config_path, &cfg, err, sizeof(err)) != 0) {
+		fprintf(stderr, "jobvisor run: %s\n", err);
+		return JV_EXIT_USAGE;
+	}
+	if (!data_dir || !*data_dir)
+		data_dir = cfg.data_dir && *cfg.data_dir ? cfg.data_dir : DEFAULT_DATA_DIR;
+	if (!jobs_dir)
+		jobs_dir = cfg.jobs_dir;
+	size_t mem_limit = mem_mib ? (size_t)mem_mib << 20 : (size_t)cfg.job_memory;
+	int run_uid, run_gid;
+	config_run_user(&cfg, &run_uid, &run_gid);
+	cJSON *settings = config_child_settings(&cfg);
 	cJSON *params = NULL;
 	if (params_arg) {
 		params = load_params(params_arg, err, sizeof(err));
 		if (!params) {
 			fprintf(stderr, "jobvisor run: %s\n", err);
-			return JV_EXIT_USAGE;
+			code = JV_EXIT_USAGE;
+			goto out;
 		}
 	}
 	char script[PATH_MAX];
@@ -294,16 +310,16 @@ int cmd_run(int argc, char **argv)
 			fprintf(stderr, "jobvisor run: unknown job type '%s' (no %s script in %s%s%s)\n", what,
 			        "matching", jobs_dir ? jobs_dir : "", jobs_dir ? " or " : "",
 			        jobrun_builtin_jobs_dir());
-		cJSON_Delete(params);
-		return JV_EXIT_USAGE;
+		code = JV_EXIT_USAGE;
+		goto out;
 	}
 	rc = jv_mkdir_p(data_dir, 0750);
 	char abs_data[PATH_MAX];
 	if (rc < 0 || !realpath(data_dir, abs_data)) {
 		fprintf(stderr, "jobvisor run: cannot create data dir '%s': %s\n", data_dir,
 		        strerror(rc < 0 ? -rc : errno));
-		cJSON_Delete(params);
-		return JV_EXIT_USAGE;
+		code = JV_EXIT_USAGE;
+		goto out;
 	}
 
 	char job_id[JV_UUID_LEN], run_id[JV_UUID_LEN];
@@ -322,8 +338,8 @@ int cmd_run(int argc, char **argv)
 	int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (sfd < 0) {
 		fprintf(stderr, "jobvisor run: signalfd: %s\n", strerror(errno));
-		cJSON_Delete(params);
-		return JV_EXIT_USAGE;
+		code = JV_EXIT_USAGE;
+		goto out;
 	}
 
 	bool by_type = !strstr(what, ".lua");
@@ -331,20 +347,24 @@ int cmd_run(int argc, char **argv)
 		.job_id = job_id, .run_id = run_id, .instance_id = instance,
 		.type = by_type ? what : NULL, .by_type = by_type, .attempt = 1, .params = params,
 		.data_dir = abs_data, .script = script, .jobs_dir = jobs_dir, .timeout_s = timeout,
-		.cancel_grace_s = grace, .mem_limit = (size_t)mem_mib << 20, .run_uid = -1, .run_gid = -1,
+		.cancel_grace_s = grace, .mem_limit = mem_limit, .run_uid = run_uid, .run_gid = run_gid,
+		.settings = settings,
 	};
 	static const struct jobrun_ops ops = {.event = on_event, .done = on_done};
 	struct jobrun *run = NULL;
 	rc = jobrun_start(&spec, &ops, &out, &run);
-	cJSON_Delete(params);
 	if (rc < 0) {
 		fprintf(stderr, "jobvisor run: cannot start the job-run child: %s\n", strerror(-rc));
-		close(sfd);
-		return JV_EXIT_FAILED;
+		code = JV_EXIT_FAILED;
+	} else {
+		code = drive(run, &out, sfd);
 	}
-	int code = drive(run, &out, sfd);
 	jobrun_free(run);
 	cJSON_Delete(out.result);
 	close(sfd);
+out:
+	cJSON_Delete(params);
+	cJSON_Delete(settings);
+	config_free(&cfg);
 	return code;
 }

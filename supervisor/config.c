@@ -494,8 +494,8 @@ static bool is_tls_url(const char *url)
 	return strncasecmp(url, "https://", 8) == 0;
 }
 
-/* Cross-setting checks, after every source has been applied. */
-static int validate(struct config *cfg, char *err, size_t errlen)
+/* The control-plane connection: required settings, URL, TLS, token file. */
+static int validate_connection(struct config *cfg, char *err, size_t errlen)
 {
 	for (size_t i = 0; i < JV_ARRAY_LEN(settings); i++) {
 		const struct setting *s = &settings[i];
@@ -521,6 +521,28 @@ static int validate(struct config *cfg, char *err, size_t errlen)
 		       "address (127.0.0.0/8, ::1, localhost)");
 		return -EINVAL;
 	}
+	if (cfg->tls_ca_file && access(cfg->tls_ca_file, R_OK) != 0) {
+		seterr(err, errlen, "cannot read 'tls_ca_file' '%s': %s", cfg->tls_ca_file,
+		       strerror(errno));
+		return -EINVAL;
+	}
+	struct stat st;
+	if (stat(cfg->token_file, &st) != 0) {
+		seterr(err, errlen, "cannot open 'token_file' '%s': %s", cfg->token_file, strerror(errno));
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* Cross-setting checks, after every source has been applied. local: for
+ * `jobvisor run`, which needs no control plane, so the connection is not checked. */
+static int validate(struct config *cfg, bool local, char *err, size_t errlen)
+{
+	if (!local) {
+		int rc = validate_connection(cfg, err, errlen);
+		if (rc)
+			return rc;
+	}
 	if (cfg->job_timeout_s > cfg->job_timeout_max_s) {
 		seterr(err, errlen, "'job_timeout' (%d) is larger than 'job_timeout_max' (%d)",
 		       cfg->job_timeout_s, cfg->job_timeout_max_s);
@@ -542,16 +564,7 @@ static int validate(struct config *cfg, char *err, size_t errlen)
 			return -EINVAL;
 		}
 	}
-	if (cfg->tls_ca_file && access(cfg->tls_ca_file, R_OK) != 0) {
-		seterr(err, errlen, "cannot read 'tls_ca_file' '%s': %s", cfg->tls_ca_file,
-		       strerror(errno));
-		return -EINVAL;
-	}
 	struct stat st;
-	if (stat(cfg->token_file, &st) != 0) {
-		seterr(err, errlen, "cannot open 'token_file' '%s': %s", cfg->token_file, strerror(errno));
-		return -EINVAL;
-	}
 	if (cfg->jobs_dir && (stat(cfg->jobs_dir, &st) != 0 || !S_ISDIR(st.st_mode))) {
 		seterr(err, errlen, "'jobs_dir' '%s' is not a directory", cfg->jobs_dir);
 		return -EINVAL;
@@ -559,7 +572,8 @@ static int validate(struct config *cfg, char *err, size_t errlen)
 	return 0;
 }
 
-int config_load(const char *path, char *const *envp, struct config *cfg, char *err, size_t errlen)
+static int load(const char *path, char *const *envp, bool local, struct config *cfg, char *err,
+                size_t errlen)
 {
 	memset(cfg, 0, sizeof(*cfg));
 	if (!envp)
@@ -581,12 +595,34 @@ int config_load(const char *path, char *const *envp, struct config *cfg, char *e
 		}
 	}
 	if (rc == 0)
-		rc = validate(cfg, err, errlen);
+		rc = validate(cfg, local, err, errlen);
 	if (rc) {
 		config_free(cfg);
 		return rc == -ENOMEM ? rc : (rc < 0 ? rc : -EINVAL);
 	}
 	return 0;
+}
+
+int config_load(const char *path, char *const *envp, struct config *cfg, char *err, size_t errlen)
+{
+	return load(path, envp, false, cfg, err, errlen);
+}
+
+int config_load_local(const char *path, struct config *cfg, char *err, size_t errlen)
+{
+	return load(path, NULL, true, cfg, err, errlen);
+}
+
+void config_run_user(const struct config *cfg, int *uid, int *gid)
+{
+	*uid = *gid = -1;
+	if (!cfg->user || geteuid() != 0)
+		return;
+	struct passwd *pw = getpwnam(cfg->user);
+	if (pw) {
+		*uid = (int)pw->pw_uid;
+		*gid = (int)pw->pw_gid;
+	}
 }
 
 void config_free(struct config *cfg)

@@ -61,6 +61,11 @@ struct config {
  * (or -errno reading the file), writes a one-line message to err and leaves
  * *cfg empty. */
 int config_load(const char *path, char *const *envp, struct config *cfg, char *err, size_t errlen);
+/* The same for `jobvisor run`: defaults, the optional file, JOBVISOR_* from the
+ * environment; the control-plane settings are not required. */
+int config_load_local(const char *path, struct config *cfg, char *err, size_t errlen);
+/* uid/gid job runs switch to: only when running as root with `user` set; else -1. */
+void config_run_user(const struct config *cfg, int *uid, int *gid);
 void config_free(struct config *cfg);
 
 /* Read the agent token from cfg->token_file: refused unless a regular file not

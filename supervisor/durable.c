@@ -6,7 +6,9 @@
  * failed fsync, retrying may report success for data that is gone). */
 #include "jobvisor/durable.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -93,6 +95,44 @@ int jv_durable_write(const char *path, const void *data, size_t len, mode_t mode
 	int rc = jv_durable_write_at(dfd, name, data, len, mode);
 	close(dfd);
 	return rc;
+}
+
+static bool is_durable_temp(const char *name)
+{
+	if (name[0] != '.')
+		return false;
+	const char *t = strstr(name, ".tmp.");
+	if (!t || t == name)
+		return false;
+	const char *d = t + 5;
+	if (!*d)
+		return false;
+	for (; *d; d++)
+		if (*d < '0' || *d > '9')
+			return false;
+	return true;
+}
+
+int jv_durable_cleanup_temps(int dirfd)
+{
+	int fd = dup(dirfd);
+	if (fd < 0)
+		return 0;
+	DIR *d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return 0;
+	}
+	rewinddir(d);
+	int n = 0;
+	struct dirent *e;
+	while ((e = readdir(d)))
+		if (is_durable_temp(e->d_name) && unlinkat(dirfd, e->d_name, 0) == 0)
+			n++;
+	closedir(d);
+	if (n > 0)
+		jv_fsync_dirfd(dirfd);
+	return n;
 }
 
 int jv_durable_rename_at(int olddirfd, const char *oldname, int newdirfd, const char *newname)

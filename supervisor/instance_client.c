@@ -227,10 +227,26 @@ int jv_instance_status(const char *instance_dir, cJSON **out)
 		*out = st;
 		return 0;
 	}
-	if (rc != -ENOENT && rc != -ECONNREFUSED && rc != -ECONNRESET)
+	bool denied = rc == -EACCES || rc == -EPERM;
+	if (rc != -ENOENT && rc != -ECONNREFUSED && rc != -ECONNRESET && !denied)
 		return rc;
 	cJSON *st = NULL;
 	rc = jv_instance_read_state(instance_dir, &st);
+	if (rc == 0 && denied) {
+		/* Another user's monitor: say what state.json says, and whether that
+		 * monitor (pid + start time) is alive, but judge nothing else. */
+		pid_t mpid = (pid_t)jv_json_int(st, "monitorPid", 0);
+		int64_t mstart = jv_json_int(st, "monitorStartTime", -1);
+		int mfd = -1;
+		bool alive = mpid > 1 && mstart >= 0 &&
+		             jv_proc_open_verified(mpid, (uint64_t)mstart, NULL, &mfd) == 0;
+		if (mfd >= 0)
+			close(mfd);
+		set_item(st, "monitor", cJSON_CreateBool(alive));
+		set_item(st, "error", cJSON_CreateString("the monitor's socket is not accessible to this user"));
+		*out = st;
+		return 0;
+	}
 	if (rc == -ENOENT) {
 		st = cJSON_CreateObject();
 		if (!st)
@@ -289,6 +305,24 @@ static char *monitor_settings(const cJSON *settings)
 	return text;
 }
 
+/* jobvisor-monitor beside the running binary: the monitor without the job
+ * runtime's libraries (see supervisor/bin/jobvisor_monitor.c). */
+static int monitor_binary(char *out, size_t len)
+{
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n <= 0)
+		return -ENOENT;
+	self[n] = '\0';
+	char *slash = strrchr(self, '/');
+	if (!slash)
+		return -ENOENT;
+	*slash = '\0';
+	if (snprintf(out, len, "%s/jobvisor-monitor", self) >= (int)len)
+		return -ENAMETOOLONG;
+	return access(out, X_OK) == 0 ? 0 : -ENOENT;
+}
+
 int jv_monitor_launch(const struct jv_monitor_launch *l, int *status_fd)
 {
 	*status_fd = -1;
@@ -303,11 +337,19 @@ int jv_monitor_launch(const struct jv_monitor_launch *l, int *status_fd)
 	}
 	char fdarg[16];
 	snprintf(fdarg, sizeof(fdarg), "%d", p[1]);
-	const char *exe = l->exe ? l->exe : "/proc/self/exe";
+	char slim[PATH_MAX];
+	const char *exe = l->exe;
 	const char *argv[14];
 	int n = 0;
-	argv[n++] = "jobvisor";
-	argv[n++] = "monitor";
+	if (!exe && monitor_binary(slim, sizeof(slim)) == 0) {
+		exe = slim;
+		argv[n++] = "jobvisor-monitor";
+	} else {
+		if (!exe)
+			exe = "/proc/self/exe";
+		argv[n++] = "jobvisor";
+		argv[n++] = "monitor";
+	}
 	argv[n++] = "--instance-dir";
 	argv[n++] = l->instance_dir;
 	argv[n++] = "--instance-id";

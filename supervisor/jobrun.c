@@ -519,12 +519,16 @@ static void child_exec(int spec_fd, int ev_fd, pid_t parent, int uid, int gid, c
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	for (int s = 1; s < NSIG; s++)
 		signal(s, SIG_DFL);
-	struct rlimit rl = {0, 0};
-	setrlimit(RLIMIT_CORE, &rl);
+	/* Soft limits only: a monitor born from this child must be able to give
+	 * the game server its own limits back (a script cannot raise them). */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_CORE, &rl) == 0) {
+		rl.rlim_cur = 0;
+		setrlimit(RLIMIT_CORE, &rl);
+	}
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
-		if (rl.rlim_max > CHILD_NOFILE)
-			rl.rlim_max = CHILD_NOFILE;
-		rl.rlim_cur = rl.rlim_max;
+		if (rl.rlim_cur > CHILD_NOFILE)
+			rl.rlim_cur = CHILD_NOFILE;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
 	int s2 = fcntl(spec_fd, F_DUPFD, 10);

@@ -38,9 +38,36 @@ bool jv_json_bool(const cJSON *obj, const char *key, bool fallback)
 	return cJSON_IsBool(v) ? cJSON_IsTrue(v) : fallback;
 }
 
+/* Nesting depth of the JSON text, strings skipped; stops counting past max. */
+static bool depth_within(const char *p, size_t len, int max)
+{
+	int depth = 0;
+	bool in_str = false;
+	for (size_t i = 0; i < len; i++) {
+		char c = p[i];
+		if (in_str) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_str = false;
+		} else if (c == '"') {
+			in_str = true;
+		} else if (c == '[' || c == '{') {
+			if (++depth > max)
+				return false;
+		} else if (c == ']' || c == '}') {
+			depth--;
+		}
+	}
+	return true;
+}
+
 cJSON *jv_json_parse(const char *data, size_t len)
 {
-	/* cJSON caps nesting at CJSON_NESTING_LIMIT (1000); fine for our sizes. */
+	/* cJSON recurses once per level up to 1000 deep: refuse deep text first so
+	 * hostile input cannot exhaust a small (thread or sanitizer) stack. */
+	if (!depth_within(data, len, JV_JSON_MAX_DEPTH))
+		return NULL;
 	const char *end = NULL;
 	cJSON *v = cJSON_ParseWithLengthOpts(data, len, &end, false);
 	if (!v)

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "commands.h"
+#include "jobrun.h"
 #include "jobvisor/jobchild.h"
 
 static int usage(void)
@@ -39,7 +40,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "usage: jobvisor check SCRIPT.lua\n");
 			return JV_EXIT_USAGE;
 		}
-		return jv_check_script(argv[2]);
+		return jv_check_script(argv[2], jobrun_builtin_jobs_dir());
 	}
 	if (strcmp(cmd, "agent") == 0)
 		return cmd_agent(argc - 1, argv + 1);

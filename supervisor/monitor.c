@@ -1,27 +1,21 @@
-/* monitor.c — `jobvisor monitor`: one small supervisor per running instance.
+/* monitor.c — the instance monitor's poll loop and state machine.
  *
- * Responsible for the command line, detaching from what the starter left
- * behind, the one-monitor-per-instance lock, the poll loop and the state
- * machine (STARTING -> RUNNING -> STOPPING -> STOPPED, with BACKOFF and
- * CRASHED on unrequested exits). Spawning and killing live in
- * monitor_proc.c, console capture in monitor_console.c, state.json in
- * monitor_state.c and the socket in monitor_sock.c.
+ * States STARTING -> RUNNING -> STOPPING -> STOPPED, with BACKOFF and CRASHED
+ * on unrequested exits. The command line, detaching, the lock and adoption
+ * live in monitor_setup.c; spawning and killing in monitor_proc.c, console
+ * capture in monitor_console.c, state.json in monitor_state.c and the socket
+ * in monitor_sock.c.
  *
- * Started by instance_client.c (double fork + setsid, then exec of this
- * binary). It is a child subreaper, so everything the server forks and
+ * The monitor is a child subreaper, so everything the server forks and
  * orphans comes back to it to be killed and reaped. Signals arrive through a
  * signalfd; the loop sleeps in poll() with a timeout taken from the next
  * deadline, so an idle monitor does not wake at all. The monitor exits once
  * the server is STOPPED or CRASHED; state.json keeps the final word. */
 #include "monitor.h"
-#include "commands.h"
-#include "jobvisor/durable.h"
-#include "jobvisor/ident.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
@@ -29,10 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
-#include <sys/prctl.h>
+#include <sys/inotify.h>
 #include <sys/signalfd.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define SWEEP_GRACE_MS 2000
@@ -53,26 +45,6 @@ const char *mon_state_name(enum mon_state st)
 	return "UNKNOWN";
 }
 
-static void status_line(struct monitor *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void status_line(struct monitor *m, const char *fmt, ...)
-{
-	if (m->status_fd < 0)
-		return;
-	char buf[512];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(buf, sizeof(buf) - 1, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		n = 0;
-	if ((size_t)n > sizeof(buf) - 2)
-		n = (int)sizeof(buf) - 2;
-	buf[n++] = '\n';
-	jv_write_all(m->status_fd, buf, (size_t)n);
-	close(m->status_fd);
-	m->status_fd = -1;
-}
-
 void mon_set_state(struct monitor *m, enum mon_state st, const char *fmt, ...)
 {
 	bool changed = m->state != st;
@@ -86,6 +58,8 @@ void mon_set_state(struct monitor *m, enum mon_state st, const char *fmt, ...)
 		va_end(ap);
 	}
 	bool final = st == MON_STOPPED || st == MON_CRASHED;
+	if (final && m->cg.active && m->pid == 0)
+		cg_remove(m); /* the tree is gone: nothing is left to track */
 	if (final) {
 		/* state.json must already say the monitor is leaving. */
 		m->exiting = true;
@@ -95,10 +69,16 @@ void mon_set_state(struct monitor *m, enum mon_state st, const char *fmt, ...)
 	}
 	jv_info(NULL, NULL, "instance %s: %s%s%s", m->instance_id, mon_state_name(st),
 	        m->message[0] ? ": " : "", m->message);
-	state_write(m);
-	sock_broadcast_state(m);
-	if (final)
+	if (final) {
+		/* Durable first: a client told "done" may read state.json at once. */
+		state_write(m);
+		sock_broadcast_state(m);
 		sock_finish_stop(m);
+	} else {
+		/* Subscribers first: waiting for RUNNING should not include fsyncs. */
+		sock_broadcast_state(m);
+		state_write(m);
+	}
 }
 
 static double stop_timeout(const struct monitor *m)
@@ -155,7 +135,7 @@ static void begin_stop(struct monitor *m, bool force, bool console_sent)
 		}
 		m->phase = PH_CONSOLE;
 		m->deadline = now + (int64_t)(stop_timeout(m) * 1000);
-		con_log_note(m, "stop: sent console command '%s', waiting up to %.0fs",
+		con_log_note(m, "stop: sent console command '%s', waiting up to %gs",
 		             m->spec->stop_command, stop_timeout(m));
 		sock_broadcast_state(m);
 	} else {
@@ -202,7 +182,7 @@ bool mon_console_is_stop(struct monitor *m, const char *line)
 
 /* The spec is re-read before each spawn so a restart picks up a new build or
  * an edited instance.json. */
-static int load_spec(struct monitor *m, char *err, size_t errlen)
+int mon_load_spec(struct monitor *m, char *err, size_t errlen)
 {
 	struct jv_instance_spec *spec = NULL;
 	int rc = jv_instance_spec_load(m->instance_dir, m->allowed, &spec, err, errlen);
@@ -230,9 +210,9 @@ static void after_spawn(struct monitor *m)
 	}
 }
 
-static int spawn(struct monitor *m, char *err, size_t errlen)
+int mon_spawn(struct monitor *m, char *err, size_t errlen)
 {
-	int rc = load_spec(m, err, errlen);
+	int rc = mon_load_spec(m, err, errlen);
 	if (rc == 0)
 		rc = proc_spawn(m, err, errlen);
 	if (rc == 0) {
@@ -265,6 +245,7 @@ static void after_exit(struct monitor *m)
 {
 	int64_t now = jv_now_mono_ms();
 	struct mon_exit *e = &m->last_exit;
+	con_drain_output(m); /* what leftover children printed during the sweep */
 	proc_release(m);
 	con_drain_input(m);
 	m->phase = PH_NONE;
@@ -318,6 +299,7 @@ static void after_exit(struct monitor *m)
 static void on_leader_exit(struct monitor *m)
 {
 	int64_t now = jv_now_mono_ms();
+	con_drain_output(m);
 	proc_describe_exit(m, &m->last_exit);
 	m->last_exit.requested = m->stop_requested;
 	jv_info(NULL, NULL, "instance %s: server pid %ld exited: %s", m->instance_id, (long)m->pid,
@@ -341,7 +323,7 @@ static void on_timers(struct monitor *m, int64_t now)
 		char err[512];
 		m->restart_at = -1;
 		m->restarts++;
-		if (spawn(m, err, sizeof(err)) < 0) {
+		if (mon_spawn(m, err, sizeof(err)) < 0) {
 			con_log_note(m, "restart failed: %s", err);
 			mon_set_state(m, MON_CRASHED, "restart failed: %s", err);
 		}
@@ -360,16 +342,16 @@ static void on_timers(struct monitor *m, int64_t now)
 	case PH_NONE:
 		if (m->state == MON_STARTING) {
 			double t = m->spec ? m->spec->ready_timeout_s : 0;
-			con_log_note(m, "server not ready within %.0fs; stopping it", t);
+			con_log_note(m, "server not ready within %gs; stopping it", t);
 			m->ready_timed_out = true;
-			snprintf(m->message, sizeof(m->message), "not ready within %.0fs", t);
+			snprintf(m->message, sizeof(m->message), "not ready within %gs", t);
 			begin_signal_step(m, now);
 		} else {
 			m->deadline = -1;
 		}
 		break;
 	case PH_CONSOLE:
-		con_log_note(m, "stop: no exit %.0fs after the console command", stop_timeout(m));
+		con_log_note(m, "stop: no exit %gs after the console command", stop_timeout(m));
 		begin_signal_step(m, now);
 		break;
 	case PH_SIGNAL:
@@ -420,6 +402,31 @@ static void on_signalfd(struct monitor *m)
 		after_exit(m);
 }
 
+static void on_inotify(struct monitor *m)
+{
+	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+	const char *base = strrchr(m->instance_dir, '/');
+	base = base ? base + 1 : m->instance_dir;
+	bool deleted = false;
+	ssize_t n;
+	while ((n = read(m->ino_fd, buf, sizeof(buf))) > 0) {
+		for (char *p = buf; p < buf + n;) {
+			const struct inotify_event *ev = (const struct inotify_event *)p;
+			if ((ev->mask & IN_DELETE) && (ev->mask & IN_ISDIR) && ev->len &&
+			    strcmp(ev->name, base) == 0)
+				deleted = true;
+			p += sizeof(*ev) + ev->len;
+		}
+	}
+	if (!deleted)
+		return;
+	close(m->ino_fd);
+	m->ino_fd = -1;
+	jv_warn(NULL, NULL, "instance %s: instance directory '%s' was deleted; stopping the server",
+	        m->instance_id, m->instance_dir);
+	mon_request_stop(m, false, -1);
+}
+
 static int64_t earliest(int64_t a, int64_t b)
 {
 	if (a < 0)
@@ -437,10 +444,10 @@ static bool clients_pending(struct monitor *m)
 	return false;
 }
 
-static int run_loop(struct monitor *m)
+int mon_run_loop(struct monitor *m)
 {
-	struct pollfd p[4 + MON_MAX_CLIENTS];
-	int who[4 + MON_MAX_CLIENTS];
+	struct pollfd p[5 + MON_MAX_CLIENTS];
+	int who[5 + MON_MAX_CLIENTS];
 	for (;;) {
 		int64_t now = jv_now_mono_ms();
 		on_timers(m, now);
@@ -456,6 +463,8 @@ static int run_loop(struct monitor *m)
 		bool watch_pidfd = m->adopted && m->pidfd >= 0 && !m->leader_exited;
 		p[n] = (struct pollfd){.fd = watch_pidfd ? m->pidfd : -1, .events = POLLIN};
 		who[n++] = -4;
+		p[n] = (struct pollfd){.fd = m->ino_fd, .events = POLLIN};
+		who[n++] = -5;
 		for (int i = 0; i < MON_MAX_CLIENTS; i++) {
 			struct mon_client *c = &m->clients[i];
 			if (c->fd < 0)
@@ -485,306 +494,9 @@ static int run_loop(struct monitor *m)
 				if (proc_on_pidfd(m))
 					on_leader_exit(m);
 				break;
+			case -5: on_inotify(m); break;
 			default: sock_on_client(m, &m->clients[who[i]], p[i].revents); break;
 			}
 		}
 	}
-}
-
-static int usage(void)
-{
-	fprintf(stderr, "usage: jobvisor monitor --instance-dir DIR [--instance-id ID] "
-	                "[--settings JSON] [--status-fd N] [--adopt-only] [--foreground]\n");
-	return 2;
-}
-
-struct mon_args {
-	const char *dir, *id, *settings;
-	int status_fd;
-	bool adopt_only, foreground;
-};
-
-static int parse_args(int argc, char **argv, struct mon_args *a)
-{
-	*a = (struct mon_args){.status_fd = -1};
-	for (int i = 1; i < argc; i++) {
-		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-		if (strcmp(argv[i], "--adopt-only") == 0) {
-			a->adopt_only = true;
-		} else if (strcmp(argv[i], "--foreground") == 0) {
-			a->foreground = true;
-		} else if (!v) {
-			return -1;
-		} else if (strcmp(argv[i], "--instance-dir") == 0) {
-			a->dir = argv[++i];
-		} else if (strcmp(argv[i], "--instance-id") == 0) {
-			a->id = argv[++i];
-		} else if (strcmp(argv[i], "--settings") == 0) {
-			a->settings = argv[++i];
-		} else if (strcmp(argv[i], "--status-fd") == 0) {
-			char *end;
-			long fd = strtol(argv[++i], &end, 10);
-			if (*end || fd < 3 || fd > 65535)
-				return -1;
-			a->status_fd = (int)fd;
-		} else {
-			return -1;
-		}
-	}
-	return a->dir && a->dir[0] == '/' ? 0 : -1;
-}
-
-/* Directories, logging, lock. Returns 0, 3 when another monitor holds the lock, or 1. */
-static int setup(struct monitor *m, const struct mon_args *a, char *err, size_t errlen)
-{
-	m->inst_fd = open(m->instance_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (m->inst_fd < 0) {
-		snprintf(err, errlen, "cannot open instance dir '%s': %s", m->instance_dir, strerror(errno));
-		return 1;
-	}
-	mkdirat(m->inst_fd, ".jobvisor", 0700);
-	mkdirat(m->inst_fd, "logs", 0750);
-	m->jv_fd = openat(m->inst_fd, ".jobvisor", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-	m->logs_fd = openat(m->inst_fd, "logs", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-	if (m->jv_fd < 0 || m->logs_fd < 0) {
-		snprintf(err, errlen, "cannot open '%s/.jobvisor' or 'logs': %s", m->instance_dir,
-		         strerror(errno));
-		return 1;
-	}
-	if (!a->foreground) {
-		/* Our own log: small, rotated once at start when it grew past 1 MiB. */
-		struct stat st;
-		if (fstatat(m->logs_fd, "monitor.log", &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-		    st.st_size > (1 << 20))
-			renameat(m->logs_fd, "monitor.log", m->logs_fd, "monitor.log.1");
-		int lfd = openat(m->logs_fd, "monitor.log",
-		                 O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
-		int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
-		if (nul >= 0)
-			dup2(nul, STDIN_FILENO);
-		if (lfd >= 0) {
-			dup2(lfd, STDOUT_FILENO);
-			dup2(lfd, STDERR_FILENO);
-			close(lfd);
-		}
-		if (nul > STDERR_FILENO)
-			close(nul);
-	}
-	m->lock_fd = openat(m->jv_fd, "monitor.lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (m->lock_fd < 0) {
-		snprintf(err, errlen, "cannot open '.jobvisor/monitor.lock': %s", strerror(errno));
-		return 1;
-	}
-	if (flock(m->lock_fd, LOCK_EX | LOCK_NB) < 0) {
-		if (errno == EWOULDBLOCK)
-			return 3;
-		snprintf(err, errlen, "cannot lock '.jobvisor/monitor.lock': %s", strerror(errno));
-		return 1;
-	}
-	char pidline[32];
-	int n = snprintf(pidline, sizeof(pidline), "%ld\n", (long)getpid());
-	if (ftruncate(m->lock_fd, 0) == 0)
-		(void)!pwrite(m->lock_fd, pidline, (size_t)n, 0);
-	return 0;
-}
-
-static int setup_signals(struct monitor *m)
-{
-	sigset_t mask;
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGCHLD);
-	sigaddset(&mask, SIGTERM);
-	sigaddset(&mask, SIGINT);
-	sigaddset(&mask, SIGHUP);
-	sigprocmask(SIG_BLOCK, &mask, NULL);
-	signal(SIGPIPE, SIG_IGN);
-	m->sig_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
-	if (m->sig_fd < 0)
-		return -errno;
-	/* Orphans of the server's tree reparent to us, so we can kill and reap them. */
-	if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
-		return -errno;
-	return 0;
-}
-
-/* A server left running by a monitor that died: state.json names it and the
- * pidfd check proves it is the same process (never a reused pid). */
-static bool try_adopt(struct monitor *m, char *prev_state, size_t len)
-{
-	cJSON *prev = NULL;
-	if (state_read(m->jv_fd, &prev) < 0)
-		return false;
-	bool adopted = false;
-	pid_t pid = (pid_t)jv_json_int(prev, "pid", 0);
-	int64_t st = jv_json_int(prev, "startTime", -1);
-	const char *boot = jv_json_str(prev, "bootId", NULL);
-	const char *state = jv_json_str(prev, "state", "");
-	if (pid > 1 && st >= 0 &&
-	    proc_adopt(m, pid, (uint64_t)st, jv_json_str(prev, "cgroup", NULL)) == 0) {
-		if (boot && strcmp(boot, m->boot_id) != 0) {
-			proc_release(m);
-		} else {
-			adopted = true;
-			snprintf(prev_state, len, "%s", state);
-			m->restarts = (unsigned)jv_json_int(prev, "restarts", 0);
-			m->spawned_real = jv_json_int(prev, "startedAtMs", jv_now_real_ms());
-			m->spawned_mono = jv_now_mono_ms() - (jv_now_real_ms() - m->spawned_real);
-			jv_warn(NULL, NULL, "instance %s: adopted running server pid %ld (was %s)",
-			        m->instance_id, (long)pid, state);
-		}
-	}
-	cJSON_Delete(prev);
-	return adopted;
-}
-
-static void monitor_free(struct monitor *m)
-{
-	sock_close(m);
-	con_close(m);
-	if (m->cg.active)
-		cg_remove(m);
-	jv_instance_spec_free(m->spec);
-	cJSON_Delete(m->settings);
-	if (m->pidfd >= 0)
-		close(m->pidfd);
-	if (m->sig_fd >= 0)
-		close(m->sig_fd);
-	if (m->lock_fd >= 0)
-		close(m->lock_fd); /* releases the lock last: the socket is gone by now */
-	if (m->logs_fd >= 0)
-		close(m->logs_fd);
-	if (m->jv_fd >= 0)
-		close(m->jv_fd);
-	if (m->inst_fd >= 0)
-		close(m->inst_fd);
-	free(m);
-}
-
-static int monitor_new(const struct mon_args *a, struct monitor **out)
-{
-	struct monitor *m = calloc(1, sizeof(*m));
-	if (!m)
-		return -ENOMEM;
-	m->inst_fd = m->jv_fd = m->logs_fd = m->lock_fd = m->listen_fd = m->sig_fd = -1;
-	m->pidfd = -1;
-	m->status_fd = a->status_fd;
-	m->con.in_fd = m->con.out_fd = m->con.log_fd = -1;
-	m->cg.dirfd = -1;
-	m->deadline = m->tick = m->restart_at = -1;
-	m->stop_timeout_s = -1;
-	m->state = MON_STOPPED;
-	for (int i = 0; i < MON_MAX_CLIENTS; i++)
-		m->clients[i].fd = -1;
-	*out = m;
-	return 0;
-}
-
-int cmd_monitor(int argc, char **argv)
-{
-	struct mon_args a;
-	if (parse_args(argc, argv, &a) < 0)
-		return usage();
-	proc_shed_inheritance();
-	int keep[] = {a.status_fd};
-	jv_close_fds_from(3, keep, a.status_fd >= 0 ? 1 : 0);
-	if (a.status_fd >= 0)
-		jv_set_cloexec(a.status_fd);
-
-	struct monitor *m;
-	if (monitor_new(&a, &m) < 0)
-		return 1;
-	char err[512] = "";
-	int rc = 1;
-	if (strlen(a.dir) >= sizeof(m->instance_dir)) {
-		status_line(m, "error instance dir path too long");
-		goto out;
-	}
-	snprintf(m->instance_dir, sizeof(m->instance_dir), "%s", a.dir);
-	const char *slash = strrchr(m->instance_dir, '/');
-	snprintf(m->instance_id, sizeof(m->instance_id), "%s", a.id ? a.id : slash + 1);
-	if (!jv_ident_valid(m->instance_id)) {
-		status_line(m, "error invalid instance id '%.64s'", m->instance_id);
-		goto out;
-	}
-	m->settings = a.settings ? jv_json_parse(a.settings, strlen(a.settings)) : cJSON_CreateObject();
-	if (!cJSON_IsObject(m->settings)) {
-		status_line(m, "error --settings is not a JSON object");
-		goto out;
-	}
-	m->allowed = cJSON_GetObjectItemCaseSensitive(m->settings, "allowed_executables");
-	m->user = jv_json_str(m->settings, "user", NULL);
-	int lvl = jv_log_level_parse(jv_json_str(m->settings, "log_level", "info"));
-	int fmt = jv_log_format_parse(jv_json_str(m->settings, "log_format", "logfmt"));
-	jv_log_setup(fmt < 0 ? JV_LOG_LOGFMT : (enum jv_log_format)fmt,
-	             lvl < 0 ? JV_LOG_INFO : (enum jv_log_level)lvl);
-	jv_log_set_component("monitor");
-
-	rc = setup(m, &a, err, sizeof(err));
-	if (rc == 3) {
-		status_line(m, "busy another monitor is running for this instance");
-		goto out;
-	}
-	if (rc) {
-		status_line(m, "error %s", err);
-		goto out;
-	}
-	rc = 1;
-	jv_boot_id(m->boot_id);
-	jv_proc_start_time(getpid(), &m->self_start_time);
-	if (setup_signals(m) < 0) {
-		status_line(m, "error cannot set up signals: %s", strerror(errno));
-		goto out;
-	}
-	char prev[16] = "";
-	bool adopted = try_adopt(m, prev, sizeof(prev));
-	if (!adopted && a.adopt_only) {
-		status_line(m, "ok none");
-		rc = 0;
-		goto out;
-	}
-	if (load_spec(m, err, sizeof(err)) < 0) {
-		if (!adopted) {
-			m->state = MON_CRASHED;
-			snprintf(m->message, sizeof(m->message), "cannot start: %s", err);
-			m->since_real = jv_now_real_ms();
-			state_write(m);
-			status_line(m, "error %s", err);
-			goto out;
-		}
-		jv_warn(NULL, NULL, "instance %s: %s (supervising the adopted server with defaults)",
-		        m->instance_id, err);
-	}
-	if (sock_listen(m) < 0 || con_open(m, !adopted) < 0) {
-		status_line(m, "error cannot set up '.jobvisor' (socket or console): %s", strerror(errno));
-		goto out;
-	}
-	if (adopted) {
-		con_log_note(m, "monitor restarted; adopted the running server (pid %ld)", (long)m->pid);
-		m->phase = PH_NONE;
-		if (strcmp(prev, "STARTING") == 0 && m->spec && m->spec->ready_pattern) {
-			/* Its ready line may still sit unread in the console FIFO. */
-			m->deadline = jv_now_mono_ms() + (int64_t)(m->spec->ready_timeout_s * 1000);
-			mon_set_state(m, MON_STARTING, "adopted starting server (pid %ld)", (long)m->pid);
-		} else {
-			m->ready_real = jv_now_real_ms();
-			mon_set_state(m, MON_RUNNING, "adopted running server (pid %ld)", (long)m->pid);
-		}
-		status_line(m, "ok adopted %ld", (long)m->pid);
-		if (strcmp(prev, "STOPPING") == 0)
-			mon_request_stop(m, false, -1); /* finish what the dead monitor began */
-	} else if (spawn(m, err, sizeof(err)) < 0) {
-		con_log_note(m, "cannot start the server: %s", err);
-		mon_set_state(m, MON_CRASHED, "cannot start: %s", err);
-		status_line(m, "error %s", err);
-		sock_flush_all(m, 0);
-		goto out;
-	} else {
-		status_line(m, "ok started %ld", (long)m->pid);
-	}
-	rc = run_loop(m);
-out:
-	if (m->status_fd >= 0)
-		status_line(m, "error monitor failed to start");
-	monitor_free(m);
-	return rc;
 }

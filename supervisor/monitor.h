@@ -1,6 +1,7 @@
 /* monitor.h — internals shared by the instance monitor's files.
  *
- *   monitor.c          command line, detaching, lock, the poll loop, the state machine
+ *   monitor_setup.c    command line, detaching, lock, adoption (cmd_monitor)
+ *   monitor.c          the poll loop and the state machine
  *   monitor_proc.c     spawning the server, signalling and sweeping its tree, reaping
  *   monitor_cgroup.c   the optional cgroup v2 leaf (limits, cgroup.kill, OOM count)
  *   monitor_console.c  console FIFOs, log capture and rotation, in-memory tail, readiness
@@ -91,6 +92,7 @@ struct monitor {
 	char instance_id[65];
 	int inst_fd, jv_fd, logs_fd;
 	int lock_fd, listen_fd, sig_fd;
+	int ino_fd; /* inotify on the instance dir: deleted means decommissioned */
 	int status_fd; /* --status-fd: one line to the starter, then closed */
 	cJSON *settings;
 	const cJSON *allowed; /* borrowed from settings */
@@ -141,6 +143,9 @@ struct monitor {
 };
 
 /* monitor.c */
+int mon_run_loop(struct monitor *m);
+int mon_load_spec(struct monitor *m, char *err, size_t errlen);
+int mon_spawn(struct monitor *m, char *err, size_t errlen); /* load the spec, start, set state */
 void mon_set_state(struct monitor *m, enum mon_state st, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 void mon_request_stop(struct monitor *m, bool force, double timeout_s);
@@ -176,6 +181,7 @@ void cg_remove(struct monitor *m);
 /* monitor_console.c */
 int con_open(struct monitor *m, bool fresh);
 void con_on_readable(struct monitor *m);
+void con_drain_output(struct monitor *m);
 void con_drain_input(struct monitor *m);
 int con_send(struct monitor *m, const char *line);
 /* Last n complete lines; returned-owned cJSON array of strings. first_seq gets
@@ -183,6 +189,7 @@ int con_send(struct monitor *m, const char *line);
 cJSON *con_tail(struct monitor *m, int n, uint64_t since, uint64_t *first_seq);
 void con_log_note(struct monitor *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void con_close(struct monitor *m);
+bool con_ready_in_log(struct monitor *m);
 
 /* monitor_state.c */
 cJSON *state_object(struct monitor *m);

@@ -207,12 +207,11 @@ static void emit_line(struct monitor *m, const char *s, size_t n, bool from_serv
 	sock_broadcast_line(m, line, n, c->lines);
 }
 
-void con_on_readable(struct monitor *m)
+static void read_output(struct monitor *m, int rounds)
 {
 	struct mon_console *c = &m->con;
 	char buf[16384];
-	/* Bounded per wakeup so a chatty server cannot starve the socket. */
-	for (int round = 0; round < 16 && c->out_fd >= 0; round++) {
+	for (int round = 0; round < rounds && c->out_fd >= 0; round++) {
 		ssize_t n = read(c->out_fd, buf, sizeof(buf));
 		if (n <= 0)
 			return;
@@ -232,6 +231,19 @@ void con_on_readable(struct monitor *m)
 			}
 		}
 	}
+}
+
+void con_on_readable(struct monitor *m)
+{
+	/* Bounded per wakeup so a chatty server cannot starve the socket. */
+	read_output(m, 16);
+}
+
+void con_drain_output(struct monitor *m)
+{
+	/* Everything still in the FIFO (at most its 1 MiB), so the last words of
+	 * an exiting server are logged before its exit is. */
+	read_output(m, 80);
 }
 
 void con_log_note(struct monitor *m, const char *fmt, ...)
@@ -281,6 +293,117 @@ int con_send(struct monitor *m, const char *line)
 	if ((size_t)w != n + 1)
 		return -EAGAIN;
 	return 0;
+}
+
+/* ---- readiness already logged ---------------------------------------------
+ * A monitor tells its subscribers RUNNING before state.json says so (see
+ * mon_set_state), and it consumes the ready line from the FIFO before either.
+ * A monitor killed in between leaves state.json at STARTING for a server that
+ * is ready; its successor would wait for a ready line that is gone and, at the
+ * ready timeout, kill a healthy server. Everything a monitor reads from the
+ * FIFO is in console.log first, after its "server started: pid N" note, so the
+ * successor looks there. */
+
+#define READY_SCAN_MAX (1 << 20) /* per file, like the FIFO: startup output fits */
+
+struct ready_scan {
+	struct monitor *m;
+	char start_note[64]; /* "] server started: pid N" for the adopted pid */
+	bool any_start;      /* saw a start note at all */
+	bool armed;          /* after the adopted server's start note */
+	bool found;
+};
+
+static void scan_line(struct ready_scan *s, char *line, size_t n)
+{
+	if (n > 0 && line[n - 1] == '\r')
+		n--;
+	line[n] = '\0';
+	if (strncmp(line, "[jobvisor ", 10) == 0) {
+		/* Monitor notes are never matched; each start note opens a new run. */
+		const char *p = strstr(line, "] server started: pid ");
+		if (p) {
+			s->any_start = true;
+			s->armed = strcmp(p, s->start_note) == 0;
+			s->found = false;
+		}
+		return;
+	}
+	utf8_clean(line, n);
+	if (s->armed && regexec(&s->m->spec->ready_re, line, 0, NULL, 0) == 0)
+		s->found = true;
+}
+
+/* Feed the last READY_SCAN_MAX bytes of logs/NAME to the scan, line by line as
+ * read_output() splits them (NULs dropped, long lines cut). Sets *whole when
+ * the file was read from its start. */
+static void scan_file(struct ready_scan *s, const char *name, bool *whole)
+{
+	*whole = false;
+	int fd = openat(s->m->logs_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return;
+	struct stat st;
+	char *buf = NULL;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		goto out;
+	off_t from = st.st_size > READY_SCAN_MAX ? st.st_size - READY_SCAN_MAX : 0;
+	size_t len = (size_t)(st.st_size - from);
+	if (!(buf = malloc(len ? len : 1)))
+		goto out;
+	size_t got = 0;
+	while (got < len) {
+		ssize_t r = pread(fd, buf + got, len - got, from + (off_t)got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+	}
+	*whole = from == 0;
+	char line[CONSOLE_LINE_MAX + 1];
+	size_t ll = 0;
+	bool skip = from > 0; /* the first line read is a cut one */
+	for (size_t i = 0; i < got; i++) {
+		if (buf[i] == '\n') {
+			if (!skip)
+				scan_line(s, line, ll);
+			skip = false;
+			ll = 0;
+		} else if (buf[i] != '\0') {
+			line[ll++] = buf[i];
+			if (ll == CONSOLE_LINE_MAX) {
+				if (!skip)
+					scan_line(s, line, ll);
+				ll = 0;
+			}
+		}
+	}
+	/* A last line without its newline is left alone: the rest of it may
+	 * still be in the FIFO. */
+out:
+	free(buf);
+	close(fd);
+}
+
+bool con_ready_in_log(struct monitor *m)
+{
+	if (!m->spec || !m->spec->ready_pattern || m->pid <= 0 || m->logs_fd < 0)
+		return false;
+	struct ready_scan s = {.m = m};
+	snprintf(s.start_note, sizeof(s.start_note), "] server started: pid %ld", (long)m->pid);
+	bool whole = false;
+	scan_file(&s, "console.log", &whole);
+	if (!s.any_start && whole) {
+		/* No start note in console.log: it may have rotated since the start. */
+		struct ready_scan prev = s;
+		scan_file(&prev, "console.log.1", &whole);
+		if (prev.armed) {
+			s = prev;
+			scan_file(&s, "console.log", &whole);
+		}
+	}
+	return s.armed && s.found;
 }
 
 cJSON *con_tail(struct monitor *m, int n, uint64_t since, uint64_t *first_seq)

@@ -45,7 +45,7 @@ static int read_stat_fields(pid_t pid, char *buf, size_t len, char **after)
 /* Return field number `field` (1-based as in proc(5)) of the stat line. */
 static int stat_field(pid_t pid, int field, unsigned long long *out)
 {
-	char buf[1024], *p;
+	char buf[1024], *p = NULL;
 	int rc = read_stat_fields(pid, buf, sizeof(buf), &p);
 	if (rc)
 		return rc;

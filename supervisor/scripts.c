@@ -35,6 +35,12 @@ const char *jobrun_builtin_jobs_dir(void)
 			snprintf(dir, sizeof(dir), "%s", JV_SOURCE_JOBS_DIR);
 			return dir;
 		}
+		/* Installed under any prefix: <prefix>/bin/jobvisor -> <prefix>/share/jobvisor/jobs. */
+		char rel[PATH_MAX + 32];
+		snprintf(rel, sizeof(rel), "%s/../share/jobvisor/jobs", exe);
+		if (realpath(rel, dir) && access(dir, R_OK) == 0)
+			return dir;
+		dir[0] = '\0';
 	}
 	snprintf(dir, sizeof(dir), "%s", JV_INSTALL_JOBS_DIR);
 	return dir;

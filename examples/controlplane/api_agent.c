@@ -263,6 +263,17 @@ void api_agent_result(struct cp *cp, struct mg_connection *conn, struct cp_agent
 		goto done;
 	}
 	const cJSON *output = cJSON_GetObjectItemCaseSensitive(body, "output");
+	cJSON *note = NULL;
+	char *out_text = output ? cJSON_PrintUnformatted(output) : NULL;
+	size_t out_len = out_text ? strlen(out_text) : 0;
+	free(out_text);
+	if (out_len > CP_OUTPUT_MAX) {
+		/* Keep the result (refusing it would strand the run) but not a huge output. */
+		note = cJSON_CreateObject();
+		cJSON_AddBoolToObject(note, "outputTooLarge", true);
+		cJSON_AddNumberToObject(note, "bytes", (double)out_len);
+		output = note;
+	}
 
 	pthread_mutex_lock(&cp->mu);
 	struct store_run_state rs;
@@ -291,6 +302,7 @@ void api_agent_result(struct cp *cp, struct mg_connection *conn, struct cp_agent
 	cJSON_Delete(ans);
 out:
 	pthread_mutex_unlock(&cp->mu);
+	cJSON_Delete(note);
 done:
 	cJSON_Delete(error);
 	cJSON_Delete(body);

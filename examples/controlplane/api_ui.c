@@ -63,7 +63,7 @@ static const char *validate_create(struct cp *cp, const cJSON *body, struct lc_n
 	nj->agent_id = jv_json_str(body, "agentId", NULL);
 	if (!nj->agent_id || !jv_ident_valid(nj->agent_id))
 		return "'agentId' must be an agent id";
-	if (!cp_agent_find(cp, nj->agent_id)) {
+	if (!tokens_agent_find(cp, nj->agent_id)) {
 		snprintf(why, len, "unknown agent '%s'", nj->agent_id);
 		return why;
 	}
@@ -74,6 +74,16 @@ static const char *validate_create(struct cp *cp, const cJSON *body, struct lc_n
 	if (v && !cJSON_IsNull(v) && !cJSON_IsObject(v))
 		return "'params' must be an object";
 	nj->params = cJSON_IsObject(v) ? v : NULL;
+	if (nj->params) {
+		/* Params travel in every assignment and every pushed job message: keep them small. */
+		char *text = cJSON_PrintUnformatted(nj->params);
+		size_t plen = text ? strlen(text) : 0;
+		free(text);
+		if (plen > CP_PARAMS_MAX) {
+			snprintf(why, len, "'params' is %zu bytes as JSON; at most %d", plen, CP_PARAMS_MAX);
+			return why;
+		}
+	}
 	nj->max_attempts = MAX_ATTEMPTS_DEFAULT;
 	if (opt_int(body, "maxAttempts", 1, MAX_ATTEMPTS_MAX, &nj->max_attempts) < 0)
 		return "'maxAttempts' must be an integer from 1 to 100";

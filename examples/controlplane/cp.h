@@ -30,7 +30,10 @@ struct ws_hub;
 #define CP_EVENTS_PER_POST 1000       /* events in one POST .../events */
 #define CP_MESSAGE_MAX 4096           /* event/step message, error message */
 #define CP_STACK_MAX 65536            /* error stack */
+#define CP_PARAMS_MAX 65536          /* a job's params, as JSON */
+#define CP_OUTPUT_MAX 262144         /* a result's output, as JSON; larger is replaced by a note */
 #define CP_TOKEN_MAX 512
+#define CP_JSON_DEPTH_MAX 64          /* nesting of any JSON we parse from a client */
 #define CP_ID_MAX 129                 /* job and run ids: jv_run_id_valid, 128 chars + NUL */
 #define CP_SNAPSHOT_JOBS 200          /* jobs in a WebSocket snapshot */
 #define CP_LIST_DEFAULT 50
@@ -80,6 +83,7 @@ struct cp {
 	int64_t last_sweep_ms; /* wall clock of the previous sweep (main thread only) */
 	struct ws_hub *hub;
 	atomic_bool stopping;
+	atomic_int http_active; /* HTTP handlers running now (drained before mg_stop) */
 	char epoch[17];     /* random per process: WebSocket sequence numbers restart with it */
 };
 
@@ -98,12 +102,15 @@ int tokens_load_agents(const char *path, struct cp_agent **agents, size_t *n, ch
 /* Constant-time equality (time depends only on the lengths). */
 bool tokens_equal(const char *a, size_t alen, const char *b, size_t blen);
 /* Agent by id (borrowed), NULL when unknown. */
-struct cp_agent *cp_agent_find(struct cp *cp, const char *id);
+struct cp_agent *tokens_agent_find(struct cp *cp, const char *id);
 void tokens_free_agents(struct cp_agent *agents, size_t n);
 
 /* ---- db.c ---- */
 int db_open(const char *path, bool sync_full, sqlite3 **out, char *err, size_t errlen);
 void db_close(sqlite3 *db);
+/* A second connection used only by the main thread for WAL checkpoints. */
+int db_open_checkpointer(const char *path, sqlite3 **out);
+void db_checkpoint(sqlite3 *ck, bool truncate);
 int db_begin(sqlite3 *db);
 int db_commit(sqlite3 *db);
 void db_rollback(sqlite3 *db);
@@ -112,7 +119,7 @@ sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql);
 /* Step a statement that returns no rows (or ignore them); 0 or -EIO (logged). */
 int db_step_done(sqlite3 *db, sqlite3_stmt *st);
 int db_schema_version(sqlite3 *db);
-#define DB_SCHEMA_VERSION 1
+#define DB_SCHEMA_VERSION 2
 
 /* ---- store.c: rows -> JSON (mu held) ---- */
 /* A job with its runs; NULL when unknown or on error. Returned-owned. */
@@ -210,6 +217,8 @@ enum http_auth { AUTH_NONE = 0, AUTH_ADMIN, AUTH_AGENT };
 enum http_auth http_authenticate(struct cp *cp, const struct mg_connection *conn, const char *query_token,
                                  struct cp_agent **agent);
 int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err);
+/* False when s nests arrays/objects deeper than max (checked before parsing). */
+bool http_json_depth_ok(const char *s, size_t len, int max);
 void http_send_json(struct mg_connection *conn, int status, const cJSON *body);
 void http_send_error(struct mg_connection *conn, int status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -245,6 +254,8 @@ int ws_on_connect(const struct mg_connection *conn, void *cbdata);
 void ws_on_ready(struct mg_connection *conn, void *cbdata);
 int ws_on_data(struct mg_connection *conn, int bits, char *data, size_t len, void *cbdata);
 void ws_on_close(const struct mg_connection *conn, void *cbdata);
+/* From civetweb's connection_close callback: releases a client's slot and memory. */
+void ws_on_connection_closed(struct cp *cp, const struct mg_connection *conn);
 
 /* ---- ui_page (generated from ui_page.html at build time) ---- */
 extern const char cp_ui_page[];

@@ -7,7 +7,12 @@
  * than guessed at. WAL lets readers (sqlite3 on the command line, backups) run
  * beside the server; synchronous=NORMAL in WAL mode loses nothing when the
  * process dies (only a power cut can drop the last commits), FULL (--sync full)
- * fsyncs every commit. Callers serialise use of the connection with cp->mu. */
+ * fsyncs every commit. Callers serialise use of the connection with cp->mu.
+ *
+ * Checkpoints (copying the WAL back into the database, with fsync) are taken
+ * off the request path: the main connection has automatic checkpoints turned
+ * off, and the main thread runs a PASSIVE checkpoint twice a second on a
+ * second connection of its own, which never waits for cp->mu. */
 #include "cp.h"
 
 #include <errno.h>
@@ -71,6 +76,11 @@ static const char *const migrations[] = {
 	"  body TEXT NOT NULL,"
 	"  received_at INTEGER NOT NULL,"
 	"  PRIMARY KEY (run_id, seq)) WITHOUT ROWID;",
+	/* 1 -> 2: dispatch asks "is an earlier job of this instance still active?"
+	 * on every poll; without this index the answer scans every finished job
+	 * the instance ever had. */
+	"CREATE INDEX jobs_active ON jobs(agent_id, instance_id, seq)"
+	"  WHERE status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED');",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,
@@ -183,7 +193,7 @@ int db_open(const char *path, bool sync_full, sqlite3 **out, char *err, size_t e
 		snprintf(err, errlen, "cannot switch database '%s' to WAL mode: %s", path, sqlite3_errmsg(db));
 		goto fail;
 	}
-	if (exec_sql(db, "PRAGMA foreign_keys=ON") < 0 ||
+	if (exec_sql(db, "PRAGMA foreign_keys=ON") < 0 || exec_sql(db, "PRAGMA wal_autocheckpoint=0") < 0 ||
 	    exec_sql(db, sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL") < 0) {
 		snprintf(err, errlen, "cannot configure database '%s': %s", path, sqlite3_errmsg(db));
 		goto fail;
@@ -201,4 +211,27 @@ void db_close(sqlite3 *db)
 {
 	if (db)
 		sqlite3_close(db);
+}
+
+int db_open_checkpointer(const char *path, sqlite3 **out)
+{
+	sqlite3 *db = NULL;
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK) {
+		jv_error(NULL, NULL, "cannot open database '%s' for checkpoints: %s", path,
+		         db ? sqlite3_errmsg(db) : "out of memory");
+		sqlite3_close(db);
+		return -EIO;
+	}
+	sqlite3_busy_timeout(db, 1000);
+	*out = db;
+	return 0;
+}
+
+void db_checkpoint(sqlite3 *ck, bool truncate)
+{
+	int log = 0, done = 0;
+	int rc = sqlite3_wal_checkpoint_v2(ck, NULL, truncate ? SQLITE_CHECKPOINT_TRUNCATE : SQLITE_CHECKPOINT_PASSIVE,
+	                                   &log, &done);
+	if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+		jv_warn(NULL, NULL, "sqlite checkpoint: %s", sqlite3_errmsg(ck));
 }

@@ -29,7 +29,7 @@
 #include "jobvisor/util.h"
 
 #define AGENT_PUSH_MS 10000  /* lastSeen pushed to WebSocket clients at most this often */
-#define AGENT_STORE_MS 1000  /* and written to the database at most this often */
+#define AGENT_STORE_MS 30000 /* and written to the database at most this often (memory is authoritative) */
 
 static void touch_agent(struct cp *cp, struct cp_agent *a, int capacity, int64_t now)
 {
@@ -403,7 +403,7 @@ int dispatch_recover(struct cp *cp)
 	/* Last seen times, and jobs stored but not yet queued when we stopped. */
 	st = rc == 0 ? db_prepare(cp->db, "SELECT agent_id, last_seen, capacity FROM agents") : NULL;
 	while (st && sqlite3_step(st) == SQLITE_ROW) {
-		struct cp_agent *a = cp_agent_find(cp, (const char *)sqlite3_column_text(st, 0));
+		struct cp_agent *a = tokens_agent_find(cp, (const char *)sqlite3_column_text(st, 0));
 		if (a) {
 			a->last_seen_ms = a->stored_seen_ms = sqlite3_column_int64(st, 1);
 			a->capacity = sqlite3_column_int(st, 2);

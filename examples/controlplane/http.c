@@ -116,6 +116,33 @@ void http_send_unauthorized(struct mg_connection *conn)
 	send_raw(conn, 401, "WWW-Authenticate: Bearer\r\n", body, sizeof(body) - 1);
 }
 
+bool http_json_depth_ok(const char *s, size_t len, int max)
+{
+	/* cJSON parses (and frees) recursively and allows 1000 levels; that
+	 * overflowed a civetweb worker thread's stack in testing. No request of
+	 * this protocol needs more than a few levels, so refuse deep nesting
+	 * before cJSON sees it. Brackets inside strings do not count. */
+	int depth = 0;
+	bool in_str = false;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+		if (in_str) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_str = false;
+		} else if (c == '"') {
+			in_str = true;
+		} else if (c == '[' || c == '{') {
+			if (++depth > max)
+				return false;
+		} else if (c == ']' || c == '}') {
+			depth--;
+		}
+	}
+	return true;
+}
+
 int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err)
 {
 	const struct mg_request_info *ri = mg_get_request_info(conn);
@@ -141,6 +168,11 @@ int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err)
 	if (n < 0 || b.len == 0) {
 		jv_buf_free(&b);
 		cp_err_set(err, 400, n < 0 ? "cannot read the request body" : "request body is empty; expected a JSON object");
+		return -EINVAL;
+	}
+	if (!http_json_depth_ok(b.data, b.len, CP_JSON_DEPTH_MAX)) {
+		jv_buf_free(&b);
+		cp_err_set(err, 400, "request body is nested more than %d levels deep", CP_JSON_DEPTH_MAX);
 		return -EINVAL;
 	}
 	cJSON *v = jv_json_parse(b.data, b.len);
@@ -248,15 +280,27 @@ static void dispatch_route(struct cp *cp, struct mg_connection *conn, const stru
 		api_ui_agents(cp, conn);
 }
 
+static void handle(struct cp *cp, struct mg_connection *conn);
+
 int http_handle(struct mg_connection *conn, void *cbdata)
 {
 	struct cp *cp = cbdata;
+	/* Counted so that a stop can let answers (long polls woken by it) go out
+	 * before civetweb refuses further writes. */
+	atomic_fetch_add(&cp->http_active, 1);
+	handle(cp, conn);
+	atomic_fetch_sub(&cp->http_active, 1);
+	return 1;
+}
+
+static void handle(struct cp *cp, struct mg_connection *conn)
+{
 	const struct mg_request_info *ri = mg_get_request_info(conn);
 	char seg[SEGMENTS_MAX][CP_ID_MAX];
 	int nseg = 0;
 	if (!ri->local_uri || split_path(ri->local_uri, seg, &nseg) < 0) {
 		http_send_error(conn, 404, "no such endpoint");
-		return 1;
+		return;
 	}
 	const struct route *match = NULL;
 	bool path_known = false;
@@ -270,36 +314,35 @@ int http_handle(struct mg_connection *conn, void *cbdata)
 	}
 	if (!path_known) {
 		http_send_error(conn, 404, "no such endpoint");
-		return 1;
+		return;
 	}
 	struct cp_agent *agent = NULL;
 	enum http_auth auth = http_authenticate(cp, conn, NULL, &agent);
 	if (auth == AUTH_NONE) {
 		http_send_unauthorized(conn);
-		return 1;
+		return;
 	}
 	if (!match) {
 		http_send_error(conn, 405, "method %s not allowed here", ri->request_method);
-		return 1;
+		return;
 	}
 	if (match->role == ROLE_ADMIN && auth != AUTH_ADMIN) {
 		http_send_error(conn, 403, "this call needs the admin token");
-		return 1;
+		return;
 	}
 	if (match->role == ROLE_AGENT && auth != AUTH_AGENT) {
 		http_send_error(conn, 403, "this call needs an agent token");
-		return 1;
+		return;
 	}
 	if (match->id_kind == 1 && !jv_ident_valid(seg[1])) {
 		http_send_error(conn, 400, "bad agent id in the path");
-		return 1;
+		return;
 	}
 	if (match->id_kind == 2 && !jv_run_id_valid(seg[1])) {
 		http_send_error(conn, 400, "bad id in the path");
-		return 1;
+		return;
 	}
 	dispatch_route(cp, conn, match, seg, agent);
-	return 1;
 }
 
 int http_handle_page(struct mg_connection *conn, void *cbdata)

@@ -67,7 +67,7 @@ bool lc_status_terminal(const char *s)
 
 void lc_wake_agent(struct cp *cp, const char *agent_id)
 {
-	struct cp_agent *a = cp_agent_find(cp, agent_id);
+	struct cp_agent *a = tokens_agent_find(cp, agent_id);
 	if (a) {
 		a->gen++;
 		pthread_cond_broadcast(&a->cond);

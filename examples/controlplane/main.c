@@ -6,7 +6,8 @@
  * files, opens the database (migrating it), starts the WebSocket hub and
  * civetweb, prints "listening on http://ADDR:PORT" on stdout (the real port
  * when PORT is 0, so tests can use OS-assigned ports), then waits for SIGINT
- * or SIGTERM while running the lease/ack sweep twice a second. Signals are
+ * or SIGTERM while running the lease/ack sweep and a WAL checkpoint twice a
+ * second. Signals are
  * blocked in every thread and taken with sigtimedwait here, so no work is
  * done in a handler. Exit status: 0 after a signal, 1 runtime failure, 2 usage
  * or configuration error. */
@@ -172,6 +173,12 @@ static int log_from_civetweb(const struct mg_connection *conn, const char *messa
 	return 1;
 }
 
+static void on_connection_close(const struct mg_connection *conn)
+{
+	struct cp *cp = mg_get_user_data(mg_get_context(conn));
+	ws_on_connection_closed(cp, conn);
+}
+
 static int start_http(struct cp *cp, struct mg_context **out)
 {
 	char threads[16], queue[16];
@@ -192,6 +199,7 @@ static int start_http(struct cp *cp, struct mg_context **out)
 	struct mg_callbacks cb;
 	memset(&cb, 0, sizeof(cb));
 	cb.log_message = log_from_civetweb;
+	cb.connection_close = on_connection_close;
 	struct mg_init_data init = {.callbacks = &cb, .user_data = cp, .configuration_options = options};
 	char errtxt[256] = "";
 	struct mg_error_data errd = {.text = errtxt, .text_buffer_size = sizeof(errtxt)};
@@ -218,13 +226,18 @@ static void announce(struct mg_context *ctx, const char *listen)
 	fflush(stdout);
 }
 
-static void shutdown_wake(struct cp *cp)
+/* Answer waiting long polls and let running handlers finish (at most 5 s):
+ * once mg_stop starts, civetweb refuses to write answers. */
+static void shutdown_drain(struct cp *cp)
 {
 	atomic_store(&cp->stopping, true);
 	pthread_mutex_lock(&cp->mu);
 	for (size_t i = 0; i < cp->nagents; i++)
 		pthread_cond_broadcast(&cp->agents[i].cond);
 	pthread_mutex_unlock(&cp->mu);
+	struct timespec step = {.tv_sec = 0, .tv_nsec = 20 * 1000000L};
+	for (int i = 0; i < 250 && atomic_load(&cp->http_active) > 0; i++)
+		nanosleep(&step, NULL);
 }
 
 int main(int argc, char **argv)
@@ -240,6 +253,7 @@ int main(int argc, char **argv)
 	}
 	int status = 2;
 	struct mg_context *ctx = NULL;
+	sqlite3 *ck = NULL;
 	char err[512];
 	pthread_mutex_init(&cp.mu, NULL);
 	if (tokens_load_admin(cp.cfg.admin_token_file, &cp.admin_token, &cp.admin_token_len, err, sizeof(err)) < 0 ||
@@ -271,6 +285,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	status = 1;
+	if (db_open_checkpointer(cp.cfg.db_path, &ck) < 0)
+		goto out;
 	if (ws_hub_start(&cp, &cp.hub) < 0) {
 		jv_error(NULL, NULL, "cannot start the WebSocket broadcaster");
 		goto out;
@@ -294,14 +310,18 @@ int main(int argc, char **argv)
 			break;
 		}
 		dispatch_sweep(&cp);
+		db_checkpoint(ck, false);
 	}
 	status = 0;
 out:
-	shutdown_wake(&cp);
+	shutdown_drain(&cp);
 	ws_hub_stop(cp.hub);
 	if (ctx)
 		mg_stop(ctx);
 	ws_hub_free(cp.hub);
+	if (ck && status == 0)
+		db_checkpoint(ck, true);
+	db_close(ck);
 	db_close(cp.db);
 	if (cp.admin_token)
 		explicit_bzero(cp.admin_token, cp.admin_token_len);

@@ -241,7 +241,7 @@ bool tokens_equal(const char *a, size_t alen, const char *b, size_t blen)
 	return diff == 0;
 }
 
-struct cp_agent *cp_agent_find(struct cp *cp, const char *id)
+struct cp_agent *tokens_agent_find(struct cp *cp, const char *id)
 {
 	for (size_t i = 0; i < cp->nagents; i++)
 		if (strcmp(cp->agents[i].id, id) == 0)

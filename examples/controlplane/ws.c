@@ -1,7 +1,8 @@
 /* ws.c — GET /v1/ws: the WebSocket stream of job changes and events.
  *
  * Every published message gets the next sequence number and lands in a
- * bounded in-memory ring (RING_SIZE messages). One broadcaster thread sends
+ * bounded in-memory ring (RING_SIZE messages, RING_BYTES of text at most:
+ * the oldest are dropped first). One broadcaster thread sends
  * new ring entries to every client in order. A client connecting with
  * ?since=N&epoch=E (the last seq it saw and the epoch from its hello) gets
  * the missed messages replayed from the ring; a new client, one from another
@@ -28,6 +29,7 @@
 #include "jobvisor/util.h"
 
 #define RING_SIZE 8192
+#define RING_BYTES (64u * 1024 * 1024)
 #define CLIENT_FRAME_MAX 65536
 
 struct ws_msg {
@@ -49,6 +51,8 @@ struct ws_hub {
 	struct cp *cp;
 	struct ws_msg ring[RING_SIZE]; /* seq s lives at ring[s % RING_SIZE]; cp->mu */
 	uint64_t head;                 /* last published seq, 0 = none; cp->mu */
+	uint64_t oldest;               /* oldest seq still held (byte budget); cp->mu */
+	size_t bytes;                  /* text held in the ring; cp->mu */
 	bool kick;                     /* a client joined: look again; cp->mu */
 	bool stop;                     /* cp->mu */
 	pthread_cond_t cond;           /* broadcaster waits here with cp->mu */
@@ -60,7 +64,17 @@ struct ws_hub {
 
 static uint64_t oldest_seq(const struct ws_hub *h)
 {
-	return h->head >= RING_SIZE ? h->head - RING_SIZE + 1 : 1;
+	uint64_t by_count = h->head >= RING_SIZE ? h->head - RING_SIZE + 1 : 1;
+	return h->oldest > by_count ? h->oldest : by_count;
+}
+
+static void drop_slot(struct ws_hub *h, uint64_t seq)
+{
+	struct ws_msg *m = &h->ring[seq % RING_SIZE];
+	h->bytes -= m->len;
+	free(m->text);
+	m->text = NULL;
+	m->len = 0;
 }
 
 void ws_publish(struct cp *cp, cJSON *msg)
@@ -76,11 +90,21 @@ void ws_publish(struct cp *cp, cJSON *msg)
 	cJSON_Delete(msg);
 	if (!text)
 		return; /* out of memory: the message is lost, sequence numbers stay dense */
+	if (seq > RING_SIZE)
+		drop_slot(h, seq - RING_SIZE); /* the slot we are about to reuse */
 	struct ws_msg *slot = &h->ring[seq % RING_SIZE];
-	free(slot->text);
 	slot->text = text;
 	slot->len = strlen(text);
+	h->bytes += slot->len;
 	h->head = seq;
+	if (h->oldest == 0)
+		h->oldest = 1;
+	/* Large messages (big params or outputs) must not make the ring unbounded. */
+	while (h->bytes > RING_BYTES && h->oldest < h->head) {
+		uint64_t o = oldest_seq(h);
+		drop_slot(h, o);
+		h->oldest = o + 1;
+	}
 	pthread_cond_signal(&h->cond);
 }
 
@@ -372,7 +396,7 @@ int ws_on_data(struct mg_connection *conn, int bits, char *data, size_t len, voi
 		return 0;
 	if (opcode != MG_WEBSOCKET_OPCODE_TEXT || len > CLIENT_FRAME_MAX)
 		return 1; /* pings are answered by civetweb; binary and huge frames are ignored */
-	cJSON *req = jv_json_parse(data, len);
+	cJSON *req = http_json_depth_ok(data, len, CP_JSON_DEPTH_MAX) ? jv_json_parse(data, len) : NULL;
 	pthread_mutex_lock(&c->wmu);
 	if (cJSON_IsObject(req)) {
 		answer_op(cp, c, req);
@@ -402,6 +426,20 @@ void ws_on_close(const struct mg_connection *conn, void *cbdata)
 			break;
 		}
 	}
+	pthread_mutex_unlock(&h->list_mu);
+}
+
+void ws_on_connection_closed(struct cp *cp, const struct mg_connection *conn)
+{
+	/* civetweb calls its close handler only for connections whose handshake
+	 * went out; this runs for every connection, so the slot and memory taken
+	 * in ws_on_connect are always given back. */
+	struct ws_hub *h = cp->hub;
+	struct ws_client *c = mg_get_user_connection_data(conn);
+	if (!c || !h)
+		return;
+	ws_on_close(conn, cp);
+	pthread_mutex_lock(&h->list_mu);
 	h->nclients--;
 	pthread_mutex_unlock(&h->list_mu);
 	mg_set_user_connection_data(conn, NULL);

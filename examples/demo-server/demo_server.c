@@ -271,7 +271,8 @@ static void command(struct server *s, char *line)
 	long v;
 	if (strcmp(line, "help") == 0) {
 		demo_say("INFO", "commands: help list stop save-all save-off save-on say <text> "
-		                 "crash [segv] exit <code> hang fork [daemon] [stubborn] spam <n>");
+		                 "crash [segv] exit <code> hang fork [daemon] [stubborn] spam <n> "
+		                 "alloc <MiB>");
 	} else if (strcmp(line, "stop") == 0) {
 		begin_stop(s, "console");
 	} else if (strcmp(line, "save-all") == 0) {
@@ -300,6 +301,16 @@ static void command(struct server *s, char *line)
 		hang(s);
 	} else if (strcmp(line, "fork") == 0) {
 		spawn_child(s, strstr(arg, "daemon") != NULL, strstr(arg, "stubborn") != NULL);
+	} else if (strcmp(line, "alloc") == 0 && parse_long(arg, 1, 1 << 20, &v)) {
+		/* Touch every page so the memory is really resident (OOM tests). */
+		demo_say("INFO", "Allocating %ld MiB", v);
+		for (long i = 0; i < v; i++) {
+			char *p = malloc(1 << 20);
+			if (!p)
+				break;
+			memset(p, 1, 1 << 20);
+		}
+		demo_say("INFO", "Allocated %ld MiB", v);
 	} else if (strcmp(line, "spam") == 0 && parse_long(arg, 0, 10000000, &v)) {
 		for (long i = 0; i < v; i++)
 			printf("spam line %ld of %ld: the quick brown fox jumps over the lazy dog\n", i + 1,

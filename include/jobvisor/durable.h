@@ -19,6 +19,11 @@ int jv_durable_write_at(int dirfd, const char *name, const void *data, size_t le
 /* Same, with a path (relative to cwd or absolute); the parent must exist. */
 int jv_durable_write(const char *path, const void *data, size_t len, mode_t mode);
 
+/* Remove temp files jv_durable_write_at() left in dirfd when its writer was
+ * killed (".<name>.tmp.<pid>"). Only safe while the caller holds whatever lock
+ * serialises writers of that directory. Returns how many were removed. */
+int jv_durable_cleanup_temps(int dirfd);
+
 /* fsync a directory given by descriptor or path. Returns 0 or -errno. */
 int jv_fsync_dirfd(int dirfd);
 int jv_fsync_dir(const char *path);

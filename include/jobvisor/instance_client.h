@@ -6,7 +6,7 @@
  * socket is documented in supervisor/monitor_sock.c and docs/operations.md.
  *
  * A monitor is started with jv_monitor_launch(): double fork, setsid, exec of
- * `jobvisor monitor`, which reports one line on a pipe once it holds the
+ * `jobvisor-monitor` (or `jobvisor monitor`), which reports one line on a pipe once it holds the
  * instance lock and has started (or adopted) the server. Two concurrent
  * launches for one instance yield one monitor; the loser reports -EBUSY and
  * the caller talks to the winner. */
@@ -44,7 +44,9 @@ int jv_instance_read_state(const char *instance_dir, cJSON **out);
  * is still running (pid + start time verified through a pidfd), and a state
  * that claims a running server that is gone becomes "CRASHED" with
  * "stale": true and the recorded state in "recordedState". Never started:
- * {"state": "STOPPED", "neverStarted": true}. Returns 0 (*out returned-owned)
+ * {"state": "STOPPED", "neverStarted": true}. A monitor whose socket this user
+ * may not open: state.json as it is, "monitor" from its pid + start time, and
+ * "error" saying why. Returns 0 (*out returned-owned)
  * or -errno (-ETIMEDOUT: a monitor is there but does not answer). */
 int jv_instance_status(const char *instance_dir, cJSON **out);
 
@@ -54,7 +56,9 @@ struct jv_monitor_launch {
 	const cJSON *settings;    /* borrowed agent settings, may be NULL; only the keys the
 	                             monitor uses are passed on */
 	bool adopt_only;          /* adopt an orphaned server, never start one */
-	const char *exe;          /* the jobvisor binary; NULL: /proc/self/exe */
+	const char *exe;          /* NULL: jobvisor-monitor beside the running binary,
+	                             else `/proc/self/exe monitor`; or a jobvisor binary
+	                             to run as `EXE monitor` */
 };
 
 /* Start a detached monitor. *status_fd (returned-owned) delivers its one

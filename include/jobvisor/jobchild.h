@@ -15,7 +15,8 @@
 int jv_jobrun_child_main(int argc, char **argv);
 
 /* `jobvisor check SCRIPT.lua`: compile in the sandbox and validate the returned
- * table. Prints file:line errors to stderr. Returns 0 valid, 1 invalid, 2 usage. */
-int jv_check_script(const char *path);
+ * table; require() looks in the script's own lib/ and then builtin_jobs_dir/lib.
+ * Prints file:line errors to stderr. Returns 0 valid, 1 invalid, 2 usage. */
+int jv_check_script(const char *path, const char *builtin_jobs_dir);
 
 #endif

@@ -16,7 +16,10 @@ bool jv_json_has_num(const cJSON *obj, const char *key);
 int64_t jv_json_int(const cJSON *obj, const char *key, int64_t fallback);
 bool jv_json_bool(const cJSON *obj, const char *key, bool fallback);
 
-/* Parse with a length (no NUL needed) and a nesting cap; NULL on error. Returned-owned: cJSON_Delete. */
+#define JV_JSON_MAX_DEPTH 128
+
+/* Parse with a length (no NUL needed); NULL on error or nesting deeper than
+ * JV_JSON_MAX_DEPTH. Returned-owned: cJSON_Delete. */
 cJSON *jv_json_parse(const char *data, size_t len);
 
 /* Serialize unformatted; returned-owned: free(). NULL on ENOMEM. */

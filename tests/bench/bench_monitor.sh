@@ -19,16 +19,20 @@ UPDATE=""
 if [ "${2:-}" = "--update" ]; then UPDATE=${3:?file to update}; fi
 BUILD=$(cd "$BUILD" && pwd)
 JV="$BUILD/jobvisor"
+MON="$BUILD/jobvisor-monitor"
 DEMO="$BUILD/examples/demo-server/demo-server"
-[ -x "$JV" ] && [ -x "$DEMO" ] || { echo "build $BUILD first (jobvisor and demo-server)" >&2; exit 2; }
+[ -x "$JV" ] && [ -x "$MON" ] && [ -x "$DEMO" ] || {
+  echo "build $BUILD first (jobvisor, jobvisor-monitor and demo-server)" >&2; exit 2; }
 N_IDLE=${JV_BENCH_IDLE:-100}
 RUNS=${JV_BENCH_RUNS:-30}
 WINDOW=${JV_BENCH_WINDOW:-20}
 
-OUT=$(python3 - "$JV" "$DEMO" "$N_IDLE" "$RUNS" "$WINDOW" <<'EOF'
+OUT=$(python3 - "$JV" "$MON" "$DEMO" "$N_IDLE" "$RUNS" "$WINDOW" <<'EOF'
 import json, os, select, shutil, socket, statistics, subprocess, sys, tempfile, time
 
-JV, DEMO, N_IDLE, RUNS, WINDOW = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+JV, MON, DEMO = sys.argv[1], sys.argv[2], sys.argv[3]
+N_IDLE, RUNS, WINDOW = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+SLIM, FULL = [MON], [JV, "monitor"]
 TICK = os.sysconf("SC_CLK_TCK")
 root = tempfile.mkdtemp(prefix="jv-bench-mon-")
 DEMO_ARGS = ["--port", "0", "--ready-delay-ms", "0", "--autosave-ms", "0"]
@@ -46,9 +50,9 @@ def make(iid):
                    "ready": {"logPattern": "Done \\(", "timeoutSeconds": 30}}, f)
     return d
 
-def launch(d):
+def launch(d, argv=SLIM):
     r, w = os.pipe()
-    p = subprocess.Popen([JV, "monitor", "--instance-dir", d, "--status-fd", str(w)],
+    p = subprocess.Popen(argv + ["--instance-dir", d, "--status-fd", str(w)],
                          pass_fds=(w,), start_new_session=True, stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(w)
@@ -79,9 +83,9 @@ def running(m):
     st = m.get("status") or {}
     return st.get("state") in ("RUNNING", "CRASHED", "STOPPED")
 
-def start_to_ready(d):
+def start_to_ready(d, argv=SLIM):
     t0 = time.perf_counter()
-    p, r = launch(d)
+    p, r = launch(d, argv)
     select.select([r], [], [], 30)
     line = os.read(r, 200).decode()
     os.close(r)
@@ -130,17 +134,34 @@ def ctx_switches(pid):
     with open("/proc/%d/status" % pid) as f:
         return sum(int(l.split()[1]) for l in f if "ctxt_switches" in l)
 
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+load0 = loadavg()
 try:
     # 2. start-to-ready, interleaved so drift hits both sides alike.
     d = make("ready")
     direct_dir = os.path.join(root, "direct")
     os.makedirs(direct_dir)
-    direct_to_ready(direct_dir), start_to_ready(d)  # warm caches
-    direct, supervised = [], []
+    direct_to_ready(direct_dir), start_to_ready(d), start_to_ready(d, FULL)  # warm caches
+    direct, supervised, full = [], [], []
     for _ in range(RUNS):
         direct.append(direct_to_ready(direct_dir))
         supervised.append(start_to_ready(d))
-    dm, sm = statistics.median(direct), statistics.median(supervised)
+        full.append(start_to_ready(d, FULL))
+    dm, sm, fm = statistics.median(direct), statistics.median(supervised), statistics.median(full)
+
+    # One monitor run as `jobvisor monitor`, for comparison.
+    p, r = launch(d, FULL)
+    select.select([r], [], [], 30)
+    os.read(r, 200)
+    os.close(r)
+    request(d, {"op": "subscribe"}, until=running)
+    time.sleep(1)
+    full_mem = mem(p.pid)
+    request(d, {"op": "stop"}, until=lambda m: m.get("done"))
+    p.wait(30)
 
     # 1 and 3. N idle instances, all started, then measured.
     dirs = [make("idle%03d" % i) for i in range(N_IDLE)]
@@ -167,16 +188,21 @@ try:
         return statistics.mean(m[k] for m in mems) / 1024
     print("| measure | result | target |")
     print("| --- | --- | --- |")
-    print("| monitor VmRSS (mean of %d) | %.2f MiB (of which shared, clean file pages: %.2f MiB) | |"
+    print("| `jobvisor-monitor` VmRSS (mean of %d) | %.2f MiB (of which shared, clean file pages: %.2f MiB) | |"
           % (N_IDLE, avg("VmRSS"), avg("RssFile")))
-    print("| monitor private memory (anon + private file pages) | %.2f MiB | under 1 MiB |" % avg("Private"))
-    print("| monitor PSS (its fair share of shared pages) | %.2f MiB | under 1 MiB |" % avg("Pss"))
+    print("| `jobvisor-monitor` private memory (anon + private file pages) | %.2f MiB | under 1 MiB |" % avg("Private"))
+    print("| `jobvisor-monitor` PSS (its fair share of shared pages) | %.2f MiB | under 1 MiB |" % avg("Pss"))
+    print("| for comparison, `jobvisor monitor`: VmRSS, private, PSS | %.2f, %.2f, %.2f MiB | |"
+          % (full_mem["VmRSS"] / 1024, full_mem["Private"] / 1024, full_mem["Pss"] / 1024))
     print("| start to ready, demo server run directly (median of %d) | %.1f ms | |" % (RUNS, dm))
-    print("| start to ready, under `jobvisor monitor` (median of %d) | %.1f ms | |" % (RUNS, sm))
+    print("| start to ready, under `jobvisor-monitor` (median of %d) | %.1f ms | |" % (RUNS, sm))
     print("| monitor overhead on start to ready | %.1f ms | under 20 ms |" % (sm - dm))
+    print("| for comparison, under `jobvisor monitor` (median of %d) | %.1f ms | |" % (RUNS, fm))
     print("| %d idle supervised instances: CPU of all monitors over %.0f s | %.3f %% of one core | under 1 %% |"
           % (N_IDLE, t1 - t0, cpu_pct))
     print("| %d idle monitors: context switches per second, all together | %.1f | |" % (N_IDLE, wakeups))
+    print("\nHost load average (1 min) at the start and the end of the run: %.1f, %.1f (%d cores)."
+          % (load0, loadavg(), os.cpu_count()))
 finally:
     for p, dd in monitors:
         if p.poll() is None:

@@ -13,7 +13,7 @@ from agent_harness import AgentTestCase, pid_alive
 from cp_harness import AGENT_TOKENS, ControlPlane
 
 CP_BIN = os.environ.get("JOBVISOR_CP_BIN", "")
-TYPES = "SLEEPY,WAITER,TICKER,CHATTY,STUBBORN,FAILER"
+TYPES = "SLEEPY,WAITER,TICKER,CHATTY,STUBBORN,FAILER,GATED"
 
 
 class FixedPortCP(ControlPlane):
@@ -97,12 +97,14 @@ class AgentWithRealControlPlane(AgentTestCase):
 
     def test_control_plane_down_mid_jobs_then_back(self):
         p = self.start_agent(CAPACITY=3, BACKOFF_MAX="0.5")
-        jobs = [self.create("CHATTY", instance=f"i{n}", params={"lines": 40}) for n in range(3)]
+        jobs = [self.create("GATED", instance=f"i{n}", params={"lines": 40}) for n in range(3)]
         for jid in jobs:
             self.wait_job(jid, "RUNNING")
         self.real.stop()
-        time.sleep(3)  # the jobs finish while the control plane is down
-        self.assertEqual(len(self.spool_runs()), 3)
+        # Only now do the jobs log their 40 lines and finish: all of it happens
+        # while the control plane is down, so it all waits in the spool.
+        self.open_gates(f"i{n}" for n in range(3))
+        self.assertEqual(len(self.wait_spool_results(3)), 3)
         self.real.start()
         for jid in jobs:
             job = self.wait_job(jid, "COMPLETED", timeout=40)

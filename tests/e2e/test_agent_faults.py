@@ -10,13 +10,14 @@ from agent_harness import AgentTestCase, pid_alive, processes_in_group
 class Outages(AgentTestCase):
     def test_control_plane_down_mid_jobs_then_back(self):
         p = self.start_agent(CAPACITY=3, BACKOFF_MAX="0.5")
-        ids = [self.cp.add_job("CHATTY", instance=f"i{n}", params={"lines": 40}) for n in range(3)]
+        ids = [self.cp.add_job("GATED", instance=f"i{n}", params={"lines": 40}) for n in range(3)]
         for rid in ids:
             self.cp.wait_status(rid, "RUNNING")
         self.cp.go_down()
-        # The jobs run on and finish while nobody listens; everything goes to the spool.
-        time.sleep(3)
-        self.assertEqual(sorted(self.spool_runs()), sorted(ids))
+        # Only now do the jobs log and finish, while nobody listens; everything
+        # goes to the spool.
+        self.open_gates(f"i{n}" for n in range(3))
+        self.assertEqual(sorted(self.wait_spool_results(3)), sorted(ids))
         self.cp.come_up()
         for rid in ids:
             self.cp.wait_result(rid, timeout=30)

@@ -11,6 +11,7 @@ chromium binary is not installed.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -79,14 +80,15 @@ class Browser(unittest.TestCase):
     def setUp(self):
         self.cp = ControlPlane().start()
         self.addCleanup(self.cp.close)
-        self.profile = tempfile.TemporaryDirectory(prefix="jvcp-chromium-")
+        self.profile = tempfile.TemporaryDirectory(prefix="jvcp-chromium-", ignore_cleanup_errors=True)
         self.addCleanup(self.profile.cleanup)
         self.chrome = subprocess.Popen(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--disable-dev-shm-usage", "--user-data-dir=" + self.profile.name,
              "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+            start_new_session=True)  # its own process group: renderers and helpers go with it
         self.addCleanup(self.stop_chrome)
         port = self.devtools_port()
         with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
@@ -113,12 +115,20 @@ class Browser(unittest.TestCase):
         self.fail("chromium did not open its DevTools port")
 
     def stop_chrome(self):
-        self.chrome.terminate()
+        pgid = self.chrome.pid  # session leader: its pid is the group id
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
         try:
             self.chrome.wait(15)
         except subprocess.TimeoutExpired:
-            self.chrome.kill()
-            self.chrome.wait(10)
+            pass
+        try:
+            os.killpg(pgid, signal.SIGKILL)  # whatever of the group is left
+        except ProcessLookupError:
+            pass
+        self.chrome.wait(10)
 
     def test_page_shows_live_progress_and_final_state_without_reload(self):
         dt, cp = self.dt, self.cp

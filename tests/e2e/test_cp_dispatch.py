@@ -223,5 +223,21 @@ class LongPollLimit(unittest.TestCase):
         self.assertTrue(all(3.5 < v < 8 for v in times.values()), times)
 
 
+class Shutdown(unittest.TestCase):
+    def test_sigterm_answers_waiting_long_polls_and_exits_0(self):
+        cp = ControlPlane(["--max-wait", "30"]).start()
+        self.addCleanup(cp.close)
+        out = {}
+        th = threading.Thread(target=lambda: out.update(r=cp.agent("a01").poll(wait=30, timeout=40)))
+        th.start()
+        time.sleep(0.8)
+        t = time.monotonic()
+        self.assertEqual(cp.stop(), 0)  # SIGTERM; also checks sanitizer output
+        th.join(20)
+        self.assertLess(time.monotonic() - t, 10)
+        self.assertEqual(out["r"].status, 200, "the waiting poll got a normal (empty) answer")
+        self.assertEqual(out["r"].json["jobs"], [])
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -76,7 +76,7 @@ class Restart(unittest.TestCase):
         con = sqlite3.connect(self.cp.db, timeout=10)
         try:
             self.assertEqual(con.execute("PRAGMA journal_mode").fetchone()[0], "wal")
-            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 1)
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 2)
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             self.assertTrue({"agents", "jobs", "job_runs", "events"} <= tables)
         finally:
@@ -96,6 +96,26 @@ class Restart(unittest.TestCase):
         self.assertEqual(j["status"], "QUEUED")
         self.assertEqual(len(j["runs"]), 1)
         self.assertEqual(self.cp.agent().take()[0]["jobId"], "crashed-job")
+
+    def test_an_older_schema_is_migrated_with_data_intact(self):
+        job = self.cp.create_job()
+        self.cp.stop()
+        # Take the database back to schema version 1 (before the jobs_active index).
+        con = sqlite3.connect(self.cp.db)
+        con.execute("DROP INDEX jobs_active")
+        con.execute("PRAGMA user_version = 1")
+        con.commit()
+        con.close()
+        self.cp.start()
+        self.assertIn("schema migrated to version 2", self.cp.stderr_text())
+        self.assertEqual(self.cp.job(job["jobId"])["status"], "QUEUED")
+        con = sqlite3.connect(self.cp.db, timeout=10)
+        try:
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 2)
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+            self.assertIn("jobs_active", names)
+        finally:
+            con.close()
 
     def test_a_newer_schema_is_refused(self):
         self.cp.stop()

@@ -6,6 +6,8 @@ leave the server running.
 
 import json
 import os
+import random
+import socket
 import subprocess
 import tempfile
 import unittest
@@ -221,6 +223,21 @@ class Malformed(CpTestCase):
         listed = self.cp.api("GET", "/v1/jobs?agentId=" + self.cp.default_agent).json["jobs"]
         self.assertEqual(listed, [])
 
+    def test_huge_params_are_refused_and_huge_outputs_replaced_by_a_note(self):
+        r = self.cp.api("POST", "/v1/jobs", {"type": "SYNC_MODS", "agentId": self.cp.default_agent,
+                                             "instanceId": "mc", "params": {"blob": "x" * 70000}})
+        self.assert400(r, "params")
+        self.cp.create_job()
+        agent = self.cp.agent()
+        [a] = agent.take()
+        agent.progress(a, 1, "x")
+        r = agent.result(a["jobRunId"], "COMPLETED", output={"blob": "y" * 300000})
+        self.assertEqual(r.status, 200)
+        run = self.cp.api("GET", "/v1/runs/" + a["jobRunId"]).json
+        self.assertEqual(run["status"], "COMPLETED")
+        self.assertEqual(run["output"]["outputTooLarge"], True)
+        self.assertGreater(run["output"]["bytes"], 300000)
+
     def test_create_with_a_client_job_id_is_idempotent(self):
         body = {"jobId": "panel-42", "type": "START_INSTANCE", "agentId": self.cp.default_agent,
                 "instanceId": "mc1"}
@@ -292,6 +309,51 @@ class CustomTypes(CpTestCase):
                                              "instanceId": "mc"})
         self.assertEqual(r.status, 400)
         self.assertEqual(self.cp.agent().take()[0]["type"], "WIPE_CACHE")
+
+
+class Hostile(CpTestCase):
+    """Random and nasty inputs: always a 4xx/2xx JSON answer, never a 5xx or a crash
+    (tearDownClass fails on any sanitizer report)."""
+
+    def test_random_bodies_on_every_endpoint(self):
+        rnd = random.Random(1234)
+        job = self.cp.create_job()
+        agent = self.cp.agent()
+        [a] = agent.take()
+        run = a["jobRunId"]
+        endpoints = [("POST", "/v1/agents/%s/poll" % agent.id, agent.token),
+                     ("POST", "/v1/runs/%s/events" % run, agent.token),
+                     ("POST", "/v1/runs/%s/result" % run, agent.token),
+                     ("POST", "/v1/jobs", ADMIN_TOKEN),
+                     ("POST", "/v1/jobs/%s/cancel" % job["jobId"], ADMIN_TOKEN)]
+        values = [None, True, -1, 0, 1e308, -1e308, 2 ** 63, 1.5, "", "x" * 5000, "\u0000", "\ud83d\ude00",
+                  [], {}, [None], {"a": {"b": []}}, "RUNNING", "COMPLETED", "../../etc/passwd"]
+        keys = ["capacity", "running", "waitSeconds", "events", "seq", "kind", "status", "percent", "message",
+                "output", "error", "lastSeq", "type", "agentId", "instanceId", "params", "maxAttempts", "jobId"]
+        bodies = [b"[" * 5000 + b"]" * 5000, b'{"a":' * 3000 + b"1" + b"}" * 3000, b"\x00" * 100,
+                  b'{"events":[' + b'{"seq":1,"kind":"log"},' * 999 + b'{"seq":1,"kind":"log"}]}',
+                  b'{"running":' + json.dumps([{"jobRunId": "r%d" % i} for i in range(1024)]).encode() + b"}"]
+        for _ in range(300):
+            obj = {rnd.choice(keys): rnd.choice(values) for _ in range(rnd.randint(0, 4))}
+            if rnd.random() < 0.3:
+                obj["events"] = [{rnd.choice(keys): rnd.choice(values) for _ in range(3)}]
+            bodies.append(json.dumps(obj).encode())
+        for body in bodies:
+            method, path, token = rnd.choice(endpoints)
+            r = http(self.cp.url + path, method, raw=body, token=token)
+            self.assertLess(r.status, 500, (path, body[:200], r))
+            self.assertIsInstance(r.json, dict, (path, body[:200], r))
+        # Broken HTTP on a raw socket is closed, not fatal.
+        for junk in (b"GARBAGE\r\n\r\n", b"POST /v1/jobs HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+                     b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", self.cp.port), timeout=10) as s:
+                s.sendall(junk)
+                try:
+                    s.recv(4096)
+                except OSError:
+                    pass
+        self.assertEqual(self.cp.api("GET", "/v1/agents").status, 200)
+        self.assertIn(self.cp.job(job["jobId"])["status"], ("RUNNING", "CANCELLED"))
 
 
 if __name__ == "__main__":

@@ -146,6 +146,8 @@ class Stream(CpTestCase):
         self.assertNotIn("seq", m, "answers are not part of the numbered stream")
         w.send_text("not json")
         m, _ = self.next_of(w, lambda m: m["type"] == "error")
+        w.send_text("[" * 5000 + "]" * 5000)  # deep nesting must not reach the recursive parser
+        m, _ = self.next_of(w, lambda m: m["type"] == "error")
         w.send_json({"op": "dance"})
         m, _ = self.next_of(w, lambda m: m["type"] == "error")
         self.assertIn("unknown op", m["error"])

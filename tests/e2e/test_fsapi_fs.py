@@ -2,6 +2,8 @@
 clear message and nothing outside the instance directory changes; the staging /
 commit / swap / link_swap workflow works and leaves no staging behind."""
 import os
+import signal
+import time
 import unittest
 
 from fsapi_e2e import FsapiCase
@@ -136,6 +138,31 @@ class FsWorkflow(FsapiCase):
         self.assertIn("not empty", out["ed"])
         self.assertFalse(out["ex"])
         self.assertTrue(out["free"])
+
+
+class CancelCleanup(FsapiCase):
+    def test_remove_tree_still_cleans_up_after_a_cancel(self):
+        path = self.script('''return { type = "FSAPI_TEST", params = {}, run = function(job)
+            local st = fs.staging()
+            for i = 1, 50 do fs.write(st .. "/f" .. i, string.rep("x", 1000)) end
+            log.info("staged")
+            local ok, err = pcall(job.sleep, 60)      -- raises the cancellation error
+            assert(job.cancelled())
+            assert(fs.remove_tree(st), "cleanup must run while cancel is pending")
+            log.info("cleaned")
+            error(err, 0)
+        end }''')
+        proc = self.start_job(path)
+        deadline = time.time() + 30
+        for line in proc.stdout:
+            if "staged" in line or time.time() > deadline:
+                break
+        os.kill(proc.pid, signal.SIGTERM)
+        res = self.finish(proc)
+        self.assertEqual(res.code, 3, res)
+        self.assertIn("cleaned", res.stdout + res.stderr)
+        staging = self.ipath(".jobvisor/staging")
+        self.assertEqual([f for _, _, fs in os.walk(staging) for f in fs], [])
 
 
 if __name__ == "__main__":

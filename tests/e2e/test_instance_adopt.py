@@ -71,6 +71,55 @@ class Adoption(unittest.TestCase):
         self.assertFalse(st["adopted"])
         self.assertTrue(st["lastExit"]["unknown"])
 
+    def _kill_monitor_leaving_starting(self, inst, mon):
+        """SIGKILL the monitor with state.json saying STARTING. A monitor tells
+        its subscribers RUNNING before it persists RUNNING, so this is what a
+        kill in that window leaves behind; STOP then KILL makes the window
+        certain."""
+        st = inst.state()
+        mon.send_signal(signal.SIGSTOP)
+        with open(os.path.join(inst.jv, "state.json"), "w") as f:
+            json.dump(dict(st, state="STARTING", readyAt=None), f)
+        mon.send_signal(signal.SIGKILL)
+        mon.wait(10)
+        return st["pid"]
+
+    def test_adopted_starting_server_whose_ready_line_was_read_is_running(self):
+        # The dead monitor consumed the ready line from the FIFO: the new one
+        # finds it in console.log. Waiting for it instead would end in the
+        # ready timeout killing a healthy server.
+        inst = Instance(self)
+        inst.start()
+        inst.wait_state("RUNNING")
+        pid = self._kill_monitor_leaving_starting(inst, inst.monitors[0])
+        self.assertEqual(inst.start(), "ok adopted %d" % pid)
+        now = inst.status()
+        self.assertEqual(now["state"], "RUNNING", now)
+        self.assertEqual(now["pid"], pid)
+        self.assertTrue(now["adopted"])
+        self.assertIn("its ready line is already in the log", inst.console())
+
+    def test_adopted_starting_server_without_a_ready_line_keeps_starting(self):
+        # Only a ready line after this server's own start note counts: the
+        # one an earlier run printed does not.
+        spec = default_spec(ready={"logPattern": "\\[Server\\] go-ready", "timeoutSeconds": 120})
+        inst = Instance(self, spec=spec)
+        inst.start()
+        inst.wait_state("STARTING")
+        self.assertTrue(inst.call({"op": "send", "line": "say go-ready"})["ok"])
+        inst.wait_state("RUNNING")
+        reply, _ = inst.stop()
+        self.assertEqual(reply["status"]["state"], "STOPPED")
+        inst.wait_monitor_exit()
+        inst.start()
+        inst.wait_state("STARTING")
+        pid = self._kill_monitor_leaving_starting(inst, inst.monitors[1])
+        self.assertEqual(inst.start(), "ok adopted %d" % pid)
+        self.assertEqual(inst.status()["state"], "STARTING")
+        self.assertTrue(inst.call({"op": "send", "line": "say go-ready"})["ok"])
+        st = inst.wait_state("RUNNING")
+        self.assertEqual(st["pid"], pid)
+
     def test_adopt_only_without_an_orphan_starts_nothing(self):
         inst = Instance(self)
         p, r = inst.launch(adopt_only=True)

@@ -230,7 +230,17 @@ class InstanceJobs(unittest.TestCase):
               local _, e2 = instance.wait_ready(1)
               local _, e3 = instance.wait_log("x", 1)
               local st = instance.status()
-              return { e1 = e1, e2 = e2, e3 = e3, state = st.state }
+              local m = {}
+              for i, f in ipairs({
+                  function() instance.start(5) end,
+                  function() instance.stop({ timeoutSeconds = -1 }) end,
+                  function() instance.send("a\\nb") end,
+                  function() instance.wait_ready(0) end,
+                  function() instance.wait_log("x", 1, "since") end }) do
+                local ok, err = pcall(f)
+                m[i] = ok and "no error" or tostring(err)
+              end
+              return { e1 = e1, e2 = e2, e3 = e3, state = st.state, misuse = m }
             end }
         """)
         code, res, _, err = run(inst, path)
@@ -240,6 +250,12 @@ class InstanceJobs(unittest.TestCase):
         self.assertIn("is STOPPED", out["e2"])
         self.assertIn("is STOPPED", out["e3"])
         self.assertEqual(out["state"], "STOPPED")
+        m = out["misuse"]
+        self.assertIn("bad argument #1 to 'start' (table expected, got number)", m[0])
+        self.assertIn("timeoutSeconds out of range", m[1])
+        self.assertIn("must be one line", m[2])
+        self.assertIn("timeoutSeconds must be within", m[3])
+        self.assertIn("bad argument #3 to 'wait_log' (table expected, got string)", m[4])
 
 
 if __name__ == "__main__":

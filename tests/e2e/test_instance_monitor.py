@@ -9,7 +9,7 @@ import subprocess
 import time
 import unittest
 
-from instance_helpers import (DEMO, JOBVISOR, Instance, default_spec, proc_alive,
+from instance_helpers import (DEMO, JOBVISOR, MONITOR, Instance, default_spec, proc_alive,
                               proc_start_time, wait_until)
 
 
@@ -47,6 +47,27 @@ class MonitorLifecycle(unittest.TestCase):
         self.assertTrue(os.path.exists(os.path.join(inst.dir, "data", "world", "level.dat")))
         self.assertEqual(inst.state()["state"], "STOPPED")
         self.assertFalse(os.path.exists(inst.sock_path))
+
+    def test_jobvisor_monitor_subcommand_works_too(self):
+        # The launcher's fallback when jobvisor-monitor is not installed.
+        inst = Instance(self)
+        self.assertRegex(inst.start(via_jobvisor=True), r"^ok started \d+$")
+        inst.wait_state("RUNNING")
+        with open("/proc/%d/cmdline" % inst.monitors[0].pid, "rb") as f:
+            self.assertIn(b"\0monitor\0", f.read())
+        reply, _ = inst.stop()
+        self.assertEqual(reply["status"]["state"], "STOPPED")
+
+    def test_launcher_prefers_the_slim_monitor(self):
+        if not MONITOR:
+            self.skipTest("jobvisor-monitor is not built")
+        inst = Instance(self)
+        out = subprocess.run([JOBVISOR, "run", "START_INSTANCE", "--instance", inst.id,
+                              "--data-dir", inst.root, "--params", '{"waitReady": false}'],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        mon = inst.state()["monitorPid"]
+        self.assertEqual(os.readlink("/proc/%d/exe" % mon), os.path.realpath(MONITOR))
 
     def test_readiness_without_pattern_is_immediate(self):
         spec = default_spec(["--ready-delay-ms", "5000"])

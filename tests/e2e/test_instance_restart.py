@@ -1,5 +1,6 @@
 """Instance monitor: restart policy, exponential backoff with jitter, the
 crash-loop breaker, and how exits are classified (code, signal, requested)."""
+import datetime
 import os
 import time
 import unittest
@@ -23,12 +24,19 @@ def timeline(conn, until_states, timeout):
             return seen
 
 
+def since_seconds(status):
+    """The monitor's own timestamp of a state change, in seconds."""
+    t = datetime.datetime.strptime(status["since"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    return t.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
 def backoff_delays(seen):
-    """Seconds spent in each BACKOFF before the next STARTING."""
+    """Seconds spent in each BACKOFF before the next STARTING, by the monitor's
+    clock (client-side receive times would add delivery jitter)."""
     out = []
-    for i, (t, st, _) in enumerate(seen):
+    for i, (_, st, status) in enumerate(seen):
         if st == "BACKOFF" and i + 1 < len(seen) and seen[i + 1][1] == "STARTING":
-            out.append(seen[i + 1][0] - t)
+            out.append(since_seconds(seen[i + 1][2]) - since_seconds(status))
     return out
 
 
@@ -51,8 +59,8 @@ class RestartPolicy(unittest.TestCase):
         self.assertEqual(len(delays), 3, seen)
         for k, d in enumerate(delays):
             base = 0.4 * 2 ** k
-            self.assertGreaterEqual(d, base * 0.8 - 0.03, "restart %d after %.3fs" % (k + 1, d))
-            self.assertLessEqual(d, base * 1.2 + 0.25, "restart %d after %.3fs" % (k + 1, d))
+            self.assertGreaterEqual(d, base * 0.8 - 0.002, "restart %d after %.3fs" % (k + 1, d))
+            self.assertLessEqual(d, base * 1.2 + 0.4, "restart %d after %.3fs" % (k + 1, d))
         final = seen[-1][2]
         self.assertEqual(final["restarts"], 3)
         self.assertEqual(final["lastExit"]["code"], 1)
@@ -82,9 +90,9 @@ class RestartPolicy(unittest.TestCase):
         time.sleep(1.6)
         d3 = crash_and_time()        # stable again: base delay
         c.close()
-        self.assertTrue(0.4 - 0.03 <= d1 <= 0.6 + 0.25, d1)
-        self.assertTrue(0.8 - 0.03 <= d2 <= 1.2 + 0.25, d2)
-        self.assertTrue(0.4 - 0.03 <= d3 <= 0.6 + 0.25, d3)
+        self.assertTrue(0.4 - 0.002 <= d1 <= 0.6 + 0.4, d1)
+        self.assertTrue(0.8 - 0.002 <= d2 <= 1.2 + 0.4, d2)
+        self.assertTrue(0.4 - 0.002 <= d3 <= 0.6 + 0.4, d3)
         self.assertEqual(inst.status()["restarts"], 3)
 
     def test_crash_loop_moves_to_crashed(self):
@@ -154,6 +162,35 @@ class RestartPolicy(unittest.TestCase):
         st = inst.wait_state("CRASHED")
         self.assertEqual(st["lastExit"]["code"], 1)
         self.assertIsNone(st["lastExit"]["signal"])
+
+    def test_restart_uses_the_new_build_and_spec(self):
+        inst = Instance(self, spec=default_spec(restart={"policy": "on-failure",
+                                                         "backoffSeconds": 0.1}))
+        inst.start()
+        pid = inst.wait_state("RUNNING")["pid"]
+        b2 = os.path.join(inst.dir, "builds", "b2")
+        os.makedirs(b2)
+        os.link(os.path.join(inst.dir, "builds", "b1", "server"), os.path.join(b2, "server"))
+        tmp = os.path.join(inst.dir, "current.tmp")
+        os.symlink("builds/b2", tmp)
+        os.replace(tmp, os.path.join(inst.dir, "current"))
+        inst.call({"op": "send", "line": "crash"})
+        wait_until(lambda: (inst.state() or {}).get("restarts") == 1 and
+                   inst.state()["state"] == "RUNNING", 20, what="restart")
+        new = inst.status()["pid"]
+        self.assertNotEqual(new, pid)
+        self.assertEqual(os.readlink("/proc/%d/exe" % new), os.path.realpath(os.path.join(b2, "server")))
+
+    def test_a_spec_broken_before_a_restart_makes_it_crashed(self):
+        inst = Instance(self, spec=default_spec(restart={"policy": "on-failure",
+                                                         "backoffSeconds": 0.1}))
+        inst.start()
+        inst.wait_state("RUNNING")
+        inst.write_spec({"cwd": "data"})
+        inst.call({"op": "send", "line": "crash"})
+        st = inst.wait_state("CRASHED")
+        self.assertIn("restart failed: instance.json: 'command' is missing", st["message"])
+        self.assertIn("restart failed", inst.console())
 
     def test_stop_during_backoff_stops_without_restart(self):
         spec = default_spec(restart={"policy": "on-failure", "backoffSeconds": 30,

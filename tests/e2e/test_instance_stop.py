@@ -4,6 +4,7 @@ The demo server misbehaves on request: a stop command it does not know,
 `hang` (ignores the console and SIGTERM), children that sleep, double-forked
 daemons that leave its process group, and stubborn ones that ignore SIGTERM."""
 import os
+import shutil
 import time
 import unittest
 
@@ -90,6 +91,27 @@ class StopLadder(unittest.TestCase):
         self.assertTrue(st["lastExit"]["requested"])
         self.assertEqual(st["restarts"], 0)
 
+    def test_sigterm_to_the_monitor_stops_the_server(self):
+        inst = Instance(self)
+        inst.start()
+        pid = inst.wait_state("RUNNING")["pid"]
+        inst.monitors[0].terminate()
+        inst.monitors[0].wait(30)
+        self.assertEqual(inst.monitors[0].returncode, 0)
+        st = inst.state()
+        self.assertEqual(st["state"], "STOPPED")
+        self.assertTrue(st["lastExit"]["requested"])
+        self.assertEqual(st["lastExit"]["code"], 0)
+        self.assertFalse(proc_alive(pid))
+
+    def test_deleting_the_instance_dir_stops_the_server(self):
+        inst = Instance(self)
+        inst.start()
+        pid = inst.wait_state("RUNNING")["pid"]
+        shutil.rmtree(inst.dir)
+        inst.wait_monitor_exit(timeout=30)
+        self.assertFalse(proc_alive(pid))
+
     def _tree(self, settings):
         spec = default_spec(["--fork-child"], stop={"command": "stop", "timeoutSeconds": 5,
                                                       "signalTimeoutSeconds": 5})
@@ -118,7 +140,7 @@ class StopLadder(unittest.TestCase):
         inst = self._tree({})
         cg = inst.running_cgroup
         self.assertEqual(cg, cgroup_leaf(inst.dir, inst.id))
-        self.assertFalse(os.path.exists(cg), "cgroup leaf left behind")
+        self.assertFalse(os.path.exists(cg), "cgroup leaf still there when STOPPED was reported")
 
     def test_whole_tree_is_killed_without_cgroup(self):
         inst = self._tree({"cgroups": False})

@@ -424,3 +424,39 @@ class Check(JobvisorTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AgentSettings(JobvisorTestCase):
+    """`jobvisor run` takes the agent's settings from --config and JOBVISOR_* (options win)."""
+
+    def test_data_dir_and_memory_from_config_file(self):
+        conf = os.path.join(self.tmp, "agent.conf")
+        other = os.path.join(self.tmp, "other-data")
+        with open(conf, "w") as f:
+            f.write(f"data_dir = {other}\njob_memory = 16777216\n")
+        path = self.script("""return { type = "M", run = function(job)
+  local t = {} for i = 1, 1e9 do t[i] = string.rep("x", 1000) .. i end end }""")
+        p = subprocess.run([JOBVISOR, "run", path, "--instance", "c1", "--config", conf, "--json"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("memory limit of 16 MiB exceeded", p.stdout)
+        self.assertTrue(os.path.isdir(os.path.join(other, "instances", "c1")))
+
+    def test_environment_sets_the_data_dir(self):
+        path = self.script('return { type = "X", run = function(job) end }')
+        env = dict(os.environ, JOBVISOR_DATA_DIR=os.path.join(self.tmp, "envdata"))
+        p = subprocess.run([JOBVISOR, "run", path, "--instance", "e1"], env=env,
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertTrue(os.path.isdir(os.path.join(self.tmp, "envdata", "instances", "e1")))
+
+    def test_bad_configuration_is_a_usage_error(self):
+        conf = os.path.join(self.tmp, "bad.conf")
+        with open(conf, "w") as f:
+            f.write("no_such_setting = 1\n")
+        path = self.script('return { type = "X", run = function(job) end }')
+        p = subprocess.run([JOBVISOR, "run", path, "--instance", "b1", "--config", conf,
+                            "--data-dir", self.data], capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("no_such_setting", p.stderr)
+        self.assertFalse(os.path.exists(self.data))

@@ -45,6 +45,21 @@ SCRIPTS = {
     return { done = true }
   end,
 }""",
+    # Waits for a file "gate" the test creates in the instance directory, then
+    # talks and finishes: what it says happens when the test decides.
+    "GATED": """return {
+  type = "GATED",
+  params = { lines = "integer?" },
+  run = function(job)
+    job.step("waiting for the gate")
+    while not fs.exists("gate") do job.sleep(0.05) end
+    for i = 1, (job.params.lines or 20) do
+      log.info("line " .. i)
+      job.step("step " .. i)
+    end
+    return { done = true }
+  end,
+}""",
     "STUBBORN": """return {
   type = "STUBBORN",
   run = function(job)
@@ -202,6 +217,28 @@ class AgentTestCase(unittest.TestCase):
             return sorted(n for n in os.listdir(runs) if not n.startswith("."))
         except FileNotFoundError:
             return []
+
+    def open_gates(self, instances):
+        """Let the GATED jobs on these instances go on."""
+        for inst in instances:
+            # The job may not have made its instance directory yet.
+            d = os.path.join(self.data, "instances", inst)
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, "gate"), "w"):
+                pass
+
+    def wait_spool_results(self, n, timeout=60):
+        """Until exactly n runs sit in the spool, each with its result.json."""
+        runs = os.path.join(self.data, "runs")
+        deadline = time.time() + timeout
+        while True:
+            names = self.spool_runs()
+            if len(names) == n and all(os.path.exists(os.path.join(runs, r, "result.json"))
+                                       for r in names):
+                return names
+            if time.time() > deadline:
+                self.fail(f"wanted {n} finished runs in the spool, have {names}")
+            time.sleep(0.05)
 
     def assert_delivered_once(self, run_id, status=None):
         """Every event 1..lastSeq stored, a result whose lastSeq matches, final status."""

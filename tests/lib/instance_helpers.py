@@ -18,6 +18,15 @@ import time
 
 JOBVISOR = os.environ.get("JOBVISOR_BIN", "")
 DEMO = os.environ.get("JV_DEMO_SERVER_BIN", "")
+# The slim monitor executable built beside jobvisor (what the launcher uses).
+MONITOR = os.path.join(os.path.dirname(JOBVISOR), "jobvisor-monitor") if JOBVISOR else ""
+if not os.access(MONITOR or "/nonexistent", os.X_OK):
+    MONITOR = ""
+
+
+def monitor_argv(via_jobvisor=False):
+    """argv[:n] that starts a monitor: jobvisor-monitor, or `jobvisor monitor`."""
+    return [JOBVISOR, "monitor"] if via_jobvisor or not MONITOR else [MONITOR]
 
 
 def wait_until(pred, timeout, interval=0.02, what="condition"):
@@ -173,12 +182,13 @@ class Instance:
             f.write(spec if isinstance(spec, str) else json.dumps(spec))
 
     # --- monitor processes -------------------------------------------------
-    def launch(self, settings=None, adopt_only=False):
-        """Start `jobvisor monitor` (new session, like the real launcher); return
+    def launch(self, settings=None, adopt_only=False, via_jobvisor=False):
+        """Start a monitor (new session, like the real launcher); return
         (Popen, status-pipe read end)."""
         r, w = os.pipe()
-        argv = [JOBVISOR, "monitor", "--instance-dir", self.dir, "--status-fd", str(w),
-                "--settings", json.dumps(settings if settings is not None else self.settings)]
+        argv = monitor_argv(via_jobvisor) + [
+            "--instance-dir", self.dir, "--status-fd", str(w),
+            "--settings", json.dumps(settings if settings is not None else self.settings)]
         if adopt_only:
             argv.append("--adopt-only")
         p = subprocess.Popen(argv, pass_fds=(w,), start_new_session=True,
@@ -195,8 +205,8 @@ class Instance:
         os.close(r)
         return data.strip()
 
-    def start(self, settings=None, timeout=20):
-        p, r = self.launch(settings)
+    def start(self, settings=None, timeout=20, via_jobvisor=False):
+        p, r = self.launch(settings, via_jobvisor=via_jobvisor)
         line = self.read_status(r, timeout)
         return line
 

@@ -93,7 +93,16 @@ class JobvisorTestCase(unittest.TestCase):
         os.makedirs(self.jobs)
 
     def tearDown(self):
+        self.stop_instances()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def stop_instances(self):
+        """Stop every game server a test started (its monitor outlives the test otherwise)."""
+        root = os.path.join(self.data, "instances")
+        for iid in (os.listdir(root) if os.path.isdir(root) else []):
+            if os.path.exists(os.path.join(root, iid, ".jobvisor", "monitor.sock")):
+                subprocess.run([JOBVISOR, "run", "STOP_INSTANCE", "--instance", iid, "--data-dir", self.data,
+                                "--params", '{"force": true}'], capture_output=True, timeout=120)
 
     def script(self, text, name="job.lua"):
         path = os.path.join(self.jobs, name)

@@ -435,7 +435,7 @@ Test(arch, extract_with_manifest_reproduces_the_tree)
 	cr_assert_eq(extract("b.tar.zst", "restored", &o, err, &er), 0, "%s", err);
 	cr_expect_eq(er.files, r.files);
 	char p[PATH_MAX], q[PATH_MAX];
-	size_t l1, l2;
+	size_t l1 = 0, l2 = 0;
 	char *a = slurp(inpath(&S, "data/world/region/r.0.0.mca", p), &l1);
 	char *b = slurp(inpath(&S, "restored/world/region/r.0.0.mca", q), &l2);
 	cr_expect(l1 == l2 && memcmp(a, b, l1) == 0);
@@ -452,6 +452,31 @@ Test(arch, extract_with_manifest_reproduces_the_tree)
 	/* A second extract into the same place is refused. */
 	cr_expect(extract("b.tar.zst", "restored", &o, err, NULL) < 0);
 	cr_expect(strstr(err, "already exists") != NULL, "%s", err);
+	arch_create_result_free(&r);
+}
+
+Test(arch, big_poorly_compressible_files_round_trip)
+{
+	/* Regression: blocks shared with the hashing worker while libarchive
+	 * compresses them must not be reused by the output sink meanwhile. */
+	char p[PATH_MAX];
+	cr_assert(mkdir(inpath(&S, "big", p), 0755) == 0);
+	for (int i = 0; i < 12; i++) {
+		char rel[64];
+		snprintf(rel, sizeof(rel), "big/f%02d.bin", i);
+		random_file(rel, (4u << 20) + (size_t)i * 4099, i % 2);
+	}
+	int src = open(inpath(&S, "big", p), O_RDONLY | O_DIRECTORY);
+	struct arch_create_opts co = {.threads = 2};
+	struct arch_create_result r;
+	char err[512];
+	cr_assert_eq(arch_create(src, S.root_fd, "big.tar.zst", &co, &r, err, sizeof(err)), 0, "%s",
+	             err);
+	close(src);
+	cr_expect_eq(arch_verify(S.root_fd, "big.tar.zst", &r.manifest, NULL, err, sizeof(err)), 0,
+	             "%s", err);
+	struct arch_extract_opts o = {.manifest = &r.manifest};
+	cr_expect_eq(extract("big.tar.zst", "out", &o, err, NULL), 0, "%s", err);
 	arch_create_result_free(&r);
 }
 

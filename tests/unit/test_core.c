@@ -198,3 +198,34 @@ Test(durable, mkdir_p_creates_parents_and_refuses_files)
 	cr_assert_eq(jv_mkdir_p(p, 0750), -ENOTDIR);
 	free(dir);
 }
+
+Test(durable, cleanup_removes_only_temps_of_killed_writers)
+{
+	char *dir = tmpdir();
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+	const char *keep[] = {"run.X.json", ".hidden", ".a.tmp.", ".a.tmp.12x", "a.tmp.12"};
+	const char *temps[] = {".run.X.json.tmp.4242", ".state.json.tmp.1"};
+	for (size_t i = 0; i < 5; i++)
+		cr_assert_eq(jv_durable_write_at(dfd, keep[i], "x", 1, 0640), 0);
+	for (size_t i = 0; i < 2; i++)
+		close(openat(dfd, temps[i], O_CREAT | O_WRONLY, 0640));
+	cr_assert_eq(jv_durable_cleanup_temps(dfd), 2);
+	cr_assert_eq(count_entries(dir), 5);
+	for (size_t i = 0; i < 2; i++)
+		cr_assert_eq(faccessat(dfd, temps[i], F_OK, 0), -1);
+	close(dfd);
+	free(dir);
+}
+
+Test(jsonutil, parse_refuses_hostile_nesting)
+{
+	char deep[4001];
+	memset(deep, '[', 2000);
+	memset(deep + 2000, ']', 2000);
+	deep[4000] = '\0';
+	cr_assert_null(jv_json_parse(deep, 4000));
+	const char *ok = "{\"s\":\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\",\"a\":[[1]]}";
+	cJSON *j = jv_json_parse(ok, strlen(ok));
+	cr_assert_not_null(j);
+	cJSON_Delete(j);
+}

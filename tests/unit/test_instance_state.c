@@ -2,6 +2,7 @@
  * and the monitor launcher's status line. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
@@ -136,7 +137,7 @@ Test(instance_state, stale_socket_means_no_monitor)
 	snprintf(p, sizeof(p), "%s/.jobvisor/monitor.sock", dir);
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	cr_assert_lt(strlen(p), sizeof(sa.sun_path));
-	strcpy(sa.sun_path, p);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", p);
 	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
 	cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	close(fd); /* the file stays, nobody listens */
@@ -214,4 +215,68 @@ Test(monitor_launch, times_out_without_closing)
 	cr_assert_eq(jv_monitor_launch_wait(p[0], 50, msg, sizeof(msg)), -ETIMEDOUT);
 	close(p[0]);
 	close(p[1]);
+}
+
+/* state.json as the monitor writes it (monitor_state.c), read back as clients do. */
+#include "monitor.h"
+
+Test(instance_state, monitor_writes_state_json_atomically)
+{
+	struct monitor *m = calloc(1, sizeof(*m));
+	cr_assert_not_null(m);
+	char jv[PATH_MAX + 16];
+	snprintf(jv, sizeof(jv), "%s/.jobvisor", dir);
+	m->jv_fd = open(jv, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	cr_assert_geq(m->jv_fd, 0);
+	snprintf(m->instance_id, sizeof(m->instance_id), "alpha");
+	m->state = MON_BACKOFF;
+	m->since_real = 1795887780211;
+	m->restarts = 2;
+	m->restart_at = jv_now_mono_ms() + 5000;
+	snprintf(m->message, sizeof(m->message), "exit code 3; restart 2 in 5.0s");
+	m->last_exit = (struct mon_exit){.valid = true, .code = -1, .signal = SIGSEGV, .core = true,
+	                                 .at_real_ms = 1795887780000, .uptime_ms = 1500};
+	snprintf(m->last_exit.reason, sizeof(m->last_exit.reason), "killed by SIGSEGV (core dumped)");
+	cr_assert_eq(state_write(m), 0);
+
+	cJSON *st = NULL;
+	cr_assert_eq(jv_instance_read_state(dir, &st), 0);
+	cr_assert_str_eq(jv_json_str(st, "state", ""), "BACKOFF");
+	cr_assert_str_eq(jv_json_str(st, "instanceId", ""), "alpha");
+	cr_assert_str_eq(jv_json_str(st, "since", ""), "2026-11-28T17:43:00.211Z");
+	cr_assert(cJSON_IsNull(cJSON_GetObjectItem(st, "pid")));
+	cr_assert_eq(jv_json_int(st, "restarts", -1), 2);
+	cr_assert_not_null(jv_json_str(st, "nextRestartAt", NULL));
+	const cJSON *le = cJSON_GetObjectItem(st, "lastExit");
+	cr_assert(cJSON_IsNull(cJSON_GetObjectItem(le, "code")));
+	cr_assert_str_eq(jv_json_str(le, "signal", ""), "SIGSEGV");
+	cr_assert(jv_json_bool(le, "core", false));
+	cr_assert_not(jv_json_bool(le, "requested", true));
+	cr_assert_float_eq(jv_json_num(le, "uptimeSeconds", 0), 1.5, 1e-9);
+	cJSON_Delete(st);
+
+	/* A running server: pid and start time are its identity. */
+	m->state = MON_RUNNING;
+	m->pid = getpid();
+	m->start_time = 4242;
+	m->spawned_mono = jv_now_mono_ms();
+	m->spawned_real = jv_now_real_ms();
+	cr_assert_eq(state_write(m), 0);
+	cr_assert_eq(jv_instance_read_state(dir, &st), 0);
+	cr_assert_eq(jv_json_int(st, "pid", 0), getpid());
+	cr_assert_eq(jv_json_int(st, "startTime", 0), 4242);
+	cr_assert_not_null(jv_json_str(st, "startedAt", NULL));
+	cr_assert_null(jv_json_str(st, "nextRestartAt", NULL));
+	cJSON_Delete(st);
+
+	/* Only state.json is left: no temp files. */
+	DIR *d = opendir(jv);
+	struct dirent *e;
+	while ((e = readdir(d)))
+		cr_assert(strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 ||
+		              strcmp(e->d_name, "state.json") == 0,
+		          "unexpected file '%s' next to state.json", e->d_name);
+	closedir(d);
+	close(m->jv_fd);
+	free(m);
 }

@@ -1,0 +1,185 @@
+-- backup_instance.lua — BACKUP_INSTANCE: archive data/ into backups/<id>.tar.zst
+-- with a per-file SHA-256 manifest <id>.json, written last.
+--
+-- Crash safety: the archive is built in this run's staging directory (its
+-- temp file, fsync and rename are done by archive.create), committed into
+-- backups/ (fsync, rename, fsync directory), and only then is the manifest
+-- written atomically with complete = true. A kill at any instant leaves
+-- either no backup, or an archive without manifest (a leftover no other job
+-- treats as a backup), or the complete backup. The "backup" marker records
+-- the id this job chose, so a retry reuses it: it returns the finished
+-- backup if the manifest is there, and otherwise removes the leftover and
+-- starts again.
+local common = require("lib.common")
+local backups = require("lib.backups")
+
+local function choose_id(job)
+  local base = os.date("!%Y%m%dT%H%M%SZ")
+  local id = base
+  local n = 1
+  while fs.exists(backups.manifest_path(id)) or fs.exists(backups.archive_path(id)) do
+    n = n + 1
+    id = base .. "-" .. n
+  end
+  return id
+end
+
+local function result_of(id, m)
+  return { backupId = id, bytes = m.bytes, files = backups.file_count(m), entries = #m.files,
+           sha256 = m.sha256 }
+end
+
+-- The `before` lines must arrive (or the backup may not be consistent); an
+-- `after` line that cannot be sent (the server stopped meanwhile) is only
+-- worth a warning: the backup itself is fine.
+local function send_lines(job, lines, when, must)
+  for _, line in ipairs(lines) do
+    log.info(string.format("quiesce %s: sending '%s'", when, line))
+    local ok, err = instance.send(line)
+    if not ok then
+      if must then job.fail("cannot send '" .. line .. "' to the server: " .. tostring(err), { retryable = true }) end
+      log.warn(string.format("cannot send '%s' to the server: %s", line, tostring(err)))
+    end
+  end
+end
+
+return {
+  type = "BACKUP_INSTANCE",
+  cancellable = true,
+  params = { backupId = "string?", exclude = "array?", quiesce = "object?" },
+
+  run = function(job)
+    local p = job.params
+    if p.backupId ~= nil then common.check_ident(job, "backupId", p.backupId) end
+    local exclude = common.check_string_array(job, "exclude", p.exclude, 256)
+    for i, pat in ipairs(exclude) do
+      if pat == "" or #pat > 4096 or pat:find("%c") then
+        job.fail(string.format("invalid exclude[%d]: patterns must be 1-4096 printable characters", i))
+      end
+    end
+    local q = p.quiesce or {}
+    local QKEYS = { before = true, after = true, waitLog = true, timeoutSeconds = true }
+    for k in pairs(q) do
+      if not QKEYS[k] then
+        job.fail("invalid quiesce: only 'before' and 'after' (arrays of console lines), 'waitLog' "
+          .. "and 'timeoutSeconds' are allowed, got '" .. tostring(k) .. "'")
+      end
+    end
+    if q.waitLog ~= nil and (type(q.waitLog) ~= "string" or q.waitLog == "") then
+      job.fail("invalid quiesce.waitLog: must be a regular expression (e.g. \"Saved the game\")")
+    end
+    local wait_timeout = q.timeoutSeconds or 60
+    if type(wait_timeout) ~= "number" or wait_timeout <= 0 or wait_timeout > 3600 then
+      job.fail("invalid quiesce.timeoutSeconds: must be a number of seconds within (0, 3600]")
+    end
+    local before = common.check_string_array(job, "quiesce.before", q.before, 32)
+    local after = common.check_string_array(job, "quiesce.after", q.after, 32)
+    for i, l in ipairs(before) do common.check_line(job, "quiesce.before[" .. i .. "]", l) end
+    for i, l in ipairs(after) do common.check_line(job, "quiesce.after[" .. i .. "]", l) end
+
+    local st = fs.stat("data")
+    if st and st.type == "symlink" then
+      job.fail(string.format("data/ of instance '%s' is a symlink (to '%s'): jobvisor backs up a real "
+        .. "data/ directory only", job.instance_id, tostring(st.target)))
+    end
+    if not st or st.type ~= "dir" then
+      job.fail(string.format("instance '%s' has no data/ directory to back up", job.instance_id))
+    end
+
+    -- Which backup is this job making? A retry of the same job reuses the id.
+    local mark = job.marker("backup")
+    local mine = common.adopts(job, mark) and common.ident_ok(mark.backupId)
+    local id = p.backupId or (mine and mark.backupId) or choose_id(job)
+    if mine and p.backupId and mark.backupId ~= p.backupId then mine = false end
+
+    if fs.exists(backups.manifest_path(id)) then
+      local m, err = backups.load(id)
+      if m and mine then
+        log.info(string.format("backup '%s' was completed by an earlier run of this job", id))
+        common.clean_stale_staging(job)
+        job.unmark("backup")
+        return result_of(id, m)
+      end
+      job.fail(string.format("backup '%s' already exists%s", id, m and "" or (" (" .. err .. ")")))
+    end
+    if fs.exists(backups.archive_path(id)) then
+      log.warn(string.format("removing '%s': an archive without manifest left by an interrupted backup",
+        backups.archive_path(id)))
+      common.must(job, "cannot remove leftover archive", fs.remove(backups.archive_path(id)))
+    end
+    job.mark("backup", { jobId = job.id, runId = job.run_id, backupId = id })
+    common.clean_stale_staging(job)
+    common.clean_temp_files(job, backups.DIR)
+    job.progress(2, "backing up to '" .. id .. "'")
+
+    local running = #before + #after > 0 and common.is_running(common.instance_state(job))
+    if #before + #after > 0 and not running then
+      log.info("the server is not running: no quiesce lines sent")
+    end
+    local quiesced = false
+    local manifest
+    local stage = common.must(job, "cannot create a staging directory", fs.staging())
+    local tmp_archive = stage .. "/" .. id .. ".tar.zst"
+    local created_at = common.now_iso()
+    local build = common.current_build()
+
+    common.guard(function()
+      if running and #before > 0 then
+        quiesced = true
+        send_lines(job, before, "before", true)
+        if q.waitLog then
+          job.step("waiting for the server to confirm: " .. q.waitLog)
+          local line, werr = instance.wait_log(q.waitLog, wait_timeout)
+          if not line then
+            job.fail("the server did not confirm the quiesce (" .. q.waitLog .. "): " .. tostring(werr),
+              { retryable = true })
+          end
+        end
+      end
+      job.checkpoint()
+      job.step("archiving data/")
+      local m, err = archive.create("data", tmp_archive,
+        { exclude = exclude, progress = { from = 5, to = 90 } })
+      if not m then job.fail("cannot back up data/: " .. tostring(err), { retryable = true }) end
+      manifest = m
+      local stats = err
+      if type(stats) == "table" and type(stats.skipped) == "table" and #stats.skipped > 0 then
+        log.warn(string.format("%d entries were not archived (sockets, FIFOs, devices or symlinks "
+          .. "leading outside data/), e.g. '%s'", #stats.skipped, stats.skipped[1]))
+      end
+      job.checkpoint()
+    end, function()
+      if quiesced and #after > 0 then send_lines(job, after, "after (on failure)") end
+      fs.remove_tree(stage)
+    end)
+    if quiesced and #after > 0 then
+      send_lines(job, after, "after")
+    end
+
+    job.progress(92, "committing the archive")
+    common.must(job, "cannot move the archive into backups/",
+      fs.commit(tmp_archive, backups.archive_path(id)))
+
+    local doc = {
+      format = manifest.format or 1,
+      backupId = id,
+      instanceId = job.instance_id,
+      createdAt = created_at,
+      build = build or json.null,
+      exclude = json.array(exclude),
+      jobId = job.id,
+      sha256 = manifest.sha256,
+      bytes = manifest.bytes,
+      files = manifest.files,
+      complete = true,
+    }
+    job.progress(96, "writing the manifest")
+    common.must(job, "cannot write the manifest '" .. backups.manifest_path(id) .. "'",
+      fs.write(backups.manifest_path(id), json.encode(doc) .. "\n"))
+    job.unmark("backup")
+    local out = result_of(id, doc)
+    log.info(string.format("backup '%s' complete: %d files, %d bytes, sha256 %s", id, out.files,
+      out.bytes, out.sha256))
+    return out
+  end,
+}

@@ -1,0 +1,103 @@
+-- lib/backups.lua — the backups/ directory of an instance.
+--
+-- A backup is <id>.tar.zst plus its manifest <id>.json. The manifest is
+-- written last, atomically, with "complete": true; a backup exists for every
+-- job only when that manifest exists. Anything else in backups/ (an archive
+-- without a manifest, a manifest not marked complete, temp files) is the
+-- leftover of an interrupted backup.
+local common = require("lib.common")
+
+local M = {}
+
+M.DIR = "backups"
+
+-- A manifest lists every file of data/ (about 150 bytes each): allow big worlds.
+M.MANIFEST_MAX = 256 * 1024 * 1024
+
+function M.archive_path(id) return M.DIR .. "/" .. id .. ".tar.zst" end
+function M.manifest_path(id) return M.DIR .. "/" .. id .. ".json" end
+
+-- The complete manifest of backup id, or nil and a message for the user.
+function M.load(id)
+  local path = M.manifest_path(id)
+  if not fs.exists(path) then
+    if fs.exists(M.archive_path(id)) then
+      return nil, string.format("backup '%s' is incomplete: its archive has no manifest "
+        .. "(an interrupted backup)", id)
+    end
+    return nil, string.format("backup '%s' does not exist", id)
+  end
+  local m, err = common.read_json(path, M.MANIFEST_MAX)
+  if not m then return nil, string.format("backup '%s' has an unreadable manifest: %s", id, err) end
+  if type(m) ~= "table" or m.complete ~= true then
+    return nil, string.format("backup '%s' is incomplete: its manifest is not marked complete", id)
+  end
+  if type(m.files) ~= "table" or not common.sha256_ok(m.sha256) or math.type(m.bytes) ~= "integer" then
+    return nil, string.format("backup '%s' has a malformed manifest (files, sha256 or bytes missing)", id)
+  end
+  if not fs.exists(M.archive_path(id)) then
+    return nil, string.format("backup '%s' is damaged: its archive '%s' is missing", id, M.archive_path(id))
+  end
+  return m
+end
+
+-- Count regular files in a manifest.
+function M.file_count(m)
+  local n = 0
+  for _, f in ipairs(m.files) do
+    if f.type == "file" then n = n + 1 end
+  end
+  return n
+end
+
+-- Everything in backups/: complete backups (id -> {id, manifest, mtime}) and
+-- leftovers (array of {name, mtime, why}). Unreadable manifests are reported
+-- in `unreadable` and never treated as leftovers (they may be a real backup
+-- this version cannot read).
+function M.scan()
+  local complete, leftovers, unreadable = {}, {}, {}
+  local entries = fs.list(M.DIR)
+  if not entries then return complete, leftovers, unreadable end
+  local names = {}
+  for _, e in ipairs(entries) do names[e.name] = e end
+  for _, e in ipairs(entries) do
+    local name = e.name
+    local id = name:match("^(.+)%.json$")
+    if id and common.ident_ok(id) then
+      local m, err = common.read_json(M.DIR .. "/" .. name, M.MANIFEST_MAX)
+      if m and type(m) == "table" and m.complete == true then
+        -- keep only what retention needs; the file list can be large
+        complete[id] = { id = id, manifest = { createdAt = m.createdAt }, mtime = e.mtime or 0 }
+      elseif m and type(m) == "table" then
+        leftovers[#leftovers + 1] = { name = name, mtime = e.mtime or 0, why = "manifest not complete" }
+      else
+        unreadable[#unreadable + 1] = { name = name, why = err }
+      end
+    end
+  end
+  for _, e in ipairs(entries) do
+    local name = e.name
+    local id = name:match("^(.+)%.tar%.zst$")
+    if id and common.ident_ok(id) and not complete[id] then
+      local mf = names[id .. ".json"]
+      local counted = false
+      for _, u in ipairs(unreadable) do if u.name == id .. ".json" then counted = true end end
+      if not counted then
+        leftovers[#leftovers + 1] = { name = name, mtime = e.mtime or 0,
+          why = mf and "manifest not complete" or "archive without manifest" }
+      end
+    elseif name:match("^%..+%.tmp%.%d+$") or name:match("^%..+%.part$") then
+      leftovers[#leftovers + 1] = { name = name, mtime = e.mtime or 0, why = "temp file" }
+    end
+  end
+  return complete, leftovers, unreadable
+end
+
+-- Remove a backup: manifest first (from then on it no longer exists for any
+-- job), then the archive.
+function M.remove(job, id)
+  common.must(job, "cannot remove '" .. M.manifest_path(id) .. "'", fs.remove(M.manifest_path(id)))
+  common.must(job, "cannot remove '" .. M.archive_path(id) .. "'", fs.remove(M.archive_path(id)))
+end
+
+return M

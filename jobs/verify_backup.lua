@@ -1,0 +1,26 @@
+-- verify_backup.lua — VERIFY_BACKUP: check a backup's archive against its
+-- manifest: the archive's own SHA-256 and size, then every entry's type,
+-- size, mode and SHA-256, with missing and extra entries. Read-only, so a
+-- retry after a kill simply verifies again.
+local common = require("lib.common")
+local backups = require("lib.backups")
+
+return {
+  type = "VERIFY_BACKUP",
+  cancellable = true,
+  params = { backupId = "string" },
+
+  run = function(job)
+    local id = common.check_ident(job, "backupId", job.params.backupId)
+    local m, err = backups.load(id)
+    if not m then job.fail(err) end
+    job.progress(1, string.format("verifying backup '%s' (%d entries, %d bytes)", id, #m.files, m.bytes))
+    local ok, verr = archive.verify(backups.archive_path(id), m, { progress = { from = 1, to = 99 } })
+    if not ok then
+      job.fail(string.format("backup '%s' is corrupt: %s", id, tostring(verr)))
+    end
+    common.clean_stale_staging(job)
+    log.info(string.format("backup '%s' verified: %d files, %d bytes", id, backups.file_count(m), m.bytes))
+    return { backupId = id, files = backups.file_count(m), entries = #m.files, bytes = m.bytes }
+  end,
+}

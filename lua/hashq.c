@@ -1,0 +1,291 @@
+/* hashq.c — a single-worker SHA-256 pipeline (see hashq.h).
+ *
+ * One mutex guards a ring of operations and a free list of pool blocks; the
+ * worker takes operations in order, so per-stream order is queue order and a
+ * stream's digest is final once hashq_wait() returns. The worker owns every
+ * EVP context between BEGIN and FINAL; the caller reads a stream only after
+ * hashq_wait(). */
+#include "hashq.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#define HASHQ_OPS 256
+
+enum op_kind { OP_BEGIN, OP_DATA, OP_FINAL };
+
+struct op {
+	enum op_kind kind;
+	struct hashq_stream *s;
+	unsigned char *block;
+	size_t len;
+};
+
+struct hashq {
+	pthread_t th;
+	pthread_mutex_t mu;
+	pthread_cond_t work;  /* ops queued, or stop */
+	pthread_cond_t space; /* an op slot or a block came free */
+	pthread_cond_t idle;  /* queue empty and worker idle */
+	struct op ops[HASHQ_OPS];
+	size_t head, count;
+	unsigned char **free_blocks;
+	unsigned char *refs; /* per block: holders (worker, caller) */
+	size_t nfree, nblocks;
+	unsigned char *mem;
+	bool busy, stop;
+	int err;
+};
+
+static void run_op(struct hashq *q, const struct op *op)
+{
+	struct hashq_stream *s = op->s;
+	EVP_MD_CTX *md = s->md;
+	switch (op->kind) {
+	case OP_BEGIN:
+		EVP_MD_CTX_free(md);
+		md = EVP_MD_CTX_new();
+		if (md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+			EVP_MD_CTX_free(md);
+			md = NULL;
+		}
+		if (!md)
+			q->err = -ENOMEM;
+		s->md = md;
+		s->bytes = 0;
+		s->hex[0] = '\0';
+		break;
+	case OP_DATA:
+		if (md && op->len)
+			EVP_DigestUpdate(md, op->block, op->len);
+		s->bytes += op->len;
+		break;
+	case OP_FINAL:
+		if (md) {
+			unsigned char dg[EVP_MAX_MD_SIZE];
+			unsigned int dl = 0;
+			EVP_DigestFinal_ex(md, dg, &dl);
+			jv_hex(dg, dl, s->hex);
+			EVP_MD_CTX_free(md);
+			s->md = NULL;
+		}
+		break;
+	}
+}
+
+/* Drop one holder of a block (mutex held); the last one returns it to the pool. */
+static void unref(struct hashq *q, unsigned char *block)
+{
+	size_t i = (size_t)(block - q->mem) / HASHQ_BLOCK;
+	if (--q->refs[i] == 0) {
+		q->free_blocks[q->nfree++] = block;
+		pthread_cond_signal(&q->space);
+	}
+}
+
+static void *worker(void *arg)
+{
+	struct hashq *q = arg;
+	pthread_mutex_lock(&q->mu);
+	for (;;) {
+		while (q->count == 0 && !q->stop) {
+			q->busy = false;
+			pthread_cond_broadcast(&q->idle);
+			pthread_cond_wait(&q->work, &q->mu);
+		}
+		if (q->count == 0)
+			break;
+		struct op op = q->ops[q->head];
+		q->head = (q->head + 1) % HASHQ_OPS;
+		q->count--;
+		q->busy = true;
+		pthread_cond_signal(&q->space);
+		pthread_mutex_unlock(&q->mu);
+		run_op(q, &op);
+		pthread_mutex_lock(&q->mu);
+		if (op.block)
+			unref(q, op.block);
+	}
+	q->busy = false;
+	pthread_cond_broadcast(&q->idle);
+	pthread_mutex_unlock(&q->mu);
+	return NULL;
+}
+
+int hashq_new(struct hashq **out, size_t nblocks)
+{
+	*out = NULL;
+	struct hashq *q = calloc(1, sizeof(*q));
+	if (!q)
+		return -ENOMEM;
+	q->nblocks = nblocks ? nblocks : 1;
+	q->mem = malloc(q->nblocks * HASHQ_BLOCK);
+	q->free_blocks = malloc(q->nblocks * sizeof(*q->free_blocks));
+	q->refs = calloc(q->nblocks, 1);
+	if (!q->mem || !q->free_blocks || !q->refs) {
+		free(q->mem);
+		free(q->free_blocks);
+		free(q->refs);
+		free(q);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < q->nblocks; i++)
+		q->free_blocks[q->nfree++] = q->mem + i * HASHQ_BLOCK;
+	pthread_mutex_init(&q->mu, NULL);
+	pthread_cond_init(&q->work, NULL);
+	pthread_cond_init(&q->space, NULL);
+	pthread_cond_init(&q->idle, NULL);
+	/* Signals (cancel) stay with the calling thread. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	int rc = pthread_create(&q->th, NULL, worker, q);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc != 0) {
+		pthread_mutex_destroy(&q->mu);
+		pthread_cond_destroy(&q->work);
+		pthread_cond_destroy(&q->space);
+		pthread_cond_destroy(&q->idle);
+		free(q->mem);
+		free(q->free_blocks);
+		free(q->refs);
+		free(q);
+		return -rc;
+	}
+	*out = q;
+	return 0;
+}
+
+void hashq_free(struct hashq *q)
+{
+	if (!q)
+		return;
+	pthread_mutex_lock(&q->mu);
+	q->stop = true;
+	pthread_cond_signal(&q->work);
+	pthread_mutex_unlock(&q->mu);
+	pthread_join(q->th, NULL);
+	pthread_mutex_destroy(&q->mu);
+	pthread_cond_destroy(&q->work);
+	pthread_cond_destroy(&q->space);
+	pthread_cond_destroy(&q->idle);
+	free(q->mem);
+	free(q->free_blocks);
+	free(q->refs);
+	free(q);
+}
+
+static void push(struct hashq *q, const struct op *op)
+{
+	pthread_mutex_lock(&q->mu);
+	while (q->count == HASHQ_OPS)
+		pthread_cond_wait(&q->space, &q->mu);
+	q->ops[(q->head + q->count) % HASHQ_OPS] = *op;
+	q->count++;
+	pthread_cond_signal(&q->work);
+	pthread_mutex_unlock(&q->mu);
+}
+
+static void flush_cur(struct hashq *q, struct hashq_stream *s)
+{
+	if (!s->cur)
+		return;
+	push(q, &(struct op){.kind = OP_DATA, .s = s, .block = s->cur, .len = s->cur_len});
+	s->cur = NULL;
+	s->cur_len = 0;
+}
+
+int hashq_begin(struct hashq *q, struct hashq_stream *s)
+{
+	s->cur = NULL;
+	s->cur_len = 0;
+	push(q, &(struct op){.kind = OP_BEGIN, .s = s});
+	return 0;
+}
+
+void *hashq_acquire(struct hashq *q)
+{
+	pthread_mutex_lock(&q->mu);
+	while (q->nfree == 0)
+		pthread_cond_wait(&q->space, &q->mu);
+	unsigned char *b = q->free_blocks[--q->nfree];
+	q->refs[(size_t)(b - q->mem) / HASHQ_BLOCK] = 1; /* the worker's hold, from submit on */
+	pthread_mutex_unlock(&q->mu);
+	return b;
+}
+
+int hashq_submit(struct hashq *q, struct hashq_stream *s, void *block, size_t len)
+{
+	flush_cur(q, s); /* keep the stream's bytes in order */
+	push(q, &(struct op){.kind = OP_DATA, .s = s, .block = block, .len = len});
+	return 0;
+}
+
+int hashq_submit_keep(struct hashq *q, struct hashq_stream *s, void *block, size_t len)
+{
+	pthread_mutex_lock(&q->mu);
+	q->refs[(size_t)((unsigned char *)block - q->mem) / HASHQ_BLOCK]++;
+	pthread_mutex_unlock(&q->mu);
+	return hashq_submit(q, s, block, len);
+}
+
+void hashq_release(struct hashq *q, void *block)
+{
+	pthread_mutex_lock(&q->mu);
+	unref(q, block);
+	pthread_mutex_unlock(&q->mu);
+}
+
+int hashq_update(struct hashq *q, struct hashq_stream *s, const void *data, size_t len)
+{
+	const unsigned char *p = data;
+	while (len > 0) {
+		if (!s->cur) {
+			s->cur = hashq_acquire(q);
+			s->cur_len = 0;
+		}
+		size_t n = HASHQ_BLOCK - s->cur_len;
+		if (n > len)
+			n = len;
+		memcpy(s->cur + s->cur_len, p, n);
+		s->cur_len += n;
+		p += n;
+		len -= n;
+		if (s->cur_len == HASHQ_BLOCK)
+			flush_cur(q, s);
+	}
+	return 0;
+}
+
+int hashq_final(struct hashq *q, struct hashq_stream *s)
+{
+	flush_cur(q, s);
+	push(q, &(struct op){.kind = OP_FINAL, .s = s});
+	return 0;
+}
+
+int hashq_wait(struct hashq *q)
+{
+	pthread_mutex_lock(&q->mu);
+	while (q->count > 0 || q->busy)
+		pthread_cond_wait(&q->idle, &q->mu);
+	int rc = q->err;
+	pthread_mutex_unlock(&q->mu);
+	return rc;
+}
+
+void hashq_discard(struct hashq *q, struct hashq_stream *s)
+{
+	/* The worker is idle for s (precondition), so this thread may free it. */
+	if (q && s->cur)
+		hashq_release(q, s->cur);
+	s->cur = NULL;
+	s->cur_len = 0;
+	EVP_MD_CTX_free(s->md);
+	s->md = NULL;
+}

@@ -1,0 +1,64 @@
+/* hashq.h — SHA-256 on a worker thread, so hashing overlaps with reading,
+ * compressing, decompressing and writing.
+ *
+ * The archive and download cores hash everything they move (per-file digests
+ * and the digest of the archive or download itself). Done inline, SHA-256 is
+ * as expensive as the I/O it rides on; here the I/O thread copies (or reads
+ * straight into) a pool block, queues it, and goes on while one worker thread
+ * runs the digests in queue order. Streams are caller-owned structs that must
+ * not move while queued; their digest is valid after hashq_wait().
+ *
+ * Threads: the worker blocks all signals (cancel flags are read by the
+ * calling thread only). Only the calling thread may use a hashq. */
+#ifndef JOBVISOR_HASHQ_H
+#define JOBVISOR_HASHQ_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "iohooks.h"
+
+#define HASHQ_BLOCK (1u << 20)
+
+struct hashq;
+
+struct hashq_stream {
+	void *md;                  /* worker-side digest state (EVP_MD_CTX) */
+	char hex[JV_SHA256_HEX];   /* after hashq_wait() following hashq_final() */
+	uint64_t bytes;            /* bytes hashed */
+	/* caller side: hashq_update fills a block before queueing it */
+	unsigned char *cur;
+	size_t cur_len;
+};
+
+/* nblocks pool blocks of HASHQ_BLOCK bytes. Returns-owned *q: hashq_free(). */
+int hashq_new(struct hashq **q, size_t nblocks);
+/* Waits for queued work, stops the worker, frees. NULL is fine. */
+void hashq_free(struct hashq *q);
+
+/* Start a stream (resets it). */
+int hashq_begin(struct hashq *q, struct hashq_stream *s);
+/* Queue a copy of data for s (blocks while every pool block is in use).
+ * Small updates are gathered into one block before it is queued. */
+int hashq_update(struct hashq *q, struct hashq_stream *s, const void *data, size_t len);
+/* Zero-copy variant: take a free block to fill (HASHQ_BLOCK bytes), then
+ * queue len bytes of it with hashq_submit; the block goes back to the pool
+ * when hashed and must not be touched after the call. hashq_submit_keep
+ * queues it the same way but lets the caller keep reading it until it calls
+ * hashq_release (the block returns to the pool when both are done). */
+void *hashq_acquire(struct hashq *q);
+int hashq_submit(struct hashq *q, struct hashq_stream *s, void *block, size_t len);
+int hashq_submit_keep(struct hashq *q, struct hashq_stream *s, void *block, size_t len);
+void hashq_release(struct hashq *q, void *block);
+/* Queue the end of s; s->hex is filled by the worker. */
+int hashq_final(struct hashq *q, struct hashq_stream *s);
+/* Wait until everything queued so far is done; -ENOMEM if a digest could
+ * not be set up (its stream then has no hex). */
+int hashq_wait(struct hashq *q);
+/* Drop a stream that was begun but will not be finished; only after
+ * hashq_wait() (pass q) or hashq_free() (pass NULL), when the worker no
+ * longer touches it. */
+void hashq_discard(struct hashq *q, struct hashq_stream *s);
+
+#endif
