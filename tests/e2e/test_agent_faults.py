@@ -18,6 +18,8 @@ class Outages(AgentTestCase):
         # goes to the spool.
         self.open_gates(f"i{n}" for n in range(3))
         self.assertEqual(sorted(self.wait_spool_results(3)), sorted(ids))
+        # Up again only once the agent has tried and failed to deliver.
+        self.wait_log("kept in the spool")
         self.cp.come_up()
         for rid in ids:
             self.cp.wait_result(rid, timeout=30)
