@@ -9,6 +9,7 @@ import signal
 import time
 import unittest
 
+from instance_helpers import live_status
 from jv_run import JobvisorTestCase
 from jobs_fixtures import (FileServer, leftovers, make_tar, make_zip, read_json, sha256_bytes,
                            tree_digest, write_file)
@@ -371,7 +372,7 @@ class WithServer(BuildsBase):
             self.run_job("STOP_INSTANCE", params={"force": True}, timeout=60)
 
     def server(self):
-        st = read_json(os.path.join(self.inst, ".jobvisor", "state.json"))
+        st = live_status(self.inst)
         pid = st.get("pid")
         exe = os.readlink(f"/proc/{pid}/exe") if pid and os.path.exists(f"/proc/{pid}") else None
         return st.get("state"), exe
