@@ -231,7 +231,8 @@ class Shutdown(AgentTestCase):
         self.cp.wait_status(rid, "RUNNING")
         child = self.job_child(p)
         p.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        # The second signal must come after the agent took in the first.
+        self.wait_log("SIGTERM received: shutting down")
         t0 = time.time()
         self.assertEqual(self.stop_agent(p, signal.SIGINT), 0)
         self.assertLess(time.time() - t0, 4)
