@@ -326,8 +326,10 @@ int cmd_run(int argc, char **argv)
 	jv_uuid4(job_id);
 	jv_uuid4(run_id);
 	struct run_out out = {.json = json, .tty = !json && isatty(STDERR_FILENO), .percent = -1};
-	if (out.tty)
-		jv_log_setup(JV_LOG_LOGFMT, JV_LOG_WARN);
+	/* JOBVISOR_LOG_FORMAT / _LEVEL (or the config file) as for the agent; on a
+	 * terminal the progress bar replaces the info lines. */
+	jv_log_setup((enum jv_log_format)cfg.log_format,
+	             out.tty && cfg.log_level < JV_LOG_WARN ? JV_LOG_WARN : (enum jv_log_level)cfg.log_level);
 
 	sigset_t mask;
 	sigemptyset(&mask);

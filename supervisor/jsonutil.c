@@ -38,8 +38,7 @@ bool jv_json_bool(const cJSON *obj, const char *key, bool fallback)
 	return cJSON_IsBool(v) ? cJSON_IsTrue(v) : fallback;
 }
 
-/* Nesting depth of the JSON text, strings skipped; stops counting past max. */
-static bool depth_within(const char *p, size_t len, int max)
+bool jv_json_depth_ok(const char *p, size_t len, int max)
 {
 	int depth = 0;
 	bool in_str = false;
@@ -66,7 +65,7 @@ cJSON *jv_json_parse(const char *data, size_t len)
 {
 	/* cJSON recurses once per level up to 1000 deep: refuse deep text first so
 	 * hostile input cannot exhaust a small (thread or sanitizer) stack. */
-	if (!depth_within(data, len, JV_JSON_MAX_DEPTH))
+	if (!jv_json_depth_ok(data, len, JV_JSON_MAX_DEPTH))
 		return NULL;
 	const char *end = NULL;
 	cJSON *v = cJSON_ParseWithLengthOpts(data, len, &end, false);

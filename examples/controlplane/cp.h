@@ -217,8 +217,6 @@ enum http_auth { AUTH_NONE = 0, AUTH_ADMIN, AUTH_AGENT };
 enum http_auth http_authenticate(struct cp *cp, const struct mg_connection *conn, const char *query_token,
                                  struct cp_agent **agent);
 int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err);
-/* False when s nests arrays/objects deeper than max (checked before parsing). */
-bool http_json_depth_ok(const char *s, size_t len, int max);
 void http_send_json(struct mg_connection *conn, int status, const cJSON *body);
 void http_send_error(struct mg_connection *conn, int status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));

@@ -116,33 +116,6 @@ void http_send_unauthorized(struct mg_connection *conn)
 	send_raw(conn, 401, "WWW-Authenticate: Bearer\r\n", body, sizeof(body) - 1);
 }
 
-bool http_json_depth_ok(const char *s, size_t len, int max)
-{
-	/* cJSON parses (and frees) recursively and allows 1000 levels; that
-	 * overflowed a civetweb worker thread's stack in testing. No request of
-	 * this protocol needs more than a few levels, so refuse deep nesting
-	 * before cJSON sees it. Brackets inside strings do not count. */
-	int depth = 0;
-	bool in_str = false;
-	for (size_t i = 0; i < len; i++) {
-		char c = s[i];
-		if (in_str) {
-			if (c == '\\')
-				i++;
-			else if (c == '"')
-				in_str = false;
-		} else if (c == '"') {
-			in_str = true;
-		} else if (c == '[' || c == '{') {
-			if (++depth > max)
-				return false;
-		} else if (c == ']' || c == '}') {
-			depth--;
-		}
-	}
-	return true;
-}
-
 int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err)
 {
 	const struct mg_request_info *ri = mg_get_request_info(conn);
@@ -170,7 +143,7 @@ int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err)
 		cp_err_set(err, 400, n < 0 ? "cannot read the request body" : "request body is empty; expected a JSON object");
 		return -EINVAL;
 	}
-	if (!http_json_depth_ok(b.data, b.len, CP_JSON_DEPTH_MAX)) {
+	if (!jv_json_depth_ok(b.data, b.len, CP_JSON_DEPTH_MAX)) {
 		jv_buf_free(&b);
 		cp_err_set(err, 400, "request body is nested more than %d levels deep", CP_JSON_DEPTH_MAX);
 		return -EINVAL;

@@ -396,7 +396,7 @@ int ws_on_data(struct mg_connection *conn, int bits, char *data, size_t len, voi
 		return 0;
 	if (opcode != MG_WEBSOCKET_OPCODE_TEXT || len > CLIENT_FRAME_MAX)
 		return 1; /* pings are answered by civetweb; binary and huge frames are ignored */
-	cJSON *req = http_json_depth_ok(data, len, CP_JSON_DEPTH_MAX) ? jv_json_parse(data, len) : NULL;
+	cJSON *req = jv_json_depth_ok(data, len, CP_JSON_DEPTH_MAX) ? jv_json_parse(data, len) : NULL;
 	pthread_mutex_lock(&c->wmu);
 	if (cJSON_IsObject(req)) {
 		answer_op(cp, c, req);

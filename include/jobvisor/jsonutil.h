@@ -18,6 +18,11 @@ bool jv_json_bool(const cJSON *obj, const char *key, bool fallback);
 
 #define JV_JSON_MAX_DEPTH 128
 
+/* Whether the JSON text nests at most max levels (brackets inside strings do
+ * not count). cJSON recurses once per level, so deep hostile input must be
+ * refused before it is parsed on a small (thread or sanitizer) stack. */
+bool jv_json_depth_ok(const char *s, size_t len, int max);
+
 /* Parse with a length (no NUL needed); NULL on error or nesting deeper than
  * JV_JSON_MAX_DEPTH. Returned-owned: cJSON_Delete. */
 cJSON *jv_json_parse(const char *data, size_t len);

@@ -105,6 +105,8 @@ class AgentWithRealControlPlane(AgentTestCase):
         # while the control plane is down, so it all waits in the spool.
         self.open_gates(f"i{n}" for n in range(3))
         self.assertEqual(len(self.wait_spool_results(3)), 3)
+        # Back only once the agent has tried and failed to deliver.
+        self.wait_log("kept in the spool")
         self.real.start()
         for jid in jobs:
             job = self.wait_job(jid, "COMPLETED", timeout=40)

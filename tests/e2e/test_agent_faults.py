@@ -18,6 +18,8 @@ class Outages(AgentTestCase):
         # goes to the spool.
         self.open_gates(f"i{n}" for n in range(3))
         self.assertEqual(sorted(self.wait_spool_results(3)), sorted(ids))
+        # Up again only once the agent has tried and failed to deliver.
+        self.wait_log("kept in the spool")
         self.cp.come_up()
         for rid in ids:
             self.cp.wait_result(rid, timeout=30)
@@ -229,7 +231,8 @@ class Shutdown(AgentTestCase):
         self.cp.wait_status(rid, "RUNNING")
         child = self.job_child(p)
         p.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        # The second signal must come after the agent took in the first.
+        self.wait_log("SIGTERM received: shutting down")
         t0 = time.time()
         self.assertEqual(self.stop_agent(p, signal.SIGINT), 0)
         self.assertLess(time.time() - t0, 4)

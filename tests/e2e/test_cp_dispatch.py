@@ -7,6 +7,20 @@ import unittest
 from cp_harness import ControlPlane, CpTestCase
 
 
+def wait_polls_waiting(cp, agent_ids, timeout=20):
+    """Until each agent's first poll is parked in the long-poll wait. The
+    control plane records lastSeen and starts waiting under one lock, and
+    /v1/agents reads under it: a lastSeen means that poll is waiting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = {a["agentId"] for a in cp.api("GET", "/v1/agents").json["agents"] if a["lastSeen"]}
+        if set(agent_ids) <= seen:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("polls of %s not waiting after %ss" % (agent_ids, timeout))
+        time.sleep(0.05)
+
+
 class Ordering(CpTestCase):
     def test_one_run_at_a_time_per_instance_in_creation_order(self):
         j1 = self.cp.create_job(instance="mc", type_="STOP_INSTANCE")
@@ -209,7 +223,7 @@ class LongPollLimit(unittest.TestCase):
             th = threading.Thread(target=poll, args=(ag,))
             th.start()
             threads.append(th)
-        time.sleep(0.8)
+        wait_polls_waiting(cp, ["a01", "a02"])
         t = time.monotonic()
         r = agents[2].poll(wait=4)
         self.assertEqual(r.status, 200)
@@ -230,7 +244,7 @@ class Shutdown(unittest.TestCase):
         out = {}
         th = threading.Thread(target=lambda: out.update(r=cp.agent("a01").poll(wait=30, timeout=40)))
         th.start()
-        time.sleep(0.8)
+        wait_polls_waiting(cp, ["a01"])
         t = time.monotonic()
         self.assertEqual(cp.stop(), 0)  # SIGTERM; also checks sanitizer output
         th.join(20)

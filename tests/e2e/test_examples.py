@@ -108,7 +108,7 @@ class WorldResetAndAnnounce(unittest.TestCase):
             self.assertEqual(f.read(), "old world")
         with open(os.path.join(data, "world", "seed.txt")) as f:
             self.assertEqual(f.read().strip(), "42")
-        self.assertEqual(inst.state()["state"], "RUNNING")
+        self.assertEqual(inst.status()["state"], "RUNNING")
         run(inst, "STOP_INSTANCE")
 
     def test_announce_sends_lines_and_refuses_a_stopped_server(self):

@@ -8,6 +8,7 @@ import subprocess
 import time
 import unittest
 
+from instance_helpers import live_status
 from jv_run import JobvisorTestCase
 from jobs_fault import tar_matches_manifest
 from jobs_fixtures import leftovers, populate, read_json, sha256_file, tree_digest, write_file
@@ -391,7 +392,7 @@ class WithServer(BackupBase):
             return f.read()
 
     def state(self):
-        return read_json(os.path.join(self.inst, ".jobvisor", "state.json"))
+        return live_status(self.inst)
 
     def test_quiesce_lines_around_the_archive(self):
         r = self.run_job("BACKUP_INSTANCE", params={"backupId": "live", "quiesce": {

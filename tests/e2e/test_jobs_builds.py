@@ -9,6 +9,7 @@ import signal
 import time
 import unittest
 
+from instance_helpers import live_status
 from jv_run import JobvisorTestCase
 from jobs_fixtures import (FileServer, leftovers, make_tar, make_zip, read_json, sha256_bytes,
                            tree_digest, write_file)
@@ -213,12 +214,20 @@ class Install(BuildsBase):
                   "instance": self.SPEC}
         p = self.start_job("INSTALL_SERVER", params=params)
         child = self.wait_child(p)
-        time.sleep(1.2)
+        staging = os.path.join(self.inst, ".jobvisor", "staging")
+
+        def part_sizes():
+            return [os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(staging)
+                    for f in fs if f.endswith(".part")]
+        # Kill once some bytes are on disk (the download takes 3 s at 1 MiB/s).
+        deadline = time.time() + 30
+        while not any(part_sizes()):
+            self.assertLess(time.time(), deadline, "no bytes downloaded")
+            time.sleep(0.02)
         os.killpg(child, signal.SIGKILL)
         r = self.finish(p)
         self.assertEqual(r.status, "FAILED")
-        parts = [f for d, _, fs in os.walk(os.path.join(self.inst, ".jobvisor", "staging"))
-                 for f in fs if f.endswith(".part")]
+        parts = [f for d, _, fs in os.walk(staging) for f in fs if f.endswith(".part")]
         self.assertEqual(len(parts), 1, parts)
         out = self.ok(self.run_job("INSTALL_SERVER", params=params, timeout=60))
         self.assertEqual(out["build"], "big")
@@ -371,7 +380,7 @@ class WithServer(BuildsBase):
             self.run_job("STOP_INSTANCE", params={"force": True}, timeout=60)
 
     def server(self):
-        st = read_json(os.path.join(self.inst, ".jobvisor", "state.json"))
+        st = live_status(self.inst)
         pid = st.get("pid")
         exe = os.readlink(f"/proc/{pid}/exe") if pid and os.path.exists(f"/proc/{pid}") else None
         return st.get("state"), exe

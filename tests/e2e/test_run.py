@@ -334,7 +334,20 @@ end }""")
 end }""", name="resumable.lua")
         p = self.start_job(path)
         child = self.wait_child(p)
-        time.sleep(2.0)
+        # Kill once the run marker records a step of the script (it says
+        # "start" before; step writes are throttled to one a second).
+        marker = os.path.join(self.instance_dir(), ".jobvisor", "markers", "run.RESUMABLE.json")
+
+        def step():
+            try:
+                with open(marker) as f:
+                    return json.load(f).get("step")
+            except (OSError, ValueError):
+                return None
+        deadline = time.time() + 30
+        while step() in (None, "start"):
+            self.assertLess(time.time(), deadline, "the run marker never recorded a step")
+            time.sleep(0.02)
         first_run = None
         os.killpg(child, signal.SIGKILL)
         r1 = self.finish(p)

@@ -161,8 +161,11 @@ class AgentTestCase(unittest.TestCase):
     def start_agent(self, args=(), **overrides):
         env = self.env(**overrides)
         logf = open(self.log_path, "a")
+        # Its own session: tests stop agents with SIGSTOP, and a stopped member
+        # of an orphaned process group gets the whole group a SIGHUP from the
+        # kernel, which would take the test runner (ctest, make) with it.
         p = subprocess.Popen([JOBVISOR, "agent", *args], env=env, stdin=subprocess.DEVNULL,
-                             stdout=logf, stderr=logf)
+                             stdout=logf, stderr=logf, start_new_session=True)
         logf.close()
         self.agents.append(p)
         return p

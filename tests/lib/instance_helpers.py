@@ -154,6 +154,25 @@ class MonitorConn:
         self.sock.close()
 
 
+def live_status(instance_dir, timeout=10):
+    """The instance's status as its monitor answers it now, or state.json when
+    no monitor listens. A monitor tells its clients about a new state before
+    it writes state.json, so right after a job saw RUNNING the file may still
+    say STARTING: checks of what a job just did ask the monitor."""
+    sock = os.path.join(instance_dir, ".jobvisor", "monitor.sock")
+    holder = type("Sock", (), {"sock_path": sock})
+    try:
+        c = MonitorConn(holder, timeout)
+    except (FileNotFoundError, ConnectionRefusedError):
+        with open(os.path.join(instance_dir, ".jobvisor", "state.json")) as f:
+            return json.load(f)
+    try:
+        c.send({"op": "status"})
+        return c.reply(timeout)["status"]
+    finally:
+        c.close()
+
+
 class Instance:
     """One instance directory under a temporary data dir."""
 
