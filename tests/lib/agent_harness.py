@@ -15,6 +15,7 @@ import time
 import unittest
 
 from agent_fakecp import FakeCP
+from jv_run import processes_in_group  # noqa: F401 (re-exported for the agent tests)
 
 JOBVISOR = os.environ.get("JOBVISOR_BIN", "jobvisor")
 
@@ -264,22 +265,6 @@ class AgentTestCase(unittest.TestCase):
             self.assertEqual(e["jobRunId"], run_id)
             self.assertEqual(e["seq"], seq)
         return run
-
-
-def processes_in_group(pgid):
-    found = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        rest = stat[stat.rindex(")") + 2:].split()
-        if int(rest[2]) == pgid and rest[0] != "Z":
-            found.append(int(d))
-    return found
 
 
 def pid_alive(pid):
