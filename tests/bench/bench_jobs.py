@@ -105,10 +105,25 @@ class Bench:
 
     # --- rows: each is (setup, run) for jobvisor and for the peer ---
 
+    def manifests(self, visible):
+        """Hide every backup manifest (a first backup: no digests to reuse) or bring them back."""
+        bdir, held = os.path.join(self.inst, "backups"), os.path.join(self.work, "held")
+        os.makedirs(held, exist_ok=True)
+        src, dst = (held, bdir) if visible else (bdir, held)
+        for n in os.listdir(src):
+            if n.endswith(".json"):
+                os.rename(os.path.join(src, n), os.path.join(dst, n))
+
+    def drop_test_backups(self):
+        for d in (os.path.join(self.inst, "backups"), os.path.join(self.work, "held")):
+            for n in os.listdir(d) if os.path.isdir(d) else []:
+                if n.startswith("t"):
+                    os.remove(os.path.join(d, n))
+
     def backup_jv(self):
-        for n in os.listdir(os.path.join(self.inst, "backups")):
-            if n.startswith("t"):
-                os.remove(os.path.join(self.inst, "backups", n))
+        """A first backup: no earlier manifest to take digests from."""
+        self.drop_test_backups()
+        self.manifests(visible=False)
         self.clean_trash()
         self.seq += 1
         bid = f"t{self.seq}"
@@ -121,6 +136,7 @@ class Bench:
         return lambda: sh(f"tar -cf - -C {self.inst} data | zstd -q -T0 -3 -o {out} && sync -f {out}")
 
     def restore_jv(self):
+        self.manifests(visible=True)
         self.clean_trash()
         return lambda: self.job("RESTORE_BACKUP", {"backupId": "base"})
 
@@ -132,6 +148,7 @@ class Bench:
         return lambda: sh(f"zstd -q -dc {arch} | tar -xf - -C {new} && sync -f {new}")
 
     def verify_jv(self):
+        self.manifests(visible=True)
         return lambda: self.job("VERIFY_BACKUP", {"backupId": "base"})
 
     def verify_peer(self):
@@ -157,6 +174,7 @@ class Bench:
         """A second backup of the unchanged world (the first one, untimed, right before)."""
         first = self.backup_jv()
         first()
+        self.clean_trash()
         self.seq += 1
         bid = f"t{self.seq}"
         return lambda: self.job("BACKUP_INSTANCE", {"backupId": bid})
