@@ -277,7 +277,8 @@ static size_t runs_fds(void *ud, struct pollfd *fds, void **tags, size_t max)
 
 static void runs_ready(void *ud, void *tag, short revents)
 {
-	scheduler_on_readable(tag);
+	if (revents & (POLLIN | POLLHUP | POLLERR))
+		scheduler_on_readable(tag);
 }
 
 static void runs_after(void *ud, int64_t now)

@@ -83,7 +83,7 @@ int loop_run(struct loop *l)
 		}
 
 		for (size_t i = 0; i < n; i++)
-			if (fds[i].revents & (POLLIN | POLLHUP | POLLERR))
+			if (fds[i].revents)
 				owners[i]->ready(owners[i]->ud, tags[i], fds[i].revents);
 		now = jv_now_mono_ms();
 		for (struct loop_source *s = l->sources; s; s = s->next)

@@ -24,7 +24,7 @@ struct loop_source {
 	int64_t (*prepare)(void *ud, int64_t now_ms);
 	/* Fill up to max descriptors to wait on, tagging each; returns how many. */
 	size_t (*fds)(void *ud, struct pollfd *fds, void **tags, size_t max);
-	/* A descriptor this source filled is ready (revents has POLLIN, POLLHUP or POLLERR). */
+	/* A descriptor this source filled has revents (any: the source decides). */
 	void (*ready)(void *ud, void *tag, short revents);
 	/* After the wait and every ready(): finished work, expired timers. */
 	void (*after)(void *ud, int64_t now_ms);
