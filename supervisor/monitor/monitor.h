@@ -211,7 +211,6 @@ bool con_ready_in_log(struct monitor *m);
 /* monitor_state.c */
 cJSON *state_object(struct monitor *m);
 int state_write(struct monitor *m);
-int state_read(int jv_fd, cJSON **out);
 
 /* monitor_sock.c */
 int sock_listen(struct monitor *m);
