@@ -34,6 +34,58 @@ int jv_markers_dir(struct jv_run_ctx *ctx)
 	return rc;
 }
 
+/* The run marker: written at start, removed on success. A retry finds the one
+ * an interrupted run left and exposes it as job.previous. */
+void jv_run_marker_start(lua_State *L, struct jv_run_ctx *ctx, int job_idx)
+{
+	snprintf(ctx->run_marker.file, sizeof(ctx->run_marker.file), "run.%s.json", ctx->type);
+	cJSON *prev = NULL;
+	if (jv_marker_read(ctx, ctx->run_marker.file, &prev) == 0 && cJSON_IsObject(prev)) {
+		jv_json_to_lua(L, prev);
+		lua_setfield(L, job_idx, "previous");
+		char msg[512];
+		snprintf(msg, sizeof(msg),
+		         "an earlier run of this job (run %s, attempt %lld) stopped during step '%s'",
+		         jv_json_str(prev, "runId", "?"), (long long)jv_json_int(prev, "attempt", 0),
+		         jv_json_str(prev, "step", "start"));
+		jv_emit_log(ctx, "warn", msg);
+	}
+	cJSON_Delete(prev);
+	char ts[JV_ISO8601_LEN];
+	jv_iso8601(jv_now_real_ms(), ts);
+	cJSON *m = cJSON_CreateObject();
+	cJSON_AddStringToObject(m, "jobId", ctx->job_id);
+	cJSON_AddStringToObject(m, "runId", ctx->run_id);
+	cJSON_AddNumberToObject(m, "attempt", ctx->attempt);
+	cJSON_AddStringToObject(m, "type", ctx->type);
+	cJSON_AddStringToObject(m, "startedAt", ts);
+	cJSON_AddStringToObject(m, "step", "start");
+	ctx->run_marker.json = m;
+	jv_marker_write(ctx, ctx->run_marker.file, m);
+	ctx->run_marker.written_ms = jv_now_mono_ms();
+}
+
+void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step)
+{
+	if (!ctx->run_marker.json)
+		return;
+	int64_t now = jv_now_mono_ms();
+	cJSON_ReplaceItemInObject(ctx->run_marker.json, "step", cJSON_CreateString(step));
+	/* A durable write per step costs fsyncs: at most one per second. */
+	if (now - ctx->run_marker.written_ms < 1000)
+		return;
+	ctx->run_marker.written_ms = now;
+	jv_marker_write(ctx, ctx->run_marker.file, ctx->run_marker.json);
+}
+
+void jv_run_marker_done(struct jv_run_ctx *ctx)
+{
+	if (ctx->run_marker.file[0])
+		jv_marker_remove(ctx, ctx->run_marker.file);
+	cJSON_Delete(ctx->run_marker.json);
+	ctx->run_marker.json = NULL;
+}
+
 static const char *check_marker_name(lua_State *L, int idx, char *file, size_t filelen)
 {
 	const char *name = luaL_checkstring(L, idx);
