@@ -44,7 +44,7 @@ struct hashq {
 	struct op ops[HASHQ_OPS];
 	size_t head, count;
 	unsigned char **free_blocks;
-	unsigned char *refs; /* per block: holders (worker, caller) */
+	unsigned *refs; /* per block: holders (caller, each queued op: hundreds when packed) */
 	size_t nfree, nblocks;
 	unsigned char *mem;
 	bool busy, stop;
@@ -143,7 +143,7 @@ int hashq_new(struct hashq **out, size_t nblocks)
 	q->nblocks = nblocks ? nblocks : 1;
 	q->mem = malloc(q->nblocks * HASHQ_BLOCK);
 	q->free_blocks = malloc(q->nblocks * sizeof(*q->free_blocks));
-	q->refs = calloc(q->nblocks, 1);
+	q->refs = calloc(q->nblocks, sizeof(*q->refs));
 	if (!q->mem || !q->free_blocks || !q->refs) {
 		free(q->mem);
 		free(q->free_blocks);
