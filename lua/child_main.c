@@ -173,12 +173,20 @@ static int prepare_instance(struct child *c, char *err, size_t errlen)
 		         c->ctx.instance_id);
 		return -EBUSY;
 	}
-	/* With the lock held, temp files in markers/ belong to a killed run. */
+	/* With the lock held, temp files in markers/ and completed/ belong to a killed run. */
 	int mfd = jv_markers_dir(&c->ctx);
 	if (mfd >= 0) {
 		jv_durable_cleanup_temps(mfd);
 		close(mfd);
 	}
+	int jfd2 = openat(root, ".jobvisor", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	int cfd = jfd2 < 0 ? -1 : openat(jfd2, JV_COMPLETED_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (cfd >= 0) {
+		jv_durable_cleanup_temps(cfd);
+		close(cfd);
+	}
+	if (jfd2 >= 0)
+		close(jfd2);
 	return 0;
 }
 
