@@ -419,9 +419,14 @@ static int place(int from_dirfd, const char *from_name, int to_dirfd, const char
 	if (linkat(from_dirfd, from_name, to_dirfd, tmp, 0) < 0) {
 		if (errno != EXDEV && errno != EPERM && errno != EMLINK && errno != EOPNOTSUPP)
 			return -errno;
-		int in = openat(from_dirfd, from_name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		int in = openat(from_dirfd, from_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 		if (in < 0)
 			return -errno;
+		struct stat ist;
+		if (fstat(in, &ist) < 0 || !S_ISREG(ist.st_mode)) {
+			close(in);
+			return -EINVAL;
+		}
 		int out = openat(to_dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
 		if (out < 0) {
 			rc = -errno;

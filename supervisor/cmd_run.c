@@ -128,7 +128,7 @@ static cJSON *load_params(const char *arg, char *err, size_t errlen)
 	if (arg[0] == '@') {
 		int rc = jv_read_file_at(AT_FDCWD, arg + 1, MAX_PARAMS_FILE, &text, &len);
 		if (rc < 0) {
-			snprintf(err, errlen, "cannot read params file '%s': %s", arg + 1, strerror(-rc));
+			snprintf(err, errlen, "cannot read params file '%s': %s", arg + 1, jv_read_strerror(rc));
 			return NULL;
 		}
 	} else {
