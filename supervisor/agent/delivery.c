@@ -14,7 +14,7 @@
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
-#include "jobrun.h"
+#include "jobvisor/jobrun.h"
 #include "scheduler.h"
 #include "spool.h"
 #include "transport.h"
