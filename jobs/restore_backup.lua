@@ -64,8 +64,14 @@ return {
     local staged = stage .. "/data"
     job.progress(1, string.format("extracting and verifying backup '%s'", id))
     common.guard(function()
-      local res, xerr = archive.extract(backups.archive_path(id), staged,
+      local res, xerr, xcode = archive.extract(backups.archive_path(id), staged,
         { manifest = m, progress = { from = 1, to = 85 } })
+      if not res and common.disk_full(xcode) then
+        -- the backup is fine: the disk is full (never say "corrupt" here, an
+        -- operator might delete a good backup)
+        job.fail(string.format("not enough disk space to restore backup '%s': %s; data/ was not "
+          .. "touched (free some space and retry)", id, tostring(xerr)), { retryable = true })
+      end
       if not res then
         job.fail(string.format("backup '%s' is corrupt or unreadable: %s; data/ was not touched", id,
           tostring(xerr)))

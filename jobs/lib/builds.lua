@@ -109,9 +109,10 @@ function M.stage(job, id, src, from, to, resume)
     downloading = false
     job.checkpoint()
     job.progress(mid, "extracting build '" .. id .. "'")
-    local x, xerr = archive.extract(file, stage .. "/build", { progress = { from = mid, to = to - 1 } })
+    local x, xerr, xcode = archive.extract(file, stage .. "/build", { progress = { from = mid, to = to - 1 } })
     if not x then
-      job.fail(string.format("cannot extract build '%s': %s", id, tostring(xerr)))
+      job.fail(string.format("cannot extract build '%s': %s", id, tostring(xerr)),
+        { retryable = common.disk_full(xcode) })
     end
     fs.remove(file)
     job.checkpoint()
