@@ -64,8 +64,14 @@ return {
     local staged = stage .. "/data"
     job.progress(1, string.format("extracting and verifying backup '%s'", id))
     common.guard(function()
+      -- The manifest bounds what may come out: exactly its files' sizes, however
+      -- well the world compressed (no ratio guard for our own backups).
+      local total = 0
+      for _, f in ipairs(m.files) do
+        if f.type == "file" and math.type(f.size) == "integer" then total = total + f.size end
+      end
       local res, xerr, xcode = archive.extract(backups.archive_path(id), staged,
-        { manifest = m, progress = { from = 1, to = 85 } })
+        { manifest = m, max_bytes = total, max_ratio = 0, progress = { from = 1, to = 85 } })
       if not res and common.disk_full(xcode) then
         -- the backup is fine: the disk is full (never say "corrupt" here, an
         -- operator might delete a good backup)

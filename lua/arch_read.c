@@ -196,9 +196,30 @@ static int budget_space(struct arch_budget *b, const char *path, uint64_t need, 
 	return 0;
 }
 
+/* The expansion-ratio guard: a build of real game data unpacks to 1.5-4 times
+ * its compressed size (docs/security.md has the measurements); a
+ * decompression bomb to hundreds of times. */
+static int over_ratio(const struct arch_budget *b, const char *path, uint64_t more, char *err,
+                      size_t errlen)
+{
+	if (!b->ratio_limit || (more <= b->ratio_limit && b->used <= b->ratio_limit - more))
+		return 0;
+	char a[32], l[32];
+	fmt_size(b->src_size, a, sizeof(a));
+	fmt_size(b->ratio_limit, l, sizeof(l));
+	arch_errf(err, errlen,
+	          "archive expands beyond %g times its own size (%s compressed, limit %s) at entry "
+	          "'%s'; refusing a possible decompression bomb",
+	          b->max_ratio, a, l, path);
+	return -EFBIG;
+}
+
 int arch_budget_admit(struct arch_budget *b, const char *path, uint64_t size, char *err,
                       size_t errlen)
 {
+	int rrc = over_ratio(b, path, size, err, errlen);
+	if (rrc < 0)
+		return rrc;
 	if (b->max_bytes && (size > b->max_bytes || b->used > b->max_bytes - size)) {
 		char m[32];
 		fmt_size(b->max_bytes, m, sizeof(m));
@@ -215,6 +236,9 @@ int arch_budget_admit(struct arch_budget *b, const char *path, uint64_t size, ch
 static int budget_charge(struct arch_budget *b, const char *path, uint64_t n, char *err,
                          size_t errlen)
 {
+	int rrc = over_ratio(b, path, n, err, errlen);
+	if (rrc < 0)
+		return rrc;
 	b->used += n;
 	if (b->max_bytes && b->used > b->max_bytes) {
 		char m[32];
