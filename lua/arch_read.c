@@ -217,9 +217,6 @@ static int over_ratio(const struct arch_budget *b, const char *path, uint64_t mo
 int arch_budget_admit(struct arch_budget *b, const char *path, uint64_t size, char *err,
                       size_t errlen)
 {
-	int rrc = over_ratio(b, path, size, err, errlen);
-	if (rrc < 0)
-		return rrc;
 	if (b->max_bytes && (size > b->max_bytes || b->used > b->max_bytes - size)) {
 		char m[32];
 		fmt_size(b->max_bytes, m, sizeof(m));
@@ -229,6 +226,9 @@ int arch_budget_admit(struct arch_budget *b, const char *path, uint64_t size, ch
 		          m, path, (unsigned long long)size);
 		return -EFBIG;
 	}
+	int rrc = over_ratio(b, path, size, err, errlen);
+	if (rrc < 0)
+		return rrc;
 	return budget_space(b, path, size, err, errlen);
 }
 
@@ -236,7 +236,7 @@ int arch_budget_admit(struct arch_budget *b, const char *path, uint64_t size, ch
 static int budget_charge(struct arch_budget *b, const char *path, uint64_t n, char *err,
                          size_t errlen)
 {
-	int rrc = over_ratio(b, path, n, err, errlen);
+	int rrc = b->max_bytes && b->used + n > b->max_bytes ? 0 : over_ratio(b, path, n, err, errlen);
 	if (rrc < 0)
 		return rrc;
 	b->used += n;
