@@ -238,6 +238,10 @@ class LostResultThroughTheAgent(unittest.TestCase):
                 p.kill()
                 p.wait(10)
         self.cp.stop(check=False)
+        log_path = os.path.join(self.tmp, "agent.log")
+        log = open(log_path, errors="replace").read() if os.path.exists(log_path) else ""
+        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            self.assertNotIn(bad, log, f"sanitizer report in the agent log:\n{log[-6000:]}")
         if os.environ.get("JV_KEEP_TMP"):
             print("kept", self.tmp)
             return
