@@ -319,6 +319,8 @@ class LostResultThroughTheAgent(unittest.TestCase):
             self.assertEqual(runs[1]["output"]["sha256"], manifest["sha256"])
             self.assertEqual(sorted(n for n in os.listdir(bdir) if n.startswith(bid)),
                              [bid + ".json", bid + ".tar.zst"])
+            markers = os.listdir(os.path.join(self.data, "instances", "srv1", ".jobvisor", "markers"))
+            self.assertEqual([m for m in markers if m.endswith(".json")], [], "the retry left a marker")
             # the control plane acknowledged the result: the completion record is gone
             rec = os.path.join(self.data, "instances", "srv1", ".jobvisor", "completed",
                                job["jobId"] + ".json")
