@@ -33,8 +33,7 @@ void apiutil_opts(lua_State *L, int idx, const char *fn, const char *const *keys
 {
 	if (lua_isnoneornil(L, idx))
 		return;
-	if (lua_type(L, idx) != LUA_TTABLE)
-		luaL_error(L, "%s: the options must be a table, got %s", fn, luaL_typename(L, idx));
+	luaL_checktype(L, idx, LUA_TTABLE);
 	idx = lua_absindex(L, idx);
 	lua_pushnil(L);
 	while (lua_next(L, idx)) {
