@@ -27,7 +27,7 @@ REFUSED = [
     ("instance_start_unknown", 'instance.start({timeout = 5})', "instance.start: unknown option 'timeout' (known: timeoutSeconds)"),
     ("instance_stop_unknown", 'instance.stop({focre = true})', "instance.stop: unknown option 'focre'"),
     ("instance_stop_bad_force", 'instance.stop({force = 1})', "option 'force' must be a boolean"),
-    ("instance_stop_bad_timeout", 'instance.stop({timeoutSeconds = "10"})', "option 'timeoutSeconds' must be a number"),
+    ("instance_stop_bad_timeout", 'instance.stop({timeoutSeconds = "10"})', "option 'timeoutSeconds' must be a number of seconds in (0, 86400], got 10"),
     ("instance_wait_log_unknown", 'instance.wait_log("x", 5, {after = 3})', "instance.wait_log: unknown option 'after'"),
     ("instance_wait_log_bad_since", 'instance.wait_log("x", 5, {since = 1.5})', "option 'since' must be an integer"),
     ("instance_start_not_a_table", 'instance.start(30)', "bad argument #1 to 'start' (table expected, got number)"),
