@@ -104,12 +104,12 @@ static int l_job_step(lua_State *L)
 	const char *msg = luaL_checkstring(L, 1);
 	struct jv_run_ctx *ctx = jv_ctx(L);
 	jv_emit_progress(ctx, -1, msg);
-	jv_run_marker_step(ctx, msg);
 	return 0;
 }
 
 static int l_job_checkpoint(lua_State *L)
 {
+	jv_run_marker_step(jv_ctx(L), NULL, -1);
 	jv_checkpoint(L);
 	return 0;
 }
@@ -125,6 +125,7 @@ static int l_job_sleep(lua_State *L)
 	for (;;) {
 		if (jv_cancelled(ctx))
 			return jv_raise_cancel(L);
+		jv_run_marker_step(ctx, NULL, -1);
 		int64_t left = until - jv_now_mono_ms();
 		if (left <= 0)
 			return 0;

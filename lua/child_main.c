@@ -46,6 +46,7 @@ struct child {
 	char instance_dir[4200];
 	char run_marker[128];
 	int64_t last_step_mark_ms;
+	bool step_dirty;
 	cJSON *run_marker_json;
 };
 
@@ -182,17 +183,28 @@ static int prepare_instance(struct child *c, char *err, size_t errlen)
 	return 0;
 }
 
-void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step)
+/* The run marker follows the run's progress so a retry can say where the
+ * earlier run got to. A durable write costs fsyncs: at most one a second; a
+ * change in between is written by the next call after that second. */
+void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step, double percent)
 {
 	struct child *c = the_child;
 	if (!c || !c->run_marker_json || &c->ctx != ctx)
 		return;
+	if (step && *step) {
+		cJSON_ReplaceItemInObject(c->run_marker_json, "step", cJSON_CreateString(step));
+		c->step_dirty = true;
+	}
+	if (percent >= 0) {
+		cJSON_DeleteItemFromObject(c->run_marker_json, "percent");
+		cJSON_AddNumberToObject(c->run_marker_json, "percent", percent);
+		c->step_dirty = true;
+	}
 	int64_t now = jv_now_mono_ms();
-	cJSON_ReplaceItemInObject(c->run_marker_json, "step", cJSON_CreateString(step));
-	/* A durable write per step costs fsyncs: at most one per second. */
-	if (now - c->last_step_mark_ms < 1000)
+	if (!c->step_dirty || now - c->last_step_mark_ms < 1000)
 		return;
 	c->last_step_mark_ms = now;
+	c->step_dirty = false;
 	jv_marker_write(ctx, c->run_marker, c->run_marker_json);
 }
 
@@ -205,11 +217,22 @@ static void start_run_marker(struct child *c, lua_State *L, int job_idx)
 	if (jv_marker_read(&c->ctx, c->run_marker, &prev) == 0 && cJSON_IsObject(prev)) {
 		jv_json_to_lua(L, prev);
 		lua_setfield(L, job_idx, "previous");
-		char msg[512];
-		snprintf(msg, sizeof(msg),
-		         "an earlier run of this job (run %s, attempt %lld) stopped during step '%s'",
-		         jv_json_str(prev, "runId", "?"), (long long)jv_json_int(prev, "attempt", 0),
-		         jv_json_str(prev, "step", "start"));
+		char msg[1024], pct[32] = "";
+		const char *step = jv_json_str(prev, "step", "start");
+		if (jv_json_has_num(prev, "percent"))
+			snprintf(pct, sizeof(pct), " at %.0f%%", jv_json_num(prev, "percent", 0));
+		if (strcmp(step, "start") == 0 && !pct[0])
+			snprintf(msg, sizeof(msg),
+			         "an earlier run of this job (run %s, attempt %lld, started %s) did not finish; "
+			         "it recorded no progress",
+			         jv_json_str(prev, "runId", "?"), (long long)jv_json_int(prev, "attempt", 0),
+			         jv_json_str(prev, "startedAt", "?"));
+		else
+			snprintf(msg, sizeof(msg),
+			         "an earlier run of this job (run %s, attempt %lld, started %s) did not finish; "
+			         "the last progress it recorded: '%.600s'%s",
+			         jv_json_str(prev, "runId", "?"), (long long)jv_json_int(prev, "attempt", 0),
+			         jv_json_str(prev, "startedAt", "?"), step, pct);
 		jv_emit_log(&c->ctx, "warn", msg);
 	}
 	cJSON_Delete(prev);
@@ -256,7 +279,8 @@ static int finish_error(struct child *c, lua_State *L, int idx)
 		jv_sanitize(sstack, sizeof(sstack), stack, c->data_dir);
 
 	if (jv_is_cancel_error(L, idx)) {
-		emit_result(ctx, "CANCELLED", NULL, "job cancelled", sstack, false, "cancelled");
+		/* A requested cancel is not a bug in the script: no traceback. */
+		emit_result(ctx, "CANCELLED", NULL, "job cancelled", NULL, false, "cancelled");
 		return JV_EXIT_CANCELLED;
 	}
 	bool retryable = false;
@@ -362,13 +386,15 @@ static int run_child(struct child *c)
 	}
 	if (!ctx->type[0])
 		ctx->type = def.type; /* run by path: the script names its type */
-	if (!def.cancellable) {
-		cJSON *meta = cJSON_CreateObject();
-		cJSON_AddStringToObject(meta, "k", "meta");
-		cJSON_AddBoolToObject(meta, "cancellable", false);
+	/* What the script declares: its type (the parent logs it for runs by
+	 * path) and whether it may be cancelled. */
+	cJSON *meta = cJSON_CreateObject();
+	cJSON_AddStringToObject(meta, "k", "meta");
+	cJSON_AddStringToObject(meta, "type", def.type);
+	cJSON_AddBoolToObject(meta, "cancellable", def.cancellable);
+	if (!def.cancellable)
 		cJSON_AddStringToObject(meta, "why", def.why);
-		jv_emit_event(ctx, meta);
-	}
+	jv_emit_event(ctx, meta);
 	const char *want_type = jv_json_str(spec, "expectType", NULL);
 	if (want_type && strcmp(want_type, def.type) != 0) {
 		snprintf(err, sizeof(err), "script '%s' declares type '%s' but was run as '%s'",
@@ -389,6 +415,8 @@ static int run_child(struct child *c)
 		lua_newtable(L);
 	lua_setfield(L, job_idx, "params");
 	start_run_marker(c, L, job_idx);
+	static const char *const job_optional[] = {"previous", NULL};
+	jv_sandbox_strict(L, job_idx, "job", job_optional);
 
 	lua_pushcfunction(L, traceback_handler);
 	int handler = lua_gettop(L);

@@ -88,8 +88,10 @@ int jv_markers_dir(struct jv_run_ctx *ctx);
 int jv_marker_write(struct jv_run_ctx *ctx, const char *file, const cJSON *value);
 int jv_marker_read(struct jv_run_ctx *ctx, const char *file, cJSON **out);
 int jv_marker_remove(struct jv_run_ctx *ctx, const char *file);
-/* Record the current step in the run marker (rate-limited; lua/child_main.c). */
-void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step);
+/* Record the latest progress (message and/or percent >= 0) in the run marker,
+ * written at most once a second (lua/child_main.c); NULL/-1 write a pending
+ * change that is due. */
+void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step, double percent);
 
 /* print() replacement (lua/api_log.c). */
 int jv_lua_print(lua_State *L);

@@ -18,5 +18,8 @@ int jv_jobrun_child_main(int argc, char **argv);
  * table; require() looks in the script's own lib/ and then builtin_jobs_dir/lib.
  * Prints file:line errors to stderr. Returns 0 valid, 1 invalid, 2 usage. */
 int jv_check_script(const char *path, const char *builtin_jobs_dir);
+/* `jobvisor check` of n scripts: every problem of every script on stderr as
+ * FILE:LINE: message, "ok: ..." lines on stdout. 0 all valid, 1 problems. */
+int jv_check_scripts(int n, char **paths, const char *builtin_jobs_dir);
 
 #endif
