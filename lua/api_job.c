@@ -34,6 +34,83 @@ int jv_markers_dir(struct jv_run_ctx *ctx)
 	return rc;
 }
 
+/* The run marker: written at start, removed on success. A retry finds the one
+ * an interrupted run left and exposes it as job.previous. */
+void jv_run_marker_start(lua_State *L, struct jv_run_ctx *ctx, int job_idx)
+{
+	snprintf(ctx->run_marker.file, sizeof(ctx->run_marker.file), "run.%s.json", ctx->type);
+	cJSON *prev = NULL;
+	if (jv_marker_read(ctx, ctx->run_marker.file, &prev) == 0 && cJSON_IsObject(prev)) {
+		jv_json_to_lua(L, prev);
+		lua_setfield(L, job_idx, "previous");
+		/* Say how far it got: "stopped during step 'start'" was wrong for a
+		 * script that reported only percents. */
+		char msg[1024], pct[32] = "";
+		const char *step = jv_json_str(prev, "step", "start");
+		if (jv_json_has_num(prev, "percent"))
+			snprintf(pct, sizeof(pct), " at %.0f%%", jv_json_num(prev, "percent", 0));
+		if (strcmp(step, "start") == 0 && !pct[0])
+			snprintf(msg, sizeof(msg),
+			         "an earlier run of this job (run %s, attempt %lld, started %s) did not finish; "
+			         "it recorded no progress",
+			         jv_json_str(prev, "runId", "?"), (long long)jv_json_int(prev, "attempt", 0),
+			         jv_json_str(prev, "startedAt", "?"));
+		else
+			snprintf(msg, sizeof(msg),
+			         "an earlier run of this job (run %s, attempt %lld, started %s) did not finish; "
+			         "the last progress it recorded: '%.600s'%s",
+			         jv_json_str(prev, "runId", "?"), (long long)jv_json_int(prev, "attempt", 0),
+			         jv_json_str(prev, "startedAt", "?"), step, pct);
+		jv_emit_log(ctx, "warn", msg);
+	}
+	cJSON_Delete(prev);
+	char ts[JV_ISO8601_LEN];
+	jv_iso8601(jv_now_real_ms(), ts);
+	cJSON *m = cJSON_CreateObject();
+	cJSON_AddStringToObject(m, "jobId", ctx->job_id);
+	cJSON_AddStringToObject(m, "runId", ctx->run_id);
+	cJSON_AddNumberToObject(m, "attempt", ctx->attempt);
+	cJSON_AddStringToObject(m, "type", ctx->type);
+	cJSON_AddStringToObject(m, "startedAt", ts);
+	cJSON_AddStringToObject(m, "step", "start");
+	ctx->run_marker.json = m;
+	jv_marker_write(ctx, ctx->run_marker.file, m);
+	ctx->run_marker.written_ms = jv_now_mono_ms();
+}
+
+/* Called for every progress line (lua/events.c): the marker follows the run
+ * so a retry can say where the earlier run got to. A durable write costs
+ * fsyncs: at most one a second; a change in between is written by the next
+ * call after that second (progress, job.checkpoint, job.sleep). */
+void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step, double percent)
+{
+	if (!ctx->run_marker.json)
+		return;
+	if (step && *step) {
+		cJSON_ReplaceItemInObject(ctx->run_marker.json, "step", cJSON_CreateString(step));
+		ctx->run_marker.dirty = true;
+	}
+	if (percent >= 0) {
+		cJSON_DeleteItemFromObject(ctx->run_marker.json, "percent");
+		cJSON_AddNumberToObject(ctx->run_marker.json, "percent", percent);
+		ctx->run_marker.dirty = true;
+	}
+	int64_t now = jv_now_mono_ms();
+	if (!ctx->run_marker.dirty || now - ctx->run_marker.written_ms < 1000)
+		return;
+	ctx->run_marker.written_ms = now;
+	ctx->run_marker.dirty = false;
+	jv_marker_write(ctx, ctx->run_marker.file, ctx->run_marker.json);
+}
+
+void jv_run_marker_done(struct jv_run_ctx *ctx)
+{
+	if (ctx->run_marker.file[0])
+		jv_marker_remove(ctx, ctx->run_marker.file);
+	cJSON_Delete(ctx->run_marker.json);
+	ctx->run_marker.json = NULL;
+}
+
 static const char *check_marker_name(lua_State *L, int idx, char *file, size_t filelen)
 {
 	const char *name = luaL_checkstring(L, idx);
