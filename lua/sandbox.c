@@ -182,7 +182,7 @@ int jv_sandbox_loadfile(lua_State *L, const char *path, const char *chunkname)
 	return status;
 }
 
-static size_t edit_distance(const char *a, const char *b)
+size_t jv_sandbox_edit_distance(const char *a, const char *b)
 {
 	size_t la = strlen(a), lb = strlen(b);
 	if (la > 63 || lb > 63)
@@ -217,7 +217,7 @@ const char *jv_sandbox_suggest(lua_State *L, int t, const char *key, char *out, 
 		lua_pop(L, 1);
 		if (lua_type(L, -1) != LUA_TSTRING)
 			continue;
-		size_t d = edit_distance(key, lua_tostring(L, -1));
+		size_t d = jv_sandbox_edit_distance(key, lua_tostring(L, -1));
 		if (d < best) {
 			best = d;
 			snprintf(out, outlen, "%s", lua_tostring(L, -1));

@@ -269,39 +269,69 @@ static const char *json_type_name(const cJSON *v)
 	return "unknown";
 }
 
+/* Append "; " + message to err (the first without the separator). */
+static void add_problem(char *err, size_t errlen, int *n, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void add_problem(char *err, size_t errlen, int *n, const char *fmt, ...)
+{
+	size_t used = strlen(err);
+	if (*n && used + 2 < errlen) {
+		memcpy(err + used, "; ", 3);
+		used += 2;
+	}
+	va_list ap;
+	va_start(ap, fmt);
+	if (used < errlen)
+		vsnprintf(err + used, errlen - used, fmt, ap);
+	va_end(ap);
+	(*n)++;
+}
+
+/* Every problem of the params at once, unknown names first (a typo such as
+ * bakupId is then named beside the parameter it was meant to be). */
 int jv_scriptdef_check_params(lua_State *L, const struct jv_scriptdef *def, const cJSON *params,
                               char *err, size_t errlen)
 {
 	(void)L;
+	if (errlen)
+		err[0] = '\0';
 	if (params && !cJSON_IsObject(params) && !cJSON_IsNull(params)) {
 		snprintf(err, errlen, "params must be a JSON object, got %s", json_type_name(params));
 		return -1;
+	}
+	int n = 0;
+	for (const cJSON *c = params ? params->child : NULL; c; c = c->next) {
+		bool known = false;
+		const char *hint = NULL;
+		size_t best = 3;
+		for (size_t i = 0; i < def->nparams && !known; i++) {
+			known = c->string && strcmp(c->string, def->params[i].name) == 0;
+			size_t d = c->string ? jv_sandbox_edit_distance(c->string, def->params[i].name) : 99;
+			if (d < best) {
+				best = d;
+				hint = def->params[i].name;
+			}
+		}
+		if (known)
+			continue;
+		if (hint)
+			add_problem(err, errlen, &n, "unknown parameter '%s' for job type %s (did you mean '%s'?)",
+			            c->string ? c->string : "?", def->type, hint);
+		else
+			add_problem(err, errlen, &n, "unknown parameter '%s' for job type %s",
+			            c->string ? c->string : "?", def->type);
 	}
 	for (size_t i = 0; i < def->nparams; i++) {
 		const struct jv_param_decl *d = &def->params[i];
 		const cJSON *v = params ? cJSON_GetObjectItemCaseSensitive(params, d->name) : NULL;
 		if (!v || cJSON_IsNull(v)) {
-			if (!d->optional) {
-				snprintf(err, errlen, "missing required parameter '%s' (%s)", d->name, d->type);
-				return -1;
-			}
+			if (!d->optional)
+				add_problem(err, errlen, &n, "missing required parameter '%s' (%s)", d->name, d->type);
 			continue;
 		}
-		if (!json_matches(v, d->type)) {
-			snprintf(err, errlen, "parameter '%s' must be %s, got %s", d->name, d->type,
-			         json_type_name(v));
-			return -1;
-		}
+		if (!json_matches(v, d->type))
+			add_problem(err, errlen, &n, "parameter '%s' must be %s, got %s", d->name, d->type,
+			            json_type_name(v));
 	}
-	for (const cJSON *c = params ? params->child : NULL; c; c = c->next) {
-		bool known = false;
-		for (size_t i = 0; i < def->nparams && !known; i++)
-			known = c->string && strcmp(c->string, def->params[i].name) == 0;
-		if (!known) {
-			snprintf(err, errlen, "unknown parameter '%s' for job type %s", c->string ? c->string : "?",
-			         def->type);
-			return -1;
-		}
-	}
-	return 0;
+	return n ? -1 : 0;
 }
