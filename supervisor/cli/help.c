@@ -18,20 +18,20 @@
 
 struct cmd_help {
 	const char *name;
-	const char *synopsis; /* after "jobvisor " */
+	const char *args;     /* after "jobvisor NAME "; lines joined by '\n', indented when printed */
 	const char *summary;  /* one line for the overview */
 	const char *details;  /* options, one a line */
 };
 
 static const struct cmd_help cmds[] = {
-	{"agent", "agent [--config FILE] [--check-config]", "run the agent daemon",
+	{"agent", "[--config FILE] [--check-config]", "run the agent daemon",
 	 "  --config FILE     settings file (key = value lines); JOBVISOR_* variables override it\n"
 	 "  --check-config    load and check the settings, print them, exit (0 ok, 2 errors)\n"
 	 "See docs/operations.md for every setting.\n"},
 	{"run",
-	 "run TYPE|SCRIPT.lua --instance ID [--data-dir DIR] [--params JSON|@FILE]\n"
-	 "             [--jobs-dir DIR] [--timeout S] [--cancel-grace S] [--memory-limit MIB]\n"
-	 "             [--config FILE] [--json]",
+	 "TYPE|SCRIPT.lua --instance ID [--data-dir DIR] [--params JSON|@FILE]\n"
+	 "[--jobs-dir DIR] [--timeout S] [--cancel-grace S] [--memory-limit MIB]\n"
+	 "[--config FILE] [--json]",
 	 "run one job locally, without a control plane",
 	 "  --instance ID        the instance the job works on (required)\n"
 	 "  --data-dir DIR       absolute path, as data_dir for the agent (default: the config's, or\n"
@@ -46,21 +46,21 @@ static const struct cmd_help cmds[] = {
 	 "  --json               one JSON event a line on stdout, the result object last\n"
 	 "The result goes to stdout; logs and progress go to stderr. Ctrl-C cancels the job\n"
 	 "(again to kill it). Exit: 0 COMPLETED, 1 FAILED, 2 usage or configuration, 3 CANCELLED.\n"},
-	{"check", "check SCRIPT.lua...", "validate job scripts without running them",
+	{"check", "SCRIPT.lua...", "validate job scripts without running them",
 	 "Compiles each script in the sandbox, validates the table it returns and looks for\n"
 	 "unknown fields of the sandbox modules (fs.raed). Prints every problem as FILE:LINE:\n"
 	 "message. Exit: 0 all valid, 1 problems found, 2 usage.\n"},
-	{"status", "status [--data-dir DIR] [--json]", "instances and runs in flight",
+	{"status", "[--data-dir DIR] [--json]", "instances and runs in flight",
 	 "  --data-dir DIR    the agent's data dir (default JOBVISOR_DATA_DIR or /var/lib/jobvisor)\n"
 	 "  --json            one JSON object instead of a table\n"},
 	{"monitor",
-	 "monitor --instance-dir DIR [--instance-id ID] [--settings JSON] [--status-fd N]\n"
-	 "                 [--adopt-only] [--foreground]",
+	 "--instance-dir DIR [--instance-id ID] [--settings JSON] [--status-fd N]\n"
+	 "[--adopt-only] [--foreground]",
 	 "the per-instance monitor (started by jobs, not by hand)",
 	 "Started by START_INSTANCE (instance.start) as jobvisor-monitor, or as `jobvisor monitor`\n"
 	 "when that binary is missing; see docs/operations.md.\n"},
-	{"version", "version", "print the version (also --version, -V)", ""},
-	{"help", "help [COMMAND]", "this overview, or a command's options", ""},
+	{"version", "", "print the version (also --version, -V)", ""},
+	{"help", "[COMMAND]", "this overview, or a command's options", ""},
 };
 
 static const struct cmd_help *find(const char *name)
@@ -76,12 +76,38 @@ bool help_known(const char *cmd)
 	return find(cmd) != NULL;
 }
 
+/* args with each continuation line indented by indent spaces. */
+static void print_args(FILE *f, const char *args, int indent)
+{
+	for (const char *p = args; *p; p++) {
+		fputc(*p, f);
+		if (*p == '\n')
+			fprintf(f, "%*s", indent, "");
+	}
+}
+
+/* One line a command, "  NAME     ARGS", continuation and summary lines indented
+ * further (docs/man/generate.cmake reads the command names from these lines). */
 void help_overview(FILE *f)
 {
 	fprintf(f, "usage: jobvisor COMMAND [options]\n\n");
-	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
-		fprintf(f, "  jobvisor %s\n      %s\n", cmds[i].synopsis, cmds[i].summary);
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		if (*cmds[i].args) {
+			fprintf(f, "  %-8s ", cmds[i].name);
+			print_args(f, cmds[i].args, 11);
+		} else {
+			fprintf(f, "  %s", cmds[i].name);
+		}
+		fprintf(f, "\n           %s\n", cmds[i].summary);
+	}
 	fprintf(f, "\n'jobvisor help COMMAND' or 'jobvisor COMMAND --help' shows a command's options.\n");
+}
+
+static void print_synopsis(FILE *f, const struct cmd_help *h)
+{
+	int indent = fprintf(f, "usage: jobvisor %s%s", h->name, *h->args ? " " : "");
+	print_args(f, h->args, indent);
+	fputc('\n', f);
 }
 
 int help_command(const char *cmd, FILE *f)
@@ -89,7 +115,8 @@ int help_command(const char *cmd, FILE *f)
 	const struct cmd_help *h = find(cmd);
 	if (!h)
 		return -1;
-	fprintf(f, "usage: jobvisor %s\n%s.\n", h->synopsis, h->summary);
+	print_synopsis(f, h);
+	fprintf(f, "%c%s.\n", h->summary[0] - 'a' + 'A', h->summary + 1);
 	if (*h->details)
 		fprintf(f, "\n%s", h->details);
 	return 0;
@@ -103,10 +130,11 @@ int help_usage_error(const char *cmd, const char *fmt, ...)
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
 	const struct cmd_help *h = cmd ? find(cmd) : NULL;
-	if (h)
-		fprintf(stderr, "\nusage: jobvisor %s\nRun 'jobvisor help %s' for details.\n", h->synopsis,
-		        cmd);
-	else
+	if (h) {
+		fputc('\n', stderr);
+		print_synopsis(stderr, h);
+		fprintf(stderr, "Run 'jobvisor help %s' for details.\n", cmd);
+	} else
 		fprintf(stderr, "\nRun 'jobvisor --help' for the commands.\n");
 	return JV_EXIT_USAGE;
 }
