@@ -704,5 +704,16 @@ static const luaL_Reg instance_funcs[] = {
 int luaopen_jv_instance(lua_State *L)
 {
 	luaL_newlib(L, instance_funcs);
+	static const struct apiutil_arity arity[] = {
+		{"spec", 0},
+		{"start", 1},
+		{"stop", 1},
+		{"status", 0},
+		{"send", 1},
+		{"wait_ready", 2},
+		{"wait_log", 3},
+		{NULL, 0},
+	};
+	apiutil_limit_args(L, -1, "instance", arity);
 	return 1;
 }

@@ -309,6 +309,19 @@ int luaopen_jv_job(lua_State *L)
 {
 	struct jv_run_ctx *ctx = jv_ctx(L);
 	luaL_newlib(L, job_funcs);
+	static const struct apiutil_arity arity[] = {
+		{"progress", 2},
+		{"step", 1},
+		{"checkpoint", 0},
+		{"cancelled", 0},
+		{"sleep", 1},
+		{"fail", 2},
+		{"mark", 2},
+		{"marker", 1},
+		{"unmark", 1},
+		{NULL, 0},
+	};
+	apiutil_limit_args(L, -1, "job", arity);
 	lua_pushstring(L, ctx->job_id);
 	lua_setfield(L, -2, "id");
 	lua_pushstring(L, ctx->run_id);

@@ -182,6 +182,15 @@ class Check(JobvisorTestCase):
         self.assertEqual(lines[-1], "jobvisor check: 6 problems in 1 of 1 script")
         self.assertNotIn("nope", p.stderr)
 
+    def test_check_scans_helpers_without_running_them(self):
+        os.makedirs(os.path.join(self.jobs, "lib"))
+        path = self.script("local M = {}\nfunction M.x() return fs.exsts('a') end\nerror('not run')\nreturn M\n",
+                           name="lib/helper.lua")
+        p = jv("check", path)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(f"{path}:2: fs.exsts: no such field in module 'fs' (did you mean fs.exists?)", p.stderr)
+        self.assertNotIn("not run", p.stderr)
+
     def test_check_leaves_the_scripts_own_tables_alone(self):
         path = self.script("local fs = { raed = 1 }\n"
                            "local function f(instance) return instance.anything end\n"
@@ -190,8 +199,8 @@ class Check(JobvisorTestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
 
     def test_every_builtin_and_example_script_checks_clean(self):
-        scripts = sorted(os.path.join(d, f) for d in (os.path.join(ROOT, "jobs"), os.path.join(ROOT, "examples", "jobs"))
-                         for f in os.listdir(d) if f.endswith(".lua"))
+        dirs = (os.path.join(ROOT, "jobs"), os.path.join(ROOT, "jobs", "lib"), os.path.join(ROOT, "examples", "jobs"))
+        scripts = sorted(os.path.join(d, f) for d in dirs for f in os.listdir(d) if f.endswith(".lua"))
         p = jv("check", *scripts)
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertEqual(len(p.stdout.splitlines()), len(scripts))

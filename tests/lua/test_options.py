@@ -34,6 +34,12 @@ REFUSED = [
     ("job_fail_unknown", 'job.fail("boom", {retriable = true})', "job.fail: unknown option 'retriable' (known: retryable)"),
     ("job_fail_bad_value", 'job.fail("boom", {retryable = "yes"})', "option 'retryable' must be a boolean"),
     ("json_encode_unknown", 'json.encode({}, {pretty = true})', "json.encode: unknown option 'pretty' (known: indent)"),
+    ("fs_remove_has_no_options", 'fs.remove("f", {recursive = true})', "fs.remove takes at most 1 argument, got 2 (it has no options)"),
+    ("archive_list_has_no_options", 'archive.list("a", {})', "archive.list takes at most 1 argument, got 2"),
+    ("instance_status_takes_nothing", 'instance.status({fresh = true})', "instance.status takes 0 arguments, got 1"),
+    ("job_step_one_message", 'job.step("a", "b")', "job.step takes at most 1 argument, got 2"),
+    ("json_decode_has_no_options", 'json.decode("{}", {null = false})', "json.decode takes at most 1 argument, got 2"),
+    ("bad_argument_keeps_its_name", 'fs.remove({})', "bad argument #1 to 'remove' (string expected, got table)"),
     ("log_extra_arguments", 'log.info("count", 3)', "log.info takes exactly one message, got 2 arguments"),
 ]
 
