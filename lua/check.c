@@ -23,38 +23,68 @@ static bool tok_in(const struct jv_tok *t, const char *s)
 	return t->kind == JV_TOK_OP && jv_tok_is(t, JV_TOK_OP, s);
 }
 
-/* Is name declared as a local or a function parameter anywhere in the file?
- * Then `name.x` may be the script's own table: not checked (no false alarms). */
+static bool is_keyword(const struct jv_tok *t)
+{
+	static const char *const kw[] = {"and", "break", "do", "else", "elseif", "end", "false", "for",
+	                                 "function", "goto", "if", "in", "local", "nil", "not", "or",
+	                                 "repeat", "return", "then", "true", "until", "while", NULL};
+	if (t->kind != JV_TOK_NAME)
+		return false;
+	for (const char *const *k = kw; *k; k++)
+		if (jv_tok_is(t, JV_TOK_NAME, *k))
+			return true;
+	return false;
+}
+
+static bool plain_name(const struct jv_tok *t)
+{
+	return t->kind == JV_TOK_NAME && !is_keyword(t);
+}
+
+/* Does the '(' at j open a parameter list: `function (`, `function f(`,
+ * `function a.b:c(`? (Not a call such as `a.b(`.) */
+static bool opens_params(const struct jv_lex *lx, size_t j)
+{
+	if (j == 0)
+		return false;
+	size_t k = j - 1;
+	if (jv_tok_is(&lx->v[k], JV_TOK_NAME, "function"))
+		return true;
+	for (;;) {
+		if (!plain_name(&lx->v[k]) || k == 0)
+			return false;
+		if (jv_tok_is(&lx->v[k - 1], JV_TOK_NAME, "function"))
+			return true;
+		if (k < 2 || !(tok_in(&lx->v[k - 1], ".") || tok_in(&lx->v[k - 1], ":")))
+			return false;
+		k -= 2;
+	}
+}
+
+/* Is name declared as a local (`local a, name`, `local function name`), a
+ * function parameter or a loop variable anywhere in the file? Then `name.x`
+ * may be the script's own table: not checked (no false alarms). job is a
+ * parameter by convention and only counts as declared through `local`. */
 static bool declared_locally(const struct jv_lex *lx, const char *name, bool params_too)
 {
 	for (size_t i = 0; i < lx->n; i++) {
 		if (!jv_tok_is(&lx->v[i], JV_TOK_NAME, name))
 			continue;
-		/* local a, name / local function name */
-		for (size_t j = i; j-- > 0;) {
-			if (jv_tok_is(&lx->v[j], JV_TOK_NAME, "local"))
-				return true;
-			if (!(lx->v[j].kind == JV_TOK_NAME || tok_in(&lx->v[j], ",")) ||
-			    jv_tok_is(&lx->v[j], JV_TOK_NAME, "function"))
-				break;
-		}
-		if (i > 0 && jv_tok_is(&lx->v[i - 1], JV_TOK_NAME, "function") && i > 1 &&
+		if (i > 1 && jv_tok_is(&lx->v[i - 1], JV_TOK_NAME, "function") &&
 		    jv_tok_is(&lx->v[i - 2], JV_TOK_NAME, "local"))
 			return true;
-		if (!params_too)
+		/* Back over "a, b, " to what introduces the list. */
+		size_t j = i;
+		while (j > 0 && (plain_name(&lx->v[j - 1]) || tok_in(&lx->v[j - 1], ",")))
+			j--;
+		if (j == 0)
 			continue;
-		/* function f(a, name) / for name in / for name = */
-		for (size_t j = i; j-- > 0;) {
-			if (tok_in(&lx->v[j], "(") && j > 0 &&
-			    (jv_tok_is(&lx->v[j - 1], JV_TOK_NAME, "function") ||
-			     (j > 1 && (jv_tok_is(&lx->v[j - 2], JV_TOK_NAME, "function") ||
-			                tok_in(&lx->v[j - 2], ".") || tok_in(&lx->v[j - 2], ":")))))
-				return true;
-			if (jv_tok_is(&lx->v[j], JV_TOK_NAME, "for"))
-				return true;
-			if (!(lx->v[j].kind == JV_TOK_NAME || tok_in(&lx->v[j], ",")))
-				break;
-		}
+		const struct jv_tok *intro = &lx->v[j - 1];
+		if (jv_tok_is(intro, JV_TOK_NAME, "local"))
+			return true;
+		if (params_too && (jv_tok_is(intro, JV_TOK_NAME, "for") ||
+		                   (tok_in(intro, "(") && opens_params(lx, j - 1))))
+			return true;
 	}
 	return false;
 }

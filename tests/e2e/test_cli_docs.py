@@ -194,9 +194,24 @@ class Check(JobvisorTestCase):
     def test_check_leaves_the_scripts_own_tables_alone(self):
         path = self.script("local fs = { raed = 1 }\n"
                            "local function f(instance) return instance.anything end\n"
+                           "local M = {}\nfunction M.g(a, http) return http.whatever end\n"
+                           "for _, json in ipairs({}) do local _ = json.x end\n"
                            "return { type = 'T', run = function(job) job.mine = 1; return { x = job.mine, y = fs.raed } end }\n")
         p = jv("check", path)
         self.assertEqual(p.returncode, 0, p.stderr)
+
+    def test_check_is_not_fooled_by_calls_and_keywords(self):
+        # a call's argument is not a parameter, a keyword before the name is not a `local`
+        path = self.script("local x\n"
+                           "return { type = 'T', run = function(job)\n"
+                           "  local t = {}\n"
+                           "  print(tostring(archive.lst('a')))\n"
+                           "  return fs.exits('a') and {} or {}\n"
+                           "end }\n")
+        p = jv("check", path)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(f"{path}:4: archive.lst: no such field in module 'archive' (did you mean archive.list?)", p.stderr)
+        self.assertIn(f"{path}:5: fs.exits: no such field in module 'fs' (did you mean fs.exists?)", p.stderr)
 
     def test_every_builtin_and_example_script_checks_clean(self):
         dirs = (os.path.join(ROOT, "jobs"), os.path.join(ROOT, "jobs", "lib"), os.path.join(ROOT, "examples", "jobs"))
