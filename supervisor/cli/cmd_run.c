@@ -121,7 +121,7 @@ static cJSON *load_params(const char *arg, char *err, size_t errlen)
 	if (arg[0] == '@') {
 		int rc = jv_read_file_at(AT_FDCWD, arg + 1, MAX_PARAMS_FILE, &text, &len);
 		if (rc < 0) {
-			snprintf(err, errlen, "cannot read params file '%s': %s", arg + 1, strerror(-rc));
+			snprintf(err, errlen, "cannot read params file '%s': %s", arg + 1, jv_read_strerror(rc));
 			return NULL;
 		}
 	} else {
@@ -235,11 +235,11 @@ int cmd_run(int argc, char **argv)
 		{"params", required_argument, NULL, 'p'},   {"jobs-dir", required_argument, NULL, 'j'},
 		{"timeout", required_argument, NULL, 't'},  {"cancel-grace", required_argument, NULL, 'g'},
 		{"memory-limit", required_argument, NULL, 'm'}, {"json", no_argument, NULL, 'J'},
-		{"config", required_argument, NULL, 'c'},
+		{"config", required_argument, NULL, 'c'},   {"job-id", required_argument, NULL, 'k'},
 		{"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
 	};
 	const char *instance = NULL, *data_dir = NULL, *params_arg = NULL, *config_path = NULL;
-	const char *jobs_dir = NULL;
+	const char *jobs_dir = NULL, *job_id_arg = NULL;
 	int timeout = 0, grace = 10, mem_mib = 0;
 	bool json = false;
 	int c, code = JV_EXIT_USAGE;
@@ -265,6 +265,7 @@ int cmd_run(int argc, char **argv)
 			break;
 		case 'J': json = true; break;
 		case 'c': config_path = optarg; break;
+		case 'k': job_id_arg = optarg; break;
 		case 'h': help_command("run", stdout); return 0;
 		case ':':
 			return help_usage_error("run", "option '%s' needs a value", argv[optind - 1]);
@@ -279,6 +280,9 @@ int cmd_run(int argc, char **argv)
 		return run_usage("too many arguments");
 	if (!instance)
 		return run_usage("--instance is required");
+	if (job_id_arg && !jv_ident_valid(job_id_arg))
+		return help_usage_error("run", "invalid job id '%s': must match "
+		                        "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}", job_id_arg);
 	if (!jv_ident_valid(instance))
 		return help_usage_error("run", "invalid instance id '%s': must match "
 		                        "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}", instance);
@@ -332,8 +336,11 @@ int cmd_run(int argc, char **argv)
 		goto out;
 	}
 
-	char job_id[JV_UUID_LEN], run_id[JV_UUID_LEN];
-	jv_uuid4(job_id);
+	char job_id[72], run_id[JV_UUID_LEN];
+	if (job_id_arg)
+		snprintf(job_id, sizeof(job_id), "%s", job_id_arg);
+	else
+		jv_uuid4(job_id);
 	jv_uuid4(run_id);
 	struct run_out out = {.json = json, .tty = !json && isatty(STDERR_FILENO), .percent = -1};
 	/* JOBVISOR_LOG_FORMAT / _LEVEL (or the config file) as for the agent; on a
@@ -370,6 +377,10 @@ int cmd_run(int argc, char **argv)
 		code = JV_EXIT_FAILED;
 	} else {
 		code = drive(run, &out, sfd);
+		/* The result is printed. A job id the caller named may be run again as a
+		 * retry (and then reports this result again); a fresh one never is. */
+		if (!job_id_arg)
+			jobrun_forget_completion(abs_data, instance, job_id);
 	}
 	jobrun_free(run);
 	cJSON_Delete(out.result);

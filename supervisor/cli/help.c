@@ -31,7 +31,7 @@ static const struct cmd_help cmds[] = {
 	{"run",
 	 "TYPE|SCRIPT.lua --instance ID [--data-dir DIR] [--params JSON|@FILE]\n"
 	 "[--jobs-dir DIR] [--timeout S] [--cancel-grace S] [--memory-limit MIB]\n"
-	 "[--config FILE] [--json]",
+	 "[--config FILE] [--job-id ID] [--json]",
 	 "run one job locally, without a control plane",
 	 "  --instance ID        the instance the job works on (required)\n"
 	 "  --data-dir DIR       absolute path, as data_dir for the agent (default: the config's, or\n"
@@ -43,6 +43,8 @@ static const struct cmd_help cmds[] = {
 	 "  --memory-limit MIB   the Lua memory cap (default 256)\n"
 	 "  --config FILE        agent settings job runs use (allowed_executables, user, job_memory,\n"
 	 "                       data_dir, jobs_dir); JOBVISOR_* variables as for the agent\n"
+	 "  --job-id ID          run under this job id: a second run with the same id, type and\n"
+	 "                       params reports the recorded output of a completed one again\n"
 	 "  --json               one JSON event a line on stdout, the result object last\n"
 	 "The result goes to stdout; logs and progress go to stderr. Ctrl-C cancels the job\n"
 	 "(again to kill it). Exit: 0 COMPLETED, 1 FAILED, 2 usage or configuration, 3 CANCELLED.\n"},
