@@ -256,9 +256,3 @@ int jv_check_scripts(int n, char **paths, const char *builtin_jobs_dir)
 		        total == 1 ? "" : "s", bad, n, n == 1 ? "" : "s");
 	return total > 0 ? 1 : 0;
 }
-
-int jv_check_script(const char *path, const char *builtin_jobs_dir)
-{
-	char *p = (char *)path;
-	return jv_check_scripts(1, &p, builtin_jobs_dir);
-}

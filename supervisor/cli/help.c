@@ -10,6 +10,7 @@
  * subcommands themselves (agent, monitor) only report errors. */
 #include "help.h"
 
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -118,7 +119,7 @@ int help_command(const char *cmd, FILE *f)
 	if (!h)
 		return -1;
 	print_synopsis(f, h);
-	fprintf(f, "%c%s.\n", h->summary[0] - 'a' + 'A', h->summary + 1);
+	fprintf(f, "%c%s.\n", toupper((unsigned char)h->summary[0]), h->summary + 1);
 	if (*h->details)
 		fprintf(f, "\n%s", h->details);
 	return 0;
