@@ -17,6 +17,7 @@
 #include "agent.h"
 #include "commands.h"
 #include "delivery.h"
+#include "instwatch.h"
 #include "jobvisor/durable.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
@@ -205,6 +206,7 @@ static int setup(struct agent *ag, bool check_only, char *err, size_t errlen)
 static void teardown(struct agent *ag)
 {
 	scheduler_free_all(ag); /* closes records; the spool stays on disk */
+	instwatch_free(ag);
 	poller_abort(ag);
 	transport_free(ag->tp);
 	transport_global_cleanup();
@@ -262,6 +264,9 @@ int cmd_agent(int argc, char **argv)
 	sdnotify_open(&ag.notify);
 	poller_init(&ag);
 	size_t replayed = scheduler_replay(&ag);
+	rc = instwatch_start(&ag);
+	if (rc)
+		jv_error(NULL, NULL, "cannot watch instances: %s", strerror(-rc));
 	jv_info(NULL, NULL,
 	        "agent %s started: url=%s data_dir=%s capacity=%d poll_interval=%.1fs poll_wait=%ds "
 	        "runs_in_spool=%zu",

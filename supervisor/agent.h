@@ -7,6 +7,7 @@
  *   scheduler.c  admits assignments, starts and tracks job runs
  *   delivery.c   sends each run's events and result, in order, with retries
  *   spool.c      keeps each run's record on disk until it is delivered
+ *   instwatch.c  watches instance monitors, re-adopts, reports instance state
  *   transport.c  HTTP; config.c settings; sdnotify.c systemd notifications
  */
 #ifndef JOBVISOR_AGENT_H
@@ -20,6 +21,7 @@
 #include "config.h"
 #include "sdnotify.h"
 
+struct instwatch;
 struct jobrun;
 struct spool;
 struct spool_run;
@@ -81,6 +83,7 @@ struct agent {
 	struct poller poller;
 	struct sdnotify notify;
 	struct srun *runs;
+	struct instwatch *iw; /* instance monitors (instwatch.c); NULL when off */
 
 	int sigfd;
 	bool stopping;     /* SIGTERM/SIGINT seen: take no work, wind down */

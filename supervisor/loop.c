@@ -16,13 +16,15 @@
 #include <unistd.h>
 
 #include "delivery.h"
+#include "instwatch.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
 #include "poller.h"
 #include "scheduler.h"
 #include "transport.h"
 
-#define MAX_FDS (1 + CONFIG_CAPACITY_MAX + 15) /* signalfd + one pipe per run */
+/* signalfd + one pipe per run + the instance watcher's */
+#define MAX_FDS (1 + CONFIG_CAPACITY_MAX + 15 + INSTWATCH_MAX_FDS)
 #define MAX_SLEEP_MS (3600 * 1000)
 
 int loop_signals_init(struct agent *ag)
@@ -103,7 +105,7 @@ static bool shutdown_done(struct agent *ag, int64_t now)
 	}
 	if (live > 0)
 		return false;
-	return ag->hard_stop || delivery_settled(ag) || now >= ag->exit_by_ms;
+	return ag->hard_stop || (delivery_settled(ag) && !instwatch_busy(ag)) || now >= ag->exit_by_ms;
 }
 
 int loop_run(struct agent *ag)
@@ -116,6 +118,7 @@ int loop_run(struct agent *ag)
 			break;
 		poller_tick(ag, now);
 		delivery_kick_all(ag, now);
+		instwatch_tick(ag, now);
 		if (ag->notify.watchdog_ms > 0 && now >= ag->watchdog_at_ms) {
 			sdnotify_send(&ag->notify, "WATCHDOG=1");
 			ag->watchdog_at_ms = now + ag->notify.watchdog_ms;
@@ -123,6 +126,7 @@ int loop_run(struct agent *ag)
 
 		int64_t next = min64(poller_next_deadline(ag), delivery_next_deadline(ag));
 		next = min64(next, scheduler_next_deadline(ag));
+		next = min64(next, instwatch_next_deadline(ag));
 		if (ag->notify.watchdog_ms > 0)
 			next = min64(next, ag->watchdog_at_ms);
 		if (ag->stopping)
@@ -135,7 +139,9 @@ int loop_run(struct agent *ag)
 
 		fds[0] = (struct pollfd){.fd = ag->sigfd, .events = POLLIN};
 		owners[0] = NULL;
-		size_t n = 1 + scheduler_pollfds(ag, fds + 1, owners + 1, MAX_FDS - 1);
+		size_t n = 1 + scheduler_pollfds(ag, fds + 1, owners + 1, MAX_FDS - 1 - INSTWATCH_MAX_FDS);
+		size_t n_runs = n;
+		n += instwatch_pollfds(ag, fds + n, MAX_FDS - n);
 		int rc = transport_wait(ag->tp, fds, (unsigned)n, (int)wait);
 		if (rc) {
 			/* Should not happen; never let it turn into a busy loop. */
@@ -146,9 +152,12 @@ int loop_run(struct agent *ag)
 
 		if (fds[0].revents & POLLIN)
 			on_signals(ag);
-		for (size_t i = 1; i < n; i++)
+		for (size_t i = 1; i < n_runs; i++)
 			if (fds[i].revents & (POLLIN | POLLHUP | POLLERR))
 				scheduler_on_readable(owners[i]);
+		for (size_t i = n_runs; i < n; i++)
+			if (fds[i].revents)
+				instwatch_on_fd(ag, fds[i].fd, fds[i].revents);
 		transport_perform(ag->tp);
 		scheduler_on_timers(ag, jv_now_mono_ms());
 		scheduler_housekeeping(ag);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "instwatch.h"
 #include "jobvisor/ident.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
@@ -174,8 +175,12 @@ static void on_answer(void *ud, const struct transport_response *resp)
 		failed(ag, "the answer is not a JSON object", -1, true);
 		return;
 	}
-	if (p->failing)
+	if (p->failing) {
 		jv_info(NULL, NULL, "control plane reachable again after %u failed polls", p->failures);
+		instwatch_want_snapshot(ag); /* it may have lost what it knew */
+	}
+	if (jv_json_bool(o, "sendInstances", false))
+		instwatch_want_snapshot(ag);
 
 	p->failing = false;
 	p->failures = 0;

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "delivery.h"
+#include "instwatch.h"
 #include "poller.h"
 #include "jobrun.h"
 #include "jobvisor/ident.h"
@@ -510,6 +511,7 @@ void scheduler_housekeeping(struct agent *ag)
 			r->jr = NULL;
 			if (!ag->stopping)
 				poller_poll_now(ag); /* a slot is free: ask for more work now */
+			instwatch_rescan_soon(ag); /* the run may have made or removed an instance */
 		}
 		if (!r->jr && !r->sr)
 			run_unlink_free(ag, r);
