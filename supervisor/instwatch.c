@@ -209,29 +209,33 @@ static void on_status(struct inst *in, const cJSON *st, const char *override_sta
 	const char *state = override_state ? override_state : jv_json_str(st, "state", NULL);
 	if (!state)
 		return;
-	const char *prev = last_state(in);
+	char prev[16] = ""; /* copied: emit() replaces in->last */
+	if (last_state(in))
+		snprintf(prev, sizeof(prev), "%s", last_state(in));
 	int64_t pid = jv_json_bool(st, "alive", true) ? jv_json_int(st, "pid", 0) : 0;
 	int64_t restarts = jv_json_int(st, "restarts", 0);
-	if (prev && strcmp(prev, state) == 0 && jv_json_int(in->last, "pid", 0) == pid &&
+	if (strcmp(prev, state) == 0 && jv_json_int(in->last, "pid", 0) == pid &&
 	    jv_json_int(in->last, "restarts", 0) == restarts)
 		return;
 	/* An exit the monitor will restart is a crash all the same: say so first. */
-	if (strcmp(state, "BACKOFF") == 0 && (!prev || strcmp(prev, "BACKOFF") != 0) &&
-	    (!prev || strcmp(prev, "CRASHED") != 0)) {
+	if (strcmp(state, "BACKOFF") == 0 && strcmp(prev, "BACKOFF") != 0 && strcmp(prev, "CRASHED") != 0) {
 		cJSON *c = state_event(in, "CRASHED", st, NULL);
 		if (c) {
 			cJSON_ReplaceItemInObjectCaseSensitive(c, "pid", cJSON_CreateNull());
 			cJSON_AddBoolToObject(c, "restarting", true);
 		}
+		jv_info(NULL, NULL, "instance %s: CRASHED (was %s): %s", in->id, prev[0] ? prev : "unknown",
+		        jv_json_str(c, "message", ""));
 		emit(in, c, true);
+		snprintf(prev, sizeof(prev), "CRASHED");
 	}
 	cJSON *ev = state_event(in, state, st, message);
 	if (ev && pid <= 0)
 		cJSON_ReplaceItemInObjectCaseSensitive(ev, "pid", cJSON_CreateNull());
-	jv_info(NULL, NULL, "instance %s: %s%s%s", in->id, state, prev ? " (was " : "",
-	        prev ? prev : "");
-	if (prev)
-		jv_debug(NULL, NULL, "instance %s: previous state %s)", in->id, prev);
+	if (prev[0])
+		jv_info(NULL, NULL, "instance %s: %s (was %s)", in->id, state, prev);
+	else
+		jv_info(NULL, NULL, "instance %s: %s", in->id, state);
 	emit(in, ev, true);
 }
 
@@ -914,8 +918,8 @@ void instwatch_tick(struct agent *ag, int64_t now)
 
 void instwatch_want_snapshot(struct agent *ag)
 {
-	if (!ag->iw)
-		return;
+	if (!ag->iw || ag->iw->snap_req)
+		return; /* one on its way already says the same */
 	ag->iw->snap_wanted = true;
 	ag->iw->snap_at_ms = jv_now_mono_ms();
 }

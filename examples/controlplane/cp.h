@@ -51,6 +51,7 @@ struct cp_agent {
 	int64_t pushed_seen_ms; /* last lastSeen pushed to WebSocket clients */
 	int64_t stored_seen_ms; /* last lastSeen written to the database */
 	int capacity;           /* from its last poll */
+	bool instances_synced;  /* a snapshot of its instances came since this process started */
 };
 
 struct cp_config {
@@ -119,7 +120,7 @@ sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql);
 /* Step a statement that returns no rows (or ignore them); 0 or -EIO (logged). */
 int db_step_done(sqlite3 *db, sqlite3_stmt *st);
 int db_schema_version(sqlite3 *db);
-#define DB_SCHEMA_VERSION 2
+#define DB_SCHEMA_VERSION 3
 
 /* ---- store.c: rows -> JSON (mu held) ---- */
 /* A job with its runs; NULL when unknown or on error. Returned-owned. */
@@ -239,6 +240,15 @@ void api_ui_retry_job(struct cp *cp, struct mg_connection *conn, const char *job
 void api_ui_get_run(struct cp *cp, struct mg_connection *conn, const char *run_id);
 void api_ui_run_events(struct cp *cp, struct mg_connection *conn, const char *run_id);
 void api_ui_agents(struct cp *cp, struct mg_connection *conn);
+
+/* ---- instances.c ---- */
+void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
+void api_inst_events(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id,
+                     const char *instance_id);
+void api_inst_list(struct cp *cp, struct mg_connection *conn);
+void api_inst_get(struct cp *cp, struct mg_connection *conn, const char *agent_id, const char *instance_id);
+/* Every instance not removed, as in GET /v1/instances (mu held); returned-owned. */
+cJSON *inst_list_json(struct cp *cp, const char *agent_id, const char *state);
 
 /* ---- ws.c ---- */
 int ws_hub_start(struct cp *cp, struct ws_hub **out);

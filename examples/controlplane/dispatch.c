@@ -309,6 +309,8 @@ int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *
 		return rc;
 	}
 	cJSON_AddNumberToObject(ans, "pollIntervalSeconds", cp->cfg.poll_interval_s);
+	if (!agent->instances_synced) /* unlocked read: a stale answer only costs one extra snapshot */
+		cJSON_AddTrueToObject(ans, "sendInstances");
 	cJSON_AddNumberToObject(ans, "leaseSeconds", cp->cfg.lease_s);
 	*answer = ans;
 	return 0;

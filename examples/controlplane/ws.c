@@ -305,6 +305,8 @@ static cJSON *snapshot(struct cp *cp)
 	cJSON_AddItemToObject(o, "jobs", jobs);
 	cJSON *agents = store_agents_json(cp);
 	cJSON_AddItemToObject(o, "agents", agents ? agents : cJSON_CreateArray());
+	cJSON *instances = inst_list_json(cp, NULL, NULL);
+	cJSON_AddItemToObject(o, "instances", instances ? instances : cJSON_CreateArray());
 	return o;
 }
 
