@@ -25,6 +25,7 @@
 
 struct mg_connection;
 struct ws_hub;
+struct console_hub;
 
 #define CP_BODY_MAX (1024 * 1024)     /* any request body */
 #define CP_EVENTS_PER_POST 1000       /* events in one POST .../events */
@@ -52,6 +53,7 @@ struct cp_agent {
 	int64_t stored_seen_ms; /* last lastSeen written to the database */
 	int capacity;           /* from its last poll */
 	bool instances_synced;  /* a snapshot of its instances came since this process started */
+	uint64_t console_gen;   /* bumped when its console watch list or commands change */
 };
 
 struct cp_config {
@@ -83,6 +85,7 @@ struct cp {
 	int ws_max;         /* WebSocket clients (each pins a worker thread) */
 	int64_t last_sweep_ms; /* wall clock of the previous sweep (main thread only) */
 	struct ws_hub *hub;
+	struct console_hub *con;
 	atomic_bool stopping;
 	atomic_int http_active; /* HTTP handlers running now (drained before mg_stop) */
 	char epoch[17];     /* random per process: WebSocket sequence numbers restart with it */
@@ -250,6 +253,25 @@ void api_inst_get(struct cp *cp, struct mg_connection *conn, const char *agent_i
 /* Every instance not removed, as in GET /v1/instances (mu held); returned-owned. */
 cJSON *inst_list_json(struct cp *cp, const char *agent_id, const char *state);
 
+/* ---- console.c (its lock is a leaf: callers may hold cp->mu or the hub's list lock) ---- */
+int console_start(struct cp *cp);
+void console_free(struct cp *cp);
+/* Watch (on) or unwatch an instance's console for a WebSocket client. Returns
+ * the kept tail after since (returned-owned array of {seq, line}) when
+ * watching, NULL otherwise or with *why set. Wakes the agent when its watch
+ * list changed. Do not hold cp->mu. */
+cJSON *console_watch(struct cp *cp, const void *client, const char *agent, const char *inst, bool on,
+                     uint64_t since, const char **why);
+void console_client_gone(struct cp *cp, const void *client); /* do not hold cp->mu */
+bool console_watching(struct cp *cp, const void *client, const char *agent, const char *inst);
+/* [{instanceId, since}] watched on this agent; returned-owned. */
+cJSON *console_watch_list(struct cp *cp, const char *agent_id);
+/* Commands waiting for this agent, removed from the queue; returned-owned array. */
+cJSON *console_take_commands(struct cp *cp, const char *agent_id);
+bool console_has_commands(struct cp *cp, const char *agent_id);
+void api_console_command(struct cp *cp, struct mg_connection *conn, const char *agent_id, const char *inst);
+void api_console_post(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
+
 /* ---- ws.c ---- */
 int ws_hub_start(struct cp *cp, struct ws_hub **out);
 /* Stop the broadcaster thread (before mg_stop); free the hub after mg_stop. */
@@ -257,6 +279,9 @@ void ws_hub_stop(struct ws_hub *hub);
 void ws_hub_free(struct ws_hub *hub);
 /* Stamp msg with the next sequence number and queue it for every client. Consumes msg. mu held. */
 void ws_publish(struct cp *cp, cJSON *msg);
+/* Queue a console message (text consumed) for the clients watching agent/inst;
+ * unnumbered, not kept in the ring. Do not hold cp->mu. */
+void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text);
 /* civetweb callbacks (cbdata = struct cp *). */
 int ws_on_connect(const struct mg_connection *conn, void *cbdata);
 void ws_on_ready(struct mg_connection *conn, void *cbdata);

@@ -287,6 +287,10 @@ int main(int argc, char **argv)
 	status = 1;
 	if (db_open_checkpointer(cp.cfg.db_path, &ck) < 0)
 		goto out;
+	if (console_start(&cp) < 0) {
+		jv_error(NULL, NULL, "out of memory");
+		goto out;
+	}
 	if (ws_hub_start(&cp, &cp.hub) < 0) {
 		jv_error(NULL, NULL, "cannot start the WebSocket broadcaster");
 		goto out;
@@ -319,6 +323,7 @@ out:
 	if (ctx)
 		mg_stop(ctx);
 	ws_hub_free(cp.hub);
+	console_free(&cp);
 	if (ck && status == 0)
 		db_checkpoint(ck, true);
 	db_close(ck);

@@ -17,6 +17,7 @@
 #include "agent.h"
 #include "jobvisor/commands.h"
 #include "delivery.h"
+#include "instconsole.h"
 #include "instwatch.h"
 #include "jobvisor/durable.h"
 #include "jobvisor/log.h"
@@ -206,6 +207,7 @@ static int setup(struct agent *ag, bool check_only, char *err, size_t errlen)
 static void teardown(struct agent *ag)
 {
 	scheduler_free_all(ag); /* closes records; the spool stays on disk */
+	instconsole_free(ag);
 	instwatch_free(ag);
 	poller_abort(ag);
 	transport_free(ag->tp);
@@ -267,6 +269,9 @@ int cmd_agent(int argc, char **argv)
 	rc = instwatch_start(&ag);
 	if (rc)
 		jv_error(NULL, NULL, "cannot watch instances: %s", strerror(-rc));
+	rc = instconsole_start(&ag);
+	if (rc)
+		jv_error(NULL, NULL, "cannot set up consoles: %s", strerror(-rc));
 	jv_info(NULL, NULL,
 	        "agent %s started: url=%s data_dir=%s capacity=%d poll_interval=%.1fs poll_wait=%ds "
 	        "runs_in_spool=%zu",

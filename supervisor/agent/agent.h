@@ -21,6 +21,7 @@
 #include "jobvisor/config.h"
 #include "sdnotify.h"
 
+struct instconsole;
 struct instwatch;
 struct jobrun;
 struct spool;
@@ -84,6 +85,7 @@ struct agent {
 	struct sdnotify notify;
 	struct srun *runs;
 	struct instwatch *iw; /* instance monitors (instwatch.c); NULL when off */
+	struct instconsole *ic; /* watched consoles (instconsole.c); NULL when off */
 
 	int sigfd;
 	bool stopping;     /* SIGTERM/SIGINT seen: take no work, wind down */

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "delivery.h"
+#include "instconsole.h"
 #include "instwatch.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
@@ -24,7 +25,7 @@
 #include "transport.h"
 
 /* signalfd + one pipe per run + the instance watcher's */
-#define MAX_FDS (1 + CONFIG_CAPACITY_MAX + 15 + INSTWATCH_MAX_FDS)
+#define MAX_FDS (1 + CONFIG_CAPACITY_MAX + 15 + INSTWATCH_MAX_FDS + INSTCONSOLE_MAX_FDS)
 #define MAX_SLEEP_MS (3600 * 1000)
 
 int loop_signals_init(struct agent *ag)
@@ -119,6 +120,7 @@ int loop_run(struct agent *ag)
 		poller_tick(ag, now);
 		delivery_kick_all(ag, now);
 		instwatch_tick(ag, now);
+		instconsole_tick(ag, now);
 		if (ag->notify.watchdog_ms > 0 && now >= ag->watchdog_at_ms) {
 			sdnotify_send(&ag->notify, "WATCHDOG=1");
 			ag->watchdog_at_ms = now + ag->notify.watchdog_ms;
@@ -127,6 +129,7 @@ int loop_run(struct agent *ag)
 		int64_t next = min64(poller_next_deadline(ag), delivery_next_deadline(ag));
 		next = min64(next, scheduler_next_deadline(ag));
 		next = min64(next, instwatch_next_deadline(ag));
+		next = min64(next, instconsole_next_deadline(ag));
 		if (ag->notify.watchdog_ms > 0)
 			next = min64(next, ag->watchdog_at_ms);
 		if (ag->stopping)
@@ -139,9 +142,11 @@ int loop_run(struct agent *ag)
 
 		fds[0] = (struct pollfd){.fd = ag->sigfd, .events = POLLIN};
 		owners[0] = NULL;
-		size_t n = 1 + scheduler_pollfds(ag, fds + 1, owners + 1, MAX_FDS - 1 - INSTWATCH_MAX_FDS);
+		size_t n = 1 + scheduler_pollfds(ag, fds + 1, owners + 1,
+		                                 MAX_FDS - 1 - INSTWATCH_MAX_FDS - INSTCONSOLE_MAX_FDS);
 		size_t n_runs = n;
-		n += instwatch_pollfds(ag, fds + n, MAX_FDS - n);
+		n += instwatch_pollfds(ag, fds + n, MAX_FDS - n - INSTCONSOLE_MAX_FDS);
+		n += instconsole_pollfds(ag, fds + n, MAX_FDS - n);
 		int rc = transport_wait(ag->tp, fds, (unsigned)n, (int)wait);
 		if (rc) {
 			/* Should not happen; never let it turn into a busy loop. */
@@ -156,7 +161,7 @@ int loop_run(struct agent *ag)
 			if (fds[i].revents & (POLLIN | POLLHUP | POLLERR))
 				scheduler_on_readable(owners[i]);
 		for (size_t i = n_runs; i < n; i++)
-			if (fds[i].revents)
+			if (fds[i].revents && !instconsole_on_fd(ag, fds[i].fd, fds[i].revents))
 				instwatch_on_fd(ag, fds[i].fd, fds[i].revents);
 		transport_perform(ag->tp);
 		scheduler_on_timers(ag, jv_now_mono_ms());

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "instconsole.h"
 #include "instwatch.h"
 #include "jobvisor/ident.h"
 #include "jobvisor/jsonutil.h"
@@ -133,6 +134,10 @@ static void handle_answer(struct agent *ag, const cJSON *o, int64_t elapsed_ms)
 			jv_warn(NULL, NULL, "poll answer carried %d jobs for a capacity of %d; ignored %d",
 			        n, ag->cfg.capacity, n - limit);
 	}
+	/* Consoles: what to stream and what to type; answered at once, so poll
+	 * again soon like after work. */
+	work += instconsole_set_watch(ag, cJSON_GetObjectItemCaseSensitive(o, "consoleWatch"));
+	work += instconsole_commands(ag, cJSON_GetObjectItemCaseSensitive(o, "consoleCommands"));
 	jv_debug(NULL, NULL, "poll answered in %lld ms: %zu jobs and cancels, %zu runs held",
 	         (long long)elapsed_ms, work, scheduler_held(ag));
 	int64_t now = jv_now_mono_ms();
