@@ -26,6 +26,7 @@
 struct mg_connection;
 struct ws_hub;
 struct console_hub;
+struct inst_stats;
 
 #define CP_BODY_MAX (1024 * 1024)     /* any request body */
 #define CP_EVENTS_PER_POST 1000       /* events in one POST .../events */
@@ -86,6 +87,7 @@ struct cp {
 	int64_t last_sweep_ms; /* wall clock of the previous sweep (main thread only) */
 	struct ws_hub *hub;
 	struct console_hub *con;
+	struct inst_stats *stats; /* latest resource stats per instance (instances.c; mu) */
 	atomic_bool stopping;
 	atomic_int http_active; /* HTTP handlers running now (drained before mg_stop) */
 	char epoch[17];     /* random per process: WebSocket sequence numbers restart with it */
@@ -250,6 +252,8 @@ void api_inst_events(struct cp *cp, struct mg_connection *conn, struct cp_agent 
                      const char *instance_id);
 void api_inst_list(struct cp *cp, struct mg_connection *conn);
 void api_inst_get(struct cp *cp, struct mg_connection *conn, const char *agent_id, const char *instance_id);
+void api_inst_stats(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
+void inst_stats_free(struct cp *cp);
 /* Every instance not removed, as in GET /v1/instances (mu held); returned-owned. */
 cJSON *inst_list_json(struct cp *cp, const char *agent_id, const char *state);
 

@@ -226,6 +226,7 @@ static const struct route routes[] = {
 	{"GET", 4, "agents", "instances", ROLE_ADMIN, 3, NULL},
 	{"GET", 1, "instances", NULL, ROLE_ADMIN, 0, NULL},
 	{"POST", 3, "agents", "console", ROLE_AGENT, 1, NULL},
+	{"POST", 3, "agents", "stats", ROLE_AGENT, 1, NULL},
 	{"POST", 5, "agents", "instances", ROLE_ADMIN, 3, "console"},
 };
 
@@ -243,6 +244,8 @@ static void dispatch_route(struct cp *cp, struct mg_connection *conn, const stru
 		api_inst_list(cp, conn);
 	else if (strcmp(r->s0, "agents") == 0 && r->s2 && strcmp(r->s2, "instances") == 0 && r->nseg == 3)
 		api_inst_snapshot(cp, conn, agent, id);
+	else if (strcmp(r->s0, "agents") == 0 && r->s2 && strcmp(r->s2, "stats") == 0)
+		api_inst_stats(cp, conn, agent, id);
 	else if (strcmp(r->s0, "agents") == 0 && r->s2 && strcmp(r->s2, "console") == 0)
 		api_console_post(cp, conn, agent, id);
 	else if (strcmp(r->s0, "agents") == 0 && r->s4 && strcmp(r->s4, "console") == 0)

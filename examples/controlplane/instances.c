@@ -88,9 +88,57 @@ static const char *validate_event(const cJSON *ev, const char *instance_id, bool
 	return NULL;
 }
 
+#define STATS_HISTORY 60 /* 5 minutes at the default 5 s */
+
+struct inst_stats {
+	char agent[JV_IDENT_MAX + 1], inst[JV_IDENT_MAX + 1];
+	cJSON *latest;
+	cJSON *hist[STATS_HISTORY]; /* {at, cpuCores, memoryBytes}, ring */
+	size_t head, n;
+	struct inst_stats *next;
+};
+
+static struct inst_stats *stats_find(struct cp *cp, const char *agent, const char *inst, bool create)
+{
+	for (struct inst_stats *s = cp->stats; s; s = s->next)
+		if (strcmp(s->agent, agent) == 0 && strcmp(s->inst, inst) == 0)
+			return s;
+	if (!create)
+		return NULL;
+	struct inst_stats *s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	snprintf(s->agent, sizeof(s->agent), "%s", agent);
+	snprintf(s->inst, sizeof(s->inst), "%s", inst);
+	s->next = cp->stats;
+	cp->stats = s;
+	return s;
+}
+
+void inst_stats_free(struct cp *cp)
+{
+	while (cp->stats) {
+		struct inst_stats *s = cp->stats;
+		cp->stats = s->next;
+		cJSON_Delete(s->latest);
+		for (size_t i = 0; i < STATS_HISTORY; i++)
+			cJSON_Delete(s->hist[i]);
+		free(s);
+	}
+}
+
+static void add_stats(struct cp *cp, cJSON *o, const char *agent, const char *inst)
+{
+	struct inst_stats *s = stats_find(cp, agent, inst, false);
+	cJSON_AddItemToObject(o, "stats", s && s->latest ? cJSON_Duplicate(s->latest, true) : cJSON_CreateNull());
+	cJSON *h = cJSON_AddArrayToObject(o, "statsHistory");
+	for (size_t i = 0; s && h && i < s->n; i++)
+		cJSON_AddItemToArray(h, cJSON_Duplicate(s->hist[(s->head + i) % STATS_HISTORY], true));
+}
+
 #define INST_COLUMNS "agent_id, instance_id, state, last_seq, body, updated_at, state_seq"
 
-static cJSON *instance_from_row(sqlite3_stmt *st)
+static cJSON *instance_from_row(struct cp *cp, sqlite3_stmt *st)
 {
 	const char *body = (const char *)sqlite3_column_text(st, 4);
 	cJSON *o = body ? cJSON_Parse(body) : NULL;
@@ -112,6 +160,7 @@ static cJSON *instance_from_row(sqlite3_stmt *st)
 	cJSON_AddNumberToObject(o, "lastSeq", (double)sqlite3_column_int64(st, 3));
 	cJSON_AddNumberToObject(o, "stateSeq", (double)sqlite3_column_int64(st, 6));
 	cJSON_AddItemToObject(o, "updatedAt", store_time(sqlite3_column_int64(st, 5)));
+	add_stats(cp, o, (const char *)sqlite3_column_text(st, 0), (const char *)sqlite3_column_text(st, 1));
 	return o;
 }
 
@@ -131,7 +180,7 @@ cJSON *inst_list_json(struct cp *cp, const char *agent_id, const char *state)
 	if (state)
 		sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC);
 	while (sqlite3_step(st) == SQLITE_ROW) {
-		cJSON *o = instance_from_row(st);
+		cJSON *o = instance_from_row(cp, st);
 		if (o)
 			cJSON_AddItemToArray(arr, o);
 	}
@@ -150,7 +199,7 @@ static cJSON *instance_json(struct cp *cp, const char *agent_id, const char *ins
 	sqlite3_bind_text(st, 2, instance_id, -1, SQLITE_STATIC);
 	cJSON *o = NULL;
 	if (sqlite3_step(st) == SQLITE_ROW) {
-		o = instance_from_row(st);
+		o = instance_from_row(cp, st);
 		if (removed)
 			*removed = sqlite3_column_int(st, 7) != 0;
 	}
@@ -160,6 +209,7 @@ static cJSON *instance_json(struct cp *cp, const char *agent_id, const char *ins
 
 static void publish(struct cp *cp, const char *agent_id, const char *instance_id, const cJSON *event)
 {
+	/* mu held */
 	bool removed = false;
 	cJSON *inst = instance_json(cp, agent_id, instance_id, &removed);
 	cJSON *msg = cJSON_CreateObject();
@@ -531,4 +581,93 @@ void api_inst_get(struct cp *cp, struct mg_connection *conn, const char *agent_i
 	else
 		http_send_json(conn, 200, o);
 	cJSON_Delete(o);
+}
+
+static bool num_ok(const cJSON *o, const char *key, bool nullable)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+	if (!v || cJSON_IsNull(v))
+		return nullable;
+	return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble < 1e18;
+}
+
+void api_inst_stats(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id)
+{
+	if (strcmp(agent->id, agent_id) != 0) {
+		http_send_error(conn, 403, "this token belongs to another agent");
+		return;
+	}
+	cJSON *body = NULL;
+	struct cp_err err;
+	if (http_read_json(conn, &body, &err) < 0) {
+		http_send_error(conn, err.status, "%s", err.msg);
+		return;
+	}
+	const cJSON *list = cJSON_GetObjectItemCaseSensitive(body, "instances");
+	int n = cJSON_IsArray(list) ? cJSON_GetArraySize(list) : -1;
+	if (n < 0 || n > INST_SNAPSHOT_MAX) {
+		http_send_error(conn, 400, "'instances' must be an array of at most %d entries", INST_SNAPSHOT_MAX);
+		cJSON_Delete(body);
+		return;
+	}
+	const cJSON *e;
+	int i = 0;
+	cJSON_ArrayForEach(e, list)
+	{
+		int64_t ms;
+		const char *at = jv_json_str(e, "at", NULL);
+		if (!cJSON_IsObject(e) || !jv_ident_valid(jv_json_str(e, "instanceId", NULL)) || !at ||
+		    jv_iso8601_parse(at, &ms) < 0 || !num_ok(e, "cpuCores", true) || !num_ok(e, "memoryBytes", false) ||
+		    !num_ok(e, "processes", false) || !num_ok(e, "dataBytes", true) || !num_ok(e, "uptimeSeconds", true)) {
+			http_send_error(conn, 400, "instances[%d]: needs instanceId, at (ISO-8601), memoryBytes, processes "
+			                "and cpuCores, dataBytes, uptimeSeconds as numbers >= 0 or null", i);
+			cJSON_Delete(body);
+			return;
+		}
+		i++;
+	}
+	int taken = 0;
+	pthread_mutex_lock(&cp->mu);
+	cJSON_ArrayForEach(e, list)
+	{
+		const char *iid = jv_json_str(e, "instanceId", "");
+		struct inst_row row;
+		if (read_row(cp, agent_id, iid, &row) < 0 || !row.exists)
+			continue; /* stats never create an instance */
+		struct inst_stats *s = stats_find(cp, agent_id, iid, true);
+		if (!s)
+			continue;
+		cJSON *latest = cJSON_CreateObject();
+		static const char *const keys[] = {"at", "cpuCores", "memoryBytes", "processes", "dataBytes",
+		                                   "uptimeSeconds", "source"};
+		for (size_t k = 0; latest && k < JV_ARRAY_LEN(keys); k++) {
+			const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, keys[k]);
+			if (v && (!cJSON_IsString(v) || strlen(v->valuestring) < 64))
+				cJSON_AddItemToObject(latest, keys[k], cJSON_Duplicate(v, false));
+		}
+		cJSON *h = cJSON_CreateObject();
+		if (h) {
+			cJSON_AddItemToObject(h, "at", cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(e, "at"), false));
+			const cJSON *cpu = cJSON_GetObjectItemCaseSensitive(e, "cpuCores");
+			cJSON_AddItemToObject(h, "cpuCores", cpu ? cJSON_Duplicate(cpu, false) : cJSON_CreateNull());
+			cJSON_AddNumberToObject(h, "memoryBytes", jv_json_num(e, "memoryBytes", 0));
+			if (s->n == STATS_HISTORY) {
+				cJSON_Delete(s->hist[s->head]);
+				s->hist[s->head] = h;
+				s->head = (s->head + 1) % STATS_HISTORY;
+			} else {
+				s->hist[(s->head + s->n++) % STATS_HISTORY] = h;
+			}
+		}
+		cJSON_Delete(s->latest);
+		s->latest = latest;
+		publish(cp, agent_id, iid, NULL);
+		taken++;
+	}
+	pthread_mutex_unlock(&cp->mu);
+	cJSON *ans = cJSON_CreateObject();
+	cJSON_AddNumberToObject(ans, "instances", taken);
+	http_send_json(conn, 200, ans);
+	cJSON_Delete(ans);
+	cJSON_Delete(body);
 }

@@ -324,6 +324,7 @@ out:
 		mg_stop(ctx);
 	ws_hub_free(cp.hub);
 	console_free(&cp);
+	inst_stats_free(&cp);
 	if (ck && status == 0)
 		db_checkpoint(ck, true);
 	db_close(ck);

@@ -18,6 +18,7 @@
 #include "jobvisor/commands.h"
 #include "delivery.h"
 #include "instconsole.h"
+#include "inststats.h"
 #include "instwatch.h"
 #include "jobvisor/durable.h"
 #include "jobvisor/log.h"
@@ -208,6 +209,7 @@ static void teardown(struct agent *ag)
 {
 	scheduler_free_all(ag); /* closes records; the spool stays on disk */
 	instconsole_free(ag);
+	inststats_free(ag);
 	instwatch_free(ag);
 	poller_abort(ag);
 	transport_free(ag->tp);
@@ -269,6 +271,9 @@ int cmd_agent(int argc, char **argv)
 	rc = instwatch_start(&ag);
 	if (rc)
 		jv_error(NULL, NULL, "cannot watch instances: %s", strerror(-rc));
+	rc = inststats_start(&ag);
+	if (rc)
+		jv_error(NULL, NULL, "cannot set up instance stats: %s", strerror(-rc));
 	rc = instconsole_start(&ag);
 	if (rc)
 		jv_error(NULL, NULL, "cannot set up consoles: %s", strerror(-rc));

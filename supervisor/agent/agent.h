@@ -22,6 +22,7 @@
 #include "sdnotify.h"
 
 struct instconsole;
+struct inststats;
 struct instwatch;
 struct jobrun;
 struct spool;
@@ -86,6 +87,7 @@ struct agent {
 	struct srun *runs;
 	struct instwatch *iw; /* instance monitors (instwatch.c); NULL when off */
 	struct instconsole *ic; /* watched consoles (instconsole.c); NULL when off */
+	struct inststats *is;   /* resource stats (inststats.c); NULL when off */
 
 	int sigfd;
 	bool stopping;     /* SIGTERM/SIGINT seen: take no work, wind down */

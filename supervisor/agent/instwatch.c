@@ -63,6 +63,11 @@ struct inst {
 
 	struct spool_run *stream;
 	cJSON *last; /* the last state event reported (owned) */
+	/* What the stats need, from the latest status (live server only). */
+	int64_t live_pid;
+	uint64_t live_start_time;
+	int64_t live_started_ms;
+	char cgroup[PATH_MAX];
 
 	struct transport_req *req;
 	uint64_t req_last;
@@ -209,6 +214,13 @@ static void on_status(struct inst *in, const cJSON *st, const char *override_sta
 	const char *state = override_state ? override_state : jv_json_str(st, "state", NULL);
 	if (!state)
 		return;
+	bool live = jv_json_bool(st, "alive", false) && jv_json_int(st, "pid", 0) > 0 &&
+	            (strcmp(state, "STARTING") == 0 || strcmp(state, "RUNNING") == 0 ||
+	             strcmp(state, "STOPPING") == 0);
+	in->live_pid = live ? jv_json_int(st, "pid", 0) : 0;
+	in->live_start_time = live ? (uint64_t)jv_json_int(st, "startTime", 0) : 0;
+	in->live_started_ms = live ? jv_json_int(st, "startedAtMs", 0) : 0;
+	snprintf(in->cgroup, sizeof(in->cgroup), "%s", live ? jv_json_str(st, "cgroup", "") : "");
 	char prev[16] = ""; /* copied: emit() replaces in->last */
 	if (last_state(in))
 		snprintf(prev, sizeof(prev), "%s", last_state(in));
@@ -945,4 +957,28 @@ bool instwatch_busy(const struct agent *ag)
 		if (in->req)
 			return true;
 	return false;
+}
+
+size_t instwatch_live(const struct agent *ag, struct instwatch_live *out, size_t max)
+{
+	const struct instwatch *iw = ag->iw;
+	size_t n = 0;
+	for (const struct inst *in = iw ? iw->list : NULL; in && n < max; in = in->next) {
+		if (!in->present)
+			continue;
+		struct instwatch_live *l = &out[n++];
+		memset(l, 0, sizeof(*l));
+		snprintf(l->id, sizeof(l->id), "%s", in->id);
+		snprintf(l->dir, sizeof(l->dir), "%s", in->dir);
+		l->pid = in->mc ? in->live_pid : 0; /* without a subscription the pid may be stale */
+		l->start_time = in->live_start_time;
+		l->started_ms = in->live_started_ms;
+		snprintf(l->cgroup, sizeof(l->cgroup), "%s", in->cgroup);
+	}
+	return n;
+}
+
+bool instwatch_reporting(const struct agent *ag)
+{
+	return ag->iw && ag->iw->reporting;
 }

@@ -28,6 +28,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <limits.h>
+
+#include "jobvisor/ident.h"
 
 #include "agent.h"
 
@@ -47,6 +50,19 @@ void instwatch_tick(struct agent *ag, int64_t now_ms);
 void instwatch_want_snapshot(struct agent *ag);
 /* A job run ended: instances may have appeared or gone. */
 void instwatch_rescan_soon(struct agent *ag);
+/* Instances present now: for a live server (pid > 0) its pid, start time,
+ * start (wall clock ms) and cgroup ("" when none). Returns how many. */
+struct instwatch_live {
+	char id[JV_IDENT_MAX + 1];
+	char dir[PATH_MAX];
+	int64_t pid;
+	uint64_t start_time;
+	int64_t started_ms;
+	char cgroup[PATH_MAX];
+};
+size_t instwatch_live(const struct agent *ag, struct instwatch_live *out, size_t max);
+/* The control plane takes instance reports (no 404 seen). */
+bool instwatch_reporting(const struct agent *ag);
 /* A delivery or snapshot request is in flight (shutdown waits for it). */
 bool instwatch_busy(const struct agent *ag);
 

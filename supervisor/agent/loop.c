@@ -17,6 +17,7 @@
 
 #include "delivery.h"
 #include "instconsole.h"
+#include "inststats.h"
 #include "instwatch.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
@@ -121,6 +122,7 @@ int loop_run(struct agent *ag)
 		delivery_kick_all(ag, now);
 		instwatch_tick(ag, now);
 		instconsole_tick(ag, now);
+		inststats_tick(ag, now);
 		if (ag->notify.watchdog_ms > 0 && now >= ag->watchdog_at_ms) {
 			sdnotify_send(&ag->notify, "WATCHDOG=1");
 			ag->watchdog_at_ms = now + ag->notify.watchdog_ms;
@@ -130,6 +132,7 @@ int loop_run(struct agent *ag)
 		next = min64(next, scheduler_next_deadline(ag));
 		next = min64(next, instwatch_next_deadline(ag));
 		next = min64(next, instconsole_next_deadline(ag));
+		next = min64(next, inststats_next_deadline(ag));
 		if (ag->notify.watchdog_ms > 0)
 			next = min64(next, ag->watchdog_at_ms);
 		if (ag->stopping)

@@ -144,7 +144,7 @@ class Document(unittest.TestCase):
             norm = re.sub(r"{\w+}", "{id}", path)
             for method in item:
                 documented.add((method, norm))
-        self.assertEqual(len(routes), 17)
+        self.assertEqual(len(routes), 18)
         self.assertEqual(documented, routes)
 
 
