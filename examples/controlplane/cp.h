@@ -73,8 +73,22 @@ struct cp_config {
 	size_t njob_types;
 };
 
+#define CP_HIST_BUCKETS 12
+struct cp_hist {
+	atomic_uint_fast64_t bucket[CP_HIST_BUCKETS]; /* cumulative: observations <= bound */
+	atomic_uint_fast64_t count;
+	atomic_uint_fast64_t sum_us;
+};
+
+struct cp_metrics {
+	struct cp_hist poll, events;
+	atomic_uint_fast64_t events_stored;
+	atomic_uint_fast64_t instance_events_stored;
+};
+
 struct cp {
 	struct cp_config cfg;
+	struct cp_metrics metrics;
 	pthread_mutex_t mu;
 	sqlite3 *db;
 	char *admin_token;
@@ -293,6 +307,11 @@ int ws_on_data(struct mg_connection *conn, int bits, char *data, size_t len, voi
 void ws_on_close(const struct mg_connection *conn, void *cbdata);
 /* From civetweb's connection_close callback: releases a client's slot and memory. */
 void ws_on_connection_closed(struct cp *cp, const struct mg_connection *conn);
+
+/* ---- metrics.c ---- */
+void metrics_observe(struct cp_hist *h, int64_t elapsed_us);
+int metrics_handle(struct mg_connection *conn, void *cbdata);        /* GET /metrics */
+int metrics_handle_health(struct mg_connection *conn, void *cbdata); /* GET /healthz, /readyz */
 
 /* ---- ui_page (generated from ui_page.html at build time) ---- */
 extern const char cp_ui_page[];

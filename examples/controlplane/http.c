@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <civetweb.h>
 
@@ -236,11 +237,25 @@ static bool path_matches(const struct route *r, int nseg, char seg[SEGMENTS_MAX]
 	       (!r->s4 || strcmp(seg[4], r->s4) == 0);
 }
 
+static int64_t now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static void dispatch_route(struct cp *cp, struct mg_connection *conn, const struct route *r,
                            char seg[SEGMENTS_MAX][CP_ID_MAX], struct cp_agent *agent)
 {
 	const char *id = r->nseg >= 2 ? seg[1] : NULL;
-	if (strcmp(r->s0, "instances") == 0)
+	int64_t t0 = now_us();
+	if (strcmp(r->s0, "agents") == 0 && r->s2 && strcmp(r->s2, "poll") == 0) {
+		api_agent_poll(cp, conn, agent, id);
+		metrics_observe(&cp->metrics.poll, now_us() - t0);
+	} else if (strcmp(r->s0, "runs") == 0 && r->role == ROLE_AGENT && strcmp(r->s2, "events") == 0) {
+		api_agent_events(cp, conn, agent, id);
+		metrics_observe(&cp->metrics.events, now_us() - t0);
+	} else if (strcmp(r->s0, "instances") == 0)
 		api_inst_list(cp, conn);
 	else if (strcmp(r->s0, "agents") == 0 && r->s2 && strcmp(r->s2, "instances") == 0 && r->nseg == 3)
 		api_inst_snapshot(cp, conn, agent, id);
@@ -254,10 +269,6 @@ static void dispatch_route(struct cp *cp, struct mg_connection *conn, const stru
 		api_inst_events(cp, conn, agent, id, seg[3]);
 	else if (strcmp(r->s0, "agents") == 0 && r->nseg == 4)
 		api_inst_get(cp, conn, id, seg[3]);
-	else if (strcmp(r->s0, "agents") == 0 && r->nseg == 3)
-		api_agent_poll(cp, conn, agent, id);
-	else if (strcmp(r->s0, "runs") == 0 && r->role == ROLE_AGENT && strcmp(r->s2, "events") == 0)
-		api_agent_events(cp, conn, agent, id);
 	else if (strcmp(r->s0, "runs") == 0 && r->role == ROLE_AGENT)
 		api_agent_result(cp, conn, agent, id);
 	else if (strcmp(r->s0, "runs") == 0 && r->nseg == 3)
@@ -277,6 +288,7 @@ static void dispatch_route(struct cp *cp, struct mg_connection *conn, const stru
 }
 
 static void handle(struct cp *cp, struct mg_connection *conn);
+
 
 int http_handle(struct mg_connection *conn, void *cbdata)
 {

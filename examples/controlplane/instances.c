@@ -388,6 +388,7 @@ void api_inst_events(struct cp *cp, struct mg_connection *conn, struct cp_agent 
 		db_rollback(cp->db);
 		http_send_error(conn, 500, "database error");
 	} else {
+		atomic_fetch_add(&cp->metrics.instance_events_stored, (uint64_t)cJSON_GetArraySize(fresh));
 		const cJSON *ev;
 		cJSON_ArrayForEach(ev, fresh)
 		{

@@ -210,6 +210,9 @@ static int start_http(struct cp *cp, struct mg_context **out)
 	}
 	mg_set_request_handler(ctx, "/v1", http_handle, cp);
 	mg_set_request_handler(ctx, "/", http_handle_page, cp);
+	mg_set_request_handler(ctx, "/metrics", metrics_handle, cp);
+	mg_set_request_handler(ctx, "/healthz", metrics_handle_health, cp);
+	mg_set_request_handler(ctx, "/readyz", metrics_handle_health, cp);
 	mg_set_websocket_handler(ctx, "/v1/ws", ws_on_connect, ws_on_ready, ws_on_data, ws_on_close, cp);
 	*out = ctx;
 	return 0;
