@@ -14,6 +14,7 @@ Runs the real jobvisor-cp, agent, monitors and demo servers on 127.0.0.1:
 Prints a Markdown block. Use a build without sanitizers."""
 import json
 import os
+import select
 import statistics
 import subprocess
 import sys
@@ -104,12 +105,14 @@ def main():
                         f.seek(max(0, os.path.getsize(log) - 65536))
                         if word in f.read():
                             got_log = time.monotonic() - t0
-                try:
-                    m = ws.recv_json(timeout=0.002)
+                # Read a frame only when bytes are there (a timeout inside a
+                # frame would lose its start).
+                if got_ws is None and (ws._buf or select.select([ws.sock], [], [], 0.002)[0]):
+                    m = ws.recv_json(timeout=5)
                     if m.get("type") == "console" and any(word in l["line"] for l in m.get("lines", [])):
                         got_ws = time.monotonic() - t0
-                except (TimeoutError, OSError):
-                    pass
+                elif got_ws is not None:
+                    time.sleep(0.002)
                 if time.monotonic() - t0 > 10:
                     raise SystemExit("no answer for %s" % word)
             to_stdin.append(got_log)
