@@ -220,6 +220,9 @@ static void publish(struct cp *cp, const char *agent_id, const char *instance_id
 	}
 	cJSON_AddStringToObject(msg, "type", "instance");
 	cJSON_AddBoolToObject(inst, "removed", removed);
+	/* The history is in the snapshot; each message carries the newest sample
+	 * in `stats` only, so a page keeps its own (60 times less to push). */
+	cJSON_DeleteItemFromObjectCaseSensitive(inst, "statsHistory");
 	cJSON_AddItemToObject(msg, "instance", inst);
 	if (event)
 		cJSON_AddItemToObject(msg, "instanceEvent", cJSON_Duplicate(event, true));
