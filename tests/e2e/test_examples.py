@@ -90,6 +90,53 @@ class DepotUpdate(unittest.TestCase):
         self.assertEqual(os.readlink(os.path.join(inst.dir, "current")), "builds/b1")
 
 
+class DepotUpdateModes(unittest.TestCase):
+    """The manifest's modes reach the disk, so the activated build starts."""
+
+    def test_activated_depot_build_starts_with_its_executable_mode(self):
+        inst = Instance(self)
+        www = FileServer(self)
+        with open(os.environ["JV_DEMO_SERVER_BIN"], "rb") as f:
+            server_bin = f.read()
+        cfg, tool = b"motd=hello\n", b"#!/bin/sh\necho tool\n"
+        manifest = json.dumps({"files": [
+            {"path": "server", "url": www.put("server", server_bin), "sha256": sha(server_bin), "mode": 0o755},
+            {"path": "config/server.properties", "url": www.put("props", cfg), "sha256": sha(cfg)},
+            # setuid + setgid + sticky asked for: only the permission bits are kept
+            {"path": "bin/tool", "url": www.put("tool", tool), "sha256": sha(tool), "mode": "7750"},
+        ]}).encode()
+        code, res, _, err = run(inst, "DEPOT_UPDATE", {"manifestUrl": www.put("depot.json", manifest),
+                                                        "manifestSha256": sha(manifest), "build": "2.0"})
+        self.assertEqual(code, 0, (res, err))
+        build = os.path.join(inst.dir, "builds", "2.0")
+        self.assertEqual(os.stat(os.path.join(build, "server")).st_mode & 0o7777, 0o755)
+        self.assertEqual(os.stat(os.path.join(build, "config", "server.properties")).st_mode & 0o7777, 0o644)
+        self.assertEqual(os.stat(os.path.join(build, "bin", "tool")).st_mode & 0o7777, 0o750)
+        # the content cache keeps its own copy's mode: a later download without a mode gets 0644
+        code, res, _, err = run(inst, "ACTIVATE_BUILD", {"build": "2.0"})
+        self.assertEqual(code, 0, (res, err))
+        self.assertEqual(os.readlink(os.path.join(inst.dir, "current")), "builds/2.0")
+        code, res, _, err = run(inst, "START_INSTANCE", {"waitReady": True})
+        self.assertEqual(code, 0, (res, err))
+        self.assertEqual(res["output"]["state"], "RUNNING")
+        exe = os.readlink(f"/proc/{res['output']['pid']}/exe")
+        self.assertEqual(os.path.realpath(exe), os.path.realpath(os.path.join(build, "server")))
+        code, res, _, err = run(inst, "STOP_INSTANCE")
+        self.assertEqual(code, 0, (res, err))
+
+    def test_a_bad_mode_in_the_manifest_fails_before_anything_is_installed(self):
+        inst = Instance(self)
+        www = FileServer(self)
+        data = b"x"
+        manifest = json.dumps({"files": [{"path": "server", "url": www.put("server", data),
+                                          "sha256": sha(data), "mode": "rwx"}]}).encode()
+        code, res, _, err = run(inst, "DEPOT_UPDATE", {"manifestUrl": www.put("m.json", manifest),
+                                                        "manifestSha256": sha(manifest), "build": "4.0"})
+        self.assertEqual(code, 1, err)
+        self.assertIn("bad mode", res["error"]["message"])
+        self.assertFalse(os.path.exists(os.path.join(inst.dir, "builds", "4.0")))
+
+
 class WorldResetAndAnnounce(unittest.TestCase):
     def test_world_reset_keeps_old_world_and_restarts(self):
         inst = Instance(self)
