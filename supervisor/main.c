@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "commands.h"
+#include "config.h"
 #include "jobrun.h"
 #include "jobvisor/jobchild.h"
 
@@ -16,10 +17,33 @@ static int usage(void)
 	        "  agent   [--config FILE]             run the agent daemon\n"
 	        "  run     TYPE|SCRIPT.lua --instance ID [--data-dir DIR] [--params JSON|@FILE]\n"
 	        "          [--jobs-dir DIR] [--timeout S] [--cancel-grace S] [--json]\n"
-	        "  check   SCRIPT.lua                  validate a job script\n"
+	        "  check   SCRIPT.lua [--config FILE]  validate a job script\n"
 	        "  status  [--data-dir DIR] [--json]   instances and runs in flight\n"
 	        "  version\n");
 	return 2;
+}
+
+/* check SCRIPT.lua [--config FILE]: the settings say which programs proc.run may start. */
+static int check(int argc, char **argv)
+{
+	const char *conf = NULL;
+	if (argc == 5 && strcmp(argv[3], "--config") == 0)
+		conf = argv[4];
+	if ((argc != 3 && !conf) || argv[2][0] == '-') {
+		fprintf(stderr, "usage: jobvisor check SCRIPT.lua [--config FILE]\n");
+		return JV_EXIT_USAGE;
+	}
+	struct config cfg;
+	char err[512];
+	if (config_load_local(conf, &cfg, err, sizeof(err)) != 0) {
+		fprintf(stderr, "jobvisor check: %s\n", err);
+		return JV_EXIT_USAGE;
+	}
+	cJSON *settings = config_child_settings(&cfg);
+	int rc = jv_check_script(argv[2], jobrun_builtin_jobs_dir(), settings);
+	cJSON_Delete(settings);
+	config_free(&cfg);
+	return rc;
 }
 
 int main(int argc, char **argv)
@@ -35,13 +59,8 @@ int main(int argc, char **argv)
 		return jv_jobrun_child_main(argc - 1, argv + 1);
 	if (strcmp(cmd, "run") == 0)
 		return cmd_run(argc - 1, argv + 1);
-	if (strcmp(cmd, "check") == 0) {
-		if (argc != 3 || argv[2][0] == '-') {
-			fprintf(stderr, "usage: jobvisor check SCRIPT.lua\n");
-			return JV_EXIT_USAGE;
-		}
-		return jv_check_script(argv[2], jobrun_builtin_jobs_dir());
-	}
+	if (strcmp(cmd, "check") == 0)
+		return check(argc, argv);
 	if (strcmp(cmd, "agent") == 0)
 		return cmd_agent(argc - 1, argv + 1);
 	if (strcmp(cmd, "status") == 0)

@@ -16,7 +16,10 @@ int jv_jobrun_child_main(int argc, char **argv);
 
 /* `jobvisor check SCRIPT.lua`: compile in the sandbox and validate the returned
  * table; require() looks in the script's own lib/ and then builtin_jobs_dir/lib.
+ * A literal program in proc.run({...}) that settings (config_child_settings:
+ * job_executables, steamcmd; borrowed, may be NULL) would refuse is reported.
  * Prints file:line errors to stderr. Returns 0 valid, 1 invalid, 2 usage. */
-int jv_check_script(const char *path, const char *builtin_jobs_dir);
+struct cJSON;
+int jv_check_script(const char *path, const char *builtin_jobs_dir, const struct cJSON *settings);
 
 #endif
