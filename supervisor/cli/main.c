@@ -5,9 +5,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "commands.h"
-#include "config.h"
-#include "jobrun.h"
+#include "jobvisor/commands.h"
+#include "jobvisor/jobrun.h"
+#include "jobvisor/config.h"
 #include "jobvisor/jobchild.h"
 
 static int usage(void)
