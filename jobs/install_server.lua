@@ -10,6 +10,7 @@
 -- again with the same build and spec is a fast no-op that says so.
 local common = require("lib.common")
 local builds = require("lib.builds")
+local steam = require("lib.steam")
 
 local SPEC_KEYS = { command = true, cwd = true, env = true, stop = true, ready = true, restart = true,
                     limits = true, name = true, description = true }
@@ -53,7 +54,9 @@ return {
   run = function(job)
     local p = job.params
     local build = common.check_ident(job, "build", p.build)
-    local src = builds.check_source(job, p.source, true)
+    -- {"steam": {...}} installs with SteamCMD (lib/steam.lua); anything else is an archive URL.
+    local source = steam.is_steam(p.source) and steam or builds
+    local src = source == steam and steam.check_source(job, p.source) or builds.check_source(job, p.source, true)
     local spec = check_spec(job, p.instance)
 
     local existing = fs.exists("instance.json") and common.read_json("instance.json") or nil
@@ -78,12 +81,12 @@ return {
       job.fail(string.format("instance '%s' is running build '%s': stop it first, or use UPDATE_SERVER "
         .. "with activate to switch builds", job.instance_id, cur))
     end
-    local keep, resume = builds.resumable(job, src)
+    local keep, resume = source.resumable(job, src)
     common.clean_stale_staging(job, keep)
     common.clean_temp_files(job, ".")
     common.clean_temp_files(job, "builds")
 
-    local staged = builds.stage(job, build, src, 2, 85, resume)
+    local staged = source.stage(job, build, src, 2, 85, resume)
     job.checkpoint()
 
     if not (data and data.type == "dir") then

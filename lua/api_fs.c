@@ -9,6 +9,7 @@
 #include "apiutil.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -360,6 +361,30 @@ static int l_fs_chmod(lua_State *L)
 	return 1;
 }
 
+/* The host path of an existing instance path, for a program that must be
+ * told where to write (SteamCMD's +force_install_dir). Resolved beneath the
+ * instance like every path, then read back from the descriptor. */
+static int l_fs_abspath(lua_State *L)
+{
+	char p[FSX_PATH_MAX];
+	apiutil_path(L, 1, p, false);
+	struct fsx fx;
+	apiutil_fsx(L, &fx);
+	int fd;
+	int rc = fsx_open(&fx, p, O_PATH, 0, 0, &fd);
+	if (rc < 0)
+		return apiutil_fail(L, rc, "resolve", p);
+	char self[64], out[FSX_PATH_MAX];
+	snprintf(self, sizeof(self), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(self, out, sizeof(out) - 1);
+	close(fd);
+	if (n < 0)
+		return apiutil_fail(L, -errno, "resolve", p);
+	out[n] = '\0';
+	lua_pushstring(L, out);
+	return 1;
+}
+
 static int l_fs_free_space(lua_State *L)
 {
 	struct fsx fx;
@@ -391,6 +416,7 @@ static const luaL_Reg fs_funcs[] = {
 	{"sha256", l_fs_sha256},
 	{"free_space", l_fs_free_space},
 	{"chmod", l_fs_chmod},
+	{"abspath", l_fs_abspath},
 	{NULL, NULL},
 };
 

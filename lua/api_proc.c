@@ -471,8 +471,20 @@ static int l_proc_run(lua_State *L)
 	return 1;
 }
 
+/* proc.steamcmd(): the agent's steamcmd setting, or nil. */
+static int l_proc_steamcmd(lua_State *L)
+{
+	const char *p = jv_json_str(jv_ctx(L)->settings, "steamcmd", NULL);
+	if (p && *p)
+		lua_pushstring(L, p);
+	else
+		lua_pushnil(L);
+	return 1;
+}
+
 static const luaL_Reg proc_funcs[] = {
 	{"run", l_proc_run},
+	{"steamcmd", l_proc_steamcmd},
 	{NULL, NULL},
 };
 
