@@ -20,7 +20,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "jobvisor/durable.h"
 #include "jobvisor/jsonutil.h"
 #include "procx.h"
 

@@ -24,6 +24,7 @@
 #include "jobvisor/util.h"
 
 #define TICK_MS 50
+#define SCAN_MS 100 /* /proc scans of the shepherd: every tick while ending, else this often */
 #define MAX_SCAN 32768
 #define MAX_RECORDED 4096
 
@@ -322,7 +323,8 @@ static void shepherd(const struct procx_spec *s, int fds[FD_FIRST_FREE], struct 
 	send_msg(M_STARTED, pid);
 
 	bool prog_done = false, ctl_open = true, killing = false, hard = false;
-	int64_t deadline = 0;
+	int64_t deadline = 0, last_scan = 0;
+	int nt = 0;
 	unsigned leftovers = 0;
 	for (;;) {
 		struct pollfd p = {.fd = ctl_open ? FD_CTL : -1, .events = POLLIN};
@@ -355,7 +357,11 @@ static void shepherd(const struct procx_spec *s, int fds[FD_FIRST_FREE], struct 
 				send_msg(M_EXIT, st);
 			}
 		}
-		int nt = find_targets(self, pid);
+		int64_t now = now_ms();
+		if (killing || prog_done || start_kill || now - last_scan >= SCAN_MS) {
+			last_scan = now;
+			nt = find_targets(self, pid);
+		}
 		if (!killing && nt > s->max_procs) {
 			send_msg(M_TOOMANY, nt);
 			start_kill = SIGKILL;
