@@ -172,7 +172,8 @@ static void program(const struct procx_spec *s, pid_t shepherd, struct rlimit np
 		setrlimit(RLIMIT_NPROC, &nproc);
 	prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 	int e = 0;
-	if (dup2(FD_IN, 0) < 0 || dup2(FD_OUT, 1) < 0 || dup2(FD_ERR, 2) < 0 || fchdir(FD_CWD) < 0 ||
+	if (dup2(FD_IN, 0) < 0 || dup2(FD_OUT, 1) < 0 || dup2(FD_ERR, 2) < 0 ||
+	    (s->cwd_fd >= 0 && fchdir(FD_CWD) < 0) ||
 	    dup2(exw, 3) < 0) {
 		e = errno;
 		ssize_t w = write(exw, &e, sizeof(e));

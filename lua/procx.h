@@ -45,7 +45,7 @@ struct procx_spec {
 	const char *path;   /* absolute path of the executable (already allowed) */
 	char *const *argv;  /* argv[0] is path; borrowed */
 	char *const *envp;  /* the complete environment; borrowed */
-	int cwd_fd;         /* directory the program starts in (borrowed) */
+	int cwd_fd;         /* directory the program starts in (borrowed); < 0 = the caller's */
 	const char *stdin_data; /* NULL = /dev/null */
 	size_t stdin_len;
 	int64_t timeout_ms; /* 0 = none */
