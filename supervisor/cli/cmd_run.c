@@ -105,8 +105,9 @@ static int run_usage(const char *msg)
 	        "usage: jobvisor run TYPE|SCRIPT.lua --instance ID [--data-dir DIR] [--params JSON|@FILE]\n"
 	        "                    [--jobs-dir DIR] [--timeout S] [--cancel-grace S] [--memory-limit MIB]\n"
 	        "                    [--config FILE] [--json]\n"
-	        "Agent settings job runs use (allowed_executables, user, job_memory, data_dir, jobs_dir)\n"
-	        "come from --config FILE and JOBVISOR_* variables, as for the agent; options win.\n");
+	        "Agent settings job runs use (allowed_executables, job_executables, steamcmd, user,\n"
+	        "job_memory, data_dir, jobs_dir) come from --config FILE and JOBVISOR_* variables, as for\n"
+	        "the agent; options win.\n");
 	return JV_EXIT_USAGE;
 }
 
