@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "jobvisor/durable.h"
 #include "jobvisor/jsonutil.h"
 #include "procx.h"
 
@@ -470,6 +471,94 @@ static int l_proc_run(lua_State *L)
 	return 1;
 }
 
+/* proc.steam_login_script(account, path): write a SteamCMD runscript holding
+ * "login <account> <password>" at the instance path `path` (mode 0600), the
+ * password taken from the agent's steam_credentials_file. The password never
+ * enters the Lua state or a command line (visible in /proc to the same user);
+ * the script removes the file after the run. nil, message when the file or
+ * the account is missing. */
+static int l_proc_steam_login_script(lua_State *L)
+{
+	const char *account = luaL_checkstring(L, 1);
+	char dst[FSX_PATH_MAX];
+	apiutil_path(L, 2, dst, true);
+	size_t alen = strlen(account);
+	bool ok = alen >= 1 && alen <= 64;
+	for (const char *p = account; ok && *p; p++)
+		ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		     *p == '_' || *p == '.' || *p == '-' || *p == '@';
+	luaL_argcheck(L, ok && strcmp(account, "anonymous") != 0, 1,
+	              "a Steam account name (letters, digits, _ . - @)");
+	struct jv_run_ctx *ctx = jv_ctx(L);
+	const char *file = jv_json_str(ctx->settings, "steam_credentials_file", NULL);
+	if (!file)
+		return jv_push_fail(L, "no Steam credentials: set the agent setting steam_credentials_file to a "
+		                       "file of 'account password' lines (mode 0600)");
+	int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		int e = errno;
+		if (fd >= 0)
+			close(fd);
+		return jv_push_fail(L, "cannot read steam_credentials_file: %s", strerror(e));
+	}
+	close(fd);
+	if (!S_ISREG(st.st_mode) || (st.st_mode & 077))
+		return jv_push_fail(L, "steam_credentials_file must be a regular file readable by its owner "
+		                       "only (chmod 600)");
+	char *text = NULL;
+	size_t len = 0;
+	int rc = jv_read_file_at(AT_FDCWD, file, 64 * 1024, &text, &len);
+	if (rc < 0)
+		return jv_push_fail(L, "cannot read steam_credentials_file: %s", strerror(-rc));
+	char script[512] = "";
+	int found = 0;
+	for (char *line = text, *next; line && *line; line = next) {
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		char *p = line;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p == '#' || !*p)
+			continue;
+		size_t ul = strcspn(p, " \t");
+		if (ul != alen || strncmp(p, account, alen) != 0)
+			continue;
+		char *pw = p + ul;
+		while (*pw == ' ' || *pw == '\t')
+			pw++;
+		size_t pl = strcspn(pw, " \t\r");
+		if (pl == 0 || pw[pl + strspn(pw + pl, " \t\r")] != '\0') {
+			found = -1; /* no password, or one with blanks: SteamCMD cannot take it */
+			break;
+		}
+		pw[pl] = '\0';
+		if (snprintf(script, sizeof(script), "login %s %s\n", account, pw) >= (int)sizeof(script))
+			found = -1;
+		else
+			found = 1;
+		break;
+	}
+	explicit_bzero(text, len);
+	free(text);
+	if (found <= 0) {
+		explicit_bzero(script, sizeof(script));
+		return jv_push_fail(L, found < 0 ? "steam_credentials_file: the line of account '%s' must be "
+		                                   "'account password' (no blanks in the password)"
+		                                 : "no credentials for Steam account '%s' in steam_credentials_file",
+		                    account);
+	}
+	struct fsx fx;
+	apiutil_fsx(L, &fx);
+	rc = fsx_write(&fx, dst, script, strlen(script), 0600);
+	explicit_bzero(script, sizeof(script));
+	if (rc < 0)
+		return apiutil_fail(L, rc, "write", dst);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 /* proc.steamcmd(): the agent's steamcmd setting, or nil. */
 static int l_proc_steamcmd(lua_State *L)
 {
@@ -484,6 +573,7 @@ static int l_proc_steamcmd(lua_State *L)
 static const luaL_Reg proc_funcs[] = {
 	{"run", l_proc_run},
 	{"steamcmd", l_proc_steamcmd},
+	{"steam_login_script", l_proc_steam_login_script},
 	{NULL, NULL},
 };
 

@@ -27,6 +27,7 @@ struct config {
 	char *allowed_executables; /* ':'-separated absolute paths, NULL = none */
 	char *job_executables;     /* ':'-separated absolute paths proc.run may start, NULL = none */
 	char *steamcmd;            /* SteamCMD path, NULL = no steam sources */
+	char *steam_credentials_file; /* "account password" lines, NULL = anonymous logins only */
 	bool tls_insecure_loopback;
 	bool url_is_loopback; /* derived */
 

@@ -66,10 +66,13 @@ function M.check_source(job, src)
     out.validate = s.validate
   end
   if s.login ~= nil and s.login ~= json.null then
-    if s.login ~= "anonymous" then
-      job.fail("source.steam.login: only \"anonymous\" is supported; a login with an account needs "
-        .. "credentials from an agent-side file, never from job params, and this agent has none configured")
+    -- An account name only: its password comes from the agent's
+    -- steam_credentials_file, never from job params.
+    if type(s.login) ~= "string" or not s.login:match("^[%w_.@-]+$") or #s.login > 64 then
+      job.fail("source.steam.login must be \"anonymous\" or a Steam account name listed in the agent's "
+        .. "steam_credentials_file (the password is never a job param)")
     end
+    out.login = s.login
   end
   return out
 end
@@ -159,19 +162,32 @@ function M.stage(job, id, src, from, to, resume)
     log.info(string.format("build '%s' is already staged", id))
     return false
   end
+  local steamcmd = M.steamcmd(job)
   local stage = resume
   if stage then
     log.info("continuing the SteamCMD download an earlier run of build '" .. id .. "' began")
+    fs.remove(stage .. "/login.txt") -- a login runscript a killed run could not remove
   else
     stage = common.must(job, "cannot create a staging directory", fs.staging())
   end
   job.mark("steam", { appId = src.appId, branch = src.branch, platform = src.platform, stage = stage })
   local dir = stage .. "/build"
   common.must(job, "cannot create the install directory", fs.mkdir(dir))
-  local argv = { "", "+@ShutdownOnFailedCommand", "1", "+@NoPromptForPassword", "1",
+  local argv = { steamcmd, "+@ShutdownOnFailedCommand", "1", "+@NoPromptForPassword", "1",
                  "+@sSteamCmdForcePlatformType", src.platform,
-                 "+force_install_dir", common.must(job, "cannot resolve the install directory", fs.abspath(dir)),
-                 "+login", "anonymous", "+app_update", src.appId }
+                 "+force_install_dir", common.must(job, "cannot resolve the install directory", fs.abspath(dir)) }
+  local login_script
+  if src.login == "anonymous" then
+    argv[#argv + 1] = "+login"; argv[#argv + 1] = "anonymous"
+  else
+    -- The password goes to SteamCMD in a runscript file (mode 0600, removed
+    -- right after), never on its command line where /proc shows it.
+    login_script = stage .. "/login.txt"
+    local ok, lerr = proc.steam_login_script(src.login, login_script)
+    if not ok then job.fail(tostring(lerr)) end
+    argv[#argv + 1] = "+runscript"; argv[#argv + 1] = assert(fs.abspath(login_script))
+  end
+  argv[#argv + 1] = "+app_update"; argv[#argv + 1] = src.appId
   if src.branch ~= "public" then
     argv[#argv + 1] = "-beta"; argv[#argv + 1] = src.branch
   end
@@ -181,8 +197,10 @@ function M.stage(job, id, src, from, to, resume)
   if src.validate then argv[#argv + 1] = "validate" end
   argv[#argv + 1] = "+quit"
   local seen = {}
-  job.progress(from, string.format("installing app %s (branch %s) with SteamCMD", src.appId, src.branch))
-  local r, err = proc.run(M.argv_with_steamcmd(job, argv), {
+  local function forget_login() if login_script then fs.remove(login_script) end end
+  job.progress(from, string.format("installing app %s (branch %s) with SteamCMD as %s", src.appId, src.branch,
+    src.login))
+  local ok_run, r, err = pcall(proc.run, argv, {
     cwd = stage,
     progress = { from, to - 1 },
     progress_pattern = "Update state %(0x%x+%) downloading, progress: ([%d.]+) %(",
@@ -196,6 +214,8 @@ function M.stage(job, id, src, from, to, resume)
       if line:match("^ERROR!") or line:match("^FAILED") then log.warn("steamcmd: " .. line) end
     end,
   })
+  forget_login()
+  if not ok_run then error(r, 0) end -- a cancellation stays one
   if not r then
     job.fail("SteamCMD did not run: " .. tostring(err), { retryable = true })
   end
@@ -216,14 +236,13 @@ function M.stage(job, id, src, from, to, resume)
   return true
 end
 
--- argv with the agent's steamcmd path in front (the job never names it).
-function M.argv_with_steamcmd(job, argv)
+-- The agent's SteamCMD (setting steamcmd); the job never names the program.
+function M.steamcmd(job)
   local path = proc.steamcmd()
   if not path then
     job.fail("this agent has no SteamCMD: set the agent setting steamcmd (JOBVISOR_STEAMCMD) to its path")
   end
-  argv[1] = path
-  return argv
+  return path
 end
 
 return M

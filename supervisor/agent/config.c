@@ -93,6 +93,8 @@ static const struct setting settings[] = {
 	 false, "':'-separated absolute paths job scripts may run with proc.run (empty: none)"},
 	{"steamcmd", "JOBVISOR_STEAMCMD", K_PATH, OFF(steamcmd), NULL, 0, 0, false,
 	 "SteamCMD executable for {\"steam\": ...} install sources (allowed for that use)"},
+	{"steam_credentials_file", "JOBVISOR_STEAM_CREDENTIALS_FILE", K_PATH, OFF(steam_credentials_file),
+	 NULL, 0, 0, false, "'account password' lines for non-anonymous SteamCMD logins (mode 0600)"},
 	{"user", "JOBVISOR_USER", K_STR, OFF(user), NULL, 0, 0, false,
 	 "account job runs and game servers run as (agent must be root)"},
 	{"tls_ca_file", "JOBVISOR_TLS_CA_FILE", K_PATH, OFF(tls_ca_file), NULL, 0, 0, false,
@@ -739,6 +741,9 @@ cJSON *config_child_settings(const struct config *cfg)
 			p++;
 	}
 	if (cfg->steamcmd && !cJSON_AddStringToObject(o, "steamcmd", cfg->steamcmd))
+		goto fail;
+	if (cfg->steam_credentials_file &&
+	    !cJSON_AddStringToObject(o, "steam_credentials_file", cfg->steam_credentials_file))
 		goto fail;
 	if (cfg->user && !cJSON_AddStringToObject(o, "user", cfg->user))
 		goto fail;

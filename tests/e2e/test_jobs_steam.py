@@ -33,13 +33,13 @@ class SteamCase(JobvisorTestCase):
             f.write(f"steamcmd = {self.steamcmd}\n")
         self.fixture({})
 
-    def fixture(self, app, **more):
+    def fixture(self, app, accounts=None, **more):
         base = {"files": {"server": {"copy": DEMO, "mode": 0o755},
                           "config/default.cfg": {"text": "maxplayers=16\n"}},
                 "chunks": 12, "delay": 0.02}
         base.update(app)
         with open(os.path.join(self.bin, "steamcmd.json"), "w") as f:
-            json.dump({"apps": {APP: base, **more}}, f)
+            json.dump({"apps": {APP: base, **more}, "accounts": accounts or {}}, f)
 
     def fetches(self):
         try:
@@ -146,7 +146,7 @@ class SteamFailures(SteamCase):
     def test_bad_params_fail_before_anything_runs(self):
         cases = [
             ({"appId": "abc"}, "appId must be a Steam app id"),
-            ({"appId": APP, "login": "bob"}, "only \"anonymous\" is supported"),
+            ({"appId": APP, "login": "bob smith"}, "must be \"anonymous\" or a Steam account name"),
             ({"appId": APP, "platform": "amiga"}, "platform must be linux, windows or macos"),
             ({"appId": APP, "branch": "x y"}, "branch must be a branch name"),
             ({"appId": APP, "password": "x"}, "unknown field 'password' in source.steam"),
@@ -163,6 +163,47 @@ class SteamFailures(SteamCase):
             f.write("")
         r = self.job("INSTALL_SERVER", self.install_params())
         self.assertFailedClean(r, "set the agent setting steamcmd", False)
+
+
+class SteamLogin(SteamCase):
+    def creds(self, text, mode=0o600):
+        path = os.path.join(self.tmp, "steam.creds")
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+        with open(self.conf, "a") as f:
+            f.write(f"steam_credentials_file = {path}\n")
+
+    def test_an_account_login_takes_its_password_from_the_agent_file_only(self):
+        self.fixture({}, accounts={"bob": "s3cr3t-pw"})
+        self.creds("# account password\nalice other\nbob s3cr3t-pw\n")
+        r = self.job("INSTALL_SERVER", self.install_params(login="bob"))
+        self.assertEqual(r.code, 0, r)
+        with open(os.path.join(self.bin, "steamcmd.log")) as f:
+            log = f.read()
+        self.assertIn("+runscript", log)
+        self.assertNotIn("s3cr3t-pw", log)             # never on SteamCMD's command line
+        self.assertNotIn("s3cr3t-pw", r.stdout + r.stderr)  # nor in events, logs or the result
+        inst = self.instance_dir()
+        for dirpath, _, files in os.walk(inst):
+            for name in files:
+                with open(os.path.join(dirpath, name), "rb") as f:
+                    self.assertNotIn(b"s3cr3t-pw", f.read(), os.path.join(dirpath, name))
+
+    def test_missing_account_wrong_password_and_loose_file_mode(self):
+        self.fixture({}, accounts={"bob": "right"})
+        self.creds("bob wrong\n")
+        r = self.job("INSTALL_SERVER", self.install_params(login="alice"))
+        self.assertEqual(r.code, 1, r)
+        self.assertIn("no credentials for Steam account 'alice'", r.error_message)
+        r = self.job("INSTALL_SERVER", self.install_params(login="bob"))
+        self.assertEqual(r.code, 1, r)
+        self.assertIn("SteamCMD login failed: Invalid Password", r.error_message)
+        self.assertFalse(r.result["error"]["retryable"])
+        os.chmod(os.path.join(self.tmp, "steam.creds"), 0o644)
+        r = self.job("INSTALL_SERVER", self.install_params(login="bob"))
+        self.assertEqual(r.code, 1, r)
+        self.assertIn("chmod 600", r.error_message)
 
 
 class SteamRetry(SteamCase):
