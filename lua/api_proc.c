@@ -72,7 +72,8 @@ struct run {
 	int pattern;    /* stack index of the progress pattern, 0 = none */
 	int match;      /* stack index of string.match */
 	struct jv_progress prog;
-	int err_ref;    /* the callback's error (registry), LUA_NOREF = none */
+	int err_slot;   /* stack index of a 1-slot table holding the callback's error */
+	bool failed;
 	double last_fraction;
 };
 
@@ -137,7 +138,10 @@ static bool on_line(void *arg, int stream, const char *line, size_t len)
 	else
 		lua_pushnil(L);
 	if (lua_pcall(L, 7, 0, 0) != LUA_OK) {
-		r->err_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+		/* The slot exists already: storing allocates nothing, so even a
+		 * memory error cannot escape past procx_run. */
+		lua_rawseti(L, r->err_slot, 1);
+		r->failed = true;
 		return false;
 	}
 	return true;
@@ -365,17 +369,20 @@ static int l_proc_run(lua_State *L)
 	int max_procs = (int)apiutil_opt_int(L, 2, "max_procs", 64, 1, 4096);
 	int nofile = (int)apiutil_opt_int(L, 2, "nofile", 1024, 16, 65536);
 
-	struct run r = {.L = L, .ctx = ctx, .on_line = on_line_idx, .pattern = pattern_idx,
-	                .err_ref = LUA_NOREF};
+	struct run r = {.L = L, .ctx = ctx, .on_line = on_line_idx, .pattern = pattern_idx};
 	const char *base = strrchr(path, '/') + 1;
 	char what[160];
 	snprintf(what, sizeof(what), "running %s", base);
 	jv_progress_init(L, 2, &r.prog, what);
 	if (pattern_idx && r.prog.from < 0)
 		return luaL_error(L, "proc.run: progress_pattern needs progress = {from, to}");
-	lua_getglobal(L, "string");
-	lua_getfield(L, -1, "match");
+	lua_pushvalue(L, lua_upvalueindex(1)); /* the real string.match, whatever the script did */
 	r.match = lua_gettop(L);
+	lua_createtable(L, 1, 0);
+	lua_pushboolean(L, 0);
+	lua_rawseti(L, -2, 1);
+	r.err_slot = lua_gettop(L);
+	luaL_checkstack(L, 16, "proc.run"); /* the callbacks push onto this frame */
 
 	struct fsx fx;
 	apiutil_fsx(L, &fx);
@@ -405,11 +412,8 @@ static int l_proc_run(lua_State *L)
 		close(rec_fd);
 		remove_record(ctx, rec_name);
 	}
-	if (rc < 0) {
-		if (r.err_ref != LUA_NOREF)
-			luaL_unref(L, LUA_REGISTRYINDEX, r.err_ref);
+	if (rc < 0)
 		return jv_push_fail(L, "%s", err);
-	}
 	if (res.leftovers) {
 		char msg[300];
 		snprintf(msg, sizeof(msg), "'%s' left %u process(es) behind: ended them", path,
@@ -422,8 +426,7 @@ static int l_proc_run(lua_State *L)
 	}
 	if (res.end == PROCX_ABORTED) {
 		procx_result_free(&res);
-		lua_rawgeti(L, LUA_REGISTRYINDEX, r.err_ref);
-		luaL_unref(L, LUA_REGISTRYINDEX, r.err_ref);
+		lua_rawgeti(L, r.err_slot, 1);
 		return lua_error(L);
 	}
 	if (r.prog.from >= 0 && res.end == PROCX_EXITED && res.exit_code == 0)
@@ -579,6 +582,15 @@ static const luaL_Reg proc_funcs[] = {
 
 int luaopen_jv_proc(lua_State *L)
 {
-	luaL_newlib(L, proc_funcs);
+	luaL_newlibtable(L, proc_funcs);
+	/* Every function gets string.match as it is now (the sandbox opens string
+	 * first), so a script that replaces string.match cannot hook the pattern. */
+	lua_getglobal(L, "string");
+	if (lua_istable(L, -1))
+		lua_getfield(L, -1, "match");
+	else
+		lua_pushnil(L);
+	lua_remove(L, -2);
+	luaL_setfuncs(L, proc_funcs, 1);
 	return 1;
 }
