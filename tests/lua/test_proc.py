@@ -248,6 +248,14 @@ class ArgvCwdEnv(ProcCase):
         for want in (27.4, 45.2, 66.4, 90.0):
             self.assertIn(want, pcts, pcts)
 
+    def test_a_replaced_string_match_does_not_reach_the_progress_parser(self):
+        r = self.run_lua('string.match = function() error("hooked") end '
+                         'local r = assert(proc.run({ args.py, "-c", "print(\'progress: 50\')" }, '
+                         '{ progress = { 0, 100 }, progress_pattern = "progress: (%d+)" })) return { ok = r.ok }',
+                         {"py": PY})
+        self.assertEqual(r.code, 0, r)
+        self.assertIn(50, [e["percent"] for e in r.events if e["kind"] == "progress"])
+
     def test_an_on_line_error_ends_the_program_and_fails_the_job(self):
         code = "import time\nprint('first', flush=True)\ntime.sleep(60)\n"
         t0 = time.time()
