@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "jobvisor/procid.h"
 #include "jobvisor/util.h"
 
 #define TICK_MS 50
@@ -58,52 +59,37 @@ struct pinfo {
 	bool zombie;
 };
 
-/* Parse /proc/<pid>/stat. 0 or -errno. */
-static int read_stat(pid_t pid, struct pinfo *p)
+/* /proc/<pid>/stat through the core's one parser (jv_proc_stat: a stack
+ * buffer, no malloc, so the shepherd may call it); with_uid adds the owner. */
+static int read_stat(pid_t pid, struct pinfo *p, bool with_uid)
 {
-	char path[64], buf[1024];
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	struct stat st;
-	uid_t uid = fstat(fd, &st) == 0 ? st.st_uid : (uid_t)-1;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -ESRCH;
-	buf[n] = '\0';
-	char *q = strrchr(buf, ')');
-	if (!q || q[1] != ' ')
-		return -EINVAL;
-	q += 2;
-	/* fields from 3: state ppid pgrp session tty tpgid flags minflt cminflt majflt
-	 * cmajflt utime stime cutime cstime priority nice threads itrealvalue starttime */
-	char state = *q;
-	long long f[20] = {0};
-	int i = 0;
-	char *s = strchr(q, ' ');
-	while (s && i < 20) {
-		f[i++] = strtoll(s + 1, &s, 10);
-		if (*s != ' ')
-			break;
-	}
-	if (i < 19)
-		return -EINVAL;
+	struct jv_proc_stat st;
+	int rc = jv_proc_stat(pid, &st);
+	if (rc < 0)
+		return rc;
 	p->pid = pid;
-	p->ppid = (pid_t)f[0];
-	p->pgid = (pid_t)f[1];
-	p->sid = (pid_t)f[2];
-	p->start = (uint64_t)f[18];
-	p->uid = uid;
-	p->zombie = state == 'Z' || state == 'X';
+	p->ppid = st.ppid;
+	p->pgid = st.pgid;
+	p->sid = st.sid;
+	p->start = st.start_time;
+	p->zombie = st.state == 'Z' || st.state == 'X';
+	p->uid = (uid_t)-1;
+	if (with_uid) {
+		char path[64];
+		struct stat ps;
+		snprintf(path, sizeof(path), "/proc/%d", (int)pid);
+		if (stat(path, &ps) == 0)
+			p->uid = ps.st_uid;
+	}
 	return 0;
 }
 
 static struct pinfo scan_buf[MAX_SCAN];
 
-/* Every process in /proc (up to MAX_SCAN). Returns the count, or -errno. */
-static int scan_all(void)
+/* Every process in /proc (up to MAX_SCAN). Returns the count, or -errno.
+ * getdents64 on a stack buffer rather than jv_proc_each: readdir allocates,
+ * and the shepherd runs after fork in a copy of a process with a heap. */
+static int scan_all(bool with_uid)
 {
 	int dfd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0)
@@ -126,7 +112,7 @@ static int scan_all(void)
 			if (d->name[0] < '1' || d->name[0] > '9')
 				continue;
 			pid_t pid = (pid_t)strtol(d->name, NULL, 10);
-			if (n < MAX_SCAN && read_stat(pid, &scan_buf[n]) == 0)
+			if (n < MAX_SCAN && read_stat(pid, &scan_buf[n], with_uid) == 0)
 				n++;
 		}
 	}
@@ -136,7 +122,7 @@ static int scan_all(void)
 
 int procx_count_user(uid_t uid)
 {
-	int n = scan_all();
+	int n = scan_all(true);
 	if (n < 0)
 		return -1;
 	int c = 0;
@@ -230,7 +216,7 @@ static pid_t kids[MAX_SCAN];
  * children lead. Zombies are left to waitpid. Returns the count. */
 static int find_targets(pid_t self, pid_t pgid)
 {
-	int n = scan_all();
+	int n = scan_all(false);
 	int nk = 0;
 	for (int i = 0; i < n; i++)
 		if (scan_buf[i].ppid == self)
@@ -287,7 +273,7 @@ static void shepherd(const struct procx_spec *s, int fds[FD_FIRST_FREE], struct 
 	pid_t self = getpid();
 	struct pinfo me;
 	job_sid = getsid(0);
-	if (read_stat(self, &me) == 0)
+	if (read_stat(self, &me, false) == 0)
 		record(&me);
 	int ex[2];
 	if (pipe2(ex, O_CLOEXEC) < 0) {
@@ -319,7 +305,7 @@ static void shepherd(const struct procx_spec *s, int fds[FD_FIRST_FREE], struct 
 	}
 	close(ex[0]);
 	struct pinfo pi;
-	if (read_stat(pid, &pi) == 0)
+	if (read_stat(pid, &pi, false) == 0)
 		record(&pi);
 	send_msg(M_STARTED, pid);
 
@@ -704,7 +690,7 @@ static int sweep_file(const char *text, int ng, unsigned *ended)
 				continue;
 			}
 			struct pinfo p;
-			int rs = read_stat((pid_t)pid, &p);
+			int rs = read_stat((pid_t)pid, &p, false);
 			if (rs == 0 && p.start == start && !p.zombie && kill((pid_t)pid, SIGKILL) == 0)
 				(*ended)++;
 			long ids[3] = {pid, pgid, sid};
@@ -713,7 +699,7 @@ static int sweep_file(const char *text, int ng, unsigned *ended)
 				    in_list(groups, ng, (pid_t)ids[k]))
 					continue;
 				struct pinfo g;
-				if (read_stat((pid_t)ids[k], &g) == 0 && g.start > newest)
+				if (read_stat((pid_t)ids[k], &g, false) == 0 && g.start > newest)
 					continue; /* the number was given to a newer process */
 				groups[ng++] = (pid_t)ids[k];
 			}
@@ -760,7 +746,7 @@ int procx_sweep(int dirfd, unsigned *ended)
 	/* Members of the recorded groups and sessions; again while any appear (a
 	 * member may fork between the scan and the kill). */
 	for (int round = 0; round < 50 && ng > 0; round++) {
-		int n = scan_all();
+		int n = scan_all(false);
 		unsigned hit = 0;
 		for (int i = 0; i < n; i++) {
 			const struct pinfo *p = &scan_buf[i];
