@@ -402,10 +402,14 @@ class CancelAndKill(ProcCase):
             return pids
         wait_for(lambda: daemon in recorded(), what="the daemon in the record")
         shepherd = [k for k in children_of(child)][0]
+        program = children_of(shepherd)[0]
+        self.assertIn(program, tagged(self.tag))
         os.kill(shepherd, signal.SIGKILL)
         os.kill(child, signal.SIGKILL)
         self.finish(p)
-        time.sleep(0.3)  # give PDEATHSIG its moment; the daemon must still be there
+        # PDEATHSIG: the program dies with its shepherd at once ...
+        wait_for(lambda: not alive(program), timeout=5, what="PDEATHSIG to end the program")
+        # ... but the double-forked, setsid daemon has no such tie: it waits for the next run
         self.assertTrue(alive(daemon), "the daemon should have escaped until the next run")
         self.assertEqual(len(tagged(self.tag)), 2)  # the daemon and its child
         r = self.run_lua('return {}')
