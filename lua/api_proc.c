@@ -17,11 +17,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "jobvisor/durable.h"
 #include "jobvisor/jsonutil.h"
+#include "jobvisor/util.h"
 #include "procx.h"
 
 #define MAX_ARGS 4096
@@ -279,6 +281,91 @@ static void remove_record(struct jv_run_ctx *ctx, const char *name)
 	unlinkat(ctx->instance_fd, path, 0);
 }
 
+/* opts.steam_login = "account": a SteamCMD runscript "login <account>
+ * <password>" in a memfd that the program gets as descriptor 4 (it reads it
+ * as /proc/self/fd/4 through +runscript), the password taken from the
+ * agent's steam_credentials_file. The password never enters the Lua state,
+ * a file a script could read, or a command line (visible in /proc). Returns
+ * the memfd, or -1 with a message in err. */
+static int steam_login_fd(struct jv_run_ctx *ctx, const char *account, char *err, size_t errlen)
+{
+	size_t alen = strlen(account);
+	const char *file = jv_json_str(ctx->settings, "steam_credentials_file", NULL);
+	if (!file) {
+		snprintf(err, errlen, "no Steam credentials: set the agent setting steam_credentials_file to "
+		                      "a file of 'account password' lines (mode 0600)");
+		return -1;
+	}
+	int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		snprintf(err, errlen, "cannot read steam_credentials_file: %s", strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	close(fd);
+	if (!S_ISREG(st.st_mode) || (st.st_mode & 077)) {
+		snprintf(err, errlen, "steam_credentials_file must be a regular file readable by its owner "
+		                      "only (chmod 600)");
+		return -1;
+	}
+	char *text = NULL;
+	size_t len = 0;
+	int rc = jv_read_file_at(AT_FDCWD, file, 64 * 1024, &text, &len);
+	if (rc < 0) {
+		snprintf(err, errlen, "cannot read steam_credentials_file: %s", strerror(-rc));
+		return -1;
+	}
+	char script[512] = "";
+	int found = 0;
+	for (char *line = text, *next; line && *line; line = next) {
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		char *p = line;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p == '#' || !*p)
+			continue;
+		size_t ul = strcspn(p, " \t");
+		if (ul != alen || strncmp(p, account, alen) != 0)
+			continue;
+		char *pw = p + ul;
+		while (*pw == ' ' || *pw == '\t')
+			pw++;
+		size_t pl = strcspn(pw, " \t\r");
+		if (pl == 0 || pw[pl + strspn(pw + pl, " \t\r")] != '\0') {
+			found = -1; /* no password, or one with blanks: SteamCMD cannot take it */
+			break;
+		}
+		pw[pl] = '\0';
+		found = snprintf(script, sizeof(script), "login %s %s\n", account, pw) < (int)sizeof(script)
+		            ? 1 : -1;
+		break;
+	}
+	explicit_bzero(text, len);
+	free(text);
+	if (found <= 0) {
+		explicit_bzero(script, sizeof(script));
+		snprintf(err, errlen, found < 0 ? "steam_credentials_file: the line of account '%s' must be "
+		                                  "'account password' (no blanks in the password)"
+		                                : "no credentials for Steam account '%s' in steam_credentials_file",
+		         account);
+		return -1;
+	}
+	int mfd = memfd_create("steam-login", MFD_CLOEXEC);
+	size_t slen = strlen(script);
+	if (mfd < 0 || jv_write_all(mfd, script, slen) < 0 || lseek(mfd, 0, SEEK_SET) < 0) {
+		snprintf(err, errlen, "cannot hand the login to SteamCMD: %s", strerror(errno));
+		if (mfd >= 0)
+			close(mfd);
+		mfd = -1;
+	}
+	explicit_bzero(script, sizeof(script));
+	return mfd;
+}
+
 static const char *signame(int sig)
 {
 	switch (sig) {
@@ -302,7 +389,7 @@ static int l_proc_run(lua_State *L)
 {
 	static const char *const keys[] = {"cwd", "env", "timeout", "kill_grace", "stdin", "on_line",
 	                                   "capture", "progress", "progress_pattern", "max_procs",
-	                                   "nofile", NULL};
+	                                   "nofile", "steam_login", NULL};
 	struct jv_run_ctx *ctx = jv_ctx(L);
 	lua_settop(L, 2); /* opts at 2 (maybe nil); what we push goes above */
 	char **argv = check_argv(L, 1);
@@ -384,6 +471,19 @@ static int l_proc_run(lua_State *L)
 	r.err_slot = lua_gettop(L);
 	luaL_checkstack(L, 16, "proc.run"); /* the callbacks push onto this frame */
 
+	const char *steam_login = apiutil_opt_str(L, 2, "steam_login", NULL);
+	if (steam_login) {
+		const char *steam = jv_json_str(ctx->settings, "steamcmd", NULL);
+		if (!steam || strcmp(steam, path) != 0)
+			return luaL_error(L, "proc.run: option 'steam_login' is only for the steamcmd program");
+		size_t alen = strlen(steam_login);
+		bool ok = alen >= 1 && alen <= 64 && strcmp(steam_login, "anonymous") != 0;
+		for (const char *p = steam_login; ok && *p; p++)
+			ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+			     *p == '_' || *p == '.' || *p == '-' || *p == '@';
+		if (!ok)
+			return luaL_error(L, "proc.run: option 'steam_login' must be a Steam account name");
+	}
 	struct fsx fx;
 	apiutil_fsx(L, &fx);
 	int cwd_fd;
@@ -392,6 +492,15 @@ static int l_proc_run(lua_State *L)
 		return apiutil_fail(L, rc, "use as working directory", cwd);
 	char **envp = build_env(L, 2, ctx);
 
+	char err[1024];
+	int extra_fd = -1;
+	if (steam_login) {
+		extra_fd = steam_login_fd(ctx, steam_login, err, sizeof(err));
+		if (extra_fd < 0) {
+			close(cwd_fd);
+			return jv_push_fail(L, "%s", err);
+		}
+	}
 	char rec_name[256];
 	int rec_fd = open_record(ctx, rec_name, sizeof(rec_name));
 	struct procx_spec s = {
@@ -399,15 +508,17 @@ static int l_proc_run(lua_State *L)
 		.stdin_data = stdin_data, .stdin_len = stdin_len,
 		.timeout_ms = (int64_t)llround(timeout * 1000), .grace_ms = (int64_t)llround(grace * 1000),
 		.max_procs = max_procs, .nofile = nofile, .capture_max = capture, .record_fd = rec_fd,
+		.extra_fd = extra_fd,
 		.on_line = (on_line_idx || pattern_idx) ? on_line : NULL, .cancelled = cancelled, .arg = &r,
 	};
-	char err[1024];
 	struct procx_result res;
 	char step[300];
 	snprintf(step, sizeof(step), "running %s", path);
 	jv_run_marker_step(ctx, step);
 	rc = procx_run(&s, &res, err, sizeof(err));
 	close(cwd_fd);
+	if (extra_fd >= 0)
+		close(extra_fd);
 	if (rec_fd >= 0) {
 		close(rec_fd);
 		remove_record(ctx, rec_name);
@@ -474,94 +585,6 @@ static int l_proc_run(lua_State *L)
 	return 1;
 }
 
-/* proc.steam_login_script(account, path): write a SteamCMD runscript holding
- * "login <account> <password>" at the instance path `path` (mode 0600), the
- * password taken from the agent's steam_credentials_file. The password never
- * enters the Lua state or a command line (visible in /proc to the same user);
- * the script removes the file after the run. nil, message when the file or
- * the account is missing. */
-static int l_proc_steam_login_script(lua_State *L)
-{
-	const char *account = luaL_checkstring(L, 1);
-	char dst[FSX_PATH_MAX];
-	apiutil_path(L, 2, dst, true);
-	size_t alen = strlen(account);
-	bool ok = alen >= 1 && alen <= 64;
-	for (const char *p = account; ok && *p; p++)
-		ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-		     *p == '_' || *p == '.' || *p == '-' || *p == '@';
-	luaL_argcheck(L, ok && strcmp(account, "anonymous") != 0, 1,
-	              "a Steam account name (letters, digits, _ . - @)");
-	struct jv_run_ctx *ctx = jv_ctx(L);
-	const char *file = jv_json_str(ctx->settings, "steam_credentials_file", NULL);
-	if (!file)
-		return jv_push_fail(L, "no Steam credentials: set the agent setting steam_credentials_file to a "
-		                       "file of 'account password' lines (mode 0600)");
-	int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-	struct stat st;
-	if (fd < 0 || fstat(fd, &st) < 0) {
-		int e = errno;
-		if (fd >= 0)
-			close(fd);
-		return jv_push_fail(L, "cannot read steam_credentials_file: %s", strerror(e));
-	}
-	close(fd);
-	if (!S_ISREG(st.st_mode) || (st.st_mode & 077))
-		return jv_push_fail(L, "steam_credentials_file must be a regular file readable by its owner "
-		                       "only (chmod 600)");
-	char *text = NULL;
-	size_t len = 0;
-	int rc = jv_read_file_at(AT_FDCWD, file, 64 * 1024, &text, &len);
-	if (rc < 0)
-		return jv_push_fail(L, "cannot read steam_credentials_file: %s", strerror(-rc));
-	char script[512] = "";
-	int found = 0;
-	for (char *line = text, *next; line && *line; line = next) {
-		next = strchr(line, '\n');
-		if (next)
-			*next++ = '\0';
-		char *p = line;
-		while (*p == ' ' || *p == '\t')
-			p++;
-		if (*p == '#' || !*p)
-			continue;
-		size_t ul = strcspn(p, " \t");
-		if (ul != alen || strncmp(p, account, alen) != 0)
-			continue;
-		char *pw = p + ul;
-		while (*pw == ' ' || *pw == '\t')
-			pw++;
-		size_t pl = strcspn(pw, " \t\r");
-		if (pl == 0 || pw[pl + strspn(pw + pl, " \t\r")] != '\0') {
-			found = -1; /* no password, or one with blanks: SteamCMD cannot take it */
-			break;
-		}
-		pw[pl] = '\0';
-		if (snprintf(script, sizeof(script), "login %s %s\n", account, pw) >= (int)sizeof(script))
-			found = -1;
-		else
-			found = 1;
-		break;
-	}
-	explicit_bzero(text, len);
-	free(text);
-	if (found <= 0) {
-		explicit_bzero(script, sizeof(script));
-		return jv_push_fail(L, found < 0 ? "steam_credentials_file: the line of account '%s' must be "
-		                                   "'account password' (no blanks in the password)"
-		                                 : "no credentials for Steam account '%s' in steam_credentials_file",
-		                    account);
-	}
-	struct fsx fx;
-	apiutil_fsx(L, &fx);
-	rc = fsx_write(&fx, dst, script, strlen(script), 0600);
-	explicit_bzero(script, sizeof(script));
-	if (rc < 0)
-		return apiutil_fail(L, rc, "write", dst);
-	lua_pushboolean(L, 1);
-	return 1;
-}
-
 /* proc.steamcmd(): the agent's steamcmd setting, or nil. */
 static int l_proc_steamcmd(lua_State *L)
 {
@@ -576,7 +599,6 @@ static int l_proc_steamcmd(lua_State *L)
 static const luaL_Reg proc_funcs[] = {
 	{"run", l_proc_run},
 	{"steamcmd", l_proc_steamcmd},
-	{"steam_login_script", l_proc_steam_login_script},
 	{NULL, NULL},
 };
 

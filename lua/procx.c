@@ -134,7 +134,7 @@ int procx_count_user(uid_t uid)
 /* ---- the program (after fork in the shepherd) ---- */
 
 /* Descriptors in the shepherd after renumbering. */
-enum { FD_IN = 3, FD_OUT, FD_ERR, FD_CTL, FD_ST, FD_CWD, FD_REC, FD_FIRST_FREE };
+enum { FD_IN = 3, FD_OUT, FD_ERR, FD_CTL, FD_ST, FD_CWD, FD_REC, FD_EXTRA, FD_FIRST_FREE };
 
 static void program(const struct procx_spec *s, pid_t shepherd, struct rlimit nproc, int exw)
 {
@@ -166,10 +166,20 @@ static void program(const struct procx_spec *s, pid_t shepherd, struct rlimit np
 		(void)w;
 		_exit(127);
 	}
-	/* Only 0-2 and the exec-error pipe (CLOEXEC: its EOF tells the shepherd
-	 * that execve worked) survive. */
+	/* Only 0-2, the exec-error pipe (CLOEXEC: its EOF tells the shepherd that
+	 * execve worked) and, when given, the extra descriptor as 4 survive. */
 	fcntl(3, F_SETFD, FD_CLOEXEC);
-	close_from(4);
+	if (s->extra_fd >= 0) {
+		if (dup2(FD_EXTRA, 4) < 0) {
+			e = errno;
+			ssize_t w = write(3, &e, sizeof(e));
+			(void)w;
+			_exit(127);
+		}
+		close_from(5);
+	} else {
+		close_from(4);
+	}
 	execve(s->path, s->argv, s->envp);
 	e = errno;
 	ssize_t w = write(3, &e, sizeof(e));
@@ -471,6 +481,7 @@ int procx_run(const struct procx_spec *s, struct procx_result *r, char *err, siz
 	fds[FD_ST] = st[1];
 	fds[FD_CWD] = s->cwd_fd;
 	fds[FD_REC] = s->record_fd;
+	fds[FD_EXTRA] = s->extra_fd;
 	pid_t sh = fork();
 	if (sh < 0) {
 		rc = -errno;

@@ -54,6 +54,8 @@ struct procx_spec {
 	int nofile;         /* RLIMIT_NOFILE of the program */
 	size_t capture_max; /* bytes kept per stream */
 	int record_fd;      /* append-only record for procx_sweep, or -1 (borrowed) */
+	int extra_fd;       /* handed to the program as descriptor 4 (e.g. a memfd it reads
+	                       as /proc/self/fd/4), or -1 (borrowed) */
 
 	/* Called for each complete line (without its newline) and for a last
 	 * unterminated one. Return false to stop the program (the callback keeps

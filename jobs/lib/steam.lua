@@ -166,7 +166,6 @@ function M.stage(job, id, src, from, to, resume)
   local stage = resume
   if stage then
     log.info("continuing the SteamCMD download an earlier run of build '" .. id .. "' began")
-    fs.remove(stage .. "/login.txt") -- a login runscript a killed run could not remove
   else
     stage = common.must(job, "cannot create a staging directory", fs.staging())
   end
@@ -176,16 +175,13 @@ function M.stage(job, id, src, from, to, resume)
   local argv = { steamcmd, "+@ShutdownOnFailedCommand", "1", "+@NoPromptForPassword", "1",
                  "+@sSteamCmdForcePlatformType", src.platform,
                  "+force_install_dir", common.must(job, "cannot resolve the install directory", fs.abspath(dir)) }
-  local login_script
   if src.login == "anonymous" then
     argv[#argv + 1] = "+login"; argv[#argv + 1] = "anonymous"
   else
-    -- The password goes to SteamCMD in a runscript file (mode 0600, removed
-    -- right after), never on its command line where /proc shows it.
-    login_script = stage .. "/login.txt"
-    local ok, lerr = proc.steam_login_script(src.login, login_script)
-    if not ok then job.fail(tostring(lerr)) end
-    argv[#argv + 1] = "+runscript"; argv[#argv + 1] = assert(fs.abspath(login_script))
+    -- proc.run hands SteamCMD "login <account> <password>" as descriptor 4
+    -- (opts.steam_login); the password never reaches this script, a file or
+    -- SteamCMD's command line, where /proc would show it.
+    argv[#argv + 1] = "+runscript"; argv[#argv + 1] = "/proc/self/fd/4"
   end
   argv[#argv + 1] = "+app_update"; argv[#argv + 1] = src.appId
   if src.branch ~= "public" then
@@ -197,11 +193,11 @@ function M.stage(job, id, src, from, to, resume)
   if src.validate then argv[#argv + 1] = "validate" end
   argv[#argv + 1] = "+quit"
   local seen = {}
-  local function forget_login() if login_script then fs.remove(login_script) end end
   job.progress(from, string.format("installing app %s (branch %s) with SteamCMD as %s", src.appId, src.branch,
     src.login))
-  local ok_run, r, err = pcall(proc.run, argv, {
+  local r, err = proc.run(argv, {
     cwd = stage,
+    steam_login = src.login ~= "anonymous" and src.login or nil,
     progress = { from, to - 1 },
     progress_pattern = "Update state %(0x%x+%) downloading, progress: ([%d.]+) %(",
     on_line = function(stream, line)
@@ -214,10 +210,9 @@ function M.stage(job, id, src, from, to, resume)
       if line:match("^ERROR!") or line:match("^FAILED") then log.warn("steamcmd: " .. line) end
     end,
   })
-  forget_login()
-  if not ok_run then error(r, 0) end -- a cancellation stays one
   if not r then
-    job.fail("SteamCMD did not run: " .. tostring(err), { retryable = true })
+    local creds = tostring(err):find("steam_credentials_file", 1, true) or tostring(err):find("Steam credentials", 1, true)
+    job.fail((creds and "" or "SteamCMD did not run: ") .. tostring(err), { retryable = not creds })
   end
   if not (r.ok and seen.success) then
     -- Keep the staging directory (and the marker): SteamCMD's partial download

@@ -181,7 +181,7 @@ class SteamLogin(SteamCase):
         self.assertEqual(r.code, 0, r)
         with open(os.path.join(self.bin, "steamcmd.log")) as f:
             log = f.read()
-        self.assertIn("+runscript", log)
+        self.assertIn('"+runscript", "/proc/self/fd/4"', log)  # a memfd, not a file
         self.assertNotIn("s3cr3t-pw", log)             # never on SteamCMD's command line
         self.assertNotIn("s3cr3t-pw", r.stdout + r.stderr)  # nor in events, logs or the result
         inst = self.instance_dir()

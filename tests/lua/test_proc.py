@@ -122,6 +122,7 @@ class AllowList(ProcCase):
             ('proc.run({"/bin/true"}, { timeout = -1 })', "option 'timeout'"),
             ('proc.run({"/bin/true"}, { on_line = "print" })', "option 'on_line'"),
             ('proc.run({"/bin/true"}, { progress_pattern = "(%d+)" })', "needs progress"),
+            ('proc.run({"/bin/true"}, { steam_login = "bob" })', "only for the steamcmd program"),
         ]
         for body, needle in cases:
             with self.subTest(body=body):
