@@ -39,7 +39,7 @@ static struct procx_spec spec(char **argv, struct lines *l)
 	struct procx_spec s = {
 		.path = argv[0], .argv = argv, .envp = env_none, .cwd_fd = AT_FDCWD,
 		.grace_ms = 500, .max_procs = 32, .nofile = 256, .capture_max = 4096,
-		.record_fd = -1, .on_line = collect, .arg = l,
+		.record_fd = -1, .extra_fd = -1, .on_line = collect, .arg = l,
 	};
 	return s;
 }
@@ -85,6 +85,26 @@ Test(procx, captures_lines_and_the_exit_code_with_only_the_given_environment)
 	cr_assert(strstr(l.buf, "err:two|"), "%s", l.buf);
 	procx_result_free(&r);
 	close(s.cwd_fd);
+}
+
+Test(procx, the_extra_descriptor_is_the_programs_fd_4_and_nothing_else_is_open)
+{
+	struct lines l = {0};
+	char *argv[] = {"/bin/sh", "-c", "cat /proc/self/fd/4; ls /proc/self/fd | sort -n | tr '\\n' ' '", NULL};
+	struct procx_spec s = spec(argv, &l);
+	int p[2];
+	cr_assert(pipe(p) == 0);
+	cr_assert(write(p[1], "login bob pw\n", 13) == 13);
+	close(p[1]);
+	s.extra_fd = p[0];
+	struct procx_result r;
+	char err[256];
+	cr_assert_eq(procx_run(&s, &r, err, sizeof(err)), 0, "%s", err);
+	close(p[0]);
+	/* fd 4 holds the data; ls sees 0-2, 4 and its own directory descriptor (3) */
+	cr_assert(strncmp(r.out, "login bob pw\n", 13) == 0, "%s", r.out);
+	cr_assert_str_eq(r.out + 13, "0 1 2 3 4 ", "open descriptors: %s", r.out + 13);
+	procx_result_free(&r);
 }
 
 Test(procx, a_missing_program_is_an_error_naming_it)
