@@ -38,7 +38,7 @@ static void common_opts(lua_State *L, int idx, struct dl_opts *o)
 
 static int l_http_download(lua_State *L)
 {
-	static const char *const keys[] = {"sha256", "size", "resume", "max_bytes",
+	static const char *const keys[] = {"sha256", "size", "resume", "max_bytes", "reserve_bytes",
 	                                   "insecure_no_checksum", "retries", "connect_timeout",
 	                                   "low_speed_time", "timeout", "progress", "mode", NULL};
 	const char *url = luaL_checkstring(L, 1);
@@ -62,6 +62,8 @@ static int l_http_download(lua_State *L)
 	o.mode = apiutil_opt_mode(L, 3, "mode");
 	if (o.mode >= 0)
 		o.mode &= 0777;
+	o.reserve_bytes =
+	    (uint64_t)apiutil_opt_int(L, 3, "reserve_bytes", (lua_Integer)DL_DEFAULT_RESERVE, 0, INT64_MAX);
 	common_opts(L, 3, &o);
 	struct fsx fx;
 	apiutil_fsx(L, &fx);

@@ -149,8 +149,10 @@ end
 
 -- Make builds/<id> exist from src (checked by M.check_source) between from%
 -- and to% of the job. Returns true when it was staged now, false when it was
--- already there. resume is the staging directory from M.resumable (or nil).
-function M.stage(job, id, src, from, to, resume)
+-- already there. resume is the staging directory from M.resumable (or nil);
+-- check(dir), when given, is called on the installed tree before it is
+-- published (and fails the job to refuse it), like lib/builds.lua's.
+function M.stage(job, id, src, from, to, resume, check)
   local dest = "builds/" .. id
   if fs.exists(dest) then
     local rec = M.source_of(job, id)
@@ -222,6 +224,7 @@ function M.stage(job, id, src, from, to, resume)
   end
   job.checkpoint()
   fs.remove_tree(dir .. "/steamapps/downloading")
+  if check then check(dir) end
   record_source(job, id, src)
   common.must(job, "cannot create builds/", fs.mkdir("builds"))
   common.must(job, "cannot move the build into builds/", fs.commit(dir, dest))
