@@ -673,6 +673,18 @@ static int read_all_at(int dirfd, const char *name, struct jv_buf *b)
 }
 
 static pid_t groups[MAX_RECORDED * 3];
+static pid_t killed[MAX_SCAN];
+static int nkilled;
+
+/* SIGKILL pid and count it once, however many rounds see it die. */
+static void sweep_kill(pid_t pid, unsigned *ended)
+{
+	if (kill(pid, SIGKILL) != 0 || in_list(killed, nkilled, pid))
+		return;
+	if (nkilled < MAX_SCAN)
+		killed[nkilled++] = pid;
+	(*ended)++;
+}
 
 /* The ids of groups and sessions a record file names, and the recorded
  * processes still alive with their recorded start time (killed now). A group
@@ -702,8 +714,8 @@ static int sweep_file(const char *text, int ng, unsigned *ended)
 			}
 			struct pinfo p;
 			int rs = read_stat((pid_t)pid, &p, false);
-			if (rs == 0 && p.start == start && !p.zombie && kill((pid_t)pid, SIGKILL) == 0)
-				(*ended)++;
+			if (rs == 0 && p.start == start && !p.zombie)
+				sweep_kill((pid_t)pid, ended);
 			long ids[3] = {pid, pgid, sid};
 			for (int k = 0; k < 3; k++) {
 				if (ids[k] <= 1 || ng >= (int)JV_ARRAY_LEN(groups) ||
@@ -722,6 +734,7 @@ static int sweep_file(const char *text, int ng, unsigned *ended)
 int procx_sweep(int dirfd, unsigned *ended)
 {
 	*ended = 0;
+	nkilled = 0;
 	int lfd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (lfd < 0)
 		return -errno;
@@ -764,10 +777,11 @@ int procx_sweep(int dirfd, unsigned *ended)
 			if (p->zombie || p->pid == getpid())
 				continue;
 			if ((in_list(groups, ng, p->pgid) || in_list(groups, ng, p->sid)) &&
-			    kill(p->pid, SIGKILL) == 0)
+			    kill(p->pid, 0) == 0) {
+				sweep_kill(p->pid, ended);
 				hit++;
+			}
 		}
-		*ended += hit;
 		if (!hit)
 			break;
 		struct timespec ts = {0, 10 * 1000000};
