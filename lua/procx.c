@@ -323,9 +323,18 @@ static void shepherd(const struct procx_spec *s, int fds[FD_FIRST_FREE], struct 
 	int64_t deadline = 0, last_scan = 0;
 	int nt = 0;
 	unsigned leftovers = 0;
+	/* A pidfd wakes us the moment the program exits (no tick of latency);
+	 * without one (kernel < 5.3) the tick finds it. */
+	int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	for (;;) {
-		struct pollfd p = {.fd = ctl_open ? FD_CTL : -1, .events = POLLIN};
-		poll(&p, 1, TICK_MS);
+		struct pollfd pp[2] = {{.fd = ctl_open ? FD_CTL : -1, .events = POLLIN},
+		                       {.fd = pidfd, .events = POLLIN}};
+		poll(pp, 2, TICK_MS);
+		if (pidfd >= 0 && (pp[1].revents & POLLIN)) {
+			close(pidfd); /* level-triggered: once is enough */
+			pidfd = -1;
+		}
+		struct pollfd p = pp[0];
 		int start_kill = 0;
 		if (ctl_open && (p.revents & (POLLIN | POLLHUP | POLLERR))) {
 			char c;
