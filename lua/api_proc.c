@@ -514,7 +514,7 @@ static int l_proc_run(lua_State *L)
 	struct procx_result res;
 	char step[300];
 	snprintf(step, sizeof(step), "running %s", path);
-	jv_run_marker_step(ctx, step);
+	jv_run_marker_step(ctx, step, -1);
 	rc = procx_run(&s, &res, err, sizeof(err));
 	close(cwd_fd);
 	if (extra_fd >= 0)
