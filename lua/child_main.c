@@ -25,6 +25,7 @@
 #include "jobvisor/jobchild.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
+#include "jobvisor/protocol.h"
 #include "jobvisor/util.h"
 #include "sandbox.h"
 #include "scriptdef.h"
@@ -57,16 +58,10 @@ static void emit_result(struct jv_run_ctx *ctx, const char *status, cJSON *outpu
 		cJSON_AddItemToObject(ev, "output", output);
 	else
 		cJSON_AddItemToObject(ev, "output", cJSON_CreateObject());
-	if (message) {
-		cJSON *err = cJSON_AddObjectToObject(ev, "error");
-		cJSON_AddStringToObject(err, "message", message);
-		cJSON_AddStringToObject(err, "stack", stack ? stack : "");
-		cJSON_AddBoolToObject(err, "retryable", retryable);
-		if (reason)
-			cJSON_AddStringToObject(err, "reason", reason);
-	} else {
+	if (message)
+		cJSON_AddItemToObject(ev, "error", jv_proto_error(message, stack, retryable, reason));
+	else
 		cJSON_AddNullToObject(ev, "error");
-	}
 	jv_emit_event(ctx, ev);
 }
 

@@ -24,6 +24,7 @@
 #include "jobvisor/jobchild.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
+#include "jobvisor/protocol.h"
 #include "jobvisor/util.h"
 
 #define THROTTLE_MS 250          /* at most 4 progress events per second per run */
@@ -90,30 +91,19 @@ static void set_str(char **dst, const char *s)
 static void emit(struct jobrun *r, const char *kind, const char *status, double percent,
                  const char *message, const char *level, int64_t ts_ms)
 {
-	cJSON *ev = cJSON_CreateObject();
-	char ts[JV_ISO8601_LEN];
-	jv_iso8601(ts_ms > 0 ? ts_ms : jv_now_real_ms(), ts);
-	cJSON_AddNumberToObject(ev, "seq", (double)++r->seq);
-	cJSON_AddStringToObject(ev, "kind", kind);
-	cJSON_AddStringToObject(ev, "jobId", r->job_id);
-	cJSON_AddStringToObject(ev, "jobRunId", r->run_id);
-	if (r->instance_id && *r->instance_id)
-		cJSON_AddStringToObject(ev, "instanceId", r->instance_id);
-	else
-		cJSON_AddNullToObject(ev, "instanceId");
-	cJSON_AddStringToObject(ev, "status", status);
-	if (percent >= 0)
-		cJSON_AddNumberToObject(ev, "percent", round(percent * 10) / 10);
-	else
-		cJSON_AddNullToObject(ev, "percent");
-	if (message)
-		cJSON_AddStringToObject(ev, "message", message);
-	else
-		cJSON_AddNullToObject(ev, "message");
-	if (level)
-		cJSON_AddStringToObject(ev, "level", level);
-	cJSON_AddStringToObject(ev, "timestamp", ts);
-	r->ops->event(r->ud, r, ev);
+	struct jv_proto_event e = {
+		.seq = ++r->seq,
+		.kind = kind,
+		.job_id = r->job_id,
+		.run_id = r->run_id,
+		.instance_id = r->instance_id,
+		.status = status,
+		.percent = percent,
+		.message = message,
+		.level = level,
+		.ts_ms = ts_ms,
+	};
+	r->ops->event(r->ud, r, jv_proto_event(&e));
 }
 
 static void send_progress(struct jobrun *r, double percent, const char *msg, int64_t ts)
@@ -271,17 +261,6 @@ void jobrun_on_readable(struct jobrun *r)
 
 /* ---- result ---- */
 
-static cJSON *make_error(const char *message, const char *stack, bool retryable, const char *reason)
-{
-	cJSON *e = cJSON_CreateObject();
-	cJSON_AddStringToObject(e, "message", message);
-	cJSON_AddStringToObject(e, "stack", stack ? stack : "");
-	cJSON_AddBoolToObject(e, "retryable", retryable);
-	if (reason)
-		cJSON_AddStringToObject(e, "reason", reason);
-	return e;
-}
-
 static bool reason_is(const struct jobrun *r, const char *reason)
 {
 	return r->cancel_reason && strcmp(r->cancel_reason, reason) == 0;
@@ -305,15 +284,15 @@ static void finish(struct jobrun *r)
 	char msg[512];
 
 	if (r->protocol_error) {
-		error = make_error(r->protocol_error, NULL, false, "protocol");
+		error = jv_proto_error(r->protocol_error, NULL, false, "protocol");
 	} else if (reason_is(r, "timeout") && !completed) {
 		snprintf(msg, sizeof(msg), "job run timed out after %lld s",
 		         (long long)((r->timeout_at - r->started_mono) / 1000));
-		error = make_error(msg, NULL, true, "timeout");
+		error = jv_proto_error(msg, NULL, true, "timeout");
 	} else if ((reason_is(r, "shutdown") || reason_is(r, "lost")) && !completed) {
 		snprintf(msg, sizeof(msg), "job run interrupted: %s",
 		         reason_is(r, "shutdown") ? "the agent is shutting down" : "the run was lost");
-		error = make_error(msg, NULL, true, r->cancel_reason);
+		error = jv_proto_error(msg, NULL, true, r->cancel_reason);
 	} else if (r->result) {
 		status = child_status;
 		if (strcmp(status, "COMPLETED") != 0 && strcmp(status, "CANCELLED") != 0)
@@ -331,16 +310,16 @@ static void finish(struct jobrun *r)
 			         "job cancelled; the script did not stop within %d s and was killed", r->grace_s);
 		else
 			snprintf(msg, sizeof(msg), "job cancelled");
-		error = make_error(msg, NULL, false, "cancelled");
+		error = jv_proto_error(msg, NULL, false, "cancelled");
 	} else if (r->exited && WIFSIGNALED(r->wstatus)) {
 		int sig = WTERMSIG(r->wstatus);
 		snprintf(msg, sizeof(msg), "job-run child was killed by %s%s", jv_signal_name(sig),
 		         sig == SIGKILL ? " (killed from outside, or out of memory)" : "");
-		error = make_error(msg, NULL, true, "killed");
+		error = jv_proto_error(msg, NULL, true, "killed");
 	} else {
 		snprintf(msg, sizeof(msg), "job-run child exited with status %d without reporting a result",
 		         r->exited && WIFEXITED(r->wstatus) ? WEXITSTATUS(r->wstatus) : -1);
-		error = make_error(msg, NULL, false, "crashed");
+		error = jv_proto_error(msg, NULL, false, "crashed");
 	}
 	if (!output)
 		output = cJSON_CreateObject();
@@ -356,18 +335,7 @@ static void finish(struct jobrun *r)
 		jv_log(strcmp(status, "CANCELLED") == 0 ? JV_LOG_WARN : JV_LOG_ERROR, r->job_id, r->run_id,
 		       "job run %s after %.2f s: %s", status, secs, emsg ? emsg : "-");
 
-	cJSON *res = cJSON_CreateObject();
-	char ts[JV_ISO8601_LEN];
-	jv_iso8601(jv_now_real_ms(), ts);
-	cJSON_AddStringToObject(res, "status", status);
-	cJSON_AddItemToObject(res, "output", output);
-	if (error)
-		cJSON_AddItemToObject(res, "error", error);
-	else
-		cJSON_AddNullToObject(res, "error");
-	cJSON_AddStringToObject(res, "finishedAt", ts);
-	cJSON_AddNumberToObject(res, "lastSeq", (double)r->seq);
-	r->ops->done(r->ud, r, res);
+	r->ops->done(r->ud, r, jv_proto_result(status, output, error, r->seq));
 }
 
 /* ---- lifecycle ---- */
