@@ -4,7 +4,7 @@
  * Markers live in <instance>/.jobvisor/markers/<name>.json and are written
  * with the one durability helper, so a retry after kill -9 reads either the
  * old or the new marker, never half of one. */
-#include "jvlua.h"
+#include "apiutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -203,12 +203,9 @@ static int fail_tostring(lua_State *L)
 static int l_job_fail(lua_State *L)
 {
 	const char *msg = luaL_checkstring(L, 1);
-	bool retryable = false;
-	if (lua_istable(L, 2)) {
-		lua_getfield(L, 2, "retryable");
-		retryable = lua_toboolean(L, -1);
-		lua_pop(L, 1);
-	}
+	static const char *const keys[] = {"retryable", NULL};
+	apiutil_opts(L, 2, "job.fail", keys);
+	bool retryable = apiutil_opt_bool(L, 2, "retryable", false);
 	lua_newtable(L);
 	lua_pushstring(L, msg);
 	lua_setfield(L, -2, "message");

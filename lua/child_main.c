@@ -169,6 +169,8 @@ static int prepare_instance(struct child *c, char *err, size_t errlen)
 		jv_durable_cleanup_temps(mfd);
 		close(mfd);
 	}
+	/* What completed runs left to delete goes while this one runs. */
+	jv_trash_sweep_start(&c->ctx);
 	return 0;
 }
 
