@@ -101,10 +101,12 @@ out:
 	cJSON_Delete(body);
 }
 
-/* 0 when the agent may report on the run; otherwise the answer is set. */
-static int check_owner(struct http_answer *a, const struct cp_agent *agent, const char *run_id,
-                       int lookup_rc, const struct store_run_state *rs)
+/* Load the run's state (mu held): 0 when the agent may report on the run;
+ * otherwise the answer is set. */
+static int load_owned_run(struct cp *cp, struct http_answer *a, const struct cp_agent *agent,
+                          const char *run_id, struct store_run_state *rs)
 {
+	int lookup_rc = store_run_state(cp, run_id, rs);
 	if (lookup_rc == -ENOENT) {
 		http_answer_error(a, 409, "run '%s' is not known here; drop it", run_id);
 		return -1;
@@ -143,8 +145,7 @@ void api_agent_events(struct cp *cp, struct mg_connection *conn, struct cp_agent
 	struct http_answer ans = {0};
 	pthread_mutex_lock(&cp->mu);
 	struct store_run_state rs;
-	int rc = store_run_state(cp, run_id, &rs);
-	if (check_owner(&ans, agent, run_id, rc, &rs) < 0)
+	if (load_owned_run(cp, &ans, agent, run_id, &rs) < 0)
 		goto out;
 	for (int i = 0; i < n; i++) {
 		const char *why = events_validate(cJSON_GetArrayItem(events, i), run_id, &rs);
@@ -279,8 +280,7 @@ void api_agent_result(struct cp *cp, struct mg_connection *conn, struct cp_agent
 	struct http_answer ans = {0};
 	pthread_mutex_lock(&cp->mu);
 	struct store_run_state rs;
-	int rc = store_run_state(cp, run_id, &rs);
-	if (check_owner(&ans, agent, run_id, rc, &rs) < 0)
+	if (load_owned_run(cp, &ans, agent, run_id, &rs) < 0)
 		goto out;
 	if (strcmp(rs.status, "RUNNING") == 0) {
 		if (lc_run_finish(cp, run_id, status, output, error, "agent") < 0) {
