@@ -60,7 +60,7 @@ struct jobrun {
 	bool cancellable;
 	char *why;
 
-	char *cancel_reason;
+	enum jobrun_stop stop; /* JOBRUN_NOT_STOPPING until jobrun_cancel */
 	bool term_sent, kill_sent, refused_logged;
 	int64_t kill_at;
 	int64_t timeout_at;
@@ -207,7 +207,7 @@ static void handle_line(struct jobrun *r, const char *line, size_t len)
 	} else if (strcmp(k, "meta") == 0) {
 		r->cancellable = jv_json_bool(ev, "cancellable", true);
 		set_str(&r->why, jv_json_str(ev, "why", NULL));
-		if (r->cancel_reason && strcmp(r->cancel_reason, "cancelled") == 0 && !r->cancellable) {
+		if (r->stop == JOBRUN_CANCELLED && !r->cancellable) {
 			/* A cancel raced the meta line: the signal is already out. */
 			jv_warn(r->job_id, r->run_id, "cancel was sent before the script said it is not cancellable");
 		}
@@ -261,9 +261,16 @@ void jobrun_on_readable(struct jobrun *r)
 
 /* ---- result ---- */
 
-static bool reason_is(const struct jobrun *r, const char *reason)
+const char *jobrun_stop_name(enum jobrun_stop why)
 {
-	return r->cancel_reason && strcmp(r->cancel_reason, reason) == 0;
+	switch (why) {
+	case JOBRUN_NOT_STOPPING: return "none";
+	case JOBRUN_CANCELLED: return "cancelled";
+	case JOBRUN_TIMEOUT: return "timeout";
+	case JOBRUN_SHUTDOWN: return "shutdown";
+	case JOBRUN_LOST: return "lost";
+	}
+	return "unknown";
 }
 
 static void finish(struct jobrun *r)
@@ -285,14 +292,14 @@ static void finish(struct jobrun *r)
 
 	if (r->protocol_error) {
 		error = jv_proto_error(r->protocol_error, NULL, false, "protocol");
-	} else if (reason_is(r, "timeout") && !completed) {
+	} else if (r->stop == JOBRUN_TIMEOUT && !completed) {
 		snprintf(msg, sizeof(msg), "job run timed out after %lld s",
 		         (long long)((r->timeout_at - r->started_mono) / 1000));
-		error = jv_proto_error(msg, NULL, true, "timeout");
-	} else if ((reason_is(r, "shutdown") || reason_is(r, "lost")) && !completed) {
+		error = jv_proto_error(msg, NULL, true, jobrun_stop_name(JOBRUN_TIMEOUT));
+	} else if ((r->stop == JOBRUN_SHUTDOWN || r->stop == JOBRUN_LOST) && !completed) {
 		snprintf(msg, sizeof(msg), "job run interrupted: %s",
-		         reason_is(r, "shutdown") ? "the agent is shutting down" : "the run was lost");
-		error = jv_proto_error(msg, NULL, true, r->cancel_reason);
+		         r->stop == JOBRUN_SHUTDOWN ? "the agent is shutting down" : "the run was lost");
+		error = jv_proto_error(msg, NULL, true, jobrun_stop_name(r->stop));
 	} else if (r->result) {
 		status = child_status;
 		if (strcmp(status, "COMPLETED") != 0 && strcmp(status, "CANCELLED") != 0)
@@ -303,14 +310,14 @@ static void finish(struct jobrun *r)
 			error = e;
 		else
 			cJSON_Delete(e);
-	} else if (reason_is(r, "cancelled")) {
+	} else if (r->stop == JOBRUN_CANCELLED) {
 		status = "CANCELLED";
 		if (r->kill_sent)
 			snprintf(msg, sizeof(msg),
 			         "job cancelled; the script did not stop within %d s and was killed", r->grace_s);
 		else
 			snprintf(msg, sizeof(msg), "job cancelled");
-		error = jv_proto_error(msg, NULL, false, "cancelled");
+		error = jv_proto_error(msg, NULL, false, jobrun_stop_name(JOBRUN_CANCELLED));
 	} else if (r->exited && WIFSIGNALED(r->wstatus)) {
 		int sig = WTERMSIG(r->wstatus);
 		snprintf(msg, sizeof(msg), "job-run child was killed by %s%s", jv_signal_name(sig),
@@ -346,11 +353,11 @@ static void signal_group(struct jobrun *r, int sig)
 		kill(-r->pid, sig);
 }
 
-void jobrun_cancel(struct jobrun *r, const char *reason)
+void jobrun_cancel(struct jobrun *r, enum jobrun_stop why)
 {
-	if (r->done || r->cancel_reason)
+	if (r->done || r->stop != JOBRUN_NOT_STOPPING || why == JOBRUN_NOT_STOPPING)
 		return;
-	if (strcmp(reason, "cancelled") == 0 && !r->cancellable) {
+	if (why == JOBRUN_CANCELLED && !r->cancellable) {
 		if (!r->refused_logged) {
 			char msg[700];
 			snprintf(msg, sizeof(msg), "cancel requested, but this job is not cancellable: %s",
@@ -361,9 +368,9 @@ void jobrun_cancel(struct jobrun *r, const char *reason)
 		}
 		return;
 	}
-	r->cancel_reason = strdup(reason);
-	jv_info(r->job_id, r->run_id, "cancelling job run (%s): SIGTERM, SIGKILL after %d s", reason,
-	        r->grace_s);
+	r->stop = why;
+	jv_info(r->job_id, r->run_id, "cancelling job run (%s): SIGTERM, SIGKILL after %d s",
+	        jobrun_stop_name(why), r->grace_s);
 	signal_group(r, SIGTERM);
 	r->term_sent = true;
 	r->kill_at = jv_now_mono_ms() + (int64_t)r->grace_s * 1000;
@@ -416,7 +423,7 @@ int64_t jobrun_next_deadline(const struct jobrun *r)
 		d = r->last_progress_ms + THROTTLE_MS;
 	if (r->term_sent && !r->kill_sent && !r->exited && r->kill_at < d)
 		d = r->kill_at;
-	if (r->timeout_at && !r->cancel_reason && r->timeout_at < d)
+	if (r->timeout_at && r->stop == JOBRUN_NOT_STOPPING && r->timeout_at < d)
 		d = r->timeout_at;
 	if (r->exited && r->drain_until < d)
 		d = r->drain_until;
@@ -429,10 +436,10 @@ void jobrun_on_timer(struct jobrun *r, int64_t now)
 		return;
 	if (r->pending && now >= r->last_progress_ms + THROTTLE_MS)
 		flush_pending(r);
-	if (r->timeout_at && !r->cancel_reason && now >= r->timeout_at) {
+	if (r->timeout_at && r->stop == JOBRUN_NOT_STOPPING && now >= r->timeout_at) {
 		jv_warn(r->job_id, r->run_id, "job run exceeded its timeout of %lld s",
 		        (long long)((r->timeout_at - r->started_mono) / 1000));
-		jobrun_cancel(r, "timeout");
+		jobrun_cancel(r, JOBRUN_TIMEOUT);
 	}
 	if (r->term_sent && !r->kill_sent && !r->exited && now >= r->kill_at) {
 		jv_warn(r->job_id, r->run_id, "job run did not stop within %d s: SIGKILL to its process group",
@@ -688,7 +695,6 @@ void jobrun_free(struct jobrun *r)
 	free(r->message);
 	free(r->pending_msg);
 	free(r->why);
-	free(r->cancel_reason);
 	free(r->protocol_error);
 	free(r);
 }

@@ -361,7 +361,7 @@ static bool cancel_run(struct srun *run)
 		return false;
 	run->cancel_sent = true;
 	jv_info(run->job_id, run->run_id, "cancel requested by the control plane");
-	jobrun_cancel(run->jr, "cancelled");
+	jobrun_cancel(run->jr, JOBRUN_CANCELLED);
 	return true;
 }
 
@@ -522,12 +522,12 @@ size_t scheduler_housekeeping(struct agent *ag)
 	return freed;
 }
 
-void scheduler_cancel_all(struct agent *ag, const char *reason)
+void scheduler_cancel_all(struct agent *ag, enum jobrun_stop why)
 {
 	for (struct srun *r = ag->runs; r; r = r->next)
 		if (r->jr && !r->finished && !r->dropped) {
-			jv_info(r->job_id, r->run_id, "stopping run: %s", reason);
-			jobrun_cancel(r->jr, reason);
+			jv_info(r->job_id, r->run_id, "stopping run: %s", jobrun_stop_name(why));
+			jobrun_cancel(r->jr, why);
 		}
 }
 
