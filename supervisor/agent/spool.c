@@ -428,13 +428,19 @@ int spool_remove_name(struct spool *sp, const char *run_id)
 	return rc;
 }
 
-int spool_run_remove(struct spool_run *sr)
+/* Close the record, then act on its directory by name. */
+static int close_then(struct spool_run *sr, int (*by_name)(struct spool *, const char *))
 {
 	struct spool *sp = sr->sp;
 	char id[sizeof(sr->id)];
 	memcpy(id, sr->id, sizeof(id));
 	spool_run_close(sr);
-	return spool_remove_name(sp, id);
+	return by_name(sp, id);
+}
+
+int spool_run_remove(struct spool_run *sr)
+{
+	return close_then(sr, spool_remove_name);
 }
 
 int spool_reject_name(struct spool *sp, const char *run_id)
@@ -460,11 +466,7 @@ int spool_reject_name(struct spool *sp, const char *run_id)
 
 int spool_run_reject(struct spool_run *sr)
 {
-	struct spool *sp = sr->sp;
-	char id[sizeof(sr->id)];
-	memcpy(id, sr->id, sizeof(id));
-	spool_run_close(sr);
-	return spool_reject_name(sp, id);
+	return close_then(sr, spool_reject_name);
 }
 
 /* Parse events.jsonl: keep lines above the ack in seq order; count the rest. */
