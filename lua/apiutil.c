@@ -149,15 +149,6 @@ void apiutil_tick_done(struct apiutil_tick *t)
 		jv_progress_report(t->ctx, &t->p, 1.0, NULL);
 }
 
-void apiutil_push_array(lua_State *L)
-{
-	cJSON *a = cJSON_CreateArray();
-	if (!a)
-		luaL_error(L, "out of memory");
-	jv_json_to_lua(L, a);
-	cJSON_Delete(a);
-}
-
 int apiutil_fail(lua_State *L, int rc, const char *verb, const char *path)
 {
 	if (rc == -ECANCELED)

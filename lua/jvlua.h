@@ -89,6 +89,8 @@ int jv_push_fail(lua_State *L, const char *fmt, ...);
  * on failure, with a message in err. */
 cJSON *jv_lua_to_json(lua_State *L, int idx, char *err, size_t errlen);
 void jv_json_to_lua(lua_State *L, const cJSON *v);
+/* Push an empty table marked as a JSON array (json.encode keeps it "[]"). */
+void jv_json_push_array(lua_State *L);
 
 /* Marker files under <instance>/.jobvisor/markers (lua/api_job.c). file is
  * "<name>.json". Return 0 or -errno (-ENOENT: no such marker). */
