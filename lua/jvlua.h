@@ -41,6 +41,14 @@ struct jv_run_ctx {
 	const cJSON *settings; /* e.g. allowed_executables, user, console log sizes */
 	const cJSON *spec;     /* the whole spec */
 
+	/* Progress not yet written to the parent (lua/events.c coalesces it). */
+	struct {
+		bool pending;
+		double percent;
+		char message[1024];
+		int64_t last_ms;
+	} progress_out;
+
 	/* The run marker (lua/api_job.c): <type>'s run.<type>.json, written at
 	 * start, its step updated by job.step(), removed on success. */
 	struct {
