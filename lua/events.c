@@ -93,7 +93,8 @@ void jv_emit_progress(struct jv_run_ctx *ctx, double percent, const char *messag
 	if (ctx->progress_out.pending && ctx->progress_out.message[0] && message && strcmp(ctx->progress_out.message, message) != 0 &&
 	    percent < 0)
 		flush_progress(ctx);
-	jv_run_marker_step(ctx, message, percent);
+	if (ctx->on_progress)
+		ctx->on_progress(ctx, message, percent);
 	ctx->progress_out.pending = true;
 	ctx->progress_out.percent = percent;
 	snprintf(ctx->progress_out.message, sizeof(ctx->progress_out.message), "%s", message ? message : "");

@@ -41,6 +41,10 @@ struct jv_run_ctx {
 	const cJSON *settings; /* e.g. allowed_executables, user, console log sizes */
 	const cJSON *spec;     /* the whole spec */
 
+	/* Called by jv_emit_progress with every step/percent (NULL: nobody);
+	 * the run marker registers itself here (jv_run_marker_start). */
+	void (*on_progress)(struct jv_run_ctx *ctx, const char *step, double percent);
+
 	/* Progress not yet written to the parent (lua/events.c coalesces it). */
 	struct {
 		bool pending;
