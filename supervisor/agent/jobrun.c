@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "jobvisor/durable.h"
+#include "jobvisor/execpipe.h"
 #include "jobvisor/ident.h"
 #include "jobvisor/jobchild.h"
 #include "jobvisor/jsonutil.h"
@@ -499,19 +500,12 @@ static cJSON *build_spec(const struct jobrun_spec *s)
 	return j;
 }
 
-/* How the child failed before exec, sent through a CLOEXEC pipe: the parent
- * reads EOF when execv succeeded, or this. */
+/* Steps of child_exec reported through the exec pipe (jv_exec_fail). */
 enum exec_stage { EXEC_FDS = 1, EXEC_CWD, EXEC_USER, EXEC_EXEC };
-struct exec_fail {
-	int stage; /* enum exec_stage */
-	int err;   /* errno */
-};
 
 static void child_fail(int errfd, enum exec_stage stage)
 {
-	struct exec_fail f = {stage, errno};
-	(void)!write(errfd, &f, sizeof(f));
-	_exit(127);
+	jv_exec_fail(errfd, stage, errno);
 }
 
 /* Between fork and exec: system calls only. */
@@ -578,22 +572,16 @@ static int wait_exec(struct jobrun *r, pid_t pid, int errfd, int uid)
 		[EXEC_USER] = "cannot switch the job-run child to the run user",
 		[EXEC_EXEC] = "cannot execute /proc/self/exe for the job-run child",
 	};
-	struct exec_fail f;
-	ssize_t n;
-	do {
-		n = read(errfd, &f, sizeof(f));
-	} while (n < 0 && errno == EINTR);
-	if (n != (ssize_t)sizeof(f))
-		return 0; /* EOF: exec closed the pipe */
-	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-		;
-	bool known = f.stage >= EXEC_FDS && f.stage <= EXEC_EXEC;
-	if (f.stage == EXEC_USER)
-		jv_error(r->job_id, r->run_id, "%s (uid %d): %s", what[f.stage], uid, strerror(f.err));
+	int stage, err;
+	if (!jv_exec_wait(errfd, pid, &stage, &err))
+		return 0;
+	bool known = stage >= EXEC_FDS && stage <= EXEC_EXEC;
+	if (stage == EXEC_USER)
+		jv_error(r->job_id, r->run_id, "%s (uid %d): %s", what[stage], uid, strerror(err));
 	else
-		jv_error(r->job_id, r->run_id, "%s: %s", known ? what[f.stage] : "job-run child failed",
-		         strerror(f.err));
-	return f.err > 0 ? -f.err : -EIO;
+		jv_error(r->job_id, r->run_id, "%s: %s", known ? what[stage] : "job-run child failed",
+		         strerror(err));
+	return err > 0 ? -err : -EIO;
 }
 
 int jobrun_start(const struct jobrun_spec *spec, const struct jobrun_ops *ops, void *ud,

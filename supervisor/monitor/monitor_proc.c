@@ -15,6 +15,7 @@
  * async-signal-safe functions plus getpwnam-free credential changes (the
  * passwd lookup happens before fork). */
 #include "monitor.h"
+#include "jobvisor/execpipe.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 
@@ -345,17 +346,8 @@ static pid_t fork_into_cgroup(int cgfd)
 #endif
 }
 
-struct exec_fail {
-	int stage; /* 1 console, 2 limits, 3 cwd, 4 user, 5 exec */
-	int err;
-};
-
-static void child_fail(int fd, int stage, int err)
-{
-	struct exec_fail f = {stage, err};
-	(void)!write(fd, &f, sizeof(f));
-	_exit(127);
-}
+/* Steps of child_main reported through the exec pipe (jv_exec_fail). */
+enum { FAIL_CONSOLE = 1, FAIL_LIMITS, FAIL_CWD, FAIL_USER, FAIL_EXEC };
 
 static void set_limit(int res, long long v)
 {
@@ -379,7 +371,7 @@ static void child_main(struct monitor *m, int errfd, int procsfd, char **env, bo
 	int in = openat(m->jv_fd, "console.in", O_RDWR | O_NOFOLLOW);
 	int out = openat(m->jv_fd, "console.out", O_RDWR | O_NOFOLLOW);
 	if (in < 0 || out < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0)
-		child_fail(errfd, 1, errno);
+		jv_exec_fail(errfd, FAIL_CONSOLE, errno);
 	sigset_t none;
 	sigemptyset(&none);
 	for (int s = 1; s < NSIG; s++)
@@ -391,14 +383,14 @@ static void child_main(struct monitor *m, int errfd, int procsfd, char **env, bo
 	set_limit(RLIMIT_CORE, m->spec->core);
 	if (drop) {
 		if (initgroups(user, gid) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
-			child_fail(errfd, 4, errno);
+			jv_exec_fail(errfd, FAIL_USER, errno);
 	}
 	if (chdir(m->spec->cwd) < 0)
-		child_fail(errfd, 3, errno);
+		jv_exec_fail(errfd, FAIL_CWD, errno);
 	int keep[] = {errfd};
 	jv_close_fds_from(3, keep, 1);
 	execve(m->spec->exe, m->spec->argv, env);
-	child_fail(errfd, 5, errno);
+	jv_exec_fail(errfd, FAIL_EXEC, errno);
 }
 
 /* Who the server runs as: with the agent as root and a `user` setting, that
@@ -438,18 +430,13 @@ static int exec_outcome(struct monitor *m, pid_t pid, int rfd, char *err, size_t
 	static const char *const stages[] = {"", "cannot open the console FIFOs",
 	                                     "cannot set limits", "cannot change to cwd",
 	                                     "cannot switch user", "cannot execute"};
-	struct exec_fail f;
-	ssize_t r;
-	do {
-		r = read(rfd, &f, sizeof(f));
-	} while (r < 0 && errno == EINTR);
-	if (r != (ssize_t)sizeof(f))
+	int stage, e;
+	if (!jv_exec_wait(rfd, pid, &stage, &e))
 		return 0;
-	waitpid(pid, NULL, 0);
-	const char *what = f.stage > 0 && f.stage < (int)JV_ARRAY_LEN(stages) ? stages[f.stage] : "failed";
-	const char *subject = f.stage == 3 ? m->spec->cwd : f.stage == 4 ? m->user : m->spec->exe;
-	snprintf(err, errlen, "%s '%s': %s", what, subject ? subject : "", strerror(f.err));
-	return -f.err;
+	const char *what = stage > 0 && stage < (int)JV_ARRAY_LEN(stages) ? stages[stage] : "failed";
+	const char *subject = stage == FAIL_CWD ? m->spec->cwd : stage == FAIL_USER ? m->user : m->spec->exe;
+	snprintf(err, errlen, "%s '%s': %s", what, subject ? subject : "", strerror(e));
+	return -e;
 }
 
 /* The server runs: remember it, check it joined its cgroup. */
