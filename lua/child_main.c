@@ -8,8 +8,11 @@
  * so a hostile __gc finalizer cannot hang the exit.
  *
  * Signals: SIGTERM/SIGINT only set the cancel flag; the script sees it at
- * job.checkpoint() and inside long API calls. The parent SIGKILLs the process
- * group after the grace period. */
+ * job.checkpoint(), inside long API calls and, through a count hook the handler
+ * arms, within a thousand VM instructions of pure Lua in run()'s thread (a
+ * coroutine inherits the hook only when created after the cancel). The parent SIGKILLs the process
+ * group after the grace period (a script that catches the cancellation and
+ * goes on). */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -34,11 +37,16 @@
 #define MAX_SPEC_BYTES (16u << 20)
 
 static volatile sig_atomic_t cancel_requested;
+/* The state running run(), for the handler to arm the cancel hook in. */
+static lua_State *volatile hook_state;
 
 static void on_cancel_signal(int sig)
 {
 	(void)sig;
 	cancel_requested = 1;
+	lua_State *L = hook_state;
+	if (L)
+		jv_cancel_hook_arm(L);
 }
 
 struct child {
@@ -410,7 +418,13 @@ static int run_child(struct child *c)
 	int handler = lua_gettop(L);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, def->run_ref);
 	lua_pushvalue(L, job_idx);
+	jv_cancel_hook_prepare(L);
+	hook_state = L;
+	if (cancel_requested)
+		jv_cancel_hook_arm(L); /* the signal came before hook_state was set */
 	int status = lua_pcall(L, 1, 1, handler);
+	hook_state = NULL;
+	lua_sethook(L, NULL, 0, 0);
 	if (status != LUA_OK)
 		return finish_error(c, L, -1);
 

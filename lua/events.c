@@ -161,6 +161,33 @@ bool jv_is_cancel_error(lua_State *L, int idx)
 	return eq;
 }
 
+/* The count hook. It costs nothing until cancel is requested: the child's
+ * signal handler arms it (lua_sethook only sets fields of the state and is
+ * safe in a handler, as lua.c's SIGINT handler uses it). Once armed it runs
+ * every CANCEL_HOOK_COUNT VM instructions, so a loop that calls no API meets
+ * the cancellation at a safe point, and a script that catches the error and
+ * goes on meets it again. */
+#define CANCEL_HOOK_COUNT 1000
+
+static void cancel_hook(lua_State *L, lua_Debug *ar)
+{
+	(void)ar;
+	if (jv_cancelled(jv_ctx(L)))
+		jv_raise_cancel(L);
+}
+
+void jv_cancel_hook_prepare(lua_State *L)
+{
+	/* Made now, so the hook raises it without allocating. */
+	push_cancel_error(L);
+	lua_pop(L, 1);
+}
+
+void jv_cancel_hook_arm(lua_State *L)
+{
+	lua_sethook(L, cancel_hook, LUA_MASKCOUNT, CANCEL_HOOK_COUNT);
+}
+
 void jv_checkpoint(lua_State *L)
 {
 	struct jv_run_ctx *ctx = jv_ctx(L);

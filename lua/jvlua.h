@@ -73,6 +73,11 @@ bool jv_cancelled(const struct jv_run_ctx *ctx);
 void jv_checkpoint(lua_State *L);
 int jv_raise_cancel(lua_State *L); /* never returns */
 bool jv_is_cancel_error(lua_State *L, int idx);
+/* A count hook that raises the cancellation error in pure-Lua code (a busy
+ * loop calling no API). Prepare once (allocates); arming is async-signal-safe
+ * and is what the cancel signal handler does. */
+void jv_cancel_hook_prepare(lua_State *L);
+void jv_cancel_hook_arm(lua_State *L);
 
 /* Events to the parent. percent < 0 means "unknown" (step message only).
  * Progress is coalesced in the child (at most ~50 per second); the parent

@@ -254,9 +254,11 @@ end }""")
         self.assertEqual(r.code, 3, r)
 
     def test_script_ignoring_cancel_is_killed_with_its_group(self):
+        # Truly stubborn: it catches the cancellation error and goes on spinning.
         path = self.script("""return { type = "STUBBORN", run = function(job)
   job.mark("up", {})
-  while true do end
+  local function spin() while true do end end
+  while true do pcall(spin) end
 end }""")
         p = self.start_job(path, extra=["--cancel-grace", "1"])
         child = self.wait_child(p)
@@ -268,6 +270,26 @@ end }""")
         self.assertEqual(r.code, 3, r)
         self.assertIn("did not stop within 1 s and was killed", r.error_message)
         self.assertGreaterEqual(elapsed, 0.9)
+        self.assertLess(elapsed, 10)
+        self.assertEqual(processes_in_group(child), [])
+
+    def test_busy_loop_ends_cancelled_at_next_safe_point(self):
+        # No API call in the loop: the count hook meets the cancellation.
+        path = self.script("""return { type = "SPIN", run = function(job)
+  job.mark("up", {})
+  local n = 0
+  while true do n = n + 1 end
+end }""")
+        p = self.start_job(path, extra=["--cancel-grace", "30"])
+        child = self.wait_child(p)
+        self.wait_file(os.path.join(self.instance_dir(), ".jobvisor", "markers", "up.json"))
+        t0 = time.time()
+        p.send_signal(signal.SIGTERM)
+        r = self.finish(p)
+        elapsed = time.time() - t0
+        self.assertEqual(r.code, 3, r)
+        self.assertEqual(r.status, "CANCELLED")
+        self.assertNotIn("killed", r.error_message or "")
         self.assertLess(elapsed, 10)
         self.assertEqual(processes_in_group(child), [])
 

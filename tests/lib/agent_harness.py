@@ -65,7 +65,8 @@ SCRIPTS = {
   type = "STUBBORN",
   run = function(job)
     job.progress(1, "ignoring cancellation")
-    while true do end
+    local function spin() while true do end end
+    while true do pcall(spin) end -- catches the cancellation error and goes on
   end,
 }""",
     "WAITER": """return {
