@@ -102,21 +102,6 @@ void agent_reload(struct agent *ag)
 	sdnotify_send(&ag->notify, "READY=1");
 }
 
-void agent_begin_shutdown(struct agent *ag)
-{
-	int64_t now = jv_now_mono_ms();
-	ag->stopping = true;
-	ag->stop_at_ms = now;
-	ag->kill_at_ms = now + (int64_t)ag->cfg.shutdown_grace_s * 1000;
-	ag->exit_by_ms = ag->kill_at_ms + 2000;
-	sdnotify_send(&ag->notify, "STOPPING=1\nSTATUS=shutting down");
-	poller_abort(ag);
-	scheduler_cancel_all(ag, "shutdown");
-	/* One last delivery attempt for everything, now, whatever its backoff. */
-	for (struct srun *r = ag->runs; r; r = r->next)
-		r->retry_at_ms = 0;
-}
-
 /* The data dir must be usable by job runs that switch to `user`: it is
  * created world-traversable, and the directories job runs create entries in
  * (instances/, cache/) are handed to that user when the agent creates them.
@@ -271,7 +256,9 @@ int cmd_agent(int argc, char **argv)
 		jv_warn(NULL, NULL, "the control plane URL is plain http: the agent token travels unencrypted");
 	sdnotify_send(&ag.notify, "READY=1\nSTATUS=polling");
 	ag.watchdog_at_ms = jv_now_mono_ms();
+	ag.started_real_ms = jv_now_real_ms();
 	code = loop_run(&ag);
+	health_state_remove(&ag);
 	size_t left = 0;
 	for (struct srun *r = ag.runs; r; r = r->next)
 		if (delivery_has_work(r))

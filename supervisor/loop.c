@@ -32,6 +32,7 @@ int loop_signals_init(struct agent *ag)
 	sigaddset(&set, SIGCHLD);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGQUIT);
 	sigaddset(&set, SIGHUP);
 	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
 		return -errno;
@@ -64,17 +65,8 @@ static void on_signals(struct agent *ag)
 			break;
 		case SIGTERM:
 		case SIGINT:
-			if (!ag->stopping) {
-				jv_info(NULL, NULL, "%s received: shutting down",
-				        jv_signal_name((int)si.ssi_signo));
-				agent_begin_shutdown(ag);
-			} else if (!ag->hard_stop) {
-				jv_warn(NULL, NULL, "%s received again: killing job runs and exiting now",
-				        jv_signal_name((int)si.ssi_signo));
-				ag->hard_stop = true;
-				scheduler_kill_all(ag);
-				ag->killed = true;
-			}
+		case SIGQUIT:
+			shutdown_on_signal(ag, (int)si.ssi_signo);
 			break;
 		default:
 			break;
@@ -91,28 +83,13 @@ static int64_t min64(int64_t a, int64_t b)
 	return a < b ? a : b;
 }
 
-/* During shutdown: kill at the grace deadline, exit once nothing is left. */
-static bool shutdown_done(struct agent *ag, int64_t now)
-{
-	size_t live = scheduler_live_children(ag);
-	if (live > 0 && !ag->killed && now >= ag->kill_at_ms) {
-		scheduler_kill_all(ag);
-		ag->killed = true;
-		if (ag->exit_by_ms < now + 1000)
-			ag->exit_by_ms = now + 1000;
-	}
-	if (live > 0)
-		return false;
-	return ag->hard_stop || delivery_settled(ag) || now >= ag->exit_by_ms;
-}
-
 int loop_run(struct agent *ag)
 {
 	struct pollfd fds[MAX_FDS];
 	struct srun *owners[MAX_FDS];
 	for (;;) {
-		int64_t now = jv_now_mono_ms();
-		if (ag->stopping && shutdown_done(ag, now))
+		int64_t now = jv_now_mono_ms(), next = INT64_MAX;
+		if (shutdown_step(ag, now, &next))
 			break;
 		poller_tick(ag, now);
 		delivery_kick_all(ag, now);
@@ -121,12 +98,12 @@ int loop_run(struct agent *ag)
 			ag->watchdog_at_ms = now + ag->notify.watchdog_ms;
 		}
 
-		int64_t next = min64(poller_next_deadline(ag), delivery_next_deadline(ag));
+		next = min64(next, poller_next_deadline(ag));
+		next = min64(next, delivery_next_deadline(ag));
 		next = min64(next, scheduler_next_deadline(ag));
+		next = min64(next, health_state_beat(ag, now));
 		if (ag->notify.watchdog_ms > 0)
 			next = min64(next, ag->watchdog_at_ms);
-		if (ag->stopping)
-			next = min64(next, ag->killed ? ag->exit_by_ms : min64(ag->kill_at_ms, ag->exit_by_ms));
 		int64_t wait = next == INT64_MAX ? MAX_SLEEP_MS : next - now;
 		if (wait < 0)
 			wait = 0;
