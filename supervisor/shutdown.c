@@ -32,6 +32,7 @@ static void cancel_runs(struct agent *ag, int64_t now, const char *why)
 {
 	size_t live = scheduler_live_children(ag);
 	ag->cancelling = true;
+	ag->heartbeat_at_ms = 0; /* the state file shows the new phase now */
 	ag->kill_at_ms = now + (int64_t)ag->cfg.shutdown_grace_s * 1000;
 	if (live > 0)
 		jv_warn(NULL, NULL, "%s: cancelling %zu running runs (SIGKILL after %d s)", why, live,
@@ -51,6 +52,7 @@ static void begin(struct agent *ag, int sig, int64_t now)
 {
 	size_t live = scheduler_live_children(ag);
 	ag->stopping = true;
+	ag->heartbeat_at_ms = 0;
 	ag->stop_at_ms = now;
 	ag->drain_until_ms = now + (int64_t)ag->cfg.drain_timeout_s * 1000;
 	ag->exit_by_ms = INT64_MAX; /* set when the flush starts */
@@ -137,6 +139,7 @@ bool shutdown_step(struct agent *ag, int64_t now, int64_t *next)
 		/* One last delivery attempt for everything, now, whatever its backoff;
 		 * a run that fails it waits in the spool for the next start. */
 		ag->flushing = true;
+		ag->heartbeat_at_ms = 0;
 		ag->exit_by_ms = now + FLUSH_MS;
 		poller_abort(ag);
 		for (struct srun *r = ag->runs; r; r = r->next) {
