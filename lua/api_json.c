@@ -5,7 +5,7 @@
  * carrying json.array's metatable encodes as an array even when empty (decode
  * sets it, so round trips keep []); anything else with string keys is an
  * object; mixed or sparse keys are an error. JSON null decodes to json.null. */
-#include "jvlua.h"
+#include "apiutil.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -206,12 +206,9 @@ void jv_json_to_lua(lua_State *L, const cJSON *v)
 static int l_json_encode(lua_State *L)
 {
 	luaL_checkany(L, 1);
-	bool pretty = false;
-	if (lua_istable(L, 2)) {
-		lua_getfield(L, 2, "indent");
-		pretty = lua_toboolean(L, -1);
-		lua_pop(L, 1);
-	}
+	static const char *const keys[] = {"indent", NULL};
+	apiutil_opts(L, 2, "json.encode", keys);
+	bool pretty = apiutil_opt_bool(L, 2, "indent", false);
 	char err[256];
 	cJSON *j = jv_lua_to_json(L, 1, err, sizeof(err));
 	if (!j)

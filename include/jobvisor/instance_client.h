@@ -3,7 +3,7 @@
  * Used by the `instance` Lua binding, `jobvisor status` and the agent. Every
  * call is bounded by a timeout and nothing here blocks longer; callers that
  * must stay cancellable pass short timeouts and loop. The protocol on the
- * socket is documented in supervisor/monitor_sock.c and docs/operations.md.
+ * socket is documented in supervisor/monitor/monitor_sock.c and docs/operations.md.
  *
  * A monitor is started with jv_monitor_launch(): double fork, setsid, exec of
  * `jobvisor-monitor` (or `jobvisor monitor`), which reports one line on a pipe once it holds the
@@ -37,6 +37,8 @@ int jv_monitor_call(const char *instance_dir, const cJSON *req, int timeout_ms, 
 
 /* <instance_dir>/.jobvisor/state.json, parsed. -ENOENT when never started. */
 int jv_instance_read_state(const char *instance_dir, cJSON **out);
+/* The same from the instance's open .jobvisor directory (the monitor has it). */
+int jv_instance_read_state_at(int jv_fd, cJSON **out);
 
 /* The instance's status from the outside: the monitor's own answer when one
  * runs ("monitor": true), else state.json checked against the process table

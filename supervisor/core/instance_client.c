@@ -182,10 +182,17 @@ int jv_instance_read_state(const char *instance_dir, cJSON **out)
 	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0)
 		return -errno;
+	int rc = jv_instance_read_state_at(dfd, out);
+	close(dfd);
+	return rc;
+}
+
+int jv_instance_read_state_at(int jv_fd, cJSON **out)
+{
+	*out = NULL;
 	char *text = NULL;
 	size_t len = 0;
-	int rc = jv_read_file_at(dfd, "state.json", 64 * 1024, &text, &len);
-	close(dfd);
+	int rc = jv_read_file_at(jv_fd, "state.json", 64 * 1024, &text, &len);
 	if (rc)
 		return rc;
 	cJSON *o = jv_json_parse(text, len);
@@ -306,7 +313,7 @@ static char *monitor_settings(const cJSON *settings)
 }
 
 /* jobvisor-monitor beside the running binary: the monitor without the job
- * runtime's libraries (see supervisor/bin/jobvisor_monitor.c). */
+ * runtime's libraries (see supervisor/cli/jobvisor_monitor.c). */
 static int monitor_binary(char *out, size_t len)
 {
 	char self[PATH_MAX];
