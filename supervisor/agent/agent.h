@@ -127,9 +127,7 @@ void shutdown_on_signal(struct agent *ag, int sig);
  * exit; *next is lowered to the next shutdown deadline. */
 bool shutdown_step(struct agent *ag, int64_t now_ms, int64_t *next);
 
-/* health_state.c — the state file `jobvisor health` reads. */
-#define HEALTH_STATE_FILE "agent-state.json"
-#define HEALTH_BEAT_MS 5000
+/* health_state.c — the state file `jobvisor health` reads (jobvisor/health.h). */
 /* Write the state file when due; returns the next time it is due. */
 int64_t health_state_beat(struct agent *ag, int64_t now_ms);
 void health_state_remove(struct agent *ag);

@@ -1,6 +1,6 @@
 /* health_state.c — the agent's liveness file, read by `jobvisor health`.
  *
- * Every HEALTH_BEAT_MS the loop rewrites <data_dir>/agent-state.json: who the
+ * Every JV_HEALTH_BEAT_MS the loop rewrites <data_dir>/agent-state.json: who the
  * agent is (pid with its start time and boot id, so a reused pid is not
  * taken for the agent), when the loop last went round (the heartbeat), when
  * a poll was last answered, and the shutdown phase. The file is replaced by
@@ -17,6 +17,7 @@
 
 #include "agent.h"
 #include "jobvisor/durable.h"
+#include "jobvisor/health.h"
 #include "jobvisor/log.h"
 #include "jobvisor/procid.h"
 #include "jobvisor/util.h"
@@ -61,7 +62,7 @@ static int write_state(struct agent *ag)
 	cJSON_AddStringToObject(o, "state", phase(ag));
 	add_time(o, "startedAt", "startedAtMs", ag->started_real_ms);
 	add_time(o, "heartbeatAt", "heartbeatAtMs", jv_now_real_ms());
-	cJSON_AddNumberToObject(o, "heartbeatIntervalSeconds", HEALTH_BEAT_MS / 1000);
+	cJSON_AddNumberToObject(o, "heartbeatIntervalSeconds", JV_HEALTH_BEAT_MS / 1000);
 	add_time(o, "lastPollAt", "lastPollAtMs", ag->poller.ok_at_real_ms);
 	cJSON_AddNumberToObject(o, "pollFailures", (double)ag->poller.failures);
 	cJSON_AddNumberToObject(o, "pollIntervalSeconds", (double)ag->cfg.poll_interval_ms / 1000.0);
@@ -73,8 +74,8 @@ static int write_state(struct agent *ag)
 		return -ENOMEM;
 
 	char path[4096], tmp[4096];
-	snprintf(path, sizeof(path), "%s/%s", ag->cfg.data_dir, HEALTH_STATE_FILE);
-	snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", ag->cfg.data_dir, HEALTH_STATE_FILE);
+	snprintf(path, sizeof(path), "%s/%s", ag->cfg.data_dir, JV_HEALTH_STATE_FILE);
+	snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", ag->cfg.data_dir, JV_HEALTH_STATE_FILE);
 	int rc = 0;
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
 	if (fd < 0) {
@@ -99,19 +100,19 @@ int64_t health_state_beat(struct agent *ag, int64_t now)
 	int rc = write_state(ag);
 	if (rc && !ag->state_warned) {
 		jv_warn(NULL, NULL, "cannot write '%s/%s' (what `jobvisor health` reads): %s",
-		        ag->cfg.data_dir, HEALTH_STATE_FILE, strerror(-rc));
+		        ag->cfg.data_dir, JV_HEALTH_STATE_FILE, strerror(-rc));
 		ag->state_warned = true;
 	} else if (rc == 0) {
 		ag->state_warned = false;
 	}
-	ag->heartbeat_at_ms = now + HEALTH_BEAT_MS;
+	ag->heartbeat_at_ms = now + JV_HEALTH_BEAT_MS;
 	return ag->heartbeat_at_ms;
 }
 
 void health_state_remove(struct agent *ag)
 {
 	char path[4096];
-	snprintf(path, sizeof(path), "%s/%s", ag->cfg.data_dir, HEALTH_STATE_FILE);
+	snprintf(path, sizeof(path), "%s/%s", ag->cfg.data_dir, JV_HEALTH_STATE_FILE);
 	if (unlink(path) < 0 && errno != ENOENT)
 		jv_warn(NULL, NULL, "cannot remove '%s': %s", path, strerror(errno));
 }

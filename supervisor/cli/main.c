@@ -18,6 +18,7 @@ static int usage(void)
 	        "          [--jobs-dir DIR] [--timeout S] [--cancel-grace S] [--json]\n"
 	        "  check   SCRIPT.lua                  validate a job script\n"
 	        "  status  [--data-dir DIR] [--json]   instances and runs in flight\n"
+	        "  health  [--data-dir DIR] [--json]   is the agent alive and polling (exit 0/1)\n"
 	        "  version\n");
 	return 2;
 }
@@ -48,6 +49,8 @@ int main(int argc, char **argv)
 		return cmd_status(argc - 1, argv + 1);
 	if (strcmp(cmd, "monitor") == 0)
 		return cmd_monitor(argc - 1, argv + 1);
+	if (strcmp(cmd, "health") == 0)
+		return cmd_health(argc - 1, argv + 1);
 	if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
 		usage();
 		return 0;
