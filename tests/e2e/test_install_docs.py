@@ -62,9 +62,11 @@ class InstalledDocs(unittest.TestCase):
         self.assertEqual(unit, self.read(self.doc, "examples", "jobvisor.service"))
         self.assertNotIn("@", unit)  # every placeholder filled
         self.assertNotIn("/usr/local", unit)
-        exec_start = re.search(r"^ExecStart=(\S+) agent ", unit, re.M).group(1)
-        self.assertEqual(exec_start, os.path.join(self.bin, "jobvisor"))
-        self.assertTrue(os.access(exec_start, os.X_OK))
+        wrapper, exe = re.search(r"^ExecStart=(\S+) (\S+) agent ", unit, re.M).groups()
+        self.assertEqual(exe, os.path.join(self.bin, "jobvisor"))
+        self.assertTrue(os.access(exe, os.X_OK))
+        self.assertEqual(wrapper, os.path.join(self.prefix, "libexec", "jobvisor", "cgroup-delegate"))
+        self.assertTrue(os.access(wrapper, os.X_OK))
         docs = re.search(r"^Documentation=(.*)$", unit, re.M).group(1).split()
         self.assertIn("man:jobvisor(1)", docs)
         files = [d[len("file://"):] for d in docs if d.startswith("file://")]
