@@ -248,7 +248,7 @@ static int l_job_marker(lua_State *L)
 	}
 	if (rc < 0)
 		return jv_push_fail(L, "cannot read marker '%s': %s", name,
-		                    rc == -EBADMSG ? "not valid JSON" : strerror(-rc));
+		                    rc == -EBADMSG ? "not valid JSON" : jv_read_strerror(rc));
 	jv_json_to_lua(L, j);
 	cJSON_Delete(j);
 	return 1;

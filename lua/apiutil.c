@@ -158,20 +158,36 @@ void apiutil_push_array(lua_State *L)
 	cJSON_Delete(a);
 }
 
+/* The third result of an expected failure: the errno name ("ENOSPC", "EIO",
+ * ...), so a script can tell a full disk from a bad input without parsing the
+ * message. A full disk is always "ENOSPC" (a quota too). */
+static int push_code(lua_State *L, int rc)
+{
+	const char *name = NULL;
+	if (rc == -EDQUOT)
+		rc = -ENOSPC;
+	if (rc < 0 && rc > -4096)
+		name = strerrorname_np(-rc);
+	lua_pushstring(L, name ? name : "EIO");
+	return 3;
+}
+
 int apiutil_fail(lua_State *L, int rc, const char *verb, const char *path)
 {
 	if (rc == -ECANCELED)
 		return jv_raise_cancel(L);
 	if (fsx_is_policy_error(rc))
 		return luaL_error(L, "cannot %s '%s': %s", verb, path, fsx_strerror(rc));
-	return jv_push_fail(L, "cannot %s '%s': %s", verb, path, fsx_strerror(rc));
+	jv_push_fail(L, "cannot %s '%s': %s", verb, path, fsx_strerror(rc));
+	return push_code(L, rc);
 }
 
 int apiutil_fail_msg(lua_State *L, int rc, const char *prefix, const char *err)
 {
 	if (rc == -ECANCELED)
 		return jv_raise_cancel(L);
-	return jv_push_fail(L, "%s: %s", prefix, err);
+	jv_push_fail(L, "%s: %s", prefix, err);
+	return push_code(L, rc);
 }
 
 int apiutil_parent(const struct fsx *fx, const char *norm, int *dirfd, const char **last)

@@ -163,7 +163,7 @@ int jv_sandbox_loadfile(lua_State *L, const char *path, const char *chunkname)
 	int rc = jv_read_file_at(AT_FDCWD, path, MAX_SCRIPT_BYTES, &src, &len);
 	if (rc < 0) {
 		lua_pushfstring(L, "cannot read '%s': %s", chunkname,
-		                rc == -EFBIG ? "script larger than 4 MiB" : strerror(-rc));
+		                rc == -EFBIG ? "script larger than 4 MiB" : jv_read_strerror(rc));
 		return LUA_ERRFILE;
 	}
 	char name[320];

@@ -46,6 +46,8 @@ struct config {
 	int drain_timeout_s;  /* SIGTERM: let runs finish this long, then cancel them */
 	int shutdown_grace_s; /* cancelled at shutdown -> SIGKILL */
 	int64_t job_memory;  /* bytes, Lua allocator cap */
+	int64_t extract_max_bytes; /* archive.extract's default total-size cap; 0 = none */
+	int extract_max_ratio;     /* archive.extract's default expansion-ratio guard; 0 = none */
 
 	int request_timeout_s;
 	int connect_timeout_s;

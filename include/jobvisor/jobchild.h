@@ -14,6 +14,11 @@
 #define JV_EXIT_CANCELLED 3
 int jv_jobrun_child_main(int argc, char **argv);
 
+/* Completion records: <instance>/.jobvisor/<JV_COMPLETED_DIR>/<jobId>.json holds
+ * the output of a job that COMPLETED, kept until its result was delivered, so a
+ * retry of the same job reports it again (lua/completed.c). */
+#define JV_COMPLETED_DIR "completed"
+
 /* `jobvisor check SCRIPT.lua`: compile in the sandbox and validate the returned
  * table; require() looks in the script's own lib/ and then builtin_jobs_dir/lib.
  * Prints file:line errors to stderr. Returns 0 valid, 1 invalid, 2 usage. */

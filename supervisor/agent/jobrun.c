@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "jobvisor/durable.h"
+#include "jobvisor/ident.h"
 #include "jobvisor/jobchild.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
@@ -723,4 +724,30 @@ void jobrun_free(struct jobrun *r)
 	free(r->cancel_reason);
 	free(r->protocol_error);
 	free(r);
+}
+
+int jobrun_forget_completion(const char *data_dir, const char *instance_id, const char *job_id)
+{
+	if (!jv_ident_valid(instance_id) || !jv_ident_valid(job_id))
+		return 0; /* the child wrote no record for such ids */
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/instances/%s", data_dir, instance_id);
+	int ifd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (ifd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	int jfd = openat(ifd, ".jobvisor", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	close(ifd);
+	if (jfd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	int cfd = openat(jfd, JV_COMPLETED_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	close(jfd);
+	if (cfd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	char name[160];
+	snprintf(name, sizeof(name), "%s.json", job_id);
+	int rc = 0;
+	if (unlinkat(cfd, name, 0) < 0)
+		rc = errno == ENOENT ? 0 : -errno;
+	close(cfd);
+	return rc;
 }

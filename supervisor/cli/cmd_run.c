@@ -104,7 +104,7 @@ static int run_usage(const char *msg)
 	fprintf(stderr,
 	        "usage: jobvisor run TYPE|SCRIPT.lua --instance ID [--data-dir DIR] [--params JSON|@FILE]\n"
 	        "                    [--jobs-dir DIR] [--timeout S] [--cancel-grace S] [--memory-limit MIB]\n"
-	        "                    [--config FILE] [--json]\n"
+	        "                    [--config FILE] [--job-id ID] [--json]\n"
 	        "Agent settings job runs use (allowed_executables, user, job_memory, data_dir, jobs_dir)\n"
 	        "come from --config FILE and JOBVISOR_* variables, as for the agent; options win.\n");
 	return JV_EXIT_USAGE;
@@ -128,7 +128,7 @@ static cJSON *load_params(const char *arg, char *err, size_t errlen)
 	if (arg[0] == '@') {
 		int rc = jv_read_file_at(AT_FDCWD, arg + 1, MAX_PARAMS_FILE, &text, &len);
 		if (rc < 0) {
-			snprintf(err, errlen, "cannot read params file '%s': %s", arg + 1, strerror(-rc));
+			snprintf(err, errlen, "cannot read params file '%s': %s", arg + 1, jv_read_strerror(rc));
 			return NULL;
 		}
 	} else {
@@ -240,11 +240,11 @@ int cmd_run(int argc, char **argv)
 		{"params", required_argument, NULL, 'p'},   {"jobs-dir", required_argument, NULL, 'j'},
 		{"timeout", required_argument, NULL, 't'},  {"cancel-grace", required_argument, NULL, 'g'},
 		{"memory-limit", required_argument, NULL, 'm'}, {"json", no_argument, NULL, 'J'},
-		{"config", required_argument, NULL, 'c'},
+		{"config", required_argument, NULL, 'c'},   {"job-id", required_argument, NULL, 'k'},
 		{"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
 	};
 	const char *instance = NULL, *data_dir = NULL, *params_arg = NULL, *config_path = NULL;
-	const char *jobs_dir = NULL;
+	const char *jobs_dir = NULL, *job_id_arg = NULL;
 	int timeout = 0, grace = 10, mem_mib = 0;
 	bool json = false;
 	int c, code = JV_EXIT_USAGE;
@@ -269,6 +269,7 @@ int cmd_run(int argc, char **argv)
 			break;
 		case 'J': json = true; break;
 		case 'c': config_path = optarg; break;
+		case 'k': job_id_arg = optarg; break;
 		case 'h': run_usage(NULL); return 0;
 		default: return run_usage(NULL);
 		}
@@ -280,6 +281,11 @@ int cmd_run(int argc, char **argv)
 		return run_usage("too many arguments");
 	if (!instance)
 		return run_usage("--instance is required");
+	if (job_id_arg && !jv_ident_valid(job_id_arg)) {
+		fprintf(stderr, "jobvisor run: invalid job id '%s': must match "
+		                "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\n", job_id_arg);
+		return JV_EXIT_USAGE;
+	}
 	if (!jv_ident_valid(instance)) {
 		fprintf(stderr, "jobvisor run: invalid instance id '%s': must match "
 		                "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\n", instance);
@@ -331,8 +337,11 @@ int cmd_run(int argc, char **argv)
 		goto out;
 	}
 
-	char job_id[JV_UUID_LEN], run_id[JV_UUID_LEN];
-	jv_uuid4(job_id);
+	char job_id[72], run_id[JV_UUID_LEN];
+	if (job_id_arg)
+		snprintf(job_id, sizeof(job_id), "%s", job_id_arg);
+	else
+		jv_uuid4(job_id);
 	jv_uuid4(run_id);
 	struct run_out out = {.json = json, .tty = !json && isatty(STDERR_FILENO), .percent = -1};
 	/* JOBVISOR_LOG_FORMAT / _LEVEL (or the config file) as for the agent; on a
@@ -369,6 +378,10 @@ int cmd_run(int argc, char **argv)
 		code = JV_EXIT_FAILED;
 	} else {
 		code = drive(run, &out, sfd);
+		/* The result is printed. A job id the caller named may be run again as a
+		 * retry (and then reports this result again); a fresh one never is. */
+		if (!job_id_arg)
+			jobrun_forget_completion(abs_data, instance, job_id);
 	}
 	jobrun_free(run);
 	cJSON_Delete(out.result);
