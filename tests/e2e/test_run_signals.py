@@ -54,6 +54,7 @@ end }""")
         self.assertLess(time.time() - t0, 5)
         self.assertEqual(r.code, 3, r)
         self.assertIn("SIGINT again: killing the job", r.stderr)
+        self.assertEqual(r.error_message, "job cancelled; killed on request before it had stopped")
         self.assertEqual(processes_in_group(child), [])
 
 
