@@ -98,6 +98,21 @@ class Shutdown(AgentTestCase):
         self.assertEqual(self.real.job(queued)["status"], "QUEUED")  # never assigned
         self.assertNotIn("killing", self.log())
 
+    def test_cancel_from_the_control_plane_still_reaches_a_draining_agent(self):
+        p = self.start_agent(DRAIN_TIMEOUT=60)
+        jid = self.create("WAITER")
+        self.wait_job(jid, "RUNNING")
+        p.send_signal(signal.SIGTERM)
+        self.wait_log("SIGTERM received: shutting down")
+        r = self.real.api("POST", f"/v1/jobs/{jid}/cancel")
+        self.assertIn(r.status, (200, 202), r)
+        self.assertEqual(self.wait_exit(p), 0)
+        job = self.real.job(jid)
+        self.assertEqual(job["status"], "CANCELLED", job)
+        self.assertEqual(job["runs"][0]["status"], "CANCELLED")
+        self.assertIn("cancel requested by the control plane", self.log())
+        self.assertEqual(self.spool_runs(), [])
+
     def test_drain_timeout_cancels_at_a_safe_point_and_delivers(self):
         p = self.start_agent(DRAIN_TIMEOUT=1, SHUTDOWN_GRACE=20)
         jid = self.create("WAITER")
