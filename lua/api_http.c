@@ -139,5 +139,11 @@ static const luaL_Reg http_funcs[] = {
 int luaopen_jv_http(lua_State *L)
 {
 	luaL_newlib(L, http_funcs);
+	static const struct apiutil_arity arity[] = {
+		{"download", 3},
+		{"get_json", 2},
+		{NULL, 0},
+	};
+	apiutil_limit_args(L, -1, "http", arity);
 	return 1;
 }

@@ -26,9 +26,10 @@
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/procid.h"
 #include "jobvisor/util.h"
+#include "help.h"
 
 #define DEFAULT_DATA_DIR "/var/lib/jobvisor"
-#define DEFAULT_MAX_BEAT_S 30
+#define DEFAULT_MAX_BEAT_S 30 /* the defaults are in help.c's text too */
 #define DEFAULT_MAX_POLL_S 300
 
 struct verdict {
@@ -37,23 +38,6 @@ struct verdict {
 	const cJSON *state; /* borrowed, may be NULL */
 	double beat_age_s, poll_age_s;
 };
-
-static int usage(const char *msg)
-{
-	if (msg)
-		fprintf(stderr, "jobvisor health: %s\n", msg);
-	fprintf(stderr,
-	        "usage: jobvisor health [--config FILE] [--data-dir DIR] [--max-beat-age S]\n"
-	        "                       [--max-poll-age S] [--json]\n"
-	        "Checks the agent running on the data dir (from --data-dir, else --config FILE and\n"
-	        "JOBVISOR_DATA_DIR as for the agent): its process is alive, its loop went round in\n"
-	        "the last --max-beat-age seconds (default %d), and a poll was answered in the last\n"
-	        "--max-poll-age seconds (default %d; 0 = do not check).\n"
-	        "Exit status: 0 healthy, 1 unhealthy (the reason is printed), 2 usage or configuration\n"
-	        "error.\n",
-	        DEFAULT_MAX_BEAT_S, DEFAULT_MAX_POLL_S);
-	return JV_EXIT_USAGE;
-}
 
 static int parse_secs(const char *s, int *out)
 {
@@ -165,8 +149,7 @@ int cmd_health(int argc, char **argv)
 	static const struct option opts[] = {
 		{"config", required_argument, NULL, 'c'},       {"data-dir", required_argument, NULL, 'd'},
 		{"max-beat-age", required_argument, NULL, 'b'}, {"max-poll-age", required_argument, NULL, 'p'},
-		{"json", no_argument, NULL, 'J'},               {"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+		{"json", no_argument, NULL, 'J'},               {NULL, 0, NULL, 0},
 	};
 	const char *config_path = NULL, *data_dir = NULL;
 	int max_beat = DEFAULT_MAX_BEAT_S, max_poll = DEFAULT_MAX_POLL_S;
@@ -180,38 +163,31 @@ int cmd_health(int argc, char **argv)
 		case 'd': data_dir = optarg; break;
 		case 'b':
 			if (parse_secs(optarg, &max_beat) < 0 || max_beat < 1)
-				return usage("--max-beat-age must be a positive number of seconds");
+				return help_usage_error("health", "--max-beat-age must be a positive number of seconds");
 			break;
 		case 'p':
 			if (parse_secs(optarg, &max_poll) < 0)
-				return usage("--max-poll-age must be a number of seconds (0 = do not check)");
+				return help_usage_error("health", "--max-poll-age must be a number of seconds (0 = do not check)");
 			break;
 		case 'J': json = true; break;
-		case 'h': usage(NULL); return 0;
-		default: {
-			char msg[160];
-			snprintf(msg, sizeof(msg), "unknown or incomplete option '%s'", argv[optind - 1]);
-			return usage(msg);
-		}
+		default:
+			return help_usage_error("health", "unknown option or missing value: '%s'", argv[optind - 1]);
 		}
 	}
 	if (optind < argc)
-		return usage("too many arguments");
+		return help_usage_error("health", "unexpected argument '%s'", argv[optind]);
 
 	struct config cfg;
 	char err[512];
 	if (config_load_local(config_path, &cfg, err, sizeof(err)) != 0) {
-		fprintf(stderr, "jobvisor health: %s\n", err);
-		return JV_EXIT_USAGE;
+		return help_usage_error("health", "%s", err);
 	}
 	char dir[4096];
 	snprintf(dir, sizeof(dir), "%s",
 	         data_dir ? data_dir : (cfg.data_dir && *cfg.data_dir ? cfg.data_dir : DEFAULT_DATA_DIR));
 	config_free(&cfg);
-	if (dir[0] != '/') {
-		fprintf(stderr, "jobvisor health: --data-dir must be an absolute path, not '%s'\n", dir);
-		return JV_EXIT_USAGE;
-	}
+	if (dir[0] != '/')
+		return help_usage_error("health", "--data-dir must be an absolute path, not '%s'", dir);
 
 	struct verdict v = {0};
 	char path[4200];

@@ -238,6 +238,10 @@ class LostResultThroughTheAgent(unittest.TestCase):
                 p.kill()
                 p.wait(10)
         self.cp.stop(check=False)
+        log_path = os.path.join(self.tmp, "agent.log")
+        log = open(log_path, errors="replace").read() if os.path.exists(log_path) else ""
+        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            self.assertNotIn(bad, log, f"sanitizer report in the agent log:\n{log[-6000:]}")
         if os.environ.get("JV_KEEP_TMP"):
             print("kept", self.tmp)
             return
@@ -315,6 +319,8 @@ class LostResultThroughTheAgent(unittest.TestCase):
             self.assertEqual(runs[1]["output"]["sha256"], manifest["sha256"])
             self.assertEqual(sorted(n for n in os.listdir(bdir) if n.startswith(bid)),
                              [bid + ".json", bid + ".tar.zst"])
+            markers = os.listdir(os.path.join(self.data, "instances", "srv1", ".jobvisor", "markers"))
+            self.assertEqual([m for m in markers if m.endswith(".json")], [], "the retry left a marker")
             # the control plane acknowledged the result: the completion record is gone
             rec = os.path.join(self.data, "instances", "srv1", ".jobvisor", "completed",
                                job["jobId"] + ".json")

@@ -92,6 +92,36 @@ class DownloadDiskFull(DiskFullBase):
         self.assertGreater(free_bytes(self.mnt), 150 * MIB)
 
 
+    def test_kernel_enospc_releases_the_part_and_says_enospc(self):
+        """Without the reserve guard the write itself hits ENOSPC: same outcome, same code."""
+        blob = os.urandom(80 * MIB)
+        write_file(os.path.join(self.www, "blob.bin"), blob)
+        import hashlib
+        script = os.path.join(self.tmp, "dl.lua")
+        with open(script, "w") as f:
+            f.write('''return {
+  type = "DL_TEST",
+  params = { url = "string", sha256 = "string" },
+  run = function(job)
+    local r, err, code = http.download(job.params.url, "incoming/blob.bin",
+      { sha256 = job.params.sha256, reserve_bytes = 0, retries = 0 })
+    return { ok = r ~= nil, err = err, code = code }
+  end,
+}''')
+        p = subprocess.run([JOBVISOR, "run", script, "--instance", "i1", "--data-dir", self.data,
+                            "--params", json.dumps({"url": self.srv.url("blob.bin"),
+                                                    "sha256": hashlib.sha256(blob).hexdigest()}),
+                            "--json"], capture_output=True, text=True, timeout=120)
+        r = RunResult(p.returncode, p.stdout, p.stderr)
+        self.assertEqual(r.status, "COMPLETED", r)
+        out = r.result["output"]
+        self.assertFalse(out["ok"])
+        self.assertEqual(out["code"], "ENOSPC", out)
+        self.assertIn("No space left on device", out["err"])
+        self.assertEqual(self.parts(), [])
+        self.assertGreater(free_bytes(self.mnt), 60 * MIB)
+
+
 class ExtractDiskFull(DiskFullBase):
     SIZE_MIB = 160
 
