@@ -47,8 +47,9 @@ static const struct cmd_help cmds[] = {
 	 "  --job-id ID          run under this job id: a second run with the same id, type and\n"
 	 "                       params reports the recorded output of a completed one again\n"
 	 "  --json               one JSON event a line on stdout, the result object last\n"
-	 "The result goes to stdout; logs and progress go to stderr. Ctrl-C cancels the job\n"
-	 "(again to kill it). Exit: 0 COMPLETED, 1 FAILED, 2 usage or configuration, 3 CANCELLED.\n"},
+	 "The result goes to stdout; logs and progress go to stderr. Ctrl-C (or SIGTERM) cancels\n"
+	 "the job; again 2 s or more later kills it. Exit: 0 COMPLETED, 1 FAILED, 2 usage or\n"
+	 "configuration, 3 CANCELLED.\n"},
 	{"check", "SCRIPT.lua...", "validate job scripts without running them",
 	 "Compiles each script in the sandbox, validates the table it returns and looks for\n"
 	 "unknown fields of the sandbox modules (fs.raed). Prints every problem as FILE:LINE:\n"
