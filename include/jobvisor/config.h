@@ -37,6 +37,7 @@ struct config {
 	int64_t poll_interval_ms;
 	int64_t poll_jitter_ms;
 	int poll_wait_s; /* long poll; 0 = off */
+	int64_t stats_interval_ms; /* instance resource stats; 0 = off */
 	int capacity;
 
 	int job_timeout_s;

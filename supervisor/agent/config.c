@@ -59,6 +59,8 @@ static const struct setting settings[] = {
 	 false, "time between polls"},
 	{"poll_jitter", "JOBVISOR_POLL_JITTER", K_DURATION, OFF(poll_jitter_ms), "2", 0, 3600, false,
 	 "random extra delay added to each poll interval (0 to this)"},
+	{"stats_interval", "JOBVISOR_STATS_INTERVAL", K_DURATION, OFF(stats_interval_ms), "5", 0, 3600,
+	 false, "how often instance resource stats go to the control plane; 0 = never"},
 	{"poll_wait", "JOBVISOR_POLL_WAIT", K_INT, OFF(poll_wait_s), "25", 0, 300, false,
 	 "long poll: seconds the control plane may hold a poll open (0 = off)"},
 	{"capacity", "JOBVISOR_CAPACITY", K_INT, OFF(capacity), "2", 1, CONFIG_CAPACITY_MAX, false,

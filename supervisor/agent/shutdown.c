@@ -21,6 +21,7 @@
 
 #include "agent.h"
 #include "delivery.h"
+#include "instwatch.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
 #include "poller.h"
@@ -150,7 +151,8 @@ bool shutdown_step(struct agent *ag, int64_t now, int64_t *next)
 		*next = now; /* let the deliveries start before judging them settled */
 		return false;
 	}
-	if (delivery_settled(ag) || now >= ag->exit_by_ms)
+	/* Run results and instance reports both get their last attempt. */
+	if ((delivery_settled(ag) && !instwatch_busy(ag)) || now >= ag->exit_by_ms)
 		return true;
 	*next = min64(*next, ag->exit_by_ms);
 	return false;
