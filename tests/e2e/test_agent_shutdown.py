@@ -164,7 +164,7 @@ class Shutdown(AgentTestCase):
         self.assertEqual(self.wait_exit(p), 0)
         self.assertLess(time.time() - t0, 15)
         run = self.real.job(jid)["runs"][0]
-        self.assertEqual(run["status"], "FAILED")
+        self.assertEqual(run["status"], "FAILED", self.log()[-3000:])
         self.assertTrue(run["error"]["retryable"])
         self.assertEqual(self.spool_runs(), [])
 
@@ -177,7 +177,7 @@ class Shutdown(AgentTestCase):
         p.send_signal(signal.SIGQUIT)  # no window for an explicit SIGQUIT
         self.assertEqual(self.wait_exit(p), 0)
         self.assertIn("SIGQUIT received while draining: cancelling 1 running runs", self.log())
-        self.assertEqual(self.real.job(jid)["runs"][0]["status"], "FAILED")
+        self.assertEqual(self.real.job(jid)["runs"][0]["status"], "FAILED", self.log()[-3000:])
         self.assertEqual(self.spool_runs(), [])
 
     def test_repeat_after_the_window_cancels_then_kills(self):
