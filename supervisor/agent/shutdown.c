@@ -39,7 +39,7 @@ static void cancel_runs(struct agent *ag, int64_t now, const char *why)
 		jv_warn(NULL, NULL, "%s: cancelling %zu running runs (SIGKILL after %d s)", why, live,
 		        ag->cfg.shutdown_grace_s);
 	sdnotify_send(&ag->notify, "STATUS=shutting down: cancelling running runs");
-	scheduler_cancel_all(ag, "shutdown");
+	scheduler_cancel_all(ag, JOBRUN_SHUTDOWN);
 }
 
 static void kill_runs(struct agent *ag)

@@ -191,7 +191,7 @@ static int drive(struct jobrun *run, struct run_out *o, int sfd)
 					clear_bar(o);
 					jv_warn(NULL, NULL, "%s: cancelling the job (again after %d s to kill it)",
 					        jv_signal_name((int)si.ssi_signo), (int)(window_ms / 1000));
-					jobrun_cancel(run, "cancelled");
+					jobrun_cancel(run, JOBRUN_CANCELLED);
 				} else {
 					clear_bar(o);
 					jv_warn(NULL, NULL, "%s again: killing the job", jv_signal_name((int)si.ssi_signo));
