@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "arch.h"
+#include "box.h"
 #include "jobvisor/jsonutil.h"
 
 #define ARCHIVE_MAX_EXCLUDES 1024
@@ -22,6 +23,32 @@
  * extract_max_bytes / extract_max_ratio do not say otherwise. */
 #define ARCHIVE_DEFAULT_MAX_BYTES (16ll << 30)
 #define ARCHIVE_DEFAULT_MAX_RATIO 20
+
+/* Manifests and results live on the heap, owned by a box (box.h): any push
+ * or option check after they are filled may raise. */
+static void release_manifest(void *p)
+{
+	arch_manifest_free(p);
+	free(p);
+}
+
+static void release_create_result(void *p)
+{
+	arch_create_result_free(p);
+	free(p);
+}
+
+/* An empty manifest owned by a new box on the stack. */
+static struct arch_manifest *manifest_push(lua_State *L)
+{
+	struct jv_box *box = jv_box_push(L);
+	struct arch_manifest *m = malloc(sizeof(*m));
+	if (!m)
+		luaL_error(L, "out of memory");
+	arch_manifest_init(m);
+	jv_box_set(box, m, release_manifest);
+	return m;
+}
 
 /* Manifest from the Lua value at idx; pushes nothing. 0 or -EINVAL with err. */
 static int manifest_arg(lua_State *L, int idx, struct arch_manifest *m, char *err, size_t errlen)
@@ -43,6 +70,7 @@ static int manifest_arg(lua_State *L, int idx, struct arch_manifest *m, char *er
 
 static int l_archive_create(lua_State *L)
 {
+	lua_settop(L, 3); /* boxes go above the arguments */
 	static const char *const keys[] = {"level", "threads", "exclude", "progress", "reuse", NULL};
 	char src[FSX_PATH_MAX], dst[FSX_PATH_MAX];
 	apiutil_path(L, 1, src, false);
@@ -69,71 +97,69 @@ static int l_archive_create(lua_State *L)
 	struct apiutil_tick t;
 	apiutil_tick_init(L, 3, &t, "archiving");
 	o.hooks = &t.hooks;
-	/* Parsed last: nothing below raises before it is freed. */
-	struct arch_manifest reuse;
-	arch_manifest_init(&reuse);
 	if (!lua_isnoneornil(L, 3) && lua_getfield(L, 3, "reuse") != LUA_TNIL) {
+		int idx = lua_gettop(L);
+		struct arch_manifest *reuse = manifest_push(L);
 		char merr[512];
-		if (manifest_arg(L, -1, &reuse, merr, sizeof(merr)) < 0)
+		if (manifest_arg(L, idx, reuse, merr, sizeof(merr)) < 0)
 			return luaL_argerror(L, 3, lua_pushfstring(L, "reuse: %s", merr));
-		o.reuse = &reuse;
+		o.reuse = reuse;
 	}
+	struct jv_box *rbox = jv_box_push(L);
+	struct arch_create_result *r = calloc(1, sizeof(*r));
+	if (!r)
+		return luaL_error(L, "out of memory");
+	jv_box_set(rbox, r, release_create_result);
 	int sfd = -1, dfd = -1;
 	const char *dlast;
 	int rc = fsx_open(&fx, src, O_RDONLY | O_DIRECTORY, 0, 0, &sfd);
-	if (rc < 0) {
-		arch_manifest_free(&reuse);
+	if (rc < 0)
 		return apiutil_fail(L, rc, "archive", src);
-	}
 	rc = apiutil_parent(&fx, dst, &dfd, &dlast);
 	if (rc < 0) {
 		close(sfd);
-		arch_manifest_free(&reuse);
 		return apiutil_fail(L, rc, "create archive", dst);
 	}
-	struct arch_create_result r;
 	char err[1024];
 	char prefix[FSX_PATH_MAX + 64];
-	rc = arch_create(sfd, dfd, dlast, &o, &r, err, sizeof(err));
+	rc = arch_create(sfd, dfd, dlast, &o, r, err, sizeof(err));
 	close(sfd);
 	close(dfd);
-	arch_manifest_free(&reuse);
 	if (rc < 0) {
-		arch_create_result_free(&r);
 		snprintf(prefix, sizeof(prefix), "cannot create archive '%s'", dst);
 		return apiutil_fail_msg(L, rc, prefix, err);
 	}
 	apiutil_tick_done(&t);
-	cJSON *j = arch_manifest_to_json(&r.manifest);
-	if (!j) {
-		arch_create_result_free(&r);
+	struct jv_box *jbox = jv_box_push(L);
+	cJSON *j = arch_manifest_to_json(&r->manifest);
+	if (!j)
 		return luaL_error(L, "out of memory");
-	}
+	jv_box_set(jbox, j, jv_box_release_json);
 	jv_json_to_lua(L, j);
-	cJSON_Delete(j);
+	jv_box_release(jbox);
 	lua_createtable(L, 0, 5);
-	lua_pushinteger(L, (lua_Integer)r.files);
+	lua_pushinteger(L, (lua_Integer)r->files);
 	lua_setfield(L, -2, "files");
-	lua_pushinteger(L, (lua_Integer)r.dirs);
+	lua_pushinteger(L, (lua_Integer)r->dirs);
 	lua_setfield(L, -2, "dirs");
-	lua_pushinteger(L, (lua_Integer)r.symlinks);
+	lua_pushinteger(L, (lua_Integer)r->symlinks);
 	lua_setfield(L, -2, "symlinks");
-	lua_pushinteger(L, (lua_Integer)r.data_bytes);
+	lua_pushinteger(L, (lua_Integer)r->data_bytes);
 	lua_setfield(L, -2, "bytes");
-	lua_pushinteger(L, (lua_Integer)r.reused);
+	lua_pushinteger(L, (lua_Integer)r->reused);
 	lua_setfield(L, -2, "reused");
 	jv_json_push_array(L);
-	for (size_t i = 0; i < r.nskipped; i++) {
-		lua_pushstring(L, r.skipped[i]);
+	for (size_t i = 0; i < r->nskipped; i++) {
+		lua_pushstring(L, r->skipped[i]);
 		lua_rawseti(L, -2, (lua_Integer)i + 1);
 	}
 	lua_setfield(L, -2, "skipped");
-	arch_create_result_free(&r);
 	return 2;
 }
 
 static int l_archive_extract(lua_State *L)
 {
+	lua_settop(L, 3); /* boxes go above the arguments */
 	static const char *const keys[] = {"strip_components", "max_bytes", "max_ratio",
 	                                   "reserve_bytes", "manifest", "progress", NULL};
 	char file[FSX_PATH_MAX], dst[FSX_PATH_MAX];
@@ -149,17 +175,16 @@ static int l_archive_extract(lua_State *L)
 	o.max_ratio = (double)apiutil_opt_int(L, 3, "max_ratio", def_ratio, 0, 1000000);
 	o.reserve_bytes =
 	    (uint64_t)apiutil_opt_int(L, 3, "reserve_bytes", ARCHIVE_DEFAULT_RESERVE, 0, INT64_MAX);
-	struct arch_manifest m;
-	arch_manifest_init(&m);
 	char err[1024];
 	char prefix[FSX_PATH_MAX + 64];
 	snprintf(prefix, sizeof(prefix), "cannot extract '%s'", file);
 	if (!lua_isnoneornil(L, 3) && lua_getfield(L, 3, "manifest") != LUA_TNIL) {
-		int rc = manifest_arg(L, -1, &m, err, sizeof(err));
-		lua_pop(L, 1);
+		int idx = lua_gettop(L);
+		struct arch_manifest *m = manifest_push(L);
+		int rc = manifest_arg(L, idx, m, err, sizeof(err));
 		if (rc < 0)
 			return apiutil_fail_msg(L, rc, prefix, err);
-		o.manifest = &m;
+		o.manifest = m;
 	}
 	struct fsx fx;
 	apiutil_fsx(L, &fx);
@@ -169,21 +194,17 @@ static int l_archive_extract(lua_State *L)
 	int afd = -1, dfd = -1;
 	const char *alast, *dlast;
 	int rc = fsx_parent(&fx, file, 0, &afd, &alast);
-	if (rc < 0) {
-		arch_manifest_free(&m);
+	if (rc < 0)
 		return apiutil_fail(L, rc, "extract", file);
-	}
 	rc = apiutil_parent(&fx, dst, &dfd, &dlast);
 	if (rc < 0) {
 		close(afd);
-		arch_manifest_free(&m);
 		return apiutil_fail(L, rc, "extract into", dst);
 	}
 	struct arch_extract_result r;
 	rc = arch_extract(afd, alast, dfd, dlast, &o, &r, err, sizeof(err));
 	close(afd);
 	close(dfd);
-	arch_manifest_free(&m);
 	if (rc < 0)
 		return apiutil_fail_msg(L, rc, prefix, err);
 	apiutil_tick_done(&t);
@@ -203,6 +224,7 @@ static int l_archive_extract(lua_State *L)
 
 static int l_archive_verify(lua_State *L)
 {
+	lua_settop(L, 3); /* boxes go above the arguments */
 	static const char *const keys[] = {"progress", NULL};
 	char file[FSX_PATH_MAX];
 	apiutil_path(L, 1, file, false);
@@ -210,8 +232,8 @@ static int l_archive_verify(lua_State *L)
 	apiutil_opts(L, 3, "archive.verify", keys);
 	char err[1024], prefix[FSX_PATH_MAX + 64];
 	snprintf(prefix, sizeof(prefix), "archive '%s' failed verification", file);
-	struct arch_manifest m;
-	int rc = manifest_arg(L, 2, &m, err, sizeof(err));
+	struct arch_manifest *m = manifest_push(L);
+	int rc = manifest_arg(L, 2, m, err, sizeof(err));
 	if (rc < 0)
 		return apiutil_fail_msg(L, rc, prefix, err);
 	struct fsx fx;
@@ -221,13 +243,10 @@ static int l_archive_verify(lua_State *L)
 	int afd;
 	const char *alast;
 	rc = fsx_parent(&fx, file, 0, &afd, &alast);
-	if (rc < 0) {
-		arch_manifest_free(&m);
+	if (rc < 0)
 		return apiutil_fail(L, rc, "verify", file);
-	}
-	rc = arch_verify(afd, alast, &m, &t.hooks, err, sizeof(err));
+	rc = arch_verify(afd, alast, m, &t.hooks, err, sizeof(err));
 	close(afd);
-	arch_manifest_free(&m);
 	if (rc < 0)
 		return apiutil_fail_msg(L, rc, prefix, err);
 	apiutil_tick_done(&t);
@@ -248,17 +267,17 @@ static int l_archive_list(lua_State *L)
 	int rc = fsx_parent(&fx, file, 0, &afd, &alast);
 	if (rc < 0)
 		return apiutil_fail(L, rc, "list", file);
-	struct arch_manifest l;
+	struct arch_manifest *l = manifest_push(L);
 	char err[1024], prefix[FSX_PATH_MAX + 64];
-	rc = arch_list(afd, alast, &l, &t.hooks, err, sizeof(err));
+	rc = arch_list(afd, alast, l, &t.hooks, err, sizeof(err));
 	close(afd);
 	if (rc < 0) {
 		snprintf(prefix, sizeof(prefix), "cannot list '%s'", file);
 		return apiutil_fail_msg(L, rc, prefix, err);
 	}
 	jv_json_push_array(L);
-	for (size_t i = 0; i < l.n; i++) {
-		const struct arch_entry *e = &l.v[i];
+	for (size_t i = 0; i < l->n; i++) {
+		const struct arch_entry *e = &l->v[i];
 		lua_createtable(L, 0, 6);
 		lua_pushstring(L, e->path);
 		lua_setfield(L, -2, "path");
@@ -276,7 +295,6 @@ static int l_archive_list(lua_State *L)
 		}
 		lua_rawseti(L, -2, (lua_Integer)i + 1);
 	}
-	arch_manifest_free(&l);
 	return 1;
 }
 

@@ -72,13 +72,24 @@ static void sleep_ms(int ms)
 }
 
 /* Raise the cancellation error after freeing what the caller holds. */
-#define CANCEL_POINT(L, ctx, cleanup)          \
-	do {                                       \
-		if (jv_cancelled(ctx)) {               \
-			cleanup;                           \
-			return jv_raise_cancel(L);         \
-		}                                      \
+/* What a binding holds across pushes is in boxes (box.h), so raising needs
+ * no cleanup here. */
+#define CANCEL_POINT(L, ctx)           \
+	do {                               \
+		if (jv_cancelled(ctx))         \
+			return jv_raise_cancel(L); \
 	} while (0)
+
+static void release_spec(void *p)
+{
+	jv_instance_spec_free(p);
+}
+
+static void release_regex(void *p)
+{
+	regfree(p);
+	free(p);
+}
 
 static void progress_every_second(struct jv_run_ctx *ctx, struct jv_progress *p, int64_t *last,
                                   double fraction, const char *detail)
@@ -175,8 +186,10 @@ static int l_instance_spec(lua_State *L)
 	const cJSON *allowed = cJSON_GetObjectItemCaseSensitive(ctx->settings, "allowed_executables");
 	struct jv_instance_spec *s = NULL;
 	char err[600];
+	struct jv_box *box = jv_box_push(L);
 	if (jv_instance_spec_load(ctx->instance_dir, allowed, &s, err, sizeof(err)) < 0)
 		return jv_push_fail(L, "%s", err);
+	jv_box_set(box, s, release_spec);
 	lua_newtable(L);
 	push_strings(L, s->argv, s->argc);
 	lua_setfield(L, -2, "command");
@@ -231,7 +244,6 @@ static int l_instance_spec(lua_State *L)
 	set_num_if(L, "pids", (double)s->pids);
 	set_num_if(L, "cpus", s->cpus);
 	lua_setfield(L, -2, "limits");
-	jv_instance_spec_free(s);
 	return 1;
 }
 
@@ -344,23 +356,21 @@ static int l_instance_start(lua_State *L)
 		return jv_raise_cancel(L);
 	if (rc < 0)
 		return jv_push_fail(L, "cannot start instance '%s': %s", ctx->instance_id, msg);
+	struct jv_box *box = jv_box_push(L);
 	cJSON *st = fetch_status(L, ctx, msg, sizeof(msg));
 	if (!st)
 		return jv_push_fail(L, "%s", msg);
+	jv_box_set(box, st, jv_box_release_json);
 	if (!jv_json_bool(st, "monitor", false) && state_final(st)) {
 		/* It started and already ended (e.g. a crash loop at once). */
-		char text[700];
-		snprintf(text, sizeof(text), "instance '%s' is %s: %s", ctx->instance_id,
-		         jv_json_str(st, "state", "?"), jv_json_str(st, "message", ""));
-		cJSON_Delete(st);
-		return jv_push_fail(L, "%s", text);
+		return jv_push_fail(L, "instance '%s' is %s: %s", ctx->instance_id,
+		                    jv_json_str(st, "state", "?"), jv_json_str(st, "message", ""));
 	}
 	jv_json_to_lua(L, st);
 	lua_pushboolean(L, res == ENSURE_ALREADY);
 	lua_setfield(L, -2, "already");
 	lua_pushboolean(L, res == ENSURE_ADOPTED || jv_json_bool(st, "adopted", false));
 	lua_setfield(L, -2, "adopted");
-	cJSON_Delete(st);
 	return 1;
 }
 
@@ -368,12 +378,14 @@ static int l_instance_status(lua_State *L)
 {
 	struct jv_run_ctx *ctx = jv_ctx(L);
 	char msg[600];
+	struct jv_box *box = jv_box_push(L);
 	cJSON *st = fetch_status(L, ctx, msg, sizeof(msg));
 	if (!st)
 		return jv_push_fail(L, "%s", msg);
+	jv_box_set(box, st, jv_box_release_json);
 	if (jv_json_bool(st, "orphan", false)) {
 		/* Its monitor died: put a new one in charge before answering. */
-		cJSON_Delete(st);
+		jv_box_release(box);
 		enum ensure_result res;
 		int rc = ensure_monitor(ctx, true, 30, &res, msg, sizeof(msg));
 		if (rc == 1)
@@ -382,9 +394,9 @@ static int l_instance_status(lua_State *L)
 			return jv_push_fail(L, "cannot adopt the orphaned server: %s", msg);
 		if (!(st = fetch_status(L, ctx, msg, sizeof(msg))))
 			return jv_push_fail(L, "%s", msg);
+		jv_box_set(box, st, jv_box_release_json);
 	}
 	jv_json_to_lua(L, st);
-	cJSON_Delete(st);
 	return 1;
 }
 
@@ -471,7 +483,7 @@ static int follow_stop(lua_State *L, struct jv_run_ctx *ctx, struct jv_box *conn
 	int64_t start = jv_now_mono_ms(), last = 0;
 	char phase[16] = "";
 	for (;;) {
-		CANCEL_POINT(L, ctx, (void)0);
+		CANCEL_POINT(L, ctx);
 		cJSON *m = NULL;
 		int rc = jv_monconn_recv(c, SLICE_MS, &m);
 		double elapsed = (double)(jv_now_mono_ms() - start) / 1000.0;
@@ -622,8 +634,29 @@ static int not_running(lua_State *L, struct jv_run_ctx *ctx, const char *waiting
 	return jv_push_fail(L, "%s", msg);
 }
 
+/* The connection and the newest status of a subscription, each in a box. */
+struct sub {
+	struct jv_box *conn, *status;
+};
+
+static int subscribe_boxed(lua_State *L, struct jv_run_ctx *ctx, bool console, long long since,
+                           struct sub *sb)
+{
+	sb->conn = jv_box_push(L);
+	sb->status = jv_box_push(L);
+	struct jv_monconn *c;
+	cJSON *st;
+	int rc = subscribe(ctx, console, since, &c, &st);
+	if (rc < 0)
+		return rc;
+	jv_box_set(sb->conn, c, jv_box_release_monconn);
+	jv_box_set(sb->status, st, jv_box_release_json);
+	return 0;
+}
+
 static int l_instance_wait_ready(lua_State *L)
 {
+	lua_settop(L, 2); /* boxes go above the arguments */
 	struct jv_run_ctx *ctx = jv_ctx(L);
 	lua_Number timeout = luaL_checknumber(L, 1);
 	luaL_argcheck(L, !isnan(timeout) && timeout > 0 && timeout <= 86400, 1,
@@ -632,62 +665,52 @@ static int l_instance_wait_ready(lua_State *L)
 	apiutil_opts(L, 2, "instance.wait_ready", keys);
 	struct jv_progress p;
 	jv_progress_init(L, 2, &p, "waiting for the server to be ready");
-	struct jv_monconn *c;
-	cJSON *st;
-	int rc = subscribe(ctx, false, -1, &c, &st);
+	struct sub sb;
+	int rc = subscribe_boxed(L, ctx, false, -1, &sb);
 	if (rc == -ENOENT || rc == -ECONNREFUSED)
 		return not_running(L, ctx, "it to be ready");
 	if (rc < 0)
 		return jv_push_fail(L, "cannot reach the monitor: %s", strerror(-rc));
 	int64_t start = jv_now_mono_ms(), last = 0;
 	for (;;) {
+		const cJSON *st = jv_box_get(sb.status);
 		if (state_is(st, "RUNNING")) {
 			jv_progress_report(ctx, &p, 1.0, "ready");
 			jv_json_to_lua(L, st);
-			cJSON_Delete(st);
-			jv_monconn_close(c);
 			return 1;
 		}
 		if (state_final(st) || state_is(st, "STOPPING")) {
-			cJSON_Delete(st);
-			jv_monconn_close(c);
+			jv_box_release(sb.conn);
 			return not_running(L, ctx, "it to be ready");
 		}
-		CANCEL_POINT(L, ctx, (cJSON_Delete(st), jv_monconn_close(c)));
+		CANCEL_POINT(L, ctx);
 		double elapsed = (double)(jv_now_mono_ms() - start) / 1000.0;
-		if (elapsed > timeout) {
-			char msg[300];
-			snprintf(msg, sizeof(msg), "not ready within %.0fs (state %s)", timeout,
-			         jv_json_str(st, "state", "?"));
-			cJSON_Delete(st);
-			jv_monconn_close(c);
-			return jv_push_fail(L, "%s", msg);
-		}
+		if (elapsed > timeout)
+			return jv_push_fail(L, "not ready within %.0fs (state %s)", timeout,
+			                    jv_json_str(st, "state", "?"));
 		char d[96];
 		snprintf(d, sizeof(d), "%s, %.0fs of %.0fs", jv_json_str(st, "state", "?"), elapsed, timeout);
 		progress_every_second(ctx, &p, &last, elapsed / timeout, d);
 		cJSON *m = NULL;
-		rc = jv_monconn_recv(c, SLICE_MS, &m);
+		rc = jv_monconn_recv(jv_box_get(sb.conn), SLICE_MS, &m);
 		if (rc == -ETIMEDOUT)
 			continue;
 		if (rc < 0) {
-			cJSON_Delete(st);
-			jv_monconn_close(c);
+			jv_box_release(sb.conn);
 			return not_running(L, ctx, "it to be ready");
 		}
 		cJSON *ns = cJSON_DetachItemFromObjectCaseSensitive(m, "status");
 		cJSON_Delete(m);
-		if (cJSON_IsObject(ns)) {
-			cJSON_Delete(st);
-			st = ns;
-		} else {
+		if (cJSON_IsObject(ns))
+			jv_box_set(sb.status, ns, jv_box_release_json);
+		else
 			cJSON_Delete(ns);
-		}
 	}
 }
 
 static int l_instance_wait_log(lua_State *L)
 {
+	lua_settop(L, 3); /* boxes go above the arguments */
 	struct jv_run_ctx *ctx = jv_ctx(L);
 	const char *pattern = luaL_checkstring(L, 1);
 	lua_Number timeout = luaL_checknumber(L, 2);
@@ -701,62 +724,56 @@ static int l_instance_wait_log(lua_State *L)
 		since = (long long)lua_tointeger(L, -1);
 	lua_pop(L, 1);
 	since = (long long)apiutil_opt_int(L, 3, "since", since, -1, INT64_MAX);
-	regex_t re;
-	int r = regcomp(&re, pattern, REG_EXTENDED | REG_NOSUB);
+	struct jv_box *re_box = jv_box_push(L);
+	regex_t *re = malloc(sizeof(*re));
+	if (!re)
+		return luaL_error(L, "instance.wait_log: out of memory");
+	int r = regcomp(re, pattern, REG_EXTENDED | REG_NOSUB);
 	if (r != 0) {
 		char why[128];
-		regerror(r, &re, why, sizeof(why));
+		regerror(r, re, why, sizeof(why));
+		free(re);
 		return luaL_argerror(L, 1, lua_pushfstring(L, "not a valid extended regex: %s", why));
 	}
+	jv_box_set(re_box, re, release_regex);
 	struct jv_progress p;
 	jv_progress_init(L, 3, &p, "waiting for the console");
-	struct jv_monconn *c;
-	cJSON *st;
-	int rc = subscribe(ctx, true, since, &c, &st);
+	struct sub sb;
+	int rc = subscribe_boxed(L, ctx, true, since, &sb);
 	if (rc < 0) {
-		regfree(&re);
 		if (rc == -ENOENT || rc == -ECONNREFUSED)
 			return not_running(L, ctx, "a console line");
 		return jv_push_fail(L, "cannot reach the monitor: %s", strerror(-rc));
 	}
-	cJSON_Delete(st);
+	jv_box_release(sb.status);
+	struct jv_box *msg_box = sb.status; /* now holds the message being looked at */
 	int64_t start = jv_now_mono_ms(), last = 0;
 	for (;;) {
-		CANCEL_POINT(L, ctx, (regfree(&re), jv_monconn_close(c)));
+		CANCEL_POINT(L, ctx);
 		double elapsed = (double)(jv_now_mono_ms() - start) / 1000.0;
-		if (elapsed > timeout) {
-			regfree(&re);
-			jv_monconn_close(c);
+		if (elapsed > timeout)
 			return jv_push_fail(L, "no console line matched '%s' within %.0fs", pattern, timeout);
-		}
 		char d[64];
 		snprintf(d, sizeof(d), "%.0fs of %.0fs", elapsed, timeout);
 		progress_every_second(ctx, &p, &last, elapsed / timeout, d);
 		cJSON *m = NULL;
-		rc = jv_monconn_recv(c, SLICE_MS, &m);
+		rc = jv_monconn_recv(jv_box_get(sb.conn), SLICE_MS, &m);
 		if (rc == -ETIMEDOUT)
 			continue;
 		if (rc < 0) {
-			regfree(&re);
-			jv_monconn_close(c);
+			jv_box_release(sb.conn);
 			return not_running(L, ctx, "a console line");
 		}
+		jv_box_set(msg_box, m, jv_box_release_json);
 		const char *ev = jv_json_str(m, "event", "");
 		const char *line = jv_json_str(m, "line", NULL);
-		if (strcmp(ev, "line") == 0 && line && regexec(&re, line, 0, NULL, 0) == 0) {
+		if (strcmp(ev, "line") == 0 && line && regexec(re, line, 0, NULL, 0) == 0) {
 			lua_pushstring(L, line);
 			lua_pushinteger(L, (lua_Integer)jv_json_int(m, "seq", 0));
-			cJSON_Delete(m);
-			regfree(&re);
-			jv_monconn_close(c);
 			return 2;
 		}
-		bool ended = strcmp(ev, "state") == 0 &&
-		             state_final(cJSON_GetObjectItemCaseSensitive(m, "status"));
-		cJSON_Delete(m);
-		if (ended) {
-			regfree(&re);
-			jv_monconn_close(c);
+		if (strcmp(ev, "state") == 0 && state_final(cJSON_GetObjectItemCaseSensitive(m, "status"))) {
+			jv_box_release(sb.conn);
 			return not_running(L, ctx, "a console line");
 		}
 	}
