@@ -92,11 +92,9 @@ static int l_archive_create(lua_State *L)
 		}
 		o.exclude = pats;
 	}
-	struct fsx fx;
-	apiutil_fsx(L, &fx);
-	struct apiutil_tick t;
-	apiutil_tick_init(L, 3, &t, "archiving");
-	o.hooks = &t.hooks;
+	struct apiutil_call call;
+	apiutil_call_init(L, 3, &call, "archiving");
+	o.hooks = &call.t.hooks;
 	if (!lua_isnoneornil(L, 3) && lua_getfield(L, 3, "reuse") != LUA_TNIL) {
 		int idx = lua_gettop(L);
 		struct arch_manifest *reuse = manifest_push(L);
@@ -112,10 +110,10 @@ static int l_archive_create(lua_State *L)
 	jv_box_set(rbox, r, release_create_result);
 	int sfd = -1, dfd = -1;
 	const char *dlast;
-	int rc = fsx_open(&fx, src, O_RDONLY | O_DIRECTORY, 0, 0, &sfd);
+	int rc = fsx_open(&call.fx, src, O_RDONLY | O_DIRECTORY, 0, 0, &sfd);
 	if (rc < 0)
 		return apiutil_fail(L, rc, "archive", src);
-	rc = apiutil_parent(&fx, dst, &dfd, &dlast);
+	rc = apiutil_parent(&call.fx, dst, &dfd, &dlast);
 	if (rc < 0) {
 		close(sfd);
 		return apiutil_fail(L, rc, "create archive", dst);
@@ -129,7 +127,7 @@ static int l_archive_create(lua_State *L)
 		snprintf(prefix, sizeof(prefix), "cannot create archive '%s'", dst);
 		return apiutil_fail_msg(L, rc, prefix, err);
 	}
-	apiutil_tick_done(&t);
+	apiutil_tick_done(&call.t);
 	struct jv_box *jbox = jv_box_push(L);
 	cJSON *j = arch_manifest_to_json(&r->manifest);
 	if (!j)
@@ -186,17 +184,15 @@ static int l_archive_extract(lua_State *L)
 			return apiutil_fail_msg(L, rc, prefix, err);
 		o.manifest = m;
 	}
-	struct fsx fx;
-	apiutil_fsx(L, &fx);
-	struct apiutil_tick t;
-	apiutil_tick_init(L, 3, &t, "extracting");
-	o.hooks = &t.hooks;
+	struct apiutil_call call;
+	apiutil_call_init(L, 3, &call, "extracting");
+	o.hooks = &call.t.hooks;
 	int afd = -1, dfd = -1;
 	const char *alast, *dlast;
-	int rc = fsx_parent(&fx, file, 0, &afd, &alast);
+	int rc = fsx_parent(&call.fx, file, 0, &afd, &alast);
 	if (rc < 0)
 		return apiutil_fail(L, rc, "extract", file);
-	rc = apiutil_parent(&fx, dst, &dfd, &dlast);
+	rc = apiutil_parent(&call.fx, dst, &dfd, &dlast);
 	if (rc < 0) {
 		close(afd);
 		return apiutil_fail(L, rc, "extract into", dst);
@@ -207,7 +203,7 @@ static int l_archive_extract(lua_State *L)
 	close(dfd);
 	if (rc < 0)
 		return apiutil_fail_msg(L, rc, prefix, err);
-	apiutil_tick_done(&t);
+	apiutil_tick_done(&call.t);
 	lua_createtable(L, 0, 5);
 	lua_pushinteger(L, (lua_Integer)r.files);
 	lua_setfield(L, -2, "files");
@@ -236,20 +232,18 @@ static int l_archive_verify(lua_State *L)
 	int rc = manifest_arg(L, 2, m, err, sizeof(err));
 	if (rc < 0)
 		return apiutil_fail_msg(L, rc, prefix, err);
-	struct fsx fx;
-	apiutil_fsx(L, &fx);
-	struct apiutil_tick t;
-	apiutil_tick_init(L, 3, &t, "verifying");
+	struct apiutil_call call;
+	apiutil_call_init(L, 3, &call, "verifying");
 	int afd;
 	const char *alast;
-	rc = fsx_parent(&fx, file, 0, &afd, &alast);
+	rc = fsx_parent(&call.fx, file, 0, &afd, &alast);
 	if (rc < 0)
 		return apiutil_fail(L, rc, "verify", file);
-	rc = arch_verify(afd, alast, m, &t.hooks, err, sizeof(err));
+	rc = arch_verify(afd, alast, m, &call.t.hooks, err, sizeof(err));
 	close(afd);
 	if (rc < 0)
 		return apiutil_fail_msg(L, rc, prefix, err);
-	apiutil_tick_done(&t);
+	apiutil_tick_done(&call.t);
 	lua_pushboolean(L, 1);
 	return 1;
 }
@@ -258,18 +252,16 @@ static int l_archive_list(lua_State *L)
 {
 	char file[FSX_PATH_MAX];
 	apiutil_path(L, 1, file, false);
-	struct fsx fx;
-	apiutil_fsx(L, &fx);
-	struct apiutil_tick t;
-	apiutil_tick_init(L, 0, &t, "listing");
+	struct apiutil_call call;
+	apiutil_call_init(L, 0, &call, "listing");
 	int afd;
 	const char *alast;
-	int rc = fsx_parent(&fx, file, 0, &afd, &alast);
+	int rc = fsx_parent(&call.fx, file, 0, &afd, &alast);
 	if (rc < 0)
 		return apiutil_fail(L, rc, "list", file);
 	struct arch_manifest *l = manifest_push(L);
 	char err[1024], prefix[FSX_PATH_MAX + 64];
-	rc = arch_list(afd, alast, l, &t.hooks, err, sizeof(err));
+	rc = arch_list(afd, alast, l, &call.t.hooks, err, sizeof(err));
 	close(afd);
 	if (rc < 0) {
 		snprintf(prefix, sizeof(prefix), "cannot list '%s'", file);

@@ -56,10 +56,7 @@ static int l_fs_exists(lua_State *L)
 		lua_pushboolean(L, 0);
 		return 1;
 	}
-	if (rc < 0)
-		return apiutil_fail(L, rc, "check", p);
-	lua_pushboolean(L, 1);
-	return 1;
+	return apiutil_true_or_fail(L, rc, "check", p);
 }
 
 static int l_fs_stat(lua_State *L)
@@ -118,10 +115,7 @@ static int l_fs_mkdir(lua_State *L)
 	struct fsx fx;
 	apiutil_fsx(L, &fx);
 	int rc = fsx_mkdir(&fx, p, mode, parents);
-	if (rc < 0)
-		return apiutil_fail(L, rc, "create directory", p);
-	lua_pushboolean(L, 1);
-	return 1;
+	return apiutil_true_or_fail(L, rc, "create directory", p);
 }
 
 static int l_fs_read(lua_State *L)
@@ -160,10 +154,7 @@ static int l_fs_write(lua_State *L)
 	struct fsx fx;
 	apiutil_fsx(L, &fx);
 	int rc = fsx_write(&fx, p, data, len, mode);
-	if (rc < 0)
-		return apiutil_fail(L, rc, "write", p);
-	lua_pushboolean(L, 1);
-	return 1;
+	return apiutil_true_or_fail(L, rc, "write", p);
 }
 
 static int l_fs_remove(lua_State *L)
@@ -188,14 +179,12 @@ static int l_fs_remove_tree(lua_State *L)
 	char p[FSX_PATH_MAX];
 	apiutil_path(L, 1, p, true);
 	apiutil_opts(L, 2, "fs.remove_tree", keys);
-	struct fsx fx;
-	apiutil_fsx(L, &fx);
-	struct apiutil_tick t;
-	apiutil_tick_init(L, 2, &t, "removing");
+	struct apiutil_call call;
+	apiutil_call_init(L, 2, &call, "removing");
 	/* Removal is what cleanup after a cancel does: a pending cancel must not stop it. */
-	t.cancellable = false;
+	call.t.cancellable = false;
 	bool removed;
-	int rc = fsx_remove_tree(&fx, p, &removed, &t.hooks);
+	int rc = fsx_remove_tree(&call.fx, p, &removed, &call.t.hooks);
 	if (rc < 0)
 		return apiutil_fail(L, rc, "remove", p);
 	lua_pushboolean(L, removed);
@@ -267,18 +256,13 @@ static int l_fs_commit(lua_State *L)
 	apiutil_path(L, 1, src, true);
 	apiutil_path(L, 2, dst, true);
 	apiutil_opts(L, 3, "fs.commit", keys);
-	struct fsx fx;
-	apiutil_fsx(L, &fx);
-	struct apiutil_tick t;
-	apiutil_tick_init(L, 3, &t, "committing");
-	int rc = fsx_commit(&fx, src, dst, &t.hooks);
+	struct apiutil_call call;
+	apiutil_call_init(L, 3, &call, "committing");
+	int rc = fsx_commit(&call.fx, src, dst, &call.t.hooks);
 	if (rc == -ENOTEMPTY)
 		return jv_push_fail(L, "cannot commit '%s' to '%s': the destination exists and is not "
 		                       "empty (use fs.swap)", src, dst);
-	if (rc < 0)
-		return apiutil_fail(L, rc, "commit", src);
-	lua_pushboolean(L, 1);
-	return 1;
+	return apiutil_true_or_fail(L, rc, "commit", src);
 }
 
 static int l_fs_swap(lua_State *L)
@@ -291,10 +275,7 @@ static int l_fs_swap(lua_State *L)
 	int rc = fsx_swap(&fx, a, b);
 	if (rc < 0 && !fsx_is_policy_error(rc) && rc != -ECANCELED)
 		return jv_push_fail(L, "cannot swap '%s' and '%s': %s", a, b, fsx_strerror(rc));
-	if (rc < 0)
-		return apiutil_fail(L, rc, "swap", a);
-	lua_pushboolean(L, 1);
-	return 1;
+	return apiutil_true_or_fail(L, rc, "swap", a);
 }
 
 static int l_fs_link_swap(lua_State *L)
@@ -311,10 +292,7 @@ static int l_fs_link_swap(lua_State *L)
 	if (rc == -EISDIR || rc == -ENOTEMPTY || rc == -EEXIST)
 		return jv_push_fail(L, "cannot point '%s' at '%s': '%s' is a directory, not a symlink",
 		                    link, target, link);
-	if (rc < 0)
-		return apiutil_fail(L, rc, "replace symlink", link);
-	lua_pushboolean(L, 1);
-	return 1;
+	return apiutil_true_or_fail(L, rc, "replace symlink", link);
 }
 
 static int l_fs_sha256(lua_State *L)
@@ -323,13 +301,11 @@ static int l_fs_sha256(lua_State *L)
 	char p[FSX_PATH_MAX];
 	apiutil_path(L, 1, p, false);
 	apiutil_opts(L, 2, "fs.sha256", keys);
-	struct fsx fx;
-	apiutil_fsx(L, &fx);
-	struct apiutil_tick t;
-	apiutil_tick_init(L, 2, &t, "hashing");
+	struct apiutil_call call;
+	apiutil_call_init(L, 2, &call, "hashing");
 	char hex[JV_SHA256_HEX];
 	uint64_t size = 0;
-	int rc = fsx_sha256(&fx, p, hex, &size, &t.hooks);
+	int rc = fsx_sha256(&call.fx, p, hex, &size, &call.t.hooks);
 	if (rc == -EINVAL || rc == -EISDIR)
 		return jv_push_fail(L, "cannot hash '%s': not a regular file", p);
 	if (rc < 0)
@@ -355,10 +331,7 @@ static int l_fs_chmod(lua_State *L)
 	int rc = fsx_chmod(&fx, p, mode);
 	if (rc == -EINVAL)
 		return jv_push_fail(L, "cannot change the mode of '%s': not a regular file or directory", p);
-	if (rc < 0)
-		return apiutil_fail(L, rc, "change the mode of", p);
-	lua_pushboolean(L, 1);
-	return 1;
+	return apiutil_true_or_fail(L, rc, "change the mode of", p);
 }
 
 /* The host path of an existing instance path, for a program that must be

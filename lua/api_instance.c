@@ -654,6 +654,19 @@ static int subscribe_boxed(lua_State *L, struct jv_run_ctx *ctx, bool console, l
 	return 0;
 }
 
+/* One slice of waiting: progress once a second, then the next message:
+ * 0 with *m, -ETIMEDOUT, or another -errno with the connection closed. */
+static int sub_next(struct jv_run_ctx *ctx, struct jv_progress *p, int64_t *last, double frac,
+                    const char *detail, struct sub *sb, cJSON **m)
+{
+	progress_every_second(ctx, p, last, frac, detail);
+	*m = NULL;
+	int rc = jv_monconn_recv(jv_box_get(sb->conn), SLICE_MS, m);
+	if (rc < 0 && rc != -ETIMEDOUT)
+		jv_box_release(sb->conn);
+	return rc;
+}
+
 static int l_instance_wait_ready(lua_State *L)
 {
 	lua_settop(L, 2); /* boxes go above the arguments */
@@ -690,15 +703,12 @@ static int l_instance_wait_ready(lua_State *L)
 			                    jv_json_str(st, "state", "?"));
 		char d[96];
 		snprintf(d, sizeof(d), "%s, %.0fs of %.0fs", jv_json_str(st, "state", "?"), elapsed, timeout);
-		progress_every_second(ctx, &p, &last, elapsed / timeout, d);
-		cJSON *m = NULL;
-		rc = jv_monconn_recv(jv_box_get(sb.conn), SLICE_MS, &m);
+		cJSON *m;
+		rc = sub_next(ctx, &p, &last, elapsed / timeout, d, &sb, &m);
 		if (rc == -ETIMEDOUT)
 			continue;
-		if (rc < 0) {
-			jv_box_release(sb.conn);
+		if (rc < 0)
 			return not_running(L, ctx, "it to be ready");
-		}
 		cJSON *ns = cJSON_DetachItemFromObjectCaseSensitive(m, "status");
 		cJSON_Delete(m);
 		if (cJSON_IsObject(ns))
@@ -755,15 +765,12 @@ static int l_instance_wait_log(lua_State *L)
 			return jv_push_fail(L, "no console line matched '%s' within %.0fs", pattern, timeout);
 		char d[64];
 		snprintf(d, sizeof(d), "%.0fs of %.0fs", elapsed, timeout);
-		progress_every_second(ctx, &p, &last, elapsed / timeout, d);
-		cJSON *m = NULL;
-		rc = jv_monconn_recv(jv_box_get(sb.conn), SLICE_MS, &m);
+		cJSON *m;
+		rc = sub_next(ctx, &p, &last, elapsed / timeout, d, &sb, &m);
 		if (rc == -ETIMEDOUT)
 			continue;
-		if (rc < 0) {
-			jv_box_release(sb.conn);
+		if (rc < 0)
 			return not_running(L, ctx, "a console line");
-		}
 		jv_box_set(msg_box, m, jv_box_release_json);
 		const char *ev = jv_json_str(m, "event", "");
 		const char *line = jv_json_str(m, "line", NULL);

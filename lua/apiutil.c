@@ -135,6 +135,12 @@ static bool tick(void *arg, uint64_t done, uint64_t total)
 	return false;
 }
 
+void apiutil_call_init(lua_State *L, int opts_idx, struct apiutil_call *c, const char *what)
+{
+	apiutil_fsx(L, &c->fx);
+	apiutil_tick_init(L, opts_idx, &c->t, what);
+}
+
 void apiutil_tick_init(lua_State *L, int opts_idx, struct apiutil_tick *t, const char *what)
 {
 	t->ctx = jv_ctx(L);
@@ -162,6 +168,14 @@ static int push_code(lua_State *L, int rc)
 		name = strerrorname_np(-rc);
 	lua_pushstring(L, name ? name : "EIO");
 	return 3;
+}
+
+int apiutil_true_or_fail(lua_State *L, int rc, const char *verb, const char *path)
+{
+	if (rc < 0)
+		return apiutil_fail(L, rc, verb, path);
+	lua_pushboolean(L, 1);
+	return 1;
 }
 
 int apiutil_fail(lua_State *L, int rc, const char *verb, const char *path)

@@ -52,6 +52,15 @@ struct apiutil_tick {
 };
 void apiutil_tick_init(lua_State *L, int opts_idx, struct apiutil_tick *t, const char *what);
 
+/* How a long file or archive call begins: the instance's fsx (raises
+ * without an instance directory) and the progress/cancel hook from
+ * opts_idx (0: none). */
+struct apiutil_call {
+	struct fsx fx;
+	struct apiutil_tick t;
+};
+void apiutil_call_init(lua_State *L, int opts_idx, struct apiutil_call *c, const char *what);
+
 /* Report 100% at the end of a call that was given opts.progress. */
 void apiutil_tick_done(struct apiutil_tick *t);
 
@@ -60,6 +69,8 @@ void apiutil_tick_done(struct apiutil_tick *t);
  * error) and policy refusals; otherwise pushes nil, "cannot <verb> '<path>':
  * <reason>" and returns 2. */
 int apiutil_fail(lua_State *L, int rc, const char *verb, const char *path);
+/* The end of a call that returns true on success: apiutil_fail for rc < 0. */
+int apiutil_true_or_fail(lua_State *L, int rc, const char *verb, const char *path);
 
 /* After an archive/download core failed with rc and message err: raises for
  * -ECANCELED, else pushes nil, "<prefix>: <err>" and returns 2. */
