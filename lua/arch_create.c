@@ -281,6 +281,80 @@ static const struct arch_entry *reusable(const struct arch_manifest *reuse, cons
 
 /* Write one file's header and data; its digest is queued on st, or taken from
  * reuse when the file is the version an earlier archive hashed. */
+/* Where one file's data goes: the archive, and the hash stream unless its
+ * digest is reused (st NULL). */
+struct copy {
+	struct archive *a;
+	struct hashq *q;
+	struct hashq_stream *st;
+	uint64_t *done, total;
+	const struct jv_io_hooks *hooks;
+	const char *rel;
+};
+
+/* Copy size bytes from fd into the archive (and the hash). 0 or -errno with err. */
+static int copy_data(const struct copy *c, int fd, uint64_t size, char *err, size_t errlen)
+{
+	uint64_t left = size;
+	while (left > 0) {
+		size_t want = left < HASHQ_BLOCK ? (size_t)left : HASHQ_BLOCK;
+		unsigned char *buf = hashq_acquire(c->q);
+		ssize_t n = read(fd, buf, want);
+		int e_ = errno;
+		/* The worker hashes the block while libarchive compresses it; we hold
+		 * it until archive_write_data is done (its output sink takes blocks too).
+		 * A reused digest: the block only carries the data (released unhashed). */
+		if (c->st)
+			hashq_submit_keep(c->q, c->st, buf, n > 0 ? (size_t)n : 0);
+		bool written = n > 0 && archive_write_data(c->a, buf, (size_t)n) == n;
+		hashq_release(c->q, buf);
+		if (n < 0 && e_ == EINTR)
+			continue;
+		if (n < 0) {
+			errf(err, errlen, "cannot read '%s': %s", c->rel, strerror(e_));
+			return -e_;
+		}
+		if (n == 0) {
+			errf(err, errlen, "'%s' shrank while being archived (stop the server or exclude it)",
+			     c->rel);
+			return -EAGAIN;
+		}
+		if (!written) {
+			errf(err, errlen, "cannot write archive: %s", archive_error_string(c->a));
+			return -EIO;
+		}
+		left -= (uint64_t)n;
+		*c->done += (uint64_t)n;
+		if (jv_io_tick(c->hooks, *c->done, c->total)) {
+			errf(err, errlen, "cancelled");
+			return -ECANCELED;
+		}
+	}
+	return 0;
+}
+
+/* A reused digest stands for what was read only if the file did not change
+ * meanwhile (a running server writing it): then this archive holds a mix no
+ * digest describes, and the backup must be taken again. */
+static int unchanged_since(int fd, const struct stat *before, const struct arch_fileid *id,
+                           const char *rel, char *err, size_t errlen)
+{
+	struct stat after;
+	struct arch_fileid now_id = {0};
+	if (fstat(fd, &after) == 0)
+		now_id = (struct arch_fileid){.set = true, .ino = after.st_ino,
+		                              .mtime_s = after.st_mtim.tv_sec,
+		                              .mtime_ns = after.st_mtim.tv_nsec,
+		                              .ctime_s = after.st_ctim.tv_sec,
+		                              .ctime_ns = after.st_ctim.tv_nsec};
+	if (!same_id(&now_id, id) || after.st_size != before->st_size) {
+		errf(err, errlen, "'%s' changed while being archived (stop the server, use "
+		     "quiesce, or exclude it)", rel);
+		return -EAGAIN;
+	}
+	return 0;
+}
+
 static int write_file(struct archive *a, struct archive_entry *ae, const struct fsx *src,
                       struct item *it, struct arch_entry *e, struct hashq *q,
                       struct hashq_stream *st, const struct arch_manifest *reuse,
@@ -318,64 +392,11 @@ static int write_file(struct archive *a, struct archive_entry *ae, const struct 
 	const struct arch_entry *old = reusable(reuse, it->rel, &st_, &e->fid);
 	if (!old)
 		hashq_begin(q, st);
-	uint64_t left = (uint64_t)st_.st_size;
-	rc = 0;
-	while (left > 0) {
-		size_t want = left < HASHQ_BLOCK ? (size_t)left : HASHQ_BLOCK;
-		unsigned char *buf = hashq_acquire(q);
-		ssize_t n = read(fd, buf, want);
-		int e_ = errno;
-		/* The worker hashes the block while libarchive compresses it; we hold
-		 * it until archive_write_data is done (its output sink takes blocks too).
-		 * A reused digest: the block only carries the data (released unhashed). */
-		if (!old)
-			hashq_submit_keep(q, st, buf, n > 0 ? (size_t)n : 0);
-		bool written = n > 0 && archive_write_data(a, buf, (size_t)n) == n;
-		hashq_release(q, buf);
-		if (n < 0 && e_ == EINTR)
-			continue;
-		if (n < 0) {
-			rc = -e_;
-			errf(err, errlen, "cannot read '%s': %s", it->rel, strerror(e_));
-			break;
-		}
-		if (n == 0) {
-			rc = -EAGAIN;
-			errf(err, errlen, "'%s' shrank while being archived (stop the server or exclude it)",
-			     it->rel);
-			break;
-		}
-		if (!written) {
-			rc = -EIO;
-			errf(err, errlen, "cannot write archive: %s", archive_error_string(a));
-			break;
-		}
-		left -= (uint64_t)n;
-		*done += (uint64_t)n;
-		if (jv_io_tick(hooks, *done, total)) {
-			rc = -ECANCELED;
-			errf(err, errlen, "cancelled");
-			break;
-		}
-	}
-	if (rc == 0 && old) {
-		/* The digest stands for what was read only if the file did not change
-		 * meanwhile (a running server writing it): then this archive holds a
-		 * mix no digest describes, and the backup must be taken again. */
-		struct stat after;
-		struct arch_fileid now_id = {0};
-		if (fstat(fd, &after) == 0)
-			now_id = (struct arch_fileid){.set = true, .ino = after.st_ino,
-			                              .mtime_s = after.st_mtim.tv_sec,
-			                              .mtime_ns = after.st_mtim.tv_nsec,
-			                              .ctime_s = after.st_ctim.tv_sec,
-			                              .ctime_ns = after.st_ctim.tv_nsec};
-		if (!same_id(&now_id, &e->fid) || after.st_size != st_.st_size) {
-			rc = -EAGAIN;
-			errf(err, errlen, "'%s' changed while being archived (stop the server, use "
-			     "quiesce, or exclude it)", it->rel);
-		}
-	}
+	struct copy cp = {.a = a, .q = q, .st = old ? NULL : st, .done = done, .total = total,
+	                  .hooks = hooks, .rel = it->rel};
+	rc = copy_data(&cp, fd, (uint64_t)st_.st_size, err, errlen);
+	if (rc == 0 && old)
+		rc = unchanged_since(fd, &st_, &e->fid, it->rel, err, errlen);
 	close(fd);
 	if (old) {
 		memcpy(st->hex, old->sha256, JV_SHA256_HEX);
@@ -459,6 +480,83 @@ static void collect_digests(const struct scan *s, const struct digests *d,
 	}
 }
 
+/* The temp file beside dst (one a killed run with our pid left is replaced);
+ * it and dst are never archived themselves. */
+static int open_temp(int dst_dirfd, const char *tmp, const char *dst_name, struct scan *s,
+                     struct sink *w, char *err, size_t errlen)
+{
+	unlinkat(dst_dirfd, tmp, 0);
+	w->fd = openat(dst_dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (w->fd < 0) {
+		int rc = -errno;
+		errf(err, errlen, "cannot create '%s': %s", tmp, strerror(errno));
+		return rc;
+	}
+	struct stat st;
+	if (fstat(w->fd, &st) == 0) {
+		s->skip_dev[s->nskip] = st.st_dev;
+		s->skip_ino[s->nskip++] = st.st_ino;
+	}
+	if (fstatat(dst_dirfd, dst_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+		s->skip_dev[s->nskip] = st.st_dev;
+		s->skip_ino[s->nskip++] = st.st_ino;
+	}
+	return 0;
+}
+
+/* Write the scanned items through libarchive into the sink, hashing each
+ * file and the archive itself; returns when every digest is final. What it
+ * allocates in d and w is freed by the caller. */
+static int write_archive(struct scan *s, struct digests *d, struct sink *w, const struct fsx *src,
+                         struct arch_create_result *r, char *err, size_t errlen)
+{
+	int rc = 0;
+	d->st = calloc(s->n ? s->n : 1, sizeof(*d->st));
+	d->mpos = malloc((s->n ? s->n : 1) * sizeof(*d->mpos));
+	struct archive *a = archive_write_new();
+	/* The archive's own digest runs on a second worker, beside the per-file ones. */
+	if (!d->st || !d->mpos || !a || (rc = hashq_new(&d->q, 8)) < 0 ||
+	    (rc = hashq_new(&w->q, 4)) < 0) {
+		rc = rc < 0 ? rc : -ENOMEM;
+		errf(err, errlen, "out of memory");
+		goto fail;
+	}
+	for (size_t i = 0; i < s->n; i++)
+		d->mpos[i] = SIZE_MAX;
+	hashq_begin(w->q, &w->st);
+	rc = set_options(a, s->o, err, errlen);
+	if (rc < 0)
+		goto fail;
+	if (archive_write_open(a, w, NULL, sink_write, NULL) != ARCHIVE_OK) {
+		rc = w->err ? w->err : -EIO;
+		errf(err, errlen, "cannot start archive: %s", archive_error_string(a));
+		goto fail;
+	}
+	rc = write_items(a, src, s, d, r, err, errlen);
+	if (rc < 0)
+		goto fail;
+	if (archive_write_close(a) != ARCHIVE_OK) {
+		rc = w->err ? w->err : -EIO;
+		errf(err, errlen, "cannot finish archive: %s", archive_error_string(a));
+		goto fail;
+	}
+	archive_write_free(a);
+	hashq_final(w->q, &w->st);
+	if (hashq_wait(d->q) < 0 || hashq_wait(w->q) < 0) {
+		errf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	return 0;
+fail:
+	if (a) {
+		/* Not archive_write_fail(): with it libarchive skips the close that
+		 * frees its block buffer. */
+		w->discard = true;
+		archive_write_free(a);
+	}
+	return rc;
+}
+
 int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
                 const struct arch_create_opts *o, struct arch_create_result *r, char *err,
                 size_t errlen)
@@ -475,66 +573,18 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 	struct scan s = {.o = o, .r = r};
 	struct sink w = {.fd = -1};
 	struct digests d = {0};
-	struct archive *a = NULL;
 	struct fsx src;
 	fsx_init(&src, src_dirfd);
 	src.force_how = FSX_NO_SYMLINKS;
-	int rc = 0;
-	unlinkat(dst_dirfd, tmp, 0); /* left by a killed run with our pid */
-	w.fd = openat(dst_dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-	if (w.fd < 0) {
-		rc = -errno;
-		errf(err, errlen, "cannot create '%s': %s", tmp, strerror(errno));
+	int rc = open_temp(dst_dirfd, tmp, dst_name, &s, &w, err, errlen);
+	if (rc < 0)
 		goto fail;
-	}
-	struct stat st;
-	if (fstat(w.fd, &st) == 0) {
-		s.skip_dev[s.nskip] = st.st_dev;
-		s.skip_ino[s.nskip++] = st.st_ino;
-	}
-	if (fstatat(dst_dirfd, dst_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-		s.skip_dev[s.nskip] = st.st_dev;
-		s.skip_ino[s.nskip++] = st.st_ino;
-	}
 	rc = scan_dir(&s, src_dirfd, "", 0, err, errlen);
 	if (rc < 0)
 		goto fail;
-	d.st = calloc(s.n ? s.n : 1, sizeof(*d.st));
-	d.mpos = malloc((s.n ? s.n : 1) * sizeof(*d.mpos));
-	a = archive_write_new();
-	/* The archive's own digest runs on a second worker, beside the per-file ones. */
-	if (!d.st || !d.mpos || !a || (rc = hashq_new(&d.q, 8)) < 0 || (rc = hashq_new(&w.q, 4)) < 0) {
-		rc = rc < 0 ? rc : -ENOMEM;
-		errf(err, errlen, "out of memory");
-		goto fail;
-	}
-	for (size_t i = 0; i < s.n; i++)
-		d.mpos[i] = SIZE_MAX;
-	hashq_begin(w.q, &w.st);
-	rc = set_options(a, o, err, errlen);
+	rc = write_archive(&s, &d, &w, &src, r, err, errlen);
 	if (rc < 0)
 		goto fail;
-	if (archive_write_open(a, &w, NULL, sink_write, NULL) != ARCHIVE_OK) {
-		rc = w.err ? w.err : -EIO;
-		errf(err, errlen, "cannot start archive: %s", archive_error_string(a));
-		goto fail;
-	}
-	rc = write_items(a, &src, &s, &d, r, err, errlen);
-	if (rc < 0)
-		goto fail;
-	if (archive_write_close(a) != ARCHIVE_OK) {
-		rc = w.err ? w.err : -EIO;
-		errf(err, errlen, "cannot finish archive: %s", archive_error_string(a));
-		goto fail;
-	}
-	archive_write_free(a);
-	a = NULL;
-	hashq_final(w.q, &w.st);
-	if (hashq_wait(d.q) < 0 || hashq_wait(w.q) < 0) {
-		rc = -ENOMEM;
-		errf(err, errlen, "out of memory");
-		goto fail;
-	}
 	if (fsync(w.fd) < 0 || close(w.fd) < 0) {
 		rc = -errno;
 		w.fd = -1;
@@ -561,12 +611,6 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 	free_items(&s);
 	return 0;
 fail:
-	if (a) {
-		/* Not archive_write_fail(): with it libarchive skips the close that
-		 * frees its block buffer. */
-		w.discard = true;
-		archive_write_free(a);
-	}
 	if (w.fd >= 0)
 		close(w.fd);
 	unlinkat(dst_dirfd, tmp, 0);

@@ -55,6 +55,7 @@ struct child {
 	cJSON *spec;
 	char data_dir[4096];
 	char instance_dir[4200];
+	char lib_dirs[2][4200]; /* the sandbox keeps pointers to them */
 };
 
 static void emit_result(struct jv_run_ctx *ctx, const char *status, cJSON *output,
@@ -322,6 +323,101 @@ static void setup_signals(void)
 	sigprocmask(SIG_SETMASK, &all, NULL);
 }
 
+/* The sandbox for the spec: its memory cap and the lib/ folders of the
+ * jobs directory and the built-in jobs. NULL when out of memory. */
+static lua_State *new_sandbox(struct child *c)
+{
+	struct jv_sandbox_opts so = {.ctx = &c->ctx};
+	so.mem_limit = (size_t)jv_json_num(c->spec, "memLimit", 0);
+	int nlib = 0;
+	const char *const dirs[] = {jv_json_str(c->spec, "jobsDir", NULL),
+	                            jv_json_str(c->spec, "builtinJobsDir", NULL)};
+	for (size_t i = 0; i < 2; i++) {
+		if (dirs[i]) {
+			snprintf(c->lib_dirs[nlib], sizeof(c->lib_dirs[nlib]), "%s/lib", dirs[i]);
+			so.lib_dirs[nlib] = c->lib_dirs[nlib];
+			nlib++;
+		}
+	}
+	so.lib_dirs[nlib] = NULL;
+	return jv_sandbox_new(&so);
+}
+
+/* What the script declares: its type (the parent logs it for runs by path)
+ * and whether it may be cancelled. */
+static void emit_meta(struct jv_run_ctx *ctx, const struct jv_scriptdef *def)
+{
+	cJSON *meta = cJSON_CreateObject();
+	cJSON_AddStringToObject(meta, "k", "meta");
+	cJSON_AddStringToObject(meta, "type", def->type);
+	cJSON_AddBoolToObject(meta, "cancellable", def->cancellable);
+	if (!def->cancellable)
+		cJSON_AddStringToObject(meta, "why", def->why);
+	jv_emit_event(ctx, meta);
+}
+
+/* run(job) under the traceback handler, with the cancel hook armable for
+ * its duration. Leaves the result or the error on top. */
+static int call_run(lua_State *L, const struct jv_scriptdef *def, int job_idx)
+{
+	lua_pushcfunction(L, traceback_handler);
+	int handler = lua_gettop(L);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, def->run_ref);
+	lua_pushvalue(L, job_idx);
+	jv_cancel_hook_prepare(L);
+	hook_state = L;
+	if (cancel_requested)
+		jv_cancel_hook_arm(L); /* the signal came before hook_state was set */
+	int status = lua_pcall(L, 1, 1, handler);
+	hook_state = NULL;
+	lua_sethook(L, NULL, 0, 0);
+	return status;
+}
+
+/* The value run() returned as the output: a table, nil meaning {}. NULL
+ * with the reason in err. */
+static cJSON *output_of(lua_State *L, char *err, size_t errlen)
+{
+	if (lua_isnil(L, -1))
+		return cJSON_CreateObject();
+	if (!lua_istable(L, -1)) {
+		snprintf(err, errlen, "run() must return a table or nil, got %s", luaL_typename(L, -1));
+		return NULL;
+	}
+	char jerr[900];
+	cJSON *output = jv_lua_to_json(L, -1, jerr, sizeof(jerr));
+	if (!output) {
+		snprintf(err, errlen, "run() returned an output that is not JSON: %s", jerr);
+		return NULL;
+	}
+	if (!cJSON_IsObject(output)) {
+		/* A Lua sequence encodes as an array; outputs are objects. */
+		cJSON *wrap = cJSON_CreateObject();
+		cJSON_AddItemToObject(wrap, "result", output);
+		output = wrap;
+	}
+	return output;
+}
+
+/* A run that returned output: recorded, then reported COMPLETED. */
+static int complete(struct jv_run_ctx *ctx, const cJSON *params, cJSON *output)
+{
+	/* Recorded before anything says COMPLETED: from here on a retry of this job
+	 * reports this output instead of doing the work again. */
+	int rc = jv_completed_write(ctx, params, output);
+	if (rc < 0) {
+		char msg[300];
+		snprintf(msg, sizeof(msg),
+		         "cannot record the completion of job '%s' (%s): a retry of it would run it again",
+		         ctx->job_id, strerror(-rc));
+		jv_emit_log(ctx, "warn", msg);
+	}
+	jv_run_marker_done(ctx);
+	jv_staging_cleanup(ctx);
+	emit_result(ctx, "COMPLETED", output, NULL, NULL, false, NULL);
+	return JV_EXIT_COMPLETED;
+}
+
 static int run_child(struct child *c)
 {
 	struct jv_run_ctx *ctx = &c->ctx;
@@ -352,22 +448,7 @@ static int run_child(struct child *c)
 	if (rc < 0)
 		return fail_early(ctx, err, rc == -EBUSY);
 
-	struct jv_sandbox_opts so = {.ctx = ctx};
-	so.mem_limit = (size_t)jv_json_num(spec, "memLimit", 0);
-	int nlib = 0;
-	const char *jobs_dir = jv_json_str(spec, "jobsDir", NULL);
-	char lib1[4200], lib2[4200];
-	if (jobs_dir) {
-		snprintf(lib1, sizeof(lib1), "%s/lib", jobs_dir);
-		so.lib_dirs[nlib++] = lib1;
-	}
-	const char *builtin = jv_json_str(spec, "builtinJobsDir", NULL);
-	if (builtin) {
-		snprintf(lib2, sizeof(lib2), "%s/lib", builtin);
-		so.lib_dirs[nlib++] = lib2;
-	}
-	so.lib_dirs[nlib] = NULL;
-	lua_State *L = jv_sandbox_new(&so);
+	lua_State *L = new_sandbox(c);
 	if (!L)
 		return fail_early(ctx, "cannot create Lua state: out of memory", true);
 
@@ -379,15 +460,7 @@ static int run_child(struct child *c)
 	}
 	if (!ctx->type[0])
 		ctx->type = def->type; /* run by path: the script names its type */
-	/* What the script declares: its type (the parent logs it for runs by
-	 * path) and whether it may be cancelled. */
-	cJSON *meta = cJSON_CreateObject();
-	cJSON_AddStringToObject(meta, "k", "meta");
-	cJSON_AddStringToObject(meta, "type", def->type);
-	cJSON_AddBoolToObject(meta, "cancellable", def->cancellable);
-	if (!def->cancellable)
-		cJSON_AddStringToObject(meta, "why", def->why);
-	jv_emit_event(ctx, meta);
+	emit_meta(ctx, def);
 	const char *want_type = jv_json_str(spec, "expectType", NULL);
 	if (want_type && strcmp(want_type, def->type) != 0) {
 		snprintf(err, sizeof(err), "script '%s' declares type '%s' but was run as '%s'",
@@ -414,56 +487,13 @@ static int run_child(struct child *c)
 	static const char *const job_optional[] = {"previous", NULL};
 	jv_sandbox_strict(L, job_idx, "job", job_optional);
 
-	lua_pushcfunction(L, traceback_handler);
-	int handler = lua_gettop(L);
-	lua_rawgeti(L, LUA_REGISTRYINDEX, def->run_ref);
-	lua_pushvalue(L, job_idx);
-	jv_cancel_hook_prepare(L);
-	hook_state = L;
-	if (cancel_requested)
-		jv_cancel_hook_arm(L); /* the signal came before hook_state was set */
-	int status = lua_pcall(L, 1, 1, handler);
-	hook_state = NULL;
-	lua_sethook(L, NULL, 0, 0);
-	if (status != LUA_OK)
+	if (call_run(L, def, job_idx) != LUA_OK)
 		return finish_error(c, L, -1);
 
-	/* The returned table is the output; nil means {}. */
-	cJSON *output = NULL;
-	if (lua_isnil(L, -1)) {
-		output = cJSON_CreateObject();
-	} else if (lua_istable(L, -1)) {
-		output = jv_lua_to_json(L, -1, err, sizeof(err));
-		if (!output) {
-			char msg[1200];
-			snprintf(msg, sizeof(msg), "run() returned an output that is not JSON: %s", err);
-			return fail_early(ctx, msg, false);
-		}
-		if (!cJSON_IsObject(output)) {
-			/* A Lua sequence encodes as an array; outputs are objects. */
-			cJSON *wrap = cJSON_CreateObject();
-			cJSON_AddItemToObject(wrap, "result", output);
-			output = wrap;
-		}
-	} else {
-		snprintf(err, sizeof(err), "run() must return a table or nil, got %s",
-		         luaL_typename(L, -1));
+	cJSON *output = output_of(L, err, sizeof(err));
+	if (!output)
 		return fail_early(ctx, err, false);
-	}
-	/* Recorded before anything says COMPLETED: from here on a retry of this job
-	 * reports this output instead of doing the work again. */
-	rc = jv_completed_write(ctx, params, output);
-	if (rc < 0) {
-		char msg[300];
-		snprintf(msg, sizeof(msg),
-		         "cannot record the completion of job '%s' (%s): a retry of it would run it again",
-		         ctx->job_id, strerror(-rc));
-		jv_emit_log(ctx, "warn", msg);
-	}
-	jv_run_marker_done(ctx);
-	jv_staging_cleanup(ctx);
-	emit_result(ctx, "COMPLETED", output, NULL, NULL, false, NULL);
-	return JV_EXIT_COMPLETED;
+	return complete(ctx, params, output);
 }
 
 int jv_jobrun_child_main(int argc, char **argv)
