@@ -44,8 +44,13 @@ enum http_auth http_authenticate(struct cp *cp, const struct mg_connection *conn
 	*agent = NULL;
 	if (!tok || !*tok)
 		return AUTH_NONE;
-	size_t len = strnlen(tok, CP_TOKEN_MAX + 1);
-	if (len > CP_TOKEN_MAX)
+	return http_token_auth(cp, tok, strnlen(tok, CP_TOKEN_MAX + 1), agent);
+}
+
+enum http_auth http_token_auth(struct cp *cp, const char *tok, size_t len, struct cp_agent **agent)
+{
+	*agent = NULL;
+	if (len == 0 || len > CP_TOKEN_MAX)
 		return AUTH_NONE;
 	/* Compare against every principal without stopping early, so timing says
 	 * nothing about which (if any) token came close. */
