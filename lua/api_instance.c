@@ -8,7 +8,7 @@
  *   instance.wait_ready(timeoutSeconds [, {progress={from,to}}]) -> status | nil, msg
  *   instance.wait_log(pattern, timeoutSeconds [, {since=, progress=}]) -> line, seq | nil, msg
  *
- * All talking goes through supervisor/instance_client.c; the monitor does the
+ * All talking goes through supervisor/core/instance_client.c; the monitor does the
  * supervising. Waits run in 100 ms slices: between slices the binding checks
  * for cancellation (and raises the cancellation error after releasing what
  * it holds) and reports progress at most once a second. Misuse (bad

@@ -1,6 +1,6 @@
 /* archive_lazy.c — libarchive, loaded on first use.
  *
- * Like libcurl (supervisor/curl_lazy.c), libarchive brings a tail of shared
+ * Like libcurl (supervisor/core/curl_lazy.c), libarchive brings a tail of shared
  * libraries (libxml2 with ICU and libstdc++, acl, lzma, bz2, lz4...) that were
  * mapped and relocated at every exec of jobvisor, including job runs that
  * never open an archive. This file defines the libarchive functions the

@@ -3,7 +3,7 @@
  * Used by the `instance` Lua binding, `jobvisor status` and the agent. Every
  * call is bounded by a timeout and nothing here blocks longer; callers that
  * must stay cancellable pass short timeouts and loop. The protocol on the
- * socket is documented in supervisor/monitor_sock.c and docs/operations.md.
+ * socket is documented in supervisor/monitor/monitor_sock.c and docs/operations.md.
  *
  * A monitor is started with jv_monitor_launch(): double fork, setsid, exec of
  * `jobvisor-monitor` (or `jobvisor monitor`), which reports one line on a pipe once it holds the

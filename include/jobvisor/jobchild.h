@@ -1,4 +1,4 @@
-/* jobchild.h — the entry points of lua/ that supervisor/main.c calls without
+/* jobchild.h — the entry points of lua/ that supervisor/cli/main.c calls without
  * including lua.h: the job-run child mode and the script checker. */
 #ifndef JOBVISOR_JOBCHILD_H
 #define JOBVISOR_JOBCHILD_H

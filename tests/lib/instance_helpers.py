@@ -88,7 +88,7 @@ def cgroup2_parent():
 
 def cgroup_leaf(instance_dir, iid):
     """The leaf path a monitor started from this process would use (see
-    supervisor/monitor_cgroup.c), or None without cgroup v2."""
+    supervisor/monitor/monitor_cgroup.c), or None without cgroup v2."""
     parent = cgroup2_parent()
     if not parent:
         return None

@@ -4,7 +4,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "config.h"
+#include "jobvisor/config.h"
 #include "scheduler.h"
 
 static struct config cfg = {

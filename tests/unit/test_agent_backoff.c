@@ -1,7 +1,7 @@
 /* test_agent_backoff.c — retry delays: exponential, jittered, capped, Retry-After. */
 #include <criterion/criterion.h>
 
-#include "backoff.h"
+#include "jobvisor/backoff.h"
 
 Test(backoff, doubles_from_base_up_to_max_within_jitter)
 {

@@ -8,7 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "jobvisor/config.h"
 #include "jobvisor/log.h"
 
 static char dir[64];

@@ -18,9 +18,9 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
-#include "commands.h"
-#include "config.h"
-#include "jobrun.h"
+#include "jobvisor/commands.h"
+#include "jobvisor/config.h"
+#include "jobvisor/jobrun.h"
 #include "jobvisor/durable.h"
 #include "jobvisor/ident.h"
 #include "jobvisor/jobchild.h"

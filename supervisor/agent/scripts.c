@@ -1,7 +1,7 @@
 /* scripts.c — finding the script of a job type: the admin's jobs_dir first,
  * then the built-in jobs directory (the source tree for a binary run from its
  * build directory, else the installed copy). */
-#include "jobrun.h"
+#include "jobvisor/jobrun.h"
 
 #include <errno.h>
 #include <limits.h>

@@ -4,9 +4,9 @@
 #ifndef JOBVISOR_COMMANDS_H
 #define JOBVISOR_COMMANDS_H
 
-int cmd_agent(int argc, char **argv);   /* supervisor/agent.c */
-int cmd_run(int argc, char **argv);     /* supervisor/cmd_run.c */
-int cmd_status(int argc, char **argv);  /* supervisor/cmd_status.c */
-int cmd_monitor(int argc, char **argv); /* supervisor/monitor.c */
+int cmd_agent(int argc, char **argv);   /* supervisor/agent/agent.c */
+int cmd_run(int argc, char **argv);     /* supervisor/cli/cmd_run.c */
+int cmd_status(int argc, char **argv);  /* supervisor/cli/cmd_status.c */
+int cmd_monitor(int argc, char **argv); /* supervisor/monitor/monitor.c */
 
 #endif

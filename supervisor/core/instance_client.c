@@ -306,7 +306,7 @@ static char *monitor_settings(const cJSON *settings)
 }
 
 /* jobvisor-monitor beside the running binary: the monitor without the job
- * runtime's libraries (see supervisor/bin/jobvisor_monitor.c). */
+ * runtime's libraries (see supervisor/cli/jobvisor_monitor.c). */
 static int monitor_binary(char *out, size_t len)
 {
 	char self[PATH_MAX];

@@ -10,7 +10,7 @@
  * "ok started PID", "ok adopted PID", "ok none" (--adopt-only, nothing to
  * adopt), "busy ..." or "error MESSAGE". Then it runs the loop in monitor.c. */
 #include "monitor.h"
-#include "commands.h"
+#include "jobvisor/commands.h"
 #include "jobvisor/durable.h"
 #include "jobvisor/ident.h"
 #include "jobvisor/jsonutil.h"

@@ -18,7 +18,7 @@
 
 #include "delivery.h"
 #include "poller.h"
-#include "jobrun.h"
+#include "jobvisor/jobrun.h"
 #include "jobvisor/ident.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"

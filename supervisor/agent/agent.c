@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "agent.h"
-#include "commands.h"
+#include "jobvisor/commands.h"
 #include "delivery.h"
 #include "jobvisor/durable.h"
 #include "jobvisor/log.h"

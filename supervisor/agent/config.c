@@ -6,7 +6,7 @@
  * name the setting and its source and are returned as text; this file never
  * logs and never exits. The token is read separately (config_read_token) and
  * never copied into an error message. */
-#include "config.h"
+#include "jobvisor/config.h"
 
 #include <ctype.h>
 #include <errno.h>

@@ -1,5 +1,5 @@
 /* backoff.c — exponential backoff with equal jitter, honouring Retry-After. */
-#include "backoff.h"
+#include "jobvisor/backoff.h"
 
 void backoff_init(struct backoff *b, int64_t base_ms, int64_t max_ms)
 {

@@ -16,8 +16,8 @@
 #include <stdint.h>
 #include <cjson/cJSON.h>
 
-#include "backoff.h"
-#include "config.h"
+#include "jobvisor/backoff.h"
+#include "jobvisor/config.h"
 #include "sdnotify.h"
 
 struct jobrun;

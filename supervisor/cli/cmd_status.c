@@ -6,7 +6,7 @@
  * job runs in flight: every <data-dir>/runs/<jobRunId>/ without a result
  * file. It only reads: an orphaned server (its monitor died) is reported as
  * such; `instance.status()` or a START job adopts it. */
-#include "commands.h"
+#include "jobvisor/commands.h"
 #include "jobvisor/durable.h"
 #include "jobvisor/ident.h"
 #include "jobvisor/instance_client.h"

@@ -4,7 +4,7 @@
  * Fork constraints: the child branch runs between fork() and execv() in a
  * single-threaded parent, so it only makes system calls and never allocates.
  * Everything it needs (argv, the spec memfd) is prepared before fork(). */
-#include "jobrun.h"
+#include "jobvisor/jobrun.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -5,8 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "commands.h"
-#include "jobrun.h"
+#include "jobvisor/commands.h"
+#include "jobvisor/jobrun.h"
 #include "jobvisor/jobchild.h"
 
 static int usage(void)
