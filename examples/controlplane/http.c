@@ -164,6 +164,14 @@ int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err)
 		cp_err_set(err, 400, "request body must be a JSON object");
 		return -EINVAL;
 	}
+	/* cJSON strings end at a NUL: a "\u0000" would silently cut an id (jsonutil.c). */
+	char where[128];
+	const char *what;
+	if (!jv_json_text_ok(v, where, sizeof(where), &what)) {
+		cJSON_Delete(v);
+		cp_err_set(err, 400, "request body: '%s' %s", where, what);
+		return -EINVAL;
+	}
 	*out = v;
 	return 0;
 }
