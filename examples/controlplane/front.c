@@ -80,9 +80,11 @@ struct fconn {
 	size_t req_off;          /* of req, sent to civetweb */
 	size_t limit;            /* request bytes allowed */
 	int reject;              /* answer the front gives instead (status), 0 = none */
+	const char *reject_msg;  /* its message (static), NULL = the status's usual one */
 	bool head_done, msg_done, authed, upgrade, expect_continue, connected, b_eof, closed;
 	size_t body_seen;        /* body bytes parsed so far */
 	bool in_value;           /* http_parser header callbacks: value follows field */
+	size_t url_len;          /* request target bytes seen */
 	int cur;                 /* header being read: 0 other, 1 Authorization, 2 Expect */
 	int nauth;
 	char field[24];
@@ -280,9 +282,38 @@ static void note_drop(struct front *f, struct fconn *c, unsigned long *counter)
 
 /* ---- parsing the request head ---- */
 
+/* The request target: a path (origin form) of visible ASCII. civetweb would
+ * answer anything else with a plain-text error or not at all. */
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+	struct fconn *c = p->data;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char ch = (unsigned char)at[i];
+		if ((c->url_len == 0 && ch != '/') || ch <= 0x20 || ch >= 0x7f) {
+			c->reject_msg = c->url_len == 0 && ch != '/'
+			                    ? "the request target must be a path starting with '/'"
+			                    : "the request target must be ASCII (percent-encode other bytes)";
+			return 1;
+		}
+		c->url_len++;
+	}
+	return 0;
+}
+
+static bool is_tchar(unsigned char ch)
+{
+	return (ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z') || strchr("!#$%&'*+-.^_`|~", ch);
+}
+
 static int on_header_field(http_parser *p, const char *at, size_t len)
 {
 	struct fconn *c = p->data;
+	for (size_t i = 0; i < len; i++) {
+		if (!at[i] || !is_tchar((unsigned char)at[i])) {
+			c->reject_msg = "malformed header name";
+			return 1;
+		}
+	}
 	if (c->in_value) {
 		c->in_value = false;
 		c->field_len = 0;
@@ -360,6 +391,7 @@ static int on_message_complete(http_parser *p)
 }
 
 static const http_parser_settings parser_settings = {
+	.on_url = on_url,
 	.on_header_field = on_header_field,
 	.on_header_value = on_header_value,
 	.on_headers_complete = on_headers_complete,
@@ -372,6 +404,12 @@ static void head_complete(struct front *f, struct fconn *c, size_t head_len)
 {
 	c->authed = head_authenticated(f->cp, c);
 	explicit_bzero(c->auth, sizeof(c->auth));
+	if (c->nauth > 1) {
+		/* civetweb would use the first; say no rather than guess. */
+		c->reject = 400;
+		c->reject_msg = "more than one Authorization header";
+		return;
+	}
 	bool has_len = c->hp.flags & F_CONTENTLENGTH;
 	uint64_t declared = has_len ? c->hp.content_length : 0;
 	if (c->authed) {
@@ -463,7 +501,8 @@ static void read_request(struct front *f, struct fconn *c)
 		enum http_errno e = HTTP_PARSER_ERRNO(&c->hp);
 		if (e != HPE_OK && e != HPE_PAUSED) {
 			char msg[128];
-			snprintf(msg, sizeof(msg), "malformed HTTP request: %s", http_errno_description(e));
+			snprintf(msg, sizeof(msg), "malformed HTTP request: %s",
+			         c->reject_msg ? c->reject_msg : http_errno_description(e));
 			answer(f, c, 400, NULL, msg);
 			return;
 		}
@@ -473,7 +512,16 @@ static void read_request(struct front *f, struct fconn *c)
 		}
 		if (c->head_done && !was_head) {
 			/* Where the head ended: body bytes in this chunk are after it. */
-			head_complete(f, c, before + used - c->body_seen);
+			size_t head_len = before + used - c->body_seen;
+			if (head_len > FRONT_HEAD_MAX) {
+				refuse(f, c, 431);
+				return;
+			}
+			head_complete(f, c, head_len);
+			if (c->reject && c->reject_msg) {
+				answer(f, c, c->reject, NULL, c->reject_msg);
+				return;
+			}
 			if (c->reject) {
 				refuse(f, c, c->reject);
 				return;

@@ -194,7 +194,7 @@ static int start_http(struct cp *cp, struct mg_context **out)
 		"enable_keep_alive", "no",
 		"websocket_timeout_ms", "30000",
 		"enable_websocket_ping_pong", "yes",
-		"max_request_size", "16384",
+		"max_request_size", "32768", /* the front refuses heads over 16 KiB first */
 		NULL,
 	};
 	struct mg_callbacks cb;
