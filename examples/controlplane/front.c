@@ -540,6 +540,12 @@ static void read_request(struct front *f, struct fconn *c)
 
 static void relay(struct front *f, struct fconn *c, bool backend, uint32_t ev)
 {
+	/* epoll reports these even when nothing is asked for: a client that reset
+	 * or vanished is done with (its answer, if any, has nowhere to go). */
+	if (!backend && (ev & (EPOLLERR | EPOLLHUP))) {
+		conn_close(f, c);
+		return;
+	}
 	if (backend && !c->connected && (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
 		int err = 0;
 		socklen_t l = sizeof(err);
@@ -551,7 +557,7 @@ static void relay(struct front *f, struct fconn *c, bool backend, uint32_t ev)
 		c->connected = true;
 	}
 	/* client -> civetweb */
-	if (c->connected && c->req_off < c->req.len) {
+	if (c->connected && c->bfd >= 0 && c->req_off < c->req.len) {
 		ssize_t n = send(c->bfd, c->req.data + c->req_off, c->req.len - c->req_off, MSG_NOSIGNAL);
 		if (n < 0 && errno != EAGAIN && errno != EINTR) {
 			conn_close(f, c);
@@ -583,10 +589,16 @@ static void relay(struct front *f, struct fconn *c, bool backend, uint32_t ev)
 			return;
 		}
 		ssize_t n = recv(c->bfd, c->out + c->out_len, FRONT_RELAY_BUF - c->out_len, 0);
-		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+			/* civetweb is done: drop its socket, or its hang-up would wake
+			 * epoll again and again while the client takes the rest. */
 			c->b_eof = true;
-		else if (n > 0)
+			close(c->bfd);
+			c->bfd = -1;
+			c->bmask = 0;
+		} else if (n > 0) {
 			c->out_len += (size_t)n;
+		}
 	}
 	if (c->out_off < c->out_len) {
 		ssize_t n = send(c->cfd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);

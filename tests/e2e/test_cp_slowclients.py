@@ -6,9 +6,11 @@ and open a new socket whenever the server drops one. Meanwhile a real
 `jobvisor agent` long-polls and runs jobs, and an admin lists jobs. Their
 latency is measured before the attack (baseline) and during it; the attack
 stops by itself."""
+import json
 import os
 import selectors
 import socket
+import struct
 import threading
 import time
 import unittest
@@ -149,6 +151,29 @@ class SlowClientsDoNotStarveAgentsOrAdmins(AgentTestCase):
         # the agent and the admin on 127.0.0.1 keep their latency.
         attack = self.measure_under(600, "127.0.0.2")
         self.assertGreaterEqual(attack.dropped_early, 600 - 256)
+
+    def test_clients_that_reset_during_a_long_poll_cost_no_cpu(self):
+        def cpu_seconds():
+            with open("/proc/%d/stat" % self.real.proc.pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        body = json.dumps({"capacity": 1, "waitSeconds": 10}).encode()
+        head = ("POST /v1/agents/%s/poll HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"
+                "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                % (self.AGENT, AGENT_TOKENS[self.AGENT], len(body))).encode()
+        socks = [socket.create_connection(("127.0.0.1", self.real.port), timeout=10) for _ in range(5)]
+        for s in socks:
+            s.sendall(head + body)
+        time.sleep(1)  # the polls are parked in civetweb
+        for s in socks:  # abortive close: RST, the kind of hang-up epoll keeps reporting
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        t0 = cpu_seconds()
+        time.sleep(4)
+        used = cpu_seconds() - t0
+        self.assertLess(used, 1.0, "jobvisor-cp burnt %.2f s of CPU in 4 s with nothing to do" % used)
+        self.assertLess(self.admin_list_seconds(), 2.0)
 
     def measure_under(self, sockets, source):
         self.start_agent(POLL_WAIT="20", POLL_INTERVAL="1", REQUEST_TIMEOUT="60")
