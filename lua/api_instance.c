@@ -17,7 +17,7 @@
  * Two START jobs racing on one instance cannot start two servers: the
  * monitor's lock admits one, the other launcher is told "busy" and attaches
  * to the winner. */
-#include "jvlua.h"
+#include "apiutil.h"
 
 #include <errno.h>
 #include <math.h>
@@ -47,34 +47,11 @@ static bool state_final(const cJSON *st)
 	return state_is(st, "STOPPED") || state_is(st, "CRASHED");
 }
 
-/* An optional options table at idx: nil/none or a table, anything else raises. */
-static void check_opts(lua_State *L, int idx)
-{
-	if (!lua_isnoneornil(L, idx))
-		luaL_checktype(L, idx, LUA_TTABLE);
-}
-
 static double opt_seconds(lua_State *L, int idx, const char *key, double def, double max)
 {
-	if (!lua_istable(L, idx))
-		return def;
-	lua_getfield(L, idx, key);
-	double v = def;
-	if (!lua_isnil(L, -1)) {
-		v = luaL_checknumber(L, -1);
-		luaL_argcheck(L, !isnan(v) && v > 0 && v <= max, idx, "timeoutSeconds out of range");
-	}
-	lua_pop(L, 1);
-	return v;
-}
-
-static bool opt_bool(lua_State *L, int idx, const char *key)
-{
-	if (!lua_istable(L, idx))
-		return false;
-	lua_getfield(L, idx, key);
-	bool v = lua_toboolean(L, -1);
-	lua_pop(L, 1);
+	double v = apiutil_opt_num(L, idx, key, def, 0, max);
+	if (v == 0)
+		luaL_error(L, "option '%s' must be more than 0 seconds", key);
 	return v;
 }
 
@@ -281,7 +258,8 @@ static cJSON *fetch_status(lua_State *L, struct jv_run_ctx *ctx, char *msg, size
 static int l_instance_start(lua_State *L)
 {
 	struct jv_run_ctx *ctx = jv_ctx(L);
-	check_opts(L, 1);
+	static const char *const keys[] = {"timeoutSeconds", NULL};
+	apiutil_opts(L, 1, "instance.start", keys);
 	double timeout = opt_seconds(L, 1, "timeoutSeconds", DEFAULT_START_TIMEOUT_S, 86400);
 	/* Refuse a bad spec here, with its message, before any process exists. */
 	const cJSON *allowed = cJSON_GetObjectItemCaseSensitive(ctx->settings, "allowed_executables");
@@ -368,9 +346,12 @@ static void push_stop_result(lua_State *L, const cJSON *st, bool already)
 static int l_instance_stop(lua_State *L)
 {
 	struct jv_run_ctx *ctx = jv_ctx(L);
-	check_opts(L, 1);
+	static const char *const keys[] = {"timeoutSeconds", "force", "progress", NULL};
+	apiutil_opts(L, 1, "instance.stop", keys);
 	double timeout = opt_seconds(L, 1, "timeoutSeconds", -1, 86400);
-	bool force = opt_bool(L, 1, "force");
+	bool force = apiutil_opt_bool(L, 1, "force", false);
+	struct jv_progress p;
+	jv_progress_init(L, 1, &p, "stopping");
 	char msg[600];
 	enum ensure_result res;
 	int rc = ensure_monitor(ctx, true, 30, &res, msg, sizeof(msg));
@@ -418,8 +399,6 @@ static int l_instance_stop(lua_State *L)
 		jv_monconn_close(c);
 		return jv_push_fail(L, "cannot reach the monitor: %s", strerror(-rc));
 	}
-	struct jv_progress p;
-	jv_progress_init(L, 1, &p, "stopping");
 	int64_t start = jv_now_mono_ms(), last = 0;
 	char phase[16] = "";
 	for (;;) {
@@ -569,7 +548,8 @@ static int l_instance_wait_ready(lua_State *L)
 	lua_Number timeout = luaL_checknumber(L, 1);
 	luaL_argcheck(L, !isnan(timeout) && timeout > 0 && timeout <= 86400, 1,
 	              "timeoutSeconds must be within (0, 86400]");
-	check_opts(L, 2);
+	static const char *const keys[] = {"progress", NULL};
+	apiutil_opts(L, 2, "instance.wait_ready", keys);
 	struct jv_progress p;
 	jv_progress_init(L, 2, &p, "waiting for the server to be ready");
 	struct jv_monconn *c;
@@ -633,18 +613,14 @@ static int l_instance_wait_log(lua_State *L)
 	lua_Number timeout = luaL_checknumber(L, 2);
 	luaL_argcheck(L, !isnan(timeout) && timeout > 0 && timeout <= 86400, 2,
 	              "timeoutSeconds must be within (0, 86400]");
-	check_opts(L, 3);
+	static const char *const keys[] = {"since", "progress", NULL};
+	apiutil_opts(L, 3, "instance.wait_log", keys);
 	long long since = -1;
 	lua_getfield(L, LUA_REGISTRYINDEX, LASTSEQ_KEY);
 	if (lua_isinteger(L, -1))
 		since = (long long)lua_tointeger(L, -1);
 	lua_pop(L, 1);
-	if (lua_istable(L, 3)) {
-		lua_getfield(L, 3, "since");
-		if (!lua_isnil(L, -1))
-			since = (long long)luaL_checkinteger(L, -1);
-		lua_pop(L, 1);
-	}
+	since = (long long)apiutil_opt_int(L, 3, "since", since, -1, INT64_MAX);
 	regex_t re;
 	int r = regcomp(&re, pattern, REG_EXTENDED | REG_NOSUB);
 	if (r != 0) {

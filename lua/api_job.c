@@ -4,7 +4,7 @@
  * Markers live in <instance>/.jobvisor/markers/<name>.json and are written
  * with the one durability helper, so a retry after kill -9 reads either the
  * old or the new marker, never half of one. */
-#include "jvlua.h"
+#include "apiutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +32,58 @@ int jv_markers_dir(struct jv_run_ctx *ctx)
 	int rc = mfd < 0 ? -errno : mfd;
 	close(jfd);
 	return rc;
+}
+
+/* The run marker: written at start, removed on success. A retry finds the one
+ * an interrupted run left and exposes it as job.previous. */
+void jv_run_marker_start(lua_State *L, struct jv_run_ctx *ctx, int job_idx)
+{
+	snprintf(ctx->run_marker.file, sizeof(ctx->run_marker.file), "run.%s.json", ctx->type);
+	cJSON *prev = NULL;
+	if (jv_marker_read(ctx, ctx->run_marker.file, &prev) == 0 && cJSON_IsObject(prev)) {
+		jv_json_to_lua(L, prev);
+		lua_setfield(L, job_idx, "previous");
+		char msg[512];
+		snprintf(msg, sizeof(msg),
+		         "an earlier run of this job (run %s, attempt %lld) stopped during step '%s'",
+		         jv_json_str(prev, "runId", "?"), (long long)jv_json_int(prev, "attempt", 0),
+		         jv_json_str(prev, "step", "start"));
+		jv_emit_log(ctx, "warn", msg);
+	}
+	cJSON_Delete(prev);
+	char ts[JV_ISO8601_LEN];
+	jv_iso8601(jv_now_real_ms(), ts);
+	cJSON *m = cJSON_CreateObject();
+	cJSON_AddStringToObject(m, "jobId", ctx->job_id);
+	cJSON_AddStringToObject(m, "runId", ctx->run_id);
+	cJSON_AddNumberToObject(m, "attempt", ctx->attempt);
+	cJSON_AddStringToObject(m, "type", ctx->type);
+	cJSON_AddStringToObject(m, "startedAt", ts);
+	cJSON_AddStringToObject(m, "step", "start");
+	ctx->run_marker.json = m;
+	jv_marker_write(ctx, ctx->run_marker.file, m);
+	ctx->run_marker.written_ms = jv_now_mono_ms();
+}
+
+void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step)
+{
+	if (!ctx->run_marker.json)
+		return;
+	int64_t now = jv_now_mono_ms();
+	cJSON_ReplaceItemInObject(ctx->run_marker.json, "step", cJSON_CreateString(step));
+	/* A durable write per step costs fsyncs: at most one per second. */
+	if (now - ctx->run_marker.written_ms < 1000)
+		return;
+	ctx->run_marker.written_ms = now;
+	jv_marker_write(ctx, ctx->run_marker.file, ctx->run_marker.json);
+}
+
+void jv_run_marker_done(struct jv_run_ctx *ctx)
+{
+	if (ctx->run_marker.file[0])
+		jv_marker_remove(ctx, ctx->run_marker.file);
+	cJSON_Delete(ctx->run_marker.json);
+	ctx->run_marker.json = NULL;
 }
 
 static const char *check_marker_name(lua_State *L, int idx, char *file, size_t filelen)
@@ -152,12 +204,9 @@ static int fail_tostring(lua_State *L)
 static int l_job_fail(lua_State *L)
 {
 	const char *msg = luaL_checkstring(L, 1);
-	bool retryable = false;
-	if (lua_istable(L, 2)) {
-		lua_getfield(L, 2, "retryable");
-		retryable = lua_toboolean(L, -1);
-		lua_pop(L, 1);
-	}
+	static const char *const keys[] = {"retryable", NULL};
+	apiutil_opts(L, 2, "job.fail", keys);
+	bool retryable = apiutil_opt_bool(L, 2, "retryable", false);
 	lua_newtable(L);
 	lua_pushstring(L, msg);
 	lua_setfield(L, -2, "message");

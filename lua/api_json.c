@@ -11,7 +11,7 @@
  * json.encode writes it as \u0000. Other bytes pass unchanged (a file name
  * that is not UTF-8 survives a manifest round trip); what leaves the agent is
  * made valid UTF-8 by jv_json_print. */
-#include "jvlua.h"
+#include "apiutil.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -276,12 +276,9 @@ void jv_json_to_lua(lua_State *L, const cJSON *v)
 static int l_json_encode(lua_State *L)
 {
 	luaL_checkany(L, 1);
-	bool pretty = false;
-	if (lua_istable(L, 2)) {
-		lua_getfield(L, 2, "indent");
-		pretty = lua_toboolean(L, -1);
-		lua_pop(L, 1);
-	}
+	static const char *const keys[] = {"indent", NULL};
+	apiutil_opts(L, 2, "json.encode", keys);
+	bool pretty = apiutil_opt_bool(L, 2, "indent", false);
 	char err[256];
 	cJSON *j = jv_lua_to_json(L, 1, err, sizeof(err));
 	if (!j)

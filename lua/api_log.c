@@ -28,6 +28,10 @@ const char *jv_lua_text(lua_State *L, int idx)
 
 static int log_at(lua_State *L, const char *level)
 {
+	/* log.x takes one message and no options: extra arguments would be lost. */
+	if (lua_gettop(L) != 1)
+		return luaL_error(L, "log.%s takes exactly one message, got %d arguments (use "
+		                     "string.format to build it)", level, lua_gettop(L));
 	size_t len;
 	const char *msg = luaL_tolstring(L, 1, &len);
 	if (len > MAX_LOG_MESSAGE) {
@@ -49,6 +53,10 @@ static int l_log_error(lua_State *L) { return log_at(L, "error"); }
 int jv_lua_print(lua_State *L)
 {
 	int n = lua_gettop(L);
+	if (n == 0) {
+		lua_pushliteral(L, "");
+		return log_at(L, "info");
+	}
 	luaL_Buffer b;
 	luaL_buffinit(L, &b);
 	for (int i = 1; i <= n; i++) {

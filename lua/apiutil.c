@@ -26,24 +26,36 @@ const char *apiutil_path(lua_State *L, int idx, char *out, bool write)
 	return out;
 }
 
+/* The one strict reader of option tables for every module (fs, archive, http,
+ * instance, job, json): unknown names and malformed values raise, naming the
+ * call and the options it knows, instead of being ignored. */
 void apiutil_opts(lua_State *L, int idx, const char *fn, const char *const *keys)
 {
 	if (lua_isnoneornil(L, idx))
 		return;
-	luaL_checktype(L, idx, LUA_TTABLE);
+	if (lua_type(L, idx) != LUA_TTABLE)
+		luaL_error(L, "%s: the options must be a table, got %s", fn, luaL_typename(L, idx));
 	idx = lua_absindex(L, idx);
 	lua_pushnil(L);
 	while (lua_next(L, idx)) {
 		lua_pop(L, 1);
 		bool ok = false;
-		if (lua_type(L, -1) == LUA_TSTRING) {
-			const char *k = lua_tostring(L, -1);
-			for (const char *const *p = keys; *p && !ok; p++)
-				ok = strcmp(*p, k) == 0;
-			if (!ok)
-				luaL_error(L, "%s: unknown option '%s'", fn, k);
-		} else {
-			luaL_error(L, "%s: option names must be strings", fn);
+		if (lua_type(L, -1) != LUA_TSTRING)
+			luaL_error(L, "%s: option names must be strings, got %s", fn, luaL_typename(L, -1));
+		const char *k = lua_tostring(L, -1);
+		for (const char *const *p = keys; *p && !ok; p++)
+			ok = strcmp(*p, k) == 0;
+		if (!ok) {
+			luaL_Buffer b;
+			luaL_buffinit(L, &b);
+			for (const char *const *p = keys; *p; p++) {
+				if (p != keys)
+					luaL_addstring(&b, ", ");
+				luaL_addstring(&b, *p);
+			}
+			luaL_pushresult(&b);
+			luaL_error(L, "%s: unknown option '%s' (known: %s)", fn, k,
+			           keys[0] ? lua_tostring(L, -1) : "none");
 		}
 	}
 }
@@ -57,7 +69,7 @@ bool apiutil_opt_bool(lua_State *L, int idx, const char *key, bool def)
 	if (t == LUA_TBOOLEAN)
 		v = lua_toboolean(L, -1);
 	else if (t != LUA_TNIL)
-		luaL_error(L, "option '%s' must be a boolean", key);
+		luaL_error(L, "option '%s' must be a boolean, got %s", key, luaL_typename(L, -1));
 	lua_pop(L, 1);
 	return v;
 }
@@ -72,10 +84,26 @@ int64_t apiutil_opt_int(lua_State *L, int idx, const char *key, int64_t def, int
 	if (t != LUA_TNIL) {
 		int isnum = 0;
 		lua_Integer i = lua_tointegerx(L, -1, &isnum);
-		if (!isnum || i < min || i > max)
+		if (t != LUA_TNUMBER || !isnum || i < min || i > max)
 			luaL_error(L, "option '%s' must be an integer from %I to %I", key, (lua_Integer)min,
 			           (lua_Integer)max);
 		v = i;
+	}
+	lua_pop(L, 1);
+	return v;
+}
+
+double apiutil_opt_num(lua_State *L, int idx, const char *key, double def, double min,
+                       double max)
+{
+	if (lua_isnoneornil(L, idx))
+		return def;
+	int t = lua_getfield(L, idx, key);
+	double v = def;
+	if (t != LUA_TNIL) {
+		v = lua_tonumber(L, -1);
+		if (t != LUA_TNUMBER || !(v >= min && v <= max))
+			luaL_error(L, "option '%s' must be a number from %f to %f", key, min, max);
 	}
 	lua_pop(L, 1);
 	return v;
@@ -91,7 +119,7 @@ const char *apiutil_opt_str(lua_State *L, int idx, const char *key, const char *
 	if (t == LUA_TSTRING)
 		v = lua_tostring(L, -1);
 	else if (t != LUA_TNIL)
-		luaL_error(L, "option '%s' must be a string", key);
+		luaL_error(L, "option '%s' must be a string, got %s", key, luaL_typename(L, -1));
 	lua_pop(L, 1);
 	return v;
 }

@@ -24,15 +24,20 @@ void apiutil_fsx(lua_State *L, struct fsx *fx);
  * misuse. write = the call creates, changes or removes something there. */
 const char *apiutil_path(lua_State *L, int idx, char *out, bool write);
 
-/* Raise "<fn>: unknown option 'x'" for keys of the table at idx outside keys
- * (NULL-terminated); nil/none is fine; anything but a table raises. */
+/* The shared strict option reader. Raise "<fn>: unknown option 'x' (known: ...)" for keys of the table at idx outside keys
+ * (NULL-terminated); nil/none is fine; anything but a table raises. The
+ * getters raise on a value of the wrong type or range (a numeric string is not
+ * a number here). opts.progress is read by jv_progress_init (lua/events.c). */
 void apiutil_opts(lua_State *L, int idx, const char *fn, const char *const *keys);
 bool apiutil_opt_bool(lua_State *L, int idx, const char *key, bool def);
 int64_t apiutil_opt_int(lua_State *L, int idx, const char *key, int64_t def, int64_t min,
                         int64_t max);
+double apiutil_opt_num(lua_State *L, int idx, const char *key, double def, double min,
+                       double max);
 const char *apiutil_opt_str(lua_State *L, int idx, const char *key, const char *def);
 
-/* Progress + cancel hook for a core call; opts.progress = {from, to}. */
+/* Progress + cancel hook for a core call; opts.progress = {from, to} or
+ * {from =, to =}; malformed raises. */
 struct apiutil_tick {
 	struct jv_run_ctx *ctx;
 	struct jv_progress p;

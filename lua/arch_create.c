@@ -437,15 +437,15 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 	d.st = calloc(s.n ? s.n : 1, sizeof(*d.st));
 	d.mpos = malloc((s.n ? s.n : 1) * sizeof(*d.mpos));
 	a = archive_write_new();
-	if (!d.st || !d.mpos || !a || (rc = hashq_new(&d.q, 8)) < 0) {
+	/* The archive's own digest runs on a second worker, beside the per-file ones. */
+	if (!d.st || !d.mpos || !a || (rc = hashq_new(&d.q, 8)) < 0 || (rc = hashq_new(&w.q, 4)) < 0) {
 		rc = rc < 0 ? rc : -ENOMEM;
 		errf(err, errlen, "out of memory");
 		goto fail;
 	}
 	for (size_t i = 0; i < s.n; i++)
 		d.mpos[i] = SIZE_MAX;
-	w.q = d.q;
-	hashq_begin(d.q, &w.st);
+	hashq_begin(w.q, &w.st);
 	rc = set_options(a, o, err, errlen);
 	if (rc < 0)
 		goto fail;
@@ -464,8 +464,8 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 	}
 	archive_write_free(a);
 	a = NULL;
-	hashq_final(d.q, &w.st);
-	if (hashq_wait(d.q) < 0) {
+	hashq_final(w.q, &w.st);
+	if (hashq_wait(d.q) < 0 || hashq_wait(w.q) < 0) {
 		rc = -ENOMEM;
 		errf(err, errlen, "out of memory");
 		goto fail;
@@ -490,6 +490,7 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 		goto fail;
 	}
 	hashq_free(d.q);
+	hashq_free(w.q);
 	free(d.st);
 	free(d.mpos);
 	free_items(&s);
@@ -505,6 +506,7 @@ fail:
 		close(w.fd);
 	unlinkat(dst_dirfd, tmp, 0);
 	hashq_free(d.q);
+	hashq_free(w.q);
 	for (size_t i = 0; d.st && i < s.n; i++)
 		hashq_discard(NULL, &d.st[i]);
 	hashq_discard(NULL, &w.st);

@@ -8,8 +8,11 @@
  * to files already extracted), a size cap and a free-space guard checked from
  * the headers before writing and again while streaming, and the optional
  * manifest checked entry by entry. Any failure or cancel removes the whole
- * directory again. Nothing is fsynced here: callers extract into staging and
- * fs.commit() / fs.swap() it, which does. */
+ * directory again. Nothing is fsynced here, file by file: callers extract
+ * into staging and publish the tree with fs.commit() / fs.swap(), which make
+ * it durable with one syncfs of its filesystem before the rename (fsx.c,
+ * sync_for_publish). A caller that leaves the tree where it was extracted
+ * gets no durability guarantee for it. */
 #include "arch_internal.h"
 
 #include <errno.h>

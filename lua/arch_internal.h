@@ -14,8 +14,10 @@
 
 struct arch_src {
 	int fd;
-	struct hashq *q;        /* SHA-256 runs on its worker */
-	struct hashq_stream st; /* over the archive file's bytes, in read order */
+	struct hashq *q;        /* per-entry SHA-256 runs on its worker */
+	struct hashq *aq;       /* the archive file's SHA-256, on a second worker */
+	struct hashq_stream st; /* over the archive file's bytes, in read order (on aq) */
+	void *held;             /* aq block libarchive is reading (released on the next read) */
 	uint64_t bytes;  /* read so far */
 	uint64_t size;   /* file size at open (progress) */
 	unsigned char *buf;

@@ -22,20 +22,31 @@
 #define READ_CHUNK (1u << 20)
 #define SPACE_CHECK_EVERY (16u << 20)
 
+/* The archive is read straight into a block of the archive hash queue: its
+ * worker hashes the block while libarchive decompresses it, without a copy.
+ * libarchive may use the block until it asks for the next one. */
 static la_ssize_t src_read(struct archive *a, void *ud, const void **out)
 {
 	struct arch_src *s = ud;
+	if (s->held) {
+		hashq_release(s->aq, s->held);
+		s->held = NULL;
+	}
+	unsigned char *b = hashq_acquire(s->aq);
 	for (;;) {
-		ssize_t n = read(s->fd, s->buf, READ_CHUNK);
+		ssize_t n = read(s->fd, b, HASHQ_BLOCK);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
-			archive_set_error(a, errno, "%s", strerror(errno));
+			int e = errno;
+			hashq_submit(s->aq, &s->st, b, 0); /* gives the block back */
+			archive_set_error(a, e, "%s", strerror(e));
 			return -1;
 		}
-		hashq_update(s->q, &s->st, s->buf, (size_t)n);
+		hashq_submit_keep(s->aq, &s->st, b, (size_t)n);
+		s->held = b;
 		s->bytes += (uint64_t)n;
-		*out = s->buf;
+		*out = b;
 		return n;
 	}
 }
@@ -63,11 +74,11 @@ int arch_src_open(struct arch_src *s, int dirfd, const char *name,
 	posix_fadvise(s->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	s->buf = malloc(READ_CHUNK);
 	s->a = archive_read_new();
-	if (!s->buf || !s->a || hashq_new(&s->q, 8) < 0) {
+	if (!s->buf || !s->a || hashq_new(&s->q, 8) < 0 || hashq_new(&s->aq, 4) < 0) {
 		arch_errf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
-	hashq_begin(s->q, &s->st);
+	hashq_begin(s->aq, &s->st);
 	archive_read_support_filter_gzip(s->a);
 	archive_read_support_filter_xz(s->a);
 	archive_read_support_filter_zstd(s->a);
@@ -121,11 +132,11 @@ int arch_src_check(struct arch_src *s, const struct arch_manifest *m, char *err,
 		}
 		if (n == 0)
 			break;
-		hashq_update(s->q, &s->st, s->buf, (size_t)n);
+		hashq_update(s->aq, &s->st, s->buf, (size_t)n);
 		s->bytes += (uint64_t)n;
 	}
-	hashq_final(s->q, &s->st);
-	if (hashq_wait(s->q) < 0) {
+	hashq_final(s->aq, &s->st);
+	if (hashq_wait(s->aq) < 0) {
 		arch_errf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
@@ -149,7 +160,10 @@ void arch_src_close(struct arch_src *s)
 {
 	if (s->a)
 		archive_read_free(s->a);
+	if (s->held)
+		hashq_release(s->aq, s->held);
 	hashq_free(s->q);
+	hashq_free(s->aq);
 	hashq_discard(NULL, &s->st);
 	free(s->buf);
 	if (s->fd >= 0)

@@ -44,12 +44,7 @@ struct child {
 	cJSON *spec;
 	char data_dir[4096];
 	char instance_dir[4200];
-	char run_marker[128];
-	int64_t last_step_mark_ms;
-	cJSON *run_marker_json;
 };
-
-static struct child *the_child; /* for jv_run_marker_step(); one run per process */
 
 static void emit_result(struct jv_run_ctx *ctx, const char *status, cJSON *output,
                         const char *message, const char *stack, bool retryable,
@@ -179,52 +174,9 @@ static int prepare_instance(struct child *c, char *err, size_t errlen)
 		jv_durable_cleanup_temps(mfd);
 		close(mfd);
 	}
+	/* What completed runs left to delete goes while this one runs. */
+	jv_trash_sweep_start(&c->ctx);
 	return 0;
-}
-
-void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step)
-{
-	struct child *c = the_child;
-	if (!c || !c->run_marker_json || &c->ctx != ctx)
-		return;
-	int64_t now = jv_now_mono_ms();
-	cJSON_ReplaceItemInObject(c->run_marker_json, "step", cJSON_CreateString(step));
-	/* A durable write per step costs fsyncs: at most one per second. */
-	if (now - c->last_step_mark_ms < 1000)
-		return;
-	c->last_step_mark_ms = now;
-	jv_marker_write(ctx, c->run_marker, c->run_marker_json);
-}
-
-/* The run marker: written at start, removed on success. A retry finds the one
- * an interrupted run left and exposes it as job.previous. */
-static void start_run_marker(struct child *c, lua_State *L, int job_idx)
-{
-	snprintf(c->run_marker, sizeof(c->run_marker), "run.%s.json", c->ctx.type);
-	cJSON *prev = NULL;
-	if (jv_marker_read(&c->ctx, c->run_marker, &prev) == 0 && cJSON_IsObject(prev)) {
-		jv_json_to_lua(L, prev);
-		lua_setfield(L, job_idx, "previous");
-		char msg[512];
-		snprintf(msg, sizeof(msg),
-		         "an earlier run of this job (run %s, attempt %lld) stopped during step '%s'",
-		         jv_json_str(prev, "runId", "?"), (long long)jv_json_int(prev, "attempt", 0),
-		         jv_json_str(prev, "step", "start"));
-		jv_emit_log(&c->ctx, "warn", msg);
-	}
-	cJSON_Delete(prev);
-	char ts[JV_ISO8601_LEN];
-	jv_iso8601(jv_now_real_ms(), ts);
-	cJSON *m = cJSON_CreateObject();
-	cJSON_AddStringToObject(m, "jobId", c->ctx.job_id);
-	cJSON_AddStringToObject(m, "runId", c->ctx.run_id);
-	cJSON_AddNumberToObject(m, "attempt", c->ctx.attempt);
-	cJSON_AddStringToObject(m, "type", c->ctx.type);
-	cJSON_AddStringToObject(m, "startedAt", ts);
-	cJSON_AddStringToObject(m, "step", "start");
-	c->run_marker_json = m;
-	jv_marker_write(&c->ctx, c->run_marker, m);
-	c->last_step_mark_ms = jv_now_mono_ms();
 }
 
 static int traceback_handler(lua_State *L)
@@ -386,7 +338,7 @@ static int run_child(struct child *c)
 	else
 		lua_newtable(L);
 	lua_setfield(L, job_idx, "params");
-	start_run_marker(c, L, job_idx);
+	jv_run_marker_start(L, ctx, job_idx);
 
 	lua_pushcfunction(L, traceback_handler);
 	int handler = lua_gettop(L);
@@ -418,7 +370,7 @@ static int run_child(struct child *c)
 		         luaL_typename(L, -1));
 		return fail_early(ctx, err, false);
 	}
-	jv_marker_remove(ctx, c->run_marker);
+	jv_run_marker_done(ctx);
 	jv_staging_cleanup(ctx);
 	emit_result(ctx, "COMPLETED", output, NULL, NULL, false, NULL);
 	return JV_EXIT_COMPLETED;
@@ -430,7 +382,7 @@ int jv_jobrun_child_main(int argc, char **argv)
 	(void)argv;
 	setup_signals();
 	jv_set_cloexec(JV_CHILD_EVENT_FD);
-	static struct child c;
+	struct child c;
 	memset(&c, 0, sizeof(c));
 	c.ctx.event_fd = JV_CHILD_EVENT_FD;
 	c.ctx.data_fd = -1;
@@ -438,7 +390,6 @@ int jv_jobrun_child_main(int argc, char **argv)
 	c.ctx.cancel_flag = &cancel_requested;
 	c.ctx.job_id = "-";
 	c.ctx.run_id = "-";
-	the_child = &c;
 	int code;
 	if (read_spec(&c.spec) < 0) {
 		c.ctx.instance_id = "";

@@ -176,27 +176,61 @@ void jv_checkpoint(lua_State *L)
 
 /* ---- progress for long API calls ---- */
 
+#define PROGRESS_FORM "{from, to} or {from = F, to = T} with 0 <= F <= T <= 100"
+
+/* opts.progress: the positional {from, to} or the named {from =, to =} form
+ * (the built-in jobs use the named one). Anything else raises: a malformed
+ * progress option used to be ignored, which silenced every percent. */
 void jv_progress_init(lua_State *L, int opts_idx, struct jv_progress *p, const char *what)
 {
 	p->from = -1;
 	p->to = -1;
 	p->last_ms = 0;
 	p->what = what;
-	if (opts_idx == 0 || !lua_istable(L, opts_idx))
+	if (opts_idx == 0 || lua_isnoneornil(L, opts_idx))
 		return;
-	if (lua_getfield(L, opts_idx, "progress") == LUA_TTABLE) {
-		lua_rawgeti(L, -1, 1);
-		lua_rawgeti(L, -2, 2);
-		if (lua_isnumber(L, -2) && lua_isnumber(L, -1)) {
-			double a = lua_tonumber(L, -2), b = lua_tonumber(L, -1);
-			if (a >= 0 && b <= 100 && a <= b) {
-				p->from = a;
-				p->to = b;
-			}
-		}
-		lua_pop(L, 2);
+	luaL_checktype(L, opts_idx, LUA_TTABLE);
+	int t = lua_getfield(L, opts_idx, "progress");
+	if (t == LUA_TNIL) {
+		lua_pop(L, 1);
+		return;
 	}
-	lua_pop(L, 1);
+	if (t != LUA_TTABLE)
+		luaL_error(L, "option 'progress' must be " PROGRESS_FORM ", got %s", luaL_typename(L, -1));
+	int tab = lua_gettop(L);
+	int npos = 0, nnamed = 0;
+	lua_pushnil(L);
+	while (lua_next(L, tab)) {
+		lua_pop(L, 1);
+		if (lua_type(L, -1) == LUA_TNUMBER && lua_isinteger(L, -1) &&
+		    (lua_tointeger(L, -1) == 1 || lua_tointeger(L, -1) == 2)) {
+			npos++;
+		} else if (lua_type(L, -1) == LUA_TSTRING && (strcmp(lua_tostring(L, -1), "from") == 0 ||
+		                                               strcmp(lua_tostring(L, -1), "to") == 0)) {
+			nnamed++;
+		} else {
+			const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+			                                               : luaL_typename(L, -1);
+			luaL_error(L, "option 'progress' has an unknown key '%s': it must be " PROGRESS_FORM, k);
+		}
+	}
+	if (!((npos == 2 && nnamed == 0) || (nnamed == 2 && npos == 0)))
+		luaL_error(L, "option 'progress' must be " PROGRESS_FORM);
+	if (npos) {
+		lua_rawgeti(L, tab, 1);
+		lua_rawgeti(L, tab, 2);
+	} else {
+		lua_getfield(L, tab, "from");
+		lua_getfield(L, tab, "to");
+	}
+	if (lua_type(L, -2) != LUA_TNUMBER || lua_type(L, -1) != LUA_TNUMBER)
+		luaL_error(L, "option 'progress' must be " PROGRESS_FORM " (from and to are numbers)");
+	double a = lua_tonumber(L, -2), b = lua_tonumber(L, -1);
+	if (!(a >= 0 && b <= 100 && a <= b))
+		luaL_error(L, "option 'progress' must be " PROGRESS_FORM ", got from %f, to %f", a, b);
+	p->from = a;
+	p->to = b;
+	lua_pop(L, 3);
 }
 
 void jv_progress_report(struct jv_run_ctx *ctx, struct jv_progress *p, double fraction,

@@ -125,8 +125,9 @@ int fsx_clear_dirfd(int dirfd, const struct jv_io_hooks *hooks);
  * symlinks. */
 int fsx_fsync_tree(const struct fsx *fx, const char *norm, const struct jv_io_hooks *hooks);
 
-/* Make src durable (fsync tree), rename it to dst (parents of dst created),
- * fsync both parent directories. Replaces a file or an empty directory at dst
+/* Make src durable (syncfs of its filesystem; an fsync of every file and
+ * directory where syncfs is missing), rename it to dst (parents of dst
+ * created), fsync both parent directories. Replaces a file or an empty directory at dst
  * the way rename(2) does; a non-empty directory at dst fails (-ENOTEMPTY). */
 int fsx_commit(const struct fsx *fx, const char *src, const char *dst,
                const struct jv_io_hooks *hooks);
@@ -136,14 +137,15 @@ int fsx_commit(const struct fsx *fx, const char *src, const char *dst,
  * when the target climbs above the root, FSX_EABSOLUTE for an absolute one. */
 int fsx_join(const char *from, const char *target, char *out);
 
-/* Atomically exchange two existing paths (renameat2 RENAME_EXCHANGE), then
- * fsync both parents. On a filesystem without RENAME_EXCHANGE (EINVAL) it
+/* Make both trees durable (syncfs, as commit), atomically exchange the two
+ * paths (renameat2 RENAME_EXCHANGE), then fsync both parents. On a filesystem without RENAME_EXCHANGE (EINVAL) it
  * falls back to three renames through a temporary name, which is not atomic:
  * a crash in between leaves b under ".<b>.swap" (documented in lua-api.md). */
 int fsx_swap(const struct fsx *fx, const char *a, const char *b);
 
 /* Point symlink `link` at `target` atomically: a new symlink under a temp name
- * in the same directory renamed over link, then the directory fsynced. target
+ * in the same directory, the filesystem synced (so the target's tree is on
+ * disk before the link names it), renamed over link, the directory fsynced. target
  * is relative to link's directory, must stay beneath the root and exist. */
 int fsx_link_swap(const struct fsx *fx, const char *link, const char *target);
 

@@ -40,6 +40,14 @@ struct jv_run_ctx {
 	/* Agent settings passed down in the spec (borrowed, may be NULL). */
 	const cJSON *settings; /* e.g. allowed_executables, user, console log sizes */
 	const cJSON *spec;     /* the whole spec */
+
+	/* The run marker (lua/api_job.c): <type>'s run.<type>.json, written at
+	 * start, its step updated by job.step(), removed on success. */
+	struct {
+		char file[128];
+		cJSON *json; /* owned; NULL until jv_run_marker_start */
+		int64_t written_ms;
+	} run_marker;
 };
 
 /* The context of the running job (never NULL inside a job run). */
@@ -92,8 +100,13 @@ int jv_markers_dir(struct jv_run_ctx *ctx);
 int jv_marker_write(struct jv_run_ctx *ctx, const char *file, const cJSON *value);
 int jv_marker_read(struct jv_run_ctx *ctx, const char *file, cJSON **out);
 int jv_marker_remove(struct jv_run_ctx *ctx, const char *file);
-/* Record the current step in the run marker (rate-limited; lua/child_main.c). */
+/* The run marker. start: expose the one an interrupted earlier run left as
+ * job.previous (the table at job_idx) and write this run's; step: record
+ * the current step (durably at most once a second); done: remove it (the
+ * run completed). */
+void jv_run_marker_start(lua_State *L, struct jv_run_ctx *ctx, int job_idx);
 void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step);
+void jv_run_marker_done(struct jv_run_ctx *ctx);
 
 /* print() replacement (lua/api_log.c). */
 int jv_lua_print(lua_State *L);

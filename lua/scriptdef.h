@@ -42,7 +42,12 @@ int jv_scriptdef_check_params(lua_State *L, const struct jv_scriptdef *def, cons
  * and absolute paths outside data_dir (kept as ".../basename"). */
 void jv_sanitize(char *out, size_t outlen, const char *in, const char *data_dir);
 
-/* Remove this run's staging directory .jobvisor/staging/<runId> (best effort). */
+/* Move this run's staging directory .jobvisor/staging/<runId> to
+ * .jobvisor/trash/<runId> (one rename; deleted in place if that fails). Best
+ * effort. */
 void jv_staging_cleanup(struct jv_run_ctx *ctx);
+/* Empty .jobvisor/trash on a detached background thread when it holds
+ * anything (with the instance lock held). Best effort. */
+void jv_trash_sweep_start(struct jv_run_ctx *ctx);
 
 #endif

@@ -37,6 +37,8 @@ int jv_monitor_call(const char *instance_dir, const cJSON *req, int timeout_ms, 
 
 /* <instance_dir>/.jobvisor/state.json, parsed. -ENOENT when never started. */
 int jv_instance_read_state(const char *instance_dir, cJSON **out);
+/* The same from the instance's open .jobvisor directory (the monitor has it). */
+int jv_instance_read_state_at(int jv_fd, cJSON **out);
 
 /* The instance's status from the outside: the monitor's own answer when one
  * runs ("monitor": true), else state.json checked against the process table

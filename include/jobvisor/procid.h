@@ -15,6 +15,21 @@
 
 #define JV_BOOT_ID_LEN 37 /* 36 chars + NUL */
 
+/* The fields of /proc/PID/stat a supervisor needs (proc(5) field numbers). */
+struct jv_proc_stat {
+	char state;          /* 3: R, S, D, Z, X... */
+	pid_t ppid;          /* 4 */
+	pid_t pgid;          /* 5 */
+	pid_t sid;           /* 6 */
+	uint64_t start_time; /* 22: clock ticks since boot */
+};
+/* Returns 0, -ESRCH (no such process), -EINVAL (unreadable line) or -errno. */
+int jv_proc_stat(pid_t pid, struct jv_proc_stat *st);
+/* Call fn for every process in /proc whose stat could be read, until it
+ * returns true. Returns 0 or -errno (cannot open /proc). */
+typedef bool (*jv_proc_visit)(void *ud, pid_t pid, const struct jv_proc_stat *st);
+int jv_proc_each(jv_proc_visit fn, void *ud);
+
 /* Start time of pid in clock ticks since boot. Returns 0, -ESRCH, or -errno. */
 int jv_proc_start_time(pid_t pid, uint64_t *out);
 

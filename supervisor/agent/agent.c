@@ -8,15 +8,17 @@
  * retried. The token is read here, handed to the transport, and wiped. */
 #include <errno.h>
 #include <pwd.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "agent.h"
-#include "jobvisor/commands.h"
 #include "delivery.h"
+#include "jobvisor/commands.h"
 #include "jobvisor/durable.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
@@ -25,6 +27,31 @@
 #include "scheduler.h"
 #include "spool.h"
 #include "transport.h"
+
+/* Block the signals the loop reads and open ag->sigfd; ignore SIGPIPE.
+ * Returns 0 or -errno. Signal handlers do nothing: the signals are read
+ * from the signalfd by the loop. */
+static int signals_init(struct agent *ag)
+{
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+		return -errno;
+	signal(SIGPIPE, SIG_IGN); /* job-run children reset every disposition */
+	ag->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	return ag->sigfd < 0 ? -errno : 0;
+}
+
+static void signals_close(struct agent *ag)
+{
+	if (ag->sigfd >= 0)
+		close(ag->sigfd);
+	ag->sigfd = -1;
+}
 
 static int usage(void)
 {
@@ -117,6 +144,167 @@ void agent_begin_shutdown(struct agent *ag)
 		r->retry_at_ms = 0;
 }
 
+static void on_signals(struct agent *ag)
+{
+	struct signalfd_siginfo si;
+	bool reap = false, reload = false;
+	for (;;) {
+		ssize_t n = read(ag->sigfd, &si, sizeof(si));
+		if (n != (ssize_t)sizeof(si))
+			break;
+		switch (si.ssi_signo) {
+		case SIGCHLD:
+			reap = true;
+			break;
+		case SIGHUP:
+			reload = true;
+			break;
+		case SIGTERM:
+		case SIGINT:
+			if (!ag->stopping) {
+				jv_info(NULL, NULL, "%s received: shutting down",
+				        jv_signal_name((int)si.ssi_signo));
+				agent_begin_shutdown(ag);
+			} else if (!ag->hard_stop) {
+				jv_warn(NULL, NULL, "%s received again: killing job runs and exiting now",
+				        jv_signal_name((int)si.ssi_signo));
+				ag->hard_stop = true;
+				scheduler_kill_all(ag);
+				ag->killed = true;
+			}
+			break;
+		default:
+			break;
+		}
+	}
+	if (reap)
+		scheduler_reap(ag);
+	if (reload && !ag->stopping)
+		agent_reload(ag);
+}
+
+static int64_t min64(int64_t a, int64_t b)
+{
+	return a < b ? a : b;
+}
+
+/* During shutdown: kill at the grace deadline, exit once nothing is left. */
+static bool shutdown_done(struct agent *ag, int64_t now)
+{
+	size_t live = scheduler_live_children(ag);
+	if (live > 0 && !ag->killed && now >= ag->kill_at_ms) {
+		scheduler_kill_all(ag);
+		ag->killed = true;
+		if (ag->exit_by_ms < now + 1000)
+			ag->exit_by_ms = now + 1000;
+	}
+	if (live > 0)
+		return false;
+	return ag->hard_stop || delivery_settled(ag) || now >= ag->exit_by_ms;
+}
+
+/* The event loop's sources, in the order the loop runs them: the agent's own
+ * (shutdown, watchdog, signals), the poller, delivery, the network, the job
+ * runs. The loop knows none of them by name; this is where they are wired. */
+
+static int64_t agent_prepare(void *ud, int64_t now)
+{
+	struct agent *ag = ud;
+	if (ag->stopping && shutdown_done(ag, now)) {
+		loop_stop(&ag->loop);
+		return INT64_MAX;
+	}
+	int64_t next = INT64_MAX;
+	if (ag->notify.watchdog_ms > 0) {
+		if (now >= ag->watchdog_at_ms) {
+			sdnotify_send(&ag->notify, "WATCHDOG=1");
+			ag->watchdog_at_ms = now + ag->notify.watchdog_ms;
+		}
+		next = ag->watchdog_at_ms;
+	}
+	if (ag->stopping)
+		next = min64(next, ag->killed ? ag->exit_by_ms : min64(ag->kill_at_ms, ag->exit_by_ms));
+	return next;
+}
+
+static size_t agent_fds(void *ud, struct pollfd *fds, void **tags, size_t max)
+{
+	struct agent *ag = ud;
+	if (max == 0)
+		return 0;
+	fds[0] = (struct pollfd){.fd = ag->sigfd, .events = POLLIN};
+	tags[0] = NULL;
+	return 1;
+}
+
+static void agent_ready(void *ud, void *tag, short revents)
+{
+	if (revents & POLLIN)
+		on_signals(ud);
+}
+
+static int64_t poller_prepare(void *ud, int64_t now)
+{
+	poller_tick(ud, now);
+	return poller_next_deadline(ud);
+}
+
+static int64_t delivery_prepare(void *ud, int64_t now)
+{
+	delivery_kick_all(ud, now);
+	return delivery_next_deadline(ud);
+}
+
+static int network_wait(void *ud, struct pollfd *fds, unsigned nfds, int timeout_ms)
+{
+	return transport_wait(ud, fds, nfds, timeout_ms);
+}
+
+static void network_after(void *ud, int64_t now)
+{
+	transport_perform(ud);
+}
+
+static int64_t runs_prepare(void *ud, int64_t now)
+{
+	return scheduler_next_deadline(ud);
+}
+
+static size_t runs_fds(void *ud, struct pollfd *fds, void **tags, size_t max)
+{
+	return scheduler_pollfds(ud, fds, (struct srun **)tags, max);
+}
+
+static void runs_ready(void *ud, void *tag, short revents)
+{
+	if (revents & (POLLIN | POLLHUP | POLLERR))
+		scheduler_on_readable(tag);
+}
+
+static void runs_after(void *ud, int64_t now)
+{
+	struct agent *ag = ud;
+	scheduler_take_verdicts(ag);
+	scheduler_on_timers(ag, now);
+	if (scheduler_housekeeping(ag) > 0 && !ag->stopping)
+		poller_poll_now(ag); /* a slot is free: ask for more work now */
+}
+
+static int run_loop(struct agent *ag)
+{
+	struct loop_source sources[] = {
+		{.ud = ag, .prepare = agent_prepare, .fds = agent_fds, .ready = agent_ready},
+		{.ud = ag, .prepare = poller_prepare},
+		{.ud = ag, .prepare = delivery_prepare},
+		{.ud = ag->tp, .after = network_after},
+		{.ud = ag, .prepare = runs_prepare, .fds = runs_fds, .ready = runs_ready, .after = runs_after},
+	};
+	loop_init(&ag->loop, network_wait, ag->tp);
+	for (size_t i = 0; i < JV_ARRAY_LEN(sources); i++)
+		loop_add(&ag->loop, &sources[i]);
+	return loop_run(&ag->loop);
+}
+
 /* The data dir must be usable by job runs that switch to `user`: it is
  * created world-traversable, and the directories job runs create entries in
  * (instances/, cache/) are handed to that user when the agent creates them.
@@ -152,7 +340,7 @@ static int setup(struct agent *ag, bool check_only, char *err, size_t errlen)
 {
 	/* Block the signals first: a thread started later (libcurl's resolver)
 	 * inherits the mask, so SIGTERM can only ever arrive through the signalfd. */
-	int rc = loop_signals_init(ag);
+	int rc = signals_init(ag);
 	if (rc) {
 		snprintf(err, errlen, "cannot set up signal handling: %s", strerror(-rc));
 		return 1;
@@ -209,7 +397,7 @@ static void teardown(struct agent *ag)
 	transport_free(ag->tp);
 	transport_global_cleanup();
 	spool_close(ag->spool);
-	loop_signals_close(ag);
+	signals_close(ag);
 	sdnotify_close(&ag->notify);
 	cJSON_Delete(ag->child_settings);
 	config_free(&ag->cfg);
@@ -242,7 +430,7 @@ int cmd_agent(int argc, char **argv)
 	char err[768] = "";
 	/* Block the loop's signals first: a SIGTERM that arrives while the agent
 	 * is still starting is then handled as a clean shutdown, not a kill. */
-	int code = 0, rc = check_only ? 0 : loop_signals_init(&ag);
+	int code = 0, rc = check_only ? 0 : signals_init(&ag);
 	if (rc) {
 		snprintf(err, sizeof(err), "cannot set up signal handling: %s", strerror(-rc));
 		code = 1;
@@ -271,7 +459,7 @@ int cmd_agent(int argc, char **argv)
 		jv_warn(NULL, NULL, "the control plane URL is plain http: the agent token travels unencrypted");
 	sdnotify_send(&ag.notify, "READY=1\nSTATUS=polling");
 	ag.watchdog_at_ms = jv_now_mono_ms();
-	code = loop_run(&ag);
+	code = run_loop(&ag);
 	size_t left = 0;
 	for (struct srun *r = ag.runs; r; r = r->next)
 		if (delivery_has_work(r))

@@ -2,7 +2,8 @@
  *
  * One struct agent lives on cmd_agent's stack for the life of the daemon;
  * every module gets it by pointer (no globals). The modules split the work:
- *   loop.c       waits on signals, child pipes, timers and the network
+ *   agent.c      wires the modules into the loop; signals, reload, shutdown
+ *   loop.c       waits on what the modules register: fds, timers, the network
  *   poller.c     asks the control plane for work and cancellations
  *   scheduler.c  admits assignments, starts and tracks job runs
  *   delivery.c   sends each run's events and result, in order, with retries
@@ -18,6 +19,7 @@
 
 #include "jobvisor/backoff.h"
 #include "jobvisor/config.h"
+#include "loop.h"
 #include "sdnotify.h"
 
 struct jobrun;
@@ -27,6 +29,12 @@ struct transport;
 struct transport_req;
 
 enum delivery_kind { DELIVER_NONE = 0, DELIVER_EVENTS, DELIVER_RESULT };
+/* What delivery asks of the run's owner (delivery_take_verdict). */
+enum delivery_verdict {
+	DELIVERY_CONTINUE = 0, /* nothing: keep delivering */
+	DELIVERY_DROP,         /* 409: the run is no longer ours */
+	DELIVERY_REJECT,       /* refused too often: give up, keep the record aside */
+};
 
 /* One run the agent holds: running, or finished with events or a result not
  * yet acknowledged by the control plane. */
@@ -53,6 +61,9 @@ struct srun {
 	unsigned rejects;    /* consecutive 4xx answers */
 	bool failing;        /* the last attempt failed (logged once per streak) */
 	bool failed_in_shutdown;
+	enum delivery_verdict verdict; /* not yet taken by the scheduler */
+	bool cancel_asked;             /* an events answer had cancelRequested */
+	char verdict_why[300];
 
 	struct srun *next;
 };
@@ -82,6 +93,7 @@ struct agent {
 	struct sdnotify notify;
 	struct srun *runs;
 
+	struct loop loop;
 	int sigfd;
 	bool stopping;     /* SIGTERM/SIGINT seen: take no work, wind down */
 	bool hard_stop;    /* second signal: kill everything now */

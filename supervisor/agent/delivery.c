@@ -14,7 +14,6 @@
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
-#include "scheduler.h"
 #include "spool.h"
 #include "transport.h"
 
@@ -83,6 +82,25 @@ static void succeeded(struct srun *run)
 	run->retry_at_ms = 0;
 }
 
+/* The run's owner acts on it after the answer (delivery_take_verdict). */
+static void give_verdict(struct srun *run, enum delivery_verdict v, const char *why)
+{
+	if (run->verdict != DELIVERY_CONTINUE)
+		return; /* the first one stands */
+	run->verdict = v;
+	snprintf(run->verdict_why, sizeof(run->verdict_why), "%s", why);
+}
+
+enum delivery_verdict delivery_take_verdict(struct srun *run, bool *cancel, const char **why)
+{
+	enum delivery_verdict v = run->verdict;
+	*cancel = run->cancel_asked;
+	*why = run->verdict_why;
+	run->verdict = DELIVERY_CONTINUE;
+	run->cancel_asked = false;
+	return v;
+}
+
 /* Shared handling of everything that is not a good 2xx. Returns true when
  * the answer was handled (the caller stops). */
 static bool handle_failure(struct srun *run, const char *what, const struct transport_response *resp)
@@ -100,7 +118,8 @@ static bool handle_failure(struct srun *run, const char *what, const struct tran
 		retry_later(run, what, why, resp->retry_after_ms);
 		return true;
 	case TRANSPORT_GONE:
-		scheduler_drop(run, "the control plane answered 409: this agent no longer holds the run");
+		give_verdict(run, DELIVERY_DROP,
+		             "the control plane answered 409: this agent no longer holds the run");
 		return true;
 	case TRANSPORT_REJECTED: {
 		char msg[220];
@@ -111,7 +130,7 @@ static bool handle_failure(struct srun *run, const char *what, const struct tran
 		if (run->rejects >= DELIVERY_MAX_REJECTS) {
 			snprintf(why, sizeof(why), "the control plane refused %s %d times (HTTP %ld)", what,
 			         DELIVERY_MAX_REJECTS, resp->status);
-			scheduler_reject(run, why);
+			give_verdict(run, DELIVERY_REJECT, why);
 		} else {
 			run->failing = true; /* already logged loudly */
 			int64_t delay = backoff_next(&run->bo, resp->retry_after_ms, jv_random_u64());
@@ -157,7 +176,7 @@ static void on_events_answer(void *ud, const struct transport_response *resp)
 		succeeded(run);
 	}
 	if (cancel)
-		scheduler_cancel(run->ag, run->run_id);
+		run->cancel_asked = true;
 }
 
 static void on_result_answer(void *ud, const struct transport_response *resp)

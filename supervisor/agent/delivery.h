@@ -4,8 +4,11 @@
  * order; they go in batches of the oldest unacknowledged ones, and the result
  * goes only once every event is acknowledged. Failures are retried with
  * exponential backoff and jitter (honouring Retry-After) while the spool
- * keeps everything; 409 drops the run; other 4xx answers are logged as
- * errors and, after a few, the run is given up (its record kept aside). */
+ * keeps everything. What an answer asks of the run's owner (the scheduler)
+ * is a verdict it takes after the answers are in: 409 drops the run; other
+ * 4xx answers are logged as errors and, after a few, the run is given up (its
+ * record kept aside); an events answer may ask for the run to be cancelled.
+ * Delivery never calls back into its owner. */
 #ifndef JOBVISOR_DELIVERY_H
 #define JOBVISOR_DELIVERY_H
 
@@ -19,6 +22,10 @@
 #define DELIVERY_MAX_REJECTS 5
 
 void delivery_init(struct srun *run);
+/* The verdict of the answers since the last call, and whether one of them
+ * asked to cancel the run; resets both. *why (for DROP and REJECT) is
+ * borrowed from run until the next answer. */
+enum delivery_verdict delivery_take_verdict(struct srun *run, bool *cancel, const char **why);
 void delivery_abort(struct srun *run);
 /* Something to send: unacknowledged events, or the result after them. */
 bool delivery_has_work(const struct srun *run);

@@ -507,13 +507,29 @@ static cJSON *build_spec(const struct jobrun_spec *s)
 	return j;
 }
 
+/* How the child failed before exec, sent through a CLOEXEC pipe: the parent
+ * reads EOF when execv succeeded, or this. */
+enum exec_stage { EXEC_FDS = 1, EXEC_CWD, EXEC_USER, EXEC_EXEC };
+struct exec_fail {
+	int stage; /* enum exec_stage */
+	int err;   /* errno */
+};
+
+static void child_fail(int errfd, enum exec_stage stage)
+{
+	struct exec_fail f = {stage, errno};
+	(void)!write(errfd, &f, sizeof(f));
+	_exit(127);
+}
+
 /* Between fork and exec: system calls only. */
-static void child_exec(int spec_fd, int ev_fd, pid_t parent, int uid, int gid, char **argv)
+static void child_exec(int spec_fd, int ev_fd, int err_fd, pid_t parent, int uid, int gid,
+                       char **argv)
 {
 	setpgid(0, 0);
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != parent)
-		_exit(127);
+		_exit(127); /* nobody is reading */
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
@@ -531,29 +547,61 @@ static void child_exec(int spec_fd, int ev_fd, pid_t parent, int uid, int gid, c
 			rl.rlim_cur = CHILD_NOFILE;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
+	/* Clear of the dup2s below (it is CLOEXEC already). */
+	int f2 = err_fd > JV_CHILD_EVENT_FD ? err_fd : fcntl(err_fd, F_DUPFD_CLOEXEC, JV_CHILD_EVENT_FD + 1);
+	if (f2 < 0)
+		_exit(127);
 	int s2 = fcntl(spec_fd, F_DUPFD, 10);
 	int e2 = fcntl(ev_fd, F_DUPFD, 10);
 	int devnull = open("/dev/null", O_RDWR);
 	if (s2 < 0 || e2 < 0 || devnull < 0)
-		_exit(127);
+		child_fail(f2, EXEC_FDS);
 	dup2(devnull, STDIN_FILENO);
 	dup2(STDERR_FILENO, STDOUT_FILENO);
 	dup2(s2, JV_CHILD_SPEC_FD);
 	dup2(e2, JV_CHILD_EVENT_FD);
-	jv_close_fds_from(JV_CHILD_EVENT_FD + 1, NULL, 0);
+	jv_close_fds_from(JV_CHILD_EVENT_FD + 1, &f2, 1);
 	if (chdir("/") < 0)
-		_exit(127);
+		child_fail(f2, EXEC_CWD);
 	if (gid >= 0 && getuid() == 0) {
 		if (setgroups(0, NULL) < 0 || setgid((gid_t)gid) < 0)
-			_exit(126);
+			child_fail(f2, EXEC_USER);
 	}
 	if (uid >= 0 && getuid() == 0) {
 		if (setuid((uid_t)uid) < 0)
-			_exit(126);
+			child_fail(f2, EXEC_USER);
 	}
 	prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 	execv("/proc/self/exe", argv);
-	_exit(127);
+	child_fail(f2, EXEC_EXEC);
+}
+
+/* Wait for the child's exec: 0 once it happened, or -errno (logged) when the
+ * child failed before it (and has been reaped). */
+static int wait_exec(struct jobrun *r, pid_t pid, int errfd, int uid)
+{
+	static const char *const what[] = {
+		[EXEC_FDS] = "cannot set up the job-run child's descriptors",
+		[EXEC_CWD] = "cannot change the job-run child to '/'",
+		[EXEC_USER] = "cannot switch the job-run child to the run user",
+		[EXEC_EXEC] = "cannot execute /proc/self/exe for the job-run child",
+	};
+	struct exec_fail f;
+	ssize_t n;
+	do {
+		n = read(errfd, &f, sizeof(f));
+	} while (n < 0 && errno == EINTR);
+	if (n != (ssize_t)sizeof(f))
+		return 0; /* EOF: exec closed the pipe */
+	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+		;
+	bool known = f.stage >= EXEC_FDS && f.stage <= EXEC_EXEC;
+	if (f.stage == EXEC_USER)
+		jv_error(r->job_id, r->run_id, "%s (uid %d): %s", what[f.stage], uid, strerror(f.err));
+	else
+		jv_error(r->job_id, r->run_id, "%s: %s", known ? what[f.stage] : "job-run child failed",
+		         strerror(f.err));
+	return f.err > 0 ? -f.err : -EIO;
 }
 
 int jobrun_start(const struct jobrun_spec *spec, const struct jobrun_ops *ops, void *ud,
@@ -575,7 +623,7 @@ int jobrun_start(const struct jobrun_spec *spec, const struct jobrun_ops *ops, v
 	r->grace_s = spec->cancel_grace_s > 0 ? spec->cancel_grace_s : DEFAULT_GRACE_S;
 	r->log_tokens = LOG_BURST;
 	jv_buf_init(&r->in, MAX_EVENT_LINE);
-	int rc = 0, spec_fd = -1, pipefd[2] = {-1, -1};
+	int rc = 0, spec_fd = -1, pipefd[2] = {-1, -1}, errpipe[2] = {-1, -1};
 
 	cJSON *sj = build_spec(spec);
 	char *stext = sj ? cJSON_PrintUnformatted(sj) : NULL;
@@ -592,7 +640,7 @@ int jobrun_start(const struct jobrun_spec *spec, const struct jobrun_ops *ops, v
 	rc = jv_write_all(spec_fd, stext, strlen(stext));
 	if (rc < 0)
 		goto fail;
-	if (pipe2(pipefd, O_CLOEXEC) < 0) {
+	if (pipe2(pipefd, O_CLOEXEC) < 0 || pipe2(errpipe, O_CLOEXEC) < 0) {
 		rc = -errno;
 		goto fail;
 	}
@@ -606,8 +654,14 @@ int jobrun_start(const struct jobrun_spec *spec, const struct jobrun_ops *ops, v
 		goto fail;
 	}
 	if (pid == 0)
-		child_exec(spec_fd, pipefd[1], parent, spec->run_uid, spec->run_gid, argv);
+		child_exec(spec_fd, pipefd[1], errpipe[1], parent, spec->run_uid, spec->run_gid, argv);
 	setpgid(pid, pid); /* also in the parent: no window where a signal misses the group */
+	close(errpipe[1]);
+	errpipe[1] = -1;
+	rc = wait_exec(r, pid, errpipe[0], spec->run_uid);
+	if (rc)
+		goto fail;
+	close(errpipe[0]);
 	close(pipefd[1]);
 	close(spec_fd);
 	free(stext);
@@ -624,6 +678,9 @@ int jobrun_start(const struct jobrun_spec *spec, const struct jobrun_ops *ops, v
 	emit(r, "status", "RUNNING", -1, "started", NULL, 0);
 	return 0;
 fail:
+	for (int i = 0; i < 2; i++)
+		if (errpipe[i] >= 0)
+			close(errpipe[i]);
 	if (pipefd[0] >= 0)
 		close(pipefd[0]);
 	if (pipefd[1] >= 0)

@@ -1,142 +1,80 @@
-/* loop.c — wait, dispatch, repeat: signals, child pipes, HTTP, timers.
+/* loop.c — wait, dispatch, repeat.
  *
- * Order within one pass: start what is due (poll, deliveries — which fsync
- * the spool first, so all events read in the previous pass share one
- * fdatasync), wait, then handle signals, child output, finished HTTP
- * requests, expired timers, and free what is done. Runs are only freed in
- * housekeeping at the end of a pass, so pointers gathered for the wait stay
- * valid while it is handled. */
+ * Order within one pass: every source's prepare() (a source that decides the
+ * work is over calls loop_stop() there, and the loop returns before the next
+ * source runs), one wait on every source's descriptors with the earliest
+ * deadline as timeout, ready() per ready descriptor in the order they were
+ * filled, then every after(). A source frees what its descriptors point to
+ * only in after(), so tags gathered for the wait stay valid while it is
+ * handled. */
 #include "loop.h"
 
 #include <errno.h>
-#include <signal.h>
 #include <string.h>
-#include <sys/signalfd.h>
 #include <time.h>
-#include <unistd.h>
 
-#include "delivery.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
-#include "poller.h"
-#include "scheduler.h"
-#include "transport.h"
 
-#define MAX_FDS (1 + CONFIG_CAPACITY_MAX + 15) /* signalfd + one pipe per run */
 #define MAX_SLEEP_MS (3600 * 1000)
 
-int loop_signals_init(struct agent *ag)
+void loop_init(struct loop *l, loop_wait_fn wait, void *wait_ud)
 {
-	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGCHLD);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
-	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
-		return -errno;
-	signal(SIGPIPE, SIG_IGN); /* job-run children reset every disposition */
-	ag->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-	return ag->sigfd < 0 ? -errno : 0;
+	*l = (struct loop){.wait = wait, .wait_ud = wait_ud};
 }
 
-void loop_signals_close(struct agent *ag)
+void loop_add(struct loop *l, struct loop_source *src)
 {
-	if (ag->sigfd >= 0)
-		close(ag->sigfd);
-	ag->sigfd = -1;
+	struct loop_source **p = &l->sources;
+	while (*p)
+		p = &(*p)->next;
+	src->next = NULL;
+	*p = src;
 }
 
-static void on_signals(struct agent *ag)
+void loop_stop(struct loop *l)
 {
-	struct signalfd_siginfo si;
-	bool reap = false, reload = false;
+	l->stop = true;
+}
+
+static int wait_events(struct loop *l, struct pollfd *fds, unsigned n, int timeout_ms)
+{
+	if (l->wait)
+		return l->wait(l->wait_ud, fds, n, timeout_ms);
+	return poll(fds, n, timeout_ms) < 0 && errno != EINTR ? -errno : 0;
+}
+
+int loop_run(struct loop *l)
+{
+	struct pollfd fds[LOOP_MAX_FDS];
+	void *tags[LOOP_MAX_FDS];
+	struct loop_source *owners[LOOP_MAX_FDS];
+	l->stop = false;
 	for (;;) {
-		ssize_t n = read(ag->sigfd, &si, sizeof(si));
-		if (n != (ssize_t)sizeof(si))
-			break;
-		switch (si.ssi_signo) {
-		case SIGCHLD:
-			reap = true;
-			break;
-		case SIGHUP:
-			reload = true;
-			break;
-		case SIGTERM:
-		case SIGINT:
-			if (!ag->stopping) {
-				jv_info(NULL, NULL, "%s received: shutting down",
-				        jv_signal_name((int)si.ssi_signo));
-				agent_begin_shutdown(ag);
-			} else if (!ag->hard_stop) {
-				jv_warn(NULL, NULL, "%s received again: killing job runs and exiting now",
-				        jv_signal_name((int)si.ssi_signo));
-				ag->hard_stop = true;
-				scheduler_kill_all(ag);
-				ag->killed = true;
-			}
-			break;
-		default:
-			break;
+		int64_t now = jv_now_mono_ms(), next = INT64_MAX;
+		for (struct loop_source *s = l->sources; s; s = s->next) {
+			int64_t d = s->prepare ? s->prepare(s->ud, now) : INT64_MAX;
+			if (l->stop)
+				return 0;
+			if (d < next)
+				next = d;
 		}
-	}
-	if (reap)
-		scheduler_reap(ag);
-	if (reload && !ag->stopping)
-		agent_reload(ag);
-}
-
-static int64_t min64(int64_t a, int64_t b)
-{
-	return a < b ? a : b;
-}
-
-/* During shutdown: kill at the grace deadline, exit once nothing is left. */
-static bool shutdown_done(struct agent *ag, int64_t now)
-{
-	size_t live = scheduler_live_children(ag);
-	if (live > 0 && !ag->killed && now >= ag->kill_at_ms) {
-		scheduler_kill_all(ag);
-		ag->killed = true;
-		if (ag->exit_by_ms < now + 1000)
-			ag->exit_by_ms = now + 1000;
-	}
-	if (live > 0)
-		return false;
-	return ag->hard_stop || delivery_settled(ag) || now >= ag->exit_by_ms;
-}
-
-int loop_run(struct agent *ag)
-{
-	struct pollfd fds[MAX_FDS];
-	struct srun *owners[MAX_FDS];
-	for (;;) {
-		int64_t now = jv_now_mono_ms();
-		if (ag->stopping && shutdown_done(ag, now))
-			break;
-		poller_tick(ag, now);
-		delivery_kick_all(ag, now);
-		if (ag->notify.watchdog_ms > 0 && now >= ag->watchdog_at_ms) {
-			sdnotify_send(&ag->notify, "WATCHDOG=1");
-			ag->watchdog_at_ms = now + ag->notify.watchdog_ms;
-		}
-
-		int64_t next = min64(poller_next_deadline(ag), delivery_next_deadline(ag));
-		next = min64(next, scheduler_next_deadline(ag));
-		if (ag->notify.watchdog_ms > 0)
-			next = min64(next, ag->watchdog_at_ms);
-		if (ag->stopping)
-			next = min64(next, ag->killed ? ag->exit_by_ms : min64(ag->kill_at_ms, ag->exit_by_ms));
 		int64_t wait = next == INT64_MAX ? MAX_SLEEP_MS : next - now;
 		if (wait < 0)
 			wait = 0;
 		if (wait > MAX_SLEEP_MS)
 			wait = MAX_SLEEP_MS;
 
-		fds[0] = (struct pollfd){.fd = ag->sigfd, .events = POLLIN};
-		owners[0] = NULL;
-		size_t n = 1 + scheduler_pollfds(ag, fds + 1, owners + 1, MAX_FDS - 1);
-		int rc = transport_wait(ag->tp, fds, (unsigned)n, (int)wait);
+		size_t n = 0;
+		for (struct loop_source *s = l->sources; s; s = s->next) {
+			if (!s->fds)
+				continue;
+			size_t k = s->fds(s->ud, fds + n, tags + n, LOOP_MAX_FDS - n);
+			for (size_t i = n; i < n + k; i++)
+				owners[i] = s;
+			n += k;
+		}
+		int rc = wait_events(l, fds, (unsigned)n, (int)wait);
 		if (rc) {
 			/* Should not happen; never let it turn into a busy loop. */
 			jv_warn(NULL, NULL, "waiting for events failed: %s", strerror(-rc));
@@ -144,14 +82,12 @@ int loop_run(struct agent *ag)
 			nanosleep(&pause, NULL);
 		}
 
-		if (fds[0].revents & POLLIN)
-			on_signals(ag);
-		for (size_t i = 1; i < n; i++)
-			if (fds[i].revents & (POLLIN | POLLHUP | POLLERR))
-				scheduler_on_readable(owners[i]);
-		transport_perform(ag->tp);
-		scheduler_on_timers(ag, jv_now_mono_ms());
-		scheduler_housekeeping(ag);
+		for (size_t i = 0; i < n; i++)
+			if (fds[i].revents)
+				owners[i]->ready(owners[i]->ud, tags[i], fds[i].revents);
+		now = jv_now_mono_ms();
+		for (struct loop_source *s = l->sources; s; s = s->next)
+			if (s->after)
+				s->after(s->ud, now);
 	}
-	return 0;
 }

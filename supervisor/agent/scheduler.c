@@ -17,7 +17,6 @@
 #include <string.h>
 
 #include "delivery.h"
-#include "poller.h"
 #include "jobvisor/jobrun.h"
 #include "jobvisor/ident.h"
 #include "jobvisor/jsonutil.h"
@@ -384,13 +383,8 @@ bool scheduler_assign(struct agent *ag, const cJSON *a)
 	return true;
 }
 
-bool scheduler_cancel(struct agent *ag, const char *run_id)
+static bool cancel_run(struct srun *run)
 {
-	struct srun *run = find_run(ag, run_id);
-	if (!run) {
-		jv_debug(NULL, run_id, "cancel for a run this agent does not hold");
-		return false;
-	}
 	if (!run->jr || run->finished || run->cancel_sent)
 		return false;
 	run->cancel_sent = true;
@@ -399,13 +393,23 @@ bool scheduler_cancel(struct agent *ag, const char *run_id)
 	return true;
 }
 
+bool scheduler_cancel(struct agent *ag, const char *run_id)
+{
+	struct srun *run = find_run(ag, run_id);
+	if (!run) {
+		jv_debug(NULL, run_id, "cancel for a run this agent does not hold");
+		return false;
+	}
+	return cancel_run(run);
+}
+
 static void stop_child(struct srun *run)
 {
 	if (run->jr && jobrun_pid(run->jr) > 0)
 		jobrun_kill(run->jr);
 }
 
-void scheduler_drop(struct srun *run, const char *why)
+static void drop_run(struct srun *run, const char *why)
 {
 	if (run->dropped)
 		return;
@@ -421,7 +425,7 @@ void scheduler_drop(struct srun *run, const char *why)
 	}
 }
 
-void scheduler_reject(struct srun *run, const char *why)
+static void reject_run(struct srun *run, const char *why)
 {
 	if (run->dropped)
 		return;
@@ -436,6 +440,26 @@ void scheduler_reject(struct srun *run, const char *why)
 		run->sr = NULL;
 		if (rc)
 			jv_warn(run->job_id, run->run_id, "cannot move run record: %s", strerror(-rc));
+	}
+}
+
+void scheduler_take_verdicts(struct agent *ag)
+{
+	for (struct srun *r = ag->runs; r; r = r->next) {
+		bool cancel;
+		const char *why;
+		switch (delivery_take_verdict(r, &cancel, &why)) {
+		case DELIVERY_CONTINUE:
+			break;
+		case DELIVERY_DROP:
+			drop_run(r, why);
+			break;
+		case DELIVERY_REJECT:
+			reject_run(r, why);
+			break;
+		}
+		if (cancel)
+			cancel_run(r);
 	}
 }
 
@@ -508,21 +532,22 @@ void scheduler_on_timers(struct agent *ag, int64_t now_ms)
 			jobrun_on_timer(r->jr, now_ms);
 }
 
-void scheduler_housekeeping(struct agent *ag)
+size_t scheduler_housekeeping(struct agent *ag)
 {
+	size_t freed = 0;
 	struct srun *r = ag->runs;
 	while (r) {
 		struct srun *next = r->next;
 		if (r->jr && jobrun_pid(r->jr) == 0 && (jobrun_finished(r->jr) || r->dropped)) {
 			jobrun_free(r->jr);
 			r->jr = NULL;
-			if (!ag->stopping)
-				poller_poll_now(ag); /* a slot is free: ask for more work now */
+			freed++;
 		}
 		if (!r->jr && !r->sr)
 			run_unlink_free(ag, r);
 		r = next;
 	}
+	return freed;
 }
 
 void scheduler_cancel_all(struct agent *ag, const char *reason)

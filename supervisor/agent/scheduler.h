@@ -43,11 +43,11 @@ bool scheduler_assign(struct agent *ag, const cJSON *assignment);
 /* The control plane asked to cancel run_id. Returns true when this is news
  * (a live run not yet asked to stop). */
 bool scheduler_cancel(struct agent *ag, const char *run_id);
-/* The control plane answered 409: stop the child, drop the record. */
-void scheduler_drop(struct srun *run, const char *why);
-/* Give up on a run the control plane keeps refusing (other 4xx): stop the
- * child and move its record to runs/.rejected/. */
-void scheduler_reject(struct srun *run, const char *why);
+/* Act on what delivery asked since the last call (delivery_take_verdict):
+ * 409 stops the child and drops the record; a run the control plane keeps
+ * refusing (other 4xx) is stopped and its record moved to runs/.rejected/;
+ * cancelRequested cancels it. */
+void scheduler_take_verdicts(struct agent *ag);
 
 /* Free slots for new runs (0 while stopping). */
 int scheduler_free_slots(const struct agent *ag);
@@ -56,13 +56,14 @@ size_t scheduler_held(const struct agent *ag); /* runs with a record (running or
 /* [{jobRunId, lastSeq}] for every run held; returned-owned (cJSON_Delete). */
 cJSON *scheduler_running_json(const struct agent *ag);
 
-/* Event loop hooks: child pipes, SIGCHLD, timers, housekeeping. */
+/* For the event loop (agent.c wires them): child pipes, SIGCHLD, timers, housekeeping. */
 size_t scheduler_pollfds(struct agent *ag, struct pollfd *fds, struct srun **owners, size_t max);
 void scheduler_on_readable(struct srun *run);
 void scheduler_reap(struct agent *ag);
 int64_t scheduler_next_deadline(const struct agent *ag);
 void scheduler_on_timers(struct agent *ag, int64_t now_ms);
-void scheduler_housekeeping(struct agent *ag);
+/* Free finished children and delivered runs. Returns how many slots it freed. */
+size_t scheduler_housekeeping(struct agent *ag);
 
 /* Cancel every live run with reason "shutdown" / SIGKILL them all. */
 void scheduler_cancel_all(struct agent *ag, const char *reason);

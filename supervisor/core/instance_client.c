@@ -182,10 +182,17 @@ int jv_instance_read_state(const char *instance_dir, cJSON **out)
 	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0)
 		return -errno;
+	int rc = jv_instance_read_state_at(dfd, out);
+	close(dfd);
+	return rc;
+}
+
+int jv_instance_read_state_at(int jv_fd, cJSON **out)
+{
+	*out = NULL;
 	char *text = NULL;
 	size_t len = 0;
-	int rc = jv_read_file_at(dfd, "state.json", 64 * 1024, &text, &len);
-	close(dfd);
+	int rc = jv_read_file_at(jv_fd, "state.json", 64 * 1024, &text, &len);
 	if (rc)
 		return rc;
 	cJSON *o = jv_json_parse(text, len);

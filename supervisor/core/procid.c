@@ -1,9 +1,10 @@
 /* procid.c — pid + start time + boot id identity, pidfd helpers.
  *
- * /proc/PID/stat is parsed after the last ')' because the command name in
- * field 2 may contain spaces and parentheses. */
+ * /proc/PID/stat is parsed here only (jv_proc_stat), after the last ')'
+ * because the command name in field 2 may contain spaces and parentheses. */
 #include "jobvisor/procid.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -21,68 +22,95 @@
 #define SYS_pidfd_send_signal 424
 #endif
 
-/* Fields after the command: index 0 is field 3 (state). */
-static int read_stat_fields(pid_t pid, char *buf, size_t len, char **after)
+/* The fields after the command name, which may hold spaces and ')'. */
+static int parse_stat(const char *line, struct jv_proc_stat *st)
 {
-	char path[64];
-	snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	const char *rp = strrchr(line, ')');
+	if (!rp || rp[1] != ' ' || !rp[2])
+		return -EINVAL;
+	memset(st, 0, sizeof(*st));
+	st->state = rp[2];
+	const char *p = rp + 3;
+	for (int field = 4; field <= 22; field++) {
+		if (*p != ' ')
+			return -EINVAL;
+		p++;
+		char *end;
+		errno = 0;
+		long long v = strtoll(p, &end, 10);
+		if (errno || end == p)
+			return -EINVAL;
+		switch (field) {
+		case 4: st->ppid = (pid_t)v; break;
+		case 5: st->pgid = (pid_t)v; break;
+		case 6: st->sid = (pid_t)v; break;
+		case 22: st->start_time = (uint64_t)v; break;
+		default: break;
+		}
+		p = end;
+	}
+	return 0;
+}
+
+static int read_stat_at(int dirfd, const char *path, struct jv_proc_stat *st)
+{
+	char buf[1024];
+	int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return errno == ENOENT ? -ESRCH : -errno;
-	ssize_t n = read(fd, buf, len - 1);
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
 	int err = errno;
 	close(fd);
 	if (n <= 0)
 		return n < 0 ? (err == ESRCH ? -ESRCH : -err) : -ESRCH;
 	buf[n] = '\0';
-	char *rp = strrchr(buf, ')');
-	if (!rp || rp[1] != ' ')
-		return -EINVAL;
-	*after = rp + 2;
-	return 0;
+	return parse_stat(buf, st);
 }
 
-/* Return field number `field` (1-based as in proc(5)) of the stat line. */
-static int stat_field(pid_t pid, int field, unsigned long long *out)
+int jv_proc_stat(pid_t pid, struct jv_proc_stat *st)
 {
-	char buf[1024], *p = NULL;
-	int rc = read_stat_fields(pid, buf, sizeof(buf), &p);
-	if (rc)
-		return rc;
-	for (int i = 3; i < field; i++) {
-		p = strchr(p, ' ');
-		if (!p)
-			return -EINVAL;
-		p++;
+	if (pid <= 0)
+		return -ESRCH;
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+	return read_stat_at(AT_FDCWD, path, st);
+}
+
+int jv_proc_each(jv_proc_visit fn, void *ud)
+{
+	DIR *d = opendir("/proc");
+	if (!d)
+		return -errno;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (e->d_name[0] < '1' || e->d_name[0] > '9')
+			continue;
+		char path[300];
+		snprintf(path, sizeof(path), "%s/stat", e->d_name);
+		struct jv_proc_stat st;
+		if (read_stat_at(dirfd(d), path, &st) == 0 && fn(ud, (pid_t)atol(e->d_name), &st))
+			break;
 	}
-	char *end;
-	errno = 0;
-	*out = strtoull(p, &end, 10);
-	if (errno || end == p)
-		return -EINVAL;
+	closedir(d);
 	return 0;
 }
 
 int jv_proc_start_time(pid_t pid, uint64_t *out)
 {
-	if (pid <= 0)
-		return -ESRCH;
-	unsigned long long v;
-	int rc = stat_field(pid, 22, &v);
+	struct jv_proc_stat st;
+	int rc = jv_proc_stat(pid, &st);
 	if (rc == 0)
-		*out = v;
+		*out = st.start_time;
 	return rc;
 }
 
 int jv_proc_pgid_sid(pid_t pid, pid_t *pgid, pid_t *sid)
 {
-	unsigned long long g, s;
-	int rc = stat_field(pid, 5, &g);
-	if (rc == 0)
-		rc = stat_field(pid, 6, &s);
+	struct jv_proc_stat st;
+	int rc = jv_proc_stat(pid, &st);
 	if (rc == 0) {
-		*pgid = (pid_t)g;
-		*sid = (pid_t)s;
+		*pgid = st.pgid;
+		*sid = st.sid;
 	}
 	return rc;
 }

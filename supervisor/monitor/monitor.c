@@ -1,7 +1,8 @@
 /* monitor.c — the instance monitor's poll loop and state machine.
  *
  * States STARTING -> RUNNING -> STOPPING -> STOPPED, with BACKOFF and CRASHED
- * on unrequested exits. The command line, detaching, the lock and adoption
+ * on unrequested exits: the table actions[state][event] below says what each
+ * event does in each state; detecting the events is the loop's job. The command line, detaching, the lock and adoption
  * live in monitor_setup.c; spawning and killing in monitor_proc.c, console
  * capture in monitor_console.c, state.json in monitor_state.c and the socket
  * in monitor_sock.c.
@@ -41,6 +42,7 @@ const char *mon_state_name(enum mon_state st)
 	case MON_STOPPED: return "STOPPED";
 	case MON_CRASHED: return "CRASHED";
 	case MON_BACKOFF: return "BACKOFF";
+	case MON_NSTATES: break;
 	}
 	return "UNKNOWN";
 }
@@ -143,41 +145,51 @@ static void begin_stop(struct monitor *m, bool force, bool console_sent)
 	}
 }
 
+/* EV_STOP while STARTING or RUNNING. */
+static bool stop_live(struct monitor *m, bool force)
+{
+	m->stop_requested = true;
+	begin_stop(m, force, false);
+	return true;
+}
+
+/* EV_STOP while STOPPING: only force changes anything (straight to SIGKILL). */
+static bool stop_again(struct monitor *m, bool force)
+{
+	m->stop_requested = true;
+	if (force && (m->phase == PH_CONSOLE || m->phase == PH_SIGNAL))
+		begin_kill_step(m, jv_now_mono_ms());
+	return true;
+}
+
+/* EV_STOP while waiting to restart: nothing runs, so it is stopped now. */
+static bool stop_in_backoff(struct monitor *m, bool force)
+{
+	m->stop_requested = true;
+	mon_set_state(m, MON_STOPPED, "stopped while waiting to restart");
+	return true;
+}
+
+/* EV_CONSOLE_STOP: an operator typing the stop command means "stop", not "crash". */
+static bool console_stop(struct monitor *m, bool force)
+{
+	m->stop_requested = true;
+	begin_stop(m, false, true);
+	return true;
+}
+
 void mon_request_stop(struct monitor *m, bool force, double timeout_s)
 {
 	if (timeout_s > 0)
 		m->stop_timeout_s = timeout_s;
-	switch (m->state) {
-	case MON_STOPPED:
-	case MON_CRASHED:
-		return;
-	case MON_BACKOFF:
-		m->stop_requested = true;
-		mon_set_state(m, MON_STOPPED, "stopped while waiting to restart");
-		return;
-	case MON_STOPPING:
-		m->stop_requested = true;
-		if (force && (m->phase == PH_CONSOLE || m->phase == PH_SIGNAL))
-			begin_kill_step(m, jv_now_mono_ms());
-		return;
-	case MON_STARTING:
-	case MON_RUNNING:
-		m->stop_requested = true;
-		begin_stop(m, force, false);
-		return;
-	}
+	mon_event(m, EV_STOP, force);
 }
 
 bool mon_console_is_stop(struct monitor *m, const char *line)
 {
 	if (!m->spec || !m->spec->stop_command || strcmp(line, m->spec->stop_command) != 0)
 		return false;
-	if (m->state != MON_STARTING && m->state != MON_RUNNING)
-		return false;
-	/* An operator typing the stop command means "stop", not "crash". */
-	m->stop_requested = true;
-	begin_stop(m, false, true);
-	return true;
+	return mon_event(m, EV_CONSOLE_STOP, false);
 }
 
 /* The spec is re-read before each spawn so a restart picks up a new build or
@@ -222,14 +234,20 @@ int mon_spawn(struct monitor *m, char *err, size_t errlen)
 	return rc;
 }
 
+/* EV_READY while STARTING. */
+static bool ready(struct monitor *m, bool force)
+{
+	m->deadline = -1;
+	m->ready_real = jv_now_real_ms();
+	mon_set_state(m, MON_RUNNING, "ready (pid %ld)", (long)m->pid);
+	return true;
+}
+
 void mon_on_console_line(struct monitor *m, const char *line)
 {
 	if (m->state == MON_STARTING && m->spec && m->spec->ready_pattern &&
-	    regexec(&m->spec->ready_re, line, 0, NULL, 0) == 0) {
-		m->deadline = -1;
-		m->ready_real = jv_now_real_ms();
-		mon_set_state(m, MON_RUNNING, "ready (pid %ld)", (long)m->pid);
-	}
+	    regexec(&m->spec->ready_re, line, 0, NULL, 0) == 0)
+		mon_event(m, EV_READY, false);
 }
 
 static bool is_success_code(const struct monitor *m, int code)
@@ -240,8 +258,8 @@ static bool is_success_code(const struct monitor *m, int code)
 	return false;
 }
 
-/* The whole tree is gone: decide what comes next. */
-static void after_exit(struct monitor *m)
+/* EV_TREE_EMPTY: the whole tree is gone: decide what comes next. */
+static bool after_exit(struct monitor *m, bool force)
 {
 	int64_t now = jv_now_mono_ms();
 	struct mon_exit *e = &m->last_exit;
@@ -253,7 +271,7 @@ static void after_exit(struct monitor *m)
 	con_log_note(m, "server exited: %s", e->reason);
 	if (m->stop_requested) {
 		mon_set_state(m, MON_STOPPED, "stopped: %s", e->reason);
-		return;
+		return true;
 	}
 	enum jv_restart_policy pol = m->spec ? m->spec->policy : JV_RESTART_NEVER;
 	bool clean = !e->unknown && e->signal == 0 && is_success_code(m, e->code) && !e->oom &&
@@ -264,7 +282,7 @@ static void after_exit(struct monitor *m)
 		else
 			mon_set_state(m, MON_CRASHED, "crashed: %s (restart policy %s)", e->reason,
 			              jv_restart_policy_name(pol));
-		return;
+		return true;
 	}
 	/* A restart. A long enough run forgives earlier crashes. */
 	if (e->uptime_ms >= (int64_t)(m->spec->stable_s * 1000))
@@ -279,7 +297,7 @@ static void after_exit(struct monitor *m)
 		mon_set_state(m, MON_CRASHED,
 		              "crash loop: %zu restarts within %.0fs (maxRestarts %d); last exit: %s",
 		              m->ncrash, m->spec->window_s, m->spec->max_restarts, e->reason);
-		return;
+		return true;
 	}
 	if (m->ncrash == JV_ARRAY_LEN(m->crash_times))
 		memmove(m->crash_times, m->crash_times + 1, sizeof(m->crash_times[0]) * (m->ncrash - 1)),
@@ -294,9 +312,11 @@ static void after_exit(struct monitor *m)
 	double delay = base * jitter;
 	m->restart_at = now + (int64_t)(delay * 1000);
 	mon_set_state(m, MON_BACKOFF, "%s; restart %u in %.1fs", e->reason, m->consecutive, delay);
+	return true;
 }
 
-static void on_leader_exit(struct monitor *m)
+/* EV_LEADER_EXIT: record how it ended, then sweep what it left behind. */
+static bool leader_exit(struct monitor *m, bool force)
 {
 	int64_t now = jv_now_mono_ms();
 	con_drain_output(m);
@@ -304,10 +324,8 @@ static void on_leader_exit(struct monitor *m)
 	m->last_exit.requested = m->stop_requested;
 	jv_info(NULL, NULL, "instance %s: server pid %ld exited: %s", m->instance_id, (long)m->pid,
 	        m->last_exit.reason);
-	if (proc_tree_empty(m)) {
-		after_exit(m);
-		return;
-	}
+	if (proc_tree_empty(m))
+		return after_exit(m, false);
 	/* Leftovers (children, double-forked daemons) get the stop signal, then
 	 * SIGKILL after a grace period; the next spawn must find nothing. */
 	proc_signal_tree(m, m->phase == PH_KILL ? SIGKILL : stop_signal(m));
@@ -315,66 +333,121 @@ static void on_leader_exit(struct monitor *m)
 	m->phase = PH_SWEEP;
 	m->deadline = now + SWEEP_GRACE_MS;
 	m->tick = now + SWEEP_TICK_MS;
+	return true;
+}
+
+/* EV_RESTART_DUE while in BACKOFF. */
+static bool restart(struct monitor *m, bool force)
+{
+	char err[512];
+	m->restart_at = -1;
+	m->restarts++;
+	if (mon_spawn(m, err, sizeof(err)) < 0) {
+		con_log_note(m, "restart failed: %s", err);
+		mon_set_state(m, MON_CRASHED, "restart failed: %s", err);
+	}
+	return true;
+}
+
+/* The deadline of each step of the stop ladder (m->phase). */
+
+static bool no_step_due(struct monitor *m, bool force)
+{
+	if (m->state == MON_STARTING) {
+		double t = m->spec ? m->spec->ready_timeout_s : 0;
+		con_log_note(m, "server not ready within %gs; stopping it", t);
+		m->ready_timed_out = true;
+		snprintf(m->message, sizeof(m->message), "not ready within %gs", t);
+		begin_signal_step(m, jv_now_mono_ms());
+	} else {
+		m->deadline = -1;
+	}
+	return true;
+}
+
+static bool console_step_due(struct monitor *m, bool force)
+{
+	con_log_note(m, "stop: no exit %gs after the console command", stop_timeout(m));
+	begin_signal_step(m, jv_now_mono_ms());
+	return true;
+}
+
+static bool signal_step_due(struct monitor *m, bool force)
+{
+	begin_kill_step(m, jv_now_mono_ms());
+	return true;
+}
+
+static bool kill_step_due(struct monitor *m, bool force)
+{
+	jv_error(NULL, NULL, "instance %s: server pid %ld survives SIGKILL (uninterruptible?)",
+	         m->instance_id, (long)m->pid);
+	proc_signal_tree(m, SIGKILL);
+	m->deadline = jv_now_mono_ms() + KILL_WAIT_MS;
+	return true;
+}
+
+static bool sweep_step_due(struct monitor *m, bool force)
+{
+	if (m->sweep_killed) {
+		jv_error(NULL, NULL, "instance %s: leftover processes survive SIGKILL; giving up",
+		         m->instance_id);
+		return after_exit(m, false);
+	}
+	proc_signal_tree(m, SIGKILL);
+	m->sweep_killed = true;
+	m->deadline = jv_now_mono_ms() + KILL_WAIT_MS;
+	return true;
+}
+
+/* EV_DEADLINE: the current step of the ladder is over. */
+static bool step_due(struct monitor *m, bool force)
+{
+	static mon_action *const ladder[] = {
+		[PH_NONE] = no_step_due,
+		[PH_CONSOLE] = console_step_due,
+		[PH_SIGNAL] = signal_step_due,
+		[PH_KILL] = kill_step_due,
+		[PH_SWEEP] = sweep_step_due,
+	};
+	return ladder[m->phase](m, force);
+}
+
+/* The state machine, in one place (s6-supervise's model): what each event
+ * does in each state. An empty cell: the event means nothing in that state.
+ * Within STOPPING (and a STARTING server that missed its ready line, or a
+ * server whose leftovers are being swept) the ladder above orders the steps. */
+static mon_action *const actions[MON_NSTATES][MON_NEVENTS] = {
+	/*               EV_STOP          EV_CONSOLE_STOP EV_READY EV_DEADLINE EV_LEADER_EXIT EV_TREE_EMPTY EV_RESTART_DUE */
+	[MON_STARTING] = {stop_live,       console_stop,   ready,   step_due,   leader_exit,   after_exit,   NULL},
+	[MON_RUNNING]  = {stop_live,       console_stop,   NULL,    step_due,   leader_exit,   after_exit,   NULL},
+	[MON_STOPPING] = {stop_again,      NULL,           NULL,    step_due,   leader_exit,   after_exit,   NULL},
+	[MON_BACKOFF]  = {stop_in_backoff, NULL,           NULL,    step_due,   NULL,          NULL,         restart},
+	[MON_STOPPED]  = {NULL},
+	[MON_CRASHED]  = {NULL},
+};
+
+bool mon_event(struct monitor *m, enum mon_event ev, bool force)
+{
+	mon_action *act = actions[m->state][ev];
+	return act ? act(m, force) : false;
 }
 
 static void on_timers(struct monitor *m, int64_t now)
 {
 	if (m->state == MON_BACKOFF && m->restart_at >= 0 && now >= m->restart_at) {
-		char err[512];
-		m->restart_at = -1;
-		m->restarts++;
-		if (mon_spawn(m, err, sizeof(err)) < 0) {
-			con_log_note(m, "restart failed: %s", err);
-			mon_set_state(m, MON_CRASHED, "restart failed: %s", err);
-		}
+		mon_event(m, EV_RESTART_DUE, false);
 		return;
 	}
 	if (m->phase == PH_SWEEP && m->tick >= 0 && now >= m->tick) {
 		m->tick = now + SWEEP_TICK_MS;
 		if (proc_tree_empty(m)) {
-			after_exit(m);
+			mon_event(m, EV_TREE_EMPTY, false);
 			return;
 		}
 	}
-	if (m->deadline < 0 || now < m->deadline)
-		return;
-	switch (m->phase) {
-	case PH_NONE:
-		if (m->state == MON_STARTING) {
-			double t = m->spec ? m->spec->ready_timeout_s : 0;
-			con_log_note(m, "server not ready within %gs; stopping it", t);
-			m->ready_timed_out = true;
-			snprintf(m->message, sizeof(m->message), "not ready within %gs", t);
-			begin_signal_step(m, now);
-		} else {
-			m->deadline = -1;
-		}
-		break;
-	case PH_CONSOLE:
-		con_log_note(m, "stop: no exit %gs after the console command", stop_timeout(m));
-		begin_signal_step(m, now);
-		break;
-	case PH_SIGNAL:
-		begin_kill_step(m, now);
-		break;
-	case PH_KILL:
-		jv_error(NULL, NULL, "instance %s: server pid %ld survives SIGKILL (uninterruptible?)",
-		         m->instance_id, (long)m->pid);
-		proc_signal_tree(m, SIGKILL);
-		m->deadline = now + KILL_WAIT_MS;
-		break;
-	case PH_SWEEP:
-		if (!m->sweep_killed) {
-			proc_signal_tree(m, SIGKILL);
-			m->sweep_killed = true;
-			m->deadline = now + KILL_WAIT_MS;
-		} else {
-			jv_error(NULL, NULL, "instance %s: leftover processes survive SIGKILL; giving up",
-			         m->instance_id);
-			after_exit(m);
-		}
-		break;
-	}
+	if (m->deadline >= 0 && now >= m->deadline)
+		mon_event(m, EV_DEADLINE, false);
 }
 
 static void on_signalfd(struct monitor *m)
@@ -397,9 +470,9 @@ static void on_signalfd(struct monitor *m)
 		}
 	}
 	if (chld && proc_on_sigchld(m))
-		on_leader_exit(m);
+		mon_event(m, EV_LEADER_EXIT, false);
 	else if (chld && m->phase == PH_SWEEP && proc_tree_empty(m))
-		after_exit(m);
+		mon_event(m, EV_TREE_EMPTY, false);
 }
 
 static void on_inotify(struct monitor *m)
@@ -492,7 +565,7 @@ int mon_run_loop(struct monitor *m)
 			case -3: con_on_readable(m); break;
 			case -4:
 				if (proc_on_pidfd(m))
-					on_leader_exit(m);
+					mon_event(m, EV_LEADER_EXIT, false);
 				break;
 			case -5: on_inotify(m); break;
 			default: sock_on_client(m, &m->clients[who[i]], p[i].revents); break;

@@ -23,7 +23,21 @@
 #include "jobvisor/procid.h"
 #include "jobvisor/util.h"
 
-enum mon_state { MON_STARTING, MON_RUNNING, MON_STOPPING, MON_STOPPED, MON_CRASHED, MON_BACKOFF };
+enum mon_state { MON_STARTING, MON_RUNNING, MON_STOPPING, MON_STOPPED, MON_CRASHED, MON_BACKOFF,
+                 MON_NSTATES };
+
+/* What can happen to an instance; mon_event() runs actions[state][event]
+ * (monitor.c). */
+enum mon_event {
+	EV_STOP,         /* a client, a signal or the deleted instance dir asks to stop (force: kill) */
+	EV_CONSOLE_STOP, /* the stop command was typed on the console (it has been sent) */
+	EV_READY,        /* the ready line was printed */
+	EV_DEADLINE,     /* the current step's deadline passed */
+	EV_LEADER_EXIT,  /* the server process exited */
+	EV_TREE_EMPTY,   /* nothing is left of the server's process tree */
+	EV_RESTART_DUE,  /* the backoff delay is over */
+	MON_NEVENTS
+};
 
 /* Steps of the stop ladder and of the clean-up after an exit. */
 enum mon_phase {
@@ -143,6 +157,9 @@ struct monitor {
 };
 
 /* monitor.c */
+typedef bool mon_action(struct monitor *m, bool force);
+/* Run what ev means in the current state. Returns false when it means nothing there. */
+bool mon_event(struct monitor *m, enum mon_event ev, bool force);
 int mon_run_loop(struct monitor *m);
 int mon_load_spec(struct monitor *m, char *err, size_t errlen);
 int mon_spawn(struct monitor *m, char *err, size_t errlen); /* load the spec, start, set state */
@@ -194,7 +211,6 @@ bool con_ready_in_log(struct monitor *m);
 /* monitor_state.c */
 cJSON *state_object(struct monitor *m);
 int state_write(struct monitor *m);
-int state_read(int jv_fd, cJSON **out);
 
 /* monitor_sock.c */
 int sock_listen(struct monitor *m);

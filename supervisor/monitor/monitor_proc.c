@@ -18,7 +18,6 @@
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -74,6 +73,20 @@ void proc_shed_inheritance(void)
 	setsid(); /* leave the job's session and process group (EPERM if already a leader) */
 }
 
+struct child_scan {
+	pid_t *out;
+	size_t max, n;
+	pid_t self;
+};
+
+static bool add_child(void *ud, pid_t pid, const struct jv_proc_stat *st)
+{
+	struct child_scan *cs = ud;
+	if (st->ppid == cs->self && cs->n < cs->max)
+		cs->out[cs->n++] = pid;
+	return cs->n >= cs->max;
+}
+
 /* Our children, from /proc/self/task/<tid>/children (single-threaded). */
 static size_t list_children(pid_t *out, size_t max)
 {
@@ -89,32 +102,9 @@ static size_t list_children(pid_t *out, size_t max)
 		return n;
 	}
 	/* Kernels without CONFIG_PROC_CHILDREN: scan /proc for our ppid. */
-	DIR *d = opendir("/proc");
-	if (!d)
-		return 0;
-	struct dirent *e;
-	pid_t self = getpid();
-	while (n < max && (e = readdir(d))) {
-		if (e->d_name[0] < '1' || e->d_name[0] > '9')
-			continue;
-		char spath[300], buf[512];
-		snprintf(spath, sizeof(spath), "/proc/%s/stat", e->d_name);
-		int fd = open(spath, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
-			continue;
-		ssize_t r = read(fd, buf, sizeof(buf) - 1);
-		close(fd);
-		if (r <= 0)
-			continue;
-		buf[r] = '\0';
-		char *rp = strrchr(buf, ')');
-		char st;
-		long ppid;
-		if (rp && sscanf(rp + 1, " %c %ld", &st, &ppid) == 2 && ppid == self)
-			out[n++] = (pid_t)atol(e->d_name);
-	}
-	closedir(d);
-	return n;
+	struct child_scan cs = {out, max, 0, getpid()};
+	jv_proc_each(add_child, &cs);
+	return cs.n;
 }
 
 /* Reap every exited child except the leader (kept as a zombie on purpose). */
@@ -127,36 +117,24 @@ static void reap_others(struct monitor *m)
 			waitpid(kids[i], NULL, WNOHANG);
 }
 
+struct group_scan {
+	pid_t pgid, leader;
+	bool found;
+};
+
+static bool find_member(void *ud, pid_t pid, const struct jv_proc_stat *st)
+{
+	struct group_scan *g = ud;
+	g->found = st->pgid == g->pgid && st->state != 'Z' && st->state != 'X' && pid != g->leader;
+	return g->found;
+}
+
 /* Is a live (non-zombie) process other than the leader in process group pgid? */
 static bool group_has_members(pid_t pgid, pid_t leader)
 {
-	DIR *d = opendir("/proc");
-	if (!d)
-		return false;
-	struct dirent *e;
-	bool found = false;
-	while (!found && (e = readdir(d))) {
-		if (e->d_name[0] < '1' || e->d_name[0] > '9')
-			continue;
-		char spath[300], buf[512];
-		snprintf(spath, sizeof(spath), "/proc/%s/stat", e->d_name);
-		int fd = open(spath, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
-			continue;
-		ssize_t r = read(fd, buf, sizeof(buf) - 1);
-		close(fd);
-		if (r <= 0)
-			continue;
-		buf[r] = '\0';
-		char *rp = strrchr(buf, ')');
-		char st;
-		long ppid, pg;
-		if (rp && sscanf(rp + 1, " %c %ld %ld", &st, &ppid, &pg) == 3 && pg == pgid &&
-		    st != 'Z' && st != 'X' && atol(e->d_name) != leader)
-			found = true;
-	}
-	closedir(d);
-	return found;
+	struct group_scan g = {pgid, leader, false};
+	jv_proc_each(find_member, &g);
+	return g.found;
 }
 
 void proc_signal_tree(struct monitor *m, int sig)

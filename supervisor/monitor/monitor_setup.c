@@ -13,6 +13,7 @@
 #include "jobvisor/commands.h"
 #include "jobvisor/durable.h"
 #include "jobvisor/ident.h"
+#include "jobvisor/instance_client.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 
@@ -185,7 +186,7 @@ static int setup_signals(struct monitor *m)
 static bool try_adopt(struct monitor *m, char *prev_state, size_t len)
 {
 	cJSON *prev = NULL;
-	if (state_read(m->jv_fd, &prev) < 0)
+	if (jv_instance_read_state_at(m->jv_fd, &prev) < 0)
 		return false;
 	bool adopted = false;
 	pid_t pid = (pid_t)jv_json_int(prev, "pid", 0);

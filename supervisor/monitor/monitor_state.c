@@ -132,21 +132,3 @@ int state_write(struct monitor *m)
 		         m->instance_id, strerror(-rc));
 	return rc;
 }
-
-int state_read(int jv_fd, cJSON **out)
-{
-	*out = NULL;
-	char *text = NULL;
-	size_t len = 0;
-	int rc = jv_read_file_at(jv_fd, "state.json", 64 * 1024, &text, &len);
-	if (rc)
-		return rc;
-	cJSON *o = jv_json_parse(text, len);
-	free(text);
-	if (!cJSON_IsObject(o)) {
-		cJSON_Delete(o);
-		return -EINVAL;
-	}
-	*out = o;
-	return 0;
-}

@@ -127,6 +127,28 @@ class Params(JobvisorTestCase):
     SCRIPT = """return { type = "P", params = { name = "string", count = "integer?", opts = "object?" },
   run = function(job) return { n = job.params.count or 0 } end }"""
 
+    def test_child_failing_before_exec_says_why(self):
+        # With too few descriptors the job-run child cannot set itself up
+        # before exec: the reason reaches `jobvisor run` through the CLOEXEC
+        # pipe, never as a bare "exited with status 127".
+        import resource
+        path = self.script('return { type = "T", run = function(job) return { ok = true } end }')
+        explained = completed = 0
+        for limit in range(5, 33):
+            def low_nofile(limit=limit):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+            p = subprocess.run(self.cmd(path, "test1", None, (), True), capture_output=True,
+                               text=True, timeout=60, preexec_fn=low_nofile)
+            self.assertNotIn("without reporting a result", p.stdout + p.stderr, limit)
+            if "cannot set up the job-run child's descriptors" in p.stderr:
+                self.assertEqual(p.returncode, 1, p.stderr)
+                self.assertIn("cannot start the job-run child", p.stderr)
+                explained += 1
+            elif p.returncode == 0:
+                completed += 1
+        self.assertGreater(explained, 0)
+        self.assertGreater(completed, 0)
+
     def test_missing_required_param(self):
         r = self.run_job(self.script(self.SCRIPT), params={})
         self.assertEqual(r.code, 1)

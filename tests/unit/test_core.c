@@ -10,10 +10,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <dirent.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 
 #include "jobvisor/durable.h"
 #include "jobvisor/ident.h"
 #include "jobvisor/jsonutil.h"
+#include "jobvisor/procid.h"
 #include "jobvisor/util.h"
 
 Test(ident, accepts_valid_identifiers)
@@ -228,4 +231,55 @@ Test(jsonutil, parse_refuses_hostile_nesting)
 	cJSON *j = jv_json_parse(ok, strlen(ok));
 	cr_assert_not_null(j);
 	cJSON_Delete(j);
+}
+
+struct seen {
+	pid_t want;
+	bool found;
+	struct jv_proc_stat st;
+};
+
+static bool look_for(void *ud, pid_t pid, const struct jv_proc_stat *st)
+{
+	struct seen *s = ud;
+	if (pid != s->want)
+		return false;
+	s->found = true;
+	s->st = *st;
+	return true;
+}
+
+Test(procid, stat_parser_survives_hostile_command_names)
+{
+	int ready[2];
+	cr_assert_eq(pipe(ready), 0);
+	pid_t kid = fork();
+	cr_assert_geq(kid, 0);
+	if (kid == 0) {
+		setpgid(0, 0);
+		prctl(PR_SET_NAME, "x) S 1 1 1 (y");
+		(void)!write(ready[1], "r", 1);
+		pause();
+		_exit(0);
+	}
+	char c;
+	cr_assert_eq(read(ready[0], &c, 1), 1);
+	struct jv_proc_stat st;
+	cr_assert_eq(jv_proc_stat(kid, &st), 0);
+	cr_expect_eq(st.ppid, getpid());
+	cr_expect_eq(st.pgid, kid);
+	cr_expect_eq(st.sid, getsid(0));
+	uint64_t t0 = 0;
+	cr_expect_eq(jv_proc_start_time(kid, &t0), 0);
+	cr_expect_eq(t0, st.start_time);
+	cr_expect_gt(st.start_time, 0);
+	struct seen s = {.want = kid};
+	cr_expect_eq(jv_proc_each(look_for, &s), 0);
+	cr_expect(s.found);
+	cr_expect_eq(s.st.pgid, kid);
+	kill(kid, SIGKILL);
+	waitpid(kid, NULL, 0);
+	cr_expect_eq(jv_proc_stat(kid, &st), -ESRCH);
+	close(ready[0]);
+	close(ready[1]);
 }
