@@ -85,6 +85,7 @@ struct fconn {
 	size_t body_seen;        /* body bytes parsed so far */
 	bool in_value;           /* http_parser header callbacks: value follows field */
 	size_t url_len;          /* request target bytes seen */
+	char path[16];           /* its start, enough to recognise "/v1/ws" */
 	int cur;                 /* header being read: 0 other, 1 Authorization, 2 Expect */
 	int nauth;
 	char field[24];
@@ -295,9 +296,18 @@ static int on_url(http_parser *p, const char *at, size_t len)
 			                    : "the request target must be ASCII (percent-encode other bytes)";
 			return 1;
 		}
+		if (c->url_len < sizeof(c->path) - 1)
+			c->path[c->url_len] = (char)ch;
 		c->url_len++;
 	}
 	return 0;
+}
+
+/* The one place that upgrades: GET /v1/ws (query allowed). Elsewhere an
+ * upgrade would make the rest of the connection an unbounded tunnel. */
+static bool upgrade_allowed(const struct fconn *c)
+{
+	return c->hp.method == HTTP_GET && strncmp(c->path, "/v1/ws", 6) == 0 && (c->path[6] == '\0' || c->path[6] == '?');
 }
 
 static bool is_tchar(unsigned char ch)
@@ -408,6 +418,11 @@ static void head_complete(struct front *f, struct fconn *c, size_t head_len)
 		/* civetweb would use the first; say no rather than guess. */
 		c->reject = 400;
 		c->reject_msg = "more than one Authorization header";
+		return;
+	}
+	if (c->upgrade && !upgrade_allowed(c)) {
+		c->reject = 400;
+		c->reject_msg = "only GET /v1/ws can be upgraded (to a WebSocket)";
 		return;
 	}
 	bool has_len = c->hp.flags & F_CONTENTLENGTH;

@@ -87,6 +87,9 @@ REQUESTS = [
     ("token-not-bearer", _req(b"GET", b"/v1/jobs", token=None, headers=b"Authorization: Basic YTpi\r\n"), {401}),
     ("token-twice", _req(b"GET", b"/v1/jobs", headers=b"Authorization: Bearer {ADMIN}\r\n"), BAD),
     ("token-of-wrong-kind", _req(b"GET", b"/v1/jobs", token=b"{AGENT}"), {403}),
+    ("upgrade-elsewhere", _req(b"POST", b"/v1/agents/agent-1/poll", b"{}", token=b"{AGENT}",
+                               headers=b"Connection: Upgrade\r\nUpgrade: websocket\r\n"), BAD),
+    ("connect-method", b"CONNECT 127.0.0.1:22 HTTP/1.1\r\n" + _HOST + b"\r\n", BAD),
     # path tricks
     ("dot-segments", _req(b"GET", b"/v1/jobs/../../../etc/passwd"), {400, 404}),
     ("encoded-slashes", _req(b"GET", b"/v1/jobs/..%2f..%2fetc%2fpasswd"), {400, 404}),
