@@ -510,7 +510,10 @@ static void read_request(struct front *f, struct fconn *c)
 			refuse(f, c, !c->head_done ? 431 : c->authed ? 400 : 401);
 			return;
 		}
-		jv_buf_append(&c->req, chunk, (size_t)n);
+		if (jv_buf_append(&c->req, chunk, (size_t)n) < 0) {
+			answer(f, c, 503, "Retry-After: 1\r\n", "out of memory, try again");
+			return;
+		}
 		bool was_head = c->head_done;
 		size_t used = http_parser_execute(&c->hp, &parser_settings, chunk, (size_t)n);
 		enum http_errno e = HTTP_PARSER_ERRNO(&c->hp);
