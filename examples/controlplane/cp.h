@@ -1,6 +1,7 @@
 /* cp.h — the reference control plane's internal interfaces.
  *
- * jobvisor-cp is a small multi-threaded program: civetweb worker threads run
+ * jobvisor-cp is a small multi-threaded program: the accept front's thread
+ * (front.c) reads each request whole and relays it, civetweb worker threads run
  * the HTTP handlers, one broadcaster thread feeds WebSocket clients, and the
  * main thread waits for signals and runs the lease/ack/backoff sweep. All
  * durable state lives in SQLite (one connection); `struct cp.mu` serialises

@@ -16,13 +16,20 @@
  * (a larger body is answered 401 unread); only a valid token buys the 1 MiB
  * body budget and the body deadline. Each client address may have at most
  * FRONT_PENDING_PER_CLIENT requests still arriving: one more evicts the
- * oldest of them, as does a full connection table across addresses. A real
+ * oldest of them once it has had FRONT_EVICT_MIN_MS (else the newcomer is
+ * refused), as does a full connection table across addresses. A real
  * client's request arrives in one or two packets and is pending for
  * microseconds, so eviction hits those that dribble.
  *
- * Answers given by the front itself (400, 401, 408, 431) are JSON like the
- * API's. Threads: one, its own; it reads the token table (fixed after start)
- * and nothing else of struct cp. */
+ * The front is also where malformed HTTP stops: framing errors, repeated or
+ * conflicting Content-Length, bad chunking, header names that are not
+ * tokens, request targets that are not ASCII paths, a second Authorization
+ * header, and upgrades anywhere but GET /v1/ws. Its own answers (400, 401,
+ * 408, 431, 503) are JSON like the API's. civetweb sees every connection as
+ * coming from 127.0.0.1.
+ *
+ * Threads: one, its own; it reads the token table (fixed after start) and
+ * nothing else of struct cp. */
 #include "cp.h"
 
 #include <arpa/inet.h>
