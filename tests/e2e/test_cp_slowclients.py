@@ -1,8 +1,9 @@
 """Slow clients without a token cannot stall jobvisor-cp (issue 19, item 1).
 
 A bounded slowloris runs on 127.0.0.1 (the same address the real agent and
-the admin use): 200 sockets that each send a request head one byte at a time
-and open a new socket whenever the server drops one. Meanwhile a real
+the admin use): 200 sockets, a quarter of them silent and the rest sending a
+request head one byte at a time, opening a new socket whenever the server
+drops one. Meanwhile a real
 `jobvisor agent` long-polls and runs jobs, and an admin lists jobs. Their
 latency is measured before the attack (baseline) and during it; the attack
 stops by itself."""
@@ -49,7 +50,8 @@ class Slowloris:
         s.bind((self.source, 0))
         s.setblocking(False)
         s.connect_ex(("127.0.0.1", self.port))
-        sel.register(s, selectors.EVENT_READ, [0])
+        # [bytes sent, silent]: every fourth socket never sends a byte.
+        sel.register(s, selectors.EVENT_READ, [0, self.opened % 4 == 0])
         self.opened += 1
         return s
 
@@ -80,7 +82,7 @@ class Slowloris:
                     socks += [self._open(sel) for _ in range(self.sockets - len(socks))]
                     for s in socks:
                         pos = sel.get_key(s).data
-                        if pos[0] < len(HEAD) - 1:  # never finish the head
+                        if not pos[1] and pos[0] < len(HEAD) - 1:  # never finish the head
                             try:
                                 if s.send(HEAD[pos[0]:pos[0] + 1]) == 1:
                                     pos[0] += 1
@@ -151,6 +153,58 @@ class SlowClientsDoNotStarveAgentsOrAdmins(AgentTestCase):
         # the agent and the admin on 127.0.0.1 keep their latency.
         attack = self.measure_under(600, "127.0.0.2")
         self.assertGreaterEqual(attack.dropped_early, 600 - 256)
+
+    def test_deadlines_bound_the_whole_request_not_each_read(self):
+        """Each socket sends a byte every half second, so no single read ever
+        waits long: the head must still be complete within 10 s of the
+        connection, a token holder's body within 30 s of the head, and a
+        token-less request's body within the head's 10 s."""
+        def open_(head_bytes):
+            s = socket.create_connection(("127.0.0.1", self.real.port), timeout=60)
+            if head_bytes:
+                s.sendall(head_bytes)
+            s.setblocking(False)
+            return {"sock": s, "t0": time.monotonic(), "answer": b"", "closed": None, "sent": 0}
+
+        body_head = ("POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 1000\r\n%s\r\n")
+        clients = {
+            "head": open_(b""),
+            "body-with-token": open_((body_head % ("Authorization: Bearer %s\r\n" % ADMIN_TOKEN)).encode()),
+            "body-without-token": open_((body_head % "").encode()),
+        }
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and any(c["closed"] is None for c in clients.values()):
+            for c in clients.values():
+                if c["closed"] is not None:
+                    continue
+                try:
+                    data = c["sock"].recv(4096)
+                    if data:
+                        c["answer"] += data
+                    else:
+                        c["closed"] = time.monotonic() - c["t0"]
+                        continue
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    c["closed"] = time.monotonic() - c["t0"]
+                    continue
+                try:  # the head client spells out HEAD (never reaching its end), the others pad their body
+                    c["sock"].send(HEAD[c["sent"]:c["sent"] + 1] if c is clients["head"] else b" ")
+                    c["sent"] += 1
+                except OSError:
+                    pass
+            time.sleep(0.5)
+        for c in clients.values():
+            c["sock"].close()
+        for name, lo, hi in (("head", 9.5, 13), ("body-with-token", 29.5, 33), ("body-without-token", 9.5, 13)):
+            c = clients[name]
+            self.assertIsNotNone(c["closed"], "%s: still open after 45 s" % name)
+            self.assertTrue(lo <= c["closed"] <= hi, "%s: closed after %.1f s" % (name, c["closed"]))
+            self.assertTrue(c["answer"].startswith(b"HTTP/1.1 408 "), (name, c["answer"][:200]))
+            self.assertIn(b"not received in time", c["answer"])
+        self.assertLess(self.admin_list_seconds(), 2.0)
 
     def test_clients_that_reset_during_a_long_poll_cost_no_cpu(self):
         def cpu_seconds():
