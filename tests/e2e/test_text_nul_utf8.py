@@ -9,6 +9,7 @@ them, and a job that meets a file name with \\xff or a NUL in its own strings
 leaves only valid UTF-8 behind, with U+FFFD where a byte was invalid."""
 import json
 import os
+import sqlite3
 import subprocess
 import time
 import unittest
@@ -123,6 +124,20 @@ class ControlPlaneRefusesCutStrings(unittest.TestCase):
         events = self.cp.api("GET", "/v1/runs/%s/events" % a["jobRunId"]).json["events"]
         self.assertEqual([e["seq"] for e in events], [1])
         self.assertEqual(self.cp.job(job["jobId"])["status"], "RUNNING")
+
+    def test_rows_stored_before_the_fix_are_served_as_valid_utf8(self):
+        job = self.cp.create_job(params={"note": "x"})
+        con = sqlite3.connect(self.cp.db, timeout=10)
+        try:
+            with con:  # as an older jobvisor-cp stored it: raw bytes
+                con.execute("UPDATE jobs SET params = CAST(? AS TEXT) WHERE job_id = ?",
+                            (b'{"note":"old \xff bytes"}', job["jobId"]))
+        finally:
+            con.close()
+        for path in ("/v1/jobs/" + job["jobId"], "/v1/jobs?limit=500"):
+            r = self.cp.api("GET", path)
+            self.assertEqual(r.status, 200, r)
+            self.assertIn("old " + REPLACEMENT + " bytes", strict(r.raw))
 
     @staticmethod
     def next_error(w):
