@@ -94,7 +94,7 @@ return {
 
     if fs.exists(backups.manifest_path(id)) then
       local m, err = backups.load(id)
-      if m and mine then
+      if m and (mine or m.jobId == job.id) then
         log.info(string.format("backup '%s' was completed by an earlier run of this job", id))
         common.clean_stale_staging(job)
         job.unmark("backup")

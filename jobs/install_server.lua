@@ -45,6 +45,32 @@ local function check_spec(job, spec)
   return spec
 end
 
+-- Take back what a failed run of this job changed (st: what it found and what
+-- it did), so the instance is as it was: instance.json, current, previous,
+-- the build it staged and the data/ it created (when still empty).
+local function roll_back(job, build, st)
+  if st.spec_written then
+    if st.old_text then fs.write("instance.json", st.old_text) else fs.remove("instance.json") end
+  end
+  if common.current_build() ~= st.cur then
+    if st.cur then fs.link_swap("current", builds.path(st.cur)) else fs.remove("current") end
+  end
+  if common.current_build("previous") ~= st.prev then
+    if st.prev then fs.link_swap("previous", builds.path(st.prev)) else fs.remove("previous") end
+  end
+  job.unmark("activate")
+  if st.staged and common.current_build() ~= build and common.current_build("previous") ~= build then
+    fs.remove_tree(builds.path(build))
+    builds.forget_source(job, build)
+  end
+  if st.data_created then
+    local l = fs.list("data")
+    if l and #l == 0 then fs.remove_tree("data") end
+  end
+  log.warn(string.format("install of build '%s' failed: the instance is back as it was%s", build,
+    st.cur and (" (current -> builds/" .. st.cur .. ")") or ""))
+end
+
 return {
   type = "INSTALL_SERVER",
   cancellable = true,
@@ -55,6 +81,11 @@ return {
     local build = common.check_ident(job, "build", p.build)
     local src = builds.check_source(job, p.source, true)
     local spec = check_spec(job, p.instance)
+    -- The monitor's own parser has the last word on the spec (field types,
+    -- ranges, the ready regex, placeholders): ask it before downloading
+    -- anything, and again against the extracted build before publishing it.
+    local sok, serr = instance.check_spec(spec)
+    if not sok then job.fail("the instance spec was refused: " .. tostring(serr)) end
 
     local existing = fs.exists("instance.json") and common.read_json("instance.json") or nil
     local cur = common.current_build()
@@ -83,30 +114,38 @@ return {
     common.clean_temp_files(job, ".")
     common.clean_temp_files(job, "builds")
 
-    local staged = builds.stage(job, build, src, 2, 85, resume)
-    job.checkpoint()
-
-    if not (data and data.type == "dir") then
-      job.progress(88, "creating data/")
-      common.must(job, "cannot create data/", fs.mkdir("data"))
-    end
-    job.progress(92, "activating build '" .. build .. "'")
-    local act = builds.activate(job, build, { restart = false })
-
-    if not common.same(existing, spec) then
-      job.progress(96, "writing instance.json")
-      local old_text = fs.exists("instance.json") and fs.read("instance.json") or nil
-      common.write_json(job, "instance.json", spec)
-      -- The monitor's own parser has the last word (field types, ranges, the
-      -- executable rule); a refused spec is put back as it was.
-      local ok, serr = instance.spec()
-      if not ok then
-        if old_text then fs.write("instance.json", old_text) else fs.remove("instance.json") end
-        job.fail("the instance spec was refused: " .. tostring(serr))
+    local st = { cur = cur, prev = common.current_build("previous"),
+                 old_text = fs.exists("instance.json") and fs.read("instance.json") or nil }
+    local act
+    common.guard(function()
+      if not (data and data.type == "dir") then
+        -- first, so the spec's cwd (usually data) can be resolved against the build
+        common.must(job, "cannot create data/", fs.mkdir("data"))
+        st.data_created = true
       end
-    end
+      local function check(dir)
+        local ok, err = instance.check_spec(spec, dir)
+        if not ok then
+          job.fail(string.format("build '%s' cannot run this instance spec: %s", build, tostring(err)))
+        end
+      end
+      st.staged = builds.stage(job, build, src, 2, 85, resume, check)
+      if not st.staged then check(builds.path(build)) end
+      job.checkpoint()
+
+      job.progress(92, "activating build '" .. build .. "'")
+      act = builds.activate(job, build, { restart = false })
+
+      if not common.same(existing, spec) then
+        job.progress(96, "writing instance.json")
+        st.spec_written = true
+        common.write_json(job, "instance.json", spec)
+        local ok, perr = instance.spec()
+        if not ok then job.fail("the instance spec was refused: " .. tostring(perr)) end
+      end
+    end, function() roll_back(job, build, st) end)
     common.clean_stale_staging(job)
-    log.info(string.format("build '%s' installed%s", build, staged and "" or " (it was already staged)"))
+    log.info(string.format("build '%s' installed%s", build, st.staged and "" or " (it was already staged)"))
     return { build = build, alreadyInstalled = false, previous = act.previous }
   end,
 }

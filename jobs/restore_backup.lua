@@ -64,8 +64,20 @@ return {
     local staged = stage .. "/data"
     job.progress(1, string.format("extracting and verifying backup '%s'", id))
     common.guard(function()
-      local res, xerr = archive.extract(backups.archive_path(id), staged,
-        { manifest = m, progress = { from = 1, to = 85 } })
+      -- The manifest bounds what may come out: exactly its files' sizes, however
+      -- well the world compressed (no ratio guard for our own backups).
+      local total = 0
+      for _, f in ipairs(m.files) do
+        if f.type == "file" and math.type(f.size) == "integer" then total = total + f.size end
+      end
+      local res, xerr, xcode = archive.extract(backups.archive_path(id), staged,
+        { manifest = m, max_bytes = total, max_ratio = 0, progress = { from = 1, to = 85 } })
+      if not res and common.disk_full(xcode) then
+        -- the backup is fine: the disk is full (never say "corrupt" here, an
+        -- operator might delete a good backup)
+        job.fail(string.format("not enough disk space to restore backup '%s': %s; data/ was not "
+          .. "touched (free some space and retry)", id, tostring(xerr)), { retryable = true })
+      end
       if not res then
         job.fail(string.format("backup '%s' is corrupt or unreadable: %s; data/ was not touched", id,
           tostring(xerr)))

@@ -152,7 +152,8 @@ return {
         common.must(job, "cannot carry over the unlisted entries of '" .. live .. "'",
           archive.create(live, tmp, { exclude = excl, level = 1 }))
         common.must(job, "cannot carry over the unlisted entries of '" .. live .. "'",
-          archive.extract(tmp, stage .. "/kept"))
+          -- our own archive of a live directory: no bomb guards (config files compress well)
+          archive.extract(tmp, stage .. "/kept", { max_bytes = 0, max_ratio = 0 }))
         fs.remove(tmp)
         for _, e in ipairs(common.must(job, "cannot list staging", fs.list(stage .. "/kept"))) do
           common.must(job, "cannot stage '" .. e.name .. "'",

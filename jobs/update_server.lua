@@ -23,13 +23,33 @@ return {
     common.clean_stale_staging(job, keep)
     common.clean_temp_files(job, "builds")
 
-    local staged = builds.stage(job, build, src, 1, p.activate and 80 or 99, resume)
+    -- With activate, the new build must run the instance's spec (its server
+    -- where ${build} says): checked on the extracted tree, before anything is
+    -- published. Without activate the spec may still change with the build.
+    local spec = p.activate and fs.exists("instance.json") and common.read_json("instance.json") or nil
+    local function check(dir)
+      if not spec then return end
+      local ok, err = instance.check_spec(spec, dir)
+      if not ok then
+        job.fail(string.format("build '%s' cannot run this instance's spec: %s", build, tostring(err)))
+      end
+    end
+    local staged = builds.stage(job, build, src, 1, p.activate and 80 or 99, resume, check)
     local out = { build = build, staged = staged, activated = false }
     if p.activate then
+      if not staged then check(builds.path(build)) end
       job.checkpoint()
       local running = common.is_running(common.instance_state(job))
       job.progress(85, "activating build '" .. build .. "'")
-      local act = builds.activate(job, build, { restart = running })
+      local act = common.guard(function()
+        return builds.activate(job, build, { restart = running })
+      end, function()
+        -- activation failed (and rolled current back): a build this run staged goes too
+        if staged and common.current_build() ~= build and common.current_build("previous") ~= build then
+          fs.remove_tree(builds.path(build))
+          builds.forget_source(job, build)
+        end
+      end)
       out.activated = true
       out.previous = act.previous
     end

@@ -14,9 +14,14 @@
 #include <unistd.h>
 
 #include "arch.h"
+#include "jobvisor/jsonutil.h"
 
 #define ARCHIVE_MAX_EXCLUDES 1024
 #define ARCHIVE_DEFAULT_RESERVE (128ll << 20)
+/* Defaults of archive.extract's bomb guards when the agent settings
+ * extract_max_bytes / extract_max_ratio do not say otherwise. */
+#define ARCHIVE_DEFAULT_MAX_BYTES (16ll << 30)
+#define ARCHIVE_DEFAULT_MAX_RATIO 20
 
 /* Manifest from the Lua value at idx; pushes nothing. 0 or -EINVAL with err. */
 static int manifest_arg(lua_State *L, int idx, struct arch_manifest *m, char *err, size_t errlen)
@@ -114,15 +119,19 @@ static int l_archive_create(lua_State *L)
 
 static int l_archive_extract(lua_State *L)
 {
-	static const char *const keys[] = {"strip_components", "max_bytes", "reserve_bytes",
-	                                   "manifest", "progress", NULL};
+	static const char *const keys[] = {"strip_components", "max_bytes", "max_ratio",
+	                                   "reserve_bytes", "manifest", "progress", NULL};
 	char file[FSX_PATH_MAX], dst[FSX_PATH_MAX];
 	apiutil_path(L, 1, file, false);
 	apiutil_path(L, 2, dst, true);
 	apiutil_opts(L, 3, "archive.extract", keys);
 	struct arch_extract_opts o = {0};
 	o.strip = (int)apiutil_opt_int(L, 3, "strip_components", 0, 0, 64);
-	o.max_bytes = (uint64_t)apiutil_opt_int(L, 3, "max_bytes", 0, 0, INT64_MAX);
+	const cJSON *settings = jv_ctx(L)->settings;
+	int64_t def_max = (int64_t)jv_json_num(settings, "extract_max_bytes", ARCHIVE_DEFAULT_MAX_BYTES);
+	int64_t def_ratio = (int64_t)jv_json_num(settings, "extract_max_ratio", ARCHIVE_DEFAULT_MAX_RATIO);
+	o.max_bytes = (uint64_t)apiutil_opt_int(L, 3, "max_bytes", def_max, 0, INT64_MAX);
+	o.max_ratio = (double)apiutil_opt_int(L, 3, "max_ratio", def_ratio, 0, 1000000);
 	o.reserve_bytes =
 	    (uint64_t)apiutil_opt_int(L, 3, "reserve_bytes", ARCHIVE_DEFAULT_RESERVE, 0, INT64_MAX);
 	struct arch_manifest m;
@@ -267,5 +276,13 @@ static const luaL_Reg archive_funcs[] = {
 int luaopen_jv_archive(lua_State *L)
 {
 	luaL_newlib(L, archive_funcs);
+	static const struct apiutil_arity arity[] = {
+		{"create", 3},
+		{"extract", 3},
+		{"verify", 3},
+		{"list", 1},
+		{NULL, 0},
+	};
+	apiutil_limit_args(L, -1, "archive", arity);
 	return 1;
 }

@@ -373,5 +373,25 @@ static const luaL_Reg fs_funcs[] = {
 int luaopen_jv_fs(lua_State *L)
 {
 	luaL_newlib(L, fs_funcs);
+	static const struct apiutil_arity arity[] = {
+		{"exists", 1},
+		{"stat", 1},
+		{"list", 1},
+		{"mkdir", 2},
+		{"read", 2},
+		{"write", 3},
+		{"remove", 1},
+		{"remove_tree", 2},
+		{"staging", 0},
+		{"stale_staging", 0},
+		{"clean_staging", 1},
+		{"commit", 3},
+		{"swap", 2},
+		{"link_swap", 2},
+		{"sha256", 2},
+		{"free_space", 0},
+		{NULL, 0},
+	};
+	apiutil_limit_args(L, -1, "fs", arity);
 	return 1;
 }

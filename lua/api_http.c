@@ -38,7 +38,7 @@ static void common_opts(lua_State *L, int idx, struct dl_opts *o)
 
 static int l_http_download(lua_State *L)
 {
-	static const char *const keys[] = {"sha256", "size", "resume", "max_bytes",
+	static const char *const keys[] = {"sha256", "size", "resume", "max_bytes", "reserve_bytes",
 	                                   "insecure_no_checksum", "retries", "connect_timeout",
 	                                   "low_speed_time", "timeout", "progress", NULL};
 	const char *url = luaL_checkstring(L, 1);
@@ -58,6 +58,8 @@ static int l_http_download(lua_State *L)
 	o.size = apiutil_opt_int(L, 3, "size", -1, -1, INT64_MAX);
 	o.resume = apiutil_opt_bool(L, 3, "resume", true);
 	o.max_bytes = (uint64_t)apiutil_opt_int(L, 3, "max_bytes", 0, 0, INT64_MAX);
+	o.reserve_bytes =
+	    (uint64_t)apiutil_opt_int(L, 3, "reserve_bytes", (lua_Integer)DL_DEFAULT_RESERVE, 0, INT64_MAX);
 	common_opts(L, 3, &o);
 	struct fsx fx;
 	apiutil_fsx(L, &fx);
@@ -137,5 +139,11 @@ static const luaL_Reg http_funcs[] = {
 int luaopen_jv_http(lua_State *L)
 {
 	luaL_newlib(L, http_funcs);
+	static const struct apiutil_arity arity[] = {
+		{"download", 3},
+		{"get_json", 2},
+		{NULL, 0},
+	};
+	apiutil_limit_args(L, -1, "http", arity);
 	return 1;
 }

@@ -1,6 +1,7 @@
 /* api_instance.c — the `instance` module: the job's handle on its game server.
  *
  *   instance.spec()                         -> table | nil, msg
+ *   instance.check_spec(spec [, build])     -> true | nil, msg (nothing written)
  *   instance.start([{timeoutSeconds=}])     -> {pid, state, already, adopted} | nil, msg
  *   instance.stop([{timeoutSeconds=, force=}]) -> {state, exitCode, signal, already, lastExit} | nil, msg
  *   instance.status()                       -> status table (adopts an orphaned server)
@@ -47,11 +48,19 @@ static bool state_final(const cJSON *st)
 	return state_is(st, "STOPPED") || state_is(st, "CRASHED");
 }
 
-static double opt_seconds(lua_State *L, int idx, const char *key, double def, double max)
+static double opt_seconds(lua_State *L, int idx, const char *key, double def, int max)
 {
-	double v = apiutil_opt_num(L, idx, key, def, 0, max);
-	if (v == 0)
-		luaL_error(L, "option '%s' must be more than 0 seconds", key);
+	if (lua_isnoneornil(L, idx))
+		return def;
+	int t = lua_getfield(L, idx, key);
+	double v = def;
+	if (t != LUA_TNIL) {
+		v = lua_tonumber(L, -1);
+		if (t != LUA_TNUMBER || isnan(v) || v <= 0 || v > max)
+			luaL_error(L, "option '%s' must be a number of seconds in (0, %d], got %s", key, max,
+			           luaL_tolstring(L, -1, NULL));
+	}
+	lua_pop(L, 1);
 	return v;
 }
 
@@ -78,6 +87,66 @@ static void progress_every_second(struct jv_run_ctx *ctx, struct jv_progress *p,
 		return;
 	*last = now;
 	jv_progress_report(ctx, p, fraction, detail);
+}
+
+/* ---- check_spec() -------------------------------------------------------- */
+
+static bool within(const char *path, const char *dir)
+{
+	size_t n = strlen(dir);
+	return strncmp(path, dir, n) == 0 && (path[n] == '\0' || path[n] == '/');
+}
+
+/* instance.check_spec(spec [, build]) -> true | nil, message
+ * spec: a table as instance.json would hold it. build: an instance-relative
+ * directory holding the build the spec is meant to run (a staged one, say).
+ * Without build: shape, types, ranges, the ready regex and the placeholders;
+ * with build also the cwd and the executable, resolved as the monitor will
+ * once that build is `current` (inside the build or allowed_executables).
+ * Writes nothing: INSTALL_SERVER asks before it downloads, and again before
+ * it publishes anything. */
+static int l_instance_check_spec(lua_State *L)
+{
+	luaL_checktype(L, 1, LUA_TTABLE);
+	char rel[4096];
+	const char *build = lua_isnoneornil(L, 2) ? NULL : apiutil_path(L, 2, rel, false);
+	struct jv_run_ctx *ctx = jv_ctx(L);
+	char err[600];
+	cJSON *j = jv_lua_to_json(L, 1, err, sizeof(err));
+	if (!j)
+		return luaL_error(L, "instance.check_spec: %s", err);
+	char *text = cJSON_PrintUnformatted(j);
+	cJSON_Delete(j);
+	if (!text)
+		return luaL_error(L, "instance.check_spec: out of memory");
+	char data[4200], bdir[8400], inst_real[4096], build_real[4096];
+	snprintf(data, sizeof(data), "%s/data", ctx->instance_dir);
+	if (build)
+		snprintf(bdir, sizeof(bdir), "%s/%s", ctx->instance_dir, build);
+	else
+		snprintf(bdir, sizeof(bdir), "%s/current", ctx->instance_dir);
+	struct jv_spec_paths paths = {.instance_dir = ctx->instance_dir, .build_dir = bdir,
+	                              .data_dir = data};
+	if (build) {
+		if (!realpath(ctx->instance_dir, inst_real) || !realpath(bdir, build_real) ||
+		    !within(build_real, inst_real)) {
+			free(text);
+			return jv_push_fail(L, "instance spec: build directory '%s' cannot be used", build);
+		}
+		paths.build_dir = build_real;
+	}
+	struct jv_instance_spec *sp = NULL;
+	int rc = jv_instance_spec_parse(text, strlen(text), &paths, &sp, err, sizeof(err));
+	free(text);
+	if (rc == 0 && build) {
+		const cJSON *allowed = cJSON_GetObjectItemCaseSensitive(ctx->settings, "allowed_executables");
+		rc = jv_instance_spec_resolve(sp, &paths, allowed, err, sizeof(err));
+	}
+	jv_instance_spec_free(sp);
+	if (rc)
+		return jv_push_fail(L, "instance spec: %s", err);
+	lua_pushboolean(L, 1);
+	return 1;
 }
 
 /* ---- spec() ------------------------------------------------------------ */
@@ -684,6 +753,7 @@ static int l_instance_wait_log(lua_State *L)
 
 static const luaL_Reg instance_funcs[] = {
 	{"spec", l_instance_spec},
+	{"check_spec", l_instance_check_spec},
 	{"start", l_instance_start},
 	{"stop", l_instance_stop},
 	{"status", l_instance_status},
@@ -696,5 +766,16 @@ static const luaL_Reg instance_funcs[] = {
 int luaopen_jv_instance(lua_State *L)
 {
 	luaL_newlib(L, instance_funcs);
+	static const struct apiutil_arity arity[] = {
+		{"spec", 0},
+		{"start", 1},
+		{"stop", 1},
+		{"status", 0},
+		{"send", 1},
+		{"wait_ready", 2},
+		{"wait_log", 3},
+		{NULL, 0},
+	};
+	apiutil_limit_args(L, -1, "instance", arity);
 	return 1;
 }

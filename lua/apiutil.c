@@ -33,8 +33,7 @@ void apiutil_opts(lua_State *L, int idx, const char *fn, const char *const *keys
 {
 	if (lua_isnoneornil(L, idx))
 		return;
-	if (lua_type(L, idx) != LUA_TTABLE)
-		luaL_error(L, "%s: the options must be a table, got %s", fn, luaL_typename(L, idx));
+	luaL_checktype(L, idx, LUA_TTABLE);
 	idx = lua_absindex(L, idx);
 	lua_pushnil(L);
 	while (lua_next(L, idx)) {
@@ -158,20 +157,36 @@ void apiutil_push_array(lua_State *L)
 	cJSON_Delete(a);
 }
 
+/* The third result of an expected failure: the errno name ("ENOSPC", "EIO",
+ * ...), so a script can tell a full disk from a bad input without parsing the
+ * message. A full disk is always "ENOSPC" (a quota too). */
+static int push_code(lua_State *L, int rc)
+{
+	const char *name = NULL;
+	if (rc == -EDQUOT)
+		rc = -ENOSPC;
+	if (rc < 0 && rc > -4096)
+		name = strerrorname_np(-rc);
+	lua_pushstring(L, name ? name : "EIO");
+	return 3;
+}
+
 int apiutil_fail(lua_State *L, int rc, const char *verb, const char *path)
 {
 	if (rc == -ECANCELED)
 		return jv_raise_cancel(L);
 	if (fsx_is_policy_error(rc))
 		return luaL_error(L, "cannot %s '%s': %s", verb, path, fsx_strerror(rc));
-	return jv_push_fail(L, "cannot %s '%s': %s", verb, path, fsx_strerror(rc));
+	jv_push_fail(L, "cannot %s '%s': %s", verb, path, fsx_strerror(rc));
+	return push_code(L, rc);
 }
 
 int apiutil_fail_msg(lua_State *L, int rc, const char *prefix, const char *err)
 {
 	if (rc == -ECANCELED)
 		return jv_raise_cancel(L);
-	return jv_push_fail(L, "%s: %s", prefix, err);
+	jv_push_fail(L, "%s: %s", prefix, err);
+	return push_code(L, rc);
 }
 
 int apiutil_parent(const struct fsx *fx, const char *norm, int *dirfd, const char **last)
@@ -187,4 +202,37 @@ int apiutil_parent(const struct fsx *fx, const char *norm, int *dirfd, const cha
 			rc = fsx_parent(fx, norm, 0, dirfd, last);
 	}
 	return rc;
+}
+
+/* A module function called with more arguments than it takes: an options
+ * table passed to a call that has none (fs.remove(p, {recursive = true}))
+ * would otherwise be ignored. Upvalues: the C function, its name, max. The
+ * function runs in this same frame (a direct C call, not lua_call), so its
+ * errors keep the caller's line and the "bad argument #1 to 'remove'" name;
+ * the module functions use no upvalues of their own. */
+static int checked_call(lua_State *L)
+{
+	lua_Integer max = lua_tointeger(L, lua_upvalueindex(3));
+	int n = lua_gettop(L);
+	if (n > max)
+		return luaL_error(L, "%s takes %s%d argument%s, got %d (it has no options)",
+		                  lua_tostring(L, lua_upvalueindex(2)), max ? "at most " : "", (int)max,
+		                  max == 1 ? "" : "s", n);
+	lua_CFunction f = lua_tocfunction(L, lua_upvalueindex(1));
+	return f(L);
+}
+
+void apiutil_limit_args(lua_State *L, int t, const char *module, const struct apiutil_arity *a)
+{
+	t = lua_absindex(L, t);
+	for (; a->name; a++) {
+		if (lua_getfield(L, t, a->name) != LUA_TFUNCTION || !lua_iscfunction(L, -1)) {
+			lua_pop(L, 1);
+			continue;
+		}
+		lua_pushfstring(L, "%s.%s", module, a->name);
+		lua_pushinteger(L, a->max_args);
+		lua_pushcclosure(L, checked_call, 3);
+		lua_setfield(L, t, a->name);
+	}
 }

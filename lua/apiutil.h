@@ -65,4 +65,12 @@ int apiutil_fail_msg(lua_State *L, int rc, const char *prefix, const char *err);
  * *last at the final component. Returns 0 or an fsx code. */
 int apiutil_parent(const struct fsx *fx, const char *norm, int *dirfd, const char **last);
 
+/* Make the functions of the module table at t named in a (ending with a NULL
+ * name) raise when called with more than max_args arguments. */
+struct apiutil_arity {
+	const char *name;
+	int max_args;
+};
+void apiutil_limit_args(lua_State *L, int t, const char *module, const struct apiutil_arity *a);
+
 #endif

@@ -98,10 +98,15 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 struct arch_extract_opts {
 	int strip;                        /* strip_components */
 	uint64_t max_bytes;               /* total uncompressed size cap; 0 = none */
+	double max_ratio;                 /* unpack at most this many times the archive's own size
+	                                     (never less than ARCH_RATIO_FLOOR); 0 = none */
 	uint64_t reserve_bytes;           /* free space to leave on the filesystem */
 	const struct arch_manifest *manifest; /* optional: check while extracting */
 	const struct jv_io_hooks *hooks;
 };
+
+/* The ratio guard leaves small archives alone: any archive may expand to this. */
+#define ARCH_RATIO_FLOOR (64ull << 20)
 
 struct arch_extract_result {
 	uint64_t files, dirs, symlinks, hardlinks, bytes;

@@ -16,6 +16,7 @@
 #include "arch_internal.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -289,7 +290,13 @@ int arch_extract(int file_dirfd, const char *file_name, int dst_parent_fd, const
 	fsx_init(&x.dx, dstfd);
 	x.dx.force_how = FSX_NO_SYMLINKS;
 	x.b = (struct arch_budget){.max_bytes = o->max_bytes, .reserve = o->reserve_bytes,
-	                           .fs_fd = dstfd};
+	                           .fs_fd = dstfd, .max_ratio = o->max_ratio, .src_size = s.size};
+	if (o->max_ratio > 0) {
+		double lim = o->max_ratio * (double)s.size;
+		x.b.ratio_limit = lim >= 18446744073709551615.0 ? UINT64_MAX : (uint64_t)lim;
+		if (x.b.ratio_limit < ARCH_RATIO_FLOOR)
+			x.b.ratio_limit = ARCH_RATIO_FLOOR;
+	}
 	for (;;) {
 		struct archive_entry *ae;
 		rc = arch_src_next(&s, &ae, err, errlen);

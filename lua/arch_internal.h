@@ -40,6 +40,9 @@ int arch_src_next(struct arch_src *s, struct archive_entry **ae, char *err, size
 
 struct arch_budget {
 	uint64_t max_bytes; /* 0 = none */
+	uint64_t ratio_limit; /* bytes the expansion-ratio guard allows; 0 = none */
+	double max_ratio;     /* for the message */
+	uint64_t src_size;    /* the archive's own size, for the message */
 	uint64_t used;      /* uncompressed bytes produced so far */
 	uint64_t reserve;   /* free space to keep */
 	int fs_fd;          /* filesystem to watch; -1 = do not */

@@ -210,6 +210,24 @@ static int budget_space(struct arch_budget *b, const char *path, uint64_t need, 
 	return 0;
 }
 
+/* The expansion-ratio guard: a build of real game data unpacks to 1.5-4 times
+ * its compressed size (docs/security.md has the measurements); a
+ * decompression bomb to hundreds of times. */
+static int over_ratio(const struct arch_budget *b, const char *path, uint64_t more, char *err,
+                      size_t errlen)
+{
+	if (!b->ratio_limit || (more <= b->ratio_limit && b->used <= b->ratio_limit - more))
+		return 0;
+	char a[32], l[32];
+	fmt_size(b->src_size, a, sizeof(a));
+	fmt_size(b->ratio_limit, l, sizeof(l));
+	arch_errf(err, errlen,
+	          "archive expands beyond %g times its own size (%s compressed, limit %s) at entry "
+	          "'%s'; refusing a possible decompression bomb",
+	          b->max_ratio, a, l, path);
+	return -EFBIG;
+}
+
 int arch_budget_admit(struct arch_budget *b, const char *path, uint64_t size, char *err,
                       size_t errlen)
 {
@@ -222,6 +240,9 @@ int arch_budget_admit(struct arch_budget *b, const char *path, uint64_t size, ch
 		          m, path, (unsigned long long)size);
 		return -EFBIG;
 	}
+	int rrc = over_ratio(b, path, size, err, errlen);
+	if (rrc < 0)
+		return rrc;
 	return budget_space(b, path, size, err, errlen);
 }
 
@@ -229,6 +250,9 @@ int arch_budget_admit(struct arch_budget *b, const char *path, uint64_t size, ch
 static int budget_charge(struct arch_budget *b, const char *path, uint64_t n, char *err,
                          size_t errlen)
 {
+	int rrc = b->max_bytes && b->used + n > b->max_bytes ? 0 : over_ratio(b, path, n, err, errlen);
+	if (rrc < 0)
+		return rrc;
 	b->used += n;
 	if (b->max_bytes && b->used > b->max_bytes) {
 		char m[32];
@@ -454,6 +478,47 @@ int arch_manifest_check_missing(const struct arch_manifest *m, const bool *seen,
 	return 0;
 }
 
+/* The rules extraction enforces through the file system (arch_extract.c),
+ * checked here without writing, so that a verified backup is one RESTORE can
+ * extract: a symlink stays inside the tree, and no entry lies below a
+ * symlink or a non-directory. Every entry is in the manifest (checked just
+ * before), so an ancestor the manifest lists is the entry extraction would
+ * find at that place, whatever the order in the archive. Same messages as
+ * extraction. */
+static int restorable(const struct arch_manifest *m, const char *path, struct archive_entry *ae,
+                      char *err, size_t errlen)
+{
+	if (arch_entry_kind(ae) == ARCH_SYMLINK) {
+		const char *target = archive_entry_symlink(ae);
+		char joined[FSX_PATH_MAX];
+		if (!target || !*target) {
+			arch_errf(err, errlen, "symlink '%s' has no target", path);
+			return -EBADMSG;
+		}
+		if (fsx_join(path, target, joined) < 0) {
+			arch_errf(err, errlen, "symlink '%s' points outside the destination ('%s'): refused",
+			          path, target);
+			return -EBADMSG;
+		}
+	}
+	char prefix[FSX_PATH_MAX];
+	for (const char *sl = strchr(path, '/'); sl; sl = strchr(sl + 1, '/')) {
+		size_t n = (size_t)(sl - path);
+		memcpy(prefix, path, n);
+		prefix[n] = '\0';
+		const struct arch_entry *up = arch_manifest_find(m, prefix);
+		if (up && up->type == ARCH_SYMLINK) {
+			arch_errf(err, errlen, "entry '%s' passes through a symlink (refused)", path);
+			return -EBADMSG;
+		}
+		if (up && up->type != ARCH_DIR) {
+			arch_errf(err, errlen, "entry '%s' lies below something that is not a directory", path);
+			return -EBADMSG;
+		}
+	}
+	return 0;
+}
+
 static int verify_entry(struct arch_src *s, struct archive_entry *ae, const struct arch_manifest *m,
                         bool *seen, char *err, size_t errlen)
 {
@@ -465,6 +530,9 @@ static int verify_entry(struct arch_src *s, struct archive_entry *ae, const stru
 	struct arch_entry *me = arch_manifest_check_entry(m, seen, path, ae, err, errlen);
 	if (!me)
 		return -EBADMSG;
+	rc = restorable(m, path, ae, err, errlen);
+	if (rc < 0)
+		return rc;
 	if (arch_entry_kind(ae) != ARCH_FILE)
 		return 0;
 	char hex[JV_SHA256_HEX];

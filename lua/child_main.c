@@ -168,15 +168,60 @@ static int prepare_instance(struct child *c, char *err, size_t errlen)
 		         c->ctx.instance_id);
 		return -EBUSY;
 	}
-	/* With the lock held, temp files in markers/ belong to a killed run. */
+	/* With the lock held, temp files in markers/ and completed/ belong to a killed run. */
 	int mfd = jv_markers_dir(&c->ctx);
 	if (mfd >= 0) {
 		jv_durable_cleanup_temps(mfd);
 		close(mfd);
 	}
+	int jfd2 = openat(root, ".jobvisor", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	int cfd = jfd2 < 0 ? -1 : openat(jfd2, JV_COMPLETED_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (cfd >= 0) {
+		jv_durable_cleanup_temps(cfd);
+		close(cfd);
+	}
+	if (jfd2 >= 0)
+		close(jfd2);
 	/* What completed runs left to delete goes while this one runs. */
 	jv_trash_sweep_start(&c->ctx);
 	return 0;
+}
+
+/* A retry of a job that already COMPLETED (its result was lost on the way):
+ * report the recorded output again, without running the script. Returns the
+ * exit status, or -1 to run the job. */
+static int replay_completed(struct child *c, const cJSON *params)
+{
+	struct jv_run_ctx *ctx = &c->ctx;
+	cJSON *rec = NULL;
+	int rc = jv_completed_find(ctx, params, &rec);
+	char msg[600];
+	if (rc == 2) {
+		snprintf(msg, sizeof(msg),
+		         "job id '%s' completed before as a %s job with other parameters (run %s): "
+		         "running this one as new work",
+		         ctx->job_id, jv_json_str(rec, "type", "?"), jv_json_str(rec, "runId", "?"));
+		jv_emit_log(ctx, "warn", msg);
+	} else if (rc < 0) {
+		snprintf(msg, sizeof(msg), "cannot read the completion record of job '%s' (%s): running it",
+		         ctx->job_id, rc == -EBADMSG ? "not a valid record" : strerror(-rc));
+		jv_emit_log(ctx, "warn", msg);
+	}
+	if (rc != 1) {
+		cJSON_Delete(rec);
+		return -1;
+	}
+	snprintf(msg, sizeof(msg),
+	         "job '%s' already completed in run %s (attempt %lld) at %s; its result did not reach "
+	         "the control plane: reporting the same output again, nothing was redone",
+	         ctx->job_id, jv_json_str(rec, "runId", "?"), (long long)jv_json_int(rec, "attempt", 0),
+	         jv_json_str(rec, "finishedAt", "?"));
+	jv_emit_log(ctx, "info", msg);
+	jv_emit_progress(ctx, 100, "already completed");
+	cJSON *output = cJSON_DetachItemFromObjectCaseSensitive(rec, "output");
+	cJSON_Delete(rec);
+	emit_result(ctx, "COMPLETED", output, NULL, NULL, false, NULL);
+	return JV_EXIT_COMPLETED;
 }
 
 static int traceback_handler(lua_State *L)
@@ -208,7 +253,8 @@ static int finish_error(struct child *c, lua_State *L, int idx)
 		jv_sanitize(sstack, sizeof(sstack), stack, c->data_dir);
 
 	if (jv_is_cancel_error(L, idx)) {
-		emit_result(ctx, "CANCELLED", NULL, "job cancelled", sstack, false, "cancelled");
+		/* A requested cancel is not a bug in the script: no traceback. */
+		emit_result(ctx, "CANCELLED", NULL, "job cancelled", NULL, false, "cancelled");
 		return JV_EXIT_CANCELLED;
 	}
 	bool retryable = false;
@@ -312,13 +358,15 @@ static int run_child(struct child *c)
 	}
 	if (!ctx->type[0])
 		ctx->type = def.type; /* run by path: the script names its type */
-	if (!def.cancellable) {
-		cJSON *meta = cJSON_CreateObject();
-		cJSON_AddStringToObject(meta, "k", "meta");
-		cJSON_AddBoolToObject(meta, "cancellable", false);
+	/* What the script declares: its type (the parent logs it for runs by
+	 * path) and whether it may be cancelled. */
+	cJSON *meta = cJSON_CreateObject();
+	cJSON_AddStringToObject(meta, "k", "meta");
+	cJSON_AddStringToObject(meta, "type", def.type);
+	cJSON_AddBoolToObject(meta, "cancellable", def.cancellable);
+	if (!def.cancellable)
 		cJSON_AddStringToObject(meta, "why", def.why);
-		jv_emit_event(ctx, meta);
-	}
+	jv_emit_event(ctx, meta);
 	const char *want_type = jv_json_str(spec, "expectType", NULL);
 	if (want_type && strcmp(want_type, def.type) != 0) {
 		snprintf(err, sizeof(err), "script '%s' declares type '%s' but was run as '%s'",
@@ -338,7 +386,12 @@ static int run_child(struct child *c)
 	else
 		lua_newtable(L);
 	lua_setfield(L, job_idx, "params");
+	int done = replay_completed(c, params);
+	if (done >= 0)
+		return done;
 	jv_run_marker_start(L, ctx, job_idx);
+	static const char *const job_optional[] = {"previous", NULL};
+	jv_sandbox_strict(L, job_idx, "job", job_optional);
 
 	lua_pushcfunction(L, traceback_handler);
 	int handler = lua_gettop(L);
@@ -369,6 +422,16 @@ static int run_child(struct child *c)
 		snprintf(err, sizeof(err), "run() must return a table or nil, got %s",
 		         luaL_typename(L, -1));
 		return fail_early(ctx, err, false);
+	}
+	/* Recorded before anything says COMPLETED: from here on a retry of this job
+	 * reports this output instead of doing the work again. */
+	rc = jv_completed_write(ctx, params, output);
+	if (rc < 0) {
+		char msg[300];
+		snprintf(msg, sizeof(msg),
+		         "cannot record the completion of job '%s' (%s): a retry of it would run it again",
+		         ctx->job_id, strerror(-rc));
+		jv_emit_log(ctx, "warn", msg);
 	}
 	jv_run_marker_done(ctx);
 	jv_staging_cleanup(ctx);

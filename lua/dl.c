@@ -17,6 +17,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -28,6 +29,7 @@
 #define DL_BACKOFF_CAP_MS 30000L
 #define DL_RETRY_AFTER_CAP_S 60L
 #define DL_WRITEBACK_EVERY (32ull << 20) /* start writeback early: the final fsync stays short */
+#define DL_SPACE_CHECK_EVERY (4ull << 20)
 
 static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void errf(char *err, size_t errlen, const char *fmt, ...)
@@ -81,6 +83,9 @@ struct xfer {
 	long status;
 	bool body_started, refused, over_cap, range_bad, cancelled;
 	int write_err;
+	uint64_t reserve;      /* free space to leave; 0 = none */
+	uint64_t next_space_check;
+	char space_msg[200];   /* why the reserve guard stopped the download */
 	int64_t range_start; /* from Content-Range; -1 none */
 	long retry_after;    /* seconds; -1 none */
 	const struct jv_io_hooks *hooks;
@@ -96,6 +101,32 @@ static int restart_file(struct xfer *x)
 	x->offset = 0;
 	x->synced = 0;
 	return hashq_begin(x->q, &x->st);
+}
+
+static void fmt_mib(uint64_t b, char *out, size_t len)
+{
+	snprintf(out, len, "%.1f MiB", (double)b / (1u << 20));
+}
+
+/* The reserve guard: false (and x->write_err = -ENOSPC) when writing need
+ * more bytes would leave less than x->reserve free. */
+static bool space_ok(struct xfer *x, uint64_t need)
+{
+	struct statvfs sv;
+	if (x->fd < 0 || !x->reserve || fstatvfs(x->fd, &sv) < 0)
+		return true; /* cannot tell: the write itself reports ENOSPC */
+	uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+	if (avail >= x->reserve && avail - x->reserve >= need)
+		return true;
+	char a[32], r[32], n[32];
+	fmt_mib(avail, a, sizeof(a));
+	fmt_mib(x->reserve, r, sizeof(r));
+	fmt_mib(need, n, sizeof(n));
+	snprintf(x->space_msg, sizeof(x->space_msg),
+	         "not enough free space for the download (%s more needed, %s free, %s kept in reserve)",
+	         n, a, r);
+	x->write_err = -ENOSPC;
+	return false;
 }
 
 static size_t on_header(char *buf, size_t size, size_t n, void *ud)
@@ -143,6 +174,11 @@ static size_t on_body(char *buf, size_t size, size_t n, void *ud)
 				return 0;
 			}
 		}
+		curl_off_t cl = -1;
+		curl_easy_getinfo(x->h, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+		if (x->fd >= 0 && !space_ok(x, cl > 0 ? (uint64_t)cl : 0))
+			return 0;
+		x->next_space_check = x->offset + DL_SPACE_CHECK_EVERY;
 	}
 	if (x->offset + x->written + len > x->cap) {
 		x->over_cap = true;
@@ -157,6 +193,11 @@ static size_t on_body(char *buf, size_t size, size_t n, void *ud)
 		hashq_update(x->q, &x->st, buf, len);
 	x->written += len;
 	uint64_t end = x->offset + x->written;
+	if (x->fd >= 0 && end >= x->next_space_check) {
+		x->next_space_check = end + DL_SPACE_CHECK_EVERY;
+		if (!space_ok(x, 0))
+			return 0;
+	}
 	if (x->fd >= 0 && end - x->synced >= DL_WRITEBACK_EVERY) {
 		sync_file_range(x->fd, (off_t)x->synced, (off_t)(end - x->synced), SYNC_FILE_RANGE_WRITE);
 		x->synced = end;
@@ -266,8 +307,11 @@ static enum outcome perform(struct xfer *x, const char *url, const struct dl_opt
 		return FAIL;
 	}
 	if (x->write_err) {
-		*rc = x->write_err;
-		errf(err, errlen, "cannot store the download: %s", strerror(-x->write_err));
+		*rc = x->write_err == -EDQUOT ? -ENOSPC : x->write_err;
+		if (x->space_msg[0])
+			errf(err, errlen, "%s", x->space_msg);
+		else
+			errf(err, errlen, "cannot store the download: %s", strerror(-x->write_err));
 		return FAIL;
 	}
 	if (x->over_cap || c == CURLE_FILESIZE_EXCEEDED) {
@@ -419,9 +463,14 @@ static int place(int from_dirfd, const char *from_name, int to_dirfd, const char
 	if (linkat(from_dirfd, from_name, to_dirfd, tmp, 0) < 0) {
 		if (errno != EXDEV && errno != EPERM && errno != EMLINK && errno != EOPNOTSUPP)
 			return -errno;
-		int in = openat(from_dirfd, from_name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		int in = openat(from_dirfd, from_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 		if (in < 0)
 			return -errno;
+		struct stat ist;
+		if (fstat(in, &ist) < 0 || !S_ISREG(ist.st_mode)) {
+			close(in);
+			return -EINVAL;
+		}
 		int out = openat(to_dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
 		if (out < 0) {
 			rc = -errno;
@@ -550,7 +599,7 @@ int dl_download(const char *url, const struct dl_opts *o, int dst_dirfd, const c
 			return rc < 0 ? rc : 0;
 		}
 	}
-	struct xfer x = {.fd = -1, .hooks = o->hooks};
+	struct xfer x = {.fd = -1, .hooks = o->hooks, .reserve = o->reserve_bytes};
 	x.cap = o->max_bytes ? o->max_bytes : DL_DEFAULT_MAX;
 	if (o->size >= 0) {
 		x.expect_total = (uint64_t)o->size;
@@ -607,7 +656,7 @@ int dl_download(const char *url, const struct dl_opts *o, int dst_dirfd, const c
 		goto out;
 	}
 	if (fsync(x.fd) < 0) {
-		rc = -errno;
+		rc = errno == EDQUOT ? -ENOSPC : -errno;
 		errf(err, errlen, "cannot write '%s': %s", part, strerror(errno));
 		goto out;
 	}
@@ -626,7 +675,9 @@ out:
 		struct stat st;
 		bool empty = fstat(x.fd, &st) == 0 && st.st_size == 0;
 		close(x.fd);
-		if (!o->resume || empty || rc == -EBADMSG)
+		/* Disk full: give the space back now (the game server next to us must
+		 * be able to save); the retry downloads from the start. */
+		if (!o->resume || empty || rc == -EBADMSG || rc == -ENOSPC)
 			unlinkat(dst_dirfd, part, 0);
 	}
 	hashq_free(x.q);

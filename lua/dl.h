@@ -11,6 +11,13 @@
  * the verified file is also kept as cache/<sha256> and the next download of
  * the same digest is a hard link (or a copy across filesystems).
  *
+ * Disk full: a download stops before the destination's free space drops
+ * below reserve_bytes (known sizes are refused before the first byte), and a
+ * download that fails for lack of space (the guard, or ENOSPC/EDQUOT from the
+ * kernel) removes its "<dst>.part": the space goes back to the host at once,
+ * and -ENOSPC tells the caller to retry once space was freed. Other failures
+ * keep the .part for resuming.
+ *
  * Errors: 0 / -errno (-ECANCELED when the hook asked to stop) and a
  * lower-case message in err. No logging here. */
 #ifndef JOBVISOR_DL_H
@@ -36,10 +43,13 @@ struct dl_opts {
 	long total_timeout_s;       /* whole transfer; 0 = none (downloads), 60 (dl_get) */
 	const char *ca_file;        /* extra CA bundle (tests); NULL = system */
 	int cache_fd;               /* <data-dir>/cache, or -1 */
+	uint64_t reserve_bytes;     /* free space the download never eats into (checked against
+	                               Content-Length and while writing); 0 = none */
 	const struct jv_io_hooks *hooks;
 };
 
 #define DL_DEFAULT_MAX (64ull << 30)
+#define DL_DEFAULT_RESERVE (128ull << 20) /* as archive.extract's reserve */
 
 void dl_opts_init(struct dl_opts *o);
 

@@ -47,6 +47,7 @@ struct jv_run_ctx {
 		char file[128];
 		cJSON *json; /* owned; NULL until jv_run_marker_start */
 		int64_t written_ms;
+		bool dirty; /* changed since written_ms */
 	} run_marker;
 };
 
@@ -100,12 +101,20 @@ int jv_markers_dir(struct jv_run_ctx *ctx);
 int jv_marker_write(struct jv_run_ctx *ctx, const char *file, const cJSON *value);
 int jv_marker_read(struct jv_run_ctx *ctx, const char *file, cJSON **out);
 int jv_marker_remove(struct jv_run_ctx *ctx, const char *file);
+/* Completion records under <instance>/.jobvisor/completed (lua/completed.c).
+ * find: 0 none, 1 a record of this job (same id, type and params; *record is
+ * returned-owned), 2 a record of another job under this id (*record set too),
+ * or -errno. write: 0 or -errno (nothing is written for a job id that is not
+ * an identifier). */
+int jv_completed_find(struct jv_run_ctx *ctx, const cJSON *params, cJSON **record);
+int jv_completed_write(struct jv_run_ctx *ctx, const cJSON *params, const cJSON *output);
 /* The run marker. start: expose the one an interrupted earlier run left as
  * job.previous (the table at job_idx) and write this run's; step: record
- * the current step (durably at most once a second); done: remove it (the
+ * the latest progress (message and/or percent >= 0; NULL/-1 only write a
+ * pending change that is due; durably at most once a second); done: remove it (the
  * run completed). */
 void jv_run_marker_start(lua_State *L, struct jv_run_ctx *ctx, int job_idx);
-void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step);
+void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step, double percent);
 void jv_run_marker_done(struct jv_run_ctx *ctx);
 
 /* print() replacement (lua/api_log.c). */

@@ -45,6 +45,8 @@ struct config {
 	int cancel_grace_max_s;
 	int shutdown_grace_s;
 	int64_t job_memory;  /* bytes, Lua allocator cap */
+	int64_t extract_max_bytes; /* archive.extract's default total-size cap; 0 = none */
+	int extract_max_ratio;     /* archive.extract's default expansion-ratio guard; 0 = none */
 
 	int request_timeout_s;
 	int connect_timeout_s;

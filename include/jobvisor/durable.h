@@ -36,8 +36,11 @@ int jv_write_all(int fd, const void *buf, size_t len);
 
 /* Read a whole regular file below dirfd (no symlink follow on the last component)
  * into a NUL-terminated malloc'd buffer, at most max bytes (-EFBIG beyond).
- * Returned-owned: free(). Returns 0 or -errno. */
+ * Opened non-blocking, so a FIFO never blocks: anything but a regular file is
+ * -EINVAL (-EISDIR for a directory). Returned-owned: free(). Returns 0 or -errno. */
 int jv_read_file_at(int dirfd, const char *name, size_t max, char **out, size_t *outlen);
+/* The message for a jv_read_file_at() error: "not a regular file" for -EINVAL. */
+const char *jv_read_strerror(int rc);
 
 /* mkdir -p for a path made of existing parents; mode for created dirs. Returns 0 or -errno. */
 int jv_mkdir_p(const char *path, mode_t mode);

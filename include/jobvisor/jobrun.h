@@ -74,6 +74,12 @@ void jobrun_on_exit(struct jobrun *run, int wstatus);
 int64_t jobrun_next_deadline(const struct jobrun *run);
 void jobrun_on_timer(struct jobrun *run, int64_t now_ms);
 
+/* The result of job job_id reached whoever asked for it (the control plane
+ * acknowledged it, `jobvisor run` printed it): remove the completion record
+ * the child kept for a retry (see lua/completed.c). Never follows a symlink.
+ * Returns 0 (also when there was none) or -errno. */
+int jobrun_forget_completion(const char *data_dir, const char *instance_id, const char *job_id);
+
 /* Ask the run to stop. reason: "cancelled" (user request; a non-cancellable job
  * only logs why it cannot), "timeout" (reported FAILED, reason timeout),
  * "shutdown" / "lost" (reported FAILED, retryable). Idempotent. */

@@ -28,6 +28,9 @@ bool jv_json_depth_ok(const char *s, size_t len, int max);
  * C0 80 (never valid UTF-8), so no string is cut short; raw bytes are kept as
  * they are. Returned-owned: cJSON_Delete. */
 cJSON *jv_json_parse(const char *data, size_t len);
+/* The same, with why it failed and where in err: "invalid JSON at line 1,
+ * column 12 (byte 12), near '}'". */
+cJSON *jv_json_parse_err(const char *data, size_t len, char *err, size_t errlen);
 
 /* Whether every string and member name in v is valid UTF-8 without NUL. On
  * false, where (optional, wlen bytes) names the first bad one ("params.id",

@@ -17,19 +17,34 @@ M.FORMATS = { ["tar.zst"] = true, ["tar.gz"] = true, ["tgz"] = true, ["tar.xz"] 
 
 function M.path(id) return "builds/" .. id end
 
--- Check a source param {url, sha256, format?}; returns a normalised copy.
+local SOURCE_KEYS = { url = true, sha256 = true, format = true, size = true, unpackedSize = true }
+
+local function check_bytes(job, what, v)
+  if v == nil then return nil end
+  if math.type(v) ~= "integer" or v <= 0 then
+    job.fail(string.format("invalid %s: must be a positive integer number of bytes", what))
+  end
+  return v
+end
+
+-- Check a source param {url, sha256, format?, size?, unpackedSize?}; returns a
+-- normalised copy. size: the archive's bytes (the download must match);
+-- unpackedSize: what it unpacks to, which then replaces the default size cap
+-- and compression-ratio guard of the extraction.
 function M.check_source(job, src, allow_format)
   if type(src) ~= "table" then job.fail("source must be an object {url, sha256" ..
-    (allow_format and ", format" or "") .. "}") end
+    (allow_format and ", format" or "") .. ", size, unpackedSize}") end
   for k in pairs(src) do
-    if k ~= "url" and k ~= "sha256" and not (allow_format and k == "format") then
-      job.fail(string.format("unknown field '%s' in source (expected url, sha256%s)", tostring(k),
-        allow_format and ", format" or ""))
+    if not SOURCE_KEYS[k] or (k == "format" and not allow_format) then
+      job.fail(string.format("unknown field '%s' in source (expected url, sha256%s, size, unpackedSize)",
+        tostring(k), allow_format and ", format" or ""))
     end
   end
   local out = {
     url = common.check_url(job, "source.url", src.url),
     sha256 = common.check_sha256(job, "source.sha256", src.sha256),
+    size = check_bytes(job, "source.size", src.size),
+    unpackedSize = check_bytes(job, "source.unpackedSize", src.unpackedSize),
   }
   if src.format ~= nil then
     if not M.FORMATS[src.format] then
@@ -70,10 +85,22 @@ function M.resumable(job, src)
   return {}, nil
 end
 
+-- Forget the source digest recorded for builds/<id> (a build this run made and
+-- took back).
+function M.forget_source(job, id)
+  local m = job.marker("builds")
+  if type(m) == "table" and type(m.sources) == "table" and m.sources[id] ~= nil then
+    m.sources[id] = nil
+    job.mark("builds", m)
+  end
+end
+
 -- Make builds/<id> exist, downloading and extracting src if needed. resume is
--- the staging directory from M.resumable (or nil). Returns true when the
--- build was staged now, false when it was already there.
-function M.stage(job, id, src, from, to, resume)
+-- the staging directory from M.resumable (or nil). check(dir), if given, is
+-- called with the extracted tree before it is published (it fails the job to
+-- refuse the build; nothing is left then). Returns true when the build was
+-- staged now, false when it was already there.
+function M.stage(job, id, src, from, to, resume, check)
   local have = fs.exists(M.path(id))
   local rec = M.source_of(job, id)
   if have then
@@ -102,19 +129,28 @@ function M.stage(job, id, src, from, to, resume)
     job.progress(from, "downloading build '" .. id .. "'")
     downloading = true
     local res, derr = http.download(src.url, file, { sha256 = src.sha256, resume = true,
-      progress = { from = from, to = mid } })
+      size = src.size, progress = { from = from, to = mid } })
     if not res then
       job.fail(string.format("cannot download build '%s': %s", id, tostring(derr)), { retryable = true })
     end
     downloading = false
     job.checkpoint()
     job.progress(mid, "extracting build '" .. id .. "'")
-    local x, xerr = archive.extract(file, stage .. "/build", { progress = { from = mid, to = to - 1 } })
+    -- A decompression bomb stops at the agent's extract_max_bytes /
+    -- extract_max_ratio, or exactly at the size the control plane declared.
+    local xopts = { progress = { from = mid, to = to - 1 } }
+    if src.unpackedSize then
+      xopts.max_bytes = src.unpackedSize
+      xopts.max_ratio = 0
+    end
+    local x, xerr, xcode = archive.extract(file, stage .. "/build", xopts)
     if not x then
-      job.fail(string.format("cannot extract build '%s': %s", id, tostring(xerr)))
+      job.fail(string.format("cannot extract build '%s': %s", id, tostring(xerr)),
+        { retryable = common.disk_full(xcode) })
     end
     fs.remove(file)
     job.checkpoint()
+    if check then check(stage .. "/build") end
     common.must(job, "cannot move the build into builds/", fs.commit(stage .. "/build", M.path(id)))
   end, function()
     -- A download that broke off keeps its ".part" for the next run to resume;

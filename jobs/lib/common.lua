@@ -65,6 +65,13 @@ function M.check_string_array(job, what, arr, max)
   return arr
 end
 
+-- Is the failure code (the third result of a failed fs, archive or http call)
+-- a full disk? The API reports quotas as "ENOSPC" too. A full disk is never
+-- the input's fault: such failures are retryable once space was freed.
+function M.disk_full(code)
+  return code == "ENOSPC"
+end
+
 -- Result of an API call: the value, or fail the run with "what: message".
 -- I/O failures are retryable (a retry may well succeed). Only nil is a
 -- failure: false is an ordinary answer (fs.remove of a missing path).

@@ -55,9 +55,9 @@ static void signals_close(struct agent *ag)
 
 static int usage(void)
 {
+	/* The shape of every usage error of the command line (supervisor/cli/help.c). */
 	fprintf(stderr, "usage: jobvisor agent [--config FILE] [--check-config]\n"
-	                "  settings come from FILE (key = value lines) and JOBVISOR_* variables,\n"
-	                "  which override the file; see docs/operations.md\n");
+	                "Run 'jobvisor help agent' for details.\n");
 	return 2;
 }
 
@@ -421,8 +421,12 @@ int cmd_agent(int argc, char **argv)
 		} else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
 			usage();
 			return 0;
+		} else if (strcmp(argv[i], "--config") == 0) {
+			fprintf(stderr, "jobvisor agent: option '--config' needs a value\n");
+			return usage();
 		} else {
-			fprintf(stderr, "jobvisor agent: unknown argument '%s'\n", argv[i]);
+			fprintf(stderr, "jobvisor agent: %s '%s'\n",
+			        argv[i][0] == '-' ? "unknown option" : "unexpected argument", argv[i]);
 			return usage();
 		}
 	}

@@ -75,6 +75,12 @@ static const struct setting settings[] = {
 	 "seconds running runs get to stop after SIGTERM before SIGKILL"},
 	{"job_memory", "JOBVISOR_JOB_MEMORY", K_SIZE, OFF(job_memory), "256M", 1 << 20,
 	 (double)(64LL << 30), false, "memory cap of a job script's Lua state"},
+	{"extract_max_bytes", "JOBVISOR_EXTRACT_MAX_BYTES", K_SIZE, OFF(extract_max_bytes), "16G", 0,
+	 (double)(1LL << 50), false,
+	 "archives unpack to at most this many bytes unless a job says otherwise (0 = no cap)"},
+	{"extract_max_ratio", "JOBVISOR_EXTRACT_MAX_RATIO", K_INT, OFF(extract_max_ratio), "20", 0,
+	 100000, false,
+	 "archives unpack to at most this many times their own size, beyond 64 MiB (0 = off)"},
 	{"request_timeout", "JOBVISOR_REQUEST_TIMEOUT", K_INT, OFF(request_timeout_s), "30", 1, 600,
 	 false, "seconds a request to the control plane may take (long polls get poll_wait more)"},
 	{"connect_timeout", "JOBVISOR_CONNECT_TIMEOUT", K_INT, OFF(connect_timeout_s), "10", 1, 600,
@@ -731,6 +737,9 @@ cJSON *config_child_settings(const struct config *cfg)
 	    !cJSON_AddStringToObject(o, "log_format", cfg->log_format == JV_LOG_JSON ? "json" : "logfmt"))
 		goto fail;
 	if (!cJSON_AddStringToObject(o, "data_dir", cfg->data_dir))
+		goto fail;
+	if (!cJSON_AddNumberToObject(o, "extract_max_bytes", (double)cfg->extract_max_bytes) ||
+	    !cJSON_AddNumberToObject(o, "extract_max_ratio", cfg->extract_max_ratio))
 		goto fail;
 	if (cfg->jobs_dir && !cJSON_AddStringToObject(o, "jobs_dir", cfg->jobs_dir))
 		goto fail;

@@ -14,6 +14,7 @@
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
+#include "jobvisor/jobrun.h"
 #include "spool.h"
 #include "transport.h"
 
@@ -187,8 +188,15 @@ static void on_result_answer(void *ud, const struct transport_response *resp)
 	if (handle_failure(run, "result", resp))
 		return;
 	succeeded(run);
-	jv_info(run->job_id, run->run_id, "result delivered (%s)",
-	        jv_json_str(spool_run_result(run->sr), "status", "?"));
+	const char *status = jv_json_str(spool_run_result(run->sr), "status", "?");
+	jv_info(run->job_id, run->run_id, "result delivered (%s)", status);
+	if (strcmp(status, "COMPLETED") == 0) {
+		/* The control plane has it: no retry of this job will come. */
+		int frc = jobrun_forget_completion(run->ag->cfg.data_dir, run->instance_id, run->job_id);
+		if (frc)
+			jv_warn(run->job_id, run->run_id, "cannot remove the completion record: %s",
+			        strerror(-frc));
+	}
 	int rc = spool_run_remove(run->sr);
 	run->sr = NULL;
 	if (rc)

@@ -150,7 +150,9 @@ int jv_read_file_at(int dirfd, const char *name, size_t max, char **out, size_t 
 	*out = NULL;
 	if (outlen)
 		*outlen = 0;
-	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+	/* O_NONBLOCK: opening a FIFO for reading would wait for a writer. Harmless
+	 * for the regular files this reads. */
+	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0)
 		return -errno;
 	struct stat st = {0};
@@ -234,4 +236,9 @@ int jv_mkdir_p(const char *path, mode_t mode)
 	if (stat(tmp, &st) < 0)
 		return -errno;
 	return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+}
+
+const char *jv_read_strerror(int rc)
+{
+	return rc == -EINVAL ? "not a regular file" : strerror(-rc);
 }

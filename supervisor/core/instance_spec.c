@@ -558,7 +558,7 @@ int jv_instance_spec_load(const char *instance_dir, const cJSON *allowed,
 	if (rc == -EFBIG)
 		return fail(err, errlen, "larger than %d bytes", JV_SPEC_MAX_BYTES);
 	if (rc) {
-		snprintf(err, errlen, "cannot read '%s/instance.json': %s", instance_dir, strerror(-rc));
+		snprintf(err, errlen, "cannot read '%s/instance.json': %s", instance_dir, jv_read_strerror(rc));
 		return rc;
 	}
 	const char *build_dir = NULL;

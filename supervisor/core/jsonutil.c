@@ -80,8 +80,9 @@ static bool is_nul_escape(const char *p, size_t left)
 }
 
 /* Inside strings: count \u0000 escapes; a raw NUL byte there makes the text
- * invalid (-1). Outside strings NUL is left to cJSON (an error, or trailing). */
-static long count_nul_escapes(const char *p, size_t len)
+ * invalid (-1, its offset in *raw). Outside strings NUL is left to cJSON (an
+ * error, or trailing). */
+static long count_nul_escapes(const char *p, size_t len, size_t *raw)
 {
 	long n = 0;
 	bool in_str = false;
@@ -90,6 +91,7 @@ static long count_nul_escapes(const char *p, size_t len)
 		if (!in_str) {
 			in_str = c == '"';
 		} else if (c == '\0') {
+			*raw = i;
 			return -1;
 		} else if (c == '"') {
 			in_str = false;
@@ -131,40 +133,90 @@ static char *mark_nuls(const char *p, size_t len, size_t *out_len)
 	return out;
 }
 
-static cJSON *parse_plain(const char *data, size_t len)
+/* "at line L, column C (byte B)" of the byte at pos, with what stands there. */
+static void describe_at(const char *data, size_t len, size_t pos, const char *what, char *err,
+                        size_t errlen)
 {
+	size_t line = 1, col = 1;
+	for (size_t i = 0; i < pos && i < len; i++) {
+		if (data[i] == '\n') {
+			line++;
+			col = 1;
+		} else {
+			col++;
+		}
+	}
+	size_t rest = pos;
+	while (rest < len && (data[rest] == ' ' || data[rest] == '\n' || data[rest] == '\r' ||
+	                      data[rest] == '\t'))
+		rest++;
+	if (rest >= len)
+		snprintf(err, errlen, "%s at line %zu, column %zu (byte %zu): unexpected end of input", what,
+		         line, col, pos + 1);
+	else
+		snprintf(err, errlen, "%s at line %zu, column %zu (byte %zu), near '%.12s'", what, line, col,
+		         pos + 1, data + pos);
+	/* keep the quoted excerpt on one line */
+	for (char *p = err; *p; p++)
+		if (*p == '\n' || *p == '\r' || *p == '\t')
+			*p = ' ';
+}
+
+cJSON *jv_json_parse_err(const char *data, size_t len, char *err, size_t errlen)
+{
+	if (errlen)
+		err[0] = '\0';
+	/* cJSON recurses once per level up to 1000 deep: refuse deep text first so
+	 * hostile input cannot exhaust a small (thread or sanitizer) stack. */
+	if (!jv_json_depth_ok(data, len, JV_JSON_MAX_DEPTH)) {
+		snprintf(err, errlen, "nested deeper than %d levels", JV_JSON_MAX_DEPTH);
+		return NULL;
+	}
+	size_t raw = 0;
+	long nuls = count_nul_escapes(data, len, &raw);
+	if (nuls < 0) {
+		describe_at(data, len, raw, "invalid JSON: a raw NUL byte inside a string", err, errlen);
+		return NULL;
+	}
+	/* Positions in messages are then those of the marked copy: off by 4
+	 * bytes per \u0000 before them, which only such text has. */
+	char *marked = NULL;
+	if (nuls > 0) {
+		size_t mlen = 0;
+		marked = mark_nuls(data, len, &mlen);
+		if (!marked) {
+			snprintf(err, errlen, "out of memory");
+			return NULL;
+		}
+		data = marked;
+		len = mlen;
+	}
 	const char *end = NULL;
 	cJSON *v = cJSON_ParseWithLengthOpts(data, len, &end, false);
-	if (!v)
+	if (!v) {
+		const char *at = cJSON_GetErrorPtr();
+		size_t pos = at && at >= data && at <= data + len ? (size_t)(at - data) : len;
+		describe_at(data, len, pos, "invalid JSON", err, errlen);
+		free(marked);
 		return NULL;
+	}
 	/* Only trailing whitespace may follow the value. */
 	for (const char *p = end; p && p < data + len; p++) {
 		if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t' && *p != '\0') {
 			cJSON_Delete(v);
+			describe_at(data, len, (size_t)(p - data), "text after the JSON value", err, errlen);
+			free(marked);
 			return NULL;
 		}
 	}
+	free(marked);
 	return v;
 }
 
 cJSON *jv_json_parse(const char *data, size_t len)
 {
-	/* cJSON recurses once per level up to 1000 deep: refuse deep text first so
-	 * hostile input cannot exhaust a small (thread or sanitizer) stack. */
-	if (!jv_json_depth_ok(data, len, JV_JSON_MAX_DEPTH))
-		return NULL;
-	long nuls = count_nul_escapes(data, len);
-	if (nuls < 0)
-		return NULL;
-	if (nuls == 0)
-		return parse_plain(data, len);
-	size_t mlen = 0;
-	char *marked = mark_nuls(data, len, &mlen);
-	if (!marked)
-		return NULL;
-	cJSON *v = parse_plain(marked, mlen);
-	free(marked);
-	return v;
+	char err[8];
+	return jv_json_parse_err(data, len, err, sizeof(err));
 }
 
 /* First bad string below v; path into where (dotted, with [i] for arrays). */

@@ -340,7 +340,7 @@ static void scan_line(struct ready_scan *s, char *line, size_t n)
 static void scan_file(struct ready_scan *s, const char *name, bool *whole)
 {
 	*whole = false;
-	int fd = openat(s->m->logs_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	int fd = openat(s->m->logs_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0)
 		return;
 	struct stat st;

@@ -130,5 +130,71 @@ class WorldResetAndAnnounce(unittest.TestCase):
         run(inst, "STOP_INSTANCE")
 
 
+class EveryExampleThenStart(unittest.TestCase):
+    """Issue 17: every script in examples/jobs/ runs through `jobvisor run`, and the instance
+    starts afterwards, so an example can never silently rot (depot_update once activated a build
+    whose server was mode 0644, and the next start failed). A new example without a scenario
+    here fails the test."""
+
+    def scenario_announce(self, inst):
+        self.must(run(inst, "START_INSTANCE", {"waitReady": True}))
+        out = self.must(run(inst, "ANNOUNCE", {"message": "hello", "count": 1}))
+        self.assertEqual(out, {"sent": 1})
+        self.must(run(inst, "STOP_INSTANCE"))
+
+    def scenario_world_reset(self, inst):
+        self.must(run(inst, "START_INSTANCE", {"waitReady": True}))
+        out = self.must(run(inst, "WORLD_RESET", {"seed": 7, "warnSeconds": 0}))
+        self.assertEqual(out["seed"], 7)
+        self.must(run(inst, "STOP_INSTANCE"))
+
+    def scenario_depot_update(self, inst):
+        www = FileServer(self)
+        demo = os.environ["JV_DEMO_SERVER_BIN"]
+        with open(demo, "rb") as f:
+            server = f.read()
+        manifest = json.dumps({"files": [
+            {"path": "server", "url": www.put("server", server), "sha256": sha(server), "mode": 0o755},
+        ]}).encode()
+        out = self.must(run(inst, "DEPOT_UPDATE", {"manifestUrl": www.put("m.json", manifest),
+                                                   "manifestSha256": sha(manifest), "build": "2.0",
+                                                   "activate": True}))
+        self.assertEqual(out, {"build": "2.0", "activated": True})
+        self.assertEqual(os.readlink(os.path.join(inst.dir, "current")), "builds/2.0")
+
+    def must(self, r):
+        code, res, _, err = r
+        self.assertEqual(code, 0, (res, err[-2000:]))
+        return res["output"]
+
+    def run_then_start(self, name):
+        inst = Instance(self)
+        getattr(self, "scenario_" + name)(inst)
+        code, res, _, err = run(inst, "START_INSTANCE", {"waitReady": True})
+        self.assertEqual(code, 0, (res, err[-2000:]))
+        self.assertEqual(res["output"]["state"], "RUNNING")
+        self.assertEqual(inst.status()["state"], "RUNNING")
+        run(inst, "STOP_INSTANCE")
+
+    def test_every_example_has_a_scenario(self):
+        names = sorted(f[:-4] for f in os.listdir(EXAMPLES) if f.endswith(".lua"))
+        self.assertEqual(names, sorted(["announce", "depot_update", "world_reset"]),
+                         "a new example in examples/jobs/ needs a scenario_<name> and a test here")
+        for n in names:
+            self.assertTrue(hasattr(self, "scenario_" + n), n)
+
+    def test_announce_then_start(self):
+        self.run_then_start("announce")
+
+    def test_world_reset_then_start(self):
+        self.run_then_start("world_reset")
+
+    # Issue 15 (the `proc` engineer's file modes: fs.chmod / the manifest's `mode`): until
+    # depot_update.lua applies the mode, the activated server is 0644 and this start fails.
+    @unittest.expectedFailure
+    def test_depot_update_then_start(self):
+        self.run_then_start("depot_update")
+
+
 if __name__ == "__main__":
     unittest.main()

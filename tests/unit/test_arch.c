@@ -278,6 +278,23 @@ Test(arch, stops_a_zip_bomb_without_declared_sizes_while_streaming)
 	cr_expect(!exists_in("out"));
 }
 
+Test(arch, ratio_guard_stops_a_bomb_beyond_the_floor_and_spares_small_archives)
+{
+	/* 96 MiB of zeros: a few KiB compressed, beyond the 64 MiB floor of the guard. */
+	struct tentry v[] = {{'z', "bomb.bin", NULL, 96u << 20}};
+	build("bomb.tar.zst", FMT_TAR, "zstd", v, 1, false);
+	struct arch_extract_opts o = {.max_ratio = 20};
+	char err[512];
+	cr_expect(extract("bomb.tar.zst", "out", &o, err, NULL) < 0);
+	cr_expect(strstr(err, "beyond 20 times its own size") != NULL, "%s", err);
+	cr_expect(strstr(err, "limit 64.0 MiB") != NULL, "%s", err);
+	cr_expect(!exists_in("out"));
+	/* 32 MiB of zeros: as compressible, but under the floor: extracted. */
+	struct tentry w[] = {{'z', "fine.bin", NULL, 32u << 20}};
+	build("fine.tar.zst", FMT_TAR, "zstd", w, 1, false);
+	cr_expect(extract("fine.tar.zst", "out2", &o, err, NULL) == 0, "%s", err);
+}
+
 Test(arch, free_space_guard_refuses_what_would_fill_the_disk)
 {
 	struct tentry v[] = {{'z', "big.bin", NULL, 64u << 20}};

@@ -189,6 +189,19 @@ Test(durable, read_file_caps_size_and_refuses_symlinks)
 	free(dir);
 }
 
+Test(durable, read_file_refuses_a_fifo_without_blocking, .timeout = 10)
+{
+	char *dir = tmpdir();
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+	cr_assert_eq(mkfifoat(dfd, "instance.json", 0600), 0);
+	char *data = NULL;
+	cr_assert_eq(jv_read_file_at(dfd, "instance.json", 1 << 20, &data, NULL), -EINVAL);
+	cr_assert_null(data);
+	cr_assert_str_eq(jv_read_strerror(-EINVAL), "not a regular file");
+	close(dfd);
+	free(dir);
+}
+
 Test(durable, mkdir_p_creates_parents_and_refuses_files)
 {
 	char *dir = tmpdir();
