@@ -148,11 +148,11 @@ static cJSON *load_params(const char *arg, char *err, size_t errlen)
 		snprintf(err, errlen, "--params must be a JSON object like '{\"backupId\": \"b1\"}'");
 		return NULL;
 	}
-	char where[96];
+	char field[96];
 	const char *what;
-	if (!jv_json_text_ok(p, where, sizeof(where), &what)) {
+	if (!jv_json_text_ok(p, field, sizeof(field), &what)) {
 		cJSON_Delete(p);
-		snprintf(err, errlen, "--params: '%s' %s", where, what);
+		snprintf(err, errlen, "--params: '%s' %s", field, what);
 		return NULL;
 	}
 	return p;
@@ -222,8 +222,7 @@ static int drive(struct jobrun *run, struct run_out *o, int sfd)
 		const cJSON *err = cJSON_GetObjectItem(o->result, "error");
 		if (strcmp(status, "COMPLETED") == 0) {
 			char *s = jv_json_print(cJSON_GetObjectItem(o->result, "output"));
-			printf("COMPLETED %s
-", s ? s : "{}");
+			printf("COMPLETED %s\n", s ? s : "{}");
 			free(s);
 		} else {
 			printf("%s: %s\n", status, jv_json_str(err, "message", "-"));
