@@ -89,6 +89,107 @@ static void problem(struct problems *pr, const char *field, const char *fmt, ...
 static const char *const table_keys[] = {"type", "cancellable", "why", "params", "run",
                                          "description", NULL};
 
+/* Every key of the table must mean something: `cancelable = false` must
+ * not be ignored. */
+static void check_keys(lua_State *L, int t, struct problems *pr)
+{
+	lua_pushnil(L);
+	while (lua_next(L, t)) {
+		lua_pop(L, 1);
+		bool known = false;
+		if (lua_type(L, -1) == LUA_TSTRING)
+			for (const char *const *k = table_keys; *k && !known; k++)
+				known = strcmp(*k, lua_tostring(L, -1)) == 0;
+		if (!known) {
+			const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
+			problem(pr, lua_type(L, -1) == LUA_TSTRING ? k : NULL,
+			        "unknown field '%s' in the script table (known: type, cancellable, why, "
+			        "params, run, description)", lua_type(L, -1) == LUA_TSTRING ? k : luaL_typename(L, -1));
+		}
+	}
+}
+
+/* Field `type`: 1-64 letters, digits, '_', '-' or '.'. */
+static void check_type(lua_State *L, int t, struct problems *pr, struct jv_scriptdef *def)
+{
+	if (lua_getfield(L, t, "type") != LUA_TSTRING) {
+		problem(pr, "type", "field 'type' must be a string (e.g. \"BACKUP_INSTANCE\")");
+	} else {
+		size_t tl;
+		const char *type = lua_tolstring(L, -1, &tl);
+		bool type_ok = tl > 0 && tl <= 64;
+		for (size_t i = 0; i < tl; i++)
+			type_ok = type_ok && (type[i] == '_' || type[i] == '-' || type[i] == '.' ||
+			                      (type[i] >= 'A' && type[i] <= 'Z') ||
+			                      (type[i] >= 'a' && type[i] <= 'z') ||
+			                      (type[i] >= '0' && type[i] <= '9'));
+		if (!type_ok)
+			problem(pr, "type", "field 'type' must be 1-64 letters, digits, '_', '-' or '.'");
+		else
+			snprintf(def->type, sizeof(def->type), "%s", type);
+	}
+	lua_pop(L, 1);
+}
+
+/* Fields `cancellable`, `why` (required when not cancellable), `description`. */
+static void check_flags(lua_State *L, int t, struct problems *pr, struct jv_scriptdef *def)
+{
+	int ct = lua_getfield(L, t, "cancellable");
+	if (ct != LUA_TNIL && ct != LUA_TBOOLEAN)
+		problem(pr, "cancellable", "field 'cancellable' must be a boolean");
+	def->cancellable = ct != LUA_TBOOLEAN || lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	int wt = lua_getfield(L, t, "why");
+	if (wt == LUA_TSTRING)
+		snprintf(def->why, sizeof(def->why), "%s", lua_tostring(L, -1));
+	else if (wt != LUA_TNIL)
+		problem(pr, "why", "field 'why' must be a string");
+	lua_pop(L, 1);
+	if (!def->cancellable && !def->why[0])
+		problem(pr, "cancellable", "a script with cancellable = false must say why (field 'why')");
+	int dt = lua_getfield(L, t, "description");
+	if (dt != LUA_TNIL && dt != LUA_TSTRING)
+		problem(pr, "description", "field 'description' must be a string");
+	lua_pop(L, 1);
+}
+
+/* Field `params`: names mapped to type strings. */
+static void check_params(lua_State *L, int t, struct problems *pr, struct jv_scriptdef *def)
+{
+	int pt = lua_getfield(L, t, "params");
+	if (pt == LUA_TTABLE) {
+		lua_pushnil(L);
+		while (lua_next(L, -2)) {
+			if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
+				problem(pr, "params", "'params' must map names to type strings like \"string?\"");
+				lua_pop(L, 1);
+				continue;
+			}
+			if (def->nparams == JV_MAX_PARAMS) {
+				problem(pr, "params", "more than %d params declared", JV_MAX_PARAMS);
+				lua_pop(L, 2);
+				break;
+			}
+			struct jv_param_decl *d = &def->params[def->nparams];
+			const char *name = lua_tostring(L, -2);
+			if (strlen(name) == 0 || strlen(name) >= sizeof(d->name)) {
+				problem(pr, "params", "parameter name '%s' is empty or too long", name);
+			} else if (!parse_param_type(lua_tostring(L, -1), d)) {
+				problem(pr, name, "parameter '%s' has unknown type '%s' (use string, number, "
+				        "integer, boolean, table, array, object or any, with '?' for optional)",
+				        name, lua_tostring(L, -1));
+			} else {
+				snprintf(d->name, sizeof(d->name), "%s", name);
+				def->nparams++;
+			}
+			lua_pop(L, 1);
+		}
+	} else if (pt != LUA_TNIL) {
+		problem(pr, "params", "field 'params' must be a table");
+	}
+	lua_pop(L, 1);
+}
+
 int jv_scriptdef_load(lua_State *L, const char *path, const char *chunkname,
                       struct jv_scriptdef *def, char *err, size_t errlen)
 {
@@ -125,91 +226,10 @@ int jv_scriptdef_load(lua_State *L, const char *path, const char *chunkname,
 		goto out;
 	}
 
-	/* Every key of the table must mean something: `cancelable = false` must
-	 * not be ignored. */
-	lua_pushnil(L);
-	while (lua_next(L, t)) {
-		lua_pop(L, 1);
-		bool known = false;
-		if (lua_type(L, -1) == LUA_TSTRING)
-			for (const char *const *k = table_keys; *k && !known; k++)
-				known = strcmp(*k, lua_tostring(L, -1)) == 0;
-		if (!known) {
-			const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
-			problem(&pr, lua_type(L, -1) == LUA_TSTRING ? k : NULL,
-			        "unknown field '%s' in the script table (known: type, cancellable, why, "
-			        "params, run, description)", lua_type(L, -1) == LUA_TSTRING ? k : luaL_typename(L, -1));
-		}
-	}
-
-	if (lua_getfield(L, t, "type") != LUA_TSTRING) {
-		problem(&pr, "type", "field 'type' must be a string (e.g. \"BACKUP_INSTANCE\")");
-	} else {
-		size_t tl;
-		const char *type = lua_tolstring(L, -1, &tl);
-		bool type_ok = tl > 0 && tl <= 64;
-		for (size_t i = 0; i < tl; i++)
-			type_ok = type_ok && (type[i] == '_' || type[i] == '-' || type[i] == '.' ||
-			                      (type[i] >= 'A' && type[i] <= 'Z') ||
-			                      (type[i] >= 'a' && type[i] <= 'z') ||
-			                      (type[i] >= '0' && type[i] <= '9'));
-		if (!type_ok)
-			problem(&pr, "type", "field 'type' must be 1-64 letters, digits, '_', '-' or '.'");
-		else
-			snprintf(def->type, sizeof(def->type), "%s", type);
-	}
-	lua_pop(L, 1);
-
-	int ct = lua_getfield(L, t, "cancellable");
-	if (ct != LUA_TNIL && ct != LUA_TBOOLEAN)
-		problem(&pr, "cancellable", "field 'cancellable' must be a boolean");
-	def->cancellable = ct != LUA_TBOOLEAN || lua_toboolean(L, -1);
-	lua_pop(L, 1);
-	int wt = lua_getfield(L, t, "why");
-	if (wt == LUA_TSTRING)
-		snprintf(def->why, sizeof(def->why), "%s", lua_tostring(L, -1));
-	else if (wt != LUA_TNIL)
-		problem(&pr, "why", "field 'why' must be a string");
-	lua_pop(L, 1);
-	if (!def->cancellable && !def->why[0])
-		problem(&pr, "cancellable", "a script with cancellable = false must say why (field 'why')");
-	int dt = lua_getfield(L, t, "description");
-	if (dt != LUA_TNIL && dt != LUA_TSTRING)
-		problem(&pr, "description", "field 'description' must be a string");
-	lua_pop(L, 1);
-
-	int pt = lua_getfield(L, t, "params");
-	if (pt == LUA_TTABLE) {
-		lua_pushnil(L);
-		while (lua_next(L, -2)) {
-			if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
-				problem(&pr, "params", "'params' must map names to type strings like \"string?\"");
-				lua_pop(L, 1);
-				continue;
-			}
-			if (def->nparams == JV_MAX_PARAMS) {
-				problem(&pr, "params", "more than %d params declared", JV_MAX_PARAMS);
-				lua_pop(L, 2);
-				break;
-			}
-			struct jv_param_decl *d = &def->params[def->nparams];
-			const char *name = lua_tostring(L, -2);
-			if (strlen(name) == 0 || strlen(name) >= sizeof(d->name)) {
-				problem(&pr, "params", "parameter name '%s' is empty or too long", name);
-			} else if (!parse_param_type(lua_tostring(L, -1), d)) {
-				problem(&pr, name, "parameter '%s' has unknown type '%s' (use string, number, "
-				        "integer, boolean, table, array, object or any, with '?' for optional)",
-				        name, lua_tostring(L, -1));
-			} else {
-				snprintf(d->name, sizeof(d->name), "%s", name);
-				def->nparams++;
-			}
-			lua_pop(L, 1);
-		}
-	} else if (pt != LUA_TNIL) {
-		problem(&pr, "params", "field 'params' must be a table");
-	}
-	lua_pop(L, 1);
+	check_keys(L, t, &pr);
+	check_type(L, t, &pr, def);
+	check_flags(L, t, &pr, def);
+	check_params(L, t, &pr, def);
 
 	if (lua_getfield(L, t, "run") != LUA_TFUNCTION) {
 		problem(&pr, "run", "field 'run' must be a function run(job)");
