@@ -240,23 +240,13 @@ static bool curl_transient(CURLcode c)
 	}
 }
 
-static enum outcome perform(struct xfer *x, const char *url, const struct dl_opts *o,
-                            bool get_json, int *rc, char *err, size_t errlen)
+/* Every option of one attempt: the URL, http(s) only, TLS checks,
+ * timeouts, the callbacks into x, a size cap and a resume range. Returns
+ * the header list to free after the transfer. range and ebuf must outlive it. */
+static struct curl_slist *set_options(CURL *h, struct xfer *x, const char *url,
+                                      const struct dl_opts *o, bool get_json, char *range,
+                                      size_t rangelen, char *ebuf)
 {
-	char ebuf[CURL_ERROR_SIZE] = "";
-	char range[48];
-	CURL *h = curl_easy_init();
-	if (!h) {
-		*rc = -ENOMEM;
-		errf(err, errlen, "out of memory");
-		return FAIL;
-	}
-	x->h = h;
-	x->written = 0;
-	x->status = 0;
-	x->body_started = x->refused = x->over_cap = x->range_bad = false;
-	x->range_start = -1;
-	x->retry_after = -1;
 	curl_easy_setopt(h, CURLOPT_URL, url);
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
@@ -290,17 +280,16 @@ static enum outcome perform(struct xfer *x, const char *url, const struct dl_opt
 		curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
 	}
 	if (x->fd >= 0 && x->offset > 0) {
-		snprintf(range, sizeof(range), "%llu-", (unsigned long long)x->offset);
+		snprintf(range, rangelen, "%llu-", (unsigned long long)x->offset);
 		curl_easy_setopt(h, CURLOPT_RANGE, range);
 	}
-	CURLcode c = curl_easy_perform(h);
-	long status = 0;
-	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-	curl_easy_cleanup(h);
-	curl_slist_free_all(hdrs);
-	x->h = NULL;
-	if (x->fd >= 0 || x->mem) /* bytes now in the file/buffer belong to the next attempt's offset */
-		x->offset += x->written;
+	return hdrs;
+}
+
+/* What an attempt that ended with curl code c and HTTP status came to. */
+static enum outcome classify(struct xfer *x, const char *url, CURLcode c, long status,
+                             const char *ebuf, int *rc, char *err, size_t errlen)
+{
 	*rc = 0;
 	if (x->cancelled || c == CURLE_ABORTED_BY_CALLBACK) {
 		*rc = -ECANCELED;
@@ -357,6 +346,35 @@ static enum outcome perform(struct xfer *x, const char *url, const struct dl_opt
 		return RETRY;
 	}
 	return OK;
+}
+
+static enum outcome perform(struct xfer *x, const char *url, const struct dl_opts *o,
+                            bool get_json, int *rc, char *err, size_t errlen)
+{
+	char ebuf[CURL_ERROR_SIZE] = "";
+	char range[48];
+	CURL *h = curl_easy_init();
+	if (!h) {
+		*rc = -ENOMEM;
+		errf(err, errlen, "out of memory");
+		return FAIL;
+	}
+	x->h = h;
+	x->written = 0;
+	x->status = 0;
+	x->body_started = x->refused = x->over_cap = x->range_bad = false;
+	x->range_start = -1;
+	x->retry_after = -1;
+	struct curl_slist *hdrs = set_options(h, x, url, o, get_json, range, sizeof(range), ebuf);
+	CURLcode c = curl_easy_perform(h);
+	long status = 0;
+	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+	curl_easy_cleanup(h);
+	curl_slist_free_all(hdrs);
+	x->h = NULL;
+	if (x->fd >= 0 || x->mem) /* bytes now in the file/buffer belong to the next attempt's offset */
+		x->offset += x->written;
+	return classify(x, url, c, status, ebuf, rc, err, errlen);
 }
 
 /* Sleep ms in slices, asking the hook; true when cancelled. */
@@ -576,11 +594,12 @@ static int load_part(struct xfer *x, const struct dl_opts *o)
 	return 0;
 }
 
-int dl_download(const char *url, const struct dl_opts *o, int dst_dirfd, const char *dst_name,
-                struct dl_result *r, char *err, size_t errlen)
+/* The arguments of a download: an http(s) URL, the expected digest (into
+ * want, lower case) unless waived, a plain destination name (part: its
+ * ".part" name). 0 or -EINVAL with err. */
+static int check_download(const char *url, const struct dl_opts *o, const char *dst_name,
+                          char *part, size_t partlen, char *want, char *err, size_t errlen)
 {
-	memset(r, 0, sizeof(*r));
-	err[0] = '\0';
 	int rc = dl_check_url(url, err, errlen);
 	if (rc < 0)
 		return rc;
@@ -592,20 +611,64 @@ int dl_download(const char *url, const struct dl_opts *o, int dst_dirfd, const c
 		errf(err, errlen, "sha256 must be 64 hex digits");
 		return -EINVAL;
 	}
-	char part[512];
-	int n = snprintf(part, sizeof(part), "%s.part", dst_name);
+	int n = snprintf(part, partlen, "%s.part", dst_name);
 	if (n < 0 || (size_t)n >= 256 || strchr(dst_name, '/') || !strcmp(dst_name, ".") ||
 	    !strcmp(dst_name, "..")) {
 		errf(err, errlen, "bad destination name '%s'", dst_name);
 		return -EINVAL;
 	}
-	char want[JV_SHA256_HEX] = "";
 	if (o->sha256) {
 		for (int i = 0; i <= 64; i++) {
 			char c = o->sha256[i];
 			want[i] = (c >= 'A' && c <= 'F') ? (char)(c - 'A' + 'a') : c;
 		}
 	}
+	return 0;
+}
+
+/* Transfer into the open .part (resumed where it ends) and check the digest;
+ * a resumed .part that was not a prefix of this content is fetched once more
+ * from zero. -EBADMSG (and an emptied .part) on a mismatch. */
+static int fetch_verified(struct xfer *x, const char *url, const struct dl_opts *o,
+                          const char *want, struct dl_result *r, char *err, size_t errlen)
+{
+	int rc = 0;
+	/* A complete .part from an earlier run needs no request. */
+	if (!(x->expect_total && x->offset == x->expect_total))
+		rc = transfer(x, url, o, false, &r->attempts, err, errlen);
+	if (rc < 0)
+		return rc;
+	finish_digest(x, r);
+	if (want[0] && r->resumed && !jv_sha256_hex_equal(want, r->sha256)) {
+		rc = restart_file(x);
+		int more = 0;
+		if (rc == 0)
+			rc = transfer(x, url, o, false, &more, err, errlen);
+		r->attempts += more;
+		r->resumed = false;
+		if (rc < 0)
+			return rc;
+		finish_digest(x, r);
+	}
+	if (want[0] && !jv_sha256_hex_equal(want, r->sha256)) {
+		errf(err, errlen, "checksum mismatch for '%s': expected sha256 %s, got %s (%llu bytes)",
+		     url, want, r->sha256, (unsigned long long)r->bytes);
+		ftruncate(x->fd, 0); /* wrong content: nothing worth resuming */
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+int dl_download(const char *url, const struct dl_opts *o, int dst_dirfd, const char *dst_name,
+                struct dl_result *r, char *err, size_t errlen)
+{
+	memset(r, 0, sizeof(*r));
+	err[0] = '\0';
+	char part[512];
+	char want[JV_SHA256_HEX] = "";
+	int rc = check_download(url, o, dst_name, part, sizeof(part), want, err, errlen);
+	if (rc < 0)
+		return rc;
 	if (want[0] && o->cache_fd >= 0) {
 		rc = from_cache(o, want, dst_dirfd, dst_name, r);
 		if (rc != 0) {
@@ -646,31 +709,9 @@ int dl_download(const char *url, const struct dl_opts *o, int dst_dirfd, const c
 		rc = -errno;
 		goto out;
 	}
-	/* A complete .part from an earlier run needs no request. */
-	if (!(x.expect_total && x.offset == x.expect_total))
-		rc = transfer(&x, url, o, false, &r->attempts, err, errlen);
+	rc = fetch_verified(&x, url, o, want, r, err, errlen);
 	if (rc < 0)
 		goto out;
-	finish_digest(&x, r);
-	if (want[0] && r->resumed && !jv_sha256_hex_equal(want, r->sha256)) {
-		/* The old .part was not a prefix of this content: once more from zero. */
-		rc = restart_file(&x);
-		int more = 0;
-		if (rc == 0)
-			rc = transfer(&x, url, o, false, &more, err, errlen);
-		r->attempts += more;
-		r->resumed = false;
-		if (rc < 0)
-			goto out;
-		finish_digest(&x, r);
-	}
-	if (want[0] && !jv_sha256_hex_equal(want, r->sha256)) {
-		errf(err, errlen, "checksum mismatch for '%s': expected sha256 %s, got %s (%llu bytes)",
-		     url, want, r->sha256, (unsigned long long)r->bytes);
-		rc = -EBADMSG;
-		ftruncate(x.fd, 0); /* wrong content: nothing worth resuming */
-		goto out;
-	}
 	if (fchmod(x.fd, (mode_t)dl_mode(o)) < 0 || fsync(x.fd) < 0) {
 		rc = errno == EDQUOT ? -ENOSPC : -errno;
 		errf(err, errlen, "cannot write '%s': %s", part, strerror(errno));
