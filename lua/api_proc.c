@@ -10,6 +10,7 @@
  * cancel of the job ends the program (SIGTERM, grace, SIGKILL) and then
  * raises the cancellation error. */
 #include "apiutil.h"
+#include "box.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -385,6 +386,169 @@ static const char *signame(int sig)
 	}
 }
 
+/* The options of proc.run (at index 2) other than progress, env and
+ * steam_login. on_line and progress_pattern stay on the stack at their
+ * indices; stdin_data is kept alive by the options table. Raises on a bad one. */
+struct proc_opts {
+	char cwd[FSX_PATH_MAX];
+	double timeout, grace;
+	const char *stdin_data;
+	size_t stdin_len;
+	int on_line_idx, pattern_idx;
+	size_t capture;
+	int max_procs, nofile;
+};
+
+static void read_opts(lua_State *L, struct proc_opts *po)
+{
+	snprintf(po->cwd, sizeof(po->cwd), ".");
+	const char *cwd_opt = apiutil_opt_str(L, 2, "cwd", NULL);
+	if (cwd_opt) {
+		lua_pushstring(L, cwd_opt);
+		apiutil_path(L, -1, po->cwd, false);
+		lua_pop(L, 1);
+	}
+	po->timeout = 0;
+	po->grace = 5;
+	if (!lua_isnoneornil(L, 2)) {
+		if (lua_getfield(L, 2, "timeout") != LUA_TNIL) {
+			luaL_argcheck(L, lua_isnumber(L, -1) && lua_tonumber(L, -1) > 0 &&
+			                     lua_tonumber(L, -1) <= 7 * 86400,
+			              2, "option 'timeout' must be seconds, more than 0 and at most 7 days");
+			po->timeout = lua_tonumber(L, -1);
+		}
+		if (lua_getfield(L, 2, "kill_grace") != LUA_TNIL) {
+			luaL_argcheck(L, lua_isnumber(L, -1) && lua_tonumber(L, -1) >= 0 &&
+			                     lua_tonumber(L, -1) <= 60,
+			              2, "option 'kill_grace' must be seconds from 0 to 60");
+			po->grace = lua_tonumber(L, -1);
+		}
+		lua_pop(L, 2);
+	}
+	po->stdin_len = 0;
+	po->stdin_data = NULL;
+	if (!lua_isnoneornil(L, 2)) {
+		int t = lua_getfield(L, 2, "stdin");
+		if (t == LUA_TSTRING)
+			po->stdin_data = lua_tolstring(L, -1, &po->stdin_len);
+		else if (t != LUA_TNIL)
+			luaL_error(L, "option 'stdin' must be a string");
+		lua_pop(L, 1); /* still referenced by opts */
+	}
+	po->on_line_idx = 0;
+	po->pattern_idx = 0;
+	if (!lua_isnoneornil(L, 2)) {
+		int t = lua_getfield(L, 2, "on_line");
+		if (t == LUA_TFUNCTION)
+			po->on_line_idx = lua_gettop(L);
+		else if (t != LUA_TNIL)
+			luaL_error(L, "option 'on_line' must be a function(stream, line)");
+		else
+			lua_pop(L, 1);
+		t = lua_getfield(L, 2, "progress_pattern");
+		if (t == LUA_TSTRING)
+			po->pattern_idx = lua_gettop(L);
+		else if (t != LUA_TNIL)
+			luaL_error(L, "option 'progress_pattern' must be a Lua pattern string");
+		else
+			lua_pop(L, 1);
+	}
+	po->capture = (size_t)apiutil_opt_int(L, 2, "capture", CAPTURE_DEFAULT, 0, CAPTURE_MAX);
+	po->max_procs = (int)apiutil_opt_int(L, 2, "max_procs", 64, 1, 4096);
+	po->nofile = (int)apiutil_opt_int(L, 2, "nofile", 1024, 16, 65536);
+
+}
+
+/* steam_login: only for the steamcmd program, and a Steam account name. */
+static void check_steam_login(lua_State *L, const struct jv_run_ctx *ctx, const char *path,
+                              const char *steam_login)
+{
+	const char *steam = jv_json_str(ctx->settings, "steamcmd", NULL);
+	if (!steam || strcmp(steam, path) != 0)
+		luaL_error(L, "proc.run: option 'steam_login' is only for the steamcmd program");
+	size_t alen = strlen(steam_login);
+	bool ok = alen >= 1 && alen <= 64 && strcmp(steam_login, "anonymous") != 0;
+	for (const char *p = steam_login; ok && *p; p++)
+		ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		     *p == '_' || *p == '.' || *p == '-' || *p == '@';
+	if (!ok)
+		luaL_error(L, "proc.run: option 'steam_login' must be a Steam account name");
+}
+
+/* proc.run's result table for res. */
+static void push_result(lua_State *L, const struct procx_result *res)
+{
+	lua_createtable(L, 0, 10);
+	lua_pushboolean(L, res->end == PROCX_EXITED && res->exit_code == 0);
+	lua_setfield(L, -2, "ok");
+	if (res->exit_code >= 0) {
+		lua_pushinteger(L, res->exit_code);
+		lua_setfield(L, -2, "code");
+	}
+	if (res->signal > 0) {
+		lua_pushstring(L, signame(res->signal));
+		lua_setfield(L, -2, "signal");
+	}
+	lua_pushboolean(L, res->end == PROCX_TIMEOUT);
+	lua_setfield(L, -2, "timed_out");
+	lua_pushlstring(L, res->out, res->out_len);
+	lua_setfield(L, -2, "stdout");
+	lua_pushlstring(L, res->err, res->err_len);
+	lua_setfield(L, -2, "stderr");
+	lua_pushboolean(L, res->out_truncated);
+	lua_setfield(L, -2, "stdout_truncated");
+	lua_pushboolean(L, res->err_truncated);
+	lua_setfield(L, -2, "stderr_truncated");
+	lua_pushinteger(L, (lua_Integer)res->leftovers);
+	lua_setfield(L, -2, "leftovers");
+	lua_pushnumber(L, (double)res->ms / 1000.0);
+	lua_setfield(L, -2, "seconds");
+}
+
+static void release_result(void *p)
+{
+	procx_result_free(p);
+	free(p);
+}
+
+/* What the script gets from a finished run: the result table (with nil and
+ * a message before it after a timeout or too many processes), or the
+ * cancellation / on_line error raised again. */
+static int end_of_run(lua_State *L, struct run *r, const struct procx_result *res, const char *path,
+                      const struct proc_opts *po)
+{
+	if (res->leftovers) {
+		char msg[300];
+		snprintf(msg, sizeof(msg), "'%s' left %u process(es) behind: ended them", path,
+		         res->leftovers);
+		jv_emit_log(r->ctx, "warn", msg);
+	}
+	if (res->end == PROCX_CANCELLED)
+		return jv_raise_cancel(L);
+	if (res->end == PROCX_ABORTED) {
+		lua_rawgeti(L, r->err_slot, 1);
+		return lua_error(L);
+	}
+	if (r->prog.from >= 0 && res->end == PROCX_EXITED && res->exit_code == 0)
+		jv_progress_report(r->ctx, &r->prog, 1.0, NULL);
+
+	push_result(L, res);
+	enum procx_end end = res->end;
+	if (end == PROCX_TIMEOUT) {
+		lua_pushnil(L);
+		lua_pushfstring(L, "'%s' did not finish within %f s: ended it", path, po->timeout);
+		lua_rotate(L, -3, 2); /* nil, message, result */
+		return 3;
+	}
+	if (end == PROCX_TOO_MANY) {
+		lua_pushnil(L);
+		lua_pushfstring(L, "'%s' started more than %d processes: ended it", path, po->max_procs);
+		lua_rotate(L, -3, 2);
+		return 3;
+	}
+	return 1;
+}
+
 static int l_proc_run(lua_State *L)
 {
 	static const char *const keys[] = {"cwd", "env", "timeout", "kill_grace", "stdin", "on_line",
@@ -402,66 +566,14 @@ static int l_proc_run(lua_State *L)
 		return luaL_error(L, "proc.run: '%s' is not allowed: the agent setting job_executables "
 		                     "lists the programs jobs may run", path);
 
-	char cwd[FSX_PATH_MAX] = ".";
-	const char *cwd_opt = apiutil_opt_str(L, 2, "cwd", NULL);
-	if (cwd_opt) {
-		lua_pushstring(L, cwd_opt);
-		apiutil_path(L, -1, cwd, false);
-		lua_pop(L, 1);
-	}
-	double timeout = 0, grace = 5;
-	if (!lua_isnoneornil(L, 2)) {
-		if (lua_getfield(L, 2, "timeout") != LUA_TNIL) {
-			luaL_argcheck(L, lua_isnumber(L, -1) && lua_tonumber(L, -1) > 0 &&
-			                     lua_tonumber(L, -1) <= 7 * 86400,
-			              2, "option 'timeout' must be seconds, more than 0 and at most 7 days");
-			timeout = lua_tonumber(L, -1);
-		}
-		if (lua_getfield(L, 2, "kill_grace") != LUA_TNIL) {
-			luaL_argcheck(L, lua_isnumber(L, -1) && lua_tonumber(L, -1) >= 0 &&
-			                     lua_tonumber(L, -1) <= 60,
-			              2, "option 'kill_grace' must be seconds from 0 to 60");
-			grace = lua_tonumber(L, -1);
-		}
-		lua_pop(L, 2);
-	}
-	size_t stdin_len = 0;
-	const char *stdin_data = NULL;
-	if (!lua_isnoneornil(L, 2)) {
-		int t = lua_getfield(L, 2, "stdin");
-		if (t == LUA_TSTRING)
-			stdin_data = lua_tolstring(L, -1, &stdin_len);
-		else if (t != LUA_TNIL)
-			return luaL_error(L, "option 'stdin' must be a string");
-		lua_pop(L, 1); /* still referenced by opts */
-	}
-	int on_line_idx = 0, pattern_idx = 0;
-	if (!lua_isnoneornil(L, 2)) {
-		int t = lua_getfield(L, 2, "on_line");
-		if (t == LUA_TFUNCTION)
-			on_line_idx = lua_gettop(L);
-		else if (t != LUA_TNIL)
-			return luaL_error(L, "option 'on_line' must be a function(stream, line)");
-		else
-			lua_pop(L, 1);
-		t = lua_getfield(L, 2, "progress_pattern");
-		if (t == LUA_TSTRING)
-			pattern_idx = lua_gettop(L);
-		else if (t != LUA_TNIL)
-			return luaL_error(L, "option 'progress_pattern' must be a Lua pattern string");
-		else
-			lua_pop(L, 1);
-	}
-	size_t capture = (size_t)apiutil_opt_int(L, 2, "capture", CAPTURE_DEFAULT, 0, CAPTURE_MAX);
-	int max_procs = (int)apiutil_opt_int(L, 2, "max_procs", 64, 1, 4096);
-	int nofile = (int)apiutil_opt_int(L, 2, "nofile", 1024, 16, 65536);
-
-	struct run r = {.L = L, .ctx = ctx, .on_line = on_line_idx, .pattern = pattern_idx};
+	struct proc_opts po;
+	read_opts(L, &po);
+	struct run r = {.L = L, .ctx = ctx, .on_line = po.on_line_idx, .pattern = po.pattern_idx};
 	const char *base = strrchr(path, '/') + 1;
 	char what[160];
 	snprintf(what, sizeof(what), "running %s", base);
 	jv_progress_init(L, 2, &r.prog, what);
-	if (pattern_idx && r.prog.from < 0)
+	if (po.pattern_idx && r.prog.from < 0)
 		return luaL_error(L, "proc.run: progress_pattern needs progress = {from, to}");
 	lua_pushvalue(L, lua_upvalueindex(1)); /* the real string.match, whatever the script did */
 	r.match = lua_gettop(L);
@@ -472,25 +584,21 @@ static int l_proc_run(lua_State *L)
 	luaL_checkstack(L, 16, "proc.run"); /* the callbacks push onto this frame */
 
 	const char *steam_login = apiutil_opt_str(L, 2, "steam_login", NULL);
-	if (steam_login) {
-		const char *steam = jv_json_str(ctx->settings, "steamcmd", NULL);
-		if (!steam || strcmp(steam, path) != 0)
-			return luaL_error(L, "proc.run: option 'steam_login' is only for the steamcmd program");
-		size_t alen = strlen(steam_login);
-		bool ok = alen >= 1 && alen <= 64 && strcmp(steam_login, "anonymous") != 0;
-		for (const char *p = steam_login; ok && *p; p++)
-			ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-			     *p == '_' || *p == '.' || *p == '-' || *p == '@';
-		if (!ok)
-			return luaL_error(L, "proc.run: option 'steam_login' must be a Steam account name");
-	}
+	if (steam_login)
+		check_steam_login(L, ctx, path, steam_login);
+	char **envp = build_env(L, 2, ctx);
+	/* The result's buffers are owned by a box: pushing them may raise. */
+	struct jv_box *rbox = jv_box_push(L);
+	struct procx_result *res = calloc(1, sizeof(*res));
+	if (!res)
+		return luaL_error(L, "proc.run: out of memory");
+	jv_box_set(rbox, res, release_result);
 	struct fsx fx;
 	apiutil_fsx(L, &fx);
-	int cwd_fd;
-	int rc = fsx_open(&fx, cwd, O_RDONLY | O_DIRECTORY, 0, 0, &cwd_fd);
+	int cwd_fd; /* from here to procx_run's end nothing raises */
+	int rc = fsx_open(&fx, po.cwd, O_RDONLY | O_DIRECTORY, 0, 0, &cwd_fd);
 	if (rc < 0)
-		return apiutil_fail(L, rc, "use as working directory", cwd);
-	char **envp = build_env(L, 2, ctx);
+		return apiutil_fail(L, rc, "use as working directory", po.cwd);
 
 	char err[1024];
 	int extra_fd = -1;
@@ -505,17 +613,18 @@ static int l_proc_run(lua_State *L)
 	int rec_fd = open_record(ctx, rec_name, sizeof(rec_name));
 	struct procx_spec s = {
 		.path = path, .argv = argv, .envp = envp, .cwd_fd = cwd_fd,
-		.stdin_data = stdin_data, .stdin_len = stdin_len,
-		.timeout_ms = (int64_t)llround(timeout * 1000), .grace_ms = (int64_t)llround(grace * 1000),
-		.max_procs = max_procs, .nofile = nofile, .capture_max = capture, .record_fd = rec_fd,
-		.extra_fd = extra_fd,
-		.on_line = (on_line_idx || pattern_idx) ? on_line : NULL, .cancelled = cancelled, .arg = &r,
+		.stdin_data = po.stdin_data, .stdin_len = po.stdin_len,
+		.timeout_ms = (int64_t)llround(po.timeout * 1000),
+		.grace_ms = (int64_t)llround(po.grace * 1000),
+		.max_procs = po.max_procs, .nofile = po.nofile, .capture_max = po.capture,
+		.record_fd = rec_fd, .extra_fd = extra_fd,
+		.on_line = (po.on_line_idx || po.pattern_idx) ? on_line : NULL, .cancelled = cancelled,
+		.arg = &r,
 	};
-	struct procx_result res;
 	char step[300];
 	snprintf(step, sizeof(step), "running %s", path);
 	jv_run_marker_step(ctx, step, -1);
-	rc = procx_run(&s, &res, err, sizeof(err));
+	rc = procx_run(&s, res, err, sizeof(err));
 	close(cwd_fd);
 	if (extra_fd >= 0)
 		close(extra_fd);
@@ -525,64 +634,7 @@ static int l_proc_run(lua_State *L)
 	}
 	if (rc < 0)
 		return jv_push_fail(L, "%s", err);
-	if (res.leftovers) {
-		char msg[300];
-		snprintf(msg, sizeof(msg), "'%s' left %u process(es) behind: ended them", path,
-		         res.leftovers);
-		jv_emit_log(ctx, "warn", msg);
-	}
-	if (res.end == PROCX_CANCELLED) {
-		procx_result_free(&res);
-		return jv_raise_cancel(L);
-	}
-	if (res.end == PROCX_ABORTED) {
-		procx_result_free(&res);
-		lua_rawgeti(L, r.err_slot, 1);
-		return lua_error(L);
-	}
-	if (r.prog.from >= 0 && res.end == PROCX_EXITED && res.exit_code == 0)
-		jv_progress_report(ctx, &r.prog, 1.0, NULL);
-
-	lua_createtable(L, 0, 10);
-	lua_pushboolean(L, res.end == PROCX_EXITED && res.exit_code == 0);
-	lua_setfield(L, -2, "ok");
-	if (res.exit_code >= 0) {
-		lua_pushinteger(L, res.exit_code);
-		lua_setfield(L, -2, "code");
-	}
-	if (res.signal > 0) {
-		lua_pushstring(L, signame(res.signal));
-		lua_setfield(L, -2, "signal");
-	}
-	lua_pushboolean(L, res.end == PROCX_TIMEOUT);
-	lua_setfield(L, -2, "timed_out");
-	lua_pushlstring(L, res.out, res.out_len);
-	lua_setfield(L, -2, "stdout");
-	lua_pushlstring(L, res.err, res.err_len);
-	lua_setfield(L, -2, "stderr");
-	lua_pushboolean(L, res.out_truncated);
-	lua_setfield(L, -2, "stdout_truncated");
-	lua_pushboolean(L, res.err_truncated);
-	lua_setfield(L, -2, "stderr_truncated");
-	lua_pushinteger(L, (lua_Integer)res.leftovers);
-	lua_setfield(L, -2, "leftovers");
-	lua_pushnumber(L, (double)res.ms / 1000.0);
-	lua_setfield(L, -2, "seconds");
-	enum procx_end end = res.end;
-	procx_result_free(&res);
-	if (end == PROCX_TIMEOUT) {
-		lua_pushnil(L);
-		lua_pushfstring(L, "'%s' did not finish within %f s: ended it", path, timeout);
-		lua_rotate(L, -3, 2); /* nil, message, result */
-		return 3;
-	}
-	if (end == PROCX_TOO_MANY) {
-		lua_pushnil(L);
-		lua_pushfstring(L, "'%s' started more than %d processes: ended it", path, max_procs);
-		lua_rotate(L, -3, 2);
-		return 3;
-	}
-	return 1;
+	return end_of_run(L, &r, res, path, &po);
 }
 
 /* proc.steamcmd(): the agent's steamcmd setting, or nil. */
