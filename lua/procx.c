@@ -255,7 +255,9 @@ static void signal_all(pid_t pgid, int nt, int sig)
 		kill(targets[i], sig);
 }
 
-static void shepherd(const struct procx_spec *s, int fds[FD_FIRST_FREE], struct rlimit nproc)
+/* The shepherd's own setup: what it keeps renumbered to FD_IN..FD_REC, its
+ * own process group, subreaper, default signals but the stop ones ignored. */
+static void shepherd_setup(int fds[FD_FIRST_FREE])
 {
 	/* Renumber what we keep to FD_IN..FD_REC (through high numbers first so
 	 * no dup2 clobbers a descriptor still needed), then drop everything else:
@@ -279,8 +281,12 @@ static void shepherd(const struct procx_spec *s, int fds[FD_FIRST_FREE], struct 
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
+}
 
-	pid_t self = getpid();
+/* Fork the program; its exec failure comes back through a CLOEXEC pipe.
+ * Returns its pid; on failure the shepherd reports it and exits. */
+static pid_t spawn_program(const struct procx_spec *s, pid_t self, struct rlimit nproc)
+{
 	struct pinfo me;
 	job_sid = getsid(0);
 	if (read_stat(self, &me, false) == 0)
@@ -318,7 +324,14 @@ static void shepherd(const struct procx_spec *s, int fds[FD_FIRST_FREE], struct 
 	if (read_stat(pid, &pi, false) == 0)
 		record(&pi);
 	send_msg(M_STARTED, pid);
+	return pid;
+}
 
+/* Until the program and everything it started are gone: reap, rescan the
+ * tree, stop it (SIGTERM, SIGKILL after the grace) on request, on too many
+ * processes, or for leftovers. Never returns. */
+static void watch(const struct procx_spec *s, pid_t self, pid_t pid)
+{
 	bool prog_done = false, ctl_open = true, killing = false, hard = false;
 	int64_t deadline = 0, last_scan = 0;
 	int nt = 0;
@@ -392,6 +405,13 @@ static void shepherd(const struct procx_spec *s, int fds[FD_FIRST_FREE], struct 
 			_exit(0);
 		}
 	}
+}
+
+static void shepherd(const struct procx_spec *s, int fds[FD_FIRST_FREE], struct rlimit nproc)
+{
+	shepherd_setup(fds);
+	pid_t self = getpid();
+	watch(s, self, spawn_program(s, self, nproc));
 }
 
 /* ---- the job-run side ---- */
