@@ -460,6 +460,166 @@ static void ctl_send(int fd, char c)
 	(void)w;
 }
 
+/* A stream capturing up to cap_max bytes; NULL when out of memory. */
+static struct stream *new_stream(int which, size_t cap_max)
+{
+	struct stream *ss = calloc(1, sizeof(*ss));
+	if (!ss)
+		return NULL;
+	ss->fd = -1;
+	ss->which = which;
+	ss->cap_max = cap_max;
+	ss->cap = malloc(cap_max + 1);
+	if (!ss->cap) {
+		free(ss);
+		return NULL;
+	}
+	return ss;
+}
+
+/* pipe_fd: the pipe end already closed by the caller, if ss still names it. */
+static void free_stream(struct stream *ss, int pipe_fd)
+{
+	if (!ss)
+		return;
+	if (ss->fd >= 0 && ss->fd != pipe_fd)
+		close(ss->fd);
+	free(ss->cap);
+	free(ss);
+}
+
+/* The captured output moves into the result. */
+static void take_output(struct procx_result *r, struct stream *so, struct stream *se)
+{
+	so->cap[so->cap_len] = '\0';
+	se->cap[se->cap_len] = '\0';
+	r->out = so->cap;
+	r->out_len = so->cap_len;
+	r->out_truncated = so->truncated;
+	r->err = se->cap;
+	r->err_len = se->cap_len;
+	r->err_truncated = se->truncated;
+	so->cap = se->cap = NULL;
+}
+
+/* RLIMIT_NPROC counts every process of the user: allow max_procs more than now. */
+static struct rlimit nproc_limit(int max_procs)
+{
+	struct rlimit nproc = {RLIM_INFINITY, RLIM_INFINITY};
+	int have = procx_count_user(getuid());
+	if (have >= 0 && getuid() != 0) {
+		struct rlimit cur;
+		rlim_t want = (rlim_t)have + (rlim_t)max_procs;
+		if (getrlimit(RLIMIT_NPROC, &cur) == 0 && cur.rlim_max != RLIM_INFINITY &&
+		    cur.rlim_max < want)
+			want = cur.rlim_max;
+		nproc.rlim_cur = nproc.rlim_max = want;
+	}
+	return nproc;
+}
+
+/* The job-run side of a running program: its output streams, the
+ * shepherd's status pipe (st: read end), the program's stdin (in: write
+ * end), the control pipe to the shepherd (ctl: write end). */
+struct pump {
+	const struct procx_spec *s;
+	struct procx_result *r;
+	struct stream *so, *se;
+	int *st, *in, ctl;
+	int64_t t0;
+	bool started, aborted;
+	int exec_errno, wstatus;
+};
+
+/* Until the output and status pipes close: read output (lines to on_line),
+ * the shepherd's messages, feed stdin, and ask the shepherd to stop the
+ * program on an on_line error, a cancel or the timeout. */
+static void pump(struct pump *pm)
+{
+	const struct procx_spec *s = pm->s;
+	struct procx_result *r = pm->r;
+	struct stream *so = pm->so, *se = pm->se;
+	int *st = pm->st, *in = pm->in; /* st[0] and in[0] here are the caller's st[0], in[0] */
+	size_t in_off = 0;
+	bool stop_sent = false;
+	int64_t last_check = 0;
+	for (;;) {
+		struct pollfd p[4] = {
+			{.fd = so->fd, .events = POLLIN},
+			{.fd = se->fd, .events = POLLIN},
+			{.fd = st[0], .events = POLLIN},
+			{.fd = in[0], .events = POLLOUT},
+		};
+		if (so->fd < 0 && se->fd < 0 && st[0] < 0)
+			break;
+		int pn = poll(p, 4, TICK_MS);
+		if (pn < 0 && errno != EINTR)
+			break;
+		char buf[65536];
+		struct stream *ss[2] = {so, se};
+		for (int i = 0; i < 2; i++) {
+			if (ss[i]->fd < 0 || !(p[i].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			ssize_t n = read(ss[i]->fd, buf, sizeof(buf));
+			if (n > 0) {
+				if (!pm->aborted && !feed(s, ss[i], buf, (size_t)n))
+					pm->aborted = true;
+			} else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
+				close(ss[i]->fd);
+				ss[i]->fd = -1;
+			}
+		}
+		if (st[0] >= 0 && (p[2].revents & (POLLIN | POLLHUP | POLLERR))) {
+			struct msg m;
+			ssize_t n = read(st[0], &m, sizeof(m));
+			if (n == (ssize_t)sizeof(m)) {
+				if (m.kind == M_STARTED)
+					pm->started = true;
+				else if (m.kind == M_EXECFAIL)
+					pm->exec_errno = m.a;
+				else if (m.kind == M_EXIT)
+					pm->wstatus = m.a;
+				else if (m.kind == M_TOOMANY && r->end == PROCX_EXITED)
+					r->end = PROCX_TOO_MANY;
+				else if (m.kind == M_DONE)
+					r->leftovers = (unsigned)m.a;
+			} else if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
+				close(st[0]);
+				st[0] = -1;
+			}
+		}
+		if (in[0] >= 0 && (p[3].revents & (POLLOUT | POLLERR | POLLHUP))) {
+			ssize_t n = in_off < s->stdin_len
+			                ? write(in[0], s->stdin_data + in_off, s->stdin_len - in_off)
+			                : 0;
+			if (n > 0)
+				in_off += (size_t)n;
+			if (in_off >= s->stdin_len || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+				close(in[0]);
+				in[0] = -1;
+			}
+		}
+		int64_t now = now_ms();
+		if (!stop_sent && now - last_check >= TICK_MS) {
+			last_check = now;
+			if (pm->aborted && r->end == PROCX_EXITED)
+				r->end = PROCX_ABORTED;
+			else if (s->cancelled && s->cancelled(s->arg))
+				r->end = PROCX_CANCELLED;
+			else if (s->timeout_ms > 0 && now - pm->t0 >= s->timeout_ms)
+				r->end = PROCX_TIMEOUT;
+			if (r->end != PROCX_EXITED && r->end != PROCX_TOO_MANY && pm->ctl >= 0) {
+				ctl_send(pm->ctl, 'T');
+				stop_sent = true;
+			}
+		}
+		if (in[0] >= 0 && pm->wstatus != -1) { /* nobody left to read stdin */
+			close(in[0]);
+			in[0] = -1;
+		}
+	}
+}
+
 int procx_run(const struct procx_spec *s, struct procx_result *r, char *err, size_t errlen)
 {
 	memset(r, 0, sizeof(*r));
@@ -467,18 +627,10 @@ int procx_run(const struct procx_spec *s, struct procx_result *r, char *err, siz
 	err[0] = '\0';
 	int64_t t0 = now_ms();
 	int o[2] = {-1, -1}, e[2] = {-1, -1}, c[2] = {-1, -1}, st[2] = {-1, -1}, in[2] = {-1, -1};
-	struct stream *so = calloc(1, sizeof(*so)), *se = calloc(1, sizeof(*se));
+	struct stream *so = new_stream(PROCX_STDOUT, s->capture_max);
+	struct stream *se = new_stream(PROCX_STDERR, s->capture_max);
 	int rc = 0;
 	if (!so || !se) {
-		rc = -ENOMEM;
-		goto fail;
-	}
-	so->which = PROCX_STDOUT;
-	se->which = PROCX_STDERR;
-	so->cap_max = se->cap_max = s->capture_max;
-	so->cap = malloc(s->capture_max + 1);
-	se->cap = malloc(s->capture_max + 1);
-	if (!so->cap || !se->cap) {
 		rc = -ENOMEM;
 		goto fail;
 	}
@@ -489,17 +641,7 @@ int procx_run(const struct procx_spec *s, struct procx_result *r, char *err, siz
 		snprintf(err, errlen, "cannot create pipes: %s", strerror(errno));
 		goto fail;
 	}
-	/* RLIMIT_NPROC counts every process of the user: allow max_procs more than now. */
-	struct rlimit nproc = {RLIM_INFINITY, RLIM_INFINITY};
-	int have = procx_count_user(getuid());
-	if (have >= 0 && getuid() != 0) {
-		struct rlimit cur;
-		rlim_t want = (rlim_t)have + (rlim_t)s->max_procs;
-		if (getrlimit(RLIMIT_NPROC, &cur) == 0 && cur.rlim_max != RLIM_INFINITY &&
-		    cur.rlim_max < want)
-			want = cur.rlim_max;
-		nproc.rlim_cur = nproc.rlim_max = want;
-	}
+	struct rlimit nproc = nproc_limit(s->max_procs);
 	int fds[FD_FIRST_FREE];
 	for (int i = 0; i < FD_FIRST_FREE; i++)
 		fds[i] = -1;
@@ -531,85 +673,10 @@ int procx_run(const struct procx_spec *s, struct procx_result *r, char *err, siz
 	}
 	so->fd = o[0];
 	se->fd = e[0];
-	size_t in_off = 0;
-	bool stop_sent = false, started = false, aborted = false;
-	int exec_errno = 0, wstatus = -1;
-	int64_t last_check = 0;
-	for (;;) {
-		struct pollfd p[4] = {
-			{.fd = so->fd, .events = POLLIN},
-			{.fd = se->fd, .events = POLLIN},
-			{.fd = st[0], .events = POLLIN},
-			{.fd = in[1], .events = POLLOUT},
-		};
-		if (so->fd < 0 && se->fd < 0 && st[0] < 0)
-			break;
-		int pn = poll(p, 4, TICK_MS);
-		if (pn < 0 && errno != EINTR)
-			break;
-		char buf[65536];
-		struct stream *ss[2] = {so, se};
-		for (int i = 0; i < 2; i++) {
-			if (ss[i]->fd < 0 || !(p[i].revents & (POLLIN | POLLHUP | POLLERR)))
-				continue;
-			ssize_t n = read(ss[i]->fd, buf, sizeof(buf));
-			if (n > 0) {
-				if (!aborted && !feed(s, ss[i], buf, (size_t)n))
-					aborted = true;
-			} else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
-				close(ss[i]->fd);
-				ss[i]->fd = -1;
-			}
-		}
-		if (st[0] >= 0 && (p[2].revents & (POLLIN | POLLHUP | POLLERR))) {
-			struct msg m;
-			ssize_t n = read(st[0], &m, sizeof(m));
-			if (n == (ssize_t)sizeof(m)) {
-				if (m.kind == M_STARTED)
-					started = true;
-				else if (m.kind == M_EXECFAIL)
-					exec_errno = m.a;
-				else if (m.kind == M_EXIT)
-					wstatus = m.a;
-				else if (m.kind == M_TOOMANY && r->end == PROCX_EXITED)
-					r->end = PROCX_TOO_MANY;
-				else if (m.kind == M_DONE)
-					r->leftovers = (unsigned)m.a;
-			} else if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) {
-				close(st[0]);
-				st[0] = -1;
-			}
-		}
-		if (in[1] >= 0 && (p[3].revents & (POLLOUT | POLLERR | POLLHUP))) {
-			ssize_t n = in_off < s->stdin_len
-			                ? write(in[1], s->stdin_data + in_off, s->stdin_len - in_off)
-			                : 0;
-			if (n > 0)
-				in_off += (size_t)n;
-			if (in_off >= s->stdin_len || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-				close(in[1]);
-				in[1] = -1;
-			}
-		}
-		int64_t now = now_ms();
-		if (!stop_sent && now - last_check >= TICK_MS) {
-			last_check = now;
-			if (aborted && r->end == PROCX_EXITED)
-				r->end = PROCX_ABORTED;
-			else if (s->cancelled && s->cancelled(s->arg))
-				r->end = PROCX_CANCELLED;
-			else if (s->timeout_ms > 0 && now - t0 >= s->timeout_ms)
-				r->end = PROCX_TIMEOUT;
-			if (r->end != PROCX_EXITED && r->end != PROCX_TOO_MANY && c[1] >= 0) {
-				ctl_send(c[1], 'T');
-				stop_sent = true;
-			}
-		}
-		if (in[1] >= 0 && wstatus != -1) { /* nobody left to read stdin */
-			close(in[1]);
-			in[1] = -1;
-		}
-	}
+	struct pump pm = {.s = s, .r = r, .so = so, .se = se, .st = &st[0], .in = &in[1], .ctl = c[1],
+	                  .t0 = t0, .wstatus = -1};
+	pump(&pm);
+	bool aborted = pm.aborted;
 	while (waitpid(sh, NULL, 0) < 0 && errno == EINTR)
 		;
 	if (!aborted) {
@@ -621,26 +688,18 @@ int procx_run(const struct procx_spec *s, struct procx_result *r, char *err, siz
 		if (aborted && r->end == PROCX_EXITED)
 			r->end = PROCX_ABORTED;
 	}
-	if (!started || exec_errno) {
-		rc = exec_errno ? -exec_errno : -ECHILD;
+	if (!pm.started || pm.exec_errno) {
+		rc = pm.exec_errno ? -pm.exec_errno : -ECHILD;
 		snprintf(err, errlen, "cannot execute '%s': %s", s->path,
-		         exec_errno ? strerror(exec_errno) : "the program did not start");
+		         pm.exec_errno ? strerror(pm.exec_errno) : "the program did not start");
 		goto fail;
 	}
-	if (wstatus != -1 && WIFEXITED(wstatus))
-		r->exit_code = WEXITSTATUS(wstatus);
-	else if (wstatus != -1 && WIFSIGNALED(wstatus))
-		r->signal = WTERMSIG(wstatus);
+	if (pm.wstatus != -1 && WIFEXITED(pm.wstatus))
+		r->exit_code = WEXITSTATUS(pm.wstatus);
+	else if (pm.wstatus != -1 && WIFSIGNALED(pm.wstatus))
+		r->signal = WTERMSIG(pm.wstatus);
 	r->ms = now_ms() - t0;
-	so->cap[so->cap_len] = '\0';
-	se->cap[se->cap_len] = '\0';
-	r->out = so->cap;
-	r->out_len = so->cap_len;
-	r->out_truncated = so->truncated;
-	r->err = se->cap;
-	r->err_len = se->cap_len;
-	r->err_truncated = se->truncated;
-	so->cap = se->cap = NULL;
+	take_output(r, so, se);
 	rc = 0;
 fail:
 	for (int i = 0; i < 2; i++) {
@@ -649,18 +708,8 @@ fail:
 			if (pp[k][i] >= 0)
 				close(pp[k][i]);
 	}
-	if (so) {
-		if (so->fd >= 0 && so->fd != o[0])
-			close(so->fd);
-		free(so->cap);
-	}
-	if (se) {
-		if (se->fd >= 0 && se->fd != e[0])
-			close(se->fd);
-		free(se->cap);
-	}
-	free(so);
-	free(se);
+	free_stream(so, o[0]);
+	free_stream(se, e[0]);
 	return rc;
 }
 
