@@ -137,6 +137,37 @@ static void normalise(cJSON *ev, const char *run_id, const struct store_run_stat
 	cJSON_AddItemToObject(ev, "receivedAt", store_time(now));
 }
 
+/* The run's acknowledged sequence, and its progress line from the newest
+ * stored progress (progress_seq 0: none), inside the caller's transaction. */
+static int update_run(struct cp *cp, const char *run_id, int64_t top, int64_t progress_seq,
+                      const cJSON *pct, const cJSON *msg)
+{
+	sqlite3_stmt *up = db_prepare(cp->db, "UPDATE job_runs SET last_seq = ?, acked = 1 WHERE run_id = ?");
+	if (!up)
+		return -EIO;
+	sqlite3_bind_int64(up, 1, top);
+	sqlite3_bind_text(up, 2, run_id, -1, SQLITE_STATIC);
+	int rc = db_step_done(cp->db, up);
+	sqlite3_finalize(up);
+	if (rc < 0 || progress_seq == 0)
+		return rc;
+	up = db_prepare(cp->db, "UPDATE job_runs SET percent = coalesce(?, percent),"
+	                        " message = coalesce(?, message), progress_seq = ?"
+	                        " WHERE run_id = ? AND progress_seq < ?");
+	if (!up)
+		return -EIO;
+	if (pct)
+		sqlite3_bind_double(up, 1, pct->valuedouble);
+	if (msg)
+		sqlite3_bind_text(up, 2, msg->valuestring, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(up, 3, progress_seq);
+	sqlite3_bind_text(up, 4, run_id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(up, 5, progress_seq);
+	rc = db_step_done(cp->db, up);
+	sqlite3_finalize(up);
+	return rc;
+}
+
 int events_store(struct cp *cp, const char *run_id, const struct store_run_state *rs,
                  const cJSON *events, int64_t *ack_seq)
 {
@@ -180,36 +211,8 @@ int events_store(struct cp *cp, const char *run_id, const struct store_run_state
 	int64_t top = rs->last_seq;
 	if (rc == 0)
 		rc = contiguous_seq(cp, run_id, rs->last_seq, &top);
-	if (rc == 0) {
-		sqlite3_stmt *up = db_prepare(cp->db, "UPDATE job_runs SET last_seq = ?, acked = 1 WHERE run_id = ?");
-		if (up) {
-			sqlite3_bind_int64(up, 1, top);
-			sqlite3_bind_text(up, 2, run_id, -1, SQLITE_STATIC);
-			rc = db_step_done(cp->db, up);
-			sqlite3_finalize(up);
-		} else {
-			rc = -EIO;
-		}
-	}
-	if (rc == 0 && progress_seq > 0) {
-		sqlite3_stmt *up = db_prepare(cp->db,
-		                              "UPDATE job_runs SET percent = coalesce(?, percent),"
-		                              " message = coalesce(?, message), progress_seq = ?"
-		                              " WHERE run_id = ? AND progress_seq < ?");
-		if (up) {
-			if (progress_pct)
-				sqlite3_bind_double(up, 1, progress_pct->valuedouble);
-			if (progress_msg)
-				sqlite3_bind_text(up, 2, progress_msg->valuestring, -1, SQLITE_STATIC);
-			sqlite3_bind_int64(up, 3, progress_seq);
-			sqlite3_bind_text(up, 4, run_id, -1, SQLITE_STATIC);
-			sqlite3_bind_int64(up, 5, progress_seq);
-			rc = db_step_done(cp->db, up);
-			sqlite3_finalize(up);
-		} else {
-			rc = -EIO;
-		}
-	}
+	if (rc == 0)
+		rc = update_run(cp, run_id, top, progress_seq, progress_pct, progress_msg);
 	if (rc == 0)
 		rc = db_commit(cp->db);
 	if (rc < 0) {

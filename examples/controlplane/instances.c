@@ -283,6 +283,94 @@ static int write_row(struct cp *cp, const char *agent_id, const char *instance_i
 	return rc;
 }
 
+/* Keep the newest INST_HISTORY_KEEP events of an instance. */
+static int prune_history(struct cp *cp, const char *agent_id, const char *instance_id)
+{
+	sqlite3_stmt *prune = db_prepare(cp->db,
+	                                 "DELETE FROM instance_events WHERE agent_id = ?1 AND instance_id = ?2"
+	                                 " AND seq <= (SELECT seq FROM instance_events WHERE agent_id = ?1"
+	                                 " AND instance_id = ?2 ORDER BY seq DESC LIMIT 1 OFFSET ?3)");
+	if (!prune)
+		return -EIO;
+	sqlite3_bind_text(prune, 1, agent_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(prune, 2, instance_id, -1, SQLITE_STATIC);
+	sqlite3_bind_int(prune, 3, INST_HISTORY_KEEP);
+	int rc = db_step_done(cp->db, prune);
+	sqlite3_finalize(prune);
+	return rc;
+}
+
+/* Store the events not stored before (into fresh, as stored) and the
+ * instance row they change, in one committed transaction (the caller rolls
+ * back on failure). Under cp->mu. *known: the instance exists now. */
+static int inst_store_events(struct cp *cp, const char *agent_id, const char *instance_id,
+                             const cJSON *events, int n, int64_t now, cJSON *fresh,
+                             struct inst_row *row, bool *known)
+{
+	int rc = fresh ? read_row(cp, agent_id, instance_id, row) : -ENOMEM;
+	sqlite3_stmt *ins = rc == 0 ? db_prepare(cp->db, "INSERT OR IGNORE INTO instance_events"
+	                                                 " (agent_id, instance_id, seq, body, received_at)"
+	                                                 " VALUES (?, ?, ?, ?, ?)")
+	                            : NULL;
+	if (rc == 0 && !ins)
+		rc = -EIO;
+	if (rc == 0)
+		rc = db_begin(cp->db);
+	const char *new_state = NULL;
+	char *state_body = NULL;
+	bool removed = false;
+	for (int i = 0; rc == 0 && i < n; i++) {
+		cJSON *ev = cJSON_GetArrayItem(events, i);
+		int64_t seq = jv_json_int(ev, "seq", 0);
+		if (seq <= row->last_seq)
+			continue; /* stored before: the agent did not see our answer */
+		cJSON *copy = cJSON_Duplicate(ev, true);
+		if (!copy) {
+			rc = -ENOMEM;
+			break;
+		}
+		cJSON_DeleteItemFromObjectCaseSensitive(copy, "agentId");
+		cJSON_AddStringToObject(copy, "agentId", agent_id);
+		if (!cJSON_GetObjectItemCaseSensitive(copy, "instanceId"))
+			cJSON_AddStringToObject(copy, "instanceId", instance_id);
+		char *text = jv_json_print(copy);
+		if (!text) {
+			cJSON_Delete(copy);
+			rc = -ENOMEM;
+			break;
+		}
+		sqlite3_reset(ins);
+		sqlite3_bind_text(ins, 1, agent_id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(ins, 2, instance_id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(ins, 3, seq);
+		sqlite3_bind_text(ins, 4, text, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_int64(ins, 5, now);
+		if (sqlite3_step(ins) != SQLITE_DONE)
+			rc = -EIO;
+		row->last_seq = seq;
+		if (rc == 0 && strcmp(jv_json_str(ev, "kind", ""), "state") == 0 && seq > row->state_seq) {
+			row->state_seq = seq;
+			new_state = jv_json_str(ev, "state", NULL);
+			removed = strcmp(new_state, "REMOVED") == 0;
+			free(state_body);
+			state_body = text;
+			text = NULL;
+		}
+		free(text);
+		cJSON_AddItemToArray(fresh, copy);
+	}
+	sqlite3_finalize(ins);
+	if (rc == 0 && (row->exists || new_state))
+		rc = write_row(cp, agent_id, instance_id, row, new_state, state_body, removed, now);
+	if (rc == 0 && cJSON_GetArraySize(fresh) > 0)
+		rc = prune_history(cp, agent_id, instance_id);
+	free(state_body);
+	*known = row->exists || new_state;
+	if (rc == 0)
+		rc = db_commit(cp->db);
+	return rc;
+}
+
 void api_inst_events(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id,
                      const char *instance_id)
 {
@@ -313,83 +401,14 @@ void api_inst_events(struct cp *cp, struct mg_connection *conn, struct cp_agent 
 	}
 	int64_t now = jv_now_real_ms();
 	cJSON *fresh = cJSON_CreateArray();
-	pthread_mutex_lock(&cp->mu);
+	struct http_answer ans = {0};
 	struct inst_row row;
-	int rc = fresh ? read_row(cp, agent_id, instance_id, &row) : -ENOMEM;
-	sqlite3_stmt *ins = rc == 0 ? db_prepare(cp->db, "INSERT OR IGNORE INTO instance_events"
-	                                                 " (agent_id, instance_id, seq, body, received_at)"
-	                                                 " VALUES (?, ?, ?, ?, ?)")
-	                            : NULL;
-	if (rc == 0 && !ins)
-		rc = -EIO;
-	if (rc == 0)
-		rc = db_begin(cp->db);
-	const char *new_state = NULL;
-	char *state_body = NULL;
-	bool removed = false;
-	for (int i = 0; rc == 0 && i < n; i++) {
-		cJSON *ev = cJSON_GetArrayItem(events, i);
-		int64_t seq = jv_json_int(ev, "seq", 0);
-		if (seq <= row.last_seq)
-			continue; /* stored before: the agent did not see our answer */
-		cJSON *copy = cJSON_Duplicate(ev, true);
-		if (!copy) {
-			rc = -ENOMEM;
-			break;
-		}
-		cJSON_DeleteItemFromObjectCaseSensitive(copy, "agentId");
-		cJSON_AddStringToObject(copy, "agentId", agent_id);
-		if (!cJSON_GetObjectItemCaseSensitive(copy, "instanceId"))
-			cJSON_AddStringToObject(copy, "instanceId", instance_id);
-		char *text = jv_json_print(copy);
-		if (!text) {
-			cJSON_Delete(copy);
-			rc = -ENOMEM;
-			break;
-		}
-		sqlite3_reset(ins);
-		sqlite3_bind_text(ins, 1, agent_id, -1, SQLITE_STATIC);
-		sqlite3_bind_text(ins, 2, instance_id, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(ins, 3, seq);
-		sqlite3_bind_text(ins, 4, text, -1, SQLITE_TRANSIENT);
-		sqlite3_bind_int64(ins, 5, now);
-		if (sqlite3_step(ins) != SQLITE_DONE)
-			rc = -EIO;
-		row.last_seq = seq;
-		if (rc == 0 && strcmp(jv_json_str(ev, "kind", ""), "state") == 0 && seq > row.state_seq) {
-			row.state_seq = seq;
-			new_state = jv_json_str(ev, "state", NULL);
-			removed = strcmp(new_state, "REMOVED") == 0;
-			free(state_body);
-			state_body = text;
-			text = NULL;
-		}
-		free(text);
-		cJSON_AddItemToArray(fresh, copy);
-	}
-	sqlite3_finalize(ins);
-	if (rc == 0 && (row.exists || new_state))
-		rc = write_row(cp, agent_id, instance_id, &row, new_state, state_body, removed, now);
-	if (rc == 0 && cJSON_GetArraySize(fresh) > 0) {
-		sqlite3_stmt *prune = db_prepare(cp->db,
-		                                 "DELETE FROM instance_events WHERE agent_id = ?1 AND instance_id = ?2"
-		                                 " AND seq <= (SELECT seq FROM instance_events WHERE agent_id = ?1"
-		                                 " AND instance_id = ?2 ORDER BY seq DESC LIMIT 1 OFFSET ?3)");
-		if (prune) {
-			sqlite3_bind_text(prune, 1, agent_id, -1, SQLITE_STATIC);
-			sqlite3_bind_text(prune, 2, instance_id, -1, SQLITE_STATIC);
-			sqlite3_bind_int(prune, 3, INST_HISTORY_KEEP);
-			rc = db_step_done(cp->db, prune);
-			sqlite3_finalize(prune);
-		} else {
-			rc = -EIO;
-		}
-	}
-	if (rc == 0)
-		rc = db_commit(cp->db);
+	bool known = false;
+	pthread_mutex_lock(&cp->mu);
+	int rc = inst_store_events(cp, agent_id, instance_id, events, n, now, fresh, &row, &known);
 	if (rc < 0) {
 		db_rollback(cp->db);
-		http_send_error(conn, 500, "database error");
+		http_answer_error(&ans, 500, "database error");
 	} else {
 		atomic_fetch_add(&cp->metrics.instance_events_stored, (uint64_t)cJSON_GetArraySize(fresh));
 		const cJSON *ev;
@@ -398,18 +417,55 @@ void api_inst_events(struct cp *cp, struct mg_connection *conn, struct cp_agent 
 			if (strcmp(jv_json_str(ev, "kind", ""), "state") == 0)
 				jv_info(NULL, NULL, "instance %s/%s: %s (seq %lld)", agent_id, instance_id,
 				        jv_json_str(ev, "state", "?"), (long long)jv_json_int(ev, "seq", 0));
-			if (row.exists || new_state)
+			if (known)
 				publish(cp, agent_id, instance_id, ev);
 		}
-		cJSON *ans = cJSON_CreateObject();
-		cJSON_AddNumberToObject(ans, "ackSeq", (double)row.last_seq);
-		http_send_json(conn, 200, ans);
-		cJSON_Delete(ans);
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddNumberToObject(o, "ackSeq", (double)row.last_seq);
+		http_answer_json(&ans, 200, o);
 	}
 	pthread_mutex_unlock(&cp->mu);
-	free(state_body);
+	http_send_answer(conn, &ans);
 	cJSON_Delete(fresh);
 	cJSON_Delete(body);
+}
+
+/* Mark removed the instances of the agent its snapshot list does not name
+ * (adding them to changed). Under cp->mu, inside the caller's transaction. */
+static int remove_unlisted(struct cp *cp, const char *agent_id, const cJSON *list, int n,
+                           char (*changed)[JV_IDENT_MAX + 1], size_t *nchanged, int64_t now)
+{
+	int rc = 0;
+	sqlite3_stmt *gone = db_prepare(cp->db, "SELECT instance_id FROM instances"
+	                                " WHERE agent_id = ? AND removed = 0");
+	if (gone)
+		sqlite3_bind_text(gone, 1, agent_id, -1, SQLITE_STATIC);
+	while (gone && sqlite3_step(gone) == SQLITE_ROW && *nchanged < (size_t)n + INST_SNAPSHOT_MAX) {
+		const char *iid = (const char *)sqlite3_column_text(gone, 0);
+		bool listed = false;
+		for (int i = 0; i < n && !listed; i++)
+			listed = strcmp(jv_json_str(cJSON_GetArrayItem(list, i), "instanceId", ""), iid) == 0;
+		if (!listed)
+			snprintf(changed[(*nchanged)++], JV_IDENT_MAX + 1, "%s", iid);
+	}
+	sqlite3_finalize(gone);
+	sqlite3_stmt *rm = db_prepare(cp->db, "UPDATE instances SET removed = 1, updated_at = ?"
+	                              " WHERE agent_id = ? AND instance_id = ? AND removed = 0");
+	for (size_t i = 0; rm && i < *nchanged; i++) {
+		bool listed = false;
+		for (int k = 0; k < n && !listed; k++)
+			listed = strcmp(jv_json_str(cJSON_GetArrayItem(list, k), "instanceId", ""), changed[i]) == 0;
+		if (listed)
+			continue;
+		sqlite3_reset(rm);
+		sqlite3_bind_int64(rm, 1, now);
+		sqlite3_bind_text(rm, 2, agent_id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(rm, 3, changed[i], -1, SQLITE_STATIC);
+		if (sqlite3_step(rm) != SQLITE_DONE)
+			rc = -EIO;
+	}
+	sqlite3_finalize(rm);
+	return gone && rm ? rc : -EIO;
 }
 
 void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id)
@@ -474,54 +530,25 @@ void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agen
 		}
 		cJSON_Delete(e);
 	}
-	/* Instances the agent no longer has. */
-	sqlite3_stmt *gone = rc == 0 ? db_prepare(cp->db, "SELECT instance_id FROM instances"
-	                                                  " WHERE agent_id = ? AND removed = 0")
-	                             : NULL;
-	if (gone)
-		sqlite3_bind_text(gone, 1, agent_id, -1, SQLITE_STATIC);
-	while (gone && sqlite3_step(gone) == SQLITE_ROW && nchanged < (size_t)n + INST_SNAPSHOT_MAX) {
-		const char *iid = (const char *)sqlite3_column_text(gone, 0);
-		bool listed = false;
-		for (int i = 0; i < n && !listed; i++)
-			listed = strcmp(jv_json_str(cJSON_GetArrayItem(list, i), "instanceId", ""), iid) == 0;
-		if (!listed)
-			snprintf(changed[nchanged++], JV_IDENT_MAX + 1, "%s", iid);
-	}
-	sqlite3_finalize(gone);
-	sqlite3_stmt *rm = rc == 0 ? db_prepare(cp->db, "UPDATE instances SET removed = 1, updated_at = ?"
-	                                                " WHERE agent_id = ? AND instance_id = ? AND removed = 0")
-	                           : NULL;
-	for (size_t i = 0; rm && i < nchanged; i++) {
-		bool listed = false;
-		for (int k = 0; k < n && !listed; k++)
-			listed = strcmp(jv_json_str(cJSON_GetArrayItem(list, k), "instanceId", ""), changed[i]) == 0;
-		if (listed)
-			continue;
-		sqlite3_reset(rm);
-		sqlite3_bind_int64(rm, 1, now);
-		sqlite3_bind_text(rm, 2, agent_id, -1, SQLITE_STATIC);
-		sqlite3_bind_text(rm, 3, changed[i], -1, SQLITE_STATIC);
-		if (sqlite3_step(rm) != SQLITE_DONE)
-			rc = -EIO;
-	}
-	sqlite3_finalize(rm);
+	if (rc == 0)
+		rc = remove_unlisted(cp, agent_id, list, n, changed, &nchanged, now);
 	if (rc == 0)
 		rc = db_commit(cp->db);
+	struct http_answer ans = {0};
 	if (rc < 0) {
 		db_rollback(cp->db);
-		http_send_error(conn, 500, "database error");
+		http_answer_error(&ans, 500, "database error");
 	} else {
 		agent->instances_synced = true;
 		for (size_t i = 0; i < nchanged; i++)
 			publish(cp, agent_id, changed[i], NULL);
 		jv_info(NULL, NULL, "agent '%s' reported %d instances", agent_id, n);
-		cJSON *ans = cJSON_CreateObject();
-		cJSON_AddNumberToObject(ans, "instances", n);
-		http_send_json(conn, 200, ans);
-		cJSON_Delete(ans);
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddNumberToObject(o, "instances", n);
+		http_answer_json(&ans, 200, o);
 	}
 	pthread_mutex_unlock(&cp->mu);
+	http_send_answer(conn, &ans);
 	free(changed);
 	cJSON_Delete(body);
 }

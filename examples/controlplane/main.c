@@ -248,6 +248,27 @@ static void shutdown_drain(struct cp *cp)
 		nanosleep(&step, NULL);
 }
 
+/* The admin token and the agents' tokens; no agent may use the admin's.
+ * -1 (logged) on failure. */
+static int load_tokens(struct cp *cp)
+{
+	char err[512];
+	if (tokens_load_admin(cp->cfg.admin_token_file, &cp->admin_token, &cp->admin_token_len, err,
+	                      sizeof(err)) < 0 ||
+	    tokens_load_agents(cp->cfg.agents_file, &cp->agents, &cp->nagents, err, sizeof(err)) < 0) {
+		jv_error(NULL, NULL, "%s", err);
+		return -1;
+	}
+	for (size_t i = 0; i < cp->nagents; i++) {
+		if (tokens_equal(cp->admin_token, cp->admin_token_len, cp->agents[i].token,
+		                 cp->agents[i].token_len)) {
+			jv_error(NULL, NULL, "agent '%s' uses the admin token; give it its own", cp->agents[i].id);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct cp cp;
@@ -265,17 +286,8 @@ int main(int argc, char **argv)
 	sqlite3 *ck = NULL;
 	char err[512];
 	pthread_mutex_init(&cp.mu, NULL);
-	if (tokens_load_admin(cp.cfg.admin_token_file, &cp.admin_token, &cp.admin_token_len, err, sizeof(err)) < 0 ||
-	    tokens_load_agents(cp.cfg.agents_file, &cp.agents, &cp.nagents, err, sizeof(err)) < 0) {
-		jv_error(NULL, NULL, "%s", err);
+	if (load_tokens(&cp) < 0)
 		goto out;
-	}
-	for (size_t i = 0; i < cp.nagents; i++) {
-		if (tokens_equal(cp.admin_token, cp.admin_token_len, cp.agents[i].token, cp.agents[i].token_len)) {
-			jv_error(NULL, NULL, "agent '%s' uses the admin token; give it its own", cp.agents[i].id);
-			goto out;
-		}
-	}
 	snprintf(cp.epoch, sizeof(cp.epoch), "%016llx", (unsigned long long)jv_random_u64());
 	cp.ws_max = cp.cfg.threads / 8 > 2 ? cp.cfg.threads / 8 : 2;
 	int reserve = cp.cfg.threads / 4 > 4 ? cp.cfg.threads / 4 : 4;
