@@ -287,6 +287,8 @@ cJSON *console_watch_list(struct cp *cp, const char *agent_id);
 /* Commands waiting for this agent, removed from the queue; returned-owned array. */
 cJSON *console_take_commands(struct cp *cp, const char *agent_id);
 bool console_has_commands(struct cp *cp, const char *agent_id);
+/* Expire overdue commands (pushing `expired`), wake agents whose commands are due again. */
+void console_sweep(struct cp *cp); /* do not hold cp->mu */
 void api_console_command(struct cp *cp, struct mg_connection *conn, const char *agent_id, const char *inst);
 void api_console_post(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
 

@@ -17,7 +17,12 @@
  *
  * Commands (consoleCommands in the poll answer) go to the monitor's `send`
  * (a short blocking call on a local socket, at most 2 s); the result
- * (sent / not-running / rejected) goes back with the next batch, at once. */
+ * (sent / not-running / rejected) goes back with the next batch, at once,
+ * and is sent again until a batch carrying it is answered 200. The control
+ * plane offers a command again when its result does not come (the poll
+ * answer may have been lost), so the agent remembers the last CMDS_SEEN
+ * command ids it ran with their results: a command offered again is not
+ * sent to the monitor a second time, its result is sent again instead. */
 #include "instconsole.h"
 
 #include <errno.h>
@@ -38,6 +43,15 @@
 #define RECONNECT_MS 100
 #define RESULTS_MAX 100
 #define SEND_TIMEOUT_MS 2000
+#define CMDS_SEEN 512
+#define CMD_ID_MAX 64
+
+/* A command run: its id and result, to answer a re-offer without running it. */
+struct cmd_seen {
+	char id[CMD_ID_MAX + 1];
+	char status[16];
+	char error[160];
+};
 
 struct cwatch {
 	char id[JV_IDENT_MAX + 1];
@@ -62,7 +76,10 @@ struct instconsole {
 	struct transport_req *req;
 	int64_t next_send_ms;
 	bool enabled;
-	cJSON *results;
+	cJSON *results;          /* waiting for the next batch */
+	cJSON *results_inflight; /* in the batch on its way: back to results if it fails */
+	struct cmd_seen seen[CMDS_SEEN];
+	size_t seen_next;
 };
 
 static void cw_close(struct cwatch *w)
@@ -108,6 +125,7 @@ void instconsole_free(struct agent *ag)
 		cw_free(w);
 	}
 	cJSON_Delete(ic->results);
+	cJSON_Delete(ic->results_inflight);
 	free(ic);
 	ag->ic = NULL;
 }
@@ -167,11 +185,26 @@ size_t instconsole_set_watch(struct agent *ag, const cJSON *watch)
 	return changes;
 }
 
+static struct cmd_seen *seen_find(struct instconsole *ic, const char *id)
+{
+	for (size_t i = 0; i < CMDS_SEEN; i++)
+		if (ic->seen[i].id[0] && strcmp(ic->seen[i].id, id) == 0)
+			return &ic->seen[i];
+	return NULL;
+}
+
 static void add_result(struct instconsole *ic, const char *cmd, const char *inst, const char *status,
                        const char *error)
 {
+	struct cmd_seen *s = seen_find(ic, cmd);
+	if (!s) {
+		s = &ic->seen[ic->seen_next++ % CMDS_SEEN];
+		snprintf(s->id, sizeof(s->id), "%s", cmd);
+	}
+	snprintf(s->status, sizeof(s->status), "%s", status);
+	snprintf(s->error, sizeof(s->error), "%s", error ? error : "");
 	if (cJSON_GetArraySize(ic->results) >= RESULTS_MAX)
-		return;
+		return; /* the control plane offers the command again and gets it then */
 	cJSON *r = cJSON_CreateObject();
 	cJSON_AddStringToObject(r, "commandId", cmd);
 	cJSON_AddStringToObject(r, "instanceId", inst);
@@ -199,8 +232,19 @@ size_t instconsole_commands(struct agent *ag, const cJSON *cmds)
 		const char *id = jv_json_str(c, "commandId", NULL);
 		const char *inst = jv_json_str(c, "instanceId", NULL);
 		const char *line = jv_json_str(c, "line", NULL);
-		if (!id || strlen(id) > 64 || !jv_ident_valid(inst) || !line) {
+		if (!id || !id[0] || strlen(id) > CMD_ID_MAX || !jv_ident_valid(inst) || !line) {
 			jv_warn(NULL, NULL, "poll answer: ignoring a malformed console command");
+			continue;
+		}
+		const struct cmd_seen *seen = seen_find(ic, id);
+		if (seen) {
+			/* Offered again: its answer (or our result) was lost. Never twice to the server. */
+			jv_info(NULL, NULL, "instance %s: console command %s offered again; it was run already "
+			        "(%s): sending its result again", inst, id, seen->status);
+			char status[16], error[160];
+			snprintf(status, sizeof(status), "%s", seen->status);
+			snprintf(error, sizeof(error), "%s", seen->error);
+			add_result(ic, id, inst, status, error[0] ? error : NULL);
 			continue;
 		}
 		n++;
@@ -323,10 +367,31 @@ static void on_readable(struct cwatch *w)
 	}
 }
 
+/* The batch failed: its results wait for the next one (lines are not resent). */
+static void results_back(struct instconsole *ic)
+{
+	cJSON *back = ic->results_inflight;
+	ic->results_inflight = NULL;
+	if (!back)
+		return;
+	cJSON *r;
+	while (cJSON_GetArraySize(ic->results) > 0 && cJSON_GetArraySize(back) < RESULTS_MAX &&
+	       (r = cJSON_DetachItemFromArray(ic->results, 0)) != NULL)
+		cJSON_AddItemToArray(back, r);
+	cJSON_Delete(ic->results);
+	ic->results = back;
+}
+
 static void on_answer(void *ud, const struct transport_response *resp)
 {
 	struct instconsole *ic = ud;
 	ic->req = NULL;
+	if (transport_classify(resp) == TRANSPORT_OK) {
+		cJSON_Delete(ic->results_inflight); /* acknowledged */
+		ic->results_inflight = NULL;
+	} else if (resp->status != 404) {
+		results_back(ic);
+	}
 	if (resp->status == 404) {
 		ic->enabled = false;
 		jv_warn(NULL, NULL, "the control plane does not take console lines (HTTP 404); consoles are "
@@ -380,7 +445,9 @@ static void flush(struct instconsole *ic, int64_t now)
 		w->dropped = 0;
 		w->reset = false;
 	}
-	cJSON_AddItemToObject(body, "results", ic->results);
+	cJSON_AddItemToObject(body, "results", cJSON_Duplicate(ic->results, true));
+	cJSON_Delete(ic->results_inflight);
+	ic->results_inflight = ic->results;
 	ic->results = cJSON_CreateArray();
 	char *text = jv_json_print(body);
 	cJSON_Delete(body);
@@ -391,8 +458,10 @@ static void flush(struct instconsole *ic, int64_t now)
 	snprintf(path, sizeof(path), "/v1/agents/%s/console", ag->cfg.agent_id);
 	jv_debug(NULL, NULL, "console batch: %zu lines", lines);
 	if (transport_post(ag->tp, path, text, (long)ag->cfg.request_timeout_s * 1000, on_answer, ic,
-	                   &ic->req))
+	                   &ic->req)) {
 		ic->req = NULL;
+		results_back(ic);
+	}
 }
 
 size_t instconsole_pollfds(struct agent *ag, struct pollfd *fds, size_t max)

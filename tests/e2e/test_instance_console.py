@@ -2,6 +2,7 @@
 
 Real agent, real jobvisor-cp, real monitors with the demo server; the
 browser's part is played by a WebSocket client."""
+import json
 import os
 import time
 import unittest
@@ -9,6 +10,7 @@ import unittest
 from agent_harness import AgentTestCase
 from cp_harness import ADMIN_TOKEN, cp_bin
 from cp_ws import WebSocket
+from drop_proxy import DropProxy
 from instance_helpers import DEMO, JOBVISOR, Instance, wait_until
 from test_instance_report import FixedPortCP
 
@@ -35,10 +37,13 @@ class Console(AgentTestCase):
         self.cp.start()
         self.insts = []
         self.ws = None
+        self.proxy = None
 
     def tearDown(self):
         if self.ws:
             self.ws.close()
+        if self.proxy:
+            self.proxy.stop()
         for i in self.insts:
             i.cleanup()
         super().tearDown()
@@ -78,10 +83,114 @@ class Console(AgentTestCase):
                 return lines, msgs
         self.fail("console never showed what was expected; last lines: %r" % lines[-10:])
 
-    def command(self, line, iid="s1"):
-        r = self.cp.api("POST", "/v1/agents/agent-1/instances/%s/console" % iid, {"line": line})
+    def command(self, line, iid="s1", **more):
+        r = self.cp.api("POST", "/v1/agents/agent-1/instances/%s/console" % iid, {"line": line, **more})
         self.assertEqual(r.status, 202, r)
         return r.json["commandId"]
+
+    def results(self, cid, wait_after=0.0, timeout=20):
+        """Every result message for cid: waits for the first, then wait_after seconds more."""
+        found = []
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                m = self.ws.recv_json(timeout=max(0.05, end - time.monotonic()))
+            except (TimeoutError, OSError):
+                break
+            if m.get("type") == "console" and m.get("result", {}).get("commandId") == cid:
+                found.append(m["result"])
+                if len(found) == 1:
+                    end = time.monotonic() + wait_after
+        return found
+
+    def through_proxy(self, decide=None, hold=None):
+        self.proxy = DropProxy(self.cp.fixed, decide=decide, hold=hold)
+        return self.start_agent(URL=self.proxy.url, POLL_WAIT="20")
+
+    def test_command_whose_poll_answer_is_lost_reaches_the_server_once(self):
+        inst = self.instance()
+        lost = []
+
+        def decide(method, path, body, status, answer):
+            # Lose the first poll answer that hands out a console command: the
+            # control plane gave it away, the agent never sees it.
+            if path.endswith("/poll") and not lost and status == 200 and \
+                    json.loads(answer).get("consoleCommands"):
+                lost.append(answer)
+                return "drop"
+            return "pass"
+
+        self.through_proxy(decide)
+        self.connect()
+        cid = self.command("say lost-once-7f3a")
+        found = self.results(cid, wait_after=5.0, timeout=30)
+        self.assertEqual(len(lost), 1, "no poll answer with the command was dropped")
+        self.assertIn(cid, lost[0].decode())
+        self.assertEqual([r["status"] for r in found], ["sent"], found)
+        inst.wait_console("[Server] lost-once-7f3a")
+        self.assertEqual(inst.console().count("[Server] lost-once-7f3a"), 1)
+
+    def test_a_command_offered_again_is_not_run_twice(self):
+        inst = self.instance()
+        first_result = []
+
+        def hold(path, body):
+            # The agent's console POSTs carrying results fail (502) for 5 s after
+            # the first: the control plane hears nothing and offers the command again.
+            if path.endswith("/console") and b'"commandId"' in body:
+                first_result.append(time.monotonic())
+                return first_result[-1] - first_result[0] < 5.0
+            return False
+
+        self.through_proxy(hold=hold)
+        self.connect()
+        cid = self.command("say once-only-91c2")
+        found = self.results(cid, wait_after=4.0, timeout=40)
+        self.assertEqual([r["status"] for r in found], ["sent"], found)
+        self.assertTrue(self.proxy.held, "no result was held back")
+        self.wait_log("console command %s offered again; it was run already (sent)" % cid)
+        self.assertEqual(inst.console().count("[Server] once-only-91c2"), 1)
+
+    def test_a_result_sent_again_is_pushed_once(self):
+        inst = self.instance()
+        lost = []
+
+        def decide(method, path, body, status, answer):
+            # The control plane takes the result, the agent never hears the 200.
+            if path.endswith("/console") and b'"commandId"' in body and not lost:
+                lost.append(body)
+                return "drop"
+            return "pass"
+
+        self.through_proxy(decide)
+        self.connect()
+        cid = self.command("say pushed-once-4d1e")
+        found = self.results(cid, wait_after=4.0, timeout=30)
+        self.assertEqual(len(lost), 1)
+        self.assertEqual([r["status"] for r in found], ["sent"], found)
+        self.assertEqual(inst.console().count("[Server] pushed-once-4d1e"), 1)
+
+    def test_a_command_nobody_picks_up_expires(self):
+        inst = self.instance()
+        self.connect()
+        for bad in (0, 301, 1.5, "5", None):
+            r = self.cp.api("POST", "/v1/agents/agent-1/instances/s1/console",
+                            {"line": "x", "timeoutSeconds": bad})
+            self.assertEqual(r.status, 400, (bad, r))
+        t0 = time.monotonic()
+        cid = self.command("say too-late-e2b0", timeoutSeconds=1)  # no agent runs
+        found = self.results(cid, wait_after=1.0, timeout=10)
+        took = time.monotonic() - t0
+        self.assertEqual([r["status"] for r in found], ["expired"], found)
+        self.assertIn("did not ask for it", found[0]["error"])
+        self.assertGreaterEqual(took, 1.0)
+        self.assertLess(took, 5.0)
+        # The agent that comes afterwards never runs it.
+        self.start_agent()
+        cid2 = self.command("say in-time-e2b0")
+        self.assertEqual([r["status"] for r in self.results(cid2)], ["sent"])
+        inst.wait_console("[Server] in-time-e2b0")
+        self.assertNotIn("too-late-e2b0", inst.console())
 
     def test_watch_stream_command_and_answer(self):
         self.instance()
