@@ -65,6 +65,7 @@ struct con_tail {
 struct con_watch {
 	const void *client;
 	char agent[JV_IDENT_MAX + 1], inst[JV_IDENT_MAX + 1];
+	uint64_t since; /* the client has the lines up to here: older batches are not sent to it */
 	struct con_watch *next;
 };
 
@@ -230,6 +231,7 @@ cJSON *console_watch(struct cp *cp, const void *client, const char *agent, const
 			found->client = client;
 			snprintf(found->agent, sizeof(found->agent), "%s", agent);
 			snprintf(found->inst, sizeof(found->inst), "%s", inst);
+			found->since = since;
 			found->next = h->watches;
 			h->watches = found;
 			changed = true;
@@ -244,8 +246,14 @@ cJSON *console_watch(struct cp *cp, const void *client, const char *agent, const
 		changed = true;
 	}
 	cJSON *lines = NULL;
-	if (on && !*why)
-		lines = tail_json(tail_find(h, agent, inst, false), since);
+	if (on && !*why) {
+		struct con_tail *t = tail_find(h, agent, inst, false);
+		lines = tail_json(t, since);
+		/* It has what it asked for and what the tail gave it. */
+		if (found)
+			found->since = t && t->last_seq > since ? t->last_seq : since;
+		changed = true; /* the agent may have to start further back or further on */
+	}
 	pthread_mutex_unlock(&h->mu);
 	if (changed)
 		wake(cp, agent);
@@ -276,13 +284,15 @@ void console_client_gone(struct cp *cp, const void *client)
 		wake(cp, agents[i]);
 }
 
-bool console_watching(struct cp *cp, const void *client, const char *agent, const char *inst)
+bool console_watching(struct cp *cp, const void *client, const char *agent, const char *inst,
+                      uint64_t last_seq)
 {
 	struct console_hub *h = cp->con;
 	bool yes = false;
 	pthread_mutex_lock(&h->mu);
 	for (struct con_watch *w = h->watches; w && !yes; w = w->next)
-		yes = w->client == client && strcmp(w->agent, agent) == 0 && strcmp(w->inst, inst) == 0;
+		yes = w->client == client && strcmp(w->agent, agent) == 0 && strcmp(w->inst, inst) == 0 &&
+		      (last_seq == 0 || last_seq > w->since);
 	pthread_mutex_unlock(&h->mu);
 	return yes;
 }
@@ -305,10 +315,18 @@ cJSON *console_watch_list(struct cp *cp, const char *agent_id)
 		}
 		if (dup)
 			continue;
+		/* From what this control plane keeps, or, when it keeps less than
+		 * every watcher has (it restarted, say), from what they all have:
+		 * the agent asks the monitor for the lines after that. */
+		uint64_t have = UINT64_MAX;
+		for (struct con_watch *x = h->watches; x; x = x->next)
+			if (strcmp(x->agent, agent_id) == 0 && strcmp(x->inst, w->inst) == 0 && x->since < have)
+				have = x->since;
 		struct con_tail *t = tail_find(h, agent_id, w->inst, false);
+		uint64_t since = t && t->last_seq > have ? t->last_seq : have;
 		cJSON *o = cJSON_CreateObject();
 		cJSON_AddStringToObject(o, "instanceId", w->inst);
-		cJSON_AddNumberToObject(o, "since", t ? (double)t->last_seq : 0);
+		cJSON_AddNumberToObject(o, "since", (double)since);
 		cJSON_AddItemToArray(arr, o);
 	}
 	pthread_mutex_unlock(&h->mu);
@@ -631,12 +649,18 @@ void api_console_post(struct cp *cp, struct mg_connection *conn, struct cp_agent
 			while (t->n > 0)
 				tail_drop_oldest(t);
 			t->last_seq = 0;
+			for (struct con_watch *w = h->watches; w; w = w->next)
+				if (strcmp(w->agent, agent_id) == 0 && strcmp(w->inst, iid) == 0)
+					w->since = 0;
 		}
+		uint64_t last = 0;
 		const cJSON *l;
 		cJSON_ArrayForEach(l, lines)
 		{
+			uint64_t seq = (uint64_t)jv_json_int(l, "seq", 0);
 			if (t)
-				tail_push(t, (uint64_t)jv_json_int(l, "seq", 0), jv_json_str(l, "line", ""));
+				tail_push(t, seq, jv_json_str(l, "line", ""));
+			last = seq > last ? seq : last;
 		}
 		pthread_mutex_unlock(&h->mu);
 		cJSON *msg = cJSON_CreateObject();
@@ -650,7 +674,7 @@ void api_console_post(struct cp *cp, struct mg_connection *conn, struct cp_agent
 		char *text = jv_json_print(msg);
 		cJSON_Delete(msg);
 		if (text)
-			ws_console_send(cp, agent_id, iid, text); /* consumes text */
+			ws_console_send(cp, agent_id, iid, text, reset ? 0 : last); /* consumes text */
 	}
 	const cJSON *r;
 	cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(body, "results"))

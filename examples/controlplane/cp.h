@@ -281,7 +281,9 @@ void console_free(struct cp *cp);
 cJSON *console_watch(struct cp *cp, const void *client, const char *agent, const char *inst, bool on,
                      uint64_t since, const char **why);
 void console_client_gone(struct cp *cp, const void *client); /* do not hold cp->mu */
-bool console_watching(struct cp *cp, const void *client, const char *agent, const char *inst);
+/* True when client watches agent/inst and lacks lines up to last_seq (0: any batch). */
+bool console_watching(struct cp *cp, const void *client, const char *agent, const char *inst,
+                      uint64_t last_seq);
 /* [{instanceId, since}] watched on this agent; returned-owned. */
 cJSON *console_watch_list(struct cp *cp, const char *agent_id);
 /* Commands waiting for this agent, removed from the queue; returned-owned array. */
@@ -301,7 +303,7 @@ void ws_hub_free(struct ws_hub *hub);
 void ws_publish(struct cp *cp, cJSON *msg);
 /* Queue a console message (text consumed) for the clients watching agent/inst;
  * unnumbered, not kept in the ring. Do not hold cp->mu. */
-void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text);
+void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text, uint64_t last_seq);
 /* civetweb callbacks (cbdata = struct cp *). */
 int ws_on_connect(const struct mg_connection *conn, void *cbdata);
 void ws_on_ready(struct mg_connection *conn, void *cbdata);

@@ -219,6 +219,41 @@ class Console(AgentTestCase):
         self.assertEqual(self.cp.api("POST", "/v1/agents/nobody/instances/s1/console",
                                      {"line": "x"}).status, 404)
 
+    def test_a_watcher_gets_the_lines_after_its_since_and_no_others(self):
+        self.instance()
+        self.start_agent()
+        self.connect()
+        self.watch()
+        # The control plane's kept tail: lines numbered by the monitor.
+        self.command("say kept-a")
+        self.command("say kept-b")
+        _, msgs = self.console_until(lambda lines, m: any("kept-b" in l for l in lines))
+        seen = {l["seq"]: l["line"] for m in msgs for l in m.get("lines", [])}
+        b = [q for q, l in seen.items() if "kept-b" in l][0]
+        a = [q for q, l in seen.items() if "kept-a" in l][0]
+        self.ws.close()
+        # A new watcher with since=a gets exactly the kept lines after a, first.
+        self.connect()
+        self.watch(since=a)
+        first = self.console_until(lambda lines, m: True)[1][0]
+        self.assertTrue(first.get("tail"), first)
+        self.assertEqual([l["seq"] for l in first["lines"]], [q for q in sorted(seen) if q > a])
+        self.assertIn("kept-b", first["lines"][-1]["line"])
+        self.ws.close()
+        # The control plane restarts and keeps nothing; a watcher that has
+        # everything up to b gets what the monitor printed after b, nothing older.
+        self.cp.stop()
+        self.cp.start()
+        wait_until(lambda: "instance s1: console no longer watched" in self.log(), 20,
+                   what="the agent stopped streaming for the new control plane")
+        self.connect()
+        self.watch(since=b)
+        self.command("say after-restart")
+        lines, msgs = self.console_until(lambda lines, m: any("after-restart" in l for l in lines))
+        got = [l["seq"] for m in msgs for l in m.get("lines", [])]
+        self.assertTrue(got and min(got) > b, (b, got, lines))
+        self.assertFalse(any("kept-" in l for l in lines), lines)
+
     def test_command_to_a_stopped_instance_says_not_running(self):
         inst = self.instance()
         self.start_agent()

@@ -30,6 +30,12 @@ class DropProxy:
                 pass
 
             def relay(self):
+                try:
+                    self.relay_one()
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the agent gave up on this connection
+
+            def relay_one(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
                 if proxy.hold(self.path, body):
