@@ -151,6 +151,43 @@ class Console(AgentTestCase):
         self.wait_log("console command %s offered again; it was run already (sent)" % cid)
         self.assertEqual(inst.console().count("[Server] once-only-91c2"), 1)
 
+    def test_an_agent_killed_before_its_result_got_out_does_not_run_the_command_again(self):
+        self.kill_agent_holding_a_result(cut_short=False)
+
+    def test_a_command_cut_short_by_a_kill_is_answered_rejected_not_run_again(self):
+        self.kill_agent_holding_a_result(cut_short=True)
+
+    def kill_agent_holding_a_result(self, cut_short):
+        inst = self.instance()
+        self.proxy = DropProxy(self.cp.fixed,
+                               hold=lambda path, body: path.endswith("/console") and b'"commandId"' in body)
+        agent = self.start_agent(URL=self.proxy.url, POLL_WAIT="20")
+        self.connect()
+        cid = self.command("say survives-kill-5b7c")
+        inst.wait_console("[Server] survives-kill-5b7c")
+        wait_until(lambda: self.proxy.held, 10, what="the result held back")
+        agent.kill()  # SIGKILL: the result never reached the control plane
+        agent.wait(10)
+        journal = os.path.join(self.data, "runs", ".console-commands")
+        with open(journal) as f:
+            kept = f.readlines()
+        self.assertEqual([json.loads(l)["status"] for l in kept if cid in l], ["sending", "sent"])
+        if cut_short:
+            # As if the kill came between "sending" reaching the disk and the
+            # monitor's answer: the agent cannot know whether the server got it.
+            with open(journal, "w") as f:
+                f.writelines(l for l in kept if not (cid in l and '"sent"' in l))
+        # A new agent, straight to the control plane, which offers the command again.
+        self.start_agent(POLL_WAIT="20")
+        found = self.results(cid, wait_after=4.0, timeout=30)
+        want = "rejected" if cut_short else "sent"
+        self.assertEqual([r["status"] for r in found], [want], found)
+        self.wait_log("console command %s offered again; it was run already (%s)" % (cid, want))
+        if cut_short:
+            self.assertIn("may or may not have reached it", found[0]["error"])
+            self.wait_log("console commands: 1 known from before this start (1 cut short by it)")
+        self.assertEqual(inst.console().count("[Server] survives-kill-5b7c"), 1)
+
     def test_a_result_sent_again_is_pushed_once(self):
         inst = self.instance()
         lost = []
