@@ -7,12 +7,16 @@
  * agent's long poll. The agent streams lines of watched instances only
  * (POST /v1/agents/{agentId}/console, batches at most every 100 ms); each
  * batch is kept in a per-instance tail (the last CON_TAIL_LINES lines, at most
- * CON_TAIL_BYTES) and sent to the watching clients, unnumbered (they are
- * not part of the replayable stream). Commands (POST
+ * CON_TAIL_BYTES) and sent to the watching clients that lack it, as
+ * `console` messages without a stream seq (not part of the replayable
+ * stream; each line carries the monitor's seq). A new watcher gets the tail
+ * after its `since`; each watch remembers what its client has, and the watch
+ * list asks the agent to start from what all watchers have when the tail
+ * holds less (the monitor then replays the rest). Commands (POST
  * /v1/agents/{a}/instances/{i}/console) wait in a small per-control-plane
- * queue until the next poll answer hands them out (once); their results come
- * back in a console POST and go to every client as a numbered `console`
- * message with `result`.
+ * queue until a poll answer hands them out; their results come back in a
+ * console POST and go to every client as a numbered `console` message with
+ * `result`.
  *
  * Commands are delivered at least once: a command stays queued until its
  * result comes back; one handed out in a poll answer without a result after
