@@ -122,7 +122,7 @@ static int l_archive_create(lua_State *L)
 	lua_setfield(L, -2, "bytes");
 	lua_pushinteger(L, (lua_Integer)r.reused);
 	lua_setfield(L, -2, "reused");
-	apiutil_push_array(L);
+	jv_json_push_array(L);
 	for (size_t i = 0; i < r.nskipped; i++) {
 		lua_pushstring(L, r.skipped[i]);
 		lua_rawseti(L, -2, (lua_Integer)i + 1);
@@ -256,7 +256,7 @@ static int l_archive_list(lua_State *L)
 		snprintf(prefix, sizeof(prefix), "cannot list '%s'", file);
 		return apiutil_fail_msg(L, rc, prefix, err);
 	}
-	apiutil_push_array(L);
+	jv_json_push_array(L);
 	for (size_t i = 0; i < l.n; i++) {
 		const struct arch_entry *e = &l.v[i];
 		lua_createtable(L, 0, 6);
