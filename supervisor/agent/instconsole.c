@@ -588,8 +588,10 @@ static void flush(struct instconsole *ic, int64_t now)
 	char *text = jv_json_print(body);
 	cJSON_Delete(body);
 	ic->next_send_ms = now + BATCH_MS;
-	if (!text)
+	if (!text) {
+		results_back(ic);
 		return;
+	}
 	char path[200];
 	snprintf(path, sizeof(path), "/v1/agents/%s/console", ag->cfg.agent_id);
 	jv_debug(NULL, NULL, "console batch: %zu lines", lines);
