@@ -55,6 +55,7 @@ struct cp_agent {
 	int capacity;           /* from its last poll */
 	bool instances_synced;  /* a snapshot of its instances came since this process started */
 	uint64_t console_gen;   /* bumped when its console watch list or commands change */
+	uint64_t console_told;  /* console_gen when a poll answer last carried the watch list */
 };
 
 struct cp_config {

@@ -291,6 +291,17 @@ class Console(AgentTestCase):
         self.assertTrue(got and min(got) > b, (b, got, lines))
         self.assertFalse(any("kept-" in l for l in lines), lines)
 
+    def test_a_watch_made_while_no_poll_waits_reaches_a_long_polling_agent_at_once(self):
+        self.instance()
+        self.connect()
+        self.watch()  # before the agent's first poll: no long poll to wake
+        t0 = time.monotonic()
+        self.start_agent(POLL_WAIT="20")
+        self.console_until(lambda lines, m: any("Done (" in l for l in lines), timeout=30)
+        took = time.monotonic() - t0
+        # The agent asks for 20 s long polls; the watch must not wait for the first one to end.
+        self.assertLess(took, 5.0, "the console started streaming %.1f s after the agent" % took)
+
     def test_command_to_a_stopped_instance_says_not_running(self):
         inst = self.instance()
         self.start_agent()
