@@ -2,8 +2,8 @@
  *
  * (`jobvisor check` is dispatched by main.c straight into lua/.)
  * The run command is a tiny event loop around one jobrun: poll() on the event
- * pipe and a signalfd (SIGINT/SIGTERM cancel gracefully, a second one kills,
- * SIGCHLD reaps). Output: a progress bar on a TTY, plain log lines otherwise,
+ * pipe and a signalfd (SIGINT/SIGTERM cancel gracefully, one more 2 s or more
+ * later kills, SIGCHLD reaps). Output: a progress bar on a TTY, plain log lines otherwise,
  * or with --json one event object per line on stdout and the result last.
  * Exit: 0 COMPLETED, 1 FAILED, 2 usage/configuration, 3 CANCELLED. */
 #include <errno.h>
@@ -69,7 +69,7 @@ static void on_event(void *ud, struct jobrun *run, cJSON *ev)
 	(void)run;
 	struct run_out *o = ud;
 	if (o->json) {
-		char *s = cJSON_PrintUnformatted(ev);
+		char *s = jv_json_print(ev);
 		if (s) {
 			printf("%s\n", s);
 			fflush(stdout);
@@ -148,6 +148,13 @@ static cJSON *load_params(const char *arg, char *err, size_t errlen)
 		snprintf(err, errlen, "--params must be a JSON object like '{\"backupId\": \"b1\"}'");
 		return NULL;
 	}
+	char field[96];
+	const char *what;
+	if (!jv_json_text_ok(p, field, sizeof(field), &what)) {
+		cJSON_Delete(p);
+		snprintf(err, errlen, "--params: '%s' %s", field, what);
+		return NULL;
+	}
 	return p;
 }
 
@@ -163,7 +170,11 @@ static int exit_for(const char *status)
 /* The event loop of one local run. Returns the exit status. */
 static int drive(struct jobrun *run, struct run_out *o, int sfd)
 {
+	/* A signal within the window of the one that took effect is the same
+	 * request (Ctrl-C plus a wrapper's SIGTERM), not an impatient repeat. */
+	const int64_t window_ms = 2000;
 	int interrupts = 0;
+	int64_t last_ms = 0;
 	while (!jobrun_finished(run)) {
 		int64_t now = jv_now_mono_ms();
 		int64_t dl = jobrun_next_deadline(run);
@@ -180,12 +191,17 @@ static int drive(struct jobrun *run, struct run_out *o, int sfd)
 			while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
 				if (si.ssi_signo == SIGCHLD) {
 					jobrun_reap(run);
+				} else if (interrupts > 0 && jv_now_mono_ms() - last_ms < window_ms) {
+					continue;
 				} else if (++interrupts == 1) {
+					last_ms = jv_now_mono_ms();
 					clear_bar(o);
-					jv_warn(NULL, NULL, "%s: cancelling the job (again to kill it)",
-					        jv_signal_name((int)si.ssi_signo));
+					jv_warn(NULL, NULL, "%s: cancelling the job (again after %d s to kill it)",
+					        jv_signal_name((int)si.ssi_signo), (int)(window_ms / 1000));
 					jobrun_cancel(run, JOBRUN_CANCELLED);
 				} else {
+					clear_bar(o);
+					jv_warn(NULL, NULL, "%s again: killing the job", jv_signal_name((int)si.ssi_signo));
 					jobrun_kill(run);
 				}
 			}
@@ -204,7 +220,7 @@ static int drive(struct jobrun *run, struct run_out *o, int sfd)
 		cJSON_AddStringToObject(r, "status", status);
 		cJSON_AddItemReferenceToObject(r, "output", cJSON_GetObjectItem(o->result, "output"));
 		cJSON_AddItemReferenceToObject(r, "error", cJSON_GetObjectItem(o->result, "error"));
-		char *s = cJSON_PrintUnformatted(r);
+		char *s = jv_json_print(r);
 		if (s)
 			printf("%s\n", s);
 		free(s);
@@ -214,7 +230,7 @@ static int drive(struct jobrun *run, struct run_out *o, int sfd)
 		 * it; logs and progress went to stderr. */
 		const cJSON *err = cJSON_GetObjectItem(o->result, "error");
 		if (strcmp(status, "COMPLETED") == 0) {
-			char *s = cJSON_PrintUnformatted(cJSON_GetObjectItem(o->result, "output"));
+			char *s = jv_json_print(cJSON_GetObjectItem(o->result, "output"));
 			printf("COMPLETED %s\n", s ? s : "{}");
 			free(s);
 		} else {
