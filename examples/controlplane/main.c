@@ -340,6 +340,7 @@ int main(int argc, char **argv)
 			break;
 		}
 		dispatch_sweep(&cp);
+		console_sweep(&cp);
 		db_checkpoint(ck, false);
 	}
 	status = 0;
