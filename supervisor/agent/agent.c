@@ -336,13 +336,10 @@ static int prepare_data_dir(const struct config *cfg, int uid, int gid, char *er
 
 static int setup(struct agent *ag, bool check_only, char *err, size_t errlen)
 {
-	/* Block the signals first: a thread started later (libcurl's resolver)
-	 * inherits the mask, so SIGTERM can only ever arrive through the signalfd. */
-	int rc = signals_init(ag);
-	if (rc) {
-		snprintf(err, errlen, "cannot set up signal handling: %s", strerror(-rc));
-		return 1;
-	}
+	/* cmd_agent blocked the signals and opened the signalfd before this (a
+	 * thread started here, libcurl's resolver, inherits the mask, so SIGTERM
+	 * only ever arrives through the signalfd); --check-config needs neither. */
+	int rc;
 	if (config_load(ag->config_path, NULL, &ag->cfg, err, errlen))
 		return 2;
 	jv_log_setup((enum jv_log_format)ag->cfg.log_format, (enum jv_log_level)ag->cfg.log_level);

@@ -194,6 +194,21 @@ class Conflicts(AgentTestCase):
 
 
 class Shutdown(AgentTestCase):
+    def test_running_agent_holds_one_signalfd(self):
+        # The signals are set up once: a second signalfd would be a leaked descriptor.
+        p = self.start_agent()
+        rid = self.cp.add_job("SLEEPY")
+        self.cp.wait_status(rid, "RUNNING")
+        fd_dir = f"/proc/{p.pid}/fd"
+        links = []
+        for fd in os.listdir(fd_dir):
+            try:
+                links.append(os.readlink(os.path.join(fd_dir, fd)))
+            except FileNotFoundError:
+                pass
+        self.assertEqual(sum("signalfd" in link for link in links), 1, links)
+        self.assertEqual(self.stop_agent(p), 0)
+
     def test_sigterm_kills_stubborn_job_after_shutdown_grace(self):
         p = self.start_agent(SHUTDOWN_GRACE=1)
         rid = self.cp.add_job("STUBBORN")
