@@ -33,16 +33,9 @@ static bool is_int_in(const cJSON *v, int64_t lo, int64_t hi)
 
 void api_agent_poll(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id)
 {
-	if (strcmp(agent->id, agent_id) != 0) {
-		http_send_error(conn, 403, "this token belongs to another agent");
-		return;
-	}
 	cJSON *body = NULL;
-	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_agent_json(conn, agent, agent_id, &body) < 0)
 		return;
-	}
 	struct poll_req req = {.capacity = 1};
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, "capacity");
 	if (v && !is_int_in(v, 0, CAPACITY_MAX)) {

@@ -622,16 +622,9 @@ static const char *validate_post(const cJSON *body)
 
 void api_console_post(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id)
 {
-	if (strcmp(agent->id, agent_id) != 0) {
-		http_send_error(conn, 403, "this token belongs to another agent");
-		return;
-	}
 	cJSON *body = NULL;
-	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_agent_json(conn, agent, agent_id, &body) < 0)
 		return;
-	}
 	const char *why = validate_post(body);
 	if (why) {
 		http_send_error(conn, 400, "%s", why);

@@ -241,6 +241,10 @@ enum http_auth http_authenticate(struct cp *cp, const struct mg_connection *conn
 /* Which principal a token (len bytes, not necessarily NUL-terminated at len) is. */
 enum http_auth http_token_auth(struct cp *cp, const char *tok, size_t len, struct cp_agent **agent);
 int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err);
+/* An agent's request about itself: 403 when the token is another agent's,
+ * the error when the body is not JSON; -1 after answering so, else 0 with *out. */
+int http_read_agent_json(struct mg_connection *conn, const struct cp_agent *agent,
+                         const char *agent_id, cJSON **out);
 void http_send_json(struct mg_connection *conn, int status, const cJSON *body);
 void http_send_error(struct mg_connection *conn, int status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));

@@ -157,6 +157,21 @@ void http_send_unauthorized(struct mg_connection *conn)
 	send_raw(conn, 401, "WWW-Authenticate: Bearer\r\n", body, sizeof(body) - 1);
 }
 
+int http_read_agent_json(struct mg_connection *conn, const struct cp_agent *agent,
+                         const char *agent_id, cJSON **out)
+{
+	if (strcmp(agent->id, agent_id) != 0) {
+		http_send_error(conn, 403, "this token belongs to another agent");
+		return -1;
+	}
+	struct cp_err err;
+	if (http_read_json(conn, out, &err) < 0) {
+		http_send_error(conn, err.status, "%s", err.msg);
+		return -1;
+	}
+	return 0;
+}
+
 int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err)
 {
 	const struct mg_request_info *ri = mg_get_request_info(conn);

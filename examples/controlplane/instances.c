@@ -374,16 +374,9 @@ static int inst_store_events(struct cp *cp, const char *agent_id, const char *in
 void api_inst_events(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id,
                      const char *instance_id)
 {
-	if (strcmp(agent->id, agent_id) != 0) {
-		http_send_error(conn, 403, "this token belongs to another agent");
-		return;
-	}
 	cJSON *body = NULL;
-	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_agent_json(conn, agent, agent_id, &body) < 0)
 		return;
-	}
 	const cJSON *events = cJSON_GetObjectItemCaseSensitive(body, "events");
 	int n = cJSON_IsArray(events) ? cJSON_GetArraySize(events) : -1;
 	if (n < 0 || n > INST_EVENTS_PER_POST) {
@@ -470,16 +463,9 @@ static int remove_unlisted(struct cp *cp, const char *agent_id, const cJSON *lis
 
 void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id)
 {
-	if (strcmp(agent->id, agent_id) != 0) {
-		http_send_error(conn, 403, "this token belongs to another agent");
-		return;
-	}
 	cJSON *body = NULL;
-	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_agent_json(conn, agent, agent_id, &body) < 0)
 		return;
-	}
 	const cJSON *list = cJSON_GetObjectItemCaseSensitive(body, "instances");
 	int n = cJSON_IsArray(list) ? cJSON_GetArraySize(list) : -1;
 	if (n < 0 || n > INST_SNAPSHOT_MAX) {
@@ -626,16 +612,9 @@ static bool num_ok(const cJSON *o, const char *key, bool nullable)
 
 void api_inst_stats(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id)
 {
-	if (strcmp(agent->id, agent_id) != 0) {
-		http_send_error(conn, 403, "this token belongs to another agent");
-		return;
-	}
 	cJSON *body = NULL;
-	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_agent_json(conn, agent, agent_id, &body) < 0)
 		return;
-	}
 	const cJSON *list = cJSON_GetObjectItemCaseSensitive(body, "instances");
 	int n = cJSON_IsArray(list) ? cJSON_GetArraySize(list) : -1;
 	if (n < 0 || n > INST_SNAPSHOT_MAX) {
