@@ -12,6 +12,7 @@ local builds = require("lib.builds")
 
 return {
   type = "UPDATE_SERVER",
+  description = "Download and install a new build of the game server.",
   cancellable = true,
   params = { source = "object", build = "string", activate = "boolean?" },
 

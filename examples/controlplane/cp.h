@@ -110,7 +110,7 @@ struct cp {
 /* An error for the HTTP layer: status (400, 403, 404, 409, 500) and a message. */
 struct cp_err {
 	int status;
-	char msg[256];
+	char msg[1024];
 };
 void cp_err_set(struct cp_err *e, int status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -139,7 +139,7 @@ sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql);
 /* Step a statement that returns no rows (or ignore them); 0 or -EIO (logged). */
 int db_step_done(sqlite3 *db, sqlite3_stmt *st);
 int db_schema_version(sqlite3 *db);
-#define DB_SCHEMA_VERSION 3
+#define DB_SCHEMA_VERSION 4
 
 /* ---- store.c: rows -> JSON (mu held) ---- */
 /* A job with its runs; NULL when unknown or on error. Returned-owned. */
@@ -259,6 +259,15 @@ void api_ui_retry_job(struct cp *cp, struct mg_connection *conn, const char *job
 void api_ui_get_run(struct cp *cp, struct mg_connection *conn, const char *run_id);
 void api_ui_run_events(struct cp *cp, struct mg_connection *conn, const char *run_id);
 void api_ui_agents(struct cp *cp, struct mg_connection *conn);
+
+/* ---- jobtypes.c ---- */
+void api_jobtypes_report(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
+void api_jobtypes_get(struct cp *cp, struct mg_connection *conn, const char *agent_id);
+/* May a job of this type with these params go to this agent? Against the
+ * types it reported, or the known type names when it never reported. 0, or
+ * <0 with err (400 naming the parameter, 500). mu held. */
+int jobtypes_check(struct cp *cp, const char *agent_id, const char *type, const cJSON *params,
+                   struct cp_err *err);
 
 /* ---- instances.c ---- */
 void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);

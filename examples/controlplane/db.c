@@ -102,6 +102,11 @@ static const char *const migrations[] = {
 	"  body TEXT NOT NULL,"
 	"  received_at INTEGER NOT NULL,"
 	"  PRIMARY KEY (agent_id, instance_id, seq)) WITHOUT ROWID;",
+	/* 3 -> 4: the job types each agent reported (JSON {jobTypes, problems}). */
+	"CREATE TABLE agent_job_types ("
+	"  agent_id TEXT PRIMARY KEY,"
+	"  body TEXT NOT NULL,"
+	"  reported_at INTEGER NOT NULL);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

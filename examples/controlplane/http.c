@@ -228,6 +228,8 @@ static const struct route routes[] = {
 	{"GET", 1, "instances", NULL, ROLE_ADMIN, 0, NULL},
 	{"POST", 3, "agents", "console", ROLE_AGENT, 1, NULL},
 	{"POST", 3, "agents", "stats", ROLE_AGENT, 1, NULL},
+	{"POST", 3, "agents", "job-types", ROLE_AGENT, 1, NULL},
+	{"GET", 3, "agents", "job-types", ROLE_ADMIN, 1, NULL},
 	{"POST", 5, "agents", "instances", ROLE_ADMIN, 3, "console"},
 };
 
@@ -261,6 +263,8 @@ static void dispatch_route(struct cp *cp, struct mg_connection *conn, const stru
 		api_inst_snapshot(cp, conn, agent, id);
 	else if (strcmp(r->s0, "agents") == 0 && r->s2 && strcmp(r->s2, "stats") == 0)
 		api_inst_stats(cp, conn, agent, id);
+	else if (strcmp(r->s0, "agents") == 0 && r->s2 && strcmp(r->s2, "job-types") == 0)
+		r->role == ROLE_AGENT ? api_jobtypes_report(cp, conn, agent, id) : api_jobtypes_get(cp, conn, id);
 	else if (strcmp(r->s0, "agents") == 0 && r->s2 && strcmp(r->s2, "console") == 0)
 		api_console_post(cp, conn, agent, id);
 	else if (strcmp(r->s0, "agents") == 0 && r->s4 && strcmp(r->s4, "console") == 0)
