@@ -3,6 +3,8 @@
 #include "apiutil.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -202,6 +204,43 @@ int apiutil_parent(const struct fsx *fx, const char *norm, int *dirfd, const cha
 			rc = fsx_parent(fx, norm, 0, dirfd, last);
 	}
 	return rc;
+}
+
+int apiutil_mode(lua_State *L, int idx, const char *what)
+{
+	lua_Integer m = -1;
+	if (lua_type(L, idx) == LUA_TSTRING) {
+		const char *str = lua_tostring(L, idx);
+		char *end;
+		long v = strtol(str, &end, 8);
+		if (*str >= '0' && *str <= '7' && *end == '\0' && v <= 07777)
+			m = v;
+		else
+			luaL_error(L, "%s must be an integer or an octal string such as \"755\", got '%s'",
+			           what, str);
+	} else if (lua_type(L, idx) == LUA_TNUMBER && lua_isinteger(L, idx)) {
+		m = lua_tointeger(L, idx);
+	} else {
+		luaL_error(L, "%s must be an integer or an octal string such as \"755\", got %s", what,
+		           luaL_typename(L, idx));
+	}
+	if (m < 0 || m > 07777)
+		luaL_error(L, "%s must be from 0 to 0777 (0 to 4095 with the special bits)", what);
+	return (int)m;
+}
+
+int apiutil_opt_mode(lua_State *L, int idx, const char *key)
+{
+	if (lua_isnoneornil(L, idx))
+		return -1;
+	int m = -1;
+	if (lua_getfield(L, idx, key) != LUA_TNIL) {
+		char what[64];
+		snprintf(what, sizeof(what), "option '%s'", key);
+		m = apiutil_mode(L, -1, what);
+	}
+	lua_pop(L, 1);
+	return m;
 }
 
 /* A module function called with more arguments than it takes: an options

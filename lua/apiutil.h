@@ -36,6 +36,12 @@ double apiutil_opt_num(lua_State *L, int idx, const char *key, double def, doubl
                        double max);
 const char *apiutil_opt_str(lua_State *L, int idx, const char *key, const char *def);
 
+/* A file mode: an integer (493) or an octal string ("755", "0755"); raises
+ * otherwise or beyond 07777 (callers decide what to do with the special
+ * bits). apiutil_opt_mode reads opts[key]; -1 when absent. */
+int apiutil_mode(lua_State *L, int idx, const char *what);
+int apiutil_opt_mode(lua_State *L, int idx, const char *key);
+
 /* Progress + cancel hook for a core call; opts.progress = {from, to} or
  * {from =, to =}; malformed raises. */
 struct apiutil_tick {

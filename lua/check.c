@@ -4,7 +4,12 @@
  * `job.progres`), which would otherwise fail only when run() reaches them.
  * Every problem is printed as FILE:LINE: message on stderr; nothing runs but
  * the chunk's top level, with no instance, no event pipe and no data dir.
- * Helpers in a lib/ directory are compiled and scanned, not run. */
+ * Helpers in a lib/ directory are compiled and scanned, not run.
+ *
+ * It also reports each proc.run call whose program is a literal
+ * (`proc.run({"/path", ...})`) that the agent's job_executables (or
+ * steamcmd) setting would refuse at run time; a program computed at run
+ * time cannot be known here and is left to proc.run. */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,9 +17,69 @@
 
 #include "jobvisor/durable.h"
 #include "jobvisor/jobchild.h"
+#include "jvlua.h"
 #include "sandbox.h"
 #include "scriptdef.h"
 #include "scriptlex.h"
+
+/* Report literal argv[1] of proc.run calls that settings do not allow.
+ * Returns how many were reported. A `--` comment before the call on its line
+ * hides it. */
+static int check_programs(const char *path, const cJSON *settings)
+{
+	char *src = NULL;
+	size_t len = 0;
+	if (jv_read_file_at(AT_FDCWD, path, 4u << 20, &src, &len) < 0)
+		return 0;
+	int bad = 0;
+	for (const char *p = src; (p = strstr(p, "proc.run")) != NULL; p += 8) {
+		const char *bol = p;
+		while (bol > src && bol[-1] != '\n')
+			bol--;
+		bool commented = false;
+		for (const char *q = bol; q + 1 < p; q++)
+			commented = commented || (q[0] == '-' && q[1] == '-');
+		if (commented || (p > src && (p[-1] == '_' || p[-1] == '.' ||
+		                              (p[-1] >= 'a' && p[-1] <= 'z'))))
+			continue;
+		const char *q = p + 8;
+		while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
+			q++;
+		if (*q++ != '(')
+			continue;
+		while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
+			q++;
+		if (*q++ != '{')
+			continue;
+		while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
+			q++;
+		char quote = *q;
+		if (quote != '"' && quote != '\'')
+			continue;
+		const char *start = ++q;
+		while (*q && *q != quote && *q != '\\' && *q != '\n')
+			q++;
+		if (*q != quote)
+			continue; /* escapes: not a plain literal, leave it to run time */
+		char prog[4096];
+		size_t n = (size_t)(q - start);
+		if (n >= sizeof(prog))
+			continue;
+		memcpy(prog, start, n);
+		prog[n] = '\0';
+		if (prog[0] == '/' && jv_proc_allowed(settings, prog))
+			continue;
+		int line = 1;
+		for (const char *c = src; c < p; c++)
+			line += *c == '\n';
+		fprintf(stderr, "%s:%d: proc.run of '%s' would be refused: %s\n", path, line, prog,
+		        prog[0] != '/' ? "the program must be an absolute path"
+		                       : "it is not in the agent setting job_executables");
+		bad++;
+	}
+	free(src);
+	return bad;
+}
 
 #define MAX_SCRIPT_BYTES (4u << 20)
 
@@ -184,7 +249,7 @@ lua_State *jv_inspect_sandbox(const char *path, const char *builtin_jobs_dir, st
 	return jv_sandbox_new(&so);
 }
 
-static int check_one(const char *path, const char *builtin_jobs_dir)
+static int check_one(const char *path, const char *builtin_jobs_dir, const cJSON *settings)
 {
 	struct jv_inspect in;
 	lua_State *L = jv_inspect_sandbox(path, builtin_jobs_dir, &in);
@@ -230,6 +295,7 @@ static int check_one(const char *path, const char *builtin_jobs_dir)
 		jv_lex_free(&lx);
 	}
 	free(src);
+	problems += check_programs(path, settings);
 	if (problems == 0 && helper) {
 		printf("ok: %s: helper module\n", path);
 	} else if (problems == 0) {
@@ -249,11 +315,11 @@ static int check_one(const char *path, const char *builtin_jobs_dir)
 	return problems;
 }
 
-int jv_check_scripts(int n, char **paths, const char *builtin_jobs_dir)
+int jv_check_scripts(int n, char **paths, const char *builtin_jobs_dir, const cJSON *settings)
 {
 	int bad = 0, total = 0;
 	for (int i = 0; i < n; i++) {
-		int p = check_one(paths[i], builtin_jobs_dir);
+		int p = check_one(paths[i], builtin_jobs_dir, settings);
 		total += p;
 		bad += p > 0;
 	}

@@ -26,6 +26,7 @@
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
+#include "procx.h"
 #include "sandbox.h"
 #include "scriptdef.h"
 
@@ -167,6 +168,20 @@ static int prepare_instance(struct child *c, char *err, size_t errlen)
 		snprintf(err, errlen, "instance '%s' is busy: another job run holds its lock",
 		         c->ctx.instance_id);
 		return -EBUSY;
+	}
+	/* With the lock held, programs recorded in procs/ belong to a run that was
+	 * killed together with its shepherd (lua/procx.h): end what is left. */
+	int pfd = openat(root, ".jobvisor/procs", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (pfd >= 0) {
+		unsigned ended = 0;
+		procx_sweep(pfd, &ended);
+		close(pfd);
+		if (ended) {
+			char msg[256];
+			snprintf(msg, sizeof(msg), "ended %u process(es) that an earlier run's programs left "
+			                           "behind", ended);
+			jv_emit_log(&c->ctx, "warn", msg);
+		}
 	}
 	/* With the lock held, temp files in markers/ and completed/ belong to a killed run. */
 	int mfd = jv_markers_dir(&c->ctx);

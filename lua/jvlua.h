@@ -124,5 +124,10 @@ int luaopen_jv_fs(lua_State *L);
 int luaopen_jv_archive(lua_State *L);
 int luaopen_jv_http(lua_State *L);
 int luaopen_jv_instance(lua_State *L);
+int luaopen_jv_proc(lua_State *L);
+
+/* Whether a job may run path (absolute): listed in the settings'
+ * job_executables, or the steamcmd setting (lua/api_proc.c). */
+bool jv_proc_allowed(const cJSON *settings, const char *path);
 
 #endif

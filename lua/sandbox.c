@@ -2,7 +2,8 @@
  *
  * Only base (minus dofile/loadfile/collectgarbage/warn; load forced to text),
  * string (minus dump; its metatable hidden), table, math, utf8, coroutine and
- * os.clock/time/date are opened, plus the jobvisor modules. require() loads
+ * os.clock/time/date are opened, plus the jobvisor modules (proc starts only
+ * programs the agent's job_executables setting lists). require() loads
  * pure-Lua helpers from jobs/lib only, as text, in the same sandbox. A capped
  * allocator turns memory bombs into ordinary Lua errors. Runaway CPU is the
  * parent's business (wall-clock timeout, then SIGKILL). */
@@ -329,6 +330,7 @@ lua_State *jv_sandbox_new(const struct jv_sandbox_opts *opts)
 	set_global_module(L, "archive", luaopen_jv_archive);
 	set_global_module(L, "http", luaopen_jv_http);
 	set_global_module(L, "instance", luaopen_jv_instance);
+	set_global_module(L, "proc", luaopen_jv_proc);
 	lua_pop(L, 1); /* globals */
 	return L;
 }

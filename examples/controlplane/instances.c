@@ -220,6 +220,9 @@ static void publish(struct cp *cp, const char *agent_id, const char *instance_id
 	}
 	cJSON_AddStringToObject(msg, "type", "instance");
 	cJSON_AddBoolToObject(inst, "removed", removed);
+	/* The history is in the snapshot; each message carries the newest sample
+	 * in `stats` only, so a page keeps its own (60 times less to push). */
+	cJSON_DeleteItemFromObjectCaseSensitive(inst, "statsHistory");
 	cJSON_AddItemToObject(msg, "instance", inst);
 	if (event)
 		cJSON_AddItemToObject(msg, "instanceEvent", cJSON_Duplicate(event, true));
@@ -475,6 +478,8 @@ void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agen
 	sqlite3_stmt *gone = rc == 0 ? db_prepare(cp->db, "SELECT instance_id FROM instances"
 	                                                  " WHERE agent_id = ? AND removed = 0")
 	                             : NULL;
+	if (gone)
+		sqlite3_bind_text(gone, 1, agent_id, -1, SQLITE_STATIC);
 	while (gone && sqlite3_step(gone) == SQLITE_ROW && nchanged < (size_t)n + INST_SNAPSHOT_MAX) {
 		const char *iid = (const char *)sqlite3_column_text(gone, 0);
 		bool listed = false;

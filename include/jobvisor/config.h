@@ -25,6 +25,9 @@ struct config {
 	char *user;         /* NULL = the agent's own user */
 	char *tls_ca_file;  /* NULL = system store */
 	char *allowed_executables; /* ':'-separated absolute paths, NULL = none */
+	char *job_executables;     /* ':'-separated absolute paths proc.run may start, NULL = none */
+	char *steamcmd;            /* SteamCMD path, NULL = no steam sources */
+	char *steam_credentials_file; /* "account password" lines, NULL = anonymous logins only */
 	bool tls_insecure_loopback;
 	bool url_is_loopback; /* derived */
 
@@ -79,7 +82,7 @@ int config_read_token(const struct config *cfg, char **token, char *err, size_t 
 void config_free_token(char *token);
 
 /* The settings a job-run child and the monitors it starts need, keyed by the
- * setting names: {allowed_executables:[...], user, console_log_max_bytes,
+ * setting names: {allowed_executables:[...], job_executables:[...], steamcmd, user, console_log_max_bytes,
  * console_log_keep, cgroups, cgroup_parent, log_level, log_format, data_dir,
  * jobs_dir}. Returned-owned: cJSON_Delete. NULL on ENOMEM. */
 cJSON *config_child_settings(const struct config *cfg);

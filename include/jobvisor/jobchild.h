@@ -24,8 +24,10 @@ int jv_jobrun_child_main(int argc, char **argv);
  * compiled) and look for unknown module fields; require() looks in the
  * script's own lib/ and then builtin_jobs_dir/lib. Every problem goes to
  * stderr as FILE:LINE: message, "ok: ..." lines to stdout. 0 all valid,
- * 1 problems. */
-int jv_check_scripts(int n, char **paths, const char *builtin_jobs_dir);
+ * 1 problems. settings (config_child_settings, borrowed, may be NULL) say
+ * which programs proc.run may start: a literal one they refuse is a problem. */
+struct cJSON;
+int jv_check_scripts(int n, char **paths, const char *builtin_jobs_dir, const struct cJSON *settings);
 
 /* `jobvisor __jobtypes [JOBS_DIR]` (lua/jobtypes.c): every job type of
  * JOBS_DIR and builtin_jobs_dir (JOBS_DIR first) with its params schema,

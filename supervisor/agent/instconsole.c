@@ -190,6 +190,9 @@ size_t instconsole_commands(struct agent *ag, const cJSON *cmds)
 	if (!ic || !cJSON_IsArray(cmds))
 		return 0;
 	size_t n = 0;
+	/* Each call is bounded; all of them together too, so a hung monitor can
+	 * hold the agent's loop for at most SEND_TIMEOUT_MS per poll answer. */
+	int64_t end = jv_now_mono_ms() + SEND_TIMEOUT_MS;
 	const cJSON *c;
 	cJSON_ArrayForEach(c, cmds)
 	{
@@ -201,13 +204,18 @@ size_t instconsole_commands(struct agent *ag, const cJSON *cmds)
 			continue;
 		}
 		n++;
+		int64_t left = end - jv_now_mono_ms();
+		if (left <= 0) {
+			add_result(ic, id, inst, "rejected", "the agent spent its time on earlier commands; send again");
+			continue;
+		}
 		char dir[PATH_MAX];
 		snprintf(dir, sizeof(dir), "%s/instances/%s", ag->cfg.data_dir, inst);
 		cJSON *req = cJSON_CreateObject();
 		cJSON_AddStringToObject(req, "op", "send");
 		cJSON_AddStringToObject(req, "line", line);
 		cJSON *reply = NULL;
-		int rc = jv_monitor_call(dir, req, SEND_TIMEOUT_MS, &reply);
+		int rc = jv_monitor_call(dir, req, (int)left, &reply);
 		cJSON_Delete(req);
 		if (rc == -ENOENT || rc == -ECONNREFUSED) {
 			add_result(ic, id, inst, "not-running", "no monitor runs for this instance");

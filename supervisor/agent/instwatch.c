@@ -533,7 +533,7 @@ static void attach(struct inst *in, int64_t now)
 	jv_debug(NULL, NULL, "instance %s: cannot connect to its monitor: %s", in->id, strerror(-rc));
 	/* e.g. another user's monitor: say what state.json says, look again later */
 	probe(in, now);
-	if (in->next_try_ms == INT64_MAX)
+	if (in->launch_fd < 0)
 		in->next_try_ms = now + RESCAN_MS;
 }
 

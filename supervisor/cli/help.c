@@ -42,17 +42,20 @@ static const struct cmd_help cmds[] = {
 	 "  --timeout S          wall-clock limit in seconds (default none)\n"
 	 "  --cancel-grace S     SIGTERM to SIGKILL on cancel (default 10)\n"
 	 "  --memory-limit MIB   the Lua memory cap (default 256)\n"
-	 "  --config FILE        agent settings job runs use (allowed_executables, user, job_memory,\n"
-	 "                       data_dir, jobs_dir); JOBVISOR_* variables as for the agent\n"
+	 "  --config FILE        agent settings job runs use (allowed_executables, job_executables,\n"
+	 "                       steamcmd, user, job_memory, data_dir, jobs_dir); JOBVISOR_*\n"
+	 "                       variables as for the agent\n"
 	 "  --job-id ID          run under this job id: a second run with the same id, type and\n"
 	 "                       params reports the recorded output of a completed one again\n"
 	 "  --json               one JSON event a line on stdout, the result object last\n"
 	 "The result goes to stdout; logs and progress go to stderr. Ctrl-C cancels the job\n"
 	 "(again to kill it). Exit: 0 COMPLETED, 1 FAILED, 2 usage or configuration, 3 CANCELLED.\n"},
-	{"check", "SCRIPT.lua...", "validate job scripts without running them",
+	{"check", "SCRIPT.lua... [--config FILE]", "validate job scripts without running them",
 	 "Compiles each script in the sandbox, validates the table it returns and looks for\n"
 	 "unknown fields of the sandbox modules (fs.raed). Prints every problem as FILE:LINE:\n"
-	 "message. Exit: 0 all valid, 1 problems found, 2 usage.\n"},
+	 "message. Exit: 0 all valid, 1 problems found, 2 usage.\n"
+	 "  --config FILE     the agent's settings (and JOBVISOR_* variables): a proc.run of a\n"
+	 "                    literal program that job_executables does not allow is a problem\n"},
 	{"status", "[--data-dir DIR] [--json]", "instances and runs in flight",
 	 "  --data-dir DIR    the agent's data dir (default JOBVISOR_DATA_DIR or /var/lib/jobvisor)\n"
 	 "  --json            one JSON object instead of a table\n"},

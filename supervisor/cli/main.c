@@ -8,6 +8,7 @@
 
 #include "jobvisor/commands.h"
 #include "jobvisor/jobrun.h"
+#include "jobvisor/config.h"
 #include "jobvisor/jobchild.h"
 #include "help.h"
 
@@ -21,14 +22,37 @@ static bool is_version(const char *a)
 	return strcmp(a, "version") == 0 || strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0;
 }
 
-static int check_usage(int argc, char **argv)
+/* check SCRIPT.lua... [--config FILE]: the settings (file, then JOBVISOR_*)
+ * say which programs proc.run may start. Scripts are gathered at the front
+ * of argv. */
+static int check(int argc, char **argv)
 {
-	if (argc < 2)
-		return help_usage_error("check", "missing the script to check");
-	for (int i = 1; i < argc; i++)
-		if (argv[i][0] == '-')
+	const char *conf = NULL;
+	int n = 0;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--config") == 0) {
+			if (i + 1 >= argc)
+				return help_usage_error("check", "--config needs a FILE");
+			conf = argv[++i];
+		} else if (argv[i][0] == '-') {
 			return help_usage_error("check", "unknown option '%s'", argv[i]);
-	return 0;
+		} else {
+			argv[1 + n++] = argv[i];
+		}
+	}
+	if (n == 0)
+		return help_usage_error("check", "missing the script to check");
+	struct config cfg;
+	char err[512];
+	if (config_load_local(conf, &cfg, err, sizeof(err)) != 0) {
+		fprintf(stderr, "jobvisor check: %s\n", err);
+		return JV_EXIT_USAGE;
+	}
+	cJSON *settings = config_child_settings(&cfg);
+	int rc = jv_check_scripts(n, argv + 1, jobrun_builtin_jobs_dir(), settings);
+	cJSON_Delete(settings);
+	config_free(&cfg);
+	return rc;
 }
 
 int main(int argc, char **argv)
@@ -75,10 +99,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "run") == 0)
 		return cmd_run(argc - 1, argv + 1);
-	if (strcmp(cmd, "check") == 0) {
-		int rc = check_usage(argc - 1, argv + 1);
-		return rc ? rc : jv_check_scripts(argc - 2, argv + 2, jobrun_builtin_jobs_dir());
-	}
+	if (strcmp(cmd, "check") == 0)
+		return check(argc - 1, argv + 1);
 	if (strcmp(cmd, "agent") == 0)
 		return cmd_agent(argc - 1, argv + 1);
 	if (strcmp(cmd, "status") == 0)

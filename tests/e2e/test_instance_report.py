@@ -101,6 +101,7 @@ class InstanceReports(AgentTestCase):
             took = time.monotonic() - t0
         finally:
             ws.close()
+        print("crash -> WebSocket: %.3f s" % took)
         self.assertIsNotNone(seen, "no CRASHED instance message")
         self.assertEqual(schema_errors("StreamMessage", seen), [])
         self.assertEqual(schema_errors("StreamMessage", snap), [])
