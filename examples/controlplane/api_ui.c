@@ -34,7 +34,7 @@ static int opt_int(const cJSON *body, const char *key, int lo, int hi, int *out)
 	return 0;
 }
 
-static const char *validate_create(struct cp *cp, const cJSON *body, struct lc_new_job *nj, char *why, size_t len)
+const char *api_ui_validate_job(struct cp *cp, const cJSON *body, struct lc_new_job *nj, char *why, size_t len)
 {
 	static const char *const known[] = {"jobId", "type", "agentId", "instanceId", "params",
 	                                    "maxAttempts", "timeoutSeconds", "cancelGraceSeconds"};
@@ -100,7 +100,7 @@ void api_ui_create_job(struct cp *cp, struct mg_connection *conn)
 	}
 	struct lc_new_job nj = {0};
 	char why_buf[200];
-	const char *why = validate_create(cp, body, &nj, why_buf, sizeof(why_buf));
+	const char *why = api_ui_validate_job(cp, body, &nj, why_buf, sizeof(why_buf));
 	if (why) {
 		http_send_error(conn, 400, "%s", why);
 		cJSON_Delete(body);

@@ -68,6 +68,7 @@ struct cp_config {
 	int max_wait_s;       /* cap on a long poll's waitSeconds */
 	int retry_backoff_s;  /* automatic retry delay: base * 2^(attempt-1), capped */
 	int threads;          /* civetweb worker threads */
+	int catch_up_s;       /* a schedule firing missed by up to this long still runs (once) */
 	bool sync_full;       /* PRAGMA synchronous=FULL instead of NORMAL */
 	char **job_types;     /* extra accepted job types (--job-types), owned */
 	size_t njob_types;
@@ -139,7 +140,7 @@ sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql);
 /* Step a statement that returns no rows (or ignore them); 0 or -EIO (logged). */
 int db_step_done(sqlite3 *db, sqlite3_stmt *st);
 int db_schema_version(sqlite3 *db);
-#define DB_SCHEMA_VERSION 4
+#define DB_SCHEMA_VERSION 5
 
 /* ---- store.c: rows -> JSON (mu held) ---- */
 /* A job with its runs; NULL when unknown or on error. Returned-owned. */
@@ -186,6 +187,11 @@ struct lc_new_job {
 	int max_attempts;
 	int timeout_s;       /* 0 = agent default */
 	int cancel_grace_s;  /* 0 = agent default */
+	const char *schedule_id; /* the schedule that fired it, NULL = none */
+	/* Called inside the creating transaction before the insert (NULL = none):
+	 * 0 goes on, anything else rolls back and lc_job_create returns it. */
+	int (*claim)(struct cp *cp, void *ud);
+	void *claim_ud;
 };
 /* Create (CREATED) then enqueue (QUEUED). *job is the new job (returned-owned);
  * *created is false when job_id already named an identical job. */
@@ -268,6 +274,22 @@ void api_jobtypes_get(struct cp *cp, struct mg_connection *conn, const char *age
  * <0 with err (400 naming the parameter, 500). mu held. */
 int jobtypes_check(struct cp *cp, const char *agent_id, const char *type, const cJSON *params,
                    struct cp_err *err);
+
+/* ---- api_ui.c ---- */
+/* Check a job body {type, agentId, instanceId, params, maxAttempts, ...}
+ * (without the job types check, which needs mu: jobtypes_check). NULL when
+ * fine, else why (may be buf). nj borrows from body. */
+const char *api_ui_validate_job(struct cp *cp, const cJSON *body, struct lc_new_job *nj, char *buf, size_t len);
+
+/* ---- schedules.c ---- */
+void api_sched_create(struct cp *cp, struct mg_connection *conn);
+void api_sched_list(struct cp *cp, struct mg_connection *conn);
+void api_sched_get(struct cp *cp, struct mg_connection *conn, const char *id);
+void api_sched_patch(struct cp *cp, struct mg_connection *conn, const char *id);
+void api_sched_delete(struct cp *cp, struct mg_connection *conn, const char *id);
+void api_cron_preview(struct cp *cp, struct mg_connection *conn);
+/* Fire what is due (main thread, every sweep). Takes mu per schedule. */
+void schedules_tick(struct cp *cp);
 
 /* ---- instances.c ---- */
 void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);

@@ -107,6 +107,26 @@ static const char *const migrations[] = {
 	"  agent_id TEXT PRIMARY KEY,"
 	"  body TEXT NOT NULL,"
 	"  reported_at INTEGER NOT NULL);",
+	/* 4 -> 5: schedules. next_fire is the claim: a replica fires a schedule
+	 * only by moving next_fire on from the value it read (a conditional
+	 * UPDATE in the transaction that inserts the job), so each firing makes
+	 * at most one job whichever replica gets there first. 0 = none (paused). */
+	"CREATE TABLE schedules ("
+	"  schedule_id TEXT PRIMARY KEY,"
+	"  cron TEXT NOT NULL,"
+	"  timezone TEXT NOT NULL,"
+	"  job TEXT NOT NULL,"
+	"  enabled INTEGER NOT NULL,"
+	"  overlap TEXT NOT NULL CHECK (overlap IN ('skip', 'queue')),"
+	"  next_fire INTEGER NOT NULL DEFAULT 0,"
+	"  last_fire INTEGER NOT NULL DEFAULT 0,"
+	"  last_job_id TEXT,"
+	"  last_outcome TEXT,"
+	"  created_at INTEGER NOT NULL,"
+	"  updated_at INTEGER NOT NULL);"
+	"CREATE INDEX schedules_due ON schedules(next_fire) WHERE enabled = 1;"
+	"ALTER TABLE jobs ADD COLUMN schedule_id TEXT;"
+	"CREATE INDEX jobs_by_schedule ON jobs(schedule_id, seq) WHERE schedule_id IS NOT NULL;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

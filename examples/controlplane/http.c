@@ -230,6 +230,12 @@ static const struct route routes[] = {
 	{"POST", 3, "agents", "stats", ROLE_AGENT, 1, NULL},
 	{"POST", 3, "agents", "job-types", ROLE_AGENT, 1, NULL},
 	{"GET", 3, "agents", "job-types", ROLE_ADMIN, 1, NULL},
+	{"POST", 1, "schedules", NULL, ROLE_ADMIN, 0, NULL},
+	{"GET", 1, "schedules", NULL, ROLE_ADMIN, 0, NULL},
+	{"GET", 2, "schedules", NULL, ROLE_ADMIN, 2, NULL},
+	{"PATCH", 2, "schedules", NULL, ROLE_ADMIN, 2, NULL},
+	{"DELETE", 2, "schedules", NULL, ROLE_ADMIN, 2, NULL},
+	{"GET", 1, "cron-preview", NULL, ROLE_ADMIN, 0, NULL},
 	{"POST", 5, "agents", "instances", ROLE_ADMIN, 3, "console"},
 };
 
@@ -279,6 +285,16 @@ static void dispatch_route(struct cp *cp, struct mg_connection *conn, const stru
 		api_ui_run_events(cp, conn, id);
 	else if (strcmp(r->s0, "runs") == 0)
 		api_ui_get_run(cp, conn, id);
+	else if (strcmp(r->s0, "schedules") == 0 && r->nseg == 1)
+		strcmp(r->method, "POST") == 0 ? api_sched_create(cp, conn) : api_sched_list(cp, conn);
+	else if (strcmp(r->s0, "schedules") == 0 && strcmp(r->method, "GET") == 0)
+		api_sched_get(cp, conn, id);
+	else if (strcmp(r->s0, "schedules") == 0 && strcmp(r->method, "PATCH") == 0)
+		api_sched_patch(cp, conn, id);
+	else if (strcmp(r->s0, "schedules") == 0)
+		api_sched_delete(cp, conn, id);
+	else if (strcmp(r->s0, "cron-preview") == 0)
+		api_cron_preview(cp, conn);
 	else if (strcmp(r->s0, "jobs") == 0 && r->nseg == 1)
 		strcmp(r->method, "POST") == 0 ? api_ui_create_job(cp, conn) : api_ui_list_jobs(cp, conn);
 	else if (strcmp(r->s0, "jobs") == 0 && r->nseg == 2)

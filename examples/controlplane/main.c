@@ -32,7 +32,8 @@ static void usage(FILE *f)
 	fputs("usage: jobvisor-cp --listen ADDR:PORT --db FILE.sqlite --admin-token-file F --agents-file F\n"
 	      "                   [--job-types T1,T2] [--lease-seconds N] [--ack-seconds N]\n"
 	      "                   [--poll-interval N] [--max-wait N] [--retry-backoff N] [--threads N]\n"
-	      "                   [--sync normal|full] [--log-level L] [--log-format logfmt|json]\n"
+	      "                   [--sync normal|full] [--schedule-catch-up N]\n"
+	      "                   [--log-level L] [--log-format logfmt|json]\n"
 	      "\n"
 	      "  --listen ADDR:PORT      IPv4 address and port; port 0 picks a free port, printed on stdout\n"
 	      "  --db FILE               SQLite database (created and migrated as needed)\n"
@@ -45,7 +46,9 @@ static void usage(FILE *f)
 	      "  --max-wait N            longest long poll in seconds (25)\n"
 	      "  --retry-backoff N       automatic retry delay N * 2^(attempt-1) s, capped at 300 (5)\n"
 	      "  --threads N             HTTP worker threads (64); see docs/protocol.md, long poll\n"
-	      "  --sync normal|full      SQLite synchronous mode (normal)\n",
+	      "  --sync normal|full      SQLite synchronous mode (normal)\n"
+	      "  --schedule-catch-up N   a schedule firing missed by at most N s (downtime) runs once\n"
+	      "                          at start-up; older ones are skipped (3600)\n",
 	      f);
 }
 
@@ -113,6 +116,7 @@ static int parse_args(int argc, char **argv, struct cp_config *cfg)
 		{"retry-backoff", required_argument, NULL, 'b'},
 		{"threads", required_argument, NULL, 't'},
 		{"sync", required_argument, NULL, 's'},
+		{"schedule-catch-up", required_argument, NULL, 'C'},
 		{"log-level", required_argument, NULL, 'v'},
 		{"log-format", required_argument, NULL, 'f'},
 		{"help", no_argument, NULL, 'h'},
@@ -134,6 +138,7 @@ static int parse_args(int argc, char **argv, struct cp_config *cfg)
 		case 'w': bad = parse_int(optarg, 0, 300, &cfg->max_wait_s); break;
 		case 'b': bad = parse_int(optarg, 0, 3600, &cfg->retry_backoff_s); break;
 		case 't': bad = parse_int(optarg, 8, 1024, &cfg->threads); break;
+		case 'C': bad = parse_int(optarg, 0, 30 * 86400, &cfg->catch_up_s); break;
 		case 's':
 			bad = strcmp(optarg, "full") != 0 && strcmp(optarg, "normal") != 0;
 			cfg->sync_full = strcmp(optarg, "full") == 0;
@@ -248,7 +253,8 @@ int main(int argc, char **argv)
 	struct cp cp;
 	memset(&cp, 0, sizeof(cp));
 	cp.cfg = (struct cp_config){.lease_s = 60, .ack_s = 30, .poll_interval_s = 3, .max_wait_s = 25,
-	                            .retry_backoff_s = 5, .threads = 64};
+	                            .retry_backoff_s = 5, .threads = 64,
+	                            .catch_up_s = 3600};
 	jv_log_set_component("cp");
 	if (parse_args(argc, argv, &cp.cfg) < 0) {
 		free(cp.cfg.job_types);
@@ -317,6 +323,7 @@ int main(int argc, char **argv)
 			break;
 		}
 		dispatch_sweep(&cp);
+		schedules_tick(&cp);
 		db_checkpoint(ck, false);
 	}
 	status = 0;

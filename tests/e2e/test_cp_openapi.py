@@ -144,7 +144,7 @@ class Document(unittest.TestCase):
             norm = re.sub(r"{\w+}", "{id}", path)
             for method in item:
                 documented.add((method, norm))
-        self.assertEqual(len(routes), 20)
+        self.assertEqual(len(routes), 26)
         self.assertEqual(documented, routes)
 
 
@@ -171,6 +171,15 @@ class RealAnswers(CpTestCase):
         self.check("Job", self.cp.api("POST", "/v1/jobs/%s/retry" % job["jobId"]).json)
         self.check("Error", self.cp.api("POST", "/v1/jobs", {"type": 1}).json)
         self.check("AgentJobTypes", self.cp.api("GET", "/v1/agents/%s/job-types" % agent.id).json)
+        sched = {"cron": "0 4 * * *", "timezone": "Europe/Berlin", "enabled": True, "overlap": "skip",
+                 "job": {"type": "BACKUP_INSTANCE", "agentId": agent.id, "instanceId": "i", "params": {}}}
+        self.check("ScheduleCreate", sched)
+        r = self.cp.api("POST", "/v1/schedules", sched)
+        self.check("Schedule", r.json)
+        self.check("Schedule", self.cp.api("PATCH", "/v1/schedules/" + r.json["scheduleId"], {"enabled": False}).json)
+        self.check("ScheduleList", self.cp.api("GET", "/v1/schedules").json)
+        self.check("CronPreview", self.cp.api("GET", "/v1/cron-preview?cron=@daily&timezone=UTC&count=2").json)
+        self.check("ScheduleDeleted", self.cp.api("DELETE", "/v1/schedules/" + r.json["scheduleId"]).json)
         report = {"jobTypes": [{"type": "X_ONE", "description": "d", "cancellable": False, "why": "w",
                                 "source": "jobs_dir", "params": {"a": {"type": "integer", "required": True}}}],
                   "problems": ["x.lua:1: oops"]}

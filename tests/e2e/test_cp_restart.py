@@ -76,7 +76,7 @@ class Restart(unittest.TestCase):
         con = sqlite3.connect(self.cp.db, timeout=10)
         try:
             self.assertEqual(con.execute("PRAGMA journal_mode").fetchone()[0], "wal")
-            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 4)
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 5)
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             self.assertTrue({"agents", "jobs", "job_runs", "events", "instances",
                              "instance_events"} <= tables)
@@ -108,6 +108,9 @@ class Restart(unittest.TestCase):
         con.execute("DROP TABLE instances")
         con.execute("DROP TABLE instance_events")
         con.execute("DROP TABLE agent_job_types")
+        con.execute("DROP TABLE schedules")
+        con.execute("DROP INDEX jobs_by_schedule")
+        con.execute("ALTER TABLE jobs DROP COLUMN schedule_id")
         con.execute("PRAGMA user_version = 1")
         con.commit()
         con.close()
@@ -115,10 +118,11 @@ class Restart(unittest.TestCase):
         self.assertIn("schema migrated to version 2", self.cp.stderr_text())
         self.assertIn("schema migrated to version 3", self.cp.stderr_text())
         self.assertIn("schema migrated to version 4", self.cp.stderr_text())
+        self.assertIn("schema migrated to version 5", self.cp.stderr_text())
         self.assertEqual(self.cp.job(job["jobId"])["status"], "QUEUED")
         con = sqlite3.connect(self.cp.db, timeout=10)
         try:
-            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 4)
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 5)
             names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
             self.assertIn("jobs_active", names)
         finally:
