@@ -144,7 +144,7 @@ void agent_begin_shutdown(struct agent *ag)
 	ag->exit_by_ms = ag->kill_at_ms + 2000;
 	sdnotify_send(&ag->notify, "STOPPING=1\nSTATUS=shutting down");
 	poller_abort(ag);
-	scheduler_cancel_all(ag, "shutdown");
+	scheduler_cancel_all(ag, JOBRUN_SHUTDOWN);
 	/* One last delivery attempt for everything, now, whatever its backoff. */
 	for (struct srun *r = ag->runs; r; r = r->next)
 		r->retry_at_ms = 0;

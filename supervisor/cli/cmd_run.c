@@ -184,7 +184,7 @@ static int drive(struct jobrun *run, struct run_out *o, int sfd)
 					clear_bar(o);
 					jv_warn(NULL, NULL, "%s: cancelling the job (again to kill it)",
 					        jv_signal_name((int)si.ssi_signo));
-					jobrun_cancel(run, "cancelled");
+					jobrun_cancel(run, JOBRUN_CANCELLED);
 				} else {
 					jobrun_kill(run);
 				}
