@@ -62,6 +62,7 @@ struct cp_config {
 	const char *db_path;
 	const char *admin_token_file;
 	const char *agents_file;
+	const char *tokens_file; /* named tokens with roles (users.c); NULL = none */
 	int lease_s;          /* a run not listed in polls for this long is lost */
 	int ack_s;            /* an assignment without a first event for this long is lost */
 	int poll_interval_s;  /* told to agents */
@@ -87,6 +88,15 @@ struct cp_metrics {
 	atomic_uint_fast64_t instance_events_stored;
 };
 
+/* Roles of UI tokens, each allowing what the ones below it allow. */
+enum { CP_ROLE_VIEWER = 1, CP_ROLE_OPERATOR = 2, CP_ROLE_ADMIN = 3 };
+/* Who made a UI call. */
+struct cp_who {
+	char name[JV_IDENT_MAX + 1];
+	int role;
+};
+struct cp_user;
+
 struct cp {
 	struct cp_config cfg;
 	struct cp_metrics metrics;
@@ -96,6 +106,9 @@ struct cp {
 	size_t admin_token_len;
 	struct cp_agent *agents;
 	size_t nagents;
+	pthread_rwlock_t users_lock; /* guards users (replaced on SIGHUP) */
+	struct cp_user *users;
+	size_t nusers;
 	int long_polls;     /* polls currently waiting (mu held) */
 	int long_polls_max; /* beyond this a poll is answered at once */
 	int ws_max;         /* WebSocket clients (each pins a worker thread) */
@@ -126,6 +139,17 @@ bool tokens_equal(const char *a, size_t alen, const char *b, size_t blen);
 struct cp_agent *tokens_agent_find(struct cp *cp, const char *id);
 void tokens_free_agents(struct cp_agent *agents, size_t n);
 
+/* ---- users.c ---- */
+int users_load(struct cp *cp, char *err, size_t errlen); /* count, or -errno with err */
+void users_reload(struct cp *cp);                         /* SIGHUP */
+int users_find(struct cp *cp, const char *token, size_t len, struct cp_who *who); /* 1 found */
+void users_free(struct cp *cp);
+const char *users_role_name(int role);
+int users_hash(const char *token, size_t len, unsigned char out[32]);
+int users_hash_main(void); /* --hash-token */
+/* ---- audit (http.c) ---- */
+void api_audit_list(struct cp *cp, struct mg_connection *conn);
+
 /* ---- db.c ---- */
 int db_open(const char *path, bool sync_full, sqlite3 **out, char *err, size_t errlen);
 void db_close(sqlite3 *db);
@@ -140,7 +164,7 @@ sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql);
 /* Step a statement that returns no rows (or ignore them); 0 or -EIO (logged). */
 int db_step_done(sqlite3 *db, sqlite3_stmt *st);
 int db_schema_version(sqlite3 *db);
-#define DB_SCHEMA_VERSION 5
+#define DB_SCHEMA_VERSION 6
 
 /* ---- store.c: rows -> JSON (mu held) ---- */
 /* A job with its runs; NULL when unknown or on error. Returned-owned. */
@@ -240,8 +264,10 @@ const char *events_validate(const cJSON *ev, const char *run_id, const struct st
 
 /* ---- http.c ---- */
 enum http_auth { AUTH_NONE = 0, AUTH_ADMIN, AUTH_AGENT };
+/* AUTH_ADMIN = any UI token (the admin token file, or a named token of any
+ * role: who says which); AUTH_AGENT = an agent's token. who may be NULL. */
 enum http_auth http_authenticate(struct cp *cp, const struct mg_connection *conn, const char *query_token,
-                                 struct cp_agent **agent);
+                                 struct cp_agent **agent, struct cp_who *who);
 int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err);
 void http_send_json(struct mg_connection *conn, int status, const cJSON *body);
 void http_send_error(struct mg_connection *conn, int status, const char *fmt, ...)

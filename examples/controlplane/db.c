@@ -127,6 +127,16 @@ static const char *const migrations[] = {
 	"CREATE INDEX schedules_due ON schedules(next_fire) WHERE enabled = 1;"
 	"ALTER TABLE jobs ADD COLUMN schedule_id TEXT;"
 	"CREATE INDEX jobs_by_schedule ON jobs(schedule_id, seq) WHERE schedule_id IS NOT NULL;",
+	/* 5 -> 6: the audit log: every mutating UI call, who, what, when, answer. */
+	"CREATE TABLE audit_log ("
+	"  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+	"  at INTEGER NOT NULL,"
+	"  who TEXT NOT NULL,"
+	"  role TEXT NOT NULL,"
+	"  method TEXT NOT NULL,"
+	"  path TEXT NOT NULL,"
+	"  status INTEGER NOT NULL,"
+	"  remote TEXT NOT NULL);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

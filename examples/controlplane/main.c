@@ -39,6 +39,9 @@ static void usage(FILE *f)
 	      "  --db FILE               SQLite database (created and migrated as needed)\n"
 	      "  --admin-token-file F    one token for UI and panel calls (mode 0600)\n"
 	      "  --agents-file F         'agentId token' per line, '#' comments (mode 0600)\n"
+	      "  --tokens-file F         named UI tokens: 'NAME admin|operator|viewer sha256:HEX' per line\n"
+	      "                          (mode 0600; re-read on SIGHUP)\n"
+	      "  --hash-token            print sha256:HEX of a token read on stdin, for --tokens-file\n"
 	      "  --job-types LIST        custom job types accepted besides the 11 standard ones\n"
 	      "  --lease-seconds N       a run not listed in its agent's polls for N s is lost (60)\n"
 	      "  --ack-seconds N         an assignment without a first event for N s is lost (30)\n"
@@ -108,6 +111,8 @@ static int parse_args(int argc, char **argv, struct cp_config *cfg)
 		{"db", required_argument, NULL, 'd'},
 		{"admin-token-file", required_argument, NULL, 'a'},
 		{"agents-file", required_argument, NULL, 'g'},
+		{"tokens-file", required_argument, NULL, 'T'},
+		{"hash-token", no_argument, NULL, 'H'},
 		{"job-types", required_argument, NULL, 'j'},
 		{"lease-seconds", required_argument, NULL, 'L'},
 		{"ack-seconds", required_argument, NULL, 'A'},
@@ -131,6 +136,8 @@ static int parse_args(int argc, char **argv, struct cp_config *cfg)
 		case 'd': cfg->db_path = optarg; break;
 		case 'a': cfg->admin_token_file = optarg; break;
 		case 'g': cfg->agents_file = optarg; break;
+		case 'T': cfg->tokens_file = optarg; break;
+		case 'H': exit(users_hash_main());
 		case 'j': bad = parse_job_types(optarg, cfg); break;
 		case 'L': bad = parse_int(optarg, 1, 86400, &cfg->lease_s); break;
 		case 'A': bad = parse_int(optarg, 1, 86400, &cfg->ack_s); break;
@@ -265,6 +272,11 @@ int main(int argc, char **argv)
 	sqlite3 *ck = NULL;
 	char err[512];
 	pthread_mutex_init(&cp.mu, NULL);
+	pthread_rwlock_init(&cp.users_lock, NULL);
+	if (users_load(&cp, err, sizeof(err)) < 0) {
+		jv_error(NULL, NULL, "%s", err);
+		goto out;
+	}
 	if (tokens_load_admin(cp.cfg.admin_token_file, &cp.admin_token, &cp.admin_token_len, err, sizeof(err)) < 0 ||
 	    tokens_load_agents(cp.cfg.agents_file, &cp.agents, &cp.nagents, err, sizeof(err)) < 0) {
 		jv_error(NULL, NULL, "%s", err);
@@ -286,6 +298,7 @@ int main(int argc, char **argv)
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
@@ -322,6 +335,8 @@ int main(int argc, char **argv)
 			jv_info(NULL, NULL, "%s: stopping", jv_signal_name(sig));
 			break;
 		}
+		if (sig == SIGHUP)
+			users_reload(&cp);
 		dispatch_sweep(&cp);
 		schedules_tick(&cp);
 		db_checkpoint(ck, false);
@@ -342,6 +357,7 @@ out:
 	if (cp.admin_token)
 		explicit_bzero(cp.admin_token, cp.admin_token_len);
 	free(cp.admin_token);
+	users_free(&cp);
 	tokens_free_agents(cp.agents, cp.nagents);
 	free(cp.cfg.job_types);
 	pthread_mutex_destroy(&cp.mu);

@@ -144,7 +144,7 @@ class Document(unittest.TestCase):
             norm = re.sub(r"{\w+}", "{id}", path)
             for method in item:
                 documented.add((method, norm))
-        self.assertEqual(len(routes), 26)
+        self.assertEqual(len(routes), 27)
         self.assertEqual(documented, routes)
 
 
@@ -180,6 +180,9 @@ class RealAnswers(CpTestCase):
         self.check("ScheduleList", self.cp.api("GET", "/v1/schedules").json)
         self.check("CronPreview", self.cp.api("GET", "/v1/cron-preview?cron=@daily&timezone=UTC&count=2").json)
         self.check("ScheduleDeleted", self.cp.api("DELETE", "/v1/schedules/" + r.json["scheduleId"]).json)
+        audit = self.cp.api("GET", "/v1/audit?limit=3").json
+        self.assertEqual(len(audit["entries"]), 3)
+        self.check("AuditList", audit)
         report = {"jobTypes": [{"type": "X_ONE", "description": "d", "cancellable": False, "why": "w",
                                 "source": "jobs_dir", "params": {"a": {"type": "integer", "required": True}}}],
                   "problems": ["x.lua:1: oops"]}
