@@ -70,6 +70,8 @@ struct cp_config {
 	int retry_backoff_s;  /* automatic retry delay: base * 2^(attempt-1), capped */
 	int threads;          /* civetweb worker threads */
 	int catch_up_s;       /* a schedule firing missed by up to this long still runs (once) */
+	int retention_days;   /* finished jobs older than this are deleted; 0 = keep forever */
+	int retention_keep;   /* but never the newest this many jobs of an instance */
 	bool sync_full;       /* PRAGMA synchronous=FULL instead of NORMAL */
 	char **job_types;     /* extra accepted job types (--job-types), owned */
 	size_t njob_types;
@@ -138,6 +140,10 @@ bool tokens_equal(const char *a, size_t alen, const char *b, size_t blen);
 /* Agent by id (borrowed), NULL when unknown. */
 struct cp_agent *tokens_agent_find(struct cp *cp, const char *id);
 void tokens_free_agents(struct cp_agent *agents, size_t n);
+
+/* ---- retention.c ---- */
+/* Delete expired jobs a batch at a time (main thread, every sweep). */
+void retention_tick(struct cp *cp);
 
 /* ---- users.c ---- */
 int users_load(struct cp *cp, char *err, size_t errlen); /* count, or -errno with err */

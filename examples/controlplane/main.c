@@ -33,6 +33,7 @@ static void usage(FILE *f)
 	      "                   [--job-types T1,T2] [--lease-seconds N] [--ack-seconds N]\n"
 	      "                   [--poll-interval N] [--max-wait N] [--retry-backoff N] [--threads N]\n"
 	      "                   [--sync normal|full] [--schedule-catch-up N]\n"
+	      "                   [--retention-days N] [--retention-keep N] [--tokens-file F]\n"
 	      "                   [--log-level L] [--log-format logfmt|json]\n"
 	      "\n"
 	      "  --listen ADDR:PORT      IPv4 address and port; port 0 picks a free port, printed on stdout\n"
@@ -51,7 +52,9 @@ static void usage(FILE *f)
 	      "  --threads N             HTTP worker threads (64); see docs/protocol.md, long poll\n"
 	      "  --sync normal|full      SQLite synchronous mode (normal)\n"
 	      "  --schedule-catch-up N   a schedule firing missed by at most N s (downtime) runs once\n"
-	      "                          at start-up; older ones are skipped (3600)\n",
+	      "                          at start-up; older ones are skipped (3600)\n"
+	      "  --retention-days N      delete finished jobs (runs, events) older than N days; 0 = never (30)\n"
+	      "  --retention-keep N      but keep the newest N jobs of every instance (100)\n",
 	      f);
 }
 
@@ -122,6 +125,8 @@ static int parse_args(int argc, char **argv, struct cp_config *cfg)
 		{"threads", required_argument, NULL, 't'},
 		{"sync", required_argument, NULL, 's'},
 		{"schedule-catch-up", required_argument, NULL, 'C'},
+		{"retention-days", required_argument, NULL, 'R'},
+		{"retention-keep", required_argument, NULL, 'K'},
 		{"log-level", required_argument, NULL, 'v'},
 		{"log-format", required_argument, NULL, 'f'},
 		{"help", no_argument, NULL, 'h'},
@@ -146,6 +151,8 @@ static int parse_args(int argc, char **argv, struct cp_config *cfg)
 		case 'b': bad = parse_int(optarg, 0, 3600, &cfg->retry_backoff_s); break;
 		case 't': bad = parse_int(optarg, 8, 1024, &cfg->threads); break;
 		case 'C': bad = parse_int(optarg, 0, 30 * 86400, &cfg->catch_up_s); break;
+		case 'R': bad = parse_int(optarg, 0, 36500, &cfg->retention_days); break;
+		case 'K': bad = parse_int(optarg, 0, 1000000, &cfg->retention_keep); break;
 		case 's':
 			bad = strcmp(optarg, "full") != 0 && strcmp(optarg, "normal") != 0;
 			cfg->sync_full = strcmp(optarg, "full") == 0;
@@ -261,7 +268,7 @@ int main(int argc, char **argv)
 	memset(&cp, 0, sizeof(cp));
 	cp.cfg = (struct cp_config){.lease_s = 60, .ack_s = 30, .poll_interval_s = 3, .max_wait_s = 25,
 	                            .retry_backoff_s = 5, .threads = 64,
-	                            .catch_up_s = 3600};
+	                            .catch_up_s = 3600, .retention_days = 30, .retention_keep = 100};
 	jv_log_set_component("cp");
 	if (parse_args(argc, argv, &cp.cfg) < 0) {
 		free(cp.cfg.job_types);
@@ -339,6 +346,7 @@ int main(int argc, char **argv)
 			users_reload(&cp);
 		dispatch_sweep(&cp);
 		schedules_tick(&cp);
+		retention_tick(&cp);
 		db_checkpoint(ck, false);
 	}
 	status = 0;
