@@ -66,6 +66,7 @@ struct jobrun {
 
 	enum jobrun_stop stop; /* JOBRUN_NOT_STOPPING until jobrun_cancel */
 	bool term_sent, kill_sent, refused_logged;
+	bool grace_ran_out; /* the SIGKILL came from the grace timer, not a caller */
 	int64_t kill_at;
 	int64_t timeout_at;
 	int grace_s;
@@ -329,9 +330,11 @@ static void finish(struct jobrun *r)
 			cJSON_Delete(e);
 	} else if (r->stop == JOBRUN_CANCELLED) {
 		status = "CANCELLED";
-		if (r->kill_sent)
+		if (r->kill_sent && r->grace_ran_out)
 			snprintf(msg, sizeof(msg),
 			         "job cancelled; the script did not stop within %d s and was killed", r->grace_s);
+		else if (r->kill_sent)
+			snprintf(msg, sizeof(msg), "job cancelled; killed on request before it had stopped");
 		else
 			snprintf(msg, sizeof(msg), "job cancelled");
 		error = jv_proto_error(msg, NULL, false, jobrun_stop_name(JOBRUN_CANCELLED));
@@ -462,6 +465,7 @@ void jobrun_on_timer(struct jobrun *r, int64_t now)
 	if (r->term_sent && !r->kill_sent && !r->exited && now >= r->kill_at) {
 		jv_warn(r->job_id, r->run_id, "job run did not stop within %d s: SIGKILL to its process group",
 		        r->grace_s);
+		r->grace_ran_out = true;
 		jobrun_kill(r);
 	}
 	if (r->exited && (r->eof || now >= r->drain_until))
