@@ -1,6 +1,7 @@
 /* cp.h — the reference control plane's internal interfaces.
  *
- * jobvisor-cp is a small multi-threaded program: civetweb worker threads run
+ * jobvisor-cp is a small multi-threaded program: the accept front's thread
+ * (front.c) reads each request whole and relays it, civetweb worker threads run
  * the HTTP handlers, one broadcaster thread feeds WebSocket clients, and the
  * main thread waits for signals and runs the lease/ack/backoff sweep. All
  * durable state lives in SQLite (one connection); `struct cp.mu` serialises
@@ -274,6 +275,9 @@ enum http_auth { AUTH_NONE = 0, AUTH_ADMIN, AUTH_AGENT };
  * role: who says which); AUTH_AGENT = an agent's token. who may be NULL. */
 enum http_auth http_authenticate(struct cp *cp, const struct mg_connection *conn, const char *query_token,
                                  struct cp_agent **agent, struct cp_who *who);
+/* Which principal a token (len bytes, not necessarily NUL-terminated at len) is; who may be NULL. */
+enum http_auth http_token_auth(struct cp *cp, const char *tok, size_t len, struct cp_agent **agent,
+                               struct cp_who *who);
 int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err);
 void http_send_json(struct mg_connection *conn, int status, const cJSON *body);
 void http_send_error(struct mg_connection *conn, int status, const char *fmt, ...)
@@ -335,6 +339,16 @@ void api_cron_preview(struct cp *cp, struct mg_connection *conn);
 /* Fire what is due (main thread, every sweep). Takes mu per schedule. */
 void schedules_tick(struct cp *cp);
 
+/* ---- front.c: the public listener; civetweb only sees complete requests ---- */
+struct front;
+/* Listen on `listen` ("A.B.C.D:PORT") and relay complete requests to civetweb
+ * on 127.0.0.1:backend_port. *out returned-owned: front_stop. */
+int front_start(struct cp *cp, const char *listen, uint16_t backend_port, struct front **out, char *err,
+                size_t errlen);
+/* The port really listened on (for PORT 0). */
+uint16_t front_port(const struct front *f);
+/* Stop the thread, close every connection, free. NULL is a no-op. */
+void front_stop(struct front *f);
 /* ---- instances.c ---- */
 void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
 void api_inst_events(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id,
