@@ -376,7 +376,8 @@ static void dispatch_route(struct cp *cp, struct mg_connection *conn, const stru
 static void handle(struct cp *cp, struct mg_connection *conn);
 
 /* One row of the audit log: who did what, when, and the answer (mutating UI
- * calls, refused ones included). */
+ * calls, refused ones included). remote is what civetweb saw: behind the
+ * accept front (front.c) that is 127.0.0.1, so it is stored but not shown. */
 static void audit_record(struct cp *cp, struct mg_connection *conn, const struct cp_who *who,
                          const struct mg_request_info *ri, int status)
 {
@@ -433,7 +434,6 @@ void api_audit_list(struct cp *cp, struct mg_connection *conn)
 			cJSON_AddStringToObject(e, "method", (const char *)sqlite3_column_text(st, 4));
 			cJSON_AddStringToObject(e, "path", (const char *)sqlite3_column_text(st, 5));
 			cJSON_AddNumberToObject(e, "status", sqlite3_column_int(st, 6));
-			cJSON_AddStringToObject(e, "remote", (const char *)sqlite3_column_text(st, 7));
 			cJSON_AddItemToArray(arr, e);
 		}
 	}

@@ -86,7 +86,7 @@ class Roles(unittest.TestCase):
             ("alice", "operator", "POST", "/v1/jobs", 201),
             ("victor", "viewer", "POST", "/v1/jobs", 403),
         ])
-        self.assertTrue(all(e["at"].endswith("Z") and e["remote"] == "127.0.0.1" for e in r.json["entries"]))
+        self.assertTrue(all(e["at"].endswith("Z") for e in r.json["entries"]))
         r = self.call("victor", "GET", "/v1/audit?limit=2")
         self.assertEqual(len(r.json["entries"]), 2)
         r2 = self.call("victor", "GET", "/v1/audit?limit=2&cursor=" + r.json["nextCursor"])
