@@ -56,6 +56,7 @@ struct cp_agent {
 	int capacity;           /* from its last poll */
 	bool instances_synced;  /* a snapshot of its instances came since this process started */
 	uint64_t console_gen;   /* bumped when its console watch list or commands change */
+	uint64_t console_told;  /* console_gen when a poll answer last carried the watch list */
 };
 
 struct cp_config {
@@ -370,12 +371,16 @@ void console_free(struct cp *cp);
 cJSON *console_watch(struct cp *cp, const void *client, const char *agent, const char *inst, bool on,
                      uint64_t since, const char **why);
 void console_client_gone(struct cp *cp, const void *client); /* do not hold cp->mu */
-bool console_watching(struct cp *cp, const void *client, const char *agent, const char *inst);
+/* True when client watches agent/inst and lacks lines up to last_seq (0: any batch). */
+bool console_watching(struct cp *cp, const void *client, const char *agent, const char *inst,
+                      uint64_t last_seq);
 /* [{instanceId, since}] watched on this agent; returned-owned. */
 cJSON *console_watch_list(struct cp *cp, const char *agent_id);
 /* Commands waiting for this agent, removed from the queue; returned-owned array. */
 cJSON *console_take_commands(struct cp *cp, const char *agent_id);
 bool console_has_commands(struct cp *cp, const char *agent_id);
+/* Expire overdue commands (pushing `expired`), wake agents whose commands are due again. */
+void console_sweep(struct cp *cp); /* do not hold cp->mu */
 void api_console_command(struct cp *cp, struct mg_connection *conn, const char *agent_id, const char *inst);
 void api_console_post(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
 
@@ -388,7 +393,7 @@ void ws_hub_free(struct ws_hub *hub);
 void ws_publish(struct cp *cp, cJSON *msg);
 /* Queue a console message (text consumed) for the clients watching agent/inst;
  * unnumbered, not kept in the ring. Do not hold cp->mu. */
-void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text);
+void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text, uint64_t last_seq);
 /* civetweb callbacks (cbdata = struct cp *). */
 int ws_on_connect(const struct mg_connection *conn, void *cbdata);
 void ws_on_ready(struct mg_connection *conn, void *cbdata);

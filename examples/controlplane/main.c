@@ -358,6 +358,7 @@ int main(int argc, char **argv)
 		dispatch_sweep(&cp);
 		schedules_tick(&cp);
 		retention_tick(&cp);
+		console_sweep(&cp);
 		db_checkpoint(ck, false);
 	}
 	status = 0;

@@ -248,14 +248,14 @@ void ws_hub_free(struct ws_hub *h)
 	free(h);
 }
 
-void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text)
+void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text, uint64_t last_seq)
 {
 	struct ws_hub *h = cp->hub;
 	size_t len = strlen(text);
 	bool any = false;
 	pthread_mutex_lock(&h->list_mu);
 	for (struct ws_client *c = h->clients; c; c = c->next_client) {
-		if (c->dead || !console_watching(cp, c, agent, inst))
+		if (c->dead || !console_watching(cp, c, agent, inst, last_seq))
 			continue;
 		if (!c->cq && !(c->cq = calloc(CONSOLE_QUEUE_MAX, sizeof(char *))))
 			continue;
