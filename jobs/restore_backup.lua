@@ -19,6 +19,7 @@ local backups = require("lib.backups")
 
 return {
   type = "RESTORE_BACKUP",
+  description = "Replace the instance's data/ with a verified backup.",
   cancellable = true,
   params = { backupId = "string", restart = "boolean?" },
 

@@ -7,6 +7,7 @@ local backups = require("lib.backups")
 
 return {
   type = "VERIFY_BACKUP",
+  description = "Check a backup's archive against its manifest (digests, sizes, modes, missing and extra entries).",
   cancellable = true,
   params = { backupId = "string" },
 
