@@ -122,5 +122,6 @@ int luaopen_jv_fs(lua_State *L);
 int luaopen_jv_archive(lua_State *L);
 int luaopen_jv_http(lua_State *L);
 int luaopen_jv_instance(lua_State *L);
+int luaopen_jv_remote(lua_State *L);
 
 #endif

@@ -269,6 +269,7 @@ lua_State *jv_sandbox_new(const struct jv_sandbox_opts *opts)
 	set_global_module(L, "archive", luaopen_jv_archive);
 	set_global_module(L, "http", luaopen_jv_http);
 	set_global_module(L, "instance", luaopen_jv_instance);
+	set_global_module(L, "remote", luaopen_jv_remote);
 	lua_pop(L, 1); /* globals */
 	return L;
 }

@@ -1,0 +1,477 @@
+/* api_remote.c — the `remote` module: objects on a configured S3 remote.
+ *
+ * A thin binding over lua/s3.c. Every function takes the remote's name (a
+ * `remote.NAME.*` agent setting) and object names relative to the remote's
+ * prefix; the credentials are read from the remote's credentials file at each
+ * call and wiped before the call returns, so no secret stays in the Lua state
+ * or reaches a message. Arguments and options are checked before anything is
+ * loaded (misuse raises); an expected failure returns nil, a message naming
+ * the remote, and a class: "transient" (worth retrying later: 5xx, SlowDown,
+ * timeouts, connection errors, after the retries made inside the call),
+ * "permanent" (403, NoSuchBucket, bad credentials...) or "not_found". */
+#include "apiutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "s3.h"
+
+#define GET_DEFAULT_MAX (64 << 20)
+#define GET_HARD_MAX (256 << 20)
+#define PARTS_MAX 10000
+
+static const char *class_name(enum s3_class c)
+{
+	return c == S3_TRANSIENT ? "transient" : c == S3_NOT_FOUND ? "not_found" : "permanent";
+}
+
+/* Object names are relative keys: 1-512 printable characters, no leading
+ * '/', no '..' component, no backslash. */
+static const char *check_rel(lua_State *L, int idx)
+{
+	size_t len = 0;
+	const char *s = luaL_checklstring(L, idx, &len);
+	bool ok = len > 0 && len <= 512 && s[0] != '/' && !strchr(s, '\\') && strlen(s) == len;
+	for (size_t i = 0; ok && i < len; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			ok = false;
+	for (const char *p = s; ok && (p = strstr(p, "..")); p += 2)
+		if ((p == s || p[-1] == '/') && (p[2] == '\0' || p[2] == '/'))
+			ok = false;
+	luaL_argcheck(L, ok, idx, "an object name: 1-512 printable characters, relative, no '..'");
+	return s;
+}
+
+/* Load the remote (credentials included) and the full key of rel. Returns 0,
+ * or pushes nil, message, class and returns the number of results. */
+static int open_remote(lua_State *L, const char *name, const char *rel, struct s3_remote *r,
+                       char *key, size_t keylen)
+{
+	char err[1024];
+	int rc = s3_remote_load(jv_ctx(L)->settings, name, r, err, sizeof(err));
+	if (rc == 0 && rel && s3_key(r, rel, key, keylen) != 0) {
+		snprintf(err, sizeof(err), "remote '%s': object name '%s' is too long", name, rel);
+		rc = -ENAMETOOLONG;
+	}
+	if (rc == 0)
+		return 0;
+	s3_remote_wipe(r);
+	jv_push_fail(L, "%s", err);
+	lua_pushstring(L, "permanent");
+	return 3;
+}
+
+/* After a failed call: wipe, raise on cancel, else nil, message, class. */
+static int fail(lua_State *L, struct s3_remote *r, int rc, const struct s3_err *e)
+{
+	s3_remote_wipe(r);
+	if (rc == -ECANCELED)
+		return jv_raise_cancel(L);
+	jv_push_fail(L, "%s", e->msg[0] ? e->msg : strerror(-rc));
+	lua_pushstring(L, class_name(e->cls));
+	return 3;
+}
+
+static const char *check_name(lua_State *L)
+{
+	size_t len = 0;
+	const char *n = luaL_checklstring(L, 1, &len);
+	luaL_argcheck(L, len > 0 && len <= 32, 1, "a remote name");
+	return n;
+}
+
+/* remote.info(name) -> {name, endpoint, bucket, region, prefix, part_size, parallel} */
+static int l_remote_info(lua_State *L)
+{
+	const char *name = check_name(L);
+	struct s3_remote r;
+	char key[8];
+	int n = open_remote(L, name, NULL, &r, key, sizeof(key));
+	if (n)
+		return n;
+	s3_remote_wipe(&r);
+	lua_createtable(L, 0, 8);
+	lua_pushstring(L, r.name);
+	lua_setfield(L, -2, "name");
+	lua_pushstring(L, r.endpoint);
+	lua_setfield(L, -2, "endpoint");
+	lua_pushstring(L, r.bucket);
+	lua_setfield(L, -2, "bucket");
+	lua_pushstring(L, r.region);
+	lua_setfield(L, -2, "region");
+	lua_pushstring(L, r.prefix);
+	lua_setfield(L, -2, "prefix");
+	lua_pushinteger(L, r.part_size);
+	lua_setfield(L, -2, "part_size");
+	lua_pushinteger(L, r.parallel);
+	lua_setfield(L, -2, "parallel");
+	return 1;
+}
+
+/* remote.put(name, object, data) -> true */
+static int l_remote_put(lua_State *L)
+{
+	const char *name = check_name(L);
+	const char *rel = check_rel(L, 2);
+	size_t len = 0;
+	const char *data = luaL_checklstring(L, 3, &len);
+	luaL_argcheck(L, len <= GET_HARD_MAX, 3, "at most 256 MiB (use a multipart upload)");
+	struct s3_remote r;
+	char key[1024];
+	int n = open_remote(L, name, rel, &r, key, sizeof(key));
+	if (n)
+		return n;
+	struct s3_err e = {0};
+	int rc = s3_put(&r, key, data, len, &e);
+	if (rc)
+		return fail(L, &r, rc, &e);
+	s3_remote_wipe(&r);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+/* remote.get(name, object[, {max_bytes}]) -> data */
+static int l_remote_get(lua_State *L)
+{
+	static const char *const keys[] = {"max_bytes", NULL};
+	const char *name = check_name(L);
+	const char *rel = check_rel(L, 2);
+	apiutil_opts(L, 3, "remote.get", keys);
+	size_t max = (size_t)apiutil_opt_int(L, 3, "max_bytes", GET_DEFAULT_MAX, 1, GET_HARD_MAX);
+	struct s3_remote r;
+	char key[1024];
+	int n = open_remote(L, name, rel, &r, key, sizeof(key));
+	if (n)
+		return n;
+	struct s3_err e = {0};
+	char *data = NULL;
+	size_t len = 0;
+	int rc = s3_get_mem(&r, key, max, &data, &len, &e);
+	if (rc == -EFBIG) {
+		s3_remote_wipe(&r);
+		jv_push_fail(L, "remote '%s': '%s' is larger than %zu bytes (see max_bytes)", name, rel, max);
+		lua_pushstring(L, "permanent");
+		return 3;
+	}
+	if (rc)
+		return fail(L, &r, rc, &e);
+	s3_remote_wipe(&r);
+	lua_pushlstring(L, data, len);
+	free(data);
+	return 1;
+}
+
+/* remote.head(name, object) -> {size, etag} */
+static int l_remote_head(lua_State *L)
+{
+	const char *name = check_name(L);
+	const char *rel = check_rel(L, 2);
+	struct s3_remote r;
+	char key[1024];
+	int n = open_remote(L, name, rel, &r, key, sizeof(key));
+	if (n)
+		return n;
+	struct s3_err e = {0};
+	int64_t size = -1;
+	char etag[80] = "";
+	int rc = s3_head(&r, key, &size, etag, &e);
+	if (rc)
+		return fail(L, &r, rc, &e);
+	s3_remote_wipe(&r);
+	lua_createtable(L, 0, 2);
+	lua_pushinteger(L, size);
+	lua_setfield(L, -2, "size");
+	lua_pushstring(L, etag);
+	lua_setfield(L, -2, "etag");
+	return 1;
+}
+
+/* remote.delete(name, object) -> true (also when it did not exist) */
+static int l_remote_delete(lua_State *L)
+{
+	const char *name = check_name(L);
+	const char *rel = check_rel(L, 2);
+	struct s3_remote r;
+	char key[1024];
+	int n = open_remote(L, name, rel, &r, key, sizeof(key));
+	if (n)
+		return n;
+	struct s3_err e = {0};
+	int rc = s3_delete(&r, key, &e);
+	if (rc && e.cls != S3_NOT_FOUND)
+		return fail(L, &r, rc, &e);
+	s3_remote_wipe(&r);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+struct list_ctx {
+	lua_State *L;
+	size_t strip; /* length of "<prefix>/" */
+	lua_Integer n;
+};
+
+static int list_one(void *arg, const struct s3_object *o)
+{
+	struct list_ctx *c = arg;
+	lua_State *L = c->L;
+	if (!lua_checkstack(L, 4))
+		return -ENOMEM;
+	if (strlen(o->key) < c->strip)
+		return 0;
+	lua_createtable(L, 0, 4);
+	lua_pushstring(L, o->key + c->strip);
+	lua_setfield(L, -2, "name");
+	lua_pushinteger(L, o->size);
+	lua_setfield(L, -2, "size");
+	lua_pushstring(L, o->etag);
+	lua_setfield(L, -2, "etag");
+	lua_pushstring(L, o->last_modified);
+	lua_setfield(L, -2, "lastModified");
+	lua_rawseti(L, -2, ++c->n);
+	return 0;
+}
+
+/* remote.list(name, object_prefix) -> array of {name, size, etag, lastModified} */
+static int l_remote_list(lua_State *L)
+{
+	const char *name = check_name(L);
+	const char *rel = check_rel(L, 2);
+	struct s3_remote r;
+	char key[1024];
+	int n = open_remote(L, name, rel, &r, key, sizeof(key));
+	if (n)
+		return n;
+	apiutil_push_array(L);
+	struct list_ctx c = {L, r.prefix[0] ? strlen(r.prefix) + 1 : 0, 0};
+	struct s3_err e = {0};
+	int rc = s3_list(&r, key, list_one, &c, &e);
+	if (rc) {
+		lua_pop(L, 1);
+		return fail(L, &r, rc, &e);
+	}
+	s3_remote_wipe(&r);
+	return 1;
+}
+
+/* remote.mpu_create(name, object) -> upload id */
+static int l_remote_mpu_create(lua_State *L)
+{
+	const char *name = check_name(L);
+	const char *rel = check_rel(L, 2);
+	struct s3_remote r;
+	char key[1024], id[1024];
+	int n = open_remote(L, name, rel, &r, key, sizeof(key));
+	if (n)
+		return n;
+	struct s3_err e = {0};
+	int rc = s3_mpu_create(&r, key, id, sizeof(id), &e);
+	if (rc)
+		return fail(L, &r, rc, &e);
+	s3_remote_wipe(&r);
+	lua_pushstring(L, id);
+	return 1;
+}
+
+/* remote.mpu_part(name, object, upload_id, part_number, file, {offset, length, progress})
+ * -> etag. The bytes come from the instance file `file`. */
+static int l_remote_mpu_part(lua_State *L)
+{
+	static const char *const keys[] = {"offset", "length", "progress", NULL};
+	const char *name = check_name(L);
+	const char *rel = check_rel(L, 2);
+	const char *id = luaL_checkstring(L, 3);
+	int partno = (int)luaL_checkinteger(L, 4);
+	luaL_argcheck(L, partno >= 1 && partno <= PARTS_MAX, 4, "a part number from 1 to 10000");
+	char file[FSX_PATH_MAX];
+	apiutil_path(L, 5, file, false);
+	luaL_checktype(L, 6, LUA_TTABLE);
+	apiutil_opts(L, 6, "remote.mpu_part", keys);
+	int64_t off = apiutil_opt_int(L, 6, "offset", -1, 0, INT64_MAX);
+	int64_t len = apiutil_opt_int(L, 6, "length", -1, 0, 5LL << 30);
+	if (off < 0 || len < 0)
+		return luaL_error(L, "remote.mpu_part: opts.offset and opts.length are required");
+	struct apiutil_tick t;
+	apiutil_tick_init(L, 6, &t, "uploading");
+	struct fsx fx;
+	apiutil_fsx(L, &fx);
+	int fd = -1;
+	int frc = fsx_open(&fx, file, O_RDONLY, 0, 0, &fd);
+	if (frc)
+		return apiutil_fail(L, frc, "read", file);
+	struct s3_remote r;
+	char key[1024];
+	int n = open_remote(L, name, rel, &r, key, sizeof(key));
+	if (n) {
+		close(fd);
+		return n;
+	}
+	struct s3_err e = {0};
+	char etag[80] = "";
+	int rc = s3_mpu_part(&r, key, id, partno, fd, (off_t)off, (size_t)len, etag, &t.hooks, &e);
+	close(fd);
+	if (rc)
+		return fail(L, &r, rc, &e);
+	s3_remote_wipe(&r);
+	apiutil_tick_done(&t);
+	lua_pushstring(L, etag);
+	return 1;
+}
+
+/* remote.mpu_complete(name, object, upload_id, {{n=, etag=}, ...}) -> true */
+static int l_remote_mpu_complete(lua_State *L)
+{
+	const char *name = check_name(L);
+	const char *rel = check_rel(L, 2);
+	const char *id = luaL_checkstring(L, 3);
+	luaL_checktype(L, 4, LUA_TTABLE);
+	lua_Integer np = luaL_len(L, 4);
+	luaL_argcheck(L, np >= 1 && np <= PARTS_MAX, 4, "1 to 10000 parts");
+	struct s3_part *parts = lua_newuserdatauv(L, sizeof(*parts) * (size_t)np, 0);
+	for (lua_Integer i = 1; i <= np; i++) {
+		lua_geti(L, 4, i);
+		luaL_argcheck(L, lua_istable(L, -1), 4, "each part is {n = number, etag = string}");
+		lua_getfield(L, -1, "n");
+		lua_getfield(L, -2, "etag");
+		int isnum = 0;
+		lua_Integer pn = lua_tointegerx(L, -2, &isnum);
+		const char *etag = lua_tostring(L, -1);
+		luaL_argcheck(L, isnum && pn >= 1 && pn <= PARTS_MAX && etag && strlen(etag) < 80 &&
+		                  (i == 1 || pn > parts[i - 2].n), 4,
+		              "each part is {n = number, etag = string}, in increasing order");
+		parts[i - 1].n = (int)pn;
+		snprintf(parts[i - 1].etag, sizeof(parts[i - 1].etag), "%s", etag);
+		lua_pop(L, 3);
+	}
+	struct s3_remote r;
+	char key[1024];
+	int n = open_remote(L, name, rel, &r, key, sizeof(key));
+	if (n)
+		return n;
+	struct s3_err e = {0};
+	int rc = s3_mpu_complete(&r, key, id, parts, (size_t)np, &e);
+	if (rc)
+		return fail(L, &r, rc, &e);
+	s3_remote_wipe(&r);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+/* remote.mpu_abort(name, object, upload_id) -> true, or nil, message, class
+ * ("not_found" when the upload no longer exists). */
+static int l_remote_mpu_abort(lua_State *L)
+{
+	const char *name = check_name(L);
+	const char *rel = check_rel(L, 2);
+	const char *id = luaL_checkstring(L, 3);
+	struct s3_remote r;
+	char key[1024];
+	int n = open_remote(L, name, rel, &r, key, sizeof(key));
+	if (n)
+		return n;
+	struct s3_err e = {0};
+	int rc = s3_mpu_abort(&r, key, id, &e);
+	if (rc)
+		return fail(L, &r, rc, &e);
+	s3_remote_wipe(&r);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+struct file_sink {
+	int fd;
+	int64_t written;
+};
+
+static int file_sink(void *arg, const void *buf, size_t n)
+{
+	struct file_sink *s = arg;
+	const char *p = buf;
+	while (n) {
+		ssize_t k = write(s->fd, p, n);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return -errno;
+		p += k;
+		n -= (size_t)k;
+		s->written += k;
+	}
+	return 0;
+}
+
+/* remote.download(name, object, file[, {progress}]) -> size
+ * Appends the object's bytes to `file` from the file's current size on (a
+ * resumed download continues where the last one stopped), then fsyncs it. */
+static int l_remote_download(lua_State *L)
+{
+	static const char *const keys[] = {"progress", NULL};
+	const char *name = check_name(L);
+	const char *rel = check_rel(L, 2);
+	char file[FSX_PATH_MAX];
+	apiutil_path(L, 3, file, true);
+	apiutil_opts(L, 4, "remote.download", keys);
+	struct apiutil_tick t;
+	apiutil_tick_init(L, 4, &t, "downloading");
+	struct fsx fx;
+	apiutil_fsx(L, &fx);
+	int fd = -1;
+	int frc = fsx_open(&fx, file, O_WRONLY | O_CREAT | O_APPEND, 0640, 0, &fd);
+	if (frc)
+		return apiutil_fail(L, frc, "write", file);
+	struct stat st;
+	if (fstat(fd, &st) != 0) {
+		int err = -errno;
+		close(fd);
+		return apiutil_fail(L, err, "write", file);
+	}
+	struct s3_remote r;
+	char key[1024];
+	int n = open_remote(L, name, rel, &r, key, sizeof(key));
+	if (n) {
+		close(fd);
+		return n;
+	}
+	struct s3_err e = {0};
+	struct file_sink s = {fd, 0};
+	int64_t size = -1;
+	int rc = s3_get_range(&r, key, st.st_size, -1, file_sink, &s, &size, &t.hooks, &e);
+	if (rc == 0 && fsync(fd) != 0) {
+		rc = -errno;
+		snprintf(e.msg, sizeof(e.msg), "remote '%s': cannot write '%s': %s", name, file,
+		         strerror(errno));
+		e.cls = S3_TRANSIENT;
+	}
+	close(fd);
+	if (rc)
+		return fail(L, &r, rc, &e);
+	s3_remote_wipe(&r);
+	apiutil_tick_done(&t);
+	lua_pushinteger(L, st.st_size + s.written);
+	return 1;
+}
+
+static const luaL_Reg remote_funcs[] = {
+	{"info", l_remote_info},
+	{"put", l_remote_put},
+	{"get", l_remote_get},
+	{"head", l_remote_head},
+	{"delete", l_remote_delete},
+	{"list", l_remote_list},
+	{"mpu_create", l_remote_mpu_create},
+	{"mpu_part", l_remote_mpu_part},
+	{"mpu_complete", l_remote_mpu_complete},
+	{"mpu_abort", l_remote_mpu_abort},
+	{"download", l_remote_download},
+	{NULL, NULL},
+};
+
+int luaopen_jv_remote(lua_State *L)
+{
+	luaL_newlib(L, remote_funcs);
+	return 1;
+}
