@@ -36,24 +36,37 @@ class S3Server:
         self.start()
 
     def start(self):
-        log = open(os.path.join(self.home, "s3rver.log"), "ab")
+        self.log_path = os.path.join(self.home, "s3rver.log")
+        mark = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+        log = open(self.log_path, "ab")
         # s3rver's continuation tokens use a cipher OpenSSL 3 keeps in its legacy provider
         self.proc = subprocess.Popen(
-            ["node", "--openssl-legacy-provider", S3RVER, "-d", self.root, "-a", "127.0.0.1", "-p", str(self.port),
-             "--configure-bucket", self.bucket],
-            stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+            ["node", "--openssl-legacy-provider", S3RVER, "-d", self.root, "-a", "127.0.0.1",
+             "-p", str(self.port), "--configure-bucket", self.bucket],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         deadline = time.time() + 30
-        line = b""
         while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            m = re.search(rb"listening on 127\.0\.0\.1:(\d+)", line)
+            with open(self.log_path, "rb") as f:
+                f.seek(mark)
+                m = re.search(rb"listening on 127\.0\.0\.1:(\d+)", f.read())
             if m:
                 self.port = int(m.group(1))
                 return
-            if not line and self.proc.poll() is not None:
+            if self.proc.poll() is not None:
                 break
-        raise RuntimeError(f"s3rver did not start: {line!r}")
+            time.sleep(0.05)
+        raise RuntimeError("s3rver did not start: " + self.log_tail())
+
+    def log_tail(self):
+        with open(self.log_path, "rb") as f:
+            return f.read()[-2000:].decode(errors="replace")
+
+    def stored_parts(self):
+        """(upload id, part number) of every part the server stored, in order, from its log."""
+        with open(self.log_path, "rb") as f:
+            text = f.read().decode(errors="replace")
+        return re.findall(r"Stored part (\d+) of ([0-9a-f]+)", text)
 
     @property
     def endpoint(self):
@@ -67,8 +80,6 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
-        if self.proc and self.proc.stdout:
-            self.proc.stdout.close()
         self.proc = None
 
     def restart(self):

@@ -1,0 +1,169 @@
+"""BACKUP_INSTANCE / RESTORE_BACKUP with "remote" against a real S3 server (s3rver on 127.0.0.1),
+through `jobvisor run --config`."""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+from jv_run import JOBVISOR, JobvisorTestCase, RunResult
+from jobs_fixtures import populate, sha256_file, tree_digest
+from s3_server import S3Server, remote_config, write_credentials
+
+KILLS = int(os.environ.get("JV_REMOTE_KILLS", "3"))
+
+
+class RemoteBackupBase(JobvisorTestCase):
+    def setUp(self):
+        super().setUp()
+        self.s3 = S3Server()
+        self.addCleanup(self.s3.close)
+        self.creds = write_credentials(os.path.join(self.tmp, "offsite.cred"))
+        self.conf = remote_config(os.path.join(self.tmp, "agent.conf"), "offsite", self.s3,
+                                  self.creds, prefix="jv", part_size="5M")
+        self.inst = self.instance_dir()
+        self.datadir = os.path.join(self.inst, "data")
+        # ~13 MiB that does not compress: three 5 MiB parts
+        self.digest = populate(self.datadir, seed=11, big=13 * 1024 * 1024)
+
+    def argv(self, what, params, job_id=None):
+        a = self.cmd(what, params=params) + ["--config", self.conf]
+        if job_id:
+            a += ["--job-id", job_id]
+        return a
+
+    def job(self, what, params, job_id=None, timeout=180):
+        p = subprocess.run(self.argv(what, params, job_id), capture_output=True, text=True,
+                           timeout=timeout)
+        return RunResult(p.returncode, p.stdout, p.stderr)
+
+    def key(self, bid, ext):
+        return f"jv/test1/{bid}.{ext}"
+
+
+class RemoteBackup(RemoteBackupBase):
+    def test_backup_delete_data_restore_from_remote_is_byte_identical(self):
+        r = self.job("BACKUP_INSTANCE", {"remote": "offsite", "backupId": "b1"})
+        self.assertEqual(r.status, "COMPLETED", r)
+        out = r.result["output"]
+        self.assertEqual(out["remote"], "offsite")
+        self.assertEqual(out["object"], "test1/b1.tar.zst")
+        self.assertEqual(self.s3.keys(), [self.key("b1", "json"), self.key("b1", "tar.zst")])
+        archive = self.s3.object_bytes(self.key("b1", "tar.zst"))
+        self.assertEqual(hashlib.sha256(archive).hexdigest(), out["sha256"])
+        self.assertEqual(len(archive), out["bytes"])
+        m = json.loads(self.s3.object_bytes(self.key("b1", "json")))
+        self.assertIs(m["complete"], True)
+        self.assertEqual(m["sha256"], out["sha256"])
+        # keepLocal defaults to false: nothing of the backup stays on this host
+        self.assertEqual(os.listdir(os.path.join(self.inst, "backups")), [])
+        self.assertEqual(os.listdir(os.path.join(self.inst, ".jobvisor", "markers")), [])
+        self.assertEqual(self.s3.pending_uploads(), [])
+        # progress went through the upload
+        # progress through the upload (events are coalesced, so not necessarily every part)
+        up = [(e["percent"], e["message"]) for e in r.events if e["kind"] == "progress"
+              and "parts to remote 'offsite'" in e.get("message", "")]
+        self.assertTrue(any(66 < pc < 99 and "of 3 parts" in m for pc, m in up), up)
+        self.assertEqual(up[-1], (99, "uploaded 3 of 3 parts to remote 'offsite'"))
+
+        shutil.rmtree(self.datadir)
+        r = self.job("RESTORE_BACKUP", {"remote": "offsite", "backupId": "b1"})
+        self.assertEqual(r.status, "COMPLETED", r)
+        self.assertEqual(tree_digest(self.datadir), self.digest)
+        self.assertEqual(os.listdir(os.path.join(self.inst, "backups")), [])
+
+    def test_keep_local_keeps_the_local_backup(self):
+        r = self.job("BACKUP_INSTANCE", {"remote": "offsite", "backupId": "b2", "keepLocal": True})
+        self.assertEqual(r.status, "COMPLETED", r)
+        local = os.path.join(self.inst, "backups", "b2.tar.zst")
+        self.assertEqual(sha256_file(local), r.result["output"]["sha256"])
+        with open(local, "rb") as f:
+            self.assertEqual(self.s3.object_bytes(self.key("b2", "tar.zst")), f.read())
+
+    def test_wrong_credentials_fail_cleanly_not_retryable(self):
+        write_credentials(self.creds, key_id="WRONGKEY", secret="very-secret-value-42")
+        r = self.job("BACKUP_INSTANCE", {"remote": "offsite", "backupId": "b3"})
+        self.assertEqual(r.status, "FAILED", r)
+        err = r.result["error"]
+        self.assertFalse(err.get("retryable"), err)
+        self.assertIn("remote 'offsite'", err["message"])
+        self.assertIn("403 InvalidAccessKeyId", err["message"])
+        self.assertNotIn("very-secret-value-42", r.stdout + r.stderr)
+        self.assertEqual(self.s3.keys(), [])
+
+    def test_unknown_remote_fails_before_anything_is_written(self):
+        r = self.job("BACKUP_INSTANCE", {"remote": "elsewhere"})
+        self.assertEqual(r.status, "FAILED", r)
+        self.assertIn("remote 'elsewhere' is not configured on this agent", r.error_message)
+        self.assertFalse(os.path.exists(os.path.join(self.inst, "backups")) and
+                         os.listdir(os.path.join(self.inst, "backups")))
+
+    def test_restore_detects_a_tampered_remote_archive(self):
+        r = self.job("BACKUP_INSTANCE", {"remote": "offsite", "backupId": "b4"})
+        self.assertEqual(r.status, "COMPLETED", r)
+        path = self.s3.object_path(self.key("b4", "tar.zst"))
+        with open(path, "r+b") as f:
+            f.seek(1000)
+            b = f.read(1)
+            f.seek(1000)
+            f.write(bytes([b[0] ^ 0xFF]))
+        before = tree_digest(self.datadir)
+        r = self.job("RESTORE_BACKUP", {"remote": "offsite", "backupId": "b4"})
+        self.assertEqual(r.status, "FAILED", r)
+        self.assertIn("backup 'b4' on remote 'offsite' is corrupt", r.error_message)
+        self.assertEqual(tree_digest(self.datadir), before)
+
+
+class RemoteBackupKill(RemoteBackupBase):
+    def acked_parts(self):
+        marker = os.path.join(self.inst, ".jobvisor", "markers", "remote-upload.json")
+        try:
+            with open(marker) as f:
+                return len(json.load(f).get("parts", []))
+        except (OSError, ValueError):
+            return -1
+
+    def test_kill_during_upload_then_retry_completes_identically(self):
+        # the reference: a clean backup of the same data
+        ref = self.job("BACKUP_INSTANCE", {"remote": "offsite", "backupId": "ref"})
+        self.assertEqual(ref.status, "COMPLETED", ref)
+        resumed = 0
+        for trial in range(KILLS):
+            bid = f"k{trial}"
+            job_id = f"job-kill-{trial}"
+            want = trial % 3  # kill after 0, 1 or 2 of the 3 parts were acknowledged
+            before = len(self.s3.stored_parts())
+            p = subprocess.Popen(self.argv("BACKUP_INSTANCE", {"remote": "offsite", "backupId": bid},
+                                           job_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 start_new_session=True)
+            child = self.wait_child(p, timeout=30)
+            deadline = time.time() + 120
+            while self.acked_parts() < want and time.time() < deadline and p.poll() is None:
+                time.sleep(0.002)
+            self.assertIsNone(p.poll(), "the backup finished before it could be killed")
+            os.killpg(child, signal.SIGKILL)
+            p.kill()
+            p.communicate()
+            acked = self.acked_parts()
+            r = self.job("BACKUP_INSTANCE", {"remote": "offsite", "backupId": bid}, job_id=job_id)
+            self.assertEqual(r.status, "COMPLETED", r)
+            if acked > 0:
+                self.assertIn(f"resuming the upload of 'test1/{bid}.tar.zst' to remote 'offsite': "
+                              f"{acked} of 3 parts acknowledged", r.stdout + r.stderr)
+                resumed += 1
+            obj = self.s3.object_bytes(self.key(bid, "tar.zst"))
+            # the same data gives the same archive: byte-identical to the clean backup
+            self.assertEqual(hashlib.sha256(obj).hexdigest(), ref.result["output"]["sha256"])
+            self.assertEqual(r.result["output"]["sha256"], ref.result["output"]["sha256"])
+            # what reached the server: every part once per upload id, except at most the one
+            # part whose acknowledgement arrived in the instant before the kill
+            parts = self.s3.stored_parts()[before:]
+            self.assertLessEqual(len(parts) - len(set(parts)), 1, parts)
+            numbers = sorted(int(n) for n, _ in parts)
+            self.assertLessEqual(len(numbers), 4, parts)
+            self.assertEqual(self.s3.pending_uploads(), [])
+            self.assertEqual(os.listdir(os.path.join(self.inst, ".jobvisor", "markers")), [])
+        if KILLS >= 2:
+            self.assertGreaterEqual(resumed, 1)
