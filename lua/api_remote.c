@@ -19,7 +19,11 @@
 #include <unistd.h>
 
 #include <openssl/evp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
 
+#include "arch.h"
 #include "s3.h"
 
 #define GET_DEFAULT_MAX (64 << 20)
@@ -507,7 +511,118 @@ static int l_remote_sha256(lua_State *L)
 	return 2;
 }
 
+/* remote.verify: a thread downloads the object into one end of a socket
+ * pair while this thread checks the archive read from the other end; nothing
+ * touches the disk. */
+struct pump {
+	const struct s3_remote *r;
+	const char *key;
+	int fd;
+	int rc;
+	struct s3_err e;
+	atomic_bool stop;
+	struct jv_io_hooks hooks;
+};
+
+static int sock_sink(void *arg, const void *buf, size_t n)
+{
+	struct pump *p = arg;
+	const char *b = buf;
+	while (n) {
+		ssize_t k = send(p->fd, b, n, MSG_NOSIGNAL);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return -errno; /* EPIPE: the reader stopped (a verdict or a cancel) */
+		b += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+static bool pump_stop(void *arg, uint64_t done, uint64_t total)
+{
+	(void)done;
+	(void)total;
+	return atomic_load(&((struct pump *)arg)->stop);
+}
+
+static void *pump_main(void *arg)
+{
+	struct pump *p = arg;
+	p->rc = s3_get_range(p->r, p->key, 0, -1, sock_sink, p, NULL, &p->hooks, &p->e);
+	shutdown(p->fd, SHUT_WR);
+	return NULL;
+}
+
+/* remote.verify(name, object, manifest[, {progress}]) -> true
+ * The object checked against the manifest as it streams: the archive's
+ * SHA-256 and size, every entry's type, size and SHA-256. A corrupt object
+ * returns nil, message, "corrupt"; a download failure nil, message, class. */
+static int l_remote_verify(lua_State *L)
+{
+	static const char *const keys[] = {"progress", NULL};
+	const char *name = check_name(L);
+	const char *rel = check_rel(L, 2);
+	luaL_checktype(L, 3, LUA_TTABLE);
+	apiutil_opts(L, 4, "remote.verify", keys);
+	char err[1024];
+	struct arch_manifest m;
+	int rc = archive_manifest_arg(L, 3, &m, err, sizeof(err));
+	if (rc < 0)
+		return luaL_error(L, "remote.verify: %s", err);
+	struct apiutil_tick t;
+	apiutil_tick_init(L, 4, &t, "verifying");
+	struct s3_remote r;
+	char key[1024];
+	int n = open_remote(L, name, rel, &r, key, sizeof(key));
+	if (n) {
+		arch_manifest_free(&m);
+		return n;
+	}
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+		int e = -errno;
+		arch_manifest_free(&m);
+		s3_remote_wipe(&r);
+		return apiutil_fail(L, e, "verify", rel);
+	}
+	struct pump p = {.r = &r, .key = key, .fd = sv[1]};
+	atomic_init(&p.stop, false);
+	p.hooks.tick = pump_stop;
+	p.hooks.arg = &p;
+	pthread_t th;
+	if (pthread_create(&th, NULL, pump_main, &p) != 0) {
+		close(sv[0]);
+		close(sv[1]);
+		arch_manifest_free(&m);
+		s3_remote_wipe(&r);
+		return luaL_error(L, "remote.verify: cannot start a thread");
+	}
+	char label[1100];
+	snprintf(label, sizeof(label), "%s", rel);
+	rc = arch_verify_fd(sv[0], label, m.has_bytes ? m.bytes : 0, &m, &t.hooks, err, sizeof(err));
+	atomic_store(&p.stop, true); /* sv[0] is closed: the pump ends with EPIPE if still sending */
+	pthread_join(th, NULL);
+	close(sv[1]);
+	arch_manifest_free(&m);
+	if (p.rc != 0 && p.rc != -EPIPE && p.rc != -ECANCELED)
+		return fail(L, &r, p.rc, &p.e); /* the download failed: not the archive's fault */
+	s3_remote_wipe(&r);
+	if (rc == -ECANCELED)
+		return jv_raise_cancel(L);
+	if (rc < 0) {
+		jv_push_fail(L, "%s", err);
+		lua_pushstring(L, "corrupt");
+		return 3;
+	}
+	apiutil_tick_done(&t);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 static const luaL_Reg remote_funcs[] = {
+	{"verify", l_remote_verify},
 	{"sha256", l_remote_sha256},
 	{"info", l_remote_info},
 	{"put", l_remote_put},

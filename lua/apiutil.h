@@ -65,4 +65,9 @@ int apiutil_fail_msg(lua_State *L, int rc, const char *prefix, const char *err);
  * *last at the final component. Returns 0 or an fsx code. */
 int apiutil_parent(const struct fsx *fx, const char *norm, int *dirfd, const char **last);
 
+/* The manifest at idx (as archive.create returns it) into *m (free it with
+ * arch_manifest_free); pushes nothing; 0 or -EINVAL with err (api_archive.c). */
+struct arch_manifest;
+int archive_manifest_arg(lua_State *L, int idx, struct arch_manifest *m, char *err, size_t errlen);
+
 #endif

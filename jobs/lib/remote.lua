@@ -201,4 +201,49 @@ function M.fetch(job, name, id, from, to)
   return m, true
 end
 
+-- The backups of this instance on remote name, like backups.scan():
+-- complete (id -> {id, manifest = {createdAt}, mtime}) and leftovers (array
+-- of {name, id, mtime, why}: an archive without manifest, a manifest without
+-- archive). The listing is paginated by the store; every page is read.
+function M.scan(job, name)
+  local retention = require("lib.retention")
+  local objs = M.must(job, remote.list(name, job.instance_id .. "/"))
+  local archives, manifests = {}, {}
+  local base = #job.instance_id + 2
+  for _, o in ipairs(objs) do
+    local rest = o.name:sub(base)
+    local t = retention.parse_time(o.lastModified) or 0
+    local id = rest:match("^(.+)%.tar%.zst$")
+    if id and common.ident_ok(id) then archives[id] = t end
+    id = rest:match("^(.+)%.json$")
+    if id and common.ident_ok(id) then manifests[id] = t end
+  end
+  local complete, leftovers = {}, {}
+  for id, t in pairs(manifests) do
+    if archives[id] then
+      local m, err = M.load_manifest(job, name, id)
+      if m then
+        complete[id] = { id = id, manifest = { createdAt = m.createdAt }, mtime = t }
+      else
+        log.warn(string.format("backup '%s' on remote '%s': %s: left alone", id, name, tostring(err)))
+      end
+    else
+      leftovers[#leftovers + 1] = { name = id .. ".json", id = id, mtime = t, why = "manifest without archive" }
+    end
+  end
+  for id, t in pairs(archives) do
+    if not manifests[id] then
+      leftovers[#leftovers + 1] = { name = id .. ".tar.zst", id = id, mtime = t, why = "archive without manifest" }
+    end
+  end
+  return complete, leftovers
+end
+
+-- Delete backup id on remote name: the archive, then the manifest (never
+-- the manifest first).
+function M.remove(job, name, id)
+  M.must(job, remote.delete(name, M.archive_obj(job, id)))
+  M.must(job, remote.delete(name, M.manifest_obj(job, id)))
+end
+
 return M

@@ -167,3 +167,87 @@ class RemoteBackupKill(RemoteBackupBase):
             self.assertEqual(os.listdir(os.path.join(self.inst, ".jobvisor", "markers")), [])
         if KILLS >= 2:
             self.assertGreaterEqual(resumed, 1)
+
+
+class RemoteVerifyPrune(RemoteBackupBase):
+    def backup(self, bid):
+        r = self.job("BACKUP_INSTANCE", {"remote": "offsite", "backupId": bid})
+        self.assertEqual(r.status, "COMPLETED", r)
+        return r.result["output"]
+
+    def test_verify_streams_and_detects_a_tampered_object(self):
+        out = self.backup("v1")
+        r = self.job("VERIFY_BACKUP", {"remote": "offsite", "backupId": "v1"})
+        self.assertEqual(r.status, "COMPLETED", r)
+        self.assertEqual(r.result["output"]["bytes"], out["bytes"])
+        self.assertEqual(r.result["output"]["files"], out["files"])
+        # nothing written on this host: no backups/ content, no staging left
+        self.assertEqual(os.listdir(os.path.join(self.inst, "backups")), [])
+        # flip one byte inside the object at the server
+        path = self.s3.object_path(self.key("v1", "tar.zst"))
+        with open(path, "r+b") as f:
+            f.seek(out["bytes"] // 2)
+            b = f.read(1)
+            f.seek(out["bytes"] // 2)
+            f.write(bytes([b[0] ^ 0x01]))
+        r = self.job("VERIFY_BACKUP", {"remote": "offsite", "backupId": "v1"})
+        self.assertEqual(r.status, "FAILED", r)
+        self.assertIn("backup 'v1' on remote 'offsite' is corrupt", r.error_message)
+        self.assertFalse(r.result["error"].get("retryable"))
+
+    def test_verify_of_a_missing_backup_names_it(self):
+        r = self.job("VERIFY_BACKUP", {"remote": "offsite", "backupId": "nope"})
+        self.assertEqual(r.status, "FAILED", r)
+        self.assertIn("backup 'nope' does not exist on remote 'offsite'", r.error_message)
+
+    def test_prune_keeps_the_newest_and_deletes_archive_with_manifest(self):
+        for bid in ("p1", "p2", "p3", "p4"):
+            self.backup(bid)
+            time.sleep(1.1)  # createdAt has one-second resolution
+        r = self.job("PRUNE_BACKUPS", {"remote": "offsite", "keepLast": 2, "dryRun": True})
+        self.assertEqual(r.status, "COMPLETED", r)
+        self.assertEqual(sorted(r.result["output"]["removed"]), ["p1", "p2"])
+        self.assertEqual(len(self.s3.keys()), 8)
+        r = self.job("PRUNE_BACKUPS", {"remote": "offsite", "keepLast": 2})
+        self.assertEqual(r.status, "COMPLETED", r)
+        self.assertEqual(sorted(r.result["output"]["kept"]), ["p3", "p4"])
+        self.assertEqual(self.s3.keys(), [self.key("p3", "json"), self.key("p3", "tar.zst"),
+                                          self.key("p4", "json"), self.key("p4", "tar.zst")])
+        # the kept ones are still whole
+        r = self.job("VERIFY_BACKUP", {"remote": "offsite", "backupId": "p3"})
+        self.assertEqual(r.status, "COMPLETED", r)
+
+    def test_prune_removes_a_manifest_whose_archive_is_gone(self):
+        for bid in ("q1", "q2"):
+            self.backup(bid)
+            time.sleep(1.1)
+        os.remove(self.s3.object_path(self.key("q1", "tar.zst")))
+        r = self.job("PRUNE_BACKUPS", {"remote": "offsite", "keepLast": 5})
+        self.assertEqual(r.status, "COMPLETED", r)
+        self.assertEqual(r.result["output"]["leftovers"], ["q1.json"])
+        self.assertEqual(self.s3.keys(), [self.key("q2", "json"), self.key("q2", "tar.zst")])
+
+
+class RemoteNetworkFaults(RemoteBackupBase):
+    def test_server_restarted_mid_upload_the_run_retries_and_completes(self):
+        p = subprocess.Popen(self.argv("BACKUP_INSTANCE", {"remote": "offsite", "backupId": "n1"}),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        marker = os.path.join(self.inst, ".jobvisor", "markers", "remote-upload.json")
+        deadline = time.time() + 120
+        while time.time() < deadline and p.poll() is None:
+            try:
+                with open(marker) as f:
+                    if len(json.load(f).get("parts", [])) >= 1:
+                        break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.002)
+        self.assertIsNone(p.poll(), "the backup finished before the server could be restarted")
+        self.s3.stop()
+        time.sleep(1.5)  # the client sees refused connections and backs off
+        self.s3.start()
+        out, err = p.communicate(timeout=180)
+        r = RunResult(p.returncode, out, err)
+        self.assertEqual(r.status, "COMPLETED", r)
+        self.assertEqual(hashlib.sha256(self.s3.object_bytes(self.key("n1", "tar.zst"))).hexdigest(),
+                         r.result["output"]["sha256"])
