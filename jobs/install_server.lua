@@ -10,6 +10,7 @@
 -- again with the same build and spec is a fast no-op that says so.
 local common = require("lib.common")
 local builds = require("lib.builds")
+local steam = require("lib.steam")
 
 local SPEC_KEYS = { command = true, cwd = true, env = true, stop = true, ready = true, restart = true,
                     limits = true, name = true, description = true }
@@ -79,7 +80,9 @@ return {
   run = function(job)
     local p = job.params
     local build = common.check_ident(job, "build", p.build)
-    local src = builds.check_source(job, p.source, true)
+    -- {"steam": {...}} installs with SteamCMD (lib/steam.lua); anything else is an archive URL.
+    local source = steam.is_steam(p.source) and steam or builds
+    local src = source == steam and steam.check_source(job, p.source) or builds.check_source(job, p.source, true)
     local spec = check_spec(job, p.instance)
     -- The monitor's own parser has the last word on the spec (field types,
     -- ranges, the ready regex, placeholders): ask it before downloading
@@ -109,7 +112,7 @@ return {
       job.fail(string.format("instance '%s' is running build '%s': stop it first, or use UPDATE_SERVER "
         .. "with activate to switch builds", job.instance_id, cur))
     end
-    local keep, resume = builds.resumable(job, src)
+    local keep, resume = source.resumable(job, src)
     common.clean_stale_staging(job, keep)
     common.clean_temp_files(job, ".")
     common.clean_temp_files(job, "builds")
@@ -129,7 +132,7 @@ return {
           job.fail(string.format("build '%s' cannot run this instance spec: %s", build, tostring(err)))
         end
       end
-      st.staged = builds.stage(job, build, src, 2, 85, resume, check)
+      st.staged = source.stage(job, build, src, 2, 85, resume, check)
       if not st.staged then check(builds.path(build)) end
       job.checkpoint()
 

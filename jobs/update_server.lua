@@ -9,6 +9,7 @@
 -- activation is finished from its marker (lib/builds.lua).
 local common = require("lib.common")
 local builds = require("lib.builds")
+local steam = require("lib.steam")
 
 return {
   type = "UPDATE_SERVER",
@@ -18,8 +19,10 @@ return {
   run = function(job)
     local p = job.params
     local build = common.check_ident(job, "build", p.build)
-    local src = builds.check_source(job, p.source, true)
-    local keep, resume = builds.resumable(job, src)
+    -- {"steam": {...}} installs with SteamCMD (lib/steam.lua); anything else is an archive URL.
+    local source = steam.is_steam(p.source) and steam or builds
+    local src = source == steam and steam.check_source(job, p.source) or builds.check_source(job, p.source, true)
+    local keep, resume = source.resumable(job, src)
     common.clean_stale_staging(job, keep)
     common.clean_temp_files(job, "builds")
 
@@ -34,7 +37,7 @@ return {
         job.fail(string.format("build '%s' cannot run this instance's spec: %s", build, tostring(err)))
       end
     end
-    local staged = builds.stage(job, build, src, 1, p.activate and 80 or 99, resume, check)
+    local staged = source.stage(job, build, src, 1, p.activate and 80 or 99, resume, check)
     local out = { build = build, staged = staged, activated = false }
     if p.activate then
       if not staged then check(builds.path(build)) end

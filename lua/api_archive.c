@@ -276,5 +276,13 @@ static const luaL_Reg archive_funcs[] = {
 int luaopen_jv_archive(lua_State *L)
 {
 	luaL_newlib(L, archive_funcs);
+	static const struct apiutil_arity arity[] = {
+		{"create", 3},
+		{"extract", 3},
+		{"verify", 3},
+		{"list", 1},
+		{NULL, 0},
+	};
+	apiutil_limit_args(L, -1, "archive", arity);
 	return 1;
 }

@@ -9,6 +9,8 @@
 #include "apiutil.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -337,6 +339,52 @@ static int l_fs_sha256(lua_State *L)
 	return 2;
 }
 
+static int l_fs_chmod(lua_State *L)
+{
+	char p[FSX_PATH_MAX];
+	apiutil_path(L, 1, p, true);
+	mode_t mode = (mode_t)apiutil_mode(L, 2, "mode");
+	if (mode & 07000) {
+		char m[16];
+		snprintf(m, sizeof(m), "%04o", (unsigned)mode);
+		return luaL_error(L, "fs.chmod: setuid, setgid and sticky bits are not allowed (mode %s)", m);
+	}
+	luaL_argcheck(L, strcmp(p, ".") != 0, 1, "cannot change the mode of the instance root");
+	struct fsx fx;
+	apiutil_fsx(L, &fx);
+	int rc = fsx_chmod(&fx, p, mode);
+	if (rc == -EINVAL)
+		return jv_push_fail(L, "cannot change the mode of '%s': not a regular file or directory", p);
+	if (rc < 0)
+		return apiutil_fail(L, rc, "change the mode of", p);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+/* The host path of an existing instance path, for a program that must be
+ * told where to write (SteamCMD's +force_install_dir). Resolved beneath the
+ * instance like every path, then read back from the descriptor. */
+static int l_fs_abspath(lua_State *L)
+{
+	char p[FSX_PATH_MAX];
+	apiutil_path(L, 1, p, false);
+	struct fsx fx;
+	apiutil_fsx(L, &fx);
+	int fd;
+	int rc = fsx_open(&fx, p, O_PATH, 0, 0, &fd);
+	if (rc < 0)
+		return apiutil_fail(L, rc, "resolve", p);
+	char self[64], out[FSX_PATH_MAX];
+	snprintf(self, sizeof(self), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(self, out, sizeof(out) - 1);
+	close(fd);
+	if (n < 0)
+		return apiutil_fail(L, -errno, "resolve", p);
+	out[n] = '\0';
+	lua_pushstring(L, out);
+	return 1;
+}
+
 static int l_fs_free_space(lua_State *L)
 {
 	struct fsx fx;
@@ -367,11 +415,33 @@ static const luaL_Reg fs_funcs[] = {
 	{"link_swap", l_fs_link_swap},
 	{"sha256", l_fs_sha256},
 	{"free_space", l_fs_free_space},
+	{"chmod", l_fs_chmod},
+	{"abspath", l_fs_abspath},
 	{NULL, NULL},
 };
 
 int luaopen_jv_fs(lua_State *L)
 {
 	luaL_newlib(L, fs_funcs);
+	static const struct apiutil_arity arity[] = {
+		{"exists", 1},
+		{"stat", 1},
+		{"list", 1},
+		{"mkdir", 2},
+		{"read", 2},
+		{"write", 3},
+		{"remove", 1},
+		{"remove_tree", 2},
+		{"staging", 0},
+		{"stale_staging", 0},
+		{"clean_staging", 1},
+		{"commit", 3},
+		{"swap", 2},
+		{"link_swap", 2},
+		{"sha256", 2},
+		{"free_space", 0},
+		{NULL, 0},
+	};
+	apiutil_limit_args(L, -1, "fs", arity);
 	return 1;
 }

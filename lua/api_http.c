@@ -40,7 +40,7 @@ static int l_http_download(lua_State *L)
 {
 	static const char *const keys[] = {"sha256", "size", "resume", "max_bytes", "reserve_bytes",
 	                                   "insecure_no_checksum", "retries", "connect_timeout",
-	                                   "low_speed_time", "timeout", "progress", NULL};
+	                                   "low_speed_time", "timeout", "progress", "mode", NULL};
 	const char *url = luaL_checkstring(L, 1);
 	char dst[FSX_PATH_MAX];
 	apiutil_path(L, 2, dst, true);
@@ -58,6 +58,10 @@ static int l_http_download(lua_State *L)
 	o.size = apiutil_opt_int(L, 3, "size", -1, -1, INT64_MAX);
 	o.resume = apiutil_opt_bool(L, 3, "resume", true);
 	o.max_bytes = (uint64_t)apiutil_opt_int(L, 3, "max_bytes", 0, 0, INT64_MAX);
+	/* Modes come from vendor manifests: setuid/setgid/sticky are dropped, not kept. */
+	o.mode = apiutil_opt_mode(L, 3, "mode");
+	if (o.mode >= 0)
+		o.mode &= 0777;
 	o.reserve_bytes =
 	    (uint64_t)apiutil_opt_int(L, 3, "reserve_bytes", (lua_Integer)DL_DEFAULT_RESERVE, 0, INT64_MAX);
 	common_opts(L, 3, &o);
@@ -139,5 +143,11 @@ static const luaL_Reg http_funcs[] = {
 int luaopen_jv_http(lua_State *L)
 {
 	luaL_newlib(L, http_funcs);
+	static const struct apiutil_arity arity[] = {
+		{"download", 3},
+		{"get_json", 2},
+		{NULL, 0},
+	};
+	apiutil_limit_args(L, -1, "http", arity);
 	return 1;
 }

@@ -48,11 +48,19 @@ static bool state_final(const cJSON *st)
 	return state_is(st, "STOPPED") || state_is(st, "CRASHED");
 }
 
-static double opt_seconds(lua_State *L, int idx, const char *key, double def, double max)
+static double opt_seconds(lua_State *L, int idx, const char *key, double def, int max)
 {
-	double v = apiutil_opt_num(L, idx, key, def, 0, max);
-	if (v == 0)
-		luaL_error(L, "option '%s' must be more than 0 seconds", key);
+	if (lua_isnoneornil(L, idx))
+		return def;
+	int t = lua_getfield(L, idx, key);
+	double v = def;
+	if (t != LUA_TNIL) {
+		v = lua_tonumber(L, -1);
+		if (t != LUA_TNUMBER || isnan(v) || v <= 0 || v > max)
+			luaL_error(L, "option '%s' must be a number of seconds in (0, %d], got %s", key, max,
+			           luaL_tolstring(L, -1, NULL));
+	}
+	lua_pop(L, 1);
 	return v;
 }
 
@@ -758,5 +766,16 @@ static const luaL_Reg instance_funcs[] = {
 int luaopen_jv_instance(lua_State *L)
 {
 	luaL_newlib(L, instance_funcs);
+	static const struct apiutil_arity arity[] = {
+		{"spec", 0},
+		{"start", 1},
+		{"stop", 1},
+		{"status", 0},
+		{"send", 1},
+		{"wait_ready", 2},
+		{"wait_log", 3},
+		{NULL, 0},
+	};
+	apiutil_limit_args(L, -1, "instance", arity);
 	return 1;
 }

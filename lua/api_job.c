@@ -43,11 +43,24 @@ void jv_run_marker_start(lua_State *L, struct jv_run_ctx *ctx, int job_idx)
 	if (jv_marker_read(ctx, ctx->run_marker.file, &prev) == 0 && cJSON_IsObject(prev)) {
 		jv_json_to_lua(L, prev);
 		lua_setfield(L, job_idx, "previous");
-		char msg[512];
-		snprintf(msg, sizeof(msg),
-		         "an earlier run of this job (run %s, attempt %lld) stopped during step '%s'",
-		         jv_json_str(prev, "runId", "?"), (long long)jv_json_int(prev, "attempt", 0),
-		         jv_json_str(prev, "step", "start"));
+		/* Say how far it got: "stopped during step 'start'" was wrong for a
+		 * script that reported only percents. */
+		char msg[1024], pct[32] = "";
+		const char *step = jv_json_str(prev, "step", "start");
+		if (jv_json_has_num(prev, "percent"))
+			snprintf(pct, sizeof(pct), " at %.0f%%", jv_json_num(prev, "percent", 0));
+		if (strcmp(step, "start") == 0 && !pct[0])
+			snprintf(msg, sizeof(msg),
+			         "an earlier run of this job (run %s, attempt %lld, started %s) did not finish; "
+			         "it recorded no progress",
+			         jv_json_str(prev, "runId", "?"), (long long)jv_json_int(prev, "attempt", 0),
+			         jv_json_str(prev, "startedAt", "?"));
+		else
+			snprintf(msg, sizeof(msg),
+			         "an earlier run of this job (run %s, attempt %lld, started %s) did not finish; "
+			         "the last progress it recorded: '%.600s'%s",
+			         jv_json_str(prev, "runId", "?"), (long long)jv_json_int(prev, "attempt", 0),
+			         jv_json_str(prev, "startedAt", "?"), step, pct);
 		jv_emit_log(ctx, "warn", msg);
 	}
 	cJSON_Delete(prev);
@@ -65,16 +78,28 @@ void jv_run_marker_start(lua_State *L, struct jv_run_ctx *ctx, int job_idx)
 	ctx->run_marker.written_ms = jv_now_mono_ms();
 }
 
-void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step)
+/* Called for every progress line (lua/events.c): the marker follows the run
+ * so a retry can say where the earlier run got to. A durable write costs
+ * fsyncs: at most one a second; a change in between is written by the next
+ * call after that second (progress, job.checkpoint, job.sleep). */
+void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step, double percent)
 {
 	if (!ctx->run_marker.json)
 		return;
+	if (step && *step) {
+		cJSON_ReplaceItemInObject(ctx->run_marker.json, "step", cJSON_CreateString(step));
+		ctx->run_marker.dirty = true;
+	}
+	if (percent >= 0) {
+		cJSON_DeleteItemFromObject(ctx->run_marker.json, "percent");
+		cJSON_AddNumberToObject(ctx->run_marker.json, "percent", percent);
+		ctx->run_marker.dirty = true;
+	}
 	int64_t now = jv_now_mono_ms();
-	cJSON_ReplaceItemInObject(ctx->run_marker.json, "step", cJSON_CreateString(step));
-	/* A durable write per step costs fsyncs: at most one per second. */
-	if (now - ctx->run_marker.written_ms < 1000)
+	if (!ctx->run_marker.dirty || now - ctx->run_marker.written_ms < 1000)
 		return;
 	ctx->run_marker.written_ms = now;
+	ctx->run_marker.dirty = false;
 	jv_marker_write(ctx, ctx->run_marker.file, ctx->run_marker.json);
 }
 
@@ -156,12 +181,12 @@ static int l_job_step(lua_State *L)
 	const char *msg = luaL_checkstring(L, 1);
 	struct jv_run_ctx *ctx = jv_ctx(L);
 	jv_emit_progress(ctx, -1, msg);
-	jv_run_marker_step(ctx, msg);
 	return 0;
 }
 
 static int l_job_checkpoint(lua_State *L)
 {
+	jv_run_marker_step(jv_ctx(L), NULL, -1);
 	jv_checkpoint(L);
 	return 0;
 }
@@ -177,6 +202,7 @@ static int l_job_sleep(lua_State *L)
 	for (;;) {
 		if (jv_cancelled(ctx))
 			return jv_raise_cancel(L);
+		jv_run_marker_step(ctx, NULL, -1);
 		int64_t left = until - jv_now_mono_ms();
 		if (left <= 0)
 			return 0;
@@ -283,6 +309,19 @@ int luaopen_jv_job(lua_State *L)
 {
 	struct jv_run_ctx *ctx = jv_ctx(L);
 	luaL_newlib(L, job_funcs);
+	static const struct apiutil_arity arity[] = {
+		{"progress", 2},
+		{"step", 1},
+		{"checkpoint", 0},
+		{"cancelled", 0},
+		{"sleep", 1},
+		{"fail", 2},
+		{"mark", 2},
+		{"marker", 1},
+		{"unmark", 1},
+		{NULL, 0},
+	};
+	apiutil_limit_args(L, -1, "job", arity);
 	lua_pushstring(L, ctx->job_id);
 	lua_setfield(L, -2, "id");
 	lua_pushstring(L, ctx->run_id);

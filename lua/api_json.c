@@ -257,6 +257,13 @@ static const luaL_Reg json_funcs[] = {
 int luaopen_jv_json(lua_State *L)
 {
 	luaL_newlib(L, json_funcs);
+	static const struct apiutil_arity arity[] = {
+		{"encode", 2},
+		{"decode", 1},
+		{"array", 1},
+		{NULL, 0},
+	};
+	apiutil_limit_args(L, -1, "json", arity);
 	push_null(L);
 	lua_setfield(L, -2, "null");
 	return 1;

@@ -641,5 +641,12 @@ static const luaL_Reg remote_funcs[] = {
 int luaopen_jv_remote(lua_State *L)
 {
 	luaL_newlib(L, remote_funcs);
+	static const struct apiutil_arity arity[] = {
+		{"verify", 4},       {"sha256", 3},     {"info", 1},       {"put", 3},
+		{"get", 3},          {"head", 2},       {"delete", 2},     {"list", 2},
+		{"mpu_create", 2},   {"mpu_part", 6},   {"mpu_complete", 4}, {"mpu_abort", 3},
+		{"download", 4},     {NULL, 0},
+	};
+	apiutil_limit_args(L, -1, "remote", arity);
 	return 1;
 }

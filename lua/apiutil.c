@@ -3,6 +3,8 @@
 #include "apiutil.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -33,8 +35,7 @@ void apiutil_opts(lua_State *L, int idx, const char *fn, const char *const *keys
 {
 	if (lua_isnoneornil(L, idx))
 		return;
-	if (lua_type(L, idx) != LUA_TTABLE)
-		luaL_error(L, "%s: the options must be a table, got %s", fn, luaL_typename(L, idx));
+	luaL_checktype(L, idx, LUA_TTABLE);
 	idx = lua_absindex(L, idx);
 	lua_pushnil(L);
 	while (lua_next(L, idx)) {
@@ -203,4 +204,74 @@ int apiutil_parent(const struct fsx *fx, const char *norm, int *dirfd, const cha
 			rc = fsx_parent(fx, norm, 0, dirfd, last);
 	}
 	return rc;
+}
+
+int apiutil_mode(lua_State *L, int idx, const char *what)
+{
+	lua_Integer m = -1;
+	if (lua_type(L, idx) == LUA_TSTRING) {
+		const char *str = lua_tostring(L, idx);
+		char *end;
+		long v = strtol(str, &end, 8);
+		if (*str >= '0' && *str <= '7' && *end == '\0' && v <= 07777)
+			m = v;
+		else
+			luaL_error(L, "%s must be an integer or an octal string such as \"755\", got '%s'",
+			           what, str);
+	} else if (lua_type(L, idx) == LUA_TNUMBER && lua_isinteger(L, idx)) {
+		m = lua_tointeger(L, idx);
+	} else {
+		luaL_error(L, "%s must be an integer or an octal string such as \"755\", got %s", what,
+		           luaL_typename(L, idx));
+	}
+	if (m < 0 || m > 07777)
+		luaL_error(L, "%s must be from 0 to 0777 (0 to 4095 with the special bits)", what);
+	return (int)m;
+}
+
+int apiutil_opt_mode(lua_State *L, int idx, const char *key)
+{
+	if (lua_isnoneornil(L, idx))
+		return -1;
+	int m = -1;
+	if (lua_getfield(L, idx, key) != LUA_TNIL) {
+		char what[64];
+		snprintf(what, sizeof(what), "option '%s'", key);
+		m = apiutil_mode(L, -1, what);
+	}
+	lua_pop(L, 1);
+	return m;
+}
+
+/* A module function called with more arguments than it takes: an options
+ * table passed to a call that has none (fs.remove(p, {recursive = true}))
+ * would otherwise be ignored. Upvalues: the C function, its name, max. The
+ * function runs in this same frame (a direct C call, not lua_call), so its
+ * errors keep the caller's line and the "bad argument #1 to 'remove'" name;
+ * the module functions use no upvalues of their own. */
+static int checked_call(lua_State *L)
+{
+	lua_Integer max = lua_tointeger(L, lua_upvalueindex(3));
+	int n = lua_gettop(L);
+	if (n > max)
+		return luaL_error(L, "%s takes %s%d argument%s, got %d (it has no options)",
+		                  lua_tostring(L, lua_upvalueindex(2)), max ? "at most " : "", (int)max,
+		                  max == 1 ? "" : "s", n);
+	lua_CFunction f = lua_tocfunction(L, lua_upvalueindex(1));
+	return f(L);
+}
+
+void apiutil_limit_args(lua_State *L, int t, const char *module, const struct apiutil_arity *a)
+{
+	t = lua_absindex(L, t);
+	for (; a->name; a++) {
+		if (lua_getfield(L, t, a->name) != LUA_TFUNCTION || !lua_iscfunction(L, -1)) {
+			lua_pop(L, 1);
+			continue;
+		}
+		lua_pushfstring(L, "%s.%s", module, a->name);
+		lua_pushinteger(L, a->max_args);
+		lua_pushcclosure(L, checked_call, 3);
+		lua_setfield(L, t, a->name);
+	}
 }

@@ -36,6 +36,12 @@ double apiutil_opt_num(lua_State *L, int idx, const char *key, double def, doubl
                        double max);
 const char *apiutil_opt_str(lua_State *L, int idx, const char *key, const char *def);
 
+/* A file mode: an integer (493) or an octal string ("755", "0755"); raises
+ * otherwise or beyond 07777 (callers decide what to do with the special
+ * bits). apiutil_opt_mode reads opts[key]; -1 when absent. */
+int apiutil_mode(lua_State *L, int idx, const char *what);
+int apiutil_opt_mode(lua_State *L, int idx, const char *key);
+
 /* Progress + cancel hook for a core call; opts.progress = {from, to} or
  * {from =, to =}; malformed raises. */
 struct apiutil_tick {
@@ -64,6 +70,14 @@ int apiutil_fail_msg(lua_State *L, int rc, const char *prefix, const char *err);
 /* Open the directory that will hold norm (creating missing parents) and point
  * *last at the final component. Returns 0 or an fsx code. */
 int apiutil_parent(const struct fsx *fx, const char *norm, int *dirfd, const char **last);
+
+/* Make the functions of the module table at t named in a (ending with a NULL
+ * name) raise when called with more than max_args arguments. */
+struct apiutil_arity {
+	const char *name;
+	int max_args;
+};
+void apiutil_limit_args(lua_State *L, int t, const char *module, const struct apiutil_arity *a);
 
 /* The manifest at idx (as archive.create returns it) into *m (free it with
  * arch_manifest_free); pushes nothing; 0 or -EINVAL with err (api_archive.c). */

@@ -26,6 +26,7 @@
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
+#include "procx.h"
 #include "sandbox.h"
 #include "scriptdef.h"
 
@@ -168,6 +169,20 @@ static int prepare_instance(struct child *c, char *err, size_t errlen)
 		         c->ctx.instance_id);
 		return -EBUSY;
 	}
+	/* With the lock held, programs recorded in procs/ belong to a run that was
+	 * killed together with its shepherd (lua/procx.h): end what is left. */
+	int pfd = openat(root, ".jobvisor/procs", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (pfd >= 0) {
+		unsigned ended = 0;
+		procx_sweep(pfd, &ended);
+		close(pfd);
+		if (ended) {
+			char msg[256];
+			snprintf(msg, sizeof(msg), "ended %u process(es) that an earlier run's programs left "
+			                           "behind", ended);
+			jv_emit_log(&c->ctx, "warn", msg);
+		}
+	}
 	/* With the lock held, temp files in markers/ and completed/ belong to a killed run. */
 	int mfd = jv_markers_dir(&c->ctx);
 	if (mfd >= 0) {
@@ -253,7 +268,8 @@ static int finish_error(struct child *c, lua_State *L, int idx)
 		jv_sanitize(sstack, sizeof(sstack), stack, c->data_dir);
 
 	if (jv_is_cancel_error(L, idx)) {
-		emit_result(ctx, "CANCELLED", NULL, "job cancelled", sstack, false, "cancelled");
+		/* A requested cancel is not a bug in the script: no traceback. */
+		emit_result(ctx, "CANCELLED", NULL, "job cancelled", NULL, false, "cancelled");
 		return JV_EXIT_CANCELLED;
 	}
 	bool retryable = false;
@@ -359,13 +375,15 @@ static int run_child(struct child *c)
 	}
 	if (!ctx->type[0])
 		ctx->type = def.type; /* run by path: the script names its type */
-	if (!def.cancellable) {
-		cJSON *meta = cJSON_CreateObject();
-		cJSON_AddStringToObject(meta, "k", "meta");
-		cJSON_AddBoolToObject(meta, "cancellable", false);
+	/* What the script declares: its type (the parent logs it for runs by
+	 * path) and whether it may be cancelled. */
+	cJSON *meta = cJSON_CreateObject();
+	cJSON_AddStringToObject(meta, "k", "meta");
+	cJSON_AddStringToObject(meta, "type", def.type);
+	cJSON_AddBoolToObject(meta, "cancellable", def.cancellable);
+	if (!def.cancellable)
 		cJSON_AddStringToObject(meta, "why", def.why);
-		jv_emit_event(ctx, meta);
-	}
+	jv_emit_event(ctx, meta);
 	const char *want_type = jv_json_str(spec, "expectType", NULL);
 	if (want_type && strcmp(want_type, def.type) != 0) {
 		snprintf(err, sizeof(err), "script '%s' declares type '%s' but was run as '%s'",
@@ -389,6 +407,8 @@ static int run_child(struct child *c)
 	if (done >= 0)
 		return done;
 	jv_run_marker_start(L, ctx, job_idx);
+	static const char *const job_optional[] = {"previous", NULL};
+	jv_sandbox_strict(L, job_idx, "job", job_optional);
 
 	lua_pushcfunction(L, traceback_handler);
 	int handler = lua_gettop(L);

@@ -46,6 +46,7 @@ void dl_opts_init(struct dl_opts *o)
 	o->size = -1;
 	o->resume = true;
 	o->cache_fd = -1;
+	o->mode = -1;
 }
 
 int dl_check_url(const char *url, char *err, size_t errlen)
@@ -450,9 +451,18 @@ static int copy_fd(int in, int out)
 	}
 }
 
+/* The permission bits a placed download gets: opts.mode, else 0644. */
+static int dl_mode(const struct dl_opts *o)
+{
+	return o->mode >= 0 ? (o->mode & 0777) : 0644;
+}
+
 /* Put from_dirfd/from_name at to_dirfd/to_name durably: a hard link, or a copy
- * when linking is not possible (another filesystem). */
-static int place(int from_dirfd, const char *from_name, int to_dirfd, const char *to_name)
+ * when linking is not possible (another filesystem) or when mode (>= 0) differs
+ * from the source's permission bits: a hard link shares its mode, so linking
+ * would change the mode of every other copy. */
+static int place(int from_dirfd, const char *from_name, int to_dirfd, const char *to_name,
+                 int mode)
 {
 	char tmp[512];
 	int n = snprintf(tmp, sizeof(tmp), ".%s.tmp.%ld", to_name, (long)getpid());
@@ -460,8 +470,12 @@ static int place(int from_dirfd, const char *from_name, int to_dirfd, const char
 		return -ENAMETOOLONG;
 	unlinkat(to_dirfd, tmp, 0);
 	int rc = 0;
-	if (linkat(from_dirfd, from_name, to_dirfd, tmp, 0) < 0) {
-		if (errno != EXDEV && errno != EPERM && errno != EMLINK && errno != EOPNOTSUPP)
+	struct stat st;
+	bool same_mode = mode < 0 || (fstatat(from_dirfd, from_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	                              (int)(st.st_mode & 0777) == mode);
+	if (!same_mode || linkat(from_dirfd, from_name, to_dirfd, tmp, 0) < 0) {
+		if (same_mode && errno != EXDEV && errno != EPERM && errno != EMLINK &&
+		    errno != EOPNOTSUPP)
 			return -errno;
 		int in = openat(from_dirfd, from_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 		if (in < 0)
@@ -478,6 +492,8 @@ static int place(int from_dirfd, const char *from_name, int to_dirfd, const char
 			return rc;
 		}
 		rc = copy_fd(in, out);
+		if (rc == 0 && mode >= 0 && fchmod(out, (mode_t)mode) < 0)
+			rc = -errno;
 		if (rc == 0 && fsync(out) < 0)
 			rc = -errno;
 		if (close(out) < 0 && rc == 0)
@@ -509,7 +525,7 @@ static int from_cache(const struct dl_opts *o, const char *hex, int dst_dirfd,
 		unlinkat(o->cache_fd, hex, 0);
 		return 0;
 	}
-	int rc = place(o->cache_fd, hex, dst_dirfd, dst_name);
+	int rc = place(o->cache_fd, hex, dst_dirfd, dst_name, dl_mode(o));
 	if (rc < 0)
 		return rc;
 	r->from_cache = true;
@@ -655,7 +671,7 @@ int dl_download(const char *url, const struct dl_opts *o, int dst_dirfd, const c
 		ftruncate(x.fd, 0); /* wrong content: nothing worth resuming */
 		goto out;
 	}
-	if (fsync(x.fd) < 0) {
+	if (fchmod(x.fd, (mode_t)dl_mode(o)) < 0 || fsync(x.fd) < 0) {
 		rc = errno == EDQUOT ? -ENOSPC : -errno;
 		errf(err, errlen, "cannot write '%s': %s", part, strerror(errno));
 		goto out;
@@ -669,7 +685,7 @@ int dl_download(const char *url, const struct dl_opts *o, int dst_dirfd, const c
 		goto out;
 	}
 	if (want[0] && o->cache_fd >= 0)
-		place(dst_dirfd, dst_name, o->cache_fd, want); /* best effort: a cache miss later is fine */
+		place(dst_dirfd, dst_name, o->cache_fd, want, -1); /* best effort: a cache miss later is fine */
 out:
 	if (x.fd >= 0) {
 		struct stat st;

@@ -43,6 +43,7 @@ struct dl_opts {
 	long total_timeout_s;       /* whole transfer; 0 = none (downloads), 60 (dl_get) */
 	const char *ca_file;        /* extra CA bundle (tests); NULL = system */
 	int cache_fd;               /* <data-dir>/cache, or -1 */
+	int mode;                   /* permission bits of the result (masked to 0777); -1 = 0644 */
 	uint64_t reserve_bytes;     /* free space the download never eats into (checked against
 	                               Content-Length and while writing); 0 = none */
 	const struct jv_io_hooks *hooks;

@@ -101,6 +101,7 @@ void jv_emit_progress(struct jv_run_ctx *ctx, double percent, const char *messag
 	if (prog.pending && prog.message[0] && message && strcmp(prog.message, message) != 0 &&
 	    percent < 0)
 		flush_progress(ctx);
+	jv_run_marker_step(ctx, message, percent);
 	prog.pending = true;
 	prog.percent = percent;
 	snprintf(prog.message, sizeof(prog.message), "%s", message ? message : "");

@@ -702,6 +702,41 @@ int fsx_sha256(const struct fsx *fx, const char *norm, char hex[JV_SHA256_HEX], 
 	return rc;
 }
 
+int fsx_chmod(const struct fsx *fx, const char *norm, mode_t mode)
+{
+	if (mode & ~(mode_t)0777)
+		return -EPERM;
+	int fd;
+	int rc = fsx_open(fx, norm, O_PATH, 0, FSX_NOFOLLOW, &fd);
+	if (rc < 0)
+		return rc;
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		rc = -errno;
+	} else if (S_ISLNK(st.st_mode)) {
+		rc = FSX_ESYMLINK;
+	} else if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+		rc = -EINVAL;
+	} else {
+		/* An O_PATH descriptor cannot be fchmod()ed; its /proc magic link names
+		 * exactly the inode we resolved, so no symlink swapped in later counts. */
+		char self[64];
+		snprintf(self, sizeof(self), "/proc/self/fd/%d", fd);
+		if (chmod(self, mode) < 0)
+			rc = -errno;
+		if (rc == -ENOENT) { /* no /proc mounted: reopen for reading, then fchmod */
+			int rfd;
+			rc = fsx_open(fx, norm, O_RDONLY, 0, FSX_NOFOLLOW, &rfd);
+			if (rc == 0) {
+				rc = fchmod(rfd, mode) < 0 ? -errno : 0;
+				close(rfd);
+			}
+		}
+	}
+	close(fd);
+	return rc;
+}
+
 int fsx_free_space(const struct fsx *fx, uint64_t *avail, uint64_t *total)
 {
 	struct statvfs sv;

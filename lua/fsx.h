@@ -155,6 +155,11 @@ int fsx_sha256(const struct fsx *fx, const char *norm, char hex[JV_SHA256_HEX], 
 /* Same from an open descriptor (read from its current offset to EOF). */
 int fsx_sha256_fd(int fd, char hex[JV_SHA256_HEX], uint64_t *size, const struct jv_io_hooks *hooks);
 
+/* chmod a regular file or directory (never through a symlink in the last
+ * component: FSX_ESYMLINK). mode may hold only permission bits (0777):
+ * -EPERM for setuid, setgid or sticky; -EINVAL for other file types. */
+int fsx_chmod(const struct fsx *fx, const char *norm, mode_t mode);
+
 /* Free and total bytes of the filesystem holding the root (fstatvfs). */
 int fsx_free_space(const struct fsx *fx, uint64_t *avail, uint64_t *total);
 

@@ -47,6 +47,7 @@ struct jv_run_ctx {
 		char file[128];
 		cJSON *json; /* owned; NULL until jv_run_marker_start */
 		int64_t written_ms;
+		bool dirty; /* changed since written_ms */
 	} run_marker;
 };
 
@@ -105,10 +106,11 @@ int jv_completed_find(struct jv_run_ctx *ctx, const cJSON *params, cJSON **recor
 int jv_completed_write(struct jv_run_ctx *ctx, const cJSON *params, const cJSON *output);
 /* The run marker. start: expose the one an interrupted earlier run left as
  * job.previous (the table at job_idx) and write this run's; step: record
- * the current step (durably at most once a second); done: remove it (the
+ * the latest progress (message and/or percent >= 0; NULL/-1 only write a
+ * pending change that is due; durably at most once a second); done: remove it (the
  * run completed). */
 void jv_run_marker_start(lua_State *L, struct jv_run_ctx *ctx, int job_idx);
-void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step);
+void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step, double percent);
 void jv_run_marker_done(struct jv_run_ctx *ctx);
 
 /* print() replacement (lua/api_log.c). */
@@ -123,5 +125,10 @@ int luaopen_jv_archive(lua_State *L);
 int luaopen_jv_http(lua_State *L);
 int luaopen_jv_instance(lua_State *L);
 int luaopen_jv_remote(lua_State *L);
+int luaopen_jv_proc(lua_State *L);
+
+/* Whether a job may run path (absolute): listed in the settings'
+ * job_executables, or the steamcmd setting (lua/api_proc.c). */
+bool jv_proc_allowed(const cJSON *settings, const char *path);
 
 #endif

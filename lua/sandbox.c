@@ -2,7 +2,8 @@
  *
  * Only base (minus dofile/loadfile/collectgarbage/warn; load forced to text),
  * string (minus dump; its metatable hidden), table, math, utf8, coroutine and
- * os.clock/time/date are opened, plus the jobvisor modules. require() loads
+ * os.clock/time/date are opened, plus the jobvisor modules (proc starts only
+ * programs the agent's job_executables setting lists). require() loads
  * pure-Lua helpers from jobs/lib only, as text, in the same sandbox. A capped
  * allocator turns memory bombs into ordinary Lua errors. Runaway CPU is the
  * parent's business (wall-clock timeout, then SIGKILL). */
@@ -182,10 +183,94 @@ int jv_sandbox_loadfile(lua_State *L, const char *path, const char *chunkname)
 	return status;
 }
 
+size_t jv_sandbox_edit_distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	if (la > 63 || lb > 63)
+		return 99;
+	size_t row[64];
+	for (size_t j = 0; j <= lb; j++)
+		row[j] = j;
+	for (size_t i = 1; i <= la; i++) {
+		size_t diag = row[0];
+		row[0] = i;
+		for (size_t j = 1; j <= lb; j++) {
+			size_t up = row[j];
+			size_t best = diag + (a[i - 1] != b[j - 1]);
+			if (up + 1 < best)
+				best = up + 1;
+			if (row[j - 1] + 1 < best)
+				best = row[j - 1] + 1;
+			row[j] = best;
+			diag = up;
+		}
+	}
+	return row[lb];
+}
+
+const char *jv_sandbox_suggest(lua_State *L, int t, const char *key, char *out, size_t outlen)
+{
+	t = lua_absindex(L, t);
+	size_t best = 3;
+	out[0] = '\0';
+	lua_pushnil(L);
+	while (lua_next(L, t)) {
+		lua_pop(L, 1);
+		if (lua_type(L, -1) != LUA_TSTRING)
+			continue;
+		size_t d = jv_sandbox_edit_distance(key, lua_tostring(L, -1));
+		if (d < best) {
+			best = d;
+			snprintf(out, outlen, "%s", lua_tostring(L, -1));
+		}
+	}
+	return out[0] ? out : NULL;
+}
+
+/* __index of a strict module table: upvalue 1 = module name, 2 = a set of
+ * names that may be nil (job.previous). */
+static int strict_index(lua_State *L)
+{
+	const char *mod = lua_tostring(L, lua_upvalueindex(1));
+	if (lua_type(L, 2) == LUA_TSTRING) {
+		lua_pushvalue(L, 2);
+		if (lua_rawget(L, lua_upvalueindex(2)) != LUA_TNIL)
+			return 0; /* nil: a known field that is not set */
+		lua_pop(L, 1);
+		char hint[80];
+		const char *k = lua_tostring(L, 2);
+		if (jv_sandbox_suggest(L, 1, k, hint, sizeof(hint)))
+			return luaL_error(L, "%s.%s: no such field in module '%s' (did you mean %s.%s?)", mod,
+			                  k, mod, mod, hint);
+		return luaL_error(L, "%s.%s: no such field in module '%s'", mod, k, mod);
+	}
+	return luaL_error(L, "module '%s' has no field of type %s", mod, luaL_typename(L, 2));
+}
+
+void jv_sandbox_strict(lua_State *L, int t, const char *name, const char *const *optional)
+{
+	t = lua_absindex(L, t);
+	lua_createtable(L, 0, 2);
+	lua_pushstring(L, name);
+	lua_newtable(L);
+	for (const char *const *o = optional; o && *o; o++) {
+		lua_pushboolean(L, 1);
+		lua_setfield(L, -2, *o);
+	}
+	lua_pushcclosure(L, strict_index, 2);
+	lua_setfield(L, -2, "__index");
+	lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "__metatable");
+	lua_setmetatable(L, t);
+}
+
+/* A jobvisor module as a strict global: reading an unknown name (fs.raed)
+ * raises instead of yielding nil. */
 static void set_global_module(lua_State *L, const char *name, lua_CFunction open)
 {
 	lua_pushcfunction(L, open);
 	lua_call(L, 0, 1);
+	jv_sandbox_strict(L, -1, name, NULL);
 	lua_setglobal(L, name);
 }
 
@@ -269,6 +354,7 @@ lua_State *jv_sandbox_new(const struct jv_sandbox_opts *opts)
 	set_global_module(L, "archive", luaopen_jv_archive);
 	set_global_module(L, "http", luaopen_jv_http);
 	set_global_module(L, "instance", luaopen_jv_instance);
+	set_global_module(L, "proc", luaopen_jv_proc);
 	set_global_module(L, "remote", luaopen_jv_remote);
 	lua_pop(L, 1); /* globals */
 	return L;

@@ -1,11 +1,16 @@
 /* scriptdef.c — load a job script and validate its returned table and params. */
 #include "scriptdef.h"
 
+#include <fcntl.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "jobvisor/durable.h"
 #include "sandbox.h"
+#include "scriptlex.h"
 
 static const char *const param_types[] = {"string", "number", "integer", "boolean",
                                           "table",  "array",  "object",  "any"};
@@ -32,6 +37,58 @@ static int chunk_traceback(lua_State *L)
 	return 1;
 }
 
+/* Problems of the script table, each on its own line as "chunk:LINE: message"
+ * (the line where the field is written; the chunk's last `return` otherwise). */
+struct problems {
+	const char *path, *cn;
+	char *err;
+	size_t errlen, used;
+	int n;
+	bool lexed;
+	char *src;
+	struct jv_lex lx;
+};
+
+static int field_line(struct problems *pr, const char *field)
+{
+	if (!pr->lexed) {
+		pr->lexed = true;
+		size_t len = 0;
+		if (jv_read_file_at(AT_FDCWD, pr->path, 4u << 20, &pr->src, &len) == 0 &&
+		    jv_lex(pr->src, len, &pr->lx) < 0)
+			jv_lex_free(&pr->lx);
+	}
+	int line = field ? jv_lex_field_line(&pr->lx, field) : 0;
+	for (size_t i = pr->lx.n; line == 0 && i-- > 0;)
+		if (jv_tok_is(&pr->lx.v[i], JV_TOK_NAME, "return"))
+			line = pr->lx.v[i].line;
+	return line;
+}
+
+static void problem(struct problems *pr, const char *field, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void problem(struct problems *pr, const char *field, const char *fmt, ...)
+{
+	if (pr->used + 2 >= pr->errlen)
+		return;
+	int line = field_line(pr, field);
+	char *o = pr->err + pr->used;
+	size_t room = pr->errlen - pr->used;
+	int k = line > 0 ? snprintf(o, room, "%s%s:%d: ", pr->n ? "\n" : "", pr->cn, line)
+	                 : snprintf(o, room, "%s%s: ", pr->n ? "\n" : "", pr->cn);
+	if (k > 0 && (size_t)k < room) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(o + k, room - (size_t)k, fmt, ap);
+		va_end(ap);
+	}
+	pr->used += strlen(o);
+	pr->n++;
+}
+
+static const char *const table_keys[] = {"type", "cancellable", "why", "params", "run",
+                                         "description", NULL};
+
 int jv_scriptdef_load(lua_State *L, const char *path, const char *chunkname,
                       struct jv_scriptdef *def, char *err, size_t errlen)
 {
@@ -44,6 +101,8 @@ int jv_scriptdef_load(lua_State *L, const char *path, const char *chunkname,
 	}
 	snprintf(def->chunkname, sizeof(def->chunkname), "%s", chunkname);
 	const char *cn = def->chunkname;
+	if (errlen)
+		err[0] = '\0';
 
 	lua_pushcfunction(L, chunk_traceback);
 	int handler = lua_gettop(L);
@@ -60,97 +119,114 @@ int jv_scriptdef_load(lua_State *L, const char *path, const char *chunkname,
 	}
 	lua_remove(L, handler);
 	int t = lua_gettop(L);
+	struct problems pr = {.path = path, .cn = cn, .err = err, .errlen = errlen};
 	if (!lua_istable(L, t)) {
-		snprintf(err, errlen, "%s: the script must return a table, got %s", cn,
-		         luaL_typename(L, t));
-		goto fail;
+		problem(&pr, NULL, "the script must return a table, got %s", luaL_typename(L, t));
+		goto out;
+	}
+
+	/* Every key of the table must mean something: `cancelable = false` must
+	 * not be ignored. */
+	lua_pushnil(L);
+	while (lua_next(L, t)) {
+		lua_pop(L, 1);
+		bool known = false;
+		if (lua_type(L, -1) == LUA_TSTRING)
+			for (const char *const *k = table_keys; *k && !known; k++)
+				known = strcmp(*k, lua_tostring(L, -1)) == 0;
+		if (!known) {
+			const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
+			problem(&pr, lua_type(L, -1) == LUA_TSTRING ? k : NULL,
+			        "unknown field '%s' in the script table (known: type, cancellable, why, "
+			        "params, run, description)", lua_type(L, -1) == LUA_TSTRING ? k : luaL_typename(L, -1));
+		}
 	}
 
 	if (lua_getfield(L, t, "type") != LUA_TSTRING) {
-		snprintf(err, errlen, "%s: field 'type' must be a string (e.g. \"BACKUP_INSTANCE\")", cn);
-		goto fail;
+		problem(&pr, "type", "field 'type' must be a string (e.g. \"BACKUP_INSTANCE\")");
+	} else {
+		size_t tl;
+		const char *type = lua_tolstring(L, -1, &tl);
+		bool type_ok = tl > 0 && tl <= 64;
+		for (size_t i = 0; i < tl; i++)
+			type_ok = type_ok && (type[i] == '_' || type[i] == '-' || type[i] == '.' ||
+			                      (type[i] >= 'A' && type[i] <= 'Z') ||
+			                      (type[i] >= 'a' && type[i] <= 'z') ||
+			                      (type[i] >= '0' && type[i] <= '9'));
+		if (!type_ok)
+			problem(&pr, "type", "field 'type' must be 1-64 letters, digits, '_', '-' or '.'");
+		else
+			snprintf(def->type, sizeof(def->type), "%s", type);
 	}
-	size_t tl;
-	const char *type = lua_tolstring(L, -1, &tl);
-	bool type_ok = tl > 0 && tl <= 64;
-	for (size_t i = 0; i < tl; i++)
-		type_ok = type_ok && (type[i] == '_' || type[i] == '-' || type[i] == '.' ||
-		                      (type[i] >= 'A' && type[i] <= 'Z') ||
-		                      (type[i] >= 'a' && type[i] <= 'z') ||
-		                      (type[i] >= '0' && type[i] <= '9'));
-	if (!type_ok) {
-		snprintf(err, errlen, "%s: field 'type' must be 1-64 letters, digits, '_', '-' or '.'", cn);
-		goto fail;
-	}
-	snprintf(def->type, sizeof(def->type), "%s", type);
 	lua_pop(L, 1);
 
 	int ct = lua_getfield(L, t, "cancellable");
-	if (ct != LUA_TNIL && ct != LUA_TBOOLEAN) {
-		snprintf(err, errlen, "%s: field 'cancellable' must be a boolean", cn);
-		goto fail;
-	}
-	def->cancellable = ct == LUA_TNIL || lua_toboolean(L, -1);
+	if (ct != LUA_TNIL && ct != LUA_TBOOLEAN)
+		problem(&pr, "cancellable", "field 'cancellable' must be a boolean");
+	def->cancellable = ct != LUA_TBOOLEAN || lua_toboolean(L, -1);
 	lua_pop(L, 1);
 	int wt = lua_getfield(L, t, "why");
 	if (wt == LUA_TSTRING)
 		snprintf(def->why, sizeof(def->why), "%s", lua_tostring(L, -1));
-	else if (wt != LUA_TNIL) {
-		snprintf(err, errlen, "%s: field 'why' must be a string", cn);
-		goto fail;
-	}
+	else if (wt != LUA_TNIL)
+		problem(&pr, "why", "field 'why' must be a string");
 	lua_pop(L, 1);
-	if (!def->cancellable && !def->why[0]) {
-		snprintf(err, errlen, "%s: a script with cancellable = false must say why (field 'why')",
-		         cn);
-		goto fail;
-	}
+	if (!def->cancellable && !def->why[0])
+		problem(&pr, "cancellable", "a script with cancellable = false must say why (field 'why')");
+	int dt = lua_getfield(L, t, "description");
+	if (dt != LUA_TNIL && dt != LUA_TSTRING)
+		problem(&pr, "description", "field 'description' must be a string");
+	lua_pop(L, 1);
 
 	int pt = lua_getfield(L, t, "params");
 	if (pt == LUA_TTABLE) {
 		lua_pushnil(L);
 		while (lua_next(L, -2)) {
 			if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
-				snprintf(err, errlen,
-				         "%s: 'params' must map names to type strings like \"string?\"", cn);
-				goto fail;
+				problem(&pr, "params", "'params' must map names to type strings like \"string?\"");
+				lua_pop(L, 1);
+				continue;
 			}
 			if (def->nparams == JV_MAX_PARAMS) {
-				snprintf(err, errlen, "%s: more than %d params declared", cn, JV_MAX_PARAMS);
-				goto fail;
+				problem(&pr, "params", "more than %d params declared", JV_MAX_PARAMS);
+				lua_pop(L, 2);
+				break;
 			}
 			struct jv_param_decl *d = &def->params[def->nparams];
 			const char *name = lua_tostring(L, -2);
 			if (strlen(name) == 0 || strlen(name) >= sizeof(d->name)) {
-				snprintf(err, errlen, "%s: parameter name '%s' is empty or too long", cn, name);
-				goto fail;
+				problem(&pr, "params", "parameter name '%s' is empty or too long", name);
+			} else if (!parse_param_type(lua_tostring(L, -1), d)) {
+				problem(&pr, name, "parameter '%s' has unknown type '%s' (use string, number, "
+				        "integer, boolean, table, array, object or any, with '?' for optional)",
+				        name, lua_tostring(L, -1));
+			} else {
+				snprintf(d->name, sizeof(d->name), "%s", name);
+				def->nparams++;
 			}
-			snprintf(d->name, sizeof(d->name), "%s", name);
-			if (!parse_param_type(lua_tostring(L, -1), d)) {
-				snprintf(err, errlen,
-				         "%s: parameter '%s' has unknown type '%s' (use string, number, integer, "
-				         "boolean, table, array, object or any, with '?' for optional)",
-				         cn, name, lua_tostring(L, -1));
-				goto fail;
-			}
-			def->nparams++;
 			lua_pop(L, 1);
 		}
 	} else if (pt != LUA_TNIL) {
-		snprintf(err, errlen, "%s: field 'params' must be a table", cn);
-		goto fail;
+		problem(&pr, "params", "field 'params' must be a table");
 	}
 	lua_pop(L, 1);
 
 	if (lua_getfield(L, t, "run") != LUA_TFUNCTION) {
-		snprintf(err, errlen, "%s: field 'run' must be a function run(job)", cn);
-		goto fail;
+		problem(&pr, "run", "field 'run' must be a function run(job)");
+		lua_pop(L, 1);
+	} else {
+		def->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 	}
-	def->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+out:
+	free(pr.src);
+	jv_lex_free(&pr.lx);
 	lua_settop(L, t - 1);
-	return 0;
-fail:
-	lua_settop(L, t - 1);
+	if (pr.n == 0)
+		return 0;
+	if (def->run_ref != LUA_NOREF) {
+		luaL_unref(L, LUA_REGISTRYINDEX, def->run_ref);
+		def->run_ref = LUA_NOREF;
+	}
 	return -1;
 }
 
@@ -193,39 +269,69 @@ static const char *json_type_name(const cJSON *v)
 	return "unknown";
 }
 
+/* Append "; " + message to err (the first without the separator). */
+static void add_problem(char *err, size_t errlen, int *n, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void add_problem(char *err, size_t errlen, int *n, const char *fmt, ...)
+{
+	size_t used = strlen(err);
+	if (*n && used + 2 < errlen) {
+		memcpy(err + used, "; ", 3);
+		used += 2;
+	}
+	va_list ap;
+	va_start(ap, fmt);
+	if (used < errlen)
+		vsnprintf(err + used, errlen - used, fmt, ap);
+	va_end(ap);
+	(*n)++;
+}
+
+/* Every problem of the params at once, unknown names first (a typo such as
+ * bakupId is then named beside the parameter it was meant to be). */
 int jv_scriptdef_check_params(lua_State *L, const struct jv_scriptdef *def, const cJSON *params,
                               char *err, size_t errlen)
 {
 	(void)L;
+	if (errlen)
+		err[0] = '\0';
 	if (params && !cJSON_IsObject(params) && !cJSON_IsNull(params)) {
 		snprintf(err, errlen, "params must be a JSON object, got %s", json_type_name(params));
 		return -1;
+	}
+	int n = 0;
+	for (const cJSON *c = params ? params->child : NULL; c; c = c->next) {
+		bool known = false;
+		const char *hint = NULL;
+		size_t best = 3;
+		for (size_t i = 0; i < def->nparams && !known; i++) {
+			known = c->string && strcmp(c->string, def->params[i].name) == 0;
+			size_t d = c->string ? jv_sandbox_edit_distance(c->string, def->params[i].name) : 99;
+			if (d < best) {
+				best = d;
+				hint = def->params[i].name;
+			}
+		}
+		if (known)
+			continue;
+		if (hint)
+			add_problem(err, errlen, &n, "unknown parameter '%s' for job type %s (did you mean '%s'?)",
+			            c->string ? c->string : "?", def->type, hint);
+		else
+			add_problem(err, errlen, &n, "unknown parameter '%s' for job type %s",
+			            c->string ? c->string : "?", def->type);
 	}
 	for (size_t i = 0; i < def->nparams; i++) {
 		const struct jv_param_decl *d = &def->params[i];
 		const cJSON *v = params ? cJSON_GetObjectItemCaseSensitive(params, d->name) : NULL;
 		if (!v || cJSON_IsNull(v)) {
-			if (!d->optional) {
-				snprintf(err, errlen, "missing required parameter '%s' (%s)", d->name, d->type);
-				return -1;
-			}
+			if (!d->optional)
+				add_problem(err, errlen, &n, "missing required parameter '%s' (%s)", d->name, d->type);
 			continue;
 		}
-		if (!json_matches(v, d->type)) {
-			snprintf(err, errlen, "parameter '%s' must be %s, got %s", d->name, d->type,
-			         json_type_name(v));
-			return -1;
-		}
+		if (!json_matches(v, d->type))
+			add_problem(err, errlen, &n, "parameter '%s' must be %s, got %s", d->name, d->type,
+			            json_type_name(v));
 	}
-	for (const cJSON *c = params ? params->child : NULL; c; c = c->next) {
-		bool known = false;
-		for (size_t i = 0; i < def->nparams && !known; i++)
-			known = c->string && strcmp(c->string, def->params[i].name) == 0;
-		if (!known) {
-			snprintf(err, errlen, "unknown parameter '%s' for job type %s", c->string ? c->string : "?",
-			         def->type);
-			return -1;
-		}
-	}
-	return 0;
+	return n ? -1 : 0;
 }

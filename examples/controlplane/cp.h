@@ -25,6 +25,8 @@
 
 struct mg_connection;
 struct ws_hub;
+struct console_hub;
+struct inst_stats;
 
 #define CP_BODY_MAX (1024 * 1024)     /* any request body */
 #define CP_EVENTS_PER_POST 1000       /* events in one POST .../events */
@@ -51,6 +53,8 @@ struct cp_agent {
 	int64_t pushed_seen_ms; /* last lastSeen pushed to WebSocket clients */
 	int64_t stored_seen_ms; /* last lastSeen written to the database */
 	int capacity;           /* from its last poll */
+	bool instances_synced;  /* a snapshot of its instances came since this process started */
+	uint64_t console_gen;   /* bumped when its console watch list or commands change */
 };
 
 struct cp_config {
@@ -69,8 +73,22 @@ struct cp_config {
 	size_t njob_types;
 };
 
+#define CP_HIST_BUCKETS 12
+struct cp_hist {
+	atomic_uint_fast64_t bucket[CP_HIST_BUCKETS]; /* cumulative: observations <= bound */
+	atomic_uint_fast64_t count;
+	atomic_uint_fast64_t sum_us;
+};
+
+struct cp_metrics {
+	struct cp_hist poll, events;
+	atomic_uint_fast64_t events_stored;
+	atomic_uint_fast64_t instance_events_stored;
+};
+
 struct cp {
 	struct cp_config cfg;
+	struct cp_metrics metrics;
 	pthread_mutex_t mu;
 	sqlite3 *db;
 	char *admin_token;
@@ -82,6 +100,8 @@ struct cp {
 	int ws_max;         /* WebSocket clients (each pins a worker thread) */
 	int64_t last_sweep_ms; /* wall clock of the previous sweep (main thread only) */
 	struct ws_hub *hub;
+	struct console_hub *con;
+	struct inst_stats *stats; /* latest resource stats per instance (instances.c; mu) */
 	atomic_bool stopping;
 	atomic_int http_active; /* HTTP handlers running now (drained before mg_stop) */
 	char epoch[17];     /* random per process: WebSocket sequence numbers restart with it */
@@ -119,7 +139,7 @@ sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql);
 /* Step a statement that returns no rows (or ignore them); 0 or -EIO (logged). */
 int db_step_done(sqlite3 *db, sqlite3_stmt *st);
 int db_schema_version(sqlite3 *db);
-#define DB_SCHEMA_VERSION 2
+#define DB_SCHEMA_VERSION 3
 
 /* ---- store.c: rows -> JSON (mu held) ---- */
 /* A job with its runs; NULL when unknown or on error. Returned-owned. */
@@ -240,6 +260,36 @@ void api_ui_get_run(struct cp *cp, struct mg_connection *conn, const char *run_i
 void api_ui_run_events(struct cp *cp, struct mg_connection *conn, const char *run_id);
 void api_ui_agents(struct cp *cp, struct mg_connection *conn);
 
+/* ---- instances.c ---- */
+void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
+void api_inst_events(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id,
+                     const char *instance_id);
+void api_inst_list(struct cp *cp, struct mg_connection *conn);
+void api_inst_get(struct cp *cp, struct mg_connection *conn, const char *agent_id, const char *instance_id);
+void api_inst_stats(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
+void inst_stats_free(struct cp *cp);
+/* Every instance not removed, as in GET /v1/instances (mu held); returned-owned. */
+cJSON *inst_list_json(struct cp *cp, const char *agent_id, const char *state);
+
+/* ---- console.c (its lock is a leaf: callers may hold cp->mu or the hub's list lock) ---- */
+int console_start(struct cp *cp);
+void console_free(struct cp *cp);
+/* Watch (on) or unwatch an instance's console for a WebSocket client. Returns
+ * the kept tail after since (returned-owned array of {seq, line}) when
+ * watching, NULL otherwise or with *why set. Wakes the agent when its watch
+ * list changed. Do not hold cp->mu. */
+cJSON *console_watch(struct cp *cp, const void *client, const char *agent, const char *inst, bool on,
+                     uint64_t since, const char **why);
+void console_client_gone(struct cp *cp, const void *client); /* do not hold cp->mu */
+bool console_watching(struct cp *cp, const void *client, const char *agent, const char *inst);
+/* [{instanceId, since}] watched on this agent; returned-owned. */
+cJSON *console_watch_list(struct cp *cp, const char *agent_id);
+/* Commands waiting for this agent, removed from the queue; returned-owned array. */
+cJSON *console_take_commands(struct cp *cp, const char *agent_id);
+bool console_has_commands(struct cp *cp, const char *agent_id);
+void api_console_command(struct cp *cp, struct mg_connection *conn, const char *agent_id, const char *inst);
+void api_console_post(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
+
 /* ---- ws.c ---- */
 int ws_hub_start(struct cp *cp, struct ws_hub **out);
 /* Stop the broadcaster thread (before mg_stop); free the hub after mg_stop. */
@@ -247,6 +297,9 @@ void ws_hub_stop(struct ws_hub *hub);
 void ws_hub_free(struct ws_hub *hub);
 /* Stamp msg with the next sequence number and queue it for every client. Consumes msg. mu held. */
 void ws_publish(struct cp *cp, cJSON *msg);
+/* Queue a console message (text consumed) for the clients watching agent/inst;
+ * unnumbered, not kept in the ring. Do not hold cp->mu. */
+void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text);
 /* civetweb callbacks (cbdata = struct cp *). */
 int ws_on_connect(const struct mg_connection *conn, void *cbdata);
 void ws_on_ready(struct mg_connection *conn, void *cbdata);
@@ -254,6 +307,11 @@ int ws_on_data(struct mg_connection *conn, int bits, char *data, size_t len, voi
 void ws_on_close(const struct mg_connection *conn, void *cbdata);
 /* From civetweb's connection_close callback: releases a client's slot and memory. */
 void ws_on_connection_closed(struct cp *cp, const struct mg_connection *conn);
+
+/* ---- metrics.c ---- */
+void metrics_observe(struct cp_hist *h, int64_t elapsed_us);
+int metrics_handle(struct mg_connection *conn, void *cbdata);        /* GET /metrics */
+int metrics_handle_health(struct mg_connection *conn, void *cbdata); /* GET /healthz, /readyz */
 
 /* ---- ui_page (generated from ui_page.html at build time) ---- */
 extern const char cp_ui_page[];

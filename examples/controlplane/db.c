@@ -81,6 +81,27 @@ static const char *const migrations[] = {
 	 * the instance ever had. */
 	"CREATE INDEX jobs_active ON jobs(agent_id, instance_id, seq)"
 	"  WHERE status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED');",
+	/* 2 -> 3: game-server instances as their agents report them. last_seq is
+	 * the highest event seq stored (each (agent, instance, seq) once);
+	 * state_seq the seq the current state came from (a snapshot may be newer
+	 * than events still on their way); body the latest state event. */
+	"CREATE TABLE instances ("
+	"  agent_id TEXT NOT NULL,"
+	"  instance_id TEXT NOT NULL,"
+	"  state TEXT NOT NULL,"
+	"  state_seq INTEGER NOT NULL DEFAULT 0,"
+	"  last_seq INTEGER NOT NULL DEFAULT 0,"
+	"  body TEXT NOT NULL,"
+	"  removed INTEGER NOT NULL DEFAULT 0,"
+	"  updated_at INTEGER NOT NULL,"
+	"  PRIMARY KEY (agent_id, instance_id)) WITHOUT ROWID;"
+	"CREATE TABLE instance_events ("
+	"  agent_id TEXT NOT NULL,"
+	"  instance_id TEXT NOT NULL,"
+	"  seq INTEGER NOT NULL,"
+	"  body TEXT NOT NULL,"
+	"  received_at INTEGER NOT NULL,"
+	"  PRIMARY KEY (agent_id, instance_id, seq)) WITHOUT ROWID;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

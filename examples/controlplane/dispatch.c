@@ -274,6 +274,7 @@ int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *
 	bool waited = false;
 
 	pthread_mutex_lock(&cp->mu);
+	uint64_t console_gen = agent->console_gen;
 	touch_agent(cp, agent, req->capacity, jv_now_real_ms());
 	rc = renew_leases(cp, agent, req, jv_now_real_ms(), cancel);
 	for (;;) {
@@ -287,14 +288,16 @@ int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *
 			break;
 		for (size_t i = 0; i < cancels.n; i++)
 			cJSON_AddItemToArray(cancel, cJSON_CreateString(cancels.ids[i]));
+		/* A console watch that changed or a command waiting answers at once. */
 		if (cJSON_GetArraySize(jobs) > 0 || cJSON_GetArraySize(cancel) > 0 || atomic_load(&cp->stopping) ||
+		    agent->console_gen != console_gen || console_has_commands(cp, agent->id) ||
 		    jv_now_mono_ms() >= deadline || cp->long_polls >= cp->long_polls_max)
 			break;
 		uint64_t gen = agent->gen;
 		struct timespec ts;
 		deadline_ts(deadline, &ts);
 		cp->long_polls++;
-		while (agent->gen == gen && !atomic_load(&cp->stopping) &&
+		while (agent->gen == gen && agent->console_gen == console_gen && !atomic_load(&cp->stopping) &&
 		       pthread_cond_timedwait(&agent->cond, &cp->mu, &ts) != ETIMEDOUT)
 			;
 		cp->long_polls--;
@@ -309,6 +312,12 @@ int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *
 		return rc;
 	}
 	cJSON_AddNumberToObject(ans, "pollIntervalSeconds", cp->cfg.poll_interval_s);
+	if (!agent->instances_synced) /* unlocked read: a stale answer only costs one extra snapshot */
+		cJSON_AddTrueToObject(ans, "sendInstances");
+	cJSON *watch = console_watch_list(cp, agent->id);
+	cJSON *cmds = console_take_commands(cp, agent->id);
+	cJSON_AddItemToObject(ans, "consoleWatch", watch ? watch : cJSON_CreateArray());
+	cJSON_AddItemToObject(ans, "consoleCommands", cmds ? cmds : cJSON_CreateArray());
 	cJSON_AddNumberToObject(ans, "leaseSeconds", cp->cfg.lease_s);
 	*answer = ans;
 	return 0;

@@ -218,6 +218,7 @@ int events_store(struct cp *cp, const char *run_id, const struct store_run_state
 		return rc;
 	}
 	*ack_seq = top;
+	atomic_fetch_add(&cp->metrics.events_stored, (uint64_t)cJSON_GetArraySize(fresh));
 	/* Publish in commit order; a first event also changes the run (acknowledged). */
 	cJSON *ev;
 	while (fresh && (ev = cJSON_DetachItemFromArray(fresh, 0)) != NULL) {

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <civetweb.h>
 
@@ -206,35 +207,68 @@ struct route {
 	int nseg;
 	const char *s0, *s2;
 	enum role role;
-	int id_kind; /* 0 none, 1 agent id, 2 job/run id */
+	int id_kind; /* 0 none, 1 agent id, 2 job/run id, 3 agent id + instance id */
+	const char *s4;
 };
 static const struct route routes[] = {
-	{"POST", 3, "agents", "poll", ROLE_AGENT, 1},
-	{"POST", 3, "runs", "events", ROLE_AGENT, 2},
-	{"POST", 3, "runs", "result", ROLE_AGENT, 2},
-	{"GET", 3, "runs", "events", ROLE_ADMIN, 2},
-	{"GET", 2, "runs", NULL, ROLE_ADMIN, 2},
-	{"POST", 1, "jobs", NULL, ROLE_ADMIN, 0},
-	{"GET", 1, "jobs", NULL, ROLE_ADMIN, 0},
-	{"GET", 2, "jobs", NULL, ROLE_ADMIN, 2},
-	{"POST", 3, "jobs", "cancel", ROLE_ADMIN, 2},
-	{"POST", 3, "jobs", "retry", ROLE_ADMIN, 2},
-	{"GET", 1, "agents", NULL, ROLE_ADMIN, 0},
+	{"POST", 3, "agents", "poll", ROLE_AGENT, 1, NULL},
+	{"POST", 3, "runs", "events", ROLE_AGENT, 2, NULL},
+	{"POST", 3, "runs", "result", ROLE_AGENT, 2, NULL},
+	{"GET", 3, "runs", "events", ROLE_ADMIN, 2, NULL},
+	{"GET", 2, "runs", NULL, ROLE_ADMIN, 2, NULL},
+	{"POST", 1, "jobs", NULL, ROLE_ADMIN, 0, NULL},
+	{"GET", 1, "jobs", NULL, ROLE_ADMIN, 0, NULL},
+	{"GET", 2, "jobs", NULL, ROLE_ADMIN, 2, NULL},
+	{"POST", 3, "jobs", "cancel", ROLE_ADMIN, 2, NULL},
+	{"POST", 3, "jobs", "retry", ROLE_ADMIN, 2, NULL},
+	{"GET", 1, "agents", NULL, ROLE_ADMIN, 0, NULL},
+	{"POST", 3, "agents", "instances", ROLE_AGENT, 1, NULL},
+	{"POST", 5, "agents", "instances", ROLE_AGENT, 3, "events"},
+	{"GET", 4, "agents", "instances", ROLE_ADMIN, 3, NULL},
+	{"GET", 1, "instances", NULL, ROLE_ADMIN, 0, NULL},
+	{"POST", 3, "agents", "console", ROLE_AGENT, 1, NULL},
+	{"POST", 3, "agents", "stats", ROLE_AGENT, 1, NULL},
+	{"POST", 5, "agents", "instances", ROLE_ADMIN, 3, "console"},
 };
 
 static bool path_matches(const struct route *r, int nseg, char seg[SEGMENTS_MAX][CP_ID_MAX])
 {
-	return nseg == r->nseg && strcmp(seg[0], r->s0) == 0 && (!r->s2 || strcmp(seg[2], r->s2) == 0);
+	return nseg == r->nseg && strcmp(seg[0], r->s0) == 0 && (!r->s2 || strcmp(seg[2], r->s2) == 0) &&
+	       (!r->s4 || strcmp(seg[4], r->s4) == 0);
+}
+
+static int64_t now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static void dispatch_route(struct cp *cp, struct mg_connection *conn, const struct route *r,
                            char seg[SEGMENTS_MAX][CP_ID_MAX], struct cp_agent *agent)
 {
 	const char *id = r->nseg >= 2 ? seg[1] : NULL;
-	if (strcmp(r->s0, "agents") == 0 && r->nseg == 3)
+	int64_t t0 = now_us();
+	if (strcmp(r->s0, "agents") == 0 && r->s2 && strcmp(r->s2, "poll") == 0) {
 		api_agent_poll(cp, conn, agent, id);
-	else if (strcmp(r->s0, "runs") == 0 && r->role == ROLE_AGENT && strcmp(r->s2, "events") == 0)
+		metrics_observe(&cp->metrics.poll, now_us() - t0);
+	} else if (strcmp(r->s0, "runs") == 0 && r->role == ROLE_AGENT && strcmp(r->s2, "events") == 0) {
 		api_agent_events(cp, conn, agent, id);
+		metrics_observe(&cp->metrics.events, now_us() - t0);
+	} else if (strcmp(r->s0, "instances") == 0)
+		api_inst_list(cp, conn);
+	else if (strcmp(r->s0, "agents") == 0 && r->s2 && strcmp(r->s2, "instances") == 0 && r->nseg == 3)
+		api_inst_snapshot(cp, conn, agent, id);
+	else if (strcmp(r->s0, "agents") == 0 && r->s2 && strcmp(r->s2, "stats") == 0)
+		api_inst_stats(cp, conn, agent, id);
+	else if (strcmp(r->s0, "agents") == 0 && r->s2 && strcmp(r->s2, "console") == 0)
+		api_console_post(cp, conn, agent, id);
+	else if (strcmp(r->s0, "agents") == 0 && r->s4 && strcmp(r->s4, "console") == 0)
+		api_console_command(cp, conn, id, seg[3]);
+	else if (strcmp(r->s0, "agents") == 0 && r->s4 && strcmp(r->s4, "events") == 0)
+		api_inst_events(cp, conn, agent, id, seg[3]);
+	else if (strcmp(r->s0, "agents") == 0 && r->nseg == 4)
+		api_inst_get(cp, conn, id, seg[3]);
 	else if (strcmp(r->s0, "runs") == 0 && r->role == ROLE_AGENT)
 		api_agent_result(cp, conn, agent, id);
 	else if (strcmp(r->s0, "runs") == 0 && r->nseg == 3)
@@ -254,6 +288,7 @@ static void dispatch_route(struct cp *cp, struct mg_connection *conn, const stru
 }
 
 static void handle(struct cp *cp, struct mg_connection *conn);
+
 
 int http_handle(struct mg_connection *conn, void *cbdata)
 {
@@ -307,8 +342,12 @@ static void handle(struct cp *cp, struct mg_connection *conn)
 		http_send_error(conn, 403, "this call needs an agent token");
 		return;
 	}
-	if (match->id_kind == 1 && !jv_ident_valid(seg[1])) {
+	if ((match->id_kind == 1 || match->id_kind == 3) && !jv_ident_valid(seg[1])) {
 		http_send_error(conn, 400, "bad agent id in the path");
+		return;
+	}
+	if (match->id_kind == 3 && !jv_ident_valid(seg[3])) {
+		http_send_error(conn, 400, "bad instance id in the path");
 		return;
 	}
 	if (match->id_kind == 2 && !jv_run_id_valid(seg[1])) {

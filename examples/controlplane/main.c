@@ -210,6 +210,9 @@ static int start_http(struct cp *cp, struct mg_context **out)
 	}
 	mg_set_request_handler(ctx, "/v1", http_handle, cp);
 	mg_set_request_handler(ctx, "/", http_handle_page, cp);
+	mg_set_request_handler(ctx, "/metrics", metrics_handle, cp);
+	mg_set_request_handler(ctx, "/healthz", metrics_handle_health, cp);
+	mg_set_request_handler(ctx, "/readyz", metrics_handle_health, cp);
 	mg_set_websocket_handler(ctx, "/v1/ws", ws_on_connect, ws_on_ready, ws_on_data, ws_on_close, cp);
 	*out = ctx;
 	return 0;
@@ -287,6 +290,10 @@ int main(int argc, char **argv)
 	status = 1;
 	if (db_open_checkpointer(cp.cfg.db_path, &ck) < 0)
 		goto out;
+	if (console_start(&cp) < 0) {
+		jv_error(NULL, NULL, "out of memory");
+		goto out;
+	}
 	if (ws_hub_start(&cp, &cp.hub) < 0) {
 		jv_error(NULL, NULL, "cannot start the WebSocket broadcaster");
 		goto out;
@@ -319,6 +326,8 @@ out:
 	if (ctx)
 		mg_stop(ctx);
 	ws_hub_free(cp.hub);
+	console_free(&cp);
+	inst_stats_free(&cp);
 	if (ck && status == 0)
 		db_checkpoint(ck, true);
 	db_close(ck);

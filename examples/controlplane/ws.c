@@ -44,8 +44,13 @@ struct ws_client {
 	int64_t since;         /* -1 = none */
 	bool epoch_ok;
 	bool dead;             /* write failed or closed for lagging: send nothing more */
+	char **cq;             /* console messages waiting for the broadcaster; hub.list_mu */
+	size_t cqn, cq_bytes;
 	struct ws_client *next_client;
 };
+
+#define CONSOLE_QUEUE_MAX 256               /* messages per client */
+#define CONSOLE_QUEUE_BYTES (4u * 1024 * 1024)
 
 struct ws_hub {
 	struct cp *cp;
@@ -185,6 +190,13 @@ static void *broadcaster(void *arg)
 				c->dead = true;
 			}
 			send_copies(c, msgs, n);
+			for (size_t i = 0; i < c->cqn; i++) {
+				if (!c->dead && mg_websocket_write(c->conn, MG_WEBSOCKET_OPCODE_TEXT, c->cq[i],
+				                                   strlen(c->cq[i])) <= 0)
+					c->dead = true;
+				free(c->cq[i]);
+			}
+			c->cqn = c->cq_bytes = 0;
 			pthread_mutex_unlock(&c->wmu);
 		}
 		pthread_mutex_unlock(&h->list_mu);
@@ -234,6 +246,37 @@ void ws_hub_free(struct ws_hub *h)
 	pthread_cond_destroy(&h->cond);
 	pthread_mutex_destroy(&h->list_mu);
 	free(h);
+}
+
+void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text)
+{
+	struct ws_hub *h = cp->hub;
+	size_t len = strlen(text);
+	bool any = false;
+	pthread_mutex_lock(&h->list_mu);
+	for (struct ws_client *c = h->clients; c; c = c->next_client) {
+		if (c->dead || !console_watching(cp, c, agent, inst))
+			continue;
+		if (!c->cq && !(c->cq = calloc(CONSOLE_QUEUE_MAX, sizeof(char *))))
+			continue;
+		/* A browser that cannot keep up misses batches rather than holding memory. */
+		if (c->cqn == CONSOLE_QUEUE_MAX || c->cq_bytes + len > CONSOLE_QUEUE_BYTES)
+			continue;
+		char *copy = strdup(text);
+		if (!copy)
+			continue;
+		c->cq[c->cqn++] = copy;
+		c->cq_bytes += len;
+		any = true;
+	}
+	pthread_mutex_unlock(&h->list_mu);
+	free(text);
+	if (any) {
+		pthread_mutex_lock(&cp->mu);
+		h->kick = true;
+		pthread_cond_signal(&h->cond);
+		pthread_mutex_unlock(&cp->mu);
+	}
 }
 
 static void reject(const struct mg_connection *conn, int status, const char *body, const char *extra)
@@ -305,6 +348,8 @@ static cJSON *snapshot(struct cp *cp)
 	cJSON_AddItemToObject(o, "jobs", jobs);
 	cJSON *agents = store_agents_json(cp);
 	cJSON_AddItemToObject(o, "agents", agents ? agents : cJSON_CreateArray());
+	cJSON *instances = inst_list_json(cp, NULL, NULL);
+	cJSON_AddItemToObject(o, "instances", instances ? instances : cJSON_CreateArray());
 	return o;
 }
 
@@ -377,9 +422,33 @@ static void answer_op(struct cp *cp, struct ws_client *c, const cJSON *req)
 			cJSON_AddItemToObject(ans, "events", events);
 		else
 			cJSON_AddStringToObject(ans, "error", "cannot read the run's events");
+	} else if (strcmp(op, "console.watch") == 0 || strcmp(op, "console.unwatch") == 0) {
+		bool on = strcmp(op, "console.watch") == 0;
+		const char *agent = jv_json_str(req, "agentId", "");
+		const char *inst = jv_json_str(req, "instanceId", "");
+		int64_t since = jv_json_int(req, "since", 0);
+		const char *why = NULL;
+		cJSON *lines = NULL;
+		if (!jv_ident_valid(agent) || !jv_ident_valid(inst) || since < 0)
+			why = "console.watch needs agentId, instanceId and since >= 0";
+		else
+			lines = console_watch(cp, c, agent, inst, on, (uint64_t)since, &why);
+		if (why) {
+			cJSON_AddStringToObject(ans, "type", "error");
+			cJSON_AddStringToObject(ans, "error", why);
+		} else {
+			cJSON_AddStringToObject(ans, "type", "console");
+			cJSON_AddStringToObject(ans, "agentId", agent);
+			cJSON_AddStringToObject(ans, "instanceId", inst);
+			cJSON_AddBoolToObject(ans, "watching", on);
+			if (on) {
+				cJSON_AddBoolToObject(ans, "tail", true);
+				cJSON_AddItemToObject(ans, "lines", lines ? lines : cJSON_CreateArray());
+			}
+		}
 	} else {
 		cJSON_AddStringToObject(ans, "type", "error");
-		cJSON_AddStringToObject(ans, "error", "unknown op (known: events)");
+		cJSON_AddStringToObject(ans, "error", "unknown op (known: events, console.watch, console.unwatch)");
 	}
 	send_json(c, ans);
 	cJSON_Delete(ans);
@@ -427,6 +496,7 @@ void ws_on_close(const struct mg_connection *conn, void *cbdata)
 		}
 	}
 	pthread_mutex_unlock(&h->list_mu);
+	console_client_gone(cp, c);
 }
 
 void ws_on_connection_closed(struct cp *cp, const struct mg_connection *conn)
@@ -441,6 +511,9 @@ void ws_on_connection_closed(struct cp *cp, const struct mg_connection *conn)
 	ws_on_close(conn, cp);
 	pthread_mutex_lock(&h->list_mu);
 	h->nclients--;
+	for (size_t i = 0; i < c->cqn; i++)
+		free(c->cq[i]);
+	free(c->cq);
 	pthread_mutex_unlock(&h->list_mu);
 	mg_set_user_connection_data(conn, NULL);
 	pthread_mutex_destroy(&c->wmu);

@@ -3,6 +3,8 @@
 -- The vendor publishes a depot manifest (JSON) listing every file of a build
 -- with its URL and SHA-256:
 --   { "files": [ { "path": "server", "url": "https://...", "sha256": "...", "mode": 493 }, ... ] }
+-- ("mode" is optional: 493 = 0755, or the octal string "755"; without it a
+-- file gets 0644. Setuid, setgid and sticky bits are dropped.)
 -- This job fetches the manifest (pinned by its own SHA-256), downloads each
 -- file into a staging directory (every file verified, and shared through the
 -- agent's content cache, so a retry or a second instance downloads nothing
@@ -42,9 +44,17 @@ return {
         end
         local dir = f.path:match("^(.*)/[^/]+$")
         if dir then fs.mkdir(stage .. "/" .. dir) end
+        -- The manifest's mode (a number such as 493, or an octal string such
+        -- as "755") is kept: a server binary must stay executable. http.download
+        -- keeps only the permission bits, never setuid/setgid/sticky.
+        local mode = f.mode
+        if type(mode) == "string" then mode = tonumber(mode, 8) or false end
+        if mode ~= nil and (math.type(mode) ~= "integer" or mode < 0 or mode > 4095) then
+          job.fail("depot manifest entry " .. i .. " ('" .. f.path .. "') has a bad mode")
+        end
         local from, to = 5 + 85 * (i - 1) / #files, 5 + 85 * i / #files
         local ok, err = http.download(f.url, stage .. "/" .. f.path,
-                                      { sha256 = f.sha256, progress = { from, to } })
+                                      { sha256 = f.sha256, mode = mode, progress = { from, to } })
         if not ok then job.fail("cannot download '" .. f.path .. "': " .. err, { retryable = true }) end
       end
       job.step("installing build " .. p.build)

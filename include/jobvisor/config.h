@@ -42,6 +42,9 @@ struct config {
 	char *user;         /* NULL = the agent's own user */
 	char *tls_ca_file;  /* NULL = system store */
 	char *allowed_executables; /* ':'-separated absolute paths, NULL = none */
+	char *job_executables;     /* ':'-separated absolute paths proc.run may start, NULL = none */
+	char *steamcmd;            /* SteamCMD path, NULL = no steam sources */
+	char *steam_credentials_file; /* "account password" lines, NULL = anonymous logins only */
 	bool tls_insecure_loopback;
 	bool url_is_loopback; /* derived */
 
@@ -54,6 +57,7 @@ struct config {
 	int64_t poll_interval_ms;
 	int64_t poll_jitter_ms;
 	int poll_wait_s; /* long poll; 0 = off */
+	int64_t stats_interval_ms; /* instance resource stats; 0 = off */
 	int capacity;
 
 	int job_timeout_s;
@@ -98,7 +102,7 @@ int config_read_token(const struct config *cfg, char **token, char *err, size_t 
 void config_free_token(char *token);
 
 /* The settings a job-run child and the monitors it starts need, keyed by the
- * setting names: {allowed_executables:[...], user, console_log_max_bytes,
+ * setting names: {allowed_executables:[...], job_executables:[...], steamcmd, user, console_log_max_bytes,
  * console_log_keep, cgroups, cgroup_parent, log_level, log_format, data_dir,
  * jobs_dir, remotes:{NAME:{endpoint, bucket, region, prefix, path_style,
  * credentials_file, bandwidth_limit, part_size, parallel}}}. Returned-owned: cJSON_Delete. NULL on ENOMEM. */

@@ -58,6 +58,8 @@ struct jv_monitor_launch {
 	const cJSON *settings;    /* borrowed agent settings, may be NULL; only the keys the
 	                             monitor uses are passed on */
 	bool adopt_only;          /* adopt an orphaned server, never start one */
+	bool switch_user;         /* run the monitor as uid/gid (the agent as root with `user`) */
+	unsigned uid, gid;
 	const char *exe;          /* NULL: jobvisor-monitor beside the running binary,
 	                             else `/proc/self/exe monitor`; or a jobvisor binary
 	                             to run as `EXE monitor` */

@@ -19,9 +19,14 @@ int jv_jobrun_child_main(int argc, char **argv);
  * retry of the same job reports it again (lua/completed.c). */
 #define JV_COMPLETED_DIR "completed"
 
-/* `jobvisor check SCRIPT.lua`: compile in the sandbox and validate the returned
- * table; require() looks in the script's own lib/ and then builtin_jobs_dir/lib.
- * Prints file:line errors to stderr. Returns 0 valid, 1 invalid, 2 usage. */
-int jv_check_script(const char *path, const char *builtin_jobs_dir);
+/* `jobvisor check SCRIPT.lua...` (lua/check.c): compile each script in the
+ * sandbox, validate the returned table (helpers in a lib/ directory are only
+ * compiled) and look for unknown module fields; require() looks in the
+ * script's own lib/ and then builtin_jobs_dir/lib. Every problem goes to
+ * stderr as FILE:LINE: message, "ok: ..." lines to stdout. 0 all valid,
+ * 1 problems. settings (config_child_settings, borrowed, may be NULL) say
+ * which programs proc.run may start: a literal one they refuse is a problem. */
+struct cJSON;
+int jv_check_scripts(int n, char **paths, const char *builtin_jobs_dir, const struct cJSON *settings);
 
 #endif

@@ -26,6 +26,9 @@ bool jv_json_depth_ok(const char *s, size_t len, int max);
 /* Parse with a length (no NUL needed); NULL on error or nesting deeper than
  * JV_JSON_MAX_DEPTH. Returned-owned: cJSON_Delete. */
 cJSON *jv_json_parse(const char *data, size_t len);
+/* The same, with why it failed and where in err: "invalid JSON at line 1,
+ * column 12 (byte 12), near '}'". */
+cJSON *jv_json_parse_err(const char *data, size_t len, char *err, size_t errlen);
 
 /* Serialize unformatted; returned-owned: free(). NULL on ENOMEM. */
 char *jv_json_print(const cJSON *obj);

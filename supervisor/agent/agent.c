@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <pwd.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,9 @@
 
 #include "agent.h"
 #include "delivery.h"
+#include "instconsole.h"
+#include "inststats.h"
+#include "instwatch.h"
 #include "jobvisor/commands.h"
 #include "jobvisor/durable.h"
 #include "jobvisor/log.h"
@@ -55,9 +59,9 @@ static void signals_close(struct agent *ag)
 
 static int usage(void)
 {
+	/* The shape of every usage error of the command line (supervisor/cli/help.c). */
 	fprintf(stderr, "usage: jobvisor agent [--config FILE] [--check-config]\n"
-	                "  settings come from FILE (key = value lines) and JOBVISOR_* variables,\n"
-	                "  which override the file; see docs/operations.md\n");
+	                "Run 'jobvisor help agent' for details.\n");
 	return 2;
 }
 
@@ -200,7 +204,7 @@ static bool shutdown_done(struct agent *ag, int64_t now)
 	}
 	if (live > 0)
 		return false;
-	return ag->hard_stop || delivery_settled(ag) || now >= ag->exit_by_ms;
+	return ag->hard_stop || (delivery_settled(ag) && !instwatch_busy(ag)) || now >= ag->exit_by_ms;
 }
 
 /* The event loop's sources, in the order the loop runs them: the agent's own
@@ -286,8 +290,41 @@ static void runs_after(void *ud, int64_t now)
 	struct agent *ag = ud;
 	scheduler_take_verdicts(ag);
 	scheduler_on_timers(ag, now);
-	if (scheduler_housekeeping(ag) > 0 && !ag->stopping)
-		poller_poll_now(ag); /* a slot is free: ask for more work now */
+	if (scheduler_housekeeping(ag) > 0) {
+		if (!ag->stopping)
+			poller_poll_now(ag); /* a slot is free: ask for more work now */
+		instwatch_rescan_soon(ag); /* the run may have made or removed an instance */
+	}
+}
+
+/* Instances: monitors watched (instwatch), consoles streamed (instconsole),
+ * resource stats (inststats). The tag of a descriptor is the descriptor. */
+static int64_t instances_prepare(void *ud, int64_t now)
+{
+	struct agent *ag = ud;
+	instwatch_tick(ag, now);
+	instconsole_tick(ag, now);
+	inststats_tick(ag, now);
+	return min64(instwatch_next_deadline(ag),
+	             min64(instconsole_next_deadline(ag), inststats_next_deadline(ag)));
+}
+
+static size_t instances_fds(void *ud, struct pollfd *fds, void **tags, size_t max)
+{
+	struct agent *ag = ud;
+	size_t n = instwatch_pollfds(ag, fds, max > INSTCONSOLE_MAX_FDS ? max - INSTCONSOLE_MAX_FDS : 0);
+	size_t k = instconsole_pollfds(ag, fds + n, max - n);
+	for (size_t i = 0; i < n + k; i++)
+		tags[i] = (void *)(intptr_t)fds[i].fd;
+	return n + k;
+}
+
+static void instances_ready(void *ud, void *tag, short revents)
+{
+	struct agent *ag = ud;
+	int fd = (int)(intptr_t)tag;
+	if (!instconsole_on_fd(ag, fd, revents))
+		instwatch_on_fd(ag, fd, revents);
 }
 
 static int run_loop(struct agent *ag)
@@ -298,6 +335,7 @@ static int run_loop(struct agent *ag)
 		{.ud = ag, .prepare = delivery_prepare},
 		{.ud = ag->tp, .after = network_after},
 		{.ud = ag, .prepare = runs_prepare, .fds = runs_fds, .ready = runs_ready, .after = runs_after},
+		{.ud = ag, .prepare = instances_prepare, .fds = instances_fds, .ready = instances_ready},
 	};
 	loop_init(&ag->loop, network_wait, ag->tp);
 	for (size_t i = 0; i < JV_ARRAY_LEN(sources); i++)
@@ -393,6 +431,9 @@ static int setup(struct agent *ag, bool check_only, char *err, size_t errlen)
 static void teardown(struct agent *ag)
 {
 	scheduler_free_all(ag); /* closes records; the spool stays on disk */
+	instconsole_free(ag);
+	inststats_free(ag);
+	instwatch_free(ag);
 	poller_abort(ag);
 	transport_free(ag->tp);
 	transport_global_cleanup();
@@ -421,8 +462,12 @@ int cmd_agent(int argc, char **argv)
 		} else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
 			usage();
 			return 0;
+		} else if (strcmp(argv[i], "--config") == 0) {
+			fprintf(stderr, "jobvisor agent: option '--config' needs a value\n");
+			return usage();
 		} else {
-			fprintf(stderr, "jobvisor agent: unknown argument '%s'\n", argv[i]);
+			fprintf(stderr, "jobvisor agent: %s '%s'\n",
+			        argv[i][0] == '-' ? "unknown option" : "unexpected argument", argv[i]);
 			return usage();
 		}
 	}
@@ -450,6 +495,13 @@ int cmd_agent(int argc, char **argv)
 	sdnotify_open(&ag.notify);
 	poller_init(&ag);
 	size_t replayed = scheduler_replay(&ag);
+	int irc = instwatch_start(&ag);
+	if (irc)
+		jv_error(NULL, NULL, "cannot watch instances: %s", strerror(-irc));
+	if ((irc = inststats_start(&ag)) != 0)
+		jv_error(NULL, NULL, "cannot set up instance stats: %s", strerror(-irc));
+	if ((irc = instconsole_start(&ag)) != 0)
+		jv_error(NULL, NULL, "cannot set up consoles: %s", strerror(-irc));
 	jv_info(NULL, NULL,
 	        "agent %s started: url=%s data_dir=%s capacity=%d poll_interval=%.1fs poll_wait=%ds "
 	        "runs_in_spool=%zu",

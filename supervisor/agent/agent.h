@@ -8,6 +8,7 @@
  *   scheduler.c  admits assignments, starts and tracks job runs
  *   delivery.c   sends each run's events and result, in order, with retries
  *   spool.c      keeps each run's record on disk until it is delivered
+ *   instwatch.c  watches instance monitors, re-adopts, reports instance state
  *   transport.c  HTTP; config.c settings; sdnotify.c systemd notifications
  */
 #ifndef JOBVISOR_AGENT_H
@@ -22,6 +23,9 @@
 #include "loop.h"
 #include "sdnotify.h"
 
+struct instconsole;
+struct inststats;
+struct instwatch;
 struct jobrun;
 struct spool;
 struct spool_run;
@@ -92,6 +96,9 @@ struct agent {
 	struct poller poller;
 	struct sdnotify notify;
 	struct srun *runs;
+	struct instwatch *iw; /* instance monitors (instwatch.c); NULL when off */
+	struct instconsole *ic; /* watched consoles (instconsole.c); NULL when off */
+	struct inststats *is;   /* resource stats (inststats.c); NULL when off */
 
 	struct loop loop;
 	int sigfd;

@@ -60,6 +60,8 @@ static const struct setting settings[] = {
 	 false, "time between polls"},
 	{"poll_jitter", "JOBVISOR_POLL_JITTER", K_DURATION, OFF(poll_jitter_ms), "2", 0, 3600, false,
 	 "random extra delay added to each poll interval (0 to this)"},
+	{"stats_interval", "JOBVISOR_STATS_INTERVAL", K_DURATION, OFF(stats_interval_ms), "5", 0, 3600,
+	 false, "how often instance resource stats go to the control plane; 0 = never"},
 	{"poll_wait", "JOBVISOR_POLL_WAIT", K_INT, OFF(poll_wait_s), "25", 0, 300, false,
 	 "long poll: seconds the control plane may hold a poll open (0 = off)"},
 	{"capacity", "JOBVISOR_CAPACITY", K_INT, OFF(capacity), "2", 1, CONFIG_CAPACITY_MAX, false,
@@ -96,6 +98,12 @@ static const struct setting settings[] = {
 	 "debug, info, warn or error"},
 	{"allowed_executables", "JOBVISOR_ALLOWED_EXECUTABLES", K_PATHLIST, OFF(allowed_executables),
 	 NULL, 0, 0, false, "':'-separated absolute paths game servers may run besides their build"},
+	{"job_executables", "JOBVISOR_JOB_EXECUTABLES", K_PATHLIST, OFF(job_executables), NULL, 0, 0,
+	 false, "':'-separated absolute paths job scripts may run with proc.run (empty: none)"},
+	{"steamcmd", "JOBVISOR_STEAMCMD", K_PATH, OFF(steamcmd), NULL, 0, 0, false,
+	 "SteamCMD executable for {\"steam\": ...} install sources (allowed for that use)"},
+	{"steam_credentials_file", "JOBVISOR_STEAM_CREDENTIALS_FILE", K_PATH, OFF(steam_credentials_file),
+	 NULL, 0, 0, false, "'account password' lines for non-anonymous SteamCMD logins (mode 0600)"},
 	{"user", "JOBVISOR_USER", K_STR, OFF(user), NULL, 0, 0, false,
 	 "account job runs and game servers run as (agent must be root)"},
 	{"tls_ca_file", "JOBVISOR_TLS_CA_FILE", K_PATH, OFF(tls_ca_file), NULL, 0, 0, false,
@@ -804,6 +812,26 @@ cJSON *config_child_settings(const struct config *cfg)
 		if (*p == ':')
 			p++;
 	}
+	cJSON *jx = cJSON_AddArrayToObject(o, "job_executables");
+	if (!jx)
+		goto fail;
+	for (const char *p = cfg->job_executables; p && *p;) {
+		size_t len = strcspn(p, ":");
+		char *one = strndup(p, len);
+		cJSON *s = one ? cJSON_CreateString(one) : NULL;
+		free(one);
+		if (!s)
+			goto fail;
+		cJSON_AddItemToArray(jx, s);
+		p += len;
+		if (*p == ':')
+			p++;
+	}
+	if (cfg->steamcmd && !cJSON_AddStringToObject(o, "steamcmd", cfg->steamcmd))
+		goto fail;
+	if (cfg->steam_credentials_file &&
+	    !cJSON_AddStringToObject(o, "steam_credentials_file", cfg->steam_credentials_file))
+		goto fail;
 	if (cfg->user && !cJSON_AddStringToObject(o, "user", cfg->user))
 		goto fail;
 	if (!cJSON_AddNumberToObject(o, "console_log_max_bytes", (double)cfg->console_log_max_bytes) ||

@@ -59,6 +59,8 @@ struct jobrun {
 
 	bool cancellable;
 	char *why;
+	int attempt;
+	bool start_logged; /* a run by script path logs its start once the script named its type */
 
 	char *cancel_reason;
 	bool term_sent, kill_sent, refused_logged;
@@ -193,6 +195,15 @@ static void on_log(struct jobrun *r, const cJSON *ev, int64_t ts)
 	emit(r, "log", "RUNNING", r->percent, msg, level, ts);
 }
 
+static void log_started(struct jobrun *r)
+{
+	if (r->start_logged)
+		return;
+	r->start_logged = true;
+	jv_info(r->job_id, r->run_id, "job run started: type=%s instance=%s attempt=%d pid=%d",
+	        r->type[0] ? r->type : "-", r->instance_id, r->attempt, (int)r->pid);
+}
+
 static void protocol_error(struct jobrun *r, const char *msg)
 {
 	if (!r->protocol_error)
@@ -216,6 +227,10 @@ static void handle_line(struct jobrun *r, const char *line, size_t len)
 	} else if (strcmp(k, "log") == 0) {
 		on_log(r, ev, ts);
 	} else if (strcmp(k, "meta") == 0) {
+		const char *type = jv_json_str(ev, "type", NULL);
+		if (!r->type[0] && type && jv_job_type_valid(type))
+			set_str(&r->type, type);
+		log_started(r);
 		r->cancellable = jv_json_bool(ev, "cancellable", true);
 		set_str(&r->why, jv_json_str(ev, "why", NULL));
 		if (r->cancel_reason && strcmp(r->cancel_reason, "cancelled") == 0 && !r->cancellable) {
@@ -346,6 +361,7 @@ static void finish(struct jobrun *r)
 	if (!output)
 		output = cJSON_CreateObject();
 
+	log_started(r);
 	const char *emsg = error ? jv_json_str(error, "message", NULL) : NULL;
 	double pct = strcmp(status, "COMPLETED") == 0 ? 100 : r->percent;
 	emit(r, "status", status, pct, emsg ? emsg : (strcmp(status, "COMPLETED") == 0 ? "completed" : NULL),
@@ -673,8 +689,11 @@ int jobrun_start(const struct jobrun_spec *spec, const struct jobrun_ops *ops, v
 	r->log_refill_ms = r->started_mono;
 	if (spec->timeout_s > 0)
 		r->timeout_at = r->started_mono + (int64_t)spec->timeout_s * 1000;
-	jv_info(r->job_id, r->run_id, "job run started: type=%s instance=%s attempt=%d pid=%d",
-	        r->type[0] ? r->type : "-", r->instance_id, spec->attempt > 0 ? spec->attempt : 1, (int)pid);
+	r->attempt = spec->attempt > 0 ? spec->attempt : 1;
+	/* Run by script path, the type is known once the child has loaded the
+	 * script (its meta line); a script that fails to load logs "-". */
+	if (r->type[0])
+		log_started(r);
 	*out = r;
 	emit(r, "status", "RUNNING", -1, "started", NULL, 0);
 	return 0;

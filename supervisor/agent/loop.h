@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LOOP_MAX_FDS 512
+#define LOOP_MAX_FDS 1024 /* signalfd, job runs, instance monitors and consoles */
 
 /* Every hook is optional (NULL). ud is the source's own, borrowed. */
 struct loop_source {

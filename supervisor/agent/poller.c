@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "instconsole.h"
+#include "instwatch.h"
 #include "jobvisor/ident.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
@@ -132,6 +134,10 @@ static void handle_answer(struct agent *ag, const cJSON *o, int64_t elapsed_ms)
 			jv_warn(NULL, NULL, "poll answer carried %d jobs for a capacity of %d; ignored %d",
 			        n, ag->cfg.capacity, n - limit);
 	}
+	/* Consoles: what to stream and what to type; answered at once, so poll
+	 * again soon like after work. */
+	work += instconsole_set_watch(ag, cJSON_GetObjectItemCaseSensitive(o, "consoleWatch"));
+	work += instconsole_commands(ag, cJSON_GetObjectItemCaseSensitive(o, "consoleCommands"));
 	jv_debug(NULL, NULL, "poll answered in %lld ms: %zu jobs and cancels, %zu runs held",
 	         (long long)elapsed_ms, work, scheduler_held(ag));
 	int64_t now = jv_now_mono_ms();
@@ -174,8 +180,12 @@ static void on_answer(void *ud, const struct transport_response *resp)
 		failed(ag, "the answer is not a JSON object", -1, true);
 		return;
 	}
-	if (p->failing)
+	if (p->failing) {
 		jv_info(NULL, NULL, "control plane reachable again after %u failed polls", p->failures);
+		instwatch_want_snapshot(ag); /* it may have lost what it knew */
+	}
+	if (jv_json_bool(o, "sendInstances", false))
+		instwatch_want_snapshot(ag);
 
 	p->failing = false;
 	p->failures = 0;

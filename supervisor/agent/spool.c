@@ -28,6 +28,7 @@
 struct spool {
 	int runs_fd;
 	int lock_fd;
+	int streams_fd; /* runs/.instances, opened on first use; -1 before */
 };
 
 struct spool_event {
@@ -39,6 +40,7 @@ struct spool_event {
 struct spool_run {
 	struct spool *sp;
 	char id[132];
+	int parent_fd; /* borrowed: runs/ or runs/.instances/ */
 	int dirfd;
 	int events_fd;
 	cJSON *assignment;
@@ -65,6 +67,7 @@ int spool_open(const char *data_dir, struct spool **out)
 	if (!sp)
 		return -ENOMEM;
 	sp->lock_fd = -1;
+	sp->streams_fd = -1;
 	sp->runs_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (sp->runs_fd < 0) {
 		rc = -errno;
@@ -95,6 +98,8 @@ void spool_close(struct spool *sp)
 	if (!sp)
 		return;
 	close(sp->lock_fd); /* releases the lock */
+	if (sp->streams_fd >= 0)
+		close(sp->streams_fd);
 	close(sp->runs_fd);
 	free(sp);
 }
@@ -105,6 +110,7 @@ static struct spool_run *run_new(struct spool *sp, const char *run_id)
 	if (!sr)
 		return NULL;
 	sr->sp = sp;
+	sr->parent_fd = sp->runs_fd;
 	snprintf(sr->id, sizeof(sr->id), "%s", run_id);
 	sr->dirfd = -1;
 	sr->events_fd = -1;
@@ -146,8 +152,10 @@ static int write_json_at(int dirfd, const char *name, const cJSON *obj)
 	return rc;
 }
 
-int spool_run_create(struct spool *sp, const char *run_id, const cJSON *assignment,
-                     struct spool_run **out)
+static int remove_in(int parent_fd, const char *name);
+
+static int run_create(struct spool *sp, int parent_fd, const char *run_id, const cJSON *assignment,
+                      struct spool_run **out)
 {
 	*out = NULL;
 	if (!jv_run_id_valid(run_id))
@@ -155,17 +163,18 @@ int spool_run_create(struct spool *sp, const char *run_id, const cJSON *assignme
 	struct spool_run *sr = run_new(sp, run_id);
 	if (!sr)
 		return -ENOMEM;
+	sr->parent_fd = parent_fd;
 	int rc = 0;
 	sr->assignment = cJSON_Duplicate(assignment, true);
 	if (!sr->assignment) {
 		rc = -ENOMEM;
 		goto fail;
 	}
-	if (mkdirat(sp->runs_fd, run_id, 0700) < 0) {
+	if (mkdirat(sr->parent_fd, run_id, 0700) < 0) {
 		rc = -errno;
 		goto fail;
 	}
-	sr->dirfd = openat(sp->runs_fd, run_id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	sr->dirfd = openat(sr->parent_fd, run_id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (sr->dirfd < 0) {
 		rc = -errno;
 		goto fail_rm;
@@ -174,7 +183,7 @@ int spool_run_create(struct spool *sp, const char *run_id, const cJSON *assignme
 	if (rc == 0)
 		rc = open_events(sr);
 	if (rc == 0)
-		rc = jv_fsync_dirfd(sp->runs_fd);
+		rc = jv_fsync_dirfd(sr->parent_fd);
 	if (rc)
 		goto fail_rm;
 	*out = sr;
@@ -188,10 +197,16 @@ fail_rm:
 		close(sr->events_fd);
 		sr->events_fd = -1;
 	}
-	spool_remove_name(sp, run_id);
+	remove_in(parent_fd, run_id);
 fail:
 	spool_run_close(sr);
 	return rc;
+}
+
+int spool_run_create(struct spool *sp, const char *run_id, const cJSON *assignment,
+                     struct spool_run **out)
+{
+	return run_create(sp, sp->runs_fd, run_id, assignment, out);
 }
 
 static int queue_push(struct spool_run *sr, uint64_t seq, char *line, size_t len)
@@ -407,34 +422,39 @@ static int empty_dir(int dirfd)
 	return rc;
 }
 
-int spool_remove_name(struct spool *sp, const char *run_id)
+static int remove_in(int parent_fd, const char *run_id)
 {
 	if (!jv_run_id_valid(run_id))
 		return -EINVAL;
-	int fd = openat(sp->runs_fd, run_id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	int fd = openat(parent_fd, run_id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0) {
 		if (errno == ENOENT)
 			return 0;
 		if (errno == ENOTDIR || errno == ELOOP)
-			return unlinkat(sp->runs_fd, run_id, 0) < 0 ? -errno : 0;
+			return unlinkat(parent_fd, run_id, 0) < 0 ? -errno : 0;
 		return -errno;
 	}
 	int rc = empty_dir(fd);
 	close(fd);
-	if (unlinkat(sp->runs_fd, run_id, AT_REMOVEDIR) < 0 && errno != ENOENT && rc == 0)
+	if (unlinkat(parent_fd, run_id, AT_REMOVEDIR) < 0 && errno != ENOENT && rc == 0)
 		rc = -errno;
 	if (rc == 0)
-		rc = jv_fsync_dirfd(sp->runs_fd);
+		rc = jv_fsync_dirfd(parent_fd);
 	return rc;
+}
+
+int spool_remove_name(struct spool *sp, const char *run_id)
+{
+	return remove_in(sp->runs_fd, run_id);
 }
 
 int spool_run_remove(struct spool_run *sr)
 {
-	struct spool *sp = sr->sp;
+	int parent = sr->parent_fd;
 	char id[sizeof(sr->id)];
 	memcpy(id, sr->id, sizeof(id));
 	spool_run_close(sr);
-	return spool_remove_name(sp, id);
+	return remove_in(parent, id);
 }
 
 int spool_reject_name(struct spool *sp, const char *run_id)
@@ -538,14 +558,15 @@ static int load_json(int dirfd, const char *name, cJSON **out)
 	return 0;
 }
 
-static int run_load(struct spool *sp, const char *run_id, struct spool_run **out)
+static int run_load(struct spool *sp, int parent_fd, const char *run_id, struct spool_run **out)
 {
 	*out = NULL;
 	struct spool_run *sr = run_new(sp, run_id);
 	if (!sr)
 		return -ENOMEM;
+	sr->parent_fd = parent_fd;
 	int rc = 0;
-	sr->dirfd = openat(sp->runs_fd, run_id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	sr->dirfd = openat(parent_fd, run_id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (sr->dirfd < 0) {
 		rc = -errno;
 		goto fail;
@@ -566,7 +587,7 @@ static int run_load(struct spool *sp, const char *run_id, struct spool_run **out
 	if (rc)
 		goto fail;
 	rc = load_json(sr->dirfd, "result.json", &sr->result);
-	if (rc == -ENOENT)
+	if (rc == -ENOENT || parent_fd != sp->runs_fd)
 		rc = 0;
 	if (rc)
 		goto fail;
@@ -619,11 +640,106 @@ int spool_replay(struct spool *sp, spool_replay_cb cb, void *ud)
 	for (size_t i = 0; i < n; i++) {
 		if (rc == 0) {
 			struct spool_run *sr = NULL;
-			int err = jv_run_id_valid(names[i]) ? run_load(sp, names[i], &sr) : -EINVAL;
+			int err = jv_run_id_valid(names[i]) ? run_load(sp, sp->runs_fd, names[i], &sr) : -EINVAL;
 			cb(ud, names[i], sr, err);
 		}
 		free(names[i]);
 	}
 	free(names);
 	return rc;
+}
+
+/* ---- instance streams ------------------------------------------------------
+ * runs/.instances/<instanceId>/ has the layout of a run record (meta.json in
+ * place of assignment.json, no result), so events, ack, sync and batches work
+ * the same. A stream is never removed: its ack file keeps the seq counter
+ * going when every event was delivered and events.jsonl is empty. The job
+ * replay skips it (dotted name). */
+
+static int streams_dir(struct spool *sp)
+{
+	if (sp->streams_fd >= 0)
+		return 0;
+	if (mkdirat(sp->runs_fd, ".instances", 0700) < 0 && errno != EEXIST)
+		return -errno;
+	sp->streams_fd = openat(sp->runs_fd, ".instances", O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	return sp->streams_fd < 0 ? -errno : 0;
+}
+
+int spool_stream_open(struct spool *sp, const char *name, struct spool_run **out)
+{
+	*out = NULL;
+	if (!jv_ident_valid(name))
+		return -EINVAL;
+	int rc = streams_dir(sp);
+	if (rc)
+		return rc;
+	struct stat st;
+	if (fstatat(sp->streams_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+		/* assignment.json holds the stream's meta object */
+		rc = run_load(sp, sp->streams_fd, name, out);
+		if (rc != -ENOENT && rc != -EBADMSG)
+			return rc;
+		/* a stream torn at creation: start it again */
+		remove_in(sp->streams_fd, name);
+	}
+	cJSON *meta = cJSON_CreateObject();
+	if (!meta || !cJSON_AddStringToObject(meta, "instanceId", name)) {
+		cJSON_Delete(meta);
+		return -ENOMEM;
+	}
+	rc = run_create(sp, sp->streams_fd, name, meta, out);
+	cJSON_Delete(meta);
+	return rc;
+}
+
+int spool_stream_names(struct spool *sp, char ***names, size_t *n)
+{
+	*names = NULL;
+	*n = 0;
+	int rc = streams_dir(sp);
+	if (rc)
+		return rc;
+	int dup = fcntl(sp->streams_fd, F_DUPFD_CLOEXEC, 0);
+	if (dup < 0)
+		return -errno;
+	DIR *d = fdopendir(dup);
+	if (!d) {
+		close(dup);
+		return -errno;
+	}
+	size_t cap = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (!jv_ident_valid(e->d_name))
+			continue;
+		if (*n == cap) {
+			size_t nc = cap ? cap * 2 : 16;
+			char **nn = realloc(*names, nc * sizeof(*nn));
+			if (!nn) {
+				rc = -ENOMEM;
+				break;
+			}
+			*names = nn;
+			cap = nc;
+		}
+		if (!((*names)[*n] = strdup(e->d_name))) {
+			rc = -ENOMEM;
+			break;
+		}
+		(*n)++;
+	}
+	closedir(d);
+	return rc;
+}
+
+int spool_run_put(struct spool_run *sr, const char *name, const cJSON *obj)
+{
+	return write_json_at(sr->dirfd, name, obj);
+}
+
+cJSON *spool_run_get(struct spool_run *sr, const char *name)
+{
+	cJSON *v = NULL;
+	return load_json(sr->dirfd, name, &v) == 0 ? v : NULL;
 }

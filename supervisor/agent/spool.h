@@ -85,4 +85,15 @@ int spool_run_reject(struct spool_run *sr);
 /* Free the handle, keep the record. NULL ok. */
 void spool_run_close(struct spool_run *sr);
 
+/* Instance event streams (runs/.instances/<instanceId>/): the same record
+ * without a result, opened (created or loaded) by instance id. Returned-owned:
+ * spool_run_close. Never removed, so seq numbers never restart. */
+int spool_stream_open(struct spool *sp, const char *instance_id, struct spool_run **out);
+/* Names of the streams on disk; *names returned-owned (free each, then the array). */
+int spool_stream_names(struct spool *sp, char ***names, size_t *n);
+/* A small JSON side file in the record (written durably) and reading it back
+ * (returned-owned, NULL when missing or unreadable). */
+int spool_run_put(struct spool_run *sr, const char *name, const cJSON *obj);
+cJSON *spool_run_get(struct spool_run *sr, const char *name);
+
 #endif

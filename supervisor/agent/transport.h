@@ -66,7 +66,7 @@ size_t transport_active(const struct transport *tp);
 
 /* Wait up to timeout_ms for network activity or one of fds (revents filled;
  * at most TRANSPORT_MAX_EXTRA_FDS). Returns 0 or -errno. */
-#define TRANSPORT_MAX_EXTRA_FDS 512
+#define TRANSPORT_MAX_EXTRA_FDS 1024
 int transport_wait(struct transport *tp, struct pollfd *fds, unsigned nfds, int timeout_ms);
 /* Run transfers and call the callbacks of finished requests. */
 void transport_perform(struct transport *tp);

@@ -27,6 +27,7 @@
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
+#include "help.h"
 
 #define DEFAULT_DATA_DIR "/var/lib/jobvisor"
 #define MAX_PARAMS_FILE (16u << 20)
@@ -99,15 +100,7 @@ static void on_done(void *ud, struct jobrun *run, cJSON *result)
 
 static int run_usage(const char *msg)
 {
-	if (msg)
-		fprintf(stderr, "jobvisor run: %s\n", msg);
-	fprintf(stderr,
-	        "usage: jobvisor run TYPE|SCRIPT.lua --instance ID [--data-dir DIR] [--params JSON|@FILE]\n"
-	        "                    [--jobs-dir DIR] [--timeout S] [--cancel-grace S] [--memory-limit MIB]\n"
-	        "                    [--config FILE] [--job-id ID] [--json]\n"
-	        "Agent settings job runs use (allowed_executables, user, job_memory, data_dir, jobs_dir)\n"
-	        "come from --config FILE and JOBVISOR_* variables, as for the agent; options win.\n");
-	return JV_EXIT_USAGE;
+	return help_usage_error("run", "%s", msg);
 }
 
 static int parse_seconds(const char *s, int *out)
@@ -135,15 +128,24 @@ static cJSON *load_params(const char *arg, char *err, size_t errlen)
 		text = strdup(arg);
 		len = strlen(arg);
 	}
-	cJSON *p = text ? jv_json_parse(text, len) : NULL;
+	if (!text) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	char why[256];
+	cJSON *p = jv_json_parse_err(text, len, why, sizeof(why));
 	free(text);
+	const char *where = arg[0] == '@' ? arg + 1 : NULL;
 	if (!p) {
-		snprintf(err, errlen, "--params is not valid JSON");
+		if (where)
+			snprintf(err, errlen, "--params file '%s': %s", where, why);
+		else
+			snprintf(err, errlen, "--params: %s", why);
 		return NULL;
 	}
 	if (!cJSON_IsObject(p)) {
 		cJSON_Delete(p);
-		snprintf(err, errlen, "--params must be a JSON object");
+		snprintf(err, errlen, "--params must be a JSON object like '{\"backupId\": \"b1\"}'");
 		return NULL;
 	}
 	return p;
@@ -208,16 +210,18 @@ static int drive(struct jobrun *run, struct run_out *o, int sfd)
 		free(s);
 		cJSON_Delete(r);
 	} else {
+		/* The result is what the command produces: stdout, so `> out` keeps
+		 * it; logs and progress went to stderr. */
 		const cJSON *err = cJSON_GetObjectItem(o->result, "error");
 		if (strcmp(status, "COMPLETED") == 0) {
 			char *s = cJSON_PrintUnformatted(cJSON_GetObjectItem(o->result, "output"));
-			fprintf(stderr, "COMPLETED %s\n", s ? s : "{}");
+			printf("COMPLETED %s\n", s ? s : "{}");
 			free(s);
 		} else {
-			fprintf(stderr, "%s: %s\n", status, jv_json_str(err, "message", "-"));
+			printf("%s: %s\n", status, jv_json_str(err, "message", "-"));
 			const char *stack = jv_json_str(err, "stack", "");
-			if (*stack)
-				fprintf(stderr, "%s\n", stack);
+			if (*stack && strcmp(status, "CANCELLED") != 0)
+				printf("%s\n", stack);
 		}
 	}
 	fflush(stdout);
@@ -240,7 +244,8 @@ int cmd_run(int argc, char **argv)
 	bool json = false;
 	int c, code = JV_EXIT_USAGE;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+	opterr = 0; /* unknown options are reported in the one usage-error style */
+	while ((c = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
 		switch (c) {
 		case 'i': instance = optarg; break;
 		case 'd': data_dir = optarg; break;
@@ -261,8 +266,11 @@ int cmd_run(int argc, char **argv)
 		case 'J': json = true; break;
 		case 'c': config_path = optarg; break;
 		case 'k': job_id_arg = optarg; break;
-		case 'h': run_usage(NULL); return 0;
-		default: return run_usage(NULL);
+		case 'h': help_command("run", stdout); return 0;
+		case ':':
+			return help_usage_error("run", "option '%s' needs a value", argv[optind - 1]);
+		default:
+			return help_usage_error("run", "unknown option '%s'", argv[optind - 1]);
 		}
 	}
 	if (optind >= argc)
@@ -272,16 +280,17 @@ int cmd_run(int argc, char **argv)
 		return run_usage("too many arguments");
 	if (!instance)
 		return run_usage("--instance is required");
-	if (job_id_arg && !jv_ident_valid(job_id_arg)) {
-		fprintf(stderr, "jobvisor run: invalid job id '%s': must match "
-		                "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\n", job_id_arg);
-		return JV_EXIT_USAGE;
-	}
-	if (!jv_ident_valid(instance)) {
-		fprintf(stderr, "jobvisor run: invalid instance id '%s': must match "
-		                "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$\n", instance);
-		return JV_EXIT_USAGE;
-	}
+	if (job_id_arg && !jv_ident_valid(job_id_arg))
+		return help_usage_error("run", "invalid job id '%s': must match "
+		                        "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}", job_id_arg);
+	if (!jv_ident_valid(instance))
+		return help_usage_error("run", "invalid instance id '%s': must match "
+		                        "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}", instance);
+	/* As data_dir for the agent (config.c): an absolute path, never relative
+	 * to wherever the command happens to run. */
+	if (data_dir && data_dir[0] != '/')
+		return help_usage_error("run", "--data-dir '%s' must be an absolute path (as data_dir "
+		                        "for the agent)", data_dir);
 	char err[512];
 	struct config cfg;
 	if (config_load_local(config_path, &cfg, err, sizeof(err)) != 0) {
@@ -300,8 +309,7 @@ int cmd_run(int argc, char **argv)
 	if (params_arg) {
 		params = load_params(params_arg, err, sizeof(err));
 		if (!params) {
-			fprintf(stderr, "jobvisor run: %s\n", err);
-			code = JV_EXIT_USAGE;
+			code = help_usage_error("run", "%s", err);
 			goto out;
 		}
 	}

@@ -12,6 +12,7 @@
 #include "jobvisor/instance_client.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/util.h"
+#include "help.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -132,12 +133,6 @@ static cJSON *run_record(const char *runs_dir, const char *id)
 	return rec;
 }
 
-static int usage(void)
-{
-	fprintf(stderr, "usage: jobvisor status [--data-dir DIR] [--json]\n");
-	return 2;
-}
-
 static void print_text(const cJSON *instances, const cJSON *runs)
 {
 	printf("%-24s %-9s %-8s %-9s %-8s %s\n", "INSTANCE", "STATE", "PID", "UPTIME", "RESTARTS",
@@ -188,14 +183,18 @@ int cmd_status(int argc, char **argv)
 			json = true;
 		else if (strcmp(argv[i], "--data-dir") == 0 && i + 1 < argc)
 			data_dir = argv[++i];
+		else if (strcmp(argv[i], "--data-dir") == 0)
+			return help_usage_error("status", "option '--data-dir' needs a value");
+		else if (argv[i][0] == '-')
+			return help_usage_error("status", "unknown option '%s'", argv[i]);
 		else
-			return usage();
+			return help_usage_error("status", "unexpected argument '%s'", argv[i]);
 	}
 	if (!data_dir || !*data_dir)
 		data_dir = "/var/lib/jobvisor";
 	char abs[PATH_MAX], dir[PATH_MAX];
 	if (!realpath(data_dir, abs)) {
-		fprintf(stderr, "jobvisor: cannot open data dir '%s': %s\n", data_dir, strerror(errno));
+		fprintf(stderr, "jobvisor status: cannot open data dir '%s': %s\n", data_dir, strerror(errno));
 		return 1;
 	}
 	snprintf(dir, sizeof(dir), "%.4000s/instances", abs);

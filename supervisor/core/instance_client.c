@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -372,6 +373,11 @@ int jv_monitor_launch(const struct jv_monitor_launch *l, int *status_fd)
 	pid_t pid = fork();
 	if (pid == 0) {
 		setsid();
+		if (l->switch_user) {
+			gid_t g = (gid_t)l->gid;
+			if (setgroups(1, &g) < 0 || setgid(g) < 0 || setuid((uid_t)l->uid) < 0)
+				_exit(1);
+		}
 		pid_t gc = fork();
 		if (gc != 0)
 			_exit(gc < 0 ? 1 : 0);

@@ -2,6 +2,7 @@
 #include "jobvisor/jsonutil.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 const char *jv_json_str(const cJSON *obj, const char *key, const char *fallback)
@@ -61,24 +62,68 @@ bool jv_json_depth_ok(const char *p, size_t len, int max)
 	return true;
 }
 
-cJSON *jv_json_parse(const char *data, size_t len)
+/* "at line L, column C (byte B)" of the byte at pos, with what stands there. */
+static void describe_at(const char *data, size_t len, size_t pos, const char *what, char *err,
+                        size_t errlen)
 {
+	size_t line = 1, col = 1;
+	for (size_t i = 0; i < pos && i < len; i++) {
+		if (data[i] == '\n') {
+			line++;
+			col = 1;
+		} else {
+			col++;
+		}
+	}
+	size_t rest = pos;
+	while (rest < len && (data[rest] == ' ' || data[rest] == '\n' || data[rest] == '\r' ||
+	                      data[rest] == '\t'))
+		rest++;
+	if (rest >= len)
+		snprintf(err, errlen, "%s at line %zu, column %zu (byte %zu): unexpected end of input", what,
+		         line, col, pos + 1);
+	else
+		snprintf(err, errlen, "%s at line %zu, column %zu (byte %zu), near '%.12s'", what, line, col,
+		         pos + 1, data + pos);
+	/* keep the quoted excerpt on one line */
+	for (char *p = err; *p; p++)
+		if (*p == '\n' || *p == '\r' || *p == '\t')
+			*p = ' ';
+}
+
+cJSON *jv_json_parse_err(const char *data, size_t len, char *err, size_t errlen)
+{
+	if (errlen)
+		err[0] = '\0';
 	/* cJSON recurses once per level up to 1000 deep: refuse deep text first so
 	 * hostile input cannot exhaust a small (thread or sanitizer) stack. */
-	if (!jv_json_depth_ok(data, len, JV_JSON_MAX_DEPTH))
+	if (!jv_json_depth_ok(data, len, JV_JSON_MAX_DEPTH)) {
+		snprintf(err, errlen, "nested deeper than %d levels", JV_JSON_MAX_DEPTH);
 		return NULL;
+	}
 	const char *end = NULL;
 	cJSON *v = cJSON_ParseWithLengthOpts(data, len, &end, false);
-	if (!v)
+	if (!v) {
+		const char *at = cJSON_GetErrorPtr();
+		size_t pos = at && at >= data && at <= data + len ? (size_t)(at - data) : len;
+		describe_at(data, len, pos, "invalid JSON", err, errlen);
 		return NULL;
+	}
 	/* Only trailing whitespace may follow the value. */
 	for (const char *p = end; p && p < data + len; p++) {
 		if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t' && *p != '\0') {
 			cJSON_Delete(v);
+			describe_at(data, len, (size_t)(p - data), "text after the JSON value", err, errlen);
 			return NULL;
 		}
 	}
 	return v;
+}
+
+cJSON *jv_json_parse(const char *data, size_t len)
+{
+	char err[8];
+	return jv_json_parse_err(data, len, err, sizeof(err));
 }
 
 char *jv_json_print(const cJSON *obj)

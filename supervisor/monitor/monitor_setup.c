@@ -53,8 +53,10 @@ static void status_line(struct monitor *m, const char *fmt, ...)
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: jobvisor monitor --instance-dir DIR [--instance-id ID] "
-	                "[--settings JSON] [--status-fd N] [--adopt-only] [--foreground]\n");
+	/* The shape of every usage error of the command line (supervisor/cli/help.c). */
+	fprintf(stderr, "usage: jobvisor monitor --instance-dir DIR [--instance-id ID] [--settings JSON] "
+	                "[--status-fd N]\n                        [--adopt-only] [--foreground]\n"
+	                "Run 'jobvisor help monitor' for details.\n");
 	return 2;
 }
 
@@ -73,7 +75,13 @@ static int parse_args(int argc, char **argv, struct mon_args *a)
 			a->adopt_only = true;
 		} else if (strcmp(argv[i], "--foreground") == 0) {
 			a->foreground = true;
-		} else if (!v) {
+		} else if (argv[i][0] != '-') {
+			fprintf(stderr, "jobvisor monitor: unexpected argument '%s'\n", argv[i]);
+			return -1;
+		} else if (!v && (strcmp(argv[i], "--instance-dir") == 0 ||
+		                  strcmp(argv[i], "--instance-id") == 0 || strcmp(argv[i], "--settings") == 0 ||
+		                  strcmp(argv[i], "--status-fd") == 0)) {
+			fprintf(stderr, "jobvisor monitor: option '%s' needs a value\n", argv[i]);
 			return -1;
 		} else if (strcmp(argv[i], "--instance-dir") == 0) {
 			a->dir = argv[++i];
@@ -84,14 +92,22 @@ static int parse_args(int argc, char **argv, struct mon_args *a)
 		} else if (strcmp(argv[i], "--status-fd") == 0) {
 			char *end;
 			long fd = strtol(argv[++i], &end, 10);
-			if (*end || fd < 3 || fd > 65535)
+			if (*end || fd < 3 || fd > 65535) {
+				fprintf(stderr, "jobvisor monitor: --status-fd must be a descriptor number from 3\n");
 				return -1;
+			}
 			a->status_fd = (int)fd;
 		} else {
+			fprintf(stderr, "jobvisor monitor: unknown option '%s'\n", argv[i]);
 			return -1;
 		}
 	}
-	return a->dir && a->dir[0] == '/' ? 0 : -1;
+	if (!a->dir || a->dir[0] != '/') {
+		fprintf(stderr, "jobvisor monitor: %s\n", a->dir ? "--instance-dir must be an absolute path"
+		                                                 : "--instance-dir is required");
+		return -1;
+	}
+	return 0;
 }
 
 /* Directories, logging, lock. Returns 0, 3 when another monitor holds the lock, or 1. */

@@ -64,7 +64,7 @@ class BadConfig(AgentTestCase):
     def test_unknown_argument(self):
         r = self.run_agent_once(["--bogus"])
         self.assertEqual(r.returncode, 2)
-        self.assertIn("unknown argument '--bogus'", r.stderr)
+        self.assertIn("jobvisor agent: unknown option '--bogus'", r.stderr)
 
     def test_check_config(self):
         r = self.run_agent_once(["--check-config"])

@@ -11,9 +11,10 @@ import unittest
 
 from agent_harness import AgentTestCase, pid_alive
 from cp_harness import AGENT_TOKENS, ControlPlane
+from jobs_fixtures import FileServer, make_tar, write_file
 
 CP_BIN = os.environ.get("JOBVISOR_CP_BIN", "")
-TYPES = "SLEEPY,WAITER,TICKER,CHATTY,STUBBORN,FAILER,GATED"
+TYPES = "SLEEPY,WAITER,TICKER,CHATTY,STUBBORN,FAILER,GATED,INSTALL_SERVER"
 
 
 class FixedPortCP(ControlPlane):
@@ -93,6 +94,26 @@ class AgentWithRealControlPlane(AgentTestCase):
         self.assertEqual(run["output"], {"steps": 3})
         events = self.assert_run_complete(run)
         self.assertEqual(events[0]["status"], "RUNNING")
+        self.assertEqual(self.stop_agent(p), 0)
+
+    def test_download_percent_reaches_the_control_plane(self):
+        # Issue 17: a 20 s download sat at 2 % in the UI, then jumped to 51.8 %. The built-in
+        # INSTALL_SERVER downloads from 2 to 51.8 %; a 3 MiB archive at 1 MiB/s takes ~3 s.
+        www, tree = os.path.join(self.tmp, "www"), os.path.join(self.tmp, "tree")
+        write_file(os.path.join(tree, "server"), "#!/bin/sh\nexit 0\n", 0o755)
+        write_file(os.path.join(tree, "assets.pak"), os.urandom(3 << 20))
+        os.makedirs(www)
+        sha = make_tar(tree, os.path.join(www, "b1.tar.zst"))
+        srv = FileServer(www, rate=1 << 20)
+        self.addCleanup(srv.close)
+        p = self.start_agent()
+        jid = self.create("INSTALL_SERVER", params={
+            "source": {"url": srv.url("b1.tar.zst"), "sha256": sha}, "build": "b1",
+            "instance": {"command": ["${build}/server"], "cwd": "data"}})
+        run = self.wait_job(jid, "COMPLETED", timeout=90)["runs"][0]
+        events = self.assert_run_complete(run)
+        inside = sorted({e["percent"] for e in events if e.get("percent") is not None and 2 < e["percent"] < 51.8})
+        self.assertGreaterEqual(len(inside), 3, [(e["kind"], e.get("percent")) for e in events])
         self.assertEqual(self.stop_agent(p), 0)
 
     def test_control_plane_down_mid_jobs_then_back(self):

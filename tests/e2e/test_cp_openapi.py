@@ -131,8 +131,11 @@ class Document(unittest.TestCase):
         table = src[src.index("static const struct route routes[]"):]
         table = table[:table.index("};")]
         routes = set()
-        for method, n, s0, s2 in re.findall(r'\{"(\w+)", (\d), "(\w+)", (?:"(\w+)"|NULL)', table):
-            parts = ["/v1", s0] + (["{id}"] if int(n) >= 2 else []) + ([s2] if int(n) == 3 else [])
+        for method, n, s0, s2, s4 in re.findall(
+                r'\{"(\w+)", (\d), "(\w+)", (?:"(\w+)"|NULL), \w+, \d, (?:"(\w+)"|NULL)\}', table):
+            n = int(n)
+            parts = ["/v1", s0] + (["{id}"] if n >= 2 else []) + ([s2] if n >= 3 else []) + \
+                (["{id}"] if n >= 4 else []) + ([s4] if n == 5 else [])
             routes.add((method.lower(), "/".join(parts)))
         documented = set()
         for path, item in self.doc["paths"].items():
@@ -141,7 +144,7 @@ class Document(unittest.TestCase):
             norm = re.sub(r"{\w+}", "{id}", path)
             for method in item:
                 documented.add((method, norm))
-        self.assertEqual(len(routes), 11)
+        self.assertEqual(len(routes), 18)
         self.assertEqual(documented, routes)
 
 

@@ -76,9 +76,10 @@ class Restart(unittest.TestCase):
         con = sqlite3.connect(self.cp.db, timeout=10)
         try:
             self.assertEqual(con.execute("PRAGMA journal_mode").fetchone()[0], "wal")
-            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 2)
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 3)
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            self.assertTrue({"agents", "jobs", "job_runs", "events"} <= tables)
+            self.assertTrue({"agents", "jobs", "job_runs", "events", "instances",
+                             "instance_events"} <= tables)
         finally:
             con.close()
 
@@ -100,18 +101,22 @@ class Restart(unittest.TestCase):
     def test_an_older_schema_is_migrated_with_data_intact(self):
         job = self.cp.create_job()
         self.cp.stop()
-        # Take the database back to schema version 1 (before the jobs_active index).
+        # Take the database back to schema version 1 (before the jobs_active
+        # index and the instance tables).
         con = sqlite3.connect(self.cp.db)
         con.execute("DROP INDEX jobs_active")
+        con.execute("DROP TABLE instances")
+        con.execute("DROP TABLE instance_events")
         con.execute("PRAGMA user_version = 1")
         con.commit()
         con.close()
         self.cp.start()
         self.assertIn("schema migrated to version 2", self.cp.stderr_text())
+        self.assertIn("schema migrated to version 3", self.cp.stderr_text())
         self.assertEqual(self.cp.job(job["jobId"])["status"], "QUEUED")
         con = sqlite3.connect(self.cp.db, timeout=10)
         try:
-            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 2)
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 3)
             names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
             self.assertIn("jobs_active", names)
         finally:

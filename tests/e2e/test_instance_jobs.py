@@ -252,7 +252,7 @@ class InstanceJobs(unittest.TestCase):
         self.assertEqual(out["state"], "STOPPED")
         m = out["misuse"]
         self.assertIn("bad argument #1 to 'start' (table expected, got number)", m[0])
-        self.assertIn("timeoutSeconds out of range", m[1])
+        self.assertIn("option 'timeoutSeconds' must be a number of seconds in (0, 86400], got -1", m[1])
         self.assertIn("must be one line", m[2])
         self.assertIn("timeoutSeconds must be within", m[3])
         self.assertIn("bad argument #3 to 'wait_log' (table expected, got string)", m[4])

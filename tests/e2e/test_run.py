@@ -106,7 +106,7 @@ end }""")
         self.assertIn("broken.lua:", r.error_message)
         path = self.script("return { type = 'X' }", name="norun.lua")
         r = self.run_job(path)
-        self.assertIn("norun.lua: field 'run' must be a function", r.error_message)
+        self.assertIn("norun.lua:1: field 'run' must be a function", r.error_message)
         path = self.script("return { type = 'X', cancellable = false, run = function() end }", name="nowhy.lua")
         r = self.run_job(path)
         self.assertIn("must say why", r.error_message)
@@ -181,7 +181,18 @@ class Params(JobvisorTestCase):
     def test_malformed_params_json_is_a_usage_error(self):
         r = self.run_job(self.script(self.SCRIPT), params='{"name": ')
         self.assertEqual(r.code, 2)
-        self.assertIn("--params is not valid JSON", r.stderr)
+        self.assertIn("jobvisor run: --params: invalid JSON at line 1, column 9 (byte 9): unexpected end of input",
+                      r.stderr)
+        self.assertIn("Run 'jobvisor help run' for details.", r.stderr)
+        r = self.run_job(self.script(self.SCRIPT), params='{"name": "x",\n "n": 1,,}')
+        self.assertEqual(r.code, 2)
+        self.assertIn("--params: invalid JSON at line 2, column 10 (byte 24), near '}'", r.stderr)
+        pf = os.path.join(self.tmp, "p.json")
+        with open(pf, "w") as f:
+            f.write('{"name": "x"} trailing')
+        r = self.run_job(self.script(self.SCRIPT), params="@" + pf)
+        self.assertEqual(r.code, 2)
+        self.assertIn(f"--params file '{pf}': text after the JSON value at line 1, column 15", r.stderr)
         r = self.run_job(self.script(self.SCRIPT), params='[1,2]')
         self.assertEqual(r.code, 2)
         self.assertIn("--params must be a JSON object", r.stderr)
@@ -379,10 +390,31 @@ end }""", name="resumable.lua")
         self.assertEqual(r2.code, 0, r2)
         self.assertEqual(r2.result["output"]["previous_run"], first_run)
         self.assertIn(r2.result["output"]["previous_step"], ("copying world", "still copying"))
-        self.assertTrue(any("stopped during step" in e["message"] for e in r2.events if e["kind"] == "log"))
+        self.assertTrue(any("did not finish; the last progress it recorded: '%s'" % r2.result["output"]["previous_step"]
+                            in e["message"] for e in r2.events if e["kind"] == "log"), r2.events)
         # the successful retry removed the run marker
         r3 = self.run_job(path)
         self.assertNotIn("previous_step", json.dumps(r3.result["output"]))
+
+    def test_retry_warning_names_the_progress_the_earlier_run_reached(self):
+        # Issue 17: a script that reports only job.progress was said to have "stopped during step
+        # 'start'" although it got much further.
+        path = self.script("""return { type = "PROGRESSONLY", run = function(job)
+  if job.previous then return { step = job.previous.step, percent = job.previous.percent } end
+  job.progress(30, "copying the world")
+  job.progress(60, "compressing the world")
+  job.sleep(1.5)
+  error("disk on fire")
+end }""", name="progress_only.lua")
+        r1 = self.run_job(path)
+        self.assertEqual(r1.status, "FAILED", r1)
+        r2 = self.run_job(path)
+        self.assertEqual(r2.status, "COMPLETED", r2)
+        self.assertEqual(r2.result["output"], {"step": "compressing the world", "percent": 60})
+        warnings = [e["message"] for e in r2.events if e["kind"] == "log" and e["level"] == "warn"]
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("did not finish; the last progress it recorded: 'compressing the world' at 60%", warnings[0])
+        self.assertNotIn("'start'", warnings[0])
 
     def test_second_run_on_same_instance_is_refused_while_first_runs(self):
         path = self.script('return { type = "LOCK", run = function(job) job.mark("up", {}); job.sleep(3) end }')
@@ -398,10 +430,18 @@ end }""", name="resumable.lua")
 
 class Output(JobvisorTestCase):
     def test_plain_mode_prints_result_line(self):
-        path = self.script('return { type = "X", run = function(job) return { a = 1 } end }')
-        r = self.run_job(path, json_out=False)
-        self.assertEqual(r.code, 0)
-        self.assertIn('COMPLETED {"a":1}', r.stderr)
+        # Issue 17: the result goes to stdout (so `> out` keeps it), logs and progress to stderr.
+        path = self.script('return { type = "X", run = function(job) log.info("hello"); job.progress(50, "half")\n'
+                           '  return { a = 1 } end }')
+        p = subprocess.run(self.cmd(path, json_out=False), capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout, 'COMPLETED {"a":1}\n')
+        self.assertIn("hello", p.stderr)
+        self.assertNotIn("COMPLETED {", p.stderr)
+        path = self.script('return { type = "X", run = function(job) error("boom") end }', name="f.lua")
+        p = subprocess.run(self.cmd(path, json_out=False), capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertTrue(p.stdout.startswith("FAILED: f.lua:1: boom\nstack traceback:"), p.stdout)
 
     def test_tty_draws_a_progress_bar(self):
         path = self.script("""return { type = "X", run = function(job)

@@ -287,6 +287,11 @@ class FakeCP:
         elif len(parts) == 4 and parts[:2] == ["v1", "runs"] and parts[3] in ("events", "result"):
             endpoint = parts[3]
         else:
+            # Like any HTTP server: take the body off the connection first, or
+            # it would be read as the next request on this keep-alive socket.
+            n = int(h.headers.get("Content-Length") or 0)
+            if n:
+                h.rfile.read(n)
             h._reply(404, {"error": "no such endpoint"})
             return
         with self.lock:

@@ -329,3 +329,60 @@ Test(spool, large_acked_prefix_is_compacted)
 	cJSON_Delete(a);
 	spool_close(sp);
 }
+
+static void count_replayed(void *ud, const char *run_id, struct spool_run *sr, int err)
+{
+	(void)run_id;
+	(void)err;
+	(*(int *)ud)++;
+	spool_run_close(sr);
+}
+
+Test(spool, instance_stream_keeps_its_seq_and_pending_events_across_reopen)
+{
+	struct spool *sp;
+	cr_assert_eq(spool_open(dir, &sp), 0);
+	struct spool_run *st;
+	cr_assert_eq(spool_stream_open(sp, "mc-1", &st), 0);
+	append(st, 1, "RUNNING");
+	append(st, 2, "CRASHED");
+	cr_assert_eq(spool_run_ack(st, 2), 0); /* all delivered: the file empties */
+	append(st, 3, "BACKOFF");
+	cJSON *last = cJSON_CreateObject();
+	cJSON_AddStringToObject(last, "state", "BACKOFF");
+	cr_assert_eq(spool_run_put(st, "last.json", last), 0);
+	cJSON_Delete(last);
+	spool_run_close(st);
+	/* The job replay does not see streams. */
+	int replayed = 0;
+	cr_assert_eq(spool_replay(sp, count_replayed, &replayed), 0);
+	cr_assert_eq(replayed, 0);
+	char **names;
+	size_t n;
+	cr_assert_eq(spool_stream_names(sp, &names, &n), 0);
+	cr_assert_eq(n, 1);
+	cr_assert_str_eq(names[0], "mc-1");
+	free(names[0]);
+	free(names);
+	spool_close(sp);
+
+	cr_assert_eq(spool_open(dir, &sp), 0);
+	cr_assert_eq(spool_stream_open(sp, "mc-1", &st), 0);
+	cr_assert_eq(spool_run_last_seq(st), 3);
+	cr_assert_eq(spool_run_pending(st), 1);
+	uint64_t top;
+	char *body = spool_run_batch(st, 10, 1 << 20, &top);
+	char seqs[64];
+	batch_seqs(body, seqs, sizeof(seqs));
+	cr_assert_str_eq(seqs, "3");
+	free(body);
+	cJSON *got = spool_run_get(st, "last.json");
+	cr_assert_str_eq(jv_json_str(got, "state", ""), "BACKOFF");
+	cJSON_Delete(got);
+	cr_assert_eq(spool_run_ack(st, 3), 0);
+	append(st, 4, "STARTING"); /* numbering goes on after everything was delivered */
+	cr_assert_eq(spool_run_last_seq(st), 4);
+	cr_assert_eq(spool_stream_open(sp, "../x", &(struct spool_run *){NULL}), -EINVAL);
+	spool_run_close(st);
+	spool_close(sp);
+}

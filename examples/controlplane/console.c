@@ -1,0 +1,535 @@
+/* console.c — live consoles: who watches what, the kept tail, console commands.
+ *
+ * Nothing here is durable: a console is a live view. A WebSocket client
+ * watches an instance ({"op":"console.watch"}); the union of all watches of
+ * an agent's instances is the watch list that goes to the agent in every poll
+ * answer and in the answer to each console POST, and a change wakes the
+ * agent's long poll. The agent streams lines of watched instances only
+ * (POST /v1/agents/{agentId}/console, batches at most every 100 ms); each
+ * batch is kept in a per-instance tail (the last CON_TAIL_LINES lines, at most
+ * CON_TAIL_BYTES) and sent to the watching clients, unnumbered (they are
+ * not part of the replayable stream). Commands (POST
+ * /v1/agents/{a}/instances/{i}/console) wait in a small per-control-plane
+ * queue until the next poll answer hands them out (once); their results come
+ * back in a console POST and go to every client as a numbered `console`
+ * message with `result`.
+ *
+ * Locking: con->mu is a leaf: nothing else is locked while it is held.
+ * Callers may hold cp->mu or the hub's list lock when they call in. */
+#include "cp.h"
+
+#include <civetweb.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jobvisor/jsonutil.h"
+#include "jobvisor/log.h"
+#include "jobvisor/util.h"
+
+#define CON_TAIL_LINES 500
+#define CON_TAIL_BYTES (256 * 1024)
+#define CON_CMDS_MAX 100
+#define CON_POST_LINES 5000
+#define CON_WATCHES_PER_CLIENT 16
+#define CON_LINE_MAX 4096
+
+struct con_line {
+	uint64_t seq;
+	char *text;
+};
+
+struct con_tail {
+	char agent[JV_IDENT_MAX + 1], inst[JV_IDENT_MAX + 1];
+	struct con_line lines[CON_TAIL_LINES]; /* ring: oldest at head */
+	size_t head, n, bytes;
+	uint64_t last_seq;
+	struct con_tail *next;
+};
+
+struct con_watch {
+	const void *client;
+	char agent[JV_IDENT_MAX + 1], inst[JV_IDENT_MAX + 1];
+	struct con_watch *next;
+};
+
+struct con_cmd {
+	char id[JV_UUID_LEN];
+	char agent[JV_IDENT_MAX + 1], inst[JV_IDENT_MAX + 1];
+	char *line;
+	struct con_cmd *next;
+};
+
+struct console_hub {
+	pthread_mutex_t mu;
+	struct con_tail *tails;
+	struct con_watch *watches;
+	struct con_cmd *cmds, **cmds_tail;
+	size_t ncmds;
+};
+
+int console_start(struct cp *cp)
+{
+	struct console_hub *h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	pthread_mutex_init(&h->mu, NULL);
+	h->cmds_tail = &h->cmds;
+	cp->con = h;
+	return 0;
+}
+
+void console_free(struct cp *cp)
+{
+	struct console_hub *h = cp->con;
+	if (!h)
+		return;
+	while (h->tails) {
+		struct con_tail *t = h->tails;
+		h->tails = t->next;
+		for (size_t i = 0; i < t->n; i++)
+			free(t->lines[(t->head + i) % CON_TAIL_LINES].text);
+		free(t);
+	}
+	while (h->watches) {
+		struct con_watch *w = h->watches;
+		h->watches = w->next;
+		free(w);
+	}
+	while (h->cmds) {
+		struct con_cmd *c = h->cmds;
+		h->cmds = c->next;
+		free(c->line);
+		free(c);
+	}
+	pthread_mutex_destroy(&h->mu);
+	free(h);
+	cp->con = NULL;
+}
+
+static struct con_tail *tail_find(struct console_hub *h, const char *agent, const char *inst, bool create)
+{
+	for (struct con_tail *t = h->tails; t; t = t->next)
+		if (strcmp(t->agent, agent) == 0 && strcmp(t->inst, inst) == 0)
+			return t;
+	if (!create)
+		return NULL;
+	struct con_tail *t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	snprintf(t->agent, sizeof(t->agent), "%s", agent);
+	snprintf(t->inst, sizeof(t->inst), "%s", inst);
+	t->next = h->tails;
+	h->tails = t;
+	return t;
+}
+
+static void tail_drop_oldest(struct con_tail *t)
+{
+	struct con_line *l = &t->lines[t->head];
+	t->bytes -= strlen(l->text);
+	free(l->text);
+	l->text = NULL;
+	t->head = (t->head + 1) % CON_TAIL_LINES;
+	t->n--;
+}
+
+static void tail_push(struct con_tail *t, uint64_t seq, const char *text)
+{
+	size_t len = strlen(text);
+	char *copy = strdup(text);
+	if (!copy)
+		return;
+	while (t->n > 0 && (t->n == CON_TAIL_LINES || t->bytes + len > CON_TAIL_BYTES))
+		tail_drop_oldest(t);
+	t->lines[(t->head + t->n) % CON_TAIL_LINES] = (struct con_line){seq, copy};
+	t->n++;
+	t->bytes += len;
+	if (seq > t->last_seq)
+		t->last_seq = seq;
+}
+
+/* Lines with seq > since, oldest first (con->mu held). */
+static cJSON *tail_json(struct con_tail *t, uint64_t since)
+{
+	cJSON *arr = cJSON_CreateArray();
+	for (size_t i = 0; arr && t && i < t->n; i++) {
+		const struct con_line *l = &t->lines[(t->head + i) % CON_TAIL_LINES];
+		if (l->seq <= since)
+			continue;
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddNumberToObject(o, "seq", (double)l->seq);
+		cJSON_AddStringToObject(o, "line", l->text);
+		cJSON_AddItemToArray(arr, o);
+	}
+	return arr;
+}
+
+/* Bump the agent's console generation and wake its long poll. */
+static void wake(struct cp *cp, const char *agent_id)
+{
+	pthread_mutex_lock(&cp->mu);
+	struct cp_agent *a = tokens_agent_find(cp, agent_id);
+	if (a) {
+		a->console_gen++;
+		pthread_cond_broadcast(&a->cond);
+	}
+	pthread_mutex_unlock(&cp->mu);
+}
+
+cJSON *console_watch(struct cp *cp, const void *client, const char *agent, const char *inst, bool on,
+                     uint64_t since, const char **why)
+{
+	struct console_hub *h = cp->con;
+	*why = NULL;
+	if (!tokens_agent_find(cp, agent)) {
+		*why = "unknown agent";
+		return NULL;
+	}
+	bool changed = false;
+	pthread_mutex_lock(&h->mu);
+	struct con_watch **pp = &h->watches, *found = NULL;
+	size_t mine = 0;
+	for (; *pp; pp = &(*pp)->next) {
+		if ((*pp)->client != client)
+			continue;
+		mine++;
+		if (strcmp((*pp)->agent, agent) == 0 && strcmp((*pp)->inst, inst) == 0)
+			found = *pp;
+	}
+	if (on && !found) {
+		if (mine >= CON_WATCHES_PER_CLIENT) {
+			*why = "too many watched consoles on this connection (16)";
+		} else if ((found = calloc(1, sizeof(*found))) != NULL) {
+			found->client = client;
+			snprintf(found->agent, sizeof(found->agent), "%s", agent);
+			snprintf(found->inst, sizeof(found->inst), "%s", inst);
+			found->next = h->watches;
+			h->watches = found;
+			changed = true;
+		}
+	} else if (!on && found) {
+		for (pp = &h->watches; *pp; pp = &(*pp)->next)
+			if (*pp == found) {
+				*pp = found->next;
+				break;
+			}
+		free(found);
+		changed = true;
+	}
+	cJSON *lines = NULL;
+	if (on && !*why)
+		lines = tail_json(tail_find(h, agent, inst, false), since);
+	pthread_mutex_unlock(&h->mu);
+	if (changed)
+		wake(cp, agent);
+	return lines;
+}
+
+void console_client_gone(struct cp *cp, const void *client)
+{
+	struct console_hub *h = cp->con;
+	if (!h)
+		return;
+	char agents[CON_WATCHES_PER_CLIENT][JV_IDENT_MAX + 1];
+	size_t n = 0;
+	pthread_mutex_lock(&h->mu);
+	for (struct con_watch **pp = &h->watches; *pp;) {
+		struct con_watch *w = *pp;
+		if (w->client != client) {
+			pp = &w->next;
+			continue;
+		}
+		if (n < CON_WATCHES_PER_CLIENT)
+			snprintf(agents[n++], JV_IDENT_MAX + 1, "%s", w->agent);
+		*pp = w->next;
+		free(w);
+	}
+	pthread_mutex_unlock(&h->mu);
+	for (size_t i = 0; i < n; i++)
+		wake(cp, agents[i]);
+}
+
+bool console_watching(struct cp *cp, const void *client, const char *agent, const char *inst)
+{
+	struct console_hub *h = cp->con;
+	bool yes = false;
+	pthread_mutex_lock(&h->mu);
+	for (struct con_watch *w = h->watches; w && !yes; w = w->next)
+		yes = w->client == client && strcmp(w->agent, agent) == 0 && strcmp(w->inst, inst) == 0;
+	pthread_mutex_unlock(&h->mu);
+	return yes;
+}
+
+cJSON *console_watch_list(struct cp *cp, const char *agent_id)
+{
+	struct console_hub *h = cp->con;
+	cJSON *arr = cJSON_CreateArray();
+	if (!arr)
+		return NULL;
+	pthread_mutex_lock(&h->mu);
+	for (struct con_watch *w = h->watches; w; w = w->next) {
+		if (strcmp(w->agent, agent_id) != 0)
+			continue;
+		bool dup = false;
+		const cJSON *it;
+		cJSON_ArrayForEach(it, arr)
+		{
+			dup = dup || strcmp(jv_json_str(it, "instanceId", ""), w->inst) == 0;
+		}
+		if (dup)
+			continue;
+		struct con_tail *t = tail_find(h, agent_id, w->inst, false);
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddStringToObject(o, "instanceId", w->inst);
+		cJSON_AddNumberToObject(o, "since", t ? (double)t->last_seq : 0);
+		cJSON_AddItemToArray(arr, o);
+	}
+	pthread_mutex_unlock(&h->mu);
+	return arr;
+}
+
+cJSON *console_take_commands(struct cp *cp, const char *agent_id)
+{
+	struct console_hub *h = cp->con;
+	cJSON *arr = cJSON_CreateArray();
+	if (!arr)
+		return NULL;
+	pthread_mutex_lock(&h->mu);
+	struct con_cmd **pp = &h->cmds;
+	h->cmds_tail = &h->cmds;
+	while (*pp) {
+		struct con_cmd *c = *pp;
+		if (strcmp(c->agent, agent_id) != 0) {
+			pp = &c->next;
+			h->cmds_tail = pp;
+			continue;
+		}
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddStringToObject(o, "commandId", c->id);
+		cJSON_AddStringToObject(o, "instanceId", c->inst);
+		cJSON_AddStringToObject(o, "line", c->line);
+		cJSON_AddItemToArray(arr, o);
+		*pp = c->next;
+		h->ncmds--;
+		free(c->line);
+		free(c);
+	}
+	pthread_mutex_unlock(&h->mu);
+	return arr;
+}
+
+bool console_has_commands(struct cp *cp, const char *agent_id)
+{
+	struct console_hub *h = cp->con;
+	bool yes = false;
+	pthread_mutex_lock(&h->mu);
+	for (struct con_cmd *c = h->cmds; c && !yes; c = c->next)
+		yes = strcmp(c->agent, agent_id) == 0;
+	pthread_mutex_unlock(&h->mu);
+	return yes;
+}
+
+/* ---- HTTP -----------------------------------------------------------------*/
+
+void api_console_command(struct cp *cp, struct mg_connection *conn, const char *agent_id, const char *inst)
+{
+	if (!tokens_agent_find(cp, agent_id)) {
+		http_send_error(conn, 404, "unknown agent '%s'", agent_id);
+		return;
+	}
+	cJSON *body = NULL;
+	struct cp_err err;
+	if (http_read_json(conn, &body, &err) < 0) {
+		http_send_error(conn, err.status, "%s", err.msg);
+		return;
+	}
+	const cJSON *it;
+	cJSON_ArrayForEach(it, body)
+	{
+		if (strcmp(it->string, "line") != 0) {
+			http_send_error(conn, 400, "unknown field '%.64s'", it->string);
+			cJSON_Delete(body);
+			return;
+		}
+	}
+	const cJSON *line = cJSON_GetObjectItemCaseSensitive(body, "line");
+	if (!cJSON_IsString(line) || !line->valuestring[0] || strlen(line->valuestring) >= CON_LINE_MAX ||
+	    strpbrk(line->valuestring, "\r\n")) {
+		http_send_error(conn, 400, "'line' must be one line of 1 to 4095 bytes (no CR or LF)");
+		cJSON_Delete(body);
+		return;
+	}
+	struct console_hub *h = cp->con;
+	struct con_cmd *c = calloc(1, sizeof(*c));
+	if (!c || jv_uuid4(c->id) < 0 || !(c->line = strdup(line->valuestring))) {
+		if (c)
+			free(c->line);
+		free(c);
+		cJSON_Delete(body);
+		http_send_error(conn, 500, "out of memory");
+		return;
+	}
+	snprintf(c->agent, sizeof(c->agent), "%s", agent_id);
+	snprintf(c->inst, sizeof(c->inst), "%s", inst);
+	char id[JV_UUID_LEN]; /* c belongs to the queue once it is in */
+	memcpy(id, c->id, sizeof(id));
+	bool full;
+	pthread_mutex_lock(&h->mu);
+	full = h->ncmds >= CON_CMDS_MAX;
+	if (!full) {
+		*h->cmds_tail = c;
+		h->cmds_tail = &c->next;
+		h->ncmds++;
+	}
+	pthread_mutex_unlock(&h->mu);
+	cJSON_Delete(body);
+	if (full) {
+		free(c->line);
+		free(c);
+		http_send_error(conn, 429, "too many console commands waiting for agents (%d)", CON_CMDS_MAX);
+		return;
+	}
+	jv_info(NULL, NULL, "console command %s queued for %s/%s", id, agent_id, inst);
+	cJSON *ans = cJSON_CreateObject();
+	cJSON_AddStringToObject(ans, "commandId", id);
+	cJSON_AddStringToObject(ans, "agentId", agent_id);
+	cJSON_AddStringToObject(ans, "instanceId", inst);
+	cJSON_AddStringToObject(ans, "status", "queued");
+	wake(cp, agent_id);
+	http_send_json(conn, 202, ans);
+	cJSON_Delete(ans);
+}
+
+static bool is_uint(const cJSON *v)
+{
+	return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble <= 9007199254740992.0 &&
+	       v->valuedouble == (double)(int64_t)v->valuedouble;
+}
+
+static const char *validate_post(const cJSON *body)
+{
+	const cJSON *insts = cJSON_GetObjectItemCaseSensitive(body, "instances");
+	const cJSON *results = cJSON_GetObjectItemCaseSensitive(body, "results");
+	if ((insts && !cJSON_IsArray(insts)) || (results && !cJSON_IsArray(results)))
+		return "'instances' and 'results' must be arrays";
+	int total = 0;
+	const cJSON *in, *l;
+	cJSON_ArrayForEach(in, insts)
+	{
+		if (!cJSON_IsObject(in) || !jv_ident_valid(jv_json_str(in, "instanceId", NULL)))
+			return "each instance needs an 'instanceId'";
+		const cJSON *lines = cJSON_GetObjectItemCaseSensitive(in, "lines");
+		if (lines && !cJSON_IsArray(lines))
+			return "'lines' must be an array";
+		const cJSON *dropped = cJSON_GetObjectItemCaseSensitive(in, "dropped");
+		if (dropped && !is_uint(dropped))
+			return "'dropped' must be an integer >= 0";
+		const cJSON *reset = cJSON_GetObjectItemCaseSensitive(in, "reset");
+		if (reset && !cJSON_IsBool(reset))
+			return "'reset' must be a boolean";
+		cJSON_ArrayForEach(l, lines)
+		{
+			const cJSON *t = cJSON_GetObjectItemCaseSensitive(l, "line");
+			if (!cJSON_IsObject(l) || !is_uint(cJSON_GetObjectItemCaseSensitive(l, "seq")) ||
+			    !cJSON_IsString(t) || strlen(t->valuestring) > CON_LINE_MAX)
+				return "each line is {seq, line} with at most 4096 bytes";
+			if (++total > CON_POST_LINES)
+				return "more than 5000 lines in one request";
+		}
+	}
+	cJSON_ArrayForEach(l, results)
+	{
+		const char *st = jv_json_str(l, "status", "");
+		if (!cJSON_IsObject(l) || !jv_ident_valid(jv_json_str(l, "instanceId", NULL)) ||
+		    !jv_json_str(l, "commandId", NULL) || strlen(jv_json_str(l, "commandId", "")) >= JV_UUID_LEN ||
+		    (strcmp(st, "sent") != 0 && strcmp(st, "not-running") != 0 && strcmp(st, "rejected") != 0))
+			return "each result is {commandId, instanceId, status: sent|not-running|rejected, error?}";
+	}
+	return NULL;
+}
+
+void api_console_post(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id)
+{
+	if (strcmp(agent->id, agent_id) != 0) {
+		http_send_error(conn, 403, "this token belongs to another agent");
+		return;
+	}
+	cJSON *body = NULL;
+	struct cp_err err;
+	if (http_read_json(conn, &body, &err) < 0) {
+		http_send_error(conn, err.status, "%s", err.msg);
+		return;
+	}
+	const char *why = validate_post(body);
+	if (why) {
+		http_send_error(conn, 400, "%s", why);
+		cJSON_Delete(body);
+		return;
+	}
+	struct console_hub *h = cp->con;
+	const cJSON *in;
+	cJSON_ArrayForEach(in, cJSON_GetObjectItemCaseSensitive(body, "instances"))
+	{
+		const char *iid = jv_json_str(in, "instanceId", "");
+		cJSON *lines = cJSON_GetObjectItemCaseSensitive(in, "lines");
+		int64_t dropped = jv_json_int(in, "dropped", 0);
+		bool reset = jv_json_bool(in, "reset", false);
+		pthread_mutex_lock(&h->mu);
+		struct con_tail *t = tail_find(h, agent_id, iid, true);
+		if (t && reset) {
+			/* A new monitor numbers its lines from 1 again. */
+			while (t->n > 0)
+				tail_drop_oldest(t);
+			t->last_seq = 0;
+		}
+		const cJSON *l;
+		cJSON_ArrayForEach(l, lines)
+		{
+			if (t)
+				tail_push(t, (uint64_t)jv_json_int(l, "seq", 0), jv_json_str(l, "line", ""));
+		}
+		pthread_mutex_unlock(&h->mu);
+		cJSON *msg = cJSON_CreateObject();
+		cJSON_AddStringToObject(msg, "type", "console");
+		cJSON_AddStringToObject(msg, "agentId", agent_id);
+		cJSON_AddStringToObject(msg, "instanceId", iid);
+		cJSON_AddItemToObject(msg, "lines", cJSON_DetachItemFromObjectCaseSensitive((cJSON *)in, "lines"));
+		cJSON_AddNumberToObject(msg, "dropped", (double)dropped);
+		if (reset)
+			cJSON_AddTrueToObject(msg, "reset");
+		char *text = jv_json_print(msg);
+		cJSON_Delete(msg);
+		if (text)
+			ws_console_send(cp, agent_id, iid, text); /* consumes text */
+	}
+	const cJSON *r;
+	cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(body, "results"))
+	{
+		cJSON *msg = cJSON_CreateObject();
+		cJSON *res = cJSON_CreateObject();
+		cJSON_AddStringToObject(msg, "type", "console");
+		cJSON_AddStringToObject(msg, "agentId", agent_id);
+		cJSON_AddStringToObject(msg, "instanceId", jv_json_str(r, "instanceId", ""));
+		cJSON_AddStringToObject(res, "commandId", jv_json_str(r, "commandId", ""));
+		cJSON_AddStringToObject(res, "status", jv_json_str(r, "status", ""));
+		const char *e = jv_json_str(r, "error", NULL);
+		if (e)
+			cJSON_AddStringToObject(res, "error", e);
+		else
+			cJSON_AddNullToObject(res, "error");
+		cJSON_AddItemToObject(msg, "result", res);
+		jv_info(NULL, NULL, "console command %s on %s/%s: %s", jv_json_str(r, "commandId", ""), agent_id,
+		        jv_json_str(r, "instanceId", ""), jv_json_str(r, "status", ""));
+		pthread_mutex_lock(&cp->mu);
+		ws_publish(cp, msg);
+		pthread_mutex_unlock(&cp->mu);
+	}
+	cJSON *ans = cJSON_CreateObject();
+	cJSON *watch = console_watch_list(cp, agent_id);
+	cJSON_AddItemToObject(ans, "consoleWatch", watch ? watch : cJSON_CreateArray());
+	http_send_json(conn, 200, ans);
+	cJSON_Delete(ans);
+	cJSON_Delete(body);
+}
