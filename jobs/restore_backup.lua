@@ -136,6 +136,7 @@ return {
     -- Done: the previous data (ours and that of an interrupted earlier run) goes.
     common.clean_stale_staging(job)
     if fetched and job.params.keepLocal ~= true then backups.remove(job, id) end
+    if rname then job.unmark("remote-fetch") end
     job.unmark("restore")
     log.info(string.format("backup '%s' restored into data/ (%d files)", id, backups.file_count(m)))
     return { backupId = id, files = backups.file_count(m), entries = #m.files }

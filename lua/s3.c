@@ -698,6 +698,13 @@ int s3_get_range(const struct s3_remote *r, const char *key, int64_t from, int64
 			break;
 		rc = once(r, &q, what, e);
 		got += q.delivered;
+		if (rc && q.http == 416 && q.range_from > 0 && len < 0) {
+			/* resuming at (or past) the end: nothing more to send; the
+			 * caller's size and digest checks judge what it has */
+			free(q.resp.p);
+			rc = 0;
+			break;
+		}
 		if (q.total >= 0 && size)
 			*size = q.total;
 		free(q.resp.p);

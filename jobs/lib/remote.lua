@@ -167,15 +167,22 @@ end
 function M.fetch(job, name, id, from, to)
   local m, err, cls = M.load_manifest(job, name, id)
   if not m then M.fail(job, err, cls) end
+  -- the "remote-fetch" marker says this job put the local copy there (a retry
+  -- after a kill that came once the copy was committed removes it in the end)
+  local mark = job.marker("remote-fetch")
+  local ours = common.adopts(job, mark) and mark.backupId == id
   local lm = backups.load(id)
   if lm and lm.sha256 == m.sha256 then
-    log.info(string.format("backup '%s' is also on this host with the same SHA-256: not downloading", id))
-    return lm, false
+    if not ours then
+      log.info(string.format("backup '%s' is also on this host with the same SHA-256: not downloading", id))
+    end
+    return lm, ours
   end
   if lm then
     job.fail(string.format("a different local backup '%s' exists (its SHA-256 differs from the one on "
       .. "remote '%s'): remove it or restore it without 'remote'", id, name))
   end
+  job.mark("remote-fetch", { jobId = job.id, runId = job.run_id, backupId = id, remote = name })
   local part = backups.DIR .. "/." .. id .. ".tar.zst.part"
   fs.mkdir(backups.DIR)
   local st = fs.stat(part)
@@ -186,9 +193,11 @@ function M.fetch(job, name, id, from, to)
   if st and st.size > 0 then
     log.info(string.format("resuming the download of backup '%s' at byte %d of %d", id, st.size, m.bytes))
   end
-  local got, derr, dcls = remote.download(name, M.archive_obj(job, id), part,
-    { progress = { from = from, to = from + (to - from) * 0.8 } })
-  if not got then M.fail(job, derr, dcls) end
+  if not st or st.size < m.bytes then
+    local got, derr, dcls = remote.download(name, M.archive_obj(job, id), part,
+      { progress = { from = from, to = from + (to - from) * 0.8 } })
+    if not got then M.fail(job, derr, dcls) end
+  end
   job.progress(from + (to - from) * 0.85, "checking the downloaded archive")
   local sum, size = common.must(job, "cannot hash the downloaded archive", fs.sha256(part))
   if sum ~= m.sha256 or size ~= m.bytes then
