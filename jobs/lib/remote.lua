@@ -98,6 +98,8 @@ function M.upload(job, name, info, id, doc, from, to)
            sha256 = doc.sha256, size = size, partSize = ps, parts = json.array() }
   end
 
+  log.info(string.format("uploading '%s' (%d bytes, %d parts of %d bytes) to remote '%s'", obj, size,
+    nparts, ps, name))
   for _ = 1, 3 do
     if not st.uploadId then
       st.uploadId = M.must(job, remote.mpu_create(name, obj))

@@ -11,6 +11,7 @@ import time
 from jv_run import JOBVISOR, JobvisorTestCase, RunResult
 from jobs_fixtures import populate, sha256_file, tree_digest
 from s3_server import S3Server, remote_config, write_credentials
+from tcp_proxy import TcpProxy
 
 KILLS = int(os.environ.get("JV_REMOTE_KILLS", "3"))
 
@@ -259,4 +260,45 @@ class RemoteNetworkFaults(RemoteBackupBase):
         r = RunResult(p.returncode, out, err)
         self.assertEqual(r.status, "COMPLETED", r)
         self.assertEqual(hashlib.sha256(self.s3.object_bytes(self.key("n1", "tar.zst"))).hexdigest(),
+                         r.result["output"]["sha256"])
+
+    def test_a_connection_that_stalls_30s_is_cut_and_the_upload_completes(self):
+        proxy = TcpProxy(self.s3.port)
+        self.addCleanup(proxy.close)
+
+        class Via:
+            endpoint = proxy.endpoint
+            bucket = self.s3.bucket
+        remote_config(self.conf, "offsite", Via, self.creds, prefix="jv", part_size="5M",
+                      bandwidth_limit="8M")
+        p = subprocess.Popen(self.argv("BACKUP_INSTANCE", {"remote": "offsite", "backupId": "s1"}),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        marker = os.path.join(self.inst, ".jobvisor", "markers", "remote-upload.json")
+        deadline = time.time() + 120
+        while time.time() < deadline and p.poll() is None:
+            try:
+                with open(marker) as f:
+                    if len(json.load(f).get("parts", [])) >= 1:
+                        break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.002)
+        self.assertIsNone(p.poll(), "the backup finished before the stall could be set up")
+        t0 = time.monotonic()
+        # the connection in use keeps working (curl reuses it); break it so the next part
+        # needs a new connection, which stalls
+        proxy.stall_next(1)
+        for c in list(proxy.conns):
+            try:
+                c.shutdown(2)
+            except OSError:
+                pass
+        out, err = p.communicate(timeout=240)
+        took = time.monotonic() - t0
+        r = RunResult(p.returncode, out, err)
+        self.assertEqual(r.status, "COMPLETED", r)
+        self.assertEqual(proxy.stalled, 1)
+        # the stalled request was cut after 30 s without a byte, then retried
+        self.assertGreaterEqual(took, 30, took)
+        self.assertEqual(hashlib.sha256(self.s3.object_bytes(self.key("s1", "tar.zst"))).hexdigest(),
                          r.result["output"]["sha256"])
