@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -328,6 +329,199 @@ static int l_remote_mpu_part(lua_State *L)
 	return 1;
 }
 
+/* remote.mpu_upload: parts uploaded by `parallel` worker threads; this
+ * thread hands each acknowledgement to the script's on_part callback (which
+ * records it durably) as it arrives, and is the only one touching Lua. */
+struct up_part {
+	int n;
+	off_t off;
+	size_t len;
+	char etag[80];
+	int rc;
+	struct s3_err e;
+};
+
+struct up_pool {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct up_part *parts;
+	size_t np, next, ndone;
+	size_t *done; /* indexes in order of completion */
+	atomic_bool stop;
+	const struct s3_remote *r;
+	const char *key, *id;
+	int fd;
+	struct jv_io_hooks hooks; /* workers: stop flag only */
+};
+
+static bool pool_stop(void *arg, uint64_t done, uint64_t total)
+{
+	(void)done;
+	(void)total;
+	return atomic_load(&((struct up_pool *)arg)->stop);
+}
+
+static void *up_worker(void *arg)
+{
+	struct up_pool *p = arg;
+	for (;;) {
+		pthread_mutex_lock(&p->mu);
+		if (atomic_load(&p->stop) || p->next == p->np) {
+			pthread_mutex_unlock(&p->mu);
+			return NULL;
+		}
+		struct up_part *u = &p->parts[p->next++];
+		pthread_mutex_unlock(&p->mu);
+		u->rc = s3_mpu_part(p->r, p->key, p->id, u->n, p->fd, u->off, u->len, u->etag, &p->hooks,
+		                    &u->e);
+		pthread_mutex_lock(&p->mu);
+		p->done[p->ndone++] = (size_t)(u - p->parts);
+		pthread_cond_signal(&p->cv);
+		pthread_mutex_unlock(&p->mu);
+	}
+}
+
+/* remote.mpu_upload(name, object, upload_id, file, parts, on_part[, {parallel}]) -> true
+ * parts: array of {n =, offset =, length =} of the instance file `file`;
+ * on_part(n, etag, length) runs for each acknowledged part, in the order the
+ * store answered. On a failure the parts in flight are stopped and the call
+ * returns nil, message, class; an error raised by on_part stops them too and
+ * is raised again once every worker has ended. */
+static int l_remote_mpu_upload(lua_State *L)
+{
+	static const char *const keys[] = {"parallel", NULL};
+	const char *name = check_name(L);
+	const char *rel = check_rel(L, 2);
+	const char *id = luaL_checkstring(L, 3);
+	char file[FSX_PATH_MAX];
+	apiutil_path(L, 4, file, false);
+	luaL_checktype(L, 5, LUA_TTABLE);
+	luaL_checktype(L, 6, LUA_TFUNCTION);
+	apiutil_opts(L, 7, "remote.mpu_upload", keys);
+	lua_settop(L, 7); /* opts stays at 7 (nil when absent) under what is pushed below */
+	lua_Integer np = luaL_len(L, 5);
+	luaL_argcheck(L, np >= 0 && np <= PARTS_MAX, 5, "at most 10000 parts");
+	/* userdata-owned arrays: a raise below cannot leak them */
+	struct up_part *parts = lua_newuserdatauv(L, sizeof(*parts) * (size_t)(np ? np : 1), 0);
+	size_t *done = lua_newuserdatauv(L, sizeof(*done) * (size_t)(np ? np : 1), 0);
+	memset(parts, 0, sizeof(*parts) * (size_t)(np ? np : 1));
+	for (lua_Integer i = 1; i <= np; i++) {
+		lua_geti(L, 5, i);
+		luaL_argcheck(L, lua_istable(L, -1), 5, "each part is {n =, offset =, length =}");
+		lua_getfield(L, -1, "n");
+		lua_getfield(L, -2, "offset");
+		lua_getfield(L, -3, "length");
+		int a = 0, b = 0, c = 0;
+		lua_Integer pn = lua_tointegerx(L, -3, &a), off = lua_tointegerx(L, -2, &b),
+		            len = lua_tointegerx(L, -1, &c);
+		luaL_argcheck(L, a && b && c && pn >= 1 && pn <= PARTS_MAX && off >= 0 && len >= 0 &&
+		                  len <= (5LL << 30), 5, "each part is {n =, offset =, length =}");
+		parts[i - 1].n = (int)pn;
+		parts[i - 1].off = (off_t)off;
+		parts[i - 1].len = (size_t)len;
+		lua_pop(L, 4);
+	}
+	struct apiutil_tick t;
+	apiutil_tick_init(L, 0, &t, "uploading");
+	struct fsx fx;
+	apiutil_fsx(L, &fx);
+	int fd = -1;
+	int frc = fsx_open(&fx, file, O_RDONLY, 0, 0, &fd);
+	if (frc)
+		return apiutil_fail(L, frc, "read", file);
+	struct s3_remote r;
+	char key[1024];
+	int n = open_remote(L, name, rel, &r, key, sizeof(key));
+	if (n) {
+		close(fd);
+		return n;
+	}
+	int parallel = (int)apiutil_opt_int(L, 7, "parallel", r.parallel > 0 ? r.parallel : 1, 1, 32);
+	if (parallel > np)
+		parallel = np > 0 ? (int)np : 1;
+	/* the rate cap is for the remote as a whole: shared by the connections */
+	struct s3_remote each = r;
+	if (each.bandwidth_limit > 0)
+		each.bandwidth_limit = each.bandwidth_limit / parallel > 0 ? each.bandwidth_limit / parallel : 1;
+	struct up_pool p = {.parts = parts, .np = (size_t)np, .done = done, .r = &each, .key = key,
+	                    .id = id, .fd = fd};
+	pthread_mutex_init(&p.mu, NULL);
+	pthread_cond_init(&p.cv, NULL);
+	atomic_init(&p.stop, false);
+	p.hooks.tick = pool_stop;
+	p.hooks.arg = &p;
+	pthread_t th[32];
+	int nth = 0;
+	while (nth < parallel && pthread_create(&th[nth], NULL, up_worker, &p) == 0)
+		nth++;
+	size_t seen = 0;
+	int failed = -1;     /* index of the first failed part */
+	bool raised = false; /* on_part raised: its error is on the stack */
+	bool cancelled = false;
+	while (nth > 0 && seen < p.np) {
+		pthread_mutex_lock(&p.mu);
+		while (p.ndone == seen) {
+			struct timespec until;
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_nsec += 100 * 1000000L;
+			if (until.tv_nsec >= 1000000000L) {
+				until.tv_sec++;
+				until.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&p.cv, &p.mu, &until);
+			if (p.ndone == seen) {
+				pthread_mutex_unlock(&p.mu);
+				if (jv_io_tick(&t.hooks, 0, 0)) {
+					cancelled = true;
+					break;
+				}
+				pthread_mutex_lock(&p.mu);
+			}
+		}
+		if (cancelled)
+			break;
+		size_t idx = p.done[seen++];
+		pthread_mutex_unlock(&p.mu);
+		struct up_part *u = &parts[idx];
+		if (u->rc) {
+			failed = (int)idx;
+			break;
+		}
+		lua_pushvalue(L, 6);
+		lua_pushinteger(L, u->n);
+		lua_pushstring(L, u->etag);
+		lua_pushinteger(L, (lua_Integer)u->len);
+		if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+			raised = true;
+			break;
+		}
+	}
+	atomic_store(&p.stop, true);
+	for (int i = 0; i < nth; i++)
+		pthread_join(th[i], NULL);
+	pthread_cond_destroy(&p.cv);
+	pthread_mutex_destroy(&p.mu);
+	s3_remote_wipe(&each);
+	close(fd);
+	if (raised) {
+		s3_remote_wipe(&r);
+		return lua_error(L);
+	}
+	if (cancelled) {
+		s3_remote_wipe(&r);
+		return jv_raise_cancel(L);
+	}
+	if (nth == 0 && np > 0) {
+		s3_remote_wipe(&r);
+		return luaL_error(L, "remote.mpu_upload: cannot start a thread");
+	}
+	if (failed >= 0)
+		return fail(L, &r, parts[failed].rc, &parts[failed].e);
+	s3_remote_wipe(&r);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 /* remote.mpu_complete(name, object, upload_id, {{n=, etag=}, ...}) -> true */
 static int l_remote_mpu_complete(lua_State *L)
 {
@@ -633,6 +827,7 @@ static const luaL_Reg remote_funcs[] = {
 	{"mpu_create", l_remote_mpu_create},
 	{"mpu_part", l_remote_mpu_part},
 	{"mpu_complete", l_remote_mpu_complete},
+	{"mpu_upload", l_remote_mpu_upload},
 	{"mpu_abort", l_remote_mpu_abort},
 	{"download", l_remote_download},
 	{NULL, NULL},
@@ -645,6 +840,7 @@ int luaopen_jv_remote(lua_State *L)
 		{"verify", 4},       {"sha256", 3},     {"info", 1},       {"put", 3},
 		{"get", 3},          {"head", 2},       {"delete", 2},     {"list", 2},
 		{"mpu_create", 2},   {"mpu_part", 6},   {"mpu_complete", 4}, {"mpu_abort", 3},
+		{"mpu_upload", 7},
 		{"download", 4},     {NULL, 0},
 	};
 	apiutil_limit_args(L, -1, "remote", arity);

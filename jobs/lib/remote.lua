@@ -112,28 +112,33 @@ function M.upload(job, name, info, id, doc, from, to)
       acked[p.n] = p
       done = done + p.size
     end
-    local lost = false
-    for n = 1, nparts do
-      if not acked[n] and not st.completed then
-        local off = (n - 1) * ps
-        local len = math.min(ps, size - off)
-        job.checkpoint()
-        local etag, err, cls = remote.mpu_part(name, obj, st.uploadId, n, path,
-          { offset = off, length = len })
-        if not etag and cls == "not_found" then
-          log.warn(string.format("remote '%s' no longer knows upload %s of '%s': starting a new one",
-            name, st.uploadId, obj))
-          st.uploadId = nil
-          lost = true
-          break
+    local todo = {}
+    if not st.completed then
+      for n = 1, nparts do
+        if not acked[n] then
+          local off = (n - 1) * ps
+          todo[#todo + 1] = { n = n, offset = off, length = math.min(ps, size - off) }
         end
-        M.must(job, etag, err, cls)
-        st.parts[#st.parts + 1] = { n = n, size = len, etag = etag }
-        job.mark("remote-upload", st)
-        done = done + len
-        job.progress(from + (to - from) * done / math.max(size, 1),
-          string.format("uploaded %d of %d parts to remote '%s'", #st.parts, nparts, name))
       end
+    end
+    local lost = false
+    job.checkpoint()
+    -- `parallel` parts in flight; each acknowledgement is recorded durably
+    -- (the marker) before the next one is looked at
+    local ok, err, cls = remote.mpu_upload(name, obj, st.uploadId, path, todo, function(n, etag, len)
+      st.parts[#st.parts + 1] = { n = n, size = len, etag = etag }
+      job.mark("remote-upload", st)
+      done = done + len
+      job.progress(from + (to - from) * done / math.max(size, 1),
+        string.format("uploaded %d of %d parts to remote '%s'", #st.parts, nparts, name))
+    end)
+    if not ok and cls == "not_found" then
+      log.warn(string.format("remote '%s' no longer knows upload %s of '%s': starting a new one",
+        name, st.uploadId, obj))
+      st.uploadId = nil
+      lost = true
+    elseif not ok then
+      M.fail(job, err, cls)
     end
     if not lost then break end
   end
@@ -185,8 +190,18 @@ function M.fetch(job, name, id, from, to)
       .. "remote '%s'): remove it or restore it without 'remote'", id, name))
   end
   job.mark("remote-fetch", { jobId = job.id, runId = job.run_id, backupId = id, remote = name })
-  local part = backups.DIR .. "/." .. id .. ".tar.zst.part"
   fs.mkdir(backups.DIR)
+  common.clean_temp_files(job, backups.DIR)
+  if ours and fs.exists(backups.archive_path(id)) then
+    -- killed between committing the archive and writing its manifest
+    local sum = fs.sha256(backups.archive_path(id))
+    if sum == m.sha256 then
+      common.must(job, "cannot write the manifest", fs.write(backups.manifest_path(id), json.encode(m) .. "\n"))
+      return m, true
+    end
+    common.must(job, "cannot remove a stale archive", fs.remove(backups.archive_path(id)))
+  end
+  local part = backups.DIR .. "/." .. id .. ".tar.zst.part"
   local st = fs.stat(part)
   if st and st.size > m.bytes then
     common.must(job, "cannot remove a stale partial download", fs.remove(part))
