@@ -1,6 +1,7 @@
 # Thin wrapper over CMake so a fresh Debian machine needs one command.
 #   make test    install missing packages (as root), build, run every test suite
 #   make demo    build and run the demo: control plane + agent + demo game server
+#                (DEMO_FLAGS="--exit" stops when the jobs are done; see examples/demo/demo.py)
 #   make bench   run the benchmarks and rewrite docs/performance.md
 #   make torture long crash-consistency run (200+ kills per job)
 # SANITIZE=1 builds with ASan+UBSan into build-asan/.
@@ -14,11 +15,12 @@ BUILD ?= build
 endif
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CTEST_FLAGS ?=
+DEMO_FLAGS ?=
 
 DEB_PACKAGES = build-essential cmake pkg-config python3 zstd xz-utils gzip tar zip curl \
 	libcurl4-openssl-dev libcjson-dev liblua5.4-dev lua5.4 libarchive-dev \
 	libcriterion-dev libcivetweb-dev libsqlite3-dev libssl-dev openssl ca-certificates chromium \
-	strace prometheus libexpat1-dev nodejs npm rclone
+	groff-base strace prometheus default-jdk-headless libexpat1-dev nodejs npm rclone
 
 .PHONY: all deps configure build test test-unit test-e2e demo bench torture install clean
 
@@ -62,7 +64,7 @@ test-e2e: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L e2e
 
 demo: build
-	python3 examples/demo/demo.py --build-dir $(BUILD)
+	python3 examples/demo/demo.py --build-dir $(BUILD) $(DEMO_FLAGS)
 
 bench: build
 	./tests/bench/run-all.sh $(BUILD)

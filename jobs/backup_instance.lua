@@ -180,11 +180,18 @@ return {
       end
       job.checkpoint()
       job.step("archiving data/")
+      -- Files unchanged since the newest backup (same size, inode, mtime and
+      -- ctime) keep their digest instead of being hashed again.
+      local prev, prev_id = backups.latest()
       local m, err = archive.create("data", tmp_archive,
-        { exclude = exclude, progress = { from = 5, to = p.remote and 60 or 90 } })
+        { exclude = exclude, progress = { from = 5, to = p.remote and 60 or 90 }, reuse = prev })
       if not m then job.fail("cannot back up data/: " .. tostring(err), { retryable = true }) end
       manifest = m
       local stats = err
+      if prev and type(stats) == "table" and (stats.reused or 0) > 0 then
+        log.info(string.format("%d of %d file digests reused from backup '%s' (files unchanged)",
+          stats.reused, stats.files, prev_id))
+      end
       if type(stats) == "table" and type(stats.skipped) == "table" and #stats.skipped > 0 then
         log.warn(string.format("%d entries were not archived (sockets, FIFOs, devices or symlinks "
           .. "leading outside data/), e.g. '%s'", #stats.skipped, stats.skipped[1]))

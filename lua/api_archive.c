@@ -43,7 +43,7 @@ int archive_manifest_arg(lua_State *L, int idx, struct arch_manifest *m, char *e
 
 static int l_archive_create(lua_State *L)
 {
-	static const char *const keys[] = {"level", "threads", "exclude", "progress", NULL};
+	static const char *const keys[] = {"level", "threads", "exclude", "progress", "reuse", NULL};
 	char src[FSX_PATH_MAX], dst[FSX_PATH_MAX];
 	apiutil_path(L, 1, src, false);
 	apiutil_path(L, 2, dst, true);
@@ -69,14 +69,26 @@ static int l_archive_create(lua_State *L)
 	struct apiutil_tick t;
 	apiutil_tick_init(L, 3, &t, "archiving");
 	o.hooks = &t.hooks;
+	/* Parsed last: nothing below raises before it is freed. */
+	struct arch_manifest reuse;
+	arch_manifest_init(&reuse);
+	if (!lua_isnoneornil(L, 3) && lua_getfield(L, 3, "reuse") != LUA_TNIL) {
+		char merr[512];
+		if (archive_manifest_arg(L, -1, &reuse, merr, sizeof(merr)) < 0)
+			return luaL_argerror(L, 3, lua_pushfstring(L, "reuse: %s", merr));
+		o.reuse = &reuse;
+	}
 	int sfd = -1, dfd = -1;
 	const char *dlast;
 	int rc = fsx_open(&fx, src, O_RDONLY | O_DIRECTORY, 0, 0, &sfd);
-	if (rc < 0)
+	if (rc < 0) {
+		arch_manifest_free(&reuse);
 		return apiutil_fail(L, rc, "archive", src);
+	}
 	rc = apiutil_parent(&fx, dst, &dfd, &dlast);
 	if (rc < 0) {
 		close(sfd);
+		arch_manifest_free(&reuse);
 		return apiutil_fail(L, rc, "create archive", dst);
 	}
 	struct arch_create_result r;
@@ -85,6 +97,7 @@ static int l_archive_create(lua_State *L)
 	rc = arch_create(sfd, dfd, dlast, &o, &r, err, sizeof(err));
 	close(sfd);
 	close(dfd);
+	arch_manifest_free(&reuse);
 	if (rc < 0) {
 		arch_create_result_free(&r);
 		snprintf(prefix, sizeof(prefix), "cannot create archive '%s'", dst);
@@ -107,7 +120,9 @@ static int l_archive_create(lua_State *L)
 	lua_setfield(L, -2, "symlinks");
 	lua_pushinteger(L, (lua_Integer)r.data_bytes);
 	lua_setfield(L, -2, "bytes");
-	apiutil_push_array(L);
+	lua_pushinteger(L, (lua_Integer)r.reused);
+	lua_setfield(L, -2, "reused");
+	jv_json_push_array(L);
 	for (size_t i = 0; i < r.nskipped; i++) {
 		lua_pushstring(L, r.skipped[i]);
 		lua_rawseti(L, -2, (lua_Integer)i + 1);
@@ -241,7 +256,7 @@ static int l_archive_list(lua_State *L)
 		snprintf(prefix, sizeof(prefix), "cannot list '%s'", file);
 		return apiutil_fail_msg(L, rc, prefix, err);
 	}
-	apiutil_push_array(L);
+	jv_json_push_array(L);
 	for (size_t i = 0; i < l.n; i++) {
 		const struct arch_entry *e = &l.v[i];
 		lua_createtable(L, 0, 6);

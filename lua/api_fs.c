@@ -96,7 +96,7 @@ static int l_fs_list(lua_State *L)
 	int rc = fsx_list(&fx, p, &l);
 	if (rc < 0)
 		return apiutil_fail(L, rc, "list", p);
-	apiutil_push_array(L);
+	jv_json_push_array(L);
 	for (size_t i = 0; i < l.n; i++) {
 		push_stat(L, &l.v[i].st);
 		lua_pushstring(L, l.v[i].name);
@@ -223,7 +223,7 @@ static int l_fs_stale_staging(lua_State *L)
 	int rc = fsx_staging_runs(&fx, jv_ctx(L)->run_id, &l);
 	if (rc < 0)
 		return apiutil_fail(L, rc, "list", ".jobvisor/staging");
-	apiutil_push_array(L);
+	jv_json_push_array(L);
 	for (size_t i = 0; i < l.n; i++) {
 		lua_pushstring(L, l.v[i].name);
 		lua_rawseti(L, -2, (lua_Integer)i + 1);

@@ -74,6 +74,7 @@ void jv_run_marker_start(lua_State *L, struct jv_run_ctx *ctx, int job_idx)
 	cJSON_AddStringToObject(m, "startedAt", ts);
 	cJSON_AddStringToObject(m, "step", "start");
 	ctx->run_marker.json = m;
+	ctx->on_progress = jv_run_marker_step;
 	jv_marker_write(ctx, ctx->run_marker.file, m);
 	ctx->run_marker.written_ms = jv_now_mono_ms();
 }

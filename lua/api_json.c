@@ -166,6 +166,13 @@ cJSON *jv_lua_to_json(lua_State *L, int idx, char *err, size_t errlen)
 	return to_json(L, lua_absindex(L, idx), 0, &e, "value");
 }
 
+void jv_json_push_array(lua_State *L)
+{
+	lua_newtable(L);
+	push_array_mt(L);
+	lua_setmetatable(L, -2);
+}
+
 void jv_json_to_lua(lua_State *L, const cJSON *v)
 {
 	luaL_checkstack(L, 8, "json nesting too deep");

@@ -253,7 +253,7 @@ static int l_remote_list(lua_State *L)
 	int n = open_remote(L, name, rel, &r, key, sizeof(key));
 	if (n)
 		return n;
-	apiutil_push_array(L);
+	jv_json_push_array(L);
 	struct list_ctx c = {L, r.prefix[0] ? strlen(r.prefix) + 1 : 0, 0};
 	struct s3_err e = {0};
 	int rc = s3_list(&r, key, list_one, &c, &e);

@@ -150,15 +150,6 @@ void apiutil_tick_done(struct apiutil_tick *t)
 		jv_progress_report(t->ctx, &t->p, 1.0, NULL);
 }
 
-void apiutil_push_array(lua_State *L)
-{
-	cJSON *a = cJSON_CreateArray();
-	if (!a)
-		luaL_error(L, "out of memory");
-	jv_json_to_lua(L, a);
-	cJSON_Delete(a);
-}
-
 /* The third result of an expected failure: the errno name ("ENOSPC", "EIO",
  * ...), so a script can tell a full disk from a bad input without parsing the
  * message. A full disk is always "ENOSPC" (a quota too). */

@@ -55,8 +55,6 @@ void apiutil_tick_init(lua_State *L, int opts_idx, struct apiutil_tick *t, const
 /* Report 100% at the end of a call that was given opts.progress. */
 void apiutil_tick_done(struct apiutil_tick *t);
 
-/* Push an empty table marked as a JSON array (json.encode keeps it "[]"). */
-void apiutil_push_array(lua_State *L);
 
 /* After an fsx call failed with rc: raises for -ECANCELED (cancellation
  * error) and policy refusals; otherwise pushes nil, "cannot <verb> '<path>':

@@ -11,7 +11,8 @@
  * Manifest (JSON, documented in docs/lua-api.md):
  *   {"format":1, "sha256":"<hex of the archive file>", "bytes":<archive size>,
  *    "files":[{"path":"rel/path", "type":"file|dir|symlink", "size":N,
- *              "sha256":"hex", "mode":420, "target":"for symlinks"}, ...]} */
+ *              "sha256":"hex", "mode":420, "target":"for symlinks",
+ *              "stat":"ino:mtime_s.ns:ctime_s.ns (files, when create recorded it)"}, ...]} */
 #ifndef JOBVISOR_ARCH_H
 #define JOBVISOR_ARCH_H
 
@@ -32,7 +33,21 @@ struct arch_entry {
 	unsigned mode;     /* permission bits */
 	char *target;      /* symlink target, or hard link target path; NULL otherwise */
 	int64_t mtime;     /* seconds (list only) */
+	/* Files written by create: what identifies this version of the file on
+	 * the host (inode, mtime, ctime), so the next create can reuse sha256
+	 * without reading the file's bytes through SHA-256. Unset for files
+	 * changed within ARCH_RACY_NS before they were archived. */
+	struct arch_fileid {
+		bool set;
+		uint64_t ino;
+		int64_t mtime_s, ctime_s;
+		long mtime_ns, ctime_ns;
+	} fid;
 };
+
+/* A file whose ctime is this close to the moment it is archived may still
+ * change within the same timestamp tick: its digest is never reused. */
+#define ARCH_RACY_NS 2000000000LL
 
 struct arch_manifest {
 	char sha256[JV_SHA256_HEX]; /* of the archive file; "" when not given */
@@ -67,11 +82,16 @@ struct arch_create_opts {
 	const char *const *exclude;  /* fnmatch patterns (see arch_excluded) */
 	size_t nexclude;
 	const struct jv_io_hooks *hooks;
+	/* Optional manifest of an earlier archive of the same tree: a file whose
+	 * path, size, inode, mtime and ctime match an entry with a recorded
+	 * "stat" gets that entry's sha256 instead of being hashed again. */
+	const struct arch_manifest *reuse;
 };
 
 struct arch_create_result {
 	struct arch_manifest manifest;
 	uint64_t files, dirs, symlinks, data_bytes;
+	uint64_t reused; /* files whose digest came from opts->reuse */
 	char **skipped; /* relative paths left out (sockets, FIFOs, devices, links leading out) */
 	size_t nskipped;
 };

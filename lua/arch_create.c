@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fsx.h"
@@ -244,12 +245,47 @@ static int set_options(struct archive *a, const struct arch_create_opts *o, char
 	return 0;
 }
 
-/* Write one file's header and data; its digest is queued on st. */
+/* What identifies this version of the file, unless it changed so recently
+ * (ARCH_RACY_NS) that a further change could keep the same timestamps. */
+static struct arch_fileid file_id(const struct stat *st)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	int64_t age = ((int64_t)now.tv_sec - st->st_ctim.tv_sec) * 1000000000LL +
+	              (now.tv_nsec - st->st_ctim.tv_nsec);
+	if (age < ARCH_RACY_NS)
+		return (struct arch_fileid){0};
+	return (struct arch_fileid){.set = true, .ino = st->st_ino,
+	                            .mtime_s = st->st_mtim.tv_sec, .mtime_ns = st->st_mtim.tv_nsec,
+	                            .ctime_s = st->st_ctim.tv_sec, .ctime_ns = st->st_ctim.tv_nsec};
+}
+
+static bool same_id(const struct arch_fileid *a, const struct arch_fileid *b)
+{
+	return a->set && b->set && a->ino == b->ino && a->mtime_s == b->mtime_s &&
+	       a->mtime_ns == b->mtime_ns && a->ctime_s == b->ctime_s && a->ctime_ns == b->ctime_ns;
+}
+
+/* The earlier digest of this very file version, or NULL. */
+static const struct arch_entry *reusable(const struct arch_manifest *reuse, const char *rel,
+                                         const struct stat *st, const struct arch_fileid *id)
+{
+	if (!reuse || !id->set)
+		return NULL;
+	const struct arch_entry *old = arch_manifest_find(reuse, rel);
+	if (!old || old->type != ARCH_FILE || old->size != (uint64_t)st->st_size ||
+	    !old->sha256[0] || !same_id(&old->fid, id))
+		return NULL;
+	return old;
+}
+
+/* Write one file's header and data; its digest is queued on st, or taken from
+ * reuse when the file is the version an earlier archive hashed. */
 static int write_file(struct archive *a, struct archive_entry *ae, const struct fsx *src,
                       struct item *it, struct arch_entry *e, struct hashq *q,
-                      struct hashq_stream *st, uint64_t *done, uint64_t total,
-                      const struct jv_io_hooks *hooks, struct arch_create_result *r,
-                      bool *skipped, char *err, size_t errlen)
+                      struct hashq_stream *st, const struct arch_manifest *reuse,
+                      uint64_t *done, uint64_t total, const struct jv_io_hooks *hooks,
+                      struct arch_create_result *r, bool *skipped, char *err, size_t errlen)
 {
 	int fd;
 	*skipped = false;
@@ -278,7 +314,10 @@ static int write_file(struct archive *a, struct archive_entry *ae, const struct 
 		close(fd);
 		return -EIO;
 	}
-	hashq_begin(q, st);
+	e->fid = file_id(&st_);
+	const struct arch_entry *old = reusable(reuse, it->rel, &st_, &e->fid);
+	if (!old)
+		hashq_begin(q, st);
 	uint64_t left = (uint64_t)st_.st_size;
 	rc = 0;
 	while (left > 0) {
@@ -287,8 +326,10 @@ static int write_file(struct archive *a, struct archive_entry *ae, const struct 
 		ssize_t n = read(fd, buf, want);
 		int e_ = errno;
 		/* The worker hashes the block while libarchive compresses it; we hold
-		 * it until archive_write_data is done (its output sink takes blocks too). */
-		hashq_submit_keep(q, st, buf, n > 0 ? (size_t)n : 0);
+		 * it until archive_write_data is done (its output sink takes blocks too).
+		 * A reused digest: the block only carries the data (released unhashed). */
+		if (!old)
+			hashq_submit_keep(q, st, buf, n > 0 ? (size_t)n : 0);
 		bool written = n > 0 && archive_write_data(a, buf, (size_t)n) == n;
 		hashq_release(q, buf);
 		if (n < 0 && e_ == EINTR)
@@ -317,8 +358,32 @@ static int write_file(struct archive *a, struct archive_entry *ae, const struct 
 			break;
 		}
 	}
+	if (rc == 0 && old) {
+		/* The digest stands for what was read only if the file did not change
+		 * meanwhile (a running server writing it): then this archive holds a
+		 * mix no digest describes, and the backup must be taken again. */
+		struct stat after;
+		struct arch_fileid now_id = {0};
+		if (fstat(fd, &after) == 0)
+			now_id = (struct arch_fileid){.set = true, .ino = after.st_ino,
+			                              .mtime_s = after.st_mtim.tv_sec,
+			                              .mtime_ns = after.st_mtim.tv_nsec,
+			                              .ctime_s = after.st_ctim.tv_sec,
+			                              .ctime_ns = after.st_ctim.tv_nsec};
+		if (!same_id(&now_id, &e->fid) || after.st_size != st_.st_size) {
+			rc = -EAGAIN;
+			errf(err, errlen, "'%s' changed while being archived (stop the server, use "
+			     "quiesce, or exclude it)", it->rel);
+		}
+	}
 	close(fd);
-	hashq_final(q, st);
+	if (old) {
+		memcpy(st->hex, old->sha256, JV_SHA256_HEX);
+		if (rc == 0)
+			r->reused++;
+	} else {
+		hashq_final(q, st);
+	}
 	if (rc == 0) {
 		e->size = (uint64_t)st_.st_size;
 		e->mode = st_.st_mode & 07777;
@@ -350,8 +415,8 @@ static int write_items(struct archive *a, const struct fsx *src, struct scan *s,
 		bool skipped = false;
 		if (S_ISREG(it->st.st_mode)) {
 			e.type = ARCH_FILE;
-			rc = write_file(a, ae, src, it, &e, d->q, &d->st[i], &done, s->total, hooks, r,
-			                &skipped, err, errlen);
+			rc = write_file(a, ae, src, it, &e, d->q, &d->st[i], s->o->reuse, &done, s->total,
+			                hooks, r, &skipped, err, errlen);
 		} else {
 			archive_entry_set_perm(ae, it->st.st_mode & 07777);
 			archive_entry_set_mtime(ae, it->st.st_mtim.tv_sec, it->st.st_mtim.tv_nsec);

@@ -7,7 +7,9 @@
  * type allow-list (files, directories, symlinks that stay inside, hard links
  * to files already extracted), a size cap and a free-space guard checked from
  * the headers before writing and again while streaming, and the optional
- * manifest checked entry by entry. Any failure or cancel removes the whole
+ * manifest checked entry by entry (file digests in batches of EXTRACT_BATCH,
+ * all before the extraction succeeds; without a manifest files are not
+ * hashed at all). Any failure or cancel removes the whole
  * directory again. Nothing is fsynced here, file by file: callers extract
  * into staging and publish the tree with fs.commit() / fs.swap(), which make
  * it durable with one syncfs of its filesystem before the rename (fsx.c,
@@ -25,6 +27,18 @@
 
 #include "fsx.h"
 
+/* Files whose digest is still being computed: checked against the manifest
+ * in batches, so the hash worker is waited for once per batch rather than
+ * once per file (thousands of small files in a game world). */
+#define EXTRACT_BATCH 256
+
+struct pending {
+	struct hashq_stream st; /* queued on s->q; must not move */
+	const struct arch_entry *me;
+	char *path;
+	uint64_t size;
+};
+
 struct xctx {
 	struct fsx dx; /* beneath the destination, symlinks refused */
 	const struct arch_extract_opts *o;
@@ -32,7 +46,30 @@ struct xctx {
 	struct arch_budget b;
 	bool *seen;
 	struct arch_src *s;
+	struct pending *pend; /* EXTRACT_BATCH slots when there is a manifest */
+	size_t npend;
 };
+
+/* Wait for the batch's digests and check each against the manifest; the
+ * first mismatch (in archive order) fails. Empties the batch either way. */
+static int check_batch(struct xctx *x, char *err, size_t errlen)
+{
+	if (x->npend == 0)
+		return 0;
+	int rc = hashq_wait(x->s->q) < 0 ? -ENOMEM : 0;
+	if (rc < 0)
+		arch_errf(err, errlen, "out of memory");
+	for (size_t i = 0; i < x->npend; i++) {
+		struct pending *p = &x->pend[i];
+		if (rc == 0 && p->me)
+			rc = arch_manifest_check_data(p->me, p->path, p->size, p->st.hex, err, errlen);
+		hashq_discard(NULL, &p->st);
+		free(p->path);
+		p->path = NULL;
+	}
+	x->npend = 0;
+	return rc;
+}
 
 static int describe(int rc, const char *path, const char *what, char *err, size_t errlen)
 {
@@ -87,11 +124,26 @@ static int put_file(struct xctx *x, struct archive_entry *ae, const char *path,
 	close(pfd);
 	if (fd < 0)
 		return describe(-errno, path, "create", err, errlen);
-	char hex[JV_SHA256_HEX];
 	uint64_t size = 0;
-	rc = arch_stream_entry(x->s, path, declared, fd, &x->b, hex, &size, err, errlen);
-	if (rc == 0 && me)
-		rc = arch_manifest_check_data(me, path, size, hex, err, errlen);
+	/* Without a manifest nothing needs the digest: nothing is hashed. */
+	struct pending *p = NULL;
+	if (me) {
+		p = &x->pend[x->npend++];
+		*p = (struct pending){.me = NULL};
+	}
+	rc = arch_stream_entry_async(x->s, path, declared, fd, &x->b, p ? &p->st : NULL, &size, err,
+	                             errlen);
+	if (rc == 0 && p) {
+		p->path = strdup(path);
+		p->me = me;
+		p->size = size;
+		if (!p->path) {
+			rc = -ENOMEM;
+			arch_errf(err, errlen, "out of memory");
+		}
+	}
+	if (rc == 0 && x->npend == EXTRACT_BATCH)
+		rc = check_batch(x, err, errlen);
 	if (rc == 0) {
 		struct timespec ts[2] = {{.tv_nsec = UTIME_OMIT},
 		                         {.tv_sec = archive_entry_mtime(ae),
@@ -261,7 +313,10 @@ int arch_extract(int file_dirfd, const char *file_name, int dst_parent_fd, const
 	const struct arch_manifest *m = o->manifest;
 	if (m) {
 		x.seen = calloc(m->n ? m->n : 1, sizeof(*x.seen));
-		if (!x.seen) {
+		x.pend = calloc(EXTRACT_BATCH, sizeof(*x.pend));
+		if (!x.seen || !x.pend) {
+			free(x.seen);
+			free(x.pend);
 			arch_errf(err, errlen, "out of memory");
 			return -ENOMEM;
 		}
@@ -310,7 +365,9 @@ int arch_extract(int file_dirfd, const char *file_name, int dst_parent_fd, const
 			goto fail;
 	}
 	if (m) {
-		rc = arch_manifest_check_missing(m, x.seen, err, errlen);
+		rc = check_batch(&x, err, errlen);
+		if (rc == 0)
+			rc = arch_manifest_check_missing(m, x.seen, err, errlen);
 		if (rc == 0)
 			rc = arch_src_check(&s, m, err, errlen);
 		if (rc < 0)
@@ -319,6 +376,7 @@ int arch_extract(int file_dirfd, const char *file_name, int dst_parent_fd, const
 	close(dstfd);
 	arch_src_close(&s);
 	free(x.seen);
+	free(x.pend);
 	return 0;
 fail:
 	if (dstfd >= 0) {
@@ -327,7 +385,12 @@ fail:
 	}
 	if (created)
 		unlinkat(dst_parent_fd, dst_name, AT_REMOVEDIR);
-	arch_src_close(&s);
+	arch_src_close(&s); /* the worker is done with every pending stream after this */
+	for (size_t i = 0; i < x.npend; i++) {
+		hashq_discard(NULL, &x.pend[i].st);
+		free(x.pend[i].path);
+	}
 	free(x.seen);
+	free(x.pend);
 	return rc;
 }

@@ -63,6 +63,12 @@ int arch_budget_admit(struct arch_budget *b, const char *path, uint64_t size, ch
 int arch_stream_entry(struct arch_src *s, const char *path, uint64_t declared, int out_fd,
                       struct arch_budget *b, char hex[JV_SHA256_HEX], uint64_t *size, char *err,
                       size_t errlen);
+/* The same without waiting for the digest: est (caller-owned, must not move)
+ * gets it after hashq_wait(s->q); NULL hashes nothing. On failure est is
+ * still queued: hashq_wait before hashq_discard. */
+int arch_stream_entry_async(struct arch_src *s, const char *path, uint64_t declared, int out_fd,
+                            struct arch_budget *b, struct hashq_stream *est, uint64_t *size,
+                            char *err, size_t errlen);
 
 /* Manifest checks shared by verify and extract. seen[] is indexed like m->v.
  * check_entry: the entry must be listed, not seen before, of the same type

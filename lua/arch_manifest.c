@@ -3,7 +3,7 @@
  *
  * The manifest JSON is shared with the built-in jobs (backup files are
  * <backupId>.json beside <backupId>.tar.zst): {"format":1, "sha256", "bytes",
- * "files":[{path, type, size, sha256, mode, target}]}. Parsing is strict: an
+ * "files":[{path, type, size, sha256, mode, target, stat}]}. Parsing is strict: an
  * unknown type, a bad digest, an unsafe or duplicate path is refused, because
  * a manifest is the reference a restore is checked against. */
 #include "arch.h"
@@ -129,6 +129,35 @@ static bool json_uint(const cJSON *v, uint64_t *out)
 	return true;
 }
 
+/* "stat": "<ino>:<mtime s>.<9-digit ns>:<ctime s>.<9-digit ns>", written
+ * and read back exactly (a string: nanosecond times do not fit a JSON number). */
+static void fileid_format(const struct arch_fileid *id, char *out, size_t len)
+{
+	snprintf(out, len, "%llu:%lld.%09ld:%lld.%09ld", (unsigned long long)id->ino,
+	         (long long)id->mtime_s, id->mtime_ns, (long long)id->ctime_s, id->ctime_ns);
+}
+
+static int arch_fileid_parse(const cJSON *v, struct arch_fileid *id)
+{
+	if (!cJSON_IsString(v) || strlen(v->valuestring) > 80)
+		return -EINVAL;
+	unsigned long long ino;
+	long long ms, cs;
+	long mn, cn;
+	if (sscanf(v->valuestring, "%llu:%lld.%ld:%lld.%ld", &ino, &ms, &mn, &cs, &cn) != 5 ||
+	    mn < 0 || mn > 999999999 || cn < 0 || cn > 999999999)
+		return -EINVAL;
+	*id = (struct arch_fileid){.set = true, .ino = ino, .mtime_s = ms, .mtime_ns = mn,
+	                           .ctime_s = cs, .ctime_ns = cn};
+	char back[96];
+	fileid_format(id, back, sizeof(back));
+	if (strcmp(back, v->valuestring) != 0) { /* only the canonical form */
+		id->set = false;
+		return -EINVAL;
+	}
+	return 0;
+}
+
 static int entry_from_json(const cJSON *f, size_t i, struct arch_entry *e, char *err, size_t errlen)
 {
 	char norm[FSX_PATH_MAX];
@@ -178,6 +207,12 @@ static int entry_from_json(const cJSON *f, size_t i, struct arch_entry *e, char 
 			e->sha256[k] = (c >= 'A' && c <= 'F') ? (char)(c - 'A' + 'a') : c;
 		}
 		e->sha256[64] = '\0';
+		const cJSON *st = cJSON_GetObjectItemCaseSensitive(f, "stat");
+		if (st && !cJSON_IsNull(st) && arch_fileid_parse(st, &e->fid) < 0) {
+			errf(err, errlen, "manifest entry '%s': bad 'stat' (want \"ino:mtime.ns:ctime.ns\")",
+			     e->path);
+			return -EINVAL;
+		}
 	} else if (e->type == ARCH_SYMLINK) {
 		const cJSON *t = cJSON_GetObjectItemCaseSensitive(f, "target");
 		if (!cJSON_IsString(t) || t->valuestring[0] == '\0') {
@@ -266,6 +301,11 @@ cJSON *arch_manifest_to_json(const struct arch_manifest *m)
 		if (e->type == ARCH_FILE) {
 			cJSON_AddNumberToObject(f, "size", (double)e->size);
 			cJSON_AddStringToObject(f, "sha256", e->sha256);
+			if (e->fid.set) {
+				char id[96];
+				fileid_format(&e->fid, id, sizeof(id));
+				cJSON_AddStringToObject(f, "stat", id);
+			}
 		}
 		cJSON_AddNumberToObject(f, "mode", e->mode);
 		if (e->type == ARCH_SYMLINK && e->target)

@@ -289,13 +289,13 @@ static void hash_zeros(struct hashq *q, struct hashq_stream *st, uint64_t n)
 	}
 }
 
-int arch_stream_entry(struct arch_src *s, const char *path, uint64_t declared, int out_fd,
-                      struct arch_budget *b, char hex[JV_SHA256_HEX], uint64_t *size, char *err,
-                      size_t errlen)
+int arch_stream_entry_async(struct arch_src *s, const char *path, uint64_t declared, int out_fd,
+                            struct arch_budget *b, struct hashq_stream *est, uint64_t *size,
+                            char *err, size_t errlen)
 {
 	/* The worker hashes each block while this thread decompresses and writes the next. */
-	struct hashq_stream est = {0};
-	hashq_begin(s->q, &est);
+	if (est)
+		hashq_begin(s->q, est);
 	uint64_t pos = 0;
 	int rc = 0;
 	for (;;) {
@@ -321,7 +321,8 @@ int arch_stream_entry(struct arch_src *s, const char *path, uint64_t declared, i
 			uint64_t gap = (uint64_t)off - pos;
 			if (b && (rc = budget_charge(b, path, gap, err, errlen)) < 0)
 				break;
-			hash_zeros(s->q, &est, gap);
+			if (est)
+				hash_zeros(s->q, est, gap);
 			if (out_fd >= 0 && lseek(out_fd, off, SEEK_SET) < 0) {
 				rc = -errno;
 				arch_errf(err, errlen, "cannot write '%s': %s", path, strerror(errno));
@@ -331,7 +332,8 @@ int arch_stream_entry(struct arch_src *s, const char *path, uint64_t declared, i
 		}
 		if (b && (rc = budget_charge(b, path, len, err, errlen)) < 0)
 			break;
-		hashq_update(s->q, &est, buf, len);
+		if (est)
+			hashq_update(s->q, est, buf, len);
 		if (out_fd >= 0 && (rc = jv_write_all(out_fd, buf, len)) < 0) {
 			arch_errf(err, errlen, "cannot write '%s': %s", path, strerror(-rc));
 			break;
@@ -345,7 +347,8 @@ int arch_stream_entry(struct arch_src *s, const char *path, uint64_t declared, i
 	}
 	if (rc == 0 && declared > pos) { /* trailing hole */
 		if (b && (rc = budget_charge(b, path, declared - pos, err, errlen)) == 0) {
-			hash_zeros(s->q, &est, declared - pos);
+			if (est)
+				hash_zeros(s->q, est, declared - pos);
 			if (out_fd >= 0 && ftruncate(out_fd, (off_t)declared) < 0) {
 				rc = -errno;
 				arch_errf(err, errlen, "cannot write '%s': %s", path, strerror(errno));
@@ -353,15 +356,25 @@ int arch_stream_entry(struct arch_src *s, const char *path, uint64_t declared, i
 			pos = declared;
 		}
 	}
-	hashq_final(s->q, &est);
+	if (est)
+		hashq_final(s->q, est);
+	if (rc == 0)
+		*size = pos;
+	return rc;
+}
+
+int arch_stream_entry(struct arch_src *s, const char *path, uint64_t declared, int out_fd,
+                      struct arch_budget *b, char hex[JV_SHA256_HEX], uint64_t *size, char *err,
+                      size_t errlen)
+{
+	struct hashq_stream est = {0};
+	int rc = arch_stream_entry_async(s, path, declared, out_fd, b, &est, size, err, errlen);
 	if (hashq_wait(s->q) < 0 && rc == 0) {
 		arch_errf(err, errlen, "out of memory");
 		rc = -ENOMEM;
 	}
-	if (rc == 0) {
+	if (rc == 0)
 		memcpy(hex, est.hex, JV_SHA256_HEX);
-		*size = pos;
-	}
 	hashq_discard(NULL, &est);
 	return rc;
 }

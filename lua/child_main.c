@@ -25,6 +25,7 @@
 #include "jobvisor/jobchild.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
+#include "jobvisor/protocol.h"
 #include "jobvisor/util.h"
 #include "procx.h"
 #include "sandbox.h"
@@ -42,6 +43,7 @@ static void on_cancel_signal(int sig)
 
 struct child {
 	struct jv_run_ctx ctx;
+	struct jv_scriptdef def; /* ctx.type may point into it until exit */
 	cJSON *spec;
 	char data_dir[4096];
 	char instance_dir[4200];
@@ -58,16 +60,10 @@ static void emit_result(struct jv_run_ctx *ctx, const char *status, cJSON *outpu
 		cJSON_AddItemToObject(ev, "output", output);
 	else
 		cJSON_AddItemToObject(ev, "output", cJSON_CreateObject());
-	if (message) {
-		cJSON *err = cJSON_AddObjectToObject(ev, "error");
-		cJSON_AddStringToObject(err, "message", message);
-		cJSON_AddStringToObject(err, "stack", stack ? stack : "");
-		cJSON_AddBoolToObject(err, "retryable", retryable);
-		if (reason)
-			cJSON_AddStringToObject(err, "reason", reason);
-	} else {
+	if (message)
+		cJSON_AddItemToObject(ev, "error", jv_proto_error(message, stack, retryable, reason));
+	else
 		cJSON_AddNullToObject(ev, "error");
-	}
 	jv_emit_event(ctx, ev);
 }
 
@@ -367,27 +363,27 @@ static int run_child(struct child *c)
 	if (!L)
 		return fail_early(ctx, "cannot create Lua state: out of memory", true);
 
-	static struct jv_scriptdef def; /* ctx->type may point into it until exit */
-	if (jv_scriptdef_load(L, script, NULL, &def, err, sizeof(err)) != 0) {
+	struct jv_scriptdef *def = &c->def;
+	if (jv_scriptdef_load(L, script, NULL, def, err, sizeof(err)) != 0) {
 		char serr[1024];
 		jv_sanitize(serr, sizeof(serr), err, c->data_dir);
 		return fail_early(ctx, serr, false);
 	}
 	if (!ctx->type[0])
-		ctx->type = def.type; /* run by path: the script names its type */
+		ctx->type = def->type; /* run by path: the script names its type */
 	/* What the script declares: its type (the parent logs it for runs by
 	 * path) and whether it may be cancelled. */
 	cJSON *meta = cJSON_CreateObject();
 	cJSON_AddStringToObject(meta, "k", "meta");
-	cJSON_AddStringToObject(meta, "type", def.type);
-	cJSON_AddBoolToObject(meta, "cancellable", def.cancellable);
-	if (!def.cancellable)
-		cJSON_AddStringToObject(meta, "why", def.why);
+	cJSON_AddStringToObject(meta, "type", def->type);
+	cJSON_AddBoolToObject(meta, "cancellable", def->cancellable);
+	if (!def->cancellable)
+		cJSON_AddStringToObject(meta, "why", def->why);
 	jv_emit_event(ctx, meta);
 	const char *want_type = jv_json_str(spec, "expectType", NULL);
-	if (want_type && strcmp(want_type, def.type) != 0) {
+	if (want_type && strcmp(want_type, def->type) != 0) {
 		snprintf(err, sizeof(err), "script '%s' declares type '%s' but was run as '%s'",
-		         def.chunkname, def.type, want_type);
+		         def->chunkname, def->type, want_type);
 		return fail_early(ctx, err, false);
 	}
 
@@ -396,7 +392,7 @@ static int run_child(struct child *c)
 	lua_call(L, 0, 1);
 	int job_idx = lua_gettop(L);
 	const cJSON *params = cJSON_GetObjectItemCaseSensitive(spec, "params");
-	if (jv_scriptdef_check_params(L, &def, params, err, sizeof(err)) != 0)
+	if (jv_scriptdef_check_params(L, def, params, err, sizeof(err)) != 0)
 		return fail_early(ctx, err, false);
 	if (params && cJSON_IsObject(params))
 		jv_json_to_lua(L, params);
@@ -412,7 +408,7 @@ static int run_child(struct child *c)
 
 	lua_pushcfunction(L, traceback_handler);
 	int handler = lua_gettop(L);
-	lua_rawgeti(L, LUA_REGISTRYINDEX, def.run_ref);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, def->run_ref);
 	lua_pushvalue(L, job_idx);
 	int status = lua_pcall(L, 1, 1, handler);
 	if (status != LUA_OK)

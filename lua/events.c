@@ -23,14 +23,6 @@
 
 static const char ctx_key = 'c';
 
-/* Pending coalesced progress, per process (one run per child process). */
-static struct {
-	bool pending;
-	double percent;
-	char message[1024];
-	int64_t last_ms;
-} prog;
-
 void jv_ctx_install(lua_State *L, struct jv_run_ctx *ctx)
 {
 	lua_pushlightuserdata(L, ctx);
@@ -69,18 +61,18 @@ static void write_line(struct jv_run_ctx *ctx, cJSON *ev)
 
 static void flush_progress(struct jv_run_ctx *ctx)
 {
-	if (!prog.pending)
+	if (!ctx->progress_out.pending)
 		return;
-	prog.pending = false;
-	prog.last_ms = jv_now_mono_ms();
+	ctx->progress_out.pending = false;
+	ctx->progress_out.last_ms = jv_now_mono_ms();
 	cJSON *ev = cJSON_CreateObject();
 	cJSON_AddStringToObject(ev, "k", "progress");
-	if (prog.percent >= 0)
-		cJSON_AddNumberToObject(ev, "percent", prog.percent);
+	if (ctx->progress_out.percent >= 0)
+		cJSON_AddNumberToObject(ev, "percent", ctx->progress_out.percent);
 	else
 		cJSON_AddNullToObject(ev, "percent");
-	if (prog.message[0])
-		cJSON_AddStringToObject(ev, "message", prog.message);
+	if (ctx->progress_out.message[0])
+		cJSON_AddStringToObject(ev, "message", ctx->progress_out.message);
 	write_line(ctx, ev);
 	cJSON_Delete(ev);
 }
@@ -98,15 +90,16 @@ void jv_emit_progress(struct jv_run_ctx *ctx, double percent, const char *messag
 		percent = 100;
 	/* A step message without percent must not be lost behind a later percent
 	 * of the same coalescing window: flush the pending one first. */
-	if (prog.pending && prog.message[0] && message && strcmp(prog.message, message) != 0 &&
+	if (ctx->progress_out.pending && ctx->progress_out.message[0] && message && strcmp(ctx->progress_out.message, message) != 0 &&
 	    percent < 0)
 		flush_progress(ctx);
-	jv_run_marker_step(ctx, message, percent);
-	prog.pending = true;
-	prog.percent = percent;
-	snprintf(prog.message, sizeof(prog.message), "%s", message ? message : "");
+	if (ctx->on_progress)
+		ctx->on_progress(ctx, message, percent);
+	ctx->progress_out.pending = true;
+	ctx->progress_out.percent = percent;
+	snprintf(ctx->progress_out.message, sizeof(ctx->progress_out.message), "%s", message ? message : "");
 	int64_t now = jv_now_mono_ms();
-	if (now - prog.last_ms >= COALESCE_MS || percent >= 100)
+	if (now - ctx->progress_out.last_ms >= COALESCE_MS || percent >= 100)
 		flush_progress(ctx);
 }
 

@@ -173,6 +173,16 @@ static int walk_expand(int dirfd, const char *name, const char *rest, char *rem,
 	return 0;
 }
 
+/* comp in cur is a symlink: refused (FSX_ESYMLINK) when refuse is set, else
+ * its target is spliced into rem for the walk to go on from. */
+static int follow_link(int cur, const char *comp, const char *rest, char *rem, int *links,
+                       unsigned refuse)
+{
+	if (refuse)
+		return FSX_ESYMLINK;
+	return walk_expand(cur, comp, rest, rem, links);
+}
+
 static int walk_open(int root, const char *path, int oflags, mode_t mode, unsigned how, int *out)
 {
 	struct walk w = {0};
@@ -231,11 +241,7 @@ static int walk_open(int root, const char *path, int oflags, mode_t mode, unsign
 			}
 			rc = -errno;
 			if ((rc == -ENOTDIR || rc == -ELOOP) && is_symlink_at(cur, comp)) {
-				if (how & FSX_NO_SYMLINKS) {
-					rc = FSX_ESYMLINK;
-					goto fail;
-				}
-				rc = walk_expand(cur, comp, rest, rem, &links);
+				rc = follow_link(cur, comp, rest, rem, &links, how & FSX_NO_SYMLINKS);
 				if (rc < 0)
 					goto fail;
 				p = rem;
@@ -250,11 +256,7 @@ static int walk_open(int root, const char *path, int oflags, mode_t mode, unsign
 			if ((oflags & O_PATH) && !(how & FSX_NOFOLLOW) && fstat(fd, &st) == 0 &&
 			    S_ISLNK(st.st_mode)) {
 				close(fd);
-				if (how & FSX_NO_SYMLINKS) {
-					rc = FSX_ESYMLINK;
-					goto fail;
-				}
-				rc = walk_expand(cur, comp, rest, rem, &links);
+				rc = follow_link(cur, comp, rest, rem, &links, how & FSX_NO_SYMLINKS);
 				if (rc < 0)
 					goto fail;
 				p = rem;
@@ -266,11 +268,7 @@ static int walk_open(int root, const char *path, int oflags, mode_t mode, unsign
 		}
 		rc = -errno;
 		if ((rc == -ELOOP || rc == -ENOTDIR) && is_symlink_at(cur, comp)) {
-			if (how & (FSX_NOFOLLOW | FSX_NO_SYMLINKS)) {
-				rc = FSX_ESYMLINK;
-				goto fail;
-			}
-			rc = walk_expand(cur, comp, rest, rem, &links);
+			rc = follow_link(cur, comp, rest, rem, &links, how & (FSX_NOFOLLOW | FSX_NO_SYMLINKS));
 			if (rc < 0)
 				goto fail;
 			p = rem;

@@ -1,5 +1,12 @@
 /* hashq.c — a single-worker SHA-256 pipeline (see hashq.h).
  *
+ * Hand-offs are batched: the caller gathers up to HASHQ_PENDING operations
+ * and hands them over under one lock with one wake-up, and small updates of
+ * all streams are packed into one shared block, so extracting thousands of
+ * small files costs a few hand-offs instead of several per file. Each op
+ * that points into the shared block holds a reference on it (taken when the
+ * op is handed over), the caller holds one while filling it.
+ *
  * One mutex guards a ring of operations and a free list of pool blocks; the
  * worker takes operations in order, so per-stream order is queue order and a
  * stream's digest is final once hashq_wait() returns. The worker owns every
@@ -15,14 +22,16 @@
 
 #include <openssl/evp.h>
 
-#define HASHQ_OPS 256
+#define HASHQ_OPS 1024
+#define HASHQ_PENDING 128 /* ops gathered by the caller before one hand-off */
 
 enum op_kind { OP_BEGIN, OP_DATA, OP_FINAL };
 
 struct op {
 	enum op_kind kind;
+	bool packed; /* data copied into the shared fill block: holds it until hashed */
 	struct hashq_stream *s;
-	unsigned char *block;
+	unsigned char *block; /* may point inside a pool block */
 	size_t len;
 };
 
@@ -35,12 +44,20 @@ struct hashq {
 	struct op ops[HASHQ_OPS];
 	size_t head, count;
 	unsigned char **free_blocks;
-	unsigned char *refs; /* per block: holders (worker, caller) */
+	unsigned *refs; /* per block: holders (caller, each queued op: hundreds when packed) */
 	size_t nfree, nblocks;
 	unsigned char *mem;
 	bool busy, stop;
 	int err;
+	/* Caller side only (no lock): ops not yet handed over, and the block
+	 * that small updates of every stream are packed into. */
+	struct op pending[HASHQ_PENDING];
+	size_t npending;
+	unsigned char *fill;
+	size_t fill_len;
 };
+
+static void drop_fill(struct hashq *q);
 
 static void run_op(struct hashq *q, const struct op *op)
 {
@@ -81,9 +98,9 @@ static void run_op(struct hashq *q, const struct op *op)
 /* Drop one holder of a block (mutex held); the last one returns it to the pool. */
 static void unref(struct hashq *q, unsigned char *block)
 {
-	size_t i = (size_t)(block - q->mem) / HASHQ_BLOCK;
+	size_t i = (size_t)(block - q->mem) / HASHQ_BLOCK; /* block may point inside */
 	if (--q->refs[i] == 0) {
-		q->free_blocks[q->nfree++] = block;
+		q->free_blocks[q->nfree++] = q->mem + i * HASHQ_BLOCK;
 		pthread_cond_signal(&q->space);
 	}
 }
@@ -126,7 +143,7 @@ int hashq_new(struct hashq **out, size_t nblocks)
 	q->nblocks = nblocks ? nblocks : 1;
 	q->mem = malloc(q->nblocks * HASHQ_BLOCK);
 	q->free_blocks = malloc(q->nblocks * sizeof(*q->free_blocks));
-	q->refs = calloc(q->nblocks, 1);
+	q->refs = calloc(q->nblocks, sizeof(*q->refs));
 	if (!q->mem || !q->free_blocks || !q->refs) {
 		free(q->mem);
 		free(q->free_blocks);
@@ -165,6 +182,7 @@ void hashq_free(struct hashq *q)
 {
 	if (!q)
 		return;
+	drop_fill(q);
 	pthread_mutex_lock(&q->mu);
 	q->stop = true;
 	pthread_cond_signal(&q->work);
@@ -180,37 +198,63 @@ void hashq_free(struct hashq *q)
 	free(q);
 }
 
-static void push(struct hashq *q, const struct op *op)
+/* Hand every gathered op to the worker under one lock and one wake-up. */
+static void flush(struct hashq *q)
 {
+	if (q->npending == 0)
+		return;
 	pthread_mutex_lock(&q->mu);
-	while (q->count == HASHQ_OPS)
-		pthread_cond_wait(&q->space, &q->mu);
-	q->ops[(q->head + q->count) % HASHQ_OPS] = *op;
-	q->count++;
+	for (size_t i = 0; i < q->npending; i++) {
+		while (q->count == HASHQ_OPS) {
+			pthread_cond_signal(&q->work);
+			pthread_cond_wait(&q->space, &q->mu);
+		}
+		const struct op *op = &q->pending[i];
+		if (op->packed)
+			q->refs[(size_t)(op->block - q->mem) / HASHQ_BLOCK]++;
+		q->ops[(q->head + q->count) % HASHQ_OPS] = *op;
+		q->count++;
+	}
+	q->npending = 0;
 	pthread_cond_signal(&q->work);
 	pthread_mutex_unlock(&q->mu);
 }
 
-static void flush_cur(struct hashq *q, struct hashq_stream *s)
+static void push(struct hashq *q, const struct op *op)
 {
-	if (!s->cur)
+	if (q->npending == HASHQ_PENDING)
+		flush(q);
+	q->pending[q->npending++] = *op;
+}
+
+/* The caller's hold on the fill block ends: it goes back to the pool once the
+ * worker has hashed every op that points into it. */
+static void drop_fill(struct hashq *q)
+{
+	if (!q->fill)
 		return;
-	push(q, &(struct op){.kind = OP_DATA, .s = s, .block = s->cur, .len = s->cur_len});
-	s->cur = NULL;
-	s->cur_len = 0;
+	flush(q);
+	hashq_release(q, q->fill);
+	q->fill = NULL;
+	q->fill_len = 0;
 }
 
 int hashq_begin(struct hashq *q, struct hashq_stream *s)
 {
-	s->cur = NULL;
-	s->cur_len = 0;
 	push(q, &(struct op){.kind = OP_BEGIN, .s = s});
 	return 0;
 }
 
 void *hashq_acquire(struct hashq *q)
 {
+	flush(q); /* what we gathered may be what frees a block */
 	pthread_mutex_lock(&q->mu);
+	if (q->nfree == 0 && q->fill) {
+		/* Our own fill block may be the one we wait for (a small pool). */
+		pthread_mutex_unlock(&q->mu);
+		drop_fill(q);
+		pthread_mutex_lock(&q->mu);
+	}
 	while (q->nfree == 0)
 		pthread_cond_wait(&q->space, &q->mu);
 	unsigned char *b = q->free_blocks[--q->nfree];
@@ -221,8 +265,8 @@ void *hashq_acquire(struct hashq *q)
 
 int hashq_submit(struct hashq *q, struct hashq_stream *s, void *block, size_t len)
 {
-	flush_cur(q, s); /* keep the stream's bytes in order */
 	push(q, &(struct op){.kind = OP_DATA, .s = s, .block = block, .len = len});
+	flush(q); /* a whole block: worth a hand-off of its own */
 	return 0;
 }
 
@@ -245,32 +289,34 @@ int hashq_update(struct hashq *q, struct hashq_stream *s, const void *data, size
 {
 	const unsigned char *p = data;
 	while (len > 0) {
-		if (!s->cur) {
-			s->cur = hashq_acquire(q);
-			s->cur_len = 0;
+		if (!q->fill) {
+			q->fill = hashq_acquire(q); /* refs = 1: our hold while filling */
+			q->fill_len = 0;
 		}
-		size_t n = HASHQ_BLOCK - s->cur_len;
+		size_t n = HASHQ_BLOCK - q->fill_len;
 		if (n > len)
 			n = len;
-		memcpy(s->cur + s->cur_len, p, n);
-		s->cur_len += n;
+		memcpy(q->fill + q->fill_len, p, n);
+		push(q, &(struct op){.kind = OP_DATA, .packed = true, .s = s,
+		                     .block = q->fill + q->fill_len, .len = n});
+		q->fill_len += n;
 		p += n;
 		len -= n;
-		if (s->cur_len == HASHQ_BLOCK)
-			flush_cur(q, s);
+		if (q->fill_len == HASHQ_BLOCK)
+			drop_fill(q);
 	}
 	return 0;
 }
 
 int hashq_final(struct hashq *q, struct hashq_stream *s)
 {
-	flush_cur(q, s);
 	push(q, &(struct op){.kind = OP_FINAL, .s = s});
 	return 0;
 }
 
 int hashq_wait(struct hashq *q)
 {
+	flush(q);
 	pthread_mutex_lock(&q->mu);
 	while (q->count > 0 || q->busy)
 		pthread_cond_wait(&q->idle, &q->mu);
@@ -282,10 +328,7 @@ int hashq_wait(struct hashq *q)
 void hashq_discard(struct hashq *q, struct hashq_stream *s)
 {
 	/* The worker is idle for s (precondition), so this thread may free it. */
-	if (q && s->cur)
-		hashq_release(q, s->cur);
-	s->cur = NULL;
-	s->cur_len = 0;
+	(void)q;
 	EVP_MD_CTX_free(s->md);
 	s->md = NULL;
 }

@@ -27,9 +27,6 @@ struct hashq_stream {
 	void *md;                  /* worker-side digest state (EVP_MD_CTX) */
 	char hex[JV_SHA256_HEX];   /* after hashq_wait() following hashq_final() */
 	uint64_t bytes;            /* bytes hashed */
-	/* caller side: hashq_update fills a block before queueing it */
-	unsigned char *cur;
-	size_t cur_len;
 };
 
 /* nblocks pool blocks of HASHQ_BLOCK bytes. Returns-owned *q: hashq_free(). */
@@ -40,7 +37,8 @@ void hashq_free(struct hashq *q);
 /* Start a stream (resets it). */
 int hashq_begin(struct hashq *q, struct hashq_stream *s);
 /* Queue a copy of data for s (blocks while every pool block is in use).
- * Small updates are gathered into one block before it is queued. */
+ * Updates of every stream are packed into one shared block, and operations
+ * are handed to the worker in batches (at the latest by hashq_wait). */
 int hashq_update(struct hashq *q, struct hashq_stream *s, const void *data, size_t len);
 /* Zero-copy variant: take a free block to fill (HASHQ_BLOCK bytes), then
  * queue len bytes of it with hashq_submit; the block goes back to the pool
@@ -51,7 +49,7 @@ void *hashq_acquire(struct hashq *q);
 int hashq_submit(struct hashq *q, struct hashq_stream *s, void *block, size_t len);
 int hashq_submit_keep(struct hashq *q, struct hashq_stream *s, void *block, size_t len);
 void hashq_release(struct hashq *q, void *block);
-/* Queue the end of s; s->hex is filled by the worker. */
+/* Queue the end of s; s->hex is filled by the worker (valid after hashq_wait). */
 int hashq_final(struct hashq *q, struct hashq_stream *s);
 /* Wait until everything queued so far is done; -ENOMEM if a digest could
  * not be set up (its stream then has no hex). */

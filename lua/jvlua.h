@@ -41,6 +41,18 @@ struct jv_run_ctx {
 	const cJSON *settings; /* e.g. allowed_executables, user, console log sizes */
 	const cJSON *spec;     /* the whole spec */
 
+	/* Called by jv_emit_progress with every step/percent (NULL: nobody);
+	 * the run marker registers itself here (jv_run_marker_start). */
+	void (*on_progress)(struct jv_run_ctx *ctx, const char *step, double percent);
+
+	/* Progress not yet written to the parent (lua/events.c coalesces it). */
+	struct {
+		bool pending;
+		double percent;
+		char message[1024];
+		int64_t last_ms;
+	} progress_out;
+
 	/* The run marker (lua/api_job.c): <type>'s run.<type>.json, written at
 	 * start, its step updated by job.step(), removed on success. */
 	struct {
@@ -90,6 +102,8 @@ int jv_push_fail(lua_State *L, const char *fmt, ...);
  * on failure, with a message in err. */
 cJSON *jv_lua_to_json(lua_State *L, int idx, char *err, size_t errlen);
 void jv_json_to_lua(lua_State *L, const cJSON *v);
+/* Push an empty table marked as a JSON array (json.encode keeps it "[]"). */
+void jv_json_push_array(lua_State *L);
 
 /* Marker files under <instance>/.jobvisor/markers (lua/api_job.c). file is
  * "<name>.json". Return 0 or -errno (-ENOENT: no such marker). */

@@ -2,7 +2,9 @@
  *
  * One request is one easy handle: the URL (path-style or virtual-host), the
  * query in canonical (sorted, encoded) order, the body from memory with its
- * SHA-256 in x-amz-content-sha256, and libcurl's own SigV4 signing. `call`
+ * SHA-256 in x-amz-content-sha256, and libcurl's own SigV4 signing. libcurl,
+ * libcrypto and libexpat are all loaded on first use (curl_lazy.c,
+ * crypto_lazy.c, expat_lazy.c). `call`
  * wraps a request in retries; `classify` turns a curl code or an HTTP status
  * plus S3 <Error> document into the s3_class the caller acts on. The XML
  * answers are read by one expat walker that reports each closed element with
@@ -205,9 +207,32 @@ static int uri_encode(const char *in, bool keep_slash, char *out, size_t outlen)
 	return 0;
 }
 
-static void digest(const EVP_MD *md, const void *d, size_t n, unsigned char *out, unsigned *outlen)
+/* One digest of a buffer; false when libcrypto is unavailable. */
+static bool digest(const EVP_MD *md, const void *d, size_t n, unsigned char *out, unsigned *outlen)
 {
-	EVP_Digest(d, n, out, outlen, md, NULL);
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	bool ok = c && EVP_DigestInit_ex(c, md, NULL) == 1 && EVP_DigestUpdate(c, d, n) == 1 &&
+	          EVP_DigestFinal_ex(c, out, outlen) == 1;
+	EVP_MD_CTX_free(c);
+	if (!ok)
+		*outlen = 0;
+	return ok;
+}
+
+/* Base64 of a digest for Content-MD5 (out: 4 * ceil(n / 3) + 1 bytes). */
+static void base64(const unsigned char *in, size_t n, char *out)
+{
+	static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t o = 0;
+	for (size_t i = 0; i < n; i += 3) {
+		unsigned v = (unsigned)in[i] << 16 | (i + 1 < n ? (unsigned)in[i + 1] << 8 : 0) |
+		             (i + 2 < n ? in[i + 2] : 0);
+		out[o++] = t[(v >> 18) & 63];
+		out[o++] = t[(v >> 12) & 63];
+		out[o++] = i + 1 < n ? t[(v >> 6) & 63] : '=';
+		out[o++] = i + 2 < n ? t[v & 63] : '=';
+	}
+	out[o] = '\0';
 }
 
 static void sha256_hex(const void *d, size_t n, char hex[JV_SHA256_HEX])
@@ -265,7 +290,7 @@ static int xml_walk(const char *doc, size_t len,
 {
 	XML_Parser p = XML_ParserCreate("UTF-8");
 	if (!p)
-		return -ENOMEM;
+		return -ENOSYS; /* libexpat.so.1 missing (or out of memory) */
 	struct xml_walk w = {.on_end = on_end, .arg = arg, .text = {.max = 64 * 1024}};
 	XML_SetUserData(p, &w);
 	XML_SetElementHandler(p, x_start, x_end);
@@ -636,15 +661,18 @@ int s3_put(const struct s3_remote *r, const char *key, const void *data, size_t 
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned ml = 0;
 	char b64[64];
-	digest(EVP_md5(), data, len, md, &ml);
-	EVP_EncodeBlock((unsigned char *)b64, md, (int)ml);
+	char what[1200];
+	describe(what, sizeof(what), "cannot upload", key);
+	if (!digest(EVP_md5(), data, len, md, &ml)) {
+		set_err(r, e, S3_PERMANENT, 0, NULL, what, "cannot load libcrypto (libcrypto.so.3)");
+		return -ENOSYS;
+	}
+	base64(md, ml, b64);
 	struct req q = REQ("PUT");
 	q.key = key;
 	q.body = data;
 	q.bodylen = len;
 	q.content_md5 = b64;
-	char what[1200];
-	describe(what, sizeof(what), "cannot upload", key);
 	int rc = call(r, &q, what, e);
 	free(q.resp.p);
 	return rc;
@@ -847,8 +875,12 @@ int s3_mpu_part(const struct s3_remote *r, const char *key, const char *id, int 
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned ml = 0;
 	char b64[64], mdhex[40];
-	digest(EVP_md5(), data ? data : "", len, md, &ml);
-	EVP_EncodeBlock((unsigned char *)b64, md, (int)ml);
+	if (!digest(EVP_md5(), data ? data : "", len, md, &ml)) {
+		set_err(r, e, S3_PERMANENT, 0, NULL, what, "cannot load libcrypto (libcrypto.so.3)");
+		free(data);
+		return -ENOSYS;
+	}
+	base64(md, ml, b64);
 	jv_hex(md, ml, mdhex);
 	struct req q = REQ("PUT");
 	q.key = key;

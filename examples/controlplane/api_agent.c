@@ -101,20 +101,22 @@ out:
 	cJSON_Delete(body);
 }
 
-/* 0 when the agent may report on the run; otherwise the answer was sent. */
-static int check_owner(struct mg_connection *conn, const struct cp_agent *agent, const char *run_id,
-                       int lookup_rc, const struct store_run_state *rs)
+/* Load the run's state (mu held): 0 when the agent may report on the run;
+ * otherwise the answer is set. */
+static int load_owned_run(struct cp *cp, struct http_answer *a, const struct cp_agent *agent,
+                          const char *run_id, struct store_run_state *rs)
 {
+	int lookup_rc = store_run_state(cp, run_id, rs);
 	if (lookup_rc == -ENOENT) {
-		http_send_error(conn, 409, "run '%s' is not known here; drop it", run_id);
+		http_answer_error(a, 409, "run '%s' is not known here; drop it", run_id);
 		return -1;
 	}
 	if (lookup_rc < 0) {
-		http_send_error(conn, 500, "database error");
+		http_answer_error(a, 500, "database error");
 		return -1;
 	}
 	if (strcmp(rs->agent_id, agent->id) != 0) {
-		http_send_error(conn, 403, "run '%s' belongs to another agent", run_id);
+		http_answer_error(a, 403, "run '%s' belongs to another agent", run_id);
 		return -1;
 	}
 	return 0;
@@ -140,15 +142,15 @@ void api_agent_events(struct cp *cp, struct mg_connection *conn, struct cp_agent
 		cJSON_Delete(body);
 		return;
 	}
+	struct http_answer ans = {0};
 	pthread_mutex_lock(&cp->mu);
 	struct store_run_state rs;
-	int rc = store_run_state(cp, run_id, &rs);
-	if (check_owner(conn, agent, run_id, rc, &rs) < 0)
+	if (load_owned_run(cp, &ans, agent, run_id, &rs) < 0)
 		goto out;
 	for (int i = 0; i < n; i++) {
 		const char *why = events_validate(cJSON_GetArrayItem(events, i), run_id, &rs);
 		if (why) {
-			http_send_error(conn, 400, "events[%d]: %s", i, why);
+			http_answer_error(&ans, 400, "events[%d]: %s", i, why);
 			goto out;
 		}
 	}
@@ -157,22 +159,22 @@ void api_agent_events(struct cp *cp, struct mg_connection *conn, struct cp_agent
 	bool held = strcmp(rs.status, "RUNNING") == 0 ||
 	            (lc_status_terminal(rs.status) && strcmp(rs.finished_by, "agent") == 0);
 	if (!held) {
-		http_send_error(conn, 409, "run '%s' is no longer held by this agent (%s%s)", run_id, rs.status,
+		http_answer_error(&ans, 409, "run '%s' is no longer held by this agent (%s%s)", run_id, rs.status,
 		                strcmp(rs.finished_by, "server") == 0 ? " by the control plane" : "");
 		goto out;
 	}
 	int64_t ack = 0;
 	if (events_store(cp, run_id, &rs, events, &ack) < 0) {
-		http_send_error(conn, 500, "database error");
+		http_answer_error(&ans, 500, "database error");
 		goto out;
 	}
-	cJSON *ans = cJSON_CreateObject();
-	cJSON_AddNumberToObject(ans, "ackSeq", (double)ack);
-	cJSON_AddBoolToObject(ans, "cancelRequested", rs.cancel_requested && strcmp(rs.status, "RUNNING") == 0);
-	http_send_json(conn, 200, ans);
-	cJSON_Delete(ans);
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddNumberToObject(o, "ackSeq", (double)ack);
+	cJSON_AddBoolToObject(o, "cancelRequested", rs.cancel_requested && strcmp(rs.status, "RUNNING") == 0);
+	http_answer_json(&ans, 200, o);
 out:
 	pthread_mutex_unlock(&cp->mu);
+	http_send_answer(conn, &ans);
 	cJSON_Delete(body);
 }
 
@@ -275,33 +277,33 @@ void api_agent_result(struct cp *cp, struct mg_connection *conn, struct cp_agent
 		output = note;
 	}
 
+	struct http_answer ans = {0};
 	pthread_mutex_lock(&cp->mu);
 	struct store_run_state rs;
-	int rc = store_run_state(cp, run_id, &rs);
-	if (check_owner(conn, agent, run_id, rc, &rs) < 0)
+	if (load_owned_run(cp, &ans, agent, run_id, &rs) < 0)
 		goto out;
 	if (strcmp(rs.status, "RUNNING") == 0) {
 		if (lc_run_finish(cp, run_id, status, output, error, "agent") < 0) {
-			http_send_error(conn, 500, "database error");
+			http_answer_error(&ans, 500, "database error");
 			goto out;
 		}
 	} else if (strcmp(rs.finished_by, "agent") == 0 && strcmp(rs.status, status) == 0) {
 		/* The same result again (its answer was lost): accepted, nothing changes. */
 	} else if (strcmp(rs.finished_by, "agent") == 0) {
-		http_send_error(conn, 409, "run '%s' already finished as %s", run_id, rs.status);
+		http_answer_error(&ans, 409, "run '%s' already finished as %s", run_id, rs.status);
 		goto out;
 	} else {
-		http_send_error(conn, 409, "run '%s' is no longer held by this agent (%s%s)", run_id, rs.status,
+		http_answer_error(&ans, 409, "run '%s' is no longer held by this agent (%s%s)", run_id, rs.status,
 		                strcmp(rs.finished_by, "server") == 0 ? " by the control plane" : "");
 		goto out;
 	}
-	cJSON *ans = cJSON_CreateObject();
-	cJSON_AddStringToObject(ans, "jobRunId", run_id);
-	cJSON_AddStringToObject(ans, "status", status);
-	http_send_json(conn, 200, ans);
-	cJSON_Delete(ans);
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "jobRunId", run_id);
+	cJSON_AddStringToObject(o, "status", status);
+	http_answer_json(&ans, 200, o);
 out:
 	pthread_mutex_unlock(&cp->mu);
+	http_send_answer(conn, &ans);
 	cJSON_Delete(note);
 done:
 	cJSON_Delete(error);

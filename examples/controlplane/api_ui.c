@@ -210,44 +210,49 @@ void api_ui_list_jobs(struct cp *cp, struct mg_connection *conn)
 	cJSON_Delete(ans);
 }
 
-static void send_job(struct cp *cp, struct mg_connection *conn, const char *job_id, int status)
+static void answer_job(struct cp *cp, struct http_answer *a, const char *job_id, int status)
 {
 	/* mu held by the caller */
 	cJSON *job = store_job_json(cp, job_id);
 	if (job)
-		http_send_json(conn, status, job);
+		http_answer_json(a, status, job);
 	else
-		http_send_error(conn, 404, "no job '%s'", job_id);
-	cJSON_Delete(job);
+		http_answer_error(a, 404, "no job '%s'", job_id);
 }
 
 void api_ui_get_job(struct cp *cp, struct mg_connection *conn, const char *job_id)
 {
+	struct http_answer ans = {0};
 	pthread_mutex_lock(&cp->mu);
-	send_job(cp, conn, job_id, 200);
+	answer_job(cp, &ans, job_id, 200);
 	pthread_mutex_unlock(&cp->mu);
+	http_send_answer(conn, &ans);
 }
 
 void api_ui_cancel_job(struct cp *cp, struct mg_connection *conn, const char *job_id)
 {
 	struct cp_err err;
+	struct http_answer ans = {0};
 	pthread_mutex_lock(&cp->mu);
 	if (lc_job_cancel(cp, job_id, &err) < 0)
-		http_send_error(conn, err.status, "%s", err.msg);
+		http_answer_error(&ans, err.status, "%s", err.msg);
 	else
-		send_job(cp, conn, job_id, 200);
+		answer_job(cp, &ans, job_id, 200);
 	pthread_mutex_unlock(&cp->mu);
+	http_send_answer(conn, &ans);
 }
 
 void api_ui_retry_job(struct cp *cp, struct mg_connection *conn, const char *job_id)
 {
 	struct cp_err err;
+	struct http_answer ans = {0};
 	pthread_mutex_lock(&cp->mu);
 	if (lc_job_retry(cp, job_id, &err) < 0)
-		http_send_error(conn, err.status, "%s", err.msg);
+		http_answer_error(&ans, err.status, "%s", err.msg);
 	else
-		send_job(cp, conn, job_id, 200);
+		answer_job(cp, &ans, job_id, 200);
 	pthread_mutex_unlock(&cp->mu);
+	http_send_answer(conn, &ans);
 }
 
 void api_ui_get_run(struct cp *cp, struct mg_connection *conn, const char *run_id)

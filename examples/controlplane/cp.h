@@ -241,6 +241,18 @@ void http_send_json(struct mg_connection *conn, int status, const cJSON *body);
 void http_send_error(struct mg_connection *conn, int status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 void http_send_unauthorized(struct mg_connection *conn);
+/* An answer built while holding cp->mu and sent after unlocking it: no
+ * network write ever waits on a slow client with the lock held. */
+struct http_answer {
+	int status;  /* 0 = not set yet */
+	cJSON *body; /* owned */
+};
+/* Set the answer (once: the first one stands). body is consumed. */
+void http_answer_json(struct http_answer *a, int status, cJSON *body);
+void http_answer_error(struct http_answer *a, int status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* Send it (500 when never set or out of memory) and free it. Never under cp->mu. */
+void http_send_answer(struct mg_connection *conn, struct http_answer *a);
 /* The request router registered with civetweb for "/v1" and "/". */
 int http_handle(struct mg_connection *conn, void *cbdata);
 int http_handle_page(struct mg_connection *conn, void *cbdata);

@@ -94,21 +94,56 @@ void http_send_json(struct mg_connection *conn, int status, const cJSON *body)
 	free(text);
 }
 
-void http_send_error(struct mg_connection *conn, int status, const char *fmt, ...)
+static void vanswer_error(struct http_answer *a, int status, const char *fmt, va_list ap)
 {
 	char msg[512];
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	cJSON *o = cJSON_CreateObject();
+	if (o && !cJSON_AddStringToObject(o, "error", msg)) {
+		cJSON_Delete(o);
+		o = NULL;
+	}
+	http_answer_json(a, status, o);
+}
+
+void http_send_error(struct mg_connection *conn, int status, const char *fmt, ...)
+{
+	struct http_answer a = {0};
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	vanswer_error(&a, status, fmt, ap);
 	va_end(ap);
-	cJSON *o = cJSON_CreateObject();
-	if (o && cJSON_AddStringToObject(o, "error", msg)) {
-		http_send_json(conn, status, o);
+	http_send_answer(conn, &a);
+}
+
+void http_answer_json(struct http_answer *a, int status, cJSON *body)
+{
+	if (a->status) {
+		cJSON_Delete(body);
+		return;
+	}
+	a->status = status;
+	a->body = body;
+}
+
+void http_answer_error(struct http_answer *a, int status, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vanswer_error(a, status, fmt, ap);
+	va_end(ap);
+}
+
+void http_send_answer(struct mg_connection *conn, struct http_answer *a)
+{
+	if (a->status && a->body) {
+		http_send_json(conn, a->status, a->body);
 	} else {
 		static const char oom[] = "{\"error\":\"out of memory\"}";
 		send_raw(conn, 500, NULL, oom, sizeof(oom) - 1);
 	}
-	cJSON_Delete(o);
+	cJSON_Delete(a->body);
+	*a = (struct http_answer){0};
 }
 
 void http_send_unauthorized(struct mg_connection *conn)

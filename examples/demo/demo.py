@@ -4,11 +4,20 @@
 Starts `jobvisor-cp` and `jobvisor agent` on 127.0.0.1 with state under ./demo/, packages the
 demo game server as a tar.zst served over local HTTP with its SHA-256, then submits the standard
 jobs one after another through the control plane's API and prints each job's progress live.
-It leaves everything running until Ctrl-C (or exits at once with --exit), then stops the game
-server, the agent and the control plane cleanly. Running it again starts afresh.
+It leaves everything running until Ctrl-C (or exits at once with --exit), then stops, in this
+order: the agent (it drains: a job in flight gets JOBVISOR_DRAIN_TIMEOUT, 5 s here, to finish,
+then it is cancelled and its result delivered), the game server, and the control plane last, so
+it hears every result. Running it again starts afresh.
 
-usage: demo.py [--build-dir DIR] [--demo-dir DIR] [--exit]
+Ctrl-C in a terminal signals the whole foreground process group: make, this script and the agent
+(the control plane runs in its own process group so that it outlives the agent's drain). The
+agent takes the terminal's SIGINT and this script's SIGTERM as one request. If this script dies
+without cleaning up, the kernel sends the agent and the control plane SIGTERM
+(PR_SET_PDEATHSIG).
+
+usage: demo.py [--build-dir DIR] [--demo-dir DIR] [--exit] [--slow-downloads SECONDS]
 """
+import ctypes
 import argparse
 import hashlib
 import http.server
@@ -31,8 +40,41 @@ AGENT_ID = "demo-agent"
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
 
+DRAIN_TIMEOUT = 5  # seconds a job in flight gets to finish when the demo stops
+
+
 def log(msg):
     print(f"demo: {msg}", flush=True)
+
+
+def die_with_parent():
+    """In the child before exec: SIGTERM when the demo process goes away."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def slow_handler(directory, seconds):
+    """A file server that spreads every answer over `seconds` (a slow mirror)."""
+    class Slow(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=directory, **kw)
+
+        def log_message(self, *a):
+            pass
+
+        def copyfile(self, source, outputfile):
+            data = source.read()
+            steps = 100
+            chunk = max(1, -(-len(data) // steps))
+            try:
+                for i in range(0, len(data), chunk):
+                    outputfile.write(data[i:i + chunk])
+                    outputfile.flush()
+                    time.sleep(seconds / steps)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the download was cancelled
+    return Slow
 
 
 class Demo:
@@ -45,6 +87,7 @@ class Demo:
         self.data = os.path.join(self.dir, "data")
         self.procs = {}
         self.tty = sys.stdout.isatty()
+        self.slow = args.slow_downloads
         self.admin_token = None
         self.url = None
 
@@ -94,8 +137,11 @@ class Demo:
         return path
 
     def serve_files(self, www):
-        handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=www, **kw)
-        http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
+        if self.slow:
+            handler = slow_handler(www, self.slow)
+        else:
+            handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=www, **kw)
+            http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return f"http://127.0.0.1:{server.server_address[1]}"
@@ -107,10 +153,13 @@ class Demo:
         agents_file = self.write_secret("agents", f"# agentId token\n{AGENT_ID} {agent_token}\n")
         self.write_secret("agent.token", agent_token + "\n")
         cp_log = open(os.path.join(self.dir, "controlplane.log"), "w")
+        # Its own process group: the terminal's Ctrl-C must not stop it before the agent
+        # has delivered its last results; the demo stops it last.
         p = subprocess.Popen([self.cp_bin, "--listen", "127.0.0.1:0", "--db",
                               os.path.join(self.dir, "controlplane.sqlite"),
                               "--admin-token-file", admin_file, "--agents-file", agents_file],
-                             stdout=subprocess.PIPE, stderr=cp_log, text=True)
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=cp_log,
+                             text=True, process_group=0, preexec_fn=die_with_parent)
         self.procs["controlplane"] = p
         line = p.stdout.readline()
         if "listening on " not in line:
@@ -129,10 +178,13 @@ class Demo:
             "JOBVISOR_POLL_WAIT": "20",
             "JOBVISOR_CAPACITY": "2",
             "JOBVISOR_LOG_FORMAT": "logfmt",
+            "JOBVISOR_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT),
+            "JOBVISOR_SHUTDOWN_GRACE": "3",
         })
         agent_log = open(os.path.join(self.dir, "agent.log"), "w")
         self.procs["agent"] = subprocess.Popen([self.jobvisor, "agent"], env=env,
-                                               stdout=agent_log, stderr=agent_log)
+                                               stdin=subprocess.DEVNULL, stdout=agent_log,
+                                               stderr=agent_log, preexec_fn=die_with_parent)
         log(f"agent '{AGENT_ID}' polling it (log: demo/agent.log, data: demo/data)")
 
     def save_pids(self):
@@ -213,11 +265,14 @@ class Demo:
         archive = self.package_server(www)
         mods = [self.make_mod(www, "worldedit-7.3.jar", "demo mod: worldedit 7.3\n"),
                 self.make_mod(www, "essentials-2.20.jar", "demo mod: essentials 2.20\n")]
-        files = self.serve_files(www)
-        log(f"serving the demo server build and mods at {files}")
+        # The processes first, the file server's thread after (fork + preexec_fn in a
+        # threaded process is unsafe).
         self.start_control_plane()
         self.start_agent()
         self.save_pids()
+        files = self.serve_files(www)
+        log(f"serving the demo server build and mods at {files}"
+            + (f" (slowly: {self.slow:g} s per file)" if self.slow else ""))
         print(f"\n  Web UI: {self.url}/#token={self.admin_token}\n", flush=True)
 
         sha = lambda p: hashlib.sha256(open(p, "rb").read()).hexdigest()
@@ -260,19 +315,42 @@ class Demo:
                 print()
         return 1 if failed else 0
 
+    def agent_state(self):
+        """The agent's shutdown phase from its state file ("running", "draining", ...)."""
+        try:
+            with open(os.path.join(self.data, "agent-state.json")) as f:
+                return json.load(f).get("state")
+        except (OSError, ValueError):
+            return None
+
     def shutdown(self):
+        # From here on a repeated Ctrl-C must not cut the cleanup short (the agent, in the
+        # terminal's process group, still gets it: 2 s or more after the first, it cancels
+        # the job in flight instead of waiting for it).
+        def still_stopping(signum, frame):
+            print("demo: still stopping, please wait", flush=True)
+        signal.signal(signal.SIGINT, still_stopping)
+        signal.signal(signal.SIGTERM, still_stopping)
         log("stopping: agent, game server, control plane")
         agent = self.procs.get("agent")
         if agent and agent.poll() is None:
-            agent.send_signal(signal.SIGTERM)
+            # A terminal's Ctrl-C reached it already; one request is enough.
+            time.sleep(0.3)
+            if self.agent_state() in (None, "running") and agent.poll() is None:
+                agent.send_signal(signal.SIGTERM)
             try:
-                agent.wait(timeout=30)
+                agent.wait(timeout=DRAIN_TIMEOUT + 25)
             except subprocess.TimeoutExpired:
+                log("the agent did not stop in time; killing it")
                 agent.kill()
+                agent.wait()
         if os.path.isdir(os.path.join(self.data, "instances", INSTANCE)):
-            subprocess.run([self.jobvisor, "run", "STOP_INSTANCE", "--instance", INSTANCE,
-                            "--data-dir", self.data], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=120)
+            try:
+                subprocess.run([self.jobvisor, "run", "STOP_INSTANCE", "--instance", INSTANCE,
+                                "--data-dir", self.data], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=60)
+            except subprocess.TimeoutExpired:
+                log("stopping the game server timed out")
         cp = self.procs.get("controlplane")
         if cp and cp.poll() is None:
             cp.send_signal(signal.SIGTERM)
@@ -280,6 +358,7 @@ class Demo:
                 cp.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 cp.kill()
+                cp.wait()
         try:
             os.unlink(os.path.join(self.dir, "pids.json"))
         except OSError:
@@ -292,6 +371,8 @@ def main():
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build"))
     ap.add_argument("--demo-dir", default=os.path.join(ROOT, "demo"))
     ap.add_argument("--exit", action="store_true", help="stop everything when the jobs are done")
+    ap.add_argument("--slow-downloads", type=float, default=0, metavar="SECONDS",
+                    help="serve every file over SECONDS, to watch download progress")
     args = ap.parse_args()
     demo = Demo(args)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

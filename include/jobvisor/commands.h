@@ -8,5 +8,6 @@ int cmd_agent(int argc, char **argv);   /* supervisor/agent/agent.c */
 int cmd_run(int argc, char **argv);     /* supervisor/cli/cmd_run.c */
 int cmd_status(int argc, char **argv);  /* supervisor/cli/cmd_status.c */
 int cmd_monitor(int argc, char **argv); /* supervisor/monitor/monitor.c */
+int cmd_health(int argc, char **argv);  /* supervisor/cli/cmd_health.c */
 
 #endif

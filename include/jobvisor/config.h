@@ -64,7 +64,8 @@ struct config {
 	int job_timeout_max_s;
 	int cancel_grace_s;
 	int cancel_grace_max_s;
-	int shutdown_grace_s;
+	int drain_timeout_s;  /* SIGTERM: let runs finish this long, then cancel them */
+	int shutdown_grace_s; /* cancelled at shutdown -> SIGKILL */
 	int64_t job_memory;  /* bytes, Lua allocator cap */
 	int64_t extract_max_bytes; /* archive.extract's default total-size cap; 0 = none */
 	int extract_max_ratio;     /* archive.extract's default expansion-ratio guard; 0 = none */

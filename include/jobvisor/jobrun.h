@@ -80,10 +80,18 @@ void jobrun_on_timer(struct jobrun *run, int64_t now_ms);
  * Returns 0 (also when there was none) or -errno. */
 int jobrun_forget_completion(const char *data_dir, const char *instance_id, const char *job_id);
 
-/* Ask the run to stop. reason: "cancelled" (user request; a non-cancellable job
- * only logs why it cannot), "timeout" (reported FAILED, reason timeout),
- * "shutdown" / "lost" (reported FAILED, retryable). Idempotent. */
-void jobrun_cancel(struct jobrun *run, const char *reason);
+/* Why a run is asked to stop; jobrun_stop_name() is the result's error.reason. */
+enum jobrun_stop {
+	JOBRUN_NOT_STOPPING = 0,
+	JOBRUN_CANCELLED, /* user request; a non-cancellable job only logs why it cannot */
+	JOBRUN_TIMEOUT,   /* reported FAILED, reason timeout */
+	JOBRUN_SHUTDOWN,  /* the agent stops: reported FAILED, retryable */
+	JOBRUN_LOST,      /* reported FAILED, retryable */
+};
+const char *jobrun_stop_name(enum jobrun_stop why); /* "cancelled", "timeout", ... */
+
+/* Ask the run to stop. Idempotent: the first reason stands. */
+void jobrun_cancel(struct jobrun *run, enum jobrun_stop why);
 /* SIGKILL the whole group now (409: the run is no longer ours). */
 void jobrun_kill(struct jobrun *run);
 

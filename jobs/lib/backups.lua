@@ -41,6 +41,27 @@ function M.load(id)
   return m
 end
 
+-- The manifest of the newest complete backup (by manifest mtime), or nil:
+-- archive.create reuses its per-file digests for files that did not change.
+-- Looks at the few newest manifests only, so a long history costs nothing.
+function M.latest()
+  local entries = fs.list(M.DIR)
+  if not entries then return nil end
+  local cands = {}
+  for _, e in ipairs(entries) do
+    local id = e.name:match("^(.+)%.json$")
+    if id and common.ident_ok(id) and e.type == "file" then
+      cands[#cands + 1] = { id = id, mtime = e.mtime or 0 }
+    end
+  end
+  table.sort(cands, function(a, b) return a.mtime > b.mtime end)
+  for i = 1, math.min(#cands, 3) do
+    local m = M.load(cands[i].id)
+    if m then return m, cands[i].id end
+  end
+  return nil
+end
+
 -- Count regular files in a manifest.
 function M.file_count(m)
   local n = 0

@@ -42,6 +42,7 @@ static int signals_init(struct agent *ag)
 	sigaddset(&set, SIGCHLD);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGQUIT);
 	sigaddset(&set, SIGHUP);
 	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
 		return -errno;
@@ -133,21 +134,6 @@ void agent_reload(struct agent *ag)
 	sdnotify_send(&ag->notify, "READY=1");
 }
 
-void agent_begin_shutdown(struct agent *ag)
-{
-	int64_t now = jv_now_mono_ms();
-	ag->stopping = true;
-	ag->stop_at_ms = now;
-	ag->kill_at_ms = now + (int64_t)ag->cfg.shutdown_grace_s * 1000;
-	ag->exit_by_ms = ag->kill_at_ms + 2000;
-	sdnotify_send(&ag->notify, "STOPPING=1\nSTATUS=shutting down");
-	poller_abort(ag);
-	scheduler_cancel_all(ag, "shutdown");
-	/* One last delivery attempt for everything, now, whatever its backoff. */
-	for (struct srun *r = ag->runs; r; r = r->next)
-		r->retry_at_ms = 0;
-}
-
 static void on_signals(struct agent *ag)
 {
 	struct signalfd_siginfo si;
@@ -165,17 +151,8 @@ static void on_signals(struct agent *ag)
 			break;
 		case SIGTERM:
 		case SIGINT:
-			if (!ag->stopping) {
-				jv_info(NULL, NULL, "%s received: shutting down",
-				        jv_signal_name((int)si.ssi_signo));
-				agent_begin_shutdown(ag);
-			} else if (!ag->hard_stop) {
-				jv_warn(NULL, NULL, "%s received again: killing job runs and exiting now",
-				        jv_signal_name((int)si.ssi_signo));
-				ag->hard_stop = true;
-				scheduler_kill_all(ag);
-				ag->killed = true;
-			}
+		case SIGQUIT:
+			shutdown_on_signal(ag, (int)si.ssi_signo);
 			break;
 		default:
 			break;
@@ -192,21 +169,6 @@ static int64_t min64(int64_t a, int64_t b)
 	return a < b ? a : b;
 }
 
-/* During shutdown: kill at the grace deadline, exit once nothing is left. */
-static bool shutdown_done(struct agent *ag, int64_t now)
-{
-	size_t live = scheduler_live_children(ag);
-	if (live > 0 && !ag->killed && now >= ag->kill_at_ms) {
-		scheduler_kill_all(ag);
-		ag->killed = true;
-		if (ag->exit_by_ms < now + 1000)
-			ag->exit_by_ms = now + 1000;
-	}
-	if (live > 0)
-		return false;
-	return ag->hard_stop || (delivery_settled(ag) && !instwatch_busy(ag)) || now >= ag->exit_by_ms;
-}
-
 /* The event loop's sources, in the order the loop runs them: the agent's own
  * (shutdown, watchdog, signals), the poller, delivery, the network, the job
  * runs. The loop knows none of them by name; this is where they are wired. */
@@ -214,21 +176,19 @@ static bool shutdown_done(struct agent *ag, int64_t now)
 static int64_t agent_prepare(void *ud, int64_t now)
 {
 	struct agent *ag = ud;
-	if (ag->stopping && shutdown_done(ag, now)) {
+	int64_t next = INT64_MAX;
+	if (shutdown_step(ag, now, &next)) {
 		loop_stop(&ag->loop);
 		return INT64_MAX;
 	}
-	int64_t next = INT64_MAX;
 	if (ag->notify.watchdog_ms > 0) {
 		if (now >= ag->watchdog_at_ms) {
 			sdnotify_send(&ag->notify, "WATCHDOG=1");
 			ag->watchdog_at_ms = now + ag->notify.watchdog_ms;
 		}
-		next = ag->watchdog_at_ms;
+		next = min64(next, ag->watchdog_at_ms);
 	}
-	if (ag->stopping)
-		next = min64(next, ag->killed ? ag->exit_by_ms : min64(ag->kill_at_ms, ag->exit_by_ms));
-	return next;
+	return min64(next, health_state_beat(ag, now));
 }
 
 static size_t agent_fds(void *ud, struct pollfd *fds, void **tags, size_t max)
@@ -511,7 +471,9 @@ int cmd_agent(int argc, char **argv)
 		jv_warn(NULL, NULL, "the control plane URL is plain http: the agent token travels unencrypted");
 	sdnotify_send(&ag.notify, "READY=1\nSTATUS=polling");
 	ag.watchdog_at_ms = jv_now_mono_ms();
+	ag.started_real_ms = jv_now_real_ms();
 	code = run_loop(&ag);
+	health_state_remove(&ag);
 	size_t left = 0;
 	for (struct srun *r = ag.runs; r; r = r->next)
 		if (delivery_has_work(r))

@@ -83,6 +83,7 @@ struct poller {
 	int64_t server_interval_ms; /* pollIntervalSeconds from the control plane, 0 = none */
 	int64_t lease_ms;           /* leaseSeconds, 0 = unknown */
 	bool again;                 /* poll again as soon as the poll in flight answers */
+	int64_t ok_at_real_ms;      /* wall clock of the last answered poll, 0 = none yet */
 };
 
 struct agent {
@@ -102,17 +103,40 @@ struct agent {
 
 	struct loop loop;
 	int sigfd;
-	bool stopping;     /* SIGTERM/SIGINT seen: take no work, wind down */
-	bool hard_stop;    /* second signal: kill everything now */
-	bool killed;       /* the shutdown grace ran out and children were killed */
+	/* Shutdown (shutdown.c): drain, then cancel, then kill; each step later
+	 * than the one before, never undone. */
+	bool stopping;     /* a stop signal was taken: no new work, wind down */
+	bool cancelling;   /* running runs were asked to stop (drain over, SIGQUIT, repeat) */
+	bool hard_stop;    /* kill everything now, exit without the final delivery */
+	bool killed;       /* children were SIGKILLed */
+	bool flushing;     /* no children left: last delivery attempt, then exit */
 	int64_t stop_at_ms;
+	int64_t drain_until_ms;
 	int64_t kill_at_ms;
 	int64_t exit_by_ms;
+	int64_t last_stop_signal_ms; /* the stop signal that last took effect */
 	int64_t watchdog_at_ms;
+	/* Liveness for `jobvisor health` (health_state.c). */
+	int64_t started_real_ms;
+	int64_t heartbeat_at_ms;    /* monotonic: next write of the state file */
+	bool state_warned;
 };
 
 /* agent.c */
 void agent_reload(struct agent *ag);
-void agent_begin_shutdown(struct agent *ag);
+
+/* shutdown.c — SIGTERM/SIGINT drain, SIGQUIT (or a repeat after the window)
+ * cancels now, a further repeat kills. */
+#define SHUTDOWN_REPEAT_WINDOW_MS 2000
+void shutdown_on_signal(struct agent *ag, int sig);
+/* Advance the shutdown (cancel at the drain deadline, kill at the grace
+ * deadline, flush once no child is left). Returns true when the agent may
+ * exit; *next is lowered to the next shutdown deadline. */
+bool shutdown_step(struct agent *ag, int64_t now_ms, int64_t *next);
+
+/* health_state.c — the state file `jobvisor health` reads (jobvisor/health.h). */
+/* Write the state file when due; returns the next time it is due. */
+int64_t health_state_beat(struct agent *ag, int64_t now_ms);
+void health_state_remove(struct agent *ag);
 
 #endif

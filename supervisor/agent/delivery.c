@@ -60,7 +60,7 @@ static void retry_later(struct srun *run, const char *what, const char *why, int
 	struct agent *ag = run->ag;
 	int64_t delay = backoff_next(&run->bo, retry_after_ms, jv_random_u64());
 	run->retry_at_ms = jv_now_mono_ms() + delay;
-	if (ag->stopping)
+	if (ag->flushing)
 		run->failed_in_shutdown = true;
 	if (!run->failing)
 		jv_warn(run->job_id, run->run_id,
@@ -136,7 +136,7 @@ static bool handle_failure(struct srun *run, const char *what, const struct tran
 			run->failing = true; /* already logged loudly */
 			int64_t delay = backoff_next(&run->bo, resp->retry_after_ms, jv_random_u64());
 			run->retry_at_ms = jv_now_mono_ms() + delay;
-			if (run->ag->stopping)
+			if (run->ag->flushing)
 				run->failed_in_shutdown = true;
 		}
 		return true;
@@ -245,7 +245,7 @@ void delivery_kick_all(struct agent *ag, int64_t now_ms)
 	for (struct srun *r = ag->runs; r; r = r->next) {
 		if (r->req || !delivery_has_work(r) || r->retry_at_ms > now_ms)
 			continue;
-		if (ag->stopping && r->failed_in_shutdown)
+		if (ag->flushing && r->failed_in_shutdown)
 			continue;
 		if (ag->hard_stop)
 			continue;
@@ -259,7 +259,7 @@ int64_t delivery_next_deadline(const struct agent *ag)
 	for (const struct srun *r = ag->runs; r; r = r->next) {
 		if (r->req || !delivery_has_work(r))
 			continue;
-		if (ag->stopping && r->failed_in_shutdown)
+		if (ag->flushing && r->failed_in_shutdown)
 			continue;
 		if (r->retry_at_ms < next)
 			next = r->retry_at_ms;

@@ -21,10 +21,12 @@
 #include <unistd.h>
 
 #include "jobvisor/durable.h"
+#include "jobvisor/execpipe.h"
 #include "jobvisor/ident.h"
 #include "jobvisor/jobchild.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
+#include "jobvisor/protocol.h"
 #include "jobvisor/util.h"
 
 #define THROTTLE_MS 250          /* at most 4 progress events per second per run */
@@ -62,8 +64,9 @@ struct jobrun {
 	int attempt;
 	bool start_logged; /* a run by script path logs its start once the script named its type */
 
-	char *cancel_reason;
+	enum jobrun_stop stop; /* JOBRUN_NOT_STOPPING until jobrun_cancel */
 	bool term_sent, kill_sent, refused_logged;
+	bool grace_ran_out; /* the SIGKILL came from the grace timer, not a caller */
 	int64_t kill_at;
 	int64_t timeout_at;
 	int grace_s;
@@ -93,30 +96,19 @@ static void set_str(char **dst, const char *s)
 static void emit(struct jobrun *r, const char *kind, const char *status, double percent,
                  const char *message, const char *level, int64_t ts_ms)
 {
-	cJSON *ev = cJSON_CreateObject();
-	char ts[JV_ISO8601_LEN];
-	jv_iso8601(ts_ms > 0 ? ts_ms : jv_now_real_ms(), ts);
-	cJSON_AddNumberToObject(ev, "seq", (double)++r->seq);
-	cJSON_AddStringToObject(ev, "kind", kind);
-	cJSON_AddStringToObject(ev, "jobId", r->job_id);
-	cJSON_AddStringToObject(ev, "jobRunId", r->run_id);
-	if (r->instance_id && *r->instance_id)
-		cJSON_AddStringToObject(ev, "instanceId", r->instance_id);
-	else
-		cJSON_AddNullToObject(ev, "instanceId");
-	cJSON_AddStringToObject(ev, "status", status);
-	if (percent >= 0)
-		cJSON_AddNumberToObject(ev, "percent", round(percent * 10) / 10);
-	else
-		cJSON_AddNullToObject(ev, "percent");
-	if (message)
-		cJSON_AddStringToObject(ev, "message", message);
-	else
-		cJSON_AddNullToObject(ev, "message");
-	if (level)
-		cJSON_AddStringToObject(ev, "level", level);
-	cJSON_AddStringToObject(ev, "timestamp", ts);
-	r->ops->event(r->ud, r, ev);
+	struct jv_proto_event e = {
+		.seq = ++r->seq,
+		.kind = kind,
+		.job_id = r->job_id,
+		.run_id = r->run_id,
+		.instance_id = r->instance_id,
+		.status = status,
+		.percent = percent,
+		.message = message,
+		.level = level,
+		.ts_ms = ts_ms,
+	};
+	r->ops->event(r->ud, r, jv_proto_event(&e));
 }
 
 static void send_progress(struct jobrun *r, double percent, const char *msg, int64_t ts)
@@ -233,7 +225,7 @@ static void handle_line(struct jobrun *r, const char *line, size_t len)
 		log_started(r);
 		r->cancellable = jv_json_bool(ev, "cancellable", true);
 		set_str(&r->why, jv_json_str(ev, "why", NULL));
-		if (r->cancel_reason && strcmp(r->cancel_reason, "cancelled") == 0 && !r->cancellable) {
+		if (r->stop == JOBRUN_CANCELLED && !r->cancellable) {
 			/* A cancel raced the meta line: the signal is already out. */
 			jv_warn(r->job_id, r->run_id, "cancel was sent before the script said it is not cancellable");
 		}
@@ -287,20 +279,16 @@ void jobrun_on_readable(struct jobrun *r)
 
 /* ---- result ---- */
 
-static cJSON *make_error(const char *message, const char *stack, bool retryable, const char *reason)
+const char *jobrun_stop_name(enum jobrun_stop why)
 {
-	cJSON *e = cJSON_CreateObject();
-	cJSON_AddStringToObject(e, "message", message);
-	cJSON_AddStringToObject(e, "stack", stack ? stack : "");
-	cJSON_AddBoolToObject(e, "retryable", retryable);
-	if (reason)
-		cJSON_AddStringToObject(e, "reason", reason);
-	return e;
-}
-
-static bool reason_is(const struct jobrun *r, const char *reason)
-{
-	return r->cancel_reason && strcmp(r->cancel_reason, reason) == 0;
+	switch (why) {
+	case JOBRUN_NOT_STOPPING: return "none";
+	case JOBRUN_CANCELLED: return "cancelled";
+	case JOBRUN_TIMEOUT: return "timeout";
+	case JOBRUN_SHUTDOWN: return "shutdown";
+	case JOBRUN_LOST: return "lost";
+	}
+	return "unknown";
 }
 
 static void finish(struct jobrun *r)
@@ -321,15 +309,15 @@ static void finish(struct jobrun *r)
 	char msg[512];
 
 	if (r->protocol_error) {
-		error = make_error(r->protocol_error, NULL, false, "protocol");
-	} else if (reason_is(r, "timeout") && !completed) {
+		error = jv_proto_error(r->protocol_error, NULL, false, "protocol");
+	} else if (r->stop == JOBRUN_TIMEOUT && !completed) {
 		snprintf(msg, sizeof(msg), "job run timed out after %lld s",
 		         (long long)((r->timeout_at - r->started_mono) / 1000));
-		error = make_error(msg, NULL, true, "timeout");
-	} else if ((reason_is(r, "shutdown") || reason_is(r, "lost")) && !completed) {
+		error = jv_proto_error(msg, NULL, true, jobrun_stop_name(JOBRUN_TIMEOUT));
+	} else if ((r->stop == JOBRUN_SHUTDOWN || r->stop == JOBRUN_LOST) && !completed) {
 		snprintf(msg, sizeof(msg), "job run interrupted: %s",
-		         reason_is(r, "shutdown") ? "the agent is shutting down" : "the run was lost");
-		error = make_error(msg, NULL, true, r->cancel_reason);
+		         r->stop == JOBRUN_SHUTDOWN ? "the agent is shutting down" : "the run was lost");
+		error = jv_proto_error(msg, NULL, true, jobrun_stop_name(r->stop));
 	} else if (r->result) {
 		status = child_status;
 		if (strcmp(status, "COMPLETED") != 0 && strcmp(status, "CANCELLED") != 0)
@@ -340,23 +328,25 @@ static void finish(struct jobrun *r)
 			error = e;
 		else
 			cJSON_Delete(e);
-	} else if (reason_is(r, "cancelled")) {
+	} else if (r->stop == JOBRUN_CANCELLED) {
 		status = "CANCELLED";
-		if (r->kill_sent)
+		if (r->kill_sent && r->grace_ran_out)
 			snprintf(msg, sizeof(msg),
 			         "job cancelled; the script did not stop within %d s and was killed", r->grace_s);
+		else if (r->kill_sent)
+			snprintf(msg, sizeof(msg), "job cancelled; killed on request before it had stopped");
 		else
 			snprintf(msg, sizeof(msg), "job cancelled");
-		error = make_error(msg, NULL, false, "cancelled");
+		error = jv_proto_error(msg, NULL, false, jobrun_stop_name(JOBRUN_CANCELLED));
 	} else if (r->exited && WIFSIGNALED(r->wstatus)) {
 		int sig = WTERMSIG(r->wstatus);
 		snprintf(msg, sizeof(msg), "job-run child was killed by %s%s", jv_signal_name(sig),
 		         sig == SIGKILL ? " (killed from outside, or out of memory)" : "");
-		error = make_error(msg, NULL, true, "killed");
+		error = jv_proto_error(msg, NULL, true, "killed");
 	} else {
 		snprintf(msg, sizeof(msg), "job-run child exited with status %d without reporting a result",
 		         r->exited && WIFEXITED(r->wstatus) ? WEXITSTATUS(r->wstatus) : -1);
-		error = make_error(msg, NULL, false, "crashed");
+		error = jv_proto_error(msg, NULL, false, "crashed");
 	}
 	if (!output)
 		output = cJSON_CreateObject();
@@ -373,18 +363,7 @@ static void finish(struct jobrun *r)
 		jv_log(strcmp(status, "CANCELLED") == 0 ? JV_LOG_WARN : JV_LOG_ERROR, r->job_id, r->run_id,
 		       "job run %s after %.2f s: %s", status, secs, emsg ? emsg : "-");
 
-	cJSON *res = cJSON_CreateObject();
-	char ts[JV_ISO8601_LEN];
-	jv_iso8601(jv_now_real_ms(), ts);
-	cJSON_AddStringToObject(res, "status", status);
-	cJSON_AddItemToObject(res, "output", output);
-	if (error)
-		cJSON_AddItemToObject(res, "error", error);
-	else
-		cJSON_AddNullToObject(res, "error");
-	cJSON_AddStringToObject(res, "finishedAt", ts);
-	cJSON_AddNumberToObject(res, "lastSeq", (double)r->seq);
-	r->ops->done(r->ud, r, res);
+	r->ops->done(r->ud, r, jv_proto_result(status, output, error, r->seq));
 }
 
 /* ---- lifecycle ---- */
@@ -395,11 +374,11 @@ static void signal_group(struct jobrun *r, int sig)
 		kill(-r->pid, sig);
 }
 
-void jobrun_cancel(struct jobrun *r, const char *reason)
+void jobrun_cancel(struct jobrun *r, enum jobrun_stop why)
 {
-	if (r->done || r->cancel_reason)
+	if (r->done || r->stop != JOBRUN_NOT_STOPPING || why == JOBRUN_NOT_STOPPING)
 		return;
-	if (strcmp(reason, "cancelled") == 0 && !r->cancellable) {
+	if (why == JOBRUN_CANCELLED && !r->cancellable) {
 		if (!r->refused_logged) {
 			char msg[700];
 			snprintf(msg, sizeof(msg), "cancel requested, but this job is not cancellable: %s",
@@ -410,9 +389,9 @@ void jobrun_cancel(struct jobrun *r, const char *reason)
 		}
 		return;
 	}
-	r->cancel_reason = strdup(reason);
-	jv_info(r->job_id, r->run_id, "cancelling job run (%s): SIGTERM, SIGKILL after %d s", reason,
-	        r->grace_s);
+	r->stop = why;
+	jv_info(r->job_id, r->run_id, "cancelling job run (%s): SIGTERM, SIGKILL after %d s",
+	        jobrun_stop_name(why), r->grace_s);
 	signal_group(r, SIGTERM);
 	r->term_sent = true;
 	r->kill_at = jv_now_mono_ms() + (int64_t)r->grace_s * 1000;
@@ -465,7 +444,7 @@ int64_t jobrun_next_deadline(const struct jobrun *r)
 		d = r->last_progress_ms + THROTTLE_MS;
 	if (r->term_sent && !r->kill_sent && !r->exited && r->kill_at < d)
 		d = r->kill_at;
-	if (r->timeout_at && !r->cancel_reason && r->timeout_at < d)
+	if (r->timeout_at && r->stop == JOBRUN_NOT_STOPPING && r->timeout_at < d)
 		d = r->timeout_at;
 	if (r->exited && r->drain_until < d)
 		d = r->drain_until;
@@ -478,14 +457,15 @@ void jobrun_on_timer(struct jobrun *r, int64_t now)
 		return;
 	if (r->pending && now >= r->last_progress_ms + THROTTLE_MS)
 		flush_pending(r);
-	if (r->timeout_at && !r->cancel_reason && now >= r->timeout_at) {
+	if (r->timeout_at && r->stop == JOBRUN_NOT_STOPPING && now >= r->timeout_at) {
 		jv_warn(r->job_id, r->run_id, "job run exceeded its timeout of %lld s",
 		        (long long)((r->timeout_at - r->started_mono) / 1000));
-		jobrun_cancel(r, "timeout");
+		jobrun_cancel(r, JOBRUN_TIMEOUT);
 	}
 	if (r->term_sent && !r->kill_sent && !r->exited && now >= r->kill_at) {
 		jv_warn(r->job_id, r->run_id, "job run did not stop within %d s: SIGKILL to its process group",
 		        r->grace_s);
+		r->grace_ran_out = true;
 		jobrun_kill(r);
 	}
 	if (r->exited && (r->eof || now >= r->drain_until))
@@ -524,19 +504,12 @@ static cJSON *build_spec(const struct jobrun_spec *s)
 	return j;
 }
 
-/* How the child failed before exec, sent through a CLOEXEC pipe: the parent
- * reads EOF when execv succeeded, or this. */
+/* Steps of child_exec reported through the exec pipe (jv_exec_fail). */
 enum exec_stage { EXEC_FDS = 1, EXEC_CWD, EXEC_USER, EXEC_EXEC };
-struct exec_fail {
-	int stage; /* enum exec_stage */
-	int err;   /* errno */
-};
 
 static void child_fail(int errfd, enum exec_stage stage)
 {
-	struct exec_fail f = {stage, errno};
-	(void)!write(errfd, &f, sizeof(f));
-	_exit(127);
+	jv_exec_fail(errfd, stage, errno);
 }
 
 /* Between fork and exec: system calls only. */
@@ -603,22 +576,16 @@ static int wait_exec(struct jobrun *r, pid_t pid, int errfd, int uid)
 		[EXEC_USER] = "cannot switch the job-run child to the run user",
 		[EXEC_EXEC] = "cannot execute /proc/self/exe for the job-run child",
 	};
-	struct exec_fail f;
-	ssize_t n;
-	do {
-		n = read(errfd, &f, sizeof(f));
-	} while (n < 0 && errno == EINTR);
-	if (n != (ssize_t)sizeof(f))
-		return 0; /* EOF: exec closed the pipe */
-	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-		;
-	bool known = f.stage >= EXEC_FDS && f.stage <= EXEC_EXEC;
-	if (f.stage == EXEC_USER)
-		jv_error(r->job_id, r->run_id, "%s (uid %d): %s", what[f.stage], uid, strerror(f.err));
+	int stage, err;
+	if (!jv_exec_wait(errfd, pid, &stage, &err))
+		return 0;
+	bool known = stage >= EXEC_FDS && stage <= EXEC_EXEC;
+	if (stage == EXEC_USER)
+		jv_error(r->job_id, r->run_id, "%s (uid %d): %s", what[stage], uid, strerror(err));
 	else
-		jv_error(r->job_id, r->run_id, "%s: %s", known ? what[f.stage] : "job-run child failed",
-		         strerror(f.err));
-	return f.err > 0 ? -f.err : -EIO;
+		jv_error(r->job_id, r->run_id, "%s: %s", known ? what[stage] : "job-run child failed",
+		         strerror(err));
+	return err > 0 ? -err : -EIO;
 }
 
 int jobrun_start(const struct jobrun_spec *spec, const struct jobrun_ops *ops, void *ud,
@@ -740,7 +707,6 @@ void jobrun_free(struct jobrun *r)
 	free(r->message);
 	free(r->pending_msg);
 	free(r->why);
-	free(r->cancel_reason);
 	free(r->protocol_error);
 	free(r);
 }

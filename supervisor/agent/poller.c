@@ -46,7 +46,7 @@ static int64_t interval_ms(const struct agent *ag)
 
 int64_t poller_next_deadline(const struct agent *ag)
 {
-	if (ag->stopping || ag->poller.req)
+	if (ag->flushing || ag->poller.req)
 		return INT64_MAX;
 	return ag->poller.next_at_ms;
 }
@@ -189,6 +189,7 @@ static void on_answer(void *ud, const struct transport_response *resp)
 
 	p->failing = false;
 	p->failures = 0;
+	p->ok_at_real_ms = jv_now_real_ms();
 	backoff_reset(&p->bo);
 	handle_answer(ag, o, resp->elapsed_ms);
 	p->again = false;
@@ -198,7 +199,9 @@ static void on_answer(void *ud, const struct transport_response *resp)
 void poller_tick(struct agent *ag, int64_t now_ms)
 {
 	struct poller *p = &ag->poller;
-	if (ag->stopping || p->req || now_ms < p->next_at_ms)
+	/* While draining the agent keeps polling (capacity 0): leases stay
+	 * renewed and cancellations still reach the runs that finish. */
+	if (ag->flushing || p->req || now_ms < p->next_at_ms)
 		return;
 	int free_slots = scheduler_free_slots(ag);
 	/* Long poll only with room for work: a full agent must still hear

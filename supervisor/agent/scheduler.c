@@ -21,6 +21,7 @@
 #include "jobvisor/ident.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
+#include "jobvisor/protocol.h"
 #include "jobvisor/util.h"
 #include "spool.h"
 
@@ -151,45 +152,24 @@ static void run_unlink_free(struct agent *ag, struct srun *run)
 static cJSON *status_event(const struct srun *run, uint64_t seq, const char *status,
                            const char *message)
 {
-	char ts[JV_ISO8601_LEN];
-	jv_iso8601(jv_now_real_ms(), ts);
-	cJSON *e = cJSON_CreateObject();
-	if (!e)
-		return NULL;
-	cJSON_AddNumberToObject(e, "seq", (double)seq);
-	cJSON_AddStringToObject(e, "kind", "status");
-	cJSON_AddStringToObject(e, "jobId", run->job_id);
-	cJSON_AddStringToObject(e, "jobRunId", run->run_id);
-	if (strcmp(run->instance_id, "-") != 0)
-		cJSON_AddStringToObject(e, "instanceId", run->instance_id);
-	else
-		cJSON_AddNullToObject(e, "instanceId");
-	cJSON_AddStringToObject(e, "status", status);
-	cJSON_AddNullToObject(e, "percent");
-	cJSON_AddStringToObject(e, "message", message);
-	cJSON_AddStringToObject(e, "level", "error");
-	cJSON_AddStringToObject(e, "timestamp", ts);
-	return e;
+	struct jv_proto_event e = {
+		.seq = seq,
+		.kind = "status",
+		.job_id = run->job_id,
+		.run_id = run->run_id,
+		.instance_id = strcmp(run->instance_id, "-") != 0 ? run->instance_id : NULL,
+		.status = status,
+		.percent = -1,
+		.message = message,
+		.level = "error",
+	};
+	return jv_proto_event(&e);
 }
 
 static cJSON *failed_result(const char *message, bool retryable, uint64_t last_seq)
 {
-	char ts[JV_ISO8601_LEN];
-	jv_iso8601(jv_now_real_ms(), ts);
-	cJSON *r = cJSON_CreateObject();
-	if (!r)
-		return NULL;
-	cJSON_AddStringToObject(r, "status", "FAILED");
-	cJSON_AddNullToObject(r, "output");
-	cJSON *e = cJSON_AddObjectToObject(r, "error");
-	if (e) {
-		cJSON_AddStringToObject(e, "message", message);
-		cJSON_AddStringToObject(e, "stack", "");
-		cJSON_AddBoolToObject(e, "retryable", retryable);
-	}
-	cJSON_AddStringToObject(r, "finishedAt", ts);
-	cJSON_AddNumberToObject(r, "lastSeq", (double)last_seq);
-	return r;
+	cJSON *e = jv_proto_error(message, NULL, retryable, NULL);
+	return e ? jv_proto_result("FAILED", NULL, e, last_seq) : NULL;
 }
 
 /* End a run the agent never started or lost: one FAILED status event after
@@ -381,7 +361,7 @@ static bool cancel_run(struct srun *run)
 		return false;
 	run->cancel_sent = true;
 	jv_info(run->job_id, run->run_id, "cancel requested by the control plane");
-	jobrun_cancel(run->jr, "cancelled");
+	jobrun_cancel(run->jr, JOBRUN_CANCELLED);
 	return true;
 }
 
@@ -542,12 +522,12 @@ size_t scheduler_housekeeping(struct agent *ag)
 	return freed;
 }
 
-void scheduler_cancel_all(struct agent *ag, const char *reason)
+void scheduler_cancel_all(struct agent *ag, enum jobrun_stop why)
 {
 	for (struct srun *r = ag->runs; r; r = r->next)
 		if (r->jr && !r->finished && !r->dropped) {
-			jv_info(r->job_id, r->run_id, "stopping run: %s", reason);
-			jobrun_cancel(r->jr, reason);
+			jv_info(r->job_id, r->run_id, "stopping run: %s", jobrun_stop_name(why));
+			jobrun_cancel(r->jr, why);
 		}
 }
 

@@ -16,6 +16,7 @@
 #include <cjson/cJSON.h>
 
 #include "agent.h"
+#include "jobvisor/jobrun.h"
 
 /* An assignment after validation; strings borrowed from the JSON. */
 struct assignment {
@@ -65,8 +66,8 @@ void scheduler_on_timers(struct agent *ag, int64_t now_ms);
 /* Free finished children and delivered runs. Returns how many slots it freed. */
 size_t scheduler_housekeeping(struct agent *ag);
 
-/* Cancel every live run with reason "shutdown" / SIGKILL them all. */
-void scheduler_cancel_all(struct agent *ag, const char *reason);
+/* Cancel every live run (why: JOBRUN_SHUTDOWN) / SIGKILL them all. */
+void scheduler_cancel_all(struct agent *ag, enum jobrun_stop why);
 void scheduler_kill_all(struct agent *ag);
 void scheduler_free_all(struct agent *ag);
 

@@ -2,8 +2,8 @@
  *
  * (`jobvisor check` is dispatched by main.c straight into lua/.)
  * The run command is a tiny event loop around one jobrun: poll() on the event
- * pipe and a signalfd (SIGINT/SIGTERM cancel gracefully, a second one kills,
- * SIGCHLD reaps). Output: a progress bar on a TTY, plain log lines otherwise,
+ * pipe and a signalfd (SIGINT/SIGTERM cancel gracefully, one more 2 s or more
+ * later kills, SIGCHLD reaps). Output: a progress bar on a TTY, plain log lines otherwise,
  * or with --json one event object per line on stdout and the result last.
  * Exit: 0 COMPLETED, 1 FAILED, 2 usage/configuration, 3 CANCELLED. */
 #include <errno.h>
@@ -163,7 +163,11 @@ static int exit_for(const char *status)
 /* The event loop of one local run. Returns the exit status. */
 static int drive(struct jobrun *run, struct run_out *o, int sfd)
 {
+	/* A signal within the window of the one that took effect is the same
+	 * request (Ctrl-C plus a wrapper's SIGTERM), not an impatient repeat. */
+	const int64_t window_ms = 2000;
 	int interrupts = 0;
+	int64_t last_ms = 0;
 	while (!jobrun_finished(run)) {
 		int64_t now = jv_now_mono_ms();
 		int64_t dl = jobrun_next_deadline(run);
@@ -180,12 +184,17 @@ static int drive(struct jobrun *run, struct run_out *o, int sfd)
 			while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
 				if (si.ssi_signo == SIGCHLD) {
 					jobrun_reap(run);
+				} else if (interrupts > 0 && jv_now_mono_ms() - last_ms < window_ms) {
+					continue;
 				} else if (++interrupts == 1) {
+					last_ms = jv_now_mono_ms();
 					clear_bar(o);
-					jv_warn(NULL, NULL, "%s: cancelling the job (again to kill it)",
-					        jv_signal_name((int)si.ssi_signo));
-					jobrun_cancel(run, "cancelled");
+					jv_warn(NULL, NULL, "%s: cancelling the job (again after %d s to kill it)",
+					        jv_signal_name((int)si.ssi_signo), (int)(window_ms / 1000));
+					jobrun_cancel(run, JOBRUN_CANCELLED);
 				} else {
+					clear_bar(o);
+					jv_warn(NULL, NULL, "%s again: killing the job", jv_signal_name((int)si.ssi_signo));
 					jobrun_kill(run);
 				}
 			}

@@ -48,8 +48,9 @@ static const struct cmd_help cmds[] = {
 	 "  --job-id ID          run under this job id: a second run with the same id, type and\n"
 	 "                       params reports the recorded output of a completed one again\n"
 	 "  --json               one JSON event a line on stdout, the result object last\n"
-	 "The result goes to stdout; logs and progress go to stderr. Ctrl-C cancels the job\n"
-	 "(again to kill it). Exit: 0 COMPLETED, 1 FAILED, 2 usage or configuration, 3 CANCELLED.\n"},
+	 "The result goes to stdout; logs and progress go to stderr. Ctrl-C (or SIGTERM) cancels\n"
+	 "the job; again 2 s or more later kills it. Exit: 0 COMPLETED, 1 FAILED, 2 usage or\n"
+	 "configuration, 3 CANCELLED.\n"},
 	{"check", "SCRIPT.lua... [--config FILE]", "validate job scripts without running them",
 	 "Compiles each script in the sandbox, validates the table it returns and looks for\n"
 	 "unknown fields of the sandbox modules (fs.raed). Prints every problem as FILE:LINE:\n"
@@ -59,6 +60,18 @@ static const struct cmd_help cmds[] = {
 	{"status", "[--data-dir DIR] [--json]", "instances and runs in flight",
 	 "  --data-dir DIR    the agent's data dir (default JOBVISOR_DATA_DIR or /var/lib/jobvisor)\n"
 	 "  --json            one JSON object instead of a table\n"},
+	{"health", "[--config FILE] [--data-dir DIR] [--max-beat-age S] [--max-poll-age S]\n[--json]",
+	 "check that the agent on this data dir is alive and polling",
+	 "  --data-dir DIR      the agent's data dir (default: --config FILE's, JOBVISOR_DATA_DIR,\n"
+	 "                      or /var/lib/jobvisor)\n"
+	 "  --config FILE       read data_dir from the agent's settings file\n"
+	 "  --max-beat-age S    unhealthy when the agent's loop last went round more than S s ago\n"
+	 "                      (default 30)\n"
+	 "  --max-poll-age S    unhealthy when no poll was answered for S s (default 300; 0 = do not\n"
+	 "                      check)\n"
+	 "  --json              one JSON object: healthy, reason, agentId, pid, state, ages\n"
+	 "Reads the agent's agent-state.json (rewritten every 5 s); the pid must still be the agent.\n"
+	 "Exit: 0 healthy, 1 unhealthy (the reason on stdout), 2 usage. For container HEALTHCHECKs.\n"},
 	{"monitor",
 	 "--instance-dir DIR [--instance-id ID] [--settings JSON] [--status-fd N]\n"
 	 "[--adopt-only] [--foreground]",

@@ -105,5 +105,7 @@ int main(int argc, char **argv)
 		return cmd_status(argc - 1, argv + 1);
 	if (strcmp(cmd, "monitor") == 0)
 		return cmd_monitor(argc - 1, argv + 1);
+	if (strcmp(cmd, "health") == 0)
+		return cmd_health(argc - 1, argv + 1);
 	return help_usage_error(NULL, "unknown command '%s'", cmd);
 }

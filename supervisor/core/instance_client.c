@@ -34,15 +34,22 @@ struct jv_monconn {
 	struct jv_buf in;
 };
 
-int jv_monconn_open(const char *instance_dir, struct jv_monconn **out)
+/* <instance_dir>/.jobvisor, opened. Returns the fd or -errno. */
+static int open_jvdir(const char *instance_dir)
 {
-	*out = NULL;
 	char dir[PATH_MAX];
 	if (snprintf(dir, sizeof(dir), "%s/.jobvisor", instance_dir) >= (int)sizeof(dir))
 		return -ENAMETOOLONG;
 	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	return dfd < 0 ? -errno : dfd;
+}
+
+int jv_monconn_open(const char *instance_dir, struct jv_monconn **out)
+{
+	*out = NULL;
+	int dfd = open_jvdir(instance_dir);
 	if (dfd < 0)
-		return -errno;
+		return dfd;
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	snprintf(sa.sun_path, sizeof(sa.sun_path), "/proc/self/fd/%d/monitor.sock", dfd);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -177,12 +184,9 @@ int jv_monitor_call(const char *instance_dir, const cJSON *req, int timeout_ms, 
 int jv_instance_read_state(const char *instance_dir, cJSON **out)
 {
 	*out = NULL;
-	char dir[PATH_MAX];
-	if (snprintf(dir, sizeof(dir), "%s/.jobvisor", instance_dir) >= (int)sizeof(dir))
-		return -ENAMETOOLONG;
-	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int dfd = open_jvdir(instance_dir);
 	if (dfd < 0)
-		return -errno;
+		return dfd;
 	int rc = jv_instance_read_state_at(dfd, out);
 	close(dfd);
 	return rc;

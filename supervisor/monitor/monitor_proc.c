@@ -15,6 +15,7 @@
  * async-signal-safe functions plus getpwnam-free credential changes (the
  * passwd lookup happens before fork). */
 #include "monitor.h"
+#include "jobvisor/execpipe.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 
@@ -345,17 +346,8 @@ static pid_t fork_into_cgroup(int cgfd)
 #endif
 }
 
-struct exec_fail {
-	int stage; /* 1 console, 2 limits, 3 cwd, 4 user, 5 exec */
-	int err;
-};
-
-static void child_fail(int fd, int stage, int err)
-{
-	struct exec_fail f = {stage, err};
-	(void)!write(fd, &f, sizeof(f));
-	_exit(127);
-}
+/* Steps of child_main reported through the exec pipe (jv_exec_fail). */
+enum { FAIL_CONSOLE = 1, FAIL_LIMITS, FAIL_CWD, FAIL_USER, FAIL_EXEC };
 
 static void set_limit(int res, long long v)
 {
@@ -379,7 +371,7 @@ static void child_main(struct monitor *m, int errfd, int procsfd, char **env, bo
 	int in = openat(m->jv_fd, "console.in", O_RDWR | O_NOFOLLOW);
 	int out = openat(m->jv_fd, "console.out", O_RDWR | O_NOFOLLOW);
 	if (in < 0 || out < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0)
-		child_fail(errfd, 1, errno);
+		jv_exec_fail(errfd, FAIL_CONSOLE, errno);
 	sigset_t none;
 	sigemptyset(&none);
 	for (int s = 1; s < NSIG; s++)
@@ -391,95 +383,65 @@ static void child_main(struct monitor *m, int errfd, int procsfd, char **env, bo
 	set_limit(RLIMIT_CORE, m->spec->core);
 	if (drop) {
 		if (initgroups(user, gid) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
-			child_fail(errfd, 4, errno);
+			jv_exec_fail(errfd, FAIL_USER, errno);
 	}
 	if (chdir(m->spec->cwd) < 0)
-		child_fail(errfd, 3, errno);
+		jv_exec_fail(errfd, FAIL_CWD, errno);
 	int keep[] = {errfd};
 	jv_close_fds_from(3, keep, 1);
 	execve(m->spec->exe, m->spec->argv, env);
-	child_fail(errfd, 5, errno);
+	jv_exec_fail(errfd, FAIL_EXEC, errno);
 }
 
-int proc_spawn(struct monitor *m, char *err, size_t errlen)
+/* Who the server runs as: with the agent as root and a `user` setting, that
+ * user (drop when not root itself) and its home; else ourselves and cwd. */
+struct run_as {
+	bool drop;
+	uid_t uid;
+	gid_t gid;
+	const char *user; /* borrowed from m->user, NULL when not switching */
+	char home[PATH_MAX];
+};
+
+static int resolve_run_as(struct monitor *m, struct run_as *ra, char *err, size_t errlen)
+{
+	memset(ra, 0, sizeof(*ra));
+	snprintf(ra->home, sizeof(ra->home), "%s", m->spec->cwd);
+	if (!m->user || !m->user[0] || geteuid() != 0)
+		return 0;
+	struct passwd *pw = getpwnam(m->user);
+	if (!pw) {
+		snprintf(err, errlen, "user '%s' (setting 'user') does not exist", m->user);
+		return -ENOENT;
+	}
+	ra->drop = pw->pw_uid != 0;
+	ra->uid = pw->pw_uid;
+	ra->gid = pw->pw_gid;
+	ra->user = m->user;
+	if (pw->pw_dir && pw->pw_dir[0] == '/')
+		snprintf(ra->home, sizeof(ra->home), "%s", pw->pw_dir);
+	return 0;
+}
+
+/* What the child reported through the CLOEXEC pipe before exec: 0 when it
+ * exec'd (EOF), else -errno with the reason in err (the child is reaped). */
+static int exec_outcome(struct monitor *m, pid_t pid, int rfd, char *err, size_t errlen)
 {
 	static const char *const stages[] = {"", "cannot open the console FIFOs",
 	                                     "cannot set limits", "cannot change to cwd",
 	                                     "cannot switch user", "cannot execute"};
-	bool drop = false;
-	uid_t uid = 0;
-	gid_t gid = 0;
-	char home[PATH_MAX];
-	snprintf(home, sizeof(home), "%s", m->spec->cwd);
-	const char *user = NULL;
-	if (m->user && m->user[0] && geteuid() == 0) {
-		struct passwd *pw = getpwnam(m->user);
-		if (!pw) {
-			snprintf(err, errlen, "user '%s' (setting 'user') does not exist", m->user);
-			return -ENOENT;
-		}
-		drop = pw->pw_uid != 0;
-		uid = pw->pw_uid;
-		gid = pw->pw_gid;
-		user = m->user;
-		if (pw->pw_dir && pw->pw_dir[0] == '/')
-			snprintf(home, sizeof(home), "%s", pw->pw_dir);
-	}
-	if (!m->cg.active && jv_json_bool(m->settings, "cgroups", true)) {
-		char cgerr[256] = "";
-		if (cg_create(m, cgerr, sizeof(cgerr)) < 0 && cgerr[0])
-			jv_info(NULL, NULL, "instance %s: no cgroup, using process-group signals: %s",
-			        m->instance_id, cgerr);
-	}
-	if (m->cg.active)
-		cg_apply_limits(m);
-	char **env = build_env(m, home, user);
-	if (!env) {
-		snprintf(err, errlen, "out of memory");
-		return -ENOMEM;
-	}
-	int errpipe[2];
-	if (pipe2(errpipe, O_CLOEXEC) < 0) {
-		int e = errno;
-		free_env(env);
-		snprintf(err, errlen, "cannot create a pipe: %s", strerror(e));
-		return -e;
-	}
-	con_drain_input(m); /* commands sent to a previous run must not reach this one */
-	int procsfd = -1;
-	pid_t pid = m->cg.active ? fork_into_cgroup(m->cg.dirfd) : -ENOSYS;
-	if (pid < 0 && m->cg.active) {
-		/* No clone3 (kernels before 5.7) or not allowed: the child joins by
-		 * writing cgroup.procs itself, which is slower (an RCU grace period). */
-		procsfd = cg_procs_fd(m);
-	}
-	if (pid < 0)
-		pid = fork();
-	if (pid == 0)
-		child_main(m, errpipe[1], procsfd, env, drop, uid, gid, user);
-	int fork_err = errno;
-	close(errpipe[1]);
-	if (procsfd >= 0)
-		close(procsfd);
-	free_env(env);
-	if (pid < 0) {
-		close(errpipe[0]);
-		snprintf(err, errlen, "cannot fork: %s", strerror(fork_err));
-		return -fork_err;
-	}
-	struct exec_fail f;
-	ssize_t r;
-	do {
-		r = read(errpipe[0], &f, sizeof(f));
-	} while (r < 0 && errno == EINTR);
-	close(errpipe[0]);
-	if (r == (ssize_t)sizeof(f)) {
-		waitpid(pid, NULL, 0);
-		const char *what = f.stage > 0 && f.stage < (int)JV_ARRAY_LEN(stages) ? stages[f.stage] : "failed";
-		const char *subject = f.stage == 3 ? m->spec->cwd : f.stage == 4 ? m->user : m->spec->exe;
-		snprintf(err, errlen, "%s '%s': %s", what, subject ? subject : "", strerror(f.err));
-		return -f.err;
-	}
+	int stage, e;
+	if (!jv_exec_wait(rfd, pid, &stage, &e))
+		return 0;
+	const char *what = stage > 0 && stage < (int)JV_ARRAY_LEN(stages) ? stages[stage] : "failed";
+	const char *subject = stage == FAIL_CWD ? m->spec->cwd : stage == FAIL_USER ? m->user : m->spec->exe;
+	snprintf(err, errlen, "%s '%s': %s", what, subject ? subject : "", strerror(e));
+	return -e;
+}
+
+/* The server runs: remember it, check it joined its cgroup. */
+static void track_spawned(struct monitor *m, pid_t pid)
+{
 	m->pid = pid;
 	m->pgid = pid;
 	m->adopted = false;
@@ -502,5 +464,60 @@ int proc_spawn(struct monitor *m, char *err, size_t errlen)
 	}
 	jv_info(NULL, NULL, "instance %s: started '%s' pid %ld%s%s", m->instance_id, m->spec->exe,
 	        (long)pid, m->cg.active ? " in cgroup " : "", m->cg.active ? m->cg.path : "");
+}
+
+int proc_spawn(struct monitor *m, char *err, size_t errlen)
+{
+	struct run_as ra;
+	int rc = resolve_run_as(m, &ra, err, errlen);
+	if (rc)
+		return rc;
+	if (!m->cg.active && jv_json_bool(m->settings, "cgroups", true)) {
+		char cgerr[256] = "";
+		if (cg_create(m, cgerr, sizeof(cgerr)) < 0 && cgerr[0])
+			jv_info(NULL, NULL, "instance %s: no cgroup, using process-group signals: %s",
+			        m->instance_id, cgerr);
+	}
+	if (m->cg.active)
+		cg_apply_limits(m);
+	char **env = build_env(m, ra.home, ra.user);
+	if (!env) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	int errpipe[2];
+	if (pipe2(errpipe, O_CLOEXEC) < 0) {
+		int e = errno;
+		free_env(env);
+		snprintf(err, errlen, "cannot create a pipe: %s", strerror(e));
+		return -e;
+	}
+	con_drain_input(m); /* commands sent to a previous run must not reach this one */
+	int procsfd = -1;
+	pid_t pid = m->cg.active ? fork_into_cgroup(m->cg.dirfd) : -ENOSYS;
+	if (pid < 0 && m->cg.active) {
+		/* No clone3 (kernels before 5.7) or not allowed: the child joins by
+		 * writing cgroup.procs itself, which is slower (an RCU grace period). */
+		procsfd = cg_procs_fd(m);
+	}
+	if (pid < 0)
+		pid = fork();
+	if (pid == 0)
+		child_main(m, errpipe[1], procsfd, env, ra.drop, ra.uid, ra.gid, ra.user);
+	int fork_err = errno;
+	close(errpipe[1]);
+	if (procsfd >= 0)
+		close(procsfd);
+	free_env(env);
+	if (pid < 0) {
+		close(errpipe[0]);
+		snprintf(err, errlen, "cannot fork: %s", strerror(fork_err));
+		return -fork_err;
+	}
+	rc = exec_outcome(m, pid, errpipe[0], err, errlen);
+	close(errpipe[0]);
+	if (rc)
+		return rc;
+	track_spawned(m, pid);
 	return 0;
 }

@@ -272,6 +272,53 @@ static int monitor_new(const struct mon_args *a, struct monitor **out)
 	return 0;
 }
 
+/* Instance dir and id, settings, logging. 0, or -1 with the status line sent. */
+static int identify(struct monitor *m, const struct mon_args *a)
+{
+	snprintf(m->instance_dir, sizeof(m->instance_dir), "%s", a->dir);
+	const char *slash = strrchr(m->instance_dir, '/');
+	snprintf(m->instance_id, sizeof(m->instance_id), "%s", a->id ? a->id : slash + 1);
+	if (!jv_ident_valid(m->instance_id)) {
+		status_line(m, "error invalid instance id '%.64s'", m->instance_id);
+		return -1;
+	}
+	m->settings = a->settings ? jv_json_parse(a->settings, strlen(a->settings)) : cJSON_CreateObject();
+	if (!cJSON_IsObject(m->settings)) {
+		status_line(m, "error --settings is not a JSON object");
+		return -1;
+	}
+	m->allowed = cJSON_GetObjectItemCaseSensitive(m->settings, "allowed_executables");
+	m->user = jv_json_str(m->settings, "user", NULL);
+	int lvl = jv_log_level_parse(jv_json_str(m->settings, "log_level", "info"));
+	int fmt = jv_log_format_parse(jv_json_str(m->settings, "log_format", "logfmt"));
+	jv_log_setup(fmt < 0 ? JV_LOG_LOGFMT : (enum jv_log_format)fmt,
+	             lvl < 0 ? JV_LOG_INFO : (enum jv_log_level)lvl);
+	jv_log_set_component("monitor");
+	return 0;
+}
+
+/* Take over the server a dead monitor left, in the state it had (prev). */
+static void resume_adopted(struct monitor *m, const char *prev)
+{
+	/* Before our own note: the scan reads console.log. */
+	bool starting = strcmp(prev, "STARTING") == 0 && m->spec && m->spec->ready_pattern;
+	bool ready_logged = starting && con_ready_in_log(m);
+	con_log_note(m, "monitor restarted; adopted the running server (pid %ld)%s", (long)m->pid,
+	             ready_logged ? "; its ready line is already in the log" : "");
+	m->phase = PH_NONE;
+	if (starting && !ready_logged) {
+		/* Its ready line may still sit unread in the console FIFO. */
+		m->deadline = jv_now_mono_ms() + (int64_t)(m->spec->ready_timeout_s * 1000);
+		mon_set_state(m, MON_STARTING, "adopted starting server (pid %ld)", (long)m->pid);
+	} else {
+		m->ready_real = jv_now_real_ms();
+		mon_set_state(m, MON_RUNNING, "adopted running server (pid %ld)", (long)m->pid);
+	}
+	status_line(m, "ok adopted %ld", (long)m->pid);
+	if (strcmp(prev, "STOPPING") == 0)
+		mon_request_stop(m, false, -1); /* finish what the dead monitor began */
+}
+
 int cmd_monitor(int argc, char **argv)
 {
 	struct mon_args a;
@@ -292,26 +339,8 @@ int cmd_monitor(int argc, char **argv)
 		status_line(m, "error instance dir path too long");
 		goto out;
 	}
-	snprintf(m->instance_dir, sizeof(m->instance_dir), "%s", a.dir);
-	const char *slash = strrchr(m->instance_dir, '/');
-	snprintf(m->instance_id, sizeof(m->instance_id), "%s", a.id ? a.id : slash + 1);
-	if (!jv_ident_valid(m->instance_id)) {
-		status_line(m, "error invalid instance id '%.64s'", m->instance_id);
+	if (identify(m, &a) < 0)
 		goto out;
-	}
-	m->settings = a.settings ? jv_json_parse(a.settings, strlen(a.settings)) : cJSON_CreateObject();
-	if (!cJSON_IsObject(m->settings)) {
-		status_line(m, "error --settings is not a JSON object");
-		goto out;
-	}
-	m->allowed = cJSON_GetObjectItemCaseSensitive(m->settings, "allowed_executables");
-	m->user = jv_json_str(m->settings, "user", NULL);
-	int lvl = jv_log_level_parse(jv_json_str(m->settings, "log_level", "info"));
-	int fmt = jv_log_format_parse(jv_json_str(m->settings, "log_format", "logfmt"));
-	jv_log_setup(fmt < 0 ? JV_LOG_LOGFMT : (enum jv_log_format)fmt,
-	             lvl < 0 ? JV_LOG_INFO : (enum jv_log_level)lvl);
-	jv_log_set_component("monitor");
-
 	rc = setup(m, &a, err, sizeof(err));
 	if (rc == 3) {
 		status_line(m, "busy another monitor is running for this instance");
@@ -352,23 +381,7 @@ int cmd_monitor(int argc, char **argv)
 		goto out;
 	}
 	if (adopted) {
-		/* Before our own note: the scan reads console.log. */
-		bool starting = strcmp(prev, "STARTING") == 0 && m->spec && m->spec->ready_pattern;
-		bool ready_logged = starting && con_ready_in_log(m);
-		con_log_note(m, "monitor restarted; adopted the running server (pid %ld)%s", (long)m->pid,
-		             ready_logged ? "; its ready line is already in the log" : "");
-		m->phase = PH_NONE;
-		if (starting && !ready_logged) {
-			/* Its ready line may still sit unread in the console FIFO. */
-			m->deadline = jv_now_mono_ms() + (int64_t)(m->spec->ready_timeout_s * 1000);
-			mon_set_state(m, MON_STARTING, "adopted starting server (pid %ld)", (long)m->pid);
-		} else {
-			m->ready_real = jv_now_real_ms();
-			mon_set_state(m, MON_RUNNING, "adopted running server (pid %ld)", (long)m->pid);
-		}
-		status_line(m, "ok adopted %ld", (long)m->pid);
-		if (strcmp(prev, "STOPPING") == 0)
-			mon_request_stop(m, false, -1); /* finish what the dead monitor began */
+		resume_adopted(m, prev);
 	} else if (mon_spawn(m, err, sizeof(err)) < 0) {
 		con_log_note(m, "cannot start the server: %s", err);
 		mon_set_state(m, MON_CRASHED, "cannot start: %s", err);

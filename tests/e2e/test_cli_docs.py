@@ -20,7 +20,7 @@ def jv(*args, **kw):
 
 
 class Help(unittest.TestCase):
-    COMMANDS = ("agent", "run", "check", "status", "monitor", "version", "help")
+    COMMANDS = ("agent", "run", "check", "status", "health", "monitor", "version", "help")
 
     def test_overview_names_every_command_and_option(self):
         for args in (["--help"], ["-h"], ["help"]):

@@ -111,6 +111,9 @@ def agent_env(cp_url, token_file, data, jobs, agent_id="agent-1", **overrides):
         "JOBVISOR_REQUEST_TIMEOUT": "5",
         "JOBVISOR_CONNECT_TIMEOUT": "2",
         "JOBVISOR_SHUTDOWN_GRACE": "5",
+        # Most tests stop the agent mid-job to test something else: cancel at
+        # once. test_agent_shutdown.py tests the drain itself.
+        "JOBVISOR_DRAIN_TIMEOUT": "0",
     })
     for k, v in overrides.items():
         key = k if k.startswith("JOBVISOR_") else "JOBVISOR_" + k.upper()
