@@ -358,6 +358,12 @@ static size_t on_write(char *src, size_t size, size_t nmemb, void *ud)
 	struct req *q = ud;
 	size_t n = size * nmemb;
 	if (q->sink && q->http >= 200 && q->http < 300) {
+		if (q->range_from > 0 && q->http != 206) {
+			/* a store that ignored Range sends the object from byte 0:
+			 * appending it would corrupt what is already there */
+			q->sink_rc = -EPROTO;
+			return 0;
+		}
 		int rc = q->sink(q->sink_arg, src, n);
 		if (rc) {
 			q->sink_rc = rc;
@@ -476,7 +482,11 @@ static int classify(const struct s3_remote *r, struct req *q, CURLcode cc, const
                     const char *cerr, struct s3_err *e)
 {
 	if (q->sink_rc) {
-		set_err(r, e, S3_PERMANENT, q->http, NULL, what, strerror(-q->sink_rc));
+		/* a full disk under a download is worth a retry once space is freed */
+		bool full = q->sink_rc == -ENOSPC || q->sink_rc == -EDQUOT;
+		set_err(r, e, full ? S3_TRANSIENT : S3_PERMANENT, q->http, NULL, what,
+		        q->sink_rc == -EPROTO ? "the store ignored the Range header of a resumed download"
+		                              : strerror(-q->sink_rc));
 		return q->sink_rc;
 	}
 	if (cc == CURLE_ABORTED_BY_CALLBACK) {
@@ -736,11 +746,6 @@ int s3_get_range(const struct s3_remote *r, const char *key, int64_t from, int64
 		if (q.total >= 0 && size)
 			*size = q.total;
 		free(q.resp.p);
-		if (rc == 0 && q.http != 206 && from + got > 0 && q.range_from > 0) {
-			/* a store that ignored Range sent the whole object again */
-			set_err(r, e, S3_PERMANENT, q.http, NULL, what, "the store ignored the Range header");
-			return -EPROTO;
-		}
 		if (rc == 0) {
 			if (q.http == 416 || (len >= 0 && got < len && q.delivered == 0))
 				break;
@@ -748,8 +753,8 @@ int s3_get_range(const struct s3_remote *r, const char *key, int64_t from, int64
 				break;
 			continue;
 		}
-		if (rc == 0 || e->cls != S3_TRANSIENT)
-			break;
+		if (rc == 0 || e->cls != S3_TRANSIENT || q.sink_rc)
+			break; /* the sink's failure (a full disk) is the caller's to handle */
 		if (q.delivered > 0)
 			attempt = 0;
 		if (attempt >= r->attempts)
