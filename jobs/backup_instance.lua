@@ -127,6 +127,7 @@ return {
         log.info(string.format("backup '%s' was completed on remote '%s' by an earlier run", id, p.remote))
         if p.keepLocal ~= true and fs.exists(backups.manifest_path(id)) then backups.remove(job, id) end
         common.clean_stale_staging(job)
+        job.unmark("remote-upload") -- killed between the manifest object and this unmark
         job.unmark("backup")
         return result_of(id, rm, { remote = p.remote, archive = remotes.archive_obj(job, id),
                                    keepLocal = p.keepLocal == true })
