@@ -172,14 +172,15 @@ static int l_job_progress(lua_State *L)
 {
 	lua_Number pct = luaL_checknumber(L, 1);
 	luaL_argcheck(L, !isnan(pct) && pct >= 0 && pct <= 100, 1, "percent must be within 0..100");
-	const char *msg = luaL_optstring(L, 2, NULL);
+	const char *msg = luaL_optstring(L, 2, NULL) ? jv_lua_text(L, 2) : NULL;
 	jv_emit_progress(jv_ctx(L), pct, msg);
 	return 0;
 }
 
 static int l_job_step(lua_State *L)
 {
-	const char *msg = luaL_checkstring(L, 1);
+	luaL_checkstring(L, 1);
+	const char *msg = jv_lua_text(L, 1);
 	struct jv_run_ctx *ctx = jv_ctx(L);
 	jv_emit_progress(ctx, -1, msg);
 	return 0;

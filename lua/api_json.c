@@ -4,7 +4,13 @@
  * Arrays: a table whose keys are exactly 1..n encodes as an array; a table
  * carrying json.array's metatable encodes as an array even when empty (decode
  * sets it, so round trips keep []); anything else with string keys is an
- * object; mixed or sparse keys are an error. JSON null decodes to json.null. */
+ * object; mixed or sparse keys are an error. JSON null decodes to json.null.
+ *
+ * Strings: cJSON's are C strings, so a NUL in a Lua string travels as the
+ * bytes C0 80 (as jsonutil.c reads "\u0000") and comes back to Lua as NUL;
+ * json.encode writes it as \u0000. Other bytes pass unchanged (a file name
+ * that is not UTF-8 survives a manifest round trip); what leaves the agent is
+ * made valid UTF-8 by jv_json_print. */
 #include "apiutil.h"
 
 #include <math.h>
@@ -52,6 +58,53 @@ struct enc {
 };
 
 static cJSON *to_json(lua_State *L, int idx, int depth, struct enc *e, const char *where);
+
+#define NUL_MARK "\xC0\x80"
+
+/* A Lua string as a C string for cJSON: each NUL becomes C0 80. Returned-owned
+ * (free) when *copy, else borrowed from Lua. NULL on ENOMEM. */
+static const char *c_text(const char *s, size_t len, char **copy)
+{
+	*copy = NULL;
+	if (!memchr(s, '\0', len))
+		return s;
+	size_t nuls = 0;
+	for (size_t i = 0; i < len; i++)
+		nuls += s[i] == '\0';
+	char *out = malloc(len + nuls + 1);
+	if (!out)
+		return NULL;
+	size_t o = 0;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] == '\0') {
+			memcpy(out + o, NUL_MARK, 2);
+			o += 2;
+		} else {
+			out[o++] = s[i];
+		}
+	}
+	out[o] = '\0';
+	*copy = out;
+	return out;
+}
+
+/* Push a cJSON string to Lua with C0 80 turned back into NUL. */
+static void push_text(lua_State *L, const char *s)
+{
+	const char *m = strstr(s, NUL_MARK);
+	if (!m) {
+		lua_pushstring(L, s);
+		return;
+	}
+	luaL_Buffer b;
+	luaL_buffinit(L, &b);
+	for (; m; s = m + 2, m = strstr(s, NUL_MARK)) {
+		luaL_addlstring(&b, s, (size_t)(m - s));
+		luaL_addchar(&b, '\0');
+	}
+	luaL_addstring(&b, s);
+	luaL_pushresult(&b);
+}
 
 static cJSON *table_to_json(lua_State *L, int idx, int depth, struct enc *e, const char *where)
 {
@@ -102,15 +155,22 @@ static cJSON *table_to_json(lua_State *L, int idx, int depth, struct enc *e, con
 			cJSON_Delete(obj);
 			return NULL;
 		}
-		const char *k = lua_tostring(L, -2);
-		snprintf(sub, sizeof(sub), "%s.%s", where, k);
-		cJSON *v = to_json(L, lua_gettop(L), depth + 1, e, sub);
+		size_t klen;
+		const char *kraw = lua_tolstring(L, -2, &klen);
+		char *kcopy;
+		const char *k = c_text(kraw, klen, &kcopy);
+		snprintf(sub, sizeof(sub), "%s.%s", where, kraw);
+		cJSON *v = k ? to_json(L, lua_gettop(L), depth + 1, e, sub) : NULL;
 		if (!v) {
+			if (!k)
+				snprintf(e->err, e->errlen, "cannot encode: out of memory");
+			free(kcopy);
 			lua_pop(L, 2);
 			cJSON_Delete(obj);
 			return NULL;
 		}
 		cJSON_AddItemToObject(obj, k, v);
+		free(kcopy);
 		lua_pop(L, 1);
 	}
 	return obj;
@@ -141,8 +201,17 @@ static cJSON *to_json(lua_State *L, int idx, int depth, struct enc *e, const cha
 		}
 		return cJSON_CreateNumber(d);
 	}
-	case LUA_TSTRING:
-		return cJSON_CreateString(lua_tostring(L, idx));
+	case LUA_TSTRING: {
+		size_t len;
+		const char *raw = lua_tolstring(L, idx, &len);
+		char *copy;
+		const char *s = c_text(raw, len, &copy);
+		cJSON *v = s ? cJSON_CreateString(s) : NULL;
+		free(copy);
+		if (!v)
+			snprintf(e->err, e->errlen, "cannot encode: out of memory");
+		return v;
+	}
 	case LUA_TLIGHTUSERDATA:
 		if (lua_touserdata(L, idx) == (void *)&null_key)
 			return cJSON_CreateNull();
@@ -187,7 +256,7 @@ void jv_json_to_lua(lua_State *L, const cJSON *v)
 		else
 			lua_pushnumber(L, d);
 	} else if (cJSON_IsString(v)) {
-		lua_pushstring(L, v->valuestring);
+		push_text(L, v->valuestring);
 	} else if (cJSON_IsArray(v)) {
 		lua_createtable(L, cJSON_GetArraySize(v), 0);
 		lua_Integer i = 1;
@@ -202,8 +271,9 @@ void jv_json_to_lua(lua_State *L, const cJSON *v)
 		for (const cJSON *c = v->child; c; c = c->next) {
 			if (!c->string)
 				continue;
+			push_text(L, c->string);
 			jv_json_to_lua(L, c);
-			lua_setfield(L, -2, c->string);
+			lua_rawset(L, -3);
 		}
 	} else {
 		push_null(L);
@@ -224,8 +294,17 @@ static int l_json_encode(lua_State *L)
 	cJSON_Delete(j);
 	if (!s)
 		return luaL_error(L, "json.encode: out of memory");
-	lua_pushstring(L, s);
+	/* C0 80 only occurs inside strings (the text around them is ASCII): the NUL it stands for. */
+	luaL_Buffer b;
+	luaL_buffinit(L, &b);
+	const char *p = s;
+	for (const char *m = strstr(p, NUL_MARK); m; p = m + 2, m = strstr(p, NUL_MARK)) {
+		luaL_addlstring(&b, p, (size_t)(m - p));
+		luaL_addstring(&b, "\\u0000");
+	}
+	luaL_addstring(&b, p);
 	free(s);
+	luaL_pushresult(&b);
 	return 1;
 }
 

@@ -7,6 +7,25 @@
 
 #define MAX_LOG_MESSAGE 8192
 
+const char *jv_lua_text(lua_State *L, int idx)
+{
+	size_t len;
+	idx = lua_absindex(L, idx);
+	const char *s = lua_type(L, idx) == LUA_TSTRING || lua_type(L, idx) == LUA_TNUMBER ? lua_tolstring(L, idx, &len) : NULL;
+	if (!s || !memchr(s, '\0', len))
+		return s;
+	luaL_Buffer b;
+	luaL_buffinit(L, &b);
+	for (size_t i = 0; i < len; i++) {
+		if (s[i])
+			luaL_addchar(&b, s[i]);
+		else
+			luaL_addstring(&b, "\xEF\xBF\xBD");
+	}
+	luaL_pushresult(&b);
+	return lua_tostring(L, -1);
+}
+
 static int log_at(lua_State *L, const char *level)
 {
 	/* log.x takes one message and no options: extra arguments would be lost. */
@@ -19,8 +38,8 @@ static int log_at(lua_State *L, const char *level)
 		lua_pushlstring(L, msg, MAX_LOG_MESSAGE);
 		lua_pushliteral(L, "...(truncated)");
 		lua_concat(L, 2);
-		msg = lua_tostring(L, -1);
 	}
+	msg = jv_lua_text(L, -1);
 	jv_emit_log(jv_ctx(L), level, msg);
 	return 0;
 }

@@ -289,15 +289,13 @@ static int finish_error(struct child *c, lua_State *L, int idx)
 			lua_getfield(L, idx, "retryable");
 			retryable = lua_toboolean(L, -1);
 			lua_getfield(L, idx, "message");
-			msg = lua_tostring(L, -1);
+			msg = jv_lua_text(L, -1);
 		}
 	}
 	if (!msg) {
-		if (lua_type(L, idx) == LUA_TSTRING) {
-			msg = lua_tostring(L, idx);
-		} else {
-			msg = luaL_tolstring(L, idx, NULL);
-		}
+		if (lua_type(L, idx) != LUA_TSTRING)
+			luaL_tolstring(L, idx, NULL);
+		msg = jv_lua_text(L, lua_type(L, idx) == LUA_TSTRING ? idx : -1);
 	}
 	char smsg[4096];
 	if (msg && strstr(msg, "not enough memory")) {

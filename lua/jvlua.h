@@ -79,6 +79,10 @@ bool jv_is_cancel_error(lua_State *L, int idx);
  * applies the real throttle. message may be NULL. */
 void jv_emit_progress(struct jv_run_ctx *ctx, double percent, const char *message);
 void jv_emit_log(struct jv_run_ctx *ctx, const char *level, const char *message);
+/* The string at idx as a C string for events, logs and results: each NUL
+ * (which would end it early) becomes U+FFFD. Pushes a new string when it has
+ * to (the pointer is valid while that stays on the stack); NULL if not a string. */
+const char *jv_lua_text(lua_State *L, int idx);
 /* Any other event object (consumed). */
 void jv_emit_event(struct jv_run_ctx *ctx, cJSON *event);
 void jv_emit_flush(struct jv_run_ctx *ctx);

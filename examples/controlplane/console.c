@@ -7,12 +7,26 @@
  * agent's long poll. The agent streams lines of watched instances only
  * (POST /v1/agents/{agentId}/console, batches at most every 100 ms); each
  * batch is kept in a per-instance tail (the last CON_TAIL_LINES lines, at most
- * CON_TAIL_BYTES) and sent to the watching clients, unnumbered (they are
- * not part of the replayable stream). Commands (POST
+ * CON_TAIL_BYTES) and sent to the watching clients that lack it, as
+ * `console` messages without a stream seq (not part of the replayable
+ * stream; each line carries the monitor's seq). A new watcher gets the tail
+ * after its `since`; each watch remembers what its client has, and the watch
+ * list asks the agent to start from what all watchers have when the tail
+ * holds less (the monitor then replays the rest). Commands (POST
  * /v1/agents/{a}/instances/{i}/console) wait in a small per-control-plane
- * queue until the next poll answer hands them out (once); their results come
- * back in a console POST and go to every client as a numbered `console`
- * message with `result`.
+ * queue until a poll answer hands them out; their results come back in a
+ * console POST and go to every client as a numbered `console` message with
+ * `result`.
+ *
+ * Commands are delivered at least once: a command stays queued until its
+ * result comes back; one handed out in a poll answer without a result after
+ * CON_REOFFER_MS is handed out again (the answer may have been lost; the
+ * agent knows the command ids it has run and never runs one twice). A
+ * command without a result by its deadline (timeoutSeconds, default
+ * CON_TIMEOUT_S) is dropped with the result `expired`; one in flight at its
+ * deadline gets until its offer times out. A result for a command this
+ * control plane finished already is a resend and is not pushed again, except
+ * the true result of one it had expired (pushed with "late": true).
  *
  * Locking: con->mu is a leaf: nothing else is locked while it is held.
  * Callers may hold cp->mu or the hub's list lock when they call in. */
@@ -34,6 +48,10 @@
 #define CON_POST_LINES 5000
 #define CON_WATCHES_PER_CLIENT 16
 #define CON_LINE_MAX 4096
+#define CON_REOFFER_MS 3000
+#define CON_TIMEOUT_S 30
+#define CON_TIMEOUT_MAX_S 300
+#define CON_DONE_KEEP 256
 
 struct con_line {
 	uint64_t seq;
@@ -51,6 +69,7 @@ struct con_tail {
 struct con_watch {
 	const void *client;
 	char agent[JV_IDENT_MAX + 1], inst[JV_IDENT_MAX + 1];
+	uint64_t since; /* the client has the lines up to here: older batches are not sent to it */
 	struct con_watch *next;
 };
 
@@ -58,15 +77,27 @@ struct con_cmd {
 	char id[JV_UUID_LEN];
 	char agent[JV_IDENT_MAX + 1], inst[JV_IDENT_MAX + 1];
 	char *line;
+	int64_t deadline_ms; /* monotonic */
+	int64_t offered_ms;  /* last handed out, 0 = never */
+	unsigned offers;
+	bool woken;          /* the agent was woken for the re-offer */
 	struct con_cmd *next;
+};
+
+/* Commands finished here (result or expired), to know a resent result. */
+struct con_done {
+	char id[JV_UUID_LEN];
+	bool expired;
 };
 
 struct console_hub {
 	pthread_mutex_t mu;
 	struct con_tail *tails;
 	struct con_watch *watches;
-	struct con_cmd *cmds, **cmds_tail;
+	struct con_cmd *cmds;
 	size_t ncmds;
+	struct con_done done[CON_DONE_KEEP];
+	size_t done_next;
 };
 
 int console_start(struct cp *cp)
@@ -75,7 +106,6 @@ int console_start(struct cp *cp)
 	if (!h)
 		return -ENOMEM;
 	pthread_mutex_init(&h->mu, NULL);
-	h->cmds_tail = &h->cmds;
 	cp->con = h;
 	return 0;
 }
@@ -205,6 +235,7 @@ cJSON *console_watch(struct cp *cp, const void *client, const char *agent, const
 			found->client = client;
 			snprintf(found->agent, sizeof(found->agent), "%s", agent);
 			snprintf(found->inst, sizeof(found->inst), "%s", inst);
+			found->since = since;
 			found->next = h->watches;
 			h->watches = found;
 			changed = true;
@@ -219,8 +250,14 @@ cJSON *console_watch(struct cp *cp, const void *client, const char *agent, const
 		changed = true;
 	}
 	cJSON *lines = NULL;
-	if (on && !*why)
-		lines = tail_json(tail_find(h, agent, inst, false), since);
+	if (on && !*why) {
+		struct con_tail *t = tail_find(h, agent, inst, false);
+		lines = tail_json(t, since);
+		/* It has what it asked for and what the tail gave it. */
+		if (found)
+			found->since = t && t->last_seq > since ? t->last_seq : since;
+		changed = true; /* the agent may have to start further back or further on */
+	}
 	pthread_mutex_unlock(&h->mu);
 	if (changed)
 		wake(cp, agent);
@@ -251,13 +288,15 @@ void console_client_gone(struct cp *cp, const void *client)
 		wake(cp, agents[i]);
 }
 
-bool console_watching(struct cp *cp, const void *client, const char *agent, const char *inst)
+bool console_watching(struct cp *cp, const void *client, const char *agent, const char *inst,
+                      uint64_t last_seq)
 {
 	struct console_hub *h = cp->con;
 	bool yes = false;
 	pthread_mutex_lock(&h->mu);
 	for (struct con_watch *w = h->watches; w && !yes; w = w->next)
-		yes = w->client == client && strcmp(w->agent, agent) == 0 && strcmp(w->inst, inst) == 0;
+		yes = w->client == client && strcmp(w->agent, agent) == 0 && strcmp(w->inst, inst) == 0 &&
+		      (last_seq == 0 || last_seq > w->since);
 	pthread_mutex_unlock(&h->mu);
 	return yes;
 }
@@ -280,14 +319,27 @@ cJSON *console_watch_list(struct cp *cp, const char *agent_id)
 		}
 		if (dup)
 			continue;
+		/* From what this control plane keeps, or, when it keeps less than
+		 * every watcher has (it restarted, say), from what they all have:
+		 * the agent asks the monitor for the lines after that. */
+		uint64_t have = UINT64_MAX;
+		for (struct con_watch *x = h->watches; x; x = x->next)
+			if (strcmp(x->agent, agent_id) == 0 && strcmp(x->inst, w->inst) == 0 && x->since < have)
+				have = x->since;
 		struct con_tail *t = tail_find(h, agent_id, w->inst, false);
+		uint64_t since = t && t->last_seq > have ? t->last_seq : have;
 		cJSON *o = cJSON_CreateObject();
 		cJSON_AddStringToObject(o, "instanceId", w->inst);
-		cJSON_AddNumberToObject(o, "since", t ? (double)t->last_seq : 0);
+		cJSON_AddNumberToObject(o, "since", (double)since);
 		cJSON_AddItemToArray(arr, o);
 	}
 	pthread_mutex_unlock(&h->mu);
 	return arr;
+}
+
+static bool offerable(const struct con_cmd *c, const char *agent_id, int64_t now)
+{
+	return strcmp(c->agent, agent_id) == 0 && (c->offered_ms == 0 || now - c->offered_ms >= CON_REOFFER_MS);
 }
 
 cJSON *console_take_commands(struct cp *cp, const char *agent_id)
@@ -296,25 +348,21 @@ cJSON *console_take_commands(struct cp *cp, const char *agent_id)
 	cJSON *arr = cJSON_CreateArray();
 	if (!arr)
 		return NULL;
+	int64_t now = jv_now_mono_ms();
 	pthread_mutex_lock(&h->mu);
-	struct con_cmd **pp = &h->cmds;
-	h->cmds_tail = &h->cmds;
-	while (*pp) {
-		struct con_cmd *c = *pp;
-		if (strcmp(c->agent, agent_id) != 0) {
-			pp = &c->next;
-			h->cmds_tail = pp;
+	for (struct con_cmd *c = h->cmds; c; c = c->next) {
+		if (!offerable(c, agent_id, now))
 			continue;
-		}
 		cJSON *o = cJSON_CreateObject();
 		cJSON_AddStringToObject(o, "commandId", c->id);
 		cJSON_AddStringToObject(o, "instanceId", c->inst);
 		cJSON_AddStringToObject(o, "line", c->line);
 		cJSON_AddItemToArray(arr, o);
-		*pp = c->next;
-		h->ncmds--;
-		free(c->line);
-		free(c);
+		if (c->offers++)
+			jv_info(NULL, NULL, "console command %s: no result %d ms after it went out; offering it "
+			        "again (offer %u)", c->id, CON_REOFFER_MS, c->offers);
+		c->offered_ms = now;
+		c->woken = false;
 	}
 	pthread_mutex_unlock(&h->mu);
 	return arr;
@@ -324,11 +372,121 @@ bool console_has_commands(struct cp *cp, const char *agent_id)
 {
 	struct console_hub *h = cp->con;
 	bool yes = false;
+	int64_t now = jv_now_mono_ms();
 	pthread_mutex_lock(&h->mu);
 	for (struct con_cmd *c = h->cmds; c && !yes; c = c->next)
-		yes = strcmp(c->agent, agent_id) == 0;
+		yes = offerable(c, agent_id, now);
 	pthread_mutex_unlock(&h->mu);
 	return yes;
+}
+
+static void done_add(struct console_hub *h, const char *id, bool expired)
+{
+	struct con_done *d = &h->done[h->done_next++ % CON_DONE_KEEP];
+	snprintf(d->id, sizeof(d->id), "%s", id);
+	d->expired = expired;
+}
+
+/* Push a command's result to every WebSocket client (do not hold cp->mu). */
+static void publish_result(struct cp *cp, const char *agent_id, const char *inst, const char *cmd_id,
+                           const char *status, const char *error, bool late)
+{
+	cJSON *msg = cJSON_CreateObject();
+	cJSON *res = cJSON_CreateObject();
+	cJSON_AddStringToObject(msg, "type", "console");
+	cJSON_AddStringToObject(msg, "agentId", agent_id);
+	cJSON_AddStringToObject(msg, "instanceId", inst);
+	cJSON_AddStringToObject(res, "commandId", cmd_id);
+	cJSON_AddStringToObject(res, "status", status);
+	if (error)
+		cJSON_AddStringToObject(res, "error", error);
+	else
+		cJSON_AddNullToObject(res, "error");
+	if (late)
+		cJSON_AddTrueToObject(res, "late");
+	cJSON_AddItemToObject(msg, "result", res);
+	jv_info(NULL, NULL, "console command %s on %s/%s: %s%s", cmd_id, agent_id, inst, status,
+	        late ? " (after it had expired)" : "");
+	pthread_mutex_lock(&cp->mu);
+	ws_publish(cp, msg);
+	pthread_mutex_unlock(&cp->mu);
+}
+
+/* A result from the agent: finish its command. False when it is a resend of
+ * a result already pushed; *late when the command had expired here. */
+static bool command_finish(struct console_hub *h, const char *id, bool *late)
+{
+	*late = false;
+	bool fresh = true;
+	pthread_mutex_lock(&h->mu);
+	struct con_cmd **pp = &h->cmds, *found = NULL;
+	for (; *pp; pp = &(*pp)->next)
+		if (strcmp((*pp)->id, id) == 0) {
+			found = *pp;
+			*pp = found->next;
+			h->ncmds--;
+			break;
+		}
+	if (found) {
+		done_add(h, id, false);
+	} else {
+		for (size_t i = 0; i < CON_DONE_KEEP; i++) {
+			struct con_done *d = &h->done[i];
+			if (strcmp(d->id, id) != 0)
+				continue;
+			fresh = d->expired;
+			*late = d->expired;
+			d->expired = false;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&h->mu);
+	if (found) {
+		free(found->line);
+		free(found);
+	}
+	return fresh;
+}
+
+void console_sweep(struct cp *cp)
+{
+	struct console_hub *h = cp->con;
+	struct con_cmd *expired = NULL;
+	char wake_ids[8][JV_IDENT_MAX + 1];
+	size_t nwake = 0;
+	int64_t now = jv_now_mono_ms();
+	pthread_mutex_lock(&h->mu);
+	for (struct con_cmd **pp = &h->cmds; *pp;) {
+		struct con_cmd *c = *pp;
+		bool in_flight = c->offered_ms && now - c->offered_ms < CON_REOFFER_MS;
+		if (now >= c->deadline_ms && !in_flight) {
+			*pp = c->next;
+			h->ncmds--;
+			done_add(h, c->id, true);
+			c->next = expired;
+			expired = c;
+			continue;
+		}
+		if (c->offered_ms && !in_flight && !c->woken && nwake < JV_ARRAY_LEN(wake_ids)) {
+			/* Due again: a waiting long poll of its agent answers with it. */
+			c->woken = true;
+			snprintf(wake_ids[nwake++], JV_IDENT_MAX + 1, "%s", c->agent);
+		}
+		pp = &c->next;
+	}
+	pthread_mutex_unlock(&h->mu);
+	for (size_t i = 0; i < nwake; i++)
+		wake(cp, wake_ids[i]);
+	while (expired) {
+		struct con_cmd *c = expired;
+		expired = c->next;
+		char why[160];
+		snprintf(why, sizeof(why), "%s", c->offers ? "handed to the agent but no result came back in time"
+		                                           : "the agent did not ask for it in time");
+		publish_result(cp, c->agent, c->inst, c->id, "expired", why, false);
+		free(c->line);
+		free(c);
+	}
 }
 
 /* ---- HTTP -----------------------------------------------------------------*/
@@ -348,7 +506,7 @@ void api_console_command(struct cp *cp, struct mg_connection *conn, const char *
 	const cJSON *it;
 	cJSON_ArrayForEach(it, body)
 	{
-		if (strcmp(it->string, "line") != 0) {
+		if (strcmp(it->string, "line") != 0 && strcmp(it->string, "timeoutSeconds") != 0) {
 			http_send_error(conn, 400, "unknown field '%.64s'", it->string);
 			cJSON_Delete(body);
 			return;
@@ -361,6 +519,14 @@ void api_console_command(struct cp *cp, struct mg_connection *conn, const char *
 		cJSON_Delete(body);
 		return;
 	}
+	const cJSON *to = cJSON_GetObjectItemCaseSensitive(body, "timeoutSeconds");
+	if (to && (!cJSON_IsNumber(to) || to->valuedouble != (double)(int)to->valuedouble || to->valueint < 1 ||
+	           to->valueint > CON_TIMEOUT_MAX_S)) {
+		http_send_error(conn, 400, "'timeoutSeconds' must be an integer from 1 to %d", CON_TIMEOUT_MAX_S);
+		cJSON_Delete(body);
+		return;
+	}
+	int timeout_s = to ? to->valueint : CON_TIMEOUT_S;
 	struct console_hub *h = cp->con;
 	struct con_cmd *c = calloc(1, sizeof(*c));
 	if (!c || jv_uuid4(c->id) < 0 || !(c->line = strdup(line->valuestring))) {
@@ -373,14 +539,17 @@ void api_console_command(struct cp *cp, struct mg_connection *conn, const char *
 	}
 	snprintf(c->agent, sizeof(c->agent), "%s", agent_id);
 	snprintf(c->inst, sizeof(c->inst), "%s", inst);
+	c->deadline_ms = jv_now_mono_ms() + (int64_t)timeout_s * 1000;
 	char id[JV_UUID_LEN]; /* c belongs to the queue once it is in */
 	memcpy(id, c->id, sizeof(id));
 	bool full;
 	pthread_mutex_lock(&h->mu);
 	full = h->ncmds >= CON_CMDS_MAX;
 	if (!full) {
-		*h->cmds_tail = c;
-		h->cmds_tail = &c->next;
+		struct con_cmd **pp = &h->cmds;
+		while (*pp)
+			pp = &(*pp)->next;
+		*pp = c;
 		h->ncmds++;
 	}
 	pthread_mutex_unlock(&h->mu);
@@ -397,6 +566,7 @@ void api_console_command(struct cp *cp, struct mg_connection *conn, const char *
 	cJSON_AddStringToObject(ans, "agentId", agent_id);
 	cJSON_AddStringToObject(ans, "instanceId", inst);
 	cJSON_AddStringToObject(ans, "status", "queued");
+	cJSON_AddNumberToObject(ans, "timeoutSeconds", timeout_s);
 	wake(cp, agent_id);
 	http_send_json(conn, 202, ans);
 	cJSON_Delete(ans);
@@ -483,12 +653,18 @@ void api_console_post(struct cp *cp, struct mg_connection *conn, struct cp_agent
 			while (t->n > 0)
 				tail_drop_oldest(t);
 			t->last_seq = 0;
+			for (struct con_watch *w = h->watches; w; w = w->next)
+				if (strcmp(w->agent, agent_id) == 0 && strcmp(w->inst, iid) == 0)
+					w->since = 0;
 		}
+		uint64_t last = 0;
 		const cJSON *l;
 		cJSON_ArrayForEach(l, lines)
 		{
+			uint64_t seq = (uint64_t)jv_json_int(l, "seq", 0);
 			if (t)
-				tail_push(t, (uint64_t)jv_json_int(l, "seq", 0), jv_json_str(l, "line", ""));
+				tail_push(t, seq, jv_json_str(l, "line", ""));
+			last = seq > last ? seq : last;
 		}
 		pthread_mutex_unlock(&h->mu);
 		cJSON *msg = cJSON_CreateObject();
@@ -502,29 +678,19 @@ void api_console_post(struct cp *cp, struct mg_connection *conn, struct cp_agent
 		char *text = jv_json_print(msg);
 		cJSON_Delete(msg);
 		if (text)
-			ws_console_send(cp, agent_id, iid, text); /* consumes text */
+			ws_console_send(cp, agent_id, iid, text, reset ? 0 : last); /* consumes text */
 	}
 	const cJSON *r;
 	cJSON_ArrayForEach(r, cJSON_GetObjectItemCaseSensitive(body, "results"))
 	{
-		cJSON *msg = cJSON_CreateObject();
-		cJSON *res = cJSON_CreateObject();
-		cJSON_AddStringToObject(msg, "type", "console");
-		cJSON_AddStringToObject(msg, "agentId", agent_id);
-		cJSON_AddStringToObject(msg, "instanceId", jv_json_str(r, "instanceId", ""));
-		cJSON_AddStringToObject(res, "commandId", jv_json_str(r, "commandId", ""));
-		cJSON_AddStringToObject(res, "status", jv_json_str(r, "status", ""));
-		const char *e = jv_json_str(r, "error", NULL);
-		if (e)
-			cJSON_AddStringToObject(res, "error", e);
-		else
-			cJSON_AddNullToObject(res, "error");
-		cJSON_AddItemToObject(msg, "result", res);
-		jv_info(NULL, NULL, "console command %s on %s/%s: %s", jv_json_str(r, "commandId", ""), agent_id,
-		        jv_json_str(r, "instanceId", ""), jv_json_str(r, "status", ""));
-		pthread_mutex_lock(&cp->mu);
-		ws_publish(cp, msg);
-		pthread_mutex_unlock(&cp->mu);
+		const char *cmd_id = jv_json_str(r, "commandId", "");
+		bool late;
+		if (!command_finish(h, cmd_id, &late)) {
+			jv_debug(NULL, NULL, "console command %s: result sent again; already pushed", cmd_id);
+			continue;
+		}
+		publish_result(cp, agent_id, jv_json_str(r, "instanceId", ""), cmd_id, jv_json_str(r, "status", ""),
+		               jv_json_str(r, "error", NULL), late);
 	}
 	cJSON *ans = cJSON_CreateObject();
 	cJSON *watch = console_watch_list(cp, agent_id);

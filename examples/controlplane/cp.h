@@ -1,6 +1,7 @@
 /* cp.h — the reference control plane's internal interfaces.
  *
- * jobvisor-cp is a small multi-threaded program: civetweb worker threads run
+ * jobvisor-cp is a small multi-threaded program: the accept front's thread
+ * (front.c) reads each request whole and relays it, civetweb worker threads run
  * the HTTP handlers, one broadcaster thread feeds WebSocket clients, and the
  * main thread waits for signals and runs the lease/ack/backoff sweep. All
  * durable state lives in SQLite (one connection); `struct cp.mu` serialises
@@ -55,6 +56,7 @@ struct cp_agent {
 	int capacity;           /* from its last poll */
 	bool instances_synced;  /* a snapshot of its instances came since this process started */
 	uint64_t console_gen;   /* bumped when its console watch list or commands change */
+	uint64_t console_told;  /* console_gen when a poll answer last carried the watch list */
 };
 
 struct cp_config {
@@ -236,6 +238,8 @@ const char *events_validate(const cJSON *ev, const char *run_id, const struct st
 enum http_auth { AUTH_NONE = 0, AUTH_ADMIN, AUTH_AGENT };
 enum http_auth http_authenticate(struct cp *cp, const struct mg_connection *conn, const char *query_token,
                                  struct cp_agent **agent);
+/* Which principal a token (len bytes, not necessarily NUL-terminated at len) is. */
+enum http_auth http_token_auth(struct cp *cp, const char *tok, size_t len, struct cp_agent **agent);
 int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err);
 void http_send_json(struct mg_connection *conn, int status, const cJSON *body);
 void http_send_error(struct mg_connection *conn, int status, const char *fmt, ...)
@@ -272,6 +276,16 @@ void api_ui_get_run(struct cp *cp, struct mg_connection *conn, const char *run_i
 void api_ui_run_events(struct cp *cp, struct mg_connection *conn, const char *run_id);
 void api_ui_agents(struct cp *cp, struct mg_connection *conn);
 
+/* ---- front.c: the public listener; civetweb only sees complete requests ---- */
+struct front;
+/* Listen on `listen` ("A.B.C.D:PORT") and relay complete requests to civetweb
+ * on 127.0.0.1:backend_port. *out returned-owned: front_stop. */
+int front_start(struct cp *cp, const char *listen, uint16_t backend_port, struct front **out, char *err,
+                size_t errlen);
+/* The port really listened on (for PORT 0). */
+uint16_t front_port(const struct front *f);
+/* Stop the thread, close every connection, free. NULL is a no-op. */
+void front_stop(struct front *f);
 /* ---- instances.c ---- */
 void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
 void api_inst_events(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id,
@@ -293,12 +307,16 @@ void console_free(struct cp *cp);
 cJSON *console_watch(struct cp *cp, const void *client, const char *agent, const char *inst, bool on,
                      uint64_t since, const char **why);
 void console_client_gone(struct cp *cp, const void *client); /* do not hold cp->mu */
-bool console_watching(struct cp *cp, const void *client, const char *agent, const char *inst);
+/* True when client watches agent/inst and lacks lines up to last_seq (0: any batch). */
+bool console_watching(struct cp *cp, const void *client, const char *agent, const char *inst,
+                      uint64_t last_seq);
 /* [{instanceId, since}] watched on this agent; returned-owned. */
 cJSON *console_watch_list(struct cp *cp, const char *agent_id);
 /* Commands waiting for this agent, removed from the queue; returned-owned array. */
 cJSON *console_take_commands(struct cp *cp, const char *agent_id);
 bool console_has_commands(struct cp *cp, const char *agent_id);
+/* Expire overdue commands (pushing `expired`), wake agents whose commands are due again. */
+void console_sweep(struct cp *cp); /* do not hold cp->mu */
 void api_console_command(struct cp *cp, struct mg_connection *conn, const char *agent_id, const char *inst);
 void api_console_post(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
 
@@ -311,7 +329,7 @@ void ws_hub_free(struct ws_hub *hub);
 void ws_publish(struct cp *cp, cJSON *msg);
 /* Queue a console message (text consumed) for the clients watching agent/inst;
  * unnumbered, not kept in the ring. Do not hold cp->mu. */
-void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text);
+void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text, uint64_t last_seq);
 /* civetweb callbacks (cbdata = struct cp *). */
 int ws_on_connect(const struct mg_connection *conn, void *cbdata);
 void ws_on_ready(struct mg_connection *conn, void *cbdata);

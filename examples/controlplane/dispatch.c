@@ -274,7 +274,9 @@ int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *
 	bool waited = false;
 
 	pthread_mutex_lock(&cp->mu);
-	uint64_t console_gen = agent->console_gen;
+	/* A change since the last answer (made while no poll of this agent
+	 * waited) counts as new, or the agent would hear of it a long poll late. */
+	uint64_t console_gen = agent->console_told;
 	touch_agent(cp, agent, req->capacity, jv_now_real_ms());
 	rc = renew_leases(cp, agent, req, jv_now_real_ms(), cancel);
 	for (;;) {
@@ -306,6 +308,8 @@ int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *
 	/* A long wait must not eat the lease it was meant to keep alive. */
 	if (rc == 0 && waited)
 		rc = renew_leases(cp, agent, req, jv_now_real_ms(), NULL);
+	if (rc == 0)
+		agent->console_told = agent->console_gen; /* the list below is at least this new */
 	pthread_mutex_unlock(&cp->mu);
 	if (rc < 0) {
 		cJSON_Delete(ans);

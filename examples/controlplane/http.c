@@ -45,8 +45,13 @@ enum http_auth http_authenticate(struct cp *cp, const struct mg_connection *conn
 	*agent = NULL;
 	if (!tok || !*tok)
 		return AUTH_NONE;
-	size_t len = strnlen(tok, CP_TOKEN_MAX + 1);
-	if (len > CP_TOKEN_MAX)
+	return http_token_auth(cp, tok, strnlen(tok, CP_TOKEN_MAX + 1), agent);
+}
+
+enum http_auth http_token_auth(struct cp *cp, const char *tok, size_t len, struct cp_agent **agent)
+{
+	*agent = NULL;
+	if (len == 0 || len > CP_TOKEN_MAX)
 		return AUTH_NONE;
 	/* Compare against every principal without stopping early, so timing says
 	 * nothing about which (if any) token came close. */
@@ -193,6 +198,14 @@ int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err)
 	if (!cJSON_IsObject(v)) {
 		cJSON_Delete(v);
 		cp_err_set(err, 400, "request body must be a JSON object");
+		return -EINVAL;
+	}
+	/* cJSON strings end at a NUL: a "\u0000" would silently cut an id (jsonutil.c). */
+	char where[128];
+	const char *what;
+	if (!jv_json_text_ok(v, where, sizeof(where), &what)) {
+		cJSON_Delete(v);
+		cp_err_set(err, 400, "request body: '%s' %s", where, what);
 		return -EINVAL;
 	}
 	*out = v;

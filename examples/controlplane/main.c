@@ -185,7 +185,8 @@ static int start_http(struct cp *cp, struct mg_context **out)
 	snprintf(threads, sizeof(threads), "%d", cp->cfg.threads);
 	snprintf(queue, sizeof(queue), "%d", cp->cfg.threads * 16);
 	const char *options[] = {
-		"listening_ports", cp->cfg.listen,
+		/* Only the front (front.c) talks to civetweb; it listens publicly. */
+		"listening_ports", "127.0.0.1:0",
 		"num_threads", threads,
 		"connection_queue", queue,
 		"listen_backlog", "1024",
@@ -193,7 +194,7 @@ static int start_http(struct cp *cp, struct mg_context **out)
 		"enable_keep_alive", "no",
 		"websocket_timeout_ms", "30000",
 		"enable_websocket_ping_pong", "yes",
-		"max_request_size", "16384",
+		"max_request_size", "32768", /* the front refuses heads over 16 KiB first */
 		NULL,
 	};
 	struct mg_callbacks cb;
@@ -218,14 +219,18 @@ static int start_http(struct cp *cp, struct mg_context **out)
 	return 0;
 }
 
-static void announce(struct mg_context *ctx, const char *listen)
+static int backend_port(struct mg_context *ctx)
 {
 	struct mg_server_port ports[4];
 	int n = mg_get_server_ports(ctx, 4, ports);
+	return n > 0 ? ports[0].port : -1;
+}
+
+static void announce(const struct front *front, const char *listen)
+{
 	const char *colon = strrchr(listen, ':');
 	int host_len = (int)(colon - listen);
-	for (int i = 0; i < n; i++)
-		printf("listening on http://%.*s:%d\n", host_len, listen, ports[i].port);
+	printf("listening on http://%.*s:%u\n", host_len, listen, (unsigned)front_port(front));
 	fflush(stdout);
 }
 
@@ -256,6 +261,7 @@ int main(int argc, char **argv)
 	}
 	int status = 2;
 	struct mg_context *ctx = NULL;
+	struct front *front = NULL;
 	sqlite3 *ck = NULL;
 	char err[512];
 	pthread_mutex_init(&cp.mu, NULL);
@@ -305,7 +311,12 @@ int main(int argc, char **argv)
 	mg_init_library(0);
 	if (start_http(&cp, &ctx) < 0)
 		goto out;
-	announce(ctx, cp.cfg.listen);
+	int bport = backend_port(ctx);
+	if (bport <= 0 || front_start(&cp, cp.cfg.listen, (uint16_t)bport, &front, err, sizeof(err)) < 0) {
+		jv_error(NULL, NULL, "%s", bport <= 0 ? "civetweb reports no listening port" : err);
+		goto out;
+	}
+	announce(front, cp.cfg.listen);
 	jv_info(NULL, NULL, "jobvisor-cp %s: %zu agents, %d threads (long polls up to %d, WebSocket clients up to %d)",
 	        JV_VERSION, cp.nagents, cp.cfg.threads, cp.long_polls_max, cp.ws_max);
 
@@ -317,11 +328,13 @@ int main(int argc, char **argv)
 			break;
 		}
 		dispatch_sweep(&cp);
+		console_sweep(&cp);
 		db_checkpoint(ck, false);
 	}
 	status = 0;
 out:
 	shutdown_drain(&cp);
+	front_stop(front);
 	ws_hub_stop(cp.hub);
 	if (ctx)
 		mg_stop(ctx);

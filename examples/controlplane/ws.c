@@ -248,14 +248,14 @@ void ws_hub_free(struct ws_hub *h)
 	free(h);
 }
 
-void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text)
+void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text, uint64_t last_seq)
 {
 	struct ws_hub *h = cp->hub;
 	size_t len = strlen(text);
 	bool any = false;
 	pthread_mutex_lock(&h->list_mu);
 	for (struct ws_client *c = h->clients; c; c = c->next_client) {
-		if (c->dead || !console_watching(cp, c, agent, inst))
+		if (c->dead || !console_watching(cp, c, agent, inst, last_seq))
 			continue;
 		if (!c->cq && !(c->cq = calloc(CONSOLE_QUEUE_MAX, sizeof(char *))))
 			continue;
@@ -466,8 +466,17 @@ int ws_on_data(struct mg_connection *conn, int bits, char *data, size_t len, voi
 	if (opcode != MG_WEBSOCKET_OPCODE_TEXT || len > CLIENT_FRAME_MAX)
 		return 1; /* pings are answered by civetweb; binary and huge frames are ignored */
 	cJSON *req = jv_json_depth_ok(data, len, CP_JSON_DEPTH_MAX) ? jv_json_parse(data, len) : NULL;
+	char where[128], msg[200];
+	const char *what = NULL;
 	pthread_mutex_lock(&c->wmu);
-	if (cJSON_IsObject(req)) {
+	if (cJSON_IsObject(req) && !jv_json_text_ok(req, where, sizeof(where), &what)) {
+		snprintf(msg, sizeof(msg), "'%s' %s", where, what);
+		cJSON *e = cJSON_CreateObject();
+		cJSON_AddStringToObject(e, "type", "error");
+		cJSON_AddStringToObject(e, "error", msg);
+		send_json(c, e);
+		cJSON_Delete(e);
+	} else if (cJSON_IsObject(req)) {
 		answer_op(cp, c, req);
 	} else {
 		cJSON *e = cJSON_CreateObject();

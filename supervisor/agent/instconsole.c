@@ -17,15 +17,29 @@
  *
  * Commands (consoleCommands in the poll answer) go to the monitor's `send`
  * (a short blocking call on a local socket, at most 2 s); the result
- * (sent / not-running / rejected) goes back with the next batch, at once. */
+ * (sent / not-running / rejected) goes back with the next batch, at once,
+ * and is sent again until a batch carrying it is answered 200. The control
+ * plane offers a command again when its result does not come (the poll
+ * answer may have been lost), so the agent remembers the last CMDS_SEEN
+ * command ids it ran with their results: a command offered again is not
+ * sent to the monitor a second time, its result is sent again instead.
+ * That list survives the agent (kill -9 included): data_dir/runs/
+ * .console-commands gets "sending" (fdatasync) before a command goes to
+ * the monitor and its result after. A command found "sending" after a
+ * restart may or may not have reached the server: it is answered
+ * `rejected` with that said, never sent again. The file is rewritten from
+ * the list when it passes JOURNAL_MAX bytes. */
 #include "instconsole.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "jobvisor/durable.h"
 #include "jobvisor/ident.h"
 #include "jobvisor/instance_client.h"
 #include "jobvisor/jsonutil.h"
@@ -38,6 +52,19 @@
 #define RECONNECT_MS 100
 #define RESULTS_MAX 100
 #define SEND_TIMEOUT_MS 2000
+#define CMDS_SEEN 512
+#define CMD_ID_MAX 64
+#define JOURNAL "runs/.console-commands"
+#define JOURNAL_MAX (256 * 1024)
+#define RESTARTED_MSG "the agent restarted while writing this command to the server: it may or may not " \
+                      "have reached it; not sent again"
+
+/* A command run: its id and result, to answer a re-offer without running it. */
+struct cmd_seen {
+	char id[CMD_ID_MAX + 1];
+	char status[16];
+	char error[160];
+};
 
 struct cwatch {
 	char id[JV_IDENT_MAX + 1];
@@ -62,7 +89,12 @@ struct instconsole {
 	struct transport_req *req;
 	int64_t next_send_ms;
 	bool enabled;
-	cJSON *results;
+	cJSON *results;          /* waiting for the next batch */
+	cJSON *results_inflight; /* in the batch on its way: back to results if it fails */
+	struct cmd_seen seen[CMDS_SEEN];
+	size_t seen_next;
+	int journal_fd; /* -1: the list is in memory only */
+	size_t journal_bytes;
 };
 
 static void cw_close(struct cwatch *w)
@@ -79,6 +111,121 @@ static void cw_free(struct cwatch *w)
 	free(w);
 }
 
+static struct cmd_seen *seen_find(struct instconsole *ic, const char *id);
+
+static struct cmd_seen *seen_put(struct instconsole *ic, const char *id, const char *status, const char *error)
+{
+	struct cmd_seen *s = seen_find(ic, id);
+	if (!s) {
+		s = &ic->seen[ic->seen_next++ % CMDS_SEEN];
+		snprintf(s->id, sizeof(s->id), "%s", id);
+	}
+	snprintf(s->status, sizeof(s->status), "%s", status);
+	snprintf(s->error, sizeof(s->error), "%s", error ? error : "");
+	return s;
+}
+
+static char *journal_line(const char *id, const char *status, const char *error)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "id", id);
+	cJSON_AddStringToObject(o, "status", status);
+	if (error && error[0])
+		cJSON_AddStringToObject(o, "error", error);
+	char *text = jv_json_print(o);
+	cJSON_Delete(o);
+	return text;
+}
+
+/* Rewrite the journal from the list (oldest first), then append to it. */
+static void journal_compact(struct instconsole *ic, const char *path)
+{
+	struct jv_buf b;
+	jv_buf_init(&b, 0);
+	bool ok = true;
+	for (size_t i = 0; i < CMDS_SEEN && ok; i++) {
+		const struct cmd_seen *s = &ic->seen[(ic->seen_next + i) % CMDS_SEEN];
+		if (!s->id[0])
+			continue;
+		char *line = journal_line(s->id, s->status, s->error);
+		ok = line && jv_buf_append(&b, line, strlen(line)) == 0 && jv_buf_append(&b, "\n", 1) == 0;
+		free(line);
+	}
+	if (ic->journal_fd >= 0)
+		close(ic->journal_fd);
+	ic->journal_fd = -1;
+	int rc = ok ? jv_durable_write(path, b.len ? b.data : "", b.len, 0600) : -ENOMEM;
+	if (rc == 0)
+		ic->journal_fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+	if (rc || ic->journal_fd < 0)
+		jv_warn(NULL, NULL, "cannot rewrite %s: %s; console commands are remembered in memory only",
+		        path, strerror(rc ? -rc : errno));
+	ic->journal_bytes = b.len;
+	jv_buf_free(&b);
+}
+
+/* Load the commands run before this start; a "sending" without a result is unknown. */
+static void journal_open(struct instconsole *ic)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/" JOURNAL, ic->ag->cfg.data_dir);
+	char *text = NULL;
+	size_t len = 0;
+	int rc = jv_read_file_at(AT_FDCWD, path, 4 * JOURNAL_MAX, &text, &len);
+	if (rc && rc != -ENOENT)
+		jv_warn(NULL, NULL, "cannot read %s: %s; starting a new one", path, jv_read_strerror(rc));
+	size_t unknown = 0, n = 0;
+	for (char *line = text, *nl; line && *line; line = nl ? nl + 1 : NULL) {
+		nl = strchr(line, '\n');
+		cJSON *o = jv_json_parse(line, nl ? (size_t)(nl - line) : strlen(line));
+		const char *id = jv_json_str(o, "id", NULL);
+		const char *status = jv_json_str(o, "status", NULL);
+		if (id && status && strlen(id) <= CMD_ID_MAX) {
+			seen_put(ic, id, status, jv_json_str(o, "error", NULL));
+			n++;
+		}
+		cJSON_Delete(o);
+	}
+	free(text);
+	for (size_t i = 0; i < CMDS_SEEN; i++)
+		if (ic->seen[i].id[0] && strcmp(ic->seen[i].status, "sending") == 0) {
+			seen_put(ic, ic->seen[i].id, "rejected", RESTARTED_MSG);
+			unknown++;
+		}
+	if (n)
+		jv_info(NULL, NULL, "console commands: %zu known from before this start (%zu cut short by it)", n,
+		        unknown);
+	journal_compact(ic, path);
+}
+
+/* Record a command's progress durably; a failure turns the journal off (logged). */
+static void journal_put(struct instconsole *ic, const char *id, const char *status, const char *error)
+{
+	if (ic->journal_fd < 0)
+		return;
+	char *text = journal_line(id, status, error);
+	size_t len = text ? strlen(text) : 0;
+	int rc = text ? jv_write_all(ic->journal_fd, text, len) : -ENOMEM;
+	if (rc == 0)
+		rc = jv_write_all(ic->journal_fd, "\n", 1);
+	if (rc == 0 && fdatasync(ic->journal_fd) < 0)
+		rc = -errno;
+	free(text);
+	if (rc) {
+		jv_warn(NULL, NULL, "cannot record console command %s: %s; commands are remembered in memory only",
+		        id, strerror(-rc));
+		close(ic->journal_fd);
+		ic->journal_fd = -1;
+		return;
+	}
+	ic->journal_bytes += len + 1;
+	if (ic->journal_bytes > JOURNAL_MAX) {
+		char path[PATH_MAX];
+		snprintf(path, sizeof(path), "%s/" JOURNAL, ic->ag->cfg.data_dir);
+		journal_compact(ic, path);
+	}
+}
+
 int instconsole_start(struct agent *ag)
 {
 	struct instconsole *ic = calloc(1, sizeof(*ic));
@@ -86,12 +233,14 @@ int instconsole_start(struct agent *ag)
 		return -ENOMEM;
 	ic->ag = ag;
 	ic->enabled = true;
+	ic->journal_fd = -1;
 	ic->results = cJSON_CreateArray();
 	if (!ic->results) {
 		free(ic);
 		return -ENOMEM;
 	}
 	ag->ic = ic;
+	journal_open(ic);
 	return 0;
 }
 
@@ -108,6 +257,9 @@ void instconsole_free(struct agent *ag)
 		cw_free(w);
 	}
 	cJSON_Delete(ic->results);
+	cJSON_Delete(ic->results_inflight);
+	if (ic->journal_fd >= 0)
+		close(ic->journal_fd);
 	free(ic);
 	ag->ic = NULL;
 }
@@ -167,11 +319,24 @@ size_t instconsole_set_watch(struct agent *ag, const cJSON *watch)
 	return changes;
 }
 
+static struct cmd_seen *seen_find(struct instconsole *ic, const char *id)
+{
+	for (size_t i = 0; i < CMDS_SEEN; i++)
+		if (ic->seen[i].id[0] && strcmp(ic->seen[i].id, id) == 0)
+			return &ic->seen[i];
+	return NULL;
+}
+
 static void add_result(struct instconsole *ic, const char *cmd, const char *inst, const char *status,
                        const char *error)
 {
+	struct cmd_seen *s = seen_find(ic, cmd);
+	if (!s || strcmp(s->status, status) != 0) {
+		seen_put(ic, cmd, status, error);
+		journal_put(ic, cmd, status, error);
+	}
 	if (cJSON_GetArraySize(ic->results) >= RESULTS_MAX)
-		return;
+		return; /* the control plane offers the command again and gets it then */
 	cJSON *r = cJSON_CreateObject();
 	cJSON_AddStringToObject(r, "commandId", cmd);
 	cJSON_AddStringToObject(r, "instanceId", inst);
@@ -199,8 +364,19 @@ size_t instconsole_commands(struct agent *ag, const cJSON *cmds)
 		const char *id = jv_json_str(c, "commandId", NULL);
 		const char *inst = jv_json_str(c, "instanceId", NULL);
 		const char *line = jv_json_str(c, "line", NULL);
-		if (!id || strlen(id) > 64 || !jv_ident_valid(inst) || !line) {
+		if (!id || !id[0] || strlen(id) > CMD_ID_MAX || !jv_ident_valid(inst) || !line) {
 			jv_warn(NULL, NULL, "poll answer: ignoring a malformed console command");
+			continue;
+		}
+		const struct cmd_seen *seen = seen_find(ic, id);
+		if (seen) {
+			/* Offered again: its answer (or our result) was lost. Never twice to the server. */
+			jv_info(NULL, NULL, "instance %s: console command %s offered again; it was run already "
+			        "(%s): sending its result again", inst, id, seen->status);
+			char status[16], error[160];
+			snprintf(status, sizeof(status), "%s", seen->status);
+			snprintf(error, sizeof(error), "%s", seen->error);
+			add_result(ic, id, inst, status, error[0] ? error : NULL);
 			continue;
 		}
 		n++;
@@ -209,6 +385,10 @@ size_t instconsole_commands(struct agent *ag, const cJSON *cmds)
 			add_result(ic, id, inst, "rejected", "the agent spent its time on earlier commands; send again");
 			continue;
 		}
+		/* On disk before the server can see it: after a kill -9 here the
+		 * command is never sent again (its fate is unknown, and said so). */
+		seen_put(ic, id, "sending", NULL);
+		journal_put(ic, id, "sending", NULL);
 		char dir[PATH_MAX];
 		snprintf(dir, sizeof(dir), "%s/instances/%s", ag->cfg.data_dir, inst);
 		cJSON *req = cJSON_CreateObject();
@@ -323,10 +503,31 @@ static void on_readable(struct cwatch *w)
 	}
 }
 
+/* The batch failed: its results wait for the next one (lines are not resent). */
+static void results_back(struct instconsole *ic)
+{
+	cJSON *back = ic->results_inflight;
+	ic->results_inflight = NULL;
+	if (!back)
+		return;
+	cJSON *r;
+	while (cJSON_GetArraySize(ic->results) > 0 && cJSON_GetArraySize(back) < RESULTS_MAX &&
+	       (r = cJSON_DetachItemFromArray(ic->results, 0)) != NULL)
+		cJSON_AddItemToArray(back, r);
+	cJSON_Delete(ic->results);
+	ic->results = back;
+}
+
 static void on_answer(void *ud, const struct transport_response *resp)
 {
 	struct instconsole *ic = ud;
 	ic->req = NULL;
+	if (transport_classify(resp) == TRANSPORT_OK) {
+		cJSON_Delete(ic->results_inflight); /* acknowledged */
+		ic->results_inflight = NULL;
+	} else if (resp->status != 404) {
+		results_back(ic);
+	}
 	if (resp->status == 404) {
 		ic->enabled = false;
 		jv_warn(NULL, NULL, "the control plane does not take console lines (HTTP 404); consoles are "
@@ -380,19 +581,25 @@ static void flush(struct instconsole *ic, int64_t now)
 		w->dropped = 0;
 		w->reset = false;
 	}
-	cJSON_AddItemToObject(body, "results", ic->results);
+	cJSON_AddItemToObject(body, "results", cJSON_Duplicate(ic->results, true));
+	cJSON_Delete(ic->results_inflight);
+	ic->results_inflight = ic->results;
 	ic->results = cJSON_CreateArray();
 	char *text = jv_json_print(body);
 	cJSON_Delete(body);
 	ic->next_send_ms = now + BATCH_MS;
-	if (!text)
+	if (!text) {
+		results_back(ic);
 		return;
+	}
 	char path[200];
 	snprintf(path, sizeof(path), "/v1/agents/%s/console", ag->cfg.agent_id);
 	jv_debug(NULL, NULL, "console batch: %zu lines", lines);
 	if (transport_post(ag->tp, path, text, (long)ag->cfg.request_timeout_s * 1000, on_answer, ic,
-	                   &ic->req))
+	                   &ic->req)) {
 		ic->req = NULL;
+		results_back(ic);
+	}
 }
 
 size_t instconsole_pollfds(struct agent *ag, struct pollfd *fds, size_t max)

@@ -3,7 +3,9 @@
  * See instconsole.c. The control plane's watch list (poll answer
  * "consoleWatch": [{instanceId, since}]) decides which consoles stream; a
  * missing list means none. Commands arrive as "consoleCommands":
- * [{commandId, instanceId, line}]. A 404 on the console endpoint turns
+ * [{commandId, instanceId, line}], possibly more than once: each id is run
+ * once (the ids run are kept in data_dir/runs/.console-commands). A 404 on
+ * the console endpoint turns
  * consoles off for this run of the agent (logged once). */
 #ifndef JOBVISOR_INSTCONSOLE_H
 #define JOBVISOR_INSTCONSOLE_H

@@ -154,11 +154,18 @@ static cJSON *state_event(const struct inst *in, const char *state, const cJSON 
 	} else {
 		cJSON_AddNullToObject(e, "lastExit");
 	}
+	/* BACKOFF (and the CRASHED said just before it) carry the restart delay. */
 	const char *next = jv_json_str(st, "nextRestartAt", NULL);
-	if (next && strcmp(state, "BACKOFF") == 0)
+	if (next && (strcmp(state, "BACKOFF") == 0 || strcmp(state, "CRASHED") == 0))
 		cJSON_AddStringToObject(e, "nextRestartAt", next);
+	const cJSON *delay = cJSON_GetObjectItemCaseSensitive(st, "restartDelaySeconds");
+	if (cJSON_IsNumber(delay) && (strcmp(state, "BACKOFF") == 0 || strcmp(state, "CRASHED") == 0))
+		cJSON_AddNumberToObject(e, "restartInSeconds", delay->valuedouble);
+	/* The breaker's flag from the monitor; older monitors only say it in words. */
 	const char *msg = jv_json_str(e, "message", "");
-	cJSON_AddBoolToObject(e, "crashLoop", strcmp(state, "CRASHED") == 0 && strstr(msg, "crash loop"));
+	const cJSON *loop = cJSON_GetObjectItemCaseSensitive(st, "crashLoop");
+	bool crash_loop = cJSON_IsBool(loop) ? cJSON_IsTrue(loop) : strstr(msg, "crash loop") != NULL;
+	cJSON_AddBoolToObject(e, "crashLoop", strcmp(state, "CRASHED") == 0 && crash_loop);
 	return e;
 }
 

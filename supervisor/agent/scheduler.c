@@ -62,6 +62,14 @@ int scheduler_parse_assignment(const cJSON *a, const struct config *cfg, struct 
 		return -EINVAL;
 	}
 	out->run_id = run_id;
+	/* A "\u0000" or invalid UTF-8 anywhere: refused, never cut or passed on. */
+	char where[96], msg[160];
+	const char *what;
+	if (!jv_json_text_ok(a, where, sizeof(where), &what)) {
+		snprintf(msg, sizeof(msg), "assignment field '%s' %s", where, what);
+		seterr(err, errlen, msg);
+		return -EINVAL;
+	}
 	const char *job_id = jv_json_str(a, "jobId", NULL);
 	if (!jv_run_id_valid(job_id)) {
 		seterr(err, errlen, "assignment has no valid jobId");

@@ -18,6 +18,7 @@
 #include "jobvisor/durable.h"
 #include "jobvisor/ident.h"
 #include "jobvisor/jsonutil.h"
+#include "jobvisor/utf8.h"
 #include "jobvisor/util.h"
 
 #define EVENTS_FILE "events.jsonl"
@@ -300,6 +301,13 @@ char *spool_run_batch(const struct spool_run *sr, size_t max_events, size_t max_
 	}
 	if (jv_buf_append(&b, "]}", 2))
 		goto fail;
+	/* Lines are written valid UTF-8 (jv_json_print); a spool left by an older
+	 * agent may hold raw bytes, which a control plane refuses. */
+	if (!jv_utf8_valid(b.data, b.len)) {
+		char *clean = jv_utf8_repair(b.data, b.len, NULL);
+		jv_buf_free(&b);
+		return clean;
+	}
 	return b.data;
 fail:
 	jv_buf_free(&b);

@@ -69,7 +69,7 @@ static void on_event(void *ud, struct jobrun *run, cJSON *ev)
 	(void)run;
 	struct run_out *o = ud;
 	if (o->json) {
-		char *s = cJSON_PrintUnformatted(ev);
+		char *s = jv_json_print(ev);
 		if (s) {
 			printf("%s\n", s);
 			fflush(stdout);
@@ -148,6 +148,13 @@ static cJSON *load_params(const char *arg, char *err, size_t errlen)
 		snprintf(err, errlen, "--params must be a JSON object like '{\"backupId\": \"b1\"}'");
 		return NULL;
 	}
+	char field[96];
+	const char *what;
+	if (!jv_json_text_ok(p, field, sizeof(field), &what)) {
+		cJSON_Delete(p);
+		snprintf(err, errlen, "--params: '%s' %s", field, what);
+		return NULL;
+	}
 	return p;
 }
 
@@ -213,7 +220,7 @@ static int drive(struct jobrun *run, struct run_out *o, int sfd)
 		cJSON_AddStringToObject(r, "status", status);
 		cJSON_AddItemReferenceToObject(r, "output", cJSON_GetObjectItem(o->result, "output"));
 		cJSON_AddItemReferenceToObject(r, "error", cJSON_GetObjectItem(o->result, "error"));
-		char *s = cJSON_PrintUnformatted(r);
+		char *s = jv_json_print(r);
 		if (s)
 			printf("%s\n", s);
 		free(s);
@@ -223,7 +230,7 @@ static int drive(struct jobrun *run, struct run_out *o, int sfd)
 		 * it; logs and progress went to stderr. */
 		const cJSON *err = cJSON_GetObjectItem(o->result, "error");
 		if (strcmp(status, "COMPLETED") == 0) {
-			char *s = cJSON_PrintUnformatted(cJSON_GetObjectItem(o->result, "output"));
+			char *s = jv_json_print(cJSON_GetObjectItem(o->result, "output"));
 			printf("COMPLETED %s\n", s ? s : "{}");
 			free(s);
 		} else {

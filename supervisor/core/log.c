@@ -4,6 +4,7 @@
  * interleave mid-line. No allocation: lines are built in a stack buffer and
  * cut at its size. Safe in a forked single-threaded child. */
 #include "jobvisor/log.h"
+#include "jobvisor/utf8.h"
 #include "jobvisor/util.h"
 
 #include <stdio.h>
@@ -78,6 +79,21 @@ static void puts_(struct line *l, const char *s)
 	put(l, s, strlen(s));
 }
 
+/* Bytes >= 0x80 at p: a valid UTF-8 sequence is copied, anything else becomes
+ * U+FFFD, so every line is valid UTF-8 (file names need not be). Returns the
+ * bytes consumed. */
+static size_t put_high(struct line *l, const char *p)
+{
+	size_t avail = strnlen(p, 4);
+	size_t k = jv_utf8_seq(p, avail);
+	if (k) {
+		put(l, p, k);
+		return k;
+	}
+	put(l, JV_UTF8_REPLACEMENT, 3);
+	return 1;
+}
+
 /* logfmt value: bare when safe, else quoted with \" \\ \n escapes. */
 static void put_logfmt_value(struct line *l, const char *v)
 {
@@ -100,6 +116,8 @@ static void put_logfmt_value(struct line *l, const char *v)
 			put(l, "\\t", 2);
 		} else if ((unsigned char)*p < ' ') {
 			put(l, "?", 1);
+		} else if ((unsigned char)*p >= 0x80) {
+			p += put_high(l, p) - 1;
 		} else {
 			put(l, p, 1);
 		}
@@ -123,6 +141,8 @@ static void put_json_string(struct line *l, const char *v)
 			char esc[8];
 			int n = snprintf(esc, sizeof(esc), "\\u%04x", c);
 			put(l, esc, (size_t)n);
+		} else if (c >= 0x80) {
+			p += put_high(l, p) - 1;
 		} else {
 			put(l, p, 1);
 		}

@@ -269,6 +269,7 @@ static bool after_exit(struct monitor *m, bool force)
 	m->phase = PH_NONE;
 	m->deadline = m->tick = -1;
 	con_log_note(m, "server exited: %s", e->reason);
+	m->crash_loop = false;
 	if (m->stop_requested) {
 		mon_set_state(m, MON_STOPPED, "stopped: %s", e->reason);
 		return true;
@@ -294,6 +295,7 @@ static bool after_exit(struct monitor *m, bool force)
 			m->crash_times[keep++] = m->crash_times[i];
 	m->ncrash = keep;
 	if ((int)m->ncrash >= m->spec->max_restarts) {
+		m->crash_loop = true;
 		mon_set_state(m, MON_CRASHED,
 		              "crash loop: %zu restarts within %.0fs (maxRestarts %d); last exit: %s",
 		              m->ncrash, m->spec->window_s, m->spec->max_restarts, e->reason);
@@ -311,6 +313,7 @@ static bool after_exit(struct monitor *m, bool force)
 	double jitter = 0.8 + 0.4 * ((double)(jv_random_u64() % 10001) / 10000.0);
 	double delay = base * jitter;
 	m->restart_at = now + (int64_t)(delay * 1000);
+	m->restart_delay_s = delay;
 	mon_set_state(m, MON_BACKOFF, "%s; restart %u in %.1fs", e->reason, m->consecutive, delay);
 	return true;
 }

@@ -137,6 +137,8 @@ struct monitor {
 	int64_t deadline;     /* monotonic ms for the current step, or -1 */
 	int64_t tick;         /* next sweep poll, or -1 */
 	int64_t restart_at;   /* BACKOFF: when to spawn again */
+	double restart_delay_s; /* BACKOFF: the delay chosen (backoff with jitter) */
+	bool crash_loop;      /* CRASHED by the crash-loop breaker */
 	bool stop_requested;  /* by a client, a signal, or the stop command on the console */
 	bool ready_timed_out; /* being stopped because it never printed the ready line */
 	bool sweep_killed;    /* the sweep has escalated to SIGKILL */

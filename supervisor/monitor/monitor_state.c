@@ -7,7 +7,8 @@
  *   instanceId, state, since, message, pid (null when none), startTime
  *   (clock ticks since boot, with pid the identity that survives pid reuse),
  *   bootId, cgroup, adopted, startedAt[Ms], readyAt, restarts, policy,
- *   nextRestartAt (BACKOFF), phase (STOPPING: console|signal|kill|sweep),
+ *   nextRestartAt and restartDelaySeconds (BACKOFF: when, and the delay
+ *   chosen), crashLoop (CRASHED by the crash-loop breaker), phase (STOPPING: console|signal|kill|sweep),
  *   monitorPid, monitorStartTime, lastExit {code, signal, oom, core,
  *   requested, unknown, reason, at, uptimeSeconds}. */
 #include "monitor.h"
@@ -16,6 +17,7 @@
 #include "jobvisor/log.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -100,7 +102,11 @@ cJSON *state_object(struct monitor *m)
 	if (m->spec)
 		cJSON_AddStringToObject(o, "policy", jv_restart_policy_name(m->spec->policy));
 	if (m->state == MON_BACKOFF && m->restart_at >= 0)
+	{
 		add_time(o, "nextRestartAt", jv_now_real_ms() + (m->restart_at - jv_now_mono_ms()));
+		cJSON_AddNumberToObject(o, "restartDelaySeconds", round(m->restart_delay_s * 1000) / 1000);
+	}
+	cJSON_AddBoolToObject(o, "crashLoop", m->state == MON_CRASHED && m->crash_loop);
 	const char *ph = m->state == MON_STOPPING ? phase_name(m->phase) : NULL;
 	if (ph)
 		cJSON_AddStringToObject(o, "phase", ph);

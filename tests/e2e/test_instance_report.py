@@ -113,6 +113,53 @@ class InstanceReports(AgentTestCase):
         self.assertEqual(len(listed), 1)
         self.assertIn(listed[0]["state"], ("CRASHED", "BACKOFF", "STARTING", "RUNNING"))
 
+    def test_backoff_carries_its_delay_and_the_crash_loop_breaker_its_flag(self):
+        # backoffSeconds 1.5: the monitor waits 1.5 s * (0.8..1.2) before the first
+        # restart, 3 s * (0.8..1.2) before the second; the third crash trips the breaker.
+        self.instance(restart={"policy": "always", "maxRestarts": 2, "windowSeconds": 60,
+                               "backoffSeconds": 1.5})
+        self.start_agent()
+        wait_until(lambda: (self.cp_instance() or {}).get("state") == "RUNNING", 15,
+                   what="the instance RUNNING at the control plane")
+        ws = WebSocket(self.cp.url.replace("http://", "ws://") + "/v1/ws",
+                       headers={"Authorization": "Bearer " + ADMIN_TOKEN})
+        events = []
+        try:
+            ws.recv_json()  # hello
+            ws.recv_json()  # instances snapshot
+            for _ in range(3):
+                pid = wait_until(lambda: (lambda s: s["pid"] if s and s["state"] == "RUNNING"
+                                          else None)(self.inst.state()), 20, what="RUNNING")
+                os.kill(pid, signal.SIGKILL)
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < 15:
+                    m = ws.recv_json(timeout=15)
+                    ev = m.get("instanceEvent") or {}
+                    if m.get("type") != "instance" or not ev:
+                        continue
+                    self.assertEqual(schema_errors("StreamMessage", m), [])
+                    events.append(ev)
+                    if ev.get("state") in ("BACKOFF", "CRASHED") and \
+                            (ev.get("state") == "BACKOFF" or ev.get("crashLoop")):
+                        break
+        finally:
+            ws.close()
+        backoffs = [e for e in events if e["state"] == "BACKOFF"]
+        self.assertEqual(len(backoffs), 2, events)
+        d1, d2 = backoffs[0]["restartInSeconds"], backoffs[1]["restartInSeconds"]
+        self.assertTrue(1.5 * 0.8 - 0.001 <= d1 <= 1.5 * 1.2 + 0.001, d1)
+        self.assertTrue(3.0 * 0.8 - 0.001 <= d2 <= 3.0 * 1.2 + 0.001, d2)
+        # The CRASHED said before each BACKOFF carries the same delay.
+        crashed = [e for e in events if e["state"] == "CRASHED"]
+        self.assertEqual([c.get("restarting", False) for c in crashed], [True, True, False], crashed)
+        self.assertEqual([c.get("restartInSeconds") for c in crashed[:2]], [d1, d2])
+        self.assertEqual([c["crashLoop"] for c in crashed], [False, False, True])
+        self.assertNotIn("restartInSeconds", crashed[2])
+        self.assertIn("crash loop", crashed[2]["message"])
+        inst = self.cp_instance()
+        self.assertEqual(inst["state"], "CRASHED")
+        self.assertTrue(inst["crashLoop"])
+
     def test_state_changes_exactly_once_across_an_outage_and_agent_kill_9(self):
         st = self.instance(restart={"policy": "on-failure", "backoffSeconds": 0.2})
         agent = self.start_agent()

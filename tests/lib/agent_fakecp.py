@@ -15,6 +15,7 @@ next N requests or until cleared:
   huge        200 with a body far larger than the agent accepts
   slow        slow-loris: headers, then one byte a second
   lostack     events/result are stored, but the answer is a 500 (the agent resends)
+  b"..."      (a bytes object) 200 with exactly these bytes as the body (fuzz corpus replay)
 
 Events are kept once per (jobRunId, seq), like a real control plane; every
 POST is also recorded raw so tests can assert on order and duplicates.
@@ -316,7 +317,9 @@ class FakeCP:
             self._result(h, parts[2], body, lost=(mode == "lostack"))
 
     def _fault_reply(self, h, mode):
-        if mode in ("500", "503"):
+        if isinstance(mode, bytes):
+            h._reply(200, mode)
+        elif mode in ("500", "503"):
             h._reply(int(mode), {"error": "injected server error"})
         elif mode == "429":
             h._reply(429, {"error": "slow down"}, {"Retry-After": str(self.retry_after)})

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "jobvisor/jsonutil.h"
+#include "jobvisor/utf8.h"
 #include "spool.h"
 
 static char dir[64];
@@ -384,5 +385,42 @@ Test(spool, instance_stream_keeps_its_seq_and_pending_events_across_reopen)
 	cr_assert_eq(spool_run_last_seq(st), 4);
 	cr_assert_eq(spool_stream_open(sp, "../x", &(struct spool_run *){NULL}), -EINVAL);
 	spool_run_close(st);
+	spool_close(sp);
+}
+
+Test(spool, batches_are_valid_utf8_even_from_an_old_raw_spool)
+{
+	struct spool *sp;
+	cr_assert_eq(spool_open(dir, &sp), 0);
+	cJSON *a = assignment("run-8");
+	struct spool_run *sr;
+	cr_assert_eq(spool_run_create(sp, "run-8", a, &sr), 0);
+	append(sr, 1, "found world\xff.dat");
+	spool_run_sync(sr);
+	spool_run_close(sr);
+	spool_close(sp);
+	/* A line as an agent before the fix wrote it: raw bytes, not UTF-8. */
+	char path[256];
+	snprintf(path, sizeof(path), "%s/runs/run-8/events.jsonl", dir);
+	FILE *f = fopen(path, "a");
+	cr_assert_not_null(f, "no %s", path);
+	fputs("{\"seq\":2,\"kind\":\"log\",\"message\":\"old \xfe\xff bytes\"}\n", f);
+	fclose(f);
+
+	cr_assert_eq(spool_open(dir, &sp), 0);
+	struct collected c = {0};
+	cr_assert_eq(spool_replay(sp, collect, &c), 0);
+	cr_assert_eq(c.n, 1);
+	sr = c.runs[0];
+	uint64_t last;
+	char *body = spool_run_batch(sr, 100, 1 << 20, &last);
+	cr_assert_not_null(body);
+	cr_assert_eq(last, 2);
+	cr_assert(jv_utf8_valid(body, strlen(body)), "batch is not UTF-8: %s", body);
+	cr_assert(strstr(body, "found world\xEF\xBF\xBD.dat"), "%s", body);
+	cr_assert(strstr(body, "old \xEF\xBF\xBD\xEF\xBF\xBD bytes"), "%s", body);
+	free(body);
+	cJSON_Delete(a);
+	spool_run_close(sr);
 	spool_close(sp);
 }
