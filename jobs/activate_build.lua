@@ -10,6 +10,7 @@ local builds = require("lib.builds")
 
 return {
   type = "ACTIVATE_BUILD",
+  description = "Switch the instance to an installed build (optionally restarting it).",
   cancellable = true,
   params = { build = "string", restart = "boolean?" },
 

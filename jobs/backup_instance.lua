@@ -68,6 +68,7 @@ end
 
 return {
   type = "BACKUP_INSTANCE",
+  description = "Archive the instance's data/ into backups/ with a per-file SHA-256 manifest.",
   cancellable = true,
   params = { backupId = "string?", exclude = "array?", quiesce = "object?", remote = "string?",
              keepLocal = "boolean?" },

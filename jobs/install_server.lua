@@ -74,6 +74,7 @@ end
 
 return {
   type = "INSTALL_SERVER",
+  description = "Install a game server build from a source and create the instance.",
   cancellable = true,
   params = { source = "object", build = "string", instance = "object" },
 

@@ -26,6 +26,7 @@ end
 
 return {
   type = "PRUNE_BACKUPS",
+  description = "Apply a retention policy to the backups and remove leftovers of interrupted ones.",
   cancellable = true,
   params = {
     keepLast = "integer?", keepHourly = "integer?", keepDaily = "integer?", keepWeekly = "integer?",

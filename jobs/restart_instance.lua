@@ -10,6 +10,7 @@
 -- output:  {pid, state, previousExit}
 return {
   type = "RESTART_INSTANCE",
+  description = "Stop and start the instance's game server.",
   cancellable = true,
   params = { timeoutSeconds = "number?", force = "boolean?", waitReady = "boolean?" },
   run = function(job)

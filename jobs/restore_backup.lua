@@ -26,6 +26,7 @@ local remotes = require("lib.remote")
 
 return {
   type = "RESTORE_BACKUP",
+  description = "Replace the instance's data/ with a verified backup.",
   cancellable = true,
   params = { backupId = "string", restart = "boolean?", remote = "string?", keepLocal = "boolean?" },
 

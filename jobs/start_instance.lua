@@ -12,6 +12,7 @@
 -- output:  {pid, state, already, adopted}
 return {
   type = "START_INSTANCE",
+  description = "Start the instance's game server under its monitor.",
   cancellable = true,
   params = { waitReady = "boolean?", timeoutSeconds = "number?" },
   run = function(job)

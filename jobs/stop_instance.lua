@@ -12,6 +12,7 @@
 -- output:  {exitCode, signal, state, already}
 return {
   type = "STOP_INSTANCE",
+  description = "Stop the instance's game server (console command, signal, then kill).",
   cancellable = true,
   params = { timeoutSeconds = "number?", force = "boolean?" },
   run = function(job)

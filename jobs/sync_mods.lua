@@ -68,6 +68,7 @@ end
 
 return {
   type = "SYNC_MODS",
+  description = "Make the instance's mods match a list (download, verify, install, remove).",
   cancellable = true,
   params = { mods = "array", target = "string?", removeUnlisted = "boolean?" },
 

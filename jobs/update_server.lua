@@ -13,6 +13,7 @@ local steam = require("lib.steam")
 
 return {
   type = "UPDATE_SERVER",
+  description = "Download and install a new build of the game server.",
   cancellable = true,
   params = { source = "object", build = "string", activate = "boolean?" },
 

@@ -11,6 +11,7 @@ local remotes = require("lib.remote")
 
 return {
   type = "VERIFY_BACKUP",
+  description = "Check a backup's archive against its manifest (digests, sizes, modes, missing and extra entries).",
   cancellable = true,
   params = { backupId = "string", remote = "string?" },
 

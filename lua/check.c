@@ -228,24 +228,31 @@ static bool is_helper(const char *path)
 	return slash - dir == 3 && strncmp(dir, "lib", 3) == 0;
 }
 
-static int check_one(const char *path, const char *builtin_jobs_dir, const cJSON *settings)
+/* The sandbox a script's top level runs in when it is only inspected: no
+ * instance, no event pipe, no data dir; require() sees the script's own lib/
+ * first, then the built-in one. in must outlive the state. */
+lua_State *jv_inspect_sandbox(const char *path, const char *builtin_jobs_dir, struct jv_inspect *in)
 {
 	static volatile sig_atomic_t never;
-	struct jv_run_ctx ctx = {
+	in->ctx = (struct jv_run_ctx){
 		.job_id = "check", .run_id = "check", .instance_id = "", .type = "", .attempt = 1,
 		.data_dir = "", .instance_dir = "", .data_fd = -1, .instance_fd = -1, .event_fd = -1,
 		.cancel_flag = &never,
 	};
-	/* require() sees the script's own lib/ first, then the built-in one. */
-	char own_lib[4096], builtin_lib[4096];
 	const char *slash = strrchr(path, '/');
 	if (slash)
-		snprintf(own_lib, sizeof(own_lib), "%.*s/lib", (int)(slash - path), path);
+		snprintf(in->own_lib, sizeof(in->own_lib), "%.*s/lib", (int)(slash - path), path);
 	else
-		snprintf(own_lib, sizeof(own_lib), "lib");
-	snprintf(builtin_lib, sizeof(builtin_lib), "%s/lib", builtin_jobs_dir ? builtin_jobs_dir : ".");
-	struct jv_sandbox_opts so = {.ctx = &ctx, .lib_dirs = {own_lib, builtin_lib, NULL}};
-	lua_State *L = jv_sandbox_new(&so);
+		snprintf(in->own_lib, sizeof(in->own_lib), "lib");
+	snprintf(in->builtin_lib, sizeof(in->builtin_lib), "%s/lib", builtin_jobs_dir ? builtin_jobs_dir : ".");
+	struct jv_sandbox_opts so = {.ctx = &in->ctx, .lib_dirs = {in->own_lib, in->builtin_lib, NULL}};
+	return jv_sandbox_new(&so);
+}
+
+static int check_one(const char *path, const char *builtin_jobs_dir, const cJSON *settings)
+{
+	struct jv_inspect in;
+	lua_State *L = jv_inspect_sandbox(path, builtin_jobs_dir, &in);
 	if (!L) {
 		fprintf(stderr, "jobvisor check: out of memory\n");
 		return 1;

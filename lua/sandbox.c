@@ -19,6 +19,7 @@
 #include <lualib.h>
 
 #include "jobvisor/durable.h"
+#include "jobvisor/params.h"
 
 #define MAX_SCRIPT_BYTES (4u << 20)
 #define MEM_GRACE ((size_t)4 << 20)
@@ -183,31 +184,6 @@ int jv_sandbox_loadfile(lua_State *L, const char *path, const char *chunkname)
 	return status;
 }
 
-size_t jv_sandbox_edit_distance(const char *a, const char *b)
-{
-	size_t la = strlen(a), lb = strlen(b);
-	if (la > 63 || lb > 63)
-		return 99;
-	size_t row[64];
-	for (size_t j = 0; j <= lb; j++)
-		row[j] = j;
-	for (size_t i = 1; i <= la; i++) {
-		size_t diag = row[0];
-		row[0] = i;
-		for (size_t j = 1; j <= lb; j++) {
-			size_t up = row[j];
-			size_t best = diag + (a[i - 1] != b[j - 1]);
-			if (up + 1 < best)
-				best = up + 1;
-			if (row[j - 1] + 1 < best)
-				best = row[j - 1] + 1;
-			row[j] = best;
-			diag = up;
-		}
-	}
-	return row[lb];
-}
-
 const char *jv_sandbox_suggest(lua_State *L, int t, const char *key, char *out, size_t outlen)
 {
 	t = lua_absindex(L, t);
@@ -218,7 +194,7 @@ const char *jv_sandbox_suggest(lua_State *L, int t, const char *key, char *out, 
 		lua_pop(L, 1);
 		if (lua_type(L, -1) != LUA_TSTRING)
 			continue;
-		size_t d = jv_sandbox_edit_distance(key, lua_tostring(L, -1));
+		size_t d = jv_edit_distance(key, lua_tostring(L, -1));
 		if (d < best) {
 			best = d;
 			snprintf(out, outlen, "%s", lua_tostring(L, -1));

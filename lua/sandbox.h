@@ -37,8 +37,6 @@ int jv_sandbox_loadfile(lua_State *L, const char *path, const char *chunkname);
  * The jobvisor modules and the job table are strict. */
 void jv_sandbox_strict(lua_State *L, int t, const char *name, const char *const *optional);
 
-/* Levenshtein distance of two short names (99 for names over 63 bytes). */
-size_t jv_sandbox_edit_distance(const char *a, const char *b);
 /* The key of table t closest to key (edit distance <= 2) into out, or NULL. */
 const char *jv_sandbox_suggest(lua_State *L, int t, const char *key, char *out, size_t outlen);
 

@@ -2,33 +2,15 @@
 #include "scriptdef.h"
 
 #include <fcntl.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "jobvisor/durable.h"
+#include "jobvisor/params.h"
 #include "sandbox.h"
 #include "scriptlex.h"
-
-static const char *const param_types[] = {"string", "number", "integer", "boolean",
-                                          "table",  "array",  "object",  "any"};
-
-static bool parse_param_type(const char *spec, struct jv_param_decl *d)
-{
-	size_t n = strlen(spec);
-	d->optional = n > 0 && spec[n - 1] == '?';
-	if (d->optional)
-		n--;
-	for (size_t i = 0; i < sizeof(param_types) / sizeof(param_types[0]); i++) {
-		if (strlen(param_types[i]) == n && strncmp(spec, param_types[i], n) == 0) {
-			snprintf(d->type, sizeof(d->type), "%s", param_types[i]);
-			return true;
-		}
-	}
-	return false;
-}
 
 static int chunk_traceback(lua_State *L)
 {
@@ -174,7 +156,9 @@ int jv_scriptdef_load(lua_State *L, const char *path, const char *chunkname,
 	if (!def->cancellable && !def->why[0])
 		problem(&pr, "cancellable", "a script with cancellable = false must say why (field 'why')");
 	int dt = lua_getfield(L, t, "description");
-	if (dt != LUA_TNIL && dt != LUA_TSTRING)
+	if (dt == LUA_TSTRING)
+		snprintf(def->description, sizeof(def->description), "%s", lua_tostring(L, -1));
+	else if (dt != LUA_TNIL)
 		problem(&pr, "description", "field 'description' must be a string");
 	lua_pop(L, 1);
 
@@ -196,7 +180,7 @@ int jv_scriptdef_load(lua_State *L, const char *path, const char *chunkname,
 			const char *name = lua_tostring(L, -2);
 			if (strlen(name) == 0 || strlen(name) >= sizeof(d->name)) {
 				problem(&pr, "params", "parameter name '%s' is empty or too long", name);
-			} else if (!parse_param_type(lua_tostring(L, -1), d)) {
+			} else if (!jv_param_type_parse(lua_tostring(L, -1), d)) {
 				problem(&pr, name, "parameter '%s' has unknown type '%s' (use string, number, "
 				        "integer, boolean, table, array, object or any, with '?' for optional)",
 				        name, lua_tostring(L, -1));
@@ -230,108 +214,17 @@ out:
 	return -1;
 }
 
-static bool json_matches(const cJSON *v, const char *type)
-{
-	if (strcmp(type, "any") == 0)
-		return true;
-	if (strcmp(type, "string") == 0)
-		return cJSON_IsString(v);
-	if (strcmp(type, "number") == 0)
-		return cJSON_IsNumber(v);
-	if (strcmp(type, "integer") == 0)
-		return cJSON_IsNumber(v) && v->valuedouble == floor(v->valuedouble) &&
-		       fabs(v->valuedouble) < 9.007199254740992e15;
-	if (strcmp(type, "boolean") == 0)
-		return cJSON_IsBool(v);
-	if (strcmp(type, "table") == 0)
-		return cJSON_IsObject(v) || cJSON_IsArray(v);
-	if (strcmp(type, "array") == 0)
-		return cJSON_IsArray(v);
-	if (strcmp(type, "object") == 0)
-		return cJSON_IsObject(v);
-	return false;
-}
-
-static const char *json_type_name(const cJSON *v)
-{
-	if (cJSON_IsString(v))
-		return "string";
-	if (cJSON_IsNumber(v))
-		return "number";
-	if (cJSON_IsBool(v))
-		return "boolean";
-	if (cJSON_IsArray(v))
-		return "array";
-	if (cJSON_IsObject(v))
-		return "object";
-	if (cJSON_IsNull(v))
-		return "null";
-	return "unknown";
-}
-
-/* Append "; " + message to err (the first without the separator). */
-static void add_problem(char *err, size_t errlen, int *n, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-static void add_problem(char *err, size_t errlen, int *n, const char *fmt, ...)
-{
-	size_t used = strlen(err);
-	if (*n && used + 2 < errlen) {
-		memcpy(err + used, "; ", 3);
-		used += 2;
-	}
-	va_list ap;
-	va_start(ap, fmt);
-	if (used < errlen)
-		vsnprintf(err + used, errlen - used, fmt, ap);
-	va_end(ap);
-	(*n)++;
-}
-
-/* Every problem of the params at once, unknown names first (a typo such as
- * bakupId is then named beside the parameter it was meant to be). */
+/* The shared check (supervisor/core/params.c), with the job type in front. */
 int jv_scriptdef_check_params(lua_State *L, const struct jv_scriptdef *def, const cJSON *params,
                               char *err, size_t errlen)
 {
 	(void)L;
-	if (errlen)
-		err[0] = '\0';
-	if (params && !cJSON_IsObject(params) && !cJSON_IsNull(params)) {
-		snprintf(err, errlen, "params must be a JSON object, got %s", json_type_name(params));
-		return -1;
+	char why[2048];
+	if (jv_params_check(def->params, def->nparams, params, why, sizeof(why)) == 0) {
+		if (errlen)
+			err[0] = '\0';
+		return 0;
 	}
-	int n = 0;
-	for (const cJSON *c = params ? params->child : NULL; c; c = c->next) {
-		bool known = false;
-		const char *hint = NULL;
-		size_t best = 3;
-		for (size_t i = 0; i < def->nparams && !known; i++) {
-			known = c->string && strcmp(c->string, def->params[i].name) == 0;
-			size_t d = c->string ? jv_sandbox_edit_distance(c->string, def->params[i].name) : 99;
-			if (d < best) {
-				best = d;
-				hint = def->params[i].name;
-			}
-		}
-		if (known)
-			continue;
-		if (hint)
-			add_problem(err, errlen, &n, "unknown parameter '%s' for job type %s (did you mean '%s'?)",
-			            c->string ? c->string : "?", def->type, hint);
-		else
-			add_problem(err, errlen, &n, "unknown parameter '%s' for job type %s",
-			            c->string ? c->string : "?", def->type);
-	}
-	for (size_t i = 0; i < def->nparams; i++) {
-		const struct jv_param_decl *d = &def->params[i];
-		const cJSON *v = params ? cJSON_GetObjectItemCaseSensitive(params, d->name) : NULL;
-		if (!v || cJSON_IsNull(v)) {
-			if (!d->optional)
-				add_problem(err, errlen, &n, "missing required parameter '%s' (%s)", d->name, d->type);
-			continue;
-		}
-		if (!json_matches(v, d->type))
-			add_problem(err, errlen, &n, "parameter '%s' must be %s, got %s", d->name, d->type,
-			            json_type_name(v));
-	}
-	return n ? -1 : 0;
+	snprintf(err, errlen, "params of %s: %s", def->type, why);
+	return -1;
 }

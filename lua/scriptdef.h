@@ -6,21 +6,16 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "jobvisor/params.h"
 #include "jvlua.h"
 
-#define JV_MAX_PARAMS 64
-
-struct jv_param_decl {
-	char name[65];
-	char type[16]; /* string, number, integer, boolean, table, array, object, any */
-	bool optional;
-};
 
 struct jv_scriptdef {
 	char chunkname[256];
 	char type[65];
 	bool cancellable;
 	char why[512];
+	char description[1024];
 	int run_ref; /* registry reference to run(job) */
 	size_t nparams;
 	struct jv_param_decl params[JV_MAX_PARAMS];
@@ -37,6 +32,14 @@ int jv_scriptdef_load(lua_State *L, const char *path, const char *chunkname,
  * the parameter. */
 int jv_scriptdef_check_params(lua_State *L, const struct jv_scriptdef *def, const cJSON *params,
                               char *err, size_t errlen);
+
+/* A sandbox for inspecting a script (its top level runs; no instance, no
+ * event pipe, no data dir): `jobvisor check` and the job-type report. */
+struct jv_inspect {
+	struct jv_run_ctx ctx;
+	char own_lib[4096], builtin_lib[4096];
+};
+lua_State *jv_inspect_sandbox(const char *path, const char *builtin_jobs_dir, struct jv_inspect *in);
 
 /* Copy in to out, removing secrets (URL credentials, token=... query values)
  * and absolute paths outside data_dir (kept as ".../basename"). */

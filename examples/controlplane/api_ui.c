@@ -34,7 +34,7 @@ static int opt_int(const cJSON *body, const char *key, int lo, int hi, int *out)
 	return 0;
 }
 
-static const char *validate_create(struct cp *cp, const cJSON *body, struct lc_new_job *nj, char *why, size_t len)
+const char *api_ui_validate_job(struct cp *cp, const cJSON *body, struct lc_new_job *nj, char *why, size_t len)
 {
 	static const char *const known[] = {"jobId", "type", "agentId", "instanceId", "params",
 	                                    "maxAttempts", "timeoutSeconds", "cancelGraceSeconds"};
@@ -56,10 +56,6 @@ static const char *validate_create(struct cp *cp, const cJSON *body, struct lc_n
 	nj->type = jv_json_str(body, "type", NULL);
 	if (!nj->type || !jv_job_type_valid(nj->type))
 		return "'type' must be a job type like BACKUP_INSTANCE";
-	if (!lc_job_type_allowed(cp, nj->type)) {
-		snprintf(why, len, "unknown job type '%s' (allow custom types with --job-types)", nj->type);
-		return why;
-	}
 	nj->agent_id = jv_json_str(body, "agentId", NULL);
 	if (!nj->agent_id || !jv_ident_valid(nj->agent_id))
 		return "'agentId' must be an agent id";
@@ -104,7 +100,7 @@ void api_ui_create_job(struct cp *cp, struct mg_connection *conn)
 	}
 	struct lc_new_job nj = {0};
 	char why_buf[200];
-	const char *why = validate_create(cp, body, &nj, why_buf, sizeof(why_buf));
+	const char *why = api_ui_validate_job(cp, body, &nj, why_buf, sizeof(why_buf));
 	if (why) {
 		http_send_error(conn, 400, "%s", why);
 		cJSON_Delete(body);
@@ -113,7 +109,9 @@ void api_ui_create_job(struct cp *cp, struct mg_connection *conn)
 	cJSON *job = NULL;
 	bool created = false;
 	pthread_mutex_lock(&cp->mu);
-	int rc = lc_job_create(cp, &nj, &job, &created, &err);
+	int rc = jobtypes_check(cp, nj.agent_id, nj.type, nj.params, &err);
+	if (rc == 0)
+		rc = lc_job_create(cp, &nj, &job, &created, &err);
 	pthread_mutex_unlock(&cp->mu);
 	if (rc < 0)
 		http_send_error(conn, err.status, "%s", err.msg);

@@ -64,12 +64,16 @@ struct cp_config {
 	const char *db_path;
 	const char *admin_token_file;
 	const char *agents_file;
+	const char *tokens_file; /* named tokens with roles (users.c); NULL = none */
 	int lease_s;          /* a run not listed in polls for this long is lost */
 	int ack_s;            /* an assignment without a first event for this long is lost */
 	int poll_interval_s;  /* told to agents */
 	int max_wait_s;       /* cap on a long poll's waitSeconds */
 	int retry_backoff_s;  /* automatic retry delay: base * 2^(attempt-1), capped */
 	int threads;          /* civetweb worker threads */
+	int catch_up_s;       /* a schedule firing missed by up to this long still runs (once) */
+	int retention_days;   /* finished jobs older than this are deleted; 0 = keep forever */
+	int retention_keep;   /* but never the newest this many jobs of an instance */
 	bool sync_full;       /* PRAGMA synchronous=FULL instead of NORMAL */
 	char **job_types;     /* extra accepted job types (--job-types), owned */
 	size_t njob_types;
@@ -88,6 +92,15 @@ struct cp_metrics {
 	atomic_uint_fast64_t instance_events_stored;
 };
 
+/* Roles of UI tokens, each allowing what the ones below it allow. */
+enum { CP_ROLE_VIEWER = 1, CP_ROLE_OPERATOR = 2, CP_ROLE_ADMIN = 3 };
+/* Who made a UI call. */
+struct cp_who {
+	char name[JV_IDENT_MAX + 1];
+	int role;
+};
+struct cp_user;
+
 struct cp {
 	struct cp_config cfg;
 	struct cp_metrics metrics;
@@ -97,6 +110,9 @@ struct cp {
 	size_t admin_token_len;
 	struct cp_agent *agents;
 	size_t nagents;
+	pthread_rwlock_t users_lock; /* guards users (replaced on SIGHUP) */
+	struct cp_user *users;
+	size_t nusers;
 	int long_polls;     /* polls currently waiting (mu held) */
 	int long_polls_max; /* beyond this a poll is answered at once */
 	int ws_max;         /* WebSocket clients (each pins a worker thread) */
@@ -112,7 +128,7 @@ struct cp {
 /* An error for the HTTP layer: status (400, 403, 404, 409, 500) and a message. */
 struct cp_err {
 	int status;
-	char msg[256];
+	char msg[1024];
 };
 void cp_err_set(struct cp_err *e, int status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -126,6 +142,21 @@ bool tokens_equal(const char *a, size_t alen, const char *b, size_t blen);
 /* Agent by id (borrowed), NULL when unknown. */
 struct cp_agent *tokens_agent_find(struct cp *cp, const char *id);
 void tokens_free_agents(struct cp_agent *agents, size_t n);
+
+/* ---- retention.c ---- */
+/* Delete expired jobs a batch at a time (main thread, every sweep). */
+void retention_tick(struct cp *cp);
+
+/* ---- users.c ---- */
+int users_load(struct cp *cp, char *err, size_t errlen); /* count, or -errno with err */
+void users_reload(struct cp *cp);                         /* SIGHUP */
+int users_find(struct cp *cp, const char *token, size_t len, struct cp_who *who); /* 1 found */
+void users_free(struct cp *cp);
+const char *users_role_name(int role);
+int users_hash(const char *token, size_t len, unsigned char out[32]);
+int users_hash_main(void); /* --hash-token */
+/* ---- audit (http.c) ---- */
+void api_audit_list(struct cp *cp, struct mg_connection *conn);
 
 /* ---- db.c ---- */
 int db_open(const char *path, bool sync_full, sqlite3 **out, char *err, size_t errlen);
@@ -141,7 +172,7 @@ sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql);
 /* Step a statement that returns no rows (or ignore them); 0 or -EIO (logged). */
 int db_step_done(sqlite3 *db, sqlite3_stmt *st);
 int db_schema_version(sqlite3 *db);
-#define DB_SCHEMA_VERSION 3
+#define DB_SCHEMA_VERSION 6
 
 /* ---- store.c: rows -> JSON (mu held) ---- */
 /* A job with its runs; NULL when unknown or on error. Returned-owned. */
@@ -188,6 +219,11 @@ struct lc_new_job {
 	int max_attempts;
 	int timeout_s;       /* 0 = agent default */
 	int cancel_grace_s;  /* 0 = agent default */
+	const char *schedule_id; /* the schedule that fired it, NULL = none */
+	/* Called inside the creating transaction before the insert (NULL = none):
+	 * 0 goes on, anything else rolls back and lc_job_create returns it. */
+	int (*claim)(struct cp *cp, void *ud);
+	void *claim_ud;
 };
 /* Create (CREATED) then enqueue (QUEUED). *job is the new job (returned-owned);
  * *created is false when job_id already named an identical job. */
@@ -236,10 +272,13 @@ const char *events_validate(const cJSON *ev, const char *run_id, const struct st
 
 /* ---- http.c ---- */
 enum http_auth { AUTH_NONE = 0, AUTH_ADMIN, AUTH_AGENT };
+/* AUTH_ADMIN = any UI token (the admin token file, or a named token of any
+ * role: who says which); AUTH_AGENT = an agent's token. who may be NULL. */
 enum http_auth http_authenticate(struct cp *cp, const struct mg_connection *conn, const char *query_token,
-                                 struct cp_agent **agent);
-/* Which principal a token (len bytes, not necessarily NUL-terminated at len) is. */
-enum http_auth http_token_auth(struct cp *cp, const char *tok, size_t len, struct cp_agent **agent);
+                                 struct cp_agent **agent, struct cp_who *who);
+/* Which principal a token (len bytes, not necessarily NUL-terminated at len) is; who may be NULL. */
+enum http_auth http_token_auth(struct cp *cp, const char *tok, size_t len, struct cp_agent **agent,
+                               struct cp_who *who);
 int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err);
 void http_send_json(struct mg_connection *conn, int status, const cJSON *body);
 void http_send_error(struct mg_connection *conn, int status, const char *fmt, ...)
@@ -275,6 +314,31 @@ void api_ui_retry_job(struct cp *cp, struct mg_connection *conn, const char *job
 void api_ui_get_run(struct cp *cp, struct mg_connection *conn, const char *run_id);
 void api_ui_run_events(struct cp *cp, struct mg_connection *conn, const char *run_id);
 void api_ui_agents(struct cp *cp, struct mg_connection *conn);
+
+/* ---- jobtypes.c ---- */
+void api_jobtypes_report(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
+void api_jobtypes_get(struct cp *cp, struct mg_connection *conn, const char *agent_id);
+/* May a job of this type with these params go to this agent? Against the
+ * types it reported, or the known type names when it never reported. 0, or
+ * <0 with err (400 naming the parameter, 500). mu held. */
+int jobtypes_check(struct cp *cp, const char *agent_id, const char *type, const cJSON *params,
+                   struct cp_err *err);
+
+/* ---- api_ui.c ---- */
+/* Check a job body {type, agentId, instanceId, params, maxAttempts, ...}
+ * (without the job types check, which needs mu: jobtypes_check). NULL when
+ * fine, else why (may be buf). nj borrows from body. */
+const char *api_ui_validate_job(struct cp *cp, const cJSON *body, struct lc_new_job *nj, char *buf, size_t len);
+
+/* ---- schedules.c ---- */
+void api_sched_create(struct cp *cp, struct mg_connection *conn);
+void api_sched_list(struct cp *cp, struct mg_connection *conn);
+void api_sched_get(struct cp *cp, struct mg_connection *conn, const char *id);
+void api_sched_patch(struct cp *cp, struct mg_connection *conn, const char *id);
+void api_sched_delete(struct cp *cp, struct mg_connection *conn, const char *id);
+void api_cron_preview(struct cp *cp, struct mg_connection *conn);
+/* Fire what is due (main thread, every sweep). Takes mu per schedule. */
+void schedules_tick(struct cp *cp);
 
 /* ---- front.c: the public listener; civetweb only sees complete requests ---- */
 struct front;

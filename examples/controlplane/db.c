@@ -102,6 +102,41 @@ static const char *const migrations[] = {
 	"  body TEXT NOT NULL,"
 	"  received_at INTEGER NOT NULL,"
 	"  PRIMARY KEY (agent_id, instance_id, seq)) WITHOUT ROWID;",
+	/* 3 -> 4: the job types each agent reported (JSON {jobTypes, problems}). */
+	"CREATE TABLE agent_job_types ("
+	"  agent_id TEXT PRIMARY KEY,"
+	"  body TEXT NOT NULL,"
+	"  reported_at INTEGER NOT NULL);",
+	/* 4 -> 5: schedules. next_fire is the claim: a replica fires a schedule
+	 * only by moving next_fire on from the value it read (a conditional
+	 * UPDATE in the transaction that inserts the job), so each firing makes
+	 * at most one job whichever replica gets there first. 0 = none (paused). */
+	"CREATE TABLE schedules ("
+	"  schedule_id TEXT PRIMARY KEY,"
+	"  cron TEXT NOT NULL,"
+	"  timezone TEXT NOT NULL,"
+	"  job TEXT NOT NULL,"
+	"  enabled INTEGER NOT NULL,"
+	"  overlap TEXT NOT NULL CHECK (overlap IN ('skip', 'queue')),"
+	"  next_fire INTEGER NOT NULL DEFAULT 0,"
+	"  last_fire INTEGER NOT NULL DEFAULT 0,"
+	"  last_job_id TEXT,"
+	"  last_outcome TEXT,"
+	"  created_at INTEGER NOT NULL,"
+	"  updated_at INTEGER NOT NULL);"
+	"CREATE INDEX schedules_due ON schedules(next_fire) WHERE enabled = 1;"
+	"ALTER TABLE jobs ADD COLUMN schedule_id TEXT;"
+	"CREATE INDEX jobs_by_schedule ON jobs(schedule_id, seq) WHERE schedule_id IS NOT NULL;",
+	/* 5 -> 6: the audit log: every mutating UI call, who, what, when, answer. */
+	"CREATE TABLE audit_log ("
+	"  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+	"  at INTEGER NOT NULL,"
+	"  who TEXT NOT NULL,"
+	"  role TEXT NOT NULL,"
+	"  method TEXT NOT NULL,"
+	"  path TEXT NOT NULL,"
+	"  status INTEGER NOT NULL,"
+	"  remote TEXT NOT NULL);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == DB_SCHEMA_VERSION,

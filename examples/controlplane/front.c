@@ -379,7 +379,7 @@ static bool head_authenticated(struct cp *cp, struct fconn *c)
 	while (*tok == ' ')
 		tok++;
 	struct cp_agent *agent = NULL;
-	return *tok && http_token_auth(cp, tok, strlen(tok), &agent) != AUTH_NONE;
+	return *tok && http_token_auth(cp, tok, strlen(tok), &agent, NULL) != AUTH_NONE;
 }
 
 static int on_headers_complete(http_parser *p)

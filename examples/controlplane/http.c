@@ -37,7 +37,7 @@ static const char *extract_bearer(const struct mg_connection *conn)
 }
 
 enum http_auth http_authenticate(struct cp *cp, const struct mg_connection *conn, const char *query_token,
-                                 struct cp_agent **agent)
+                                 struct cp_agent **agent, struct cp_who *who)
 {
 	const char *tok = extract_bearer(conn);
 	if (!tok)
@@ -45,10 +45,11 @@ enum http_auth http_authenticate(struct cp *cp, const struct mg_connection *conn
 	*agent = NULL;
 	if (!tok || !*tok)
 		return AUTH_NONE;
-	return http_token_auth(cp, tok, strnlen(tok, CP_TOKEN_MAX + 1), agent);
+	return http_token_auth(cp, tok, strnlen(tok, CP_TOKEN_MAX + 1), agent, who);
 }
 
-enum http_auth http_token_auth(struct cp *cp, const char *tok, size_t len, struct cp_agent **agent)
+enum http_auth http_token_auth(struct cp *cp, const char *tok, size_t len, struct cp_agent **agent,
+                               struct cp_who *who)
 {
 	*agent = NULL;
 	if (len == 0 || len > CP_TOKEN_MAX)
@@ -62,8 +63,18 @@ enum http_auth http_token_auth(struct cp *cp, const char *tok, size_t len, struc
 		if (eq && !found)
 			found = &cp->agents[i];
 	}
-	if (admin)
+	struct cp_who named = {0};
+	bool user = users_find(cp, tok, len, &named) == 1;
+	if (admin) {
+		if (who)
+			*who = (struct cp_who){.name = "admin", .role = CP_ROLE_ADMIN};
 		return AUTH_ADMIN;
+	}
+	if (user) {
+		if (who)
+			*who = named;
+		return AUTH_ADMIN;
+	}
 	if (found) {
 		*agent = found;
 		return AUTH_AGENT;
@@ -71,9 +82,13 @@ enum http_auth http_token_auth(struct cp *cp, const char *tok, size_t len, struc
 	return AUTH_NONE;
 }
 
+/* The status of the answer this thread sent last (for the audit log). */
+static _Thread_local int last_status;
+
 static void send_raw(struct mg_connection *conn, int status, const char *extra_headers, const char *body,
                      size_t len)
 {
+	last_status = status;
 	mg_printf(conn,
 	          "HTTP/1.1 %d %s\r\n"
 	          "Content-Type: application/json\r\n"
@@ -276,6 +291,15 @@ static const struct route routes[] = {
 	{"GET", 1, "instances", NULL, ROLE_ADMIN, 0, NULL},
 	{"POST", 3, "agents", "console", ROLE_AGENT, 1, NULL},
 	{"POST", 3, "agents", "stats", ROLE_AGENT, 1, NULL},
+	{"POST", 3, "agents", "job-types", ROLE_AGENT, 1, NULL},
+	{"GET", 3, "agents", "job-types", ROLE_ADMIN, 1, NULL},
+	{"POST", 1, "schedules", NULL, ROLE_ADMIN, 0, NULL},
+	{"GET", 1, "schedules", NULL, ROLE_ADMIN, 0, NULL},
+	{"GET", 2, "schedules", NULL, ROLE_ADMIN, 2, NULL},
+	{"PATCH", 2, "schedules", NULL, ROLE_ADMIN, 2, NULL},
+	{"DELETE", 2, "schedules", NULL, ROLE_ADMIN, 2, NULL},
+	{"GET", 1, "cron-preview", NULL, ROLE_ADMIN, 0, NULL},
+	{"GET", 1, "audit", NULL, ROLE_ADMIN, 0, NULL},
 	{"POST", 5, "agents", "instances", ROLE_ADMIN, 3, "console"},
 };
 
@@ -309,6 +333,8 @@ static void dispatch_route(struct cp *cp, struct mg_connection *conn, const stru
 		api_inst_snapshot(cp, conn, agent, id);
 	else if (strcmp(r->s0, "agents") == 0 && r->s2 && strcmp(r->s2, "stats") == 0)
 		api_inst_stats(cp, conn, agent, id);
+	else if (strcmp(r->s0, "agents") == 0 && r->s2 && strcmp(r->s2, "job-types") == 0)
+		r->role == ROLE_AGENT ? api_jobtypes_report(cp, conn, agent, id) : api_jobtypes_get(cp, conn, id);
 	else if (strcmp(r->s0, "agents") == 0 && r->s2 && strcmp(r->s2, "console") == 0)
 		api_console_post(cp, conn, agent, id);
 	else if (strcmp(r->s0, "agents") == 0 && r->s4 && strcmp(r->s4, "console") == 0)
@@ -323,6 +349,18 @@ static void dispatch_route(struct cp *cp, struct mg_connection *conn, const stru
 		api_ui_run_events(cp, conn, id);
 	else if (strcmp(r->s0, "runs") == 0)
 		api_ui_get_run(cp, conn, id);
+	else if (strcmp(r->s0, "schedules") == 0 && r->nseg == 1)
+		strcmp(r->method, "POST") == 0 ? api_sched_create(cp, conn) : api_sched_list(cp, conn);
+	else if (strcmp(r->s0, "schedules") == 0 && strcmp(r->method, "GET") == 0)
+		api_sched_get(cp, conn, id);
+	else if (strcmp(r->s0, "schedules") == 0 && strcmp(r->method, "PATCH") == 0)
+		api_sched_patch(cp, conn, id);
+	else if (strcmp(r->s0, "schedules") == 0)
+		api_sched_delete(cp, conn, id);
+	else if (strcmp(r->s0, "audit") == 0)
+		api_audit_list(cp, conn);
+	else if (strcmp(r->s0, "cron-preview") == 0)
+		api_cron_preview(cp, conn);
 	else if (strcmp(r->s0, "jobs") == 0 && r->nseg == 1)
 		strcmp(r->method, "POST") == 0 ? api_ui_create_job(cp, conn) : api_ui_list_jobs(cp, conn);
 	else if (strcmp(r->s0, "jobs") == 0 && r->nseg == 2)
@@ -336,6 +374,87 @@ static void dispatch_route(struct cp *cp, struct mg_connection *conn, const stru
 }
 
 static void handle(struct cp *cp, struct mg_connection *conn);
+
+/* One row of the audit log: who did what, when, and the answer (mutating UI
+ * calls, refused ones included). remote is what civetweb saw: behind the
+ * accept front (front.c) that is 127.0.0.1, so it is stored but not shown. */
+static void audit_record(struct cp *cp, struct mg_connection *conn, const struct cp_who *who,
+                         const struct mg_request_info *ri, int status)
+{
+	(void)conn;
+	pthread_mutex_lock(&cp->mu);
+	sqlite3_stmt *st = db_prepare(cp->db, "INSERT INTO audit_log (at, who, role, method, path, status, remote)"
+	                                      " VALUES (?, ?, ?, ?, ?, ?, ?)");
+	if (st) {
+		sqlite3_bind_int64(st, 1, jv_now_real_ms());
+		sqlite3_bind_text(st, 2, who->name, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 3, users_role_name(who->role), -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 4, ri->request_method, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 5, ri->local_uri ? ri->local_uri : "", -1, SQLITE_STATIC);
+		sqlite3_bind_int(st, 6, status);
+		sqlite3_bind_text(st, 7, ri->remote_addr, -1, SQLITE_STATIC);
+		db_step_done(cp->db, st);
+	}
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&cp->mu);
+}
+
+void api_audit_list(struct cp *cp, struct mg_connection *conn)
+{
+	char buf[32];
+	long long limit = 100, cursor = 0;
+	int q = http_query(conn, "limit", buf, sizeof(buf));
+	char *end = NULL;
+	if (q != 0 && (q < 0 || (limit = strtoll(buf, &end, 10)) < 1 || limit > CP_LIST_MAX || *end)) {
+		http_send_error(conn, 400, "'limit' must be 1..%d", CP_LIST_MAX);
+		return;
+	}
+	q = http_query(conn, "cursor", buf, sizeof(buf));
+	if (q != 0 && (q < 0 || (cursor = strtoll(buf, &end, 10)) < 1 || *end)) {
+		http_send_error(conn, 400, "'cursor' must be a value of nextCursor");
+		return;
+	}
+	pthread_mutex_lock(&cp->mu);
+	sqlite3_stmt *st = db_prepare(cp->db, "SELECT seq, at, who, role, method, path, status, remote FROM audit_log"
+	                                      " WHERE (?1 = 0 OR seq < ?1) ORDER BY seq DESC LIMIT ?2");
+	cJSON *arr = cJSON_CreateArray();
+	int rc = SQLITE_ERROR;
+	long long last = 0, n = 0;
+	if (st) {
+		sqlite3_bind_int64(st, 1, cursor);
+		sqlite3_bind_int64(st, 2, limit);
+		while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+			cJSON *e = cJSON_CreateObject();
+			last = sqlite3_column_int64(st, 0);
+			n++;
+			cJSON_AddNumberToObject(e, "seq", (double)last);
+			cJSON_AddItemToObject(e, "at", store_time(sqlite3_column_int64(st, 1)));
+			cJSON_AddStringToObject(e, "who", (const char *)sqlite3_column_text(st, 2));
+			cJSON_AddStringToObject(e, "role", (const char *)sqlite3_column_text(st, 3));
+			cJSON_AddStringToObject(e, "method", (const char *)sqlite3_column_text(st, 4));
+			cJSON_AddStringToObject(e, "path", (const char *)sqlite3_column_text(st, 5));
+			cJSON_AddNumberToObject(e, "status", sqlite3_column_int(st, 6));
+			cJSON_AddItemToArray(arr, e);
+		}
+	}
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&cp->mu);
+	if (rc != SQLITE_DONE) {
+		cJSON_Delete(arr);
+		http_send_error(conn, 500, "database error");
+		return;
+	}
+	cJSON *ans = cJSON_CreateObject();
+	cJSON_AddItemToObject(ans, "entries", arr);
+	if (n == limit && last > 1) {
+		snprintf(buf, sizeof(buf), "%lld", last);
+		cJSON_AddStringToObject(ans, "nextCursor", buf);
+	} else {
+		cJSON_AddNullToObject(ans, "nextCursor");
+	}
+	http_send_json(conn, 200, ans);
+	cJSON_Delete(ans);
+}
 
 
 int http_handle(struct mg_connection *conn, void *cbdata)
@@ -373,7 +492,8 @@ static void handle(struct cp *cp, struct mg_connection *conn)
 		return;
 	}
 	struct cp_agent *agent = NULL;
-	enum http_auth auth = http_authenticate(cp, conn, NULL, &agent);
+	struct cp_who who = {0};
+	enum http_auth auth = http_authenticate(cp, conn, NULL, &agent, &who);
 	if (auth == AUTH_NONE) {
 		http_send_unauthorized(conn);
 		return;
@@ -385,6 +505,17 @@ static void handle(struct cp *cp, struct mg_connection *conn)
 	if (match->role == ROLE_ADMIN && auth != AUTH_ADMIN) {
 		http_send_error(conn, 403, "this call needs the admin token");
 		return;
+	}
+	bool mutating = strcmp(match->method, "GET") != 0;
+	if (match->role == ROLE_ADMIN) {
+		/* Reading and watching: viewer; anything that changes something: operator. */
+		int need = mutating ? CP_ROLE_OPERATOR : CP_ROLE_VIEWER;
+		if (who.role < need) {
+			http_send_error(conn, 403, "token '%s' has the %s role; this call needs %s", who.name,
+			                users_role_name(who.role), users_role_name(need));
+			audit_record(cp, conn, &who, ri, 403);
+			return;
+		}
 	}
 	if (match->role == ROLE_AGENT && auth != AUTH_AGENT) {
 		http_send_error(conn, 403, "this call needs an agent token");
@@ -402,7 +533,10 @@ static void handle(struct cp *cp, struct mg_connection *conn)
 		http_send_error(conn, 400, "bad id in the path");
 		return;
 	}
+	last_status = 0;
 	dispatch_route(cp, conn, match, seg, agent);
+	if (match->role == ROLE_ADMIN && mutating)
+		audit_record(cp, conn, &who, ri, last_status);
 }
 
 int http_handle_page(struct mg_connection *conn, void *cbdata)

@@ -231,19 +231,25 @@ int lc_job_create(struct cp *cp, const struct lc_new_job *nj, cJSON **job, bool 
 	int64_t now = jv_now_real_ms();
 	int rc = -EIO;
 	if (db_begin(cp->db) == 0) {
-		rc = exec_bound(cp,
-		                "INSERT INTO jobs (job_id, type, agent_id, instance_id, params, status, max_attempts,"
-		                " timeout_s, cancel_grace_s, created_at, updated_at)"
-		                " VALUES (?, ?, ?, ?, ?, 'CREATED', ?, ?, ?, ?, ?)",
-		                "sssssiiiii", job_id, nj->type, nj->agent_id, nj->instance_id,
-		                params ? params : "{}", (int64_t)nj->max_attempts, (int64_t)nj->timeout_s,
-		                (int64_t)nj->cancel_grace_s, now, now);
+		rc = nj->claim ? nj->claim(cp, nj->claim_ud) : 0;
+		if (rc == 0)
+			rc = exec_bound(cp,
+			                "INSERT INTO jobs (job_id, type, agent_id, instance_id, params, status, max_attempts,"
+			                " timeout_s, cancel_grace_s, created_at, updated_at, schedule_id)"
+			                " VALUES (?, ?, ?, ?, ?, 'CREATED', ?, ?, ?, ?, ?, ?)",
+			                "sssssiiiiis", job_id, nj->type, nj->agent_id, nj->instance_id,
+			                params ? params : "{}", (int64_t)nj->max_attempts, (int64_t)nj->timeout_s,
+			                (int64_t)nj->cancel_grace_s, now, now, nj->schedule_id);
 		if (rc == 0)
 			rc = db_commit(cp->db);
-		if (rc < 0)
+		if (rc != 0)
 			db_rollback(cp->db);
 	}
 	free(params);
+	if (rc > 0) {
+		cp_err_set(err, 409, "not claimed");
+		return rc;
+	}
 	if (rc < 0) {
 		cp_err_set(err, 500, "cannot store the job");
 		return rc;

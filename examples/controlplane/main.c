@@ -32,12 +32,17 @@ static void usage(FILE *f)
 	fputs("usage: jobvisor-cp --listen ADDR:PORT --db FILE.sqlite --admin-token-file F --agents-file F\n"
 	      "                   [--job-types T1,T2] [--lease-seconds N] [--ack-seconds N]\n"
 	      "                   [--poll-interval N] [--max-wait N] [--retry-backoff N] [--threads N]\n"
-	      "                   [--sync normal|full] [--log-level L] [--log-format logfmt|json]\n"
+	      "                   [--sync normal|full] [--schedule-catch-up N]\n"
+	      "                   [--retention-days N] [--retention-keep N] [--tokens-file F]\n"
+	      "                   [--log-level L] [--log-format logfmt|json]\n"
 	      "\n"
 	      "  --listen ADDR:PORT      IPv4 address and port; port 0 picks a free port, printed on stdout\n"
 	      "  --db FILE               SQLite database (created and migrated as needed)\n"
 	      "  --admin-token-file F    one token for UI and panel calls (mode 0600)\n"
 	      "  --agents-file F         'agentId token' per line, '#' comments (mode 0600)\n"
+	      "  --tokens-file F         named UI tokens: 'NAME admin|operator|viewer sha256:HEX' per line\n"
+	      "                          (mode 0600; re-read on SIGHUP)\n"
+	      "  --hash-token            print sha256:HEX of a token read on stdin, for --tokens-file\n"
 	      "  --job-types LIST        custom job types accepted besides the 11 standard ones\n"
 	      "  --lease-seconds N       a run not listed in its agent's polls for N s is lost (60)\n"
 	      "  --ack-seconds N         an assignment without a first event for N s is lost (30)\n"
@@ -45,7 +50,11 @@ static void usage(FILE *f)
 	      "  --max-wait N            longest long poll in seconds (25)\n"
 	      "  --retry-backoff N       automatic retry delay N * 2^(attempt-1) s, capped at 300 (5)\n"
 	      "  --threads N             HTTP worker threads (64); see docs/protocol.md, long poll\n"
-	      "  --sync normal|full      SQLite synchronous mode (normal)\n",
+	      "  --sync normal|full      SQLite synchronous mode (normal)\n"
+	      "  --schedule-catch-up N   a schedule firing missed by at most N s (downtime) runs once\n"
+	      "                          at start-up; older ones are skipped (3600)\n"
+	      "  --retention-days N      delete finished jobs (runs, events) older than N days; 0 = never (30)\n"
+	      "  --retention-keep N      but keep the newest N jobs of every instance (100)\n",
 	      f);
 }
 
@@ -105,6 +114,8 @@ static int parse_args(int argc, char **argv, struct cp_config *cfg)
 		{"db", required_argument, NULL, 'd'},
 		{"admin-token-file", required_argument, NULL, 'a'},
 		{"agents-file", required_argument, NULL, 'g'},
+		{"tokens-file", required_argument, NULL, 'T'},
+		{"hash-token", no_argument, NULL, 'H'},
 		{"job-types", required_argument, NULL, 'j'},
 		{"lease-seconds", required_argument, NULL, 'L'},
 		{"ack-seconds", required_argument, NULL, 'A'},
@@ -113,6 +124,9 @@ static int parse_args(int argc, char **argv, struct cp_config *cfg)
 		{"retry-backoff", required_argument, NULL, 'b'},
 		{"threads", required_argument, NULL, 't'},
 		{"sync", required_argument, NULL, 's'},
+		{"schedule-catch-up", required_argument, NULL, 'C'},
+		{"retention-days", required_argument, NULL, 'R'},
+		{"retention-keep", required_argument, NULL, 'K'},
 		{"log-level", required_argument, NULL, 'v'},
 		{"log-format", required_argument, NULL, 'f'},
 		{"help", no_argument, NULL, 'h'},
@@ -127,6 +141,8 @@ static int parse_args(int argc, char **argv, struct cp_config *cfg)
 		case 'd': cfg->db_path = optarg; break;
 		case 'a': cfg->admin_token_file = optarg; break;
 		case 'g': cfg->agents_file = optarg; break;
+		case 'T': cfg->tokens_file = optarg; break;
+		case 'H': exit(users_hash_main());
 		case 'j': bad = parse_job_types(optarg, cfg); break;
 		case 'L': bad = parse_int(optarg, 1, 86400, &cfg->lease_s); break;
 		case 'A': bad = parse_int(optarg, 1, 86400, &cfg->ack_s); break;
@@ -134,6 +150,9 @@ static int parse_args(int argc, char **argv, struct cp_config *cfg)
 		case 'w': bad = parse_int(optarg, 0, 300, &cfg->max_wait_s); break;
 		case 'b': bad = parse_int(optarg, 0, 3600, &cfg->retry_backoff_s); break;
 		case 't': bad = parse_int(optarg, 8, 1024, &cfg->threads); break;
+		case 'C': bad = parse_int(optarg, 0, 30 * 86400, &cfg->catch_up_s); break;
+		case 'R': bad = parse_int(optarg, 0, 36500, &cfg->retention_days); break;
+		case 'K': bad = parse_int(optarg, 0, 1000000, &cfg->retention_keep); break;
 		case 's':
 			bad = strcmp(optarg, "full") != 0 && strcmp(optarg, "normal") != 0;
 			cfg->sync_full = strcmp(optarg, "full") == 0;
@@ -253,7 +272,8 @@ int main(int argc, char **argv)
 	struct cp cp;
 	memset(&cp, 0, sizeof(cp));
 	cp.cfg = (struct cp_config){.lease_s = 60, .ack_s = 30, .poll_interval_s = 3, .max_wait_s = 25,
-	                            .retry_backoff_s = 5, .threads = 64};
+	                            .retry_backoff_s = 5, .threads = 64,
+	                            .catch_up_s = 3600, .retention_days = 30, .retention_keep = 100};
 	jv_log_set_component("cp");
 	if (parse_args(argc, argv, &cp.cfg) < 0) {
 		free(cp.cfg.job_types);
@@ -265,6 +285,11 @@ int main(int argc, char **argv)
 	sqlite3 *ck = NULL;
 	char err[512];
 	pthread_mutex_init(&cp.mu, NULL);
+	pthread_rwlock_init(&cp.users_lock, NULL);
+	if (users_load(&cp, err, sizeof(err)) < 0) {
+		jv_error(NULL, NULL, "%s", err);
+		goto out;
+	}
 	if (tokens_load_admin(cp.cfg.admin_token_file, &cp.admin_token, &cp.admin_token_len, err, sizeof(err)) < 0 ||
 	    tokens_load_agents(cp.cfg.agents_file, &cp.agents, &cp.nagents, err, sizeof(err)) < 0) {
 		jv_error(NULL, NULL, "%s", err);
@@ -286,6 +311,7 @@ int main(int argc, char **argv)
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
@@ -327,7 +353,11 @@ int main(int argc, char **argv)
 			jv_info(NULL, NULL, "%s: stopping", jv_signal_name(sig));
 			break;
 		}
+		if (sig == SIGHUP)
+			users_reload(&cp);
 		dispatch_sweep(&cp);
+		schedules_tick(&cp);
+		retention_tick(&cp);
 		console_sweep(&cp);
 		db_checkpoint(ck, false);
 	}
@@ -348,6 +378,7 @@ out:
 	if (cp.admin_token)
 		explicit_bzero(cp.admin_token, cp.admin_token_len);
 	free(cp.admin_token);
+	users_free(&cp);
 	tokens_free_agents(cp.agents, cp.nagents);
 	free(cp.cfg.job_types);
 	pthread_mutex_destroy(&cp.mu);

@@ -134,12 +134,13 @@ int metrics_handle(struct mg_connection *conn, void *cbdata)
 		return 1;
 	}
 	struct cp_agent *agent = NULL;
-	enum http_auth auth = http_authenticate(cp, conn, NULL, &agent);
+	struct cp_who who = {0};
+	enum http_auth auth = http_authenticate(cp, conn, NULL, &agent, &who);
 	if (auth == AUTH_NONE) {
 		http_send_unauthorized(conn);
 		return 1;
 	}
-	if (auth != AUTH_ADMIN) {
+	if (auth != AUTH_ADMIN || who.role != CP_ROLE_ADMIN) {
 		http_send_error(conn, 403, "metrics need the admin token");
 		return 1;
 	}

@@ -106,7 +106,7 @@ static cJSON *runs_of_job(struct cp *cp, const char *job_id)
 
 #define JOB_COLUMNS                                                                      \
 	"seq, job_id, type, agent_id, instance_id, params, status, max_attempts, timeout_s," \
-	" cancel_grace_s, cancel_requested, created_at, updated_at"
+	" cancel_grace_s, cancel_requested, created_at, updated_at, schedule_id"
 
 static cJSON *job_from_row(struct cp *cp, sqlite3_stmt *st)
 {
@@ -134,6 +134,10 @@ static cJSON *job_from_row(struct cp *cp, sqlite3_stmt *st)
 	cJSON_AddBoolToObject(j, "cancelRequested", sqlite3_column_int(st, 10) != 0);
 	cJSON_AddItemToObject(j, "createdAt", store_time(sqlite3_column_int64(st, 11)));
 	cJSON_AddItemToObject(j, "updatedAt", store_time(sqlite3_column_int64(st, 12)));
+	if (sqlite3_column_type(st, 13) == SQLITE_TEXT)
+		cJSON_AddItemToObject(j, "scheduleId", column_str(st, 13));
+	else
+		cJSON_AddNullToObject(j, "scheduleId");
 	cJSON *runs = job_id ? runs_of_job(cp, job_id) : NULL;
 	cJSON_AddItemToObject(j, "runs", runs ? runs : cJSON_CreateArray());
 	return j;

@@ -294,7 +294,7 @@ int ws_on_connect(const struct mg_connection *conn, void *cbdata)
 	char token[CP_TOKEN_MAX + 1] = "", since[32] = "", epoch[sizeof(cp->epoch) + 1] = "";
 	struct cp_agent *agent = NULL;
 	int q = http_query(conn, "token", token, sizeof(token));
-	enum http_auth auth = http_authenticate(cp, conn, q > 0 ? token : NULL, &agent);
+	enum http_auth auth = http_authenticate(cp, conn, q > 0 ? token : NULL, &agent, NULL);
 	explicit_bzero(token, sizeof(token));
 	if (auth == AUTH_NONE) {
 		reject(conn, 401, "{\"error\":\"unauthorized\"}", "WWW-Authenticate: Bearer\r\n");

@@ -29,4 +29,10 @@ int jv_jobrun_child_main(int argc, char **argv);
 struct cJSON;
 int jv_check_scripts(int n, char **paths, const char *builtin_jobs_dir, const struct cJSON *settings);
 
+/* `jobvisor __jobtypes [JOBS_DIR]` (lua/jobtypes.c): every job type of
+ * JOBS_DIR and builtin_jobs_dir (JOBS_DIR first) with its params schema,
+ * description and cancellable flag, as one JSON object on stdout. The agent
+ * runs it at start and when its jobs_dir changes. 0, or 1 on a write error. */
+int jv_job_types_main(int argc, char **argv, const char *builtin_jobs_dir);
+
 #endif

@@ -21,6 +21,7 @@
 #include "delivery.h"
 #include "instconsole.h"
 #include "inststats.h"
+#include "jobtypes.h"
 #include "instwatch.h"
 #include "jobvisor/commands.h"
 #include "jobvisor/durable.h"
@@ -129,6 +130,7 @@ void agent_reload(struct agent *ag)
 	for (struct srun *r = ag->runs; r; r = r->next)
 		r->bo.max_ms = ag->cfg.backoff_max_ms;
 	poller_poll_now(ag);
+	jobtypes_reconfigure(ag);
 	jv_info(NULL, NULL, "configuration reloaded: url=%s capacity=%d poll_interval=%.1fs",
 	        ag->cfg.url, ag->cfg.capacity, (double)ag->cfg.poll_interval_ms / 1000.0);
 	sdnotify_send(&ag->notify, "READY=1");
@@ -297,9 +299,14 @@ static int run_loop(struct agent *ag)
 		{.ud = ag, .prepare = runs_prepare, .fds = runs_fds, .ready = runs_ready, .after = runs_after},
 		{.ud = ag, .prepare = instances_prepare, .fds = instances_fds, .ready = instances_ready},
 	};
+	struct loop_source types;
+	int rc = jobtypes_start(ag, &types);
+	if (rc)
+		jv_error(NULL, NULL, "cannot set up the job type report: %s", strerror(-rc));
 	loop_init(&ag->loop, network_wait, ag->tp);
 	for (size_t i = 0; i < JV_ARRAY_LEN(sources); i++)
 		loop_add(&ag->loop, &sources[i]);
+	loop_add(&ag->loop, &types);
 	return loop_run(&ag->loop);
 }
 
@@ -394,6 +401,7 @@ static void teardown(struct agent *ag)
 	instconsole_free(ag);
 	inststats_free(ag);
 	instwatch_free(ag);
+	jobtypes_free(ag);
 	poller_abort(ag);
 	transport_free(ag->tp);
 	transport_global_cleanup();

@@ -9,6 +9,7 @@
  *   delivery.c   sends each run's events and result, in order, with retries
  *   spool.c      keeps each run's record on disk until it is delivered
  *   instwatch.c  watches instance monitors, re-adopts, reports instance state
+ *   jobtypes.c   reports the job types (params schemas) this host can run
  *   transport.c  HTTP; config.c settings; sdnotify.c systemd notifications
  */
 #ifndef JOBVISOR_AGENT_H
@@ -27,6 +28,7 @@ struct instconsole;
 struct inststats;
 struct instwatch;
 struct jobrun;
+struct jobtypes;
 struct spool;
 struct spool_run;
 struct transport;
@@ -100,6 +102,7 @@ struct agent {
 	struct instwatch *iw; /* instance monitors (instwatch.c); NULL when off */
 	struct instconsole *ic; /* watched consoles (instconsole.c); NULL when off */
 	struct inststats *is;   /* resource stats (inststats.c); NULL when off */
+	struct jobtypes *jt;    /* job types reported to the control plane (jobtypes.c) */
 
 	struct loop loop;
 	int sigfd;

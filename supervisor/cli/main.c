@@ -64,6 +64,8 @@ int main(int argc, char **argv)
 	const char *cmd = argv[1];
 	if (strcmp(cmd, "__jobrun") == 0)
 		return jv_jobrun_child_main(argc - 1, argv + 1);
+	if (strcmp(cmd, "__jobtypes") == 0)
+		return jv_job_types_main(argc - 1, argv + 1, jobrun_builtin_jobs_dir());
 	if (is_version(cmd)) {
 		if (argc > 2)
 			return help_usage_error("version", "unexpected argument '%s'", argv[2]);

@@ -14,7 +14,7 @@ import os
 import re
 import unittest
 
-from cp_harness import CpTestCase
+from cp_harness import CpTestCase, http
 
 SRC = os.environ.get("JV_SOURCE_DIR") or os.path.join(os.path.dirname(__file__), "..", "..")
 DOC = os.path.join(SRC, "docs", "openapi.yaml")
@@ -132,7 +132,7 @@ class Document(unittest.TestCase):
         table = table[:table.index("};")]
         routes = set()
         for method, n, s0, s2, s4 in re.findall(
-                r'\{"(\w+)", (\d), "(\w+)", (?:"(\w+)"|NULL), \w+, \d, (?:"(\w+)"|NULL)\}', table):
+                r'\{"(\w+)", (\d), "([\w-]+)", (?:"([\w-]+)"|NULL), \w+, \d, (?:"([\w-]+)"|NULL)\}', table):
             n = int(n)
             parts = ["/v1", s0] + (["{id}"] if n >= 2 else []) + ([s2] if n >= 3 else []) + \
                 (["{id}"] if n >= 4 else []) + ([s4] if n == 5 else [])
@@ -144,7 +144,7 @@ class Document(unittest.TestCase):
             norm = re.sub(r"{\w+}", "{id}", path)
             for method in item:
                 documented.add((method, norm))
-        self.assertEqual(len(routes), 18)
+        self.assertEqual(len(routes), 27)
         self.assertEqual(documented, routes)
 
 
@@ -170,6 +170,26 @@ class RealAnswers(CpTestCase):
         self.check("AgentList", self.cp.api("GET", "/v1/agents").json)
         self.check("Job", self.cp.api("POST", "/v1/jobs/%s/retry" % job["jobId"]).json)
         self.check("Error", self.cp.api("POST", "/v1/jobs", {"type": 1}).json)
+        self.check("AgentJobTypes", self.cp.api("GET", "/v1/agents/%s/job-types" % agent.id).json)
+        sched = {"cron": "0 4 * * *", "timezone": "Europe/Berlin", "enabled": True, "overlap": "skip",
+                 "job": {"type": "BACKUP_INSTANCE", "agentId": agent.id, "instanceId": "i", "params": {}}}
+        self.check("ScheduleCreate", sched)
+        r = self.cp.api("POST", "/v1/schedules", sched)
+        self.check("Schedule", r.json)
+        self.check("Schedule", self.cp.api("PATCH", "/v1/schedules/" + r.json["scheduleId"], {"enabled": False}).json)
+        self.check("ScheduleList", self.cp.api("GET", "/v1/schedules").json)
+        self.check("CronPreview", self.cp.api("GET", "/v1/cron-preview?cron=@daily&timezone=UTC&count=2").json)
+        self.check("ScheduleDeleted", self.cp.api("DELETE", "/v1/schedules/" + r.json["scheduleId"]).json)
+        audit = self.cp.api("GET", "/v1/audit?limit=3").json
+        self.assertEqual(len(audit["entries"]), 3)
+        self.check("AuditList", audit)
+        report = {"jobTypes": [{"type": "X_ONE", "description": "d", "cancellable": False, "why": "w",
+                                "source": "jobs_dir", "params": {"a": {"type": "integer", "required": True}}}],
+                  "problems": ["x.lua:1: oops"]}
+        self.check("JobTypesReport", report)
+        r = http(self.cp.url + "/v1/agents/%s/job-types" % agent.id, "POST", report, agent.token)
+        self.check("JobTypesReportAnswer", r.json)
+        self.check("AgentJobTypes", self.cp.api("GET", "/v1/agents/%s/job-types" % agent.id).json)
         # The validator is not a rubber stamp.
         self.assertTrue(validate(load(), {"$ref": "#/components/schemas/Job"}, {"jobId": 5}))
 

@@ -76,7 +76,7 @@ class Restart(unittest.TestCase):
         con = sqlite3.connect(self.cp.db, timeout=10)
         try:
             self.assertEqual(con.execute("PRAGMA journal_mode").fetchone()[0], "wal")
-            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 3)
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 6)
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             self.assertTrue({"agents", "jobs", "job_runs", "events", "instances",
                              "instance_events"} <= tables)
@@ -107,16 +107,24 @@ class Restart(unittest.TestCase):
         con.execute("DROP INDEX jobs_active")
         con.execute("DROP TABLE instances")
         con.execute("DROP TABLE instance_events")
+        con.execute("DROP TABLE agent_job_types")
+        con.execute("DROP TABLE schedules")
+        con.execute("DROP INDEX jobs_by_schedule")
+        con.execute("ALTER TABLE jobs DROP COLUMN schedule_id")
+        con.execute("DROP TABLE audit_log")
         con.execute("PRAGMA user_version = 1")
         con.commit()
         con.close()
         self.cp.start()
         self.assertIn("schema migrated to version 2", self.cp.stderr_text())
         self.assertIn("schema migrated to version 3", self.cp.stderr_text())
+        self.assertIn("schema migrated to version 4", self.cp.stderr_text())
+        self.assertIn("schema migrated to version 5", self.cp.stderr_text())
+        self.assertIn("schema migrated to version 6", self.cp.stderr_text())
         self.assertEqual(self.cp.job(job["jobId"])["status"], "QUEUED")
         con = sqlite3.connect(self.cp.db, timeout=10)
         try:
-            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 3)
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 6)
             names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
             self.assertIn("jobs_active", names)
         finally:

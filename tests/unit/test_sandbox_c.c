@@ -117,7 +117,7 @@ Test(scriptdef, validates_the_returned_table)
 	cJSON_Delete(p);
 	p = cJSON_Parse(bad);
 	cr_assert_eq(jv_scriptdef_check_params(L, &def, p, err, sizeof(err)), -1);
-	cr_assert_str_eq(err, "parameter 'a' must be string, got number");
+	cr_assert_str_eq(err, "params of X: parameter 'a' must be string, got number");
 	cJSON_Delete(p);
 	p = cJSON_Parse(extra);
 	cr_assert_eq(jv_scriptdef_check_params(L, &def, p, err, sizeof(err)), -1);
