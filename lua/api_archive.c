@@ -24,7 +24,7 @@
 #define ARCHIVE_DEFAULT_MAX_RATIO 20
 
 /* Manifest from the Lua value at idx; pushes nothing. 0 or -EINVAL with err. */
-static int manifest_arg(lua_State *L, int idx, struct arch_manifest *m, char *err, size_t errlen)
+int archive_manifest_arg(lua_State *L, int idx, struct arch_manifest *m, char *err, size_t errlen)
 {
 	if (lua_type(L, idx) != LUA_TTABLE) {
 		snprintf(err, errlen, "a manifest must be a table (as returned by archive.create)");
@@ -74,7 +74,7 @@ static int l_archive_create(lua_State *L)
 	arch_manifest_init(&reuse);
 	if (!lua_isnoneornil(L, 3) && lua_getfield(L, 3, "reuse") != LUA_TNIL) {
 		char merr[512];
-		if (manifest_arg(L, -1, &reuse, merr, sizeof(merr)) < 0)
+		if (archive_manifest_arg(L, -1, &reuse, merr, sizeof(merr)) < 0)
 			return luaL_argerror(L, 3, lua_pushfstring(L, "reuse: %s", merr));
 		o.reuse = &reuse;
 	}
@@ -155,7 +155,7 @@ static int l_archive_extract(lua_State *L)
 	char prefix[FSX_PATH_MAX + 64];
 	snprintf(prefix, sizeof(prefix), "cannot extract '%s'", file);
 	if (!lua_isnoneornil(L, 3) && lua_getfield(L, 3, "manifest") != LUA_TNIL) {
-		int rc = manifest_arg(L, -1, &m, err, sizeof(err));
+		int rc = archive_manifest_arg(L, -1, &m, err, sizeof(err));
 		lua_pop(L, 1);
 		if (rc < 0)
 			return apiutil_fail_msg(L, rc, prefix, err);
@@ -211,7 +211,7 @@ static int l_archive_verify(lua_State *L)
 	char err[1024], prefix[FSX_PATH_MAX + 64];
 	snprintf(prefix, sizeof(prefix), "archive '%s' failed verification", file);
 	struct arch_manifest m;
-	int rc = manifest_arg(L, 2, &m, err, sizeof(err));
+	int rc = archive_manifest_arg(L, 2, &m, err, sizeof(err));
 	if (rc < 0)
 		return apiutil_fail_msg(L, rc, prefix, err);
 	struct fsx fx;
