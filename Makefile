@@ -20,7 +20,7 @@ DEMO_FLAGS ?=
 DEB_PACKAGES = build-essential cmake pkg-config python3 zstd xz-utils gzip tar zip curl \
 	libcurl4-openssl-dev libcjson-dev liblua5.4-dev lua5.4 libarchive-dev \
 	libcriterion-dev libcivetweb-dev libhttp-parser-dev libsqlite3-dev libssl-dev openssl ca-certificates chromium \
-	groff-base strace prometheus default-jdk-headless tzdata
+	groff-base strace prometheus default-jdk-headless tzdata libexpat1-dev nodejs npm rclone
 
 .PHONY: all deps configure build test test-unit test-e2e demo bench torture install clean
 
@@ -28,6 +28,7 @@ all: build
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
+	  case $$p in npm) command -v npm >/dev/null 2>&1 && continue;; esac; \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -38,6 +39,11 @@ deps:
 	    echo "missing packages:$$missing"; \
 	    echo "run as root: apt-get install -y$$missing"; exit 1; \
 	  fi; \
+	fi
+	@# the test-only S3 server (s3rver), pinned by tests/package-lock.json
+	@if [ ! -f tests/node_modules/.package-lock.json ] || \
+	    [ tests/package-lock.json -nt tests/node_modules/.package-lock.json ]; then \
+	  cd tests && npm ci --no-audit --no-fund --loglevel=error; \
 	fi
 
 $(BUILD)/CMakeCache.txt:

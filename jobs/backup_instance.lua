@@ -10,8 +10,14 @@
 -- the id this job chose, so a retry reuses it: it returns the finished
 -- backup if the manifest is there, and otherwise removes the leftover and
 -- starts again.
+--
+-- With `remote`, the committed archive is then uploaded to that S3 remote as
+-- a multipart upload resumed from the "remote-upload" marker (lib/remote.lua),
+-- the manifest object last; the local copy is removed afterwards unless
+-- keepLocal = true. A retry after the manifest object exists finishes at once.
 local common = require("lib.common")
 local backups = require("lib.backups")
+local remotes = require("lib.remote")
 
 local function choose_id(job)
   local base = os.date("!%Y%m%dT%H%M%SZ")
@@ -24,9 +30,26 @@ local function choose_id(job)
   return id
 end
 
-local function result_of(id, m)
-  return { backupId = id, bytes = m.bytes, files = backups.file_count(m), entries = #m.files,
+local function result_of(id, m, up)
+  local out = { backupId = id, bytes = m.bytes, files = backups.file_count(m), entries = #m.files,
            sha256 = m.sha256 }
+  if up then
+    out.remote = up.remote
+    out.object = up.archive
+    out.keepLocal = up.keepLocal
+  end
+  return out
+end
+
+-- Upload backup id to the remote (when asked), then drop the local copy
+-- unless keepLocal; returns the job's result.
+local function finish_remote(job, p, info, id, doc)
+  if not p.remote then return result_of(id, doc) end
+  local up = remotes.upload(job, p.remote, info, id, doc, 66, 99)
+  up.remote = p.remote
+  up.keepLocal = p.keepLocal == true
+  if not up.keepLocal then backups.remove(job, id) end
+  return result_of(id, doc, up)
 end
 
 -- The `before` lines must arrive (or the backup may not be consistent); an
@@ -47,11 +70,16 @@ return {
   type = "BACKUP_INSTANCE",
   description = "Archive the instance's data/ into backups/ with a per-file SHA-256 manifest.",
   cancellable = true,
-  params = { backupId = "string?", exclude = "array?", quiesce = "object?" },
+  params = { backupId = "string?", exclude = "array?", quiesce = "object?", remote = "string?",
+             keepLocal = "boolean?" },
 
   run = function(job)
     local p = job.params
     if p.backupId ~= nil then common.check_ident(job, "backupId", p.backupId) end
+    if p.keepLocal ~= nil and not p.remote then
+      job.fail("invalid keepLocal: only meaningful with 'remote' (a local backup is always kept)")
+    end
+    local info = p.remote and remotes.check(job, p.remote)
     local exclude = common.check_string_array(job, "exclude", p.exclude, 256)
     for i, pat in ipairs(exclude) do
       if pat == "" or #pat > 4096 or pat:find("%c") then
@@ -93,13 +121,28 @@ return {
     local id = p.backupId or (mine and mark.backupId) or choose_id(job)
     if mine and p.backupId and mark.backupId ~= p.backupId then mine = false end
 
+    if p.remote and mine then
+      -- the upload finished (and the local copy may be gone): done at once
+      local rm = remotes.load_manifest(job, p.remote, id)
+      if rm and rm.jobId == mark.jobId then
+        log.info(string.format("backup '%s' was completed on remote '%s' by an earlier run", id, p.remote))
+        if p.keepLocal ~= true and fs.exists(backups.manifest_path(id)) then backups.remove(job, id) end
+        common.clean_stale_staging(job)
+        job.unmark("remote-upload") -- killed between the manifest object and this unmark
+        job.unmark("backup")
+        return result_of(id, rm, { remote = p.remote, archive = remotes.archive_obj(job, id),
+                                   keepLocal = p.keepLocal == true })
+      end
+    end
+
     if fs.exists(backups.manifest_path(id)) then
       local m, err = backups.load(id)
       if m and (mine or m.jobId == job.id) then
         log.info(string.format("backup '%s' was completed by an earlier run of this job", id))
         common.clean_stale_staging(job)
+        local out = finish_remote(job, p, info, id, m)
         job.unmark("backup")
-        return result_of(id, m)
+        return out
       end
       job.fail(string.format("backup '%s' already exists%s", id, m and "" or (" (" .. err .. ")")))
     end
@@ -143,7 +186,7 @@ return {
       -- ctime) keep their digest instead of being hashed again.
       local prev, prev_id = backups.latest()
       local m, err = archive.create("data", tmp_archive,
-        { exclude = exclude, progress = { from = 5, to = 90 }, reuse = prev })
+        { exclude = exclude, progress = { from = 5, to = p.remote and 60 or 90 }, reuse = prev })
       if not m then job.fail("cannot back up data/: " .. tostring(err), { retryable = true }) end
       manifest = m
       local stats = err
@@ -164,7 +207,7 @@ return {
       send_lines(job, after, "after")
     end
 
-    job.progress(92, "committing the archive")
+    job.progress(p.remote and 62 or 92, "committing the archive")
     common.must(job, "cannot move the archive into backups/",
       fs.commit(tmp_archive, backups.archive_path(id)))
 
@@ -181,13 +224,13 @@ return {
       files = manifest.files,
       complete = true,
     }
-    job.progress(96, "writing the manifest")
+    job.progress(p.remote and 64 or 96, "writing the manifest")
     common.must(job, "cannot write the manifest '" .. backups.manifest_path(id) .. "'",
       fs.write(backups.manifest_path(id), json.encode(doc) .. "\n"))
+    local out = finish_remote(job, p, info, id, doc)
     job.unmark("backup")
-    local out = result_of(id, doc)
-    log.info(string.format("backup '%s' complete: %d files, %d bytes, sha256 %s", id, out.files,
-      out.bytes, out.sha256))
+    log.info(string.format("backup '%s' complete: %d files, %d bytes, sha256 %s%s", id, out.files,
+      out.bytes, out.sha256, p.remote and (", on remote '" .. p.remote .. "'") or ""))
     return out
   end,
 }

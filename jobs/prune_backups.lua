@@ -8,9 +8,15 @@
 -- the same job after a kill carries out that plan instead of recomputing it,
 -- so it reports the same kept/removed lists and removes nothing else. The
 -- newest complete backup is never removed; with dryRun nothing is removed.
+--
+-- With `remote`, the same rules apply to the instance's backups on that S3
+-- remote (lib/remote.lua scans the paginated listing); a backup there is
+-- deleted archive first, then manifest; the plan lives in the
+-- "prune-remote" marker.
 local common = require("lib.common")
 local backups = require("lib.backups")
 local retention = require("lib.retention")
+local remotes = require("lib.remote")
 
 local function ids_of(items)
   local out = json.array()
@@ -25,6 +31,7 @@ return {
   params = {
     keepLast = "integer?", keepHourly = "integer?", keepDaily = "integer?", keepWeekly = "integer?",
     keepMonthly = "integer?", keepYearly = "integer?", keepWithin = "string?", dryRun = "boolean?",
+    remote = "string?",
   },
 
   run = function(job)
@@ -32,17 +39,27 @@ return {
     local policy, perr = retention.validate(p)
     if not policy then job.fail(perr) end
     local dry = p.dryRun == true
-    job.step("listing backups (" .. policy.text .. ")")
+    local rname = p.remote
+    if rname then remotes.check(job, rname) end
+    job.step("listing backups (" .. policy.text .. ")" .. (rname and (" on remote '" .. rname .. "'") or ""))
 
-    local complete, leftovers, unreadable = backups.scan()
+    local complete, leftovers, unreadable
+    if rname then
+      complete, leftovers = remotes.scan(job, rname)
+      unreadable = {}
+    else
+      complete, leftovers, unreadable = backups.scan()
+    end
+    local marker_name = rname and "prune-remote" or "prune"
     for _, u in ipairs(unreadable) do
       log.warn(string.format("'%s/%s' is not a readable manifest (%s): left alone", backups.DIR, u.name,
         tostring(u.why)))
     end
 
-    local mark = job.marker("prune")
+    local mark = job.marker(marker_name)
     local plan
-    if common.adopts(job, mark) and type(mark.remove) == "table" and mark.policy == policy.text then
+    if common.adopts(job, mark) and type(mark.remove) == "table" and mark.policy == policy.text
+        and mark.remote == rname then
       plan = mark
       plan.jobId = job.id
       log.info(string.format("resuming the plan of an earlier run of this job: %d to remove", #plan.remove))
@@ -60,7 +77,7 @@ return {
       local reasons = {}
       for _, it in ipairs(keep) do reasons[it.id] = json.array(it.reasons) end
       plan = { jobId = job.id, runId = job.run_id, policy = policy.text, keep = ids_of(keep),
-               remove = ids_of(remove), reasons = reasons }
+               remove = ids_of(remove), reasons = reasons, remote = rname }
     end
 
     -- Leftovers older than the newest complete backup (a newer one could only
@@ -71,7 +88,10 @@ return {
       if newest_mtime == nil or b.mtime > newest_mtime then newest_mtime = b.mtime end
     end
     local planned = {}
-    for _, id in ipairs(plan.remove) do planned[id .. ".tar.zst"] = true end
+    for _, id in ipairs(plan.remove) do
+      planned[id .. ".tar.zst"] = true
+      planned[id .. ".json"] = true
+    end
     local stale = json.array()
     for _, l in ipairs(leftovers) do
       -- an archive whose manifest an interrupted run of this plan already removed
@@ -81,7 +101,7 @@ return {
     table.sort(stale, function(a, b) return a.name < b.name end)
 
     local out = { kept = plan.keep, removed = plan.remove, reasons = plan.reasons, dryRun = dry,
-                  policy = plan.policy, leftovers = json.array() }
+                  policy = plan.policy, leftovers = json.array(), remote = rname }
     for _, l in ipairs(stale) do out.leftovers[#out.leftovers + 1] = l.name end
 
     if dry then
@@ -90,12 +110,15 @@ return {
       return out
     end
 
-    job.mark("prune", plan)
+    job.mark(marker_name, plan)
     local total = #plan.remove + #stale
     local done = 0
     for _, id in ipairs(plan.remove) do
       job.checkpoint()
-      if complete[id] or fs.exists(backups.manifest_path(id)) or fs.exists(backups.archive_path(id)) then
+      if rname then
+        remotes.remove(job, rname, id)
+        log.info("removed backup '" .. id .. "' from remote '" .. rname .. "'")
+      elseif complete[id] or fs.exists(backups.manifest_path(id)) or fs.exists(backups.archive_path(id)) then
         backups.remove(job, id)
         log.info("removed backup '" .. id .. "'")
       end
@@ -104,13 +127,17 @@ return {
     end
     for _, l in ipairs(stale) do
       job.checkpoint()
-      common.must(job, "cannot remove leftover '" .. l.name .. "'", fs.remove(backups.DIR .. "/" .. l.name))
+      if rname then
+        remotes.must(job, remote.delete(rname, job.instance_id .. "/" .. l.name))
+      else
+        common.must(job, "cannot remove leftover '" .. l.name .. "'", fs.remove(backups.DIR .. "/" .. l.name))
+      end
       log.info(string.format("removed leftover '%s' (%s)", l.name, l.why))
       done = done + 1
       job.progress(100 * done / math.max(total, 1), "removed leftover '" .. l.name .. "'")
     end
     common.clean_stale_staging(job)
-    job.unmark("prune")
+    job.unmark(marker_name)
     return out
   end,
 }

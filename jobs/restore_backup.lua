@@ -14,20 +14,40 @@
 -- and where the previous data went, so a retry after a kill restarts a
 -- server this job stopped, keeps the previous data until it completes, and
 -- otherwise simply restores again (restoring is idempotent).
+--
+-- With `remote`, the backup is first fetched from that S3 remote into
+-- backups/ (lib/remote.lua: a ranged download resumed from
+-- backups/.<id>.tar.zst.part, its SHA-256 checked against the remote
+-- manifest before anything is extracted); then the restore is the local one.
+-- The fetched copy is removed when the restore completes, unless keepLocal.
 local common = require("lib.common")
 local backups = require("lib.backups")
+local remotes = require("lib.remote")
 
 return {
   type = "RESTORE_BACKUP",
   description = "Replace the instance's data/ with a verified backup.",
   cancellable = true,
-  params = { backupId = "string", restart = "boolean?" },
+  params = { backupId = "string", restart = "boolean?", remote = "string?", keepLocal = "boolean?" },
 
   run = function(job)
     local id = common.check_ident(job, "backupId", job.params.backupId)
     local restart = job.params.restart == true
-    local m, err = backups.load(id)
-    if not m then job.fail(err) end
+    local rname = job.params.remote
+    if job.params.keepLocal ~= nil and not rname then
+      job.fail("invalid keepLocal: only meaningful with 'remote'")
+    end
+    local m, err, fetched
+    local from = 1
+    if rname then
+      remotes.check(job, rname)
+      job.progress(1, string.format("fetching backup '%s' from remote '%s'", id, rname))
+      m, fetched = remotes.fetch(job, rname, id, 1, 40)
+      from = 40
+    else
+      m, err = backups.load(id)
+      if not m then job.fail(err) end
+    end
 
     local dst = fs.stat("data")
     if dst and dst.type ~= "dir" then
@@ -63,7 +83,7 @@ return {
 
     local stage = common.must(job, "cannot create a staging directory", fs.staging())
     local staged = stage .. "/data"
-    job.progress(1, string.format("extracting and verifying backup '%s'", id))
+    job.progress(from, string.format("extracting and verifying backup '%s'", id))
     common.guard(function()
       -- The manifest bounds what may come out: exactly its files' sizes, however
       -- well the world compressed (no ratio guard for our own backups).
@@ -72,7 +92,7 @@ return {
         if f.type == "file" and math.type(f.size) == "integer" then total = total + f.size end
       end
       local res, xerr, xcode = archive.extract(backups.archive_path(id), staged,
-        { manifest = m, max_bytes = total, max_ratio = 0, progress = { from = 1, to = 85 } })
+        { manifest = m, max_bytes = total, max_ratio = 0, progress = { from = from, to = 85 } })
       if not res and common.disk_full(xcode) then
         -- the backup is fine: the disk is full (never say "corrupt" here, an
         -- operator might delete a good backup)
@@ -116,6 +136,8 @@ return {
 
     -- Done: the previous data (ours and that of an interrupted earlier run) goes.
     common.clean_stale_staging(job)
+    if fetched and job.params.keepLocal ~= true then backups.remove(job, id) end
+    if rname then job.unmark("remote-fetch") end
     job.unmark("restore")
     log.info(string.format("backup '%s' restored into data/ (%d files)", id, backups.file_count(m)))
     return { backupId = id, files = backups.file_count(m), entries = #m.files }

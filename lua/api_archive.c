@@ -51,7 +51,7 @@ static struct arch_manifest *manifest_push(lua_State *L)
 }
 
 /* Manifest from the Lua value at idx; pushes nothing. 0 or -EINVAL with err. */
-static int manifest_arg(lua_State *L, int idx, struct arch_manifest *m, char *err, size_t errlen)
+int archive_manifest_arg(lua_State *L, int idx, struct arch_manifest *m, char *err, size_t errlen)
 {
 	if (lua_type(L, idx) != LUA_TTABLE) {
 		snprintf(err, errlen, "a manifest must be a table (as returned by archive.create)");
@@ -99,7 +99,7 @@ static int l_archive_create(lua_State *L)
 		int idx = lua_gettop(L);
 		struct arch_manifest *reuse = manifest_push(L);
 		char merr[512];
-		if (manifest_arg(L, idx, reuse, merr, sizeof(merr)) < 0)
+		if (archive_manifest_arg(L, idx, reuse, merr, sizeof(merr)) < 0)
 			return luaL_argerror(L, 3, lua_pushfstring(L, "reuse: %s", merr));
 		o.reuse = reuse;
 	}
@@ -179,7 +179,7 @@ static int l_archive_extract(lua_State *L)
 	if (!lua_isnoneornil(L, 3) && lua_getfield(L, 3, "manifest") != LUA_TNIL) {
 		int idx = lua_gettop(L);
 		struct arch_manifest *m = manifest_push(L);
-		int rc = manifest_arg(L, idx, m, err, sizeof(err));
+		int rc = archive_manifest_arg(L, idx, m, err, sizeof(err));
 		if (rc < 0)
 			return apiutil_fail_msg(L, rc, prefix, err);
 		o.manifest = m;
@@ -229,7 +229,7 @@ static int l_archive_verify(lua_State *L)
 	char err[1024], prefix[FSX_PATH_MAX + 64];
 	snprintf(prefix, sizeof(prefix), "archive '%s' failed verification", file);
 	struct arch_manifest *m = manifest_push(L);
-	int rc = manifest_arg(L, 2, m, err, sizeof(err));
+	int rc = archive_manifest_arg(L, 2, m, err, sizeof(err));
 	if (rc < 0)
 		return apiutil_fail_msg(L, rc, prefix, err);
 	struct apiutil_call call;

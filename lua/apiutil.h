@@ -88,4 +88,9 @@ struct apiutil_arity {
 };
 void apiutil_limit_args(lua_State *L, int t, const char *module, const struct apiutil_arity *a);
 
+/* The manifest at idx (as archive.create returns it) into *m (free it with
+ * arch_manifest_free); pushes nothing; 0 or -EINVAL with err (api_archive.c). */
+struct arch_manifest;
+int archive_manifest_arg(lua_State *L, int idx, struct arch_manifest *m, char *err, size_t errlen);
+
 #endif

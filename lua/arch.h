@@ -151,6 +151,11 @@ int arch_extract(int file_dirfd, const char *file_name, int dst_parent_fd, const
 int arch_verify(int file_dirfd, const char *file_name, const struct arch_manifest *m,
                 const struct jv_io_hooks *hooks, char *err, size_t errlen);
 
+/* The same over a stream: fd (consumed, closed) delivers the archive's bytes
+ * in order; label names it in messages; size is for progress. */
+int arch_verify_fd(int fd, const char *label, uint64_t size, const struct arch_manifest *m,
+                   const struct jv_io_hooks *hooks, char *err, size_t errlen);
+
 /* The entries of an archive (no hashes). */
 int arch_list(int file_dirfd, const char *file_name, struct arch_manifest *out,
               const struct jv_io_hooks *hooks, char *err, size_t errlen);

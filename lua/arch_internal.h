@@ -30,6 +30,10 @@ struct arch_src {
  * xz, zstd) or zip. Release with arch_src_close() whatever the outcome. */
 int arch_src_open(struct arch_src *s, int dirfd, const char *name,
                   const struct jv_io_hooks *hooks, char *err, size_t errlen);
+/* The same over an open descriptor (a pipe or socket: a stream), consumed
+ * whatever the outcome; size is for progress only (0 = unknown). */
+int arch_src_open_fd(struct arch_src *s, int fd, const char *name, uint64_t size,
+                     const struct jv_io_hooks *hooks, char *err, size_t errlen);
 /* After ARCHIVE_EOF: hash what libarchive did not read, then compare with the
  * manifest's archive sha256/bytes when it has them. */
 int arch_src_check(struct arch_src *s, const struct arch_manifest *m, char *err, size_t errlen);

@@ -56,22 +56,31 @@ int arch_src_open(struct arch_src *s, int dirfd, const char *name,
 {
 	memset(s, 0, sizeof(*s));
 	s->fd = -1;
-	s->name = name;
-	s->hooks = hooks;
-	s->fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-	if (s->fd < 0) {
+	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+	if (fd < 0) {
 		int rc = -errno;
 		arch_errf(err, errlen, "cannot open archive '%s': %s", name,
 		          rc == -ELOOP ? "it is a symlink" : strerror(errno));
 		return rc;
 	}
 	struct stat st;
-	if (fstat(s->fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		s->fd = fd;
 		arch_errf(err, errlen, "cannot open archive '%s': not a regular file", name);
 		return -EINVAL;
 	}
-	s->size = (uint64_t)st.st_size;
-	posix_fadvise(s->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+	posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+	return arch_src_open_fd(s, fd, name, (uint64_t)st.st_size, hooks, err, errlen);
+}
+
+int arch_src_open_fd(struct arch_src *s, int fd, const char *name, uint64_t size,
+                     const struct jv_io_hooks *hooks, char *err, size_t errlen)
+{
+	memset(s, 0, sizeof(*s));
+	s->fd = fd;
+	s->name = name;
+	s->hooks = hooks;
+	s->size = size;
 	s->buf = malloc(READ_CHUNK);
 	s->a = archive_read_new();
 	if (!s->buf || !s->a || hashq_new(&s->q, 8) < 0 || hashq_new(&s->aq, 4) < 0) {
@@ -557,31 +566,46 @@ static int verify_entry(struct arch_src *s, struct archive_entry *ae, const stru
 	return arch_manifest_check_data(me, path, size, hex, err, errlen);
 }
 
-int arch_verify(int file_dirfd, const char *file_name, const struct arch_manifest *m,
-                const struct jv_io_hooks *hooks, char *err, size_t errlen)
+static int verify_src(struct arch_src *s, int rc, const struct arch_manifest *m, char *err,
+                      size_t errlen)
 {
-	struct arch_src s;
 	bool *seen = calloc(m->n ? m->n : 1, sizeof(*seen));
 	if (!seen) {
+		arch_src_close(s);
 		arch_errf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
-	int rc = arch_src_open(&s, file_dirfd, file_name, hooks, err, errlen);
 	while (rc == 0) {
 		struct archive_entry *ae;
-		rc = arch_src_next(&s, &ae, err, errlen);
+		rc = arch_src_next(s, &ae, err, errlen);
 		if (rc == 1) {
 			rc = 0;
 			break;
 		}
 		if (rc == 0)
-			rc = verify_entry(&s, ae, m, seen, err, errlen);
+			rc = verify_entry(s, ae, m, seen, err, errlen);
 	}
 	if (rc == 0)
 		rc = arch_manifest_check_missing(m, seen, err, errlen);
 	if (rc == 0)
-		rc = arch_src_check(&s, m, err, errlen);
-	arch_src_close(&s);
+		rc = arch_src_check(s, m, err, errlen);
+	arch_src_close(s);
 	free(seen);
 	return rc;
+}
+
+int arch_verify(int file_dirfd, const char *file_name, const struct arch_manifest *m,
+                const struct jv_io_hooks *hooks, char *err, size_t errlen)
+{
+	struct arch_src s;
+	int rc = arch_src_open(&s, file_dirfd, file_name, hooks, err, errlen);
+	return verify_src(&s, rc, m, err, errlen);
+}
+
+int arch_verify_fd(int fd, const char *label, uint64_t size, const struct arch_manifest *m,
+                   const struct jv_io_hooks *hooks, char *err, size_t errlen)
+{
+	struct arch_src s;
+	int rc = arch_src_open_fd(&s, fd, label, size, hooks, err, errlen);
+	return verify_src(&s, rc, m, err, errlen);
 }

@@ -30,6 +30,7 @@
 #include "jobvisor/log.h"
 #include "jobvisor/protocol.h"
 #include "jobvisor/util.h"
+#include "fsx.h"
 #include "procx.h"
 #include "sandbox.h"
 #include "scriptdef.h"
@@ -237,6 +238,16 @@ static int replay_completed(struct child *c, const cJSON *params)
 	         ctx->job_id, jv_json_str(rec, "runId", "?"), (long long)jv_json_int(rec, "attempt", 0),
 	         jv_json_str(rec, "finishedAt", "?"));
 	jv_emit_log(ctx, "info", msg);
+	/* The completed run may have been killed after writing its record and
+	 * before moving its staging away (jv_staging_cleanup): that staging is
+	 * garbage now, and no script runs here to sweep it. */
+	const char *done_run = jv_json_str(rec, "runId", NULL);
+	if (ctx->instance_fd >= 0 && done_run && jv_run_id_valid(done_run) &&
+	    strcmp(done_run, ctx->run_id) != 0) {
+		struct fsx fx;
+		fsx_init(&fx, ctx->instance_fd);
+		fsx_staging_clean(&fx, done_run);
+	}
 	jv_emit_progress(ctx, 100, "already completed");
 	cJSON *output = cJSON_DetachItemFromObjectCaseSensitive(rec, "output");
 	cJSON_Delete(rec);

@@ -5,7 +5,7 @@
  * every job run's start-up relocating it, also for the many job runs that
  * never hash anything. Like libcurl (supervisor/core/curl_lazy.c) and
  * libarchive (archive_lazy.c), it is now opened on the first digest: this
- * file defines the few EVP functions the fs, archive and download cores use
+ * file defines the few EVP functions the fs, archive, download and S3 cores use
  * and forwards each to the real one.
  *
  * Threads: hashq workers call these from their own threads, so the library
@@ -24,6 +24,7 @@ static struct {
 	EVP_MD_CTX *(*ctx_new)(void);
 	void (*ctx_free)(EVP_MD_CTX *);
 	const EVP_MD *(*sha256)(void);
+	const EVP_MD *(*md5)(void); /* S3's Content-MD5 (lua/s3.c) */
 	int (*init)(EVP_MD_CTX *, const EVP_MD *, ENGINE *);
 	int (*update)(EVP_MD_CTX *, const void *, size_t);
 	int (*final)(EVP_MD_CTX *, unsigned char *, unsigned int *);
@@ -38,11 +39,12 @@ static void load(void)
 		return;
 	*(void **)&fn.ctx_free = dlsym(lib, "EVP_MD_CTX_free");
 	*(void **)&fn.sha256 = dlsym(lib, "EVP_sha256");
+	*(void **)&fn.md5 = dlsym(lib, "EVP_md5");
 	*(void **)&fn.init = dlsym(lib, "EVP_DigestInit_ex");
 	*(void **)&fn.update = dlsym(lib, "EVP_DigestUpdate");
 	*(void **)&fn.final = dlsym(lib, "EVP_DigestFinal_ex");
 	/* Last, and only when everything else is there: the gate the others rely on. */
-	if (fn.ctx_free && fn.sha256 && fn.init && fn.update && fn.final)
+	if (fn.ctx_free && fn.sha256 && fn.md5 && fn.init && fn.update && fn.final)
 		*(void **)&fn.ctx_new = dlsym(lib, "EVP_MD_CTX_new");
 }
 
@@ -63,6 +65,12 @@ const EVP_MD *EVP_sha256(void)
 {
 	pthread_once(&once, load);
 	return fn.sha256 ? fn.sha256() : NULL;
+}
+
+const EVP_MD *EVP_md5(void)
+{
+	pthread_once(&once, load);
+	return fn.md5 ? fn.md5() : NULL;
 }
 
 int EVP_DigestInit_ex(EVP_MD_CTX *ctx, const EVP_MD *type, ENGINE *impl)

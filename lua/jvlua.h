@@ -147,6 +147,7 @@ int luaopen_jv_fs(lua_State *L);
 int luaopen_jv_archive(lua_State *L);
 int luaopen_jv_http(lua_State *L);
 int luaopen_jv_instance(lua_State *L);
+int luaopen_jv_remote(lua_State *L);
 int luaopen_jv_proc(lua_State *L);
 
 /* Whether a job may run path (absolute): listed in the settings'

@@ -331,6 +331,7 @@ lua_State *jv_sandbox_new(const struct jv_sandbox_opts *opts)
 	set_global_module(L, "http", luaopen_jv_http);
 	set_global_module(L, "instance", luaopen_jv_instance);
 	set_global_module(L, "proc", luaopen_jv_proc);
+	set_global_module(L, "remote", luaopen_jv_remote);
 	lua_pop(L, 1); /* globals */
 	return L;
 }

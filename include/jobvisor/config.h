@@ -15,6 +15,23 @@
 #include <cjson/cJSON.h>
 
 #define CONFIG_CAPACITY_MAX 256
+#define CONFIG_REMOTES_MAX 16
+
+/* One named S3-compatible remote (`remote.NAME.KEY` settings). The secret is
+ * not here: only the credentials file's name, read by the job run that uses
+ * the remote (lua/s3.c), so no configuration dump can print it. */
+struct config_remote {
+	char *name;             /* [a-z][a-z0-9_]{0,31} */
+	char *endpoint;         /* http:// or https:// URL, no trailing slash */
+	char *bucket;
+	char *region;           /* default us-east-1 */
+	char *prefix;           /* key prefix without surrounding '/', "" = none */
+	char *credentials_file; /* absolute path; first line key id, second line secret */
+	bool path_style;        /* https://host/bucket/key instead of https://bucket.host/key */
+	int64_t bandwidth_limit; /* upload bytes per second, 0 = unlimited */
+	int64_t part_size;      /* multipart part size in bytes */
+	int parallel;           /* parts in flight */
+};
 
 struct config {
 	char *url;          /* base URL, no trailing slash */
@@ -60,6 +77,9 @@ struct config {
 
 	int log_format; /* enum jv_log_format */
 	int log_level;  /* enum jv_log_level */
+
+	struct config_remote remotes[CONFIG_REMOTES_MAX];
+	size_t nremotes;
 };
 
 /* Load defaults, then the file at path (NULL = none), then the environment
@@ -85,7 +105,8 @@ void config_free_token(char *token);
 /* The settings a job-run child and the monitors it starts need, keyed by the
  * setting names: {allowed_executables:[...], job_executables:[...], steamcmd, user, console_log_max_bytes,
  * console_log_keep, cgroups, cgroup_parent, log_level, log_format, data_dir,
- * jobs_dir}. Returned-owned: cJSON_Delete. NULL on ENOMEM. */
+ * jobs_dir, remotes:{NAME:{endpoint, bucket, region, prefix, path_style,
+ * credentials_file, bandwidth_limit, part_size, parallel}}}. Returned-owned: cJSON_Delete. NULL on ENOMEM. */
 cJSON *config_child_settings(const struct config *cfg);
 
 /* Number of settings and the i-th (file key, env name, default as text,

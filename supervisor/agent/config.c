@@ -7,6 +7,7 @@
  * logs and never exits. The token is read separately (config_read_token) and
  * never copied into an error message. */
 #include "jobvisor/config.h"
+#include "config_internal.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -353,6 +354,21 @@ static int apply(struct config *cfg, const struct setting *s, const char *v, con
 	return -EINVAL;
 }
 
+int config_parse_size(const char *v, int64_t *out)
+{
+	return parse_size(v, out);
+}
+
+int config_parse_bool(const char *v, bool *out)
+{
+	return parse_bool(v, out);
+}
+
+bool config_has_ctl(const char *v)
+{
+	return has_ctl(v);
+}
+
 static const struct setting *find_key(const char *key)
 {
 	for (size_t i = 0; i < JV_ARRAY_LEN(settings); i++)
@@ -369,6 +385,21 @@ static char *trim(char *s)
 	while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
 		s[--n] = '\0';
 	return s;
+}
+
+char *config_trim(char *s)
+{
+	return trim(s);
+}
+
+void config_seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+	if (!err || !errlen)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
 }
 
 /* Read a small regular file, following symlinks (Kubernetes mounts secrets and
@@ -427,6 +458,35 @@ static int read_small_file(const char *path, size_t max, char **out, size_t *out
 	return 0;
 }
 
+/* The remote keys a file has set (to refuse a key given twice). */
+struct remote_keys {
+	char **keys;
+	size_t n;
+};
+
+static bool remote_seen(struct config *cfg, const char *key, struct remote_keys *rk)
+{
+	(void)cfg;
+	for (size_t i = 0; i < rk->n; i++)
+		if (strcmp(rk->keys[i], key) == 0)
+			return true;
+	char **grown = realloc(rk->keys, (rk->n + 1) * sizeof(*grown));
+	if (!grown)
+		return false;
+	rk->keys = grown;
+	rk->keys[rk->n] = strdup(key);
+	if (rk->keys[rk->n])
+		rk->n++;
+	return false;
+}
+
+static void remote_keys_free(struct remote_keys *rk)
+{
+	for (size_t i = 0; i < rk->n; i++)
+		free(rk->keys[i]);
+	free(rk->keys);
+}
+
 /* The file: `key = value` lines; '#' starts a comment line; blank lines are
  * ignored; a value may be wrapped in double quotes (kept literally inside).
  * Unknown or repeated keys are errors: a typo must not silently fall back to
@@ -447,6 +507,7 @@ static int load_file(struct config *cfg, const char *path, char *err, size_t err
 		return -EINVAL;
 	}
 	bool seen[JV_ARRAY_LEN(settings)] = {false};
+	struct remote_keys rseen = {0};
 	int lineno = 0;
 	char *save = NULL;
 	rc = 0;
@@ -473,6 +534,20 @@ static int load_file(struct config *cfg, const char *path, char *err, size_t err
 			val[vl - 1] = '\0';
 			val++;
 		}
+		char src[PATH_MAX + 32];
+		snprintf(src, sizeof(src), "%s:%d", path, lineno);
+		if (config_remote_is_key(key)) {
+			/* a remote key given twice: the second wins would hide a typo */
+			if (remote_seen(cfg, key, &rseen)) {
+				seterr(err, errlen, "%s:%d: '%.128s' is set twice", path, lineno, key);
+				rc = -EINVAL;
+				break;
+			}
+			rc = config_remote_apply(cfg, key, val, src, err, errlen);
+			if (rc)
+				break;
+			continue;
+		}
 		const struct setting *s = find_key(key);
 		if (!s) {
 			seterr(err, errlen, "%s:%d: unknown setting '%.64s'", path, lineno, key);
@@ -486,13 +561,12 @@ static int load_file(struct config *cfg, const char *path, char *err, size_t err
 			break;
 		}
 		seen[idx] = true;
-		char src[PATH_MAX + 32];
-		snprintf(src, sizeof(src), "%s:%d", path, lineno);
 		rc = apply(cfg, s, val, src, err, errlen);
 		if (rc)
 			break;
 	}
 	free(text);
+	remote_keys_free(&rseen);
 	return rc;
 }
 
@@ -611,7 +685,11 @@ static int load(const char *path, char *const *envp, bool local, struct config *
 		}
 	}
 	if (rc == 0)
+		rc = config_remote_env(cfg, envp, err, errlen);
+	if (rc == 0)
 		rc = validate(cfg, local, err, errlen);
+	if (rc == 0)
+		rc = config_remote_validate(cfg, err, errlen);
 	if (rc) {
 		config_free(cfg);
 		return rc == -ENOMEM ? rc : (rc < 0 ? rc : -EINVAL);
@@ -653,6 +731,7 @@ void config_free(struct config *cfg)
 			*slot = NULL;
 		}
 	}
+	config_remote_free(cfg);
 	memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -772,6 +851,8 @@ cJSON *config_child_settings(const struct config *cfg)
 	    !cJSON_AddNumberToObject(o, "extract_max_ratio", cfg->extract_max_ratio))
 		goto fail;
 	if (cfg->jobs_dir && !cJSON_AddStringToObject(o, "jobs_dir", cfg->jobs_dir))
+		goto fail;
+	if (config_remote_child(cfg, o))
 		goto fail;
 	return o;
 fail:

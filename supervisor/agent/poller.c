@@ -59,6 +59,20 @@ void poller_abort(struct agent *ag)
 	}
 }
 
+void poller_abort_parked(struct agent *ag)
+{
+	/* A short poll answers within moments; its answer may carry assignments the
+	 * control plane already counts as given, which the scheduler then refuses
+	 * (retryable) instead of leaving them to the ack deadline. */
+	if (ag->poller.req && ag->poller.sent_wait_s > 0)
+		poller_abort(ag);
+}
+
+bool poller_in_flight(const struct agent *ag)
+{
+	return ag->poller.req != NULL;
+}
+
 void poller_poll_now(struct agent *ag)
 {
 	int64_t now = jv_now_mono_ms();

@@ -22,8 +22,11 @@ void poller_init(struct agent *ag);
 void poller_tick(struct agent *ag, int64_t now_ms);
 /* Monotonic time of the next poll, INT64_MAX while one is in flight or stopping. */
 int64_t poller_next_deadline(const struct agent *ag);
-/* Abandon a poll in flight (shutdown). */
+/* Abandon a poll in flight (teardown). */
 void poller_abort(struct agent *ag);
+/* Abandon a parked long poll only; a short poll in flight is let answer (shutdown). */
+void poller_abort_parked(struct agent *ag);
+bool poller_in_flight(const struct agent *ag);
 /* Poll soon (e.g. capacity freed up while idle on a short interval). */
 void poller_poll_now(struct agent *ag);
 

@@ -72,8 +72,9 @@ static void begin(struct agent *ag, int sig, int64_t now)
 		        SHUTDOWN_REPEAT_WINDOW_MS / 1000);
 	}
 	/* A long poll held by the control plane could still bring work: drop it.
-	 * The next poll says capacity 0 (while runs go on, polls renew leases). */
-	poller_abort(ag);
+	 * A short poll is let answer: assignments in it are refused (retryable), not
+	 * lost until the ack deadline. The next poll says capacity 0. */
+	poller_abort_parked(ag);
 	poller_poll_now(ag);
 }
 
@@ -142,7 +143,7 @@ bool shutdown_step(struct agent *ag, int64_t now, int64_t *next)
 		ag->flushing = true;
 		ag->heartbeat_at_ms = 0;
 		ag->exit_by_ms = now + FLUSH_MS;
-		poller_abort(ag);
+		poller_abort_parked(ag);
 		for (struct srun *r = ag->runs; r; r = r->next) {
 			r->retry_at_ms = 0;
 			r->failed_in_shutdown = false;
@@ -151,8 +152,10 @@ bool shutdown_step(struct agent *ag, int64_t now, int64_t *next)
 		*next = now; /* let the deliveries start before judging them settled */
 		return false;
 	}
-	/* Run results and instance reports both get their last attempt. */
-	if ((delivery_settled(ag) && !instwatch_busy(ag)) || now >= ag->exit_by_ms)
+	/* Run results and instance reports both get their last attempt, and a short
+	 * poll in flight its answer (refusals of what it assigns are deliveries too). */
+	if ((delivery_settled(ag) && !instwatch_busy(ag) && !poller_in_flight(ag)) ||
+	    now >= ag->exit_by_ms)
 		return true;
 	*next = min64(*next, ag->exit_by_ms);
 	return false;

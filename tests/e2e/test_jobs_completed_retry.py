@@ -258,9 +258,9 @@ class LostResultThroughTheAgent(unittest.TestCase):
         return p
 
     def catch_child(self, agent, deadline):
-        from jv_run import children_of
+        from jv_run import job_run_children
         while time.time() < deadline:
-            for c in children_of(agent.pid):
+            for c in job_run_children(agent.pid):
                 try:
                     os.kill(c, signal.SIGSTOP)  # hold it before it publishes anything
                     return c

@@ -15,7 +15,7 @@ import time
 import unittest
 
 from agent_fakecp import FakeCP
-from jv_run import processes_in_group  # noqa: F401 (re-exported for the agent tests)
+from jv_run import job_run_children, processes_in_group  # noqa: F401 (processes_in_group re-exported for the agent tests)
 
 JOBVISOR = os.environ.get("JOBVISOR_BIN", "jobvisor")
 
@@ -209,11 +209,7 @@ class AgentTestCase(unittest.TestCase):
         """Pid of the agent's (first) job-run child."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            try:
-                with open(f"/proc/{agent.pid}/task/{agent.pid}/children") as f:
-                    kids = [int(x) for x in f.read().split()]
-            except OSError:
-                kids = []
+            kids = job_run_children(agent.pid)
             if kids:
                 return kids[0]
             time.sleep(0.02)

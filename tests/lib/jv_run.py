@@ -53,6 +53,20 @@ def children_of(pid):
         return []
 
 
+def job_run_children(pid):
+    """The agent's job-run children (`jobvisor __jobrun`), not its other helpers
+    such as `jobvisor __jobtypes`; a child still between fork and exec is left out."""
+    kids = []
+    for c in children_of(pid):
+        try:
+            with open(f"/proc/{c}/cmdline", "rb") as f:
+                if b"__jobrun" in f.read().split(b"\0"):
+                    kids.append(c)
+        except OSError:
+            pass
+    return kids
+
+
 class RunResult:
     def __init__(self, code, stdout, stderr):
         self.code = code

@@ -357,3 +357,92 @@ Test(config, example_file_lists_every_setting_and_loads)
 	cr_assert_str_eq(cfg.agent_id, "host-01");
 	config_free(&cfg);
 }
+
+/* ---- remotes: remote.NAME.KEY and JOBVISOR_REMOTE_<NAME>_<KEY> ---- */
+
+static void remote_file(char *path, size_t n, const char *extra)
+{
+	char cred[160], text[2048];
+	snprintf(cred, sizeof(cred), "%s/cred", dir);
+	write_file(cred, "AKIDEXAMPLE\nwJalrXUtnFEMI-secret\n", 0600);
+	snprintf(path, n, "%s/remote.conf", dir);
+	snprintf(text, sizeof(text),
+	         "remote.offsite.endpoint = https://s3.eu-central-1.amazonaws.com/\n"
+	         "remote.offsite.bucket = game-backups\nremote.offsite.prefix = /eu1/\n"
+	         "remote.offsite.credentials_file = %s\n%s",
+	         cred, extra);
+	write_file(path, text, 0644);
+}
+
+Test(config, remote_settings_defaults_and_environment_override)
+{
+	char buf[8][512];
+	size_t n;
+	char **envp = base_env(buf, &n);
+	add_env(envp, &n, "JOBVISOR_REMOTE_OFFSITE_PART_SIZE=64M");
+	add_env(envp, &n, "JOBVISOR_REMOTE_OFFSITE_PATH_STYLE=yes");
+	char path[160];
+	remote_file(path, sizeof(path), "remote.offsite.parallel = 8\n");
+	struct config cfg;
+	char err[256] = "";
+	cr_assert_eq(config_load(path, envp, &cfg, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(cfg.nremotes, 1);
+	struct config_remote *r = &cfg.remotes[0];
+	cr_assert_str_eq(r->name, "offsite");
+	cr_assert_str_eq(r->endpoint, "https://s3.eu-central-1.amazonaws.com"); /* slash dropped */
+	cr_assert_str_eq(r->prefix, "eu1");
+	cr_assert_str_eq(r->region, "us-east-1");
+	cr_assert_eq(r->part_size, 64 << 20);
+	cr_assert_eq(r->parallel, 8);
+	cr_assert(r->path_style);
+	cr_assert_eq(r->bandwidth_limit, 0);
+	/* what job runs get: the file's path, never its content */
+	cJSON *s = config_child_settings(&cfg);
+	char *text = cJSON_PrintUnformatted(s);
+	cr_assert(strstr(text, "\"remotes\":{\"offsite\":{"), "%s", text);
+	cr_assert(strstr(text, "/cred\""), "%s", text);
+	cr_assert_null(strstr(text, "wJalrXUtnFEMI-secret"));
+	cr_assert_null(strstr(text, "AKIDEXAMPLE"));
+	free(text);
+	cJSON_Delete(s);
+	config_free(&cfg);
+}
+
+Test(config, remote_key_twice_unknown_key_and_bad_name_are_refused)
+{
+	char buf[8][512];
+	size_t n;
+	char **envp = base_env(buf, &n);
+	char path[160];
+	struct config cfg;
+	char err[256] = "";
+	remote_file(path, sizeof(path), "remote.offsite.bucket = other\n");
+	cr_assert_neq(config_load(path, envp, &cfg, err, sizeof(err)), 0);
+	cr_assert(strstr(err, "'remote.offsite.bucket' is set twice"), "%s", err);
+	remote_file(path, sizeof(path), "remote.offsite.secret = x\n");
+	cr_assert_neq(config_load(path, envp, &cfg, err, sizeof(err)), 0);
+	cr_assert(strstr(err, "unknown setting 'remote.offsite.secret'"), "%s", err);
+	remote_file(path, sizeof(path), "remote.Off-Site.bucket = abc\n");
+	cr_assert_neq(config_load(path, envp, &cfg, err, sizeof(err)), 0);
+	cr_assert(strstr(err, "a remote name is 1-32 of a-z 0-9 _"), "%s", err);
+	remote_file(path, sizeof(path), "remote.offsite.bandwidth_limit = fast\n");
+	cr_assert_neq(config_load(path, envp, &cfg, err, sizeof(err)), 0);
+	cr_assert(strstr(err, "'remote.offsite.bandwidth_limit' = 'fast' is not a rate"), "%s", err);
+}
+
+Test(config, remote_credentials_file_must_be_private)
+{
+	char buf[8][512];
+	size_t n;
+	char **envp = base_env(buf, &n);
+	char path[160], cred[160];
+	remote_file(path, sizeof(path), "");
+	snprintf(cred, sizeof(cred), "%s/cred", dir);
+	chmod(cred, 0604);
+	struct config cfg;
+	char err[512] = "";
+	cr_assert_eq(config_load(path, envp, &cfg, err, sizeof(err)), -EPERM, "%s", err);
+	cr_assert(strstr(err, "remote 'offsite': credentials file"), "%s", err);
+	cr_assert(strstr(err, "(mode 0604); run chmod 600 on it"), "%s", err);
+	cr_assert_null(strstr(err, "wJalrXUtnFEMI-secret"));
+}
