@@ -148,6 +148,10 @@ static void push_cancel_error(lua_State *L)
 
 int jv_raise_cancel(lua_State *L)
 {
+	/* The cancellation is delivered now: the count hook, armed by the signal
+	 * to deliver it in a loop that calls no API, must not deliver it a second
+	 * time into the cleanup code of a script that catches it. */
+	lua_sethook(L, NULL, 0, 0);
 	push_cancel_error(L);
 	return lua_error(L);
 }
@@ -165,15 +169,18 @@ bool jv_is_cancel_error(lua_State *L, int idx)
  * signal handler arms it (lua_sethook only sets fields of the state and is
  * safe in a handler, as lua.c's SIGINT handler uses it). Once armed it runs
  * every CANCEL_HOOK_COUNT VM instructions, so a loop that calls no API meets
- * the cancellation at a safe point, and a script that catches the error and
- * goes on meets it again. */
+ * the cancellation at a safe point. Any delivery of the cancellation (by the
+ * hook, job.checkpoint() or an API call) disarms it, as lua.c's hook disarms
+ * itself: a script that catches the error to clean up gets the grace period
+ * for it (the next checkpoint or long API call raises the cancellation
+ * again); a script that ignores it is SIGKILLed after the grace. */
 #define CANCEL_HOOK_COUNT 1000
 
 static void cancel_hook(lua_State *L, lua_Debug *ar)
 {
 	(void)ar;
 	if (jv_cancelled(jv_ctx(L)))
-		jv_raise_cancel(L);
+		jv_raise_cancel(L); /* which disarms the hook */
 }
 
 void jv_cancel_hook_prepare(lua_State *L)

@@ -35,9 +35,11 @@ class RunSignals(JobvisorTestCase):
         self.assertNotIn("killing", r.stderr)
 
     def test_signal_repeated_after_the_window_kills(self):
+        # Truly stubborn: it catches the cancellation error and goes on spinning.
         path = self.script("""return { type = "STUBBORN", run = function(job)
   job.mark("up", {})
-  while true do end
+  local function spin() while true do end end
+  while true do pcall(spin) end
 end }""")
         p = self.start_job(path, extra=["--cancel-grace", "60"])
         child = self.wait_child(p)
