@@ -25,6 +25,7 @@
 #include <sys/socket.h>
 
 #include "arch.h"
+#include "box.h"
 #include "s3.h"
 
 #define GET_DEFAULT_MAX (64 << 20)
@@ -306,16 +307,18 @@ static int l_remote_mpu_part(lua_State *L)
 	apiutil_tick_init(L, 6, &t, "uploading");
 	struct fsx fx;
 	apiutil_fsx(L, &fx);
-	int fd = -1;
-	int frc = fsx_open(&fx, file, O_RDONLY, 0, 0, &fd);
-	if (frc)
-		return apiutil_fail(L, frc, "read", file);
+	/* the remote before the fd: open_remote's failure pushes (and so may
+	 * raise) only while nothing is held */
 	struct s3_remote r;
 	char key[1024];
 	int n = open_remote(L, name, rel, &r, key, sizeof(key));
-	if (n) {
-		close(fd);
+	if (n)
 		return n;
+	int fd = -1;
+	int frc = fsx_open(&fx, file, O_RDONLY, 0, 0, &fd);
+	if (frc) {
+		s3_remote_wipe(&r);
+		return apiutil_fail(L, frc, "read", file);
 	}
 	struct s3_err e = {0};
 	char etag[80] = "";
@@ -421,22 +424,25 @@ static int l_remote_mpu_upload(lua_State *L)
 		parts[i - 1].len = (size_t)len;
 		lua_pop(L, 4);
 	}
+	/* read (and so refused) before anything is held: 0 = the remote's own */
+	int parallel = (int)apiutil_opt_int(L, 7, "parallel", 0, 1, 32);
 	struct apiutil_tick t;
 	apiutil_tick_init(L, 0, &t, "uploading");
 	struct fsx fx;
 	apiutil_fsx(L, &fx);
-	int fd = -1;
-	int frc = fsx_open(&fx, file, O_RDONLY, 0, 0, &fd);
-	if (frc)
-		return apiutil_fail(L, frc, "read", file);
 	struct s3_remote r;
 	char key[1024];
 	int n = open_remote(L, name, rel, &r, key, sizeof(key));
-	if (n) {
-		close(fd);
+	if (n)
 		return n;
+	int fd = -1;
+	int frc = fsx_open(&fx, file, O_RDONLY, 0, 0, &fd);
+	if (frc) {
+		s3_remote_wipe(&r);
+		return apiutil_fail(L, frc, "read", file);
 	}
-	int parallel = (int)apiutil_opt_int(L, 7, "parallel", r.parallel > 0 ? r.parallel : 1, 1, 32);
+	if (parallel == 0)
+		parallel = r.parallel > 0 ? r.parallel : 1;
 	if (parallel > np)
 		parallel = np > 0 ? (int)np : 1;
 	/* the rate cap is for the remote as a whole: shared by the connections */
@@ -619,22 +625,23 @@ static int l_remote_download(lua_State *L)
 	apiutil_tick_init(L, 4, &t, "downloading");
 	struct fsx fx;
 	apiutil_fsx(L, &fx);
-	int fd = -1;
-	int frc = fsx_open(&fx, file, O_WRONLY | O_CREAT | O_APPEND, 0640, 0, &fd);
-	if (frc)
-		return apiutil_fail(L, frc, "write", file);
-	struct stat st;
-	if (fstat(fd, &st) != 0) {
-		int err = -errno;
-		close(fd);
-		return apiutil_fail(L, err, "write", file);
-	}
+	/* the remote before the fd: open_remote's failure pushes (and so may
+	 * raise) only while nothing is held */
 	struct s3_remote r;
 	char key[1024];
 	int n = open_remote(L, name, rel, &r, key, sizeof(key));
-	if (n) {
-		close(fd);
+	if (n)
 		return n;
+	int fd = -1;
+	int frc = fsx_open(&fx, file, O_WRONLY | O_CREAT | O_APPEND, 0640, 0, &fd);
+	struct stat st;
+	if (frc == 0 && fstat(fd, &st) != 0) {
+		frc = -errno;
+		close(fd);
+	}
+	if (frc) {
+		s3_remote_wipe(&r);
+		return apiutil_fail(L, frc, "write", file);
 	}
 	struct s3_err e = {0};
 	struct file_sink s = {fd, 0};
@@ -655,6 +662,11 @@ static int l_remote_download(lua_State *L)
 	return 1;
 }
 
+static void release_md(void *p)
+{
+	EVP_MD_CTX_free(p);
+}
+
 static int hash_sink(void *arg, const void *buf, size_t n)
 {
 	return EVP_DigestUpdate(arg, buf, n) == 1 ? 0 : -EIO;
@@ -670,20 +682,19 @@ static int l_remote_sha256(lua_State *L)
 	apiutil_opts(L, 3, "remote.sha256", keys);
 	struct apiutil_tick t;
 	apiutil_tick_init(L, 3, &t, "hashing");
-	/* owned by a userdata so a raise (cancel) cannot leak it */
-	EVP_MD_CTX **box = lua_newuserdatauv(L, sizeof(*box), 0);
-	*box = EVP_MD_CTX_new();
-	if (!*box || EVP_DigestInit_ex(*box, EVP_sha256(), NULL) != 1) {
-		EVP_MD_CTX_free(*box);
-		return luaL_error(L, "out of memory");
-	}
-	EVP_MD_CTX *md = *box;
+	lua_settop(L, 3); /* the box goes above the arguments */
+	/* the digest context is owned by a box: any push below may raise */
+	struct jv_box *box = jv_box_push(L);
 	struct s3_remote r;
 	char key[1024];
 	int n = open_remote(L, name, rel, &r, key, sizeof(key));
-	if (n) {
-		EVP_MD_CTX_free(md);
+	if (n)
 		return n;
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	jv_box_set(box, md, release_md);
+	if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+		s3_remote_wipe(&r);
+		return luaL_error(L, "out of memory");
 	}
 	struct s3_err e = {0};
 	int64_t size = -1;
@@ -692,8 +703,7 @@ static int l_remote_sha256(lua_State *L)
 	unsigned hl = 0;
 	if (rc == 0)
 		EVP_DigestFinal_ex(md, h, &hl);
-	EVP_MD_CTX_free(md);
-	*box = NULL;
+	jv_box_release(box);
 	if (rc)
 		return fail(L, &r, rc, &e);
 	s3_remote_wipe(&r);
@@ -760,9 +770,11 @@ static int l_remote_verify(lua_State *L)
 	const char *rel = check_rel(L, 2);
 	luaL_checktype(L, 3, LUA_TTABLE);
 	apiutil_opts(L, 4, "remote.verify", keys);
+	lua_settop(L, 4); /* the box goes above the arguments */
 	char err[1024];
-	struct arch_manifest m;
-	int rc = archive_manifest_arg(L, 3, &m, err, sizeof(err));
+	/* owned by a box: reading the progress option below may raise */
+	struct arch_manifest *m = archive_manifest_push(L);
+	int rc = archive_manifest_arg(L, 3, m, err, sizeof(err));
 	if (rc < 0)
 		return luaL_error(L, "remote.verify: %s", err);
 	struct apiutil_tick t;
@@ -770,14 +782,11 @@ static int l_remote_verify(lua_State *L)
 	struct s3_remote r;
 	char key[1024];
 	int n = open_remote(L, name, rel, &r, key, sizeof(key));
-	if (n) {
-		arch_manifest_free(&m);
+	if (n)
 		return n;
-	}
 	int sv[2];
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
 		int e = -errno;
-		arch_manifest_free(&m);
 		s3_remote_wipe(&r);
 		return apiutil_fail(L, e, "verify", rel);
 	}
@@ -789,17 +798,15 @@ static int l_remote_verify(lua_State *L)
 	if (pthread_create(&th, NULL, pump_main, &p) != 0) {
 		close(sv[0]);
 		close(sv[1]);
-		arch_manifest_free(&m);
 		s3_remote_wipe(&r);
 		return luaL_error(L, "remote.verify: cannot start a thread");
 	}
 	char label[1100];
 	snprintf(label, sizeof(label), "%s", rel);
-	rc = arch_verify_fd(sv[0], label, m.has_bytes ? m.bytes : 0, &m, &t.hooks, err, sizeof(err));
+	rc = arch_verify_fd(sv[0], label, m->has_bytes ? m->bytes : 0, m, &t.hooks, err, sizeof(err));
 	atomic_store(&p.stop, true); /* sv[0] is closed: the pump ends with EPIPE if still sending */
 	pthread_join(th, NULL);
 	close(sv[1]);
-	arch_manifest_free(&m);
 	if (p.rc != 0 && p.rc != -EPIPE && p.rc != -ECANCELED)
 		return fail(L, &r, p.rc, &p.e); /* the download failed: not the archive's fault */
 	s3_remote_wipe(&r);
