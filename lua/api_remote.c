@@ -384,6 +384,70 @@ static void *up_worker(void *arg)
 	}
 }
 
+/* The parts array at index 5 into parts[0..np). */
+static void read_parts(lua_State *L, lua_Integer np, struct up_part *parts)
+{
+	for (lua_Integer i = 1; i <= np; i++) {
+		lua_geti(L, 5, i);
+		luaL_argcheck(L, lua_istable(L, -1), 5, "each part is {n =, offset =, length =}");
+		lua_getfield(L, -1, "n");
+		lua_getfield(L, -2, "offset");
+		lua_getfield(L, -3, "length");
+		int a = 0, b = 0, c = 0;
+		lua_Integer pn = lua_tointegerx(L, -3, &a), off = lua_tointegerx(L, -2, &b),
+		            len = lua_tointegerx(L, -1, &c);
+		luaL_argcheck(L, a && b && c && pn >= 1 && pn <= PARTS_MAX && off >= 0 && len >= 0 &&
+		                  len <= (5LL << 30), 5, "each part is {n =, offset =, length =}");
+		parts[i - 1].n = (int)pn;
+		parts[i - 1].off = (off_t)off;
+		parts[i - 1].len = (size_t)len;
+		lua_pop(L, 4);
+	}
+}
+
+enum up_end { UP_DONE, UP_FAILED, UP_RAISED, UP_CANCELLED };
+
+/* This thread's side of the upload: each acknowledgement handed to on_part
+ * (at index 6) as it arrives. UP_FAILED sets *failed to the part's index;
+ * UP_RAISED leaves on_part's error on the stack. */
+static enum up_end collect(lua_State *L, struct up_pool *p, struct jv_io_hooks *hooks, int *failed)
+{
+	size_t seen = 0;
+	while (seen < p->np) {
+		pthread_mutex_lock(&p->mu);
+		while (p->ndone == seen) {
+			struct timespec until;
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_nsec += 100 * 1000000L;
+			if (until.tv_nsec >= 1000000000L) {
+				until.tv_sec++;
+				until.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&p->cv, &p->mu, &until);
+			if (p->ndone == seen) {
+				pthread_mutex_unlock(&p->mu);
+				if (jv_io_tick(hooks, 0, 0))
+					return UP_CANCELLED;
+				pthread_mutex_lock(&p->mu);
+			}
+		}
+		size_t idx = p->done[seen++];
+		pthread_mutex_unlock(&p->mu);
+		struct up_part *u = &p->parts[idx];
+		if (u->rc) {
+			*failed = (int)idx;
+			return UP_FAILED;
+		}
+		lua_pushvalue(L, 6);
+		lua_pushinteger(L, u->n);
+		lua_pushstring(L, u->etag);
+		lua_pushinteger(L, (lua_Integer)u->len);
+		if (lua_pcall(L, 3, 0, 0) != LUA_OK)
+			return UP_RAISED;
+	}
+	return UP_DONE;
+}
+
 /* remote.mpu_upload(name, object, upload_id, file, parts, on_part[, {parallel}]) -> true
  * parts: array of {n =, offset =, length =} of the instance file `file`;
  * on_part(n, etag, length) runs for each acknowledged part, in the order the
@@ -408,22 +472,7 @@ static int l_remote_mpu_upload(lua_State *L)
 	struct up_part *parts = lua_newuserdatauv(L, sizeof(*parts) * (size_t)(np ? np : 1), 0);
 	size_t *done = lua_newuserdatauv(L, sizeof(*done) * (size_t)(np ? np : 1), 0);
 	memset(parts, 0, sizeof(*parts) * (size_t)(np ? np : 1));
-	for (lua_Integer i = 1; i <= np; i++) {
-		lua_geti(L, 5, i);
-		luaL_argcheck(L, lua_istable(L, -1), 5, "each part is {n =, offset =, length =}");
-		lua_getfield(L, -1, "n");
-		lua_getfield(L, -2, "offset");
-		lua_getfield(L, -3, "length");
-		int a = 0, b = 0, c = 0;
-		lua_Integer pn = lua_tointegerx(L, -3, &a), off = lua_tointegerx(L, -2, &b),
-		            len = lua_tointegerx(L, -1, &c);
-		luaL_argcheck(L, a && b && c && pn >= 1 && pn <= PARTS_MAX && off >= 0 && len >= 0 &&
-		                  len <= (5LL << 30), 5, "each part is {n =, offset =, length =}");
-		parts[i - 1].n = (int)pn;
-		parts[i - 1].off = (off_t)off;
-		parts[i - 1].len = (size_t)len;
-		lua_pop(L, 4);
-	}
+	read_parts(L, np, parts);
 	/* read (and so refused) before anything is held: 0 = the remote's own */
 	int parallel = (int)apiutil_opt_int(L, 7, "parallel", 0, 1, 32);
 	struct apiutil_tick t;
@@ -460,48 +509,8 @@ static int l_remote_mpu_upload(lua_State *L)
 	int nth = 0;
 	while (nth < parallel && pthread_create(&th[nth], NULL, up_worker, &p) == 0)
 		nth++;
-	size_t seen = 0;
-	int failed = -1;     /* index of the first failed part */
-	bool raised = false; /* on_part raised: its error is on the stack */
-	bool cancelled = false;
-	while (nth > 0 && seen < p.np) {
-		pthread_mutex_lock(&p.mu);
-		while (p.ndone == seen) {
-			struct timespec until;
-			clock_gettime(CLOCK_REALTIME, &until);
-			until.tv_nsec += 100 * 1000000L;
-			if (until.tv_nsec >= 1000000000L) {
-				until.tv_sec++;
-				until.tv_nsec -= 1000000000L;
-			}
-			pthread_cond_timedwait(&p.cv, &p.mu, &until);
-			if (p.ndone == seen) {
-				pthread_mutex_unlock(&p.mu);
-				if (jv_io_tick(&t.hooks, 0, 0)) {
-					cancelled = true;
-					break;
-				}
-				pthread_mutex_lock(&p.mu);
-			}
-		}
-		if (cancelled)
-			break;
-		size_t idx = p.done[seen++];
-		pthread_mutex_unlock(&p.mu);
-		struct up_part *u = &parts[idx];
-		if (u->rc) {
-			failed = (int)idx;
-			break;
-		}
-		lua_pushvalue(L, 6);
-		lua_pushinteger(L, u->n);
-		lua_pushstring(L, u->etag);
-		lua_pushinteger(L, (lua_Integer)u->len);
-		if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
-			raised = true;
-			break;
-		}
-	}
+	int failed = -1; /* index of the first failed part */
+	enum up_end end = nth > 0 ? collect(L, &p, &t.hooks, &failed) : UP_DONE;
 	atomic_store(&p.stop, true);
 	for (int i = 0; i < nth; i++)
 		pthread_join(th[i], NULL);
@@ -509,11 +518,11 @@ static int l_remote_mpu_upload(lua_State *L)
 	pthread_mutex_destroy(&p.mu);
 	s3_remote_wipe(&each);
 	close(fd);
-	if (raised) {
+	if (end == UP_RAISED) {
 		s3_remote_wipe(&r);
 		return lua_error(L);
 	}
-	if (cancelled) {
+	if (end == UP_CANCELLED) {
 		s3_remote_wipe(&r);
 		return jv_raise_cancel(L);
 	}
@@ -521,7 +530,7 @@ static int l_remote_mpu_upload(lua_State *L)
 		s3_remote_wipe(&r);
 		return luaL_error(L, "remote.mpu_upload: cannot start a thread");
 	}
-	if (failed >= 0)
+	if (end == UP_FAILED)
 		return fail(L, &r, parts[failed].rc, &parts[failed].e);
 	s3_remote_wipe(&r);
 	lua_pushboolean(L, 1);
