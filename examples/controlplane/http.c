@@ -391,12 +391,15 @@ static void dispatch_route(struct cp *cp, struct mg_connection *conn, const stru
 static void handle(struct cp *cp, struct mg_connection *conn);
 
 /* One row of the audit log: who did what, when, and the answer (mutating UI
- * calls, refused ones included). remote is what civetweb saw: behind the
- * accept front (front.c) that is 127.0.0.1, so it is stored but not shown. */
-static void audit_record(struct cp *cp, struct mg_connection *conn, const struct cp_who *who,
-                         const struct mg_request_info *ri, int status)
+ * calls, refused ones included). The row is inserted before the answer leaves,
+ * so the log's order is the order calls arrived in (a client's next call can
+ * never be logged before this one); the status is filled in once known.
+ * remote is what civetweb saw: behind the accept front (front.c) that is
+ * 127.0.0.1, so it is stored but not shown. Returns the row's seq, 0 if none. */
+static long long audit_begin(struct cp *cp, const struct cp_who *who,
+                             const struct mg_request_info *ri, int status)
 {
-	(void)conn;
+	long long seq = 0;
 	pthread_mutex_lock(&cp->mu);
 	sqlite3_stmt *st = db_prepare(cp->db, "INSERT INTO audit_log (at, who, role, method, path, status, remote)"
 	                                      " VALUES (?, ?, ?, ?, ?, ?, ?)");
@@ -408,6 +411,23 @@ static void audit_record(struct cp *cp, struct mg_connection *conn, const struct
 		sqlite3_bind_text(st, 5, ri->local_uri ? ri->local_uri : "", -1, SQLITE_STATIC);
 		sqlite3_bind_int(st, 6, status);
 		sqlite3_bind_text(st, 7, ri->remote_addr, -1, SQLITE_STATIC);
+		if (db_step_done(cp->db, st) == 0)
+			seq = (long long)sqlite3_last_insert_rowid(cp->db);
+	}
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&cp->mu);
+	return seq;
+}
+
+static void audit_finish(struct cp *cp, long long seq, int status)
+{
+	if (seq <= 0)
+		return;
+	pthread_mutex_lock(&cp->mu);
+	sqlite3_stmt *st = db_prepare(cp->db, "UPDATE audit_log SET status = ? WHERE seq = ?");
+	if (st) {
+		sqlite3_bind_int(st, 1, status);
+		sqlite3_bind_int64(st, 2, seq);
 		db_step_done(cp->db, st);
 	}
 	sqlite3_finalize(st);
@@ -526,9 +546,9 @@ static void handle(struct cp *cp, struct mg_connection *conn)
 		/* Reading and watching: viewer; anything that changes something: operator. */
 		int need = mutating ? CP_ROLE_OPERATOR : CP_ROLE_VIEWER;
 		if (who.role < need) {
+			audit_begin(cp, &who, ri, 403);
 			http_send_error(conn, 403, "token '%s' has the %s role; this call needs %s", who.name,
 			                users_role_name(who.role), users_role_name(need));
-			audit_record(cp, conn, &who, ri, 403);
 			return;
 		}
 	}
@@ -548,10 +568,10 @@ static void handle(struct cp *cp, struct mg_connection *conn)
 		http_send_error(conn, 400, "bad id in the path");
 		return;
 	}
+	long long audit = match->role == ROLE_ADMIN && mutating ? audit_begin(cp, &who, ri, 0) : 0;
 	last_status = 0;
 	dispatch_route(cp, conn, match, seg, agent);
-	if (match->role == ROLE_ADMIN && mutating)
-		audit_record(cp, conn, &who, ri, last_status);
+	audit_finish(cp, audit, last_status);
 }
 
 int http_handle_page(struct mg_connection *conn, void *cbdata)

@@ -189,6 +189,63 @@ class RemoteBackupKill(RemoteBackupBase):
             self.assertGreaterEqual(resumed, 1)
 
 
+class RemoteRestoreResume(RemoteBackupBase):
+    def test_resumed_restore_fetches_only_the_missing_bytes(self):
+        r = self.job("BACKUP_INSTANCE", {"remote": "offsite", "backupId": "rr"})
+        self.assertEqual(r.status, "COMPLETED", r)
+        size = r.result["output"]["bytes"]
+        obj = "/" + self.s3.bucket + "/" + self.key("rr", "tar.zst")
+        # the restore goes through a counting proxy that serves 4 MiB/s: ~3 s for the archive
+        proxy = TcpProxy(self.s3.port, down_rate=4 << 20)
+        self.addCleanup(proxy.close)
+
+        class Via:
+            endpoint = proxy.endpoint
+            bucket = self.s3.bucket
+        remote_config(self.conf, "offsite", Via, self.creds, prefix="jv", part_size="5M")
+        shutil.rmtree(self.datadir)
+        part = os.path.join(self.inst, "backups", ".rr.tar.zst.part")
+        params = {"remote": "offsite", "backupId": "rr"}
+        p = subprocess.Popen(self.argv("RESTORE_BACKUP", params, "job-rr"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True)
+        child = self.wait_child(p, timeout=30)
+        deadline = time.time() + 120
+        while time.time() < deadline and p.poll() is None:
+            try:
+                if os.path.getsize(part) > 5 << 20:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.002)
+        self.assertIsNone(p.poll(), "the restore finished before it could be killed")
+        os.killpg(child, signal.SIGKILL)
+        p.kill()
+        p.communicate()
+        had = os.path.getsize(part)
+        self.assertTrue(5 << 20 < had < size, (had, size))
+        first = [q for q in proxy.requests if q.method == "GET" and q.path.startswith(obj)]
+        self.assertEqual(len(first), 1, proxy.requests)
+        self.assertEqual(first[0].range_start, 0, first)
+        n = len(proxy.requests)
+
+        r = self.job("RESTORE_BACKUP", params, job_id="job-rr")
+        self.assertEqual(r.status, "COMPLETED", r)
+        self.assertEqual(tree_digest(self.datadir), self.digest)
+        self.assertIn(f"resuming the download of backup 'rr' at byte {had} of {size}",
+                      r.stdout + r.stderr)
+        # at the wire: the retry asked for the archive from the byte the part file had on
+        again = [q for q in proxy.requests[n:] if q.method == "GET" and q.path.startswith(obj)]
+        self.assertEqual([q.range_start for q in again], [had], proxy.requests[n:])
+        # and the two runs together were served about one archive, not two: the first run's
+        # bytes past `had` are only what was in flight at the kill (socket buffers)
+        served = sum(q.served for q in first + again)
+        self.assertGreaterEqual(served, size)
+        self.assertLess(served, size + (1 << 20), (served, size, had))
+        self.assertLess(again[0].served, size - had + 4096, (again, size, had))
+        self.assertEqual(os.listdir(os.path.join(self.inst, "backups")), [])
+
+
 class RemoteVerifyPrune(RemoteBackupBase):
     def backup(self, bid):
         r = self.job("BACKUP_INSTANCE", {"remote": "offsite", "backupId": bid})

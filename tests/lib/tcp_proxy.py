@@ -1,14 +1,82 @@
 """A TCP proxy on 127.0.0.1 (OS-assigned port) in front of a real server, for network faults:
 stall_next() makes the next connection(s) accept the client's bytes and then go silent (nothing
-forwarded either way, the socket left open), the way a dead NAT mapping or a hung peer looks."""
+forwarded either way, the socket left open), the way a dead NAT mapping or a hung peer looks.
+
+It also counts what passes, to assert at the wire what a client asked for and got: every HTTP
+request the client sent (method, path, Range header) with the number of bytes the server sent
+back before the client's next request on that connection (the response; curl does not
+pipeline). down_rate (bytes/s) paces the server's answers, so a download lasts long enough to
+be interrupted at a chosen point."""
 import select
 import socket
 import threading
+import time
+
+
+class Request:
+    def __init__(self, method, path, headers):
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.served = 0  # bytes of the response (status line, headers and body)
+
+    @property
+    def range_start(self):
+        """The first byte of a `Range: bytes=N-[M]` request, None without a Range header."""
+        r = self.headers.get("range")
+        if r is None:
+            return None
+        return int(r.split("=", 1)[1].split("-", 1)[0])
+
+    def __repr__(self):
+        return f"<{self.method} {self.path} range={self.headers.get('range')} served={self.served}>"
+
+
+class _Conn:
+    """Splits the client's byte stream into requests (headers, then Content-Length bytes)."""
+    def __init__(self, proxy):
+        self.proxy = proxy
+        self.buf = b""
+        self.skip = 0
+        self.current = None
+
+    def from_client(self, data):
+        while data:
+            if self.skip:
+                n = min(self.skip, len(data))
+                self.skip -= n
+                data = data[n:]
+                continue
+            self.buf += data
+            data = b""
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head, rest = self.buf[:end].decode("latin-1"), self.buf[end + 4:]
+            self.buf = b""
+            lines = head.split("\r\n")
+            method, path = lines[0].split(" ")[:2]
+            headers = {}
+            for line in lines[1:]:
+                k, _, v = line.partition(":")
+                headers[k.strip().lower()] = v.strip()
+            self.skip = int(headers.get("content-length", "0"))
+            self.current = Request(method, path, headers)
+            with self.proxy.lock:
+                self.proxy.requests.append(self.current)
+            data = rest
+
+    def from_server(self, n):
+        if self.current is not None:
+            with self.proxy.lock:
+                self.current.served += n
 
 
 class TcpProxy:
-    def __init__(self, target_port):
+    def __init__(self, target_port, down_rate=None):
         self.target = ("127.0.0.1", target_port)
+        self.down_rate = down_rate
+        self.requests = []
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
@@ -63,14 +131,26 @@ class TcpProxy:
         with self.lock:
             self.conns.append(u)
         socks = [c, u]
+        conn = _Conn(self)
+        t0, down = time.monotonic(), 0
         try:
             while not self.closing:
                 r, _, _ = select.select(socks, [], [], 0.5)
                 for s in r:
-                    data = s.recv(65536)
+                    data = s.recv(16384 if self.down_rate else 65536)
                     if not data:
                         return
-                    (u if s is c else c).sendall(data)
+                    if s is c:
+                        conn.from_client(data)
+                        u.sendall(data)
+                        continue
+                    c.sendall(data)
+                    conn.from_server(len(data))
+                    down += len(data)
+                    if self.down_rate:
+                        ahead = down / self.down_rate - (time.monotonic() - t0)
+                        if ahead > 0:
+                            time.sleep(ahead)
         except OSError:
             pass
         finally:
