@@ -38,8 +38,7 @@ static void release_create_result(void *p)
 	free(p);
 }
 
-/* An empty manifest owned by a new box on the stack. */
-static struct arch_manifest *manifest_push(lua_State *L)
+struct arch_manifest *archive_manifest_push(lua_State *L)
 {
 	struct jv_box *box = jv_box_push(L);
 	struct arch_manifest *m = malloc(sizeof(*m));
@@ -97,7 +96,7 @@ static int l_archive_create(lua_State *L)
 	o.hooks = &call.t.hooks;
 	if (!lua_isnoneornil(L, 3) && lua_getfield(L, 3, "reuse") != LUA_TNIL) {
 		int idx = lua_gettop(L);
-		struct arch_manifest *reuse = manifest_push(L);
+		struct arch_manifest *reuse = archive_manifest_push(L);
 		char merr[512];
 		if (archive_manifest_arg(L, idx, reuse, merr, sizeof(merr)) < 0)
 			return luaL_argerror(L, 3, lua_pushfstring(L, "reuse: %s", merr));
@@ -178,7 +177,7 @@ static int l_archive_extract(lua_State *L)
 	snprintf(prefix, sizeof(prefix), "cannot extract '%s'", file);
 	if (!lua_isnoneornil(L, 3) && lua_getfield(L, 3, "manifest") != LUA_TNIL) {
 		int idx = lua_gettop(L);
-		struct arch_manifest *m = manifest_push(L);
+		struct arch_manifest *m = archive_manifest_push(L);
 		int rc = archive_manifest_arg(L, idx, m, err, sizeof(err));
 		if (rc < 0)
 			return apiutil_fail_msg(L, rc, prefix, err);
@@ -228,7 +227,7 @@ static int l_archive_verify(lua_State *L)
 	apiutil_opts(L, 3, "archive.verify", keys);
 	char err[1024], prefix[FSX_PATH_MAX + 64];
 	snprintf(prefix, sizeof(prefix), "archive '%s' failed verification", file);
-	struct arch_manifest *m = manifest_push(L);
+	struct arch_manifest *m = archive_manifest_push(L);
 	int rc = archive_manifest_arg(L, 2, m, err, sizeof(err));
 	if (rc < 0)
 		return apiutil_fail_msg(L, rc, prefix, err);
@@ -259,7 +258,7 @@ static int l_archive_list(lua_State *L)
 	int rc = fsx_parent(&call.fx, file, 0, &afd, &alast);
 	if (rc < 0)
 		return apiutil_fail(L, rc, "list", file);
-	struct arch_manifest *l = manifest_push(L);
+	struct arch_manifest *l = archive_manifest_push(L);
 	char err[1024], prefix[FSX_PATH_MAX + 64];
 	rc = arch_list(afd, alast, l, &call.t.hooks, err, sizeof(err));
 	close(afd);

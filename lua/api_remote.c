@@ -25,6 +25,7 @@
 #include <sys/socket.h>
 
 #include "arch.h"
+#include "box.h"
 #include "s3.h"
 
 #define GET_DEFAULT_MAX (64 << 20)
@@ -306,16 +307,18 @@ static int l_remote_mpu_part(lua_State *L)
 	apiutil_tick_init(L, 6, &t, "uploading");
 	struct fsx fx;
 	apiutil_fsx(L, &fx);
-	int fd = -1;
-	int frc = fsx_open(&fx, file, O_RDONLY, 0, 0, &fd);
-	if (frc)
-		return apiutil_fail(L, frc, "read", file);
+	/* the remote before the fd: open_remote's failure pushes (and so may
+	 * raise) only while nothing is held */
 	struct s3_remote r;
 	char key[1024];
 	int n = open_remote(L, name, rel, &r, key, sizeof(key));
-	if (n) {
-		close(fd);
+	if (n)
 		return n;
+	int fd = -1;
+	int frc = fsx_open(&fx, file, O_RDONLY, 0, 0, &fd);
+	if (frc) {
+		s3_remote_wipe(&r);
+		return apiutil_fail(L, frc, "read", file);
 	}
 	struct s3_err e = {0};
 	char etag[80] = "";
@@ -381,6 +384,70 @@ static void *up_worker(void *arg)
 	}
 }
 
+/* The parts array at index 5 into parts[0..np). */
+static void read_parts(lua_State *L, lua_Integer np, struct up_part *parts)
+{
+	for (lua_Integer i = 1; i <= np; i++) {
+		lua_geti(L, 5, i);
+		luaL_argcheck(L, lua_istable(L, -1), 5, "each part is {n =, offset =, length =}");
+		lua_getfield(L, -1, "n");
+		lua_getfield(L, -2, "offset");
+		lua_getfield(L, -3, "length");
+		int a = 0, b = 0, c = 0;
+		lua_Integer pn = lua_tointegerx(L, -3, &a), off = lua_tointegerx(L, -2, &b),
+		            len = lua_tointegerx(L, -1, &c);
+		luaL_argcheck(L, a && b && c && pn >= 1 && pn <= PARTS_MAX && off >= 0 && len >= 0 &&
+		                  len <= (5LL << 30), 5, "each part is {n =, offset =, length =}");
+		parts[i - 1].n = (int)pn;
+		parts[i - 1].off = (off_t)off;
+		parts[i - 1].len = (size_t)len;
+		lua_pop(L, 4);
+	}
+}
+
+enum up_end { UP_DONE, UP_FAILED, UP_RAISED, UP_CANCELLED };
+
+/* This thread's side of the upload: each acknowledgement handed to on_part
+ * (at index 6) as it arrives. UP_FAILED sets *failed to the part's index;
+ * UP_RAISED leaves on_part's error on the stack. */
+static enum up_end collect(lua_State *L, struct up_pool *p, struct jv_io_hooks *hooks, int *failed)
+{
+	size_t seen = 0;
+	while (seen < p->np) {
+		pthread_mutex_lock(&p->mu);
+		while (p->ndone == seen) {
+			struct timespec until;
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_nsec += 100 * 1000000L;
+			if (until.tv_nsec >= 1000000000L) {
+				until.tv_sec++;
+				until.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&p->cv, &p->mu, &until);
+			if (p->ndone == seen) {
+				pthread_mutex_unlock(&p->mu);
+				if (jv_io_tick(hooks, 0, 0))
+					return UP_CANCELLED;
+				pthread_mutex_lock(&p->mu);
+			}
+		}
+		size_t idx = p->done[seen++];
+		pthread_mutex_unlock(&p->mu);
+		struct up_part *u = &p->parts[idx];
+		if (u->rc) {
+			*failed = (int)idx;
+			return UP_FAILED;
+		}
+		lua_pushvalue(L, 6);
+		lua_pushinteger(L, u->n);
+		lua_pushstring(L, u->etag);
+		lua_pushinteger(L, (lua_Integer)u->len);
+		if (lua_pcall(L, 3, 0, 0) != LUA_OK)
+			return UP_RAISED;
+	}
+	return UP_DONE;
+}
+
 /* remote.mpu_upload(name, object, upload_id, file, parts, on_part[, {parallel}]) -> true
  * parts: array of {n =, offset =, length =} of the instance file `file`;
  * on_part(n, etag, length) runs for each acknowledged part, in the order the
@@ -405,38 +472,26 @@ static int l_remote_mpu_upload(lua_State *L)
 	struct up_part *parts = lua_newuserdatauv(L, sizeof(*parts) * (size_t)(np ? np : 1), 0);
 	size_t *done = lua_newuserdatauv(L, sizeof(*done) * (size_t)(np ? np : 1), 0);
 	memset(parts, 0, sizeof(*parts) * (size_t)(np ? np : 1));
-	for (lua_Integer i = 1; i <= np; i++) {
-		lua_geti(L, 5, i);
-		luaL_argcheck(L, lua_istable(L, -1), 5, "each part is {n =, offset =, length =}");
-		lua_getfield(L, -1, "n");
-		lua_getfield(L, -2, "offset");
-		lua_getfield(L, -3, "length");
-		int a = 0, b = 0, c = 0;
-		lua_Integer pn = lua_tointegerx(L, -3, &a), off = lua_tointegerx(L, -2, &b),
-		            len = lua_tointegerx(L, -1, &c);
-		luaL_argcheck(L, a && b && c && pn >= 1 && pn <= PARTS_MAX && off >= 0 && len >= 0 &&
-		                  len <= (5LL << 30), 5, "each part is {n =, offset =, length =}");
-		parts[i - 1].n = (int)pn;
-		parts[i - 1].off = (off_t)off;
-		parts[i - 1].len = (size_t)len;
-		lua_pop(L, 4);
-	}
+	read_parts(L, np, parts);
+	/* read (and so refused) before anything is held: 0 = the remote's own */
+	int parallel = (int)apiutil_opt_int(L, 7, "parallel", 0, 1, 32);
 	struct apiutil_tick t;
 	apiutil_tick_init(L, 0, &t, "uploading");
 	struct fsx fx;
 	apiutil_fsx(L, &fx);
-	int fd = -1;
-	int frc = fsx_open(&fx, file, O_RDONLY, 0, 0, &fd);
-	if (frc)
-		return apiutil_fail(L, frc, "read", file);
 	struct s3_remote r;
 	char key[1024];
 	int n = open_remote(L, name, rel, &r, key, sizeof(key));
-	if (n) {
-		close(fd);
+	if (n)
 		return n;
+	int fd = -1;
+	int frc = fsx_open(&fx, file, O_RDONLY, 0, 0, &fd);
+	if (frc) {
+		s3_remote_wipe(&r);
+		return apiutil_fail(L, frc, "read", file);
 	}
-	int parallel = (int)apiutil_opt_int(L, 7, "parallel", r.parallel > 0 ? r.parallel : 1, 1, 32);
+	if (parallel == 0)
+		parallel = r.parallel > 0 ? r.parallel : 1;
 	if (parallel > np)
 		parallel = np > 0 ? (int)np : 1;
 	/* the rate cap is for the remote as a whole: shared by the connections */
@@ -454,48 +509,8 @@ static int l_remote_mpu_upload(lua_State *L)
 	int nth = 0;
 	while (nth < parallel && pthread_create(&th[nth], NULL, up_worker, &p) == 0)
 		nth++;
-	size_t seen = 0;
-	int failed = -1;     /* index of the first failed part */
-	bool raised = false; /* on_part raised: its error is on the stack */
-	bool cancelled = false;
-	while (nth > 0 && seen < p.np) {
-		pthread_mutex_lock(&p.mu);
-		while (p.ndone == seen) {
-			struct timespec until;
-			clock_gettime(CLOCK_REALTIME, &until);
-			until.tv_nsec += 100 * 1000000L;
-			if (until.tv_nsec >= 1000000000L) {
-				until.tv_sec++;
-				until.tv_nsec -= 1000000000L;
-			}
-			pthread_cond_timedwait(&p.cv, &p.mu, &until);
-			if (p.ndone == seen) {
-				pthread_mutex_unlock(&p.mu);
-				if (jv_io_tick(&t.hooks, 0, 0)) {
-					cancelled = true;
-					break;
-				}
-				pthread_mutex_lock(&p.mu);
-			}
-		}
-		if (cancelled)
-			break;
-		size_t idx = p.done[seen++];
-		pthread_mutex_unlock(&p.mu);
-		struct up_part *u = &parts[idx];
-		if (u->rc) {
-			failed = (int)idx;
-			break;
-		}
-		lua_pushvalue(L, 6);
-		lua_pushinteger(L, u->n);
-		lua_pushstring(L, u->etag);
-		lua_pushinteger(L, (lua_Integer)u->len);
-		if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
-			raised = true;
-			break;
-		}
-	}
+	int failed = -1; /* index of the first failed part */
+	enum up_end end = nth > 0 ? collect(L, &p, &t.hooks, &failed) : UP_DONE;
 	atomic_store(&p.stop, true);
 	for (int i = 0; i < nth; i++)
 		pthread_join(th[i], NULL);
@@ -503,11 +518,11 @@ static int l_remote_mpu_upload(lua_State *L)
 	pthread_mutex_destroy(&p.mu);
 	s3_remote_wipe(&each);
 	close(fd);
-	if (raised) {
+	if (end == UP_RAISED) {
 		s3_remote_wipe(&r);
 		return lua_error(L);
 	}
-	if (cancelled) {
+	if (end == UP_CANCELLED) {
 		s3_remote_wipe(&r);
 		return jv_raise_cancel(L);
 	}
@@ -515,7 +530,7 @@ static int l_remote_mpu_upload(lua_State *L)
 		s3_remote_wipe(&r);
 		return luaL_error(L, "remote.mpu_upload: cannot start a thread");
 	}
-	if (failed >= 0)
+	if (end == UP_FAILED)
 		return fail(L, &r, parts[failed].rc, &parts[failed].e);
 	s3_remote_wipe(&r);
 	lua_pushboolean(L, 1);
@@ -619,22 +634,23 @@ static int l_remote_download(lua_State *L)
 	apiutil_tick_init(L, 4, &t, "downloading");
 	struct fsx fx;
 	apiutil_fsx(L, &fx);
-	int fd = -1;
-	int frc = fsx_open(&fx, file, O_WRONLY | O_CREAT | O_APPEND, 0640, 0, &fd);
-	if (frc)
-		return apiutil_fail(L, frc, "write", file);
-	struct stat st;
-	if (fstat(fd, &st) != 0) {
-		int err = -errno;
-		close(fd);
-		return apiutil_fail(L, err, "write", file);
-	}
+	/* the remote before the fd: open_remote's failure pushes (and so may
+	 * raise) only while nothing is held */
 	struct s3_remote r;
 	char key[1024];
 	int n = open_remote(L, name, rel, &r, key, sizeof(key));
-	if (n) {
-		close(fd);
+	if (n)
 		return n;
+	int fd = -1;
+	int frc = fsx_open(&fx, file, O_WRONLY | O_CREAT | O_APPEND, 0640, 0, &fd);
+	struct stat st;
+	if (frc == 0 && fstat(fd, &st) != 0) {
+		frc = -errno;
+		close(fd);
+	}
+	if (frc) {
+		s3_remote_wipe(&r);
+		return apiutil_fail(L, frc, "write", file);
 	}
 	struct s3_err e = {0};
 	struct file_sink s = {fd, 0};
@@ -655,6 +671,11 @@ static int l_remote_download(lua_State *L)
 	return 1;
 }
 
+static void release_md(void *p)
+{
+	EVP_MD_CTX_free(p);
+}
+
 static int hash_sink(void *arg, const void *buf, size_t n)
 {
 	return EVP_DigestUpdate(arg, buf, n) == 1 ? 0 : -EIO;
@@ -670,20 +691,19 @@ static int l_remote_sha256(lua_State *L)
 	apiutil_opts(L, 3, "remote.sha256", keys);
 	struct apiutil_tick t;
 	apiutil_tick_init(L, 3, &t, "hashing");
-	/* owned by a userdata so a raise (cancel) cannot leak it */
-	EVP_MD_CTX **box = lua_newuserdatauv(L, sizeof(*box), 0);
-	*box = EVP_MD_CTX_new();
-	if (!*box || EVP_DigestInit_ex(*box, EVP_sha256(), NULL) != 1) {
-		EVP_MD_CTX_free(*box);
-		return luaL_error(L, "out of memory");
-	}
-	EVP_MD_CTX *md = *box;
+	lua_settop(L, 3); /* the box goes above the arguments */
+	/* the digest context is owned by a box: any push below may raise */
+	struct jv_box *box = jv_box_push(L);
 	struct s3_remote r;
 	char key[1024];
 	int n = open_remote(L, name, rel, &r, key, sizeof(key));
-	if (n) {
-		EVP_MD_CTX_free(md);
+	if (n)
 		return n;
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	jv_box_set(box, md, release_md);
+	if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+		s3_remote_wipe(&r);
+		return luaL_error(L, "out of memory");
 	}
 	struct s3_err e = {0};
 	int64_t size = -1;
@@ -692,8 +712,7 @@ static int l_remote_sha256(lua_State *L)
 	unsigned hl = 0;
 	if (rc == 0)
 		EVP_DigestFinal_ex(md, h, &hl);
-	EVP_MD_CTX_free(md);
-	*box = NULL;
+	jv_box_release(box);
 	if (rc)
 		return fail(L, &r, rc, &e);
 	s3_remote_wipe(&r);
@@ -760,9 +779,11 @@ static int l_remote_verify(lua_State *L)
 	const char *rel = check_rel(L, 2);
 	luaL_checktype(L, 3, LUA_TTABLE);
 	apiutil_opts(L, 4, "remote.verify", keys);
+	lua_settop(L, 4); /* the box goes above the arguments */
 	char err[1024];
-	struct arch_manifest m;
-	int rc = archive_manifest_arg(L, 3, &m, err, sizeof(err));
+	/* owned by a box: reading the progress option below may raise */
+	struct arch_manifest *m = archive_manifest_push(L);
+	int rc = archive_manifest_arg(L, 3, m, err, sizeof(err));
 	if (rc < 0)
 		return luaL_error(L, "remote.verify: %s", err);
 	struct apiutil_tick t;
@@ -770,14 +791,11 @@ static int l_remote_verify(lua_State *L)
 	struct s3_remote r;
 	char key[1024];
 	int n = open_remote(L, name, rel, &r, key, sizeof(key));
-	if (n) {
-		arch_manifest_free(&m);
+	if (n)
 		return n;
-	}
 	int sv[2];
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
 		int e = -errno;
-		arch_manifest_free(&m);
 		s3_remote_wipe(&r);
 		return apiutil_fail(L, e, "verify", rel);
 	}
@@ -789,17 +807,15 @@ static int l_remote_verify(lua_State *L)
 	if (pthread_create(&th, NULL, pump_main, &p) != 0) {
 		close(sv[0]);
 		close(sv[1]);
-		arch_manifest_free(&m);
 		s3_remote_wipe(&r);
 		return luaL_error(L, "remote.verify: cannot start a thread");
 	}
 	char label[1100];
 	snprintf(label, sizeof(label), "%s", rel);
-	rc = arch_verify_fd(sv[0], label, m.has_bytes ? m.bytes : 0, &m, &t.hooks, err, sizeof(err));
+	rc = arch_verify_fd(sv[0], label, m->has_bytes ? m->bytes : 0, m, &t.hooks, err, sizeof(err));
 	atomic_store(&p.stop, true); /* sv[0] is closed: the pump ends with EPIPE if still sending */
 	pthread_join(th, NULL);
 	close(sv[1]);
-	arch_manifest_free(&m);
 	if (p.rc != 0 && p.rc != -EPIPE && p.rc != -ECANCELED)
 		return fail(L, &r, p.rc, &p.e); /* the download failed: not the archive's fault */
 	s3_remote_wipe(&r);

@@ -92,5 +92,8 @@ void apiutil_limit_args(lua_State *L, int t, const char *module, const struct ap
  * arch_manifest_free); pushes nothing; 0 or -EINVAL with err (api_archive.c). */
 struct arch_manifest;
 int archive_manifest_arg(lua_State *L, int idx, struct arch_manifest *m, char *err, size_t errlen);
+/* An empty manifest on the heap owned by a new box (box.h) pushed on the
+ * stack: released when the calling C function returns or raises. */
+struct arch_manifest *archive_manifest_push(lua_State *L);
 
 #endif

@@ -225,68 +225,65 @@ static bool has_ctl(const char *v)
 	return false;
 }
 
-/* Apply one value to the setting; src names where it came from. */
-static int apply(struct config *cfg, const struct setting *s, const char *v, const char *src,
-                 char *err, size_t errlen)
+/* A text setting (string, path, identifier, path list): checked, copied. */
+static int apply_string(struct config *cfg, const struct setting *s, const char *v,
+                        const char *src, char *err, size_t errlen)
+{
+	char **slot = (char **)((char *)cfg + s->off);
+	if (*v == '\0') {
+		if (s->required) {
+			seterr(err, errlen, "%s: '%s' must not be empty", src, s->key);
+			return -EINVAL;
+		}
+		free(*slot);
+		*slot = NULL;
+		return 0;
+	}
+	if (strlen(v) >= PATH_MAX) {
+		seterr(err, errlen, "%s: '%s' is too long", src, s->key);
+		return -EINVAL;
+	}
+	if (s->kind == K_IDENT && !jv_ident_valid(v)) {
+		seterr(err, errlen,
+		       "%s: '%s' = '%s' is not an identifier ([A-Za-z0-9][A-Za-z0-9._-]{0,63})",
+		       src, s->key, v);
+		return -EINVAL;
+	}
+	if (s->kind == K_PATH && v[0] != '/' && strcmp(s->key, "token_file") != 0 &&
+	    strcmp(s->key, "tls_ca_file") != 0) {
+		seterr(err, errlen, "%s: '%s' = '%s' must be an absolute path", src, s->key, v);
+		return -EINVAL;
+	}
+	if (s->kind == K_PATHLIST) {
+		const char *p = v;
+		while (*p) {
+			size_t len = strcspn(p, ":");
+			if (len == 0 || p[0] != '/') {
+				seterr(err, errlen,
+				       "%s: '%s' must list absolute paths separated by ':' (got '%.*s')",
+				       src, s->key, (int)(len ? len : 1), p);
+				return -EINVAL;
+			}
+			p += len;
+			if (*p == ':')
+				p++;
+		}
+	}
+	char *copy = strdup(v);
+	if (!copy)
+		return -ENOMEM;
+	free(*slot);
+	*slot = copy;
+	return 0;
+}
+
+/* A numeric or enumerated setting: parsed, range-checked, stored. */
+static int apply_value(struct config *cfg, const struct setting *s, const char *v,
+                       const char *src, char *err, size_t errlen)
 {
 	char *base = (char *)cfg;
 	int64_t n64 = 0;
-	if (has_ctl(v)) {
-		seterr(err, errlen, "%s: '%s' contains control characters", src, s->key);
-		return -EINVAL;
-	}
 	switch (s->kind) {
-	case K_STR:
-	case K_PATH:
-	case K_IDENT:
-	case K_PATHLIST: {
-		char **slot = (char **)(base + s->off);
-		if (*v == '\0') {
-			if (s->required) {
-				seterr(err, errlen, "%s: '%s' must not be empty", src, s->key);
-				return -EINVAL;
-			}
-			free(*slot);
-			*slot = NULL;
-			return 0;
-		}
-		if (strlen(v) >= PATH_MAX) {
-			seterr(err, errlen, "%s: '%s' is too long", src, s->key);
-			return -EINVAL;
-		}
-		if (s->kind == K_IDENT && !jv_ident_valid(v)) {
-			seterr(err, errlen,
-			       "%s: '%s' = '%s' is not an identifier ([A-Za-z0-9][A-Za-z0-9._-]{0,63})",
-			       src, s->key, v);
-			return -EINVAL;
-		}
-		if (s->kind == K_PATH && v[0] != '/' && strcmp(s->key, "token_file") != 0 &&
-		    strcmp(s->key, "tls_ca_file") != 0) {
-			seterr(err, errlen, "%s: '%s' = '%s' must be an absolute path", src, s->key, v);
-			return -EINVAL;
-		}
-		if (s->kind == K_PATHLIST) {
-			const char *p = v;
-			while (*p) {
-				size_t len = strcspn(p, ":");
-				if (len == 0 || p[0] != '/') {
-					seterr(err, errlen,
-					       "%s: '%s' must list absolute paths separated by ':' (got '%.*s')",
-					       src, s->key, (int)(len ? len : 1), p);
-					return -EINVAL;
-				}
-				p += len;
-				if (*p == ':')
-					p++;
-			}
-		}
-		char *copy = strdup(v);
-		if (!copy)
-			return -ENOMEM;
-		free(*slot);
-		*slot = copy;
-		return 0;
-	}
 	case K_DURATION: {
 		int rc = parse_duration_ms(v, &n64);
 		if (rc || n64 < (int64_t)(s->min * 1000) || n64 > (int64_t)(s->max * 1000)) {
@@ -350,8 +347,23 @@ static int apply(struct config *cfg, const struct setting *s, const char *v, con
 		*(int *)(base + s->off) = l;
 		return 0;
 	}
+	default:
+		break;
 	}
 	return -EINVAL;
+}
+
+/* Apply one value to the setting; src names where it came from. */
+static int apply(struct config *cfg, const struct setting *s, const char *v, const char *src,
+                 char *err, size_t errlen)
+{
+	if (has_ctl(v)) {
+		seterr(err, errlen, "%s: '%s' contains control characters", src, s->key);
+		return -EINVAL;
+	}
+	if (s->kind == K_STR || s->kind == K_PATH || s->kind == K_IDENT || s->kind == K_PATHLIST)
+		return apply_string(cfg, s, v, src, err, errlen);
+	return apply_value(cfg, s, v, src, err, errlen);
 }
 
 int config_parse_size(const char *v, int64_t *out)

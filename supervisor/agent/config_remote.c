@@ -79,16 +79,10 @@ static int set_str(char **slot, const char *v)
 	return 0;
 }
 
-static int apply_field(struct config_remote *r, enum field f, const char *v, const char *src,
-                       char *err, size_t errlen)
+/* Where the objects are: endpoint, bucket, region, prefix, credentials file. */
+static int apply_text(struct config_remote *r, enum field f, const char *v, const char *src,
+                      char *err, size_t errlen)
 {
-	int64_t n = 0;
-	bool b = false;
-	if (strlen(v) >= PATH_MAX || config_has_ctl(v)) {
-		config_seterr(err, errlen, "%s: 'remote.%s.%s' is too long or contains control characters",
-		              src, r->name, field_key[f]);
-		return -EINVAL;
-	}
 	switch (f) {
 	case F_ENDPOINT: {
 		if (strncasecmp(v, "http://", 7) != 0 && strncasecmp(v, "https://", 8) != 0) {
@@ -134,14 +128,6 @@ static int apply_field(struct config_remote *r, enum field f, const char *v, con
 			r->prefix[--l] = '\0';
 		return rc;
 	}
-	case F_PATH_STYLE:
-		if (config_parse_bool(v, &b)) {
-			config_seterr(err, errlen, "%s: 'remote.%s.path_style' = '%.200s' is not a boolean",
-			              src, r->name, v);
-			return -EINVAL;
-		}
-		r->path_style = b;
-		return 0;
 	case F_CREDENTIALS_FILE:
 		if (v[0] != '/') {
 			config_seterr(err, errlen,
@@ -150,6 +136,27 @@ static int apply_field(struct config_remote *r, enum field f, const char *v, con
 			return -EINVAL;
 		}
 		return set_str(&r->credentials_file, v);
+	default:
+		break;
+	}
+	return -EINVAL;
+}
+
+/* How transfers run: path style, bandwidth limit, part size, parallel parts. */
+static int apply_number(struct config_remote *r, enum field f, const char *v, const char *src,
+                        char *err, size_t errlen)
+{
+	int64_t n = 0;
+	bool b = false;
+	switch (f) {
+	case F_PATH_STYLE:
+		if (config_parse_bool(v, &b)) {
+			config_seterr(err, errlen, "%s: 'remote.%s.path_style' = '%.200s' is not a boolean",
+			              src, r->name, v);
+			return -EINVAL;
+		}
+		r->path_style = b;
+		return 0;
 	case F_BANDWIDTH_LIMIT:
 		if (config_parse_size(v, &n) || n < 0) {
 			config_seterr(err, errlen, "%s: 'remote.%s.bandwidth_limit' = '%.200s' is not a rate in "
@@ -178,10 +185,23 @@ static int apply_field(struct config_remote *r, enum field f, const char *v, con
 		r->parallel = (int)k;
 		return 0;
 	}
-	case F_COUNT:
+	default:
 		break;
 	}
 	return -EINVAL;
+}
+
+static int apply_field(struct config_remote *r, enum field f, const char *v, const char *src,
+                       char *err, size_t errlen)
+{
+	if (strlen(v) >= PATH_MAX || config_has_ctl(v)) {
+		config_seterr(err, errlen, "%s: 'remote.%s.%s' is too long or contains control characters",
+		              src, r->name, field_key[f]);
+		return -EINVAL;
+	}
+	if (f == F_ENDPOINT || f == F_BUCKET || f == F_REGION || f == F_PREFIX || f == F_CREDENTIALS_FILE)
+		return apply_text(r, f, v, src, err, errlen);
+	return apply_number(r, f, v, src, err, errlen);
 }
 
 bool config_remote_is_key(const char *key)

@@ -244,7 +244,15 @@ static int drive(struct jobrun *run, struct run_out *o, int sfd)
 	return exit_for(status);
 }
 
-int cmd_run(int argc, char **argv)
+/* The command line of `jobvisor run`. */
+struct run_args {
+	const char *instance, *data_dir, *params_arg, *config_path, *jobs_dir, *job_id_arg, *what;
+	int timeout, grace, mem_mib;
+	bool json;
+};
+
+/* Parse and check the arguments: -1 when the run goes on, else the exit code. */
+static int parse_run_args(int argc, char **argv, struct run_args *a)
 {
 	static const struct option opts[] = {
 		{"instance", required_argument, NULL, 'i'}, {"data-dir", required_argument, NULL, 'd'},
@@ -254,34 +262,31 @@ int cmd_run(int argc, char **argv)
 		{"config", required_argument, NULL, 'c'},   {"job-id", required_argument, NULL, 'k'},
 		{"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
 	};
-	const char *instance = NULL, *data_dir = NULL, *params_arg = NULL, *config_path = NULL;
-	const char *jobs_dir = NULL, *job_id_arg = NULL;
-	int timeout = 0, grace = 10, mem_mib = 0;
-	bool json = false;
-	int c, code = JV_EXIT_USAGE;
+	*a = (struct run_args){.grace = 10};
+	int c;
 	optind = 1;
 	opterr = 0; /* unknown options are reported in the one usage-error style */
 	while ((c = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
 		switch (c) {
-		case 'i': instance = optarg; break;
-		case 'd': data_dir = optarg; break;
-		case 'p': params_arg = optarg; break;
-		case 'j': jobs_dir = optarg; break;
+		case 'i': a->instance = optarg; break;
+		case 'd': a->data_dir = optarg; break;
+		case 'p': a->params_arg = optarg; break;
+		case 'j': a->jobs_dir = optarg; break;
 		case 't':
-			if (parse_seconds(optarg, &timeout) < 0)
+			if (parse_seconds(optarg, &a->timeout) < 0)
 				return run_usage("--timeout must be a number of seconds");
 			break;
 		case 'g':
-			if (parse_seconds(optarg, &grace) < 0 || grace < 1)
+			if (parse_seconds(optarg, &a->grace) < 0 || a->grace < 1)
 				return run_usage("--cancel-grace must be a positive number of seconds");
 			break;
 		case 'm':
-			if (parse_seconds(optarg, &mem_mib) < 0 || mem_mib < 4 || mem_mib > 65536)
+			if (parse_seconds(optarg, &a->mem_mib) < 0 || a->mem_mib < 4 || a->mem_mib > 65536)
 				return run_usage("--memory-limit must be 4..65536 MiB");
 			break;
-		case 'J': json = true; break;
-		case 'c': config_path = optarg; break;
-		case 'k': job_id_arg = optarg; break;
+		case 'J': a->json = true; break;
+		case 'c': a->config_path = optarg; break;
+		case 'k': a->job_id_arg = optarg; break;
 		case 'h': help_command("run", stdout); return 0;
 		case ':':
 			return help_usage_error("run", "option '%s' needs a value", argv[optind - 1]);
@@ -291,46 +296,31 @@ int cmd_run(int argc, char **argv)
 	}
 	if (optind >= argc)
 		return run_usage("missing job type or script");
-	const char *what = argv[optind];
+	a->what = argv[optind];
 	if (optind + 1 < argc)
 		return run_usage("too many arguments");
-	if (!instance)
+	if (!a->instance)
 		return run_usage("--instance is required");
-	if (job_id_arg && !jv_ident_valid(job_id_arg))
+	if (a->job_id_arg && !jv_ident_valid(a->job_id_arg))
 		return help_usage_error("run", "invalid job id '%s': must match "
-		                        "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}", job_id_arg);
-	if (!jv_ident_valid(instance))
+		                        "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}", a->job_id_arg);
+	if (!jv_ident_valid(a->instance))
 		return help_usage_error("run", "invalid instance id '%s': must match "
-		                        "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}", instance);
+		                        "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}", a->instance);
 	/* As data_dir for the agent (config.c): an absolute path, never relative
 	 * to wherever the command happens to run. */
-	if (data_dir && data_dir[0] != '/')
+	if (a->data_dir && a->data_dir[0] != '/')
 		return help_usage_error("run", "--data-dir '%s' must be an absolute path (as data_dir "
-		                        "for the agent)", data_dir);
-	char err[512];
-	struct config cfg;
-	if (config_load_local(config_path, &cfg, err, sizeof(err)) != 0) {
-		fprintf(stderr, "jobvisor run: %s\n", err);
-		return JV_EXIT_USAGE;
-	}
-	if (!data_dir || !*data_dir)
-		data_dir = cfg.data_dir && *cfg.data_dir ? cfg.data_dir : DEFAULT_DATA_DIR;
-	if (!jobs_dir)
-		jobs_dir = cfg.jobs_dir;
-	size_t mem_limit = mem_mib ? (size_t)mem_mib << 20 : (size_t)cfg.job_memory;
-	int run_uid, run_gid;
-	config_run_user(&cfg, &run_uid, &run_gid);
-	cJSON *settings = config_child_settings(&cfg);
-	cJSON *params = NULL;
-	if (params_arg) {
-		params = load_params(params_arg, err, sizeof(err));
-		if (!params) {
-			code = help_usage_error("run", "%s", err);
-			goto out;
-		}
-	}
-	char script[PATH_MAX];
-	int rc = jobrun_resolve_script(what, jobs_dir, script, sizeof(script));
+		                        "for the agent)", a->data_dir);
+	return -1;
+}
+
+/* The script to run (a job type or a .lua file) and the data dir, created
+ * and made absolute. 0 or JV_EXIT_USAGE (the reason printed). */
+static int resolve_run(const char *what, const char *jobs_dir, const char *data_dir,
+                       char script[PATH_MAX], char abs_data[PATH_MAX])
+{
+	int rc = jobrun_resolve_script(what, jobs_dir, script, PATH_MAX);
 	if (rc < 0) {
 		if (rc == -EINVAL)
 			fprintf(stderr, "jobvisor run: '%s' is neither a job type (like BACKUP_INSTANCE) nor a .lua script\n", what);
@@ -340,30 +330,20 @@ int cmd_run(int argc, char **argv)
 			fprintf(stderr, "jobvisor run: unknown job type '%s' (no %s script in %s%s%s)\n", what,
 			        "matching", jobs_dir ? jobs_dir : "", jobs_dir ? " or " : "",
 			        jobrun_builtin_jobs_dir());
-		code = JV_EXIT_USAGE;
-		goto out;
+		return JV_EXIT_USAGE;
 	}
 	rc = jv_mkdir_p(data_dir, 0750);
-	char abs_data[PATH_MAX];
 	if (rc < 0 || !realpath(data_dir, abs_data)) {
 		fprintf(stderr, "jobvisor run: cannot create data dir '%s': %s\n", data_dir,
 		        strerror(rc < 0 ? -rc : errno));
-		code = JV_EXIT_USAGE;
-		goto out;
+		return JV_EXIT_USAGE;
 	}
+	return 0;
+}
 
-	char job_id[72], run_id[JV_UUID_LEN];
-	if (job_id_arg)
-		snprintf(job_id, sizeof(job_id), "%s", job_id_arg);
-	else
-		jv_uuid4(job_id);
-	jv_uuid4(run_id);
-	struct run_out out = {.json = json, .tty = !json && isatty(STDERR_FILENO), .percent = -1};
-	/* JOBVISOR_LOG_FORMAT / _LEVEL (or the config file) as for the agent; on a
-	 * terminal the progress bar replaces the info lines. */
-	jv_log_setup((enum jv_log_format)cfg.log_format,
-	             out.tty && cfg.log_level < JV_LOG_WARN ? JV_LOG_WARN : (enum jv_log_level)cfg.log_level);
-
+/* SIGINT, SIGTERM and SIGCHLD blocked and read from a signalfd, or -1. */
+static int run_signalfd(void)
+{
 	sigset_t mask;
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGINT);
@@ -373,6 +353,61 @@ int cmd_run(int argc, char **argv)
 	int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (sfd < 0) {
 		fprintf(stderr, "jobvisor run: signalfd: %s\n", strerror(errno));
+		return -1;
+	}
+	return sfd;
+}
+
+int cmd_run(int argc, char **argv)
+{
+	struct run_args a;
+	int code = parse_run_args(argc, argv, &a);
+	if (code >= 0)
+		return code;
+	code = JV_EXIT_USAGE;
+	const char *what = a.what, *instance = a.instance, *data_dir = a.data_dir;
+	const char *jobs_dir = a.jobs_dir, *job_id_arg = a.job_id_arg;
+	char err[512];
+	struct config cfg;
+	if (config_load_local(a.config_path, &cfg, err, sizeof(err)) != 0) {
+		fprintf(stderr, "jobvisor run: %s\n", err);
+		return JV_EXIT_USAGE;
+	}
+	if (!data_dir || !*data_dir)
+		data_dir = cfg.data_dir && *cfg.data_dir ? cfg.data_dir : DEFAULT_DATA_DIR;
+	if (!jobs_dir)
+		jobs_dir = cfg.jobs_dir;
+	size_t mem_limit = a.mem_mib ? (size_t)a.mem_mib << 20 : (size_t)cfg.job_memory;
+	int run_uid, run_gid;
+	config_run_user(&cfg, &run_uid, &run_gid);
+	cJSON *settings = config_child_settings(&cfg);
+	cJSON *params = NULL;
+	if (a.params_arg) {
+		params = load_params(a.params_arg, err, sizeof(err));
+		if (!params) {
+			code = help_usage_error("run", "%s", err);
+			goto out;
+		}
+	}
+	char script[PATH_MAX], abs_data[PATH_MAX];
+	code = resolve_run(what, jobs_dir, data_dir, script, abs_data);
+	if (code)
+		goto out;
+
+	char job_id[72], run_id[JV_UUID_LEN];
+	if (job_id_arg)
+		snprintf(job_id, sizeof(job_id), "%s", job_id_arg);
+	else
+		jv_uuid4(job_id);
+	jv_uuid4(run_id);
+	struct run_out out = {.json = a.json, .tty = !a.json && isatty(STDERR_FILENO), .percent = -1};
+	/* JOBVISOR_LOG_FORMAT / _LEVEL (or the config file) as for the agent; on a
+	 * terminal the progress bar replaces the info lines. */
+	jv_log_setup((enum jv_log_format)cfg.log_format,
+	             out.tty && cfg.log_level < JV_LOG_WARN ? JV_LOG_WARN : (enum jv_log_level)cfg.log_level);
+
+	int sfd = run_signalfd();
+	if (sfd < 0) {
 		code = JV_EXIT_USAGE;
 		goto out;
 	}
@@ -381,13 +416,13 @@ int cmd_run(int argc, char **argv)
 	struct jobrun_spec spec = {
 		.job_id = job_id, .run_id = run_id, .instance_id = instance,
 		.type = by_type ? what : NULL, .by_type = by_type, .attempt = 1, .params = params,
-		.data_dir = abs_data, .script = script, .jobs_dir = jobs_dir, .timeout_s = timeout,
-		.cancel_grace_s = grace, .mem_limit = mem_limit, .run_uid = run_uid, .run_gid = run_gid,
+		.data_dir = abs_data, .script = script, .jobs_dir = jobs_dir, .timeout_s = a.timeout,
+		.cancel_grace_s = a.grace, .mem_limit = mem_limit, .run_uid = run_uid, .run_gid = run_gid,
 		.settings = settings,
 	};
 	static const struct jobrun_ops ops = {.event = on_event, .done = on_done};
 	struct jobrun *run = NULL;
-	rc = jobrun_start(&spec, &ops, &out, &run);
+	int rc = jobrun_start(&spec, &ops, &out, &run);
 	if (rc < 0) {
 		fprintf(stderr, "jobvisor run: cannot start the job-run child: %s\n", strerror(-rc));
 		code = JV_EXIT_FAILED;

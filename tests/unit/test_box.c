@@ -130,3 +130,18 @@ Test(box, allocation_failures_in_the_middle_of_archive_calls_leak_nothing)
 		assert_no_leak();
 	}
 }
+
+/* remote.verify parses the manifest before it reads the progress option;
+ * the refusal is raised before any remote is opened, so no store is needed. */
+Test(box, remote_verify_bad_option_after_the_manifest_was_parsed_leaks_nothing)
+{
+	struct jv_run_ctx ctx;
+	lua_State *L = new_state(&ctx, 64u << 20);
+	run_ok(L, make_tree);
+	int rc = luaL_dostring(L, "return remote.verify('nowhere', 'a.tar.zst', M, { progress = 'half' })");
+	cr_assert_neq(rc, LUA_OK);
+	cr_assert(strstr(lua_tostring(L, -1), "progress"), "%s", lua_tostring(L, -1));
+	lua_settop(L, 0);
+	jv_sandbox_close(L);
+	assert_no_leak();
+}
