@@ -4,7 +4,7 @@
 Counts braces, skipping comments, strings and character literals: a function
 is a top-level '{' ... '}' block whose opening line (or the line before)
 ends a parameter list. Length = lines from the signature's line to the
-closing brace. Usage: scripts/long_functions.py [--max N] [dirs...]
+closing brace. Usage: tests/tools/long_functions.py [--max N] [dirs...]
 (default dirs: supervisor lua examples/controlplane; tests are excluded)."""
 import os
 import re
