@@ -73,6 +73,26 @@ static int open_remote(lua_State *L, const char *name, const char *rel, struct s
 	return 3;
 }
 
+/* The remote, then a file of the instance: the order the bindings need, since
+ * open_remote's failure pushes (and so may raise) only while nothing is held.
+ * On failure nothing is held and the returned count of results is pushed;
+ * on success the caller owns r (s3_remote_wipe) and *fd. */
+static int open_remote_file(lua_State *L, const char *name, const char *rel, struct s3_remote *r,
+                            char *key, size_t keylen, struct fsx *fx, const char *file,
+                            int flags, int *fd)
+{
+	int n = open_remote(L, name, rel, r, key, keylen);
+	if (n)
+		return n;
+	*fd = -1;
+	int frc = fsx_open(fx, file, flags, 0640, 0, fd);
+	if (frc) {
+		s3_remote_wipe(r);
+		return apiutil_fail(L, frc, (flags & O_ACCMODE) == O_RDONLY ? "read" : "write", file);
+	}
+	return 0;
+}
+
 /* After a failed call: wipe, raise on cancel, else nil, message, class. */
 static int fail(lua_State *L, struct s3_remote *r, int rc, const struct s3_err *e)
 {
@@ -307,19 +327,12 @@ static int l_remote_mpu_part(lua_State *L)
 	apiutil_tick_init(L, 6, &t, "uploading");
 	struct fsx fx;
 	apiutil_fsx(L, &fx);
-	/* the remote before the fd: open_remote's failure pushes (and so may
-	 * raise) only while nothing is held */
 	struct s3_remote r;
 	char key[1024];
-	int n = open_remote(L, name, rel, &r, key, sizeof(key));
+	int fd;
+	int n = open_remote_file(L, name, rel, &r, key, sizeof(key), &fx, file, O_RDONLY, &fd);
 	if (n)
 		return n;
-	int fd = -1;
-	int frc = fsx_open(&fx, file, O_RDONLY, 0, 0, &fd);
-	if (frc) {
-		s3_remote_wipe(&r);
-		return apiutil_fail(L, frc, "read", file);
-	}
 	struct s3_err e = {0};
 	char etag[80] = "";
 	int rc = s3_mpu_part(&r, key, id, partno, fd, (off_t)off, (size_t)len, etag, &t.hooks, &e);
@@ -481,15 +494,10 @@ static int l_remote_mpu_upload(lua_State *L)
 	apiutil_fsx(L, &fx);
 	struct s3_remote r;
 	char key[1024];
-	int n = open_remote(L, name, rel, &r, key, sizeof(key));
+	int fd;
+	int n = open_remote_file(L, name, rel, &r, key, sizeof(key), &fx, file, O_RDONLY, &fd);
 	if (n)
 		return n;
-	int fd = -1;
-	int frc = fsx_open(&fx, file, O_RDONLY, 0, 0, &fd);
-	if (frc) {
-		s3_remote_wipe(&r);
-		return apiutil_fail(L, frc, "read", file);
-	}
 	if (parallel == 0)
 		parallel = r.parallel > 0 ? r.parallel : 1;
 	if (parallel > np)
@@ -634,21 +642,17 @@ static int l_remote_download(lua_State *L)
 	apiutil_tick_init(L, 4, &t, "downloading");
 	struct fsx fx;
 	apiutil_fsx(L, &fx);
-	/* the remote before the fd: open_remote's failure pushes (and so may
-	 * raise) only while nothing is held */
 	struct s3_remote r;
 	char key[1024];
-	int n = open_remote(L, name, rel, &r, key, sizeof(key));
+	int fd;
+	int n = open_remote_file(L, name, rel, &r, key, sizeof(key), &fx, file,
+	                         O_WRONLY | O_CREAT | O_APPEND, &fd);
 	if (n)
 		return n;
-	int fd = -1;
-	int frc = fsx_open(&fx, file, O_WRONLY | O_CREAT | O_APPEND, 0640, 0, &fd);
 	struct stat st;
-	if (frc == 0 && fstat(fd, &st) != 0) {
-		frc = -errno;
+	if (fstat(fd, &st) != 0) {
+		int frc = -errno;
 		close(fd);
-	}
-	if (frc) {
 		s3_remote_wipe(&r);
 		return apiutil_fail(L, frc, "write", file);
 	}
