@@ -137,17 +137,6 @@ void config_setting_info(size_t i, const char **key, const char **env, const cha
 	*help = s->help;
 }
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	if (!err || !errlen)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
 /* "3", "2.5", "500ms", "3s", "2m", "1h" -> milliseconds. */
 static int parse_duration_ms(const char *v, int64_t *out)
 {
@@ -173,58 +162,6 @@ static int parse_duration_ms(const char *v, int64_t *out)
 	return 0;
 }
 
-/* "4096", "64K", "256M", "1G" (powers of 1024) -> bytes. */
-static int parse_size(const char *v, int64_t *out)
-{
-	char *end = NULL;
-	errno = 0;
-	if (!isdigit((unsigned char)*v))
-		return -EINVAL;
-	unsigned long long n = strtoull(v, &end, 10);
-	if (errno)
-		return -ERANGE;
-	unsigned shift = 0;
-	if (*end == 'K' || *end == 'k')
-		shift = 10;
-	else if (*end == 'M' || *end == 'm')
-		shift = 20;
-	else if (*end == 'G' || *end == 'g')
-		shift = 30;
-	else if (*end != '\0')
-		return -EINVAL;
-	if (shift && (end[1] != '\0' && strcmp(end + 1, "iB") != 0 && strcmp(end + 1, "B") != 0))
-		return -EINVAL;
-	if (n > (1ULL << 40) >> shift)
-		return -ERANGE;
-	*out = (int64_t)(n << shift);
-	return 0;
-}
-
-static int parse_bool(const char *v, bool *out)
-{
-	static const char *const yes[] = {"true", "yes", "on", "1"};
-	static const char *const no[] = {"false", "no", "off", "0"};
-	for (size_t i = 0; i < JV_ARRAY_LEN(yes); i++) {
-		if (strcasecmp(v, yes[i]) == 0) {
-			*out = true;
-			return 0;
-		}
-		if (strcasecmp(v, no[i]) == 0) {
-			*out = false;
-			return 0;
-		}
-	}
-	return -EINVAL;
-}
-
-static bool has_ctl(const char *v)
-{
-	for (const unsigned char *p = (const unsigned char *)v; *p; p++)
-		if (*p < 0x20 || *p == 0x7f)
-			return true;
-	return false;
-}
-
 /* A text setting (string, path, identifier, path list): checked, copied. */
 static int apply_string(struct config *cfg, const struct setting *s, const char *v,
                         const char *src, char *err, size_t errlen)
@@ -232,7 +169,7 @@ static int apply_string(struct config *cfg, const struct setting *s, const char 
 	char **slot = (char **)((char *)cfg + s->off);
 	if (*v == '\0') {
 		if (s->required) {
-			seterr(err, errlen, "%s: '%s' must not be empty", src, s->key);
+			config_seterr(err, errlen, "%s: '%s' must not be empty", src, s->key);
 			return -EINVAL;
 		}
 		free(*slot);
@@ -240,18 +177,18 @@ static int apply_string(struct config *cfg, const struct setting *s, const char 
 		return 0;
 	}
 	if (strlen(v) >= PATH_MAX) {
-		seterr(err, errlen, "%s: '%s' is too long", src, s->key);
+		config_seterr(err, errlen, "%s: '%s' is too long", src, s->key);
 		return -EINVAL;
 	}
 	if (s->kind == K_IDENT && !jv_ident_valid(v)) {
-		seterr(err, errlen,
+		config_seterr(err, errlen,
 		       "%s: '%s' = '%s' is not an identifier ([A-Za-z0-9][A-Za-z0-9._-]{0,63})",
 		       src, s->key, v);
 		return -EINVAL;
 	}
 	if (s->kind == K_PATH && v[0] != '/' && strcmp(s->key, "token_file") != 0 &&
 	    strcmp(s->key, "tls_ca_file") != 0) {
-		seterr(err, errlen, "%s: '%s' = '%s' must be an absolute path", src, s->key, v);
+		config_seterr(err, errlen, "%s: '%s' = '%s' must be an absolute path", src, s->key, v);
 		return -EINVAL;
 	}
 	if (s->kind == K_PATHLIST) {
@@ -259,7 +196,7 @@ static int apply_string(struct config *cfg, const struct setting *s, const char 
 		while (*p) {
 			size_t len = strcspn(p, ":");
 			if (len == 0 || p[0] != '/') {
-				seterr(err, errlen,
+				config_seterr(err, errlen,
 				       "%s: '%s' must list absolute paths separated by ':' (got '%.*s')",
 				       src, s->key, (int)(len ? len : 1), p);
 				return -EINVAL;
@@ -287,7 +224,7 @@ static int apply_value(struct config *cfg, const struct setting *s, const char *
 	case K_DURATION: {
 		int rc = parse_duration_ms(v, &n64);
 		if (rc || n64 < (int64_t)(s->min * 1000) || n64 > (int64_t)(s->max * 1000)) {
-			seterr(err, errlen,
+			config_seterr(err, errlen,
 			       "%s: '%s' = '%s' is not a duration between %gs and %gs (e.g. 3, 2.5, 500ms, 1m)",
 			       src, s->key, v, s->min, s->max);
 			return -EINVAL;
@@ -300,7 +237,7 @@ static int apply_value(struct config *cfg, const struct setting *s, const char *
 		errno = 0;
 		long long n = strtoll(v, &end, 10);
 		if (end == v || *end || errno || n < (long long)s->min || n > (long long)s->max) {
-			seterr(err, errlen, "%s: '%s' = '%s' is not a whole number from %g to %g", src,
+			config_seterr(err, errlen, "%s: '%s' = '%s' is not a whole number from %g to %g", src,
 			       s->key, v, s->min, s->max);
 			return -EINVAL;
 		}
@@ -308,9 +245,9 @@ static int apply_value(struct config *cfg, const struct setting *s, const char *
 		return 0;
 	}
 	case K_SIZE: {
-		int rc = parse_size(v, &n64);
+		int rc = config_parse_size(v, &n64);
 		if (rc || n64 < (int64_t)s->min || n64 > (int64_t)s->max) {
-			seterr(err, errlen,
+			config_seterr(err, errlen,
 			       "%s: '%s' = '%s' is not a size from %.0f to %.0f bytes (e.g. 4096, 64K, 256M)",
 			       src, s->key, v, s->min, s->max);
 			return -EINVAL;
@@ -320,8 +257,8 @@ static int apply_value(struct config *cfg, const struct setting *s, const char *
 	}
 	case K_BOOL: {
 		bool b;
-		if (parse_bool(v, &b)) {
-			seterr(err, errlen, "%s: '%s' = '%s' is not a boolean (true/false/yes/no/1/0)", src,
+		if (config_parse_bool(v, &b)) {
+			config_seterr(err, errlen, "%s: '%s' = '%s' is not a boolean (true/false/yes/no/1/0)", src,
 			       s->key, v);
 			return -EINVAL;
 		}
@@ -331,7 +268,7 @@ static int apply_value(struct config *cfg, const struct setting *s, const char *
 	case K_LOGFMT: {
 		int f = jv_log_format_parse(v);
 		if (f < 0) {
-			seterr(err, errlen, "%s: '%s' = '%s' must be logfmt or json", src, s->key, v);
+			config_seterr(err, errlen, "%s: '%s' = '%s' must be logfmt or json", src, s->key, v);
 			return -EINVAL;
 		}
 		*(int *)(base + s->off) = f;
@@ -340,7 +277,7 @@ static int apply_value(struct config *cfg, const struct setting *s, const char *
 	case K_LOGLEVEL: {
 		int l = jv_log_level_parse(v);
 		if (l < 0) {
-			seterr(err, errlen, "%s: '%s' = '%s' must be debug, info, warn or error", src,
+			config_seterr(err, errlen, "%s: '%s' = '%s' must be debug, info, warn or error", src,
 			       s->key, v);
 			return -EINVAL;
 		}
@@ -357,28 +294,13 @@ static int apply_value(struct config *cfg, const struct setting *s, const char *
 static int apply(struct config *cfg, const struct setting *s, const char *v, const char *src,
                  char *err, size_t errlen)
 {
-	if (has_ctl(v)) {
-		seterr(err, errlen, "%s: '%s' contains control characters", src, s->key);
+	if (config_has_ctl(v)) {
+		config_seterr(err, errlen, "%s: '%s' contains control characters", src, s->key);
 		return -EINVAL;
 	}
 	if (s->kind == K_STR || s->kind == K_PATH || s->kind == K_IDENT || s->kind == K_PATHLIST)
 		return apply_string(cfg, s, v, src, err, errlen);
 	return apply_value(cfg, s, v, src, err, errlen);
-}
-
-int config_parse_size(const char *v, int64_t *out)
-{
-	return parse_size(v, out);
-}
-
-int config_parse_bool(const char *v, bool *out)
-{
-	return parse_bool(v, out);
-}
-
-bool config_has_ctl(const char *v)
-{
-	return has_ctl(v);
 }
 
 static const struct setting *find_key(const char *key)
@@ -387,31 +309,6 @@ static const struct setting *find_key(const char *key)
 		if (strcmp(settings[i].key, key) == 0)
 			return &settings[i];
 	return NULL;
-}
-
-static char *trim(char *s)
-{
-	while (*s == ' ' || *s == '\t')
-		s++;
-	size_t n = strlen(s);
-	while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
-		s[--n] = '\0';
-	return s;
-}
-
-char *config_trim(char *s)
-{
-	return trim(s);
-}
-
-void config_seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-	if (!err || !errlen)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
 }
 
 /* Read a small regular file, following symlinks (Kubernetes mounts secrets and
@@ -509,12 +406,12 @@ static int load_file(struct config *cfg, const char *path, char *err, size_t err
 	size_t len = 0;
 	int rc = read_small_file(path, 256 * 1024, &text, &len, NULL);
 	if (rc) {
-		seterr(err, errlen, "cannot read config file '%s': %s", path,
+		config_seterr(err, errlen, "cannot read config file '%s': %s", path,
 		       rc == -EFBIG ? "larger than 256 KiB" : strerror(-rc));
 		return rc;
 	}
 	if (memchr(text, '\0', len)) {
-		seterr(err, errlen, "config file '%s' is not a text file", path);
+		config_seterr(err, errlen, "config file '%s' is not a text file", path);
 		free(text);
 		return -EINVAL;
 	}
@@ -529,18 +426,18 @@ static int load_file(struct config *cfg, const char *path, char *err, size_t err
 		if (nl)
 			*nl = '\0';
 		lineno++;
-		char *l = trim(line);
+		char *l = config_trim(line);
 		if (*l == '\0' || *l == '#')
 			continue;
 		char *eq = strchr(l, '=');
 		if (!eq) {
-			seterr(err, errlen, "%s:%d: expected 'key = value'", path, lineno);
+			config_seterr(err, errlen, "%s:%d: expected 'key = value'", path, lineno);
 			rc = -EINVAL;
 			break;
 		}
 		*eq = '\0';
-		char *key = trim(l);
-		char *val = trim(eq + 1);
+		char *key = config_trim(l);
+		char *val = config_trim(eq + 1);
 		size_t vl = strlen(val);
 		if (vl >= 2 && val[0] == '"' && val[vl - 1] == '"') {
 			val[vl - 1] = '\0';
@@ -551,7 +448,7 @@ static int load_file(struct config *cfg, const char *path, char *err, size_t err
 		if (config_remote_is_key(key)) {
 			/* a remote key given twice: the second wins would hide a typo */
 			if (remote_seen(cfg, key, &rseen)) {
-				seterr(err, errlen, "%s:%d: '%.128s' is set twice", path, lineno, key);
+				config_seterr(err, errlen, "%s:%d: '%.128s' is set twice", path, lineno, key);
 				rc = -EINVAL;
 				break;
 			}
@@ -562,13 +459,13 @@ static int load_file(struct config *cfg, const char *path, char *err, size_t err
 		}
 		const struct setting *s = find_key(key);
 		if (!s) {
-			seterr(err, errlen, "%s:%d: unknown setting '%.64s'", path, lineno, key);
+			config_seterr(err, errlen, "%s:%d: unknown setting '%.64s'", path, lineno, key);
 			rc = -EINVAL;
 			break;
 		}
 		size_t idx = (size_t)(s - settings);
 		if (seen[idx]) {
-			seterr(err, errlen, "%s:%d: '%s' is set twice", path, lineno, key);
+			config_seterr(err, errlen, "%s:%d: '%s' is set twice", path, lineno, key);
 			rc = -EINVAL;
 			break;
 		}
@@ -602,7 +499,7 @@ static int validate_connection(struct config *cfg, char *err, size_t errlen)
 	for (size_t i = 0; i < JV_ARRAY_LEN(settings); i++) {
 		const struct setting *s = &settings[i];
 		if (s->required && !*(char **)((char *)cfg + s->off)) {
-			seterr(err, errlen, "'%s' is required (set it in the config file or %s)", s->key,
+			config_seterr(err, errlen, "'%s' is required (set it in the config file or %s)", s->key,
 			       s->env);
 			return -EINVAL;
 		}
@@ -610,7 +507,7 @@ static int validate_connection(struct config *cfg, char *err, size_t errlen)
 	char uerr[256];
 	bool loopback = false;
 	if (transport_check_url(cfg->url, &loopback, uerr, sizeof(uerr))) {
-		seterr(err, errlen, "'url': %s", uerr);
+		config_seterr(err, errlen, "'url': %s", uerr);
 		return -EINVAL;
 	}
 	cfg->url_is_loopback = loopback;
@@ -618,19 +515,19 @@ static int validate_connection(struct config *cfg, char *err, size_t errlen)
 	while (ul > 0 && cfg->url[ul - 1] == '/')
 		cfg->url[--ul] = '\0';
 	if (cfg->tls_insecure_loopback && (!loopback || !is_tls_url(cfg->url))) {
-		seterr(err, errlen,
+		config_seterr(err, errlen,
 		       "'tls_insecure_loopback' is only allowed with an https:// URL on a loopback "
 		       "address (127.0.0.0/8, ::1, localhost)");
 		return -EINVAL;
 	}
 	if (cfg->tls_ca_file && access(cfg->tls_ca_file, R_OK) != 0) {
-		seterr(err, errlen, "cannot read 'tls_ca_file' '%s': %s", cfg->tls_ca_file,
+		config_seterr(err, errlen, "cannot read 'tls_ca_file' '%s': %s", cfg->tls_ca_file,
 		       strerror(errno));
 		return -EINVAL;
 	}
 	struct stat st;
 	if (stat(cfg->token_file, &st) != 0) {
-		seterr(err, errlen, "cannot open 'token_file' '%s': %s", cfg->token_file, strerror(errno));
+		config_seterr(err, errlen, "cannot open 'token_file' '%s': %s", cfg->token_file, strerror(errno));
 		return -EINVAL;
 	}
 	return 0;
@@ -646,29 +543,29 @@ static int validate(struct config *cfg, bool local, char *err, size_t errlen)
 			return rc;
 	}
 	if (cfg->job_timeout_s > cfg->job_timeout_max_s) {
-		seterr(err, errlen, "'job_timeout' (%d) is larger than 'job_timeout_max' (%d)",
+		config_seterr(err, errlen, "'job_timeout' (%d) is larger than 'job_timeout_max' (%d)",
 		       cfg->job_timeout_s, cfg->job_timeout_max_s);
 		return -EINVAL;
 	}
 	if (cfg->cancel_grace_s > cfg->cancel_grace_max_s) {
-		seterr(err, errlen, "'cancel_grace' (%d) is larger than 'cancel_grace_max' (%d)",
+		config_seterr(err, errlen, "'cancel_grace' (%d) is larger than 'cancel_grace_max' (%d)",
 		       cfg->cancel_grace_s, cfg->cancel_grace_max_s);
 		return -EINVAL;
 	}
 	if (cfg->user) {
 		struct passwd *pw = getpwnam(cfg->user);
 		if (!pw) {
-			seterr(err, errlen, "'user' = '%.64s': no such user", cfg->user);
+			config_seterr(err, errlen, "'user' = '%.64s': no such user", cfg->user);
 			return -EINVAL;
 		}
 		if (geteuid() != 0 && pw->pw_uid != geteuid()) {
-			seterr(err, errlen, "'user' = '%.64s' needs the agent to run as root", cfg->user);
+			config_seterr(err, errlen, "'user' = '%.64s' needs the agent to run as root", cfg->user);
 			return -EINVAL;
 		}
 	}
 	struct stat st;
 	if (cfg->jobs_dir && (stat(cfg->jobs_dir, &st) != 0 || !S_ISDIR(st.st_mode))) {
-		seterr(err, errlen, "'jobs_dir' '%s' is not a directory", cfg->jobs_dir);
+		config_seterr(err, errlen, "'jobs_dir' '%s' is not a directory", cfg->jobs_dir);
 		return -EINVAL;
 	}
 	return 0;
@@ -693,7 +590,7 @@ static int load(const char *path, char *const *envp, bool local, struct config *
 			snprintf(src, sizeof(src), "environment %s", settings[i].env);
 			char copy[PATH_MAX];
 			snprintf(copy, sizeof(copy), "%s", v);
-			rc = apply(cfg, &settings[i], trim(copy), src, err, errlen);
+			rc = apply(cfg, &settings[i], config_trim(copy), src, err, errlen);
 		}
 	}
 	if (rc == 0)
@@ -764,14 +661,14 @@ int config_read_token(const struct config *cfg, char **token, char *err, size_t 
 	struct stat st;
 	int rc = read_small_file(path, 4096, &text, &len, &st);
 	if (rc) {
-		seterr(err, errlen, "cannot read token file '%s': %s", path,
+		config_seterr(err, errlen, "cannot read token file '%s': %s", path,
 		       rc == -EFBIG ? "larger than 4 KiB" : strerror(-rc));
 		return rc;
 	}
 	if (st.st_mode & (S_IRGRP | S_IWGRP | S_IROTH | S_IWOTH)) {
 		explicit_bzero(text, len);
 		free(text);
-		seterr(err, errlen,
+		config_seterr(err, errlen,
 		       "token file '%s' is accessible by group or others (mode %04o); run chmod 600 on it",
 		       path, (unsigned)(st.st_mode & 07777));
 		return -EPERM;
@@ -790,7 +687,7 @@ int config_read_token(const struct config *cfg, char **token, char *err, size_t 
 	if (!ok) {
 		explicit_bzero(text, len);
 		free(text);
-		seterr(err, errlen,
+		config_seterr(err, errlen,
 		       "token file '%s' must hold one token of 1 to 1024 visible ASCII characters",
 		       path);
 		return -EINVAL;
@@ -799,7 +696,7 @@ int config_read_token(const struct config *cfg, char **token, char *err, size_t 
 	explicit_bzero(text, len);
 	free(text);
 	if (!tok) {
-		seterr(err, errlen, "cannot read token file '%s': out of memory", path);
+		config_seterr(err, errlen, "cannot read token file '%s': out of memory", path);
 		return -ENOMEM;
 	}
 	*token = tok;

@@ -1,5 +1,6 @@
-/* config_internal.h — what config.c shares with config_remote.c: the value
- * parsers and the remote family's entry points. Private to supervisor/agent/. */
+/* config_internal.h — the value parsers (config_value.c) that config.c and
+ * config_remote.c share, and the remote family's entry points. Private to
+ * supervisor/agent/. */
 #ifndef JV_CONFIG_INTERNAL_H
 #define JV_CONFIG_INTERNAL_H
 
