@@ -243,19 +243,21 @@ static void on_status(struct inst *in, const cJSON *st, const char *override_sta
 			cJSON_ReplaceItemInObjectCaseSensitive(c, "pid", cJSON_CreateNull());
 			cJSON_AddBoolToObject(c, "restarting", true);
 		}
+		char why[256];
+		snprintf(why, sizeof(why), "%s", jv_json_str(c, "message", ""));
+		emit(in, c, true); /* logged after: a logged state is in the stream */
 		jv_info(NULL, NULL, "instance %s: CRASHED (was %s): %s", in->id, prev[0] ? prev : "unknown",
-		        jv_json_str(c, "message", ""));
-		emit(in, c, true);
+		        why);
 		snprintf(prev, sizeof(prev), "CRASHED");
 	}
 	cJSON *ev = state_event(in, state, st, message);
 	if (ev && pid <= 0)
 		cJSON_ReplaceItemInObjectCaseSensitive(ev, "pid", cJSON_CreateNull());
+	emit(in, ev, true);
 	if (prev[0])
 		jv_info(NULL, NULL, "instance %s: %s (was %s)", in->id, state, prev);
 	else
 		jv_info(NULL, NULL, "instance %s: %s", in->id, state);
-	emit(in, ev, true);
 }
 
 static void note(struct inst *in, const char *what, const char *message)
@@ -299,6 +301,37 @@ static void watch_jv_dir(struct inst *in)
 	in->wd = inotify_add_watch(iw->ino_fd, path, IN_CREATE | IN_MOVED_TO | IN_ONLYDIR);
 }
 
+/* What the instance last reported, returned-owned: last.json, unless the
+ * stream holds a newer state event. emit() makes an event durable before it
+ * rewrites last.json, so an agent killed between the two leaves last.json one
+ * state behind with that event still pending (never sent: delivery starts
+ * after emit returns). Trusting last.json then would report the state twice. */
+static cJSON *load_last(struct inst *in)
+{
+	cJSON *last = spool_run_get(in->stream, "last.json");
+	for (size_t i = spool_run_pending(in->stream); i-- > 0;) {
+		cJSON *e = spool_run_pending_event(in->stream, i);
+		if (!e || strcmp(jv_json_str(e, "kind", ""), "state") != 0) {
+			cJSON_Delete(e);
+			continue;
+		}
+		if (jv_json_int(e, "seq", 0) <= jv_json_int(last, "seq", 0)) {
+			cJSON_Delete(e);
+			break;
+		}
+		jv_info(NULL, NULL, "instance %s: its last state is %s (seq %lld) from the event stream; "
+		        "last.json was behind", in->id, jv_json_str(e, "state", "?"),
+		        (long long)jv_json_int(e, "seq", 0));
+		int rc = spool_run_put(in->stream, "last.json", e);
+		if (rc)
+			jv_warn(NULL, NULL, "instance %s: cannot record its last state: %s", in->id,
+			        strerror(-rc));
+		cJSON_Delete(last);
+		return e;
+	}
+	return last;
+}
+
 static struct inst *inst_new(struct instwatch *iw, const char *id)
 {
 	struct inst *in = calloc(1, sizeof(*in));
@@ -316,7 +349,7 @@ static struct inst *inst_new(struct instwatch *iw, const char *id)
 		        "its state changes are not reported", id, iw->ag->cfg.data_dir, strerror(-rc));
 		in->stream = NULL;
 	} else {
-		in->last = spool_run_get(in->stream, "last.json");
+		in->last = load_last(in);
 		if (spool_run_pending(in->stream) > 0)
 			jv_info(NULL, NULL, "instance %s: %zu state events from before the restart to deliver",
 			        id, spool_run_pending(in->stream));
@@ -667,6 +700,18 @@ static void reporting_off(struct instwatch *iw, long status)
 	        "state is not reported until the agent restarts", status);
 }
 
+/* The control plane answered after an outage: every report waiting out its
+ * backoff (up to backoff_max, a minute by default) goes now, so delivery
+ * resumes within one answer of its return rather than one backoff. */
+static void wake_failing(struct instwatch *iw)
+{
+	for (struct inst *in = iw->list; in; in = in->next)
+		if (in->failing && !in->req)
+			in->retry_at_ms = 0;
+	if (iw->snap_wanted && !iw->snap_req)
+		iw->snap_at_ms = 0;
+}
+
 static void on_events_answer(void *ud, const struct transport_response *resp)
 {
 	struct inst *in = ud;
@@ -704,11 +749,13 @@ static void on_events_answer(void *ud, const struct transport_response *resp)
 	if (rc)
 		jv_warn(NULL, NULL, "instance %s: cannot record the acknowledgement: %s", in->id,
 		        strerror(-rc));
-	if (in->failing)
-		jv_info(NULL, NULL, "instance %s: delivering state events again", in->id);
-	in->failing = false;
 	backoff_reset(&in->bo);
 	in->retry_at_ms = 0;
+	if (in->failing) {
+		jv_info(NULL, NULL, "instance %s: delivering state events again", in->id);
+		in->failing = false;
+		wake_failing(iw);
+	}
 }
 
 static void deliver(struct instwatch *iw, struct inst *in, int64_t now)
@@ -750,6 +797,7 @@ static void on_snapshot_answer(void *ud, const struct transport_response *resp)
 	}
 	backoff_reset(&iw->snap_bo);
 	jv_debug(NULL, NULL, "instance snapshot delivered");
+	wake_failing(iw);
 }
 
 static void send_snapshot(struct instwatch *iw, int64_t now)
@@ -937,7 +985,10 @@ void instwatch_tick(struct agent *ag, int64_t now)
 
 void instwatch_want_snapshot(struct agent *ag)
 {
-	if (!ag->iw || ag->iw->snap_req)
+	if (!ag->iw)
+		return;
+	wake_failing(ag->iw); /* the control plane answered a poll */
+	if (ag->iw->snap_req)
 		return; /* one on its way already says the same */
 	ag->iw->snap_wanted = true;
 	ag->iw->snap_at_ms = jv_now_mono_ms();

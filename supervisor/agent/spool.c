@@ -279,6 +279,14 @@ size_t spool_run_pending(const struct spool_run *sr)
 	return sr->n - sr->head;
 }
 
+cJSON *spool_run_pending_event(const struct spool_run *sr, size_t i)
+{
+	if (i >= spool_run_pending(sr))
+		return NULL;
+	const struct spool_event *e = &sr->ev[sr->head + i];
+	return jv_json_parse(e->line, e->len);
+}
+
 char *spool_run_batch(const struct spool_run *sr, size_t max_events, size_t max_bytes,
                       uint64_t *last)
 {
