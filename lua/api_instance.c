@@ -48,18 +48,13 @@ bool instance_state_final(const cJSON *st)
 
 double instance_opt_seconds(lua_State *L, int idx, const char *key, double def, int max)
 {
-	if (lua_isnoneornil(L, idx))
-		return def;
-	int t = lua_getfield(L, idx, key);
-	double v = def;
-	if (t != LUA_TNIL) {
-		v = lua_tonumber(L, -1);
-		if (t != LUA_TNUMBER || isnan(v) || v <= 0 || v > max)
-			luaL_error(L, "option '%s' must be a number of seconds in (0, %d], got %s", key, max,
-			           luaL_tolstring(L, -1, NULL));
-	}
+	int t = apiutil_opt_get(L, idx, key);
+	double v = lua_tonumber(L, -1);
+	if (t != LUA_TNIL && (t != LUA_TNUMBER || isnan(v) || v <= 0 || v > max))
+		luaL_error(L, "option '%s' must be a number of seconds in (0, %d], got %s", key, max,
+		           luaL_tolstring(L, -1, NULL));
 	lua_pop(L, 1);
-	return v;
+	return t == LUA_TNIL ? def : v;
 }
 
 static void sleep_ms(int ms)
@@ -307,12 +302,14 @@ int instance_ensure_monitor(struct jv_run_ctx *ctx, bool adopt_only, double time
 	}
 }
 
-cJSON *instance_fetch_status(lua_State *L, struct jv_run_ctx *ctx, char *msg, size_t len)
+cJSON *instance_fetch_status(struct jv_run_ctx *ctx, struct jv_box *box, char *msg, size_t len)
 {
 	cJSON *st = NULL;
 	int rc = jv_instance_status(ctx->instance_dir, &st);
 	if (rc < 0)
 		snprintf(msg, len, "cannot read the instance status: %s", strerror(-rc));
+	else if (box)
+		jv_box_set(box, st, jv_box_release_json);
 	return st;
 }
 
@@ -338,10 +335,9 @@ static int l_instance_start(lua_State *L)
 	if (rc < 0)
 		return jv_push_fail(L, "cannot start instance '%s': %s", ctx->instance_id, msg);
 	struct jv_box *box = jv_box_push(L);
-	cJSON *st = instance_fetch_status(L, ctx, msg, sizeof(msg));
+	cJSON *st = instance_fetch_status(ctx, box, msg, sizeof(msg));
 	if (!st)
 		return jv_push_fail(L, "%s", msg);
-	jv_box_set(box, st, jv_box_release_json);
 	if (!jv_json_bool(st, "monitor", false) && instance_state_final(st)) {
 		/* It started and already ended (e.g. a crash loop at once). */
 		return jv_push_fail(L, "instance '%s' is %s: %s", ctx->instance_id,
@@ -360,10 +356,9 @@ static int l_instance_status(lua_State *L)
 	struct jv_run_ctx *ctx = jv_ctx(L);
 	char msg[600];
 	struct jv_box *box = jv_box_push(L);
-	cJSON *st = instance_fetch_status(L, ctx, msg, sizeof(msg));
+	cJSON *st = instance_fetch_status(ctx, box, msg, sizeof(msg));
 	if (!st)
 		return jv_push_fail(L, "%s", msg);
-	jv_box_set(box, st, jv_box_release_json);
 	if (jv_json_bool(st, "orphan", false)) {
 		/* Its monitor died: put a new one in charge before answering. */
 		jv_box_release(box);
@@ -373,9 +368,8 @@ static int l_instance_status(lua_State *L)
 			return jv_raise_cancel(L);
 		if (rc < 0)
 			return jv_push_fail(L, "cannot adopt the orphaned server: %s", msg);
-		if (!(st = instance_fetch_status(L, ctx, msg, sizeof(msg))))
+		if (!(st = instance_fetch_status(ctx, box, msg, sizeof(msg))))
 			return jv_push_fail(L, "%s", msg);
-		jv_box_set(box, st, jv_box_release_json);
 	}
 	jv_json_to_lua(L, st);
 	return 1;

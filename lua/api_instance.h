@@ -11,6 +11,7 @@
 #include <cjson/cJSON.h>
 
 #include "apiutil.h"
+#include "box.h"
 
 #define SLICE_MS 100
 #define LASTSEQ_KEY "jv.instance.lastseq"
@@ -37,8 +38,9 @@ enum ensure_result { ENSURE_ALREADY, ENSURE_STARTED, ENSURE_ADOPTED, ENSURE_NONE
  * Returns 0 with *res, 1 when cancelled, or -errno with msg. */
 int instance_ensure_monitor(struct jv_run_ctx *ctx, bool adopt_only, double timeout_s,
                             enum ensure_result *res, char *msg, size_t len);
-/* The monitor's status (returned-owned), or NULL with msg. */
-cJSON *instance_fetch_status(lua_State *L, struct jv_run_ctx *ctx, char *msg, size_t len);
+/* The monitor's status, or NULL with msg. Owned by box when given (the
+ * caller's, already pushed), else returned-owned: cJSON_Delete. */
+cJSON *instance_fetch_status(struct jv_run_ctx *ctx, struct jv_box *box, char *msg, size_t len);
 
 int l_instance_stop(lua_State *L);
 int l_instance_wait_ready(lua_State *L);

@@ -46,10 +46,9 @@ static int stopped_from_state(lua_State *L, struct jv_run_ctx *ctx, bool already
 {
 	char msg[600];
 	struct jv_box *box = jv_box_push(L);
-	cJSON *st = instance_fetch_status(L, ctx, msg, sizeof(msg));
+	cJSON *st = instance_fetch_status(ctx, box, msg, sizeof(msg));
 	if (!st)
 		return jv_push_fail(L, "%s", msg);
-	jv_box_set(box, st, jv_box_release_json);
 	if (check_final && !instance_state_final(st) && !jv_json_bool(st, "stale", false))
 		return jv_push_fail(L, "the monitor went away while stopping (state %s)",
 		                    jv_json_str(st, "state", "?"));

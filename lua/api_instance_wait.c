@@ -60,7 +60,7 @@ static int subscribe(struct jv_run_ctx *ctx, bool console, long long since, stru
 static int not_running(lua_State *L, struct jv_run_ctx *ctx, const char *waiting_for)
 {
 	char msg[600];
-	cJSON *st = instance_fetch_status(L, ctx, msg, sizeof(msg));
+	cJSON *st = instance_fetch_status(ctx, NULL, msg, sizeof(msg));
 	if (!st)
 		return jv_push_fail(L, "%s", msg);
 	snprintf(msg, sizeof(msg), "instance '%s' is %s%s%s while waiting for %s", ctx->instance_id,

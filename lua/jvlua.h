@@ -66,6 +66,10 @@ struct jv_run_ctx {
 /* The context of the running job (never NULL inside a job run). */
 struct jv_run_ctx *jv_ctx(lua_State *L);
 void jv_ctx_install(lua_State *L, struct jv_run_ctx *ctx);
+/* A new object naming the run: jobId, runId, attempt, type, and the key
+ * stamp (e.g. "startedAt") with the time now. Returned-owned: cJSON_Delete;
+ * NULL when out of memory. */
+cJSON *jv_ctx_ident_json(const struct jv_run_ctx *ctx, const char *stamp);
 
 /* Cancellation. jv_cancelled() is cheap; jv_checkpoint() raises the
  * cancellation error (see jv_is_cancel_error) when cancel was requested. */
