@@ -34,8 +34,11 @@ struct jv_run_ctx {
 
 	int event_fd; /* JSON lines to the parent */
 
-	/* Set by the SIGTERM/SIGINT handler; read at safe points. */
+	/* Set by the SIGTERM/SIGINT handler; read at safe points. NULL: never. */
 	volatile sig_atomic_t *cancel_flag;
+
+	/* Process records proc.run has opened (lua/api_proc.c names them <run>.<n>). */
+	unsigned proc_records;
 
 	/* Agent settings passed down in the spec (borrowed, may be NULL). */
 	const cJSON *settings; /* e.g. allowed_executables, user, console log sizes */
