@@ -262,14 +262,15 @@ static void reporting_off(struct instwatch *iw, long status)
 }
 
 /* The control plane answered after an outage: every report waiting out its
- * backoff (up to backoff_max, a minute by default) goes now, so delivery
- * resumes within one answer of its return rather than one backoff. */
+ * backoff (up to backoff_max, a minute by default) because nothing answered
+ * goes now, so delivery resumes within one answer of its return rather than
+ * one backoff. A report the control plane itself refused keeps its backoff. */
 void instreport_wake(struct instwatch *iw)
 {
 	for (struct inst *in = iw->list; in; in = in->next)
-		if (in->failing && !in->req)
+		if (in->failing && in->unanswered && !in->req)
 			in->retry_at_ms = 0;
-	if (iw->snap_wanted && !iw->snap_req)
+	if (iw->snap_wanted && iw->snap_unanswered && !iw->snap_req)
 		iw->snap_at_ms = 0;
 }
 
@@ -302,6 +303,7 @@ static void on_events_answer(void *ud, const struct transport_response *resp)
 				         "%ld; retrying in %.1fs", in->id, resp->status, (double)delay / 1000.0);
 		}
 		in->failing = true;
+		in->unanswered = resp->status == 0;
 		return;
 	}
 	if ((uint64_t)ack > sent)
@@ -312,6 +314,7 @@ static void on_events_answer(void *ud, const struct transport_response *resp)
 		        strerror(-rc));
 	backoff_reset(&in->bo);
 	in->retry_at_ms = 0;
+	in->unanswered = false;
 	if (in->failing) {
 		jv_info(NULL, NULL, "instance %s: delivering state events again", in->id);
 		in->failing = false;
@@ -335,6 +338,7 @@ void instreport_deliver(struct instwatch *iw, struct inst *in, int64_t now)
 	                        on_events_answer, in, &in->req);
 	if (rc) {
 		in->req = NULL;
+		in->unanswered = false; /* our own failure: no answer will change it */
 		in->retry_at_ms = now + backoff_next(&in->bo, -1, jv_random_u64());
 		return;
 	}
@@ -351,12 +355,14 @@ static void on_snapshot_answer(void *ud, const struct transport_response *resp)
 	}
 	if (transport_classify(resp) != TRANSPORT_OK) {
 		iw->snap_wanted = true;
+		iw->snap_unanswered = resp->status == 0;
 		iw->snap_at_ms = jv_now_mono_ms() + backoff_next(&iw->snap_bo, resp->retry_after_ms,
 		                                                 jv_random_u64());
 		jv_debug(NULL, NULL, "instance snapshot not delivered (HTTP %ld); retrying", resp->status);
 		return;
 	}
 	backoff_reset(&iw->snap_bo);
+	iw->snap_unanswered = false;
 	jv_debug(NULL, NULL, "instance snapshot delivered");
 	instreport_wake(iw);
 }
@@ -394,6 +400,7 @@ void instreport_snapshot(struct instwatch *iw, int64_t now)
 	                   on_snapshot_answer, iw, &iw->snap_req)) {
 		iw->snap_req = NULL;
 		iw->snap_wanted = true;
+		iw->snap_unanswered = false;
 		iw->snap_at_ms = now + backoff_next(&iw->snap_bo, -1, jv_random_u64());
 	}
 }

@@ -48,6 +48,7 @@ struct inst {
 	int64_t retry_at_ms;
 	struct backoff bo;
 	bool failing;
+	bool unanswered; /* the last failure got no answer: the control plane was unreachable */
 
 	struct inst *next;
 };
@@ -65,6 +66,7 @@ struct instwatch {
 	int64_t snap_at_ms;
 	struct transport_req *snap_req;
 	struct backoff snap_bo;
+	bool snap_unanswered; /* as inst.unanswered, for the snapshot */
 	bool too_many_warned;
 };
 
@@ -85,7 +87,8 @@ cJSON *instreport_load_last(struct inst *in);
 void instreport_deliver(struct instwatch *iw, struct inst *in, int64_t now);
 /* Send the snapshot of every instance when wanted and due. */
 void instreport_snapshot(struct instwatch *iw, int64_t now);
-/* The control plane answered: retry every report waiting out a backoff now. */
+/* The control plane answered: retry now every report that is waiting out a
+ * backoff because the control plane did not answer. */
 void instreport_wake(struct instwatch *iw);
 
 #endif
