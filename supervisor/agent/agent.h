@@ -123,6 +123,7 @@ struct agent {
 	int64_t started_real_ms;
 	int64_t heartbeat_at_ms;    /* monotonic: next write of the state file */
 	bool state_warned;
+	uint64_t state_url_gen;     /* transport_url_gen() the state file shows */
 };
 
 /* agent.c */

@@ -97,8 +97,11 @@ static int write_state(struct agent *ag)
 
 int64_t health_state_beat(struct agent *ag, int64_t now)
 {
-	if (now < ag->heartbeat_at_ms)
+	/* A move to another control-plane URL shows at once. */
+	uint64_t gen = transport_url_gen(ag->tp);
+	if (now < ag->heartbeat_at_ms && gen == ag->state_url_gen)
 		return ag->heartbeat_at_ms;
+	ag->state_url_gen = gen;
 	int rc = write_state(ag);
 	if (rc && !ag->state_warned) {
 		jv_warn(NULL, NULL, "cannot write '%s/%s' (what `jobvisor health` reads): %s",

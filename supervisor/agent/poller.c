@@ -111,7 +111,6 @@ static void failed_over(struct agent *ag, const char *why)
 	p->failures++;
 	p->again = false;
 	p->failing = true;
-	ag->heartbeat_at_ms = 0; /* the state file shows the new URL now */
 	jv_info(NULL, NULL, "poll failed: %s; polling %s now", why, transport_current_url(ag->tp));
 }
 

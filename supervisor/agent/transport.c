@@ -158,7 +158,12 @@ void transport_free(struct transport *tp)
 
 const char *transport_current_url(const struct transport *tp)
 {
-	return endpoints_current(&tp->ep);
+	return tp ? endpoints_current(&tp->ep) : "";
+}
+
+uint64_t transport_url_gen(const struct transport *tp)
+{
+	return tp ? tp->ep.gen : 0;
 }
 
 size_t transport_active(const struct transport *tp)

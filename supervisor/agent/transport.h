@@ -57,8 +57,9 @@ int transport_configure(struct transport *tp, const struct transport_opts *opts)
 /* Abort every request (no callbacks) and free. NULL ok. */
 void transport_free(struct transport *tp);
 
-/* The base URL requests go to now. */
+/* The base URL requests go to now, and a number that changes whenever it does. */
 const char *transport_current_url(const struct transport *tp);
+uint64_t transport_url_gen(const struct transport *tp);
 
 /* POST body (consumed: freed by the transport) as JSON to the current base URL + path.
  * timeout_ms bounds the whole request. *out (optional) is a borrowed handle
