@@ -139,21 +139,27 @@ Test(config, several_urls_from_the_file_and_from_the_environment)
 
 Test(config, insecure_tls_needs_every_url_on_loopback_and_https)
 {
-	char buf[8][512];
-	size_t n;
-	char **envp = base_env(buf, &n);
-	add_env(envp, &n, "JOBVISOR_TLS_INSECURE_LOOPBACK=true");
-	add_env(envp, &n, "JOBVISOR_URL=https://127.0.0.1:1,https://localhost:2");
-	struct config cfg;
-	char err[256] = "";
-	cr_assert_eq(config_load(NULL, envp, &cfg, err, sizeof(err)), 0, "%s", err);
-	config_free(&cfg);
-	add_env(envp, &n, "JOBVISOR_URL=https://127.0.0.1:1,https://cp.example.com");
-	cr_assert_eq(config_load(NULL, envp, &cfg, err, sizeof(err)), -EINVAL);
-	cr_assert(strstr(err, "tls_insecure_loopback"), "%s", err);
-	add_env(envp, &n, "JOBVISOR_URL=https://127.0.0.1:1,http://127.0.0.1:2");
-	cr_assert_eq(config_load(NULL, envp, &cfg, err, sizeof(err)), -EINVAL);
-	cr_assert(strstr(err, "tls_insecure_loopback"), "%s", err);
+	static const struct {
+		const char *url;
+		int rc;
+	} cases[] = {
+		{"JOBVISOR_URL=https://127.0.0.1:1,https://localhost:2", 0},
+		{"JOBVISOR_URL=https://127.0.0.1:1,https://cp.example.com", -EINVAL},
+		{"JOBVISOR_URL=https://127.0.0.1:1,http://127.0.0.1:2", -EINVAL},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char buf[8][512], err[256] = "";
+		size_t n;
+		char **envp = add_env(base_env(buf, &n), &n, "JOBVISOR_TLS_INSECURE_LOOPBACK=true");
+		add_env(envp, &n, cases[i].url);
+		struct config cfg;
+		int rc = config_load(NULL, envp, &cfg, err, sizeof(err));
+		cr_assert_eq(rc, cases[i].rc, "%s: %s", cases[i].url, err);
+		if (rc == 0)
+			config_free(&cfg);
+		else
+			cr_assert(strstr(err, "tls_insecure_loopback"), "%s", err);
+	}
 }
 
 Test(config, every_setting_has_a_file_key_and_an_environment_variable)

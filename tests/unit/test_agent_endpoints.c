@@ -40,37 +40,39 @@ static void parsed_free(struct parsed *p)
 		free(p->urls[i]);
 }
 
-Test(urls, one_url_is_a_list_of_one)
+/* v parses into the NULL-terminated want[], with this loopback verdict. */
+static void expect_ok(const char *v, bool loopback, const char *const *want)
 {
 	struct parsed p;
-	parse("https://cp.example.com/base/", &p);
-	cr_assert_eq(p.rc, 0, "%s", p.err);
-	cr_assert_eq(p.n, 1);
-	cr_assert_str_eq(p.urls[0], "https://cp.example.com/base");
-	cr_assert_not(p.loopback);
+	parse(v, &p);
+	cr_assert_eq(p.rc, 0, "'%s': %s", v, p.err);
+	size_t n = 0;
+	for (; want[n]; n++) {
+		cr_assert_lt(n, p.n, "'%s' gave %zu URLs", v, p.n);
+		cr_assert_str_eq(p.urls[n], want[n], "'%s' URL %zu", v, n + 1);
+	}
+	cr_assert_eq(p.n, n, "'%s' gave %zu URLs, want %zu", v, p.n, n);
+	cr_assert_eq(p.loopback, loopback, "'%s' loopback", v);
 	parsed_free(&p);
+}
+
+Test(urls, one_url_is_a_list_of_one)
+{
+	expect_ok("https://cp.example.com/base/", false,
+	          (const char *const[]){"https://cp.example.com/base", NULL});
 }
 
 Test(urls, several_urls_keep_their_order_and_lose_spaces_and_trailing_slashes)
 {
-	struct parsed p;
-	parse(" http://127.0.0.1:8001/ ,http://localhost:8002,\thttp://[::1]:8003/cp// ", &p);
-	cr_assert_eq(p.rc, 0, "%s", p.err);
-	cr_assert_eq(p.n, 3);
-	cr_assert_str_eq(p.urls[0], "http://127.0.0.1:8001");
-	cr_assert_str_eq(p.urls[1], "http://localhost:8002");
-	cr_assert_str_eq(p.urls[2], "http://[::1]:8003/cp");
-	cr_assert(p.loopback);
-	parsed_free(&p);
+	expect_ok(" http://127.0.0.1:8001/ ,http://localhost:8002,\thttp://[::1]:8003/cp// ", true,
+	          (const char *const[]){"http://127.0.0.1:8001", "http://localhost:8002",
+	                                "http://[::1]:8003/cp", NULL});
 }
 
 Test(urls, loopback_only_when_every_host_is)
 {
-	struct parsed p;
-	parse("http://127.0.0.1:8001,https://cp.example.com", &p);
-	cr_assert_eq(p.rc, 0, "%s", p.err);
-	cr_assert_not(p.loopback);
-	parsed_free(&p);
+	expect_ok("http://127.0.0.1:8001,https://cp.example.com", false,
+	          (const char *const[]){"http://127.0.0.1:8001", "https://cp.example.com", NULL});
 }
 
 static void expect_bad(const char *v, const char *needle)
@@ -117,15 +119,10 @@ Test(urls, the_same_replica_twice_is_refused)
 
 Test(urls, different_ports_paths_or_schemes_are_different_replicas)
 {
-	const char *ok[] = {"http://a,http://a:8080", "http://a/x,http://a/y", "http://a,https://a",
-	                    "http://a/X,http://a/x"};
-	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
-		struct parsed p;
-		parse(ok[i], &p);
-		cr_assert_eq(p.rc, 0, "'%s': %s", ok[i], p.err);
-		cr_assert_eq(p.n, 2);
-		parsed_free(&p);
-	}
+	expect_ok("http://a,http://a:8080", false, (const char *const[]){"http://a", "http://a:8080", NULL});
+	expect_ok("http://a/x,http://a/y", false, (const char *const[]){"http://a/x", "http://a/y", NULL});
+	expect_ok("http://a,https://a", false, (const char *const[]){"http://a", "https://a", NULL});
+	expect_ok("http://a/X,http://a/x", false, (const char *const[]){"http://a/X", "http://a/x", NULL});
 }
 
 Test(urls, too_many_urls_are_refused)
