@@ -496,21 +496,6 @@ static bool all_tls(const struct config *cfg)
 	return true;
 }
 
-/* cfg->url becomes the checked list as the agent uses it: "A,B". */
-static int join_urls(struct config *cfg)
-{
-	struct jv_buf b;
-	jv_buf_init(&b, 0);
-	for (size_t i = 0; i < cfg->nurls; i++)
-		if (jv_buf_printf(&b, "%s%s", i ? "," : "", cfg->urls[i])) {
-			jv_buf_free(&b);
-			return -ENOMEM;
-		}
-	free(cfg->url);
-	cfg->url = b.data; /* ownership moves out of the buffer */
-	return 0;
-}
-
 /* The control-plane connection: required settings, URL, TLS, token file. */
 static int validate_connection(struct config *cfg, char *err, size_t errlen)
 {
@@ -531,7 +516,7 @@ static int validate_connection(struct config *cfg, char *err, size_t errlen)
 		return rc;
 	}
 	cfg->url_is_loopback = loopback;
-	rc = join_urls(cfg);
+	rc = config_join_urls(cfg);
 	if (rc)
 		return rc;
 	if (cfg->tls_insecure_loopback && (!loopback || !all_tls(cfg))) {

@@ -24,6 +24,8 @@ char *config_trim(char *s);
  * -ENOMEM. */
 int config_parse_urls(const char *v, char **urls, size_t max, size_t *n, bool *all_loopback,
                       char *err, size_t errlen);
+/* Replace cfg->url with the parsed list as the agent uses it, "A,B". 0 or -ENOMEM. */
+int config_join_urls(struct config *cfg);
 
 /* Remotes (config_remote.c). is_key: the file key starts with "remote.".
  * apply: one `remote.NAME.FIELD = value`; env: every JOBVISOR_REMOTE_* of

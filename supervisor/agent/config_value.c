@@ -166,3 +166,18 @@ int config_parse_urls(const char *v, char **urls, size_t max, size_t *n, bool *a
 	}
 	return rc;
 }
+
+/* cfg->url becomes the checked list as the agent uses it: "A,B". */
+int config_join_urls(struct config *cfg)
+{
+	struct jv_buf b;
+	jv_buf_init(&b, 0);
+	for (size_t i = 0; i < cfg->nurls; i++)
+		if (jv_buf_printf(&b, "%s%s", i ? "," : "", cfg->urls[i])) {
+			jv_buf_free(&b);
+			return -ENOMEM;
+		}
+	free(cfg->url);
+	cfg->url = b.data; /* ownership moves out of the buffer */
+	return 0;
+}
