@@ -167,8 +167,13 @@ class Failover(AgentTestCase):
         self.wait_for(lambda: sum(self.a.job(j)["status"] == "COMPLETED" for j in jobs) >= 2,
                       "two jobs completed through A")
         self.assertEqual(self.state()["url"], self.a.url)
+        statuses = [self.a.job(j)["status"] for j in jobs]
         kill_at = time.time()
         self.a.stop(signal.SIGKILL, check=False)
+        print("at the kill:", {st: statuses.count(st) for st in set(statuses)})
+        # Under load: runs in flight and jobs still waiting for the agent.
+        self.assertGreaterEqual(statuses.count("QUEUED"), 1, statuses)
+        self.assertGreaterEqual(len(jobs) - statuses.count("COMPLETED"), 3, statuses)
         self.wait_log("switching to " + b.url)
         # The first poll answered after the kill came from B (A is dead).
         answered = self.wait_for(lambda: [log_time(ln) for ln in self.log().splitlines()
@@ -203,6 +208,22 @@ class Failover(AgentTestCase):
         print("parked long poll: job created on B taken %.3f s after A was killed" % took)
         self.assertLess(took, 2 * POLL_INTERVAL)
         b.wait_job(jid, lambda j: j["status"] == "COMPLETED", 20, "job completed")
+        self.assertEqual(self.stop_agent(p), 0)
+
+    def test_short_polls_move_at_the_next_poll(self):
+        b = self.replica()
+        p = self.agent(self.a.url, b.url, POLL_WAIT=0)
+        self.wait_log("poll answered in")
+        kill_at = time.time()
+        self.a.stop(signal.SIGKILL, check=False)
+        # The next poll finds A refusing connections and goes straight on to B.
+        answered = self.wait_for(lambda: [log_time(ln) for ln in self.log().splitlines()
+                                          if "poll answered in" in ln and log_time(ln) > kill_at],
+                                 "a poll answered by B", timeout=10)
+        took = answered[0] - kill_at
+        print("short polls: first poll answered by B %.3f s after A was killed" % took)
+        self.assertLess(took, 2 * POLL_INTERVAL)
+        self.assertIn("switching to " + b.url, self.log())
         self.assertEqual(self.stop_agent(p), 0)
 
     def test_a_replica_answering_503_is_passed_over_and_not_retried(self):
