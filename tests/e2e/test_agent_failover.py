@@ -94,11 +94,11 @@ class Failover(AgentTestCase):
         self.addCleanup(s.close)
         return s
 
-    def agent(self, *urls, **overrides):
+    def agent(self, *urls, args=(), **overrides):
         env = dict(URL=",".join(urls), AGENT_ID=self.AGENT, POLL_INTERVAL=POLL_INTERVAL,
                    POLL_JITTER=0, BACKOFF_MAX=5)
         env.update(overrides)
-        return self.start_agent(**env)
+        return self.start_agent(args, **env)
 
     def state(self):
         with open(os.path.join(self.data, "agent-state.json")) as f:
@@ -270,6 +270,29 @@ class Failover(AgentTestCase):
         self.assertLessEqual(len(window), 21, window)
         self.assertGreaterEqual(down1.requests, 2)
         self.assertGreaterEqual(down2.requests, 2)
+        self.assertEqual(self.stop_agent(p), 0)
+
+    def test_reload_with_a_new_list_keeps_the_url_in_use(self):
+        bad = self.status_server(503)
+        conf = os.path.join(self.tmp, "agent.conf")
+        with open(conf, "w") as f:
+            f.write(f"url = {bad.url},{self.a.url}\n")
+        p = self.agent(URL=None, args=["--config", conf])
+        self.wait_log("switching to " + self.a.url)
+        b = self.replica()
+        # A reordered list that still holds A: the agent stays on A, B is next.
+        with open(conf, "w") as f:
+            f.write(f"url = {bad.url}, {self.a.url}, {b.url}\n")
+        p.send_signal(signal.SIGHUP)
+        self.wait_log("configuration reloaded")
+        before = bad.requests
+        time.sleep(2 * POLL_INTERVAL)
+        self.assertEqual(bad.requests, before)
+        self.a.stop(signal.SIGKILL, check=False)
+        self.wait_log("switching to " + b.url, timeout=10)
+        jid = b.create_job(agent=self.AGENT, instance="rl", type_="SLEEPY",
+                           params={"steps": 1, "delay": 0.01})["jobId"]
+        b.wait_job(jid, lambda j: j["status"] == "COMPLETED", 20, "job completed on B")
         self.assertEqual(self.stop_agent(p), 0)
 
     def test_bad_url_lists_are_configuration_errors(self):
