@@ -72,12 +72,16 @@ int transport_configure(struct transport *tp, const struct transport_opts *opts)
 	jv_buf_init(&auth, 0);
 	char *ca = opts->ca_file ? strdup(opts->ca_file) : NULL;
 	int rc = jv_buf_printf(&auth, "Authorization: Bearer %s", opts->token ? opts->token : "");
-	if (rc || (opts->ca_file && !ca) || endpoints_set(&tp->ep, opts->urls, opts->nurls)) {
+	if (rc == 0 && opts->ca_file && !ca)
+		rc = -ENOMEM;
+	if (rc == 0)
+		rc = endpoints_set(&tp->ep, opts->urls, opts->nurls); /* the last step that can fail */
+	if (rc) {
 		if (auth.data)
 			explicit_bzero(auth.data, auth.len);
 		jv_buf_free(&auth);
 		free(ca);
-		return opts->nurls ? -ENOMEM : -EINVAL;
+		return rc;
 	}
 	wipe_free(tp->auth_header);
 	tp->auth_header = auth.data; /* ownership moves out of the buffer */
