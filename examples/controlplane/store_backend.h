@@ -23,34 +23,48 @@ struct store_ops {
 	int (*run_state)(struct store *s, const char *run_id, struct store_run_state *out);
 	int (*job_info)(struct store *s, const char *job_id, struct store_job_info *out);
 	int (*assignment_json)(struct store *s, const char *run_id, cJSON **out);
-	int (*job_create)(struct store *s, const struct store_new_job *nj, const struct store_sched_claim *claim, int64_t now);
+	int (*job_create)(struct store *s, const struct store_new_job *nj, const struct store_sched_claim *claim,
+	                  int64_t now);
 	int (*job_enqueue)(struct store *s, const char *job_id, int64_t now, struct store_job_info *info);
 	int (*jobs_created)(struct store *s, char (*ids)[CP_ID_MAX], int max);
-	int (*job_cancel)(struct store *s, const char *job_id, int64_t now, struct store_job_info *info, char run_id[CP_ID_MAX]);
+	int (*job_cancel)(struct store *s, const char *job_id, int64_t now, struct store_job_info *info,
+	                  char run_id[CP_ID_MAX]);
 	int (*job_retry)(struct store *s, const char *job_id, int64_t now, struct store_job_info *info);
 	int (*run_finish)(struct store *s, const struct store_finish *f, struct store_finish_result *res);
 	int (*agents_register)(struct store *s, const char *const *agent_ids, size_t n);
 	int (*agent_touch)(struct store *s, const char *agent_id, int64_t last_seen, int capacity);
-	int (*agents_each)(struct store *s, void (*fn)(void *ud, const char *agent_id, int64_t last_seen, int capacity), void *ud);
+	int (*agents_each)(struct store *s, void (*fn)(void *ud, const char *agent_id, int64_t last_seen, int capacity),
+	                   void *ud);
 	int (*agent_running)(struct store *s, const char *agent_id);
-	int (*runs_renew)(struct store *s, const char *agent_id, const char *const *run_ids, size_t n, int64_t lease_until, bool *renewed);
-	int (*agent_runs)(struct store *s, const char *agent_id, bool unacked_only, bool cancel_only, char (*ids)[CP_ID_MAX], int max);
-	int (*runs_claim)(struct store *s, const char *agent_id, int capacity, int64_t now, int64_t ack_deadline, int64_t lease_until, char (*ids)[CP_ID_MAX], int max);
+	int (*runs_renew)(struct store *s, const char *agent_id, const char *const *run_ids, size_t n,
+	                  int64_t lease_until, bool *renewed);
+	int (*agent_runs)(struct store *s, const char *agent_id, bool unacked_only, bool cancel_only,
+	                  char (*ids)[CP_ID_MAX], int max);
+	int (*runs_claim)(struct store *s, const char *agent_id, int capacity, int64_t now, int64_t ack_deadline,
+	                  int64_t lease_until, char (*ids)[CP_ID_MAX], int max);
 	int (*runs_lost)(struct store *s, int64_t now, struct store_lost_run *out, int max);
-	int (*retry_agents)(struct store *s, int64_t after, int64_t until, void (*fn)(void *ud, const char *agent_id), void *ud);
+	int (*retry_agents)(struct store *s, int64_t after, int64_t until, void (*fn)(void *ud, const char *agent_id),
+	                    void *ud);
 	int (*runs_refresh)(struct store *s, int64_t lease_until, int64_t ack_deadline);
-	int (*events_append)(struct store *s, const char *run_id, struct store_event *ev, size_t n, int64_t now, int64_t *ack_seq, bool *was_acked);
-	int (*instance_events_append)(struct store *s, const char *agent_id, const char *instance_id, struct store_inst_event *ev, size_t n, int64_t now, int keep, int64_t *last_seq, bool *known);
-	int (*instances_snapshot)(struct store *s, const char *agent_id, struct store_inst_snap *items, size_t n, int64_t now, char (**removed_ids)[JV_IDENT_MAX + 1], size_t *nremoved);
+	int (*events_append)(struct store *s, const char *run_id, struct store_event *ev, size_t n, int64_t now,
+	                     int64_t *ack_seq, bool *was_acked);
+	int (*instance_events_append)(struct store *s, const char *agent_id, const char *instance_id,
+	                              struct store_inst_event *ev, size_t n, int64_t now, int keep, int64_t *last_seq,
+	                              bool *known);
+	int (*instances_snapshot)(struct store *s, const char *agent_id, struct store_inst_snap *items, size_t n,
+	                          int64_t now, char (**removed_ids)[JV_IDENT_MAX + 1], size_t *nremoved);
 	int (*instances_list)(struct store *s, const char *agent_id, const char *state, store_instance_fn fn, void *ud);
-	int (*instance_get)(struct store *s, const char *agent_id, const char *instance_id, store_instance_fn fn, void *ud);
-	int (*instance_history)(struct store *s, const char *agent_id, const char *instance_id, int limit, cJSON **events);
+	int (*instance_get)(struct store *s, const char *agent_id, const char *instance_id, store_instance_fn fn,
+	                    void *ud);
+	int (*instance_history)(struct store *s, const char *agent_id, const char *instance_id, int limit,
+	                        cJSON **events);
 	int (*jobtypes_put)(struct store *s, const char *agent_id, const char *body, int64_t now);
 	int (*jobtypes_get)(struct store *s, const char *agent_id, cJSON **report, int64_t *at);
 	int (*schedule_create)(struct store *s, const struct store_schedule_def *d, int64_t next_fire, int64_t now);
 	int (*schedule_json)(struct store *s, const char *schedule_id, cJSON **out);
 	int (*schedules_list)(struct store *s, cJSON **arr);
-	int (*schedule_update)(struct store *s, const struct store_schedule_def *d, bool retime, int64_t next, int64_t now);
+	int (*schedule_update)(struct store *s, const struct store_schedule_def *d, bool retime, int64_t next,
+	                       int64_t now);
 	int (*schedule_delete)(struct store *s, const char *schedule_id);
 	int (*schedules_due)(struct store *s, int64_t now, int max, store_due_fn fn, void *ud);
 	int (*schedule_claim)(struct store *s, const struct store_sched_claim *c);
@@ -58,17 +72,17 @@ struct store_ops {
 	int (*audit_append)(struct store *s, const struct store_audit *a, int64_t *seq);
 	int (*audit_set_status)(struct store *s, int64_t seq, int status);
 	int (*audit_list)(struct store *s, int64_t cursor, int limit, cJSON **entries, int64_t *last);
-	int (*metrics_jobs)(struct store *s, void (*fn)(void *ud, const char *type, const char *status, int64_t n), void *ud);
+	int (*metrics_jobs)(struct store *s, void (*fn)(void *ud, const char *type, const char *status, int64_t n),
+	                    void *ud);
 	int (*metrics_runs)(struct store *s, int64_t *started, int64_t *completed, int64_t *failed, int64_t *cancelled);
 	int (*retention_pick)(struct store *s, int64_t cutoff, int keep, char job_id[CP_ID_MAX]);
 	int (*retention_events)(struct store *s, const char *job_id, int batch);
-	int (*job_delete)(struct store *s, const char *job_id);};
+	int (*job_delete)(struct store *s, const char *job_id);
+};
 
 /* Backends' open functions (store_open picks one). Same contract as store_open. */
-int store_sqlite_open(const char *path, const struct store_options *o, struct store **out, char *err,
-                      size_t errlen);
-int store_pg_open(const char *conninfo, const struct store_options *o, struct store **out, char *err,
-                  size_t errlen);
+int store_sqlite_open(const char *path, const struct store_options *o, struct store **out, char *err, size_t errlen);
+int store_pg_open(const char *conninfo, const struct store_options *o, struct store **out, char *err, size_t errlen);
 
 /* ---- shared row -> protocol JSON (store_json.c); strings borrowed, NULL = JSON null ---- */
 
