@@ -99,7 +99,7 @@ out:
 static int load_owned_run(struct cp *cp, struct http_answer *a, const struct cp_agent *agent,
                           const char *run_id, struct store_run_state *rs)
 {
-	int lookup_rc = store_run_state(cp, run_id, rs);
+	int lookup_rc = store_run_state(cp->store, run_id, rs);
 	if (lookup_rc == -ENOENT) {
 		http_answer_error(a, 409, "run '%s' is not known here; drop it", run_id);
 		return -1;
@@ -276,8 +276,13 @@ void api_agent_result(struct cp *cp, struct mg_connection *conn, struct cp_agent
 	if (load_owned_run(cp, &ans, agent, run_id, &rs) < 0)
 		goto out;
 	if (strcmp(rs.status, "RUNNING") == 0) {
-		if (lc_run_finish(cp, run_id, status, output, error, "agent") < 0) {
+		int fr = lc_run_finish(cp, run_id, status, output, error, "agent", 0);
+		if (fr < 0) {
 			http_answer_error(&ans, 500, "database error");
+			goto out;
+		}
+		if (fr > 0) { /* another replica's sweep ended it first */
+			http_answer_error(&ans, 409, "run '%s' is no longer held by this agent", run_id);
 			goto out;
 		}
 	} else if (strcmp(rs.finished_by, "agent") == 0 && strcmp(rs.status, status) == 0) {
