@@ -133,6 +133,13 @@ static const char *check_fields(struct cp *cp, const cJSON *body, struct sched_d
 	return NULL;
 }
 
+/* What the store keeps of a checked definition. */
+static struct store_schedule_def stored_def(const char *id, const struct sched_def *d, const char *job_text)
+{
+	return (struct store_schedule_def){.schedule_id = id, .cron = d->cron, .timezone = d->timezone,
+	                                   .job = job_text, .enabled = d->enabled, .overlap = d->overlap};
+}
+
 static void send_sched(struct cp *cp, struct mg_connection *conn, const char *id, int status)
 {
 	bool dberr;
@@ -182,14 +189,7 @@ void api_sched_create(struct cp *cp, struct mg_connection *conn)
 		free(job_text);
 		goto out;
 	}
-	struct store_schedule_def def = {
-		.schedule_id = id,
-		.cron = d.cron,
-		.timezone = d.timezone,
-		.job = job_text,
-		.enabled = d.enabled,
-		.overlap = d.overlap,
-	};
+	struct store_schedule_def def = stored_def(id, &d, job_text);
 	rc = job_text ? store_schedule_create(cp->store, &def, d.enabled ? next : 0, now) : -ENOMEM;
 	if (rc < 0)
 		http_send_error(conn, 500, "database error");
@@ -271,14 +271,7 @@ void api_sched_patch(struct cp *cp, struct mg_connection *conn, const char *id)
 		goto out;
 	}
 	char *job_text = cJSON_PrintUnformatted(d.job);
-	struct store_schedule_def def = {
-		.schedule_id = id,
-		.cron = d.cron,
-		.timezone = d.timezone,
-		.job = job_text,
-		.enabled = d.enabled,
-		.overlap = d.overlap,
-	};
+	struct store_schedule_def def = stored_def(id, &d, job_text);
 	int rc = job_text ? store_schedule_update(cp->store, &def, retime, next, now) : -ENOMEM;
 	free(job_text);
 	if (rc < 0)

@@ -230,15 +230,22 @@ int sq_step(struct sq *q, sqlite3_stmt *st)
 	return -EIO;
 }
 
-int sq_exec(struct sq *q, const char *sql, const char *fmt, ...)
+static sqlite3_stmt *queryv(struct sq *q, const char *sql, const char *fmt, va_list ap)
 {
 	sqlite3_stmt *st = sq_prep(q, sql);
-	if (!st)
-		return -EIO;
+	if (st)
+		sq_bindv(st, fmt, ap);
+	return st;
+}
+
+int sq_exec(struct sq *q, const char *sql, const char *fmt, ...)
+{
 	va_list ap;
 	va_start(ap, fmt);
-	sq_bindv(st, fmt, ap);
+	sqlite3_stmt *st = queryv(q, sql, fmt, ap);
 	va_end(ap);
+	if (!st)
+		return -EIO;
 	int rc;
 	while ((rc = sq_step(q, st)) == 1)
 		;
@@ -248,30 +255,42 @@ int sq_exec(struct sq *q, const char *sql, const char *fmt, ...)
 
 sqlite3_stmt *sq_query(struct sq *q, const char *sql, const char *fmt, ...)
 {
-	sqlite3_stmt *st = sq_prep(q, sql);
-	if (!st)
-		return NULL;
 	va_list ap;
 	va_start(ap, fmt);
-	sq_bindv(st, fmt, ap);
+	sqlite3_stmt *st = queryv(q, sql, fmt, ap);
 	va_end(ap);
 	return st;
 }
 
 int sq_int64(struct sq *q, int64_t *out, const char *sql, const char *fmt, ...)
 {
-	sqlite3_stmt *st = sq_prep(q, sql);
-	if (!st)
-		return -EIO;
 	va_list ap;
 	va_start(ap, fmt);
-	sq_bindv(st, fmt, ap);
+	sqlite3_stmt *st = queryv(q, sql, fmt, ap);
 	va_end(ap);
-	int rc = sq_step(q, st);
+	int rc = st ? sq_step(q, st) : -EIO;
 	if (rc == 1)
 		*out = sqlite3_column_int64(st, 0);
 	sqlite3_finalize(st);
 	return rc;
+}
+
+int sq_rows(struct sq *q, sqlite3_stmt *st, cJSON *(*conv)(sqlite3_stmt *st, void *ud), void *ud, cJSON **out)
+{
+	cJSON *arr = st ? cJSON_CreateArray() : NULL;
+	int rc = arr ? 1 : st ? -ENOMEM : -EIO;
+	while (arr && (rc = sq_step(q, st)) == 1) {
+		cJSON *o = conv(st, ud);
+		if (o)
+			cJSON_AddItemToArray(arr, o);
+	}
+	sqlite3_finalize(st);
+	if (rc < 0) {
+		cJSON_Delete(arr);
+		return rc;
+	}
+	*out = arr;
+	return 0;
 }
 
 int sq_begin(struct sq *q)
@@ -296,6 +315,25 @@ int sq_end(struct sq *q, int rc)
 		rc = -EIO;
 	if (rc != 0)
 		sq_rollback(q);
+	return rc;
+}
+
+int sq_tx_begin(struct sq *q)
+{
+	sq_lock(q);
+	int rc = sq_begin(q);
+	if (rc < 0)
+		sq_unlock(q);
+	return rc;
+}
+
+int sq_tx_end(struct sq *q, int rc)
+{
+	if (rc > 0)
+		sq_rollback(q);
+	else
+		rc = sq_end(q, rc);
+	sq_unlock(q);
 	return rc;
 }
 

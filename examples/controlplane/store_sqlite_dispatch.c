@@ -15,15 +15,14 @@
 int sq_agents_register(struct store *s, const char *const *agent_ids, size_t n)
 {
 	struct sq *q = sq_of(s);
-	sq_lock(q);
-	int rc = sq_begin(q);
+	int rc = sq_tx_begin(q);
+	if (rc < 0)
+		return rc;
 	for (size_t i = 0; rc == 0 && i < n; i++) {
 		rc = sq_exec(q, "INSERT OR IGNORE INTO agents (agent_id) VALUES (?)", "s", agent_ids[i]);
 		rc = rc < 0 ? rc : 0;
 	}
-	rc = sq_end(q, rc);
-	sq_unlock(q);
-	return rc;
+	return sq_tx_end(q, rc);
 }
 
 int sq_agent_touch(struct store *s, const char *agent_id, int64_t last_seen, int capacity)
@@ -73,17 +72,16 @@ int sq_runs_renew(struct store *s, const char *agent_id, const char *const *run_
 	struct sq *q = sq_of(s);
 	if (n == 0)
 		return 0;
-	sq_lock(q);
-	int rc = sq_begin(q);
+	int rc = sq_tx_begin(q);
+	if (rc < 0)
+		return rc;
 	for (size_t i = 0; rc == 0 && i < n; i++) {
 		int c = sq_exec(q, "UPDATE job_runs SET lease_until = ? WHERE run_id = ? AND agent_id = ? AND status = 'RUNNING'",
 		                "iss", lease_until, run_ids[i], agent_id);
 		rc = c < 0 ? c : 0;
 		renewed[i] = c == 1;
 	}
-	rc = sq_end(q, rc);
-	sq_unlock(q);
-	return rc;
+	return sq_tx_end(q, rc);
 }
 
 /* Ids from a query into ids (at most max): the count, or -EIO. */
@@ -155,11 +153,11 @@ int sq_runs_claim(struct store *s, const char *agent_id, int capacity, int64_t n
                   int64_t lease_until, char (*ids)[CP_ID_MAX], int max)
 {
 	struct sq *q = sq_of(s);
-	sq_lock(q);
-	int rc = sq_begin(q);
-	int n = rc == 0 ? claim_locked(q, agent_id, capacity, now, ack_deadline, lease_until, ids, max) : rc;
-	rc = sq_end(q, n < 0 ? n : 0);
-	sq_unlock(q);
+	int rc = sq_tx_begin(q);
+	if (rc < 0)
+		return rc;
+	int n = claim_locked(q, agent_id, capacity, now, ack_deadline, lease_until, ids, max);
+	rc = sq_tx_end(q, n < 0 ? n : 0);
 	return rc < 0 ? rc : n;
 }
 
@@ -282,10 +280,6 @@ int sq_events_append(struct store *s, const char *run_id, struct store_event *ev
                      int64_t *ack_seq, bool *was_acked)
 {
 	struct sq *q = sq_of(s);
-	sq_lock(q);
-	int rc = sq_begin(q);
-	if (rc == 0)
-		rc = sq_end(q, append_locked(q, run_id, ev, n, now, ack_seq, was_acked));
-	sq_unlock(q);
-	return rc;
+	int rc = sq_tx_begin(q);
+	return rc < 0 ? rc : sq_tx_end(q, append_locked(q, run_id, ev, n, now, ack_seq, was_acked));
 }

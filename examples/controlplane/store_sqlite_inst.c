@@ -97,12 +97,8 @@ int sq_instance_events_append(struct store *s, const char *agent_id, const char 
                               bool *known)
 {
 	struct sq *q = sq_of(s);
-	sq_lock(q);
-	int rc = sq_begin(q);
-	if (rc == 0)
-		rc = sq_end(q, inst_append_locked(q, agent_id, instance_id, ev, n, now, keep, last_seq, known));
-	sq_unlock(q);
-	return rc;
+	int rc = sq_tx_begin(q);
+	return rc < 0 ? rc : sq_tx_end(q, inst_append_locked(q, agent_id, instance_id, ev, n, now, keep, last_seq, known));
 }
 
 static bool listed(const struct store_inst_snap *items, size_t n, const char *iid)
@@ -169,11 +165,9 @@ int sq_instances_snapshot(struct store *s, const char *agent_id, struct store_in
 	struct sq *q = sq_of(s);
 	*removed_ids = NULL;
 	*nremoved = 0;
-	sq_lock(q);
-	int rc = sq_begin(q);
+	int rc = sq_tx_begin(q);
 	if (rc == 0)
-		rc = sq_end(q, snapshot_locked(q, agent_id, items, n, now, removed_ids, nremoved));
-	sq_unlock(q);
+		rc = sq_tx_end(q, snapshot_locked(q, agent_id, items, n, now, removed_ids, nremoved));
 	if (rc < 0) {
 		free(*removed_ids);
 		*removed_ids = NULL;
@@ -239,30 +233,25 @@ int sq_instance_get(struct store *s, const char *agent_id, const char *instance_
 	return rc < 0 ? rc : rows == 0 ? -ENOENT : 0;
 }
 
+static cJSON *event_conv(sqlite3_stmt *st, void *ud)
+{
+	(void)ud;
+	return cJSON_Parse(sq_text(st, 0) ? sq_text(st, 0) : "");
+}
+
 int sq_instance_history(struct store *s, const char *agent_id, const char *instance_id, int limit,
                         cJSON **events)
 {
 	struct sq *q = sq_of(s);
 	sq_lock(q);
-	sqlite3_stmt *st = sq_query(q,
-	                            "SELECT body FROM (SELECT seq, body FROM instance_events"
-	                            " WHERE agent_id = ? AND instance_id = ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
-	                            "ssi", agent_id, instance_id, (int64_t)limit);
-	cJSON *arr = st ? cJSON_CreateArray() : NULL;
-	int rc = arr ? 1 : -EIO;
-	while (arr && (rc = sq_step(q, st)) == 1) {
-		cJSON *ev = cJSON_Parse(sq_text(st, 0) ? sq_text(st, 0) : "");
-		if (ev)
-			cJSON_AddItemToArray(arr, ev);
-	}
-	sqlite3_finalize(st);
+	int rc = sq_rows(q,
+	                 sq_query(q,
+	                          "SELECT body FROM (SELECT seq, body FROM instance_events"
+	                          " WHERE agent_id = ? AND instance_id = ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+	                          "ssi", agent_id, instance_id, (int64_t)limit),
+	                 event_conv, NULL, events);
 	sq_unlock(q);
-	if (rc < 0) {
-		cJSON_Delete(arr);
-		return rc;
-	}
-	*events = arr;
-	return 0;
+	return rc;
 }
 
 int sq_jobtypes_put(struct store *s, const char *agent_id, const char *body, int64_t now)

@@ -44,6 +44,13 @@ int sq_commit(struct sq *q);
 void sq_rollback(struct sq *q);
 /* Finish a transaction: commit when rc == 0 (then 0 or -EIO), else roll back and return rc. */
 int sq_end(struct sq *q, int rc);
+/* Lock the connection and BEGIN IMMEDIATE: 0, or <0 (unlocked again). */
+int sq_tx_begin(struct sq *q);
+/* End what sq_tx_begin started and unlock: rc == 0 commits (0 or -EIO), rc > 0
+ * (nothing to write) and rc < 0 roll back; returns rc. */
+int sq_tx_end(struct sq *q, int rc);
+/* Every row of st (finalized here) converted by conv into a new array *out; 0 or <0. */
+int sq_rows(struct sq *q, sqlite3_stmt *st, cJSON *(*conv)(sqlite3_stmt *st, void *ud), void *ud, cJSON **out);
 /* Column text copied into buf ("" for NULL). */
 void sq_col(sqlite3_stmt *st, int col, char *buf, size_t len);
 const char *sq_text(sqlite3_stmt *st, int col); /* NULL for NULL */

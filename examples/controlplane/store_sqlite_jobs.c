@@ -38,35 +38,18 @@ static cJSON *run_from_row(sqlite3_stmt *st)
 	return store_run_row_json(&r);
 }
 
-/* The rows of one query as a JSON array built by conv; NULL on error. */
-static cJSON *rows_json(struct sq *q, sqlite3_stmt *st, cJSON *(*conv)(struct sq *, sqlite3_stmt *))
+static cJSON *run_conv(sqlite3_stmt *st, void *ud)
 {
-	cJSON *arr = st ? cJSON_CreateArray() : NULL;
-	int rc = arr ? 1 : -ENOMEM;
-	while (arr && (rc = sq_step(q, st)) == 1) {
-		cJSON *o = conv(q, st);
-		if (o)
-			cJSON_AddItemToArray(arr, o);
-	}
-	sqlite3_finalize(st);
-	if (rc < 0) {
-		cJSON_Delete(arr);
-		return NULL;
-	}
-	return arr;
-}
-
-static cJSON *run_conv(struct sq *q, sqlite3_stmt *st)
-{
-	(void)q;
+	(void)ud;
 	return run_from_row(st);
 }
 
 static cJSON *runs_of_job(struct sq *q, const char *job_id)
 {
-	return rows_json(q, sq_query(q, "SELECT " RUN_COLUMNS " FROM job_runs WHERE job_id = ? ORDER BY attempt", "s",
-	                             job_id),
-	                 run_conv);
+	cJSON *runs = NULL;
+	sq_rows(q, sq_query(q, "SELECT " RUN_COLUMNS " FROM job_runs WHERE job_id = ? ORDER BY attempt", "s", job_id),
+	        run_conv, NULL, &runs);
+	return runs;
 }
 
 #define JOB_COLUMNS                                                                      \
@@ -93,20 +76,21 @@ static void job_row(sqlite3_stmt *st, struct store_job_row *j)
 	};
 }
 
-static cJSON *job_conv(struct sq *q, sqlite3_stmt *st)
+static cJSON *job_conv(sqlite3_stmt *st, void *ud)
 {
+	struct sq *q = ud;
 	struct store_job_row j;
 	job_row(st, &j);
 	return store_job_row_json(&j, j.job_id ? runs_of_job(q, j.job_id) : NULL);
 }
 
 /* The first row of st converted, -ENOENT when none. */
-static int one_json(struct sq *q, sqlite3_stmt *st, cJSON *(*conv)(struct sq *, sqlite3_stmt *), cJSON **out)
+static int one_json(struct sq *q, sqlite3_stmt *st, cJSON *(*conv)(sqlite3_stmt *, void *), cJSON **out)
 {
 	if (!st)
 		return -EIO;
 	int rc = sq_step(q, st);
-	*out = rc == 1 ? conv(q, st) : NULL;
+	*out = rc == 1 ? conv(st, q) : NULL;
 	sqlite3_finalize(st);
 	if (rc == 1 && !*out)
 		return -ENOMEM;
@@ -187,7 +171,7 @@ int sq_jobs_list(struct store *s, const struct store_filter *f, cJSON **jobs, in
 			rc = 0;
 			break;
 		}
-		cJSON *j = job_conv(q, st);
+		cJSON *j = job_conv(st, q);
 		if (!j) {
 			rc = -ENOMEM;
 			break;
@@ -207,9 +191,9 @@ int sq_jobs_list(struct store *s, const struct store_filter *f, cJSON **jobs, in
 	return 0;
 }
 
-static cJSON *body_conv(struct sq *q, sqlite3_stmt *st)
+static cJSON *body_conv(sqlite3_stmt *st, void *ud)
 {
-	(void)q;
+	(void)ud;
 	return store_json_parse(sq_text(st, 0));
 }
 
@@ -217,12 +201,12 @@ int sq_run_events(struct store *s, const char *run_id, int64_t after, int limit,
 {
 	struct sq *q = sq_of(s);
 	sq_lock(q);
-	*events = rows_json(q,
-	                    sq_query(q, "SELECT body FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-	                             "sii", run_id, after, (int64_t)limit),
-	                    body_conv);
+	int rc = sq_rows(q,
+	                 sq_query(q, "SELECT body FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?", "sii",
+	                          run_id, after, (int64_t)limit),
+	                 body_conv, NULL, events);
 	sq_unlock(q);
-	return *events ? 0 : -EIO;
+	return rc;
 }
 
 int sq_run_state(struct store *s, const char *run_id, struct store_run_state *out)
@@ -277,9 +261,9 @@ int sq_job_info(struct store *s, const char *job_id, struct store_job_info *out)
 	return rc == 1 ? 0 : rc == 0 ? -ENOENT : rc;
 }
 
-static cJSON *assignment_conv(struct sq *q, sqlite3_stmt *st)
+static cJSON *assignment_conv(sqlite3_stmt *st, void *ud)
 {
-	(void)q;
+	(void)ud;
 	struct store_job_row j = {
 		.job_id = sq_text(st, 1),
 		.type = sq_text(st, 3),

@@ -75,39 +75,25 @@ int sq_job_create(struct store *s, const struct store_new_job *nj, const struct 
                   int64_t now)
 {
 	struct sq *q = sq_of(s);
-	sq_lock(q);
-	int rc = sq_begin(q);
-	if (rc == 0) {
-		rc = create_locked(q, nj, claim, now);
-		if (rc == 1) { /* nothing written */
-			sq_rollback(q);
-		} else {
-			rc = sq_end(q, rc);
-		}
-	}
-	sq_unlock(q);
-	return rc;
+	int rc = sq_tx_begin(q);
+	return rc < 0 ? rc : sq_tx_end(q, create_locked(q, nj, claim, now)); /* 1: nothing written */
 }
 
 int sq_job_enqueue(struct store *s, const char *job_id, int64_t now, struct store_job_info *info)
 {
 	struct sq *q = sq_of(s);
 	struct store_job_info jr;
-	sq_lock(q);
-	int rc = sq_begin(q);
-	if (rc == 0)
-		rc = info_locked(q, job_id, &jr);
+	int rc = sq_tx_begin(q);
+	if (rc < 0)
+		return rc;
+	rc = info_locked(q, job_id, &jr);
 	if (rc == 0 && strcmp(jr.status, "CREATED") != 0)
 		rc = 1;
 	if (rc == 0)
 		rc = insert_run(q, job_id, jr.agent_id, 1, 0, now);
 	if (rc == 0)
 		rc = set_job_status(q, job_id, "QUEUED", now);
-	if (rc == 1)
-		sq_rollback(q);
-	else
-		rc = sq_end(q, rc);
-	sq_unlock(q);
+	rc = sq_tx_end(q, rc);
 	if (rc == 0 && info)
 		*info = jr;
 	return rc;
@@ -179,31 +165,21 @@ int sq_job_cancel(struct store *s, const char *job_id, int64_t now, struct store
 {
 	struct sq *q = sq_of(s);
 	run_id[0] = '\0';
-	sq_lock(q);
-	int rc = sq_begin(q);
-	if (rc == 0)
-		rc = cancel_locked(q, job_id, now, info, run_id);
-	if (rc == STORE_CANCEL_ALREADY || rc == -EALREADY || rc == -ENOENT) {
-		sq_rollback(q);
-	} else if (rc >= 0) {
-		int kind = rc;
-		rc = sq_end(q, 0);
-		if (rc == 0)
-			rc = kind;
-	} else {
-		sq_rollback(q);
-	}
-	sq_unlock(q);
-	return rc;
+	int rc = sq_tx_begin(q);
+	if (rc < 0)
+		return rc;
+	int kind = cancel_locked(q, job_id, now, info, run_id);
+	rc = sq_tx_end(q, kind == STORE_CANCEL_ALREADY ? 1 : kind < 0 ? kind : 0);
+	return rc < 0 ? rc : kind;
 }
 
 int sq_job_retry(struct store *s, const char *job_id, int64_t now, struct store_job_info *info)
 {
 	struct sq *q = sq_of(s);
-	sq_lock(q);
-	int rc = sq_begin(q);
-	if (rc == 0)
-		rc = info_locked(q, job_id, info);
+	int rc = sq_tx_begin(q);
+	if (rc < 0)
+		return rc;
+	rc = info_locked(q, job_id, info);
 	if (rc == 0 && strcmp(info->status, "FAILED") != 0 && strcmp(info->status, "CANCELLED") != 0)
 		rc = -EBUSY;
 	/* A manual retry is the operator's decision: maxAttempts does not limit it. */
@@ -214,9 +190,7 @@ int sq_job_retry(struct store *s, const char *job_id, int64_t now, struct store_
 		             "is", now, job_id);
 		rc = rc < 0 ? rc : 0;
 	}
-	rc = sq_end(q, rc);
-	sq_unlock(q);
-	return rc;
+	return sq_tx_end(q, rc);
 }
 
 static int finish_locked(struct sq *q, const struct store_finish *f, struct store_finish_result *res)
@@ -270,15 +244,6 @@ static int finish_locked(struct sq *q, const struct store_finish *f, struct stor
 int sq_run_finish(struct store *s, const struct store_finish *f, struct store_finish_result *res)
 {
 	struct sq *q = sq_of(s);
-	sq_lock(q);
-	int rc = sq_begin(q);
-	if (rc == 0) {
-		rc = finish_locked(q, f, res);
-		if (rc == 1)
-			sq_rollback(q);
-		else
-			rc = sq_end(q, rc);
-	}
-	sq_unlock(q);
-	return rc;
+	int rc = sq_tx_begin(q);
+	return rc < 0 ? rc : sq_tx_end(q, finish_locked(q, f, res)); /* 1: finished before */
 }

@@ -11,8 +11,9 @@
 	" s.last_job_id, s.last_outcome, s.created_at, s.updated_at, j.status"
 #define SCHED_FROM " FROM schedules s LEFT JOIN jobs j ON j.job_id = s.last_job_id"
 
-static cJSON *sched_from_row(sqlite3_stmt *st)
+static cJSON *sched_from_row(sqlite3_stmt *st, void *ud)
 {
+	(void)ud;
 	struct store_schedule_row r = {
 		.schedule_id = sq_text(st, 0),
 		.cron = sq_text(st, 1),
@@ -50,7 +51,7 @@ int sq_schedule_json(struct store *s, const char *schedule_id, cJSON **out)
 	sq_lock(q);
 	sqlite3_stmt *st = sq_query(q, "SELECT " SCHED_COLUMNS SCHED_FROM " WHERE s.schedule_id = ?", "s", schedule_id);
 	int rc = st ? sq_step(q, st) : -EIO;
-	*out = rc == 1 ? sched_from_row(st) : NULL;
+	*out = rc == 1 ? sched_from_row(st, NULL) : NULL;
 	sqlite3_finalize(st);
 	sq_unlock(q);
 	return rc == 1 ? (*out ? 0 : -ENOMEM) : rc == 0 ? -ENOENT : rc;
@@ -60,20 +61,12 @@ int sq_schedules_list(struct store *s, cJSON **arr)
 {
 	struct sq *q = sq_of(s);
 	sq_lock(q);
-	sqlite3_stmt *st = sq_query(q, "SELECT " SCHED_COLUMNS SCHED_FROM " ORDER BY s.created_at, s.schedule_id LIMIT 10000",
-	                            NULL);
-	cJSON *a = st ? cJSON_CreateArray() : NULL;
-	int rc = a ? 1 : -EIO;
-	while (a && (rc = sq_step(q, st)) == 1)
-		cJSON_AddItemToArray(a, sched_from_row(st));
-	sqlite3_finalize(st);
+	int rc = sq_rows(q,
+	                 sq_query(q, "SELECT " SCHED_COLUMNS SCHED_FROM " ORDER BY s.created_at, s.schedule_id LIMIT 10000",
+	                          NULL),
+	                 sched_from_row, NULL, arr);
 	sq_unlock(q);
-	if (rc < 0) {
-		cJSON_Delete(a);
-		return rc;
-	}
-	*arr = a;
-	return 0;
+	return rc;
 }
 
 int sq_schedule_update(struct store *s, const struct store_schedule_def *d, bool retime, int64_t next, int64_t now)
@@ -130,17 +123,8 @@ int sq_schedules_due(struct store *s, int64_t now, int max, store_due_fn fn, voi
 int sq_schedule_claim(struct store *s, const struct store_sched_claim *c)
 {
 	struct sq *q = sq_of(s);
-	sq_lock(q);
-	int rc = sq_begin(q);
-	if (rc == 0) {
-		rc = sq_sched_claim_locked(q, c);
-		if (rc == 1)
-			sq_rollback(q);
-		else
-			rc = sq_end(q, rc);
-	}
-	sq_unlock(q);
-	return rc;
+	int rc = sq_tx_begin(q);
+	return rc < 0 ? rc : sq_tx_end(q, sq_sched_claim_locked(q, c));
 }
 
 int sq_schedule_active_job(struct store *s, const char *schedule_id)
@@ -178,39 +162,34 @@ int sq_audit_set_status(struct store *s, int64_t seq, int status)
 	return rc < 0 ? rc : 0;
 }
 
+static cJSON *audit_conv(sqlite3_stmt *st, void *ud)
+{
+	struct store_audit a = {
+		.at = sqlite3_column_int64(st, 1),
+		.who = sq_text(st, 2),
+		.role = sq_text(st, 3),
+		.method = sq_text(st, 4),
+		.path = sq_text(st, 5),
+		.status = sqlite3_column_int(st, 6),
+	};
+	int64_t *last = ud;
+	*last = sqlite3_column_int64(st, 0);
+	return store_audit_row_json(*last, &a);
+}
+
 int sq_audit_list(struct store *s, int64_t cursor, int limit, cJSON **entries, int64_t *last)
 {
 	struct sq *q = sq_of(s);
-	sq_lock(q);
-	sqlite3_stmt *st = sq_query(q,
-	                            "SELECT seq, at, who, role, method, path, status, remote FROM audit_log"
-	                            " WHERE (?1 = 0 OR seq < ?1) ORDER BY seq DESC LIMIT ?2",
-	                            "ii", cursor, (int64_t)limit);
-	cJSON *arr = st ? cJSON_CreateArray() : NULL;
-	int rc = arr ? 1 : -EIO;
 	*last = 0;
-	while (arr && (rc = sq_step(q, st)) == 1) {
-		struct store_audit a = {
-			.at = sqlite3_column_int64(st, 1),
-			.who = sq_text(st, 2),
-			.role = sq_text(st, 3),
-			.method = sq_text(st, 4),
-			.path = sq_text(st, 5),
-			.status = sqlite3_column_int(st, 6),
-		};
-		*last = sqlite3_column_int64(st, 0);
-		cJSON *e = store_audit_row_json(*last, &a);
-		if (e)
-			cJSON_AddItemToArray(arr, e);
-	}
-	sqlite3_finalize(st);
+	sq_lock(q);
+	int rc = sq_rows(q,
+	                 sq_query(q,
+	                          "SELECT seq, at, who, role, method, path, status, remote FROM audit_log"
+	                          " WHERE (?1 = 0 OR seq < ?1) ORDER BY seq DESC LIMIT ?2",
+	                          "ii", cursor, (int64_t)limit),
+	                 audit_conv, last, entries);
 	sq_unlock(q);
-	if (rc < 0) {
-		cJSON_Delete(arr);
-		return rc;
-	}
-	*entries = arr;
-	return 0;
+	return rc;
 }
 
 int sq_metrics_jobs(struct store *s, void (*fn)(void *ud, const char *type, const char *status, int64_t n),
