@@ -324,7 +324,14 @@ int sq_tx_begin(struct sq *q)
 	int rc = sq_begin(q);
 	if (rc < 0)
 		sq_unlock(q);
+	else
+		q->tx_now = jv_now_real_ms();
 	return rc;
+}
+
+int64_t sq_tx_time(const struct sq *q, int64_t now)
+{
+	return q->tx_now > now ? q->tx_now : now;
 }
 
 int sq_tx_end(struct sq *q, int rc)

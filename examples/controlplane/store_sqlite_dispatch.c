@@ -123,6 +123,10 @@ static int claim_locked(struct sq *q, const char *agent_id, int capacity, int64_
 	int running = running_count(q, agent_id);
 	if (running < 0)
 		return running;
+	int64_t late = sq_tx_time(q, now) - now; /* waited for the lock: start the windows from the claim */
+	now += late;
+	ack_deadline += late;
+	lease_until += late;
 	int free_slots = capacity - running < max ? capacity - running : max;
 	if (free_slots <= 0)
 		return 0;

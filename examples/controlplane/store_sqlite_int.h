@@ -14,6 +14,7 @@ struct sq {
 	sqlite3 *db;         /* every call, under mu */
 	sqlite3 *ck;         /* WAL checkpoints (store_maintain), main thread only */
 	pthread_mutex_t mu;  /* recursive: serialises use of db */
+	int64_t tx_now;      /* the clock read once the write lock was taken (sq_tx_begin) */
 };
 
 static inline struct sq *sq_of(struct store *s)
@@ -49,6 +50,9 @@ int sq_tx_begin(struct sq *q);
 /* End what sq_tx_begin started and unlock: rc == 0 commits (0 or -EIO), rc > 0
  * (nothing to write) and rc < 0 roll back; returns rc. */
 int sq_tx_end(struct sq *q, int rc);
+/* The later of now and the clock read under the write lock: state-change
+ * times follow commit order across processes. */
+int64_t sq_tx_time(const struct sq *q, int64_t now);
 /* Every row of st (finalized here) converted by conv into a new array *out; 0 or <0. */
 int sq_rows(struct sq *q, sqlite3_stmt *st, cJSON *(*conv)(sqlite3_stmt *st, void *ud), void *ud, cJSON **out);
 /* Column text copied into buf ("" for NULL). */

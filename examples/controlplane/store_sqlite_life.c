@@ -168,7 +168,7 @@ int sq_job_cancel(struct store *s, const char *job_id, int64_t now, struct store
 	int rc = sq_tx_begin(q);
 	if (rc < 0)
 		return rc;
-	int kind = cancel_locked(q, job_id, now, info, run_id);
+	int kind = cancel_locked(q, job_id, sq_tx_time(q, now), info, run_id);
 	rc = sq_tx_end(q, kind == STORE_CANCEL_ALREADY ? 1 : kind < 0 ? kind : 0);
 	return rc < 0 ? rc : kind;
 }
@@ -215,20 +215,21 @@ static int finish_locked(struct sq *q, const struct store_finish *f, struct stor
 		if (still == 0)
 			return 1;
 	}
+	int64_t now = sq_tx_time(q, f->now);
 	bool retry = strcmp(f->status, "FAILED") == 0 && f->retryable && !rs.cancel_requested && !jr.cancel_requested &&
 	             rs.attempt < jr.max_attempts;
-	int64_t not_before = retry ? f->now + store_backoff_ms(f->backoff_base_ms, f->backoff_cap_ms, rs.attempt) : 0;
+	int64_t not_before = retry ? now + store_backoff_ms(f->backoff_base_ms, f->backoff_cap_ms, rs.attempt) : 0;
 	rc = sq_exec(q,
 	             "UPDATE job_runs SET status = ?, output = ?, error = ?, finished_by = ?, finished_at = ?,"
 	             " lease_until = 0, ack_deadline = 0 WHERE run_id = ? AND status IN ('QUEUED', 'RUNNING')",
-	             "ssssis", f->status, f->output, f->error, f->finished_by, f->now, f->run_id);
+	             "ssssis", f->status, f->output, f->error, f->finished_by, now, f->run_id);
 	if (rc == 0)
 		return 1;
 	rc = rc < 0 ? rc : 0;
 	if (rc == 0 && retry)
-		rc = insert_run(q, rs.job_id, rs.agent_id, rs.attempt + 1, not_before, f->now);
+		rc = insert_run(q, rs.job_id, rs.agent_id, rs.attempt + 1, not_before, now);
 	if (rc == 0)
-		rc = set_job_status(q, rs.job_id, retry ? "RETRIED" : f->status, f->now);
+		rc = set_job_status(q, rs.job_id, retry ? "RETRIED" : f->status, now);
 	if (rc == 0 && res) {
 		memset(res, 0, sizeof(*res));
 		snprintf(res->job_id, sizeof(res->job_id), "%s", rs.job_id);
