@@ -41,6 +41,16 @@ struct inst_stats;
 #define CP_SNAPSHOT_JOBS 200          /* jobs in a WebSocket snapshot */
 #define CP_LIST_DEFAULT 50
 #define CP_LIST_MAX 500
+/* The accept front marks every request it relays with this header:
+ * "X-JV-Front: SECRET WAIT" (SECRET: CP_FRONT_SECRET_LEN hex digits, random
+ * per process; WAIT: 9 digits, the most a long poll may still wait in ms,
+ * 999999999 = no cap). Clients may not send it (the front answers 400). A
+ * poll so marked that would wait is answered "HTTP/1.1 299 Park" with
+ * "X-JV-Park: AGENT_INDEX WAKE_GEN WAIT_MS" instead and parked in the front. */
+#define CP_FRONT_HEADER "X-JV-Front"
+#define CP_FRONT_SECRET_LEN 32
+#define CP_FRONT_WAIT_ANY 999999999
+#define CP_PARK_PREFIX "HTTP/1.1 299 "
 
 /* One agent from the agents file. Only id and token are fixed after start;
  * the rest is guarded by cp->mu. */
@@ -70,7 +80,8 @@ struct cp_config {
 	int poll_interval_s;  /* told to agents */
 	int max_wait_s;       /* cap on a long poll's waitSeconds */
 	int retry_backoff_s;  /* automatic retry delay: base * 2^(attempt-1), capped */
-	int threads;          /* civetweb worker threads */
+	int threads;          /* civetweb worker threads for requests */
+	int ws_clients;       /* WebSocket clients (each gets a worker thread of its own); 0 = threads / 8 */
 	int catch_up_s;       /* a schedule firing missed by up to this long still runs (once) */
 	int retention_days;   /* finished jobs older than this are deleted; 0 = keep forever */
 	int retention_keep;   /* but never the newest this many jobs of an instance */
@@ -116,6 +127,9 @@ struct cp {
 	int long_polls;     /* polls currently waiting (mu held) */
 	int long_polls_max; /* beyond this a poll is answered at once */
 	int ws_max;         /* WebSocket clients (each pins a worker thread) */
+	char front_secret[CP_FRONT_SECRET_LEN + 1]; /* fixed after start */
+	struct front *front; /* parked long polls are woken through it (mu); NULL before/after */
+	atomic_int parked_polls; /* long polls parked in the front now */
 	int64_t last_sweep_ms; /* wall clock of the previous sweep (main thread only) */
 	struct ws_hub *hub;
 	struct console_hub *con;
@@ -196,6 +210,8 @@ int lc_run_finish(struct cp *cp, const char *run_id, const char *status, const c
 void lc_publish_job(struct cp *cp, const char *job_id);
 /* Bump the agent's wake generation and wake its long polls. */
 void lc_wake_agent(struct cp *cp, const char *agent_id);
+/* Its long polls parked in the front look again (after a->gen or a->console_gen moved). */
+void lc_wake_parked(struct cp *cp, struct cp_agent *a);
 bool lc_job_type_allowed(const struct cp *cp, const char *type);
 bool lc_status_valid(const char *status);
 bool lc_status_terminal(const char *status);
@@ -208,11 +224,22 @@ struct poll_running {
 struct poll_req {
 	int capacity;
 	int wait_s;
+	bool can_park;       /* came through the front: park instead of waiting */
+	int64_t wait_cap_ms; /* the front's cap on the wait (what is left of a parked poll's) */
 	struct poll_running *running;
 	size_t nrunning;
 };
-/* Renew leases, assign work, collect cancels, maybe wait. Takes mu. *answer returned-owned. */
-int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *req, cJSON **answer);
+/* A poll to park (req->can_park): where, which wake generation it saw, how long it may wait. */
+struct poll_park {
+	size_t agent_index;
+	uint64_t gen;
+	int64_t wait_ms;
+};
+/* Renew leases, assign work, collect cancels, maybe wait. Takes mu. 0 with
+ * *answer returned-owned; 1 with *park filled instead when the poll would
+ * wait and may park; <0 on error. */
+int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *req, cJSON **answer,
+                  struct poll_park *park);
 /* Lost runs (ack deadline, lease), retries whose backoff ended. Takes mu. */
 void dispatch_sweep(struct cp *cp);
 /* After a restart: give every active run a fresh lease and ack window, queue CREATED jobs. */
@@ -269,7 +296,8 @@ int http_handle_page(struct mg_connection *conn, void *cbdata);
 int http_query(const struct mg_connection *conn, const char *name, char *buf, size_t len);
 
 /* ---- api_agent.c / api_ui.c: handlers; path segments after /v1 ---- */
-void api_agent_poll(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
+/* false when the poll was parked in the front (no answer to the client yet). */
+bool api_agent_poll(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
 void api_agent_events(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *run_id);
 void api_agent_result(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *run_id);
 void api_ui_create_job(struct cp *cp, struct mg_connection *conn);
@@ -316,6 +344,11 @@ int front_start(struct cp *cp, const char *listen, uint16_t backend_port, struct
 uint16_t front_port(const struct front *f);
 /* Stop the thread, close every connection, free. NULL is a no-op. */
 void front_stop(struct front *f);
+/* A wake-up for the agent (index in cp->agents) at generation gen; any thread. */
+void front_wake(struct front *f, size_t agent_index, uint64_t gen);
+/* Stopping: send every parked poll on (handlers answer at once), then wait
+ * up to ms for the relayed requests to finish. */
+void front_drain(struct front *f, int ms);
 /* ---- instances.c ---- */
 void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
 void api_inst_events(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id,

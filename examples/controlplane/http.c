@@ -369,8 +369,8 @@ static void dispatch_route(struct cp *cp, struct mg_connection *conn, const stru
 	const char *id = r->nseg >= 2 ? seg[1] : NULL;
 	int64_t t0 = now_us();
 	if (strcmp(r->s0, "agents") == 0 && r->s2 && strcmp(r->s2, "poll") == 0) {
-		api_agent_poll(cp, conn, agent, id);
-		metrics_observe(&cp->metrics.poll, now_us() - t0);
+		if (api_agent_poll(cp, conn, agent, id)) /* a park is not an answer */
+			metrics_observe(&cp->metrics.poll, now_us() - t0);
 	} else if (strcmp(r->s0, "runs") == 0 && r->role == ROLE_AGENT && strcmp(r->s2, "events") == 0) {
 		api_agent_events(cp, conn, agent, id);
 		metrics_observe(&cp->metrics.events, now_us() - t0);
