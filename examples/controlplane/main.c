@@ -311,6 +311,18 @@ static int load_credentials(struct cp *cp)
 	return 0;
 }
 
+/* The per-process random values and the thread budget. */
+static void process_identity(struct cp *cp)
+{
+	snprintf(cp->epoch, sizeof(cp->epoch), "%016llx", (unsigned long long)jv_random_u64());
+	snprintf(cp->front_secret, sizeof(cp->front_secret), "%016llx%016llx", (unsigned long long)jv_random_u64(),
+	         (unsigned long long)jv_random_u64());
+	cp->ws_max = cp->cfg.ws_clients ? cp->cfg.ws_clients : cp->cfg.threads / 8 > 2 ? cp->cfg.threads / 8 : 2;
+	/* Only polls that bypass the front wait in a thread. */
+	int reserve = cp->cfg.threads / 4 > 4 ? cp->cfg.threads / 4 : 4;
+	cp->long_polls_max = cp->cfg.threads - reserve;
+}
+
 int main(int argc, char **argv)
 {
 	struct cp cp;
@@ -331,13 +343,7 @@ int main(int argc, char **argv)
 	pthread_rwlock_init(&cp.users_lock, NULL);
 	if (load_credentials(&cp) < 0)
 		goto out;
-	snprintf(cp.epoch, sizeof(cp.epoch), "%016llx", (unsigned long long)jv_random_u64());
-	snprintf(cp.front_secret, sizeof(cp.front_secret), "%016llx%016llx", (unsigned long long)jv_random_u64(),
-	         (unsigned long long)jv_random_u64());
-	cp.ws_max = cp.cfg.ws_clients ? cp.cfg.ws_clients : cp.cfg.threads / 8 > 2 ? cp.cfg.threads / 8 : 2;
-	/* Only polls that bypass the front wait in a thread. */
-	int reserve = cp.cfg.threads / 4 > 4 ? cp.cfg.threads / 4 : 4;
-	cp.long_polls_max = cp.cfg.threads - reserve;
+	process_identity(&cp);
 
 	/* Every thread started from here on inherits the blocked signals. */
 	sigset_t sigs;
