@@ -58,6 +58,7 @@ struct cp_agent {
 	char id[JV_IDENT_MAX + 1];
 	char *token;
 	size_t token_len;
+	unsigned char token_hash[32]; /* SHA-256 of token: the by_hash index */
 	pthread_cond_t cond;    /* long polls of this agent wait here (CLOCK_MONOTONIC) */
 	uint64_t gen;           /* bumped when work or a cancel for this agent appears */
 	int64_t last_seen_ms;   /* wall clock, 0 = never */
@@ -121,6 +122,7 @@ struct cp {
 	size_t admin_token_len;
 	struct cp_agent *agents;
 	size_t nagents;
+	struct cp_agent **by_hash; /* agents sorted by token_hash (fixed after start) */
 	pthread_rwlock_t users_lock; /* guards users (replaced on SIGHUP) */
 	struct cp_user *users;
 	size_t nusers;
@@ -153,6 +155,11 @@ int tokens_load_admin(const char *path, char **token, size_t *len, char *err, si
 int tokens_load_agents(const char *path, struct cp_agent **agents, size_t *n, char *err, size_t errlen);
 /* Constant-time equality (time depends only on the lengths). */
 bool tokens_equal(const char *a, size_t alen, const char *b, size_t blen);
+/* Index the agents by their tokens' hashes (after loading them); -ENOMEM. */
+int tokens_index(struct cp *cp);
+/* The agent whose token this is (borrowed), NULL when none: one hash and a
+ * binary search, not a comparison with every agent's token. */
+struct cp_agent *tokens_agent_by_token(struct cp *cp, const char *tok, size_t len);
 /* Agent by id (borrowed), NULL when unknown. */
 struct cp_agent *tokens_agent_find(struct cp *cp, const char *id);
 void tokens_free_agents(struct cp_agent *agents, size_t n);

@@ -301,6 +301,10 @@ static int load_credentials(struct cp *cp)
 		jv_error(NULL, NULL, "%s", err);
 		return -1;
 	}
+	if (tokens_index(cp) < 0) {
+		jv_error(NULL, NULL, "out of memory");
+		return -1;
+	}
 	for (size_t i = 0; i < cp->nagents; i++) {
 		if (tokens_equal(cp->admin_token, cp->admin_token_len, cp->agents[i].token,
 		                 cp->agents[i].token_len)) {
@@ -415,6 +419,7 @@ out:
 	free(cp.admin_token);
 	users_free(&cp);
 	tokens_free_agents(cp.agents, cp.nagents);
+	free(cp.by_hash);
 	free(cp.cfg.job_types);
 	pthread_mutex_destroy(&cp.mu);
 	return status;
