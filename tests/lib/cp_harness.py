@@ -5,6 +5,10 @@ token files (mode 0600), an OS-assigned port read from its "listening on"
 line, and stops it with SIGTERM, failing the test if it does not exit 0 or if
 a sanitizer reported anything. Agent plays the agent side of the protocol.
 Standard library only; every call has a timeout.
+
+Backends: JV_CP_BACKEND=postgresql (set by ctest for the e2e-pg.* copies of
+the control-plane tests) gives each ControlPlane a fresh database on one
+PostgreSQL server per test process (pg_harness), instead of a SQLite file.
 """
 
 import json
@@ -17,6 +21,8 @@ import time
 import unittest
 import urllib.error
 import urllib.request
+
+import pg_harness
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 AGENT_TOKENS = {
@@ -36,6 +42,16 @@ def cp_bin():
     if not path or not os.path.exists(path):
         raise unittest.SkipTest("JOBVISOR_CP_BIN is not set (run through ctest)")
     return path
+
+
+def backend():
+    """'sqlite' (the default) or 'postgresql', from JV_CP_BACKEND."""
+    b = os.environ.get("JV_CP_BACKEND", "sqlite")
+    if b not in ("sqlite", "postgresql"):
+        raise AssertionError("JV_CP_BACKEND must be 'sqlite' or 'postgresql', not %r" % b)
+    if b == "postgresql":
+        pg_harness.require_pg()
+    return b
 
 
 class Response:
@@ -80,7 +96,11 @@ class ControlPlane:
         self.dir = tmpdir
         self.args = list(args)
         self.agents = dict(agents or AGENT_TOKENS)
-        self.db = os.path.join(tmpdir, "cp.sqlite")
+        self.backend = backend()
+        if self.backend == "postgresql":
+            self.db = pg_harness.shared().new_database()
+        else:
+            self.db = os.path.join(tmpdir, "cp.sqlite")
         self.admin_file = os.path.join(tmpdir, "admin.token")
         self.agents_file = os.path.join(tmpdir, "agents")
         self.proc = None
