@@ -2,7 +2,7 @@
  *
  * --db postgresql://user@host/dbname (any libpq URI). At open: a pool of
  * connections (PG_POOL_SIZE; each call holds one for its duration, never
- * two), then the schema migrated under the migration lock (pg_schema.c).
+ * two), then the schema migrated under the migration lock (store_pg_schema.c).
  * The SQL mirrors the SQLite backend's; where several replicas race, the
  * PostgreSQL-specific locking is described at the call (store_pg_jobs.c,
  * store_pg_dispatch.c). docs/scaling.md has the picture. */

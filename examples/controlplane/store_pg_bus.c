@@ -2,7 +2,7 @@
  * shared WebSocket log (store_pg.h has the contract, docs/scaling.md the
  * design).
  *
- * The listener thread (pg_conn.c) calls on_notify for each notification:
+ * The listener thread (store_pg_conn.c) calls on_notify for each notification:
  * jv_wake goes straight to sig.wake; jv_ws makes it read ws_log after the
  * last seq it delivered (one query however many notifications piled up: a
  * payload at or below that seq is already delivered) and hand the rows to

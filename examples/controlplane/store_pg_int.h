@@ -12,7 +12,7 @@
 #ifndef JV_CP_STORE_PG_INT_H
 #define JV_CP_STORE_PG_INT_H
 
-#include "pg.h"
+#include "store_pg_conn.h"
 #include "store_backend.h"
 #include "store_pg.h"
 

@@ -88,7 +88,8 @@ def http(url, method="GET", body=None, token=None, raw=None, headers=None, timeo
 class ControlPlane:
     """A jobvisor-cp process in a temp directory."""
 
-    def __init__(self, args=(), tmpdir=None, agents=None):
+    def __init__(self, args=(), tmpdir=None, agents=None, db=None):
+        """db: share another ControlPlane's database (a second replica)."""
         self._own_tmp = None
         if tmpdir is None:
             self._own_tmp = tempfile.TemporaryDirectory(prefix="jvcp-")
@@ -97,7 +98,10 @@ class ControlPlane:
         self.args = list(args)
         self.agents = dict(agents or AGENT_TOKENS)
         self.backend = backend()
-        if self.backend == "postgresql":
+        if db is not None:
+            self.backend = "postgresql" if db.startswith("postgresql://") else "sqlite"
+            self.db = db
+        elif self.backend == "postgresql":
             self.db = pg_harness.shared().new_database()
         else:
             self.db = os.path.join(tmpdir, "cp.sqlite")

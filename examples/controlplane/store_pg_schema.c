@@ -1,4 +1,4 @@
-/* pg_schema.c — the PostgreSQL schema and its migrations.
+/* store_pg_schema.c — the PostgreSQL schema and its migrations.
  *
  * The same tables as the SQLite schema (db.c, version 6) in PostgreSQL's
  * dialect: wall-clock milliseconds and seqs are BIGINT, flags stay INTEGER
@@ -14,7 +14,7 @@
  * once take a session advisory lock (PG_MIGRATION_LOCK) around the whole
  * check-and-migrate: the first migrates, the others wait for it and then
  * find nothing to do. A database migrated by a newer jobvisor-cp is refused. */
-#include "pg.h"
+#include "store_pg_conn.h"
 
 #include <errno.h>
 #include <stdio.h>

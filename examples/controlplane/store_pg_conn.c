@@ -1,4 +1,4 @@
-/* pg_conn.c — libpq connections: the pool, statement helpers, the LISTEN thread.
+/* store_pg_conn.c — libpq connections: the pool, statement helpers, the LISTEN thread.
  *
  * The pool hands each caller a connection of its own (libpq connections are
  * not shared between threads). A connection that broke (server restart,
@@ -10,7 +10,7 @@
  * then poll() on the connection's socket and a stop pipe. When the
  * connection drops it reconnects with a growing delay (0.2 s .. 2 s) and
  * tells the callback (channel NULL) that it may have missed notifications. */
-#include "pg.h"
+#include "store_pg_conn.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,10 +1,10 @@
-/* pg.h — PostgreSQL plumbing for the store's PostgreSQL backend (libpq).
+/* store_pg_conn.h — PostgreSQL plumbing for the store's PostgreSQL backend (libpq).
  *
- * pg_conn.c: a small pool of connections (reconnecting a broken one on the
+ * store_pg_conn.c: a small pool of connections (reconnecting a broken one on the
  * next acquire, with a clear error when the server stays unreachable), text-
  * parameter execution helpers, and a LISTEN thread on a connection of its
  * own that hands every notification to a callback.
- * pg_schema.c: the versioned schema, migrated at start under a session
+ * store_pg_schema.c: the versioned schema, migrated at start under a session
  * advisory lock so that of several replicas starting at once the first
  * migrates and the others wait, then find the schema current.
  *
@@ -14,8 +14,8 @@
  *   jv_ws    payload = the new WebSocket seq: a message was appended to
  *            ws_log; every replica feeds the rows it has not seen to its clients.
  * docs/scaling.md describes the design. */
-#ifndef JV_CP_PG_H
-#define JV_CP_PG_H
+#ifndef JV_CP_STORE_PG_CONN_H
+#define JV_CP_STORE_PG_CONN_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -64,7 +64,7 @@ void pg_rollback(PGconn *c);
 int64_t pg_i64(const PGresult *res, int r, int col);
 const char *pg_str(const PGresult *res, int r, int col);
 
-/* ---- pg_schema.c ---- */
+/* ---- store_pg_schema.c ---- */
 /* Migrate to PG_SCHEMA_VERSION under the migration lock. 0 or -errno with err. */
 int pg_migrate(PGconn *c, char *err, size_t errlen);
 /* The version recorded in schema_version, -1 on error. */
