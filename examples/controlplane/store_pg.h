@@ -39,6 +39,8 @@ int store_pg_ws_head(struct store *s, char epoch[17], uint64_t *head);
 /* Start the listener: deliveries begin after *head of store_pg_ws_head. */
 int store_pg_signals_start(struct store *s, const struct store_signals *sig, uint64_t head, char *err,
                            size_t errlen);
+/* Stop the listener and join its thread; no callback runs after. */
+void store_pg_signals_stop(struct store *s);
 int store_pg_wake(struct store *s, const char *agent_id);
 /* Append a WebSocket message (a JSON object's text, without "seq"): 1 when
  * appended (it comes back through sig->ws), 0 when not PostgreSQL, <0 error. */

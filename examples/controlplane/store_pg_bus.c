@@ -88,6 +88,12 @@ int store_pg_signals_start(struct store *s, const struct store_signals *sig, uin
 	return pg_listen_start(sp->url, channels, 2, on_notify, sp, &sp->listener, err, errlen);
 }
 
+void store_pg_signals_stop(struct store *s)
+{
+	if (store_is_pg(s))
+		pgs_bus_stop(pgs(s));
+}
+
 void pgs_bus_stop(struct store_pg *sp)
 {
 	pg_listen_stop(sp->listener);
