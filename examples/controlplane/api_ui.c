@@ -189,7 +189,7 @@ void api_ui_list_jobs(struct cp *cp, struct mg_connection *conn)
 	cJSON *jobs = NULL;
 	int64_t next = 0;
 	pthread_mutex_lock(&cp->mu);
-	int rc = store_list_jobs(cp, &f, &jobs, &next);
+	int rc = store_jobs_list(cp->store, &f, &jobs, &next);
 	pthread_mutex_unlock(&cp->mu);
 	if (rc < 0) {
 		http_send_error(conn, 500, "database error");
@@ -211,8 +211,8 @@ void api_ui_list_jobs(struct cp *cp, struct mg_connection *conn)
 static void answer_job(struct cp *cp, struct http_answer *a, const char *job_id, int status)
 {
 	/* mu held by the caller */
-	cJSON *job = store_job_json(cp, job_id);
-	if (job)
+	cJSON *job = NULL;
+	if (store_job_json(cp->store, job_id, &job) == 0)
 		http_answer_json(a, status, job);
 	else
 		http_answer_error(a, 404, "no job '%s'", job_id);
@@ -255,10 +255,8 @@ void api_ui_retry_job(struct cp *cp, struct mg_connection *conn, const char *job
 
 void api_ui_get_run(struct cp *cp, struct mg_connection *conn, const char *run_id)
 {
-	pthread_mutex_lock(&cp->mu);
-	cJSON *run = store_run_json(cp, run_id);
-	pthread_mutex_unlock(&cp->mu);
-	if (run)
+	cJSON *run = NULL;
+	if (store_run_json(cp->store, run_id, &run) == 0)
 		http_send_json(conn, 200, run);
 	else
 		http_send_error(conn, 404, "no run '%s'", run_id);
@@ -274,10 +272,10 @@ void api_ui_run_events(struct cp *cp, struct mg_connection *conn, const char *ru
 	}
 	pthread_mutex_lock(&cp->mu);
 	struct store_run_state rs;
-	int rc = store_run_state(cp, run_id, &rs);
+	int rc = store_run_state(cp->store, run_id, &rs);
 	cJSON *events = NULL;
 	if (rc == 0)
-		rc = store_events(cp, run_id, after, (int)limit, &events);
+		rc = store_run_events(cp->store, run_id, after, (int)limit, &events);
 	pthread_mutex_unlock(&cp->mu);
 	if (rc == -ENOENT) {
 		http_send_error(conn, 404, "no run '%s'", run_id);
@@ -297,7 +295,7 @@ void api_ui_run_events(struct cp *cp, struct mg_connection *conn, const char *ru
 void api_ui_agents(struct cp *cp, struct mg_connection *conn)
 {
 	pthread_mutex_lock(&cp->mu);
-	cJSON *agents = store_agents_json(cp);
+	cJSON *agents = dispatch_agents_json(cp);
 	pthread_mutex_unlock(&cp->mu);
 	cJSON *ans = cJSON_CreateObject();
 	cJSON_AddItemToObject(ans, "agents", agents ? agents : cJSON_CreateArray());

@@ -206,6 +206,9 @@ struct store_options {
 	bool sync_full; /* SQLite: synchronous=FULL; PostgreSQL: ignored */
 };
 
+/* ISO-8601 string, or JSON null for 0 (store_json.c); returned-owned. */
+cJSON *store_time(int64_t ms);
+
 /* ---- opening ---- */
 
 /* Open the database named by --db: "postgresql://..." or "postgres://..."

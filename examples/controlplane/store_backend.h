@@ -110,8 +110,6 @@ struct store_schedule_row {
 	bool enabled;
 	int64_t next_fire, last_fire, created_at, updated_at;
 };
-/* ISO-8601 string, or JSON null for 0. */
-cJSON *store_time(int64_t ms);
 /* Parsed JSON text; JSON null for NULL or unparsable text. */
 cJSON *store_json_parse(const char *text);
 cJSON *store_run_row_json(const struct store_run_row *r);
