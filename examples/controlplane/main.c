@@ -12,6 +12,7 @@
  * done in a handler. Exit status: 0 after a signal, 1 runtime failure, 2 usage
  * or configuration error. */
 #include "cp.h"
+#include "replicas.h"
 
 #include <civetweb.h>
 #include <errno.h>
@@ -347,6 +348,10 @@ int main(int argc, char **argv)
 		jv_error(NULL, NULL, "cannot start the WebSocket broadcaster");
 		goto out;
 	}
+	if (replicas_start(&cp, err, sizeof(err)) < 0) {
+		jv_error(NULL, NULL, "%s", err);
+		goto out;
+	}
 	if (dispatch_recover(&cp) < 0) {
 		jv_error(NULL, NULL, "cannot recover the state in the %s database", store_backend_name(cp.store));
 		goto out;
@@ -382,6 +387,7 @@ int main(int argc, char **argv)
 out:
 	shutdown_drain(&cp);
 	front_stop(front);
+	replicas_stop(&cp);
 	ws_hub_stop(cp.hub);
 	if (ctx)
 		mg_stop(ctx);
