@@ -14,6 +14,7 @@ PostgreSQL server per test process (pg_harness), instead of a SQLite file.
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -52,6 +53,16 @@ def backend():
     if b == "postgresql":
         pg_harness.require_pg()
     return b
+
+
+def _pg_literal(v):
+    if v is None:
+        return "NULL"
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return "'" + str(v).replace("'", "''") + "'"
 
 
 class Response:
@@ -193,6 +204,39 @@ class ControlPlane:
         finally:
             if self._own_tmp:
                 self._own_tmp.cleanup()
+
+    # --- the database itself, whichever backend (tests that poke at rows) ---
+    def sql(self, query, params=()):
+        """Run one statement ('?' placeholders); returns its rows as tuples
+        (PostgreSQL: of strings)."""
+        if self.backend == "sqlite":
+            con = sqlite3.connect(self.db, timeout=30)
+            try:
+                rows = con.execute(query, params).fetchall()
+                con.commit()
+                return rows
+            finally:
+                con.close()
+        parts = query.split("?")
+        if len(parts) != len(params) + 1:
+            raise AssertionError("placeholders and params differ in %r" % query)
+        text = parts[0] + "".join(_pg_literal(v) + rest for v, rest in zip(params, parts[1:]))
+        out = pg_harness.shared().psql(self.db.rsplit("/", 1)[1], text)
+        return [tuple(line.split("|")) for line in out.splitlines() if line]
+
+    def insert_rows(self, table, columns, rows):
+        """Bulk insert (tuples, None = NULL)."""
+        if self.backend == "sqlite":
+            con = sqlite3.connect(self.db, timeout=30)
+            try:
+                con.execute("PRAGMA synchronous=OFF")
+                con.executemany("INSERT INTO %s (%s) VALUES (%s)" % (table, ", ".join(columns),
+                                                                    ",".join("?" * len(columns))), rows)
+                con.commit()
+            finally:
+                con.close()
+        else:
+            pg_harness.shared().copy_rows(self.db.rsplit("/", 1)[1], table, columns, rows)
 
     # --- UI / panel calls (admin token) ---
     def api(self, method, path, body=None, token=ADMIN_TOKEN, **kw):

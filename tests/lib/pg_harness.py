@@ -153,6 +153,24 @@ class PgServer:
                        "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-d", dbname, "-c", sql])
         return r.stdout.decode(errors="replace").strip()
 
+    def copy_rows(self, dbname, table, columns, rows):
+        """Bulk-load rows (tuples; None = NULL) with COPY ... FROM STDIN (CSV)."""
+        import csv
+        import io
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        for row in rows:
+            w.writerow(["\\N" if v is None else v for v in row])
+        sql = "COPY %s (%s) FROM STDIN WITH (FORMAT csv, NULL '\\N')" % (table, ", ".join(columns))
+        user = _server_user()
+        kw = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
+        r = subprocess.run([os.path.join(self.bindir, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                            "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-d", dbname, "-c", sql],
+                           input=buf.getvalue().encode(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=600, cwd=self.dir, **kw)
+        if r.returncode != 0:
+            raise AssertionError("COPY into %s failed: %s" % (table, r.stdout.decode(errors="replace")[-2000:]))
+
     def new_database(self, prefix="jv"):
         """Create an empty database; returns its connection URL."""
         with self._lock:
