@@ -202,6 +202,22 @@ static int pick(PGconn *c, const char *agent_id, int64_t now, int free_slots, st
 	return rc < 0 ? -ENOMEM : n;
 }
 
+/* Claim the picked runs ($1, a text array) and their jobs. started_at is
+ * never before the finish of the run it follows (the previous attempt, the
+ * instance's previous job): this replica read `now` before its claim waited
+ * its turn, and another replica's clock stamped that finish. */
+static const char SQL_CLAIM[] =
+	"WITH r AS (UPDATE job_runs u SET status = 'RUNNING', ack_deadline = $3, lease_until = $4,"
+	"   started_at = greatest($2,"
+	"     (SELECT max(x.finished_at) FROM job_runs x WHERE x.job_id = u.job_id),"
+	"     (SELECT max(x.finished_at) FROM job_runs x WHERE x.job_id ="
+	"        (SELECT e.job_id FROM jobs me JOIN jobs e ON e.agent_id = me.agent_id"
+	"           AND e.instance_id = me.instance_id AND e.seq < me.seq"
+	"         WHERE me.job_id = u.job_id ORDER BY e.seq DESC LIMIT 1)))"
+	"   WHERE run_id = ANY($1::text[]) AND status = 'QUEUED' RETURNING run_id, job_id)"
+	" UPDATE jobs j SET status = 'RUNNING', updated_at = $2 FROM r WHERE j.job_id = r.job_id"
+	" RETURNING r.run_id, j.seq";
+
 /* RETURNING has no order: the claimed run ids by job seq (selection sort, a few rows). */
 static int copy_by_seq(const PGresult *r, char (*ids)[CP_ID_MAX], int max)
 {
@@ -243,13 +259,7 @@ static int claim_locked(PGconn *c, const char *agent_id, int capacity, int64_t n
 		pg_p_i64(&q, now);
 		pg_p_i64(&q, ack_deadline);
 		pg_p_i64(&q, lease_until);
-		r = pg_exec(c,
-		            "WITH r AS (UPDATE job_runs SET status = 'RUNNING', started_at = $2, ack_deadline = $3,"
-		            "   lease_until = $4 WHERE run_id = ANY($1::text[]) AND status = 'QUEUED'"
-		            "   RETURNING run_id, job_id)"
-		            " UPDATE jobs j SET status = 'RUNNING', updated_at = $2 FROM r WHERE j.job_id = r.job_id"
-		            " RETURNING r.run_id, j.seq",
-		            &q);
+		r = pg_exec(c, SQL_CLAIM, &q);
 		n = r ? copy_by_seq(r, ids, max) : -EIO;
 		PQclear(r);
 	}
