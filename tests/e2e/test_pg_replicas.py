@@ -4,7 +4,8 @@ Always PostgreSQL (a server the test starts itself, tests/lib/pg_harness.py;
 skipped only when Debian's postgresql binaries are missing):
   - both replicas migrate one empty database at once (one migrates, one waits);
   - competing dispatch: agents poll both replicas at once from several
-    threads; no run comes back once acknowledged or finished, every job ends
+    threads; every run is claimed once (each replica logs "run assigned" per
+    claim it wins), no run comes back once acknowledged or finished, every job ends
     COMPLETED with exactly one run, and by the server's own start and finish
     times an instance's runs never overlap and start in creation order and no
     agent runs more than its capacity at once;
@@ -15,6 +16,7 @@ skipped only when Debian's postgresql binaries are missing):
 """
 
 import datetime
+import re
 import statistics
 import threading
 import time
@@ -153,6 +155,12 @@ class Replicas(unittest.TestCase):
                 inst = "inst-%d" % i
                 order = [jid for (ins, jid) in h.started if ins == inst]
                 self.assertEqual(order, created[(h.id, inst)], "instance %s of %s started out of order" % (inst, h.id))
+        # Each replica logs "run assigned" once per claim it wins: one per run in all.
+        logs = a.stderr_text() + b.stderr_text()
+        for h in hammers:
+            for rid in h.done:
+                claims = len(re.findall(r"run_id=%s\b[^\n]*run assigned|run assigned[^\n]*%s" % (rid, rid), logs))
+                self.assertEqual(claims, 1, "run %s claimed %d times" % (rid, claims))
         # The server's own times: an instance's runs never overlap and start in
         # creation order; an agent never runs more than its capacity at once.
         spans = {}
