@@ -9,6 +9,7 @@
 #include "store_pg_int.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,36 @@ int pgs_array_add(struct jv_buf *b, const char *s, bool first)
 			rc = jv_buf_append(b, p, 1);
 	}
 	return rc == 0 ? jv_buf_append(b, "\"", 1) : rc;
+}
+
+void pgs_batch_init(struct pgs_batch *b)
+{
+	jv_buf_init(&b->seqs, 1024u * 1024);
+	jv_buf_init(&b->bodies, 64u * 1024 * 1024);
+	b->n = 0;
+	b->rc = jv_buf_append(&b->seqs, "{", 1) | jv_buf_append(&b->bodies, "{", 1);
+}
+
+void pgs_batch_add(struct pgs_batch *b, int64_t seq, const char *body)
+{
+	if (b->rc == 0)
+		b->rc = jv_buf_printf(&b->seqs, "%s%" PRId64, b->n ? "," : "", seq) < 0 ? -ENOMEM : 0;
+	if (b->rc == 0)
+		b->rc = pgs_array_add(&b->bodies, body, b->n == 0);
+	b->n++;
+}
+
+int pgs_batch_end(struct pgs_batch *b)
+{
+	if (b->rc == 0)
+		b->rc = jv_buf_append(&b->seqs, "}", 2) | jv_buf_append(&b->bodies, "}", 2);
+	return b->rc ? -ENOMEM : 0;
+}
+
+void pgs_batch_free(struct pgs_batch *b)
+{
+	jv_buf_free(&b->seqs);
+	jv_buf_free(&b->bodies);
 }
 
 int pgs_fail(struct store *s, PGconn *c, int rc)
@@ -53,8 +84,7 @@ int pgs_lock_key(PGconn *c, const char *kind, const char *a, const char *b)
 	               : 0;
 }
 
-/* A query returning rows on a pooled connection: the result or NULL (-EIO). */
-static PGresult *query(struct store *s, const char *sql, const struct pg_params *p)
+PGresult *pgs_query(struct store *s, const char *sql, const struct pg_params *p)
 {
 	PGconn *c = pgs_conn(s);
 	if (!c)
@@ -62,6 +92,16 @@ static PGresult *query(struct store *s, const char *sql, const struct pg_params 
 	PGresult *r = pg_exec(c, sql, p);
 	pgs_done(s, c);
 	return r;
+}
+
+int pgs_cmd(struct store *s, const char *sql, const struct pg_params *p)
+{
+	PGconn *c = pgs_conn(s);
+	if (!c)
+		return -EIO;
+	int n = pg_cmd(c, sql, p);
+	pgs_done(s, c);
+	return n;
 }
 
 /* ---- runs and jobs: rows -> JSON ---- */
@@ -94,7 +134,7 @@ static int run_json(struct store *s, const char *run_id, cJSON **out)
 {
 	struct pg_params p = {0};
 	pg_p_str(&p, run_id);
-	PGresult *r = query(s, "SELECT " RUN_COLUMNS " FROM job_runs WHERE run_id = $1", &p);
+	PGresult *r = pgs_query(s, "SELECT " RUN_COLUMNS " FROM job_runs WHERE run_id = $1", &p);
 	if (!r)
 		return -EIO;
 	int rc = PQntuples(r) == 1 ? 0 : -ENOENT;
@@ -214,7 +254,7 @@ static int run_events(struct store *s, const char *run_id, int64_t after, int li
 	pg_p_str(&p, run_id);
 	pg_p_i64(&p, after);
 	pg_p_i64(&p, limit);
-	PGresult *r = query(s, "SELECT body FROM events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3", &p);
+	PGresult *r = pgs_query(s, "SELECT body FROM events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3", &p);
 	if (!r)
 		return -EIO;
 	cJSON *arr = cJSON_CreateArray();
@@ -231,11 +271,11 @@ int pgs_run_state(struct store *s, const char *run_id, struct store_run_state *o
 {
 	struct pg_params p = {0};
 	pg_p_str(&p, run_id);
-	PGresult *r = query(s,
-	                    "SELECT r.job_id, r.agent_id, j.instance_id, r.status, coalesce(r.finished_by, ''),"
-	                    " r.attempt, r.acked, r.cancel_requested, r.last_seq"
-	                    " FROM job_runs r JOIN jobs j ON j.job_id = r.job_id WHERE r.run_id = $1",
-	                    &p);
+	PGresult *r = pgs_query(s,
+	                        "SELECT r.job_id, r.agent_id, j.instance_id, r.status, coalesce(r.finished_by, ''),"
+	                        " r.attempt, r.acked, r.cancel_requested, r.last_seq"
+	                        " FROM job_runs r JOIN jobs j ON j.job_id = r.job_id WHERE r.run_id = $1",
+	                        &p);
 	if (!r)
 		return -EIO;
 	int rc = PQntuples(r) == 1 ? 0 : -ENOENT;
@@ -298,12 +338,12 @@ int pgs_assignment_json(struct store *s, const char *run_id, cJSON **out)
 {
 	struct pg_params p = {0};
 	pg_p_str(&p, run_id);
-	PGresult *r = query(s,
-	                    "SELECT j.seq, j.job_id, j.type, j.agent_id, j.instance_id, j.params, j.status,"
-	                    " j.max_attempts, j.timeout_s, j.cancel_grace_s, j.cancel_requested, j.created_at,"
-	                    " j.updated_at, j.schedule_id, r.attempt"
-	                    " FROM job_runs r JOIN jobs j ON j.job_id = r.job_id WHERE r.run_id = $1",
-	                    &p);
+	PGresult *r = pgs_query(s,
+	                        "SELECT j.seq, j.job_id, j.type, j.agent_id, j.instance_id, j.params, j.status,"
+	                        " j.max_attempts, j.timeout_s, j.cancel_grace_s, j.cancel_requested, j.created_at,"
+	                        " j.updated_at, j.schedule_id, r.attempt"
+	                        " FROM job_runs r JOIN jobs j ON j.job_id = r.job_id WHERE r.run_id = $1",
+	                        &p);
 	if (!r)
 		return -EIO;
 	int rc = PQntuples(r) == 1 ? 0 : -ENOENT;

@@ -26,10 +26,7 @@ int store_pg_ws_head(struct store *s, char epoch[17], uint64_t *head)
 {
 	if (!store_is_pg(s))
 		return 0;
-	PGconn *c = pgs_conn(s);
-	PGresult *r = c ? pg_exec(c, "SELECT epoch, seq FROM ws_head WHERE id = 1", NULL) : NULL;
-	if (c)
-		pgs_done(s, c);
+	PGresult *r = pgs_query(s, "SELECT epoch, seq FROM ws_head WHERE id = 1", NULL);
 	int rc = r && PQntuples(r) == 1 ? 0 : -EIO;
 	if (rc == 0) {
 		pgs_copy(epoch, 17, r, 0, 0);
@@ -46,10 +43,7 @@ static void deliver_ws(struct store_pg *sp)
 		struct pg_params p = {0};
 		pg_p_i64(&p, (int64_t)sp->ws_delivered);
 		pg_p_i64(&p, WS_FETCH);
-		PGconn *c = pgs_conn(&sp->base);
-		PGresult *r = c ? pg_exec(c, "SELECT seq, body FROM ws_log WHERE seq > $1 ORDER BY seq LIMIT $2", &p) : NULL;
-		if (c)
-			pgs_done(&sp->base, c);
+		PGresult *r = pgs_query(&sp->base, "SELECT seq, body FROM ws_log WHERE seq > $1 ORDER BY seq LIMIT $2", &p);
 		if (!r)
 			return; /* logged; the next notification or resync tries again */
 		int n = PQntuples(r);
@@ -107,9 +101,7 @@ int store_pg_wake(struct store *s, const char *agent_id)
 	struct pg_params p = {0};
 	pg_p_str(&p, PG_CHANNEL_WAKE);
 	pg_p_str(&p, agent_id);
-	PGconn *c = pgs_conn(s);
-	int rc = c && pg_cmd(c, "SELECT pg_notify($1, $2)", &p) >= 0 ? 0 : -EIO;
-	return c ? pgs_fail(s, c, rc) : -EIO;
+	return pgs_cmd(s, "SELECT pg_notify($1, $2)", &p) < 0 ? -EIO : 0;
 }
 
 int store_pg_ws_append(struct store *s, const char *text, int64_t now)
@@ -123,19 +115,15 @@ int store_pg_ws_append(struct store *s, const char *text, int64_t now)
 	pg_p_str(&p, text);
 	pg_p_i64(&p, now);
 	pg_p_str(&p, PG_CHANNEL_WS);
-	PGconn *c = pgs_conn(s);
-	if (!c)
-		return -EIO;
 	/* One statement, so one transaction: the row lock on ws_head orders the
 	 * appends, and the notification goes out when it commits. The seq goes
 	 * into the object as its last member. */
-	PGresult *r = pg_exec(c,
-	                      "WITH h AS (UPDATE ws_head SET seq = seq + 1 WHERE id = 1 RETURNING seq),"
-	                      " i AS (INSERT INTO ws_log (seq, body, at)"
-	                      "       SELECT seq, left($1, -1) || ',\"seq\":' || seq || '}', $2 FROM h RETURNING seq)"
-	                      " SELECT pg_notify($3, seq::text) FROM i",
-	                      &p);
-	pgs_done(s, c);
+	PGresult *r = pgs_query(s,
+	                        "WITH h AS (UPDATE ws_head SET seq = seq + 1 WHERE id = 1 RETURNING seq),"
+	                        " i AS (INSERT INTO ws_log (seq, body, at)"
+	                        "       SELECT seq, left($1, -1) || ',\"seq\":' || seq || '}', $2 FROM h RETURNING seq)"
+	                        " SELECT pg_notify($3, seq::text) FROM i",
+	                        &p);
 	int rc = r && PQntuples(r) == 1 ? 1 : -EIO;
 	PQclear(r);
 	return rc;
@@ -149,9 +137,5 @@ void pgs_bus_maintain(struct store_pg *sp)
 	sp->ws_trimmed_ms = now;
 	struct pg_params p = {0};
 	pg_p_i64(&p, WS_KEEP);
-	PGconn *c = pgs_conn(&sp->base);
-	if (c) {
-		pg_cmd(c, "DELETE FROM ws_log WHERE seq <= (SELECT seq FROM ws_head WHERE id = 1) - $1", &p);
-		pgs_done(&sp->base, c);
-	}
+	pgs_cmd(&sp->base, "DELETE FROM ws_log WHERE seq <= (SELECT seq FROM ws_head WHERE id = 1) - $1", &p);
 }

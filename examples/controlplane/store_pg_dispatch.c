@@ -43,40 +43,29 @@ int pgs_agents_register(struct store *s, const char *const *agent_ids, size_t n)
 		jv_buf_free(&b);
 		return -ENOMEM;
 	}
-	PGconn *c = pgs_conn(s);
 	struct pg_params p = {0};
 	pg_p_str(&p, b.data);
-	int rc = c && pg_cmd(c, "INSERT INTO agents (agent_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", &p) >= 0
-	                 ? 0
-	                 : -EIO;
+	int rows = pgs_cmd(s, "INSERT INTO agents (agent_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", &p);
 	jv_buf_free(&b);
-	return c ? pgs_fail(s, c, rc) : -EIO;
+	return rows < 0 ? -EIO : 0;
 }
 
 int pgs_agent_touch(struct store *s, const char *agent_id, int64_t last_seen, int capacity)
 {
-	PGconn *c = pgs_conn(s);
-	if (!c)
-		return -EIO;
 	struct pg_params p = {0};
 	pg_p_i64(&p, last_seen);
 	pg_p_i64(&p, capacity);
 	pg_p_str(&p, agent_id);
-	int rc = pg_cmd(c, "UPDATE agents SET last_seen = greatest(last_seen, $1), capacity = $2 WHERE agent_id = $3",
-	                &p) < 0
-	                 ? -EIO
-	                 : 0;
-	return pgs_fail(s, c, rc);
+	return pgs_cmd(s, "UPDATE agents SET last_seen = greatest(last_seen, $1), capacity = $2 WHERE agent_id = $3",
+	               &p) < 0
+	               ? -EIO
+	               : 0;
 }
 
 int pgs_agents_each(struct store *s, void (*fn)(void *ud, const char *agent_id, int64_t last_seen, int capacity),
                     void *ud)
 {
-	PGconn *c = pgs_conn(s);
-	if (!c)
-		return -EIO;
-	PGresult *r = pg_exec(c, "SELECT agent_id, last_seen, capacity FROM agents ORDER BY agent_id", NULL);
-	pgs_done(s, c);
+	PGresult *r = pgs_query(s, "SELECT agent_id, last_seen, capacity FROM agents ORDER BY agent_id", NULL);
 	if (!r)
 		return -EIO;
 	for (int i = 0; i < PQntuples(r); i++)
@@ -88,11 +77,7 @@ int pgs_agents_each(struct store *s, void (*fn)(void *ud, const char *agent_id, 
 /* One number from a query on its own connection; <0 on error. */
 static int64_t scalar(struct store *s, const char *sql, const struct pg_params *p)
 {
-	PGconn *c = pgs_conn(s);
-	if (!c)
-		return -EIO;
-	PGresult *r = pg_exec(c, sql, p);
-	pgs_done(s, c);
+	PGresult *r = pgs_query(s, sql, p);
 	int64_t v = r && PQntuples(r) == 1 ? pg_i64(r, 0, 0) : -EIO;
 	PQclear(r);
 	return v;
@@ -114,19 +99,17 @@ int pgs_runs_renew(struct store *s, const char *agent_id, const char *const *run
 		return 0;
 	struct jv_buf b;
 	jv_buf_init(&b, 64u * 1024 * 1024);
-	PGconn *c = text_array(&b, run_ids, n) == 0 ? pgs_conn(s) : NULL;
+	bool built = text_array(&b, run_ids, n) == 0;
 	struct pg_params p = {0};
 	pg_p_i64(&p, lease_until);
 	pg_p_str(&p, agent_id);
 	pg_p_str(&p, b.data);
-	PGresult *r = c ? pg_exec(c,
-	                          "UPDATE job_runs SET lease_until = $1 WHERE agent_id = $2 AND status = 'RUNNING'"
-	                          " AND run_id = ANY($3::text[]) RETURNING run_id",
-	                          &p)
-	                : NULL;
+	PGresult *r = built ? pgs_query(s,
+	                                "UPDATE job_runs SET lease_until = $1 WHERE agent_id = $2 AND status = 'RUNNING'"
+	                                " AND run_id = ANY($3::text[]) RETURNING run_id",
+	                                &p)
+	                                : NULL;
 	jv_buf_free(&b);
-	if (c)
-		pgs_done(s, c);
 	if (!r)
 		return -EIO;
 	for (int k = 0; k < PQntuples(r); k++)
@@ -140,11 +123,7 @@ int pgs_runs_renew(struct store *s, const char *agent_id, const char *const *run
 /* Rows of column 0 into ids; the count or -EIO. */
 static int ids_of(struct store *s, const char *sql, const struct pg_params *p, char (*ids)[CP_ID_MAX], int max)
 {
-	PGconn *c = pgs_conn(s);
-	if (!c)
-		return -EIO;
-	PGresult *r = pg_exec(c, sql, p);
-	pgs_done(s, c);
+	PGresult *r = pgs_query(s, sql, p);
 	if (!r)
 		return -EIO;
 	int n = PQntuples(r) < max ? PQntuples(r) : max;
@@ -288,15 +267,11 @@ int pgs_runs_lost(struct store *s, int64_t now, struct store_lost_run *out, int 
 	struct pg_params p = {0};
 	pg_p_i64(&p, now);
 	pg_p_i64(&p, max);
-	PGconn *c = pgs_conn(s);
-	if (!c)
-		return -EIO;
-	PGresult *r = pg_exec(c,
-	                      "SELECT run_id, agent_id, (acked = 0 AND ack_deadline < $1) FROM job_runs"
-	                      " WHERE status = 'RUNNING' AND ((acked = 0 AND ack_deadline < $1) OR lease_until < $1)"
-	                      " LIMIT $2",
-	                      &p);
-	pgs_done(s, c);
+	PGresult *r = pgs_query(s,
+	                        "SELECT run_id, agent_id, (acked = 0 AND ack_deadline < $1) FROM job_runs"
+	                        " WHERE status = 'RUNNING' AND ((acked = 0 AND ack_deadline < $1) OR lease_until < $1)"
+	                        " LIMIT $2",
+	                        &p);
 	if (!r)
 		return -EIO;
 	int n = PQntuples(r);
@@ -315,14 +290,10 @@ int pgs_retry_agents(struct store *s, int64_t after, int64_t until, void (*fn)(v
 	struct pg_params p = {0};
 	pg_p_i64(&p, after);
 	pg_p_i64(&p, until);
-	PGconn *c = pgs_conn(s);
-	if (!c)
-		return -EIO;
-	PGresult *r = pg_exec(c,
-	                      "SELECT DISTINCT agent_id FROM job_runs WHERE status = 'QUEUED'"
-	                      " AND not_before > $1 AND not_before <= $2",
-	                      &p);
-	pgs_done(s, c);
+	PGresult *r = pgs_query(s,
+	                        "SELECT DISTINCT agent_id FROM job_runs WHERE status = 'QUEUED'"
+	                        " AND not_before > $1 AND not_before <= $2",
+	                        &p);
 	if (!r)
 		return -EIO;
 	for (int i = 0; i < PQntuples(r); i++)
@@ -336,14 +307,8 @@ int pgs_runs_refresh(struct store *s, int64_t lease_until, int64_t ack_deadline)
 	struct pg_params p = {0};
 	pg_p_i64(&p, lease_until);
 	pg_p_i64(&p, ack_deadline);
-	PGconn *c = pgs_conn(s);
-	if (!c)
-		return -EIO;
-	int rc = pg_cmd(c,
-	                "UPDATE job_runs SET lease_until = $1,"
-	                " ack_deadline = CASE acked WHEN 0 THEN $2 ELSE ack_deadline END WHERE status = 'RUNNING'",
-	                &p) < 0
-	                 ? -EIO
-	                 : 0;
-	return pgs_fail(s, c, rc);
+	return pgs_cmd(s,
+	               "UPDATE job_runs SET lease_until = $1,"
+	               " ack_deadline = CASE acked WHEN 0 THEN $2 ELSE ack_deadline END WHERE status = 'RUNNING'",
+	               &p) < 0 ? -EIO : 0;
 }

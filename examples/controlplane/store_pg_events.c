@@ -8,39 +8,25 @@
 #include "store_pg_int.h"
 
 #include <errno.h>
-#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "jobvisor/util.h"
 
-/* The batch as two array literals: seqs and bodies. */
-static int batch_arrays(const struct store_event *ev, size_t n, struct jv_buf *seqs, struct jv_buf *bodies)
-{
-	int rc = jv_buf_append(seqs, "{", 1) | jv_buf_append(bodies, "{", 1);
-	for (size_t i = 0; rc == 0 && i < n; i++) {
-		rc = jv_buf_printf(seqs, "%s%" PRId64, i ? "," : "", ev[i].seq) < 0 ? -ENOMEM : 0;
-		if (rc == 0)
-			rc = pgs_array_add(bodies, ev[i].body, i == 0);
-	}
-	if (rc == 0)
-		rc = jv_buf_append(seqs, "}", 2) | jv_buf_append(bodies, "}", 2);
-	return rc ? -ENOMEM : 0;
-}
-
 static int insert_batch(PGconn *c, const char *run_id, struct store_event *ev, size_t n, int64_t now)
 {
-	struct jv_buf seqs, bodies;
-	jv_buf_init(&seqs, 1024u * 1024);
-	jv_buf_init(&bodies, 64u * 1024 * 1024);
-	int rc = batch_arrays(ev, n, &seqs, &bodies);
+	struct pgs_batch batch;
+	pgs_batch_init(&batch);
+	for (size_t i = 0; i < n; i++)
+		pgs_batch_add(&batch, ev[i].seq, ev[i].body);
+	int rc = pgs_batch_end(&batch);
 	PGresult *r = NULL;
 	if (rc == 0) {
 		struct pg_params p = {0};
 		pg_p_str(&p, run_id);
 		pg_p_i64(&p, now);
-		pg_p_str(&p, seqs.data);
-		pg_p_str(&p, bodies.data);
+		pg_p_str(&p, batch.seqs.data);
+		pg_p_str(&p, batch.bodies.data);
 		r = pg_exec(c,
 		            "INSERT INTO events (run_id, seq, body, received_at)"
 		            " SELECT $1, u.s, u.b, $2 FROM unnest($3::bigint[], $4::text[]) AS u(s, b)"
@@ -55,8 +41,7 @@ static int insert_batch(PGconn *c, const char *run_id, struct store_event *ev, s
 			if (ev[i].seq == pg_i64(r, k, 0))
 				ev[i].inserted = true;
 	PQclear(r);
-	jv_buf_free(&seqs);
-	jv_buf_free(&bodies);
+	pgs_batch_free(&batch);
 	return rc;
 }
 

@@ -8,7 +8,6 @@
 #include "store_pg_int.h"
 
 #include <errno.h>
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,28 +66,22 @@ static int write_row(PGconn *c, const char *agent_id, const char *instance_id, c
 static int insert_events(PGconn *c, const char *agent_id, const char *instance_id, struct store_inst_event *ev,
                          size_t n, int64_t last_seq, int64_t now, size_t *inserted)
 {
-	struct jv_buf seqs, bodies;
-	jv_buf_init(&seqs, 1024u * 1024);
-	jv_buf_init(&bodies, 64u * 1024 * 1024);
-	int rc = jv_buf_append(&seqs, "{", 1) | jv_buf_append(&bodies, "{", 1);
-	*inserted = 0;
-	for (size_t i = 0; rc == 0 && i < n; i++) {
+	struct pgs_batch batch;
+	pgs_batch_init(&batch);
+	for (size_t i = 0; i < n; i++) {
 		ev[i].inserted = ev[i].seq > last_seq; /* else stored before: the agent missed our answer */
-		if (!ev[i].inserted)
-			continue;
-		rc = jv_buf_printf(&seqs, "%s%" PRId64, *inserted ? "," : "", ev[i].seq) < 0 ? -ENOMEM : 0;
-		if (rc == 0)
-			rc = pgs_array_add(&bodies, ev[i].body, *inserted == 0);
-		(*inserted)++;
+		if (ev[i].inserted)
+			pgs_batch_add(&batch, ev[i].seq, ev[i].body);
 	}
-	rc = rc ? rc : jv_buf_append(&seqs, "}", 2) | jv_buf_append(&bodies, "}", 2);
+	*inserted = batch.n;
+	int rc = pgs_batch_end(&batch);
 	if (rc == 0 && *inserted) {
 		struct pg_params p = {0};
 		pg_p_str(&p, agent_id);
 		pg_p_str(&p, instance_id);
 		pg_p_i64(&p, now);
-		pg_p_str(&p, seqs.data);
-		pg_p_str(&p, bodies.data);
+		pg_p_str(&p, batch.seqs.data);
+		pg_p_str(&p, batch.bodies.data);
 		rc = pg_cmd(c,
 		            "INSERT INTO instance_events (agent_id, instance_id, seq, body, received_at)"
 		            " SELECT $1, $2, u.s, u.b, $3 FROM unnest($4::bigint[], $5::text[]) AS u(s, b)"
@@ -97,9 +90,8 @@ static int insert_events(PGconn *c, const char *agent_id, const char *instance_i
 		             ? -EIO
 		             : 0;
 	}
-	jv_buf_free(&seqs);
-	jv_buf_free(&bodies);
-	return rc ? (rc == -EIO ? rc : -ENOMEM) : 0;
+	pgs_batch_free(&batch);
+	return rc;
 }
 
 static int prune_history(PGconn *c, const char *agent_id, const char *instance_id, int keep)
@@ -245,11 +237,7 @@ int pgs_instances_snapshot(struct store *s, const char *agent_id, struct store_i
 static int each_instance(struct store *s, const char *sql, const struct pg_params *p, store_instance_fn fn,
                          void *ud)
 {
-	PGconn *c = pgs_conn(s);
-	if (!c)
-		return -EIO;
-	PGresult *r = pg_exec(c, sql, p);
-	pgs_done(s, c);
+	PGresult *r = pgs_query(s, sql, p);
 	if (!r)
 		return -EIO;
 	int rows = PQntuples(r);
@@ -297,14 +285,10 @@ int pgs_instance_history(struct store *s, const char *agent_id, const char *inst
 	pg_p_str(&p, agent_id);
 	pg_p_str(&p, instance_id);
 	pg_p_i64(&p, limit);
-	PGconn *c = pgs_conn(s);
-	if (!c)
-		return -EIO;
-	PGresult *r = pg_exec(c,
-	                      "SELECT body FROM (SELECT seq, body FROM instance_events"
-	                      " WHERE agent_id = $1 AND instance_id = $2 ORDER BY seq DESC LIMIT $3) t ORDER BY seq",
-	                      &p);
-	pgs_done(s, c);
+	PGresult *r = pgs_query(s,
+	                        "SELECT body FROM (SELECT seq, body FROM instance_events"
+	                        " WHERE agent_id = $1 AND instance_id = $2 ORDER BY seq DESC LIMIT $3) t ORDER BY seq",
+	                        &p);
 	if (!r)
 		return -EIO;
 	cJSON *arr = cJSON_CreateArray();
@@ -326,27 +310,17 @@ int pgs_jobtypes_put(struct store *s, const char *agent_id, const char *body, in
 	pg_p_str(&p, agent_id);
 	pg_p_str(&p, body);
 	pg_p_i64(&p, now);
-	PGconn *c = pgs_conn(s);
-	if (!c)
-		return -EIO;
-	int rc = pg_cmd(c,
-	                "INSERT INTO agent_job_types (agent_id, body, reported_at) VALUES ($1, $2, $3)"
-	                " ON CONFLICT (agent_id) DO UPDATE SET body = excluded.body, reported_at = excluded.reported_at",
-	                &p) < 0
-	                 ? -EIO
-	                 : 0;
-	return pgs_fail(s, c, rc);
+	return pgs_cmd(s,
+	               "INSERT INTO agent_job_types (agent_id, body, reported_at) VALUES ($1, $2, $3)"
+	               " ON CONFLICT (agent_id) DO UPDATE SET body = excluded.body, reported_at = excluded.reported_at",
+	               &p) < 0 ? -EIO : 0;
 }
 
 int pgs_jobtypes_get(struct store *s, const char *agent_id, cJSON **report, int64_t *at)
 {
 	struct pg_params p = {0};
 	pg_p_str(&p, agent_id);
-	PGconn *c = pgs_conn(s);
-	if (!c)
-		return -EIO;
-	PGresult *r = pg_exec(c, "SELECT body, reported_at FROM agent_job_types WHERE agent_id = $1", &p);
-	pgs_done(s, c);
+	PGresult *r = pgs_query(s, "SELECT body, reported_at FROM agent_job_types WHERE agent_id = $1", &p);
 	if (!r)
 		return -EIO;
 	int rc = PQntuples(r) == 1 ? 0 : -ENOENT;

@@ -16,6 +16,8 @@
 #include "store_backend.h"
 #include "store_pg.h"
 
+#include "jobvisor/util.h"
+
 struct pg_listener;
 
 struct store_pg {
@@ -45,10 +47,24 @@ static inline void pgs_done(struct store *s, PGconn *c)
 
 /* Append s as an element of a PostgreSQL text-array literal being built in b
  * ("{" and "}" by the caller; first = no comma before). */
-struct jv_buf;
 int pgs_array_add(struct jv_buf *b, const char *s, bool first);
+/* A batch of (seq, body) rows as two array literals, for one
+ * INSERT ... SELECT FROM unnest($seqs::bigint[], $bodies::text[]). */
+struct pgs_batch {
+	struct jv_buf seqs, bodies;
+	size_t n;
+	int rc;
+};
+void pgs_batch_init(struct pgs_batch *b);
+void pgs_batch_add(struct pgs_batch *b, int64_t seq, const char *body);
+int pgs_batch_end(struct pgs_batch *b); /* closes both literals: 0 or -ENOMEM */
+void pgs_batch_free(struct pgs_batch *b);
 /* Rollback (when c is in a transaction), release, return rc. */
 int pgs_fail(struct store *s, PGconn *c, int rc);
+/* One statement on a pooled connection (its own transaction): the result
+ * or NULL (logged); pgs_cmd: rows affected or -EIO. */
+PGresult *pgs_query(struct store *s, const char *sql, const struct pg_params *p);
+int pgs_cmd(struct store *s, const char *sql, const struct pg_params *p);
 /* Copy a column into a fixed buffer. */
 void pgs_copy(char *dst, size_t len, const PGresult *r, int row, int col);
 /* Serialise the instance ids of (agent, instance) inside a transaction. */

@@ -145,17 +145,13 @@ int pgs_job_enqueue(struct store *s, const char *job_id, int64_t now, struct sto
 
 int pgs_jobs_created(struct store *s, char (*ids)[CP_ID_MAX], int max)
 {
-	PGconn *c = pgs_conn(s);
-	if (!c)
-		return -EIO;
 	struct pg_params p = {0};
 	pg_p_i64(&p, max);
-	PGresult *r = pg_exec(c, "SELECT job_id FROM jobs WHERE status = 'CREATED' ORDER BY seq LIMIT $1", &p);
+	PGresult *r = pgs_query(s, "SELECT job_id FROM jobs WHERE status = 'CREATED' ORDER BY seq LIMIT $1", &p);
 	int n = r ? PQntuples(r) : -EIO;
 	for (int i = 0; i < n; i++)
 		pgs_copy(ids[i], CP_ID_MAX, r, i, 0);
 	PQclear(r);
-	pgs_done(s, c);
 	return n;
 }
 

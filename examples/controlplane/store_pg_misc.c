@@ -30,27 +30,6 @@ static cJSON *sched_from_row(const PGresult *r, int i)
 	return store_schedule_row_json(&row);
 }
 
-/* A statement on a pooled connection: rows affected or -EIO. */
-static int cmd(struct store *s, const char *sql, const struct pg_params *p)
-{
-	PGconn *c = pgs_conn(s);
-	if (!c)
-		return -EIO;
-	int n = pg_cmd(c, sql, p);
-	pgs_done(s, c);
-	return n;
-}
-
-static PGresult *query(struct store *s, const char *sql, const struct pg_params *p)
-{
-	PGconn *c = pgs_conn(s);
-	if (!c)
-		return NULL;
-	PGresult *r = pg_exec(c, sql, p);
-	pgs_done(s, c);
-	return r;
-}
-
 int pgs_schedule_create(struct store *s, const struct store_schedule_def *d, int64_t next_fire, int64_t now)
 {
 	struct pg_params p = {0};
@@ -62,11 +41,11 @@ int pgs_schedule_create(struct store *s, const struct store_schedule_def *d, int
 	pg_p_str(&p, d->overlap);
 	pg_p_i64(&p, next_fire);
 	pg_p_i64(&p, now);
-	int n = cmd(s,
-	            "INSERT INTO schedules (schedule_id, cron, timezone, job, enabled, overlap, next_fire,"
-	            " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
-	            " ON CONFLICT (schedule_id) DO NOTHING",
-	            &p);
+	int n = pgs_cmd(s,
+	                "INSERT INTO schedules (schedule_id, cron, timezone, job, enabled, overlap, next_fire,"
+	                " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
+	                " ON CONFLICT (schedule_id) DO NOTHING",
+	                &p);
 	return n < 0 ? n : n == 0 ? -EEXIST : 0;
 }
 
@@ -74,7 +53,7 @@ int pgs_schedule_json(struct store *s, const char *schedule_id, cJSON **out)
 {
 	struct pg_params p = {0};
 	pg_p_str(&p, schedule_id);
-	PGresult *r = query(s, "SELECT " SCHED_COLUMNS SCHED_FROM " WHERE s.schedule_id = $1", &p);
+	PGresult *r = pgs_query(s, "SELECT " SCHED_COLUMNS SCHED_FROM " WHERE s.schedule_id = $1", &p);
 	if (!r)
 		return -EIO;
 	int rc = PQntuples(r) == 1 ? 0 : -ENOENT;
@@ -86,8 +65,8 @@ int pgs_schedule_json(struct store *s, const char *schedule_id, cJSON **out)
 
 int pgs_schedules_list(struct store *s, cJSON **arr)
 {
-	PGresult *r = query(s, "SELECT " SCHED_COLUMNS SCHED_FROM " ORDER BY s.created_at, s.schedule_id LIMIT 10000",
-	                    NULL);
+	PGresult *r = pgs_query(s, "SELECT " SCHED_COLUMNS SCHED_FROM " ORDER BY s.created_at, s.schedule_id LIMIT 10000",
+	                        NULL);
 	if (!r)
 		return -EIO;
 	cJSON *a = cJSON_CreateArray();
@@ -116,11 +95,11 @@ int pgs_schedule_update(struct store *s, const struct store_schedule_def *d, boo
 	pg_p_i64(&p, retime);
 	pg_p_i64(&p, next);
 	pg_p_str(&p, d->schedule_id);
-	int n = cmd(s,
-	            "UPDATE schedules SET cron = $1, timezone = $2, job = $3, enabled = $4, overlap = $5,"
-	            " updated_at = $6, next_fire = CASE WHEN $4 = 0 THEN 0 WHEN $7 = 1 OR next_fire = 0 THEN $8"
-	            " ELSE next_fire END WHERE schedule_id = $9",
-	            &p);
+	int n = pgs_cmd(s,
+	                "UPDATE schedules SET cron = $1, timezone = $2, job = $3, enabled = $4, overlap = $5,"
+	                " updated_at = $6, next_fire = CASE WHEN $4 = 0 THEN 0 WHEN $7 = 1 OR next_fire = 0 THEN $8"
+	                " ELSE next_fire END WHERE schedule_id = $9",
+	                &p);
 	return n < 0 ? n : n == 0 ? -ENOENT : 0;
 }
 
@@ -128,7 +107,7 @@ int pgs_schedule_delete(struct store *s, const char *schedule_id)
 {
 	struct pg_params p = {0};
 	pg_p_str(&p, schedule_id);
-	int n = cmd(s, "DELETE FROM schedules WHERE schedule_id = $1", &p);
+	int n = pgs_cmd(s, "DELETE FROM schedules WHERE schedule_id = $1", &p);
 	return n < 0 ? n : n == 0 ? -ENOENT : 0;
 }
 
@@ -137,10 +116,10 @@ int pgs_schedules_due(struct store *s, int64_t now, int max, store_due_fn fn, vo
 	struct pg_params p = {0};
 	pg_p_i64(&p, now);
 	pg_p_i64(&p, max);
-	PGresult *r = query(s,
-	                    "SELECT schedule_id, cron, timezone, job, overlap, next_fire FROM schedules"
-	                    " WHERE enabled = 1 AND next_fire > 0 AND next_fire <= $1 ORDER BY next_fire LIMIT $2",
-	                    &p);
+	PGresult *r = pgs_query(s,
+	                        "SELECT schedule_id, cron, timezone, job, overlap, next_fire FROM schedules"
+	                        " WHERE enabled = 1 AND next_fire > 0 AND next_fire <= $1 ORDER BY next_fire LIMIT $2",
+	                        &p);
 	if (!r)
 		return -EIO;
 	for (int i = 0; i < PQntuples(r); i++) {
@@ -169,10 +148,10 @@ int pgs_schedule_active_job(struct store *s, const char *schedule_id)
 {
 	struct pg_params p = {0};
 	pg_p_str(&p, schedule_id);
-	PGresult *r = query(s,
-	                    "SELECT 1 FROM jobs WHERE schedule_id = $1 AND status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')"
-	                    " LIMIT 1",
-	                    &p);
+	PGresult *r = pgs_query(s,
+	                        "SELECT 1 FROM jobs WHERE schedule_id = $1 AND status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')"
+	                        " LIMIT 1",
+	                        &p);
 	if (!r)
 		return -EIO;
 	int n = PQntuples(r) > 0;
@@ -190,10 +169,10 @@ int pgs_audit_append(struct store *s, const struct store_audit *a, int64_t *seq)
 	pg_p_str(&p, a->path ? a->path : "");
 	pg_p_i64(&p, a->status);
 	pg_p_str(&p, a->remote ? a->remote : "");
-	PGresult *r = query(s,
-	                    "INSERT INTO audit_log (at, who, role, method, path, status, remote)"
-	                    " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
-	                    &p);
+	PGresult *r = pgs_query(s,
+	                        "INSERT INTO audit_log (at, who, role, method, path, status, remote)"
+	                        " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
+	                        &p);
 	*seq = r && PQntuples(r) == 1 ? pg_i64(r, 0, 0) : 0;
 	PQclear(r);
 	return r ? 0 : -EIO;
@@ -204,7 +183,7 @@ int pgs_audit_set_status(struct store *s, int64_t seq, int status)
 	struct pg_params p = {0};
 	pg_p_i64(&p, status);
 	pg_p_i64(&p, seq);
-	return cmd(s, "UPDATE audit_log SET status = $1 WHERE seq = $2", &p) < 0 ? -EIO : 0;
+	return pgs_cmd(s, "UPDATE audit_log SET status = $1 WHERE seq = $2", &p) < 0 ? -EIO : 0;
 }
 
 int pgs_audit_list(struct store *s, int64_t cursor, int limit, cJSON **entries, int64_t *last)
@@ -212,10 +191,10 @@ int pgs_audit_list(struct store *s, int64_t cursor, int limit, cJSON **entries, 
 	struct pg_params p = {0};
 	pg_p_i64(&p, cursor);
 	pg_p_i64(&p, limit);
-	PGresult *r = query(s,
-	                    "SELECT seq, at, who, role, method, path, status, remote FROM audit_log"
-	                    " WHERE ($1 = 0 OR seq < $1) ORDER BY seq DESC LIMIT $2",
-	                    &p);
+	PGresult *r = pgs_query(s,
+	                        "SELECT seq, at, who, role, method, path, status, remote FROM audit_log"
+	                        " WHERE ($1 = 0 OR seq < $1) ORDER BY seq DESC LIMIT $2",
+	                        &p);
 	if (!r)
 		return -EIO;
 	cJSON *arr = cJSON_CreateArray();
@@ -240,7 +219,7 @@ int pgs_audit_list(struct store *s, int64_t cursor, int limit, cJSON **entries, 
 int pgs_metrics_jobs(struct store *s, void (*fn)(void *ud, const char *type, const char *status, int64_t n),
                      void *ud)
 {
-	PGresult *r = query(s, "SELECT type, status, count(*) FROM jobs GROUP BY type, status ORDER BY 1, 2", NULL);
+	PGresult *r = pgs_query(s, "SELECT type, status, count(*) FROM jobs GROUP BY type, status ORDER BY 1, 2", NULL);
 	if (!r)
 		return -EIO;
 	for (int i = 0; i < PQntuples(r); i++)
@@ -251,12 +230,12 @@ int pgs_metrics_jobs(struct store *s, void (*fn)(void *ud, const char *type, con
 
 int pgs_metrics_runs(struct store *s, int64_t *started, int64_t *completed, int64_t *failed, int64_t *cancelled)
 {
-	PGresult *r = query(s,
-	                    "SELECT (SELECT count(*) FROM job_runs WHERE started_at > 0),"
-	                    " (SELECT count(*) FROM job_runs WHERE status = 'COMPLETED'),"
-	                    " (SELECT count(*) FROM job_runs WHERE status = 'FAILED'),"
-	                    " (SELECT count(*) FROM job_runs WHERE status = 'CANCELLED')",
-	                    NULL);
+	PGresult *r = pgs_query(s,
+	                        "SELECT (SELECT count(*) FROM job_runs WHERE started_at > 0),"
+	                        " (SELECT count(*) FROM job_runs WHERE status = 'COMPLETED'),"
+	                        " (SELECT count(*) FROM job_runs WHERE status = 'FAILED'),"
+	                        " (SELECT count(*) FROM job_runs WHERE status = 'CANCELLED')",
+	                        NULL);
 	if (!r)
 		return -EIO;
 	*started = pg_i64(r, 0, 0);
@@ -272,13 +251,13 @@ int pgs_retention_pick(struct store *s, int64_t cutoff, int keep, char job_id[CP
 	struct pg_params p = {0};
 	pg_p_i64(&p, cutoff);
 	pg_p_i64(&p, keep);
-	PGresult *r = query(s,
-	                    "SELECT j.job_id FROM jobs j"
-	                    " WHERE j.status IN ('COMPLETED', 'FAILED', 'CANCELLED') AND j.updated_at < $1"
-	                    "   AND (SELECT count(*) FROM jobs k WHERE k.agent_id = j.agent_id"
-	                    "        AND k.instance_id = j.instance_id AND k.seq > j.seq) >= $2"
-	                    " ORDER BY j.seq LIMIT 1",
-	                    &p);
+	PGresult *r = pgs_query(s,
+	                        "SELECT j.job_id FROM jobs j"
+	                        " WHERE j.status IN ('COMPLETED', 'FAILED', 'CANCELLED') AND j.updated_at < $1"
+	                        "   AND (SELECT count(*) FROM jobs k WHERE k.agent_id = j.agent_id"
+	                        "        AND k.instance_id = j.instance_id AND k.seq > j.seq) >= $2"
+	                        " ORDER BY j.seq LIMIT 1",
+	                        &p);
 	if (!r)
 		return -EIO;
 	int n = PQntuples(r) == 1;
@@ -293,16 +272,16 @@ int pgs_retention_events(struct store *s, const char *job_id, int batch)
 	struct pg_params p = {0};
 	pg_p_str(&p, job_id);
 	pg_p_i64(&p, batch);
-	return cmd(s,
-	           "DELETE FROM events WHERE (run_id, seq) IN (SELECT e.run_id, e.seq FROM events e"
-	           " JOIN job_runs r ON r.run_id = e.run_id WHERE r.job_id = $1 LIMIT $2)",
-	           &p);
+	return pgs_cmd(s,
+	               "DELETE FROM events WHERE (run_id, seq) IN (SELECT e.run_id, e.seq FROM events e"
+	               " JOIN job_runs r ON r.run_id = e.run_id WHERE r.job_id = $1 LIMIT $2)",
+	               &p);
 }
 
 int pgs_job_delete(struct store *s, const char *job_id)
 {
 	struct pg_params p = {0};
 	pg_p_str(&p, job_id);
-	int n = cmd(s, "DELETE FROM jobs WHERE job_id = $1", &p); /* runs cascade (few rows) */
-	return n < 0 ? n : 0;
+	int n = pgs_cmd(s, "DELETE FROM jobs WHERE job_id = $1", &p); /* runs cascade (few rows) */
+	                return n < 0 ? n : 0;
 }

@@ -22,8 +22,7 @@ ROUNDS = 3
 
 def start_replicas(first):
     """A second replica on first's database, started while first starts."""
-    second = ControlPlane()
-    second.db = first.db
+    second = ControlPlane(db=first.db)
     errors = []
 
     def start(cp):

@@ -2,7 +2,6 @@
 
 Always PostgreSQL (a server the test starts itself, tests/lib/pg_harness.py;
 skipped only when Debian's postgresql binaries are missing):
-  - both replicas migrate one empty database at once (one migrates, one waits);
   - competing dispatch: agents poll both replicas at once from several
     threads; every run is claimed once (each replica logs "run assigned" per
     claim it wins), no run comes back once acknowledged or finished, every job ends
@@ -25,6 +24,7 @@ import unittest
 import pg_harness
 from cp_harness import ADMIN_TOKEN, ControlPlane, http
 from cp_ws import WebSocket
+from test_cp_replicas import start_replicas
 
 AGENTS = ["a%02d" % n for n in range(1, 9)]
 INSTANCES = 3
@@ -39,27 +39,11 @@ def iso_ms(text):
 
 
 def start_pair(test):
-    url = pg_harness.shared().new_database()
-    a = ControlPlane(db=url)
-    b = ControlPlane(db=url)
-    # Both start on the empty database at once: the migration lock decides.
-    errors = []
-
-    def start(cp):
-        try:
-            cp.start(timeout=30)
-        except Exception as e:  # reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=start, args=(cp,)) for cp in (a, b)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    for cp in (a, b):
-        test.addCleanup(cp.close)
-    if errors:
-        raise errors[0]
+    """Two replicas started at once on a new PostgreSQL database."""
+    a = ControlPlane(db=pg_harness.shared().new_database())
+    b = start_replicas(a)
+    test.addCleanup(a.close)
+    test.addCleanup(b.close)
     return a, b
 
 
