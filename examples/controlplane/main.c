@@ -305,6 +305,21 @@ static int load_credentials(struct cp *cp)
 	return 0;
 }
 
+/* The WebSocket broadcaster and, on PostgreSQL, the listener for other replicas. */
+static int start_hub(struct cp *cp)
+{
+	char err[512];
+	if (ws_hub_start(cp, &cp->hub) < 0) {
+		jv_error(NULL, NULL, "cannot start the WebSocket broadcaster");
+		return -1;
+	}
+	if (replicas_start(cp, err, sizeof(err)) < 0) {
+		jv_error(NULL, NULL, "%s", err);
+		return -1;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct cp cp;
@@ -344,14 +359,8 @@ int main(int argc, char **argv)
 		jv_error(NULL, NULL, "out of memory");
 		goto out;
 	}
-	if (ws_hub_start(&cp, &cp.hub) < 0) {
-		jv_error(NULL, NULL, "cannot start the WebSocket broadcaster");
+	if (start_hub(&cp) < 0)
 		goto out;
-	}
-	if (replicas_start(&cp, err, sizeof(err)) < 0) {
-		jv_error(NULL, NULL, "%s", err);
-		goto out;
-	}
 	if (dispatch_recover(&cp) < 0) {
 		jv_error(NULL, NULL, "cannot recover the state in the %s database", store_backend_name(cp.store));
 		goto out;
