@@ -195,17 +195,7 @@ void api_ui_list_jobs(struct cp *cp, struct mg_connection *conn)
 		http_send_error(conn, 500, "database error");
 		return;
 	}
-	cJSON *ans = cJSON_CreateObject();
-	cJSON_AddItemToObject(ans, "jobs", jobs);
-	if (next > 0) {
-		char buf[24];
-		snprintf(buf, sizeof(buf), "%lld", (long long)next);
-		cJSON_AddStringToObject(ans, "nextCursor", buf);
-	} else {
-		cJSON_AddNullToObject(ans, "nextCursor");
-	}
-	http_send_json(conn, 200, ans);
-	cJSON_Delete(ans);
+	http_send_page(conn, "jobs", jobs, next);
 }
 
 static void answer_job(struct cp *cp, struct http_answer *a, const char *job_id, int status)
@@ -227,12 +217,14 @@ void api_ui_get_job(struct cp *cp, struct mg_connection *conn, const char *job_i
 	http_send_answer(conn, &ans);
 }
 
-void api_ui_cancel_job(struct cp *cp, struct mg_connection *conn, const char *job_id)
+/* Cancel or retry: the job as it is after, or why not. */
+static void job_action(struct cp *cp, struct mg_connection *conn, const char *job_id,
+                       int (*act)(struct cp *, const char *, struct cp_err *))
 {
 	struct cp_err err;
 	struct http_answer ans = {0};
 	pthread_mutex_lock(&cp->mu);
-	if (lc_job_cancel(cp, job_id, &err) < 0)
+	if (act(cp, job_id, &err) < 0)
 		http_answer_error(&ans, err.status, "%s", err.msg);
 	else
 		answer_job(cp, &ans, job_id, 200);
@@ -240,17 +232,14 @@ void api_ui_cancel_job(struct cp *cp, struct mg_connection *conn, const char *jo
 	http_send_answer(conn, &ans);
 }
 
+void api_ui_cancel_job(struct cp *cp, struct mg_connection *conn, const char *job_id)
+{
+	job_action(cp, conn, job_id, lc_job_cancel);
+}
+
 void api_ui_retry_job(struct cp *cp, struct mg_connection *conn, const char *job_id)
 {
-	struct cp_err err;
-	struct http_answer ans = {0};
-	pthread_mutex_lock(&cp->mu);
-	if (lc_job_retry(cp, job_id, &err) < 0)
-		http_answer_error(&ans, err.status, "%s", err.msg);
-	else
-		answer_job(cp, &ans, job_id, 200);
-	pthread_mutex_unlock(&cp->mu);
-	http_send_answer(conn, &ans);
+	job_action(cp, conn, job_id, lc_job_retry);
 }
 
 void api_ui_get_run(struct cp *cp, struct mg_connection *conn, const char *run_id)
@@ -297,8 +286,5 @@ void api_ui_agents(struct cp *cp, struct mg_connection *conn)
 	pthread_mutex_lock(&cp->mu);
 	cJSON *agents = dispatch_agents_json(cp);
 	pthread_mutex_unlock(&cp->mu);
-	cJSON *ans = cJSON_CreateObject();
-	cJSON_AddItemToObject(ans, "agents", agents ? agents : cJSON_CreateArray());
-	http_send_json(conn, 200, ans);
-	cJSON_Delete(ans);
+	http_send_list(conn, "agents", agents ? agents : cJSON_CreateArray());
 }

@@ -244,6 +244,10 @@ void http_send_json(struct mg_connection *conn, int status, const cJSON *body);
 void http_send_error(struct mg_connection *conn, int status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 void http_send_unauthorized(struct mg_connection *conn);
+/* {key: arr} with 200, arr consumed; 500 "database error" when arr is NULL. */
+void http_send_list(struct mg_connection *conn, const char *key, cJSON *arr);
+/* {key: arr, nextCursor: "N" or null (next <= 0)} with 200; arr consumed. */
+void http_send_page(struct mg_connection *conn, const char *key, cJSON *arr, int64_t next);
 /* An answer built while holding cp->mu and sent after unlocking it: no
  * network write ever waits on a slow client with the lock held. */
 struct http_answer {

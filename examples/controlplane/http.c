@@ -166,6 +166,33 @@ void http_send_answer(struct mg_connection *conn, struct http_answer *a)
 	*a = (struct http_answer){0};
 }
 
+void http_send_list(struct mg_connection *conn, const char *key, cJSON *arr)
+{
+	if (!arr) {
+		http_send_error(conn, 500, "database error");
+		return;
+	}
+	cJSON *ans = cJSON_CreateObject();
+	cJSON_AddItemToObject(ans, key, arr);
+	http_send_json(conn, 200, ans);
+	cJSON_Delete(ans);
+}
+
+void http_send_page(struct mg_connection *conn, const char *key, cJSON *arr, int64_t next)
+{
+	cJSON *ans = cJSON_CreateObject();
+	cJSON_AddItemToObject(ans, key, arr);
+	if (next > 0) {
+		char buf[24];
+		snprintf(buf, sizeof(buf), "%lld", (long long)next);
+		cJSON_AddStringToObject(ans, "nextCursor", buf);
+	} else {
+		cJSON_AddNullToObject(ans, "nextCursor");
+	}
+	http_send_json(conn, 200, ans);
+	cJSON_Delete(ans);
+}
+
 void http_send_unauthorized(struct mg_connection *conn)
 {
 	static const char body[] = "{\"error\":\"unauthorized\"}";
@@ -441,18 +468,8 @@ void api_audit_list(struct cp *cp, struct mg_connection *conn)
 		return;
 	}
 	long long n = cJSON_GetArraySize(arr);
-	cJSON *ans = cJSON_CreateObject();
-	cJSON_AddItemToObject(ans, "entries", arr);
-	if (n == limit && last > 1) {
-		snprintf(buf, sizeof(buf), "%lld", (long long)last);
-		cJSON_AddStringToObject(ans, "nextCursor", buf);
-	} else {
-		cJSON_AddNullToObject(ans, "nextCursor");
-	}
-	http_send_json(conn, 200, ans);
-	cJSON_Delete(ans);
+	http_send_page(conn, "entries", arr, n == limit && last > 1 ? last : 0);
 }
-
 
 int http_handle(struct mg_connection *conn, void *cbdata)
 {

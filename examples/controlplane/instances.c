@@ -445,14 +445,7 @@ void api_inst_list(struct cp *cp, struct mg_connection *conn)
 	pthread_mutex_lock(&cp->mu);
 	cJSON *arr = inst_list_json(cp, agent_id, st);
 	pthread_mutex_unlock(&cp->mu);
-	if (!arr) {
-		http_send_error(conn, 500, "database error");
-		return;
-	}
-	cJSON *ans = cJSON_CreateObject();
-	cJSON_AddItemToObject(ans, "instances", arr);
-	http_send_json(conn, 200, ans);
-	cJSON_Delete(ans);
+	http_send_list(conn, "instances", arr);
 }
 
 void api_inst_get(struct cp *cp, struct mg_connection *conn, const char *agent_id, const char *instance_id)

@@ -208,14 +208,9 @@ out:
 void api_sched_list(struct cp *cp, struct mg_connection *conn)
 {
 	cJSON *arr = NULL;
-	if (store_schedules_list(cp->store, &arr) < 0) {
-		http_send_error(conn, 500, "database error");
-		return;
-	}
-	cJSON *ans = cJSON_CreateObject();
-	cJSON_AddItemToObject(ans, "schedules", arr);
-	http_send_json(conn, 200, ans);
-	cJSON_Delete(ans);
+	if (store_schedules_list(cp->store, &arr) < 0)
+		arr = NULL;
+	http_send_list(conn, "schedules", arr);
 }
 
 void api_sched_get(struct cp *cp, struct mg_connection *conn, const char *id)

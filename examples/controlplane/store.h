@@ -24,20 +24,26 @@
  *     WHERE clause) inside the transaction, so the loser of a race changes
  *     nothing and learns so from the result, never by a constraint error.
  *   - Times are wall-clock milliseconds (int64_t), 0 = unset; the caller
- *     passes `now` so one request uses one clock reading.
+ *     passes `now` so one request uses one clock reading. The times a state
+ *     change writes (started_at, finished_at, not_before) are the later of
+ *     `now` and the clock read once the transaction holds its locks, so
+ *     they follow commit order across replicas (a claim that waited for
+ *     the lock shifts its ack and lease windows by the wait too).
  *   - Strings passed in are borrowed for the call; cJSON results and
  *     malloc'd strings handed out are owned by the caller.
  *   - JSON returned in the shapes of docs/protocol.md (jobs, runs,
  *     schedules, events) is built by the shared helpers of store_json.c from
  *     the row structs below, so both backends answer byte-identically.
  *
- * Schema and migrations: each backend keeps a table schema_version(version
- * INTEGER) with one row, and an ordered list of migrations; migration i
- * takes the schema from version i to i + 1 in one transaction together with
- * the version bump. store_open() applies the missing ones at start under
- * the backend's migration lock (SQLite: BEGIN IMMEDIATE, re-reading the
- * version inside; PostgreSQL: pg_advisory_xact_lock on a fixed key), so of
- * several replicas starting at once exactly one migrates and the others
+ * Schema and migrations: each backend has an ordered list of migrations;
+ * migration i takes the schema from version i to i + 1 in one transaction
+ * together with the version bump, and records it in a table
+ * schema_version(version, applied_at). (SQLite keeps the current version
+ * in PRAGMA user_version, as before the interface existed; PostgreSQL takes
+ * max(version) of schema_version.) store_open() applies the missing ones at
+ * start under the backend's migration lock (SQLite: BEGIN IMMEDIATE, the
+ * version re-read inside; PostgreSQL: an advisory lock on a fixed key), so
+ * of several replicas starting at once exactly one migrates and the others
  * find the schema current. A database newer than the binary is refused. */
 #ifndef JV_CP_STORE_H
 #define JV_CP_STORE_H

@@ -157,7 +157,15 @@ int sq_runs_claim(struct store *s, const char *agent_id, int capacity, int64_t n
                   int64_t lease_until, char (*ids)[CP_ID_MAX], int max)
 {
 	struct sq *q = sq_of(s);
-	int rc = sq_tx_begin(q);
+	/* Most polls find nothing to claim: find that out without the write lock. */
+	int64_t unused;
+	sq_lock(q);
+	int rc = running_count(q, agent_id);
+	rc = rc < 0 ? rc : rc >= capacity ? 0 : sq_int64(q, &unused, SQL_ASSIGNABLE, "sii", agent_id, now, (int64_t)1);
+	sq_unlock(q);
+	if (rc <= 0) /* 1: a candidate row exists */
+		return rc;
+	rc = sq_tx_begin(q);
 	if (rc < 0)
 		return rc;
 	int n = claim_locked(q, agent_id, capacity, now, ack_deadline, lease_until, ids, max);

@@ -22,7 +22,7 @@ ROUNDS = 3
 
 def start_replicas(first):
     """A second replica on first's database, started while first starts."""
-    second = ControlPlane(db=first.db)
+    second = ControlPlane(first.args, db=first.db)
     errors = []
 
     def start(cp):
@@ -144,6 +144,43 @@ class TwoReplicas(unittest.TestCase):
                 self.assertGreaterEqual(nxt["startedAt"], prev["finishedAt"],
                                         "instance inst-%d: %s started before %s finished" %
                                         (k, nxt["jobId"], prev["jobId"]))
+
+
+class TwoReplicasSweeping(unittest.TestCase):
+    """Both replicas sweep for lost runs every half second: each lost run
+    is failed once and retried once, whichever replica gets there first."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.a = ControlPlane(("--lease-seconds", "1", "--ack-seconds", "1", "--retry-backoff", "300"))
+        cls.b = start_replicas(cls.a)
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.b.close()
+        finally:
+            cls.a.close()
+
+    def test_a_lost_run_is_failed_and_retried_once(self):
+        jobs = [self.a.create_job(instance="lost-%d" % k, maxAttempts=3) for k in range(20)]
+        got = self.b.agent().take(capacity=20)
+        self.assertEqual(len(got), 20)
+        # The agent goes silent: no event, no poll. Both sweeps see every run lost.
+        for j in jobs:
+            job = self.a.wait_job(j["jobId"], lambda x: len(x["runs"]) >= 2 and x["status"] == "RETRIED",
+                                  timeout=20, what="the lost run retried")
+            time.sleep(0.05)
+        time.sleep(1.5)  # more sweeps on both replicas: nothing may change any more
+        logs = self.a.stderr_text() + self.b.stderr_text()
+        self.assertEqual([l for l in logs.splitlines() if "cannot mark the run lost" in l], [])
+        for j in jobs:
+            job = self.a.job(j["jobId"])
+            self.assertEqual([(r["attempt"], r["status"]) for r in job["runs"]], [(1, "FAILED"), (2, "QUEUED")],
+                             job)
+            run = job["runs"][0]["jobRunId"]
+            self.assertEqual(len(re.findall(r"run_id=%s [^\n]*run lost" % run, logs)), 1,
+                             "run %s marked lost once" % run)
 
 
 if __name__ == "__main__":
