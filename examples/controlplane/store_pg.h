@@ -45,5 +45,7 @@ int store_pg_wake(struct store *s, const char *agent_id);
 /* Append a WebSocket message (a JSON object's text, without "seq"): 1 when
  * appended (it comes back through sig->ws), 0 when not PostgreSQL, <0 error. */
 int store_pg_ws_append(struct store *s, const char *text, int64_t now);
+/* The same for n messages in one statement (their seqs consecutive). */
+int store_pg_ws_append_many(struct store *s, const char *const *texts, size_t n, int64_t now);
 
 #endif

@@ -106,25 +106,42 @@ int store_pg_wake(struct store *s, const char *agent_id)
 
 int store_pg_ws_append(struct store *s, const char *text, int64_t now)
 {
+	return store_pg_ws_append_many(s, &text, 1, now);
+}
+
+int store_pg_ws_append_many(struct store *s, const char *const *texts, size_t n, int64_t now)
+{
 	if (!store_is_pg(s))
 		return 0;
-	size_t len = strlen(text);
-	if (len < 2 || text[len - 1] != '}')
-		return -EINVAL;
+	struct jv_buf arr;
+	jv_buf_init(&arr, 256u * 1024 * 1024);
+	int rc = jv_buf_append(&arr, "{", 1);
+	for (size_t i = 0; rc == 0 && i < n; i++) {
+		size_t len = strlen(texts[i]);
+		rc = len < 2 || texts[i][len - 1] != '}' ? -EINVAL : pgs_array_add(&arr, texts[i], i == 0);
+	}
+	if (rc == 0)
+		rc = jv_buf_append(&arr, "}", 2);
 	struct pg_params p = {0};
-	pg_p_str(&p, text);
+	pg_p_str(&p, arr.data);
 	pg_p_i64(&p, now);
 	pg_p_str(&p, PG_CHANNEL_WS);
+	pg_p_i64(&p, (int64_t)n);
 	/* One statement, so one transaction: the row lock on ws_head orders the
-	 * appends, and the notification goes out when it commits. The seq goes
-	 * into the object as its last member. */
-	PGresult *r = pgs_query(s,
-	                        "WITH h AS (UPDATE ws_head SET seq = seq + 1 WHERE id = 1 RETURNING seq),"
-	                        " i AS (INSERT INTO ws_log (seq, body, at)"
-	                        "       SELECT seq, left($1, -1) || ',\"seq\":' || seq || '}', $2 FROM h RETURNING seq)"
-	                        " SELECT pg_notify($3, seq::text) FROM i",
-	                        &p);
-	int rc = r && PQntuples(r) == 1 ? 1 : -EIO;
+	 * appends, and the notification goes out when it commits. Each seq goes
+	 * into its object as the last member. */
+	PGresult *r = rc == 0 ? pgs_query(s,
+	                                  "WITH h AS (UPDATE ws_head SET seq = seq + $4 WHERE id = 1 RETURNING seq - $4 AS base),"
+	                                  " i AS (INSERT INTO ws_log (seq, body, at)"
+	                                  "       SELECT h.base + u.ord, left(u.b, -1) || ',\"seq\":' || (h.base + u.ord) || '}', $2"
+	                                  "       FROM h, unnest($1::text[]) WITH ORDINALITY AS u(b, ord) RETURNING seq)"
+	                                  " SELECT pg_notify($3, max(seq)::text) FROM i",
+	                                  &p)
+	                      : NULL;
+	jv_buf_free(&arr);
+	if (rc < 0)
+		return rc;
+	rc = r && PQntuples(r) == 1 ? 1 : -EIO;
 	PQclear(r);
 	return rc;
 }

@@ -136,6 +136,30 @@ void ws_publish(struct cp *cp, cJSON *msg)
 	ring_put(h, seq, text);
 }
 
+void ws_publish_many(struct cp *cp, cJSON **msgs, size_t n)
+{
+	if (!cp->hub || !store_is_pg(cp->store)) {
+		for (size_t i = 0; i < n; i++)
+			if (msgs[i])
+				ws_publish(cp, msgs[i]);
+		return;
+	}
+	char **texts = calloc(n ? n : 1, sizeof(*texts));
+	size_t k = 0, want = 0;
+	for (size_t i = 0; i < n; i++) {
+		want += msgs[i] != NULL;
+		char *t = texts && msgs[i] ? jv_json_print(msgs[i]) : NULL;
+		cJSON_Delete(msgs[i]);
+		if (t)
+			texts[k++] = t;
+	}
+	if (k < want || (k && store_pg_ws_append_many(cp->store, (const char *const *)texts, k, jv_now_real_ms()) < 0))
+		jv_error(NULL, NULL, "WebSocket messages are lost: cannot append them to ws_log");
+	for (size_t i = 0; i < k; i++)
+		free(texts[i]);
+	free(texts);
+}
+
 void ws_ingest(struct cp *cp, uint64_t seq, const char *text)
 {
 	struct ws_hub *h = cp->hub;
