@@ -118,11 +118,8 @@ static int load_owned_run(struct cp *cp, struct http_answer *a, const struct cp_
 void api_agent_events(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *run_id)
 {
 	cJSON *body = NULL;
-	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_body(conn, &body) < 0)
 		return;
-	}
 	const cJSON *events = cJSON_GetObjectItemCaseSensitive(body, "events");
 	if (!cJSON_IsArray(events)) {
 		http_send_error(conn, 400, "'events' must be an array");
@@ -233,11 +230,8 @@ static cJSON *clean_error(const cJSON *e, const char *status, const char **why)
 void api_agent_result(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *run_id)
 {
 	cJSON *body = NULL, *error = NULL;
-	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_body(conn, &body) < 0)
 		return;
-	}
 	const char *status = jv_json_str(body, "status", "");
 	if (strcmp(status, "COMPLETED") != 0 && strcmp(status, "FAILED") != 0 && strcmp(status, "CANCELLED") != 0) {
 		http_send_error(conn, 400, "'status' must be COMPLETED, FAILED or CANCELLED");

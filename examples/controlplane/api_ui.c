@@ -94,10 +94,8 @@ void api_ui_create_job(struct cp *cp, struct mg_connection *conn)
 {
 	cJSON *body = NULL;
 	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_body(conn, &body) < 0)
 		return;
-	}
 	struct lc_new_job nj = {0};
 	char why_buf[200];
 	const char *why = api_ui_validate_job(cp, body, &nj, why_buf, sizeof(why_buf));

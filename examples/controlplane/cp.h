@@ -236,6 +236,8 @@ enum http_auth http_authenticate(struct cp *cp, const struct mg_connection *conn
 enum http_auth http_token_auth(struct cp *cp, const char *tok, size_t len, struct cp_agent **agent,
                                struct cp_who *who);
 int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err);
+/* The request body as JSON into *out; -1 after answering the error, else 0. */
+int http_read_body(struct mg_connection *conn, cJSON **out);
 /* An agent's request about itself: 403 when the token is another agent's,
  * the error when the body is not JSON; -1 after answering so, else 0 with *out. */
 int http_read_agent_json(struct mg_connection *conn, const struct cp_agent *agent,

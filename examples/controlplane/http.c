@@ -206,6 +206,11 @@ int http_read_agent_json(struct mg_connection *conn, const struct cp_agent *agen
 		http_send_error(conn, 403, "this token belongs to another agent");
 		return -1;
 	}
+	return http_read_body(conn, out);
+}
+
+int http_read_body(struct mg_connection *conn, cJSON **out)
+{
 	struct cp_err err;
 	if (http_read_json(conn, out, &err) < 0) {
 		http_send_error(conn, err.status, "%s", err.msg);

@@ -104,16 +104,9 @@ static const char *validate_type(const cJSON *t, int i, char *buf, size_t len)
 
 void api_jobtypes_report(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id)
 {
-	if (strcmp(agent->id, agent_id) != 0) {
-		http_send_error(conn, 403, "this token belongs to another agent");
-		return;
-	}
 	cJSON *body = NULL;
-	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_agent_json(conn, agent, agent_id, &body) < 0)
 		return;
-	}
 	static const char *const keys[] = {"jobTypes", "problems", NULL};
 	const char *bad = NULL;
 	char why[300];

@@ -157,10 +157,8 @@ void api_sched_create(struct cp *cp, struct mg_connection *conn)
 {
 	cJSON *body = NULL;
 	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_body(conn, &body) < 0)
 		return;
-	}
 	struct sched_def d = {.timezone = "UTC", .enabled = true, .overlap = "skip"};
 	char buf[1100];
 	const char *why = cJSON_IsObject(body) ? check_fields(cp, body, &d, true, buf, sizeof(buf))
@@ -224,10 +222,8 @@ void api_sched_patch(struct cp *cp, struct mg_connection *conn, const char *id)
 {
 	cJSON *body = NULL, *cur = NULL;
 	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_body(conn, &body) < 0)
 		return;
-	}
 	struct sched_def d = {0};
 	char buf[1100];
 	pthread_mutex_lock(&cp->mu);
