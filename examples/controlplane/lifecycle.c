@@ -10,6 +10,8 @@
  * and RETRIED while a new run (attempt + 1) waits to be assigned. Run states:
  * QUEUED -> RUNNING -> COMPLETED | FAILED | CANCELLED. */
 #include "cp.h"
+#include "replicas.h"
+#include "store_pg.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -72,7 +74,7 @@ void lc_wake_parked(struct cp *cp, struct cp_agent *a)
 		front_wake(cp->front, (size_t)(a - cp->agents), a->gen + a->console_gen);
 }
 
-void lc_wake_agent(struct cp *cp, const char *agent_id)
+void lc_wake_local(struct cp *cp, const char *agent_id)
 {
 	struct cp_agent *a = tokens_agent_find(cp, agent_id);
 	if (a) {
@@ -80,6 +82,14 @@ void lc_wake_agent(struct cp *cp, const char *agent_id)
 		pthread_cond_broadcast(&a->cond);
 		lc_wake_parked(cp, a);
 	}
+}
+
+void lc_wake_agent(struct cp *cp, const char *agent_id)
+{
+	lc_wake_local(cp, agent_id);
+	/* Other replicas (PostgreSQL): their polls of this agent wake too. */
+	if (store_pg_wake(cp->store, agent_id) < 0)
+		jv_warn(NULL, NULL, "cannot tell other replicas of new work for agent '%s'", agent_id);
 }
 
 void lc_publish_job(struct cp *cp, const char *job_id)
