@@ -34,12 +34,8 @@ def open_poll(port, agent, wait, extra=b""):
 def read_answer(s, timeout):
     """(status, json body) of the whole answer (the server closes after it)."""
     s.settimeout(timeout)
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    with s.makefile("rb") as f:
+        data = f.read()
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     return status, json.loads(body) if body else None
