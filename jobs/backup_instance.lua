@@ -30,8 +30,10 @@ local function choose_id(job)
   return id
 end
 
+-- m: a manifest, or the summary archive.create returns (files counted there).
 local function result_of(id, m, up)
-  local out = { backupId = id, bytes = m.bytes, files = backups.file_count(m), entries = #m.files,
+  local files = type(m.files) == "table" and backups.file_count(m) or m.files
+  local out = { backupId = id, bytes = m.bytes, files = files, entries = m.entries or #m.files,
            sha256 = m.sha256 }
   if up then
     out.remote = up.remote
@@ -164,8 +166,10 @@ return {
     local manifest
     local stage = common.must(job, "cannot create a staging directory", fs.staging())
     local tmp_archive = stage .. "/" .. id .. ".tar.zst"
-    local created_at = common.now_iso()
-    local build = common.current_build()
+    local tmp_manifest = stage .. "/" .. id .. ".json"
+    local fields = { backupId = id, instanceId = job.instance_id, createdAt = common.now_iso(),
+                     build = common.current_build() or json.null, exclude = json.array(exclude),
+                     jobId = job.id, complete = true }
 
     common.guard(function()
       if running and #before > 0 then
@@ -183,18 +187,24 @@ return {
       job.checkpoint()
       job.step("archiving data/")
       -- Files unchanged since the newest backup (same size, inode, mtime and
-      -- ctime) keep their digest instead of being hashed again.
-      local prev, prev_id = backups.latest()
+      -- ctime) keep their digest instead of being hashed again. The manifest
+      -- file is written by archive.create itself, beside the archive.
+      local prev, prev_id = backups.latest_path()
       local m, err = archive.create("data", tmp_archive,
-        { exclude = exclude, progress = { from = 5, to = p.remote and 60 or 90 }, reuse = prev })
+        { exclude = exclude, progress = { from = 5, to = p.remote and 60 or 90 }, reuse = prev,
+          manifest = tmp_manifest, manifest_fields = fields })
       if not m then job.fail("cannot back up data/: " .. tostring(err), { retryable = true }) end
       manifest = m
       local stats = err
-      if prev and type(stats) == "table" and (stats.reused or 0) > 0 then
+      if stats.reuse_error then
+        log.warn(string.format("file digests not reused from backup '%s' (every file is hashed): %s",
+          prev_id, stats.reuse_error))
+      elseif prev and stats.reused > 0 then
         log.info(string.format("%d of %d file digests reused from backup '%s' (files unchanged)",
           stats.reused, stats.files, prev_id))
       end
-      if type(stats) == "table" and type(stats.skipped) == "table" and #stats.skipped > 0 then
+      manifest.files = stats.files
+      if #stats.skipped > 0 then
         log.warn(string.format("%d entries were not archived (sockets, FIFOs, devices or symlinks "
           .. "leading outside data/), e.g. '%s'", #stats.skipped, stats.skipped[1]))
       end
@@ -211,22 +221,12 @@ return {
     common.must(job, "cannot move the archive into backups/",
       fs.commit(tmp_archive, backups.archive_path(id)))
 
-    local doc = {
-      format = manifest.format or 1,
-      backupId = id,
-      instanceId = job.instance_id,
-      createdAt = created_at,
-      build = build or json.null,
-      exclude = json.array(exclude),
-      jobId = job.id,
-      sha256 = manifest.sha256,
-      bytes = manifest.bytes,
-      files = manifest.files,
-      complete = true,
-    }
-    job.progress(p.remote and 64 or 96, "writing the manifest")
-    common.must(job, "cannot write the manifest '" .. backups.manifest_path(id) .. "'",
-      fs.write(backups.manifest_path(id), json.encode(doc) .. "\n"))
+    -- The manifest last: from now on the backup exists for every job.
+    job.progress(p.remote and 64 or 96, "committing the manifest")
+    common.must(job, "cannot move the manifest into backups/",
+      fs.commit(tmp_manifest, backups.manifest_path(id)))
+    local doc = manifest
+    if p.remote then doc = common.must(job, "cannot read the manifest back", backups.load(id)) end
     local out = finish_remote(job, p, info, id, doc)
     job.unmark("backup")
     log.info(string.format("backup '%s' complete: %d files, %d bytes, sha256 %s%s", id, out.files,
