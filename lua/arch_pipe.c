@@ -1,0 +1,207 @@
+/* arch_pipe.c — decompression on a thread of its own, ahead of the reader.
+ *
+ * `zstd -dc X | tar -x` decompresses in one process while the other creates
+ * and writes files. A single libarchive reader does both on one thread, so
+ * the extraction waits for the decompressor and the other way round. Here a
+ * second libarchive instance (the compression filters with the "raw" format:
+ * the decompressed stream as one entry) runs on its own thread and fills a
+ * ring of blocks; the reader's libarchive (tar/zip, no filter) reads those
+ * blocks through arch_pipe_next(), without a copy.
+ *
+ * Threads: the decompressor blocks all signals, calls only the source read
+ * callback it was given (which owns the archive fd and its hash until
+ * arch_pipe_stop() returns), and meets the reader only under mu. */
+#include "arch_internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PIPE_BLOCK (1u << 20)
+#define PIPE_NBLOCKS 4
+
+struct arch_pipe {
+	pthread_t th;
+	pthread_mutex_t mu;
+	pthread_cond_t filled_cv, freed_cv;
+	unsigned char *mem;
+	size_t len[PIPE_NBLOCKS];
+	uint64_t produced, consumed; /* blocks; the reader holds block `consumed` while `held` */
+	bool held;
+	bool done, stop;
+	int errnum;
+	char msg[512];
+	struct archive *ra;
+	archive_read_callback *src;
+	void *src_ud;
+};
+
+static void finish(struct arch_pipe *p, int errnum, const char *msg)
+{
+	pthread_mutex_lock(&p->mu);
+	p->done = true;
+	p->errnum = errnum;
+	if (msg)
+		snprintf(p->msg, sizeof(p->msg), "%s", msg);
+	pthread_cond_broadcast(&p->filled_cv);
+	pthread_mutex_unlock(&p->mu);
+}
+
+/* The next free block, or NULL when told to stop. */
+static unsigned char *free_block(struct arch_pipe *p)
+{
+	pthread_mutex_lock(&p->mu);
+	while (!p->stop && p->produced - p->consumed >= PIPE_NBLOCKS)
+		pthread_cond_wait(&p->freed_cv, &p->mu);
+	unsigned char *b = p->stop ? NULL : p->mem + (p->produced % PIPE_NBLOCKS) * PIPE_BLOCK;
+	pthread_mutex_unlock(&p->mu);
+	return b;
+}
+
+static void *decompressor(void *arg)
+{
+	struct arch_pipe *p = arg;
+	struct archive_entry *ae;
+	int h = archive_read_open(p->ra, p->src_ud, NULL, p->src, NULL);
+	if (h == ARCHIVE_OK)
+		h = archive_read_next_header(p->ra, &ae);
+	if (h == ARCHIVE_EOF) { /* an empty stream: the reader says what it lacks */
+		finish(p, 0, NULL);
+		return NULL;
+	}
+	if (h < ARCHIVE_WARN) {
+		const char *m = archive_error_string(p->ra);
+		finish(p, archive_errno(p->ra), m ? m : "unreadable archive");
+		return NULL;
+	}
+	/* Blocks as the filters produce them, copied into ring blocks (a
+	 * block of libarchive's own is only valid until its next call). */
+	const char *pend = NULL;
+	size_t pend_len = 0;
+	int r = ARCHIVE_OK;
+	while (r != ARCHIVE_EOF) {
+		unsigned char *b = free_block(p);
+		if (!b)
+			break;
+		size_t n = 0;
+		while (n < PIPE_BLOCK) {
+			if (pend_len == 0) {
+				const void *buf;
+				la_int64_t off;
+				r = archive_read_data_block(p->ra, &buf, &pend_len, &off);
+				pend = buf;
+				if (r == ARCHIVE_EOF || r < ARCHIVE_WARN) {
+					pend_len = 0;
+					break;
+				}
+				continue;
+			}
+			size_t k = pend_len < PIPE_BLOCK - n ? pend_len : PIPE_BLOCK - n;
+			memcpy(b + n, pend, k);
+			n += k;
+			pend += k;
+			pend_len -= k;
+		}
+		if (n > 0) { /* what came before an error is handed over first */
+			pthread_mutex_lock(&p->mu);
+			p->len[p->produced % PIPE_NBLOCKS] = n;
+			p->produced++;
+			pthread_cond_signal(&p->filled_cv);
+			pthread_mutex_unlock(&p->mu);
+		}
+		if (r < ARCHIVE_WARN) {
+			const char *m = archive_error_string(p->ra);
+			finish(p, archive_errno(p->ra), m ? m : "read error");
+			return NULL;
+		}
+	}
+	finish(p, 0, NULL);
+	return NULL;
+}
+
+int arch_pipe_start(struct arch_pipe **out, archive_read_callback *src, void *ud)
+{
+	struct arch_pipe *p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->mem = malloc((size_t)PIPE_NBLOCKS * PIPE_BLOCK);
+	p->ra = archive_read_new();
+	p->src = src;
+	p->src_ud = ud;
+	if (!p->mem || !p->ra) {
+		if (p->ra)
+			archive_read_free(p->ra);
+		free(p->mem);
+		free(p);
+		return -ENOMEM;
+	}
+	archive_read_support_filter_gzip(p->ra);
+	archive_read_support_filter_xz(p->ra);
+	archive_read_support_filter_zstd(p->ra);
+	archive_read_support_format_raw(p->ra);
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->filled_cv, NULL);
+	pthread_cond_init(&p->freed_cv, NULL);
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	int rc = pthread_create(&p->th, NULL, decompressor, p);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc != 0) {
+		pthread_mutex_destroy(&p->mu);
+		pthread_cond_destroy(&p->filled_cv);
+		pthread_cond_destroy(&p->freed_cv);
+		archive_read_free(p->ra);
+		free(p->mem);
+		free(p);
+		return -rc;
+	}
+	*out = p;
+	return 0;
+}
+
+la_ssize_t arch_pipe_next(struct archive *a, struct arch_pipe *p, const void **out)
+{
+	pthread_mutex_lock(&p->mu);
+	if (p->held) {
+		p->held = false;
+		p->consumed++;
+		pthread_cond_signal(&p->freed_cv);
+	}
+	while (p->produced == p->consumed && !p->done)
+		pthread_cond_wait(&p->filled_cv, &p->mu);
+	la_ssize_t n;
+	if (p->produced > p->consumed) {
+		size_t i = p->consumed % PIPE_NBLOCKS;
+		*out = p->mem + i * PIPE_BLOCK;
+		n = (la_ssize_t)p->len[i];
+		p->held = true;
+	} else if (p->errnum || p->msg[0]) {
+		archive_set_error(a, p->errnum ? p->errnum : EIO, "%s", p->msg);
+		n = -1;
+	} else {
+		n = 0;
+	}
+	pthread_mutex_unlock(&p->mu);
+	return n;
+}
+
+void arch_pipe_stop(struct arch_pipe *p)
+{
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->stop = true;
+	pthread_cond_broadcast(&p->freed_cv);
+	pthread_mutex_unlock(&p->mu);
+	pthread_join(p->th, NULL);
+	pthread_mutex_destroy(&p->mu);
+	pthread_cond_destroy(&p->filled_cv);
+	pthread_cond_destroy(&p->freed_cv);
+	archive_read_free(p->ra);
+	free(p->mem);
+	free(p);
+}
