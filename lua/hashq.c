@@ -81,6 +81,11 @@ static void run_op(struct hashq *q, const struct op *op)
 		if (md && op->len)
 			EVP_DigestUpdate(md, op->block, op->len);
 		s->bytes += op->len;
+		if (s->out && op->len && !__atomic_load_n(&s->out_err, __ATOMIC_RELAXED)) {
+			int rc = s->out->write(s->out->ctx, op->block, op->len);
+			if (rc < 0)
+				__atomic_store_n(&s->out_err, rc, __ATOMIC_RELAXED);
+		}
 		break;
 	case OP_FINAL:
 		if (md) {
@@ -243,6 +248,19 @@ int hashq_begin(struct hashq *q, struct hashq_stream *s)
 {
 	push(q, &(struct op){.kind = OP_BEGIN, .s = s});
 	return 0;
+}
+
+int hashq_begin_out(struct hashq *q, struct hashq_stream *s, const struct hashq_out *out)
+{
+	/* Set before the BEGIN op is handed over: the hand-off publishes it. */
+	s->out = out;
+	s->out_err = 0;
+	return hashq_begin(q, s);
+}
+
+int hashq_out_error(const struct hashq_stream *s)
+{
+	return __atomic_load_n(&s->out_err, __ATOMIC_RELAXED);
 }
 
 void *hashq_acquire(struct hashq *q)
