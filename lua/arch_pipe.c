@@ -15,10 +15,11 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "quiet_thread.h"
 
 #define PIPE_BLOCK (1u << 20)
 #define PIPE_NBLOCKS 4
@@ -122,6 +123,16 @@ static void *decompressor(void *arg)
 	return NULL;
 }
 
+static void pipe_free(struct arch_pipe *p)
+{
+	pthread_mutex_destroy(&p->mu);
+	pthread_cond_destroy(&p->filled_cv);
+	pthread_cond_destroy(&p->freed_cv);
+	archive_read_free(p->ra);
+	free(p->mem);
+	free(p);
+}
+
 int arch_pipe_start(struct arch_pipe **out, archive_read_callback *src, void *ud)
 {
 	struct arch_pipe *p = calloc(1, sizeof(*p));
@@ -145,18 +156,9 @@ int arch_pipe_start(struct arch_pipe **out, archive_read_callback *src, void *ud
 	pthread_mutex_init(&p->mu, NULL);
 	pthread_cond_init(&p->filled_cv, NULL);
 	pthread_cond_init(&p->freed_cv, NULL);
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	int rc = pthread_create(&p->th, NULL, decompressor, p);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	int rc = jv_quiet_thread(&p->th, NULL, decompressor, p);
 	if (rc != 0) {
-		pthread_mutex_destroy(&p->mu);
-		pthread_cond_destroy(&p->filled_cv);
-		pthread_cond_destroy(&p->freed_cv);
-		archive_read_free(p->ra);
-		free(p->mem);
-		free(p);
+		pipe_free(p);
 		return -rc;
 	}
 	*out = p;
@@ -198,10 +200,5 @@ void arch_pipe_stop(struct arch_pipe *p)
 	pthread_cond_broadcast(&p->freed_cv);
 	pthread_mutex_unlock(&p->mu);
 	pthread_join(p->th, NULL);
-	pthread_mutex_destroy(&p->mu);
-	pthread_cond_destroy(&p->filled_cv);
-	pthread_cond_destroy(&p->freed_cv);
-	archive_read_free(p->ra);
-	free(p->mem);
-	free(p);
+	pipe_free(p);
 }

@@ -16,11 +16,12 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/evp.h>
+
+#include "quiet_thread.h"
 
 #define HASHQ_OPS 1024
 #define HASHQ_PENDING 128 /* ops gathered by the caller before one hand-off */
@@ -163,11 +164,7 @@ int hashq_new(struct hashq **out, size_t nblocks)
 	pthread_cond_init(&q->space, NULL);
 	pthread_cond_init(&q->idle, NULL);
 	/* Signals (cancel) stay with the calling thread. */
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	int rc = pthread_create(&q->th, NULL, worker, q);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	int rc = jv_quiet_thread(&q->th, NULL, worker, q);
 	if (rc != 0) {
 		pthread_mutex_destroy(&q->mu);
 		pthread_cond_destroy(&q->work);
