@@ -3,10 +3,11 @@
  * `zstd -dc X | tar -x` decompresses in one process while the other creates
  * and writes files. A single libarchive reader does both on one thread, so
  * the extraction waits for the decompressor and the other way round. Here a
- * second libarchive instance (the compression filters with the "raw" format:
- * the decompressed stream as one entry) runs on its own thread and fills a
- * ring of blocks; the reader's libarchive (tar/zip, no filter) reads those
- * blocks through arch_pipe_next(), without a copy.
+ * decompressor runs on its own thread and fills a ring of blocks: libzstd
+ * straight into them for zstd (what jobvisor writes), otherwise a second
+ * libarchive instance (its filters with the "raw" format: the decompressed
+ * stream as one entry). The reader's libarchive (tar/zip, no filter) reads
+ * the blocks through arch_pipe_next(), without a copy.
  *
  * Threads: the decompressor blocks all signals, calls only the source read
  * callback it was given (which owns the archive fd and its hash until
@@ -20,9 +21,10 @@
 #include <string.h>
 
 #include "quiet_thread.h"
+#include "zstd_lazy.h"
 
-#define PIPE_BLOCK (1u << 20)
-#define PIPE_NBLOCKS 4
+#define PIPE_BLOCK (128u << 10)
+#define PIPE_NBLOCKS 8
 
 struct arch_pipe {
 	pthread_t th;
@@ -35,9 +37,13 @@ struct arch_pipe {
 	bool done, stop;
 	int errnum;
 	char msg[512];
-	struct archive *ra;
+	struct archive *ra; /* the libarchive filters (run_libarchive); error slot of src */
 	archive_read_callback *src;
 	void *src_ud;
+	const struct jv_zstd *zstd; /* NULL: libzstd could not be loaded */
+	const void *first;          /* the first source block, sniffed for the format */
+	size_t first_len;
+	bool first_pending;
 };
 
 static void finish(struct arch_pipe *p, int errnum, const char *msg)
@@ -62,42 +68,58 @@ static unsigned char *free_block(struct arch_pipe *p)
 	return b;
 }
 
-static void *decompressor(void *arg)
+static void hand_over(struct arch_pipe *p, size_t n)
 {
-	struct arch_pipe *p = arg;
+	pthread_mutex_lock(&p->mu);
+	p->len[p->produced % PIPE_NBLOCKS] = n;
+	p->produced++;
+	pthread_cond_signal(&p->filled_cv);
+	pthread_mutex_unlock(&p->mu);
+}
+
+static void source_failed(struct arch_pipe *p)
+{
+	const char *m = archive_error_string(p->ra);
+	finish(p, archive_errno(p->ra), m ? m : "read error");
+}
+
+/* The source as libarchive reads it: first the block the format was sniffed
+ * from, then the source callback itself. */
+static la_ssize_t replay_read(struct archive *a, void *ud, const void **out)
+{
+	struct arch_pipe *p = ud;
+	if (p->first_pending) {
+		p->first_pending = false;
+		*out = p->first;
+		return (la_ssize_t)p->first_len;
+	}
+	return p->src(a, p->src_ud, out);
+}
+
+/* gzip, xz, or what libzstd could not be loaded for: libarchive's filters
+ * with the raw format, copied from its buffers into ring blocks (a block of
+ * libarchive's own is only valid until its next call). */
+static void run_libarchive(struct arch_pipe *p)
+{
 	struct archive_entry *ae;
-	int h = archive_read_open(p->ra, p->src_ud, NULL, p->src, NULL);
-	if (h == ARCHIVE_OK)
-		h = archive_read_next_header(p->ra, &ae);
-	if (h == ARCHIVE_EOF) { /* an empty stream: the reader says what it lacks */
-		finish(p, 0, NULL);
-		return NULL;
-	}
-	if (h < ARCHIVE_WARN) {
-		const char *m = archive_error_string(p->ra);
-		finish(p, archive_errno(p->ra), m ? m : "unreadable archive");
-		return NULL;
-	}
-	/* Blocks as the filters produce them, copied into ring blocks (a
-	 * block of libarchive's own is only valid until its next call). */
+	int r = archive_read_open(p->ra, p, NULL, replay_read, NULL);
+	if (r == ARCHIVE_OK)
+		r = archive_read_next_header(p->ra, &ae);
 	const char *pend = NULL;
 	size_t pend_len = 0;
-	int r = ARCHIVE_OK;
-	while (r != ARCHIVE_EOF) {
+	while (r != ARCHIVE_EOF && r >= ARCHIVE_WARN) {
 		unsigned char *b = free_block(p);
 		if (!b)
 			break;
 		size_t n = 0;
-		while (n < PIPE_BLOCK) {
+		while (n < PIPE_BLOCK && r != ARCHIVE_EOF && r >= ARCHIVE_WARN) {
 			if (pend_len == 0) {
 				const void *buf;
 				la_int64_t off;
 				r = archive_read_data_block(p->ra, &buf, &pend_len, &off);
 				pend = buf;
-				if (r == ARCHIVE_EOF || r < ARCHIVE_WARN) {
+				if (r == ARCHIVE_EOF || r < ARCHIVE_WARN)
 					pend_len = 0;
-					break;
-				}
 				continue;
 			}
 			size_t k = pend_len < PIPE_BLOCK - n ? pend_len : PIPE_BLOCK - n;
@@ -106,20 +128,81 @@ static void *decompressor(void *arg)
 			pend += k;
 			pend_len -= k;
 		}
-		if (n > 0) { /* what came before an error is handed over first */
-			pthread_mutex_lock(&p->mu);
-			p->len[p->produced % PIPE_NBLOCKS] = n;
-			p->produced++;
-			pthread_cond_signal(&p->filled_cv);
-			pthread_mutex_unlock(&p->mu);
-		}
-		if (r < ARCHIVE_WARN) {
-			const char *m = archive_error_string(p->ra);
-			finish(p, archive_errno(p->ra), m ? m : "read error");
-			return NULL;
-		}
+		if (n > 0) /* what came before an error is handed over first */
+			hand_over(p, n);
 	}
-	finish(p, 0, NULL);
+	if (r < ARCHIVE_WARN)
+		source_failed(p);
+	else
+		finish(p, 0, NULL); /* an empty stream too: the reader says what it lacks */
+}
+
+/* zstd (what jobvisor writes): libzstd decompresses straight into the ring
+ * blocks, no copy. Concatenated and skippable frames are fine; input that
+ * ends inside a frame is reported as truncated. */
+static void run_zstd(struct arch_pipe *p)
+{
+	const struct jv_zstd *z = p->zstd;
+	ZSTD_DStream *ds = z->create();
+	if (!ds) {
+		finish(p, ENOMEM, "out of memory");
+		return;
+	}
+	jv_zstd_in in = {p->first, p->first_len, 0};
+	p->first_pending = false;
+	size_t last = 0;
+	bool eof = false, done = false, failed = false;
+	const char *msg = NULL;
+	while (!done && !msg && !failed) {
+		unsigned char *b = free_block(p);
+		if (!b)
+			break;
+		jv_zstd_out out = {b, PIPE_BLOCK, 0};
+		while (out.pos < out.size && !done && !msg && !failed) {
+			if (in.pos == in.size && !eof) {
+				const void *buf;
+				la_ssize_t n = p->src(p->ra, p->src_ud, &buf);
+				failed = n < 0;
+				eof = n == 0;
+				if (n > 0)
+					in = (jv_zstd_in){buf, (size_t)n, 0};
+				continue;
+			}
+			size_t before = out.pos;
+			size_t r = z->decompress(ds, &out, &in);
+			if (z->is_error(r))
+				msg = z->error_name(r);
+			last = r;
+			done = !msg && eof && out.pos == before;
+		}
+		if (out.pos > 0) /* what came before an error is handed over first */
+			hand_over(p, out.pos);
+	}
+	z->free(ds);
+	if (failed)
+		source_failed(p);
+	else if (msg || (done && last != 0))
+		finish(p, EIO, msg ? msg : "Truncated zstd input");
+	else
+		finish(p, 0, NULL);
+}
+
+static void *decompressor(void *arg)
+{
+	struct arch_pipe *p = arg;
+	const void *b;
+	la_ssize_t n = p->src(p->ra, p->src_ud, &b);
+	if (n < 0) {
+		source_failed(p);
+		return NULL;
+	}
+	p->first = b;
+	p->first_len = (size_t)n;
+	p->first_pending = true;
+	if (p->zstd && jv_zstd_magic(b, (size_t)n))
+		run_zstd(p);
+	else
+		run_libarchive(p);
 	return NULL;
 }
 
@@ -142,6 +225,7 @@ int arch_pipe_start(struct arch_pipe **out, archive_read_callback *src, void *ud
 	p->ra = archive_read_new();
 	p->src = src;
 	p->src_ud = ud;
+	p->zstd = jv_zstd_load();
 	if (!p->mem || !p->ra) {
 		if (p->ra)
 			archive_read_free(p->ra);
