@@ -37,6 +37,8 @@ struct jobrun_spec {
 	const cJSON *settings; /* borrowed agent settings passed to the child, may be NULL */
 	const char *created_at; /* borrowed, may be NULL */
 	bool by_type;          /* resolved from the job type: the script must declare it */
+	bool fresh_job_id;     /* a job id no retry can carry (jobvisor run without --job-id):
+	                        * the child writes no completion record for it */
 	int run_uid, run_gid;  /* switch the child to this user when >= 0 (agent as root) */
 	const char *log_format; /* "logfmt"/"json" for the child's own log lines, may be NULL */
 	const char *log_level;

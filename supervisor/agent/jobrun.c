@@ -501,6 +501,8 @@ static cJSON *build_spec(const struct jobrun_spec *s)
 		cJSON_AddStringToObject(j, "logFormat", s->log_format);
 	if (s->log_level)
 		cJSON_AddStringToObject(j, "logLevel", s->log_level);
+	if (s->fresh_job_id)
+		cJSON_AddBoolToObject(j, "recordCompletion", false);
 	return j;
 }
 
