@@ -419,6 +419,8 @@ int cmd_run(int argc, char **argv)
 		.data_dir = abs_data, .script = script, .jobs_dir = jobs_dir, .timeout_s = a.timeout,
 		.cancel_grace_s = a.grace, .mem_limit = mem_limit, .run_uid = run_uid, .run_gid = run_gid,
 		.settings = settings, .fresh_job_id = !job_id_arg,
+		/* this process is as clean as a fresh exec would be: spare the second one */
+		.child_main = jv_jobrun_child_main,
 	};
 	static const struct jobrun_ops ops = {.event = on_event, .done = on_done};
 	struct jobrun *run = NULL;
