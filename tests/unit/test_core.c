@@ -296,3 +296,53 @@ Test(procid, stat_parser_survives_hostile_command_names)
 	close(ready[0]);
 	close(ready[1]);
 }
+
+/* In a child: open descriptors, keep some, close the rest from 3 up. */
+Test(util, close_fds_from_keeps_only_the_listed_descriptors)
+{
+	pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		int fds[6];
+		for (int i = 0; i < 6; i++)
+			fds[i] = open("/dev/null", O_RDONLY);
+		int keep[] = {fds[4], fds[1], 1000 /* not open: ignored */};
+		jv_close_fds_from(3, keep, 3);
+		int bad = 0;
+		for (int i = 0; i < 6; i++) {
+			bool open_now = fcntl(fds[i], F_GETFD) >= 0;
+			bool kept = i == 1 || i == 4;
+			bad += open_now != kept;
+		}
+		bad += fcntl(0, F_GETFD) < 0; /* below lowfd: untouched */
+		_exit(bad);
+	}
+	int st;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st));
+	cr_assert_eq(WEXITSTATUS(st), 0, "%d descriptors in the wrong state", WEXITSTATUS(st));
+}
+
+Test(durable, atomic_write_replaces_without_leaving_a_temp)
+{
+	char dir[] = "/tmp/jv-core-atomic-XXXXXX";
+	cr_assert_not_null(mkdtemp(dir));
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+	cr_assert(dfd >= 0);
+	cr_assert_eq(jv_atomic_write_at(dfd, "m.json", "{\"a\":1}", 7, 0640), 0);
+	cr_assert_eq(jv_atomic_write_at(dfd, "m.json", "{}", 2, 0640), 0);
+	char *data = NULL;
+	size_t len = 0;
+	cr_assert_eq(jv_read_file_at(dfd, "m.json", 100, &data, &len), 0);
+	cr_assert_str_eq(data, "{}");
+	free(data);
+	DIR *d = fdopendir(dup(dfd));
+	int n = 0;
+	for (struct dirent *e; (e = readdir(d));)
+		n += e->d_name[0] != '.' || strstr(e->d_name, ".tmp.") != NULL;
+	closedir(d);
+	cr_assert_eq(n, 1, "a temp file was left behind");
+	unlinkat(dfd, "m.json", 0);
+	close(dfd);
+	rmdir(dir);
+}
