@@ -18,8 +18,10 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, "..", "lib")]
 from agent_harness import agent_env  # noqa: E402
+from benchdoc import replace_block  # noqa: E402
 from cp_harness import AGENT_TOKENS, ControlPlane  # noqa: E402
 
 TOP = 12
@@ -89,7 +91,7 @@ def measure(build, wait):
 
 
 def table(agent, sleep, files, wait):
-    out = [f"Idle `jobvisor agent` polling the real `jobvisor-cp` (loopback, plain HTTP, 3 s short "
+    out = [f"Measured {time.strftime('%Y-%m-%d')}: idle `jobvisor agent` polling the real `jobvisor-cp` (loopback, plain HTTP, 3 s short "
            f"polls), measured after {wait:.0f} s, beside `sleep` started at the same moment.", "",
            "| process | VmRSS | file pages | anon pages | PSS |", "| --- | --- | --- | --- | --- |"]
     for name, m in (("`jobvisor agent`, idle", agent), ("`sleep`", sleep)):
@@ -113,14 +115,7 @@ def main():
     text = table(agent, sleep, files, a.wait)
     print(text)
     if a.update:
-        doc = open(a.update).read()
-        beg, end = "<!-- bench_agent_rss:begin -->", "<!-- bench_agent_rss:end -->"
-        if beg in doc:
-            i, k = doc.index(beg) + len(beg), doc.index(end)
-            doc = doc[:i] + "\n" + text + "\n" + doc[k:]
-        else:
-            doc += f"\n## Idle agent memory\n\n{beg}\n{text}\n{end}\n"
-        open(a.update, "w").write(doc)
+        replace_block(a.update, "bench_agent_rss", text, "Idle agent memory")
 
 
 if __name__ == "__main__":
