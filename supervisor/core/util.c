@@ -230,6 +230,23 @@ int jv_set_nonblock(int fd)
 	return 0;
 }
 
+int jv_opendir_at(int dirfd, DIR **out)
+{
+	*out = NULL;
+	int dup = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+	if (dup < 0)
+		return -errno;
+	DIR *d = fdopendir(dup);
+	if (!d) {
+		int rc = -errno;
+		close(dup);
+		return rc;
+	}
+	rewinddir(d);
+	*out = d;
+	return 0;
+}
+
 /* close_range(2) over the gaps between the kept descriptors: one system call
  * per gap, no /proc, no allocation. False where the kernel lacks it. */
 static bool close_ranges(int lowfd, const int *keep, size_t nkeep)
