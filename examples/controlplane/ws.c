@@ -339,14 +339,14 @@ static cJSON *snapshot(struct cp *cp)
 	cJSON *jobs = NULL;
 	int64_t next = 0;
 	cJSON *o = cJSON_CreateObject();
-	if (!o || store_list_jobs(cp, &f, &jobs, &next) < 0) {
+	if (!o || store_jobs_list(cp->store, &f, &jobs, &next) < 0) {
 		cJSON_Delete(o);
 		return NULL;
 	}
 	cJSON_AddStringToObject(o, "type", "snapshot");
 	cJSON_AddNumberToObject(o, "seq", (double)cp->hub->head);
 	cJSON_AddItemToObject(o, "jobs", jobs);
-	cJSON *agents = store_agents_json(cp);
+	cJSON *agents = dispatch_agents_json(cp);
 	cJSON_AddItemToObject(o, "agents", agents ? agents : cJSON_CreateArray());
 	cJSON *instances = inst_list_json(cp, NULL, NULL);
 	cJSON_AddItemToObject(o, "instances", instances ? instances : cJSON_CreateArray());
@@ -413,7 +413,7 @@ static void answer_op(struct cp *cp, struct ws_client *c, const cJSON *req)
 		int rc = -EINVAL;
 		if (jv_run_id_valid(run_id) && after >= 0) {
 			pthread_mutex_lock(&cp->mu);
-			rc = store_events(cp, run_id, after, 1000, &events);
+			rc = store_run_events(cp->store, run_id, after, 1000, &events);
 			pthread_mutex_unlock(&cp->mu);
 		}
 		cJSON_AddStringToObject(ans, "type", "events");
