@@ -357,6 +357,9 @@ void ws_hub_stop(struct ws_hub *hub);
 void ws_hub_free(struct ws_hub *hub);
 /* Stamp msg with the next sequence number and queue it for every client. Consumes msg. mu held. */
 void ws_publish(struct cp *cp, cJSON *msg);
+/* ws_publish of n messages (all consumed, NULLs skipped): on PostgreSQL one
+ * round trip for all of them. mu held. */
+void ws_publish_many(struct cp *cp, cJSON **msgs, size_t n);
 /* Queue a console message (text consumed) for the clients watching agent/inst;
  * unnumbered, not kept in the ring. Do not hold cp->mu. */
 void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text, uint64_t last_seq);

@@ -130,8 +130,10 @@ static int to_store_events(cJSON *fresh, struct store_event *ev, char **texts)
 /* Publish the stored ones in commit order (consumes fresh). */
 static void publish_inserted(struct cp *cp, cJSON *fresh, const struct store_event *ev)
 {
+	int n = fresh ? cJSON_GetArraySize(fresh) : 0;
+	cJSON **msgs = n ? calloc((size_t)n, sizeof(*msgs)) : NULL;
 	cJSON *e;
-	for (int i = 0; fresh && (e = cJSON_DetachItemFromArray(fresh, 0)) != NULL; i++) {
+	for (int i = 0; msgs && (e = cJSON_DetachItemFromArray(fresh, 0)) != NULL; i++) {
 		cJSON *msg = ev[i].inserted ? cJSON_CreateObject() : NULL;
 		if (!msg) {
 			cJSON_Delete(e);
@@ -139,8 +141,11 @@ static void publish_inserted(struct cp *cp, cJSON *fresh, const struct store_eve
 		}
 		cJSON_AddStringToObject(msg, "type", "event");
 		cJSON_AddItemToObject(msg, "event", e);
-		ws_publish(cp, msg);
+		msgs[i] = msg;
 	}
+	if (msgs)
+		ws_publish_many(cp, msgs, (size_t)n); /* one round trip on PostgreSQL */
+	free(msgs);
 	cJSON_Delete(fresh);
 }
 

@@ -10,6 +10,8 @@
  * and RETRIED while a new run (attempt + 1) waits to be assigned. Run states:
  * QUEUED -> RUNNING -> COMPLETED | FAILED | CANCELLED. */
 #include "cp.h"
+#include "replicas.h"
+#include "store_pg.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -66,13 +68,21 @@ bool lc_status_terminal(const char *s)
 	return strcmp(s, "COMPLETED") == 0 || strcmp(s, "FAILED") == 0 || strcmp(s, "CANCELLED") == 0;
 }
 
-void lc_wake_agent(struct cp *cp, const char *agent_id)
+void lc_wake_local(struct cp *cp, const char *agent_id)
 {
 	struct cp_agent *a = tokens_agent_find(cp, agent_id);
 	if (a) {
 		a->gen++;
 		pthread_cond_broadcast(&a->cond);
 	}
+}
+
+void lc_wake_agent(struct cp *cp, const char *agent_id)
+{
+	lc_wake_local(cp, agent_id);
+	/* Other replicas (PostgreSQL): their polls of this agent wake too. */
+	if (store_pg_wake(cp->store, agent_id) < 0)
+		jv_warn(NULL, NULL, "cannot tell other replicas of new work for agent '%s'", agent_id);
 }
 
 void lc_publish_job(struct cp *cp, const char *job_id)

@@ -12,6 +12,7 @@
  * done in a handler. Exit status: 0 after a signal, 1 runtime failure, 2 usage
  * or configuration error. */
 #include "cp.h"
+#include "replicas.h"
 
 #include <civetweb.h>
 #include <errno.h>
@@ -304,6 +305,21 @@ static int load_credentials(struct cp *cp)
 	return 0;
 }
 
+/* The WebSocket broadcaster and, on PostgreSQL, the listener for other replicas. */
+static int start_hub(struct cp *cp)
+{
+	char err[512];
+	if (ws_hub_start(cp, &cp->hub) < 0) {
+		jv_error(NULL, NULL, "cannot start the WebSocket broadcaster");
+		return -1;
+	}
+	if (replicas_start(cp, err, sizeof(err)) < 0) {
+		jv_error(NULL, NULL, "%s", err);
+		return -1;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct cp cp;
@@ -343,10 +359,8 @@ int main(int argc, char **argv)
 		jv_error(NULL, NULL, "out of memory");
 		goto out;
 	}
-	if (ws_hub_start(&cp, &cp.hub) < 0) {
-		jv_error(NULL, NULL, "cannot start the WebSocket broadcaster");
+	if (start_hub(&cp) < 0)
 		goto out;
-	}
 	if (dispatch_recover(&cp) < 0) {
 		jv_error(NULL, NULL, "cannot recover the state in the %s database", store_backend_name(cp.store));
 		goto out;
@@ -382,6 +396,7 @@ int main(int argc, char **argv)
 out:
 	shutdown_drain(&cp);
 	front_stop(front);
+	replicas_stop(&cp);
 	ws_hub_stop(cp.hub);
 	if (ctx)
 		mg_stop(ctx);

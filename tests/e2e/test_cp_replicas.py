@@ -22,8 +22,7 @@ ROUNDS = 3
 
 def start_replicas(first):
     """A second replica on first's database, started while first starts."""
-    second = ControlPlane(first.args)
-    second.db = first.db
+    second = ControlPlane(first.args, db=first.db)
     errors = []
 
     def start(cp):
@@ -59,7 +58,8 @@ class TwoReplicas(unittest.TestCase):
 
     def test_both_started_on_one_new_database_and_migrated_it_once(self):
         text = self.a.stderr_text() + self.b.stderr_text()
-        for v in range(1, 7):
+        last = {"sqlite": 6, "postgresql": 1}[self.a.backend]  # the newest schema version of each backend
+        for v in range(1, last + 1):
             self.assertEqual(text.count("schema migrated to version %d\n" % v) +
                              text.count("schema migrated to version %d\"" % v), 1,
                              "migration to %d applied by exactly one replica:\n%s" % (v, text[-3000:]))
