@@ -11,10 +11,13 @@
 -- backup if the manifest is there, and otherwise removes the leftover and
 -- starts again.
 --
--- With `remote`, the committed archive is then uploaded to that S3 remote as
--- a multipart upload resumed from the "remote-upload" marker (lib/remote.lua),
--- the manifest object last; the local copy is removed afterwards unless
--- keepLocal = true. A retry after the manifest object exists finishes at once.
+-- With `remote`, the archive is streamed to that S3 remote while it is being
+-- made: a multipart upload whose parts are sent as they are compressed, each
+-- recorded in the "remote-upload" marker once acknowledged (lib/remote.lua).
+-- No local copy is written unless keepLocal = true; the upload is completed,
+-- then (keepLocal) the local backup committed, and the manifest object is
+-- written last. A retry makes the archive again and sends only the parts the
+-- marker lacks; a retry after the manifest object exists finishes at once.
 local common = require("lib.common")
 local backups = require("lib.backups")
 local remotes = require("lib.remote")
@@ -161,7 +164,7 @@ return {
       log.info("the server is not running: no quiesce lines sent")
     end
     local quiesced = false
-    local manifest
+    local manifest, upload, upload_parts
     local stage = common.must(job, "cannot create a staging directory", fs.staging())
     local tmp_archive = stage .. "/" .. id .. ".tar.zst"
     local created_at = common.now_iso()
@@ -185,11 +188,17 @@ return {
       -- Files unchanged since the newest backup (same size, inode, mtime and
       -- ctime) keep their digest instead of being hashed again.
       local prev, prev_id = backups.latest()
-      local m, err = archive.create("data", tmp_archive,
-        { exclude = exclude, progress = { from = 5, to = p.remote and 60 or 90 }, reuse = prev })
+      local opts = { exclude = exclude, progress = { from = 5, to = 90 }, reuse = prev }
+      local m, err
+      if p.remote then
+        m, err, upload = remotes.stream(job, p.remote, info, id, p.keepLocal and tmp_archive or nil, opts)
+      else
+        m, err = archive.create("data", tmp_archive, opts)
+      end
       if not m then job.fail("cannot back up data/: " .. tostring(err), { retryable = true }) end
       manifest = m
       local stats = err
+      upload_parts = p.remote and stats.parts
       if prev and type(stats) == "table" and (stats.reused or 0) > 0 then
         log.info(string.format("%d of %d file digests reused from backup '%s' (files unchanged)",
           stats.reused, stats.files, prev_id))
@@ -207,10 +216,6 @@ return {
       send_lines(job, after, "after")
     end
 
-    job.progress(p.remote and 62 or 92, "committing the archive")
-    common.must(job, "cannot move the archive into backups/",
-      fs.commit(tmp_archive, backups.archive_path(id)))
-
     local doc = {
       format = manifest.format or 1,
       backupId = id,
@@ -224,10 +229,27 @@ return {
       files = manifest.files,
       complete = true,
     }
-    job.progress(p.remote and 64 or 96, "writing the manifest")
-    common.must(job, "cannot write the manifest '" .. backups.manifest_path(id) .. "'",
-      fs.write(backups.manifest_path(id), json.encode(doc) .. "\n"))
-    local out = finish_remote(job, p, info, id, doc)
+    if upload then
+      job.progress(92, "completing the upload to remote '" .. p.remote .. "'")
+      remotes.complete(job, upload, upload_parts, doc)
+    end
+    local out
+    if not p.remote or p.keepLocal then
+      job.progress(94, "committing the archive")
+      common.must(job, "cannot move the archive into backups/",
+        fs.commit(tmp_archive, backups.archive_path(id)))
+      job.progress(96, "writing the manifest")
+      common.must(job, "cannot write the manifest '" .. backups.manifest_path(id) .. "'",
+        fs.write(backups.manifest_path(id), json.encode(doc) .. "\n"))
+    end
+    if upload then
+      job.progress(98, "writing the manifest to remote '" .. p.remote .. "'")
+      remotes.put_manifest(job, p.remote, id, doc)
+      out = result_of(id, doc, { remote = p.remote, archive = remotes.archive_obj(job, id),
+                                 keepLocal = p.keepLocal == true })
+    else
+      out = finish_remote(job, p, info, id, doc)
+    end
     job.unmark("backup")
     log.info(string.format("backup '%s' complete: %d files, %d bytes, sha256 %s%s", id, out.files,
       out.bytes, out.sha256, p.remote and (", on remote '" .. p.remote .. "'") or ""))

@@ -91,12 +91,17 @@ int remote_fail(lua_State *L, struct s3_remote *r, int rc, const struct s3_err *
 	return 3;
 }
 
-const char *remote_check_name(lua_State *L)
+const char *remote_check_name_at(lua_State *L, int idx)
 {
 	size_t len = 0;
-	const char *n = luaL_checklstring(L, 1, &len);
-	luaL_argcheck(L, len > 0 && len <= 32, 1, "a remote name");
+	const char *n = luaL_checklstring(L, idx, &len);
+	luaL_argcheck(L, len > 0 && len <= 32, idx, "a remote name");
 	return n;
+}
+
+const char *remote_check_name(lua_State *L)
+{
+	return remote_check_name_at(L, 1);
 }
 
 /* remote.info(name) -> {name, endpoint, bucket, region, prefix, part_size, parallel} */
