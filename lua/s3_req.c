@@ -355,7 +355,9 @@ static int classify(const struct s3_remote *r, struct s3r_req *q, CURLcode cc, c
 		cls = strcmp(x.code, "InternalError") == 0 || strcmp(x.code, "SlowDown") == 0 ? S3_TRANSIENT
 		                                                                              : S3_PERMANENT;
 	else if (q->http == 408 || q->http == 429 || q->http >= 500 ||
-	         strcmp(x.code, "RequestTimeout") == 0 || strcmp(x.code, "SlowDown") == 0)
+	         strcmp(x.code, "RequestTimeout") == 0 || strcmp(x.code, "SlowDown") == 0 ||
+	         /* the store's own integrity check refused bytes changed in transit */
+	         strcmp(x.code, "BadDigest") == 0 || strcmp(x.code, "XAmzContentSHA256Mismatch") == 0)
 		cls = S3_TRANSIENT;
 	else if (q->http == 404 && strcmp(x.code, "NoSuchBucket") != 0)
 		cls = S3_NOT_FOUND;
@@ -515,21 +517,25 @@ int s3r_put_checked(const struct s3_remote *r, struct s3r_req *q, const char *wh
 	s3r_base64(md, ml, b64);
 	jv_hex(md, ml, md5);
 	q->content_md5 = b64;
-	int rc = s3r_call(r, q, what, e);
-	if (rc == 0) {
-		/* A plain-MD5 ETag must be this body's MD5 (stores that do not check
-		 * Content-MD5 themselves, or a proxy that changed the bytes). */
-		if (strlen(q->etag) == 32 && strcasecmp(q->etag, md5) != 0) {
+	int rc = 0;
+	/* A plain-MD5 ETag must be this body's MD5: a store that does not check
+	 * Content-MD5 itself stored bytes that changed in transit; send again. */
+	for (int attempt = 1; attempt <= r->attempts; attempt++) {
+		rc = s3r_call(r, q, what, e);
+		if (rc == 0 && strlen(q->etag) == 32 && strcasecmp(q->etag, md5) != 0) {
 			s3r_set_err(r, e, S3_TRANSIENT, q->http, NULL, what,
 			            "the store's ETag does not match the MD5 of what was sent (the bytes "
 			            "changed in transit)");
 			rc = -EIO;
-		} else if (!q->etag[0]) {
+			continue;
+		}
+		if (rc == 0 && !q->etag[0]) {
 			s3r_set_err(r, e, S3_TRANSIENT, q->http, NULL, what, "the answer holds no ETag");
 			rc = -EPROTO;
-		} else {
+		} else if (rc == 0) {
 			snprintf(etag, 80, "%s", q->etag);
 		}
+		break;
 	}
 	free(q->resp.p);
 	q->resp.p = NULL;
