@@ -69,6 +69,17 @@ struct arch_entry *arch_manifest_find(const struct arch_manifest *m, const char 
  * cJSON from to_json: cJSON_Delete. */
 int arch_manifest_from_json(const cJSON *j, struct arch_manifest *m, char *err, size_t errlen);
 cJSON *arch_manifest_to_json(const struct arch_manifest *m);
+/* Write m as JSON to dirfd/name durably (temp file, fsync, rename, fsync
+ * directory), streaming entry by entry (arch_mfwrite.c): the same document
+ * as arch_manifest_to_json(), with the members of extra (a JSON object, or
+ * NULL) after "format". extra must not hold a reserved member
+ * (arch_manifest_reserved). 0 or -errno with err. */
+int arch_manifest_write_at(int dirfd, const char *name, const struct arch_manifest *m,
+                           const cJSON *extra, char *err, size_t errlen);
+/* "format", "sha256", "bytes", "files": the members the manifest itself writes. */
+bool arch_manifest_reserved(const char *key);
+/* The canonical "stat" string of a file id: "<ino>:<mtime s>.<ns>:<ctime s>.<ns>". */
+void arch_fileid_format(const struct arch_fileid *id, char *out, size_t len);
 const char *arch_type_name(enum arch_type t);
 
 /* Lexical check of an entry path from an archive: strips a leading "./",

@@ -181,9 +181,11 @@ function M.complete(job, st, nparts, doc)
   job.mark("remote-upload", st)
 end
 
--- The manifest object, last: from now on the backup exists on the remote.
+-- The manifest object (a table, or its JSON text), last: from now on the
+-- backup exists on the remote.
 function M.put_manifest(job, name, id, doc)
-  M.must(job, remote.put(name, M.manifest_obj(job, id), json.encode(doc) .. "\n"))
+  local text = type(doc) == "string" and doc or json.encode(doc) .. "\n"
+  M.must(job, remote.put(name, M.manifest_obj(job, id), text))
   job.unmark("remote-upload")
 end
 
