@@ -14,6 +14,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "s3_stream.h"
+
 /* remote.mpu_create(name, object) -> upload id */
 int l_remote_mpu_create(lua_State *L)
 {
@@ -157,14 +159,7 @@ static enum up_end collect(lua_State *L, struct up_pool *p, struct jv_io_hooks *
 	while (seen < p->np) {
 		pthread_mutex_lock(&p->mu);
 		while (p->ndone == seen) {
-			struct timespec until;
-			clock_gettime(CLOCK_REALTIME, &until);
-			until.tv_nsec += 100 * 1000000L;
-			if (until.tv_nsec >= 1000000000L) {
-				until.tv_sec++;
-				until.tv_nsec -= 1000000000L;
-			}
-			pthread_cond_timedwait(&p->cv, &p->mu, &until);
+			s3_cond_wait_ms(&p->cv, &p->mu, 100);
 			if (p->ndone == seen) {
 				pthread_mutex_unlock(&p->mu);
 				if (jv_io_tick(hooks, 0, 0))

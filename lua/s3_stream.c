@@ -52,6 +52,19 @@ struct s3_stream {
 	struct s3_err e;
 };
 
+void s3_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, long ms)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += ms / 1000;
+	until.tv_nsec += (ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(cv, mu, &until);
+}
+
 static bool workers_stop(void *arg, uint64_t done, uint64_t total)
 {
 	(void)done;
@@ -149,14 +162,7 @@ static int wait_until(struct s3_stream *s, bool (*pred)(struct s3_stream *s))
 			pthread_mutex_unlock(&s->mu);
 			return 0;
 		}
-		struct timespec until;
-		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_nsec += 100 * 1000000L;
-		if (until.tv_nsec >= 1000000000L) {
-			until.tv_sec++;
-			until.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&s->done, &s->mu, &until);
+		s3_cond_wait_ms(&s->done, &s->mu, 100);
 		pthread_mutex_unlock(&s->mu);
 		if (jv_io_tick(s->o.hooks, 0, 0))
 			return fail(s, -ECANCELED, NULL, "cancelled");

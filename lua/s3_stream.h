@@ -19,6 +19,8 @@
 #ifndef JOBVISOR_S3_STREAM_H
 #define JOBVISOR_S3_STREAM_H
 
+#include <pthread.h>
+
 #include "s3.h"
 
 struct s3_stream_part {
@@ -56,5 +58,9 @@ int s3_stream_finish(struct s3_stream *s, int *nparts);
 const struct s3_err *s3_stream_error(const struct s3_stream *s);
 /* Stop the workers (parts in flight are cut) and free everything. */
 void s3_stream_close(struct s3_stream *s);
+
+/* Wait on cv (mu held) for at most ms milliseconds: the upload pools' way to
+ * look at a cancel request between acknowledgements. */
+void s3_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, long ms);
 
 #endif

@@ -65,6 +65,16 @@ function M.load_manifest(job, name, id)
   return m
 end
 
+-- Without an upload id in the marker state st: a new upload, recorded
+-- before any part is sent.
+local function new_upload(job, st, name, obj)
+  if st.uploadId then return end
+  st.uploadId = M.must(job, remote.mpu_create(name, obj))
+  st.parts = json.array()
+  st.completed = nil
+  job.mark("remote-upload", st)
+end
+
 local function part_size_for(info, size)
   local ps = info.part_size
   while size > ps * PARTS_MAX do ps = ps * 2 end
@@ -98,12 +108,7 @@ function M.upload(job, name, info, id, doc, from, to)
   log.info(string.format("uploading '%s' (%d bytes, %d parts of %d bytes) to remote '%s'", obj, size,
     nparts, ps, name))
   for _ = 1, 3 do
-    if not st.uploadId then
-      st.uploadId = M.must(job, remote.mpu_create(name, obj))
-      st.parts = json.array()
-      st.completed = nil
-      job.mark("remote-upload", st)
-    end
+    new_upload(job, st, name, obj)
     local acked, done = {}, 0
     for _, p in ipairs(st.parts) do
       acked[p.n] = p
@@ -216,12 +221,7 @@ function M.stream(job, name, info, id, dst, opts)
   local obj = M.archive_obj(job, id)
   local st = stream_state(job, name, info, id, obj)
   for _ = 1, 3 do
-    if not st.uploadId then
-      st.uploadId = M.must(job, remote.mpu_create(name, obj))
-      st.parts = json.array()
-      st.completed = nil
-      job.mark("remote-upload", st)
-    end
+    new_upload(job, st, name, obj)
     local known = {}
     for _, p in ipairs(st.parts) do known[p.n] = true end
     opts.upload = { remote = name, object = obj, uploadId = st.uploadId, partSize = st.partSize,
