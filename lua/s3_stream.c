@@ -21,12 +21,17 @@
 
 #define STREAM_MAX_PARALLEL 32
 #define STREAM_PARTS_MAX 10000
+/* The total is not known in advance: parts double in size every
+ * STREAM_GROW_EVERY parts (a function of the part number only, so an
+ * archive made again is cut at the same places): 16 MiB parts reach ~1 TiB
+ * within S3's 10,000. */
+#define STREAM_GROW_EVERY 2000
 
 enum slot_state { SLOT_FREE = 0, SLOT_QUEUED, SLOT_BUSY, SLOT_DONE };
 
 struct slot {
 	unsigned char *buf;
-	size_t len;
+	size_t cap, want, len; /* allocated, this part's size, filled */
 	enum slot_state state;
 	uint64_t seq; /* order of completion */
 	struct s3_stream_part p;
@@ -185,6 +190,14 @@ static bool all_free(struct s3_stream *s)
 	return true;
 }
 
+size_t s3_stream_part_size(size_t base, int n)
+{
+	size_t size = base;
+	for (int k = (n - 1) / STREAM_GROW_EVERY; k > 0 && size <= (5ull << 30) / 2; k--)
+		size *= 2;
+	return size;
+}
+
 /* A free slot with its buffer into s->cur. */
 static int take_slot(struct s3_stream *s)
 {
@@ -198,8 +211,14 @@ static int take_slot(struct s3_stream *s)
 			f = &s->slots[i];
 	f->state = SLOT_BUSY; /* the writer's until it is cut */
 	pthread_mutex_unlock(&s->mu);
-	if (!f->buf && !(f->buf = malloc(s->o.part_size ? s->o.part_size : 1)))
-		return fail(s, -ENOMEM, NULL, "out of memory for a part buffer");
+	f->want = s3_stream_part_size(s->o.part_size, s->cuts + 1);
+	if (f->cap < f->want) {
+		free(f->buf);
+		f->cap = 0;
+		if (!(f->buf = malloc(f->want)))
+			return fail(s, -ENOMEM, NULL, "out of memory for a part buffer");
+		f->cap = f->want;
+	}
 	f->len = 0;
 	s->cur = f;
 	return 0;
@@ -244,8 +263,9 @@ static int cut(struct s3_stream *s)
 	s->cur = NULL;
 	if (s->cuts >= STREAM_PARTS_MAX) {
 		char msg[200];
-		snprintf(msg, sizeof(msg), "more than %d parts of %zu bytes: raise remote.%s.part_size",
-		         STREAM_PARTS_MAX, s->o.part_size, s->o.r->name);
+		snprintf(msg, sizeof(msg), "more than %d parts (from %zu bytes, doubling every %d): "
+		         "raise remote.%s.part_size", STREAM_PARTS_MAX, s->o.part_size,
+		         STREAM_GROW_EVERY, s->o.r->name);
 		return fail(s, -EFBIG, NULL, msg);
 	}
 	memset(&c->p, 0, sizeof(c->p));
@@ -274,12 +294,12 @@ int s3_stream_write(struct s3_stream *s, const void *buf, size_t n)
 		if (!s->cur && take_slot(s))
 			break;
 		struct slot *c = s->cur;
-		size_t k = s->o.part_size - c->len < n ? s->o.part_size - c->len : n;
+		size_t k = c->want - c->len < n ? c->want - c->len : n;
 		memcpy(c->buf + c->len, p, k);
 		c->len += k;
 		p += k;
 		n -= k;
-		if (c->len == s->o.part_size)
+		if (c->len == c->want)
 			cut(s);
 	}
 	return s->rc;

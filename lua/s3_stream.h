@@ -2,7 +2,8 @@
  * not known in advance (an archive while it is being compressed).
  *
  * The writer (one thread: the caller of s3_stream_write and _finish) cuts the
- * bytes into parts of part_size; `parallel` worker threads send them, each
+ * bytes into parts of part_size (doubled every 2000 parts, see
+ * s3_stream_part_size); `parallel` worker threads send them, each
  * with its Content-MD5 and ETag check (s3_mpu_part_mem). At most parallel + 1
  * parts are in memory at once (parallel in flight, one being filled); nothing
  * is written to disk. A write that finds every buffer busy waits for a part
@@ -58,6 +59,11 @@ int s3_stream_finish(struct s3_stream *s, int *nparts);
 const struct s3_err *s3_stream_error(const struct s3_stream *s);
 /* Stop the workers (parts in flight are cut) and free everything. */
 void s3_stream_close(struct s3_stream *s);
+
+/* The size of part n of a stream whose first parts are base bytes: doubled
+ * every 2000 parts (up to 5 GiB): 10,000 parts hold 62,000 * base bytes
+ * (~970 GiB from 16 MiB). */
+size_t s3_stream_part_size(size_t base, int n);
 
 /* Wait on cv (mu held) for at most ms milliseconds: the upload pools' way to
  * look at a cancel request between acknowledgements. */
