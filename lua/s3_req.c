@@ -397,8 +397,17 @@ int s3r_once(const struct s3_remote *r, struct s3r_req *q, const char *what, str
 		s3r_sha256_hex(q->body, q->bodylen, hashhex);
 	snprintf(hsha, sizeof(hsha), "x-amz-content-sha256: %s", q->bodylen ? hashhex : EMPTY_SHA256);
 	struct curl_slist *hdr = NULL, *tmp;
-	bool ok = (tmp = curl_slist_append(hdr, hsha)) && (hdr = tmp) &&
-	          (tmp = curl_slist_append(hdr, "Expect:")) && (hdr = tmp);
+	/* No "Expect:" line to suppress 100-continue: libcurl 7.88 signs such an
+	 * emptied header and then does not send it (SignatureDoesNotMatch at a
+	 * store that checks signatures); CURLOPT_EXPECT_100_TIMEOUT_MS is 0 instead. */
+	bool ok = (tmp = curl_slist_append(hdr, hsha)) && (hdr = tmp);
+	/* libcurl's POST would say application/x-www-form-urlencoded: S3 keeps a
+	 * CreateMultipartUpload's Content-Type as the object's, and a signing
+	 * server that parses such a body as a form computes another signature */
+	if (ok && strcmp(q->method, "POST") == 0)
+		ok = (tmp = curl_slist_append(hdr, q->bodylen ? "Content-Type: application/xml"
+		                                              : "Content-Type: application/octet-stream")) &&
+		     (hdr = tmp);
 	if (ok && q->content_md5) {
 		snprintf(hmd5, sizeof(hmd5), "Content-MD5: %s", q->content_md5);
 		ok = (tmp = curl_slist_append(hdr, hmd5)) && (hdr = tmp);
@@ -426,6 +435,7 @@ int s3r_once(const struct s3_remote *r, struct s3r_req *q, const char *what, str
 	curl_easy_setopt(h, CURLOPT_USERNAME, r->key_id);
 	curl_easy_setopt(h, CURLOPT_PASSWORD, r->secret);
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
+	curl_easy_setopt(h, CURLOPT_EXPECT_100_TIMEOUT_MS, 0L);
 	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, r->connect_timeout_s);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, r->stall_s);
