@@ -370,6 +370,42 @@ static int classify(const struct s3_remote *r, struct s3r_req *q, CURLcode cc, c
 	return cls == S3_NOT_FOUND ? -ENOENT : cls == S3_TRANSIENT ? -EAGAIN : -EACCES;
 }
 
+/* The request's own header lines into *hdr (owned by the caller, also on
+ * failure); false when out of memory. */
+static bool request_headers(const struct s3r_req *q, struct curl_slist **hdr)
+{
+	char hsha[128], hmd5[128], hrange[96];
+	char hashhex[JV_SHA256_HEX];
+	if (q->bodylen)
+		s3r_sha256_hex(q->body, q->bodylen, hashhex);
+	snprintf(hsha, sizeof(hsha), "x-amz-content-sha256: %s", q->bodylen ? hashhex : EMPTY_SHA256);
+	struct curl_slist *tmp;
+	/* No "Expect:" line to suppress 100-continue: libcurl 7.88 signs such an
+	 * emptied header and then does not send it (SignatureDoesNotMatch at a
+	 * store that checks signatures); CURLOPT_EXPECT_100_TIMEOUT_MS is 0 instead. */
+	bool ok = (tmp = curl_slist_append(*hdr, hsha)) && (*hdr = tmp);
+	/* libcurl's POST would say application/x-www-form-urlencoded: S3 keeps a
+	 * CreateMultipartUpload's Content-Type as the object's, and a signing
+	 * server that parses such a body as a form computes another signature */
+	if (ok && strcmp(q->method, "POST") == 0)
+		ok = (tmp = curl_slist_append(*hdr, q->bodylen ? "Content-Type: application/xml"
+		                                               : "Content-Type: application/octet-stream")) &&
+		     (*hdr = tmp);
+	if (ok && q->content_md5) {
+		snprintf(hmd5, sizeof(hmd5), "Content-MD5: %s", q->content_md5);
+		ok = (tmp = curl_slist_append(*hdr, hmd5)) && (*hdr = tmp);
+	}
+	if (ok && q->range_from >= 0) {
+		if (q->range_len >= 0)
+			snprintf(hrange, sizeof(hrange), "Range: bytes=%lld-%lld", (long long)q->range_from,
+			         (long long)(q->range_from + q->range_len - 1));
+		else
+			snprintf(hrange, sizeof(hrange), "Range: bytes=%lld-", (long long)q->range_from);
+		ok = (tmp = curl_slist_append(*hdr, hrange)) && (*hdr = tmp);
+	}
+	return ok;
+}
+
 int s3r_once(const struct s3_remote *r, struct s3r_req *q, const char *what, struct s3_err *e)
 {
 	char url[4096];
@@ -390,36 +426,10 @@ int s3r_once(const struct s3_remote *r, struct s3r_req *q, const char *what, str
 	q->total = -1;
 	q->sent = 0;
 	q->sink_rc = 0;
-	char sigv4[128], hsha[128], hmd5[128], hrange[96];
-	char hashhex[JV_SHA256_HEX];
+	char sigv4[128];
 	snprintf(sigv4, sizeof(sigv4), "aws:amz:%s:s3", r->region);
-	if (q->bodylen)
-		s3r_sha256_hex(q->body, q->bodylen, hashhex);
-	snprintf(hsha, sizeof(hsha), "x-amz-content-sha256: %s", q->bodylen ? hashhex : EMPTY_SHA256);
-	struct curl_slist *hdr = NULL, *tmp;
-	/* No "Expect:" line to suppress 100-continue: libcurl 7.88 signs such an
-	 * emptied header and then does not send it (SignatureDoesNotMatch at a
-	 * store that checks signatures); CURLOPT_EXPECT_100_TIMEOUT_MS is 0 instead. */
-	bool ok = (tmp = curl_slist_append(hdr, hsha)) && (hdr = tmp);
-	/* libcurl's POST would say application/x-www-form-urlencoded: S3 keeps a
-	 * CreateMultipartUpload's Content-Type as the object's, and a signing
-	 * server that parses such a body as a form computes another signature */
-	if (ok && strcmp(q->method, "POST") == 0)
-		ok = (tmp = curl_slist_append(hdr, q->bodylen ? "Content-Type: application/xml"
-		                                              : "Content-Type: application/octet-stream")) &&
-		     (hdr = tmp);
-	if (ok && q->content_md5) {
-		snprintf(hmd5, sizeof(hmd5), "Content-MD5: %s", q->content_md5);
-		ok = (tmp = curl_slist_append(hdr, hmd5)) && (hdr = tmp);
-	}
-	if (ok && q->range_from >= 0) {
-		if (q->range_len >= 0)
-			snprintf(hrange, sizeof(hrange), "Range: bytes=%lld-%lld", (long long)q->range_from,
-			         (long long)(q->range_from + q->range_len - 1));
-		else
-			snprintf(hrange, sizeof(hrange), "Range: bytes=%lld-", (long long)q->range_from);
-		ok = (tmp = curl_slist_append(hdr, hrange)) && (hdr = tmp);
-	}
+	struct curl_slist *hdr = NULL;
+	bool ok = request_headers(q, &hdr);
 	if (!ok) {
 		curl_slist_free_all(hdr);
 		curl_easy_cleanup(h);
