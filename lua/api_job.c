@@ -64,14 +64,7 @@ void jv_run_marker_start(lua_State *L, struct jv_run_ctx *ctx, int job_idx)
 		jv_emit_log(ctx, "warn", msg);
 	}
 	cJSON_Delete(prev);
-	char ts[JV_ISO8601_LEN];
-	jv_iso8601(jv_now_real_ms(), ts);
-	cJSON *m = cJSON_CreateObject();
-	cJSON_AddStringToObject(m, "jobId", ctx->job_id);
-	cJSON_AddStringToObject(m, "runId", ctx->run_id);
-	cJSON_AddNumberToObject(m, "attempt", ctx->attempt);
-	cJSON_AddStringToObject(m, "type", ctx->type);
-	cJSON_AddStringToObject(m, "startedAt", ts);
+	cJSON *m = jv_ctx_ident_json(ctx, "startedAt");
 	cJSON_AddStringToObject(m, "step", "start");
 	ctx->run_marker.json = m;
 	ctx->on_progress = jv_run_marker_step;

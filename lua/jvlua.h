@@ -34,8 +34,11 @@ struct jv_run_ctx {
 
 	int event_fd; /* JSON lines to the parent */
 
-	/* Set by the SIGTERM/SIGINT handler; read at safe points. */
+	/* Set by the SIGTERM/SIGINT handler; read at safe points. NULL: never. */
 	volatile sig_atomic_t *cancel_flag;
+
+	/* Process records proc.run has opened (lua/api_proc.c names them <run>.<n>). */
+	unsigned proc_records;
 
 	/* Agent settings passed down in the spec (borrowed, may be NULL). */
 	const cJSON *settings; /* e.g. allowed_executables, user, console log sizes */
@@ -66,6 +69,10 @@ struct jv_run_ctx {
 /* The context of the running job (never NULL inside a job run). */
 struct jv_run_ctx *jv_ctx(lua_State *L);
 void jv_ctx_install(lua_State *L, struct jv_run_ctx *ctx);
+/* A new object naming the run: jobId, runId, attempt, type, and the key
+ * stamp (e.g. "startedAt") with the time now. Returned-owned: cJSON_Delete;
+ * NULL when out of memory. */
+cJSON *jv_ctx_ident_json(const struct jv_run_ctx *ctx, const char *stamp);
 
 /* Cancellation. jv_cancelled() is cheap; jv_checkpoint() raises the
  * cancellation error (see jv_is_cancel_error) when cancel was requested. */

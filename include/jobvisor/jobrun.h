@@ -13,6 +13,7 @@
 #ifndef JOBVISOR_JOBRUN_H
 #define JOBVISOR_JOBRUN_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -102,7 +103,8 @@ void jobrun_free(struct jobrun *run);           /* kills a live child first; NUL
  * then the built-in jobs directory; or take a *.lua path as given. Writes an
  * absolute path. Returns 0, -ENOENT (unknown job type) or -EINVAL (bad name). */
 int jobrun_resolve_script(const char *type_or_path, const char *jobs_dir, char *out, size_t outlen);
-/* The built-in jobs directory this binary uses (source tree when run from its build dir). */
-const char *jobrun_builtin_jobs_dir(void);
+/* The built-in jobs directory this binary uses (source tree when run from its
+ * build dir), written to dir and returned. Looked up afresh on each call. */
+const char *jobrun_builtin_jobs_dir(char dir[PATH_MAX]);
 
 #endif

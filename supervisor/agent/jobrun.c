@@ -490,7 +490,8 @@ static cJSON *build_spec(const struct jobrun_spec *s)
 	cJSON_AddStringToObject(j, "script", s->script);
 	if (s->jobs_dir)
 		cJSON_AddStringToObject(j, "jobsDir", s->jobs_dir);
-	cJSON_AddStringToObject(j, "builtinJobsDir", jobrun_builtin_jobs_dir());
+	char builtin[PATH_MAX];
+	cJSON_AddStringToObject(j, "builtinJobsDir", jobrun_builtin_jobs_dir(builtin));
 	if (s->mem_limit)
 		cJSON_AddNumberToObject(j, "memLimit", (double)s->mem_limit);
 	if (s->settings)

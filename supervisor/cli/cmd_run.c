@@ -322,14 +322,16 @@ static int resolve_run(const char *what, const char *jobs_dir, const char *data_
 {
 	int rc = jobrun_resolve_script(what, jobs_dir, script, PATH_MAX);
 	if (rc < 0) {
-		if (rc == -EINVAL)
+		if (rc == -EINVAL) {
 			fprintf(stderr, "jobvisor run: '%s' is neither a job type (like BACKUP_INSTANCE) nor a .lua script\n", what);
-		else if (strstr(what, ".lua"))
+		} else if (strstr(what, ".lua")) {
 			fprintf(stderr, "jobvisor run: cannot open script '%s': %s\n", what, strerror(-rc));
-		else
+		} else {
+			char builtin[PATH_MAX];
 			fprintf(stderr, "jobvisor run: unknown job type '%s' (no %s script in %s%s%s)\n", what,
 			        "matching", jobs_dir ? jobs_dir : "", jobs_dir ? " or " : "",
-			        jobrun_builtin_jobs_dir());
+			        jobrun_builtin_jobs_dir(builtin));
+		}
 		return JV_EXIT_USAGE;
 	}
 	rc = jv_mkdir_p(data_dir, 0750);

@@ -230,6 +230,23 @@ int jv_set_nonblock(int fd)
 	return 0;
 }
 
+int jv_opendir_at(int dirfd, DIR **out)
+{
+	*out = NULL;
+	int dup = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+	if (dup < 0)
+		return -errno;
+	DIR *d = fdopendir(dup);
+	if (!d) {
+		int rc = -errno;
+		close(dup);
+		return rc;
+	}
+	rewinddir(d);
+	*out = d;
+	return 0;
+}
+
 void jv_close_fds_from(int lowfd, const int *keep, size_t nkeep)
 {
 	/* Collect first, close after: closing while iterating /proc/self/fd would
