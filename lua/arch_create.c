@@ -51,6 +51,8 @@ struct sink {
 	uint64_t bytes, synced;
 	int err;
 	bool discard; /* failing: swallow what closing the archive still writes */
+	int (*out)(void *arg, const void *buf, size_t n); /* opts->out: a streamed copy */
+	void *out_arg;
 };
 
 /* Per-file digests, filled by the hashq worker; manifest index of each item. */
@@ -201,7 +203,9 @@ static la_ssize_t sink_write(struct archive *a, void *ud, const void *buf, size_
 	struct sink *w = ud;
 	if (w->discard)
 		return (la_ssize_t)n;
-	int rc = jv_write_all(w->fd, buf, n);
+	int rc = w->fd >= 0 ? jv_write_all(w->fd, buf, n) : 0;
+	if (rc == 0 && w->out)
+		rc = w->out(w->out_arg, buf, n);
 	if (rc < 0) {
 		w->err = rc;
 		archive_set_error(a, -rc, "%s", strerror(-rc));
@@ -210,7 +214,7 @@ static la_ssize_t sink_write(struct archive *a, void *ud, const void *buf, size_
 	hashq_update(w->q, &w->st, buf, n);
 	w->bytes += n;
 	/* Start writeback as we go so the final fsync does not stall on gigabytes. */
-	if (w->bytes - w->synced >= (32u << 20)) {
+	if (w->fd >= 0 && w->bytes - w->synced >= (32u << 20)) {
 		sync_file_range(w->fd, (off_t)w->synced, (off_t)(w->bytes - w->synced),
 		                SYNC_FILE_RANGE_WRITE);
 		w->synced = w->bytes;
@@ -564,19 +568,19 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 	memset(r, 0, sizeof(*r));
 	arch_manifest_init(&r->manifest);
 	err[0] = '\0';
-	char tmp[512];
-	int n = snprintf(tmp, sizeof(tmp), ".%s.tmp.%ld", dst_name, (long)getpid());
-	if (n < 0 || (size_t)n >= sizeof(tmp) || strchr(dst_name, '/')) {
-		errf(err, errlen, "bad archive name '%s'", dst_name);
+	char tmp[512] = "";
+	int n = dst_name ? snprintf(tmp, sizeof(tmp), ".%s.tmp.%ld", dst_name, (long)getpid()) : 0;
+	if (dst_name ? n < 0 || (size_t)n >= sizeof(tmp) || strchr(dst_name, '/') : !o->out) {
+		errf(err, errlen, "bad archive name '%s'", dst_name ? dst_name : "(none)");
 		return -EINVAL;
 	}
 	struct scan s = {.o = o, .r = r};
-	struct sink w = {.fd = -1};
+	struct sink w = {.fd = -1, .out = o->out, .out_arg = o->out_arg};
 	struct digests d = {0};
 	struct fsx src;
 	fsx_init(&src, src_dirfd);
 	src.force_how = FSX_NO_SYMLINKS;
-	int rc = open_temp(dst_dirfd, tmp, dst_name, &s, &w, err, errlen);
+	int rc = dst_name ? open_temp(dst_dirfd, tmp, dst_name, &s, &w, err, errlen) : 0;
 	if (rc < 0)
 		goto fail;
 	rc = scan_dir(&s, src_dirfd, "", 0, err, errlen);
@@ -585,7 +589,7 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 	rc = write_archive(&s, &d, &w, &src, r, err, errlen);
 	if (rc < 0)
 		goto fail;
-	if (fsync(w.fd) < 0 || close(w.fd) < 0) {
+	if (dst_name && (fsync(w.fd) < 0 || close(w.fd) < 0)) {
 		rc = -errno;
 		w.fd = -1;
 		errf(err, errlen, "cannot write '%s': %s", dst_name, strerror(-rc));
@@ -599,7 +603,7 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 	rc = arch_manifest_index(&r->manifest, err, errlen);
 	if (rc < 0)
 		goto fail;
-	rc = jv_durable_rename_at(dst_dirfd, tmp, dst_dirfd, dst_name);
+	rc = dst_name ? jv_durable_rename_at(dst_dirfd, tmp, dst_dirfd, dst_name) : 0;
 	if (rc < 0) {
 		errf(err, errlen, "cannot move archive into place as '%s': %s", dst_name, strerror(-rc));
 		goto fail;
@@ -613,7 +617,8 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 fail:
 	if (w.fd >= 0)
 		close(w.fd);
-	unlinkat(dst_dirfd, tmp, 0);
+	if (dst_name)
+		unlinkat(dst_dirfd, tmp, 0);
 	hashq_free(d.q);
 	hashq_free(w.q);
 	for (size_t i = 0; d.st && i < s.n; i++)
