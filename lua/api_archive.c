@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "api_remote.h"
 #include "arch.h"
 #include "box.h"
 #include "jobvisor/durable.h"
@@ -249,7 +250,7 @@ static int write_manifest_file(const struct fsx *fx, int dfd, const char *dlast,
 		rc = arch_manifest_write_at(mfd, mlast, m, extra, err, errlen);
 		close(mfd);
 	}
-	if (rc < 0)
+	if (rc < 0 && dfd >= 0)
 		unlinkat(dfd, dlast, 0);
 	return rc;
 }
@@ -258,10 +259,15 @@ static int l_archive_create(lua_State *L)
 {
 	lua_settop(L, 3); /* boxes go above the arguments */
 	static const char *const keys[] = {"level", "threads", "exclude", "progress", "reuse",
-	                                   "manifest", "manifest_fields", NULL};
-	char src[FSX_PATH_MAX], dst[FSX_PATH_MAX], mpath[FSX_PATH_MAX];
+	                                   "manifest", "manifest_fields", "upload", NULL};
+	char src[FSX_PATH_MAX], dst[FSX_PATH_MAX] = "", mpath[FSX_PATH_MAX];
 	apiutil_path(L, 1, src, false);
-	apiutil_path(L, 2, dst, true);
+	/* no destination: the upload gets the only copy */
+	bool to_file = !lua_isnil(L, 2) || lua_isnoneornil(L, 3) ||
+	               lua_getfield(L, 3, "upload") == LUA_TNIL;
+	lua_settop(L, 3);
+	if (to_file)
+		apiutil_path(L, 2, dst, true);
 	apiutil_opts(L, 3, "archive.create", keys);
 	struct arch_create_opts o = {0};
 	o.level = (int)apiutil_opt_int(L, 3, "level", 3, 1, 19);
@@ -275,36 +281,62 @@ static int l_archive_create(lua_State *L)
 	o.hooks = &call.t.hooks;
 	char reuse_err[600] = "";
 	create_reuse(L, &call.fx, &o, reuse_err, sizeof(reuse_err));
+	int nret = 0;
+	struct remote_upload *up = remote_upload_arg(L, 3, &nret);
+	if (nret)
+		return nret;
+	o.out = up ? remote_upload_out : NULL;
+	o.out_arg = up;
 	struct jv_box *rbox = jv_box_push(L);
 	struct arch_create_result *r = calloc(1, sizeof(*r));
 	if (!r)
 		return luaL_error(L, "out of memory");
 	jv_box_set(rbox, r, release_create_result);
 	int sfd = -1, dfd = -1;
-	const char *dlast;
+	const char *dlast = NULL;
 	int rc = fsx_open(&call.fx, src, O_RDONLY | O_DIRECTORY, 0, 0, &sfd);
 	if (rc < 0)
 		return apiutil_fail(L, rc, "archive", src);
-	rc = apiutil_parent(&call.fx, dst, &dfd, &dlast);
+	rc = to_file ? apiutil_parent(&call.fx, dst, &dfd, &dlast) : 0;
 	if (rc < 0) {
 		close(sfd);
 		return apiutil_fail(L, rc, "create archive", dst);
+	}
+	if (up && (nret = remote_upload_start(L, up, o.hooks)) != 0) {
+		close(sfd);
+		if (dfd >= 0)
+			close(dfd);
+		return nret;
 	}
 	char err[1024];
 	char prefix[FSX_PATH_MAX + 64];
 	rc = arch_create(sfd, dfd, dlast, &o, r, err, sizeof(err));
 	close(sfd);
+	if (up && (nret = remote_upload_end(L, up, rc)) != 0) {
+		if (dfd >= 0)
+			close(dfd);
+		return nret;
+	}
 	if (rc == 0 && mfile)
 		rc = write_manifest_file(&call.fx, dfd, dlast, mpath, &r->manifest, extra, err,
 		                         sizeof(err));
-	close(dfd);
+	if (dfd >= 0)
+		close(dfd);
 	if (rc < 0) {
-		snprintf(prefix, sizeof(prefix), "cannot create archive '%s'", dst);
+		snprintf(prefix, sizeof(prefix), "cannot create archive '%s'",
+		         to_file ? dst : "(streamed to the remote)");
 		return apiutil_fail_msg(L, rc, prefix, err);
 	}
 	apiutil_tick_done(&call.t);
 	push_create_manifest(L, &r->manifest, mfile);
 	push_create_info(L, r, reuse_err);
+	if (up) {
+		int sent = 0;
+		lua_pushinteger(L, remote_upload_parts(up, &sent));
+		lua_setfield(L, -2, "parts");
+		lua_pushinteger(L, sent);
+		lua_setfield(L, -2, "partsSent");
+	}
 	return 2;
 }
 

@@ -18,12 +18,11 @@
  * Two START jobs racing on one instance cannot start two servers: the
  * monitor's lock admits one, the other launcher is told "busy" and attaches
  * to the winner. */
-#include "apiutil.h"
+#include "api_instance.h"
 #include "box.h"
 
 #include <errno.h>
 #include <math.h>
-#include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,34 +34,27 @@
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/util.h"
 
-#define SLICE_MS 100
-#define LASTSEQ_KEY "jv.instance.lastseq"
 #define DEFAULT_START_TIMEOUT_S 60
 
-static bool state_is(const cJSON *st, const char *name)
+bool instance_state_is(const cJSON *st, const char *name)
 {
 	return strcmp(jv_json_str(st, "state", ""), name) == 0;
 }
 
-static bool state_final(const cJSON *st)
+bool instance_state_final(const cJSON *st)
 {
-	return state_is(st, "STOPPED") || state_is(st, "CRASHED");
+	return instance_state_is(st, "STOPPED") || instance_state_is(st, "CRASHED");
 }
 
-static double opt_seconds(lua_State *L, int idx, const char *key, double def, int max)
+double instance_opt_seconds(lua_State *L, int idx, const char *key, double def, int max)
 {
-	if (lua_isnoneornil(L, idx))
-		return def;
-	int t = lua_getfield(L, idx, key);
-	double v = def;
-	if (t != LUA_TNIL) {
-		v = lua_tonumber(L, -1);
-		if (t != LUA_TNUMBER || isnan(v) || v <= 0 || v > max)
-			luaL_error(L, "option '%s' must be a number of seconds in (0, %d], got %s", key, max,
-			           luaL_tolstring(L, -1, NULL));
-	}
+	int t = apiutil_opt_get(L, idx, key);
+	double v = lua_tonumber(L, -1);
+	if (t != LUA_TNIL && (t != LUA_TNUMBER || isnan(v) || v <= 0 || v > max))
+		luaL_error(L, "option '%s' must be a number of seconds in (0, %d], got %s", key, max,
+		           luaL_tolstring(L, -1, NULL));
 	lua_pop(L, 1);
-	return v;
+	return t == LUA_TNIL ? def : v;
 }
 
 static void sleep_ms(int ms)
@@ -71,27 +63,13 @@ static void sleep_ms(int ms)
 	nanosleep(&ts, NULL);
 }
 
-/* Raise the cancellation error after freeing what the caller holds. */
-/* What a binding holds across pushes is in boxes (box.h), so raising needs
- * no cleanup here. */
-#define CANCEL_POINT(L, ctx)           \
-	do {                               \
-		if (jv_cancelled(ctx))         \
-			return jv_raise_cancel(L); \
-	} while (0)
 
 static void release_spec(void *p)
 {
 	jv_instance_spec_free(p);
 }
 
-static void release_regex(void *p)
-{
-	regfree(p);
-	free(p);
-}
-
-static void progress_every_second(struct jv_run_ctx *ctx, struct jv_progress *p, int64_t *last,
+void instance_progress_every_second(struct jv_run_ctx *ctx, struct jv_progress *p, int64_t *last,
                                   double fraction, const char *detail)
 {
 	int64_t now = jv_now_mono_ms();
@@ -249,12 +227,10 @@ static int l_instance_spec(lua_State *L)
 
 /* ---- getting a monitor ---------------------------------------------------- */
 
-enum ensure_result { ENSURE_ALREADY, ENSURE_STARTED, ENSURE_ADOPTED, ENSURE_NONE };
-
 /* Make sure a monitor runs (adopt_only: only for an orphaned server). Waits
  * out a monitor that is finishing, and a concurrent launcher that won the
  * lock. Returns 0 with *res, 1 when cancelled, or -errno with msg. */
-static int ensure_monitor(struct jv_run_ctx *ctx, bool adopt_only, double timeout_s,
+int instance_ensure_monitor(struct jv_run_ctx *ctx, bool adopt_only, double timeout_s,
                           enum ensure_result *res, char *msg, size_t len)
 {
 	int64_t end = jv_now_mono_ms() + (int64_t)(timeout_s * 1000);
@@ -274,7 +250,7 @@ static int ensure_monitor(struct jv_run_ctx *ctx, bool adopt_only, double timeou
 		}
 		bool monitor = jv_json_bool(st, "monitor", false);
 		bool orphan = jv_json_bool(st, "orphan", false);
-		bool finishing = monitor && (state_final(st) || (!adopt_only && state_is(st, "STOPPING")));
+		bool finishing = monitor && (instance_state_final(st) || (!adopt_only && instance_state_is(st, "STOPPING")));
 		cJSON_Delete(st);
 		if (monitor && !finishing) {
 			*res = ENSURE_ALREADY;
@@ -326,12 +302,14 @@ static int ensure_monitor(struct jv_run_ctx *ctx, bool adopt_only, double timeou
 	}
 }
 
-static cJSON *fetch_status(lua_State *L, struct jv_run_ctx *ctx, char *msg, size_t len)
+cJSON *instance_fetch_status(struct jv_run_ctx *ctx, struct jv_box *box, char *msg, size_t len)
 {
 	cJSON *st = NULL;
 	int rc = jv_instance_status(ctx->instance_dir, &st);
 	if (rc < 0)
 		snprintf(msg, len, "cannot read the instance status: %s", strerror(-rc));
+	else if (box)
+		jv_box_set(box, st, jv_box_release_json);
 	return st;
 }
 
@@ -342,7 +320,7 @@ static int l_instance_start(lua_State *L)
 	struct jv_run_ctx *ctx = jv_ctx(L);
 	static const char *const keys[] = {"timeoutSeconds", NULL};
 	apiutil_opts(L, 1, "instance.start", keys);
-	double timeout = opt_seconds(L, 1, "timeoutSeconds", DEFAULT_START_TIMEOUT_S, 86400);
+	double timeout = instance_opt_seconds(L, 1, "timeoutSeconds", DEFAULT_START_TIMEOUT_S, 86400);
 	/* Refuse a bad spec here, with its message, before any process exists. */
 	const cJSON *allowed = cJSON_GetObjectItemCaseSensitive(ctx->settings, "allowed_executables");
 	struct jv_instance_spec *s = NULL;
@@ -351,17 +329,16 @@ static int l_instance_start(lua_State *L)
 		return jv_push_fail(L, "%s", msg);
 	jv_instance_spec_free(s);
 	enum ensure_result res;
-	int rc = ensure_monitor(ctx, false, timeout, &res, msg, sizeof(msg));
+	int rc = instance_ensure_monitor(ctx, false, timeout, &res, msg, sizeof(msg));
 	if (rc == 1)
 		return jv_raise_cancel(L);
 	if (rc < 0)
 		return jv_push_fail(L, "cannot start instance '%s': %s", ctx->instance_id, msg);
 	struct jv_box *box = jv_box_push(L);
-	cJSON *st = fetch_status(L, ctx, msg, sizeof(msg));
+	cJSON *st = instance_fetch_status(ctx, box, msg, sizeof(msg));
 	if (!st)
 		return jv_push_fail(L, "%s", msg);
-	jv_box_set(box, st, jv_box_release_json);
-	if (!jv_json_bool(st, "monitor", false) && state_final(st)) {
+	if (!jv_json_bool(st, "monitor", false) && instance_state_final(st)) {
 		/* It started and already ended (e.g. a crash loop at once). */
 		return jv_push_fail(L, "instance '%s' is %s: %s", ctx->instance_id,
 		                    jv_json_str(st, "state", "?"), jv_json_str(st, "message", ""));
@@ -379,178 +356,23 @@ static int l_instance_status(lua_State *L)
 	struct jv_run_ctx *ctx = jv_ctx(L);
 	char msg[600];
 	struct jv_box *box = jv_box_push(L);
-	cJSON *st = fetch_status(L, ctx, msg, sizeof(msg));
+	cJSON *st = instance_fetch_status(ctx, box, msg, sizeof(msg));
 	if (!st)
 		return jv_push_fail(L, "%s", msg);
-	jv_box_set(box, st, jv_box_release_json);
 	if (jv_json_bool(st, "orphan", false)) {
 		/* Its monitor died: put a new one in charge before answering. */
 		jv_box_release(box);
 		enum ensure_result res;
-		int rc = ensure_monitor(ctx, true, 30, &res, msg, sizeof(msg));
+		int rc = instance_ensure_monitor(ctx, true, 30, &res, msg, sizeof(msg));
 		if (rc == 1)
 			return jv_raise_cancel(L);
 		if (rc < 0)
 			return jv_push_fail(L, "cannot adopt the orphaned server: %s", msg);
-		if (!(st = fetch_status(L, ctx, msg, sizeof(msg))))
+		if (!(st = instance_fetch_status(ctx, box, msg, sizeof(msg))))
 			return jv_push_fail(L, "%s", msg);
-		jv_box_set(box, st, jv_box_release_json);
 	}
 	jv_json_to_lua(L, st);
 	return 1;
-}
-
-/* ---- stop ------------------------------------------------------------------ */
-
-static void push_stop_result(lua_State *L, const cJSON *st, bool already)
-{
-	lua_newtable(L);
-	lua_pushstring(L, jv_json_str(st, "state", "STOPPED"));
-	lua_setfield(L, -2, "state");
-	const cJSON *le = cJSON_GetObjectItemCaseSensitive(st, "lastExit");
-	if (cJSON_IsObject(le)) {
-		if (jv_json_has_num(le, "code")) {
-			lua_pushinteger(L, jv_json_int(le, "code", 0));
-			lua_setfield(L, -2, "exitCode");
-		}
-		const char *sig = jv_json_str(le, "signal", NULL);
-		if (sig) {
-			lua_pushstring(L, sig);
-			lua_setfield(L, -2, "signal");
-		}
-		jv_json_to_lua(L, le);
-		lua_setfield(L, -2, "lastExit");
-	}
-	lua_pushboolean(L, already);
-	lua_setfield(L, -2, "already");
-}
-
-/* instance.stop's answer from the status once the monitor is gone (state.json
- * has the last word). With check_final, a state that is not final means the
- * monitor died mid-stop. */
-static int stopped_from_state(lua_State *L, struct jv_run_ctx *ctx, bool already, bool check_final)
-{
-	char msg[600];
-	struct jv_box *box = jv_box_push(L);
-	cJSON *st = fetch_status(L, ctx, msg, sizeof(msg));
-	if (!st)
-		return jv_push_fail(L, "%s", msg);
-	jv_box_set(box, st, jv_box_release_json);
-	if (check_final && !state_final(st) && !jv_json_bool(st, "stale", false))
-		return jv_push_fail(L, "the monitor went away while stopping (state %s)",
-		                    jv_json_str(st, "state", "?"));
-	push_stop_result(L, st, already);
-	return 1;
-}
-
-/* The longest instance.stop waits for a monitor that stopped answering: the
- * monitor bounds every step itself. */
-static double stop_bound(struct jv_run_ctx *ctx, double timeout)
-{
-	const cJSON *allowed = cJSON_GetObjectItemCaseSensitive(ctx->settings, "allowed_executables");
-	struct jv_instance_spec *s = NULL;
-	char msg[600];
-	double bound = 120;
-	if (jv_instance_spec_load(ctx->instance_dir, allowed, &s, msg, sizeof(msg)) == 0)
-		bound = (timeout > 0 ? timeout : s->stop_timeout_s) + s->stop_signal_timeout_s + 30;
-	jv_instance_spec_free(s);
-	return bound;
-}
-
-/* Report a new step of the stop ladder once. */
-static void stop_phase_progress(struct jv_run_ctx *ctx, const cJSON *st, char *phase, size_t len)
-{
-	static const char *const what[][2] = {{"console", "sent the stop command"},
-	                                      {"signal", "sent the stop signal"},
-	                                      {"kill", "sent SIGKILL"},
-	                                      {"sweep", "cleaning up leftover processes"}};
-	const char *ph = jv_json_str(st, "phase", NULL);
-	if (!ph || strcmp(ph, phase) == 0)
-		return;
-	snprintf(phase, len, "%s", ph);
-	for (size_t i = 0; i < JV_ARRAY_LEN(what); i++)
-		if (strcmp(ph, what[i][0]) == 0)
-			jv_emit_progress(ctx, -1, what[i][1]);
-}
-
-/* Follow the monitor's state updates on the connection (owned by conn_box)
- * until it answers the stop or goes away. */
-static int follow_stop(lua_State *L, struct jv_run_ctx *ctx, struct jv_box *conn_box,
-                       struct jv_progress *p, double bound)
-{
-	struct jv_monconn *c = jv_box_get(conn_box);
-	struct jv_box *msg_box = jv_box_push(L);
-	int64_t start = jv_now_mono_ms(), last = 0;
-	char phase[16] = "";
-	for (;;) {
-		CANCEL_POINT(L, ctx);
-		cJSON *m = NULL;
-		int rc = jv_monconn_recv(c, SLICE_MS, &m);
-		double elapsed = (double)(jv_now_mono_ms() - start) / 1000.0;
-		if (rc == -ETIMEDOUT) {
-			if (elapsed > bound)
-				return jv_push_fail(L, "the monitor did not finish stopping within %.0fs", bound);
-			char d[64];
-			snprintf(d, sizeof(d), "%s%s%.0fs", phase, phase[0] ? ", " : "", elapsed);
-			progress_every_second(ctx, p, &last, elapsed / bound, d);
-			continue;
-		}
-		if (rc < 0)
-			break; /* closed: the monitor is gone; state.json has the result */
-		jv_box_set(msg_box, m, jv_box_release_json);
-		const cJSON *st = cJSON_GetObjectItemCaseSensitive(m, "status");
-		if (cJSON_GetObjectItemCaseSensitive(m, "ok")) {
-			if (!jv_json_bool(m, "ok", false))
-				return jv_push_fail(L, "%s", jv_json_str(m, "error", "stop refused"));
-			push_stop_result(L, st, false);
-			jv_box_release(conn_box);
-			jv_progress_report(ctx, p, 1.0, "stopped");
-			return 1;
-		}
-		stop_phase_progress(ctx, st, phase, sizeof(phase));
-		jv_box_release(msg_box);
-	}
-	jv_box_release(conn_box);
-	return stopped_from_state(L, ctx, false, true);
-}
-
-static int l_instance_stop(lua_State *L)
-{
-	struct jv_run_ctx *ctx = jv_ctx(L);
-	static const char *const keys[] = {"timeoutSeconds", "force", "progress", NULL};
-	apiutil_opts(L, 1, "instance.stop", keys);
-	double timeout = opt_seconds(L, 1, "timeoutSeconds", -1, 86400);
-	bool force = apiutil_opt_bool(L, 1, "force", false);
-	struct jv_progress p;
-	jv_progress_init(L, 1, &p, "stopping");
-	char msg[600];
-	enum ensure_result res;
-	int rc = ensure_monitor(ctx, true, 30, &res, msg, sizeof(msg));
-	if (rc == 1)
-		return jv_raise_cancel(L);
-	if (rc < 0)
-		return jv_push_fail(L, "cannot stop instance '%s': %s", ctx->instance_id, msg);
-	if (res == ENSURE_NONE)
-		return stopped_from_state(L, ctx, true, false);
-	double bound = stop_bound(ctx, timeout);
-	struct jv_box *conn_box = jv_box_push(L);
-	struct jv_monconn *c = NULL;
-	rc = jv_monconn_open(ctx->instance_dir, &c);
-	if (rc == -ENOENT || rc == -ECONNREFUSED) /* it left between our look and now: it stopped */
-		return stopped_from_state(L, ctx, true, false);
-	if (rc < 0)
-		return jv_push_fail(L, "cannot reach the monitor: %s", strerror(-rc));
-	jv_box_set(conn_box, c, jv_box_release_monconn);
-	cJSON *req = cJSON_CreateObject();
-	cJSON_AddStringToObject(req, "op", "stop");
-	if (timeout > 0)
-		cJSON_AddNumberToObject(req, "timeoutSeconds", timeout);
-	cJSON_AddBoolToObject(req, "force", force);
-	rc = jv_monconn_send(c, req);
-	cJSON_Delete(req);
-	if (rc < 0)
-		return jv_push_fail(L, "cannot reach the monitor: %s", strerror(-rc));
-	return follow_stop(L, ctx, conn_box, &p, bound);
 }
 
 /* ---- send ------------------------------------------------------------------ */
@@ -584,206 +406,6 @@ static int l_instance_send(lua_State *L)
 	lua_setfield(L, LUA_REGISTRYINDEX, LASTSEQ_KEY);
 	lua_pushinteger(L, seq);
 	return 1;
-}
-
-/* ---- waiting --------------------------------------------------------------- */
-
-/* Connect and subscribe; the first reply's status goes to *first. */
-static int subscribe(struct jv_run_ctx *ctx, bool console, long long since, struct jv_monconn **out,
-                     cJSON **first)
-{
-	*out = NULL;
-	*first = NULL;
-	struct jv_monconn *c;
-	int rc = jv_monconn_open(ctx->instance_dir, &c);
-	if (rc < 0)
-		return rc;
-	cJSON *req = cJSON_CreateObject();
-	cJSON_AddStringToObject(req, "op", "subscribe");
-	cJSON_AddBoolToObject(req, "console", console);
-	if (since >= 0)
-		cJSON_AddNumberToObject(req, "since", (double)since);
-	rc = jv_monconn_send(c, req);
-	cJSON_Delete(req);
-	cJSON *m = NULL;
-	if (rc == 0)
-		rc = jv_monconn_recv(c, 5000, &m);
-	if (rc == 0 && !jv_json_bool(m, "ok", false))
-		rc = -EPROTO;
-	if (rc < 0) {
-		cJSON_Delete(m);
-		jv_monconn_close(c);
-		return rc;
-	}
-	*first = cJSON_DetachItemFromObjectCaseSensitive(m, "status");
-	cJSON_Delete(m);
-	*out = c;
-	return 0;
-}
-
-static int not_running(lua_State *L, struct jv_run_ctx *ctx, const char *waiting_for)
-{
-	char msg[600];
-	cJSON *st = fetch_status(L, ctx, msg, sizeof(msg));
-	if (!st)
-		return jv_push_fail(L, "%s", msg);
-	snprintf(msg, sizeof(msg), "instance '%s' is %s%s%s while waiting for %s", ctx->instance_id,
-	         jv_json_str(st, "state", "?"), *jv_json_str(st, "message", "") ? ": " : "",
-	         jv_json_str(st, "message", ""), waiting_for);
-	cJSON_Delete(st);
-	return jv_push_fail(L, "%s", msg);
-}
-
-/* The connection and the newest status of a subscription, each in a box. */
-struct sub {
-	struct jv_box *conn, *status;
-};
-
-static int subscribe_boxed(lua_State *L, struct jv_run_ctx *ctx, bool console, long long since,
-                           struct sub *sb)
-{
-	sb->conn = jv_box_push(L);
-	sb->status = jv_box_push(L);
-	struct jv_monconn *c;
-	cJSON *st;
-	int rc = subscribe(ctx, console, since, &c, &st);
-	if (rc < 0)
-		return rc;
-	jv_box_set(sb->conn, c, jv_box_release_monconn);
-	jv_box_set(sb->status, st, jv_box_release_json);
-	return 0;
-}
-
-/* One slice of waiting: progress once a second, then the next message:
- * 0 with *m, -ETIMEDOUT, or another -errno with the connection closed. */
-static int sub_next(struct jv_run_ctx *ctx, struct jv_progress *p, int64_t *last, double frac,
-                    const char *detail, struct sub *sb, cJSON **m)
-{
-	progress_every_second(ctx, p, last, frac, detail);
-	*m = NULL;
-	int rc = jv_monconn_recv(jv_box_get(sb->conn), SLICE_MS, m);
-	if (rc < 0 && rc != -ETIMEDOUT)
-		jv_box_release(sb->conn);
-	return rc;
-}
-
-static int l_instance_wait_ready(lua_State *L)
-{
-	lua_settop(L, 2); /* boxes go above the arguments */
-	struct jv_run_ctx *ctx = jv_ctx(L);
-	lua_Number timeout = luaL_checknumber(L, 1);
-	luaL_argcheck(L, !isnan(timeout) && timeout > 0 && timeout <= 86400, 1,
-	              "timeoutSeconds must be within (0, 86400]");
-	static const char *const keys[] = {"progress", NULL};
-	apiutil_opts(L, 2, "instance.wait_ready", keys);
-	struct jv_progress p;
-	jv_progress_init(L, 2, &p, "waiting for the server to be ready");
-	struct sub sb;
-	int rc = subscribe_boxed(L, ctx, false, -1, &sb);
-	if (rc == -ENOENT || rc == -ECONNREFUSED)
-		return not_running(L, ctx, "it to be ready");
-	if (rc < 0)
-		return jv_push_fail(L, "cannot reach the monitor: %s", strerror(-rc));
-	int64_t start = jv_now_mono_ms(), last = 0;
-	for (;;) {
-		const cJSON *st = jv_box_get(sb.status);
-		if (state_is(st, "RUNNING")) {
-			jv_progress_report(ctx, &p, 1.0, "ready");
-			jv_json_to_lua(L, st);
-			return 1;
-		}
-		if (state_final(st) || state_is(st, "STOPPING")) {
-			jv_box_release(sb.conn);
-			return not_running(L, ctx, "it to be ready");
-		}
-		CANCEL_POINT(L, ctx);
-		double elapsed = (double)(jv_now_mono_ms() - start) / 1000.0;
-		if (elapsed > timeout)
-			return jv_push_fail(L, "not ready within %.0fs (state %s)", timeout,
-			                    jv_json_str(st, "state", "?"));
-		char d[96];
-		snprintf(d, sizeof(d), "%s, %.0fs of %.0fs", jv_json_str(st, "state", "?"), elapsed, timeout);
-		cJSON *m;
-		rc = sub_next(ctx, &p, &last, elapsed / timeout, d, &sb, &m);
-		if (rc == -ETIMEDOUT)
-			continue;
-		if (rc < 0)
-			return not_running(L, ctx, "it to be ready");
-		cJSON *ns = cJSON_DetachItemFromObjectCaseSensitive(m, "status");
-		cJSON_Delete(m);
-		if (cJSON_IsObject(ns))
-			jv_box_set(sb.status, ns, jv_box_release_json);
-		else
-			cJSON_Delete(ns);
-	}
-}
-
-static int l_instance_wait_log(lua_State *L)
-{
-	lua_settop(L, 3); /* boxes go above the arguments */
-	struct jv_run_ctx *ctx = jv_ctx(L);
-	const char *pattern = luaL_checkstring(L, 1);
-	lua_Number timeout = luaL_checknumber(L, 2);
-	luaL_argcheck(L, !isnan(timeout) && timeout > 0 && timeout <= 86400, 2,
-	              "timeoutSeconds must be within (0, 86400]");
-	static const char *const keys[] = {"since", "progress", NULL};
-	apiutil_opts(L, 3, "instance.wait_log", keys);
-	long long since = -1;
-	lua_getfield(L, LUA_REGISTRYINDEX, LASTSEQ_KEY);
-	if (lua_isinteger(L, -1))
-		since = (long long)lua_tointeger(L, -1);
-	lua_pop(L, 1);
-	since = (long long)apiutil_opt_int(L, 3, "since", since, -1, INT64_MAX);
-	struct jv_box *re_box = jv_box_push(L);
-	regex_t *re = malloc(sizeof(*re));
-	if (!re)
-		return luaL_error(L, "instance.wait_log: out of memory");
-	int r = regcomp(re, pattern, REG_EXTENDED | REG_NOSUB);
-	if (r != 0) {
-		char why[128];
-		regerror(r, re, why, sizeof(why));
-		free(re);
-		return luaL_argerror(L, 1, lua_pushfstring(L, "not a valid extended regex: %s", why));
-	}
-	jv_box_set(re_box, re, release_regex);
-	struct jv_progress p;
-	jv_progress_init(L, 3, &p, "waiting for the console");
-	struct sub sb;
-	int rc = subscribe_boxed(L, ctx, true, since, &sb);
-	if (rc < 0) {
-		if (rc == -ENOENT || rc == -ECONNREFUSED)
-			return not_running(L, ctx, "a console line");
-		return jv_push_fail(L, "cannot reach the monitor: %s", strerror(-rc));
-	}
-	jv_box_release(sb.status);
-	struct jv_box *msg_box = sb.status; /* now holds the message being looked at */
-	int64_t start = jv_now_mono_ms(), last = 0;
-	for (;;) {
-		CANCEL_POINT(L, ctx);
-		double elapsed = (double)(jv_now_mono_ms() - start) / 1000.0;
-		if (elapsed > timeout)
-			return jv_push_fail(L, "no console line matched '%s' within %.0fs", pattern, timeout);
-		char d[64];
-		snprintf(d, sizeof(d), "%.0fs of %.0fs", elapsed, timeout);
-		cJSON *m;
-		rc = sub_next(ctx, &p, &last, elapsed / timeout, d, &sb, &m);
-		if (rc == -ETIMEDOUT)
-			continue;
-		if (rc < 0)
-			return not_running(L, ctx, "a console line");
-		jv_box_set(msg_box, m, jv_box_release_json);
-		const char *ev = jv_json_str(m, "event", "");
-		const char *line = jv_json_str(m, "line", NULL);
-		if (strcmp(ev, "line") == 0 && line && regexec(re, line, 0, NULL, 0) == 0) {
-			lua_pushstring(L, line);
-			lua_pushinteger(L, (lua_Integer)jv_json_int(m, "seq", 0));
-			return 2;
-		}
-		if (strcmp(ev, "state") == 0 && state_final(cJSON_GetObjectItemCaseSensitive(m, "status"))) {
-			jv_box_release(sb.conn);
-			return not_running(L, ctx, "a console line");
-		}
-	}
 }
 
 static const luaL_Reg instance_funcs[] = {

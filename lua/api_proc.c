@@ -254,7 +254,6 @@ static char **build_env(lua_State *L, int opts, struct jv_run_ctx *ctx)
 /* .jobvisor/procs/<run>.<n>: where the shepherd records what it must end. */
 static int open_record(struct jv_run_ctx *ctx, char *name, size_t namelen)
 {
-	static unsigned counter;
 	int jfd = openat(ctx->instance_fd, ".jobvisor", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (jfd < 0)
 		return -1;
@@ -266,7 +265,7 @@ static int open_record(struct jv_run_ctx *ctx, char *name, size_t namelen)
 	close(jfd);
 	if (dfd < 0)
 		return -1;
-	snprintf(name, namelen, "%s.%u", ctx->run_id, ++counter);
+	snprintf(name, namelen, "%s.%u", ctx->run_id, ++ctx->proc_records);
 	int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_NOFOLLOW | O_CLOEXEC,
 	                0600);
 	if (fd >= 0)

@@ -61,16 +61,21 @@ void apiutil_opts(lua_State *L, int idx, const char *fn, const char *const *keys
 	}
 }
 
+/* Push opts[key] of the table at idx (nil when there is no table) and return its type. */
+int apiutil_opt_get(lua_State *L, int idx, const char *key)
+{
+	if (!lua_isnoneornil(L, idx))
+		return lua_getfield(L, idx, key);
+	lua_pushnil(L);
+	return LUA_TNIL;
+}
+
 bool apiutil_opt_bool(lua_State *L, int idx, const char *key, bool def)
 {
-	if (lua_isnoneornil(L, idx))
-		return def;
-	int t = lua_getfield(L, idx, key);
-	bool v = def;
-	if (t == LUA_TBOOLEAN)
-		v = lua_toboolean(L, -1);
-	else if (t != LUA_TNIL)
+	int t = apiutil_opt_get(L, idx, key);
+	if (t != LUA_TNIL && t != LUA_TBOOLEAN)
 		luaL_error(L, "option '%s' must be a boolean, got %s", key, luaL_typename(L, -1));
+	bool v = t == LUA_TNIL ? def : lua_toboolean(L, -1);
 	lua_pop(L, 1);
 	return v;
 }
@@ -78,49 +83,34 @@ bool apiutil_opt_bool(lua_State *L, int idx, const char *key, bool def)
 int64_t apiutil_opt_int(lua_State *L, int idx, const char *key, int64_t def, int64_t min,
                         int64_t max)
 {
-	if (lua_isnoneornil(L, idx))
-		return def;
-	int t = lua_getfield(L, idx, key);
-	int64_t v = def;
-	if (t != LUA_TNIL) {
-		int isnum = 0;
-		lua_Integer i = lua_tointegerx(L, -1, &isnum);
-		if (t != LUA_TNUMBER || !isnum || i < min || i > max)
-			luaL_error(L, "option '%s' must be an integer from %I to %I", key, (lua_Integer)min,
-			           (lua_Integer)max);
-		v = i;
-	}
+	int t = apiutil_opt_get(L, idx, key);
+	int isnum = 0;
+	lua_Integer i = lua_tointegerx(L, -1, &isnum);
+	if (t != LUA_TNIL && (t != LUA_TNUMBER || !isnum || i < min || i > max))
+		luaL_error(L, "option '%s' must be an integer from %I to %I", key, (lua_Integer)min,
+		           (lua_Integer)max);
 	lua_pop(L, 1);
-	return v;
+	return t == LUA_TNIL ? def : i;
 }
 
 double apiutil_opt_num(lua_State *L, int idx, const char *key, double def, double min,
                        double max)
 {
-	if (lua_isnoneornil(L, idx))
-		return def;
-	int t = lua_getfield(L, idx, key);
-	double v = def;
-	if (t != LUA_TNIL) {
-		v = lua_tonumber(L, -1);
-		if (t != LUA_TNUMBER || !(v >= min && v <= max))
-			luaL_error(L, "option '%s' must be a number from %f to %f", key, min, max);
-	}
+	int t = apiutil_opt_get(L, idx, key);
+	double v = lua_tonumber(L, -1);
+	if (t != LUA_TNIL && (t != LUA_TNUMBER || !(v >= min && v <= max)))
+		luaL_error(L, "option '%s' must be a number from %f to %f", key, min, max);
 	lua_pop(L, 1);
-	return v;
+	return t == LUA_TNIL ? def : v;
 }
 
-/* The string stays valid while the options table is on the stack (it is kept there). */
+/* The string stays valid while the options table is on the stack (it holds it). */
 const char *apiutil_opt_str(lua_State *L, int idx, const char *key, const char *def)
 {
-	if (lua_isnoneornil(L, idx))
-		return def;
-	int t = lua_getfield(L, idx, key);
-	const char *v = def;
-	if (t == LUA_TSTRING)
-		v = lua_tostring(L, -1);
-	else if (t != LUA_TNIL)
+	int t = apiutil_opt_get(L, idx, key);
+	if (t != LUA_TNIL && t != LUA_TSTRING)
 		luaL_error(L, "option '%s' must be a string, got %s", key, luaL_typename(L, -1));
+	const char *v = t == LUA_TNIL ? def : lua_tostring(L, -1);
 	lua_pop(L, 1);
 	return v;
 }

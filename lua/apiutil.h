@@ -29,6 +29,8 @@ const char *apiutil_path(lua_State *L, int idx, char *out, bool write);
  * getters raise on a value of the wrong type or range (a numeric string is not
  * a number here). opts.progress is read by jv_progress_init (lua/events.c). */
 void apiutil_opts(lua_State *L, int idx, const char *fn, const char *const *keys);
+/* Push opts[key] of the table at idx (nil when there is none); its type. */
+int apiutil_opt_get(lua_State *L, int idx, const char *key);
 bool apiutil_opt_bool(lua_State *L, int idx, const char *key, bool def);
 int64_t apiutil_opt_int(lua_State *L, int idx, const char *key, int64_t def, int64_t min,
                         int64_t max);

@@ -99,6 +99,13 @@ struct arch_create_opts {
 	 * path, size, inode, mtime and ctime match an entry with a recorded
 	 * "stat" gets that entry's sha256 instead of being hashed again. */
 	const struct arch_manifest *reuse;
+	/* Optional: every compressed byte, in order, also goes to out (a streamed
+	 * upload) as it is produced; a negative return stops the archive with that
+	 * -errno. The bytes are a function of the tree and these options only
+	 * (file order, metadata, compression settings): the same tree gives the
+	 * same bytes again. */
+	int (*out)(void *arg, const void *buf, size_t n);
+	void *out_arg;
 };
 
 struct arch_create_result {
@@ -123,7 +130,8 @@ bool arch_excluded(const char *rel, const char *const *pats, size_t n);
  * tree, sockets, FIFOs and devices are skipped (listed in result->skipped). A
  * top-level ".jobvisor" and the output file itself are never archived. The
  * archive is written to a temp name beside dst, fsynced, renamed, and the
- * directory fsynced; on any failure or cancel the temp file is removed. */
+ * directory fsynced; on any failure or cancel the temp file is removed.
+ * dst_name NULL (with o->out): no file, out gets the only copy. */
 int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
                 const struct arch_create_opts *o, struct arch_create_result *result,
                 char *err, size_t errlen);

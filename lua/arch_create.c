@@ -47,17 +47,20 @@ struct scan {
 };
 
 /* The compressed archive's way out. libarchive hands each block to
- * sink_write (this thread), which queues a copy on the archive's hash
- * worker; that worker hashes it and then passes it to out, the one place the
- * bytes leave: sink_out() writes them to the temp file. Writing on the
- * worker keeps the write(2) calls off the thread that reads and compresses. */
+ * sink_write (this thread), which gives it to opts->out when there is one (a
+ * streamed copy, on this thread) and queues a copy on the archive's hash
+ * worker; that worker hashes it and passes it to sink_out(), which writes
+ * the temp file. Writing on the worker keeps the write(2) calls off the
+ * thread that reads and compresses. */
 struct sink {
 	int fd;
 	struct hashq *q;
 	struct hashq_stream st; /* the compressed archive */
-	struct hashq_out out;   /* sink_out on the worker thread */
+	struct hashq_out file_out; /* sink_out on the worker thread */
 	uint64_t written, synced; /* worker side */
 	bool discard; /* failing: swallow what closing the archive still writes */
+	int (*out)(void *arg, const void *buf, size_t n); /* opts->out: a streamed copy */
+	void *out_arg;
 };
 
 /* Per-file digests, filled by the hashq worker; manifest index of each item. */
@@ -208,12 +211,12 @@ static int scan_dir(struct scan *s, int dfd, const char *rel, int depth, char *e
 static int sink_out(void *ctx, const void *buf, size_t n)
 {
 	struct sink *w = ctx;
-	int rc = jv_write_all(w->fd, buf, n);
+	int rc = w->fd >= 0 ? jv_write_all(w->fd, buf, n) : 0;
 	if (rc < 0)
 		return rc;
 	w->written += n;
 	/* Start writeback as we go so the final fsync does not stall on gigabytes. */
-	if (w->written - w->synced >= (32u << 20)) {
+	if (w->fd >= 0 && w->written - w->synced >= (32u << 20)) {
 		sync_file_range(w->fd, (off_t)w->synced, (off_t)(w->written - w->synced),
 		                SYNC_FILE_RANGE_WRITE);
 		w->synced = w->written;
@@ -227,6 +230,8 @@ static la_ssize_t sink_write(struct archive *a, void *ud, const void *buf, size_
 	if (w->discard)
 		return (la_ssize_t)n;
 	int rc = hashq_out_error(&w->st);
+	if (rc == 0 && w->out)
+		rc = w->out(w->out_arg, buf, n);
 	if (rc < 0) {
 		archive_set_error(a, -rc, "%s", strerror(-rc));
 		return -1;
@@ -549,8 +554,8 @@ static int write_archive(struct scan *s, struct digests *d, struct sink *w, cons
 	}
 	for (size_t i = 0; i < s->n; i++)
 		d->mpos[i] = SIZE_MAX;
-	w->out = (struct hashq_out){.write = sink_out, .ctx = w};
-	hashq_begin_out(w->q, &w->st, &w->out);
+	w->file_out = (struct hashq_out){.write = sink_out, .ctx = w};
+	hashq_begin_out(w->q, &w->st, &w->file_out);
 	rc = set_options(a, s->o, err, errlen);
 	if (rc < 0)
 		goto fail;
@@ -595,19 +600,19 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 	memset(r, 0, sizeof(*r));
 	arch_manifest_init(&r->manifest);
 	err[0] = '\0';
-	char tmp[512];
-	int n = snprintf(tmp, sizeof(tmp), ".%s.tmp.%ld", dst_name, (long)getpid());
-	if (n < 0 || (size_t)n >= sizeof(tmp) || strchr(dst_name, '/')) {
-		errf(err, errlen, "bad archive name '%s'", dst_name);
+	char tmp[512] = "";
+	int n = dst_name ? snprintf(tmp, sizeof(tmp), ".%s.tmp.%ld", dst_name, (long)getpid()) : 0;
+	if (dst_name ? n < 0 || (size_t)n >= sizeof(tmp) || strchr(dst_name, '/') : !o->out) {
+		errf(err, errlen, "bad archive name '%s'", dst_name ? dst_name : "(none)");
 		return -EINVAL;
 	}
 	struct scan s = {.o = o, .r = r};
-	struct sink w = {.fd = -1};
+	struct sink w = {.fd = -1, .out = o->out, .out_arg = o->out_arg};
 	struct digests d = {0};
 	struct fsx src;
 	fsx_init(&src, src_dirfd);
 	src.force_how = FSX_NO_SYMLINKS;
-	int rc = open_temp(dst_dirfd, tmp, dst_name, &s, &w, err, errlen);
+	int rc = dst_name ? open_temp(dst_dirfd, tmp, dst_name, &s, &w, err, errlen) : 0;
 	if (rc < 0)
 		goto fail;
 	rc = scan_dir(&s, src_dirfd, "", 0, err, errlen);
@@ -616,7 +621,7 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 	rc = write_archive(&s, &d, &w, &src, r, err, errlen);
 	if (rc < 0)
 		goto fail;
-	if (fsync(w.fd) < 0 || close(w.fd) < 0) {
+	if (dst_name && (fsync(w.fd) < 0 || close(w.fd) < 0)) {
 		rc = -errno;
 		w.fd = -1;
 		errf(err, errlen, "cannot write '%s': %s", dst_name, strerror(-rc));
@@ -630,7 +635,7 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 	rc = arch_manifest_index(&r->manifest, err, errlen);
 	if (rc < 0)
 		goto fail;
-	rc = jv_durable_rename_at(dst_dirfd, tmp, dst_dirfd, dst_name);
+	rc = dst_name ? jv_durable_rename_at(dst_dirfd, tmp, dst_dirfd, dst_name) : 0;
 	if (rc < 0) {
 		errf(err, errlen, "cannot move archive into place as '%s': %s", dst_name, strerror(-rc));
 		goto fail;
@@ -647,7 +652,8 @@ fail:
 	hashq_free(w.q); /* its worker writes to w.fd until here */
 	if (w.fd >= 0)
 		close(w.fd);
-	unlinkat(dst_dirfd, tmp, 0);
+	if (dst_name)
+		unlinkat(dst_dirfd, tmp, 0);
 	for (size_t i = 0; d.st && i < s.n; i++)
 		hashq_discard(NULL, &d.st[i]);
 	hashq_discard(NULL, &w.st);

@@ -233,11 +233,10 @@ static bool is_helper(const char *path)
  * first, then the built-in one. in must outlive the state. */
 lua_State *jv_inspect_sandbox(const char *path, const char *builtin_jobs_dir, struct jv_inspect *in)
 {
-	static volatile sig_atomic_t never;
 	in->ctx = (struct jv_run_ctx){
 		.job_id = "check", .run_id = "check", .instance_id = "", .type = "", .attempt = 1,
 		.data_dir = "", .instance_dir = "", .data_fd = -1, .instance_fd = -1, .event_fd = -1,
-		.cancel_flag = &never,
+		.cancel_flag = NULL, /* an inspection is never cancelled */
 	};
 	const char *slash = strrchr(path, '/');
 	if (slash)

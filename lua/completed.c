@@ -104,17 +104,10 @@ int jv_completed_write(struct jv_run_ctx *ctx, const cJSON *params, const cJSON 
 	char name[96];
 	if (!record_name(ctx, name, sizeof(name)))
 		return 0;
-	char ts[JV_ISO8601_LEN];
-	jv_iso8601(jv_now_real_ms(), ts);
-	cJSON *r = cJSON_CreateObject();
-	cJSON_AddStringToObject(r, "jobId", ctx->job_id);
-	cJSON_AddStringToObject(r, "runId", ctx->run_id);
-	cJSON_AddNumberToObject(r, "attempt", ctx->attempt);
-	cJSON_AddStringToObject(r, "type", ctx->type);
+	cJSON *r = jv_ctx_ident_json(ctx, "finishedAt");
 	cJSON_AddItemToObject(r, "params",
 	                      params ? cJSON_Duplicate(params, true) : cJSON_CreateObject());
 	cJSON_AddItemToObject(r, "output", cJSON_Duplicate(output, true));
-	cJSON_AddStringToObject(r, "finishedAt", ts);
 	char *s = cJSON_PrintUnformatted(r);
 	cJSON_Delete(r);
 	if (!s)

@@ -39,6 +39,19 @@ struct jv_run_ctx *jv_ctx(lua_State *L)
 	return ctx;
 }
 
+cJSON *jv_ctx_ident_json(const struct jv_run_ctx *ctx, const char *stamp)
+{
+	char ts[JV_ISO8601_LEN];
+	jv_iso8601(jv_now_real_ms(), ts);
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "jobId", ctx->job_id);
+	cJSON_AddStringToObject(o, "runId", ctx->run_id);
+	cJSON_AddNumberToObject(o, "attempt", ctx->attempt);
+	cJSON_AddStringToObject(o, "type", ctx->type);
+	cJSON_AddStringToObject(o, stamp, ts);
+	return o;
+}
+
 bool jv_cancelled(const struct jv_run_ctx *ctx)
 {
 	return ctx && ctx->cancel_flag && *ctx->cancel_flag;

@@ -72,18 +72,11 @@ int fsx_list_fd(int dfd, struct fsx_list *out)
 {
 	out->v = NULL;
 	out->n = 0;
-	int dup = fcntl(dfd, F_DUPFD_CLOEXEC, 0);
-	if (dup < 0)
-		return -errno;
-	DIR *d = fdopendir(dup);
-	if (!d) {
-		close(dup);
-		return -errno;
-	}
-	/* The duplicate shares the read position with dfd: start from the top. */
-	rewinddir(d);
+	DIR *d;
+	int rc = jv_opendir_at(dfd, &d);
+	if (rc)
+		return rc;
 	size_t cap = 0;
-	int rc = 0;
 	struct dirent *de;
 	for (;;) {
 		errno = 0;

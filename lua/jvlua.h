@@ -34,8 +34,11 @@ struct jv_run_ctx {
 
 	int event_fd; /* JSON lines to the parent */
 
-	/* Set by the SIGTERM/SIGINT handler; read at safe points. */
+	/* Set by the SIGTERM/SIGINT handler; read at safe points. NULL: never. */
 	volatile sig_atomic_t *cancel_flag;
+
+	/* Process records proc.run has opened (lua/api_proc.c names them <run>.<n>). */
+	unsigned proc_records;
 
 	/* Agent settings passed down in the spec (borrowed, may be NULL). */
 	const cJSON *settings; /* e.g. allowed_executables, user, console log sizes */
@@ -54,18 +57,25 @@ struct jv_run_ctx {
 	} progress_out;
 
 	/* The run marker (lua/api_job.c): <type>'s run.<type>.json, written at
-	 * start, its step updated by job.step(), removed on success. */
+	 * start (page cache only), made durable before the run's first job.mark
+	 * and once it has run for a second, its step updated by job.step(),
+	 * removed on success. */
 	struct {
 		char file[128];
 		cJSON *json; /* owned; NULL until jv_run_marker_start */
 		int64_t written_ms;
-		bool dirty; /* changed since written_ms */
+		bool dirty;  /* changed since written_ms */
+		bool synced; /* on disk (fsynced), not only in the page cache */
 	} run_marker;
 };
 
 /* The context of the running job (never NULL inside a job run). */
 struct jv_run_ctx *jv_ctx(lua_State *L);
 void jv_ctx_install(lua_State *L, struct jv_run_ctx *ctx);
+/* A new object naming the run: jobId, runId, attempt, type, and the key
+ * stamp (e.g. "startedAt") with the time now. Returned-owned: cJSON_Delete;
+ * NULL when out of memory. */
+cJSON *jv_ctx_ident_json(const struct jv_run_ctx *ctx, const char *stamp);
 
 /* Cancellation. jv_cancelled() is cheap; jv_checkpoint() raises the
  * cancellation error (see jv_is_cancel_error) when cancel was requested. */
@@ -135,6 +145,7 @@ int jv_completed_write(struct jv_run_ctx *ctx, const cJSON *params, const cJSON 
 void jv_run_marker_start(lua_State *L, struct jv_run_ctx *ctx, int job_idx);
 void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step, double percent);
 void jv_run_marker_done(struct jv_run_ctx *ctx);
+int jv_run_marker_sync(struct jv_run_ctx *ctx);
 
 /* print() replacement (lua/api_log.c). */
 int jv_lua_print(lua_State *L);

@@ -99,7 +99,7 @@ out:
 static int load_owned_run(struct cp *cp, struct http_answer *a, const struct cp_agent *agent,
                           const char *run_id, struct store_run_state *rs)
 {
-	int lookup_rc = store_run_state(cp, run_id, rs);
+	int lookup_rc = store_run_state(cp->store, run_id, rs);
 	if (lookup_rc == -ENOENT) {
 		http_answer_error(a, 409, "run '%s' is not known here; drop it", run_id);
 		return -1;
@@ -118,11 +118,8 @@ static int load_owned_run(struct cp *cp, struct http_answer *a, const struct cp_
 void api_agent_events(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *run_id)
 {
 	cJSON *body = NULL;
-	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_body(conn, &body) < 0)
 		return;
-	}
 	const cJSON *events = cJSON_GetObjectItemCaseSensitive(body, "events");
 	if (!cJSON_IsArray(events)) {
 		http_send_error(conn, 400, "'events' must be an array");
@@ -233,11 +230,8 @@ static cJSON *clean_error(const cJSON *e, const char *status, const char **why)
 void api_agent_result(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *run_id)
 {
 	cJSON *body = NULL, *error = NULL;
-	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_body(conn, &body) < 0)
 		return;
-	}
 	const char *status = jv_json_str(body, "status", "");
 	if (strcmp(status, "COMPLETED") != 0 && strcmp(status, "FAILED") != 0 && strcmp(status, "CANCELLED") != 0) {
 		http_send_error(conn, 400, "'status' must be COMPLETED, FAILED or CANCELLED");
@@ -275,13 +269,15 @@ void api_agent_result(struct cp *cp, struct mg_connection *conn, struct cp_agent
 	struct store_run_state rs;
 	if (load_owned_run(cp, &ans, agent, run_id, &rs) < 0)
 		goto out;
-	if (strcmp(rs.status, "RUNNING") == 0) {
-		if (lc_run_finish(cp, run_id, status, output, error, "agent") < 0) {
-			http_answer_error(&ans, 500, "database error");
-			goto out;
-		}
-	} else if (strcmp(rs.finished_by, "agent") == 0 && strcmp(rs.status, status) == 0) {
-		/* The same result again (its answer was lost): accepted, nothing changes. */
+	/* 1: another replica finished it meanwhile (a resend there): judge again. */
+	int fr = strcmp(rs.status, "RUNNING") == 0 ? lc_run_finish(cp, run_id, status, output, error, "agent", 0) : 1;
+	if (fr > 0 && load_owned_run(cp, &ans, agent, run_id, &rs) < 0)
+		goto out;
+	if (fr < 0) {
+		http_answer_error(&ans, 500, "database error");
+		goto out;
+	} else if (fr == 0 || (strcmp(rs.finished_by, "agent") == 0 && strcmp(rs.status, status) == 0)) {
+		/* Finished now, or the same result again (its answer was lost): accepted. */
 	} else if (strcmp(rs.finished_by, "agent") == 0) {
 		http_answer_error(&ans, 409, "run '%s' already finished as %s", run_id, rs.status);
 		goto out;

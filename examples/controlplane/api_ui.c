@@ -94,10 +94,8 @@ void api_ui_create_job(struct cp *cp, struct mg_connection *conn)
 {
 	cJSON *body = NULL;
 	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_body(conn, &body) < 0)
 		return;
-	}
 	struct lc_new_job nj = {0};
 	char why_buf[200];
 	const char *why = api_ui_validate_job(cp, body, &nj, why_buf, sizeof(why_buf));
@@ -189,30 +187,20 @@ void api_ui_list_jobs(struct cp *cp, struct mg_connection *conn)
 	cJSON *jobs = NULL;
 	int64_t next = 0;
 	pthread_mutex_lock(&cp->mu);
-	int rc = store_list_jobs(cp, &f, &jobs, &next);
+	int rc = store_jobs_list(cp->store, &f, &jobs, &next);
 	pthread_mutex_unlock(&cp->mu);
 	if (rc < 0) {
 		http_send_error(conn, 500, "database error");
 		return;
 	}
-	cJSON *ans = cJSON_CreateObject();
-	cJSON_AddItemToObject(ans, "jobs", jobs);
-	if (next > 0) {
-		char buf[24];
-		snprintf(buf, sizeof(buf), "%lld", (long long)next);
-		cJSON_AddStringToObject(ans, "nextCursor", buf);
-	} else {
-		cJSON_AddNullToObject(ans, "nextCursor");
-	}
-	http_send_json(conn, 200, ans);
-	cJSON_Delete(ans);
+	http_send_page(conn, "jobs", jobs, next);
 }
 
 static void answer_job(struct cp *cp, struct http_answer *a, const char *job_id, int status)
 {
 	/* mu held by the caller */
-	cJSON *job = store_job_json(cp, job_id);
-	if (job)
+	cJSON *job = NULL;
+	if (store_job_json(cp->store, job_id, &job) == 0)
 		http_answer_json(a, status, job);
 	else
 		http_answer_error(a, 404, "no job '%s'", job_id);
@@ -227,38 +215,35 @@ void api_ui_get_job(struct cp *cp, struct mg_connection *conn, const char *job_i
 	http_send_answer(conn, &ans);
 }
 
-void api_ui_cancel_job(struct cp *cp, struct mg_connection *conn, const char *job_id)
+/* Cancel or retry: the job as it is after, or why not. */
+static void job_action(struct cp *cp, struct mg_connection *conn, const char *job_id,
+                       int (*act)(struct cp *, const char *, struct cp_err *))
 {
 	struct cp_err err;
 	struct http_answer ans = {0};
 	pthread_mutex_lock(&cp->mu);
-	if (lc_job_cancel(cp, job_id, &err) < 0)
+	if (act(cp, job_id, &err) < 0)
 		http_answer_error(&ans, err.status, "%s", err.msg);
 	else
 		answer_job(cp, &ans, job_id, 200);
 	pthread_mutex_unlock(&cp->mu);
 	http_send_answer(conn, &ans);
+}
+
+void api_ui_cancel_job(struct cp *cp, struct mg_connection *conn, const char *job_id)
+{
+	job_action(cp, conn, job_id, lc_job_cancel);
 }
 
 void api_ui_retry_job(struct cp *cp, struct mg_connection *conn, const char *job_id)
 {
-	struct cp_err err;
-	struct http_answer ans = {0};
-	pthread_mutex_lock(&cp->mu);
-	if (lc_job_retry(cp, job_id, &err) < 0)
-		http_answer_error(&ans, err.status, "%s", err.msg);
-	else
-		answer_job(cp, &ans, job_id, 200);
-	pthread_mutex_unlock(&cp->mu);
-	http_send_answer(conn, &ans);
+	job_action(cp, conn, job_id, lc_job_retry);
 }
 
 void api_ui_get_run(struct cp *cp, struct mg_connection *conn, const char *run_id)
 {
-	pthread_mutex_lock(&cp->mu);
-	cJSON *run = store_run_json(cp, run_id);
-	pthread_mutex_unlock(&cp->mu);
-	if (run)
+	cJSON *run = NULL;
+	if (store_run_json(cp->store, run_id, &run) == 0)
 		http_send_json(conn, 200, run);
 	else
 		http_send_error(conn, 404, "no run '%s'", run_id);
@@ -274,10 +259,10 @@ void api_ui_run_events(struct cp *cp, struct mg_connection *conn, const char *ru
 	}
 	pthread_mutex_lock(&cp->mu);
 	struct store_run_state rs;
-	int rc = store_run_state(cp, run_id, &rs);
+	int rc = store_run_state(cp->store, run_id, &rs);
 	cJSON *events = NULL;
 	if (rc == 0)
-		rc = store_events(cp, run_id, after, (int)limit, &events);
+		rc = store_run_events(cp->store, run_id, after, (int)limit, &events);
 	pthread_mutex_unlock(&cp->mu);
 	if (rc == -ENOENT) {
 		http_send_error(conn, 404, "no run '%s'", run_id);
@@ -297,10 +282,7 @@ void api_ui_run_events(struct cp *cp, struct mg_connection *conn, const char *ru
 void api_ui_agents(struct cp *cp, struct mg_connection *conn)
 {
 	pthread_mutex_lock(&cp->mu);
-	cJSON *agents = store_agents_json(cp);
+	cJSON *agents = dispatch_agents_json(cp);
 	pthread_mutex_unlock(&cp->mu);
-	cJSON *ans = cJSON_CreateObject();
-	cJSON_AddItemToObject(ans, "agents", agents ? agents : cJSON_CreateArray());
-	http_send_json(conn, 200, ans);
-	cJSON_Delete(ans);
+	http_send_list(conn, "agents", agents ? agents : cJSON_CreateArray());
 }

@@ -498,11 +498,8 @@ void api_console_command(struct cp *cp, struct mg_connection *conn, const char *
 		return;
 	}
 	cJSON *body = NULL;
-	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_body(conn, &body) < 0)
 		return;
-	}
 	const cJSON *it;
 	cJSON_ArrayForEach(it, body)
 	{

@@ -4,9 +4,10 @@
  * (front.c) reads each request whole and relays it, civetweb worker threads run
  * the HTTP handlers, one broadcaster thread feeds WebSocket clients, and the
  * main thread waits for signals and runs the lease/ack/backoff sweep. All
- * durable state lives in SQLite (one connection); `struct cp.mu` serialises
- * every use of that connection together with the small in-memory state (agent
- * wake-ups, the WebSocket ring, long-poll accounting). Functions documented as
+ * durable state lives behind the storage interface (store.h: SQLite or
+ * PostgreSQL; no SQL outside store_*.c); `struct cp.mu` serialises the small
+ * in-memory state (agent wake-ups, the WebSocket ring, long-poll accounting)
+ * and, for now, the handlers' use of the store. Functions documented as
  * "mu held" must be called with cp->mu locked; the others take it themselves.
  *
  * The wire protocol is docs/protocol.md; this header only wires modules. */
@@ -20,9 +21,9 @@
 #include <stdint.h>
 
 #include <cjson/cJSON.h>
-#include <sqlite3.h>
 
 #include "jobvisor/ident.h"
+#include "store.h"
 
 struct mg_connection;
 struct ws_hub;
@@ -37,7 +38,6 @@ struct inst_stats;
 #define CP_OUTPUT_MAX 262144         /* a result's output, as JSON; larger is replaced by a note */
 #define CP_TOKEN_MAX 512
 #define CP_JSON_DEPTH_MAX 64          /* nesting of any JSON we parse from a client */
-#define CP_ID_MAX 129                 /* job and run ids: jv_run_id_valid, 128 chars + NUL */
 #define CP_SNAPSHOT_JOBS 200          /* jobs in a WebSocket snapshot */
 #define CP_LIST_DEFAULT 50
 #define CP_LIST_MAX 500
@@ -61,7 +61,7 @@ struct cp_agent {
 
 struct cp_config {
 	const char *listen;
-	const char *db_path;
+	const char *db_path;  /* --db: a SQLite file path or a postgresql:// URL */
 	const char *admin_token_file;
 	const char *agents_file;
 	const char *tokens_file; /* named tokens with roles (users.c); NULL = none */
@@ -105,7 +105,7 @@ struct cp {
 	struct cp_config cfg;
 	struct cp_metrics metrics;
 	pthread_mutex_t mu;
-	sqlite3 *db;
+	struct store *store;
 	char *admin_token;
 	size_t admin_token_len;
 	struct cp_agent *agents;
@@ -158,56 +158,10 @@ int users_hash_main(void); /* --hash-token */
 /* ---- audit (http.c) ---- */
 void api_audit_list(struct cp *cp, struct mg_connection *conn);
 
-/* ---- db.c ---- */
-int db_open(const char *path, bool sync_full, sqlite3 **out, char *err, size_t errlen);
-void db_close(sqlite3 *db);
-/* A second connection used only by the main thread for WAL checkpoints. */
-int db_open_checkpointer(const char *path, sqlite3 **out);
-void db_checkpoint(sqlite3 *ck, bool truncate);
-int db_begin(sqlite3 *db);
-int db_commit(sqlite3 *db);
-void db_rollback(sqlite3 *db);
-/* Prepare; logs and returns NULL on failure. */
-sqlite3_stmt *db_prepare(sqlite3 *db, const char *sql);
-/* Step a statement that returns no rows (or ignore them); 0 or -EIO (logged). */
-int db_step_done(sqlite3 *db, sqlite3_stmt *st);
-int db_schema_version(sqlite3 *db);
-#define DB_SCHEMA_VERSION 6
-
-/* ---- store.c: rows -> JSON (mu held) ---- */
-/* A job with its runs; NULL when unknown or on error. Returned-owned. */
-cJSON *store_job_json(struct cp *cp, const char *job_id);
-cJSON *store_run_json(struct cp *cp, const char *run_id);
-/* Jobs newest first, filtered; cursor = a job's seq to continue below (0 = from the top). */
-struct store_filter {
-	const char *status[8];
-	size_t nstatus;
-	const char *agent_id;
-	const char *instance_id;
-	const char *type;
-	int64_t before_seq;
-	int limit;
-};
-int store_list_jobs(struct cp *cp, const struct store_filter *f, cJSON **jobs, int64_t *next_seq);
-cJSON *store_agents_json(struct cp *cp);
-cJSON *store_agent_json(struct cp *cp, const struct cp_agent *a);
-/* Events of a run with seq > after, ascending, at most limit. */
-int store_events(struct cp *cp, const char *run_id, int64_t after, int limit, cJSON **events);
-/* ISO-8601 string or JSON null for 0. */
-cJSON *store_time(int64_t ms);
-/* Look up a run's owner and state. Returns 0, -ENOENT or -EIO. */
-struct store_run_state {
-	char job_id[CP_ID_MAX];
-	char agent_id[JV_IDENT_MAX + 1];
-	char instance_id[JV_IDENT_MAX + 1];
-	char status[16];
-	char finished_by[16];
-	int attempt;
-	bool acked;
-	bool cancel_requested;
-	int64_t last_seq;
-};
-int store_run_state(struct cp *cp, const char *run_id, struct store_run_state *out);
+/* ---- agents (dispatch.c, mu held) ---- */
+/* An agent as GET /v1/agents shows it; returned-owned. */
+cJSON *dispatch_agent_json(struct cp *cp, const struct cp_agent *a);
+cJSON *dispatch_agents_json(struct cp *cp);
 
 /* ---- lifecycle.c: every state change, one transaction each (mu held) ---- */
 struct lc_new_job {
@@ -220,10 +174,9 @@ struct lc_new_job {
 	int timeout_s;       /* 0 = agent default */
 	int cancel_grace_s;  /* 0 = agent default */
 	const char *schedule_id; /* the schedule that fired it, NULL = none */
-	/* Called inside the creating transaction before the insert (NULL = none):
-	 * 0 goes on, anything else rolls back and lc_job_create returns it. */
-	int (*claim)(struct cp *cp, void *ud);
-	void *claim_ud;
+	/* A schedule firing claimed in the creating transaction (NULL = none):
+	 * when another replica claimed it first, lc_job_create returns -EAGAIN. */
+	const struct store_sched_claim *claim;
 };
 /* Create (CREATED) then enqueue (QUEUED). *job is the new job (returned-owned);
  * *created is false when job_id already named an identical job. */
@@ -231,11 +184,14 @@ int lc_job_create(struct cp *cp, const struct lc_new_job *nj, cJSON **job, bool 
 int lc_job_enqueue(struct cp *cp, const char *job_id);
 int lc_job_cancel(struct cp *cp, const char *job_id, struct cp_err *err);
 int lc_job_retry(struct cp *cp, const char *job_id, struct cp_err *err);
-/* End a run: status COMPLETED/FAILED/CANCELLED, by "agent" or "server".
- * output and error are borrowed (may be NULL). Decides the job's next state
- * (terminal, or RETRIED with a new run) and wakes the agent. */
+/* End a QUEUED or RUNNING run: status COMPLETED/FAILED/CANCELLED, by
+ * "agent" or "server". output and error are borrowed (may be NULL).
+ * lost_before: a lost run (sweep) is ended only if still lost at that
+ * time; 0 = always. Decides the job's next state (terminal, or RETRIED with
+ * a new run) and wakes the agent. 0, 1 when the run was finished before
+ * (nothing changed), <0 on error. */
 int lc_run_finish(struct cp *cp, const char *run_id, const char *status, const cJSON *output,
-                  const cJSON *error, const char *finished_by);
+                  const cJSON *error, const char *finished_by, int64_t lost_before);
 /* Publish the current state of a job to WebSocket clients. */
 void lc_publish_job(struct cp *cp, const char *job_id);
 /* Bump the agent's wake generation and wake its long polls. */
@@ -280,6 +236,8 @@ enum http_auth http_authenticate(struct cp *cp, const struct mg_connection *conn
 enum http_auth http_token_auth(struct cp *cp, const char *tok, size_t len, struct cp_agent **agent,
                                struct cp_who *who);
 int http_read_json(struct mg_connection *conn, cJSON **out, struct cp_err *err);
+/* The request body as JSON into *out; -1 after answering the error, else 0. */
+int http_read_body(struct mg_connection *conn, cJSON **out);
 /* An agent's request about itself: 403 when the token is another agent's,
  * the error when the body is not JSON; -1 after answering so, else 0 with *out. */
 int http_read_agent_json(struct mg_connection *conn, const struct cp_agent *agent,
@@ -288,6 +246,10 @@ void http_send_json(struct mg_connection *conn, int status, const cJSON *body);
 void http_send_error(struct mg_connection *conn, int status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 void http_send_unauthorized(struct mg_connection *conn);
+/* {key: arr} with 200, arr consumed; 500 "database error" when arr is NULL. */
+void http_send_list(struct mg_connection *conn, const char *key, cJSON *arr);
+/* {key: arr, nextCursor: "N" or null (next <= 0)} with 200; arr consumed. */
+void http_send_page(struct mg_connection *conn, const char *key, cJSON *arr, int64_t next);
 /* An answer built while holding cp->mu and sent after unlocking it: no
  * network write ever waits on a slow client with the lock held. */
 struct http_answer {
@@ -395,6 +357,9 @@ void ws_hub_stop(struct ws_hub *hub);
 void ws_hub_free(struct ws_hub *hub);
 /* Stamp msg with the next sequence number and queue it for every client. Consumes msg. mu held. */
 void ws_publish(struct cp *cp, cJSON *msg);
+/* ws_publish of n messages (all consumed, NULLs skipped): on PostgreSQL one
+ * round trip for all of them. mu held. */
+void ws_publish_many(struct cp *cp, cJSON **msgs, size_t n);
 /* Queue a console message (text consumed) for the clients watching agent/inst;
  * unnumbered, not kept in the ring. Do not hold cp->mu. */
 void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text, uint64_t last_seq);

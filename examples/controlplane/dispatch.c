@@ -21,6 +21,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -36,20 +37,12 @@ static void touch_agent(struct cp *cp, struct cp_agent *a, int capacity, int64_t
 	bool changed = a->capacity != capacity || a->last_seen_ms == 0;
 	a->last_seen_ms = now;
 	a->capacity = capacity;
-	if (changed || now - a->stored_seen_ms >= AGENT_STORE_MS) {
-		sqlite3_stmt *st = db_prepare(cp->db, "UPDATE agents SET last_seen = ?, capacity = ? WHERE agent_id = ?");
-		if (st) {
-			sqlite3_bind_int64(st, 1, now);
-			sqlite3_bind_int(st, 2, capacity);
-			sqlite3_bind_text(st, 3, a->id, -1, SQLITE_STATIC);
-			if (db_step_done(cp->db, st) == 0)
-				a->stored_seen_ms = now;
-			sqlite3_finalize(st);
-		}
-	}
+	if ((changed || now - a->stored_seen_ms >= AGENT_STORE_MS) &&
+	    store_agent_touch(cp->store, a->id, now, capacity) == 0)
+		a->stored_seen_ms = now;
 	if (changed || now - a->pushed_seen_ms >= AGENT_PUSH_MS) {
 		cJSON *msg = cJSON_CreateObject();
-		cJSON *o = store_agent_json(cp, a);
+		cJSON *o = dispatch_agent_json(cp, a);
 		if (msg && o) {
 			cJSON_AddStringToObject(msg, "type", "agent");
 			cJSON_AddItemToObject(msg, "agent", o);
@@ -69,67 +62,30 @@ static int renew_leases(struct cp *cp, struct cp_agent *a, const struct poll_req
 {
 	if (req->nrunning == 0)
 		return 0;
-	sqlite3_stmt *up = db_prepare(cp->db, "UPDATE job_runs SET lease_until = ?"
-	                                      " WHERE run_id = ? AND agent_id = ? AND status = 'RUNNING'");
-	if (!up)
-		return -EIO;
-	int rc = db_begin(cp->db);
-	for (size_t i = 0; rc == 0 && i < req->nrunning; i++) {
-		const char *run_id = req->running[i].run_id;
-		sqlite3_reset(up);
-		sqlite3_bind_int64(up, 1, now + (int64_t)cp->cfg.lease_s * 1000);
-		sqlite3_bind_text(up, 2, run_id, -1, SQLITE_STATIC);
-		sqlite3_bind_text(up, 3, a->id, -1, SQLITE_STATIC);
-		if (sqlite3_step(up) != SQLITE_DONE) {
-			rc = -EIO;
-			break;
-		}
-		if (sqlite3_changes(cp->db) == 1 || !cancel)
+	const char **ids = calloc(req->nrunning, sizeof(*ids));
+	bool *renewed = calloc(req->nrunning, sizeof(*renewed));
+	int rc = ids && renewed ? 0 : -ENOMEM;
+	for (size_t i = 0; rc == 0 && i < req->nrunning; i++)
+		ids[i] = req->running[i].run_id;
+	if (rc == 0)
+		rc = store_runs_renew(cp->store, a->id, ids, req->nrunning, now + (int64_t)cp->cfg.lease_s * 1000,
+		                      renewed);
+	for (size_t i = 0; rc == 0 && cancel && i < req->nrunning; i++) {
+		if (renewed[i])
 			continue;
 		struct store_run_state rs;
-		int q = store_run_state(cp, run_id, &rs);
+		int q = store_run_state(cp->store, ids[i], &rs);
 		if (q == -EIO) {
 			rc = q;
 			break;
 		}
 		bool own_finish = q == 0 && strcmp(rs.agent_id, a->id) == 0 && strcmp(rs.finished_by, "agent") == 0;
 		if (!own_finish)
-			cJSON_AddItemToArray(cancel, cJSON_CreateString(run_id));
+			cJSON_AddItemToArray(cancel, cJSON_CreateString(ids[i]));
 	}
-	sqlite3_finalize(up);
-	if (rc == 0)
-		rc = db_commit(cp->db);
-	if (rc < 0)
-		db_rollback(cp->db);
+	free(ids);
+	free(renewed);
 	return rc;
-}
-
-static cJSON *assignment_json(struct cp *cp, const char *run_id)
-{
-	sqlite3_stmt *st = db_prepare(cp->db,
-	                              "SELECT r.run_id, r.job_id, r.attempt, j.type, j.instance_id, j.params,"
-	                              " j.timeout_s, j.cancel_grace_s, j.created_at"
-	                              " FROM job_runs r JOIN jobs j ON j.job_id = r.job_id WHERE r.run_id = ?");
-	if (!st)
-		return NULL;
-	sqlite3_bind_text(st, 1, run_id, -1, SQLITE_STATIC);
-	cJSON *o = NULL;
-	if (sqlite3_step(st) == SQLITE_ROW && (o = cJSON_CreateObject()) != NULL) {
-		cJSON_AddStringToObject(o, "jobId", (const char *)sqlite3_column_text(st, 1));
-		cJSON_AddStringToObject(o, "jobRunId", (const char *)sqlite3_column_text(st, 0));
-		cJSON_AddNumberToObject(o, "attempt", sqlite3_column_int(st, 2));
-		cJSON_AddStringToObject(o, "type", (const char *)sqlite3_column_text(st, 3));
-		cJSON_AddStringToObject(o, "instanceId", (const char *)sqlite3_column_text(st, 4));
-		cJSON *params = cJSON_Parse((const char *)sqlite3_column_text(st, 5));
-		cJSON_AddItemToObject(o, "params", params ? params : cJSON_CreateObject());
-		if (sqlite3_column_int(st, 6) > 0)
-			cJSON_AddNumberToObject(o, "timeoutSeconds", sqlite3_column_int(st, 6));
-		if (sqlite3_column_int(st, 7) > 0)
-			cJSON_AddNumberToObject(o, "cancelGraceSeconds", sqlite3_column_int(st, 7));
-		cJSON_AddItemToObject(o, "createdAt", store_time(sqlite3_column_int64(st, 8)));
-	}
-	sqlite3_finalize(st);
-	return o;
 }
 
 static bool listed(const struct poll_req *req, const char *run_id)
@@ -140,117 +96,46 @@ static bool listed(const struct poll_req *req, const char *run_id)
 	return false;
 }
 
-/* Collect the ids of one query into a small array; the query may use ?1 =
- * agent_id (when not NULL), ?2 = now, ?3 = limit. */
-struct id_list {
-	char ids[64][CP_ID_MAX];
-	size_t n;
-};
-
-static int query_ids(struct cp *cp, const char *sql, const char *agent_id, int64_t now, int limit,
-                     struct id_list *out)
-{
-	sqlite3_stmt *st = db_prepare(cp->db, sql);
-	if (!st)
-		return -EIO;
-	if (agent_id)
-		sqlite3_bind_text(st, 1, agent_id, -1, SQLITE_STATIC);
-	if (sqlite3_bind_parameter_count(st) >= 2)
-		sqlite3_bind_int64(st, 2, now);
-	if (sqlite3_bind_parameter_count(st) >= 3)
-		sqlite3_bind_int(st, 3, limit);
-	out->n = 0;
-	int rc;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW && out->n < JV_ARRAY_LEN(out->ids))
-		snprintf(out->ids[out->n++], CP_ID_MAX, "%s", (const char *)sqlite3_column_text(st, 0));
-	sqlite3_finalize(st);
-	return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -EIO;
-}
-
-static const char SQL_HELD[] =
-	"SELECT run_id FROM job_runs WHERE agent_id = ?1 AND status = 'RUNNING' AND acked = 0";
-static const char SQL_HELD_COUNT[] =
-	"SELECT count(*) FROM job_runs WHERE agent_id = ? AND status = 'RUNNING'";
-static const char SQL_ASSIGNABLE[] =
-	"SELECT r.run_id FROM job_runs r JOIN jobs j ON j.job_id = r.job_id"
-	" WHERE r.agent_id = ?1 AND r.status = 'QUEUED' AND r.not_before <= ?2"
-	"   AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.agent_id = j.agent_id AND e.instance_id = j.instance_id"
-	"                   AND e.seq < j.seq AND e.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED'))"
-	"   AND NOT EXISTS (SELECT 1 FROM job_runs x JOIN jobs xj ON xj.job_id = x.job_id"
-	"                   WHERE x.agent_id = ?1 AND x.status = 'RUNNING' AND xj.instance_id = j.instance_id)"
-	" ORDER BY j.seq LIMIT ?3";
-static const char SQL_CANCELS[] =
-	"SELECT run_id FROM job_runs WHERE agent_id = ?1 AND status = 'RUNNING' AND cancel_requested = 1";
+#define IDS_MAX 64 /* runs handled per poll answer and per sweep */
 
 /* Re-deliver unacknowledged unlisted assignments, then assign new ones. */
 static int assign(struct cp *cp, struct cp_agent *a, const struct poll_req *req, int64_t now, cJSON *jobs)
 {
-	struct id_list held, fresh;
-	int rc = query_ids(cp, SQL_HELD, a->id, now, 0, &held);
-	for (size_t i = 0; rc == 0 && i < held.n; i++) {
-		if (listed(req, held.ids[i]))
-			continue;
-		cJSON *as = assignment_json(cp, held.ids[i]);
-		if (as)
+	char ids[IDS_MAX][CP_ID_MAX];
+	int n = store_agent_runs(cp->store, a->id, true, false, ids, IDS_MAX);
+	for (int i = 0; i < n; i++) {
+		cJSON *as = NULL;
+		if (!listed(req, ids[i]) && store_assignment_json(cp->store, ids[i], &as) == 0)
 			cJSON_AddItemToArray(jobs, as);
 	}
-	if (rc < 0)
-		return rc;
-	int running = 0;
-	sqlite3_stmt *st = db_prepare(cp->db, SQL_HELD_COUNT);
-	if (!st)
-		return -EIO;
-	sqlite3_bind_text(st, 1, a->id, -1, SQLITE_STATIC);
-	if (sqlite3_step(st) == SQLITE_ROW)
-		running = sqlite3_column_int(st, 0);
-	sqlite3_finalize(st);
-	int free_slots = req->capacity - running;
-	if (free_slots <= 0)
-		return 0;
-	if (free_slots > (int)JV_ARRAY_LEN(fresh.ids))
-		free_slots = (int)JV_ARRAY_LEN(fresh.ids);
-	rc = query_ids(cp, SQL_ASSIGNABLE, a->id, now, free_slots, &fresh);
-	if (rc < 0 || fresh.n == 0)
-		return rc;
-
-	sqlite3_stmt *run_up = db_prepare(cp->db,
-	                                  "UPDATE job_runs SET status = 'RUNNING', started_at = ?, ack_deadline = ?,"
-	                                  " lease_until = ? WHERE run_id = ? AND status = 'QUEUED'");
-	sqlite3_stmt *job_up = db_prepare(cp->db,
-	                                  "UPDATE jobs SET status = 'RUNNING', updated_at = ?"
-	                                  " WHERE job_id = (SELECT job_id FROM job_runs WHERE run_id = ?)");
-	rc = run_up && job_up ? db_begin(cp->db) : -EIO;
-	for (size_t i = 0; rc == 0 && i < fresh.n; i++) {
-		sqlite3_reset(run_up);
-		sqlite3_bind_int64(run_up, 1, now);
-		sqlite3_bind_int64(run_up, 2, now + (int64_t)cp->cfg.ack_s * 1000);
-		sqlite3_bind_int64(run_up, 3, now + (int64_t)cp->cfg.lease_s * 1000);
-		sqlite3_bind_text(run_up, 4, fresh.ids[i], -1, SQLITE_STATIC);
-		sqlite3_reset(job_up);
-		sqlite3_bind_int64(job_up, 1, now);
-		sqlite3_bind_text(job_up, 2, fresh.ids[i], -1, SQLITE_STATIC);
-		if (sqlite3_step(run_up) != SQLITE_DONE || sqlite3_step(job_up) != SQLITE_DONE)
-			rc = -EIO;
+	if (n < 0)
+		return n;
+	n = store_runs_claim(cp->store, a->id, req->capacity, now, now + (int64_t)cp->cfg.ack_s * 1000,
+	                     now + (int64_t)cp->cfg.lease_s * 1000, ids, IDS_MAX);
+	if (n < 0) {
+		jv_error(NULL, NULL, "cannot assign runs to agent '%s'", a->id);
+		return n;
 	}
-	sqlite3_finalize(run_up);
-	sqlite3_finalize(job_up);
-	if (rc == 0)
-		rc = db_commit(cp->db);
-	if (rc < 0) {
-		jv_error(NULL, NULL, "cannot assign runs to agent '%s': %s", a->id, sqlite3_errmsg(cp->db));
-		db_rollback(cp->db);
-		return rc;
-	}
-	for (size_t i = 0; i < fresh.n; i++) {
-		cJSON *as = assignment_json(cp, fresh.ids[i]);
-		if (!as)
+	for (int i = 0; i < n; i++) {
+		cJSON *as = NULL;
+		if (store_assignment_json(cp->store, ids[i], &as) < 0)
 			continue;
 		const char *job_id = jv_json_str(as, "jobId", "");
-		jv_info(job_id, fresh.ids[i], "run assigned to agent '%s'", a->id);
+		jv_info(job_id, ids[i], "run assigned to agent '%s'", a->id);
 		lc_publish_job(cp, job_id);
 		cJSON_AddItemToArray(jobs, as);
 	}
 	return 0;
+}
+
+/* Runs of the agent with a cancel requested, into cancel. */
+static int add_cancels(struct cp *cp, struct cp_agent *a, cJSON *cancel)
+{
+	char ids[IDS_MAX][CP_ID_MAX];
+	int n = store_agent_runs(cp->store, a->id, false, true, ids, IDS_MAX);
+	for (int i = 0; i < n; i++)
+		cJSON_AddItemToArray(cancel, cJSON_CreateString(ids[i]));
+	return n < 0 ? n : 0;
 }
 
 static void deadline_ts(int64_t mono_ms, struct timespec *ts)
@@ -283,13 +168,10 @@ int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *
 		int64_t now = jv_now_real_ms();
 		if (rc == 0)
 			rc = assign(cp, agent, req, now, jobs);
-		struct id_list cancels;
 		if (rc == 0)
-			rc = query_ids(cp, SQL_CANCELS, agent->id, now, 0, &cancels);
+			rc = add_cancels(cp, agent, cancel);
 		if (rc < 0)
 			break;
-		for (size_t i = 0; i < cancels.n; i++)
-			cJSON_AddItemToArray(cancel, cJSON_CreateString(cancels.ids[i]));
 		/* A console watch that changed or a command waiting answers at once. */
 		if (cJSON_GetArraySize(jobs) > 0 || cJSON_GetArraySize(cancel) > 0 || atomic_load(&cp->stopping) ||
 		    agent->console_gen != console_gen || console_has_commands(cp, agent->id) ||
@@ -327,31 +209,18 @@ int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *
 	return 0;
 }
 
+static void wake_cb(void *ud, const char *agent_id)
+{
+	lc_wake_agent(ud, agent_id);
+}
+
 void dispatch_sweep(struct cp *cp)
 {
 	pthread_mutex_lock(&cp->mu);
 	int64_t now = jv_now_real_ms();
-	sqlite3_stmt *st = db_prepare(cp->db,
-	                              "SELECT run_id, agent_id, acked, ack_deadline FROM job_runs WHERE status = 'RUNNING'"
-	                              " AND ((acked = 0 AND ack_deadline < ?1) OR lease_until < ?1) LIMIT 64");
-	struct lost {
-		char run_id[CP_ID_MAX];
-		char agent_id[JV_IDENT_MAX + 1];
-		bool unacked;
-	} lost[64];
-	size_t nlost = 0;
-	if (st) {
-		sqlite3_bind_int64(st, 1, now);
-		while (nlost < JV_ARRAY_LEN(lost) && sqlite3_step(st) == SQLITE_ROW) {
-			snprintf(lost[nlost].run_id, CP_ID_MAX, "%s", (const char *)sqlite3_column_text(st, 0));
-			snprintf(lost[nlost].agent_id, sizeof(lost[nlost].agent_id), "%s",
-			         (const char *)sqlite3_column_text(st, 1));
-			lost[nlost].unacked = sqlite3_column_int(st, 2) == 0 && sqlite3_column_int64(st, 3) < now;
-			nlost++;
-		}
-		sqlite3_finalize(st);
-	}
-	for (size_t i = 0; i < nlost; i++) {
+	struct store_lost_run lost[IDS_MAX];
+	int nlost = store_runs_lost(cp->store, now, lost, IDS_MAX);
+	for (int i = 0; i < nlost; i++) {
 		char msg[256];
 		if (lost[i].unacked)
 			snprintf(msg, sizeof(msg), "run lost: agent '%s' sent no event within %d s of the assignment",
@@ -363,76 +232,84 @@ void dispatch_sweep(struct cp *cp)
 		cJSON_AddStringToObject(err, "message", msg);
 		cJSON_AddStringToObject(err, "reason", "lost");
 		cJSON_AddBoolToObject(err, "retryable", true);
-		jv_warn(NULL, lost[i].run_id, "%s", msg);
-		if (lc_run_finish(cp, lost[i].run_id, "FAILED", NULL, err, "server") < 0)
+		/* Only if still lost now: another replica may have ended it, or the agent renewed it. */
+		int rc = lc_run_finish(cp, lost[i].run_id, "FAILED", NULL, err, "server", now);
+		if (rc == 0)
+			jv_warn(NULL, lost[i].run_id, "%s", msg);
+		else if (rc < 0)
 			jv_error(NULL, lost[i].run_id, "cannot mark the run lost");
 		cJSON_Delete(err);
 	}
 	/* Retries whose backoff ended since the last sweep: wake their agents' long polls. */
-	st = db_prepare(cp->db, "SELECT DISTINCT agent_id FROM job_runs WHERE status = 'QUEUED'"
-	                        " AND not_before > ? AND not_before <= ?");
-	if (st) {
-		sqlite3_bind_int64(st, 1, cp->last_sweep_ms);
-		sqlite3_bind_int64(st, 2, now);
-		while (sqlite3_step(st) == SQLITE_ROW)
-			lc_wake_agent(cp, (const char *)sqlite3_column_text(st, 0));
-		sqlite3_finalize(st);
-	}
+	store_retry_agents(cp->store, cp->last_sweep_ms, now, wake_cb, cp);
 	cp->last_sweep_ms = now;
 	pthread_mutex_unlock(&cp->mu);
+}
+
+static void load_agent(void *ud, const char *agent_id, int64_t last_seen, int capacity)
+{
+	struct cp_agent *a = tokens_agent_find(ud, agent_id);
+	if (a) {
+		a->last_seen_ms = a->stored_seen_ms = last_seen;
+		a->capacity = capacity;
+	}
 }
 
 int dispatch_recover(struct cp *cp)
 {
 	pthread_mutex_lock(&cp->mu);
 	int64_t now = jv_now_real_ms();
-	int rc = db_begin(cp->db);
-	sqlite3_stmt *st = NULL;
 	/* The agents file is the list of agents; remember rows for them. */
-	if (rc == 0 && (st = db_prepare(cp->db, "INSERT OR IGNORE INTO agents (agent_id) VALUES (?)")) != NULL) {
-		for (size_t i = 0; rc == 0 && i < cp->nagents; i++) {
-			sqlite3_reset(st);
-			sqlite3_bind_text(st, 1, cp->agents[i].id, -1, SQLITE_STATIC);
-			if (sqlite3_step(st) != SQLITE_DONE)
-				rc = -EIO;
-		}
-		sqlite3_finalize(st);
-	} else if (rc == 0) {
-		rc = -EIO;
-	}
-	/* Time passed while we were down is nobody's fault: fresh lease and ack windows. */
-	if (rc == 0 && (st = db_prepare(cp->db, "UPDATE job_runs SET lease_until = ?,"
-	                                        " ack_deadline = CASE acked WHEN 0 THEN ? ELSE ack_deadline END"
-	                                        " WHERE status = 'RUNNING'")) != NULL) {
-		sqlite3_bind_int64(st, 1, now + (int64_t)cp->cfg.lease_s * 1000);
-		sqlite3_bind_int64(st, 2, now + (int64_t)cp->cfg.ack_s * 1000);
-		rc = db_step_done(cp->db, st);
-		sqlite3_finalize(st);
-	}
+	const char **ids = calloc(cp->nagents + 1, sizeof(*ids));
+	int rc = ids ? 0 : -ENOMEM;
+	for (size_t i = 0; rc == 0 && i < cp->nagents; i++)
+		ids[i] = cp->agents[i].id;
 	if (rc == 0)
-		rc = db_commit(cp->db);
-	if (rc < 0)
-		db_rollback(cp->db);
+		rc = store_agents_register(cp->store, ids, cp->nagents);
+	free(ids);
+	/* Time passed while we were down is nobody's fault: fresh lease and ack windows. */
+	if (rc == 0)
+		rc = store_runs_refresh(cp->store, now + (int64_t)cp->cfg.lease_s * 1000,
+		                        now + (int64_t)cp->cfg.ack_s * 1000);
 	/* Last seen times, and jobs stored but not yet queued when we stopped. */
-	st = rc == 0 ? db_prepare(cp->db, "SELECT agent_id, last_seen, capacity FROM agents") : NULL;
-	while (st && sqlite3_step(st) == SQLITE_ROW) {
-		struct cp_agent *a = tokens_agent_find(cp, (const char *)sqlite3_column_text(st, 0));
-		if (a) {
-			a->last_seen_ms = a->stored_seen_ms = sqlite3_column_int64(st, 1);
-			a->capacity = sqlite3_column_int(st, 2);
-		}
+	if (rc == 0)
+		rc = store_agents_each(cp->store, load_agent, cp) < 0 ? -EIO : 0;
+	char created[IDS_MAX][CP_ID_MAX];
+	int n = IDS_MAX;
+	while (rc == 0 && n == IDS_MAX) {
+		n = store_jobs_created(cp->store, created, IDS_MAX);
+		for (int i = 0; rc == 0 && i < n; i++)
+			rc = lc_job_enqueue(cp, created[i]);
+		rc = rc == 0 && n < 0 ? n : rc;
 	}
-	sqlite3_finalize(st);
-	struct id_list created;
-	created.n = 0;
-	do {
-		if (rc == 0)
-			rc = query_ids(cp, "SELECT job_id FROM jobs WHERE status = 'CREATED' ORDER BY seq", NULL, 0, 0,
-			               &created);
-		for (size_t i = 0; rc == 0 && i < created.n; i++)
-			rc = lc_job_enqueue(cp, created.ids[i]);
-	} while (rc == 0 && created.n == JV_ARRAY_LEN(created.ids));
 	cp->last_sweep_ms = now;
 	pthread_mutex_unlock(&cp->mu);
 	return rc;
+}
+
+cJSON *dispatch_agent_json(struct cp *cp, const struct cp_agent *a)
+{
+	cJSON *o = cJSON_CreateObject();
+	if (!o)
+		return NULL;
+	cJSON_AddStringToObject(o, "agentId", a->id);
+	cJSON_AddItemToObject(o, "lastSeen", store_time(a->last_seen_ms));
+	cJSON_AddNumberToObject(o, "capacity", a->capacity);
+	int running = store_agent_running(cp->store, a->id);
+	cJSON_AddNumberToObject(o, "running", running > 0 ? running : 0);
+	/* Online: seen within three poll intervals plus the longest long poll. */
+	int64_t window = (int64_t)(3 * cp->cfg.poll_interval_s + cp->cfg.max_wait_s) * 1000;
+	cJSON_AddBoolToObject(o, "online", a->last_seen_ms > 0 && jv_now_real_ms() - a->last_seen_ms <= window);
+	return o;
+}
+
+cJSON *dispatch_agents_json(struct cp *cp)
+{
+	cJSON *arr = cJSON_CreateArray();
+	for (size_t i = 0; arr && i < cp->nagents; i++) {
+		cJSON *o = dispatch_agent_json(cp, &cp->agents[i]);
+		if (o)
+			cJSON_AddItemToArray(arr, o);
+	}
+	return arr;
 }

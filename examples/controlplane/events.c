@@ -88,42 +88,6 @@ const char *events_validate(const cJSON *ev, const char *run_id, const struct st
 	return NULL;
 }
 
-static int insert_event(struct cp *cp, sqlite3_stmt *ins, const char *run_id, int64_t seq, const char *body,
-                        int64_t now, bool *inserted)
-{
-	sqlite3_reset(ins);
-	sqlite3_bind_text(ins, 1, run_id, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(ins, 2, seq);
-	sqlite3_bind_text(ins, 3, body, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(ins, 4, now);
-	if (sqlite3_step(ins) != SQLITE_DONE) {
-		jv_error(NULL, run_id, "cannot store event %lld: %s", (long long)seq, sqlite3_errmsg(cp->db));
-		return -EIO;
-	}
-	*inserted = sqlite3_changes(cp->db) == 1;
-	return 0;
-}
-
-/* Highest contiguous seq, walking up from the previous one. */
-static int contiguous_seq(struct cp *cp, const char *run_id, int64_t from, int64_t *out)
-{
-	sqlite3_stmt *st = db_prepare(cp->db, "SELECT seq FROM events WHERE run_id = ? AND seq > ? ORDER BY seq");
-	if (!st)
-		return -EIO;
-	sqlite3_bind_text(st, 1, run_id, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, from);
-	int64_t top = from;
-	while (sqlite3_step(st) == SQLITE_ROW) {
-		int64_t s = sqlite3_column_int64(st, 0);
-		if (s != top + 1)
-			break;
-		top = s;
-	}
-	sqlite3_finalize(st);
-	*out = top;
-	return 0;
-}
-
 /* Fill the ids an agent may leave out, so every stored event is self-describing. */
 static void normalise(cJSON *ev, const char *run_id, const struct store_run_state *rs, int64_t now)
 {
@@ -137,35 +101,52 @@ static void normalise(cJSON *ev, const char *run_id, const struct store_run_stat
 	cJSON_AddItemToObject(ev, "receivedAt", store_time(now));
 }
 
-/* The run's acknowledged sequence, and its progress line from the newest
- * stored progress (progress_seq 0: none), inside the caller's transaction. */
-static int update_run(struct cp *cp, const char *run_id, int64_t top, int64_t progress_seq,
-                      const cJSON *pct, const cJSON *msg)
+/* Fill ev (n slots) from the normalised copies in fresh (the same order). */
+static int to_store_events(cJSON *fresh, struct store_event *ev, char **texts)
 {
-	sqlite3_stmt *up = db_prepare(cp->db, "UPDATE job_runs SET last_seq = ?, acked = 1 WHERE run_id = ?");
-	if (!up)
-		return -EIO;
-	sqlite3_bind_int64(up, 1, top);
-	sqlite3_bind_text(up, 2, run_id, -1, SQLITE_STATIC);
-	int rc = db_step_done(cp->db, up);
-	sqlite3_finalize(up);
-	if (rc < 0 || progress_seq == 0)
-		return rc;
-	up = db_prepare(cp->db, "UPDATE job_runs SET percent = coalesce(?, percent),"
-	                        " message = coalesce(?, message), progress_seq = ?"
-	                        " WHERE run_id = ? AND progress_seq < ?");
-	if (!up)
-		return -EIO;
-	if (pct)
-		sqlite3_bind_double(up, 1, pct->valuedouble);
-	if (msg)
-		sqlite3_bind_text(up, 2, msg->valuestring, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(up, 3, progress_seq);
-	sqlite3_bind_text(up, 4, run_id, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(up, 5, progress_seq);
-	rc = db_step_done(cp->db, up);
-	sqlite3_finalize(up);
-	return rc;
+	int i = 0;
+	const cJSON *e;
+	cJSON_ArrayForEach(e, fresh)
+	{
+		const cJSON *p = cJSON_GetObjectItemCaseSensitive(e, "percent");
+		const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
+		texts[i] = jv_json_print(e);
+		if (!texts[i])
+			return -ENOMEM;
+		ev[i] = (struct store_event){
+			.seq = jv_json_int(e, "seq", 0),
+			.body = texts[i],
+			/* Log lines do not change the run's progress line. */
+			.progress = strcmp(jv_json_str(e, "kind", ""), "log") != 0,
+			.has_percent = cJSON_IsNumber(p),
+			.percent = cJSON_IsNumber(p) ? p->valuedouble : 0,
+			.message = cJSON_IsString(m) ? m->valuestring : NULL,
+		};
+		i++;
+	}
+	return 0;
+}
+
+/* Publish the stored ones in commit order (consumes fresh). */
+static void publish_inserted(struct cp *cp, cJSON *fresh, const struct store_event *ev)
+{
+	int n = fresh ? cJSON_GetArraySize(fresh) : 0;
+	cJSON **msgs = n ? calloc((size_t)n, sizeof(*msgs)) : NULL;
+	cJSON *e;
+	for (int i = 0; msgs && (e = cJSON_DetachItemFromArray(fresh, 0)) != NULL; i++) {
+		cJSON *msg = ev[i].inserted ? cJSON_CreateObject() : NULL;
+		if (!msg) {
+			cJSON_Delete(e);
+			continue;
+		}
+		cJSON_AddStringToObject(msg, "type", "event");
+		cJSON_AddItemToObject(msg, "event", e);
+		msgs[i] = msg;
+	}
+	if (msgs)
+		ws_publish_many(cp, msgs, (size_t)n); /* one round trip on PostgreSQL */
+	free(msgs);
+	cJSON_Delete(fresh);
 }
 
 int events_store(struct cp *cp, const char *run_id, const struct store_run_state *rs,
@@ -173,69 +154,40 @@ int events_store(struct cp *cp, const char *run_id, const struct store_run_state
 {
 	int64_t now = jv_now_real_ms();
 	int n = cJSON_GetArraySize(events);
-	cJSON *fresh = cJSON_CreateArray(); /* new events, published after commit */
-	sqlite3_stmt *ins = db_prepare(cp->db, "INSERT OR IGNORE INTO events (run_id, seq, body, received_at)"
-	                                       " VALUES (?, ?, ?, ?)");
-	int64_t progress_seq = 0;
-	const cJSON *progress_pct = NULL, *progress_msg = NULL;
-	int rc = fresh && ins ? db_begin(cp->db) : -EIO;
+	cJSON *fresh = cJSON_CreateArray(); /* normalised copies, the stored ones published after commit */
+	struct store_event *ev = calloc((size_t)n + 1, sizeof(*ev));
+	char **texts = calloc((size_t)n + 1, sizeof(*texts));
+	int rc = fresh && ev && texts ? 0 : -ENOMEM;
 	for (int i = 0; rc == 0 && i < n; i++) {
-		cJSON *ev = cJSON_Duplicate(cJSON_GetArrayItem(events, i), true);
-		if (!ev) {
+		cJSON *e = cJSON_Duplicate(cJSON_GetArrayItem(events, i), true);
+		if (!e)
 			rc = -ENOMEM;
-			break;
-		}
-		normalise(ev, run_id, rs, now);
-		int64_t seq = jv_json_int(ev, "seq", 0);
-		char *body = jv_json_print(ev);
-		bool inserted = false;
-		rc = body ? insert_event(cp, ins, run_id, seq, body, now, &inserted) : -ENOMEM;
-		free(body);
-		if (rc < 0 || !inserted) {
-			cJSON_Delete(ev);
-			continue;
-		}
-		cJSON_AddItemToArray(fresh, ev);
-		/* Log lines do not change the run's progress line. */
-		if (strcmp(jv_json_str(ev, "kind", ""), "log") != 0 && seq > progress_seq) {
-			const cJSON *p = cJSON_GetObjectItemCaseSensitive(ev, "percent");
-			const cJSON *m = cJSON_GetObjectItemCaseSensitive(ev, "message");
-			if (cJSON_IsNumber(p) || cJSON_IsString(m)) {
-				progress_seq = seq;
-				progress_pct = cJSON_IsNumber(p) ? p : NULL;
-				progress_msg = cJSON_IsString(m) ? m : NULL;
-			}
-		}
+		else
+			normalise(e, run_id, rs, now);
+		if (e)
+			cJSON_AddItemToArray(fresh, e);
 	}
-	sqlite3_finalize(ins);
-	int64_t top = rs->last_seq;
 	if (rc == 0)
-		rc = contiguous_seq(cp, run_id, rs->last_seq, &top);
+		rc = to_store_events(fresh, ev, texts);
+	bool was_acked = rs->acked;
 	if (rc == 0)
-		rc = update_run(cp, run_id, top, progress_seq, progress_pct, progress_msg);
-	if (rc == 0)
-		rc = db_commit(cp->db);
+		rc = store_events_append(cp->store, run_id, ev, (size_t)n, now, ack_seq, &was_acked);
+	for (int i = 0; texts && i < n; i++)
+		free(texts[i]);
+	free(texts);
 	if (rc < 0) {
-		db_rollback(cp->db);
 		cJSON_Delete(fresh);
+		free(ev);
 		return rc;
 	}
-	*ack_seq = top;
-	atomic_fetch_add(&cp->metrics.events_stored, (uint64_t)cJSON_GetArraySize(fresh));
+	uint64_t stored = 0;
+	for (int i = 0; i < n; i++)
+		stored += ev[i].inserted;
+	atomic_fetch_add(&cp->metrics.events_stored, stored);
 	/* Publish in commit order; a first event also changes the run (acknowledged). */
-	cJSON *ev;
-	while (fresh && (ev = cJSON_DetachItemFromArray(fresh, 0)) != NULL) {
-		cJSON *msg = cJSON_CreateObject();
-		if (!msg) {
-			cJSON_Delete(ev);
-			continue;
-		}
-		cJSON_AddStringToObject(msg, "type", "event");
-		cJSON_AddItemToObject(msg, "event", ev);
-		ws_publish(cp, msg);
-	}
-	cJSON_Delete(fresh);
-	if (!rs->acked) {
+	publish_inserted(cp, fresh, ev);
+	free(ev);
+	if (!was_acked) {
 		jv_info(rs->job_id, run_id, "run acknowledged by agent '%s'", rs->agent_id);
 		lc_publish_job(cp, rs->job_id);
 	}

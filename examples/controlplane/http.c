@@ -166,6 +166,33 @@ void http_send_answer(struct mg_connection *conn, struct http_answer *a)
 	*a = (struct http_answer){0};
 }
 
+void http_send_list(struct mg_connection *conn, const char *key, cJSON *arr)
+{
+	if (!arr) {
+		http_send_error(conn, 500, "database error");
+		return;
+	}
+	cJSON *ans = cJSON_CreateObject();
+	cJSON_AddItemToObject(ans, key, arr);
+	http_send_json(conn, 200, ans);
+	cJSON_Delete(ans);
+}
+
+void http_send_page(struct mg_connection *conn, const char *key, cJSON *arr, int64_t next)
+{
+	cJSON *ans = cJSON_CreateObject();
+	cJSON_AddItemToObject(ans, key, arr);
+	if (next > 0) {
+		char buf[24];
+		snprintf(buf, sizeof(buf), "%lld", (long long)next);
+		cJSON_AddStringToObject(ans, "nextCursor", buf);
+	} else {
+		cJSON_AddNullToObject(ans, "nextCursor");
+	}
+	http_send_json(conn, 200, ans);
+	cJSON_Delete(ans);
+}
+
 void http_send_unauthorized(struct mg_connection *conn)
 {
 	static const char body[] = "{\"error\":\"unauthorized\"}";
@@ -179,6 +206,11 @@ int http_read_agent_json(struct mg_connection *conn, const struct cp_agent *agen
 		http_send_error(conn, 403, "this token belongs to another agent");
 		return -1;
 	}
+	return http_read_body(conn, out);
+}
+
+int http_read_body(struct mg_connection *conn, cJSON **out)
+{
 	struct cp_err err;
 	if (http_read_json(conn, out, &err) < 0) {
 		http_send_error(conn, err.status, "%s", err.msg);
@@ -399,39 +431,24 @@ static void handle(struct cp *cp, struct mg_connection *conn);
 static long long audit_begin(struct cp *cp, const struct cp_who *who,
                              const struct mg_request_info *ri, int status)
 {
-	long long seq = 0;
-	pthread_mutex_lock(&cp->mu);
-	sqlite3_stmt *st = db_prepare(cp->db, "INSERT INTO audit_log (at, who, role, method, path, status, remote)"
-	                                      " VALUES (?, ?, ?, ?, ?, ?, ?)");
-	if (st) {
-		sqlite3_bind_int64(st, 1, jv_now_real_ms());
-		sqlite3_bind_text(st, 2, who->name, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 3, users_role_name(who->role), -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 4, ri->request_method, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 5, ri->local_uri ? ri->local_uri : "", -1, SQLITE_STATIC);
-		sqlite3_bind_int(st, 6, status);
-		sqlite3_bind_text(st, 7, ri->remote_addr, -1, SQLITE_STATIC);
-		if (db_step_done(cp->db, st) == 0)
-			seq = (long long)sqlite3_last_insert_rowid(cp->db);
-	}
-	sqlite3_finalize(st);
-	pthread_mutex_unlock(&cp->mu);
-	return seq;
+	struct store_audit a = {
+		.at = jv_now_real_ms(),
+		.who = who->name,
+		.role = users_role_name(who->role),
+		.method = ri->request_method,
+		.path = ri->local_uri ? ri->local_uri : "",
+		.status = status,
+		.remote = ri->remote_addr,
+	};
+	int64_t seq = 0;
+	return store_audit_append(cp->store, &a, &seq) == 0 ? (long long)seq : 0;
 }
 
 static void audit_finish(struct cp *cp, long long seq, int status)
 {
 	if (seq <= 0)
 		return;
-	pthread_mutex_lock(&cp->mu);
-	sqlite3_stmt *st = db_prepare(cp->db, "UPDATE audit_log SET status = ? WHERE seq = ?");
-	if (st) {
-		sqlite3_bind_int(st, 1, status);
-		sqlite3_bind_int64(st, 2, seq);
-		db_step_done(cp->db, st);
-	}
-	sqlite3_finalize(st);
-	pthread_mutex_unlock(&cp->mu);
+	store_audit_set_status(cp->store, seq, status);
 }
 
 void api_audit_list(struct cp *cp, struct mg_connection *conn)
@@ -449,48 +466,15 @@ void api_audit_list(struct cp *cp, struct mg_connection *conn)
 		http_send_error(conn, 400, "'cursor' must be a value of nextCursor");
 		return;
 	}
-	pthread_mutex_lock(&cp->mu);
-	sqlite3_stmt *st = db_prepare(cp->db, "SELECT seq, at, who, role, method, path, status, remote FROM audit_log"
-	                                      " WHERE (?1 = 0 OR seq < ?1) ORDER BY seq DESC LIMIT ?2");
-	cJSON *arr = cJSON_CreateArray();
-	int rc = SQLITE_ERROR;
-	long long last = 0, n = 0;
-	if (st) {
-		sqlite3_bind_int64(st, 1, cursor);
-		sqlite3_bind_int64(st, 2, limit);
-		while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-			cJSON *e = cJSON_CreateObject();
-			last = sqlite3_column_int64(st, 0);
-			n++;
-			cJSON_AddNumberToObject(e, "seq", (double)last);
-			cJSON_AddItemToObject(e, "at", store_time(sqlite3_column_int64(st, 1)));
-			cJSON_AddStringToObject(e, "who", (const char *)sqlite3_column_text(st, 2));
-			cJSON_AddStringToObject(e, "role", (const char *)sqlite3_column_text(st, 3));
-			cJSON_AddStringToObject(e, "method", (const char *)sqlite3_column_text(st, 4));
-			cJSON_AddStringToObject(e, "path", (const char *)sqlite3_column_text(st, 5));
-			cJSON_AddNumberToObject(e, "status", sqlite3_column_int(st, 6));
-			cJSON_AddItemToArray(arr, e);
-		}
-	}
-	sqlite3_finalize(st);
-	pthread_mutex_unlock(&cp->mu);
-	if (rc != SQLITE_DONE) {
-		cJSON_Delete(arr);
+	cJSON *arr = NULL;
+	int64_t last = 0;
+	if (store_audit_list(cp->store, cursor, (int)limit, &arr, &last) < 0) {
 		http_send_error(conn, 500, "database error");
 		return;
 	}
-	cJSON *ans = cJSON_CreateObject();
-	cJSON_AddItemToObject(ans, "entries", arr);
-	if (n == limit && last > 1) {
-		snprintf(buf, sizeof(buf), "%lld", last);
-		cJSON_AddStringToObject(ans, "nextCursor", buf);
-	} else {
-		cJSON_AddNullToObject(ans, "nextCursor");
-	}
-	http_send_json(conn, 200, ans);
-	cJSON_Delete(ans);
+	long long n = cJSON_GetArraySize(arr);
+	http_send_page(conn, "entries", arr, n == limit && last > 1 ? last : 0);
 }
-
 
 int http_handle(struct mg_connection *conn, void *cbdata)
 {

@@ -10,7 +10,8 @@
  * snapshot no longer lists, and those reported REMOVED, disappear from the
  * lists (their row stays, so seq numbers keep deduplicating). Every change
  * is pushed to WebSocket clients as {"type":"instance"}. History is capped
- * per instance. All database work runs with cp->mu held. */
+ * per instance. The rows live in the store (store.h); cp->mu guards the
+ * in-memory stats and is held around store calls. */
 #include "cp.h"
 
 #include <civetweb.h>
@@ -136,12 +137,9 @@ static void add_stats(struct cp *cp, cJSON *o, const char *agent, const char *in
 		cJSON_AddItemToArray(h, cJSON_Duplicate(s->hist[(s->head + i) % STATS_HISTORY], true));
 }
 
-#define INST_COLUMNS "agent_id, instance_id, state, last_seq, body, updated_at, state_seq"
-
-static cJSON *instance_from_row(struct cp *cp, sqlite3_stmt *st)
+static cJSON *instance_from_row(struct cp *cp, const struct store_instance_row *r)
 {
-	const char *body = (const char *)sqlite3_column_text(st, 4);
-	cJSON *o = body ? cJSON_Parse(body) : NULL;
+	cJSON *o = r->body ? cJSON_Parse(r->body) : NULL;
 	if (!cJSON_IsObject(o)) {
 		cJSON_Delete(o);
 		o = cJSON_CreateObject();
@@ -154,57 +152,65 @@ static cJSON *instance_from_row(struct cp *cp, sqlite3_stmt *st)
 	                                   "lastSeq", "stateSeq", "updatedAt"};
 	for (size_t i = 0; i < JV_ARRAY_LEN(drop); i++)
 		cJSON_DeleteItemFromObjectCaseSensitive(o, drop[i]);
-	cJSON_AddStringToObject(o, "agentId", (const char *)sqlite3_column_text(st, 0));
-	cJSON_AddStringToObject(o, "instanceId", (const char *)sqlite3_column_text(st, 1));
-	cJSON_AddStringToObject(o, "state", (const char *)sqlite3_column_text(st, 2));
-	cJSON_AddNumberToObject(o, "lastSeq", (double)sqlite3_column_int64(st, 3));
-	cJSON_AddNumberToObject(o, "stateSeq", (double)sqlite3_column_int64(st, 6));
-	cJSON_AddItemToObject(o, "updatedAt", store_time(sqlite3_column_int64(st, 5)));
-	add_stats(cp, o, (const char *)sqlite3_column_text(st, 0), (const char *)sqlite3_column_text(st, 1));
+	cJSON_AddStringToObject(o, "agentId", r->agent_id);
+	cJSON_AddStringToObject(o, "instanceId", r->instance_id);
+	cJSON_AddStringToObject(o, "state", r->state);
+	cJSON_AddNumberToObject(o, "lastSeq", (double)r->last_seq);
+	cJSON_AddNumberToObject(o, "stateSeq", (double)r->state_seq);
+	cJSON_AddItemToObject(o, "updatedAt", store_time(r->updated_at));
+	add_stats(cp, o, r->agent_id, r->instance_id);
 	return o;
+}
+
+struct inst_collect {
+	struct cp *cp;
+	cJSON *arr; /* list: every row goes here */
+	cJSON *one; /* get: the row */
+	bool removed;
+};
+
+static int collect_row(void *ud, const struct store_instance_row *r)
+{
+	struct inst_collect *c = ud;
+	cJSON *o = instance_from_row(c->cp, r);
+	if (o && c->arr) {
+		cJSON_AddItemToArray(c->arr, o);
+	} else {
+		cJSON_Delete(c->one);
+		c->one = o;
+		c->removed = r->removed;
+	}
+	return 0;
 }
 
 cJSON *inst_list_json(struct cp *cp, const char *agent_id, const char *state)
 {
-	sqlite3_stmt *st = db_prepare(cp->db, "SELECT " INST_COLUMNS " FROM instances WHERE removed = 0"
-	                                      " AND (?1 IS NULL OR agent_id = ?1) AND (?2 IS NULL OR state = ?2)"
-	                                      " ORDER BY agent_id, instance_id LIMIT 10000");
-	cJSON *arr = cJSON_CreateArray();
-	if (!st || !arr) {
-		sqlite3_finalize(st);
-		cJSON_Delete(arr);
+	struct inst_collect c = {.cp = cp, .arr = cJSON_CreateArray()};
+	if (c.arr && store_instances_list(cp->store, agent_id, state, collect_row, &c) < 0) {
+		cJSON_Delete(c.arr);
 		return NULL;
 	}
-	if (agent_id)
-		sqlite3_bind_text(st, 1, agent_id, -1, SQLITE_STATIC);
-	if (state)
-		sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC);
-	while (sqlite3_step(st) == SQLITE_ROW) {
-		cJSON *o = instance_from_row(cp, st);
-		if (o)
-			cJSON_AddItemToArray(arr, o);
-	}
-	sqlite3_finalize(st);
-	return arr;
+	return c.arr;
 }
 
 /* The instance as the lists show it (removed ones too); NULL when unknown. */
 static cJSON *instance_json(struct cp *cp, const char *agent_id, const char *instance_id, bool *removed)
 {
-	sqlite3_stmt *st = db_prepare(cp->db, "SELECT " INST_COLUMNS ", removed FROM instances"
-	                                      " WHERE agent_id = ? AND instance_id = ?");
-	if (!st)
+	struct inst_collect c = {.cp = cp};
+	if (store_instance_get(cp->store, agent_id, instance_id, collect_row, &c) < 0) {
+		cJSON_Delete(c.one);
 		return NULL;
-	sqlite3_bind_text(st, 1, agent_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, instance_id, -1, SQLITE_STATIC);
-	cJSON *o = NULL;
-	if (sqlite3_step(st) == SQLITE_ROW) {
-		o = instance_from_row(cp, st);
-		if (removed)
-			*removed = sqlite3_column_int(st, 7) != 0;
 	}
-	sqlite3_finalize(st);
-	return o;
+	if (removed)
+		*removed = c.removed;
+	return c.one;
+}
+
+static int exists_row(void *ud, const struct store_instance_row *r)
+{
+	(void)ud;
+	(void)r;
+	return 0;
 }
 
 static void publish(struct cp *cp, const char *agent_id, const char *instance_id, const cJSON *event)
@@ -229,146 +235,75 @@ static void publish(struct cp *cp, const char *agent_id, const char *instance_id
 	ws_publish(cp, msg);
 }
 
-struct inst_row {
-	bool exists;
-	int64_t last_seq, state_seq;
-};
-
-static int read_row(struct cp *cp, const char *agent_id, const char *instance_id, struct inst_row *r)
+/* The events as the store takes them; texts and copies owned by the caller. */
+static int to_inst_events(const char *agent_id, const char *instance_id, const cJSON *events, int n,
+                          struct store_inst_event *ev, char **texts, cJSON *copies)
 {
-	memset(r, 0, sizeof(*r));
-	sqlite3_stmt *st = db_prepare(cp->db, "SELECT last_seq, state_seq FROM instances"
-	                                      " WHERE agent_id = ? AND instance_id = ?");
-	if (!st)
-		return -EIO;
-	sqlite3_bind_text(st, 1, agent_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, instance_id, -1, SQLITE_STATIC);
-	int rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		r->exists = true;
-		r->last_seq = sqlite3_column_int64(st, 0);
-		r->state_seq = sqlite3_column_int64(st, 1);
-	}
-	sqlite3_finalize(st);
-	return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -EIO;
-}
-
-/* Insert or update the row; state/body NULL keeps them (a new row gets state UNKNOWN... never:
- * callers pass a state for new rows). */
-static int write_row(struct cp *cp, const char *agent_id, const char *instance_id, const struct inst_row *r,
-                     const char *state, const char *body, bool removed, int64_t now)
-{
-	sqlite3_stmt *st = db_prepare(cp->db,
-	                              "INSERT INTO instances (agent_id, instance_id, state, state_seq, last_seq, body,"
-	                              " removed, updated_at) VALUES (?1, ?2, coalesce(?3, 'STOPPED'), ?4, ?5,"
-	                              " coalesce(?6, '{}'), ?7, ?8)"
-	                              " ON CONFLICT (agent_id, instance_id) DO UPDATE SET"
-	                              " state = coalesce(?3, state), state_seq = ?4, last_seq = ?5,"
-	                              " body = coalesce(?6, body), removed = CASE WHEN ?3 IS NULL THEN removed ELSE ?7 END,"
-	                              " updated_at = ?8");
-	if (!st)
-		return -EIO;
-	sqlite3_bind_text(st, 1, agent_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, instance_id, -1, SQLITE_STATIC);
-	if (state)
-		sqlite3_bind_text(st, 3, state, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 4, r->state_seq);
-	sqlite3_bind_int64(st, 5, r->last_seq);
-	if (body)
-		sqlite3_bind_text(st, 6, body, -1, SQLITE_STATIC);
-	sqlite3_bind_int(st, 7, removed);
-	sqlite3_bind_int64(st, 8, now);
-	int rc = db_step_done(cp->db, st);
-	sqlite3_finalize(st);
-	return rc;
-}
-
-/* Keep the newest INST_HISTORY_KEEP events of an instance. */
-static int prune_history(struct cp *cp, const char *agent_id, const char *instance_id)
-{
-	sqlite3_stmt *prune = db_prepare(cp->db,
-	                                 "DELETE FROM instance_events WHERE agent_id = ?1 AND instance_id = ?2"
-	                                 " AND seq <= (SELECT seq FROM instance_events WHERE agent_id = ?1"
-	                                 " AND instance_id = ?2 ORDER BY seq DESC LIMIT 1 OFFSET ?3)");
-	if (!prune)
-		return -EIO;
-	sqlite3_bind_text(prune, 1, agent_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(prune, 2, instance_id, -1, SQLITE_STATIC);
-	sqlite3_bind_int(prune, 3, INST_HISTORY_KEEP);
-	int rc = db_step_done(cp->db, prune);
-	sqlite3_finalize(prune);
-	return rc;
-}
-
-/* Store the events not stored before (into fresh, as stored) and the
- * instance row they change, in one committed transaction (the caller rolls
- * back on failure). Under cp->mu. *known: the instance exists now. */
-static int inst_store_events(struct cp *cp, const char *agent_id, const char *instance_id,
-                             const cJSON *events, int n, int64_t now, cJSON *fresh,
-                             struct inst_row *row, bool *known)
-{
-	int rc = fresh ? read_row(cp, agent_id, instance_id, row) : -ENOMEM;
-	sqlite3_stmt *ins = rc == 0 ? db_prepare(cp->db, "INSERT OR IGNORE INTO instance_events"
-	                                                 " (agent_id, instance_id, seq, body, received_at)"
-	                                                 " VALUES (?, ?, ?, ?, ?)")
-	                            : NULL;
-	if (rc == 0 && !ins)
-		rc = -EIO;
-	if (rc == 0)
-		rc = db_begin(cp->db);
-	const char *new_state = NULL;
-	char *state_body = NULL;
-	bool removed = false;
-	for (int i = 0; rc == 0 && i < n; i++) {
-		cJSON *ev = cJSON_GetArrayItem(events, i);
-		int64_t seq = jv_json_int(ev, "seq", 0);
-		if (seq <= row->last_seq)
-			continue; /* stored before: the agent did not see our answer */
-		cJSON *copy = cJSON_Duplicate(ev, true);
-		if (!copy) {
-			rc = -ENOMEM;
-			break;
-		}
+	for (int i = 0; i < n; i++) {
+		const cJSON *e = cJSON_GetArrayItem(events, i);
+		cJSON *copy = cJSON_Duplicate(e, true);
+		if (!copy)
+			return -ENOMEM;
+		cJSON_AddItemToArray(copies, copy);
 		cJSON_DeleteItemFromObjectCaseSensitive(copy, "agentId");
 		cJSON_AddStringToObject(copy, "agentId", agent_id);
 		if (!cJSON_GetObjectItemCaseSensitive(copy, "instanceId"))
 			cJSON_AddStringToObject(copy, "instanceId", instance_id);
-		char *text = jv_json_print(copy);
-		if (!text) {
-			cJSON_Delete(copy);
-			rc = -ENOMEM;
-			break;
-		}
-		sqlite3_reset(ins);
-		sqlite3_bind_text(ins, 1, agent_id, -1, SQLITE_STATIC);
-		sqlite3_bind_text(ins, 2, instance_id, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(ins, 3, seq);
-		sqlite3_bind_text(ins, 4, text, -1, SQLITE_TRANSIENT);
-		sqlite3_bind_int64(ins, 5, now);
-		if (sqlite3_step(ins) != SQLITE_DONE)
-			rc = -EIO;
-		row->last_seq = seq;
-		if (rc == 0 && strcmp(jv_json_str(ev, "kind", ""), "state") == 0 && seq > row->state_seq) {
-			row->state_seq = seq;
-			new_state = jv_json_str(ev, "state", NULL);
-			removed = strcmp(new_state, "REMOVED") == 0;
-			free(state_body);
-			state_body = text;
-			text = NULL;
-		}
-		free(text);
-		cJSON_AddItemToArray(fresh, copy);
+		texts[i] = jv_json_print(copy);
+		if (!texts[i])
+			return -ENOMEM;
+		bool state = strcmp(jv_json_str(e, "kind", ""), "state") == 0;
+		ev[i] = (struct store_inst_event){
+			.seq = jv_json_int(e, "seq", 0),
+			.body = texts[i],
+			.state = state ? jv_json_str(e, "state", NULL) : NULL,
+		};
 	}
-	sqlite3_finalize(ins);
-	if (rc == 0 && (row->exists || new_state))
-		rc = write_row(cp, agent_id, instance_id, row, new_state, state_body, removed, now);
-	if (rc == 0 && cJSON_GetArraySize(fresh) > 0)
-		rc = prune_history(cp, agent_id, instance_id);
-	free(state_body);
-	*known = row->exists || new_state;
+	return 0;
+}
+
+/* Store the events not stored before, and the instance row they change. */
+static int inst_store_events(struct cp *cp, const char *agent_id, const char *instance_id, const cJSON *events,
+                             int n, cJSON *copies, struct store_inst_event *ev, int64_t *last_seq, bool *known)
+{
+	char **texts = calloc((size_t)n + 1, sizeof(*texts));
+	int rc = texts ? to_inst_events(agent_id, instance_id, events, n, ev, texts, copies) : -ENOMEM;
 	if (rc == 0)
-		rc = db_commit(cp->db);
+		rc = store_instance_events_append(cp->store, agent_id, instance_id, ev, (size_t)n, jv_now_real_ms(),
+		                                  INST_HISTORY_KEEP, last_seq, known);
+	for (int i = 0; texts && i < n; i++)
+		free(texts[i]);
+	free(texts);
 	return rc;
+}
+
+/* The agent's list in body[key]: an array of at most max entries, each
+ * checked by validate_event. 0 with *list and *n, or -1 after answering. */
+static int read_list(struct mg_connection *conn, const cJSON *body, const char *key, int max, const char *instance_id,
+                     const cJSON **list, int *n)
+{
+	*list = cJSON_GetObjectItemCaseSensitive(body, key);
+	*n = cJSON_IsArray(*list) ? cJSON_GetArraySize(*list) : -1;
+	if (*n < 0 || *n > max) {
+		http_send_error(conn, 400, "'%s' must be an array of at most %d %s", key, max, key);
+		return -1;
+	}
+	bool snapshot = instance_id == NULL;
+	for (int i = 0; i < *n; i++) {
+		const cJSON *e = cJSON_GetArrayItem(*list, i);
+		const char *why = validate_event(e, instance_id, snapshot);
+		if (!why && snapshot && strcmp(jv_json_str(e, "state", ""), "REMOVED") == 0)
+			why = "a snapshot lists present instances only";
+		for (int k = 0; !why && snapshot && k < i; k++)
+			if (strcmp(jv_json_str(cJSON_GetArrayItem(*list, k), "instanceId", ""),
+			           jv_json_str(e, "instanceId", "")) == 0)
+				why = "instance listed twice";
+		if (why) {
+			http_send_error(conn, 400, "%s[%d]: %s", key, i, why);
+			return -1;
+		}
+	}
+	return 0;
 }
 
 void api_inst_events(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id,
@@ -377,88 +312,69 @@ void api_inst_events(struct cp *cp, struct mg_connection *conn, struct cp_agent 
 	cJSON *body = NULL;
 	if (http_read_agent_json(conn, agent, agent_id, &body) < 0)
 		return;
-	const cJSON *events = cJSON_GetObjectItemCaseSensitive(body, "events");
-	int n = cJSON_IsArray(events) ? cJSON_GetArraySize(events) : -1;
-	if (n < 0 || n > INST_EVENTS_PER_POST) {
-		http_send_error(conn, 400, "'events' must be an array of at most %d events", INST_EVENTS_PER_POST);
+	const cJSON *events;
+	int n;
+	if (read_list(conn, body, "events", INST_EVENTS_PER_POST, instance_id, &events, &n) < 0) {
 		cJSON_Delete(body);
 		return;
 	}
-	for (int i = 0; i < n; i++) {
-		const char *why = validate_event(cJSON_GetArrayItem(events, i), instance_id, false);
-		if (why) {
-			http_send_error(conn, 400, "events[%d]: %s", i, why);
-			cJSON_Delete(body);
-			return;
-		}
-	}
-	int64_t now = jv_now_real_ms();
-	cJSON *fresh = cJSON_CreateArray();
+	cJSON *copies = cJSON_CreateArray();
+	struct store_inst_event *ev = calloc((size_t)n + 1, sizeof(*ev));
 	struct http_answer ans = {0};
-	struct inst_row row;
+	int64_t last_seq = 0;
 	bool known = false;
 	pthread_mutex_lock(&cp->mu);
-	int rc = inst_store_events(cp, agent_id, instance_id, events, n, now, fresh, &row, &known);
+	int rc = copies && ev ? inst_store_events(cp, agent_id, instance_id, events, n, copies, ev, &last_seq, &known)
+	                      : -ENOMEM;
 	if (rc < 0) {
-		db_rollback(cp->db);
 		http_answer_error(&ans, 500, "database error");
 	} else {
-		atomic_fetch_add(&cp->metrics.instance_events_stored, (uint64_t)cJSON_GetArraySize(fresh));
-		const cJSON *ev;
-		cJSON_ArrayForEach(ev, fresh)
-		{
-			if (strcmp(jv_json_str(ev, "kind", ""), "state") == 0)
-				jv_info(NULL, NULL, "instance %s/%s: %s (seq %lld)", agent_id, instance_id,
-				        jv_json_str(ev, "state", "?"), (long long)jv_json_int(ev, "seq", 0));
+		for (int i = 0; i < n; i++) {
+			if (!ev[i].inserted)
+				continue;
+			const cJSON *e = cJSON_GetArrayItem(copies, i);
+			atomic_fetch_add(&cp->metrics.instance_events_stored, 1);
+			if (ev[i].state)
+				jv_info(NULL, NULL, "instance %s/%s: %s (seq %lld)", agent_id, instance_id, ev[i].state,
+				        (long long)ev[i].seq);
 			if (known)
-				publish(cp, agent_id, instance_id, ev);
+				publish(cp, agent_id, instance_id, e);
 		}
 		cJSON *o = cJSON_CreateObject();
-		cJSON_AddNumberToObject(o, "ackSeq", (double)row.last_seq);
+		cJSON_AddNumberToObject(o, "ackSeq", (double)last_seq);
 		http_answer_json(&ans, 200, o);
 	}
 	pthread_mutex_unlock(&cp->mu);
 	http_send_answer(conn, &ans);
-	cJSON_Delete(fresh);
+	free(ev);
+	cJSON_Delete(copies);
 	cJSON_Delete(body);
 }
 
-/* Mark removed the instances of the agent its snapshot list does not name
- * (adding them to changed). Under cp->mu, inside the caller's transaction. */
-static int remove_unlisted(struct cp *cp, const char *agent_id, const cJSON *list, int n,
-                           char (*changed)[JV_IDENT_MAX + 1], size_t *nchanged, int64_t now)
+/* The snapshot's entries as the store takes them; texts owned by the caller. */
+static int to_snaps(const char *agent_id, const cJSON *list, int n, struct store_inst_snap *items, char **texts)
 {
-	int rc = 0;
-	sqlite3_stmt *gone = db_prepare(cp->db, "SELECT instance_id FROM instances"
-	                                " WHERE agent_id = ? AND removed = 0");
-	if (gone)
-		sqlite3_bind_text(gone, 1, agent_id, -1, SQLITE_STATIC);
-	while (gone && sqlite3_step(gone) == SQLITE_ROW && *nchanged < (size_t)n + INST_SNAPSHOT_MAX) {
-		const char *iid = (const char *)sqlite3_column_text(gone, 0);
-		bool listed = false;
-		for (int i = 0; i < n && !listed; i++)
-			listed = strcmp(jv_json_str(cJSON_GetArrayItem(list, i), "instanceId", ""), iid) == 0;
-		if (!listed)
-			snprintf(changed[(*nchanged)++], JV_IDENT_MAX + 1, "%s", iid);
+	for (int i = 0; i < n; i++) {
+		cJSON *e = cJSON_Duplicate(cJSON_GetArrayItem(list, i), true);
+		if (!e)
+			return -ENOMEM;
+		cJSON_DeleteItemFromObjectCaseSensitive(e, "agentId");
+		cJSON_AddStringToObject(e, "agentId", agent_id);
+		cJSON_DeleteItemFromObjectCaseSensitive(e, "kind");
+		cJSON_AddStringToObject(e, "kind", "state");
+		texts[i] = jv_json_print(e);
+		cJSON_Delete(e);
+		if (!texts[i])
+			return -ENOMEM;
+		const cJSON *src = cJSON_GetArrayItem(list, i);
+		items[i] = (struct store_inst_snap){
+			.instance_id = jv_json_str(src, "instanceId", ""),
+			.seq = jv_json_int(src, "seq", 0),
+			.state = jv_json_str(src, "state", "STOPPED"),
+			.body = texts[i],
+		};
 	}
-	sqlite3_finalize(gone);
-	sqlite3_stmt *rm = db_prepare(cp->db, "UPDATE instances SET removed = 1, updated_at = ?"
-	                              " WHERE agent_id = ? AND instance_id = ? AND removed = 0");
-	for (size_t i = 0; rm && i < *nchanged; i++) {
-		bool listed = false;
-		for (int k = 0; k < n && !listed; k++)
-			listed = strcmp(jv_json_str(cJSON_GetArrayItem(list, k), "instanceId", ""), changed[i]) == 0;
-		if (listed)
-			continue;
-		sqlite3_reset(rm);
-		sqlite3_bind_int64(rm, 1, now);
-		sqlite3_bind_text(rm, 2, agent_id, -1, SQLITE_STATIC);
-		sqlite3_bind_text(rm, 3, changed[i], -1, SQLITE_STATIC);
-		if (sqlite3_step(rm) != SQLITE_DONE)
-			rc = -EIO;
-	}
-	sqlite3_finalize(rm);
-	return gone && rm ? rc : -EIO;
+	return 0;
 }
 
 void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id)
@@ -466,68 +382,31 @@ void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agen
 	cJSON *body = NULL;
 	if (http_read_agent_json(conn, agent, agent_id, &body) < 0)
 		return;
-	const cJSON *list = cJSON_GetObjectItemCaseSensitive(body, "instances");
-	int n = cJSON_IsArray(list) ? cJSON_GetArraySize(list) : -1;
-	if (n < 0 || n > INST_SNAPSHOT_MAX) {
-		http_send_error(conn, 400, "'instances' must be an array of at most %d instances", INST_SNAPSHOT_MAX);
+	const cJSON *list;
+	int n;
+	if (read_list(conn, body, "instances", INST_SNAPSHOT_MAX, NULL, &list, &n) < 0) {
 		cJSON_Delete(body);
 		return;
 	}
-	for (int i = 0; i < n; i++) {
-		const cJSON *e = cJSON_GetArrayItem(list, i);
-		const char *why = validate_event(e, NULL, true);
-		if (!why && strcmp(jv_json_str(e, "state", ""), "REMOVED") == 0)
-			why = "a snapshot lists present instances only";
-		for (int k = 0; !why && k < i; k++)
-			if (strcmp(jv_json_str(cJSON_GetArrayItem(list, k), "instanceId", ""), jv_json_str(e, "instanceId", "")) == 0)
-				why = "instance listed twice";
-		if (why) {
-			http_send_error(conn, 400, "instances[%d]: %s", i, why);
-			cJSON_Delete(body);
-			return;
-		}
-	}
-	int64_t now = jv_now_real_ms();
-	char (*changed)[JV_IDENT_MAX + 1] = calloc((size_t)n + INST_SNAPSHOT_MAX + 1, sizeof(*changed));
-	size_t nchanged = 0;
-	pthread_mutex_lock(&cp->mu);
-	int rc = changed ? db_begin(cp->db) : -ENOMEM;
-	for (int i = 0; rc == 0 && i < n; i++) {
-		cJSON *e = cJSON_Duplicate(cJSON_GetArrayItem(list, i), true);
-		if (!e) {
-			rc = -ENOMEM;
-			break;
-		}
-		const char *iid = jv_json_str(e, "instanceId", "");
-		int64_t seq = jv_json_int(e, "seq", 0);
-		struct inst_row row;
-		rc = read_row(cp, agent_id, iid, &row);
-		if (rc == 0 && (!row.exists || seq >= row.state_seq)) {
-			cJSON_DeleteItemFromObjectCaseSensitive(e, "agentId");
-			cJSON_AddStringToObject(e, "agentId", agent_id);
-			cJSON_DeleteItemFromObjectCaseSensitive(e, "kind");
-			cJSON_AddStringToObject(e, "kind", "state");
-			char *text = jv_json_print(e);
-			row.state_seq = seq;
-			rc = text ? write_row(cp, agent_id, iid, &row, jv_json_str(e, "state", "STOPPED"), text, false, now)
-			          : -ENOMEM;
-			free(text);
-			snprintf(changed[nchanged++], JV_IDENT_MAX + 1, "%s", iid);
-		}
-		cJSON_Delete(e);
-	}
-	if (rc == 0)
-		rc = remove_unlisted(cp, agent_id, list, n, changed, &nchanged, now);
-	if (rc == 0)
-		rc = db_commit(cp->db);
+	struct store_inst_snap *items = calloc((size_t)n + 1, sizeof(*items));
+	char **texts = calloc((size_t)n + 1, sizeof(*texts));
+	char(*removed)[JV_IDENT_MAX + 1] = NULL;
+	size_t nremoved = 0;
 	struct http_answer ans = {0};
+	pthread_mutex_lock(&cp->mu);
+	int rc = items && texts ? to_snaps(agent_id, list, n, items, texts) : -ENOMEM;
+	if (rc == 0)
+		rc = store_instances_snapshot(cp->store, agent_id, items, (size_t)n, jv_now_real_ms(), &removed,
+		                              &nremoved);
 	if (rc < 0) {
-		db_rollback(cp->db);
 		http_answer_error(&ans, 500, "database error");
 	} else {
 		agent->instances_synced = true;
-		for (size_t i = 0; i < nchanged; i++)
-			publish(cp, agent_id, changed[i], NULL);
+		for (int i = 0; i < n; i++)
+			if (items[i].changed)
+				publish(cp, agent_id, items[i].instance_id, NULL);
+		for (size_t i = 0; i < nremoved; i++)
+			publish(cp, agent_id, removed[i], NULL);
 		jv_info(NULL, NULL, "agent '%s' reported %d instances", agent_id, n);
 		cJSON *o = cJSON_CreateObject();
 		cJSON_AddNumberToObject(o, "instances", n);
@@ -535,7 +414,11 @@ void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agen
 	}
 	pthread_mutex_unlock(&cp->mu);
 	http_send_answer(conn, &ans);
-	free(changed);
+	for (int i = 0; texts && i < n; i++)
+		free(texts[i]);
+	free(texts);
+	free(items);
+	free(removed);
 	cJSON_Delete(body);
 }
 
@@ -562,14 +445,7 @@ void api_inst_list(struct cp *cp, struct mg_connection *conn)
 	pthread_mutex_lock(&cp->mu);
 	cJSON *arr = inst_list_json(cp, agent_id, st);
 	pthread_mutex_unlock(&cp->mu);
-	if (!arr) {
-		http_send_error(conn, 500, "database error");
-		return;
-	}
-	cJSON *ans = cJSON_CreateObject();
-	cJSON_AddItemToObject(ans, "instances", arr);
-	http_send_json(conn, 200, ans);
-	cJSON_Delete(ans);
+	http_send_list(conn, "instances", arr);
 }
 
 void api_inst_get(struct cp *cp, struct mg_connection *conn, const char *agent_id, const char *instance_id)
@@ -578,21 +454,10 @@ void api_inst_get(struct cp *cp, struct mg_connection *conn, const char *agent_i
 	pthread_mutex_lock(&cp->mu);
 	cJSON *o = instance_json(cp, agent_id, instance_id, &removed);
 	if (o && !removed) {
-		cJSON *hist = cJSON_AddArrayToObject(o, "history");
-		sqlite3_stmt *st = db_prepare(cp->db, "SELECT body FROM (SELECT seq, body FROM instance_events"
-		                                      " WHERE agent_id = ? AND instance_id = ? ORDER BY seq DESC LIMIT ?)"
-		                                      " ORDER BY seq");
-		if (st && hist) {
-			sqlite3_bind_text(st, 1, agent_id, -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, 2, instance_id, -1, SQLITE_STATIC);
-			sqlite3_bind_int(st, 3, INST_HISTORY_SHOWN);
-			while (sqlite3_step(st) == SQLITE_ROW) {
-				cJSON *ev = cJSON_Parse((const char *)sqlite3_column_text(st, 0));
-				if (ev)
-					cJSON_AddItemToArray(hist, ev);
-			}
-		}
-		sqlite3_finalize(st);
+		cJSON *hist = NULL;
+		if (store_instance_history(cp->store, agent_id, instance_id, INST_HISTORY_SHOWN, &hist) < 0)
+			hist = cJSON_CreateArray();
+		cJSON_AddItemToObject(o, "history", hist);
 	}
 	pthread_mutex_unlock(&cp->mu);
 	if (!o || removed)
@@ -643,8 +508,7 @@ void api_inst_stats(struct cp *cp, struct mg_connection *conn, struct cp_agent *
 	cJSON_ArrayForEach(e, list)
 	{
 		const char *iid = jv_json_str(e, "instanceId", "");
-		struct inst_row row;
-		if (read_row(cp, agent_id, iid, &row) < 0 || !row.exists)
+		if (store_instance_get(cp->store, agent_id, iid, exists_row, NULL) < 0)
 			continue; /* stats never create an instance */
 		struct inst_stats *s = stats_find(cp, agent_id, iid, true);
 		if (!s)

@@ -104,16 +104,9 @@ static const char *validate_type(const cJSON *t, int i, char *buf, size_t len)
 
 void api_jobtypes_report(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id)
 {
-	if (strcmp(agent->id, agent_id) != 0) {
-		http_send_error(conn, 403, "this token belongs to another agent");
-		return;
-	}
 	cJSON *body = NULL;
-	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_agent_json(conn, agent, agent_id, &body) < 0)
 		return;
-	}
 	static const char *const keys[] = {"jobTypes", "problems", NULL};
 	const char *bad = NULL;
 	char why[300];
@@ -160,19 +153,8 @@ void api_jobtypes_report(struct cp *cp, struct mg_connection *conn, struct cp_ag
 	char *text = cJSON_PrintUnformatted(stored);
 	cJSON_Delete(stored);
 	int rc = -ENOMEM;
-	pthread_mutex_lock(&cp->mu);
-	sqlite3_stmt *st = text ? db_prepare(cp->db, "INSERT INTO agent_job_types (agent_id, body, reported_at)"
-	                                             " VALUES (?, ?, ?) ON CONFLICT (agent_id)"
-	                                             " DO UPDATE SET body = excluded.body, reported_at = excluded.reported_at")
-	                        : NULL;
-	if (st) {
-		sqlite3_bind_text(st, 1, agent->id, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, text, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 3, jv_now_real_ms());
-		rc = db_step_done(cp->db, st);
-		sqlite3_finalize(st);
-	}
-	pthread_mutex_unlock(&cp->mu);
+	if (text)
+		rc = store_jobtypes_put(cp->store, agent->id, text, jv_now_real_ms());
 	free(text);
 	if (rc < 0) {
 		http_send_error(conn, 500, "database error");
@@ -186,25 +168,10 @@ out:
 	cJSON_Delete(body);
 }
 
-/* The stored report of an agent (mu held): -ENOENT when it never reported. */
+/* The stored report of an agent: -ENOENT when it never reported. */
 static int load(struct cp *cp, const char *agent_id, cJSON **report, int64_t *at)
 {
-	sqlite3_stmt *st = db_prepare(cp->db, "SELECT body, reported_at FROM agent_job_types WHERE agent_id = ?");
-	if (!st)
-		return -EIO;
-	sqlite3_bind_text(st, 1, agent_id, -1, SQLITE_STATIC);
-	int rc = sqlite3_step(st);
-	int ret = -ENOENT;
-	if (rc == SQLITE_ROW) {
-		*report = cJSON_Parse((const char *)sqlite3_column_text(st, 0));
-		if (at)
-			*at = sqlite3_column_int64(st, 1);
-		ret = *report ? 0 : -EIO;
-	} else if (rc != SQLITE_DONE) {
-		ret = -EIO;
-	}
-	sqlite3_finalize(st);
-	return ret;
+	return store_jobtypes_get(cp->store, agent_id, report, at);
 }
 
 void api_jobtypes_get(struct cp *cp, struct mg_connection *conn, const char *agent_id)

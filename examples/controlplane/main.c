@@ -12,6 +12,7 @@
  * done in a handler. Exit status: 0 after a signal, 1 runtime failure, 2 usage
  * or configuration error. */
 #include "cp.h"
+#include "replicas.h"
 
 #include <civetweb.h>
 #include <errno.h>
@@ -37,7 +38,8 @@ static void usage(FILE *f)
 	      "                   [--log-level L] [--log-format logfmt|json]\n"
 	      "\n"
 	      "  --listen ADDR:PORT      IPv4 address and port; port 0 picks a free port, printed on stdout\n"
-	      "  --db FILE               SQLite database (created and migrated as needed)\n"
+	      "  --db FILE|URL           SQLite database file, or postgresql://user@host/dbname\n"
+	      "                          (created/migrated as needed)\n"
 	      "  --admin-token-file F    one token for UI and panel calls (mode 0600)\n"
 	      "  --agents-file F         'agentId token' per line, '#' comments (mode 0600)\n"
 	      "  --tokens-file F         named UI tokens: 'NAME admin|operator|viewer sha256:HEX' per line\n"
@@ -303,6 +305,21 @@ static int load_credentials(struct cp *cp)
 	return 0;
 }
 
+/* The WebSocket broadcaster and, on PostgreSQL, the listener for other replicas. */
+static int start_hub(struct cp *cp)
+{
+	char err[512];
+	if (ws_hub_start(cp, &cp->hub) < 0) {
+		jv_error(NULL, NULL, "cannot start the WebSocket broadcaster");
+		return -1;
+	}
+	if (replicas_start(cp, err, sizeof(err)) < 0) {
+		jv_error(NULL, NULL, "%s", err);
+		return -1;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct cp cp;
@@ -318,7 +335,6 @@ int main(int argc, char **argv)
 	int status = 2;
 	struct mg_context *ctx = NULL;
 	struct front *front = NULL;
-	sqlite3 *ck = NULL;
 	char err[512];
 	pthread_mutex_init(&cp.mu, NULL);
 	pthread_rwlock_init(&cp.users_lock, NULL);
@@ -333,23 +349,20 @@ int main(int argc, char **argv)
 	sigset_t sigs;
 	block_signals(&sigs);
 
-	if (db_open(cp.cfg.db_path, cp.cfg.sync_full, &cp.db, err, sizeof(err)) < 0) {
+	struct store_options so = {.sync_full = cp.cfg.sync_full};
+	if (store_open(cp.cfg.db_path, &so, &cp.store, err, sizeof(err)) < 0) {
 		jv_error(NULL, NULL, "%s", err);
 		goto out;
 	}
 	status = 1;
-	if (db_open_checkpointer(cp.cfg.db_path, &ck) < 0)
-		goto out;
 	if (console_start(&cp) < 0) {
 		jv_error(NULL, NULL, "out of memory");
 		goto out;
 	}
-	if (ws_hub_start(&cp, &cp.hub) < 0) {
-		jv_error(NULL, NULL, "cannot start the WebSocket broadcaster");
+	if (start_hub(&cp) < 0)
 		goto out;
-	}
 	if (dispatch_recover(&cp) < 0) {
-		jv_error(NULL, NULL, "cannot recover the state in '%s'", cp.cfg.db_path);
+		jv_error(NULL, NULL, "cannot recover the state in the %s database", store_backend_name(cp.store));
 		goto out;
 	}
 	mg_init_library(0);
@@ -377,22 +390,22 @@ int main(int argc, char **argv)
 		schedules_tick(&cp);
 		retention_tick(&cp);
 		console_sweep(&cp);
-		db_checkpoint(ck, false);
+		store_maintain(cp.store, false);
 	}
 	status = 0;
 out:
 	shutdown_drain(&cp);
 	front_stop(front);
+	replicas_stop(&cp);
 	ws_hub_stop(cp.hub);
 	if (ctx)
 		mg_stop(ctx);
 	ws_hub_free(cp.hub);
 	console_free(&cp);
 	inst_stats_free(&cp);
-	if (ck && status == 0)
-		db_checkpoint(ck, true);
-	db_close(ck);
-	db_close(cp.db);
+	if (cp.store && status == 0)
+		store_maintain(cp.store, true);
+	store_close(cp.store);
 	if (cp.admin_token)
 		explicit_bzero(cp.admin_token, cp.admin_token_len);
 	free(cp.admin_token);

@@ -65,13 +65,8 @@ int metrics_handle_health(struct mg_connection *conn, void *cbdata)
 		http_send_error(conn, 404, "not found");
 		return 1;
 	}
-	pthread_mutex_lock(&cp->mu);
-	sqlite3_stmt *st = db_prepare(cp->db, "SELECT count(*) FROM agents");
-	bool ready = st && sqlite3_step(st) == SQLITE_ROW;
-	char why[200];
-	snprintf(why, sizeof(why), "%s", ready ? "" : sqlite3_errmsg(cp->db));
-	sqlite3_finalize(st);
-	pthread_mutex_unlock(&cp->mu);
+	char why[200] = "";
+	bool ready = store_ping(cp->store, why, sizeof(why)) == 0;
 	if (ready && !atomic_load(&cp->stopping)) {
 		static const char ok[] = "{\"status\":\"ready\"}";
 		send_text(conn, 200, "application/json", ok, sizeof(ok) - 1);
@@ -109,20 +104,29 @@ static void hist(struct jv_buf *b, const char *name, const char *help, struct cp
 	jv_buf_printf(b, "%s_sum %.6f\n%s_count %llu\n", name, (double)atomic_load(&h->sum_us) / 1e6, name, count);
 }
 
-static void db_lines(struct cp *cp, struct jv_buf *b, const char *sql, const char *metric, const char *l1,
-                     const char *l2)
+static void job_line(void *ud, const char *type, const char *status, int64_t n)
 {
-	sqlite3_stmt *st = db_prepare(cp->db, sql);
-	while (st && sqlite3_step(st) == SQLITE_ROW) {
-		jv_buf_printf(b, "%s{%s=\"", metric, l1);
-		label(b, (const char *)sqlite3_column_text(st, 0));
-		if (l2) {
-			jv_buf_printf(b, "\",%s=\"", l2);
-			label(b, (const char *)sqlite3_column_text(st, 1));
-		}
-		jv_buf_printf(b, "\"} %lld\n", (long long)sqlite3_column_int64(st, l2 ? 2 : 1));
-	}
-	sqlite3_finalize(st);
+	struct jv_buf *b = ud;
+	jv_buf_printf(b, "jobvisor_jobs{type=\"");
+	label(b, type);
+	jv_buf_printf(b, "\",state=\"");
+	label(b, status);
+	jv_buf_printf(b, "\"} %lld\n", (long long)n);
+}
+
+static void run_lines(struct cp *cp, struct jv_buf *b)
+{
+	int64_t started = 0, fin[3] = {0};
+	bool ok = store_metrics_runs(cp->store, &started, &fin[0], &fin[1], &fin[2]) == 0;
+	jv_buf_printf(b, "# HELP jobvisor_runs_started_total Job runs an agent was given.\n"
+	                 "# TYPE jobvisor_runs_started_total counter\n");
+	if (ok)
+		jv_buf_printf(b, "jobvisor_runs_started_total %lld\n", (long long)started);
+	jv_buf_printf(b, "# HELP jobvisor_runs_finished_total Job runs that ended, by final state.\n"
+	                 "# TYPE jobvisor_runs_finished_total counter\n");
+	static const char *const states[] = {"COMPLETED", "FAILED", "CANCELLED"};
+	for (int i = 0; ok && i < 3; i++)
+		jv_buf_printf(b, "jobvisor_runs_finished_total{state=\"%s\"} %lld\n", states[i], (long long)fin[i]);
 }
 
 int metrics_handle(struct mg_connection *conn, void *cbdata)
@@ -150,20 +154,8 @@ int metrics_handle(struct mg_connection *conn, void *cbdata)
 	jv_buf_init(&b, 64u * 1024 * 1024);
 	pthread_mutex_lock(&cp->mu);
 	jv_buf_printf(&b, "# HELP jobvisor_jobs Jobs by type and state.\n# TYPE jobvisor_jobs gauge\n");
-	db_lines(cp, &b, "SELECT type, status, count(*) FROM jobs GROUP BY type, status ORDER BY 1, 2",
-	         "jobvisor_jobs", "type", "state");
-	jv_buf_printf(&b, "# HELP jobvisor_runs_started_total Job runs an agent was given.\n"
-	                  "# TYPE jobvisor_runs_started_total counter\n");
-	sqlite3_stmt *st = db_prepare(cp->db, "SELECT count(*) FROM job_runs WHERE started_at > 0");
-	if (st && sqlite3_step(st) == SQLITE_ROW)
-		jv_buf_printf(&b, "jobvisor_runs_started_total %lld\n", (long long)sqlite3_column_int64(st, 0));
-	sqlite3_finalize(st);
-	jv_buf_printf(&b, "# HELP jobvisor_runs_finished_total Job runs that ended, by final state.\n"
-	                  "# TYPE jobvisor_runs_finished_total counter\n");
-	db_lines(cp, &b,
-	         "SELECT s.status, (SELECT count(*) FROM job_runs r WHERE r.status = s.status) FROM"
-	         " (SELECT 'COMPLETED' AS status UNION ALL SELECT 'FAILED' UNION ALL SELECT 'CANCELLED') s",
-	         "jobvisor_runs_finished_total", "state", NULL);
+	store_metrics_jobs(cp->store, job_line, &b);
+	run_lines(cp, &b);
 	jv_buf_printf(&b, "# HELP jobvisor_events_stored_total Run events stored since the start (duplicates not counted).\n"
 	                  "# TYPE jobvisor_events_stored_total counter\njobvisor_events_stored_total %llu\n",
 	              (unsigned long long)atomic_load(&cp->metrics.events_stored));

@@ -28,52 +28,6 @@ static int64_t mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* One expired job (mu held): 1 found, 0 none, <0 error. */
-static int pick_job(struct cp *cp, int64_t cutoff, char job_id[CP_ID_MAX])
-{
-	sqlite3_stmt *st = db_prepare(cp->db,
-	                              "SELECT j.job_id FROM jobs j"
-	                              " WHERE j.status IN ('COMPLETED', 'FAILED', 'CANCELLED') AND j.updated_at < ?1"
-	                              "   AND (SELECT count(*) FROM jobs k WHERE k.agent_id = j.agent_id"
-	                              "        AND k.instance_id = j.instance_id AND k.seq > j.seq) >= ?2"
-	                              " ORDER BY j.seq LIMIT 1");
-	if (!st)
-		return -1;
-	sqlite3_bind_int64(st, 1, cutoff);
-	sqlite3_bind_int(st, 2, cp->cfg.retention_keep);
-	int rc = sqlite3_step(st);
-	int ret = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
-	if (ret == 1)
-		snprintf(job_id, CP_ID_MAX, "%s", (const char *)sqlite3_column_text(st, 0));
-	sqlite3_finalize(st);
-	return ret;
-}
-
-/* Delete up to BATCH events of the job's runs (mu held); rows deleted, or -1. */
-static int delete_events(struct cp *cp, const char *job_id)
-{
-	sqlite3_stmt *st = db_prepare(cp->db,
-	                              "DELETE FROM events WHERE (run_id, seq) IN (SELECT e.run_id, e.seq FROM events e"
-	                              " JOIN job_runs r ON r.run_id = e.run_id WHERE r.job_id = ? LIMIT " "500" ")");
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, job_id, -1, SQLITE_STATIC);
-	int rc = db_step_done(cp->db, st);
-	sqlite3_finalize(st);
-	return rc < 0 ? -1 : sqlite3_changes(cp->db);
-}
-
-static int delete_job(struct cp *cp, const char *job_id)
-{
-	sqlite3_stmt *st = db_prepare(cp->db, "DELETE FROM jobs WHERE job_id = ?"); /* runs cascade (few rows) */
-	if (!st)
-		return -1;
-	sqlite3_bind_text(st, 1, job_id, -1, SQLITE_STATIC);
-	int rc = db_step_done(cp->db, st);
-	sqlite3_finalize(st);
-	return rc;
-}
-
 void retention_tick(struct cp *cp)
 {
 	static int64_t next_check;
@@ -89,7 +43,7 @@ void retention_tick(struct cp *cp)
 		pthread_mutex_lock(&cp->mu);
 		int rc;
 		if (!current[0]) {
-			rc = pick_job(cp, cutoff, current);
+			rc = store_retention_pick(cp->store, cutoff, cp->cfg.retention_keep, current);
 			if (rc <= 0) {
 				pthread_mutex_unlock(&cp->mu);
 				current[0] = '\0';
@@ -102,9 +56,9 @@ void retention_tick(struct cp *cp)
 				return;
 			}
 		}
-		rc = delete_events(cp, current);
+		rc = store_retention_events(cp->store, current, BATCH);
 		if (rc == 0) {
-			rc = delete_job(cp, current);
+			rc = store_job_delete(cp->store, current);
 			if (rc == 0)
 				jobs_total++;
 			current[0] = '\0';

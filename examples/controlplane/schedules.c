@@ -11,9 +11,10 @@
  * anyway (jobs of one instance run one at a time in creation order).
  *
  * Exactly once with several replicas on one database: the job is inserted
- * in the same transaction as `UPDATE schedules SET next_fire = new WHERE
- * schedule_id = ? AND next_fire = old`; a replica whose update changes no
- * row (another one moved next_fire first) rolls back and creates nothing.
+ * in the same transaction as the claim (store_job_create with a
+ * store_sched_claim: next_fire moves on only from the value read); a replica
+ * whose claim changes nothing (another one moved next_fire first) creates
+ * nothing.
  * The job id is derived from the schedule and the firing time as well, so
  * even a replica working from a stale read cannot insert a second one. */
 #include "cp.h"
@@ -34,55 +35,13 @@
 #define DUE_PER_TICK 32 /* as the LIMIT of the due query */
 #define CATCH_UP_STEPS 100000 /* firings walked over to find the latest missed one */
 
-#define SCHED_COLUMNS                                                                              \
-	"s.schedule_id, s.cron, s.timezone, s.job, s.enabled, s.overlap, s.next_fire, s.last_fire," \
-	" s.last_job_id, s.last_outcome, s.created_at, s.updated_at, j.status"
-#define SCHED_FROM " FROM schedules s LEFT JOIN jobs j ON j.job_id = s.last_job_id"
-
-static cJSON *col_str_or_null(sqlite3_stmt *st, int i)
-{
-	const unsigned char *t = sqlite3_column_text(st, i);
-	return t ? cJSON_CreateString((const char *)t) : cJSON_CreateNull();
-}
-
-static cJSON *sched_from_row(sqlite3_stmt *st)
-{
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddItemToObject(o, "scheduleId", col_str_or_null(st, 0));
-	cJSON_AddItemToObject(o, "cron", col_str_or_null(st, 1));
-	cJSON_AddItemToObject(o, "timezone", col_str_or_null(st, 2));
-	cJSON *job = cJSON_Parse((const char *)sqlite3_column_text(st, 3));
-	cJSON_AddItemToObject(o, "job", job ? job : cJSON_CreateObject());
-	cJSON_AddBoolToObject(o, "enabled", sqlite3_column_int(st, 4) != 0);
-	cJSON_AddItemToObject(o, "overlap", col_str_or_null(st, 5));
-	cJSON_AddItemToObject(o, "nextFireAt", store_time(sqlite3_column_int64(st, 6)));
-	cJSON_AddItemToObject(o, "lastFireAt", store_time(sqlite3_column_int64(st, 7)));
-	cJSON_AddItemToObject(o, "lastJobId", col_str_or_null(st, 8));
-	cJSON_AddItemToObject(o, "lastJobStatus", col_str_or_null(st, 12));
-	cJSON_AddItemToObject(o, "lastOutcome", col_str_or_null(st, 9));
-	cJSON_AddItemToObject(o, "createdAt", store_time(sqlite3_column_int64(st, 10)));
-	cJSON_AddItemToObject(o, "updatedAt", store_time(sqlite3_column_int64(st, 11)));
-	return o;
-}
-
-/* mu held. NULL when unknown or on error (*dberr set). */
+/* NULL when unknown or on error (*dberr set). */
 static cJSON *sched_json(struct cp *cp, const char *id, bool *dberr)
 {
-	*dberr = false;
-	sqlite3_stmt *st = db_prepare(cp->db, "SELECT " SCHED_COLUMNS SCHED_FROM " WHERE s.schedule_id = ?");
-	if (!st) {
-		*dberr = true;
-		return NULL;
-	}
-	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	cJSON *o = NULL;
-	int rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		o = sched_from_row(st);
-	else if (rc != SQLITE_DONE)
-		*dberr = true;
-	sqlite3_finalize(st);
-	return o;
+	int rc = store_schedule_json(cp->store, id, &o);
+	*dberr = rc < 0 && rc != -ENOENT;
+	return rc == 0 ? o : NULL;
 }
 
 /* What a schedule is made of, validated. Strings borrow from the body or the stored row. */
@@ -174,6 +133,13 @@ static const char *check_fields(struct cp *cp, const cJSON *body, struct sched_d
 	return NULL;
 }
 
+/* What the store keeps of a checked definition. */
+static struct store_schedule_def stored_def(const char *id, const struct sched_def *d, const char *job_text)
+{
+	return (struct store_schedule_def){.schedule_id = id, .cron = d->cron, .timezone = d->timezone,
+	                                   .job = job_text, .enabled = d->enabled, .overlap = d->overlap};
+}
+
 static void send_sched(struct cp *cp, struct mg_connection *conn, const char *id, int status)
 {
 	bool dberr;
@@ -191,10 +157,8 @@ void api_sched_create(struct cp *cp, struct mg_connection *conn)
 {
 	cJSON *body = NULL;
 	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_body(conn, &body) < 0)
 		return;
-	}
 	struct sched_def d = {.timezone = "UTC", .enabled = true, .overlap = "skip"};
 	char buf[1100];
 	const char *why = cJSON_IsObject(body) ? check_fields(cp, body, &d, true, buf, sizeof(buf))
@@ -223,22 +187,8 @@ void api_sched_create(struct cp *cp, struct mg_connection *conn)
 		free(job_text);
 		goto out;
 	}
-	sqlite3_stmt *st = db_prepare(cp->db, "INSERT INTO schedules (schedule_id, cron, timezone, job, enabled, overlap,"
-	                                      " next_fire, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
-	rc = -EIO;
-	if (st && job_text) {
-		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, d.cron, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 3, d.timezone, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 4, job_text, -1, SQLITE_STATIC);
-		sqlite3_bind_int(st, 5, d.enabled);
-		sqlite3_bind_text(st, 6, d.overlap, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 7, d.enabled ? next : 0);
-		sqlite3_bind_int64(st, 8, now);
-		sqlite3_bind_int64(st, 9, now);
-		rc = db_step_done(cp->db, st);
-	}
-	sqlite3_finalize(st);
+	struct store_schedule_def def = stored_def(id, &d, job_text);
+	rc = job_text ? store_schedule_create(cp->store, &def, d.enabled ? next : 0, now) : -ENOMEM;
 	if (rc < 0)
 		http_send_error(conn, 500, "database error");
 	else
@@ -255,24 +205,10 @@ out:
 
 void api_sched_list(struct cp *cp, struct mg_connection *conn)
 {
-	pthread_mutex_lock(&cp->mu);
-	sqlite3_stmt *st = db_prepare(cp->db, "SELECT " SCHED_COLUMNS SCHED_FROM " ORDER BY s.created_at, s.schedule_id"
-	                                      " LIMIT 10000");
-	cJSON *arr = cJSON_CreateArray();
-	int rc = st ? SQLITE_ROW : SQLITE_ERROR;
-	while (st && (rc = sqlite3_step(st)) == SQLITE_ROW)
-		cJSON_AddItemToArray(arr, sched_from_row(st));
-	sqlite3_finalize(st);
-	pthread_mutex_unlock(&cp->mu);
-	if (rc != SQLITE_DONE) {
-		cJSON_Delete(arr);
-		http_send_error(conn, 500, "database error");
-		return;
-	}
-	cJSON *ans = cJSON_CreateObject();
-	cJSON_AddItemToObject(ans, "schedules", arr);
-	http_send_json(conn, 200, ans);
-	cJSON_Delete(ans);
+	cJSON *arr = NULL;
+	if (store_schedules_list(cp->store, &arr) < 0)
+		arr = NULL;
+	http_send_list(conn, "schedules", arr);
 }
 
 void api_sched_get(struct cp *cp, struct mg_connection *conn, const char *id)
@@ -286,10 +222,8 @@ void api_sched_patch(struct cp *cp, struct mg_connection *conn, const char *id)
 {
 	cJSON *body = NULL, *cur = NULL;
 	struct cp_err err;
-	if (http_read_json(conn, &body, &err) < 0) {
-		http_send_error(conn, err.status, "%s", err.msg);
+	if (http_read_body(conn, &body) < 0)
 		return;
-	}
 	struct sched_def d = {0};
 	char buf[1100];
 	pthread_mutex_lock(&cp->mu);
@@ -328,25 +262,8 @@ void api_sched_patch(struct cp *cp, struct mg_connection *conn, const char *id)
 		goto out;
 	}
 	char *job_text = cJSON_PrintUnformatted(d.job);
-	sqlite3_stmt *st = db_prepare(cp->db, "UPDATE schedules SET cron = ?, timezone = ?, job = ?, enabled = ?,"
-	                                      " overlap = ?, updated_at = ?,"
-	                                      " next_fire = CASE WHEN ?7 = 0 THEN 0 WHEN ?8 = 1 OR next_fire = 0 THEN ?9"
-	                                      " ELSE next_fire END WHERE schedule_id = ?10");
-	int rc = -EIO;
-	if (st && job_text) {
-		sqlite3_bind_text(st, 1, d.cron, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, d.timezone, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 3, job_text, -1, SQLITE_STATIC);
-		sqlite3_bind_int(st, 4, d.enabled);
-		sqlite3_bind_text(st, 5, d.overlap, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 6, now);
-		sqlite3_bind_int(st, 7, d.enabled);
-		sqlite3_bind_int(st, 8, retime);
-		sqlite3_bind_int64(st, 9, next);
-		sqlite3_bind_text(st, 10, id, -1, SQLITE_STATIC);
-		rc = db_step_done(cp->db, st);
-	}
-	sqlite3_finalize(st);
+	struct store_schedule_def def = stored_def(id, &d, job_text);
+	int rc = job_text ? store_schedule_update(cp->store, &def, retime, next, now) : -ENOMEM;
 	free(job_text);
 	if (rc < 0)
 		http_send_error(conn, 500, "database error");
@@ -361,19 +278,10 @@ out:
 
 void api_sched_delete(struct cp *cp, struct mg_connection *conn, const char *id)
 {
-	pthread_mutex_lock(&cp->mu);
-	sqlite3_stmt *st = db_prepare(cp->db, "DELETE FROM schedules WHERE schedule_id = ?");
-	int rc = -EIO, n = 0;
-	if (st) {
-		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-		rc = db_step_done(cp->db, st);
-		n = sqlite3_changes(cp->db);
-	}
-	sqlite3_finalize(st);
-	pthread_mutex_unlock(&cp->mu);
-	if (rc < 0) {
+	int rc = store_schedule_delete(cp->store, id);
+	if (rc < 0 && rc != -ENOENT) {
 		http_send_error(conn, 500, "database error");
-	} else if (n == 0) {
+	} else if (rc == -ENOENT) {
 		http_send_error(conn, 404, "no schedule '%s'", id);
 	} else {
 		cJSON *ans = cJSON_CreateObject();
@@ -431,59 +339,12 @@ void api_cron_preview(struct cp *cp, struct mg_connection *conn)
 
 /* ---- firing ---- */
 
-struct claim {
-	const char *id;
-	int64_t old_next, new_next, fire_at;
-	const char *job_id;
-	const char *outcome;
-};
-
-/* In the job's transaction: move next_fire on from the value read, or give up. */
-static int claim_fire(struct cp *cp, void *ud)
-{
-	struct claim *c = ud;
-	sqlite3_stmt *st = db_prepare(cp->db, "UPDATE schedules SET next_fire = ?, last_fire = ?, last_job_id = ?,"
-	                                      " last_outcome = ? WHERE schedule_id = ? AND next_fire = ? AND enabled = 1");
-	if (!st)
-		return -EIO;
-	sqlite3_bind_int64(st, 1, c->new_next);
-	sqlite3_bind_int64(st, 2, c->fire_at);
-	if (c->job_id)
-		sqlite3_bind_text(st, 3, c->job_id, -1, SQLITE_STATIC);
-	else
-		sqlite3_bind_null(st, 3);
-	sqlite3_bind_text(st, 4, c->outcome, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 5, c->id, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 6, c->old_next);
-	int rc = db_step_done(cp->db, st);
-	sqlite3_finalize(st);
-	if (rc < 0)
-		return rc;
-	return sqlite3_changes(cp->db) == 1 ? 0 : 1;
-}
-
-/* Claim without a job (skipped, missed, refused): its own transaction. */
-static void claim_only(struct cp *cp, struct claim *c)
+/* Claim a firing without a job (skipped, missed, refused). */
+static void claim_only(struct cp *cp, struct store_sched_claim *c)
 {
 	c->job_id = NULL;
-	if (db_begin(cp->db) < 0)
-		return;
-	if (claim_fire(cp, c) == 0 && db_commit(cp->db) == 0)
-		jv_info(NULL, NULL, "schedule %s: %s", c->id, c->outcome);
-	else
-		db_rollback(cp->db);
-}
-
-static bool has_active_job(struct cp *cp, const char *sched_id)
-{
-	sqlite3_stmt *st = db_prepare(cp->db, "SELECT 1 FROM jobs WHERE schedule_id = ?"
-	                                      " AND status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED') LIMIT 1");
-	if (!st)
-		return true; /* cannot tell: do not pile up */
-	sqlite3_bind_text(st, 1, sched_id, -1, SQLITE_STATIC);
-	bool active = sqlite3_step(st) == SQLITE_ROW;
-	sqlite3_finalize(st);
-	return active;
+	if (store_schedule_claim(cp->store, c) == 0)
+		jv_info(NULL, NULL, "schedule %s: %s", c->schedule_id, c->outcome);
 }
 
 static void fire_one(struct cp *cp, const char *id, const char *cron_s, const char *tz, const char *job_s,
@@ -491,7 +352,7 @@ static void fire_one(struct cp *cp, const char *id, const char *cron_s, const ch
 {
 	struct cron c;
 	char err[300];
-	struct claim cl = {.id = id, .old_next = old_next};
+	struct store_sched_claim cl = {.schedule_id = id, .old_next = old_next};
 	if (cron_parse(cron_s, &c, err, sizeof(err)) < 0 || cron_zone_check(tz, err, sizeof(err)) < 0) {
 		cl.new_next = 0;
 		cl.fire_at = old_next;
@@ -518,7 +379,7 @@ static void fire_one(struct cp *cp, const char *id, const char *cron_s, const ch
 		claim_only(cp, &cl);
 		return;
 	}
-	if (strcmp(overlap, "skip") == 0 && has_active_job(cp, id)) {
+	if (strcmp(overlap, "skip") == 0 && store_schedule_active_job(cp->store, id) != 0) {
 		cl.outcome = "skipped: the previous job of this schedule is still active";
 		claim_only(cp, &cl);
 		return;
@@ -543,8 +404,7 @@ static void fire_one(struct cp *cp, const char *id, const char *cron_s, const ch
 	snprintf(job_id, sizeof(job_id), "sched-%s-%lld", id, (long long)latest);
 	nj.job_id = job_id;
 	nj.schedule_id = id;
-	nj.claim = claim_fire;
-	nj.claim_ud = &cl;
+	nj.claim = &cl;
 	cl.job_id = job_id;
 	cl.outcome = "created";
 	cJSON *job = NULL;
@@ -556,46 +416,50 @@ static void fire_one(struct cp *cp, const char *id, const char *cron_s, const ch
 		cl.outcome = "skipped: this firing's job exists already";
 		claim_only(cp, &cl); /* a stale read: only move on */
 	}
-	else if (rc < 0)
+	else if (rc < 0 && rc != -EAGAIN) /* -EAGAIN: another replica fired it first */
 		jv_error(NULL, NULL, "schedule %s: cannot create its job: %s", id, cerr.msg);
 	cJSON_Delete(job);
 	cJSON_Delete(tmpl);
 }
 
+struct due {
+	char id[CP_ID_MAX];
+	char cron[256], tz[160], overlap[8];
+	char *job;
+	int64_t next;
+};
+struct due_list {
+	struct due d[DUE_PER_TICK];
+	size_t n;
+};
+
+static int take_due(void *ud, const struct store_due_schedule *s)
+{
+	struct due_list *l = ud;
+	struct due *d = &l->d[l->n];
+	snprintf(d->id, sizeof(d->id), "%s", s->schedule_id);
+	snprintf(d->cron, sizeof(d->cron), "%s", s->cron);
+	snprintf(d->tz, sizeof(d->tz), "%s", s->timezone);
+	snprintf(d->overlap, sizeof(d->overlap), "%s", s->overlap);
+	d->job = strdup(s->job ? s->job : "");
+	d->next = s->next_fire;
+	l->n += d->job != NULL;
+	return l->n == DUE_PER_TICK;
+}
+
 void schedules_tick(struct cp *cp)
 {
 	int64_t now = jv_now_real_ms();
-	struct due {
-		char id[CP_ID_MAX];
-		char cron[256], tz[160], overlap[8];
-		char *job;
-		int64_t next;
-	} due[DUE_PER_TICK];
-	size_t n = 0;
-	pthread_mutex_lock(&cp->mu);
-	sqlite3_stmt *st = db_prepare(cp->db, "SELECT schedule_id, cron, timezone, job, overlap, next_fire FROM schedules"
-	                                      " WHERE enabled = 1 AND next_fire > 0 AND next_fire <= ?"
-	                                      " ORDER BY next_fire LIMIT 32");
-	if (st) {
-		sqlite3_bind_int64(st, 1, now);
-		while (n < DUE_PER_TICK && sqlite3_step(st) == SQLITE_ROW) {
-			struct due *d = &due[n];
-			snprintf(d->id, sizeof(d->id), "%s", (const char *)sqlite3_column_text(st, 0));
-			snprintf(d->cron, sizeof(d->cron), "%s", (const char *)sqlite3_column_text(st, 1));
-			snprintf(d->tz, sizeof(d->tz), "%s", (const char *)sqlite3_column_text(st, 2));
-			d->job = strdup((const char *)sqlite3_column_text(st, 3));
-			snprintf(d->overlap, sizeof(d->overlap), "%s", (const char *)sqlite3_column_text(st, 4));
-			d->next = sqlite3_column_int64(st, 5);
-			n += d->job != NULL;
-		}
-		sqlite3_finalize(st);
-	}
-	pthread_mutex_unlock(&cp->mu);
+	struct due_list *l = calloc(1, sizeof(*l));
+	if (!l || store_schedules_due(cp->store, now, DUE_PER_TICK, take_due, l) < 0)
+		jv_error(NULL, NULL, "schedules: cannot read the due ones");
 	/* One schedule per lock hold: polls get in between. */
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; l && i < l->n; i++) {
+		struct due *d = &l->d[i];
 		pthread_mutex_lock(&cp->mu);
-		fire_one(cp, due[i].id, due[i].cron, due[i].tz, due[i].job, due[i].overlap, due[i].next, now);
+		fire_one(cp, d->id, d->cron, d->tz, d->job, d->overlap, d->next, now);
 		pthread_mutex_unlock(&cp->mu);
-		free(due[i].job);
+		free(d->job);
 	}
+	free(l);
 }

@@ -11,6 +11,11 @@
  * that falls more than the ring behind while connected is closed and
  * reconnects. Sequence numbers restart with the process; the epoch says so.
  *
+ * On PostgreSQL the replicas share one sequence and epoch (store_pg.h):
+ * ws_publish appends to the database's ws_log instead of the ring, and the
+ * listener thread feeds every replica's ring in seq order (ws_ingest), so a
+ * client may resume on any replica (docs/scaling.md).
+ *
  * Locks, always in this order: hub.list_mu -> client.wmu -> cp->mu. The ring
  * is guarded by cp->mu (publishers hold it anyway). Each connected client
  * pins one civetweb worker thread (civetweb's design), so their number is
@@ -27,6 +32,8 @@
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
+#include "replicas.h"
+#include "store_pg.h"
 
 #define RING_SIZE 8192
 #define RING_BYTES (64u * 1024 * 1024)
@@ -82,19 +89,9 @@ static void drop_slot(struct ws_hub *h, uint64_t seq)
 	m->len = 0;
 }
 
-void ws_publish(struct cp *cp, cJSON *msg)
+/* Put text (owned) into the ring as seq = head + 1 (cp->mu held). */
+static void ring_put(struct ws_hub *h, uint64_t seq, char *text)
 {
-	struct ws_hub *h = cp->hub;
-	if (!h) {
-		cJSON_Delete(msg);
-		return;
-	}
-	uint64_t seq = h->head + 1;
-	cJSON_AddNumberToObject(msg, "seq", (double)seq);
-	char *text = jv_json_print(msg);
-	cJSON_Delete(msg);
-	if (!text)
-		return; /* out of memory: the message is lost, sequence numbers stay dense */
 	if (seq > RING_SIZE)
 		drop_slot(h, seq - RING_SIZE); /* the slot we are about to reuse */
 	struct ws_msg *slot = &h->ring[seq % RING_SIZE];
@@ -111,6 +108,82 @@ void ws_publish(struct cp *cp, cJSON *msg)
 		h->oldest = o + 1;
 	}
 	pthread_cond_signal(&h->cond);
+}
+
+void ws_publish(struct cp *cp, cJSON *msg)
+{
+	struct ws_hub *h = cp->hub;
+	if (!h) {
+		cJSON_Delete(msg);
+		return;
+	}
+	if (store_is_pg(cp->store)) {
+		/* Replicas share one sequence: the message comes back, numbered,
+		 * through ws_ingest on every replica (this one included). */
+		char *text = jv_json_print(msg);
+		cJSON_Delete(msg);
+		if (!text || store_pg_ws_append(cp->store, text, jv_now_real_ms()) < 0)
+			jv_error(NULL, NULL, "a WebSocket message is lost: cannot append it to ws_log");
+		free(text);
+		return;
+	}
+	uint64_t seq = h->head + 1;
+	cJSON_AddNumberToObject(msg, "seq", (double)seq);
+	char *text = jv_json_print(msg);
+	cJSON_Delete(msg);
+	if (!text)
+		return; /* out of memory: the message is lost, sequence numbers stay dense */
+	ring_put(h, seq, text);
+}
+
+void ws_publish_many(struct cp *cp, cJSON **msgs, size_t n)
+{
+	if (!cp->hub || !store_is_pg(cp->store)) {
+		for (size_t i = 0; i < n; i++)
+			if (msgs[i])
+				ws_publish(cp, msgs[i]);
+		return;
+	}
+	char **texts = calloc(n ? n : 1, sizeof(*texts));
+	size_t k = 0, want = 0;
+	for (size_t i = 0; i < n; i++) {
+		want += msgs[i] != NULL;
+		char *t = texts && msgs[i] ? jv_json_print(msgs[i]) : NULL;
+		cJSON_Delete(msgs[i]);
+		if (t)
+			texts[k++] = t;
+	}
+	if (k < want || (k && store_pg_ws_append_many(cp->store, (const char *const *)texts, k, jv_now_real_ms()) < 0))
+		jv_error(NULL, NULL, "WebSocket messages are lost: cannot append them to ws_log");
+	for (size_t i = 0; i < k; i++)
+		free(texts[i]);
+	free(texts);
+}
+
+void ws_ingest(struct cp *cp, uint64_t seq, const char *text)
+{
+	struct ws_hub *h = cp->hub;
+	pthread_mutex_lock(&cp->mu);
+	char *copy = seq > h->head ? strdup(text) : NULL;
+	if (copy && seq != h->head + 1) {
+		/* A gap (ws_log trimmed past us): start the ring over at seq;
+		 * clients behind it are closed and come back for a snapshot. */
+		for (uint64_t s = oldest_seq(h); s <= h->head && h->head > 0; s++)
+			drop_slot(h, s);
+		h->head = seq - 1;
+		h->oldest = seq;
+	}
+	if (copy)
+		ring_put(h, seq, copy);
+	pthread_mutex_unlock(&cp->mu);
+}
+
+void ws_seed(struct cp *cp, uint64_t head)
+{
+	pthread_mutex_lock(&cp->mu);
+	cp->hub->head = head;
+	cp->hub->oldest = head + 1; /* nothing older to replay here: a snapshot */
+	pthread_mutex_unlock(&cp->mu);
 }
 
 /* Copies of ring messages [from, head] (cp->mu held). */
@@ -339,14 +412,14 @@ static cJSON *snapshot(struct cp *cp)
 	cJSON *jobs = NULL;
 	int64_t next = 0;
 	cJSON *o = cJSON_CreateObject();
-	if (!o || store_list_jobs(cp, &f, &jobs, &next) < 0) {
+	if (!o || store_jobs_list(cp->store, &f, &jobs, &next) < 0) {
 		cJSON_Delete(o);
 		return NULL;
 	}
 	cJSON_AddStringToObject(o, "type", "snapshot");
 	cJSON_AddNumberToObject(o, "seq", (double)cp->hub->head);
 	cJSON_AddItemToObject(o, "jobs", jobs);
-	cJSON *agents = store_agents_json(cp);
+	cJSON *agents = dispatch_agents_json(cp);
 	cJSON_AddItemToObject(o, "agents", agents ? agents : cJSON_CreateArray());
 	cJSON *instances = inst_list_json(cp, NULL, NULL);
 	cJSON_AddItemToObject(o, "instances", instances ? instances : cJSON_CreateArray());
@@ -413,7 +486,7 @@ static void answer_op(struct cp *cp, struct ws_client *c, const cJSON *req)
 		int rc = -EINVAL;
 		if (jv_run_id_valid(run_id) && after >= 0) {
 			pthread_mutex_lock(&cp->mu);
-			rc = store_events(cp, run_id, after, 1000, &events);
+			rc = store_run_events(cp->store, run_id, after, 1000, &events);
 			pthread_mutex_unlock(&cp->mu);
 		}
 		cJSON_AddStringToObject(ans, "type", "events");

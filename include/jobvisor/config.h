@@ -16,6 +16,7 @@
 
 #define CONFIG_CAPACITY_MAX 256
 #define CONFIG_REMOTES_MAX 16
+#define CONFIG_URLS_MAX 8
 
 /* One named S3-compatible remote (`remote.NAME.KEY` settings). The secret is
  * not here: only the credentials file's name, read by the job run that uses
@@ -34,7 +35,9 @@ struct config_remote {
 };
 
 struct config {
-	char *url;          /* base URL, no trailing slash */
+	char *url;          /* the `url` setting: one or more base URLs, ',' between them */
+	char *urls[CONFIG_URLS_MAX]; /* derived: each base URL, no trailing slash */
+	size_t nurls;
 	char *agent_id;     /* identifier */
 	char *token_file;   /* path */
 	char *data_dir;     /* absolute */
@@ -46,7 +49,7 @@ struct config {
 	char *steamcmd;            /* SteamCMD path, NULL = no steam sources */
 	char *steam_credentials_file; /* "account password" lines, NULL = anonymous logins only */
 	bool tls_insecure_loopback;
-	bool url_is_loopback; /* derived */
+	bool url_is_loopback; /* derived: every URL's host is a loopback address */
 
 	/* For instance monitors (passed down through job runs). */
 	int64_t console_log_max_bytes;

@@ -4,7 +4,8 @@
  * JV_HEALTH_BEAT_MS by the agent's loop and at once when its shutdown phase
  * changes; removed on a clean exit. Fields (times also as epoch ms in the
  * "...Ms" twin): agentId, version, pid, pidStartTime (clock ticks since boot),
- * bootId, state (running | draining | cancelling | delivering), startedAt,
+ * bootId, state (running | draining | cancelling | delivering), url (the
+ * control-plane URL requests go to now), startedAt,
  * heartbeatAt, heartbeatIntervalSeconds, lastPollAt (null before the first
  * answered poll), pollFailures, pollIntervalSeconds, runsRunning, runsHeld. */
 #ifndef JOBVISOR_HEALTH_H

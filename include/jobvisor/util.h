@@ -4,6 +4,7 @@
 #ifndef JOBVISOR_UTIL_H
 #define JOBVISOR_UTIL_H
 
+#include <dirent.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdbool.h>
@@ -48,6 +49,11 @@ const char *jv_signal_name(int sig);
 /* Set O_CLOEXEC / O_NONBLOCK on an fd. Return 0 or -errno. */
 int jv_set_cloexec(int fd);
 int jv_set_nonblock(int fd);
+
+/* A directory stream on a duplicate of dirfd (CLOEXEC), read from the top
+ * (the duplicate shares dirfd's position). *out returned-owned: closedir(),
+ * which leaves dirfd open. 0 or -errno. */
+int jv_opendir_at(int dirfd, DIR **out);
 
 /* Close every descriptor >= lowfd except those listed. */
 void jv_close_fds_from(int lowfd, const int *keep, size_t nkeep);

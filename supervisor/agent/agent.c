@@ -71,13 +71,26 @@ static void transport_opts_from(const struct config *cfg, const char *token,
                                 struct transport_opts *o)
 {
 	*o = (struct transport_opts){
-		.base_url = cfg->url,
+		.urls = cfg->urls,
+		.nurls = cfg->nurls,
 		.token = token,
 		.ca_file = cfg->tls_ca_file,
 		.insecure = cfg->tls_insecure_loopback,
 		.connect_timeout_ms = (long)cfg->connect_timeout_s * 1000,
 		.max_response = (size_t)cfg->max_response,
 	};
+}
+
+static void warn_plain_http(const struct config *cfg)
+{
+	for (size_t i = 0; i < cfg->nurls; i++) {
+		char err[256];
+		bool loopback = false;
+		if (strncmp(cfg->urls[i], "http://", 7) == 0 &&
+		    transport_check_url(cfg->urls[i], &loopback, err, sizeof(err)) == 0 && !loopback)
+			jv_warn(NULL, NULL, "the control plane URL %s is plain http: the agent token travels "
+			        "unencrypted", cfg->urls[i]);
+	}
 }
 
 void agent_reload(struct agent *ag)
@@ -472,8 +485,7 @@ int cmd_agent(int argc, char **argv)
 	        "runs_in_spool=%zu",
 	        ag.cfg.agent_id, ag.cfg.url, ag.cfg.data_dir, ag.cfg.capacity,
 	        (double)ag.cfg.poll_interval_ms / 1000.0, ag.cfg.poll_wait_s, replayed);
-	if (!ag.cfg.url_is_loopback && strncmp(ag.cfg.url, "http://", 7) == 0)
-		jv_warn(NULL, NULL, "the control plane URL is plain http: the agent token travels unencrypted");
+	warn_plain_http(&ag.cfg);
 	sdnotify_send(&ag.notify, "READY=1\nSTATUS=polling");
 	ag.watchdog_at_ms = jv_now_mono_ms();
 	ag.started_real_ms = jv_now_real_ms();

@@ -10,7 +10,8 @@
  *   spool.c      keeps each run's record on disk until it is delivered
  *   instwatch.c  watches instance monitors, re-adopts, reports instance state
  *   jobtypes.c   reports the job types (params schemas) this host can run
- *   transport.c  HTTP; config.c settings; sdnotify.c systemd notifications
+ *   transport.c  HTTP (endpoints.c: which control-plane URL of the list);
+ *                config.c settings; sdnotify.c systemd notifications
  */
 #ifndef JOBVISOR_AGENT_H
 #define JOBVISOR_AGENT_H
@@ -123,6 +124,7 @@ struct agent {
 	int64_t started_real_ms;
 	int64_t heartbeat_at_ms;    /* monotonic: next write of the state file */
 	bool state_warned;
+	uint64_t state_url_gen;     /* transport_url_gen() the state file shows */
 };
 
 /* agent.c */

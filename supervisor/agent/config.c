@@ -47,7 +47,7 @@ struct setting {
 
 static const struct setting settings[] = {
 	{"url", "JOBVISOR_URL", K_STR, OFF(url), NULL, 0, 0, true,
-	 "control plane base URL (http:// or https://)"},
+	 "control plane base URL (http:// or https://); several replicas: URLs separated by ','"},
 	{"agent_id", "JOBVISOR_AGENT_ID", K_IDENT, OFF(agent_id), NULL, 0, 0, true,
 	 "this agent's identifier at the control plane"},
 	{"token_file", "JOBVISOR_TOKEN_FILE", K_PATH, OFF(token_file), NULL, 0, 0, true,
@@ -488,9 +488,12 @@ static const char *env_get(char *const *envp, const char *name)
 	return NULL;
 }
 
-static bool is_tls_url(const char *url)
+static bool all_tls(const struct config *cfg)
 {
-	return strncasecmp(url, "https://", 8) == 0;
+	for (size_t i = 0; i < cfg->nurls; i++)
+		if (strncasecmp(cfg->urls[i], "https://", 8) != 0)
+			return false;
+	return true;
 }
 
 /* The control-plane connection: required settings, URL, TLS, token file. */
@@ -504,19 +507,21 @@ static int validate_connection(struct config *cfg, char *err, size_t errlen)
 			return -EINVAL;
 		}
 	}
-	char uerr[256];
+	char uerr[512];
 	bool loopback = false;
-	if (transport_check_url(cfg->url, &loopback, uerr, sizeof(uerr))) {
-		config_seterr(err, errlen, "'url': %s", uerr);
-		return -EINVAL;
+	int rc = config_parse_urls(cfg->url, cfg->urls, CONFIG_URLS_MAX, &cfg->nurls, &loopback, uerr,
+	                           sizeof(uerr));
+	if (rc) {
+		config_seterr(err, errlen, "'url': %s", rc == -ENOMEM ? "out of memory" : uerr);
+		return rc;
 	}
 	cfg->url_is_loopback = loopback;
-	size_t ul = strlen(cfg->url);
-	while (ul > 0 && cfg->url[ul - 1] == '/')
-		cfg->url[--ul] = '\0';
-	if (cfg->tls_insecure_loopback && (!loopback || !is_tls_url(cfg->url))) {
+	rc = config_join_urls(cfg);
+	if (rc)
+		return rc;
+	if (cfg->tls_insecure_loopback && (!loopback || !all_tls(cfg))) {
 		config_seterr(err, errlen,
-		       "'tls_insecure_loopback' is only allowed with an https:// URL on a loopback "
+		       "'tls_insecure_loopback' is only allowed with https:// URLs on a loopback "
 		       "address (127.0.0.0/8, ::1, localhost)");
 		return -EINVAL;
 	}
@@ -640,6 +645,8 @@ void config_free(struct config *cfg)
 			*slot = NULL;
 		}
 	}
+	for (size_t i = 0; i < cfg->nurls; i++)
+		free(cfg->urls[i]);
 	config_remote_free(cfg);
 	memset(cfg, 0, sizeof(*cfg));
 }

@@ -16,6 +16,16 @@ int config_parse_size(const char *v, int64_t *out);
 int config_parse_bool(const char *v, bool *out);
 bool config_has_ctl(const char *v);
 char *config_trim(char *s);
+/* `url`: one or more http(s) URLs separated by ',' (spaces around items
+ * allowed). Each is checked (transport_check_url); empty items, more than max
+ * URLs and one URL listed twice are errors. urls[0..*n) get owned copies
+ * without trailing slashes (left empty on error); *all_loopback tells whether
+ * every host is a loopback address. Returns 0, -EINVAL (message in err) or
+ * -ENOMEM. */
+int config_parse_urls(const char *v, char **urls, size_t max, size_t *n, bool *all_loopback,
+                      char *err, size_t errlen);
+/* Replace cfg->url with the parsed list as the agent uses it, "A,B". 0 or -ENOMEM. */
+int config_join_urls(struct config *cfg);
 
 /* Remotes (config_remote.c). is_key: the file key starts with "remote.".
  * apply: one `remote.NAME.FIELD = value`; env: every JOBVISOR_REMOTE_* of

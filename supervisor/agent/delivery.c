@@ -72,6 +72,16 @@ static void retry_later(struct srun *run, const char *what, const char *why, int
 	run->failing = true;
 }
 
+/* The agent moved to a control-plane URL that has not failed yet
+ * (endpoints.h): try it at once, even in the last flush. */
+static void retry_elsewhere(struct srun *run, const char *what, const char *why)
+{
+	run->retry_at_ms = 0;
+	run->failing = true;
+	jv_info(run->job_id, run->run_id, "cannot deliver %s: %s; sending it to %s now", what, why,
+	        transport_current_url(run->ag->tp));
+}
+
 static void succeeded(struct srun *run)
 {
 	if (run->failing)
@@ -116,7 +126,10 @@ static bool handle_failure(struct srun *run, const char *what, const struct tran
 			snprintf(why, sizeof(why), "HTTP %ld", resp->status);
 		else
 			snprintf(why, sizeof(why), "%s", resp->error ? resp->error : "no answer");
-		retry_later(run, what, why, resp->retry_after_ms);
+		if (resp->failover)
+			retry_elsewhere(run, what, why);
+		else
+			retry_later(run, what, why, resp->retry_after_ms);
 		return true;
 	case TRANSPORT_GONE:
 		give_verdict(run, DELIVERY_DROP,

@@ -2,7 +2,7 @@
  *
  * Every JV_HEALTH_BEAT_MS the loop rewrites <data_dir>/agent-state.json: who the
  * agent is (pid with its start time and boot id, so a reused pid is not
- * taken for the agent), when the loop last went round (the heartbeat), when
+ * taken for the agent), the control-plane URL it talks to now, when the loop last went round (the heartbeat), when
  * a poll was last answered, and the shutdown phase. The file is replaced by
  * rename, so a reader never sees half of it, but deliberately not fsynced:
  * it describes a live process and means nothing after a crash, and an fsync
@@ -22,6 +22,7 @@
 #include "jobvisor/procid.h"
 #include "jobvisor/util.h"
 #include "scheduler.h"
+#include "transport.h"
 
 static const char *phase(const struct agent *ag)
 {
@@ -63,6 +64,7 @@ static int write_state(struct agent *ag)
 	add_time(o, "startedAt", "startedAtMs", ag->started_real_ms);
 	add_time(o, "heartbeatAt", "heartbeatAtMs", jv_now_real_ms());
 	cJSON_AddNumberToObject(o, "heartbeatIntervalSeconds", JV_HEALTH_BEAT_MS / 1000);
+	cJSON_AddStringToObject(o, "url", transport_current_url(ag->tp));
 	add_time(o, "lastPollAt", "lastPollAtMs", ag->poller.ok_at_real_ms);
 	cJSON_AddNumberToObject(o, "pollFailures", (double)ag->poller.failures);
 	cJSON_AddNumberToObject(o, "pollIntervalSeconds", (double)ag->cfg.poll_interval_ms / 1000.0);
@@ -95,8 +97,11 @@ static int write_state(struct agent *ag)
 
 int64_t health_state_beat(struct agent *ag, int64_t now)
 {
-	if (now < ag->heartbeat_at_ms)
+	/* A move to another control-plane URL shows at once. */
+	uint64_t gen = transport_url_gen(ag->tp);
+	if (now < ag->heartbeat_at_ms && gen == ag->state_url_gen)
 		return ag->heartbeat_at_ms;
+	ag->state_url_gen = gen;
 	int rc = write_state(ag);
 	if (rc && !ag->state_warned) {
 		jv_warn(NULL, NULL, "cannot write '%s/%s' (what `jobvisor health` reads): %s",

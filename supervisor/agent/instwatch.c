@@ -1,5 +1,7 @@
 /* instwatch.c — subscribe to every monitor, re-adopt after a monitor dies,
  * report instance state changes durably (see instwatch.h for the contract).
+ * This file finds instances and keeps their monitors; instreport.c turns what
+ * the monitors say into events and delivers them.
  *
  * Per instance the agent keeps: the subscription (a monitor socket), the
  * status pipe of a monitor it launched itself, the durable event stream and
@@ -11,7 +13,7 @@
  *
  * Owns no process: monitors are launched detached (jv_monitor_launch) and
  * outlive the agent. */
-#include "instwatch.h"
+#include "instwatch_internal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -38,239 +40,10 @@
 #define SUBSCRIBE_WAIT_MS 5000 /* a monitor that does not answer subscribe */
 #define LAUNCH_WAIT_MS 20000
 #define RETRY_MS 1000          /* no monitor yet, but one seems to be starting */
-#define LAUNCH_BURST 5         /* launches per instance within LAUNCH_WINDOW_MS */
 #define LAUNCH_WINDOW_MS 60000
 #define SNAPSHOT_DELAY_MS 300  /* let subscriptions answer before the first snapshot */
 #define DELIVERY_BASE_MS 500
-#define BATCH_EVENTS 100
-#define BATCH_BYTES (256 * 1024)
 
-struct inst {
-	struct instwatch *iw;
-	char id[JV_IDENT_MAX + 1];
-	char dir[PATH_MAX];
-	int wd; /* inotify watch on .jobvisor/, -1 none */
-
-	struct jv_monconn *mc; /* subscription */
-	bool sub_ok;           /* the subscribe answer came */
-	int64_t sub_deadline;
-	int launch_fd; /* status pipe of a monitor the agent launched, -1 none */
-	int64_t launch_deadline;
-	int64_t launches[LAUNCH_BURST];
-	size_t nlaunch;
-	int64_t next_try_ms; /* next attach attempt when not subscribed; INT64_MAX = on change only */
-	bool present;        /* seen in the last scan */
-
-	struct spool_run *stream;
-	cJSON *last; /* the last state event reported (owned) */
-	/* What the stats need, from the latest status (live server only). */
-	int64_t live_pid;
-	uint64_t live_start_time;
-	int64_t live_started_ms;
-	char cgroup[PATH_MAX];
-
-	struct transport_req *req;
-	uint64_t req_last;
-	int64_t retry_at_ms;
-	struct backoff bo;
-	bool failing;
-
-	struct inst *next;
-};
-
-struct instwatch {
-	struct agent *ag;
-	char root[PATH_MAX]; /* <data_dir>/instances */
-	int ino_fd;
-	int root_wd;
-	int64_t scan_at_ms;
-	struct inst *list;
-	size_t n;
-	bool reporting;     /* the control plane knows instances (no 404 yet) */
-	bool snap_wanted;
-	int64_t snap_at_ms;
-	struct transport_req *snap_req;
-	struct backoff snap_bo;
-	bool too_many_warned;
-};
-
-/* ---- events ---------------------------------------------------------------*/
-
-static void add_str_or_null(cJSON *o, const char *key, const char *v)
-{
-	if (v)
-		cJSON_AddStringToObject(o, key, v);
-	else
-		cJSON_AddNullToObject(o, key);
-}
-
-static void build_id(const struct inst *in, char *out, size_t len)
-{
-	char path[PATH_MAX + 16], target[PATH_MAX];
-	out[0] = '\0';
-	snprintf(path, sizeof(path), "%s/current", in->dir);
-	ssize_t n = readlink(path, target, sizeof(target) - 1);
-	if (n <= 0)
-		return;
-	target[n] = '\0';
-	const char *slash = strrchr(target, '/');
-	snprintf(out, len, "%s", slash ? slash + 1 : target);
-}
-
-/* A state event from a monitor status object (borrowed). */
-static cJSON *state_event(const struct inst *in, const char *state, const cJSON *st, const char *message)
-{
-	cJSON *e = cJSON_CreateObject();
-	if (!e)
-		return NULL;
-	char ts[JV_ISO8601_LEN], build[80];
-	jv_iso8601(jv_now_real_ms(), ts);
-	build_id(in, build, sizeof(build));
-	cJSON_AddStringToObject(e, "kind", "state");
-	cJSON_AddStringToObject(e, "instanceId", in->id);
-	cJSON_AddStringToObject(e, "state", state);
-	cJSON_AddStringToObject(e, "timestamp", ts);
-	int64_t pid = jv_json_int(st, "pid", 0);
-	if (pid > 0 && jv_json_bool(st, "alive", true))
-		cJSON_AddNumberToObject(e, "pid", (double)pid);
-	else
-		cJSON_AddNullToObject(e, "pid");
-	cJSON_AddNumberToObject(e, "restarts", (double)jv_json_int(st, "restarts", 0));
-	add_str_or_null(e, "buildId", build[0] ? build : NULL);
-	add_str_or_null(e, "startedAt", jv_json_str(st, "startedAt", NULL));
-	add_str_or_null(e, "message", message ? message : jv_json_str(st, "message", NULL));
-	const cJSON *le = cJSON_GetObjectItemCaseSensitive(st, "lastExit");
-	if (cJSON_IsObject(le)) {
-		cJSON *x = cJSON_AddObjectToObject(e, "lastExit");
-		if (jv_json_has_num(le, "code"))
-			cJSON_AddNumberToObject(x, "code", (double)jv_json_int(le, "code", 0));
-		else
-			cJSON_AddNullToObject(x, "code");
-		add_str_or_null(x, "signal", jv_json_str(le, "signal", NULL));
-		cJSON_AddBoolToObject(x, "oom", jv_json_bool(le, "oom", false));
-		cJSON_AddBoolToObject(x, "requested", jv_json_bool(le, "requested", false));
-		add_str_or_null(x, "reason", jv_json_str(le, "reason", NULL));
-		add_str_or_null(x, "at", jv_json_str(le, "at", NULL));
-	} else {
-		cJSON_AddNullToObject(e, "lastExit");
-	}
-	/* BACKOFF (and the CRASHED said just before it) carry the restart delay. */
-	const char *next = jv_json_str(st, "nextRestartAt", NULL);
-	if (next && (strcmp(state, "BACKOFF") == 0 || strcmp(state, "CRASHED") == 0))
-		cJSON_AddStringToObject(e, "nextRestartAt", next);
-	const cJSON *delay = cJSON_GetObjectItemCaseSensitive(st, "restartDelaySeconds");
-	if (cJSON_IsNumber(delay) && (strcmp(state, "BACKOFF") == 0 || strcmp(state, "CRASHED") == 0))
-		cJSON_AddNumberToObject(e, "restartInSeconds", delay->valuedouble);
-	/* The breaker's flag from the monitor; older monitors only say it in words. */
-	const char *msg = jv_json_str(e, "message", "");
-	const cJSON *loop = cJSON_GetObjectItemCaseSensitive(st, "crashLoop");
-	bool crash_loop = cJSON_IsBool(loop) ? cJSON_IsTrue(loop) : strstr(msg, "crash loop") != NULL;
-	cJSON_AddBoolToObject(e, "crashLoop", strcmp(state, "CRASHED") == 0 && crash_loop);
-	return e;
-}
-
-static void kick_delivery(struct inst *in)
-{
-	in->retry_at_ms = 0;
-}
-
-/* Append ev (consumed) to the instance's stream with the next seq. */
-static void emit(struct inst *in, cJSON *ev, bool remember)
-{
-	struct instwatch *iw = in->iw;
-	if (!ev)
-		return;
-	if (!in->stream || !iw->reporting) {
-		if (remember) {
-			cJSON_Delete(in->last);
-			in->last = ev;
-		} else {
-			cJSON_Delete(ev);
-		}
-		return;
-	}
-	uint64_t seq = spool_run_last_seq(in->stream) + 1;
-	cJSON_AddNumberToObject(ev, "seq", (double)seq);
-	int rc = spool_run_append(in->stream, ev);
-	if (rc == 0)
-		rc = spool_run_sync(in->stream);
-	if (rc)
-		jv_warn(NULL, NULL, "instance %s: cannot write its event to the spool: %s", in->id,
-		        strerror(-rc));
-	if (remember) {
-		int prc = spool_run_put(in->stream, "last.json", ev);
-		if (prc)
-			jv_warn(NULL, NULL, "instance %s: cannot record its last state: %s", in->id,
-			        strerror(-prc));
-		cJSON_Delete(in->last);
-		in->last = ev;
-	} else {
-		cJSON_Delete(ev);
-	}
-	kick_delivery(in);
-}
-
-static const char *last_state(const struct inst *in)
-{
-	return jv_json_str(in->last, "state", NULL);
-}
-
-/* A status (borrowed) from the monitor or state.json: report what changed. */
-static void on_status(struct inst *in, const cJSON *st, const char *override_state, const char *message)
-{
-	const char *state = override_state ? override_state : jv_json_str(st, "state", NULL);
-	if (!state)
-		return;
-	bool live = jv_json_bool(st, "alive", false) && jv_json_int(st, "pid", 0) > 0 &&
-	            (strcmp(state, "STARTING") == 0 || strcmp(state, "RUNNING") == 0 ||
-	             strcmp(state, "STOPPING") == 0);
-	in->live_pid = live ? jv_json_int(st, "pid", 0) : 0;
-	in->live_start_time = live ? (uint64_t)jv_json_int(st, "startTime", 0) : 0;
-	in->live_started_ms = live ? jv_json_int(st, "startedAtMs", 0) : 0;
-	snprintf(in->cgroup, sizeof(in->cgroup), "%s", live ? jv_json_str(st, "cgroup", "") : "");
-	char prev[16] = ""; /* copied: emit() replaces in->last */
-	if (last_state(in))
-		snprintf(prev, sizeof(prev), "%s", last_state(in));
-	int64_t pid = jv_json_bool(st, "alive", true) ? jv_json_int(st, "pid", 0) : 0;
-	int64_t restarts = jv_json_int(st, "restarts", 0);
-	if (strcmp(prev, state) == 0 && jv_json_int(in->last, "pid", 0) == pid &&
-	    jv_json_int(in->last, "restarts", 0) == restarts)
-		return;
-	/* An exit the monitor will restart is a crash all the same: say so first. */
-	if (strcmp(state, "BACKOFF") == 0 && strcmp(prev, "BACKOFF") != 0 && strcmp(prev, "CRASHED") != 0) {
-		cJSON *c = state_event(in, "CRASHED", st, NULL);
-		if (c) {
-			cJSON_ReplaceItemInObjectCaseSensitive(c, "pid", cJSON_CreateNull());
-			cJSON_AddBoolToObject(c, "restarting", true);
-		}
-		jv_info(NULL, NULL, "instance %s: CRASHED (was %s): %s", in->id, prev[0] ? prev : "unknown",
-		        jv_json_str(c, "message", ""));
-		emit(in, c, true);
-		snprintf(prev, sizeof(prev), "CRASHED");
-	}
-	cJSON *ev = state_event(in, state, st, message);
-	if (ev && pid <= 0)
-		cJSON_ReplaceItemInObjectCaseSensitive(ev, "pid", cJSON_CreateNull());
-	if (prev[0])
-		jv_info(NULL, NULL, "instance %s: %s (was %s)", in->id, state, prev);
-	else
-		jv_info(NULL, NULL, "instance %s: %s", in->id, state);
-	emit(in, ev, true);
-}
-
-static void note(struct inst *in, const char *what, const char *message)
-{
-	cJSON *e = cJSON_CreateObject();
-	if (!e)
-		return;
-	char ts[JV_ISO8601_LEN];
-	jv_iso8601(jv_now_real_ms(), ts);
-	cJSON_AddStringToObject(e, "kind", what);
-	cJSON_AddStringToObject(e, "instanceId", in->id);
-	cJSON_AddStringToObject(e, "timestamp", ts);
-	cJSON_AddStringToObject(e, "message", message);
-	emit(in, e, false);
-}
 
 /* ---- instances ------------------------------------------------------------*/
 
@@ -316,7 +89,7 @@ static struct inst *inst_new(struct instwatch *iw, const char *id)
 		        "its state changes are not reported", id, iw->ag->cfg.data_dir, strerror(-rc));
 		in->stream = NULL;
 	} else {
-		in->last = spool_run_get(in->stream, "last.json");
+		in->last = instreport_load_last(in);
 		if (spool_run_pending(in->stream) > 0)
 			jv_info(NULL, NULL, "instance %s: %zu state events from before the restart to deliver",
 			        id, spool_run_pending(in->stream));
@@ -399,7 +172,7 @@ static void on_launch_status(struct inst *in)
 		char text[700];
 		snprintf(text, sizeof(text), "new monitor: %s", msg);
 		jv_info(NULL, NULL, "instance %s: %s", in->id, text);
-		note(in, "monitor", text);
+		instreport_note(in, "monitor", text);
 	} else if (rc == -EBUSY) {
 		jv_info(NULL, NULL, "instance %s: another monitor took over first", in->id);
 	} else {
@@ -469,7 +242,7 @@ static void probe(struct inst *in, int64_t now)
 		if (!in->last) {
 			cJSON *s = cJSON_CreateObject();
 			cJSON_AddStringToObject(s, "state", "STOPPED");
-			on_status(in, s, NULL, "installed, never started");
+			instreport_status(in, s, NULL, "installed, never started");
 			cJSON_Delete(s);
 		}
 		return;
@@ -489,7 +262,7 @@ static void probe(struct inst *in, int64_t now)
 	} else if (server) {
 		jv_warn(NULL, NULL, "instance %s: its monitor is gone but the server (pid %lld) runs; "
 		        "starting a monitor to adopt it", in->id, (long long)jv_json_int(st, "pid", 0));
-		note(in, "monitor", "the monitor died; adopting the running server with a new monitor");
+		instreport_note(in, "monitor", "the monitor died; adopting the running server with a new monitor");
 		launch(in, true, now);
 	} else if (is_active(state)) {
 		const char *policy = jv_json_str(st, "policy", "on-failure");
@@ -497,7 +270,7 @@ static void probe(struct inst *in, int64_t now)
 		cJSON *copy = cJSON_Duplicate(st, true);
 		if (copy)
 			cJSON_ReplaceItemInObjectCaseSensitive(copy, "alive", cJSON_CreateFalse());
-		on_status(in, copy, strcmp(state, "STOPPING") == 0 ? "STOPPED" : "CRASHED",
+		instreport_status(in, copy, strcmp(state, "STOPPING") == 0 ? "STOPPED" : "CRASHED",
 		          "the monitor and its server are gone");
 		cJSON_Delete(copy);
 		if (restart) {
@@ -506,7 +279,7 @@ static void probe(struct inst *in, int64_t now)
 			launch(in, false, now);
 		}
 	} else {
-		on_status(in, st, NULL, NULL);
+		instreport_status(in, st, NULL, NULL);
 	}
 	cJSON_Delete(st);
 }
@@ -568,7 +341,7 @@ static void on_sub_readable(struct inst *in)
 				        jv_json_str(msg, "error", "no reason"));
 		}
 		if (cJSON_IsObject(st))
-			on_status(in, st, NULL, NULL);
+			instreport_status(in, st, NULL, NULL);
 		cJSON_Delete(msg);
 		if (!in->mc)
 			return;
@@ -576,19 +349,6 @@ static void on_sub_readable(struct inst *in)
 }
 
 /* ---- scanning -------------------------------------------------------------*/
-
-static void report_removed(struct inst *in)
-{
-	const char *prev = last_state(in);
-	if (prev && strcmp(prev, "REMOVED") == 0)
-		return;
-	jv_info(NULL, NULL, "instance %s: removed", in->id);
-	cJSON *s = cJSON_CreateObject();
-	cJSON_AddStringToObject(s, "state", "REMOVED");
-	cJSON *ev = state_event(in, "REMOVED", s, "the instance directory is gone");
-	cJSON_Delete(s);
-	emit(in, ev, true);
-}
 
 static void scan(struct instwatch *iw, int64_t now)
 {
@@ -628,10 +388,10 @@ static void scan(struct instwatch *iw, int64_t now)
 			if (in->wd >= 0 && iw->ino_fd >= 0)
 				inotify_rm_watch(iw->ino_fd, in->wd);
 			in->wd = -1;
-			report_removed(in);
+			instreport_removed(in);
 			continue;
 		}
-		const char *prev = last_state(in);
+		const char *prev = instreport_last_state(in);
 		if (prev && strcmp(prev, "REMOVED") == 0) {
 			cJSON_Delete(in->last); /* it is back: report it afresh */
 			in->last = NULL;
@@ -653,139 +413,6 @@ static void on_inotify(struct instwatch *iw)
 		int64_t soon = jv_now_mono_ms() + RESCAN_SOON_MS;
 		if (iw->scan_at_ms > soon)
 			iw->scan_at_ms = soon;
-	}
-}
-
-/* ---- delivery -------------------------------------------------------------*/
-
-static void reporting_off(struct instwatch *iw, long status)
-{
-	if (!iw->reporting)
-		return;
-	iw->reporting = false;
-	jv_warn(NULL, NULL, "the control plane does not know instance reports (HTTP %ld); instance "
-	        "state is not reported until the agent restarts", status);
-}
-
-static void on_events_answer(void *ud, const struct transport_response *resp)
-{
-	struct inst *in = ud;
-	struct instwatch *iw = in->iw;
-	uint64_t sent = in->req_last;
-	in->req = NULL;
-	if (resp->status == 404) {
-		reporting_off(iw, resp->status);
-		return;
-	}
-	enum transport_class c = transport_classify(resp);
-	cJSON *o = c == TRANSPORT_OK ? jv_json_parse(resp->body, resp->len) : NULL;
-	int64_t ack = cJSON_IsObject(o) ? jv_json_int(o, "ackSeq", -1) : -1;
-	cJSON_Delete(o);
-	if (ack < 0) {
-		int64_t delay = backoff_next(&in->bo, resp->retry_after_ms, jv_random_u64());
-		in->retry_at_ms = jv_now_mono_ms() + delay;
-		if (!in->failing) {
-			if (c == TRANSPORT_OK || c == TRANSPORT_RETRY)
-				jv_warn(NULL, NULL, "instance %s: cannot deliver state events: %s; kept in the "
-				        "spool, retrying in %.1fs", in->id,
-				        resp->status ? (c == TRANSPORT_OK ? "no valid ackSeq" : "HTTP error")
-				                     : (resp->error ? resp->error : "no answer"),
-				        (double)delay / 1000.0);
-			else
-				jv_error(NULL, NULL, "instance %s: the control plane refused state events: HTTP "
-				         "%ld; retrying in %.1fs", in->id, resp->status, (double)delay / 1000.0);
-		}
-		in->failing = true;
-		return;
-	}
-	if ((uint64_t)ack > sent)
-		ack = (int64_t)sent;
-	int rc = spool_run_ack(in->stream, (uint64_t)ack);
-	if (rc)
-		jv_warn(NULL, NULL, "instance %s: cannot record the acknowledgement: %s", in->id,
-		        strerror(-rc));
-	if (in->failing)
-		jv_info(NULL, NULL, "instance %s: delivering state events again", in->id);
-	in->failing = false;
-	backoff_reset(&in->bo);
-	in->retry_at_ms = 0;
-}
-
-static void deliver(struct instwatch *iw, struct inst *in, int64_t now)
-{
-	struct agent *ag = iw->ag;
-	if (!iw->reporting || in->req || !in->stream || spool_run_pending(in->stream) == 0 ||
-	    in->retry_at_ms > now || ag->hard_stop)
-		return;
-	uint64_t last = 0;
-	char *body = spool_run_batch(in->stream, BATCH_EVENTS, BATCH_BYTES, &last);
-	if (!body)
-		return;
-	char path[256];
-	snprintf(path, sizeof(path), "/v1/agents/%s/instances/%s/events", ag->cfg.agent_id, in->id);
-	int rc = transport_post(ag->tp, path, body, (long)ag->cfg.request_timeout_s * 1000,
-	                        on_events_answer, in, &in->req);
-	if (rc) {
-		in->req = NULL;
-		in->retry_at_ms = now + backoff_next(&in->bo, -1, jv_random_u64());
-		return;
-	}
-	in->req_last = last;
-}
-
-static void on_snapshot_answer(void *ud, const struct transport_response *resp)
-{
-	struct instwatch *iw = ud;
-	iw->snap_req = NULL;
-	if (resp->status == 404) {
-		reporting_off(iw, resp->status);
-		return;
-	}
-	if (transport_classify(resp) != TRANSPORT_OK) {
-		iw->snap_wanted = true;
-		iw->snap_at_ms = jv_now_mono_ms() + backoff_next(&iw->snap_bo, resp->retry_after_ms,
-		                                                 jv_random_u64());
-		jv_debug(NULL, NULL, "instance snapshot not delivered (HTTP %ld); retrying", resp->status);
-		return;
-	}
-	backoff_reset(&iw->snap_bo);
-	jv_debug(NULL, NULL, "instance snapshot delivered");
-}
-
-static void send_snapshot(struct instwatch *iw, int64_t now)
-{
-	struct agent *ag = iw->ag;
-	if (!iw->reporting || !iw->snap_wanted || iw->snap_req || now < iw->snap_at_ms || ag->hard_stop)
-		return;
-	cJSON *body = cJSON_CreateObject();
-	cJSON *arr = cJSON_AddArrayToObject(body, "instances");
-	if (!arr) {
-		cJSON_Delete(body);
-		return;
-	}
-	for (struct inst *in = iw->list; in; in = in->next) {
-		const char *st = last_state(in);
-		if (!st || strcmp(st, "REMOVED") == 0 || !in->stream)
-			continue;
-		cJSON *e = cJSON_Duplicate(in->last, true);
-		if (!e)
-			continue;
-		cJSON_DeleteItemFromObjectCaseSensitive(e, "seq");
-		cJSON_AddNumberToObject(e, "seq", (double)spool_run_last_seq(in->stream));
-		cJSON_AddItemToArray(arr, e);
-	}
-	char *text = jv_json_print(body);
-	cJSON_Delete(body);
-	if (!text)
-		return;
-	char path[200];
-	snprintf(path, sizeof(path), "/v1/agents/%s/instances", ag->cfg.agent_id);
-	iw->snap_wanted = false;
-	if (transport_post(ag->tp, path, text, (long)ag->cfg.request_timeout_s * 1000,
-	                   on_snapshot_answer, iw, &iw->snap_req)) {
-		iw->snap_req = NULL;
-		iw->snap_wanted = true;
-		iw->snap_at_ms = now + backoff_next(&iw->snap_bo, -1, jv_random_u64());
 	}
 }
 
@@ -930,14 +557,17 @@ void instwatch_tick(struct agent *ag, int64_t now)
 		if (in->present && !in->mc && in->launch_fd < 0 && now >= in->next_try_ms &&
 		    !ag->stopping)
 			attach(in, now);
-		deliver(iw, in, now);
+		instreport_deliver(iw, in, now);
 	}
-	send_snapshot(iw, now);
+	instreport_snapshot(iw, now);
 }
 
 void instwatch_want_snapshot(struct agent *ag)
 {
-	if (!ag->iw || ag->iw->snap_req)
+	if (!ag->iw)
+		return;
+	instreport_wake(ag->iw); /* the control plane answered a poll */
+	if (ag->iw->snap_req)
 		return; /* one on its way already says the same */
 	ag->iw->snap_wanted = true;
 	ag->iw->snap_at_ms = jv_now_mono_ms();

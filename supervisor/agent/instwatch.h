@@ -46,7 +46,8 @@ void instwatch_on_fd(struct agent *ag, int fd, short revents);
 int64_t instwatch_next_deadline(const struct agent *ag);
 void instwatch_tick(struct agent *ag, int64_t now_ms);
 
-/* The control plane asked for (or may need) a full snapshot. */
+/* The control plane answered a poll and asked for (or may need) a full
+ * snapshot; reports waiting out a backoff are sent now too. */
 void instwatch_want_snapshot(struct agent *ag);
 /* A job run ended: instances may have appeared or gone. */
 void instwatch_rescan_soon(struct agent *ag);

@@ -102,6 +102,18 @@ static void failed(struct agent *ag, const char *why, int64_t retry_after_ms, bo
 	p->failing = true;
 }
 
+/* The poll failed on a control-plane URL the agent has moved away from, to
+ * one that has not failed yet (endpoints.h): ask that one at once. */
+static void failed_over(struct agent *ag, const char *why)
+{
+	struct poller *p = &ag->poller;
+	p->next_at_ms = jv_now_mono_ms();
+	p->failures++;
+	p->again = false;
+	p->failing = true;
+	jv_info(NULL, NULL, "poll failed: %s; polling %s now", why, transport_current_url(ag->tp));
+}
+
 static void handle_answer(struct agent *ag, const cJSON *o, int64_t elapsed_ms)
 {
 	struct poller *p = &ag->poller;
@@ -177,7 +189,10 @@ static void on_answer(void *ud, const struct transport_response *resp)
 			snprintf(why, sizeof(why), "HTTP %ld", resp->status);
 		else
 			snprintf(why, sizeof(why), "%s", resp->error ? resp->error : "no answer");
-		failed(ag, why, resp->retry_after_ms, false);
+		if (resp->failover)
+			failed_over(ag, why);
+		else
+			failed(ag, why, resp->retry_after_ms, false);
 		return;
 	}
 	if (c != TRANSPORT_OK) {

@@ -12,14 +12,11 @@
 
 #include "jobvisor/ident.h"
 
-const char *jobrun_builtin_jobs_dir(void)
+const char *jobrun_builtin_jobs_dir(char dir[PATH_MAX])
 {
-	static char dir[PATH_MAX];
-	if (dir[0])
-		return dir;
 	const char *env = getenv("JOBVISOR_BUILTIN_JOBS_DIR");
 	if (env && *env) {
-		snprintf(dir, sizeof(dir), "%s", env);
+		snprintf(dir, PATH_MAX, "%s", env);
 		return dir;
 	}
 	char exe[PATH_MAX];
@@ -32,7 +29,7 @@ const char *jobrun_builtin_jobs_dir(void)
 		char build[PATH_MAX];
 		if (realpath(JV_BUILD_DIR, build) && strcmp(build, exe) == 0 &&
 		    access(JV_SOURCE_JOBS_DIR, R_OK) == 0) {
-			snprintf(dir, sizeof(dir), "%s", JV_SOURCE_JOBS_DIR);
+			snprintf(dir, PATH_MAX, "%s", JV_SOURCE_JOBS_DIR);
 			return dir;
 		}
 		/* Installed under any prefix: <prefix>/bin/jobvisor -> <prefix>/share/jobvisor/jobs. */
@@ -42,7 +39,7 @@ const char *jobrun_builtin_jobs_dir(void)
 			return dir;
 		dir[0] = '\0';
 	}
-	snprintf(dir, sizeof(dir), "%s", JV_INSTALL_JOBS_DIR);
+	snprintf(dir, PATH_MAX, "%s", JV_INSTALL_JOBS_DIR);
 	return dir;
 }
 
@@ -69,7 +66,8 @@ int jobrun_resolve_script(const char *type_or_path, const char *jobs_dir, char *
 	for (const char *p = type_or_path; *p && i < sizeof(file) - 5; p++)
 		file[i++] = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
 	snprintf(file + i, sizeof(file) - i, ".lua");
-	const char *dirs[] = {jobs_dir, jobrun_builtin_jobs_dir()};
+	char builtin[PATH_MAX];
+	const char *dirs[] = {jobs_dir, jobrun_builtin_jobs_dir(builtin)};
 	for (size_t d = 0; d < 2; d++) {
 		if (!dirs[d] || !*dirs[d])
 			continue;

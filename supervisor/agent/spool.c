@@ -279,6 +279,14 @@ size_t spool_run_pending(const struct spool_run *sr)
 	return sr->n - sr->head;
 }
 
+cJSON *spool_run_pending_event(const struct spool_run *sr, size_t i)
+{
+	if (i >= spool_run_pending(sr))
+		return NULL;
+	const struct spool_event *e = &sr->ev[sr->head + i];
+	return jv_json_parse(e->line, e->len);
+}
+
 char *spool_run_batch(const struct spool_run *sr, size_t max_events, size_t max_bytes,
                       uint64_t *last)
 {
@@ -410,15 +418,10 @@ size_t spool_run_skipped(const struct spool_run *sr)
 /* Unlink every plain file in dirfd; the run directories hold nothing else. */
 static int empty_dir(int dirfd)
 {
-	int dup = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
-	if (dup < 0)
-		return -errno;
-	DIR *d = fdopendir(dup);
-	if (!d) {
-		close(dup);
-		return -errno;
-	}
-	int rc = 0;
+	DIR *d;
+	int rc = jv_opendir_at(dirfd, &d);
+	if (rc)
+		return rc;
 	struct dirent *e;
 	while ((e = readdir(d))) {
 		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
@@ -609,42 +612,53 @@ fail:
 	return rc;
 }
 
-int spool_replay(struct spool *sp, spool_replay_cb cb, void *ud)
+/* The names in dirfd that keep() accepts, into *names (returned-owned, also
+ * on failure: free each of *n, then the array). 0 or -errno. */
+static int list_names(int dirfd, bool (*keep)(const char *name), char ***names, size_t *n)
 {
-	int dup = fcntl(sp->runs_fd, F_DUPFD_CLOEXEC, 0);
-	if (dup < 0)
-		return -errno;
-	DIR *d = fdopendir(dup);
-	if (!d) {
-		close(dup);
-		return -errno;
-	}
-	/* Collect names first: callbacks remove entries. */
-	char **names = NULL;
-	size_t n = 0, cap = 0;
-	int rc = 0;
+	*names = NULL;
+	*n = 0;
+	DIR *d;
+	int rc = jv_opendir_at(dirfd, &d);
+	if (rc)
+		return rc;
+	size_t cap = 0;
 	struct dirent *e;
 	while ((e = readdir(d))) {
-		if (e->d_name[0] == '.')
-			continue; /* ., .., .agent.lock, .rejected, temp files */
-		if (n == cap) {
+		if (!keep(e->d_name))
+			continue;
+		if (*n == cap) {
 			size_t nc = cap ? cap * 2 : 16;
-			char **nn = realloc(names, nc * sizeof(*nn));
+			char **nn = realloc(*names, nc * sizeof(*nn));
 			if (!nn) {
 				rc = -ENOMEM;
 				break;
 			}
-			names = nn;
+			*names = nn;
 			cap = nc;
 		}
-		names[n] = strdup(e->d_name);
-		if (!names[n]) {
+		if (!((*names)[*n] = strdup(e->d_name))) {
 			rc = -ENOMEM;
 			break;
 		}
-		n++;
+		(*n)++;
 	}
 	closedir(d);
+	return rc;
+}
+
+/* ., .., .agent.lock, .rejected, .instances and temp files are not runs. */
+static bool undotted(const char *name)
+{
+	return name[0] != '.';
+}
+
+int spool_replay(struct spool *sp, spool_replay_cb cb, void *ud)
+{
+	/* Collect names first: callbacks remove entries. */
+	char **names = NULL;
+	size_t n = 0;
+	int rc = list_names(sp->runs_fd, undotted, &names, &n);
 	for (size_t i = 0; i < n; i++) {
 		if (rc == 0) {
 			struct spool_run *sr = NULL;
@@ -708,37 +722,7 @@ int spool_stream_names(struct spool *sp, char ***names, size_t *n)
 	int rc = streams_dir(sp);
 	if (rc)
 		return rc;
-	int dup = fcntl(sp->streams_fd, F_DUPFD_CLOEXEC, 0);
-	if (dup < 0)
-		return -errno;
-	DIR *d = fdopendir(dup);
-	if (!d) {
-		close(dup);
-		return -errno;
-	}
-	size_t cap = 0;
-	struct dirent *e;
-	while ((e = readdir(d))) {
-		if (!jv_ident_valid(e->d_name))
-			continue;
-		if (*n == cap) {
-			size_t nc = cap ? cap * 2 : 16;
-			char **nn = realloc(*names, nc * sizeof(*nn));
-			if (!nn) {
-				rc = -ENOMEM;
-				break;
-			}
-			*names = nn;
-			cap = nc;
-		}
-		if (!((*names)[*n] = strdup(e->d_name))) {
-			rc = -ENOMEM;
-			break;
-		}
-		(*n)++;
-	}
-	closedir(d);
-	return rc;
+	return list_names(sp->streams_fd, jv_ident_valid, names, n);
 }
 
 int spool_run_put(struct spool_run *sr, const char *name, const cJSON *obj)

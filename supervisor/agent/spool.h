@@ -61,6 +61,9 @@ int spool_run_append(struct spool_run *sr, const cJSON *event);
 int spool_run_sync(struct spool_run *sr);
 
 size_t spool_run_pending(const struct spool_run *sr); /* unacknowledged events */
+/* The i-th unacknowledged event, oldest first (i < spool_run_pending).
+ * Returned-owned: cJSON_Delete. NULL when out of range or ENOMEM. */
+cJSON *spool_run_pending_event(const struct spool_run *sr, size_t i);
 /* Request body {"events":[...]} with the oldest unacknowledged events, at most
  * max_events and about max_bytes (at least one). *last gets the highest seq
  * in it. Returned-owned: free(). NULL when nothing is pending or ENOMEM. */

@@ -18,6 +18,7 @@
 
 #include <curl/curl.h>
 
+#include "endpoints.h"
 #include "jobvisor/util.h"
 
 struct transport_req {
@@ -31,12 +32,13 @@ struct transport_req {
 	transport_cb cb;
 	void *ud;
 	int64_t started_ms;
+	uint64_t ep_gen; /* the endpoints generation it was sent in */
 	struct transport_req *prev, *next;
 };
 
 struct transport {
 	CURLM *multi;
-	char *base_url;
+	struct endpoints ep;
 	char *auth_header; /* "Authorization: Bearer <token>" */
 	char *ca_file;
 	bool insecure;
@@ -68,22 +70,19 @@ int transport_configure(struct transport *tp, const struct transport_opts *opts)
 {
 	struct jv_buf auth;
 	jv_buf_init(&auth, 0);
-	char *url = strdup(opts->base_url);
 	char *ca = opts->ca_file ? strdup(opts->ca_file) : NULL;
 	int rc = jv_buf_printf(&auth, "Authorization: Bearer %s", opts->token ? opts->token : "");
-	if (rc || !url || (opts->ca_file && !ca)) {
+	if (rc == 0 && opts->ca_file && !ca)
+		rc = -ENOMEM;
+	if (rc == 0)
+		rc = endpoints_set(&tp->ep, opts->urls, opts->nurls); /* the last step that can fail */
+	if (rc) {
 		if (auth.data)
 			explicit_bzero(auth.data, auth.len);
 		jv_buf_free(&auth);
-		free(url);
 		free(ca);
-		return -ENOMEM;
+		return rc;
 	}
-	size_t ul = strlen(url);
-	while (ul > 0 && url[ul - 1] == '/')
-		url[--ul] = '\0';
-	free(tp->base_url);
-	tp->base_url = url;
 	wipe_free(tp->auth_header);
 	tp->auth_header = auth.data; /* ownership moves out of the buffer */
 	free(tp->ca_file);
@@ -155,10 +154,20 @@ void transport_free(struct transport *tp)
 	while (tp->reqs)
 		transport_abort(tp, tp->reqs);
 	curl_multi_cleanup(tp->multi);
-	free(tp->base_url);
+	endpoints_clear(&tp->ep);
 	wipe_free(tp->auth_header);
 	free(tp->ca_file);
 	free(tp);
+}
+
+const char *transport_current_url(const struct transport *tp)
+{
+	return tp ? endpoints_current(&tp->ep) : "";
+}
+
+uint64_t transport_url_gen(const struct transport *tp)
+{
+	return tp ? tp->ep.gen : 0;
 }
 
 size_t transport_active(const struct transport *tp)
@@ -195,7 +204,8 @@ int transport_post(struct transport *tp, const char *path, char *body, long time
 	struct jv_buf url;
 	jv_buf_init(&url, 0);
 	int rc = -ENOMEM;
-	if (jv_buf_printf(&url, "%s%s", tp->base_url, path))
+	r->ep_gen = tp->ep.gen;
+	if (jv_buf_printf(&url, "%s%s", endpoints_current(&tp->ep), path))
 		goto fail;
 	r->easy = curl_easy_init();
 	if (!r->easy)
@@ -320,6 +330,8 @@ void transport_perform(struct transport *tp)
 		resp.body = r->resp.data ? r->resp.data : "";
 		resp.len = r->resp.len;
 		resp.elapsed_ms = jv_now_mono_ms() - r->started_ms;
+		resp.failover = endpoints_report(&tp->ep, r->ep_gen, resp.status,
+		                                 resp.too_large, resp.error);
 		if (r->cb)
 			r->cb(r->ud, &resp);
 		req_free(r);

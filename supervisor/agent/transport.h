@@ -7,7 +7,8 @@
  * configuration explicitly disabled it for a loopback URL), has connect and
  * total timeouts and a cap on the answer's size. Nothing here retries:
  * transport_classify() tells the caller what an answer means and backoff.h
- * says when to try again. */
+ * says when to try again. With several control-plane URLs every request goes
+ * to the current one, and a failure moves the agent on (endpoints.h). */
 #ifndef JOBVISOR_TRANSPORT_H
 #define JOBVISOR_TRANSPORT_H
 
@@ -20,7 +21,8 @@ struct transport;
 struct transport_req;
 
 struct transport_opts {
-	const char *base_url;  /* borrowed; copied */
+	char *const *urls;     /* base URLs, borrowed; copied (endpoints.h) */
+	size_t nurls;
 	const char *token;     /* borrowed; copied and wiped on free */
 	const char *ca_file;   /* borrowed, may be NULL */
 	bool insecure;         /* skip TLS verification (loopback test URLs only) */
@@ -36,6 +38,7 @@ struct transport_response {
 	bool too_large;         /* the answer passed max_response and was dropped */
 	int64_t retry_after_ms; /* Retry-After header, -1 when absent */
 	int64_t elapsed_ms;
+	bool failover;          /* failed on a URL the agent left for one worth trying at once */
 };
 
 enum transport_class {
@@ -54,7 +57,11 @@ int transport_configure(struct transport *tp, const struct transport_opts *opts)
 /* Abort every request (no callbacks) and free. NULL ok. */
 void transport_free(struct transport *tp);
 
-/* POST body (consumed: freed by the transport) as JSON to base_url + path.
+/* The base URL requests go to now, and a number that changes whenever it does. */
+const char *transport_current_url(const struct transport *tp);
+uint64_t transport_url_gen(const struct transport *tp);
+
+/* POST body (consumed: freed by the transport) as JSON to the current base URL + path.
  * timeout_ms bounds the whole request. *out (optional) is a borrowed handle
  * for transport_abort(), valid until the callback runs. Returns 0 or -errno
  * (the callback is then never called). */

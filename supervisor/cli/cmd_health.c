@@ -122,6 +122,7 @@ static void print_verdict(const struct verdict *v, bool json)
 			cJSON_AddStringToObject(o, "agentId", jv_json_str(st, "agentId", ""));
 			cJSON_AddNumberToObject(o, "pid", (double)jv_json_int(st, "pid", 0));
 			cJSON_AddStringToObject(o, "state", jv_json_str(st, "state", ""));
+			cJSON_AddStringToObject(o, "url", jv_json_str(st, "url", ""));
 			cJSON_AddNumberToObject(o, "heartbeatAgeSeconds", v->beat_age_s);
 			cJSON_AddNumberToObject(o, "lastPollAgeSeconds", v->poll_age_s);
 			cJSON_AddNumberToObject(o, "runsRunning", (double)jv_json_int(st, "runsRunning", 0));
@@ -138,9 +139,10 @@ static void print_verdict(const struct verdict *v, bool json)
 		return;
 	}
 	printf("healthy: agent %s (pid %lld, %s): loop went round %.0f s ago, last poll answered "
-	       "%.0f s ago, %lld runs running\n",
+	       "%.0f s ago, control plane %s, %lld runs running\n",
 	       jv_json_str(st, "agentId", "?"), (long long)jv_json_int(st, "pid", 0),
 	       jv_json_str(st, "state", "?"), v->beat_age_s, v->poll_age_s,
+	       jv_json_str(st, "url", "?"),
 	       (long long)jv_json_int(st, "runsRunning", 0));
 }
 

@@ -322,14 +322,16 @@ static int resolve_run(const char *what, const char *jobs_dir, const char *data_
 {
 	int rc = jobrun_resolve_script(what, jobs_dir, script, PATH_MAX);
 	if (rc < 0) {
-		if (rc == -EINVAL)
+		if (rc == -EINVAL) {
 			fprintf(stderr, "jobvisor run: '%s' is neither a job type (like BACKUP_INSTANCE) nor a .lua script\n", what);
-		else if (strstr(what, ".lua"))
+		} else if (strstr(what, ".lua")) {
 			fprintf(stderr, "jobvisor run: cannot open script '%s': %s\n", what, strerror(-rc));
-		else
+		} else {
+			char builtin[PATH_MAX];
 			fprintf(stderr, "jobvisor run: unknown job type '%s' (no %s script in %s%s%s)\n", what,
 			        "matching", jobs_dir ? jobs_dir : "", jobs_dir ? " or " : "",
-			        jobrun_builtin_jobs_dir());
+			        jobrun_builtin_jobs_dir(builtin));
+		}
 		return JV_EXIT_USAGE;
 	}
 	rc = jv_mkdir_p(data_dir, 0750);
@@ -418,7 +420,9 @@ int cmd_run(int argc, char **argv)
 		.type = by_type ? what : NULL, .by_type = by_type, .attempt = 1, .params = params,
 		.data_dir = abs_data, .script = script, .jobs_dir = jobs_dir, .timeout_s = a.timeout,
 		.cancel_grace_s = a.grace, .mem_limit = mem_limit, .run_uid = run_uid, .run_gid = run_gid,
-		.settings = settings,
+		.settings = settings, .fresh_job_id = !job_id_arg,
+		/* this process is as clean as a fresh exec would be: spare the second one */
+		.child_main = jv_jobrun_child_main,
 	};
 	static const struct jobrun_ops ops = {.event = on_event, .done = on_done};
 	struct jobrun *run = NULL;
@@ -427,11 +431,10 @@ int cmd_run(int argc, char **argv)
 		fprintf(stderr, "jobvisor run: cannot start the job-run child: %s\n", strerror(-rc));
 		code = JV_EXIT_FAILED;
 	} else {
+		/* A job id the caller named may be run again as a retry (and then
+		 * reports this result again); a fresh one never is, so its child
+		 * records no completion (fresh_job_id). */
 		code = drive(run, &out, sfd);
-		/* The result is printed. A job id the caller named may be run again as a
-		 * retry (and then reports this result again); a fresh one never is. */
-		if (!job_id_arg)
-			jobrun_forget_completion(abs_data, instance, job_id);
 	}
 	jobrun_free(run);
 	cJSON_Delete(out.result);

@@ -49,7 +49,8 @@ static int check(int argc, char **argv)
 		return JV_EXIT_USAGE;
 	}
 	cJSON *settings = config_child_settings(&cfg);
-	int rc = jv_check_scripts(n, argv + 1, jobrun_builtin_jobs_dir(), settings);
+	char builtin[PATH_MAX];
+	int rc = jv_check_scripts(n, argv + 1, jobrun_builtin_jobs_dir(builtin), settings);
 	cJSON_Delete(settings);
 	config_free(&cfg);
 	return rc;
@@ -64,8 +65,10 @@ int main(int argc, char **argv)
 	const char *cmd = argv[1];
 	if (strcmp(cmd, "__jobrun") == 0)
 		return jv_jobrun_child_main(argc - 1, argv + 1);
-	if (strcmp(cmd, "__jobtypes") == 0)
-		return jv_job_types_main(argc - 1, argv + 1, jobrun_builtin_jobs_dir());
+	if (strcmp(cmd, "__jobtypes") == 0) {
+		char builtin[PATH_MAX];
+		return jv_job_types_main(argc - 1, argv + 1, jobrun_builtin_jobs_dir(builtin));
+	}
 	if (is_version(cmd)) {
 		if (argc > 2)
 			return help_usage_error("version", "unexpected argument '%s'", argv[2]);

@@ -255,7 +255,7 @@ static bool text_ok(const cJSON *v, char *where, size_t wlen, size_t at, const c
 
 bool jv_json_text_ok(const cJSON *v, char *where, size_t wlen, const char **what)
 {
-	static char scratch[1];
+	char scratch[1];
 	if (!where || !wlen) {
 		where = scratch;
 		wlen = sizeof(scratch);

@@ -8,7 +8,6 @@ is stopped (as a year of use would leave it); everything after that is the
 control plane's own sweep."""
 import json
 import os
-import sqlite3
 import threading
 import time
 import unittest
@@ -27,11 +26,9 @@ def pct(xs, p):
 
 
 class Retention(unittest.TestCase):
-    def populate(self, db):
+    def populate(self, cp):
         now = int(time.time() * 1000)
         old = now - 40 * DAY_MS
-        con = sqlite3.connect(db)
-        con.execute("PRAGMA synchronous=OFF")
         body = json.dumps({"kind": "progress", "message": "copying world/region/r.0.0.mca", "percent": 50})
         jobs, runs = [], []
         for i in range(JOBS):
@@ -41,17 +38,15 @@ class Retention(unittest.TestCase):
         # Unfinished and young jobs of the same era stay; so does a schedule.
         jobs.append(("old-queued", "BACKUP_INSTANCE", "agent-1", "mc-other", "{}", "QUEUED", 1, old, old))
         jobs.append(("young-done", "BACKUP_INSTANCE", "agent-1", "mc-other", "{}", "COMPLETED", 1, now, now))
-        con.executemany("INSERT INTO jobs (job_id, type, agent_id, instance_id, params, status, max_attempts,"
-                        " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)", jobs)
-        con.executemany("INSERT INTO job_runs (run_id, job_id, attempt, agent_id, status, created_at, finished_at)"
-                        " VALUES (?,?,?,?,?,?,?)", runs)
-        con.executemany("INSERT INTO events (run_id, seq, body, received_at) VALUES (?,?,?,?)",
-                        (("old-%04d-r1" % i, s, body, old) for i in range(JOBS) for s in range(1, EVENTS_PER_JOB + 1)))
-        con.execute("INSERT INTO schedules (schedule_id, cron, timezone, job, enabled, overlap, next_fire,"
-                    " created_at, updated_at) VALUES ('keep-me', '0 4 * * *', 'UTC', '{}', 0, 'skip', 0, ?, ?)",
-                    (old, old))
-        con.commit()
-        con.close()
+        cp.insert_rows("jobs", ("job_id", "type", "agent_id", "instance_id", "params", "status", "max_attempts",
+                                "created_at", "updated_at"), jobs)
+        cp.insert_rows("job_runs", ("run_id", "job_id", "attempt", "agent_id", "status", "created_at",
+                                    "finished_at"), runs)
+        cp.insert_rows("events", ("run_id", "seq", "body", "received_at"),
+                       (("old-%04d-r1" % i, s, body, old) for i in range(JOBS) for s in range(1, EVENTS_PER_JOB + 1)))
+        cp.sql("INSERT INTO schedules (schedule_id, cron, timezone, job, enabled, overlap, next_fire,"
+               " created_at, updated_at) VALUES ('keep-me', '0 4 * * *', 'UTC', '{}', 0, 'skip', 0, ?, ?)",
+               (old, old))
 
     def poll_latencies(self, cp, stop, out):
         agent = cp.agent("agent-2")
@@ -62,19 +57,15 @@ class Retention(unittest.TestCase):
             if r.status != 200:
                 out.append(float("inf"))
 
-    def count(self, db, sql):
-        con = sqlite3.connect(db, timeout=30)
-        try:
-            return con.execute(sql).fetchone()[0]
-        finally:
-            con.close()
+    def count(self, cp, sql):
+        return int(cp.sql(sql)[0][0])
 
     def test_deletes_a_million_events_in_batches_without_delaying_polls(self):
         cp = ControlPlane(["--retention-days", "0"])
         self.addCleanup(cp.close)
         cp.start()
         cp.stop()
-        self.populate(cp.db)
+        self.populate(cp)
         # Baseline: the same database, retention off.
         cp.start()
         stop, base = threading.Event(), []
@@ -93,7 +84,7 @@ class Retention(unittest.TestCase):
         started = time.monotonic()
         deadline = started + 300
         while time.monotonic() < deadline:
-            if self.count(cp.db, "SELECT count(*) FROM jobs WHERE instance_id = 'mc-old'") == KEEP:
+            if self.count(cp, "SELECT count(*) FROM jobs WHERE instance_id = 'mc-old'") == KEEP:
                 break
             time.sleep(0.5)
         took = time.monotonic() - started
@@ -103,11 +94,10 @@ class Retention(unittest.TestCase):
               (len(base), pct(base, 0.5), pct(base, 0.99), max(base)))
         print("poll latency ms, deleting %d events: n=%d p50=%.1f p99=%.1f max=%.1f; deletion took %.1f s" %
               (JOBS * EVENTS_PER_JOB, len(during), pct(during, 0.5), pct(during, 0.99), max(during), took))
-        kept = [r[0] for r in sqlite3.connect(cp.db).execute(
-            "SELECT job_id FROM jobs WHERE instance_id = 'mc-old' ORDER BY seq")]
+        kept = [r[0] for r in cp.sql("SELECT job_id FROM jobs WHERE instance_id = 'mc-old' ORDER BY seq")]
         self.assertEqual(kept, ["old-%04d" % i for i in range(JOBS - KEEP, JOBS)], "the newest jobs of the instance stay")
-        self.assertEqual(self.count(cp.db, "SELECT count(*) FROM events"), KEEP * EVENTS_PER_JOB)
-        self.assertEqual(self.count(cp.db, "SELECT count(*) FROM job_runs"), KEEP)
+        self.assertEqual(self.count(cp, "SELECT count(*) FROM events"), KEEP * EVENTS_PER_JOB)
+        self.assertEqual(self.count(cp, "SELECT count(*) FROM job_runs"), KEEP)
         for jid in ("old-queued", "young-done"):
             self.assertEqual(cp.job(jid)["jobId"], jid)
         self.assertEqual(cp.api("GET", "/v1/schedules/keep-me").status, 200)

@@ -11,7 +11,6 @@ control plane's own sweep."""
 import datetime
 import json
 import os
-import sqlite3
 import time
 import unittest
 
@@ -105,13 +104,8 @@ class Cron(CpTestCase):
                          ["2026-10-30T08:00", "2026-11-02T09:00"])
 
 
-def poke_next_fire(db, schedule_id, ms):
-    con = sqlite3.connect(db, timeout=30)
-    try:
-        con.execute("UPDATE schedules SET next_fire = ? WHERE schedule_id = ?", (ms, schedule_id))
-        con.commit()
-    finally:
-        con.close()
+def poke_next_fire(cp, schedule_id, ms):
+    cp.sql("UPDATE schedules SET next_fire = ? WHERE schedule_id = ?", (ms, schedule_id))
 
 
 def now_ms():
@@ -212,7 +206,7 @@ class ScheduleApi(CpTestCase):
         self.assertGreater(iso(s["nextFireAt"]), due)
         # Paused: nothing more fires, however due it was.
         self.assertEqual(self.cp.api("PATCH", "/v1/schedules/" + sid, {"enabled": False}).status, 200)
-        poke_next_fire(self.cp.db, sid, now_ms() - 1000)
+        poke_next_fire(self.cp, sid, now_ms() - 1000)
         time.sleep(1.5)
         self.assertEqual(len(self.jobs_of(sid)), 1)
 
@@ -220,20 +214,20 @@ class ScheduleApi(CpTestCase):
         # A yearly schedule made due by hand: each poke is one new firing.
         s = self.create(cron="0 0 1 1 *", timezone="UTC")
         sid = s["scheduleId"]
-        poke_next_fire(self.cp.db, sid, now_ms() - 1000)
+        poke_next_fire(self.cp, sid, now_ms() - 1000)
         s = self.wait_schedule(sid, lambda x: x["lastOutcome"] == "created", "its first job")
         [job] = self.jobs_of(sid)
         self.assertEqual(job["jobId"], s["lastJobId"])
         self.assertEqual(iso(s["nextFireAt"]).strftime("%m-%d %H:%M"), "01-01 00:00")
         # The job is still QUEUED (no agent took it): the next firing is skipped.
-        poke_next_fire(self.cp.db, sid, now_ms() - 1000)
+        poke_next_fire(self.cp, sid, now_ms() - 1000)
         s = self.wait_schedule(sid, lambda x: (x["lastOutcome"] or "").startswith("skipped"), "a skip")
         self.assertIn("previous job of this schedule is still active", s["lastOutcome"])
         self.assertEqual(len(self.jobs_of(sid)), 1)
         self.assertEqual(s["lastJobId"], None)
         # overlap = queue: a second job, queued behind the first.
         self.assertEqual(self.cp.api("PATCH", "/v1/schedules/" + sid, {"overlap": "queue"}).status, 200)
-        poke_next_fire(self.cp.db, sid, now_ms() - 1000)
+        poke_next_fire(self.cp, sid, now_ms() - 1000)
         s = self.wait_schedule(sid, lambda x: x["lastOutcome"] == "created" and x["lastJobId"] != job["jobId"],
                                "a queued second job")
         self.assertEqual(len(self.jobs_of(sid)), 2)
@@ -244,7 +238,7 @@ class ScheduleApi(CpTestCase):
             agent.progress(a, 100, "done")
             self.assertEqual(agent.result(a["jobRunId"], "COMPLETED").status, 200)
         self.assertEqual(self.cp.api("PATCH", "/v1/schedules/" + sid, {"overlap": "skip"}).status, 200)
-        poke_next_fire(self.cp.db, sid, now_ms() - 1000)
+        poke_next_fire(self.cp, sid, now_ms() - 1000)
         s = self.wait_schedule(sid, lambda x: x["lastOutcome"] == "created" and x["lastJobStatus"] == "QUEUED",
                                "a third job")
         self.assertEqual(len(self.jobs_of(sid)), 3)
@@ -267,8 +261,8 @@ class CatchUp(unittest.TestCase):
         # Down for three days: 864 firings of every5 were missed, the latest at most 5 min ago;
         # the daily one's latest firing (today 00:00 UTC) is more than 30 min ago unless it is just after midnight.
         three_days = now_ms() - 3 * 86400 * 1000
-        poke_next_fire(cp.db, every5, three_days - three_days % 300000)
-        poke_next_fire(cp.db, daily, three_days - three_days % 86400000)
+        poke_next_fire(cp, every5, three_days - three_days % 300000)
+        poke_next_fire(cp, daily, three_days - three_days % 86400000)
         cp.start()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -311,14 +305,11 @@ class Replicas(unittest.TestCase):
                                                         "instanceId": "r%d" % i}})
             self.assertEqual(r.status, 201, r)
             ids.append(r.json["scheduleId"])
-        b = ControlPlane(tmpdir=None)
-        b.db, b.admin_file, b.agents_file = a.db, a.admin_file, a.agents_file
+        b = ControlPlane(tmpdir=None, db=a.db)
+        b.admin_file, b.agents_file = a.admin_file, a.agents_file
         b.start()
         self.addCleanup(b.close)
-        con = sqlite3.connect(a.db, timeout=30)
-        con.execute("UPDATE schedules SET next_fire = ?", (now_ms() - 1000,))
-        con.commit()
-        con.close()
+        a.sql("UPDATE schedules SET next_fire = ?", (now_ms() - 1000,))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             ss = a.api("GET", "/v1/schedules").json["schedules"]

@@ -3,6 +3,7 @@
 The real agent, the real jobvisor-cp and a real monitor with the demo
 server. The control plane listens on a fixed loopback port so it can be
 stopped, have its database deleted, and come back where the agent looks."""
+import json
 import os
 import signal
 import socket
@@ -191,6 +192,46 @@ class InstanceReports(AgentTestCase):
         self.assertEqual(inst["pid"], new["pid"])
         self.assertEqual(inst["restarts"], 1)
         self.assertEqual(inst["lastSeq"], 5)
+
+    def test_an_agent_killed_before_it_wrote_last_json_reports_each_state_once(self):
+        # The agent makes a state event durable in the stream, then rewrites
+        # last.json. A kill -9 between the two leaves exactly this on disk:
+        # RUNNING (seq 5) pending in events.jsonl, last.json still at seq 4.
+        st = self.instance(restart={"policy": "on-failure", "backoffSeconds": 0.2})
+        agent = self.start_agent()
+        wait_until(lambda: self.states() == [(1, "RUNNING")], 15, what="RUNNING reported")
+        self.cp.stop()
+        os.kill(st["pid"], signal.SIGKILL)
+        stream = os.path.join(self.data, "runs", ".instances", "s1")
+
+        def pending():
+            with open(os.path.join(stream, "events.jsonl")) as f:
+                return [json.loads(line) for line in f if line.strip()]
+        wait_until(lambda: len(pending()) == 4, 20, what="CRASHED, BACKOFF, STARTING, RUNNING spooled")
+        agent.kill()
+        agent.wait(10)
+        events = pending()
+        self.assertEqual([(e["seq"], e["state"]) for e in events],
+                         [(2, "CRASHED"), (3, "BACKOFF"), (4, "STARTING"), (5, "RUNNING")])
+        tmp = os.path.join(stream, "last.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(events[2], f)
+        os.rename(tmp, os.path.join(stream, "last.json"))
+        self.start_agent()
+        self.wait_log("4 state events from before the restart to deliver")
+        self.cp.start()
+        t0 = time.monotonic()
+        want = [(1, "RUNNING"), (2, "CRASHED"), (3, "BACKOFF"), (4, "STARTING"), (5, "RUNNING")]
+        wait_until(lambda: self.states() == want, 20, what="the events after the outage")
+        took = time.monotonic() - t0
+        # Backoff max is 1 s here: delivery resumes within a few retries of the return.
+        self.assertLess(took, 5.0, "the events took %.1fs after the control plane came back" % took)
+        time.sleep(1.0)  # a second RUNNING would be seq 6
+        self.assertEqual(self.states(), want)
+        self.assertEqual(self.cp_instance()["lastSeq"], 5)
+        self.assertIn("instance s1: its last state is RUNNING (seq 5) from the event stream", self.log())
+        with open(os.path.join(stream, "last.json")) as f:
+            self.assertEqual(json.load(f)["seq"], 5)
 
     def test_snapshot_brings_back_a_control_plane_that_lost_its_database(self):
         self.instance()

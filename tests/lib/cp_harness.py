@@ -5,11 +5,16 @@ token files (mode 0600), an OS-assigned port read from its "listening on"
 line, and stops it with SIGTERM, failing the test if it does not exit 0 or if
 a sanitizer reported anything. Agent plays the agent side of the protocol.
 Standard library only; every call has a timeout.
+
+Backends: JV_CP_BACKEND=postgresql (set by ctest for the e2e-pg.* copies of
+the control-plane tests) gives each ControlPlane a fresh database on one
+PostgreSQL server per test process (pg_harness), instead of a SQLite file.
 """
 
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -17,6 +22,8 @@ import time
 import unittest
 import urllib.error
 import urllib.request
+
+import pg_harness
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 AGENT_TOKENS = {
@@ -36,6 +43,26 @@ def cp_bin():
     if not path or not os.path.exists(path):
         raise unittest.SkipTest("JOBVISOR_CP_BIN is not set (run through ctest)")
     return path
+
+
+def backend():
+    """'sqlite' (the default) or 'postgresql', from JV_CP_BACKEND."""
+    b = os.environ.get("JV_CP_BACKEND", "sqlite")
+    if b not in ("sqlite", "postgresql"):
+        raise AssertionError("JV_CP_BACKEND must be 'sqlite' or 'postgresql', not %r" % b)
+    if b == "postgresql":
+        pg_harness.require_pg()
+    return b
+
+
+def _pg_literal(v):
+    if v is None:
+        return "NULL"
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return "'" + str(v).replace("'", "''") + "'"
 
 
 class Response:
@@ -72,7 +99,8 @@ def http(url, method="GET", body=None, token=None, raw=None, headers=None, timeo
 class ControlPlane:
     """A jobvisor-cp process in a temp directory."""
 
-    def __init__(self, args=(), tmpdir=None, agents=None):
+    def __init__(self, args=(), tmpdir=None, agents=None, db=None):
+        """db: share another ControlPlane's database (a second replica)."""
         self._own_tmp = None
         if tmpdir is None:
             self._own_tmp = tempfile.TemporaryDirectory(prefix="jvcp-")
@@ -80,7 +108,14 @@ class ControlPlane:
         self.dir = tmpdir
         self.args = list(args)
         self.agents = dict(agents or AGENT_TOKENS)
-        self.db = os.path.join(tmpdir, "cp.sqlite")
+        self.backend = backend()
+        if db is not None:
+            self.backend = "postgresql" if db.startswith("postgresql://") else "sqlite"
+            self.db = db
+        elif self.backend == "postgresql":
+            self.db = pg_harness.shared().new_database()
+        else:
+            self.db = os.path.join(tmpdir, "cp.sqlite")
         self.admin_file = os.path.join(tmpdir, "admin.token")
         self.agents_file = os.path.join(tmpdir, "agents")
         self.proc = None
@@ -169,6 +204,39 @@ class ControlPlane:
         finally:
             if self._own_tmp:
                 self._own_tmp.cleanup()
+
+    # --- the database itself, whichever backend (tests that poke at rows) ---
+    def sql(self, query, params=()):
+        """Run one statement ('?' placeholders); returns its rows as tuples
+        (PostgreSQL: of strings)."""
+        if self.backend == "sqlite":
+            con = sqlite3.connect(self.db, timeout=30)
+            try:
+                rows = con.execute(query, params).fetchall()
+                con.commit()
+                return rows
+            finally:
+                con.close()
+        parts = query.split("?")
+        if len(parts) != len(params) + 1:
+            raise AssertionError("placeholders and params differ in %r" % query)
+        text = parts[0] + "".join(_pg_literal(v) + rest for v, rest in zip(params, parts[1:]))
+        out = pg_harness.shared().psql(self.db.rsplit("/", 1)[1], text)
+        return [tuple(line.split("|")) for line in out.splitlines() if line]
+
+    def insert_rows(self, table, columns, rows):
+        """Bulk insert (tuples, None = NULL)."""
+        if self.backend == "sqlite":
+            con = sqlite3.connect(self.db, timeout=30)
+            try:
+                con.execute("PRAGMA synchronous=OFF")
+                con.executemany("INSERT INTO %s (%s) VALUES (%s)" % (table, ", ".join(columns),
+                                                                    ",".join("?" * len(columns))), rows)
+                con.commit()
+            finally:
+                con.close()
+        else:
+            pg_harness.shared().copy_rows(self.db.rsplit("/", 1)[1], table, columns, rows)
 
     # --- UI / panel calls (admin token) ---
     def api(self, method, path, body=None, token=ADMIN_TOKEN, **kw):

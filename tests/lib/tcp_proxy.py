@@ -1,6 +1,7 @@
 """A TCP proxy on 127.0.0.1 (OS-assigned port) in front of a real server, for network faults:
 stall_next() makes the next connection(s) accept the client's bytes and then go silent (nothing
-forwarded either way, the socket left open), the way a dead NAT mapping or a hung peer looks.
+forwarded either way, the socket left open), the way a dead NAT mapping or a hung peer looks;
+corrupt_next() flips one byte of the next part upload's body on its way to the server.
 
 It also counts what passes, to assert at the wire what a client asked for and got: every HTTP
 request the client sent (method, path, Range header) with the number of bytes the server sent
@@ -39,19 +40,28 @@ class _Conn:
         self.buf = b""
         self.skip = 0
         self.current = None
+        self.corrupt_at = None  # body offset of the byte to flip in the current request
 
     def from_client(self, data):
-        while data:
+        """The bytes to forward: data, with one body byte flipped when corrupt_next() asked."""
+        out = bytearray(data)
+        i = 0
+        while i < len(data):
             if self.skip:
-                n = min(self.skip, len(data))
+                n = min(self.skip, len(data) - i)
+                if self.corrupt_at is not None and self.corrupt_at < n:
+                    out[i + self.corrupt_at] ^= 0xFF
+                    self.corrupt_at = None
+                elif self.corrupt_at is not None:
+                    self.corrupt_at -= n
                 self.skip -= n
-                data = data[n:]
+                i += n
                 continue
-            self.buf += data
-            data = b""
+            self.buf += data[i:]
+            i = len(data)
             end = self.buf.find(b"\r\n\r\n")
             if end < 0:
-                return
+                return bytes(out)
             head, rest = self.buf[:end].decode("latin-1"), self.buf[end + 4:]
             self.buf = b""
             lines = head.split("\r\n")
@@ -64,7 +74,11 @@ class _Conn:
             self.current = Request(method, path, headers)
             with self.proxy.lock:
                 self.proxy.requests.append(self.current)
-            data = rest
+                if self.proxy.corrupts and method == "PUT" and "partNumber=" in path and self.skip:
+                    self.proxy.corrupts -= 1
+                    self.corrupt_at = min(1000, self.skip - 1)
+            i = len(data) - len(rest)
+        return bytes(out)
 
     def from_server(self, n):
         if self.current is not None:
@@ -83,6 +97,7 @@ class TcpProxy:
         self.port = self.sock.getsockname()[1]
         self.stalls = 0
         self.stalled = 0
+        self.corrupts = 0
         self.lock = threading.Lock()
         self.closing = False
         self.conns = []
@@ -95,6 +110,11 @@ class TcpProxy:
     def stall_next(self, n=1):
         with self.lock:
             self.stalls = n
+
+    def corrupt_next(self, n=1):
+        """Flip one byte in the body of the next n multipart part uploads (PUT ...partNumber=)."""
+        with self.lock:
+            self.corrupts = n
 
     def _accept(self):
         while not self.closing:
@@ -141,8 +161,7 @@ class TcpProxy:
                     if not data:
                         return
                     if s is c:
-                        conn.from_client(data)
-                        u.sendall(data)
+                        u.sendall(conn.from_client(data))
                         continue
                     c.sendall(data)
                     conn.from_server(len(data))

@@ -112,6 +112,56 @@ Test(config, environment_overrides_file)
 	config_free(&cfg);
 }
 
+Test(config, several_urls_from_the_file_and_from_the_environment)
+{
+	char path[160];
+	snprintf(path, sizeof(path), "%s/agent.conf", dir);
+	char text[1024];
+	snprintf(text, sizeof(text), "url = https://cp1.example.com/ , https://cp2.example.com\n"
+	         "agent_id = h\ntoken_file = %s\ndata_dir = %s\n", token_path, dir);
+	write_file(path, text, 0644);
+	struct config cfg;
+	char err[256] = "";
+	char *none[] = {NULL};
+	cr_assert_eq(config_load(path, none, &cfg, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(cfg.nurls, 2);
+	cr_assert_str_eq(cfg.urls[0], "https://cp1.example.com");
+	cr_assert_str_eq(cfg.urls[1], "https://cp2.example.com");
+	cr_assert_str_eq(cfg.url, "https://cp1.example.com,https://cp2.example.com");
+	config_free(&cfg);
+	char *envp[] = {"JOBVISOR_URL=http://127.0.0.1:1,http://127.0.0.1:2/", NULL};
+	cr_assert_eq(config_load(path, envp, &cfg, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(cfg.nurls, 2);
+	cr_assert_str_eq(cfg.urls[1], "http://127.0.0.1:2");
+	cr_assert(cfg.url_is_loopback);
+	config_free(&cfg);
+}
+
+Test(config, insecure_tls_needs_every_url_on_loopback_and_https)
+{
+	static const struct {
+		const char *url;
+		int rc;
+	} cases[] = {
+		{"JOBVISOR_URL=https://127.0.0.1:1,https://localhost:2", 0},
+		{"JOBVISOR_URL=https://127.0.0.1:1,https://cp.example.com", -EINVAL},
+		{"JOBVISOR_URL=https://127.0.0.1:1,http://127.0.0.1:2", -EINVAL},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char buf[8][512], err[256] = "";
+		size_t n;
+		char **envp = add_env(base_env(buf, &n), &n, "JOBVISOR_TLS_INSECURE_LOOPBACK=true");
+		add_env(envp, &n, cases[i].url);
+		struct config cfg;
+		int rc = config_load(NULL, envp, &cfg, err, sizeof(err));
+		cr_assert_eq(rc, cases[i].rc, "%s: %s", cases[i].url, err);
+		if (rc == 0)
+			config_free(&cfg);
+		else
+			cr_assert(strstr(err, "tls_insecure_loopback"), "%s", err);
+	}
+}
+
 Test(config, every_setting_has_a_file_key_and_an_environment_variable)
 {
 	/* Set every setting through the file, then each through the environment. */
@@ -445,4 +495,13 @@ Test(config, remote_credentials_file_must_be_private)
 	cr_assert(strstr(err, "remote 'offsite': credentials file"), "%s", err);
 	cr_assert(strstr(err, "(mode 0604); run chmod 600 on it"), "%s", err);
 	cr_assert_null(strstr(err, "wJalrXUtnFEMI-secret"));
+}
+
+Test(config, bad_url_lists_name_the_setting_and_the_item)
+{
+	expect_bad("JOBVISOR_URL=http://127.0.0.1:1,,http://127.0.0.1:2",
+	           "'url': URL 2 of the list: empty (a stray ',')");
+	expect_bad("JOBVISOR_URL=http://127.0.0.1:1,http://127.0.0.1:1/",
+	           "'url': URL 2 of the list ('http://127.0.0.1:1') repeats URL 1");
+	expect_bad("JOBVISOR_URL=http://127.0.0.1:1,gopher://x", "'url': URL 2 of the list: 'gopher://x'");
 }

@@ -1,0 +1,107 @@
+/* front_internal.h — what the accept front's two files share: front.c (the
+ * connection table, accepting, the thread, start and stop) and
+ * front_request.c (parsing the request head, moving bytes). Private to the
+ * control plane. */
+#ifndef JOBVISOR_FRONT_INTERNAL_H
+#define JOBVISOR_FRONT_INTERNAL_H
+
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <http_parser.h>
+
+#include "cp.h"
+#include "jobvisor/util.h"
+
+#define FRONT_HEAD_MS 10000            /* whole request head, from accept */
+#define FRONT_BODY_MS 30000            /* whole body (token holders), from the end of the head */
+#define FRONT_STALL_MS 30000           /* a client that takes no answer bytes for this long */
+#define FRONT_LINGER_MS 2000           /* after a final answer: drain the client's input */
+#define FRONT_HEAD_MAX 16384           /* request line + headers */
+#define FRONT_ANON_MAX 32768           /* head + body of a request without a valid token */
+#define FRONT_CHUNK_SLACK 65536        /* chunk framing on top of CP_BODY_MAX */
+#define FRONT_RELAY_BUF 65536          /* answer bytes held per connection */
+#define FRONT_TUNNEL_BUF 65536         /* client bytes held per tunnel */
+#define FRONT_PENDING_PER_CLIENT 256   /* requests still arriving, per client address */
+#define FRONT_EVICT_MIN_MS 1000        /* a request is given this long before it may be evicted */
+#define FRONT_CONNS_MAX 8192           /* all connections (also bounded by RLIMIT_NOFILE) */
+#define FRONT_ACCEPT_BATCH 16
+#define FRONT_TICK_MS 250
+#define FRONT_REPORT_MS 60000
+
+enum fstate { FS_HEAD, FS_BODY, FS_PROXY, FS_TUNNEL, FS_LINGER };
+
+struct fconn;
+struct fend {
+	struct fconn *c;
+	bool backend;
+};
+
+struct fconn {
+	int cfd, bfd;
+	enum fstate st;
+	uint32_t ip;             /* client IPv4, network order */
+	int64_t deadline;        /* CLOCK_MONOTONIC ms; 0 = none */
+	int64_t born;            /* accepted at, CLOCK_MONOTONIC ms */
+	http_parser hp;
+	struct jv_buf req;       /* request bytes as received, forwarded unchanged */
+	size_t req_off;          /* of req, sent to civetweb */
+	size_t limit;            /* request bytes allowed */
+	int reject;              /* answer the front gives instead (status), 0 = none */
+	const char *reject_msg;  /* its message (static), NULL = the status's usual one */
+	bool head_done, msg_done, authed, upgrade, expect_continue, connected, b_eof, closed;
+	size_t body_seen;        /* body bytes parsed so far */
+	bool in_value;           /* http_parser header callbacks: value follows field */
+	size_t url_len;          /* request target bytes seen */
+	char path[16];           /* its start, enough to recognise "/v1/ws" */
+	int cur;                 /* header being read: 0 other, 1 Authorization, 2 Expect */
+	int nauth;
+	char field[24];
+	size_t field_len;
+	char auth[CP_TOKEN_MAX + 16];
+	size_t auth_len;
+	char expect[24];
+	size_t expect_len;
+	char *out;               /* answer bytes for the client */
+	size_t out_len, out_off;
+	uint32_t cmask, bmask;   /* armed epoll events */
+	struct fend cend, bend;
+	struct fconn *prev, *next;   /* every connection, oldest first */
+	struct fconn *pprev, *pnext; /* pending (FS_HEAD/FS_BODY), oldest first */
+};
+
+struct front {
+	struct cp *cp;
+	int lfd, epfd, wakefd;
+	uint16_t port;           /* public, host order */
+	struct sockaddr_in backend;
+	pthread_t thread;
+	bool started;
+	atomic_bool stop;
+	struct fend lend;            /* the listening socket's epoll tag */
+	struct fconn *head, *tail;   /* all */
+	struct fconn *dead;          /* closed during this epoll batch, freed after it */
+	struct fconn *phead, *ptail; /* pending */
+	size_t nconns, conns_max;
+	/* Reported at most once a minute. */
+	unsigned long evicted, timed_out, refused;
+	uint32_t last_ip;
+	int64_t last_report;
+};
+
+/* ---- front.c ---- */
+void front_conn_close(struct front *f, struct fconn *c);
+int front_arm(struct front *f, struct fconn *c);
+void front_answer(struct front *f, struct fconn *c, int status, const char *extra, const char *msg);
+void front_linger(struct front *f, struct fconn *c);
+void front_pending_unlink(struct front *f, struct fconn *c);
+
+/* ---- front_request.c ---- */
+void front_read_request(struct front *f, struct fconn *c);
+void front_relay(struct front *f, struct fconn *c, bool backend, uint32_t ev);
+void front_on_linger(struct front *f, struct fconn *c);
+
+#endif

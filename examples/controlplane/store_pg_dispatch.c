@@ -1,0 +1,314 @@
+/* store_pg_dispatch.c — agents, leases, claiming work, the sweep's queries,
+ * and run events, on PostgreSQL.
+ *
+ * Claims: several replicas may answer polls of one agent at once (an agent
+ * failing over, or two polls in flight). The claim runs in one transaction
+ * that first takes a transaction-scoped advisory lock on the agent, so the
+ * count of its RUNNING runs, the choice of assignable runs (per-instance
+ * order) and the QUEUED -> RUNNING moves are seen and made by one replica
+ * at a time for that agent; agents do not wait for each other. The moves are
+ * still conditional (status = 'QUEUED'), so a cancel that won the run's row
+ * lock first wins.
+ *
+ * Events: a request's batch is one multi-row INSERT (unnest of two arrays,
+ * ON CONFLICT DO NOTHING RETURNING seq), then one statement computes the
+ * highest contiguous seq and one updates the run: a fixed number of round
+ * trips per request, whatever the number of events. */
+#include "store_pg_int.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jobvisor/log.h"
+#include "jobvisor/util.h"
+
+/* ids into a text-array literal; -ENOMEM. */
+static int text_array(struct jv_buf *b, const char *const *ids, size_t n)
+{
+	int rc = jv_buf_append(b, "{", 1);
+	for (size_t i = 0; rc == 0 && i < n; i++)
+		rc = pgs_array_add(b, ids[i], i == 0);
+	if (rc == 0)
+		rc = jv_buf_append(b, "}", 2); /* with the NUL */
+	return rc;
+}
+
+int pgs_agents_register(struct store *s, const char *const *agent_ids, size_t n)
+{
+	struct jv_buf b;
+	jv_buf_init(&b, 64u * 1024 * 1024);
+	if (text_array(&b, agent_ids, n) < 0) {
+		jv_buf_free(&b);
+		return -ENOMEM;
+	}
+	struct pg_params p = {0};
+	pg_p_str(&p, b.data);
+	int rows = pgs_cmd(s, "INSERT INTO agents (agent_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", &p);
+	jv_buf_free(&b);
+	return rows < 0 ? -EIO : 0;
+}
+
+int pgs_agent_touch(struct store *s, const char *agent_id, int64_t last_seen, int capacity)
+{
+	struct pg_params p = {0};
+	pg_p_i64(&p, last_seen);
+	pg_p_i64(&p, capacity);
+	pg_p_str(&p, agent_id);
+	return pgs_cmd(s, "UPDATE agents SET last_seen = greatest(last_seen, $1), capacity = $2 WHERE agent_id = $3",
+	               &p) < 0
+	               ? -EIO
+	               : 0;
+}
+
+int pgs_agents_each(struct store *s, void (*fn)(void *ud, const char *agent_id, int64_t last_seen, int capacity),
+                    void *ud)
+{
+	PGresult *r = pgs_query(s, "SELECT agent_id, last_seen, capacity FROM agents ORDER BY agent_id", NULL);
+	if (!r)
+		return -EIO;
+	for (int i = 0; i < PQntuples(r); i++)
+		fn(ud, pg_str(r, i, 0), pg_i64(r, i, 1), (int)pg_i64(r, i, 2));
+	PQclear(r);
+	return 0;
+}
+
+/* One number from a query on its own connection; <0 on error. */
+static int64_t scalar(struct store *s, const char *sql, const struct pg_params *p)
+{
+	PGresult *r = pgs_query(s, sql, p);
+	int64_t v = r && PQntuples(r) == 1 ? pg_i64(r, 0, 0) : -EIO;
+	PQclear(r);
+	return v;
+}
+
+int pgs_agent_running(struct store *s, const char *agent_id)
+{
+	struct pg_params p = {0};
+	pg_p_str(&p, agent_id);
+	return (int)scalar(s, "SELECT count(*) FROM job_runs WHERE agent_id = $1 AND status = 'RUNNING'", &p);
+}
+
+int pgs_runs_renew(struct store *s, const char *agent_id, const char *const *run_ids, size_t n,
+                   int64_t lease_until, bool *renewed)
+{
+	for (size_t i = 0; i < n; i++)
+		renewed[i] = false;
+	if (n == 0)
+		return 0;
+	struct jv_buf b;
+	jv_buf_init(&b, 64u * 1024 * 1024);
+	bool built = text_array(&b, run_ids, n) == 0;
+	struct pg_params p = {0};
+	pg_p_i64(&p, lease_until);
+	pg_p_str(&p, agent_id);
+	pg_p_str(&p, b.data);
+	PGresult *r = built ? pgs_query(s,
+	                                "UPDATE job_runs SET lease_until = $1 WHERE agent_id = $2 AND status = 'RUNNING'"
+	                                " AND run_id = ANY($3::text[]) RETURNING run_id",
+	                                &p)
+	                                : NULL;
+	jv_buf_free(&b);
+	if (!r)
+		return -EIO;
+	for (int k = 0; k < PQntuples(r); k++)
+		for (size_t i = 0; i < n; i++)
+			if (strcmp(run_ids[i], PQgetvalue(r, k, 0)) == 0)
+				renewed[i] = true;
+	PQclear(r);
+	return 0;
+}
+
+/* Rows of column 0 into ids; the count or -EIO. */
+static int ids_of(struct store *s, const char *sql, const struct pg_params *p, char (*ids)[CP_ID_MAX], int max)
+{
+	PGresult *r = pgs_query(s, sql, p);
+	if (!r)
+		return -EIO;
+	int n = PQntuples(r) < max ? PQntuples(r) : max;
+	for (int i = 0; i < n; i++)
+		pgs_copy(ids[i], CP_ID_MAX, r, i, 0);
+	PQclear(r);
+	return n;
+}
+
+int pgs_agent_runs(struct store *s, const char *agent_id, bool unacked_only, bool cancel_only,
+                   char (*ids)[CP_ID_MAX], int max)
+{
+	struct pg_params p = {0};
+	pg_p_str(&p, agent_id);
+	pg_p_i64(&p, unacked_only);
+	pg_p_i64(&p, cancel_only);
+	pg_p_i64(&p, max);
+	return ids_of(s,
+	              "SELECT run_id FROM job_runs WHERE agent_id = $1 AND status = 'RUNNING'"
+	              " AND ($2 = 0 OR acked = 0) AND ($3 = 0 OR cancel_requested = 1) ORDER BY started_at, run_id"
+	              " LIMIT $4",
+	              &p, ids, max);
+}
+
+static const char SQL_ASSIGNABLE[] =
+	"SELECT r.run_id, j.instance_id FROM job_runs r JOIN jobs j ON j.job_id = r.job_id"
+	" WHERE r.agent_id = $1 AND r.status = 'QUEUED' AND r.not_before <= $2"
+	"   AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.agent_id = j.agent_id AND e.instance_id = j.instance_id"
+	"                   AND e.seq < j.seq AND e.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED'))"
+	"   AND NOT EXISTS (SELECT 1 FROM job_runs x JOIN jobs xj ON xj.job_id = x.job_id"
+	"                   WHERE x.agent_id = $1 AND x.status = 'RUNNING' AND xj.instance_id = j.instance_id)"
+	" ORDER BY j.seq LIMIT $3";
+
+/* Pick the runs to claim (at most one per instance) into a text-array literal. */
+static int pick(PGconn *c, const char *agent_id, int64_t now, int free_slots, struct jv_buf *arr)
+{
+	struct pg_params p = {0};
+	pg_p_str(&p, agent_id);
+	pg_p_i64(&p, now);
+	pg_p_i64(&p, free_slots);
+	PGresult *r = pg_exec(c, SQL_ASSIGNABLE, &p);
+	if (!r)
+		return -EIO;
+	int n = 0, rc = jv_buf_append(arr, "{", 1);
+	for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
+		bool dup = false;
+		for (int k = 0; k < i && !dup; k++)
+			dup = strcmp(PQgetvalue(r, k, 1), PQgetvalue(r, i, 1)) == 0;
+		if (!dup)
+			rc = pgs_array_add(arr, PQgetvalue(r, i, 0), n++ == 0);
+	}
+	PQclear(r);
+	if (rc == 0)
+		rc = jv_buf_append(arr, "}", 2);
+	return rc < 0 ? -ENOMEM : n;
+}
+
+/* Claim the picked runs ($1, a text array) and their jobs. started_at is
+ * never before the finish of the run it follows (the previous attempt, the
+ * instance's previous job): this replica read `now` before its claim waited
+ * its turn, and another replica's clock stamped that finish. */
+static const char SQL_CLAIM[] =
+	"WITH r AS (UPDATE job_runs u SET status = 'RUNNING', ack_deadline = $3, lease_until = $4,"
+	"   started_at = greatest($2,"
+	"     (SELECT max(x.finished_at) FROM job_runs x WHERE x.job_id = u.job_id),"
+	"     (SELECT max(x.finished_at) FROM job_runs x WHERE x.job_id ="
+	"        (SELECT e.job_id FROM jobs me JOIN jobs e ON e.agent_id = me.agent_id"
+	"           AND e.instance_id = me.instance_id AND e.seq < me.seq"
+	"         WHERE me.job_id = u.job_id ORDER BY e.seq DESC LIMIT 1)))"
+	"   WHERE run_id = ANY($1::text[]) AND status = 'QUEUED' RETURNING run_id, job_id)"
+	" UPDATE jobs j SET status = 'RUNNING', updated_at = $2 FROM r WHERE j.job_id = r.job_id"
+	" RETURNING r.run_id, j.seq";
+
+/* RETURNING has no order: the claimed run ids by job seq (selection sort, a few rows). */
+static int copy_by_seq(const PGresult *r, char (*ids)[CP_ID_MAX], int max)
+{
+	int rows = PQntuples(r), n = 0;
+	int64_t last = -1;
+	while (n < rows && n < max) {
+		int best = -1;
+		for (int i = 0; i < rows; i++)
+			if (pg_i64(r, i, 1) > last && (best < 0 || pg_i64(r, i, 1) < pg_i64(r, best, 1)))
+				best = i;
+		if (best < 0)
+			break;
+		last = pg_i64(r, best, 1);
+		pgs_copy(ids[n++], CP_ID_MAX, r, best, 0);
+	}
+	return n;
+}
+
+static int claim_locked(PGconn *c, const char *agent_id, int capacity, int64_t now, int64_t ack_deadline,
+                        int64_t lease_until, char (*ids)[CP_ID_MAX], int max)
+{
+	struct pg_params p = {0};
+	pg_p_str(&p, agent_id);
+	PGresult *r = pg_exec(c, "SELECT count(*) FROM job_runs WHERE agent_id = $1 AND status = 'RUNNING'", &p);
+	if (!r)
+		return -EIO;
+	int free_slots = capacity - (int)pg_i64(r, 0, 0);
+	PQclear(r);
+	if (free_slots > max)
+		free_slots = max;
+	if (free_slots <= 0)
+		return 0;
+	struct jv_buf arr;
+	jv_buf_init(&arr, 64u * 1024 * 1024);
+	int n = pick(c, agent_id, now, free_slots, &arr);
+	if (n > 0) {
+		struct pg_params q = {0};
+		pg_p_str(&q, arr.data);
+		pg_p_i64(&q, now);
+		pg_p_i64(&q, ack_deadline);
+		pg_p_i64(&q, lease_until);
+		r = pg_exec(c, SQL_CLAIM, &q);
+		n = r ? copy_by_seq(r, ids, max) : -EIO;
+		PQclear(r);
+	}
+	jv_buf_free(&arr);
+	return n;
+}
+
+int pgs_runs_claim(struct store *s, const char *agent_id, int capacity, int64_t now, int64_t ack_deadline,
+                   int64_t lease_until, char (*ids)[CP_ID_MAX], int max)
+{
+	PGconn *c = pgs_conn(s);
+	if (!c)
+		return -EIO;
+	int rc = pg_begin(c);
+	if (rc == 0)
+		rc = pgs_lock_key(c, "agent", agent_id, NULL);
+	if (rc == 0)
+		rc = claim_locked(c, agent_id, capacity, now, ack_deadline, lease_until, ids, max);
+	if (rc >= 0 && pg_commit(c) < 0)
+		rc = -EIO;
+	return pgs_fail(s, c, rc);
+}
+
+int pgs_runs_lost(struct store *s, int64_t now, struct store_lost_run *out, int max)
+{
+	struct pg_params p = {0};
+	pg_p_i64(&p, now);
+	pg_p_i64(&p, max);
+	PGresult *r = pgs_query(s,
+	                        "SELECT run_id, agent_id, (acked = 0 AND ack_deadline < $1) FROM job_runs"
+	                        " WHERE status = 'RUNNING' AND ((acked = 0 AND ack_deadline < $1) OR lease_until < $1)"
+	                        " LIMIT $2",
+	                        &p);
+	if (!r)
+		return -EIO;
+	int n = PQntuples(r);
+	for (int i = 0; i < n; i++) {
+		pgs_copy(out[i].run_id, sizeof(out[i].run_id), r, i, 0);
+		pgs_copy(out[i].agent_id, sizeof(out[i].agent_id), r, i, 1);
+		out[i].unacked = strcmp(pg_str(r, i, 2), "t") == 0;
+	}
+	PQclear(r);
+	return n;
+}
+
+int pgs_retry_agents(struct store *s, int64_t after, int64_t until, void (*fn)(void *ud, const char *agent_id),
+                     void *ud)
+{
+	struct pg_params p = {0};
+	pg_p_i64(&p, after);
+	pg_p_i64(&p, until);
+	PGresult *r = pgs_query(s,
+	                        "SELECT DISTINCT agent_id FROM job_runs WHERE status = 'QUEUED'"
+	                        " AND not_before > $1 AND not_before <= $2",
+	                        &p);
+	if (!r)
+		return -EIO;
+	for (int i = 0; i < PQntuples(r); i++)
+		fn(ud, PQgetvalue(r, i, 0));
+	PQclear(r);
+	return 0;
+}
+
+int pgs_runs_refresh(struct store *s, int64_t lease_until, int64_t ack_deadline)
+{
+	struct pg_params p = {0};
+	pg_p_i64(&p, lease_until);
+	pg_p_i64(&p, ack_deadline);
+	return pgs_cmd(s,
+	               "UPDATE job_runs SET lease_until = $1,"
+	               " ack_deadline = CASE acked WHEN 0 THEN $2 ELSE ack_deadline END WHERE status = 'RUNNING'",
+	               &p) < 0 ? -EIO : 0;
+}
