@@ -229,7 +229,16 @@ static size_t on_header(char *src, size_t size, size_t nmemb, void *ud)
 		/* a new answer (after a redirect or 100-continue): forget the previous one's */
 		q->http = strtol(strchr(line, ' ') ? strchr(line, ' ') + 1 : "0", NULL, 10);
 		q->etag[0] = '\0';
+		q->etag_not_md5 = false;
 		q->total = -1;
+	} else if (strncasecmp(line, "x-amz-server-side-encryption:", 29) == 0) {
+		const char *v = line + 29;
+		while (*v == ' ')
+			v++;
+		if (strncasecmp(v, "aws:kms", 7) == 0) /* aws:kms, aws:kms:dsse */
+			q->etag_not_md5 = true;
+	} else if (strncasecmp(line, "x-amz-server-side-encryption-customer-algorithm:", 48) == 0) {
+		q->etag_not_md5 = true;
 	} else if (strncasecmp(line, "etag:", 5) == 0) {
 		const char *v = line + 5;
 		while (*v == ' ' || *v == '"')
@@ -423,6 +432,7 @@ int s3r_once(const struct s3_remote *r, struct s3r_req *q, const char *what, str
 	q->resp.max = RESPONSE_MAX;
 	q->http = 0;
 	q->etag[0] = '\0';
+	q->etag_not_md5 = false;
 	q->total = -1;
 	q->sent = 0;
 	q->sink_rc = 0;
@@ -539,10 +549,13 @@ int s3r_put_checked(const struct s3_remote *r, struct s3r_req *q, const char *wh
 	q->content_md5 = b64;
 	int rc = 0;
 	/* A plain-MD5 ETag must be this body's MD5: a store that does not check
-	 * Content-MD5 itself stored bytes that changed in transit; send again. */
+	 * Content-MD5 itself stored bytes that changed in transit; send again.
+	 * Under SSE-KMS and SSE-C the ETag is no MD5 (AWS says so, and S3 says
+	 * which encryption it used in the answer): there the store's own
+	 * Content-MD5 check is the per-part integrity. */
 	for (int attempt = 1; attempt <= r->attempts; attempt++) {
 		rc = s3r_call(r, q, what, e);
-		if (rc == 0 && strlen(q->etag) == 32 && strcasecmp(q->etag, md5) != 0) {
+		if (rc == 0 && !q->etag_not_md5 && strlen(q->etag) == 32 && strcasecmp(q->etag, md5) != 0) {
 			s3r_set_err(r, e, S3_TRANSIENT, q->http, NULL, what,
 			            "the store's ETag does not match the MD5 of what was sent (the bytes "
 			            "changed in transit)");

@@ -43,6 +43,7 @@ struct s3r_req {
 	long http;
 	struct s3r_buf resp;
 	char etag[80];
+	bool etag_not_md5; /* SSE-KMS or SSE-C: the store's ETag is no MD5 of the body */
 	int64_t total;        /* from Content-Range or Content-Length, -1 unknown */
 	int64_t delivered;    /* bytes handed to sink */
 	int sink_rc;

@@ -215,6 +215,25 @@ class StreamedIntegrity(StreamBase):
         self.assertTrue(all("content-md5" in q.headers for q in proxy.requests
                             if q.method == "PUT"), [q.headers for q in proxy.requests])
 
+    def test_an_sse_kms_bucket_whose_etags_are_no_md5_is_not_refused(self):
+        # S3 with SSE-KMS answers ETags that are not the MD5 of the body and says so in
+        # x-amz-server-side-encryption; the store checked Content-MD5 itself
+        proxy = TcpProxy(self.s3.port)
+        self.addCleanup(proxy.close)
+
+        class Via:
+            endpoint = proxy.endpoint
+            bucket = self.s3.bucket
+        self.configure(Via)
+        proxy.answer_as_sse_kms()
+        r = self.run_job("BACKUP_INSTANCE", {"remote": "offsite", "backupId": "k1"})
+        self.assertEqual(r.status, "COMPLETED", r)
+        self.assertGreaterEqual(proxy.sse_rewritten, 1, "the manifest PUT was answered as SSE-KMS")
+        manifest_puts = [q for q in proxy.requests if q.method == "PUT" and "partNumber=" not in q.path]
+        self.assertEqual(len(manifest_puts), proxy.sse_rewritten, "each whole-object PUT went once")
+        v = self.run_job("VERIFY_BACKUP", {"remote": "offsite", "backupId": "k1"})
+        self.assertEqual(v.status, "COMPLETED", v)
+
 
 if __name__ == "__main__":
     import unittest

@@ -1,13 +1,16 @@
 """A TCP proxy on 127.0.0.1 (OS-assigned port) in front of a real server, for network faults:
 stall_next() makes the next connection(s) accept the client's bytes and then go silent (nothing
 forwarded either way, the socket left open), the way a dead NAT mapping or a hung peer looks;
-corrupt_next() flips one byte of the next part upload's body on its way to the server.
+corrupt_next() flips one byte of the next part upload's body on its way to the server;
+answer_as_sse_kms() makes whole-object PUT answers look like an SSE-KMS bucket's.
 
 It also counts what passes, to assert at the wire what a client asked for and got: every HTTP
 request the client sent (method, path, Range header) with the number of bytes the server sent
 back before the client's next request on that connection (the response; curl does not
 pipeline). down_rate (bytes/s) paces the server's answers, so a download lasts long enough to
 be interrupted at a chosen point."""
+import hashlib
+import re
 import select
 import socket
 import threading
@@ -20,6 +23,7 @@ class Request:
         self.path = path
         self.headers = headers
         self.served = 0  # bytes of the response (status line, headers and body)
+        self.answer_seen = False  # the head of the answer went by (answer_as_sse_kms)
 
     @property
     def range_start(self):
@@ -41,6 +45,7 @@ class _Conn:
         self.skip = 0
         self.current = None
         self.corrupt_at = None  # body offset of the byte to flip in the current request
+        self.pending = b""  # the head of an answer being rewritten, not yet whole
 
     def from_client(self, data):
         """The bytes to forward: data, with one body byte flipped when corrupt_next() asked."""
@@ -80,6 +85,31 @@ class _Conn:
             i = len(data) - len(rest)
         return bytes(out)
 
+    def answer(self, data):
+        """The server's bytes to forward: for a whole-object PUT while answer_as_sse_kms() is on,
+        the answer says SSE-KMS and carries an ETag that is no MD5 of the body, as S3 does."""
+        q = self.current
+        if not (self.proxy.sse_kms and q is not None and q.method == "PUT" and "partNumber=" not in q.path
+                and not q.answer_seen):
+            return data
+        self.pending += data  # the answer's head may come in pieces: hold it until whole
+        out = b""
+        while self.pending.startswith(b"HTTP/1.1 1") and b"\r\n\r\n" in self.pending:
+            end = self.pending.find(b"\r\n\r\n") + 4  # an interim answer (100 Continue) goes by
+            out, self.pending = out + self.pending[:end], self.pending[end:]
+        head_end = self.pending.find(b"\r\n\r\n")
+        if head_end < 0:
+            return out
+        data, self.pending, q.answer_seen = self.pending, b"", True
+        m = re.search(rb'(?im)^etag: *"?([0-9a-f]{32})"?\r$', data[:head_end + 2])
+        if not m:
+            return out + data
+        fake = hashlib.md5(b"kms" + m.group(1)).hexdigest().encode()
+        with self.proxy.lock:
+            self.proxy.sse_rewritten += 1
+        return out + (data[:m.start()] + b'ETag: "' + fake + b'"\r\nx-amz-server-side-encryption: aws:kms'
+                + data[m.end() - 1:])
+
     def from_server(self, n):
         if self.current is not None:
             with self.proxy.lock:
@@ -98,6 +128,8 @@ class TcpProxy:
         self.stalls = 0
         self.stalled = 0
         self.corrupts = 0
+        self.sse_kms = False
+        self.sse_rewritten = 0
         self.lock = threading.Lock()
         self.closing = False
         self.conns = []
@@ -115,6 +147,12 @@ class TcpProxy:
         """Flip one byte in the body of the next n multipart part uploads (PUT ...partNumber=)."""
         with self.lock:
             self.corrupts = n
+
+    def answer_as_sse_kms(self, on=True):
+        """Answer whole-object PUTs as an SSE-KMS bucket does: x-amz-server-side-encryption:
+        aws:kms and an ETag that is not the MD5 of the object."""
+        with self.lock:
+            self.sse_kms = on
 
     def _accept(self):
         while not self.closing:
@@ -163,7 +201,7 @@ class TcpProxy:
                     if s is c:
                         u.sendall(conn.from_client(data))
                         continue
-                    c.sendall(data)
+                    c.sendall(conn.answer(data))
                     conn.from_server(len(data))
                     down += len(data)
                     if self.down_rate:
