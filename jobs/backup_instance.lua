@@ -11,10 +11,13 @@
 -- backup if the manifest is there, and otherwise removes the leftover and
 -- starts again.
 --
--- With `remote`, the committed archive is then uploaded to that S3 remote as
--- a multipart upload resumed from the "remote-upload" marker (lib/remote.lua),
--- the manifest object last; the local copy is removed afterwards unless
--- keepLocal = true. A retry after the manifest object exists finishes at once.
+-- With `remote`, the archive is streamed to that S3 remote while it is being
+-- made: a multipart upload whose parts are sent as they are compressed, each
+-- recorded in the "remote-upload" marker once acknowledged (lib/remote.lua).
+-- No local copy is written unless keepLocal = true; the upload is completed,
+-- then (keepLocal) the local backup committed, and the manifest object is
+-- written last. A retry makes the archive again and sends only the parts the
+-- marker lacks; a retry after the manifest object exists finishes at once.
 local common = require("lib.common")
 local backups = require("lib.backups")
 local remotes = require("lib.remote")
@@ -30,8 +33,10 @@ local function choose_id(job)
   return id
 end
 
+-- m: a manifest, or the summary archive.create returns (files counted there).
 local function result_of(id, m, up)
-  local out = { backupId = id, bytes = m.bytes, files = backups.file_count(m), entries = #m.files,
+  local files = type(m.files) == "table" and backups.file_count(m) or m.files
+  local out = { backupId = id, bytes = m.bytes, files = files, entries = m.entries or #m.files,
            sha256 = m.sha256 }
   if up then
     out.remote = up.remote
@@ -50,6 +55,26 @@ local function finish_remote(job, p, info, id, doc)
   up.keepLocal = p.keepLocal == true
   if not up.keepLocal then backups.remove(job, id) end
   return result_of(id, doc, up)
+end
+
+-- The end of a streamed upload (st: its marker state, nparts: its parts):
+-- complete it, commit the local copy (keepLocal), the manifest object last.
+local function finish_stream(job, p, id, m, st, nparts, tmp_archive, tmp_manifest)
+  job.progress(92, "completing the upload to remote '" .. p.remote .. "'")
+  remotes.complete(job, st, nparts, m)
+  local text = common.must(job, "cannot read the manifest",
+    fs.read(tmp_manifest, { max_bytes = backups.MANIFEST_MAX }))
+  if p.keepLocal then
+    job.progress(94, "committing the archive")
+    common.must(job, "cannot move the archive into backups/",
+      fs.commit(tmp_archive, backups.archive_path(id)))
+    common.must(job, "cannot move the manifest into backups/",
+      fs.commit(tmp_manifest, backups.manifest_path(id)))
+  end
+  job.progress(98, "writing the manifest to remote '" .. p.remote .. "'")
+  remotes.put_manifest(job, p.remote, id, text)
+  return result_of(id, m, { remote = p.remote, archive = remotes.archive_obj(job, id),
+                            keepLocal = p.keepLocal == true })
 end
 
 -- The `before` lines must arrive (or the backup may not be consistent); an
@@ -161,11 +186,13 @@ return {
       log.info("the server is not running: no quiesce lines sent")
     end
     local quiesced = false
-    local manifest
+    local manifest, upload, upload_parts
     local stage = common.must(job, "cannot create a staging directory", fs.staging())
     local tmp_archive = stage .. "/" .. id .. ".tar.zst"
-    local created_at = common.now_iso()
-    local build = common.current_build()
+    local tmp_manifest = stage .. "/" .. id .. ".json"
+    local fields = { backupId = id, instanceId = job.instance_id, createdAt = common.now_iso(),
+                     build = common.current_build() or json.null, exclude = json.array(exclude),
+                     jobId = job.id, complete = true }
 
     common.guard(function()
       if running and #before > 0 then
@@ -183,18 +210,31 @@ return {
       job.checkpoint()
       job.step("archiving data/")
       -- Files unchanged since the newest backup (same size, inode, mtime and
-      -- ctime) keep their digest instead of being hashed again.
-      local prev, prev_id = backups.latest()
-      local m, err = archive.create("data", tmp_archive,
-        { exclude = exclude, progress = { from = 5, to = p.remote and 60 or 90 }, reuse = prev })
+      -- ctime) keep their digest instead of being hashed again. The manifest
+      -- file is written by archive.create itself, beside the archive.
+      local prev, prev_id = backups.latest_path()
+      local opts = { exclude = exclude, progress = { from = 5, to = 90 }, reuse = prev,
+                     manifest = tmp_manifest, manifest_fields = fields }
+      local m, err
+      if p.remote then -- streamed: the parts go out while the archive is made
+        m, err, upload = remotes.stream(job, p.remote, info, id, p.keepLocal and tmp_archive or nil,
+          opts)
+      else
+        m, err = archive.create("data", tmp_archive, opts)
+      end
       if not m then job.fail("cannot back up data/: " .. tostring(err), { retryable = true }) end
       manifest = m
       local stats = err
-      if prev and type(stats) == "table" and (stats.reused or 0) > 0 then
+      upload_parts = stats.parts
+      if stats.reuse_error then
+        log.warn(string.format("file digests not reused from backup '%s' (every file is hashed): %s",
+          prev_id, stats.reuse_error))
+      elseif prev and stats.reused > 0 then
         log.info(string.format("%d of %d file digests reused from backup '%s' (files unchanged)",
           stats.reused, stats.files, prev_id))
       end
-      if type(stats) == "table" and type(stats.skipped) == "table" and #stats.skipped > 0 then
+      manifest.files = stats.files
+      if #stats.skipped > 0 then
         log.warn(string.format("%d entries were not archived (sockets, FIFOs, devices or symlinks "
           .. "leading outside data/), e.g. '%s'", #stats.skipped, stats.skipped[1]))
       end
@@ -207,27 +247,19 @@ return {
       send_lines(job, after, "after")
     end
 
-    job.progress(p.remote and 62 or 92, "committing the archive")
-    common.must(job, "cannot move the archive into backups/",
-      fs.commit(tmp_archive, backups.archive_path(id)))
-
-    local doc = {
-      format = manifest.format or 1,
-      backupId = id,
-      instanceId = job.instance_id,
-      createdAt = created_at,
-      build = build or json.null,
-      exclude = json.array(exclude),
-      jobId = job.id,
-      sha256 = manifest.sha256,
-      bytes = manifest.bytes,
-      files = manifest.files,
-      complete = true,
-    }
-    job.progress(p.remote and 64 or 96, "writing the manifest")
-    common.must(job, "cannot write the manifest '" .. backups.manifest_path(id) .. "'",
-      fs.write(backups.manifest_path(id), json.encode(doc) .. "\n"))
-    local out = finish_remote(job, p, info, id, doc)
+    local out
+    if upload then
+      out = finish_stream(job, p, id, manifest, upload, upload_parts, tmp_archive, tmp_manifest)
+    else
+      job.progress(92, "committing the archive")
+      common.must(job, "cannot move the archive into backups/",
+        fs.commit(tmp_archive, backups.archive_path(id)))
+      -- The manifest last: from now on the backup exists for every job.
+      job.progress(96, "committing the manifest")
+      common.must(job, "cannot move the manifest into backups/",
+        fs.commit(tmp_manifest, backups.manifest_path(id)))
+      out = result_of(id, manifest)
+    end
     job.unmark("backup")
     log.info(string.format("backup '%s' complete: %d files, %d bytes, sha256 %s%s", id, out.files,
       out.bytes, out.sha256, p.remote and (", on remote '" .. p.remote .. "'") or ""))

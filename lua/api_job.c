@@ -34,6 +34,37 @@ int jv_markers_dir(struct jv_run_ctx *ctx)
 	return rc;
 }
 
+static int marker_write(struct jv_run_ctx *ctx, const char *file, const cJSON *value, bool durable)
+{
+	char *s = cJSON_PrintUnformatted(value);
+	if (!s)
+		return -ENOMEM;
+	int dfd = jv_markers_dir(ctx);
+	if (dfd < 0) {
+		free(s);
+		return dfd;
+	}
+	int rc = durable ? jv_durable_write_at(dfd, file, s, strlen(s), 0640)
+	                 : jv_atomic_write_at(dfd, file, s, strlen(s), 0640);
+	close(dfd);
+	free(s);
+	return rc;
+}
+
+static int marker_remove(struct jv_run_ctx *ctx, const char *file, bool durable)
+{
+	int dfd = jv_markers_dir(ctx);
+	if (dfd < 0)
+		return dfd;
+	int rc = 0;
+	if (unlinkat(dfd, file, 0) < 0)
+		rc = errno == ENOENT ? 0 : -errno;
+	else if (durable)
+		rc = jv_fsync_dirfd(dfd);
+	close(dfd);
+	return rc;
+}
+
 /* The run marker: written at start, removed on success. A retry finds the one
  * an interrupted run left and exposes it as job.previous. */
 void jv_run_marker_start(lua_State *L, struct jv_run_ctx *ctx, int job_idx)
@@ -68,8 +99,31 @@ void jv_run_marker_start(lua_State *L, struct jv_run_ctx *ctx, int job_idx)
 	cJSON_AddStringToObject(m, "step", "start");
 	ctx->run_marker.json = m;
 	ctx->on_progress = jv_run_marker_step;
-	jv_marker_write(ctx, ctx->run_marker.file, m);
+	/* In the page cache only: enough for a kill -9 of the run (or of the
+	 * agent), which leaves the page cache alone. Against a power cut it is made
+	 * durable where the protocol depends on it: before the run's first job.mark
+	 * (a later run adopts those markers through job.previous, common.adopts)
+	 * and once the run has lasted a second (jv_run_marker_step). A run that
+	 * ends sooner without marking anything costs no fsync at all; see
+	 * docs/jobs.md, "The run marker". */
+	marker_write(ctx, ctx->run_marker.file, m, false);
+	ctx->run_marker.synced = false;
 	ctx->run_marker.written_ms = jv_now_mono_ms();
+}
+
+/* The run marker on disk before what follows (a job.mark, the end of a run that
+ * did not complete). Returns 0 or -errno. */
+int jv_run_marker_sync(struct jv_run_ctx *ctx)
+{
+	if (!ctx->run_marker.json || ctx->run_marker.synced)
+		return 0;
+	int rc = marker_write(ctx, ctx->run_marker.file, ctx->run_marker.json, true);
+	if (rc == 0) {
+		ctx->run_marker.synced = true;
+		ctx->run_marker.dirty = false;
+		ctx->run_marker.written_ms = jv_now_mono_ms();
+	}
+	return rc;
 }
 
 /* Called for every progress line (lua/events.c): the marker follows the run
@@ -90,17 +144,20 @@ void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step, double percent
 		ctx->run_marker.dirty = true;
 	}
 	int64_t now = jv_now_mono_ms();
-	if (!ctx->run_marker.dirty || now - ctx->run_marker.written_ms < 1000)
+	bool due = ctx->run_marker.dirty || !ctx->run_marker.synced;
+	if (!due || now - ctx->run_marker.written_ms < 1000)
 		return;
 	ctx->run_marker.written_ms = now;
 	ctx->run_marker.dirty = false;
-	jv_marker_write(ctx, ctx->run_marker.file, ctx->run_marker.json);
+	if (jv_marker_write(ctx, ctx->run_marker.file, ctx->run_marker.json) == 0)
+		ctx->run_marker.synced = true;
 }
 
 void jv_run_marker_done(struct jv_run_ctx *ctx)
 {
+	/* A marker that never reached the disk needs no fsync to leave it. */
 	if (ctx->run_marker.file[0])
-		jv_marker_remove(ctx, ctx->run_marker.file);
+		marker_remove(ctx, ctx->run_marker.file, ctx->run_marker.synced);
 	cJSON_Delete(ctx->run_marker.json);
 	ctx->run_marker.json = NULL;
 }
@@ -116,18 +173,7 @@ static const char *check_marker_name(lua_State *L, int idx, char *file, size_t f
 
 int jv_marker_write(struct jv_run_ctx *ctx, const char *file, const cJSON *value)
 {
-	char *s = cJSON_PrintUnformatted(value);
-	if (!s)
-		return -ENOMEM;
-	int dfd = jv_markers_dir(ctx);
-	if (dfd < 0) {
-		free(s);
-		return dfd;
-	}
-	int rc = jv_durable_write_at(dfd, file, s, strlen(s), 0640);
-	close(dfd);
-	free(s);
-	return rc;
+	return marker_write(ctx, file, value, true);
 }
 
 int jv_marker_read(struct jv_run_ctx *ctx, const char *file, cJSON **out)
@@ -149,16 +195,7 @@ int jv_marker_read(struct jv_run_ctx *ctx, const char *file, cJSON **out)
 
 int jv_marker_remove(struct jv_run_ctx *ctx, const char *file)
 {
-	int dfd = jv_markers_dir(ctx);
-	if (dfd < 0)
-		return dfd;
-	int rc = 0;
-	if (unlinkat(dfd, file, 0) < 0)
-		rc = errno == ENOENT ? 0 : -errno;
-	else
-		rc = jv_fsync_dirfd(dfd);
-	close(dfd);
-	return rc;
+	return marker_remove(ctx, file, true);
 }
 
 static int l_job_progress(lua_State *L)
@@ -250,7 +287,13 @@ static int l_job_mark(lua_State *L)
 	cJSON *j = jv_lua_to_json(L, 2, err, sizeof(err));
 	if (!j)
 		return luaL_error(L, "job.mark('%s'): %s", name, err);
-	int rc = jv_marker_write(jv_ctx(L), file, j);
+	struct jv_run_ctx *ctx = jv_ctx(L);
+	int rc = jv_run_marker_sync(ctx);
+	if (rc < 0) {
+		cJSON_Delete(j);
+		return luaL_error(L, "cannot write marker '%s': the run marker: %s", name, strerror(-rc));
+	}
+	rc = jv_marker_write(ctx, file, j);
 	cJSON_Delete(j);
 	if (rc < 0)
 		return luaL_error(L, "cannot write marker '%s': %s", name, strerror(-rc));

@@ -2,8 +2,10 @@
  * a per-file SHA-256 manifest), extract (hostile input expected), verify, list.
  *
  * The pure-C core of the `archive` Lua module (lua/api_archive.c); libarchive
- * is used only here (arch_create.c, arch_read.c, arch_extract.c), the
- * manifest format only in arch_manifest.c. Directory arguments are
+ * is used only here (arch_create.c, arch_read.c, arch_extract.c, and
+ * arch_pipe.c, which decompresses on a thread of its own, with libzstd
+ * directly for zstd), the manifest format only in arch_manifest.c (read,
+ * build) and arch_mfwrite.c (written to a file, streaming). Directory arguments are
  * descriptors the caller resolved beneath the instance root (fsx); names are
  * single components. Errors come back as 0 / -errno (-ECANCELED when the hook
  * asked to stop) with a lower-case message in err naming the entry at fault.
@@ -69,6 +71,17 @@ struct arch_entry *arch_manifest_find(const struct arch_manifest *m, const char 
  * cJSON from to_json: cJSON_Delete. */
 int arch_manifest_from_json(const cJSON *j, struct arch_manifest *m, char *err, size_t errlen);
 cJSON *arch_manifest_to_json(const struct arch_manifest *m);
+/* Write m as JSON to dirfd/name durably (temp file, fsync, rename, fsync
+ * directory), streaming entry by entry (arch_mfwrite.c): the same document
+ * as arch_manifest_to_json(), with the members of extra (a JSON object, or
+ * NULL) after "format". extra must not hold a reserved member
+ * (arch_manifest_reserved). 0 or -errno with err. */
+int arch_manifest_write_at(int dirfd, const char *name, const struct arch_manifest *m,
+                           const cJSON *extra, char *err, size_t errlen);
+/* "format", "sha256", "bytes", "files": the members the manifest itself writes. */
+bool arch_manifest_reserved(const char *key);
+/* The canonical "stat" string of a file id: "<ino>:<mtime s>.<ns>:<ctime s>.<ns>". */
+void arch_fileid_format(const struct arch_fileid *id, char *out, size_t len);
 const char *arch_type_name(enum arch_type t);
 
 /* Lexical check of an entry path from an archive: strips a leading "./",
@@ -86,6 +99,13 @@ struct arch_create_opts {
 	 * path, size, inode, mtime and ctime match an entry with a recorded
 	 * "stat" gets that entry's sha256 instead of being hashed again. */
 	const struct arch_manifest *reuse;
+	/* Optional: every compressed byte, in order, also goes to out (a streamed
+	 * upload) as it is produced; a negative return stops the archive with that
+	 * -errno. The bytes are a function of the tree and these options only
+	 * (file order, metadata, compression settings): the same tree gives the
+	 * same bytes again. */
+	int (*out)(void *arg, const void *buf, size_t n);
+	void *out_arg;
 };
 
 struct arch_create_result {
@@ -110,7 +130,8 @@ bool arch_excluded(const char *rel, const char *const *pats, size_t n);
  * tree, sockets, FIFOs and devices are skipped (listed in result->skipped). A
  * top-level ".jobvisor" and the output file itself are never archived. The
  * archive is written to a temp name beside dst, fsynced, renamed, and the
- * directory fsynced; on any failure or cancel the temp file is removed. */
+ * directory fsynced; on any failure or cancel the temp file is removed.
+ * dst_name NULL (with o->out): no file, out gets the only copy. */
 int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
                 const struct arch_create_opts *o, struct arch_create_result *result,
                 char *err, size_t errlen);

@@ -131,7 +131,7 @@ static bool json_uint(const cJSON *v, uint64_t *out)
 
 /* "stat": "<ino>:<mtime s>.<9-digit ns>:<ctime s>.<9-digit ns>", written
  * and read back exactly (a string: nanosecond times do not fit a JSON number). */
-static void fileid_format(const struct arch_fileid *id, char *out, size_t len)
+void arch_fileid_format(const struct arch_fileid *id, char *out, size_t len)
 {
 	snprintf(out, len, "%llu:%lld.%09ld:%lld.%09ld", (unsigned long long)id->ino,
 	         (long long)id->mtime_s, id->mtime_ns, (long long)id->ctime_s, id->ctime_ns);
@@ -150,7 +150,7 @@ static int arch_fileid_parse(const cJSON *v, struct arch_fileid *id)
 	*id = (struct arch_fileid){.set = true, .ino = ino, .mtime_s = ms, .mtime_ns = mn,
 	                           .ctime_s = cs, .ctime_ns = cn};
 	char back[96];
-	fileid_format(id, back, sizeof(back));
+	arch_fileid_format(id, back, sizeof(back));
 	if (strcmp(back, v->valuestring) != 0) { /* only the canonical form */
 		id->set = false;
 		return -EINVAL;
@@ -303,7 +303,7 @@ cJSON *arch_manifest_to_json(const struct arch_manifest *m)
 			cJSON_AddStringToObject(f, "sha256", e->sha256);
 			if (e->fid.set) {
 				char id[96];
-				fileid_format(&e->fid, id, sizeof(id));
+				arch_fileid_format(&e->fid, id, sizeof(id));
 				cJSON_AddStringToObject(f, "stat", id);
 			}
 		}

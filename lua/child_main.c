@@ -79,6 +79,7 @@ static void emit_result(struct jv_run_ctx *ctx, const char *status, cJSON *outpu
 
 static int fail_early(struct jv_run_ctx *ctx, const char *message, bool retryable)
 {
+	jv_run_marker_sync(ctx); /* the marker stays for the next run: on disk */
 	emit_result(ctx, "FAILED", NULL, message, NULL, retryable, NULL);
 	return JV_EXIT_FAILED;
 }
@@ -272,6 +273,9 @@ static int finish_error(struct child *c, lua_State *L, int idx)
 	jv_sandbox_mem_grace(L);
 	idx = lua_absindex(L, idx);
 	struct jv_run_ctx *ctx = &c->ctx;
+	/* The marker stays for the next run (job.previous): on disk, not only in
+	 * the page cache, whatever ended this one. */
+	jv_run_marker_sync(ctx);
 	const char *stack = NULL;
 	if (lua_istable(L, idx)) {
 		lua_getfield(L, idx, "tb");
@@ -412,8 +416,10 @@ static cJSON *output_of(lua_State *L, char *err, size_t errlen)
 static int complete(struct jv_run_ctx *ctx, const cJSON *params, cJSON *output)
 {
 	/* Recorded before anything says COMPLETED: from here on a retry of this job
-	 * reports this output instead of doing the work again. */
-	int rc = jv_completed_write(ctx, params, output);
+	 * reports this output instead of doing the work again. A job id no retry
+	 * can carry (jobvisor run without --job-id) needs no record. */
+	bool record = jv_json_bool(ctx->spec, "recordCompletion", true);
+	int rc = record ? jv_completed_write(ctx, params, output) : 0;
 	if (rc < 0) {
 		char msg[300];
 		snprintf(msg, sizeof(msg),
@@ -489,7 +495,7 @@ static int run_child(struct child *c)
 	else
 		lua_newtable(L);
 	lua_setfield(L, job_idx, "params");
-	int done = replay_completed(c, params);
+	int done = jv_json_bool(spec, "recordCompletion", true) ? replay_completed(c, params) : -1;
 	if (done >= 0)
 		return done;
 	jv_run_marker_start(L, ctx, job_idx);

@@ -57,12 +57,15 @@ struct jv_run_ctx {
 	} progress_out;
 
 	/* The run marker (lua/api_job.c): <type>'s run.<type>.json, written at
-	 * start, its step updated by job.step(), removed on success. */
+	 * start (page cache only), made durable before the run's first job.mark
+	 * and once it has run for a second, its step updated by job.step(),
+	 * removed on success. */
 	struct {
 		char file[128];
 		cJSON *json; /* owned; NULL until jv_run_marker_start */
 		int64_t written_ms;
-		bool dirty; /* changed since written_ms */
+		bool dirty;  /* changed since written_ms */
+		bool synced; /* on disk (fsynced), not only in the page cache */
 	} run_marker;
 };
 
@@ -142,6 +145,7 @@ int jv_completed_write(struct jv_run_ctx *ctx, const cJSON *params, const cJSON 
 void jv_run_marker_start(lua_State *L, struct jv_run_ctx *ctx, int job_idx);
 void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step, double percent);
 void jv_run_marker_done(struct jv_run_ctx *ctx);
+int jv_run_marker_sync(struct jv_run_ctx *ctx);
 
 /* print() replacement (lua/api_log.c). */
 int jv_lua_print(lua_State *L);

@@ -1,4 +1,7 @@
 /* s3.h — a small client for S3-compatible object stores (AWS S3, MinIO, R2...).
+ * Settings, objects and listing: s3.c; the request itself: s3_req.c;
+ * multipart uploads: s3_mpu.c; a multipart upload fed by a stream of bytes:
+ * s3_stream.h.
  *
  * The pure-C core of the `remote` Lua module (lua/api_remote.c). Requests are
  * signed by libcurl itself (CURLOPT_AWS_SIGV4) with an x-amz-content-sha256
@@ -63,7 +66,8 @@ void s3_remote_wipe(struct s3_remote *r);
  * "<prefix>/<rel>" or rel. -ENAMETOOLONG when it does not fit. */
 int s3_key(const struct s3_remote *r, const char *rel, char *out, size_t outlen);
 
-/* One object from memory (small objects: manifests). */
+/* One object from memory (small objects: manifests), with its Content-MD5;
+ * an answer whose ETag is a plain MD5 must match it. */
 int s3_put(const struct s3_remote *r, const char *key, const void *data, size_t len,
            struct s3_err *e);
 /* A whole small object into a malloc'ed buffer (returned-owned, free()). */
@@ -92,6 +96,10 @@ int s3_mpu_create(const struct s3_remote *r, const char *key, char *id, size_t i
 int s3_mpu_part(const struct s3_remote *r, const char *key, const char *id, int n, int fd,
                 off_t off, size_t len, char etag[80], const struct jv_io_hooks *hooks,
                 struct s3_err *e);
+/* The same from memory; md5 gets the part's MD5 (hex) as sent in Content-MD5. */
+int s3_mpu_part_mem(const struct s3_remote *r, const char *key, const char *id, int n,
+                    const void *data, size_t len, char etag[80], char md5[33],
+                    const struct jv_io_hooks *hooks, struct s3_err *e);
 struct s3_part {
 	int n;
 	char etag[80];

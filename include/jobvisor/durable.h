@@ -16,6 +16,12 @@
  * failure. Returns 0 or -errno. */
 int jv_durable_write_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode);
 
+/* The same without the two fsyncs: readers see the old or the new content, never
+ * a mix, and the new one survives the writer's death (kill -9), but not a power
+ * cut. For records whose durability the caller arranges later, when it matters
+ * (the run marker, lua/api_job.c). */
+int jv_atomic_write_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode);
+
 /* Same, with a path (relative to cwd or absolute); the parent must exist. */
 int jv_durable_write(const char *path, const void *data, size_t len, mode_t mode);
 

@@ -38,9 +38,18 @@ struct jobrun_spec {
 	const cJSON *settings; /* borrowed agent settings passed to the child, may be NULL */
 	const char *created_at; /* borrowed, may be NULL */
 	bool by_type;          /* resolved from the job type: the script must declare it */
+	bool fresh_job_id;     /* a job id no retry can carry (jobvisor run without --job-id):
+	                        * the child writes no completion record for it */
 	int run_uid, run_gid;  /* switch the child to this user when >= 0 (agent as root) */
 	const char *log_format; /* "logfmt"/"json" for the child's own log lines, may be NULL */
 	const char *log_level;
+	/* NULL: the child is a fork+exec of `jobvisor __jobrun` (the agent: a fresh image
+	 * without its heap, curl handles or sockets). Set (jobvisor run, whose single-
+	 * threaded process holds nothing a job must not see: no token, no connection):
+	 * the forked child calls it after the same setup (process group, death signal,
+	 * signals, rlimits, descriptors, cwd, no_new_privs) instead of the second exec.
+	 * Ignored when the child switches user: that child is always exec'd. */
+	int (*child_main)(int argc, char **argv);
 };
 
 struct jobrun_ops {

@@ -41,25 +41,24 @@ function M.load(id)
   return m
 end
 
--- The manifest of the newest complete backup (by manifest mtime), or nil:
--- archive.create reuses its per-file digests for files that did not change.
--- Looks at the few newest manifests only, so a long history costs nothing.
-function M.latest()
+-- The manifest path of the newest backup (by manifest mtime) whose archive is
+-- there, and its id, or nil: archive.create reads it (in C, no Lua table) to
+-- reuse the per-file digests of files that did not change, and ignores it
+-- with a reason (info.reuse_error) when it is not a usable manifest.
+function M.latest_path()
   local entries = fs.list(M.DIR)
   if not entries then return nil end
-  local cands = {}
+  local names, cands = {}, {}
+  for _, e in ipairs(entries) do names[e.name] = e end
   for _, e in ipairs(entries) do
     local id = e.name:match("^(.+)%.json$")
-    if id and common.ident_ok(id) and e.type == "file" then
+    if id and common.ident_ok(id) and e.type == "file" and names[id .. ".tar.zst"] then
       cands[#cands + 1] = { id = id, mtime = e.mtime or 0 }
     end
   end
   table.sort(cands, function(a, b) return a.mtime > b.mtime end)
-  for i = 1, math.min(#cands, 3) do
-    local m = M.load(cands[i].id)
-    if m then return m, cands[i].id end
-  end
-  return nil
+  if #cands == 0 then return nil end
+  return M.manifest_path(cands[1].id), cands[1].id
 end
 
 -- Count regular files in a manifest.

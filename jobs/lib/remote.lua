@@ -65,6 +65,16 @@ function M.load_manifest(job, name, id)
   return m
 end
 
+-- Without an upload id in the marker state st: a new upload, recorded
+-- before any part is sent.
+local function new_upload(job, st, name, obj)
+  if st.uploadId then return end
+  st.uploadId = M.must(job, remote.mpu_create(name, obj))
+  st.parts = json.array()
+  st.completed = nil
+  job.mark("remote-upload", st)
+end
+
 local function part_size_for(info, size)
   local ps = info.part_size
   while size > ps * PARTS_MAX do ps = ps * 2 end
@@ -83,17 +93,14 @@ function M.upload(job, name, info, id, doc, from, to)
   local mark = job.marker("remote-upload")
   local st
   if common.adopts(job, mark) and mark.backupId == id and mark.remote == name
-      and mark.sha256 == doc.sha256 and mark.partSize == ps and type(mark.parts) == "table" then
+      and mark.sha256 == doc.sha256 and (mark.partSize == ps or mark.completed)
+      and type(mark.parts) == "table" then
     st = mark
     st.runId = job.run_id
     log.info(string.format("resuming the upload of '%s' to remote '%s': %d of %d parts acknowledged",
       obj, name, #st.parts, nparts))
   else
-    if common.adopts(job, mark) and type(mark.uploadId) == "string" and type(mark.object) == "string"
-        and type(mark.remote) == "string" then
-      local ok, aerr = remote.mpu_abort(mark.remote, mark.object, mark.uploadId)
-      if not ok then log.warn("cannot abort an earlier multipart upload: " .. tostring(aerr)) end
-    end
+    M.abort_marked(job, mark)
     st = { jobId = job.id, runId = job.run_id, backupId = id, remote = name, object = obj,
            sha256 = doc.sha256, size = size, partSize = ps, parts = json.array() }
   end
@@ -101,12 +108,7 @@ function M.upload(job, name, info, id, doc, from, to)
   log.info(string.format("uploading '%s' (%d bytes, %d parts of %d bytes) to remote '%s'", obj, size,
     nparts, ps, name))
   for _ = 1, 3 do
-    if not st.uploadId then
-      st.uploadId = M.must(job, remote.mpu_create(name, obj))
-      st.parts = json.array()
-      st.completed = nil
-      job.mark("remote-upload", st)
-    end
+    new_upload(job, st, name, obj)
     local acked, done = {}, 0
     for _, p in ipairs(st.parts) do
       acked[p.n] = p
@@ -145,25 +147,108 @@ function M.upload(job, name, info, id, doc, from, to)
   if not st.uploadId then job.fail("the store kept losing the multipart upload of '" .. obj .. "'",
     { retryable = true }) end
 
-  if not st.completed then
-    table.sort(st.parts, function(a, b) return a.n < b.n end)
-    local ok, err, cls = remote.mpu_complete(name, obj, st.uploadId, st.parts)
-    if not ok then
-      -- Killed after the store completed the upload but before the marker
-      -- said so: the object is there; accept it only if it is our archive.
-      local h = remote.head(name, obj)
-      local sum = h and h.size == size and remote.sha256(name, obj)
-      if sum ~= doc.sha256 then M.fail(job, err, cls) end
-      log.info(string.format("'%s' was completed by an earlier run (its SHA-256 matches)", obj))
-    end
-    st.completed = true
-    job.mark("remote-upload", st)
-  end
-
-  -- the manifest last: from now on the backup exists on the remote
-  M.must(job, remote.put(name, M.manifest_obj(job, id), json.encode(doc) .. "\n"))
-  job.unmark("remote-upload")
+  M.complete(job, st, nparts, doc)
+  M.put_manifest(job, name, id, doc)
   return { archive = obj, manifest = M.manifest_obj(job, id), parts = nparts }
+end
+
+-- An earlier job's upload this job replaces: give its storage back.
+function M.abort_marked(job, mark)
+  if common.adopts(job, mark) and type(mark.uploadId) == "string" and type(mark.object) == "string"
+      and type(mark.remote) == "string" then
+    local ok, aerr = remote.mpu_abort(mark.remote, mark.object, mark.uploadId)
+    if not ok then log.warn("cannot abort an earlier multipart upload: " .. tostring(aerr)) end
+  end
+end
+
+-- Complete the marked upload st of parts 1..nparts (doc: the archive's
+-- sha256 and bytes); the marker says so afterwards.
+function M.complete(job, st, nparts, doc)
+  if st.completed then return end
+  local name, obj = st.remote, st.object
+  local parts = {}
+  for _, p in ipairs(st.parts) do
+    if p.n <= nparts then parts[#parts + 1] = { n = p.n, etag = p.etag } end
+  end
+  table.sort(parts, function(a, b) return a.n < b.n end)
+  local ok, err, cls = remote.mpu_complete(name, obj, st.uploadId, parts)
+  if not ok then
+    -- Killed after the store completed the upload but before the marker
+    -- said so: the object is there; accept it only if it is our archive.
+    local h = remote.head(name, obj)
+    local sum = h and h.size == doc.bytes and remote.sha256(name, obj)
+    if sum ~= doc.sha256 then M.fail(job, err, cls) end
+    log.info(string.format("'%s' was completed by an earlier run (its SHA-256 matches)", obj))
+  end
+  st.completed = true
+  st.sha256 = doc.sha256
+  st.size = doc.bytes
+  job.mark("remote-upload", st)
+end
+
+-- The manifest object (a table, or its JSON text), last: from now on the
+-- backup exists on the remote.
+function M.put_manifest(job, name, id, doc)
+  local text = type(doc) == "string" and doc or json.encode(doc) .. "\n"
+  M.must(job, remote.put(name, M.manifest_obj(job, id), text))
+  job.unmark("remote-upload")
+end
+
+local function stream_state(job, name, info, id, obj)
+  local mark = job.marker("remote-upload")
+  if common.adopts(job, mark) and mark.stream == true and mark.backupId == id and mark.remote == name
+      and type(mark.uploadId) == "string" and math.type(mark.partSize) == "integer"
+      and type(mark.parts) == "table" then
+    mark.runId = job.run_id
+    log.info(string.format("resuming the upload of '%s' to remote '%s': %d parts acknowledged; the "
+      .. "archive is made again and the parts that match are not sent", obj, name, #mark.parts))
+    return mark
+  end
+  M.abort_marked(job, mark)
+  return { jobId = job.id, runId = job.run_id, backupId = id, remote = name, object = obj,
+           stream = true, partSize = info.part_size, parts = json.array() }
+end
+
+-- Archive data/ straight into a multipart upload to remote name: each part
+-- is sent while the next ones are compressed, and recorded in the
+-- "remote-upload" marker once the store acknowledged it. dst: a local copy
+-- too (keepLocal), or nil. opts: archive.create's. A retry makes the archive
+-- again (the same tree gives the same bytes) and sends only the parts the
+-- marker does not hold; when the tree changed meanwhile, a part differs: the
+-- old upload is aborted and a new one started. Returns the manifest, the
+-- stats and the marker state (for M.complete).
+function M.stream(job, name, info, id, dst, opts)
+  local obj = M.archive_obj(job, id)
+  local st = stream_state(job, name, info, id, obj)
+  for _ = 1, 3 do
+    new_upload(job, st, name, obj)
+    local known = {}
+    for _, p in ipairs(st.parts) do known[p.n] = true end
+    opts.upload = { remote = name, object = obj, uploadId = st.uploadId, partSize = st.partSize,
+      parts = st.parts, onPart = function(n, etag, size, md5, sent)
+        if not known[n] then
+          known[n] = true
+          st.parts[#st.parts + 1] = { n = n, size = size, etag = etag, md5 = md5 }
+          job.mark("remote-upload", st)
+        end
+        log.info(string.format("part %d (%d bytes) %s remote '%s'", n, size,
+          sent and "acknowledged by" or "already on", name))
+      end }
+    local m, stats, cls = archive.create("data", dst, opts)
+    if m then
+      log.info(string.format("archive streamed to remote '%s': %d parts, %d sent by this run",
+        name, stats.parts, stats.partsSent))
+      return m, stats, st
+    end
+    if cls ~= "changed" and cls ~= "not_found" then
+      if cls then M.fail(job, stats, cls) end
+      job.fail("cannot back up data/: " .. tostring(stats), { retryable = true })
+    end
+    log.warn(string.format("%s: starting a new upload of '%s'", tostring(stats), obj))
+    if cls == "changed" then M.abort_marked(job, st) end
+    st.uploadId = nil
+  end
+  job.fail("the store kept losing the multipart upload of '" .. obj .. "'", { retryable = true })
 end
 
 -- Make remote backup id available as a local backup (backups/<id>.*) for a

@@ -502,6 +502,8 @@ static cJSON *build_spec(const struct jobrun_spec *s)
 		cJSON_AddStringToObject(j, "logFormat", s->log_format);
 	if (s->log_level)
 		cJSON_AddStringToObject(j, "logLevel", s->log_level);
+	if (s->fresh_job_id)
+		cJSON_AddBoolToObject(j, "recordCompletion", false);
 	return j;
 }
 
@@ -513,9 +515,11 @@ static void child_fail(int errfd, enum exec_stage stage)
 	jv_exec_fail(errfd, stage, errno);
 }
 
-/* Between fork and exec: system calls only. */
+/* Between fork and exec: system calls only (the agent may hold threads). With
+ * child_main (jobvisor run: one thread), the child enters the job-run child mode
+ * in place of the exec, after the same setup. */
 static void child_exec(int spec_fd, int ev_fd, int err_fd, pid_t parent, int uid, int gid,
-                       char **argv)
+                       char **argv, int (*child_main)(int, char **))
 {
 	setpgid(0, 0);
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -563,6 +567,13 @@ static void child_exec(int spec_fd, int ev_fd, int err_fd, pid_t parent, int uid
 			child_fail(f2, EXEC_USER);
 	}
 	prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+	if (child_main) {
+		close(f2); /* tells wait_exec the setup succeeded, as an exec would */
+		/* exit, as main's return would after an exec: the child's own atexit
+		 * work and, in a sanitizer build, its leak check. The parent flushed
+		 * its stdio before the fork and registers no atexit handlers. */
+		exit(child_main(2, argv));
+	}
 	execv("/proc/self/exe", argv);
 	child_fail(f2, EXEC_EXEC);
 }
@@ -639,7 +650,8 @@ int jobrun_start(const struct jobrun_spec *spec, const struct jobrun_ops *ops, v
 		goto fail;
 	}
 	if (pid == 0)
-		child_exec(spec_fd, pipefd[1], errpipe[1], parent, spec->run_uid, spec->run_gid, argv);
+		child_exec(spec_fd, pipefd[1], errpipe[1], parent, spec->run_uid, spec->run_gid, argv,
+		           spec->run_uid < 0 && spec->run_gid < 0 ? spec->child_main : NULL);
 	setpgid(pid, pid); /* also in the parent: no window where a signal misses the group */
 	close(errpipe[1]);
 	errpipe[1] = -1;

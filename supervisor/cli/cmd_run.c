@@ -420,7 +420,9 @@ int cmd_run(int argc, char **argv)
 		.type = by_type ? what : NULL, .by_type = by_type, .attempt = 1, .params = params,
 		.data_dir = abs_data, .script = script, .jobs_dir = jobs_dir, .timeout_s = a.timeout,
 		.cancel_grace_s = a.grace, .mem_limit = mem_limit, .run_uid = run_uid, .run_gid = run_gid,
-		.settings = settings,
+		.settings = settings, .fresh_job_id = !job_id_arg,
+		/* this process is as clean as a fresh exec would be: spare the second one */
+		.child_main = jv_jobrun_child_main,
 	};
 	static const struct jobrun_ops ops = {.event = on_event, .done = on_done};
 	struct jobrun *run = NULL;
@@ -429,11 +431,10 @@ int cmd_run(int argc, char **argv)
 		fprintf(stderr, "jobvisor run: cannot start the job-run child: %s\n", strerror(-rc));
 		code = JV_EXIT_FAILED;
 	} else {
+		/* A job id the caller named may be run again as a retry (and then
+		 * reports this result again); a fresh one never is, so its child
+		 * records no completion (fresh_job_id). */
 		code = drive(run, &out, sfd);
-		/* The result is printed. A job id the caller named may be run again as a
-		 * retry (and then reports this result again); a fresh one never is. */
-		if (!job_id_arg)
-			jobrun_forget_completion(abs_data, instance, job_id);
 	}
 	jobrun_free(run);
 	cJSON_Delete(out.result);

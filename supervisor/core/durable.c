@@ -50,7 +50,9 @@ int jv_fsync_dir(const char *path)
 	return rc;
 }
 
-int jv_durable_write_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode)
+/* Write temp, [fsync], rename, [fsync dir]. */
+static int write_replace_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode,
+                            bool durable)
 {
 	char tmp[NAME_MAX + 1];
 	int n = snprintf(tmp, sizeof(tmp), ".%s.tmp.%ld", name, (long)getpid());
@@ -60,7 +62,7 @@ int jv_durable_write_at(int dirfd, const char *name, const void *data, size_t le
 	if (fd < 0)
 		return -errno;
 	int rc = jv_write_all(fd, data, len);
-	if (rc == 0 && fsync(fd) < 0)
+	if (rc == 0 && durable && fsync(fd) < 0)
 		rc = -errno;
 	if (close(fd) < 0 && rc == 0)
 		rc = -errno;
@@ -70,7 +72,17 @@ int jv_durable_write_at(int dirfd, const char *name, const void *data, size_t le
 		unlinkat(dirfd, tmp, 0);
 		return rc;
 	}
-	return jv_fsync_dirfd(dirfd);
+	return durable ? jv_fsync_dirfd(dirfd) : 0;
+}
+
+int jv_durable_write_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode)
+{
+	return write_replace_at(dirfd, name, data, len, mode, true);
+}
+
+int jv_atomic_write_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode)
+{
+	return write_replace_at(dirfd, name, data, len, mode, false);
 }
 
 int jv_durable_write(const char *path, const void *data, size_t len, mode_t mode)

@@ -247,8 +247,28 @@ int jv_opendir_at(int dirfd, DIR **out)
 	return 0;
 }
 
+/* close_range(2) over the gaps between the kept descriptors: one system call
+ * per gap, no /proc, no allocation. False where the kernel lacks it. */
+static bool close_ranges(int lowfd, const int *keep, size_t nkeep)
+{
+	unsigned lo = (unsigned)lowfd;
+	for (;;) {
+		unsigned next = ~0U; /* the lowest kept descriptor >= lo */
+		for (size_t i = 0; i < nkeep; i++)
+			if (keep[i] >= 0 && (unsigned)keep[i] >= lo && (unsigned)keep[i] < next)
+				next = (unsigned)keep[i];
+		if (next > lo && close_range(lo, next == ~0U ? ~0U : next - 1, 0) < 0)
+			return false;
+		if (next == ~0U)
+			return true;
+		lo = next + 1;
+	}
+}
+
 void jv_close_fds_from(int lowfd, const int *keep, size_t nkeep)
 {
+	if (close_ranges(lowfd, keep, nkeep))
+		return;
 	/* Collect first, close after: closing while iterating /proc/self/fd would
 	 * close the directory's own descriptor under readdir. */
 	int fds[1024];

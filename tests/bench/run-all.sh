@@ -29,6 +29,7 @@ run() { echo "== $*"; "$@"; }
 run python3 tests/bench/bench_run.py "$BUILD/jobvisor" 300 --update "$DOC"
 run python3 tests/bench/bench_jobs.py "$BUILD/jobvisor" --update "$DOC"
 run python3 tests/bench/bench_remote.py "$BUILD/jobvisor" --update "$DOC"
+run python3 tests/bench/bench_agent_rss.py "$BUILD" --update "$DOC"
 for b in tests/bench/bench_*.sh; do
   run "$b" "$BUILD" --update "$DOC"
 done

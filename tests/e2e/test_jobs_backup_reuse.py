@@ -89,6 +89,20 @@ class DigestReuse(JobvisorTestCase):
         self.assertEqual(self.files(m2)[victim]["sha256"], sha256_file(path))
         self.verify("b2")
 
+    def test_a_damaged_newest_manifest_costs_only_the_hashing(self):
+        m1, _ = self.backup("b1")
+        path = os.path.join(self.inst, "backups", "b1.json")
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+        r = self.run_job("BACKUP_INSTANCE", params={"backupId": "b2"})
+        self.assertEqual(r.status, "COMPLETED", r)
+        self.assertIn("file digests not reused from backup 'b1'", r.stderr)
+        self.assertIn("is not JSON", r.stderr)
+        m2 = read_json(os.path.join(self.inst, "backups", "b2.json"))
+        self.assertEqual({p: f["sha256"] for p, f in self.files(m2).items()},
+                         {p: f["sha256"] for p, f in self.files(m1).items()})
+        self.verify("b2")
+
     def test_a_manifest_with_a_malformed_stat_is_refused_as_reuse_source(self):
         m1, _ = self.backup("b1")
         self.script("""

@@ -177,6 +177,8 @@ class TraceCheck:
             self.check_publish(src, dst, flags, line)
         if exchange and not self.under(src, self.jv):
             self.check_publish(dst, src, flags, line)
+        if not exchange:
+            self.drop_under(dst)  # what the rename replaced is gone, written or not
         self.move(src, dst, exchange)
         self.add("entry", dst, "renamed here", line)
         self.add("entry", src, "renamed away", line)
@@ -241,9 +243,10 @@ class TraceCheck:
             self.rename(_unquote(a[0]), _unquote(a[1]), "", line)
 
 
-def check_trace(trace_path, instance_root):
-    """Replay a trace; returns the TraceCheck (violations, publishes, counts)."""
-    tc = TraceCheck(instance_root)
+def check_trace(trace_path, instance_root, make=TraceCheck):
+    """Replay a trace; returns the TraceCheck (violations, publishes, counts). make(root)
+    builds the checker: a subclass may watch more."""
+    tc = make(instance_root)
     unfinished = {}
     with open(trace_path, errors="replace") as f:
         for n, raw in enumerate(f, 1):

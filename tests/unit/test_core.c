@@ -145,12 +145,14 @@ static int count_entries(const char *dir)
 	return n;
 }
 
-Test(durable, replaces_file_atomically_and_leaves_no_temp)
+typedef int (*write_at_fn)(int dirfd, const char *name, const void *data, size_t len, mode_t mode);
+
+static void check_replaces_and_leaves_no_temp(write_at_fn write_at)
 {
 	char *dir = tmpdir();
 	int dfd = open(dir, O_RDONLY | O_DIRECTORY);
-	cr_assert_eq(jv_durable_write_at(dfd, "state.json", "{\"a\":1}", 7, 0640), 0);
-	cr_assert_eq(jv_durable_write_at(dfd, "state.json", "{\"a\":2}", 7, 0640), 0);
+	cr_assert_eq(write_at(dfd, "state.json", "{\"a\":1}", 7, 0640), 0);
+	cr_assert_eq(write_at(dfd, "state.json", "{\"a\":2}", 7, 0640), 0);
 	char *data = NULL;
 	size_t len = 0;
 	cr_assert_eq(jv_read_file_at(dfd, "state.json", 1024, &data, &len), 0);
@@ -159,6 +161,17 @@ Test(durable, replaces_file_atomically_and_leaves_no_temp)
 	cr_assert_eq(count_entries(dir), 1);
 	close(dfd);
 	free(dir);
+}
+
+Test(durable, replaces_file_atomically_and_leaves_no_temp)
+{
+	check_replaces_and_leaves_no_temp(jv_durable_write_at);
+}
+
+/* The same without the fsyncs (the run marker's first write). */
+Test(durable, atomic_write_replaces_and_leaves_no_temp)
+{
+	check_replaces_and_leaves_no_temp(jv_atomic_write_at);
 }
 
 Test(durable, failed_rename_removes_the_temp_file)
@@ -295,4 +308,30 @@ Test(procid, stat_parser_survives_hostile_command_names)
 	cr_expect_eq(jv_proc_stat(kid, &st), -ESRCH);
 	close(ready[0]);
 	close(ready[1]);
+}
+
+/* In a child: open descriptors, keep some, close the rest from 3 up. */
+Test(util, close_fds_from_keeps_only_the_listed_descriptors)
+{
+	pid_t pid = fork();
+	cr_assert(pid >= 0);
+	if (pid == 0) {
+		int fds[6];
+		for (int i = 0; i < 6; i++)
+			fds[i] = open("/dev/null", O_RDONLY);
+		int keep[] = {fds[4], fds[1], 1000 /* not open: ignored */};
+		jv_close_fds_from(3, keep, 3);
+		int bad = 0;
+		for (int i = 0; i < 6; i++) {
+			bool open_now = fcntl(fds[i], F_GETFD) >= 0;
+			bool kept = i == 1 || i == 4;
+			bad += open_now != kept;
+		}
+		bad += fcntl(0, F_GETFD) < 0; /* below lowfd: untouched */
+		_exit(bad);
+	}
+	int st;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st));
+	cr_assert_eq(WEXITSTATUS(st), 0, "%d descriptors in the wrong state", WEXITSTATUS(st));
 }

@@ -1,0 +1,134 @@
+"""What a job run itself puts on disk: the run marker and the completion record (strace).
+
+The run marker (`.jobvisor/markers/run.<TYPE>.json`) is written when the run starts and removed
+when it completes. It lives in the page cache until durability matters (docs/jobs.md, "The run
+marker"): a kill -9 leaves the page cache alone, so the next run still sees it as
+`job.previous`; it is fsynced before the run's first `job.mark` (a later run adopts those
+markers through `job.previous`), once the run has lasted a second, and when a run fails. So a
+no-op run with a fresh job id makes no fsync at all, and every guarantee that depends on the
+marker is checked here from the system calls themselves (tests/lib/strace_durability.py).
+"""
+import os
+import shutil
+import signal
+import time
+
+from jv_run import JobvisorTestCase, RunResult
+from strace_durability import TraceCheck, check_trace, traced_run
+
+SYNCS = ("fsync(", "fdatasync(", "syncfs(", "sync(")
+
+
+class MarkerCheck(TraceCheck):
+    """Also records, at each rename that creates a job.mark marker, what of the run marker
+    was still only in the page cache."""
+
+    def __init__(self, root, run_marker):
+        super().__init__(root)
+        self.run_marker = os.path.join(self.root, ".jobvisor", "markers", run_marker)
+        self.at_mark = []  # (marker path, [pending changes of the run marker])
+
+    def rename(self, src, dst, flags, line):
+        markers = os.path.join(self.jv, "markers")
+        if (self.mine(dst) and os.path.dirname(dst) == markers and dst != self.run_marker
+                and not os.path.basename(dst).startswith(".")):
+            self.at_mark.append((dst, self.run_marker_pending()))
+        super().rename(src, dst, flags, line)
+
+    def run_marker_pending(self):
+        return [m for m in self.pending if m.path == self.run_marker]
+
+
+def traced_check(trace, root, run_marker):
+    return check_trace(trace, root, lambda r: MarkerCheck(r, run_marker))
+
+
+class RunMarkerDurability(JobvisorTestCase):
+    def setUp(self):
+        super().setUp()
+        if not shutil.which("strace"):
+            self.fail("strace is not installed (make deps installs it)")
+        self.trace = os.path.join(self.tmp, "trace")
+
+    def traced(self, what, extra=()):
+        os.makedirs(self.instance_dir(), exist_ok=True)
+        p = traced_run(self.cmd(what, extra=extra), self.trace, timeout=120)
+        if "PTRACE" in p.stderr and p.returncode != 0:
+            self.fail(f"strace cannot trace here: {p.stderr[-500:]}")
+        return RunResult(p.returncode, p.stdout, p.stderr)
+
+    def syscalls(self, needle):
+        with open(self.trace, errors="replace") as f:
+            return [line.rstrip() for line in f if needle in line]
+
+    def test_a_noop_run_with_a_fresh_job_id_syncs_nothing(self):
+        path = self.script('return { type = "NOOP", run = function(job) end }')
+        r = self.traced(path)
+        self.assertEqual(r.status, "COMPLETED", r)
+        with open(self.trace, errors="replace") as f:
+            lines = f.read().splitlines()
+        syncs = [line for line in lines if any(s in line.split(None, 1)[-1][:10] for s in SYNCS)]
+        self.assertEqual(syncs, [], "a no-op run reached for the disk")
+        # the run marker was there while the script ran, and is gone
+        self.assertTrue(any('"run.NOOP.json"' in line and "rename" in line for line in lines), lines)
+        self.assertTrue(any('"run.NOOP.json"' in line and "unlink" in line for line in lines), lines)
+        # no completion record for a job id no retry can carry
+        self.assertEqual([line for line in lines if "completed/" in line and "O_CREAT" in line], [])
+        self.assertEqual(os.listdir(os.path.join(self.instance_dir(), ".jobvisor", "markers")), [])
+
+    def test_the_run_marker_is_on_disk_before_the_first_job_mark(self):
+        path = self.script("""return { type = "MARKS", run = function(job)
+  job.mark("plan", { step = 1 })
+  job.mark("plan", { step = 2 })
+  job.unmark("plan")
+end }""")
+        r = self.traced(path)
+        self.assertEqual(r.status, "COMPLETED", r)
+        mc = traced_check(self.trace, self.instance_dir(), "run.MARKS.json")
+        self.assertEqual(len(mc.at_mark), 2, mc.at_mark)
+        for dst, pending in mc.at_mark:
+            self.assertEqual(pending, [], f"'{dst}' written while the run marker was not on disk")
+        # a marker that was on disk is removed durably too: no stale run.MARKS.json after a power cut
+        self.assertEqual(mc.run_marker_pending(), [], "the run marker's removal never reached the disk")
+
+    def test_a_failed_run_leaves_its_marker_on_disk(self):
+        path = self.script('return { type = "BOOM", run = function(job) error("boom") end }')
+        r = self.traced(path)
+        self.assertEqual(r.status, "FAILED", r)
+        mc = traced_check(self.trace, self.instance_dir(), "run.BOOM.json")
+        self.assertTrue(os.path.exists(mc.run_marker))
+        self.assertEqual(mc.run_marker_pending(), [], "the failed run's marker is only in the page cache")
+        r2 = self.run_job(self.script("""return { type = "BOOM", run = function(job)
+  return { previous = job.previous and job.previous.runId }
+end }""", name="boom2.lua"))
+        self.assertEqual(r2.result["output"]["previous"], r.events[0]["jobRunId"], r2)
+
+    def test_a_named_job_id_gets_a_durable_completion_record(self):
+        path = self.script('return { type = "NOOP", run = function(job) return { n = 1 } end }')
+        r = self.traced(path, extra=("--job-id", "job-7"))
+        self.assertEqual(r.status, "COMPLETED", r)
+        tc = check_trace(self.trace, self.instance_dir())
+        record = os.path.join(os.path.realpath(self.instance_dir()), ".jobvisor", "completed", "job-7.json")
+        self.assertTrue(os.path.exists(record))
+        self.assertEqual([m for m in tc.pending if m.path == record], [],
+                         "the completion record is not on disk")
+        self.assertGreaterEqual(tc.fsyncs, 2, tc.fsyncs)
+
+    def test_a_kill_9_right_after_start_leaves_the_marker_for_the_next_run(self):
+        # The marker is only in the page cache here (the script never reaches a second,
+        # a progress report or a job.mark): a kill -9 of the run must not lose it.
+        path = self.script("""return { type = "SPIN", run = function(job)
+  if job.previous then return { previous = job.previous.runId } end
+  while true do end
+end }""")
+        p = self.start_job(path)
+        child = self.wait_child(p)
+        self.wait_file(os.path.join(self.instance_dir(), ".jobvisor", "markers", "run.SPIN.json"))
+        started = time.monotonic()
+        os.killpg(child, signal.SIGKILL)
+        r1 = self.finish(p)
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertEqual(r1.code, 1, r1)
+        r2 = self.run_job(path)
+        self.assertEqual(r2.status, "COMPLETED", r2)
+        self.assertEqual(r2.result["output"]["previous"], r1.events[0]["jobRunId"], r2)
