@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """bench_cp_events.py — run events stored per second by one jobvisor-cp replica.
 
-    tests/bench/bench_cp_events.py [BUILD_DIR] [--seconds 8] [--runs 8] [--batch 500]
+    tests/bench/bench_cp_events.py [BUILD_DIR] [--seconds 8] [--runs 8] [--batch 500] [--update FILE]
 
 Isolates the events path (issue 14: >= 10,000 events/s on this 2-core
 machine with PostgreSQL on the same host): one replica on SQLite, then one on
@@ -9,9 +9,11 @@ PostgreSQL (a server started here, tests/lib/pg_harness.py); --runs jobs are
 created and taken by hand, then one client thread per run posts batches of
 --batch events (the agent's maximum is 1,000) as fast as the answers come,
 for --seconds. Counts events acknowledged (ackSeq) and the replica's CPU
-(from /proc/PID/stat). Prints one Markdown row per backend. Bounded: about
+(from /proc/PID/stat). Prints a Markdown table, one row per backend;
+--update replaces the block between the cp_events:latest markers of FILE. Bounded: about
 2 x (--seconds + 5) s.
 """
+import datetime
 import os
 import sys
 import threading
@@ -85,13 +87,15 @@ def measure(backend, seconds, nruns, batch):
 
 def main():
     args = sys.argv[1:]
-    build, seconds, nruns, batch = "build", 8, 8, 500
+    build, seconds, nruns, batch, update = "build", 8, 8, 500, None
     while args:
         a = args.pop(0)
         if a == "--seconds":
             seconds = int(args.pop(0))
         elif a == "--runs":
             nruns = int(args.pop(0))
+        elif a == "--update":
+            update = args.pop(0)
         elif a == "--batch":
             batch = int(args.pop(0))
         elif a.startswith("-"):
@@ -100,12 +104,22 @@ def main():
             build = a
     os.environ.setdefault("JOBVISOR_CP_BIN", os.path.abspath(os.path.join(build, "examples", "controlplane",
                                                                           "jobvisor-cp")))
-    print("| backend | client threads x events per request | events/s stored | replica CPU | CPU ms per 1,000 events |")
-    print("| --- | --- | --- | --- | --- |")
+    lines = ["| backend | client threads x events per request | events/s stored | replica CPU"
+             " | CPU ms per 1,000 events |", "| --- | --- | --- | --- | --- |"]
+    print("\n".join(lines), flush=True)
     for backend in ("sqlite", "postgresql"):
         rate, cpu, per = measure(backend, seconds, nruns, batch)
-        print("| %s | %d x %d | %.0f | %.0f%% | %.1f |" % ("SQLite" if backend == "sqlite" else "PostgreSQL",
-                                                         nruns, batch, rate, cpu, per), flush=True)
+        lines.append("| %s | %d x %d | %.0f | %.0f%% | %.0f |" % (
+            "SQLite" if backend == "sqlite" else "PostgreSQL", nruns, batch, rate, cpu, per))
+        print(lines[-1], flush=True)
+    if update:
+        text = open(update).read()
+        begin, end = "<!-- cp_events:latest:begin -->", "<!-- cp_events:latest:end -->"
+        i, j = text.index(begin) + len(begin), text.index(end)
+        block = "\nLatest `make bench` run (%s, %d s per row):\n\n%s\n" % (
+            datetime.date.today().isoformat(), seconds, "\n".join(lines))
+        with open(update, "w") as f:
+            f.write(text[:i] + block + text[j:])
 
 
 if __name__ == "__main__":

@@ -7,11 +7,9 @@ Runs the load generator (tests/bench/cp_load.c) against one replica on SQLite
 and one and two replicas on one PostgreSQL database (a server started here
 from Debian's postgresql package, tests/lib/pg_harness.py, on this host, a
 fresh database per run), for each agent count at a 3 s poll interval and
-100 jobs/s of 20 events each; then the same three set-ups saturated with
-events (100 jobs/s of 500 events posted 100 per request), which measures
-how many events/s a replica stores. Each run lasts JV_BENCH_FLEET_DURATION
-seconds (default 20) plus a few seconds of drain, so the whole benchmark is
-bounded: (agent counts + 1) x 3 runs. Prints one Markdown table; --update
+100 jobs/s of 20 events each (events/s at saturation: bench_cp_events.py).
+Each run lasts JV_BENCH_FLEET_DURATION seconds (default 20) plus a few
+seconds of drain, so the whole benchmark is bounded: agent counts x 3 runs. Prints one Markdown table; --update
 replaces the block between the cp_fleet:latest markers of the given file.
 """
 import datetime
@@ -63,15 +61,11 @@ def main():
     duration = int(os.environ.get("JV_BENCH_FLEET_DURATION", "20"))
     srv = pg_harness.PgServer().start()
     header, rows = None, []
-    saturate = ["--events-per-job", "500", "--batch", "100"]
     try:
-        cases = [(n, []) for n in counts] + [(500, saturate)]
-        for agents, extra in cases:
+        for agents in counts:
             for replicas, pg in ((1, False), (1, True), (2, True)):
                 db = srv.new_database("bench") if pg else None
-                header, row = cp_load(load, cp, db, replicas, agents, extra, duration)
-                if extra:
-                    row += " (saturated: 500 events per job, 100 per request)"
+                header, row = cp_load(load, cp, db, replicas, agents, [], duration)
                 print(row, flush=True)
                 rows.append(row)
     finally:
