@@ -26,6 +26,8 @@
 #include "jobvisor/durable.h"
 
 #define CREATE_MAX_DEPTH 512
+/* Files up to this size are hashed from packed copies (see copy_data). */
+#define ARCH_SMALL_FILE (64u << 10)
 
 struct item {
 	char *rel;
@@ -44,12 +46,18 @@ struct scan {
 	struct arch_create_result *r;
 };
 
+/* The compressed archive's way out. libarchive hands each block to
+ * sink_write (this thread), which gives it to opts->out when there is one (a
+ * streamed copy, on this thread) and queues a copy on the archive's hash
+ * worker; that worker hashes it and passes it to sink_out(), which writes
+ * the temp file. Writing on the worker keeps the write(2) calls off the
+ * thread that reads and compresses. */
 struct sink {
 	int fd;
 	struct hashq *q;
 	struct hashq_stream st; /* the compressed archive */
-	uint64_t bytes, synced;
-	int err;
+	struct hashq_out file_out; /* sink_out on the worker thread */
+	uint64_t written, synced; /* worker side */
 	bool discard; /* failing: swallow what closing the archive still writes */
 	int (*out)(void *arg, const void *buf, size_t n); /* opts->out: a streamed copy */
 	void *out_arg;
@@ -60,6 +68,7 @@ struct digests {
 	struct hashq *q;
 	struct hashq_stream *st;
 	size_t *mpos;
+	unsigned char *small; /* read buffer for small files (ARCH_SMALL_FILE) */
 };
 
 static void errf(char *err, size_t errlen, const char *fmt, ...)
@@ -198,27 +207,36 @@ static int scan_dir(struct scan *s, int dfd, const char *rel, int depth, char *e
 	return rc;
 }
 
+/* Worker thread: every byte of the archive, in order, after it was hashed. */
+static int sink_out(void *ctx, const void *buf, size_t n)
+{
+	struct sink *w = ctx;
+	int rc = w->fd >= 0 ? jv_write_all(w->fd, buf, n) : 0;
+	if (rc < 0)
+		return rc;
+	w->written += n;
+	/* Start writeback as we go so the final fsync does not stall on gigabytes. */
+	if (w->fd >= 0 && w->written - w->synced >= (32u << 20)) {
+		sync_file_range(w->fd, (off_t)w->synced, (off_t)(w->written - w->synced),
+		                SYNC_FILE_RANGE_WRITE);
+		w->synced = w->written;
+	}
+	return 0;
+}
+
 static la_ssize_t sink_write(struct archive *a, void *ud, const void *buf, size_t n)
 {
 	struct sink *w = ud;
 	if (w->discard)
 		return (la_ssize_t)n;
-	int rc = w->fd >= 0 ? jv_write_all(w->fd, buf, n) : 0;
+	int rc = hashq_out_error(&w->st);
 	if (rc == 0 && w->out)
 		rc = w->out(w->out_arg, buf, n);
 	if (rc < 0) {
-		w->err = rc;
 		archive_set_error(a, -rc, "%s", strerror(-rc));
 		return -1;
 	}
 	hashq_update(w->q, &w->st, buf, n);
-	w->bytes += n;
-	/* Start writeback as we go so the final fsync does not stall on gigabytes. */
-	if (w->fd >= 0 && w->bytes - w->synced >= (32u << 20)) {
-		sync_file_range(w->fd, (off_t)w->synced, (off_t)(w->bytes - w->synced),
-		                SYNC_FILE_RANGE_WRITE);
-		w->synced = w->bytes;
-	}
 	return (la_ssize_t)n;
 }
 
@@ -294,6 +312,7 @@ struct copy {
 	uint64_t *done, total;
 	const struct jv_io_hooks *hooks;
 	const char *rel;
+	unsigned char *small; /* ARCH_SMALL_FILE bytes */
 };
 
 /* Copy size bytes from fd into the archive (and the hash). 0 or -errno with err. */
@@ -302,16 +321,23 @@ static int copy_data(const struct copy *c, int fd, uint64_t size, char *err, siz
 	uint64_t left = size;
 	while (left > 0) {
 		size_t want = left < HASHQ_BLOCK ? (size_t)left : HASHQ_BLOCK;
-		unsigned char *buf = hashq_acquire(c->q);
+		/* A small file is read into our own buffer and its copy packed with
+		 * others into a shared hash block (one hand-off for many files); a big
+		 * one straight into a pool block of its own. */
+		bool small = size <= ARCH_SMALL_FILE;
+		unsigned char *buf = small ? c->small : hashq_acquire(c->q);
 		ssize_t n = read(fd, buf, want);
 		int e_ = errno;
 		/* The worker hashes the block while libarchive compresses it; we hold
 		 * it until archive_write_data is done (its output sink takes blocks too).
 		 * A reused digest: the block only carries the data (released unhashed). */
-		if (c->st)
+		if (c->st && small && n > 0)
+			hashq_update(c->q, c->st, buf, (size_t)n);
+		else if (c->st && !small)
 			hashq_submit_keep(c->q, c->st, buf, n > 0 ? (size_t)n : 0);
 		bool written = n > 0 && archive_write_data(c->a, buf, (size_t)n) == n;
-		hashq_release(c->q, buf);
+		if (!small)
+			hashq_release(c->q, buf);
 		if (n < 0 && e_ == EINTR)
 			continue;
 		if (n < 0) {
@@ -360,7 +386,7 @@ static int unchanged_since(int fd, const struct stat *before, const struct arch_
 }
 
 static int write_file(struct archive *a, struct archive_entry *ae, const struct fsx *src,
-                      struct item *it, struct arch_entry *e, struct hashq *q,
+                      struct item *it, struct arch_entry *e, const struct digests *d,
                       struct hashq_stream *st, const struct arch_manifest *reuse,
                       uint64_t *done, uint64_t total, const struct jv_io_hooks *hooks,
                       struct arch_create_result *r, bool *skipped, char *err, size_t errlen)
@@ -395,9 +421,9 @@ static int write_file(struct archive *a, struct archive_entry *ae, const struct 
 	e->fid = file_id(&st_);
 	const struct arch_entry *old = reusable(reuse, it->rel, &st_, &e->fid);
 	if (!old)
-		hashq_begin(q, st);
-	struct copy cp = {.a = a, .q = q, .st = old ? NULL : st, .done = done, .total = total,
-	                  .hooks = hooks, .rel = it->rel};
+		hashq_begin(d->q, st);
+	struct copy cp = {.a = a, .q = d->q, .st = old ? NULL : st, .done = done, .total = total,
+	                  .hooks = hooks, .rel = it->rel, .small = d->small};
 	rc = copy_data(&cp, fd, (uint64_t)st_.st_size, err, errlen);
 	if (rc == 0 && old)
 		rc = unchanged_since(fd, &st_, &e->fid, it->rel, err, errlen);
@@ -407,7 +433,7 @@ static int write_file(struct archive *a, struct archive_entry *ae, const struct 
 		if (rc == 0)
 			r->reused++;
 	} else {
-		hashq_final(q, st);
+		hashq_final(d->q, st);
 	}
 	if (rc == 0) {
 		e->size = (uint64_t)st_.st_size;
@@ -440,7 +466,7 @@ static int write_items(struct archive *a, const struct fsx *src, struct scan *s,
 		bool skipped = false;
 		if (S_ISREG(it->st.st_mode)) {
 			e.type = ARCH_FILE;
-			rc = write_file(a, ae, src, it, &e, d->q, &d->st[i], s->o->reuse, &done, s->total,
+			rc = write_file(a, ae, src, it, &e, d, &d->st[i], s->o->reuse, &done, s->total,
 			                hooks, r, &skipped, err, errlen);
 		} else {
 			archive_entry_set_perm(ae, it->st.st_mode & 07777);
@@ -517,9 +543,10 @@ static int write_archive(struct scan *s, struct digests *d, struct sink *w, cons
 	int rc = 0;
 	d->st = calloc(s->n ? s->n : 1, sizeof(*d->st));
 	d->mpos = malloc((s->n ? s->n : 1) * sizeof(*d->mpos));
+	d->small = malloc(ARCH_SMALL_FILE);
 	struct archive *a = archive_write_new();
 	/* The archive's own digest runs on a second worker, beside the per-file ones. */
-	if (!d->st || !d->mpos || !a || (rc = hashq_new(&d->q, 8)) < 0 ||
+	if (!d->st || !d->mpos || !d->small || !a || (rc = hashq_new(&d->q, 8)) < 0 ||
 	    (rc = hashq_new(&w->q, 4)) < 0) {
 		rc = rc < 0 ? rc : -ENOMEM;
 		errf(err, errlen, "out of memory");
@@ -527,12 +554,13 @@ static int write_archive(struct scan *s, struct digests *d, struct sink *w, cons
 	}
 	for (size_t i = 0; i < s->n; i++)
 		d->mpos[i] = SIZE_MAX;
-	hashq_begin(w->q, &w->st);
+	w->file_out = (struct hashq_out){.write = sink_out, .ctx = w};
+	hashq_begin_out(w->q, &w->st, &w->file_out);
 	rc = set_options(a, s->o, err, errlen);
 	if (rc < 0)
 		goto fail;
 	if (archive_write_open(a, w, NULL, sink_write, NULL) != ARCHIVE_OK) {
-		rc = w->err ? w->err : -EIO;
+		rc = hashq_out_error(&w->st) ? hashq_out_error(&w->st) : -EIO;
 		errf(err, errlen, "cannot start archive: %s", archive_error_string(a));
 		goto fail;
 	}
@@ -540,7 +568,7 @@ static int write_archive(struct scan *s, struct digests *d, struct sink *w, cons
 	if (rc < 0)
 		goto fail;
 	if (archive_write_close(a) != ARCHIVE_OK) {
-		rc = w->err ? w->err : -EIO;
+		rc = hashq_out_error(&w->st) ? hashq_out_error(&w->st) : -EIO;
 		errf(err, errlen, "cannot finish archive: %s", archive_error_string(a));
 		goto fail;
 	}
@@ -549,6 +577,10 @@ static int write_archive(struct scan *s, struct digests *d, struct sink *w, cons
 	if (hashq_wait(d->q) < 0 || hashq_wait(w->q) < 0) {
 		errf(err, errlen, "out of memory");
 		return -ENOMEM;
+	}
+	if ((rc = hashq_out_error(&w->st)) < 0) {
+		errf(err, errlen, "cannot write archive: %s", strerror(-rc));
+		return rc;
 	}
 	return 0;
 fail:
@@ -598,7 +630,7 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 	w.fd = -1;
 	collect_digests(&s, &d, r);
 	memcpy(r->manifest.sha256, w.st.hex, JV_SHA256_HEX);
-	r->manifest.bytes = w.bytes;
+	r->manifest.bytes = w.written;
 	r->manifest.has_bytes = true;
 	rc = arch_manifest_index(&r->manifest, err, errlen);
 	if (rc < 0)
@@ -612,20 +644,22 @@ int arch_create(int src_dirfd, int dst_dirfd, const char *dst_name,
 	hashq_free(w.q);
 	free(d.st);
 	free(d.mpos);
+	free(d.small);
 	free_items(&s);
 	return 0;
 fail:
+	hashq_free(d.q);
+	hashq_free(w.q); /* its worker writes to w.fd until here */
 	if (w.fd >= 0)
 		close(w.fd);
 	if (dst_name)
 		unlinkat(dst_dirfd, tmp, 0);
-	hashq_free(d.q);
-	hashq_free(w.q);
 	for (size_t i = 0; d.st && i < s.n; i++)
 		hashq_discard(NULL, &d.st[i]);
 	hashq_discard(NULL, &w.st);
 	free(d.st);
 	free(d.mpos);
+	free(d.small);
 	free_items(&s);
 	return rc;
 }

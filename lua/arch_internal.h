@@ -12,13 +12,24 @@
 #include "arch.h"
 #include "hashq.h"
 
+/* Decompression on its own thread (arch_pipe.c): started over a source read
+ * callback (the thread calls it until arch_pipe_stop returns); the reader's
+ * libarchive reads the decompressed stream with arch_pipe_next as its read
+ * callback (a block stays valid until the next call). */
+struct arch_pipe;
+int arch_pipe_start(struct arch_pipe **p, archive_read_callback *src, void *ud);
+la_ssize_t arch_pipe_next(struct archive *a, struct arch_pipe *p, const void **out);
+/* Stops the thread wherever it is and frees; NULL is fine. */
+void arch_pipe_stop(struct arch_pipe *p);
+
 struct arch_src {
 	int fd;
+	struct arch_pipe *pipe; /* the decompressor thread, until arch_src_check */
 	struct hashq *q;        /* per-entry SHA-256 runs on its worker */
 	struct hashq *aq;       /* the archive file's SHA-256, on a second worker */
 	struct hashq_stream st; /* over the archive file's bytes, in read order (on aq) */
 	void *held;             /* aq block libarchive is reading (released on the next read) */
-	uint64_t bytes;  /* read so far */
+	uint64_t bytes;  /* read so far (written by the decompressor thread: atomic) */
 	uint64_t size;   /* file size at open (progress) */
 	unsigned char *buf;
 	const char *name;

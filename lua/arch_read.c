@@ -45,10 +45,17 @@ static la_ssize_t src_read(struct archive *a, void *ud, const void **out)
 		}
 		hashq_submit_keep(s->aq, &s->st, b, (size_t)n);
 		s->held = b;
-		s->bytes += (uint64_t)n;
+		__atomic_store_n(&s->bytes, s->bytes + (uint64_t)n, __ATOMIC_RELAXED);
 		*out = b;
 		return n;
 	}
+}
+
+/* The reader's read callback: the decompressed stream. */
+static la_ssize_t pipe_read(struct archive *a, void *ud, const void **out)
+{
+	struct arch_src *s = ud;
+	return arch_pipe_next(a, s->pipe, out);
 }
 
 int arch_src_open(struct arch_src *s, int dirfd, const char *name,
@@ -88,12 +95,13 @@ int arch_src_open_fd(struct arch_src *s, int fd, const char *name, uint64_t size
 		return -ENOMEM;
 	}
 	hashq_begin(s->aq, &s->st);
-	archive_read_support_filter_gzip(s->a);
-	archive_read_support_filter_xz(s->a);
-	archive_read_support_filter_zstd(s->a);
+	if (arch_pipe_start(&s->pipe, src_read, s) < 0) {
+		arch_errf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
 	archive_read_support_format_tar(s->a);
 	archive_read_support_format_zip_streamable(s->a);
-	if (archive_read_open(s->a, s, NULL, src_read, NULL) != ARCHIVE_OK) {
+	if (archive_read_open(s->a, s, NULL, pipe_read, NULL) != ARCHIVE_OK) {
 		arch_errf(err, errlen, "cannot read archive '%s': %s", name,
 		          archive_error_string(s->a) ? archive_error_string(s->a)
 		                                     : "not a tar or zip archive");
@@ -104,7 +112,7 @@ int arch_src_open_fd(struct arch_src *s, int fd, const char *name, uint64_t size
 
 int arch_src_next(struct arch_src *s, struct archive_entry **ae, char *err, size_t errlen)
 {
-	if (jv_io_tick(s->hooks, s->bytes, s->size)) {
+	if (jv_io_tick(s->hooks, __atomic_load_n(&s->bytes, __ATOMIC_RELAXED), s->size)) {
 		arch_errf(err, errlen, "cancelled");
 		return -ECANCELED;
 	}
@@ -131,6 +139,9 @@ static void fmt_size(uint64_t b, char *out, size_t len)
 
 int arch_src_check(struct arch_src *s, const struct arch_manifest *m, char *err, size_t errlen)
 {
+	/* The decompressor stops where it is; what it did not read is hashed here. */
+	arch_pipe_stop(s->pipe);
+	s->pipe = NULL;
 	for (;;) { /* what libarchive did not need (end padding, trailing bytes) */
 		ssize_t n = read(s->fd, s->buf, READ_CHUNK);
 		if (n < 0 && errno == EINTR)
@@ -169,6 +180,7 @@ void arch_src_close(struct arch_src *s)
 {
 	if (s->a)
 		archive_read_free(s->a);
+	arch_pipe_stop(s->pipe);
 	if (s->held)
 		hashq_release(s->aq, s->held);
 	hashq_free(s->q);
@@ -339,7 +351,7 @@ int arch_stream_entry_async(struct arch_src *s, const char *path, uint64_t decla
 			break;
 		}
 		pos += len;
-		if (jv_io_tick(s->hooks, s->bytes, s->size)) {
+		if (jv_io_tick(s->hooks, __atomic_load_n(&s->bytes, __ATOMIC_RELAXED), s->size)) {
 			arch_errf(err, errlen, "cancelled");
 			rc = -ECANCELED;
 			break;

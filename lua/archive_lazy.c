@@ -12,6 +12,7 @@
 #include <archive_entry.h>
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -76,6 +77,8 @@ FWD_VOID(archive_entry_set_mtime, (E * e, time_t t, long ns), (e, t, ns))
 FWD_VOID(archive_entry_set_perm, (E * e, __LA_MODE_T m), (e, m))
 FWD_VOID(archive_entry_set_size, (E * e, la_int64_t v), (e, v))
 FWD(const char *, archive_error_string, (A * a), (a), "libarchive (" ARCHIVE_SONAME ") could not be loaded")
+FWD(int, archive_errno, (A * a), (a), EIO)
+FWD(int, archive_read_support_format_raw, (A * a), (a), ARCHIVE_FATAL)
 FWD(int, archive_read_data_block, (A * a, const void **b, size_t *n, la_int64_t *off), (a, b, n, off), ARCHIVE_FATAL)
 FWD(int, archive_read_data_skip, (A * a), (a), ARCHIVE_FATAL)
 FWD(int, archive_read_free, (A * a), (a), ARCHIVE_FATAL)

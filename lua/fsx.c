@@ -446,13 +446,10 @@ int fsx_fsync_tree(const struct fsx *fx, const char *norm, const struct jv_io_ho
 	return rc;
 }
 
-/* Make everything written on the filesystem holding dirfd durable: one
- * syncfs(2) writes back every dirty file, directory and the journal, which is
- * what a tree published by a rename needs, at the cost of one call instead of
- * one fsync per file (thousands for a game world, each a journal commit).
- * syncfs reports writeback errors since Linux 5.8, so a lost page fails the
- * publish. Where syncfs is missing, every file and directory of the trees
- * (normalised paths; t2 may be NULL) is fsynced instead. */
+/* Make a tree published by a rename durable: one syncfs(2) (every dirty file,
+ * directory and the journal; one call instead of an fsync per file, and since
+ * Linux 5.8 it reports writeback errors). Without syncfs, every file and
+ * directory of the trees (normalised paths; t2 may be NULL) is fsynced. */
 static int sync_for_publish(const struct fsx *fx, int dirfd, const char *t1, const char *t2,
                             const struct jv_io_hooks *hooks)
 {
@@ -473,11 +470,14 @@ int fsx_commit(const struct fsx *fx, const char *src, const char *dst,
 	if (strcmp(src, ".") == 0 || strcmp(dst, ".") == 0)
 		return FSX_EROOT;
 	int rc;
+	struct stat st;
+	bool new_parent = false;
 	const char *slash = strrchr(dst, '/');
 	if (slash) {
 		char dir[FSX_PATH_MAX];
 		memcpy(dir, dst, (size_t)(slash - dst));
 		dir[slash - dst] = '\0';
+		new_parent = fsx_lstat(fx, dir, &st) < 0;
 		rc = fsx_mkdir(fx, dir, 0755, true);
 		if (rc < 0)
 			return rc;
@@ -488,9 +488,11 @@ int fsx_commit(const struct fsx *fx, const char *src, const char *dst,
 	if (rc == 0)
 		rc = fsx_parent(fx, dst, 0, &dpfd, &dlast);
 	/* src's whole tree and dst's new parents reach the disk before the rename
-	 * makes them visible under dst. */
+	 * makes them visible under dst; a lone file into an existing directory
+	 * needs its own fsync only, not a syncfs of what others wrote. */
+	bool lone = rc == 0 && !new_parent && fsx_lstat(fx, src, &st) == 0 && S_ISREG(st.st_mode);
 	if (rc == 0)
-		rc = sync_for_publish(fx, spfd, src, NULL, hooks);
+		rc = lone ? fsx_fsync_tree(fx, src, hooks) : sync_for_publish(fx, spfd, src, NULL, hooks);
 	if (rc == 0 && renameat(spfd, slast, dpfd, dlast) < 0)
 		rc = errno == EEXIST ? -ENOTEMPTY : -errno;
 	if (rc == 0)

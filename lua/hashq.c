@@ -16,11 +16,12 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/evp.h>
+
+#include "quiet_thread.h"
 
 #define HASHQ_OPS 1024
 #define HASHQ_PENDING 128 /* ops gathered by the caller before one hand-off */
@@ -81,6 +82,11 @@ static void run_op(struct hashq *q, const struct op *op)
 		if (md && op->len)
 			EVP_DigestUpdate(md, op->block, op->len);
 		s->bytes += op->len;
+		if (s->out && op->len && !__atomic_load_n(&s->out_err, __ATOMIC_RELAXED)) {
+			int rc = s->out->write(s->out->ctx, op->block, op->len);
+			if (rc < 0)
+				__atomic_store_n(&s->out_err, rc, __ATOMIC_RELAXED);
+		}
 		break;
 	case OP_FINAL:
 		if (md) {
@@ -158,11 +164,7 @@ int hashq_new(struct hashq **out, size_t nblocks)
 	pthread_cond_init(&q->space, NULL);
 	pthread_cond_init(&q->idle, NULL);
 	/* Signals (cancel) stay with the calling thread. */
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	int rc = pthread_create(&q->th, NULL, worker, q);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	int rc = jv_quiet_thread(&q->th, NULL, worker, q);
 	if (rc != 0) {
 		pthread_mutex_destroy(&q->mu);
 		pthread_cond_destroy(&q->work);
@@ -243,6 +245,19 @@ int hashq_begin(struct hashq *q, struct hashq_stream *s)
 {
 	push(q, &(struct op){.kind = OP_BEGIN, .s = s});
 	return 0;
+}
+
+int hashq_begin_out(struct hashq *q, struct hashq_stream *s, const struct hashq_out *out)
+{
+	/* Set before the BEGIN op is handed over: the hand-off publishes it. */
+	s->out = out;
+	s->out_err = 0;
+	return hashq_begin(q, s);
+}
+
+int hashq_out_error(const struct hashq_stream *s)
+{
+	return __atomic_load_n(&s->out_err, __ATOMIC_RELAXED);
 }
 
 void *hashq_acquire(struct hashq *q)

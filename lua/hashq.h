@@ -23,10 +23,20 @@
 
 struct hashq;
 
+/* Where a write-through stream's bytes go (hashq_begin_out): write() runs on
+ * the worker thread, once per queued piece, in stream order, right after the
+ * piece is hashed; 0 or -errno. */
+struct hashq_out {
+	int (*write)(void *ctx, const void *buf, size_t len);
+	void *ctx;
+};
+
 struct hashq_stream {
 	void *md;                  /* worker-side digest state (EVP_MD_CTX) */
 	char hex[JV_SHA256_HEX];   /* after hashq_wait() following hashq_final() */
 	uint64_t bytes;            /* bytes hashed */
+	const struct hashq_out *out; /* write-through target, or NULL */
+	int out_err;               /* first error of out->write (read with hashq_out_error) */
 };
 
 /* nblocks pool blocks of HASHQ_BLOCK bytes. Returns-owned *q: hashq_free(). */
@@ -36,6 +46,12 @@ void hashq_free(struct hashq *q);
 
 /* Start a stream (resets it). */
 int hashq_begin(struct hashq *q, struct hashq_stream *s);
+/* Start a write-through stream: besides hashing, the worker hands every byte
+ * to out (which must outlive the stream), so the calling thread neither
+ * writes nor waits for the writes. After the first error out is no longer
+ * called; hashq_out_error() tells (at any time, from the calling thread). */
+int hashq_begin_out(struct hashq *q, struct hashq_stream *s, const struct hashq_out *out);
+int hashq_out_error(const struct hashq_stream *s);
 /* Queue a copy of data for s (blocks while every pool block is in use).
  * Updates of every stream are packed into one shared block, and operations
  * are handed to the worker in batches (at the latest by hashq_wait). */

@@ -18,7 +18,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -26,6 +25,7 @@
 
 #include "fsx.h"
 #include "jobvisor/ident.h"
+#include "quiet_thread.h"
 #include "scriptdef.h"
 
 #define TRASH_DIR ".jobvisor/trash"
@@ -91,12 +91,8 @@ void jv_trash_sweep_start(struct jv_run_ctx *ctx)
 	pthread_attr_t attr;
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
 	pthread_t th;
-	int rc = pthread_create(&th, &attr, sweep, (void *)(intptr_t)tfd);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	int rc = jv_quiet_thread(&th, &attr, sweep, (void *)(intptr_t)tfd);
 	pthread_attr_destroy(&attr);
 	if (rc != 0)
 		close(tfd); /* the next run tries again */

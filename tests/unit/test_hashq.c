@@ -1,6 +1,8 @@
 /* test_hashq.c — the SHA-256 worker pipeline (lua/hashq.c): interleaved
  * streams, zero-copy blocks, more data than the pool holds, discard. */
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <stdbool.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,4 +129,71 @@ Test(hashq, thousands_of_small_streams_share_blocks_and_each_gets_its_own_digest
 	free(off);
 	free(len);
 	free(data);
+}
+
+/* A write-through target that keeps what it gets, and fails after `limit` bytes. */
+struct collect {
+	unsigned char *buf;
+	size_t len, limit;
+	int calls_after_error;
+	bool failed;
+};
+
+static int collect_write(void *ctx, const void *p, size_t n)
+{
+	struct collect *c = ctx;
+	if (c->failed)
+		c->calls_after_error++;
+	if (c->len + n > c->limit) {
+		c->failed = true;
+		return -ENOSPC;
+	}
+	memcpy(c->buf + c->len, p, n);
+	c->len += n;
+	return 0;
+}
+
+Test(hashq, write_through_stream_gets_every_byte_in_order_and_stops_at_the_first_error)
+{
+	size_t n = 3 * HASHQ_BLOCK + 777;
+	unsigned char *a = malloc(n);
+	for (size_t i = 0; i < n; i++)
+		a[i] = (unsigned char)(i * 31 + 5);
+	struct collect c = {.buf = malloc(n), .limit = n};
+	struct hashq_out out = {.write = collect_write, .ctx = &c};
+	struct hashq *q;
+	cr_assert_eq(hashq_new(&q, 2), 0);
+	struct hashq_stream s = {0}, other = {0};
+	hashq_begin_out(q, &s, &out);
+	hashq_begin(q, &other);
+	for (size_t off = 0; off < n; off += 65536) {
+		size_t k = n - off < 65536 ? n - off : 65536;
+		hashq_update(q, &s, a + off, k);
+		hashq_update(q, &other, a, 100); /* packed beside it, never written */
+	}
+	hashq_final(q, &s);
+	hashq_final(q, &other);
+	cr_assert_eq(hashq_wait(q), 0);
+	cr_expect_eq(hashq_out_error(&s), 0);
+	cr_assert_eq(c.len, n);
+	cr_expect_eq(memcmp(c.buf, a, n), 0);
+	char want[JV_SHA256_HEX];
+	oneshot(a, n, want);
+	cr_expect_str_eq(s.hex, want);
+	/* A target that fails: the error is kept, and nothing more is written. */
+	struct collect f = {.buf = malloc(n), .limit = HASHQ_BLOCK};
+	struct hashq_out fout = {.write = collect_write, .ctx = &f};
+	struct hashq_stream s2 = {0};
+	hashq_begin_out(q, &s2, &fout);
+	for (size_t off = 0; off < n; off += 65536)
+		hashq_update(q, &s2, a + off, n - off < 65536 ? n - off : 65536);
+	hashq_final(q, &s2);
+	cr_assert_eq(hashq_wait(q), 0);
+	cr_expect_eq(hashq_out_error(&s2), -ENOSPC);
+	cr_expect(f.len <= HASHQ_BLOCK);
+	cr_expect_eq(f.calls_after_error, 0);
+	hashq_free(q);
+	free(a);
+	free(c.buf);
+	free(f.buf);
 }
