@@ -101,6 +101,14 @@ struct cp_who {
 };
 struct cp_user;
 
+/* The retention sweep's progress, kept across sweeps (main thread only). */
+struct cp_retention {
+	int64_t next_check;       /* monotonic ms of the next look when idle */
+	char current[CP_ID_MAX];  /* the job being deleted, "" when none */
+	uint64_t events_total, jobs_total;
+	int batch; /* events per delete, adapted to the store's speed */
+};
+
 struct cp {
 	struct cp_config cfg;
 	struct cp_metrics metrics;
@@ -117,6 +125,7 @@ struct cp {
 	int long_polls_max; /* beyond this a poll is answered at once */
 	int ws_max;         /* WebSocket clients (each pins a worker thread) */
 	int64_t last_sweep_ms; /* wall clock of the previous sweep (main thread only) */
+	struct cp_retention retention; /* retention.c (main thread only) */
 	struct ws_hub *hub;
 	struct console_hub *con;
 	struct inst_stats *stats; /* latest resource stats per instance (instances.c; mu) */

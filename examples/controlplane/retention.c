@@ -3,9 +3,12 @@
  * every instance and never touching schedules.
  *
  * A job with many events must not hold cp->mu (and so every poll) while it
- * goes: its events are deleted BATCH rows at a time, each batch its own
+ * goes: its events are deleted a batch at a time, each batch its own
  * short transaction with mu released in between, then its runs and the job
- * row. The main thread spends at most BUDGET_MS per sweep on it, so a
+ * row. The batch adapts to what the backend does in BATCH_TARGET_MS: it
+ * starts at BATCH_MIN rows, doubles after a quick batch and halves after a
+ * slow one, so a poll waits for a few tens of milliseconds at most while a
+ * fast store drains at its own speed. The main thread spends at most BUDGET_MS per sweep on it, so a
  * backlog of millions of events drains over many sweeps while polls,
  * events and UI calls are answered between the batches. */
 #include "cp.h"
@@ -17,7 +20,9 @@
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
 
-#define BATCH 500
+#define BATCH_MIN 500
+#define BATCH_MAX 32000
+#define BATCH_TARGET_MS 20 /* grow below half of it, shrink above twice it */
 #define BUDGET_MS 150
 #define CHECK_EVERY_MS 10000 /* when there was nothing to delete */
 
@@ -28,15 +33,22 @@ static int64_t mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static void adapt_batch(struct cp_retention *rt, int64_t took_ms)
+{
+	if (took_ms < BATCH_TARGET_MS / 2 && rt->batch < BATCH_MAX)
+		rt->batch *= 2;
+	else if (took_ms > BATCH_TARGET_MS * 2 && rt->batch > BATCH_MIN)
+		rt->batch /= 2;
+}
+
 void retention_tick(struct cp *cp)
 {
-	static int64_t next_check;
-	static char current[CP_ID_MAX]; /* the job being deleted, kept across sweeps */
-	static uint64_t events_total, jobs_total;
+	struct cp_retention *rt = &cp->retention;
+	char *current = rt->current;
 	if (cp->cfg.retention_days <= 0)
 		return;
 	int64_t start = mono_ms();
-	if (!current[0] && start < next_check)
+	if (!current[0] && start < rt->next_check)
 		return;
 	int64_t cutoff = jv_now_real_ms() - (int64_t)cp->cfg.retention_days * 86400 * 1000;
 	while (mono_ms() - start < BUDGET_MS) {
@@ -47,29 +59,33 @@ void retention_tick(struct cp *cp)
 			if (rc <= 0) {
 				pthread_mutex_unlock(&cp->mu);
 				current[0] = '\0';
-				next_check = start + CHECK_EVERY_MS;
+				rt->next_check = start + CHECK_EVERY_MS;
 				if (rc < 0)
 					jv_error(NULL, NULL, "retention: cannot look for expired jobs");
-				else if (jobs_total)
+				else if (rt->jobs_total)
 					jv_info(NULL, NULL, "retention: deleted %llu jobs with %llu events so far",
-					        (unsigned long long)jobs_total, (unsigned long long)events_total);
+					        (unsigned long long)rt->jobs_total, (unsigned long long)rt->events_total);
 				return;
 			}
 		}
-		rc = store_retention_events(cp->store, current, BATCH);
+		if (rt->batch < BATCH_MIN)
+			rt->batch = BATCH_MIN;
+		int64_t t0 = mono_ms();
+		rc = store_retention_events(cp->store, current, rt->batch);
+		adapt_batch(rt, mono_ms() - t0);
 		if (rc == 0) {
 			rc = store_job_delete(cp->store, current);
 			if (rc == 0)
-				jobs_total++;
+				rt->jobs_total++;
 			current[0] = '\0';
 		} else if (rc > 0) {
-			events_total += (uint64_t)rc;
+			rt->events_total += (uint64_t)rc;
 		}
 		pthread_mutex_unlock(&cp->mu);
 		if (rc < 0) {
 			jv_error(NULL, NULL, "retention: delete failed; trying again later");
 			current[0] = '\0';
-			next_check = start + CHECK_EVERY_MS;
+			rt->next_check = start + CHECK_EVERY_MS;
 			return;
 		}
 	}
