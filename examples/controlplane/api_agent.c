@@ -167,8 +167,9 @@ void api_agent_events(struct cp *cp, struct mg_connection *conn, struct cp_agent
 		cJSON_Delete(body);
 		return;
 	}
+	/* No cp->mu: the run's state and its events are store calls (thread-safe);
+	 * events_store takes the lock for what it publishes in memory. */
 	struct http_answer ans = {0};
-	pthread_mutex_lock(&cp->mu);
 	struct store_run_state rs;
 	if (load_owned_run(cp, &ans, agent, run_id, &rs) < 0)
 		goto out;
@@ -198,7 +199,6 @@ void api_agent_events(struct cp *cp, struct mg_connection *conn, struct cp_agent
 	cJSON_AddBoolToObject(o, "cancelRequested", rs.cancel_requested && strcmp(rs.status, "RUNNING") == 0);
 	http_answer_json(&ans, 200, o);
 out:
-	pthread_mutex_unlock(&cp->mu);
 	http_send_answer(conn, &ans);
 	cJSON_Delete(body);
 }

@@ -261,7 +261,7 @@ void dispatch_sweep(struct cp *cp);
 /* After a restart: give every active run a fresh lease and ack window, queue CREATED jobs. */
 int dispatch_recover(struct cp *cp);
 
-/* ---- events.c (mu held) ---- */
+/* ---- events.c (mu NOT held: takes it itself for in-memory publishing) ---- */
 /* Store validated events of a run (each (run, seq) once), update the run's
  * progress and ack, publish new ones. *ack_seq = highest contiguous seq. */
 int events_store(struct cp *cp, const char *run_id, const struct store_run_state *rs,
