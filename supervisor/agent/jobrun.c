@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -515,6 +516,26 @@ static void child_fail(int errfd, enum exec_stage stage)
 	jv_exec_fail(errfd, stage, errno);
 }
 
+/* Every disposition back to the default, glibc's own signals (32, 33, which
+ * its sigaction refuses) included: an ignored signal survives fork and exec,
+ * and the child must not inherit what some ancestor of the agent ignored.
+ * The kernel's sigaction is used for those: its first field is the handler
+ * on x86 and ARM, and an all-zero rest is SIG_DFL with no flags. */
+static void reset_signals(void)
+{
+	struct {
+		void (*handler)(int);
+		unsigned long rest[4];
+	} cur, dfl = {.handler = SIG_DFL};
+	for (int s = 1; s < NSIG; s++) {
+		if (signal(s, SIG_DFL) != SIG_ERR || s == SIGKILL || s == SIGSTOP)
+			continue;
+		memset(&cur, 0, sizeof(cur));
+		if (syscall(SYS_rt_sigaction, s, NULL, &cur, sizeof(unsigned long)) == 0 && cur.handler == SIG_IGN)
+			syscall(SYS_rt_sigaction, s, &dfl, NULL, sizeof(unsigned long));
+	}
+}
+
 /* Between fork and exec: system calls only (the agent may hold threads). With
  * child_main (jobvisor run: one thread), the child enters the job-run child mode
  * in place of the exec, after the same setup. */
@@ -528,8 +549,7 @@ static void child_exec(int spec_fd, int ev_fd, int err_fd, pid_t parent, int uid
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
-	for (int s = 1; s < NSIG; s++)
-		signal(s, SIG_DFL);
+	reset_signals();
 	/* Soft limits only: a monitor born from this child must be able to give
 	 * the game server its own limits back (a script cannot raise them). */
 	struct rlimit rl;

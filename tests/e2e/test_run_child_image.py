@@ -8,6 +8,7 @@ cwd "/", default signal dispositions (but the SIGPIPE the child mode ignores) an
 (its signalfd, the spec memfd, the exec pipe). These are read from /proc while the script
 sleeps.
 """
+import ctypes
 import os
 import signal
 import time
@@ -34,15 +35,32 @@ def limits(pid, name):
     raise AssertionError(f"no {name} in /proc/{pid}/limits")
 
 
+def ignore_inherited_signals():
+    """In the forked test process before exec: ignore SIGUSR1 and glibc's own signals 32 and 33
+    (its sigaction refuses those, so the kernel's is called), as some ancestor of a real agent
+    may have; an ignored signal survives fork and exec."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    ign = (ctypes.c_ulong * 5)(1, 0, 0, 0, 0)  # handler SIG_IGN, no flags, empty mask
+    for sig in (signal.SIGUSR1, 32, 33):
+        if libc.syscall(13, sig, ctypes.byref(ign), None, 8) != 0:  # SYS_rt_sigaction (x86-64)
+            raise OSError(ctypes.get_errno(), "rt_sigaction")
+
+
 class RunChildImage(JobvisorTestCase):
-    def start_sleeper(self):
+    def start_sleeper(self, preexec_fn=None):
         path = self.script(SLEEPER)
-        p = self.start_job(path)
+        p = self.start_job(path, preexec_fn=preexec_fn)
         self.addCleanup(lambda: p.poll() is None and (p.kill(), p.communicate()))
         child = self.wait_child(p)
         # the script is running once the run marker exists
         self.wait_file(os.path.join(self.instance_dir(), ".jobvisor", "markers", "run.SLEEPER.json"))
         return p, child
+
+    def test_signals_an_ancestor_ignored_are_not_inherited(self):
+        p, child = self.start_sleeper(preexec_fn=ignore_inherited_signals)
+        self.assertNotEqual(int(proc_status(p.pid)["SigIgn"], 16) & (3 << 31), 0, "the parent ignores 32, 33")
+        self.assertEqual(int(proc_status(child)["SigIgn"], 16), 1 << (signal.SIGPIPE - 1),
+                         proc_status(child)["SigIgn"])
 
     def test_the_child_is_sandboxed_as_after_an_exec(self):
         p, child = self.start_sleeper()

@@ -142,9 +142,9 @@ class JobvisorTestCase(unittest.TestCase):
                            capture_output=True, text=True, timeout=timeout)
         return RunResult(p.returncode, p.stdout, p.stderr)
 
-    def start_job(self, what, instance="test1", params=None, extra=()):
+    def start_job(self, what, instance="test1", params=None, extra=(), preexec_fn=None):
         return subprocess.Popen(self.cmd(what, instance, params, extra), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
 
     def finish(self, proc, timeout=60):
         out, err = proc.communicate(timeout=timeout)
