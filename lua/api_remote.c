@@ -91,6 +91,16 @@ int remote_fail(lua_State *L, struct s3_remote *r, int rc, const struct s3_err *
 	return 3;
 }
 
+/* After a call: remote_fail when it failed, else wipe and return true. */
+int remote_done(lua_State *L, struct s3_remote *r, int rc, const struct s3_err *e)
+{
+	if (rc)
+		return remote_fail(L, r, rc, e);
+	s3_remote_wipe(r);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 const char *remote_check_name_at(lua_State *L, int idx)
 {
 	size_t len = 0;
@@ -147,11 +157,7 @@ static int l_remote_put(lua_State *L)
 		return n;
 	struct s3_err e = {0};
 	int rc = s3_put(&r, key, data, len, &e);
-	if (rc)
-		return remote_fail(L, &r, rc, &e);
-	s3_remote_wipe(&r);
-	lua_pushboolean(L, 1);
-	return 1;
+	return remote_done(L, &r, rc, &e);
 }
 
 /* remote.get(name, object[, {max_bytes}]) -> data */
@@ -222,11 +228,7 @@ static int l_remote_delete(lua_State *L)
 		return n;
 	struct s3_err e = {0};
 	int rc = s3_delete(&r, key, &e);
-	if (rc && e.cls != S3_NOT_FOUND)
-		return remote_fail(L, &r, rc, &e);
-	s3_remote_wipe(&r);
-	lua_pushboolean(L, 1);
-	return 1;
+	return remote_done(L, &r, e.cls == S3_NOT_FOUND ? 0 : rc, &e);
 }
 
 struct list_ctx {

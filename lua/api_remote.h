@@ -26,6 +26,8 @@ int remote_open_file(lua_State *L, const char *name, const char *rel, struct s3_
                      int *fd);
 /* After a failed call: wipe, raise on cancel, else nil, message, class. */
 int remote_fail(lua_State *L, struct s3_remote *r, int rc, const struct s3_err *e);
+/* After a call: remote_fail when rc, else wipe and push true (1 result). */
+int remote_done(lua_State *L, struct s3_remote *r, int rc, const struct s3_err *e);
 
 int l_remote_mpu_create(lua_State *L);
 int l_remote_mpu_part(lua_State *L);

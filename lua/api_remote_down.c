@@ -171,13 +171,6 @@ static int sock_sink(void *arg, const void *buf, size_t n)
 	return 0;
 }
 
-static bool pump_stop(void *arg, uint64_t done, uint64_t total)
-{
-	(void)done;
-	(void)total;
-	return atomic_load(&((struct pump *)arg)->stop);
-}
-
 static void *pump_main(void *arg)
 {
 	struct pump *p = arg;
@@ -219,8 +212,8 @@ int l_remote_verify(lua_State *L)
 	}
 	struct pump p = {.r = &r, .key = key, .fd = sv[1]};
 	atomic_init(&p.stop, false);
-	p.hooks.tick = pump_stop;
-	p.hooks.arg = &p;
+	p.hooks.tick = s3_stop_tick;
+	p.hooks.arg = &p.stop;
 	pthread_t th;
 	if (pthread_create(&th, NULL, pump_main, &p) != 0) {
 		close(sv[0]);

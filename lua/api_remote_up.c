@@ -100,13 +100,6 @@ struct up_pool {
 	struct jv_io_hooks hooks; /* workers: stop flag only */
 };
 
-static bool pool_stop(void *arg, uint64_t done, uint64_t total)
-{
-	(void)done;
-	(void)total;
-	return atomic_load(&((struct up_pool *)arg)->stop);
-}
-
 static void *up_worker(void *arg)
 {
 	struct up_pool *p = arg;
@@ -234,8 +227,8 @@ int l_remote_mpu_upload(lua_State *L)
 	pthread_mutex_init(&p.mu, NULL);
 	pthread_cond_init(&p.cv, NULL);
 	atomic_init(&p.stop, false);
-	p.hooks.tick = pool_stop;
-	p.hooks.arg = &p;
+	p.hooks.tick = s3_stop_tick;
+	p.hooks.arg = &p.stop;
 	pthread_t th[32];
 	int nth = 0;
 	while (nth < parallel && pthread_create(&th[nth], NULL, up_worker, &p) == 0)
@@ -300,11 +293,7 @@ int l_remote_mpu_complete(lua_State *L)
 		return n;
 	struct s3_err e = {0};
 	int rc = s3_mpu_complete(&r, key, id, parts, (size_t)np, &e);
-	if (rc)
-		return remote_fail(L, &r, rc, &e);
-	s3_remote_wipe(&r);
-	lua_pushboolean(L, 1);
-	return 1;
+	return remote_done(L, &r, rc, &e);
 }
 
 /* remote.mpu_abort(name, object, upload_id) -> true, or nil, message, class
@@ -321,10 +310,6 @@ int l_remote_mpu_abort(lua_State *L)
 		return n;
 	struct s3_err e = {0};
 	int rc = s3_mpu_abort(&r, key, id, &e);
-	if (rc)
-		return remote_fail(L, &r, rc, &e);
-	s3_remote_wipe(&r);
-	lua_pushboolean(L, 1);
-	return 1;
+	return remote_done(L, &r, rc, &e);
 }
 
