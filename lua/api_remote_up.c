@@ -21,16 +21,15 @@ int l_remote_mpu_create(lua_State *L)
 {
 	const char *name = remote_check_name(L);
 	const char *rel = remote_check_rel(L, 2);
-	struct s3_remote r;
-	char key[1024], id[1024];
-	int n = remote_open(L, name, rel, &r, key, sizeof(key));
+	struct remote_obj o;
+	char id[1024];
+	int n = remote_obj_open(L, name, rel, &o);
 	if (n)
 		return n;
-	struct s3_err e = {0};
-	int rc = s3_mpu_create(&r, key, id, sizeof(id), &e);
+	int rc = s3_mpu_create(&o.r, o.key, id, sizeof(id), &o.e);
 	if (rc)
-		return remote_fail(L, &r, rc, &e);
-	s3_remote_wipe(&r);
+		return remote_fail(L, &o.r, rc, &o.e);
+	s3_remote_wipe(&o.r);
 	lua_pushstring(L, id);
 	return 1;
 }
@@ -286,14 +285,12 @@ int l_remote_mpu_complete(lua_State *L)
 		snprintf(parts[i - 1].etag, sizeof(parts[i - 1].etag), "%s", etag);
 		lua_pop(L, 3);
 	}
-	struct s3_remote r;
-	char key[1024];
-	int n = remote_open(L, name, rel, &r, key, sizeof(key));
+	struct remote_obj o;
+	int n = remote_obj_open(L, name, rel, &o);
 	if (n)
 		return n;
-	struct s3_err e = {0};
-	int rc = s3_mpu_complete(&r, key, id, parts, (size_t)np, &e);
-	return remote_done(L, &r, rc, &e);
+	int rc = s3_mpu_complete(&o.r, o.key, id, parts, (size_t)np, &o.e);
+	return remote_done(L, &o.r, rc, &o.e);
 }
 
 /* remote.mpu_abort(name, object, upload_id) -> true, or nil, message, class
@@ -303,13 +300,11 @@ int l_remote_mpu_abort(lua_State *L)
 	const char *name = remote_check_name(L);
 	const char *rel = remote_check_rel(L, 2);
 	const char *id = luaL_checkstring(L, 3);
-	struct s3_remote r;
-	char key[1024];
-	int n = remote_open(L, name, rel, &r, key, sizeof(key));
+	struct remote_obj o;
+	int n = remote_obj_open(L, name, rel, &o);
 	if (n)
 		return n;
-	struct s3_err e = {0};
-	int rc = s3_mpu_abort(&r, key, id, &e);
-	return remote_done(L, &r, rc, &e);
+	int rc = s3_mpu_abort(&o.r, o.key, id, &o.e);
+	return remote_done(L, &o.r, rc, &o.e);
 }
 
