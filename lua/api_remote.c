@@ -70,17 +70,18 @@ int remote_obj_open(lua_State *L, const char *name, const char *rel, struct remo
  * open_remote's failure pushes (and so may raise) only while nothing is held.
  * On failure nothing is held and the returned count of results is pushed;
  * on success the caller owns r (s3_remote_wipe) and *fd. */
-int remote_open_file(lua_State *L, const char *name, const char *rel, struct s3_remote *r,
-                            char *key, size_t keylen, struct fsx *fx, const char *file,
-                            int flags, int *fd)
+int remote_open_file(lua_State *L, const char *name, const char *rel, struct remote_obj *o,
+                     const char *file, int flags, int *fd)
 {
-	int n = remote_open(L, name, rel, r, key, keylen);
+	struct fsx fx;
+	apiutil_fsx(L, &fx); /* raises without an instance directory: before anything is held */
+	int n = remote_obj_open(L, name, rel, o);
 	if (n)
 		return n;
 	*fd = -1;
-	int frc = fsx_open(fx, file, flags, 0640, 0, fd);
+	int frc = fsx_open(&fx, file, flags, 0640, 0, fd);
 	if (frc) {
-		s3_remote_wipe(r);
+		s3_remote_wipe(&o->r);
 		return apiutil_fail(L, frc, (flags & O_ACCMODE) == O_RDONLY ? "read" : "write", file);
 	}
 	return 0;
@@ -261,20 +262,18 @@ static int l_remote_list(lua_State *L)
 {
 	const char *name = remote_check_name(L);
 	const char *rel = remote_check_rel(L, 2);
-	struct s3_remote r;
-	char key[1024];
-	int n = remote_open(L, name, rel, &r, key, sizeof(key));
+	struct remote_obj o;
+	int n = remote_obj_open(L, name, rel, &o);
 	if (n)
 		return n;
 	jv_json_push_array(L);
-	struct list_ctx c = {L, r.prefix[0] ? strlen(r.prefix) + 1 : 0, 0};
-	struct s3_err e = {0};
-	int rc = s3_list(&r, key, list_one, &c, &e);
+	struct list_ctx c = {L, o.r.prefix[0] ? strlen(o.r.prefix) + 1 : 0, 0};
+	int rc = s3_list(&o.r, o.key, list_one, &c, &o.e);
 	if (rc) {
 		lua_pop(L, 1);
-		return remote_fail(L, &r, rc, &e);
+		return remote_fail(L, &o.r, rc, &o.e);
 	}
-	s3_remote_wipe(&r);
+	s3_remote_wipe(&o.r);
 	return 1;
 }
 

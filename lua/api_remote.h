@@ -28,10 +28,9 @@ struct remote_obj {
 };
 /* remote_open into o (o->e cleared). */
 int remote_obj_open(lua_State *L, const char *name, const char *rel, struct remote_obj *o);
-/* The remote, then a file of the instance (see api_remote.c). */
-int remote_open_file(lua_State *L, const char *name, const char *rel, struct s3_remote *r,
-                     char *key, size_t keylen, struct fsx *fx, const char *file, int flags,
-                     int *fd);
+/* remote_obj_open, then a file of the instance (see api_remote.c). */
+int remote_open_file(lua_State *L, const char *name, const char *rel, struct remote_obj *o,
+                     const char *file, int flags, int *fd);
 /* After a failed call: wipe, raise on cancel, else nil, message, class. */
 int remote_fail(lua_State *L, struct s3_remote *r, int rc, const struct s3_err *e);
 /* After a call: remote_fail when rc, else wipe and push true (1 result). */
