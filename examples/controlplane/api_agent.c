@@ -31,12 +31,39 @@ static bool is_int_in(const cJSON *v, int64_t lo, int64_t hi)
 	return d >= (double)lo && d <= (double)hi && d == (double)(int64_t)d;
 }
 
-void api_agent_poll(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id)
+/* The accept front's marker (see CP_FRONT_HEADER): true when this request
+ * came through the front of this process, with the most it may still wait. */
+static bool front_marked(const struct cp *cp, const struct mg_connection *conn, int64_t *wait_cap_ms)
+{
+	const char *m = mg_get_header(conn, CP_FRONT_HEADER);
+	if (!m || strlen(m) != CP_FRONT_SECRET_LEN + 10 || m[CP_FRONT_SECRET_LEN] != ' ' ||
+	    !tokens_equal(m, CP_FRONT_SECRET_LEN, cp->front_secret, CP_FRONT_SECRET_LEN))
+		return false;
+	char *end = NULL;
+	long long v = strtoll(m + CP_FRONT_SECRET_LEN + 1, &end, 10);
+	if (*end || v < 0)
+		return false;
+	*wait_cap_ms = v;
+	return true;
+}
+
+/* The poll waits in the front, not in this thread: tell it so. */
+static void send_park(struct mg_connection *conn, const struct poll_park *park)
+{
+	mg_printf(conn,
+	          CP_PARK_PREFIX "Park\r\nX-JV-Park: %zu %llu %lld\r\nContent-Length: 0\r\n"
+	          "Connection: close\r\n\r\n",
+	          park->agent_index, (unsigned long long)park->gen, (long long)park->wait_ms);
+}
+
+bool api_agent_poll(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id)
 {
 	cJSON *body = NULL;
+	bool answered = true;
 	if (http_read_agent_json(conn, agent, agent_id, &body) < 0)
-		return;
-	struct poll_req req = {.capacity = 1};
+		return true;
+	struct poll_req req = {.capacity = 1, .wait_cap_ms = CP_FRONT_WAIT_ANY};
+	req.can_park = front_marked(cp, conn, &req.wait_cap_ms);
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, "capacity");
 	if (v && !is_int_in(v, 0, CAPACITY_MAX)) {
 		http_send_error(conn, 400, "'capacity' must be an integer from 0 to %d", CAPACITY_MAX);
@@ -83,8 +110,15 @@ void api_agent_poll(struct cp *cp, struct mg_connection *conn, struct cp_agent *
 		req.nrunning++;
 	}
 	cJSON *answer = NULL;
-	if (dispatch_poll(cp, agent, &req, &answer) < 0) {
+	struct poll_park park;
+	int rc = dispatch_poll(cp, agent, &req, &answer, &park);
+	if (rc < 0) {
 		http_send_error(conn, 500, "database error");
+		goto out;
+	}
+	if (rc == 1) {
+		send_park(conn, &park);
+		answered = false;
 		goto out;
 	}
 	http_send_json(conn, 200, answer);
@@ -92,6 +126,7 @@ void api_agent_poll(struct cp *cp, struct mg_connection *conn, struct cp_agent *
 out:
 	free(req.running);
 	cJSON_Delete(body);
+	return answered;
 }
 
 /* Load the run's state (mu held): 0 when the agent may report on the run;
@@ -132,8 +167,9 @@ void api_agent_events(struct cp *cp, struct mg_connection *conn, struct cp_agent
 		cJSON_Delete(body);
 		return;
 	}
+	/* No cp->mu: the run's state and its events are store calls (thread-safe);
+	 * events_store takes the lock for what it publishes in memory. */
 	struct http_answer ans = {0};
-	pthread_mutex_lock(&cp->mu);
 	struct store_run_state rs;
 	if (load_owned_run(cp, &ans, agent, run_id, &rs) < 0)
 		goto out;
@@ -163,7 +199,6 @@ void api_agent_events(struct cp *cp, struct mg_connection *conn, struct cp_agent
 	cJSON_AddBoolToObject(o, "cancelRequested", rs.cancel_requested && strcmp(rs.status, "RUNNING") == 0);
 	http_answer_json(&ans, 200, o);
 out:
-	pthread_mutex_unlock(&cp->mu);
 	http_send_answer(conn, &ans);
 	cJSON_Delete(body);
 }

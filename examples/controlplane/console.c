@@ -204,6 +204,7 @@ static void wake(struct cp *cp, const char *agent_id)
 	if (a) {
 		a->console_gen++;
 		pthread_cond_broadcast(&a->cond);
+		lc_wake_parked(cp, a);
 	}
 	pthread_mutex_unlock(&cp->mu);
 }

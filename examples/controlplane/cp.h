@@ -41,6 +41,16 @@ struct inst_stats;
 #define CP_SNAPSHOT_JOBS 200          /* jobs in a WebSocket snapshot */
 #define CP_LIST_DEFAULT 50
 #define CP_LIST_MAX 500
+/* The accept front marks every request it relays with this header:
+ * "X-JV-Front: SECRET WAIT" (SECRET: CP_FRONT_SECRET_LEN hex digits, random
+ * per process; WAIT: 9 digits, the most a long poll may still wait in ms,
+ * 999999999 = no cap). Clients may not send it (the front answers 400). A
+ * poll so marked that would wait is answered "HTTP/1.1 299 Park" with
+ * "X-JV-Park: AGENT_INDEX WAKE_GEN WAIT_MS" instead and parked in the front. */
+#define CP_FRONT_HEADER "X-JV-Front"
+#define CP_FRONT_SECRET_LEN 32
+#define CP_FRONT_WAIT_ANY 999999999
+#define CP_PARK_PREFIX "HTTP/1.1 299 "
 
 /* One agent from the agents file. Only id and token are fixed after start;
  * the rest is guarded by cp->mu. */
@@ -48,6 +58,7 @@ struct cp_agent {
 	char id[JV_IDENT_MAX + 1];
 	char *token;
 	size_t token_len;
+	unsigned char token_hash[32]; /* SHA-256 of token: the by_hash index */
 	pthread_cond_t cond;    /* long polls of this agent wait here (CLOCK_MONOTONIC) */
 	uint64_t gen;           /* bumped when work or a cancel for this agent appears */
 	int64_t last_seen_ms;   /* wall clock, 0 = never */
@@ -70,7 +81,8 @@ struct cp_config {
 	int poll_interval_s;  /* told to agents */
 	int max_wait_s;       /* cap on a long poll's waitSeconds */
 	int retry_backoff_s;  /* automatic retry delay: base * 2^(attempt-1), capped */
-	int threads;          /* civetweb worker threads */
+	int threads;          /* civetweb worker threads for requests */
+	int ws_clients;       /* WebSocket clients (each gets a worker thread of its own); 0 = threads / 8 */
 	int catch_up_s;       /* a schedule firing missed by up to this long still runs (once) */
 	int retention_days;   /* finished jobs older than this are deleted; 0 = keep forever */
 	int retention_keep;   /* but never the newest this many jobs of an instance */
@@ -118,12 +130,16 @@ struct cp {
 	size_t admin_token_len;
 	struct cp_agent *agents;
 	size_t nagents;
+	struct cp_agent **by_hash; /* agents sorted by token_hash (fixed after start) */
 	pthread_rwlock_t users_lock; /* guards users (replaced on SIGHUP) */
 	struct cp_user *users;
 	size_t nusers;
 	int long_polls;     /* polls currently waiting (mu held) */
 	int long_polls_max; /* beyond this a poll is answered at once */
 	int ws_max;         /* WebSocket clients (each pins a worker thread) */
+	char front_secret[CP_FRONT_SECRET_LEN + 1]; /* fixed after start */
+	struct front *front; /* parked long polls are woken through it (mu); NULL before/after */
+	atomic_int parked_polls; /* long polls parked in the front now */
 	int64_t last_sweep_ms; /* wall clock of the previous sweep (main thread only) */
 	struct cp_retention retention; /* retention.c (main thread only) */
 	struct ws_hub *hub;
@@ -148,6 +164,11 @@ int tokens_load_admin(const char *path, char **token, size_t *len, char *err, si
 int tokens_load_agents(const char *path, struct cp_agent **agents, size_t *n, char *err, size_t errlen);
 /* Constant-time equality (time depends only on the lengths). */
 bool tokens_equal(const char *a, size_t alen, const char *b, size_t blen);
+/* Index the agents by their tokens' hashes (after loading them); -ENOMEM. */
+int tokens_index(struct cp *cp);
+/* The agent whose token this is (borrowed), NULL when none: one hash and a
+ * binary search, not a comparison with every agent's token. */
+struct cp_agent *tokens_agent_by_token(struct cp *cp, const char *tok, size_t len);
 /* Agent by id (borrowed), NULL when unknown. */
 struct cp_agent *tokens_agent_find(struct cp *cp, const char *id);
 void tokens_free_agents(struct cp_agent *agents, size_t n);
@@ -205,6 +226,8 @@ int lc_run_finish(struct cp *cp, const char *run_id, const char *status, const c
 void lc_publish_job(struct cp *cp, const char *job_id);
 /* Bump the agent's wake generation and wake its long polls. */
 void lc_wake_agent(struct cp *cp, const char *agent_id);
+/* Its long polls parked in the front look again (after a->gen or a->console_gen moved). */
+void lc_wake_parked(struct cp *cp, struct cp_agent *a);
 bool lc_job_type_allowed(const struct cp *cp, const char *type);
 bool lc_status_valid(const char *status);
 bool lc_status_terminal(const char *status);
@@ -217,17 +240,28 @@ struct poll_running {
 struct poll_req {
 	int capacity;
 	int wait_s;
+	bool can_park;       /* came through the front: park instead of waiting */
+	int64_t wait_cap_ms; /* the front's cap on the wait (what is left of a parked poll's) */
 	struct poll_running *running;
 	size_t nrunning;
 };
-/* Renew leases, assign work, collect cancels, maybe wait. Takes mu. *answer returned-owned. */
-int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *req, cJSON **answer);
+/* A poll to park (req->can_park): where, which wake generation it saw, how long it may wait. */
+struct poll_park {
+	size_t agent_index;
+	uint64_t gen;
+	int64_t wait_ms;
+};
+/* Renew leases, assign work, collect cancels, maybe wait. Takes mu. 0 with
+ * *answer returned-owned; 1 with *park filled instead when the poll would
+ * wait and may park; <0 on error. */
+int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *req, cJSON **answer,
+                  struct poll_park *park);
 /* Lost runs (ack deadline, lease), retries whose backoff ended. Takes mu. */
 void dispatch_sweep(struct cp *cp);
 /* After a restart: give every active run a fresh lease and ack window, queue CREATED jobs. */
 int dispatch_recover(struct cp *cp);
 
-/* ---- events.c (mu held) ---- */
+/* ---- events.c (mu NOT held: takes it itself for in-memory publishing) ---- */
 /* Store validated events of a run (each (run, seq) once), update the run's
  * progress and ack, publish new ones. *ack_seq = highest contiguous seq. */
 int events_store(struct cp *cp, const char *run_id, const struct store_run_state *rs,
@@ -278,7 +312,8 @@ int http_handle_page(struct mg_connection *conn, void *cbdata);
 int http_query(const struct mg_connection *conn, const char *name, char *buf, size_t len);
 
 /* ---- api_agent.c / api_ui.c: handlers; path segments after /v1 ---- */
-void api_agent_poll(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
+/* false when the poll was parked in the front (no answer to the client yet). */
+bool api_agent_poll(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
 void api_agent_events(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *run_id);
 void api_agent_result(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *run_id);
 void api_ui_create_job(struct cp *cp, struct mg_connection *conn);
@@ -325,6 +360,11 @@ int front_start(struct cp *cp, const char *listen, uint16_t backend_port, struct
 uint16_t front_port(const struct front *f);
 /* Stop the thread, close every connection, free. NULL is a no-op. */
 void front_stop(struct front *f);
+/* A wake-up for the agent (index in cp->agents) at generation gen; any thread. */
+void front_wake(struct front *f, size_t agent_index, uint64_t gen);
+/* Stopping: send every parked poll on (handlers answer at once), then wait
+ * up to ms for the relayed requests to finish. */
+void front_drain(struct front *f, int ms);
 /* ---- instances.c ---- */
 void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
 void api_inst_events(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id,

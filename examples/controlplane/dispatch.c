@@ -12,11 +12,16 @@
  * (main thread, twice a second) fails runs whose lease lapsed or whose first
  * event did not come within the ack deadline, with reason `lost`.
  *
- * Long poll: the handler waits on its agent's condition variable (signalled
- * on new work or a cancel for that agent) and holds its civetweb worker
- * thread meanwhile. At most cp->long_polls_max polls wait at once; any poll
- * beyond that is answered at once, so waiting agents can never take the
- * threads that other requests need (see docs/protocol.md, "Long poll"). */
+ * Long poll: a poll that came through the accept front (marked with its
+ * secret) and finds nothing is parked there: the handler answers the front
+ * "park" with the agent's wake generation and the time left, and the front
+ * holds the client's connection without a thread, sending the poll again
+ * when the agent is woken (lc_wake_parked) or at the deadline (with no time
+ * left, so the handler gives the normal empty answer). A poll that reached
+ * civetweb some other way waits on its agent's condition variable (signalled
+ * on new work or a cancel for that agent) and holds its worker thread
+ * meanwhile; at most cp->long_polls_max do, any beyond that is answered at
+ * once (see docs/scaling.md, "Long polls at connection scale"). */
 #include "cp.h"
 
 #include <errno.h>
@@ -144,7 +149,8 @@ static void deadline_ts(int64_t mono_ms, struct timespec *ts)
 	ts->tv_nsec = (long)(mono_ms % 1000) * 1000000L;
 }
 
-int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *req, cJSON **answer)
+int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *req, cJSON **answer,
+                  struct poll_park *park)
 {
 	cJSON *ans = cJSON_CreateObject();
 	cJSON *jobs = cJSON_AddArrayToObject(ans, "jobs");
@@ -153,10 +159,12 @@ int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *
 		cJSON_Delete(ans);
 		return -ENOMEM;
 	}
-	int wait_s = req->wait_s > cp->cfg.max_wait_s ? cp->cfg.max_wait_s : req->wait_s;
-	int64_t deadline = jv_now_mono_ms() + (int64_t)wait_s * 1000;
+	int64_t wait_ms = (int64_t)(req->wait_s > cp->cfg.max_wait_s ? cp->cfg.max_wait_s : req->wait_s) * 1000;
+	if (wait_ms > req->wait_cap_ms)
+		wait_ms = req->wait_cap_ms;
+	int64_t deadline = jv_now_mono_ms() + wait_ms;
 	int rc;
-	bool waited = false;
+	bool waited = false, parked = false;
 
 	pthread_mutex_lock(&cp->mu);
 	/* A change since the last answer (made while no poll of this agent
@@ -175,7 +183,18 @@ int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *
 		/* A console watch that changed or a command waiting answers at once. */
 		if (cJSON_GetArraySize(jobs) > 0 || cJSON_GetArraySize(cancel) > 0 || atomic_load(&cp->stopping) ||
 		    agent->console_gen != console_gen || console_has_commands(cp, agent->id) ||
-		    jv_now_mono_ms() >= deadline || cp->long_polls >= cp->long_polls_max)
+		    jv_now_mono_ms() >= deadline)
+			break;
+		if (req->can_park) {
+			/* The front holds it and sends it again on a wake-up newer than
+			 * gen (lc_wake_parked) or at the deadline. */
+			*park = (struct poll_park){.agent_index = (size_t)(agent - cp->agents),
+			                           .gen = agent->gen + agent->console_gen,
+			                           .wait_ms = deadline - jv_now_mono_ms()};
+			parked = true;
+			break;
+		}
+		if (cp->long_polls >= cp->long_polls_max)
 			break;
 		uint64_t gen = agent->gen;
 		struct timespec ts;
@@ -190,12 +209,12 @@ int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *
 	/* A long wait must not eat the lease it was meant to keep alive. */
 	if (rc == 0 && waited)
 		rc = renew_leases(cp, agent, req, jv_now_real_ms(), NULL);
-	if (rc == 0)
+	if (rc == 0 && !parked)
 		agent->console_told = agent->console_gen; /* the list below is at least this new */
 	pthread_mutex_unlock(&cp->mu);
-	if (rc < 0) {
+	if (rc < 0 || parked) {
 		cJSON_Delete(ans);
-		return rc;
+		return rc < 0 ? rc : 1;
 	}
 	cJSON_AddNumberToObject(ans, "pollIntervalSeconds", cp->cfg.poll_interval_s);
 	if (!agent->instances_synced) /* unlocked read: a stale answer only costs one extra snapshot */

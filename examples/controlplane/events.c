@@ -5,8 +5,9 @@
  * ack returned to the agent is the highest seq S such that every seq 1..S is
  * stored, so an agent that resends everything above ackSeq loses nothing even
  * when batches arrive out of order. The run's percent and message follow the
- * highest-seq event that carries them (log events do not change them). All
- * functions run with cp->mu held. */
+ * highest-seq event that carries them (log events do not change them).
+ * Called without cp->mu: the store is thread-safe, and only the publishing
+ * into the in-memory WebSocket ring (SQLite) takes cp->mu. */
 #include "cp.h"
 
 #include <errno.h>
@@ -17,6 +18,7 @@
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
+#include "store_pg.h"
 
 #define KIND_MAX 32
 
@@ -184,6 +186,11 @@ int events_store(struct cp *cp, const char *run_id, const struct store_run_state
 	for (int i = 0; i < n; i++)
 		stored += ev[i].inserted;
 	atomic_fetch_add(&cp->metrics.events_stored, stored);
+	/* SQLite: the ring is in memory, under cp->mu. PostgreSQL: publishing
+	 * is an append to ws_log, which needs no lock of ours. */
+	bool ring = !store_is_pg(cp->store);
+	if (ring)
+		pthread_mutex_lock(&cp->mu);
 	/* Publish in commit order; a first event also changes the run (acknowledged). */
 	publish_inserted(cp, fresh, ev);
 	free(ev);
@@ -191,5 +198,7 @@ int events_store(struct cp *cp, const char *run_id, const struct store_run_state
 		jv_info(rs->job_id, run_id, "run acknowledged by agent '%s'", rs->agent_id);
 		lc_publish_job(cp, rs->job_id);
 	}
+	if (ring)
+		pthread_mutex_unlock(&cp->mu);
 	return 0;
 }

@@ -45,6 +45,7 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <http_parser.h>
@@ -54,24 +55,53 @@
 
 /* ---- the connection table ---- */
 
-void front_pending_unlink(struct front *f, struct fconn *c)
+void flist_push(struct flist *l, struct fconn *c)
 {
-	if (c->st != FS_HEAD && c->st != FS_BODY)
+	c->list = l;
+	c->pnext = NULL;
+	c->pprev = l->tail;
+	if (l->tail)
+		l->tail->pnext = c;
+	else
+		l->head = c;
+	l->tail = c;
+	l->n++;
+}
+
+void flist_unlink(struct fconn *c)
+{
+	struct flist *l = c->list;
+	if (!l)
 		return;
 	if (c->pprev)
 		c->pprev->pnext = c->pnext;
 	else
-		f->phead = c->pnext;
+		l->head = c->pnext;
 	if (c->pnext)
 		c->pnext->pprev = c->pprev;
 	else
-		f->ptail = c->pprev;
+		l->tail = c->pprev;
 	c->pprev = c->pnext = NULL;
+	c->list = NULL;
+	l->n--;
+}
+
+void front_pending_unlink(struct front *f, struct fconn *c)
+{
+	if (c->list == &f->pending)
+		flist_unlink(c);
 }
 
 void front_conn_close(struct front *f, struct fconn *c)
 {
-	front_pending_unlink(f, c);
+	flist_unlink(c);
+	if (c->st == FS_PARKED) {
+		f->nparked--;
+		atomic_store(&f->cp->parked_polls, (int)f->nparked);
+	}
+	if (c->slot)
+		f->inflight--;
+	c->slot = false;
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -124,8 +154,13 @@ int front_arm(struct front *f, struct fconn *c)
 	case FS_BODY:
 		cw = EPOLLIN;
 		break;
+	case FS_WAIT:
+		break; /* only a hang-up or an error */
 	case FS_PROXY:
-		cw = out_pending ? EPOLLOUT : 0;
+		cw = out_pending && !c->hold ? EPOLLOUT : 0;
+		break;
+	case FS_PARKED:
+		cw = EPOLLIN | EPOLLRDHUP;
 		break;
 	case FS_TUNNEL:
 		cw = EPOLLRDHUP | (out_pending ? EPOLLOUT : 0) |
@@ -144,6 +179,18 @@ int front_arm(struct front *f, struct fconn *c)
 	}
 	int rc = arm_fd(f, c->cfd, &c->cend, &c->cmask, cw);
 	return rc < 0 ? rc : arm_fd(f, c->bfd, &c->bend, &c->bmask, bw);
+}
+
+/* Done with civetweb for this request: its socket and backend slot. */
+void front_backend_close(struct front *f, struct fconn *c)
+{
+	if (c->bfd >= 0)
+		close(c->bfd);
+	c->bfd = -1;
+	c->bmask = 0;
+	if (c->slot)
+		f->inflight--;
+	c->slot = false;
 }
 
 /* Queue bytes for the client (out must have been drained or be empty). */
@@ -167,13 +214,11 @@ static int out_set(struct fconn *c, const char *data, size_t len)
  * still sending gets the answer rather than a reset. */
 void front_linger(struct front *f, struct fconn *c)
 {
-	front_pending_unlink(f, c);
+	flist_unlink(c); /* pending or waiting */
 	c->st = FS_LINGER;
+	c->hold = false;
 	c->deadline = jv_now_mono_ms() + FRONT_LINGER_MS;
-	if (c->bfd >= 0) {
-		close(c->bfd);
-		c->bfd = -1;
-	}
+	front_backend_close(f, c);
 	if (c->out_off >= c->out_len)
 		shutdown(c->cfd, SHUT_WR);
 }
@@ -221,7 +266,7 @@ static bool make_room(struct front *f, uint32_t ip, int64_t now)
 {
 	size_t mine = 0;
 	struct fconn *oldest_mine = NULL;
-	for (struct fconn *p = f->phead; p; p = p->pnext) {
+	for (struct fconn *p = f->pending.head; p; p = p->pnext) {
 		if (p->ip == ip && mine++ == 0)
 			oldest_mine = p;
 	}
@@ -233,10 +278,11 @@ static bool make_room(struct front *f, uint32_t ip, int64_t now)
 	}
 	if (f->nconns < f->conns_max)
 		return true;
-	if (!f->phead || now - f->phead->born < FRONT_EVICT_MIN_MS)
+	struct fconn *oldest = f->pending.head;
+	if (!oldest || now - oldest->born < FRONT_EVICT_MIN_MS)
 		return false;
-	note_drop(f, f->phead, &f->evicted);
-	front_conn_close(f, f->phead);
+	note_drop(f, oldest, &f->evicted);
+	front_conn_close(f, oldest);
 	return true;
 }
 
@@ -250,8 +296,8 @@ static void accept_some(struct front *f)
 			if (errno == EMFILE || errno == ENFILE) {
 				f->refused++;
 				/* Free a slot from the oldest pending request, if any. */
-				if (f->phead)
-					front_conn_close(f, f->phead);
+				if (f->pending.head)
+					front_conn_close(f, f->pending.head);
 			}
 			return;
 		}
@@ -270,7 +316,7 @@ static void accept_some(struct front *f)
 		c->limit = FRONT_ANON_MAX;
 		c->born = now;
 		c->deadline = now + FRONT_HEAD_MS;
-		jv_buf_init(&c->req, FRONT_HEAD_MAX + CP_BODY_MAX + FRONT_CHUNK_SLACK);
+		jv_buf_init(&c->req, FRONT_HEAD_MAX + CP_BODY_MAX + FRONT_CHUNK_SLACK + FRONT_MARK_MAX);
 		http_parser_init(&c->hp, HTTP_REQUEST);
 		c->hp.data = c;
 		c->cend = (struct fend){.c = c, .backend = false};
@@ -288,12 +334,7 @@ static void accept_some(struct front *f)
 		else
 			f->head = c;
 		f->tail = c;
-		c->pprev = f->ptail;
-		if (f->ptail)
-			f->ptail->pnext = c;
-		else
-			f->phead = c;
-		f->ptail = c;
+		flist_push(&f->pending, c);
 		f->nconns++;
 		/* Most requests are already here: take them before accepting more,
 		 * so a burst of new connections cannot evict them. */
@@ -304,8 +345,15 @@ static void accept_some(struct front *f)
 static void expire(struct front *f, int64_t now)
 {
 	struct fconn *next;
+	int64_t tick = now + FRONT_TICK_MS;
 	for (struct fconn *c = f->head; c; c = next) {
 		next = c->next;
+		if (c->st == FS_PARKED) {
+			front_park_expire(f, c, now);
+			if (!c->closed && c->st == FS_PARKED && c->deadline < tick)
+				tick = c->deadline;
+			continue;
+		}
 		if (!c->deadline || now < c->deadline)
 			continue;
 		if (c->st == FS_HEAD || c->st == FS_BODY) {
@@ -316,6 +364,7 @@ static void expire(struct front *f, int64_t now)
 			front_conn_close(f, c); /* lingered long enough, or stalled taking an answer */
 		}
 	}
+	f->next_tick = tick;
 	if ((f->evicted || f->timed_out || f->refused) && now - f->last_report >= FRONT_REPORT_MS) {
 		char ip[INET_ADDRSTRLEN] = "?";
 		inet_ntop(AF_INET, &f->last_ip, ip, sizeof(ip));
@@ -326,42 +375,50 @@ static void expire(struct front *f, int64_t now)
 	}
 }
 
+static void on_event(struct front *f, struct fend *end, uint32_t events)
+{
+	if (end == &f->lend) {
+		accept_some(f);
+		return;
+	}
+	struct fconn *c = end->c;
+	/* Events of a connection closed earlier in this batch are skipped:
+	 * closing removes it from epoll, and its ends are marked. */
+	if (c->closed)
+		return;
+	if (c->st == FS_HEAD || c->st == FS_BODY) {
+		if (!end->backend)
+			front_read_request(f, c);
+		else
+			front_conn_close(f, c);
+	} else if (c->st == FS_LINGER) {
+		front_on_linger(f, c);
+	} else if (c->st == FS_PARKED || c->st == FS_WAIT) {
+		front_on_parked(f, c);
+	} else {
+		front_relay(f, c, end->backend, events);
+	}
+}
+
 static void *front_main(void *arg)
 {
 	struct front *f = arg;
 	struct epoll_event evs[64];
-	int64_t next_tick = jv_now_mono_ms() + FRONT_TICK_MS;
+	f->next_tick = jv_now_mono_ms() + FRONT_TICK_MS;
 	while (!atomic_load(&f->stop)) {
-		int n = epoll_wait(f->epfd, evs, JV_ARRAY_LEN(evs), FRONT_TICK_MS);
+		int64_t wait = f->next_tick - jv_now_mono_ms();
+		int n = epoll_wait(f->epfd, evs, JV_ARRAY_LEN(evs), wait < 0 ? 0 : wait > FRONT_TICK_MS ? FRONT_TICK_MS : (int)wait);
 		for (int i = 0; i < n; i++) {
-			struct fend *end = evs[i].data.ptr;
-			if (!end)
-				continue; /* the wake-up eventfd */
-			if (end == &f->lend) {
-				accept_some(f);
-				continue;
-			}
-			struct fconn *c = end->c;
-			/* Events of a connection closed earlier in this batch are skipped:
-			 * closing removes it from epoll, and its ends are marked. */
-			if (c->closed)
-				continue;
-			if (c->st == FS_HEAD || c->st == FS_BODY) {
-				if (!end->backend)
-					front_read_request(f, c);
-				else
-					front_conn_close(f, c);
-			} else if (c->st == FS_LINGER) {
-				front_on_linger(f, c);
-			} else {
-				front_relay(f, c, end->backend, evs[i].events);
-			}
+			if (evs[i].data.ptr)
+				on_event(f, evs[i].data.ptr, evs[i].events);
+			else
+				front_take_wakes(f); /* the wake-up eventfd */
 		}
 		int64_t now = jv_now_mono_ms();
-		if (now >= next_tick) {
+		if (now >= f->next_tick || atomic_load(&f->release_all))
 			expire(f, now);
-			next_tick = now + FRONT_TICK_MS;
-		}
+		front_start_waiting(f);
+		atomic_store(&f->busy, f->nparked + f->inflight + f->waiting[0].n + f->waiting[1].n);
 		free_dead(f);
 	}
 	return NULL;
@@ -384,9 +441,11 @@ static int parse_listen(const char *listen, struct sockaddr_in *sa)
 	return inet_pton(AF_INET, host, &sa->sin_addr) == 1 ? 0 : -EINVAL;
 }
 
-/* Each proxied request costs three descriptors (client, ours to civetweb,
- * civetweb's own): take the hard limit and size the table to it. */
-static size_t conns_budget(void)
+/* A parked poll or a request still arriving costs one descriptor; a request
+ * at civetweb (at most inflight_max) or a WebSocket tunnel three (the
+ * client's, ours to civetweb, civetweb's own). Take the hard limit and size
+ * the table to it. */
+static size_t conns_budget(size_t backend_max)
 {
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -394,7 +453,8 @@ static size_t conns_budget(void)
 		setrlimit(RLIMIT_NOFILE, &rl);
 		getrlimit(RLIMIT_NOFILE, &rl);
 	}
-	size_t n = rl.rlim_cur > 512 ? (size_t)(rl.rlim_cur - 256) / 3 : 64;
+	size_t need = FRONT_FD_RESERVE + 2 * backend_max;
+	size_t n = rl.rlim_cur > need + 64 ? (size_t)rl.rlim_cur - need : 64;
 	return n < FRONT_CONNS_MAX ? n : FRONT_CONNS_MAX;
 }
 
@@ -408,12 +468,22 @@ int front_start(struct cp *cp, const char *addr, uint16_t backend_port, struct f
 	}
 	f->cp = cp;
 	f->lfd = f->epfd = f->wakefd = -1;
-	f->conns_max = conns_budget();
+	pthread_mutex_init(&f->qmu, NULL);
+	/* Enough requests at civetweb to keep every worker busy, few enough that
+	 * its accept queue never overflows (a dropped SYN costs a second). */
+	f->inflight_max = (size_t)cp->cfg.threads * 2;
+	f->conns_max = conns_budget(f->inflight_max + (size_t)cp->ws_max);
+	memcpy(f->secret, cp->front_secret, sizeof(f->secret));
 	f->backend.sin_family = AF_INET;
 	f->backend.sin_port = htons(backend_port);
 	f->backend.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	struct sockaddr_in sa;
 	int one = 1, rc;
+	if (front_park_init(f) < 0) {
+		snprintf(err, errlen, "out of memory");
+		rc = -ENOMEM;
+		goto fail;
+	}
 	if (parse_listen(addr, &sa) < 0) {
 		snprintf(err, errlen, "bad listen address '%s'", addr);
 		rc = -EINVAL;
@@ -476,5 +546,36 @@ void front_stop(struct front *f)
 		close(f->epfd);
 	if (f->wakefd >= 0)
 		close(f->wakefd);
+	front_park_free(f);
+	pthread_mutex_destroy(&f->qmu);
 	free(f);
+}
+
+void front_wake(struct front *f, size_t agent_index, uint64_t gen)
+{
+	pthread_mutex_lock(&f->qmu);
+	if (gen > f->wgen[agent_index])
+		f->wgen[agent_index] = gen;
+	bool first = f->qlen == 0;
+	if (!f->queued[agent_index]) {
+		f->queued[agent_index] = true;
+		f->queue[f->qlen++] = (uint32_t)agent_index;
+	}
+	pthread_mutex_unlock(&f->qmu);
+	uint64_t one = 1;
+	if (first) /* else a write is pending already: the queue is taken whole */
+		(void)!write(f->wakefd, &one, sizeof(one));
+}
+
+void front_drain(struct front *f, int ms)
+{
+	if (!f)
+		return;
+	atomic_store(&f->busy, (size_t)1); /* until the thread has looked */
+	atomic_store(&f->release_all, true);
+	uint64_t one = 1;
+	(void)!write(f->wakefd, &one, sizeof(one));
+	struct timespec step = {.tv_sec = 0, .tv_nsec = 20 * 1000000L};
+	for (int i = 0; i < ms / 20 && atomic_load(&f->busy) > 0; i++)
+		nanosleep(&step, NULL);
 }

@@ -27,14 +27,24 @@
 #define FRONT_TUNNEL_BUF 65536         /* client bytes held per tunnel */
 #define FRONT_PENDING_PER_CLIENT 256   /* requests still arriving, per client address */
 #define FRONT_EVICT_MIN_MS 1000        /* a request is given this long before it may be evicted */
-#define FRONT_CONNS_MAX 8192           /* all connections (also bounded by RLIMIT_NOFILE) */
+#define FRONT_CONNS_MAX 65536          /* all connections (also bounded by RLIMIT_NOFILE) */
 #define FRONT_ACCEPT_BATCH 16
 #define FRONT_TICK_MS 250
 #define FRONT_REPORT_MS 60000
+#define FRONT_MARK_MAX 64              /* the marker header inserted into relayed requests */
+#define FRONT_FD_RESERVE 256           /* descriptors kept for the database, logs, civetweb */
 
-enum fstate { FS_HEAD, FS_BODY, FS_PROXY, FS_TUNNEL, FS_LINGER };
+/* HEAD, BODY: arriving. WAIT: complete, waiting for a free backend slot.
+ * PROXY: at civetweb, its answer relayed. PARKED: a long poll with nothing
+ * to say yet, held here without a backend connection or thread (front_park.c). */
+enum fstate { FS_HEAD, FS_BODY, FS_WAIT, FS_PROXY, FS_PARKED, FS_TUNNEL, FS_LINGER };
 
 struct fconn;
+/* A FIFO of connections, linked through fconn.pprev/pnext. */
+struct flist {
+	struct fconn *head, *tail;
+	size_t n;
+};
 struct fend {
 	struct fconn *c;
 	bool backend;
@@ -69,8 +79,13 @@ struct fconn {
 	size_t out_len, out_off;
 	uint32_t cmask, bmask;   /* armed epoll events */
 	struct fend cend, bend;
+	size_t mark_off;         /* of req: the marker's wait digits (front_park.c) */
+	bool hold;               /* answer not yet released to the client: may be a park */
+	bool slot;               /* holds one of the backend slots (f->inflight) */
+	uint32_t agent;          /* parked: index in cp->agents */
 	struct fconn *prev, *next;   /* every connection, oldest first */
-	struct fconn *pprev, *pnext; /* pending (FS_HEAD/FS_BODY), oldest first */
+	struct flist *list;          /* the list below is in: pending, waiting or parked */
+	struct fconn *pprev, *pnext; /* that list, oldest first */
 };
 
 struct front {
@@ -84,8 +99,22 @@ struct front {
 	struct fend lend;            /* the listening socket's epoll tag */
 	struct fconn *head, *tail;   /* all */
 	struct fconn *dead;          /* closed during this epoll batch, freed after it */
-	struct fconn *phead, *ptail; /* pending */
+	struct flist pending;        /* FS_HEAD/FS_BODY */
+	struct flist waiting[2];     /* FS_WAIT: [0] new requests and woken polls, [1] expired polls */
+	struct flist *parked;        /* FS_PARKED, one list per agent (cp->nagents) */
 	size_t nconns, conns_max;
+	size_t inflight, inflight_max; /* requests at civetweb (tunnels not counted) */
+	size_t nparked;
+	char secret[CP_FRONT_SECRET_LEN + 1]; /* marks the requests we relay (cp->front_secret) */
+	int64_t next_tick;
+	/* Wake-ups from handler threads (front_wake), taken by the front's thread. */
+	pthread_mutex_t qmu;
+	uint32_t *queue;   /* agent indexes, each at most once */
+	size_t qlen;
+	uint64_t *wgen;    /* per agent: the newest wake generation told (qmu) */
+	bool *queued;      /* per agent: in queue (qmu) */
+	atomic_bool release_all; /* stopping: every parked poll answers now */
+	atomic_size_t busy;      /* parked + waiting + at civetweb, after each loop (front_drain) */
 	/* Reported at most once a minute. */
 	unsigned long evicted, timed_out, refused;
 	uint32_t last_ip;
@@ -97,11 +126,34 @@ void front_conn_close(struct front *f, struct fconn *c);
 int front_arm(struct front *f, struct fconn *c);
 void front_answer(struct front *f, struct fconn *c, int status, const char *extra, const char *msg);
 void front_linger(struct front *f, struct fconn *c);
+void front_backend_close(struct front *f, struct fconn *c);
 void front_pending_unlink(struct front *f, struct fconn *c);
+void flist_push(struct flist *l, struct fconn *c);
+void flist_unlink(struct fconn *c);
 
 /* ---- front_request.c ---- */
 void front_read_request(struct front *f, struct fconn *c);
 void front_relay(struct front *f, struct fconn *c, bool backend, uint32_t ev);
 void front_on_linger(struct front *f, struct fconn *c);
+/* Send a complete request on (now, or when a backend slot frees: prio 0 before 1). */
+void front_forward(struct front *f, struct fconn *c, int prio);
+/* Connect to civetweb for c (FS_WAIT -> FS_PROXY/FS_TUNNEL). */
+void front_connect_backend(struct front *f, struct fconn *c);
+
+/* ---- front_park.c ---- */
+int front_park_init(struct front *f);
+void front_park_free(struct front *f);
+/* Insert the marker after the request line (before forwarding the first time). */
+int front_mark(struct front *f, struct fconn *c);
+/* civetweb answered 299 (all of it is in c->out): park c, or answer 502. */
+void front_park(struct front *f, struct fconn *c);
+/* The parked client sent something or went away. */
+void front_on_parked(struct front *f, struct fconn *c);
+/* Parked polls whose deadline passed, or all of them when stopping (front thread). */
+void front_park_expire(struct front *f, struct fconn *c, int64_t now);
+/* Take the wake-up queue (front thread). */
+void front_take_wakes(struct front *f);
+/* Start waiting requests while backend slots are free (front thread). */
+void front_start_waiting(struct front *f);
 
 #endif

@@ -90,6 +90,10 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
 	struct fconn *c = p->data;
 	if (!c->in_value) {
 		c->in_value = true;
+		if (strcasecmp(c->field, CP_FRONT_HEADER) == 0) {
+			c->reject_msg = "the " CP_FRONT_HEADER " header is reserved for the control plane itself";
+			return 1;
+		}
 		c->cur = strcasecmp(c->field, "Authorization") == 0 ? 1 : strcasecmp(c->field, "Expect") == 0 ? 2 : 0;
 		if (c->cur == 1)
 			c->nauth++;
@@ -214,11 +218,31 @@ static void refuse(struct front *f, struct fconn *c, int status)
 
 /* ---- moving bytes ---- */
 
-static void start_proxy(struct front *f, struct fconn *c)
+void front_forward(struct front *f, struct fconn *c, int prio)
 {
 	front_pending_unlink(f, c);
-	c->st = c->upgrade ? FS_TUNNEL : FS_PROXY;
 	c->deadline = 0;
+	if (!c->upgrade && !c->mark_off && front_mark(f, c) < 0) {
+		front_answer(f, c, 503, "Retry-After: 1\r\n", "out of memory, try again");
+		return;
+	}
+	if (!c->upgrade && f->inflight >= f->inflight_max) {
+		c->st = FS_WAIT;
+		flist_push(&f->waiting[prio], c);
+		if (front_arm(f, c) < 0)
+			front_conn_close(f, c);
+		return;
+	}
+	front_connect_backend(f, c);
+}
+
+void front_connect_backend(struct front *f, struct fconn *c)
+{
+	flist_unlink(c); /* from waiting */
+	c->st = c->upgrade ? FS_TUNNEL : FS_PROXY;
+	c->hold = !c->upgrade; /* until we know the answer is not a park */
+	c->connected = c->b_eof = false;
+	c->req_off = 0;
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		front_answer(f, c, 503, "Retry-After: 1\r\n", "server busy, try again");
@@ -232,6 +256,10 @@ static void start_proxy(struct front *f, struct fconn *c)
 		return;
 	}
 	c->bfd = fd;
+	if (!c->upgrade) {
+		c->slot = true;
+		f->inflight++;
+	}
 	c->bend = (struct fend){.c = c, .backend = true};
 	c->bmask = EPOLLOUT;
 	struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = &c->bend};
@@ -296,10 +324,35 @@ void front_read_request(struct front *f, struct fconn *c)
 			 * head the rest is the stream, kept. */
 			if (!c->upgrade)
 				c->req.len = before + used;
-			start_proxy(f, c);
+			front_forward(f, c, 0);
 			return;
 		}
 	}
+}
+
+/* An answer is held until it is known not to be a park (CP_PARK_PREFIX); a
+ * park is taken whole (it is short, and civetweb closes after it). true when
+ * c was parked (or closed). */
+static bool held_answer(struct front *f, struct fconn *c)
+{
+	size_t plen = sizeof(CP_PARK_PREFIX) - 1;
+	if (c->out_len == 0) {
+		c->hold = !c->b_eof; /* civetweb closed without a word: nothing to hold */
+		return false;
+	}
+	size_t cmp = c->out_len < plen ? c->out_len : plen;
+	if (memcmp(c->out, CP_PARK_PREFIX, cmp) != 0 || (c->out_len >= plen && c->out_len == FRONT_RELAY_BUF)) {
+		c->hold = false; /* an answer for the client */
+		return false;
+	}
+	if (!c->b_eof)
+		return false; /* more to come */
+	if (c->out_len < plen) {
+		c->hold = false; /* a short answer that is not a park */
+		return false;
+	}
+	front_park(f, c);
+	return true;
 }
 
 void front_relay(struct front *f, struct fconn *c, bool backend, uint32_t ev)
@@ -357,14 +410,14 @@ void front_relay(struct front *f, struct fconn *c, bool backend, uint32_t ev)
 			/* civetweb is done: drop its socket, or its hang-up would wake
 			 * epoll again and again while the client takes the rest. */
 			c->b_eof = true;
-			close(c->bfd);
-			c->bfd = -1;
-			c->bmask = 0;
+			front_backend_close(f, c);
 		} else if (n > 0) {
 			c->out_len += (size_t)n;
 		}
 	}
-	if (c->out_off < c->out_len) {
+	if (c->hold && held_answer(f, c))
+		return; /* parked */
+	if (!c->hold && c->out_off < c->out_len) {
 		ssize_t n = send(c->cfd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
 		if (n < 0 && errno != EAGAIN && errno != EINTR) {
 			front_conn_close(f, c);

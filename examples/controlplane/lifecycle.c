@@ -68,12 +68,19 @@ bool lc_status_terminal(const char *s)
 	return strcmp(s, "COMPLETED") == 0 || strcmp(s, "FAILED") == 0 || strcmp(s, "CANCELLED") == 0;
 }
 
+void lc_wake_parked(struct cp *cp, struct cp_agent *a)
+{
+	if (cp->front)
+		front_wake(cp->front, (size_t)(a - cp->agents), a->gen + a->console_gen);
+}
+
 void lc_wake_local(struct cp *cp, const char *agent_id)
 {
 	struct cp_agent *a = tokens_agent_find(cp, agent_id);
 	if (a) {
 		a->gen++;
 		pthread_cond_broadcast(&a->cond);
+		lc_wake_parked(cp, a);
 	}
 }
 

@@ -33,6 +33,7 @@ static void usage(FILE *f)
 	fputs("usage: jobvisor-cp --listen ADDR:PORT --db FILE.sqlite --admin-token-file F --agents-file F\n"
 	      "                   [--job-types T1,T2] [--lease-seconds N] [--ack-seconds N]\n"
 	      "                   [--poll-interval N] [--max-wait N] [--retry-backoff N] [--threads N]\n"
+	      "                   [--ws-clients N]\n"
 	      "                   [--sync normal|full] [--schedule-catch-up N]\n"
 	      "                   [--retention-days N] [--retention-keep N] [--tokens-file F]\n"
 	      "                   [--log-level L] [--log-format logfmt|json]\n"
@@ -51,7 +52,9 @@ static void usage(FILE *f)
 	      "  --poll-interval N       poll interval told to agents (3)\n"
 	      "  --max-wait N            longest long poll in seconds (25)\n"
 	      "  --retry-backoff N       automatic retry delay N * 2^(attempt-1) s, capped at 300 (5)\n"
-	      "  --threads N             HTTP worker threads (64); see docs/protocol.md, long poll\n"
+	      "  --threads N             HTTP worker threads (64); long polls wait without one\n"
+	      "  --ws-clients N          WebSocket clients at once, each with a worker thread of its own\n"
+	      "                          (threads / 8); see docs/scaling.md\n"
 	      "  --sync normal|full      SQLite synchronous mode (normal)\n"
 	      "  --schedule-catch-up N   a schedule firing missed by at most N s (downtime) runs once\n"
 	      "                          at start-up; older ones are skipped (3600)\n"
@@ -125,6 +128,7 @@ static int parse_args(int argc, char **argv, struct cp_config *cfg)
 		{"max-wait", required_argument, NULL, 'w'},
 		{"retry-backoff", required_argument, NULL, 'b'},
 		{"threads", required_argument, NULL, 't'},
+		{"ws-clients", required_argument, NULL, 'W'},
 		{"sync", required_argument, NULL, 's'},
 		{"schedule-catch-up", required_argument, NULL, 'C'},
 		{"retention-days", required_argument, NULL, 'R'},
@@ -152,6 +156,7 @@ static int parse_args(int argc, char **argv, struct cp_config *cfg)
 		case 'w': bad = parse_int(optarg, 0, 300, &cfg->max_wait_s); break;
 		case 'b': bad = parse_int(optarg, 0, 3600, &cfg->retry_backoff_s); break;
 		case 't': bad = parse_int(optarg, 8, 1024, &cfg->threads); break;
+		case 'W': bad = parse_int(optarg, 1, 4096, &cfg->ws_clients); break;
 		case 'C': bad = parse_int(optarg, 0, 30 * 86400, &cfg->catch_up_s); break;
 		case 'R': bad = parse_int(optarg, 0, 36500, &cfg->retention_days); break;
 		case 'K': bad = parse_int(optarg, 0, 1000000, &cfg->retention_keep); break;
@@ -203,8 +208,8 @@ static void on_connection_close(const struct mg_connection *conn)
 static int start_http(struct cp *cp, struct mg_context **out)
 {
 	char threads[16], queue[16];
-	snprintf(threads, sizeof(threads), "%d", cp->cfg.threads);
-	snprintf(queue, sizeof(queue), "%d", cp->cfg.threads * 16);
+	snprintf(threads, sizeof(threads), "%d", cp->cfg.threads + cp->ws_max);
+	snprintf(queue, sizeof(queue), "%d", (cp->cfg.threads + cp->ws_max) * 16);
 	const char *options[] = {
 		/* Only the front (front.c) talks to civetweb; it listens publicly. */
 		"listening_ports", "127.0.0.1:0",
@@ -257,13 +262,15 @@ static void announce(const struct front *front, const char *listen)
 
 /* Answer waiting long polls and let running handlers finish (at most 5 s):
  * once mg_stop starts, civetweb refuses to write answers. */
-static void shutdown_drain(struct cp *cp)
+static void shutdown_drain(struct cp *cp, struct front *front)
 {
 	atomic_store(&cp->stopping, true);
 	pthread_mutex_lock(&cp->mu);
 	for (size_t i = 0; i < cp->nagents; i++)
 		pthread_cond_broadcast(&cp->agents[i].cond);
+	cp->front = NULL;
 	pthread_mutex_unlock(&cp->mu);
+	front_drain(front, 5000); /* parked polls answered */
 	struct timespec step = {.tv_sec = 0, .tv_nsec = 20 * 1000000L};
 	for (int i = 0; i < 250 && atomic_load(&cp->http_active) > 0; i++)
 		nanosleep(&step, NULL);
@@ -295,6 +302,10 @@ static int load_credentials(struct cp *cp)
 		jv_error(NULL, NULL, "%s", err);
 		return -1;
 	}
+	if (tokens_index(cp) < 0) {
+		jv_error(NULL, NULL, "out of memory");
+		return -1;
+	}
 	for (size_t i = 0; i < cp->nagents; i++) {
 		if (tokens_equal(cp->admin_token, cp->admin_token_len, cp->agents[i].token,
 		                 cp->agents[i].token_len)) {
@@ -303,6 +314,18 @@ static int load_credentials(struct cp *cp)
 		}
 	}
 	return 0;
+}
+
+/* The per-process random values and the thread budget. */
+static void process_identity(struct cp *cp)
+{
+	snprintf(cp->epoch, sizeof(cp->epoch), "%016llx", (unsigned long long)jv_random_u64());
+	snprintf(cp->front_secret, sizeof(cp->front_secret), "%016llx%016llx", (unsigned long long)jv_random_u64(),
+	         (unsigned long long)jv_random_u64());
+	cp->ws_max = cp->cfg.ws_clients ? cp->cfg.ws_clients : cp->cfg.threads / 8 > 2 ? cp->cfg.threads / 8 : 2;
+	/* Only polls that bypass the front wait in a thread. */
+	int reserve = cp->cfg.threads / 4 > 4 ? cp->cfg.threads / 4 : 4;
+	cp->long_polls_max = cp->cfg.threads - reserve;
 }
 
 /* The WebSocket broadcaster and, on PostgreSQL, the listener for other replicas. */
@@ -340,10 +363,7 @@ int main(int argc, char **argv)
 	pthread_rwlock_init(&cp.users_lock, NULL);
 	if (load_credentials(&cp) < 0)
 		goto out;
-	snprintf(cp.epoch, sizeof(cp.epoch), "%016llx", (unsigned long long)jv_random_u64());
-	cp.ws_max = cp.cfg.threads / 8 > 2 ? cp.cfg.threads / 8 : 2;
-	int reserve = cp.cfg.threads / 4 > 4 ? cp.cfg.threads / 4 : 4;
-	cp.long_polls_max = cp.cfg.threads - cp.ws_max - reserve;
+	process_identity(&cp);
 
 	/* Every thread started from here on inherits the blocked signals. */
 	sigset_t sigs;
@@ -373,9 +393,12 @@ int main(int argc, char **argv)
 		jv_error(NULL, NULL, "%s", bport <= 0 ? "civetweb reports no listening port" : err);
 		goto out;
 	}
+	pthread_mutex_lock(&cp.mu);
+	cp.front = front; /* wake-ups reach parked polls from here on */
+	pthread_mutex_unlock(&cp.mu);
 	announce(front, cp.cfg.listen);
-	jv_info(NULL, NULL, "jobvisor-cp %s: %zu agents, %d threads (long polls up to %d, WebSocket clients up to %d)",
-	        JV_VERSION, cp.nagents, cp.cfg.threads, cp.long_polls_max, cp.ws_max);
+	jv_info(NULL, NULL, "jobvisor-cp %s: %zu agents, %d threads + %d for WebSocket clients; long polls park "
+	        "in the front", JV_VERSION, cp.nagents, cp.cfg.threads, cp.ws_max);
 
 	struct timespec tick = {.tv_sec = SWEEP_MS / 1000, .tv_nsec = (SWEEP_MS % 1000) * 1000000L};
 	for (;;) {
@@ -394,7 +417,7 @@ int main(int argc, char **argv)
 	}
 	status = 0;
 out:
-	shutdown_drain(&cp);
+	shutdown_drain(&cp, front);
 	front_stop(front);
 	replicas_stop(&cp);
 	ws_hub_stop(cp.hub);
@@ -411,6 +434,7 @@ out:
 	free(cp.admin_token);
 	users_free(&cp);
 	tokens_free_agents(cp.agents, cp.nagents);
+	free(cp.by_hash);
 	free(cp.cfg.job_types);
 	pthread_mutex_destroy(&cp.mu);
 	return status;

@@ -172,6 +172,9 @@ int metrics_handle(struct mg_connection *conn, void *cbdata)
 	                  "# HELP jobvisor_agents_online Agents seen within three poll intervals plus a long poll.\n"
 	                  "# TYPE jobvisor_agents_online gauge\njobvisor_agents_online %d\n",
 	              cp->nagents, online);
+	jv_buf_printf(&b, "# HELP jobvisor_long_polls_parked Long polls held in the accept front, waiting for work.\n"
+	                  "# TYPE jobvisor_long_polls_parked gauge\njobvisor_long_polls_parked %d\n",
+	              atomic_load(&cp->parked_polls));
 	jv_buf_printf(&b, "# HELP jobvisor_instance_state 1 for the state each instance is in.\n"
 	                  "# TYPE jobvisor_instance_state gauge\n");
 	cJSON *insts = inst_list_json(cp, NULL, NULL);
@@ -204,7 +207,7 @@ int metrics_handle(struct mg_connection *conn, void *cbdata)
 	}
 	cJSON_Delete(insts);
 	pthread_mutex_unlock(&cp->mu);
-	hist(&b, "jobvisor_poll_request_seconds", "Time to answer agent polls (long polls included).",
+	hist(&b, "jobvisor_poll_request_seconds", "Time to answer agent polls (time parked in the front not included).",
 	     &cp->metrics.poll);
 	hist(&b, "jobvisor_events_request_seconds", "Time to answer agent event posts.", &cp->metrics.events);
 	if (strcmp(ri->request_method, "HEAD") == 0)

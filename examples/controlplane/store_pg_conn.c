@@ -67,6 +67,65 @@ int pg_cmd(PGconn *c, const char *sql, const struct pg_params *p)
 	return n;
 }
 
+/* Statement i's result into *out, consuming the NULL that ends it. */
+static int pipeline_result(PGconn *c, PGresult **out)
+{
+	PGresult *res = PQgetResult(c), *extra;
+	while (res && (extra = PQgetResult(c)) != NULL)
+		PQclear(extra); /* a statement has one result; never seen, but keep the stream aligned */
+	ExecStatusType st = PQresultStatus(res);
+	if (res && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)) {
+		*out = res;
+		return 0;
+	}
+	if (st != PGRES_PIPELINE_ABORTED) {
+		const char *msg = res ? PQresultErrorMessage(res) : "";
+		jv_error(NULL, NULL, "postgresql: %s", *msg ? msg : PQerrorMessage(c));
+	}
+	PQclear(res);
+	return -EIO;
+}
+
+int pg_pipeline(PGconn *c, const struct pg_stmt *st, size_t n, PGresult **out)
+{
+	for (size_t i = 0; i < n; i++)
+		out[i] = NULL;
+	if (PQenterPipelineMode(c) != 1) {
+		jv_error(NULL, NULL, "postgresql: cannot enter pipeline mode: %s", PQerrorMessage(c));
+		return -EIO;
+	}
+	int rc = 0;
+	size_t sent = 0;
+	for (; sent < n; sent++) {
+		const struct pg_params *p = st[sent].p;
+		if (PQsendQueryParams(c, st[sent].sql, p ? p->n : 0, NULL, p ? p->v : NULL, NULL, NULL, 0) != 1)
+			break;
+	}
+	if (sent < n || PQpipelineSync(c) != 1) {
+		jv_error(NULL, NULL, "postgresql: cannot send a pipeline: %s", PQerrorMessage(c));
+		rc = -EIO;
+	}
+	bool sent_all = rc == 0;
+	for (size_t i = 0; sent_all && i < n; i++)
+		if (pipeline_result(c, &out[i]) < 0)
+			rc = -EIO; /* the ones after a failure come back PGRES_PIPELINE_ABORTED */
+	PGresult *sync = sent_all ? PQgetResult(c) : NULL;
+	bool synced = PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+	PQclear(sync);
+	if (!synced || PQexitPipelineMode(c) != 1) {
+		/* Out of step with the server (a broken connection): start over. */
+		jv_error(NULL, NULL, "postgresql: pipeline out of step, resetting the connection: %s", PQerrorMessage(c));
+		PQreset(c);
+		rc = -EIO;
+	}
+	if (rc < 0)
+		for (size_t i = 0; i < n; i++) {
+			PQclear(out[i]);
+			out[i] = NULL;
+		}
+	return rc;
+}
+
 int pg_begin(PGconn *c)
 {
 	return pg_cmd(c, "BEGIN", NULL) < 0 ? -EIO : 0;

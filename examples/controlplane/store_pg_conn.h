@@ -57,6 +57,19 @@ void pg_p_i64(struct pg_params *p, int64_t v);
 PGresult *pg_exec(PGconn *c, const char *sql, const struct pg_params *p);
 /* Run a statement whose rows do not matter: rows affected (>= 0) or -EIO. */
 int pg_cmd(PGconn *c, const char *sql, const struct pg_params *p);
+/* One statement of a pipeline. */
+struct pg_stmt {
+	const char *sql;
+	const struct pg_params *p;
+};
+/* Send the n statements together in libpq pipeline mode (one round trip to
+ * the server) and read their results in order: out[i] is statement i's
+ * result (free with PQclear), NULL when it failed or was skipped after an
+ * earlier failure. 0 when every statement succeeded, else -EIO (logged). A
+ * transaction over several statements is made explicit: BEGIN ... COMMIT
+ * among them; after a failure the connection is left in the failed
+ * transaction, which pg_release rolls back. */
+int pg_pipeline(PGconn *c, const struct pg_stmt *st, size_t n, PGresult **out);
 int pg_begin(PGconn *c);
 int pg_commit(PGconn *c);
 void pg_rollback(PGconn *c);

@@ -248,3 +248,34 @@ struct cp_agent *tokens_agent_find(struct cp *cp, const char *id)
 			return &cp->agents[i];
 	return NULL;
 }
+
+static int hash_cmp(const void *a, const void *b)
+{
+	const struct cp_agent *x = *(struct cp_agent *const *)a, *y = *(struct cp_agent *const *)b;
+	return memcmp(x->token_hash, y->token_hash, sizeof(x->token_hash));
+}
+
+int tokens_index(struct cp *cp)
+{
+	cp->by_hash = calloc(cp->nagents ? cp->nagents : 1, sizeof(*cp->by_hash));
+	if (!cp->by_hash)
+		return -ENOMEM;
+	for (size_t i = 0; i < cp->nagents; i++) {
+		if (users_hash(cp->agents[i].token, cp->agents[i].token_len, cp->agents[i].token_hash) < 0)
+			return -ENOMEM;
+		cp->by_hash[i] = &cp->agents[i];
+	}
+	qsort(cp->by_hash, cp->nagents, sizeof(*cp->by_hash), hash_cmp);
+	return 0;
+}
+
+struct cp_agent *tokens_agent_by_token(struct cp *cp, const char *tok, size_t len)
+{
+	struct cp_agent key;
+	const struct cp_agent *kp = &key;
+	if (!cp->by_hash || users_hash(tok, len, key.token_hash) < 0)
+		return NULL;
+	struct cp_agent **hit = bsearch(&kp, cp->by_hash, cp->nagents, sizeof(*cp->by_hash), hash_cmp);
+	/* Equal hashes of different tokens are not expected; the compare makes sure. */
+	return hit && tokens_equal(tok, len, (*hit)->token, (*hit)->token_len) ? *hit : NULL;
+}

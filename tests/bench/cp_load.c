@@ -2,9 +2,13 @@
  *
  *   cp_load --cp PATH/jobvisor-cp [--agents 500[,1000,...]] [--interval 3] [--duration 30]
  *           [--jobs-per-sec 20] [--events-per-job 20] [--batch 5] [--threads 64] [--dir /tmp]
+ *           [--db postgresql://...] [--replicas N]
  *
  * For each agent count it starts a fresh jobvisor-cp on 127.0.0.1 (OS-assigned
- * port, temp database and token files), then drives it from one thread with
+ * port, temp database and token files; --db: that database instead, which
+ * must be empty, so give one agent count per run; --replicas N: N processes
+ * on the one database, agent i talking to replica i mod N, jobs created
+ * round-robin), then drives them from one thread with
  * libcurl multi: every simulated agent polls every --interval seconds (start
  * times spread over the interval, 10% jitter) listing the runs it holds; a
  * panel creates --jobs-per-sec jobs spread over the agents (4 instances each);
@@ -14,7 +18,8 @@
  * acknowledged, the server's CPU share and the whole host's iowait share (the
  * machine is shared; iowait explains most outliers) are measured after the
  * first interval (warm-up) and printed as one Markdown table row per agent
- * count. Bounded: --duration plus a few seconds of drain. Not run by ctest. */
+ * count; the CPU column lists each replica's share of one core (from
+ * /proc/PID/stat). Bounded: --duration plus a few seconds of drain. Not run by ctest. */
 #include <curl/curl.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -33,6 +38,7 @@
 #include "jobvisor/util.h"
 
 #define RUNS_PER_AGENT 4
+#define REPLICAS_MAX 8
 #define EVENT_GAP_MS 250
 
 struct run {
@@ -63,18 +69,22 @@ struct samples {
 struct opts {
 	const char *cp;
 	const char *dir; /* parent of the temp directory (database, token files) */
+	const char *db;  /* NULL: a SQLite file in the temp directory */
+	int replicas;
 	int interval_s, duration_s, jobs_per_sec, events_per_job, batch, threads;
 };
 
 struct load {
 	struct opts o;
-	char url[64];
+	char url[REPLICAS_MAX][64];
+	pid_t pid[REPLICAS_MAX];
 	char admin[48];
 	struct agent *agents;
 	int nagents;
 	CURLM *multi;
 	int64_t start_ms, measure_from, end_ms;
 	struct samples poll_lat, event_lat;
+	long next_create; /* round-robin over the replicas */
 	long events_acked, results, jobs_created, errors, polls, assigned;
 	int in_flight;
 };
@@ -130,11 +140,18 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
 	return jv_buf_append(&x->resp, ptr, size * nmemb) == 0 ? size * nmemb : 0;
 }
 
+/* The replica an agent talks to; NULL agent (the panel): round-robin. */
+static const char *base_url(struct load *L, const struct agent *a)
+{
+	long i = a ? (long)(a - L->agents) : L->next_create++;
+	return L->url[i % L->o.replicas];
+}
+
 static void start(struct load *L, struct xfer *x, const char *path, const char *token, char *body)
 {
 	CURL *h = curl_easy_init();
 	char url[256], auth[96];
-	snprintf(url, sizeof(url), "%s%s", L->url, path);
+	snprintf(url, sizeof(url), "%s%s", base_url(L, x->agent), path);
 	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
 	x->hdrs = curl_slist_append(NULL, auth);
 	x->hdrs = curl_slist_append(x->hdrs, "Content-Type: application/json");
@@ -345,14 +362,12 @@ static void finish(struct load *L, CURL *h, CURLcode cc)
 	L->in_flight--;
 }
 
-/* Start jobvisor-cp with n agents in dir; fills url/admin; returns its pid or -1. */
-static pid_t spawn_cp(struct load *L, const char *dir, int n)
+/* Write the admin token and the n agents' tokens into dir; 0 or -1. */
+static int write_tokens(struct load *L, const char *dir, int n)
 {
-	char admin_path[512], agents_path[512], db[512], threads[16];
+	char admin_path[512], agents_path[512];
 	snprintf(admin_path, sizeof(admin_path), "%s/admin", dir);
 	snprintf(agents_path, sizeof(agents_path), "%s/agents", dir);
-	snprintf(db, sizeof(db), "%s/cp.sqlite", dir);
-	snprintf(threads, sizeof(threads), "%d", L->o.threads);
 	snprintf(L->admin, sizeof(L->admin), "bench-admin-token-%016llx", (unsigned long long)jv_random_u64());
 	FILE *f = fopen(admin_path, "w");
 	if (!f)
@@ -367,6 +382,19 @@ static pid_t spawn_cp(struct load *L, const char *dir, int n)
 		fprintf(f, "%s %s\n", L->agents[i].id, L->agents[i].token);
 	fclose(f);
 	chmod(agents_path, 0600);
+	return 0;
+}
+
+/* Start jobvisor-cp replica k on the files of dir; fills url[k]; returns its pid or -1. */
+static pid_t spawn_cp(struct load *L, const char *dir, int k)
+{
+	char admin_path[512], agents_path[512], db[512], threads[16];
+	snprintf(admin_path, sizeof(admin_path), "%s/admin", dir);
+	snprintf(agents_path, sizeof(agents_path), "%s/agents", dir);
+	snprintf(db, sizeof(db), "%s", L->o.db ? L->o.db : "");
+	if (!L->o.db)
+		snprintf(db, sizeof(db), "%s/cp.sqlite", dir);
+	snprintf(threads, sizeof(threads), "%d", L->o.threads);
 	int out[2];
 	if (pipe(out) < 0)
 		return -1;
@@ -397,7 +425,7 @@ static pid_t spawn_cp(struct load *L, const char *dir, int n)
 		waitpid(pid, NULL, 0);
 		return -1;
 	}
-	snprintf(L->url, sizeof(L->url), "%s", p);
+	snprintf(L->url[k], sizeof(L->url[k]), "%s", p);
 	return pid;
 }
 
@@ -438,6 +466,115 @@ static double cpu_seconds(pid_t pid)
 	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
+/* Start the replicas (after writing the token files); 0 or -1 with all stopped. */
+static int start_replicas(struct load *L, const char *dir)
+{
+	if (write_tokens(L, dir, L->nagents) < 0)
+		return -1;
+	for (int k = 0; k < L->o.replicas; k++) {
+		L->pid[k] = spawn_cp(L, dir, k);
+		if (L->pid[k] < 0) {
+			fprintf(stderr, "cp_load: cannot start %s (replica %d)\n", L->o.cp, k + 1);
+			for (int m = 0; m < k; m++) {
+				kill(L->pid[m], SIGTERM);
+				waitpid(L->pid[m], NULL, 0);
+			}
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* One step of the simulated fleet at time t: polls, events, results, jobs. */
+static void drive(struct load *L, int64_t t, int64_t interval, int64_t *next_job, int64_t job_gap)
+{
+	for (int i = 0; i < L->nagents; i++) {
+		struct agent *a = &L->agents[i];
+		if (!a->polling && t >= a->next_poll) {
+			int64_t jitter = (int64_t)(jv_random_u64() % (uint64_t)(interval / 5 + 1)) - interval / 10;
+			a->next_poll = t + interval + jitter;
+			poll_agent(L, a);
+		}
+		for (int k = 0; k < RUNS_PER_AGENT; k++) {
+			struct run *r = &a->runs[k];
+			if (!r->used || r->busy || t < r->next_ms)
+				continue;
+			if (r->cancel || r->sent >= L->o.events_per_job)
+				post_result(L, a, r);
+			else
+				post_events(L, a, r);
+		}
+	}
+	while (job_gap > 0 && t >= *next_job) {
+		create_job(L);
+		*next_job += job_gap;
+	}
+}
+
+struct cpu_marks {
+	double cpu[REPLICAS_MAX]; /* CPU seconds at the start of the measurement, -1 = not yet */
+	unsigned long long tot0, io0, tot1, io1;
+};
+
+static void report(struct load *L, const struct cpu_marks *m)
+{
+	double secs = (double)(L->end_ms - L->measure_from) / 1000.0;
+	char cpu[REPLICAS_MAX * 12] = "";
+	for (int k = 0; k < L->o.replicas; k++) {
+		/* Includes the few seconds of drain: an upper bound. */
+		double used = m->cpu[k] < 0 ? -1.0 : 100.0 * (cpu_seconds(L->pid[k]) - m->cpu[k]) / secs;
+		size_t len = strlen(cpu);
+		snprintf(cpu + len, sizeof(cpu) - len, "%s%.0f%%", k ? " + " : "", used);
+	}
+	qsort(L->poll_lat.v, L->poll_lat.n, sizeof(double), cmp_double);
+	qsort(L->event_lat.v, L->event_lat.n, sizeof(double), cmp_double);
+	double iowait = m->tot1 > m->tot0 ? 100.0 * (double)(m->io1 - m->io0) / (double)(m->tot1 - m->tot0) : 0;
+	printf("| %s | %d | %d | %d | %d s | %.0f | %.1f | %.1f | %.1f | %.1f | %.0f | %.0f | %s | %.0f%% | %ld |\n",
+	       L->o.db ? "PostgreSQL" : "SQLite", L->o.replicas, L->nagents, L->o.jobs_per_sec, L->o.interval_s,
+	       (double)L->poll_lat.n / secs, pct(&L->poll_lat, 0.5), pct(&L->poll_lat, 0.99),
+	       L->poll_lat.n ? L->poll_lat.v[L->poll_lat.n - 1] : 0.0, pct(&L->event_lat, 0.99),
+	       (double)L->events_acked / secs, (double)L->results / secs, cpu, iowait, L->errors);
+	fflush(stdout);
+}
+
+static void measure_loop(struct load *L)
+{
+	int64_t interval = (int64_t)L->o.interval_s * 1000;
+	L->start_ms = now_ms();
+	L->measure_from = L->start_ms + interval;
+	L->end_ms = L->start_ms + (int64_t)L->o.duration_s * 1000;
+	for (int i = 0; i < L->nagents; i++)
+		L->agents[i].next_poll = L->start_ms + interval * i / L->nagents;
+	struct cpu_marks m = {.cpu = {-1}};
+	bool marked = false;
+	int64_t next_job = L->start_ms, job_gap = L->o.jobs_per_sec > 0 ? 1000 / L->o.jobs_per_sec : 0;
+	for (;;) {
+		int64_t t = now_ms();
+		bool running = t < L->end_ms;
+		if (!marked && t >= L->measure_from) {
+			for (int k = 0; k < L->o.replicas; k++)
+				m.cpu[k] = cpu_seconds(L->pid[k]);
+			machine_jiffies(&m.tot0, &m.io0);
+			marked = true;
+		}
+		if (m.tot1 == 0 && !running)
+			machine_jiffies(&m.tot1, &m.io1);
+		if (!running && (L->in_flight == 0 || t > L->end_ms + 5000))
+			break;
+		if (running)
+			drive(L, t, interval, &next_job, job_gap);
+		int still = 0;
+		curl_multi_perform(L->multi, &still);
+		CURLMsg *msg;
+		int left;
+		while ((msg = curl_multi_info_read(L->multi, &left)) != NULL)
+			if (msg->msg == CURLMSG_DONE)
+				finish(L, msg->easy_handle, msg->data.result);
+		curl_multi_poll(L->multi, NULL, 0, 5, NULL);
+	}
+	report(L, &m);
+}
+
 static int run_once(const struct opts *o, int nagents)
 {
 	struct load L = {.o = *o, .nagents = nagents};
@@ -453,88 +590,27 @@ static int run_once(const struct opts *o, int nagents)
 		perror("mkdtemp");
 		return 1;
 	}
-	pid_t cp = spawn_cp(&L, dir, nagents);
-	if (cp < 0) {
-		fprintf(stderr, "cp_load: cannot start %s\n", o->cp);
-		return 1;
+	int rc = start_replicas(&L, dir);
+	if (rc == 0) {
+		L.multi = curl_multi_init();
+		measure_loop(&L);
+		curl_multi_cleanup(L.multi);
+		for (int k = 0; k < o->replicas; k++)
+			kill(L.pid[k], SIGTERM);
+		for (int k = 0; k < o->replicas; k++)
+			waitpid(L.pid[k], NULL, 0);
 	}
-	L.multi = curl_multi_init();
-	int64_t interval = (int64_t)o->interval_s * 1000;
-	L.start_ms = now_ms();
-	L.measure_from = L.start_ms + interval;
-	L.end_ms = L.start_ms + (int64_t)o->duration_s * 1000;
-	for (int i = 0; i < nagents; i++)
-		L.agents[i].next_poll = L.start_ms + interval * i / nagents;
-	double cpu_start = -1;
-	unsigned long long tot0 = 0, io0 = 0, tot1 = 0, io1 = 0;
-	int64_t next_job = L.start_ms, job_gap = o->jobs_per_sec > 0 ? 1000 / o->jobs_per_sec : 0;
-	for (;;) {
-		int64_t t = now_ms();
-		bool running = t < L.end_ms;
-		if (cpu_start < 0 && t >= L.measure_from) {
-			cpu_start = cpu_seconds(cp);
-			machine_jiffies(&tot0, &io0);
-		}
-		if (tot1 == 0 && !running)
-			machine_jiffies(&tot1, &io1);
-		if (!running && (L.in_flight == 0 || t > L.end_ms + 5000))
-			break;
-		for (int i = 0; running && i < nagents; i++) {
-			struct agent *a = &L.agents[i];
-			if (!a->polling && t >= a->next_poll) {
-				int64_t jitter = (int64_t)(jv_random_u64() % (uint64_t)(interval / 5 + 1)) - interval / 10;
-				a->next_poll = t + interval + jitter;
-				poll_agent(&L, a);
-			}
-			for (int k = 0; k < RUNS_PER_AGENT; k++) {
-				struct run *r = &a->runs[k];
-				if (!r->used || r->busy || t < r->next_ms)
-					continue;
-				if (r->cancel || r->sent >= o->events_per_job)
-					post_result(&L, a, r);
-				else
-					post_events(&L, a, r);
-			}
-		}
-		while (running && job_gap > 0 && t >= next_job) {
-			create_job(&L);
-			next_job += job_gap;
-		}
-		int still = 0;
-		curl_multi_perform(L.multi, &still);
-		CURLMsg *m;
-		int left;
-		while ((m = curl_multi_info_read(L.multi, &left)) != NULL)
-			if (m->msg == CURLMSG_DONE)
-				finish(&L, m->easy_handle, m->data.result);
-		curl_multi_poll(L.multi, NULL, 0, 5, NULL);
-	}
-	double secs = (double)(L.end_ms - L.measure_from) / 1000.0;
-	double cpu = cpu_seconds(cp) - cpu_start; /* includes the few seconds of drain: an upper bound */
-	qsort(L.poll_lat.v, L.poll_lat.n, sizeof(double), cmp_double);
-	qsort(L.event_lat.v, L.event_lat.n, sizeof(double), cmp_double);
-	double iowait = tot1 > tot0 ? 100.0 * (double)(io1 - io0) / (double)(tot1 - tot0) : 0;
-	printf("| %d | %d | %d s | %.0f | %.1f | %.1f | %.1f | %.1f | %.0f | %.0f | %.0f%% | %.0f%% | %ld |\n", nagents,
-	       o->jobs_per_sec, o->interval_s,
-	       (double)L.poll_lat.n / secs, pct(&L.poll_lat, 0.5), pct(&L.poll_lat, 0.99),
-	       L.poll_lat.n ? L.poll_lat.v[L.poll_lat.n - 1] : 0.0, pct(&L.event_lat, 0.99),
-	       (double)L.events_acked / secs, (double)L.results / secs, cpu_start < 0 ? -1.0 : 100.0 * cpu / secs,
-	       iowait, L.errors);
-	fflush(stdout);
-	curl_multi_cleanup(L.multi);
-	kill(cp, SIGTERM);
-	waitpid(cp, NULL, 0);
-	char cmd_db[600];
+	char path[600];
 	const char *names[] = {"admin", "agents", "cp.sqlite", "cp.sqlite-wal", "cp.sqlite-shm"};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		snprintf(cmd_db, sizeof(cmd_db), "%s/%s", dir, names[i]);
-		unlink(cmd_db);
+		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+		unlink(path);
 	}
 	rmdir(dir);
 	free(L.poll_lat.v);
 	free(L.event_lat.v);
 	free(L.agents);
-	return 0;
+	return rc == 0 ? 0 : 1;
 }
 
 static int int_arg(const char *s, int lo, int hi, int *out)
@@ -549,7 +625,7 @@ static int int_arg(const char *s, int lo, int hi, int *out)
 
 int main(int argc, char **argv)
 {
-	struct opts o = {.dir = "/tmp", .interval_s = 3, .duration_s = 30, .jobs_per_sec = 20, .events_per_job = 20,
+	struct opts o = {.dir = "/tmp", .replicas = 1, .interval_s = 3, .duration_s = 30, .jobs_per_sec = 20, .events_per_job = 20,
 	                 .batch = 5, .threads = 64};
 	const char *agents = "500";
 	for (int i = 1; i + 1 < argc; i += 2) {
@@ -559,6 +635,10 @@ int main(int argc, char **argv)
 			o.cp = v;
 		else if (strcmp(k, "--dir") == 0)
 			o.dir = v;
+		else if (strcmp(k, "--db") == 0)
+			o.db = v;
+		else if (strcmp(k, "--replicas") == 0)
+			bad = int_arg(v, 1, REPLICAS_MAX, &o.replicas);
 		else if (strcmp(k, "--agents") == 0)
 			agents = v;
 		else if (strcmp(k, "--interval") == 0)
@@ -582,14 +662,19 @@ int main(int argc, char **argv)
 	}
 	if (!o.cp || argc % 2 == 0) {
 		fprintf(stderr, "usage: cp_load --cp PATH/jobvisor-cp [--agents 500[,1000]] [--interval 3] "
-		                "[--duration 30] [--jobs-per-sec 20] [--events-per-job 20] [--batch 5] [--threads 64] [--dir /tmp]\n");
+		                "[--duration 30] [--jobs-per-sec 20] [--events-per-job 20] [--batch 5] [--threads 64] [--dir /tmp] "
+		                "[--db postgresql://...] [--replicas N]\n");
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
 	curl_global_init(CURL_GLOBAL_DEFAULT);
-	printf("| agents | jobs/s | interval | polls/s | poll p50 ms | poll p99 ms | poll max ms |"
-	       " events POST p99 ms | events/s | results/s | cp CPU | host iowait | errors |\n");
-	printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+	if (o.replicas > 1 && !o.db) {
+		fprintf(stderr, "cp_load: --replicas needs --db (a database the replicas share)\n");
+		return 2;
+	}
+	printf("| db | replicas | agents | jobs/s | interval | polls/s | poll p50 ms | poll p99 ms | poll max ms |"
+	       " events POST p99 ms | events/s | results/s | CPU per replica | host iowait | errors |\n");
+	printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
 	char *list = strdup(agents);
 	char *save = NULL;
 	int rc = 0;

@@ -33,4 +33,8 @@ run python3 tests/bench/bench_agent_rss.py "$BUILD" --update "$DOC"
 for b in tests/bench/bench_*.sh; do
   run "$b" "$BUILD" --update "$DOC"
 done
-echo "bench: $DOC updated"
+# The control plane at fleet scale (issue 14): SQLite, PostgreSQL x1 and x2;
+# bounded (about 9 x 25 s + 2 x 13 s); tables in docs/scaling.md.
+run python3 tests/bench/bench_cp_events.py "$BUILD" --update docs/scaling.md
+run python3 tests/bench/bench_cp_fleet.py "$BUILD" --update docs/scaling.md
+echo "bench: $DOC and docs/scaling.md updated"

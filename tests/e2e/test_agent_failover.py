@@ -1,9 +1,11 @@
 """Several control-plane replicas: the real agent with `url = A,B` fails over.
 
-Two real `jobvisor-cp` processes share one SQLite database on different ports
-(the reference control plane's replicas); a replica is killed with SIGKILL
-while jobs run and wait, and everything is checked through the survivor's API
-and the shared database. A tiny http.server stands in for a replica that
+Two real `jobvisor-cp` processes share one database on different ports (the
+reference control plane's replicas): a SQLite file, or with
+JV_CP_BACKEND=postgresql (the e2e-pg.test_agent_failover copy ctest
+registers) one PostgreSQL database; a replica is killed with SIGKILL while
+jobs run and wait, and everything is checked through the survivor's API and
+the shared database. A tiny http.server stands in for a replica that
 answers 503 (fail over) or 401 (do not: a refused token is not a replica
 problem)."""
 import datetime
@@ -12,7 +14,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -120,12 +121,9 @@ class Failover(AgentTestCase):
         self.fail(f"timed out waiting for {what}\n{self.log()[-3000:]}")
 
     def events(self, run_id):
-        con = sqlite3.connect(self.a.db, timeout=10)
-        try:
-            return [json.loads(b) for (b,) in con.execute(
-                "SELECT body FROM events WHERE run_id = ? ORDER BY seq", (run_id,))]
-        finally:
-            con.close()
+        """The run's stored events, read from the shared database (either backend)."""
+        return [json.loads(row[0]) for row in self.a.sql(
+            "SELECT body FROM events WHERE run_id = ? ORDER BY seq", (run_id,))]
 
     def started_runs(self):
         """run_id -> how many times the agent started it."""

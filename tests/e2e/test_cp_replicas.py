@@ -76,6 +76,56 @@ class TwoReplicas(unittest.TestCase):
         self.assertEqual(agent.result(got[0]["jobRunId"], "COMPLETED").status, 200)
         self.assertEqual(self.a.job(job["jobId"])["status"], "COMPLETED")
 
+    def test_one_runs_events_posted_to_both_replicas_at_once_are_stored_once(self):
+        # An agent failing over mid-run resends to the other replica while the
+        # first still stores: batches out of order, each twice, on both at once.
+        self.a.fresh_agents()
+        agent_id = self.a.default_agent
+        job = self.a.create_job(agent=agent_id, instance="ev-both")
+        got = self.b.agent(agent_id).take()
+        self.assertEqual([g["jobId"] for g in got], [job["jobId"]])
+        run = got[0]["jobRunId"]
+        total, size = 400, 20
+        batches = [list(range(first, first + size)) for first in range(1, total + 1, size)]
+        work = batches[::-1] + batches[::2] + batches[1::2]  # newest first, then all again
+        failures, lock = [], threading.Lock()
+
+        def event(seq):
+            return {"seq": seq, "kind": "progress", "status": "RUNNING", "percent": seq * 100 / total,
+                    "message": "step %d" % seq, "timestamp": "2026-01-02T03:04:05.678Z"}
+
+        def sender(k):
+            cp = (self.a, self.b)[k % 2]
+            agent = cp.agent(agent_id)
+            while True:
+                with lock:
+                    if not work:
+                        return
+                    seqs = work.pop()
+                r = agent.events(run, [event(q) for q in seqs])
+                if r.status != 200 or not 0 <= r.json["ackSeq"] <= total:
+                    failures.append("batch %d-%d: %r" % (seqs[0], seqs[-1], r))
+                    return
+                # The ack promises every seq up to it is stored (events are never deleted).
+                ack = r.json["ackSeq"]
+                have = int(cp.sql("SELECT count(*) FROM events WHERE run_id = ? AND seq <= ?", (run, ack))[0][0])
+                if have != ack:
+                    failures.append("ackSeq %d answered with %d of those events stored" % (ack, have))
+
+        threads = [threading.Thread(target=sender, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        self.assertEqual(failures, [])
+        again = self.a.agent(agent_id).events(run, [event(total)])
+        self.assertEqual((again.status, again.json["ackSeq"]), (200, total), again)
+        seqs = [int(r[0]) for r in self.a.sql("SELECT seq FROM events WHERE run_id = ? ORDER BY seq", (run,))]
+        self.assertEqual(seqs, list(range(1, total + 1)), "every event stored once")
+        stored = self.b.job(job["jobId"])["runs"][0]
+        self.assertEqual(stored["lastSeq"], total, stored)
+        self.assertEqual(stored["message"], "step %d" % total, "progress follows the highest seq")
+
     def test_competing_polls_never_assign_a_run_twice_and_keep_instance_order(self):
         # A race lost shows up in most rounds, not all: three rounds make a
         # broken claim fail this test nearly always.

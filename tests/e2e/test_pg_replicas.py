@@ -170,7 +170,7 @@ class Replicas(unittest.TestCase):
         a, b = start_pair(self)
         agent_id = "a01"
         token = a.agents[agent_id]
-        lat = []
+        lat, whole = [], []
         for trial in range(5):
             box = {}
 
@@ -183,18 +183,23 @@ class Replicas(unittest.TestCase):
             t.start()
             time.sleep(0.5)  # the poll reaches its wait (nothing queued for the agent)
             self.assertNotIn("r", box, "the poll on B did not wait")
-            created = time.monotonic()  # includes the create request's own round trip
+            sent = time.monotonic()
             job = a.create_job(agent=agent_id, instance="wake-%d" % trial)
+            created = time.monotonic()  # A has committed the job and answered
             t.join(30)
             self.assertEqual(box["r"].status, 200)
             self.assertEqual([j["jobId"] for j in box["r"].json["jobs"]], [job["jobId"]])
-            lat.append(box["t"] - created)
+            # from A's answer to B's: the wake-up, B's claim and B's answer (not A's own
+            # create round trip, which a sanitizer build on a loaded machine makes slow)
+            lat.append(max(0.0, box["t"] - created))
+            whole.append(box["t"] - sent)
             rid = box["r"].json["jobs"][0]["jobRunId"]
             r = http(a.url + "/v1/runs/%s/result" % rid, "POST",
                      {"status": "COMPLETED", "output": None, "error": None,
                       "finishedAt": "2026-01-02T03:04:06.000Z", "lastSeq": 0}, token)
             self.assertEqual(r.status, 200, r)
-        print("cross-replica wake-up latency (ms): %s" % ", ".join("%.1f" % (x * 1000) for x in lat))
+        print("cross-replica wake-up latency (ms), from A's answer: %s; from the create request: %s"
+              % (", ".join("%.1f" % (x * 1000) for x in lat), ", ".join("%.1f" % (x * 1000) for x in whole)))
         self.assertLess(statistics.median(lat), 0.1, lat)
         self.assertLess(max(lat), 0.5, lat)
 
