@@ -60,21 +60,28 @@ int remote_open(lua_State *L, const char *name, const char *rel, struct s3_remot
 	return 3;
 }
 
+int remote_obj_open(lua_State *L, const char *name, const char *rel, struct remote_obj *o)
+{
+	o->e = (struct s3_err){0};
+	return remote_open(L, name, rel, &o->r, o->key, sizeof(o->key));
+}
+
 /* The remote, then a file of the instance: the order the bindings need, since
  * open_remote's failure pushes (and so may raise) only while nothing is held.
  * On failure nothing is held and the returned count of results is pushed;
  * on success the caller owns r (s3_remote_wipe) and *fd. */
-int remote_open_file(lua_State *L, const char *name, const char *rel, struct s3_remote *r,
-                            char *key, size_t keylen, struct fsx *fx, const char *file,
-                            int flags, int *fd)
+int remote_open_file(lua_State *L, const char *name, const char *rel, struct remote_obj *o,
+                     const char *file, int flags, int *fd)
 {
-	int n = remote_open(L, name, rel, r, key, keylen);
+	struct fsx fx;
+	apiutil_fsx(L, &fx); /* raises without an instance directory: before anything is held */
+	int n = remote_obj_open(L, name, rel, o);
 	if (n)
 		return n;
 	*fd = -1;
-	int frc = fsx_open(fx, file, flags, 0640, 0, fd);
+	int frc = fsx_open(&fx, file, flags, 0640, 0, fd);
 	if (frc) {
-		s3_remote_wipe(r);
+		s3_remote_wipe(&o->r);
 		return apiutil_fail(L, frc, (flags & O_ACCMODE) == O_RDONLY ? "read" : "write", file);
 	}
 	return 0;
@@ -89,6 +96,16 @@ int remote_fail(lua_State *L, struct s3_remote *r, int rc, const struct s3_err *
 	jv_push_fail(L, "%s", e->msg[0] ? e->msg : strerror(-rc));
 	lua_pushstring(L, remote_class_name(e->cls));
 	return 3;
+}
+
+/* After a call: remote_fail when it failed, else wipe and return true. */
+int remote_done(lua_State *L, struct s3_remote *r, int rc, const struct s3_err *e)
+{
+	if (rc)
+		return remote_fail(L, r, rc, e);
+	s3_remote_wipe(r);
+	lua_pushboolean(L, 1);
+	return 1;
 }
 
 const char *remote_check_name_at(lua_State *L, int idx)
@@ -140,18 +157,12 @@ static int l_remote_put(lua_State *L)
 	size_t len = 0;
 	const char *data = luaL_checklstring(L, 3, &len);
 	luaL_argcheck(L, len <= GET_HARD_MAX, 3, "at most 256 MiB (use a multipart upload)");
-	struct s3_remote r;
-	char key[1024];
-	int n = remote_open(L, name, rel, &r, key, sizeof(key));
+	struct remote_obj o;
+	int n = remote_obj_open(L, name, rel, &o);
 	if (n)
 		return n;
-	struct s3_err e = {0};
-	int rc = s3_put(&r, key, data, len, &e);
-	if (rc)
-		return remote_fail(L, &r, rc, &e);
-	s3_remote_wipe(&r);
-	lua_pushboolean(L, 1);
-	return 1;
+	int rc = s3_put(&o.r, o.key, data, len, &o.e);
+	return remote_done(L, &o.r, rc, &o.e);
 }
 
 /* remote.get(name, object[, {max_bytes}]) -> data */
@@ -162,24 +173,22 @@ static int l_remote_get(lua_State *L)
 	const char *rel = remote_check_rel(L, 2);
 	apiutil_opts(L, 3, "remote.get", keys);
 	size_t max = (size_t)apiutil_opt_int(L, 3, "max_bytes", GET_DEFAULT_MAX, 1, GET_HARD_MAX);
-	struct s3_remote r;
-	char key[1024];
-	int n = remote_open(L, name, rel, &r, key, sizeof(key));
+	struct remote_obj o;
+	int n = remote_obj_open(L, name, rel, &o);
 	if (n)
 		return n;
-	struct s3_err e = {0};
 	char *data = NULL;
 	size_t len = 0;
-	int rc = s3_get_mem(&r, key, max, &data, &len, &e);
+	int rc = s3_get_mem(&o.r, o.key, max, &data, &len, &o.e);
 	if (rc == -EFBIG) {
-		s3_remote_wipe(&r);
+		s3_remote_wipe(&o.r);
 		jv_push_fail(L, "remote '%s': '%s' is larger than %zu bytes (see max_bytes)", name, rel, max);
 		lua_pushstring(L, "permanent");
 		return 3;
 	}
 	if (rc)
-		return remote_fail(L, &r, rc, &e);
-	s3_remote_wipe(&r);
+		return remote_fail(L, &o.r, rc, &o.e);
+	s3_remote_wipe(&o.r);
 	lua_pushlstring(L, data, len);
 	free(data);
 	return 1;
@@ -190,18 +199,16 @@ static int l_remote_head(lua_State *L)
 {
 	const char *name = remote_check_name(L);
 	const char *rel = remote_check_rel(L, 2);
-	struct s3_remote r;
-	char key[1024];
-	int n = remote_open(L, name, rel, &r, key, sizeof(key));
+	struct remote_obj o;
+	int n = remote_obj_open(L, name, rel, &o);
 	if (n)
 		return n;
-	struct s3_err e = {0};
 	int64_t size = -1;
 	char etag[80] = "";
-	int rc = s3_head(&r, key, &size, etag, &e);
+	int rc = s3_head(&o.r, o.key, &size, etag, &o.e);
 	if (rc)
-		return remote_fail(L, &r, rc, &e);
-	s3_remote_wipe(&r);
+		return remote_fail(L, &o.r, rc, &o.e);
+	s3_remote_wipe(&o.r);
 	lua_createtable(L, 0, 2);
 	lua_pushinteger(L, size);
 	lua_setfield(L, -2, "size");
@@ -215,18 +222,12 @@ static int l_remote_delete(lua_State *L)
 {
 	const char *name = remote_check_name(L);
 	const char *rel = remote_check_rel(L, 2);
-	struct s3_remote r;
-	char key[1024];
-	int n = remote_open(L, name, rel, &r, key, sizeof(key));
+	struct remote_obj o;
+	int n = remote_obj_open(L, name, rel, &o);
 	if (n)
 		return n;
-	struct s3_err e = {0};
-	int rc = s3_delete(&r, key, &e);
-	if (rc && e.cls != S3_NOT_FOUND)
-		return remote_fail(L, &r, rc, &e);
-	s3_remote_wipe(&r);
-	lua_pushboolean(L, 1);
-	return 1;
+	int rc = s3_delete(&o.r, o.key, &o.e);
+	return remote_done(L, &o.r, o.e.cls == S3_NOT_FOUND ? 0 : rc, &o.e);
 }
 
 struct list_ctx {
@@ -261,20 +262,18 @@ static int l_remote_list(lua_State *L)
 {
 	const char *name = remote_check_name(L);
 	const char *rel = remote_check_rel(L, 2);
-	struct s3_remote r;
-	char key[1024];
-	int n = remote_open(L, name, rel, &r, key, sizeof(key));
+	struct remote_obj o;
+	int n = remote_obj_open(L, name, rel, &o);
 	if (n)
 		return n;
 	jv_json_push_array(L);
-	struct list_ctx c = {L, r.prefix[0] ? strlen(r.prefix) + 1 : 0, 0};
-	struct s3_err e = {0};
-	int rc = s3_list(&r, key, list_one, &c, &e);
+	struct list_ctx c = {L, o.r.prefix[0] ? strlen(o.r.prefix) + 1 : 0, 0};
+	int rc = s3_list(&o.r, o.key, list_one, &c, &o.e);
 	if (rc) {
 		lua_pop(L, 1);
-		return remote_fail(L, &r, rc, &e);
+		return remote_fail(L, &o.r, rc, &o.e);
 	}
-	s3_remote_wipe(&r);
+	s3_remote_wipe(&o.r);
 	return 1;
 }
 

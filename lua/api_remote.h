@@ -20,12 +20,21 @@ const char *remote_check_rel(lua_State *L, int idx);
  * or pushes nil, message, class and returns the number of results. */
 int remote_open(lua_State *L, const char *name, const char *rel, struct s3_remote *r, char *key,
                 size_t keylen);
-/* The remote, then a file of the instance (see api_remote.c). */
-int remote_open_file(lua_State *L, const char *name, const char *rel, struct s3_remote *r,
-                     char *key, size_t keylen, struct fsx *fx, const char *file, int flags,
-                     int *fd);
+/* What a call on one object holds: the remote, the object's key, the error. */
+struct remote_obj {
+	struct s3_remote r;
+	char key[1024];
+	struct s3_err e;
+};
+/* remote_open into o (o->e cleared). */
+int remote_obj_open(lua_State *L, const char *name, const char *rel, struct remote_obj *o);
+/* remote_obj_open, then a file of the instance (see api_remote.c). */
+int remote_open_file(lua_State *L, const char *name, const char *rel, struct remote_obj *o,
+                     const char *file, int flags, int *fd);
 /* After a failed call: wipe, raise on cancel, else nil, message, class. */
 int remote_fail(lua_State *L, struct s3_remote *r, int rc, const struct s3_err *e);
+/* After a call: remote_fail when rc, else wipe and push true (1 result). */
+int remote_done(lua_State *L, struct s3_remote *r, int rc, const struct s3_err *e);
 
 int l_remote_mpu_create(lua_State *L);
 int l_remote_mpu_part(lua_State *L);

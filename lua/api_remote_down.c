@@ -54,36 +54,31 @@ int l_remote_download(lua_State *L)
 	apiutil_opts(L, 4, "remote.download", keys);
 	struct apiutil_tick t;
 	apiutil_tick_init(L, 4, &t, "downloading");
-	struct fsx fx;
-	apiutil_fsx(L, &fx);
-	struct s3_remote r;
-	char key[1024];
+	struct remote_obj o;
 	int fd;
-	int n = remote_open_file(L, name, rel, &r, key, sizeof(key), &fx, file,
-	                         O_WRONLY | O_CREAT | O_APPEND, &fd);
+	int n = remote_open_file(L, name, rel, &o, file, O_WRONLY | O_CREAT | O_APPEND, &fd);
 	if (n)
 		return n;
 	struct stat st;
 	if (fstat(fd, &st) != 0) {
 		int frc = -errno;
 		close(fd);
-		s3_remote_wipe(&r);
+		s3_remote_wipe(&o.r);
 		return apiutil_fail(L, frc, "write", file);
 	}
-	struct s3_err e = {0};
 	struct file_sink s = {fd, 0};
 	int64_t size = -1;
-	int rc = s3_get_range(&r, key, st.st_size, -1, file_sink, &s, &size, &t.hooks, &e);
+	int rc = s3_get_range(&o.r, o.key, st.st_size, -1, file_sink, &s, &size, &t.hooks, &o.e);
 	if (rc == 0 && fsync(fd) != 0) {
 		rc = -errno;
-		snprintf(e.msg, sizeof(e.msg), "remote '%s': cannot write '%s': %s", name, file,
+		snprintf(o.e.msg, sizeof(o.e.msg), "remote '%s': cannot write '%s': %s", name, file,
 		         strerror(errno));
-		e.cls = S3_TRANSIENT;
+		o.e.cls = S3_TRANSIENT;
 	}
 	close(fd);
 	if (rc)
-		return remote_fail(L, &r, rc, &e);
-	s3_remote_wipe(&r);
+		return remote_fail(L, &o.r, rc, &o.e);
+	s3_remote_wipe(&o.r);
 	apiutil_tick_done(&t);
 	lua_pushinteger(L, st.st_size + s.written);
 	return 1;
@@ -112,28 +107,26 @@ int l_remote_sha256(lua_State *L)
 	lua_settop(L, 3); /* the box goes above the arguments */
 	/* the digest context is owned by a box: any push below may raise */
 	struct jv_box *box = jv_box_push(L);
-	struct s3_remote r;
-	char key[1024];
-	int n = remote_open(L, name, rel, &r, key, sizeof(key));
+	struct remote_obj o;
+	int n = remote_obj_open(L, name, rel, &o);
 	if (n)
 		return n;
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
 	jv_box_set(box, md, release_md);
 	if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
-		s3_remote_wipe(&r);
+		s3_remote_wipe(&o.r);
 		return luaL_error(L, "out of memory");
 	}
-	struct s3_err e = {0};
 	int64_t size = -1;
-	int rc = s3_get_range(&r, key, 0, -1, hash_sink, md, &size, &t.hooks, &e);
+	int rc = s3_get_range(&o.r, o.key, 0, -1, hash_sink, md, &size, &t.hooks, &o.e);
 	unsigned char h[EVP_MAX_MD_SIZE];
 	unsigned hl = 0;
 	if (rc == 0)
 		EVP_DigestFinal_ex(md, h, &hl);
 	jv_box_release(box);
 	if (rc)
-		return remote_fail(L, &r, rc, &e);
-	s3_remote_wipe(&r);
+		return remote_fail(L, &o.r, rc, &o.e);
+	s3_remote_wipe(&o.r);
 	apiutil_tick_done(&t);
 	char hex[JV_SHA256_HEX];
 	jv_hex(h, hl, hex);
@@ -169,13 +162,6 @@ static int sock_sink(void *arg, const void *buf, size_t n)
 		n -= (size_t)k;
 	}
 	return 0;
-}
-
-static bool pump_stop(void *arg, uint64_t done, uint64_t total)
-{
-	(void)done;
-	(void)total;
-	return atomic_load(&((struct pump *)arg)->stop);
 }
 
 static void *pump_main(void *arg)
@@ -219,8 +205,8 @@ int l_remote_verify(lua_State *L)
 	}
 	struct pump p = {.r = &r, .key = key, .fd = sv[1]};
 	atomic_init(&p.stop, false);
-	p.hooks.tick = pump_stop;
-	p.hooks.arg = &p;
+	p.hooks.tick = s3_stop_tick;
+	p.hooks.arg = &p.stop;
 	pthread_t th;
 	if (pthread_create(&th, NULL, pump_main, &p) != 0) {
 		close(sv[0]);

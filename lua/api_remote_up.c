@@ -21,16 +21,15 @@ int l_remote_mpu_create(lua_State *L)
 {
 	const char *name = remote_check_name(L);
 	const char *rel = remote_check_rel(L, 2);
-	struct s3_remote r;
-	char key[1024], id[1024];
-	int n = remote_open(L, name, rel, &r, key, sizeof(key));
+	struct remote_obj o;
+	char id[1024];
+	int n = remote_obj_open(L, name, rel, &o);
 	if (n)
 		return n;
-	struct s3_err e = {0};
-	int rc = s3_mpu_create(&r, key, id, sizeof(id), &e);
+	int rc = s3_mpu_create(&o.r, o.key, id, sizeof(id), &o.e);
 	if (rc)
-		return remote_fail(L, &r, rc, &e);
-	s3_remote_wipe(&r);
+		return remote_fail(L, &o.r, rc, &o.e);
+	s3_remote_wipe(&o.r);
 	lua_pushstring(L, id);
 	return 1;
 }
@@ -55,21 +54,17 @@ int l_remote_mpu_part(lua_State *L)
 		return luaL_error(L, "remote.mpu_part: opts.offset and opts.length are required");
 	struct apiutil_tick t;
 	apiutil_tick_init(L, 6, &t, "uploading");
-	struct fsx fx;
-	apiutil_fsx(L, &fx);
-	struct s3_remote r;
-	char key[1024];
+	struct remote_obj o;
 	int fd;
-	int n = remote_open_file(L, name, rel, &r, key, sizeof(key), &fx, file, O_RDONLY, &fd);
+	int n = remote_open_file(L, name, rel, &o, file, O_RDONLY, &fd);
 	if (n)
 		return n;
-	struct s3_err e = {0};
 	char etag[80] = "";
-	int rc = s3_mpu_part(&r, key, id, partno, fd, (off_t)off, (size_t)len, etag, &t.hooks, &e);
+	int rc = s3_mpu_part(&o.r, o.key, id, partno, fd, (off_t)off, (size_t)len, etag, &t.hooks, &o.e);
 	close(fd);
 	if (rc)
-		return remote_fail(L, &r, rc, &e);
-	s3_remote_wipe(&r);
+		return remote_fail(L, &o.r, rc, &o.e);
+	s3_remote_wipe(&o.r);
 	apiutil_tick_done(&t);
 	lua_pushstring(L, etag);
 	return 1;
@@ -99,13 +94,6 @@ struct up_pool {
 	int fd;
 	struct jv_io_hooks hooks; /* workers: stop flag only */
 };
-
-static bool pool_stop(void *arg, uint64_t done, uint64_t total)
-{
-	(void)done;
-	(void)total;
-	return atomic_load(&((struct up_pool *)arg)->stop);
-}
 
 static void *up_worker(void *arg)
 {
@@ -213,29 +201,26 @@ int l_remote_mpu_upload(lua_State *L)
 	int parallel = (int)apiutil_opt_int(L, 7, "parallel", 0, 1, 32);
 	struct apiutil_tick t;
 	apiutil_tick_init(L, 0, &t, "uploading");
-	struct fsx fx;
-	apiutil_fsx(L, &fx);
-	struct s3_remote r;
-	char key[1024];
+	struct remote_obj o;
 	int fd;
-	int n = remote_open_file(L, name, rel, &r, key, sizeof(key), &fx, file, O_RDONLY, &fd);
+	int n = remote_open_file(L, name, rel, &o, file, O_RDONLY, &fd);
 	if (n)
 		return n;
 	if (parallel == 0)
-		parallel = r.parallel > 0 ? r.parallel : 1;
+		parallel = o.r.parallel > 0 ? o.r.parallel : 1;
 	if (parallel > np)
 		parallel = np > 0 ? (int)np : 1;
 	/* the rate cap is for the remote as a whole: shared by the connections */
-	struct s3_remote each = r;
+	struct s3_remote each = o.r;
 	if (each.bandwidth_limit > 0)
 		each.bandwidth_limit = each.bandwidth_limit / parallel > 0 ? each.bandwidth_limit / parallel : 1;
-	struct up_pool p = {.parts = parts, .np = (size_t)np, .done = done, .r = &each, .key = key,
+	struct up_pool p = {.parts = parts, .np = (size_t)np, .done = done, .r = &each, .key = o.key,
 	                    .id = id, .fd = fd};
 	pthread_mutex_init(&p.mu, NULL);
 	pthread_cond_init(&p.cv, NULL);
 	atomic_init(&p.stop, false);
-	p.hooks.tick = pool_stop;
-	p.hooks.arg = &p;
+	p.hooks.tick = s3_stop_tick;
+	p.hooks.arg = &p.stop;
 	pthread_t th[32];
 	int nth = 0;
 	while (nth < parallel && pthread_create(&th[nth], NULL, up_worker, &p) == 0)
@@ -250,20 +235,20 @@ int l_remote_mpu_upload(lua_State *L)
 	s3_remote_wipe(&each);
 	close(fd);
 	if (end == UP_RAISED) {
-		s3_remote_wipe(&r);
+		s3_remote_wipe(&o.r);
 		return lua_error(L);
 	}
 	if (end == UP_CANCELLED) {
-		s3_remote_wipe(&r);
+		s3_remote_wipe(&o.r);
 		return jv_raise_cancel(L);
 	}
 	if (nth == 0 && np > 0) {
-		s3_remote_wipe(&r);
+		s3_remote_wipe(&o.r);
 		return luaL_error(L, "remote.mpu_upload: cannot start a thread");
 	}
 	if (end == UP_FAILED)
-		return remote_fail(L, &r, parts[failed].rc, &parts[failed].e);
-	s3_remote_wipe(&r);
+		return remote_fail(L, &o.r, parts[failed].rc, &parts[failed].e);
+	s3_remote_wipe(&o.r);
 	lua_pushboolean(L, 1);
 	return 1;
 }
@@ -293,18 +278,12 @@ int l_remote_mpu_complete(lua_State *L)
 		snprintf(parts[i - 1].etag, sizeof(parts[i - 1].etag), "%s", etag);
 		lua_pop(L, 3);
 	}
-	struct s3_remote r;
-	char key[1024];
-	int n = remote_open(L, name, rel, &r, key, sizeof(key));
+	struct remote_obj o;
+	int n = remote_obj_open(L, name, rel, &o);
 	if (n)
 		return n;
-	struct s3_err e = {0};
-	int rc = s3_mpu_complete(&r, key, id, parts, (size_t)np, &e);
-	if (rc)
-		return remote_fail(L, &r, rc, &e);
-	s3_remote_wipe(&r);
-	lua_pushboolean(L, 1);
-	return 1;
+	int rc = s3_mpu_complete(&o.r, o.key, id, parts, (size_t)np, &o.e);
+	return remote_done(L, &o.r, rc, &o.e);
 }
 
 /* remote.mpu_abort(name, object, upload_id) -> true, or nil, message, class
@@ -314,17 +293,11 @@ int l_remote_mpu_abort(lua_State *L)
 	const char *name = remote_check_name(L);
 	const char *rel = remote_check_rel(L, 2);
 	const char *id = luaL_checkstring(L, 3);
-	struct s3_remote r;
-	char key[1024];
-	int n = remote_open(L, name, rel, &r, key, sizeof(key));
+	struct remote_obj o;
+	int n = remote_obj_open(L, name, rel, &o);
 	if (n)
 		return n;
-	struct s3_err e = {0};
-	int rc = s3_mpu_abort(&r, key, id, &e);
-	if (rc)
-		return remote_fail(L, &r, rc, &e);
-	s3_remote_wipe(&r);
-	lua_pushboolean(L, 1);
-	return 1;
+	int rc = s3_mpu_abort(&o.r, o.key, id, &o.e);
+	return remote_done(L, &o.r, rc, &o.e);
 }
 

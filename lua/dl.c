@@ -135,9 +135,7 @@ static size_t on_header(char *buf, size_t size, size_t n, void *ud)
 	struct xfer *x = ud;
 	size_t len = size * n;
 	char line[256];
-	size_t k = len < sizeof(line) - 1 ? len : sizeof(line) - 1;
-	memcpy(line, buf, k);
-	line[k] = '\0';
+	jv_header_line(buf, len, line, sizeof(line));
 	if (strncmp(line, "HTTP/", 5) == 0) { /* a new response (after a redirect, 100) */
 		x->range_start = -1;
 		x->retry_after = -1;

@@ -25,6 +25,19 @@ static inline bool jv_io_tick(const struct jv_io_hooks *h, uint64_t done, uint64
 	return h && h->tick && h->tick(h->arg, done, total);
 }
 
+/* One header line as curl hands it to a header callback (src, n bytes, not
+ * NUL-terminated): copied into line (cut at cap - 1 bytes), NUL-terminated,
+ * the trailing CR/LF removed. Returns its length. */
+static inline size_t jv_header_line(const char *src, size_t n, char *line, size_t cap)
+{
+	size_t l = n < cap - 1 ? n : cap - 1;
+	memcpy(line, src, l);
+	line[l] = '\0';
+	while (l && (line[l - 1] == '\r' || line[l - 1] == '\n'))
+		line[--l] = '\0';
+	return l;
+}
+
 #define JV_SHA256_LEN 32
 #define JV_SHA256_HEX 65 /* 64 hex digits + NUL */
 

@@ -119,4 +119,7 @@ typedef int (*s3_list_cb)(void *arg, const struct s3_object *o);
 int s3_list(const struct s3_remote *r, const char *prefix, s3_list_cb cb, void *arg,
             struct s3_err *e);
 
+/* A jv_io_hooks tick for worker threads: arg is an atomic_bool, true = stop. */
+bool s3_stop_tick(void *arg, uint64_t done, uint64_t total);
+
 #endif

@@ -45,14 +45,21 @@ int s3_mpu_create(const struct s3_remote *r, const char *key, char *id, size_t i
 	return rc;
 }
 
-static int id_query(const char *id, int n, char *out, size_t outlen)
+/* The query naming upload id (and part n when n > 0); an id too long for
+ * it: e set (what failed) and -ENAMETOOLONG. */
+static int id_query(const struct s3_remote *r, const char *id, int n, char *out, size_t outlen,
+                    const char *what, struct s3_err *e)
 {
 	char eid[1100];
-	if (s3r_uri_encode(id, false, eid, sizeof(eid)))
+	int l = -1;
+	if (s3r_uri_encode(id, false, eid, sizeof(eid)) == 0)
+		l = n > 0 ? snprintf(out, outlen, "partNumber=%d&uploadId=%s", n, eid)
+		          : snprintf(out, outlen, "uploadId=%s", eid);
+	if (l < 0 || (size_t)l >= outlen) {
+		s3r_set_err(r, e, S3_PERMANENT, 0, NULL, what, "upload id too long");
 		return -ENAMETOOLONG;
-	int l = n > 0 ? snprintf(out, outlen, "partNumber=%d&uploadId=%s", n, eid)
-	              : snprintf(out, outlen, "uploadId=%s", eid);
-	return l < 0 || (size_t)l >= outlen ? -ENAMETOOLONG : 0;
+	}
+	return 0;
 }
 
 int s3_mpu_part_mem(const struct s3_remote *r, const char *key, const char *id, int n,
@@ -62,10 +69,8 @@ int s3_mpu_part_mem(const struct s3_remote *r, const char *key, const char *id, 
 	char what[1200];
 	snprintf(what, sizeof(what), "cannot upload part %d of '%s'", n, key);
 	char query[1200];
-	if (id_query(id, n, query, sizeof(query))) {
-		s3r_set_err(r, e, S3_PERMANENT, 0, NULL, what, "upload id too long");
+	if (id_query(r, id, n, query, sizeof(query), what, e))
 		return -ENAMETOOLONG;
-	}
 	struct s3r_req q = S3R_REQ("PUT");
 	q.key = key;
 	q.query = query;
@@ -110,10 +115,8 @@ int s3_mpu_complete(const struct s3_remote *r, const char *key, const char *id,
 	char what[1200];
 	s3r_describe(what, sizeof(what), "cannot complete the multipart upload of", key);
 	char query[1200];
-	if (id_query(id, 0, query, sizeof(query))) {
-		s3r_set_err(r, e, S3_PERMANENT, 0, NULL, what, "upload id too long");
+	if (id_query(r, id, 0, query, sizeof(query), what, e))
 		return -ENAMETOOLONG;
-	}
 	struct s3r_buf b = {.max = 2u << 20};
 	int rc = s3r_buf_add(&b, "<CompleteMultipartUpload>", 25);
 	for (size_t i = 0; rc == 0 && i < nparts; i++) {
@@ -145,10 +148,8 @@ int s3_mpu_abort(const struct s3_remote *r, const char *key, const char *id, str
 	char what[1200];
 	s3r_describe(what, sizeof(what), "cannot abort the multipart upload of", key);
 	char query[1200];
-	if (id_query(id, 0, query, sizeof(query))) {
-		s3r_set_err(r, e, S3_PERMANENT, 0, NULL, what, "upload id too long");
+	if (id_query(r, id, 0, query, sizeof(query), what, e))
 		return -ENAMETOOLONG;
-	}
 	struct s3r_req q = S3R_REQ("DELETE");
 	q.key = key;
 	q.query = query;

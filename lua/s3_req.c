@@ -220,11 +220,7 @@ static size_t on_header(char *src, size_t size, size_t nmemb, void *ud)
 	struct s3r_req *q = ud;
 	size_t n = size * nmemb;
 	char line[512];
-	size_t l = n < sizeof(line) - 1 ? n : sizeof(line) - 1;
-	memcpy(line, src, l);
-	line[l] = '\0';
-	while (l && (line[l - 1] == '\r' || line[l - 1] == '\n'))
-		line[--l] = '\0';
+	jv_header_line(src, n, line, sizeof(line));
 	if (strncmp(line, "HTTP/", 5) == 0) {
 		/* a new answer (after a redirect or 100-continue): forget the previous one's */
 		q->http = strtol(strchr(line, ' ') ? strchr(line, ' ') + 1 : "0", NULL, 10);

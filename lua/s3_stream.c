@@ -70,11 +70,11 @@ void s3_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, long ms)
 	pthread_cond_timedwait(cv, mu, &until);
 }
 
-static bool workers_stop(void *arg, uint64_t done, uint64_t total)
+bool s3_stop_tick(void *arg, uint64_t done, uint64_t total)
 {
 	(void)done;
 	(void)total;
-	return atomic_load(&((struct s3_stream *)arg)->stop);
+	return atomic_load((atomic_bool *)arg);
 }
 
 /* Record the first failure (lock held or not: the writer's own fields). */
@@ -354,8 +354,8 @@ int s3_stream_open(const struct s3_stream_opts *o, struct s3_stream **out, struc
 	pthread_cond_init(&s->work, NULL);
 	pthread_cond_init(&s->done, NULL);
 	atomic_init(&s->stop, false);
-	s->whooks.tick = workers_stop;
-	s->whooks.arg = s;
+	s->whooks.tick = s3_stop_tick;
+	s->whooks.arg = &s->stop;
 	while (s->nth < o->parallel && pthread_create(&s->th[s->nth], NULL, worker, s) == 0)
 		s->nth++;
 	if (s->nth == 0) {
