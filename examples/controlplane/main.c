@@ -14,14 +14,19 @@
 #include "cp.h"
 #include "replicas.h"
 
+#include <arpa/inet.h>
 #include <civetweb.h>
 #include <errno.h>
 #include <getopt.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
@@ -252,6 +257,48 @@ static int backend_port(struct mg_context *ctx)
 	return n > 0 ? ports[0].port : -1;
 }
 
+/* mg_stop returns once civetweb's master thread sees the stop flag, which it
+ * checks only when its poll of the listening socket returns: up to 2 s later
+ * on an idle server, and every stop of the control plane waited that long.
+ * A connection to that socket ends the poll, so while mg_stop runs in a
+ * thread of its own this one knocks every 10 ms (each connection is closed
+ * unsent: a worker that still takes one reads EOF and closes it). */
+struct http_stop {
+	struct mg_context *ctx;
+	atomic_bool done;
+};
+
+static void *http_stop_thread(void *arg)
+{
+	struct http_stop *hs = arg;
+	mg_stop(hs->ctx);
+	atomic_store(&hs->done, true);
+	return NULL;
+}
+
+static void stop_http(struct mg_context *ctx)
+{
+	struct http_stop hs = {.ctx = ctx};
+	int port = backend_port(ctx);
+	pthread_t t;
+	if (port <= 0 || pthread_create(&t, NULL, http_stop_thread, &hs) != 0) {
+		mg_stop(ctx);
+		return;
+	}
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+	                        .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	struct timespec step = {.tv_sec = 0, .tv_nsec = 10 * 1000000L};
+	while (!atomic_load(&hs.done)) {
+		nanosleep(&step, NULL);
+		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd >= 0) {
+			(void)!connect(fd, (const struct sockaddr *)&a, sizeof(a));
+			close(fd);
+		}
+	}
+	pthread_join(t, NULL);
+}
+
 static void announce(const struct front *front, const char *listen)
 {
 	const char *colon = strrchr(listen, ':');
@@ -422,7 +469,7 @@ out:
 	replicas_stop(&cp);
 	ws_hub_stop(cp.hub);
 	if (ctx)
-		mg_stop(ctx);
+		stop_http(ctx);
 	ws_hub_free(cp.hub);
 	console_free(&cp);
 	inst_stats_free(&cp);

@@ -319,7 +319,7 @@ class Agent:
 
 
 class CpTestCase(unittest.TestCase):
-    """One control plane per test class (stopping civetweb takes ~2 s), with
+    """One control plane per test class (a start and a stop cost ~0.5 s), with
     fresh agents per test so tests cannot see each other's jobs. Subclasses
     set CP_ARGS. tearDownClass stops it with SIGTERM and fails on a non-zero
     exit or any sanitizer report (leaks included)."""
