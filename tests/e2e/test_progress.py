@@ -7,6 +7,7 @@ lasts at least a second, and asserts several distinct percents strictly inside t
 range. Downloads are slowed by the loopback server (a real rate limit, so they last seconds
 on any machine); archive steps are CPU/disk bound, so their data set grows until the step
 lasts >= 1 s on the machine running the test, and the assertion is made on that run."""
+import math
 import os
 import shutil
 import unittest
@@ -62,16 +63,19 @@ class Progress(JobvisorTestCase):
         return inner, secs
 
     def grow_until_long(self, prepare, run, lo, hi, start=96 << 20, limit=3 << 30):
-        """Double the data set until the step lasts MIN_STEP_S, then check that run."""
+        """Grow the data set until the step lasts MIN_STEP_S, then check that run. Each
+        round doubles it, or more (up to x4) when the step was far too short, so a fast
+        machine does not redo the whole job once per doubling."""
         size = start
         while True:
             prepare(size)
             r = run()
             self.assertEqual(r.status, "COMPLETED", r)
             _, secs = self.inside(r, lo, hi)
+            print("%s: %.2f s between %s%% and %s%% with %d MiB" % (self.id(), secs, lo, hi, size >> 20))
             if secs >= MIN_STEP_S or size >= limit:
                 return self.assert_step_reports(r, lo, hi)
-            size *= 2
+            size = min(limit, size * min(4, max(2, math.ceil(1.2 * MIN_STEP_S / max(secs, 0.01)))))
 
     # ---- archive create, verify, extract ------------------------------------------------
 

@@ -1,6 +1,7 @@
 """pg_harness — a real PostgreSQL server for tests, from Debian's `postgresql` package.
 
-PgServer runs initdb into a fresh temp directory, starts `postgres` on a free
+PgServer runs initdb into a fresh temp directory (under ctest: copies a cluster
+initdb made once per build directory), starts `postgres` on a free
 127.0.0.1 port with its unix socket in that directory (fsync off: test data
 need not survive a power cut), and stops it by PID and removes the directory.
 When the test runs as root (CI on a fresh machine) the server runs as an
@@ -13,7 +14,9 @@ Standard library only.
 """
 
 import atexit
+import fcntl
 import glob
+import hashlib
 import os
 import pwd
 import shutil
@@ -101,13 +104,42 @@ class PgServer:
     def start(self, timeout=60):
         self._prepare_dir()
         try:
-            self._run([os.path.join(self.bindir, "initdb"), "-D", self.data, "-U", PG_USER, "-A", "trust",
-                       "-E", "UTF8", "--no-locale", "--no-sync"])
+            self._initdb()
             self._launch(timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _initdb(self):
+        """A fresh cluster in self.data. initdb takes seconds and every e2e-pg test
+        process starts a server, so under ctest (JV_BUILD_DIR set) it runs once per
+        build directory and PostgreSQL version, and each server gets a copy."""
+        initdb = [os.path.join(self.bindir, "initdb"), "-U", PG_USER, "-A", "trust", "-E", "UTF8",
+                  "--no-locale", "--no-sync", "-D"]
+        build = os.environ.get("JV_BUILD_DIR")
+        if not build or not os.path.isdir(build):
+            self._run(initdb + [self.data])
+            return
+        key = hashlib.sha256(" ".join(initdb).encode()).hexdigest()[:12]
+        cache = os.path.join(build, "pg-template")
+        template = os.path.join(cache, key)
+        os.makedirs(cache, exist_ok=True)
+        with open(template + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # other test processes wait for the first one's initdb
+            if not os.path.isdir(template):
+                work = template + ".new"
+                shutil.rmtree(work, ignore_errors=True)
+                os.mkdir(work, 0o700)
+                user = _server_user()
+                if user:
+                    os.chown(work, user.pw_uid, user.pw_gid)
+                self._run(initdb + [work])
+                os.rename(work, template)
+        # cp -a keeps the owner (the server's user when running as root) and the modes
+        r = subprocess.run(["cp", "-a", template, self.data], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            raise AssertionError("copying %s failed: %s" % (template, r.stdout.decode(errors="replace")))
 
     def _launch(self, timeout):
         user = _server_user()
