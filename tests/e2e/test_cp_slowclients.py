@@ -6,7 +6,7 @@ request head one byte at a time, opening a new socket whenever the server
 drops one. Meanwhile a real
 `jobvisor agent` long-polls and runs jobs, and an admin lists jobs. Their
 latency is measured before the attack (baseline) and during it; the attack
-stops by itself."""
+ends once they are measured (and by itself after ATTACK_SECONDS)."""
 import json
 import os
 import selectors
