@@ -173,7 +173,7 @@ class FileServer:
         self.requests = self.httpd.requests
         self.ranges = self.httpd.ranges
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def url(self, name):
