@@ -89,7 +89,8 @@ class ControlPlaneCorpus(unittest.TestCase):
 
 class AgentCorpus(AgentTestCase):
     def test_poll_answers_from_the_corpus_are_survived(self):
-        p = self.start_agent(BACKOFF_MAX="0.2", REQUEST_TIMEOUT=5)
+        # The shortest poll interval and backoff the agent takes: two polls a body, 36 bodies.
+        p = self.start_agent(BACKOFF_MAX="0.1", POLL_INTERVAL="0.05", REQUEST_TIMEOUT=5)
         self.cp.wait(lambda: self.cp.poll_count() >= 1, timeout=20, what="first poll")
         for name, body in BODIES + [("not-utf8-outside-strings", b"\xff{}"),
                                     ("jobs-with-nul-id", b'{"jobs":[{"jobRunId":"r\\u0000x","type":"SLEEPY"}]}')]:
