@@ -468,8 +468,7 @@ static ssize_t conn_io(struct transport_req *r, bool writing, void *buf, size_t 
 {
 	struct conn *c = r->c;
 	if (c->tls)
-		return writing ? tp_tls_write(c->tls, buf, len, &r->want, r->err, sizeof(r->err))
-		               : tp_tls_read(c->tls, buf, len, &r->want, r->err, sizeof(r->err));
+		return tp_tls_io(c->tls, writing, buf, len, &r->want, r->err, sizeof(r->err));
 	ssize_t n = writing ? send(c->fd, buf, len, MSG_NOSIGNAL) : recv(c->fd, buf, len, 0);
 	if (n >= 0)
 		return n;
@@ -482,17 +481,25 @@ static ssize_t conn_io(struct transport_req *r, bool writing, void *buf, size_t 
 	return -EIO;
 }
 
+/* After conn_io: is this step over (waiting for the socket, sent again, or failed)? */
+static bool io_stop(struct transport_req *r, ssize_t n)
+{
+	if (n == -EAGAIN)
+		return true;
+	if (n < 0) {
+		if (!retry_fresh(r))
+			finish(r, NULL);
+		return true;
+	}
+	return false;
+}
+
 static void step_send(struct transport_req *r)
 {
 	while (r->sent < r->out.len) {
 		ssize_t n = conn_io(r, true, r->out.data + r->sent, r->out.len - r->sent);
-		if (n == -EAGAIN)
+		if (io_stop(r, n))
 			return;
-		if (n < 0) {
-			if (!retry_fresh(r))
-				finish(r, NULL);
-			return;
-		}
 		r->sent += (size_t)n;
 	}
 	explicit_bzero(r->out.data, r->out.len); /* the token is out */
@@ -515,13 +522,8 @@ static void step_recv(struct transport_req *r)
 	char buf[READ_CHUNK];
 	for (;;) {
 		ssize_t n = conn_io(r, false, buf, sizeof(buf));
-		if (n == -EAGAIN)
+		if (io_stop(r, n))
 			return;
-		if (n < 0) {
-			if (!retry_fresh(r))
-				finish(r, NULL);
-			return;
-		}
 		if (n == 0 && retry_fresh(r))
 			return;
 		int rc = tp_answer_feed(&r->ans, buf, (size_t)n);

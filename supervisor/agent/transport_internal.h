@@ -89,10 +89,9 @@ int tp_tls_new(struct tp_tls_conf *c, int fd, const char *host, struct tp_tls **
 void tp_tls_free(struct tp_tls *t);
 /* 0 when done; -EAGAIN with *want (POLLIN or POLLOUT); else -errno with err. */
 int tp_tls_handshake(struct tp_tls *t, short *want, char *err, size_t errlen);
-/* Bytes moved, 0 for the end of the stream (reads), -EAGAIN with *want, or -EIO with err. */
-ssize_t tp_tls_write(struct tp_tls *t, const void *buf, size_t len, short *want, char *err,
-                     size_t errlen);
-ssize_t tp_tls_read(struct tp_tls *t, void *buf, size_t len, short *want, char *err,
-                    size_t errlen);
+/* Send (writing) or receive: bytes moved, 0 for the end of the stream
+ * (receiving), -EAGAIN with *want, or -EIO with err. */
+ssize_t tp_tls_io(struct tp_tls *t, bool writing, void *buf, size_t len, short *want, char *err,
+                  size_t errlen);
 
 #endif

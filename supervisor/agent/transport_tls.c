@@ -312,30 +312,17 @@ int tp_tls_handshake(struct tp_tls *t, short *want, char *err, size_t errlen)
 	return check_peer(t, err, errlen);
 }
 
-ssize_t tp_tls_write(struct tp_tls *t, const void *buf, size_t len, short *want, char *err,
-                     size_t errlen)
+ssize_t tp_tls_io(struct tp_tls *t, bool writing, void *buf, size_t len, short *want, char *err,
+                  size_t errlen)
 {
-	int ret = mbedtls_ssl_write(&t->ssl, buf, len);
+	int ret = writing ? mbedtls_ssl_write(&t->ssl, buf, len) : mbedtls_ssl_read(&t->ssl, buf, len);
 	if (ret >= 0)
 		return ret;
 	if (ret == MBEDTLS_ERR_SSL_WANT_READ || ret == MBEDTLS_ERR_SSL_WANT_WRITE) {
 		*want = ret == MBEDTLS_ERR_SSL_WANT_READ ? POLLIN : POLLOUT;
 		return -EAGAIN;
 	}
-	return io_error(t, ret, "TLS send failed", err, errlen);
-}
-
-ssize_t tp_tls_read(struct tp_tls *t, void *buf, size_t len, short *want, char *err,
-                    size_t errlen)
-{
-	int ret = mbedtls_ssl_read(&t->ssl, buf, len);
-	if (ret >= 0)
-		return ret;
-	if (ret == MBEDTLS_ERR_SSL_WANT_READ || ret == MBEDTLS_ERR_SSL_WANT_WRITE) {
-		*want = ret == MBEDTLS_ERR_SSL_WANT_READ ? POLLIN : POLLOUT;
-		return -EAGAIN;
-	}
-	if (ret == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY || ret == MBEDTLS_ERR_SSL_CONN_EOF)
+	if (!writing && (ret == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY || ret == MBEDTLS_ERR_SSL_CONN_EOF))
 		return 0;
-	return io_error(t, ret, "TLS receive failed", err, errlen);
+	return io_error(t, ret, writing ? "TLS send failed" : "TLS receive failed", err, errlen);
 }
