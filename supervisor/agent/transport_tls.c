@@ -8,19 +8,27 @@
  * Verification is the same as before: the peer's chain against tls_ca_file or
  * the system bundle, and the URL's host against the certificate (DNS names
  * through mbedtls; IP addresses against the iPAddress entries of
- * subjectAltName here, which mbedtls 2.28 does not check). The parsed CA
- * bundle (a few hundred KiB of heap for the system store) is only kept while
- * a handshake runs: connections are kept alive, so handshakes are rare. */
+ * subjectAltName here, which mbedtls 2.28 does not check). The chain is
+ * verified once the handshake is done and before any byte of the request
+ * goes out (mbedtls's "optional" mode, then mbedtls_x509_crt_verify here)
+ * against only the CA certificates that can matter: the bundle is read one
+ * certificate at a time and only those whose subject issued a certificate of
+ * the peer's chain are kept. Parsing the whole system bundle would cost about
+ * 0.5 MiB of heap that glibc cannot hand back (its per-thread caches pin the
+ * pages); connections are kept alive, so this runs rarely. */
 #include "transport_internal.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <malloc.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <mbedtls/asn1.h>
 #include <mbedtls/ctr_drbg.h>
@@ -42,9 +50,6 @@ struct tp_tls_conf {
 	int refs;
 	char *ca_file;
 	bool insecure;
-	int handshakes; /* running now: the CA certificates are parsed while > 0 */
-	bool ca_loaded;
-	mbedtls_x509_crt ca;
 	mbedtls_entropy_context entropy;
 	mbedtls_ctr_drbg_context drbg;
 	mbedtls_ssl_config conf;
@@ -53,7 +58,7 @@ struct tp_tls_conf {
 struct tp_tls {
 	struct tp_tls_conf *c;
 	int fd;
-	bool handshaking;
+	char host[256];
 	int sys_errno; /* of the last failed send or recv */
 	unsigned char ip[16];
 	size_t iplen; /* the URL's host is this address (0: a name) */
@@ -75,7 +80,6 @@ int tp_tls_conf_new(const char *ca_file, bool insecure, struct tp_tls_conf **out
 		return -ENOMEM;
 	c->refs = 1;
 	c->insecure = insecure;
-	mbedtls_x509_crt_init(&c->ca);
 	mbedtls_entropy_init(&c->entropy);
 	mbedtls_ctr_drbg_init(&c->drbg);
 	mbedtls_ssl_config_init(&c->conf);
@@ -88,7 +92,7 @@ int tp_tls_conf_new(const char *ca_file, bool insecure, struct tp_tls_conf **out
 		return -ENOMEM;
 	}
 	mbedtls_ssl_conf_rng(&c->conf, mbedtls_ctr_drbg_random, &c->drbg);
-	mbedtls_ssl_conf_authmode(&c->conf, insecure ? MBEDTLS_SSL_VERIFY_NONE : MBEDTLS_SSL_VERIFY_REQUIRED);
+	mbedtls_ssl_conf_authmode(&c->conf, insecure ? MBEDTLS_SSL_VERIFY_NONE : MBEDTLS_SSL_VERIFY_OPTIONAL);
 	mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
 	*out = c;
 	return 0;
@@ -101,55 +105,96 @@ void tp_tls_conf_put(struct tp_tls_conf *c)
 	mbedtls_ssl_config_free(&c->conf);
 	mbedtls_ctr_drbg_free(&c->drbg);
 	mbedtls_entropy_free(&c->entropy);
-	mbedtls_x509_crt_free(&c->ca);
 	free(c->ca_file);
 	free(c);
 }
 
-static int load_ca(struct tp_tls_conf *c, char *err, size_t errlen)
+/* Does cand (a CA certificate) name itself as the issuer of a certificate in chain? */
+static bool issues_one_of(const mbedtls_x509_crt *cand, const mbedtls_x509_crt *chain)
 {
-	if (c->insecure || c->ca_loaded)
-		return 0;
-	int ret = -1;
-	const char *from = c->ca_file;
-	if (from) {
-		ret = mbedtls_x509_crt_parse_file(&c->ca, from);
-	} else {
-		for (size_t i = 0; i < JV_ARRAY_LEN(system_bundles) && ret != 0; i++) {
-			from = system_bundles[i];
-			ret = mbedtls_x509_crt_parse_file(&c->ca, from);
-			if (ret > 0) /* some certificates of the bundle did not parse: use the rest */
-				ret = 0;
-		}
-		if (ret != 0)
-			from = "the system store";
+	for (const mbedtls_x509_crt *p = chain; p && p->version; p = p->next)
+		if (p->issuer_raw.len == cand->subject_raw.len &&
+		    memcmp(p->issuer_raw.p, cand->subject_raw.p, cand->subject_raw.len) == 0)
+			return true;
+	return false;
+}
+
+/* Add to trust the PEM certificates of text[0..len) that issued one of chain. */
+static void pick_issuers(const char *text, size_t len, const mbedtls_x509_crt *chain,
+                         mbedtls_x509_crt *trust)
+{
+	static const char begin[] = "-----BEGIN CERTIFICATE-----", endm[] = "-----END CERTIFICATE-----";
+	const char *p = text, *end = text + len;
+	while ((p = memmem(p, (size_t)(end - p), begin, sizeof(begin) - 1))) {
+		const char *e = memmem(p, (size_t)(end - p), endm, sizeof(endm) - 1);
+		if (!e)
+			return;
+		size_t n = (size_t)(e - p) + sizeof(endm) - 1;
+		char *pem = malloc(n + 1);
+		if (!pem)
+			return;
+		memcpy(pem, p, n);
+		pem[n] = '\0';
+		mbedtls_x509_crt one;
+		mbedtls_x509_crt_init(&one);
+		if (mbedtls_x509_crt_parse(&one, (const unsigned char *)pem, n + 1) == 0 &&
+		    issues_one_of(&one, chain))
+			mbedtls_x509_crt_parse_der(trust, one.raw.p, one.raw.len);
+		mbedtls_x509_crt_free(&one);
+		free(pem);
+		p += n;
 	}
-	if (ret < 0 || c->ca.version == 0) {
-		char what[300];
-		snprintf(what, sizeof(what), "cannot load CA certificates from %s", from);
-		mbed_error(ret < 0 ? ret : MBEDTLS_ERR_X509_INVALID_FORMAT, what, err, errlen);
-		mbedtls_x509_crt_free(&c->ca);
-		mbedtls_x509_crt_init(&c->ca);
-		return -EIO;
-	}
-	mbedtls_ssl_conf_ca_chain(&c->conf, &c->ca, NULL);
-	c->ca_loaded = true;
+}
+
+/* The trust anchors for chain from path (PEM; a DER file is parsed whole). */
+static int load_trust(const char *path, const mbedtls_x509_crt *chain, mbedtls_x509_crt *trust)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	void *m = MAP_FAILED;
+	if (fstat(fd, &st) == 0 && st.st_size > 0)
+		m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	int e = errno;
+	close(fd);
+	if (m == MAP_FAILED)
+		return st.st_size == 0 ? -ENODATA : -e;
+	if (memmem(m, (size_t)st.st_size, "-----BEGIN", 10))
+		pick_issuers(m, (size_t)st.st_size, chain, trust);
+	else
+		mbedtls_x509_crt_parse_der(trust, m, (size_t)st.st_size);
+	munmap(m, (size_t)st.st_size);
 	return 0;
 }
 
-static void handshake_over(struct tp_tls *t)
+static int verify_chain(struct tp_tls *t, const mbedtls_x509_crt *chain, char *err, size_t errlen)
 {
-	if (!t->handshaking)
-		return;
-	t->handshaking = false;
-	struct tp_tls_conf *c = t->c;
-	if (--c->handshakes > 0 || !c->ca_loaded)
-		return;
-	mbedtls_ssl_conf_ca_chain(&c->conf, NULL, NULL);
-	mbedtls_x509_crt_free(&c->ca);
-	mbedtls_x509_crt_init(&c->ca);
-	c->ca_loaded = false;
-	malloc_trim(0); /* hand the bundle's pages back */
+	mbedtls_x509_crt trust;
+	mbedtls_x509_crt_init(&trust);
+	const char *from = t->c->ca_file;
+	int rc = from ? load_trust(from, chain, &trust) : -ENOENT;
+	for (size_t i = 0; !from && i < JV_ARRAY_LEN(system_bundles) && rc == -ENOENT; i++)
+		rc = load_trust(system_bundles[i], chain, &trust);
+	if (rc) {
+		snprintf(err, errlen, "cannot read CA certificates from %s: %s",
+		         from ? from : "the system store", strerror(-rc));
+		mbedtls_x509_crt_free(&trust);
+		return -EIO;
+	}
+	uint32_t flags = 0;
+	int ret = mbedtls_x509_crt_verify((mbedtls_x509_crt *)chain, &trust, NULL,
+	                                  t->iplen ? NULL : t->host, &flags, NULL, NULL);
+	mbedtls_x509_crt_free(&trust);
+	if (ret || flags) {
+		char m[200] = "no trusted CA issued it";
+		if (flags)
+			mbedtls_x509_crt_verify_info(m, sizeof(m), "", flags);
+		m[strcspn(m, "\n")] = '\0';
+		snprintf(err, errlen, "TLS certificate verification failed: %s", m);
+		return -EPERM;
+	}
+	return 0;
 }
 
 static int bio_send(void *ctx, const unsigned char *buf, size_t len)
@@ -189,14 +234,13 @@ int tp_tls_new(struct tp_tls_conf *c, int fd, const char *host, struct tp_tls **
 	c->refs++;
 	t->fd = fd;
 	mbedtls_ssl_init(&t->ssl);
-	t->handshaking = true;
-	c->handshakes++;
+	snprintf(t->host, sizeof(t->host), "%s", host);
 	if (inet_pton(AF_INET, host, t->ip) == 1)
 		t->iplen = 4;
 	else if (inet_pton(AF_INET6, host, t->ip) == 1)
 		t->iplen = 16;
-	int rc = load_ca(c, err, errlen);
-	int ret = rc ? 0 : mbedtls_ssl_setup(&t->ssl, &c->conf);
+	int rc = 0;
+	int ret = mbedtls_ssl_setup(&t->ssl, &c->conf);
 	/* The name goes out as SNI and is checked against the certificate; an
 	 * address is checked after the handshake (check_ip). */
 	if (!rc && !ret && !t->iplen)
@@ -218,7 +262,6 @@ void tp_tls_free(struct tp_tls *t)
 {
 	if (!t)
 		return;
-	handshake_over(t);
 	mbedtls_ssl_free(&t->ssl);
 	tp_tls_conf_put(t->c);
 	free(t);
@@ -269,16 +312,15 @@ static int check_peer(struct tp_tls *t, char *err, size_t errlen)
 {
 	if (t->c->insecure)
 		return 0;
-	uint32_t flags = mbedtls_ssl_get_verify_result(&t->ssl);
-	if (flags) {
-		char m[200];
-		mbedtls_x509_crt_verify_info(m, sizeof(m), "", flags);
-		m[strcspn(m, "\n")] = '\0';
-		snprintf(err, errlen, "TLS certificate verification failed: %s", m);
+	const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(&t->ssl);
+	if (!crt) {
+		snprintf(err, errlen, "TLS certificate verification failed: the server sent no certificate");
 		return -EPERM;
 	}
-	const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(&t->ssl);
-	if (t->iplen && (!crt || !cert_has_ip(crt, t->ip, t->iplen))) {
+	int rc = verify_chain(t, crt, err, errlen);
+	if (rc)
+		return rc;
+	if (t->iplen && !cert_has_ip(crt, t->ip, t->iplen)) {
 		snprintf(err, errlen, "TLS certificate verification failed: the certificate is not "
 		         "valid for the URL's address (no matching subjectAltName IP entry)");
 		return -EPERM;
@@ -304,7 +346,6 @@ int tp_tls_handshake(struct tp_tls *t, short *want, char *err, size_t errlen)
 		*want = ret == MBEDTLS_ERR_SSL_WANT_READ ? POLLIN : POLLOUT;
 		return -EAGAIN;
 	}
-	handshake_over(t);
 	if (ret) {
 		int rc = io_error(t, ret, "TLS handshake failed", err, errlen);
 		return rc ? rc : -EIO;
