@@ -357,7 +357,7 @@ static int prepare_data_dir(const struct config *cfg, int uid, int gid, char *er
 static int setup(struct agent *ag, bool check_only, char *err, size_t errlen)
 {
 	/* cmd_agent blocked the signals and opened the signalfd before this (a
-	 * thread started here, libcurl's resolver, inherits the mask, so SIGTERM
+	 * thread started here, the transport's resolver, inherits the mask, so SIGTERM
 	 * only ever arrives through the signalfd); --check-config needs neither. */
 	int rc;
 	if (config_load(ag->config_path, NULL, &ag->cfg, err, errlen))
@@ -373,7 +373,7 @@ static int setup(struct agent *ag, bool check_only, char *err, size_t errlen)
 	}
 	if (transport_global_init()) {
 		config_free_token(token);
-		snprintf(err, errlen, "cannot initialise libcurl");
+		snprintf(err, errlen, "cannot initialise HTTP");
 		return 1;
 	}
 	struct transport_opts o;

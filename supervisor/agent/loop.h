@@ -5,7 +5,7 @@
  * its next deadline, then for the descriptors it waits on; after the wait it
  * hands each ready descriptor back to its source, then lets every source
  * handle what finished and what expired. The wait itself is a callback too
- * (the agent waits in curl_multi_poll, so the network and the descriptors
+ * (the agent waits in transport_wait, so the network and the descriptors
  * share one wait). Idle, that is one wake-up per earliest deadline. */
 #ifndef JOBVISOR_LOOP_H
 #define JOBVISOR_LOOP_H

@@ -1,61 +1,95 @@
-/* transport.c — libcurl multi requests to the control plane.
+/* transport.c — HTTP/1.1 requests to the control plane on non-blocking sockets.
  *
- * Each request owns its easy handle, its body and its header list; the
- * multi handle keeps connections alive between requests. Completion is
- * reported once per request from transport_perform(), one message at a
- * time, so a callback may start or abort other requests safely (curl drops
- * the pending message of a handle removed from the multi). The token lives in
- * one header string that is wiped when replaced or freed, and never appears
- * in an error text: curl's error buffer does not include request headers. */
+ * Each request walks resolve -> connect -> TLS handshake (https) -> send ->
+ * receive, as far as its socket allows whenever the loop runs. Nothing here
+ * blocks: names resolve on a short-lived thread (transport_dns.c), sockets are
+ * non-blocking, and every request has a deadline (its total timeout, and the
+ * connect timeout while it has no connection). An answer that arrived whole
+ * and that the server lets live leaves its connection in a small pool, per
+ * scheme, host and port, for the next request: a long poll and the events
+ * each keep theirs, so TLS handshakes are rare. A request sent on a pooled
+ * connection that the server closed meanwhile is sent again once on a fresh
+ * one, as any HTTP client does.
+ *
+ * Completion is reported once per request from transport_perform(), one at a
+ * time and always from the head of the list, so a callback may start or abort
+ * other requests safely. The token lives in one header string that is wiped
+ * when replaced or freed, and in each request's bytes until they are sent
+ * (wiped then); it never appears in an error text. */
 #include "transport.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-
-#include <curl/curl.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "endpoints.h"
 #include "jobvisor/util.h"
+#include "transport_internal.h"
+
+#define POOL_MAX 4                 /* idle connections kept */
+#define IDLE_MAX_MS (60 * 1000)    /* an idle connection older than this is closed */
+#define READ_CHUNK 16384
+
+enum rstate { R_RESOLVE, R_CONNECT, R_TLS, R_SEND, R_RECV, R_DONE };
+
+struct conn {
+	int fd;
+	struct tp_tls *tls;
+	struct tp_tls_conf *tls_conf; /* the settings it was made with (not owned) */
+	char key[320];
+	int64_t idle_since;
+	struct conn *next;
+};
 
 struct transport_req {
 	struct transport *tp;
-	CURL *easy;
-	struct curl_slist *headers;
-	char *body;
-	struct jv_buf resp;
-	bool too_large;
-	char errbuf[CURL_ERROR_SIZE];
+	struct tp_url url;
+	struct jv_buf out; /* the request's bytes (with the token: wiped) */
+	size_t sent;
+	enum rstate state;
+	struct tp_resolve *res;
+	struct addrinfo *ai, *ai_next;
+	struct conn *c; /* NULL until connected */
+	bool reused;    /* c came from the pool */
+	short want;     /* events the current step waits for */
+	struct tp_answer ans;
+	char err[300];
+	long timeout_ms;
+	int64_t started_ms, deadline_ms, connect_deadline_ms, attempt_deadline_ms;
 	transport_cb cb;
 	void *ud;
-	int64_t started_ms;
 	uint64_t ep_gen; /* the endpoints generation it was sent in */
 	struct transport_req *prev, *next;
 };
 
 struct transport {
-	CURLM *multi;
 	struct endpoints ep;
-	char *auth_header; /* "Authorization: Bearer <token>" */
+	char *auth;     /* "Bearer <token>" */
 	char *ca_file;
 	bool insecure;
 	long connect_timeout_ms;
 	size_t max_response;
+	struct tp_tls_conf *tls; /* made at the first https connection with these settings */
+	struct conn *pool;       /* idle connections, newest first */
 	struct transport_req *reqs; /* in flight */
 	size_t active;
+	struct pollfd *pfd;         /* transport_wait's array */
+	size_t pfd_cap;
 };
 
 int transport_global_init(void)
 {
-	return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -EIO;
+	return 0; /* nothing global: kept for the agent's start-up order */
 }
 
 void transport_global_cleanup(void)
 {
-	curl_global_cleanup();
 }
 
 static void wipe_free(char *s)
@@ -66,12 +100,31 @@ static void wipe_free(char *s)
 	}
 }
 
+static void conn_close(struct conn *c)
+{
+	if (!c)
+		return;
+	tp_tls_free(c->tls);
+	if (c->fd >= 0)
+		close(c->fd);
+	free(c);
+}
+
+static void pool_clear(struct transport *tp)
+{
+	while (tp->pool) {
+		struct conn *c = tp->pool;
+		tp->pool = c->next;
+		conn_close(c);
+	}
+}
+
 int transport_configure(struct transport *tp, const struct transport_opts *opts)
 {
 	struct jv_buf auth;
 	jv_buf_init(&auth, 0);
 	char *ca = opts->ca_file ? strdup(opts->ca_file) : NULL;
-	int rc = jv_buf_printf(&auth, "Authorization: Bearer %s", opts->token ? opts->token : "");
+	int rc = jv_buf_printf(&auth, "Bearer %s", opts->token ? opts->token : "");
 	if (rc == 0 && opts->ca_file && !ca)
 		rc = -ENOMEM;
 	if (rc == 0)
@@ -83,13 +136,17 @@ int transport_configure(struct transport *tp, const struct transport_opts *opts)
 		free(ca);
 		return rc;
 	}
-	wipe_free(tp->auth_header);
-	tp->auth_header = auth.data; /* ownership moves out of the buffer */
+	wipe_free(tp->auth);
+	tp->auth = auth.data; /* ownership moves out of the buffer */
 	free(tp->ca_file);
 	tp->ca_file = ca;
 	tp->insecure = opts->insecure;
 	tp->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 10000;
 	tp->max_response = opts->max_response ? opts->max_response : 4u << 20;
+	/* New TLS settings apply to new connections; requests in flight keep theirs. */
+	tp_tls_conf_put(tp->tls);
+	tp->tls = NULL;
+	pool_clear(tp);
 	return 0;
 }
 
@@ -99,14 +156,8 @@ int transport_new(const struct transport_opts *opts, struct transport **out)
 	struct transport *tp = calloc(1, sizeof(*tp));
 	if (!tp)
 		return -ENOMEM;
-	tp->multi = curl_multi_init();
-	if (!tp->multi) {
-		free(tp);
-		return -ENOMEM;
-	}
 	int rc = transport_configure(tp, opts);
 	if (rc) {
-		curl_multi_cleanup(tp->multi);
 		free(tp);
 		return rc;
 	}
@@ -114,15 +165,24 @@ int transport_new(const struct transport_opts *opts, struct transport **out)
 	return 0;
 }
 
+static void req_drop_conn(struct transport_req *r)
+{
+	conn_close(r->c);
+	r->c = NULL;
+}
+
 static void req_free(struct transport_req *r)
 {
 	if (!r)
 		return;
-	if (r->easy)
-		curl_easy_cleanup(r->easy);
-	curl_slist_free_all(r->headers);
-	free(r->body);
-	jv_buf_free(&r->resp);
+	tp_resolve_cancel(r->res);
+	if (r->ai)
+		freeaddrinfo(r->ai);
+	req_drop_conn(r);
+	if (r->out.data)
+		explicit_bzero(r->out.data, r->out.len);
+	jv_buf_free(&r->out);
+	tp_answer_free(&r->ans);
 	free(r);
 }
 
@@ -142,7 +202,6 @@ void transport_abort(struct transport *tp, struct transport_req *req)
 {
 	if (!tp || !req)
 		return;
-	curl_multi_remove_handle(tp->multi, req->easy);
 	req_unlink(tp, req);
 	req_free(req);
 }
@@ -153,10 +212,12 @@ void transport_free(struct transport *tp)
 		return;
 	while (tp->reqs)
 		transport_abort(tp, tp->reqs);
-	curl_multi_cleanup(tp->multi);
+	pool_clear(tp);
+	tp_tls_conf_put(tp->tls);
 	endpoints_clear(&tp->ep);
-	wipe_free(tp->auth_header);
+	wipe_free(tp->auth);
 	free(tp->ca_file);
+	free(tp->pfd);
 	free(tp);
 }
 
@@ -175,15 +236,349 @@ size_t transport_active(const struct transport *tp)
 	return tp ? tp->active : 0;
 }
 
-static size_t on_write(char *data, size_t size, size_t nmemb, void *ud)
+/* ---- the request's steps ---- */
+
+static void finish(struct transport_req *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void finish(struct transport_req *r, const char *fmt, ...)
 {
-	struct transport_req *r = ud;
-	size_t n = size * nmemb;
-	if (jv_buf_append(&r->resp, data, n) != 0) {
-		r->too_large = true;
-		return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
+	if (fmt) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(r->err, sizeof(r->err), fmt, ap);
+		va_end(ap);
 	}
-	return n;
+	r->state = R_DONE;
+	r->want = 0;
+}
+
+/* Is a pooled connection still usable? Idle, nothing may be readable on it:
+ * data or an end of stream means the server closed or broke it. */
+static bool conn_alive(const struct conn *c)
+{
+	struct pollfd p = {.fd = c->fd, .events = POLLIN};
+	return poll(&p, 1, 0) == 0;
+}
+
+static struct conn *pool_take(struct transport *tp, const char *key)
+{
+	int64_t now = jv_now_mono_ms();
+	for (struct conn **pp = &tp->pool; *pp;) {
+		struct conn *c = *pp;
+		bool match = strcmp(c->key, key) == 0 && (!c->tls || c->tls_conf == tp->tls);
+		if (now - c->idle_since > IDLE_MAX_MS || (match && !conn_alive(c))) {
+			*pp = c->next;
+			conn_close(c);
+			continue;
+		}
+		if (match) {
+			*pp = c->next;
+			c->next = NULL;
+			return c;
+		}
+		pp = &c->next;
+	}
+	return NULL;
+}
+
+static void pool_put(struct transport *tp, struct conn *c)
+{
+	if (c->tls && c->tls_conf != tp->tls) { /* made with settings replaced since */
+		conn_close(c);
+		return;
+	}
+	c->idle_since = jv_now_mono_ms();
+	c->next = tp->pool;
+	tp->pool = c;
+	size_t n = 0;
+	for (struct conn **pp = &tp->pool; *pp; n++) {
+		if (n < POOL_MAX) {
+			pp = &(*pp)->next;
+			continue;
+		}
+		struct conn *old = *pp;
+		*pp = old->next;
+		conn_close(old);
+	}
+}
+
+static void start_resolve(struct transport_req *r)
+{
+	r->c = NULL;
+	r->reused = false;
+	r->connect_deadline_ms = jv_now_mono_ms() + r->tp->connect_timeout_ms;
+	int rc = tp_resolve_start(r->url.host, r->url.port, &r->res);
+	if (rc) {
+		finish(r, "cannot resolve '%s': %s", r->url.host, strerror(-rc));
+		return;
+	}
+	r->state = R_RESOLVE;
+	r->want = POLLIN;
+}
+
+/* Take a pooled connection to the URL's server, or start a new one. */
+static void start_connection(struct transport_req *r)
+{
+	struct conn *c = pool_take(r->tp, r->url.key);
+	if (c) {
+		r->c = c;
+		r->reused = true;
+		r->state = R_SEND;
+		r->want = POLLOUT;
+		return;
+	}
+	start_resolve(r);
+}
+
+static int open_socket(struct transport_req *r, const struct addrinfo *ai)
+{
+	int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+	if (fd < 0)
+		return -errno;
+	int one = 1, idle = 60;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof(idle));
+	if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	return fd;
+}
+
+/* Try the next address; each gets an equal share of what is left of the
+ * connect timeout. */
+static void next_address(struct transport_req *r, int last_error)
+{
+	req_drop_conn(r);
+	while (r->ai_next) {
+		const struct addrinfo *ai = r->ai_next;
+		r->ai_next = ai->ai_next;
+		int fd = open_socket(r, ai);
+		if (fd < 0) {
+			last_error = fd;
+			continue;
+		}
+		r->c = calloc(1, sizeof(*r->c));
+		if (!r->c) {
+			close(fd);
+			finish(r, "out of memory");
+			return;
+		}
+		r->c->fd = fd;
+		snprintf(r->c->key, sizeof(r->c->key), "%s", r->url.key);
+		size_t left = 1;
+		for (const struct addrinfo *a = r->ai_next; a; a = a->ai_next)
+			left++;
+		int64_t now = jv_now_mono_ms();
+		r->attempt_deadline_ms = now + (r->connect_deadline_ms - now) / (int64_t)left;
+		r->state = R_CONNECT;
+		r->want = POLLOUT;
+		return;
+	}
+	finish(r, "cannot connect to %s port %s: %s", r->url.host, r->url.port,
+	       strerror(last_error ? -last_error : ECONNREFUSED));
+}
+
+static void step_resolve(struct transport_req *r)
+{
+	int rc = tp_resolve_result(r->res, &r->ai, r->err, sizeof(r->err));
+	if (rc == -EAGAIN)
+		return;
+	tp_resolve_cancel(r->res);
+	r->res = NULL;
+	if (rc) {
+		finish(r, NULL);
+		return;
+	}
+	r->ai_next = r->ai;
+	next_address(r, 0);
+}
+
+static void start_tls(struct transport_req *r)
+{
+	struct transport *tp = r->tp;
+	if (!tp->tls && tp_tls_conf_new(tp->ca_file, tp->insecure, &tp->tls)) {
+		finish(r, "cannot set up TLS: out of memory");
+		return;
+	}
+	if (tp_tls_new(tp->tls, r->c->fd, r->url.host, &r->c->tls, r->err, sizeof(r->err))) {
+		finish(r, NULL);
+		return;
+	}
+	r->c->tls_conf = tp->tls;
+	r->state = R_TLS;
+	r->want = POLLOUT;
+}
+
+static void step_connect(struct transport_req *r)
+{
+	struct pollfd p = {.fd = r->c->fd, .events = POLLOUT};
+	if (poll(&p, 1, 0) == 0) {
+		if (jv_now_mono_ms() >= r->attempt_deadline_ms && r->ai_next)
+			next_address(r, -ETIMEDOUT);
+		return;
+	}
+	int soerr = 0;
+	socklen_t len = sizeof(soerr);
+	if (getsockopt(r->c->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0)
+		soerr = errno;
+	if (soerr) {
+		next_address(r, -soerr);
+		return;
+	}
+	freeaddrinfo(r->ai);
+	r->ai = r->ai_next = NULL;
+	if (r->url.https) {
+		start_tls(r);
+		return;
+	}
+	r->state = R_SEND;
+	r->want = POLLOUT;
+}
+
+static void step_tls(struct transport_req *r)
+{
+	int rc = tp_tls_handshake(r->c->tls, &r->want, r->err, sizeof(r->err));
+	if (rc == -EAGAIN)
+		return;
+	if (rc) {
+		finish(r, NULL);
+		return;
+	}
+	r->state = R_SEND;
+	r->want = POLLOUT;
+}
+
+/* The server closed a pooled connection before answering: send again once on a new one. */
+static bool retry_fresh(struct transport_req *r)
+{
+	if (!r->reused || r->ans.started)
+		return false;
+	req_drop_conn(r);
+	r->sent = 0;
+	tp_answer_free(&r->ans);
+	tp_answer_init(&r->ans, r->tp->max_response);
+	start_resolve(r);
+	return true;
+}
+
+static ssize_t conn_io(struct transport_req *r, bool writing, void *buf, size_t len)
+{
+	struct conn *c = r->c;
+	if (c->tls)
+		return tp_tls_io(c->tls, writing, buf, len, &r->want, r->err, sizeof(r->err));
+	ssize_t n = writing ? send(c->fd, buf, len, MSG_NOSIGNAL) : recv(c->fd, buf, len, 0);
+	if (n >= 0)
+		return n;
+	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+		r->want = writing ? POLLOUT : POLLIN;
+		return -EAGAIN;
+	}
+	snprintf(r->err, sizeof(r->err), "%s %s port %s failed: %s", writing ? "sending to" : "receiving from",
+	         r->url.host, r->url.port, strerror(errno));
+	return -EIO;
+}
+
+/* After conn_io: is this step over (waiting for the socket, sent again, or failed)? */
+static bool io_stop(struct transport_req *r, ssize_t n)
+{
+	if (n == -EAGAIN)
+		return true;
+	if (n < 0) {
+		if (!retry_fresh(r))
+			finish(r, NULL);
+		return true;
+	}
+	return false;
+}
+
+static void step_send(struct transport_req *r)
+{
+	while (r->sent < r->out.len) {
+		ssize_t n = conn_io(r, true, r->out.data + r->sent, r->out.len - r->sent);
+		if (io_stop(r, n))
+			return;
+		r->sent += (size_t)n;
+	}
+	explicit_bzero(r->out.data, r->out.len); /* the token is out */
+	r->state = R_RECV;
+	r->want = POLLIN;
+}
+
+static void answer_done(struct transport_req *r)
+{
+	struct tp_answer *a = &r->ans;
+	if (a->keep_alive && r->c) {
+		pool_put(r->tp, r->c);
+		r->c = NULL;
+	}
+	finish(r, NULL);
+}
+
+static void step_recv(struct transport_req *r)
+{
+	char buf[READ_CHUNK];
+	for (;;) {
+		ssize_t n = conn_io(r, false, buf, sizeof(buf));
+		if (io_stop(r, n))
+			return;
+		if (n == 0 && retry_fresh(r))
+			return;
+		int rc = tp_answer_feed(&r->ans, buf, (size_t)n);
+		if (rc == -EFBIG) {
+			finish(r, "answer larger than max_response");
+			return;
+		}
+		if (r->ans.complete) {
+			answer_done(r);
+			return;
+		}
+		if (rc || n == 0) {
+			finish(r, "%s", n == 0 ? (r->ans.started ? "the server closed the connection before the answer was complete"
+			                                     : "the server closed the connection without answering")
+			                       : "the server's answer is not valid HTTP");
+			return;
+		}
+	}
+}
+
+static void step(struct transport_req *r)
+{
+	int64_t now = jv_now_mono_ms();
+	if (now >= r->deadline_ms) {
+		finish(r, "timed out after %ld ms", r->timeout_ms);
+		return;
+	}
+	if (r->state <= R_TLS && !r->reused && now >= r->connect_deadline_ms) {
+		finish(r, "cannot connect to %s port %s: timed out after %ld ms", r->url.host, r->url.port,
+		       r->tp->connect_timeout_ms);
+		return;
+	}
+	enum rstate before;
+	do {
+		before = r->state;
+		switch (r->state) {
+		case R_RESOLVE:
+			step_resolve(r);
+			break;
+		case R_CONNECT:
+			step_connect(r);
+			break;
+		case R_TLS:
+			step_tls(r);
+			break;
+		case R_SEND:
+			step_send(r);
+			break;
+		case R_RECV:
+			step_recv(r);
+			break;
+		case R_DONE:
+			break;
+		}
+	} while (r->state != before && r->state != R_DONE);
 }
 
 int transport_post(struct transport *tp, const char *path, char *body, long timeout_ms,
@@ -196,144 +591,116 @@ int transport_post(struct transport *tp, const char *path, char *body, long time
 		free(body);
 		return -ENOMEM;
 	}
+	char err[300];
+	int rc = tp_url_parse(endpoints_current(&tp->ep), &r->url, err, sizeof(err));
+	jv_buf_init(&r->out, 0);
+	if (rc == 0)
+		rc = tp_request_format(&r->out, &r->url, path, tp->auth, body);
+	free(body);
+	if (rc) {
+		req_free(r);
+		return rc;
+	}
+	tp_answer_init(&r->ans, tp->max_response);
 	r->tp = tp;
-	r->body = body;
 	r->cb = cb;
 	r->ud = ud;
-	jv_buf_init(&r->resp, tp->max_response);
-	struct jv_buf url;
-	jv_buf_init(&url, 0);
-	int rc = -ENOMEM;
 	r->ep_gen = tp->ep.gen;
-	if (jv_buf_printf(&url, "%s%s", endpoints_current(&tp->ep), path))
-		goto fail;
-	r->easy = curl_easy_init();
-	if (!r->easy)
-		goto fail;
-	struct curl_slist *h = NULL;
-	const char *hdrs[] = {"Content-Type: application/json", "Accept: application/json",
-	                      "Expect:", tp->auth_header};
-	for (size_t i = 0; i < JV_ARRAY_LEN(hdrs); i++) {
-		struct curl_slist *nh = curl_slist_append(h, hdrs[i]);
-		if (!nh) {
-			curl_slist_free_all(h);
-			goto fail;
-		}
-		h = nh;
-	}
-	r->headers = h;
-	CURL *e = r->easy;
-	CURLcode cc = CURLE_OK;
-#define SET(opt, val) \
-	if (cc == CURLE_OK) \
-	cc = curl_easy_setopt(e, opt, val)
-	SET(CURLOPT_URL, url.data);
-	SET(CURLOPT_PROTOCOLS_STR, "http,https");
-	SET(CURLOPT_FOLLOWLOCATION, 0L);
-	SET(CURLOPT_NOSIGNAL, 1L);
-	SET(CURLOPT_POST, 1L);
-	SET(CURLOPT_POSTFIELDS, r->body ? r->body : "{}");
-	SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(r->body ? strlen(r->body) : 2));
-	SET(CURLOPT_HTTPHEADER, r->headers);
-	SET(CURLOPT_USERAGENT, "jobvisor/" JV_VERSION);
-	SET(CURLOPT_CONNECTTIMEOUT_MS, tp->connect_timeout_ms);
-	SET(CURLOPT_TIMEOUT_MS, timeout_ms > 0 ? timeout_ms : 30000L);
-	SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)tp->max_response);
-	SET(CURLOPT_WRITEFUNCTION, on_write);
-	SET(CURLOPT_WRITEDATA, r);
-	SET(CURLOPT_ERRORBUFFER, r->errbuf);
-	SET(CURLOPT_PRIVATE, r);
-	SET(CURLOPT_TCP_KEEPALIVE, 1L);
-	SET(CURLOPT_SSL_VERIFYPEER, tp->insecure ? 0L : 1L);
-	SET(CURLOPT_SSL_VERIFYHOST, tp->insecure ? 0L : 2L);
-	if (tp->ca_file)
-		SET(CURLOPT_CAINFO, tp->ca_file);
-#undef SET
-	if (cc != CURLE_OK) {
-		rc = -EINVAL;
-		goto fail;
-	}
-	if (curl_multi_add_handle(tp->multi, e) != CURLM_OK) {
-		rc = -ENOMEM;
-		goto fail;
-	}
-	jv_buf_free(&url); /* curl copied the URL */
+	r->timeout_ms = timeout_ms > 0 ? timeout_ms : 30000L;
 	r->started_ms = jv_now_mono_ms();
+	r->deadline_ms = r->started_ms + r->timeout_ms;
 	r->next = tp->reqs;
 	if (tp->reqs)
 		tp->reqs->prev = r;
 	tp->reqs = r;
 	tp->active++;
+	start_connection(r);
+	step(r);
 	if (out)
 		*out = r;
 	return 0;
-fail:
-	jv_buf_free(&url);
-	req_free(r);
-	return rc;
+}
+
+/* ---- the wait and the completions ---- */
+
+static int req_fd(const struct transport_req *r)
+{
+	if (r->state == R_RESOLVE)
+		return tp_resolve_fd(r->res);
+	return r->state != R_DONE && r->c ? r->c->fd : -1;
 }
 
 int transport_wait(struct transport *tp, struct pollfd *fds, unsigned nfds, int timeout_ms)
 {
-	struct curl_waitfd wfds[TRANSPORT_MAX_EXTRA_FDS];
-	if (nfds > JV_ARRAY_LEN(wfds))
-		nfds = JV_ARRAY_LEN(wfds);
-	for (unsigned i = 0; i < nfds; i++) {
-		wfds[i].fd = fds[i].fd;
-		wfds[i].events = (short)((fds[i].events & POLLIN ? CURL_WAIT_POLLIN : 0) |
-		                         (fds[i].events & POLLOUT ? CURL_WAIT_POLLOUT : 0) |
-		                         (fds[i].events & POLLPRI ? CURL_WAIT_POLLPRI : 0));
-		wfds[i].revents = 0;
+	if (nfds > TRANSPORT_MAX_EXTRA_FDS)
+		nfds = TRANSPORT_MAX_EXTRA_FDS;
+	size_t need = nfds + tp->active;
+	if (need > tp->pfd_cap) {
+		struct pollfd *n = realloc(tp->pfd, need * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		tp->pfd = n;
+		tp->pfd_cap = need;
 	}
-	CURLMcode mc = curl_multi_poll(tp->multi, wfds, nfds, timeout_ms < 0 ? 0 : timeout_ms, NULL);
-	/* curl reports only POLLIN/POLLOUT/POLLPRI for extra descriptors, and a
-	 * pipe whose writer is gone signals POLLHUP alone: ask the kernel
-	 * directly (no wait) so a hang-up is seen and does not spin the loop. */
-	if (nfds > 0 && poll(fds, nfds, 0) < 0)
-		for (unsigned i = 0; i < nfds; i++)
-			fds[i].revents = 0;
-	return mc == CURLM_OK ? 0 : -EIO;
+	memcpy(tp->pfd, fds, nfds * sizeof(*fds));
+	int64_t now = jv_now_mono_ms(), until = now + (timeout_ms < 0 ? 0 : timeout_ms);
+	size_t n = nfds;
+	for (struct transport_req *r = tp->reqs; r; r = r->next) {
+		int64_t d = r->deadline_ms;
+		if (r->state <= R_TLS && !r->reused && r->connect_deadline_ms < d)
+			d = r->connect_deadline_ms;
+		if (r->state == R_CONNECT && r->ai_next && r->attempt_deadline_ms < d)
+			d = r->attempt_deadline_ms;
+		if (r->state == R_DONE)
+			d = now;
+		if (d < until)
+			until = d;
+		int fd = req_fd(r);
+		if (fd >= 0)
+			tp->pfd[n++] = (struct pollfd){.fd = fd, .events = r->want ? r->want : POLLIN};
+	}
+	int wait = until > now ? (int)(until - now) : 0;
+	int rc = poll(tp->pfd, (nfds_t)n, wait);
+	if (rc < 0 && errno != EINTR)
+		return -errno;
+	for (unsigned i = 0; i < nfds; i++)
+		fds[i].revents = rc > 0 ? tp->pfd[i].revents : 0;
+	return 0;
+}
+
+static void respond(struct transport *tp, struct transport_req *r)
+{
+	struct tp_answer *a = &r->ans;
+	struct transport_response resp = {.retry_after_ms = -1};
+	resp.too_large = a->too_large;
+	/* A transfer that failed half-way has no trustworthy answer. */
+	resp.status = a->complete ? (long)a->parser.status_code : 0;
+	if (a->complete || a->too_large)
+		resp.retry_after_ms = a->retry_after_ms;
+	if (!a->complete)
+		resp.error = r->err[0] ? r->err : "no answer";
+	resp.body = a->body.data ? a->body.data : "";
+	resp.len = a->body.len;
+	resp.elapsed_ms = jv_now_mono_ms() - r->started_ms;
+	resp.failover = endpoints_report(&tp->ep, r->ep_gen, resp.status, resp.too_large, resp.error);
+	if (r->cb)
+		r->cb(r->ud, &resp);
 }
 
 void transport_perform(struct transport *tp)
 {
-	int running = 0;
-	curl_multi_perform(tp->multi, &running);
-	CURLMsg *msg;
-	int left = 0;
-	while ((msg = curl_multi_info_read(tp->multi, &left))) {
-		if (msg->msg != CURLMSG_DONE)
-			continue;
-		struct transport_req *r = NULL;
-		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
-		CURLcode result = msg->data.result;
+	for (struct transport_req *r = tp->reqs; r; r = r->next)
+		if (r->state != R_DONE)
+			step(r);
+	/* One at a time from the head: a callback may add or abort requests. */
+	for (;;) {
+		struct transport_req *r = tp->reqs;
+		while (r && r->state != R_DONE)
+			r = r->next;
 		if (!r)
-			continue;
-		curl_multi_remove_handle(tp->multi, r->easy);
+			break;
 		req_unlink(tp, r);
-
-		struct transport_response resp = {.retry_after_ms = -1};
-		long status = 0;
-		curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
-		curl_off_t ra = -1;
-		if (curl_easy_getinfo(r->easy, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra > 0)
-			resp.retry_after_ms = (int64_t)(ra > 86400 ? 86400 : ra) * 1000;
-		if (result == CURLE_FILESIZE_EXCEEDED)
-			r->too_large = true;
-		resp.too_large = r->too_large;
-		/* A transfer that failed half-way has no trustworthy answer. */
-		resp.status = result == CURLE_OK ? status : 0;
-		if (r->too_large)
-			resp.error = "answer larger than max_response";
-		else if (result != CURLE_OK)
-			resp.error = r->errbuf[0] ? r->errbuf : curl_easy_strerror(result);
-		resp.body = r->resp.data ? r->resp.data : "";
-		resp.len = r->resp.len;
-		resp.elapsed_ms = jv_now_mono_ms() - r->started_ms;
-		resp.failover = endpoints_report(&tp->ep, r->ep_gen, resp.status,
-		                                 resp.too_large, resp.error);
-		if (r->cb)
-			r->cb(r->ud, &resp);
+		respond(tp, r);
 		req_free(r);
 	}
 }
@@ -363,67 +730,4 @@ const char *transport_class_name(enum transport_class c)
 		return "rejected";
 	}
 	return "?";
-}
-
-static bool host_is_loopback(const char *host)
-{
-	if (strcasecmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0 ||
-	    strcmp(host, "::1") == 0)
-		return true;
-	struct in_addr a;
-	if (inet_pton(AF_INET, host, &a) == 1)
-		return (ntohl(a.s_addr) >> 24) == 127;
-	return false;
-}
-
-int transport_check_url(const char *url, bool *loopback, char *err, size_t errlen)
-{
-	*loopback = false;
-	int rc = -EINVAL;
-	char *scheme = NULL, *host = NULL, *user = NULL, *query = NULL, *frag = NULL;
-	CURLU *u = curl_url();
-	if (!u) {
-		snprintf(err, errlen, "out of memory");
-		return -ENOMEM;
-	}
-	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK) {
-		snprintf(err, errlen, "'%.200s' is not a URL", url);
-		goto out;
-	}
-	curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
-	curl_url_get(u, CURLUPART_HOST, &host, 0);
-	curl_url_get(u, CURLUPART_USER, &user, 0);
-	curl_url_get(u, CURLUPART_QUERY, &query, 0);
-	curl_url_get(u, CURLUPART_FRAGMENT, &frag, 0);
-	if (!scheme || (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0)) {
-		snprintf(err, errlen, "'%.200s' must start with http:// or https://", url);
-		goto out;
-	}
-	if (strncasecmp(url, scheme, strlen(scheme)) != 0) {
-		snprintf(err, errlen, "'%.200s' must start with http:// or https://", url);
-		goto out;
-	}
-	if (!host || !*host) {
-		snprintf(err, errlen, "'%.200s' has no host", url);
-		goto out;
-	}
-	if (user) {
-		/* Never echo the URL here: it holds credentials. */
-		snprintf(err, errlen, "the URL must not contain user name or password (use token_file)");
-		goto out;
-	}
-	if (query || frag) {
-		snprintf(err, errlen, "'%.200s' must not have a query or fragment", url);
-		goto out;
-	}
-	*loopback = host_is_loopback(host);
-	rc = 0;
-out:
-	curl_free(scheme);
-	curl_free(host);
-	curl_free(user);
-	curl_free(query);
-	curl_free(frag);
-	curl_url_cleanup(u);
-	return rc;
 }

@@ -1,6 +1,6 @@
-/* transport.h — HTTP requests to the control plane (the agent's only libcurl user).
+/* transport.h — HTTP requests to the control plane (the agent's HTTP client).
  *
- * Non-blocking: requests run on one curl multi handle that the event loop
+ * Non-blocking: requests run on non-blocking sockets that the event loop
  * waits on through transport_wait() together with its own descriptors, and
  * transport_perform() drives transfers and calls each completion callback
  * once. Every request carries the Bearer token, verifies TLS (unless the
@@ -86,7 +86,7 @@ const char *transport_class_name(enum transport_class c);
  * localhost. Returns 0 or -EINVAL with a message in err. */
 int transport_check_url(const char *url, bool *loopback, char *err, size_t errlen);
 
-/* Global init/cleanup of libcurl; call once from the agent's main. */
+/* Global init/cleanup (nothing global any more: kept for the start-up order). */
 int transport_global_init(void);
 void transport_global_cleanup(void);
 
