@@ -33,10 +33,16 @@ local function choose_id(job)
   return id
 end
 
--- m: a manifest, or the summary archive.create returns (files counted there).
+-- m: a manifest (a handle from backups.load, or a remote's table), or the
+-- summary archive.create returns (files counted there).
 local function result_of(id, m, up)
-  local files = type(m.files) == "table" and backups.file_count(m) or m.files
-  local out = { backupId = id, bytes = m.bytes, files = files, entries = m.entries or #m.files,
+  local files, entries
+  if type(m) ~= "userdata" and math.type(m.files) == "integer" then
+    files, entries = m.files, m.entries
+  else
+    files, entries = backups.file_count(m), backups.entries(m)
+  end
+  local out = { backupId = id, bytes = m.bytes, files = files, entries = entries,
            sha256 = m.sha256 }
   if up then
     out.remote = up.remote

@@ -42,12 +42,12 @@ return {
     if rname then
       remotes.check(job, rname)
       job.progress(1, string.format("fetching backup '%s' from remote '%s'", id, rname))
-      m, fetched = remotes.fetch(job, rname, id, 1, 40)
+      _, fetched = remotes.fetch(job, rname, id, 1, 40)
       from = 40
-    else
-      m, err = backups.load(id)
-      if not m then job.fail(err) end
     end
+    -- the local manifest (fetch wrote it), read in C: no Lua table of the files
+    m, err = backups.load(id)
+    if not m then job.fail(err) end
 
     local dst = fs.stat("data")
     if dst and dst.type ~= "dir" then
@@ -87,10 +87,7 @@ return {
     common.guard(function()
       -- The manifest bounds what may come out: exactly its files' sizes, however
       -- well the world compressed (no ratio guard for our own backups).
-      local total = 0
-      for _, f in ipairs(m.files) do
-        if f.type == "file" and math.type(f.size) == "integer" then total = total + f.size end
-      end
+      local total = m.file_bytes
       local res, xerr, xcode = archive.extract(backups.archive_path(id), staged,
         { manifest = m, max_bytes = total, max_ratio = 0, progress = { from = from, to = 85 } })
       if not res and common.disk_full(xcode) then
@@ -140,6 +137,6 @@ return {
     if rname then job.unmark("remote-fetch") end
     job.unmark("restore")
     log.info(string.format("backup '%s' restored into data/ (%d files)", id, backups.file_count(m)))
-    return { backupId = id, files = backups.file_count(m), entries = #m.files }
+    return { backupId = id, files = m.file_count, entries = m.entries }
   end,
 }

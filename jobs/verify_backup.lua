@@ -37,13 +37,13 @@ return {
     end
     local m, err = backups.load(id)
     if not m then job.fail(err) end
-    job.progress(1, string.format("verifying backup '%s' (%d entries, %d bytes)", id, #m.files, m.bytes))
+    job.progress(1, string.format("verifying backup '%s' (%d entries, %d bytes)", id, m.entries, m.bytes))
     local ok, verr = archive.verify(backups.archive_path(id), m, { progress = { from = 1, to = 99 } })
     if not ok then
       job.fail(string.format("backup '%s' is corrupt: %s", id, tostring(verr)))
     end
     common.clean_stale_staging(job)
-    log.info(string.format("backup '%s' verified: %d files, %d bytes", id, backups.file_count(m), m.bytes))
-    return { backupId = id, files = backups.file_count(m), entries = #m.files, bytes = m.bytes }
+    log.info(string.format("backup '%s' verified: %d files, %d bytes", id, m.file_count, m.bytes))
+    return { backupId = id, files = m.file_count, entries = m.entries, bytes = m.bytes }
   end,
 }

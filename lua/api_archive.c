@@ -21,8 +21,6 @@
 
 #define ARCHIVE_MAX_EXCLUDES 1024
 #define ARCHIVE_DEFAULT_RESERVE (128ll << 20)
-/* A manifest file read for reuse lists every file (about 150 bytes each). */
-#define ARCHIVE_MANIFEST_MAX (256u << 20)
 /* Defaults of archive.extract's bomb guards when the agent settings
  * extract_max_bytes / extract_max_ratio do not say otherwise. */
 #define ARCHIVE_DEFAULT_MAX_BYTES (16ll << 30)
@@ -88,41 +86,6 @@ static void create_excludes(lua_State *L, struct arch_create_opts *o, const char
 	o->exclude = pats;
 }
 
-/* A manifest file read straight into m (no Lua table): 0 or -errno with err. */
-static int read_manifest_file(const struct fsx *fx, const char *norm, struct arch_manifest *m,
-                              char *err, size_t errlen)
-{
-	int dfd;
-	const char *last;
-	int rc = fsx_parent(fx, norm, 0, &dfd, &last);
-	if (rc < 0) {
-		snprintf(err, errlen, "cannot open '%s': %s", norm, fsx_strerror(rc));
-		return rc;
-	}
-	char *text = NULL;
-	size_t len = 0;
-	rc = jv_read_file_at(dfd, last, ARCHIVE_MANIFEST_MAX, &text, &len);
-	close(dfd);
-	if (rc < 0) {
-		snprintf(err, errlen, "cannot read '%s': %s", norm, jv_read_strerror(rc));
-		return rc;
-	}
-	cJSON *j = cJSON_ParseWithLength(text, len);
-	free(text);
-	const cJSON *done = j ? cJSON_GetObjectItemCaseSensitive(j, "complete") : NULL;
-	if (!j) {
-		snprintf(err, errlen, "'%s' is not JSON", norm);
-		rc = -EINVAL;
-	} else if (done && !cJSON_IsTrue(done)) {
-		snprintf(err, errlen, "'%s' is not marked complete", norm);
-		rc = -EINVAL;
-	} else {
-		rc = arch_manifest_from_json(j, m, err, errlen);
-	}
-	cJSON_Delete(j);
-	return rc;
-}
-
 /* opts.reuse: a manifest table (a bad one raises), or the path of a manifest
  * file, read here; a file that cannot serve (missing, unreadable, not a
  * manifest) only costs the hashing: its reason goes to reuse_err. */
@@ -137,7 +100,7 @@ static void create_reuse(lua_State *L, const struct fsx *fx, struct arch_create_
 	if (lua_type(L, idx) == LUA_TSTRING) {
 		char path[FSX_PATH_MAX];
 		apiutil_path(L, idx, path, false);
-		if (read_manifest_file(fx, path, reuse, reuse_err, errlen) == 0)
+		if (archive_manifest_read(fx, path, reuse, reuse_err, errlen) == 0)
 			o->reuse = reuse;
 		return;
 	}
@@ -362,12 +325,10 @@ static int l_archive_extract(lua_State *L)
 	char prefix[FSX_PATH_MAX + 64];
 	snprintf(prefix, sizeof(prefix), "cannot extract '%s'", file);
 	if (!lua_isnoneornil(L, 3) && lua_getfield(L, 3, "manifest") != LUA_TNIL) {
-		int idx = lua_gettop(L);
-		struct arch_manifest *m = archive_manifest_push(L);
-		int rc = archive_manifest_arg(L, idx, m, err, sizeof(err));
-		if (rc < 0)
+		int rc;
+		o.manifest = archive_manifest_use(L, lua_gettop(L), err, sizeof(err), &rc);
+		if (!o.manifest)
 			return apiutil_fail_msg(L, rc, prefix, err);
-		o.manifest = m;
 	}
 	struct apiutil_call call;
 	apiutil_call_init(L, 3, &call, "extracting");
@@ -409,13 +370,13 @@ static int l_archive_verify(lua_State *L)
 	static const char *const keys[] = {"progress", NULL};
 	char file[FSX_PATH_MAX];
 	apiutil_path(L, 1, file, false);
-	luaL_checktype(L, 2, LUA_TTABLE);
+	luaL_argexpected(L, lua_istable(L, 2) || lua_isuserdata(L, 2), 2, "manifest");
 	apiutil_opts(L, 3, "archive.verify", keys);
 	char err[1024], prefix[FSX_PATH_MAX + 64];
 	snprintf(prefix, sizeof(prefix), "archive '%s' failed verification", file);
-	struct arch_manifest *m = archive_manifest_push(L);
-	int rc = archive_manifest_arg(L, 2, m, err, sizeof(err));
-	if (rc < 0)
+	int rc;
+	const struct arch_manifest *m = archive_manifest_use(L, 2, err, sizeof(err), &rc);
+	if (!m)
 		return apiutil_fail_msg(L, rc, prefix, err);
 	struct apiutil_call call;
 	apiutil_call_init(L, 3, &call, "verifying");
@@ -480,6 +441,7 @@ static const luaL_Reg archive_funcs[] = {
 	{"extract", l_archive_extract},
 	{"verify", l_archive_verify},
 	{"list", l_archive_list},
+	{"manifest", archive_l_manifest},
 	{NULL, NULL},
 };
 
@@ -491,6 +453,7 @@ int luaopen_jv_archive(lua_State *L)
 		{"extract", 3},
 		{"verify", 3},
 		{"list", 1},
+		{"manifest", 1},
 		{NULL, 0},
 	};
 	apiutil_limit_args(L, -1, "archive", arity);

@@ -65,34 +65,69 @@ static int marker_remove(struct jv_run_ctx *ctx, const char *file, bool durable)
 	return rc;
 }
 
+/* How often a progress change is written to the progress file: a kill -9
+ * loses at most this much of where the run got to. */
+#define PROGRESS_WRITE_MS 500
+
+/* Step and percent from the progress file of the run `prev` names, if it is
+ * that run's (a file a later run overwrote or an older run left is not). */
+static void merge_progress(struct jv_run_ctx *ctx, cJSON *prev)
+{
+	cJSON *p = NULL;
+	if (jv_marker_read(ctx, ctx->run_marker.progress_file, &p) == 0 && cJSON_IsObject(p) &&
+	    strcmp(jv_json_str(p, "runId", ""), jv_json_str(prev, "runId", "?")) == 0) {
+		const cJSON *step = cJSON_GetObjectItemCaseSensitive(p, "step");
+		if (cJSON_IsString(step))
+			cJSON_ReplaceItemInObject(prev, "step", cJSON_CreateString(step->valuestring));
+		if (jv_json_has_num(p, "percent")) {
+			cJSON_DeleteItemFromObject(prev, "percent");
+			cJSON_AddNumberToObject(prev, "percent", jv_json_num(p, "percent", 0));
+		}
+	}
+	cJSON_Delete(p);
+}
+
+/* Say how far the interrupted run got: "stopped during step 'start'" was
+ * wrong for a script that reported only percents. */
+static void log_previous(struct jv_run_ctx *ctx, const cJSON *prev)
+{
+	char msg[1024], pct[32] = "";
+	const char *step = jv_json_str(prev, "step", "start");
+	if (jv_json_has_num(prev, "percent"))
+		snprintf(pct, sizeof(pct), " at %.0f%%", jv_json_num(prev, "percent", 0));
+	if (strcmp(step, "start") == 0 && !pct[0])
+		snprintf(msg, sizeof(msg),
+		         "an earlier run of this job (run %s, attempt %lld, started %s) did not finish; "
+		         "it recorded no progress",
+		         jv_json_str(prev, "runId", "?"), (long long)jv_json_int(prev, "attempt", 0),
+		         jv_json_str(prev, "startedAt", "?"));
+	else
+		snprintf(msg, sizeof(msg),
+		         "an earlier run of this job (run %s, attempt %lld, started %s) did not finish; "
+		         "the last progress it recorded: '%.600s'%s",
+		         jv_json_str(prev, "runId", "?"), (long long)jv_json_int(prev, "attempt", 0),
+		         jv_json_str(prev, "startedAt", "?"), step, pct);
+	jv_emit_log(ctx, "warn", msg);
+}
+
 /* The run marker: written at start, removed on success. A retry finds the one
- * an interrupted run left and exposes it as job.previous. */
+ * an interrupted run left and exposes it as job.previous. Where the run got to
+ * (step, percent) goes to a separate file, run.<type>.progress, which is never
+ * fsynced: the run marker itself is written at most twice (at start, and
+ * durably where the protocol needs it), so a power cut can never leave it
+ * half-replaced by a progress update (docs/jobs.md, "The run marker"). */
 void jv_run_marker_start(lua_State *L, struct jv_run_ctx *ctx, int job_idx)
 {
 	snprintf(ctx->run_marker.file, sizeof(ctx->run_marker.file), "run.%s.json", ctx->type);
+	/* No ".json": job.mark cannot make a file of this name. */
+	snprintf(ctx->run_marker.progress_file, sizeof(ctx->run_marker.progress_file), "run.%s.progress",
+	         ctx->type);
 	cJSON *prev = NULL;
 	if (jv_marker_read(ctx, ctx->run_marker.file, &prev) == 0 && cJSON_IsObject(prev)) {
+		merge_progress(ctx, prev);
 		jv_json_to_lua(L, prev);
 		lua_setfield(L, job_idx, "previous");
-		/* Say how far it got: "stopped during step 'start'" was wrong for a
-		 * script that reported only percents. */
-		char msg[1024], pct[32] = "";
-		const char *step = jv_json_str(prev, "step", "start");
-		if (jv_json_has_num(prev, "percent"))
-			snprintf(pct, sizeof(pct), " at %.0f%%", jv_json_num(prev, "percent", 0));
-		if (strcmp(step, "start") == 0 && !pct[0])
-			snprintf(msg, sizeof(msg),
-			         "an earlier run of this job (run %s, attempt %lld, started %s) did not finish; "
-			         "it recorded no progress",
-			         jv_json_str(prev, "runId", "?"), (long long)jv_json_int(prev, "attempt", 0),
-			         jv_json_str(prev, "startedAt", "?"));
-		else
-			snprintf(msg, sizeof(msg),
-			         "an earlier run of this job (run %s, attempt %lld, started %s) did not finish; "
-			         "the last progress it recorded: '%.600s'%s",
-			         jv_json_str(prev, "runId", "?"), (long long)jv_json_int(prev, "attempt", 0),
-			         jv_json_str(prev, "startedAt", "?"), step, pct);
-		jv_emit_log(ctx, "warn", msg);
+		log_previous(ctx, prev);
 	}
 	cJSON_Delete(prev);
 	cJSON *m = jv_ctx_ident_json(ctx, "startedAt");
@@ -103,33 +138,47 @@ void jv_run_marker_start(lua_State *L, struct jv_run_ctx *ctx, int job_idx)
 	 * agent), which leaves the page cache alone. Against a power cut it is made
 	 * durable where the protocol depends on it: before the run's first job.mark
 	 * (a later run adopts those markers through job.previous, common.adopts)
-	 * and once the run has lasted a second (jv_run_marker_step). A run that
-	 * ends sooner without marking anything costs no fsync at all; see
-	 * docs/jobs.md, "The run marker". */
+	 * and before a run that did not complete reports its result. A run that
+	 * never marks anything and completes costs no fsync at all, however long
+	 * it runs; see docs/jobs.md, "The run marker". */
 	marker_write(ctx, ctx->run_marker.file, m, false);
 	ctx->run_marker.synced = false;
+	ctx->run_marker.progress_written = false;
 	ctx->run_marker.written_ms = jv_now_mono_ms();
+}
+
+/* The latest step and percent to the progress file (page cache only). */
+static void progress_write(struct jv_run_ctx *ctx)
+{
+	ctx->run_marker.written_ms = jv_now_mono_ms();
+	ctx->run_marker.dirty = false;
+	if (marker_write(ctx, ctx->run_marker.progress_file, ctx->run_marker.json, false) == 0)
+		ctx->run_marker.progress_written = true;
 }
 
 /* The run marker on disk before what follows (a job.mark, the end of a run that
  * did not complete). Returns 0 or -errno. */
 int jv_run_marker_sync(struct jv_run_ctx *ctx)
 {
-	if (!ctx->run_marker.json || ctx->run_marker.synced)
+	if (!ctx->run_marker.json)
+		return 0;
+	/* The progress file of this run, if any, must not say less than the
+	 * marker: a kill -9 now leaves both as they are. */
+	if (ctx->run_marker.dirty && ctx->run_marker.progress_written)
+		progress_write(ctx);
+	if (ctx->run_marker.synced)
 		return 0;
 	int rc = marker_write(ctx, ctx->run_marker.file, ctx->run_marker.json, true);
-	if (rc == 0) {
+	if (rc == 0)
 		ctx->run_marker.synced = true;
-		ctx->run_marker.dirty = false;
-		ctx->run_marker.written_ms = jv_now_mono_ms();
-	}
 	return rc;
 }
 
-/* Called for every progress line (lua/events.c): the marker follows the run
- * so a retry can say where the earlier run got to. A durable write costs
- * fsyncs: at most one a second; a change in between is written by the next
- * call after that second (progress, job.checkpoint, job.sleep). */
+/* Called for every progress line (lua/events.c), job.step, job.checkpoint and
+ * job.sleep: the progress file follows the run so a retry can say where the
+ * earlier run got to. No fsync (nothing a retry does depends on it) and at
+ * most one write every PROGRESS_WRITE_MS; a change in between is written by
+ * the next call after that. */
 void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step, double percent)
 {
 	if (!ctx->run_marker.json)
@@ -143,19 +192,17 @@ void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step, double percent
 		cJSON_AddNumberToObject(ctx->run_marker.json, "percent", percent);
 		ctx->run_marker.dirty = true;
 	}
-	int64_t now = jv_now_mono_ms();
-	bool due = ctx->run_marker.dirty || !ctx->run_marker.synced;
-	if (!due || now - ctx->run_marker.written_ms < 1000)
-		return;
-	ctx->run_marker.written_ms = now;
-	ctx->run_marker.dirty = false;
-	if (jv_marker_write(ctx, ctx->run_marker.file, ctx->run_marker.json) == 0)
-		ctx->run_marker.synced = true;
+	if (ctx->run_marker.dirty && jv_now_mono_ms() - ctx->run_marker.written_ms >= PROGRESS_WRITE_MS)
+		progress_write(ctx);
 }
 
 void jv_run_marker_done(struct jv_run_ctx *ctx)
 {
-	/* A marker that never reached the disk needs no fsync to leave it. */
+	/* The progress file first: one left behind (a power cut) names a run with
+	 * no marker and is ignored. A marker that never reached the disk needs no
+	 * fsync to leave it. */
+	if (ctx->run_marker.progress_written)
+		marker_remove(ctx, ctx->run_marker.progress_file, false);
 	if (ctx->run_marker.file[0])
 		marker_remove(ctx, ctx->run_marker.file, ctx->run_marker.synced);
 	cJSON_Delete(ctx->run_marker.json);

@@ -181,14 +181,14 @@ int l_remote_verify(lua_State *L)
 	static const char *const keys[] = {"progress", NULL};
 	const char *name = remote_check_name(L);
 	const char *rel = remote_check_rel(L, 2);
-	luaL_checktype(L, 3, LUA_TTABLE);
+	luaL_argexpected(L, lua_istable(L, 3) || lua_isuserdata(L, 3), 3, "manifest");
 	apiutil_opts(L, 4, "remote.verify", keys);
 	lua_settop(L, 4); /* the box goes above the arguments */
 	char err[1024];
 	/* owned by a box: reading the progress option below may raise */
-	struct arch_manifest *m = archive_manifest_push(L);
-	int rc = archive_manifest_arg(L, 3, m, err, sizeof(err));
-	if (rc < 0)
+	int rc;
+	const struct arch_manifest *m = archive_manifest_use(L, 3, err, sizeof(err), &rc);
+	if (!m)
 		return luaL_error(L, "remote.verify: %s", err);
 	struct apiutil_tick t;
 	apiutil_tick_init(L, 4, &t, "verifying");

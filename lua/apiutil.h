@@ -97,5 +97,18 @@ int archive_manifest_arg(lua_State *L, int idx, struct arch_manifest *m, char *e
 /* An empty manifest on the heap owned by a new box (box.h) pushed on the
  * stack: released when the calling C function returns or raises. */
 struct arch_manifest *archive_manifest_push(lua_State *L);
+/* The manifest at idx for a call that only reads it: a handle from
+ * archive.manifest (borrowed, nothing pushed) or a table (converted into a
+ * new box pushed on the stack). NULL with *rc and err when it is not one
+ * (api_archive_mf.c). */
+const struct arch_manifest *archive_manifest_use(lua_State *L, int idx, char *err, size_t errlen,
+                                                 int *rc);
+/* The manifest file at path (beneath fx) into *m, entry by entry
+ * (arch_mfread.c); 0 or -errno with err (naming the file). */
+struct fsx;
+int archive_manifest_read(const struct fsx *fx, const char *path, struct arch_manifest *m,
+                          char *err, size_t errlen);
+/* archive.manifest(path) */
+int archive_l_manifest(lua_State *L);
 
 #endif

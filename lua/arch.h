@@ -71,6 +71,19 @@ struct arch_entry *arch_manifest_find(const struct arch_manifest *m, const char 
  * cJSON from to_json: cJSON_Delete. */
 int arch_manifest_from_json(const cJSON *j, struct arch_manifest *m, char *err, size_t errlen);
 cJSON *arch_manifest_to_json(const struct arch_manifest *m);
+/* The parts of from_json: the top-level members (format, sha256, bytes; not
+ * files) into m, and entry i (0-based, for messages) into e, whose path and
+ * target borrow from f. 0 or -EINVAL with err. */
+int arch_manifest_top_from_json(const cJSON *j, struct arch_manifest *m, char *err, size_t errlen);
+int arch_entry_from_json(const cJSON *f, size_t i, struct arch_entry *e, char *err, size_t errlen);
+/* Read a manifest document from fd (at its current offset) into m, one
+ * "files" entry at a time (arch_mfread.c): memory for the entries in m, not
+ * for the text or a JSON tree of the whole list. *top (when top is not NULL)
+ * gets the other top-level members as a cJSON object (caller frees). Checks
+ * as from_json, and "complete", when present, must be true. 0 or -errno
+ * with err: "is not JSON (...)", "is not marked complete", "is not a
+ * manifest (...)" (to follow the file's name), or from_json's "manifest: ...". */
+int arch_manifest_read_fd(int fd, struct arch_manifest *m, cJSON **top, char *err, size_t errlen);
 /* Write m as JSON to dirfd/name durably (temp file, fsync, rename, fsync
  * directory), streaming entry by entry (arch_mfwrite.c): the same document
  * as arch_manifest_to_json(), with the members of extra (a JSON object, or

@@ -158,7 +158,7 @@ static int arch_fileid_parse(const cJSON *v, struct arch_fileid *id)
 	return 0;
 }
 
-static int entry_from_json(const cJSON *f, size_t i, struct arch_entry *e, char *err, size_t errlen)
+int arch_entry_from_json(const cJSON *f, size_t i, struct arch_entry *e, char *err, size_t errlen)
 {
 	char norm[FSX_PATH_MAX];
 	memset(e, 0, sizeof(*e));
@@ -224,17 +224,11 @@ static int entry_from_json(const cJSON *f, size_t i, struct arch_entry *e, char 
 	return 0;
 }
 
-int arch_manifest_from_json(const cJSON *j, struct arch_manifest *m, char *err, size_t errlen)
+int arch_manifest_top_from_json(const cJSON *j, struct arch_manifest *m, char *err, size_t errlen)
 {
-	arch_manifest_init(m);
 	const cJSON *format = cJSON_GetObjectItemCaseSensitive(j, "format");
-	const cJSON *files = cJSON_GetObjectItemCaseSensitive(j, "files");
 	if (!cJSON_IsObject(j) || !cJSON_IsNumber(format) || format->valuedouble != 1) {
 		errf(err, errlen, "manifest: not a format 1 manifest (need \"format\": 1)");
-		return -EINVAL;
-	}
-	if (!cJSON_IsArray(files)) {
-		errf(err, errlen, "manifest: 'files' must be an array");
 		return -EINVAL;
 	}
 	const cJSON *sha = cJSON_GetObjectItemCaseSensitive(j, "sha256");
@@ -256,12 +250,26 @@ int arch_manifest_from_json(const cJSON *j, struct arch_manifest *m, char *err, 
 		}
 		m->has_bytes = true;
 	}
+	return 0;
+}
+
+int arch_manifest_from_json(const cJSON *j, struct arch_manifest *m, char *err, size_t errlen)
+{
+	arch_manifest_init(m);
+	int trc = arch_manifest_top_from_json(j, m, err, errlen);
+	if (trc < 0)
+		return trc;
+	const cJSON *files = cJSON_GetObjectItemCaseSensitive(j, "files");
+	if (!cJSON_IsArray(files)) {
+		errf(err, errlen, "manifest: 'files' must be an array");
+		return -EINVAL;
+	}
 	size_t i = 0;
 	const cJSON *f;
 	int rc = 0;
 	cJSON_ArrayForEach(f, files) {
 		struct arch_entry e;
-		rc = entry_from_json(f, i++, &e, err, errlen);
+		rc = arch_entry_from_json(f, i++, &e, err, errlen);
 		if (rc == 0)
 			rc = arch_manifest_add(m, &e);
 		if (rc < 0)

@@ -58,14 +58,16 @@ struct jv_run_ctx {
 
 	/* The run marker (lua/api_job.c): <type>'s run.<type>.json, written at
 	 * start (page cache only), made durable before the run's first job.mark
-	 * and once it has run for a second, its step updated by job.step(),
-	 * removed on success. */
+	 * and before a run that did not complete reports, removed on success; the
+	 * latest step and percent go to run.<type>.progress (never fsynced). */
 	struct {
 		char file[128];
+		char progress_file[128];
 		cJSON *json; /* owned; NULL until jv_run_marker_start */
-		int64_t written_ms;
-		bool dirty;  /* changed since written_ms */
+		int64_t written_ms; /* the progress file was last written */
+		bool dirty;  /* step or percent changed since written_ms */
 		bool synced; /* on disk (fsynced), not only in the page cache */
+		bool progress_written; /* this run wrote run.<type>.progress */
 	} run_marker;
 };
 
@@ -140,8 +142,9 @@ int jv_completed_write(struct jv_run_ctx *ctx, const cJSON *params, const cJSON 
 /* The run marker. start: expose the one an interrupted earlier run left as
  * job.previous (the table at job_idx) and write this run's; step: record
  * the latest progress (message and/or percent >= 0; NULL/-1 only write a
- * pending change that is due; durably at most once a second); done: remove it (the
- * run completed). */
+ * pending change that is due; to run.<type>.progress, never fsynced, at most
+ * every 500 ms); sync: the marker durable (before a job.mark, at a failure);
+ * done: remove it (the run completed). */
 void jv_run_marker_start(lua_State *L, struct jv_run_ctx *ctx, int job_idx);
 void jv_run_marker_step(struct jv_run_ctx *ctx, const char *step, double percent);
 void jv_run_marker_done(struct jv_run_ctx *ctx);

@@ -17,7 +17,11 @@ M.MANIFEST_MAX = 256 * 1024 * 1024
 function M.archive_path(id) return M.DIR .. "/" .. id .. ".tar.zst" end
 function M.manifest_path(id) return M.DIR .. "/" .. id .. ".json" end
 
--- The complete manifest of backup id, or nil and a message for the user.
+-- The complete manifest of backup id, or nil and a message for the user: a
+-- handle from archive.manifest (read in C entry by entry: a big world's file
+-- list never becomes a Lua table). Its fields are the top-level members
+-- (sha256, bytes, jobId, complete, ...) and entries, file_count, file_bytes;
+-- archive.extract/verify and remote.verify take it as the manifest.
 function M.load(id)
   local path = M.manifest_path(id)
   if not fs.exists(path) then
@@ -27,13 +31,18 @@ function M.load(id)
     end
     return nil, string.format("backup '%s' does not exist", id)
   end
-  local m, err = common.read_json(path, M.MANIFEST_MAX)
-  if not m then return nil, string.format("backup '%s' has an unreadable manifest: %s", id, err) end
-  if type(m) ~= "table" or m.complete ~= true then
+  local m, err = archive.manifest(path)
+  if not m then
+    if err:find("not marked complete", 1, true) then
+      return nil, string.format("backup '%s' is incomplete: its manifest is not marked complete", id)
+    end
+    return nil, string.format("backup '%s' has an unreadable manifest: %s", id, err)
+  end
+  if m.complete ~= true then
     return nil, string.format("backup '%s' is incomplete: its manifest is not marked complete", id)
   end
-  if type(m.files) ~= "table" or not common.sha256_ok(m.sha256) or math.type(m.bytes) ~= "integer" then
-    return nil, string.format("backup '%s' has a malformed manifest (files, sha256 or bytes missing)", id)
+  if not common.sha256_ok(m.sha256) or math.type(m.bytes) ~= "integer" then
+    return nil, string.format("backup '%s' has a malformed manifest (sha256 or bytes missing)", id)
   end
   if not fs.exists(M.archive_path(id)) then
     return nil, string.format("backup '%s' is damaged: its archive '%s' is missing", id, M.archive_path(id))
@@ -61,13 +70,20 @@ function M.latest_path()
   return M.manifest_path(cands[1].id), cands[1].id
 end
 
--- Count regular files in a manifest.
+-- Regular files and all entries of a manifest: a table (files list) or a
+-- handle from M.load.
 function M.file_count(m)
+  if type(m) == "userdata" then return m.file_count end
   local n = 0
   for _, f in ipairs(m.files) do
     if f.type == "file" then n = n + 1 end
   end
   return n
+end
+
+function M.entries(m)
+  if type(m) == "userdata" then return m.entries end
+  return #m.files
 end
 
 -- Everything in backups/: complete backups (id -> {id, manifest, mtime}) and

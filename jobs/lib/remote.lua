@@ -186,10 +186,16 @@ function M.complete(job, st, nparts, doc)
   job.mark("remote-upload", st)
 end
 
--- The manifest object (a table, or its JSON text), last: from now on the
--- backup exists on the remote.
+-- The manifest object (a table, its JSON text, or a handle from backups.load,
+-- whose file is sent), last: from now on the backup exists on the remote.
 function M.put_manifest(job, name, id, doc)
-  local text = type(doc) == "string" and doc or json.encode(doc) .. "\n"
+  local text = doc
+  if type(doc) == "userdata" then
+    text = common.must(job, "cannot read the manifest",
+      fs.read(backups.manifest_path(id), { max_bytes = backups.MANIFEST_MAX }))
+  elseif type(doc) ~= "string" then
+    text = json.encode(doc) .. "\n"
+  end
   M.must(job, remote.put(name, M.manifest_obj(job, id), text))
   job.unmark("remote-upload")
 end

@@ -2,7 +2,8 @@
 """Whole data jobs through the real `jobvisor run`, alternately with the plain-tool pipeline
 that does the same work (docs/performance.md, "Data jobs against their peers").
 
-usage: bench_jobs.py JOBVISOR_BIN [--mb N] [--reps N] [--only ROW,...] [--update DOC]
+usage: bench_jobs.py JOBVISOR_BIN [--mb N] [--reps N] [--only ROW,...] [--also LABEL=BIN]
+                    [--update DOC]
 
 A world shaped like a game world (region files of ~5 MiB, 45 % incompressible, plus
 thousands of small JSON/TOML files) of N MiB (default 1024; env BENCH_MB) is generated
@@ -15,6 +16,9 @@ file creation several-fold (measured: ~0.5 ms per create instead of ~10 us). Dur
 peer (`sync -f` on what it wrote), as it is of every job. Medians of --reps rounds
 (default 5; env BENCH_REPS) and the ratio jobvisor / peer are printed as a Markdown table;
 --update replaces the text between <!-- bench_jobs:begin --> and <!-- bench_jobs:end -->.
+--also LABEL=BIN times another build (e.g. main before a change) in the same rounds, its turn
+rotating with the other two, and adds its median and ratio to the table; time per GiB of world
+is printed too, so runs of different --mb can be compared for linearity.
 """
 import argparse
 import functools
@@ -97,6 +101,7 @@ class Bench:
         self.seq = 0
 
     def job(self, what, params, instance=INST):
+        # self.jv is the build whose turn it is (main() sets it before each timed command)
         p = subprocess.run([self.jv, "run", what, "--instance", instance, "--data-dir", self.data,
                             "--params", json.dumps(params), "--json"],
                            capture_output=True, text=True)
@@ -240,8 +245,15 @@ def main():
     ap.add_argument("--pkg-mb", type=int, default=int(os.environ.get("BENCH_PKG_MB", "206")))
     ap.add_argument("--reps", type=int, default=int(os.environ.get("BENCH_REPS", "5")))
     ap.add_argument("--only", default="")
+    ap.add_argument("--also", help="LABEL=BIN: another build timed in the same rounds")
     ap.add_argument("--update")
     a = ap.parse_args()
+    builds = [("jobvisor", os.path.abspath(a.jobvisor))]
+    if a.also:
+        label, _, path = a.also.partition("=")
+        if not label or not os.access(path, os.X_OK):
+            raise SystemExit(f"--also wants LABEL=BIN with an executable BIN, not {a.also!r}")
+        builds.append((label, os.path.abspath(path)))
     for tool in ("tar", "zstd", "curl", "sha256sum", "sync"):
         if not shutil.which(tool):
             raise SystemExit(f"missing {tool}")
@@ -252,29 +264,44 @@ def main():
         print(f"generating a {a.mb} MiB world in {work} ...", file=sys.stderr)
         b = Bench(os.path.abspath(a.jobvisor), a.mb, work)
         b.prepare({r[0] for r in rows}, a.pkg_mb)
-        times = {r[0]: ([], []) for r in rows}
+        nside = len(builds) + 1  # the builds, then the peer
+        times = {r[0]: tuple([] for _ in range(nside)) for r in rows}
         for rnd in range(a.reps):
             for key, _, jv, peer, _ in rows:
-                sides = [(0, getattr(b, jv)), (1, getattr(b, peer))]
-                if rnd % 2:
+                sides = [(i, bin_, getattr(b, jv)) for i, (_, bin_) in enumerate(builds)]
+                sides.append((nside - 1, None, getattr(b, peer)))
+                k = rnd % nside
+                sides = sides[k:] + sides[:k]
+                if rnd // nside % 2:
                     sides.reverse()
-                for idx, setup in sides:
+                for idx, bin_, setup in sides:
+                    if bin_:
+                        b.jv = bin_
                     t = timed(setup())
                     times[key][idx].append(t)
-                print(f"round {rnd + 1}/{a.reps} {key}: jobvisor {times[key][0][-1]:.2f} s, "
-                      f"peer {times[key][1][-1]:.2f} s", file=sys.stderr)
+                print(f"round {rnd + 1}/{a.reps} {key}: " + ", ".join(
+                    f"{name} {times[key][i][-1]:.2f} s" for i, name in
+                    enumerate([n for n, _ in builds] + ["peer"])), file=sys.stderr)
+        gib = a.mb / 1024
+        extra_h = "".join(f" {n} | {n} ratio |" for n, _ in builds[1:])
         out = [f"World: {a.mb} MiB ({sum(len(f) for _, _, f in os.walk(os.path.join(b.inst, 'data')))} "
-               f"files); median of {a.reps} alternating rounds.", "",
-               "| job | jobvisor | peer | peer command | ratio |", "| --- | --- | --- | --- | --- |"]
+               f"files); median of {a.reps} rounds, the sides taking turns in a rotating order.", "",
+               f"| job | jobvisor | peer | peer command | ratio | jobvisor s/GiB |{extra_h}",
+               "| --- | --- | --- | --- | --- | --- |" + " --- | --- |" * (len(builds) - 1)]
         for key, label, _, _, peer in rows:
-            j, p = statistics.median(times[key][0]), statistics.median(times[key][1])
+            meds = [statistics.median(t) for t in times[key]]
+            j, p = meds[0], meds[-1]
             cell = peer.replace("|", "\\|")
+            others = "".join(f" {m:.2f} s | {m / p:.2f}x |" for m in meds[1:-1])
             out.append(f"| {label.replace('PKG', str(a.pkg_mb))} | {j:.2f} s | {p:.2f} s | {cell} | "
-                       f"{j / p:.2f}x |")
+                       f"{j / p:.2f}x | {j / gib:.2f} |{others}")
         if "backup" in times and "backup2" in times:
             j1, j2 = statistics.median(times["backup"][0]), statistics.median(times["backup2"][0])
             out.append("")
             out.append(f"Second backup of an unchanged world / first backup: {j2 / j1:.2f}x.")
+        load = os.getloadavg()
+        out.append("")
+        out.append(f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min).")
         table = "\n".join(out)
         print(table)
         if a.update:

@@ -4,11 +4,13 @@ The run marker (`.jobvisor/markers/run.<TYPE>.json`) is written when the run sta
 when it completes. It lives in the page cache until durability matters (docs/jobs.md, "The run
 marker"): a kill -9 leaves the page cache alone, so the next run still sees it as
 `job.previous`; it is fsynced before the run's first `job.mark` (a later run adopts those
-markers through `job.previous`), once the run has lasted a second, and when a run fails. So a
-no-op run with a fresh job id makes no fsync at all, and every guarantee that depends on the
+markers through `job.previous`) and when a run fails, never for progress (step and percent go
+to `run.<TYPE>.progress`, page cache only). So a no-op run with a fresh job id makes no fsync at all, and every guarantee that depends on the
 marker is checked here from the system calls themselves (tests/lib/strace_durability.py).
 """
+import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -17,6 +19,15 @@ from jv_run import JobvisorTestCase, RunResult
 from strace_durability import TraceCheck, check_trace, traced_run
 
 SYNCS = ("fsync(", "fdatasync(", "syncfs(", "sync(")
+# 16 letters: 4 bits of entropy a byte, so zstd has real work to do (as tests/e2e/test_progress.py).
+_LETTERS = bytes.maketrans(bytes(range(256)), bytes(b"abcdefghijklmnop"[i % 16] for i in range(256)))
+
+
+def write_world(root, total, chunk=16 << 20):
+    os.makedirs(os.path.join(root, "world"), exist_ok=True)
+    for i in range((total + chunk - 1) // chunk):
+        with open(os.path.join(root, "world", "r.%d.mca" % i), "wb") as f:
+            f.write(os.urandom(min(chunk, total - i * chunk)).translate(_LETTERS))
 
 
 class MarkerCheck(TraceCheck):
@@ -132,3 +143,61 @@ end }""")
         r2 = self.run_job(path)
         self.assertEqual(r2.status, "COMPLETED", r2)
         self.assertEqual(r2.result["output"]["previous"], r1.events[0]["jobRunId"], r2)
+
+    def test_a_long_backup_fsyncs_its_run_marker_once_and_its_progress_never(self):
+        # Issue 12: every progress report used to rewrite the run marker durably (at most once a
+        # second, two fsyncs each, on the job's own thread). Now the marker reaches the disk
+        # once, before the backup's first job.mark, however long the run; progress goes to
+        # run.BACKUP_INSTANCE.progress without an fsync, and still reaches the user.
+        write_world(os.path.join(self.instance_dir(), "data"), 192 << 20)
+        started = time.monotonic()
+        r = self.traced("BACKUP_INSTANCE", extra=("--params", '{"backupId": "b1"}'))
+        secs = time.monotonic() - started
+        self.assertEqual(r.status, "COMPLETED", r)
+        marker_syncs = [line for line in self.syncs() if "run.BACKUP_INSTANCE.json" in line]
+        progress_syncs = [line for line in self.syncs() if "run.BACKUP_INSTANCE.progress" in line]
+        self.assertEqual(len(marker_syncs), 1, f"{secs:.1f} s run: {marker_syncs}")
+        self.assertEqual(progress_syncs, [])
+        progress_writes = [line for line in self.syncscalls("rename")
+                           if '"run.BACKUP_INSTANCE.progress"' in line]
+        self.assertGreaterEqual(len(progress_writes), 2, f"{secs:.1f} s run wrote no progress file")
+        percents = {e["percent"] for e in r.events if e.get("percent") is not None}
+        self.assertGreaterEqual(len({p for p in percents if 5 < p < 90}), 3, sorted(percents))
+        markers = os.listdir(os.path.join(self.instance_dir(), ".jobvisor", "markers"))
+        self.assertEqual(markers, [], "a completed run left its marker or progress file")
+
+    def syncs(self):
+        with open(self.trace, errors="replace") as f:
+            return [line for line in f if any(line.split(None, 1)[-1].startswith(s) for s in SYNCS)]
+
+    def syncscalls(self, name):
+        with open(self.trace, errors="replace") as f:
+            return [line for line in f if line.split(None, 1)[-1].startswith(name)]
+
+    def test_a_kill_9_mid_backup_tells_the_next_run_how_far_it_got(self):
+        write_world(os.path.join(self.instance_dir(), "data"), 384 << 20)
+        p = self.start_job("BACKUP_INSTANCE", params={"backupId": "b1"})
+        child = self.wait_child(p)
+        progress = os.path.join(self.instance_dir(), ".jobvisor", "markers", "run.BACKUP_INSTANCE.progress")
+        deadline, seen = time.monotonic() + 60, None
+        while time.monotonic() < deadline and p.poll() is None:
+            try:
+                with open(progress) as f:
+                    seen = json.load(f).get("percent")
+            except (OSError, ValueError):
+                seen = None
+            if seen is not None and seen > 5:
+                break
+            time.sleep(0.05)
+        self.assertIsNotNone(seen, "the backup wrote no progress file while archiving")
+        os.killpg(child, signal.SIGKILL)
+        r1 = self.finish(p)
+        self.assertEqual(r1.code, 1, r1)
+        r2 = self.run_job("BACKUP_INSTANCE", params={"backupId": "b1"}, timeout=300)
+        self.assertEqual(r2.status, "COMPLETED", r2)
+        warn = [e["message"] for e in r2.events if e["kind"] == "log" and "did not finish" in e["message"]]
+        self.assertEqual(len(warn), 1, r2.events[:5])
+        self.assertIn(r1.events[0]["jobRunId"], warn[0])
+        m = re.search(r" at (\d+)%$", warn[0])
+        self.assertIsNotNone(m, warn[0])
+        self.assertGreaterEqual(int(m.group(1)), int(seen), warn[0])
