@@ -364,6 +364,7 @@ static void pg_close_store(struct store *s)
 	struct store_pg *sp = pgs(s);
 	pgs_bus_stop(sp);
 	pg_pool_close(sp->pool);
+	pgs_evq_destroy(&sp->evq);
 	free(sp->url);
 	free(sp);
 }
@@ -438,8 +439,10 @@ int store_pg_open(const char *conninfo, const struct store_options *o, struct st
 		return -ENOMEM;
 	}
 	sp->base.ops = &pg_ops;
+	pgs_evq_init(&sp->evq);
 	int rc = pg_pool_open(conninfo, PG_POOL_SIZE, &sp->pool, err, errlen);
 	if (rc < 0) {
+		pgs_evq_destroy(&sp->evq);
 		free(sp->url);
 		free(sp);
 		return rc;
