@@ -163,8 +163,9 @@ int events_store(struct cp *cp, const char *run_id, const struct store_run_state
 	struct store_event *ev = calloc((size_t)n + 1, sizeof(*ev));
 	char **texts = calloc((size_t)n + 1, sizeof(*texts));
 	int rc = fresh && ev && texts ? 0 : -ENOMEM;
-	for (int i = 0; rc == 0 && i < n; i++) {
-		cJSON *e = cJSON_Duplicate(cJSON_GetArrayItem(events, i), true);
+	const cJSON *item = events ? events->child : NULL;
+	for (int i = 0; rc == 0 && i < n; i++, item = item->next) {
+		cJSON *e = cJSON_Duplicate(item, true);
 		if (!e)
 			rc = -ENOMEM;
 		else

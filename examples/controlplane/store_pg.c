@@ -22,11 +22,14 @@
 int pgs_array_add(struct jv_buf *b, const char *s, bool first)
 {
 	int rc = jv_buf_append(b, first ? "\"" : ",\"", first ? 1 : 2);
-	for (const char *p = s; rc == 0 && *p; p++) {
-		if (*p == '"' || *p == '\\')
-			rc = jv_buf_append(b, "\\", 1);
-		if (rc == 0)
-			rc = jv_buf_append(b, p, 1);
+	while (rc == 0 && *s) {
+		size_t run = strcspn(s, "\"\\"); /* copied as is, up to the next '"' or '\\' */
+		rc = jv_buf_append(b, s, run);
+		s += run;
+		if (rc == 0 && *s) {
+			char esc[2] = {'\\', *s++};
+			rc = jv_buf_append(b, esc, 2);
+		}
 	}
 	return rc == 0 ? jv_buf_append(b, "\"", 1) : rc;
 }
