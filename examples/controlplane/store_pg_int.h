@@ -2,7 +2,9 @@
  *
  * store_pg.c          opening, the operations table, reads of jobs and runs
  * store_pg_jobs.c     job and run state changes (create .. finish)
- * store_pg_dispatch.c agents, leases, claims, the sweep's queries, run events
+ * store_pg_dispatch.c agents, leases, claims, the sweep's queries
+ * store_pg_evgroup.c  run events: group commit of concurrent requests
+ * store_pg_events.c   run events: one group's transaction (and its ws_log rows)
  * store_pg_inst.c     instances and job types
  * store_pg_misc.c     schedules, audit log, metrics, retention
  * store_pg_bus.c      cross-replica wake-ups and the WebSocket log (store_pg.h)

@@ -12,7 +12,9 @@ replica k mod 2); --runs jobs are created and taken by hand, then one client
 thread per run posts batches of --batch events (the agent's maximum is 1,000)
 as fast as the answers come, for --seconds. Counts events acknowledged
 (ackSeq; every one is then looked up in the database), the answers' p50/p99
-latency, and the replicas' CPU (from /proc/PID/stat). --durable runs
+latency, and the CPU of the replicas and of the PostgreSQL server (from
+/proc/PID/stat; per event it varies much less with the machine's load than
+the rate does). --durable runs
 PostgreSQL with fsync and synchronous_commit on (the default server is the
 tests' one, without WAL flushes). Prints a Markdown table, one row per
 backend; --update replaces the block between the cp_events:latest markers
@@ -32,6 +34,26 @@ def cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_seconds(backend):
+    """CPU of the PostgreSQL server (postmaster and all its processes), 0 for SQLite."""
+    if backend != "postgresql":
+        return 0.0
+    import pg_harness
+    root = pg_harness.shared().proc.pid
+    total = 0.0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if int(d) == root or ppid == root:
+                total += cpu_seconds(int(d))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return total
 
 
 def body(a, first, n):
@@ -95,7 +117,7 @@ def measure(backend, replicas, seconds, nruns, batch):
                 seq += batch
                 acked[k] += batch
 
-        cpu0, t0 = sum(cpu_seconds(c.proc.pid) for c in cps), time.monotonic()
+        cpu0, db0, t0 = sum(cpu_seconds(c.proc.pid) for c in cps), server_cpu_seconds(backend), time.monotonic()
         threads = [threading.Thread(target=worker, args=(k,)) for k in range(nruns)]
         for t in threads:
             t.start()
@@ -103,11 +125,13 @@ def measure(backend, replicas, seconds, nruns, batch):
             t.join()
         secs = time.monotonic() - t0
         cpu = sum(cpu_seconds(c.proc.pid) for c in cps) - cpu0
+        db = server_cpu_seconds(backend) - db0
         stored = int(cp.sql("SELECT count(*) FROM events")[0][0])
         if stored != sum(acked):
             raise AssertionError("%d events acknowledged, %d stored" % (sum(acked), stored))
         lat = [x for per in latencies for x in per]
         return {"rate": sum(acked) / secs, "cpu": 100.0 * cpu / secs, "per": 1e6 * cpu / max(sum(acked), 1),
+                "db_per": 1e6 * db / max(sum(acked), 1),
                 "p50": 1000 * percentile(lat, 0.5), "p99": 1000 * percentile(lat, 0.99)}
     finally:
         for c in reversed(cps):
@@ -143,15 +167,16 @@ def main():
                                                                           "jobvisor-cp")))
     durable = os.environ.get("JV_PG_DURABLE") == "1"
     lines = ["| backend | client threads x events per request | events/s stored | request p50 / p99 ms"
-             " | replica CPU | CPU ms per 1,000 events |", "| --- | --- | --- | --- | --- | --- |"]
+             " | replica CPU | CPU ms per 1,000 events: replicas + PostgreSQL |", "| --- | --- | --- | --- | --- | --- |"]
     print("\n".join(lines), flush=True)
     for spec in o["backends"]:
         backend, _, n = spec.partition("*")
         r = measure(backend, int(n or 1), o["seconds"], o["runs"], o["batch"])
         name = "SQLite" if backend == "sqlite" else "PostgreSQL%s%s" % (
             " (durable commits)" if durable else "", ", %s replicas" % n if n else "")
-        lines.append("| %s | %d x %d | %.0f | %.0f / %.0f | %.0f%% | %.0f |" % (
-            name, o["runs"], o["batch"], r["rate"], r["p50"], r["p99"], r["cpu"], r["per"]))
+        lines.append("| %s | %d x %d | %.0f | %.0f / %.0f | %.0f%% | %.0f + %s |" % (
+            name, o["runs"], o["batch"], r["rate"], r["p50"], r["p99"], r["cpu"], r["per"],
+            "%.0f" % r["db_per"] if backend == "postgresql" else "–"))
         print(lines[-1], flush=True)
     if o["update"]:
         text = open(o["update"]).read()
