@@ -62,7 +62,7 @@
 	" WHERE job_runs.run_id = u.r RETURNING job_runs.run_id, job_runs.last_seq"
 #define SQL_NOTIFY "SELECT pg_notify('" PG_CHANNEL_WS "', seq::text) FROM ws_head WHERE id = 1"
 
-/* The arrays of one group, as PostgreSQL array literals. */
+/* A group's parameters: per run, array literals; per event, RS-separated texts. */
 enum { A_RUNS, A_U_RUNS, A_U_PS, A_U_PCT, A_U_MSG, A_COUNT };
 #define SEP '\x1e' /* between the elements of ev_runs and bodies */
 struct group_arrays {
@@ -105,11 +105,11 @@ static int arrays_end(struct group_arrays *g)
 {
 	for (int k = 0; k < A_COUNT; k++)
 		if (g->rc == 0)
-			g->rc = jv_buf_append(&g->a[k], "}", 2);
+			g->rc = jv_buf_append(&g->a[k], "}", 1);
 	if (g->rc == 0)
 		g->rc = jv_buf_append(&g->seqs, "}", 1) | jv_buf_append(&g->ev_runs, "", 0) |
 		        jv_buf_append(&g->bodies, "", 0);
-	return g->rc ? -ENOMEM : 0;
+	return g->rc == -EINVAL ? -EINVAL : g->rc ? -ENOMEM : 0;
 }
 
 static void arrays_free(struct group_arrays *g)
