@@ -7,7 +7,10 @@
  * when batches arrive out of order. The run's percent and message follow the
  * highest-seq event that carries them (log events do not change them).
  * Called without cp->mu: the store is thread-safe, and only the publishing
- * into the in-memory WebSocket ring (SQLite) takes cp->mu. */
+ * into the in-memory WebSocket ring (SQLite) takes cp->mu. On PostgreSQL
+ * the store publishes the new events itself (ws_log, in the transaction
+ * that stores them), and concurrent requests share one commit
+ * (store_pg_evgroup.c). */
 #include "cp.h"
 
 #include <errno.h>
@@ -146,7 +149,7 @@ static void publish_inserted(struct cp *cp, cJSON *fresh, const struct store_eve
 		msgs[i] = msg;
 	}
 	if (msgs)
-		ws_publish_many(cp, msgs, (size_t)n); /* one round trip on PostgreSQL */
+		ws_publish_many(cp, msgs, (size_t)n);
 	free(msgs);
 	cJSON_Delete(fresh);
 }
@@ -160,8 +163,9 @@ int events_store(struct cp *cp, const char *run_id, const struct store_run_state
 	struct store_event *ev = calloc((size_t)n + 1, sizeof(*ev));
 	char **texts = calloc((size_t)n + 1, sizeof(*texts));
 	int rc = fresh && ev && texts ? 0 : -ENOMEM;
-	for (int i = 0; rc == 0 && i < n; i++) {
-		cJSON *e = cJSON_Duplicate(cJSON_GetArrayItem(events, i), true);
+	const cJSON *item = events ? events->child : NULL;
+	for (int i = 0; rc == 0 && i < n; i++, item = item->next) {
+		cJSON *e = cJSON_Duplicate(item, true);
 		if (!e)
 			rc = -ENOMEM;
 		else
@@ -186,14 +190,18 @@ int events_store(struct cp *cp, const char *run_id, const struct store_run_state
 	for (int i = 0; i < n; i++)
 		stored += ev[i].inserted;
 	atomic_fetch_add(&cp->metrics.events_stored, stored);
-	/* SQLite: the ring is in memory, under cp->mu. PostgreSQL: publishing
-	 * is an append to ws_log, which needs no lock of ours. */
+	/* SQLite: the ring is in memory, under cp->mu; publish in commit order.
+	 * PostgreSQL: the store appended the new events to ws_log in their
+	 * transaction (store_pg_events.c), with no lock of ours. */
 	bool ring = !store_is_pg(cp->store);
-	if (ring)
+	if (ring) {
 		pthread_mutex_lock(&cp->mu);
-	/* Publish in commit order; a first event also changes the run (acknowledged). */
-	publish_inserted(cp, fresh, ev);
+		publish_inserted(cp, fresh, ev);
+	} else {
+		cJSON_Delete(fresh);
+	}
 	free(ev);
+	/* A first event also changes the run (acknowledged). */
 	if (!was_acked) {
 		jv_info(rs->job_id, run_id, "run acknowledged by agent '%s'", rs->agent_id);
 		lc_publish_job(cp, rs->job_id);

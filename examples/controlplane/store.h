@@ -340,7 +340,10 @@ int store_runs_refresh(struct store *s, int64_t lease_until, int64_t ack_deadlin
  * the transaction, so two replicas storing parts of one run's events
  * concurrently still agree), set acked, and take percent/message from the
  * highest-seq inserted progress event if newer than the stored one.
- * *ack_seq = the run's last_seq after; *was_acked = acked before. */
+ * *ack_seq = the run's last_seq after; *was_acked = acked before.
+ * PostgreSQL also publishes the inserted events to WebSocket clients, as
+ * {"type":"event","event":BODY}, in the same transaction, and commits
+ * concurrent calls together (group commit); it returns after the commit. */
 int store_events_append(struct store *s, const char *run_id, struct store_event *ev, size_t n, int64_t now,
                         int64_t *ack_seq, bool *was_acked);
 

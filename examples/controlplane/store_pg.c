@@ -22,11 +22,14 @@
 int pgs_array_add(struct jv_buf *b, const char *s, bool first)
 {
 	int rc = jv_buf_append(b, first ? "\"" : ",\"", first ? 1 : 2);
-	for (const char *p = s; rc == 0 && *p; p++) {
-		if (*p == '"' || *p == '\\')
-			rc = jv_buf_append(b, "\\", 1);
-		if (rc == 0)
-			rc = jv_buf_append(b, p, 1);
+	while (rc == 0 && *s) {
+		size_t run = strcspn(s, "\"\\"); /* copied as is, up to the next '"' or '\\' */
+		rc = jv_buf_append(b, s, run);
+		s += run;
+		if (rc == 0 && *s) {
+			char esc[2] = {'\\', *s++};
+			rc = jv_buf_append(b, esc, 2);
+		}
 	}
 	return rc == 0 ? jv_buf_append(b, "\"", 1) : rc;
 }
@@ -364,6 +367,7 @@ static void pg_close_store(struct store *s)
 	struct store_pg *sp = pgs(s);
 	pgs_bus_stop(sp);
 	pg_pool_close(sp->pool);
+	pgs_evq_destroy(&sp->evq);
 	free(sp->url);
 	free(sp);
 }
@@ -438,8 +442,10 @@ int store_pg_open(const char *conninfo, const struct store_options *o, struct st
 		return -ENOMEM;
 	}
 	sp->base.ops = &pg_ops;
+	pgs_evq_init(&sp->evq);
 	int rc = pg_pool_open(conninfo, PG_POOL_SIZE, &sp->pool, err, errlen);
 	if (rc < 0) {
+		pgs_evq_destroy(&sp->evq);
 		free(sp->url);
 		free(sp);
 		return rc;

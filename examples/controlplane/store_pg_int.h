@@ -2,7 +2,9 @@
  *
  * store_pg.c          opening, the operations table, reads of jobs and runs
  * store_pg_jobs.c     job and run state changes (create .. finish)
- * store_pg_dispatch.c agents, leases, claims, the sweep's queries, run events
+ * store_pg_dispatch.c agents, leases, claims, the sweep's queries
+ * store_pg_evgroup.c  run events: group commit of concurrent requests
+ * store_pg_events.c   run events: one group's transaction (and its ws_log rows)
  * store_pg_inst.c     instances and job types
  * store_pg_misc.c     schedules, audit log, metrics, retention
  * store_pg_bus.c      cross-replica wake-ups and the WebSocket log (store_pg.h)
@@ -12,6 +14,8 @@
 #ifndef JV_CP_STORE_PG_INT_H
 #define JV_CP_STORE_PG_INT_H
 
+#include <pthread.h>
+
 #include "store_pg_conn.h"
 #include "store_backend.h"
 #include "store_pg.h"
@@ -19,6 +23,15 @@
 #include "jobvisor/util.h"
 
 struct pg_listener;
+struct pgs_evreq;
+
+/* Group commit of run events (store_pg_evgroup.c): requests waiting for a
+ * writer, and how many writers are committing a group now. */
+struct pgs_evq {
+	pthread_mutex_t mu;
+	struct pgs_evreq *head, *tail;
+	int writers;
+};
 
 struct store_pg {
 	struct store base;
@@ -28,6 +41,7 @@ struct store_pg {
 	struct store_signals sig;     /* set before the listener starts */
 	uint64_t ws_delivered;        /* last WebSocket seq handed to sig.ws (listener thread) */
 	int64_t ws_trimmed_ms;        /* last trim of ws_log (main thread) */
+	struct pgs_evq evq;           /* store_pg_evgroup.c */
 };
 
 static inline struct store_pg *pgs(struct store *s)
@@ -106,8 +120,31 @@ int pgs_runs_lost(struct store *s, int64_t now, struct store_lost_run *out, int 
 int pgs_retry_agents(struct store *s, int64_t after, int64_t until, void (*fn)(void *ud, const char *agent_id),
                      void *ud);
 int pgs_runs_refresh(struct store *s, int64_t lease_until, int64_t ack_deadline);
+
+/* store_pg_evgroup.c: events requests are committed in groups */
 int pgs_events_append(struct store *s, const char *run_id, struct store_event *ev, size_t n, int64_t now,
                       int64_t *ack_seq, bool *was_acked);
+void pgs_evq_init(struct pgs_evq *q);
+void pgs_evq_destroy(struct pgs_evq *q);
+/* One events request of a group: in run_id .. now, out the rest. */
+struct pgs_evreq {
+	const char *run_id;
+	struct store_event *ev;
+	size_t n;
+	int64_t now;
+	size_t bytes;     /* of the bodies */
+	int64_t ack_seq;  /* out */
+	bool was_acked;   /* out */
+	int rc;           /* out: 0, -ENOENT (no such run) or -errno */
+	bool taken, done; /* under evq.mu */
+	pthread_cond_t cond;
+	struct pgs_evreq *next;
+};
+/* store_pg_events.c: store the k requests (distinct runs) in one
+ * transaction and publish the new events to WebSocket clients (ws_log) in
+ * it; each r[i].rc is set. -EIO when the transaction failed (nothing of it
+ * is stored), else 0. */
+int pgs_events_group(struct store *s, struct pgs_evreq *const *r, size_t k);
 
 /* store_pg_inst.c */
 int pgs_instance_events_append(struct store *s, const char *agent_id, const char *instance_id,

@@ -1,17 +1,24 @@
 #!/usr/bin/env python3
-"""bench_cp_events.py — run events stored per second by one jobvisor-cp replica.
+"""bench_cp_events.py — run events stored per second by jobvisor-cp.
 
-    tests/bench/bench_cp_events.py [BUILD_DIR] [--seconds 8] [--runs 8] [--batch 500] [--update FILE]
+    tests/bench/bench_cp_events.py [BUILD_DIR] [--seconds 8] [--runs 8] [--batch 500]
+        [--backends sqlite,postgresql,postgresql*2] [--durable] [--update FILE]
 
 Isolates the events path (issue 14: >= 10,000 events/s on this 2-core
-machine with PostgreSQL on the same host): one replica on SQLite, then one on
-PostgreSQL (a server started here, tests/lib/pg_harness.py); --runs jobs are
-created and taken by hand, then one client thread per run posts batches of
---batch events (the agent's maximum is 1,000) as fast as the answers come,
-for --seconds. Counts events acknowledged (ackSeq) and the replica's CPU
-(from /proc/PID/stat). Prints a Markdown table, one row per backend;
---update replaces the block between the cp_events:latest markers of FILE. Bounded: about
-2 x (--seconds + 5) s.
+machine with PostgreSQL on the same host): one replica on SQLite, then
+replicas on PostgreSQL (a server started here, tests/lib/pg_harness.py;
+"postgresql*2" = two replicas on one database, client thread k posting to
+replica k mod 2); --runs jobs are created and taken by hand, then one client
+thread per run posts batches of --batch events (the agent's maximum is 1,000)
+as fast as the answers come, for --seconds. Counts events acknowledged
+(ackSeq; every one is then looked up in the database), the answers' p50/p99
+latency, and the CPU of the replicas and of the PostgreSQL server (from
+/proc/PID/stat; per event it varies much less with the machine's load than
+the rate does). --durable runs
+PostgreSQL with fsync and synchronous_commit on (the default server is the
+tests' one, without WAL flushes). Prints a Markdown table, one row per
+backend; --update replaces the block between the cp_events:latest markers
+of FILE. Bounded: about (number of backends) x (--seconds + 5) s.
 """
 import datetime
 import os
@@ -27,6 +34,26 @@ def cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_seconds(backend):
+    """CPU of the PostgreSQL server (postmaster and all its processes), 0 for SQLite."""
+    if backend != "postgresql":
+        return 0.0
+    import pg_harness
+    root = pg_harness.shared().proc.pid
+    total = 0.0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if int(d) == root or ppid == root:
+                total += cpu_seconds(int(d))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return total
 
 
 def body(a, first, n):
@@ -46,10 +73,28 @@ def post(cp_harness, url, token, run_id, data):
         return r.status
 
 
-def measure(backend, seconds, nruns, batch):
+def percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
+
+
+def start_replicas(cp_harness, n):
+    cps = [cp_harness.ControlPlane().start()]
+    try:
+        for _ in range(1, n):
+            cps.append(cp_harness.ControlPlane(db=cps[0].db).start())
+    except BaseException:
+        for cp in cps:
+            cp.close()
+        raise
+    return cps
+
+
+def measure(backend, replicas, seconds, nruns, batch):
     os.environ["JV_CP_BACKEND"] = backend
     import cp_harness
-    cp = cp_harness.ControlPlane().start()
+    cps = start_replicas(cp_harness, replicas)
+    cp = cps[0]
     try:
         agent = cp.agent("agent-1")
         for i in range(nruns):
@@ -58,67 +103,88 @@ def measure(backend, seconds, nruns, batch):
         while len(runs) < nruns:
             runs += agent.take(capacity=nruns - len(runs), running=[r["jobRunId"] for r in runs])
         acked = [0] * nruns
+        latencies = [[] for _ in range(nruns)]
         stop = time.monotonic() + seconds
 
         def worker(k):
-            seq = 1
+            seq, url = 1, cps[k % len(cps)].url
             while time.monotonic() < stop:
-                st = post(cp_harness, cp.url, agent.token, runs[k]["jobRunId"], body(runs[k], seq, batch))
+                t = time.monotonic()
+                st = post(cp_harness, url, agent.token, runs[k]["jobRunId"], body(runs[k], seq, batch))
+                latencies[k].append(time.monotonic() - t)
                 if st != 200:
                     raise AssertionError("events POST answered %d" % st)
                 seq += batch
                 acked[k] += batch
 
-        cpu0, t0 = cpu_seconds(cp.proc.pid), time.monotonic()
+        cpu0, db0, t0 = sum(cpu_seconds(c.proc.pid) for c in cps), server_cpu_seconds(backend), time.monotonic()
         threads = [threading.Thread(target=worker, args=(k,)) for k in range(nruns)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         secs = time.monotonic() - t0
-        cpu = cpu_seconds(cp.proc.pid) - cpu0
+        cpu = sum(cpu_seconds(c.proc.pid) for c in cps) - cpu0
+        db = server_cpu_seconds(backend) - db0
         stored = int(cp.sql("SELECT count(*) FROM events")[0][0])
         if stored != sum(acked):
             raise AssertionError("%d events acknowledged, %d stored" % (sum(acked), stored))
-        return sum(acked) / secs, 100.0 * cpu / secs, 1e6 * cpu / max(sum(acked), 1)
+        lat = [x for per in latencies for x in per]
+        return {"rate": sum(acked) / secs, "cpu": 100.0 * cpu / secs, "per": 1e6 * cpu / max(sum(acked), 1),
+                "db_per": 1e6 * db / max(sum(acked), 1),
+                "p50": 1000 * percentile(lat, 0.5), "p99": 1000 * percentile(lat, 0.99)}
     finally:
-        cp.close()
+        for c in reversed(cps):
+            c.close()
 
 
-def main():
-    args = sys.argv[1:]
-    build, seconds, nruns, batch, update = "build", 8, 8, 500, None
+def parse_args(args):
+    o = {"build": "build", "seconds": 8, "runs": 8, "batch": 500, "update": None,
+         "backends": ["sqlite", "postgresql"]}
     while args:
         a = args.pop(0)
-        if a == "--seconds":
-            seconds = int(args.pop(0))
-        elif a == "--runs":
-            nruns = int(args.pop(0))
+        if a in ("--seconds", "--runs", "--batch"):
+            o[a[2:]] = int(args.pop(0))
         elif a == "--update":
-            update = args.pop(0)
-        elif a == "--batch":
-            batch = int(args.pop(0))
+            o["update"] = args.pop(0)
+        elif a == "--backends":
+            o["backends"] = args.pop(0).split(",")
+        elif a == "--durable":
+            os.environ["JV_PG_DURABLE"] = "1"
         elif a.startswith("-"):
             sys.exit("bench_cp_events: unknown option %s" % a)
         else:
-            build = a
-    os.environ.setdefault("JOBVISOR_CP_BIN", os.path.abspath(os.path.join(build, "examples", "controlplane",
+            o["build"] = a
+    for b in o["backends"]:
+        if b not in ("sqlite", "postgresql", "postgresql*2"):
+            sys.exit("bench_cp_events: unknown backend %s (sqlite, postgresql, postgresql*2)" % b)
+    return o
+
+
+def main():
+    o = parse_args(sys.argv[1:])
+    os.environ.setdefault("JOBVISOR_CP_BIN", os.path.abspath(os.path.join(o["build"], "examples", "controlplane",
                                                                           "jobvisor-cp")))
-    lines = ["| backend | client threads x events per request | events/s stored | replica CPU"
-             " | CPU ms per 1,000 events |", "| --- | --- | --- | --- | --- |"]
+    durable = os.environ.get("JV_PG_DURABLE") == "1"
+    lines = ["| backend | client threads x events per request | events/s stored | request p50 / p99 ms"
+             " | replica CPU | CPU ms per 1,000 events: replicas + PostgreSQL |", "| --- | --- | --- | --- | --- | --- |"]
     print("\n".join(lines), flush=True)
-    for backend in ("sqlite", "postgresql"):
-        rate, cpu, per = measure(backend, seconds, nruns, batch)
-        lines.append("| %s | %d x %d | %.0f | %.0f%% | %.0f |" % (
-            "SQLite" if backend == "sqlite" else "PostgreSQL", nruns, batch, rate, cpu, per))
+    for spec in o["backends"]:
+        backend, _, n = spec.partition("*")
+        r = measure(backend, int(n or 1), o["seconds"], o["runs"], o["batch"])
+        name = "SQLite" if backend == "sqlite" else "PostgreSQL%s%s" % (
+            " (durable commits)" if durable else "", ", %s replicas" % n if n else "")
+        lines.append("| %s | %d x %d | %.0f | %.0f / %.0f | %.0f%% | %.0f + %s |" % (
+            name, o["runs"], o["batch"], r["rate"], r["p50"], r["p99"], r["cpu"], r["per"],
+            "%.0f" % r["db_per"] if backend == "postgresql" else "–"))
         print(lines[-1], flush=True)
-    if update:
-        text = open(update).read()
+    if o["update"]:
+        text = open(o["update"]).read()
         begin, end = "<!-- cp_events:latest:begin -->", "<!-- cp_events:latest:end -->"
         i, j = text.index(begin) + len(begin), text.index(end)
         block = "\nLatest `make bench` run (%s, %d s per row):\n\n%s\n" % (
-            datetime.date.today().isoformat(), seconds, "\n".join(lines))
-        with open(update, "w") as f:
+            datetime.date.today().isoformat(), o["seconds"], "\n".join(lines))
+        with open(o["update"], "w") as f:
             f.write(text[:i] + block + text[j:])
 
 

@@ -3,7 +3,9 @@
 PgServer runs initdb into a fresh temp directory (under ctest: copies a cluster
 initdb made once per build directory), starts `postgres` on a free
 127.0.0.1 port with its unix socket in that directory (fsync off: test data
-need not survive a power cut), and stops it by PID and removes the directory.
+need not survive a power cut; JV_PG_DURABLE=1 in the environment keeps
+PostgreSQL's durable defaults instead, for benchmarks that should pay for
+WAL flushes as production does), and stops it by PID and removes the directory.
 When the test runs as root (CI on a fresh machine) the server runs as an
 unprivileged user: `postgres` (created by the Debian package), else `nobody`.
 Databases are cheap (`new_database()`), so one server serves a whole test
@@ -65,6 +67,13 @@ def _server_user():
         except KeyError:
             continue
     raise AssertionError("running as root and neither a 'postgres' nor a 'nobody' account exists")
+
+
+def durability_settings():
+    """Server flags: no WAL flushes (tests), or PostgreSQL's durable defaults (JV_PG_DURABLE=1)."""
+    if os.environ.get("JV_PG_DURABLE") == "1":
+        return ["-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "full_page_writes=on"]
+    return ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
 
 
 class PgServer:
@@ -150,9 +159,8 @@ class PgServer:
             log = open(self.log_path, "ab")
             self.proc = subprocess.Popen(
                 [os.path.join(self.bindir, "postgres"), "-D", self.data, "-p", str(self.port),
-                 "-k", self.sock, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=300",
-                 "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning"],
+                 "-k", self.sock, "-c", "listen_addresses=127.0.0.1"] + durability_settings() +
+                ["-c", "max_connections=300", "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning"],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=self.dir, **kw)
             log.close()
             if self._wait_ready(timeout):
