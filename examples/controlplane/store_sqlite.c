@@ -573,4 +573,6 @@ const struct store_ops sq_ops = {
 	.retention_pick = sq_retention_pick,
 	.retention_events = sq_retention_events,
 	.job_delete = sq_job_delete,
+	.poll = store_poll_steps,
+	.job_submit = store_job_submit_steps,
 };
