@@ -223,7 +223,7 @@ int lc_job_retry(struct cp *cp, const char *job_id, struct cp_err *err);
  * lost_before: a lost run (sweep) is ended only if still lost at that
  * time; 0 = always. Decides the job's next state (terminal, or RETRIED with
  * a new run) and wakes the agent. 0, 1 when the run was finished before
- * (nothing changed), <0 on error. */
+ * (nothing changed), <0 on error. Do NOT hold cp->mu. */
 int lc_run_finish(struct cp *cp, const char *run_id, const char *status, const cJSON *output,
                   const cJSON *error, const char *finished_by, int64_t lost_before);
 /* {"type": "job", "job": job} for ws_publish (job consumed); NULL for NULL. */
@@ -262,7 +262,7 @@ struct poll_park {
  * wait and may park; <0 on error. */
 int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *req, cJSON **answer,
                   struct poll_park *park);
-/* Lost runs (ack deadline, lease), retries whose backoff ended. Takes mu. */
+/* Lost runs (ack deadline, lease), retries whose backoff ended. Main thread; do not hold mu. */
 void dispatch_sweep(struct cp *cp);
 /* After a restart: give every active run a fresh lease and ack window, queue CREATED jobs. */
 int dispatch_recover(struct cp *cp);

@@ -232,12 +232,13 @@ int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *
 
 static void wake_cb(void *ud, const char *agent_id)
 {
-	lc_wake_agent(ud, agent_id);
+	ws_publish_wake(ud, NULL, 0, agent_id);
 }
 
+/* Main thread only, without cp->mu: store calls and lc_run_finish (which
+ * takes it for its wake-ups), so polls never wait for the sweep's round trips. */
 void dispatch_sweep(struct cp *cp)
 {
-	pthread_mutex_lock(&cp->mu);
 	int64_t now = jv_now_real_ms();
 	struct store_lost_run lost[IDS_MAX];
 	int nlost = store_runs_lost(cp->store, now, lost, IDS_MAX);
@@ -264,7 +265,6 @@ void dispatch_sweep(struct cp *cp)
 	/* Retries whose backoff ended since the last sweep: wake their agents' long polls. */
 	store_retry_agents(cp->store, cp->last_sweep_ms, now, wake_cb, cp);
 	cp->last_sweep_ms = now;
-	pthread_mutex_unlock(&cp->mu);
 }
 
 static void load_agent(void *ud, const char *agent_id, int64_t last_seen, int capacity)

@@ -5,7 +5,8 @@
  * of the job is published to WebSocket clients and the owning agent's long
  * polls are woken. Assignment (QUEUED -> RUNNING) and lost runs live in
  * dispatch.c, event storage in events.c. All functions run with cp->mu held,
- * except lc_job_create, which must be called without it.
+ * except lc_job_create and lc_run_finish, which must be called without it
+ * (the store is thread-safe; they take it for the wake-up only).
  *
  * Job states: CREATED -> QUEUED -> RUNNING -> COMPLETED | FAILED | CANCELLED,
  * and RETRIED while a new run (attempt + 1) waits to be assigned. Run states:
@@ -256,8 +257,10 @@ int lc_run_finish(struct cp *cp, const char *run_id, const char *status, const c
 		        res.attempt, res.max_attempts, (long long)(res.not_before - f.now));
 	else
 		jv_info(res.job_id, run_id, "run %s%s", status, lost ? " (lost)" : "");
-	lc_publish_job(cp, res.job_id);
 	/* The instance is free again: the next job for it may be assigned. */
-	lc_wake_agent(cp, res.agent_id);
+	cJSON *job = NULL;
+	store_job_json(cp->store, res.job_id, &job);
+	cJSON *msg = lc_job_msg(job);
+	ws_publish_wake(cp, &msg, msg ? 1 : 0, res.agent_id);
 	return 0;
 }

@@ -209,7 +209,8 @@ struct store_audit {
 };
 
 struct store_options {
-	bool sync_full; /* SQLite: synchronous=FULL; PostgreSQL: ignored */
+	bool sync_full;  /* SQLite: synchronous=FULL; PostgreSQL: ignored */
+	int connections; /* PostgreSQL: the pool's size (0 = 8); SQLite: ignored */
 };
 
 /* ISO-8601 string, or JSON null for 0 (store_json.c); returned-owned. */

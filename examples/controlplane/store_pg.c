@@ -1,7 +1,7 @@
 /* store_pg.c — the PostgreSQL backend: opening, the operations table, reads.
  *
  * --db postgresql://user@host/dbname (any libpq URI). At open: a pool of
- * connections (PG_POOL_SIZE; each call holds one for its duration, never
+ * connections (store_options.connections; each call holds one for its duration, never
  * two), then the schema migrated under the migration lock (store_pg_schema.c).
  * The SQL mirrors the SQLite backend's; where several replicas race, the
  * PostgreSQL-specific locking is described at the call (store_pg_jobs.c,
@@ -17,7 +17,7 @@
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
 
-#define PG_POOL_SIZE 8
+#define PG_POOL_SIZE 8 /* when the caller does not say */
 
 int pgs_array_add(struct jv_buf *b, const char *s, bool first)
 {
@@ -432,7 +432,8 @@ int store_pg_open(const char *conninfo, const struct store_options *o, struct st
 		return -ENOMEM;
 	}
 	sp->base.ops = &pg_ops;
-	int rc = pg_pool_open(conninfo, PG_POOL_SIZE, &sp->pool, err, errlen);
+	int rc = pg_pool_open(conninfo, o && o->connections > 0 ? o->connections : PG_POOL_SIZE, &sp->pool, err,
+	                      errlen);
 	if (rc < 0) {
 		free(sp->url);
 		free(sp);

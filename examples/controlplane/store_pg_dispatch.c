@@ -24,8 +24,7 @@
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
 
-/* ids into a text-array literal; -ENOMEM. */
-static int text_array(struct jv_buf *b, const char *const *ids, size_t n)
+int pgs_text_array(struct jv_buf *b, const char *const *ids, size_t n)
 {
 	int rc = jv_buf_append(b, "{", 1);
 	for (size_t i = 0; rc == 0 && i < n; i++)
@@ -39,7 +38,7 @@ int pgs_agents_register(struct store *s, const char *const *agent_ids, size_t n)
 {
 	struct jv_buf b;
 	jv_buf_init(&b, 64u * 1024 * 1024);
-	if (text_array(&b, agent_ids, n) < 0) {
+	if (pgs_text_array(&b, agent_ids, n) < 0) {
 		jv_buf_free(&b);
 		return -ENOMEM;
 	}
@@ -99,7 +98,7 @@ int pgs_runs_renew(struct store *s, const char *agent_id, const char *const *run
 		return 0;
 	struct jv_buf b;
 	jv_buf_init(&b, 64u * 1024 * 1024);
-	bool built = text_array(&b, run_ids, n) == 0;
+	bool built = pgs_text_array(&b, run_ids, n) == 0;
 	struct pg_params p = {0};
 	pg_p_i64(&p, lease_until);
 	pg_p_str(&p, agent_id);

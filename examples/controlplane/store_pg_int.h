@@ -48,6 +48,8 @@ static inline void pgs_done(struct store *s, PGconn *c)
 /* Append s as an element of a PostgreSQL text-array literal being built in b
  * ("{" and "}" by the caller; first = no comma before). */
 int pgs_array_add(struct jv_buf *b, const char *s, bool first);
+/* ids as a whole text-array literal, NUL-terminated (store_pg_dispatch.c); -ENOMEM. */
+int pgs_text_array(struct jv_buf *b, const char *const *ids, size_t n);
 /* A batch of (seq, body) rows as two array literals, for one
  * INSERT ... SELECT FROM unnest($seqs::bigint[], $bodies::text[]). */
 struct pgs_batch {

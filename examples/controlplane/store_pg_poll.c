@@ -197,11 +197,7 @@ int pgs_poll(struct store *s, const struct store_poll *q, struct store_poll_resu
 		.jobs = cJSON_CreateArray(), .cancel = cJSON_CreateArray(), .claimed = cJSON_CreateArray()};
 	struct jv_buf listed;
 	jv_buf_init(&listed, 64u * 1024 * 1024);
-	int rc = jv_buf_append(&listed, "{", 1);
-	for (size_t i = 0; rc == 0 && i < q->nlisted; i++)
-		rc = pgs_array_add(&listed, q->listed[i], i == 0);
-	if (rc == 0)
-		rc = jv_buf_append(&listed, "}", 2);
+	int rc = pgs_text_array(&listed, q->listed, q->nlisted);
 	rc = rc == 0 && out->jobs && out->cancel && out->claimed ? 0 : -ENOMEM;
 	PGconn *c = rc == 0 ? pgs_conn(s) : NULL;
 	if (rc == 0 && !c)
