@@ -424,7 +424,6 @@ bool store_is_pg(const struct store *s)
 
 int store_pg_open(const char *conninfo, const struct store_options *o, struct store **out, char *err, size_t errlen)
 {
-	(void)o;
 	struct store_pg *sp = calloc(1, sizeof(*sp));
 	if (!sp || !(sp->url = strdup(conninfo))) {
 		free(sp);
