@@ -84,7 +84,8 @@ struct store_ops {
 };
 
 /* store_poll and store_job_submit made of the single calls above, for a
- * backend whose engine serialises its calls anyway (SQLite) (store_steps.c). */
+ * backend whose engine serialises its calls anyway (SQLite, which holds its
+ * connection's recursive mutex around them) (store_steps.c). */
 int store_poll_steps(struct store *s, const struct store_poll *q, struct store_poll_result *out);
 int store_job_submit_steps(struct store *s, const struct store_new_job *nj, const struct store_sched_claim *claim,
                            int64_t now, struct store_submitted *out);

@@ -72,8 +72,8 @@ int store_poll_steps(struct store *s, const struct store_poll *q, struct store_p
 		.jobs = cJSON_CreateArray(), .cancel = cJSON_CreateArray(), .claimed = cJSON_CreateArray()};
 	char(*ids)[CP_ID_MAX] = calloc((size_t)(q->max > 0 ? q->max : 1), CP_ID_MAX);
 	int rc = out->jobs && out->cancel && out->claimed && ids ? 0 : -ENOMEM;
-	if (rc == 0 && q->touch)
-		rc = store_agent_touch(s, q->agent_id, q->now, q->capacity);
+	if (rc == 0 && q->touch) /* memory is authoritative: a failed write only waits for the next */
+		store_agent_touch(s, q->agent_id, q->now, q->capacity);
 	if (rc == 0)
 		rc = poll_renew(s, q, out->cancel);
 	if (rc == 0)
