@@ -152,8 +152,12 @@ int pgs_agent_runs(struct store *s, const char *agent_id, bool unacked_only, boo
  * most one per instance, by job seq, up to min(capacity - running, max)),
  * and move them and their jobs to RUNNING: one statement. started_at is
  * never before the finish of the run it follows (the previous attempt, the
- * instance's previous job): this replica read `now` before its claim waited
- * its turn, and another replica's clock stamped that finish. The moves stay
+ * instance's previous job), nor before the clock read once the statement
+ * holds the agent's lock (the server's, clock_timestamp(): store.h's "later
+ * of now and the clock read once the transaction holds its locks"): the
+ * caller read `now` before its claim waited its turn, and a run that
+ * finished meanwhile (freeing the capacity this claim uses) was stamped by
+ * another request's clock. The moves stay
  * conditional (status = 'QUEUED'), so a cancel that won the row lock wins. */
 const char PGS_SQL_CLAIM[] =
 	"WITH busy AS (SELECT count(*) AS n FROM job_runs WHERE agent_id = $1 AND status = 'RUNNING'),"
@@ -167,7 +171,7 @@ const char PGS_SQL_CLAIM[] =
 	" pick AS (SELECT run_id FROM cand ORDER BY seq"
 	"   LIMIT (SELECT greatest(0, least($5::bigint - n, $6::bigint)) FROM busy)),"
 	" r AS (UPDATE job_runs u SET status = 'RUNNING', ack_deadline = $3::bigint, lease_until = $4::bigint,"
-	"   started_at = greatest($2::bigint,"
+	"   started_at = greatest($2::bigint, (extract(epoch FROM clock_timestamp()) * 1000)::bigint,"
 	"     (SELECT max(x.finished_at) FROM job_runs x WHERE x.job_id = u.job_id),"
 	"     (SELECT max(x.finished_at) FROM job_runs x WHERE x.job_id ="
 	"        (SELECT e.job_id FROM jobs me JOIN jobs e ON e.agent_id = me.agent_id"

@@ -53,6 +53,25 @@ static void clear_all(PGresult **res, size_t n)
 		PQclear(res[i]);
 }
 
+/* The n statements but the skipped ones as one pipeline; res[i] is statement
+ * i's result, NULL for a skipped one (res has n slots). */
+static int pipeline_some(PGconn *c, const char *const *sql, const struct pg_params *const *par, const bool *skip,
+                         size_t n, PGresult **res)
+{
+	struct pg_stmt st[32];
+	PGresult *got[32] = {0};
+	size_t k = 0;
+	if (n > 32)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++)
+		if (!skip[i])
+			st[k++] = (struct pg_stmt){sql[i], par[i]};
+	int rc = pg_pipeline(c, st, k, got);
+	for (size_t i = 0, j = 0; i < n; i++)
+		res[i] = skip[i] ? NULL : got[j++];
+	return rc;
+}
+
 /* ---- the poll ---- */
 
 enum {
@@ -74,7 +93,7 @@ static const char *const POLL_SQL[P_N] = {
 	[P_BEGIN] = "BEGIN",
 	[P_LOCK] = PGS_SQL_LOCK,
 	[P_TOUCH] = "UPDATE agents SET last_seen = greatest(last_seen, $1::bigint), capacity = $2::int"
-	            " WHERE agent_id = $3 AND $4::int = 1",
+	            " WHERE agent_id = $3",
 	[P_RENEW] = "UPDATE job_runs SET lease_until = $1::bigint WHERE agent_id = $2 AND status = 'RUNNING'"
 	            " AND run_id = ANY($3::text[]) RETURNING run_id",
 	/* Listed, not held, but finished by this agent itself: not to be cancelled. */
@@ -111,7 +130,6 @@ static void poll_params(const struct store_poll *q, const char *listed, struct p
 	pg_p_i64(&pp->touch, q->now);
 	pg_p_i64(&pp->touch, q->capacity);
 	pg_p_str(&pp->touch, q->agent_id);
-	pg_p_i64(&pp->touch, q->touch);
 	pg_p_i64(&pp->renew, q->lease_until);
 	pg_p_str(&pp->renew, q->agent_id);
 	pg_p_str(&pp->renew, listed);
@@ -211,10 +229,9 @@ int pgs_poll(struct store *s, const struct store_poll *q, struct store_poll_resu
 			[P_OWN] = &pp.own,       [P_CLAIM] = &pp.claim,       [P_ASSIGN] = &pp.assign,
 			[P_RUNS] = &pp.runs,     [P_CANCEL] = &pp.agent_max,  [P_RUNNING] = &pp.agent,
 		};
-		struct pg_stmt st[P_N];
-		for (int i = 0; i < P_N; i++)
-			st[i] = (struct pg_stmt){POLL_SQL[i], par[i]};
-		rc = pg_pipeline(c, st, P_N, res);
+		/* Nothing listed: no leases to renew; lastSeen only when due. */
+		bool skip[P_N] = {[P_TOUCH] = !q->touch, [P_RENEW] = q->nlisted == 0, [P_OWN] = q->nlisted == 0};
+		rc = pipeline_some(c, POLL_SQL, par, skip, P_N, res);
 	}
 	if (rc == 0)
 		rc = poll_answer(q, res, out);
@@ -364,16 +381,9 @@ int pgs_job_submit(struct store *s, const struct store_new_job *nj, const struct
 		[S_SCHED] = &sp.sched, [S_LOCK] = &sp.lock, [S_INSERT] = &sp.insert, [S_JOB1] = &sp.id,
 		[S_RUNS1] = &sp.id,    [S_QUEUE] = &sp.queue, [S_JOB2] = &sp.id,    [S_RUNS2] = &sp.id,
 	};
-	struct pg_stmt st[S_N];
-	size_t n = 0;
-	for (int i = 0; i < S_N; i++)
-		if (i != S_SCHED || claim) /* results keep their slots: res[i] of a skipped one stays NULL */
-			st[n++] = (struct pg_stmt){SUBMIT_SQL[i], par[i]};
-	PGresult *got[S_N] = {0}, *res[S_N] = {0};
-	int rc = pg_pipeline(c, st, n, got);
-	for (int i = 0, k = 0; i < S_N; i++)
-		if (i != S_SCHED || claim)
-			res[i] = got[k++];
+	bool skip[S_N] = {[S_SCHED] = !claim};
+	PGresult *res[S_N] = {0};
+	int rc = pipeline_some(c, SUBMIT_SQL, par, skip, S_N, res);
 	if (rc == 0)
 		rc = submit_answer(nj, res, out);
 	clear_all(res, S_N);
