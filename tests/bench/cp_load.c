@@ -14,7 +14,8 @@
  * panel creates --jobs-per-sec jobs spread over the agents (4 instances each);
  * an agent that gets a run posts its events in batches every 250 ms, then the
  * result. Poll answer latency (request start to last byte, which includes the
- * TCP connect since jobvisor-cp closes every connection), events/s
+ * TCP connect since jobvisor-cp closes every connection), jobs created per
+ * second (answered 2xx: what the panel got, of --jobs-per-sec offered), events/s
  * acknowledged, the server's CPU share and the whole host's iowait share (the
  * machine is shared; iowait explains most outliers) are measured after the
  * first interval (warm-up) and printed as one Markdown table row per agent
