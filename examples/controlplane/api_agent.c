@@ -129,7 +129,7 @@ out:
 	return answered;
 }
 
-/* Load the run's state (mu held): 0 when the agent may report on the run;
+/* Load the run's state: 0 when the agent may report on the run;
  * otherwise the answer is set. */
 static int load_owned_run(struct cp *cp, struct http_answer *a, const struct cp_agent *agent,
                           const char *run_id, struct store_run_state *rs)
@@ -299,8 +299,9 @@ void api_agent_result(struct cp *cp, struct mg_connection *conn, struct cp_agent
 		output = note;
 	}
 
+	/* No cp->mu: store calls (the database decides races, store.h) and
+	 * lc_run_finish, which takes it for its wake-up only. */
 	struct http_answer ans = {0};
-	pthread_mutex_lock(&cp->mu);
 	struct store_run_state rs;
 	if (load_owned_run(cp, &ans, agent, run_id, &rs) < 0)
 		goto out;
@@ -326,7 +327,6 @@ void api_agent_result(struct cp *cp, struct mg_connection *conn, struct cp_agent
 	cJSON_AddStringToObject(o, "status", status);
 	http_answer_json(&ans, 200, o);
 out:
-	pthread_mutex_unlock(&cp->mu);
 	http_send_answer(conn, &ans);
 	cJSON_Delete(note);
 done:

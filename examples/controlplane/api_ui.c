@@ -106,11 +106,10 @@ void api_ui_create_job(struct cp *cp, struct mg_connection *conn)
 	}
 	cJSON *job = NULL;
 	bool created = false;
-	pthread_mutex_lock(&cp->mu);
+	/* No cp->mu: both are store calls (thread-safe); lc_job_create takes it for its wake-up. */
 	int rc = jobtypes_check(cp, nj.agent_id, nj.type, nj.params, &err);
 	if (rc == 0)
 		rc = lc_job_create(cp, &nj, &job, &created, &err);
-	pthread_mutex_unlock(&cp->mu);
 	if (rc < 0)
 		http_send_error(conn, err.status, "%s", err.msg);
 	else

@@ -7,7 +7,10 @@
  * durable state lives behind the storage interface (store.h: SQLite or
  * PostgreSQL; no SQL outside store_*.c); `struct cp.mu` serialises the small
  * in-memory state (agent wake-ups, the WebSocket ring, long-poll accounting)
- * and, for now, the handlers' use of the store. Functions documented as
+ * and is never held across a store call on the hot paths (polls, job
+ * creation, events): the store is thread-safe and the database orders
+ * concurrent requests; the colder handlers still hold it around their store
+ * calls. Functions documented as
  * "mu held" must be called with cp->mu locked; the others take it themselves.
  *
  * The wire protocol is docs/protocol.md; this header only wires modules. */
@@ -208,8 +211,9 @@ struct lc_new_job {
 	 * when another replica claimed it first, lc_job_create returns -EAGAIN. */
 	const struct store_sched_claim *claim;
 };
-/* Create (CREATED) then enqueue (QUEUED). *job is the new job (returned-owned);
- * *created is false when job_id already named an identical job. */
+/* Create (CREATED) then enqueue (QUEUED): store_job_submit. *job is the new
+ * job (returned-owned); *created is false when job_id already named an
+ * identical job. Do NOT hold cp->mu (it takes it for the wake-up only). */
 int lc_job_create(struct cp *cp, const struct lc_new_job *nj, cJSON **job, bool *created, struct cp_err *err);
 int lc_job_enqueue(struct cp *cp, const char *job_id);
 int lc_job_cancel(struct cp *cp, const char *job_id, struct cp_err *err);
@@ -219,9 +223,11 @@ int lc_job_retry(struct cp *cp, const char *job_id, struct cp_err *err);
  * lost_before: a lost run (sweep) is ended only if still lost at that
  * time; 0 = always. Decides the job's next state (terminal, or RETRIED with
  * a new run) and wakes the agent. 0, 1 when the run was finished before
- * (nothing changed), <0 on error. */
+ * (nothing changed), <0 on error. Do NOT hold cp->mu. */
 int lc_run_finish(struct cp *cp, const char *run_id, const char *status, const cJSON *output,
                   const cJSON *error, const char *finished_by, int64_t lost_before);
+/* {"type": "job", "job": job} for ws_publish (job consumed); NULL for NULL. */
+cJSON *lc_job_msg(cJSON *job);
 /* Publish the current state of a job to WebSocket clients. */
 void lc_publish_job(struct cp *cp, const char *job_id);
 /* Bump the agent's wake generation and wake its long polls. */
@@ -256,7 +262,7 @@ struct poll_park {
  * wait and may park; <0 on error. */
 int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *req, cJSON **answer,
                   struct poll_park *park);
-/* Lost runs (ack deadline, lease), retries whose backoff ended. Takes mu. */
+/* Lost runs (ack deadline, lease), retries whose backoff ended. Main thread; do not hold mu. */
 void dispatch_sweep(struct cp *cp);
 /* After a restart: give every active run a fresh lease and ack window, queue CREATED jobs. */
 int dispatch_recover(struct cp *cp);
@@ -330,13 +336,13 @@ void api_jobtypes_report(struct cp *cp, struct mg_connection *conn, struct cp_ag
 void api_jobtypes_get(struct cp *cp, struct mg_connection *conn, const char *agent_id);
 /* May a job of this type with these params go to this agent? Against the
  * types it reported, or the known type names when it never reported. 0, or
- * <0 with err (400 naming the parameter, 500). mu held. */
+ * <0 with err (400 naming the parameter, 500). A store read: no cp->mu needed. */
 int jobtypes_check(struct cp *cp, const char *agent_id, const char *type, const cJSON *params,
                    struct cp_err *err);
 
 /* ---- api_ui.c ---- */
 /* Check a job body {type, agentId, instanceId, params, maxAttempts, ...}
- * (without the job types check, which needs mu: jobtypes_check). NULL when
+ * (without the job types check, a store read: jobtypes_check). NULL when
  * fine, else why (may be buf). nj borrows from body. */
 const char *api_ui_validate_job(struct cp *cp, const cJSON *body, struct lc_new_job *nj, char *buf, size_t len);
 
@@ -409,6 +415,11 @@ void ws_publish(struct cp *cp, cJSON *msg);
 /* ws_publish of n messages (all consumed, NULLs skipped): on PostgreSQL one
  * round trip for all of them. mu held. */
 void ws_publish_many(struct cp *cp, cJSON **msgs, size_t n);
+/* ws_publish_many, then wake the long polls of agent wake on every replica
+ * (NULL = none). Do not hold cp->mu: it takes it only for the in-memory
+ * ring (SQLite) and the local wake-up; on PostgreSQL the messages and the
+ * wake-up notification are one statement, one round trip. */
+void ws_publish_wake(struct cp *cp, cJSON **msgs, size_t n, const char *wake);
 /* Queue a console message (text consumed) for the clients watching agent/inst;
  * unnumbered, not kept in the ring. Do not hold cp->mu. */
 void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text, uint64_t last_seq);

@@ -37,110 +37,99 @@
 #define AGENT_PUSH_MS 10000  /* lastSeen pushed to WebSocket clients at most this often */
 #define AGENT_STORE_MS 30000 /* and written to the database at most this often (memory is authoritative) */
 
-static void touch_agent(struct cp *cp, struct cp_agent *a, int capacity, int64_t now)
+/* What a poll does about the agent's lastSeen besides memory. */
+struct touch {
+	bool store, push; /* write it to the database / push it to WebSocket clients */
+	int64_t seen;
+	int capacity;
+};
+
+/* lastSeen and capacity in memory (mu held); whether to store and push them
+ * now. Both are marked done here: a failed write is tried again in
+ * AGENT_STORE_MS (memory is authoritative). */
+static struct touch touch_agent(struct cp_agent *a, int capacity, int64_t now)
 {
 	bool changed = a->capacity != capacity || a->last_seen_ms == 0;
+	struct touch t = {.seen = now, .capacity = capacity};
 	a->last_seen_ms = now;
 	a->capacity = capacity;
-	if ((changed || now - a->stored_seen_ms >= AGENT_STORE_MS) &&
-	    store_agent_touch(cp->store, a->id, now, capacity) == 0)
+	t.store = changed || now - a->stored_seen_ms >= AGENT_STORE_MS;
+	t.push = changed || now - a->pushed_seen_ms >= AGENT_PUSH_MS;
+	if (t.store)
 		a->stored_seen_ms = now;
-	if (changed || now - a->pushed_seen_ms >= AGENT_PUSH_MS) {
-		cJSON *msg = cJSON_CreateObject();
-		cJSON *o = dispatch_agent_json(cp, a);
-		if (msg && o) {
-			cJSON_AddStringToObject(msg, "type", "agent");
-			cJSON_AddItemToObject(msg, "agent", o);
-			ws_publish(cp, msg);
-			a->pushed_seen_ms = now;
-		} else {
-			cJSON_Delete(msg);
-			cJSON_Delete(o);
-		}
-	}
+	if (t.push)
+		a->pushed_seen_ms = now;
+	return t;
 }
 
-/* Renew the lease of each listed run this agent holds; runs it lists but no
- * longer holds (lost, cancelled before it ran, unknown, someone else's) go to
- * cancel so the agent stops them. Runs it finished itself are left alone. */
-static int renew_leases(struct cp *cp, struct cp_agent *a, const struct poll_req *req, int64_t now, cJSON *cancel)
+/* An agent as GET /v1/agents and the WebSocket "agent" message show it. */
+static cJSON *agent_json(const struct cp *cp, const char *id, int64_t last_seen, int capacity, int running)
 {
-	if (req->nrunning == 0)
-		return 0;
-	const char **ids = calloc(req->nrunning, sizeof(*ids));
-	bool *renewed = calloc(req->nrunning, sizeof(*renewed));
-	int rc = ids && renewed ? 0 : -ENOMEM;
-	for (size_t i = 0; rc == 0 && i < req->nrunning; i++)
-		ids[i] = req->running[i].run_id;
-	if (rc == 0)
-		rc = store_runs_renew(cp->store, a->id, ids, req->nrunning, now + (int64_t)cp->cfg.lease_s * 1000,
-		                      renewed);
-	for (size_t i = 0; rc == 0 && cancel && i < req->nrunning; i++) {
-		if (renewed[i])
-			continue;
-		struct store_run_state rs;
-		int q = store_run_state(cp->store, ids[i], &rs);
-		if (q == -EIO) {
-			rc = q;
-			break;
-		}
-		bool own_finish = q == 0 && strcmp(rs.agent_id, a->id) == 0 && strcmp(rs.finished_by, "agent") == 0;
-		if (!own_finish)
-			cJSON_AddItemToArray(cancel, cJSON_CreateString(ids[i]));
-	}
-	free(ids);
-	free(renewed);
-	return rc;
-}
-
-static bool listed(const struct poll_req *req, const char *run_id)
-{
-	for (size_t i = 0; i < req->nrunning; i++)
-		if (strcmp(req->running[i].run_id, run_id) == 0)
-			return true;
-	return false;
+	cJSON *o = cJSON_CreateObject();
+	if (!o)
+		return NULL;
+	cJSON_AddStringToObject(o, "agentId", id);
+	cJSON_AddItemToObject(o, "lastSeen", store_time(last_seen));
+	cJSON_AddNumberToObject(o, "capacity", capacity);
+	cJSON_AddNumberToObject(o, "running", running > 0 ? running : 0);
+	/* Online: seen within three poll intervals plus the longest long poll. */
+	int64_t window = (int64_t)(3 * cp->cfg.poll_interval_s + cp->cfg.max_wait_s) * 1000;
+	cJSON_AddBoolToObject(o, "online", last_seen > 0 && jv_now_real_ms() - last_seen <= window);
+	return o;
 }
 
 #define IDS_MAX 64 /* runs handled per poll answer and per sweep */
 
-/* Re-deliver unacknowledged unlisted assignments, then assign new ones. */
-static int assign(struct cp *cp, struct cp_agent *a, const struct poll_req *req, int64_t now, cJSON *jobs)
+/* Log each claimed run and publish the claimed jobs (and the agent's
+ * presence when due) to WebSocket clients; no cp->mu held. */
+static void poll_publish(struct cp *cp, struct cp_agent *a, const struct touch *t,
+                         const struct store_poll_result *r)
 {
-	char ids[IDS_MAX][CP_ID_MAX];
-	int n = store_agent_runs(cp->store, a->id, true, false, ids, IDS_MAX);
-	for (int i = 0; i < n; i++) {
-		cJSON *as = NULL;
-		if (!listed(req, ids[i]) && store_assignment_json(cp->store, ids[i], &as) == 0)
-			cJSON_AddItemToArray(jobs, as);
+	int nclaimed = cJSON_GetArraySize(r->claimed), first = cJSON_GetArraySize(r->jobs) - nclaimed;
+	cJSON **msgs = calloc((size_t)nclaimed + 1, sizeof(*msgs));
+	size_t n = 0;
+	if (msgs && t && t->push) {
+		cJSON *msg = cJSON_CreateObject();
+		cJSON_AddStringToObject(msg, "type", "agent");
+		cJSON_AddItemToObject(msg, "agent", agent_json(cp, a->id, t->seen, t->capacity, r->running));
+		msgs[n++] = msg;
 	}
-	if (n < 0)
-		return n;
-	n = store_runs_claim(cp->store, a->id, req->capacity, now, now + (int64_t)cp->cfg.ack_s * 1000,
-	                     now + (int64_t)cp->cfg.lease_s * 1000, ids, IDS_MAX);
-	if (n < 0) {
-		jv_error(NULL, NULL, "cannot assign runs to agent '%s'", a->id);
-		return n;
+	for (int i = 0; i < nclaimed; i++) {
+		const cJSON *as = cJSON_GetArrayItem(r->jobs, first + i);
+		jv_info(jv_json_str(as, "jobId", ""), jv_json_str(as, "jobRunId", ""), "run assigned to agent '%s'", a->id);
+		if (msgs)
+			msgs[n++] = lc_job_msg(cJSON_Duplicate(cJSON_GetArrayItem(r->claimed, i), true));
 	}
-	for (int i = 0; i < n; i++) {
-		cJSON *as = NULL;
-		if (store_assignment_json(cp->store, ids[i], &as) < 0)
-			continue;
-		const char *job_id = jv_json_str(as, "jobId", "");
-		jv_info(job_id, ids[i], "run assigned to agent '%s'", a->id);
-		lc_publish_job(cp, job_id);
-		cJSON_AddItemToArray(jobs, as);
-	}
-	return 0;
+	if (n)
+		ws_publish_wake(cp, msgs, n, NULL);
+	free(msgs);
 }
 
-/* Runs of the agent with a cancel requested, into cancel. */
-static int add_cancels(struct cp *cp, struct cp_agent *a, cJSON *cancel)
+/* One look at the database without cp->mu (store_poll: renew the listed
+ * leases, assign, collect cancels), its jobs and cancels into ans. Runs the
+ * agent lists but no longer holds (lost, cancelled before it ran, unknown,
+ * someone else's) go to cancel so the agent stops them; an unacknowledged
+ * assignment it does not list is sent again. */
+static int poll_once(struct cp *cp, struct cp_agent *a, const struct poll_req *req, const char **listed,
+                     const struct touch *t, cJSON *ans)
 {
-	char ids[IDS_MAX][CP_ID_MAX];
-	int n = store_agent_runs(cp->store, a->id, false, true, ids, IDS_MAX);
-	for (int i = 0; i < n; i++)
-		cJSON_AddItemToArray(cancel, cJSON_CreateString(ids[i]));
-	return n < 0 ? n : 0;
+	int64_t now = jv_now_real_ms();
+	struct store_poll q = {
+		.agent_id = a->id, .capacity = req->capacity, .listed = listed, .nlisted = req->nrunning, .now = now,
+		.ack_deadline = now + (int64_t)cp->cfg.ack_s * 1000, .lease_until = now + (int64_t)cp->cfg.lease_s * 1000,
+		.touch = t && t->store, .max = IDS_MAX,
+	};
+	struct store_poll_result r;
+	int rc = store_poll(cp->store, &q, &r);
+	if (rc < 0) {
+		jv_error(NULL, NULL, "cannot answer the poll of agent '%s'", a->id);
+		return rc;
+	}
+	poll_publish(cp, a, t, &r);
+	cJSON_Delete(r.claimed);
+	cJSON_ReplaceItemInObjectCaseSensitive(ans, "jobs", r.jobs);
+	cJSON_ReplaceItemInObjectCaseSensitive(ans, "cancel", r.cancel);
+	return 0;
 }
 
 static void deadline_ts(int64_t mono_ms, struct timespec *ts)
@@ -149,70 +138,83 @@ static void deadline_ts(int64_t mono_ms, struct timespec *ts)
 	ts->tv_nsec = (long)(mono_ms % 1000) * 1000000L;
 }
 
+enum poll_next { POLL_ANSWER, POLL_AGAIN, POLL_PARK };
+
+/* After a look found what it found (mu held): answer, look again (work
+ * appeared meanwhile, or a long wait ended), or park. *gen: the wake
+ * generation the next look starts from. */
+static enum poll_next poll_decide(struct cp *cp, struct cp_agent *agent, const struct poll_req *req, cJSON *ans,
+                                  uint64_t console_gen, int64_t deadline, uint64_t *gen, struct poll_park *park)
+{
+	/* A console watch that changed or a command waiting answers at once. */
+	if (cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(ans, "jobs")) > 0 ||
+	    cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(ans, "cancel")) > 0 || atomic_load(&cp->stopping) ||
+	    agent->console_gen != console_gen || console_has_commands(cp, agent->id) || jv_now_mono_ms() >= deadline)
+		return POLL_ANSWER;
+	if (agent->gen != *gen) { /* woken while it looked: the look may have missed that work */
+		*gen = agent->gen;
+		return POLL_AGAIN;
+	}
+	if (req->can_park) {
+		/* The front holds it and sends it again on a wake-up newer than
+		 * gen (lc_wake_parked) or at the deadline. */
+		*park = (struct poll_park){.agent_index = (size_t)(agent - cp->agents),
+		                           .gen = agent->gen + agent->console_gen,
+		                           .wait_ms = deadline - jv_now_mono_ms()};
+		return POLL_PARK;
+	}
+	if (cp->long_polls >= cp->long_polls_max)
+		return POLL_ANSWER;
+	struct timespec ts;
+	deadline_ts(deadline, &ts);
+	cp->long_polls++;
+	while (agent->gen == *gen && agent->console_gen == console_gen && !atomic_load(&cp->stopping) &&
+	       pthread_cond_timedwait(&agent->cond, &cp->mu, &ts) != ETIMEDOUT)
+		;
+	cp->long_polls--;
+	*gen = agent->gen;
+	return POLL_AGAIN; /* look again: new work, or renew the leases the wait ran down */
+}
+
 int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *req, cJSON **answer,
                   struct poll_park *park)
 {
 	cJSON *ans = cJSON_CreateObject();
 	cJSON *jobs = cJSON_AddArrayToObject(ans, "jobs");
 	cJSON *cancel = cJSON_AddArrayToObject(ans, "cancel");
-	if (!ans || !jobs || !cancel) {
+	const char **listed = calloc(req->nrunning + 1, sizeof(*listed));
+	if (!ans || !jobs || !cancel || !listed) {
 		cJSON_Delete(ans);
+		free(listed);
 		return -ENOMEM;
 	}
+	for (size_t i = 0; i < req->nrunning; i++)
+		listed[i] = req->running[i].run_id;
 	int64_t wait_ms = (int64_t)(req->wait_s > cp->cfg.max_wait_s ? cp->cfg.max_wait_s : req->wait_s) * 1000;
 	if (wait_ms > req->wait_cap_ms)
 		wait_ms = req->wait_cap_ms;
 	int64_t deadline = jv_now_mono_ms() + wait_ms;
-	int rc;
-	bool waited = false, parked = false;
 
+	/* cp->mu for the in-memory state only, never across a store call. A
+	 * change since the last answer (made while no poll of this agent waited)
+	 * counts as new, or the agent would hear of it a long poll late. */
 	pthread_mutex_lock(&cp->mu);
-	/* A change since the last answer (made while no poll of this agent
-	 * waited) counts as new, or the agent would hear of it a long poll late. */
-	uint64_t console_gen = agent->console_told;
-	touch_agent(cp, agent, req->capacity, jv_now_real_ms());
-	rc = renew_leases(cp, agent, req, jv_now_real_ms(), cancel);
-	for (;;) {
-		int64_t now = jv_now_real_ms();
-		if (rc == 0)
-			rc = assign(cp, agent, req, now, jobs);
-		if (rc == 0)
-			rc = add_cancels(cp, agent, cancel);
-		if (rc < 0)
-			break;
-		/* A console watch that changed or a command waiting answers at once. */
-		if (cJSON_GetArraySize(jobs) > 0 || cJSON_GetArraySize(cancel) > 0 || atomic_load(&cp->stopping) ||
-		    agent->console_gen != console_gen || console_has_commands(cp, agent->id) ||
-		    jv_now_mono_ms() >= deadline)
-			break;
-		if (req->can_park) {
-			/* The front holds it and sends it again on a wake-up newer than
-			 * gen (lc_wake_parked) or at the deadline. */
-			*park = (struct poll_park){.agent_index = (size_t)(agent - cp->agents),
-			                           .gen = agent->gen + agent->console_gen,
-			                           .wait_ms = deadline - jv_now_mono_ms()};
-			parked = true;
-			break;
-		}
-		if (cp->long_polls >= cp->long_polls_max)
-			break;
-		uint64_t gen = agent->gen;
-		struct timespec ts;
-		deadline_ts(deadline, &ts);
-		cp->long_polls++;
-		while (agent->gen == gen && agent->console_gen == console_gen && !atomic_load(&cp->stopping) &&
-		       pthread_cond_timedwait(&agent->cond, &cp->mu, &ts) != ETIMEDOUT)
-			;
-		cp->long_polls--;
-		waited = true;
-	}
-	/* A long wait must not eat the lease it was meant to keep alive. */
-	if (rc == 0 && waited)
-		rc = renew_leases(cp, agent, req, jv_now_real_ms(), NULL);
-	if (rc == 0 && !parked)
-		agent->console_told = agent->console_gen; /* the list below is at least this new */
+	uint64_t console_gen = agent->console_told, gen = agent->gen;
+	struct touch t = touch_agent(agent, req->capacity, jv_now_real_ms());
 	pthread_mutex_unlock(&cp->mu);
-	if (rc < 0 || parked) {
+	enum poll_next next = POLL_AGAIN;
+	int rc = 0;
+	for (bool first = true; rc == 0 && next == POLL_AGAIN; first = false) {
+		rc = poll_once(cp, agent, req, listed, first ? &t : NULL, ans);
+		pthread_mutex_lock(&cp->mu);
+		if (rc == 0)
+			next = poll_decide(cp, agent, req, ans, console_gen, deadline, &gen, park);
+		if (rc == 0 && next == POLL_ANSWER)
+			agent->console_told = agent->console_gen; /* the list below is at least this new */
+		pthread_mutex_unlock(&cp->mu);
+	}
+	free(listed);
+	if (rc < 0 || next == POLL_PARK) {
 		cJSON_Delete(ans);
 		return rc < 0 ? rc : 1;
 	}
@@ -230,12 +232,13 @@ int dispatch_poll(struct cp *cp, struct cp_agent *agent, const struct poll_req *
 
 static void wake_cb(void *ud, const char *agent_id)
 {
-	lc_wake_agent(ud, agent_id);
+	ws_publish_wake(ud, NULL, 0, agent_id);
 }
 
+/* Main thread only, without cp->mu: store calls and lc_run_finish (which
+ * takes it for its wake-ups), so polls never wait for the sweep's round trips. */
 void dispatch_sweep(struct cp *cp)
 {
-	pthread_mutex_lock(&cp->mu);
 	int64_t now = jv_now_real_ms();
 	struct store_lost_run lost[IDS_MAX];
 	int nlost = store_runs_lost(cp->store, now, lost, IDS_MAX);
@@ -262,7 +265,6 @@ void dispatch_sweep(struct cp *cp)
 	/* Retries whose backoff ended since the last sweep: wake their agents' long polls. */
 	store_retry_agents(cp->store, cp->last_sweep_ms, now, wake_cb, cp);
 	cp->last_sweep_ms = now;
-	pthread_mutex_unlock(&cp->mu);
 }
 
 static void load_agent(void *ud, const char *agent_id, int64_t last_seen, int capacity)
@@ -308,18 +310,7 @@ int dispatch_recover(struct cp *cp)
 
 cJSON *dispatch_agent_json(struct cp *cp, const struct cp_agent *a)
 {
-	cJSON *o = cJSON_CreateObject();
-	if (!o)
-		return NULL;
-	cJSON_AddStringToObject(o, "agentId", a->id);
-	cJSON_AddItemToObject(o, "lastSeen", store_time(a->last_seen_ms));
-	cJSON_AddNumberToObject(o, "capacity", a->capacity);
-	int running = store_agent_running(cp->store, a->id);
-	cJSON_AddNumberToObject(o, "running", running > 0 ? running : 0);
-	/* Online: seen within three poll intervals plus the longest long poll. */
-	int64_t window = (int64_t)(3 * cp->cfg.poll_interval_s + cp->cfg.max_wait_s) * 1000;
-	cJSON_AddBoolToObject(o, "online", a->last_seen_ms > 0 && jv_now_real_ms() - a->last_seen_ms <= window);
-	return o;
+	return agent_json(cp, a->id, a->last_seen_ms, a->capacity, store_agent_running(cp->store, a->id));
 }
 
 cJSON *dispatch_agents_json(struct cp *cp)

@@ -4,7 +4,9 @@
  * so replicas sharing a database cannot both make it); after it commits, the new state
  * of the job is published to WebSocket clients and the owning agent's long
  * polls are woken. Assignment (QUEUED -> RUNNING) and lost runs live in
- * dispatch.c, event storage in events.c. All functions run with cp->mu held.
+ * dispatch.c, event storage in events.c. All functions run with cp->mu held,
+ * except lc_job_create and lc_run_finish, which must be called without it
+ * (the store is thread-safe; they take it for the wake-up only).
  *
  * Job states: CREATED -> QUEUED -> RUNNING -> COMPLETED | FAILED | CANCELLED,
  * and RETRIED while a new run (attempt + 1) waits to be assigned. Run states:
@@ -92,19 +94,25 @@ void lc_wake_agent(struct cp *cp, const char *agent_id)
 		jv_warn(NULL, NULL, "cannot tell other replicas of new work for agent '%s'", agent_id);
 }
 
+cJSON *lc_job_msg(cJSON *job)
+{
+	cJSON *msg = job ? cJSON_CreateObject() : NULL;
+	if (!msg) {
+		cJSON_Delete(job);
+		return NULL;
+	}
+	cJSON_AddStringToObject(msg, "type", "job");
+	cJSON_AddItemToObject(msg, "job", job);
+	return msg;
+}
+
 void lc_publish_job(struct cp *cp, const char *job_id)
 {
 	cJSON *job = NULL;
 	store_job_json(cp->store, job_id, &job);
-	cJSON *msg = cJSON_CreateObject();
-	if (!job || !msg) {
-		cJSON_Delete(job);
-		cJSON_Delete(msg);
-		return;
-	}
-	cJSON_AddStringToObject(msg, "type", "job");
-	cJSON_AddItemToObject(msg, "job", job);
-	ws_publish(cp, msg);
+	cJSON *msg = lc_job_msg(job);
+	if (msg)
+		ws_publish(cp, msg);
 }
 
 int lc_job_enqueue(struct cp *cp, const char *job_id)
@@ -117,15 +125,6 @@ int lc_job_enqueue(struct cp *cp, const char *job_id)
 	lc_publish_job(cp, job_id);
 	lc_wake_agent(cp, jr.agent_id);
 	return 0;
-}
-
-/* The job as stored now into *job; 0 or -EIO with err. */
-static int read_back(struct cp *cp, const char *job_id, cJSON **job, struct cp_err *err)
-{
-	if (store_job_json(cp->store, job_id, job) == 0)
-		return 0;
-	cp_err_set(err, 500, "cannot read the job back");
-	return -EIO;
 }
 
 int lc_job_create(struct cp *cp, const struct lc_new_job *nj, cJSON **job, bool *created, struct cp_err *err)
@@ -154,10 +153,11 @@ int lc_job_create(struct cp *cp, const struct lc_new_job *nj, cJSON **job, bool 
 		.cancel_grace_s = nj->cancel_grace_s,
 		.schedule_id = nj->schedule_id,
 	};
-	int rc = store_job_create(cp->store, &sj, nj->claim, jv_now_real_ms());
+	/* Stored and queued in one call (PostgreSQL: one round trip) without
+	 * cp->mu: the database orders concurrent creates (store.h). */
+	struct store_submitted sub;
+	int rc = store_job_submit(cp->store, &sj, nj->claim, jv_now_real_ms(), &sub);
 	free(params);
-	if (rc == 1) /* a repeated create (a panel retrying after a lost answer) returns the job */
-		return read_back(cp, job_id, job, err);
 	if (rc == -EEXIST)
 		cp_err_set(err, 409, "job '%s' already exists with another type, agent or instance", job_id);
 	else if (rc == -EAGAIN)
@@ -166,13 +166,18 @@ int lc_job_create(struct cp *cp, const struct lc_new_job *nj, cJSON **job, bool 
 		cp_err_set(err, 500, "cannot store the job");
 	if (rc < 0)
 		return rc;
-	jv_info(job_id, NULL, "job created: type %s agent '%s' instance '%s'", nj->type, nj->agent_id,
-	        nj->instance_id);
-	lc_publish_job(cp, job_id);
-	if (lc_job_enqueue(cp, job_id) < 0)
-		jv_error(job_id, NULL, "cannot queue the job; it stays CREATED and is queued at the next start");
-	*created = true;
-	return read_back(cp, job_id, job, err);
+	if (rc == 0)
+		jv_info(job_id, NULL, "job created: type %s agent '%s' instance '%s'", nj->type, nj->agent_id,
+		        nj->instance_id);
+	if (sub.queued)
+		jv_info(job_id, NULL, "job queued for agent '%s' instance '%s'", nj->agent_id, nj->instance_id);
+	/* WebSocket clients hear CREATED then QUEUED before the agent is woken
+	 * (PostgreSQL: with it, in one statement), so none sees RUNNING first. */
+	cJSON *msgs[2] = {lc_job_msg(sub.created), lc_job_msg(sub.queued)};
+	ws_publish_wake(cp, msgs, 2, sub.queued ? nj->agent_id : NULL);
+	*created = rc == 0; /* 1: a repeated create (a panel retrying after a lost answer) returns the job */
+	*job = sub.job;
+	return 0;
 }
 
 int lc_job_cancel(struct cp *cp, const char *job_id, struct cp_err *err)
@@ -252,8 +257,10 @@ int lc_run_finish(struct cp *cp, const char *run_id, const char *status, const c
 		        res.attempt, res.max_attempts, (long long)(res.not_before - f.now));
 	else
 		jv_info(res.job_id, run_id, "run %s%s", status, lost ? " (lost)" : "");
-	lc_publish_job(cp, res.job_id);
 	/* The instance is free again: the next job for it may be assigned. */
-	lc_wake_agent(cp, res.agent_id);
+	cJSON *job = NULL;
+	store_job_json(cp->store, res.job_id, &job);
+	cJSON *msg = lc_job_msg(job);
+	ws_publish_wake(cp, &msg, msg ? 1 : 0, res.agent_id);
 	return 0;
 }

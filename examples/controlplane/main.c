@@ -416,7 +416,9 @@ int main(int argc, char **argv)
 	sigset_t sigs;
 	block_signals(&sigs);
 
-	struct store_options so = {.sync_full = cp.cfg.sync_full};
+	/* PostgreSQL: a connection per two worker threads, so requests that
+	 * no longer wait for cp->mu do not wait for a connection instead. */
+	struct store_options so = {.sync_full = cp.cfg.sync_full, .connections = cp.cfg.threads / 2};
 	if (store_open(cp.cfg.db_path, &so, &cp.store, err, sizeof(err)) < 0) {
 		jv_error(NULL, NULL, "%s", err);
 		goto out;

@@ -453,12 +453,10 @@ void schedules_tick(struct cp *cp)
 	struct due_list *l = calloc(1, sizeof(*l));
 	if (!l || store_schedules_due(cp->store, now, DUE_PER_TICK, take_due, l) < 0)
 		jv_error(NULL, NULL, "schedules: cannot read the due ones");
-	/* One schedule per lock hold: polls get in between. */
+	/* Without cp->mu: firing is store calls and lc_job_create, which takes it itself. */
 	for (size_t i = 0; l && i < l->n; i++) {
 		struct due *d = &l->d[i];
-		pthread_mutex_lock(&cp->mu);
 		fire_one(cp, d->id, d->cron, d->tz, d->job, d->overlap, d->next, now);
-		pthread_mutex_unlock(&cp->mu);
 		free(d->job);
 	}
 	free(l);

@@ -282,3 +282,14 @@ int store_job_delete(struct store *s, const char *job_id)
 {
 	return s->ops->job_delete(s, job_id);
 }
+
+int store_poll(struct store *s, const struct store_poll *q, struct store_poll_result *out)
+{
+	return s->ops->poll(s, q, out);
+}
+
+int store_job_submit(struct store *s, const struct store_new_job *nj, const struct store_sched_claim *claim,
+                     int64_t now, struct store_submitted *out)
+{
+	return s->ops->job_submit(s, nj, claim, now, out);
+}

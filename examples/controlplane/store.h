@@ -209,7 +209,8 @@ struct store_audit {
 };
 
 struct store_options {
-	bool sync_full; /* SQLite: synchronous=FULL; PostgreSQL: ignored */
+	bool sync_full;  /* SQLite: synchronous=FULL; PostgreSQL: ignored */
+	int connections; /* PostgreSQL: the pool's size (0 = 8); SQLite: ignored */
 };
 
 /* ISO-8601 string, or JSON null for 0 (store_json.c); returned-owned. */
@@ -331,6 +332,53 @@ int store_retry_agents(struct store *s, int64_t after, int64_t until, void (*fn)
 /* After a restart: every RUNNING run gets lease_until, and unacked ones
  * ack_deadline (time while down is nobody's fault). */
 int store_runs_refresh(struct store *s, int64_t lease_until, int64_t ack_deadline);
+
+/* One agent poll's database work in one call (dispatch.c): renew the
+ * leases of the listed runs the agent holds RUNNING (store_runs_renew),
+ * claim new work (store_runs_claim, same guarantees), and collect what the
+ * answer needs. PostgreSQL: one transaction sent as one pipeline (one round
+ * trip); the agent's advisory lock orders concurrent polls of one agent.
+ * SQLite: the single calls in turn. Results (all returned-owned):
+ *   jobs:    assignment objects: the agent's unacknowledged RUNNING runs it
+ *            did not list (sent again: the answer that carried them may have
+ *            been lost), then the runs claimed now in job seq order;
+ *   cancel:  run ids: listed but not held RUNNING by this agent (unless the
+ *            agent finished the run itself), then its RUNNING runs with a
+ *            cancel requested;
+ *   claimed: the job of each run claimed now, as stored after the claim
+ *            (protocol JSON, for WebSocket clients);
+ *   running: RUNNING runs the agent holds after the claim.
+ * On error (<0) nothing is returned. */
+struct store_poll {
+	const char *agent_id;
+	int capacity;
+	const char *const *listed; /* run ids the agent lists as running */
+	size_t nlisted;
+	int64_t now, ack_deadline, lease_until;
+	bool touch; /* also store last_seen = now and capacity (store_agent_touch) */
+	int max;    /* at most this many runs claimed, sent again, cancelled */
+};
+struct store_poll_result {
+	cJSON *jobs, *cancel, *claimed;
+	int running;
+};
+int store_poll(struct store *s, const struct store_poll *q, struct store_poll_result *out);
+
+/* Job creation in one call (lifecycle.c): store_job_create, then on 0 (or 1
+ * when the job found is still CREATED with the same type, agent and
+ * instance) store_job_enqueue — two transactions, as the protocol's
+ * CREATED -> QUEUED says; PostgreSQL sends both and the reads in one
+ * pipeline (one round trip). Results as store_job_create. out->created and
+ * out->queued: the job after each transaction made a change (NULL when it
+ * made none); out->job: the job as stored at the end (on 0 and 1). All
+ * returned-owned. When the enqueue fails after the create committed, the
+ * result is -EIO and the job stays CREATED (queued by a repeated create or
+ * at the next start). */
+struct store_submitted {
+	cJSON *created, *queued, *job;
+};
+int store_job_submit(struct store *s, const struct store_new_job *nj, const struct store_sched_claim *claim,
+                     int64_t now, struct store_submitted *out);
 
 /* ---- run events ---- */
 

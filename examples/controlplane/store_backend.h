@@ -78,7 +78,17 @@ struct store_ops {
 	int (*retention_pick)(struct store *s, int64_t cutoff, int keep, char job_id[CP_ID_MAX]);
 	int (*retention_events)(struct store *s, const char *job_id, int batch);
 	int (*job_delete)(struct store *s, const char *job_id);
+	int (*poll)(struct store *s, const struct store_poll *q, struct store_poll_result *out);
+	int (*job_submit)(struct store *s, const struct store_new_job *nj, const struct store_sched_claim *claim,
+	                  int64_t now, struct store_submitted *out);
 };
+
+/* store_poll and store_job_submit made of the single calls above, for a
+ * backend whose engine serialises its calls anyway (SQLite, which holds its
+ * connection's recursive mutex around them) (store_steps.c). */
+int store_poll_steps(struct store *s, const struct store_poll *q, struct store_poll_result *out);
+int store_job_submit_steps(struct store *s, const struct store_new_job *nj, const struct store_sched_claim *claim,
+                           int64_t now, struct store_submitted *out);
 
 /* Backends' open functions (store_open picks one). Same contract as store_open. */
 int store_sqlite_open(const char *path, const struct store_options *o, struct store **out, char *err, size_t errlen);

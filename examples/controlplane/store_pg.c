@@ -1,7 +1,7 @@
 /* store_pg.c — the PostgreSQL backend: opening, the operations table, reads.
  *
  * --db postgresql://user@host/dbname (any libpq URI). At open: a pool of
- * connections (PG_POOL_SIZE; each call holds one for its duration, never
+ * connections (store_options.connections; each call holds one for its duration, never
  * two), then the schema migrated under the migration lock (store_pg_schema.c).
  * The SQL mirrors the SQLite backend's; where several replicas race, the
  * PostgreSQL-specific locking is described at the call (store_pg_jobs.c,
@@ -17,7 +17,7 @@
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
 
-#define PG_POOL_SIZE 8
+#define PG_POOL_SIZE 8 /* when the caller does not say */
 
 int pgs_array_add(struct jv_buf *b, const char *s, bool first)
 {
@@ -76,13 +76,15 @@ void pgs_copy(char *dst, size_t len, const PGresult *r, int row, int col)
 	snprintf(dst, len, "%s", pg_str(r, row, col));
 }
 
+const char PGS_SQL_LOCK[] = "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2 || '/' || $3, 0))";
+
 int pgs_lock_key(PGconn *c, const char *kind, const char *a, const char *b)
 {
 	struct pg_params p = {0};
 	pg_p_str(&p, kind);
 	pg_p_str(&p, a);
 	pg_p_str(&p, b ? b : "");
-	return pg_cmd(c, "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2 || '/' || $3, 0))", &p) < 0
+	return pg_cmd(c, PGS_SQL_LOCK, &p) < 0
 	               ? -EIO
 	               : 0;
 }
@@ -109,17 +111,12 @@ int pgs_cmd(struct store *s, const char *sql, const struct pg_params *p)
 
 /* ---- runs and jobs: rows -> JSON ---- */
 
-#define RUN_COLUMNS                                                                             \
-	"run_id, job_id, attempt, agent_id, status, percent, message, last_seq, acked,"         \
-	" cancel_requested, output, error, finished_by, not_before, created_at, started_at,"     \
-	" finished_at"
-
 static const char *nullable(const PGresult *r, int row, int col)
 {
 	return PQgetisnull(r, row, col) ? NULL : PQgetvalue(r, row, col);
 }
 
-static cJSON *run_json_row(const PGresult *r, int i)
+cJSON *pgs_run_json_row(const PGresult *r, int i)
 {
 	struct store_run_row row = {
 		.run_id = nullable(r, i, 0), .job_id = nullable(r, i, 1), .attempt = (int)pg_i64(r, i, 2),
@@ -141,7 +138,7 @@ static int run_json(struct store *s, const char *run_id, cJSON **out)
 	if (!r)
 		return -EIO;
 	int rc = PQntuples(r) == 1 ? 0 : -ENOENT;
-	if (rc == 0 && !(*out = run_json_row(r, 0)))
+	if (rc == 0 && !(*out = pgs_run_json_row(r, 0)))
 		rc = -ENOMEM;
 	PQclear(r);
 	return rc;
@@ -154,17 +151,13 @@ static cJSON *runs_of_job(PGconn *c, const char *job_id)
 	PGresult *r = pg_exec(c, "SELECT " RUN_COLUMNS " FROM job_runs WHERE job_id = $1 ORDER BY attempt", &p);
 	cJSON *runs = r ? cJSON_CreateArray() : NULL;
 	for (int i = 0; runs && i < PQntuples(r); i++) {
-		cJSON *o = run_json_row(r, i);
+		cJSON *o = pgs_run_json_row(r, i);
 		if (o)
 			cJSON_AddItemToArray(runs, o);
 	}
 	PQclear(r);
 	return runs;
 }
-
-#define JOB_COLUMNS                                                                      \
-	"seq, job_id, type, agent_id, instance_id, params, status, max_attempts, timeout_s," \
-	" cancel_grace_s, cancel_requested, created_at, updated_at, schedule_id"
 
 void pgs_job_row(const PGresult *r, int i, struct store_job_row *j)
 {
@@ -424,7 +417,8 @@ static const struct store_ops pg_ops = {
 	.schedule_claim = pgs_schedule_claim, .schedule_active_job = pgs_schedule_active_job,
 	.audit_append = pgs_audit_append, .audit_set_status = pgs_audit_set_status, .audit_list = pgs_audit_list,
 	.metrics_jobs = pgs_metrics_jobs, .metrics_runs = pgs_metrics_runs, .retention_pick = pgs_retention_pick,
-	.retention_events = pgs_retention_events, .job_delete = pgs_job_delete,
+	.retention_events = pgs_retention_events, .job_delete = pgs_job_delete, .poll = pgs_poll,
+	.job_submit = pgs_job_submit,
 };
 
 bool store_is_pg(const struct store *s)
@@ -434,7 +428,6 @@ bool store_is_pg(const struct store *s)
 
 int store_pg_open(const char *conninfo, const struct store_options *o, struct store **out, char *err, size_t errlen)
 {
-	(void)o;
 	struct store_pg *sp = calloc(1, sizeof(*sp));
 	if (!sp || !(sp->url = strdup(conninfo))) {
 		free(sp);
@@ -443,7 +436,8 @@ int store_pg_open(const char *conninfo, const struct store_options *o, struct st
 	}
 	sp->base.ops = &pg_ops;
 	pgs_evq_init(&sp->evq);
-	int rc = pg_pool_open(conninfo, PG_POOL_SIZE, &sp->pool, err, errlen);
+	int rc = pg_pool_open(conninfo, o && o->connections > 0 ? o->connections : PG_POOL_SIZE, &sp->pool, err,
+	                      errlen);
 	if (rc < 0) {
 		pgs_evq_destroy(&sp->evq);
 		free(sp->url);

@@ -47,5 +47,8 @@ int store_pg_wake(struct store *s, const char *agent_id);
 int store_pg_ws_append(struct store *s, const char *text, int64_t now);
 /* The same for n messages in one statement (their seqs consecutive). */
 int store_pg_ws_append_many(struct store *s, const char *const *texts, size_t n, int64_t now);
+/* The same, and in the same statement the wake-up of agent wake's polls on
+ * every replica (store_pg_wake) after the messages: NULL = none. */
+int store_pg_ws_append_wake(struct store *s, const char *const *texts, size_t n, int64_t now, const char *wake);
 
 #endif

@@ -111,8 +111,15 @@ int store_pg_ws_append(struct store *s, const char *text, int64_t now)
 
 int store_pg_ws_append_many(struct store *s, const char *const *texts, size_t n, int64_t now)
 {
+	return store_pg_ws_append_wake(s, texts, n, now, NULL);
+}
+
+int store_pg_ws_append_wake(struct store *s, const char *const *texts, size_t n, int64_t now, const char *wake)
+{
 	if (!store_is_pg(s))
 		return 0;
+	if (n == 0)
+		return wake ? store_pg_wake(s, wake) : 0;
 	struct jv_buf arr;
 	jv_buf_init(&arr, 256u * 1024 * 1024);
 	int rc = jv_buf_append(&arr, "{", 1);
@@ -127,17 +134,23 @@ int store_pg_ws_append_many(struct store *s, const char *const *texts, size_t n,
 	pg_p_i64(&p, now);
 	pg_p_str(&p, PG_CHANNEL_WS);
 	pg_p_i64(&p, (int64_t)n);
+	if (wake)
+		pg_p_str(&p, wake);
 	/* One statement, so one transaction: the row lock on ws_head orders the
 	 * appends, and the notification goes out when it commits. Each seq goes
 	 * into its object as the last member. */
+#define WS_APPEND                                                                                          \
+	"WITH h AS (UPDATE ws_head SET seq = seq + $4 WHERE id = 1 RETURNING seq - $4 AS base),"                \
+	" i AS (INSERT INTO ws_log (seq, body, at)"                                                             \
+	"       SELECT h.base + u.ord, left(u.b, -1) || ',\"seq\":' || (h.base + u.ord) || '}', $2"            \
+	"       FROM h, unnest($1::text[]) WITH ORDINALITY AS u(b, ord) RETURNING seq)"                         \
+	" SELECT pg_notify($3, max(seq)::text)"
 	PGresult *r = rc == 0 ? pgs_query(s,
-	                                  "WITH h AS (UPDATE ws_head SET seq = seq + $4 WHERE id = 1 RETURNING seq - $4 AS base),"
-	                                  " i AS (INSERT INTO ws_log (seq, body, at)"
-	                                  "       SELECT h.base + u.ord, left(u.b, -1) || ',\"seq\":' || (h.base + u.ord) || '}', $2"
-	                                  "       FROM h, unnest($1::text[]) WITH ORDINALITY AS u(b, ord) RETURNING seq)"
-	                                  " SELECT pg_notify($3, max(seq)::text) FROM i",
+	                                  wake ? WS_APPEND ", pg_notify('" PG_CHANNEL_WAKE "', $5) FROM i"
+	                                       : WS_APPEND " FROM i",
 	                                  &p)
 	                      : NULL;
+#undef WS_APPEND
 	jv_buf_free(&arr);
 	if (rc < 0)
 		return rc;

@@ -24,8 +24,7 @@
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
 
-/* ids into a text-array literal; -ENOMEM. */
-static int text_array(struct jv_buf *b, const char *const *ids, size_t n)
+int pgs_text_array(struct jv_buf *b, const char *const *ids, size_t n)
 {
 	int rc = jv_buf_append(b, "{", 1);
 	for (size_t i = 0; rc == 0 && i < n; i++)
@@ -39,7 +38,7 @@ int pgs_agents_register(struct store *s, const char *const *agent_ids, size_t n)
 {
 	struct jv_buf b;
 	jv_buf_init(&b, 64u * 1024 * 1024);
-	if (text_array(&b, agent_ids, n) < 0) {
+	if (pgs_text_array(&b, agent_ids, n) < 0) {
 		jv_buf_free(&b);
 		return -ENOMEM;
 	}
@@ -99,7 +98,7 @@ int pgs_runs_renew(struct store *s, const char *agent_id, const char *const *run
 		return 0;
 	struct jv_buf b;
 	jv_buf_init(&b, 64u * 1024 * 1024);
-	bool built = text_array(&b, run_ids, n) == 0;
+	bool built = pgs_text_array(&b, run_ids, n) == 0;
 	struct pg_params p = {0};
 	pg_p_i64(&p, lease_until);
 	pg_p_str(&p, agent_id);
@@ -148,57 +147,42 @@ int pgs_agent_runs(struct store *s, const char *agent_id, bool unacked_only, boo
 	              &p, ids, max);
 }
 
-static const char SQL_ASSIGNABLE[] =
-	"SELECT r.run_id, j.instance_id FROM job_runs r JOIN jobs j ON j.job_id = r.job_id"
-	" WHERE r.agent_id = $1 AND r.status = 'QUEUED' AND r.not_before <= $2"
+/* Count the agent's RUNNING runs, pick the assignable QUEUED runs (no
+ * earlier active job of the instance, no run of the instance RUNNING, at
+ * most one per instance, by job seq, up to min(capacity - running, max)),
+ * and move them and their jobs to RUNNING: one statement. started_at is
+ * never before the finish of the run it follows (the previous attempt, the
+ * instance's previous job), nor before the clock read once the statement
+ * holds the agent's lock (the server's, clock_timestamp(): store.h's "later
+ * of now and the clock read once the transaction holds its locks"): the
+ * caller read `now` before its claim waited its turn, and a run that
+ * finished meanwhile (freeing the capacity this claim uses) was stamped by
+ * another request's clock. The moves stay
+ * conditional (status = 'QUEUED'), so a cancel that won the row lock wins. */
+const char PGS_SQL_CLAIM[] =
+	"WITH busy AS (SELECT count(*) AS n FROM job_runs WHERE agent_id = $1 AND status = 'RUNNING'),"
+	" cand AS (SELECT DISTINCT ON (j.instance_id) r.run_id, j.seq FROM job_runs r JOIN jobs j ON j.job_id = r.job_id"
+	"   WHERE r.agent_id = $1 AND r.status = 'QUEUED' AND r.not_before <= $2::bigint"
 	"   AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.agent_id = j.agent_id AND e.instance_id = j.instance_id"
 	"                   AND e.seq < j.seq AND e.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED'))"
 	"   AND NOT EXISTS (SELECT 1 FROM job_runs x JOIN jobs xj ON xj.job_id = x.job_id"
 	"                   WHERE x.agent_id = $1 AND x.status = 'RUNNING' AND xj.instance_id = j.instance_id)"
-	" ORDER BY j.seq LIMIT $3";
-
-/* Pick the runs to claim (at most one per instance) into a text-array literal. */
-static int pick(PGconn *c, const char *agent_id, int64_t now, int free_slots, struct jv_buf *arr)
-{
-	struct pg_params p = {0};
-	pg_p_str(&p, agent_id);
-	pg_p_i64(&p, now);
-	pg_p_i64(&p, free_slots);
-	PGresult *r = pg_exec(c, SQL_ASSIGNABLE, &p);
-	if (!r)
-		return -EIO;
-	int n = 0, rc = jv_buf_append(arr, "{", 1);
-	for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
-		bool dup = false;
-		for (int k = 0; k < i && !dup; k++)
-			dup = strcmp(PQgetvalue(r, k, 1), PQgetvalue(r, i, 1)) == 0;
-		if (!dup)
-			rc = pgs_array_add(arr, PQgetvalue(r, i, 0), n++ == 0);
-	}
-	PQclear(r);
-	if (rc == 0)
-		rc = jv_buf_append(arr, "}", 2);
-	return rc < 0 ? -ENOMEM : n;
-}
-
-/* Claim the picked runs ($1, a text array) and their jobs. started_at is
- * never before the finish of the run it follows (the previous attempt, the
- * instance's previous job): this replica read `now` before its claim waited
- * its turn, and another replica's clock stamped that finish. */
-static const char SQL_CLAIM[] =
-	"WITH r AS (UPDATE job_runs u SET status = 'RUNNING', ack_deadline = $3, lease_until = $4,"
-	"   started_at = greatest($2,"
+	"   ORDER BY j.instance_id, j.seq),"
+	" pick AS (SELECT run_id FROM cand ORDER BY seq"
+	"   LIMIT (SELECT greatest(0, least($5::bigint - n, $6::bigint)) FROM busy)),"
+	" r AS (UPDATE job_runs u SET status = 'RUNNING', ack_deadline = $3::bigint, lease_until = $4::bigint,"
+	"   started_at = greatest($2::bigint, (extract(epoch FROM clock_timestamp()) * 1000)::bigint,"
 	"     (SELECT max(x.finished_at) FROM job_runs x WHERE x.job_id = u.job_id),"
 	"     (SELECT max(x.finished_at) FROM job_runs x WHERE x.job_id ="
 	"        (SELECT e.job_id FROM jobs me JOIN jobs e ON e.agent_id = me.agent_id"
 	"           AND e.instance_id = me.instance_id AND e.seq < me.seq"
 	"         WHERE me.job_id = u.job_id ORDER BY e.seq DESC LIMIT 1)))"
-	"   WHERE run_id = ANY($1::text[]) AND status = 'QUEUED' RETURNING run_id, job_id)"
-	" UPDATE jobs j SET status = 'RUNNING', updated_at = $2 FROM r WHERE j.job_id = r.job_id"
+	"   WHERE run_id IN (SELECT run_id FROM pick) AND status = 'QUEUED' RETURNING run_id, job_id)"
+	" UPDATE jobs j SET status = 'RUNNING', updated_at = $2::bigint FROM r WHERE j.job_id = r.job_id"
 	" RETURNING r.run_id, j.seq";
 
 /* RETURNING has no order: the claimed run ids by job seq (selection sort, a few rows). */
-static int copy_by_seq(const PGresult *r, char (*ids)[CP_ID_MAX], int max)
+int pgs_claimed_ids(const PGresult *r, char (*ids)[CP_ID_MAX], int max)
 {
 	int rows = PQntuples(r), n = 0;
 	int64_t last = -1;
@@ -215,50 +199,29 @@ static int copy_by_seq(const PGresult *r, char (*ids)[CP_ID_MAX], int max)
 	return n;
 }
 
-static int claim_locked(PGconn *c, const char *agent_id, int capacity, int64_t now, int64_t ack_deadline,
-                        int64_t lease_until, char (*ids)[CP_ID_MAX], int max)
-{
-	struct pg_params p = {0};
-	pg_p_str(&p, agent_id);
-	PGresult *r = pg_exec(c, "SELECT count(*) FROM job_runs WHERE agent_id = $1 AND status = 'RUNNING'", &p);
-	if (!r)
-		return -EIO;
-	int free_slots = capacity - (int)pg_i64(r, 0, 0);
-	PQclear(r);
-	if (free_slots > max)
-		free_slots = max;
-	if (free_slots <= 0)
-		return 0;
-	struct jv_buf arr;
-	jv_buf_init(&arr, 64u * 1024 * 1024);
-	int n = pick(c, agent_id, now, free_slots, &arr);
-	if (n > 0) {
-		struct pg_params q = {0};
-		pg_p_str(&q, arr.data);
-		pg_p_i64(&q, now);
-		pg_p_i64(&q, ack_deadline);
-		pg_p_i64(&q, lease_until);
-		r = pg_exec(c, SQL_CLAIM, &q);
-		n = r ? copy_by_seq(r, ids, max) : -EIO;
-		PQclear(r);
-	}
-	jv_buf_free(&arr);
-	return n;
-}
-
 int pgs_runs_claim(struct store *s, const char *agent_id, int capacity, int64_t now, int64_t ack_deadline,
                    int64_t lease_until, char (*ids)[CP_ID_MAX], int max)
 {
 	PGconn *c = pgs_conn(s);
 	if (!c)
 		return -EIO;
-	int rc = pg_begin(c);
+	struct pg_params lk = {0}, p = {0};
+	pg_p_str(&lk, "agent");
+	pg_p_str(&lk, agent_id);
+	pg_p_str(&lk, "");
+	pg_p_str(&p, agent_id);
+	pg_p_i64(&p, now);
+	pg_p_i64(&p, ack_deadline);
+	pg_p_i64(&p, lease_until);
+	pg_p_i64(&p, capacity);
+	pg_p_i64(&p, max);
+	struct pg_stmt st[] = {{"BEGIN", NULL}, {PGS_SQL_LOCK, &lk}, {PGS_SQL_CLAIM, &p}, {"COMMIT", NULL}};
+	PGresult *res[4];
+	int rc = pg_pipeline(c, st, 4, res);
 	if (rc == 0)
-		rc = pgs_lock_key(c, "agent", agent_id, NULL);
-	if (rc == 0)
-		rc = claim_locked(c, agent_id, capacity, now, ack_deadline, lease_until, ids, max);
-	if (rc >= 0 && pg_commit(c) < 0)
-		rc = -EIO;
+		rc = pgs_claimed_ids(res[2], ids, max);
+	for (int i = 0; i < 4; i++)
+		PQclear(res[i]);
 	return pgs_fail(s, c, rc);
 }
 

@@ -62,6 +62,8 @@ static inline void pgs_done(struct store *s, PGconn *c)
 /* Append s as an element of a PostgreSQL text-array literal being built in b
  * ("{" and "}" by the caller; first = no comma before). */
 int pgs_array_add(struct jv_buf *b, const char *s, bool first);
+/* ids as a whole text-array literal, NUL-terminated (store_pg_dispatch.c); -ENOMEM. */
+int pgs_text_array(struct jv_buf *b, const char *const *ids, size_t n);
 /* A batch of (seq, body) rows as two array literals, for one
  * INSERT ... SELECT FROM unnest($seqs::bigint[], $bodies::text[]). */
 struct pgs_batch {
@@ -83,8 +85,19 @@ int pgs_cmd(struct store *s, const char *sql, const struct pg_params *p);
 void pgs_copy(char *dst, size_t len, const PGresult *r, int row, int col);
 /* Serialise the instance ids of (agent, instance) inside a transaction. */
 int pgs_lock_key(PGconn *c, const char *kind, const char *a, const char *b);
+/* Its statement, for pipelines: $1 kind, $2 a, $3 b ("" when none). */
+extern const char PGS_SQL_LOCK[];
 
 /* store_pg.c */
+/* The columns pgs_run_json_row and pgs_job_row read, in their order. */
+#define RUN_COLUMNS                                                                             \
+	"run_id, job_id, attempt, agent_id, status, percent, message, last_seq, acked,"         \
+	" cancel_requested, output, error, finished_by, not_before, created_at, started_at,"     \
+	" finished_at"
+#define JOB_COLUMNS                                                                      \
+	"seq, job_id, type, agent_id, instance_id, params, status, max_attempts, timeout_s," \
+	" cancel_grace_s, cancel_requested, created_at, updated_at, schedule_id"
+cJSON *pgs_run_json_row(const PGresult *r, int row);
 int pgs_job_info(struct store *s, const char *job_id, struct store_job_info *out);
 int pgs_job_info_c(PGconn *c, const char *job_id, bool lock, struct store_job_info *out);
 int pgs_run_state(struct store *s, const char *run_id, struct store_run_state *out);
@@ -179,6 +192,24 @@ int pgs_metrics_runs(struct store *s, int64_t *started, int64_t *completed, int6
 int pgs_retention_pick(struct store *s, int64_t cutoff, int keep, char job_id[CP_ID_MAX]);
 int pgs_retention_events(struct store *s, const char *job_id, int batch);
 int pgs_job_delete(struct store *s, const char *job_id);
+
+/* store_pg_poll.c: store_poll and store_job_submit, one pipeline each */
+int pgs_poll(struct store *s, const struct store_poll *q, struct store_poll_result *out);
+int pgs_job_submit(struct store *s, const struct store_new_job *nj, const struct store_sched_claim *claim,
+                   int64_t now, struct store_submitted *out);
+/* The claim statement ($1 agent, $2 now, $3 ack deadline, $4 lease end,
+ * $5 capacity, $6 max): rows (run_id, job seq); needs the agent's lock. */
+extern const char PGS_SQL_CLAIM[];
+int pgs_claimed_ids(const PGresult *r, char (*ids)[CP_ID_MAX], int max);
+
+/* store_pg_poll.c: store_poll and store_job_submit, one pipeline each */
+int pgs_poll(struct store *s, const struct store_poll *q, struct store_poll_result *out);
+int pgs_job_submit(struct store *s, const struct store_new_job *nj, const struct store_sched_claim *claim,
+                   int64_t now, struct store_submitted *out);
+/* The claim statement ($1 agent, $2 now, $3 ack deadline, $4 lease end,
+ * $5 capacity, $6 max): rows (run_id, job seq); needs the agent's lock. */
+extern const char PGS_SQL_CLAIM[];
+int pgs_claimed_ids(const PGresult *r, char (*ids)[CP_ID_MAX], int max);
 
 /* store_pg_bus.c */
 void pgs_bus_stop(struct store_pg *sp);

@@ -68,3 +68,9 @@ int store_pg_ws_append_many(struct store *s, const char *const *texts, size_t n,
 	(void)now;
 	return 0;
 }
+
+int store_pg_ws_append_wake(struct store *s, const char *const *texts, size_t n, int64_t now, const char *wake)
+{
+	(void)wake;
+	return store_pg_ws_append_many(s, texts, n, now);
+}

@@ -505,6 +505,26 @@ static int sq_ping(struct store *s, char *why, size_t len)
 	return rc == 1 ? 0 : -EIO;
 }
 
+/* A poll and a creation hold the connection's (recursive) mutex across all
+ * their steps: one wait for it per request rather than one per step, as
+ * when cp->mu serialised them. */
+static int sq_poll(struct store *s, const struct store_poll *p, struct store_poll_result *out)
+{
+	sq_lock(sq_of(s));
+	int rc = store_poll_steps(s, p, out);
+	sq_unlock(sq_of(s));
+	return rc;
+}
+
+static int sq_job_submit(struct store *s, const struct store_new_job *nj, const struct store_sched_claim *claim,
+                         int64_t now, struct store_submitted *out)
+{
+	sq_lock(sq_of(s));
+	int rc = store_job_submit_steps(s, nj, claim, now, out);
+	sq_unlock(sq_of(s));
+	return rc;
+}
+
 static int sq_schema_version(struct store *s)
 {
 	struct sq *q = sq_of(s);
@@ -573,4 +593,6 @@ const struct store_ops sq_ops = {
 	.retention_pick = sq_retention_pick,
 	.retention_events = sq_retention_events,
 	.job_delete = sq_job_delete,
+	.poll = sq_poll,
+	.job_submit = sq_job_submit,
 };

@@ -136,6 +136,27 @@ void ws_publish(struct cp *cp, cJSON *msg)
 	ring_put(h, seq, text);
 }
 
+/* PostgreSQL: the messages (consumed) appended in one statement, which also
+ * wakes wake's polls on every replica (NULL = none). */
+static void pg_publish(struct cp *cp, cJSON **msgs, size_t n, const char *wake)
+{
+	char **texts = calloc(n ? n : 1, sizeof(*texts));
+	size_t k = 0, want = 0;
+	for (size_t i = 0; i < n; i++) {
+		want += msgs[i] != NULL && cp->hub;
+		char *t = texts && msgs[i] && cp->hub ? jv_json_print(msgs[i]) : NULL;
+		cJSON_Delete(msgs[i]);
+		if (t)
+			texts[k++] = t;
+	}
+	if (k < want ||
+	    store_pg_ws_append_wake(cp->store, (const char *const *)texts, k, jv_now_real_ms(), wake) < 0)
+		jv_error(NULL, NULL, "WebSocket messages are lost: cannot append them to ws_log");
+	for (size_t i = 0; i < k; i++)
+		free(texts[i]);
+	free(texts);
+}
+
 void ws_publish_many(struct cp *cp, cJSON **msgs, size_t n)
 {
 	if (!cp->hub || !store_is_pg(cp->store)) {
@@ -144,20 +165,21 @@ void ws_publish_many(struct cp *cp, cJSON **msgs, size_t n)
 				ws_publish(cp, msgs[i]);
 		return;
 	}
-	char **texts = calloc(n ? n : 1, sizeof(*texts));
-	size_t k = 0, want = 0;
-	for (size_t i = 0; i < n; i++) {
-		want += msgs[i] != NULL;
-		char *t = texts && msgs[i] ? jv_json_print(msgs[i]) : NULL;
-		cJSON_Delete(msgs[i]);
-		if (t)
-			texts[k++] = t;
-	}
-	if (k < want || (k && store_pg_ws_append_many(cp->store, (const char *const *)texts, k, jv_now_real_ms()) < 0))
-		jv_error(NULL, NULL, "WebSocket messages are lost: cannot append them to ws_log");
-	for (size_t i = 0; i < k; i++)
-		free(texts[i]);
-	free(texts);
+	pg_publish(cp, msgs, n, NULL);
+}
+
+void ws_publish_wake(struct cp *cp, cJSON **msgs, size_t n, const char *wake)
+{
+	bool pg = store_is_pg(cp->store);
+	if (pg)
+		pg_publish(cp, msgs, n, wake); /* no lock: a store call */
+	pthread_mutex_lock(&cp->mu);
+	for (size_t i = 0; !pg && i < n; i++)
+		if (msgs[i])
+			ws_publish(cp, msgs[i]);
+	if (wake)
+		lc_wake_local(cp, wake); /* at once here; other replicas by the notification */
+	pthread_mutex_unlock(&cp->mu);
 }
 
 void ws_ingest(struct cp *cp, uint64_t seq, const char *text)

@@ -14,7 +14,8 @@
  * panel creates --jobs-per-sec jobs spread over the agents (4 instances each);
  * an agent that gets a run posts its events in batches every 250 ms, then the
  * result. Poll answer latency (request start to last byte, which includes the
- * TCP connect since jobvisor-cp closes every connection), events/s
+ * TCP connect since jobvisor-cp closes every connection), jobs created per
+ * second (answered 2xx: what the panel got, of --jobs-per-sec offered), events/s
  * acknowledged, the server's CPU share and the whole host's iowait share (the
  * machine is shared; iowait explains most outliers) are measured after the
  * first interval (warm-up) and printed as one Markdown table row per agent
@@ -529,9 +530,9 @@ static void report(struct load *L, const struct cpu_marks *m)
 	qsort(L->poll_lat.v, L->poll_lat.n, sizeof(double), cmp_double);
 	qsort(L->event_lat.v, L->event_lat.n, sizeof(double), cmp_double);
 	double iowait = m->tot1 > m->tot0 ? 100.0 * (double)(m->io1 - m->io0) / (double)(m->tot1 - m->tot0) : 0;
-	printf("| %s | %d | %d | %d | %d s | %.0f | %.1f | %.1f | %.1f | %.1f | %.0f | %.0f | %s | %.0f%% | %ld |\n",
-	       L->o.db ? "PostgreSQL" : "SQLite", L->o.replicas, L->nagents, L->o.jobs_per_sec, L->o.interval_s,
-	       (double)L->poll_lat.n / secs, pct(&L->poll_lat, 0.5), pct(&L->poll_lat, 0.99),
+	printf("| %s | %d | %d | %d | %.0f | %d s | %.0f | %.1f | %.1f | %.1f | %.1f | %.0f | %.0f | %s | %.0f%% | %ld |\n",
+	       L->o.db ? "PostgreSQL" : "SQLite", L->o.replicas, L->nagents, L->o.jobs_per_sec,
+	       (double)L->jobs_created / secs, L->o.interval_s, (double)L->poll_lat.n / secs, pct(&L->poll_lat, 0.5), pct(&L->poll_lat, 0.99),
 	       L->poll_lat.n ? L->poll_lat.v[L->poll_lat.n - 1] : 0.0, pct(&L->event_lat, 0.99),
 	       (double)L->events_acked / secs, (double)L->results / secs, cpu, iowait, L->errors);
 	fflush(stdout);
@@ -672,9 +673,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "cp_load: --replicas needs --db (a database the replicas share)\n");
 		return 2;
 	}
-	printf("| db | replicas | agents | jobs/s | interval | polls/s | poll p50 ms | poll p99 ms | poll max ms |"
+	printf("| db | replicas | agents | jobs/s | jobs created/s | interval | polls/s | poll p50 ms | poll p99 ms | poll max ms |"
 	       " events POST p99 ms | events/s | results/s | CPU per replica | host iowait | errors |\n");
-	printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+	printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
 	char *list = strdup(agents);
 	char *save = NULL;
 	int rc = 0;
