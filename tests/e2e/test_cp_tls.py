@@ -27,58 +27,10 @@ import warnings
 from agent_harness import AgentTestCase
 from cp_harness import ADMIN_TOKEN, AGENT_TOKENS, ControlPlane
 from cp_ws import WebSocket
+from tls_pki import OPENSSL, Pki, der_of
 
 CP_BIN = os.environ.get("JOBVISOR_CP_BIN", "")
-OPENSSL = shutil.which("openssl")
 HEAD_DEADLINE = 10  # FRONT_HEAD_MS
-
-CA_EXT = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n"
-SERVER_EXT = ("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-              "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
-              "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
-
-
-def openssl(*args, cwd):
-    p = subprocess.run([OPENSSL, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-    if p.returncode != 0:
-        raise AssertionError("openssl %s failed:\n%s" % (" ".join(args), p.stderr))
-
-
-class Pki:
-    """A CA (P-256) in dir, and server certificates it signs for 127.0.0.1."""
-
-    def __init__(self, dir):
-        self.dir = dir
-        with open(os.path.join(dir, "ca.ext"), "w") as f:
-            f.write(CA_EXT)
-        with open(os.path.join(dir, "server.ext"), "w") as f:
-            f.write(SERVER_EXT)
-        self._key("ca.key")
-        openssl("req", "-new", "-key", "ca.key", "-subj", "/CN=jobvisor test CA", "-out", "ca.csr", cwd=dir)
-        openssl("x509", "-req", "-in", "ca.csr", "-signkey", "ca.key", "-days", "2", "-extfile", "ca.ext",
-                "-out", "ca.pem", cwd=dir)
-        self.ca = os.path.join(dir, "ca.pem")
-
-    def _key(self, name):
-        openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", name, cwd=self.dir)
-        os.chmod(os.path.join(self.dir, name), 0o600)
-        return os.path.join(self.dir, name)
-
-    def server(self, name):
-        """(certificate path, key path) for 127.0.0.1, signed by the CA."""
-        key = self._key(name + ".key")
-        openssl("req", "-new", "-key", key, "-subj", "/CN=127.0.0.1", "-out", name + ".csr", cwd=self.dir)
-        openssl("x509", "-req", "-in", name + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-days", "2", "-extfile", "server.ext", "-out", name + ".pem", cwd=self.dir)
-        return os.path.join(self.dir, name + ".pem"), key
-
-    def context(self):
-        return ssl.create_default_context(cafile=self.ca)
-
-
-def der_of(path):
-    with open(path) as f:
-        return ssl.PEM_cert_to_DER_cert(f.read())
 
 
 def tls_connect(port, ctx, timeout=10):
