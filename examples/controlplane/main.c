@@ -299,8 +299,8 @@ static void block_signals(sigset_t *sigs)
 	signal(SIGPIPE, SIG_IGN);
 }
 
-/* The users, the admin token and the agents' tokens; no agent may use the
- * admin's. -1 (logged) on failure. */
+/* The users, the admin token and the agents' tokens (no agent may use the
+ * admin's), and the TLS certificate and key. -1 (logged) on failure. */
 static int load_credentials(struct cp *cp)
 {
 	char err[512];
@@ -325,14 +325,19 @@ static int load_credentials(struct cp *cp)
 			return -1;
 		}
 	}
+	if (cp->cfg.tls_cert && front_tls_open(cp->cfg.tls_cert, cp->cfg.tls_key, &cp->tls, err, sizeof(err)) < 0) {
+		jv_error(NULL, NULL, "%s", err);
+		return -1;
+	}
 	return 0;
 }
 
-/* SIGHUP: the certificate and key again (a renewed certificate), for new
- * connections; on any error the current ones stay. */
-static void tls_reload(struct cp *cp)
+/* SIGHUP: the named tokens, and the certificate and key again (a renewed
+ * certificate) for new connections; on any error the current ones stay. */
+static void on_sighup(struct cp *cp)
 {
 	char err[512];
+	users_reload(cp);
 	if (!cp->tls)
 		return;
 	if (front_tls_reload(cp->tls, err, sizeof(err)) < 0)
@@ -388,10 +393,6 @@ int main(int argc, char **argv)
 	pthread_rwlock_init(&cp.users_lock, NULL);
 	if (load_credentials(&cp) < 0)
 		goto out;
-	if (cp.cfg.tls_cert && front_tls_open(cp.cfg.tls_cert, cp.cfg.tls_key, &cp.tls, err, sizeof(err)) < 0) {
-		jv_error(NULL, NULL, "%s", err);
-		goto out;
-	}
 	process_identity(&cp);
 
 	/* Every thread started from here on inherits the blocked signals. */
@@ -436,10 +437,8 @@ int main(int argc, char **argv)
 			jv_info(NULL, NULL, "%s: stopping", jv_signal_name(sig));
 			break;
 		}
-		if (sig == SIGHUP) {
-			users_reload(&cp);
-			tls_reload(&cp);
-		}
+		if (sig == SIGHUP)
+			on_sighup(&cp);
 		dispatch_sweep(&cp);
 		schedules_tick(&cp);
 		retention_tick(&cp);
