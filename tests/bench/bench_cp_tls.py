@@ -23,14 +23,13 @@ import os
 import re
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from tls_pki import OPENSSL, Pki  # noqa: E402
+from tls_pki import OPENSSL, Pki, read_to_close  # noqa: E402
 
 ADMIN = "admin-token-0123456789abcdef"
 
@@ -78,15 +77,7 @@ def request(port, ctx, raw, session=None):
     """(status, the TLS session to resume next, whether this one was resumed)."""
     with connect(port, ctx, session) as s:
         s.sendall(raw)
-        data = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except ssl.SSLZeroReturnError:
-                break
-            if not chunk:
-                break
-            data += chunk
+        data = read_to_close(s)
         return int(data.split(b" ", 2)[1]), (s.session if ctx else None), (s.session_reused if ctx else False)
 
 
@@ -132,15 +123,7 @@ def parked_row(binary, tmp, agents, label, tls, ctx, n):
         while time.monotonic() < deadline:
             with connect(cp.port, ctx) as s:
                 s.sendall(metrics)
-                text = b""
-                while True:
-                    try:
-                        chunk = s.recv(65536)
-                    except ssl.SSLZeroReturnError:
-                        break
-                    if not chunk:
-                        break
-                    text += chunk
+                text = read_to_close(s)
             if int(re.search(rb"jobvisor_long_polls_parked (\d+)", text).group(1)) >= n:
                 break
             time.sleep(0.2)

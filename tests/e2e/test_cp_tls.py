@@ -27,7 +27,7 @@ import warnings
 from agent_harness import AgentTestCase
 from cp_harness import ADMIN_TOKEN, AGENT_TOKENS, ControlPlane
 from cp_ws import WebSocket
-from tls_pki import OPENSSL, Pki, der_of
+from tls_pki import OPENSSL, Pki, der_of, read_to_close
 
 CP_BIN = os.environ.get("JOBVISOR_CP_BIN", "")
 HEAD_DEADLINE = 10  # FRONT_HEAD_MS
@@ -40,16 +40,7 @@ def tls_connect(port, ctx, timeout=10):
 
 def read_all(s, timeout=10):
     """Everything until the server closes: (status, body bytes)."""
-    s.settimeout(timeout)
-    data = b""
-    while True:
-        try:
-            chunk = s.recv(65536)
-        except ssl.SSLZeroReturnError:
-            break
-        if not chunk:
-            break
-        data += chunk
+    data = read_to_close(s, timeout)
     head, _, body = data.partition(b"\r\n\r\n")
     m = re.match(rb"HTTP/1\.1 (\d{3}) ", head)
     return (int(m.group(1)) if m else 0), body
@@ -269,6 +260,13 @@ class TlsStartAndReload(unittest.TestCase):
         err = self.refused("--tls-cert", cert)
         self.assertIn("--tls-cert and --tls-key go together", err)
 
+    def sighup(self, cp, logged):
+        cp.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while logged not in cp.stderr_text():
+            self.assertLess(time.monotonic(), deadline, cp.stderr_text())
+            time.sleep(0.05)
+
     def test_sighup_loads_a_renewed_certificate_and_keeps_it_when_the_files_break(self):
         cert, key = self.pki.server("live")
         first = der_of(cert)
@@ -282,11 +280,7 @@ class TlsStartAndReload(unittest.TestCase):
         second = der_of(new_cert)
         os.replace(new_cert, cert)
         os.replace(new_key, key)
-        cp.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "TLS certificate reloaded" not in cp.stderr_text():
-            self.assertLess(time.monotonic(), deadline, cp.stderr_text())
-            time.sleep(0.05)
+        self.sighup(cp, "SIGHUP: TLS certificate reloaded")
         with tls_connect(cp.port, cp.ssl_context) as s:
             self.assertEqual(s.getpeercert(binary_form=True), second)
             self.assertNotEqual(second, first)
@@ -294,11 +288,7 @@ class TlsStartAndReload(unittest.TestCase):
         self.assertEqual(read_all(held)[0], 200, "a connection from before the reload is served")
         with open(cert, "w") as f:
             f.write("not a certificate\n")
-        cp.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "keeping the current TLS certificate" not in cp.stderr_text():
-            self.assertLess(time.monotonic(), deadline, cp.stderr_text())
-            time.sleep(0.05)
+        self.sighup(cp, "SIGHUP: keeping the current TLS certificate: --tls-cert")
         with tls_connect(cp.port, cp.ssl_context) as s:
             self.assertEqual(s.getpeercert(binary_form=True), second)
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -315,30 +305,12 @@ class AgentOverTls(AgentTestCase):
         self.cp.stop()  # the fake is not used here
         self.pki = Pki(self.tmp)
         cert, key = self.pki.server("server")
-        cp_dir = os.path.join(self.tmp, "cp")
-        os.makedirs(cp_dir)
-        self.real = ControlPlane(["--tls-cert", cert, "--tls-key", key, "--job-types", "SLEEPY"],
-                                 tmpdir=cp_dir)
+        self.real = ControlPlane(["--tls-cert", cert, "--tls-key", key, "--job-types", "SLEEPY"])
         self.real.ssl_context = self.pki.context()
         self.real.start()
+        self.addCleanup(self.real.close)  # after tearDown has stopped the agent
         with open(self.token_file, "w") as f:
             f.write(AGENT_TOKENS[self.AGENT] + "\n")
-
-    def tearDown(self):
-        for p in self.agents:
-            if p.poll() is None:
-                self.stop_agent(p)
-        try:
-            self.real.stop()
-        finally:
-            super().tearDown()
-
-    def env(self, **overrides):
-        env = super().env(**overrides)
-        env["JOBVISOR_URL"] = self.real.url
-        env["JOBVISOR_AGENT_ID"] = self.AGENT
-        env["JOBVISOR_TLS_CA_FILE"] = self.pki.ca
-        return env
 
     def last_seen(self):
         agents = {a["agentId"]: a for a in self.real.api("GET", "/v1/agents").json["agents"]}
@@ -346,7 +318,8 @@ class AgentOverTls(AgentTestCase):
 
     def test_agent_runs_a_job_end_to_end_over_tls_with_its_long_poll_parked(self):
         self.assertTrue(self.real.url.startswith("https://127.0.0.1:"))
-        p = self.start_agent(POLL_WAIT="25")
+        # Nothing but the public settings: an https:// URL and tls_ca_file.
+        p = self.start_agent(URL=self.real.url, AGENT_ID=self.AGENT, TLS_CA_FILE=self.pki.ca, POLL_WAIT="25")
         deadline = time.monotonic() + 20
         while not self.last_seen():
             self.assertLess(time.monotonic(), deadline, "the agent never polled:\n" + self.log()[-3000:])

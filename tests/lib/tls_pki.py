@@ -3,8 +3,8 @@ command in a directory the caller owns (tests and benchmarks of jobvisor-cp's --
 
 Pki(dir) makes an ECDSA P-256 CA; server(name) a certificate it signs for 127.0.0.1 and
 localhost (ECDSA P-256, or RSA-2048 with rsa=True), with the extensions strict verifiers
-want; context() an ssl.SSLContext that trusts the CA. OPENSSL is None when the command is
-missing (callers skip)."""
+want; context() an ssl.SSLContext that trusts the CA; read_to_close() an answer whole.
+OPENSSL is None when the command is missing (callers skip)."""
 import os
 import shutil
 import ssl
@@ -60,3 +60,18 @@ class Pki:
 def der_of(path):
     with open(path) as f:
         return ssl.PEM_cert_to_DER_cert(f.read())
+
+
+def read_to_close(sock, timeout=30):
+    """Every byte the server sends until it closes (a TLS close_notify or a plain EOF)."""
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ssl.SSLZeroReturnError:
+            break
+        if not chunk:
+            return data
+        data += chunk
+    return data
