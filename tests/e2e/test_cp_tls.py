@@ -205,7 +205,7 @@ class TlsFront(unittest.TestCase):
             self.assertEqual(status, 200)
             slowest = max(slowest, time.monotonic() - t)
             time.sleep(0.2)
-        self.assertLess(slowest, 1.0, "a TLS request took %.3f s while 40 handshakes stalled" % slowest)
+        self.assertLess(slowest, 2.0, "a TLS request took %.3f s while 40 handshakes stalled" % slowest)
         for s in stalled:
             s.settimeout(max(0.1, t0 + HEAD_DEADLINE + 5 - time.monotonic()))
             try:
