@@ -98,6 +98,44 @@ class TlsFront(unittest.TestCase):
             self.assertEqual(s.getpeercert(binary_form=True), der_of(self.cert))
             self.assertIn(s.version(), ("TLSv1.2", "TLSv1.3"))
 
+    def test_curl_expect_100_continue_over_tls(self):
+        if not shutil.which("curl"):
+            self.skipTest("needs curl")
+        body = json.dumps({"type": "BACKUP_INSTANCE", "agentId": self.cp.default_agent, "instanceId": "tls-100",
+                           "params": {}})
+        p = self.curl("-v", "--cacert", self.pki.ca, "-H", "Authorization: Bearer " + ADMIN_TOKEN,
+                      "-H", "Expect: 100-continue", "-H", "Content-Type: application/json", "-d", body,
+                      self.cp.url + "/v1/jobs")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("< HTTP/1.1 100 Continue", p.stderr)
+        self.assertEqual(json.loads(p.stdout)["instanceId"], "tls-100")
+
+    def test_a_slow_reader_gets_a_large_answer_whole(self):
+        """The web page (over 50 KB) to a client with a tiny receive buffer that reads a little at
+        a time: the front's TLS writes wait (SSL_ERROR_WANT_WRITE) and resume from the same bytes."""
+        fast = tls_request(self.cp.port, self.ctx, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(fast[0], 200)
+        self.assertGreater(len(fast[1]), 50000)
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        raw.settimeout(30)
+        raw.connect(("127.0.0.1", self.cp.port))
+        with self.ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while True:
+                time.sleep(0.002)
+                try:
+                    chunk = s.recv(1024)
+                except ssl.SSLZeroReturnError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        self.assertIn(b"Content-Length: %d\r\n" % len(body), head)
+        self.assertEqual(body, fast[1])
+
     def test_websocket_stream_over_tls(self):
         url = self.cp.url.replace("https://", "wss://") + "/v1/ws?token=" + ADMIN_TOKEN
         w = WebSocket(url, ssl_context=self.ctx)
