@@ -111,27 +111,25 @@ class TlsFront(unittest.TestCase):
         self.assertEqual(json.loads(p.stdout)["instanceId"], "tls-100")
 
     def test_a_slow_reader_gets_a_large_answer_whole(self):
-        """The web page (over 50 KB) to a client with a tiny receive buffer that reads a little at
-        a time: the front's TLS writes wait (SSL_ERROR_WANT_WRITE) and resume from the same bytes."""
-        fast = tls_request(self.cp.port, self.ctx, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        """A 6 MB answer (100 jobs with 60 KB params: more than the kernel's 4 MB send buffer) to a
+        client with a tiny receive buffer that reads nothing for a while: the front's TLS writes
+        wait (SSL_ERROR_WANT_WRITE, seen with strace) and go on from the same bytes, as OpenSSL
+        requires, when the client reads."""
+        for _ in range(100):
+            self.cp.create_job(instance="tls-big", params={"pad": "x" * 60000})
+        get = (b"GET /v1/jobs?limit=100 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n"
+               % ADMIN_TOKEN.encode())
+        fast = tls_request(self.cp.port, self.ctx, get)
         self.assertEqual(fast[0], 200)
-        self.assertGreater(len(fast[1]), 50000)
+        self.assertGreater(len(fast[1]), 100 * 60000)
         raw = socket.socket()
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         raw.settimeout(30)
         raw.connect(("127.0.0.1", self.cp.port))
         with self.ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            data = b""
-            while True:
-                time.sleep(0.002)
-                try:
-                    chunk = s.recv(1024)
-                except ssl.SSLZeroReturnError:
-                    break
-                if not chunk:
-                    break
-                data += chunk
+            s.sendall(get)
+            time.sleep(1.5)  # the front's socket buffer fills up meanwhile
+            data = read_to_close(s)
         head, _, body = data.partition(b"\r\n\r\n")
         self.assertIn(b"Content-Length: %d\r\n" % len(body), head)
         self.assertEqual(body, fast[1])
