@@ -7,12 +7,11 @@ with its long poll parked in the front; curl with the CA reaches the API, and
 a WebSocket client the stream, over TLS; long polls park and wake over TLS;
 the front's refusals (malformed, oversized, token-less, the whole fuzz
 corpus) hold over TLS, 100-continue works and a slow reader gets a 6 MB
-answer whole; TLS
-1.0/1.1 are refused; plain HTTP to the TLS port gets a clear 400, not a hang;
-a client that never finishes its handshake is dropped at the 10 s head
-deadline without slowing anyone else; a wrong key or a missing file stops the
-start with a clear message; SIGHUP loads a renewed certificate and keeps the
-current one when the new files are broken."""
+answer whole; TLS 1.0/1.1 are refused; plain HTTP to the TLS port gets a
+clear 400, not a hang; a client that never finishes its handshake is dropped
+at the 10 s head deadline without slowing anyone else; a wrong key or a
+missing file stops the start with a clear message; SIGHUP loads a renewed
+certificate and keeps the current one when the new files are broken."""
 import json
 import os
 import re
