@@ -162,12 +162,16 @@ int front_tls_open(const char *cert, const char *key, struct front_tls **out, ch
 {
 	*out = NULL;
 	struct front_tls *t = calloc(1, sizeof(*t));
-	if (!t || !(t->cert = strdup(cert)) || !(t->key = strdup(key))) {
+	if (!t) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	pthread_mutex_init(&t->mu, NULL);
+	if (!(t->cert = strdup(cert)) || !(t->key = strdup(key))) {
 		snprintf(err, errlen, "out of memory");
 		front_tls_free(t);
 		return -ENOMEM;
 	}
-	pthread_mutex_init(&t->mu, NULL);
 	t->ctx = load_ctx(cert, key, err, errlen);
 	if (!t->ctx) {
 		front_tls_free(t);
@@ -194,8 +198,7 @@ void front_tls_free(struct front_tls *t)
 {
 	if (!t)
 		return;
-	if (t->cert) /* initialised once the names were copied */
-		pthread_mutex_destroy(&t->mu);
+	pthread_mutex_destroy(&t->mu);
 	SSL_CTX_free(t->ctx);
 	free(t->cert);
 	free(t->key);
