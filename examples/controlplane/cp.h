@@ -90,6 +90,8 @@ struct cp_config {
 	int retention_days;   /* finished jobs older than this are deleted; 0 = keep forever */
 	int retention_keep;   /* but never the newest this many jobs of an instance */
 	bool sync_full;       /* PRAGMA synchronous=FULL instead of NORMAL */
+	const char *tls_cert; /* --tls-cert / --tls-key: the front speaks TLS; NULL = plain HTTP */
+	const char *tls_key;
 	char **job_types;     /* extra accepted job types (--job-types), owned */
 	size_t njob_types;
 };
@@ -142,6 +144,7 @@ struct cp {
 	int ws_max;         /* WebSocket clients (each pins a worker thread) */
 	char front_secret[CP_FRONT_SECRET_LEN + 1]; /* fixed after start */
 	struct front *front; /* parked long polls are woken through it (mu); NULL before/after */
+	struct front_tls *tls; /* the front's TLS (front_tls.c); NULL = plain HTTP; set before front_start */
 	atomic_int parked_polls; /* long polls parked in the front now */
 	int64_t last_sweep_ms; /* wall clock of the previous sweep (main thread only) */
 	struct cp_retention retention; /* retention.c (main thread only) */
@@ -371,6 +374,17 @@ void front_wake(struct front *f, size_t agent_index, uint64_t gen);
 /* Stopping: send every parked poll on (handlers answer at once), then wait
  * up to ms for the relayed requests to finish. */
 void front_drain(struct front *f, int ms);
+/* ---- front_tls.c: TLS on the front (--tls-cert, --tls-key) ---- */
+struct front_tls;
+/* Load the certificate chain and key; a clear message in err when a file is
+ * missing, unreadable, open to others (the key), not PEM, or the two do not
+ * match. *out returned-owned: front_tls_free. Main thread. */
+int front_tls_open(const char *cert, const char *key, struct front_tls **out, char *err, size_t errlen);
+/* Read the same files again (SIGHUP): new connections use them, open ones
+ * keep theirs; on failure nothing changes. Main thread. */
+int front_tls_reload(struct front_tls *t, char *err, size_t errlen);
+/* After front_stop. NULL is a no-op. */
+void front_tls_free(struct front_tls *t);
 /* ---- instances.c ---- */
 void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
 void api_inst_events(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id,

@@ -111,6 +111,7 @@ void front_conn_close(struct front *f, struct fconn *c)
 	else
 		f->tail = c->prev;
 	f->nconns--;
+	front_tls_detach(c);
 	if (c->cfd >= 0)
 		close(c->cfd); /* also removes it from the epoll set */
 	if (c->bfd >= 0)
@@ -124,6 +125,12 @@ void front_conn_close(struct front *f, struct fconn *c)
 
 static void free_dead(struct front *f)
 {
+	for (struct fconn **pp = &f->ready; *pp;) { /* a closed one may still be queued */
+		if ((*pp)->closed)
+			*pp = (*pp)->rnext;
+		else
+			pp = &(*pp)->rnext;
+	}
 	while (f->dead) {
 		struct fconn *c = f->dead;
 		f->dead = c->next;
@@ -169,6 +176,12 @@ int front_arm(struct front *f, struct fconn *c)
 	case FS_LINGER:
 		cw = EPOLLIN | (out_pending ? EPOLLOUT : 0);
 		break;
+	}
+	cw |= c->tls_want;
+	if ((cw & EPOLLIN) && !c->rqueued && front_tls_pending(c)) {
+		c->rqueued = true; /* served by the loop at once: epoll cannot see these bytes */
+		c->rnext = f->ready;
+		f->ready = c;
 	}
 	if (c->bfd >= 0) {
 		if (!c->connected)
@@ -220,7 +233,7 @@ void front_linger(struct front *f, struct fconn *c)
 	c->deadline = jv_now_mono_ms() + FRONT_LINGER_MS;
 	front_backend_close(f, c);
 	if (c->out_off >= c->out_len)
-		shutdown(c->cfd, SHUT_WR);
+		front_cshutdown(c);
 }
 
 /* The front answers by itself, then lingers. c may be closed on return. */
@@ -322,7 +335,9 @@ static void accept_some(struct front *f)
 		c->cend = (struct fend){.c = c, .backend = false};
 		c->cmask = EPOLLIN;
 		struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &c->cend};
-		if (epoll_ctl(f->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+		if (front_tls_attach(f, c) < 0 || epoll_ctl(f->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+			f->refused++;
+			front_tls_detach(c);
 			close(fd);
 			jv_buf_free(&c->req);
 			free(c);
@@ -356,7 +371,10 @@ static void expire(struct front *f, int64_t now)
 		}
 		if (!c->deadline || now < c->deadline)
 			continue;
-		if (c->st == FS_HEAD || c->st == FS_BODY) {
+		if (c->st == FS_HEAD && c->ssl && !c->tls_up) {
+			note_drop(f, c, &f->timed_out);
+			front_conn_close(f, c); /* no TLS yet to say 408 over */
+		} else if (c->st == FS_HEAD || c->st == FS_BODY) {
 			note_drop(f, c, &f->timed_out);
 			front_answer(f, c, 408, NULL, c->st == FS_HEAD ? "request head not received in time"
 			                                          : "request body not received in time");
@@ -372,6 +390,14 @@ static void expire(struct front *f, int64_t now)
 		        "(last from %s)", f->evicted, f->timed_out, f->refused, ip);
 		f->evicted = f->timed_out = f->refused = 0;
 		f->last_report = now;
+	}
+	if (f->tls_failed && now - f->last_tls_report >= FRONT_REPORT_MS) {
+		char ip[INET_ADDRSTRLEN] = "?";
+		inet_ntop(AF_INET, &f->last_ip, ip, sizeof(ip));
+		jv_warn(NULL, NULL, "front: %lu TLS handshakes failed (the last from %s: %s)", f->tls_failed, ip,
+		        f->tls_last_err);
+		f->tls_failed = 0;
+		f->last_tls_report = now;
 	}
 }
 
@@ -400,13 +426,30 @@ static void on_event(struct front *f, struct fend *end, uint32_t events)
 	}
 }
 
+/* TLS connections with decrypted bytes epoll cannot see, as if readable.
+ * Those that still have some after their turn wait for the next round; a
+ * connection closed meanwhile stays queued, skipped, until free_dead. */
+static void serve_ready(struct front *f)
+{
+	struct fconn *c = f->ready;
+	f->ready = NULL;
+	while (c) {
+		struct fconn *next = c->rnext;
+		c->rqueued = false;
+		c->rnext = NULL;
+		if (!c->closed)
+			on_event(f, &c->cend, EPOLLIN);
+		c = next;
+	}
+}
+
 static void *front_main(void *arg)
 {
 	struct front *f = arg;
 	struct epoll_event evs[64];
 	f->next_tick = jv_now_mono_ms() + FRONT_TICK_MS;
 	while (!atomic_load(&f->stop)) {
-		int64_t wait = f->next_tick - jv_now_mono_ms();
+		int64_t wait = f->ready ? 0 : f->next_tick - jv_now_mono_ms();
 		int n = epoll_wait(f->epfd, evs, JV_ARRAY_LEN(evs), wait < 0 ? 0 : wait > FRONT_TICK_MS ? FRONT_TICK_MS : (int)wait);
 		for (int i = 0; i < n; i++) {
 			if (evs[i].data.ptr)
@@ -414,6 +457,7 @@ static void *front_main(void *arg)
 			else
 				front_take_wakes(f); /* the wake-up eventfd */
 		}
+		serve_ready(f);
 		int64_t now = jv_now_mono_ms();
 		if (now >= f->next_tick || atomic_load(&f->release_all))
 			expire(f, now);

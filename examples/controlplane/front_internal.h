@@ -1,7 +1,8 @@
-/* front_internal.h — what the accept front's two files share: front.c (the
- * connection table, accepting, the thread, start and stop) and
- * front_request.c (parsing the request head, moving bytes). Private to the
- * control plane. */
+/* front_internal.h — what the accept front's files share: front.c (the
+ * connection table, accepting, the thread, start and stop),
+ * front_request.c (parsing the request head, moving bytes), front_park.c
+ * (parked long polls) and front_tls.c (TLS, the client side's I/O). Private
+ * to the control plane. */
 #ifndef JOBVISOR_FRONT_INTERNAL_H
 #define JOBVISOR_FRONT_INTERNAL_H
 
@@ -10,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <http_parser.h>
 
@@ -83,6 +85,11 @@ struct fconn {
 	bool hold;               /* answer not yet released to the client: may be a park */
 	bool slot;               /* holds one of the backend slots (f->inflight) */
 	uint32_t agent;          /* parked: index in cp->agents */
+	struct ssl_st *ssl;      /* TLS (front_tls.c), NULL = plain HTTP */
+	bool tls_peeked, tls_up; /* first byte seen to be a handshake; handshake done */
+	uint32_t tls_want;       /* an epoll event a waiting TLS read needs besides the state's */
+	bool rqueued;            /* on f->ready: decrypted bytes wait inside OpenSSL */
+	struct fconn *rnext;
 	struct fconn *prev, *next;   /* every connection, oldest first */
 	struct flist *list;          /* the list below is in: pending, waiting or parked */
 	struct fconn *pprev, *pnext; /* that list, oldest first */
@@ -99,6 +106,7 @@ struct front {
 	struct fend lend;            /* the listening socket's epoll tag */
 	struct fconn *head, *tail;   /* all */
 	struct fconn *dead;          /* closed during this epoll batch, freed after it */
+	struct fconn *ready;         /* readable without epoll (front_tls_pending), via rnext */
 	struct flist pending;        /* FS_HEAD/FS_BODY */
 	struct flist waiting[2];     /* FS_WAIT: [0] new requests and woken polls, [1] expired polls */
 	struct flist *parked;        /* FS_PARKED, one list per agent (cp->nagents) */
@@ -116,9 +124,10 @@ struct front {
 	atomic_bool release_all; /* stopping: every parked poll answers now */
 	atomic_size_t busy;      /* parked + waiting + at civetweb, after each loop (front_drain) */
 	/* Reported at most once a minute. */
-	unsigned long evicted, timed_out, refused;
+	unsigned long evicted, timed_out, refused, tls_failed;
 	uint32_t last_ip;
-	int64_t last_report;
+	char tls_last_err[96];   /* why the last TLS handshake failed */
+	int64_t last_report, last_tls_report;
 };
 
 /* ---- front.c ---- */
@@ -139,6 +148,22 @@ void front_on_linger(struct front *f, struct fconn *c);
 void front_forward(struct front *f, struct fconn *c, int prio);
 /* Connect to civetweb for c (FS_WAIT -> FS_PROXY/FS_TUNNEL). */
 void front_connect_backend(struct front *f, struct fconn *c);
+
+/* ---- front_tls.c: the client side's I/O, plain or TLS ---- */
+/* A new connection gets its SSL when the front has TLS; -ENOMEM. */
+int front_tls_attach(struct front *f, struct fconn *c);
+void front_tls_detach(struct fconn *c);
+/* Decrypted bytes are waiting inside OpenSSL (epoll will not say so). */
+bool front_tls_pending(const struct fconn *c);
+/* The handshake step, FS_HEAD: 1 done, 0 waiting (armed), -1 c is closed or
+ * answered (plain HTTP on the TLS port gets a plain 400). */
+int front_tls_handshake(struct front *f, struct fconn *c);
+/* recv/send on the client: bytes (> 0), 0 = the client closed (read),
+ * -EAGAIN = not now (front_arm asks for what it waits for), other -errno. */
+ssize_t front_cread(struct fconn *c, void *buf, size_t len);
+ssize_t front_cwrite(struct fconn *c, const void *buf, size_t len);
+/* After the final answer: TLS close_notify (if TLS), then SHUT_WR. */
+void front_cshutdown(struct fconn *c);
 
 /* ---- front_park.c ---- */
 int front_park_init(struct front *f);

@@ -151,9 +151,13 @@ void front_park(struct front *f, struct fconn *c)
 void front_on_parked(struct front *f, struct fconn *c)
 {
 	char sink[512];
-	ssize_t n = recv(c->cfd, sink, sizeof(sink), 0);
-	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+	ssize_t n = front_cread(c, sink, sizeof(sink));
+	if (n == 0 || (n < 0 && n != -EAGAIN)) {
 		front_conn_close(f, c); /* gone (or half-closed): nobody to answer */
+		return;
+	}
+	if (front_arm(f, c) < 0) /* TLS: what a read that waits needs; queued if bytes wait inside */
+		front_conn_close(f, c);
 	/* Bytes after the request are not ours to forward (one request per connection). */
 }
 

@@ -195,9 +195,24 @@ static void head_complete(struct front *f, struct fconn *c, size_t head_len)
 		if (c->authed)
 			c->deadline = jv_now_mono_ms() + FRONT_BODY_MS;
 		/* Without a token the head's deadline covers the body too. */
-		if (c->expect_continue)
-			(void)!send(c->cfd, continue_100, sizeof(continue_100) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 	}
+}
+
+/* "100 Continue" goes out at once, on a socket nothing else was written to
+ * since the handshake. Plain: best effort, as before. TLS: a record that did
+ * not go out whole would be taken for the start of the next write, so the
+ * client (whose socket does not even take 25 bytes) is dropped. false = c
+ * was closed. */
+static bool send_continue(struct front *f, struct fconn *c)
+{
+	if (c->st != FS_BODY || !c->expect_continue)
+		return true;
+	ssize_t n = front_cwrite(c, continue_100, sizeof(continue_100) - 1);
+	if (c->ssl && n != (ssize_t)sizeof(continue_100) - 1) {
+		front_conn_close(f, c);
+		return false;
+	}
+	return true;
 }
 
 /* 400: body over the cap; 401: no valid token and more than a token-less
@@ -271,10 +286,15 @@ void front_connect_backend(struct front *f, struct fconn *c)
 void front_read_request(struct front *f, struct fconn *c)
 {
 	char chunk[16384];
+	if (c->ssl && !c->tls_up && front_tls_handshake(f, c) <= 0)
+		return; /* still shaking hands under the head deadline, or closed */
 	for (;;) {
-		ssize_t n = recv(c->cfd, chunk, sizeof(chunk), 0);
-		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		ssize_t n = front_cread(c, chunk, sizeof(chunk));
+		if (n == -EAGAIN) {
+			if (front_arm(f, c) < 0) /* TLS may wait for the other direction */
+				front_conn_close(f, c);
 			return;
+		}
 		if (n <= 0) { /* gone before finishing: nothing to answer */
 			front_conn_close(f, c);
 			return;
@@ -318,6 +338,8 @@ void front_read_request(struct front *f, struct fconn *c)
 				refuse(f, c, c->reject);
 				return;
 			}
+			if (!send_continue(f, c))
+				return;
 		}
 		if (c->msg_done || (c->head_done && c->upgrade)) {
 			/* One request only: pipelined bytes are dropped; after an upgrade
@@ -387,10 +409,10 @@ void front_relay(struct front *f, struct fconn *c, bool backend, uint32_t ev)
 			c->req_off = 0;
 		}
 	}
-	if (c->st == FS_TUNNEL && !backend && (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+	if (c->st == FS_TUNNEL && !backend && (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | c->tls_want))) {
 		char chunk[16384];
-		ssize_t n = recv(c->cfd, chunk, sizeof(chunk), 0);
-		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+		ssize_t n = front_cread(c, chunk, sizeof(chunk));
+		if (n == 0 || (n < 0 && n != -EAGAIN)) {
 			front_conn_close(f, c);
 			return;
 		}
@@ -418,8 +440,8 @@ void front_relay(struct front *f, struct fconn *c, bool backend, uint32_t ev)
 	if (c->hold && held_answer(f, c))
 		return; /* parked */
 	if (!c->hold && c->out_off < c->out_len) {
-		ssize_t n = send(c->cfd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
-		if (n < 0 && errno != EAGAIN && errno != EINTR) {
+		ssize_t n = front_cwrite(c, c->out + c->out_off, c->out_len - c->out_off);
+		if (n < 0 && n != -EAGAIN) {
 			front_conn_close(f, c);
 			return;
 		}
@@ -446,19 +468,19 @@ void front_relay(struct front *f, struct fconn *c, bool backend, uint32_t ev)
 void front_on_linger(struct front *f, struct fconn *c)
 {
 	if (c->out_off < c->out_len) {
-		ssize_t n = send(c->cfd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
-		if (n < 0 && errno != EAGAIN && errno != EINTR) {
+		ssize_t n = front_cwrite(c, c->out + c->out_off, c->out_len - c->out_off);
+		if (n < 0 && n != -EAGAIN) {
 			front_conn_close(f, c);
 			return;
 		}
 		if (n > 0)
 			c->out_off += (size_t)n;
 		if (c->out_off == c->out_len)
-			shutdown(c->cfd, SHUT_WR);
+			front_cshutdown(c);
 	}
 	char sink[4096];
-	ssize_t n = recv(c->cfd, sink, sizeof(sink), 0);
-	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+	ssize_t n = front_cread(c, sink, sizeof(sink));
+	if (n == 0 || (n < 0 && n != -EAGAIN)) {
 		front_conn_close(f, c);
 		return;
 	}

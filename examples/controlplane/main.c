@@ -4,12 +4,13 @@
  *
  * The composition root of the reference control plane: it loads the token
  * files, opens the database (migrating it), starts the WebSocket hub and
- * civetweb, prints "listening on http://ADDR:PORT" on stdout (the real port
- * when PORT is 0, so tests can use OS-assigned ports), then waits for SIGINT
- * or SIGTERM while running the lease/ack sweep and a WAL checkpoint twice a
- * second. Signals are
- * blocked in every thread and taken with sigtimedwait here, so no work is
- * done in a handler. Exit status: 0 after a signal, 1 runtime failure, 2 usage
+ * civetweb and the accept front (TLS with --tls-cert/--tls-key), prints
+ * "listening on http[s]://ADDR:PORT" on stdout (the real port when PORT is 0,
+ * so tests can use OS-assigned ports), then waits for SIGINT or SIGTERM while
+ * running the lease/ack sweep and a WAL checkpoint twice a second (SIGHUP
+ * re-reads the named tokens and the TLS files). Signals are blocked in every
+ * thread and taken with sigtimedwait here, so no work is done in a handler.
+ * Exit status: 0 after a signal, 1 runtime failure, 2 usage
  * or configuration error. */
 #include "cp.h"
 #include "replicas.h"
@@ -41,9 +42,12 @@ static void usage(FILE *f)
 	      "                   [--ws-clients N]\n"
 	      "                   [--sync normal|full] [--schedule-catch-up N]\n"
 	      "                   [--retention-days N] [--retention-keep N] [--tokens-file F]\n"
-	      "                   [--log-level L] [--log-format logfmt|json]\n"
+	      "                   [--tls-cert FILE --tls-key FILE] [--log-level L] [--log-format logfmt|json]\n"
 	      "\n"
 	      "  --listen ADDR:PORT      IPv4 address and port; port 0 picks a free port, printed on stdout\n"
+	      "  --tls-cert FILE         serve HTTPS: PEM certificate chain (server first, then intermediates)\n"
+	      "  --tls-key FILE          its PEM private key, unencrypted, not readable by others; both\n"
+	      "                          files are read again on SIGHUP (default: plain HTTP)\n"
 	      "  --db FILE|URL           SQLite database file, or postgresql://user@host/dbname\n"
 	      "                          (created/migrated as needed)\n"
 	      "  --admin-token-file F    one token for UI and panel calls (mode 0600)\n"
@@ -138,6 +142,8 @@ static int parse_args(int argc, char **argv, struct cp_config *cfg)
 		{"schedule-catch-up", required_argument, NULL, 'C'},
 		{"retention-days", required_argument, NULL, 'R'},
 		{"retention-keep", required_argument, NULL, 'K'},
+		{"tls-cert", required_argument, NULL, 'c'},
+		{"tls-key", required_argument, NULL, 'k'},
 		{"log-level", required_argument, NULL, 'v'},
 		{"log-format", required_argument, NULL, 'f'},
 		{"help", no_argument, NULL, 'h'},
@@ -153,6 +159,8 @@ static int parse_args(int argc, char **argv, struct cp_config *cfg)
 		case 'a': cfg->admin_token_file = optarg; break;
 		case 'g': cfg->agents_file = optarg; break;
 		case 'T': cfg->tokens_file = optarg; break;
+		case 'c': cfg->tls_cert = optarg; break;
+		case 'k': cfg->tls_key = optarg; break;
 		case 'H': exit(users_hash_main());
 		case 'j': bad = parse_job_types(optarg, cfg); break;
 		case 'L': bad = parse_int(optarg, 1, 86400, &cfg->lease_s); break;
@@ -191,6 +199,10 @@ static int parse_args(int argc, char **argv, struct cp_config *cfg)
 	if (!cfg->listen || !cfg->db_path || !cfg->admin_token_file || !cfg->agents_file) {
 		fputs("jobvisor-cp: --listen, --db, --admin-token-file and --agents-file are required\n", stderr);
 		usage(stderr);
+		return -1;
+	}
+	if (!cfg->tls_cert != !cfg->tls_key) {
+		fputs("jobvisor-cp: --tls-cert and --tls-key go together (a certificate and its key)\n", stderr);
 		return -1;
 	}
 	jv_log_setup((enum jv_log_format)format, (enum jv_log_level)level);
@@ -299,11 +311,11 @@ static void stop_http(struct mg_context *ctx)
 	pthread_join(t, NULL);
 }
 
-static void announce(const struct front *front, const char *listen)
+static void announce(const struct front *front, const char *listen, bool tls)
 {
 	const char *colon = strrchr(listen, ':');
 	int host_len = (int)(colon - listen);
-	printf("listening on http://%.*s:%u\n", host_len, listen, (unsigned)front_port(front));
+	printf("listening on %s://%.*s:%u\n", tls ? "https" : "http", host_len, listen, (unsigned)front_port(front));
 	fflush(stdout);
 }
 
@@ -334,8 +346,8 @@ static void block_signals(sigset_t *sigs)
 	signal(SIGPIPE, SIG_IGN);
 }
 
-/* The users, the admin token and the agents' tokens; no agent may use the
- * admin's. -1 (logged) on failure. */
+/* The users, the admin token and the agents' tokens (no agent may use the
+ * admin's), and the TLS certificate and key. -1 (logged) on failure. */
 static int load_credentials(struct cp *cp)
 {
 	char err[512];
@@ -360,7 +372,25 @@ static int load_credentials(struct cp *cp)
 			return -1;
 		}
 	}
+	if (cp->cfg.tls_cert && front_tls_open(cp->cfg.tls_cert, cp->cfg.tls_key, &cp->tls, err, sizeof(err)) < 0) {
+		jv_error(NULL, NULL, "%s", err);
+		return -1;
+	}
 	return 0;
+}
+
+/* SIGHUP: the named tokens, and the certificate and key again (a renewed
+ * certificate) for new connections; on any error the current ones stay. */
+static void on_sighup(struct cp *cp)
+{
+	char err[512];
+	users_reload(cp);
+	if (!cp->tls)
+		return;
+	if (front_tls_reload(cp->tls, err, sizeof(err)) < 0)
+		jv_error(NULL, NULL, "SIGHUP: keeping the current TLS certificate: %s", err);
+	else
+		jv_info(NULL, NULL, "SIGHUP: TLS certificate reloaded from '%s'", cp->cfg.tls_cert);
 }
 
 /* The per-process random values and the thread budget. */
@@ -445,7 +475,7 @@ int main(int argc, char **argv)
 	pthread_mutex_lock(&cp.mu);
 	cp.front = front; /* wake-ups reach parked polls from here on */
 	pthread_mutex_unlock(&cp.mu);
-	announce(front, cp.cfg.listen);
+	announce(front, cp.cfg.listen, cp.tls != NULL);
 	jv_info(NULL, NULL, "jobvisor-cp %s: %zu agents, %d threads + %d for WebSocket clients; long polls park "
 	        "in the front", JV_VERSION, cp.nagents, cp.cfg.threads, cp.ws_max);
 
@@ -457,7 +487,7 @@ int main(int argc, char **argv)
 			break;
 		}
 		if (sig == SIGHUP)
-			users_reload(&cp);
+			on_sighup(&cp);
 		dispatch_sweep(&cp);
 		schedules_tick(&cp);
 		retention_tick(&cp);
@@ -468,6 +498,7 @@ int main(int argc, char **argv)
 out:
 	shutdown_drain(&cp, front);
 	front_stop(front);
+	front_tls_free(cp.tls);
 	replicas_stop(&cp);
 	ws_hub_stop(cp.hub);
 	if (ctx)

@@ -14,7 +14,7 @@ import unittest
 
 from agent_harness import JOBVISOR, AgentTestCase
 from cp_harness import ADMIN_TOKEN, AGENT_TOKENS, ControlPlane, http
-from fuzz_corpus import BODIES, REQUESTS
+from fuzz_corpus import BODIES, REQUESTS, parse_answer
 
 CP_BIN = os.environ.get("JOBVISOR_CP_BIN", "")
 
@@ -36,15 +36,6 @@ def exchange(port, raw, timeout=20):
         except ConnectionResetError:
             pass
     return b"".join(chunks)
-
-
-def parse_answer(data):
-    head, _, body = data.partition(b"\r\n\r\n")
-    while head.startswith(b"HTTP/1.1 100"):  # interim answers before the real one
-        head, _, body = body.partition(b"\r\n\r\n")
-    line = head.split(b"\r\n", 1)[0].decode("ascii")
-    status = int(line.split(" ")[1])
-    return status, body
 
 
 @unittest.skipUnless(CP_BIN and os.path.exists(CP_BIN), "needs JOBVISOR_CP_BIN")

@@ -79,8 +79,9 @@ class Response:
         return "<%d %s>" % (self.status, self.raw[:300])
 
 
-def http(url, method="GET", body=None, token=None, raw=None, headers=None, timeout=30):
-    """One HTTP request; returns Response for any status (never raises on 4xx/5xx)."""
+def http(url, method="GET", body=None, token=None, raw=None, headers=None, timeout=30, context=None):
+    """One HTTP request; returns Response for any status (never raises on 4xx/5xx).
+    context: the ssl.SSLContext for an https:// URL (a test CA)."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
@@ -89,8 +90,12 @@ def http(url, method="GET", body=None, token=None, raw=None, headers=None, timeo
         req.add_header("Authorization", "Bearer " + token)
     for k, v in (headers or {}).items():
         req.add_header(k, v)
+    opener = _OPENER
+    if context is not None:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                             urllib.request.HTTPSHandler(context=context))
     try:
-        with _OPENER.open(req, timeout=timeout) as r:
+        with opener.open(req, timeout=timeout) as r:
             return Response(r.status, r.read(), dict(r.headers))
     except urllib.error.HTTPError as e:
         return Response(e.code, e.read(), dict(e.headers))
@@ -124,6 +129,7 @@ class ControlPlane:
         self.second_agent = "agent-2"
         self._spare = iter(sorted(k for k in self.agents if k.startswith("a") and k[1:].isdigit()))
         self.port = None
+        self.ssl_context = None  # for https:// (--tls-cert): an ssl.SSLContext trusting its CA
         self.stderr_path = os.path.join(tmpdir, "cp.stderr")
         self._write_secret(self.admin_file, ADMIN_TOKEN + "\n")
         lines = ["# test agents"] + ["%s %s" % kv for kv in self.agents.items()]
@@ -144,13 +150,14 @@ class ControlPlane:
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=self._stderr,
                                      stdin=subprocess.DEVNULL)
         line = self._read_line(timeout)
-        prefix = "listening on http://127.0.0.1:"
+        scheme = "https" if "--tls-cert" in self.args else "http"
+        prefix = "listening on %s://127.0.0.1:" % scheme
         if not line.startswith(prefix):
             self.proc.kill()
             self.proc.wait(10)
             raise AssertionError("jobvisor-cp did not start: %r\n%s" % (line, self.stderr_text()))
         self.port = int(line[len(prefix):])
-        self.url = "http://127.0.0.1:%d" % self.port
+        self.url = "%s://127.0.0.1:%d" % (scheme, self.port)
         return self
 
     def _read_line(self, timeout):
@@ -240,6 +247,7 @@ class ControlPlane:
 
     # --- UI / panel calls (admin token) ---
     def api(self, method, path, body=None, token=ADMIN_TOKEN, **kw):
+        kw.setdefault("context", self.ssl_context)
         return http(self.url + path, method, body, token, **kw)
 
     def fresh_agents(self):
@@ -290,7 +298,7 @@ class Agent:
         body = {"capacity": capacity, "waitSeconds": wait,
                 "running": [{"jobRunId": r, "lastSeq": self.seq.get(r, 0)} for r in running]}
         return http(self.cp.url + "/v1/agents/%s/poll" % self.id, "POST", body,
-                    token or self.token, timeout=timeout)
+                    token or self.token, timeout=timeout, context=self.cp.ssl_context)
 
     def take(self, capacity=1, running=()):
         """Poll once and return the assignments (asserting 200)."""
@@ -301,7 +309,7 @@ class Agent:
 
     def events(self, run_id, events, token=None):
         return http(self.cp.url + "/v1/runs/%s/events" % run_id, "POST", {"events": events},
-                    token or self.token)
+                    token or self.token, context=self.cp.ssl_context)
 
     def progress(self, assignment, percent, message, status="RUNNING", kind="progress"):
         run_id = assignment["jobRunId"]
@@ -315,7 +323,8 @@ class Agent:
     def result(self, run_id, status="COMPLETED", output=None, error=None, token=None):
         body = {"status": status, "output": output, "error": error,
                 "finishedAt": "2026-01-02T03:04:06.000Z", "lastSeq": self.seq.get(run_id, 0)}
-        return http(self.cp.url + "/v1/runs/%s/result" % run_id, "POST", body, token or self.token)
+        return http(self.cp.url + "/v1/runs/%s/result" % run_id, "POST", body, token or self.token,
+                    context=self.cp.ssl_context)
 
 
 class CpTestCase(unittest.TestCase):

@@ -35,13 +35,16 @@ class ConnectionClosed(Exception):
 
 
 class WebSocket:
-    def __init__(self, url, headers=None, timeout=10):
+    def __init__(self, url, headers=None, timeout=10, ssl_context=None):
+        """url: ws://, or wss:// with ssl_context (an ssl.SSLContext that trusts the server)."""
         u = urllib.parse.urlsplit(url)
-        if u.scheme != "ws":
-            raise ValueError("only ws:// URLs")
-        host, port = u.hostname, u.port or 80
+        if u.scheme not in ("ws", "wss") or (u.scheme == "wss") != (ssl_context is not None):
+            raise ValueError("ws:// URLs, or wss:// with an ssl_context")
+        host, port = u.hostname, u.port or (443 if u.scheme == "wss" else 80)
         path = (u.path or "/") + ("?" + u.query if u.query else "")
         self.sock = socket.create_connection((host, port), timeout=timeout)
+        if ssl_context is not None:
+            self.sock = ssl_context.wrap_socket(self.sock, server_hostname=host)
         self.sock.settimeout(timeout)
         self._buf = b""
         self.closed = False

@@ -11,7 +11,8 @@ BODIES: (name, JSON text as bytes). Each is sent as the body of POST /v1/jobs
 to `jobvisor run --params` (expect exit 2 with a message).
 
 REQUESTS: (name, raw HTTP request, expected statuses). {ADMIN} and {AGENT}
-stand for the admin and an agent token.
+stand for the admin and an agent token. parse_answer() reads the status and
+body of an answer (after any 100 Continue).
 """
 
 JOB = b'{"type":"BACKUP_INSTANCE","agentId":"agent-1","instanceId":"i1","params":%s}'
@@ -133,3 +134,12 @@ REQUESTS = [
                           b'{"events":[' + b",".join([b'{"seq":1,"kind":"log"}'] * 1001) + b"]}",
                           token=b"{AGENT}"), BAD),
 ]
+
+
+def parse_answer(data):
+    head, _, body = data.partition(b"\r\n\r\n")
+    while head.startswith(b"HTTP/1.1 100"):  # interim answers before the real one
+        head, _, body = body.partition(b"\r\n\r\n")
+    line = head.split(b"\r\n", 1)[0].decode("ascii")
+    status = int(line.split(" ")[1])
+    return status, body
