@@ -34,9 +34,25 @@
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
 
-#define AGENT_PUSH_MS 10000  /* lastSeen pushed to WebSocket clients at most this often */
 #define AGENT_STORE_MS 30000 /* and written to the database at most this often (memory is authoritative) */
 
+void dispatch_publish_agent(struct cp *cp, const struct cp_agent *a)
+{
+	cJSON *msg = cJSON_CreateObject();
+	cJSON *o = dispatch_agent_json(cp, a);
+	if (msg && o) {
+		cJSON_AddStringToObject(msg, "type", "agent");
+		cJSON_AddItemToObject(msg, "agent", o);
+		ws_publish(cp, msg);
+	} else {
+		cJSON_Delete(msg);
+		cJSON_Delete(o);
+	}
+}
+
+/* WebSocket clients hear of an agent's state changes (first seen, capacity,
+ * back online) at once; its other polls only in the next agents.seen batch
+ * (ws_tick), so 10,000 polling agents cost one message a second. */
 static void touch_agent(struct cp *cp, struct cp_agent *a, int capacity, int64_t now)
 {
 	bool changed = a->capacity != capacity || a->last_seen_ms == 0;
@@ -45,18 +61,10 @@ static void touch_agent(struct cp *cp, struct cp_agent *a, int capacity, int64_t
 	if ((changed || now - a->stored_seen_ms >= AGENT_STORE_MS) &&
 	    store_agent_touch(cp->store, a->id, now, capacity) == 0)
 		a->stored_seen_ms = now;
-	if (changed || now - a->pushed_seen_ms >= AGENT_PUSH_MS) {
-		cJSON *msg = cJSON_CreateObject();
-		cJSON *o = dispatch_agent_json(cp, a);
-		if (msg && o) {
-			cJSON_AddStringToObject(msg, "type", "agent");
-			cJSON_AddItemToObject(msg, "agent", o);
-			ws_publish(cp, msg);
-			a->pushed_seen_ms = now;
-		} else {
-			cJSON_Delete(msg);
-			cJSON_Delete(o);
-		}
+	if (changed || !a->online_told) {
+		a->online_told = true;
+		dispatch_publish_agent(cp, a);
+		a->pushed_seen_ms = now;
 	}
 }
 
