@@ -386,7 +386,7 @@ void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *t
 	bool any = false;
 	pthread_mutex_lock(&h->list_mu);
 	for (struct ws_client *c = h->clients; c; c = c->next_client)
-		if (!c->closing && console_watching(cp, c, agent, inst, last_seq))
+		if (console_watching(cp, c, agent, inst, last_seq))
 			any |= ws_queue(c, text, len, true);
 	pthread_mutex_unlock(&h->list_mu);
 	free(text);

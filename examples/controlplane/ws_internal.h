@@ -74,6 +74,8 @@ struct ws_hub {
 	atomic_bool stop;
 	atomic_bool wake;                 /* a wake-up is on its way to the service thread */
 	uint16_t port;
+	unsigned char *tx;                /* LWS_PRE + the ring entry being sent (service thread) */
+	size_t tx_cap;
 };
 
 /* ---- ws.c ---- */

@@ -136,15 +136,59 @@ static void closed(struct ws_hub *h, struct ws_client *c)
 	free(c);
 }
 
-static bool has_work(struct ws_hub *h, struct ws_client *c)
+/* list_mu held (c->q). */
+static bool has_work(struct ws_hub *h, const struct ws_client *c)
 {
 	return c->q || c->closing || c->next <= atomic_load(&h->head_seen);
+}
+
+/* Copy ring entry seq into h->tx (cp->mu held); false when out of memory. */
+static bool take_ring(struct ws_hub *h, const struct ws_msg *m, size_t *len)
+{
+	if (LWS_PRE + m->len > h->tx_cap) {
+		size_t cap = LWS_PRE + m->len + 4096;
+		unsigned char *tx = realloc(h->tx, cap);
+		if (!tx)
+			return false;
+		h->tx = tx;
+		h->tx_cap = cap;
+	}
+	memcpy(h->tx + LWS_PRE, m->text, m->len);
+	*len = m->len;
+	return true;
+}
+
+/* The next ring entry for c, into h->tx (len 0: none, or lost to memory).
+ * false: c fell out of the ring and was given `overflow` to send. */
+static bool next_from_ring(struct ws_hub *h, struct ws_client *c, size_t *len)
+{
+	struct cp *cp = h->cp;
+	bool ok = true;
+	*len = 0;
+	pthread_mutex_lock(&cp->mu);
+	if (c->next < ws_oldest_seq(h)) {
+		ok = false;
+	} else if (c->next <= h->head) {
+		const struct ws_msg *m = &h->ring[c->next % WS_RING_SIZE];
+		if (m->text)
+			take_ring(h, m, len);
+		c->next++;
+	}
+	pthread_mutex_unlock(&cp->mu);
+	if (!ok) {
+		/* Too far behind to catch up from the ring: it reconnects and gets a snapshot. */
+		static const char bye[] = "{\"type\":\"overflow\"}";
+		pthread_mutex_lock(&h->list_mu);
+		ws_queue(c, bye, sizeof(bye) - 1, false);
+		pthread_mutex_unlock(&h->list_mu);
+		c->closing = true;
+	}
+	return ok;
 }
 
 /* One frame to c: a private message, or the next ring entry. <0: close. */
 static int write_one(struct ws_hub *h, struct ws_client *c)
 {
-	struct cp *cp = h->cp;
 	pthread_mutex_lock(&h->list_mu);
 	struct ws_out *o = c->q;
 	if (o) {
@@ -159,33 +203,20 @@ static int write_one(struct ws_hub *h, struct ws_client *c)
 		lws_close_reason(c->wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, NULL, 0);
 		return -1;
 	}
-	if (!o) {
-		pthread_mutex_lock(&cp->mu);
-		if (c->next < ws_oldest_seq(h)) {
-			/* Too far behind to catch up from the ring: it reconnects and gets a snapshot. */
-			static const char bye[] = "{\"type\":\"overflow\"}";
-			c->closing = true;
-			o = malloc(sizeof(*o) + LWS_PRE + sizeof(bye));
-			if (o) {
-				o->len = sizeof(bye) - 1;
-				memcpy(o->buf + LWS_PRE, bye, sizeof(bye));
-			}
-		} else if (c->next <= h->head) {
-			const struct ws_msg *m = &h->ring[c->next % WS_RING_SIZE];
-			o = m->text ? malloc(sizeof(*o) + LWS_PRE + m->len) : NULL;
-			if (o) {
-				o->len = m->len;
-				memcpy(o->buf + LWS_PRE, m->text, m->len);
-			}
-			c->next++;
-		}
-		pthread_mutex_unlock(&cp->mu);
-	}
 	int rc = 0;
-	if (o && lws_write(c->wsi, o->buf + LWS_PRE, o->len, LWS_WRITE_TEXT) < (int)o->len)
+	size_t len = 0;
+	if (o) {
+		if (lws_write(c->wsi, o->buf + LWS_PRE, o->len, LWS_WRITE_TEXT) < (int)o->len)
+			rc = -1;
+		free(o);
+	} else if (next_from_ring(h, c, &len) && len &&
+	           lws_write(c->wsi, h->tx + LWS_PRE, len, LWS_WRITE_TEXT) < (int)len) {
 		rc = -1;
-	free(o);
-	if (rc == 0 && has_work(h, c))
+	}
+	pthread_mutex_lock(&h->list_mu);
+	bool more = rc == 0 && has_work(h, c);
+	pthread_mutex_unlock(&h->list_mu);
+	if (more)
 		lws_callback_on_writable(c->wsi);
 	return rc;
 }
@@ -246,9 +277,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 		return 0;
 	case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
 		atomic_store(&h->wake, false);
+		pthread_mutex_lock(&h->list_mu);
 		for (struct ws_client *c = h->clients; c; c = c->next_client)
 			if (has_work(h, c))
 				lws_callback_on_writable(c->wsi);
+		pthread_mutex_unlock(&h->list_mu);
 		return 0;
 	default:
 		return lws_callback_http_dummy(wsi, reason, user, in, len);
@@ -332,4 +365,6 @@ void ws_lws_free(struct ws_hub *h)
 	if (h->ctx)
 		lws_context_destroy(h->ctx); /* closes every client (CLOSED runs here) */
 	h->ctx = NULL;
+	free(h->tx);
+	h->tx = NULL;
 }
