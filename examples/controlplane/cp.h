@@ -2,7 +2,8 @@
  *
  * jobvisor-cp is a small multi-threaded program: the accept front's thread
  * (front.c) reads each request whole and relays it, civetweb worker threads run
- * the HTTP handlers, one broadcaster thread feeds WebSocket clients, and the
+ * the HTTP handlers, one libwebsockets thread serves every WebSocket client
+ * (the front tunnels them to it), and the
  * main thread waits for signals and runs the lease/ack/backoff sweep. All
  * durable state lives behind the storage interface (store.h: SQLite or
  * PostgreSQL; no SQL outside store_*.c); `struct cp.mu` serialises the small

@@ -318,12 +318,12 @@ static void process_identity(struct cp *cp)
 	cp->long_polls_max = cp->cfg.threads - reserve;
 }
 
-/* The WebSocket broadcaster and, on PostgreSQL, the listener for other replicas. */
+/* The WebSocket server and, on PostgreSQL, the listener for other replicas. */
 static int start_hub(struct cp *cp)
 {
 	char err[512];
 	if (ws_hub_start(cp, &cp->hub) < 0) {
-		jv_error(NULL, NULL, "cannot start the WebSocket broadcaster");
+		jv_error(NULL, NULL, "cannot start the WebSocket server");
 		return -1;
 	}
 	if (replicas_start(cp, err, sizeof(err)) < 0) {

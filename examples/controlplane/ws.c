@@ -148,27 +148,59 @@ void ws_seed(struct cp *cp, uint64_t head)
 	pthread_mutex_unlock(&cp->mu);
 }
 
-bool ws_queue(struct ws_client *c, const char *text, size_t len, bool console)
+struct ws_blob *ws_blob_new(const char *text, size_t len)
 {
-	/* A browser that cannot keep up misses console batches rather than holding memory. */
-	if (console && (c->q_console >= WS_CONSOLE_QUEUE_MAX || c->q_bytes + len > WS_CONSOLE_QUEUE_BYTES))
-		return false;
-	struct ws_out *o = malloc(sizeof(*o) + LWS_PRE + len + 1);
+	struct ws_blob *b = malloc(sizeof(*b) + LWS_PRE + len + 1);
+	if (!b)
+		return NULL;
+	atomic_init(&b->refs, 1);
+	b->len = len;
+	memcpy(b->buf + LWS_PRE, text, len);
+	b->buf[LWS_PRE + len] = '\0';
+	return b;
+}
+
+void ws_blob_put(struct ws_blob *b)
+{
+	if (b && atomic_fetch_sub(&b->refs, 1) == 1)
+		free(b);
+}
+
+static bool enqueue(struct ws_client *c, struct ws_blob *b, bool console)
+{
+	struct ws_out *o = malloc(sizeof(*o));
 	if (!o)
 		return false;
-	o->next = NULL;
-	o->len = len;
-	o->console = console;
-	memcpy(o->buf + LWS_PRE, text, len);
-	o->buf[LWS_PRE + len] = '\0';
+	*o = (struct ws_out){.blob = b, .console = console};
 	if (c->q_tail)
 		c->q_tail->next = o;
 	else
 		c->q = o;
 	c->q_tail = o;
 	c->q_console += console;
-	c->q_bytes += len;
+	c->q_bytes += b->len;
 	return true;
+}
+
+bool ws_queue(struct ws_client *c, const char *text, size_t len, bool console)
+{
+	/* A browser that cannot keep up misses console batches rather than holding memory. */
+	if (console && (c->q_console >= WS_CONSOLE_QUEUE_MAX || c->q_bytes + len > WS_CONSOLE_QUEUE_BYTES))
+		return false;
+	struct ws_blob *b = ws_blob_new(text, len);
+	if (b && enqueue(c, b, console))
+		return true;
+	ws_blob_put(b);
+	return false;
+}
+
+bool ws_queue_blob(struct ws_client *c, struct ws_blob *b)
+{
+	atomic_fetch_add(&b->refs, 1);
+	if (enqueue(c, b, false))
+		return true;
+	ws_blob_put(b);
+	return false;
 }
 
 static void queue_json(struct ws_hub *h, struct ws_client *c, cJSON *o)
@@ -331,18 +363,19 @@ static char *snapshot_text(struct cp *cp, uint64_t *seq)
 static bool queue_snapshot(struct ws_hub *h, struct ws_client *c, uint64_t *seq)
 {
 	uint64_t head = atomic_load(&h->head_seen);
-	if (!h->snap_valid || h->snap_seq != head) {
+	if (!h->snap || h->snap_seq != head) {
 		uint64_t at = 0;
 		char *text = snapshot_text(h->cp, &at);
-		if (!text)
+		struct ws_blob *b = text ? ws_blob_new(text, strlen(text)) : NULL;
+		free(text);
+		if (!b)
 			return false;
-		free(h->snap_text);
-		h->snap_text = text;
+		ws_blob_put(h->snap); /* clients still sending the old one keep it */
+		h->snap = b;
 		h->snap_seq = at;
-		h->snap_valid = true;
 	}
 	pthread_mutex_lock(&h->list_mu);
-	bool ok = ws_queue(c, h->snap_text, strlen(h->snap_text), false);
+	bool ok = ws_queue_blob(c, h->snap);
 	pthread_mutex_unlock(&h->list_mu);
 	*seq = h->snap_seq;
 	return ok;
@@ -466,7 +499,7 @@ void ws_hub_free(struct ws_hub *h)
 	ws_lws_free(h);
 	for (size_t i = 0; i < WS_RING_SIZE; i++)
 		free(h->ring[i].text);
-	free(h->snap_text);
+	ws_blob_put(h->snap);
 	pthread_mutex_destroy(&h->list_mu);
 	free(h);
 }

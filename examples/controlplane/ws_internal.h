@@ -29,13 +29,22 @@ struct ws_msg {
 	size_t len;
 };
 
-/* A message for one client only (hello, snapshot, answers, console lines),
- * with room in front for the library's frame header (LWS_PRE). */
+#define WS_CHUNK 32768 /* a bigger message goes out in fragments of this, one per writeable */
+
+/* Message text with room in front for the library's frame header
+ * (LWS_PRE); shared (refs) when several clients send the same, like a
+ * snapshot. */
+struct ws_blob {
+	atomic_int refs;
+	size_t len;
+	unsigned char buf[];
+};
+
+/* A message for one client only (hello, snapshot, answers, console lines). */
 struct ws_out {
 	struct ws_out *next;
-	size_t len;
+	struct ws_blob *blob;
 	bool console;
-	unsigned char buf[];
 };
 
 struct ws_client {
@@ -44,6 +53,8 @@ struct ws_client {
 	int64_t since;             /* -1 = none */
 	bool epoch_ok;
 	bool closing;              /* overflow sent: close at the next chance */
+	struct ws_blob *cur;       /* the message going out in fragments (service thread) */
+	size_t cur_off;
 	struct ws_out *q, *q_tail; /* private messages, in order (list_mu) */
 	size_t q_console, q_bytes; /* console messages queued and their bytes (list_mu) */
 	char *rx;                  /* a text message arriving in fragments */
@@ -64,9 +75,8 @@ struct ws_hub {
 	int nclients;                     /* service thread */
 	int64_t seen_at;                  /* last agents.seen batch (main thread) */
 	/* The last snapshot, reused while head has not moved (service thread). */
-	char *snap_text;
+	struct ws_blob *snap;
 	uint64_t snap_seq;
-	bool snap_valid;
 	/* libwebsockets (ws_lws.c) */
 	struct lws_context *ctx;
 	pthread_t thread;
@@ -86,6 +96,10 @@ void ws_greet(struct ws_hub *h, struct ws_client *c);
 /* Queue text (copied) for one client; console messages obey the per-client
  * limits. false when dropped. list_mu held. */
 bool ws_queue(struct ws_client *c, const char *text, size_t len, bool console);
+/* Queue a shared message (one more reference). list_mu held. */
+bool ws_queue_blob(struct ws_client *c, struct ws_blob *b);
+struct ws_blob *ws_blob_new(const char *text, size_t len); /* refs 1 */
+void ws_blob_put(struct ws_blob *b);                         /* drop a reference */
 /* A text message from a client: queue the answer (service thread). */
 void ws_answer(struct ws_hub *h, struct ws_client *c, const char *data, size_t len);
 

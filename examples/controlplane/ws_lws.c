@@ -127,8 +127,10 @@ static void closed(struct ws_hub *h, struct ws_client *c)
 	}
 	for (struct ws_out *o = c->q, *n; o; o = n) {
 		n = o->next;
+		ws_blob_put(o->blob);
 		free(o);
 	}
+	ws_blob_put(c->cur);
 	pthread_mutex_unlock(&h->list_mu);
 	console_client_gone(h->cp, c);
 	h->nclients--;
@@ -139,27 +141,25 @@ static void closed(struct ws_hub *h, struct ws_client *c)
 /* list_mu held (c->q). */
 static bool has_work(struct ws_hub *h, const struct ws_client *c)
 {
-	return c->q || c->closing || c->next <= atomic_load(&h->head_seen);
+	return c->cur || c->q || c->closing || c->next <= atomic_load(&h->head_seen);
 }
 
-/* Copy ring entry seq into h->tx (cp->mu held); false when out of memory. */
-static bool take_ring(struct ws_hub *h, const struct ws_msg *m, size_t *len)
+/* Room for LWS_PRE + n bytes in h->tx, the service thread's send buffer. */
+static bool tx_room(struct ws_hub *h, size_t n)
 {
-	if (LWS_PRE + m->len > h->tx_cap) {
-		size_t cap = LWS_PRE + m->len + 4096;
-		unsigned char *tx = realloc(h->tx, cap);
-		if (!tx)
-			return false;
-		h->tx = tx;
-		h->tx_cap = cap;
-	}
-	memcpy(h->tx + LWS_PRE, m->text, m->len);
-	*len = m->len;
+	if (LWS_PRE + n <= h->tx_cap)
+		return true;
+	unsigned char *tx = realloc(h->tx, LWS_PRE + n);
+	if (!tx)
+		return false;
+	h->tx = tx;
+	h->tx_cap = LWS_PRE + n;
 	return true;
 }
 
-/* The next ring entry for c, into h->tx (len 0: none, or lost to memory).
- * false: c fell out of the ring and was given `overflow` to send. */
+/* The next ring entry for c: a small one into h->tx (*len), a big one as
+ * c->cur to go out in fragments. false: c fell out of the ring and was
+ * given `overflow` to send. */
 static bool next_from_ring(struct ws_hub *h, struct ws_client *c, size_t *len)
 {
 	struct cp *cp = h->cp;
@@ -170,8 +170,13 @@ static bool next_from_ring(struct ws_hub *h, struct ws_client *c, size_t *len)
 		ok = false;
 	} else if (c->next <= h->head) {
 		const struct ws_msg *m = &h->ring[c->next % WS_RING_SIZE];
-		if (m->text)
-			take_ring(h, m, len);
+		if (m->text && m->len > WS_CHUNK) {
+			c->cur = ws_blob_new(m->text, m->len);
+			c->cur_off = 0;
+		} else if (m->text && tx_room(h, m->len)) {
+			memcpy(h->tx + LWS_PRE, m->text, m->len);
+			*len = m->len;
+		}
 		c->next++;
 	}
 	pthread_mutex_unlock(&cp->mu);
@@ -186,33 +191,60 @@ static bool next_from_ring(struct ws_hub *h, struct ws_client *c, size_t *len)
 	return ok;
 }
 
-/* One frame to c: a private message, or the next ring entry. <0: close. */
+/* The next fragment of c->cur (copied: the blob may be shared, and the
+ * library writes the frame header in front of what it sends). */
+static int send_part(struct ws_hub *h, struct ws_client *c)
+{
+	struct ws_blob *b = c->cur;
+	size_t n = b->len - c->cur_off > WS_CHUNK ? WS_CHUNK : b->len - c->cur_off;
+	int flags = c->cur_off ? LWS_WRITE_CONTINUATION : LWS_WRITE_TEXT;
+	if (c->cur_off + n < b->len)
+		flags |= LWS_WRITE_NO_FIN;
+	if (!tx_room(h, WS_CHUNK))
+		return -1;
+	memcpy(h->tx + LWS_PRE, b->buf + LWS_PRE + c->cur_off, n);
+	if (lws_write(c->wsi, h->tx + LWS_PRE, n, (enum lws_write_protocol)flags) < (int)n)
+		return -1;
+	c->cur_off += n;
+	if (c->cur_off == b->len) {
+		ws_blob_put(b);
+		c->cur = NULL;
+	}
+	return 0;
+}
+
+/* One frame to c: a fragment of the message going out, the next private
+ * message, or the next ring entry. <0: close. */
 static int write_one(struct ws_hub *h, struct ws_client *c)
 {
-	pthread_mutex_lock(&h->list_mu);
-	struct ws_out *o = c->q;
-	if (o) {
-		c->q = o->next;
-		if (!c->q)
-			c->q_tail = NULL;
-		c->q_console -= o->console;
-		c->q_bytes -= o->len;
-	}
-	pthread_mutex_unlock(&h->list_mu);
-	if (!o && c->closing) {
-		lws_close_reason(c->wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, NULL, 0);
-		return -1;
+	if (!c->cur) {
+		pthread_mutex_lock(&h->list_mu);
+		struct ws_out *o = c->q;
+		if (o) {
+			c->q = o->next;
+			if (!c->q)
+				c->q_tail = NULL;
+			c->q_console -= o->console;
+			c->q_bytes -= o->blob->len;
+		}
+		pthread_mutex_unlock(&h->list_mu);
+		if (o) {
+			c->cur = o->blob;
+			c->cur_off = 0;
+			free(o);
+		}
 	}
 	int rc = 0;
 	size_t len = 0;
-	if (o) {
-		if (lws_write(c->wsi, o->buf + LWS_PRE, o->len, LWS_WRITE_TEXT) < (int)o->len)
-			rc = -1;
-		free(o);
-	} else if (next_from_ring(h, c, &len) && len &&
-	           lws_write(c->wsi, h->tx + LWS_PRE, len, LWS_WRITE_TEXT) < (int)len) {
-		rc = -1;
+	if (!c->cur && c->closing) {
+		lws_close_reason(c->wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, NULL, 0);
+		return -1;
 	}
+	if (!c->cur && next_from_ring(h, c, &len) && len &&
+	    lws_write(c->wsi, h->tx + LWS_PRE, len, LWS_WRITE_TEXT) < (int)len)
+		rc = -1;
+	else if (c->cur && !len)
+		rc = send_part(h, c);
 	pthread_mutex_lock(&h->list_mu);
 	bool more = rc == 0 && has_work(h, c);
 	pthread_mutex_unlock(&h->list_mu);

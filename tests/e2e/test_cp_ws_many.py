@@ -11,7 +11,7 @@ import time
 import unittest
 
 from cp_harness import ADMIN_TOKEN, ControlPlane
-from cp_ws import WebSocket
+from cp_ws import ConnectionClosed, WebSocket
 
 CLIENTS = 300
 AGENTS = {"m%03d" % i: "m%03d-token-0123456789abcdef" % i for i in range(20)}
@@ -83,6 +83,51 @@ class ManyClients(unittest.TestCase):
                 break
         per_poll = [x for x in later if x.get("type") == "agent" and x["agent"]["agentId"] == "m010"]
         self.assertEqual(per_poll, [])
+
+
+class SlowClient(unittest.TestCase):
+    """A client that stops reading is not waited for: the others keep getting
+    the stream, and once it is more than the ring (8192 messages) behind it
+    gets `overflow` and is closed, so it reconnects for a snapshot."""
+
+    def test_a_client_that_falls_out_of_the_ring_is_told_and_closed(self):
+        cp = ControlPlane().start()
+        self.addCleanup(cp.close)
+        url = cp.url.replace("http://", "ws://") + "/v1/ws?token=" + ADMIN_TOKEN
+        slow, quick = WebSocket(url, timeout=20), WebSocket(url, timeout=20)
+        self.addCleanup(slow.close)
+        self.addCleanup(quick.close)
+        for w in (slow, quick):
+            self.assertEqual(w.recv_json()["type"], "hello")
+            self.assertEqual(w.recv_json()["type"], "snapshot")
+        cp.create_job()
+        agent = cp.agent()
+        [a] = agent.take()
+        # 12,000 events of 4 KB (48 MB, 200 a request): far more than the socket buffers
+        # between here and the server hold, and more than the ring.
+        text = "x" * 4000
+        seq = 0
+        for _ in range(60):
+            batch = []
+            for _ in range(200):
+                seq += 1
+                batch.append({"seq": seq, "kind": "log", "jobId": a["jobId"], "jobRunId": a["jobRunId"],
+                              "instanceId": a["instanceId"], "message": text,
+                              "timestamp": "2026-01-02T03:04:05.678Z"})
+            self.assertEqual(agent.events(a["jobRunId"], batch).status, 200)
+            # The quick client reads as it goes (the last event of each batch).
+            want = seq
+            while True:
+                m = quick.recv_json(timeout=20)
+                if m.get("type") == "event" and m["event"]["seq"] == want:
+                    break
+        got = None
+        with self.assertRaises(ConnectionClosed):
+            for _ in range(20000):
+                got = slow.recv_json(timeout=20)
+                if got.get("type") == "overflow":
+                    slow.recv_json(timeout=20)  # then the close
+        self.assertEqual(got, {"type": "overflow"})
 
 
 if __name__ == "__main__":
