@@ -354,7 +354,8 @@ int ws_lws_start(struct ws_hub *h, char *err, size_t errlen)
 	info.iface = "127.0.0.1";
 	info.protocols = protocols;
 	info.user = h;
-	info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_VALIDATE_UTF8;
+	/* No UTF-8 validation by the library: bad text gets the error message that names the field. */
+	info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
 	info.retry_and_idle_policy = &ws_idle;
 	/* The descriptor table is sized from this: clients, handshakes, slack. */
 	info.fd_limit_per_thread = (unsigned)h->cp->ws_max + 64;
