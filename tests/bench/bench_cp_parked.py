@@ -185,6 +185,30 @@ def admin(port, method, path, body=None):
     return request(port, raw)
 
 
+def stream_seq(port):
+    """The stream's newest seq, from the hello of a short-lived WebSocket client."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(("GET /v1/ws?token=%s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (ADMIN, key)).encode())
+    f = s.makefile("rb")
+    status = f.readline()
+    assert b" 101 " in status, status
+    while f.readline() not in (b"\r\n", b""):
+        pass
+    while True:
+        b0, b1 = f.read(2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(f.read(2), "big")
+        elif n == 127:
+            n = int.from_bytes(f.read(8), "big")
+        payload = f.read(n)
+        if b0 & 0x0F == 0x1:
+            s.close()
+            return json.loads(payload)["seq"]
+
+
 def parked(port):
     m = re.search(rb"^jobvisor_long_polls_parked (\d+)$", admin(port, "GET", "/metrics"), re.M)
     return int(m.group(1)) if m else -1
@@ -226,6 +250,7 @@ def measure(a, port, pid, load):
     time.sleep(2)
     res["parked"] = parked(port)
     res["rss_parked"] = rss_kib(pid)
+    seq0 = stream_seq(port)
     cpu0, t0 = cpu_s(pid), time.monotonic()
     lat = []
     for k in range(a.probes):  # new polls from agents that are not parked
@@ -243,6 +268,7 @@ def measure(a, port, pid, load):
         time.sleep(0.05)
     time.sleep(1)
     res["cpu"] = (cpu_s(pid) - cpu0) / (time.monotonic() - t0)
+    res["msgs"] = (stream_seq(port) - seq0) / (time.monotonic() - t0)
     res["lat"] = lat
     res["created"] = created
     return res
@@ -268,7 +294,7 @@ def main():
         return
     with tempfile.TemporaryDirectory(prefix="jvbench-parked-") as d:
         proc, port = start_cp(a.cp, d, a.polls + 100,
-                              ["--threads", str(a.threads), "--ws-clients", str(max(1, a.ws))])
+                              ["--threads", str(a.threads), "--ws-clients", str(a.ws + 2)])
         load = None
         try:
             time.sleep(1)
@@ -305,20 +331,22 @@ def main():
         per_ws = (res["rss_ws"] - rss0) * 1024 / max(1, a.ws)  # 0 clients: 0
         print("WebSocket clients connected (%s) in %.2f s" % ("all with a snapshot" if a.fresh else
                                                               "one snapshot, the rest resume", res["ws_first"]))
-        row = "| %s | %d (%d during probes) | %d%s | %.1f / %.1f / %.1f | %.0f B | %.1f KiB | %.1f / %.1f / %.1f | %s | %.0f%% |" % (
+        row = ("| %s | %d (%d during probes) | %d%s | %.1f / %.1f / %.1f | %.0f B | %.1f KiB | %.1f / %.1f / %.1f | "
+               "%s | %.0f%% | %.0f (%.0f frames/s) |") % (
             a.label or a.cp, res["parked"], res["parked_during"], a.ws, " fresh" if a.fresh else "", rss0 / 1024,
             res["rss_ws"] / 1024, res["rss_parked"] / 1024, per_poll, per_ws / 1024, pct(lat, 0.5) * 1e3,
             pct(lat, 0.99) * 1e3, max(lat) * 1e3,
             "%.0f / %.0f, %d of %d" % (pct(wakes, 0.5) * 1e3, max(wakes) * 1e3, len(wakes), a.wakes)
-            if wakes else "none delivered", res["cpu"] * 100)
+            if wakes else "none delivered", res["cpu"] * 100, res["msgs"], res["msgs"] * a.ws)
         print(HEADER + row)
         if a.update:
             update(a.update, a.label or a.cp, row)
 
 
 HEADER = ("| server | parked polls | WebSocket clients | RSS start / +WS / +polls (MiB) | RSS per parked poll | "
-          "RSS per WS client | new poll p50 / p99 / max (ms) | wake p50 / max (ms), delivered | cp CPU |\n"
-          "|---|---|---|---|---|---|---|---|---|\n")
+          "RSS per WS client | new poll p50 / p99 / max (ms) | wake p50 / max (ms), delivered | cp CPU | "
+          "stream messages/s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|\n")
 
 
 def update(path, label, row):
