@@ -6,7 +6,7 @@
                        [--label NAME] [--update docs/scaling.md]
 
 Starts a fresh jobvisor-cp (SQLite, temp dir, OS-assigned port on 127.0.0.1,
---ws-clients WS), opens WS WebSocket clients (admin stream, reading every
+--ws-clients WS + 2), opens WS WebSocket clients (admin stream, reading every
 message and answering pings), then POLLS agents that long-poll like real ones
 (waitSeconds 25 = --max-wait; a new poll as soon as an answer arrives) from a
 separate asyncio process. Once the control plane reports them parked
