@@ -21,7 +21,7 @@ DEB_PACKAGES = build-essential cmake pkg-config python3 zstd xz-utils gzip tar z
 	libcurl4-openssl-dev libcjson-dev liblua5.4-dev lua5.4 libarchive-dev \
 	libcriterion-dev libcivetweb-dev libhttp-parser-dev libsqlite3-dev libssl-dev openssl ca-certificates chromium \
 	groff-base strace prometheus default-jdk-headless tzdata libexpat1-dev nodejs npm rclone \
-	libpq-dev postgresql libmbedtls-dev
+	libpq-dev postgresql libmbedtls-dev libwebsockets-dev
 
 .PHONY: all deps configure build test test-unit test-e2e demo bench torture install clean
 

@@ -2,7 +2,8 @@
  *
  * jobvisor-cp is a small multi-threaded program: the accept front's thread
  * (front.c) reads each request whole and relays it, civetweb worker threads run
- * the HTTP handlers, one broadcaster thread feeds WebSocket clients, and the
+ * the HTTP handlers, one libwebsockets thread serves every WebSocket client
+ * (the front tunnels them to it), and the
  * main thread waits for signals and runs the lease/ack/backoff sweep. All
  * durable state lives behind the storage interface (store.h: SQLite or
  * PostgreSQL; no SQL outside store_*.c); `struct cp.mu` serialises the small
@@ -42,6 +43,7 @@ struct inst_stats;
 #define CP_TOKEN_MAX 512
 #define CP_JSON_DEPTH_MAX 64          /* nesting of any JSON we parse from a client */
 #define CP_SNAPSHOT_JOBS 200          /* jobs in a WebSocket snapshot */
+#define CP_WS_CLIENTS 1024            /* WebSocket clients at once, by default (--ws-clients) */
 #define CP_LIST_DEFAULT 50
 #define CP_LIST_MAX 500
 /* The accept front marks every request it relays with this header:
@@ -65,7 +67,8 @@ struct cp_agent {
 	pthread_cond_t cond;    /* long polls of this agent wait here (CLOCK_MONOTONIC) */
 	uint64_t gen;           /* bumped when work or a cancel for this agent appears */
 	int64_t last_seen_ms;   /* wall clock, 0 = never */
-	int64_t pushed_seen_ms; /* last lastSeen pushed to WebSocket clients */
+	int64_t pushed_seen_ms; /* last lastSeen pushed to WebSocket clients (agents.seen) */
+	bool online_told;       /* this replica last told WebSocket clients it is online */
 	int64_t stored_seen_ms; /* last lastSeen written to the database */
 	int capacity;           /* from its last poll */
 	bool instances_synced;  /* a snapshot of its instances came since this process started */
@@ -85,7 +88,7 @@ struct cp_config {
 	int max_wait_s;       /* cap on a long poll's waitSeconds */
 	int retry_backoff_s;  /* automatic retry delay: base * 2^(attempt-1), capped */
 	int threads;          /* civetweb worker threads for requests */
-	int ws_clients;       /* WebSocket clients (each gets a worker thread of its own); 0 = threads / 8 */
+	int ws_clients;       /* WebSocket clients at once (one thread serves all); 0 = CP_WS_CLIENTS */
 	int catch_up_s;       /* a schedule firing missed by up to this long still runs (once) */
 	int retention_days;   /* finished jobs older than this are deleted; 0 = keep forever */
 	int retention_keep;   /* but never the newest this many jobs of an instance */
@@ -141,7 +144,8 @@ struct cp {
 	size_t nusers;
 	int long_polls;     /* polls currently waiting (mu held) */
 	int long_polls_max; /* beyond this a poll is answered at once */
-	int ws_max;         /* WebSocket clients (each pins a worker thread) */
+	int ws_max;         /* WebSocket clients at once (--ws-clients) */
+	uint16_t ws_port;   /* the WebSocket server on 127.0.0.1 (front.c tunnels /v1/ws there) */
 	char front_secret[CP_FRONT_SECRET_LEN + 1]; /* fixed after start */
 	struct front *front; /* parked long polls are woken through it (mu); NULL before/after */
 	struct front_tls *tls; /* the front's TLS (front_tls.c); NULL = plain HTTP; set before front_start */
@@ -197,6 +201,8 @@ void api_audit_list(struct cp *cp, struct mg_connection *conn);
 /* ---- agents (dispatch.c, mu held) ---- */
 /* An agent as GET /v1/agents shows it; returned-owned. */
 cJSON *dispatch_agent_json(struct cp *cp, const struct cp_agent *a);
+/* An `agent` message for WebSocket clients (mu held). */
+void dispatch_publish_agent(struct cp *cp, const struct cp_agent *a);
 cJSON *dispatch_agents_json(struct cp *cp);
 
 /* ---- lifecycle.c: every state change, one transaction each (mu held) ---- */
@@ -421,7 +427,9 @@ void api_console_post(struct cp *cp, struct mg_connection *conn, struct cp_agent
 
 /* ---- ws.c ---- */
 int ws_hub_start(struct cp *cp, struct ws_hub **out);
-/* Stop the broadcaster thread (before mg_stop); free the hub after mg_stop. */
+/* The libwebsockets server on 127.0.0.1:cp->ws_port (ws_lws.c) and its one
+ * service thread. Stop the thread before mg_stop; free the hub (closing the
+ * clients) after mg_stop. */
 void ws_hub_stop(struct ws_hub *hub);
 void ws_hub_free(struct ws_hub *hub);
 /* Stamp msg with the next sequence number and queue it for every client. Consumes msg. mu held. */
@@ -437,13 +445,10 @@ void ws_publish_wake(struct cp *cp, cJSON **msgs, size_t n, const char *wake);
 /* Queue a console message (text consumed) for the clients watching agent/inst;
  * unnumbered, not kept in the ring. Do not hold cp->mu. */
 void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text, uint64_t last_seq);
-/* civetweb callbacks (cbdata = struct cp *). */
-int ws_on_connect(const struct mg_connection *conn, void *cbdata);
-void ws_on_ready(struct mg_connection *conn, void *cbdata);
-int ws_on_data(struct mg_connection *conn, int bits, char *data, size_t len, void *cbdata);
-void ws_on_close(const struct mg_connection *conn, void *cbdata);
-/* From civetweb's connection_close callback: releases a client's slot and memory. */
-void ws_on_connection_closed(struct cp *cp, const struct mg_connection *conn);
+/* Agent liveness for WebSocket clients: at most once a second (WS_SEEN_MS)
+ * one `agents.seen` message naming the agents seen since the last, and an
+ * `agent` message for each that went quiet. Main thread; takes mu. */
+void ws_tick(struct cp *cp);
 
 /* ---- metrics.c ---- */
 void metrics_observe(struct cp_hist *h, int64_t elapsed_us);

@@ -34,8 +34,21 @@
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
 
-#define AGENT_PUSH_MS 10000  /* lastSeen pushed to WebSocket clients at most this often */
 #define AGENT_STORE_MS 30000 /* and written to the database at most this often (memory is authoritative) */
+
+void dispatch_publish_agent(struct cp *cp, const struct cp_agent *a)
+{
+	cJSON *msg = cJSON_CreateObject();
+	cJSON *o = dispatch_agent_json(cp, a);
+	if (msg && o) {
+		cJSON_AddStringToObject(msg, "type", "agent");
+		cJSON_AddItemToObject(msg, "agent", o);
+		ws_publish(cp, msg);
+	} else {
+		cJSON_Delete(msg);
+		cJSON_Delete(o);
+	}
+}
 
 /* What a poll does about the agent's lastSeen besides memory. */
 struct touch {
@@ -44,8 +57,11 @@ struct touch {
 	int capacity;
 };
 
-/* lastSeen and capacity in memory (mu held); whether to store and push them
- * now. Both are marked done here: a failed write is tried again in
+/* lastSeen and capacity in memory (mu held); whether to store it now and
+ * push an agent message: WebSocket clients hear of an agent's state changes
+ * (first seen, capacity, back online) at once, its other polls only in the
+ * next agents.seen batch (ws_tick), so 10,000 polling agents cost one message
+ * a second. Both are marked done here: a failed write is tried again in
  * AGENT_STORE_MS (memory is authoritative). */
 static struct touch touch_agent(struct cp_agent *a, int capacity, int64_t now)
 {
@@ -54,11 +70,13 @@ static struct touch touch_agent(struct cp_agent *a, int capacity, int64_t now)
 	a->last_seen_ms = now;
 	a->capacity = capacity;
 	t.store = changed || now - a->stored_seen_ms >= AGENT_STORE_MS;
-	t.push = changed || now - a->pushed_seen_ms >= AGENT_PUSH_MS;
+	t.push = changed || !a->online_told;
 	if (t.store)
 		a->stored_seen_ms = now;
-	if (t.push)
+	if (t.push) {
+		a->online_told = true;
 		a->pushed_seen_ms = now;
+	}
 	return t;
 }
 

@@ -8,7 +8,8 @@
  * whole-request deadlines: the head within FRONT_HEAD_MS of the accept, the
  * body within FRONT_BODY_MS of the head. A complete request is then sent on,
  * byte for byte, to civetweb on an ephemeral 127.0.0.1 port and the answer is
- * relayed back. A WebSocket upgrade becomes a two-way tunnel once its head is
+ * relayed back. A WebSocket upgrade becomes a two-way tunnel, to the
+ * libwebsockets server (ws_lws.c) rather than civetweb, once its head is
  * complete (the stream's own ping/pong timeouts apply from there).
  *
  * Unauthenticated connections stay cheap: a request without a valid agent or
@@ -521,6 +522,8 @@ int front_start(struct cp *cp, const char *addr, uint16_t backend_port, struct f
 	f->backend.sin_family = AF_INET;
 	f->backend.sin_port = htons(backend_port);
 	f->backend.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	f->ws_backend = f->backend;
+	f->ws_backend.sin_port = htons(cp->ws_port);
 	struct sockaddr_in sa;
 	int one = 1, rc;
 	if (front_park_init(f) < 0) {

@@ -99,7 +99,8 @@ struct front {
 	struct cp *cp;
 	int lfd, epfd, wakefd;
 	uint16_t port;           /* public, host order */
-	struct sockaddr_in backend;
+	struct sockaddr_in backend;    /* civetweb */
+	struct sockaddr_in ws_backend; /* the WebSocket server (ws_lws.c): GET /v1/ws is tunnelled there */
 	pthread_t thread;
 	bool started;
 	atomic_bool stop;

@@ -265,7 +265,8 @@ void front_connect_backend(struct front *f, struct fconn *c)
 	}
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (connect(fd, (const struct sockaddr *)&f->backend, sizeof(f->backend)) < 0 && errno != EINPROGRESS) {
+	const struct sockaddr_in *to = c->upgrade ? &f->ws_backend : &f->backend;
+	if (connect(fd, (const struct sockaddr *)to, sizeof(*to)) < 0 && errno != EINPROGRESS) {
 		close(fd);
 		front_answer(f, c, 503, "Retry-After: 1\r\n", "server busy, try again");
 		return;

@@ -62,8 +62,8 @@ static void usage(FILE *f)
 	      "  --max-wait N            longest long poll in seconds (25)\n"
 	      "  --retry-backoff N       automatic retry delay N * 2^(attempt-1) s, capped at 300 (5)\n"
 	      "  --threads N             HTTP worker threads (64); long polls wait without one\n"
-	      "  --ws-clients N          WebSocket clients at once, each with a worker thread of its own\n"
-	      "                          (threads / 8); see docs/scaling.md\n"
+	      "  --ws-clients N          WebSocket clients at once, all served by one thread\n"
+	      "                          (1024, at most 4096); see docs/scaling.md\n"
 	      "  --sync normal|full      SQLite synchronous mode (normal)\n"
 	      "  --schedule-catch-up N   a schedule firing missed by at most N s (downtime) runs once\n"
 	      "                          at start-up; older ones are skipped (3600)\n"
@@ -216,17 +216,11 @@ static int log_from_civetweb(const struct mg_connection *conn, const char *messa
 	return 1;
 }
 
-static void on_connection_close(const struct mg_connection *conn)
-{
-	struct cp *cp = mg_get_user_data(mg_get_context(conn));
-	ws_on_connection_closed(cp, conn);
-}
-
 static int start_http(struct cp *cp, struct mg_context **out)
 {
 	char threads[16], queue[16];
-	snprintf(threads, sizeof(threads), "%d", cp->cfg.threads + cp->ws_max);
-	snprintf(queue, sizeof(queue), "%d", (cp->cfg.threads + cp->ws_max) * 16);
+	snprintf(threads, sizeof(threads), "%d", cp->cfg.threads);
+	snprintf(queue, sizeof(queue), "%d", cp->cfg.threads * 16);
 	const char *options[] = {
 		/* Only the front (front.c) talks to civetweb; it listens publicly. */
 		"listening_ports", "127.0.0.1:0",
@@ -235,15 +229,12 @@ static int start_http(struct cp *cp, struct mg_context **out)
 		"listen_backlog", "1024",
 		"request_timeout_ms", "10000",
 		"enable_keep_alive", "no",
-		"websocket_timeout_ms", "30000",
-		"enable_websocket_ping_pong", "yes",
 		"max_request_size", "32768", /* the front refuses heads over 16 KiB first */
 		NULL,
 	};
 	struct mg_callbacks cb;
 	memset(&cb, 0, sizeof(cb));
 	cb.log_message = log_from_civetweb;
-	cb.connection_close = on_connection_close;
 	struct mg_init_data init = {.callbacks = &cb, .user_data = cp, .configuration_options = options};
 	char errtxt[256] = "";
 	struct mg_error_data errd = {.text = errtxt, .text_buffer_size = sizeof(errtxt)};
@@ -257,7 +248,6 @@ static int start_http(struct cp *cp, struct mg_context **out)
 	mg_set_request_handler(ctx, "/metrics", metrics_handle, cp);
 	mg_set_request_handler(ctx, "/healthz", metrics_handle_health, cp);
 	mg_set_request_handler(ctx, "/readyz", metrics_handle_health, cp);
-	mg_set_websocket_handler(ctx, "/v1/ws", ws_on_connect, ws_on_ready, ws_on_data, ws_on_close, cp);
 	*out = ctx;
 	return 0;
 }
@@ -399,18 +389,18 @@ static void process_identity(struct cp *cp)
 	snprintf(cp->epoch, sizeof(cp->epoch), "%016llx", (unsigned long long)jv_random_u64());
 	snprintf(cp->front_secret, sizeof(cp->front_secret), "%016llx%016llx", (unsigned long long)jv_random_u64(),
 	         (unsigned long long)jv_random_u64());
-	cp->ws_max = cp->cfg.ws_clients ? cp->cfg.ws_clients : cp->cfg.threads / 8 > 2 ? cp->cfg.threads / 8 : 2;
+	cp->ws_max = cp->cfg.ws_clients ? cp->cfg.ws_clients : CP_WS_CLIENTS;
 	/* Only polls that bypass the front wait in a thread. */
 	int reserve = cp->cfg.threads / 4 > 4 ? cp->cfg.threads / 4 : 4;
 	cp->long_polls_max = cp->cfg.threads - reserve;
 }
 
-/* The WebSocket broadcaster and, on PostgreSQL, the listener for other replicas. */
+/* The WebSocket server and, on PostgreSQL, the listener for other replicas. */
 static int start_hub(struct cp *cp)
 {
 	char err[512];
 	if (ws_hub_start(cp, &cp->hub) < 0) {
-		jv_error(NULL, NULL, "cannot start the WebSocket broadcaster");
+		jv_error(NULL, NULL, "cannot start the WebSocket server");
 		return -1;
 	}
 	if (replicas_start(cp, err, sizeof(err)) < 0) {
@@ -476,8 +466,8 @@ int main(int argc, char **argv)
 	cp.front = front; /* wake-ups reach parked polls from here on */
 	pthread_mutex_unlock(&cp.mu);
 	announce(front, cp.cfg.listen, cp.tls != NULL);
-	jv_info(NULL, NULL, "jobvisor-cp %s: %zu agents, %d threads + %d for WebSocket clients; long polls park "
-	        "in the front", JV_VERSION, cp.nagents, cp.cfg.threads, cp.ws_max);
+	jv_info(NULL, NULL, "jobvisor-cp %s: %zu agents, %d threads, up to %d WebSocket clients on one; long polls "
+	        "park in the front", JV_VERSION, cp.nagents, cp.cfg.threads, cp.ws_max);
 
 	struct timespec tick = {.tv_sec = SWEEP_MS / 1000, .tv_nsec = (SWEEP_MS % 1000) * 1000000L};
 	for (;;) {
@@ -489,6 +479,7 @@ int main(int argc, char **argv)
 		if (sig == SIGHUP)
 			on_sighup(&cp);
 		dispatch_sweep(&cp);
+		ws_tick(&cp);
 		schedules_tick(&cp);
 		retention_tick(&cp);
 		console_sweep(&cp);

@@ -133,6 +133,11 @@ int store_agent_running(struct store *s, const char *agent_id)
 	return s->ops->agent_running(s, agent_id);
 }
 
+int store_agents_running(struct store *s, void (*fn)(void *ud, const char *agent_id, int n), void *ud)
+{
+	return s->ops->agents_running(s, fn, ud);
+}
+
 int store_runs_renew(struct store *s, const char *agent_id, const char *const *run_ids, size_t n, int64_t lease_until, bool *renewed)
 {
 	return s->ops->runs_renew(s, agent_id, run_ids, n, lease_until, renewed);

@@ -301,6 +301,8 @@ int store_agent_touch(struct store *s, const char *agent_id, int64_t last_seen, 
 int store_agents_each(struct store *s, void (*fn)(void *ud, const char *agent_id, int64_t last_seen, int capacity),
                       void *ud);
 int store_agent_running(struct store *s, const char *agent_id); /* RUNNING runs held, or <0 */
+/* RUNNING runs per agent holding any, in one query: fn(ud, agent_id, n). */
+int store_agents_running(struct store *s, void (*fn)(void *ud, const char *agent_id, int n), void *ud);
 /* Renew the lease (until lease_until) of each listed run the agent holds
  * RUNNING; renewed[i] says which were. One transaction. */
 int store_runs_renew(struct store *s, const char *agent_id, const char *const *run_ids, size_t n,

@@ -36,6 +36,7 @@ struct store_ops {
 	int (*agents_each)(struct store *s, void (*fn)(void *ud, const char *agent_id, int64_t last_seen, int capacity),
 	                   void *ud);
 	int (*agent_running)(struct store *s, const char *agent_id);
+	int (*agents_running)(struct store *s, void (*fn)(void *ud, const char *agent_id, int n), void *ud);
 	int (*runs_renew)(struct store *s, const char *agent_id, const char *const *run_ids, size_t n,
 	                  int64_t lease_until, bool *renewed);
 	int (*agent_runs)(struct store *s, const char *agent_id, bool unacked_only, bool cancel_only,

@@ -89,6 +89,18 @@ int pgs_agent_running(struct store *s, const char *agent_id)
 	return (int)scalar(s, "SELECT count(*) FROM job_runs WHERE agent_id = $1 AND status = 'RUNNING'", &p);
 }
 
+int pgs_agents_running(struct store *s, void (*fn)(void *ud, const char *agent_id, int n), void *ud)
+{
+	PGresult *r = pgs_query(s, "SELECT agent_id, count(*) FROM job_runs WHERE status = 'RUNNING' GROUP BY agent_id",
+	                        NULL);
+	if (!r)
+		return -EIO;
+	for (int i = 0; i < PQntuples(r); i++)
+		fn(ud, pg_str(r, i, 0), (int)pg_i64(r, i, 1));
+	PQclear(r);
+	return 0;
+}
+
 int pgs_runs_renew(struct store *s, const char *agent_id, const char *const *run_ids, size_t n,
                    int64_t lease_until, bool *renewed)
 {

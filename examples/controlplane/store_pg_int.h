@@ -123,6 +123,7 @@ int pgs_agent_touch(struct store *s, const char *agent_id, int64_t last_seen, in
 int pgs_agents_each(struct store *s, void (*fn)(void *ud, const char *agent_id, int64_t last_seen, int capacity),
                     void *ud);
 int pgs_agent_running(struct store *s, const char *agent_id);
+int pgs_agents_running(struct store *s, void (*fn)(void *ud, const char *agent_id, int n), void *ud);
 int pgs_runs_renew(struct store *s, const char *agent_id, const char *const *run_ids, size_t n,
                    int64_t lease_until, bool *renewed);
 int pgs_agent_runs(struct store *s, const char *agent_id, bool unacked_only, bool cancel_only,

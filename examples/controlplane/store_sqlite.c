@@ -563,6 +563,7 @@ const struct store_ops sq_ops = {
 	.agent_touch = sq_agent_touch,
 	.agents_each = sq_agents_each,
 	.agent_running = sq_agent_running,
+	.agents_running = sq_agents_running,
 	.runs_renew = sq_runs_renew,
 	.agent_runs = sq_agent_runs,
 	.runs_claim = sq_runs_claim,

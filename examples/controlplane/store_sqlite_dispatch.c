@@ -66,6 +66,20 @@ int sq_agent_running(struct store *s, const char *agent_id)
 	return n;
 }
 
+int sq_agents_running(struct store *s, void (*fn)(void *ud, const char *agent_id, int n), void *ud)
+{
+	struct sq *q = sq_of(s);
+	sq_lock(q);
+	sqlite3_stmt *st =
+	    sq_query(q, "SELECT agent_id, count(*) FROM job_runs WHERE status = 'RUNNING' GROUP BY agent_id", NULL);
+	int rc = st ? 1 : -EIO;
+	while (st && (rc = sq_step(q, st)) == 1)
+		fn(ud, sq_text(st, 0), sqlite3_column_int(st, 1));
+	sqlite3_finalize(st);
+	sq_unlock(q);
+	return rc;
+}
+
 int sq_runs_renew(struct store *s, const char *agent_id, const char *const *run_ids, size_t n, int64_t lease_until,
                   bool *renewed)
 {

@@ -86,6 +86,7 @@ int sq_agent_touch(struct store *s, const char *agent_id, int64_t last_seen, int
 int sq_agents_each(struct store *s, void (*fn)(void *ud, const char *agent_id, int64_t last_seen, int capacity),
                    void *ud);
 int sq_agent_running(struct store *s, const char *agent_id);
+int sq_agents_running(struct store *s, void (*fn)(void *ud, const char *agent_id, int n), void *ud);
 int sq_runs_renew(struct store *s, const char *agent_id, const char *const *run_ids, size_t n, int64_t lease_until,
                   bool *renewed);
 int sq_agent_runs(struct store *s, const char *agent_id, bool unacked_only, bool cancel_only,

@@ -1,88 +1,48 @@
 /* ws.c — GET /v1/ws: the WebSocket stream of job changes and events.
  *
  * Every published message gets the next sequence number and lands in a
- * bounded in-memory ring (RING_SIZE messages, RING_BYTES of text at most:
- * the oldest are dropped first). One broadcaster thread sends
- * new ring entries to every client in order. A client connecting with
+ * bounded in-memory ring (WS_RING_SIZE messages, WS_RING_BYTES of text at
+ * most: the oldest are dropped first). The libwebsockets service thread
+ * (ws_lws.c) sends each client the ring entries from its own next seq on, in
+ * order, as its socket can take them. A client connecting with
  * ?since=N&epoch=E (the last seq it saw and the epoch from its hello) gets
  * the missed messages replayed from the ring; a new client, one from another
  * process lifetime (epoch), or one that fell out of the ring gets a snapshot
- * (recent jobs and all agents) instead and continues from there. A client
- * that falls more than the ring behind while connected is closed and
- * reconnects. Sequence numbers restart with the process; the epoch says so.
+ * (recent jobs, all agents, all instances) instead and continues from there.
+ * A client that falls more than the ring behind while connected is closed
+ * and reconnects. Sequence numbers restart with the process; the epoch says so.
  *
  * On PostgreSQL the replicas share one sequence and epoch (store_pg.h):
  * ws_publish appends to the database's ws_log instead of the ring, and the
  * listener thread feeds every replica's ring in seq order (ws_ingest), so a
  * client may resume on any replica (docs/scaling.md).
  *
- * Locks, always in this order: hub.list_mu -> client.wmu -> cp->mu. The ring
- * is guarded by cp->mu (publishers hold it anyway). Each connected client
- * pins one civetweb worker thread (civetweb's design), so their number is
- * capped (cp->ws_max) to leave threads for HTTP. */
-#include "cp.h"
+ * Agent liveness is batched (ws_tick): an `agent` message when an agent is
+ * first seen, changes capacity, comes back or goes offline, and at most one
+ * `agents.seen` message a second listing the agents seen since the last. */
+#include "ws_internal.h"
 
-#include <civetweb.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include <libwebsockets.h>
 
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
-#include "replicas.h"
 #include "store_pg.h"
 
-#define RING_SIZE 8192
-#define RING_BYTES (64u * 1024 * 1024)
-#define CLIENT_FRAME_MAX 65536
-
-struct ws_msg {
-	char *text;
-	size_t len;
-};
-
-struct ws_client {
-	struct mg_connection *conn;
-	pthread_mutex_t wmu;   /* one writer at a time on this connection */
-	uint64_t next;         /* next sequence number to send */
-	int64_t since;         /* -1 = none */
-	bool epoch_ok;
-	bool dead;             /* write failed or closed for lagging: send nothing more */
-	char **cq;             /* console messages waiting for the broadcaster; hub.list_mu */
-	size_t cqn, cq_bytes;
-	struct ws_client *next_client;
-};
-
-#define CONSOLE_QUEUE_MAX 256               /* messages per client */
-#define CONSOLE_QUEUE_BYTES (4u * 1024 * 1024)
-
-struct ws_hub {
-	struct cp *cp;
-	struct ws_msg ring[RING_SIZE]; /* seq s lives at ring[s % RING_SIZE]; cp->mu */
-	uint64_t head;                 /* last published seq, 0 = none; cp->mu */
-	uint64_t oldest;               /* oldest seq still held (byte budget); cp->mu */
-	size_t bytes;                  /* text held in the ring; cp->mu */
-	bool kick;                     /* a client joined: look again; cp->mu */
-	bool stop;                     /* cp->mu */
-	pthread_cond_t cond;           /* broadcaster waits here with cp->mu */
-	pthread_mutex_t list_mu;
-	struct ws_client *clients;     /* list_mu */
-	int nclients;                  /* connected or connecting; list_mu */
-	pthread_t thread;
-};
-
-static uint64_t oldest_seq(const struct ws_hub *h)
+uint64_t ws_oldest_seq(const struct ws_hub *h)
 {
-	uint64_t by_count = h->head >= RING_SIZE ? h->head - RING_SIZE + 1 : 1;
+	uint64_t by_count = h->head >= WS_RING_SIZE ? h->head - WS_RING_SIZE + 1 : 1;
 	return h->oldest > by_count ? h->oldest : by_count;
 }
 
 static void drop_slot(struct ws_hub *h, uint64_t seq)
 {
-	struct ws_msg *m = &h->ring[seq % RING_SIZE];
+	struct ws_msg *m = &h->ring[seq % WS_RING_SIZE];
 	h->bytes -= m->len;
 	free(m->text);
 	m->text = NULL;
@@ -92,9 +52,9 @@ static void drop_slot(struct ws_hub *h, uint64_t seq)
 /* Put text (owned) into the ring as seq = head + 1 (cp->mu held). */
 static void ring_put(struct ws_hub *h, uint64_t seq, char *text)
 {
-	if (seq > RING_SIZE)
-		drop_slot(h, seq - RING_SIZE); /* the slot we are about to reuse */
-	struct ws_msg *slot = &h->ring[seq % RING_SIZE];
+	if (seq > WS_RING_SIZE)
+		drop_slot(h, seq - WS_RING_SIZE); /* the slot we are about to reuse */
+	struct ws_msg *slot = &h->ring[seq % WS_RING_SIZE];
 	slot->text = text;
 	slot->len = strlen(text);
 	h->bytes += slot->len;
@@ -102,12 +62,13 @@ static void ring_put(struct ws_hub *h, uint64_t seq, char *text)
 	if (h->oldest == 0)
 		h->oldest = 1;
 	/* Large messages (big params or outputs) must not make the ring unbounded. */
-	while (h->bytes > RING_BYTES && h->oldest < h->head) {
-		uint64_t o = oldest_seq(h);
+	while (h->bytes > WS_RING_BYTES && h->oldest < h->head) {
+		uint64_t o = ws_oldest_seq(h);
 		drop_slot(h, o);
 		h->oldest = o + 1;
 	}
-	pthread_cond_signal(&h->cond);
+	atomic_store(&h->head_seen, h->head);
+	ws_lws_wake(h);
 }
 
 void ws_publish(struct cp *cp, cJSON *msg)
@@ -190,7 +151,7 @@ void ws_ingest(struct cp *cp, uint64_t seq, const char *text)
 	if (copy && seq != h->head + 1) {
 		/* A gap (ws_log trimmed past us): start the ring over at seq;
 		 * clients behind it are closed and come back for a snapshot. */
-		for (uint64_t s = oldest_seq(h); s <= h->head && h->head > 0; s++)
+		for (uint64_t s = ws_oldest_seq(h); s <= h->head && h->head > 0; s++)
 			drop_slot(h, s);
 		h->head = seq - 1;
 		h->oldest = seq;
@@ -205,142 +166,272 @@ void ws_seed(struct cp *cp, uint64_t head)
 	pthread_mutex_lock(&cp->mu);
 	cp->hub->head = head;
 	cp->hub->oldest = head + 1; /* nothing older to replay here: a snapshot */
+	atomic_store(&cp->hub->head_seen, head);
 	pthread_mutex_unlock(&cp->mu);
 }
 
-/* Copies of ring messages [from, head] (cp->mu held). */
-static struct ws_msg *copy_range(struct ws_hub *h, uint64_t from, size_t *n)
+struct ws_blob *ws_blob_new(const char *text, size_t len)
 {
-	*n = 0;
-	if (from > h->head)
+	struct ws_blob *b = malloc(sizeof(*b) + LWS_PRE + len + 1);
+	if (!b)
 		return NULL;
-	size_t count = (size_t)(h->head - from + 1);
-	struct ws_msg *out = calloc(count, sizeof(*out));
-	if (!out)
-		return NULL;
-	for (uint64_t s = from; s <= h->head; s++) {
-		const struct ws_msg *m = &h->ring[s % RING_SIZE];
-		if (!m->text)
-			continue;
-		out[*n].text = strdup(m->text);
-		out[*n].len = m->len;
-		if (out[*n].text)
-			(*n)++;
-	}
-	return out;
+	atomic_init(&b->refs, 1);
+	b->len = len;
+	memcpy(b->buf + LWS_PRE, text, len);
+	b->buf[LWS_PRE + len] = '\0';
+	return b;
 }
 
-static void send_copies(struct ws_client *c, struct ws_msg *msgs, size_t n)
+void ws_blob_put(struct ws_blob *b)
 {
-	for (size_t i = 0; i < n; i++) {
-		if (!c->dead && mg_websocket_write(c->conn, MG_WEBSOCKET_OPCODE_TEXT, msgs[i].text, msgs[i].len) <= 0)
-			c->dead = true;
-		free(msgs[i].text);
-	}
-	free(msgs);
+	if (b && atomic_fetch_sub(&b->refs, 1) == 1)
+		free(b);
 }
 
-static void send_json(struct ws_client *c, cJSON *o)
+static bool enqueue(struct ws_client *c, struct ws_blob *b, bool console)
+{
+	struct ws_out *o = malloc(sizeof(*o));
+	if (!o)
+		return false;
+	*o = (struct ws_out){.blob = b, .console = console};
+	if (c->q_tail)
+		c->q_tail->next = o;
+	else
+		c->q = o;
+	c->q_tail = o;
+	c->q_console += console;
+	c->q_bytes += b->len;
+	return true;
+}
+
+bool ws_queue(struct ws_client *c, const char *text, size_t len, bool console)
+{
+	/* A browser that cannot keep up misses console batches rather than holding memory. */
+	if (console && (c->q_console >= WS_CONSOLE_QUEUE_MAX || c->q_bytes + len > WS_CONSOLE_QUEUE_BYTES))
+		return false;
+	struct ws_blob *b = ws_blob_new(text, len);
+	if (b && enqueue(c, b, console))
+		return true;
+	ws_blob_put(b);
+	return false;
+}
+
+bool ws_queue_blob(struct ws_client *c, struct ws_blob *b)
+{
+	atomic_fetch_add(&b->refs, 1);
+	if (enqueue(c, b, false))
+		return true;
+	ws_blob_put(b);
+	return false;
+}
+
+static void queue_json(struct ws_hub *h, struct ws_client *c, cJSON *o)
 {
 	char *text = o ? jv_json_print(o) : NULL;
-	if (text && !c->dead && mg_websocket_write(c->conn, MG_WEBSOCKET_OPCODE_TEXT, text, strlen(text)) <= 0)
-		c->dead = true;
+	if (text) {
+		pthread_mutex_lock(&h->list_mu);
+		ws_queue(c, text, strlen(text), false);
+		pthread_mutex_unlock(&h->list_mu);
+	}
 	free(text);
 }
 
-static void *broadcaster(void *arg)
+/* Requests from the page: {"op":"events","jobRunId":ID,"after":N} -> the run's stored events. */
+static cJSON *answer_events(struct cp *cp, const cJSON *req)
 {
-	struct ws_hub *h = arg;
-	struct cp *cp = h->cp;
-	uint64_t seen = 0;
-	pthread_mutex_lock(&cp->mu);
-	seen = h->head;
-	for (;;) {
-		while (!h->stop && h->head == seen && !h->kick)
-			pthread_cond_wait(&h->cond, &cp->mu);
-		if (h->stop)
+	const char *run_id = jv_json_str(req, "jobRunId", "");
+	int64_t after = jv_json_int(req, "after", 0);
+	cJSON *events = NULL, *ans = cJSON_CreateObject();
+	int rc = -EINVAL;
+	if (jv_run_id_valid(run_id) && after >= 0)
+		rc = store_run_events(cp->store, run_id, after, 1000, &events);
+	cJSON_AddStringToObject(ans, "type", "events");
+	cJSON_AddStringToObject(ans, "jobRunId", run_id);
+	if (rc == 0)
+		cJSON_AddItemToObject(ans, "events", events);
+	else
+		cJSON_AddStringToObject(ans, "error", "cannot read the run's events");
+	return ans;
+}
+
+static cJSON *answer_console(struct cp *cp, struct ws_client *c, const cJSON *req, bool on)
+{
+	const char *agent = jv_json_str(req, "agentId", "");
+	const char *inst = jv_json_str(req, "instanceId", "");
+	int64_t since = jv_json_int(req, "since", 0);
+	const char *why = NULL;
+	cJSON *lines = NULL, *ans = cJSON_CreateObject();
+	if (!jv_ident_valid(agent) || !jv_ident_valid(inst) || since < 0)
+		why = "console.watch needs agentId, instanceId and since >= 0";
+	else
+		lines = console_watch(cp, c, agent, inst, on, (uint64_t)since, &why);
+	if (why) {
+		cJSON_AddStringToObject(ans, "type", "error");
+		cJSON_AddStringToObject(ans, "error", why);
+		return ans;
+	}
+	cJSON_AddStringToObject(ans, "type", "console");
+	cJSON_AddStringToObject(ans, "agentId", agent);
+	cJSON_AddStringToObject(ans, "instanceId", inst);
+	cJSON_AddBoolToObject(ans, "watching", on);
+	if (on) {
+		cJSON_AddBoolToObject(ans, "tail", true);
+		cJSON_AddItemToObject(ans, "lines", lines ? lines : cJSON_CreateArray());
+	}
+	return ans;
+}
+
+static cJSON *error_msg(const char *text)
+{
+	cJSON *e = cJSON_CreateObject();
+	cJSON_AddStringToObject(e, "type", "error");
+	cJSON_AddStringToObject(e, "error", text);
+	return e;
+}
+
+void ws_answer(struct ws_hub *h, struct ws_client *c, const char *data, size_t len)
+{
+	cJSON *req = jv_json_depth_ok(data, len, CP_JSON_DEPTH_MAX) ? jv_json_parse(data, len) : NULL;
+	char where[128], msg[200];
+	const char *what = NULL, *op = jv_json_str(req, "op", "");
+	cJSON *ans = NULL;
+	if (!cJSON_IsObject(req)) {
+		ans = error_msg("expected a JSON object");
+	} else if (!jv_json_text_ok(req, where, sizeof(where), &what)) {
+		snprintf(msg, sizeof(msg), "'%s' %s", where, what);
+		ans = error_msg(msg);
+	} else if (strcmp(op, "events") == 0) {
+		ans = answer_events(h->cp, req);
+	} else if (strcmp(op, "console.watch") == 0 || strcmp(op, "console.unwatch") == 0) {
+		ans = answer_console(h->cp, c, req, strcmp(op, "console.watch") == 0);
+	} else {
+		ans = error_msg("unknown op (known: events, console.watch, console.unwatch)");
+	}
+	queue_json(h, c, ans);
+	cJSON_Delete(ans);
+	cJSON_Delete(req);
+}
+
+/* ---- the snapshot: recent jobs, every agent, every instance ---- */
+
+struct agent_row {
+	int64_t last_seen;
+	int capacity, running;
+};
+
+static void count_running(void *ud, const char *agent_id, int n)
+{
+	struct cp *cp = ((void **)ud)[0];
+	struct agent_row *rows = ((void **)ud)[1];
+	struct cp_agent *a = tokens_agent_find(cp, agent_id);
+	if (a)
+		rows[a - cp->agents].running = n;
+}
+
+/* Every agent as dispatch_agent_json shows it, from memory and one query. */
+static cJSON *agents_json(struct cp *cp, const struct agent_row *rows, int64_t now)
+{
+	int64_t window = (int64_t)(3 * cp->cfg.poll_interval_s + cp->cfg.max_wait_s) * 1000;
+	cJSON *arr = cJSON_CreateArray();
+	for (size_t i = 0; arr && i < cp->nagents; i++) {
+		cJSON *o = cJSON_CreateObject();
+		if (!o)
 			break;
-		seen = h->head;
-		h->kick = false;
-		pthread_mutex_unlock(&cp->mu);
-
-		pthread_mutex_lock(&h->list_mu);
-		for (struct ws_client *c = h->clients; c; c = c->next_client) {
-			pthread_mutex_lock(&c->wmu);
-			size_t n = 0;
-			struct ws_msg *msgs = NULL;
-			bool lagging = false;
-			pthread_mutex_lock(&cp->mu);
-			if (!c->dead && c->next < oldest_seq(h))
-				lagging = true;
-			else if (!c->dead && c->next <= h->head)
-				msgs = copy_range(h, c->next, &n);
-			c->next = h->head + 1;
-			pthread_mutex_unlock(&cp->mu);
-			if (lagging) {
-				/* Too far behind to catch up from the ring: it reconnects and gets a snapshot. */
-				static const char bye[] = "{\"type\":\"overflow\"}";
-				mg_websocket_write(c->conn, MG_WEBSOCKET_OPCODE_TEXT, bye, sizeof(bye) - 1);
-				mg_websocket_write(c->conn, MG_WEBSOCKET_OPCODE_CONNECTION_CLOSE, "\x03\xf0", 2);
-				c->dead = true;
-			}
-			send_copies(c, msgs, n);
-			for (size_t i = 0; i < c->cqn; i++) {
-				if (!c->dead && mg_websocket_write(c->conn, MG_WEBSOCKET_OPCODE_TEXT, c->cq[i],
-				                                   strlen(c->cq[i])) <= 0)
-					c->dead = true;
-				free(c->cq[i]);
-			}
-			c->cqn = c->cq_bytes = 0;
-			pthread_mutex_unlock(&c->wmu);
-		}
-		pthread_mutex_unlock(&h->list_mu);
-		pthread_mutex_lock(&cp->mu);
+		cJSON_AddStringToObject(o, "agentId", cp->agents[i].id);
+		cJSON_AddItemToObject(o, "lastSeen", store_time(rows[i].last_seen));
+		cJSON_AddNumberToObject(o, "capacity", rows[i].capacity);
+		cJSON_AddNumberToObject(o, "running", rows[i].running);
+		cJSON_AddBoolToObject(o, "online", rows[i].last_seen > 0 && now - rows[i].last_seen <= window);
+		cJSON_AddItemToArray(arr, o);
 	}
+	return arr;
+}
+
+/* Built at seq (read first, so the database reads below see at least what
+ * seq says; later messages are replayed on top). cp->mu is held only to copy
+ * the agents' in-memory state and to read the instances (their stats live
+ * in memory). */
+static char *snapshot_text(struct cp *cp, uint64_t *seq)
+{
+	struct agent_row *rows = calloc(cp->nagents ? cp->nagents : 1, sizeof(*rows));
+	cJSON *instances = NULL, *jobs = NULL, *o = cJSON_CreateObject();
+	pthread_mutex_lock(&cp->mu);
+	*seq = cp->hub->head;
+	for (size_t i = 0; rows && i < cp->nagents; i++)
+		rows[i] = (struct agent_row){.last_seen = cp->agents[i].last_seen_ms, .capacity = cp->agents[i].capacity};
+	instances = inst_list_json(cp, NULL, NULL);
 	pthread_mutex_unlock(&cp->mu);
-	return NULL;
-}
-
-int ws_hub_start(struct cp *cp, struct ws_hub **out)
-{
-	struct ws_hub *h = calloc(1, sizeof(*h));
-	if (!h)
-		return -ENOMEM;
-	h->cp = cp;
-	pthread_cond_init(&h->cond, NULL);
-	pthread_mutex_init(&h->list_mu, NULL);
-	int rc = pthread_create(&h->thread, NULL, broadcaster, h);
-	if (rc != 0) {
-		pthread_cond_destroy(&h->cond);
-		pthread_mutex_destroy(&h->list_mu);
-		free(h);
-		return -rc;
+	struct store_filter f = {.limit = CP_SNAPSHOT_JOBS};
+	int64_t next = 0;
+	void *ud[2] = {cp, rows};
+	char *text = NULL;
+	if (rows && o && store_jobs_list(cp->store, &f, &jobs, &next) == 0 &&
+	    store_agents_running(cp->store, count_running, ud) >= 0) {
+		cJSON_AddStringToObject(o, "type", "snapshot");
+		cJSON_AddNumberToObject(o, "seq", (double)*seq);
+		cJSON_AddItemToObject(o, "jobs", jobs);
+		cJSON_AddItemToObject(o, "agents", agents_json(cp, rows, jv_now_real_ms()));
+		cJSON_AddItemToObject(o, "instances", instances ? instances : cJSON_CreateArray());
+		instances = NULL;
+		text = jv_json_print(o);
 	}
-	*out = h;
-	return 0;
+	cJSON_Delete(instances);
+	cJSON_Delete(o);
+	free(rows);
+	return text;
 }
 
-void ws_hub_stop(struct ws_hub *h)
+/* The snapshot for a client: shared by every client greeted at the same seq. */
+static bool queue_snapshot(struct ws_hub *h, struct ws_client *c, uint64_t *seq)
 {
-	if (!h)
-		return;
+	uint64_t head = atomic_load(&h->head_seen);
+	if (!h->snap || h->snap_seq != head) {
+		uint64_t at = 0;
+		char *text = snapshot_text(h->cp, &at);
+		struct ws_blob *b = text ? ws_blob_new(text, strlen(text)) : NULL;
+		free(text);
+		if (!b)
+			return false;
+		ws_blob_put(h->snap); /* clients still sending the old one keep it */
+		h->snap = b;
+		h->snap_seq = at;
+	}
+	pthread_mutex_lock(&h->list_mu);
+	bool ok = ws_queue_blob(c, h->snap);
+	pthread_mutex_unlock(&h->list_mu);
+	*seq = h->snap_seq;
+	return ok;
+}
+
+void ws_greet(struct ws_hub *h, struct ws_client *c)
+{
 	struct cp *cp = h->cp;
 	pthread_mutex_lock(&cp->mu);
-	h->stop = true;
-	pthread_cond_signal(&h->cond);
+	uint64_t oldest = ws_oldest_seq(h), head = h->head;
+	bool replay = c->since >= 0 && c->epoch_ok && (uint64_t)c->since + 1 >= oldest && (uint64_t)c->since <= head;
 	pthread_mutex_unlock(&cp->mu);
-	pthread_join(h->thread, NULL);
-}
-
-void ws_hub_free(struct ws_hub *h)
-{
-	if (!h)
-		return;
-	for (size_t i = 0; i < RING_SIZE; i++)
-		free(h->ring[i].text);
-	pthread_cond_destroy(&h->cond);
-	pthread_mutex_destroy(&h->list_mu);
-	free(h);
+	cJSON *hello = cJSON_CreateObject();
+	cJSON_AddStringToObject(hello, "type", "hello");
+	cJSON_AddStringToObject(hello, "epoch", cp->epoch);
+	cJSON_AddNumberToObject(hello, "seq", (double)head);
+	cJSON_AddNumberToObject(hello, "oldestSeq", (double)oldest);
+	cJSON_AddStringToObject(hello, "replay", replay ? "ring" : "snapshot");
+	queue_json(h, c, hello);
+	cJSON_Delete(hello);
+	uint64_t at = head;
+	if (replay) {
+		c->next = (uint64_t)c->since + 1;
+	} else if (queue_snapshot(h, c, &at)) {
+		c->next = at + 1;
+	} else {
+		c->next = head + 1;
+		cJSON *e = cJSON_CreateObject();
+		cJSON_AddStringToObject(e, "type", "error");
+		cJSON_AddStringToObject(e, "error", "cannot read the snapshot; reconnect");
+		queue_json(h, c, e);
+		cJSON_Delete(e);
+		c->closing = true;
+	}
 }
 
 void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *text, uint64_t last_seq)
@@ -349,277 +440,88 @@ void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *t
 	size_t len = strlen(text);
 	bool any = false;
 	pthread_mutex_lock(&h->list_mu);
-	for (struct ws_client *c = h->clients; c; c = c->next_client) {
-		if (c->dead || !console_watching(cp, c, agent, inst, last_seq))
-			continue;
-		if (!c->cq && !(c->cq = calloc(CONSOLE_QUEUE_MAX, sizeof(char *))))
-			continue;
-		/* A browser that cannot keep up misses batches rather than holding memory. */
-		if (c->cqn == CONSOLE_QUEUE_MAX || c->cq_bytes + len > CONSOLE_QUEUE_BYTES)
-			continue;
-		char *copy = strdup(text);
-		if (!copy)
-			continue;
-		c->cq[c->cqn++] = copy;
-		c->cq_bytes += len;
-		any = true;
-	}
+	for (struct ws_client *c = h->clients; c; c = c->next_client)
+		if (console_watching(cp, c, agent, inst, last_seq))
+			any |= ws_queue(c, text, len, true);
 	pthread_mutex_unlock(&h->list_mu);
 	free(text);
-	if (any) {
-		pthread_mutex_lock(&cp->mu);
-		h->kick = true;
-		pthread_cond_signal(&h->cond);
-		pthread_mutex_unlock(&cp->mu);
-	}
+	if (any)
+		ws_lws_wake(h);
 }
 
-static void reject(const struct mg_connection *conn, int status, const char *body, const char *extra)
-{
-	mg_printf((struct mg_connection *)conn,
-	          "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n%s"
-	          "Connection: close\r\n\r\n%s",
-	          status, mg_get_response_code_text(conn, status), strlen(body), extra ? extra : "", body);
-}
+/* ---- agent liveness, batched ---- */
 
-int ws_on_connect(const struct mg_connection *conn, void *cbdata)
+void ws_tick(struct cp *cp)
 {
-	struct cp *cp = cbdata;
 	struct ws_hub *h = cp->hub;
-	char token[CP_TOKEN_MAX + 1] = "", since[32] = "", epoch[sizeof(cp->epoch) + 1] = "";
-	struct cp_agent *agent = NULL;
-	int q = http_query(conn, "token", token, sizeof(token));
-	enum http_auth auth = http_authenticate(cp, conn, q > 0 ? token : NULL, &agent, NULL);
-	explicit_bzero(token, sizeof(token));
-	if (auth == AUTH_NONE) {
-		reject(conn, 401, "{\"error\":\"unauthorized\"}", "WWW-Authenticate: Bearer\r\n");
-		return 1;
+	int64_t now = jv_now_real_ms();
+	if (!h || now - h->seen_at < WS_SEEN_MS)
+		return;
+	h->seen_at = now;
+	int64_t window = (int64_t)(3 * cp->cfg.poll_interval_s + cp->cfg.max_wait_s) * 1000;
+	cJSON *ids = NULL;
+	int64_t newest = 0;
+	pthread_mutex_lock(&cp->mu);
+	for (size_t i = 0; i < cp->nagents; i++) {
+		struct cp_agent *a = &cp->agents[i];
+		if (a->online_told && a->last_seen_ms > a->pushed_seen_ms) {
+			if (!ids)
+				ids = cJSON_CreateArray();
+			cJSON_AddItemToArray(ids, cJSON_CreateString(a->id));
+			a->pushed_seen_ms = a->last_seen_ms;
+			newest = a->last_seen_ms > newest ? a->last_seen_ms : newest;
+		} else if (a->online_told && now - a->last_seen_ms > window) {
+			/* Gone quiet: say so once (only the replica that said it was online does). */
+			a->online_told = false;
+			dispatch_publish_agent(cp, a);
+		}
 	}
-	if (auth != AUTH_ADMIN) {
-		reject(conn, 403, "{\"error\":\"the stream needs the admin token\"}", NULL);
-		return 1;
+	if (ids) {
+		cJSON *msg = cJSON_CreateObject();
+		cJSON_AddStringToObject(msg, "type", "agents.seen");
+		cJSON_AddItemToObject(msg, "lastSeen", store_time(newest));
+		cJSON_AddItemToObject(msg, "agentIds", ids);
+		ws_publish(cp, msg);
 	}
-	struct ws_client *c = calloc(1, sizeof(*c));
-	if (!c) {
-		reject(conn, 500, "{\"error\":\"out of memory\"}", NULL);
-		return 1;
+	pthread_mutex_unlock(&cp->mu);
+}
+
+/* ---- start and stop ---- */
+
+int ws_hub_start(struct cp *cp, struct ws_hub **out)
+{
+	struct ws_hub *h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	h->cp = cp;
+	pthread_mutex_init(&h->list_mu, NULL);
+	char err[256];
+	int rc = ws_lws_start(h, err, sizeof(err));
+	if (rc < 0) {
+		jv_error(NULL, NULL, "%s", err);
+		pthread_mutex_destroy(&h->list_mu);
+		free(h);
+		return rc;
 	}
-	c->since = -1;
-	if (http_query(conn, "since", since, sizeof(since)) > 0) {
-		char *end = NULL;
-		long long v = strtoll(since, &end, 10);
-		if (!*end && v >= 0)
-			c->since = v;
-	}
-	c->epoch_ok = http_query(conn, "epoch", epoch, sizeof(epoch)) > 0 && strcmp(epoch, cp->epoch) == 0;
-	pthread_mutex_lock(&h->list_mu);
-	bool full = h->nclients >= cp->ws_max;
-	if (!full)
-		h->nclients++;
-	pthread_mutex_unlock(&h->list_mu);
-	if (full) {
-		free(c);
-		reject(conn, 503, "{\"error\":\"too many WebSocket clients\"}", "Retry-After: 5\r\n");
-		return 1;
-	}
-	pthread_mutex_init(&c->wmu, NULL);
-	c->conn = (struct mg_connection *)conn;
-	mg_set_user_connection_data(conn, c);
+	cp->ws_port = h->port;
+	*out = h;
 	return 0;
 }
 
-static cJSON *snapshot(struct cp *cp)
+void ws_hub_stop(struct ws_hub *h)
 {
-	struct store_filter f = {.limit = CP_SNAPSHOT_JOBS};
-	cJSON *jobs = NULL;
-	int64_t next = 0;
-	cJSON *o = cJSON_CreateObject();
-	if (!o || store_jobs_list(cp->store, &f, &jobs, &next) < 0) {
-		cJSON_Delete(o);
-		return NULL;
-	}
-	cJSON_AddStringToObject(o, "type", "snapshot");
-	cJSON_AddNumberToObject(o, "seq", (double)cp->hub->head);
-	cJSON_AddItemToObject(o, "jobs", jobs);
-	cJSON *agents = dispatch_agents_json(cp);
-	cJSON_AddItemToObject(o, "agents", agents ? agents : cJSON_CreateArray());
-	cJSON *instances = inst_list_json(cp, NULL, NULL);
-	cJSON_AddItemToObject(o, "instances", instances ? instances : cJSON_CreateArray());
-	return o;
+	if (h)
+		ws_lws_stop(h);
 }
 
-void ws_on_ready(struct mg_connection *conn, void *cbdata)
+void ws_hub_free(struct ws_hub *h)
 {
-	struct cp *cp = cbdata;
-	struct ws_hub *h = cp->hub;
-	struct ws_client *c = mg_get_user_connection_data(conn);
-	if (!c)
+	if (!h)
 		return;
-	pthread_mutex_lock(&c->wmu);
-	pthread_mutex_lock(&cp->mu);
-	uint64_t oldest = oldest_seq(h);
-	bool replay = c->since >= 0 && c->epoch_ok && (uint64_t)c->since + 1 >= oldest &&
-	              (uint64_t)c->since <= h->head;
-	cJSON *hello = cJSON_CreateObject();
-	cJSON_AddStringToObject(hello, "type", "hello");
-	cJSON_AddStringToObject(hello, "epoch", cp->epoch);
-	cJSON_AddNumberToObject(hello, "seq", (double)h->head);
-	cJSON_AddNumberToObject(hello, "oldestSeq", (double)oldest);
-	cJSON_AddStringToObject(hello, "replay", replay ? "ring" : "snapshot");
-	size_t n = 0;
-	struct ws_msg *msgs = NULL;
-	cJSON *snap = NULL;
-	if (replay)
-		msgs = copy_range(h, (uint64_t)c->since + 1, &n);
-	else
-		snap = snapshot(cp);
-	c->next = h->head + 1;
-	pthread_mutex_unlock(&cp->mu);
-	send_json(c, hello);
-	if (snap)
-		send_json(c, snap);
-	send_copies(c, msgs, n);
-	cJSON_Delete(hello);
-	cJSON_Delete(snap);
-	pthread_mutex_unlock(&c->wmu);
-
-	pthread_mutex_lock(&h->list_mu);
-	c->next_client = h->clients;
-	h->clients = c;
-	pthread_mutex_unlock(&h->list_mu);
-	/* Messages published since we read head: let the broadcaster send them. */
-	pthread_mutex_lock(&cp->mu);
-	h->kick = true;
-	pthread_cond_signal(&h->cond);
-	pthread_mutex_unlock(&cp->mu);
-}
-
-/* Requests from the page: {"op":"events","jobRunId":ID,"after":N} -> the run's stored events. */
-static void answer_op(struct cp *cp, struct ws_client *c, const cJSON *req)
-{
-	const char *op = jv_json_str(req, "op", "");
-	cJSON *ans = cJSON_CreateObject();
-	if (!ans)
-		return;
-	if (strcmp(op, "events") == 0) {
-		const char *run_id = jv_json_str(req, "jobRunId", "");
-		int64_t after = jv_json_int(req, "after", 0);
-		cJSON *events = NULL;
-		int rc = -EINVAL;
-		if (jv_run_id_valid(run_id) && after >= 0) {
-			pthread_mutex_lock(&cp->mu);
-			rc = store_run_events(cp->store, run_id, after, 1000, &events);
-			pthread_mutex_unlock(&cp->mu);
-		}
-		cJSON_AddStringToObject(ans, "type", "events");
-		cJSON_AddStringToObject(ans, "jobRunId", run_id);
-		if (rc == 0)
-			cJSON_AddItemToObject(ans, "events", events);
-		else
-			cJSON_AddStringToObject(ans, "error", "cannot read the run's events");
-	} else if (strcmp(op, "console.watch") == 0 || strcmp(op, "console.unwatch") == 0) {
-		bool on = strcmp(op, "console.watch") == 0;
-		const char *agent = jv_json_str(req, "agentId", "");
-		const char *inst = jv_json_str(req, "instanceId", "");
-		int64_t since = jv_json_int(req, "since", 0);
-		const char *why = NULL;
-		cJSON *lines = NULL;
-		if (!jv_ident_valid(agent) || !jv_ident_valid(inst) || since < 0)
-			why = "console.watch needs agentId, instanceId and since >= 0";
-		else
-			lines = console_watch(cp, c, agent, inst, on, (uint64_t)since, &why);
-		if (why) {
-			cJSON_AddStringToObject(ans, "type", "error");
-			cJSON_AddStringToObject(ans, "error", why);
-		} else {
-			cJSON_AddStringToObject(ans, "type", "console");
-			cJSON_AddStringToObject(ans, "agentId", agent);
-			cJSON_AddStringToObject(ans, "instanceId", inst);
-			cJSON_AddBoolToObject(ans, "watching", on);
-			if (on) {
-				cJSON_AddBoolToObject(ans, "tail", true);
-				cJSON_AddItemToObject(ans, "lines", lines ? lines : cJSON_CreateArray());
-			}
-		}
-	} else {
-		cJSON_AddStringToObject(ans, "type", "error");
-		cJSON_AddStringToObject(ans, "error", "unknown op (known: events, console.watch, console.unwatch)");
-	}
-	send_json(c, ans);
-	cJSON_Delete(ans);
-}
-
-int ws_on_data(struct mg_connection *conn, int bits, char *data, size_t len, void *cbdata)
-{
-	struct cp *cp = cbdata;
-	struct ws_client *c = mg_get_user_connection_data(conn);
-	int opcode = bits & 0x0f;
-	/* A client whose writes failed (or that fell behind the ring) is closed
-	 * at its next frame: returning 0 makes civetweb end the connection. */
-	if (!c || c->dead || opcode == MG_WEBSOCKET_OPCODE_CONNECTION_CLOSE)
-		return 0;
-	if (opcode != MG_WEBSOCKET_OPCODE_TEXT || len > CLIENT_FRAME_MAX)
-		return 1; /* pings are answered by civetweb; binary and huge frames are ignored */
-	cJSON *req = jv_json_depth_ok(data, len, CP_JSON_DEPTH_MAX) ? jv_json_parse(data, len) : NULL;
-	char where[128], msg[200];
-	const char *what = NULL;
-	pthread_mutex_lock(&c->wmu);
-	if (cJSON_IsObject(req) && !jv_json_text_ok(req, where, sizeof(where), &what)) {
-		snprintf(msg, sizeof(msg), "'%s' %s", where, what);
-		cJSON *e = cJSON_CreateObject();
-		cJSON_AddStringToObject(e, "type", "error");
-		cJSON_AddStringToObject(e, "error", msg);
-		send_json(c, e);
-		cJSON_Delete(e);
-	} else if (cJSON_IsObject(req)) {
-		answer_op(cp, c, req);
-	} else {
-		cJSON *e = cJSON_CreateObject();
-		cJSON_AddStringToObject(e, "type", "error");
-		cJSON_AddStringToObject(e, "error", "expected a JSON object");
-		send_json(c, e);
-		cJSON_Delete(e);
-	}
-	pthread_mutex_unlock(&c->wmu);
-	cJSON_Delete(req);
-	return 1;
-}
-
-void ws_on_close(const struct mg_connection *conn, void *cbdata)
-{
-	struct cp *cp = cbdata;
-	struct ws_hub *h = cp->hub;
-	struct ws_client *c = mg_get_user_connection_data(conn);
-	if (!c)
-		return;
-	pthread_mutex_lock(&h->list_mu);
-	for (struct ws_client **pp = &h->clients; *pp; pp = &(*pp)->next_client) {
-		if (*pp == c) {
-			*pp = c->next_client;
-			break;
-		}
-	}
-	pthread_mutex_unlock(&h->list_mu);
-	console_client_gone(cp, c);
-}
-
-void ws_on_connection_closed(struct cp *cp, const struct mg_connection *conn)
-{
-	/* civetweb calls its close handler only for connections whose handshake
-	 * went out; this runs for every connection, so the slot and memory taken
-	 * in ws_on_connect are always given back. */
-	struct ws_hub *h = cp->hub;
-	struct ws_client *c = mg_get_user_connection_data(conn);
-	if (!c || !h)
-		return;
-	ws_on_close(conn, cp);
-	pthread_mutex_lock(&h->list_mu);
-	h->nclients--;
-	for (size_t i = 0; i < c->cqn; i++)
-		free(c->cq[i]);
-	free(c->cq);
-	pthread_mutex_unlock(&h->list_mu);
-	mg_set_user_connection_data(conn, NULL);
-	pthread_mutex_destroy(&c->wmu);
-	free(c);
+	ws_lws_free(h);
+	for (size_t i = 0; i < WS_RING_SIZE; i++)
+		free(h->ring[i].text);
+	ws_blob_put(h->snap);
+	pthread_mutex_destroy(&h->list_mu);
+	free(h);
 }

@@ -2,10 +2,11 @@
 """bench_cp_parked.py — one jobvisor-cp replica at connection scale (issue 14).
 
     bench_cp_parked.py BUILD/examples/controlplane/jobvisor-cp [--polls 10000] [--ws 200]
-                       [--probes 400] [--wakes 50] [--threads 64]
+                       [--probes 300] [--wakes 50] [--threads 64] [--fresh]
+                       [--label NAME] [--update docs/scaling.md]
 
 Starts a fresh jobvisor-cp (SQLite, temp dir, OS-assigned port on 127.0.0.1,
---ws-clients WS), opens WS WebSocket clients (admin stream, reading every
+--ws-clients WS + 2), opens WS WebSocket clients (admin stream, reading every
 message and answering pings), then POLLS agents that long-poll like real ones
 (waitSeconds 25 = --max-wait; a new poll as soon as an answer arrives) from a
 separate asyncio process. Once the control plane reports them parked
@@ -20,9 +21,12 @@ sockets:
     parked poll's answer carrying it;
   - the control plane's CPU time over the measurement.
 
+The first WebSocket client takes a snapshot and the others resume from its
+hello (as reconnecting pages do); with --fresh every client takes a snapshot.
 Loopback only; bounded (at most about five minutes); raises RLIMIT_NOFILE to
-the hard limit and stops everything it started. Prints one Markdown table.
-Not run by ctest."""
+the hard limit and stops everything it started. Prints one Markdown table
+row; --update puts it into FILE's bench_cp_parked table, replacing the row of
+the same --label (default: the binary's path). Not run by ctest."""
 import argparse
 import asyncio
 import base64
@@ -121,7 +125,7 @@ async def ws_reader(r, w, stop):
             last = time.monotonic()
 
 
-async def load_main(port, polls, ws, seconds):
+async def load_main(port, polls, ws, seconds, fresh):
     stop = asyncio.Event()
     # The first client gets a snapshot (every agent: O(agents) store reads
     # under the lock); the others resume from its hello like reconnecting
@@ -131,7 +135,7 @@ async def load_main(port, polls, ws, seconds):
     if ws:
         r, w, hello = await ws_connect(port)
         conns = [(r, w)]
-        query = "&since=%d&epoch=%s" % (hello["seq"], hello["epoch"])
+        query = "" if fresh else "&since=%d&epoch=%s" % (hello["seq"], hello["epoch"])
         conns += await asyncio.gather(*[ws_connect(port, query) for _ in range(ws - 1)])
     print("ws-first %.3f" % (time.monotonic() - t), flush=True)
     clients = [asyncio.ensure_future(ws_reader(c[0], c[1], stop)) for c in conns]
@@ -181,6 +185,30 @@ def admin(port, method, path, body=None):
     return request(port, raw)
 
 
+def stream_seq(port):
+    """The stream's newest seq, from the hello of a short-lived WebSocket client."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(("GET /v1/ws?token=%s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (ADMIN, key)).encode())
+    f = s.makefile("rb")
+    status = f.readline()
+    assert b" 101 " in status, status
+    while f.readline() not in (b"\r\n", b""):
+        pass
+    while True:
+        b0, b1 = f.read(2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(f.read(2), "big")
+        elif n == 127:
+            n = int.from_bytes(f.read(8), "big")
+        payload = f.read(n)
+        if b0 & 0x0F == 0x1:
+            s.close()
+            return json.loads(payload)["seq"]
+
+
 def parked(port):
     m = re.search(rb"^jobvisor_long_polls_parked (\d+)$", admin(port, "GET", "/metrics"), re.M)
     return int(m.group(1)) if m else -1
@@ -222,6 +250,7 @@ def measure(a, port, pid, load):
     time.sleep(2)
     res["parked"] = parked(port)
     res["rss_parked"] = rss_kib(pid)
+    seq0 = stream_seq(port)
     cpu0, t0 = cpu_s(pid), time.monotonic()
     lat = []
     for k in range(a.probes):  # new polls from agents that are not parked
@@ -239,6 +268,7 @@ def measure(a, port, pid, load):
         time.sleep(0.05)
     time.sleep(1)
     res["cpu"] = (cpu_s(pid) - cpu0) / (time.monotonic() - t0)
+    res["msgs"] = (stream_seq(port) - seq0) / (time.monotonic() - t0)
     res["lat"] = lat
     res["created"] = created
     return res
@@ -252,22 +282,26 @@ def main():
     ap.add_argument("--probes", type=int, default=300)
     ap.add_argument("--wakes", type=int, default=50)
     ap.add_argument("--threads", type=int, default=64)
+    ap.add_argument("--fresh", action="store_true", help="every WebSocket client takes a snapshot")
+    ap.add_argument("--label", help="the table row's name (default: the binary)")
+    ap.add_argument("--update", metavar="FILE", help="put the row into FILE's bench_cp_parked table")
     ap.add_argument("--load", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if a.load:
-        asyncio.run(load_main(a.load, a.polls, a.ws, 240))
+        asyncio.run(load_main(a.load, a.polls, a.ws, 240, a.fresh))
         return
     with tempfile.TemporaryDirectory(prefix="jvbench-parked-") as d:
         proc, port = start_cp(a.cp, d, a.polls + 100,
-                              ["--threads", str(a.threads), "--ws-clients", str(max(1, a.ws))])
+                              ["--threads", str(a.threads), "--ws-clients", str(a.ws + 2)])
         load = None
         try:
             time.sleep(1)
             rss0 = rss_kib(proc.pid)
             load = subprocess.Popen([sys.executable, __file__, a.cp, "--polls", str(a.polls), "--ws", str(a.ws),
-                                     "--load", str(port)], stdout=subprocess.PIPE, text=True)
+                                     "--load", str(port)] + (["--fresh"] if a.fresh else []),
+                                    stdout=subprocess.PIPE, text=True)
             try:
                 res = measure(a, port, proc.pid, load)
             except Exception:
@@ -295,17 +329,34 @@ def main():
         lat = res["lat"]
         per_poll = (res["rss_parked"] - res["rss_ws"]) * 1024 / max(1, res["parked"])
         per_ws = (res["rss_ws"] - rss0) * 1024 / max(1, a.ws)  # 0 clients: 0
-        print("first WebSocket snapshot (%d agents): %.2f s" % (a.polls + 100, res["ws_first"]))
-        print("| parked polls | WebSocket clients | RSS start / +WS / +polls (MiB) | RSS per parked poll | "
-              "RSS per WS client | new poll p50 / p99 / max (ms) | wake p50 / max (ms), delivered | cp CPU |")
-        print("|---|---|---|---|---|---|---|---|")
-        print("| %d (%d during probes) | %d | %.1f / %.1f / %.1f | %.0f B | %.0f KiB | %.1f / %.1f / %.1f | "
-              "%s | %.0f%% |" % (
-                  res["parked"], res["parked_during"], a.ws, rss0 / 1024, res["rss_ws"] / 1024,
-                  res["rss_parked"] / 1024, per_poll, per_ws / 1024, pct(lat, 0.5) * 1e3, pct(lat, 0.99) * 1e3,
-                  max(lat) * 1e3,
-                  "%.0f / %.0f, %d of %d" % (pct(wakes, 0.5) * 1e3, max(wakes) * 1e3, len(wakes), a.wakes)
-                  if wakes else "none delivered", res["cpu"] * 100))
+        print("WebSocket clients connected (%s) in %.2f s" % ("all with a snapshot" if a.fresh else
+                                                              "one snapshot, the rest resume", res["ws_first"]))
+        row = ("| %s | %d (%d during probes) | %d%s | %.1f / %.1f / %.1f | %.0f B | %.1f KiB | %.1f / %.1f / %.1f | "
+               "%s | %.0f%% | %.0f (%.0f frames/s) |") % (
+            a.label or a.cp, res["parked"], res["parked_during"], a.ws, " fresh" if a.fresh else "", rss0 / 1024,
+            res["rss_ws"] / 1024, res["rss_parked"] / 1024, per_poll, per_ws / 1024, pct(lat, 0.5) * 1e3,
+            pct(lat, 0.99) * 1e3, max(lat) * 1e3,
+            "%.0f / %.0f, %d of %d" % (pct(wakes, 0.5) * 1e3, max(wakes) * 1e3, len(wakes), a.wakes)
+            if wakes else "none delivered", res["cpu"] * 100, res["msgs"], res["msgs"] * a.ws)
+        print(HEADER + row)
+        if a.update:
+            update(a.update, a.label or a.cp, row)
+
+
+HEADER = ("| server | parked polls | WebSocket clients | RSS start / +WS / +polls (MiB) | RSS per parked poll | "
+          "RSS per WS client | new poll p50 / p99 / max (ms) | wake p50 / max (ms), delivered | cp CPU | "
+          "stream messages/s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|\n")
+
+
+def update(path, label, row):
+    """Replace (or add) the row named label between the bench_cp_parked markers."""
+    text = open(path).read()
+    b, e = "<!-- bench_cp_parked:begin -->\n", "<!-- bench_cp_parked:end -->"
+    i, j = text.index(b) + len(b), text.index(e)
+    rows = [r for r in text[i:j].splitlines() if r.startswith("| ") and not r.startswith("| server ")
+            and r.split("|")[1].strip() != label and not r.startswith("|---")]
+    open(path, "w").write(text[:i] + HEADER + "\n".join(rows + [row]) + "\n" + text[j:])
 
 
 if __name__ == "__main__":

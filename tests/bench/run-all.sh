@@ -37,4 +37,8 @@ done
 # bounded (about 9 x 25 s + 2 x 13 s); tables in docs/scaling.md.
 run python3 tests/bench/bench_cp_events.py "$BUILD" --update docs/scaling.md
 run python3 tests/bench/bench_cp_fleet.py "$BUILD" --update docs/scaling.md
+# One replica at connection scale: 10,000 parked long polls + 200 WebSocket
+# clients, new-poll p50/p99, RSS per parked poll and per client (about 90 s).
+run python3 tests/bench/bench_cp_parked.py "$BUILD/examples/controlplane/jobvisor-cp" --label "make bench" \
+  --update docs/scaling.md
 echo "bench: $DOC and docs/scaling.md updated"

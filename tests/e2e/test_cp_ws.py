@@ -169,7 +169,7 @@ class Stream(CpTestCase):
 
 class ClientLimit(unittest.TestCase):
     def test_clients_beyond_the_limit_are_refused_with_503(self):
-        cp = ControlPlane(["--threads", "8"]).start()  # 8 threads: 2 WebSocket clients
+        cp = ControlPlane(["--ws-clients", "2"]).start()
         self.addCleanup(cp.close)
         url = cp.url.replace("http://", "ws://") + "/v1/ws?token=" + ADMIN_TOKEN
         first = [WebSocket(url), WebSocket(url)]
