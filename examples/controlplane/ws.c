@@ -32,6 +32,7 @@
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
+#include "replicas.h"
 #include "store_pg.h"
 
 uint64_t ws_oldest_seq(const struct ws_hub *h)
