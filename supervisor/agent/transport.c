@@ -642,7 +642,8 @@ int transport_wait(struct transport *tp, struct pollfd *fds, unsigned nfds, int 
 		tp->pfd = n;
 		tp->pfd_cap = need;
 	}
-	memcpy(tp->pfd, fds, nfds * sizeof(*fds));
+	if (nfds)
+		memcpy(tp->pfd, fds, nfds * sizeof(*fds));
 	int64_t now = jv_now_mono_ms(), until = now + (timeout_ms < 0 ? 0 : timeout_ms);
 	size_t n = nfds;
 	for (struct transport_req *r = tp->reqs; r; r = r->next) {
