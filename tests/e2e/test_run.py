@@ -390,13 +390,14 @@ end }""")
 end }""", name="resumable.lua")
         p = self.start_job(path)
         child = self.wait_child(p)
-        # Kill once the run marker records a step of the script (it says
-        # "start" before; step writes are throttled to one a second).
-        marker = os.path.join(self.instance_dir(), ".jobvisor", "markers", "run.RESUMABLE.json")
+        # Kill once a step of the script is recorded (the run marker says
+        # "start"; steps and percents go to run.<TYPE>.progress beside it,
+        # rewritten at most every 500 ms and never fsynced: docs/jobs.md).
+        progress = os.path.join(self.instance_dir(), ".jobvisor", "markers", "run.RESUMABLE.progress")
 
         def step():
             try:
-                with open(marker) as f:
+                with open(progress) as f:
                     return json.load(f).get("step")
             except (OSError, ValueError):
                 return None

@@ -43,7 +43,7 @@ class Contract(FsapiCase):
           raises("archive.create(opts)", "unknown option 'levle'", archive.create, "data", "b.tar.zst", {levle = 3})
           raises("archive.create(level)", "option 'level' must be an integer from 1 to 19", archive.create, "data", "b.tar.zst", {level = 40})
           raises("archive.create(exclude)", "exclude patterns must be strings", archive.create, "data", "b.tar.zst", {exclude = {1}})
-          raises("archive.verify(no manifest)", "bad argument #2 to '?' (table expected", archive.verify, "b.tar.zst")
+          raises("archive.verify(no manifest)", "bad argument #2 to '?' (manifest expected, got nil)", archive.verify, "b.tar.zst")
           raises("archive.extract(strip)", "option 'strip_components'", archive.extract, "b.tar.zst", "x", {strip_components = -1})
           raises("http.download(no opts)", "bad argument #3 to '?' (table expected", http.download, "http://127.0.0.1:9/", "x")
           raises("http.download(no sha)", "opts.sha256 is required", http.download, "http://127.0.0.1:9/", "x", {})
