@@ -2,12 +2,15 @@
  * older than --retention-days, keeping the newest --retention-keep jobs of
  * every instance and never touching schedules.
  *
- * A job with many events must not hold cp->mu (and so every poll) while it
- * goes: its events are deleted a batch at a time, each batch its own
- * short transaction with mu released in between, then its runs and the job
- * row. The batch adapts to what the backend does in BATCH_TARGET_MS: it
- * starts at BATCH_MIN rows, doubles after a quick batch and halves after a
- * slow one, so a poll waits for a few tens of milliseconds at most while a
+ * A job with many events is deleted a batch of events at a time, each batch
+ * its own short transaction, then its runs and the job row. None of it holds
+ * cp->mu: the store is thread-safe on both backends (SQLite serialises on
+ * its connection's lock, one batch at a time; PostgreSQL needs no lock), and
+ * polls, which no longer hold cp->mu across the store either, would otherwise
+ * wait for a batch at each of their short memory sections. The batch adapts
+ * to what the backend does in BATCH_TARGET_MS: it starts at BATCH_MIN rows,
+ * doubles after a quick batch and halves after a slow one, so on SQLite a
+ * poll waits for a few tens of milliseconds at most while a
  * fast store drains at its own speed. The main thread spends at most BUDGET_MS per sweep on it, so a
  * backlog of millions of events drains over many sweeps while polls,
  * events and UI calls are answered between the batches. */
@@ -52,12 +55,10 @@ void retention_tick(struct cp *cp)
 		return;
 	int64_t cutoff = jv_now_real_ms() - (int64_t)cp->cfg.retention_days * 86400 * 1000;
 	while (mono_ms() - start < BUDGET_MS) {
-		pthread_mutex_lock(&cp->mu);
 		int rc;
 		if (!current[0]) {
 			rc = store_retention_pick(cp->store, cutoff, cp->cfg.retention_keep, current);
 			if (rc <= 0) {
-				pthread_mutex_unlock(&cp->mu);
 				current[0] = '\0';
 				rt->next_check = start + CHECK_EVERY_MS;
 				if (rc < 0)
@@ -81,7 +82,6 @@ void retention_tick(struct cp *cp)
 		} else if (rc > 0) {
 			rt->events_total += (uint64_t)rc;
 		}
-		pthread_mutex_unlock(&cp->mu);
 		if (rc < 0) {
 			jv_error(NULL, NULL, "retention: delete failed; trying again later");
 			current[0] = '\0';
