@@ -170,6 +170,8 @@ void pgs_job_row(const PGresult *r, int i, struct store_job_row *j)
 	};
 }
 
+#define SNAPSHOT_BEGIN "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
 static cJSON *job_json_row(PGconn *c, const PGresult *r, int i)
 {
 	struct store_job_row j;
@@ -184,11 +186,16 @@ static int job_json(struct store *s, const char *job_id, cJSON **out)
 		return -EIO;
 	struct pg_params p = {0};
 	pg_p_str(&p, job_id);
-	PGresult *r = pg_exec(c, "SELECT " JOB_COLUMNS " FROM jobs WHERE job_id = $1", &p);
+	/* The job row and its runs from one snapshot: a run finishing meanwhile
+	 * (lost, RETRIED with a new run) is seen whole or not at all. */
+	bool snap = pg_cmd(c, SNAPSHOT_BEGIN, NULL) >= 0;
+	PGresult *r = snap ? pg_exec(c, "SELECT " JOB_COLUMNS " FROM jobs WHERE job_id = $1", &p) : NULL;
 	int rc = !r ? -EIO : PQntuples(r) == 1 ? 0 : -ENOENT;
 	if (rc == 0 && !(*out = job_json_row(c, r, 0)))
 		rc = -ENOMEM;
 	PQclear(r);
+	if (snap)
+		pg_commit(c);
 	pgs_done(s, c);
 	return rc;
 }
@@ -223,7 +230,8 @@ static int jobs_list(struct store *s, const struct store_filter *f, cJSON **jobs
 		return -ENOMEM;
 	}
 	PGconn *c = pgs_conn(s);
-	PGresult *r = c ? pg_exec(c, sql.data, &p) : NULL;
+	bool snap = c && pg_cmd(c, SNAPSHOT_BEGIN, NULL) >= 0; /* jobs and their runs as of one instant */
+	PGresult *r = snap ? pg_exec(c, sql.data, &p) : NULL;
 	jv_buf_free(&sql);
 	cJSON *arr = r ? cJSON_CreateArray() : NULL;
 	int n = r ? PQntuples(r) : 0;
@@ -236,6 +244,8 @@ static int jobs_list(struct store *s, const struct store_filter *f, cJSON **jobs
 			*next_seq = pg_i64(r, i, 0);
 	}
 	PQclear(r);
+	if (snap)
+		pg_commit(c);
 	if (c)
 		pgs_done(s, c);
 	if (!arr)
