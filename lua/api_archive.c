@@ -26,47 +26,12 @@
 #define ARCHIVE_DEFAULT_MAX_BYTES (16ll << 30)
 #define ARCHIVE_DEFAULT_MAX_RATIO 20
 
-/* Manifests and results live on the heap, owned by a box (box.h): any push
- * or option check after they are filled may raise. */
-static void release_manifest(void *p)
-{
-	arch_manifest_free(p);
-	free(p);
-}
-
+/* Results live on the heap, owned by a box (box.h): any push or option
+ * check after they are filled may raise (manifests: api_archive_mf.c). */
 static void release_create_result(void *p)
 {
 	arch_create_result_free(p);
 	free(p);
-}
-
-struct arch_manifest *archive_manifest_push(lua_State *L)
-{
-	struct jv_box *box = jv_box_push(L);
-	struct arch_manifest *m = malloc(sizeof(*m));
-	if (!m)
-		luaL_error(L, "out of memory");
-	arch_manifest_init(m);
-	jv_box_set(box, m, release_manifest);
-	return m;
-}
-
-/* Manifest from the Lua value at idx; pushes nothing. 0 or -EINVAL with err. */
-int archive_manifest_arg(lua_State *L, int idx, struct arch_manifest *m, char *err, size_t errlen)
-{
-	if (lua_type(L, idx) != LUA_TTABLE) {
-		snprintf(err, errlen, "a manifest must be a table (as returned by archive.create)");
-		return -EINVAL;
-	}
-	char jerr[256];
-	cJSON *j = jv_lua_to_json(L, idx, jerr, sizeof(jerr));
-	if (!j) {
-		snprintf(err, errlen, "manifest is not JSON data: %s", jerr);
-		return -EINVAL;
-	}
-	int rc = arch_manifest_from_json(j, m, err, errlen);
-	cJSON_Delete(j);
-	return rc;
 }
 
 /* opts.exclude into o (the strings stay alive in the options table). */

@@ -11,12 +11,52 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "arch.h"
+#include "box.h"
 #include "jobvisor/jsonutil.h"
+
+/* Manifests live on the heap, owned by a box (box.h): any push or option
+ * check after they are filled may raise. */
+static void release_manifest(void *p)
+{
+	arch_manifest_free(p);
+	free(p);
+}
+
+struct arch_manifest *archive_manifest_push(lua_State *L)
+{
+	struct jv_box *box = jv_box_push(L);
+	struct arch_manifest *m = malloc(sizeof(*m));
+	if (!m)
+		luaL_error(L, "out of memory");
+	arch_manifest_init(m);
+	jv_box_set(box, m, release_manifest);
+	return m;
+}
+
+/* Manifest from the Lua value at idx; pushes nothing. 0 or -EINVAL with err. */
+int archive_manifest_arg(lua_State *L, int idx, struct arch_manifest *m, char *err, size_t errlen)
+{
+	if (lua_type(L, idx) != LUA_TTABLE) {
+		snprintf(err, errlen, "a manifest must be a table (as returned by archive.create)");
+		return -EINVAL;
+	}
+	char jerr[256];
+	cJSON *j = jv_lua_to_json(L, idx, jerr, sizeof(jerr));
+	if (!j) {
+		snprintf(err, errlen, "manifest is not JSON data: %s", jerr);
+		return -EINVAL;
+	}
+	int rc = arch_manifest_from_json(j, m, err, errlen);
+	cJSON_Delete(j);
+	return rc;
+}
 
 #define MANIFEST_MT "jobvisor.manifest"
 
