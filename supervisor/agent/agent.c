@@ -78,6 +78,8 @@ static void transport_opts_from(const struct config *cfg, const char *token,
 		.insecure = cfg->tls_insecure_loopback,
 		.connect_timeout_ms = (long)cfg->connect_timeout_s * 1000,
 		.max_response = (size_t)cfg->max_response,
+		.proxy = cfg->proxy,
+		.no_proxy = cfg->no_proxy,
 	};
 }
 
