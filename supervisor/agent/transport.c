@@ -487,8 +487,9 @@ static void step_tunnel_send(struct transport_req *r)
 /* The proxy's answer to CONNECT: 2xx and nothing after it opens the tunnel. */
 static void tunnel_answered(struct transport_req *r)
 {
-	const struct tp_answer *a = &r->ans;
+	struct tp_answer *a = &r->ans;
 	unsigned st = a->parser.status_code;
+	a->complete = false; /* the proxy's answer is never the control plane's */
 	const char *hint = st == 407 ? (r->proxy.auth[0] ? ": it refused the user and password of the proxy URL"
 	                                                 : ": it asks for credentials (put them in the proxy URL)")
 	                             : "";
