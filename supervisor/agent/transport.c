@@ -457,31 +457,32 @@ static bool io_stop(struct transport_req *r, ssize_t n)
 	return false;
 }
 
-static void step_send(struct transport_req *r)
+/* Send what is left of b; true once all of it is out (then wiped: it holds secrets). */
+static bool send_buf(struct transport_req *r, struct jv_buf *b)
 {
-	while (r->sent < r->out.len) {
-		ssize_t n = conn_io(r, true, r->out.data + r->sent, r->out.len - r->sent);
+	while (r->sent < b->len) {
+		ssize_t n = conn_io(r, true, b->data + r->sent, b->len - r->sent);
 		if (io_stop(r, n))
-			return;
+			return false;
 		r->sent += (size_t)n;
 	}
-	explicit_bzero(r->out.data, r->out.len); /* the token is out */
-	r->state = R_RECV;
+	explicit_bzero(b->data, b->len);
 	r->want = POLLIN;
+	return true;
+}
+
+static void step_send(struct transport_req *r)
+{
+	if (send_buf(r, &r->out)) /* the token is out */
+		r->state = R_RECV;
 }
 
 static void step_tunnel_send(struct transport_req *r)
 {
-	while (r->sent < r->tun.len) {
-		ssize_t n = conn_io(r, true, r->tun.data + r->sent, r->tun.len - r->sent);
-		if (io_stop(r, n))
-			return;
-		r->sent += (size_t)n;
+	if (send_buf(r, &r->tun)) { /* the proxy's credentials are out */
+		r->sent = 0;
+		r->state = R_TUNNEL_RECV;
 	}
-	explicit_bzero(r->tun.data, r->tun.len); /* the proxy's credentials are out */
-	r->sent = 0;
-	r->state = R_TUNNEL_RECV;
-	r->want = POLLIN;
 }
 
 /* The proxy's answer to CONNECT: 2xx and nothing after it opens the tunnel. */

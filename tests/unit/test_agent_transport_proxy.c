@@ -145,13 +145,9 @@ static void *proxy_main(void *arg)
 {
 	struct proxy *px = arg;
 	while (!atomic_load(&px->stop)) {
-		struct pollfd p = {.fd = px->lfd, .events = POLLIN};
-		if (poll(&p, 1, 50) <= 0)
-			continue;
-		int fd = accept(px->lfd, NULL, NULL);
+		int fd = accept_counted(px->lfd, &px->accepts);
 		if (fd < 0)
 			continue;
-		atomic_fetch_add(&px->accepts, 1);
 		serve_client(px, fd);
 		close(fd);
 	}

@@ -156,17 +156,23 @@ static inline void serve_conn(struct server *s, struct io *io)
 	}
 }
 
+/* The next connection on lfd, counted, or -1 after 50 ms without one. */
+static inline int accept_counted(int lfd, atomic_int *accepts)
+{
+	struct pollfd p = {.fd = lfd, .events = POLLIN};
+	int fd = poll(&p, 1, 50) > 0 ? accept(lfd, NULL, NULL) : -1;
+	if (fd >= 0)
+		atomic_fetch_add(accepts, 1);
+	return fd;
+}
+
 static inline void *server_main(void *arg)
 {
 	struct server *s = arg;
 	while (!atomic_load(&s->stop)) {
-		struct pollfd p = {.fd = s->lfd, .events = POLLIN};
-		if (poll(&p, 1, 50) <= 0)
-			continue;
-		int fd = accept(s->lfd, NULL, NULL);
+		int fd = accept_counted(s->lfd, &s->accepts);
 		if (fd < 0)
 			continue;
-		atomic_fetch_add(&s->accepts, 1);
 		struct io io = {.fd = fd};
 		mbedtls_ssl_context ssl;
 		if (s->tls) {
