@@ -10,8 +10,8 @@ forwards to the same jobvisor-cp; the agent verifies it against a test CA append
 system's CA bundle, so every handshake parses a full bundle), and `sleep`; waits --wait
 seconds (default 30), then reads VmRSS, VmHWM (peak), RssFile, RssAnon (/proc/PID/status) and
 PSS (smaps_rollup) of each, and the https agent's resident memory per mapped file (smaps).
---proxy sends both agents through an HTTP proxy in this script (absolute-form requests for
-http://, a CONNECT tunnel for https://).
+--proxy sends both agents through an HTTP proxy (tests/lib/http_proxy.py: absolute-form
+requests for http://, a CONNECT tunnel for https://).
 --update replaces the text between <!-- bench_agent_rss:begin --> and <!-- bench_agent_rss:end -->.
 """
 import argparse
@@ -30,6 +30,7 @@ sys.path[:0] = [HERE, os.path.join(HERE, "..", "lib")]
 from agent_harness import agent_env  # noqa: E402
 from benchdoc import replace_block  # noqa: E402
 from cp_harness import AGENT_TOKENS, ControlPlane  # noqa: E402
+from http_proxy import HttpProxy  # noqa: E402
 
 TOP = 12
 
@@ -121,67 +122,6 @@ def tls_front(cert, key, backend_port):
     return lsock.getsockname()[1]
 
 
-def http_proxy(served):
-    """A forward and CONNECT proxy on 127.0.0.1 (requests rewritten to origin form, answers
-    relayed as they come); appends each request's method to served. Returns its port."""
-    lsock = socket.create_server(("127.0.0.1", 0))
-
-    def pump(src, dst):
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def request(f):
-        head = b""
-        while not head.endswith(b"\r\n\r\n"):
-            line = f.readline()
-            if not line:
-                return None, None
-            head += line
-        length = 0
-        for h in head.split(b"\r\n"):
-            if h.lower().startswith(b"content-length:"):
-                length = int(h.split(b":", 1)[1])
-        return head, f.read(length)
-
-    def client(conn):
-        f, back = conn.makefile("rb"), None
-        while True:
-            head, body = request(f)
-            if head is None:
-                break
-            method, target, rest = head.split(b" ", 2)
-            served.append(method)
-            if method == b"CONNECT":
-                host, port = target.rsplit(b":", 1)
-                back = socket.create_connection((host.decode(), int(port)))
-                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                threading.Thread(target=pump, args=(back, conn), daemon=True).start()
-                pump(conn, back)  # the client sends nothing before the 200: f holds no bytes
-                return
-            hostport, _, path = target[len(b"http://"):].partition(b"/")
-            if back is None:
-                host, port = hostport.rsplit(b":", 1)
-                back = socket.create_connection((host.decode(), int(port)))
-                threading.Thread(target=pump, args=(back, conn), daemon=True).start()
-            back.sendall(method + b" /" + path + b" " + rest + body)
-
-    def serve():
-        while True:
-            conn, _ = lsock.accept()
-            threading.Thread(target=client, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    return lsock.getsockname()[1]
-
-
 def measure(build, wait, proxy=False):
     os.environ["JOBVISOR_CP_BIN"] = os.path.join(build, "examples", "controlplane", "jobvisor-cp")
     jv = os.path.join(build, "jobvisor")
@@ -197,8 +137,8 @@ def measure(build, wait, proxy=False):
         os.close(fd)
         cert, key, bundle = make_certs(root)
         https_url = "https://127.0.0.1:%d" % tls_front(cert, key, cp.port)
-        served = []
-        via = {"PROXY": "http://127.0.0.1:%d" % http_proxy(served)} if proxy else {"PROXY": "direct"}
+        px = HttpProxy().start() if proxy else None
+        via = {"PROXY": px.url()} if proxy else {"PROXY": "direct"}
         for name, url, extra in (("http", cp.url, via), ("https", https_url, {"TLS_CA_FILE": bundle, **via})):
             for d in ("data", "jobs"):
                 os.makedirs(os.path.join(root, name, d))
@@ -217,8 +157,8 @@ def measure(build, wait, proxy=False):
         if any(polls):
             raise SystemExit("an agent could not reach the control plane:\n" +
                              open(os.path.join(root, "https", "agent.log")).read()[-2000:])
-        if proxy and not (b"CONNECT" in served and b"POST" in served):
-            raise SystemExit("the agents did not go through the proxy: %r" % served[:5])
+        if proxy and not {"CONNECT", "POST"} <= set(px.methods()):
+            raise SystemExit("the agents did not go through the proxy: %r" % px.requests[:5])
         return ([memory(a.pid) for a in agents], memory(sleeper.pid), per_file(agents[1].pid))
     finally:
         for p in agents + [sleeper]:
