@@ -15,8 +15,9 @@
  * Completion is reported once per request from transport_perform(), one at a
  * time and always from the head of the list, so a callback may start or abort
  * other requests safely. The token lives in one header string that is wiped
- * when replaced or freed, and in each request's bytes until they are sent
- * (wiped then); it never appears in an error text. */
+ * when replaced or freed, and in each request's bytes until its answer starts
+ * (wiped then: until then the request may be sent again); it never appears in
+ * an error text. */
 #include "transport.h"
 
 #include <errno.h>
@@ -457,8 +458,8 @@ static bool io_stop(struct transport_req *r, ssize_t n)
 	return false;
 }
 
-/* Send what is left of b; true once all of it is out (then wiped: it holds secrets). */
-static bool send_buf(struct transport_req *r, struct jv_buf *b)
+/* Send what is left of b; true once all of it is out. */
+static bool send_buf(struct transport_req *r, const struct jv_buf *b)
 {
 	while (r->sent < b->len) {
 		ssize_t n = conn_io(r, true, b->data + r->sent, b->len - r->sent);
@@ -466,20 +467,21 @@ static bool send_buf(struct transport_req *r, struct jv_buf *b)
 			return false;
 		r->sent += (size_t)n;
 	}
-	explicit_bzero(b->data, b->len);
 	r->want = POLLIN;
 	return true;
 }
 
 static void step_send(struct transport_req *r)
 {
-	if (send_buf(r, &r->out)) /* the token is out */
-		r->state = R_RECV;
+	if (send_buf(r, &r->out))
+		r->state = R_RECV; /* the bytes are wiped once the answer starts: until then a
+		                    * closed kept connection means sending them again */
 }
 
 static void step_tunnel_send(struct transport_req *r)
 {
-	if (send_buf(r, &r->tun)) { /* the proxy's credentials are out */
+	if (send_buf(r, &r->tun)) {
+		explicit_bzero(r->tun.data, r->tun.len); /* the proxy's credentials are out */
 		r->sent = 0;
 		r->state = R_TUNNEL_RECV;
 	}
@@ -555,6 +557,8 @@ static void step_recv(struct transport_req *r)
 			return;
 		if (n == 0 && retry_fresh(r))
 			return;
+		if (n > 0 && !r->ans.started) /* no sending again now: the token can go */
+			explicit_bzero(r->out.data, r->out.len);
 		int rc = tp_answer_feed(&r->ans, buf, (size_t)n);
 		if (rc == -EFBIG) {
 			finish(r, "answer larger than max_response");

@@ -59,6 +59,27 @@ Test(transport, keep_alive_reuses_one_connection_and_survives_a_server_closing_i
 	free(u);
 }
 
+Test(transport, a_kept_connection_closed_unanswered_sends_the_request_again_whole)
+{
+	/* The second request reaches the server on the kept connection, which then closes it
+	 * without answering (an idle timeout racing the request): sent again on a new one. */
+	struct server s = {.answers = {OK_HELLO, "CLOSE", OK_HELLO}};
+	server_start(&s);
+	char *u = url_of("http", "127.0.0.1", s.port);
+	struct transport *tp = client(&u, 1, NULL, 0);
+	cr_assert_eq(post(tp, 5000).r.status, 200);
+	struct got g = post(tp, 5000);
+	cr_assert_eq(g.r.status, 200, "%ld %s", g.r.status, g.error);
+	cr_assert_eq(atomic_load(&s.requests), 3);
+	cr_assert_eq(atomic_load(&s.accepts), 2);
+	cr_assert(strstr(s.last_request, "POST /base/v1/x HTTP/1.1\r\n"), "%s", s.last_request);
+	cr_assert(strstr(s.last_request, "\r\nAuthorization: Bearer tok3n\r\n"), "%s", s.last_request);
+	cr_assert(strstr(s.last_request, "\r\n\r\n{\"a\":1}"), "%s", s.last_request);
+	transport_free(tp);
+	server_stop(&s);
+	free(u);
+}
+
 Test(transport, an_answer_over_max_response_is_dropped)
 {
 	static char big[2200];
