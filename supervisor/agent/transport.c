@@ -767,29 +767,7 @@ void transport_perform(struct transport *tp)
 	}
 }
 
-enum transport_class transport_classify(const struct transport_response *resp)
+int transport_route(const struct transport *tp, const char *url, char *buf, size_t len)
 {
-	long s = resp->status;
-	if (s == 0 || resp->too_large || s == 408 || s == 429 || (s >= 500 && s <= 599))
-		return TRANSPORT_RETRY;
-	if (s >= 200 && s <= 299)
-		return TRANSPORT_OK;
-	if (s == 409)
-		return TRANSPORT_GONE;
-	return TRANSPORT_REJECTED;
-}
-
-const char *transport_class_name(enum transport_class c)
-{
-	switch (c) {
-	case TRANSPORT_OK:
-		return "ok";
-	case TRANSPORT_RETRY:
-		return "retry";
-	case TRANSPORT_GONE:
-		return "gone";
-	case TRANSPORT_REJECTED:
-		return "rejected";
-	}
-	return "?";
+	return tp_route_describe(&tp->proxies, url, buf, len);
 }

@@ -91,6 +91,11 @@ const char *transport_class_name(enum transport_class c);
  * localhost. Returns 0 or -EINVAL with a message in err. */
 int transport_check_url(const char *url, bool *loopback, char *err, size_t errlen);
 
+/* How requests to url go, for the log: 1 through a proxy, 0 directly, -EINVAL
+ * when the proxy setting that concerns it is unusable (its requests fail with
+ * that error); buf says which (never with credentials). */
+int transport_route(const struct transport *tp, const char *url, char *buf, size_t len);
+
 /* Validate the `proxy` setting: "direct" or [http://][user:password@]host[:port].
  * Returns 0 or -EINVAL with a message in err (never with the password). */
 int transport_check_proxy(const char *proxy, char *err, size_t errlen);

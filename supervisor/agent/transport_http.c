@@ -3,8 +3,11 @@
  * http_parser frames the answer: Content-Length, chunked transfer coding, or
  * a body that ends when the server closes; it also says whether the
  * connection may carry the next request. Only the status, Retry-After and the
- * body are kept; the body stops at max bytes. */
+ * body are kept; the body stops at max bytes. transport_classify() says what
+ * an answer means to the caller. */
 #include "transport_internal.h"
+
+#include "transport.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -206,4 +209,31 @@ int tp_answer_feed(struct tp_answer *a, const char *data, size_t len)
 	if (HTTP_PARSER_ERRNO(&a->parser) != HPE_OK || n != len)
 		return -EPROTO;
 	return 0;
+}
+
+enum transport_class transport_classify(const struct transport_response *resp)
+{
+	long s = resp->status;
+	if (s == 0 || resp->too_large || s == 408 || s == 429 || (s >= 500 && s <= 599))
+		return TRANSPORT_RETRY;
+	if (s >= 200 && s <= 299)
+		return TRANSPORT_OK;
+	if (s == 409)
+		return TRANSPORT_GONE;
+	return TRANSPORT_REJECTED;
+}
+
+const char *transport_class_name(enum transport_class c)
+{
+	switch (c) {
+	case TRANSPORT_OK:
+		return "ok";
+	case TRANSPORT_RETRY:
+		return "retry";
+	case TRANSPORT_GONE:
+		return "gone";
+	case TRANSPORT_REJECTED:
+		return "rejected";
+	}
+	return "?";
 }

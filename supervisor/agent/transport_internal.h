@@ -46,6 +46,7 @@ struct tp_proxy {
 struct tp_proxies {
 	struct tp_proxy *http, *https; /* for http:// and https:// URLs; NULL: direct */
 	char *http_err, *https_err;    /* the proxy setting for them cannot be used */
+	const char *http_from, *https_from; /* where each came from ("https_proxy", ...) */
 	char *no_proxy;                /* hosts reached directly (curl's syntax) */
 };
 
@@ -63,6 +64,10 @@ void tp_proxies_clear(struct tp_proxies *ps);
 /* The proxy for u (NULL: direct, or *err when the setting is unusable). */
 const struct tp_proxy *tp_proxy_for(const struct tp_proxies *ps, const struct tp_url *u,
                                     const char **err);
+
+/* How requests to url go: 1 through a proxy, 0 directly, -EINVAL when its
+ * proxy setting is unusable; a sentence for the log in buf (no credentials). */
+int tp_route_describe(const struct tp_proxies *ps, const char *url, char *buf, size_t len);
 
 /* ---- HTTP ---- */
 struct tp_answer {

@@ -315,6 +315,8 @@ int tp_proxies_load(struct tp_proxies *ps, const char *proxy, const char *no_pro
 		s = env_first((const char *const[]){"https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", NULL},
 		              &ws);
 	}
+	ps->http_from = wh;
+	ps->https_from = ws;
 	int rc = load_one(h, wh, &ps->http, &ps->http_err);
 	if (rc == 0)
 		rc = load_one(s, ws, &ps->https, &ps->https_err);
@@ -349,6 +351,26 @@ const struct tp_proxy *tp_proxy_for(const struct tp_proxies *ps, const struct tp
 		return NULL;
 	*err = u->https ? ps->https_err : ps->http_err;
 	return u->https ? ps->https : ps->http;
+}
+
+int tp_route_describe(const struct tp_proxies *ps, const char *url, char *buf, size_t len)
+{
+	struct tp_url u;
+	char err[300];
+	snprintf(buf, len, "directly");
+	if (tp_url_parse(url, &u, err, sizeof(err)))
+		return 0;
+	const char *perr;
+	const struct tp_proxy *p = tp_proxy_for(ps, &u, &perr);
+	if (perr) {
+		snprintf(buf, len, "%s", perr);
+		return -EINVAL;
+	}
+	if (!p)
+		return 0;
+	snprintf(buf, len, "through the proxy %s (%s%s)", p->authority, u.https ? ps->https_from : ps->http_from,
+	         u.https ? ", CONNECT" : "");
+	return 1;
 }
 
 int transport_check_proxy(const char *proxy, char *err, size_t errlen)

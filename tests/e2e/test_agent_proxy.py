@@ -47,6 +47,8 @@ class HttpControlPlane(ProxyCase):
         for target, headers in posts:
             self.assertTrue(target.startswith(self.cp.url + "/v1/"), target)
             self.assertEqual(headers["proxy-authorization"], px.auth)
+        self.assertIn("requests to %s go through the proxy 127.0.0.1:%d (the 'proxy' setting)"
+                      % (self.cp.url, px.port), self.log())
         self.assertEqual(self.stop_agent(p), 0)
         self.assertNotIn("s3cr", self.log())
 
@@ -79,6 +81,16 @@ class HttpControlPlane(ProxyCase):
         rid = self.cp.add_job("SLEEPY", params={"steps": 1, "delay": 0.01})
         self.cp.wait_result(rid, timeout=30)
         self.assert_delivered_once(rid, "COMPLETED")
+        self.assertEqual(self.stop_agent(p), 0)
+
+    def test_an_unusable_environment_proxy_is_reported_and_the_agent_keeps_running(self):
+        p = self.start_agent_env({"http_proxy": "https://u:s3cret@proxy.example:443"}, POLL_WAIT=2,
+                                 BACKOFF_MAX=1)
+        self.wait_log("requests to %s will fail: the proxy in http_proxy: proxy scheme 'https' is not "
+                      "supported (only http:// proxies)" % self.cp.url)
+        self.wait_log("cannot reach the control plane: the proxy in http_proxy")
+        self.assertIsNone(p.poll(), "the agent exited")
+        self.assertNotIn("s3cret", self.log())
         self.assertEqual(self.stop_agent(p), 0)
 
     def test_a_bad_proxy_setting_is_refused_at_start(self):
@@ -117,6 +129,8 @@ class HttpsThroughTunnel(ProxyCase):
         job = self.real.create_job(agent=self.AGENT, type_="SLEEPY", params={"steps": 3, "delay": 0.05})
         self.real.wait_job(job["jobId"], lambda j: j["status"] == "COMPLETED", 30, "COMPLETED")
         self.assertEqual(set(px.methods()), {"CONNECT"}, px.requests)
+        self.assertIn("requests to %s go through the proxy 127.0.0.1:%d (HTTPS_PROXY, CONNECT)"
+                      % (self.url, px.port), self.log())
         self.assertEqual(px.requests[0][1], "localhost:%d" % self.real.port)
         # jobvisor-cp answers with Connection: close, so each request opens its own tunnel here;
         # test_agent_transport_proxy.c shows a kept tunnel carrying several requests.
