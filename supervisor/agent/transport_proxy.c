@@ -158,7 +158,11 @@ int tp_proxy_parse(const char *url, struct tp_proxy *p, char *err, size_t errlen
 	}
 	if (proxy_hostport(s, alen, p)) {
 		explicit_bzero(p->auth, sizeof(p->auth));
-		snprintf(err, errlen, "the proxy '%.*s' is not host[:port]", (int)(alen > 200 ? 200 : alen), s);
+		if (strchr(url, '@')) /* perhaps a password with an unencoded '/': not echoed */
+			snprintf(err, errlen, "the proxy URL is not [http://][user:password@]host[:port] "
+			                      "(percent-encode '/', '?', '#' and '@' in the user and password)");
+		else
+			snprintf(err, errlen, "the proxy '%.*s' is not host[:port]", (int)(alen > 200 ? 200 : alen), s);
 		return -EINVAL;
 	}
 	bool v6 = strchr(p->host, ':') != NULL;

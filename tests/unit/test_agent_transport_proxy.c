@@ -440,10 +440,11 @@ Test(proxy, proxy_urls_are_checked_without_showing_the_password)
 	cr_assert_str_eq(p.authority, "[fd00::1]:3128");
 	cr_assert_str_eq(p.auth, "Basic dTpwOnc="); /* u:p:w */
 	const char *bad[] = {"https://proxy:443", "socks5h://proxy:1080", "http://u:s3cret@", "http://u:s3cret@h:99999",
-	                     "http://u:s3cret@h:x", "http://u:s3cret%zz@h:1", "http://[::1:3128"};
+	                     "http://u:s3cret@h:x", "http://u:s3cret%zz@h:1", "http://[::1:3128",
+	                     "http://u:s3cr/et@h:1"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		cr_assert_eq(tp_proxy_parse(bad[i], &p, err, sizeof(err)), -EINVAL, "%s accepted", bad[i]);
-		cr_assert_null(strstr(err, "s3cret"), "%s", err);
+		cr_assert_null(strstr(err, "s3cr"), "%s", err);
 		cr_assert_eq(transport_check_proxy(bad[i], err, sizeof(err)), -EINVAL);
 	}
 	cr_assert_eq(transport_check_proxy("direct", err, sizeof(err)), 0);
