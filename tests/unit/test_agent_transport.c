@@ -21,6 +21,14 @@ static struct transport *client(char *const *urls, size_t n, const char *ca, siz
 	return tp;
 }
 
+/* The last request the server read is post()'s, whole: line, token, body. */
+static void assert_whole_request(const struct server *s)
+{
+	cr_assert(strstr(s->last_request, "POST /base/v1/x HTTP/1.1\r\n"), "%s", s->last_request);
+	cr_assert(strstr(s->last_request, "\r\nAuthorization: Bearer tok3n\r\n"), "%s", s->last_request);
+	cr_assert(strstr(s->last_request, "\r\n\r\n{\"a\":1}"), "%s", s->last_request);
+}
+
 Test(transport, chunked_answer_in_pieces_and_the_request_it_answers)
 {
 	struct server s = {.answers = {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n|5\r\nhello\r|\n6\r\n world"
@@ -32,9 +40,7 @@ Test(transport, chunked_answer_in_pieces_and_the_request_it_answers)
 	cr_assert_eq(g.r.status, 200, "%ld %s", g.r.status, g.error);
 	cr_assert_str_eq(g.body, "hello world");
 	cr_assert_eq(transport_classify(&g.r), TRANSPORT_OK);
-	cr_assert(strstr(s.last_request, "POST /base/v1/x HTTP/1.1\r\n"), "%s", s.last_request);
-	cr_assert(strstr(s.last_request, "\r\nAuthorization: Bearer tok3n\r\n"), "%s", s.last_request);
-	cr_assert(strstr(s.last_request, "\r\n\r\n{\"a\":1}"), "%s", s.last_request);
+	assert_whole_request(&s);
 	transport_free(tp);
 	server_stop(&s);
 	free(u);
@@ -72,9 +78,7 @@ Test(transport, a_kept_connection_closed_unanswered_sends_the_request_again_whol
 	cr_assert_eq(g.r.status, 200, "%ld %s", g.r.status, g.error);
 	cr_assert_eq(atomic_load(&s.requests), 3);
 	cr_assert_eq(atomic_load(&s.accepts), 2);
-	cr_assert(strstr(s.last_request, "POST /base/v1/x HTTP/1.1\r\n"), "%s", s.last_request);
-	cr_assert(strstr(s.last_request, "\r\nAuthorization: Bearer tok3n\r\n"), "%s", s.last_request);
-	cr_assert(strstr(s.last_request, "\r\n\r\n{\"a\":1}"), "%s", s.last_request);
+	assert_whole_request(&s);
 	transport_free(tp);
 	server_stop(&s);
 	free(u);
