@@ -17,7 +17,7 @@ struct proxy {
 	pthread_t th;
 	atomic_bool stop;
 	atomic_int accepts, tunnels, forwards;
-	const char *connect_answer; /* answer CONNECT with this and close; NULL: open the tunnel */
+	const char *connect_answer; /* answer CONNECT with this and close ("HANG": never); NULL: tunnel */
 	const char *need_auth;      /* the Proxy-Authorization value required; else 407 */
 	char last_head[4096];       /* the last request head the proxy received */
 };
@@ -125,6 +125,8 @@ static void serve_client(struct proxy *px, int cfd)
 				break;
 			continue;
 		}
+		while (px->connect_answer && strcmp(px->connect_answer, "HANG") == 0 && !atomic_load(&px->stop))
+			sleep_ms(10);
 		if (px->connect_answer) {
 			send(cfd, px->connect_answer, strlen(px->connect_answer), MSG_NOSIGNAL);
 			break;
@@ -305,6 +307,13 @@ Test(proxy, a_proxy_refusing_or_garbling_the_tunnel_is_a_clear_retryable_error)
 	struct proxy px4 = {.connect_answer = "SSH-2.0-OpenSSH_9.2\r\n\r\n"};
 	g = refused_by(&px4, NULL, "https");
 	cr_assert(strstr(g.error, "answered CONNECT with something that is not HTTP"), "%s", g.error);
+
+	/* A proxy that never answers CONNECT: the connect timeout (2 s here) covers the tunnel. */
+	struct proxy px7 = {.connect_answer = "HANG"};
+	g = refused_by(&px7, NULL, "https");
+	cr_assert(strstr(g.error, "cannot connect to the proxy 127.0.0.1 port"), "%s", g.error);
+	cr_assert(strstr(g.error, "timed out after 2000 ms"), "%s", g.error);
+	cr_assert(g.r.elapsed_ms >= 2000 && g.r.elapsed_ms < 4000, "%lld ms", (long long)g.r.elapsed_ms);
 
 	struct proxy px5 = {.connect_answer = "HTTP/1.1 200 OK\r\n\r\nsurprise"};
 	g = refused_by(&px5, NULL, "https");
