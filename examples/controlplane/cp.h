@@ -110,6 +110,7 @@ struct cp_metrics {
 	struct cp_hist poll, events;
 	atomic_uint_fast64_t events_stored;
 	atomic_uint_fast64_t instance_events_stored;
+	atomic_uint_fast64_t front_accepted; /* client connections the accept front took */
 };
 
 /* Roles of UI tokens, each allowing what the ones below it allow. */

@@ -211,7 +211,7 @@ void front_backend_close(struct front *f, struct fconn *c)
 static int out_set(struct fconn *c, const char *data, size_t len)
 {
 	if (!c->out) {
-		c->out = malloc(FRONT_RELAY_BUF);
+		c->out = malloc(FRONT_RELAY_BUF + FRONT_OUT_SLACK);
 		if (!c->out)
 			return -ENOMEM;
 	}
@@ -284,18 +284,26 @@ static bool make_room(struct front *f, uint32_t ip, int64_t now)
 		if (p->ip == ip && mine++ == 0)
 			oldest_mine = p;
 	}
+	for (struct fconn *p = f->idle.head; p; p = p->pnext)
+		mine += p->ip == ip;
 	if (mine >= FRONT_PENDING_PER_CLIENT) {
-		if (now - oldest_mine->born < FRONT_EVICT_MIN_MS)
-			return false;
-		note_drop(f, oldest_mine, &f->evicted);
-		front_conn_close(f, oldest_mine);
+		struct fconn *kept = front_idle_oldest(f, true, ip);
+		if (kept) {
+			front_conn_close(f, kept); /* the cheapest to lose: its client reconnects */
+		} else {
+			if (now - oldest_mine->born < FRONT_EVICT_MIN_MS)
+				return false;
+			note_drop(f, oldest_mine, &f->evicted);
+			front_conn_close(f, oldest_mine);
+		}
 	}
 	if (f->nconns < f->conns_max)
 		return true;
-	struct fconn *oldest = f->pending.head;
-	if (!oldest || now - oldest->born < FRONT_EVICT_MIN_MS)
+	struct fconn *oldest = f->idle.head ? f->idle.head : f->pending.head;
+	if (!oldest || (!oldest->idle && now - oldest->born < FRONT_EVICT_MIN_MS))
 		return false;
-	note_drop(f, oldest, &f->evicted);
+	if (!oldest->idle)
+		note_drop(f, oldest, &f->evicted);
 	front_conn_close(f, oldest);
 	return true;
 }
@@ -309,9 +317,9 @@ static void accept_some(struct front *f)
 		if (fd < 0) {
 			if (errno == EMFILE || errno == ENFILE) {
 				f->refused++;
-				/* Free a slot from the oldest pending request, if any. */
-				if (f->pending.head)
-					front_conn_close(f, f->pending.head);
+				/* Free a slot: the oldest idle kept connection, else the oldest pending request. */
+				if (f->idle.head || f->pending.head)
+					front_conn_close(f, f->idle.head ? f->idle.head : f->pending.head);
 			}
 			return;
 		}
@@ -330,7 +338,8 @@ static void accept_some(struct front *f)
 		c->limit = FRONT_ANON_MAX;
 		c->born = now;
 		c->deadline = now + FRONT_HEAD_MS;
-		jv_buf_init(&c->req, FRONT_HEAD_MAX + CP_BODY_MAX + FRONT_CHUNK_SLACK + FRONT_MARK_MAX);
+		atomic_fetch_add(&f->cp->metrics.front_accepted, 1);
+		jv_buf_init(&c->req, FRONT_REQ_MAX);
 		http_parser_init(&c->hp, HTTP_REQUEST);
 		c->hp.data = c;
 		c->cend = (struct fend){.c = c, .backend = false};
@@ -372,7 +381,9 @@ static void expire(struct front *f, int64_t now)
 		}
 		if (!c->deadline || now < c->deadline)
 			continue;
-		if (c->st == FS_HEAD && c->ssl && !c->tls_up) {
+		if (c->idle) {
+			front_conn_close(f, c); /* kept, and no next request came */
+		} else if (c->st == FS_HEAD && c->ssl && !c->tls_up) {
 			note_drop(f, c, &f->timed_out);
 			front_conn_close(f, c); /* no TLS yet to say 408 over */
 		} else if (c->st == FS_HEAD || c->st == FS_BODY) {
@@ -416,8 +427,9 @@ static void on_event(struct front *f, struct fend *end, uint32_t events)
 	if (c->st == FS_HEAD || c->st == FS_BODY) {
 		if (!end->backend)
 			front_read_request(f, c);
-		else
+		else if (c->bfd >= 0)
 			front_conn_close(f, c);
+		/* else: civetweb's socket of the answer before, closed in this batch */
 	} else if (c->st == FS_LINGER) {
 		front_on_linger(f, c);
 	} else if (c->st == FS_PARKED || c->st == FS_WAIT) {

@@ -18,7 +18,7 @@
 #include "cp.h"
 #include "jobvisor/util.h"
 
-#define FRONT_HEAD_MS 10000            /* whole request head, from accept */
+#define FRONT_HEAD_MS 10000            /* whole request head, from accept or its first byte (kept) */
 #define FRONT_BODY_MS 30000            /* whole body (token holders), from the end of the head */
 #define FRONT_STALL_MS 30000           /* a client that takes no answer bytes for this long */
 #define FRONT_LINGER_MS 2000           /* after a final answer: drain the client's input */
@@ -26,6 +26,10 @@
 #define FRONT_ANON_MAX 32768           /* head + body of a request without a valid token */
 #define FRONT_CHUNK_SLACK 65536        /* chunk framing on top of CP_BODY_MAX */
 #define FRONT_RELAY_BUF 65536          /* answer bytes held per connection */
+#define FRONT_OUT_SLACK 128            /* room past it for the keep-alive headers (front_keep.c) */
+#define FRONT_IDLE_MS 65000            /* a kept connection waits this long for its next request */
+#define FRONT_KEEP_REQUESTS 1000       /* requests per connection; the last answer says close */
+#define FRONT_REQ_MAX (FRONT_HEAD_MAX + CP_BODY_MAX + FRONT_CHUNK_SLACK + FRONT_MARK_MAX)
 #define FRONT_TUNNEL_BUF 65536         /* client bytes held per tunnel */
 #define FRONT_PENDING_PER_CLIENT 256   /* requests still arriving, per client address */
 #define FRONT_EVICT_MIN_MS 1000        /* a request is given this long before it may be evicted */
@@ -65,6 +69,12 @@ struct fconn {
 	int reject;              /* answer the front gives instead (status), 0 = none */
 	const char *reject_msg;  /* its message (static), NULL = the status's usual one */
 	bool head_done, msg_done, authed, upgrade, expect_continue, connected, b_eof, closed;
+	bool keep;               /* the client may keep the connection after this answer */
+	bool idle;               /* FS_HEAD, kept, no byte of the next request yet (on f->idle) */
+	bool ans_head;           /* the relayed answer's head was looked at (front_keep.c) */
+	uint32_t nreq;           /* answers completed on this connection */
+	size_t ans_expect;       /* kept: bytes of the whole answer (head + Content-Length) */
+	size_t ans_sent;         /* bytes of the answer sent to the client */
 	size_t body_seen;        /* body bytes parsed so far */
 	bool in_value;           /* http_parser header callbacks: value follows field */
 	size_t url_len;          /* request target bytes seen */
@@ -109,6 +119,7 @@ struct front {
 	struct fconn *dead;          /* closed during this epoll batch, freed after it */
 	struct fconn *ready;         /* readable without epoll (front_tls_pending), via rnext */
 	struct flist pending;        /* FS_HEAD/FS_BODY */
+	struct flist idle;           /* kept connections between requests (FS_HEAD, c->idle) */
 	struct flist waiting[2];     /* FS_WAIT: [0] new requests and woken polls, [1] expired polls */
 	struct flist *parked;        /* FS_PARKED, one list per agent (cp->nagents) */
 	size_t nconns, conns_max;
@@ -165,6 +176,18 @@ ssize_t front_cread(struct fconn *c, void *buf, size_t len);
 ssize_t front_cwrite(struct fconn *c, const void *buf, size_t len);
 /* After the final answer: TLS close_notify (if TLS), then SHUT_WR. */
 void front_cshutdown(struct fconn *c);
+
+/* ---- front_keep.c: keep-alive between the client and the front ---- */
+/* Look at the relayed answer's head before its first byte goes out: false =
+ * not all of it is here yet (hold). Decides c->keep for this answer and
+ * rewrites "Connection: close" when the connection is kept. */
+bool front_answer_head(struct front *f, struct fconn *c);
+/* The answer went out whole: wait for the next request on c (idle). */
+void front_keep(struct front *f, struct fconn *c);
+/* The first bytes of the next request arrived on an idle kept connection. */
+void front_keep_wake(struct front *f, struct fconn *c, int64_t now);
+/* The kept connection to give up first: of ip (or any when !by_ip), NULL if none. */
+struct fconn *front_idle_oldest(struct front *f, bool by_ip, uint32_t ip);
 
 /* ---- front_park.c ---- */
 int front_park_init(struct front *f);

@@ -156,9 +156,10 @@ void front_on_parked(struct front *f, struct fconn *c)
 		front_conn_close(f, c); /* gone (or half-closed): nobody to answer */
 		return;
 	}
+	if (n > 0)
+		c->keep = false; /* pipelined while parked: dropped, and closed after the answer */
 	if (front_arm(f, c) < 0) /* TLS: what a read that waits needs; queued if bytes wait inside */
 		front_conn_close(f, c);
-	/* Bytes after the request are not ours to forward (one request per connection). */
 }
 
 void front_park_expire(struct front *f, struct fconn *c, int64_t now)

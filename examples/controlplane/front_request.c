@@ -131,6 +131,7 @@ static int on_headers_complete(http_parser *p)
 	c->head_done = true;
 	c->upgrade = p->upgrade;
 	c->expect_continue = c->expect_len < sizeof(c->expect) && strcasecmp(c->expect, "100-continue") == 0;
+	c->keep = http_should_keep_alive(p); /* 1.1 without close, or 1.0 with keep-alive (front_keep.c) */
 	return 0;
 }
 
@@ -258,6 +259,8 @@ void front_connect_backend(struct front *f, struct fconn *c)
 	c->hold = !c->upgrade; /* until we know the answer is not a park */
 	c->connected = c->b_eof = false;
 	c->req_off = 0;
+	c->ans_head = false; /* a new answer (a resent parked poll gets one too) */
+	c->ans_sent = c->ans_expect = 0;
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		front_answer(f, c, 503, "Retry-After: 1\r\n", "server busy, try again");
@@ -296,10 +299,12 @@ void front_read_request(struct front *f, struct fconn *c)
 				front_conn_close(f, c);
 			return;
 		}
-		if (n <= 0) { /* gone before finishing: nothing to answer */
+		if (n <= 0) { /* gone before finishing (or kept and closed): nothing to answer */
 			front_conn_close(f, c);
 			return;
 		}
+		if (c->idle)
+			front_keep_wake(f, c, jv_now_mono_ms());
 		size_t before = c->req.len;
 		if (before + (size_t)n > c->limit) {
 			refuse(f, c, !c->head_done ? 431 : c->authed ? 400 : 401);
@@ -343,10 +348,13 @@ void front_read_request(struct front *f, struct fconn *c)
 				return;
 		}
 		if (c->msg_done || (c->head_done && c->upgrade)) {
-			/* One request only: pipelined bytes are dropped; after an upgrade
-			 * head the rest is the stream, kept. */
-			if (!c->upgrade)
+			/* One request at a time: pipelined bytes read with it are
+			 * dropped, and the connection closes after this answer
+			 * (front_keep.c); after an upgrade head the rest is the stream. */
+			if (!c->upgrade && before + used < c->req.len) {
 				c->req.len = before + used;
+				c->keep = false;
+			}
 			front_forward(f, c, 0);
 			return;
 		}
@@ -424,7 +432,7 @@ void front_relay(struct front *f, struct fconn *c, bool backend, uint32_t ev)
 	}
 	/* civetweb -> client */
 	if (c->connected && !c->b_eof && c->out_len < FRONT_RELAY_BUF) {
-		if (!c->out && !(c->out = malloc(FRONT_RELAY_BUF))) {
+		if (!c->out && !(c->out = malloc(FRONT_RELAY_BUF + FRONT_OUT_SLACK))) {
 			front_conn_close(f, c);
 			return;
 		}
@@ -440,6 +448,8 @@ void front_relay(struct front *f, struct fconn *c, bool backend, uint32_t ev)
 	}
 	if (c->hold && held_answer(f, c))
 		return; /* parked */
+	if (!c->hold && !c->ans_head && !front_answer_head(f, c))
+		c->hold = true; /* its head is not all here yet */
 	if (!c->hold && c->out_off < c->out_len) {
 		ssize_t n = front_cwrite(c, c->out + c->out_off, c->out_len - c->out_off);
 		if (n < 0 && n != -EAGAIN) {
@@ -448,6 +458,7 @@ void front_relay(struct front *f, struct fconn *c, bool backend, uint32_t ev)
 		}
 		if (n > 0) {
 			c->out_off += (size_t)n;
+			c->ans_sent += (size_t)n;
 			c->deadline = 0;
 		}
 		if (c->out_off == c->out_len)
@@ -460,7 +471,10 @@ void front_relay(struct front *f, struct fconn *c, bool backend, uint32_t ev)
 			front_conn_close(f, c);
 			return;
 		}
-		front_linger(f, c);
+		if (c->keep && c->ans_sent == c->ans_expect)
+			front_keep(f, c); /* the whole answer went out: wait for the next request */
+		else
+			front_linger(f, c);
 	}
 	if (front_arm(f, c) < 0)
 		front_conn_close(f, c);

@@ -172,6 +172,11 @@ int metrics_handle(struct mg_connection *conn, void *cbdata)
 	                  "# HELP jobvisor_agents_online Agents seen within three poll intervals plus a long poll.\n"
 	                  "# TYPE jobvisor_agents_online gauge\njobvisor_agents_online %d\n",
 	              cp->nagents, online);
+	jv_buf_printf(&b, "# HELP jobvisor_front_connections_accepted_total Client connections accepted since the start "
+	                  "(kept-alive connections carry many requests each).\n"
+	                  "# TYPE jobvisor_front_connections_accepted_total counter\n"
+	                  "jobvisor_front_connections_accepted_total %llu\n",
+	              (unsigned long long)atomic_load(&cp->metrics.front_accepted));
 	jv_buf_printf(&b, "# HELP jobvisor_long_polls_parked Long polls held in the accept front, waiting for work.\n"
 	                  "# TYPE jobvisor_long_polls_parked gauge\njobvisor_long_polls_parked %d\n",
 	              atomic_load(&cp->parked_polls));
