@@ -12,6 +12,7 @@ import socket
 import time
 import unittest
 
+import tls_pki
 from cp_harness import ADMIN_TOKEN, ControlPlane
 
 PARKED = 300
@@ -32,10 +33,8 @@ def open_poll(port, agent, wait, extra=b""):
 
 
 def read_answer(s, timeout):
-    """(status, json body) of the whole answer (the server closes after it)."""
-    s.settimeout(timeout)
-    with s.makefile("rb") as f:
-        data = f.read()
+    """(status, json body) of the whole answer (Content-Length; the connection may stay open)."""
+    data = tls_pki.read_answer(s, timeout)
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     return status, json.loads(body) if body else None

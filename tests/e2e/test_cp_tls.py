@@ -29,7 +29,7 @@ from agent_harness import AgentTestCase
 from cp_harness import ADMIN_TOKEN, AGENT_TOKENS, ControlPlane
 from cp_ws import WebSocket
 from fuzz_corpus import REQUESTS, parse_answer
-from tls_pki import OPENSSL, Pki, der_of, read_to_close
+from tls_pki import OPENSSL, Pki, der_of, read_answer
 
 CP_BIN = os.environ.get("JOBVISOR_CP_BIN", "")
 HEAD_DEADLINE = 10  # FRONT_HEAD_MS
@@ -41,8 +41,8 @@ def tls_connect(port, ctx, timeout=10):
 
 
 def read_all(s, timeout=10):
-    """Everything until the server closes: (status, body bytes)."""
-    data = read_to_close(s, timeout)
+    """One whole answer (Content-Length, or until the server closes): (status, body bytes)."""
+    data = read_answer(s, timeout)
     head, _, body = data.partition(b"\r\n\r\n")
     m = re.match(rb"HTTP/1\.1 (\d{3}) ", head)
     return (int(m.group(1)) if m else 0), body
@@ -131,7 +131,7 @@ class TlsFront(unittest.TestCase):
         with self.ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
             s.sendall(get)
             time.sleep(1.5)  # the front's socket buffer fills up meanwhile
-            data = read_to_close(s)
+            data = read_answer(s)
         head, _, body = data.partition(b"\r\n\r\n")
         self.assertIn(b"Content-Length: %d\r\n" % len(body), head)
         self.assertEqual(body, fast[1])
@@ -199,7 +199,7 @@ class TlsFront(unittest.TestCase):
                     except OSError:
                         pass  # answered and closed before taking it all: the answer is still there
                     try:
-                        data = read_to_close(s, 20)
+                        data = read_answer(s, 20)
                     except OSError:
                         data = b""
                 self.assertTrue(data, "%s: no answer" % name)

@@ -15,12 +15,13 @@ import unittest
 from agent_harness import JOBVISOR, AgentTestCase
 from cp_harness import ADMIN_TOKEN, AGENT_TOKENS, ControlPlane, http
 from fuzz_corpus import BODIES, REQUESTS, parse_answer
+from tls_pki import answer_complete
 
 CP_BIN = os.environ.get("JOBVISOR_CP_BIN", "")
 
 
 def exchange(port, raw, timeout=20):
-    """Send raw bytes (as far as the server takes them), read the answer to EOF."""
+    """Send raw bytes (as far as the server takes them), read the answer (to EOF or its end)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         try:
             s.sendall(raw)
@@ -28,7 +29,7 @@ def exchange(port, raw, timeout=20):
             pass  # answered and closed before taking it all: the answer is still there
         chunks = []
         try:
-            while True:
+            while not answer_complete(b"".join(chunks)):  # kept alive: not closed after it
                 d = s.recv(65536)
                 if not d:
                     break

@@ -6,6 +6,7 @@ localhost (ECDSA P-256, or RSA-2048 with rsa=True), with the extensions strict v
 want; context() an ssl.SSLContext that trusts the CA; read_to_close() an answer whole.
 OPENSSL is None when the command is missing (callers skip)."""
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -60,6 +61,36 @@ class Pki:
 def der_of(path):
     with open(path) as f:
         return ssl.PEM_cert_to_DER_cert(f.read())
+
+
+def answer_complete(data):
+    """True when data holds a whole HTTP answer framed by Content-Length (after
+    any 100 Continue): a kept-alive connection does not close after it."""
+    while True:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if not sep:
+            return False
+        if not head.startswith(b"HTTP/1.1 100"):
+            break
+        data = body
+    m = re.search(rb"\r\ncontent-length: *(\d+)", head, re.I)
+    return bool(m) and len(body) >= int(m.group(1))
+
+
+def read_answer(sock, timeout=30):
+    """Every byte of one answer: until it is complete (Content-Length) or the
+    server closes (a TLS close_notify or a plain EOF)."""
+    sock.settimeout(timeout)
+    data = b""
+    while not answer_complete(data):
+        try:
+            chunk = sock.recv(65536)
+        except ssl.SSLZeroReturnError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def read_to_close(sock, timeout=30):
