@@ -331,6 +331,10 @@ static void accept_some(struct front *f)
 			close(fd);
 			continue;
 		}
+		/* A kept connection's answer goes out in a few writes (head, body): none
+		 * may wait for the client's delayed ACK (Nagle). */
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		c->cfd = fd;
 		c->bfd = -1;
 		c->ip = ip;

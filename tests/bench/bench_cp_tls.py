@@ -8,8 +8,10 @@ Makes a throwaway CA and an ECDSA P-256 and an RSA-2048 server certificate
 plain HTTP, TLS with a full handshake per request and TLS resuming the session
 (TLS 1.3 ticket) starts a fresh jobvisor-cp (SQLite, 127.0.0.1, OS-assigned
 port) and sends REQUESTS authenticated `GET /v1/jobs?limit=1`, one after
-another, each on a new connection (the control plane closes every connection
-after its answer: there is no keep-alive to measure). Reported: the control
+another, each on a new connection ("Connection: close"); then, for plain
+HTTP and TLS, as a kept-alive client would: on one connection, opening a new
+one only when the control plane closes it (one without keep-alive closes
+after every answer, so the same client measures both). Reported: the control
 plane's CPU time per request (utime + stime from /proc, all its threads) and
 the client's wall time per request. Then PARKED long polls are parked over
 plain HTTP and over TLS: the control plane's RSS growth per parked poll.
@@ -29,7 +31,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from tls_pki import OPENSSL, Pki, read_to_close  # noqa: E402
+from tls_pki import OPENSSL, Pki, read_answer  # noqa: E402
 
 ADMIN = "admin-token-0123456789abcdef"
 
@@ -77,13 +79,14 @@ def request(port, ctx, raw, session=None):
     """(status, the TLS session to resume next, whether this one was resumed)."""
     with connect(port, ctx, session) as s:
         s.sendall(raw)
-        data = read_to_close(s)
+        data = read_answer(s)
         return int(data.split(b" ", 2)[1]), (s.session if ctx else None), (s.session_reused if ctx else False)
 
 
 def requests_row(binary, tmp, agents, label, tls, ctx, resume, n):
     cp = Cp(binary, tmp, agents, tls)
-    raw = b"GET /v1/jobs?limit=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n\r\n" % ADMIN.encode()
+    raw = (b"GET /v1/jobs?limit=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"
+           b"Connection: close\r\n\r\n" % ADMIN.encode())
     try:
         session = None
         for _ in range(20):  # warm-up, and a session to resume
@@ -103,12 +106,38 @@ def requests_row(binary, tmp, agents, label, tls, ctx, resume, n):
     print("| %s | %d | %d | %.2f | %.2f |" % (label, n, reused, cpu * 1000 / n, wall * 1000 / n), flush=True)
 
 
+def kept_row(binary, tmp, agents, label, tls, ctx, n):
+    """n requests as a keep-alive client sends them, and the connections that took."""
+    cp = Cp(binary, tmp, agents, tls)
+    raw = b"GET /v1/jobs?limit=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n\r\n" % ADMIN.encode()
+    s, conns = None, 0
+    try:
+        for i in range(n + 20):  # the first 20 warm up
+            if i == 20:
+                cpu0, t0, conns = cp.cpu_s(), time.monotonic(), int(s is not None)
+            if s is None:
+                s, conns = connect(cp.port, ctx), conns + 1
+            s.sendall(raw)
+            data = read_answer(s)
+            if int(data.split(b" ", 2)[1]) != 200:
+                raise SystemExit("%s: answered %r" % (label, data[:100]))
+            if b"\r\nConnection: keep-alive\r\n" not in data.split(b"\r\n\r\n", 1)[0]:
+                s.close()
+                s = None
+        wall, cpu = time.monotonic() - t0, cp.cpu_s() - cpu0
+    finally:
+        if s:
+            s.close()
+        cp.stop()
+    print("| %s | %d | %d | %.3f | %.3f |" % (label, n, conns, cpu * 1000 / n, wall * 1000 / n), flush=True)
+
+
 def parked_row(binary, tmp, agents, label, tls, ctx, n):
     cp = Cp(binary, tmp, agents, tls)
     socks = []
     try:
         for _ in range(20):
-            request(cp.port, ctx, b"GET /healthz HTTP/1.1\r\n\r\n")
+            request(cp.port, ctx, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
         time.sleep(0.5)
         before = cp.rss_kib()
         body = json.dumps({"capacity": 1, "waitSeconds": 120, "running": []}).encode()
@@ -123,7 +152,7 @@ def parked_row(binary, tmp, agents, label, tls, ctx, n):
         while time.monotonic() < deadline:
             with connect(cp.port, ctx) as s:
                 s.sendall(metrics)
-                text = read_to_close(s)
+                text = read_answer(s)
             if int(re.search(rb"jobvisor_long_polls_parked (\d+)", text).group(1)) >= n:
                 break
             time.sleep(0.2)
@@ -140,7 +169,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("binary")
     ap.add_argument("--requests", type=int, default=1000)
-    ap.add_argument("--parked", type=int, default=2000)
+    ap.add_argument("--parked", type=int, default=2000, help="0: skip the parked long polls")
     a = ap.parse_args()
     if not OPENSSL:
         raise SystemExit("needs the openssl command")
@@ -154,7 +183,7 @@ def main():
         ctx = pki.context()
         secret(os.path.join(tmp, "admin"), ADMIN + "\n")
         agents = os.path.join(tmp, "agents")
-        secret(agents, "".join("p%05d p%05d-token-0123456789abcdef\n" % (i, i) for i in range(a.parked)))
+        secret(agents, "".join("p%05d p%05d-token-0123456789abcdef\n" % (i, i) for i in range(max(a.parked, 1))))
         print("| connection | requests | resumed | cp CPU ms / request | client wall ms / request |")
         print("|---|---|---|---|---|")
         for label, tls, c, resume in (("plain HTTP", None, None, False),
@@ -163,6 +192,13 @@ def main():
                                       ("TLS 1.3, RSA-2048, full handshake", rsa, ctx, False),
                                       ("TLS 1.3, RSA-2048, resumed (ticket)", rsa, ctx, True)):
             requests_row(a.binary, tmp, agents, label, tls, c, resume, a.requests)
+        print()
+        print("| kept-alive client | requests | connections | cp CPU ms / request | client wall ms / request |")
+        print("|---|---|---|---|---|")
+        for label, tls in (("plain HTTP", None), ("TLS 1.3, ECDSA P-256", ec), ("TLS 1.3, RSA-2048", rsa)):
+            kept_row(a.binary, tmp, agents, label, tls, ctx if tls else None, a.requests)
+        if not a.parked:
+            return
         print()
         print("| parked long polls | count | cp RSS growth (KiB) | KiB per parked poll |")
         print("|---|---|---|---|")
