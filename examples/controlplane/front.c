@@ -5,10 +5,14 @@
  * clients that send slowly (or never finish) could hold every worker and
  * starve agents and admins. The front owns the public listening socket and
  * reads requests on one epoll thread, framing them with http_parser, under
- * whole-request deadlines: the head within FRONT_HEAD_MS of the accept, the
+ * whole-request deadlines: the head within FRONT_HEAD_MS of the accept (of
+ * the first byte of a kept connection's next request), the
  * body within FRONT_BODY_MS of the head. A complete request is then sent on,
  * byte for byte, to civetweb on an ephemeral 127.0.0.1 port and the answer is
- * relayed back. A WebSocket upgrade becomes a two-way tunnel, to the
+ * relayed back. The client's connection is kept across requests when it
+ * may be (front_keep.c: idle timeout, per-address limits, pipelining); the
+ * one to civetweb is one per request. A WebSocket upgrade becomes a two-way
+ * tunnel, to the
  * libwebsockets server (ws_lws.c) rather than civetweb, once its head is
  * complete (the stream's own ping/pong timeouts apply from there).
  *

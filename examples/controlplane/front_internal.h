@@ -1,7 +1,8 @@
 /* front_internal.h — what the accept front's files share: front.c (the
  * connection table, accepting, the thread, start and stop),
  * front_request.c (parsing the request head, moving bytes), front_park.c
- * (parked long polls) and front_tls.c (TLS, the client side's I/O). Private
+ * (parked long polls), front_keep.c (keep-alive with the client) and
+ * front_tls.c (TLS, the client side's I/O). Private
  * to the control plane. */
 #ifndef JOBVISOR_FRONT_INTERNAL_H
 #define JOBVISOR_FRONT_INTERNAL_H

@@ -5,8 +5,12 @@
  * token on a UI call or an admin token on an agent call is 403), checks the
  * identifiers in the path (400), and hands over to api_agent.c or api_ui.c.
  * Bodies are read with a hard cap and must be one JSON object. Answers are
- * always JSON, with `Connection: close`: keep-alive would pin a civetweb
- * worker thread per idle agent connection. */
+ * always JSON, with Content-Length and `Connection: close`: civetweb serves
+ * one request per connection (a kept connection would pin a worker thread).
+ * Clients still keep theirs: the accept front holds the client's
+ * connection between requests, rewrites this header to keep-alive and opens
+ * a new loopback connection to civetweb per request (front_keep.c), so the
+ * Content-Length here is what lets the front know where an answer ends. */
 #include "cp.h"
 
 #include <errno.h>
