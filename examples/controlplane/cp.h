@@ -74,6 +74,8 @@ struct cp_agent {
 	bool instances_synced;  /* a snapshot of its instances came since this process started */
 	uint64_t console_gen;   /* bumped when its console watch list or commands change */
 	uint64_t console_told;  /* console_gen when a poll answer last carried the watch list */
+	pthread_mutex_t inst_mu; /* its instance events, snapshots and stats one at a time (instances.c);
+	                            held across their store calls, never with cp->mu */
 };
 
 struct cp_config {
@@ -404,7 +406,8 @@ void api_inst_list(struct cp *cp, struct mg_connection *conn);
 void api_inst_get(struct cp *cp, struct mg_connection *conn, const char *agent_id, const char *instance_id);
 void api_inst_stats(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
 void inst_stats_free(struct cp *cp);
-/* Every instance not removed, as in GET /v1/instances (mu held); returned-owned. */
+/* Every instance not removed, as in GET /v1/instances; returned-owned. One
+ * store call, then cp->mu for the stats: do not hold cp->mu. */
 cJSON *inst_list_json(struct cp *cp, const char *agent_id, const char *state);
 
 /* ---- console.c (its lock is a leaf: callers may hold cp->mu or the hub's list lock) ---- */

@@ -350,8 +350,8 @@ static cJSON *agents_json(struct cp *cp, const struct agent_row *rows, int64_t n
 
 /* Built at seq (read first, so the database reads below see at least what
  * seq says; later messages are replayed on top). cp->mu is held only to copy
- * the agents' in-memory state and to read the instances (their stats live
- * in memory). */
+ * the agents' in-memory state; the instances are read after it (one store
+ * call, then cp->mu again for their in-memory stats). */
 static char *snapshot_text(struct cp *cp, uint64_t *seq)
 {
 	struct agent_row *rows = calloc(cp->nagents ? cp->nagents : 1, sizeof(*rows));
@@ -360,8 +360,8 @@ static char *snapshot_text(struct cp *cp, uint64_t *seq)
 	*seq = cp->hub->head;
 	for (size_t i = 0; rows && i < cp->nagents; i++)
 		rows[i] = (struct agent_row){.last_seen = cp->agents[i].last_seen_ms, .capacity = cp->agents[i].capacity};
-	instances = inst_list_json(cp, NULL, NULL);
 	pthread_mutex_unlock(&cp->mu);
+	instances = inst_list_json(cp, NULL, NULL);
 	struct store_filter f = {.limit = CP_SNAPSHOT_JOBS};
 	int64_t next = 0;
 	void *ud[2] = {cp, rows};
