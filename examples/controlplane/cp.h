@@ -200,12 +200,11 @@ int users_hash_main(void); /* --hash-token */
 /* ---- audit (http.c) ---- */
 void api_audit_list(struct cp *cp, struct mg_connection *conn);
 
-/* ---- agents (dispatch.c, mu held) ---- */
-/* An agent as GET /v1/agents shows it; returned-owned. */
-cJSON *dispatch_agent_json(struct cp *cp, const struct cp_agent *a);
-/* An `agent` message for WebSocket clients (mu held). */
-void dispatch_publish_agent(struct cp *cp, const struct cp_agent *a);
-cJSON *dispatch_agents_json(struct cp *cp);
+/* ---- agents ---- */
+/* Every agent as GET /v1/agents lists it (ws.c): the agents' memory copied
+ * under cp->mu, the RUNNING counts from one store query without it. Do not
+ * hold cp->mu. Returned-owned; NULL when out of memory. */
+cJSON *agents_list_json(struct cp *cp);
 
 /* ---- lifecycle.c: every state change, one transaction each (mu held) ---- */
 struct lc_new_job {
