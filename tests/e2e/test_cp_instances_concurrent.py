@@ -183,6 +183,7 @@ class Concurrent(CpTestCase):
         lock = pg.session(dbname, "jv-test-lock")
         self.addCleanup(lock.wait, 30)
         self.addCleanup(lock.kill)
+        self.addCleanup(lock.stdout.close)
         lock.stdin.write(b"BEGIN;\nLOCK TABLE instances IN ACCESS EXCLUSIVE MODE;\n")
         lock.stdin.flush()
 
