@@ -254,9 +254,9 @@ void jv_sandbox_strict(lua_State *L, int t, const char *name, const char *const 
  * not pay for them (most runs use two or three modules). Until then the global
  * is an empty table whose shared metatable fills it on any index, assignment
  * or pairs(), then gives it its strict metatable: what a script sees through
- * indexing, assignment and pairs is what an eagerly built module shows. Only
- * raw access (rawget, next) sees the empty table before the first use; check.c
- * fills a module before inspecting it raw (jv_sandbox_module_fill).
+ * indexing, assignment, pairs, and the sandbox's rawget and next (which build
+ * a module first) is what an eagerly built module shows. C code that reads a
+ * module raw fills it first (jv_sandbox_module_fill; check.c does).
  * proc is built eagerly: it captures string.match before the script runs. */
 struct lazy_module {
 	const char *name;
@@ -344,10 +344,23 @@ static int lazy_newindex(lua_State *L)
 	return 0;
 }
 
-/* next(), as pairs() uses it (not the global, which the script may replace). */
-static int raw_next(lua_State *L)
+/* rawget and next as the base library has them, except that a module not
+ * built yet is built first: rawget(fs, "name"), the documented test for an
+ * optional function, and next(fs) see every function from the start. */
+static int sb_rawget(lua_State *L)
 {
 	luaL_checktype(L, 1, LUA_TTABLE);
+	luaL_checkany(L, 2);
+	module_fill(L, 1);
+	lua_settop(L, 2);
+	lua_rawget(L, 1);
+	return 1;
+}
+
+static int sb_next(lua_State *L)
+{
+	luaL_checktype(L, 1, LUA_TTABLE);
+	module_fill(L, 1);
 	lua_settop(L, 2);
 	if (lua_next(L, 1))
 		return 2;
@@ -358,7 +371,7 @@ static int raw_next(lua_State *L)
 static int lazy_pairs(lua_State *L)
 {
 	module_fill(L, 1);
-	lua_pushcfunction(L, raw_next);
+	lua_pushcfunction(L, sb_next);
 	lua_pushvalue(L, 1);
 	lua_pushnil(L);
 	return 3;
@@ -389,6 +402,10 @@ static void set_lazy_modules(lua_State *L)
 	}
 	lua_pop(L, 1);
 	lua_rawsetp(L, LUA_REGISTRYINDEX, &lazy_key);
+	lua_pushcfunction(L, sb_rawget);
+	lua_setglobal(L, "rawget");
+	lua_pushcfunction(L, sb_next);
+	lua_setglobal(L, "next");
 }
 
 static void remove_field(lua_State *L, int t, const char *name)

@@ -1,7 +1,7 @@
 """The jobvisor modules (log, json, fs, archive, http, instance, remote) are built on their
 first use (lua/sandbox.c). What a script sees through indexing, assignment and pairs() must
 be what an eagerly built module showed: every function there on first use, whichever way
-the first use comes, unknown names refused with the script's line, assignments kept, the
+the first use comes (rawget and next included), unknown names refused with the script's line, assignments kept, the
 metatable hidden, and `jobvisor check` still knowing every field."""
 import subprocess
 import unittest
@@ -51,6 +51,26 @@ return out
             self.assertEqual(out[k], "function", k)
         self.assertEqual(out["mt"], "false,false")
         self.assertEqual(out["round"], 2)
+
+    def test_raw_access_on_first_use_sees_the_whole_module(self):
+        # docs/lua-api.md: test for an optional function with rawget(fs, "name")
+        r = self.run_body("""
+local k, v = next(http)
+return { rawget_fs = type(rawget(fs, "swap")), rawget_missing = rawget(remote, "nope") == nil,
+         next_http = type(k) .. ":" .. type(v), rawget_archive = type(rawget(archive, "verify")),
+         plain = rawget({ a = 1 }, "a"), plain_next = next({}) == nil }
+""")
+        self.assertEqual(r.code, 0, r)
+        self.assertEqual(r.result["output"], {
+            "rawget_fs": "function", "rawget_missing": True, "next_http": "string:function",
+            "rawget_archive": "function", "plain": 1, "plain_next": True})
+        for call, expected in [("rawget(nil, 1)", "bad argument #1 to 'rawget' (table expected, got nil)"),
+                               ("rawget({})", "bad argument #2 to 'rawget' (value expected)"),
+                               ("next(42)", "bad argument #1 to 'next' (table expected, got number)")]:
+            with self.subTest(call):
+                r = self.run_body(f"return {{ v = {call} }}", name="raw.lua")
+                self.assertEqual(r.code, 1, r)
+                self.assertIn(expected, r.result["error"]["message"])
 
     def test_unknown_name_on_first_use_is_refused_at_the_scripts_line(self):
         for mod, name, hint in [("fs", "raed", "fs.read"), ("archive", "craete", "archive.create"),
