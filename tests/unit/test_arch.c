@@ -497,6 +497,47 @@ Test(arch, big_poorly_compressible_files_round_trip)
 	arch_create_result_free(&r);
 }
 
+Test(arch, every_files_digest_is_its_own_with_several_hash_workers)
+{
+	/* Files are hashed by as many workers as zstd workers, in turn: small
+	 * ones packed together, big ones block by block. Each manifest digest
+	 * must still be the SHA-256 of that file and no other. */
+	char p[PATH_MAX];
+	cr_assert(mkdir(inpath(&S, "mix", p), 0755) == 0);
+	for (int i = 0; i < 40; i++) {
+		char rel[64];
+		snprintf(rel, sizeof(rel), "mix/f%02d.bin", i);
+		random_file(rel, i % 4 == 0 ? (2u << 20) + (size_t)i * 511 : 100 + (size_t)i * 997, i % 2);
+	}
+	int src = open(inpath(&S, "mix", p), O_RDONLY | O_DIRECTORY);
+	struct arch_create_opts co = {.level = 1, .threads = 5};
+	struct arch_create_result r;
+	char err[512];
+	cr_assert_eq(arch_create(src, S.root_fd, "mix.tar.zst", &co, &r, err, sizeof(err)), 0, "%s",
+	             err);
+	close(src);
+	struct fsx fx;
+	fsx_init(&fx, S.root_fd);
+	size_t files = 0;
+	for (size_t i = 0; i < r.manifest.n; i++) {
+		const struct arch_entry *e = &r.manifest.v[i];
+		if (e->type != ARCH_FILE)
+			continue;
+		char rel[FSX_PATH_MAX + 8], hex[JV_SHA256_HEX];
+		snprintf(rel, sizeof(rel), "mix/%s", e->path);
+		cr_assert_eq(fsx_sha256(&fx, rel, hex, NULL, NULL), 0);
+		cr_expect_str_eq(e->sha256, hex, "%s", e->path);
+		files++;
+	}
+	cr_expect_eq(files, 40);
+	char hex[JV_SHA256_HEX];
+	cr_assert_eq(fsx_sha256(&fx, "mix.tar.zst", hex, NULL, NULL), 0);
+	cr_expect_str_eq(r.manifest.sha256, hex);
+	cr_expect_eq(arch_verify(S.root_fd, "mix.tar.zst", &r.manifest, NULL, err, sizeof(err)), 0,
+	             "%s", err);
+	arch_create_result_free(&r);
+}
+
 Test(arch, manifest_mismatch_fails_extract_and_verify_naming_the_entry)
 {
 	struct arch_create_result r;
