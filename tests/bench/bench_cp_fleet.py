@@ -85,6 +85,7 @@ def main():
         sys.exit("bench_cp_fleet: PostgreSQL binaries not found (install Debian's postgresql: make deps)")
     duration = int(os.environ.get("JV_BENCH_FLEET_DURATION", "20"))
     raise_nofile()
+    started = datetime.datetime.now(datetime.timezone.utc)
     srv = pg_harness.PgServer().start()
     header, rows = None, []
     try:
@@ -107,8 +108,9 @@ def main():
         text = open(update).read()
         begin, end = "<!-- cp_fleet:latest:begin -->", "<!-- cp_fleet:latest:end -->"
         i, j = text.index(begin) + len(begin), text.index(end)
-        block = "\nLatest `make bench` run (%s, %d s per row):\n\n%s\n" % (
-            datetime.date.today().isoformat(), duration, table)
+        ended = datetime.datetime.now(datetime.timezone.utc)
+        block = "\nLatest `make bench` run (%s - %s UTC, %d s per row):\n\n%s\n" % (
+            started.strftime("%Y-%m-%d %H:%M"), ended.strftime("%H:%M"), duration, table)
         with open(update, "w") as f:
             f.write(text[:i] + block + text[j:])
 

@@ -107,6 +107,8 @@ struct load {
 	long next_create; /* round-robin over the replicas */
 	long events_acked, results, jobs_created, errors, polls, assigned;
 	long err_transport, err_5xx, err_4xx; /* errors by cause (measured window) */
+	long err_by_kind[4];                  /* transport errors by enum kind */
+	CURLcode err_last;                    /* the last transport error */
 	int nsources;
 	int in_flight;
 	int polls_in_flight, polls_waiting; /* now; at the end of the window (unanswered) */
@@ -343,8 +345,11 @@ static void finish(struct load *L, CURL *h, CURLcode cc)
 	bool measuring = t >= L->measure_from && t <= L->end_ms;
 	if (!ok && measuring) {
 		L->errors++;
-		if (cc != CURLE_OK)
+		if (cc != CURLE_OK) {
 			L->err_transport++;
+			L->err_by_kind[x->kind]++;
+			L->err_last = cc;
+		}
 		else if (status >= 500)
 			L->err_5xx++;
 		else
@@ -585,8 +590,10 @@ static void report(struct load *L, const struct cpu_marks *m)
 	       (double)L->events_acked / secs, (double)L->results / secs, cpu, self, iowait, L->polls_waiting, L->errors);
 	fflush(stdout);
 	fprintf(stderr, "cp_load: %d agents from %d source addresses (127.0.0.1 - 127.0.0.%d); errors: %ld transport "
-	        "(refused, reset, empty reply, timeout), %ld 5xx, %ld 4xx\n", L->nagents, L->nsources, L->nsources,
-	        L->err_transport, L->err_5xx, L->err_4xx);
+	        "(polls %ld, events %ld, results %ld, job creations %ld; the last: %s), %ld 5xx, %ld 4xx\n", L->nagents,
+	        L->nsources, L->nsources, L->err_transport, L->err_by_kind[K_POLL], L->err_by_kind[K_EVENTS],
+	        L->err_by_kind[K_RESULT], L->err_by_kind[K_CREATE], L->err_transport ? curl_easy_strerror(L->err_last) : "-",
+	        L->err_5xx, L->err_4xx);
 }
 
 static void measure_loop(struct load *L)
