@@ -10,32 +10,22 @@
  * on the one database, agent i talking to replica i mod N, jobs created
  * round-robin), then drives them from one thread with libcurl multi.
  *
- * Agents are hosts of their own: agent i connects from the loopback address
- * 127.0.0.(1 + i mod K) (curl binds the socket to it before connect; all of
- * 127.0.0.0/8 is loopback on Linux), K = --sources, by default one address
- * per 50 agents, so no address carries more requests than a few real hosts
- * would and the front's per-address limit (FRONT_PENDING_PER_CLIENT) does not
- * throttle the load generator; the panel connects from 127.0.0.1.
+ * Agent i connects from 127.0.0.(1 + i mod K) (curl binds before connect; all
+ * of 127.0.0.0/8 is loopback on Linux), K = --sources or one address per 50
+ * agents, like hosts of a fleet: the front's per-address limit
+ * (FRONT_PENDING_PER_CLIENT) does not throttle it. The panel uses 127.0.0.1.
  *
- * Every simulated agent polls every --interval seconds (start times spread
- * over the interval, 10% jitter; never two polls of one agent at once)
- * listing the runs it holds; a panel creates --jobs-per-sec jobs spread over
- * the agents (4 instances each); an agent that gets a run posts its events in
- * batches every 250 ms, then the result. Counted are the answers that arrive
- * between the end of the first interval (warm-up) and the end of --duration,
- * whenever asked (an overloaded server still shows its rate and its latency):
- * poll answer latency (request start to last byte, which includes the TCP
- * connect since jobvisor-cp closes every connection), jobs created per second
- * (answered 2xx: what the panel got, of --jobs-per-sec offered), events/s
- * acknowledged; also the replicas' CPU (each one's share of one core, from
- * /proc/PID/stat), cp_load's own ("load CPU", getrusage: a saturated load
- * generator shows), the whole host's iowait share (the machine is shared;
- * iowait explains most outliers) and the polls still unanswered at the end
- * (a backlog: the server is past its capacity). One Markdown table row per
- * agent count; failed requests by cause on stderr. The soft RLIMIT_NOFILE is
- * raised to the hard limit (the replicas inherit it); a hard limit too low
- * for the agent count is refused. Bounded: --duration plus at most 5 s of
- * drain. Not run by ctest. */
+ * Every agent polls every --interval seconds (start times spread, 10% jitter,
+ * one poll at a time) listing its runs; a panel creates --jobs-per-sec jobs
+ * (4 instances per agent); an agent with a run posts its events in batches
+ * every 250 ms, then the result. Answers arriving between the end of the
+ * first interval and the end of --duration count, whenever asked, so an
+ * overloaded server still shows its rate. One Markdown row per agent count
+ * (columns: docs/performance.md), failed requests by cause and the front's
+ * reports of dropped clients on stderr. The soft RLIMIT_NOFILE is raised to
+ * the hard limit (inherited by the replicas); too low a hard limit for the
+ * agent count is refused. Bounded: --duration plus at most 5 s of drain. Not
+ * run by ctest. */
 #include <curl/curl.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -431,9 +421,10 @@ static int write_tokens(struct load *L, const char *dir, int n)
 /* Start jobvisor-cp replica k on the files of dir; fills url[k]; returns its pid or -1. */
 static pid_t spawn_cp(struct load *L, const char *dir, int k)
 {
-	char admin_path[512], agents_path[512], db[512], threads[16];
+	char admin_path[512], agents_path[512], db[512], threads[16], log_path[512];
 	snprintf(admin_path, sizeof(admin_path), "%s/admin", dir);
 	snprintf(agents_path, sizeof(agents_path), "%s/agents", dir);
+	snprintf(log_path, sizeof(log_path), "%s/replica-%d.log", dir, k);
 	snprintf(db, sizeof(db), "%s", L->o.db ? L->o.db : "");
 	if (!L->o.db)
 		snprintf(db, sizeof(db), "%s/cp.sqlite", dir);
@@ -444,8 +435,9 @@ static pid_t spawn_cp(struct load *L, const char *dir, int k)
 	pid_t pid = fork();
 	if (pid == 0) {
 		dup2(out[1], 1);
-		int devnull = open("/dev/null", O_WRONLY);
-		dup2(devnull, 2);
+		int log = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600); /* warnings: see stop_replicas */
+		if (log >= 0)
+			dup2(log, 2);
 		close(out[0]);
 		execl(L->o.cp, L->o.cp, "--listen", "127.0.0.1:0", "--db", db, "--admin-token-file", admin_path,
 		      "--agents-file", agents_path, "--threads", threads, "--log-level", "warn", (char *)NULL);
@@ -518,6 +510,33 @@ static double self_cpu_seconds(void)
 	return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
+/* Copy the lines of replica k's log (its stderr) that contain what (NULL:
+ * all) to our stderr, then remove the log. */
+static void relay_log(const char *dir, int k, const char *what)
+{
+	char path[600], line[1024];
+	snprintf(path, sizeof(path), "%s/replica-%d.log", dir, k);
+	FILE *f = fopen(path, "r");
+	while (f && fgets(line, sizeof(line), f))
+		if (!what || strstr(line, what))
+			fprintf(stderr, "cp_load: replica %d: %s", k + 1, line);
+	if (f)
+		fclose(f);
+	unlink(path);
+}
+
+/* Stop the replicas; relay the front's reports of dropped clients (an
+ * eviction by the per-address limit names the address). */
+static void stop_replicas(struct load *L, const char *dir)
+{
+	for (int k = 0; k < L->o.replicas; k++)
+		kill(L->pid[k], SIGTERM);
+	for (int k = 0; k < L->o.replicas; k++) {
+		waitpid(L->pid[k], NULL, 0);
+		relay_log(dir, k, "front: dropped");
+	}
+}
+
 /* Start the replicas (after writing the token files); 0 or -1 with all stopped. */
 static int start_replicas(struct load *L, const char *dir)
 {
@@ -527,10 +546,9 @@ static int start_replicas(struct load *L, const char *dir)
 		L->pid[k] = spawn_cp(L, dir, k);
 		if (L->pid[k] < 0) {
 			fprintf(stderr, "cp_load: cannot start %s (replica %d)\n", L->o.cp, k + 1);
-			for (int m = 0; m < k; m++) {
-				kill(L->pid[m], SIGTERM);
-				waitpid(L->pid[m], NULL, 0);
-			}
+			relay_log(dir, k, NULL); /* why */
+			L->o.replicas = k;
+			stop_replicas(L, dir);
 			return -1;
 		}
 	}
@@ -685,10 +703,7 @@ static int run_once(const struct opts *o, int nagents)
 		L.multi = curl_multi_init();
 		measure_loop(&L);
 		curl_multi_cleanup(L.multi);
-		for (int k = 0; k < o->replicas; k++)
-			kill(L.pid[k], SIGTERM);
-		for (int k = 0; k < o->replicas; k++)
-			waitpid(L.pid[k], NULL, 0);
+		stop_replicas(&L, dir);
 	}
 	char path[600];
 	const char *names[] = {"admin", "agents", "cp.sqlite", "cp.sqlite-wal", "cp.sqlite-shm"};
