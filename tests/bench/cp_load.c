@@ -339,11 +339,11 @@ static void finish(struct load *L, CURL *h, CURLcode cc)
 			L->err_transport++;
 			L->err_by_kind[x->kind]++;
 			L->err_last = cc;
-		}
-		else if (status >= 500)
+		} else if (status >= 500) {
 			L->err_5xx++;
-		else
+		} else {
 			L->err_4xx++;
+		}
 	}
 	switch (x->kind) {
 	case K_POLL:
