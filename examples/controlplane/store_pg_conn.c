@@ -79,6 +79,7 @@ static int pipeline_result(PGconn *c, PGresult **out)
 		return 0;
 	}
 	if (st != PGRES_PIPELINE_ABORTED) {
+		pg_prep_check(c, res);
 		const char *msg = res ? PQresultErrorMessage(res) : "";
 		jv_error(NULL, NULL, "postgresql: %s", *msg ? msg : PQerrorMessage(c));
 	}
@@ -96,19 +97,25 @@ int pg_pipeline(PGconn *c, const struct pg_stmt *st, size_t n, PGresult **out)
 	}
 	int rc = 0;
 	size_t sent = 0;
+	uint64_t parsed = 0; /* bit i: statement i's Parse was sent before it (store_pg_prep.c) */
 	for (; sent < n; sent++) {
-		const struct pg_params *p = st[sent].p;
-		if (PQsendQueryParams(c, st[sent].sql, p ? p->n : 0, NULL, p ? p->v : NULL, NULL, NULL, 0) != 1)
+		int r = pg_prep_send(c, st[sent].sql, st[sent].p, sent < 64);
+		if (r < 0)
 			break;
+		if (r > 0)
+			parsed |= 1ULL << sent;
 	}
 	if (sent < n || PQpipelineSync(c) != 1) {
 		jv_error(NULL, NULL, "postgresql: cannot send a pipeline: %s", PQerrorMessage(c));
 		rc = -EIO;
 	}
 	bool sent_all = rc == 0;
-	for (size_t i = 0; sent_all && i < n; i++)
+	for (size_t i = 0; sent_all && i < n; i++) {
+		if (i < 64 && (parsed >> i & 1) && pg_prep_result(c, st[i].sql) < 0)
+			rc = -EIO; /* then the statement itself comes back PGRES_PIPELINE_ABORTED */
 		if (pipeline_result(c, &out[i]) < 0)
 			rc = -EIO; /* the ones after a failure come back PGRES_PIPELINE_ABORTED */
+	}
 	PGresult *sync = sent_all ? PQgetResult(c) : NULL;
 	bool synced = PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
 	PQclear(sync);
@@ -215,7 +222,9 @@ int pg_pool_open(const char *url, int size, struct pg_pool **out, char *err, siz
 	pthread_cond_init(&p->cond, NULL);
 	p->size = size;
 	for (int i = 0; i < size; i++) {
-		if (!(p->conns[i] = connect_checked(url, err, errlen))) {
+		if (!(p->conns[i] = connect_checked(url, err, errlen)) || pg_prep_attach(p->conns[i]) < 0) {
+			if (p->conns[i])
+				snprintf(err, errlen, "out of memory");
 			pg_pool_close(p);
 			return -EIO;
 		}
