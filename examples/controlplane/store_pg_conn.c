@@ -252,6 +252,16 @@ void pg_pool_close(struct pg_pool *p)
 	free(p);
 }
 
+/* An idle pooled connection has nothing to read: input means the server
+ * ended the session (a restart, a terminated backend: its FATAL message and
+ * the end of the stream wait in the socket), so reset it before use rather
+ * than fail the caller's request on it. */
+static bool input_pending(PGconn *c)
+{
+	struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+	return pfd.fd >= 0 && poll(&pfd, 1, 0) > 0;
+}
+
 PGconn *pg_acquire(struct pg_pool *p)
 {
 	pthread_mutex_lock(&p->mu);
@@ -266,7 +276,9 @@ PGconn *pg_acquire(struct pg_pool *p)
 	p->busy[i] = true;
 	pthread_mutex_unlock(&p->mu);
 	PGconn *c = p->conns[i];
-	if (PQstatus(c) != CONNECTION_OK) {
+	if (PQstatus(c) != CONNECTION_OK || input_pending(c)) {
+		if (PQstatus(c) == CONNECTION_OK)
+			PQconsumeInput(c); /* for the server's message in the log */
 		jv_warn(NULL, NULL, "PostgreSQL connection lost (%s); reconnecting", PQerrorMessage(c));
 		PQreset(c);
 		if (PQstatus(c) != CONNECTION_OK) {
