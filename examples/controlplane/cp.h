@@ -225,6 +225,8 @@ struct lc_new_job {
  * identical job. Do NOT hold cp->mu (it takes it for the wake-up only). */
 int lc_job_create(struct cp *cp, const struct lc_new_job *nj, cJSON **job, bool *created, struct cp_err *err);
 int lc_job_enqueue(struct cp *cp, const char *job_id);
+/* Cancel, or retry a FAILED or CANCELLED job: 0, or <0 with err set.
+ * Do NOT hold cp->mu (it takes it for the publication and wake-up only). */
 int lc_job_cancel(struct cp *cp, const char *job_id, struct cp_err *err);
 int lc_job_retry(struct cp *cp, const char *job_id, struct cp_err *err);
 /* End a QUEUED or RUNNING run: status COMPLETED/FAILED/CANCELLED, by
@@ -237,8 +239,11 @@ int lc_run_finish(struct cp *cp, const char *run_id, const char *status, const c
                   const cJSON *error, const char *finished_by, int64_t lost_before);
 /* {"type": "job", "job": job} for ws_publish (job consumed); NULL for NULL. */
 cJSON *lc_job_msg(cJSON *job);
-/* Publish the current state of a job to WebSocket clients. */
+/* Publish the current state of a job to WebSocket clients. mu held. */
 void lc_publish_job(struct cp *cp, const char *job_id);
+/* The same and wake the agent's long polls on every replica
+ * (ws_publish_wake). Do NOT hold cp->mu. */
+void lc_publish_job_wake(struct cp *cp, const char *job_id, const char *agent_id);
 /* Bump the agent's wake generation and wake its long polls. */
 void lc_wake_agent(struct cp *cp, const char *agent_id);
 /* Its long polls parked in the front look again (after a->gen or a->console_gen moved). */

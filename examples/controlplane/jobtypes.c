@@ -182,9 +182,7 @@ void api_jobtypes_get(struct cp *cp, struct mg_connection *conn, const char *age
 	}
 	cJSON *report = NULL;
 	int64_t at = 0;
-	pthread_mutex_lock(&cp->mu);
 	int rc = load(cp, agent_id, &report, &at);
-	pthread_mutex_unlock(&cp->mu);
 	if (rc == -EIO) {
 		http_send_error(conn, 500, "database error");
 		return;

@@ -115,6 +115,14 @@ void lc_publish_job(struct cp *cp, const char *job_id)
 		ws_publish(cp, msg);
 }
 
+void lc_publish_job_wake(struct cp *cp, const char *job_id, const char *agent_id)
+{
+	cJSON *job = NULL;
+	store_job_json(cp->store, job_id, &job);
+	cJSON *msg = lc_job_msg(job);
+	ws_publish_wake(cp, &msg, msg ? 1 : 0, agent_id);
+}
+
 int lc_job_enqueue(struct cp *cp, const char *job_id)
 {
 	struct store_job_info jr;
@@ -201,8 +209,7 @@ int lc_job_cancel(struct cp *cp, const char *job_id, struct cp_err *err)
 		return 0; /* already asked; the agent will report */
 	jv_info(job_id, run_id[0] ? run_id : NULL,
 	        rc == STORE_CANCEL_REQUESTED ? "cancel requested" : "job cancelled before it ran");
-	lc_publish_job(cp, job_id);
-	lc_wake_agent(cp, jr.agent_id);
+	lc_publish_job_wake(cp, job_id, jr.agent_id);
 	return 0;
 }
 
@@ -223,8 +230,7 @@ int lc_job_retry(struct cp *cp, const char *job_id, struct cp_err *err)
 		return -EIO;
 	}
 	jv_info(job_id, NULL, "manual retry: attempt %d queued", jr.last_attempt + 1);
-	lc_publish_job(cp, job_id);
-	lc_wake_agent(cp, jr.agent_id);
+	lc_publish_job_wake(cp, job_id, jr.agent_id);
 	return 0;
 }
 
@@ -258,9 +264,6 @@ int lc_run_finish(struct cp *cp, const char *run_id, const char *status, const c
 	else
 		jv_info(res.job_id, run_id, "run %s%s", status, lost ? " (lost)" : "");
 	/* The instance is free again: the next job for it may be assigned. */
-	cJSON *job = NULL;
-	store_job_json(cp->store, res.job_id, &job);
-	cJSON *msg = lc_job_msg(job);
-	ws_publish_wake(cp, &msg, msg ? 1 : 0, res.agent_id);
+	lc_publish_job_wake(cp, res.job_id, res.agent_id);
 	return 0;
 }

@@ -24,6 +24,10 @@
 
 #include "jobvisor/log.h"
 
+/* Attempts of a pipeline the server rolled back as a deadlock victim or a
+ * serialization failure. */
+#define PIPELINE_TRIES 3
+
 bool pg_is_url(const char *db)
 {
 	return db && (strncmp(db, "postgresql://", 13) == 0 || strncmp(db, "postgres://", 11) == 0);
@@ -67,8 +71,17 @@ int pg_cmd(PGconn *c, const char *sql, const struct pg_params *p)
 	return n;
 }
 
-/* Statement i's result into *out, consuming the NULL that ends it. */
-static int pipeline_result(PGconn *c, PGresult **out)
+/* A failure the server asks the client to retry: the transaction lost a
+ * deadlock or a serialization conflict and was rolled back whole. */
+static bool retryable(const PGresult *res)
+{
+	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	return state && (strcmp(state, "40P01") == 0 || strcmp(state, "40001") == 0);
+}
+
+/* Statement i's result into *out, consuming the NULL that ends it: 0, or
+ * -EAGAIN for a retryable failure, -EIO for another (logged). */
+static int pipeline_result(PGconn *c, PGresult **out, bool last_try)
 {
 	PGresult *res = PQgetResult(c), *extra;
 	while (res && (extra = PQgetResult(c)) != NULL)
@@ -78,16 +91,19 @@ static int pipeline_result(PGconn *c, PGresult **out)
 		*out = res;
 		return 0;
 	}
+	int rc = st != PGRES_PIPELINE_ABORTED && retryable(res) ? -EAGAIN : -EIO;
 	if (st != PGRES_PIPELINE_ABORTED) {
 		pg_prep_check(c, res);
 		const char *msg = res ? PQresultErrorMessage(res) : "";
-		jv_error(NULL, NULL, "postgresql: %s", *msg ? msg : PQerrorMessage(c));
+		jv_log(rc == -EAGAIN && !last_try ? JV_LOG_WARN : JV_LOG_ERROR, NULL, NULL, "postgresql: %s%s",
+		       *msg ? msg : PQerrorMessage(c), rc == -EAGAIN && !last_try ? " (sending the transaction again)" : "");
 	}
 	PQclear(res);
-	return -EIO;
+	return rc;
 }
 
-int pg_pipeline(PGconn *c, const struct pg_stmt *st, size_t n, PGresult **out)
+/* One attempt of pg_pipeline. */
+static int pipeline_once(PGconn *c, const struct pg_stmt *st, size_t n, PGresult **out, bool last_try)
 {
 	for (size_t i = 0; i < n; i++)
 		out[i] = NULL;
@@ -109,12 +125,14 @@ int pg_pipeline(PGconn *c, const struct pg_stmt *st, size_t n, PGresult **out)
 		jv_error(NULL, NULL, "postgresql: cannot send a pipeline: %s", PQerrorMessage(c));
 		rc = -EIO;
 	}
-	bool sent_all = rc == 0;
+	bool sent_all = rc == 0, committed = false;
 	for (size_t i = 0; sent_all && i < n; i++) {
-		if (i < 64 && (parsed >> i & 1) && pg_prep_result(c, st[i].sql) < 0)
+		if (i < 64 && (parsed >> i & 1) && pg_prep_result(c, st[i].sql) < 0 && rc == 0)
 			rc = -EIO; /* then the statement itself comes back PGRES_PIPELINE_ABORTED */
-		if (pipeline_result(c, &out[i]) < 0)
-			rc = -EIO; /* the ones after a failure come back PGRES_PIPELINE_ABORTED */
+		int r = pipeline_result(c, &out[i], last_try || committed);
+		if (r < 0 && rc == 0)
+			rc = r == -EAGAIN && committed ? -EIO : r; /* the later ones come back PGRES_PIPELINE_ABORTED */
+		committed |= rc == 0 && strcmp(st[i].sql, "COMMIT") == 0;
 	}
 	PGresult *sync = sent_all ? PQgetResult(c) : NULL;
 	bool synced = PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
@@ -131,6 +149,21 @@ int pg_pipeline(PGconn *c, const struct pg_stmt *st, size_t n, PGresult **out)
 			out[i] = NULL;
 		}
 	return rc;
+}
+
+int pg_pipeline(PGconn *c, const struct pg_stmt *st, size_t n, PGresult **out)
+{
+	/* A deadlock or serialization failure rolled the transaction back: send
+	 * the pipeline again, a few times, unless an earlier transaction of it
+	 * committed (pipeline_once then fails with -EIO). */
+	for (int attempt = 1;; attempt++) {
+		int rc = pipeline_once(c, st, n, out, attempt == PIPELINE_TRIES);
+		if (rc != -EAGAIN)
+			return rc;
+		pg_rollback(c);
+		if (attempt == PIPELINE_TRIES)
+			return -EIO;
+	}
 }
 
 int pg_begin(PGconn *c)

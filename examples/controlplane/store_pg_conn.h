@@ -68,7 +68,10 @@ struct pg_stmt {
  * earlier failure. 0 when every statement succeeded, else -EIO (logged). A
  * transaction over several statements is made explicit: BEGIN ... COMMIT
  * among them; after a failure the connection is left in the failed
- * transaction, which pg_release rolls back. */
+ * transaction, which pg_release rolls back. A pipeline the server rolled
+ * back as a deadlock victim or for a serialization failure (SQLSTATE 40P01,
+ * 40001) is sent again, up to 3 times in all, unless a transaction of it
+ * had committed before the failure. */
 int pg_pipeline(PGconn *c, const struct pg_stmt *st, size_t n, PGresult **out);
 
 /* ---- store_pg_prep.c: prepared statements of a pool connection ----

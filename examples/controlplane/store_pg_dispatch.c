@@ -115,11 +115,7 @@ int pgs_runs_renew(struct store *s, const char *agent_id, const char *const *run
 	pg_p_i64(&p, lease_until);
 	pg_p_str(&p, agent_id);
 	pg_p_str(&p, b.data);
-	PGresult *r = built ? pgs_query(s,
-	                                "UPDATE job_runs SET lease_until = $1 WHERE agent_id = $2 AND status = 'RUNNING'"
-	                                " AND run_id = ANY($3::text[]) RETURNING run_id",
-	                                &p)
-	                                : NULL;
+	PGresult *r = built ? pgs_query(s, PGS_SQL_RENEW, &p) : NULL;
 	jv_buf_free(&b);
 	if (!r)
 		return -EIO;
@@ -192,6 +188,16 @@ const char PGS_SQL_CLAIM[] =
 	"   WHERE run_id IN (SELECT run_id FROM pick) AND status = 'QUEUED' RETURNING run_id, job_id)"
 	" UPDATE jobs j SET status = 'RUNNING', updated_at = $2::bigint FROM r WHERE j.job_id = r.job_id"
 	" RETURNING r.run_id, j.seq";
+
+/* Renew the leases of the listed runs the agent holds, locking them in
+ * run_id order: an events group locks its runs in that order too, and rows
+ * locked in two orders by two transactions deadlock (seen in
+ * test_pg_replicas). */
+const char PGS_SQL_RENEW[] =
+	"WITH l AS (SELECT run_id FROM job_runs WHERE agent_id = $2 AND status = 'RUNNING'"
+	"   AND run_id = ANY($3::text[]) ORDER BY run_id FOR NO KEY UPDATE)"
+	" UPDATE job_runs SET lease_until = $1::bigint FROM l"
+	" WHERE job_runs.run_id = l.run_id AND job_runs.status = 'RUNNING' RETURNING job_runs.run_id";
 
 /* RETURNING has no order: the claimed run ids by job seq (selection sort, a few rows). */
 int pgs_claimed_ids(const PGresult *r, char (*ids)[CP_ID_MAX], int max)
@@ -282,8 +288,12 @@ int pgs_runs_refresh(struct store *s, int64_t lease_until, int64_t ack_deadline)
 	struct pg_params p = {0};
 	pg_p_i64(&p, lease_until);
 	pg_p_i64(&p, ack_deadline);
+	/* Locked in run_id order, as every statement that locks several runs. */
 	return pgs_cmd(s,
-	               "UPDATE job_runs SET lease_until = $1,"
-	               " ack_deadline = CASE acked WHEN 0 THEN $2 ELSE ack_deadline END WHERE status = 'RUNNING'",
+	               "WITH l AS (SELECT run_id FROM job_runs WHERE status = 'RUNNING' ORDER BY run_id"
+	               "   FOR NO KEY UPDATE)"
+	               " UPDATE job_runs SET lease_until = $1,"
+	               " ack_deadline = CASE acked WHEN 0 THEN $2 ELSE ack_deadline END"
+	               " FROM l WHERE job_runs.run_id = l.run_id AND job_runs.status = 'RUNNING'",
 	               &p) < 0 ? -EIO : 0;
 }

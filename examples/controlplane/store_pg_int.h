@@ -202,15 +202,8 @@ int pgs_job_submit(struct store *s, const struct store_new_job *nj, const struct
  * $5 capacity, $6 max): rows (run_id, job seq); needs the agent's lock. */
 extern const char PGS_SQL_CLAIM[];
 int pgs_claimed_ids(const PGresult *r, char (*ids)[CP_ID_MAX], int max);
-
-/* store_pg_poll.c: store_poll and store_job_submit, one pipeline each */
-int pgs_poll(struct store *s, const struct store_poll *q, struct store_poll_result *out);
-int pgs_job_submit(struct store *s, const struct store_new_job *nj, const struct store_sched_claim *claim,
-                   int64_t now, struct store_submitted *out);
-/* The claim statement ($1 agent, $2 now, $3 ack deadline, $4 lease end,
- * $5 capacity, $6 max): rows (run_id, job seq); needs the agent's lock. */
-extern const char PGS_SQL_CLAIM[];
-int pgs_claimed_ids(const PGresult *r, char (*ids)[CP_ID_MAX], int max);
+/* Lease renewal ($1 lease end, $2 agent, $3 text[] of run ids): the run ids renewed. */
+extern const char PGS_SQL_RENEW[];
 
 /* store_pg_bus.c */
 void pgs_bus_stop(struct store_pg *sp);

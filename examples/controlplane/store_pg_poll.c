@@ -10,6 +10,8 @@
  *     concurrent polls of one agent (threads, replicas) count its RUNNING
  *     runs, pick and claim one at a time; the claim is a conditional UPDATE
  *     (status = 'QUEUED'), so a concurrent cancel that won the row wins;
+ *   - rows of several runs are locked in run_id order (the lease renewal
+ *     here, an events group), so two transactions never wait in a circle;
  *   - a job insert takes its (agent, instance) advisory lock before the seq
  *     is drawn, so an instance's seq order is commit order and a poll never
  *     sees job N+1 without job N (per-instance order);
@@ -94,8 +96,7 @@ static const char *const POLL_SQL[P_N] = {
 	[P_LOCK] = PGS_SQL_LOCK,
 	[P_TOUCH] = "UPDATE agents SET last_seen = greatest(last_seen, $1::bigint), capacity = $2::int"
 	            " WHERE agent_id = $3",
-	[P_RENEW] = "UPDATE job_runs SET lease_until = $1::bigint WHERE agent_id = $2 AND status = 'RUNNING'"
-	            " AND run_id = ANY($3::text[]) RETURNING run_id",
+	[P_RENEW] = PGS_SQL_RENEW,
 	/* Listed, not held, but finished by this agent itself: not to be cancelled. */
 	[P_OWN] = "SELECT run_id FROM job_runs WHERE run_id = ANY($1::text[]) AND agent_id = $2"
 	          " AND status <> 'RUNNING' AND finished_by = 'agent'",

@@ -203,6 +203,18 @@ class PgServer:
                        "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-d", dbname, "-c", sql])
         return r.stdout.decode(errors="replace").strip()
 
+    def session(self, dbname, appname):
+        """An interactive psql session (a Popen; write SQL to its stdin), named
+        appname in pg_stat_activity: a test's own transaction held open while
+        the control plane runs."""
+        user = _server_user()
+        kw = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
+        env = dict(os.environ, LC_ALL="C", LANG="C", PGTZ="UTC", PGAPPNAME=appname)
+        return subprocess.Popen([os.path.join(self.bindir, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                                 "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-d", dbname],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=env, cwd=self.dir, **kw)
+
     def copy_rows(self, dbname, table, columns, rows):
         """Bulk-load rows (tuples; None = NULL) with COPY ... FROM STDIN (CSV)."""
         import csv
