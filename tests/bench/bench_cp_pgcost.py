@@ -37,30 +37,10 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def proc_cpu(pid):
-    """(own, reaped children) CPU seconds of pid; (0, 0) when it is gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            f = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0, 0.0
-    return (int(f[11]) + int(f[12])) / TICK, (int(f[13]) + int(f[14])) / TICK
-
-
-def server_cpu(pm):
-    """CPU seconds used by the postmaster pm, its live processes and the ones that exited."""
-    own, reaped = proc_cpu(pm)
-    total = own + reaped
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pm:
-            total += proc_cpu(int(d))[0]
-    return total
+    """CPU seconds (user + system) pid has used."""
+    with open("/proc/%d/stat" % pid) as f:
+        f = f.read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / TICK
 
 
 def in_threads(items, fn):
@@ -84,9 +64,9 @@ def in_threads(items, fn):
 
 
 def measure(srv, cp, n, work):
-    s0, r0, t0 = server_cpu(srv.proc.pid), proc_cpu(cp.proc.pid)[0], time.monotonic()
+    s0, r0, t0 = srv.cpu_seconds(), proc_cpu(cp.proc.pid), time.monotonic()
     work()
-    s1, r1, t1 = server_cpu(srv.proc.pid), proc_cpu(cp.proc.pid)[0], time.monotonic()
+    s1, r1, t1 = srv.cpu_seconds(), proc_cpu(cp.proc.pid), time.monotonic()
     return {"server_us": 1e6 * (s1 - s0) / n, "replica_us": 1e6 * (r1 - r0) / n, "rate": n / (t1 - t0)}
 
 
@@ -123,11 +103,11 @@ def fleet(srv, binary, seconds):
     if not os.access(load, os.X_OK):
         load = os.path.join(HERE, "..", "..", "build", "examples", "controlplane", "cp_load")
     db = srv.new_database("fleet")
-    s0 = server_cpu(srv.proc.pid)
+    s0 = srv.cpu_seconds()
     r = subprocess.run([load, "--cp", binary, "--agents", "500", "--interval", "3", "--jobs-per-sec", "100",
                         "--duration", str(seconds), "--db", db], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        timeout=seconds + 120)
-    s1 = server_cpu(srv.proc.pid)
+    s1 = srv.cpu_seconds()
     rows = [x for x in r.stdout.decode().splitlines() if x.startswith("| ") and "---" not in x]
     if r.returncode != 0 or len(rows) < 2:
         raise AssertionError("cp_load failed: %s" % r.stderr.decode()[-2000:])
@@ -153,7 +133,8 @@ def main():
         sys.exit("bench_cp_pgcost: give at least one LABEL=PATH/jobvisor-cp")
     os.environ["JV_CP_BACKEND"] = "postgresql"
     srv = pg_harness.PgServer().start()
-    print("| round | build | phase | PostgreSQL CPU µs per request | replica CPU µs per request | requests/s | load avg |")
+    print("| round | build | phase | PostgreSQL CPU µs per request | replica CPU µs per request"
+          " | requests/s | load avg |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     fleet_rows = []
     try:

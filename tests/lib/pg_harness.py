@@ -190,6 +190,25 @@ class PgServer:
             time.sleep(0.05)
         return False
 
+    def cpu_seconds(self):
+        """CPU seconds (user + system) the server has used: the postmaster, its
+        live processes and the ones that exited (from /proc)."""
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def stat(pid):
+            with open("/proc/%d/stat" % pid) as f:
+                return f.read().rsplit(")", 1)[1].split()
+        root = stat(self.proc.pid)
+        total = sum(int(x) for x in root[11:15])  # utime stime cutime cstime
+        for d in os.listdir("/proc"):
+            try:
+                if d.isdigit() and int(d) != self.proc.pid:
+                    f = stat(int(d))
+                    total += int(f[11]) + int(f[12]) if int(f[1]) == self.proc.pid else 0
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+        return total / tick
+
     def log_text(self):
         try:
             with open(self.log_path, "rb") as f:
