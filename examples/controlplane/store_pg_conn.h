@@ -4,6 +4,8 @@
  * next acquire, with a clear error when the server stays unreachable), text-
  * parameter execution helpers, and a LISTEN thread on a connection of its
  * own that hands every notification to a callback.
+ * store_pg_prep.c: the statements each pool connection has prepared (for
+ * pg_pipeline), prepared again after a reset.
  * store_pg_schema.c: the versioned schema, migrated at start under a session
  * advisory lock so that of several replicas starting at once the first
  * migrates and the others wait, then find the schema current.
