@@ -224,6 +224,8 @@ struct lc_new_job {
  * job (returned-owned); *created is false when job_id already named an
  * identical job. Do NOT hold cp->mu (it takes it for the wake-up only). */
 int lc_job_create(struct cp *cp, const struct lc_new_job *nj, cJSON **job, bool *created, struct cp_err *err);
+/* A CREATED job to QUEUED with its first run; 0 also when it was not
+ * CREATED (queued meanwhile). Do NOT hold cp->mu. */
 int lc_job_enqueue(struct cp *cp, const char *job_id);
 /* Cancel, or retry a FAILED or CANCELLED job: 0, or <0 with err set.
  * Do NOT hold cp->mu (it takes it for the publication and wake-up only). */

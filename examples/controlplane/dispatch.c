@@ -97,6 +97,7 @@ static cJSON *agent_json(const struct cp *cp, const char *id, int64_t last_seen,
 }
 
 #define IDS_MAX 64 /* runs handled per poll answer and per sweep */
+#define CREATED_GRACE_MS 10000 /* a job CREATED this long is a creation stopped halfway */
 
 /* Log each claimed run and publish the claimed jobs (and the agent's
  * presence when due) to WebSocket clients; no cp->mu held. */
@@ -253,6 +254,25 @@ static void wake_cb(void *ud, const char *agent_id)
 	ws_publish_wake(ud, NULL, 0, agent_id);
 }
 
+/* Queue the jobs left CREATED since before `before` (0: all): a creation is
+ * two transactions (store.h, store_job_submit), and one whose second never
+ * ran (a database error between them, a replica killed there) would leave
+ * its job CREATED until the next start. The move is conditional (another
+ * replica's sweep, a late creation: whoever comes second changes nothing).
+ * Without cp->mu. */
+static int queue_created(struct cp *cp, int64_t before)
+{
+	char created[IDS_MAX][CP_ID_MAX];
+	int n = IDS_MAX, rc = 0;
+	while (rc == 0 && n == IDS_MAX) {
+		n = store_jobs_created(cp->store, before, created, IDS_MAX);
+		for (int i = 0; rc == 0 && i < n; i++)
+			rc = lc_job_enqueue(cp, created[i]);
+		rc = rc == 0 && n < 0 ? n : rc;
+	}
+	return rc;
+}
+
 /* Main thread only, without cp->mu: store calls and lc_run_finish (which
  * takes it for its wake-ups), so polls never wait for the sweep's round trips. */
 void dispatch_sweep(struct cp *cp)
@@ -282,6 +302,9 @@ void dispatch_sweep(struct cp *cp)
 	}
 	/* Retries whose backoff ended since the last sweep: wake their agents' long polls. */
 	store_retry_agents(cp->store, cp->last_sweep_ms, now, wake_cb, cp);
+	/* Creations stopped halfway; the grace keeps clear of the ones in flight. */
+	if (queue_created(cp, now - CREATED_GRACE_MS) < 0)
+		jv_error(NULL, NULL, "cannot queue the jobs left CREATED");
 	cp->last_sweep_ms = now;
 }
 
@@ -310,20 +333,13 @@ int dispatch_recover(struct cp *cp)
 	if (rc == 0)
 		rc = store_runs_refresh(cp->store, now + (int64_t)cp->cfg.lease_s * 1000,
 		                        now + (int64_t)cp->cfg.ack_s * 1000);
-	/* Last seen times, and jobs stored but not yet queued when we stopped. */
+	/* Last seen times. */
 	if (rc == 0)
 		rc = store_agents_each(cp->store, load_agent, cp) < 0 ? -EIO : 0;
-	char created[IDS_MAX][CP_ID_MAX];
-	int n = IDS_MAX;
-	while (rc == 0 && n == IDS_MAX) {
-		n = store_jobs_created(cp->store, created, IDS_MAX);
-		for (int i = 0; rc == 0 && i < n; i++)
-			rc = lc_job_enqueue(cp, created[i]);
-		rc = rc == 0 && n < 0 ? n : rc;
-	}
 	cp->last_sweep_ms = now;
 	pthread_mutex_unlock(&cp->mu);
-	return rc;
+	/* Jobs stored but not yet queued when we stopped. */
+	return rc == 0 ? queue_created(cp, 0) : rc;
 }
 
 cJSON *dispatch_agent_json(struct cp *cp, const struct cp_agent *a)

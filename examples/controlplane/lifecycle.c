@@ -130,8 +130,7 @@ int lc_job_enqueue(struct cp *cp, const char *job_id)
 	if (rc != 0)
 		return rc > 0 ? 0 : rc; /* 1: not CREATED (queued before, or by another replica) */
 	jv_info(job_id, NULL, "job queued for agent '%s' instance '%s'", jr.agent_id, jr.instance_id);
-	lc_publish_job(cp, job_id);
-	lc_wake_agent(cp, jr.agent_id);
+	lc_publish_job_wake(cp, job_id, jr.agent_id);
 	return 0;
 }
 

@@ -93,9 +93,9 @@ int store_job_enqueue(struct store *s, const char *job_id, int64_t now, struct s
 	return s->ops->job_enqueue(s, job_id, now, info);
 }
 
-int store_jobs_created(struct store *s, char (*ids)[CP_ID_MAX], int max)
+int store_jobs_created(struct store *s, int64_t before, char (*ids)[CP_ID_MAX], int max)
 {
-	return s->ops->jobs_created(s, ids, max);
+	return s->ops->jobs_created(s, before, ids, max);
 }
 
 int store_job_cancel(struct store *s, const char *job_id, int64_t now, struct store_job_info *info, char run_id[CP_ID_MAX])

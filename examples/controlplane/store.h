@@ -261,9 +261,11 @@ int store_job_create(struct store *s, const struct store_new_job *nj, const stru
  * may be NULL); 1 the job was not CREATED (another replica queued it:
  * nothing done); -ENOENT. */
 int store_job_enqueue(struct store *s, const char *job_id, int64_t now, struct store_job_info *info);
-/* Up to max ids of CREATED jobs, oldest first (restart recovery). Returns
- * the count. ids is max * CP_ID_MAX chars. */
-int store_jobs_created(struct store *s, char (*ids)[CP_ID_MAX], int max);
+/* Up to max ids of CREATED jobs last changed before `before` (0: all),
+ * oldest first: restart recovery, and the sweep's for a creation whose
+ * second transaction never ran. Returns the count. ids is max * CP_ID_MAX
+ * chars. */
+int store_jobs_created(struct store *s, int64_t before, char (*ids)[CP_ID_MAX], int max);
 
 enum store_cancel {
 	STORE_CANCELLED = 0,     /* not on an agent yet: job and run CANCELLED now */

@@ -26,7 +26,7 @@ struct store_ops {
 	int (*job_create)(struct store *s, const struct store_new_job *nj, const struct store_sched_claim *claim,
 	                  int64_t now);
 	int (*job_enqueue)(struct store *s, const char *job_id, int64_t now, struct store_job_info *info);
-	int (*jobs_created)(struct store *s, char (*ids)[CP_ID_MAX], int max);
+	int (*jobs_created)(struct store *s, int64_t before, char (*ids)[CP_ID_MAX], int max);
 	int (*job_cancel)(struct store *s, const char *job_id, int64_t now, struct store_job_info *info,
 	                  char run_id[CP_ID_MAX]);
 	int (*job_retry)(struct store *s, const char *job_id, int64_t now, struct store_job_info *info);

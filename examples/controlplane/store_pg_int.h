@@ -111,7 +111,7 @@ void pgs_job_row(const PGresult *r, int row, struct store_job_row *j);
 int pgs_job_create(struct store *s, const struct store_new_job *nj, const struct store_sched_claim *claim,
                    int64_t now);
 int pgs_job_enqueue(struct store *s, const char *job_id, int64_t now, struct store_job_info *info);
-int pgs_jobs_created(struct store *s, char (*ids)[CP_ID_MAX], int max);
+int pgs_jobs_created(struct store *s, int64_t before, char (*ids)[CP_ID_MAX], int max);
 int pgs_job_cancel(struct store *s, const char *job_id, int64_t now, struct store_job_info *info,
                    char run_id[CP_ID_MAX]);
 int pgs_job_retry(struct store *s, const char *job_id, int64_t now, struct store_job_info *info);

@@ -143,11 +143,15 @@ int pgs_job_enqueue(struct store *s, const char *job_id, int64_t now, struct sto
 	return pgs_fail(s, c, rc);
 }
 
-int pgs_jobs_created(struct store *s, char (*ids)[CP_ID_MAX], int max)
+int pgs_jobs_created(struct store *s, int64_t before, char (*ids)[CP_ID_MAX], int max)
 {
 	struct pg_params p = {0};
 	pg_p_i64(&p, max);
-	PGresult *r = pgs_query(s, "SELECT job_id FROM jobs WHERE status = 'CREATED' ORDER BY seq LIMIT $1", &p);
+	pg_p_i64(&p, before);
+	PGresult *r = pgs_query(s,
+	                        "SELECT job_id FROM jobs WHERE status = 'CREATED' AND ($2::bigint = 0 OR updated_at < $2::bigint)"
+	                        " ORDER BY seq LIMIT $1",
+	                        &p);
 	int n = r ? PQntuples(r) : -EIO;
 	for (int i = 0; i < n; i++)
 		pgs_copy(ids[i], CP_ID_MAX, r, i, 0);

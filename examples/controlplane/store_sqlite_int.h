@@ -74,7 +74,7 @@ int sq_assignment_json(struct store *s, const char *run_id, cJSON **out);
 int sq_job_create(struct store *s, const struct store_new_job *nj, const struct store_sched_claim *claim,
                   int64_t now);
 int sq_job_enqueue(struct store *s, const char *job_id, int64_t now, struct store_job_info *info);
-int sq_jobs_created(struct store *s, char (*ids)[CP_ID_MAX], int max);
+int sq_jobs_created(struct store *s, int64_t before, char (*ids)[CP_ID_MAX], int max);
 int sq_job_cancel(struct store *s, const char *job_id, int64_t now, struct store_job_info *info,
                   char run_id[CP_ID_MAX]);
 int sq_job_retry(struct store *s, const char *job_id, int64_t now, struct store_job_info *info);

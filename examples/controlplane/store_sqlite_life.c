@@ -99,12 +99,14 @@ int sq_job_enqueue(struct store *s, const char *job_id, int64_t now, struct stor
 	return rc;
 }
 
-int sq_jobs_created(struct store *s, char (*ids)[CP_ID_MAX], int max)
+int sq_jobs_created(struct store *s, int64_t before, char (*ids)[CP_ID_MAX], int max)
 {
 	struct sq *q = sq_of(s);
 	sq_lock(q);
-	sqlite3_stmt *st = sq_query(q, "SELECT job_id FROM jobs WHERE status = 'CREATED' ORDER BY seq LIMIT ?", "i",
-	                            (int64_t)max);
+	sqlite3_stmt *st = sq_query(q,
+	                            "SELECT job_id FROM jobs WHERE status = 'CREATED' AND (?1 = 0 OR updated_at < ?1)"
+	                            " ORDER BY seq LIMIT ?2",
+	                            "ii", before, (int64_t)max);
 	int n = 0, rc = st ? 1 : -EIO;
 	while (st && n < max && (rc = sq_step(q, st)) == 1)
 		sq_col(st, 0, ids[n++], CP_ID_MAX);

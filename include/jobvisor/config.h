@@ -44,6 +44,8 @@ struct config {
 	char *jobs_dir;     /* absolute, NULL = built-in jobs only */
 	char *user;         /* NULL = the agent's own user */
 	char *tls_ca_file;  /* NULL = system store */
+	char *proxy;        /* proxy URL or "direct", NULL = from the environment */
+	char *no_proxy;     /* hosts reached directly, NULL = from the environment */
 	char *allowed_executables; /* ':'-separated absolute paths, NULL = none */
 	char *job_executables;     /* ':'-separated absolute paths proc.run may start, NULL = none */
 	char *steamcmd;            /* SteamCMD path, NULL = no steam sources */

@@ -78,6 +78,8 @@ static void transport_opts_from(const struct config *cfg, const char *token,
 		.insecure = cfg->tls_insecure_loopback,
 		.connect_timeout_ms = (long)cfg->connect_timeout_s * 1000,
 		.max_response = (size_t)cfg->max_response,
+		.proxy = cfg->proxy,
+		.no_proxy = cfg->no_proxy,
 	};
 }
 
@@ -90,6 +92,19 @@ static void warn_plain_http(const struct config *cfg)
 		    transport_check_url(cfg->urls[i], &loopback, err, sizeof(err)) == 0 && !loopback)
 			jv_warn(NULL, NULL, "the control plane URL %s is plain http: the agent token travels "
 			        "unencrypted", cfg->urls[i]);
+	}
+}
+
+/* Which control plane URLs go through a proxy (at start and reload). */
+static void log_routes(const struct transport *tp, const struct config *cfg)
+{
+	for (size_t i = 0; i < cfg->nurls; i++) {
+		char how[400];
+		int rc = transport_route(tp, cfg->urls[i], how, sizeof(how));
+		if (rc > 0)
+			jv_info(NULL, NULL, "requests to %s go %s", cfg->urls[i], how);
+		else if (rc < 0)
+			jv_error(NULL, NULL, "requests to %s will fail: %s", cfg->urls[i], how);
 	}
 }
 
@@ -139,6 +154,7 @@ void agent_reload(struct agent *ag)
 	ag->child_settings = settings;
 	config_run_user(&ag->cfg, &ag->run_uid, &ag->run_gid);
 	jv_log_setup((enum jv_log_format)ag->cfg.log_format, (enum jv_log_level)ag->cfg.log_level);
+	log_routes(ag->tp, &ag->cfg);
 	ag->poller.bo.max_ms = ag->cfg.backoff_max_ms;
 	for (struct srun *r = ag->runs; r; r = r->next)
 		r->bo.max_ms = ag->cfg.backoff_max_ms;
@@ -486,6 +502,7 @@ int cmd_agent(int argc, char **argv)
 	        ag.cfg.agent_id, ag.cfg.url, ag.cfg.data_dir, ag.cfg.capacity,
 	        (double)ag.cfg.poll_interval_ms / 1000.0, ag.cfg.poll_wait_s, replayed);
 	warn_plain_http(&ag.cfg);
+	log_routes(ag.tp, &ag.cfg);
 	sdnotify_send(&ag.notify, "READY=1\nSTATUS=polling");
 	ag.watchdog_at_ms = jv_now_mono_ms();
 	ag.started_real_ms = jv_now_real_ms();

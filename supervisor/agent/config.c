@@ -112,6 +112,10 @@ static const struct setting settings[] = {
 	 "CA bundle for the control plane's certificate"},
 	{"tls_insecure_loopback", "JOBVISOR_TLS_INSECURE_LOOPBACK", K_BOOL, OFF(tls_insecure_loopback),
 	 "false", 0, 0, false, "skip TLS verification; only for a loopback URL (tests)"},
+	{"proxy", "JOBVISOR_PROXY", K_STR, OFF(proxy), NULL, 0, 0, false,
+	 "http://[user:password@]host:port for control plane requests, or direct (unset: http_proxy, https_proxy)"},
+	{"no_proxy", "JOBVISOR_NO_PROXY", K_STR, OFF(no_proxy), NULL, 0, 0, false,
+	 "hosts reached without the proxy, as curl's no_proxy (unset: no_proxy, NO_PROXY)"},
 	{"console_log_max_bytes", "JOBVISOR_CONSOLE_LOG_MAX_BYTES", K_SIZE, OFF(console_log_max_bytes),
 	 "10M", 4096, (double)(1LL << 40), false, "rotate a game server's console.log at this size"},
 	{"console_log_keep", "JOBVISOR_CONSOLE_LOG_KEEP", K_INT, OFF(console_log_keep), "5", 1, 100,
@@ -528,6 +532,10 @@ static int validate_connection(struct config *cfg, char *err, size_t errlen)
 	if (cfg->tls_ca_file && access(cfg->tls_ca_file, R_OK) != 0) {
 		config_seterr(err, errlen, "cannot read 'tls_ca_file' '%s': %s", cfg->tls_ca_file,
 		       strerror(errno));
+		return -EINVAL;
+	}
+	if (cfg->proxy && transport_check_proxy(cfg->proxy, uerr, sizeof(uerr))) {
+		config_seterr(err, errlen, "'proxy': %s", uerr);
 		return -EINVAL;
 	}
 	struct stat st;

@@ -1,21 +1,23 @@
 /* transport.c — HTTP/1.1 requests to the control plane on non-blocking sockets.
  *
  * Each request walks resolve -> connect -> TLS handshake (https) -> send ->
- * receive, as far as its socket allows whenever the loop runs. Nothing here
+ * receive, as far as its socket allows whenever the loop runs; through a proxy
+ * (transport_proxy.c) an http:// request goes to it in absolute form and an
+ * https:// one first opens a tunnel with CONNECT, then runs TLS over it with
+ * the control plane's name. Nothing here
  * blocks: names resolve on a short-lived thread (transport_dns.c), sockets are
  * non-blocking, and every request has a deadline (its total timeout, and the
- * connect timeout while it has no connection). An answer that arrived whole
- * and that the server lets live leaves its connection in a small pool, per
- * scheme, host and port, for the next request: a long poll and the events
- * each keep theirs, so TLS handshakes are rare. A request sent on a pooled
+ * connect timeout while it has no connection). Connections are kept alive
+ * (transport_conn.c), tunnels included. A request sent on a pooled
  * connection that the server closed meanwhile is sent again once on a fresh
  * one, as any HTTP client does.
  *
  * Completion is reported once per request from transport_perform(), one at a
  * time and always from the head of the list, so a callback may start or abort
  * other requests safely. The token lives in one header string that is wiped
- * when replaced or freed, and in each request's bytes until they are sent
- * (wiped then); it never appears in an error text. */
+ * when replaced or freed, and in each request's bytes until its answer starts
+ * (wiped then: until then the request may be sent again); it never appears in
+ * an error text. */
 #include "transport.h"
 
 #include <errno.h>
@@ -32,30 +34,26 @@
 #include "jobvisor/util.h"
 #include "transport_internal.h"
 
-#define POOL_MAX 4                 /* idle connections kept */
-#define IDLE_MAX_MS (60 * 1000)    /* an idle connection older than this is closed */
 #define READ_CHUNK 16384
 
-enum rstate { R_RESOLVE, R_CONNECT, R_TLS, R_SEND, R_RECV, R_DONE };
-
-struct conn {
-	int fd;
-	struct tp_tls *tls;
-	struct tp_tls_conf *tls_conf; /* the settings it was made with (not owned) */
-	char key[320];
-	int64_t idle_since;
-	struct conn *next;
-};
+/* In this order: every state before R_SEND is part of connecting. */
+enum rstate { R_RESOLVE, R_CONNECT, R_TUNNEL_SEND, R_TUNNEL_RECV, R_TLS, R_SEND, R_RECV, R_DONE };
 
 struct transport_req {
 	struct transport *tp;
 	struct tp_url url;
+	bool via_proxy;
+	struct tp_proxy proxy;  /* a copy when via_proxy (with its credentials: wiped) */
+	const char *dial_host, *dial_port; /* the proxy's or the URL's */
+	char peer[300];         /* "[proxy ]host port N", for errors */
+	char key[640];          /* of its connection (transport_conn.c) */
+	struct jv_buf tun;      /* CONNECT's bytes (with the proxy's credentials: wiped) */
 	struct jv_buf out; /* the request's bytes (with the token: wiped) */
 	size_t sent;
 	enum rstate state;
 	struct tp_resolve *res;
 	struct addrinfo *ai, *ai_next;
-	struct conn *c; /* NULL until connected */
+	struct tp_conn *c; /* NULL until connected */
 	bool reused;    /* c came from the pool */
 	short want;     /* events the current step waits for */
 	struct tp_answer ans;
@@ -76,7 +74,8 @@ struct transport {
 	long connect_timeout_ms;
 	size_t max_response;
 	struct tp_tls_conf *tls; /* made at the first https connection with these settings */
-	struct conn *pool;       /* idle connections, newest first */
+	struct tp_proxies proxies;
+	struct tp_conn *pool;       /* idle connections, newest first */
 	struct transport_req *reqs; /* in flight */
 	size_t active;
 	struct pollfd *pfd;         /* transport_wait's array */
@@ -100,25 +99,6 @@ static void wipe_free(char *s)
 	}
 }
 
-static void conn_close(struct conn *c)
-{
-	if (!c)
-		return;
-	tp_tls_free(c->tls);
-	if (c->fd >= 0)
-		close(c->fd);
-	free(c);
-}
-
-static void pool_clear(struct transport *tp)
-{
-	while (tp->pool) {
-		struct conn *c = tp->pool;
-		tp->pool = c->next;
-		conn_close(c);
-	}
-}
-
 int transport_configure(struct transport *tp, const struct transport_opts *opts)
 {
 	struct jv_buf auth;
@@ -127,6 +107,9 @@ int transport_configure(struct transport *tp, const struct transport_opts *opts)
 	int rc = jv_buf_printf(&auth, "Bearer %s", opts->token ? opts->token : "");
 	if (rc == 0 && opts->ca_file && !ca)
 		rc = -ENOMEM;
+	struct tp_proxies proxies = {0};
+	if (rc == 0)
+		rc = tp_proxies_load(&proxies, opts->proxy, opts->no_proxy);
 	if (rc == 0)
 		rc = endpoints_set(&tp->ep, opts->urls, opts->nurls); /* the last step that can fail */
 	if (rc) {
@@ -134,6 +117,7 @@ int transport_configure(struct transport *tp, const struct transport_opts *opts)
 			explicit_bzero(auth.data, auth.len);
 		jv_buf_free(&auth);
 		free(ca);
+		tp_proxies_clear(&proxies);
 		return rc;
 	}
 	wipe_free(tp->auth);
@@ -141,12 +125,14 @@ int transport_configure(struct transport *tp, const struct transport_opts *opts)
 	free(tp->ca_file);
 	tp->ca_file = ca;
 	tp->insecure = opts->insecure;
+	tp_proxies_clear(&tp->proxies);
+	tp->proxies = proxies;
 	tp->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 10000;
 	tp->max_response = opts->max_response ? opts->max_response : 4u << 20;
 	/* New TLS settings apply to new connections; requests in flight keep theirs. */
 	tp_tls_conf_put(tp->tls);
 	tp->tls = NULL;
-	pool_clear(tp);
+	tp_pool_clear(&tp->pool);
 	return 0;
 }
 
@@ -167,7 +153,7 @@ int transport_new(const struct transport_opts *opts, struct transport **out)
 
 static void req_drop_conn(struct transport_req *r)
 {
-	conn_close(r->c);
+	tp_conn_close(r->c);
 	r->c = NULL;
 }
 
@@ -182,6 +168,10 @@ static void req_free(struct transport_req *r)
 	if (r->out.data)
 		explicit_bzero(r->out.data, r->out.len);
 	jv_buf_free(&r->out);
+	if (r->tun.data)
+		explicit_bzero(r->tun.data, r->tun.len);
+	jv_buf_free(&r->tun);
+	explicit_bzero(&r->proxy, sizeof(r->proxy));
 	tp_answer_free(&r->ans);
 	free(r);
 }
@@ -212,8 +202,9 @@ void transport_free(struct transport *tp)
 		return;
 	while (tp->reqs)
 		transport_abort(tp, tp->reqs);
-	pool_clear(tp);
+	tp_pool_clear(&tp->pool);
 	tp_tls_conf_put(tp->tls);
+	tp_proxies_clear(&tp->proxies);
 	endpoints_clear(&tp->ep);
 	wipe_free(tp->auth);
 	free(tp->ca_file);
@@ -251,64 +242,15 @@ static void finish(struct transport_req *r, const char *fmt, ...)
 	r->want = 0;
 }
 
-/* Is a pooled connection still usable? Idle, nothing may be readable on it:
- * data or an end of stream means the server closed or broke it. */
-static bool conn_alive(const struct conn *c)
-{
-	struct pollfd p = {.fd = c->fd, .events = POLLIN};
-	return poll(&p, 1, 0) == 0;
-}
-
-static struct conn *pool_take(struct transport *tp, const char *key)
-{
-	int64_t now = jv_now_mono_ms();
-	for (struct conn **pp = &tp->pool; *pp;) {
-		struct conn *c = *pp;
-		bool match = strcmp(c->key, key) == 0 && (!c->tls || c->tls_conf == tp->tls);
-		if (now - c->idle_since > IDLE_MAX_MS || (match && !conn_alive(c))) {
-			*pp = c->next;
-			conn_close(c);
-			continue;
-		}
-		if (match) {
-			*pp = c->next;
-			c->next = NULL;
-			return c;
-		}
-		pp = &c->next;
-	}
-	return NULL;
-}
-
-static void pool_put(struct transport *tp, struct conn *c)
-{
-	if (c->tls && c->tls_conf != tp->tls) { /* made with settings replaced since */
-		conn_close(c);
-		return;
-	}
-	c->idle_since = jv_now_mono_ms();
-	c->next = tp->pool;
-	tp->pool = c;
-	size_t n = 0;
-	for (struct conn **pp = &tp->pool; *pp; n++) {
-		if (n < POOL_MAX) {
-			pp = &(*pp)->next;
-			continue;
-		}
-		struct conn *old = *pp;
-		*pp = old->next;
-		conn_close(old);
-	}
-}
-
 static void start_resolve(struct transport_req *r)
 {
 	r->c = NULL;
 	r->reused = false;
 	r->connect_deadline_ms = jv_now_mono_ms() + r->tp->connect_timeout_ms;
-	int rc = tp_resolve_start(r->url.host, r->url.port, &r->res);
+	int rc = tp_resolve_start(r->dial_host, r->dial_port, &r->res);
 	if (rc) {
-		finish(r, "cannot resolve '%s': %s", r->url.host, strerror(-rc));
+		finish(r, "cannot resolve %s'%s': %s", r->via_proxy ? "the proxy " : "", r->dial_host,
+		       strerror(-rc));
 		return;
 	}
 	r->state = R_RESOLVE;
@@ -318,7 +260,7 @@ static void start_resolve(struct transport_req *r)
 /* Take a pooled connection to the URL's server, or start a new one. */
 static void start_connection(struct transport_req *r)
 {
-	struct conn *c = pool_take(r->tp, r->url.key);
+	struct tp_conn *c = tp_pool_take(&r->tp->pool, r->key, r->tp->tls);
 	if (c) {
 		r->c = c;
 		r->reused = true;
@@ -367,7 +309,7 @@ static void next_address(struct transport_req *r, int last_error)
 			return;
 		}
 		r->c->fd = fd;
-		snprintf(r->c->key, sizeof(r->c->key), "%s", r->url.key);
+		snprintf(r->c->key, sizeof(r->c->key), "%s", r->key);
 		size_t left = 1;
 		for (const struct addrinfo *a = r->ai_next; a; a = a->ai_next)
 			left++;
@@ -377,8 +319,7 @@ static void next_address(struct transport_req *r, int last_error)
 		r->want = POLLOUT;
 		return;
 	}
-	finish(r, "cannot connect to %s port %s: %s", r->url.host, r->url.port,
-	       strerror(last_error ? -last_error : ECONNREFUSED));
+	finish(r, "cannot connect to %s: %s", r->peer, strerror(last_error ? -last_error : ECONNREFUSED));
 }
 
 static void step_resolve(struct transport_req *r)
@@ -412,6 +353,25 @@ static void start_tls(struct transport_req *r)
 	r->want = POLLOUT;
 }
 
+/* Connected to the proxy: ask it for a tunnel to the control plane. */
+static void start_tunnel(struct transport_req *r)
+{
+	if (r->tun.data)
+		explicit_bzero(r->tun.data, r->tun.len);
+	jv_buf_free(&r->tun);
+	jv_buf_init(&r->tun, 0);
+	if (tp_connect_format(&r->tun, &r->url, r->proxy.auth)) {
+		finish(r, "out of memory");
+		return;
+	}
+	r->sent = 0;
+	tp_answer_free(&r->ans);
+	tp_answer_init(&r->ans, r->tp->max_response);
+	r->ans.head_only = true;
+	r->state = R_TUNNEL_SEND;
+	r->want = POLLOUT;
+}
+
 static void step_connect(struct transport_req *r)
 {
 	struct pollfd p = {.fd = r->c->fd, .events = POLLOUT};
@@ -430,6 +390,10 @@ static void step_connect(struct transport_req *r)
 	}
 	freeaddrinfo(r->ai);
 	r->ai = r->ai_next = NULL;
+	if (r->via_proxy && r->url.https) {
+		start_tunnel(r);
+		return;
+	}
 	if (r->url.https) {
 		start_tls(r);
 		return;
@@ -466,7 +430,7 @@ static bool retry_fresh(struct transport_req *r)
 
 static ssize_t conn_io(struct transport_req *r, bool writing, void *buf, size_t len)
 {
-	struct conn *c = r->c;
+	struct tp_conn *c = r->c;
 	if (c->tls)
 		return tp_tls_io(c->tls, writing, buf, len, &r->want, r->err, sizeof(r->err));
 	ssize_t n = writing ? send(c->fd, buf, len, MSG_NOSIGNAL) : recv(c->fd, buf, len, 0);
@@ -476,8 +440,8 @@ static ssize_t conn_io(struct transport_req *r, bool writing, void *buf, size_t 
 		r->want = writing ? POLLOUT : POLLIN;
 		return -EAGAIN;
 	}
-	snprintf(r->err, sizeof(r->err), "%s %s port %s failed: %s", writing ? "sending to" : "receiving from",
-	         r->url.host, r->url.port, strerror(errno));
+	snprintf(r->err, sizeof(r->err), "%s %s failed: %s", writing ? "sending to" : "receiving from",
+	         r->peer, strerror(errno));
 	return -EIO;
 }
 
@@ -494,24 +458,91 @@ static bool io_stop(struct transport_req *r, ssize_t n)
 	return false;
 }
 
-static void step_send(struct transport_req *r)
+/* Send what is left of b; true once all of it is out. */
+static bool send_buf(struct transport_req *r, const struct jv_buf *b)
 {
-	while (r->sent < r->out.len) {
-		ssize_t n = conn_io(r, true, r->out.data + r->sent, r->out.len - r->sent);
+	while (r->sent < b->len) {
+		ssize_t n = conn_io(r, true, b->data + r->sent, b->len - r->sent);
 		if (io_stop(r, n))
-			return;
+			return false;
 		r->sent += (size_t)n;
 	}
-	explicit_bzero(r->out.data, r->out.len); /* the token is out */
-	r->state = R_RECV;
 	r->want = POLLIN;
+	return true;
+}
+
+static void step_send(struct transport_req *r)
+{
+	if (send_buf(r, &r->out))
+		r->state = R_RECV; /* the bytes are wiped once the answer starts: until then a
+		                    * closed kept connection means sending them again */
+}
+
+static void step_tunnel_send(struct transport_req *r)
+{
+	if (send_buf(r, &r->tun)) {
+		explicit_bzero(r->tun.data, r->tun.len); /* the proxy's credentials are out */
+		r->sent = 0;
+		r->state = R_TUNNEL_RECV;
+	}
+}
+
+/* The proxy's answer to CONNECT: 2xx and nothing after it opens the tunnel. */
+static void tunnel_answered(struct transport_req *r)
+{
+	struct tp_answer *a = &r->ans;
+	unsigned st = a->parser.status_code;
+	a->complete = false; /* the proxy's answer is never the control plane's */
+	const char *hint = st == 407 ? (r->proxy.auth[0] ? ": it refused the user and password of the proxy URL"
+	                                                 : ": it asks for credentials (put them in the proxy URL)")
+	                             : "";
+	if (st < 200 || st > 299) {
+		finish(r, "the proxy %s port %s refused the tunnel to %s port %s: HTTP %u%s", r->proxy.host,
+		       r->proxy.port, r->url.host, r->url.port, st, hint);
+		return;
+	}
+	if (a->extra) {
+		finish(r, "the proxy %s port %s sent data after its answer to CONNECT", r->proxy.host, r->proxy.port);
+		return;
+	}
+	tp_answer_free(&r->ans);
+	tp_answer_init(&r->ans, r->tp->max_response);
+	start_tls(r);
+}
+
+static void step_tunnel_recv(struct transport_req *r)
+{
+	char buf[1024];
+	for (;;) {
+		ssize_t n = conn_io(r, false, buf, sizeof(buf));
+		if (io_stop(r, n))
+			return;
+		int rc = tp_answer_feed(&r->ans, buf, (size_t)n);
+		if (r->ans.complete) {
+			tunnel_answered(r);
+			return;
+		}
+		if (rc || n == 0) {
+			finish(r, "the proxy %s port %s %s", r->proxy.host, r->proxy.port,
+			       n == 0 ? "closed the connection without answering CONNECT"
+			              : "answered CONNECT with something that is not HTTP");
+			return;
+		}
+	}
 }
 
 static void answer_done(struct transport_req *r)
 {
 	struct tp_answer *a = &r->ans;
+	if (r->via_proxy && !r->url.https && a->parser.status_code == 407) {
+		a->complete = false; /* the proxy's answer, not the control plane's */
+		finish(r, "the proxy %s port %s asks for credentials (HTTP 407): %s", r->proxy.host,
+		       r->proxy.port, r->proxy.auth[0] ? "it refused the user and password of the proxy URL"
+		                                       : "put them in the proxy URL (http://user:password@host:port)");
+		return;
+	}
 	if (a->keep_alive && r->c) {
-		pool_put(r->tp, r->c);
+		tp_pool_put(&r->tp->pool, r->c, r->tp->tls);
 		r->c = NULL;
 	}
 	finish(r, NULL);
@@ -526,6 +557,8 @@ static void step_recv(struct transport_req *r)
 			return;
 		if (n == 0 && retry_fresh(r))
 			return;
+		if (n > 0 && !r->ans.started) /* no sending again now: the token can go */
+			explicit_bzero(r->out.data, r->out.len);
 		int rc = tp_answer_feed(&r->ans, buf, (size_t)n);
 		if (rc == -EFBIG) {
 			finish(r, "answer larger than max_response");
@@ -552,8 +585,7 @@ static void step(struct transport_req *r)
 		return;
 	}
 	if (r->state <= R_TLS && !r->reused && now >= r->connect_deadline_ms) {
-		finish(r, "cannot connect to %s port %s: timed out after %ld ms", r->url.host, r->url.port,
-		       r->tp->connect_timeout_ms);
+		finish(r, "cannot connect to %s: timed out after %ld ms", r->peer, r->tp->connect_timeout_ms);
 		return;
 	}
 	enum rstate before;
@@ -565,6 +597,12 @@ static void step(struct transport_req *r)
 			break;
 		case R_CONNECT:
 			step_connect(r);
+			break;
+		case R_TUNNEL_SEND:
+			step_tunnel_send(r);
+			break;
+		case R_TUNNEL_RECV:
+			step_tunnel_recv(r);
 			break;
 		case R_TLS:
 			step_tls(r);
@@ -581,6 +619,21 @@ static void step(struct transport_req *r)
 	} while (r->state != before && r->state != R_DONE);
 }
 
+/* Directly or through a proxy: where to connect, and the connection's key. */
+static void route(struct transport_req *r, const struct transport *tp, const char **proxy_err)
+{
+	const struct tp_proxy *p = tp_proxy_for(&tp->proxies, &r->url, proxy_err);
+	r->via_proxy = p != NULL;
+	if (p)
+		r->proxy = *p;
+	r->dial_host = p ? r->proxy.host : r->url.host;
+	r->dial_port = p ? r->proxy.port : r->url.port;
+	snprintf(r->peer, sizeof(r->peer), "%s%s port %s", p ? "the proxy " : "", r->dial_host, r->dial_port);
+	/* Through a proxy: http:// requests to any server share its connections; a tunnel is one server's. */
+	snprintf(r->key, sizeof(r->key), "%s via %s", p && !r->url.https ? "http://" : r->url.key,
+	         p ? p->authority : "-");
+}
+
 int transport_post(struct transport *tp, const char *path, char *body, long timeout_ms,
                    transport_cb cb, void *ud, struct transport_req **out)
 {
@@ -594,8 +647,13 @@ int transport_post(struct transport *tp, const char *path, char *body, long time
 	char err[300];
 	int rc = tp_url_parse(endpoints_current(&tp->ep), &r->url, err, sizeof(err));
 	jv_buf_init(&r->out, 0);
+	jv_buf_init(&r->tun, 0);
+	const char *proxy_err = NULL;
 	if (rc == 0)
-		rc = tp_request_format(&r->out, &r->url, path, tp->auth, body);
+		route(r, tp, &proxy_err);
+	if (rc == 0)
+		rc = tp_request_format(&r->out, &r->url, path, tp->auth,
+		                       r->via_proxy && !r->url.https ? r->proxy.auth : NULL, body);
 	free(body);
 	if (rc) {
 		req_free(r);
@@ -614,7 +672,10 @@ int transport_post(struct transport *tp, const char *path, char *body, long time
 		tp->reqs->prev = r;
 	tp->reqs = r;
 	tp->active++;
-	start_connection(r);
+	if (proxy_err)
+		finish(r, "%s", proxy_err);
+	else
+		start_connection(r);
 	step(r);
 	if (out)
 		*out = r;
@@ -706,29 +767,7 @@ void transport_perform(struct transport *tp)
 	}
 }
 
-enum transport_class transport_classify(const struct transport_response *resp)
+int transport_route(const struct transport *tp, const char *url, char *buf, size_t len)
 {
-	long s = resp->status;
-	if (s == 0 || resp->too_large || s == 408 || s == 429 || (s >= 500 && s <= 599))
-		return TRANSPORT_RETRY;
-	if (s >= 200 && s <= 299)
-		return TRANSPORT_OK;
-	if (s == 409)
-		return TRANSPORT_GONE;
-	return TRANSPORT_REJECTED;
-}
-
-const char *transport_class_name(enum transport_class c)
-{
-	switch (c) {
-	case TRANSPORT_OK:
-		return "ok";
-	case TRANSPORT_RETRY:
-		return "retry";
-	case TRANSPORT_GONE:
-		return "gone";
-	case TRANSPORT_REJECTED:
-		return "rejected";
-	}
-	return "?";
+	return tp_route_describe(&tp->proxies, url, buf, len);
 }

@@ -8,7 +8,10 @@
  * total timeouts and a cap on the answer's size. Nothing here retries:
  * transport_classify() tells the caller what an answer means and backoff.h
  * says when to try again. With several control-plane URLs every request goes
- * to the current one, and a failure moves the agent on (endpoints.h). */
+ * to the current one, and a failure moves the agent on (endpoints.h).
+ * Requests go through an http:// proxy as libcurl's would (transport_proxy.c):
+ * the `proxy` setting, else http_proxy / https_proxy / HTTPS_PROXY /
+ * all_proxy / ALL_PROXY; no_proxy / NO_PROXY exempt hosts. */
 #ifndef JOBVISOR_TRANSPORT_H
 #define JOBVISOR_TRANSPORT_H
 
@@ -28,6 +31,8 @@ struct transport_opts {
 	bool insecure;         /* skip TLS verification (loopback test URLs only) */
 	long connect_timeout_ms;
 	size_t max_response;   /* bytes */
+	const char *proxy;     /* proxy URL, "direct", or NULL: from the environment */
+	const char *no_proxy;  /* hosts never proxied, or NULL: from the environment */
 };
 
 struct transport_response {
@@ -85,6 +90,15 @@ const char *transport_class_name(enum transport_class c);
  * fragment. *loopback tells whether the host is 127.0.0.0/8, ::1 or
  * localhost. Returns 0 or -EINVAL with a message in err. */
 int transport_check_url(const char *url, bool *loopback, char *err, size_t errlen);
+
+/* How requests to url go, for the log: 1 through a proxy, 0 directly, -EINVAL
+ * when the proxy setting that concerns it is unusable (its requests fail with
+ * that error); buf says which (never with credentials). */
+int transport_route(const struct transport *tp, const char *url, char *buf, size_t len);
+
+/* Validate the `proxy` setting: "direct" or [http://][user:password@]host[:port].
+ * Returns 0 or -EINVAL with a message in err (never with the password). */
+int transport_check_proxy(const char *proxy, char *err, size_t errlen);
 
 /* Global init/cleanup (nothing global any more: kept for the start-up order). */
 int transport_global_init(void);

@@ -3,8 +3,11 @@
  * http_parser frames the answer: Content-Length, chunked transfer coding, or
  * a body that ends when the server closes; it also says whether the
  * connection may carry the next request. Only the status, Retry-After and the
- * body are kept; the body stops at max bytes. */
+ * body are kept; the body stops at max bytes. transport_classify() says what
+ * an answer means to the caller. */
 #include "transport_internal.h"
+
+#include "transport.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -16,21 +19,50 @@
 
 #define DAY_MS (86400LL * 1000)
 
+/* "Proxy-Authorization: Basic ...\r\n", or "" */
+static const char *proxy_auth_line(const char *proxy_auth, char *line, size_t cap)
+{
+	line[0] = '\0';
+	if (proxy_auth && *proxy_auth)
+		snprintf(line, cap, "Proxy-Authorization: %s\r\n", proxy_auth);
+	return line;
+}
+
 int tp_request_format(struct jv_buf *out, const struct tp_url *u, const char *path,
-                      const char *auth, const char *body)
+                      const char *auth, const char *proxy_auth, const char *body)
 {
 	const char *b = body ? body : "{}";
 	size_t blen = strlen(b);
+	char pa[1100];
 	int rc = jv_buf_printf(out,
-	                       "POST %s%s HTTP/1.1\r\n"
+	                       "POST %s%s%s%s%s HTTP/1.1\r\n"
 	                       "Host: %s\r\n"
+	                       "%s"
 	                       "User-Agent: jobvisor/" JV_VERSION "\r\n"
 	                       "Accept: application/json\r\n"
 	                       "Content-Type: application/json\r\n"
 	                       "Authorization: %s\r\n"
 	                       "Content-Length: %zu\r\n\r\n",
-	                       u->path, path, u->authority, auth, blen);
+	                       proxy_auth ? "http://" : "", proxy_auth ? u->authority : "", u->path, path,
+	                       proxy_auth && !u->path[0] && !path[0] ? "/" : "", u->authority,
+	                       proxy_auth_line(proxy_auth, pa, sizeof(pa)), auth, blen);
+	explicit_bzero(pa, sizeof(pa));
 	return rc ? rc : jv_buf_append(out, b, blen);
+}
+
+int tp_connect_format(struct jv_buf *out, const struct tp_url *u, const char *proxy_auth)
+{
+	bool v6 = strchr(u->host, ':') != NULL;
+	char pa[1100];
+	int rc = jv_buf_printf(out,
+	                       "CONNECT %s%s%s:%s HTTP/1.1\r\n"
+	                       "Host: %s%s%s:%s\r\n"
+	                       "%s"
+	                       "User-Agent: jobvisor/" JV_VERSION "\r\n\r\n",
+	                       v6 ? "[" : "", u->host, v6 ? "]" : "", u->port, v6 ? "[" : "", u->host,
+	                       v6 ? "]" : "", u->port, proxy_auth_line(proxy_auth, pa, sizeof(pa)));
+	explicit_bzero(pa, sizeof(pa));
+	return rc;
 }
 
 int64_t tp_parse_retry_after(const char *v, int64_t now_real_ms)
@@ -107,6 +139,8 @@ static int on_headers_complete(http_parser *p)
 		header_done(a);
 	if (p->status_code >= 100 && p->status_code < 200)
 		return 0; /* an interim answer; the real one follows */
+	if (a->head_only)
+		return 1; /* the tunnel, or the proxy's refusal: the body does not matter */
 	/* A declared length over the cap fails before the body is read. */
 	if ((p->flags & F_CONTENTLENGTH) && p->content_length > a->max) {
 		a->too_large = true;
@@ -168,9 +202,38 @@ int tp_answer_feed(struct tp_answer *a, const char *data, size_t len)
 	size_t n = http_parser_execute(&a->parser, &settings, data, len);
 	if (a->too_large)
 		return -EFBIG;
-	if (a->complete)
+	if (a->complete) {
+		a->extra = len - n;
 		return 0;
+	}
 	if (HTTP_PARSER_ERRNO(&a->parser) != HPE_OK || n != len)
 		return -EPROTO;
 	return 0;
+}
+
+enum transport_class transport_classify(const struct transport_response *resp)
+{
+	long s = resp->status;
+	if (s == 0 || resp->too_large || s == 408 || s == 429 || (s >= 500 && s <= 599))
+		return TRANSPORT_RETRY;
+	if (s >= 200 && s <= 299)
+		return TRANSPORT_OK;
+	if (s == 409)
+		return TRANSPORT_GONE;
+	return TRANSPORT_REJECTED;
+}
+
+const char *transport_class_name(enum transport_class c)
+{
+	switch (c) {
+	case TRANSPORT_OK:
+		return "ok";
+	case TRANSPORT_RETRY:
+		return "retry";
+	case TRANSPORT_GONE:
+		return "gone";
+	case TRANSPORT_REJECTED:
+		return "rejected";
+	}
+	return "?";
 }

@@ -2,7 +2,7 @@
 """Resident memory of an idle `jobvisor agent` connected to the real jobvisor-cp, side by side
 with `sleep` started at the same moment (docs/performance.md, issue 12's "idle agent RSS" row).
 
-usage: bench_agent_rss.py BUILD_DIR [--wait S] [--update DOC]
+usage: bench_agent_rss.py BUILD_DIR [--wait S] [--proxy] [--update DOC]
 
 Starts BUILD_DIR/examples/controlplane/jobvisor-cp on 127.0.0.1, one agent polling it every
 3 s (short polls) over http://, and one over https:// (through a TLS front in this script that
@@ -10,6 +10,8 @@ forwards to the same jobvisor-cp; the agent verifies it against a test CA append
 system's CA bundle, so every handshake parses a full bundle), and `sleep`; waits --wait
 seconds (default 30), then reads VmRSS, VmHWM (peak), RssFile, RssAnon (/proc/PID/status) and
 PSS (smaps_rollup) of each, and the https agent's resident memory per mapped file (smaps).
+--proxy sends both agents through an HTTP proxy (tests/lib/http_proxy.py: absolute-form
+requests for http://, a CONNECT tunnel for https://).
 --update replaces the text between <!-- bench_agent_rss:begin --> and <!-- bench_agent_rss:end -->.
 """
 import argparse
@@ -28,6 +30,7 @@ sys.path[:0] = [HERE, os.path.join(HERE, "..", "lib")]
 from agent_harness import agent_env  # noqa: E402
 from benchdoc import replace_block  # noqa: E402
 from cp_harness import AGENT_TOKENS, ControlPlane  # noqa: E402
+from http_proxy import HttpProxy  # noqa: E402
 
 TOP = 12
 
@@ -119,7 +122,7 @@ def tls_front(cert, key, backend_port):
     return lsock.getsockname()[1]
 
 
-def measure(build, wait):
+def measure(build, wait, proxy=False):
     os.environ["JOBVISOR_CP_BIN"] = os.path.join(build, "examples", "controlplane", "jobvisor-cp")
     jv = os.path.join(build, "jobvisor")
     root = tempfile.mkdtemp(prefix="jv-bench-rss-")
@@ -134,7 +137,9 @@ def measure(build, wait):
         os.close(fd)
         cert, key, bundle = make_certs(root)
         https_url = "https://127.0.0.1:%d" % tls_front(cert, key, cp.port)
-        for name, url, extra in (("http", cp.url, {}), ("https", https_url, {"TLS_CA_FILE": bundle})):
+        px = HttpProxy().start() if proxy else None
+        via = {"PROXY": px.url()} if proxy else {"PROXY": "direct"}
+        for name, url, extra in (("http", cp.url, via), ("https", https_url, {"TLS_CA_FILE": bundle, **via})):
             for d in ("data", "jobs"):
                 os.makedirs(os.path.join(root, name, d))
             env = agent_env(url, token, os.path.join(root, name, "data"), os.path.join(root, name, "jobs"),
@@ -152,6 +157,8 @@ def measure(build, wait):
         if any(polls):
             raise SystemExit("an agent could not reach the control plane:\n" +
                              open(os.path.join(root, "https", "agent.log")).read()[-2000:])
+        if proxy and not {"CONNECT", "POST"} <= set(px.methods()):
+            raise SystemExit("the agents did not go through the proxy: %r" % px.requests[:5])
         return ([memory(a.pid) for a in agents], memory(sleeper.pid), per_file(agents[1].pid))
     finally:
         for p in agents + [sleeper]:
@@ -162,8 +169,9 @@ def measure(build, wait):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def table(agents, sleep, files, wait):
-    out = [f"Measured {time.strftime('%Y-%m-%d')}: idle `jobvisor agent` polling the real `jobvisor-cp` (loopback, 3 s short "
+def table(agents, sleep, files, wait, proxy=False):
+    via = " through an HTTP proxy (absolute-form http, CONNECT tunnel for https)" if proxy else ""
+    out = [f"Measured {time.strftime('%Y-%m-%d')}: idle `jobvisor agent` polling the real `jobvisor-cp`{via} (loopback, 3 s short "
            f"polls; https through a TLS front, verified against the system CA bundle plus a test CA), "
            f"measured after {wait:.0f} s, beside `sleep` started at the same moment.", "",
            "| process | VmRSS | peak (VmHWM) | file pages | anon pages | PSS |", "| --- | --- | --- | --- | --- | --- |"]
@@ -184,10 +192,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("build")
     ap.add_argument("--wait", type=float, default=30)
+    ap.add_argument("--proxy", action="store_true")
     ap.add_argument("--update")
     a = ap.parse_args()
-    agents, sleep, files = measure(os.path.abspath(a.build), a.wait)
-    text = table(agents, sleep, files, a.wait)
+    agents, sleep, files = measure(os.path.abspath(a.build), a.wait, a.proxy)
+    text = table(agents, sleep, files, a.wait, a.proxy)
     print(text)
     if a.update:
         replace_block(a.update, "bench_agent_rss", text, "Idle agent memory")

@@ -113,6 +113,22 @@ class Restart(unittest.TestCase):
         self.assertEqual(len(j["runs"]), 1)
         self.assertEqual(self.cp.agent().take()[0]["jobId"], "crashed-job")
 
+    def test_a_job_left_created_while_running_is_queued_by_the_sweep(self):
+        # A creation is two transactions; one whose second never ran (a
+        # database error between them, a replica killed there) must not leave
+        # its job CREATED until the next start. The sweep queues it once it is
+        # older than the grace (10 s) that keeps clear of creations in flight.
+        now = int(time.time() * 1000)
+        for job_id, at in (("halfway-job", now - 60000), ("in-flight-job", now)):
+            self.cp.sql("INSERT INTO jobs (job_id, type, agent_id, instance_id, params, status, max_attempts,"
+                        " created_at, updated_at) VALUES (?, 'START_INSTANCE', ?, ?, '{}', 'CREATED', 1, ?, ?)",
+                        (job_id, self.cp.default_agent, job_id, at, at))
+        j = self.cp.wait_job("halfway-job", lambda j: j["status"] == "QUEUED", timeout=10,
+                             what="the sweep to queue the job left CREATED")
+        self.assertEqual(len(j["runs"]), 1)
+        self.assertEqual(self.cp.job("in-flight-job")["status"], "CREATED")
+        self.assertEqual(self.cp.agent().take()[0]["jobId"], "halfway-job")
+
     def test_an_older_schema_is_migrated_with_data_intact(self):
         if self.cp.backend != "sqlite":
             self.skipTest("the PostgreSQL schema has one version so far: nothing older to migrate from")
