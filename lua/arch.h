@@ -4,7 +4,7 @@
  * The pure-C core of the `archive` Lua module (lua/api_archive.c); libarchive
  * is used only here (arch_create.c, arch_read.c, arch_extract.c, and
  * arch_pipe.c, which decompresses on a thread of its own, with libzstd
- * directly for zstd), the manifest format only in arch_manifest.c (read,
+ * directly for zstd; arch_zout.c compresses with libzstd directly), the manifest format only in arch_manifest.c (read,
  * build) and arch_mfwrite.c (written to a file, streaming). Directory arguments are
  * descriptors the caller resolved beneath the instance root (fsx); names are
  * single components. Errors come back as 0 / -errno (-ECANCELED when the hook

@@ -191,6 +191,7 @@ static int check_fields(lua_State *L, const char *path, const struct jv_lex *lx,
 			continue;
 		}
 		t = lua_gettop(L);
+		jv_sandbox_module_fill(L, t);
 		lua_pushstring(L, key);
 		bool ok = lua_rawget(L, t) != LUA_TNIL; /* raw: the modules raise on unknown names */
 		lua_pop(L, 1);

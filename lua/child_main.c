@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,34 +85,33 @@ static int fail_early(struct jv_run_ctx *ctx, const char *message, bool retryabl
 	return JV_EXIT_FAILED;
 }
 
+/* The spec is a memfd the parent wrote in full before the fork: its size is
+ * known, so one buffer of that size and (mostly) one read. */
 static int read_spec(cJSON **out)
 {
 	struct stat st;
 	if (fstat(JV_CHILD_SPEC_FD, &st) < 0)
 		return -errno;
-	if (lseek(JV_CHILD_SPEC_FD, 0, SEEK_SET) < 0)
-		return -errno;
-	struct jv_buf b;
-	jv_buf_init(&b, MAX_SPEC_BYTES);
-	char chunk[65536];
-	for (;;) {
-		ssize_t r = read(JV_CHILD_SPEC_FD, chunk, sizeof(chunk));
+	if (st.st_size <= 0 || (uint64_t)st.st_size > MAX_SPEC_BYTES)
+		return -EFBIG;
+	size_t len = (size_t)st.st_size, got = 0;
+	char *text = malloc(len);
+	if (!text)
+		return -ENOMEM;
+	while (got < len) {
+		ssize_t r = pread(JV_CHILD_SPEC_FD, text + got, len - got, (off_t)got);
 		if (r < 0 && errno == EINTR)
 			continue;
-		if (r < 0) {
-			jv_buf_free(&b);
-			return -errno;
+		if (r <= 0) {
+			int rc = r < 0 ? -errno : -EBADMSG;
+			free(text);
+			return rc;
 		}
-		if (r == 0)
-			break;
-		if (jv_buf_append(&b, chunk, (size_t)r) < 0) {
-			jv_buf_free(&b);
-			return -EFBIG;
-		}
+		got += (size_t)r;
 	}
 	close(JV_CHILD_SPEC_FD);
-	*out = b.data ? jv_json_parse(b.data, b.len) : NULL;
-	jv_buf_free(&b);
+	*out = jv_json_parse(text, len);
+	free(text);
 	return *out ? 0 : -EBADMSG;
 }
 

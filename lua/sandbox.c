@@ -20,6 +20,7 @@
 
 #include "jobvisor/durable.h"
 #include "jobvisor/params.h"
+#include "jobvisor/util.h"
 
 #define MAX_SCRIPT_BYTES (4u << 20)
 #define MEM_GRACE ((size_t)4 << 20)
@@ -203,16 +204,11 @@ const char *jv_sandbox_suggest(lua_State *L, int t, const char *key, char *out, 
 	return out[0] ? out : NULL;
 }
 
-/* __index of a strict module table: upvalue 1 = module name, 2 = a set of
- * names that may be nil (job.previous). */
-static int strict_index(lua_State *L)
+/* The error for the name at 2 that module table 1 lacks. Raised by the
+ * metamethod the script's index called, so the message names the script's line. */
+static int strict_miss(lua_State *L, const char *mod)
 {
-	const char *mod = lua_tostring(L, lua_upvalueindex(1));
 	if (lua_type(L, 2) == LUA_TSTRING) {
-		lua_pushvalue(L, 2);
-		if (lua_rawget(L, lua_upvalueindex(2)) != LUA_TNIL)
-			return 0; /* nil: a known field that is not set */
-		lua_pop(L, 1);
 		char hint[80];
 		const char *k = lua_tostring(L, 2);
 		if (jv_sandbox_suggest(L, 1, k, hint, sizeof(hint)))
@@ -221,6 +217,19 @@ static int strict_index(lua_State *L)
 		return luaL_error(L, "%s.%s: no such field in module '%s'", mod, k, mod);
 	}
 	return luaL_error(L, "module '%s' has no field of type %s", mod, luaL_typename(L, 2));
+}
+
+/* __index of a strict module table: upvalue 1 = module name, 2 = a set of
+ * names that may be nil (job.previous). */
+static int strict_index(lua_State *L)
+{
+	if (lua_type(L, 2) == LUA_TSTRING) {
+		lua_pushvalue(L, 2);
+		if (lua_rawget(L, lua_upvalueindex(2)) != LUA_TNIL)
+			return 0; /* nil: a known field that is not set */
+		lua_pop(L, 1);
+	}
+	return strict_miss(L, lua_tostring(L, lua_upvalueindex(1)));
 }
 
 void jv_sandbox_strict(lua_State *L, int t, const char *name, const char *const *optional)
@@ -240,6 +249,29 @@ void jv_sandbox_strict(lua_State *L, int t, const char *name, const char *const 
 	lua_setmetatable(L, t);
 }
 
+/* The jobvisor modules are globals from the start, but a module's functions
+ * are built on its first use: a run that never touches http or archive does
+ * not pay for them (most runs use two or three modules). Until then the global
+ * is an empty table whose shared metatable fills it on any index, assignment
+ * or pairs(), then gives it its strict metatable: what a script sees through
+ * indexing, assignment, pairs, and the sandbox's rawget and next (which build
+ * a module first) is what an eagerly built module shows. C code that reads a
+ * module raw fills it first (jv_sandbox_module_fill; check.c does).
+ * proc is built eagerly: it captures string.match before the script runs. */
+struct lazy_module {
+	const char *name;
+	lua_CFunction open;
+};
+
+static const struct lazy_module lazy_modules[] = {
+	{"log", luaopen_jv_log},           {"json", luaopen_jv_json},
+	{"fs", luaopen_jv_fs},             {"archive", luaopen_jv_archive},
+	{"http", luaopen_jv_http},         {"instance", luaopen_jv_instance},
+	{"remote", luaopen_jv_remote},
+};
+
+static const char lazy_key = 'z'; /* registry: {[module table] = lightuserdata lazy_module} */
+
 /* A jobvisor module as a strict global: reading an unknown name (fs.raed)
  * raises instead of yielding nil. */
 static void set_global_module(lua_State *L, const char *name, lua_CFunction open)
@@ -248,6 +280,132 @@ static void set_global_module(lua_State *L, const char *name, lua_CFunction open
 	lua_call(L, 0, 1);
 	jv_sandbox_strict(L, -1, name, NULL);
 	lua_setglobal(L, name);
+}
+
+static const struct lazy_module *module_fill(lua_State *L, int t)
+{
+	t = lua_absindex(L, t);
+	if (lua_rawgetp(L, LUA_REGISTRYINDEX, &lazy_key) != LUA_TTABLE) {
+		lua_pop(L, 1);
+		return NULL;
+	}
+	int map = lua_gettop(L);
+	lua_pushvalue(L, t);
+	const struct lazy_module *m = lua_rawget(L, map) == LUA_TLIGHTUSERDATA ? lua_touserdata(L, -1) : NULL;
+	lua_pop(L, 1);
+	if (!m) {
+		lua_pop(L, 1);
+		return NULL; /* not a module, or filled already */
+	}
+	lua_pushcfunction(L, m->open);
+	lua_call(L, 0, 1);
+	int mod = lua_gettop(L);
+	/* What the script assigned before the first read wins, as it would have
+	 * overwritten the eagerly built field. */
+	lua_pushnil(L);
+	while (lua_next(L, mod)) {
+		lua_pushvalue(L, -2);
+		if (lua_rawget(L, t) == LUA_TNIL) {
+			lua_pushvalue(L, -3);
+			lua_pushvalue(L, -3);
+			lua_rawset(L, t);
+		}
+		lua_pop(L, 2);
+	}
+	lua_pop(L, 1);
+	jv_sandbox_strict(L, t, m->name, NULL);
+	lua_pushvalue(L, t);
+	lua_pushnil(L);
+	lua_rawset(L, map);
+	lua_pop(L, 1);
+	return m;
+}
+
+void jv_sandbox_module_fill(lua_State *L, int t)
+{
+	module_fill(L, t);
+}
+
+static int lazy_index(lua_State *L)
+{
+	lua_settop(L, 2);
+	const struct lazy_module *m = module_fill(L, 1);
+	lua_pushvalue(L, 2);
+	if (lua_rawget(L, 1) != LUA_TNIL || !m)
+		return 1;
+	return strict_miss(L, m->name);
+}
+
+static int lazy_newindex(lua_State *L)
+{
+	module_fill(L, 1);
+	lua_settop(L, 3);
+	lua_rawset(L, 1);
+	return 0;
+}
+
+/* rawget and next as the base library has them, except that a module not
+ * built yet is built first: rawget(fs, "name"), the documented test for an
+ * optional function, and next(fs) see every function from the start. */
+static int sb_rawget(lua_State *L)
+{
+	luaL_checktype(L, 1, LUA_TTABLE);
+	luaL_checkany(L, 2);
+	module_fill(L, 1);
+	lua_settop(L, 2);
+	lua_rawget(L, 1);
+	return 1;
+}
+
+static int sb_next(lua_State *L)
+{
+	luaL_checktype(L, 1, LUA_TTABLE);
+	module_fill(L, 1);
+	lua_settop(L, 2);
+	if (lua_next(L, 1))
+		return 2;
+	lua_pushnil(L);
+	return 1;
+}
+
+static int lazy_pairs(lua_State *L)
+{
+	module_fill(L, 1);
+	lua_pushcfunction(L, sb_next);
+	lua_pushvalue(L, 1);
+	lua_pushnil(L);
+	return 3;
+}
+
+static void set_lazy_modules(lua_State *L)
+{
+	lua_createtable(L, 0, (int)JV_ARRAY_LEN(lazy_modules));
+	int map = lua_gettop(L);
+	lua_createtable(L, 0, 4);
+	int mt = lua_gettop(L);
+	lua_pushcfunction(L, lazy_index);
+	lua_setfield(L, mt, "__index");
+	lua_pushcfunction(L, lazy_newindex);
+	lua_setfield(L, mt, "__newindex");
+	lua_pushcfunction(L, lazy_pairs);
+	lua_setfield(L, mt, "__pairs");
+	lua_pushboolean(L, 0);
+	lua_setfield(L, mt, "__metatable");
+	for (size_t i = 0; i < JV_ARRAY_LEN(lazy_modules); i++) {
+		lua_newtable(L);
+		lua_pushvalue(L, mt);
+		lua_setmetatable(L, -2);
+		lua_pushvalue(L, -1);
+		lua_pushlightuserdata(L, (void *)&lazy_modules[i]);
+		lua_rawset(L, map);
+		lua_setglobal(L, lazy_modules[i].name);
+	}
+	lua_pop(L, 1);
+	lua_rawsetp(L, LUA_REGISTRYINDEX, &lazy_key);
+	lua_pushcfunction(L, sb_rawget);
+	lua_setglobal(L, "rawget");
+	lua_pushcfunction(L, sb_next);
+	lua_setglobal(L, "next");
 }
 
 static void remove_field(lua_State *L, int t, const char *name)
@@ -324,14 +482,8 @@ lua_State *jv_sandbox_new(const struct jv_sandbox_opts *opts)
 	lua_rawsetp(L, LUA_REGISTRYINDEX, &loaded_key);
 
 	jv_ctx_install(L, opts->ctx);
-	set_global_module(L, "log", luaopen_jv_log);
-	set_global_module(L, "json", luaopen_jv_json);
-	set_global_module(L, "fs", luaopen_jv_fs);
-	set_global_module(L, "archive", luaopen_jv_archive);
-	set_global_module(L, "http", luaopen_jv_http);
-	set_global_module(L, "instance", luaopen_jv_instance);
+	set_lazy_modules(L);
 	set_global_module(L, "proc", luaopen_jv_proc);
-	set_global_module(L, "remote", luaopen_jv_remote);
 	lua_pop(L, 1); /* globals */
 	return L;
 }

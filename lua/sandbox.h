@@ -37,6 +37,10 @@ int jv_sandbox_loadfile(lua_State *L, const char *path, const char *chunkname);
  * The jobvisor modules and the job table are strict. */
 void jv_sandbox_strict(lua_State *L, int t, const char *name, const char *const *optional);
 
+/* Build the jobvisor module at t now if its first use has not built it yet
+ * (see sandbox.c); anything else at t is left alone. For raw inspection. */
+void jv_sandbox_module_fill(lua_State *L, int t);
+
 /* The key of table t closest to key (edit distance <= 2) into out, or NULL. */
 const char *jv_sandbox_suggest(lua_State *L, int t, const char *key, char *out, size_t outlen);
 

@@ -21,6 +21,12 @@ const struct jv_zstd *jv_zstd_load(void)
 	*(void **)&api.decompress = dlsym(lib, "ZSTD_decompressStream");
 	*(void **)&api.is_error = dlsym(lib, "ZSTD_isError");
 	*(void **)&api.error_name = dlsym(lib, "ZSTD_getErrorName");
+	*(void **)&api.cctx_create = dlsym(lib, "ZSTD_createCCtx");
+	*(void **)&api.cctx_free = dlsym(lib, "ZSTD_freeCCtx");
+	*(void **)&api.cctx_set = dlsym(lib, "ZSTD_CCtx_setParameter");
+	*(void **)&api.compress2 = dlsym(lib, "ZSTD_compressStream2");
+	if (!api.cctx_create || !api.cctx_free || !api.cctx_set || !api.compress2)
+		api.compress2 = NULL;
 	ok = api.create && api.free && api.decompress && api.is_error && api.error_name;
 	return ok ? &api : NULL;
 }

@@ -273,8 +273,6 @@ void api_ui_run_events(struct cp *cp, struct mg_connection *conn, const char *ru
 
 void api_ui_agents(struct cp *cp, struct mg_connection *conn)
 {
-	pthread_mutex_lock(&cp->mu);
-	cJSON *agents = dispatch_agents_json(cp);
-	pthread_mutex_unlock(&cp->mu);
+	cJSON *agents = agents_list_json(cp);
 	http_send_list(conn, "agents", agents ? agents : cJSON_CreateArray());
 }

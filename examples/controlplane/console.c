@@ -408,9 +408,7 @@ static void publish_result(struct cp *cp, const char *agent_id, const char *inst
 	cJSON_AddItemToObject(msg, "result", res);
 	jv_info(NULL, NULL, "console command %s on %s/%s: %s%s", cmd_id, agent_id, inst, status,
 	        late ? " (after it had expired)" : "");
-	pthread_mutex_lock(&cp->mu);
-	ws_publish(cp, msg);
-	pthread_mutex_unlock(&cp->mu);
+	ws_publish_wake(cp, &msg, 1, NULL); /* on PostgreSQL a round trip: not under cp->mu */
 }
 
 /* A result from the agent: finish its command. False when it is a resend of

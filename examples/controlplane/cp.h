@@ -74,6 +74,8 @@ struct cp_agent {
 	bool instances_synced;  /* a snapshot of its instances came since this process started */
 	uint64_t console_gen;   /* bumped when its console watch list or commands change */
 	uint64_t console_told;  /* console_gen when a poll answer last carried the watch list */
+	pthread_mutex_t inst_mu; /* its instance events, snapshots and stats one at a time (instances.c);
+	                            held across their store calls, never with cp->mu */
 };
 
 struct cp_config {
@@ -199,12 +201,11 @@ int users_hash_main(void); /* --hash-token */
 /* ---- audit (http.c) ---- */
 void api_audit_list(struct cp *cp, struct mg_connection *conn);
 
-/* ---- agents (dispatch.c, mu held) ---- */
-/* An agent as GET /v1/agents shows it; returned-owned. */
-cJSON *dispatch_agent_json(struct cp *cp, const struct cp_agent *a);
-/* An `agent` message for WebSocket clients (mu held). */
-void dispatch_publish_agent(struct cp *cp, const struct cp_agent *a);
-cJSON *dispatch_agents_json(struct cp *cp);
+/* ---- agents ---- */
+/* Every agent as GET /v1/agents lists it (ws.c): the agents' memory copied
+ * under cp->mu, the RUNNING counts from one store query without it. Do not
+ * hold cp->mu. Returned-owned; NULL when out of memory. */
+cJSON *agents_list_json(struct cp *cp);
 
 /* ---- lifecycle.c: every state change, one transaction each (mu held) ---- */
 struct lc_new_job {
@@ -407,7 +408,8 @@ void api_inst_list(struct cp *cp, struct mg_connection *conn);
 void api_inst_get(struct cp *cp, struct mg_connection *conn, const char *agent_id, const char *instance_id);
 void api_inst_stats(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id);
 void inst_stats_free(struct cp *cp);
-/* Every instance not removed, as in GET /v1/instances (mu held); returned-owned. */
+/* Every instance not removed, as in GET /v1/instances; returned-owned. One
+ * store call, then cp->mu for the stats: do not hold cp->mu. */
 cJSON *inst_list_json(struct cp *cp, const char *agent_id, const char *state);
 
 /* ---- console.c (its lock is a leaf: callers may hold cp->mu or the hub's list lock) ---- */

@@ -36,20 +36,6 @@
 
 #define AGENT_STORE_MS 30000 /* and written to the database at most this often (memory is authoritative) */
 
-void dispatch_publish_agent(struct cp *cp, const struct cp_agent *a)
-{
-	cJSON *msg = cJSON_CreateObject();
-	cJSON *o = dispatch_agent_json(cp, a);
-	if (msg && o) {
-		cJSON_AddStringToObject(msg, "type", "agent");
-		cJSON_AddItemToObject(msg, "agent", o);
-		ws_publish(cp, msg);
-	} else {
-		cJSON_Delete(msg);
-		cJSON_Delete(o);
-	}
-}
-
 /* What a poll does about the agent's lastSeen besides memory. */
 struct touch {
 	bool store, push; /* write it to the database / push it to WebSocket clients */
@@ -340,20 +326,4 @@ int dispatch_recover(struct cp *cp)
 	pthread_mutex_unlock(&cp->mu);
 	/* Jobs stored but not yet queued when we stopped. */
 	return rc == 0 ? queue_created(cp, 0) : rc;
-}
-
-cJSON *dispatch_agent_json(struct cp *cp, const struct cp_agent *a)
-{
-	return agent_json(cp, a->id, a->last_seen_ms, a->capacity, store_agent_running(cp->store, a->id));
-}
-
-cJSON *dispatch_agents_json(struct cp *cp)
-{
-	cJSON *arr = cJSON_CreateArray();
-	for (size_t i = 0; arr && i < cp->nagents; i++) {
-		cJSON *o = dispatch_agent_json(cp, &cp->agents[i]);
-		if (o)
-			cJSON_AddItemToArray(arr, o);
-	}
-	return arr;
 }

@@ -332,6 +332,7 @@ static void accept_some(struct front *f)
 		struct fconn *c = make_room(f, ip, now) ? calloc(1, sizeof(*c)) : NULL;
 		if (!c) {
 			f->refused++;
+			f->last_ip = ip; /* the report names it */
 			close(fd);
 			continue;
 		}

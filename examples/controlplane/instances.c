@@ -10,8 +10,20 @@
  * snapshot no longer lists, and those reported REMOVED, disappear from the
  * lists (their row stays, so seq numbers keep deduplicating). Every change
  * is pushed to WebSocket clients as {"type":"instance"}. History is capped
- * per instance. The rows live in the store (store.h); cp->mu guards the
- * in-memory stats and is held around store calls. */
+ * per instance. The rows live in the store (store.h).
+ *
+ * Locks: store calls never happen under cp->mu (the store is thread-safe; on
+ * PostgreSQL each call is a round trip, and every poll of this replica takes
+ * cp->mu). cp->mu covers only the in-memory stats map. What the one mutex
+ * used to give the agent's own requests, the agent's inst_mu gives now: an
+ * agent's instance events, snapshots and stats are handled one at a time on
+ * this replica, from the store call to the WebSocket messages, so the
+ * messages of one instance leave in the order its changes were stored and
+ * never carry an older row after a newer one; two agents never wait for each
+ * other. An agent talks to one replica at a time (it sticks to a healthy
+ * URL), and the store orders each instance's writes itself (a transaction
+ * per request, seq numbers kept once). Reads for the UI take no agent lock:
+ * each is one store call plus the stats under cp->mu. */
 #include "cp.h"
 
 #include <civetweb.h>
@@ -128,16 +140,20 @@ void inst_stats_free(struct cp *cp)
 	}
 }
 
-static void add_stats(struct cp *cp, cJSON *o, const char *agent, const char *inst)
+/* The newest stats sample of the instance o (and its history when asked)
+ * from the in-memory map. cp->mu held. */
+static void add_stats(struct cp *cp, cJSON *o, bool history)
 {
-	struct inst_stats *s = stats_find(cp, agent, inst, false);
+	struct inst_stats *s =
+		stats_find(cp, jv_json_str(o, "agentId", ""), jv_json_str(o, "instanceId", ""), false);
 	cJSON_AddItemToObject(o, "stats", s && s->latest ? cJSON_Duplicate(s->latest, true) : cJSON_CreateNull());
-	cJSON *h = cJSON_AddArrayToObject(o, "statsHistory");
+	cJSON *h = history ? cJSON_AddArrayToObject(o, "statsHistory") : NULL;
 	for (size_t i = 0; s && h && i < s->n; i++)
 		cJSON_AddItemToArray(h, cJSON_Duplicate(s->hist[(s->head + i) % STATS_HISTORY], true));
 }
 
-static cJSON *instance_from_row(struct cp *cp, const struct store_instance_row *r)
+/* The row as the API shows it, without the stats (add_stats): no lock. */
+static cJSON *instance_from_row(const struct store_instance_row *r)
 {
 	cJSON *o = r->body ? cJSON_Parse(r->body) : NULL;
 	if (!cJSON_IsObject(o)) {
@@ -158,12 +174,10 @@ static cJSON *instance_from_row(struct cp *cp, const struct store_instance_row *
 	cJSON_AddNumberToObject(o, "lastSeq", (double)r->last_seq);
 	cJSON_AddNumberToObject(o, "stateSeq", (double)r->state_seq);
 	cJSON_AddItemToObject(o, "updatedAt", store_time(r->updated_at));
-	add_stats(cp, o, r->agent_id, r->instance_id);
 	return o;
 }
 
 struct inst_collect {
-	struct cp *cp;
 	cJSON *arr; /* list: every row goes here */
 	cJSON *one; /* get: the row */
 	bool removed;
@@ -172,7 +186,7 @@ struct inst_collect {
 static int collect_row(void *ud, const struct store_instance_row *r)
 {
 	struct inst_collect *c = ud;
-	cJSON *o = instance_from_row(c->cp, r);
+	cJSON *o = instance_from_row(r);
 	if (o && c->arr) {
 		cJSON_AddItemToArray(c->arr, o);
 	} else {
@@ -185,18 +199,26 @@ static int collect_row(void *ud, const struct store_instance_row *r)
 
 cJSON *inst_list_json(struct cp *cp, const char *agent_id, const char *state)
 {
-	struct inst_collect c = {.cp = cp, .arr = cJSON_CreateArray()};
+	struct inst_collect c = {.arr = cJSON_CreateArray()};
 	if (c.arr && store_instances_list(cp->store, agent_id, state, collect_row, &c) < 0) {
 		cJSON_Delete(c.arr);
 		return NULL;
 	}
+	pthread_mutex_lock(&cp->mu);
+	cJSON *o;
+	cJSON_ArrayForEach(o, c.arr)
+	{
+		add_stats(cp, o, true);
+	}
+	pthread_mutex_unlock(&cp->mu);
 	return c.arr;
 }
 
-/* The instance as the lists show it (removed ones too); NULL when unknown. */
+/* The instance as the lists show it (removed ones too), without its stats;
+ * NULL when unknown. One store call, no lock. */
 static cJSON *instance_json(struct cp *cp, const char *agent_id, const char *instance_id, bool *removed)
 {
-	struct inst_collect c = {.cp = cp};
+	struct inst_collect c = {0};
 	if (store_instance_get(cp->store, agent_id, instance_id, collect_row, &c) < 0) {
 		cJSON_Delete(c.one);
 		return NULL;
@@ -206,33 +228,104 @@ static cJSON *instance_json(struct cp *cp, const char *agent_id, const char *ins
 	return c.one;
 }
 
-static int exists_row(void *ud, const struct store_instance_row *r)
+/* One instance a request publishes. */
+struct inst_want {
+	const char *id;
+	cJSON *obj;   /* instance_from_row; NULL = unknown */
+	bool removed;
+	bool tried;   /* asked the store already */
+	bool publish;
+};
+
+static int want_cmp(const void *a, const void *b)
 {
-	(void)ud;
-	(void)r;
+	return strcmp((*(struct inst_want *const *)a)->id, (*(struct inst_want *const *)b)->id);
+}
+
+struct want_index {
+	struct inst_want **by_id; /* sorted by id */
+	size_t n;
+};
+
+static int want_row(void *ud, const struct store_instance_row *r)
+{
+	struct want_index *x = ud;
+	struct inst_want key = {.id = r->instance_id}, *kp = &key;
+	struct inst_want **hit = bsearch(&kp, x->by_id, x->n, sizeof(*x->by_id), want_cmp);
+	while (hit && hit > x->by_id && strcmp(hit[-1]->id, r->instance_id) == 0)
+		hit--;
+	for (; hit && hit < x->by_id + x->n && strcmp((*hit)->id, r->instance_id) == 0; hit++) {
+		cJSON_Delete((*hit)->obj);
+		(*hit)->obj = instance_from_row(r);
+		(*hit)->removed = r->removed;
+		(*hit)->tried = true;
+	}
 	return 0;
 }
 
-static void publish(struct cp *cp, const char *agent_id, const char *instance_id, const cJSON *event)
+/* Read the agent's instances w[0..n) (ids may repeat) from the store, no
+ * lock: several at once with one store_instances_list (one round trip), then
+ * one store_instance_get for each not listed there (removed or unknown). */
+static void fetch_instances(struct cp *cp, const char *agent_id, struct inst_want *w, size_t n)
 {
-	/* mu held */
-	bool removed = false;
-	cJSON *inst = instance_json(cp, agent_id, instance_id, &removed);
+	bool one = true;
+	for (size_t i = 1; i < n && one; i++)
+		one = strcmp(w[i].id, w[0].id) == 0;
+	struct inst_want **by_id = one ? NULL : calloc(n, sizeof(*by_id));
+	if (by_id) {
+		for (size_t i = 0; i < n; i++)
+			by_id[i] = &w[i];
+		qsort(by_id, n, sizeof(*by_id), want_cmp);
+		struct want_index x = {by_id, n};
+		(void)store_instances_list(cp->store, agent_id, NULL, want_row, &x); /* failed: the gets below */
+		free(by_id);
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (w[i].obj || w[i].tried)
+			continue;
+		w[i].obj = instance_json(cp, agent_id, w[i].id, &w[i].removed);
+		for (size_t k = i + 1; k < n; k++)
+			if (!w[k].obj && strcmp(w[k].id, w[i].id) == 0) {
+				w[k].obj = w[i].obj ? cJSON_Duplicate(w[i].obj, true) : NULL;
+				w[k].removed = w[i].removed;
+				w[k].tried = true;
+			}
+	}
+}
+
+static void wants_free(struct inst_want *w, size_t n)
+{
+	for (size_t i = 0; w && i < n; i++)
+		cJSON_Delete(w[i].obj);
+	free(w);
+}
+
+/* {"type":"instance"} for WebSocket clients: the instance (with its newest
+ * stats sample, added by the caller, not the history: a page keeps its own,
+ * 60 times less to push), removed or not, and the event that changed it. */
+static cJSON *instance_msg(const struct inst_want *w, const cJSON *event)
+{
 	cJSON *msg = cJSON_CreateObject();
+	cJSON *inst = cJSON_Duplicate(w->obj, true);
 	if (!inst || !msg) {
 		cJSON_Delete(inst);
 		cJSON_Delete(msg);
-		return;
+		return NULL;
 	}
 	cJSON_AddStringToObject(msg, "type", "instance");
-	cJSON_AddBoolToObject(inst, "removed", removed);
-	/* The history is in the snapshot; each message carries the newest sample
-	 * in `stats` only, so a page keeps its own (60 times less to push). */
-	cJSON_DeleteItemFromObjectCaseSensitive(inst, "statsHistory");
+	cJSON_AddBoolToObject(inst, "removed", w->removed);
 	cJSON_AddItemToObject(msg, "instance", inst);
 	if (event)
 		cJSON_AddItemToObject(msg, "instanceEvent", cJSON_Duplicate(event, true));
-	ws_publish(cp, msg);
+	return msg;
+}
+
+/* Publish msgs[0..n) (consumed, NULLs skipped) in order: on PostgreSQL one
+ * round trip for all, without cp->mu; on SQLite the ring under cp->mu. */
+static void publish(struct cp *cp, cJSON **msgs, size_t n)
+{
+	if (n > 0)
+		ws_publish_wake(cp, msgs, n, NULL);
 }
 
 /* The events as the store takes them; texts and copies owned by the caller. */
@@ -320,32 +413,46 @@ void api_inst_events(struct cp *cp, struct mg_connection *conn, struct cp_agent 
 	}
 	cJSON *copies = cJSON_CreateArray();
 	struct store_inst_event *ev = calloc((size_t)n + 1, sizeof(*ev));
+	cJSON **msgs = calloc((size_t)n + 1, sizeof(*msgs));
 	struct http_answer ans = {0};
 	int64_t last_seq = 0;
 	bool known = false;
-	pthread_mutex_lock(&cp->mu);
-	int rc = copies && ev ? inst_store_events(cp, agent_id, instance_id, events, n, copies, ev, &last_seq, &known)
-	                      : -ENOMEM;
+	pthread_mutex_lock(&agent->inst_mu);
+	int rc = copies && ev && msgs
+	                 ? inst_store_events(cp, agent_id, instance_id, events, n, copies, ev, &last_seq, &known)
+	                 : -ENOMEM;
 	if (rc < 0) {
 		http_answer_error(&ans, 500, "database error");
 	} else {
+		struct inst_want w = {.id = instance_id};
+		size_t k = 0;
 		for (int i = 0; i < n; i++) {
 			if (!ev[i].inserted)
 				continue;
-			const cJSON *e = cJSON_GetArrayItem(copies, i);
 			atomic_fetch_add(&cp->metrics.instance_events_stored, 1);
 			if (ev[i].state)
 				jv_info(NULL, NULL, "instance %s/%s: %s (seq %lld)", agent_id, instance_id, ev[i].state,
 				        (long long)ev[i].seq);
-			if (known)
-				publish(cp, agent_id, instance_id, e);
+			if (known && !w.tried)
+				fetch_instances(cp, agent_id, &w, 1);
+			if (w.obj && !w.publish) {
+				pthread_mutex_lock(&cp->mu);
+				add_stats(cp, w.obj, false);
+				pthread_mutex_unlock(&cp->mu);
+				w.publish = true;
+			}
+			if (w.obj)
+				msgs[k++] = instance_msg(&w, cJSON_GetArrayItem(copies, i));
 		}
+		publish(cp, msgs, k);
+		cJSON_Delete(w.obj);
 		cJSON *o = cJSON_CreateObject();
 		cJSON_AddNumberToObject(o, "ackSeq", (double)last_seq);
 		http_answer_json(&ans, 200, o);
 	}
-	pthread_mutex_unlock(&cp->mu);
+	pthread_mutex_unlock(&agent->inst_mu);
 	http_send_answer(conn, &ans);
+	free(msgs);
 	free(ev);
 	cJSON_Delete(copies);
 	cJSON_Delete(body);
@@ -377,6 +484,34 @@ static int to_snaps(const char *agent_id, const cJSON *list, int n, struct store
 	return 0;
 }
 
+/* After a stored snapshot: mark the agent synced, and publish the instances
+ * it changed (in its order), then those it removed. agent->inst_mu held. */
+static void snapshot_publish(struct cp *cp, struct cp_agent *agent, const struct store_inst_snap *items, size_t n,
+                             const char (*removed)[JV_IDENT_MAX + 1], size_t nremoved)
+{
+	struct inst_want *w = calloc(n + nremoved + 1, sizeof(*w));
+	cJSON **msgs = calloc(n + nremoved + 1, sizeof(*msgs));
+	size_t k = 0;
+	for (size_t i = 0; w && i < n; i++)
+		if (items[i].changed)
+			w[k++].id = items[i].instance_id;
+	for (size_t i = 0; w && i < nremoved; i++)
+		w[k++].id = removed[i];
+	if (w && msgs)
+		fetch_instances(cp, agent->id, w, k);
+	pthread_mutex_lock(&cp->mu);
+	agent->instances_synced = true;
+	for (size_t i = 0; w && msgs && i < k; i++)
+		if (w[i].obj)
+			add_stats(cp, w[i].obj, false);
+	pthread_mutex_unlock(&cp->mu);
+	for (size_t i = 0; w && msgs && i < k; i++)
+		msgs[i] = w[i].obj ? instance_msg(&w[i], NULL) : NULL;
+	publish(cp, msgs, msgs ? k : 0);
+	free(msgs);
+	wants_free(w, k);
+}
+
 void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id)
 {
 	cJSON *body = NULL;
@@ -393,7 +528,7 @@ void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agen
 	char(*removed)[JV_IDENT_MAX + 1] = NULL;
 	size_t nremoved = 0;
 	struct http_answer ans = {0};
-	pthread_mutex_lock(&cp->mu);
+	pthread_mutex_lock(&agent->inst_mu);
 	int rc = items && texts ? to_snaps(agent_id, list, n, items, texts) : -ENOMEM;
 	if (rc == 0)
 		rc = store_instances_snapshot(cp->store, agent_id, items, (size_t)n, jv_now_real_ms(), &removed,
@@ -401,18 +536,13 @@ void api_inst_snapshot(struct cp *cp, struct mg_connection *conn, struct cp_agen
 	if (rc < 0) {
 		http_answer_error(&ans, 500, "database error");
 	} else {
-		agent->instances_synced = true;
-		for (int i = 0; i < n; i++)
-			if (items[i].changed)
-				publish(cp, agent_id, items[i].instance_id, NULL);
-		for (size_t i = 0; i < nremoved; i++)
-			publish(cp, agent_id, removed[i], NULL);
+		snapshot_publish(cp, agent, items, (size_t)n, removed, nremoved);
 		jv_info(NULL, NULL, "agent '%s' reported %d instances", agent_id, n);
 		cJSON *o = cJSON_CreateObject();
 		cJSON_AddNumberToObject(o, "instances", n);
 		http_answer_json(&ans, 200, o);
 	}
-	pthread_mutex_unlock(&cp->mu);
+	pthread_mutex_unlock(&agent->inst_mu);
 	http_send_answer(conn, &ans);
 	for (int i = 0; texts && i < n; i++)
 		free(texts[i]);
@@ -442,28 +572,26 @@ void api_inst_list(struct cp *cp, struct mg_connection *conn)
 		}
 		st = state;
 	}
-	pthread_mutex_lock(&cp->mu);
-	cJSON *arr = inst_list_json(cp, agent_id, st);
-	pthread_mutex_unlock(&cp->mu);
-	http_send_list(conn, "instances", arr);
+	http_send_list(conn, "instances", inst_list_json(cp, agent_id, st));
 }
 
 void api_inst_get(struct cp *cp, struct mg_connection *conn, const char *agent_id, const char *instance_id)
 {
 	bool removed = false;
-	pthread_mutex_lock(&cp->mu);
 	cJSON *o = instance_json(cp, agent_id, instance_id, &removed);
-	if (o && !removed) {
-		cJSON *hist = NULL;
-		if (store_instance_history(cp->store, agent_id, instance_id, INST_HISTORY_SHOWN, &hist) < 0)
-			hist = cJSON_CreateArray();
-		cJSON_AddItemToObject(o, "history", hist);
-	}
-	pthread_mutex_unlock(&cp->mu);
-	if (!o || removed)
+	if (!o || removed) {
 		http_send_error(conn, 404, "no instance '%s' on agent '%s'", instance_id, agent_id);
-	else
-		http_send_json(conn, 200, o);
+		cJSON_Delete(o);
+		return;
+	}
+	pthread_mutex_lock(&cp->mu);
+	add_stats(cp, o, true);
+	pthread_mutex_unlock(&cp->mu);
+	cJSON *hist = NULL;
+	if (store_instance_history(cp->store, agent_id, instance_id, INST_HISTORY_SHOWN, &hist) < 0)
+		hist = cJSON_CreateArray();
+	cJSON_AddItemToObject(o, "history", hist);
+	http_send_json(conn, 200, o);
 	cJSON_Delete(o);
 }
 
@@ -473,6 +601,40 @@ static bool num_ok(const cJSON *o, const char *key, bool nullable)
 	if (!v || cJSON_IsNull(v))
 		return nullable;
 	return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble < 1e18;
+}
+
+/* Keep the sample e (checked) as the instance's newest and in its history.
+ * False when out of memory. cp->mu held. */
+static bool stats_take(struct cp *cp, const char *agent_id, const cJSON *e)
+{
+	struct inst_stats *s = stats_find(cp, agent_id, jv_json_str(e, "instanceId", ""), true);
+	if (!s)
+		return false;
+	cJSON *latest = cJSON_CreateObject();
+	static const char *const keys[] = {"at", "cpuCores", "memoryBytes", "processes", "dataBytes", "uptimeSeconds",
+	                                   "source"};
+	for (size_t k = 0; latest && k < JV_ARRAY_LEN(keys); k++) {
+		const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, keys[k]);
+		if (v && (!cJSON_IsString(v) || strlen(v->valuestring) < 64))
+			cJSON_AddItemToObject(latest, keys[k], cJSON_Duplicate(v, false));
+	}
+	cJSON *h = cJSON_CreateObject();
+	if (h) {
+		cJSON_AddItemToObject(h, "at", cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(e, "at"), false));
+		const cJSON *cpu = cJSON_GetObjectItemCaseSensitive(e, "cpuCores");
+		cJSON_AddItemToObject(h, "cpuCores", cpu ? cJSON_Duplicate(cpu, false) : cJSON_CreateNull());
+		cJSON_AddNumberToObject(h, "memoryBytes", jv_json_num(e, "memoryBytes", 0));
+		if (s->n == STATS_HISTORY) {
+			cJSON_Delete(s->hist[s->head]);
+			s->hist[s->head] = h;
+			s->head = (s->head + 1) % STATS_HISTORY;
+		} else {
+			s->hist[(s->head + s->n++) % STATS_HISTORY] = h;
+		}
+	}
+	cJSON_Delete(s->latest);
+	s->latest = latest;
+	return true;
 }
 
 void api_inst_stats(struct cp *cp, struct mg_connection *conn, struct cp_agent *agent, const char *agent_id)
@@ -503,47 +665,44 @@ void api_inst_stats(struct cp *cp, struct mg_connection *conn, struct cp_agent *
 		}
 		i++;
 	}
-	int taken = 0;
-	pthread_mutex_lock(&cp->mu);
+	struct inst_want *w = calloc((size_t)n + 1, sizeof(*w));
+	cJSON **msgs = calloc((size_t)n + 1, sizeof(*msgs));
+	if (!w || !msgs) {
+		http_send_error(conn, 500, "out of memory");
+		free(w);
+		free(msgs);
+		cJSON_Delete(body);
+		return;
+	}
+	i = 0;
 	cJSON_ArrayForEach(e, list)
 	{
-		const char *iid = jv_json_str(e, "instanceId", "");
-		if (store_instance_get(cp->store, agent_id, iid, exists_row, NULL) < 0)
-			continue; /* stats never create an instance */
-		struct inst_stats *s = stats_find(cp, agent_id, iid, true);
-		if (!s)
-			continue;
-		cJSON *latest = cJSON_CreateObject();
-		static const char *const keys[] = {"at", "cpuCores", "memoryBytes", "processes", "dataBytes",
-		                                   "uptimeSeconds", "source"};
-		for (size_t k = 0; latest && k < JV_ARRAY_LEN(keys); k++) {
-			const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, keys[k]);
-			if (v && (!cJSON_IsString(v) || strlen(v->valuestring) < 64))
-				cJSON_AddItemToObject(latest, keys[k], cJSON_Duplicate(v, false));
+		w[i++].id = jv_json_str(e, "instanceId", "");
+	}
+	pthread_mutex_lock(&agent->inst_mu);
+	fetch_instances(cp, agent_id, w, (size_t)n); /* stats never create an instance */
+	pthread_mutex_lock(&cp->mu);
+	i = 0;
+	cJSON_ArrayForEach(e, list)
+	{
+		if (w[i].obj && stats_take(cp, agent_id, e)) {
+			add_stats(cp, w[i].obj, false);
+			w[i].publish = true;
 		}
-		cJSON *h = cJSON_CreateObject();
-		if (h) {
-			cJSON_AddItemToObject(h, "at", cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(e, "at"), false));
-			const cJSON *cpu = cJSON_GetObjectItemCaseSensitive(e, "cpuCores");
-			cJSON_AddItemToObject(h, "cpuCores", cpu ? cJSON_Duplicate(cpu, false) : cJSON_CreateNull());
-			cJSON_AddNumberToObject(h, "memoryBytes", jv_json_num(e, "memoryBytes", 0));
-			if (s->n == STATS_HISTORY) {
-				cJSON_Delete(s->hist[s->head]);
-				s->hist[s->head] = h;
-				s->head = (s->head + 1) % STATS_HISTORY;
-			} else {
-				s->hist[(s->head + s->n++) % STATS_HISTORY] = h;
-			}
-		}
-		cJSON_Delete(s->latest);
-		s->latest = latest;
-		publish(cp, agent_id, iid, NULL);
-		taken++;
+		i++;
 	}
 	pthread_mutex_unlock(&cp->mu);
+	size_t taken = 0;
+	for (i = 0; i < n; i++)
+		if (w[i].publish)
+			msgs[taken++] = instance_msg(&w[i], NULL);
+	publish(cp, msgs, taken);
+	pthread_mutex_unlock(&agent->inst_mu);
 	cJSON *ans = cJSON_CreateObject();
-	cJSON_AddNumberToObject(ans, "instances", taken);
+	cJSON_AddNumberToObject(ans, "instances", (double)taken);
 	http_send_json(conn, 200, ans);
 	cJSON_Delete(ans);
+	free(msgs);
+	wants_free(w, (size_t)n);
 	cJSON_Delete(body);
 }

@@ -152,7 +152,8 @@ int metrics_handle(struct mg_connection *conn, void *cbdata)
 		return 1;
 	struct jv_buf b;
 	jv_buf_init(&b, 64u * 1024 * 1024);
-	pthread_mutex_lock(&cp->mu);
+	/* Store calls without cp->mu (each a round trip on PostgreSQL, and every
+	 * poll takes cp->mu); the mutex only for the agents' in-memory lastSeen. */
 	jv_buf_printf(&b, "# HELP jobvisor_jobs Jobs by type and state.\n# TYPE jobvisor_jobs gauge\n");
 	store_metrics_jobs(cp->store, job_line, &b);
 	run_lines(cp, &b);
@@ -165,8 +166,10 @@ int metrics_handle(struct mg_connection *conn, void *cbdata)
 	              (unsigned long long)atomic_load(&cp->metrics.instance_events_stored));
 	int64_t window = (int64_t)(3 * cp->cfg.poll_interval_s + cp->cfg.max_wait_s) * 1000, now = jv_now_real_ms();
 	int online = 0;
+	pthread_mutex_lock(&cp->mu);
 	for (size_t i = 0; i < cp->nagents; i++)
 		online += cp->agents[i].last_seen_ms > 0 && now - cp->agents[i].last_seen_ms <= window;
+	pthread_mutex_unlock(&cp->mu);
 	jv_buf_printf(&b, "# HELP jobvisor_agents Agents in the agents file.\n# TYPE jobvisor_agents gauge\n"
 	                  "jobvisor_agents %zu\n"
 	                  "# HELP jobvisor_agents_online Agents seen within three poll intervals plus a long poll.\n"
@@ -211,7 +214,6 @@ int metrics_handle(struct mg_connection *conn, void *cbdata)
 		}
 	}
 	cJSON_Delete(insts);
-	pthread_mutex_unlock(&cp->mu);
 	hist(&b, "jobvisor_poll_request_seconds", "Time to answer agent polls (time parked in the front not included).",
 	     &cp->metrics.poll);
 	hist(&b, "jobvisor_events_request_seconds", "Time to answer agent event posts.", &cp->metrics.events);

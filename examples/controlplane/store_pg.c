@@ -99,6 +99,18 @@ PGresult *pgs_query(struct store *s, const char *sql, const struct pg_params *p)
 	return r;
 }
 
+PGresult *pgs_query_prepared(struct store *s, const char *sql, const struct pg_params *p)
+{
+	PGconn *c = pgs_conn(s);
+	if (!c)
+		return NULL;
+	const struct pg_stmt st = {sql, p};
+	PGresult *r = NULL;
+	pg_pipeline(c, &st, 1, &r); /* r stays NULL when it failed */
+	pgs_done(s, c);
+	return r;
+}
+
 int pgs_cmd(struct store *s, const char *sql, const struct pg_params *p)
 {
 	PGconn *c = pgs_conn(s);

@@ -101,7 +101,9 @@ int store_pg_wake(struct store *s, const char *agent_id)
 	struct pg_params p = {0};
 	pg_p_str(&p, PG_CHANNEL_WAKE);
 	pg_p_str(&p, agent_id);
-	return pgs_cmd(s, "SELECT pg_notify($1, $2)", &p) < 0 ? -EIO : 0;
+	PGresult *r = pgs_query_prepared(s, "SELECT pg_notify($1, $2)", &p);
+	PQclear(r);
+	return r ? 0 : -EIO;
 }
 
 int store_pg_ws_append(struct store *s, const char *text, int64_t now)
@@ -145,10 +147,10 @@ int store_pg_ws_append_wake(struct store *s, const char *const *texts, size_t n,
 	"       SELECT h.base + u.ord, left(u.b, -1) || ',\"seq\":' || (h.base + u.ord) || '}', $2"            \
 	"       FROM h, unnest($1::text[]) WITH ORDINALITY AS u(b, ord) RETURNING seq)"                         \
 	" SELECT pg_notify($3, max(seq)::text)"
-	PGresult *r = rc == 0 ? pgs_query(s,
-	                                  wake ? WS_APPEND ", pg_notify('" PG_CHANNEL_WAKE "', $5) FROM i"
-	                                       : WS_APPEND " FROM i",
-	                                  &p)
+	PGresult *r = rc == 0 ? pgs_query_prepared(s,
+	                                           wake ? WS_APPEND ", pg_notify('" PG_CHANNEL_WAKE "', $5) FROM i"
+	                                                : WS_APPEND " FROM i",
+	                                           &p)
 	                      : NULL;
 #undef WS_APPEND
 	jv_buf_free(&arr);

@@ -93,6 +93,7 @@ static int pipeline_result(PGconn *c, PGresult **out, bool last_try)
 	}
 	int rc = st != PGRES_PIPELINE_ABORTED && retryable(res) ? -EAGAIN : -EIO;
 	if (st != PGRES_PIPELINE_ABORTED) {
+		pg_prep_check(c, res);
 		const char *msg = res ? PQresultErrorMessage(res) : "";
 		jv_log(rc == -EAGAIN && !last_try ? JV_LOG_WARN : JV_LOG_ERROR, NULL, NULL, "postgresql: %s%s",
 		       *msg ? msg : PQerrorMessage(c), rc == -EAGAIN && !last_try ? " (sending the transaction again)" : "");
@@ -112,10 +113,13 @@ static int pipeline_once(PGconn *c, const struct pg_stmt *st, size_t n, PGresult
 	}
 	int rc = 0;
 	size_t sent = 0;
+	uint64_t parsed = 0; /* bit i: statement i's Parse was sent before it (store_pg_prep.c) */
 	for (; sent < n; sent++) {
-		const struct pg_params *p = st[sent].p;
-		if (PQsendQueryParams(c, st[sent].sql, p ? p->n : 0, NULL, p ? p->v : NULL, NULL, NULL, 0) != 1)
+		int r = pg_prep_send(c, st[sent].sql, st[sent].p, sent < 64);
+		if (r < 0)
 			break;
+		if (r > 0)
+			parsed |= 1ULL << sent;
 	}
 	if (sent < n || PQpipelineSync(c) != 1) {
 		jv_error(NULL, NULL, "postgresql: cannot send a pipeline: %s", PQerrorMessage(c));
@@ -123,6 +127,8 @@ static int pipeline_once(PGconn *c, const struct pg_stmt *st, size_t n, PGresult
 	}
 	bool sent_all = rc == 0, committed = false;
 	for (size_t i = 0; sent_all && i < n; i++) {
+		if (i < 64 && (parsed >> i & 1) && pg_prep_result(c, st[i].sql) < 0 && rc == 0)
+			rc = -EIO; /* then the statement itself comes back PGRES_PIPELINE_ABORTED */
 		int r = pipeline_result(c, &out[i], last_try || committed);
 		if (r < 0 && rc == 0)
 			rc = r == -EAGAIN && committed ? -EIO : r; /* the later ones come back PGRES_PIPELINE_ABORTED */
@@ -249,7 +255,9 @@ int pg_pool_open(const char *url, int size, struct pg_pool **out, char *err, siz
 	pthread_cond_init(&p->cond, NULL);
 	p->size = size;
 	for (int i = 0; i < size; i++) {
-		if (!(p->conns[i] = connect_checked(url, err, errlen))) {
+		if (!(p->conns[i] = connect_checked(url, err, errlen)) || pg_prep_attach(p->conns[i]) < 0) {
+			if (p->conns[i])
+				snprintf(err, errlen, "out of memory");
 			pg_pool_close(p);
 			return -EIO;
 		}
@@ -277,6 +285,16 @@ void pg_pool_close(struct pg_pool *p)
 	free(p);
 }
 
+/* An idle pooled connection has nothing to read: input means the server
+ * ended the session (a restart, a terminated backend: its FATAL message and
+ * the end of the stream wait in the socket), so reset it before use rather
+ * than fail the caller's request on it. */
+static bool input_pending(PGconn *c)
+{
+	struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+	return pfd.fd >= 0 && poll(&pfd, 1, 0) > 0;
+}
+
 PGconn *pg_acquire(struct pg_pool *p)
 {
 	pthread_mutex_lock(&p->mu);
@@ -291,7 +309,9 @@ PGconn *pg_acquire(struct pg_pool *p)
 	p->busy[i] = true;
 	pthread_mutex_unlock(&p->mu);
 	PGconn *c = p->conns[i];
-	if (PQstatus(c) != CONNECTION_OK) {
+	if (PQstatus(c) != CONNECTION_OK || input_pending(c)) {
+		if (PQstatus(c) == CONNECTION_OK)
+			PQconsumeInput(c); /* for the server's message in the log */
 		jv_warn(NULL, NULL, "PostgreSQL connection lost (%s); reconnecting", PQerrorMessage(c));
 		PQreset(c);
 		if (PQstatus(c) != CONNECTION_OK) {

@@ -4,6 +4,8 @@
  * next acquire, with a clear error when the server stays unreachable), text-
  * parameter execution helpers, and a LISTEN thread on a connection of its
  * own that hands every notification to a callback.
+ * store_pg_prep.c: the statements each pool connection has prepared (for
+ * pg_pipeline), prepared again after a reset.
  * store_pg_schema.c: the versioned schema, migrated at start under a session
  * advisory lock so that of several replicas starting at once the first
  * migrates and the others wait, then find the schema current.
@@ -73,6 +75,24 @@ struct pg_stmt {
  * 40001) is sent again, up to 3 times in all, unless a transaction of it
  * had committed before the failure. */
 int pg_pipeline(PGconn *c, const struct pg_stmt *st, size_t n, PGresult **out);
+
+/* ---- store_pg_prep.c: prepared statements of a pool connection ----
+ * pg_pipeline prepares each statement on a pool connection the first time it
+ * sends it there and executes it by name after: its SQL must be a fixed text. */
+/* Keep the list of statements c has prepared (emptied by PQreset). 0 or -ENOMEM. */
+int pg_prep_attach(PGconn *c);
+/* Send sql with p in the pipeline: executed by name when c prepared it, else
+ * (may_parse) preceded by its Parse (1: pg_prep_result reads that before the
+ * statement's own result) or sent unprepared (on a connection without a list,
+ * a full list, !may_parse). 0, 1 or -EIO. */
+int pg_prep_send(PGconn *c, const char *sql, const struct pg_params *p, bool may_parse);
+/* Read the result of the Parse pg_prep_send sent for sql: 0 or -EIO (logged
+ * unless the pipeline was aborted before it). */
+int pg_prep_result(PGconn *c, const char *sql);
+/* A statement failed with res: when the server lost c's prepared statements
+ * (SQLSTATE 26000), prepare them again on next use. */
+void pg_prep_check(PGconn *c, const PGresult *res);
+
 int pg_begin(PGconn *c);
 int pg_commit(PGconn *c);
 void pg_rollback(PGconn *c);

@@ -81,6 +81,9 @@ int pgs_fail(struct store *s, PGconn *c, int rc);
  * or NULL (logged); pgs_cmd: rows affected or -EIO. */
 PGresult *pgs_query(struct store *s, const char *sql, const struct pg_params *p);
 int pgs_cmd(struct store *s, const char *sql, const struct pg_params *p);
+/* pgs_query for a hot statement of fixed text: prepared on the connection
+ * (a pipeline of one, store_pg_prep.c). */
+PGresult *pgs_query_prepared(struct store *s, const char *sql, const struct pg_params *p);
 /* Copy a column into a fixed buffer. */
 void pgs_copy(char *dst, size_t len, const PGresult *r, int row, int col);
 /* Serialise the instance ids of (agent, instance) inside a transaction. */

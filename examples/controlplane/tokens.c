@@ -110,12 +110,14 @@ static void agent_init(struct cp_agent *a)
 	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
 	pthread_cond_init(&a->cond, &attr);
 	pthread_condattr_destroy(&attr);
+	pthread_mutex_init(&a->inst_mu, NULL);
 }
 
 void tokens_free_agents(struct cp_agent *agents, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
 		pthread_cond_destroy(&agents[i].cond);
+		pthread_mutex_destroy(&agents[i].inst_mu);
 		if (agents[i].token)
 			explicit_bzero(agents[i].token, agents[i].token_len);
 		free(agents[i].token);

@@ -329,39 +329,70 @@ static void count_running(void *ud, const char *agent_id, int n)
 		rows[a - cp->agents].running = n;
 }
 
-/* Every agent as dispatch_agent_json shows it, from memory and one query. */
+/* An agent as GET /v1/agents shows it, from its copied row. */
+static cJSON *agent_row_json(const struct cp *cp, const char *id, const struct agent_row *row, int64_t now)
+{
+	/* Online: seen within three poll intervals plus the longest long poll. */
+	int64_t window = (int64_t)(3 * cp->cfg.poll_interval_s + cp->cfg.max_wait_s) * 1000;
+	cJSON *o = cJSON_CreateObject();
+	if (!o)
+		return NULL;
+	cJSON_AddStringToObject(o, "agentId", id);
+	cJSON_AddItemToObject(o, "lastSeen", store_time(row->last_seen));
+	cJSON_AddNumberToObject(o, "capacity", row->capacity);
+	cJSON_AddNumberToObject(o, "running", row->running > 0 ? row->running : 0);
+	cJSON_AddBoolToObject(o, "online", row->last_seen > 0 && now - row->last_seen <= window);
+	return o;
+}
+
+/* Every agent, from memory and one query. */
 static cJSON *agents_json(struct cp *cp, const struct agent_row *rows, int64_t now)
 {
-	int64_t window = (int64_t)(3 * cp->cfg.poll_interval_s + cp->cfg.max_wait_s) * 1000;
 	cJSON *arr = cJSON_CreateArray();
 	for (size_t i = 0; arr && i < cp->nagents; i++) {
-		cJSON *o = cJSON_CreateObject();
+		cJSON *o = agent_row_json(cp, cp->agents[i].id, &rows[i], now);
 		if (!o)
 			break;
-		cJSON_AddStringToObject(o, "agentId", cp->agents[i].id);
-		cJSON_AddItemToObject(o, "lastSeen", store_time(rows[i].last_seen));
-		cJSON_AddNumberToObject(o, "capacity", rows[i].capacity);
-		cJSON_AddNumberToObject(o, "running", rows[i].running);
-		cJSON_AddBoolToObject(o, "online", rows[i].last_seen > 0 && now - rows[i].last_seen <= window);
 		cJSON_AddItemToArray(arr, o);
 	}
 	return arr;
 }
 
+/* The agents' in-memory state (cp->mu held). */
+static void copy_rows(const struct cp *cp, struct agent_row *rows)
+{
+	for (size_t i = 0; rows && i < cp->nagents; i++)
+		rows[i] = (struct agent_row){.last_seen = cp->agents[i].last_seen_ms, .capacity = cp->agents[i].capacity};
+}
+
+cJSON *agents_list_json(struct cp *cp)
+{
+	struct agent_row *rows = calloc(cp->nagents ? cp->nagents : 1, sizeof(*rows));
+	if (!rows)
+		return NULL;
+	pthread_mutex_lock(&cp->mu);
+	copy_rows(cp, rows);
+	pthread_mutex_unlock(&cp->mu);
+	void *ud[2] = {cp, rows};
+	(void)store_agents_running(cp->store, count_running, ud); /* failed: running 0 (as it always was) */
+	cJSON *arr = agents_json(cp, rows, jv_now_real_ms());
+	free(rows);
+	return arr;
+}
+
 /* Built at seq (read first, so the database reads below see at least what
  * seq says; later messages are replayed on top). cp->mu is held only to copy
- * the agents' in-memory state and to read the instances (their stats live
- * in memory). */
+ * the agents' in-memory state; the instances are read after it (one store
+ * call, then cp->mu again for their in-memory stats). */
 static char *snapshot_text(struct cp *cp, uint64_t *seq)
 {
 	struct agent_row *rows = calloc(cp->nagents ? cp->nagents : 1, sizeof(*rows));
 	cJSON *instances = NULL, *jobs = NULL, *o = cJSON_CreateObject();
 	pthread_mutex_lock(&cp->mu);
 	*seq = cp->hub->head;
-	for (size_t i = 0; rows && i < cp->nagents; i++)
-		rows[i] = (struct agent_row){.last_seen = cp->agents[i].last_seen_ms, .capacity = cp->agents[i].capacity};
-	instances = inst_list_json(cp, NULL, NULL);
+	copy_rows(cp, rows);
 	pthread_mutex_unlock(&cp->mu);
+	instances = inst_list_json(cp, NULL, NULL);
 	struct store_filter f = {.limit = CP_SNAPSHOT_JOBS};
 	int64_t next = 0;
 	void *ud[2] = {cp, rows};
@@ -452,6 +483,29 @@ void ws_console_send(struct cp *cp, const char *agent, const char *inst, char *t
 
 /* ---- agent liveness, batched ---- */
 
+/* The `agent` messages of the agents gone quiet (quiet[0..n), rows copied
+ * under cp->mu) into msgs; their RUNNING counts read without the lock. */
+static size_t quiet_msgs(struct cp *cp, const size_t *quiet, struct agent_row *rows, size_t n, int64_t now,
+                         cJSON **msgs)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		const char *id = cp->agents[quiet[i]].id;
+		rows[i].running = store_agent_running(cp->store, id);
+		cJSON *msg = cJSON_CreateObject();
+		cJSON *o = agent_row_json(cp, id, &rows[i], now);
+		if (msg && o) {
+			cJSON_AddStringToObject(msg, "type", "agent");
+			cJSON_AddItemToObject(msg, "agent", o);
+			msgs[k++] = msg;
+		} else {
+			cJSON_Delete(msg);
+			cJSON_Delete(o);
+		}
+	}
+	return k;
+}
+
 void ws_tick(struct cp *cp)
 {
 	struct ws_hub *h = cp->hub;
@@ -462,6 +516,11 @@ void ws_tick(struct cp *cp)
 	int64_t window = (int64_t)(3 * cp->cfg.poll_interval_s + cp->cfg.max_wait_s) * 1000;
 	cJSON *ids = NULL;
 	int64_t newest = 0;
+	size_t *quiet = calloc(cp->nagents + 1, sizeof(*quiet)), nquiet = 0;
+	struct agent_row *rows = calloc(cp->nagents + 1, sizeof(*rows));
+	cJSON **msgs = calloc(cp->nagents + 2, sizeof(*msgs));
+	if (!quiet || !rows || !msgs)
+		goto out; /* out of memory: next tick */
 	pthread_mutex_lock(&cp->mu);
 	for (size_t i = 0; i < cp->nagents; i++) {
 		struct cp_agent *a = &cp->agents[i];
@@ -474,17 +533,27 @@ void ws_tick(struct cp *cp)
 		} else if (a->online_told && now - a->last_seen_ms > window) {
 			/* Gone quiet: say so once (only the replica that said it was online does). */
 			a->online_told = false;
-			dispatch_publish_agent(cp, a);
+			rows[nquiet] = (struct agent_row){.last_seen = a->last_seen_ms, .capacity = a->capacity};
+			quiet[nquiet++] = i;
 		}
 	}
+	pthread_mutex_unlock(&cp->mu);
+	/* The store calls and the publication (a round trip on PostgreSQL)
+	 * without cp->mu: every poll of this replica takes it. */
+	size_t k = quiet_msgs(cp, quiet, rows, nquiet, now, msgs);
 	if (ids) {
 		cJSON *msg = cJSON_CreateObject();
 		cJSON_AddStringToObject(msg, "type", "agents.seen");
 		cJSON_AddItemToObject(msg, "lastSeen", store_time(newest));
 		cJSON_AddItemToObject(msg, "agentIds", ids);
-		ws_publish(cp, msg);
+		msgs[k++] = msg;
 	}
-	pthread_mutex_unlock(&cp->mu);
+	if (k > 0)
+		ws_publish_wake(cp, msgs, k, NULL);
+out:
+	free(msgs);
+	free(rows);
+	free(quiet);
 }
 
 /* ---- start and stop ---- */

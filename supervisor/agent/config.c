@@ -487,7 +487,7 @@ static const char *env_get(char *const *envp, const char *name)
 {
 	size_t n = strlen(name);
 	for (char *const *e = envp; e && *e; e++)
-		if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
+		if (**e == *name && strncmp(*e, name, n) == 0 && (*e)[n] == '=')
 			return *e + n + 1;
 	return NULL;
 }

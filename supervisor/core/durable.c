@@ -227,13 +227,9 @@ int jv_read_file_at(int dirfd, const char *name, size_t max, char **out, size_t 
 	return 0;
 }
 
-int jv_mkdir_p(const char *path, mode_t mode)
+/* mkdir of every prefix of tmp (edited in place and restored), then of tmp. */
+static int mkdir_walk(char *tmp, mode_t mode)
 {
-	char tmp[PATH_MAX];
-	size_t n = strlen(path);
-	if (n == 0 || n >= sizeof(tmp))
-		return -ENAMETOOLONG;
-	memcpy(tmp, path, n + 1);
 	for (char *p = tmp + 1; *p; p++) {
 		if (*p != '/')
 			continue;
@@ -244,6 +240,25 @@ int jv_mkdir_p(const char *path, mode_t mode)
 	}
 	if (mkdir(tmp, mode) < 0 && errno != EEXIST)
 		return -errno;
+	return 0;
+}
+
+int jv_mkdir_p(const char *path, mode_t mode)
+{
+	char tmp[PATH_MAX];
+	size_t n = strlen(path);
+	if (n == 0 || n >= sizeof(tmp))
+		return -ENAMETOOLONG;
+	memcpy(tmp, path, n + 1);
+	/* Mostly the directory is there already and one mkdir says so; the walk
+	 * from the root only when a parent is missing. */
+	if (mkdir(tmp, mode) < 0 && errno != EEXIST) {
+		if (errno != ENOENT)
+			return -errno;
+		int rc = mkdir_walk(tmp, mode);
+		if (rc < 0)
+			return rc;
+	}
 	struct stat st;
 	if (stat(tmp, &st) < 0)
 		return -errno;

@@ -31,20 +31,35 @@ int64_t jv_now_real_ms(void)
 	return clock_ms(CLOCK_REALTIME);
 }
 
+/* UTC by arithmetic (days to civil date, H. Hinnant's algorithm): gmtime_r
+ * would read /etc/localtime on its first call in every process, seven system
+ * calls a job run paid twice for a timestamp that never depends on it. */
 void jv_iso8601(int64_t real_ms, char out[JV_ISO8601_LEN])
 {
-	time_t secs = (time_t)(real_ms / 1000);
+	int64_t secs = real_ms / 1000;
 	int ms = (int)(real_ms % 1000);
 	if (ms < 0) {
 		ms += 1000;
 		secs -= 1;
 	}
-	struct tm tm;
-	gmtime_r(&secs, &tm);
-	/* strftime keeps gcc's truncation analysis quiet; fields are fixed-width. */
-	char base[32];
-	strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(out, JV_ISO8601_LEN, "%.19s.%03dZ", base, ms % 1000);
+	int64_t days = secs / 86400, sod = secs % 86400;
+	if (sod < 0) {
+		sod += 86400;
+		days -= 1;
+	}
+	int64_t z = days + 719468;
+	int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+	int64_t doe = z - era * 146097;
+	int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	int64_t mp = (5 * doy + 2) / 153;
+	int day = (int)(doy - (153 * mp + 2) / 5 + 1);
+	int month = (int)(mp < 10 ? mp + 3 : mp - 9);
+	int64_t year = yoe + era * 400 + (month <= 2);
+	if (year < 0 || year > 9999)
+		year = year < 0 ? 0 : 9999; /* fixed width: clamp what no clock reads */
+	snprintf(out, JV_ISO8601_LEN, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", (int)year, month % 13,
+	         day % 32, (int)(sod / 3600), (int)(sod / 60 % 60), (int)(sod % 60), ms % 1000);
 }
 
 int jv_iso8601_parse(const char *s, int64_t *real_ms)

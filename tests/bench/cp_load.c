@@ -2,25 +2,30 @@
  *
  *   cp_load --cp PATH/jobvisor-cp [--agents 500[,1000,...]] [--interval 3] [--duration 30]
  *           [--jobs-per-sec 20] [--events-per-job 20] [--batch 5] [--threads 64] [--dir /tmp]
- *           [--db postgresql://...] [--replicas N]
+ *           [--db postgresql://...] [--replicas N] [--sources K]
  *
  * For each agent count it starts a fresh jobvisor-cp on 127.0.0.1 (OS-assigned
  * port, temp database and token files; --db: that database instead, which
  * must be empty, so give one agent count per run; --replicas N: N processes
  * on the one database, agent i talking to replica i mod N, jobs created
- * round-robin), then drives them from one thread with
- * libcurl multi: every simulated agent polls every --interval seconds (start
- * times spread over the interval, 10% jitter) listing the runs it holds; a
- * panel creates --jobs-per-sec jobs spread over the agents (4 instances each);
- * an agent that gets a run posts its events in batches every 250 ms, then the
- * result. Poll answer latency (request start to last byte, which includes the
- * TCP connect since jobvisor-cp closes every connection), jobs created per
- * second (answered 2xx: what the panel got, of --jobs-per-sec offered), events/s
- * acknowledged, the server's CPU share and the whole host's iowait share (the
- * machine is shared; iowait explains most outliers) are measured after the
- * first interval (warm-up) and printed as one Markdown table row per agent
- * count; the CPU column lists each replica's share of one core (from
- * /proc/PID/stat). Bounded: --duration plus a few seconds of drain. Not run by ctest. */
+ * round-robin), then drives them from one thread with libcurl multi.
+ *
+ * Agent i connects from 127.0.0.(1 + i mod K) (curl binds before connect; all
+ * of 127.0.0.0/8 is loopback on Linux), K = --sources or one address per 50
+ * agents, like hosts of a fleet: the front's per-address limit
+ * (FRONT_PENDING_PER_CLIENT) does not throttle it. The panel uses 127.0.0.1.
+ *
+ * Every agent polls every --interval seconds (start times spread, 10% jitter,
+ * one poll at a time) listing its runs; a panel creates --jobs-per-sec jobs
+ * (4 instances per agent); an agent with a run posts its events in batches
+ * every 250 ms, then the result. Answers arriving between the end of the
+ * first interval and the end of --duration count, whenever asked, so an
+ * overloaded server still shows its rate. One Markdown row per agent count
+ * (columns: docs/performance.md), failed requests by cause and the front's
+ * reports of dropped clients on stderr. The soft RLIMIT_NOFILE is raised to
+ * the hard limit (inherited by the replicas); too low a hard limit for the
+ * agent count is refused. Bounded: --duration plus at most 5 s of drain. Not
+ * run by ctest. */
 #include <curl/curl.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -31,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -41,6 +47,8 @@
 #define RUNS_PER_AGENT 4
 #define REPLICAS_MAX 8
 #define EVENT_GAP_MS 250
+#define AGENTS_PER_SOURCE 50 /* default agents per loopback source address */
+#define SOURCES_MAX 254      /* 127.0.0.1 - 127.0.0.254 */
 
 struct run {
 	bool used;       /* slots never move: in-flight transfers point at them */
@@ -72,6 +80,7 @@ struct opts {
 	const char *dir; /* parent of the temp directory (database, token files) */
 	const char *db;  /* NULL: a SQLite file in the temp directory */
 	int replicas;
+	int sources; /* loopback source addresses; 0: one per AGENTS_PER_SOURCE agents */
 	int interval_s, duration_s, jobs_per_sec, events_per_job, batch, threads;
 };
 
@@ -87,7 +96,12 @@ struct load {
 	struct samples poll_lat, event_lat;
 	long next_create; /* round-robin over the replicas */
 	long events_acked, results, jobs_created, errors, polls, assigned;
+	long err_transport, err_5xx, err_4xx; /* errors by cause (measured window) */
+	long err_by_kind[4];                  /* transport errors by enum kind */
+	CURLcode err_last;                    /* the last transport error */
+	int nsources;
 	int in_flight;
+	int polls_in_flight, polls_waiting; /* now; at the end of the window (unanswered) */
 };
 
 enum kind { K_POLL, K_EVENTS, K_RESULT, K_CREATE };
@@ -151,8 +165,12 @@ static const char *base_url(struct load *L, const struct agent *a)
 static void start(struct load *L, struct xfer *x, const char *path, const char *token, char *body)
 {
 	CURL *h = curl_easy_init();
-	char url[256], auth[96];
+	char url[256], auth[96], src[32];
 	snprintf(url, sizeof(url), "%s%s", base_url(L, x->agent), path);
+	/* The agent's own source address; the panel's is 127.0.0.1. */
+	long si = x->agent ? (long)(x->agent - L->agents) % L->nsources : 0;
+	snprintf(src, sizeof(src), "host!127.0.0.%ld", si + 1);
+	curl_easy_setopt(h, CURLOPT_INTERFACE, src);
 	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
 	x->hdrs = curl_slist_append(NULL, auth);
 	x->hdrs = curl_slist_append(x->hdrs, "Content-Type: application/json");
@@ -186,6 +204,7 @@ static void poll_agent(struct load *L, struct agent *a)
 	x->kind = K_POLL;
 	x->agent = a;
 	a->polling = true;
+	L->polls_in_flight++;
 	char path[64];
 	snprintf(path, sizeof(path), "/v1/agents/%s/poll", a->id);
 	start(L, x, path, a->token, b.data);
@@ -311,12 +330,25 @@ static void finish(struct load *L, CURL *h, CURLcode cc)
 	curl_easy_getinfo(h, CURLINFO_TOTAL_TIME_T, &total_us);
 	int64_t t = now_ms();
 	bool ok = cc == CURLE_OK && status >= 200 && status < 300;
-	bool measuring = x->started >= L->measure_from && t <= L->end_ms;
-	if (!ok && measuring)
+	/* Answers that arrive in the window count, whenever they were asked: an
+	 * overloaded server still shows its rate and its (long) latency. */
+	bool measuring = t >= L->measure_from && t <= L->end_ms;
+	if (!ok && measuring) {
 		L->errors++;
+		if (cc != CURLE_OK) {
+			L->err_transport++;
+			L->err_by_kind[x->kind]++;
+			L->err_last = cc;
+		} else if (status >= 500) {
+			L->err_5xx++;
+		} else {
+			L->err_4xx++;
+		}
+	}
 	switch (x->kind) {
 	case K_POLL:
 		x->agent->polling = false;
+		L->polls_in_flight--;
 		if (measuring && ok)
 			sample_add(&L->poll_lat, (double)total_us / 1000.0);
 		if (ok) {
@@ -389,9 +421,10 @@ static int write_tokens(struct load *L, const char *dir, int n)
 /* Start jobvisor-cp replica k on the files of dir; fills url[k]; returns its pid or -1. */
 static pid_t spawn_cp(struct load *L, const char *dir, int k)
 {
-	char admin_path[512], agents_path[512], db[512], threads[16];
+	char admin_path[512], agents_path[512], db[512], threads[16], log_path[512];
 	snprintf(admin_path, sizeof(admin_path), "%s/admin", dir);
 	snprintf(agents_path, sizeof(agents_path), "%s/agents", dir);
+	snprintf(log_path, sizeof(log_path), "%s/replica-%d.log", dir, k);
 	snprintf(db, sizeof(db), "%s", L->o.db ? L->o.db : "");
 	if (!L->o.db)
 		snprintf(db, sizeof(db), "%s/cp.sqlite", dir);
@@ -402,8 +435,9 @@ static pid_t spawn_cp(struct load *L, const char *dir, int k)
 	pid_t pid = fork();
 	if (pid == 0) {
 		dup2(out[1], 1);
-		int devnull = open("/dev/null", O_WRONLY);
-		dup2(devnull, 2);
+		int log = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600); /* warnings: see stop_replicas */
+		if (log >= 0)
+			dup2(log, 2);
 		close(out[0]);
 		execl(L->o.cp, L->o.cp, "--listen", "127.0.0.1:0", "--db", db, "--admin-token-file", admin_path,
 		      "--agents-file", agents_path, "--threads", threads, "--log-level", "warn", (char *)NULL);
@@ -467,6 +501,42 @@ static double cpu_seconds(pid_t pid)
 	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
+/* CPU seconds (user + system) this process has used so far. */
+static double self_cpu_seconds(void)
+{
+	struct rusage ru;
+	if (getrusage(RUSAGE_SELF, &ru) < 0)
+		return 0;
+	return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+/* Copy the lines of replica k's log (its stderr) that contain what (NULL:
+ * all) to our stderr, then remove the log. */
+static void relay_log(const char *dir, int k, const char *what)
+{
+	char path[600], line[1024];
+	snprintf(path, sizeof(path), "%s/replica-%d.log", dir, k);
+	FILE *f = fopen(path, "r");
+	while (f && fgets(line, sizeof(line), f))
+		if (!what || strstr(line, what))
+			fprintf(stderr, "cp_load: replica %d: %s", k + 1, line);
+	if (f)
+		fclose(f);
+	unlink(path);
+}
+
+/* Stop the replicas; relay the front's reports of dropped clients (an
+ * eviction by the per-address limit names the address). */
+static void stop_replicas(struct load *L, const char *dir)
+{
+	for (int k = 0; k < L->o.replicas; k++)
+		kill(L->pid[k], SIGTERM);
+	for (int k = 0; k < L->o.replicas; k++) {
+		waitpid(L->pid[k], NULL, 0);
+		relay_log(dir, k, "front: dropped");
+	}
+}
+
 /* Start the replicas (after writing the token files); 0 or -1 with all stopped. */
 static int start_replicas(struct load *L, const char *dir)
 {
@@ -476,10 +546,9 @@ static int start_replicas(struct load *L, const char *dir)
 		L->pid[k] = spawn_cp(L, dir, k);
 		if (L->pid[k] < 0) {
 			fprintf(stderr, "cp_load: cannot start %s (replica %d)\n", L->o.cp, k + 1);
-			for (int m = 0; m < k; m++) {
-				kill(L->pid[m], SIGTERM);
-				waitpid(L->pid[m], NULL, 0);
-			}
+			relay_log(dir, k, NULL); /* why */
+			L->o.replicas = k;
+			stop_replicas(L, dir);
 			return -1;
 		}
 	}
@@ -514,6 +583,7 @@ static void drive(struct load *L, int64_t t, int64_t interval, int64_t *next_job
 
 struct cpu_marks {
 	double cpu[REPLICAS_MAX]; /* CPU seconds at the start of the measurement, -1 = not yet */
+	double self0, self1;      /* cp_load's own, at the start and the end of the measurement */
 	unsigned long long tot0, io0, tot1, io1;
 };
 
@@ -530,12 +600,18 @@ static void report(struct load *L, const struct cpu_marks *m)
 	qsort(L->poll_lat.v, L->poll_lat.n, sizeof(double), cmp_double);
 	qsort(L->event_lat.v, L->event_lat.n, sizeof(double), cmp_double);
 	double iowait = m->tot1 > m->tot0 ? 100.0 * (double)(m->io1 - m->io0) / (double)(m->tot1 - m->tot0) : 0;
-	printf("| %s | %d | %d | %d | %.0f | %d s | %.0f | %.1f | %.1f | %.1f | %.1f | %.0f | %.0f | %s | %.0f%% | %ld |\n",
+	double self = 100.0 * (m->self1 - m->self0) / secs;
+	printf("| %s | %d | %d | %d | %.0f | %d s | %.0f | %.1f | %.1f | %.1f | %.1f | %.0f | %.0f | %s | %.0f%% | %.0f%% | %d | %ld |\n",
 	       L->o.db ? "PostgreSQL" : "SQLite", L->o.replicas, L->nagents, L->o.jobs_per_sec,
 	       (double)L->jobs_created / secs, L->o.interval_s, (double)L->poll_lat.n / secs, pct(&L->poll_lat, 0.5), pct(&L->poll_lat, 0.99),
 	       L->poll_lat.n ? L->poll_lat.v[L->poll_lat.n - 1] : 0.0, pct(&L->event_lat, 0.99),
-	       (double)L->events_acked / secs, (double)L->results / secs, cpu, iowait, L->errors);
+	       (double)L->events_acked / secs, (double)L->results / secs, cpu, self, iowait, L->polls_waiting, L->errors);
 	fflush(stdout);
+	fprintf(stderr, "cp_load: %d agents from %d source addresses (127.0.0.1 - 127.0.0.%d); errors: %ld transport "
+	        "(polls %ld, events %ld, results %ld, job creations %ld; the last: %s), %ld 5xx, %ld 4xx\n", L->nagents,
+	        L->nsources, L->nsources, L->err_transport, L->err_by_kind[K_POLL], L->err_by_kind[K_EVENTS],
+	        L->err_by_kind[K_RESULT], L->err_by_kind[K_CREATE], L->err_transport ? curl_easy_strerror(L->err_last) : "-",
+	        L->err_5xx, L->err_4xx);
 }
 
 static void measure_loop(struct load *L)
@@ -556,10 +632,14 @@ static void measure_loop(struct load *L)
 			for (int k = 0; k < L->o.replicas; k++)
 				m.cpu[k] = cpu_seconds(L->pid[k]);
 			machine_jiffies(&m.tot0, &m.io0);
+			m.self0 = self_cpu_seconds();
 			marked = true;
 		}
-		if (m.tot1 == 0 && !running)
+		if (m.tot1 == 0 && !running) {
 			machine_jiffies(&m.tot1, &m.io1);
+			m.self1 = self_cpu_seconds();
+			L->polls_waiting = L->polls_in_flight;
+		}
 		if (!running && (L->in_flight == 0 || t > L->end_ms + 5000))
 			break;
 		if (running)
@@ -576,9 +656,36 @@ static void measure_loop(struct load *L)
 	report(L, &m);
 }
 
+/* Raise the soft RLIMIT_NOFILE to the hard limit (the replicas inherit it);
+ * -1 with a message when that leaves too few descriptors for nagents: each
+ * agent holds about one connection at a time here and in the replica's front. */
+static int raise_nofile(int nagents)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return 0;
+	rl.rlim_cur = rl.rlim_max;
+	setrlimit(RLIMIT_NOFILE, &rl);
+	rlim_t need = (rlim_t)nagents + 1024;
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) {
+		fprintf(stderr, "cp_load: %d agents need at least %llu file descriptors, the hard RLIMIT_NOFILE is %llu "
+		        "(raise it: LimitNOFILE=, /etc/security/limits.conf)\n", nagents, (unsigned long long)need,
+		        (unsigned long long)rl.rlim_max);
+		return -1;
+	}
+	return 0;
+}
+
 static int run_once(const struct opts *o, int nagents)
 {
+	if (raise_nofile(nagents) < 0)
+		return 1;
 	struct load L = {.o = *o, .nagents = nagents};
+	L.nsources = o->sources ? o->sources : (nagents + AGENTS_PER_SOURCE - 1) / AGENTS_PER_SOURCE;
+	if (L.nsources > SOURCES_MAX)
+		L.nsources = SOURCES_MAX;
+	if (L.nsources > nagents)
+		L.nsources = nagents;
 	L.agents = calloc((size_t)nagents, sizeof(*L.agents));
 	for (int i = 0; i < nagents; i++) {
 		snprintf(L.agents[i].id, sizeof(L.agents[i].id), "agent-%04d", i);
@@ -596,10 +703,7 @@ static int run_once(const struct opts *o, int nagents)
 		L.multi = curl_multi_init();
 		measure_loop(&L);
 		curl_multi_cleanup(L.multi);
-		for (int k = 0; k < o->replicas; k++)
-			kill(L.pid[k], SIGTERM);
-		for (int k = 0; k < o->replicas; k++)
-			waitpid(L.pid[k], NULL, 0);
+		stop_replicas(&L, dir);
 	}
 	char path[600];
 	const char *names[] = {"admin", "agents", "cp.sqlite", "cp.sqlite-wal", "cp.sqlite-shm"};
@@ -640,6 +744,8 @@ int main(int argc, char **argv)
 			o.db = v;
 		else if (strcmp(k, "--replicas") == 0)
 			bad = int_arg(v, 1, REPLICAS_MAX, &o.replicas);
+		else if (strcmp(k, "--sources") == 0)
+			bad = int_arg(v, 1, SOURCES_MAX, &o.sources);
 		else if (strcmp(k, "--agents") == 0)
 			agents = v;
 		else if (strcmp(k, "--interval") == 0)
@@ -664,7 +770,7 @@ int main(int argc, char **argv)
 	if (!o.cp || argc % 2 == 0) {
 		fprintf(stderr, "usage: cp_load --cp PATH/jobvisor-cp [--agents 500[,1000]] [--interval 3] "
 		                "[--duration 30] [--jobs-per-sec 20] [--events-per-job 20] [--batch 5] [--threads 64] [--dir /tmp] "
-		                "[--db postgresql://...] [--replicas N]\n");
+		                "[--db postgresql://...] [--replicas N] [--sources K]\n");
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
@@ -674,8 +780,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	printf("| db | replicas | agents | jobs/s | jobs created/s | interval | polls/s | poll p50 ms | poll p99 ms | poll max ms |"
-	       " events POST p99 ms | events/s | results/s | CPU per replica | host iowait | errors |\n");
-	printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+	       " events POST p99 ms | events/s | results/s | CPU per replica | load CPU | host iowait | polls unanswered at end | errors |\n");
+	printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
 	char *list = strdup(agents);
 	char *save = NULL;
 	int rc = 0;

@@ -34,7 +34,7 @@ for b in tests/bench/bench_*.sh; do
   run "$b" "$BUILD" --update "$DOC"
 done
 # The control plane at fleet scale (issue 14): SQLite, PostgreSQL x1 and x2;
-# bounded (about 9 x 25 s + 2 x 13 s); tables in docs/scaling.md.
+# bounded (about 9 x 30 s + 2 x 13 s); tables in docs/scaling.md.
 run python3 tests/bench/bench_cp_events.py "$BUILD" --update docs/scaling.md
 run python3 tests/bench/bench_cp_fleet.py "$BUILD" --update docs/scaling.md
 # One replica at connection scale: 10,000 parked long polls + 200 WebSocket

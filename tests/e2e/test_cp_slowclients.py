@@ -160,6 +160,9 @@ class SlowClientsDoNotStarveAgentsOrAdmins(AgentTestCase):
         # the agent and the admin on 127.0.0.1 keep their latency.
         attack = self.measure_under(600, "127.0.0.2")
         self.assertGreaterEqual(attack.dropped_early, 600 - 256)
+        # The operator's log names the address the drops came from (refused
+        # at once, or evicted after a second), not 0.0.0.0.
+        self.assertIn("(last from 127.0.0.2)", self.real.stderr_text())
 
     def test_deadlines_bound_the_whole_request_not_each_read(self):
         """Each socket sends a byte every half second, so no single read ever

@@ -79,8 +79,10 @@ def durability_settings():
 class PgServer:
     """One PostgreSQL server in a temp directory. start() / stop(); url(dbname)."""
 
-    def __init__(self):
+    def __init__(self, settings=()):
+        """settings: extra server flags, e.g. ("-c", "log_min_duration_statement=0")."""
         self.bindir = require_pg()
+        self.settings = list(settings)
         self.dir = None
         self.proc = None
         self.port = None
@@ -150,17 +152,25 @@ class PgServer:
         if r.returncode != 0:
             raise AssertionError("copying %s failed: %s" % (template, r.stdout.decode(errors="replace")))
 
-    def _launch(self, timeout):
+    def restart(self, timeout=60):
+        """Stop the server (fast shutdown: its sessions end) and start it again on
+        the same data directory and port, as after a crash or an upgrade."""
+        port = self.port
+        self._kill()
+        self._launch(timeout, port)
+
+    def _launch(self, timeout, port=None):
         user = _server_user()
         kw = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
         for _attempt in range(5):  # another process may take the free port first
-            self.port = free_port()
+            self.port = port or free_port()
             self.log_path = os.path.join(self.dir, "postgres.log")
             log = open(self.log_path, "ab")
             self.proc = subprocess.Popen(
                 [os.path.join(self.bindir, "postgres"), "-D", self.data, "-p", str(self.port),
                  "-k", self.sock, "-c", "listen_addresses=127.0.0.1"] + durability_settings() +
-                ["-c", "max_connections=300", "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning"],
+                ["-c", "max_connections=300", "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning"] +
+                self.settings,
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=self.dir, **kw)
             log.close()
             if self._wait_ready(timeout):
@@ -179,6 +189,25 @@ class PgServer:
                 return True
             time.sleep(0.05)
         return False
+
+    def cpu_seconds(self):
+        """CPU seconds (user + system) the server has used: the postmaster, its
+        live processes and the ones that exited (from /proc)."""
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def stat(pid):
+            with open("/proc/%d/stat" % pid) as f:
+                return f.read().rsplit(")", 1)[1].split()
+        root = stat(self.proc.pid)
+        total = sum(int(x) for x in root[11:15])  # utime stime cutime cstime
+        for d in os.listdir("/proc"):
+            try:
+                if d.isdigit() and int(d) != self.proc.pid:
+                    f = stat(int(d))
+                    total += int(f[11]) + int(f[12]) if int(f[1]) == self.proc.pid else 0
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+        return total / tick
 
     def log_text(self):
         try:

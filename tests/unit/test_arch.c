@@ -472,18 +472,38 @@ Test(arch, extract_with_manifest_reproduces_the_tree)
 	arch_create_result_free(&r);
 }
 
+/* dir/f00.bin ... with n random files (every other one half compressible) of
+ * size(i) bytes; returns dir opened. */
+static int random_tree(const char *dir, int n, size_t (*size)(int))
+{
+	char p[PATH_MAX];
+	cr_assert(mkdir(inpath(&S, dir, p), 0755) == 0);
+	for (int i = 0; i < n; i++) {
+		char rel[64];
+		snprintf(rel, sizeof(rel), "%s/f%02d.bin", dir, i);
+		random_file(rel, size(i), i % 2);
+	}
+	int fd = open(inpath(&S, dir, p), O_RDONLY | O_DIRECTORY);
+	cr_assert(fd >= 0);
+	return fd;
+}
+
+static size_t big_size(int i)
+{
+	return (4u << 20) + (size_t)i * 4099;
+}
+
+/* Every fourth file spans blocks; the others are packed with their neighbours. */
+static size_t mixed_size(int i)
+{
+	return i % 4 == 0 ? (2u << 20) + (size_t)i * 511 : 100 + (size_t)i * 997;
+}
+
 Test(arch, big_poorly_compressible_files_round_trip)
 {
 	/* Regression: blocks shared with the hashing worker while libarchive
 	 * compresses them must not be reused by the output sink meanwhile. */
-	char p[PATH_MAX];
-	cr_assert(mkdir(inpath(&S, "big", p), 0755) == 0);
-	for (int i = 0; i < 12; i++) {
-		char rel[64];
-		snprintf(rel, sizeof(rel), "big/f%02d.bin", i);
-		random_file(rel, (4u << 20) + (size_t)i * 4099, i % 2);
-	}
-	int src = open(inpath(&S, "big", p), O_RDONLY | O_DIRECTORY);
+	int src = random_tree("big", 12, big_size);
 	struct arch_create_opts co = {.threads = 2};
 	struct arch_create_result r;
 	char err[512];
@@ -494,6 +514,40 @@ Test(arch, big_poorly_compressible_files_round_trip)
 	             "%s", err);
 	struct arch_extract_opts o = {.manifest = &r.manifest};
 	cr_expect_eq(extract("big.tar.zst", "out", &o, err, NULL), 0, "%s", err);
+	arch_create_result_free(&r);
+}
+
+Test(arch, every_files_digest_is_its_own_with_several_hash_workers)
+{
+	/* Files are hashed by as many workers as zstd workers, in turn: small
+	 * ones packed together, big ones block by block. Each manifest digest
+	 * must still be the SHA-256 of that file and no other. */
+	int src = random_tree("mix", 40, mixed_size);
+	struct arch_create_opts co = {.level = 1, .threads = 5};
+	struct arch_create_result r;
+	char err[512];
+	cr_assert_eq(arch_create(src, S.root_fd, "mix.tar.zst", &co, &r, err, sizeof(err)), 0, "%s",
+	             err);
+	close(src);
+	struct fsx fx;
+	fsx_init(&fx, S.root_fd);
+	size_t files = 0;
+	for (size_t i = 0; i < r.manifest.n; i++) {
+		const struct arch_entry *e = &r.manifest.v[i];
+		if (e->type != ARCH_FILE)
+			continue;
+		char rel[FSX_PATH_MAX + 8], hex[JV_SHA256_HEX];
+		snprintf(rel, sizeof(rel), "mix/%s", e->path);
+		cr_assert_eq(fsx_sha256(&fx, rel, hex, NULL, NULL), 0);
+		cr_expect_str_eq(e->sha256, hex, "%s", e->path);
+		files++;
+	}
+	cr_expect_eq(files, 40);
+	char hex[JV_SHA256_HEX];
+	cr_assert_eq(fsx_sha256(&fx, "mix.tar.zst", hex, NULL, NULL), 0);
+	cr_expect_str_eq(r.manifest.sha256, hex);
+	cr_expect_eq(arch_verify(S.root_fd, "mix.tar.zst", &r.manifest, NULL, err, sizeof(err)), 0,
+	             "%s", err);
 	arch_create_result_free(&r);
 }
 

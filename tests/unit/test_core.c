@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <dirent.h>
 #include <sys/prctl.h>
@@ -66,6 +67,33 @@ Test(util, iso8601_round_trips_with_milliseconds)
 	cr_assert_eq(back, 1790000000000LL);
 	cr_assert_eq(jv_iso8601_parse("2026-09-21 14:13:20", &back), -EINVAL);
 	cr_assert_eq(jv_iso8601_parse("2026-09-21T14:13:20.5+02:00", &back), -EINVAL);
+}
+
+/* The arithmetic UTC conversion agrees with gmtime_r + strftime everywhere a
+ * clock can be: leap days, century years, the epoch, before it, far ahead. */
+Test(util, iso8601_matches_gmtime)
+{
+	const int64_t fixed[] = {0, -1, 951782400000LL, 951868799999LL, 4107542400000LL, 4107456000001LL,
+	                         253402300799999LL, 1709164800000LL};
+	int64_t v = -2208988800000LL; /* 1900 */
+	for (int i = 0; i < 20000; i++) {
+		int64_t ms = i < (int)(sizeof(fixed) / sizeof(fixed[0])) ? fixed[i] : (v += 23456789123LL);
+		if (ms > 253402300799999LL)
+			break;
+		time_t secs = (time_t)(ms / 1000);
+		int frac = (int)(ms % 1000);
+		if (frac < 0) {
+			frac += 1000;
+			secs -= 1;
+		}
+		struct tm tm;
+		cr_assert_not_null(gmtime_r(&secs, &tm));
+		char want[64], base[40], got[JV_ISO8601_LEN];
+		strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
+		snprintf(want, sizeof(want), "%s.%03dZ", base, frac);
+		jv_iso8601(ms, got);
+		cr_assert_str_eq(got, want, "%lld", (long long)ms);
+	}
 }
 
 Test(util, uuid4_has_version_and_variant)
