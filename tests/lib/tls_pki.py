@@ -3,7 +3,7 @@ command in a directory the caller owns (tests and benchmarks of jobvisor-cp's --
 
 Pki(dir) makes an ECDSA P-256 CA; server(name) a certificate it signs for 127.0.0.1 and
 localhost (ECDSA P-256, or RSA-2048 with rsa=True), with the extensions strict verifiers
-want; context() an ssl.SSLContext that trusts the CA; read_to_close() an answer whole.
+want; context() an ssl.SSLContext that trusts the CA; read_to_close() everything until the close; read_answer() one answer (Content-Length, kept connections).
 OPENSSL is None when the command is missing (callers skip)."""
 import os
 import re
