@@ -57,7 +57,7 @@ def agent(i):
 def poll_bytes(i, wait):
     body = json.dumps({"capacity": 1, "waitSeconds": wait, "running": []}).encode()
     return (b"POST /v1/agents/%s/poll HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"
-            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
             % (agent(i).encode(), token(i).encode(), len(body)) + body)
 
 
@@ -181,7 +181,7 @@ def request(port, raw, timeout=10):
 def admin(port, method, path, body=None):
     data = json.dumps(body).encode() if body is not None else b""
     raw = ("%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\n"
-           "Content-Length: %d\r\n\r\n" % (method, path, ADMIN, len(data))).encode() + data
+           "Content-Length: %d\r\nConnection: close\r\n\r\n" % (method, path, ADMIN, len(data))).encode() + data
     return request(port, raw)
 
 
