@@ -14,6 +14,9 @@ else
 BUILD ?= build
 endif
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# Tests mostly wait (servers, timeouts, child processes): one more than the
+# cores keeps the machine busy; `make test TEST_JOBS=1` to run them one by one.
+TEST_JOBS ?= $(shell echo $$(( $(JOBS) + 1 )))
 CTEST_FLAGS ?=
 DEMO_FLAGS ?=
 
@@ -56,13 +59,13 @@ build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
 test: build
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) $(CTEST_FLAGS)
+	cd $(BUILD) && ctest --output-on-failure -j $(TEST_JOBS) $(CTEST_FLAGS)
 
 test-unit: build
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L unit
+	cd $(BUILD) && ctest --output-on-failure -j $(TEST_JOBS) -L unit
 
 test-e2e: build
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L e2e
+	cd $(BUILD) && ctest --output-on-failure -j $(TEST_JOBS) -L e2e
 
 demo: build
 	python3 examples/demo/demo.py --build-dir $(BUILD) $(DEMO_FLAGS)
