@@ -29,7 +29,7 @@ from agent_harness import AgentTestCase
 from cp_harness import ADMIN_TOKEN, AGENT_TOKENS, ControlPlane
 from cp_ws import WebSocket
 from fuzz_corpus import REQUESTS, parse_answer
-from tls_pki import OPENSSL, Pki, der_of, read_answer
+from tls_pki import OPENSSL, Pki, der_of, read_answer, start_tls_cp
 
 CP_BIN = os.environ.get("JOBVISOR_CP_BIN", "")
 HEAD_DEADLINE = 10  # FRONT_HEAD_MS
@@ -363,12 +363,7 @@ class AgentOverTls(AgentTestCase):
     def setUp(self):
         super().setUp()
         self.cp.stop()  # the fake is not used here
-        self.pki = Pki(self.tmp)
-        cert, key = self.pki.server("server")
-        self.real = ControlPlane(["--tls-cert", cert, "--tls-key", key, "--job-types", "SLEEPY"])
-        self.real.ssl_context = self.pki.context()
-        self.real.start()
-        self.addCleanup(self.real.close)  # after tearDown has stopped the agent
+        self.real = start_tls_cp(self, ["--job-types", "SLEEPY"])
         with open(self.token_file, "w") as f:
             f.write(AGENT_TOKENS[self.AGENT] + "\n")
 

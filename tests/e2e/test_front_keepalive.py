@@ -17,7 +17,7 @@ import unittest
 
 from agent_harness import AgentTestCase
 from cp_harness import ADMIN_TOKEN, AGENT_TOKENS, ControlPlane
-from tls_pki import OPENSSL, Pki, read_answer
+from tls_pki import OPENSSL, Pki, read_answer, start_tls_cp
 
 CP_BIN = os.environ.get("JOBVISOR_CP_BIN", "")
 IDLE = 65           # FRONT_IDLE_MS
@@ -188,12 +188,7 @@ class AgentReusesItsConnection(AgentTestCase):
     def setUp(self):
         super().setUp()
         self.cp.stop()  # the fake is not used here
-        self.pki = Pki(self.tmp)
-        cert, key = self.pki.server("server")
-        self.real = ControlPlane(["--tls-cert", cert, "--tls-key", key, "--poll-interval", "1"])
-        self.real.ssl_context = self.pki.context()
-        self.real.start()
-        self.addCleanup(self.real.close)
+        self.real = start_tls_cp(self, ["--poll-interval", "1"])
         with open(self.token_file, "w") as f:
             f.write(AGENT_TOKENS[self.AGENT] + "\n")
 

@@ -106,3 +106,16 @@ def read_to_close(sock, timeout=30):
             return data
         data += chunk
     return data
+
+
+def start_tls_cp(test, args=()):
+    """A real jobvisor-cp serving https with a certificate of a new test PKI
+    (test.pki, under test.tmp), its client context set; closed at cleanup."""
+    from cp_harness import ControlPlane
+    test.pki = Pki(test.tmp)
+    cert, key = test.pki.server("server")
+    cp = ControlPlane(["--tls-cert", cert, "--tls-key", key] + list(args))
+    cp.ssl_context = test.pki.context()
+    cp.start()
+    test.addCleanup(cp.close)  # after tearDown has stopped the agent
+    return cp
