@@ -53,6 +53,14 @@ class Shutdown(AgentTestCase):
         return self.real.wait_job(job_id, lambda j: j["status"] == status, timeout,
                                   f"job {job_id} {status}")
 
+    def wait_started(self, job_id, timeout=30):
+        """RUNNING is the control plane's claim; the run has started on the agent
+        once its first event acknowledged it. An assignment that reaches an agent
+        already shutting down is refused (FAILED, retryable), so a signal sent
+        between the two would test something else."""
+        return self.real.wait_job(job_id, lambda j: j["status"] == "RUNNING" and j["runs"]
+                                  and j["runs"][-1].get("acknowledged"), timeout, f"job {job_id} started")
+
     def agent_row(self):
         r = self.real.api("GET", "/v1/agents")
         self.assertEqual(r.status, 200, r)
@@ -67,7 +75,7 @@ class Shutdown(AgentTestCase):
     def test_sigterm_drains_running_job_to_completion_and_exits_0(self):
         p = self.start_agent(DRAIN_TIMEOUT=60)
         jid = self.create("GATED", instance="a")
-        self.wait_job(jid, "RUNNING")
+        self.wait_started(jid)
         self.assertEqual(self.agent_row()["capacity"], 2)
         p.send_signal(signal.SIGTERM)
         self.wait_log("SIGTERM received: shutting down: taking no new work")
@@ -101,7 +109,7 @@ class Shutdown(AgentTestCase):
     def test_cancel_from_the_control_plane_still_reaches_a_draining_agent(self):
         p = self.start_agent(DRAIN_TIMEOUT=60)
         jid = self.create("WAITER")
-        self.wait_job(jid, "RUNNING")
+        self.wait_started(jid)
         p.send_signal(signal.SIGTERM)
         self.wait_log("SIGTERM received: shutting down")
         r = self.real.api("POST", f"/v1/jobs/{jid}/cancel")
@@ -116,7 +124,7 @@ class Shutdown(AgentTestCase):
     def test_drain_timeout_cancels_at_a_safe_point_and_delivers(self):
         p = self.start_agent(DRAIN_TIMEOUT=1, SHUTDOWN_GRACE=20)
         jid = self.create("WAITER")
-        self.wait_job(jid, "RUNNING")
+        self.wait_started(jid)
         child = self.job_child(p)
         t0 = time.time()
         p.send_signal(signal.SIGTERM)
@@ -138,7 +146,7 @@ class Shutdown(AgentTestCase):
         # What Ctrl-C plus a wrapper's (or a process manager's) SIGTERM looks like.
         p = self.start_agent(DRAIN_TIMEOUT=60)
         jid = self.create("GATED", instance="a")
-        self.wait_job(jid, "RUNNING")
+        self.wait_started(jid)
         child = self.job_child(p)
         p.send_signal(signal.SIGINT)
         p.send_signal(signal.SIGTERM)
@@ -158,7 +166,7 @@ class Shutdown(AgentTestCase):
     def test_sigquit_cancels_now(self):
         p = self.start_agent(DRAIN_TIMEOUT=60, SHUTDOWN_GRACE=20)
         jid = self.create("WAITER")
-        self.wait_job(jid, "RUNNING")
+        self.wait_started(jid)
         t0 = time.time()
         p.send_signal(signal.SIGQUIT)
         self.assertEqual(self.wait_exit(p), 0)
@@ -171,7 +179,7 @@ class Shutdown(AgentTestCase):
     def test_sigquit_while_draining_cancels_now(self):
         p = self.start_agent(DRAIN_TIMEOUT=60, SHUTDOWN_GRACE=20)
         jid = self.create("WAITER")
-        self.wait_job(jid, "RUNNING")
+        self.wait_started(jid)
         p.send_signal(signal.SIGTERM)
         self.wait_log("SIGTERM received: shutting down")
         p.send_signal(signal.SIGQUIT)  # no window for an explicit SIGQUIT
@@ -183,7 +191,7 @@ class Shutdown(AgentTestCase):
     def test_repeat_after_the_window_cancels_then_kills(self):
         p = self.start_agent(DRAIN_TIMEOUT=60, SHUTDOWN_GRACE=60)
         jid = self.create("STUBBORN")  # ignores cancellation
-        self.wait_job(jid, "RUNNING")
+        self.wait_started(jid)
         child = self.job_child(p)
         p.send_signal(signal.SIGTERM)
         self.wait_log("SIGTERM received: shutting down")
