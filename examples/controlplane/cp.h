@@ -243,10 +243,9 @@ int lc_run_finish(struct cp *cp, const char *run_id, const char *status, const c
                   const cJSON *error, const char *finished_by, int64_t lost_before);
 /* {"type": "job", "job": job} for ws_publish (job consumed); NULL for NULL. */
 cJSON *lc_job_msg(cJSON *job);
-/* Publish the current state of a job to WebSocket clients. mu held. */
-void lc_publish_job(struct cp *cp, const char *job_id);
-/* The same and wake the agent's long polls on every replica
- * (ws_publish_wake). Do NOT hold cp->mu. */
+/* Publish the current state of a job to WebSocket clients and wake the
+ * long polls of agent_id (NULL: none) on every replica (ws_publish_wake).
+ * Do NOT hold cp->mu. */
 void lc_publish_job_wake(struct cp *cp, const char *job_id, const char *agent_id);
 /* Bump the agent's wake generation and wake its long polls. */
 void lc_wake_agent(struct cp *cp, const char *agent_id);

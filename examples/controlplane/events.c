@@ -193,20 +193,19 @@ int events_store(struct cp *cp, const char *run_id, const struct store_run_state
 	/* SQLite: the ring is in memory, under cp->mu; publish in commit order.
 	 * PostgreSQL: the store appended the new events to ws_log in their
 	 * transaction (store_pg_events.c), with no lock of ours. */
-	bool ring = !store_is_pg(cp->store);
-	if (ring) {
+	if (!store_is_pg(cp->store)) {
 		pthread_mutex_lock(&cp->mu);
 		publish_inserted(cp, fresh, ev);
+		pthread_mutex_unlock(&cp->mu);
 	} else {
 		cJSON_Delete(fresh);
 	}
 	free(ev);
-	/* A first event also changes the run (acknowledged). */
+	/* A first event also changes the run (acknowledged): the job's message
+	 * after its events, read from the store without cp->mu. */
 	if (!was_acked) {
 		jv_info(rs->job_id, run_id, "run acknowledged by agent '%s'", rs->agent_id);
-		lc_publish_job(cp, rs->job_id);
+		lc_publish_job_wake(cp, rs->job_id, NULL);
 	}
-	if (ring)
-		pthread_mutex_unlock(&cp->mu);
 	return 0;
 }

@@ -106,15 +106,6 @@ cJSON *lc_job_msg(cJSON *job)
 	return msg;
 }
 
-void lc_publish_job(struct cp *cp, const char *job_id)
-{
-	cJSON *job = NULL;
-	store_job_json(cp->store, job_id, &job);
-	cJSON *msg = lc_job_msg(job);
-	if (msg)
-		ws_publish(cp, msg);
-}
-
 void lc_publish_job_wake(struct cp *cp, const char *job_id, const char *agent_id)
 {
 	cJSON *job = NULL;
