@@ -118,11 +118,6 @@ int store_agents_register(struct store *s, const char *const *agent_ids, size_t 
 	return s->ops->agents_register(s, agent_ids, n);
 }
 
-int store_agent_touch(struct store *s, const char *agent_id, int64_t last_seen, int capacity)
-{
-	return s->ops->agent_touch(s, agent_id, last_seen, capacity);
-}
-
 int store_agents_each(struct store *s, void (*fn)(void *ud, const char *agent_id, int64_t last_seen, int capacity), void *ud)
 {
 	return s->ops->agents_each(s, fn, ud);
@@ -138,19 +133,9 @@ int store_agents_running(struct store *s, void (*fn)(void *ud, const char *agent
 	return s->ops->agents_running(s, fn, ud);
 }
 
-int store_runs_renew(struct store *s, const char *agent_id, const char *const *run_ids, size_t n, int64_t lease_until, bool *renewed)
-{
-	return s->ops->runs_renew(s, agent_id, run_ids, n, lease_until, renewed);
-}
-
 int store_agent_runs(struct store *s, const char *agent_id, bool unacked_only, bool cancel_only, char (*ids)[CP_ID_MAX], int max)
 {
 	return s->ops->agent_runs(s, agent_id, unacked_only, cancel_only, ids, max);
-}
-
-int store_runs_claim(struct store *s, const char *agent_id, int capacity, int64_t now, int64_t ack_deadline, int64_t lease_until, char (*ids)[CP_ID_MAX], int max)
-{
-	return s->ops->runs_claim(s, agent_id, capacity, now, ack_deadline, lease_until, ids, max);
 }
 
 int store_runs_lost(struct store *s, int64_t now, struct store_lost_run *out, int max)

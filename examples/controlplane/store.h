@@ -298,34 +298,17 @@ int store_run_finish(struct store *s, const struct store_finish *f, struct store
 
 /* Make sure a row exists for each agent of the agents file. */
 int store_agents_register(struct store *s, const char *const *agent_ids, size_t n);
-int store_agent_touch(struct store *s, const char *agent_id, int64_t last_seen, int capacity);
 /* Every stored agent: fn(ud, agent_id, last_seen, capacity). */
 int store_agents_each(struct store *s, void (*fn)(void *ud, const char *agent_id, int64_t last_seen, int capacity),
                       void *ud);
 int store_agent_running(struct store *s, const char *agent_id); /* RUNNING runs held, or <0 */
 /* RUNNING runs per agent holding any, in one query: fn(ud, agent_id, n). */
 int store_agents_running(struct store *s, void (*fn)(void *ud, const char *agent_id, int n), void *ud);
-/* Renew the lease (until lease_until) of each listed run the agent holds
- * RUNNING; renewed[i] says which were. One transaction. */
-int store_runs_renew(struct store *s, const char *agent_id, const char *const *run_ids, size_t n,
-                     int64_t lease_until, bool *renewed);
 /* Ids of the agent's RUNNING runs, filtered: unacked_only = not yet
  * acknowledged by an event, cancel_only = cancel requested. Returns the
  * count (at most max). */
 int store_agent_runs(struct store *s, const char *agent_id, bool unacked_only, bool cancel_only,
                      char (*ids)[CP_ID_MAX], int max);
-/* Claim work for an agent: in one transaction (SQLite: BEGIN IMMEDIATE;
- * PostgreSQL: the agent's runs locked FOR UPDATE, or an advisory lock per
- * agent), count its RUNNING runs, pick up to min(capacity - running, max)
- * QUEUED runs whose not_before <= now, in job seq order, skipping any whose
- * instance has an earlier job still active or a run RUNNING (at most one per
- * instance per claim), and move each QUEUED -> RUNNING (job too) with a
- * conditional UPDATE (status = 'QUEUED'), started_at = now, ack_deadline,
- * lease_until. Returns the count claimed, ids filled in order. Guarantee: a
- * run is claimed by exactly one call, across all replicas, and an
- * instance's jobs start one at a time in creation order. */
-int store_runs_claim(struct store *s, const char *agent_id, int capacity, int64_t now, int64_t ack_deadline,
-                     int64_t lease_until, char (*ids)[CP_ID_MAX], int max);
 /* RUNNING runs whose ack deadline (unacked) or lease passed before now; at
  * most max. Only candidates: finish them with lost_before = now, which
  * re-checks inside its transaction. */
@@ -338,8 +321,8 @@ int store_retry_agents(struct store *s, int64_t after, int64_t until, void (*fn)
 int store_runs_refresh(struct store *s, int64_t lease_until, int64_t ack_deadline);
 
 /* One agent poll's database work in one call (dispatch.c): renew the
- * leases of the listed runs the agent holds RUNNING (store_runs_renew),
- * claim new work (store_runs_claim, same guarantees), and collect what the
+ * leases of the listed runs the agent holds RUNNING, claim new work (the
+ * guarantees of store_backend.h's runs_claim), and collect what the
  * answer needs. PostgreSQL: one transaction sent as one pipeline (one round
  * trip); the agent's advisory lock orders concurrent polls of one agent.
  * SQLite: the single calls in turn. Results (all returned-owned):
@@ -359,7 +342,7 @@ struct store_poll {
 	const char *const *listed; /* run ids the agent lists as running */
 	size_t nlisted;
 	int64_t now, ack_deadline, lease_until;
-	bool touch; /* also store last_seen = now and capacity (store_agent_touch) */
+	bool touch; /* also store last_seen = now and capacity */
 	int max;    /* at most this many runs claimed, sent again, cancelled */
 };
 struct store_poll_result {

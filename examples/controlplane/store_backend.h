@@ -32,17 +32,12 @@ struct store_ops {
 	int (*job_retry)(struct store *s, const char *job_id, int64_t now, struct store_job_info *info);
 	int (*run_finish)(struct store *s, const struct store_finish *f, struct store_finish_result *res);
 	int (*agents_register)(struct store *s, const char *const *agent_ids, size_t n);
-	int (*agent_touch)(struct store *s, const char *agent_id, int64_t last_seen, int capacity);
 	int (*agents_each)(struct store *s, void (*fn)(void *ud, const char *agent_id, int64_t last_seen, int capacity),
 	                   void *ud);
 	int (*agent_running)(struct store *s, const char *agent_id);
 	int (*agents_running)(struct store *s, void (*fn)(void *ud, const char *agent_id, int n), void *ud);
-	int (*runs_renew)(struct store *s, const char *agent_id, const char *const *run_ids, size_t n,
-	                  int64_t lease_until, bool *renewed);
 	int (*agent_runs)(struct store *s, const char *agent_id, bool unacked_only, bool cancel_only,
 	                  char (*ids)[CP_ID_MAX], int max);
-	int (*runs_claim)(struct store *s, const char *agent_id, int capacity, int64_t now, int64_t ack_deadline,
-	                  int64_t lease_until, char (*ids)[CP_ID_MAX], int max);
 	int (*runs_lost)(struct store *s, int64_t now, struct store_lost_run *out, int max);
 	int (*retry_agents)(struct store *s, int64_t after, int64_t until, void (*fn)(void *ud, const char *agent_id),
 	                    void *ud);
@@ -82,6 +77,27 @@ struct store_ops {
 	int (*poll)(struct store *s, const struct store_poll *q, struct store_poll_result *out);
 	int (*job_submit)(struct store *s, const struct store_new_job *nj, const struct store_sched_claim *claim,
 	                  int64_t now, struct store_submitted *out);
+
+	/* The steps of store_poll_steps (below), called by nothing else: NULL
+	 * in a backend with its own poll (PostgreSQL's is one pipeline). */
+	/* Store the agent's last_seen and capacity. */
+	int (*agent_touch)(struct store *s, const char *agent_id, int64_t last_seen, int capacity);
+	/* Renew the lease (until lease_until) of each listed run the agent holds
+	 * RUNNING; renewed[i] says which were. One transaction. */
+	int (*runs_renew)(struct store *s, const char *agent_id, const char *const *run_ids, size_t n,
+	                  int64_t lease_until, bool *renewed);
+	/* Claim work for an agent: in one transaction (SQLite: BEGIN IMMEDIATE),
+	 * count its RUNNING runs, pick up to min(capacity - running, max) QUEUED
+	 * runs whose not_before <= now, in job seq order, skipping any whose
+	 * instance has an earlier job still active or a run RUNNING (at most one
+	 * per instance per claim), and move each QUEUED -> RUNNING (job too) with
+	 * a conditional UPDATE (status = 'QUEUED'), started_at = now,
+	 * ack_deadline, lease_until. Returns the count claimed, ids filled in
+	 * order. Guarantee: a run is claimed by exactly one call, across all
+	 * replicas, and an instance's jobs start one at a time in creation order
+	 * (PostgreSQL's poll claims with the same guarantees: PGS_SQL_CLAIM). */
+	int (*runs_claim)(struct store *s, const char *agent_id, int capacity, int64_t now, int64_t ack_deadline,
+	                  int64_t lease_until, char (*ids)[CP_ID_MAX], int max);
 };
 
 /* store_poll and store_job_submit made of the single calls above, for a

@@ -122,17 +122,12 @@ int pgs_sched_claim_c(PGconn *c, const struct store_sched_claim *cl);
 
 /* store_pg_dispatch.c */
 int pgs_agents_register(struct store *s, const char *const *agent_ids, size_t n);
-int pgs_agent_touch(struct store *s, const char *agent_id, int64_t last_seen, int capacity);
 int pgs_agents_each(struct store *s, void (*fn)(void *ud, const char *agent_id, int64_t last_seen, int capacity),
                     void *ud);
 int pgs_agent_running(struct store *s, const char *agent_id);
 int pgs_agents_running(struct store *s, void (*fn)(void *ud, const char *agent_id, int n), void *ud);
-int pgs_runs_renew(struct store *s, const char *agent_id, const char *const *run_ids, size_t n,
-                   int64_t lease_until, bool *renewed);
 int pgs_agent_runs(struct store *s, const char *agent_id, bool unacked_only, bool cancel_only,
                    char (*ids)[CP_ID_MAX], int max);
-int pgs_runs_claim(struct store *s, const char *agent_id, int capacity, int64_t now, int64_t ack_deadline,
-                   int64_t lease_until, char (*ids)[CP_ID_MAX], int max);
 int pgs_runs_lost(struct store *s, int64_t now, struct store_lost_run *out, int max);
 int pgs_retry_agents(struct store *s, int64_t after, int64_t until, void (*fn)(void *ud, const char *agent_id),
                      void *ud);

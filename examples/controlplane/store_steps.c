@@ -23,7 +23,7 @@ static int poll_renew(struct store *s, const struct store_poll *q, cJSON *cancel
 	if (q->nlisted == 0)
 		return 0;
 	bool *renewed = calloc(q->nlisted, sizeof(*renewed));
-	int rc = renewed ? store_runs_renew(s, q->agent_id, q->listed, q->nlisted, q->lease_until, renewed) : -ENOMEM;
+	int rc = renewed ? s->ops->runs_renew(s, q->agent_id, q->listed, q->nlisted, q->lease_until, renewed) : -ENOMEM;
 	for (size_t i = 0; rc == 0 && i < q->nlisted; i++) {
 		if (renewed[i])
 			continue;
@@ -53,7 +53,7 @@ static int poll_assign(struct store *s, const struct store_poll *q, struct store
 	}
 	if (n < 0)
 		return n;
-	n = store_runs_claim(s, q->agent_id, q->capacity, q->now, q->ack_deadline, q->lease_until, ids, q->max);
+	n = s->ops->runs_claim(s, q->agent_id, q->capacity, q->now, q->ack_deadline, q->lease_until, ids, q->max);
 	for (int i = 0; i < n; i++) {
 		cJSON *as = NULL, *job = NULL;
 		if (store_assignment_json(s, ids[i], &as) < 0)
@@ -73,7 +73,7 @@ int store_poll_steps(struct store *s, const struct store_poll *q, struct store_p
 	char(*ids)[CP_ID_MAX] = calloc((size_t)(q->max > 0 ? q->max : 1), CP_ID_MAX);
 	int rc = out->jobs && out->cancel && out->claimed && ids ? 0 : -ENOMEM;
 	if (rc == 0 && q->touch) /* memory is authoritative: a failed write only waits for the next */
-		store_agent_touch(s, q->agent_id, q->now, q->capacity);
+		s->ops->agent_touch(s, q->agent_id, q->now, q->capacity);
 	if (rc == 0)
 		rc = poll_renew(s, q, out->cancel);
 	if (rc == 0)
