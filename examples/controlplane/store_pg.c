@@ -395,10 +395,19 @@ static void maintain(struct store *s, bool final)
 
 static int ping(struct store *s, char *why, size_t len)
 {
+	/* The session setup (store_pg_conn.c) is checked too: a connection
+	 * without it after a reconnect is a bug to see, not to run on. */
 	PGconn *c = pgs_conn(s);
-	int rc = c && pg_cmd(c, "SELECT 1", NULL) >= 0 ? 0 : -EIO;
+	PGresult *r = c ? pg_exec(c, "SELECT current_setting('TimeZone')", NULL) : NULL;
+	int rc = r && PQntuples(r) == 1 ? 0 : -EIO;
 	if (rc < 0)
 		snprintf(why, len, "PostgreSQL does not answer: %s", c ? PQerrorMessage(c) : "no connection");
+	else if (strcmp(pg_str(r, 0, 0), "UTC") != 0) {
+		snprintf(why, len, "PostgreSQL session time zone is '%s', not UTC: the session setup was lost",
+		         pg_str(r, 0, 0));
+		rc = -EPROTO;
+	}
+	PQclear(r);
 	if (c)
 		pgs_done(s, c);
 	return rc;

@@ -203,10 +203,54 @@ struct pg_pool {
 	int size;
 };
 
+/* The session setup of every connection: sent in the startup packet (the
+ * options parameter, after any the URL gives, so it wins), so PQreset, which
+ * connects again with the same parameters after an outage or a server
+ * restart, applies it too. Times are stored as wall-clock milliseconds and no
+ * statement depends on the session time zone, but diagnostics stay stable;
+ * store_pg.c's ping checks it is in effect. */
+#define PG_SESSION_OPTIONS "-c TimeZone=UTC"
+
+/* PQconnectdbParams with the URL's parameters and PG_SESSION_OPTIONS added
+ * to its options; NULL when out of memory. */
+static PGconn *connect_with_setup(const char *url)
+{
+	PQconninfoOption *opts = PQconninfoParse(url, NULL), *o;
+	size_t n = 0;
+	for (o = opts; o && o->keyword; o++)
+		n++;
+	const char **kw = calloc(n + 2, sizeof(*kw)), **val = calloc(n + 2, sizeof(*val));
+	char *options = NULL;
+	size_t k = 0;
+	for (o = opts; kw && val && o && o->keyword; o++) {
+		if (strcmp(o->keyword, "options") == 0 && o->val) {
+			size_t len = strlen(o->val) + sizeof(" " PG_SESSION_OPTIONS);
+			if ((options = malloc(len)) != NULL)
+				snprintf(options, len, "%s " PG_SESSION_OPTIONS, o->val);
+		} else if (o->val) {
+			kw[k] = o->keyword;
+			val[k++] = o->val;
+		}
+	}
+	if (!options)
+		options = strdup(PG_SESSION_OPTIONS);
+	PGconn *c = NULL;
+	if (opts && kw && val && options) {
+		kw[k] = "options";
+		val[k] = options;
+		c = PQconnectdbParams(kw, val, 0);
+	}
+	free(options);
+	free(kw);
+	free(val);
+	PQconninfoFree(opts);
+	return c;
+}
+
 /* Connect and check; NULL with err filled. */
 static PGconn *connect_checked(const char *url, char *err, size_t errlen)
 {
-	PGconn *c = PQconnectdb(url);
+	PGconn *c = connect_with_setup(url);
 	if (!c) {
 		snprintf(err, errlen, "cannot connect to PostgreSQL: out of memory");
 		return NULL;
@@ -216,10 +260,6 @@ static PGconn *connect_checked(const char *url, char *err, size_t errlen)
 		PQfinish(c);
 		return NULL;
 	}
-	/* Times are stored as wall-clock milliseconds; nothing depends on the
-	 * session time zone, but keep diagnostics stable. */
-	PGresult *r = PQexec(c, "SET TIME ZONE 'UTC'");
-	PQclear(r);
 	return c;
 }
 

@@ -12,10 +12,14 @@ sessions and their prepared statements with them. The test checks that:
     fails (a pooled connection the server ended is reset before use), polls,
     job creation, claims, events and results work at once, the statements
     are prepared again on the new session, and no request ever fails with
-    "prepared statement ... does not exist".
+    "prepared statement ... does not exist";
+  - every pool connection keeps the session setup (time zone UTC, though the
+    server's default is another) after the restart: /readyz checks it on
+    the connection it gets, and stays ready.
 """
 
 import re
+import threading
 import unittest
 
 import pg_harness
@@ -27,7 +31,9 @@ CONNECTIONS = 4  # the pool of --threads 8
 
 class PgRestartTest(unittest.TestCase):
     def setUp(self):
-        self.pg = pg_harness.PgServer(settings=["-c", "log_min_duration_statement=0"]).start()
+        # A default time zone other than UTC: a session without the cp's setup shows.
+        self.pg = pg_harness.PgServer(settings=["-c", "log_min_duration_statement=0",
+                                                "-c", "timezone=Pacific/Chatham"]).start()
         self.addCleanup(self.pg.stop)
         # --threads 8: a pool of 4 connections
         self.cp = ControlPlane(args=["--threads", "8"], db=self.pg.new_database())
@@ -74,6 +80,33 @@ class PgRestartTest(unittest.TestCase):
         err = self.cp.stderr_text()
         self.assertNotRegex(err, r"prepared statement .* (does not exist|already exists)")
         self.assertNotIn("lost its prepared statements", err)
+
+    def readyz_on_every_connection(self):
+        """/readyz from 8 clients at once, a few rounds (a pool of 4: each
+        connection answers some); returns the answers that were not ready."""
+        bad = []
+
+        def one():
+            for _ in range(5):
+                r = self.cp.api("GET", "/readyz")
+                if r.status != 200:
+                    bad.append(r)
+        ts = [threading.Thread(target=one) for _ in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return bad
+
+    def test_session_setup_survives_a_server_restart(self):
+        self.assertEqual(self.readyz_on_every_connection(), [])
+        self.pg.restart()
+        r = self.agent.poll(capacity=1)
+        self.assertEqual(r.status, 200, "the first poll after the restart: %r" % r)
+        self.run_one_job("inst-3")
+        bad = self.readyz_on_every_connection()
+        self.assertEqual(bad, [], "a reconnected pool connection lost the session time zone: %r" % bad[:1])
+        self.assertNotIn("session setup was lost", self.cp.stderr_text())
 
 
 if __name__ == "__main__":
