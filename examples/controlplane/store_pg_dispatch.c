@@ -49,18 +49,6 @@ int pgs_agents_register(struct store *s, const char *const *agent_ids, size_t n)
 	return rows < 0 ? -EIO : 0;
 }
 
-int pgs_agent_touch(struct store *s, const char *agent_id, int64_t last_seen, int capacity)
-{
-	struct pg_params p = {0};
-	pg_p_i64(&p, last_seen);
-	pg_p_i64(&p, capacity);
-	pg_p_str(&p, agent_id);
-	return pgs_cmd(s, "UPDATE agents SET last_seen = greatest(last_seen, $1), capacity = $2 WHERE agent_id = $3",
-	               &p) < 0
-	               ? -EIO
-	               : 0;
-}
-
 int pgs_agents_each(struct store *s, void (*fn)(void *ud, const char *agent_id, int64_t last_seen, int capacity),
                     void *ud)
 {
@@ -101,32 +89,6 @@ int pgs_agents_running(struct store *s, void (*fn)(void *ud, const char *agent_i
 	return 0;
 }
 
-int pgs_runs_renew(struct store *s, const char *agent_id, const char *const *run_ids, size_t n,
-                   int64_t lease_until, bool *renewed)
-{
-	for (size_t i = 0; i < n; i++)
-		renewed[i] = false;
-	if (n == 0)
-		return 0;
-	struct jv_buf b;
-	jv_buf_init(&b, 64u * 1024 * 1024);
-	bool built = pgs_text_array(&b, run_ids, n) == 0;
-	struct pg_params p = {0};
-	pg_p_i64(&p, lease_until);
-	pg_p_str(&p, agent_id);
-	pg_p_str(&p, b.data);
-	PGresult *r = built ? pgs_query(s, PGS_SQL_RENEW, &p) : NULL;
-	jv_buf_free(&b);
-	if (!r)
-		return -EIO;
-	for (int k = 0; k < PQntuples(r); k++)
-		for (size_t i = 0; i < n; i++)
-			if (strcmp(run_ids[i], PQgetvalue(r, k, 0)) == 0)
-				renewed[i] = true;
-	PQclear(r);
-	return 0;
-}
-
 /* Rows of column 0 into ids; the count or -EIO. */
 static int ids_of(struct store *s, const char *sql, const struct pg_params *p, char (*ids)[CP_ID_MAX], int max)
 {
@@ -157,37 +119,72 @@ int pgs_agent_runs(struct store *s, const char *agent_id, bool unacked_only, boo
 
 /* Count the agent's RUNNING runs, pick the assignable QUEUED runs (no
  * earlier active job of the instance, no run of the instance RUNNING, at
- * most one per instance, by job seq, up to min(capacity - running, max)),
- * and move them and their jobs to RUNNING: one statement. started_at is
- * never before the finish of the run it follows (the previous attempt, the
- * instance's previous job), nor before the clock read once the statement
- * holds the agent's lock (the server's, clock_timestamp(): store.h's "later
- * of now and the clock read once the transaction holds its locks"): the
- * caller read `now` before its claim waited its turn, and a run that
- * finished meanwhile (freeing the capacity this claim uses) was stamped by
- * another request's clock. The moves stay
- * conditional (status = 'QUEUED'), so a cancel that won the row lock wins. */
+ * most one per instance, by job seq, up to k = min(capacity - running, max)),
+ * and move them and their jobs to RUNNING: one statement.
+ *
+ * A run is assignable when its job is the head of its instance (its lowest
+ * active seq; a QUEUED run's job is active, and a job has one QUEUED run at a
+ * time). The pick's cost does not grow with the agent's queue
+ * (docs/scaling.md, "Claim cost"):
+ *   walk: the agent's first W = 4k + 32 active jobs in seq order (index
+ *     jobs_active_by_seq, schema version 2), the assignable ones among them,
+ *     stopping at the k-th;
+ *   heads: only when the walk found fewer than k and the agent has W or more
+ *     active jobs (long queues of a few instances fill the walk), the head of
+ *     each instance with an active job, one index probe per instance
+ *     (jobs_active; a skip scan), the assignable ones by seq, k of them.
+ * Either way the result is the first k assignable runs by job seq: the walk's
+ * when it is exact (it saw every active job, or found k in seq order).
+ *
+ * started_at is never before the finish of the run it follows (the previous
+ * attempt, the instance's previous job), nor before the clock read once the
+ * statement holds the agent's lock (the server's, clock_timestamp():
+ * store.h's "later of now and the clock read once the transaction holds its
+ * locks"): the caller read `now` before its claim waited its turn, and a run
+ * that finished meanwhile (freeing the capacity this claim uses) was stamped
+ * by another request's clock. The moves stay conditional (status =
+ * 'QUEUED'), so a cancel that won the row lock wins. */
+#define ACTIVE_JOB(t) t ".status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')"
+/* The QUEUED, due run r of job j, looked up by job (a nested loop, LIMIT 1
+ * keeping the planner from joining every queued run), when no run of the
+ * instance is RUNNING. */
+#define CLAIM_DUE                                                                                      \
+	" CROSS JOIN LATERAL (SELECT r.run_id FROM job_runs r WHERE r.job_id = j.job_id AND r.agent_id = $1" \
+	"   AND r.status = 'QUEUED' AND r.not_before <= $2::bigint LIMIT 1) r"                               \
+	" WHERE NOT EXISTS (SELECT 1 FROM job_runs x JOIN jobs xj ON xj.job_id = x.job_id"                  \
+	"   WHERE x.agent_id = $1 AND x.status = 'RUNNING' AND xj.instance_id = j.instance_id)"
 const char PGS_SQL_CLAIM[] =
-	"WITH busy AS (SELECT count(*) AS n FROM job_runs WHERE agent_id = $1 AND status = 'RUNNING'),"
-	" cand AS (SELECT DISTINCT ON (j.instance_id) r.run_id, j.seq FROM job_runs r JOIN jobs j ON j.job_id = r.job_id"
-	"   WHERE r.agent_id = $1 AND r.status = 'QUEUED' AND r.not_before <= $2::bigint"
-	"   AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.agent_id = j.agent_id AND e.instance_id = j.instance_id"
-	"                   AND e.seq < j.seq AND e.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED'))"
-	"   AND NOT EXISTS (SELECT 1 FROM job_runs x JOIN jobs xj ON xj.job_id = x.job_id"
-	"                   WHERE x.agent_id = $1 AND x.status = 'RUNNING' AND xj.instance_id = j.instance_id)"
-	"   ORDER BY j.instance_id, j.seq),"
-	" pick AS (SELECT run_id FROM cand ORDER BY seq"
-	"   LIMIT (SELECT greatest(0, least($5::bigint - n, $6::bigint)) FROM busy)),"
+	"WITH RECURSIVE busy AS (SELECT count(*) AS n FROM job_runs WHERE agent_id = $1 AND status = 'RUNNING'),"
+	" want AS (SELECT greatest(0, least($5::bigint - n, $6::bigint)) AS k FROM busy),"
+	" walk AS (SELECT r.run_id, j.seq, j.instance_id FROM (SELECT seq, job_id, instance_id FROM jobs j"
+	"     WHERE j.agent_id = $1 AND " ACTIVE_JOB("j") " ORDER BY j.seq LIMIT (SELECT 4 * k + 32 FROM want)) j"
+	CLAIM_DUE
+	"   AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.agent_id = $1 AND e.instance_id = j.instance_id"
+	"     AND e.seq < j.seq AND " ACTIVE_JOB("e") ")"
+	"   ORDER BY j.seq LIMIT (SELECT k FROM want)),"
+	" decide AS (SELECT (SELECT count(*) FROM walk) < k AND (SELECT count(*) FROM (SELECT 1 FROM jobs j"
+	"     WHERE j.agent_id = $1 AND " ACTIVE_JOB("j") " LIMIT 4 * k + 32) a) = 4 * k + 32 AS heads FROM want),"
+	" inst (instance_id) AS ((SELECT j.instance_id FROM jobs j WHERE j.agent_id = $1 AND " ACTIVE_JOB("j")
+	"     AND (SELECT heads FROM decide) ORDER BY j.instance_id LIMIT 1)"
+	"   UNION ALL SELECT (SELECT j.instance_id FROM jobs j WHERE j.agent_id = $1 AND " ACTIVE_JOB("j")
+	"     AND j.instance_id > i.instance_id ORDER BY j.instance_id LIMIT 1) FROM inst i"
+	"   WHERE i.instance_id IS NOT NULL),"
+	" heads AS (SELECT r.run_id, j.seq, j.instance_id FROM inst i CROSS JOIN LATERAL (SELECT h.seq, h.job_id,"
+	"     h.instance_id FROM jobs h WHERE h.agent_id = $1 AND h.instance_id = i.instance_id AND " ACTIVE_JOB("h")
+	"     ORDER BY h.seq LIMIT 1) j" CLAIM_DUE
+	"   ORDER BY j.seq LIMIT (SELECT k FROM want)),"
+	" pick AS (SELECT * FROM walk WHERE NOT (SELECT heads FROM decide)"
+	"   UNION ALL SELECT * FROM heads WHERE (SELECT heads FROM decide)),"
 	" r AS (UPDATE job_runs u SET status = 'RUNNING', ack_deadline = $3::bigint, lease_until = $4::bigint,"
 	"   started_at = greatest($2::bigint, (extract(epoch FROM clock_timestamp()) * 1000)::bigint,"
 	"     (SELECT max(x.finished_at) FROM job_runs x WHERE x.job_id = u.job_id),"
 	"     (SELECT max(x.finished_at) FROM job_runs x WHERE x.job_id ="
-	"        (SELECT e.job_id FROM jobs me JOIN jobs e ON e.agent_id = me.agent_id"
-	"           AND e.instance_id = me.instance_id AND e.seq < me.seq"
-	"         WHERE me.job_id = u.job_id ORDER BY e.seq DESC LIMIT 1)))"
-	"   WHERE run_id IN (SELECT run_id FROM pick) AND status = 'QUEUED' RETURNING run_id, job_id)"
-	" UPDATE jobs j SET status = 'RUNNING', updated_at = $2::bigint FROM r WHERE j.job_id = r.job_id"
-	" RETURNING r.run_id, j.seq";
+	"        (SELECT e.job_id FROM jobs e WHERE e.agent_id = $1 AND e.instance_id = p.instance_id"
+	"           AND e.seq < p.seq ORDER BY e.seq DESC LIMIT 1)))"
+	"   FROM pick p WHERE u.run_id = p.run_id AND u.status = 'QUEUED' RETURNING u.run_id, u.job_id)"
+	" UPDATE jobs j SET status = 'RUNNING', updated_at = $2::bigint"
+	" WHERE j.job_id = ANY (ARRAY(SELECT job_id FROM r))"
+	" RETURNING (SELECT r.run_id FROM r WHERE r.job_id = j.job_id), j.seq";
 
 /* Renew the leases of the listed runs the agent holds, locking them in
  * run_id order: an events group locks its runs in that order too, and rows
@@ -215,32 +212,6 @@ int pgs_claimed_ids(const PGresult *r, char (*ids)[CP_ID_MAX], int max)
 		pgs_copy(ids[n++], CP_ID_MAX, r, best, 0);
 	}
 	return n;
-}
-
-int pgs_runs_claim(struct store *s, const char *agent_id, int capacity, int64_t now, int64_t ack_deadline,
-                   int64_t lease_until, char (*ids)[CP_ID_MAX], int max)
-{
-	PGconn *c = pgs_conn(s);
-	if (!c)
-		return -EIO;
-	struct pg_params lk = {0}, p = {0};
-	pg_p_str(&lk, "agent");
-	pg_p_str(&lk, agent_id);
-	pg_p_str(&lk, "");
-	pg_p_str(&p, agent_id);
-	pg_p_i64(&p, now);
-	pg_p_i64(&p, ack_deadline);
-	pg_p_i64(&p, lease_until);
-	pg_p_i64(&p, capacity);
-	pg_p_i64(&p, max);
-	struct pg_stmt st[] = {{"BEGIN", NULL}, {PGS_SQL_LOCK, &lk}, {PGS_SQL_CLAIM, &p}, {"COMMIT", NULL}};
-	PGresult *res[4];
-	int rc = pg_pipeline(c, st, 4, res);
-	if (rc == 0)
-		rc = pgs_claimed_ids(res[2], ids, max);
-	for (int i = 0; i < 4; i++)
-		PQclear(res[i]);
-	return pgs_fail(s, c, rc);
 }
 
 int pgs_runs_lost(struct store *s, int64_t now, struct store_lost_run *out, int max)

@@ -139,6 +139,13 @@ static const char *const migrations[] = {
 	"  seq BIGINT PRIMARY KEY,"
 	"  body TEXT NOT NULL,"
 	"  at BIGINT NOT NULL);",
+	/* 1 -> 2: the claim walks an agent's active jobs in seq order and stops
+	 * after the runs it takes (store_pg_dispatch.c, PGS_SQL_CLAIM); without
+	 * this index it read, joined and sorted every queued run of the agent.
+	 * job_id and instance_id included: the walk reads the index only, so the
+	 * planner prefers it to the primary key (seq) filtered by agent. */
+	"CREATE INDEX jobs_active_by_seq ON jobs(agent_id, seq) INCLUDE (job_id, instance_id)"
+	"  WHERE status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED');",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == PG_SCHEMA_VERSION,

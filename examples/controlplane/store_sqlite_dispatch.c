@@ -122,14 +122,58 @@ int sq_agent_runs(struct store *s, const char *agent_id, bool unacked_only, bool
 	return n;
 }
 
-static const char SQL_ASSIGNABLE[] =
-	"SELECT r.run_id FROM job_runs r JOIN jobs j ON j.job_id = r.job_id"
-	" WHERE r.agent_id = ?1 AND r.status = 'QUEUED' AND r.not_before <= ?2"
-	"   AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.agent_id = j.agent_id AND e.instance_id = j.instance_id"
-	"                   AND e.seq < j.seq AND e.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED'))"
-	"   AND NOT EXISTS (SELECT 1 FROM job_runs x JOIN jobs xj ON xj.job_id = x.job_id"
-	"                   WHERE x.agent_id = ?1 AND x.status = 'RUNNING' AND xj.instance_id = j.instance_id)"
+/* The assignable QUEUED runs of an agent: the run of the head of its
+ * instance (its lowest active seq: a QUEUED run's job is active), due, no
+ * run of the instance RUNNING; by job seq. As on PostgreSQL
+ * (store_pg_dispatch.c, PGS_SQL_CLAIM), the cost does not grow with the
+ * agent's queue: SQL_WALK looks at the agent's first W active jobs in seq
+ * order (index jobs_active_by_seq, schema version 7) and stops at the k-th
+ * assignable one; only when it found fewer and the agent has W active jobs
+ * or more does SQL_HEADS look at the head of each instance (one probe each
+ * in jobs_active). The join orders are fixed (CROSS JOIN, INDEXED BY): with
+ * the statistics of a few agents and instances, SQLite's planner would scan
+ * the jobs once per candidate otherwise. ?1 agent, ?2 now, ?3 k, ?4 W. */
+#define SQ_ACTIVE(t) t ".status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')"
+#define SQ_DUE                                                                                        \
+	" r.agent_id = ?1 AND r.status = 'QUEUED' AND r.not_before <= ?2"                                   \
+	" AND NOT EXISTS (SELECT 1 FROM job_runs x INDEXED BY runs_by_agent CROSS JOIN jobs xj WHERE x.agent_id = ?1" \
+	"   AND x.status = 'RUNNING' AND xj.job_id = x.job_id AND xj.instance_id = j.instance_id)"
+static const char SQL_WALK[] =
+	"SELECT r.run_id FROM (SELECT j.seq, j.job_id, j.instance_id FROM jobs j INDEXED BY jobs_active_by_seq"
+	"   WHERE j.agent_id = ?1 AND " SQ_ACTIVE("j") " ORDER BY j.seq LIMIT ?4) j"
+	" JOIN job_runs r ON r.job_id = j.job_id WHERE" SQ_DUE
+	"   AND NOT EXISTS (SELECT 1 FROM jobs e INDEXED BY jobs_active WHERE e.agent_id = ?1"
+	"                   AND e.instance_id = j.instance_id AND e.seq < j.seq AND " SQ_ACTIVE("e") ")"
 	" ORDER BY j.seq LIMIT ?3";
+static const char SQL_ACTIVE_AT_LEAST[] =
+	"SELECT count(*) FROM (SELECT 1 FROM jobs j INDEXED BY jobs_active_by_seq WHERE j.agent_id = ?1"
+	"   AND " SQ_ACTIVE("j") " LIMIT ?2)";
+#define SQ_ACTIVE_OF(col) " FROM jobs j INDEXED BY jobs_active WHERE j.agent_id = ?1 AND " SQ_ACTIVE("j") col
+static const char SQL_HEADS[] =
+	"WITH RECURSIVE inst (id) AS ("
+	"   SELECT (SELECT j.instance_id" SQ_ACTIVE_OF("") " ORDER BY j.instance_id LIMIT 1)"
+	"   UNION ALL SELECT (SELECT j.instance_id" SQ_ACTIVE_OF(" AND j.instance_id > inst.id")
+	"     ORDER BY j.instance_id LIMIT 1) FROM inst WHERE inst.id IS NOT NULL),"
+	" head (seq) AS (SELECT (SELECT j.seq" SQ_ACTIVE_OF(" AND j.instance_id = inst.id") " ORDER BY j.seq LIMIT 1)"
+	"   FROM inst WHERE inst.id IS NOT NULL)"
+	" SELECT run_id FROM (SELECT h.seq, (SELECT r.run_id FROM jobs j JOIN job_runs r ON r.job_id = j.job_id"
+	"   WHERE j.seq = h.seq AND" SQ_DUE ") AS run_id FROM head h)"
+	" WHERE run_id IS NOT NULL ORDER BY seq LIMIT ?3";
+
+/* Up to k assignable run ids of the agent into ids: the count, or <0. */
+static int assignable(struct sq *q, const char *agent_id, int64_t now, int k, char (*ids)[CP_ID_MAX])
+{
+	int64_t w = 4 * (int64_t)k + 32, active = 0;
+	int n = collect_ids(q, sq_query(q, SQL_WALK, "siii", agent_id, now, (int64_t)k, w), ids, k);
+	if (n < 0 || n == k)
+		return n;
+	int rc = sq_int64(q, &active, SQL_ACTIVE_AT_LEAST, "si", agent_id, w);
+	if (rc < 0)
+		return rc;
+	if (active < w)
+		return n; /* the walk saw every active job */
+	return collect_ids(q, sq_query(q, SQL_HEADS, "sii", agent_id, now, (int64_t)k), ids, k);
+}
 
 static int claim_locked(struct sq *q, const char *agent_id, int capacity, int64_t now, int64_t ack_deadline,
                         int64_t lease_until, char (*ids)[CP_ID_MAX], int max)
@@ -144,7 +188,7 @@ static int claim_locked(struct sq *q, const char *agent_id, int capacity, int64_
 	int free_slots = capacity - running < max ? capacity - running : max;
 	if (free_slots <= 0)
 		return 0;
-	int n = collect_ids(q, sq_query(q, SQL_ASSIGNABLE, "sii", agent_id, now, (int64_t)free_slots), ids, free_slots);
+	int n = assignable(q, agent_id, now, free_slots, ids);
 	int claimed = 0;
 	for (int i = 0; n > 0 && i < n; i++) {
 		int c = sq_exec(q,
@@ -172,12 +216,12 @@ int sq_runs_claim(struct store *s, const char *agent_id, int capacity, int64_t n
 {
 	struct sq *q = sq_of(s);
 	/* Most polls find nothing to claim: find that out without the write lock. */
-	int64_t unused;
+	char one[1][CP_ID_MAX];
 	sq_lock(q);
 	int rc = running_count(q, agent_id);
-	rc = rc < 0 ? rc : rc >= capacity ? 0 : sq_int64(q, &unused, SQL_ASSIGNABLE, "sii", agent_id, now, (int64_t)1);
+	rc = rc < 0 ? rc : rc >= capacity ? 0 : assignable(q, agent_id, now, 1, one);
 	sq_unlock(q);
-	if (rc <= 0) /* 1: a candidate row exists */
+	if (rc <= 0) /* 1: a candidate run exists */
 		return rc;
 	rc = sq_tx_begin(q);
 	if (rc < 0)

@@ -86,7 +86,7 @@ class Restart(unittest.TestCase):
     def test_database_is_wal_with_a_schema_version(self):
         self.cp.create_job()
         if self.cp.backend == "postgresql":
-            self.assertEqual(self.cp.sql("SELECT version FROM schema_version"), [("1",)])
+            self.assertEqual(self.cp.sql("SELECT version FROM schema_version"), [("2",)])
             tables = {r[0] for r in self.cp.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
             self.assertTrue({"agents", "jobs", "job_runs", "events", "instances", "instance_events",
                              "ws_head", "ws_log"} <= tables)
@@ -94,7 +94,7 @@ class Restart(unittest.TestCase):
         con = sqlite3.connect(self.cp.db, timeout=10)
         try:
             self.assertEqual(con.execute("PRAGMA journal_mode").fetchone()[0], "wal")
-            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 6)
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 7)
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             self.assertTrue({"agents", "jobs", "job_runs", "events", "instances",
                              "instance_events"} <= tables)
@@ -130,14 +130,25 @@ class Restart(unittest.TestCase):
         self.assertEqual(self.cp.agent().take()[0]["jobId"], "halfway-job")
 
     def test_an_older_schema_is_migrated_with_data_intact(self):
-        if self.cp.backend != "sqlite":
-            self.skipTest("the PostgreSQL schema has one version so far: nothing older to migrate from")
         job = self.cp.create_job()
         self.cp.stop()
+        if self.cp.backend == "postgresql":
+            # Back to schema version 1 (before the claim's jobs_active_by_seq index).
+            self.cp.sql("DROP INDEX jobs_active_by_seq")
+            self.cp.sql("UPDATE schema_version SET version = 1")
+            self.cp.start()
+            self.assertIn("schema migrated to version 2", self.cp.stderr_text())
+            self.assertEqual(self.cp.job(job["jobId"])["status"], "QUEUED")
+            self.assertEqual(self.cp.sql("SELECT version FROM schema_version"), [("2",)])
+            self.assertEqual(self.cp.sql("SELECT count(*) FROM pg_indexes WHERE indexname = 'jobs_active_by_seq'"),
+                             [("1",)])
+            self.assertEqual([j["jobId"] for j in self.cp.agent().take()], [job["jobId"]])
+            return
         # Take the database back to schema version 1 (before the jobs_active
         # index and the instance tables).
         con = sqlite3.connect(self.cp.db)
         con.execute("DROP INDEX jobs_active")
+        con.execute("DROP INDEX jobs_active_by_seq")
         con.execute("DROP TABLE instances")
         con.execute("DROP TABLE instance_events")
         con.execute("DROP TABLE agent_job_types")
@@ -149,19 +160,18 @@ class Restart(unittest.TestCase):
         con.commit()
         con.close()
         self.cp.start()
-        self.assertIn("schema migrated to version 2", self.cp.stderr_text())
-        self.assertIn("schema migrated to version 3", self.cp.stderr_text())
-        self.assertIn("schema migrated to version 4", self.cp.stderr_text())
-        self.assertIn("schema migrated to version 5", self.cp.stderr_text())
-        self.assertIn("schema migrated to version 6", self.cp.stderr_text())
+        for v in range(2, 8):
+            self.assertIn("schema migrated to version %d" % v, self.cp.stderr_text())
         self.assertEqual(self.cp.job(job["jobId"])["status"], "QUEUED")
         con = sqlite3.connect(self.cp.db, timeout=10)
         try:
-            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 6)
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 7)
             names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
             self.assertIn("jobs_active", names)
+            self.assertIn("jobs_active_by_seq", names)
         finally:
             con.close()
+        self.assertEqual([j["jobId"] for j in self.cp.agent().take()], [job["jobId"]])
 
     def test_a_newer_schema_is_refused(self):
         self.cp.stop()

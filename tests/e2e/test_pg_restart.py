@@ -43,7 +43,7 @@ class PgRestartTest(unittest.TestCase):
 
     def parses_of_claim(self):
         """How many times the server parsed the claim as a named statement (its log)."""
-        return len(re.findall(r"parse jv_[0-9a-f]{16}: WITH busy AS", self.pg.log_text()))
+        return len(re.findall(r"parse jv_[0-9a-f]{16}: WITH RECURSIVE busy AS", self.pg.log_text()))
 
     def run_one_job(self, instance):
         """Create a job, claim it by a poll, post an event and the result: every call answered at once."""
@@ -67,7 +67,7 @@ class PgRestartTest(unittest.TestCase):
         before = self.parses_of_claim()
         self.assertTrue(1 <= before <= CONNECTIONS, "the claim is parsed once per connection, not once per poll "
                         "(%d parses for %d polls)" % (before, POLLS + 1))
-        self.assertRegex(self.pg.log_text(), r"execute jv_[0-9a-f]{16}: WITH busy AS")
+        self.assertRegex(self.pg.log_text(), r"execute jv_[0-9a-f]{16}: WITH RECURSIVE busy AS")
 
         self.pg.restart()
         r = self.agent.poll(capacity=1)
