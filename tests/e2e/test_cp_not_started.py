@@ -14,7 +14,7 @@ import time
 import unittest
 
 from agent_harness import AgentTestCase
-from cp_harness import AGENT_TOKENS, ControlPlane, CpTestCase
+from cp_harness import CpTestCase
 from drop_proxy import DropProxy
 
 NOT_STARTED = {"message": "agent is shutting down", "retryable": True, "reason": "not_started"}
@@ -123,18 +123,11 @@ class NotStartedRealAgent(AgentTestCase):
 
     def setUp(self):
         super().setUp()
-        self.cp.stop()  # the fake is not used here
-        cp_dir = os.path.join(self.tmp, "cp")
-        os.makedirs(cp_dir)
-        self.real = ControlPlane(["--job-types", TYPES, "--poll-interval", "1", "--retry-backoff", "1"],
-                                 tmpdir=cp_dir)
-        self.real.start()
+        self.real = self.start_real_cp(["--job-types", TYPES, "--poll-interval", "1", "--retry-backoff", "1"],
+                                       self.AGENT)
         self.gate = threading.Event()
         self.holding = threading.Event()
         self.proxy = DropProxy(self.real.port, decide=self.hold_assignments)
-        with open(self.token_file, "w") as f:
-            f.write(AGENT_TOKENS[self.AGENT] + "\n")
-        os.chmod(self.token_file, 0o600)
 
     def tearDown(self):
         self.gate.set()
@@ -169,10 +162,10 @@ class NotStartedRealAgent(AgentTestCase):
         job_id = self.real.create_job(agent=self.AGENT, instance="a", type_="SLEEPY", maxAttempts=1)["jobId"]
         p = self.start_agent(DRAIN_TIMEOUT=60)
         self.drain_with_assignment_in_flight(p)
+        job = self.real.job(job_id)
+        self.assertEqual(job["status"], "QUEUED", job)  # not FAILED: no attempt was used
         self.assertIn("giving back assignment unstarted: agent is shutting down", self.log())
         self.assertEqual(self.spool_runs(), [])  # delivered, not left for the next start
-        job = self.real.job(job_id)
-        self.assertEqual(job["status"], "QUEUED", job)
         [run] = job["runs"]
         self.assertEqual((run["attempt"], run["status"], run["lastSeq"]), (1, "QUEUED", 0))
         self.assertIn("given back unstarted by its agent (agent is shutting down)", run["message"])
