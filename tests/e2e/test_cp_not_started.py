@@ -127,7 +127,9 @@ class NotStartedRealAgent(AgentTestCase):
                                        self.AGENT)
         self.gate = threading.Event()
         self.holding = threading.Event()
-        self.proxy = DropProxy(self.real.port, decide=self.hold_assignments)
+        self.block_results = False
+        self.proxy = DropProxy(self.real.port, decide=self.hold_assignments,
+                               hold=lambda path, body: self.block_results and path.endswith("/result"))
 
     def tearDown(self):
         self.gate.set()
@@ -177,6 +179,23 @@ class NotStartedRealAgent(AgentTestCase):
                          [(run["jobRunId"], 1, "COMPLETED")])
         self.assertEqual(job["runs"][0]["output"], {"steps": 3})
         self.assertEqual(self.stop_agent(p2), 0)
+
+    def test_give_back_kept_in_the_spool_is_sent_by_the_next_start(self):
+        # The control plane is unreachable for results while the agent drains: the give-back
+        # stays in the spool, the next start sends it, and the run still costs no attempt.
+        job_id = self.real.create_job(agent=self.AGENT, instance="a", type_="SLEEPY", maxAttempts=1)["jobId"]
+        self.block_results = True
+        p = self.start_agent(DRAIN_TIMEOUT=60)
+        self.drain_with_assignment_in_flight(p)
+        [run_id] = self.spool_runs()
+        self.assertEqual(self.real.job(job_id)["status"], "RUNNING")  # assigned, never acknowledged
+        self.block_results = False
+        p2 = self.start_agent(DRAIN_TIMEOUT=60)
+        job = self.real.wait_job(job_id, lambda j: j["status"] in ("COMPLETED", "FAILED"), 30, "job finished")
+        self.assertEqual([(r["jobRunId"], r["attempt"], r["status"]) for r in job["runs"]],
+                         [(run_id, 1, "COMPLETED")], job)
+        self.assertEqual(self.stop_agent(p2), 0)
+        self.assertEqual(self.spool_runs(), [])
 
     def test_unknown_type_refusal_still_ends_the_job(self):
         # Created before the agent reports its types, for a type it has no script for.
