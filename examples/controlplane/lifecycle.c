@@ -249,7 +249,7 @@ int lc_run_finish(struct cp *cp, const char *run_id, const char *status, const c
 		.backoff_cap_ms = (int64_t)RETRY_BACKOFF_CAP_S * 1000,
 		.lost_before = lost_before,
 		.not_started = not_started,
-		.note = note,
+		.note = not_started ? note : NULL,
 		.now = jv_now_real_ms(),
 	};
 	struct store_finish_result res;
