@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "jobvisor/jsonutil.h"
+#include "jobvisor/util.h"
 
 #define MAX_DEPTH 100
 
@@ -251,7 +252,7 @@ void jv_json_to_lua(lua_State *L, const cJSON *v)
 		lua_pushboolean(L, cJSON_IsTrue(v));
 	} else if (cJSON_IsNumber(v)) {
 		double d = v->valuedouble;
-		if (d == floor(d) && fabs(d) < 9.007199254740992e15)
+		if (fabs(d) < 9.007199254740992e15 && jv_whole_in_int64(d))
 			lua_pushinteger(L, (lua_Integer)d);
 		else
 			lua_pushnumber(L, d);

@@ -511,10 +511,25 @@ static int run_child(struct child *c)
 	return complete(ctx, params, output);
 }
 
+static int child_body(cJSON *spec);
+
 int jv_jobrun_child_main(int argc, char **argv)
 {
 	(void)argc;
 	(void)argv;
+	cJSON *spec = NULL;
+	int rc = read_spec(&spec);
+	return child_body(rc < 0 ? NULL : spec);
+}
+
+int jv_jobrun_child_run(cJSON *spec)
+{
+	return child_body(spec);
+}
+
+/* spec NULL: it could not be read (the run fails with an internal error). */
+static int child_body(cJSON *spec)
+{
 	setup_signals();
 	jv_set_cloexec(JV_CHILD_EVENT_FD);
 	struct child c;
@@ -526,7 +541,8 @@ int jv_jobrun_child_main(int argc, char **argv)
 	c.ctx.job_id = "-";
 	c.ctx.run_id = "-";
 	int code;
-	if (read_spec(&c.spec) < 0) {
+	c.spec = spec;
+	if (!spec) {
 		c.ctx.instance_id = "";
 		c.ctx.type = "";
 		code = fail_early(&c.ctx, "internal error: cannot read job-run spec", false);

@@ -23,6 +23,7 @@
 
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
+#include "jobvisor/protocol.h"
 #include "jobvisor/util.h"
 
 #define RETRY_BACKOFF_CAP_S 300
@@ -230,6 +231,13 @@ int lc_run_finish(struct cp *cp, const char *run_id, const char *status, const c
 	char *out_text = output && !cJSON_IsNull(output) ? jv_json_print(output) : NULL;
 	char *err_text = error && !cJSON_IsNull(error) ? jv_json_print(error) : NULL;
 	bool lost = strcmp(finished_by, "server") == 0;
+	/* The agent says it never started the run: no attempt used (store.h). */
+	bool not_started = !lost && strcmp(status, "FAILED") == 0 &&
+	                   strcmp(jv_json_str(error, "reason", ""), JV_REASON_NOT_STARTED) == 0;
+	/* Room for the whole message (cut to CP_MESSAGE_MAX, on a UTF-8 boundary, by the handler). */
+	char note[CP_MESSAGE_MAX + 128];
+	snprintf(note, sizeof(note), "given back unstarted by its agent (%s); queued again, not counted as an attempt",
+	         not_started ? jv_json_str(error, "message", "no reason given") : "");
 	struct store_finish f = {
 		.run_id = run_id,
 		.status = status,
@@ -240,6 +248,8 @@ int lc_run_finish(struct cp *cp, const char *run_id, const char *status, const c
 		.backoff_base_ms = (int64_t)cp->cfg.retry_backoff_s * 1000,
 		.backoff_cap_ms = (int64_t)RETRY_BACKOFF_CAP_S * 1000,
 		.lost_before = lost_before,
+		.not_started = not_started,
+		.note = not_started ? note : NULL,
 		.now = jv_now_real_ms(),
 	};
 	struct store_finish_result res;
@@ -248,7 +258,14 @@ int lc_run_finish(struct cp *cp, const char *run_id, const char *status, const c
 	free(err_text);
 	if (rc != 0)
 		return rc; /* 1: finished before (or no longer lost): nothing changed */
-	if (res.retried)
+	if (res.released)
+		jv_info(res.job_id, run_id, "run given back unstarted by agent '%s' (%s): queued again in %lld ms, "
+		        "attempt %d of %d not counted", res.agent_id, jv_json_str(error, "message", "no reason given"),
+		        (long long)(res.not_before - f.now), res.attempt, res.max_attempts);
+	else if (res.cancelled)
+		jv_info(res.job_id, run_id, "run given back unstarted by agent '%s' with a cancel requested: cancelled",
+		        res.agent_id);
+	else if (res.retried)
 		jv_info(res.job_id, run_id, "run %s (attempt %d of %d), automatic retry in %lld ms", status,
 		        res.attempt, res.max_attempts, (long long)(res.not_before - f.now));
 	else

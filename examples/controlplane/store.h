@@ -133,6 +133,8 @@ struct store_finish {
 	int64_t backoff_base_ms; /* retry delay: base * 2^(attempt-1), capped at backoff_cap_ms */
 	int64_t backoff_cap_ms;
 	int64_t lost_before;     /* server finish of a lost run: only if still lost at this time, else 0 */
+	bool not_started;        /* the agent gave the run back unstarted (error.reason "not_started") */
+	const char *note;        /* not_started: the run's message while it waits again */
 	int64_t now;
 };
 struct store_finish_result {
@@ -140,7 +142,9 @@ struct store_finish_result {
 	char agent_id[JV_IDENT_MAX + 1];
 	int attempt, max_attempts;
 	bool retried;       /* a new run (attempt + 1) was queued */
-	int64_t not_before; /* its backoff end */
+	bool released;      /* not_started honoured: this run is QUEUED again, same attempt */
+	bool cancelled;     /* not_started with a cancel requested: run and job CANCELLED */
+	int64_t not_before; /* the backoff end of the new run (retried) or of this one (released) */
 };
 
 /* One event of a run (store_events_append). */
@@ -291,7 +295,16 @@ int store_job_retry(struct store *s, const char *job_id, int64_t now, struct sto
  * (RETRIED or the run's). Results: 0 done (*res filled); 1 the run was
  * already finished (or, with lost_before, no longer lost: renewed or
  * acknowledged meanwhile) — nothing changed, so a second replica's sweep or
- * a resent result is harmless; -ENOENT. */
+ * a resent result is harmless; -ENOENT.
+ * not_started (a FAILED result from the agent, error.reason "not_started"),
+ * honoured only while the run is RUNNING and unacknowledged (no event
+ * stored: nothing says it started): the attempt is not counted. The run goes
+ * back to QUEUED (same run id and attempt, started_at cleared, message =
+ * note, not_before = now + backoff_base_ms, one step) and its job to QUEUED
+ * (attempt 1) or RETRIED; res->released. With a cancel requested on job or
+ * run it is cancelled instead, as one not yet on an agent (run CANCELLED,
+ * finished_by "server", job CANCELLED); res->cancelled. An acknowledged run
+ * is finished as FAILED as usual. */
 int store_run_finish(struct store *s, const struct store_finish *f, struct store_finish_result *res);
 
 /* ---- dispatch ---- */

@@ -262,6 +262,7 @@ struct finish_row {
 	bool still_lost;
 	struct store_finish_result res;
 	bool cancel_requested;
+	bool acked;
 };
 
 static int finish_read(PGconn *c, const struct store_finish *f, struct finish_row *fr)
@@ -273,7 +274,7 @@ static int finish_read(PGconn *c, const struct store_finish *f, struct finish_ro
 	                      "SELECT r.status, r.job_id, r.agent_id, r.attempt, j.max_attempts,"
 	                      " (r.cancel_requested <> 0 OR j.cancel_requested <> 0),"
 	                      " (r.status = 'RUNNING' AND ((r.acked = 0 AND r.ack_deadline < $2)"
-	                      "                           OR r.lease_until < $2))"
+	                      "                           OR r.lease_until < $2)), r.acked"
 	                      " FROM job_runs r JOIN jobs j ON j.job_id = r.job_id"
 	                      " WHERE r.run_id = $1 FOR NO KEY UPDATE OF r",
 	                      &p);
@@ -289,6 +290,7 @@ static int finish_read(PGconn *c, const struct store_finish *f, struct finish_ro
 		fr->res.max_attempts = (int)pg_i64(r, 0, 4);
 		fr->cancel_requested = strcmp(pg_str(r, 0, 5), "t") == 0;
 		fr->still_lost = strcmp(pg_str(r, 0, 6), "t") == 0;
+		fr->acked = pg_i64(r, 0, 7) != 0;
 	}
 	PQclear(r);
 	return rc;
@@ -320,6 +322,31 @@ static int finish_write(PGconn *c, const struct store_finish *f, struct finish_r
 	return set_job_status(c, res->job_id, res->retried ? "RETRIED" : f->status, "", f->now);
 }
 
+/* The agent gave back a RUNNING, unacknowledged run unstarted: QUEUED again
+ * (same attempt), or CANCELLED when a cancel was requested (store.h). */
+static int release_write(PGconn *c, const struct store_finish *f, struct finish_row *fr)
+{
+	struct store_finish_result *res = &fr->res;
+	bool cancel = fr->cancel_requested;
+	res->released = !cancel;
+	res->cancelled = cancel;
+	res->not_before = cancel ? 0 : f->now + store_backoff_ms(f->backoff_base_ms, f->backoff_cap_ms, 1);
+	struct pg_params p = {0};
+	pg_p_i64(&p, cancel ? f->now : res->not_before);
+	pg_p_str(&p, f->run_id);
+	if (!cancel)
+		pg_p_str(&p, f->note);
+	int n = pg_cmd(c,
+	               cancel ? "UPDATE job_runs SET status = 'CANCELLED', finished_by = 'server', finished_at = $1,"
+	                        " lease_until = 0, ack_deadline = 0 WHERE run_id = $2 AND status = 'RUNNING' AND acked = 0"
+	                      : "UPDATE job_runs SET status = 'QUEUED', started_at = 0, lease_until = 0, ack_deadline = 0,"
+	                        " not_before = $1, message = $3 WHERE run_id = $2 AND status = 'RUNNING' AND acked = 0",
+	               &p);
+	if (n != 1)
+		return -EIO; /* the row is locked and was read RUNNING, unacknowledged: cannot happen */
+	return set_job_status(c, res->job_id, cancel ? "CANCELLED" : res->attempt > 1 ? "RETRIED" : "QUEUED", "", f->now);
+}
+
 int pgs_run_finish(struct store *s, const struct store_finish *f, struct store_finish_result *res)
 {
 	PGconn *c = pgs_conn(s);
@@ -333,8 +360,9 @@ int pgs_run_finish(struct store *s, const struct store_finish *f, struct store_f
 		rc = 1; /* finished before: a resent result or another replica's sweep */
 	if (rc == 0 && f->lost_before && !fr.still_lost)
 		rc = 1; /* renewed or acknowledged since the sweep looked */
+	bool release = rc == 0 && f->not_started && strcmp(fr.status, "RUNNING") == 0 && !fr.acked;
 	if (rc == 0)
-		rc = finish_write(c, f, &fr);
+		rc = release ? release_write(c, f, &fr) : finish_write(c, f, &fr);
 	if (rc == 0 && (rc = pg_commit(c)) == 0)
 		*res = fr.res;
 	return pgs_fail(s, c, rc);

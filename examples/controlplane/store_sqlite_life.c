@@ -195,6 +195,44 @@ int sq_job_retry(struct store *s, const char *job_id, int64_t now, struct store_
 	return sq_tx_end(q, rc);
 }
 
+static void fill_result(struct store_finish_result *res, const struct store_run_state *rs,
+                        const struct store_job_info *jr)
+{
+	memset(res, 0, sizeof(*res));
+	snprintf(res->job_id, sizeof(res->job_id), "%s", rs->job_id);
+	snprintf(res->agent_id, sizeof(res->agent_id), "%s", rs->agent_id);
+	res->attempt = rs->attempt;
+	res->max_attempts = jr->max_attempts;
+}
+
+/* The agent gave back a RUNNING, unacknowledged run unstarted: QUEUED again
+ * (same attempt), or CANCELLED when a cancel was requested (store.h). */
+static int release_locked(struct sq *q, const struct store_finish *f, const struct store_run_state *rs,
+                          const struct store_job_info *jr, struct store_finish_result *res)
+{
+	int64_t now = sq_tx_time(q, f->now);
+	bool cancel = rs->cancel_requested || jr->cancel_requested;
+	int64_t not_before = cancel ? 0 : now + store_backoff_ms(f->backoff_base_ms, f->backoff_cap_ms, 1);
+	int rc = cancel ? sq_exec(q,
+	                          "UPDATE job_runs SET status = 'CANCELLED', finished_by = 'server', finished_at = ?,"
+	                          " lease_until = 0, ack_deadline = 0 WHERE run_id = ? AND status = 'RUNNING' AND acked = 0",
+	                          "is", now, f->run_id)
+	                : sq_exec(q,
+	                          "UPDATE job_runs SET status = 'QUEUED', started_at = 0, lease_until = 0, ack_deadline = 0,"
+	                          " not_before = ?, message = ? WHERE run_id = ? AND status = 'RUNNING' AND acked = 0",
+	                          "iss", not_before, f->note, f->run_id);
+	if (rc <= 0)
+		return rc < 0 ? rc : -EIO; /* the state was read under this lock: cannot happen */
+	rc = set_job_status(q, rs->job_id, cancel ? "CANCELLED" : rs->attempt > 1 ? "RETRIED" : "QUEUED", now);
+	if (rc == 0 && res) {
+		fill_result(res, rs, jr);
+		res->released = !cancel;
+		res->cancelled = cancel;
+		res->not_before = not_before;
+	}
+	return rc;
+}
+
 static int finish_locked(struct sq *q, const struct store_finish *f, struct store_finish_result *res)
 {
 	struct store_run_state rs;
@@ -217,6 +255,8 @@ static int finish_locked(struct sq *q, const struct store_finish *f, struct stor
 		if (still == 0)
 			return 1;
 	}
+	if (f->not_started && strcmp(rs.status, "RUNNING") == 0 && !rs.acked)
+		return release_locked(q, f, &rs, &jr, res);
 	int64_t now = sq_tx_time(q, f->now);
 	bool retry = strcmp(f->status, "FAILED") == 0 && f->retryable && !rs.cancel_requested && !jr.cancel_requested &&
 	             rs.attempt < jr.max_attempts;
@@ -233,11 +273,7 @@ static int finish_locked(struct sq *q, const struct store_finish *f, struct stor
 	if (rc == 0)
 		rc = set_job_status(q, rs.job_id, retry ? "RETRIED" : f->status, now);
 	if (rc == 0 && res) {
-		memset(res, 0, sizeof(*res));
-		snprintf(res->job_id, sizeof(res->job_id), "%s", rs.job_id);
-		snprintf(res->agent_id, sizeof(res->agent_id), "%s", rs.agent_id);
-		res->attempt = rs.attempt;
-		res->max_attempts = jr.max_attempts;
+		fill_result(res, &rs, &jr);
 		res->retried = retry;
 		res->not_before = not_before;
 	}

@@ -13,6 +13,10 @@
 #define JV_EXIT_USAGE 2
 #define JV_EXIT_CANCELLED 3
 int jv_jobrun_child_main(int argc, char **argv);
+/* The same child mode entered from a fork without the exec (jobvisor run): the
+ * spec is the tree the parent built (borrowed; the child never frees it). */
+struct cJSON;
+int jv_jobrun_child_run(struct cJSON *spec);
 
 /* Completion records: <instance>/.jobvisor/<JV_COMPLETED_DIR>/<jobId>.json holds
  * the output of a job that COMPLETED, kept until its result was delivered, so a
@@ -26,7 +30,6 @@ int jv_jobrun_child_main(int argc, char **argv);
  * stderr as FILE:LINE: message, "ok: ..." lines to stdout. 0 all valid,
  * 1 problems. settings (config_child_settings, borrowed, may be NULL) say
  * which programs proc.run may start: a literal one they refuse is a problem. */
-struct cJSON;
 int jv_check_scripts(int n, char **paths, const char *builtin_jobs_dir, const struct cJSON *settings);
 
 /* `jobvisor __jobtypes [JOBS_DIR]` (lua/jobtypes.c): every job type of

@@ -47,9 +47,11 @@ struct jobrun_spec {
 	 * without its heap, curl handles or sockets). Set (jobvisor run, whose single-
 	 * threaded process holds nothing a job must not see: no token, no connection):
 	 * the forked child calls it after the same setup (process group, death signal,
-	 * signals, rlimits, descriptors, cwd, no_new_privs) instead of the second exec.
-	 * Ignored when the child switches user: that child is always exec'd. */
-	int (*child_main)(int argc, char **argv);
+	 * signals, rlimits, descriptors, cwd, no_new_privs) instead of the second exec,
+	 * with the spec tree itself: no memfd to write and no JSON to parse again
+	 * (the child reads it from its copy of the parent's memory). Ignored when
+	 * the child switches user: that child is always exec'd. */
+	int (*child_main)(struct cJSON *spec);
 };
 
 struct jobrun_ops {

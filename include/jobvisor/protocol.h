@@ -13,6 +13,11 @@
 #include <stdint.h>
 #include <cjson/cJSON.h>
 
+/* error.reason of a FAILED result for a run the agent gave back without
+ * starting it (it was shutting down): the control plane queues the run again
+ * and does not count the attempt (docs/protocol.md section 5). */
+#define JV_REASON_NOT_STARTED "not_started"
+
 /* {message, stack, retryable[, reason]}; stack NULL is "", reason NULL is left out. */
 cJSON *jv_proto_error(const char *message, const char *stack, bool retryable, const char *reason);
 

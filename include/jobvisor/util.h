@@ -11,6 +11,20 @@
 
 #define JV_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
+/* A whole number within int64 (NaN, infinities and |d| >= 9.2e18 are not), and
+ * llround of 0 <= x < 2^53: without libm, which jobvisor loads on first use
+ * (supervisor/core/math_lazy.c) and which the paths every job run takes (JSON
+ * numbers, percents, durations) then never need. */
+static inline bool jv_whole_in_int64(double d)
+{
+	return d > -9.2e18 && d < 9.2e18 && d == (double)(int64_t)d;
+}
+static inline int64_t jv_round_nonneg(double x)
+{
+	int64_t i = (int64_t)x;
+	return i + (x - (double)i >= 0.5);
+}
+
 /* Milliseconds on CLOCK_MONOTONIC / CLOCK_REALTIME. */
 int64_t jv_now_mono_ms(void);
 int64_t jv_now_real_ms(void);

@@ -162,7 +162,7 @@ static int parse_duration_ms(const char *v, int64_t *out)
 		return -EINVAL;
 	if (d * mult > 9e15)
 		return -ERANGE;
-	*out = (int64_t)llround(d * mult);
+	*out = jv_round_nonneg(d * mult);
 	return 0;
 }
 

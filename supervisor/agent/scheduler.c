@@ -5,7 +5,10 @@
  * script exists for the type. A refused assignment that carries a valid
  * jobRunId still gets a record in the spool, a FAILED status event and a
  * FAILED result, so the control plane hears why instead of waiting for its
- * ack deadline. The children themselves are jobrun's business; this file
+ * ack deadline. One refusal is different: an agent that is shutting down
+ * gives the run back unstarted (a FAILED result with reason "not_started"
+ * and no event, docs/protocol.md section 5), so the control plane queues
+ * it again without counting an attempt. The children themselves are jobrun's business; this file
  * feeds it descriptors, exit statuses and timer ticks, and turns its events
  * and result into spool records that delivery.c sends. */
 #include "scheduler.h"
@@ -198,8 +201,29 @@ static void finish_failed(struct srun *run, const char *message, bool retryable)
 	run->finished = true;
 }
 
+/* Why an assignment is refused, and so what the control plane may do with it. */
+enum refusal {
+	REFUSE_BAD,         /* the assignment itself is wrong: FAILED, not retryable */
+	REFUSE_BUSY,        /* no room now (instance, capacity): FAILED, retryable, an attempt */
+	REFUSE_NOT_STARTED, /* the agent is going away: given back, not an attempt */
+};
+
+/* Give back a run this agent never started: no event (the first event would
+ * acknowledge the run as started), only a FAILED result with reason
+ * "not_started", durable before sending. */
+static void finish_not_started(struct srun *run, const char *message)
+{
+	cJSON *e = jv_proto_error(message, NULL, true, JV_REASON_NOT_STARTED);
+	cJSON *res = e ? jv_proto_result("FAILED", NULL, e, 0) : NULL;
+	int rc = res ? spool_run_set_result(run->sr, res) : -ENOMEM;
+	cJSON_Delete(res);
+	if (rc)
+		jv_error(run->job_id, run->run_id, "cannot record result: %s", strerror(-rc));
+	run->finished = true;
+}
+
 static bool refuse(struct agent *ag, const cJSON *a, const char *run_id, const char *message,
-                   bool retryable)
+                   enum refusal why)
 {
 	const char *job_id = jv_json_str(a, "jobId", NULL);
 	const char *inst = jv_json_str(a, "instanceId", NULL);
@@ -214,7 +238,10 @@ static bool refuse(struct agent *ag, const cJSON *a, const char *run_id, const c
 		jv_debug(log_job, run_id, "refused assignment repeated; already reported");
 		return false;
 	}
-	jv_error(log_job, run_id, "refusing assignment: %s", message);
+	if (why == REFUSE_NOT_STARTED)
+		jv_warn(log_job, run_id, "giving back assignment unstarted: %s", message);
+	else
+		jv_error(log_job, run_id, "refusing assignment: %s", message);
 	struct srun *run = run_new(ag, run_id, job_id, inst, type);
 	if (!run)
 		return false;
@@ -225,7 +252,10 @@ static bool refuse(struct agent *ag, const cJSON *a, const char *run_id, const c
 		run_unlink_free(ag, run);
 		return false;
 	}
-	finish_failed(run, message, retryable);
+	if (why == REFUSE_NOT_STARTED)
+		finish_not_started(run, message);
+	else
+		finish_failed(run, message, why == REFUSE_BUSY);
 	return true;
 }
 
@@ -290,32 +320,32 @@ bool scheduler_assign(struct agent *ag, const cJSON *a)
 	struct assignment as;
 	char err[256];
 	if (scheduler_parse_assignment(a, &ag->cfg, &as, err, sizeof(err))) {
-		return refuse(ag, a, as.run_id, err, false);
+		return refuse(ag, a, as.run_id, err, REFUSE_BAD);
 	}
 	if (find_run(ag, as.run_id)) {
 		jv_debug(as.job_id, as.run_id, "assignment repeated; already held");
 		return false;
 	}
 	if (ag->stopping) {
-		return refuse(ag, a, as.run_id, "agent is shutting down", true);
+		return refuse(ag, a, as.run_id, "agent is shutting down", REFUSE_NOT_STARTED);
 	}
 	for (struct srun *r = ag->runs; r; r = r->next) {
 		if (r->jr && !r->dropped && strcmp(r->instance_id, as.instance_id) == 0) {
 			snprintf(err, sizeof(err), "instance '%s' is busy with run '%s'", as.instance_id,
 			         r->run_id);
-			return refuse(ag, a, as.run_id, err, true);
+			return refuse(ag, a, as.run_id, err, REFUSE_BUSY);
 		}
 	}
 	if (scheduler_free_slots(ag) <= 0) {
 		snprintf(err, sizeof(err), "agent is at capacity (%d runs)", ag->cfg.capacity);
-		return refuse(ag, a, as.run_id, err, true);
+		return refuse(ag, a, as.run_id, err, REFUSE_BUSY);
 	}
 	char script[PATH_MAX];
 	int rc = jobrun_resolve_script(as.type, ag->cfg.jobs_dir, script, sizeof(script));
 	if (rc) {
 		snprintf(err, sizeof(err), rc == -ENOENT ? "unknown job type '%s'" : "bad job type '%s'",
 		         as.type);
-		return refuse(ag, a, as.run_id, err, false);
+		return refuse(ag, a, as.run_id, err, REFUSE_BAD);
 	}
 
 	struct srun *run = run_new(ag, as.run_id, as.job_id, as.instance_id, as.type);

@@ -72,8 +72,9 @@ static void begin(struct agent *ag, int sig, int64_t now)
 		        SHUTDOWN_REPEAT_WINDOW_MS / 1000);
 	}
 	/* A long poll held by the control plane could still bring work: drop it.
-	 * A short poll is let answer: assignments in it are refused (retryable), not
-	 * lost until the ack deadline. The next poll says capacity 0. */
+	 * A short poll is let answer: assignments in it are given back unstarted
+	 * (not an attempt), not lost until the ack deadline. The next poll says
+	 * capacity 0. */
 	poller_abort_parked(ag);
 	poller_poll_now(ag);
 }

@@ -422,7 +422,7 @@ int cmd_run(int argc, char **argv)
 		.cancel_grace_s = a.grace, .mem_limit = mem_limit, .run_uid = run_uid, .run_gid = run_gid,
 		.settings = settings, .fresh_job_id = !job_id_arg,
 		/* this process is as clean as a fresh exec would be: spare the second one */
-		.child_main = jv_jobrun_child_main,
+		.child_main = jv_jobrun_child_run,
 	};
 	static const struct jobrun_ops ops = {.event = on_event, .done = on_done};
 	struct jobrun *run = NULL;

@@ -89,7 +89,7 @@ static int get_int(const cJSON *obj, const char *key, const char *where, long lo
 	int rc = get_num(obj, key, where, (double)min, (double)max, (double)def, &d, err, errlen);
 	if (rc)
 		return rc;
-	if (d != floor(d))
+	if (!jv_whole_in_int64(d))
 		return fail(err, errlen, "'%s.%s' must be a whole number", where, key);
 	*out = (long long)d;
 	return 0;
@@ -354,7 +354,7 @@ static int parse_restart(struct jv_instance_spec *s, const cJSON *r, char *err, 
 		const cJSON *it;
 		cJSON_ArrayForEach(it, codes) {
 			if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble > 255 ||
-			    it->valuedouble != floor(it->valuedouble))
+			    !jv_whole_in_int64(it->valuedouble))
 				return fail(err, errlen, "'restart.successExitCodes' entries must be 0..255");
 			if (s->nsuccess == JV_ARRAY_LEN(s->success_codes))
 				return fail(err, errlen, "'restart.successExitCodes' has too many entries");

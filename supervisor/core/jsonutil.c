@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "jobvisor/utf8.h"
+#include "jobvisor/util.h"
 
 #define NUL_MARK "\xC0\x80"
 
@@ -40,7 +41,7 @@ int64_t jv_json_int(const cJSON *obj, const char *key, int64_t fallback)
 	if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
 		return fallback;
 	double d = v->valuedouble;
-	if (d > 9.0e15 || d < -9.0e15 || d != floor(d))
+	if (d > 9.0e15 || d < -9.0e15 || !jv_whole_in_int64(d))
 		return fallback;
 	return (int64_t)d;
 }

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "jobvisor/util.h"
+
 static const char *const param_types[] = {"string", "number", "integer", "boolean",
                                           "table", "array", "object", "any"};
 
@@ -33,8 +35,8 @@ bool jv_param_type_matches(const cJSON *v, const char *type)
 	if (strcmp(type, "number") == 0)
 		return cJSON_IsNumber(v);
 	if (strcmp(type, "integer") == 0)
-		return cJSON_IsNumber(v) && v->valuedouble == floor(v->valuedouble) &&
-		       fabs(v->valuedouble) < 9.007199254740992e15;
+		return cJSON_IsNumber(v) && fabs(v->valuedouble) < 9.007199254740992e15 &&
+		       jv_whole_in_int64(v->valuedouble);
 	if (strcmp(type, "boolean") == 0)
 		return cJSON_IsBool(v);
 	if (strcmp(type, "table") == 0)

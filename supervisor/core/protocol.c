@@ -61,7 +61,7 @@ cJSON *jv_proto_event(const struct jv_proto_event *e)
 		cJSON_AddNullToObject(ev, "instanceId");
 	cJSON_AddStringToObject(ev, "status", e->status);
 	if (e->percent >= 0)
-		cJSON_AddNumberToObject(ev, "percent", round(e->percent * 10) / 10);
+		cJSON_AddNumberToObject(ev, "percent", (double)jv_round_nonneg(e->percent * 10) / 10);
 	else
 		cJSON_AddNullToObject(ev, "percent");
 	if (e->message)

@@ -113,6 +113,8 @@ class GarbageAnswers(AgentTestCase):
         for res in (busy, full):
             self.assertEqual(res["status"], "FAILED")
             self.assertTrue(res["error"]["retryable"])
+            # An attempt, unlike a run given back unstarted while shutting down.
+            self.assertNotIn("reason", res["error"])
         self.assertIn("instance 'same' is busy", busy["error"]["message"])
         self.assertIn("at capacity", full["error"]["message"])
         self.assertIsNone(self.cp.run(rid).result, "the running job was not disturbed")

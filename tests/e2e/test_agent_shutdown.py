@@ -56,8 +56,8 @@ class Shutdown(AgentTestCase):
     def wait_started(self, job_id, timeout=30):
         """RUNNING is the control plane's claim; the run has started on the agent
         once its first event acknowledged it. An assignment that reaches an agent
-        already shutting down is refused (FAILED, retryable), so a signal sent
-        between the two would test something else."""
+        already shutting down is given back unstarted (test_cp_not_started), so a
+        signal sent between the two would test something else."""
         return self.real.wait_job(job_id, lambda j: j["status"] == "RUNNING" and j["runs"]
                                   and j["runs"][-1].get("acknowledged"), timeout, f"job {job_id} started")
 

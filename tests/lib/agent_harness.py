@@ -163,6 +163,20 @@ class AgentTestCase(unittest.TestCase):
     def env(self, **overrides):
         return agent_env(self.cp.url, self.token_file, self.data, self.jobs, **overrides)
 
+    def start_real_cp(self, args, agent_id):
+        """Replace the fake with a real jobvisor-cp (cp_harness.ControlPlane in tmp/cp,
+        started) and point the token file at agent_id's token. The caller stops it."""
+        from cp_harness import AGENT_TOKENS, ControlPlane
+        self.cp.stop()  # the fake is not used
+        cp_dir = os.path.join(self.tmp, "cp")
+        os.makedirs(cp_dir)
+        real = ControlPlane(list(args), tmpdir=cp_dir)
+        real.start()
+        with open(self.token_file, "w") as f:
+            f.write(AGENT_TOKENS[agent_id] + "\n")
+        os.chmod(self.token_file, 0o600)
+        return real
+
     def start_agent(self, args=(), **overrides):
         env = self.env(**overrides)
         logf = open(self.log_path, "a")
