@@ -46,6 +46,26 @@ class Ordering(CpTestCase):
         [a3] = agent.take(capacity=10, running=held[1:])
         self.assertEqual(a3["jobId"], j3["jobId"])
 
+    def test_a_long_queue_of_one_instance_does_not_hide_later_instances(self):
+        # More queued jobs of one instance than the claim's first look covers
+        # (4 per run to take + 32: store_pg_dispatch.c, PGS_SQL_CLAIM), created
+        # before the jobs of three other instances.
+        deep = [self.cp.create_job(instance="deep")["jobId"] for _ in range(60)]
+        w1, w2, w3 = (self.cp.create_job(instance=i)["jobId"] for i in ("w1", "w2", "w3"))
+        agent = self.cp.agent()
+        got = agent.take(capacity=3)
+        self.assertEqual([a["jobId"] for a in got], [deep[0], w1, w2], "the head of each instance, in creation order")
+        for a in got:
+            agent.progress(a, 1, "x")
+        runs = {a["jobId"]: a["jobRunId"] for a in got}
+        agent.result(runs[deep[0]], "COMPLETED")
+        [d1] = agent.take(capacity=3, running=[runs[w1], runs[w2]])
+        self.assertEqual(d1["jobId"], deep[1])
+        agent.progress(d1, 1, "x")
+        held = [runs[w1], runs[w2], d1["jobRunId"]]
+        # Every instance busy but w3: only w3 is left to take, behind 58 queued jobs of 'deep'.
+        self.assertEqual([a["jobId"] for a in agent.take(capacity=5, running=held)], [w3])
+
     def test_a_job_waiting_for_its_retry_holds_back_later_jobs_of_its_instance(self):
         j1 = self.cp.create_job(instance="mc", maxAttempts=2)
         j2 = self.cp.create_job(instance="mc")
