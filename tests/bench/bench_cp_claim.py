@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """bench_cp_claim.py — the PostgreSQL claim statement against queue depth.
 
-    tests/bench/bench_cp_claim.py [--source store_pg_dispatch.c] [--depths 0,2000,20000] [--shapes wide,deep,mixed,deep+wide] [--explain] [PATH/jobvisor-cp]
+    tests/bench/bench_cp_claim.py [--source store_pg_dispatch.c] [--depths 0,2000,20000]
+        [--shapes wide,deep,mixed,deep+wide] [--explain] [PATH/jobvisor-cp]
 
 One PostgreSQL server (tests/lib/pg_harness.py); per depth and queue shape a
 fresh database migrated by the given jobvisor-cp (default build/), filled
@@ -98,8 +99,8 @@ def timed(srv, dbname, sql, mode, explain, reps=7):
 
 def main():
     src = os.path.join(ROOT, "examples", "controlplane", "store_pg_dispatch.c")
-    depths, shapes, explain, binary = [0, 2000, 20000], ["wide", "deep", "mixed", "deep+wide"], False, os.path.join(ROOT, "build", "examples", "controlplane",
-                                                                     "jobvisor-cp")
+    depths, shapes, explain = [0, 2000, 20000], ["wide", "deep", "mixed", "deep+wide"], False
+    binary = os.path.join(ROOT, "build", "examples", "controlplane", "jobvisor-cp")
     args = sys.argv[1:]
     while args:
         a = args.pop(0)
