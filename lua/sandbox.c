@@ -428,6 +428,9 @@ lua_State *jv_sandbox_new(const struct jv_sandbox_opts *opts)
 		free(st);
 		return NULL;
 	}
+	/* Everything built below stays reachable: no collector steps while
+	 * building it (restarting also clears the debt it ran up). */
+	lua_gc(L, LUA_GCSTOP);
 	static const luaL_Reg libs[] = {
 		{LUA_GNAME, luaopen_base},       {LUA_STRLIBNAME, luaopen_string},
 		{LUA_TABLIBNAME, luaopen_table}, {LUA_MATHLIBNAME, luaopen_math},
@@ -485,6 +488,7 @@ lua_State *jv_sandbox_new(const struct jv_sandbox_opts *opts)
 	set_lazy_modules(L);
 	set_global_module(L, "proc", luaopen_jv_proc);
 	lua_pop(L, 1); /* globals */
+	lua_gc(L, LUA_GCRESTART);
 	return L;
 }
 

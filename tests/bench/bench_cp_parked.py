@@ -79,6 +79,11 @@ async def poller(port, i, stop, out):
         if b'"jobs":[{' in data:
             out.write("job %s %.6f\n" % (agent(i), time.monotonic()))
             out.flush()
+            # Done: this agent neither acknowledges the run nor lists it as running, so
+            # the control plane would offer it again on every poll at once. Polling on
+            # spun hundreds of polls a second per woken agent and delayed the later wakes
+            # past the end of the run (the missing counts of earlier runs).
+            return
 
 
 async def ws_frame(r):
