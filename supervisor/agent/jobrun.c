@@ -648,9 +648,10 @@ static int spec_memfd(const cJSON *sj, int *fd)
  * For jobvisor run's direct child: its parent only waits for it, and starting
  * it on the other CPU (for the scheduler, the idle one) costs a wake-up of that
  * CPU, and later of this one for every event, which in a VM means halted vCPUs
- * resumed by the host: a no-op run took 8-12 % longer that way. Both sides get
- * the whole allowed set back right after the fork, so a real job spreads over
- * the CPUs as before. */
+ * resumed by the host: spawned by a small C program, a no-op run took 8-12 %
+ * longer that way (under Python's subprocess it made no difference either
+ * way). Both sides get the whole allowed set back right after the fork, so a
+ * real job spreads over the CPUs as before. */
 static bool pin_to_this_cpu(cpu_set_t *allowed)
 {
 	int cpu = sched_getcpu();
