@@ -5,7 +5,10 @@
  * event does in each state; detecting the events is the loop's job. The command line, detaching, the lock and adoption
  * live in monitor_setup.c; spawning and killing in monitor_proc.c, console
  * capture in monitor_console.c, state.json in monitor_state.c and the socket
- * in monitor_sock.c.
+ * in monitor_sock.c. Those four and the cgroup file are below this one and
+ * never call back here by name: what they report (a console line, a line a
+ * client typed, a stop request) comes through the constant hooks table after
+ * the state machine (struct mon_hooks, monitor_types.h).
  *
  * The monitor is a child subreaper, so everything the server forks and
  * orphans comes back to it to be killed and reaped. Signals arrive through a
@@ -13,6 +16,11 @@
  * deadline, so an idle monitor does not wake at all. The monitor exits once
  * the server is STOPPED or CRASHED; state.json keeps the final word. */
 #include "monitor.h"
+#include "monitor_cgroup.h"
+#include "monitor_console.h"
+#include "monitor_proc.h"
+#include "monitor_sock.h"
+#include "monitor_state.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 
@@ -33,19 +41,8 @@
 #define SWEEP_TICK_MS 50
 #define EXIT_FLUSH_MS 2000
 
-const char *mon_state_name(enum mon_state st)
-{
-	switch (st) {
-	case MON_STARTING: return "STARTING";
-	case MON_RUNNING: return "RUNNING";
-	case MON_STOPPING: return "STOPPING";
-	case MON_STOPPED: return "STOPPED";
-	case MON_CRASHED: return "CRASHED";
-	case MON_BACKOFF: return "BACKOFF";
-	case MON_NSTATES: break;
-	}
-	return "UNKNOWN";
-}
+/* What an event does in a state (actions[][] below); force: straight to SIGKILL. */
+typedef bool mon_action(struct monitor *m, bool force);
 
 void mon_set_state(struct monitor *m, enum mon_state st, const char *fmt, ...)
 {
@@ -69,7 +66,7 @@ void mon_set_state(struct monitor *m, enum mon_state st, const char *fmt, ...)
 		m->exit_deadline = jv_now_mono_ms() + EXIT_FLUSH_MS;
 		m->deadline = m->tick = m->restart_at = -1;
 	}
-	jv_info(NULL, NULL, "instance %s: %s%s%s", m->instance_id, mon_state_name(st),
+	jv_info(NULL, NULL, "instance %s: %s%s%s", m->instance_id, state_name(st),
 	        m->message[0] ? ": " : "", m->message);
 	if (final) {
 		/* Durable first: a client told "done" may read state.json at once. */
@@ -185,11 +182,11 @@ void mon_request_stop(struct monitor *m, bool force, double timeout_s)
 	mon_event(m, EV_STOP, force);
 }
 
-bool mon_console_is_stop(struct monitor *m, const char *line)
+/* Hook: a client typed a line on the console; the stop command means EV_CONSOLE_STOP. */
+static void console_sent(struct monitor *m, const char *line)
 {
-	if (!m->spec || !m->spec->stop_command || strcmp(line, m->spec->stop_command) != 0)
-		return false;
-	return mon_event(m, EV_CONSOLE_STOP, false);
+	if (m->spec && m->spec->stop_command && strcmp(line, m->spec->stop_command) == 0)
+		mon_event(m, EV_CONSOLE_STOP, false);
 }
 
 /* The spec is re-read before each spawn so a restart picks up a new build or
@@ -243,11 +240,15 @@ static bool ready(struct monitor *m, bool force)
 	return true;
 }
 
-void mon_on_console_line(struct monitor *m, const char *line)
+/* Hook: a console line; the server's ready line means EV_READY. Then the
+ * console subscribers get it. */
+static void console_line(struct monitor *m, const char *line, size_t len, uint64_t seq,
+                         bool from_server)
 {
-	if (m->state == MON_STARTING && m->spec && m->spec->ready_pattern &&
+	if (from_server && m->state == MON_STARTING && m->spec && m->spec->ready_pattern &&
 	    regexec(&m->spec->ready_re, line, 0, NULL, 0) == 0)
 		mon_event(m, EV_READY, false);
+	sock_broadcast_line(m, line, len, seq);
 }
 
 static bool is_success_code(const struct monitor *m, int code)
@@ -434,6 +435,18 @@ bool mon_event(struct monitor *m, enum mon_event ev, bool force)
 {
 	mon_action *act = actions[m->state][ev];
 	return act ? act(m, force) : false;
+}
+
+/* What the parts below report up (monitor_types.h). */
+static const struct mon_hooks hooks = {
+	.console_line = console_line,
+	.console_sent = console_sent,
+	.stop_requested = mon_request_stop,
+};
+
+void mon_attach_hooks(struct monitor *m)
+{
+	m->hooks = &hooks;
 }
 
 static void on_timers(struct monitor *m, int64_t now)

@@ -11,7 +11,7 @@
  *
  * Everything here is best effort: without a writable cgroup2 mount the
  * monitor falls back to process-group signals (monitor_proc.c). */
-#include "monitor.h"
+#include "monitor_cgroup.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 

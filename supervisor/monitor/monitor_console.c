@@ -11,10 +11,11 @@
  *
  * Output goes to logs/console.log (rotated by size into console.log.1..N),
  * into a fixed 32 KiB ring of recent complete lines for tail/status, and line
- * by line to readiness matching and console subscribers. Lines longer than
+ * by line to m->hooks->console_line (monitor.c: readiness matching, then the
+ * console subscribers); this file names neither. Lines longer than
  * 4 KiB are split. Monitor notes ("[jobvisor] ...") go to the log and the ring
  * but are never matched against the ready pattern. */
-#include "monitor.h"
+#include "monitor_console.h"
 #include "jobvisor/durable.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
@@ -202,9 +203,7 @@ static void emit_line(struct monitor *m, const char *s, size_t n, bool from_serv
 	utf8_clean(line, n);
 	ring_push(c, line, n);
 	c->lines++;
-	if (from_server)
-		mon_on_console_line(m, line);
-	sock_broadcast_line(m, line, n, c->lines);
+	m->hooks->console_line(m, line, n, c->lines, from_server);
 }
 
 static void read_output(struct monitor *m, int rounds)

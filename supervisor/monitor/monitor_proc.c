@@ -14,7 +14,9 @@
  * group is seen alive. Between fork and exec the child only calls
  * async-signal-safe functions plus getpwnam-free credential changes (the
  * passwd lookup happens before fork). */
-#include "monitor.h"
+#include "monitor_proc.h"
+#include "monitor_cgroup.h"
+#include "monitor_console.h"
 #include "jobvisor/execpipe.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"

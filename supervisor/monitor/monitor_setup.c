@@ -10,6 +10,11 @@
  * "ok started PID", "ok adopted PID", "ok none" (--adopt-only, nothing to
  * adopt), "busy ..." or "error MESSAGE". Then it runs the loop in monitor.c. */
 #include "monitor.h"
+#include "monitor_cgroup.h"
+#include "monitor_console.h"
+#include "monitor_proc.h"
+#include "monitor_sock.h"
+#include "monitor_state.h"
 #include "jobvisor/commands.h"
 #include "jobvisor/durable.h"
 #include "jobvisor/ident.h"
@@ -266,6 +271,7 @@ static int monitor_new(const struct mon_args *a, struct monitor **out)
 	m->deadline = m->tick = m->restart_at = -1;
 	m->stop_timeout_s = -1;
 	m->state = MON_STOPPED;
+	mon_attach_hooks(m);
 	for (int i = 0; i < MON_MAX_CLIENTS; i++)
 		m->clients[i].fd = -1;
 	*out = m;

@@ -17,7 +17,9 @@
  * that stop reading are dropped once their queue passes 512 KiB. The path is
  * reached through /proc/self/fd/<dirfd>/ so long instance paths still fit in
  * sun_path. */
-#include "monitor.h"
+#include "monitor_sock.h"
+#include "monitor_console.h"
+#include "monitor_state.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
 
@@ -173,7 +175,7 @@ static void op_send(struct monitor *m, struct mon_client *c, const cJSON *req)
 	if (!server_alive(m)) {
 		char msg[96];
 		snprintf(msg, sizeof(msg), "the server is not running (state %s)",
-		         mon_state_name(m->state));
+		         state_name(m->state));
 		reply_error(c, msg);
 		return;
 	}
@@ -184,7 +186,7 @@ static void op_send(struct monitor *m, struct mon_client *c, const cJSON *req)
 		                             : "cannot write to the console");
 		return;
 	}
-	mon_console_is_stop(m, line);
+	m->hooks->console_sent(m, line);
 	cJSON *o = ok_object();
 	cJSON_AddNumberToObject(o, "seq", (double)seq);
 	client_send(c, o);
@@ -234,7 +236,7 @@ static void handle(struct monitor *m, struct mon_client *c, const char *text, si
 			c->subscribed = true;
 			bool force = strcmp(op, "kill") == 0 || jv_json_bool(req, "force", false);
 			double t = jv_json_num(req, "timeoutSeconds", -1);
-			mon_request_stop(m, force, t > 0 && t <= 86400 ? t : -1);
+			m->hooks->stop_requested(m, force, t > 0 && t <= 86400 ? t : -1);
 		}
 	} else if (strcmp(op, "send") == 0) {
 		op_send(m, c, req);

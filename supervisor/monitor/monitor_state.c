@@ -11,7 +11,7 @@
  *   chosen), crashLoop (CRASHED by the crash-loop breaker), phase (STOPPING: console|signal|kill|sweep),
  *   monitorPid, monitorStartTime, lastExit {code, signal, oom, core,
  *   requested, unknown, reason, at, uptimeSeconds}. */
-#include "monitor.h"
+#include "monitor_state.h"
 #include "jobvisor/durable.h"
 #include "jobvisor/jsonutil.h"
 #include "jobvisor/log.h"
@@ -21,6 +21,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+const char *state_name(enum mon_state st)
+{
+	switch (st) {
+	case MON_STARTING: return "STARTING";
+	case MON_RUNNING: return "RUNNING";
+	case MON_STOPPING: return "STOPPING";
+	case MON_STOPPED: return "STOPPED";
+	case MON_CRASHED: return "CRASHED";
+	case MON_BACKOFF: return "BACKOFF";
+	case MON_NSTATES: break;
+	}
+	return "UNKNOWN";
+}
 
 static void add_time(cJSON *o, const char *key, int64_t real_ms)
 {
@@ -73,7 +87,7 @@ cJSON *state_object(struct monitor *m)
 	if (!o)
 		return NULL;
 	cJSON_AddStringToObject(o, "instanceId", m->instance_id);
-	cJSON_AddStringToObject(o, "state", mon_state_name(m->state));
+	cJSON_AddStringToObject(o, "state", state_name(m->state));
 	add_time(o, "since", m->since_real);
 	cJSON_AddStringToObject(o, "message", m->message);
 	bool live = m->pid > 0 && !m->leader_exited;

@@ -218,7 +218,7 @@ Test(monitor_launch, times_out_without_closing)
 }
 
 /* state.json as the monitor writes it (monitor_state.c), read back as clients do. */
-#include "monitor.h"
+#include "monitor_state.h"
 
 Test(instance_state, monitor_writes_state_json_atomically)
 {
