@@ -27,7 +27,7 @@
 
 #define PG_CHANNEL_WAKE "jv_wake"
 #define PG_CHANNEL_WS "jv_ws"
-#define PG_SCHEMA_VERSION 2
+#define PG_SCHEMA_VERSION 3
 #define PG_MIGRATION_LOCK 0x6a766370 /* "jvcp": the advisory lock key of migrations */
 
 /* True when --db names a PostgreSQL database rather than a SQLite file. */

@@ -228,13 +228,14 @@ int pgs_metrics_jobs(struct store *s, void (*fn)(void *ud, const char *type, con
 	return 0;
 }
 
+/* The run counters: the sum of run_counters' shards (store_pg_schema.c, 2 -> 3). */
 int pgs_metrics_runs(struct store *s, int64_t *started, int64_t *completed, int64_t *failed, int64_t *cancelled)
 {
 	PGresult *r = pgs_query(s,
-	                        "SELECT (SELECT count(*) FROM job_runs WHERE started_at > 0),"
-	                        " (SELECT count(*) FROM job_runs WHERE status = 'COMPLETED'),"
-	                        " (SELECT count(*) FROM job_runs WHERE status = 'FAILED'),"
-	                        " (SELECT count(*) FROM job_runs WHERE status = 'CANCELLED')",
+	                        "SELECT coalesce(sum(value) FILTER (WHERE name = 'started'), 0),"
+	                        " coalesce(sum(value) FILTER (WHERE name = 'COMPLETED'), 0),"
+	                        " coalesce(sum(value) FILTER (WHERE name = 'FAILED'), 0),"
+	                        " coalesce(sum(value) FILTER (WHERE name = 'CANCELLED'), 0) FROM run_counters",
 	                        NULL);
 	if (!r)
 		return -EIO;

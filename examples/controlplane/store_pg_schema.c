@@ -24,6 +24,7 @@
 
 #define JOB_STATUSES "'CREATED','QUEUED','RUNNING','COMPLETED','FAILED','CANCELLED','RETRIED'"
 #define RUN_STATUSES "'QUEUED','RUNNING','COMPLETED','FAILED','CANCELLED'"
+#define RUN_COUNTER_SHARDS "16" /* rows per run counter (migration 2 -> 3); never change: add a migration */
 
 /* Migration i takes the schema from version i to i + 1. Never edit a shipped
  * entry: add a new one. */
@@ -146,6 +147,39 @@ static const char *const migrations[] = {
 	 * planner prefers it to the primary key (seq) filtered by agent. */
 	"CREATE INDEX jobs_active_by_seq ON jobs(agent_id, seq) INCLUDE (job_id, instance_id)"
 	"  WHERE status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED');",
+	/* 2 -> 3: the counters behind jobvisor_runs_started_total and
+	 * jobvisor_runs_finished_total, as SQLite's 7 -> 8 (store_sqlite.c): a
+	 * trigger adds 1 in the statement that moves the run (QUEUED -> RUNNING:
+	 * started; QUEUED or RUNNING -> COMPLETED, FAILED or CANCELLED: finished),
+	 * retention and give-backs never lower them. One row per counter would be
+	 * locked by every start and finish of every replica until its commit, so
+	 * each counter has RUN_COUNTER_SHARDS rows and a transaction adds to the
+	 * one of its backend (pg_backend_pid() modulo): two transactions wait for
+	 * each other only when their connections share a shard. /metrics sums the
+	 * shards. The table is locked against writes first so that the starting
+	 * values (today's rows, in shard 0) and the trigger see the same runs. */
+	"LOCK TABLE job_runs IN SHARE ROW EXCLUSIVE MODE;"
+	"CREATE TABLE run_counters ("
+	"  name TEXT NOT NULL CHECK (name IN ('started','COMPLETED','FAILED','CANCELLED')),"
+	"  shard INTEGER NOT NULL,"
+	"  value BIGINT NOT NULL DEFAULT 0,"
+	"  PRIMARY KEY (name, shard));"
+	"INSERT INTO run_counters (name, shard)"
+	"  SELECT n, s FROM unnest(ARRAY['started','COMPLETED','FAILED','CANCELLED']) n,"
+	"  generate_series(0, " RUN_COUNTER_SHARDS " - 1) s;"
+	"UPDATE run_counters c SET value = (SELECT count(*) FROM job_runs r"
+	"  WHERE CASE c.name WHEN 'started' THEN r.started_at > 0 ELSE r.status = c.name END)"
+	"  WHERE c.shard = 0;"
+	"CREATE FUNCTION run_counters_bump() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+	"  UPDATE run_counters SET value = value + 1"
+	"   WHERE name = CASE NEW.status WHEN 'RUNNING' THEN 'started' ELSE NEW.status END"
+	"     AND shard = pg_backend_pid() % " RUN_COUNTER_SHARDS ";"
+	"  RETURN NULL;"
+	" END $$;"
+	"CREATE TRIGGER run_counters_bump AFTER UPDATE OF status ON job_runs FOR EACH ROW"
+	"  WHEN ((OLD.status = 'QUEUED' AND NEW.status = 'RUNNING')"
+	"     OR (OLD.status IN ('QUEUED', 'RUNNING') AND NEW.status IN ('COMPLETED', 'FAILED', 'CANCELLED')))"
+	"  EXECUTE PROCEDURE run_counters_bump();",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == PG_SCHEMA_VERSION,

@@ -28,7 +28,7 @@
 #include "jobvisor/log.h"
 #include "jobvisor/util.h"
 
-#define SQ_SCHEMA_VERSION 7
+#define SQ_SCHEMA_VERSION 8
 
 /* Migration i takes the schema from version i to i + 1. Never edit a shipped
  * entry: add a new one. */
@@ -151,6 +151,28 @@ static const char *const migrations[] = {
 	 * this index it read and sorted every queued run of the agent. */
 	"CREATE INDEX jobs_active_by_seq ON jobs(agent_id, seq)"
 	"  WHERE status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED');",
+	/* 7 -> 8: the counters behind jobvisor_runs_started_total and
+	 * jobvisor_runs_finished_total (metrics.c). Counting rows went down when
+	 * retention deleted jobs or an agent gave a run back unstarted; these only
+	 * go up. A trigger moves them in the statement that changes the run, so
+	 * every path (claim, result, sweep, cancel, give-back) counts in its own
+	 * transaction, and nothing that deletes runs touches them. Started: a run
+	 * goes QUEUED -> RUNNING (given to an agent). Finished: QUEUED or RUNNING
+	 * -> COMPLETED, FAILED or CANCELLED. They start from today's rows. */
+	"CREATE TABLE run_counters ("
+	"  name TEXT PRIMARY KEY CHECK (name IN ('started','COMPLETED','FAILED','CANCELLED')),"
+	"  value INTEGER NOT NULL);"
+	"INSERT INTO run_counters VALUES"
+	"  ('started', (SELECT count(*) FROM job_runs WHERE started_at > 0)),"
+	"  ('COMPLETED', (SELECT count(*) FROM job_runs WHERE status = 'COMPLETED')),"
+	"  ('FAILED', (SELECT count(*) FROM job_runs WHERE status = 'FAILED')),"
+	"  ('CANCELLED', (SELECT count(*) FROM job_runs WHERE status = 'CANCELLED'));"
+	"CREATE TRIGGER run_counters_started AFTER UPDATE OF status ON job_runs"
+	"  WHEN OLD.status = 'QUEUED' AND NEW.status = 'RUNNING'"
+	"  BEGIN UPDATE run_counters SET value = value + 1 WHERE name = 'started'; END;"
+	"CREATE TRIGGER run_counters_finished AFTER UPDATE OF status ON job_runs"
+	"  WHEN OLD.status IN ('QUEUED', 'RUNNING') AND NEW.status IN ('COMPLETED', 'FAILED', 'CANCELLED')"
+	"  BEGIN UPDATE run_counters SET value = value + 1 WHERE name = NEW.status; END;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == SQ_SCHEMA_VERSION,

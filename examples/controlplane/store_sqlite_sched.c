@@ -206,15 +206,16 @@ int sq_metrics_jobs(struct store *s, void (*fn)(void *ud, const char *type, cons
 	return rc < 0 ? rc : 0;
 }
 
+/* The run counters (run_counters, kept by triggers: store_sqlite.c, 7 -> 8). */
 int sq_metrics_runs(struct store *s, int64_t *started, int64_t *completed, int64_t *failed, int64_t *cancelled)
 {
 	struct sq *q = sq_of(s);
 	sq_lock(q);
 	sqlite3_stmt *st = sq_query(q,
-	                            "SELECT (SELECT count(*) FROM job_runs WHERE started_at > 0),"
-	                            " (SELECT count(*) FROM job_runs WHERE status = 'COMPLETED'),"
-	                            " (SELECT count(*) FROM job_runs WHERE status = 'FAILED'),"
-	                            " (SELECT count(*) FROM job_runs WHERE status = 'CANCELLED')",
+	                            "SELECT (SELECT value FROM run_counters WHERE name = 'started'),"
+	                            " (SELECT value FROM run_counters WHERE name = 'COMPLETED'),"
+	                            " (SELECT value FROM run_counters WHERE name = 'FAILED'),"
+	                            " (SELECT value FROM run_counters WHERE name = 'CANCELLED')",
 	                            NULL);
 	int rc = st ? sq_step(q, st) : -EIO;
 	if (rc == 1) {
