@@ -12,8 +12,6 @@ from cp_harness import ADMIN_TOKEN, ControlPlane, CpTestCase, http
 PROMTOOL = shutil.which("promtool")
 DAY_MS = 86400 * 1000
 NOT_STARTED = {"message": "agent is shutting down", "retryable": True, "reason": "not_started"}
-RUN_COUNTERS = ("jobvisor_runs_started_total", 'jobvisor_runs_finished_total{state="COMPLETED"}',
-                'jobvisor_runs_finished_total{state="FAILED"}', 'jobvisor_runs_finished_total{state="CANCELLED"}')
 
 
 class MetricsMixin:
@@ -95,22 +93,11 @@ class RunCounters(MetricsMixin, unittest.TestCase):
         self.addCleanup(self.cp.close)
         self.cp.start()
 
-    def counters(self):
-        text = self.metrics()
-        got = {}
-        for line in text.splitlines():
-            name, _, value = line.rpartition(" ")
-            if name in RUN_COUNTERS:
-                got[name] = int(float(value))
-        self.assertEqual(set(got), set(RUN_COUNTERS), text)
-        return (got[RUN_COUNTERS[0]], got[RUN_COUNTERS[1]], got[RUN_COUNTERS[2]], got[RUN_COUNTERS[3]]), text
-
     def jobs_left(self):
         return int(self.cp.sql("SELECT count(*) FROM jobs")[0][0])
 
     def assertCounters(self, want, when):
-        got, _ = self.counters()
-        self.assertEqual(got, want, "(started, completed, failed, cancelled) " + when)
+        self.assertEqual(self.cp.run_counters(), want, "(started, completed, failed, cancelled) " + when)
 
     def run_the_jobs(self):
         cp, agent = self.cp, self.cp.agent()
@@ -145,7 +132,7 @@ class RunCounters(MetricsMixin, unittest.TestCase):
 
     def test_counters_only_go_up(self):
         self.run_the_jobs()
-        want, _ = self.counters()
+        want = self.cp.run_counters()
         # Retention deletes the finished jobs once they are old enough.
         self.cp.sql("UPDATE jobs SET updated_at = updated_at - ?", (40 * DAY_MS,))
         deadline = time.monotonic() + 60
@@ -159,9 +146,8 @@ class RunCounters(MetricsMixin, unittest.TestCase):
         agent = self.cp.agent()
         [e] = agent.take()
         agent.result(e["jobRunId"], "COMPLETED", output={})
-        got, text = self.counters()
-        self.assertEqual(got, (want[0] + 1, want[1] + 1, want[2], want[3]))
-        self.promtool_check(text)
+        self.assertEqual(self.cp.run_counters(), (want[0] + 1, want[1] + 1, want[2], want[3]))
+        self.promtool_check(self.metrics())
 
 
 if __name__ == "__main__":

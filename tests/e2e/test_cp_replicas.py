@@ -58,7 +58,7 @@ class TwoReplicas(unittest.TestCase):
 
     def test_both_started_on_one_new_database_and_migrated_it_once(self):
         text = self.a.stderr_text() + self.b.stderr_text()
-        last = {"sqlite": 7, "postgresql": 2}[self.a.backend]  # the newest schema version of each backend
+        last = {"sqlite": 8, "postgresql": 3}[self.a.backend]  # the newest schema version of each backend
         for v in range(1, last + 1):
             self.assertEqual(text.count("schema migrated to version %d\n" % v) +
                              text.count("schema migrated to version %d\"" % v), 1,
@@ -140,6 +140,7 @@ class TwoReplicas(unittest.TestCase):
         jobs = [self.a.create_job(agent=agent_id, instance="inst-%d" % (k % INSTANCES))
                 for k in range(INSTANCES * JOBS_PER_INSTANCE)]
         ids = {j["jobId"] for j in jobs}
+        counted = self.a.run_counters()
         seen = set()
         lock = threading.Lock()
         failures = []
@@ -174,6 +175,11 @@ class TwoReplicas(unittest.TestCase):
             t.join(120)
         self.assertEqual(failures, [])
         self.assertEqual(seen, ids, "every job was handed out")
+        # The run counters live in the database: both replicas report the
+        # same values, raised by what either replica did, once per run.
+        n = len(jobs)
+        want = (counted[0] + n, counted[1] + n, counted[2], counted[3])
+        self.assertEqual((self.a.run_counters(), self.b.run_counters()), (want, want))
 
         runs = {}
         for j in jobs:
@@ -231,6 +237,8 @@ class TwoReplicasSweeping(unittest.TestCase):
             run = job["runs"][0]["jobRunId"]
             self.assertEqual(len(re.findall(r"run_id=%s [^\n]*run lost" % run, logs)), 1,
                              "run %s marked lost once" % run)
+        # Each lost run counted once as started and once as FAILED, on both replicas.
+        self.assertEqual((self.a.run_counters(), self.b.run_counters()), ((20, 0, 20, 0), (20, 0, 20, 0)))
 
 
 if __name__ == "__main__":

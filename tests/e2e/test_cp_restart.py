@@ -86,18 +86,18 @@ class Restart(unittest.TestCase):
     def test_database_is_wal_with_a_schema_version(self):
         self.cp.create_job()
         if self.cp.backend == "postgresql":
-            self.assertEqual(self.cp.sql("SELECT version FROM schema_version"), [("2",)])
+            self.assertEqual(self.cp.sql("SELECT version FROM schema_version"), [("3",)])
             tables = {r[0] for r in self.cp.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
             self.assertTrue({"agents", "jobs", "job_runs", "events", "instances", "instance_events",
-                             "ws_head", "ws_log"} <= tables)
+                             "ws_head", "ws_log", "run_counters"} <= tables)
             return
         con = sqlite3.connect(self.cp.db, timeout=10)
         try:
             self.assertEqual(con.execute("PRAGMA journal_mode").fetchone()[0], "wal")
-            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 7)
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 8)
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             self.assertTrue({"agents", "jobs", "job_runs", "events", "instances",
-                             "instance_events"} <= tables)
+                             "instance_events", "run_counters"} <= tables)
         finally:
             con.close()
 
@@ -129,20 +129,39 @@ class Restart(unittest.TestCase):
         self.assertEqual(self.cp.job("in-flight-job")["status"], "CREATED")
         self.assertEqual(self.cp.agent().take()[0]["jobId"], "halfway-job")
 
+    def finished_history(self):
+        """One completed run and one run cancelled while queued, as an older
+        schema would have stored them (the run counters start from them)."""
+        agent = self.cp.agent()
+        done = self.cp.create_job(instance="i-done")
+        [a] = agent.take()
+        self.assertEqual(a["jobId"], done["jobId"])
+        agent.result(a["jobRunId"], "COMPLETED", output={})
+        gone = self.cp.create_job(instance="i-gone", agent=self.cp.second_agent)
+        self.cp.api("POST", "/v1/jobs/%s/cancel" % gone["jobId"])
+
     def test_an_older_schema_is_migrated_with_data_intact(self):
+        self.finished_history()
         job = self.cp.create_job()
         self.cp.stop()
         if self.cp.backend == "postgresql":
-            # Back to schema version 1 (before the claim's jobs_active_by_seq index).
+            # Back to schema version 1 (before the claim's jobs_active_by_seq
+            # index and the run counters).
             self.cp.sql("DROP INDEX jobs_active_by_seq")
+            self.cp.sql("DROP TRIGGER run_counters_bump ON job_runs")
+            self.cp.sql("DROP FUNCTION run_counters_bump()")
+            self.cp.sql("DROP TABLE run_counters")
             self.cp.sql("UPDATE schema_version SET version = 1")
             self.cp.start()
             self.assertIn("schema migrated to version 2", self.cp.stderr_text())
+            self.assertIn("schema migrated to version 3", self.cp.stderr_text())
             self.assertEqual(self.cp.job(job["jobId"])["status"], "QUEUED")
-            self.assertEqual(self.cp.sql("SELECT version FROM schema_version"), [("2",)])
+            self.assertEqual(self.cp.sql("SELECT version FROM schema_version"), [("3",)])
             self.assertEqual(self.cp.sql("SELECT count(*) FROM pg_indexes WHERE indexname = 'jobs_active_by_seq'"),
                              [("1",)])
+            self.assertEqual(self.cp.run_counters(), (1, 1, 0, 1), "the run counters start from the stored runs")
             self.assertEqual([j["jobId"] for j in self.cp.agent().take()], [job["jobId"]])
+            self.assertEqual(self.cp.run_counters(), (2, 1, 0, 1), "and count on")
             return
         # Take the database back to schema version 1 (before the jobs_active
         # index and the instance tables).
@@ -156,22 +175,27 @@ class Restart(unittest.TestCase):
         con.execute("DROP INDEX jobs_by_schedule")
         con.execute("ALTER TABLE jobs DROP COLUMN schedule_id")
         con.execute("DROP TABLE audit_log")
+        con.execute("DROP TRIGGER run_counters_started")
+        con.execute("DROP TRIGGER run_counters_finished")
+        con.execute("DROP TABLE run_counters")
         con.execute("PRAGMA user_version = 1")
         con.commit()
         con.close()
         self.cp.start()
-        for v in range(2, 8):
+        for v in range(2, 9):
             self.assertIn("schema migrated to version %d" % v, self.cp.stderr_text())
         self.assertEqual(self.cp.job(job["jobId"])["status"], "QUEUED")
         con = sqlite3.connect(self.cp.db, timeout=10)
         try:
-            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 7)
+            self.assertEqual(con.execute("PRAGMA user_version").fetchone()[0], 8)
             names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
             self.assertIn("jobs_active", names)
             self.assertIn("jobs_active_by_seq", names)
         finally:
             con.close()
+        self.assertEqual(self.cp.run_counters(), (1, 1, 0, 1), "the run counters start from the stored runs")
         self.assertEqual([j["jobId"] for j in self.cp.agent().take()], [job["jobId"]])
+        self.assertEqual(self.cp.run_counters(), (2, 1, 0, 1), "and count on")
 
     def test_a_newer_schema_is_refused(self):
         self.cp.stop()

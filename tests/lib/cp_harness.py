@@ -284,6 +284,16 @@ class ControlPlane:
         agent_id = agent_id or self.default_agent
         return Agent(self, agent_id, self.agents[agent_id])
 
+    def run_counters(self):
+        """(runs started, finished COMPLETED, FAILED, CANCELLED) from /metrics."""
+        r = http(self.url + "/metrics", token=ADMIN_TOKEN, context=self.ssl_context)
+        if r.status != 200:
+            raise AssertionError("metrics failed: %r" % r)
+        values = dict(line.rsplit(" ", 1) for line in r.raw.decode().splitlines() if not line.startswith("#"))
+        names = ["jobvisor_runs_started_total"] + ['jobvisor_runs_finished_total{state="%s"}' % s
+                                                   for s in ("COMPLETED", "FAILED", "CANCELLED")]
+        return tuple(int(values[n]) for n in names)
+
 
 class Agent:
     """The agent side of the protocol, by hand."""
