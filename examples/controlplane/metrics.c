@@ -5,8 +5,11 @@
  * the admin token (401 without, 403 with an agent token): job counts by type
  * and state, runs started and finished, events stored, request latency
  * histograms of polls and event posts, agents online, and per instance its
- * state and latest CPU and memory. Counters and histograms live in memory
- * (atomics, reset when the process restarts, as Prometheus expects);
+ * state and latest CPU and memory. The run counters are kept in the database
+ * (run_counters, moved by triggers in the transaction that changes the run):
+ * every replica reports the same values, and neither a restart, retention nor
+ * a run given back lowers them. The other counters and the histograms live in
+ * memory (atomics, reset when the process restarts, as Prometheus expects);
  * everything else is read from the database or memory under cp->mu when
  * scraped. */
 #include "cp.h"
@@ -118,11 +121,11 @@ static void run_lines(struct cp *cp, struct jv_buf *b)
 {
 	int64_t started = 0, fin[3] = {0};
 	bool ok = store_metrics_runs(cp->store, &started, &fin[0], &fin[1], &fin[2]) == 0;
-	jv_buf_printf(b, "# HELP jobvisor_runs_started_total Job runs an agent was given.\n"
+	jv_buf_printf(b, "# HELP jobvisor_runs_started_total Times a job run was given to an agent (all replicas).\n"
 	                 "# TYPE jobvisor_runs_started_total counter\n");
 	if (ok)
 		jv_buf_printf(b, "jobvisor_runs_started_total %lld\n", (long long)started);
-	jv_buf_printf(b, "# HELP jobvisor_runs_finished_total Job runs that ended, by final state.\n"
+	jv_buf_printf(b, "# HELP jobvisor_runs_finished_total Job runs that ended, by final state (all replicas).\n"
 	                 "# TYPE jobvisor_runs_finished_total counter\n");
 	static const char *const states[] = {"COMPLETED", "FAILED", "CANCELLED"};
 	for (int i = 0; ok && i < 3; i++)

@@ -463,7 +463,9 @@ int store_audit_list(struct store *s, int64_t cursor, int limit, cJSON **entries
 /* fn(ud, type, status, count) per (type, status) of jobs, ordered. */
 int store_metrics_jobs(struct store *s, void (*fn)(void *ud, const char *type, const char *status, int64_t n),
                        void *ud);
-/* Runs ever started; runs finished COMPLETED / FAILED / CANCELLED (stored rows). */
+/* The run counters (table run_counters, moved by triggers on job_runs; they
+ * only go up): times a run went QUEUED -> RUNNING; runs that reached
+ * COMPLETED / FAILED / CANCELLED. Rows deleted by retention still count. */
 int store_metrics_runs(struct store *s, int64_t *started, int64_t *completed, int64_t *failed, int64_t *cancelled);
 
 /* ---- retention ---- */
