@@ -60,8 +60,9 @@ cJSON *jv_proto_event(const struct jv_proto_event *e)
 	else
 		cJSON_AddNullToObject(ev, "instanceId");
 	cJSON_AddStringToObject(ev, "status", e->status);
-	if (e->percent >= 0)
-		cJSON_AddNumberToObject(ev, "percent", (double)jv_round_nonneg(e->percent * 10) / 10);
+	if (e->percent >= 0) /* 0..100 (callers clamp; so does this, for the integer rounding) */
+		cJSON_AddNumberToObject(ev, "percent",
+		                        (double)jv_round_nonneg((e->percent > 100 ? 100 : e->percent) * 10) / 10);
 	else
 		cJSON_AddNullToObject(ev, "percent");
 	if (e->message)
