@@ -1,6 +1,7 @@
 /* store_pg_schema.c — the PostgreSQL schema and its migrations.
  *
- * The same tables as the SQLite schema (db.c, version 6) in PostgreSQL's
+ * The same tables as the SQLite schema (store_sqlite.c; PostgreSQL's version 1
+ * is SQLite's 6, and each later migration follows SQLite's: 2 is 7, 3 is 8) in PostgreSQL's
  * dialect: wall-clock milliseconds and seqs are BIGINT, flags stay INTEGER
  * 0/1 (so the SQL of both backends reads alike), SQLite's AUTOINCREMENT
  * keys are BIGSERIAL, JSON stays TEXT exactly as stored (it was produced by
