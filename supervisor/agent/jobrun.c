@@ -1,25 +1,15 @@
 /* jobrun.c — the parent side of one job run: spawn, events, throttle, cancel,
- * timeout, result. See jobrun.h for the contract.
- *
- * Fork constraints: the child branch runs between fork() and execv() in a
- * single-threaded parent, so it only makes system calls and never allocates.
- * Everything it needs (argv, the spec memfd; for jobvisor run's direct child,
- * which runs the job without an exec, the spec tree) is prepared before fork(). */
+ * timeout, result. See jobrun.h for the contract; the spec and the forked
+ * child's setup are in jobrun_spawn.c. */
 #include "jobvisor/jobrun.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sched.h>
-#include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,13 +22,14 @@
 #include "jobvisor/protocol.h"
 #include "jobvisor/util.h"
 
+#include "jobrun_spawn.h"
+
 #define THROTTLE_MS 250          /* at most 4 progress events per second per run */
 #define LOG_BURST 100            /* log events: token bucket */
 #define LOG_PER_SECOND 20
 #define MAX_EVENT_LINE (8u << 20) /* one event line (the result may be large) */
 #define EXIT_DRAIN_MS 2000        /* wait for EOF after the child exited */
 #define DEFAULT_GRACE_S 10
-#define CHILD_NOFILE 1024
 
 struct jobrun {
 	char *job_id, *run_id, *instance_id, *type;
@@ -477,132 +468,6 @@ void jobrun_on_timer(struct jobrun *r, int64_t now)
 
 /* ---- spawn ---- */
 
-static cJSON *build_spec(const struct jobrun_spec *s)
-{
-	cJSON *j = cJSON_CreateObject();
-	cJSON_AddStringToObject(j, "jobId", s->job_id);
-	cJSON_AddStringToObject(j, "jobRunId", s->run_id);
-	cJSON_AddStringToObject(j, "instanceId", s->instance_id ? s->instance_id : "");
-	cJSON_AddStringToObject(j, "type", s->by_type && s->type ? s->type : "");
-	if (s->by_type && s->type)
-		cJSON_AddStringToObject(j, "expectType", s->type);
-	cJSON_AddNumberToObject(j, "attempt", s->attempt > 0 ? s->attempt : 1);
-	cJSON_AddItemToObject(j, "params",
-	                      s->params ? cJSON_Duplicate(s->params, true) : cJSON_CreateObject());
-	cJSON_AddStringToObject(j, "dataDir", s->data_dir);
-	cJSON_AddStringToObject(j, "script", s->script);
-	if (s->jobs_dir)
-		cJSON_AddStringToObject(j, "jobsDir", s->jobs_dir);
-	char builtin[PATH_MAX];
-	cJSON_AddStringToObject(j, "builtinJobsDir", jobrun_builtin_jobs_dir(builtin));
-	if (s->mem_limit)
-		cJSON_AddNumberToObject(j, "memLimit", (double)s->mem_limit);
-	if (s->settings)
-		cJSON_AddItemToObject(j, "settings", cJSON_Duplicate(s->settings, true));
-	if (s->created_at)
-		cJSON_AddStringToObject(j, "createdAt", s->created_at);
-	if (s->log_format)
-		cJSON_AddStringToObject(j, "logFormat", s->log_format);
-	if (s->log_level)
-		cJSON_AddStringToObject(j, "logLevel", s->log_level);
-	if (s->fresh_job_id)
-		cJSON_AddBoolToObject(j, "recordCompletion", false);
-	return j;
-}
-
-/* Steps of child_exec reported through the exec pipe (jv_exec_fail). */
-enum exec_stage { EXEC_FDS = 1, EXEC_CWD, EXEC_USER, EXEC_EXEC };
-
-static void child_fail(int errfd, enum exec_stage stage)
-{
-	jv_exec_fail(errfd, stage, errno);
-}
-
-/* Every disposition back to the default, glibc's own signals (32, 33, which
- * its sigaction refuses) included: an ignored signal survives fork and exec,
- * and the child must not inherit what some ancestor of the agent ignored.
- * The kernel's sigaction is used for those: its first field is the handler
- * on x86 and ARM, and an all-zero rest is SIG_DFL with no flags. */
-static void reset_signals(void)
-{
-	struct {
-		void (*handler)(int);
-		unsigned long rest[4];
-	} cur, dfl = {.handler = SIG_DFL};
-	for (int s = 1; s < NSIG; s++) {
-		if (signal(s, SIG_DFL) != SIG_ERR || s == SIGKILL || s == SIGSTOP)
-			continue;
-		memset(&cur, 0, sizeof(cur));
-		if (syscall(SYS_rt_sigaction, s, NULL, &cur, sizeof(unsigned long)) == 0 && cur.handler == SIG_IGN)
-			syscall(SYS_rt_sigaction, s, &dfl, NULL, sizeof(unsigned long));
-	}
-}
-
-/* Between fork and exec: system calls only (the agent may hold threads). With
- * child_main (jobvisor run: one thread), the child enters the job-run child mode
- * in place of the exec, after the same setup. */
-static void child_exec(int spec_fd, cJSON *spec, int ev_fd, int err_fd, pid_t parent, int uid,
-                       int gid, char **argv, int (*child_main)(cJSON *))
-{
-	setpgid(0, 0);
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	if (getppid() != parent)
-		_exit(127); /* nobody is reading */
-	sigset_t none;
-	sigemptyset(&none);
-	sigprocmask(SIG_SETMASK, &none, NULL);
-	reset_signals();
-	/* Soft limits only: a monitor born from this child must be able to give
-	 * the game server its own limits back (a script cannot raise them). */
-	struct rlimit rl;
-	if (getrlimit(RLIMIT_CORE, &rl) == 0) {
-		rl.rlim_cur = 0;
-		setrlimit(RLIMIT_CORE, &rl);
-	}
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
-		if (rl.rlim_cur > CHILD_NOFILE)
-			rl.rlim_cur = CHILD_NOFILE;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
-	/* Clear of the dup2s below (it is CLOEXEC already). */
-	int f2 = err_fd > JV_CHILD_EVENT_FD ? err_fd : fcntl(err_fd, F_DUPFD_CLOEXEC, JV_CHILD_EVENT_FD + 1);
-	if (f2 < 0)
-		_exit(127);
-	int s2 = child_main ? -1 : fcntl(spec_fd, F_DUPFD, 10);
-	int e2 = fcntl(ev_fd, F_DUPFD, 10);
-	int devnull = open("/dev/null", O_RDWR);
-	if ((!child_main && s2 < 0) || e2 < 0 || devnull < 0)
-		child_fail(f2, EXEC_FDS);
-	dup2(devnull, STDIN_FILENO);
-	dup2(STDERR_FILENO, STDOUT_FILENO);
-	if (child_main)
-		close(JV_CHILD_SPEC_FD); /* whatever the parent had there: no exec closes it */
-	else
-		dup2(s2, JV_CHILD_SPEC_FD);
-	dup2(e2, JV_CHILD_EVENT_FD);
-	jv_close_fds_from(JV_CHILD_EVENT_FD + 1, &f2, 1);
-	if (chdir("/") < 0)
-		child_fail(f2, EXEC_CWD);
-	if (gid >= 0 && getuid() == 0) {
-		if (setgroups(0, NULL) < 0 || setgid((gid_t)gid) < 0)
-			child_fail(f2, EXEC_USER);
-	}
-	if (uid >= 0 && getuid() == 0) {
-		if (setuid((uid_t)uid) < 0)
-			child_fail(f2, EXEC_USER);
-	}
-	prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-	if (child_main) {
-		close(f2); /* tells wait_exec the setup succeeded, as an exec would */
-		/* exit, as main's return would after an exec: the child's own atexit
-		 * work and, in a sanitizer build, its leak check. The parent flushed
-		 * its stdio before the fork and registers no atexit handlers. */
-		exit(child_main(spec));
-	}
-	execv("/proc/self/exe", argv);
-	child_fail(f2, EXEC_EXEC);
-}
-
 /* Wait for the child's exec: 0 once it happened, or -errno (logged) when the
  * child failed before it (and has been reaped). */
 static int wait_exec(struct jobrun *r, pid_t pid, int errfd, int uid)
@@ -623,44 +488,6 @@ static int wait_exec(struct jobrun *r, pid_t pid, int errfd, int uid)
 		jv_error(r->job_id, r->run_id, "%s: %s", known ? what[stage] : "job-run child failed",
 		         strerror(err));
 	return err > 0 ? -err : -EIO;
-}
-
-/* The spec as JSON in a memfd for the exec'd child: 0 and *fd, or -errno. */
-static int spec_memfd(const cJSON *sj, int *fd)
-{
-	char *text = cJSON_PrintUnformatted(sj);
-	if (!text)
-		return -ENOMEM;
-	int rc = 0;
-	*fd = memfd_create("jobvisor-spec", MFD_CLOEXEC);
-	if (*fd < 0)
-		rc = -errno;
-	else
-		rc = jv_write_all(*fd, text, strlen(text));
-	free(text);
-	return rc;
-}
-
-/* Restrict this thread to the CPU it runs on, its allowed set saved in
- * *allowed; false (nothing changed) when either is unknown. A child forked
- * meanwhile starts on this CPU.
- *
- * For jobvisor run's direct child: its parent only waits for it, and starting
- * it on the other CPU (for the scheduler, the idle one) costs a wake-up of that
- * CPU, and later of this one for every event, which in a VM means halted vCPUs
- * resumed by the host: spawned by a small C program, a no-op run took 8-12 %
- * longer that way (under Python's subprocess it made no difference either
- * way). Both sides get the whole allowed set back right after the fork, so a
- * real job spreads over the CPUs as before. */
-static bool pin_to_this_cpu(cpu_set_t *allowed)
-{
-	int cpu = sched_getcpu();
-	if (cpu < 0 || sched_getaffinity(0, sizeof(*allowed), allowed) < 0)
-		return false;
-	cpu_set_t here;
-	CPU_ZERO(&here);
-	CPU_SET(cpu, &here);
-	return sched_setaffinity(0, sizeof(here), &here) == 0;
 }
 
 int jobrun_start(const struct jobrun_spec *spec, const struct jobrun_ops *ops, void *ud,
@@ -684,14 +511,14 @@ int jobrun_start(const struct jobrun_spec *spec, const struct jobrun_ops *ops, v
 	jv_buf_init(&r->in, MAX_EVENT_LINE);
 	int rc = 0, spec_fd = -1, pipefd[2] = {-1, -1}, errpipe[2] = {-1, -1};
 
-	cJSON *sj = build_spec(spec);
+	cJSON *sj = jobrun_build_spec(spec);
 	if (!sj) {
 		rc = -ENOMEM;
 		goto fail;
 	}
 	int (*direct)(cJSON *) = spec->run_uid < 0 && spec->run_gid < 0 ? spec->child_main : NULL;
 	if (!direct) {
-		rc = spec_memfd(sj, &spec_fd);
+		rc = jobrun_spec_memfd(sj, &spec_fd);
 		if (rc < 0)
 			goto fail;
 	}
@@ -704,7 +531,7 @@ int jobrun_start(const struct jobrun_spec *spec, const struct jobrun_ops *ops, v
 	pid_t parent = getpid();
 	fflush(NULL);
 	cpu_set_t allowed;
-	bool pinned = direct && pin_to_this_cpu(&allowed);
+	bool pinned = direct && jobrun_pin_to_this_cpu(&allowed);
 	pid_t pid = fork();
 	if (pinned)
 		sched_setaffinity(0, sizeof(allowed), &allowed); /* both sides */
@@ -713,8 +540,8 @@ int jobrun_start(const struct jobrun_spec *spec, const struct jobrun_ops *ops, v
 		goto fail;
 	}
 	if (pid == 0)
-		child_exec(spec_fd, sj, pipefd[1], errpipe[1], parent, spec->run_uid, spec->run_gid, argv,
-		           direct);
+		jobrun_child_exec(spec_fd, sj, pipefd[1], errpipe[1], parent, spec->run_uid, spec->run_gid, argv,
+		                  direct);
 	cJSON_Delete(sj);
 	sj = NULL;
 	setpgid(pid, pid); /* also in the parent: no window where a signal misses the group */
